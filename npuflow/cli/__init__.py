@@ -1,0 +1,5 @@
+"""Command-line interface (``npuflow ...``)."""
+
+from .app import app, main, run
+
+__all__ = ["app", "main", "run"]

@@ -1,0 +1,3 @@
+"""Imports every command module so that each registers itself on the app (one line each)."""
+
+from . import targets_cmd  # noqa: F401

@@ -1,0 +1,229 @@
+"""THE integer arithmetic of npuflow.
+
+The quantizer (fake quantization, weight packing), the compiler/integer executor and the PyTorch
+QAT modules all call these functions, so simulation and deployment compute the same numbers.
+Tests prove the agreement bit for bit; do not re-implement rounding anywhere else.
+
+Conventions
+-----------
+* A quantized value is ``q = clip(round(x / scale) + zero_point, qmin, qmax)``; the real value it
+  stands for is ``(q - zero_point) * scale``.
+* Power-of-two targets (Vitis AI DPUs) use ``scale = 2 ** -fix_pos`` where ``fix_pos`` is the
+  "fix position" of ``quant_info.json``.  Division by such a scale is exact in binary floating
+  point, which is what makes bit-exact simulation possible.
+* Rounding modes (names follow the Vitis AI quantizer configuration):
+
+  ``half_even``  ties to even (ONNX ``QuantizeLinear``, numpy ``rint``)
+  ``half_up``    ties towards +inf: ``floor(v + 0.5)`` (DPU activations)
+  ``half_down``  ties towards -inf: ``ceil(v - 0.5)``
+  ``std_round``  ties away from zero: ``sign(v) * floor(|v| + 0.5)`` (C ``round``; DPU weights/bias)
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import numpy as np
+
+
+class RoundMode(str, Enum):
+    """How a value exactly between two integers is rounded."""
+
+    HALF_EVEN = "half_even"
+    HALF_UP = "half_up"
+    HALF_DOWN = "half_down"
+    STD_ROUND = "std_round"
+
+
+#: The DPU's LeakyReLU slope: 26/256 = 0.1015625, the 8-bit fixed-point value nearest 0.1.
+DPU_LEAKY_RELU_SLOPE = 26.0 / 256.0
+
+
+def round_values(values: np.ndarray, mode: RoundMode | str) -> np.ndarray:
+    """Round to integers (as floats) with the given tie rule; exact for |v| < 2**52 in float64."""
+    mode = RoundMode(mode)
+    v = np.asarray(values, dtype=np.float64)
+    if mode is RoundMode.HALF_EVEN:
+        return np.rint(v)
+    if mode is RoundMode.HALF_UP:
+        return np.floor(v + 0.5)
+    if mode is RoundMode.HALF_DOWN:
+        return np.ceil(v - 0.5)
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def qrange(bits: int, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
+    """Integer range of a ``bits``-wide tensor; ``narrow`` drops the most negative code (-127..127)."""
+    if signed:
+        qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return (qmin + 1 if narrow else qmin), qmax
+    return 0, (1 << bits) - 1
+
+
+def storage_dtype(bits: int, signed: bool = True) -> np.dtype:
+    """Smallest numpy integer type that stores ``bits``-wide values (int4 is stored in int8)."""
+    if bits <= 8:
+        return np.dtype(np.int8 if signed else np.uint8)
+    if bits <= 16:
+        return np.dtype(np.int16 if signed else np.uint16)
+    return np.dtype(np.int32 if signed else np.uint32)
+
+
+def quantize(
+    x: np.ndarray,
+    scale: float | np.ndarray,
+    zero_point: int | np.ndarray = 0,
+    *,
+    bits: int = 8,
+    signed: bool = True,
+    narrow: bool = False,
+    round_mode: RoundMode | str = RoundMode.HALF_EVEN,
+    axis: int | None = None,
+) -> np.ndarray:
+    """Quantize ``x`` to integers stored in :func:`storage_dtype`.
+
+    ``scale``/``zero_point`` are scalars, or 1-D arrays applied along ``axis`` (per channel).
+    The division is done in float32, as ONNX Runtime does, and the tie rule in float64, so the
+    result equals the quantize step written into ``quantized_model.onnx``.
+    """
+    xf = np.asarray(x, dtype=np.float32)
+    s = np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point, dtype=np.float64)
+    if axis is not None and s.ndim == 1:
+        shape = [1] * xf.ndim
+        shape[axis] = -1
+        s = s.reshape(shape)
+        zp = zp.reshape(shape)
+    v = round_values(xf / s, round_mode) + zp
+    qmin, qmax = qrange(bits, signed, narrow)
+    return np.clip(v, qmin, qmax).astype(storage_dtype(bits, signed))
+
+
+def dequantize(
+    q: np.ndarray,
+    scale: float | np.ndarray,
+    zero_point: int | np.ndarray = 0,
+    *,
+    axis: int | None = None,
+) -> np.ndarray:
+    """Real values of ``q`` as float32: ``(q - zero_point) * scale`` (ONNX ``DequantizeLinear``)."""
+    s = np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point, dtype=np.float32)
+    qf = np.asarray(q, dtype=np.float32)
+    if axis is not None and s.ndim == 1:
+        shape = [1] * qf.ndim
+        shape[axis] = -1
+        s = s.reshape(shape)
+        zp = zp.reshape(shape)
+    return ((qf - zp) * s).astype(np.float32)
+
+
+def fake_quantize(x: np.ndarray, scale, zero_point=0, **kwargs) -> np.ndarray:
+    """``dequantize(quantize(x))``: what a Q/DQ pair computes in float."""
+    axis = kwargs.get("axis")
+    return dequantize(quantize(x, scale, zero_point, **kwargs), scale, zero_point, axis=axis)
+
+
+# --- choosing scales ------------------------------------------------------------------------
+
+
+def float_scale(amax: float | np.ndarray, bits: int = 8, narrow: bool = False) -> np.ndarray:
+    """Symmetric float scale that maps ``amax`` to the largest code (``amax / qmax``)."""
+    qmax = qrange(bits, True, narrow)[1]
+    amax = np.maximum(np.asarray(amax, dtype=np.float64), np.finfo(np.float32).tiny)
+    return (amax / qmax).astype(np.float32)
+
+
+def asymmetric_params(
+    xmin: float, xmax: float, bits: int = 8, signed: bool = False
+) -> tuple[np.float32, int]:
+    """Scale and zero point covering ``[min(xmin,0), max(xmax,0)]`` (zero is always exact)."""
+    qmin, qmax = qrange(bits, signed)
+    lo, hi = min(float(xmin), 0.0), max(float(xmax), 0.0)
+    scale = max((hi - lo) / (qmax - qmin), float(np.finfo(np.float32).tiny))
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return np.float32(scale), zp
+
+
+def pow2_fix_pos(amax: float | np.ndarray, bits: int = 8) -> np.ndarray:
+    """Fix position ``n`` (scale ``2**-n``) of a power-of-two quantizer covering ``amax``.
+
+    The largest ``n`` such that ``amax * 2**n`` does not exceed the largest code, i.e. no
+    clipping of the calibrated range (Vitis AI's "max" method); search methods adjust from here.
+    """
+    qmax = qrange(bits, True)[1]
+    amax = np.maximum(np.asarray(amax, dtype=np.float64), 1e-30)
+    return np.floor(np.log2(qmax / amax)).astype(np.int32)
+
+
+def pow2_scale(fix_pos: int | np.ndarray) -> np.ndarray:
+    """``2**-fix_pos`` as float32 (exact)."""
+    return np.ldexp(np.float32(1.0), -np.asarray(fix_pos, dtype=np.int32)).astype(np.float32)
+
+
+def fix_pos_of(scale: float | np.ndarray) -> np.ndarray | None:
+    """Fix position of a power-of-two scale, or ``None`` when some scale is not a power of two."""
+    s = np.asarray(scale, dtype=np.float64)
+    mantissa, exponent = np.frexp(s)
+    if not np.all(mantissa == 0.5):
+        return None
+    return (1 - exponent).astype(np.int32)
+
+
+# --- integer requantisation (compiler / executor) -------------------------------------------
+
+
+def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarray:
+    """``round(acc * 2**-shift)`` on integers, exactly, with the given tie rule.
+
+    ``shift`` may be negative (a left shift, no rounding).  This is the requantisation of a
+    power-of-two target: ``acc`` carries scale ``2**-(n_in + n_w)`` and the output ``2**-n_out``,
+    so ``shift = n_in + n_w - n_out``.
+    """
+    a = np.asarray(acc, dtype=np.int64)
+    if shift <= 0:
+        return a << (-shift)
+    mode = RoundMode(mode)
+    half = np.int64(1) << (shift - 1)
+    if mode is RoundMode.HALF_UP:
+        return (a + half) >> shift
+    if mode is RoundMode.HALF_DOWN:
+        return -((-a + half) >> shift)
+    if mode is RoundMode.STD_ROUND:
+        mag = (np.abs(a) + half) >> shift
+        return np.where(a < 0, -mag, mag)
+    floor = a >> shift
+    rem = a - (floor << shift)
+    up = (rem > half) | ((rem == half) & ((floor & 1) == 1))
+    return floor + up.astype(np.int64)
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """Fixed-point form of a positive real multiplier: ``real ~= m * 2**-shift`` with m in [2^30, 2^31).
+
+    Used by float-scale targets, whose requantisation multiplier ``s_in*s_w/s_out`` is not a
+    power of two (the gemmlowp/TFLite scheme).
+    """
+    if real <= 0:
+        raise ValueError("multiplier must be positive")
+    mantissa, exponent = math.frexp(real)
+    m = int(round(mantissa * (1 << 31)))
+    if m == (1 << 31):
+        m //= 2
+        exponent += 1
+    return m, 31 - exponent
+
+
+def requantize_fixed_point(
+    acc: np.ndarray, multiplier: int, shift: int, mode: RoundMode | str = RoundMode.HALF_UP
+) -> np.ndarray:
+    """``round(acc * multiplier * 2**-shift)`` exactly in int64 (|acc| < 2^31 assumed)."""
+    prod = np.asarray(acc, dtype=np.int64) * np.int64(multiplier)
+    return shift_round(prod, shift, mode)
+
+
+def saturate(values: np.ndarray, bits: int = 8, signed: bool = True, narrow: bool = False) -> np.ndarray:
+    """Clamp integers into the code range and store them in the matching integer type."""
+    qmin, qmax = qrange(bits, signed, narrow)
+    return np.clip(values, qmin, qmax).astype(storage_dtype(bits, signed))

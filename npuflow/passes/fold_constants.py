@@ -1,0 +1,94 @@
+"""Constant folding: evaluate every node whose inputs are all known, once, at build time.
+
+Exporters often compute padding or reshape targets at run time from ``Shape`` of a static
+tensor (EfficientNet's "same" padding, PP-OCR's reshapes).  Accelerators need those values as
+constants, and the checker needs them to judge limits.  ``onnxscript``'s optimizer folds most of
+it; what remains (chains through ``ConstantOfShape``/``Slice`` on shapes) is evaluated here with
+ONNX's reference evaluator, node by node.  ``Shape`` of a tensor with a static shape is a
+constant too.  Large results are not folded (they would bloat the file), nor random ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnxscript import optimizer
+
+from ..model import default_opset, tensor_shapes
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+#: Folded results above this many elements stay as nodes (they are data, not shape arithmetic).
+MAX_FOLDED_ELEMENTS = 1 << 16
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with constant subgraphs replaced by initializers and dead nodes removed."""
+    irm = ir.serde.deserialize_model(model)
+    optimizer.optimize(irm, num_iterations=2)
+    folded = ir.serde.serialize_model(irm)
+    _fold_remaining(folded)
+    return folded
+
+
+def _fold_remaining(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    shapes = tensor_shapes(model)
+    opset = default_opset(model)
+    kept: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    for node in graph.node:
+        value = _try_fold(node, consts, shapes, opset)
+        if value is None:
+            kept.append(node)
+            continue
+        for name, arr in zip(node.output, value):
+            consts[name] = arr
+            new_inits.append(numpy_helper.from_array(np.asarray(arr), name))
+    if not new_inits:
+        return
+    used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(t for t in new_inits if t.name in used)
+    names = {t.name for t in graph.initializer}
+    keep_vi = [vi for vi in graph.value_info if vi.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(keep_vi)
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
+def _try_fold(node, consts, shapes, opset):
+    if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or not node.output:
+        return None
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return None
+    if node.op_type == "Shape" and node.input[0] in shapes:
+        shape = np.asarray(shapes[node.input[0]], dtype=np.int64)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        start, end = attrs.get("start", 0), attrs.get("end", None)
+        return [shape[start:end]]
+    inputs = [i for i in node.input if i]
+    if not inputs and node.op_type != "Constant":
+        return None
+    if any(i not in consts for i in inputs):
+        return None
+    feeds = {i: consts[i] for i in inputs}
+    g = helper.make_graph(
+        [node], "fold",
+        [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v)) for i, v in feeds.items()],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
+    )
+    try:
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        outs = ReferenceEvaluator(m).run(None, feeds)
+    except Exception:  # anything the reference evaluator cannot run simply stays a node
+        return None
+    if any(np.asarray(o).size > MAX_FOLDED_ELEMENTS for o in outs):
+        return None
+    return [np.asarray(o) for o in outs]

@@ -1,0 +1,126 @@
+"""Target descriptions: typed specs loaded from one data file per target.
+
+A target is named by its name (``DPUCZDX8G_ISA1_B4096``), its fingerprint (``0x101000016010407``)
+or the path of an ``arch.json`` holding ``{"target": NAME}`` or ``{"fingerprint": FP}`` (the file
+Vitis AI's compiler takes).  Data files live in ``targets/data``; a file may name a ``base`` file
+(a leading underscore marks shared family bases, which are not targets themselves) whose content
+it deep-merges over, so a family's limits are written once.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import NpuflowError
+from .spec import Target
+
+DATA_DIR = Path(__file__).parent / "data"
+
+__all__ = ["Target", "load_target", "list_targets", "DATA_DIR"]
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason=str(exc)) from None
+    if not isinstance(data, dict):
+        raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason="not a mapping")
+    base = data.pop("base", None)
+    if base:
+        data = _deep_merge(_read_yaml(path.parent / base), data)
+    return data
+
+
+def load_target_file(path: str | Path) -> Target:
+    """Validate one target file (used for the bundled targets and for user-written ones)."""
+    p = Path(path)
+    data = _read_yaml(p)
+    try:
+        return Target.model_validate(data)
+    except (ValidationError, ValueError) as exc:
+        raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(p), reason=_short(exc)) from None
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        return f"{loc}: {err['msg']}"
+    return str(exc)
+
+
+@lru_cache(maxsize=1)
+def _bundled() -> tuple[Target, ...]:
+    files = sorted(p for p in DATA_DIR.glob("*.yaml") if not p.name.startswith("_"))
+    return tuple(load_target_file(p) for p in files)
+
+
+def list_targets() -> list[Target]:
+    """Every bundled target, sorted by name."""
+    return sorted(_bundled(), key=lambda t: t.name)
+
+
+def load_target(spec: str | Path | Target) -> Target:
+    """Resolve a target by name (case-insensitive), fingerprint, arch.json or target YAML path."""
+    if isinstance(spec, Target):
+        return spec
+    text = str(spec).strip()
+    path = Path(text)
+    if text.endswith((".json", ".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise NpuflowError("NPF_TARGET_BAD_ARCH_JSON", path=text, reason="file not found")
+        if path.suffix in (".yaml", ".yml"):
+            return load_target_file(path)
+        return _from_arch_json(path)
+    found = _lookup(text)
+    if found is None:
+        raise NpuflowError("NPF_TARGET_UNKNOWN", value=text)
+    return found
+
+
+def _lookup(key: str) -> Target | None:
+    low = key.lower()
+    for t in _bundled():
+        if t.name.lower() == low or _same_fingerprint(t.fingerprint, key):
+            return t
+    return None
+
+
+def _same_fingerprint(a: str, b: str) -> bool:
+    try:
+        return int(a, 16) == int(b, 16)
+    except ValueError:
+        return False
+
+
+def _from_arch_json(path: Path) -> Target:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NpuflowError("NPF_TARGET_BAD_ARCH_JSON", path=str(path), reason=str(exc)) from None
+    if not isinstance(data, dict) or not ({"target", "fingerprint"} & data.keys()):
+        raise NpuflowError(
+            "NPF_TARGET_BAD_ARCH_JSON", path=str(path),
+            reason="expected an object with a \"target\" or \"fingerprint\" key",
+        )
+    key = str(data.get("target") or data.get("fingerprint"))
+    found = _lookup(key)
+    if found is None:
+        raise NpuflowError("NPF_TARGET_UNKNOWN", value=key)
+    return found

@@ -1,0 +1,157 @@
+"""The typed description of a target accelerator.
+
+Everything hardware-specific lives in a target file (``targets/data/<NAME>.yaml``) validated into
+:class:`Target`.  Later stages ask the target; they never test target names:
+
+* the checker reads :attr:`Target.ops` (per-op limits as ranges, sets and formulas, and the
+  activations each op absorbs);
+* the quantizer reads :attr:`Target.numerics` (scale type, granularity, rounding per tensor kind);
+* the performance estimator reads clock, cores, DDR bandwidth, banks and :attr:`Target.engines`.
+
+Limits reference *layer* parameters (``kernel_w``, ``stride_h``, ``input_channel``, ...) and
+*hardware* parameters (``channel_parallel``, ``bank_depth``, ``bank_num``); see
+:meth:`Target.hardware_names` and ``docs/targets.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..numerics import RoundMode
+from .expr import compile_expr
+
+Bound = int | float | str  # a number or a formula
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamLimit(_Strict):
+    """Allowed values of one layer parameter: a closed range (bounds may be formulas) or a set."""
+
+    range: tuple[Bound, Bound] | None = None
+    values: tuple[int | float | str, ...] | None = None
+
+    @field_validator("range")
+    @classmethod
+    def _check_bounds(cls, v):
+        if v is not None:
+            for b in v:
+                if isinstance(b, str):
+                    compile_expr(b)
+        return v
+
+
+class Constraint(_Strict):
+    """A formula that must hold, with the name vendors give the row (``In Size``, ``Kernel size``)."""
+
+    expr: str
+    label: str = ""
+
+    @field_validator("expr")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        compile_expr(v)
+        return v
+
+
+class OpRule(_Strict):
+    """Limits of one accelerator operation kind (conv2d, depthwise_conv2d, max_pool, ...)."""
+
+    supported: bool = True
+    kernel_type: str = ""  # implementation name shown in the checker's Type column
+    params: dict[str, ParamLimit] = Field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+    activations: tuple[str, ...] = ()  # fused activations this op absorbs
+    note: str = ""
+
+
+class Engine(_Strict):
+    """One compute engine's parallelism: MACs (or ops) per cycle = product of the factors."""
+
+    pixel_parallel: int = 1
+    input_channel_parallel: int = 1
+    output_channel_parallel: int = 1
+    channel_parallel: int = 1  # for engines that work channel-wise (depthwise, pooling, eltwise)
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.pixel_parallel * max(
+            self.input_channel_parallel * self.output_channel_parallel, self.channel_parallel
+        )
+
+
+class Engines(_Strict):
+    conv: Engine = Engine()
+    depthwise: Engine | None = None  # None: depthwise runs on the conv engine
+    pool: Engine = Engine()
+    eltwise: Engine = Engine()
+    misc: Engine = Engine()  # resize, concat copies, other data movement
+
+
+class RoundModes(_Strict):
+    weight: RoundMode = RoundMode.HALF_EVEN
+    bias: RoundMode = RoundMode.HALF_EVEN
+    activation: RoundMode = RoundMode.HALF_EVEN
+
+
+class Numerics(_Strict):
+    """Quantization defaults implied by the hardware arithmetic."""
+
+    scale_type: Literal["power_of_two", "float"] = "float"
+    weight_per_channel: bool = False
+    symmetric: bool = True
+    activation_signed: bool = True
+    narrow_range_weights: bool = True
+    bits: tuple[int, ...] = (8,)  # supported activation/weight widths
+    round_mode: RoundModes = RoundModes()
+    leaky_relu_slope: float | None = None  # hardware slope (DPU: 26/256); None = any slope
+    hard_sigmoid: Literal["dpu", "onnx"] = "onnx"  # DPU: relu6(x+3) * 2731/16384
+
+
+class Overheads(_Strict):
+    """Fixed costs the performance model adds (cycles / microseconds)."""
+
+    layer_cycles: int = 0
+    subgraph_us: float = 0.0
+
+
+class Target(_Strict):
+    name: str
+    fingerprint: str
+    family: str
+    kind: Literal["npu", "cpu"] = "npu"
+    description: str = ""
+    device_label: str = "NPU"  # what the checker prints in the ON column (DPU, BPU, NPU)
+    clock_mhz: float
+    cores: int = 1
+    ddr_bandwidth_gbps: float  # GB/s shared by all cores
+    channel_parallel: int = 1
+    bank_num: int | None = None
+    bank_depth: int | None = None
+    engines: Engines = Engines()
+    ops: dict[str, OpRule] = Field(default_factory=dict)
+    numerics: Numerics = Numerics()
+    overheads: Overheads = Overheads()
+
+    def hardware_names(self) -> dict[str, float]:
+        """Names hardware formulas may use."""
+        names: dict[str, float] = {"channel_parallel": self.channel_parallel}
+        if self.bank_num is not None:
+            names["bank_num"] = self.bank_num
+        if self.bank_depth is not None:
+            names["bank_depth"] = self.bank_depth
+        return names
+
+    def rule(self, op: str) -> OpRule | None:
+        """Limits for an operation kind, or ``None`` when the target does not have it."""
+        r = self.ops.get(op)
+        return r if r is not None and r.supported else None
+
+    @property
+    def peak_ops_per_second(self) -> float:
+        """2 ops per MAC on the conv engine, all cores."""
+        return 2.0 * self.engines.conv.macs_per_cycle * self.clock_mhz * 1e6 * self.cores

@@ -1,0 +1,32 @@
+"""Shared fixtures.  Real models come from tests/fixture_models.py (fetched from PyPI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import fixture_models
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def models():
+    """The fixture-model module: ``models.ppocr_det()``, ``models.yolov8n()``, ..."""
+    return fixture_models
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m npuflow ARGS`` as a user would; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "npuflow", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd or REPO, timeout=600,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli

