@@ -93,9 +93,22 @@ _PERF = _specs(
 _TORCH = _specs(
 )
 
+# --- channel pruning -----------------------------------------------------------------------
+_PRUNE = _specs(
+    ("NPF_PRUNE_BAD_SETTING", "invalid pruning setting {name}={value!r}: {reason}",
+     "See docs/pruning.md for the accepted values."),
+    ("NPF_PRUNE_NO_ANALYSIS", "no sensitivity analysis or search result to prune from",
+     "Call ana() (iterative) or search() (one-step) first, or run `npuflow prune ana`."),
+    ("NPF_PRUNE_NO_CANDIDATE", "no subnet reached a MAC removal of {ratio} after {tries} tries",
+     "Lower the ratio, raise the tolerance, or exclude fewer layers."),
+    ("NPF_PRUNE_BAD_SCRIPT", "pruning script {path}: {reason}",
+     "The script defines get_model() and get_example_inputs(); eval_fn(model), calib_batches() "
+     "and finetune(model) are optional."),
+)
+
 CATALOG: dict[str, ErrorSpec] = {
     **_GENERIC, **_MODEL, **_TARGET, **_CHECK, **_QUANT, **_COMPILE, **_RUNTIME, **_BUILD,
-    **_PERF, **_TORCH,
+    **_PERF, **_TORCH, **_PRUNE,
 }
 
 

@@ -1,3 +1,4 @@
 """Imports every command module so that each registers itself on the app (one line each)."""
 
 from . import targets_cmd  # noqa: F401
+from . import prune_cmd  # noqa: F401

@@ -1,0 +1,111 @@
+"""``npuflow prune ana|run SCRIPT.py``: channel pruning driven by a user script (needs torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from .app import app, console
+
+prune_app = typer.Typer(help="Target-aware channel pruning of PyTorch models (needs the torch extra).",
+                        no_args_is_help=True)
+app.add_typer(prune_app, name="prune")
+
+
+@prune_app.command("ana")
+def ana_command(
+    script: Path = typer.Argument(..., help="Python file defining get_model(), get_example_inputs(), eval_fn(model)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target whose conv parallelism channels round to."),
+    ratios: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="Pruning ratios to analyse."),
+    workdir: Path = typer.Option(Path(".npuflow_prune"), help="Cache folder (.sens files, specs)."),
+    forced: bool = typer.Option(False, "--forced", help="Redo the analysis even if cached."),
+) -> None:
+    """Sensitivity analysis: metric of each channel group at several pruning ratios."""
+    from ..prune import IterativePruningRunner
+    from ..prune.script import load_script
+
+    user = load_script(script)
+    runner = IterativePruningRunner(user.get_model(), user.get_example_inputs(), target=target, workdir=workdir)
+    ratio_list = _ratios(ratios)
+    with Progress(console=console) as progress:
+        task = progress.add_task("analysing", total=None)
+        sens = runner.ana(getattr(user, "eval_fn", None), ratios=ratio_list, forced=forced,
+                          progress=lambda name: progress.update(task, advance=1, description=name))
+    table = Table(title=f"sensitivity ({sens.metric_name}; unpruned {sens.baseline:.4f})")
+    table.add_column("group")
+    table.add_column("channels")
+    for r in sens.ratios:
+        table.add_column(f"{r:g}")
+    for name, g in sens.groups.items():
+        table.add_row(name, str(g["channels"]), *[f"{m:.4f}" for m in g["metric"]])
+    console.print(table)
+    console.print(f"saved in {workdir}")
+
+
+@prune_app.command("run")
+def run_command(
+    script: Path = typer.Argument(..., help="Python file defining get_model(), get_example_inputs() and optional eval_fn, calib_batches, finetune."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to save the slim model (torch.save of the module)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of MACs to remove."),
+    target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", help="Estimated latency goal on --target."),
+    method: str = typer.Option("iterative", help="iterative | one_step"),
+    rounds: int = typer.Option(1, help="Iterative: rounds of prune + finetune reaching the ratio."),
+    num_subnet: int = typer.Option(20, help="One-step: candidate subnets to evaluate."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target (channel rounding, latency)."),
+    workdir: Path = typer.Option(Path(".npuflow_prune"), help="Cache folder."),
+) -> None:
+    """Prune to a MAC ratio or latency goal and save the slim model."""
+    import torch
+
+    from ..prune import get_pruning_runner
+    from ..prune.script import load_script
+
+    user = load_script(script)
+    model, inputs = user.get_model(), user.get_example_inputs()
+    runner = get_pruning_runner(model, inputs, method, target=target, workdir=workdir)
+    eval_fn = getattr(user, "eval_fn", None)
+    finetune = getattr(user, "finetune", None)
+    if method == "one_step":
+        batches = user.calib_batches() if hasattr(user, "calib_batches") else None
+        with Progress(console=console) as progress:
+            task = progress.add_task("searching subnets", total=num_subnet)
+            result = runner.search(ratio, num_subnet=num_subnet, calib_batches=batches, eval_fn=eval_fn,
+                                   progress=lambda n: progress.update(task, completed=n))
+        slim_model = runner.prune()
+        if finetune:
+            slim_model = finetune(slim_model)
+        best = result.candidates[result.best]
+        console.print(f"best of {len(result.candidates)} subnets: score {best.score:.4f}, MACs {best.cost['macs']:.3g}")
+    else:
+        runner.ana(eval_fn)
+        current = None
+        for k in range(1, rounds + 1):
+            step = ratio * k / rounds if ratio is not None else None
+            latency = target_latency_ms if k == rounds else None
+            current = runner.prune(step if latency is None else None, target_latency_ms=latency, model=current)
+            if finetune:
+                current = finetune(current)
+            rec = runner.rounds[-1]
+            console.print(f"round {k}: MACs {rec.before['macs']:.3g} -> {rec.after['macs']:.3g}")
+        slim_model = runner.slim(current)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    torch.save(slim_model, tmp)
+    tmp.replace(output)
+    console.print(f"[green]saved slim model to {output}[/]")
+
+
+def _ratios(text: str) -> list[float]:
+    from ..errors import NpuflowError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v < 1 for v in values):
+        raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="ratios", value=text, reason="comma-separated numbers in (0, 1)")
+    return values

@@ -1,0 +1,168 @@
+"""Channel groups of a PyTorch model and the two ways of removing channels from them.
+
+Channels that are coupled (a residual ``+`` makes two convs share output channels, a concat
+shifts indices, a depthwise conv ties its input and output channels, BatchNorm and the next
+layer's input channels follow a conv's outputs) must be removed together, or the pruned model
+does not run.  That dependency analysis is what ``torch-pruning`` (Torch-Pruning, a maintained
+structural-pruning library) does well, so npuflow builds on its ``DependencyGraph`` and adds
+what a deployment toolchain needs: stable group names, channel counts rounded to the target's
+engine parallelism, a *sparse* mode (channels zeroed by masks, for fine-tuning between rounds)
+and a *slim* mode (channels physically removed).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+#: Layer types whose output channels start a prunable group.
+ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels of ``root`` (a module path) and everything coupled to them."""
+
+    name: str
+    channels: int
+    members: tuple[str, ...]  # module paths touched when these channels go
+
+
+def _module_names(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: n for n, m in model.named_modules()}
+
+
+def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+
+
+def _group_items(graph: tp.DependencyGraph, model: nn.Module, excludes: set[str]):
+    """Yield ``(ChannelGroup, root module)`` for every prunable group.
+
+    A group whose channels reach no other layer's input (the classifier, a detection head)
+    is not prunable: its channels are the model's outputs.
+    """
+    names = _module_names(model)
+    ignored = [m for m, n in names.items() if n in excludes]
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+        root = group[0].dep.target.module
+        consumers = [it for it in group if it.dep.handler.__name__.endswith("in_channels")]
+        if not consumers:
+            continue
+        members = sorted({names[it.dep.target.module] for it in group if it.dep.target.module in names})
+        channels = root.out_channels if hasattr(root, "out_channels") else root.out_features
+        yield ChannelGroup(names[root], int(channels), tuple(members)), root
+
+
+def kept_channels(channels: int, ratio: float, divisible: int) -> int:
+    """Channels left after removing ``ratio`` of them, rounded UP to a multiple of ``divisible``.
+
+    Rounding to the conv engine's output-channel parallelism matters on a DPU: 40 channels on a
+    16-wide engine cost the same cycles as 48, so pruning 48 -> 40 saves MACs but no time.
+    """
+    keep = max(1, math.ceil(channels * (1.0 - ratio)))
+    if divisible > 1:
+        keep = min(channels, math.ceil(keep / divisible) * divisible)
+    return keep
+
+
+def _ranked_channels(root: nn.Module) -> torch.Tensor:
+    """Channel indices of ``root`` from least to most important (L1 norm of the filter)."""
+    w = root.weight.detach()
+    norms = w.abs().flatten(1).sum(1) if w.dim() > 1 else w.abs()
+    return torch.argsort(norms, stable=True)
+
+
+def channel_rankings(model: nn.Module, example_inputs, excludes=()) -> dict[str, tuple[ChannelGroup, list[int]]]:
+    """Each prunable group with its channel indices from least to most important.
+
+    Built once per model (the dependency graph is the expensive part); a pruning spec is then
+    turned into channel indices by :func:`removed_channels` without rebuilding it.
+    """
+    graph = build_graph(model, example_inputs)
+    return {
+        g.name: (g, _ranked_channels(root).tolist())
+        for g, root in _group_items(graph, model, set(excludes))
+    }
+
+
+def removed_channels(rankings: dict[str, tuple[ChannelGroup, list[int]]], spec: dict[str, int]) -> dict[str, list[int]]:
+    """For each group in ``spec`` (group name -> channels to keep) the channel indices to remove."""
+    out: dict[str, list[int]] = {}
+    for name, keep in spec.items():
+        group, order = rankings[name]
+        if keep < group.channels:
+            out[name] = sorted(order[: group.channels - keep])
+    return out
+
+
+def slim(model: nn.Module, example_inputs, removed: dict[str, list[int]]) -> nn.Module:
+    """A copy of ``model`` with the ``removed`` channels physically deleted (dense, smaller).
+
+    Masks from sparse mode are fine-tuning scaffolding: the copy drops them.
+    """
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if hasattr(m, "npuflow_channel_mask"):
+            m._forward_pre_hooks.clear()
+            del m.npuflow_channel_mask
+    graph = build_graph(out, example_inputs)
+    modules = dict(out.named_modules())
+    for name, idxs in removed.items():
+        root = modules[name]
+        fn = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+        group = graph.get_pruning_group(root, fn, idxs=list(idxs))
+        if graph.check_pruning_group(group):
+            group.prune()
+    return out
+
+
+def apply_masks(model: nn.Module, example_inputs, removed: dict[str, list[int]]) -> nn.Module:
+    """Zero the removed channels in place and keep them zero during fine-tuning.
+
+    Every layer whose *output* channels belong to a pruned group (coupled convs, depthwise convs,
+    BatchNorms) is masked by a forward pre-hook on its weight and bias, so an optimizer step
+    cannot revive them and the sparse model computes what the slim one will (for activations
+    with f(0) = 0, such as ReLU).  ``slim`` later deletes the channels.
+    """
+    graph = build_graph(model, example_inputs)
+    modules = dict(model.named_modules())
+    masks: dict[nn.Module, torch.Tensor] = {}
+    for name, idxs in removed.items():
+        root = modules[name]
+        fn = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+        for dep, dep_idxs in graph.get_pruning_group(root, fn, idxs=list(idxs)):
+            layer = dep.target.module
+            if not dep.handler.__name__.endswith("out_channels") or not isinstance(getattr(layer, "weight", None), torch.Tensor):
+                continue
+            mask = masks.setdefault(layer, torch.ones(layer.weight.shape[0], dtype=layer.weight.dtype))
+            mask[[int(i) for i in dep_idxs]] = 0
+    for layer, mask in masks.items():
+        _attach_mask(layer, mask)
+    return model
+
+
+def _attach_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    shape = [-1] + [1] * (module.weight.dim() - 1)
+    module.register_buffer("npuflow_channel_mask", mask.clone(), persistent=False)
+
+    def hook(mod, _inputs):
+        m = mod.npuflow_channel_mask
+        with torch.no_grad():
+            mod.weight.mul_(m.view(shape))
+            if getattr(mod, "bias", None) is not None:
+                mod.bias.mul_(m)
+
+    hook(module, None)
+    module.register_forward_pre_hook(hook)
+
+
+def count_macs(model: nn.Module, example_inputs) -> tuple[float, int]:
+    """(MACs, parameters) of one forward pass, as counted by torch-pruning."""
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    return float(macs), int(params)

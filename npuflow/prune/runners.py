@@ -1,0 +1,309 @@
+"""Iterative and one-step channel pruning (the two methods of the Vitis AI Optimizer).
+
+Iterative (analysis once, then rounds of prune -> fine-tune): :class:`IterativePruningRunner`
+uses the sensitivity table to give each group the largest ratio whose metric loss stays within
+a threshold, and searches the threshold that meets the requested cost (a MAC removal ratio,
+absolute MACs, or an estimated latency on the target).  It returns a *sparse* model (channels
+masked to zero) for the user's fine-tuning loop and saves each round's spec so the user can step
+back; :meth:`IterativePruningRunner.slim` removes the channels for good.
+
+One-step (EagleEye): :class:`OneStepPruningRunner` samples candidate subnets at the requested
+ratio, recalibrates BatchNorm statistics on a few batches (adaptive BN), scores each with the
+callback and keeps the best; the slim subnet is then fine-tuned once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import NpuflowError
+from ..model import write_atomic
+from ..targets import Target, load_target
+from .cost import CostModel
+from .groups import (
+    apply_masks,
+    channel_rankings,
+    kept_channels,
+    removed_channels,
+    slim,
+)
+from .sensitivity import DEFAULT_RATIOS, EvalFn, Sensitivity, analyse, cache_key, output_similarity, plot
+
+
+@dataclass
+class RoundRecord:
+    """One pruning round: what was kept and what it costs (saved as ``round_<n>.spec``)."""
+
+    round: int
+    spec: dict[str, int]
+    removed: dict[str, list[int]]
+    threshold: float | None
+    before: dict[str, float]
+    after: dict[str, float]
+
+
+class _Runner:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs,
+        *,
+        target: str | Target | None = None,
+        channel_divisible: int | None = None,
+        excludes: Iterable[str] = (),
+        workdir: str | Path = ".npuflow_prune",
+    ) -> None:
+        self.model = model.eval()
+        self.example_inputs = example_inputs
+        self.target = load_target(target) if target is not None else None
+        if channel_divisible is None:
+            channel_divisible = self.target.engines.conv.output_channel_parallel if self.target else 1
+        if channel_divisible < 1:
+            raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="channel_divisible", value=channel_divisible,
+                               reason="must be a positive integer")
+        self.channel_divisible = int(channel_divisible)
+        self.excludes = tuple(excludes)
+        self.workdir = Path(workdir)
+        self.cost = CostModel(example_inputs, self.target)
+
+    def _spec_from_ratios(self, rankings, ratios: dict[str, float]) -> dict[str, int]:
+        return {
+            name: kept_channels(group.channels, ratios.get(name, 0.0), self.channel_divisible)
+            for name, (group, _) in rankings.items()
+        }
+
+    def _slim_from_spec(self, model: nn.Module, rankings, spec: dict[str, int]) -> nn.Module:
+        return slim(model, self.example_inputs, removed_channels(rankings, spec))
+
+
+class IterativePruningRunner(_Runner):
+    """``ana`` once, then ``prune`` (sparse) -> fine-tune -> ``prune`` ... -> ``slim``."""
+
+    def __init__(self, model: nn.Module, example_inputs, **kwargs) -> None:
+        super().__init__(model, example_inputs, **kwargs)
+        self.sensitivity: Sensitivity | None = None
+        self.rounds: list[RoundRecord] = []
+        self.baseline_cost = self.cost.measure(self.model)
+
+    def ana(
+        self,
+        eval_fn: EvalFn | None = None,
+        ratios=DEFAULT_RATIOS,
+        forced: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> Sensitivity:
+        """Sensitivity analysis, cached in ``workdir/<hash>.sens`` (reused unless ``forced``)."""
+        key = cache_key(self.model, ratios, self.channel_divisible, self.excludes)
+        path = self.workdir / f"{key}.sens"
+        if path.exists() and not forced:
+            self.sensitivity = Sensitivity.load(path)
+            return self.sensitivity
+        self.sensitivity = analyse(
+            self.model, self.example_inputs, eval_fn, ratios=ratios,
+            channel_divisible=self.channel_divisible, excludes=self.excludes, progress=progress,
+        )
+        self.sensitivity.save(path)
+        plot(self.sensitivity, path.with_suffix(".sens.png"))
+        return self.sensitivity
+
+    def prune(
+        self,
+        removal_ratio: float | None = None,
+        *,
+        target_macs: float | None = None,
+        target_latency_ms: float | None = None,
+        model: nn.Module | None = None,
+        mode: str = "sparse",
+    ) -> nn.Module:
+        """Prune ``model`` (default: the baseline) to the requested cost.
+
+        Exactly one of ``removal_ratio`` (fraction of MACs to remove), ``target_macs`` or
+        ``target_latency_ms`` (estimated on the runner's target) is given.  ``mode='sparse'``
+        masks channels (for fine-tuning), ``'slim'`` removes them.
+        """
+        if self.sensitivity is None:
+            raise NpuflowError("NPF_PRUNE_NO_ANALYSIS")
+        goal = _goal(removal_ratio, target_macs, target_latency_ms, self.target)
+        base = model if model is not None else self.model
+        rankings = channel_rankings(base, self.example_inputs, self.excludes)
+        before = self.baseline_cost  # goals are relative to the original model, as in Vitis AI
+        spec, threshold = self._search_threshold(base, rankings, goal, before)
+        removed = removed_channels(rankings, spec)
+        slim_model = slim(base, self.example_inputs, removed)
+        after = self.cost.measure(slim_model)
+        record = RoundRecord(len(self.rounds) + 1, spec, removed, threshold, before, after)
+        self.rounds.append(record)
+        write_atomic(self.workdir / f"round_{record.round}.spec", json.dumps(asdict(record), indent=1))
+        if mode == "slim":
+            return slim_model
+        if mode != "sparse":
+            raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="mode", value=mode, reason="use 'sparse' or 'slim'")
+        return apply_masks(copy.deepcopy(base), self.example_inputs, removed)
+
+    def slim(self, sparse_model: nn.Module, round: int | None = None) -> nn.Module:
+        """The dense model of a sparse one (the last round's spec, or ``round``'s)."""
+        if not self.rounds:
+            raise NpuflowError("NPF_PRUNE_NO_ANALYSIS")
+        record = self.rounds[(round or len(self.rounds)) - 1]
+        return slim(sparse_model, self.example_inputs, record.removed)
+
+    def _search_threshold(self, base, rankings, goal, before) -> tuple[dict[str, int], float]:
+        """Smallest loss threshold whose per-group ratios meet the goal (bisection)."""
+        sens = self.sensitivity
+        names = [n for n in rankings if n in sens.groups]
+
+        def spec_at(t: float) -> dict[str, int]:
+            return self._spec_from_ratios(rankings, {n: sens.max_ratio(n, t) for n in names})
+
+        def met(spec) -> bool:
+            return goal.met(before, self.cost.measure(self._slim_from_spec(base, rankings, spec)))
+
+        lo, hi = 0.0, 1.0
+        if not met(spec_at(hi)):
+            best = spec_at(hi)
+            return best, hi
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            if met(spec_at(mid)):
+                hi = mid
+            else:
+                lo = mid
+        return spec_at(hi), hi
+
+
+@dataclass
+class Candidate:
+    spec: dict[str, int]
+    cost: dict[str, float]
+    score: float
+
+
+@dataclass
+class SearchResult:
+    removal_ratio: float
+    baseline: dict[str, float]
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def best(self) -> int:
+        return max(range(len(self.candidates)), key=lambda i: self.candidates[i].score)
+
+
+class OneStepPruningRunner(_Runner):
+    """EagleEye: sample subnets at the ratio, adaptive-BN each, keep the best by the callback."""
+
+    def search(
+        self,
+        removal_ratio: float,
+        *,
+        num_subnet: int = 20,
+        calibration_fn: Callable[[nn.Module], None] | None = None,
+        calib_batches: Iterable | None = None,
+        eval_fn: EvalFn | None = None,
+        tolerance: float = 0.03,
+        seed: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> SearchResult:
+        """Score ``num_subnet`` candidates whose MAC removal is within ``tolerance`` of the ratio."""
+        if not 0.0 < removal_ratio < 1.0:
+            raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="removal_ratio", value=removal_ratio,
+                               reason="must be between 0 and 1")
+        rankings = channel_rankings(self.model, self.example_inputs, self.excludes)
+        baseline = self.cost.measure(self.model)
+        score = eval_fn or output_similarity(self.model, self.example_inputs)
+        recalibrate = calibration_fn or _adaptive_bn(calib_batches if calib_batches is not None else [self.example_inputs])
+        rng = random.Random(seed)
+        result = SearchResult(removal_ratio, baseline)
+        attempts = 0
+        while len(result.candidates) < num_subnet and attempts < num_subnet * 20:
+            attempts += 1
+            spec, sub, cost = self._sample(rankings, removal_ratio, baseline, rng)
+            if abs((1 - cost["macs"] / baseline["macs"]) - removal_ratio) > tolerance:
+                continue
+            recalibrate(sub)
+            sub.eval()
+            result.candidates.append(Candidate(spec, cost, float(score(sub))))
+            if progress:
+                progress(len(result.candidates))
+        if not result.candidates:
+            raise NpuflowError("NPF_PRUNE_NO_CANDIDATE", ratio=removal_ratio, tries=attempts)
+        self.result = result
+        write_atomic(self.workdir / "one_step.search", json.dumps(asdict(result), indent=1))
+        return result
+
+    def _sample(self, rankings, ratio, baseline, rng):
+        """Random per-group ratios, rescaled a few times towards the requested MAC removal."""
+        raw = {n: rng.random() for n in rankings}
+        scale = ratio
+        for _ in range(6):
+            ratios = {n: min(0.9, r * 2 * scale) for n, r in raw.items()}
+            spec = self._spec_from_ratios(rankings, ratios)
+            sub = self._slim_from_spec(self.model, rankings, spec)
+            cost = self.cost.measure(sub)
+            achieved = 1 - cost["macs"] / baseline["macs"]
+            if abs(achieved - ratio) < 0.01 or achieved <= 0:
+                break
+            scale *= ratio / achieved
+        return spec, sub, cost
+
+    def prune(self, index: int | None = None) -> nn.Module:
+        """The slim subnet of candidate ``index`` (default: the best-scoring one)."""
+        if getattr(self, "result", None) is None:
+            raise NpuflowError("NPF_PRUNE_NO_ANALYSIS")
+        cand = self.result.candidates[self.result.best if index is None else index]
+        rankings = channel_rankings(self.model, self.example_inputs, self.excludes)
+        return self._slim_from_spec(self.model, rankings, cand.spec)
+
+
+def _adaptive_bn(batches) -> Callable[[nn.Module], None]:
+    """Default calibration: reset BN statistics and re-estimate them on the batches."""
+
+    def run(model: nn.Module) -> None:
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for batch in batches:
+                model(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+        model.eval()
+
+    return run
+
+
+@dataclass
+class _Goal:
+    kind: str
+    value: float
+
+    def met(self, before: dict[str, float], after: dict[str, float]) -> bool:
+        if self.kind == "ratio":
+            return 1 - after["macs"] / before["macs"] >= self.value
+        if self.kind == "macs":
+            return after["macs"] <= self.value
+        return after["latency_ms"] <= self.value
+
+
+def _goal(ratio, macs, latency, target) -> _Goal:
+    given = [(k, v) for k, v in (("ratio", ratio), ("macs", macs), ("latency", latency)) if v is not None]
+    if len(given) != 1:
+        raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="goal", value=[k for k, _ in given] or None,
+                           reason="give exactly one of removal_ratio, target_macs, target_latency_ms")
+    kind, value = given[0]
+    if kind == "ratio" and not 0.0 < value < 1.0:
+        raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="removal_ratio", value=value, reason="must be between 0 and 1")
+    if kind == "latency" and target is None:
+        raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="target_latency_ms", value=value,
+                           reason="a latency goal needs a target (target=...)")
+    return _Goal(kind, float(value))
