@@ -83,6 +83,43 @@ _RUNTIME = _specs(
 
 # --- build config (YAML) -------------------------------------------------------------------
 _BUILD = _specs(
+    ("NPF_BUILD_CONFIG_NOT_FOUND", "build config {path} does not exist",
+     "Pass the path of a YAML file; `npuflow build --template > my.yaml` writes a commented one."),
+    ("NPF_BUILD_CONFIG_INVALID_YAML", "{path} is not a usable YAML build config: {reason}",
+     "The file must be a YAML mapping with the groups model_parameters, input_parameters, "
+     "calibration_parameters and compiler_parameters (see `npuflow build --template`)."),
+    ("NPF_BUILD_MISSING_KEYS", "Key {group!r} error: Missing keys: {keys}",
+     "Add the missing key(s); `npuflow build --template` shows each one with its allowed values."),
+    ("NPF_BUILD_UNKNOWN_KEYS", "Key {group!r} error: Wrong keys: {keys}",
+     "{suggestion}Allowed keys in {group!r}: {allowed}."),
+    ("NPF_BUILD_BAD_ENUM", "{group}.{key}: {value!r} is not one of {allowed}",
+     "Use one of the allowed values; separate per-input values with ';'."),
+    ("NPF_BUILD_BAD_VALUE", "{group}.{key}: {value!r} is invalid: {reason}",
+     "Fix the value; `npuflow build --template` documents every key."),
+    ("NPF_BUILD_INPUT_NAME_REQUIRED", "the model has {count} inputs ({inputs}) but input_parameters.input_name is not set",
+     "With several inputs, list them in input_name separated by ';': every per-input value follows that order."),
+    ("NPF_BUILD_COUNT_MISMATCH", "input_parameters.{key} has {got} value(s) but input_name names {expected} input(s) ({inputs})",
+     "Give one value per input, in input_name order, separated by ';' (use 'None' for an input without a value)."),
+    ("NPF_BUILD_NORM_VALUE_COUNT", "{key} for input {input!r} has {got} number(s); it needs 1 or {channels} (one per channel)",
+     "Per-channel numbers are separated by spaces, e.g. '103.94 116.78 123.68'; one number applies to all channels."),
+    ("NPF_BUILD_TYPE_PAIR", "input {input!r}: input_type_rt {rt!r} cannot feed input_type_train {train!r}",
+     "For input_type_train {train!r} the allowed input_type_rt values are: {allowed}."),
+    ("NPF_BUILD_TYPE_CHANNELS", "input {input!r}: input_type_train {train!r} needs {want} channel(s) but shape {shape} in layout {layout} has {got}",
+     "Check input_layout_train (it must be the model's own layout) and input_shape; use 'featuremap' for non-image inputs."),
+    ("NPF_BUILD_NV12_ODD", "input {input!r}: input_type_rt nv12 needs an even height and width, the input is {height}x{width}",
+     "nv12 stores one chroma pair per 2x2 pixels: resize the model input to even sizes or use another input_type_rt."),
+    ("NPF_BUILD_OUTPUT_NODE_UNKNOWN", "model_parameters.output_nodes names {name!r}, which is neither a node nor a tensor of the model",
+     "Use node or tensor names from the model (`npuflow check` lists the nodes)."),
+    ("NPF_BUILD_CALIB_DIR_NOT_FOUND", "calibration folder {path} (input {input!r}) does not exist",
+     "Set calibration_parameters.cal_data_dir to a folder of samples; relative paths are resolved from the config file's folder."),
+    ("NPF_BUILD_CALIB_EMPTY", "calibration folder {path} (input {input!r}) holds no sample files",
+     "Put about 100 samples in it: numpy.tofile() raw files, or images with preprocess_on: True."),
+    ("NPF_BUILD_CALIB_FILE_SIZE", "calibration file {path} has {size} bytes; input {input!r} of shape {shape} needs {expected}",
+     "Save each sample with numpy.tofile() in the train layout and shape: uint8 for images, float32 for featuremaps."),
+    ("NPF_BUILD_CALIB_IMAGE", "calibration file {path} is not a readable image: {reason}",
+     "With preprocess_on: True every file in the folder must be an image Pillow reads (jpg, png, bmp, ...)."),
+    ("NPF_BUILD_CALIB_COUNT_MISMATCH", "calibration folders hold different numbers of samples: {counts}",
+     "Each input needs the same number of samples; files are paired by sorted name."),
 )
 
 # --- performance / profiling ---------------------------------------------------------------

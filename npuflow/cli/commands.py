@@ -2,3 +2,4 @@
 
 from . import targets_cmd  # noqa: F401
 from . import prune_cmd  # noqa: F401
+from . import build_cmd  # noqa: F401

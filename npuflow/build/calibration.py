@@ -1,0 +1,108 @@
+"""Calibration samples from the folders named in ``cal_data_dir``.
+
+hb_mapper's convention (seed 004 L1259-1335, spec A.6): one file per sample, in the *train*
+format (type, layout and shape of the float model's input) with everything except mean/scale
+already applied, saved with ``numpy.tofile`` (uint8 for images, float32 for featuremaps).  With
+``preprocess_on: True`` the folder holds images instead, which are only resized.
+
+The preprocessed model takes the *runtime* format, so each sample is converted with
+:func:`~npuflow.passes.preprocess.to_runtime_format` (bgr -> nv12, say): calibration then sees
+exactly what the device will feed.  Every file is checked before calibration starts, so a bad
+file fails fast with its name; samples are then read one at a time, keeping memory bounded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import NpuflowError
+from ..passes.preprocess import InputPreprocess, to_runtime_format
+
+
+class CalibrationSet:
+    """A re-iterable set of feeds ``{input_name: runtime-format array}``."""
+
+    def __init__(self, inputs: Sequence[tuple[InputPreprocess, Path]], *, images: bool) -> None:
+        self.inputs = list(inputs)
+        self.images = images
+        self.files: dict[str, list[Path]] = {}
+        for pre, folder in self.inputs:
+            self.files[pre.name] = _list_folder(pre.name, folder)
+            for f in self.files[pre.name]:
+                if images:
+                    _check_image(f)
+                else:
+                    _raw_dtype(f, pre)
+        counts = {name: len(fs) for name, fs in self.files.items()}
+        if len(set(counts.values())) > 1:
+            raise NpuflowError("NPF_BUILD_CALIB_COUNT_MISMATCH",
+                               counts=", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+    def __len__(self) -> int:
+        return len(next(iter(self.files.values())))
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self)):
+            yield {pre.name: self.sample(pre, self.files[pre.name][i]) for pre, _ in self.inputs}
+
+    def sample(self, pre: InputPreprocess, path: Path) -> np.ndarray:
+        train = read_image(path, pre) if self.images else read_raw(path, pre)
+        return to_runtime_format(train, pre)
+
+
+def _list_folder(name: str, folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise NpuflowError("NPF_BUILD_CALIB_DIR_NOT_FOUND", path=str(folder), input=name)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise NpuflowError("NPF_BUILD_CALIB_EMPTY", path=str(folder), input=name)
+    return files
+
+
+def _raw_dtype(path: Path, pre: InputPreprocess) -> np.dtype:
+    """uint8 when the file has one byte per element, float32 with four (featuremaps: only four)."""
+    count = int(np.prod(pre.shape))
+    size = path.stat().st_size
+    if size == 4 * count:
+        return np.dtype(np.float32)
+    if size == count and pre.type_train != "featuremap":
+        return np.dtype(np.uint8)
+    expected = f"{4 * count} (float32)" if pre.type_train == "featuremap" else f"{count} (uint8) or {4 * count} (float32)"
+    raise NpuflowError("NPF_BUILD_CALIB_FILE_SIZE", path=str(path), size=size, input=pre.name,
+                       shape="x".join(map(str, pre.shape)), expected=expected)
+
+
+def read_raw(path: Path, pre: InputPreprocess) -> np.ndarray:
+    """One ``numpy.tofile`` sample in the train shape, as float32."""
+    return np.fromfile(path, dtype=_raw_dtype(path, pre)).reshape(pre.shape).astype(np.float32)
+
+
+def _check_image(path: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise NpuflowError("NPF_BUILD_CALIB_IMAGE", path=str(path), reason=str(exc) or type(exc).__name__) from None
+
+
+def read_image(path: Path, pre: InputPreprocess) -> np.ndarray:
+    """An image file resized to the input size, in the train type and layout, as float32."""
+    from PIL import Image
+
+    if pre.type_train == "featuremap":
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="calibration_parameters", key="preprocess_on",
+                           value=True, reason=f"input {pre.name!r} is a featuremap, not an image")
+    _, _, h, w = pre.nchw_shape
+    mode = {"gray": "L", "yuv444": "YCbCr"}.get(pre.type_train, "RGB")
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB").convert(mode).resize((w, h), Image.Resampling.BILINEAR))
+    hwc = pixels.reshape(h, w, -1).astype(np.float32)
+    if pre.type_train == "bgr":
+        hwc = hwc[..., ::-1]
+    sample = hwc[None] if pre.layout_train == "NHWC" else hwc.transpose(2, 0, 1)[None]
+    return np.ascontiguousarray(sample).reshape(pre.shape)

@@ -1,0 +1,399 @@
+"""The build config: hb_mapper-style YAML, validated once into typed objects.
+
+The groups and key names are those of Horizon's ``hb_mapper makertbin`` config (seed 004,
+spec A.4), so an existing config needs little more than a new ``march``:
+
+* ``model_parameters``, ``input_parameters``, ``calibration_parameters`` and
+  ``compiler_parameters`` must all be present; ``npuflow`` (a full quantizer config) is optional;
+* per-input values are separated by ``;`` and per-channel numbers by spaces;
+* spellings the seed uses in two ways are both accepted (``mean_value``/``mean_values``,
+  ``scale_value``/``scale_values``, ``per_channel``/``perchannel``, ``run_on_bpu``/``run_on_npu``).
+
+Validation happens in two steps because half of it needs the model: :func:`parse_config`
+checks keys, types and enums of the file alone; :func:`resolve_inputs` then matches the
+per-input lists against the model's inputs (counts, channels, nv12 sizes, type pairs).  Every
+failure is an :class:`~npuflow.errors.NpuflowError` whose message names the key and value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import NpuflowError
+from ..model import parse_shape
+from ..passes.preprocess import InputPreprocess
+
+TYPES_TRAIN = ("rgb", "bgr", "yuv444", "gray", "featuremap")
+TYPES_RT = ("nv12", "yuv444", "rgb", "bgr", "gray", "featuremap")
+LAYOUTS = ("NCHW", "NHWC")
+NORM_TYPES = ("data_mean_and_scale", "data_mean", "data_scale", "no_preprocess")
+SPACES = ("regular", "bt601_video")
+
+#: Which runtime types can feed which train type (seed 004 L1162-1178, spec A.5.2).
+ALLOWED_RT: dict[str, tuple[str, ...]] = {
+    "yuv444": ("nv12", "yuv444"),
+    "rgb": ("nv12", "yuv444", "rgb", "bgr"),
+    "bgr": ("nv12", "yuv444", "rgb", "bgr"),
+    "gray": ("gray",),
+    "featuremap": ("featuremap",),
+}
+#: Channels each image type has; featuremaps may have any number.
+CHANNELS = {"rgb": 3, "bgr": 3, "yuv444": 3, "gray": 1}
+#: The seed's name for the data the ONNX models take after the hardware's colour step (A.5.3).
+INTERMEDIATE_TYPE = {
+    "nv12": "yuv444_128", "yuv444": "yuv444_128", "rgb": "RGB_128", "bgr": "BGR_128",
+    "gray": "GRAY_128", "featuremap": "featuremap",
+}
+#: Calibration methods: hb_mapper's three plus the quantizer's own.
+CALIBRATION_TYPES = ("default", "kl", "max", "minmax", "percentile", "mse", "entropy")
+
+GROUPS = ("model_parameters", "input_parameters", "calibration_parameters", "compiler_parameters")
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+Text = str | int | float  # YAML turns '1' or '0.017' into numbers; the parser reads them as text
+
+
+class ModelParameters(_Group):
+    onnx_model: str
+    march: str = "bernoulli2"
+    output_model_file_prefix: str
+    working_dir: str = "model_output"
+    layer_out_dump: bool = False
+    log_level: Literal["debug", "info", "warn"] = "debug"
+    output_nodes: str | None = None
+
+
+class InputParameters(_Group):
+    input_name: str | None = None
+    input_type_train: str
+    input_layout_train: str | None = None
+    input_type_rt: str
+    input_layout_rt: str | None = None
+    input_space_and_range: str = "regular"
+    input_shape: str | None = None
+    input_batch: Text | None = None
+    norm_type: str
+    mean_value: Text | None = Field(None, validation_alias=AliasChoices("mean_value", "mean_values"))
+    scale_value: Text | None = Field(None, validation_alias=AliasChoices("scale_value", "scale_values"))
+
+
+class CalibrationParameters(_Group):
+    cal_data_dir: str
+    preprocess_on: bool = False
+    calibration_type: str
+    max_percentile: float = Field(1.0, ge=0.0, le=1.0)
+    per_channel: bool = Field(False, validation_alias=AliasChoices("per_channel", "perchannel"))
+    run_on_cpu: str | None = None
+    run_on_npu: str | None = Field(None, validation_alias=AliasChoices("run_on_npu", "run_on_bpu"))
+
+
+class CompilerParameters(_Group):
+    compile_mode: Literal["latency", "bandwidth"] = "latency"
+    debug: bool = False
+    core_num: int = Field(1, ge=1, le=64)
+    optimize_level: Literal["O0", "O1", "O2", "O3"]
+
+
+class BuildConfig(_Group):
+    """A whole config file, checked for keys, types and enums (not yet against the model)."""
+
+    model_parameters: ModelParameters
+    input_parameters: InputParameters
+    calibration_parameters: CalibrationParameters
+    compiler_parameters: CompilerParameters
+    npuflow: dict[str, Any] | None = None
+    #: Folder relative paths in the file are resolved from (the config file's folder).
+    base_dir: str = "."
+
+    def path(self, value: str) -> Path:
+        """A path from the config, resolved against the config file's folder."""
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def enabled_values(self) -> dict[str, Any]:
+        """The config as the user wrote it (aliases resolved), for the build report and .npuf."""
+        return self.model_dump(mode="json", exclude={"base_dir"})
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input after matching the config against the model: everything preprocessing,
+    calibration and the runtime need to know about it."""
+
+    name: str
+    shape: tuple[int, ...]  # train shape, in layout_train
+    type_train: str
+    layout_train: str
+    type_rt: str
+    layout_rt: str
+    space_and_range: str
+    norm_type: str
+    mean: tuple[float, ...] | None
+    scale: tuple[float, ...] | None
+    batch: int
+    cal_data_dir: Path
+
+    @property
+    def intermediate_type(self) -> str:
+        return INTERMEDIATE_TYPE[self.type_rt]
+
+    def preprocess(self) -> InputPreprocess:
+        return InputPreprocess(
+            name=self.name, shape=self.shape, type_train=self.type_train, layout_train=self.layout_train,
+            type_rt=self.type_rt, layout_rt=self.layout_rt, space_and_range=self.space_and_range,
+            mean=self.mean, scale=self.scale,
+        )
+
+
+# --- step 1: the file ------------------------------------------------------------------------
+
+def load_config(source: str | os.PathLike | Mapping[str, Any] | BuildConfig) -> BuildConfig:
+    """A path to a YAML file, an already-parsed mapping, or a config -> a validated config."""
+    if isinstance(source, BuildConfig):
+        return source
+    if isinstance(source, Mapping):
+        return parse_config(source, base_dir=".")
+    path = Path(source)
+    if not path.is_file():
+        raise NpuflowError("NPF_BUILD_CONFIG_NOT_FOUND", path=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise NpuflowError("NPF_BUILD_CONFIG_INVALID_YAML", path=str(path), reason=_one_line(exc)) from None
+    if not isinstance(data, Mapping):
+        raise NpuflowError(
+            "NPF_BUILD_CONFIG_INVALID_YAML", path=str(path),
+            reason=f"the top level is a {type(data).__name__}, not a mapping of groups",
+        )
+    return parse_config(data, base_dir=str(path.resolve().parent), source=str(path))
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = "<config>") -> BuildConfig:
+    """Check groups and keys first (so the message lists every missing or unknown key of a
+    group at once, as hb_mapper does), then types and enums through pydantic."""
+    missing = [g for g in GROUPS if g not in data]
+    if missing:
+        raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="config", keys=_quoted(missing))
+    _check_keys("config", data, (*GROUPS, "npuflow"))
+    groups: dict[str, Any] = {}
+    for group, cls in zip(GROUPS, (ModelParameters, InputParameters, CalibrationParameters, CompilerParameters)):
+        body = data[group]
+        if body is None:
+            body = {}
+        if not isinstance(body, Mapping):
+            raise NpuflowError(
+                "NPF_BUILD_BAD_VALUE", group="config", key=group, value=body,
+                reason="a group must be a mapping of keys to values",
+            )
+        _check_keys(group, body, _accepted_keys(cls))
+        groups[group] = _validate(group, cls, body)
+    extra = data.get("npuflow")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise NpuflowError(
+            "NPF_BUILD_BAD_VALUE", group="config", key="npuflow", value=extra,
+            reason="the npuflow section must be a mapping (a quantizer config)",
+        )
+    inp: InputParameters = groups["input_parameters"]
+    for key, allowed in (("input_type_train", TYPES_TRAIN), ("input_type_rt", TYPES_RT),
+                         ("input_layout_train", LAYOUTS), ("input_layout_rt", LAYOUTS),
+                         ("norm_type", NORM_TYPES), ("input_space_and_range", SPACES)):
+        for v in split_values(getattr(inp, key)):
+            if v is not None and v not in allowed:
+                raise NpuflowError("NPF_BUILD_BAD_ENUM", group="input_parameters", key=key, value=v,
+                                   allowed=", ".join(allowed))
+    cal: CalibrationParameters = groups["calibration_parameters"]
+    if cal.calibration_type not in CALIBRATION_TYPES:
+        raise NpuflowError("NPF_BUILD_BAD_ENUM", group="calibration_parameters", key="calibration_type",
+                           value=cal.calibration_type, allowed=", ".join(CALIBRATION_TYPES))
+    return BuildConfig(**groups, npuflow=dict(extra) if extra else None, base_dir=base_dir)
+
+
+def _accepted_keys(cls: type[_Group]) -> tuple[str, ...]:
+    keys: list[str] = []
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        keys.extend(alias.choices if isinstance(alias, AliasChoices) else [name])
+    return tuple(keys)
+
+
+def _check_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    unknown = [str(k) for k in body if k not in allowed]
+    if not unknown:
+        return
+    near = [m for k in unknown for m in difflib.get_close_matches(k, allowed, n=1, cutoff=0.75)]
+    suggestion = f"Did you mean {_quoted(near)}? " if near else ""
+    if group == "model_parameters" and {"caffe_model", "prototxt"} & set(unknown):
+        suggestion = "npuflow reads ONNX models only: convert Caffe models to ONNX and set onnx_model. "
+    raise NpuflowError("NPF_BUILD_UNKNOWN_KEYS", group=group, keys=_quoted(unknown),
+                       suggestion=suggestion, allowed=", ".join(allowed))
+
+
+def _validate(group: str, cls: type[_Group], body: Mapping[str, Any]) -> _Group:
+    try:
+        return cls.model_validate(dict(body))
+    except ValidationError as exc:
+        errors = exc.errors()
+        missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
+        if missing:
+            raise NpuflowError("NPF_BUILD_MISSING_KEYS", group=group, keys=_quoted(missing)) from None
+        err = errors[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        value = body.get(key, err.get("input"))
+        if err["type"] == "literal_error":
+            allowed = err.get("ctx", {}).get("expected", "")
+            raise NpuflowError("NPF_BUILD_BAD_ENUM", group=group, key=key, value=value,
+                               allowed=allowed.replace("'", "")) from None
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group=group, key=key, value=value, reason=err["msg"]) from None
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def split_values(value: Text | None) -> list[str | None]:
+    """``'a; b;None'`` -> ``['a', 'b', None]``; ``None`` (key absent) -> ``[]``."""
+    if value is None:
+        return []
+    parts = [p.strip() for p in str(value).split(";")]
+    if parts and parts[-1] == "" and len(parts) > 1:  # a trailing ';' is harmless
+        parts.pop()
+    return [None if p in ("", "None", "none", "null") else p for p in parts]
+
+
+# --- step 2: against the model ---------------------------------------------------------------
+
+def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int] | None]) -> list[InputSpec]:
+    """Match the per-input values against the model's inputs (name -> shape, ``None`` where
+    dynamic) and check what needs both: counts, channels, nv12 sizes and type pairs."""
+    inp = config.input_parameters
+    names = split_values(inp.input_name)
+    if not names:
+        if len(model_inputs) != 1:
+            raise NpuflowError("NPF_BUILD_INPUT_NAME_REQUIRED", count=len(model_inputs),
+                               inputs=", ".join(model_inputs))
+        names = list(model_inputs)
+    for n in names:
+        if n not in model_inputs:
+            raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=n, inputs=", ".join(model_inputs))
+    count = len(names)
+
+    def per_input(key: str, *, required: bool, broadcast: bool = False) -> list[str | None]:
+        values = split_values(getattr(inp, key))
+        if not values:
+            if required:
+                raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="input_parameters", keys=repr(key))
+            return [None] * count
+        if broadcast and len(values) == 1:
+            return values * count
+        if len(values) != count:
+            raise NpuflowError("NPF_BUILD_COUNT_MISMATCH", key=key, got=len(values), expected=count,
+                               inputs=", ".join(names))
+        return values
+
+    types_train = per_input("input_type_train", required=True)
+    types_rt = per_input("input_type_rt", required=True)
+    layouts_train = per_input("input_layout_train", required=False)
+    layouts_rt = per_input("input_layout_rt", required=False)
+    shapes = per_input("input_shape", required=False)
+    batches = per_input("input_batch", required=False)
+    norms = per_input("norm_type", required=True)
+    means = per_input("mean_value", required=False)
+    scales = per_input("scale_value", required=False)
+    spaces = per_input("input_space_and_range", required=False, broadcast=True)
+    dirs = split_values(config.calibration_parameters.cal_data_dir)
+    if len(dirs) != count:
+        raise NpuflowError("NPF_BUILD_COUNT_MISMATCH", key="cal_data_dir", got=len(dirs), expected=count,
+                           inputs=", ".join(names))
+
+    specs = []
+    for i, name in enumerate(names):
+        train, rt = str(types_train[i]), str(types_rt[i])
+        if rt not in ALLOWED_RT[train]:
+            raise NpuflowError("NPF_BUILD_TYPE_PAIR", input=name, rt=rt, train=train,
+                               allowed=", ".join(ALLOWED_RT[train]))
+        shape = _input_shape(name, shapes[i], model_inputs[name])
+        layout_train = layouts_train[i] or _guess_layout(shape)
+        layout_rt = layouts_rt[i] or layout_train
+        spec_shape = tuple(shape)
+        channels = spec_shape[1] if layout_train == "NCHW" else spec_shape[-1]
+        if len(spec_shape) != 4 and train != "featuremap":
+            raise NpuflowError("NPF_BUILD_TYPE_CHANNELS", input=name, train=train, want=CHANNELS[train],
+                               shape="x".join(map(str, spec_shape)), layout=layout_train, got="no channel axis (not 4-D)")
+        if train in CHANNELS and channels != CHANNELS[train]:
+            raise NpuflowError("NPF_BUILD_TYPE_CHANNELS", input=name, train=train, want=CHANNELS[train],
+                               shape="x".join(map(str, spec_shape)), layout=layout_train, got=channels)
+        if rt == "nv12":
+            h, w = (spec_shape[2], spec_shape[3]) if layout_train == "NCHW" else (spec_shape[1], spec_shape[2])
+            if h % 2 or w % 2:
+                raise NpuflowError("NPF_BUILD_NV12_ODD", input=name, height=h, width=w)
+        space = spaces[i] or "regular"
+        if space != "regular" and rt not in ("nv12", "yuv444"):
+            raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key="input_space_and_range",
+                               value=space, reason=f"it only applies to nv12/yuv444 input_type_rt, input {name!r} is {rt}")
+        norm = str(norms[i])
+        mean = _norm_values("mean_value", name, means[i], channels, needed="mean" in norm)
+        scale = _norm_values("scale_value", name, scales[i], channels, needed="scale" in norm)
+        specs.append(InputSpec(
+            name=name, shape=spec_shape, type_train=train, layout_train=layout_train, type_rt=rt,
+            layout_rt=layout_rt, space_and_range=space, norm_type=norm,
+            mean=mean if "mean" in norm else None, scale=scale if "scale" in norm else None,
+            batch=_batch(batches[i]), cal_data_dir=config.path(str(dirs[i])),
+        ))
+    return specs
+
+
+def _input_shape(name: str, text: str | None, model_shape: Sequence[int] | None) -> list[int]:
+    if text is not None:
+        return parse_shape(text)
+    if model_shape is None or any(d <= 0 for d in model_shape):
+        raise NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", input=name, dims="see the model",
+                           example="1x3x224x224")
+    return list(model_shape)
+
+
+def _guess_layout(shape: Sequence[int]) -> str:
+    """The model's own layout when the config does not say: channels-last only when the last
+    axis looks like image channels and the second does not."""
+    if len(shape) == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
+        return "NHWC"
+    return "NCHW"
+
+
+def _norm_values(key: str, name: str, text: str | None, channels: int, *, needed: bool) -> tuple[float, ...] | None:
+    if text is None:
+        if needed:
+            raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="input_parameters",
+                               keys=f"{key!r} (norm_type of input {name!r} needs it)")
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key=key, value=text,
+                           reason="expected numbers separated by spaces") from None
+    if len(values) not in (1, channels):
+        raise NpuflowError("NPF_BUILD_NORM_VALUE_COUNT", key=key, input=name, got=len(values), channels=channels)
+    return values
+
+
+def _batch(text: str | None) -> int:
+    if text is None:
+        return 1
+    if not text.isdigit() or not 1 <= int(text) <= 128:
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key="input_batch", value=text,
+                           reason="an integer from 1 to 128 is expected")
+    return int(text)

@@ -1,0 +1,86 @@
+"""The commented config template printed by ``npuflow build --template``.
+
+It is a complete, valid config (a test parses and validates it), so users can start from it
+and change only what differs; the comments give the allowed values of every key.
+"""
+
+from __future__ import annotations
+
+TEMPLATE = """\
+# npuflow build config (the groups and keys of hb_mapper makertbin).
+# Per-input values are separated by ';' in input_name order; per-channel numbers by spaces.
+# Relative paths are resolved from this file's folder.
+
+model_parameters:
+  # the float ONNX model to convert
+  onnx_model: 'model.onnx'
+  # target name, fingerprint or arch.json (`npuflow targets` lists them)
+  march: 'DPUCZDX8G_ISA1_B4096'
+  # prefix of every output file: {prefix}_original_float_model.onnx, {prefix}.npuf, ...
+  output_model_file_prefix: 'mobilenetv1'
+  # output folder, created if missing
+  working_dir: './model_output'
+  # keep every layer's output readable in the compiled model (debug only, slower)
+  layer_out_dump: False
+  # npuflow_build.log detail: debug, info or warn
+  log_level: 'info'
+  # optional: names of the nodes whose outputs become the model's only outputs ('a; b')
+  # output_nodes: 'prob'
+
+input_parameters:
+  # input node name(s); needed only when the model has several inputs
+  input_name: 'data'
+  # what the float model was trained on: rgb, bgr, yuv444, gray, featuremap
+  input_type_train: 'bgr'
+  # the float model's own layout: NCHW or NHWC
+  input_layout_train: 'NCHW'
+  # what the device feeds at run time: nv12, yuv444, rgb, bgr, gray, featuremap
+  #   train yuv444 <- nv12, yuv444;  rgb/bgr <- nv12, yuv444, rgb, bgr;
+  #   gray <- gray;  featuremap <- featuremap
+  input_type_rt: 'nv12'
+  # run-time layout: NCHW or NHWC (ignored for nv12)
+  input_layout_rt: 'NHWC'
+  # nv12/yuv444 value range: regular (0-255) or bt601_video (16-235)
+  input_space_and_range: 'regular'
+  # input shape(s), dimensions joined by 'x'; read from the model when omitted
+  input_shape: '1x3x224x224'
+  # batch of the compiled model (1-128); the ONNX models keep the shape above
+  input_batch: 1
+  # preprocessing built into the model: data_mean_and_scale ((x - mean) * scale),
+  # data_mean, data_scale, no_preprocess
+  norm_type: 'data_mean_and_scale'
+  # one number, or one per channel separated by spaces; 'None' for an input without one
+  mean_value: '103.94 116.78 123.68'
+  scale_value: '0.017'
+
+calibration_parameters:
+  # folder(s) of about 100 samples: numpy.tofile() raw files in the train type, layout and
+  # shape (uint8 images, float32 featuremaps) or, with preprocess_on, images
+  cal_data_dir: './calibration_data'
+  # True: the folder holds images; they are resized to the input size
+  preprocess_on: False
+  # default (search for the best), kl, max, minmax, percentile, mse, entropy
+  calibration_type: 'default'
+  # clipping percentile of 'max' (0.0-1.0)
+  max_percentile: 1.0
+  # calibrate each feature-map channel separately (not with 'default')
+  per_channel: False
+  # optional: nodes forced onto the CPU (float) or the NPU, separated by ';'
+  # run_on_cpu: 'Conv_0'
+  # run_on_npu: 'Softmax_0'
+
+compiler_parameters:
+  # latency or bandwidth
+  compile_mode: 'latency'
+  # keep debug information in the compiled model
+  debug: False
+  # accelerator cores used for one inference
+  core_num: 1
+  # O0 (fastest compile) ... O3 (fastest model; use it for deployment)
+  optimize_level: 'O3'
+
+# optional: a full npuflow quantizer config, which takes precedence over calibration_parameters
+# npuflow:
+#   calibration:
+#     method: percentile
+"""
