@@ -119,6 +119,19 @@ class Overheads(_Strict):
     subgraph_us: float = 0.0
 
 
+class Memory(_Strict):
+    """On-chip buffers and DDR behaviour, read by the performance model (``docs/perf-model.md``).
+
+    ``None`` buffer sizes default to the feature-map banks: ``bank_num * bank_depth *
+    channel_parallel`` bytes (each bank word holds one byte per parallel channel).
+    """
+
+    fmap_buffer_kib: float | None = None
+    weight_buffer_kib: float | None = None
+    ddr_efficiency: float = Field(0.7, gt=0, le=1)  # sustained fraction of the DDR peak
+    core_ddr_gbps: float | None = None  # one core's AXI data ports; None: the whole DDR
+
+
 class Target(_Strict):
     name: str
     fingerprint: str
@@ -136,6 +149,7 @@ class Target(_Strict):
     ops: dict[str, OpRule] = Field(default_factory=dict)
     numerics: Numerics = Numerics()
     overheads: Overheads = Overheads()
+    memory: Memory = Memory()
 
     def hardware_names(self) -> dict[str, float]:
         """Names hardware formulas may use."""

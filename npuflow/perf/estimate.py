@@ -1,0 +1,309 @@
+"""The static performance estimate of a whole model on a target (what ``hb_perf`` reports).
+
+Inputs: a normalised model, the checker's placement of every node, and the target file.  NPU
+layers are costed by :mod:`npuflow.perf.cost`; CPU subgraphs are timed with ONNX Runtime on this
+host (:mod:`npuflow.perf.cpu_time`); tensors that cross between NPU and CPU pay a transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+import onnx
+
+from ..targets import Target
+from . import cpu_time
+from ..model import tensor_shapes
+from .cost import LayerCost, buffer_bytes, bytes_per_cycle, layer_cost
+from .layers import NONE, Geometry, model_geometry, node_name
+
+NPU_SOURCE = "estimated (static model of the target)"
+CPU_SOURCE = "measured on host CPU (ONNX Runtime, 1 thread)"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the checker put one node: the slice of ``CheckReport`` the estimator needs."""
+
+    device: str  # "NPU" or "CPU"
+    subgraph: str
+    op_kind: str = ""
+    fused_into: str | None = None
+
+
+@dataclass
+class LayerResult:
+    name: str
+    op_type: str
+    subgraph: str
+    engine: str
+    macs: int
+    compute_cycles: int
+    memory_cycles: int
+    cycles: int
+    bound: str
+    utilisation: float
+    engine_utilisation: float
+    weight_bytes: int
+    load_fmap_bytes: int
+    store_bytes: int
+    reload_bytes: int
+    latency_ms: float
+    fused_into: str | None = None
+
+
+@dataclass
+class SubgraphResult:
+    name: str
+    device: str  # "NPU" | "CPU"
+    source: str  # NPU_SOURCE | CPU_SOURCE
+    nodes: list[str]
+    ops: int  # 2 x MACs per frame (one MAC counts as 2 ops)
+    load_weight_bytes: int
+    load_fmap_bytes: int
+    store_bytes: int
+    latency_ms: float
+    shared_latency_ms: float  # with every core streaming at once (DDR shared)
+
+    @property
+    def ddr_bytes(self) -> int:
+        return self.load_weight_bytes + self.load_fmap_bytes + self.store_bytes
+
+
+@dataclass
+class TransferResult:
+    tensor: str
+    src: str
+    dst: str
+    bytes: int
+    latency_ms: float
+
+
+@dataclass
+class PerfReport:
+    """Everything ``npuflow perf`` shows; :meth:`to_dict` is the JSON written next to the page."""
+
+    model_name: str
+    target: str
+    clock_mhz: float
+    cores: int
+    latency_ms: float
+    fps_single_core: float
+    fps_all_cores: float
+    npu_ms: float
+    cpu_ms: float
+    transfer_ms: float
+    ddr_mb_per_frame: float
+    loaded_bytes_per_frame: int
+    stored_bytes_per_frame: int
+    ops_per_frame: int
+    subgraphs: list[SubgraphResult]
+    layers: list[LayerResult]
+    transfers: list[TransferResult]
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for s, sd in zip(self.subgraphs, d["subgraphs"]):
+            sd["ddr_bytes"] = s.ddr_bytes
+        d["sources"] = {"NPU": NPU_SOURCE, "CPU": CPU_SOURCE}
+        return d
+
+
+def placement_from_report(report: Any) -> dict[str, Placement]:
+    """Adapt the checker's ``CheckReport`` (``.nodes``) to :class:`Placement` entries."""
+    out: dict[str, Placement] = {}
+    for n in report.nodes:
+        device = "CPU" if str(n.device).upper().startswith("CPU") else "NPU"
+        sub = n.subgraph
+        out[n.name] = Placement(
+            device=device,
+            subgraph=f"{device.lower()}_subgraph_{sub}" if isinstance(sub, int) else str(sub or n.name),
+            op_kind=str(getattr(n, "op_kind", "") or ""),
+            fused_into=getattr(n, "fused_into", None) or None,
+        )
+    return out
+
+
+def _layer_result(name: str, node: onnx.NodeProto, p: Placement, c: LayerCost, mhz: float) -> LayerResult:
+    return LayerResult(
+        name=name, op_type=node.op_type, subgraph=p.subgraph, engine=c.engine, macs=c.macs,
+        compute_cycles=c.compute_cycles, memory_cycles=c.memory_cycles, cycles=c.cycles, bound=c.bound,
+        utilisation=round(c.utilisation, 4), engine_utilisation=round(c.engine_utilisation, 4),
+        weight_bytes=c.weight_bytes, load_fmap_bytes=c.load_fmap_bytes, store_bytes=c.store_bytes,
+        reload_bytes=c.reload_bytes, latency_ms=c.cycles / (mhz * 1e3), fused_into=p.fused_into,
+    )
+
+
+def estimate(
+    model: onnx.ModelProto,
+    target: Target,
+    placement: Mapping[str, Placement],
+    *,
+    model_name: str = "model",
+    measure_cpu: bool = True,
+) -> PerfReport:
+    """Estimate ``model`` (normalised, static shapes) on ``target`` given the checker's placement."""
+    elem_bytes = max(1, min(target.numerics.bits) // 8)
+    geo = model_geometry(model, elem_bytes)
+    mhz = target.clock_mhz
+    on_npu = target.kind == "npu"
+    nodes = list(model.graph.node)
+    names = [node_name(n, i) for i, n in enumerate(nodes)]
+    place = {nm: placement.get(nm) or Placement("CPU", f"cpu_{nm}") for nm in names}
+    if not on_npu:
+        place = {nm: Placement("CPU", "cpu_subgraph_0", p.op_kind) for nm, p in place.items()}
+
+    geo = _forward_on_chip(model, names, place, geo, target, elem_bytes)
+    groups: OrderedDict[str, list[int]] = OrderedDict()
+    for i, nm in enumerate(names):
+        groups.setdefault(place[nm].subgraph, []).append(i)
+
+    layers: list[LayerResult] = []
+    subgraphs: list[SubgraphResult] = []
+    notes: list[str] = []
+    for sg, idx in groups.items():
+        device = place[names[idx[0]]].device
+        if device == "NPU":
+            results, shared_cycles = [], 0
+            for i in idx:
+                p = place[names[i]]
+                g = geo[names[i]]
+                if p.fused_into:
+                    c = layer_cost(g, target)
+                    c = LayerCost(c.engine, c.macs, 0, 0, 0, 0, 0, 0, 0, 0, "fused", 0.0, 0.0)
+                else:
+                    c = layer_cost(g, target)
+                    shared_cycles += layer_cost(g, target, sharing_cores=target.cores).cycles
+                results.append(_layer_result(names[i], nodes[i], p, c, mhz))
+            layers += results
+            over_ms = target.overheads.subgraph_us / 1e3
+            subgraphs.append(SubgraphResult(
+                name=sg, device="NPU", source=NPU_SOURCE, nodes=[names[i] for i in idx],
+                ops=2 * sum(r.macs for r in results),
+                load_weight_bytes=sum(r.weight_bytes for r in results),
+                load_fmap_bytes=sum(r.load_fmap_bytes + r.reload_bytes for r in results),
+                store_bytes=sum(r.store_bytes for r in results),
+                latency_ms=sum(r.cycles for r in results) / (mhz * 1e3) + over_ms,
+                shared_latency_ms=shared_cycles / (mhz * 1e3) + over_ms,
+            ))
+        else:
+            ms = cpu_time.measure_ms(model, [nodes[i] for i in idx]) if measure_cpu else None
+            if ms is None:
+                ms = 0.0
+                notes.append(f"CPU part {sg} could not be timed alone; counted as 0 ms")
+            subgraphs.append(SubgraphResult(
+                name=sg, device="CPU", source=CPU_SOURCE, nodes=[names[i] for i in idx], ops=0,
+                load_weight_bytes=0, load_fmap_bytes=0, store_bytes=0, latency_ms=ms, shared_latency_ms=ms,
+            ))
+
+    transfers, edges = _boundaries(model, names, place, target)
+    npu_ms = sum(s.latency_ms for s in subgraphs if s.device == "NPU")
+    npu_shared = sum(s.shared_latency_ms for s in subgraphs if s.device == "NPU")
+    cpu_ms = sum(s.latency_ms for s in subgraphs if s.device == "CPU")
+    transfer_ms = sum(t.latency_ms for t in transfers)
+    latency = npu_ms + cpu_ms + transfer_ms
+    cores = target.cores if on_npu else 1
+    frame_all = npu_shared + cpu_ms + transfer_ms
+    loaded = sum(s.load_weight_bytes + s.load_fmap_bytes for s in subgraphs)
+    stored = sum(s.store_bytes for s in subgraphs)
+    transfer_bytes = sum(t.bytes for t in transfers)
+    if not on_npu:
+        notes.append(f"{target.name} is a CPU target: the whole model was timed on this host")
+    return PerfReport(
+        model_name=model_name, target=target.name, clock_mhz=mhz, cores=cores,
+        latency_ms=latency, fps_single_core=1e3 / latency if latency else 0.0,
+        fps_all_cores=min(cores * 1e3 / frame_all, cores * 1e3 / latency) if frame_all else 0.0,
+        npu_ms=npu_ms, cpu_ms=cpu_ms, transfer_ms=transfer_ms,
+        ddr_mb_per_frame=(loaded + stored + transfer_bytes) / 1e6,
+        loaded_bytes_per_frame=loaded, stored_bytes_per_frame=stored,
+        ops_per_frame=sum(s.ops for s in subgraphs),
+        subgraphs=subgraphs, layers=layers, transfers=transfers, edges=edges, notes=notes,
+    )
+
+
+def _forward_on_chip(
+    model: onnx.ModelProto, names: list[str], place: Mapping[str, Placement],
+    geo: dict[str, Geometry], target: Target, elem_bytes: int,
+) -> dict[str, Geometry]:
+    """Drop the DDR store and re-load of tensors passed straight to the next layer on chip.
+
+    A tensor stays in the feature-map banks when it is produced and consumed in the same NPU
+    subgraph, its only consumer is the very next layer, it is not a model output, and it fills at
+    most half the feature-map buffer (the other half holds the consumer's output tile).
+    """
+    fmap_buf, _ = buffer_bytes(target)
+    shapes = tensor_shapes(model)
+    nodes = list(model.graph.node)
+    index = {nm: i for i, nm in enumerate(names)}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+    outputs = {o.name for o in model.graph.output}
+
+    def doer(i: int) -> int:
+        """The layer that really executes node i (itself, or the layer it is fused into)."""
+        f = place[names[i]].fused_into
+        return index.get(f, i) if f else i
+
+    order = [i for i, nm in enumerate(names)
+             if place[nm].device == "NPU" and not place[nm].fused_into and geo[nm].engine != NONE]
+    nxt = {a: b for a, b in zip(order, order[1:])}
+    out = dict(geo)
+    for i, n in enumerate(nodes):
+        p = place[names[i]]
+        if p.device != "NPU":
+            continue
+        for t in n.output:
+            users = [doer(u) for u in consumers.get(t, [])]
+            src = doer(i)
+            real = {u for u in users if u != src}
+            size = math.prod(shapes.get(t) or [0]) * elem_bytes
+            if (t in outputs or len(real) != 1 or not size or 2 * size > fmap_buf
+                    or any(place[names[u]].subgraph != p.subgraph or place[names[u]].device != "NPU"
+                           for u in users)):
+                continue
+            (u,) = real
+            if nxt.get(src) != u:
+                continue
+            gs, gu = out[names[src]], out[names[u]]
+            out[names[src]] = replace(gs, out_bytes=max(gs.out_bytes - size, 0))
+            out[names[u]] = replace(gu, in_bytes=max(gu.in_bytes - size, 0))
+    return out
+
+
+def _boundaries(
+    model: onnx.ModelProto, names: list[str], place: Mapping[str, Placement], target: Target
+) -> tuple[list[TransferResult], list[tuple[str, str]]]:
+    """Tensors crossing NPU<->CPU, and the part-level edges of the structure picture.
+
+    A crossing tensor is stored by one side as INT8 and read by the other, which converts it to
+    or from float32 on the CPU: 1 + 4 bytes per element through DDR at the sustained bandwidth.
+    """
+    shapes = tensor_shapes(model)
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
+    bpc = bytes_per_cycle(target) * target.clock_mhz * 1e6  # bytes/s
+    transfers, edges, seen = [], [], set()
+    for i, n in enumerate(model.graph.node):
+        dst = place[names[i]]
+        for t in n.input:
+            if t not in producer:
+                continue
+            src = place[names[producer[t]]]
+            if src.subgraph == dst.subgraph:
+                continue
+            a = src.subgraph if src.device == "NPU" else names[producer[t]]
+            b = dst.subgraph if dst.device == "NPU" else names[i]
+            if (a, b) not in seen:
+                seen.add((a, b))
+                edges.append((a, b))
+            if src.device != dst.device and (t, dst.subgraph) not in seen:
+                seen.add((t, dst.subgraph))
+                elems = math.prod(shapes.get(t) or [1])
+                transfers.append(TransferResult(t, src.subgraph, dst.subgraph, elems * 5, elems * 5 / bpc * 1e3))
+    return transfers, edges

@@ -1,0 +1,75 @@
+"""Writing the estimate: ``perf_result/<name>/`` with an HTML page, JSON data and the structure picture.
+
+Like ``hb_perf_result/``: a main page with a summary, one entry per subgraph, the per-layer table
+(sortable by cost) and a picture of the model where NPU subgraphs are dark and CPU nodes grey.
+The picture is a Graphviz ``.gv`` file always, and an SVG embedded in the page when ``dot`` is
+installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import graphviz
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from ..errors import NpuflowError
+from ..model import write_atomic
+from .estimate import CPU_SOURCE, NPU_SOURCE, PerfReport
+
+log = logging.getLogger(__name__)
+
+_env = Environment(loader=PackageLoader("npuflow.perf", "templates"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def structure_graph(report: PerfReport) -> graphviz.Digraph:
+    """Subgraph-level picture: NPU subgraphs dark boxes, CPU nodes grey ellipses."""
+    g = graphviz.Digraph(report.model_name, graph_attr={"rankdir": "TB"}, node_attr={"fontname": "Helvetica"})
+    for s in report.subgraphs:
+        if s.device == "NPU":
+            g.node(s.name, f"{s.name}\n{len(s.nodes)} nodes, {s.latency_ms:.3f} ms", shape="box", style="filled",
+                   fillcolor="#263238", fontcolor="white")
+        else:
+            for n in s.nodes:
+                g.node(n, n, shape="ellipse", style="filled", fillcolor="#d0d0d0", fontcolor="black")
+    for a, b in report.edges:
+        g.edge(a, b)
+    return g
+
+
+def _svg(graph: graphviz.Digraph) -> str | None:
+    if shutil.which("dot") is None:
+        return None
+    try:
+        svg = graph.pipe(format="svg").decode("utf-8")
+    except (graphviz.ExecutableNotFound, graphviz.CalledProcessError) as exc:
+        log.warning("graphviz failed: %s", exc)
+        return None
+    return svg[svg.find("<svg"):]  # drop the XML prologue and DOCTYPE so it can be inlined
+
+
+def render_html(report: PerfReport, svg: str | None) -> str:
+    return _env.get_template("perf_report.html.j2").render(
+        r=report, data=report.to_dict(), svg=svg, npu_source=NPU_SOURCE, cpu_source=CPU_SOURCE,
+    )
+
+
+def write_report(report: PerfReport, out_dir: str | Path = ".") -> Path:
+    """Write ``<out_dir>/perf_result/<name>/<name>.{html,json,gv[,svg]}``; returns the folder."""
+    folder = Path(out_dir) / "perf_result" / report.model_name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(folder), reason=exc.strerror or str(exc)) from None
+    graph = structure_graph(report)
+    svg = _svg(graph)
+    name = report.model_name
+    write_atomic(folder / f"{name}.gv", graph.source)
+    if svg is not None:
+        write_atomic(folder / f"{name}.svg", svg)
+    write_atomic(folder / f"{name}.json", json.dumps(report.to_dict(), indent=1))
+    write_atomic(folder / f"{name}.html", render_html(report, svg))
+    return folder
