@@ -124,6 +124,14 @@ _BUILD = _specs(
 
 # --- performance / profiling ---------------------------------------------------------------
 _PERF = _specs(
+    ("NPF_PERF_UNSUPPORTED_FILE", "{path} is neither an ONNX model (.onnx) nor a compiled model (.npuf)",
+     "Pass the float or quantized .onnx file with --target, or the .npuf file written by `npuflow compile`."),
+    ("NPF_PERF_NO_TARGET", "no target given for {path}",
+     "Add --target NAME (see `npuflow targets`); only a .npuf file carries its own target."),
+    ("NPF_PERF_BAD_THREADS", "--thread-num {value} is outside [1, {high}]",
+     "Use 1 thread for latency, more (up to {high}) to measure the peak frame rate."),
+    ("NPF_PERF_BAD_FRAMES", "--frame-count {value} must be at least 1",
+     "Give the number of frames to run, e.g. --frame-count 200, or a duration with --perf-time MIN."),
 )
 
 # --- PyTorch front end / pruning -----------------------------------------------------------

@@ -3,3 +3,5 @@
 from . import targets_cmd  # noqa: F401
 from . import prune_cmd  # noqa: F401
 from . import build_cmd  # noqa: F401
+from . import perf_cmd  # noqa: F401
+from . import bench_cmd  # noqa: F401

@@ -62,6 +62,11 @@ class Geometry:
     out_bytes: int
 
 
+def _is_npuflow_qdq(node: onnx.NodeProto) -> bool:
+    """npuflow's rounding-mode quantize functions (``npuflow.qdq``) cost what QuantizeLinear costs."""
+    return node.domain == "ai.npuflow" and node.op_type.startswith(("Quantize_", "Dequantize_"))
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -154,7 +159,7 @@ def geometry(
         return Geometry(**{**base, "engine": ELTWISE, "in_c": oc, "n_inputs": n,
                            "macs": b * oh * ow * oc * max(n - 1, 1),
                            "weight_bytes": sum(_numel(shapes.get(w)) for w in weights) * elem_bytes})
-    if op in _FREE_OPS or op in _ZERO_COPY_OPS:
+    if op in _FREE_OPS or op in _ZERO_COPY_OPS or _is_npuflow_qdq(node):
         return Geometry(**{**base, "engine": NONE, "macs": 0, "weight_bytes": 0,
                            "in_bytes": 0, "out_bytes": 0})
     # activations, resize, transpose, slice, pad, ...: data movement through the misc engine

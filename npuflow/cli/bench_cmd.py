@@ -1,0 +1,55 @@
+"""``npuflow bench MODEL.npuf``: measure the runtime on this host (like ``hrt_model_exec perf``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import Progress
+
+from ..errors import NpuflowError
+from ..model import write_atomic
+from ..profile import bench, format_result, profiler_log, vaitrace_summary, write_chrome_trace
+from ..profile.bench import MAX_THREADS
+from .app import app, console
+
+
+@app.command("bench")
+def bench_command(
+    model: Path = typer.Argument(..., help="Compiled model (.npuf)."),
+    thread_num: int = typer.Option(1, "--thread-num", help=f"Threads running frames, 1 to {MAX_THREADS}."),
+    frame_count: int = typer.Option(200, "--frame-count", help="Frames to run (ignored with --perf-time)."),
+    perf_time: float = typer.Option(0.0, "--perf-time", help="Run for this many minutes instead of a frame count."),
+    profile_path: Optional[Path] = typer.Option(None, "--profile-path", help="Folder for profiler.log (JSON)."),
+    trace_file: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome trace-event JSON file."),
+    summary: bool = typer.Option(True, "--summary/--no-summary", help="Print the per-subgraph summary."),
+) -> None:
+    """Run MODEL from N threads and print Running condition and Perf result."""
+    if not 1 <= thread_num <= MAX_THREADS:
+        raise NpuflowError("NPF_PERF_BAD_THREADS", value=thread_num, high=MAX_THREADS)
+    if perf_time <= 0 and frame_count < 1:
+        raise NpuflowError("NPF_PERF_BAD_FRAMES", value=frame_count)
+    if model.suffix != ".npuf":
+        raise NpuflowError("NPF_PERF_UNSUPPORTED_FILE", path=str(model))
+    from ..runtime import Session
+
+    session = Session(str(model))
+    total = None if perf_time > 0 else frame_count
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("running frames", total=total)
+        result = bench(session, thread_num=thread_num, frame_count=frame_count, perf_time_min=perf_time,
+                       on_frame=lambda: progress.advance(task))
+    console.print(format_result(result), markup=False, highlight=False)
+    if profile_path is not None:
+        write_atomic(profile_path / "profiler.log", json.dumps(profiler_log(result), indent=2))
+        console.print(f"profiler log: {profile_path / 'profiler.log'}", markup=False, highlight=False)
+    if trace_file is not None:
+        write_chrome_trace(result.events, trace_file)
+        console.print(f"trace: {trace_file}", markup=False, highlight=False)
+    if summary:
+        from ..perf.model_perf import perf
+
+        estimate = perf(model, measure_cpu=False)
+        console.print(vaitrace_summary(result, estimate), markup=False, highlight=False)

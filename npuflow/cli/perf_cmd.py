@@ -1,0 +1,65 @@
+"""``npuflow perf MODEL.npuf|MODEL.onnx --target T``: static performance estimate (like ``hb_perf``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..model import parse_input_shapes
+from ..perf import write_report
+from ..perf.model_perf import perf
+from .app import app, console
+
+
+def split_shape_options(values: list[str] | None) -> list[tuple[str, str]]:
+    """``["images=1x3x320x320"]`` (``:`` works too) -> ``[("images", "1x3x320x320")]``."""
+    pairs = []
+    for v in values or []:
+        sep = "=" if "=" in v else ":"
+        name, _, dims = v.rpartition(sep)
+        pairs.append((name, dims))
+    return pairs
+
+
+@app.command("perf")
+def perf_command(
+    model: Path = typer.Argument(..., help="Float/quantized .onnx model or compiled .npuf file."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name, fingerprint or arch.json."),
+    input_shape: Optional[list[str]] = typer.Option(
+        None, "--input-shape", help="NAME=DIMS, e.g. --input-shape images=1x3x320x320 (repeatable)."),
+    output: Path = typer.Option(Path("."), "-o", "--output", help="Folder that receives perf_result/<name>/."),
+) -> None:
+    """Estimate latency, frame rate and DDR traffic from the target file; write an HTML/JSON report."""
+    with console.status("estimating (CPU parts are timed on this host)..."):
+        report = perf(model, target, parse_input_shapes(split_shape_options(input_shape)))
+        folder = write_report(report, output)
+    t = Table(title=f"Model Performance Summary: {report.model_name} on {report.target}")
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    rows = [
+        ("Model Latency (ms)", f"{report.latency_ms:.3f}"),
+        ("  NPU estimated / CPU measured on host / transfers (ms)",
+         f"{report.npu_ms:.3f} / {report.cpu_ms:.3f} / {report.transfer_ms:.3f}"),
+        ("Model Frame Rate, 1 core (FPS)", f"{report.fps_single_core:.2f}"),
+        (f"Model Frame Rate, {report.cores} cores (FPS)", f"{report.fps_all_cores:.2f}"),
+        ("Model DDR Occupation (MB per frame)", f"{report.ddr_mb_per_frame:.3f}"),
+        ("Loaded Bytes per Frame", str(report.loaded_bytes_per_frame)),
+        ("Stored Bytes per Frame", str(report.stored_bytes_per_frame)),
+        ("Workload (GOP per frame)", f"{report.ops_per_frame / 1e9:.3f}"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    sub = Table(title="Subgraphs")
+    for col in ("subgraph", "device", "OPs per frame", "DDR MB", "latency ms", "source"):
+        sub.add_column(col)
+    for s in report.subgraphs:
+        sub.add_row(s.name, s.device, str(s.ops), f"{s.ddr_bytes / 1e6:.3f}", f"{s.latency_ms:.4f}",
+                    "estimated" if s.device == "NPU" else "measured on host CPU")
+    console.print(sub)
+    for n in report.notes:
+        console.print(f"note: {n}", markup=False)
+    console.print(f"report: {folder / (report.model_name + '.html')}", markup=False, highlight=False)

@@ -1,0 +1,46 @@
+"""Estimate a model file: the glue between loading, the checker and the cost model.
+
+An ONNX model (float or quantized QDQ) is loaded and checked against the target; a compiled
+``.npuf`` file already carries its model, target and partition.  Either way the estimator sees a
+normalised model plus the placement of every node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import onnx
+
+from ..errors import NpuflowError
+from ..model import load
+from ..targets import Target, load_target
+from .estimate import PerfReport, estimate, placement_from_report
+
+
+def perf(
+    model: str | Path | onnx.ModelProto,
+    target: str | Target | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    name: str | None = None,
+    measure_cpu: bool = True,
+) -> PerfReport:
+    """Static estimate of ``model`` on ``target`` (see ``docs/perf-model.md``)."""
+    if isinstance(model, (str, Path)) and Path(model).suffix == ".npuf":
+        return _perf_npuf(Path(model), target, name=name, measure_cpu=measure_cpu)
+    if isinstance(model, (str, Path)) and Path(model).suffix not in (".onnx", ""):
+        raise NpuflowError("NPF_PERF_UNSUPPORTED_FILE", path=str(model))
+    if target is None:
+        raise NpuflowError("NPF_PERF_NO_TARGET", path=str(model if not isinstance(model, onnx.ModelProto) else "model"))
+    t = target if isinstance(target, Target) else load_target(target)
+    proto = load(model, input_shapes)
+    from ..check import check
+
+    report = check(proto, t)
+    label = name or (Path(model).stem if isinstance(model, (str, Path)) else proto.graph.name or "model")
+    return estimate(proto, t, placement_from_report(report), model_name=label, measure_cpu=measure_cpu)
+
+
+def _perf_npuf(path: Path, target: str | Target | None, *, name: str | None, measure_cpu: bool) -> PerfReport:
+    raise NpuflowError("NPF_PERF_UNSUPPORTED_FILE", path=str(path))

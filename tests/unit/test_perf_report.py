@@ -1,0 +1,73 @@
+"""The perf report: JSON holds the numbers, the HTML page renders them in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import npuflow
+from npuflow.perf import Placement, estimate, write_report
+
+from .test_perf_estimate import B4096, all_npu, conv_net
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium")
+    assert exe, "Debian's chromium is needed (apt-get install -y chromium; .ci/run installs it)"
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    model = conv_net([(32, 3, 2, 1), (32, 3, 1, -1), (64, 1, 1, 1), (64, 3, 1, -1), (128, 1, 1, 1)], 64)
+    place = all_npu(model)
+    place["conv2"] = Placement("CPU", "cpu_conv2")
+    report = estimate(model, npuflow.load_target(B4096), place, model_name="mixed")
+    out = tmp_path_factory.mktemp("perf")
+    return report, write_report(report, out)
+
+
+def test_json_holds_the_same_numbers(written):
+    report, folder = written
+    assert folder.name == "mixed" and folder.parent.name == "perf_result"
+    data = json.loads((folder / "mixed.json").read_text())
+    assert data["latency_ms"] == pytest.approx(report.latency_ms)
+    assert data["fps_all_cores"] == pytest.approx(report.fps_all_cores)
+    assert data["loaded_bytes_per_frame"] == report.loaded_bytes_per_frame
+    assert {s["device"] for s in data["subgraphs"]} == {"NPU", "CPU"}
+    assert [layer["name"] for layer in data["layers"]] == [layer.name for layer in report.layers]
+    assert "host CPU" in data["sources"]["CPU"]
+
+
+def test_structure_picture_npu_dark_cpu_grey(written):
+    _, folder = written
+    gv = (folder / "mixed.gv").read_text()
+    assert re.search(r'npu_subgraph_0 \[[^\]]*fillcolor="#263238"', gv)
+    assert re.search(r'conv2 \[[^\]]*fillcolor="#d0d0d0"', gv)
+    assert "<svg" in (folder / "mixed.html").read_text()  # dot is installed: the picture is embedded
+
+
+def test_page_renders_in_headless_chromium(written, tmp_path):
+    report, folder = written
+    page = (folder / "mixed.html").resolve().as_uri()
+    dom = chromium(tmp_path, "--dump-dom", page)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert f'id="latency-ms">{report.latency_ms:.3f}<' in html
+    assert f'id="fps-all">{report.fps_all_cores:.2f}<' in html
+    assert f'id="loaded-bytes">{report.loaded_bytes_per_frame}<' in html
+    # the script ran: the layer table opens sorted by cycles, most expensive first
+    body = html[html.index('id="layers"'):]
+    first = re.search(r"<tbody>\s*<tr[^>]*><td[^>]*>([^<]+)<", body).group(1)
+    assert first == max(report.layers, key=lambda layer: layer.cycles).name
+    shot = tmp_path / "perf_report.png"
+    res = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", page)
+    assert res.returncode == 0 and shot.stat().st_size > 10_000
