@@ -52,7 +52,7 @@ INTERMEDIATE_TYPE = {
     "gray": "GRAY_128", "featuremap": "featuremap",
 }
 #: Calibration methods: hb_mapper's three plus the quantizer's own.
-CALIBRATION_TYPES = ("default", "kl", "max", "minmax", "percentile", "mse", "entropy")
+CALIBRATION_TYPES = ("default", "kl", "max", "auto", "minmax", "percentile", "entropy", "mse")
 
 GROUPS = ("model_parameters", "input_parameters", "calibration_parameters", "compiler_parameters")
 

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -38,8 +38,9 @@ from .config import BuildConfig, InputSpec, load_config, resolve_inputs, split_v
 log = logging.getLogger(__name__)
 
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
-#: hb_mapper's calibration_type -> the quantizer's calibration method.
-_METHODS = {"default": "default", "kl": "entropy", "max": "percentile"}
+#: hb_mapper's calibration_type -> the quantizer's calibration method (``default`` is its
+#: automatic per-tensor search, ``kl`` the entropy method, ``max`` min/max or a percentile).
+_METHODS = {"default": "auto", "kl": "entropy", "max": "minmax"}
 
 
 @dataclass
@@ -112,17 +113,25 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
             log.info("input %s: %s %s (runtime) -> %s %s (train), via %s, norm %s", s.name, s.type_rt,
                      s.layout_rt, s.type_train, s.layout_train, s.intermediate_type, s.norm_type)
         calib = CalibrationSet([(s.preprocess(), s.cal_data_dir) for s in inputs], images=cal.preprocess_on)
+        log.debug("config: %s", json.dumps(cfg.enabled_values()))
         model_io.save(original, artifacts.staged("original"))
 
     with _timed("check", timings, on_stage):
         check_report = npuflow.check(original, target)
 
-    with _timed("calibrate", timings, on_stage):
+    with _timed("quantize", timings, on_stage):
         log.info("calibration: %d sample(s) from %s", len(calib), ", ".join(str(s.cal_data_dir) for s in inputs))
-        quantized = npuflow.quantize(original, calib, target=target, config=_quant_config(cfg))
+        quant_config = _quant_config(cfg)
+        log.debug("quantizer config: %s", json.dumps(quant_config))
+        quantized = npuflow.quantize(original, calib, target=target, config=quant_config)
 
     with _timed("compile", timings, on_stage):
-        compiled = npuflow.compile(quantized, target)
+        compiled = npuflow.compile(
+            quantized.model, target, build_config=cfg.enabled_values(),
+            preprocessing={s.name: {**asdict(s.preprocess()), "intermediate_type": s.intermediate_type,
+                                    "runtime_shape": list(s.preprocess().runtime_shape()),
+                                    "runtime_dtype": str(s.preprocess().runtime_dtype())} for s in inputs},
+        )
 
     with _timed("save", timings, on_stage):
         quantized.save(artifacts.staging / "quant")
@@ -131,7 +140,9 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
             os.replace(artifacts.staging / "quant" / name, artifacts.staged(kind))
         compiled.save(artifacts.staged("compiled"))
 
-    report = _report(cfg, inputs, target.name, check_report, quantized, timings)
+    similarity = _similarity(quantized, check_report)
+    log.info("per-node similarity (float vs quantized):\n%s", similarity_text(similarity["nodes"]))
+    report = _report(cfg, inputs, target.name, check_report, similarity, timings)
     model_io.write_atomic(artifacts.staged("report"), json.dumps(report, indent=2, default=str))
     files = artifacts.publish(["original", "optimized", "quantized", "quant_info", "compiled", "report"])
     return BuildResult(cfg, inputs, files, report, timings, check_report, quantized, compiled)
@@ -167,25 +178,33 @@ def _cut_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def _quant_config(cfg: BuildConfig) -> dict[str, Any]:
     """The quantizer config: the ``npuflow`` section if given, else one derived from
-    ``calibration_parameters`` (method, percentile, per-channel, forced placements)."""
+    ``calibration_parameters`` (method for inputs and activations, percentile, forced CPU nodes).
+
+    ``per_channel`` asks for per-channel *activation* ranges; the quantized format keeps
+    activations per tensor, so it is recorded and logged but changes nothing.
+    """
     if cfg.npuflow:
         return dict(cfg.npuflow)
     cal = cfg.calibration_parameters
-    method = _METHODS.get(cal.calibration_type, cal.calibration_type)
-    conf: dict[str, Any] = {"calibration": {"method": method}}
-    if cal.calibration_type == "max":
-        conf["calibration"] = {"method": "percentile" if cal.max_percentile < 1.0 else "minmax",
-                               "percentile": cal.max_percentile * 100.0}
+    spec: dict[str, Any] = {"method": _METHODS.get(cal.calibration_type, cal.calibration_type)}
+    if cal.calibration_type == "max" and cal.max_percentile < 1.0:
+        spec = {"method": "percentile", "percentile": cal.max_percentile * 100.0}
+    elif cal.calibration_type == "percentile":
+        spec["percentile"] = cal.max_percentile * 100.0
     if cal.per_channel:
-        conf["calibration"]["per_channel"] = True
+        log.warning("per_channel: activations are quantized per tensor on every npuflow target; ignored")
+    conf: dict[str, Any] = {"input": dict(spec), "activation": dict(spec)}
     keep_float = [n for n in split_values(cal.run_on_cpu) if n]
     if keep_float:
         conf["keep_float"] = keep_float
+    if cal.run_on_npu:
+        log.warning("run_on_npu: npuflow already places every node the target supports on the NPU; "
+                    "the list (%s) changes nothing", cal.run_on_npu)
     return conf
 
 
-def _report(cfg: BuildConfig, inputs: list[InputSpec], target: str, check_report: Any, quantized: Any,
-            timings: dict[str, float]) -> dict[str, Any]:
+def _report(cfg: BuildConfig, inputs: list[InputSpec], target: str, check_report: Any,
+            similarity: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     return {
         "npuflow_build_report": 1,
         "target": target,
@@ -197,34 +216,80 @@ def _report(cfg: BuildConfig, inputs: list[InputSpec], target: str, check_report
              "norm_type": s.norm_type, "mean": s.mean, "scale": s.scale}
             for s in inputs
         ],
-        "check": _as_data(check_report),
-        "similarity": _as_data(getattr(quantized, "report", None)),
+        "check": check_report.to_dict(),
+        "similarity": similarity,
         "timings_s": timings,
     }
 
 
-def _as_data(obj: Any) -> Any:
-    """A stage's report as JSON-ready data, whatever its class offers."""
-    for attr in ("to_dict", "model_dump", "as_dict"):
-        fn = getattr(obj, attr, None)
-        if callable(fn):
-            return fn()
-    return obj
+def _similarity(quantized: Any, check_report: Any) -> dict[str, Any]:
+    """The quantizer's per-node report, with the ON/Subgraph columns taken from the checker."""
+    data = quantized.report.to_json()
+    label = check_report.target.device_label
+    placed = {n.name: n for n in check_report.nodes}
+    for row in data["nodes"]:
+        node = placed.get(row["node"])
+        if node is not None and row.get("on") is None:
+            row["on"] = label if node.device == "NPU" else "CPU"
+            row["subgraph"] = node.subgraph
+    return data
+
+
+SIMILARITY_COLUMNS = ("Node", "ON", "Subgraph", "Type", "Cosine Similarity", "Threshold")
+
+
+def similarity_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The per-node table's cells as text (hb_mapper's columns, seed 004 L1351-1373)."""
+    def threshold(v: Any) -> str:
+        if v is None:
+            return ""
+        return " ".join(f"{float(x):.6f}" for x in v) if isinstance(v, (list, tuple)) else f"{float(v):.6f}"
+
+    return [[str(r["node"]), str(r.get("on") or ""), "" if r.get("subgraph") is None else str(r["subgraph"]),
+             str(r.get("type", "")), "" if r.get("cosine") is None else f"{r['cosine']:.6f}",
+             threshold(r.get("threshold"))] for r in rows]
+
+
+def similarity_text(rows: list[dict[str, Any]]) -> str:
+    """The per-node table as plain text, for the log."""
+    cells = similarity_cells(rows)
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(SIMILARITY_COLUMNS)]
+    line = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    rule = "=" * len(line(SIMILARITY_COLUMNS))
+    return "\n".join([rule, line(SIMILARITY_COLUMNS), "-" * len(rule), *map(line, cells), rule])
 
 
 @contextmanager
 def _build_log(path: Path, level: int) -> Iterator[None]:
-    """``npuflow_build.log`` at the config's ``log_level``, in hb_mapper's line format."""
+    """``npuflow_build.log`` at the config's ``log_level``, in hb_mapper's line format.
+
+    While the build runs, npuflow's records go to the file at that level; only warnings and
+    errors travel on to the console handlers (the CLI shows progress and the summary itself).
+    """
     handler = logging.FileHandler(path, mode="w", encoding="utf-8")
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    forward = _ForwardWarnings()
     root = logging.getLogger("npuflow")
-    old_level = root.level
+    saved = root.level, root.propagate
     root.addHandler(handler)
-    root.setLevel(min(level, old_level or logging.WARNING))
+    root.addHandler(forward)
+    root.setLevel(level)
+    root.propagate = False
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(old_level)
+        root.removeHandler(forward)
+        root.level, root.propagate = saved
         handler.close()
+
+
+class _ForwardWarnings(logging.Handler):
+    """Passes warnings and errors on to the root logger's handlers (the console)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)

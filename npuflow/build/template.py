@@ -59,13 +59,15 @@ calibration_parameters:
   cal_data_dir: './calibration_data'
   # True: the folder holds images; they are resized to the input size
   preprocess_on: False
-  # default (search for the best), kl, max, minmax, percentile, mse, entropy
+  # hb_mapper's default (automatic search), kl, max, or the quantizer's own methods:
+  # auto (= default), minmax, percentile (uses max_percentile), entropy (= kl), mse
   calibration_type: 'default'
-  # clipping percentile of 'max' (0.0-1.0)
+  # clipping percentile of 'max' and 'percentile' (0.0-1.0)
   max_percentile: 1.0
-  # calibrate each feature-map channel separately (not with 'default')
+  # per-channel feature-map ranges (accepted for hb_mapper configs; npuflow activations are per tensor)
   per_channel: False
-  # optional: nodes forced onto the CPU (float) or the NPU, separated by ';'
+  # optional: nodes kept in float on the CPU, separated by ';' (run_on_npu/run_on_bpu is
+  # accepted too; npuflow already puts every node the target supports on the NPU)
   # run_on_cpu: 'Conv_0'
   # run_on_npu: 'Softmax_0'
 

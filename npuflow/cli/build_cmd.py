@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from ..build import TEMPLATE, build
-from ..build.pipeline import BuildResult
+from ..build.pipeline import SIMILARITY_COLUMNS, BuildResult, similarity_cells
 from .app import app, console
 
 
@@ -34,32 +34,9 @@ def build_command(
 
 
 def _print_similarity(result: BuildResult) -> None:
-    rows = similarity_rows(result.report.get("similarity"))
-    if not rows:
-        return
     table = Table(title="per-node similarity (float vs quantized)")
-    for col in ("Node", "ON", "Subgraph", "Type", "Cosine Similarity", "Threshold"):
+    for col in SIMILARITY_COLUMNS:
         table.add_column(col, justify="right" if col in ("Cosine Similarity", "Threshold") else "left")
-    for r in rows:
-        cos = r.get("cosine")
-        thr = r.get("threshold")
-        table.add_row(
-            str(r.get("node", "")), str(r.get("on", "")), str(r.get("subgraph", "")), str(r.get("type", "")),
-            "" if cos is None else f"{cos:.6f}", "" if thr is None else _fmt_threshold(thr),
-        )
+    for cells in similarity_cells(result.report["similarity"]["nodes"]):
+        table.add_row(*cells)
     console.print(table)
-
-
-def _fmt_threshold(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return " ".join(f"{float(v):.6f}" for v in value)
-    return f"{float(value):.6f}"
-
-
-def similarity_rows(data: Any) -> list[dict[str, Any]]:
-    """Rows of the quantizer's per-node report, whatever container holds them."""
-    if isinstance(data, dict):
-        for key in ("nodes", "rows", "layers"):
-            if isinstance(data.get(key), list):
-                return data[key]
-    return data if isinstance(data, list) else []
