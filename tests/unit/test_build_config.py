@@ -49,7 +49,7 @@ def _conv_model(path: Path, inputs: tuple[str, ...] = ("data",)) -> None:
 def _calib(folder: Path, count: int = 3, nbytes: int = 192) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        np.full(nbytes, 40 * i, np.uint8).tofile(folder / f"{i:03d}.bgr")
+        np.full(nbytes, (40 * i) % 256, np.uint8).tofile(folder / f"{i:03d}.bgr")
 
 
 @pytest.fixture
