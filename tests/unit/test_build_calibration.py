@@ -1,0 +1,40 @@
+"""Calibration folders: raw uint8/float32 files and images, converted to the runtime format."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+
+from npuflow.build.calibration import CalibrationSet
+from npuflow.passes.preprocess import InputPreprocess
+
+
+def test_raw_files_uint8_and_float32_are_both_read(tmp_path):
+    pre = InputPreprocess("x", (1, 3, 4, 6), "rgb", "NCHW", "rgb", "NHWC")
+    sample = np.arange(72, dtype=np.uint8).reshape(1, 3, 4, 6)
+    sample.tofile(tmp_path / "a.rgb")
+    sample.astype(np.float32).tofile(tmp_path / "b.rgb")
+    got = list(CalibrationSet([(pre, tmp_path)], images=False))
+    assert len(got) == 2
+    for feed in got:
+        assert feed["x"].dtype == np.uint8 and feed["x"].shape == (1, 4, 6, 3)
+        np.testing.assert_array_equal(feed["x"], sample.transpose(0, 2, 3, 1))
+
+
+def test_images_are_resized_to_the_input_and_ordered_as_the_train_type(tmp_path):
+    photo = skdata.astronaut()  # RGB, 512x512
+    Image.fromarray(photo).save(tmp_path / "astronaut.png")
+    pre = InputPreprocess("x", (1, 3, 32, 48), "bgr", "NCHW", "bgr", "NCHW")
+    (feed,) = list(CalibrationSet([(pre, tmp_path)], images=True))
+    x = feed["x"]
+    assert x.dtype == np.uint8 and x.shape == (1, 3, 32, 48)
+    expected = np.asarray(Image.fromarray(photo).resize((48, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(x[0].transpose(1, 2, 0), expected[..., ::-1])
+
+
+def test_images_to_nv12_runtime_buffers(tmp_path):
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "a.jpg")
+    pre = InputPreprocess("x", (1, 16, 16, 3), "rgb", "NHWC", "nv12", "NHWC")
+    (feed,) = list(CalibrationSet([(pre, tmp_path)], images=True))
+    assert feed["x"].dtype == np.uint8 and feed["x"].shape == (1, 24, 16)
