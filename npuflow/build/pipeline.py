@@ -37,6 +37,8 @@ from .config import BuildConfig, InputSpec, load_config, resolve_inputs, split_v
 
 log = logging.getLogger(__name__)
 
+#: Below this output cosine similarity hb_mapper's manual expects a visible accuracy loss (seed 004 L1370-1373).
+LOW_OUTPUT_SIMILARITY = 0.8
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 #: hb_mapper's calibration_type -> the quantizer's calibration method (``default`` is its
 #: automatic per-tensor search, ``kl`` the entropy method, ``max`` min/max or a percentile).
@@ -142,6 +144,11 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
 
     similarity = _similarity(quantized, check_report)
     log.info("per-node similarity (float vs quantized):\n%s", similarity_text(similarity["nodes"]))
+    for name, cosine in similarity.get("outputs", {}).items():
+        if cosine is not None and cosine < LOW_OUTPUT_SIMILARITY:
+            log.warning("output %s: cosine similarity %.4f < %.1f, expect a noticeable accuracy loss "
+                        "(try another calibration_type, or run_on_cpu for the most sensitive nodes)",
+                        name, cosine, LOW_OUTPUT_SIMILARITY)
     report = _report(cfg, inputs, target.name, check_report, similarity, timings)
     model_io.write_atomic(artifacts.staged("report"), json.dumps(report, indent=2, default=str))
     files = artifacts.publish(["original", "optimized", "quantized", "quant_info", "compiled", "report"])

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..build import TEMPLATE, build
+from ..errors import NpuflowError
 from ..build.pipeline import SIMILARITY_COLUMNS, BuildResult, similarity_cells
 from .app import app, console
 
@@ -15,12 +16,18 @@ from .app import app, console
 @app.command("build")
 def build_command(
     config: Optional[str] = typer.Argument(None, help="YAML build config (see --template)."),
+    config_option: Optional[str] = typer.Option(None, "--config", "-c", help="The config, hb_mapper style."),
+    model_type: str = typer.Option("onnx", "--model-type", help="hb_mapper's flag; only onnx is read."),
     template: bool = typer.Option(False, "--template", help="Print a commented config template and exit."),
 ) -> None:
     """Convert a float ONNX model to a deployable .npuf in one go, from a YAML config."""
     if template:
         console.file.write(TEMPLATE)
         return
+    if model_type != "onnx":
+        raise NpuflowError("NPF_BUILD_BAD_ENUM", group="command line", key="--model-type", value=model_type,
+                           allowed="onnx")
+    config = config or config_option
     if config is None:
         raise typer.BadParameter("give a CONFIG.yaml, or --template to print one", param_hint="CONFIG")
     with console.status("building...") as status:

@@ -191,6 +191,15 @@ def test_template_prints_parses_and_validates(capsys):
             assert key in text, f"{group}.{key} is not documented in the template"
 
 
+def test_hb_mapper_command_line_spelling(project, capsys):
+    """``--config X --model-type onnx`` as hb_mapper users type it; caffe is refused with a code."""
+    path = _write(project, _edit(calibration_parameters={"cal_data_dir": "nowhere"}))
+    assert main(["build", "--config", str(path), "--model-type", "onnx"]) == 2
+    assert "NPF_BUILD_CALIB_DIR_NOT_FOUND" in capsys.readouterr().err
+    assert main(["build", "--config", str(path), "--model-type", "caffe"]) == 2
+    assert "ERROR [NPF_BUILD_BAD_ENUM] command line.--model-type: 'caffe'" in capsys.readouterr().err
+
+
 def test_alias_spellings_are_accepted():
     conf = copy.deepcopy(BASE)
     ip = conf["input_parameters"]
@@ -207,3 +216,14 @@ def test_type_table_is_the_seeds():
     yes = {(t, r) for t, rs in ALLOWED_RT.items() for r in rs}
     assert len(yes) == 2 + 4 + 4 + 1 + 1
     assert ("yuv444", "rgb") not in yes and ("gray", "nv12") not in yes and ("rgb", "nv12") in yes
+
+
+def test_output_nodes_become_the_complete_output_set(project):
+    """``output_nodes`` by node name (or tensor name) cuts the model there, as hb_mapper does."""
+    from npuflow.build.pipeline import _cut_outputs
+    from npuflow.model import load
+
+    model = load(project / "m.onnx")
+    cut = _cut_outputs(model, ["conv"])
+    assert [o.name for o in cut.graph.output] == ["conv"] and [n.op_type for n in cut.graph.node] == ["Conv"]
+    assert [o.name for o in _cut_outputs(model, ["conv", "y"]).graph.output] == ["conv", "y"]
