@@ -361,8 +361,8 @@ def _input_shape(name: str, text: str | None, model_shape: Sequence[int] | None)
     if text is not None:
         return parse_shape(text)
     if model_shape is None or any(d <= 0 for d in model_shape):
-        raise NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", input=name, dims="see the model",
-                           example="1x3x224x224")
+        raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="input_parameters",
+                           keys=f"'input_shape' (input {name!r} has dynamic dimensions)")
     return list(model_shape)
 
 

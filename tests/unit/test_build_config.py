@@ -57,6 +57,9 @@ def project(tmp_path):
     _conv_model(tmp_path / "m.onnx")
     _conv_model(tmp_path / "two.onnx", ("a", "b"))
     _calib(tmp_path / "calib")
+    dyn = onnx.load(tmp_path / "m.onnx")
+    dyn.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(dyn, tmp_path / "dyn.onnx")
     return tmp_path
 
 
@@ -92,6 +95,8 @@ CASES = [
      "NPF_BUILD_MISSING_KEYS", "Key 'model_parameters' error: Missing keys: 'onnx_model', 'output_model_file_prefix'"),
     ("missing-group", dict(compiler_parameters=None), "NPF_BUILD_MISSING_KEYS", "'compiler_parameters'"),
     ("missing-mean", dict(input_parameters={"mean_value": None}), "NPF_BUILD_MISSING_KEYS", "'mean_value'"),
+    ("dynamic-input-needs-shape", dict(model_parameters={"onnx_model": "dyn.onnx"}),
+     "NPF_BUILD_MISSING_KEYS", "'input_shape' (input 'data' has dynamic dimensions)"),
     ("missing-optimize-level", dict(compiler_parameters={"optimize_level": None}),
      "NPF_BUILD_MISSING_KEYS", "Missing keys: 'optimize_level'"),
     ("unknown-key", dict(input_parameters={"input_typ_rt": "nv12"}),
