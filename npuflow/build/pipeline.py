@@ -184,14 +184,24 @@ def _cut_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def _quant_config(cfg: BuildConfig) -> dict[str, Any]:
-    """The quantizer config: the ``npuflow`` section if given, else one derived from
-    ``calibration_parameters`` (method for inputs and activations, percentile, forced CPU nodes).
+    """The quantizer config derived from ``calibration_parameters`` (method for inputs and
+    activations, percentile, forced CPU nodes), with the ``npuflow`` section merged over it
+    (its keys win, nested mappings are merged key by key).
 
     ``per_channel`` asks for per-channel *activation* ranges; the quantized format keeps
     activations per tensor, so it is recorded and logged but changes nothing.
     """
-    if cfg.npuflow:
-        return dict(cfg.npuflow)
+    return _merge(_from_calibration_parameters(cfg), cfg.npuflow or {})
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _from_calibration_parameters(cfg: BuildConfig) -> dict[str, Any]:
     cal = cfg.calibration_parameters
     spec: dict[str, Any] = {"method": _METHODS.get(cal.calibration_type, cal.calibration_type)}
     if cal.calibration_type == "max" and cal.max_percentile < 1.0:

@@ -81,7 +81,7 @@ compiler_parameters:
   # O0 (fastest compile) ... O3 (fastest model; use it for deployment)
   optimize_level: 'O3'
 
-# optional: a full npuflow quantizer config, which takes precedence over calibration_parameters
+# optional: a full npuflow quantizer config, merged over what calibration_parameters set
 # npuflow:
 #   calibration:
 #     method: percentile

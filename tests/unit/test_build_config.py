@@ -232,3 +232,18 @@ def test_output_nodes_become_the_complete_output_set(project):
     cut = _cut_outputs(model, ["conv"])
     assert [o.name for o in cut.graph.output] == ["conv"] and [n.op_type for n in cut.graph.node] == ["Conv"]
     assert [o.name for o in _cut_outputs(model, ["conv", "y"]).graph.output] == ["conv", "y"]
+
+
+def test_quantizer_config_from_calibration_parameters_and_npuflow_section():
+    from npuflow.build.pipeline import _quant_config
+
+    conf = _edit(calibration_parameters={"calibration_type": "max", "max_percentile": 0.9999,
+                                         "run_on_cpu": "conv; relu"})
+    assert _quant_config(load_config(conf)) == {
+        "input": {"method": "percentile", "percentile": 99.99}, "activation": {"method": "percentile", "percentile": 99.99},
+        "keep_float": ["conv", "relu"]}
+    conf["npuflow"] = {"activation": {"method": "mse"}, "include_cle": True}
+    merged = _quant_config(load_config(conf))
+    assert merged["activation"] == {"method": "mse", "percentile": 99.99} and merged["include_cle"] is True
+    kl = _quant_config(load_config(_edit(calibration_parameters={"calibration_type": "kl"})))
+    assert kl["activation"] == {"method": "entropy"}
