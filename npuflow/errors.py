@@ -75,10 +75,37 @@ _QUANT = _specs(
 
 # --- compiler / .npuf file -----------------------------------------------------------------
 _COMPILE = _specs(
+    ("NPF_COMPILE_NOT_QUANTIZED", "the model has no quantize/dequantize steps, so there is nothing to compile",
+     "Compile the quantized_model.onnx written by `npuflow quantize`, not the float model."),
+    ("NPF_COMPILE_FILE_NOT_FOUND", "compiled model {path} does not exist",
+     "Check the path; `npuflow compile QUANTIZED.onnx --target T -o MODEL.npuf` writes one."),
+    ("NPF_COMPILE_NOT_NPUF", "{path} is not an npuflow compiled model: {reason}",
+     "Pass a .npuf file written by `npuflow compile`."),
+    ("NPF_COMPILE_CORRUPT", "{path} is truncated or corrupt: {reason}",
+     "The file was cut short or altered after it was written; compile the model again. Nothing was executed."),
+    ("NPF_COMPILE_VERSION", "{path} has .npuf format version {found}; this npuflow reads version {supported}",
+     "Recompile the model with this npuflow version (`npuflow compile`), or use the npuflow that wrote it."),
 )
 
 # --- runtime -------------------------------------------------------------------------------
 _RUNTIME = _specs(
+    ("NPF_RUNTIME_TARGET_MISMATCH",
+     "the model was compiled for {compiled} (fingerprint {compiled_fp}), not for {target} (fingerprint {target_fp})",
+     "Compile the quantized model for this target: `npuflow compile QUANTIZED.onnx --target {target}`."),
+    ("NPF_RUNTIME_UNKNOWN_INPUT", "the model has no input named {name!r}",
+     "The model's inputs are: {inputs}."),
+    ("NPF_RUNTIME_MISSING_INPUT", "input {name!r} was not given",
+     "Pass every model input: {inputs}."),
+    ("NPF_RUNTIME_INPUT_DTYPE", "input {name!r} has dtype {got}, the model expects {expected}",
+     "Convert the array, e.g. x.astype(numpy.{expected})."),
+    ("NPF_RUNTIME_INPUT_SHAPE", "input {name!r} has shape {got}, the model expects {expected}",
+     "Resize or reshape the data; the shape was frozen when the model was quantized and compiled."),
+    ("NPF_RUNTIME_BAD_INPUT_FILE", "cannot read input {value!r}: {reason}",
+     "Write inputs as NAME=FILE.npy, with FILE.npy saved by numpy.save."),
+    ("NPF_RUNTIME_UNKNOWN_JOB", "runner {runner!r} has no pending job {job_id}",
+     "Call wait() once with an id returned by execute_async() on the same runner."),
+    ("NPF_RUNTIME_BAD_BUFFERS", "runner {runner!r} expects {expected} {kind} array(s) with shapes {shapes}, got {got}",
+     "Allocate buffers from get_input_tensors()/get_output_tensors() (shape and dtype)."),
 )
 
 # --- build config (YAML) -------------------------------------------------------------------

@@ -177,11 +177,15 @@ def fix_pos_of(scale: float | np.ndarray) -> np.ndarray | None:
 def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarray:
     """``round(acc * 2**-shift)`` on integers, exactly, with the given tie rule.
 
-    ``shift`` may be negative (a left shift, no rounding).  This is the requantisation of a
+    ``shift`` may be negative (a left shift, no rounding), and may be an array broadcastable
+    against ``acc`` (one shift per output channel).  This is the requantisation of a
     power-of-two target: ``acc`` carries scale ``2**-(n_in + n_w)`` and the output ``2**-n_out``,
     so ``shift = n_in + n_w - n_out``.
     """
     a = np.asarray(acc, dtype=np.int64)
+    if np.ndim(shift) != 0:
+        return _shift_round_broadcast(a, np.asarray(shift, dtype=np.int64), RoundMode(mode))
+    shift = int(shift)
     if shift <= 0:
         return a << (-shift)
     mode = RoundMode(mode)
@@ -196,6 +200,26 @@ def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarra
     floor = a >> shift
     rem = a - (floor << shift)
     up = (rem > half) | ((rem == half) & ((floor & 1) == 1))
+    return floor + up.astype(np.int64)
+
+
+def _shift_round_broadcast(a: np.ndarray, shift: np.ndarray, mode: RoundMode) -> np.ndarray:
+    """:func:`shift_round` with one shift per element of a broadcastable array (per-channel
+    requantisation); each element is rounded exactly as the scalar form would round it."""
+    left = np.maximum(-shift, 0)
+    right = np.maximum(shift, 0)
+    a = a << left
+    half = (np.int64(1) << right) >> 1  # 0 where right == 0: nothing to round
+    if mode is RoundMode.HALF_UP:
+        return (a + half) >> right
+    if mode is RoundMode.HALF_DOWN:
+        return -((-a + half) >> right)
+    if mode is RoundMode.STD_ROUND:
+        mag = (np.abs(a) + half) >> right
+        return np.where(a < 0, -mag, mag)
+    floor = a >> right
+    rem = a - (floor << right)
+    up = (right > 0) & ((rem > half) | ((rem == half) & ((floor & 1) == 1)))
     return floor + up.astype(np.int64)
 
 
@@ -218,8 +242,11 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 def requantize_fixed_point(
     acc: np.ndarray, multiplier: int, shift: int, mode: RoundMode | str = RoundMode.HALF_UP
 ) -> np.ndarray:
-    """``round(acc * multiplier * 2**-shift)`` exactly in int64 (|acc| < 2^31 assumed)."""
-    prod = np.asarray(acc, dtype=np.int64) * np.int64(multiplier)
+    """``round(acc * multiplier * 2**-shift)`` exactly in int64 (|acc| < 2^31 assumed).
+
+    ``multiplier`` and ``shift`` may be arrays broadcastable against ``acc`` (per channel).
+    """
+    prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
     return shift_round(prod, shift, mode)
 
 

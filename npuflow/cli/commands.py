@@ -5,3 +5,6 @@ from . import prune_cmd  # noqa: F401
 from . import build_cmd  # noqa: F401
 from . import perf_cmd  # noqa: F401
 from . import bench_cmd  # noqa: F401
+from . import compile_cmd  # noqa: F401
+from . import run_cmd  # noqa: F401
+from . import info_cmd  # noqa: F401

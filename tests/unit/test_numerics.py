@@ -128,3 +128,24 @@ def test_function_names_round_trip():
         for dtype in ("int8", "uint8", "int16"):
             assert qdq.parse_function_name(qdq.function_name(mode, dtype)) == (nm.RoundMode(mode), dtype)
     assert qdq.parse_function_name("Conv") is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shift_round_per_channel_equals_scalar_form(mode):
+    rng = np.random.default_rng(3)
+    shifts = np.array([-2, 0, 1, 5, 9])
+    acc = rng.integers(-(1 << 20), 1 << 20, size=(7, 5, 33))
+    acc[0, :, :8] = (np.arange(8) << 9) + (1 << 8)  # ties for every positive shift
+    got = nm.shift_round(acc, shifts.reshape(1, 5, 1), mode)
+    for c, s in enumerate(shifts):
+        assert np.array_equal(got[:, c], nm.shift_round(acc[:, c], int(s), mode))
+
+
+def test_requantize_fixed_point_per_channel():
+    acc = np.arange(-500, 500).reshape(1, 2, 500)
+    pairs = [nm.quantize_multiplier(r) for r in (0.0123, 0.77)]
+    m = np.array([p[0] for p in pairs]).reshape(1, 2, 1)
+    s = np.array([p[1] for p in pairs]).reshape(1, 2, 1)
+    got = nm.requantize_fixed_point(acc, m, s, "half_up")
+    for c, (mc, sc) in enumerate(pairs):
+        assert np.array_equal(got[:, c], nm.requantize_fixed_point(acc[:, c], mc, sc, "half_up"))

@@ -1,0 +1,162 @@
+"""The ``.npuf`` file: one self-describing, integrity-checked file per compiled model.
+
+Layout (little endian)::
+
+    0   header (96 bytes)
+          magic "NPUFLOW\\0" | u16 major | u16 minor | u32 header size
+          u64 manifest offset | u64 manifest length | u64 data offset | u64 data length
+          u64 file length | sha256 of the manifest (32 bytes) | 8 reserved zero bytes
+    96  manifest: UTF-8 JSON (sorted keys): inputs/outputs, target, subgraphs, integer programs,
+        memory plans, build configuration, and a table of blobs {offset, nbytes, dtype, shape, sha256}
+    ..  data: raw little-endian arrays (packed integer weights, tables, embedded ONNX of CPU
+        subgraphs), each starting on a 64-byte boundary
+    end sha256 of everything before it (32 bytes)
+
+Reading checks, in order: magic, format version, recorded length against the real length
+(truncation), the whole-file checksum, the manifest checksum, then every blob's own checksum;
+any failure is a coded :class:`NpuflowError` and nothing is executed.  Loading runs no code from
+the file (JSON and raw arrays only, no pickle).  Blobs are ``numpy.frombuffer`` views of a
+read-only memory map: weights are not copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NpuflowError
+from ..model import write_atomic
+
+MAGIC = b"NPUFLOW\x00"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+_HEADER = struct.Struct("<8sHHIQQQQQ32s8s")
+HEADER_SIZE = _HEADER.size  # 96
+TRAILER_SIZE = 32
+ALIGN = 64
+_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "int64", "float32", "float64", "uint64"}
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def _dumps(manifest: dict) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def serialize(manifest: dict, blobs: dict[str, np.ndarray | bytes]) -> bytes:
+    """The complete file as bytes (deterministic: same manifest and blobs, same bytes)."""
+    table = {}
+    chunks = []
+    offset = 0
+    for name in sorted(blobs):
+        value = blobs[name]
+        if isinstance(value, (bytes, bytearray)):
+            raw, dtype, shape = bytes(value), "uint8", [len(value)]
+        else:
+            arr = np.ascontiguousarray(value)
+            raw, dtype, shape = arr.astype(arr.dtype.newbyteorder("<")).tobytes(), arr.dtype.name, list(arr.shape)
+        table[name] = {"offset": offset, "nbytes": len(raw), "dtype": dtype, "shape": shape,
+                       "sha256": hashlib.sha256(raw).hexdigest()}
+        chunks.append(raw + b"\x00" * _pad(len(raw)))
+        offset += len(raw) + _pad(len(raw))
+    data = b"".join(chunks)
+    body = _dumps({**manifest, "blobs": table})
+    manifest_off = HEADER_SIZE
+    data_off = manifest_off + len(body) + _pad(manifest_off + len(body))
+    file_len = data_off + len(data) + TRAILER_SIZE
+    header = _HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, HEADER_SIZE, manifest_off, len(body),
+                          data_off, len(data), file_len, hashlib.sha256(body).digest(), b"\x00" * 8)
+    content = header + body + b"\x00" * (data_off - manifest_off - len(body)) + data
+    return content + hashlib.sha256(content).digest()
+
+
+def write(path: str | os.PathLike, manifest: dict, blobs: dict[str, np.ndarray | bytes]) -> Path:
+    """Write atomically: a failed write never leaves a file that looks complete."""
+    return write_atomic(path, serialize(manifest, blobs))
+
+
+class NpufFile:
+    """A verified ``.npuf``: ``manifest`` (dict) and ``blob(name)`` (read-only array views)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise NpuflowError("NPF_COMPILE_FILE_NOT_FOUND", path=str(self.path))
+        with open(self.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=str(self.path), reason="the file is empty")
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self.manifest = self._verify(size)
+        except NpuflowError:
+            self._map.close()
+            raise
+
+    def _corrupt(self, reason: str) -> NpuflowError:
+        return NpuflowError("NPF_COMPILE_CORRUPT", path=str(self.path), reason=reason)
+
+    def _verify(self, size: int) -> dict:
+        m = self._map
+        head = m[:min(size, len(MAGIC))]
+        if head != MAGIC[:len(head)]:
+            raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=str(self.path), reason="no NPUFLOW signature")
+        if size < HEADER_SIZE + TRAILER_SIZE:
+            raise self._corrupt(f"only {size} bytes, shorter than the header")
+        (_, major, minor, hsize, moff, mlen, doff, dlen, flen, msha, _) = _HEADER.unpack_from(m, 0)
+        if major != FORMAT_MAJOR:
+            raise NpuflowError("NPF_COMPILE_VERSION", path=str(self.path), found=f"{major}.{minor}",
+                               supported=f"{FORMAT_MAJOR}.x")
+        if flen != size:
+            raise self._corrupt(f"the header records {flen} bytes but the file has {size}")
+        digest = hashlib.sha256(memoryview(m)[:size - TRAILER_SIZE]).digest()
+        if digest != m[size - TRAILER_SIZE:size]:
+            raise self._corrupt("file checksum mismatch")
+        if hsize != HEADER_SIZE or moff != HEADER_SIZE or moff + mlen > doff or doff + dlen + TRAILER_SIZE != size:
+            raise self._corrupt("inconsistent section table")
+        body = m[moff:moff + mlen]
+        if hashlib.sha256(body).digest() != msha:
+            raise self._corrupt("manifest checksum mismatch")
+        try:
+            manifest = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise self._corrupt(f"manifest is not JSON: {exc}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("blobs"), dict):
+            raise self._corrupt("manifest has no blob table")
+        self._data_off, self._data_len = doff, dlen
+        for name, b in manifest["blobs"].items():
+            self._check_blob(name, b)
+        return manifest
+
+    def _check_blob(self, name: str, b: object) -> None:
+        try:
+            off, nbytes, dtype, shape = int(b["offset"]), int(b["nbytes"]), str(b["dtype"]), list(b["shape"])
+            ok = (dtype in _DTYPES and off >= 0 and off % ALIGN == 0 and off + nbytes <= self._data_len
+                  and int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize == nbytes)
+            start = self._data_off + off
+            ok = ok and hashlib.sha256(memoryview(self._map)[start:start + nbytes]).hexdigest() == b["sha256"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._corrupt(f"blob {name!r} is malformed: {exc}") from None
+        if not ok:
+            raise self._corrupt(f"blob {name!r} does not match its checksum or size")
+
+    def blob(self, name: str) -> np.ndarray:
+        b = self.manifest["blobs"][name]
+        dtype = np.dtype(b["dtype"]).newbyteorder("<")
+        count = int(np.prod(b["shape"], dtype=np.int64))
+        arr = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._data_off + b["offset"])
+        return arr.reshape(b["shape"])
+
+    def blob_bytes(self, name: str) -> bytes:
+        b = self.manifest["blobs"][name]
+        start = self._data_off + b["offset"]
+        return bytes(self._map[start:start + b["nbytes"]])

@@ -1,0 +1,250 @@
+"""``npuflow.compile``: quantized ONNX model -> :class:`CompiledModel`.
+
+Steps: index the Q/DQ steps (:mod:`.qgraph`); lower every node that can be lowered into an
+integer op (:mod:`.lowering`); ask the placement (checker or target rules) which integer ops the
+accelerator takes; partition into subgraphs (:mod:`.partition`); export each CPU subgraph as a
+standalone ONNX model that keeps the quantized model's own Q/DQ steps; plan each accelerator
+subgraph's activation memory (:mod:`.memory`); and describe it all in a manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .. import __version__
+from ..errors import NpuflowError
+from ..model import MAX_IR_VERSION, ModelLike, load
+from ..targets import Target, load_target
+from . import memory
+from .compiled import CompiledModel
+from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
+from .partition import Placement, Unit, build_units, checker_placement_factory, partition
+from .program import IntOp
+from .qgraph import QGraph
+
+log = logging.getLogger(__name__)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique name (the integer program and dumps refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+        seen.add(n.name)
+
+
+def compile_model(
+    quantized_model: ModelLike,
+    target: str | Target,
+    *,
+    placement: Placement | None = None,
+    build_config: dict | None = None,
+    preprocessing: dict | None = None,
+) -> CompiledModel:
+    """Compile a quantized model (``docs/quantized-model-format.md``) for ``target``."""
+    tgt = target if isinstance(target, Target) else load_target(target)
+    model = load(quantized_model)
+    _name_nodes(model)
+    g = QGraph(model)
+    if not any(g.quantize_mode(n) is not None or g.is_dequantize(n) for n in model.graph.node):
+        raise NpuflowError("NPF_COMPILE_NOT_QUANTIZED")
+    place = placement or checker_placement_factory(model, tgt)
+    ops, notes = _lower_all(g, model, tgt, place)
+    units = build_units(g, ops)
+    groups = partition(units)
+    manifest, blobs = _describe(g, model, tgt, groups, notes, build_config, preprocessing)
+    return CompiledModel(manifest, blobs)
+
+
+def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: Placement) -> tuple[list[IntOp], list[str]]:
+    ops: list[IntOp] = []
+    notes: list[str] = []
+    claimed: set[str] = set()
+
+    def take(op: IntOp) -> None:
+        ops.append(op)
+        claimed.update(op.nodes)
+
+    for n in model.graph.node:
+        if n.name in claimed or g.quantize_mode(n) is not None or g.is_dequantize(n):
+            continue
+        result = lower_node(g, n)
+        if isinstance(result, str):
+            notes.append(f"{n.name} ({n.op_type}) runs on CPU: {result}")
+            continue
+        if any(x in claimed for x in result.nodes):
+            notes.append(f"{n.name} ({n.op_type}) runs on CPU: its nodes overlap another integer op")
+            continue
+        reason = place(result, model, tgt)
+        if reason is not None:
+            notes.append(f"{n.name} ({n.op_type}) runs on CPU: {reason}")
+            continue
+        take(result)
+    npu_reads = {r for op in ops for r in op.reads}
+    produced = {o for op in ops for o in op.outputs}
+    for n in model.graph.node:
+        if n.name in claimed:
+            continue
+        if g.quantize_mode(n) is not None:
+            feeds_npu = any(c.name in npu_reads for c in g.consumers.get(n.output[0], []))
+            if not feeds_npu:
+                continue
+            op = lower_quantize(g, n) or (lower_requantize(g, n) if g.dq_source(n.input[0]) else None)
+            if op is not None and not (op.op == "lut" and not set(op.inputs) <= produced | set(g.graph_inputs)):
+                take(op)
+                produced.update(op.outputs)
+        elif g.is_dequantize(n) and n.input[0] in produced:
+            op = lower_dequantize(g, n)
+            if op is not None:
+                take(op)
+    for note in notes:
+        log.info(note)
+    return ops, notes
+
+
+def _dtype_name(g: QGraph, name: str) -> str:
+    et = g.elem_types.get(name)
+    if et is None:
+        raise NpuflowError("NPF_MODEL_INVALID", reason=f"tensor {name!r} has no type")
+    return np.dtype(helper.tensor_dtype_to_np_dtype(et)).name
+
+
+def _tensor_info(g: QGraph, name: str) -> dict:
+    shape = g.shapes.get(name)
+    if shape is None:
+        raise NpuflowError("NPF_MODEL_INVALID", reason=f"tensor {name!r} has no static shape")
+    info = {"dtype": _dtype_name(g, name), "shape": list(shape)}
+    q = g.producer.get(name)
+    p = g.quantize_params(q) if q is not None else None
+    if p is not None:
+        info["quant"] = p.to_json()
+    return info
+
+
+def _boundaries(groups: list[list[Unit]], g: QGraph) -> list[tuple[list[str], list[str]]]:
+    made_in = {}
+    for k, units in enumerate(groups):
+        for u in units:
+            for o in u.outputs:
+                made_in[o] = k
+    read_by: dict[str, set[int]] = {}
+    for k, units in enumerate(groups):
+        for u in units:
+            for i in u.inputs:
+                read_by.setdefault(i, set()).add(k)
+    out = []
+    for k, units in enumerate(groups):
+        ins: list[str] = []
+        for u in units:
+            for i in u.inputs:
+                if made_in.get(i) != k and i not in ins:
+                    ins.append(i)
+        outs = [o for u in units for o in u.outputs
+                if g.is_graph_output(o) or read_by.get(o, set()) - {k}]
+        out.append((ins, outs))
+    return out
+
+
+def _cpu_model(g: QGraph, model: onnx.ModelProto, units: list[Unit], ins: list[str], outs: list[str]) -> bytes:
+    nodes = [u.node for u in units]
+    used = {i for n in nodes for i in n.input if i}
+    inits = [numpy_helper.from_array(g.inits[name], name) for name in sorted(used) if name in g.inits]
+
+    def vi(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, g.elem_types[name], g.shapes.get(name))
+
+    graph = helper.make_graph(nodes, f"{model.graph.name}_cpu", [vi(i) for i in ins], [vi(o) for o in outs], inits)
+    m = helper.make_model(graph, opset_imports=list(model.opset_import))
+    m.functions.extend(model.functions)
+    m.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    return m.SerializeToString(deterministic=True)
+
+
+def _describe(g, model, tgt, groups, notes, build_config, preprocessing) -> tuple[dict, dict]:
+    blobs: dict[str, np.ndarray | bytes] = {}
+    subgraphs = []
+    tensors: dict[str, dict] = {}
+    peak = 0
+    total_weights = 0
+    for k, ((ins, outs), units) in enumerate(zip(_boundaries(groups, g), groups)):
+        device = units[0].device
+        entry: dict = {"id": k, "name": f"subgraph_{k}_{'npu' if device == 'npu' else 'cpu'}",
+                       "inputs": ins, "outputs": outs}
+        for t in ins + outs:
+            tensors[t] = _tensor_info(g, t)
+        if device == "npu":
+            op_json = []
+            for j, u in enumerate(units):
+                op = u.op
+                names = {}
+                for role, arr in op.blobs.items():
+                    bname = f"sg{k}.op{j}.{role}"
+                    blobs[bname] = np.ascontiguousarray(arr)
+                    names[role] = bname
+                op_json.append(op.to_json(names))
+                for t in op.outputs:
+                    tensors.setdefault(t, _tensor_info(g, t))
+            plan = memory.plan(op_json, tensors, set(ins) | set(outs))
+            weight_bytes = int(sum(u.op.weight_bytes for u in units))
+            entry.update({
+                "device": tgt.device_label, "engine": "integer", "ops": op_json,
+                "op_counts": dict(sorted(Counter(u.op.kind for u in units).items())),
+                "macs": int(sum(u.op.macs for u in units)), "weight_bytes": weight_bytes, "memory": plan,
+            })
+            peak = max(peak, plan["arena_bytes"] + sum(_nbytes(tensors[t]) for t in ins + outs))
+            total_weights += weight_bytes
+        else:
+            bname = f"sg{k}.onnx"
+            blobs[bname] = _cpu_model(g, model, units, ins, outs)
+            weight_bytes = int(sum(g.inits[i].nbytes for u in units for i in u.node.input if i in g.inits))
+            entry.update({
+                "device": "CPU", "engine": "onnx", "onnx": bname, "nodes": [u.node.name for u in units],
+                "op_counts": dict(sorted(Counter(u.node.op_type for u in units).items())),
+                "macs": 0, "weight_bytes": weight_bytes,
+            })
+            total_weights += weight_bytes
+        subgraphs.append(entry)
+    inputs = [_io(g, name) for name in g.graph_inputs]
+    outputs = [_io(g, name) for name in g.graph_outputs]
+    manifest = {
+        "format": "npuf",
+        "npuflow_version": __version__,
+        "model": {"name": model.graph.name, "producer": model.producer_name,
+                  "metadata": {p.key: p.value for p in model.metadata_props}},
+        "target": {"name": tgt.name, "fingerprint": tgt.fingerprint, "family": tgt.family, "kind": tgt.kind,
+                   "device_label": tgt.device_label, "scale_type": tgt.numerics.scale_type},
+        "inputs": inputs,
+        "outputs": outputs,
+        "subgraphs": subgraphs,
+        "tensors": {k: tensors[k] for k in sorted(tensors)},
+        "memory": {"weight_bytes": int(total_weights), "peak_activation_bytes": int(peak)},
+        "build_config": build_config,
+        "preprocessing": preprocessing,
+        "notes": notes,
+    }
+    return manifest, blobs
+
+
+def _nbytes(info: dict) -> int:
+    return int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
+
+
+def _io(g: QGraph, name: str) -> dict:
+    info = _tensor_info(g, name)
+    info["name"] = name
+    info["layout"] = "NCHW" if len(info["shape"]) == 4 else ""
+    if "quant" not in info:
+        q = next((c for c in g.consumers.get(name, []) if g.quantize_mode(c) is not None), None)
+        p = g.quantize_params(q) if q is not None else None
+        src = g.producer.get(name)
+        if p is None and src is not None and g.is_dequantize(src):
+            p = g.dequantize_params(src)
+        if p is not None:
+            info["quant"] = p.to_json()
+    return info

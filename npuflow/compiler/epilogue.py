@@ -1,0 +1,201 @@
+"""What happens between an op's wide accumulator and its quantized output.
+
+The quantized model writes a fused activation as float nodes between the op and its quantize
+step (``docs/quantized-model-format.md`` §1.4).  The compiler turns that chain into one of two
+epilogues, both equal to ONNX Runtime's float execution of the chain:
+
+* ``int``: only ``Relu``/``Clip`` with constant bounds.  Because quantization is monotone,
+  ``Q(clip(x, a, b)) == clip(Q(x), Q(a), Q(b))``, so the epilogue is pure integer arithmetic:
+  requantise the accumulator (``numerics.shift_round`` on power-of-two scales, a fixed-point
+  multiplier and shift on float scales), then clamp to the quantized bounds.
+* ``float``: anything else that is elementwise (LeakyReLU 26/256, the DPU hard-sigmoid
+  ``Add/Clip/Mul`` chain, hard-swish).  The accumulator's real value (exact in float32 on
+  power-of-two targets while |acc| < 2^24) goes through the same float32 operations ONNX Runtime
+  performs, then :func:`numerics.quantize` with the output's tie rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..numerics import RoundMode, quantize_multiplier, qrange
+from ..numerics import quantize as nq
+from .qgraph import QGraph, QParams, attr
+
+#: Elementwise float ops allowed inside a fused chain.
+CHAIN_OPS = {"Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish"}
+#: Unary ops a lookup table can replace when they stand alone between DQ and Q.
+UNARY_OPS = CHAIN_OPS | {"Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Neg", "Abs", "Identity"}
+MAX_CHAIN = 8
+
+
+def collect_chain(
+    g: QGraph, t0: str, start: list[onnx.NodeProto], allowed: set[str] = CHAIN_OPS
+) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams] | None:
+    """Float nodes from ``start`` (reading ``t0``) up to exactly one quantize step, or ``None``.
+
+    Every chain node may read only ``t0``, tensors made inside the chain, and scalar float
+    constants; nothing outside the chain may read an intermediate tensor.
+    """
+    order = {id(n): i for i, n in enumerate(g.graph.node)}
+    internal = {t0}
+    chain: list[onnx.NodeProto] = []
+    seen: set[int] = set()
+    work = list(start)
+    q_node = None
+    while work:
+        work.sort(key=lambda n: order[id(n)])
+        n = work.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if g.quantize_mode(n) is not None:
+            if q_node is not None:
+                return None
+            q_node = n
+            continue
+        if n.op_type not in allowed or len(chain) >= MAX_CHAIN or len(n.output) != 1:
+            return None
+        for i in n.input:
+            if i and i not in internal and not _scalar_const(g, i):
+                return None
+        if not any(i in internal for i in n.input):
+            return None
+        chain.append(n)
+        out = n.output[0]
+        if g.is_graph_output(out):
+            return None
+        internal.add(out)
+        work.extend(g.consumers.get(out, []))
+    if q_node is None or q_node.input[0] not in internal:
+        return None
+    if g.consumers.get(q_node.input[0], []) != [q_node] and q_node.input[0] != t0:
+        return None
+    members = {id(n) for n in chain} | {id(q_node)}
+    for t in internal - {t0}:
+        if any(id(c) not in members for c in g.consumers.get(t, [])):
+            return None
+    params = g.quantize_params(q_node)
+    if params is None or not params.per_tensor:
+        return None
+    return chain, q_node, params
+
+
+def _scalar_const(g: QGraph, name: str) -> bool:
+    c = g.const(name)
+    return c is not None and c.size == 1 and c.dtype.kind == "f"
+
+
+def _const_value(g: QGraph, name: str) -> float:
+    return float(np.asarray(g.const(name), dtype=np.float32).reshape(-1)[0])
+
+
+def clip_bounds(g: QGraph, chain: list[onnx.NodeProto]) -> list[tuple[float, float]] | None:
+    """Float bounds of a chain made only of ``Relu``/``Clip`` in sequence, else ``None``."""
+    bounds = []
+    prev = None
+    for n in chain:
+        if prev is not None and n.input[0] != prev:
+            return None
+        if n.op_type == "Relu":
+            bounds.append((0.0, float("inf")))
+        elif n.op_type == "Clip":
+            lo, hi = attr(n, "min", float("-inf")), attr(n, "max", float("inf"))
+            if len(n.input) > 1 and n.input[1]:
+                lo = _const_value(g, n.input[1])
+            if len(n.input) > 2 and n.input[2]:
+                hi = _const_value(g, n.input[2])
+            bounds.append((float(lo), float(hi)))
+        else:
+            return None
+        prev = n.output[0]
+    return bounds
+
+
+def chain_program(g: QGraph, t0: str, chain: list[onnx.NodeProto]) -> list[dict]:
+    """The chain as JSON steps for :func:`npuflow.runtime.kernels.eval_chain`.
+
+    References: ``{"t": name}`` (``t0`` is ``"$x"``) or ``{"c": float32 value}``.
+    """
+    steps = []
+    for n in chain:
+        refs = []
+        for i in n.input:
+            if not i:
+                refs.append(None)
+            elif i == t0:
+                refs.append({"t": "$x"})
+            elif _scalar_const(g, i):
+                refs.append({"c": _const_value(g, i)})
+            else:
+                refs.append({"t": i})
+        attrs = {}
+        for key in ("alpha", "beta", "min", "max"):
+            v = attr(n, key)
+            if v is not None:
+                attrs[key] = float(v)
+        steps.append({"op": n.op_type, "in": refs, "out": n.output[0], "attrs": attrs})
+    return steps
+
+
+def out_spec(p: QParams) -> dict:
+    """Output quantization of an op (per tensor)."""
+    return {
+        "scale": p.scalar_scale(),
+        "zp": p.scalar_zp(),
+        "dtype": p.dtype,
+        "round": p.round_mode.value,
+    }
+
+
+def quantize_scalar(value: float, p: QParams) -> int:
+    """The output code of a real ``value`` (for clamp bounds); infinities saturate."""
+    qmin, qmax = qrange(p.bits, p.signed)
+    if value == float("inf"):
+        return qmax
+    if value == float("-inf"):
+        return qmin
+    return int(nq(np.float32(value), p.scalar_scale(), p.scalar_zp(), bits=p.bits, signed=p.signed,
+                  round_mode=p.round_mode))
+
+
+def make_epilogue(
+    g: QGraph, t0: str, chain: list[onnx.NodeProto], acc_scale: np.ndarray, out: QParams,
+    pow2_shift: np.ndarray | None,
+) -> dict:
+    """Epilogue for an accumulator whose real value is ``acc * acc_scale`` (per channel).
+
+    ``pow2_shift`` is ``fix(acc) - fix(out)`` when every scale is a power of two.
+    """
+    spec = out_spec(out)
+    bounds = clip_bounds(g, chain)
+    if bounds is not None:
+        spec["clamps"] = [[quantize_scalar(lo, out), quantize_scalar(hi, out)] for lo, hi in bounds]
+        if pow2_shift is not None:
+            spec["mode"] = "shift"
+            spec["shift"] = _compact(pow2_shift.astype(np.int64))
+        else:
+            ratios = np.asarray(acc_scale, np.float64).reshape(-1) / out.scalar_scale()
+            pairs = [quantize_multiplier(float(r)) for r in ratios]
+            spec["mode"] = "fixed"
+            spec["multiplier"] = _compact(np.array([m for m, _ in pairs], np.int64))
+            spec["shift"] = _compact(np.array([s for _, s in pairs], np.int64))
+        return spec
+    spec["mode"] = "float"
+    spec["acc_scale"] = _compact(np.asarray(acc_scale, np.float32).reshape(-1))
+    spec["chain"] = chain_program(g, t0, chain)
+    spec["result"] = chain[-1].output[0] if chain else "$x"
+    return spec
+
+
+def _compact(values: np.ndarray) -> int | float | list:
+    """A scalar when all channels agree (JSON stays small and kernels stay scalar)."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.size and np.all(flat == flat[0]):
+        return flat[0].item()
+    return flat.tolist()
+
+
+def round_mode_of(p: QParams) -> RoundMode:
+    return p.round_mode

@@ -1,0 +1,619 @@
+"""Lowering: quantized ONNX nodes -> :class:`IntOp` integer operations.
+
+A node lowers when its data inputs are dequantized integer tensors (or integer constants) and
+its output reaches exactly one quantize step, possibly through a fused activation chain.  Each
+``lower_*`` function returns an :class:`IntOp` or a short reason why the node stays ONNX (it then
+runs on the CPU with the model's own Q/DQ steps at its boundaries).
+
+Requantisation follows the scales: when every scale involved is a power of two the accumulator
+is shifted with ``numerics.shift_round`` (bit-exact); otherwise a fixed-point multiplier and
+shift (``numerics.quantize_multiplier``) is used (within one LSB of the float reference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..numerics import qrange
+from . import fragments
+from .epilogue import UNARY_OPS, collect_chain, make_epilogue, out_spec
+from .program import IntOp
+from .qgraph import QGraph, QParams, attr
+
+Lowered = IntOp | str
+
+
+class _Reject(Exception):
+    """Internal: a node cannot be lowered (the message says why)."""
+
+
+def _act(g: QGraph, name: str) -> tuple[str, QParams, onnx.NodeProto]:
+    src = g.dq_source(name)
+    if src is None:
+        raise _Reject(f"input {name!r} is not a dequantized integer tensor")
+    int_name, p, dq = src
+    if not p.per_tensor:
+        raise _Reject(f"input {name!r} is quantized per channel")
+    if p.bits not in (8, 16):
+        raise _Reject(f"input {name!r} is {p.dtype}")
+    return int_name, p, dq
+
+
+def _weight(g: QGraph, name: str) -> tuple[np.ndarray, QParams, onnx.NodeProto]:
+    src = g.dq_source(name)
+    if src is None or g.const(src[0]) is None:
+        raise _Reject(f"constant {name!r} is not a quantized initializer")
+    int_name, p, dq = src
+    if np.any(p.zero_point != 0):
+        raise _Reject(f"constant {name!r} has a non-zero zero point")
+    return g.const(int_name), p, dq
+
+
+def _operand(g: QGraph, name: str) -> tuple[str | None, np.ndarray | None, QParams, onnx.NodeProto]:
+    """An activation or a quantized constant (``(None, values, params, dq)`` for a constant)."""
+    src = g.dq_source(name)
+    if src is None:
+        raise _Reject(f"input {name!r} is not a dequantized integer tensor")
+    int_name, p, dq = src
+    if not p.per_tensor:
+        raise _Reject(f"input {name!r} is quantized per channel")
+    c = g.const(int_name)
+    return (None, c, p, dq) if c is not None else (int_name, None, p, dq)
+
+
+def _chain(g: QGraph, t0: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams]:
+    found = collect_chain(g, t0, list(g.consumers.get(t0, [])))
+    if found is None:
+        raise _Reject(f"output {t0!r} does not reach a single quantize step")
+    chain, q, p = found
+    if p.bits not in (8, 16):
+        raise _Reject(f"output {t0!r} is quantized to {p.dtype}")
+    return found
+
+
+def _shape(g: QGraph, name: str) -> list[int]:
+    s = g.shapes.get(name)
+    if s is None:
+        raise _Reject(f"tensor {name!r} has no static shape")
+    return list(s)
+
+
+def _span(p: QParams) -> int:
+    """Largest |q - zero_point| of a tensor type (bounds exact float32 chunk sizes)."""
+    lo, hi = qrange(p.bits, p.signed)
+    z = p.scalar_zp()
+    return max(hi - z, z - lo)
+
+
+def _k_chunk(x: QParams, w: np.ndarray) -> int:
+    """Longest reduction whose float32 partial sums stay exact integers (< 2^24)."""
+    wmax = max(int(np.abs(w.astype(np.int64)).max(initial=0)), 1)
+    return max(1, (1 << 24) // (_span(x) * wmax))
+
+
+def _acc_plan(x: QParams, w: QParams, bias: np.ndarray | None, b: QParams | None, out: QParams, cout: int):
+    """Accumulator scale per channel, its left shift, the bias in accumulator units, and the
+    power-of-two output shift (``None`` on float scales)."""
+    sw = np.broadcast_to(w.scale.astype(np.float64).reshape(-1), (cout,))
+    fx, fw, fo = x.fix_pos, w.fix_pos, out.fix_pos
+    fb = b.fix_pos if b is not None else None
+    pow2 = fx is not None and fw is not None and fo is not None and (b is None or fb is not None)
+    bias_acc = np.zeros(cout, np.int64)
+    lshift = np.zeros(cout, np.int64)
+    if pow2:
+        f = int(fx) + np.broadcast_to(np.asarray(fw, np.int64).reshape(-1), (cout,))
+        a = f.copy()
+        if bias is not None:
+            nb = np.broadcast_to(np.asarray(fb, np.int64).reshape(-1), (cout,))
+            a = np.maximum(f, nb)
+            bias_acc = bias.astype(np.int64).reshape(-1) << (a - nb)
+        lshift = a - f
+        acc_scale = np.ldexp(1.0, -a)
+        return acc_scale, lshift, bias_acc, (a - int(fo))
+    acc_scale = x.scalar_scale() * sw
+    if bias is not None:
+        sb = np.broadcast_to(b.scale.astype(np.float64).reshape(-1), (cout,))
+        bias_acc = np.round(bias.astype(np.float64).reshape(-1) * sb / acc_scale).astype(np.int64)
+    return acc_scale, lshift, bias_acc, None
+
+
+def _compact(values: np.ndarray):
+    flat = np.asarray(values).reshape(-1)
+    if flat.size and np.all(flat == flat[0]):
+        return flat[0].item()
+    return flat.tolist()
+
+
+def _pads(node: onnx.NodeProto, in_hw: list[int], kernel: list[int], strides: list[int],
+          dilations: list[int]) -> list[int]:
+    """``[top, left, bottom, right]`` with ``auto_pad`` resolved."""
+    auto = attr(node, "auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        p = attr(node, "pads", [0] * 4) if auto == "NOTSET" else [0] * 4
+        return [p[0], p[1], p[2], p[3]]
+    out = []
+    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
+        o = -(-size // s)
+        total = max(0, (o - 1) * s + (k - 1) * d + 1 - size)
+        out.append((total // 2, total - total // 2) if auto == "SAME_UPPER" else (total - total // 2, total // 2))
+    return [out[0][0], out[1][0], out[0][1], out[1][1]]
+
+
+# --- convolutions and matrix products -------------------------------------------------------
+
+
+def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    x_name, xp, x_dq = _act(g, n.input[0])
+    w, wp, w_dq = _weight(g, n.input[1])
+    xs = _shape(g, n.input[0])
+    if len(xs) != 4 or w.ndim != 4:
+        raise _Reject("only 2-D convolutions are lowered")
+    group = int(attr(n, "group", 1))
+    cout, cin_g, kh, kw = w.shape
+    strides = list(attr(n, "strides", [1, 1]))
+    dil = list(attr(n, "dilations", [1, 1]))
+    pads = _pads(n, xs[2:], [kh, kw], strides, dil)
+    bias, bp, reads = None, None, [x_dq.name, w_dq.name]
+    if len(n.input) > 2 and n.input[2]:
+        bias, bp, b_dq = _weight(g, n.input[2])
+        reads.append(b_dq.name)
+    chain, q, op_ = _chain(g, n.output[0])
+    acc_scale, lshift, bias_acc, shift = _acc_plan(xp, wp, bias, bp, op_, cout)
+    ys = _shape(g, q.output[0])
+    depthwise = group > 1 and group == xs[1] and cin_g == 1
+    kind = "depthwise_conv2d" if depthwise else "conv2d"
+    attrs = {
+        "strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel": [kh, kw],
+        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
+        "out_shape": ys,
+        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
+    }
+    macs = int(np.prod(ys)) * cin_g * kh * kw
+    return IntOp("conv", n.name, kind, [x_name], [q.output[0]], attrs,
+                 {"w": w.astype(np.int8 if w.dtype.itemsize == 1 else w.dtype), "b": bias_acc},
+                 [n.name, *[c.name for c in chain], q.name], reads, macs)
+
+
+def lower_conv_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    x_name, xp, x_dq = _act(g, n.input[0])
+    w, wp, w_dq = _weight(g, n.input[1])
+    xs = _shape(g, n.input[0])
+    if len(xs) != 4 or w.ndim != 4:
+        raise _Reject("only 2-D transposed convolutions are lowered")
+    if attr(n, "auto_pad", "NOTSET") != "NOTSET" or attr(n, "output_shape") is not None:
+        raise _Reject("auto_pad/output_shape on ConvTranspose is not lowered")
+    group = int(attr(n, "group", 1))
+    cin, cout_g, kh, kw = w.shape
+    cout = cout_g * group
+    if not wp.per_tensor and wp.axis != 1:
+        raise _Reject("per-channel ConvTranspose weights must use axis 1")
+    bias, bp, reads = None, None, [x_dq.name, w_dq.name]
+    if len(n.input) > 2 and n.input[2]:
+        bias, bp, b_dq = _weight(g, n.input[2])
+        reads.append(b_dq.name)
+    wq = QParams(wp.dtype, wp.scale, wp.zero_point, 0 if not wp.per_tensor else None, wp.round_mode)
+    chain, q, op_ = _chain(g, n.output[0])
+    acc_scale, lshift, bias_acc, shift = _acc_plan(xp, wq, bias, bp, op_, cout)
+    ys = _shape(g, q.output[0])
+    attrs = {
+        "strides": list(attr(n, "strides", [1, 1])), "pads": list(attr(n, "pads", [0, 0, 0, 0])),
+        "dilations": list(attr(n, "dilations", [1, 1])), "group": group, "kernel": [kh, kw],
+        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
+        "out_shape": ys,
+        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
+    }
+    kind = "depthwise_transposed_conv2d" if group > 1 and group == cin and cout_g == 1 else "transposed_conv2d"
+    macs = int(np.prod(xs)) * cout_g * kh * kw
+    return IntOp("conv_transpose", n.name, kind, [x_name], [q.output[0]], attrs,
+                 {"w": w, "b": bias_acc}, [n.name, *[c.name for c in chain], q.name], reads, macs)
+
+
+def _matmul_const(g: QGraph, n: onnx.NodeProto, a_in: str, w: np.ndarray, wp: QParams, reads: list[str],
+                  bias_in: str | None) -> IntOp:
+    """``x @ w (+ bias)`` with ``w`` an integer [K, N] constant (FC run as a 1x1 convolution)."""
+    x_name, xp, x_dq = _act(g, a_in)
+    bias, bp = None, None
+    if bias_in:
+        bias, bp, b_dq = _weight(g, bias_in)
+        reads.append(b_dq.name)
+    k, cout = w.shape
+    chain, q, op_ = _chain(g, n.output[0])
+    acc_scale, lshift, bias_acc, shift = _acc_plan(xp, wp, bias, bp, op_, cout)
+    ys = _shape(g, q.output[0])
+    attrs = {
+        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift), "out_shape": ys,
+        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
+    }
+    macs = int(np.prod(ys)) * k
+    return IntOp("matmul", n.name, "fc", [x_name], [q.output[0]], attrs, {"w": w, "b": bias_acc},
+                 [n.name, *[c.name for c in chain], q.name], [x_dq.name, *reads], macs)
+
+
+def lower_gemm(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    if attr(n, "transA", 0) or attr(n, "alpha", 1.0) != 1.0 or attr(n, "beta", 1.0) != 1.0:
+        raise _Reject("Gemm with transA, alpha or beta is not lowered")
+    w, wp, w_dq = _weight(g, n.input[1])
+    if w.ndim != 2 or len(_shape(g, n.input[0])) != 2:
+        raise _Reject("Gemm operands must be 2-D")
+    if attr(n, "transB", 0):
+        w = w.T
+    bias_in = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    if bias_in and len(_shape(g, bias_in)) != 1:
+        raise _Reject("Gemm bias must be 1-D")
+    return _matmul_const(g, n, n.input[0], np.ascontiguousarray(w), wp, [w_dq.name], bias_in)
+
+
+def lower_matmul(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    b_src = g.dq_source(n.input[1])
+    if b_src is not None and g.const(b_src[0]) is not None:
+        w, wp, w_dq = _weight(g, n.input[1])
+        if w.ndim != 2:
+            raise _Reject("MatMul constant must be 2-D")
+        return _matmul_const(g, n, n.input[0], w, wp, [w_dq.name], None)
+    a_name, ap, a_dq = _act(g, n.input[0])
+    b_name, bp, b_dq = _act(g, n.input[1])
+    chain, q, op_ = _chain(g, n.output[0])
+    fa, fb, fo = ap.fix_pos, bp.fix_pos, op_.fix_pos
+    acc_scale = np.array([ap.scalar_scale() * bp.scalar_scale()])
+    shift = None if fa is None or fb is None or fo is None else np.array([int(fa) + int(fb) - int(fo)])
+    ys = _shape(g, q.output[0])
+    attrs = {"a_zp": ap.scalar_zp(), "b_zp": bp.scalar_zp(), "out_shape": ys,
+             "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift)}
+    macs = int(np.prod(ys)) * _shape(g, n.input[0])[-1]
+    return IntOp("matmul2", n.name, "matmul", [a_name, b_name], [q.output[0]], attrs, {},
+                 [n.name, *[c.name for c in chain], q.name], [a_dq.name, b_dq.name], macs)
+
+
+# --- elementwise ----------------------------------------------------------------------------
+
+
+def lower_eltwise(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """``Add``/``Sub``/``Mul`` of two integer tensors (either may be a quantized constant)."""
+    ops = [_operand(g, i) for i in n.input[:2]]
+    chain, q, op_ = _chain(g, n.output[0])
+    ys = _shape(g, q.output[0])
+    inputs, blobs, reads, operands = [], {}, [], []
+    for idx, (name, const, p, dq) in enumerate(ops):
+        reads.append(dq.name)
+        if name is None:
+            blobs[f"c{idx}"] = const
+            operands.append({"const": f"c{idx}", "zp": p.scalar_zp()})
+        else:
+            inputs.append(name)
+            operands.append({"input": len(inputs) - 1, "zp": p.scalar_zp()})
+    pa, pb = ops[0][2], ops[1][2]
+    attrs = {"mode": n.op_type.lower(), "operands": operands, "out_shape": ys}
+    fixes = [pa.fix_pos, pb.fix_pos, op_.fix_pos]
+    if n.op_type == "Mul":
+        acc_scale = np.array([pa.scalar_scale() * pb.scalar_scale()])
+        shift = None if any(f is None for f in fixes) else np.array([int(fixes[0]) + int(fixes[1]) - int(fixes[2])])
+        attrs["align"] = [0, 0]
+    elif all(f is not None for f in fixes):
+        top = max(int(fixes[0]), int(fixes[1]))
+        attrs["align"] = [top - int(fixes[0]), top - int(fixes[1])]
+        acc_scale = np.array([np.ldexp(1.0, -top)])
+        shift = np.array([top - int(fixes[2])])
+    else:
+        # float scales: both operands are brought to a common fixed-point grid of 2^-24 of the
+        # output scale first (multiplier per operand), then requantised as one accumulator.
+        so = op_.scalar_scale()
+        attrs["scale_mult"] = [int(round(pa.scalar_scale() / so * (1 << 24))),
+                               int(round(pb.scalar_scale() / so * (1 << 24)))]
+        attrs["align"] = [0, 0]
+        acc_scale = np.array([so / (1 << 24)])
+        shift = None
+    attrs["epilogue"] = make_epilogue(g, n.output[0], chain, acc_scale, op_, shift)
+    if attrs["epilogue"]["mode"] == "fixed" and "scale_mult" in attrs:
+        attrs["epilogue"]["mode"] = "shift"
+        attrs["epilogue"]["shift"] = 24
+    kind = "eltwise_mul" if n.op_type == "Mul" else "eltwise_add"
+    return IntOp("eltwise", n.name, kind, inputs, [q.output[0]], attrs, blobs,
+                 [n.name, *[c.name for c in chain], q.name], reads, int(np.prod(ys)))
+
+
+def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """A standalone elementwise activation chain ``DQ -> f... -> Q`` as a lookup table."""
+    data = next((i for i in n.input if i and g.const(i) is None), None)
+    if data is None:
+        raise _Reject("no data input")
+    x_name, xp, x_dq = _act(g, data)
+    found = collect_chain(g, data, [n], UNARY_OPS)
+    if found is None:
+        raise _Reject("activation chain does not end in a single quantize step")
+    chain, q, op_ = found
+    table = fragments.lookup_table(g, x_dq, xp, data, chain, q)
+    kind = _unary_kind(chain)
+    return IntOp("lut", n.name, kind, [x_name], [q.output[0]],
+                 {"qmin": qrange(xp.bits, xp.signed)[0], "out_dtype": op_.dtype}, {"table": table},
+                 [*[c.name for c in chain], q.name], [x_dq.name], 0)
+
+
+def _unary_kind(chain: list[onnx.NodeProto]) -> str:
+    types = [c.op_type for c in chain]
+    if types == ["Relu"]:
+        return "relu"
+    if types == ["Clip"]:
+        return "relu6"
+    if types == ["LeakyRelu"]:
+        return "leaky_relu"
+    if types in (["HardSigmoid"], ["Add", "Clip", "Mul"]):
+        return "hard_sigmoid"
+    if "HardSwish" in types or types == ["Add", "Clip", "Mul", "Mul"]:
+        return "hard_swish"
+    return types[0].lower()
+
+
+# --- data movement and pooling ----------------------------------------------------------------
+
+
+def _single_q(g: QGraph, t: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams]:
+    return _chain(g, t)
+
+
+def _passthrough(g: QGraph, n: onnx.NodeProto, op: str, kind: str, attrs: dict) -> IntOp:
+    """Ops that move integer codes (maxpool, reshape, transpose, slice, pad, resize, gather)
+    followed by the code-to-code table ``Q_out(chain(DQ_in(q)))`` (identity when scales agree)."""
+    x_name, xp, x_dq = _act(g, n.input[0])
+    chain, q, op_ = _single_q(g, n.output[0])
+    table = fragments.lookup_table(g, x_dq, xp, n.output[0], chain, q)
+    blobs = {}
+    codes = fragments.codes(xp)
+    if not (table.dtype == codes.dtype and np.array_equal(table, codes)):
+        blobs["table"] = table
+    attrs = {**attrs, "qmin": qrange(xp.bits, xp.signed)[0], "x_zp": xp.scalar_zp(),
+             "out_dtype": op_.dtype, "out_shape": _shape(g, q.output[0])}
+    return IntOp(op, n.name, kind, [x_name], [q.output[0]], attrs, blobs,
+                 [n.name, *[c.name for c in chain], q.name], [x_dq.name], 0)
+
+
+def _pool_geometry(g: QGraph, n: onnx.NodeProto, global_pool: bool) -> dict:
+    xs = _shape(g, n.input[0])
+    if len(xs) != 4:
+        raise _Reject("only 2-D pooling is lowered")
+    if global_pool:
+        return {"kernel": xs[2:], "strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1]}
+    kernel = list(attr(n, "kernel_shape"))
+    strides = list(attr(n, "strides", [1, 1]))
+    dil = list(attr(n, "dilations", [1, 1]))
+    pads = _pads(n, xs[2:], kernel, strides, dil)
+    ys = _shape(g, n.output[0])
+    # ceil_mode: extend the bottom/right padding so that the last window exists
+    for axis in (0, 1):
+        need = (ys[2 + axis] - 1) * strides[axis] + (kernel[axis] - 1) * dil[axis] + 1
+        have = xs[2 + axis] + pads[axis] + pads[axis + 2]
+        if need > have:
+            pads[axis + 2] += need - have
+    return {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dil,
+            "real_pads": _pads(n, xs[2:], kernel, strides, dil)}
+
+
+def lower_maxpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    if len(n.output) > 1 and n.output[1]:
+        raise _Reject("MaxPool with indices output is not lowered")
+    glob = n.op_type == "GlobalMaxPool"
+    geo = _pool_geometry(g, n, glob)
+    return _passthrough(g, n, "maxpool", "global_max_pool" if glob else "max_pool", geo)
+
+
+def lower_avgpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """Average pooling mirrors the reference: the float32 window sum divided in float32 by the
+    window size, then the output's quantize step (and any fused chain) in float32."""
+    x_name, xp, x_dq = _act(g, n.input[0])
+    glob = n.op_type == "GlobalAveragePool"
+    geo = _pool_geometry(g, n, glob)
+    chain, q, op_ = _chain(g, n.output[0])
+    geo["count_include_pad"] = int(attr(n, "count_include_pad", 0))
+    geo["x_zp"] = xp.scalar_zp()
+    geo["out_shape"] = _shape(g, q.output[0])
+    ep = make_epilogue(g, n.output[0], chain, np.array([xp.scalar_scale()]), op_, None)
+    if ep["mode"] != "float":
+        ep = make_epilogue(g, n.output[0], [], np.array([xp.scalar_scale()]), op_, None)
+        ep.update({"mode": "float", "acc_scale": xp.scalar_scale(),
+                   "chain": _clip_steps(g, n.output[0], chain), "result": chain[-1].output[0] if chain else "$x"})
+    geo["epilogue"] = ep
+    kind = "global_avg_pool" if glob else "avg_pool"
+    return IntOp("avgpool", n.name, kind, [x_name], [q.output[0]], geo, {},
+                 [n.name, *[c.name for c in chain], q.name], [x_dq.name], int(np.prod(_shape(g, n.input[0]))))
+
+
+def _clip_steps(g: QGraph, t0: str, chain: list[onnx.NodeProto]) -> list[dict]:
+    from .epilogue import chain_program
+
+    return chain_program(g, t0, chain)
+
+
+def lower_concat(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    ops = [_operand(g, i) for i in n.input]
+    chain, q, op_ = _chain(g, n.output[0])
+    if chain:
+        raise _Reject("Concat with a fused activation is not lowered")
+    ys = _shape(g, q.output[0])
+    inputs, blobs, reads, parts = [], {}, [], []
+    for idx, (name, const, p, dq) in enumerate(ops):
+        reads.append(dq.name)
+        table = fragments.lookup_table(g, dq, p, dq.output[0], [], q)
+        part: dict = {"qmin": qrange(p.bits, p.signed)[0]}
+        if not np.array_equal(table, fragments.codes(p)):
+            blobs[f"t{idx}"] = table
+            part["table"] = f"t{idx}"
+        if name is None:
+            blobs[f"c{idx}"] = const
+            part["const"] = f"c{idx}"
+        else:
+            inputs.append(name)
+            part["input"] = len(inputs) - 1
+        parts.append(part)
+    axis = int(attr(n, "axis"))
+    axis = axis + len(ys) if axis < 0 else axis
+    return IntOp("concat", n.name, "concat", inputs, [q.output[0]],
+                 {"axis": axis, "parts": parts, "out_dtype": op_.dtype, "out_shape": ys}, blobs,
+                 [n.name, q.name], reads, 0)
+
+
+def lower_reshape(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    return _passthrough(g, n, "reshape", "reshape", {})
+
+
+def lower_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    rank = len(_shape(g, n.input[0]))
+    perm = attr(n, "perm") or list(reversed(range(rank)))
+    return _passthrough(g, n, "transpose", "transpose", {"perm": list(perm)})
+
+
+def lower_slice(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    xs = _shape(g, n.input[0])
+    consts = [g.const(i) if i else None for i in n.input[1:]]
+    if any(i and c is None for i, c in zip(n.input[1:], consts)):
+        raise _Reject("Slice parameters must be constants")
+    starts, ends = consts[0], consts[1]
+    axes = consts[2] if len(consts) > 2 and consts[2] is not None else np.arange(len(starts))
+    steps = consts[3] if len(consts) > 3 and consts[3] is not None else np.ones(len(starts), np.int64)
+    spec = [[0, s, 1] for s in xs]
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        ax = int(ax) + len(xs) if ax < 0 else int(ax)
+        sl = slice(int(st), int(en), int(sp)).indices(xs[ax])
+        spec[ax] = list(sl)
+    return _passthrough(g, n, "slice", "strided_slice", {"slices": spec})
+
+
+def lower_pad(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    xs = _shape(g, n.input[0])
+    pads = g.const(n.input[1]) if len(n.input) > 1 else attr(n, "pads")
+    if pads is None:
+        raise _Reject("Pad pads must be constant")
+    pads = np.asarray(pads, np.int64).reshape(-1)
+    if len(n.input) > 3 and n.input[3]:
+        axes = g.const(n.input[3])
+        full = np.zeros(2 * len(xs), np.int64)
+        for j, ax in enumerate(axes):
+            ax = int(ax) + len(xs) if ax < 0 else int(ax)
+            full[ax], full[ax + len(xs)] = pads[j], pads[j + len(axes)]
+        pads = full
+    if np.any(pads < 0):
+        raise _Reject("negative pads are not lowered")
+    mode = attr(n, "mode", "constant")
+    value = 0.0
+    if len(n.input) > 2 and n.input[2]:
+        c = g.const(n.input[2])
+        if c is None:
+            raise _Reject("Pad constant value must be constant")
+        value = float(np.asarray(c).reshape(-1)[0])
+    rank = len(xs)
+    width = [[int(pads[i]), int(pads[i + rank])] for i in range(rank)]
+    chain, q, op_ = _chain(g, n.output[0])
+    from .epilogue import quantize_scalar
+
+    pad_code = quantize_scalar(value, op_)
+    return _passthrough(g, n, "pad", "pad", {"width": width, "mode": mode, "pad_code": pad_code})
+
+
+def lower_resize(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    if attr(n, "mode", "nearest") != "nearest":
+        raise _Reject(f"Resize mode {attr(n, 'mode')!r} is not lowered (nearest only)")
+    for i in n.input[1:]:
+        if i and g.const(i) is None:
+            raise _Reject("Resize roi/scales/sizes must be constants")
+    idx = fragments.resize_indices(g, n, _shape(g, n.input[0]))
+    if idx is None:
+        raise _Reject("Resize index map is not separable per axis")
+    return _passthrough(g, n, "gather", "resize", {"indices": idx})
+
+
+def lower_split(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    x_name, xp, x_dq = _act(g, n.input[0])
+    xs = _shape(g, n.input[0])
+    axis = int(attr(n, "axis", 0))
+    axis = axis + len(xs) if axis < 0 else axis
+    outputs, nodes, tables, blobs, begin = [], [n.name], [], {}, 0
+    parts = []
+    for j, o in enumerate(n.output):
+        chain, q, op_ = _chain(g, o)
+        if chain:
+            raise _Reject("Split with fused activations is not lowered")
+        size = _shape(g, o)[axis]
+        parts.append([begin, begin + size])
+        begin += size
+        table = fragments.lookup_table(g, x_dq, xp, o, [], q)
+        if not np.array_equal(table, fragments.codes(xp)):
+            blobs[f"t{j}"] = table
+        outputs.append(q.output[0])
+        nodes.append(q.name)
+        tables.append(f"t{j}" if f"t{j}" in blobs else None)
+    return IntOp("split", n.name, "strided_slice", [x_name], outputs,
+                 {"axis": axis, "parts": parts, "tables": tables, "qmin": qrange(xp.bits, xp.signed)[0],
+                  "out_dtype": xp.dtype}, blobs, nodes, [x_dq.name], 0)
+
+
+LOWERINGS = {
+    "Conv": lower_conv,
+    "ConvTranspose": lower_conv_transpose,
+    "Gemm": lower_gemm,
+    "MatMul": lower_matmul,
+    "Add": lower_eltwise,
+    "Sub": lower_eltwise,
+    "Mul": lower_eltwise,
+    "Concat": lower_concat,
+    "MaxPool": lower_maxpool,
+    "GlobalMaxPool": lower_maxpool,
+    "AveragePool": lower_avgpool,
+    "GlobalAveragePool": lower_avgpool,
+    "Reshape": lower_reshape,
+    "Flatten": lower_reshape,
+    "Squeeze": lower_reshape,
+    "Unsqueeze": lower_reshape,
+    "Transpose": lower_transpose,
+    "Slice": lower_slice,
+    "Pad": lower_pad,
+    "Resize": lower_resize,
+    "Split": lower_split,
+}
+
+
+def lower_node(g: QGraph, n: onnx.NodeProto) -> Lowered:
+    """The integer op for ``n`` or the reason it stays ONNX."""
+    fn = LOWERINGS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
+    if fn is None and n.op_type in UNARY_OPS and n.domain in ("", "ai.onnx"):
+        fn = lower_unary
+    if n.op_type in ("Add", "Sub", "Mul", "Div") and any(
+        i and g.const(i) is not None and g.const(i).dtype.kind == "f" for i in n.input
+    ):
+        fn = lower_unary  # arithmetic with a float scalar: an activation chain (hard-sigmoid)
+    if fn is None:
+        return f"{n.op_type} has no integer lowering"
+    try:
+        return fn(g, n)
+    except _Reject as exc:
+        return str(exc)
+
+
+def lower_quantize(g: QGraph, q: onnx.NodeProto) -> IntOp | None:
+    """A quantize step of a float graph input (the model's input quantization)."""
+    p = g.quantize_params(q)
+    if p is None or not p.per_tensor or q.input[0] not in g.graph_inputs:
+        return None
+    return IntOp("quantize", q.name, "quantize", [q.input[0]], [q.output[0]],
+                 {**out_spec(p), "bits": p.bits, "signed": p.signed}, {}, [q.name], [], 0)
+
+
+def lower_requantize(g: QGraph, q: onnx.NodeProto) -> IntOp | None:
+    """``DQ -> Q`` directly (a change of scale) as a lookup table."""
+    src = g.dq_source(q.input[0])
+    p = g.quantize_params(q)
+    if src is None or p is None or not src[1].per_tensor or g.const(src[0]) is not None:
+        return None
+    int_name, xp, dq = src
+    table = fragments.lookup_table(g, dq, xp, q.input[0], [], q)
+    return IntOp("lut", q.name, "requantize", [int_name], [q.output[0]],
+                 {"qmin": qrange(xp.bits, xp.signed)[0], "out_dtype": p.dtype}, {"table": table},
+                 [q.name], [dq.name], 0)
+
+
+def lower_dequantize(g: QGraph, dq: onnx.NodeProto) -> IntOp | None:
+    """A dequantize step producing a graph output (the model's output dequantization)."""
+    p = g.dequantize_params(dq)
+    if p is None or not g.is_graph_output(dq.output[0]) or g.const(dq.input[0]) is not None:
+        return None
+    return IntOp("dequantize", dq.name, "dequantize", [dq.input[0]], [dq.output[0]],
+                 {"scale": p.scale.astype(np.float64).tolist(), "zp": p.zero_point.tolist(), "axis": p.axis},
+                 {}, [dq.name], [], 0)

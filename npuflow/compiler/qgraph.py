@@ -1,0 +1,189 @@
+"""Reading a quantized ONNX model (``docs/quantized-model-format.md``) as integer tensors.
+
+The compiler does not trust op types alone: it finds the quantize steps (``QuantizeLinear`` or
+the ``ai.npuflow:Quantize_<mode>_<dtype>`` functions of :mod:`npuflow.qdq`) and the
+``DequantizeLinear`` steps, and describes every integer tensor by its dtype, scale, zero point
+and the tie rule of the step that produced it.  Lowering then works on these descriptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .. import qdq
+from ..model import tensor_elem_types, tensor_shapes
+from ..numerics import RoundMode, fix_pos_of
+
+QUANTIZE_OPS = {"QuantizeLinear"}
+DEQUANTIZE_OPS = {"DequantizeLinear"}
+_STD_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+@dataclass(frozen=True)
+class QParams:
+    """How one integer tensor maps to reals: ``(q - zero_point) * scale``."""
+
+    dtype: str  # int8 | uint8 | int16 | uint16 | int32
+    scale: np.ndarray  # float32, 0-D or 1-D
+    zero_point: np.ndarray  # int64, same shape as scale
+    axis: int | None = None
+    round_mode: RoundMode = RoundMode.HALF_EVEN
+
+    @property
+    def bits(self) -> int:
+        return np.dtype(self.dtype).itemsize * 8
+
+    @property
+    def signed(self) -> bool:
+        return np.dtype(self.dtype).kind == "i"
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.scale.ndim == 0 or self.scale.size == 1
+
+    @property
+    def fix_pos(self) -> np.ndarray | None:
+        """Power-of-two position(s), or ``None`` when a scale is not a power of two."""
+        return fix_pos_of(self.scale)
+
+    def scalar_scale(self) -> float:
+        return float(self.scale.reshape(-1)[0])
+
+    def scalar_zp(self) -> int:
+        return int(self.zero_point.reshape(-1)[0])
+
+    def to_json(self) -> dict:
+        return {
+            "dtype": self.dtype,
+            "scale": self.scale.astype(np.float64).tolist(),
+            "zero_point": self.zero_point.astype(np.int64).tolist(),
+            "axis": self.axis,
+            "round_mode": self.round_mode.value,
+        }
+
+
+class QGraph:
+    """Index of a quantized model: producers, consumers, initializers, shapes, Q/DQ steps."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.inits: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+        }
+        self.shapes = tensor_shapes(model)
+        self.elem_types = tensor_elem_types(model)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i in node.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(node)
+        self.graph_inputs = [i.name for i in model.graph.input if i.name not in self.inits]
+        self.graph_outputs = [o.name for o in model.graph.output]
+        self._outputs = set(self.graph_outputs)
+
+    # --- kinds of nodes -------------------------------------------------------------------
+
+    @staticmethod
+    def quantize_mode(node: onnx.NodeProto) -> tuple[RoundMode, str | None] | None:
+        """``(round mode, dtype or None)`` when ``node`` is a quantize step, else ``None``."""
+        if node.op_type in QUANTIZE_OPS and node.domain in _STD_DOMAINS:
+            return RoundMode.HALF_EVEN, None
+        if node.domain == qdq.DOMAIN:
+            parsed = qdq.parse_function_name(node.op_type)
+            if parsed is not None:
+                return parsed
+        return None
+
+    @staticmethod
+    def is_dequantize(node: onnx.NodeProto) -> bool:
+        return node.op_type in DEQUANTIZE_OPS and node.domain in _STD_DOMAINS
+
+    def is_graph_output(self, name: str) -> bool:
+        return name in self._outputs
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.inits.get(name) if name else None
+
+    # --- quant params ---------------------------------------------------------------------
+
+    def _params(self, node: onnx.NodeProto, round_mode: RoundMode, dtype: str | None) -> QParams | None:
+        scale = self.const(node.input[1])
+        if scale is None:
+            return None
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp = self.const(zp_name)
+        if zp_name and zp is None:
+            return None
+        if dtype is None:
+            dtype = str(zp.dtype) if zp is not None else "uint8"
+        zp_arr = np.zeros(scale.shape, np.int64) if zp is None else zp.astype(np.int64)
+        axis = None
+        if scale.ndim == 1 and scale.size > 1:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        return QParams(dtype, scale.astype(np.float32), zp_arr, axis, round_mode)
+
+    def quantize_params(self, node: onnx.NodeProto) -> QParams | None:
+        mode = self.quantize_mode(node)
+        if mode is None:
+            return None
+        return self._params(node, mode[0], mode[1])
+
+    def dequantize_params(self, node: onnx.NodeProto) -> QParams | None:
+        """Params of a DQ step; the round mode is that of the Q step producing its input."""
+        src = self.producer.get(node.input[0])
+        mode = RoundMode.HALF_EVEN
+        if src is not None and (qm := self.quantize_mode(src)) is not None:
+            mode = qm[0]
+        p = self._params(node, mode, None)
+        if p is None:
+            return None
+        dtype = self._int_dtype(node.input[0]) or p.dtype
+        return QParams(dtype, p.scale, p.zero_point, p.axis, p.round_mode)
+
+    def _int_dtype(self, name: str) -> str | None:
+        if name in self.inits:
+            return str(self.inits[name].dtype)
+        et = self.elem_types.get(name)
+        return str(onnx.helper.tensor_dtype_to_np_dtype(et)) if et else None
+
+    def dq_source(self, float_tensor: str) -> tuple[str, QParams, onnx.NodeProto] | None:
+        """``(integer tensor, params, DQ node)`` when ``float_tensor`` is a dequantize output."""
+        node = self.producer.get(float_tensor)
+        if node is None or not self.is_dequantize(node):
+            return None
+        p = self.dequantize_params(node)
+        if p is None:
+            return None
+        return node.input[0], p, node
+
+    def single_quantize_consumer(self, float_tensor: str) -> tuple[onnx.NodeProto, QParams] | None:
+        """The one quantize step reading ``float_tensor`` when nothing else reads it."""
+        if self.is_graph_output(float_tensor):
+            return None
+        cons = self.consumers.get(float_tensor, [])
+        if len(cons) != 1:
+            return None
+        p = self.quantize_params(cons[0])
+        return (cons[0], p) if p is not None else None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """Attribute value of ``node`` (ints/floats/strings decoded) or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            v = onnx.helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                return v.decode()
+            if isinstance(v, list):
+                return [x.decode() if isinstance(x, bytes) else x for x in v]
+            return v
+    return default

@@ -1,0 +1,551 @@
+"""Whole-tensor integer kernels of the NPU executor (NCHW, any batch).
+
+Accumulation is exact: products of integer codes are summed by float32 BLAS in chunks short
+enough that every partial sum stays an integer below 2^24 (``k_chunk``, fixed at compile time
+from the weights and the input type), and chunks are added in float64; the result is converted
+to int64 before requantisation.  Requantisation is :mod:`npuflow.numerics` only.
+
+Each ``prepare_<op>`` turns one manifest op plus its blobs into a closure ``run(inputs) ->
+outputs`` over numpy arrays; prepared constants (float32 weight matrices, lookup tables) are
+built once per session and only read afterwards, so one prepared program serves many threads.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .. import numerics as nm
+
+Kernel = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+# --- epilogues ------------------------------------------------------------------------------
+
+
+def _per_channel(value, axis: int, ndim: int) -> np.ndarray | int | float:
+    if isinstance(value, list):
+        shape = [1] * ndim
+        shape[axis] = -1
+        return np.asarray(value).reshape(shape)
+    return value
+
+
+def eval_chain(v: np.ndarray, steps: list[dict], result: str) -> np.ndarray:
+    """Run a fused float chain (JSON form of :func:`epilogue.chain_program`) in float32."""
+    env = {"$x": v}
+
+    def get(ref):
+        if ref is None:
+            return None
+        return env[ref["t"]] if "t" in ref else np.float32(ref["c"])
+
+    for st in steps:
+        args = [get(r) for r in st["in"]]
+        op, a = st["op"], st["attrs"]
+        x = args[0]
+        if op == "Relu":
+            y = np.maximum(x, np.float32(0))
+        elif op == "Clip":
+            lo = args[1] if len(args) > 1 and args[1] is not None else a.get("min")
+            hi = args[2] if len(args) > 2 and args[2] is not None else a.get("max")
+            y = x
+            if lo is not None:
+                y = np.maximum(y, np.float32(lo))
+            if hi is not None:
+                y = np.minimum(y, np.float32(hi))
+        elif op == "LeakyRelu":
+            y = np.where(x >= 0, x, x * np.float32(a.get("alpha", 0.01)))
+        elif op == "Add":
+            y = x + args[1]
+        elif op == "Sub":
+            y = x - args[1]
+        elif op == "Mul":
+            y = x * args[1]
+        elif op == "Div":
+            y = x / args[1]
+        elif op == "HardSigmoid":
+            y = np.clip(np.float32(a.get("alpha", 0.2)) * x + np.float32(a.get("beta", 0.5)), 0, 1)
+        elif op == "HardSwish":
+            y = x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), 0, 1)
+        else:
+            raise ValueError(f"unsupported chain op {op}")
+        env[st["out"]] = np.asarray(y, dtype=np.float32)
+    return env[result]
+
+
+def _out_type(ep: dict) -> tuple[int, bool]:
+    dt = np.dtype(ep["dtype"])
+    return dt.itemsize * 8, dt.kind == "i"
+
+
+def make_epilogue(ep: dict, axis: int, ndim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Accumulator (int64, channels on ``axis``) -> output codes."""
+    bits, signed = _out_type(ep)
+    qmin, qmax = nm.qrange(bits, signed)
+    dtype = nm.storage_dtype(bits, signed)
+    mode = ep["mode"]
+    zp = ep["zp"]
+    rnd = ep["round"]
+    if mode in ("shift", "fixed"):
+        shift = _per_channel(ep["shift"], axis, ndim)
+        mult = _per_channel(ep.get("multiplier", 1), axis, ndim)
+        lo, hi = qmin, qmax
+        for a, b in ep.get("clamps", []):
+            lo, hi = min(max(lo, a), hi), max(min(hi, b), lo)
+
+        def run(acc: np.ndarray) -> np.ndarray:
+            if mode == "shift":
+                y = nm.shift_round(acc, shift, rnd)
+            else:
+                y = nm.requantize_fixed_point(acc, mult, shift, rnd)
+            if zp:
+                y += zp
+            return np.clip(y, lo, hi).astype(dtype)
+
+        return run
+    acc_scale = np.float32(1) * _per_channel(ep["acc_scale"], axis, ndim)
+    acc_scale = np.asarray(acc_scale, dtype=np.float32)
+    finish = make_float_finish(ep)
+
+    def run_float(acc: np.ndarray) -> np.ndarray:
+        return finish(acc.astype(np.float32) * acc_scale)
+
+    return run_float
+
+
+def make_float_finish(ep: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """Float32 value of an op -> fused chain -> the output's quantize step."""
+    bits, signed = _out_type(ep)
+    steps, result = ep.get("chain", []), ep.get("result", "$x")
+
+    def finish(v: np.ndarray) -> np.ndarray:
+        if steps:
+            v = eval_chain(v, steps, result)
+        return nm.quantize(v, ep["scale"], ep["zp"], bits=bits, signed=signed, round_mode=ep["round"])
+
+    return finish
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _chunked_matmul(a: np.ndarray, b: np.ndarray, k_chunk: int, a_k_axis_last: bool = True) -> np.ndarray:
+    """Exact integer ``a @ b`` of integer-valued float32 operands as int64.
+
+    ``a`` is (..., M, K) and ``b`` (..., K, N); the K reduction is split so that each float32
+    product stays exact, and the parts are added in float64.
+    """
+    k = a.shape[-1]
+    if k <= k_chunk:
+        return np.matmul(a, b).astype(np.int64)
+    total = None
+    for s in range(0, k, k_chunk):
+        part = np.matmul(a[..., s:s + k_chunk], b[..., s:s + k_chunk, :]).astype(np.float64)
+        total = part if total is None else total + part
+    return total.astype(np.int64)
+
+
+def _lut(table: np.ndarray, qmin: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Code-to-code lookup; 8-bit inputs index a rotated table through their byte view."""
+    table = np.asarray(table)
+    if table.size == 256:
+        rotated = np.ascontiguousarray(table[(np.arange(256) - qmin) % 256])
+
+        def run8(x: np.ndarray) -> np.ndarray:
+            return rotated[x.view(np.uint8)]
+
+        return run8
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return table[x.astype(np.int64) - qmin]
+
+    return run
+
+
+def _maybe_lut(blobs: dict, key: str, qmin: int):
+    return _lut(blobs[key], qmin) if key in blobs else None
+
+
+def _pad_nchw(x: np.ndarray, pads: list[int], value=0) -> np.ndarray:
+    t, l, b, r = pads
+    if not (t or l or b or r):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+
+
+def _taps(xp: np.ndarray, kernel, strides, dil, out_hw):
+    """Yield ``(i, j, view)`` for every kernel position: the strided input slice it reads."""
+    ho, wo = out_hw
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            h0, w0 = i * dil[0], j * dil[1]
+            yield i, j, xp[:, :, h0:h0 + strides[0] * (ho - 1) + 1:strides[0],
+                           w0:w0 + strides[1] * (wo - 1) + 1:strides[1]]
+
+
+def _im2col(xp: np.ndarray, kernel, strides, dil, out_hw) -> np.ndarray:
+    n, c = xp.shape[:2]
+    kh, kw = kernel
+    ekh, ekw = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
+    win = sliding_window_view(xp, (ekh, ekw), axis=(2, 3))
+    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]][:, :, :out_hw[0], :out_hw[1]]
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, out_hw[0] * out_hw[1])
+
+
+# --- kernels --------------------------------------------------------------------------------
+
+
+def prepare_conv(attrs: dict, blobs: dict) -> Kernel:
+    w = blobs["w"]
+    cout, cin_g, kh, kw = w.shape
+    group = attrs["group"]
+    strides, dil, pads = attrs["strides"], attrs["dilations"], attrs["pads"]
+    ys = attrs["out_shape"]
+    out_hw = (ys[2], ys[3])
+    zp = attrs["x_zp"]
+    k_chunk = attrs["k_chunk"]
+    bias = blobs["b"].astype(np.int64).reshape(1, cout, 1, 1)
+    has_bias = bool(np.any(bias))
+    lshift = _per_channel(attrs["lshift"], 1, 4)
+    epilogue = make_epilogue(attrs["epilogue"], 1, 4)
+    depthwise = group > 1 and cin_g == 1
+    pointwise = kh == kw == 1 and strides == [1, 1] and not any(pads) and group == 1
+    if depthwise:
+        mult = cout // group
+        wd = w.reshape(cout, kh * kw).astype(np.float32)
+        exact32 = kh * kw <= k_chunk
+    else:
+        cout_g = cout // group
+        wm = [w[g * cout_g:(g + 1) * cout_g].reshape(cout_g, cin_g * kh * kw).astype(np.float32)
+              for g in range(group)]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        xf = x.astype(np.float32)
+        if zp:
+            xf -= np.float32(zp)
+        n = x.shape[0]
+        if pointwise:
+            acc = _chunked_matmul(wm[0], xf.reshape(n, x.shape[1], -1), k_chunk)
+        elif depthwise:
+            xp = _pad_nchw(xf, pads)
+            if mult > 1:
+                xp = np.repeat(xp, mult, axis=1)
+            accf = np.zeros((n, cout, *out_hw), np.float32 if exact32 else np.float64)
+            for i, j, view in _taps(xp, (kh, kw), strides, dil, out_hw):
+                accf += view * wd[:, i * kw + j].reshape(1, cout, 1, 1)
+            acc = accf.astype(np.int64)
+        else:
+            xp = _pad_nchw(xf, pads)
+            cin = x.shape[1]
+            parts = []
+            for g_ in range(group):
+                xg = xp if group == 1 else xp[:, g_ * (cin // group):(g_ + 1) * (cin // group)]
+                cols = _im2col(xg, (kh, kw), strides, dil, out_hw)
+                parts.append(_chunked_matmul(wm[g_], cols, k_chunk))
+            acc = parts[0] if group == 1 else np.concatenate(parts, axis=1)
+        acc = acc.reshape(n, cout, *out_hw)
+        if not isinstance(lshift, int) or lshift:
+            acc = acc << lshift
+        if has_bias:
+            acc = acc + bias
+        return [epilogue(acc)]
+
+    return run
+
+
+def prepare_conv_transpose(attrs: dict, blobs: dict) -> Kernel:
+    w = blobs["w"]
+    cin, cout_g, kh, kw = w.shape
+    group = attrs["group"]
+    cout = cout_g * group
+    cin_g = cin // group
+    strides, dil, pads = attrs["strides"], attrs["dilations"], attrs["pads"]
+    ys = attrs["out_shape"]
+    zp, k_chunk = attrs["x_zp"], attrs["k_chunk"]
+    bias = blobs["b"].astype(np.int64).reshape(1, cout, 1, 1)
+    lshift = _per_channel(attrs["lshift"], 1, 4)
+    epilogue = make_epilogue(attrs["epilogue"], 1, 4)
+    wt = [np.ascontiguousarray(w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, -1).T.astype(np.float32))
+          for g in range(group)]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        n, _, h, wd = x.shape
+        xf = x.astype(np.float32)
+        if zp:
+            xf -= np.float32(zp)
+        full_h = max((h - 1) * strides[0] + (kh - 1) * dil[0] + 1, pads[0] + ys[2])
+        full_w = max((wd - 1) * strides[1] + (kw - 1) * dil[1] + 1, pads[1] + ys[3])
+        out = np.zeros((n, cout, full_h, full_w), np.float64)
+        for g in range(group):
+            xg = xf[:, g * cin_g:(g + 1) * cin_g].reshape(n, cin_g, h * wd)
+            cols = _chunked_matmul(wt[g], xg, k_chunk).reshape(n, cout_g, kh, kw, h, wd)
+            for i in range(kh):
+                for j in range(kw):
+                    h0, w0 = i * dil[0], j * dil[1]
+                    out[:, g * cout_g:(g + 1) * cout_g, h0:h0 + strides[0] * (h - 1) + 1:strides[0],
+                        w0:w0 + strides[1] * (wd - 1) + 1:strides[1]] += cols[:, :, i, j]
+        acc = out[:, :, pads[0]:pads[0] + ys[2], pads[1]:pads[1] + ys[3]].astype(np.int64)
+        return [epilogue((acc << lshift) + bias)]
+
+    return run
+
+
+def prepare_matmul(attrs: dict, blobs: dict) -> Kernel:
+    w = blobs["w"].astype(np.float32)
+    zp, k_chunk = attrs["x_zp"], attrs["k_chunk"]
+    ndim = len(attrs["out_shape"])
+    bias = blobs["b"].astype(np.int64)
+    lshift = _per_channel(attrs["lshift"], ndim - 1, ndim)
+    epilogue = make_epilogue(attrs["epilogue"], ndim - 1, ndim)
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        xf = inputs[0].astype(np.float32)
+        if zp:
+            xf -= np.float32(zp)
+        acc = _chunked_matmul(xf, w, k_chunk)
+        return [epilogue((acc << lshift) + bias)]
+
+    return run
+
+
+def prepare_matmul2(attrs: dict, blobs: dict) -> Kernel:
+    ndim = len(attrs["out_shape"])
+    epilogue = make_epilogue(attrs["epilogue"], ndim - 1, ndim)
+    za, zb = attrs["a_zp"], attrs["b_zp"]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        a = inputs[0].astype(np.float64) - za
+        b = inputs[1].astype(np.float64) - zb
+        return [epilogue(np.matmul(a, b).astype(np.int64))]
+
+    return run
+
+
+def prepare_eltwise(attrs: dict, blobs: dict) -> Kernel:
+    mode = attrs["mode"]
+    align = attrs["align"]
+    mults = attrs.get("scale_mult")
+    ndim = len(attrs["out_shape"])
+    epilogue = make_epilogue(attrs["epilogue"], 1 % ndim, ndim)
+    consts = {k: v.astype(np.int64) for k, v in blobs.items()}
+
+    def operand(spec: dict, inputs, k: int) -> np.ndarray:
+        v = consts[spec["const"]] if "const" in spec else inputs[spec["input"]].astype(np.int64)
+        if spec["zp"]:
+            v = v - spec["zp"]
+        if mults is not None:
+            return v * mults[k]
+        return v << align[k] if align[k] else v
+
+    ops = attrs["operands"]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        a, b = operand(ops[0], inputs, 0), operand(ops[1], inputs, 1)
+        acc = a + b if mode == "add" else a - b if mode == "sub" else a * b
+        return [epilogue(acc)]
+
+    return run
+
+
+def prepare_maxpool(attrs: dict, blobs: dict) -> Kernel:
+    qmin = attrs["qmin"]
+    lut = _maybe_lut(blobs, "table", qmin)
+    ys = attrs["out_shape"]
+    kernel, strides, dil, pads = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        if ys[2] == 1 and ys[3] == 1 and not any(pads) and list(x.shape[2:]) == list(kernel):
+            y = x.max(axis=(2, 3), keepdims=True)
+        else:
+            xp = _pad_nchw(x, pads, qmin)
+            y = None
+            for _, _, view in _taps(xp, kernel, strides, dil, (ys[2], ys[3])):
+                y = view.copy() if y is None else np.maximum(y, view, out=y)
+        return [lut(y) if lut else y]
+
+    return run
+
+
+def prepare_avgpool(attrs: dict, blobs: dict) -> Kernel:
+    ys = attrs["out_shape"]
+    kernel, strides, dil, pads = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    real = attrs.get("real_pads", pads)
+    zp = attrs["x_zp"]
+    ep = attrs["epilogue"]
+    scale = np.float32(ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0])
+    finish = make_float_finish(ep)
+    include = attrs["count_include_pad"]
+    counts: dict[tuple, np.ndarray] = {}
+
+    def count_map(h: int, w: int) -> np.ndarray:
+        key = (h, w)
+        if key not in counts:
+            ind = np.zeros((1, 1, h + pads[0] + pads[2], w + pads[1] + pads[3]), np.float32)
+            if include:
+                ind[:, :, :pads[0] + h + real[2], :pads[1] + w + real[3]] = 1
+            else:
+                ind[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = 1
+            c = None
+            for _, _, view in _taps(ind, kernel, strides, dil, (ys[2], ys[3])):
+                c = view.copy() if c is None else c + view
+            counts[key] = c.astype(np.float32)
+        return counts[key]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        xi = x.astype(np.int64)
+        if zp:
+            xi -= zp
+        h, w = x.shape[2:]
+        if ys[2] == 1 and ys[3] == 1 and not any(pads) and [h, w] == list(kernel):
+            s = xi.sum(axis=(2, 3), keepdims=True)
+            cnt = np.float32(h * w)
+        else:
+            xp = _pad_nchw(xi, pads)
+            s = None
+            for _, _, view in _taps(xp, kernel, strides, dil, (ys[2], ys[3])):
+                s = view.copy() if s is None else s + view
+            cnt = count_map(h, w)
+        v = (s.astype(np.float32) * scale) / cnt
+        return [finish(v.astype(np.float32))]
+
+    return run
+
+
+def _passthrough(attrs: dict, blobs: dict, move: Callable[[np.ndarray], np.ndarray]) -> Kernel:
+    lut = _maybe_lut(blobs, "table", attrs["qmin"])
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        y = move(inputs[0])
+        return [lut(y) if lut else np.ascontiguousarray(y)]
+
+    return run
+
+
+def prepare_reshape(attrs: dict, blobs: dict) -> Kernel:
+    shape = attrs["out_shape"]
+    return _passthrough(attrs, blobs, lambda x: x.reshape(shape))
+
+
+def prepare_transpose(attrs: dict, blobs: dict) -> Kernel:
+    perm = attrs["perm"]
+    return _passthrough(attrs, blobs, lambda x: np.transpose(x, perm))
+
+
+def prepare_slice(attrs: dict, blobs: dict) -> Kernel:
+    index = tuple(slice(a, b, c) for a, b, c in attrs["slices"])
+    return _passthrough(attrs, blobs, lambda x: x[index])
+
+
+def prepare_gather(attrs: dict, blobs: dict) -> Kernel:
+    idx = [None if list(ix) == list(range(len(ix))) else np.asarray(ix, np.intp) for ix in attrs["indices"]]
+
+    def move(x: np.ndarray) -> np.ndarray:
+        for axis, ix in enumerate(idx):
+            if ix is not None:
+                x = np.take(x, ix, axis=axis)
+        return x
+
+    return _passthrough(attrs, blobs, move)
+
+
+def prepare_pad(attrs: dict, blobs: dict) -> Kernel:
+    lut = _maybe_lut(blobs, "table", attrs["qmin"])
+    width = [tuple(w) for w in attrs["width"]]
+    mode, code = attrs["mode"], attrs["pad_code"]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = lut(inputs[0]) if lut else inputs[0]
+        if mode == "constant":
+            return [np.pad(x, width, constant_values=code)]
+        return [np.pad(x, width, mode="reflect" if mode == "reflect" else "edge")]
+
+    return run
+
+
+def prepare_concat(attrs: dict, blobs: dict) -> Kernel:
+    axis = attrs["axis"]
+    parts = []
+    for p in attrs["parts"]:
+        lut = _lut(blobs[p["table"]], p["qmin"]) if "table" in p else None
+        const = blobs[p["const"]] if "const" in p else None
+        if const is not None and lut is not None:
+            const, lut = lut(np.ascontiguousarray(const)), None
+        parts.append((p.get("input"), const, lut))
+    dtype = nm.storage_dtype(np.dtype(attrs["out_dtype"]).itemsize * 8, np.dtype(attrs["out_dtype"]).kind == "i")
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        arrays = []
+        n = inputs[0].shape[0] if inputs else 1
+        for idx, const, lut in parts:
+            if const is not None:
+                arrays.append(np.broadcast_to(const, (n, *const.shape[1:])))
+            else:
+                arrays.append(lut(inputs[idx]) if lut else inputs[idx])
+        return [np.concatenate(arrays, axis=axis).astype(dtype, copy=False)]
+
+    return run
+
+
+def prepare_split(attrs: dict, blobs: dict) -> Kernel:
+    axis, qmin = attrs["axis"], attrs["qmin"]
+    luts = [_lut(blobs[t], qmin) if t else None for t in attrs["tables"]]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        outs = []
+        for (a, b), lut in zip(attrs["parts"], luts):
+            part = np.take(x, np.arange(a, b), axis=axis)
+            outs.append(lut(part) if lut else part)
+        return outs
+
+    return run
+
+
+def prepare_lut(attrs: dict, blobs: dict) -> Kernel:
+    lut = _lut(blobs["table"], attrs["qmin"])
+    return lambda inputs: [lut(inputs[0])]
+
+
+def prepare_quantize(attrs: dict, blobs: dict) -> Kernel:
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [nm.quantize(inputs[0], attrs["scale"], attrs["zp"], bits=attrs["bits"], signed=attrs["signed"],
+                            round_mode=attrs["round"])]
+
+    return run
+
+
+def prepare_dequantize(attrs: dict, blobs: dict) -> Kernel:
+    scale = np.asarray(attrs["scale"], np.float32)
+    zp = np.asarray(attrs["zp"])
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [nm.dequantize(inputs[0], scale, zp, axis=attrs["axis"])]
+
+    return run
+
+
+KERNELS: dict[str, Callable[[dict, dict], Kernel]] = {
+    "conv": prepare_conv,
+    "conv_transpose": prepare_conv_transpose,
+    "matmul": prepare_matmul,
+    "matmul2": prepare_matmul2,
+    "eltwise": prepare_eltwise,
+    "maxpool": prepare_maxpool,
+    "avgpool": prepare_avgpool,
+    "reshape": prepare_reshape,
+    "transpose": prepare_transpose,
+    "slice": prepare_slice,
+    "gather": prepare_gather,
+    "pad": prepare_pad,
+    "concat": prepare_concat,
+    "split": prepare_split,
+    "lut": prepare_lut,
+    "quantize": prepare_quantize,
+    "dequantize": prepare_dequantize,
+}

@@ -1,0 +1,172 @@
+"""``Session``: load a compiled model and run it (the role of VART's graph runner / ``hrt``).
+
+``Session(path_or_compiled, target=None)`` verifies the ``.npuf`` (coded errors, nothing run
+on a damaged file), refuses a model compiled for another fingerprint when a target is given,
+and prepares one executor per subgraph.  ``run(inputs)`` validates names, dtypes and shapes,
+then runs the subgraphs in order; it holds no per-call state on the session, so one session
+may be shared by many threads and gives the same bytes as a single-threaded run.
+
+Listeners (``add_listener``) receive one :class:`SubgraphEvent` per subgraph run, with
+``time.perf_counter_ns()`` start/end stamps and the thread id, for benchmarks and traces.
+Dump mode (``run(..., dump_dir=DIR)``) writes every integer tensor as ``DIR/<name>.npy`` with
+names as in ``quantized_model.onnx`` (``/`` and other unsafe characters become ``_``) and an
+``index.json`` mapping tensor names to files, like Vitis AI's ``XLNX_ENABLE_DUMP``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..errors import NpuflowError
+from ..model import write_atomic
+from ..targets import Target, load_target
+from ..compiler.compiled import CompiledModel
+from .executors import IntegerExecutor, OnnxExecutor
+from .runner import Runner, TensorInfo
+
+
+@dataclass(frozen=True)
+class SubgraphEvent:
+    """One subgraph execution, as seen by listeners."""
+
+    subgraph_id: int
+    name: str
+    device: str
+    engine: str
+    thread_id: int
+    start_ns: int
+    end_ns: int
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+Listener = Callable[[SubgraphEvent], None]
+
+
+def _fingerprint(fp: str) -> int:
+    return int(str(fp), 16)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+class Session:
+    """Runs a compiled model: integer executor for accelerator subgraphs, ONNX Runtime for CPU."""
+
+    def __init__(self, model: str | os.PathLike | CompiledModel, target: str | Target | None = None,
+                 *, cpu_threads: int = 0) -> None:
+        self.compiled = model if isinstance(model, CompiledModel) else CompiledModel.load(model)
+        m = self.compiled.manifest
+        if target is not None:
+            tgt = target if isinstance(target, Target) else load_target(target)
+            if _fingerprint(tgt.fingerprint) != _fingerprint(self.compiled.fingerprint):
+                raise NpuflowError("NPF_RUNTIME_TARGET_MISMATCH", compiled=self.compiled.target_name,
+                                   compiled_fp=self.compiled.fingerprint, target=tgt.name,
+                                   target_fp=tgt.fingerprint)
+        self._subgraphs = m["subgraphs"]
+        self._executors = []
+        for sg in self._subgraphs:
+            if sg["engine"] == "integer":
+                self._executors.append(IntegerExecutor(sg, m["tensors"], self.compiled.blob))
+            else:
+                self._executors.append(OnnxExecutor(sg, self.compiled.blob(sg["onnx"]), cpu_threads))
+        self._inputs = [TensorInfo(i["name"], tuple(i["shape"]), i["dtype"], i.get("quant")) for i in m["inputs"]]
+        self._outputs = [TensorInfo(o["name"], tuple(o["shape"]), o["dtype"], o.get("quant")) for o in m["outputs"]]
+        self._listeners: list[Listener] = []
+        self._listener_lock = threading.Lock()
+
+    # --- description ------------------------------------------------------------------------
+
+    def get_inputs(self) -> list[TensorInfo]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return list(self._outputs)
+
+    def runners(self) -> list[Runner]:
+        """One VART-style runner per subgraph, in execution order."""
+        return [Runner(self, k) for k in range(len(self._subgraphs))]
+
+    # --- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, fn: Listener) -> None:
+        with self._listener_lock:
+            self._listeners = [*self._listeners, fn]
+
+    def remove_listener(self, fn: Listener) -> None:
+        with self._listener_lock:
+            self._listeners = [f for f in self._listeners if f is not fn]
+
+    # --- running ----------------------------------------------------------------------------
+
+    def _validate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [t.name for t in self._inputs]
+        for name in inputs:
+            if name not in names:
+                raise NpuflowError("NPF_RUNTIME_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
+        feeds = {}
+        for t in self._inputs:
+            if t.name not in inputs:
+                raise NpuflowError("NPF_RUNTIME_MISSING_INPUT", name=t.name, inputs=", ".join(names))
+            a = inputs[t.name]
+            dtype = getattr(a, "dtype", None)
+            if not isinstance(a, np.ndarray) or dtype != np.dtype(t.dtype):
+                raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=t.name,
+                                   got=str(dtype) if dtype is not None else type(a).__name__, expected=t.dtype)
+            if tuple(a.shape) != t.shape:
+                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t.name, got=list(a.shape), expected=list(t.shape))
+            feeds[t.name] = np.ascontiguousarray(a)
+        return feeds
+
+    def _run_subgraph(self, k: int, feeds: dict[str, np.ndarray], dump=None) -> dict[str, np.ndarray]:
+        sg = self._subgraphs[k]
+        listeners = self._listeners
+        start = time.perf_counter_ns()
+        result = self._executors[k].run(feeds, dump)
+        end = time.perf_counter_ns()
+        if listeners:
+            event = SubgraphEvent(k, sg["name"], sg["device"], sg["engine"], threading.get_ident(), start, end)
+            for fn in listeners:
+                fn(event)
+        return result
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None,
+            *, dump_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+        """Run the model; returns ``{output name: array}`` (all outputs unless ``output_names``)."""
+        env = self._validate(inputs)
+        dumped: dict[str, str] = {}
+        dump = None
+        if dump_dir is not None:
+            out_dir = Path(dump_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            used: set[str] = set()
+
+            def dump(name: str, value: np.ndarray) -> None:
+                base = _safe_name(name)
+                fname, k = base, 1
+                while fname in used:
+                    k += 1
+                    fname = f"{base}.{k}"
+                used.add(fname)
+                np.save(out_dir / f"{fname}.npy", np.ascontiguousarray(value))
+                dumped[name] = f"{fname}.npy"
+
+        for k, sg in enumerate(self._subgraphs):
+            feeds = {i: env[i] for i in sg["inputs"]}
+            env.update(self._run_subgraph(k, feeds, dump))
+        if dump_dir is not None:
+            write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
+        names = output_names or [t.name for t in self._outputs]
+        return {n: env[n] for n in names}
