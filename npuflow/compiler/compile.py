@@ -9,6 +9,7 @@ subgraph's activation memory (:mod:`.memory`); and describe it all in a manifest
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 
@@ -224,11 +225,23 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing) -> tupl
         "subgraphs": subgraphs,
         "tensors": {k: tensors[k] for k in sorted(tensors)},
         "memory": {"weight_bytes": int(total_weights), "peak_activation_bytes": int(peak)},
-        "build_config": build_config,
-        "preprocessing": preprocessing,
+        "build_config": _jsonable(build_config),
+        "preprocessing": _jsonable(preprocessing),
         "notes": notes,
     }
     return manifest, blobs
+
+
+def _jsonable(value):
+    """Stored configuration as plain JSON (numpy scalars/arrays, tuples and paths converted)."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(value, default=default, sort_keys=True)) if value is not None else None
 
 
 def _nbytes(info: dict) -> int:
