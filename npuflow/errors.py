@@ -163,6 +163,18 @@ _PERF = _specs(
 
 # --- PyTorch front end / pruning -----------------------------------------------------------
 _TORCH = _specs(
+    ("NPF_TORCH_CAPTURE_FAILED", "cannot capture {module} as a graph: {reason}",
+     "torch.fx traces the forward once with symbolic tensors: move data-dependent Python control "
+     "flow (if/for on tensor values) out of forward, or into a submodule that stays a leaf."),
+    ("NPF_TORCH_BAD_INPUTS", "bad module or example inputs: {reason}",
+     "Pass an nn.Module and example input tensor(s) of the shape the model is deployed with, "
+     "e.g. torch.randn(1, 3, 224, 224)."),
+    ("NPF_TORCH_EXPORT_FAILED", "torch.onnx.export failed: {reason}",
+     "The module must export with torch.onnx.export(..., opset_version=17, dynamo=False); "
+     "replace the unsupported operation or export the model to ONNX yourself."),
+    ("NPF_TORCH_BAD_CONFIG", "invalid QAT config: {reason}",
+     "Fields: weight_bits, activation_bits (2..16), learnable, method ('diffs'|'max'), fold_bn, "
+     "per_channel, ema_momentum; the rest comes from the target."),
 )
 
 # --- channel pruning -----------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Capture an ``nn.Module`` as a torch.fx graph, without asking the user to rewrite it.
+
+``torch.fx`` symbolic tracing records every call: a module called twice appears as two nodes,
+``a + b`` and ``a * b`` on tensors appear as ``operator.add``/``operator.mul`` nodes, so QAT can
+give each its own quantizer (vai_q_pytorch needs functional adds turned into modules and forbids
+reused modules).  Convolutions, linear layers and BatchNorms, including user subclasses such as
+"same padding" convolutions, are kept as leaves so they can be swapped for QAT layers whole.
+The module is traced in eval mode, so training-only branches (drop-connect) are not captured;
+dropout modules stay modules and keep following ``train()``/``eval()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from ..errors import NpuflowError
+
+_LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+def example_tuple(example_inputs) -> tuple:
+    """Normalise ``example_inputs`` (a tensor or a sequence of tensors) to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence):
+        return tuple(example_inputs)
+    raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"got {type(example_inputs).__name__}")
+
+
+def capture(module: nn.Module, example_inputs) -> fx.GraphModule:
+    """Trace a copy of ``module`` (eval mode) and annotate every node with its output metadata."""
+    if not isinstance(module, nn.Module):
+        raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"module is a {type(module).__name__}, not an nn.Module")
+    inputs = example_tuple(example_inputs)
+    root = copy.deepcopy(module).eval()
+    tracer = _Tracer()
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(root)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...) for dynamic code
+        raise NpuflowError(
+            "NPF_TORCH_CAPTURE_FAILED", module=type(module).__name__, reason=_short(exc)
+        ) from None
+    gm = fx.GraphModule(root, graph, type(module).__name__)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    except Exception as exc:  # a shape/dtype mismatch between the inputs and the model
+        raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=_short(exc)) from None
+    return gm
+
+
+def is_float_tensor(node: fx.Node) -> bool:
+    """Whether the node produced one floating-point tensor when the example inputs ran."""
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, TensorMetadata) and meta.dtype.is_floating_point
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
