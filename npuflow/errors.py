@@ -71,6 +71,28 @@ _CHECK = _specs(
 
 # --- quantizer -----------------------------------------------------------------------------
 _QUANT = _specs(
+    ("NPF_QUANT_BAD_CONFIG", "invalid quantization config: {reason}",
+     "docs/quantization.md lists every field and its allowed values."),
+    ("NPF_QUANT_CONFIG_CONFLICT", "invalid quantization settings for {where}: {reason}",
+     "Change one of the conflicting settings; docs/quantization.md lists the rules."),
+    ("NPF_QUANT_BITS_UNSUPPORTED", "{bits}-bit {kind} quantization for {where} is not supported by target {target}",
+     "The target supports {supported}-bit tensors (4-bit is allowed for weights only); pick one of those."),
+    ("NPF_QUANT_CONFIG_FILE", "cannot read quantization config {path}: {reason}",
+     "Pass a JSON or YAML file (.json, .yaml, .yml) written by `QuantConfig.dump` or by hand."),
+    ("NPF_QUANT_UNKNOWN_LAYER", "{field} names {name!r}, which matches no node of the model",
+     "Use node names of the optimized float model (optimized_float_model.onnx), e.g. {examples}."),
+    ("NPF_QUANT_ALGORITHM_UNAVAILABLE", "accuracy algorithm {name!r} is not available in this build",
+     "Turn it off in the config ({field}: false/null)."),
+    ("NPF_QUANT_CALIB_EMPTY", "the calibration set {source} has no samples",
+     "Give at least one sample (100 or more representative samples are recommended)."),
+    ("NPF_QUANT_CALIB_SOURCE", "cannot read calibration data {source}: {reason}",
+     "Pass a folder of .npy files, a folder of raw numpy.tofile files with calib_shapes in the config, "
+     "or an iterable of arrays/dicts."),
+    ("NPF_QUANT_CALIB_NONFINITE", "calibration sample {sample} input {input!r} contains NaN or Inf",
+     "Fix or drop that sample; calibration ranges must come from finite values."),
+    ("NPF_QUANT_CALIB_MISMATCH", "calibration sample {sample} does not fit the model: {reason}",
+     "Samples must have the model's input names, dtypes and shapes (only dimensions that are "
+     "dynamic in the source model may vary)."),
 )
 
 # --- compiler / .npuf file -----------------------------------------------------------------

@@ -33,6 +33,19 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
+def fold_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with only the node-by-node folding (no onnxscript rewrites).
+
+    For a model already optimised with dynamic dimensions whose inputs have since been frozen:
+    what becomes constant is shape arithmetic (``Shape`` of now-static tensors and its chains),
+    and the full optimizer pass would cost seconds for nothing else.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _fold_remaining(out)
+    return out
+
+
 def _fold_remaining(model: onnx.ModelProto) -> None:
     graph = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -1,0 +1,66 @@
+"""``npuflow quantize MODEL --target T --calib DIR -o OUT``: post-training quantization.
+
+A thin wrapper over :func:`npuflow.quantize`: a Rich progress bar while calibrating, the
+per-node accuracy table (Horizon's layout) and the model-output similarity, then the artifacts
+written to ``OUT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..model import parse_input_shapes
+from .app import app, console
+
+
+def _split(value: str) -> tuple[str, str]:
+    """``"x=1x3x48x320"`` (``:`` works too) -> ``("x", "1x3x48x320")``."""
+    sep = "=" if "=" in value else ":"
+    name, _, dims = value.rpartition(sep)
+    return name, dims
+
+
+@app.command("quantize")
+def quantize_command(
+    model: Path = typer.Argument(..., help="Float ONNX model."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration data: folder of .npy or raw numpy.tofile files."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder for the models, quant_info.json and the report."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
+    input_shape: Optional[List[str]] = typer.Option(
+        None, "--input-shape", help="Freeze an input shape: NAME=DIMS (e.g. x=1x3x48x320); repeatable."),
+    plain_qdq: bool = typer.Option(False, "--plain-qdq", help="Write QuantizeLinear everywhere (other runtimes; differs on ties)."),
+    show_nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Print the per-node similarity table."),
+) -> None:
+    """Quantize a float model for a target (writes quantized_model.onnx, quant_info.json and more)."""
+    from ..quant import quantize  # heavy (onnxruntime, onnxscript): imported when the command runs
+
+    shapes = parse_input_shapes([_split(v) for v in input_shape or []])
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("optimize", total=None)
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        result = quantize(str(model), str(calib), target, config=str(config) if config else None,
+                          input_shapes=shapes, progress=progress)
+    report = result.report
+    if show_nodes:
+        table = Table(title=f"quantization accuracy ({report.samples} samples)")
+        for col in report.columns():
+            table.add_column(col, justify="right" if col in ("Cosine Similarity", "Threshold") else "left")
+        for row in report.table_rows():
+            table.add_row(*row)
+        console.print(table)
+    for name, cos in report.outputs.items():
+        shown = "n/a" if cos is None else f"{cos:.6f}"
+        console.print(f"output [bold]{name}[/]: cosine similarity {shown}")
+    paths = result.save(output, plain_qdq=plain_qdq)
+    for key, path in paths.items():
+        console.print(f"wrote {key}: {path}")

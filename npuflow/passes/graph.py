@@ -1,0 +1,91 @@
+"""Small read helpers over an ``onnx.GraphProto`` shared by the float passes and the quantizer.
+
+Passes edit ModelProtos in place of a full IR because each rewrite here is local (one node and
+its neighbours) and must keep node and tensor names exactly; these helpers answer the questions
+every rewrite asks (who produces / consumes a tensor, is it a constant, what is an attribute).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class GraphIndex:
+    """Producers, consumers and constants of a graph, computed once (rebuild after edits)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i in node.input:
+                if i:
+                    self.consumers[i].append(node)
+        self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of an initializer, or ``None`` when ``name`` is not a constant."""
+        t = self.inits.get(name)
+        return numpy_helper.to_array(t) if t is not None else None
+
+    def scalar(self, name: str) -> float | None:
+        v = self.const(name) if name else None
+        if v is None or v.size != 1:
+            return None
+        return float(v.reshape(()))
+
+    def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        """The single consumer of ``tensor`` when it has exactly one and is not a graph output."""
+        users = self.consumers.get(tensor, [])
+        if len(users) != 1 or tensor in self.outputs:
+            return None
+        return users[0]
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    """Set initializer ``name`` to ``value`` (added when missing)."""
+    for i, t in enumerate(graph.initializer):
+        if t.name == name:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(value, name))
+            return
+    graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def unique_name(graph: onnx.GraphProto, base: str) -> str:
+    """``base`` or ``base_<k>``: a tensor name not used anywhere in ``graph``."""
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {
+        o for n in graph.node for o in n.output}
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    return name

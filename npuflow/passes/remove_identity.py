@@ -1,0 +1,45 @@
+"""Remove ``Identity`` and inference-mode ``Dropout`` nodes: they compute nothing.
+
+Consumers are re-pointed at the node's input.  When the node's output is a graph output, the
+producer of its input takes over the output name instead (when it can: the input must be a node
+output with no other consumer), so model output names never change.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .graph import GraphIndex
+
+_NOOPS = ("Identity", "Dropout")
+
+
+def remove_identity(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model without Identity/Dropout nodes (where removable)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    changed = True
+    while changed:
+        changed = False
+        idx = GraphIndex(graph)
+        for node in graph.node:
+            if node.op_type not in _NOOPS or not node.input or not node.input[0]:
+                continue
+            if node.op_type == "Dropout" and (len(node.output) > 1 and node.output[1] and idx.consumers.get(node.output[1])):
+                continue
+            src, dst = node.input[0], node.output[0]
+            if dst in idx.outputs:
+                prod = idx.producer.get(src)
+                if prod is None or len(idx.consumers[src]) != 1 or src in idx.outputs:
+                    continue
+                prod.output[list(prod.output).index(src)] = dst
+            else:
+                for user in idx.consumers.get(dst, []):
+                    for k, name in enumerate(user.input):
+                        if name == dst:
+                            user.input[k] = src
+            graph.node.remove(node)
+            changed = True
+            break
+    return out

@@ -1,0 +1,112 @@
+"""From plan + statistics to the parameters and integer values of every quantized tensor.
+
+Scale groups are resolved here: a group takes the settings of its first activation member and a
+range covering every member (on power-of-two targets the smallest fix position), so all members
+share one scale and zero point.  Weights get parameters from their values; biases get
+``s_in * s_w`` once input and weight scales are known.  The integer values of constants
+(weights, biases, other constant operands) are computed here with :mod:`npuflow.numerics`; the
+accuracy algorithms (bias correction, AdaRound, AdaQuant) replace entries of
+:attr:`Assignment.values` before export.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .. import numerics
+from .calibrate import Statistics
+from .params import TensorQuant, activation_params, bias_params, from_range, weight_params
+from .plan import QuantPlan
+
+log = logging.getLogger(__name__)
+
+#: Smallest activation range used for a scale (an all-zero tensor still needs a finite scale).
+MIN_RANGE = 1e-6
+
+
+@dataclass
+class Assignment:
+    """Quantization parameters per tensor name and the integer values of constants."""
+
+    params: dict[str, TensorQuant] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # constant name -> integers (storage dtype)
+
+
+def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics) -> Assignment:
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def const_value(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name]).astype(np.float32)
+
+    out = Assignment()
+    members: dict[str, list[str]] = {}
+    for t in [*plan.points, *plan.consts]:
+        members.setdefault(plan.find(t), []).append(t)
+    group_ids = {root: i for i, (root, ms) in enumerate(members.items()) if len(ms) > 1}
+
+    for root, names in members.items():
+        points = [plan.points[n] for n in names if n in plan.points]
+        consts = [plan.consts[n] for n in names if n in plan.consts and plan.consts[n].role == "constant"]
+        if not points:
+            continue
+        settings = points[0].settings
+        lo, hi, fixes = 0.0, 0.0, []
+        for p in points:
+            mm = stats.minmax.get(p.name)
+            if mm is None or mm.count == 0:
+                log.warning("no calibration statistics for %s; it gets a unit range", p.name)
+                continue
+            plo, phi, fix = activation_params(p.name, p.kind, settings, mm, stats.hist.get(p.name))
+            lo, hi = min(lo, plo), max(hi, phi)
+            if fix is not None:
+                fixes.append(fix)
+        for c in consts:
+            v = const_value(c.name)
+            lo, hi = min(lo, float(v.min(initial=0.0))), max(hi, float(v.max(initial=0.0)))
+            fixes = []  # the group range now includes constants: recompute the position from the range
+        if max(abs(lo), abs(hi)) < MIN_RANGE:
+            lo, hi = (-MIN_RANGE if settings.signed else 0.0), MIN_RANGE
+        fix = min(fixes) if fixes and settings.scale_type == "power_of_two" else None
+        gid = group_ids.get(root)
+        for p in points:
+            q = from_range(p.name, p.kind, settings, lo, hi, fix_pos=fix)
+            q.group = gid
+            out.params[p.name] = q
+        for c in consts:
+            q = from_range(c.name, "constant", settings, lo, hi, fix_pos=fix)
+            q.group, q.round_mode = gid, c.settings.round_mode
+            out.params[c.name] = q
+            out.values[c.name] = q.quantize(const_value(c.name))
+
+    for name, use in plan.consts.items():
+        if name in out.params or use.role == "bias":
+            continue
+        q = weight_params(name, const_value(name), use.settings, use.axis,
+                          kind="weight" if use.role == "weight" else "constant")
+        out.params[name] = q
+        out.values[name] = q.quantize(const_value(name))
+
+    for name, use in plan.consts.items():
+        if use.role != "bias":
+            continue
+        s_in = out.params.get(use.input_tensor) if use.input_tensor else None
+        w = out.params.get(use.weight) if use.weight else None
+        if s_in is None or w is None or s_in.scale.ndim != 0:
+            continue
+        q = bias_params(name, s_in.scale, w.scale, use.settings)
+        out.params[name] = q
+        out.values[name] = requantize_bias(const_value(name), q)
+    return out
+
+
+def requantize_bias(values: np.ndarray, q: TensorQuant) -> np.ndarray:
+    """int32 bias values (float64 division: int32 codes exceed float32's exact range)."""
+    s = np.asarray(q.scale, dtype=np.float64)
+    v = numerics.round_values(np.asarray(values, dtype=np.float64) / s, q.round_mode)
+    lo, hi = numerics.qrange(32, True)
+    return np.clip(v, lo, hi).astype(np.int32)

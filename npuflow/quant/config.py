@@ -1,0 +1,285 @@
+"""The typed, layered quantization config (``QuantConfig``), validated once at the boundary.
+
+Layers, later ones win (the hierarchy of Vitis AI's ``quant_config`` and Horizon's
+``calibration_parameters``):
+
+1. defaults from the target (``target.numerics``: scale type, per-channel weights, symmetry,
+   rounding per tensor kind);
+2. ``overall``: settings for every tensor kind;
+3. ``input`` / ``weight`` / ``bias`` / ``activation``: settings per tensor kind;
+4. ``op_types``: per ONNX op type (``Conv``, ``Gemm`` ...), each with ``overall`` and per kind;
+5. ``layers``: per node, matched by exact ``name`` or by ``name_regex`` (in file order).
+
+A setting left out (``None``) inherits.  :meth:`QuantConfig.resolve` yields the complete
+:class:`TensorSettings` for one (node, tensor kind), and rejects invalid combinations with coded
+errors.  ``bit_width`` does not apply to biases: a bias is always int32 with scale
+``s_input * s_weight`` (see docs/quantized-model-format.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import NpuflowError
+from ..numerics import RoundMode
+from ..targets import Target
+
+TensorKind = Literal["input", "weight", "bias", "activation"]
+KINDS: tuple[str, ...] = ("input", "weight", "bias", "activation")
+Method = Literal["minmax", "percentile", "entropy", "mse", "auto"]
+ScaleType = Literal["float", "power_of_two"]
+
+#: Methods that need a histogram of the tensor (a histogram is collected only when some tensor uses one).
+HISTOGRAM_METHODS = frozenset({"percentile", "entropy", "mse", "auto"})
+BIAS_BITS = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Strict):
+    """Partial settings for one tensor kind; ``None`` inherits from the layer below."""
+
+    bit_width: Literal[4, 8, 16] | None = None
+    method: Method | None = None
+    scale_type: ScaleType | None = None
+    per_channel: bool | None = None
+    symmetric: bool | None = None
+    signed: bool | None = None
+    narrow_range: bool | None = None
+    round_mode: RoundMode | None = None
+    percentile: float | None = Field(default=None, gt=0.0, le=100.0)
+
+    def set_fields(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class TensorSettings(_Strict):
+    """Complete settings of one tensor (what the observers and the QDQ writer use)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bit_width: int
+    method: Method
+    scale_type: ScaleType
+    per_channel: bool
+    symmetric: bool
+    signed: bool
+    narrow_range: bool
+    round_mode: RoundMode
+    percentile: float
+
+
+class LayerOverride(_Strict):
+    """Settings for some nodes: ``overall`` then per-kind specs, like the global layer."""
+
+    name: str | None = None
+    name_regex: str | None = None
+    overall: TensorSpec = TensorSpec()
+    input: TensorSpec = TensorSpec()
+    weight: TensorSpec = TensorSpec()
+    bias: TensorSpec = TensorSpec()
+    activation: TensorSpec = TensorSpec()
+
+    @field_validator("name_regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"name_regex {v!r} is not a valid regular expression: {exc}") from None
+        return v
+
+    def spec(self, kind: str) -> dict:
+        return {**self.overall.set_fields(), **getattr(self, kind).set_fields()}
+
+
+class FastFinetune(_Strict):
+    """Layer-wise weight tuning after calibration (AdaRound / AdaQuant, issue 7)."""
+
+    method: Literal["adaround", "adaquant"] = "adaround"
+    iters: int = Field(default=500, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch: int = Field(default=8, ge=1)
+
+
+class QuantConfig(_Strict):
+    """Everything a user can set about quantization (see the module docstring for the layering)."""
+
+    overall: TensorSpec = TensorSpec()
+    input: TensorSpec = TensorSpec()
+    weight: TensorSpec = TensorSpec()
+    bias: TensorSpec = TensorSpec()
+    activation: TensorSpec = TensorSpec()
+    op_types: dict[str, LayerOverride] = Field(default_factory=dict)
+    layers: list[LayerOverride] = Field(default_factory=list)
+    keep_float: list[str] = Field(default_factory=list)
+    include_cle: bool = False
+    include_bias_corr: bool = False
+    fast_finetune: FastFinetune | None = None
+    calib_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    calib_dtype: str = "float32"
+    max_calib_samples: int | None = Field(default=None, ge=1)
+    report_samples: int = Field(default=4, ge=0)
+    histogram_bins: int = Field(default=2048, ge=128, le=65536)
+
+    @field_validator("layers")
+    @classmethod
+    def _one_selector(cls, v: list[LayerOverride]) -> list[LayerOverride]:
+        for i, layer in enumerate(v):
+            if (layer.name is None) == (layer.name_regex is None):
+                raise ValueError(f"layers[{i}] needs exactly one of 'name' or 'name_regex'")
+        return v
+
+    @field_validator("histogram_bins")
+    @classmethod
+    def _bins_multiple_of_4(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError("histogram_bins must be a multiple of 4 (the range grows by merging bin pairs)")
+        return v
+
+    # --- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantConfig":
+        """Validate a plain dict; every schema error becomes ``NPF_QUANT_BAD_CONFIG``."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise NpuflowError("NPF_QUANT_BAD_CONFIG", reason=_describe(exc)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QuantConfig":
+        """Read a JSON or YAML config file."""
+        p = Path(path)
+        if not p.is_file():
+            raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason="file not found")
+        try:
+            text = p.read_text()
+            data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason=str(exc).splitlines()[0]) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason="the top level must be a mapping")
+        return cls.from_dict(data)
+
+    def dump(self, path: str | Path | None = None) -> str:
+        """The config as JSON (``.json``) or YAML (anything else); written atomically when ``path`` is given."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        as_json = path is None or Path(path).suffix.lower() == ".json"
+        text = json.dumps(data, indent=2) + "\n" if as_json else yaml.safe_dump(data, sort_keys=False)
+        if path is not None:
+            from ..model import write_atomic
+
+            write_atomic(path, text)
+        return text
+
+    # --- resolution -------------------------------------------------------------------------
+
+    @cached_property
+    def _regexes(self) -> list[tuple[re.Pattern | None, LayerOverride]]:
+        return [(re.compile(layer.name_regex) if layer.name_regex else None, layer) for layer in self.layers]
+
+    def check_names(self, node_names: Iterable[str]) -> None:
+        """Every layer override and keep-float entry must match some node (typos fail loudly)."""
+        names = list(node_names)
+        known = set(names)
+        examples = ", ".join(repr(n) for n in names[:3]) or "(none)"
+        for i, (rx, layer) in enumerate(self._regexes):
+            if rx is None and layer.name not in known:
+                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field=f"layers[{i}].name", name=layer.name, examples=examples)
+            if rx is not None and not any(rx.fullmatch(n) for n in names):
+                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field=f"layers[{i}].name_regex", name=layer.name_regex, examples=examples)
+        for name in self.keep_float:
+            if name not in known:
+                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field="keep_float", name=name, examples=examples)
+
+    def resolve(self, target: Target, kind: str, op_type: str | None = None, node: str | None = None) -> TensorSettings:
+        """Complete settings for tensor ``kind`` of node ``node`` (op type ``op_type``)."""
+        merged = target_defaults(target, kind)
+        merged.update(self.overall.set_fields())
+        merged.update(getattr(self, kind).set_fields())
+        if op_type is not None and op_type in self.op_types:
+            merged.update(self.op_types[op_type].spec(kind))
+        if node is not None:
+            for rx, layer in self._regexes:
+                if (rx is None and layer.name == node) or (rx is not None and rx.fullmatch(node)):
+                    merged.update(layer.spec(kind))
+        if kind == "bias":
+            merged["bit_width"] = BIAS_BITS
+        settings = TensorSettings(**merged)
+        validate_settings(settings, kind, target, where=node or op_type or kind)
+        return settings
+
+    def validate_against(self, target: Target) -> None:
+        """Check the global and per-op-type layers once, before any model is read."""
+        for kind in KINDS:
+            self.resolve(target, kind)
+            for op_type in self.op_types:
+                self.resolve(target, kind, op_type=op_type)
+
+
+def target_defaults(target: Target, kind: str) -> dict:
+    """Settings implied by the hardware arithmetic (the first layer of the config)."""
+    n = target.numerics
+    rounding = {"weight": n.round_mode.weight, "bias": n.round_mode.bias}.get(kind, n.round_mode.activation)
+    is_weight = kind in ("weight", "bias")
+    return {
+        "bit_width": 8,
+        "method": "minmax",
+        "scale_type": n.scale_type,
+        "per_channel": n.weight_per_channel if is_weight else False,
+        "symmetric": True if is_weight or n.scale_type == "power_of_two" else n.symmetric,
+        "signed": True if is_weight else n.activation_signed,
+        "narrow_range": n.narrow_range_weights if kind == "weight" else False,
+        "round_mode": rounding,
+        "percentile": 99.999,
+    }
+
+
+def validate_settings(s: TensorSettings, kind: str, target: Target, where: str) -> None:
+    """Reject combinations the arithmetic cannot express (coded errors)."""
+
+    def conflict(reason: str) -> NpuflowError:
+        return NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where=f"{where} ({kind})", reason=reason)
+
+    if kind != "bias":
+        allowed = set(target.numerics.bits) | {8} | ({4} if kind == "weight" else set())
+        if s.bit_width not in allowed:
+            raise NpuflowError(
+                "NPF_QUANT_BITS_UNSUPPORTED", bits=s.bit_width, kind=kind, where=where, target=target.name,
+                supported="/".join(str(b) for b in sorted(set(target.numerics.bits) | {8})),
+            )
+    if not s.symmetric and s.method in ("entropy", "mse", "auto"):
+        raise conflict(f"method {s.method!r} needs symmetric quantization (set symmetric: true)")
+    if s.scale_type == "power_of_two" and not s.symmetric:
+        raise conflict("power_of_two scales need symmetric quantization (zero point 0)")
+    if s.per_channel and kind in ("input", "activation"):
+        raise conflict("activations are quantized per tensor; per_channel applies to weights and biases")
+    if kind in ("weight", "bias") and not s.signed:
+        raise conflict("weights and biases are signed")
+    if s.narrow_range and not s.signed:
+        raise conflict("narrow_range applies to signed ranges only")
+    if kind == "weight" and not s.symmetric and s.per_channel:
+        raise conflict("per-channel weights are symmetric")
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+        parts.append(f"{loc}: {err['msg']}{shown}")
+    return "; ".join(parts)

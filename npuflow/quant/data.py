@@ -1,0 +1,165 @@
+"""Calibration data: where samples come from and how each is checked against the model inputs.
+
+Sources (all streamed, one sample at a time, so memory does not depend on the set size):
+
+* an iterable of ``dict[input name -> array]``, or of arrays (single-input models), or of
+  tuples/lists of arrays in model-input order;
+* a folder of ``.npy`` files (single input), or a folder with one sub-folder per input name;
+* a folder of raw ``numpy.tofile`` files (Horizon's calibration format) read with the shape and
+  dtype given in the config (``calib_shapes``, ``calib_dtype``).
+
+Every sample is checked: input names, dtype, rank and every dimension that is static in the
+source model (dimensions that are dynamic there, such as OCR line widths, may vary), and
+finiteness.  Problems are coded errors naming the sample.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import NpuflowError
+
+Sample = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model input accepts: dtype, and dims with ``None`` where any size is fine."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | None, ...]
+
+
+class CalibrationSource:
+    """A re-iterable stream of validated samples (re-iterable unless built from a one-shot iterator)."""
+
+    def __init__(self, data: Any, inputs: Sequence[InputSpec], *, shapes: Mapping[str, Sequence[int]] | None = None,
+                 dtype: str = "float32", limit: int | None = None) -> None:
+        self.inputs = list(inputs)
+        self.limit = limit
+        self.description = str(data) if isinstance(data, str | os.PathLike) else type(data).__name__
+        self._raw = _open(data, self.inputs, dict(shapes or {}), np.dtype(dtype))
+
+    def __iter__(self) -> Iterator[Sample]:
+        count = 0
+        for index, raw in enumerate(self._raw()):
+            if self.limit is not None and count >= self.limit:
+                break
+            yield check_sample(raw, self.inputs, index)
+            count += 1
+        if count == 0:
+            raise NpuflowError("NPF_QUANT_CALIB_EMPTY", source=self.description)
+
+    def __len__(self) -> int:
+        n = self._raw.length  # type: ignore[attr-defined]
+        if n is None:
+            raise TypeError("length unknown")
+        return min(n, self.limit) if self.limit is not None else n
+
+
+def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int) -> Sample:
+    """Turn one raw sample into ``{name: array}`` and check it against the model inputs."""
+    names = [i.name for i in inputs]
+    if isinstance(raw, Mapping):
+        sample = dict(raw)
+    elif isinstance(raw, tuple | list) and len(inputs) > 1:
+        if len(raw) != len(inputs):
+            raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
+                               reason=f"{len(raw)} arrays given, the model has {len(inputs)} inputs ({', '.join(names)})")
+        sample = dict(zip(names, raw))
+    elif len(inputs) == 1:
+        sample = {names[0]: raw}
+    else:
+        raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
+                           reason=f"the model has inputs {', '.join(names)}; give a dict per sample")
+    unknown = sorted(set(sample) - set(names))
+    missing = [n for n in names if n not in sample]
+    if unknown or missing:
+        raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
+                           reason=f"missing inputs {missing}, unknown inputs {unknown}; the model's inputs are {names}")
+    out: Sample = {}
+    for spec in inputs:
+        arr = np.asarray(sample[spec.name])
+        if arr.dtype != spec.dtype:
+            if not (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)):
+                raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
+                                   reason=f"input {spec.name!r} has dtype {arr.dtype}, the model wants {spec.dtype}")
+            arr = arr.astype(spec.dtype)
+        if arr.ndim != len(spec.dims) or any(d is not None and d != a for d, a in zip(spec.dims, arr.shape)):
+            want = "x".join("?" if d is None else str(d) for d in spec.dims)
+            raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
+                               reason=f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape))}, the model wants {want}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise NpuflowError("NPF_QUANT_CALIB_NONFINITE", sample=index, input=spec.name)
+        out[spec.name] = arr
+    return out
+
+
+class _Reader:
+    """A re-iterable wrapper around a function producing raw samples, with an optional length."""
+
+    def __init__(self, make: Any, length: int | None) -> None:
+        self._make = make
+        self.length = length
+
+    def __call__(self) -> Iterator[Any]:
+        return iter(self._make())
+
+
+def _open(data: Any, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> _Reader:
+    if isinstance(data, str | os.PathLike):
+        return _open_folder(Path(data), inputs, shapes, dtype)
+    if isinstance(data, np.ndarray | Mapping):
+        return _Reader(lambda: [data], 1)
+    if isinstance(data, Sequence):
+        return _Reader(lambda: data, len(data))
+    if isinstance(data, Iterable):
+        return _Reader(lambda: data, None)
+    raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=type(data).__name__,
+                       reason="expected a folder path, an array, a dict or an iterable of them")
+
+
+def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> _Reader:
+    if not root.is_dir():
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root), reason="not a folder")
+    names = [i.name for i in inputs]
+    subdirs = {n: root / n for n in names if (root / n).is_dir()}
+    if len(inputs) > 1 and len(subdirs) != len(inputs):
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root),
+                           reason=f"a multi-input model needs one sub-folder per input ({', '.join(names)})")
+    folders = subdirs if len(inputs) > 1 or subdirs else {names[0]: root}
+    listing = {n: sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")) for n, d in folders.items()}
+    counts = {len(v) for v in listing.values()}
+    if len(counts) != 1:
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root),
+                           reason=f"the input folders hold different numbers of files: {sorted(counts)}")
+
+    def read(name: str, path: Path) -> np.ndarray:
+        try:
+            if path.suffix == ".npy":
+                return np.load(path, allow_pickle=False)
+            if name not in shapes:
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
+                                   reason=f"raw file without a shape: set calib_shapes: {{{name}: [dims]}} in the config")
+            arr = np.fromfile(path, dtype=dtype)
+            want = int(np.prod(shapes[name]))
+            if arr.size != want:
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
+                                   reason=f"{arr.size} {dtype} values, calib_shapes[{name!r}] needs {want}")
+            return arr.reshape(shapes[name])
+        except (OSError, ValueError) as exc:
+            raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=str(exc)) from None
+
+    n_files = len(next(iter(listing.values())))
+
+    def samples() -> Iterator[Sample]:
+        for i in range(n_files):
+            yield {name: read(name, files[i]) for name, files in listing.items()}
+
+    return _Reader(samples, n_files)

@@ -1,0 +1,258 @@
+"""Where quantize steps go: the quantization plan of a (legalised) float model.
+
+The plan answers, from the graph and the target alone (no data yet):
+
+* which nodes are quantized (op type in :data:`QUANTIZED_OPS`, float data in and out, not in
+  ``keep_float``);
+* which activation tensors get a quantize/dequantize pair, and with which settings (the
+  producer's ``activation`` settings; graph inputs: the consumer's ``input`` settings);
+* which tensors are *internal*: inside an activation unit, or the output of an op whose only
+  reader is an activation the target fuses into it (no quantize step between, docs section 1.4);
+* which constants are weights (with per-channel axis), biases (int32, ``s_in * s_w``) or other
+  constant operands;
+* scale groups (concat inputs/outputs, add inputs on power-of-two targets, pass-through ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..model import tensor_elem_types
+from ..passes.activations import activation_kind, fuses, op_kind
+from ..passes.graph import GraphIndex, attr
+from ..targets import Target
+from .config import QuantConfig, TensorSettings
+from .legalize import DPU_HSIGMOID_SCALE
+
+#: Data inputs (by position) of every quantized op; ``None`` means all inputs.
+DATA_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1),
+    "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Concat": None,
+    "MaxPool": (0,), "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,),
+    "Relu": (0,), "Clip": (0,), "LeakyRelu": (0,), "HardSigmoid": (0,), "HardSwish": (0,), "Sigmoid": (0,),
+    "Resize": (0,), "Reshape": (0,), "Transpose": (0,), "Flatten": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
+    "Pad": (0,), "Slice": (0,), "Split": (0,),
+}
+QUANTIZED_OPS = frozenset(DATA_INPUTS)
+#: Ops whose output takes the input's scale (exact on integers).
+PASS_THROUGH = frozenset({"MaxPool", "GlobalMaxPool", "Relu", "Reshape", "Transpose", "Flatten", "Squeeze",
+                          "Unsqueeze", "Slice", "Split", "Pad"})
+#: Ops whose input 1 is a weight (when constant) and input 2 a bias.
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+@dataclass
+class ConstUse:
+    """A constant operand of a quantized node."""
+
+    name: str
+    role: str  # weight | bias | constant
+    node: str
+    op_type: str
+    axis: int | None
+    settings: TensorSettings
+    input_tensor: str | None = None  # bias: the activation input of the op
+    weight: str | None = None  # bias: the op's weight
+
+
+@dataclass
+class ActPoint:
+    """An activation tensor that gets a quantize/dequantize pair."""
+
+    name: str
+    kind: str  # input | activation
+    owner: str  # node whose settings apply
+    settings: TensorSettings
+    quantized_producer: bool
+
+
+@dataclass
+class QuantPlan:
+    quantized: set[str] = field(default_factory=set)  # node names (or first output for unnamed nodes)
+    points: dict[str, ActPoint] = field(default_factory=dict)
+    internal: set[str] = field(default_factory=set)
+    consts: dict[str, ConstUse] = field(default_factory=dict)
+    parent: dict[str, str] = field(default_factory=dict)  # union-find over tensor names
+
+    def find(self, t: str) -> str:
+        root = t
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(t, t) != root:
+            self.parent[t], t = root, self.parent[t]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def groups(self) -> dict[str, list[str]]:
+        """Scale groups with more than one member, keyed by root."""
+        out: dict[str, list[str]] = {}
+        for t in [*self.points, *self.consts]:
+            out.setdefault(self.find(t), []).append(t)
+        return {k: v for k, v in out.items() if len(v) > 1}
+
+
+def node_key(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
+
+
+def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig) -> QuantPlan:
+    graph = model.graph
+    idx = GraphIndex(graph)
+    types = tensor_elem_types(model)
+    keep = set(config.keep_float)
+    plan = QuantPlan()
+    inputs = {i.name for i in graph.input} - set(idx.inits)
+
+    def is_float(t: str) -> bool:
+        return types.get(t) == _FLOAT
+
+    def data_inputs(node: onnx.NodeProto) -> list[int]:
+        spec = DATA_INPUTS[node.op_type]
+        return [k for k in (range(len(node.input)) if spec is None else spec) if k < len(node.input) and node.input[k]]
+
+    for node in graph.node:
+        if node.op_type not in QUANTIZED_OPS or node.domain not in ("", "ai.onnx") or node_key(node) in keep:
+            continue
+        if all(is_float(node.input[k]) for k in data_inputs(node)) and all(is_float(o) for o in node.output if o):
+            plan.quantized.add(node_key(node))
+
+    units = _activation_units(graph, idx, plan)
+    unit_members: set[str] = set()
+    for unit_nodes, x, kind in units:
+        members = {node_key(n) for n in unit_nodes}
+        unit_members |= members
+        plan.internal.update(o for n in unit_nodes[:-1] for o in n.output)
+        prod = idx.producer.get(x)
+        if prod is None or node_key(prod) not in plan.quantized or x in idx.outputs or x in idx.inits:
+            continue
+        if all(node_key(c) in members for c in idx.consumers[x]) and fuses(target, op_kind(prod, idx), kind):
+            plan.internal.add(x)
+
+    def resolve(kind: str, node: onnx.NodeProto) -> TensorSettings:
+        return config.resolve(target, kind, node.op_type, node_key(node))
+
+    for node in graph.node:
+        if node_key(node) not in plan.quantized:
+            continue
+        weighted = node.op_type in WEIGHTED
+        for k in data_inputs(node):
+            t = node.input[k]
+            if t in idx.inits and node_key(node) not in unit_members:
+                if weighted and k == 1:
+                    _add_const(plan, ConstUse(t, "weight", node_key(node), node.op_type, _weight_axis(node, idx),
+                                              resolve("weight", node)))
+                else:
+                    _add_const(plan, ConstUse(t, "constant", node_key(node), node.op_type, None, resolve("weight", node)))
+                continue
+            if t in plan.internal or t in plan.points:
+                continue
+            if t in idx.inits:
+                continue
+            prod = idx.producer.get(t)
+            quantized_prod = prod is not None and node_key(prod) in plan.quantized
+            if quantized_prod:
+                plan.points[t] = ActPoint(t, "activation", node_key(prod), resolve("activation", prod), True)
+            else:
+                kind = "input" if t in inputs else "activation"
+                plan.points[t] = ActPoint(t, kind, node_key(node), resolve(kind, node), False)
+        if weighted and len(node.input) > 2 and node.input[2] in idx.inits and node.input[1] in plan.consts:
+            gemm_scaled = node.op_type == "Gemm" and (attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0)
+            if not gemm_scaled:
+                _add_const(plan, ConstUse(node.input[2], "bias", node_key(node), node.op_type, 0, resolve("bias", node),
+                                          input_tensor=node.input[0], weight=node.input[1]))
+        for o in node.output:
+            if o and o not in plan.internal and o not in plan.points:
+                plan.points[o] = ActPoint(o, "activation", node_key(node), resolve("activation", node), True)
+
+    _scale_groups(graph, plan, idx)
+    return plan
+
+
+def _add_const(plan: QuantPlan, use: ConstUse) -> None:
+    if use.name not in plan.consts:  # a constant shared by several nodes is quantized once (first use wins)
+        plan.consts[use.name] = use
+
+
+def _weight_axis(node: onnx.NodeProto, idx: GraphIndex) -> int | None:
+    w = idx.const(node.input[1])
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if attr(node, "group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    return w.ndim - 1 if w is not None and w.ndim >= 1 else None
+
+
+def _activation_units(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan):
+    """Activations as units ``(nodes in order, input x, kind)``; only all-quantized units count."""
+    units = []
+    claimed: set[str] = set()
+    for node in graph.node:
+        key = node_key(node)
+        if key in claimed or key not in plan.quantized:
+            continue
+        unit: list[onnx.NodeProto] | None = None
+        kind = None
+        chain = _dpu_hsigmoid_chain(node, idx)
+        if chain is not None:
+            unit, kind = chain, "hard_sigmoid"
+        elif node.op_type in ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish"):
+            kind = activation_kind(node, idx)
+            if kind is not None:
+                unit = [node]
+        if unit is None or not all(node_key(n) in plan.quantized for n in unit):
+            continue
+        x = unit[0].input[0]
+        if kind == "hard_sigmoid":
+            y = unit[-1].output[0]
+            mul = idx.only_consumer(y)
+            if mul is not None and mul.op_type == "Mul" and x in mul.input and node_key(mul) in plan.quantized:
+                unit, kind = [*unit, mul], "hard_swish"
+        claimed.update(node_key(n) for n in unit)
+        units.append((unit, x, kind))
+    return units
+
+
+def _dpu_hsigmoid_chain(add: onnx.NodeProto, idx: GraphIndex) -> list[onnx.NodeProto] | None:
+    """``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)`` starting at ``add`` (the legalised DPU form)."""
+    if add.op_type != "Add" or idx.scalar(add.input[1]) != 3.0:
+        return None
+    clip = idx.only_consumer(add.output[0])
+    if clip is None or clip.op_type != "Clip" or activation_kind(clip, idx) != "relu6":
+        return None
+    mul = idx.only_consumer(clip.output[0])
+    if mul is None or mul.op_type != "Mul" or idx.scalar(mul.input[1]) != DPU_HSIGMOID_SCALE:
+        return None
+    return [add, clip, mul]
+
+
+def _scale_groups(graph: onnx.GraphProto, plan: QuantPlan, idx: GraphIndex) -> None:
+    """Union tensors that must share one scale (docs/quantized-model-format.md section 4)."""
+    def member(t: str) -> bool:
+        return t in plan.points or t in plan.consts
+
+    for node in graph.node:
+        if node_key(node) not in plan.quantized:
+            continue
+        outs = [o for o in node.output if o and member(o)]
+        ins = [t for k, t in enumerate(node.input) if t and member(t) and
+               (DATA_INPUTS[node.op_type] is None or k in DATA_INPUTS[node.op_type])]
+        if node.op_type == "Concat":
+            for t in ins + outs:
+                plan.union(outs[0] if outs else ins[0], t)
+        elif node.op_type in ("Add", "Sub") and len(ins) == 2:
+            owner = plan.points.get(outs[0]) if outs else None
+            if owner is not None and owner.settings.scale_type == "power_of_two":
+                plan.union(ins[0], ins[1])
+        elif node.op_type in PASS_THROUGH and ins:
+            for o in outs:
+                plan.union(ins[0], o)

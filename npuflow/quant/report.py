@@ -1,0 +1,124 @@
+"""Per-node accuracy report: how far each node's quantized output is from the float one.
+
+For every node of the optimised float model, the cosine similarity between its float output and
+the same tensor in the quantized model (after its dequantize step when it has one), over the
+report samples, plus the calibration threshold of that tensor: Horizon's
+``Node | ON | Subgraph | Type | Cosine Similarity | Threshold`` table.  The model outputs'
+similarities come separately (an output below 0.8 usually means a visible accuracy loss).
+``ON``/``Subgraph`` are filled from the checker's placement when one is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from .calibrate import run_sample, session_for
+from .data import Sample
+from .params import TensorQuant
+from .plan import QuantPlan
+
+
+@dataclass
+class NodeRow:
+    node: str
+    type: str
+    tensor: str
+    cosine: float | None
+    threshold: float | None
+    on: str | None = None
+    subgraph: int | None = None
+
+
+@dataclass
+class QuantReport:
+    rows: list[NodeRow] = field(default_factory=list)
+    outputs: dict[str, float | None] = field(default_factory=dict)
+    samples: int = 0
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "outputs": self.outputs, "nodes": [asdict(r) for r in self.rows]}
+
+    @property
+    def has_placement(self) -> bool:
+        return any(r.on is not None for r in self.rows)
+
+    def columns(self) -> list[str]:
+        cols = ["Node"] + (["ON", "Subgraph"] if self.has_placement else []) + ["Type", "Cosine Similarity", "Threshold"]
+        return cols
+
+    def table_rows(self) -> list[list[str]]:
+        out = []
+        for r in self.rows:
+            row = [r.node]
+            if self.has_placement:
+                row += [r.on or "", "" if r.subgraph is None else str(r.subgraph)]
+            row += [r.type, "" if r.cosine is None else f"{r.cosine:.6f}",
+                    "" if r.threshold is None else f"{r.threshold:.6f}"]
+            out.append(row)
+        return out
+
+    def table_text(self) -> str:
+        """Plain-text table (Horizon's layout), for logs."""
+        cols = self.columns()
+        rows = self.table_rows()
+        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+        rule = "=" * (sum(widths) + 2 * (len(widths) - 1))
+        return "\n".join([rule, line(cols), "-" * len(rule), *(line(r) for r in rows), rule]) + "\n"
+
+
+def _threshold(q: TensorQuant | None) -> float | None:
+    if q is None or q.threshold is None:
+        return None
+    t = q.threshold
+    return float(max(abs(x) for x in t)) if isinstance(t, list) else float(t)
+
+
+def _cos(dot: float, n1: float, n2: float) -> float | None:
+    if n1 == 0.0 and n2 == 0.0:
+        return 1.0
+    if n1 == 0.0 or n2 == 0.0:
+        return 0.0
+    return float(dot / math.sqrt(n1 * n2))
+
+
+def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, plan: QuantPlan,
+                 params: dict[str, TensorQuant], samples: Sequence[Sample]) -> QuantReport:
+    """Compare ``float_model`` and ``quant_model`` tensor by tensor on ``samples``."""
+    quant_outputs = {o for n in quant_model.graph.node for o in n.output} | {o.name for o in quant_model.graph.output}
+    graph_outputs = [o.name for o in float_model.graph.output]
+    pairs: dict[str, str] = {}
+    nodes = [(n.name or n.output[0], n.op_type, n.output[0]) for n in float_model.graph.node if n.output and n.output[0]]
+    for _, _, t in nodes:
+        if t in graph_outputs:
+            pairs[t] = t
+        elif t in plan.points and f"{t}_dq" in quant_outputs:
+            pairs[t] = f"{t}_dq"
+        elif t in quant_outputs:
+            pairs[t] = t
+    fsess = session_for(float_model, list(pairs))
+    qsess = session_for(quant_model, list(pairs.values()))
+    acc = {t: [0.0, 0.0, 0.0] for t in pairs}
+    for i, sample in enumerate(samples):
+        fv = run_sample(fsess, sample, i)
+        qv = run_sample(qsess, sample, i)
+        for t, qt in pairs.items():
+            a, b = fv.get(t), qv.get(qt)
+            if a is None or b is None or a.dtype.kind != "f" or a.shape != b.shape:
+                continue
+            a32, b32 = a.astype(np.float32, copy=False).ravel(), b.astype(np.float32, copy=False).ravel()
+            s = acc[t]
+            s[0] += float(np.dot(a32, b32))
+            s[1] += float(np.dot(a32, a32))
+            s[2] += float(np.dot(b32, b32))
+    report = QuantReport(samples=len(samples))
+    for name, op, t in nodes:
+        cos = _cos(*acc[t]) if t in acc and samples else None
+        report.rows.append(NodeRow(node=name, type=op, tensor=t, cosine=cos, threshold=_threshold(params.get(t))))
+    report.outputs = {t: (_cos(*acc[t]) if t in acc and samples else None) for t in graph_outputs}
+    return report
