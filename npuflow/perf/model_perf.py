@@ -13,7 +13,6 @@ from typing import Mapping, Sequence
 import onnx
 
 from ..errors import NpuflowError
-from ..model import load
 from ..targets import Target, load_target
 from .estimate import PerfReport, estimate, placement_from_report
 
@@ -34,12 +33,11 @@ def perf(
     if target is None:
         raise NpuflowError("NPF_PERF_NO_TARGET", path=str(model if not isinstance(model, onnx.ModelProto) else "model"))
     t = target if isinstance(target, Target) else load_target(target)
-    proto = load(model, input_shapes)
     from ..check import check
 
-    report = check(proto, t)
-    label = name or (Path(model).stem if isinstance(model, (str, Path)) else proto.graph.name or "model")
-    return estimate(proto, t, placement_from_report(report), model_name=label, measure_cpu=measure_cpu)
+    report = check(model, t, input_shapes)  # report.model: normalised, folded, nodes named
+    label = name or (Path(model).stem if isinstance(model, (str, Path)) else report.graph_name or "model")
+    return estimate(report.model, t, placement_from_report(report), model_name=label, measure_cpu=measure_cpu)
 
 
 def _perf_npuf(path: Path, target: str | Target | None, *, name: str | None, measure_cpu: bool) -> PerfReport:
