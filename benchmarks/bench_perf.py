@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.nets import mobilenet_v1, resnet50  # noqa: E402
 from npuflow.model import write_atomic  # noqa: E402
 from npuflow.perf.model_perf import perf  # noqa: E402
-from npuflow.targets import list_targets  # noqa: E402
+from npuflow.targets import list_targets, load_target  # noqa: E402
 from tests import fixture_models  # noqa: E402
 
 ZOO = {"latency_ms": 13.75, "fps_1": 72.7, "fps_n": 173.6}
@@ -48,7 +48,8 @@ def main() -> None:
             took = time.perf_counter() - t0
             npu_layers = [layer for layer in r.layers if layer.engine != "none" and layer.bound != "fused"]
             mem = sum(1 for layer in npu_layers if layer.bound == "memory")
-            peak = r.ops_per_frame / 2 / max(sum(layer.cycles for layer in npu_layers), 1)
+            conv_peak = load_target(t).engines.conv.macs_per_cycle
+            peak = r.ops_per_frame / 2 / max(sum(layer.cycles for layer in npu_layers), 1) / conv_peak
             rows.append((label, t, r, mem, len(npu_layers), peak, took))
             if label.startswith("ResNet50") and t == "DPUCZDX8G_ISA1_B4096":
                 resnet = r

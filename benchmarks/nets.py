@@ -63,7 +63,7 @@ class _Builder:
 
 
 def resnet50(size: int = 224, classes: int = 1000) -> onnx.ModelProto:
-    """ResNet-50 v1 (bottleneck blocks 3-4-6-3, stride on the 3x3 conv as in Caffe/torchvision v1.5)."""
+    """ResNet-50 v1 as in Caffe (bottleneck blocks 3-4-6-3, stride on the first 1x1 conv): 7.7 GOPs."""
     b = _Builder()
     x = b.conv("input", 3, 64, 7, 2, name="conv1")
     x = b.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
@@ -72,8 +72,8 @@ def resnet50(size: int = 224, classes: int = 1000) -> onnx.ModelProto:
         for i in range(blocks):
             stride = 2 if i == 0 and stage > 0 else 1
             out = width * 4
-            y = b.conv(x, cin, width, 1)
-            y = b.conv(y, width, width, 3, stride)
+            y = b.conv(x, cin, width, 1, stride)
+            y = b.conv(y, width, width, 3)
             y = b.conv(y, width, out, 1, relu=False)
             sc = b.conv(x, cin, out, 1, stride, relu=False) if i == 0 else x
             x = b.op("Relu", [b.op("Add", [y, sc])])

@@ -20,6 +20,10 @@ from ..targets.spec import Engine
 from .layers import CONV, DEPTHWISE, ELTWISE, MISC, NONE, POOL, Geometry
 
 
+#: Bank geometry assumed for targets whose documentation does not publish it (the DPUCZDX8G values).
+DEFAULT_BANK_NUM, DEFAULT_BANK_DEPTH = 8, 2048
+
+
 @dataclass(frozen=True)
 class LayerCost:
     """Cost of one layer on one core; cycles at the target clock."""
@@ -82,7 +86,8 @@ def compute_cycles(g: Geometry, target: Target) -> tuple[str, int, int]:
 
 def buffer_bytes(target: Target) -> tuple[int, int]:
     """(feature-map buffer, weight buffer) bytes on one core."""
-    banks = (target.bank_num or 1) * (target.bank_depth or 1 << 30) * max(target.channel_parallel, 1)
+    banks = (target.bank_num or DEFAULT_BANK_NUM) * (target.bank_depth or DEFAULT_BANK_DEPTH) * max(
+        target.channel_parallel, 1)
     m = target.memory
     fmap = int(m.fmap_buffer_kib * 1024) if m.fmap_buffer_kib is not None else banks
     weight = int(m.weight_buffer_kib * 1024) if m.weight_buffer_kib is not None else fmap
