@@ -41,4 +41,11 @@ def perf(
 
 
 def _perf_npuf(path: Path, target: str | Target | None, *, name: str | None, measure_cpu: bool) -> PerfReport:
-    raise NpuflowError("NPF_PERF_UNSUPPORTED_FILE", path=str(path))
+    """A compiled file carries its target and partition; ``target`` overrides the costing target."""
+    from ..compiler import CompiledModel
+    from .from_npuf import model_and_placement
+
+    compiled = CompiledModel.load(path)
+    model, placement = model_and_placement(compiled)
+    t = target if isinstance(target, Target) else load_target(target or compiled.target_name)
+    return estimate(model, t, placement, model_name=name or path.stem, measure_cpu=measure_cpu)

@@ -26,8 +26,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line, fmt(headers), line, *(fmt(r) for r in rows), line]
 
 
-def vaitrace_summary(result: BenchResult, estimate: Any | None = None, device_id: str = "NPU_0") -> str:
+def vaitrace_summary(result: BenchResult, estimate: Any | None = None) -> str:
     """Text summary of a bench run; ``estimate`` is the model's ``PerfReport`` (or ``None``)."""
+    device_id = f"{estimate.target}:batch-1" if estimate is not None else "NPU:batch-1"
     runs: dict[str, list[float]] = {}
     device: dict[str, str] = {}
     for e in result.events:
@@ -52,7 +53,7 @@ def vaitrace_summary(result: BenchResult, estimate: Any | None = None, device_id
     out = ["NPU Summary",
            "  ESTIMATED for the target (static model): WL, Est RT, Perf, LdWB, LdFM, StFM, AvgBw",
            "  MEASURED on this host (npuflow simulator): Runs, Sim RT"]
-    out += _table(["NPU Id", "Bat", "SubGraph", "WL(GOP)", "Est RT(ms)", "Perf(GOP/s)", "LdWB(MB)", "LdFM(MB)",
+    out += _table(["NPU", "Bat", "SubGraph", "WL(GOP)", "Est RT(ms)", "Perf(GOP/s)", "LdWB(MB)", "LdFM(MB)",
                    "StFM(MB)", "AvgBw(MB/s)", "Runs", "Sim RT(ms)"], npu_rows)
     out += ["", "CPU Tasks in Graph (MEASURED on this host)"]
     out += _table(["SubGraph", "Device", "Runs", "AverageRunTime(ms)"], cpu_rows)
