@@ -86,9 +86,10 @@ def bench(
         raise NpuflowError("NPF_PERF_BAD_FRAMES", value=frame_count)
     feed = dict(inputs) if inputs is not None else random_inputs(session)
     rec = Recorder()
-    session.add_listener(rec.listener)
+    listener = rec.listener  # one bound-method object, so that remove_listener finds it
+    session.add_listener(listener)
     session.run(feed)  # warm-up, not counted (first-run allocations)
-    rec.events.clear()
+    rec.clear()
     lock = threading.Lock()
     counter = {"next": 0}
     frames: list[tuple[int, int, int]] = []  # (thread, start_ns, end_ns)
@@ -124,7 +125,7 @@ def bench(
     run_ns = time.perf_counter_ns() - t0
     remove = getattr(session, "remove_listener", None)
     if remove is not None:
-        remove(rec.listener)
+        remove(listener)
     if errors:
         raise errors[0]
     events = rec.snapshot()

@@ -66,6 +66,10 @@ class Recorder:
         with self._lock:
             self.events.append(event)
 
+    def clear(self) -> None:
+        with self._lock:
+            self.events.clear()
+
     def snapshot(self) -> list[RunEvent]:
         with self._lock:
             return list(self.events)

@@ -71,8 +71,9 @@ def trace(path: str | os.PathLike, *sessions: Any) -> Iterator[TraceContext]:
     the block ends (also when it raises, so a failing run can still be inspected).
     """
     rec = Recorder()
+    listener = rec.listener  # one bound-method object, so that remove_listener finds it
     for s in sessions:
-        s.add_listener(rec.listener)
+        s.add_listener(listener)
     ctx = TraceContext(rec)
     try:
         yield ctx
@@ -80,5 +81,5 @@ def trace(path: str | os.PathLike, *sessions: Any) -> Iterator[TraceContext]:
         for s in sessions:
             remove = getattr(s, "remove_listener", None)
             if remove is not None:
-                remove(rec.listener)
+                remove(listener)
         write_chrome_trace(rec.snapshot(), path)
