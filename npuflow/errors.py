@@ -67,6 +67,10 @@ _TARGET = _specs(
 
 # --- checker -------------------------------------------------------------------------------
 _CHECK = _specs(
+    ("NPF_CHECK_GRAPHVIZ_MISSING", "cannot write a {format} picture: Graphviz's `dot` program is not installed",
+     "Install Graphviz (Debian/Ubuntu: apt-get install graphviz), or leave out --format: the .gv file is always written."),
+    ("NPF_CHECK_GRAPHVIZ_FAILED", "Graphviz could not render the {format} picture: {reason}",
+     "Run `dot -T{format}` on the .gv file to see the problem, or leave out --format."),
 )
 
 # --- quantizer -----------------------------------------------------------------------------

@@ -32,6 +32,41 @@ def _root() -> None:
     """npuflow: take a float ONNX model to a deployable INT8 model for an NPU/DPU target."""
 
 
+#: Options written ``--input-shape NAME DIMS`` (two values, repeatable: hb_mapper's syntax; the
+#: underscore spelling appears in seed 004's example).  Typer cannot declare a repeatable
+#: two-value option, so :func:`main` joins the pair into one ``NAME=DIMS`` value first.
+PAIR_OPTIONS = ("--input-shape", "--input_shape")
+
+
+def join_pair_options(argv: list[str]) -> list[str]:
+    """``--input-shape x 1x3x8x8`` -> ``--input-shape x=1x3x8x8`` (``NAME=DIMS`` passes through)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in PAIR_OPTIONS and i + 2 < len(argv) and "=" not in argv[i + 1] \
+                and not argv[i + 2].startswith("-"):
+            out += ["--input-shape", f"{argv[i + 1]}={argv[i + 2]}"]
+            i += 3
+            continue
+        out.append("--input-shape" if tok in PAIR_OPTIONS else tok)
+        i += 1
+    return out
+
+
+def input_shapes_arg(values: list[str] | None) -> dict[str, list[int]]:
+    """Parsed ``--input-shape`` values (``NAME=DIMS`` after :func:`join_pair_options`)."""
+    from ..model import parse_input_shapes
+
+    pairs = []
+    for v in values or []:
+        name, sep, dims = v.partition("=")
+        if not sep or not name:
+            raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=v, reason="expected NAME DIMS, e.g. images 1x3x224x224")
+        pairs.append((name, dims))
+    return parse_input_shapes(pairs)
+
+
 def fail(exc: NpuflowError) -> int:
     err_console.print(exc.render(), markup=False, highlight=False)
     return 2
@@ -43,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = app(args=argv, standalone_mode=False)
+        args = join_pair_options(list(sys.argv[1:] if argv is None else argv))
+        result = app(args=args, standalone_mode=False)
     except NpuflowError as exc:
         return fail(exc)
     except typer.Abort:

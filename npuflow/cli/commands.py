@@ -9,3 +9,4 @@ from . import compile_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import info_cmd  # noqa: F401
 from . import quantize_cmd  # noqa: F401
+from . import check_cmd  # noqa: F401

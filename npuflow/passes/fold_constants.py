@@ -26,8 +26,13 @@ MAX_FOLDED_ELEMENTS = 1 << 16
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with constant subgraphs replaced by initializers and dead nodes removed."""
+    if not _has_foldable(model):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
     irm = ir.serde.deserialize_model(model)
-    optimizer.optimize(irm, num_iterations=2)
+    optimizer.fold_constants(irm, onnx_shape_inference=True)
+    optimizer.remove_unused_nodes(irm)
     folded = ir.serde.serialize_model(irm)
     _fold_remaining(folded)
     return folded
@@ -44,6 +49,18 @@ def fold_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     _fold_remaining(out)
     return out
+
+
+def _has_foldable(model: onnx.ModelProto) -> bool:
+    """Whether any node computes from constants only (or is a ``Shape``/``Size`` of a tensor)."""
+    known = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Shape", "Size", "Constant", "ConstantOfShape"):
+            return True
+        if node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC \
+                and all(i in known for i in node.input if i):
+            return True
+    return False
 
 
 def _fold_remaining(model: onnx.ModelProto) -> None:

@@ -1,0 +1,282 @@
+"""``check(model, target)``: where every node of a model runs on a target, and why.
+
+The pipeline: load and normalise the model (static shapes), fold constants so computed pads and
+shapes are plain numbers, classify every node (:mod:`.ops`), find fusions (:mod:`.fusion`), judge
+each remaining operation against the target's rule (:mod:`.rules`), let followers and layout-only
+ops take their neighbours' device, and partition (:mod:`.partition`).  Shape inference runs once;
+nothing is executed per node, so checking a 1,000-node model takes well under a second or two.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import onnx
+from onnx import helper, numpy_helper
+
+from ..model import ModelLike, infer_static_shapes, load
+from ..targets import Target, load_target
+from .fusion import find_activation_patterns, fuse
+from .graph import GraphView
+from .ops import ACTIVATION, FOLLOWER, LAYOUT, OpInfo, classify
+from .partition import _UnionFind, partition
+from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
+from .rules import hint_for, rule_reasons
+
+log = logging.getLogger(__name__)
+
+#: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
+SHAPE_OPS = {"Shape", "Size"}
+
+
+def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CheckReport:
+    """Place every node of ``model`` on ``target`` (NPU or CPU) and partition into subgraphs."""
+    tgt = load_target(target)
+    proto = prepare(model, input_shapes)
+    view = GraphView(proto)
+    return _judge(view, tgt)
+
+
+def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+    """The model as it is checked: normalised, constants folded (float models), nodes named."""
+    proto = load(model, input_shapes)
+    if not _is_quantized(proto):
+        from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
+
+        # A QDQ model is left as it is: folding would turn quantized weights back into floats.
+        proto = infer_static_shapes(fold_constants(proto))
+    _name_nodes(proto)
+    return proto
+
+
+def _is_quantized(proto: onnx.ModelProto) -> bool:
+    from .graph import is_qdq
+
+    return any(is_qdq(n) for n in proto.graph.node)
+
+
+def _name_nodes(proto: onnx.ModelProto) -> None:
+    """Every node gets a unique name (reports and later stages refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(proto.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        n.name = name
+        seen.add(name)
+
+
+def _shape_only(view: GraphView) -> list[bool]:
+    flags = [False] * len(view.nodes)
+    for i, n in enumerate(view.nodes):
+        if n.op_type in SHAPE_OPS:
+            flags[i] = True
+            continue
+        ins = [t for t in n.input if t and not view.is_const(t)]
+        if ins and all((p := view.producer.get(t)) is not None and flags[p] for t in ins):
+            flags[i] = True
+    return flags
+
+
+def _unsupported_reason(info: OpInfo, node: onnx.NodeProto, tgt: Target) -> str:
+    rule = tgt.ops.get(info.kind)
+    if info.kind == "batchnorm":
+        return (f"BatchNormalization not directly after a convolution/FC cannot be folded into weights, "
+                f"and {tgt.name} has no standalone batch-norm op")
+    if rule is not None and not rule.supported:
+        note = f": {rule.note}" if rule.note else ""
+        return f"{node.op_type} ({info.kind}) is not supported on {tgt.name}{note}"
+    if info.kind.endswith("_dynamic_weight"):
+        return f"{node.op_type} with weights computed at run time is not supported on {tgt.device_label}"
+    return f"{node.op_type} ({info.kind}) has no {tgt.device_label} implementation on {tgt.name}"
+
+
+def _judge(view: GraphView, tgt: Target) -> CheckReport:
+    n = len(view.nodes)
+    hw = tgt.hardware_names()
+    infos = [classify(node, view, i) for i, node in enumerate(view.nodes)]
+    shape_only = _shape_only(view)
+    fused = fuse(view, infos, tgt, find_activation_patterns(view, infos))
+    transparent = [infos[i].role == FOLLOWER or shape_only[i] for i in range(n)]
+
+    device = [CPU] * n
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    for i, node in enumerate(view.nodes):
+        if transparent[i] or i in fused:
+            continue
+        info = infos[i]
+        rule = tgt.rule(info.kind)
+        if rule is None:
+            reasons[i].append(_unsupported_reason(info, node, tgt))
+            continue
+        reasons[i] = rule_reasons(rule, info.params, hw)
+        device[i] = NPU if not reasons[i] else CPU
+    for m, anchor in fused.items():
+        device[m] = device[anchor]
+    _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
+    _place_followers(view, device, transparent)
+    sub = partition(view, device, transparent)
+    for i in range(n):  # fused and transparent nodes share their anchor's / neighbour's subgraph
+        if i in fused:
+            sub[i] = sub[fused[i]]
+    _follow_subgraphs(view, sub, device, transparent)
+    return _build(view, tgt, infos, device, reasons, fused, sub)
+
+
+def _neighbours(view: GraphView, i: int) -> list[int]:
+    out = []
+    for t in view.data_inputs(i):
+        p = view.data_producer(t)
+        if p is not None:
+            out.append(p)
+    for o in view.nodes[i].output:
+        out.extend(view.data_consumers(o))
+    return out
+
+
+def _demote_lonely_layout(view, infos, device, reasons, transparent, tgt) -> None:
+    """Reshape/transpose runs on the NPU only as part of NPU work, never as a subgraph of its own."""
+    layout = [i for i in range(len(view.nodes)) if infos[i].role == LAYOUT and device[i] == NPU]
+    if not layout:
+        return
+    uf = _UnionFind()
+    is_layout = set(layout)
+    anchored: set[int] = set()
+    for i in layout:
+        uf.find(i)
+        for j in _neighbours(view, i):
+            if j in is_layout:
+                uf.union(i, j)
+    for i in layout:
+        if any(device[j] == NPU and j not in is_layout and not transparent[j] for j in _neighbours(view, i)):
+            anchored.add(uf.find(i))
+    for i in layout:
+        if uf.find(i) not in anchored:
+            device[i] = CPU
+            reasons[i].append(f"layout-only op with no {tgt.device_label} neighbour stays on the CPU "
+                              f"(it would be a subgraph of its own)")
+
+
+def _place_followers(view: GraphView, device: list[str], transparent: list[bool]) -> None:
+    """Q/DQ/Identity follow the compute node they are fed by (else the one they feed); shape
+    arithmetic follows its consumer."""
+    n = len(view.nodes)
+    for i in range(n):
+        if not transparent[i]:
+            continue
+        node = view.nodes[i]
+        ins = view.data_inputs(i)
+        p = view.data_producer(ins[0]) if ins else None
+        is_dq = node.op_type.startswith("Dequantize")
+        if p is not None and not transparent[p] and not is_dq:
+            device[i] = device[p]
+            continue
+        cons = [c for o in node.output for c in view.data_consumers(o) if not transparent[c]]
+        if cons:
+            device[i] = NPU if any(device[c] == NPU for c in cons) else CPU
+        elif p is not None:
+            device[i] = device[p]
+
+
+def _follow_subgraphs(view: GraphView, sub, device, transparent) -> None:
+    for i in range(len(view.nodes)):
+        if not transparent[i] or device[i] != NPU:
+            continue
+        node = view.nodes[i]
+        ins = view.data_inputs(i)
+        p = view.data_producer(ins[0]) if ins else None
+        if p is not None and sub[p] is not None and not node.op_type.startswith("Dequantize"):
+            sub[i] = sub[p]
+            continue
+        cons = [c for o in node.output for c in view.data_consumers(o) if sub[c] is not None]
+        if cons:
+            sub[i] = sub[cons[0]]
+        elif p is not None and sub[p] is not None:
+            sub[i] = sub[p]
+        else:
+            device[i] = CPU
+
+
+def _attr_value(a: onnx.AttributeProto):
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, onnx.TensorProto):
+        arr = numpy_helper.to_array(v)
+        return arr.tolist() if arr.size <= 16 else f"tensor{list(arr.shape)}"
+    if isinstance(v, list):
+        return [x.decode(errors="replace") if isinstance(x, bytes) else x for x in v
+                if isinstance(x, (int, float, str, bytes))]
+    if isinstance(v, (int, float, str)):
+        return v
+    return str(type(v).__name__)
+
+
+def _build(view, tgt, infos, device, reasons, fused, sub) -> CheckReport:
+    names = view.names
+    nodes: list[NodeReport] = []
+    for i, node in enumerate(view.nodes):
+        info = infos[i]
+        anchor = fused.get(i)
+        rule = tgt.rule(infos[anchor if anchor is not None else i].kind)
+        on_npu = device[i] == NPU
+        kernel = (rule.kernel_type if rule is not None and rule.kernel_type else node.op_type) if on_npu else node.op_type
+        rs = list(reasons[i]) if anchor is None else ([f"fused into {names[anchor]}, which runs on the CPU"] if not on_npu else [])
+        hint = ""
+        if not on_npu:
+            hints = []
+            for r in reasons[anchor if anchor is not None else i]:
+                h = hint_for(r, tgt.device_label)
+                if h not in hints:
+                    hints.append(h)
+            if not reasons[i] and anchor is None:
+                hints.append("Placed with its neighbours (quantize/shape/identity ops follow the op they serve).")
+            hint = " ".join(hints)
+        messages = []
+        if on_npu and node.op_type in ("Transpose", "Reshape", "Flatten") and info.role == LAYOUT:
+            messages.append("the accelerator works on NHWC data: layout ops may become permutes at deployment")
+        input_nodes = sorted({names[p] for t in node.input if t and (p := view.producer.get(t)) is not None},
+                             key=names.index)
+        output_nodes = []
+        for o in node.output:
+            for c in view.consumers.get(o, []):
+                if names[c] not in output_nodes:
+                    output_nodes.append(names[c])
+        nodes.append(NodeReport(
+            name=node.name, op_type=node.op_type, device=device[i], subgraph=sub[i] if on_npu else None,
+            kernel_type=kernel, op_kind=info.kind, fused_into=names[anchor] if anchor is not None else None,
+            reasons=rs, hint=hint, inputs=list(node.input), outputs=list(node.output),
+            input_nodes=input_nodes, output_nodes=output_nodes,
+            output_shape=view.shape(node.output[0]) if node.output and node.output[0] else None,
+            attributes={a.name: _attr_value(a) for a in node.attribute},
+            params=dict(info.params), messages=messages,
+        ))
+    return CheckReport(target=tgt, model=view.model, nodes=nodes, subgraphs=_subgraphs(view, nodes),
+                       graph_name=view.graph.name)
+
+
+def _subgraphs(view: GraphView, nodes: list[NodeReport]) -> list[Subgraph]:
+    count = max((n.subgraph for n in nodes if n.subgraph is not None), default=-1) + 1
+    members: list[list[int]] = [[] for _ in range(count)]
+    for i, n in enumerate(nodes):
+        if n.subgraph is not None:
+            members[n.subgraph].append(i)
+    out = []
+    for sid, idx in enumerate(members):
+        inside = set(idx)
+        produced = {o for i in idx for o in view.nodes[i].output if o}
+        inputs: list[str] = []
+        outputs: list[str] = []
+        for i in idx:
+            for t in view.nodes[i].input:
+                if t and t not in produced and t not in view.inits and t not in inputs:
+                    inputs.append(t)
+            for o in view.nodes[i].output:
+                if not o:
+                    continue
+                external = any(c not in inside for c in view.consumers.get(o, []))
+                if (external or o in view.graph_outputs) and o not in outputs:
+                    outputs.append(o)
+        out.append(Subgraph(id=sid, device=NPU, nodes=[view.nodes[i].name for i in idx], inputs=inputs, outputs=outputs))
+    return out

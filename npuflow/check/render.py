@@ -1,0 +1,110 @@
+"""Human-readable forms of a :class:`~.report.CheckReport`.
+
+* :func:`console_table` - ``Node | ON | Subgraph | Type`` as ``hb_mapper checker`` prints it
+  (``id(0)`` for accelerator subgraphs, ``--`` for CPU), at three verbosity levels;
+* :func:`inspect_text` - the ``inspect_<target>.txt`` report with the fields of the Vitis AI
+  Inspector (target info, summary, and per node: graph name, node name, input nodes, output
+  nodes, op type, output shape, op attributes, assigned device, hardware constraints, node
+  messages).
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .report import CPU, CheckReport, NodeReport
+
+
+def _sub(node: NodeReport) -> str:
+    return f"id({node.subgraph})" if node.subgraph is not None else "--"
+
+
+def summary_lines(report: CheckReport) -> list[str]:
+    s = report.summary
+    t = report.target
+    lines = [
+        f"target {t.name} ({t.fingerprint}, {t.family}); {s['nodes']} nodes: "
+        f"{s['npu_nodes']} on {t.device_label} ({s['fused_nodes']} fused), {s['cpu_nodes']} on CPU; "
+        f"{s['npu_subgraphs']} {t.device_label} subgraph(s)",
+    ]
+    if s["cpu_op_types"]:
+        lines.append("CPU op types: " + ", ".join(f"{k} x{v}" for k, v in s["cpu_op_types"].items()))
+    return lines
+
+
+def console_table(report: CheckReport, verbose: int = 1) -> Table | None:
+    """The placement table: verbose 0 -> None (summary only), 1 -> CPU nodes with reasons, 2 -> all."""
+    if verbose <= 0:
+        return None
+    rows = report.nodes if verbose >= 2 else report.cpu_nodes
+    table = Table(title=f"{report.graph_name or 'graph'} on {report.target.name}", show_lines=False)
+    for col in ("Node", "ON", "Subgraph", "Type"):
+        table.add_column(col, overflow="fold")
+    if verbose >= 1:
+        table.add_column("Reason" if verbose == 1 else "Reason / fused into", overflow="fold")
+    for n in rows:
+        note = "; ".join(n.reasons)
+        if n.fused_into and n.device != CPU:
+            note = f"fused into {n.fused_into}"
+        table.add_row(n.name, report.device_name(n), _sub(n), n.kernel_type, note)
+    return table
+
+
+def plain_table(report: CheckReport, verbose: int = 2) -> str:
+    """The table as plain text (for logs and the text report)."""
+    rows = report.nodes if verbose >= 2 else report.cpu_nodes
+    w = max([len("Node")] + [len(n.name) for n in rows]) + 2
+    width = w + 6 + 10 + 32
+    out = ["=" * width, f"{'Node':<{w}}{'ON':<6}{'Subgraph':<10}Type", "-" * width]
+    for n in rows:
+        out.append(f"{n.name:<{w}}{report.device_name(n):<6}{_sub(n):<10}{n.kernel_type}")
+    return "\n".join(out)
+
+
+def inspect_text(report: CheckReport) -> str:
+    """The ``inspect_<target>.txt`` report."""
+    t = report.target
+    s = report.summary
+    out = [
+        "# The report has the following fields:",
+        "#   target info: the target the model was checked for",
+        "#   inspection summary: counts of nodes per device and the subgraphs",
+        "#   graph name, node name, input nodes (parents), output nodes (children), op type,",
+        "#   output shape (NCHW, as in the ONNX model), op attributes (as in ONNX), assigned device,",
+        "#   hardware constraints (why a node does not run on the accelerator), node messages",
+        "",
+        "================================ target info ================================",
+        f"name:           {t.name}",
+        f"fingerprint:    {t.fingerprint}",
+        f"family:         {t.family}",
+        f"description:    {t.description}",
+        f"clock:          {t.clock_mhz:g} MHz x {t.cores} core(s), DDR {t.ddr_bandwidth_gbps:g} GB/s",
+        f"parallelism:    channel_parallel {t.channel_parallel}, bank_num {t.bank_num}, bank_depth {t.bank_depth}",
+        "",
+        "============================= inspection summary =============================",
+        *summary_lines(report),
+    ]
+    for sg in report.subgraphs:
+        out.append(f"subgraph id({sg.id}) on {t.device_label}: {len(sg.nodes)} node(s); inputs {sg.inputs}; outputs {sg.outputs}")
+    out += ["", plain_table(report, 2), "", "================================ node details ================================"]
+    for n in report.nodes:
+        constraints = n.reasons or (["none"] if n.device != CPU else [])
+        out += [
+            f"graph name:            {report.graph_name}",
+            f"node name:             {n.name}",
+            f"input nodes:           {n.input_nodes}",
+            f"output nodes:          {n.output_nodes}",
+            f"op type:               {n.op_type} (kind {n.op_kind}, implementation {n.kernel_type})",
+            f"output shape:          {n.output_shape}",
+            f"op attributes:         {n.attributes}",
+            f"assigned device:       {report.device_name(n)}" + (f" subgraph id({n.subgraph})" if n.subgraph is not None else ""),
+            "hardware constraints:  " + ("\n                       ".join(constraints)),
+        ]
+        msgs = list(n.messages)
+        if n.fused_into:
+            msgs.append(f"fused into {n.fused_into}")
+        if n.hint:
+            msgs.append(f"hint: {n.hint}")
+        out.append("node messages:         " + ("\n                       ".join(msgs) if msgs else ""))
+        out.append("-" * 78)
+    return "\n".join(out) + "\n"

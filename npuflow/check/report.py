@@ -1,0 +1,102 @@
+"""The checker's result: per-node placement and the NPU subgraphs, as plain data.
+
+This is a stable API: the compiler, quantizer and performance model read it.  ``device`` is
+``"NPU"`` or ``"CPU"``; printed tables show the target's label (DPU, BPU) via
+:meth:`CheckReport.device_name`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+from ..targets.spec import Target
+
+NPU = "NPU"
+CPU = "CPU"
+
+
+@dataclass
+class NodeReport:
+    name: str
+    op_type: str
+    device: str  # "NPU" or "CPU"
+    subgraph: int | None
+    kernel_type: str
+    op_kind: str
+    fused_into: str | None
+    reasons: list[str]
+    hint: str
+    inputs: list[str]
+    outputs: list[str]
+    input_nodes: list[str]
+    output_nodes: list[str]
+    output_shape: list[int] | None
+    attributes: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)  # layer parameters the limits were judged on
+    messages: list[str] = field(default_factory=list)  # extra notes (e.g. layout permutes)
+
+
+@dataclass
+class Subgraph:
+    id: int
+    device: str
+    nodes: list[str]
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class CheckReport:
+    target: Target
+    model: onnx.ModelProto
+    nodes: list[NodeReport]
+    subgraphs: list[Subgraph]
+    graph_name: str = ""
+
+    def node(self, name: str) -> NodeReport:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def device_name(self, node: NodeReport) -> str:
+        """What the ON column prints: the target's label for NPU nodes (DPU, BPU), else CPU."""
+        return self.target.device_label if node.device == NPU else CPU
+
+    @property
+    def cpu_nodes(self) -> list[NodeReport]:
+        return [n for n in self.nodes if n.device == CPU]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        cpu_types: dict[str, int] = {}
+        for n in self.cpu_nodes:
+            cpu_types[n.op_type] = cpu_types.get(n.op_type, 0) + 1
+        npu = sum(1 for n in self.nodes if n.device == NPU)
+        return {
+            "target": self.target.name,
+            "nodes": len(self.nodes),
+            "npu_nodes": npu,
+            "cpu_nodes": len(self.nodes) - npu,
+            "fused_nodes": sum(1 for n in self.nodes if n.fused_into),
+            "npu_subgraphs": len(self.subgraphs),
+            "cpu_op_types": dict(sorted(cpu_types.items())),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.target
+        return {
+            "target": {"name": t.name, "fingerprint": t.fingerprint, "family": t.family,
+                       "device_label": t.device_label, "description": t.description},
+            "graph_name": self.graph_name,
+            "summary": self.summary,
+            "subgraphs": [asdict(s) for s in self.subgraphs],
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)

@@ -1,0 +1,157 @@
+"""``npuflow check`` through the CLI: outputs, verbosity, and every error code it can raise."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import onnx
+import pytest
+
+from tests import onnx_builders as B
+
+
+@pytest.fixture(scope="module")
+def seed_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "seed004.onnx"
+    onnx.save(B.seed004(), path)
+    return path
+
+
+def test_check_writes_reports_and_table(cli, seed_model, tmp_path):
+    out = tmp_path / "inspect"
+    r = cli("check", seed_model, "--target", "bernoulli2", "--output", out, "-v", "2")
+    assert r.returncode == 0, r.stderr
+    assert "Convolution1" in r.stdout and "id(0)" in r.stdout and "id(1)" in r.stdout and "--" in r.stdout
+    assert "BPU" in r.stdout and "HzSQuantizedConv" in r.stdout
+    txt = (out / "inspect_bernoulli2.txt").read_text()
+    for field in ("target info", "inspection summary", "graph name:", "node name:", "input nodes:", "output nodes:",
+                  "op type:", "output shape:", "op attributes:", "assigned device:", "hardware constraints:",
+                  "node messages:"):
+        assert field in txt, field
+    assert "kernel 9x9 outside [1,7]x[1,7]" in txt
+    data = json.loads((out / "inspect_bernoulli2.json").read_text())
+    assert [n["device"] for n in data["nodes"]] == ["NPU", "CPU", "NPU"]
+    assert data["summary"]["npu_subgraphs"] == 2
+    gv = (out / "inspect_bernoulli2.gv").read_text()
+    assert "Convolution2" in gv and "#d9d9d9" in gv
+
+
+def test_verbose_levels(cli, seed_model, tmp_path):
+    quiet = cli("check", seed_model, "--target", "bernoulli2", "-o", tmp_path, "-v", "0")
+    default = cli("check", seed_model, "--target", "bernoulli2", "-o", tmp_path)
+    assert quiet.returncode == default.returncode == 0
+    assert "Convolution2" not in quiet.stdout and "2 BPU subgraph(s)" in quiet.stdout
+    assert "Convolution2" in default.stdout and "kernel 9x9" in default.stdout
+    assert "Convolution1" not in default.stdout  # verbose 1 lists CPU nodes only
+
+
+def test_input_shape_both_spellings_and_svg(cli, seed_model, tmp_path):
+    r = cli("check", seed_model, "--target", "0xb000000000000002", "--input_shape", "data", "1x3x16x16",
+            "-o", tmp_path, "--format", "svg")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "inspect_bernoulli2.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    data = json.loads((tmp_path / "inspect_bernoulli2.json").read_text())
+    assert data["nodes"][0]["output_shape"] == [1, 16, 16, 16]
+    r = cli("check", seed_model, "--target", "bernoulli2", "--input-shape", "data", "1x3x8x8", "-o", tmp_path)
+    assert r.returncode == 0 and json.loads((tmp_path / "inspect_bernoulli2.json").read_text())["nodes"][0][
+        "output_shape"] == [1, 16, 8, 8]
+
+
+def _fake_dot(tmp_path, body: str | None):
+    """A PATH with only python and (optionally) a fake ``dot``."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if body is not None:
+        dot = bindir / "dot"
+        dot.write_text("#!/bin/sh\n" + body + "\n")
+        dot.chmod(dot.stat().st_mode | stat.S_IEXEC)
+    return str(bindir)
+
+
+def test_graphviz_missing_is_a_coded_error(seed_model, tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=_fake_dot(tmp_path, None))
+    r = subprocess.run([sys.executable, "-m", "npuflow", "check", str(seed_model), "--target", "bernoulli2",
+                        "-o", str(tmp_path / "o"), "--format", "png"], capture_output=True, text=True, env=env,
+                       cwd=os.getcwd())
+    assert r.returncode == 2 and "NPF_CHECK_GRAPHVIZ_MISSING" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "o" / "inspect_bernoulli2.gv").is_file()  # the .gv is still written
+
+
+def test_graphviz_failure_is_a_coded_error(seed_model, tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=_fake_dot(tmp_path, "echo broken >&2; exit 3") + os.pathsep + os.environ["PATH"])
+    r = subprocess.run([sys.executable, "-m", "npuflow", "check", str(seed_model), "--target", "bernoulli2",
+                        "-o", str(tmp_path / "o"), "--format", "svg"], capture_output=True, text=True, env=env,
+                       cwd=os.getcwd())
+    assert r.returncode == 2 and "NPF_CHECK_GRAPHVIZ_FAILED" in r.stderr
+    assert not (tmp_path / "o" / "inspect_bernoulli2.svg").exists()
+
+
+def _err(r, code):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"ERROR [{code}]" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_model_not_found(cli, tmp_path):
+    _err(cli("check", tmp_path / "missing.onnx", "--target", "bernoulli2"), "NPF_MODEL_NOT_FOUND")
+
+
+def test_not_onnx(cli, tmp_path):
+    p = tmp_path / "x.onnx"
+    p.write_text("hello, this is text")
+    _err(cli("check", p, "--target", "bernoulli2"), "NPF_MODEL_NOT_ONNX")
+
+
+def test_corrupt(cli, seed_model, tmp_path):
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(seed_model.read_bytes()[:200])
+    _err(cli("check", p, "--target", "bernoulli2"), "NPF_MODEL_CORRUPT")
+
+
+def test_dynamic_shape(cli, tmp_path):
+    m = B.seed004()
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param = "H"
+    p = tmp_path / "dyn.onnx"
+    onnx.save(m, p)
+    r = cli("check", p, "--target", "bernoulli2")
+    _err(r, "NPF_MODEL_DYNAMIC_SHAPE")
+    assert "--input-shape data" in r.stderr
+
+
+def test_opset_unsupported(cli, tmp_path):
+    m = B.seed004()
+    m.opset_import[0].version = 7
+    p = tmp_path / "old.onnx"
+    onnx.save(m, p)
+    _err(cli("check", p, "--target", "bernoulli2"), "NPF_MODEL_OPSET_UNSUPPORTED")
+
+
+def test_bad_input_shape(cli, seed_model):
+    _err(cli("check", seed_model, "--target", "bernoulli2", "--input-shape", "data", "1xAx3"), "NPF_MODEL_BAD_INPUT_SHAPE")
+
+
+def test_unknown_input(cli, seed_model):
+    r = cli("check", seed_model, "--target", "bernoulli2", "--input-shape", "images", "1x3x8x8")
+    _err(r, "NPF_MODEL_UNKNOWN_INPUT")
+    assert "data" in r.stderr
+
+
+def test_unknown_target(cli, seed_model):
+    _err(cli("check", seed_model, "--target", "0x603000b16013831"), "NPF_TARGET_UNKNOWN")
+
+
+def test_bad_arch_json(cli, seed_model, tmp_path):
+    p = tmp_path / "arch.json"
+    p.write_text('{"board": "zcu102"}')
+    _err(cli("check", seed_model, "--target", p), "NPF_TARGET_BAD_ARCH_JSON")
+    p.write_text(json.dumps({"fingerprint": "0x101000016010407"}))
+    r = cli("check", seed_model, "--target", p, "-o", tmp_path)
+    assert r.returncode == 0 and (tmp_path / "inspect_DPUCZDX8G_ISA1_B4096.txt").is_file()
