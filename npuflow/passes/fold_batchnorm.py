@@ -78,8 +78,9 @@ def _fold(graph: onnx.GraphProto, idx: GraphIndex, bn: onnx.NodeProto) -> None:
         prod.input[2] = b_name
     else:
         prod.input.append(b_name)
-    prod.output[0] = bn.output[0]
-    graph.node.remove(next(n for n in graph.node if _same(n, bn)))
+    bn_out = bn.output[0]
+    graph.node.remove(next(n for n in graph.node if _same(n, bn)))  # before prod takes over its output name
+    prod.output[0] = bn_out
     keep = [vi for vi in graph.value_info if vi.name != bn.input[0]]
     del graph.value_info[:]
     graph.value_info.extend(keep)

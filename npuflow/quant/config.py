@@ -129,7 +129,7 @@ class QuantConfig(_Strict):
     calib_shapes: dict[str, list[int]] = Field(default_factory=dict)
     calib_dtype: str = "float32"
     max_calib_samples: int | None = Field(default=None, ge=1)
-    report_samples: int = Field(default=4, ge=0)
+    report_samples: int = Field(default=2, ge=0)
     histogram_bins: int = Field(default=2048, ge=128, le=65536)
 
     @field_validator("layers")

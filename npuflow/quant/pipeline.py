@@ -89,9 +89,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     shapes = dict(input_shapes or {})
 
     source_proto = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
-    original = model_io.load(source_proto, shapes)
+    loaded = model_io.load(source_proto, shapes, infer_shapes=False)
+    original = model_io.infer_static_shapes(loaded)
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
-    dynamic = _dynamic_twin(source_proto, shapes, static_inputs)
+    dynamic = _dynamic_twin(source_proto, loaded)
     _step(progress, "optimize")
     d_opt = optimize_float(dynamic)
     d_opt = pre_calibration(d_opt, cfg)
@@ -162,11 +163,12 @@ def _length(data: CalibrationSource) -> int | None:
         return None
 
 
-def _dynamic_twin(source: onnx.ModelProto, shapes: dict, static_inputs: dict[str, list[int]]) -> onnx.ModelProto:
+def _dynamic_twin(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
     """The loaded model with the source's dynamic input dimensions left symbolic and no value_info."""
     src_dims = {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                          for d in i.type.tensor_type.shape.dim] for i in model_io.graph_inputs(source)}
-    proto = model_io.load(source, static_inputs, infer_shapes=False)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(loaded)
     for inp in model_io.graph_inputs(proto):
         dims = src_dims.get(inp.name, [])
         for k, d in enumerate(inp.type.tensor_type.shape.dim):

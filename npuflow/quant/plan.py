@@ -39,6 +39,9 @@ QUANTIZED_OPS = frozenset(DATA_INPUTS)
 #: Ops whose output takes the input's scale (exact on integers).
 PASS_THROUGH = frozenset({"MaxPool", "GlobalMaxPool", "Relu", "Reshape", "Transpose", "Flatten", "Squeeze",
                           "Unsqueeze", "Slice", "Split", "Pad"})
+#: Data-movement ops quantized only when their input comes from a quantized op (as ONNX Runtime's
+#: quantizer does): a Reshape after a float Softmax stays float instead of quantizing probabilities.
+FOLLOWERS = PASS_THROUGH | {"Resize"}
 #: Ops whose input 1 is a weight (when constant) and input 2 a bias.
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -121,8 +124,13 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig) -> Q
     for node in graph.node:
         if node.op_type not in QUANTIZED_OPS or node.domain not in ("", "ai.onnx") or node_key(node) in keep:
             continue
-        if all(is_float(node.input[k]) for k in data_inputs(node)) and all(is_float(o) for o in node.output if o):
-            plan.quantized.add(node_key(node))
+        if not (all(is_float(node.input[k]) for k in data_inputs(node)) and all(is_float(o) for o in node.output if o)):
+            continue
+        if node.op_type in FOLLOWERS:
+            prod = idx.producer.get(node.input[0])
+            if prod is None or node_key(prod) not in plan.quantized:
+                continue
+        plan.quantized.add(node_key(node))
 
     units = _activation_units(graph, idx, plan)
     unit_members: set[str] = set()
@@ -249,7 +257,8 @@ def _scale_groups(graph: onnx.GraphProto, plan: QuantPlan, idx: GraphIndex) -> N
         if node.op_type == "Concat":
             for t in ins + outs:
                 plan.union(outs[0] if outs else ins[0], t)
-        elif node.op_type in ("Add", "Sub") and len(ins) == 2:
+        elif node.op_type in ("Add", "Sub") and len(ins) == 2 and all(t in plan.points for t in ins):
+            # a constant operand keeps its own scale: on the activation grid a shift like 0.586 would round to 0.5
             owner = plan.points.get(outs[0]) if outs else None
             if owner is not None and owner.settings.scale_type == "power_of_two":
                 plan.union(ins[0], ins[1])

@@ -1,0 +1,97 @@
+"""Fold per-channel affine ops (``Mul``/``Div``/``Add``/``Sub`` by a constant) into the producing Conv/Gemm.
+
+Some exporters leave a scale and shift after a convolution (PP-LCNetV3's "learnable affine
+blocks": ``Conv -> Mul(s) -> Add(b)``).  Accelerators compute them as part of the convolution,
+and quantizing them separately costs accuracy twice (a rounded scalar, then a requantisation).
+Like BatchNorm folding: ``W' = W * s``, ``B' = B * s + b``; the producer keeps its node name and
+takes over the folded node's output tensor.  Only constants that broadcast per output channel
+(a scalar, or one value per channel) are folded, and only when the producer's output has no
+other reader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph import GraphIndex, attr, remove_unused_initializers, replace_initializer, unique_name
+
+_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with foldable constant Mul/Div/Add/Sub merged into their producers."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    while _fold_one(graph):
+        pass
+    remove_unused_initializers(graph)
+    return out
+
+
+def _channel_values(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """``c`` as one value per output channel (axis 1 of the producer's output), or ``None``."""
+    if c.size == 1:
+        return np.full(channels, float(c.reshape(())), np.float64)
+    if c.size != channels or c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + c.shape
+    if shape[1] != channels:
+        return None
+    return c.astype(np.float64).reshape(channels)
+
+
+def _fold_one(graph: onnx.GraphProto) -> bool:
+    idx = GraphIndex(graph)
+    for node in graph.node:
+        if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2:
+            continue
+        consts = [k for k in (0, 1) if idx.const(node.input[k]) is not None]
+        if len(consts) != 1 or (node.op_type in ("Div", "Sub") and consts[0] != 1):
+            continue
+        t = node.input[1 - consts[0]]
+        prod = idx.producer.get(t)
+        if prod is None or prod.op_type not in _PRODUCERS or idx.only_consumer(t) is None:
+            continue
+        w = idx.const(prod.input[1])
+        has_bias = len(prod.input) > 2 and bool(prod.input[2])
+        if w is None or (has_bias and idx.const(prod.input[2]) is None):
+            continue
+        if prod.op_type == "ConvTranspose" and attr(prod, "group", 1) != 1:
+            continue
+        if prod.op_type == "Gemm" and (attr(prod, "alpha", 1.0) != 1.0 or attr(prod, "beta", 1.0) != 1.0):
+            continue
+        axis = {"Conv": 0, "ConvTranspose": 1}.get(prod.op_type, 0 if attr(prod, "transB", 0) else 1)
+        channels = w.shape[axis]
+        rank = 2 if prod.op_type == "Gemm" else w.ndim
+        c = _channel_values(idx.const(node.input[consts[0]]), channels, rank)
+        if c is None:
+            continue
+        b = idx.const(prod.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
+        w = w.astype(np.float64)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        if node.op_type in ("Mul", "Div"):
+            s = c if node.op_type == "Mul" else 1.0 / c
+            w, b = w * s.reshape(shape), b * s
+        else:
+            b = b + c if node.op_type == "Add" else b - c
+        w_name = prod.input[1] if len(idx.consumers[prod.input[1]]) == 1 else unique_name(graph, prod.input[1] + "_affine")
+        b_name = (prod.input[2] if has_bias and len(idx.consumers[prod.input[2]]) == 1
+                  else unique_name(graph, (prod.name or prod.output[0]) + "_bias"))
+        replace_initializer(graph, w_name, w.astype(np.float32))
+        replace_initializer(graph, b_name, b.astype(np.float32))
+        prod.input[1] = w_name
+        if has_bias:
+            prod.input[2] = b_name
+        else:
+            prod.input.append(b_name)
+        new_out = node.output[0]
+        graph.node.remove(node)
+        prod.output[0] = new_out
+        keep = [vi for vi in graph.value_info if vi.name != t]
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+        return True
+    return False
