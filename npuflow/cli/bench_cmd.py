@@ -49,7 +49,7 @@ def bench_command(
         write_chrome_trace(result.events, trace_file)
         console.print(f"trace: {trace_file}", markup=False, highlight=False)
     if summary:
-        from ..perf.model_perf import perf
+        from ..perf import perf
 
         estimate = perf(model, measure_cpu=False)
         console.print(vaitrace_summary(result, estimate), markup=False, highlight=False)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..model import parse_input_shapes
 from ..perf import write_report
-from ..perf.model_perf import perf
+from ..perf import perf
 from .app import app, console
 
 
