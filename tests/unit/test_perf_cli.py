@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def test_perf_rejects_unknown_file_kinds(cli, tmp_path):
     p = tmp_path / "model.txt"
@@ -20,3 +22,19 @@ def test_bench_checks_threads_and_frames(cli, tmp_path):
     assert r.returncode == 2 and "NPF_PERF_BAD_THREADS" in r.stderr and "[1, 8]" in r.stderr
     r = cli("bench", tmp_path / "m.npuf", "--frame-count", "0")
     assert r.returncode == 2 and "NPF_PERF_BAD_FRAMES" in r.stderr
+
+
+def test_perf_of_a_float_onnx_model(cli, tmp_path):
+    from onnx import save
+
+    from .test_perf_estimate import conv_net
+
+    path = tmp_path / "net.onnx"
+    save(conv_net([(32, 3, 2, 1), (32, 3, 1, -1), (64, 1, 1, 1)], 32), path)
+    r = cli("perf", path, "--target", "DPUCZDX8G_ISA1_B4096", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "perf_result" / "net"
+    data = json.loads((folder / "net.json").read_text())
+    assert "Model Performance Summary" in r.stdout and f"{data['latency_ms']:.3f}" in r.stdout
+    assert data["target"] == "DPUCZDX8G_ISA1_B4096" and data["subgraphs"][0]["device"] == "NPU"
+    assert (folder / "net.html").is_file() and (folder / "net.svg").is_file()
