@@ -11,7 +11,8 @@
 6. parameters and integer constants (:func:`.assign.assign`), then the per-layer weight step
    (bias correction, AdaRound/AdaQuant: ``include_bias_corr``, ``fast_finetune``) which may
    replace integer weights/biases;
-7. QDQ export (:mod:`.export`), quant_info and the accuracy report (:mod:`.report`).
+7. QDQ export (:mod:`.export`), quant_info and the accuracy report (:mod:`.report`), with the
+   checker's placement (``ON``/``Subgraph`` columns) of the optimised float model.
 
 Tensor and node names are identical in the static and dynamic twins, so statistics gathered on
 the dynamic one apply to the static one by name.
@@ -31,6 +32,7 @@ import onnx
 
 from .. import model as model_io
 from ..errors import NpuflowError
+from ..check import check
 from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
 from ..targets import Target, load_target
@@ -43,7 +45,7 @@ from .legalize import legalize
 from .params import TensorQuant
 from .plan import QuantPlan, build_plan
 from .quant_info import quant_info
-from .report import QuantReport, build_report
+from .report import QuantReport, add_placement, build_report
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     _step(progress, "report")
     report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept)
+    add_placement(report, check(s_opt, tgt))
     info = quant_info(asg_s.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
                       bias_corrected=cfg.include_bias_corr, fast_finetuned=cfg.fast_finetune is not None)
     return QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,

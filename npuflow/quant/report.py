@@ -122,3 +122,13 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
         report.rows.append(NodeRow(node=name, type=op, tensor=t, cosine=cos, threshold=_threshold(params.get(t))))
     report.outputs = {t: (_cos(*acc[t]) if t in acc and samples else None) for t in graph_outputs}
     return report
+
+
+def add_placement(report: QuantReport, placement) -> None:
+    """Fill ``ON``/``Subgraph`` from a :class:`npuflow.check.CheckReport` (nodes matched by output tensor)."""
+    by_output = {n.outputs[0]: n for n in placement.nodes if n.outputs}
+    for row in report.rows:
+        node = by_output.get(row.tensor)
+        if node is not None:
+            row.on = placement.device_name(node)
+            row.subgraph = node.subgraph

@@ -123,11 +123,11 @@ def test_plain_qdq_replaces_functions_and_differs_only_slightly(dpu_q):
 
 
 def test_report_table_has_horizon_columns(dpu_q):
-    assert dpu_q.report.columns() == ["Node", "Type", "Cosine Similarity", "Threshold"]
+    assert dpu_q.report.columns() == ["Node", "ON", "Subgraph", "Type", "Cosine Similarity", "Threshold"]
     text = dpu_q.report.table_text()
     assert "conv1" in text and "Cosine Similarity" in text
     row = next(r for r in dpu_q.report.rows if r.node == "act1")
-    assert row.cosine > 0.99 and row.threshold > 0
+    assert row.cosine > 0.99 and row.threshold > 0 and row.on == "DPU" and row.subgraph == 0
 
 
 def test_leaky_relu_legalized_to_dpu_slope():
