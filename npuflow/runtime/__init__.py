@@ -3,6 +3,6 @@ per-subgraph API.  Imports :mod:`npuflow.numerics` for all integer arithmetic, n
 quantizer."""
 
 from .runner import Runner, TensorInfo
-from .session import Session, SubgraphEvent
+from .session import Session, SubgraphEvent, set_blas_threads
 
-__all__ = ["Runner", "Session", "SubgraphEvent", "TensorInfo"]
+__all__ = ["Runner", "Session", "SubgraphEvent", "TensorInfo", "set_blas_threads"]
