@@ -181,15 +181,21 @@ def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarra
     against ``acc`` (one shift per output channel).  This is the requantisation of a
     power-of-two target: ``acc`` carries scale ``2**-(n_in + n_w)`` and the output ``2**-n_out``,
     so ``shift = n_in + n_w - n_out``.
+
+    The result is int64, except that an int32 ``acc`` with a scalar right shift stays int32 (half
+    the memory traffic); that is exact while ``|acc| + 2**(shift-1) < 2**31``, which holds for the
+    accumulators of exact float32 sums (< 2**24).
     """
-    a = np.asarray(acc, dtype=np.int64)
+    a = np.asarray(acc)
+    if a.dtype != np.int32 or np.ndim(shift) != 0 or int(shift) <= 0:
+        a = a.astype(np.int64, copy=False)
     if np.ndim(shift) != 0:
         return _shift_round_broadcast(a, np.asarray(shift, dtype=np.int64), RoundMode(mode))
     shift = int(shift)
     if shift <= 0:
         return a << (-shift)
     mode = RoundMode(mode)
-    half = np.int64(1) << (shift - 1)
+    half = a.dtype.type(1) << a.dtype.type(shift - 1)
     if mode is RoundMode.HALF_UP:
         return (a + half) >> shift
     if mode is RoundMode.HALF_DOWN:
@@ -200,7 +206,7 @@ def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarra
     floor = a >> shift
     rem = a - (floor << shift)
     up = (rem > half) | ((rem == half) & ((floor & 1) == 1))
-    return floor + up.astype(np.int64)
+    return floor + up.astype(a.dtype)
 
 
 def _shift_round_broadcast(a: np.ndarray, shift: np.ndarray, mode: RoundMode) -> np.ndarray:

@@ -166,7 +166,7 @@ def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
     attrs = {
         "strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel": [kh, kw],
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
-        "out_shape": ys,
+        "in_shape": xs, "in_dtype": xp.dtype, "out_shape": ys,
         "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
     }
     macs = int(np.prod(ys)) * cin_g * kh * kw

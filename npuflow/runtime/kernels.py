@@ -1,6 +1,7 @@
-"""Whole-tensor integer kernels of the NPU executor (NCHW, any batch).
+"""Whole-tensor integer kernels of the NPU executor (NCHW, the compiled shapes).
 
-Accumulation is exact: products of integer codes are summed by float32 BLAS in chunks short
+Accumulation is exact: products of integer codes are summed in float32 (ONNX Runtime's MLAS
+convolution, or BLAS for matrix products) in chunks short
 enough that every partial sum stays an integer below 2^24 (``k_chunk``, fixed at compile time
 from the weights and the input type), and chunks are added in float64; the result is converted
 to int64 before requantisation.  Requantisation is :mod:`npuflow.numerics` only.
@@ -15,7 +16,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import numerics as nm
 
@@ -103,7 +103,8 @@ def make_epilogue(ep: dict, axis: int, ndim: int) -> Callable[[np.ndarray], np.n
                 y = nm.requantize_fixed_point(acc, mult, shift, rnd)
             if zp:
                 y += zp
-            return np.clip(y, lo, hi).astype(dtype)
+            np.clip(y, lo, hi, out=y)
+            return y.astype(dtype)
 
         return run
     acc_scale = np.float32(1) * _per_channel(ep["acc_scale"], axis, ndim)
@@ -186,72 +187,89 @@ def _taps(xp: np.ndarray, kernel, strides, dil, out_hw):
                            w0:w0 + strides[1] * (wo - 1) + 1:strides[1]]
 
 
-def _im2col(xp: np.ndarray, kernel, strides, dil, out_hw) -> np.ndarray:
-    n, c = xp.shape[:2]
-    kh, kw = kernel
-    ekh, ekw = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
-    win = sliding_window_view(xp, (ekh, ekw), axis=(2, 3))
-    win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]][:, :, :out_hw[0], :out_hw[1]]
-    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, out_hw[0] * out_hw[1])
-
-
 # --- kernels --------------------------------------------------------------------------------
+
+
+def _conv_accumulator(w: np.ndarray, bias: np.ndarray | None, attrs: dict, in_dtype: str) -> Callable:
+    """Exact integer convolution sums (int32) through ONNX Runtime's float32 ``Conv`` (MLAS).
+
+    The graph casts the integer codes to float32 and subtracts the zero point, so the operands
+    are integer-valued; every partial sum of a reduction no longer than ``k_chunk`` is an
+    integer below 2^24, which float32 computes exactly in any order.  Longer reductions are split
+    by input channel, each part cast to float64 and the parts added exactly.  A bias that float32
+    holds exactly is added by the convolution itself.  The result is cast to int32.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    cout, cin_g, kh, kw = w.shape
+    group, k_chunk, zp = attrs["group"], attrs["k_chunk"], attrs["x_zp"]
+    conv_attrs = {"pads": attrs["pads"], "strides": attrs["strides"], "dilations": attrs["dilations"],
+                  "group": group, "kernel_shape": [kh, kw]}
+    wf = w.astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(float(zp), np.float32), "zp")]
+    nodes = [helper.make_node("Cast", ["q"], ["xc"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["xc", "zp"], ["x"])]
+    per_channel = kh * kw
+    if cin_g * per_channel <= k_chunk or group != 1:
+        inits.append(numpy_helper.from_array(wf, "w"))
+        ins = ["x", "w"]
+        if bias is not None:
+            inits.append(numpy_helper.from_array(bias.astype(np.float32), "b"))
+            ins.append("b")
+        nodes.append(helper.make_node("Conv", ins, ["acc"], **conv_attrs))
+    else:
+        step = max(1, k_chunk // per_channel)
+        parts = []
+        for k, c0 in enumerate(range(0, cin_g, step)):
+            c1 = min(cin_g, c0 + step)
+            inits += [numpy_helper.from_array(np.ascontiguousarray(wf[:, c0:c1]), f"w{k}"),
+                      numpy_helper.from_array(np.array([c0], np.int64), f"s{k}"),
+                      numpy_helper.from_array(np.array([c1], np.int64), f"e{k}")]
+            nodes += [helper.make_node("Slice", ["x", f"s{k}", f"e{k}", "axis1"], [f"x{k}"]),
+                      helper.make_node("Conv", [f"x{k}", f"w{k}"], [f"c{k}"], **conv_attrs),
+                      helper.make_node("Cast", [f"c{k}"], [f"d{k}"], to=TensorProto.DOUBLE)]
+            parts.append(f"d{k}")
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+        if bias is not None:
+            inits.append(numpy_helper.from_array(bias.astype(np.float64).reshape(1, cout, 1, 1), "b"))
+            parts.append("b")
+        nodes.append(helper.make_node("Sum", parts, ["acc"]))
+    nodes.append(helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.INT32))
+    x_type = helper.np_dtype_to_tensor_dtype(np.dtype(in_dtype))
+    graph = helper.make_graph(nodes, "conv_acc", [helper.make_tensor_value_info("q", x_type, attrs["in_shape"])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def run(q: np.ndarray) -> np.ndarray:
+        return session.run(None, {"q": q})[0]
+
+    return run
 
 
 def prepare_conv(attrs: dict, blobs: dict) -> Kernel:
     w = blobs["w"]
-    cout, cin_g, kh, kw = w.shape
-    group = attrs["group"]
-    strides, dil, pads = attrs["strides"], attrs["dilations"], attrs["pads"]
-    ys = attrs["out_shape"]
-    out_hw = (ys[2], ys[3])
-    zp = attrs["x_zp"]
-    k_chunk = attrs["k_chunk"]
-    bias = blobs["b"].astype(np.int64).reshape(1, cout, 1, 1)
-    has_bias = bool(np.any(bias))
+    cout = w.shape[0]
+    bias = blobs["b"].astype(np.int64)
     lshift = _per_channel(attrs["lshift"], 1, 4)
+    shifted = not isinstance(lshift, int) or lshift != 0
+    fold = not shifted and bool(np.all(np.abs(bias) < (1 << 24)))
+    late_bias = None if fold or not np.any(bias) else bias.reshape(1, cout, 1, 1)
     epilogue = make_epilogue(attrs["epilogue"], 1, 4)
-    depthwise = group > 1 and cin_g == 1
-    pointwise = kh == kw == 1 and strides == [1, 1] and not any(pads) and group == 1
-    if depthwise:
-        mult = cout // group
-        wd = w.reshape(cout, kh * kw).astype(np.float32)
-        exact32 = kh * kw <= k_chunk
-    else:
-        cout_g = cout // group
-        wm = [w[g * cout_g:(g + 1) * cout_g].reshape(cout_g, cin_g * kh * kw).astype(np.float32)
-              for g in range(group)]
+    accumulate = _conv_accumulator(w, bias if fold and np.any(bias) else None, attrs, attrs["in_dtype"])
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        x = inputs[0]
-        xf = x.astype(np.float32)
-        if zp:
-            xf -= np.float32(zp)
-        n = x.shape[0]
-        if pointwise:
-            acc = _chunked_matmul(wm[0], xf.reshape(n, x.shape[1], -1), k_chunk)
-        elif depthwise:
-            xp = _pad_nchw(xf, pads)
-            if mult > 1:
-                xp = np.repeat(xp, mult, axis=1)
-            accf = np.zeros((n, cout, *out_hw), np.float32 if exact32 else np.float64)
-            for i, j, view in _taps(xp, (kh, kw), strides, dil, out_hw):
-                accf += view * wd[:, i * kw + j].reshape(1, cout, 1, 1)
-            acc = accf.astype(np.int64)
-        else:
-            xp = _pad_nchw(xf, pads)
-            cin = x.shape[1]
-            parts = []
-            for g_ in range(group):
-                xg = xp if group == 1 else xp[:, g_ * (cin // group):(g_ + 1) * (cin // group)]
-                cols = _im2col(xg, (kh, kw), strides, dil, out_hw)
-                parts.append(_chunked_matmul(wm[g_], cols, k_chunk))
-            acc = parts[0] if group == 1 else np.concatenate(parts, axis=1)
-        acc = acc.reshape(n, cout, *out_hw)
-        if not isinstance(lshift, int) or lshift:
-            acc = acc << lshift
-        if has_bias:
-            acc = acc + bias
+        acc = accumulate(inputs[0])
+        if shifted:
+            acc = acc.astype(np.int64) << lshift
+        if late_bias is not None:
+            acc = acc + late_bias
         return [epilogue(acc)]
 
     return run
@@ -333,19 +351,25 @@ def prepare_eltwise(attrs: dict, blobs: dict) -> Kernel:
     ndim = len(attrs["out_shape"])
     epilogue = make_epilogue(attrs["epilogue"], 1 % ndim, ndim)
     consts = {k: v.astype(np.int64) for k, v in blobs.items()}
+    # int32 is exact for 8-bit operands: |(a - za) << align| < 2^(9 + 20), products < 2^18
+    narrow = mults is None and max(align) <= 20
 
-    def operand(spec: dict, inputs, k: int) -> np.ndarray:
-        v = consts[spec["const"]] if "const" in spec else inputs[spec["input"]].astype(np.int64)
+    def operand(spec: dict, inputs, k: int, dtype) -> np.ndarray:
+        v = consts[spec["const"]] if "const" in spec else inputs[spec["input"]]
+        v = v.astype(dtype)
         if spec["zp"]:
-            v = v - spec["zp"]
+            v -= spec["zp"]
         if mults is not None:
             return v * mults[k]
-        return v << align[k] if align[k] else v
+        if align[k]:
+            v <<= align[k]
+        return v
 
     ops = attrs["operands"]
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        a, b = operand(ops[0], inputs, 0), operand(ops[1], inputs, 1)
+        dtype = np.int32 if narrow and all(x.dtype.itemsize == 1 for x in inputs) else np.int64
+        a, b = operand(ops[0], inputs, 0, dtype), operand(ops[1], inputs, 1, dtype)
         acc = a + b if mode == "add" else a - b if mode == "sub" else a * b
         return [epilogue(acc)]
 

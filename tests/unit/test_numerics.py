@@ -149,3 +149,13 @@ def test_requantize_fixed_point_per_channel():
     got = nm.requantize_fixed_point(acc, m, s, "half_up")
     for c, (mc, sc) in enumerate(pairs):
         assert np.array_equal(got[:, c], nm.requantize_fixed_point(acc[:, c], mc, sc, "half_up"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shift_round_keeps_int32_exactly(mode):
+    rng = np.random.default_rng(11)
+    acc = rng.integers(-(1 << 24), 1 << 24, size=5000).astype(np.int32)
+    acc[:32] = (np.arange(-16, 16) << 6) + (1 << 5)  # ties
+    got = nm.shift_round(acc, 6, mode)
+    assert got.dtype == np.int32
+    assert np.array_equal(got, nm.shift_round(acc.astype(np.int64), 6, mode))
