@@ -46,6 +46,7 @@ from tests import fixture_models  # noqa: E402
 
 import npuflow  # noqa: E402
 from npuflow.model import load as npuflow_load  # noqa: E402
+from npuflow.passes.fold_constants import fold_constants  # noqa: E402
 
 RESULTS = HERE / "results"
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
@@ -152,21 +153,35 @@ def fmt(bench: Bench, scores: dict[str, float]) -> str:
 
 
 class _Reader:
-    """ONNX Runtime ``CalibrationDataReader`` over a list of samples."""
+    """ONNX Runtime ``CalibrationDataReader`` over a list of samples, with ``set_range`` for the
+    chunked collection of ``CalibStridedMinMax``."""
 
     def __init__(self, samples):
         self.samples = samples
         self.it = iter(samples)
 
+    def __len__(self) -> int:
+        return len(self.samples)
+
     def get_next(self):
         return next(self.it, None)
 
-    def rewind(self):
-        self.it = iter(self.samples)
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.it = iter(self.samples[start_index:end_index])
 
 
-def quantize_ort(float_path: Path, calib, method: str, workdir: Path):
-    """``quant_pre_process`` (ORT's recommended first step, timed) + ``quantize_static`` QDQ per-channel."""
+def _stride(n: int, limit: int) -> int:
+    """Largest divisor of ``n`` not above ``limit`` (ONNX Runtime wants equal chunks)."""
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def quantize_ort(float_path: Path, calib, method: str, workdir: Path, stride: int):
+    """``quant_pre_process`` (ORT's recommended first step, timed) + ``quantize_static`` QDQ per-channel.
+
+    Collection runs in chunks of ``stride`` samples (``CalibStridedMinMax``, which ONNX Runtime
+    applies to every calibrator): without it ONNX Runtime keeps every intermediate tensor of every
+    sample in memory (about 200 MB per PP-OCR line: 100 lines took 20 GB before it was stopped).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -180,7 +195,8 @@ def quantize_ort(float_path: Path, calib, method: str, workdir: Path):
         logging.warning("quant_pre_process failed, quantizing the model without it", exc_info=True)
         source = float_path
     quantize_static(str(source), str(out), _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    calibrate_method=getattr(CalibrationMethod, method))
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    extra_options={"CalibStridedMinMax": _stride(len(calib), stride)})
     return out, time.perf_counter() - t0
 
 
@@ -197,16 +213,29 @@ def quantize_nncf(float_path: Path, calib, workdir: Path):
     return out, seconds
 
 
-def quantize_npuflow(float_path: Path, input_shapes, calib, target: str, workdir: Path):
-    """``npuflow.quantize`` with the target's default configuration."""
+def quantize_npuflow(float_path: Path, input_shapes, calib, target: str):
+    """``npuflow.quantize`` with the target's default configuration (loading included in the time)."""
     t0 = time.perf_counter()
-    model = npuflow_load(float_path, input_shapes)
-    q = npuflow.quantize(model, calib, target=target)
-    seconds = time.perf_counter() - t0
-    out = workdir / f"npuflow_{target}"
-    q.save(out)
-    found = sorted(Path(out).rglob("quantized_model.onnx")) if Path(out).is_dir() else [Path(out)]
-    return found[0], seconds, q
+    q = npuflow.quantize(str(float_path), calib, target=target, input_shapes=input_shapes)
+    return q.model, time.perf_counter() - t0, q
+
+
+def worst_nodes(q, k: int = 5) -> dict:
+    """Where accuracy goes, from npuflow's per-node report: model-output similarity and the ``k``
+    nodes whose output cosine drops most below the worst cosine of their inputs."""
+    cos = {r.tensor: r.cosine for r in q.report.rows if r.cosine is not None}
+    kinds = {r.tensor: (r.node, r.type) for r in q.report.rows}
+    drops = []
+    for node in q.float_model.graph.node:
+        outs = [o for o in node.output if o in cos]
+        if not outs:
+            continue
+        ins = [cos[i] for i in node.input if i in cos]
+        before = min(ins) if ins else 1.0
+        drops.append((before - cos[outs[0]], kinds[outs[0]][0], node.op_type, cos[outs[0]]))
+    drops.sort(reverse=True)
+    return {"outputs": q.report.outputs,
+            "drops": [{"node": n, "type": t, "cosine": c, "drop": d} for d, n, t, c in drops[:k]]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,25 +245,28 @@ MEMORY_CHILD = r"""
 import json, resource, sys, time, tracemalloc
 sys.path[:0] = [{root!r}, {here!r}]
 import datasets as D, npuflow
-from npuflow.model import load
 from tests import fixture_models
-model = load(fixture_models.ppocr_rec(), {{"x": [1, 3, 48, 320]}})
-data = D.OcrCalibration({n})
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if {model!r} == "ppocr":
+    path, shapes, data = fixture_models.ppocr_rec(), {{"x": [1, 3, 48, 320]}}, D.OcrCalibration({n})
+else:
+    path, shapes, data = fixture_models.mnist_cnn(), {{"input": [1, 1, 28, 28]}}, D.MnistCalibration({n})
 tracemalloc.start()
 t0 = time.perf_counter()
-npuflow.quantize(model, data, target={target!r})
+npuflow.quantize(str(path), data, target={target!r}, input_shapes=shapes)
 seconds = time.perf_counter() - t0
 _, peak = tracemalloc.get_traced_memory()
 print(json.dumps({{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_before_mb": base / 1024, "tracemalloc_peak_mb": peak / 2**20, "seconds": seconds}}))
+                  "tracemalloc_peak_mb": peak / 2**20, "seconds": seconds}}))
 """
+MEMORY_MODELS = {"mnist": "MNIST CNN (digits materialised once, same for every count)",
+                 "ppocr": "PP-OCRv4 rec (lines rendered lazily)"}
 
 
-def calibration_memory(counts: list[int], target: str) -> dict[int, dict[str, float]]:
+def calibration_memory(model: str, counts: list[int], target: str) -> dict[int, dict[str, float]]:
+    """Run ``npuflow.quantize`` in a fresh process per sample count; peak RSS and tracemalloc peak."""
     out = {}
     for n in counts:
-        code = MEMORY_CHILD.format(root=str(ROOT), here=str(HERE), n=n, target=target)
+        code = MEMORY_CHILD.format(root=str(ROOT), here=str(HERE), model=model, n=n, target=target)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             out[n] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -275,14 +307,14 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def run_model(bench: Bench, columns: list[str], ort_methods: list[str]) -> dict:
+def run_model(bench: Bench, columns: list[str], ort_methods: list[str], ort_stride: int) -> dict:
     """Quantize ``bench`` with every tool and evaluate every result; failures become table cells."""
     res: dict = {"scores": {}, "seconds": {}, "errors": {}, "ort_best": None}
     log = logging.getLogger("bench")
     with tempfile.TemporaryDirectory(prefix="npuflow-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        prepared = npuflow_load(bench.path, bench.input_shapes)
+        prepared = fold_constants(npuflow_load(bench.path, bench.input_shapes))
         float_path = work / "float.onnx"
         npuflow.model.save(prepared, float_path)
         res["prepare_seconds"] = time.perf_counter() - t0
@@ -292,8 +324,13 @@ def run_model(bench: Bench, columns: list[str], ort_methods: list[str]) -> dict:
         def attempt(key: str, fn) -> None:
             log.info("%s: %s", bench.name, key)
             try:
-                path, seconds = fn()[:2]
+                path, seconds, *rest = fn()
                 res["seconds"][key] = seconds
+                if rest:
+                    try:
+                        res.setdefault("diagnosis", {})[key] = worst_nodes(rest[0])
+                    except Exception:  # noqa: BLE001  (the diagnosis is a note, never worth the run)
+                        log.warning("no per-node diagnosis for %s", key, exc_info=True)
                 res["scores"][key] = bench.evaluate(D.ort_session(path))
                 log.info("%s: %s %.1fs %s", bench.name, key, seconds, res["scores"][key])
             except Exception as exc:  # noqa: BLE001  (one tool failing must not lose the run)
@@ -304,9 +341,10 @@ def run_model(bench: Bench, columns: list[str], ort_methods: list[str]) -> dict:
             if key in NPUFLOW_COLUMNS:
                 target = NPUFLOW_COLUMNS[key][0]
                 attempt(key, lambda target=target: quantize_npuflow(float_path, bench.input_shapes,
-                                                                     bench.calib, target, work))
+                                                                     bench.calib, target))
         for method in ort_methods:
-            attempt(f"ort_{method}", lambda method=method: quantize_ort(float_path, bench.calib, method, work))
+            attempt(f"ort_{method}", lambda method=method: quantize_ort(float_path, bench.calib, method, work,
+                                                                           ort_stride))
         if "nncf" in columns:
             attempt("nncf", lambda: quantize_nncf(float_path, bench.calib, work))
     ort_ok = [m for m in ort_methods if f"ort_{m}" in res["scores"]]
@@ -362,8 +400,8 @@ def render(benches: list[Bench], results: dict, columns: list[str], ort_methods:
         lines.append("| " + " | ".join(row) + " |")
 
     if memory is not None:
-        lines += ["", f"## npuflow calibration peak memory (PP-OCRv4 rec, target {args.memory_target}, "
-                  "fresh process per run, lines rendered lazily)", "",
+        lines += ["", f"## npuflow calibration peak memory ({MEMORY_MODELS[args.memory_model]}, target "
+                  f"{args.memory_target}, a fresh process per count)", "",
                   "| calibration samples | peak RSS MiB | tracemalloc peak MiB | seconds |",
                   "| --- | --- | --- | --- |"]
         for n, m in memory.items():
@@ -376,15 +414,26 @@ def render(benches: list[Bench], results: dict, columns: list[str], ort_methods:
     lines += ["", "## Notes", ""]
     for b in benches:
         r = results[b.name]
-        extra = [f"model prepared once with `npuflow.model.load` (opset >= 13, frozen input shapes) in "
+        extra = [f"float model prepared once for every tool with `npuflow.model.load` (opset >= 13, frozen "
+                 f"input shapes) and `fold_constants` (NNCF fails on PP-OCR's Cast of constants otherwise) in "
                  f"{r['prepare_seconds']:.1f} s, outside the timings"]
         lines.append(f"- {b.name}: " + "; ".join(b.notes + extra) + ".")
         for key, err in r["errors"].items():
             lines.append(f"  - {key} failed: `{err}`")
+        for key, diag in r.get("diagnosis", {}).items():
+            outs = ", ".join(f"{v:.4f}" for v in diag["outputs"].values() if v is not None)
+            worst = "; ".join(f"`{d['node']}` ({d['type']}) {d['cosine']:.4f} (-{d['drop']:.4f})"
+                              for d in diag["drops"])
+            lines.append(f"  - {NPUFLOW_COLUMNS[key][1]}: report output cosine {outs}; largest per-node "
+                         f"cosine drops: {worst}")
     lines += [
         "- ONNX Runtime: `quant_pre_process` then `quantize_static(QDQ, per_channel=True)` with default "
         "QInt8 activations/weights, each of MinMax, Entropy and Percentile; the best on the evaluation set "
-        "is shown (optimistic for ONNX Runtime). Its time includes `quant_pre_process`.",
+        "is shown (optimistic for ONNX Runtime). Its time includes `quant_pre_process`. Calibration outputs "
+        f"are collected in chunks of {args.ort_stride} samples (`CalibStridedMinMax`, ONNX Runtime's "
+        "memory-bounded mode): unchunked, it keeps every intermediate tensor of every sample (20 GB after "
+        "~100 PP-OCR lines). Its histogram calibrators also need one input shape for all samples, hence "
+        "the fixed 48x320 OCR lines.",
         "- NNCF: `nncf.quantize(onnx_model, nncf.Dataset(calib), subset_size=len(calib))`, all other "
         "parameters default (preset performance, fast bias correction).",
         "- Times are wall-clock on a machine shared with other jobs; ratios come from this one run.",
@@ -435,16 +484,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--columns", default="npuflow_float,npuflow_pow2,ort,nncf",
                     help="comma list of npuflow_float, npuflow_pow2, ort, nncf")
     ap.add_argument("--ort-methods", default=",".join(ORT_METHODS))
-    ap.add_argument("--ocr-calib", type=int, default=100)
+    ap.add_argument("--ort-stride", type=int, default=2,
+                    help="ONNX Runtime collects calibration outputs in chunks of this many samples")
+    ap.add_argument("--ocr-calib", type=int, default=32)
     ap.add_argument("--ocr-eval", type=int, default=300)
-    ap.add_argument("--mnist-calib", type=int, default=200)
+    ap.add_argument("--mnist-calib", type=int, default=100)
     ap.add_argument("--mnist-eval", type=int, default=4500)
-    ap.add_argument("--effnet-calib", type=int, default=64)
+    ap.add_argument("--effnet-calib", type=int, default=32)
     ap.add_argument("--effnet-eval", type=int, default=300)
     ap.add_argument("--yolo-calib", type=int, default=32)
     ap.add_argument("--yolo-eval", type=int, default=64)
     ap.add_argument("--memory-samples", default="100,1000", help="calibration sample counts for the memory check")
     ap.add_argument("--memory-target", default="cpu-int8")
+    ap.add_argument("--memory-model", default="mnist", choices=sorted(MEMORY_MODELS))
     ap.add_argument("--no-memory", action="store_true", help="skip the calibration memory check")
     ap.add_argument("--out", type=Path, default=RESULTS / "quant.md")
     args = ap.parse_args(argv)
@@ -463,11 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         bench = makers[name]()
         benches.append(bench)
-        results[bench.name] = run_model(bench, columns, ort_methods)
+        results[bench.name] = run_model(bench, columns, ort_methods, args.ort_stride)
     memory = None
     if not args.no_memory and any(k in NPUFLOW_COLUMNS for k in columns):
         logging.getLogger("bench").info("calibration memory check")
-        memory = calibration_memory([int(n) for n in args.memory_samples.split(",")], args.memory_target)
+        memory = calibration_memory(args.memory_model, [int(n) for n in args.memory_samples.split(",")],
+                                    args.memory_target)
     text = render(benches, results, columns, ort_methods, memory, machine_info(), args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     npuflow.model.write_atomic(args.out, text.encode())

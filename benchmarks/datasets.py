@@ -321,6 +321,25 @@ def mnist(split: str, n: int | None = None) -> tuple[list[Sample], np.ndarray]:
     return [{"input": images[i]} for i in idx], labels[idx]
 
 
+class MnistCalibration:
+    """Re-iterable MNIST samples for the memory check: the first ``n`` of the seeded permutation.
+
+    Beyond 500 samples this reaches into the evaluation digits; it is meant for measuring how
+    calibration memory grows with ``n``, not for accuracy.
+    """
+
+    def __init__(self, n: int) -> None:
+        images, _, order = _mnist_split()
+        self.images, self.order = images, order[:n]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in self.order:
+            yield {"input": self.images[i].copy()}
+
+
 # --------------------------------------------------------------------------------------------
 # photos: EfficientNet-Lite0 crops and YOLOv8n letterboxes
 
