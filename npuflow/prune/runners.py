@@ -164,7 +164,8 @@ class IterativePruningRunner(_Runner):
             return self._spec_from_ratios(rankings, {n: sens.max_ratio(n, t) for n in names})
 
         def met(spec) -> bool:
-            return goal.met(before, self.cost.measure(self._slim_from_spec(base, rankings, spec)))
+            sub = self._slim_from_spec(base, rankings, spec)
+            return goal.met(before, self.cost.measure(sub, latency=goal.kind == "latency"))
 
         lo, hi = 0.0, 1.0
         if not met(spec_at(hi)):
@@ -217,7 +218,7 @@ class OneStepPruningRunner(_Runner):
             raise NpuflowError("NPF_PRUNE_BAD_SETTING", name="removal_ratio", value=removal_ratio,
                                reason="must be between 0 and 1")
         rankings = channel_rankings(self.model, self.example_inputs, self.excludes)
-        baseline = self.cost.measure(self.model)
+        baseline = self.cost.measure(self.model, latency=False)
         score = eval_fn or output_similarity(self.model, self.example_inputs)
         recalibrate = calibration_fn or _adaptive_bn(calib_batches if calib_batches is not None else [self.example_inputs])
         rng = random.Random(seed)
@@ -247,7 +248,7 @@ class OneStepPruningRunner(_Runner):
             ratios = {n: min(0.9, r * 2 * scale) for n, r in raw.items()}
             spec = self._spec_from_ratios(rankings, ratios)
             sub = self._slim_from_spec(self.model, rankings, spec)
-            cost = self.cost.measure(sub)
+            cost = self.cost.measure(sub, latency=False)
             achieved = 1 - cost["macs"] / baseline["macs"]
             if abs(achieved - ratio) < 0.01 or achieved <= 0:
                 break

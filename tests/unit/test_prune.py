@@ -185,3 +185,30 @@ def test_cli_errors(cli, tmp_path):
     good.write_text(SCRIPT)
     r = cli("prune", "ana", good, "--ratios", "1.5")
     assert r.returncode == 2 and "NPF_PRUNE_BAD_SETTING" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_latency_goal_uses_the_performance_estimate(net, tmp_path):
+    runner = IterativePruningRunner(net, X, target="DPUCZDX8G_ISA1_B4096", workdir=tmp_path)
+    runner.ana(ratios=(0.25, 0.5, 0.75))
+    base = runner.baseline_cost["latency_ms"]
+    goal = 0.85 * base
+    runner.prune(target_latency_ms=goal, mode="slim")
+    rec = runner.rounds[-1]
+    assert rec.before["latency_ms"] == base and rec.after["latency_ms"] <= goal
+    assert rec.after["macs"] < rec.before["macs"]
+
+
+def test_channel_rounding_keeps_latency_steps(tmp_path):
+    """On a 16-wide conv engine 40 output channels cost what 48 do: the estimate shows it."""
+    from npuflow.prune.cost import CostModel
+    from npuflow.targets import load_target
+
+    def net(c):
+        return nn.Sequential(nn.Conv2d(16, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 16, 3, padding=1)).eval()
+
+    x = torch.randn(1, 16, 32, 32)
+    cost = CostModel(x, load_target("DPUCZDX8G_ISA1_B4096"))
+    c40, c48, c32 = (cost.measure(net(c)) for c in (40, 48, 32))
+    assert c40["macs"] < c48["macs"]
+    assert c32["latency_ms"] < c40["latency_ms"]
+    assert c40["latency_ms"] >= 0.95 * c48["latency_ms"]
