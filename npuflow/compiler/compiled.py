@@ -53,10 +53,6 @@ class CompiledModel:
         body = {k: v for k, v in self.manifest.items() if k != "blobs"}
         return artifact.write(path, body, blobs)
 
-    def to_bytes(self) -> bytes:
-        body = {k: v for k, v in self.manifest.items() if k != "blobs"}
-        return artifact.serialize(body, {n: self.blob(n) for n in self.blob_names()})
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CompiledModel":
         """Open and verify a ``.npuf`` (coded errors for any damage); weights stay memory-mapped."""

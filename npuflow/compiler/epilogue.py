@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..numerics import RoundMode, quantize_multiplier, qrange
+from ..numerics import quantize_multiplier, qrange
 from ..numerics import quantize as nq
 from .qgraph import QGraph, QParams, attr
 
@@ -162,14 +162,15 @@ def quantize_scalar(value: float, p: QParams) -> int:
 
 def make_epilogue(
     g: QGraph, t0: str, chain: list[onnx.NodeProto], acc_scale: np.ndarray, out: QParams,
-    pow2_shift: np.ndarray | None,
+    pow2_shift: np.ndarray | None, force_float: bool = False,
 ) -> dict:
     """Epilogue for an accumulator whose real value is ``acc * acc_scale`` (per channel).
 
-    ``pow2_shift`` is ``fix(acc) - fix(out)`` when every scale is a power of two.
+    ``pow2_shift`` is ``fix(acc) - fix(out)`` when every scale is a power of two;
+    ``force_float`` asks for the float form whatever the chain (average pooling divides first).
     """
     spec = out_spec(out)
-    bounds = clip_bounds(g, chain)
+    bounds = None if force_float else clip_bounds(g, chain)
     if bounds is not None:
         spec["clamps"] = [[quantize_scalar(lo, out), quantize_scalar(hi, out)] for lo, hi in bounds]
         if pow2_shift is not None:
@@ -195,7 +196,3 @@ def _compact(values: np.ndarray) -> int | float | list:
     if flat.size and np.all(flat == flat[0]):
         return flat[0].item()
     return flat.tolist()
-
-
-def round_mode_of(p: QParams) -> RoundMode:
-    return p.round_mode

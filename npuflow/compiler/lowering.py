@@ -17,7 +17,7 @@ import onnx
 
 from ..numerics import qrange
 from . import fragments
-from .epilogue import UNARY_OPS, collect_chain, make_epilogue, out_spec
+from .epilogue import UNARY_OPS, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp
 from .qgraph import QGraph, QParams, attr
 
@@ -347,15 +347,11 @@ def _unary_kind(chain: list[onnx.NodeProto]) -> str:
 # --- data movement and pooling ----------------------------------------------------------------
 
 
-def _single_q(g: QGraph, t: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams]:
-    return _chain(g, t)
-
-
 def _passthrough(g: QGraph, n: onnx.NodeProto, op: str, kind: str, attrs: dict) -> IntOp:
     """Ops that move integer codes (maxpool, reshape, transpose, slice, pad, resize, gather)
     followed by the code-to-code table ``Q_out(chain(DQ_in(q)))`` (identity when scales agree)."""
     x_name, xp, x_dq = _act(g, n.input[0])
-    chain, q, op_ = _single_q(g, n.output[0])
+    chain, q, op_ = _chain(g, n.output[0])
     table = fragments.lookup_table(g, x_dq, xp, n.output[0], chain, q)
     blobs = {}
     codes = fragments.codes(xp)
@@ -406,21 +402,11 @@ def lower_avgpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
     geo["count_include_pad"] = int(attr(n, "count_include_pad", 0))
     geo["x_zp"] = xp.scalar_zp()
     geo["out_shape"] = _shape(g, q.output[0])
-    ep = make_epilogue(g, n.output[0], chain, np.array([xp.scalar_scale()]), op_, None)
-    if ep["mode"] != "float":
-        ep = make_epilogue(g, n.output[0], [], np.array([xp.scalar_scale()]), op_, None)
-        ep.update({"mode": "float", "acc_scale": xp.scalar_scale(),
-                   "chain": _clip_steps(g, n.output[0], chain), "result": chain[-1].output[0] if chain else "$x"})
+    ep = make_epilogue(g, n.output[0], chain, np.array([xp.scalar_scale()]), op_, None, force_float=True)
     geo["epilogue"] = ep
     kind = "global_avg_pool" if glob else "avg_pool"
     return IntOp("avgpool", n.name, kind, [x_name], [q.output[0]], geo, {},
                  [n.name, *[c.name for c in chain], q.name], [x_dq.name], int(np.prod(_shape(g, n.input[0]))))
-
-
-def _clip_steps(g: QGraph, t0: str, chain: list[onnx.NodeProto]) -> list[dict]:
-    from .epilogue import chain_program
-
-    return chain_program(g, t0, chain)
 
 
 def lower_concat(g: QGraph, n: onnx.NodeProto) -> IntOp:
@@ -502,8 +488,6 @@ def lower_pad(g: QGraph, n: onnx.NodeProto) -> IntOp:
     rank = len(xs)
     width = [[int(pads[i]), int(pads[i + rank])] for i in range(rank)]
     chain, q, op_ = _chain(g, n.output[0])
-    from .epilogue import quantize_scalar
-
     pad_code = quantize_scalar(value, op_)
     return _passthrough(g, n, "pad", "pad", {"width": width, "mode": mode, "pad_code": pad_code})
 

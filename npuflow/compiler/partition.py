@@ -1,8 +1,7 @@
 """Placement and partition: which integer ops run on the accelerator, and the subgraphs.
 
 Placement asks a :data:`Placement` callable per lowered op; the default one
-(:func:`checker_placement`) uses the checker's verdict per ONNX node when ``npuflow.check`` is
-available and the target's operation rules otherwise.  Every node that is not lowered, or whose
+(:func:`checker_placement_factory`) uses the checker's verdict per ONNX node.  Every node that is not lowered, or whose
 op the placement refuses, stays an ONNX node on the CPU, together with the dequantize steps it
 reads, so the accelerator/CPU boundaries are always integer tensors.
 
@@ -41,13 +40,12 @@ def target_placement(op: IntOp, model: onnx.ModelProto, target: Target) -> str |
 
 
 def checker_placement_factory(model: onnx.ModelProto, target: Target) -> Placement:
-    """Placement from ``npuflow.check`` when the checker is installed, else the target rules."""
-    try:
-        from ..check import check  # type: ignore[attr-defined]
-    except ImportError:
-        return target_placement
+    """Placement from ``npuflow.check``'s per-node verdict (with its reasons); integer ops whose
+    node the checker does not report fall back to the target's operation rules."""
+    from ..check import check
+
     report = check(model, target)
-    verdict = {}
+    verdict: dict[str, str | None] = {}
     for node in report.nodes:
         on_cpu = str(node.device).upper().startswith("CPU") and target.kind != "cpu"
         verdict[node.name] = ("; ".join(node.reasons) or "placed on CPU by the checker") if on_cpu else None
@@ -55,8 +53,9 @@ def checker_placement_factory(model: onnx.ModelProto, target: Target) -> Placeme
     def place(op: IntOp, model: onnx.ModelProto, target: Target) -> str | None:
         if op.kind in _ALWAYS:
             return None
-        reason = verdict.get(op.name)
-        return reason if reason is not None else target_placement(op, model, target)
+        if op.name in verdict:
+            return verdict[op.name]
+        return target_placement(op, model, target)
 
     return place
 

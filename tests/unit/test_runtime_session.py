@@ -13,7 +13,7 @@ import npuflow
 from npuflow.errors import NpuflowError
 from npuflow.runtime import Session
 from tests.qdq_builder import Builder, ort_values
-from tests.unit.test_compiler_kernels import _conv_model, _x
+from tests.unit.test_compiler_kernels import _x
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 
