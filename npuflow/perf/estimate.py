@@ -115,17 +115,35 @@ class PerfReport:
 
 
 def placement_from_report(report: Any) -> dict[str, Placement]:
-    """Adapt the checker's ``CheckReport`` (``.nodes``) to :class:`Placement` entries."""
+    """Adapt the checker's ``CheckReport`` to :class:`Placement` entries.
+
+    The checker numbers NPU subgraphs only; connected CPU nodes are grouped here into CPU
+    subgraphs (``cpu_subgraph_<k>``), each timed as one ONNX Runtime run.
+    """
+    cpu = {n.name: n for n in report.nodes if str(n.device).upper().startswith("CPU")}
+    parent = {name: name for name in cpu}
+
+    def root(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for n in cpu.values():
+        for other in getattr(n, "input_nodes", []) or []:
+            if other in cpu:
+                parent[root(n.name)] = root(other)
+    cpu_ids: dict[str, int] = {}
     out: dict[str, Placement] = {}
     for n in report.nodes:
-        device = "CPU" if str(n.device).upper().startswith("CPU") else "NPU"
-        sub = n.subgraph
-        out[n.name] = Placement(
-            device=device,
-            subgraph=f"{device.lower()}_subgraph_{sub}" if isinstance(sub, int) else str(sub or n.name),
-            op_kind=str(getattr(n, "op_kind", "") or ""),
-            fused_into=getattr(n, "fused_into", None) or None,
-        )
+        if n.name in cpu:
+            k = cpu_ids.setdefault(root(n.name), len(cpu_ids))
+            device, sub = "CPU", f"cpu_subgraph_{k}"
+        else:
+            device = "NPU"
+            sub = f"npu_subgraph_{n.subgraph}" if isinstance(n.subgraph, int) else str(n.subgraph or n.name)
+        out[n.name] = Placement(device=device, subgraph=sub, op_kind=str(getattr(n, "op_kind", "") or ""),
+                                fused_into=getattr(n, "fused_into", None) or None)
     return out
 
 
@@ -288,7 +306,7 @@ def _boundaries(
     shapes = tensor_shapes(model)
     producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
     bpc = bytes_per_cycle(target) * target.clock_mhz * 1e6  # bytes/s
-    transfers, edges, seen = [], [], set()
+    transfers, edges, seen, crossed = [], [], set(), set()
     for i, n in enumerate(model.graph.node):
         dst = place[names[i]]
         for t in n.input:
@@ -302,8 +320,8 @@ def _boundaries(
             if (a, b) not in seen:
                 seen.add((a, b))
                 edges.append((a, b))
-            if src.device != dst.device and (t, dst.subgraph) not in seen:
-                seen.add((t, dst.subgraph))
+            if src.device != dst.device and (t, dst.subgraph) not in crossed:
+                crossed.add((t, dst.subgraph))
                 elems = math.prod(shapes.get(t) or [1])
                 transfers.append(TransferResult(t, src.subgraph, dst.subgraph, elems * 5, elems * 5 / bpc * 1e3))
     return transfers, edges

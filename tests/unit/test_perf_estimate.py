@@ -129,3 +129,20 @@ def test_cpu_parts_are_measured_and_boundaries_cost_a_transfer(target, mixed):
     assert cpu and cpu[0].latency_ms > 0 and "host CPU" in cpu[0].source
     assert len(r.transfers) == 2 and r.transfer_ms > 0
     assert r.latency_ms == pytest.approx(r.npu_ms + r.cpu_ms + r.transfer_ms)
+
+
+def test_quantized_model_through_the_checker_groups_cpu_nodes():
+    from npuflow.perf import perf
+
+    from .test_profile_bench import tiny_qdq
+
+    r = perf(tiny_qdq(), B4096)
+    assert [(s.name, s.device) for s in r.subgraphs] == [
+        ("npu_subgraph_0", "NPU"), ("cpu_subgraph_0", "CPU"), ("npu_subgraph_1", "NPU")]
+    assert r.subgraphs[1].nodes == ["relu1_dq", "sig", "sig_q"]  # connected CPU nodes: one timed part
+    assert [(t.tensor, t.src, t.dst) for t in r.transfers] == [
+        ("relu1_q", "npu_subgraph_0", "cpu_subgraph_0"), ("sig_q", "cpu_subgraph_0", "npu_subgraph_1")]
+    by = {layer.name: layer for layer in r.layers}
+    assert by["conv1"].engine == "conv" and by["dw"].engine == "depthwise"
+    assert by["conv1"].weight_bytes == 16 * 8 * 9 + 4 * 16  # int8 weights behind DequantizeLinear + int32 bias
+    assert by["relu1"].bound == "fused" and by["relu1"].cycles == 0
