@@ -1,0 +1,97 @@
+"""``npuflow check`` on real third-party models: placements that follow from the target rules."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+
+import npuflow
+from tests import fixture_models as fm
+
+pytestmark = pytest.mark.models
+
+ZDX = "DPUCZDX8G_ISA1_B4096"
+AHL = "DPUCAHX8L_ISA0"
+BPU = "bernoulli2"
+SHAPES = {"ppocr_det": {"x": [1, 3, 320, 320]}, "ppocr_rec": {"x": [1, 3, 48, 320]},
+          "ppocr_cls": {"x": [1, 3, 48, 192]}, "yolov8n": {"images": [1, 3, 320, 320]}, "mnist_cnn": None}
+
+
+@lru_cache(maxsize=None)
+def checked(model: str, target: str):
+    return npuflow.check(str(getattr(fm, model)()), target, SHAPES[model])
+
+
+def _of(report, op_type):
+    return [n for n in report.nodes if n.op_type == op_type]
+
+
+def test_mnist_cnn():
+    for target in (ZDX, BPU):
+        r = checked("mnist_cnn", target)
+        assert not r.cpu_nodes and r.summary["npu_subgraphs"] == 1
+        assert all(n.fused_into for n in _of(r, "Relu"))  # every ReLU rides on its conv / FC
+    r = checked("mnist_cnn", AHL)
+    # Table 28 prints the AHX8L pooling pads as [1, kernel-1]: an unpadded 2x2 max-pool is not allowed
+    pools = _of(r, "MaxPool")
+    assert pools and all(n.device == "CPU" and n.reasons[0].startswith("pad_left 0 outside [1,1]") for n in pools)
+    assert r.summary["npu_subgraphs"] == len(pools) + 1
+
+
+def test_yolov8n_sigmoid_is_cpu_on_a_dpu_and_a_lut_on_the_bpu():
+    r = checked("yolov8n", ZDX)
+    sig = _of(r, "Sigmoid")
+    assert len(sig) >= 50 and all(n.device == "CPU" for n in sig)
+    assert sig[0].reasons == [f"Sigmoid (sigmoid) has no DPU implementation on {ZDX}"]
+    assert all(n.device == "NPU" for n in _of(r, "Conv"))
+    assert r.summary["npu_subgraphs"] > 50  # each SiLU splits the graph
+    b = checked("yolov8n", BPU)
+    assert all(n.device == "NPU" and n.kernel_type == "HzLut" for n in _of(b, "Sigmoid"))
+    assert all(n.device == "NPU" for n in _of(b, "Conv")) and b.summary["npu_subgraphs"] < 10
+    assert all(n.device == "CPU" for n in _of(b, "Softmax"))  # no softmax on the X3 BPU
+    a = checked("yolov8n", AHL)
+    muls = [n for n in _of(a, "Mul") if n.op_kind == "eltwise_mul"]
+    assert muls and all(n.device == "CPU" and "not supported" in n.reasons[0] for n in muls)  # eltwise: sum only
+
+
+def test_ppocr_det_hard_sigmoid_per_target():
+    r = checked("ppocr_det", ZDX)
+    hs = _of(r, "HardSigmoid")
+    slope_02 = [n for n in hs if abs(n.attributes["alpha"] - 0.2) < 1e-6]
+    slope_16 = [n for n in hs if abs(n.attributes["alpha"] - 1 / 6) < 1e-4]
+    assert slope_02 and slope_16
+    # the DPU hard-sigmoid is relu6(x + 3) / 6: alpha 0.2 cannot run there, alpha 1/6 can
+    assert all(n.device == "CPU" and n.reasons[0].startswith("Hard-Sigmoid:") for n in slope_02)
+    assert all(n.device == "NPU" for n in slope_16)
+    # x * relu6(x + 3) / 6 is recognised as hard-swish and fused into the convolution
+    swish = [n for n in r.nodes if n.op_kind == "hard_swish"]
+    assert swish and all(n.fused_into and r.node(n.fused_into).op_type == "Conv" for n in swish)
+    assert all(n.device == "NPU" for n in _of(r, "Conv"))
+    assert all(n.device == "NPU" for n in _of(r, "ConvTranspose"))
+    a = checked("ppocr_det", AHL)  # neither hard-sigmoid nor hard-swish on DPUCAHX8L
+    assert all(n.device == "CPU" for n in _of(a, "HardSigmoid"))
+    b = checked("ppocr_det", BPU)
+    assert all(n.device == "NPU" and n.kernel_type == "HzLut" for n in _of(b, "HardSigmoid"))
+
+
+def test_ppocr_rec_and_cls():
+    for target in (ZDX, AHL, BPU):
+        r = checked("ppocr_rec", target)
+        assert all(n.device == "CPU" for n in _of(r, "Softmax"))
+        assert r.summary["npu_subgraphs"] >= 2 and r.summary["npu_nodes"] > r.summary["nodes"] // 4
+    c = checked("ppocr_cls", ZDX)
+    bns = _of(c, "BatchNormalization")
+    assert bns and all(n.fused_into and n.device == "NPU" for n in bns)  # Conv -> BN folds
+    assert all(n.device == "CPU" for n in _of(c, "HardSigmoid"))  # alpha 0.2
+    b = checked("ppocr_cls", BPU)
+    assert all(n.device == "NPU" for n in _of(b, "HardSigmoid")) and b.summary["npu_subgraphs"] == 1
+    a = checked("ppocr_cls", AHL)
+    gap = _of(a, "GlobalAveragePool")
+    assert gap and all(n.device == "CPU" and n.reasons[0].startswith("kernel") for n in gap)  # kernel = input size
+
+
+def test_cli_on_a_real_model(cli, tmp_path):
+    r = cli("check", fm.yolov8n(), "--target", BPU, "--input-shape", "images", "1x3x320x320", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "/model.22/dfl/Softmax" in r.stdout and (tmp_path / "inspect_bernoulli2.txt").is_file()
