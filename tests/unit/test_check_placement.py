@@ -256,3 +256,11 @@ def test_every_seed002_target_resolves_by_name_and_fingerprint():
     b2 = npuflow.load_target("bernoulli2")
     assert b2.device_label == "BPU" and b2.numerics.scale_type == "float" and b2.numerics.weight_per_channel
     assert b2.numerics.symmetric and b2.ops["conv2d"].params["kernel_w"].range == (1, 7)
+
+
+def test_docs_list_every_target():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "targets.md").read_text()
+    for t in npuflow.list_targets():
+        assert f"| `{t.name}` | `{t.fingerprint}` |" in text, t.name
