@@ -1,0 +1,69 @@
+"""A whole ``npuflow build`` on a tiny model fed nv12: artefacts, report, log, runtime format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+from skimage import data as skdata
+
+from npuflow.cli.app import main
+from tests.unit.test_build_config import BASE, _conv_model
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Build the tiny model from 8x8 crops of a real photo (BGR NCHW uint8 raw files)."""
+    root = tmp_path_factory.mktemp("tiny_build")
+    _conv_model(root / "m.onnx")
+    photo = skdata.astronaut()
+    (root / "calib").mkdir()
+    for i in range(12):
+        crop = photo[40 * i:40 * i + 8, 30 * i:30 * i + 8, ::-1]  # RGB -> BGR
+        np.ascontiguousarray(crop.transpose(2, 0, 1)[None]).tofile(root / "calib" / f"{i:02d}.bgr")
+    conf = yaml.safe_load(yaml.safe_dump(BASE))
+    conf["model_parameters"]["log_level"] = "debug"
+    (root / "c.yaml").write_text(yaml.safe_dump(conf))
+    return root
+
+
+def test_build_writes_every_artifact_and_succeeds(built, capsys):
+    assert main(["build", str(built / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "Cosine Similarity" in out and "data_pre_colour" in out
+    assert out.rstrip().splitlines()[-1].startswith("Build succeeded")
+    names = sorted(p.name for p in (built / "out").iterdir())
+    assert names == sorted([
+        "npuflow_build.log", "tiny.npuf", "tiny_build_report.json", "tiny_optimized_float_model.onnx",
+        "tiny_original_float_model.onnx", "tiny_quant_info.json", "tiny_quantized_model.onnx",
+    ])
+    report = json.loads((built / "out" / "tiny_build_report.json").read_text())
+    assert report["inputs"][0]["runtime_shape"] == [1, 12, 8] and report["inputs"][0]["intermediate_type"] == "yuv444_128"
+    assert {"parse", "check", "quantize", "compile"} <= set(report["timings_s"])
+    rows = {r["node"]: r for r in report["similarity"]["nodes"]}
+    assert rows["conv"]["on"] == "DPU" and rows["conv"]["cosine"] > 0.99
+    assert report["check"]["summary"]["npu_subgraphs"] >= 1
+    log = (built / "out" / "npuflow_build.log").read_text()
+    assert "DEBUG" in log and "Convert to runtime file" in log and "Cosine Similarity" in log
+
+
+def test_original_model_takes_nv12_and_matches_manual_preprocessing(built):
+    """original_float_model.onnx takes the uint8 nv12 buffer; its result equals the float model
+    run on the colour-converted, normalised picture."""
+    out = built / "out"
+    assert (out / "tiny.npuf").exists() or main(["build", str(built / "c.yaml")]) == 0
+    sess = ort.InferenceSession(str(out / "tiny_original_float_model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert inp.type == "tensor(uint8)" and inp.shape == [1, 12, 8]
+    y = np.full((8, 8), 120, np.uint8)
+    uv = np.tile(np.array([100, 160], np.uint8), (4, 4))  # U=100, V=160 everywhere
+    nv12 = np.concatenate([y, uv])[None]
+    got = sess.run(None, {"data": nv12})[0]
+    r, g, b = 120 + 1.402 * 32, 120 - 0.344136 * -28 - 0.714136 * 32, 120 + 1.772 * -28
+    bgr = np.array([b, g, r], np.float32).reshape(1, 3, 1, 1) * np.ones((1, 3, 8, 8), np.float32)
+    x = (bgr - np.array([103.94, 116.78, 123.68], np.float32).reshape(1, 3, 1, 1)) * np.float32(0.017)
+    ref = ort.InferenceSession(str(built / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
