@@ -10,7 +10,7 @@ Uses only npuflow's core dependencies.  Steps, each timed:
 3. accuracy on labelled digits (500 by default, ``--eval 1000`` for all) of the float model, the
    quantized ONNX model (ONNX Runtime) and the compiled model (npuflow's integer runtime), all
    fed the same uint8 images;
-4. the static performance estimate (``npuflow perf``) of the quantized model on the DPU.
+4. the static performance estimate (``npuflow perf``) of the compiled model on the DPU.
 
 ``examples/make_example_data.py`` records how the model and the digits were made.
 """
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["run compiled"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    estimate = perf(files["quantized"], march)
+    estimate = perf(files["compiled"])
     timings["perf estimate"] = time.perf_counter() - t0
     print(f"[perf]   estimated {estimate.latency_ms:.3f} ms per frame on one core "
           f"({estimate.fps_single_core:.0f} fps; {estimate.fps_all_cores:.0f} fps on {estimate.cores} cores), "
