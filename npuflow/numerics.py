@@ -197,7 +197,9 @@ def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarra
     mode = RoundMode(mode)
     half = a.dtype.type(1) << a.dtype.type(shift - 1)
     if mode is RoundMode.HALF_UP:
-        return (a + half) >> shift
+        r = a + half
+        r >>= shift
+        return r
     if mode is RoundMode.HALF_DOWN:
         return -((-a + half) >> shift)
     if mode is RoundMode.STD_ROUND:

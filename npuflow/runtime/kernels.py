@@ -207,9 +207,11 @@ def _conv_accumulator(w: np.ndarray, bias: np.ndarray | None, attrs: dict, in_dt
     conv_attrs = {"pads": attrs["pads"], "strides": attrs["strides"], "dilations": attrs["dilations"],
                   "group": group, "kernel_shape": [kh, kw]}
     wf = w.astype(np.float32)
-    inits = [numpy_helper.from_array(np.array(float(zp), np.float32), "zp")]
-    nodes = [helper.make_node("Cast", ["q"], ["xc"], to=TensorProto.FLOAT),
-             helper.make_node("Sub", ["xc", "zp"], ["x"])]
+    inits = []
+    nodes = [helper.make_node("Cast", ["q"], ["xc" if zp else "x"], to=TensorProto.FLOAT)]
+    if zp:
+        inits.append(numpy_helper.from_array(np.array(float(zp), np.float32), "zp"))
+        nodes.append(helper.make_node("Sub", ["xc", "zp"], ["x"]))
     per_channel = kh * kw
     if cin_g * per_channel <= k_chunk or group != 1:
         inits.append(numpy_helper.from_array(wf, "w"))
