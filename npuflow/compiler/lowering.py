@@ -87,9 +87,12 @@ def _span(p: QParams) -> int:
 
 
 def _k_chunk(x: QParams, w: np.ndarray) -> int:
-    """Longest reduction whose float32 partial sums stay exact integers (< 2^24)."""
+    """Longest reduction whose float32 partial sums stay exact integers (< 2^24).
+
+    Inputs wider than 8 bits are convolved byte by byte (see ``split_bytes``), so their chunk is
+    that of a byte (|hi|, |lo| <= 256)."""
     wmax = max(int(np.abs(w.astype(np.int64)).max(initial=0)), 1)
-    return max(1, (1 << 24) // (_span(x) * wmax))
+    return max(1, (1 << 24) // (min(_span(x), 256) * wmax))
 
 
 def _acc_plan(x: QParams, w: QParams, bias: np.ndarray | None, b: QParams | None, out: QParams, cout: int):
@@ -166,7 +169,7 @@ def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
     attrs = {
         "strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel": [kh, kw],
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
-        "in_shape": xs, "in_dtype": xp.dtype, "out_shape": ys,
+        "in_shape": xs, "in_dtype": xp.dtype, "split_bytes": _span(xp) > 256, "out_shape": ys,
         "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
     }
     macs = int(np.prod(ys)) * cin_g * kh * kw
@@ -199,7 +202,7 @@ def lower_conv_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
     attrs = {
         "strides": list(attr(n, "strides", [1, 1])), "pads": list(attr(n, "pads", [0, 0, 0, 0])),
         "dilations": list(attr(n, "dilations", [1, 1])), "group": group, "kernel": [kh, kw],
-        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
+        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "wide": _span(xp) > 256, "lshift": _compact(lshift),
         "out_shape": ys,
         "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
     }
@@ -222,7 +225,8 @@ def _matmul_const(g: QGraph, n: onnx.NodeProto, a_in: str, w: np.ndarray, wp: QP
     acc_scale, lshift, bias_acc, shift = _acc_plan(xp, wp, bias, bp, op_, cout)
     ys = _shape(g, q.output[0])
     attrs = {
-        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift), "out_shape": ys,
+        "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "wide": _span(xp) > 256, "lshift": _compact(lshift),
+        "out_shape": ys,
         "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
     }
     macs = int(np.prod(ys)) * k

@@ -191,56 +191,80 @@ def _taps(xp: np.ndarray, kernel, strides, dil, out_hw):
 
 
 def _conv_accumulator(w: np.ndarray, bias: np.ndarray | None, attrs: dict, in_dtype: str) -> Callable:
-    """Exact integer convolution sums (int32) through ONNX Runtime's float32 ``Conv`` (MLAS).
+    """Exact integer convolution sums through ONNX Runtime's float32 ``Conv`` (MLAS).
 
     The graph casts the integer codes to float32 and subtracts the zero point, so the operands
     are integer-valued; every partial sum of a reduction no longer than ``k_chunk`` is an
     integer below 2^24, which float32 computes exactly in any order.  Longer reductions are split
-    by input channel, each part cast to float64 and the parts added exactly.  A bias that float32
-    holds exactly is added by the convolution itself.  The result is cast to int32.
+    by input channel, each part cast to float64 and the parts added exactly.  16-bit inputs are
+    split into a high and a low byte (``x = 256*hi + lo``), each convolved exactly.  A bias that
+    float32 holds exactly is added by the convolution itself.  The result is an integer array.
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     cout, cin_g, kh, kw = w.shape
     group, k_chunk, zp = attrs["group"], attrs["k_chunk"], attrs["x_zp"]
+    split = bool(attrs.get("split_bytes"))
     conv_attrs = {"pads": attrs["pads"], "strides": attrs["strides"], "dilations": attrs["dilations"],
                   "group": group, "kernel_shape": [kh, kw]}
     wf = w.astype(np.float32)
-    inits = []
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1")]
     nodes = [helper.make_node("Cast", ["q"], ["xc" if zp else "x"], to=TensorProto.FLOAT)]
     if zp:
         inits.append(numpy_helper.from_array(np.array(float(zp), np.float32), "zp"))
         nodes.append(helper.make_node("Sub", ["xc", "zp"], ["x"]))
-    per_channel = kh * kw
-    if cin_g * per_channel <= k_chunk or group != 1:
+    one_pass = cin_g * kh * kw <= k_chunk or group != 1
+    if one_pass:
         inits.append(numpy_helper.from_array(wf, "w"))
-        ins = ["x", "w"]
-        if bias is not None:
-            inits.append(numpy_helper.from_array(bias.astype(np.float32), "b"))
-            ins.append("b")
-        nodes.append(helper.make_node("Conv", ins, ["acc"], **conv_attrs))
-    else:
-        step = max(1, k_chunk // per_channel)
+
+    def emit(src: str, tag: str, with_bias: bool) -> str:
+        """Exact sums of ``src`` as a float64 tensor name."""
+        if one_pass:
+            ins = [src, "w"] + (["b"] if with_bias else [])
+            nodes.append(helper.make_node("Conv", ins, [f"{tag}c"], **conv_attrs))
+            nodes.append(helper.make_node("Cast", [f"{tag}c"], [f"{tag}d"], to=TensorProto.DOUBLE))
+            return f"{tag}d"
+        step = max(1, k_chunk // (kh * kw))
         parts = []
         for k, c0 in enumerate(range(0, cin_g, step)):
             c1 = min(cin_g, c0 + step)
-            inits += [numpy_helper.from_array(np.ascontiguousarray(wf[:, c0:c1]), f"w{k}"),
-                      numpy_helper.from_array(np.array([c0], np.int64), f"s{k}"),
-                      numpy_helper.from_array(np.array([c1], np.int64), f"e{k}")]
-            nodes += [helper.make_node("Slice", ["x", f"s{k}", f"e{k}", "axis1"], [f"x{k}"]),
-                      helper.make_node("Conv", [f"x{k}", f"w{k}"], [f"c{k}"], **conv_attrs),
-                      helper.make_node("Cast", [f"c{k}"], [f"d{k}"], to=TensorProto.DOUBLE)]
-            parts.append(f"d{k}")
-        inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
-        if bias is not None:
-            inits.append(numpy_helper.from_array(bias.astype(np.float64).reshape(1, cout, 1, 1), "b"))
-            parts.append("b")
-        nodes.append(helper.make_node("Sum", parts, ["acc"]))
-    nodes.append(helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.INT32))
+            if tag == "m":
+                inits.extend([numpy_helper.from_array(np.ascontiguousarray(wf[:, c0:c1]), f"w{k}"),
+                              numpy_helper.from_array(np.array([c0], np.int64), f"s{k}"),
+                              numpy_helper.from_array(np.array([c1], np.int64), f"e{k}")])
+            nodes.extend([helper.make_node("Slice", [src, f"s{k}", f"e{k}", "axis1"], [f"{tag}x{k}"]),
+                          helper.make_node("Conv", [f"{tag}x{k}", f"w{k}"], [f"{tag}c{k}"], **conv_attrs),
+                          helper.make_node("Cast", [f"{tag}c{k}"], [f"{tag}d{k}"], to=TensorProto.DOUBLE)])
+            parts.append(f"{tag}d{k}")
+        if with_bias:
+            parts.append("bd")
+        nodes.append(helper.make_node("Sum", parts, [f"{tag}sum"]))
+        return f"{tag}sum"
+
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), "b"))
+        inits.append(numpy_helper.from_array(bias.astype(np.float64).reshape(1, cout, 1, 1), "bd"))
+    if split:
+        # weights of the chunked form are registered once, under tag "m"
+        inits.append(numpy_helper.from_array(np.array(256.0, np.float32), "k256"))
+        inits.append(numpy_helper.from_array(np.array(256.0, np.float64), "k256d"))
+        nodes += [helper.make_node("Div", ["x", "k256"], ["xs"]),
+                  helper.make_node("Floor", ["xs"], ["hi"]),
+                  helper.make_node("Mul", ["hi", "k256"], ["hi256"]),
+                  helper.make_node("Sub", ["x", "hi256"], ["lo"])]
+        hi = emit("hi", "m", False)
+        lo = emit("lo", "l", bias is not None)
+        nodes += [helper.make_node("Mul", [hi, "k256d"], ["hi_acc"]),
+                  helper.make_node("Add", ["hi_acc", lo], ["acc"])]
+        out_type = TensorProto.INT64
+    else:
+        nodes.append(helper.make_node("Identity", [emit("x", "m", bias is not None)], ["acc"]))
+        out_type = TensorProto.INT32
+    nodes.append(helper.make_node("Cast", ["acc"], ["y"], to=out_type))
     x_type = helper.np_dtype_to_tensor_dtype(np.dtype(in_dtype))
     graph = helper.make_graph(nodes, "conv_acc", [helper.make_tensor_value_info("q", x_type, attrs["in_shape"])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)], inits)
+                              [helper.make_tensor_value_info("y", out_type, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     opts = ort.SessionOptions()
@@ -286,16 +310,19 @@ def prepare_conv_transpose(attrs: dict, blobs: dict) -> Kernel:
     strides, dil, pads = attrs["strides"], attrs["dilations"], attrs["pads"]
     ys = attrs["out_shape"]
     zp, k_chunk = attrs["x_zp"], attrs["k_chunk"]
+    ftype = np.float64 if attrs.get("wide") else np.float32  # float64 sums 16-bit products exactly
+    if attrs.get("wide"):
+        k_chunk = 1 << 30
     bias = blobs["b"].astype(np.int64).reshape(1, cout, 1, 1)
     lshift = _per_channel(attrs["lshift"], 1, 4)
     epilogue = make_epilogue(attrs["epilogue"], 1, 4)
-    wt = [np.ascontiguousarray(w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, -1).T.astype(np.float32))
+    wt = [np.ascontiguousarray(w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, -1).T.astype(ftype))
           for g in range(group)]
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
         n, _, h, wd = x.shape
-        xf = x.astype(np.float32)
+        xf = x.astype(ftype)
         if zp:
             xf -= np.float32(zp)
         full_h = max((h - 1) * strides[0] + (kh - 1) * dil[0] + 1, pads[0] + ys[2])
@@ -316,17 +343,19 @@ def prepare_conv_transpose(attrs: dict, blobs: dict) -> Kernel:
 
 
 def prepare_matmul(attrs: dict, blobs: dict) -> Kernel:
-    w = blobs["w"].astype(np.float32)
-    zp, k_chunk = attrs["x_zp"], attrs["k_chunk"]
+    wide = bool(attrs.get("wide"))  # 16-bit inputs: float64 sums are exact to 2^53
+    ftype = np.float64 if wide else np.float32
+    w = blobs["w"].astype(ftype)
+    zp, k_chunk = attrs["x_zp"], (1 << 30) if wide else attrs["k_chunk"]
     ndim = len(attrs["out_shape"])
     bias = blobs["b"].astype(np.int64)
     lshift = _per_channel(attrs["lshift"], ndim - 1, ndim)
     epilogue = make_epilogue(attrs["epilogue"], ndim - 1, ndim)
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        xf = inputs[0].astype(np.float32)
+        xf = inputs[0].astype(ftype)
         if zp:
-            xf -= np.float32(zp)
+            xf -= zp
         acc = _chunked_matmul(xf, w, k_chunk)
         return [epilogue((acc << lshift) + bias)]
 

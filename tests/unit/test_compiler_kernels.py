@@ -239,3 +239,23 @@ def test_default_ort_optimisation_level_agrees_on_power_of_two():
     model = _conv_model("half_even", "relu")
     diffs = compare_with_ort(model, {"x": _x([1, 8, 13, 11], 2)}, DPU, levels=("disable", "all"))
     assert max(diffs.values()) == 0, diffs
+
+
+def test_int16_activations_are_bit_exact():
+    """16-bit tensors: convolutions split into bytes, matrix products in float64, 64k-entry tables."""
+    rng = np.random.default_rng(12)
+    b = Builder("half_up", opset=21)
+    x = b.input("x", [1, 6, 9, 9], 2.0 ** -12, dtype="int16")
+    c = b.node("Conv", [b.dq(x), b.weight("w", rng.normal(0, 0.3, (8, 6, 3, 3)).astype(np.float32), 2.0 ** -7),
+                        b.bias("b", rng.normal(0, 1, 8), 2.0 ** -19)], "conv", pads=[1, 1, 1, 1])
+    y = b.quantize(b.node("Relu", [c], "relu"), 2.0 ** -11, dtype="int16")
+    p = b.quantize(b.node("MaxPool", [b.dq(y)], "mp", kernel_shape=[3, 3], strides=[3, 3]), 2.0 ** -11,
+                   dtype="int16")
+    a = b.quantize(b.node("GlobalAveragePool", [b.dq(p)], "gap"), 2.0 ** -12, dtype="int16")
+    f = b.node("Flatten", [b.dq(a)], "flat", axis=1)
+    fq = b.quantize(f, 2.0 ** -12, dtype="int16")
+    g = b.node("Gemm", [b.dq(fq), b.weight("fw", rng.normal(0, 0.3, (5, 8)).astype(np.float32), 2.0 ** -7)],
+               "fc", transB=1)
+    b.output(b.quantize(g, 2.0 ** -6), "y")
+    diffs = compare_with_ort(b.model(), {"x": _x([1, 6, 9, 9], 13, 2.0)}, "cpu-int8")
+    assert max(diffs.values()) == 0, diffs
