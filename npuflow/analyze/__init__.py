@@ -1,0 +1,1 @@
+"""Accuracy analysis: per-layer sensitivity and accuracy-targeted mixed precision."""

@@ -1,0 +1,175 @@
+"""Bias correction: remove the mean output shift that weight rounding causes.
+
+Rounding ``W`` to ``W_q`` shifts each output channel's mean by ``(W_q - W) @ E[x]`` (linearity),
+and the shifts of many layers add up, most visibly in depthwise layers with few weights per
+channel (Nagel et al., 2019, section 4.2).  Subtracting that shift from the bias restores the mean.
+
+* :func:`correct_empirical` takes ``E[x]`` per input channel from calibration runs of the QDQ
+  model itself (the inputs the layer really sees), one streaming pass over the data.
+* :func:`correct_data_free` takes ``E[x]`` from the statistics of a ``BatchNormalization`` that
+  feeds the layer in the float model (``beta`` for a linear link; the mean of a rectified
+  ``N(beta, gamma^2)`` after ``Relu``/``Clip``), so it needs no data at all.
+
+Both change only the bias initializers of the QDQ model, never a scale.  Layers are matched
+between the float and the QDQ model by node name; a layer without a bias input is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from .graph import Feed, attr, capture, consumers, get_array, layer_weight, weight_layers
+from .qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, read_bias, write_bias
+
+log = logging.getLogger(__name__)
+
+
+def _weight_error(float_model: onnx.ModelProto, qmodel: onnx.ModelProto) -> dict[str, tuple[QuantizedLayer, np.ndarray]]:
+    """``{name: (layer, W_q - W)}`` for layers present (by name, same shape) in both models."""
+    floats = {l.name: l for l in weight_layers(float_model)}
+    out = {}
+    for ql in quantized_layers(qmodel):
+        fl = floats.get(ql.name)
+        if fl is None or ql.bias_name is None:
+            continue
+        w = layer_weight(float_model, fl)
+        wq = dequantized_weight(qmodel, ql)
+        if w.shape != wq.shape:
+            continue
+        out[ql.name] = (ql, (wq - w).astype(np.float64))
+    return out
+
+
+def _shift(delta: np.ndarray, groups: int, mean_in: np.ndarray) -> np.ndarray:
+    """Per-output-channel ``sum_{ci,k} delta[co, ci, k] * E[x_ci]`` for a grouped layer."""
+    cout, cpg = delta.shape[0], delta.shape[1]
+    opg = cout // groups
+    d = delta.reshape(groups, opg, cpg, -1).sum(axis=3)           # (g, opg, cpg)
+    m = mean_in.reshape(groups, 1, cpg)
+    return (d * m).sum(axis=2).reshape(cout)
+
+
+def _apply(qmodel, errors, means) -> list[str]:
+    corrected = []
+    for name, (ql, delta) in errors.items():
+        if name not in means:
+            continue
+        mean_in = means[name]
+        if mean_in.size != delta.shape[1] * ql.groups:
+            continue
+        shift = _shift(delta, ql.groups, mean_in)
+        b = read_bias(qmodel, ql, delta.shape[0]).astype(np.float64)
+        if write_bias(qmodel, ql, (b - shift).astype(np.float32)):
+            corrected.append(name)
+    return corrected
+
+
+def correct_empirical(
+    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, calibration: Iterable[Feed],
+) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``qmodel`` with biases corrected from calibration data; also the corrected names."""
+    out = onnx.ModelProto()
+    out.CopyFrom(qmodel)
+    errors = _weight_error(float_model, out)
+    if not errors:
+        return out, []
+    names = {n: errors[n][0].node.input[0] for n in errors}
+    sums: dict[str, np.ndarray] = {}
+    count = [0]
+
+    def keep(_: int, values: dict[str, np.ndarray]) -> None:
+        count[0] += 1
+        for lname, tensor in names.items():
+            v = values[tensor]
+            ch_axis = 1 if errors[lname][0].node.op_type == "Conv" else v.ndim - 1
+            m = v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != ch_axis))
+            sums[lname] = sums.get(lname, 0) + m
+
+    capture(out, calibration, sorted(set(names.values())), keep)
+    means = {n: s / max(count[0], 1) for n, s in sums.items()}
+    corrected = _apply(out, errors, means)
+    log.info("bias correction (empirical): %d layers", len(corrected))
+    return out, corrected
+
+
+def _rectified_mean(mu: np.ndarray, sigma: np.ndarray, hi: float | None) -> np.ndarray:
+    """``E[clip(X, 0, hi)]`` for ``X ~ N(mu, sigma^2)`` (``hi=None``: plain ReLU)."""
+    sigma = np.maximum(np.abs(sigma), 1e-12)
+
+    def part(t):  # E[max(X - t, 0)]
+        z = (mu - t) / sigma
+        cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+        pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        return (mu - t) * cdf + sigma * pdf
+
+    m = part(0.0)
+    if hi is not None and np.isfinite(hi):
+        m = m - part(hi)
+    return m
+
+
+def bn_input_means(float_model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """``{layer name: E[input per channel]}`` for layers fed by a BatchNormalization (+ Relu/Clip)."""
+    cons = consumers(float_model)
+    layers = {id(l.node): l for l in weight_layers(float_model)}
+    means = {}
+    for bn in float_model.graph.node:
+        if bn.op_type != "BatchNormalization":
+            continue
+        try:
+            gamma, beta = get_array(float_model, bn.input[1]), get_array(float_model, bn.input[2])
+        except KeyError:
+            continue
+        mu, sigma = beta.astype(np.float64), np.abs(gamma.astype(np.float64))
+        tensor, act = bn.output[0], None
+        users = cons.get(tensor, [])
+        if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+            act = users[0]
+            tensor = act.output[0]
+            users = cons.get(tensor, [])
+        if act is None:
+            m = mu
+        elif act.op_type == "Relu":
+            m = _rectified_mean(mu, sigma, None)
+        else:
+            lo, hi = _clip_limits(float_model, act)
+            if lo != 0.0:
+                continue
+            m = _rectified_mean(mu, sigma, hi)
+        for u in users:
+            if id(u) in layers and u.input[0] == tensor:
+                means[layers[id(u)].name] = m
+    return means
+
+
+def _clip_limits(model, node) -> tuple[float, float]:
+    if attr(node, "min") is not None:
+        return float(attr(node, "min")), float(attr(node, "max", np.inf))
+    vals = []
+    for k, d in ((1, -np.inf), (2, np.inf)):
+        try:
+            vals.append(float(get_array(model, node.input[k])) if len(node.input) > k and node.input[k] else d)
+        except KeyError:
+            vals.append(np.nan)
+    return vals[0], vals[1]
+
+
+def correct_data_free(
+    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, bn_model: onnx.ModelProto | None = None,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Bias correction from BN statistics.
+
+    ``bn_model`` is the float model *before* BN folding (the statistics live there); it defaults
+    to ``float_model``.  Layers without a BN in front are not changed.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(qmodel)
+    means = bn_input_means(bn_model if bn_model is not None else float_model)
+    corrected = _apply(out, _weight_error(float_model, out), means)
+    log.info("bias correction (data-free): %d layers", len(corrected))
+    return out, corrected

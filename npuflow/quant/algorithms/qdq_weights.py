@@ -1,0 +1,175 @@
+"""Reading and rewriting the quantized weights and biases of a QDQ model.
+
+The algorithms that run after quantization (bias correction, AdaRound, AdaQuant) change integer
+weights and float/int32 biases, never scales, so the rest of the QDQ model stays valid.  Two
+weight layouts are understood, as both appear in QDQ files:
+
+* ``int initializer -> DequantizeLinear -> layer`` (weights stored as integers);
+* ``float initializer -> Quantize (QuantizeLinear or an ``ai.npuflow`` rounding function) ->
+  DequantizeLinear -> layer``: the float initializer is replaced by ``q * scale``, which every
+  rounding rule maps back to exactly ``q``.
+
+Biases are a float initializer or ``int32 initializer -> DequantizeLinear``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ...numerics import RoundMode, qrange, quantize
+from .graph import attr, get_array, initializers, producers, set_array
+
+
+@dataclass
+class QuantizedLayer:
+    """A Conv/Gemm/MatMul of a QDQ model whose weight comes from a DequantizeLinear."""
+
+    node: onnx.NodeProto
+    groups: int
+    trans_b: bool            # weight stored as (Cout, Cin...) (True) or (Cin, Cout) (False)
+    q_name: str | None       # integer initializer holding the codes
+    float_name: str | None   # float initializer behind a Quantize step
+    scale: np.ndarray        # per tensor (shape ()) or per output channel (Cout,)
+    zero_point: np.ndarray
+    bits: int
+    signed: bool
+    bias_name: str | None    # float bias initializer, or int32 codes behind a DQ
+    bias_scale: np.ndarray | None  # scale of an int32 bias, None for a float bias
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.output[0]
+
+    def qlimits(self) -> tuple[int, int]:
+        lo, hi = qrange(self.bits, self.signed)
+        return lo, hi
+
+
+def _dq_source(model, name, prods, inits):
+    """``(dq_node, int_initializer | None, float_initializer | None)`` behind tensor ``name``."""
+    dq = prods.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    src = dq.input[0]
+    if src in inits:
+        return dq, src, None
+    q = prods.get(src)
+    if q is not None and (q.op_type == "QuantizeLinear" or q.op_type.startswith("Quantize_")) and q.input[0] in inits:
+        return dq, None, q.input[0]
+    return None
+
+
+def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
+    """Every weight layer of a QDQ model whose per-tensor or per-output-channel weight we can edit."""
+    prods = producers(model)
+    inits = initializers(model)
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        if n.op_type != "Conv" and attr(n, "transA", 0):
+            continue
+        src = _dq_source(model, n.input[1], prods, inits)
+        if src is None:
+            continue
+        dq, q_name, float_name = src
+        scale = get_array(model, dq.input[1]).astype(np.float32)
+        zp = get_array(model, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
+        trans_b = n.op_type == "Conv" or (n.op_type == "Gemm" and bool(attr(n, "transB", 0)))
+        if scale.ndim == 1 and scale.size > 1:
+            axis = attr(dq, "axis", 1)
+            stored_ndim = len(inits[q_name or float_name].dims)
+            axis = axis % stored_ndim
+            if axis != (0 if trans_b else 1):
+                continue
+        if q_name is not None:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(inits[q_name].data_type)
+        else:
+            dtype = zp.dtype
+        info = np.iinfo(dtype)
+        bias_name, bias_scale = None, None
+        if n.op_type != "MatMul" and len(n.input) > 2 and n.input[2]:
+            if n.input[2] in inits:
+                bias_name = n.input[2]
+            else:
+                bsrc = _dq_source(model, n.input[2], prods, inits)
+                if bsrc is not None and bsrc[1] is not None:
+                    bias_name = bsrc[1]
+                    bias_scale = get_array(model, bsrc[0].input[1]).astype(np.float32)
+        out.append(QuantizedLayer(
+            n, int(attr(n, "group", 1)) if n.op_type == "Conv" else 1, trans_b, q_name, float_name,
+            scale, zp, info.bits, info.min < 0, bias_name, bias_scale,
+        ))
+    return out
+
+
+def _to_rows(a: np.ndarray, trans_b: bool) -> np.ndarray:
+    return a if trans_b else a.T
+
+
+def scale_rows(layer: QuantizedLayer, w_shape: tuple[int, ...]) -> np.ndarray:
+    """The weight scale broadcast to ``(Cout, 1, ...)`` of the ``(Cout, ...)`` layout."""
+    s = layer.scale.reshape(-1)
+    if s.size == 1:
+        return np.full((w_shape[0],) + (1,) * (len(w_shape) - 1), s[0], np.float32)
+    return s.reshape((-1,) + (1,) * (len(w_shape) - 1)).astype(np.float32)
+
+
+def read_codes(model: onnx.ModelProto, layer: QuantizedLayer, round_mode: RoundMode | str = "std_round") -> np.ndarray:
+    """Integer weight codes in the ``(Cout, Cin/groups, *kernel)`` layout (as float64)."""
+    if layer.q_name is not None:
+        q = get_array(model, layer.q_name).astype(np.float64)
+        return _to_rows(q, layer.trans_b) - _zp_rows(layer, q.shape)
+    w = _to_rows(get_array(model, layer.float_name).astype(np.float32), layer.trans_b)
+    s = scale_rows(layer, w.shape)
+    lo, hi = layer.qlimits()
+    q = quantize(w, s, 0, bits=32, round_mode=round_mode).astype(np.float64)
+    return np.clip(q, lo, hi)
+
+
+def _zp_rows(layer: QuantizedLayer, stored_shape) -> np.ndarray:
+    zp = layer.zero_point.astype(np.float64).reshape(-1)
+    if zp.size == 1:
+        return zp[0]
+    return zp.reshape((-1,) + (1,) * (len(stored_shape) - 1))
+
+
+def dequantized_weight(model: onnx.ModelProto, layer: QuantizedLayer) -> np.ndarray:
+    q = read_codes(model, layer)
+    return (q * scale_rows(layer, q.shape)).astype(np.float32)
+
+
+def write_codes(model: onnx.ModelProto, layer: QuantizedLayer, q: np.ndarray) -> None:
+    """Store new integer codes (``(Cout, ...)`` layout, zero point not included)."""
+    lo, hi = layer.qlimits()
+    q = np.clip(np.rint(q), lo, hi)
+    if layer.q_name is not None:
+        stored = _to_rows(q, layer.trans_b)
+        set_array(model, layer.q_name, stored + _zp_rows(layer, stored.shape))
+    else:
+        w = (q * scale_rows(layer, q.shape)).astype(np.float32)
+        set_array(model, layer.float_name, _to_rows(w, layer.trans_b))
+
+
+def read_bias(model: onnx.ModelProto, layer: QuantizedLayer, cout: int) -> np.ndarray:
+    if layer.bias_name is None:
+        return np.zeros(cout, np.float32)
+    b = get_array(model, layer.bias_name).reshape(-1)
+    if layer.bias_scale is not None:
+        return (b.astype(np.float64) * layer.bias_scale.astype(np.float64)).astype(np.float32)
+    return b.astype(np.float32)
+
+
+def write_bias(model: onnx.ModelProto, layer: QuantizedLayer, b: np.ndarray) -> bool:
+    """Store a new bias; ``False`` when the layer has no bias input to hold it."""
+    if layer.bias_name is None:
+        return False
+    if layer.bias_scale is not None:
+        q = np.clip(np.rint(b.astype(np.float64) / layer.bias_scale.astype(np.float64)), -(2**31), 2**31 - 1)
+        set_array(model, layer.bias_name, q)
+    else:
+        set_array(model, layer.bias_name, b)
+    return True
