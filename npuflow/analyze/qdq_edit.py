@@ -1,0 +1,211 @@
+"""Per-layer precision edits on a QDQ model: keep a layer in float, or raise it to int16.
+
+Sensitivity analysis and the automatic mixed-precision search try many precision assignments;
+re-running the quantizer for each would repeat calibration.  Instead they edit the quantized
+model directly (the format of ``docs/quantized-model-format.md``):
+
+* a layer's *quantization points* are its weight and bias ``DequantizeLinear`` inputs and the
+  quantize/dequantize pair on its output (after a fused ``Relu``/``Clip`` if there is one);
+* *float*: the weight and bias become float initializers (the float model's values when the
+  layer is found there by name) and the output pair becomes an ``Identity``;
+* *int16*: weights are re-quantized to 16 bits with a scale 256x finer (a power of two stays a
+  power of two) and the output pair quantizes to int16 the same way, with the pair's own
+  rounding rule (``ai.npuflow:Quantize_<mode>_int16``, see :mod:`npuflow.qdq`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import qdq
+from ..numerics import RoundMode, quantize
+from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, producers, weight_layers
+from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers
+
+PRECISIONS = ("int8", "int16", "float")
+#: int16 scales are this much finer than the int8 scale they replace (2**8: keeps power-of-two).
+INT16_REFINE = 256.0
+
+
+@dataclass
+class QuantPoint:
+    """An activation quantize/dequantize pair: the Q node and the DQ node after it."""
+
+    q: onnx.NodeProto
+    dq: onnx.NodeProto
+
+
+@dataclass
+class LayerPoints:
+    name: str
+    op_type: str
+    layer: QuantizedLayer
+    outputs: list[QuantPoint] = field(default_factory=list)
+
+
+def _is_quantize(n: onnx.NodeProto) -> bool:
+    return n.op_type == "QuantizeLinear" or (n.domain == qdq.DOMAIN and n.op_type.startswith("Quantize_"))
+
+
+def activation_points(model: onnx.ModelProto) -> list[QuantPoint]:
+    """Every Q -> DQ pair on an activation tensor."""
+    cons = consumers(model)
+    inits = {t.name for t in model.graph.initializer}
+    points = []
+    for n in model.graph.node:
+        if _is_quantize(n) and n.input[0] not in inits:
+            for u in cons.get(n.output[0], []):
+                if u.op_type == "DequantizeLinear":
+                    points.append(QuantPoint(n, u))
+    return points
+
+
+def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
+    """Quantization points of every weight layer, in graph order."""
+    cons = consumers(model)
+    by_input = {p.q.input[0]: p for p in activation_points(model)}
+    out = []
+    for ql in quantized_layers(model):
+        tensor = ql.node.output[0]
+        users = cons.get(tensor, [])
+        if len(users) == 1 and users[0].op_type in ("Relu", "Clip", "LeakyRelu"):
+            tensor = users[0].output[0]
+        pts = [by_input[tensor]] if tensor in by_input else []
+        out.append(LayerPoints(ql.name, ql.node.op_type, ql, pts))
+    return out
+
+
+def _point_mode(p: QuantPoint) -> RoundMode:
+    parsed = qdq.parse_function_name(p.q.op_type)
+    return parsed[0] if parsed else RoundMode.HALF_EVEN
+
+
+def _set_input(node: onnx.NodeProto, index: int, name: str) -> None:
+    node.input[index] = name
+
+
+def _float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None):
+    """Float weight (stored layout) and bias for a layer: float model values when available."""
+    ql = lp.layer
+    w = None
+    if float_model is not None:
+        for fl in weight_layers(float_model):
+            if fl.name == lp.name:
+                w = layer_weight(float_model, fl)
+                b = layer_bias(float_model, fl, w.shape[0]) if fl.bias is not None else None
+                break
+    if w is None:
+        w = dequantized_weight(model, ql)
+        b = None
+    stored = w if ql.trans_b else w.T
+    return stored.astype(np.float32), b
+
+
+def _replace_input_with_initializer(model: onnx.ModelProto, node: onnx.NodeProto, index: int,
+                                    value: np.ndarray, suffix: str) -> None:
+    name = f"{node.name or node.output[0]}.{suffix}"
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+    _set_input(node, index, name)
+
+
+def set_float(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
+    """Keep layer ``lp`` in float (weights, bias and output), in place."""
+    w, b = _float_weights(model, lp, float_model)
+    _replace_input_with_initializer(model, lp.layer.node, 1, w, "float_weight")
+    if lp.layer.bias_scale is not None and len(lp.layer.node.input) > 2:
+        if b is None:
+            b = get_array(model, lp.layer.bias_name).reshape(-1) * lp.layer.bias_scale
+        _replace_input_with_initializer(model, lp.layer.node, 2, np.asarray(b), "float_bias")
+    for p in lp.outputs:
+        bypass(p)
+
+
+def bypass(p: QuantPoint) -> None:
+    """Turn a Q -> DQ pair into ``Identity`` (the quantize node stays, unused)."""
+    out = p.dq.output[0]
+    p.dq.op_type = "Identity"
+    p.dq.domain = ""
+    del p.dq.attribute[:]
+    del p.dq.input[:]
+    p.dq.input.append(p.q.input[0])
+    p.dq.output[0] = out
+
+
+def set_int16(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
+    """Raise layer ``lp`` to 16-bit weights and output, in place (bias stays as it is)."""
+    w, _ = _float_weights(model, lp, float_model)
+    s = lp.layer.scale.astype(np.float32) / INT16_REFINE
+    axis = None
+    if s.ndim == 1 and s.size > 1:
+        axis = 0 if lp.layer.trans_b else 1
+    q = quantize(w, s, 0, bits=16, narrow=True, round_mode=RoundMode.STD_ROUND, axis=axis)
+    if axis is None:
+        wq = q.astype(np.float32) * s
+    else:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        wq = q.astype(np.float32) * s.reshape(shape)
+    _replace_input_with_initializer(model, lp.layer.node, 1, wq, "int16_weight")
+    for p in lp.outputs:
+        _int16_point(model, p)
+
+
+def _int16_point(model: onnx.ModelProto, p: QuantPoint) -> None:
+    mode = _point_mode(p)
+    op = qdq.ensure_quantize_function(model, mode, "int16")
+    scale = float(get_array(model, p.q.input[1])) / INT16_REFINE
+    base = p.dq.output[0]
+    sname, zname = f"{base}.int16_scale", f"{base}.int16_zp"
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(scale, np.float32), sname),
+        numpy_helper.from_array(np.array(0, np.int16), zname),
+    ])
+    q_out, f_out = f"{base}.int16_q", f"{base}.int16_f"
+    new_nodes = [
+        helper.make_node(op, [p.q.input[0], sname, zname], [q_out], domain=qdq.DOMAIN, name=q_out),
+        helper.make_node("Cast", [q_out], [f_out], to=TensorProto.FLOAT, name=f_out),
+    ]
+    nodes = list(model.graph.node)
+    idx = next(i for i, n in enumerate(nodes) if n is p.dq or (n.name == p.dq.name and n.output == p.dq.output))
+    for k, n in enumerate(new_nodes):
+        model.graph.node.insert(idx + k, n)
+    p.dq.op_type = "Mul"
+    p.dq.domain = ""
+    del p.dq.attribute[:]
+    del p.dq.input[:]
+    p.dq.input.extend([f_out, sname])
+
+
+def apply_precisions(
+    qmodel: onnx.ModelProto, precisions: dict[str, str], float_model: onnx.ModelProto | None = None,
+    quantize_only: str | None = None,
+) -> onnx.ModelProto:
+    """A copy of ``qmodel`` with layers set to ``int16``/``float`` as given.
+
+    ``quantize_only=NAME`` keeps every quantization point except layer NAME's in float (all
+    other activation pairs too), for the "quantize only this layer" measurement.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(qmodel)
+    lps = layer_points(out)
+    if quantize_only is not None:
+        keep = next((lp for lp in lps if lp.name == quantize_only), None)
+        keep_q = {p.q.output[0] for p in keep.outputs} if keep else set()
+        for lp in lps:
+            if lp.name != quantize_only:
+                set_float(out, lp, float_model)
+        for p in activation_points(out):
+            if p.q.output[0] not in keep_q:
+                bypass(p)
+        return out
+    for lp in lps:
+        prec = precisions.get(lp.name, "int8")
+        if prec == "float":
+            set_float(out, lp, float_model)
+        elif prec == "int16":
+            set_int16(out, lp, float_model)
+    return out

@@ -1,0 +1,99 @@
+"""AdaRound: learn, per weight, whether to round down or up (Nagel et al., ICML 2020).
+
+Nearest rounding minimises each weight's own error, not the layer's output error.  AdaRound
+keeps ``floor(W/s)`` and learns a continuous ``V`` per weight; the rounding offset is the
+rectified sigmoid ``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)`` (``zeta=1.1``,
+``gamma=-0.1``).  It minimises the layer's output reconstruction error on calibration inputs plus
+``lam * sum(1 - |2h - 1|^beta)``, a regulariser that pushes every ``h`` to 0 or 1 while ``beta``
+is annealed from 20 to 2 (after a warm-up of 20 % of the iterations without it).  The final
+rounding is ``h >= 0.5``.  ``V`` starts where ``h`` equals the fractional part, i.e. at nearest
+rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layer_problem import Adam, LayerProblem, batches, forward, grad_weight, torch_threads
+
+ZETA, GAMMA = 1.1, -0.1
+
+
+def _h(v: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 / (1.0 + np.exp(-v)) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def _beta(t: int, iters: int, warmup: float, start: float = 20.0, end: float = 2.0) -> float | None:
+    """Annealed exponent, or ``None`` during warm-up (no regulariser)."""
+    w = int(warmup * iters)
+    if t < w:
+        return None
+    rel = (t - w) / max(iters - w, 1)
+    return end + 0.5 * (start - end) * (1 + np.cos(rel * np.pi))
+
+
+def _init_v(rest: np.ndarray) -> np.ndarray:
+    r = np.clip(rest, 0.01, 0.99)
+    return -np.log((ZETA - GAMMA) / (r - GAMMA) - 1.0)
+
+
+def adaround(
+    p: LayerProblem, iters: int = 500, lr: float = 1e-2, batch: int = 256, lam: float = 0.01,
+    warmup: float = 0.2, backend: str = "numpy", seed: int = 0,
+) -> np.ndarray:
+    """Integer codes ``(g, o, K)`` chosen by AdaRound for problem ``p``."""
+    if backend == "torch":
+        with torch_threads():
+            return _adaround_torch(p, iters, lr, batch, lam, warmup, seed)
+    ws = (p.w / p.s).astype(np.float32)
+    floor = np.floor(ws)
+    v = _init_v(ws - floor).astype(np.float32)
+    opt = Adam([v], lr)
+    m = p.x.shape[2]
+    for t, cols in enumerate(batches(m, batch, iters, seed)):
+        x, y = np.ascontiguousarray(p.x[:, :, cols]), np.ascontiguousarray(p.y[:, :, cols])
+        sig = 1.0 / (1.0 + np.exp(-v))
+        hpre = sig * (ZETA - GAMMA) + GAMMA
+        h = np.clip(hpre, 0.0, 1.0).astype(np.float32)
+        codes = floor + h
+        inside = (codes >= p.qmin) & (codes <= p.qmax)
+        wq = np.clip(codes, p.qmin, p.qmax) * p.s
+        err = forward(wq, x) + p.b - y                         # (g, o, B)
+        grad_wq = grad_weight(err, x)
+        grad_h = grad_wq * p.s * inside
+        beta = _beta(t, iters, warmup)
+        if beta is not None:
+            d = 2 * h - 1
+            grad_h = grad_h - lam * beta * np.abs(d) ** (beta - 1) * np.sign(d) * 2
+        grad_v = grad_h * ((hpre > 0) & (hpre < 1)) * sig * (1 - sig) * (ZETA - GAMMA)
+        opt.step([grad_v.astype(np.float32)])
+    return np.clip(floor + (_h(v) >= 0.5), p.qmin, p.qmax)
+
+
+def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):
+    import torch
+
+    with torch.no_grad():
+        s, b = torch.from_numpy(p.s.astype(np.float32)), torch.from_numpy(p.b.astype(np.float32))
+        X, Y = torch.from_numpy(p.x), torch.from_numpy(p.y)
+        ws = p.w / p.s
+        floor_np = np.floor(ws)
+        floor = torch.from_numpy(floor_np.astype(np.float32))
+    v = torch.nn.Parameter(torch.from_numpy(_init_v(ws - floor_np).astype(np.float32)))
+    opt = torch.optim.Adam([v], lr=lr)
+    m = p.x.shape[2]
+    for t, cols in enumerate(batches(m, batch, iters, seed)):
+        idx = torch.as_tensor(cols) if not isinstance(cols, slice) else slice(None)
+        x, y = X[:, :, idx], Y[:, :, idx]
+        h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+        wq = torch.clamp(floor + h, p.qmin, p.qmax) * s
+        loss = ((torch.matmul(wq, x) + b - y) ** 2).sum(dim=(0, 1)).mean()
+        beta = _beta(t, iters, warmup)
+        if beta is not None:
+            loss = loss + lam * (1 - torch.abs(2 * h - 1) ** beta).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1).numpy()
+    return np.clip(floor_np + (h >= 0.5), p.qmin, p.qmax)

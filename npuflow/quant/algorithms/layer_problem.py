@@ -1,0 +1,116 @@
+"""One layer's reconstruction problem, shared by AdaRound and AdaQuant.
+
+``W`` (grouped as ``(g, Cout/g, K)``) with per-row weight scale ``s`` must reproduce the float
+layer's outputs ``Y`` (``(g, Cout/g, m)``) from the inputs ``X`` (``(g, K, m)``) that the
+quantized model feeds it.  Rounding, clipping and the optimiser (Adam) live here so that both
+algorithms and both backends (numpy, torch) compute the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...numerics import RoundMode, round_values
+
+
+@dataclass
+class LayerProblem:
+    """All arrays float32 (mixed float32/float64 matmuls fall off BLAS and are 100x slower)."""
+
+    w: np.ndarray          # (g, o, K) float weights
+    s: np.ndarray          # (g, o, 1) weight scale per row
+    b: np.ndarray          # (g, o, 1) float bias
+    x: np.ndarray          # (g, K, m) inputs seen by the quantized layer
+    y: np.ndarray          # (g, o, m) float layer outputs (targets)
+    qmin: int
+    qmax: int
+    round_mode: str = RoundMode.STD_ROUND.value
+
+    def __post_init__(self) -> None:
+        for name in ("w", "s", "b", "x", "y"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+
+    def nearest_codes(self) -> np.ndarray:
+        return np.clip(round_values(self.w / self.s, self.round_mode), self.qmin, self.qmax)
+
+    def error(self, codes: np.ndarray, bias: np.ndarray | None = None) -> float:
+        """Mean squared reconstruction error of integer ``codes`` (and an optional new bias)."""
+        b = self.b if bias is None else bias
+        out = forward((codes * self.s).astype(np.float32), self.x) + b
+        return float(np.mean((out - self.y) ** 2))
+
+
+def forward(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``(g, o, K) @ (g, K, m)``; depthwise (o == 1, many groups) as a broadcast sum, which is far
+    faster than thousands of tiny BLAS calls."""
+    if w.shape[1] == 1 and w.shape[0] > 8:
+        return np.einsum("gk,gkm->gm", w[:, 0, :], x)[:, None, :]
+    return np.matmul(w, x)
+
+
+def grad_weight(err: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``d/dW`` of ``mean_m sum_o (W x - y)^2``: ``2 err x^T / m``."""
+    if err.shape[1] == 1 and err.shape[0] > 8:
+        return 2.0 * np.einsum("gm,gkm->gk", err[:, 0, :], x)[:, None, :] / x.shape[2]
+    return 2.0 * np.matmul(err, x.transpose(0, 2, 1)) / x.shape[2]
+
+
+class Adam:
+    """Plain Adam on a list of numpy arrays (the numpy backend's optimiser)."""
+
+    def __init__(self, params: list[np.ndarray], lr: float, betas=(0.9, 0.999), eps=1e-8) -> None:
+        self.params, self.lr, self.b1, self.b2, self.eps = params, lr, betas[0], betas[1], eps
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads: list[np.ndarray], lrs: list[float] | None = None) -> None:
+        self.t += 1
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
+            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
+            mh = self.m[i] / (1 - self.b1 ** self.t)
+            vh = self.v[i] / (1 - self.b2 ** self.t)
+            p -= (lrs[i] if lrs else self.lr) * mh / (np.sqrt(vh) + self.eps)
+
+
+def batches(m: int, batch: int, iters: int, seed: int = 0):
+    """Column index sets for each iteration (deterministic)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(iters):
+        yield rng.choice(m, size=min(batch, m), replace=False) if batch < m else slice(None)
+
+
+def cosine_decay(t: int, iters: int) -> float:
+    """Learning-rate factor at step ``t``: 1 -> 0 along half a cosine."""
+    return 0.5 * (1.0 + np.cos(np.pi * t / max(iters, 1)))
+
+
+class torch_threads:
+    """Context: torch with ``n`` intra-op threads (tiny layer problems lose time to thread
+    hand-offs, badly so on a busy machine); restores the previous setting."""
+
+    def __init__(self, n: int = 1) -> None:
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.prev = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return torch
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_num_threads(self.prev)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True

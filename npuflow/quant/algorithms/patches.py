@@ -1,0 +1,85 @@
+"""Layer-wise least-squares data: the input patches a Conv/Gemm/MatMul multiplies by its weights.
+
+AdaRound and AdaQuant solve one small problem per layer: ``W @ X + b ~ Y`` where the columns of
+``X`` are input patches (im2col) at sampled output positions.  Sampling a fixed number of
+positions per calibration batch keeps memory bounded; the positions depend only on the layer
+name, the batch index and the tensor shape, so the float and the quantized model are sampled at
+the same places.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+
+from .graph import attr
+
+
+class PatchSampler:
+    """Samples ``(groups, K, m)`` patch matrices from a layer's input tensor."""
+
+    def __init__(self, node: onnx.NodeProto, weight_shape: tuple[int, ...], per_batch: int) -> None:
+        self.node = node
+        self.op = node.op_type
+        self.weight_shape = weight_shape
+        self.per_batch = per_batch
+        self.groups = int(attr(node, "group", 1)) if self.op == "Conv" else 1
+        if self.op == "Conv":
+            k = len(weight_shape) - 2
+            self.kernel = list(attr(node, "kernel_shape", weight_shape[2:]))
+            self.strides = list(attr(node, "strides", [1] * k))
+            self.dilations = list(attr(node, "dilations", [1] * k))
+            self.pads = list(attr(node, "pads", [0] * 2 * k))
+            self.auto_pad = attr(node, "auto_pad", b"NOTSET")
+
+    @property
+    def supported(self) -> bool:
+        if self.op != "Conv":
+            return True
+        return self.auto_pad in (b"NOTSET", "NOTSET", b"VALID", "VALID") and len(self.kernel) in (1, 2)
+
+    def _rng(self, batch: int) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.node.name}|{self.node.output[0]}|{batch}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def sample(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """``(groups, K, m)`` float32 patches from input ``x`` (same positions for same batch/shape)."""
+        rng = self._rng(batch)
+        if self.op != "Conv":
+            rows = x.reshape(-1, x.shape[-1])
+            idx = rng.choice(rows.shape[0], size=min(self.per_batch, rows.shape[0]), replace=False)
+            return rows[np.sort(idx)].T[None].astype(np.float32)
+        if len(self.kernel) == 1:
+            x = x[..., None]
+            kernel, strides, dil = self.kernel + [1], self.strides + [1], self.dilations + [1]
+            pads = [self.pads[0], 0, self.pads[1], 0]
+        else:
+            kernel, strides, dil, pads = self.kernel, self.strides, self.dilations, self.pads
+        n, c, h, w = x.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        oh = (xp.shape[2] - dil[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+        ow = (xp.shape[3] - dil[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+        total = n * oh * ow
+        idx = np.sort(rng.choice(total, size=min(self.per_batch, total), replace=False))
+        b, rem = np.divmod(idx, oh * ow)
+        py, px = np.divmod(rem, ow)
+        ky = np.arange(kernel[0]) * dil[0]
+        kx = np.arange(kernel[1]) * dil[1]
+        rows = py[:, None] * strides[0] + ky[None, :]               # (m, kh)
+        cols = px[:, None] * strides[1] + kx[None, :]               # (m, kw)
+        patches = xp[b[:, None, None, None], np.arange(c)[None, :, None, None],
+                     rows[:, None, :, None], cols[:, None, None, :]]  # (m, c, kh, kw)
+        g = self.groups
+        patches = patches.reshape(len(idx), g, c // g * kernel[0] * kernel[1])
+        return np.ascontiguousarray(patches.transpose(1, 2, 0)).astype(np.float32)
+
+
+def grouped_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """``(Cout, Cin/g, *k)`` -> ``(g, Cout/g, K)``."""
+    return w.reshape(groups, w.shape[0] // groups, -1)
+
+
+def ungrouped_weight(wg: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return wg.reshape(shape)
