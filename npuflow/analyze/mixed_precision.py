@@ -11,7 +11,9 @@ minimum output similarity or a metric callback with an allowed drop, it
    first), so the result is the fewest layers this ranking can give.
 
 The result lists what changed, the score before/after, and the quantizer config overrides that
-reproduce it (``layer_quantize_config`` entries for int16, ``keep_float`` names for float).
+reproduce it (``keep_float`` names for float, ``layers`` overrides for int16).  Float is the default:
+DPU-class targets have no int16 datapath, so a raised layer runs on the CPU, as Horizon's
+``run_on_cpu`` does.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ class MixedPrecisionResult:
 
 
 def config_overrides(changes: dict[str, str]) -> dict:
-    """Quantizer config fragments that reproduce ``changes`` (see docs/config)."""
+    """Quantizer config fragments (``QuantConfig`` keys) that reproduce ``changes``.
+
+    ``keep_float`` reproduces float layers exactly.  The quantizer supports 16-bit activations
+    but not 16-bit weights, so an int16 layer becomes a ``layers`` override with 16-bit
+    activations; the search itself also scored 16-bit weights (see :mod:`.qdq_edit`).
+    """
     return {
         "keep_float": sorted(n for n, p in changes.items() if p == "float"),
-        "layer_quantize_config": [
-            {"layer_name": n, "layer_type": None, "bit_width": 16}
-            for n, p in sorted(changes.items()) if p == "int16"
-        ],
+        "layers": [{"name": n, "activation": {"bit_width": 16}} for n, p in sorted(changes.items()) if p == "int16"],
     }
 
 
@@ -66,7 +70,7 @@ def search(
     min_similarity: float | None = None,
     metric: Metric | None = None,
     max_drop: float | None = None,
-    precision: str = "int16",
+    precision: str = "float",
     sensitivity: SensitivityReport | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> MixedPrecisionResult:

