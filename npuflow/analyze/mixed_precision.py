@@ -91,7 +91,7 @@ def search(
         if max_drop is None:
             raise ValueError("a metric target needs max_drop")
         target = metric(float_model) - float(max_drop)
-    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress)
+    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress, quant_only=False)
     ranking = report.ranking()
     evals = [0]
     scores: dict[tuple[str, ...], float] = {}

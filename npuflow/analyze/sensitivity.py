@@ -56,7 +56,7 @@ class LayerSensitivity:
     layer: str
     op_type: str
     float_only: float      # score with only this layer in float
-    quant_only: float      # score with only this layer quantized
+    quant_only: float | None  # score with only this layer quantized (None: not measured)
     gain: float            # float_only - fully quantized score
 
 
@@ -82,8 +82,13 @@ def analyze(
     metric_name: str | None = None,
     layers: Sequence[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    quant_only: bool = True,
 ) -> SensitivityReport:
-    """Score every weight layer (or the named ``layers``); returns them most sensitive first."""
+    """Score every weight layer (or the named ``layers``); returns them most sensitive first.
+
+    ``quant_only=False`` skips the "quantize only this layer" variant (reported as None), halving
+    the cost when only the ranking is needed (the mixed-precision search).
+    """
     if metric is None:
         if feeds is None:
             raise ValueError("sensitivity analysis needs evaluation feeds or a metric")
@@ -100,10 +105,11 @@ def analyze(
         if progress:
             progress(name, k, len(names))
         f_only = metric(apply_precisions(qmodel, {name: "float"}, float_model))
-        q_only = metric(apply_precisions(qmodel, {}, float_model, quantize_only=name))
+        q_only = (metric(apply_precisions(qmodel, {}, float_model, quantize_only=name))
+                  if quant_only else None)
         op = next(lp.op_type for lp in layer_points(qmodel) if lp.name == name)
         result.append(LayerSensitivity(name, op, f_only, q_only, f_only - base))
-    result.sort(key=lambda r: (-round(r.gain, 12), round(r.quant_only, 12), r.layer))
+    result.sort(key=lambda r: (-round(r.gain, 12), r.layer))
     log.info("sensitivity: %d layers, quantized score %.5f, float %.5f", len(result), base, fscore)
     return SensitivityReport(metric_name or "metric", fscore, base, result)
 
@@ -117,5 +123,6 @@ def rich_table(report: SensitivityReport, top: int | None = None):
     for col in ("rank", "layer", "op", "float only this", "gain", "quantize only this"):
         t.add_column(col, justify="right" if col not in ("layer", "op") else "left")
     for i, l in enumerate(report.layers[:top] if top else report.layers, 1):
-        t.add_row(str(i), l.layer, l.op_type, f"{l.float_only:.5f}", f"{l.gain:+.5f}", f"{l.quant_only:.5f}")
+        t.add_row(str(i), l.layer, l.op_type, f"{l.float_only:.5f}", f"{l.gain:+.5f}",
+                  "-" if l.quant_only is None else f"{l.quant_only:.5f}")
     return t

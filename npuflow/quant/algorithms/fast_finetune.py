@@ -47,7 +47,7 @@ class FinetuneSettings:
     iters: int = 300
     lr: float | None = None      # None: 1e-2 for AdaRound, 1e-4 for AdaQuant
     batch: int = 256             # patch columns per iteration
-    samples: int = 4096          # patch columns kept per layer (over the whole calibration set)
+    samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
     backend: str = "auto"        # auto | numpy | torch
     round_mode: str = "std_round"
     seed: int = 0
@@ -166,6 +166,8 @@ def fast_finetune(
         if st.method == "adaquant":
             write_bias(out, ql, np.asarray(bias).reshape(-1))
         report.layers.append(LayerResult(ql.name, before, after, cached, time.time() - t1))
+        log.debug("%s %s: error %.3g -> %.3g (%s, %.1f s)", st.method, ql.name, before, after,
+                  "cached" if cached else "solved", time.time() - t1)
     report.seconds = time.time() - t0
     log.info("fast finetune (%s): %d layers, %d cached, %.1f s", st.method, len(report.layers),
              sum(r.cached for r in report.layers), report.seconds)

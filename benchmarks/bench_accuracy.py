@@ -1,0 +1,171 @@
+"""Accuracy-recovery benchmark: plain PTQ vs CLE, bias correction, AdaRound, AdaQuant and
+automatic mixed precision, on a power-of-two per-tensor DPU target, in one run.
+
+For each model (EfficientNet-Lite0, PP-OCRv4 rec, YOLOv8n; data and metrics from
+``benchmarks/datasets.py`` and ``bench_quant.py``) npuflow quantizes the float model for
+DPUCZDX8G_ISA1_B4096 with each configuration below; every quantized model is evaluated with
+ONNX Runtime on the same evaluation samples.  Times are wall-clock seconds of the whole
+``npuflow.quantize`` call (calibration included) on this machine, plus the mixed-precision
+search for the last row.  ONNX Runtime ``quantize_static`` (MinMax, per-channel, float scales)
+and NNCF run beside them as references (they do not target a power-of-two DPU).
+
+    python benchmarks/bench_accuracy.py                       # all models
+    python benchmarks/bench_accuracy.py --models effnet --iters 200
+
+Writes ``benchmarks/results/accuracy.md`` (and ``accuracy.json``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import bench_quant as BQ  # noqa: E402
+import datasets as D  # noqa: E402
+
+import npuflow  # noqa: E402
+from npuflow.analyze.mixed_precision import search  # noqa: E402
+from npuflow.model import load as npuflow_load  # noqa: E402
+
+TARGET = "DPUCZDX8G_ISA1_B4096"
+RESULTS = HERE / "results"
+
+
+def configs(iters: int) -> list[tuple[str, dict]]:
+    cle_bc = {"include_cle": True, "include_bias_corr": True}
+    return [
+        ("plain", {}),
+        ("+CLE", {"include_cle": True}),
+        ("+CLE +bias corr", cle_bc),
+        ("+CLE +AdaRound +bias corr", {**cle_bc, "fast_finetune": {"method": "adaround", "iters": iters}}),
+        ("+CLE +AdaQuant +bias corr", {**cle_bc, "fast_finetune": {"method": "adaquant", "iters": iters}}),
+    ]
+
+
+def benches(names: list[str], n_calib: int, n_eval: int) -> list[BQ.Bench]:
+    make = {"effnet": lambda: BQ.effnet_bench(n_calib, max(n_eval, 300)),
+            "ppocr": lambda: BQ.ppocr_bench(n_calib, n_eval),
+            "yolo": lambda: BQ.yolo_bench(n_calib, n_eval)}
+    return [make[n]() for n in names]
+
+
+def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool) -> dict:
+    rows: dict[str, dict] = {}
+    model = npuflow_load(bench.path, bench.input_shapes)
+    fp32 = bench.evaluate(D.ort_session(model))
+    rows["FP32"] = {"scores": fp32, "seconds": None}
+    best = None
+    for name, cfg in configs(iters):
+        logging.info("%s: %s", bench.name, name)
+        t0 = time.perf_counter()
+        try:
+            q = npuflow.quantize(model, bench.calib, target=TARGET, config=cfg)
+        except Exception as exc:  # noqa: BLE001  (one failing row must not lose the others)
+            traceback.print_exc()
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        seconds = time.perf_counter() - t0
+        scores = bench.evaluate(D.ort_session(q.model))
+        rows[name] = {"scores": scores, "seconds": seconds, "config": cfg}
+        if best is None or scores[bench.metric] > rows[best[0]]["scores"][bench.metric]:
+            best = (name, q, seconds)
+    if best is not None:
+        name, q, seconds = best
+        logging.info("%s: mixed precision from %s", bench.name, name)
+        t0 = time.perf_counter()
+        feeds = bench.calib[:16]
+        mp = search(q.float_model, q.model, feeds, min_similarity=min_similarity, precision="float")
+        search_s = time.perf_counter() - t0
+        scores = bench.evaluate(D.ort_session(mp.model))
+        rows[f"auto mixed precision (from {name})"] = {
+            "scores": scores, "seconds": seconds + search_s, "search_seconds": search_s,
+            "float_layers": sorted(mp.changes), "similarity": [mp.base_score, mp.score], "target": mp.target,
+            "met": mp.met,
+        }
+    if peers:
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, fn in (("ONNX Runtime MinMax (per-channel, float scales)",
+                               lambda: BQ.quantize_ort(bench.path, bench.calib, "MinMax", Path(tmp))),
+                              ("NNCF (defaults)", lambda: BQ.quantize_nncf(bench.path, bench.calib, Path(tmp)))):
+                try:
+                    path, seconds = fn()
+                    rows[label] = {"scores": bench.evaluate(D.ort_session(path)), "seconds": seconds}
+                except Exception as exc:  # noqa: BLE001
+                    rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
+    return rows
+
+
+def render(benches_: list[BQ.Bench], results: dict, args) -> str:
+    lines = [
+        "# Accuracy recovery on a power-of-two, per-tensor DPU target",
+        "",
+        f"Generated by `python benchmarks/bench_accuracy.py {' '.join(sys.argv[1:])}` on "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; target {TARGET} (power-of-two scales, per-tensor "
+        f"weights, std_round weights, half_up activations). Fast finetune: {args.iters} iterations per layer. "
+        f"Mixed precision: fewest layers kept in float until the mean output cosine on 16 calibration samples "
+        f"reaches {args.min_similarity}. Times: whole `npuflow.quantize` call (calibration included) on a shared "
+        "2-core machine; the mixed-precision row adds its search to the time of the pipeline it starts from.",
+        "",
+    ]
+    for b in benches_:
+        rows = results[b.name]
+        lines += [f"## {b.name}", "", f"Metric: {b.unit}. " + " ".join(b.notes), "",
+                  "| configuration | " + b.metric + " | other | time (s) | notes |", "| --- | ---: | --- | ---: | --- |"]
+        for name, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {name} | error | | | {r['error'][:120]} |")
+                continue
+            sc = r["scores"]
+            other = ", ".join(f"{k} {v:.4g}" for k, v in sc.items() if k != b.metric)
+            secs = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
+            notes = ""
+            if "float_layers" in r:
+                notes = (f"{len(r['float_layers'])} layer(s) in float; similarity {r['similarity'][0]:.4f} -> "
+                         f"{r['similarity'][1]:.4f}; search {r['search_seconds']:.1f} s")
+            lines.append(f"| {name} | {sc[b.metric]:.4g} | {other} | {secs} | {notes} |")
+        for name, r in rows.items():
+            if r.get("float_layers"):
+                lines += ["", f"Layers kept in float by the search: " + ", ".join(f"`{n}`" for n in r["float_layers"])]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="effnet,ppocr,yolo")
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--eval", type=int, default=100, help="evaluation samples (EfficientNet: at least 300)")
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--min-similarity", type=float, default=0.99)
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "nncf"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    bs = benches(args.models.split(","), args.calib, args.eval)
+    results = {b.name: run_model(b, args.iters, args.min_similarity, not args.no_peers) for b in bs}
+    RESULTS.mkdir(exist_ok=True)
+    text = render(bs, results, args)
+    npuflow.model.write_atomic(RESULTS / "accuracy.md", text)
+    npuflow.model.write_atomic(RESULTS / "accuracy.json", json.dumps(results, indent=1, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Data-free bias correction from BN statistics, and the fast-finetune driver's cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from npuflow.quant.algorithms import bias_correction
+from npuflow.quant.algorithms.fast_finetune import FinetuneSettings, fast_finetune
+from npuflow.quant.algorithms.graph import capture, run_outputs
+
+from .qdq_toy import toy_qdq
+
+
+def _bn_net(seed: int = 0):
+    """x -> Conv1 -> BN -> Relu -> Conv2 (3x3) with BN statistics matching Conv1's real outputs."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(size=(16, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.normal(size=(8, 16, 3, 3)) * 0.05 + 0.02).astype(np.float32)
+    gamma = rng.uniform(0.5, 2.0, 16).astype(np.float32)
+    beta = rng.normal(size=16).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (w1, "w1"), (np.zeros(16, np.float32), "b1"), (w2, "w2"), (np.zeros(8, np.float32), "b2"),
+        (gamma, "gamma"), (beta, "beta"), (np.zeros(16, np.float32), "mean"), (np.ones(16, np.float32), "var"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["bn"], name="bn1"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu1"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(nodes, "bn_net", [helper.make_tensor_value_info("x", 1, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", 1, [1, 8, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    feeds = [{"x": rng.normal(size=(1, 3, 12, 12)).astype(np.float32)} for _ in range(16)]
+    acts = []
+    capture(model, feeds, ["c1"], lambda _, v: acts.append(v["c1"]))
+    a = np.concatenate(acts)
+    for t in model.graph.initializer:
+        if t.name == "mean":
+            t.CopyFrom(numpy_helper.from_array(a.mean(axis=(0, 2, 3)).astype(np.float32), "mean"))
+        if t.name == "var":
+            t.CopyFrom(numpy_helper.from_array(a.var(axis=(0, 2, 3)).astype(np.float32), "var"))
+    return model, feeds
+
+
+def _mean_error(model, qmodel, feeds) -> float:
+    ref = np.concatenate([o[0] for o in run_outputs(model, feeds)])
+    out = np.concatenate([o[0] for o in run_outputs(qmodel, feeds)])
+    return float(np.abs((out - ref).mean(axis=(0, 2, 3))).mean())
+
+
+def test_data_free_bias_correction_uses_bn_statistics():
+    model, feeds = _bn_net()
+    q = toy_qdq(model, feeds, weights_only=True)
+    corrected, names = bias_correction.correct_data_free(model, q)
+    assert names == ["conv2"]  # only the layer behind the BN has statistics
+    assert set(bias_correction.bn_input_means(model)) == {"conv2"}
+    assert _mean_error(model, corrected, feeds) < 0.5 * _mean_error(model, q, feeds)
+
+
+def test_fast_finetune_reduces_layer_error_and_reuses_its_cache(tmp_path):
+    model, feeds = _bn_net(1)
+    q = toy_qdq(model, feeds)
+    for method in ("adaround", "adaquant"):
+        st = FinetuneSettings(method=method, iters=60, samples=512)
+        tuned, rep = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
+        assert [r.name for r in rep.layers] == ["conv1", "conv2"] and not any(r.cached for r in rep.layers)
+        assert all(r.error_after <= r.error_before for r in rep.layers)
+        assert sum(r.error_after for r in rep.layers) < sum(r.error_before for r in rep.layers)
+        again, rep2 = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
+        assert all(r.cached for r in rep2.layers)
+        assert onnx.printer.to_text(again.graph) == onnx.printer.to_text(tuned.graph)
+        assert [t.raw_data for t in again.graph.initializer] == [t.raw_data for t in tuned.graph.initializer]
