@@ -144,11 +144,12 @@ def render(results: list[dict], meta: dict) -> str:
         lines.append(f"| {r['model']} | " + " | ".join(f"{r['ms'][c]:.1f}" for c in cols) + " |")
     lines += [
         "",
-        "The npuflow column runs the integer executor (exact int32 accumulation through float32 BLAS in "
-        "chunks, requantisation with `numerics.shift_round`) for the DPU subgraphs and ONNX Runtime (1 thread) "
+        "The npuflow column runs the integer executor (exact integer convolution sums through ONNX "
+        "Runtime's float32 Conv in chunks below 2^24, requantisation with `numerics.shift_round`) for the DPU subgraphs and ONNX Runtime (1 thread) "
         "for the CPU subgraphs (YOLOv8n's SiLU sigmoids: the DPU has no sigmoid).  ORT QDQ runs the same "
         "`quantized_model.onnx`, whose half-up quantize steps are `ai.npuflow` functions ORT cannot fuse into "
-        "QLinear kernels, so it computes in float32.",
+        "QLinear kernels, so it computes in float32.  The machine is shared with other jobs (see the load average): "
+        "absolute times vary from run to run, the interleaved ratios much less.",
         "",
     ]
     return "\n".join(lines)
