@@ -5,6 +5,7 @@
 give each its own quantizer (vai_q_pytorch needs functional adds turned into modules and forbids
 reused modules).  Convolutions, linear layers and BatchNorms, including user subclasses such as
 "same padding" convolutions, are kept as leaves so they can be swapped for QAT layers whole.
+Layer subclasses whose ``forward`` adds work (static "same" padding) are traced through.
 The module is traced in eval mode, so training-only branches (drop-connect) are not captured;
 dropout modules stay modules and keep following ``train()``/``eval()``.
 """
@@ -26,7 +27,20 @@ _LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._Bat
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+        # Layers with torch's own forward stay whole; subclasses that add work to forward (a
+        # "same padding" conv pads first) are traced through, so the padding becomes a graph
+        # node and the functional conv is turned back into a module by prepare.py.
+        for base in _LEAVES:
+            if isinstance(m, base):
+                return type(m).forward is _base_forward(m)
+        return super().is_leaf_module(m, qualname)
+
+
+def _base_forward(m: nn.Module):
+    for cls in type(m).__mro__:
+        if cls.__module__.startswith("torch.nn") and "forward" in vars(cls):
+            return vars(cls)["forward"]
+    return None
 
 
 def example_tuple(example_inputs) -> tuple:

@@ -30,6 +30,7 @@ from .. import qdq
 from ..errors import NpuflowError
 from ..model import load as load_model
 from ..numerics import storage_dtype
+from ..passes.fold_constants import fold_static_shapes
 from .markers import MARKER_DOMAIN, QuantRecord, recording
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def export_qdq(module: torch.nn.Module, inputs: tuple, input_names, output_names
     """Export a QAT graph module (eval mode) and lower its markers to QDQ."""
     with recording() as rec:
         raw = torch_to_onnx(module, inputs, input_names, output_names, {MARKER_DOMAIN: 1})
-    model = lower_markers(raw, rec.records)
+    model = lower_markers(fold_static_shapes(raw), rec.records)
     for key, value in {"npuflow.format_version": "1", **metadata}.items():
         model.metadata_props.add(key=key, value=value)
     return load_model(model)

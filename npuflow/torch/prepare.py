@@ -148,6 +148,48 @@ class _Rewriter:
         else:
             self.new_quantizer(node)
 
+    def modules_from_functions(self) -> None:
+        """``F.conv2d``/``F.linear`` on module parameters (traced through a layer subclass) become
+        real ``nn.Conv2d``/``nn.Linear`` modules sharing those parameters, so they are wrapped,
+        BN-folded and quantized like any other layer."""
+        convs = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
+        for node in list(self.graph.nodes):
+            if node.op != "call_function" or node.target not in (*convs, F.linear):
+                continue
+            names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+            args = dict(zip(names, node.args))
+            args.update(node.kwargs)
+            w_node, b_node = args.get("weight"), args.get("bias")
+            if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr"):
+                continue
+            if b_node is not None and not (isinstance(b_node, fx.Node) and b_node.op == "get_attr"):
+                continue
+            weight = self.gm.get_parameter(w_node.target)
+            bias = self.gm.get_parameter(b_node.target) if b_node is not None else None
+            if node.target is F.linear:
+                mod = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            else:
+                groups = args.get("groups", 1)
+                mod = convs[node.target](
+                    weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                    stride=args.get("stride", 1), padding=args.get("padding", 0),
+                    dilation=args.get("dilation", 1), groups=groups, bias=bias is not None)
+            mod.weight = weight
+            if bias is not None:
+                mod.bias = bias
+            owner = w_node.target.rsplit(".", 1)[0] if "." in w_node.target else ""
+            path = f"{owner}.npuflow_layer" if owner else f"npuflow_layer_{node.name}"
+            self.gm.add_submodule(path, mod)
+            with self.graph.inserting_before(node):
+                new = self.graph.call_module(path, (args["input"],))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            self.graph.erase_node(node)
+            for attr in (w_node, b_node):
+                if attr is not None and not attr.users:
+                    self.graph.erase_node(attr)
+        self.modules = dict(self.gm.named_modules())
+
     def fold_and_wrap(self) -> None:
         calls = Counter(n.target for n in self.graph.nodes if n.op == "call_module")
         wrapped: dict[str, QatWeighted] = {}
@@ -264,6 +306,7 @@ class _Rewriter:
 def rewrite(gm: fx.GraphModule, target: Target, formats: Formats) -> fx.GraphModule:
     """Fold BatchNorms, wrap weighted layers and insert activation quantizers, in place."""
     rw = _Rewriter(gm, target, formats)
+    rw.modules_from_functions()
     rw.fold_and_wrap()
     rw.place_quantizers()
     rw.share_scales()
