@@ -201,6 +201,8 @@ _TORCH = _specs(
     ("NPF_TORCH_BAD_CONFIG", "invalid QAT config: {reason}",
      "Fields: weight_bits, activation_bits (2..16), learnable, method ('diffs'|'max'), fold_bn, "
      "per_channel, ema_momentum; the rest comes from the target."),
+    ("NPF_TORCH_IMAGE_FORMAT", "image_format {value!r} is not supported",
+     "Use image_format=None (text, JSON and .gv only), 'svg' or 'png'."),
 )
 
 # --- channel pruning -----------------------------------------------------------------------

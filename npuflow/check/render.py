@@ -71,7 +71,8 @@ def inspect_text(report: CheckReport) -> str:
         "#   inspection summary: counts of nodes per device and the subgraphs",
         "#   graph name, node name, input nodes (parents), output nodes (children), op type,",
         "#   output shape (NCHW, as in the ONNX model), op attributes (as in ONNX), assigned device,",
-        "#   hardware constraints (why a node does not run on the accelerator), node messages",
+        "#   hardware constraints (why a node does not run on the accelerator), node messages,",
+        "#   and for PyTorch modules (npuflow.torch.inspect): module path and source range",
         "",
         "================================ target info ================================",
         f"name:           {t.name}",
@@ -106,5 +107,8 @@ def inspect_text(report: CheckReport) -> str:
         if n.hint:
             msgs.append(f"hint: {n.hint}")
         out.append("node messages:         " + ("\n                       ".join(msgs) if msgs else ""))
+        if n.module is not None or n.source_range:
+            out.append(f"module:                {n.module or '(top-level forward)'}")
+            out.append("source range:          " + ("\n                       ".join(n.source_range) or "?"))
         out.append("-" * 78)
     return "\n".join(out) + "\n"

@@ -38,6 +38,8 @@ class NodeReport:
     attributes: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # layer parameters the limits were judged on
     messages: list[str] = field(default_factory=list)  # extra notes (e.g. layout permutes)
+    module: str | None = None  # PyTorch front end: module path that created the node
+    source_range: list[str] = field(default_factory=list)  # PyTorch front end: user stack, innermost first
 
 
 @dataclass

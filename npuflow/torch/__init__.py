@@ -10,7 +10,10 @@ imports this subpackage; importing it imports torch.
 
 from .config import QatConfig
 from .fake_quant import QuantSpec, fake_quantize
+from .inspect import inspect
+from .ptq import quantize
 from .qat import QatModel, export_qat, prepare_qat
 from .quantizer import FakeQuantizer
 
-__all__ = ["FakeQuantizer", "QatConfig", "QatModel", "QuantSpec", "export_qat", "fake_quantize", "prepare_qat"]
+__all__ = ["FakeQuantizer", "QatConfig", "QatModel", "QuantSpec", "export_qat", "fake_quantize", "inspect",
+           "prepare_qat", "quantize"]

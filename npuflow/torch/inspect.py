@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _IMAGE_FORMATS = (None, "svg", "png")
 _FRAME = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>\S+)$")
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_NPUFLOW_DIR = str(Path(__file__).resolve().parent.parent)
 
 
 @dataclass
@@ -62,6 +63,8 @@ def _user_frames(source_range: str) -> list[str]:
         if not m:
             continue
         path = m.group("file")
+        if path.startswith(_NPUFLOW_DIR):  # the export call itself: the user's model ends here
+            break
         if path.startswith(_TORCH_DIR) or "/torch/" in path and "site-packages" in path:
             continue
         frames.append(f"{path}:{m.group('line')} in {m.group('func')}")
