@@ -337,3 +337,28 @@ def test_compiled_integer_executor_equals_torch_fake_quant(which, request, tmp_p
         assert compared == len(got) >= 5
         # the NPU subgraph outputs are among the compared tensors (or their dequantized form)
         assert all(o in index for o in subgraph_outputs)
+
+
+def test_ptq_of_a_module_compiles_like_any_other():
+    import npuflow
+    from npuflow.torch import quantize
+
+    data = _digits(16, seed=2)
+    qm = quantize(fixture_models.mnist_torch(), torch.zeros(1, 1, 28, 28), data, DPU)
+    compiled = npuflow.compile(qm.model, DPU)
+    assert all(sg.device == "DPU" for sg in compiled.subgraphs)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(qm.model.SerializeToString(), opts)
+    sess = npuflow.Session(compiled)
+    x = data[:1].numpy()
+    assert np.array_equal(sess.run({"input": x})["output"], ref.run(None, {"input": x})[0])
+
+
+def test_core_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, npuflow, npuflow.cli.commands; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
