@@ -7,7 +7,7 @@ Uses only npuflow's core dependencies.  Steps, each timed:
 1. ``npuflow.check``: which nodes the DPU (DPUCZDX8G_ISA1_B4096) runs, which stay on the CPU;
 2. ``npuflow.build("examples/mnist_dpu.yaml")``: preprocessing (uint8 grey -> normalised float)
    inserted into the model, calibration on 100 digits, quantization, compilation to ``.npuf``;
-3. accuracy on labelled digits (500 by default, ``--eval 1000`` for all) of the float model, the
+3. accuracy on the 1,000 labelled digits (``--eval N`` for fewer) of the float model, the
    quantized ONNX model (ONNX Runtime) and the compiled model (npuflow's integer runtime), all
    fed the same uint8 images;
 4. the static performance estimate (``npuflow perf``) of the compiled model on the DPU.
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None,
                         help="output folder (default: the config's working_dir, examples/mnist_dpu_output)")
-    parser.add_argument("--eval", type=int, default=500, help="number of evaluation digits (max 1000)")
+    parser.add_argument("--eval", type=int, default=1000, help="number of evaluation digits (max 1000)")
     args = parser.parse_args(argv)
 
     config = load_config(CONFIG)
