@@ -110,6 +110,17 @@ def partition(units: list[Unit]) -> list[list[Unit]]:
             if p is not None:
                 level = max(level, p.level + (p.device != u.device))
         u.level = level
+    # units that read only constants (a weight's dequantize step for a CPU node) join the
+    # subgraph of their first consumer instead of forming a subgraph of their own
+    consumers: dict[str, list[Unit]] = {}
+    for u in units:
+        for i in u.inputs:
+            consumers.setdefault(i, []).append(u)
+    for u in units:
+        if not u.inputs:
+            users = [c for o in u.outputs for c in consumers.get(o, [])]
+            if users and all(c.device == u.device for c in users):
+                u.level = min(c.level for c in users)
     groups: dict[tuple[int, str], list[Unit]] = {}
     for u in units:
         groups.setdefault((u.level, u.device), []).append(u)
