@@ -15,7 +15,7 @@ from skimage import data as skdata
 
 import npuflow
 
-from ..unit.quant_nets import run
+from ..unit.quant_nets import run, session
 
 pytestmark = pytest.mark.models
 DPU = "DPUCZDX8G_ISA1_B4096"
@@ -51,8 +51,9 @@ def test_mnist_top1_close_to_float(models, mnist, target):
     x, y = mnist
     q = npuflow.quantize(str(models.mnist_cnn()), list(x[4000:4016]), target=target)
     idx = range(0, 4000, 13)  # ~300 digits disjoint from the calibration ones
-    float_pred = [int(np.argmax(run(q.float_model, {"input": x[i]})[0])) for i in idx]
-    quant_pred = [int(np.argmax(run(q.model, {"input": x[i]})[0])) for i in idx]
+    fs, qs = session(q.float_model), session(q.model)
+    float_pred = [int(np.argmax(fs.run(None, {"input": x[i]})[0])) for i in idx]
+    quant_pred = [int(np.argmax(qs.run(None, {"input": x[i]})[0])) for i in idx]
     labels = y[list(idx)]
     float_acc, quant_acc = np.mean(float_pred == labels), np.mean(quant_pred == labels)
     assert float_acc >= 0.97 and quant_acc >= 0.97 and quant_acc >= float_acc - 0.01

@@ -69,6 +69,11 @@ def samples(shape, n: int = 8, seed: int = 1, low: float = -1.0, high: float = 1
 
 
 def run(model: onnx.ModelProto, feeds: dict, optimize: bool = False) -> list[np.ndarray]:
+    return session(model, optimize).run(None, feeds)
+
+
+def session(model: onnx.ModelProto, optimize: bool = False):
+    """An ONNX Runtime CPU session (graph optimisations off unless ``optimize``)."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
@@ -77,5 +82,4 @@ def run(model: onnx.ModelProto, feeds: dict, optimize: bool = False) -> list[np.
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
