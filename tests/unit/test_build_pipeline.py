@@ -67,3 +67,23 @@ def test_original_model_takes_nv12_and_matches_manual_preprocessing(built):
     x = (bgr - np.array([103.94, 116.78, 123.68], np.float32).reshape(1, 3, 1, 1)) * np.float32(0.017)
     ref = ort.InferenceSession(str(built / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_compiled_model_takes_the_nv12_buffer_and_matches_the_quantized_model(built):
+    """The .npuf accepts the device's uint8 nv12 buffer directly and computes what
+    quantized_model.onnx computes on it."""
+    from npuflow.runtime import Session
+
+    out = built / "out"
+    assert (out / "tiny.npuf").exists() or main(["build", str(built / "c.yaml")]) == 0
+    session = Session(out / "tiny.npuf")
+    (inp,) = session.get_inputs()
+    assert inp.shape == (1, 12, 8) and inp.dtype == "uint8"
+    photo = skdata.astronaut()[200:208, 200:208]
+    nv12 = np.concatenate([photo[..., 1], photo[::2, ::2, :2].reshape(4, 8)])[None].astype(np.uint8)
+    got = session.run({"data": nv12})["y"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    q = ort.InferenceSession(str(out / "tiny_quantized_model.onnx"), opts, providers=["CPUExecutionProvider"])
+    expected = q.run(None, {"data": nv12})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
