@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import onnx
 
+from ..model import tensor_shapes
 from ..targets import Target
 from . import cpu_time
-from ..model import tensor_shapes
 from .cost import LayerCost, buffer_bytes, bytes_per_cycle, layer_cost
 from .layers import NONE, Geometry, model_geometry, node_name
 
