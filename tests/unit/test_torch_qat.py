@@ -362,3 +362,24 @@ def test_core_package_does_not_import_torch():
     code = "import sys, npuflow, npuflow.cli.commands; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_concat_inputs_and_output_share_one_scale():
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(2, 3, 1)
+            self.b = nn.Conv2d(2, 3, 1)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x) * 4.0], dim=1)
+
+    qat = prepare_qat(Cat(), torch.zeros(1, 2, 4, 4), DPU)
+    qat.calibrate([torch.randn(4, 2, 4, 4)])
+    model = qat.to_deployable()
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    concat = next(n for n in model.graph.node if n.op_type == "Concat")
+    out_q = next(n for n in model.graph.node if n.input and n.input[0] == concat.output[0])
+    scales = {float(inits[producers[i].input[1]]) for i in concat.input} | {float(inits[out_q.input[1]])}
+    assert len(scales) == 1
