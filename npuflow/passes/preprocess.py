@@ -5,11 +5,12 @@ model was trained on, say, mean/scale-normalised NCHW BGR floats.  As hb_mapper 
 L1135-1231, spec A.5), the conversion is put *into the model*, so it is quantized and compiled
 with the rest and the compiled model takes the runtime buffer directly:
 
-``rt input (uint8) -> Cast -> [NHWC->NCHW] -> [nv12 chroma upsampling] -> [colour matrix, Clip]
--> [Sub mean] -> [Mul scale] -> [NCHW->NHWC] -> the model's original input``
+``rt input (uint8) -> Cast -> [NHWC->NCHW] -> [nv12 chroma upsampling] -> [colour Conv with
+mean/scale folded in, saturation] or [Sub mean, Mul scale] -> [NCHW->NHWC] -> the model's input``
 
-The colour step is one 1x1 ``Conv`` (a 3x3 matrix plus bias), which an NPU runs well; channel
-swaps (rgb<->bgr) are the same ``Conv`` with a permutation matrix.  YUV uses the BT.601
+The colour step is one 1x1 ``Conv`` (a 3x3 matrix plus bias, with the normalisation folded in
+so that its output is in the model's small input range), which an NPU runs well; channel swaps
+(rgb<->bgr) are the same ``Conv`` with a permutation matrix.  YUV uses the BT.601
 coefficients, either full range (``regular``, the JPEG convention) or video range
 (``bt601_video``: Y in [16, 235]), the convention of OpenCV's ``COLOR_YUV2RGB_NV12``.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -171,23 +172,43 @@ def _preprocess_nodes(pre: InputPreprocess, target: str) -> tuple[list[onnx.Node
         add("Transpose", [cur], "nchw", perm=[0, 3, 1, 2])
     colour = colour_matrix(pre)
     if colour is not None:
-        m, b = colour
-        add("Conv", [cur, const("colour_w", m.astype(np.float32).reshape(3, 3, 1, 1)),
-                     const("colour_b", b.astype(np.float32))], "colour")
-        if pre.type_rt in ("nv12", "yuv444"):
-            add("Clip", [cur, const("min", np.array(0.0, np.float32)), const("max", np.array(255.0, np.float32))],
-                "colour_clip")
-    channel_shape = (1, -1, 1, 1) if len(pre.shape) == 4 else (1, -1) + (1,) * (len(pre.shape) - 2)
-    if pre.mean is not None:
-        add("Sub", [cur, const("mean", np.array(pre.mean, np.float32).reshape(channel_shape))], "sub_mean")
-    if pre.scale is not None:
-        add("Mul", [cur, const("scale", np.array(pre.scale, np.float32).reshape(channel_shape))], "mul_scale")
+        _colour_and_norm(pre, colour, cur, add, const)
+    else:
+        channel_shape = (1, -1, 1, 1) if len(pre.shape) == 4 else (1, -1) + (1,) * (len(pre.shape) - 2)
+        if pre.mean is not None:
+            add("Sub", [cur, const("mean", np.array(pre.mean, np.float32).reshape(channel_shape))], "sub_mean")
+        if pre.scale is not None:
+            add("Mul", [cur, const("scale", np.array(pre.scale, np.float32).reshape(channel_shape))], "mul_scale")
     if pre.layout_train == "NHWC" and len(pre.shape) == 4:
         add("Transpose", [cur], "nhwc", perm=[0, 2, 3, 1])
     if not nodes:
         add("Identity", [cur], "identity")
     nodes[-1].output[0] = target
     return nodes, inits
+
+
+def _colour_and_norm(pre: InputPreprocess, colour: tuple[np.ndarray, np.ndarray], x: str,
+                     add: Callable[..., str], const: Callable[[str, np.ndarray], str]) -> None:
+    """One 1x1 Conv doing the colour conversion *and* the normalisation,
+    ``scale * (M @ x + b - mean)``, then the [0, 255] saturation moved into the normalised
+    domain.  Folding matters for quantization: the Conv's output is then in the model's small
+    input range instead of [0, 255], so an 8-bit power-of-two scale keeps its resolution."""
+    m, b = colour
+    mean = np.broadcast_to(np.asarray(pre.mean if pre.mean is not None else (0.0,), np.float64), (3,))
+    scale = np.broadcast_to(np.asarray(pre.scale if pre.scale is not None else (1.0,), np.float64), (3,))
+    weight = scale[:, None] * m
+    x = add("Conv", [x, const("colour_w", weight.astype(np.float32).reshape(3, 3, 1, 1)),
+                 const("colour_b", (scale * (b - mean)).astype(np.float32))], "colour")
+    if pre.type_rt not in ("nv12", "yuv444"):
+        return
+    ends = np.stack([scale * (0.0 - mean), scale * (255.0 - mean)])
+    low, high = ends.min(axis=0), ends.max(axis=0)
+    if np.all(low == low[0]) and np.all(high == high[0]):
+        add("Clip", [x, const("min", np.array(low[0], np.float32)), const("max", np.array(high[0], np.float32))],
+            "colour_clip")
+    else:
+        x = add("Max", [x, const("min", low.astype(np.float32).reshape(1, 3, 1, 1))], "colour_min")
+        add("Min", [x, const("max", high.astype(np.float32).reshape(1, 3, 1, 1))], "colour_max")
 
 
 def to_runtime_format(sample: np.ndarray, pre: InputPreprocess) -> np.ndarray:

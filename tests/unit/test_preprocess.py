@@ -170,3 +170,17 @@ def test_to_runtime_format_round_trips_through_the_graph(rt):
     tolerance = 40.0 if rt == "nv12" else 3.0  # nv12 loses chroma detail at sharp edges
     diff = np.abs(back - sample)
     assert diff.max() <= tolerance and diff.mean() < 3.0, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("mean,scale", [((103.94, 116.78, 123.68), (0.017,)), ((127.0,), (1 / 128,)),
+                                        ((123.7, 116.3, 103.5), (0.0171, 0.0175, 0.0174))])
+def test_nv12_with_normalisation_folded_into_the_colour_conv(mean, scale):
+    """Colour conversion and (x - mean) * scale are one Conv plus the saturation moved into the
+    normalised domain: same numbers as OpenCV's conversion followed by the normalisation."""
+    rgb = _photos()[0]
+    nv12 = _nv12_from(rgb)
+    expected = cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12).astype(np.float32)
+    expected = (expected - np.array(mean, np.float32)) * np.array(scale, np.float32)
+    out = _run(_spec(rgb, "bgr", "nv12", space="bt601_video", mean=mean, scale=scale), nv12[None])
+    diff = np.abs(_to_hwc(out, "NCHW") - expected)
+    assert diff.max() <= 2.0 * max(scale) + 1e-5, diff.max()
