@@ -39,7 +39,7 @@ import bench_quant as BQ  # noqa: E402
 import datasets as D  # noqa: E402
 
 import npuflow  # noqa: E402
-from npuflow.analyze.mixed_precision import search  # noqa: E402
+from npuflow.analyze.mixed_precision import perf_cost, search  # noqa: E402
 from npuflow.model import load as npuflow_load  # noqa: E402
 
 TARGET = "DPUCZDX8G_ISA1_B4096"
@@ -92,10 +92,15 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool) -
         mp = search(q.float_model, q.model, feeds, min_similarity=min_similarity, precision="float")
         search_s = time.perf_counter() - t0
         scores = bench.evaluate(D.ort_session(mp.model))
+        try:
+            cost = perf_cost(q.float_model, TARGET, mp.changes) if mp.changes else None
+        except Exception:  # noqa: BLE001  (the estimate is a note; the accuracy row stands without it)
+            traceback.print_exc()
+            cost = None
         rows[f"auto mixed precision (from {name})"] = {
             "scores": scores, "seconds": seconds + search_s, "search_seconds": search_s,
             "float_layers": sorted(mp.changes), "similarity": [mp.base_score, mp.score], "target": mp.target,
-            "met": mp.met,
+            "met": mp.met, "perf": cost,
         }
     if peers:
         with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +142,9 @@ def render(benches_: list[BQ.Bench], results: dict, args) -> str:
             if "float_layers" in r:
                 notes = (f"{len(r['float_layers'])} layer(s) in float; similarity {r['similarity'][0]:.4f} -> "
                          f"{r['similarity'][1]:.4f}; search {r['search_seconds']:.1f} s")
+                if r.get("perf"):
+                    notes += (f"; est. latency {r['perf']['latency_ms']:.2f} -> {r['perf']['mixed_latency_ms']:.2f} ms "
+                              "(npuflow perf, float layers on the CPU)")
             lines.append(f"| {name} | {sc[b.metric]:.4g} | {other} | {secs} | {notes} |")
         for name, r in rows.items():
             if r.get("float_layers"):
@@ -153,16 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--min-similarity", type=float, default=0.99)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--output", default="accuracy", help="results/<OUTPUT>.md and .json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "nncf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     bs = benches(args.models.split(","), args.calib, args.eval)
-    results = {b.name: run_model(b, args.iters, args.min_similarity, not args.no_peers) for b in bs}
-    RESULTS.mkdir(exist_ok=True)
-    text = render(bs, results, args)
-    npuflow.model.write_atomic(RESULTS / "accuracy.md", text)
-    npuflow.model.write_atomic(RESULTS / "accuracy.json", json.dumps(results, indent=1, default=str))
+    results: dict = {}
+    for b in bs:  # results are written after every model, so a long run keeps what it finished
+        results[b.name] = run_model(b, args.iters, args.min_similarity, not args.no_peers)
+        text = render([x for x in bs if x.name in results], results, args)
+        npuflow.model.write_atomic(RESULTS / f"{args.output}.md", text)
+        npuflow.model.write_atomic(RESULTS / f"{args.output}.json", json.dumps(results, indent=1, default=str))
     print(text)
     return 0
 

@@ -128,6 +128,34 @@ def search(
     return _result(qmodel, float_model, final, precision, base, scores[final], target, True, evals[0], report)
 
 
+def perf_cost(float_model: onnx.ModelProto, target, changes: dict[str, str]) -> dict:
+    """Static latency estimate (:mod:`npuflow.perf`) with and without the raised layers.
+
+    Float layers leave the accelerator: they are re-placed on the CPU (their own subgraph, CPU
+    time measured by the estimator), which also adds the transfers around them.  int16 layers
+    are costed as placed (the estimator has no per-layer bit width).
+    """
+    from ..check import check
+    from ..perf.estimate import Placement, estimate, placement_from_report
+
+    report = check(float_model, target)
+    place = placement_from_report(report)
+    base = estimate(report.model, report_target(target), place, model_name="int8")
+    moved = dict(place)
+    for name, precision in changes.items():
+        if precision == "float" and name in moved:
+            moved[name] = Placement("CPU", f"cpu_{name}")
+    mixed = estimate(report.model, report_target(target), moved, model_name="mixed")
+    return {"latency_ms": base.latency_ms, "mixed_latency_ms": mixed.latency_ms,
+            "fps": base.fps_single_core, "mixed_fps": mixed.fps_single_core}
+
+
+def report_target(target):
+    from ..targets import Target, load_target
+
+    return target if isinstance(target, Target) else load_target(target)
+
+
 def _result(qmodel, float_model, chosen, precision, base, score, target, met, evals, report):
     changes = {n: precision for n in chosen}
     return MixedPrecisionResult(

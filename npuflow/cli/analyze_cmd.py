@@ -109,6 +109,14 @@ def mixed_precision_command(
     for name in mp.changes:
         console.print(f"  {name}")
     console.print("config overrides: " + json.dumps(mp.config_overrides))
+    summary = mp.summary()
+    if mp.changes:
+        from ..analyze.mixed_precision import perf_cost
+
+        cost = perf_cost(result.float_model, result.target, mp.changes)
+        summary["perf"] = cost
+        console.print(f"estimated latency (npuflow perf): {cost['latency_ms']:.3f} ms -> "
+                      f"{cost['mixed_latency_ms']:.3f} ms")
     if json_out is not None:
-        write_atomic(json_out, json.dumps(mp.summary(), indent=1) + "\n")
+        write_atomic(json_out, json.dumps(summary, indent=1) + "\n")
         console.print(f"wrote {json_out}")

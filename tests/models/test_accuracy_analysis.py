@@ -79,7 +79,19 @@ def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_pat
     proc = cli("analyze", "sensitivity", models.mnist_cnn(), "--calib", calib, "--target", DPU,
                "--samples", "4", "--json", out)
     assert proc.returncode == 0, proc.stderr
-    assert "Layer sensitivity" in proc.stdout and len(json.loads(out.read_text())["layers"]) == 5
+    sens = json.loads(out.read_text())
+    assert "Layer sensitivity" in proc.stdout and len(sens["layers"]) == 5
+    # halfway between the quantized score and the best single-layer fix: reachable, not already met
+    target = (sens["quantized_score"] + sens["layers"][0]["float_only"]) / 2
+    mp = tmp_path / "mp.json"
+    proc = cli("analyze", "mixed-precision", models.mnist_cnn(), "--calib", calib, "--target", DPU,
+               "--min-similarity", f"{target:.9f}", "--samples", "4", "--json", mp)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(mp.read_text())
+    assert result["met"] and result["changes"] and result["config_overrides"]["keep_float"]
+    assert result["perf"]["latency_ms"] > 0 and result["perf"]["mixed_latency_ms"] > 0
+    assert result["perf"]["mixed_latency_ms"] != result["perf"]["latency_ms"]  # the layer left the DPU
+    assert "estimated latency" in proc.stdout
     proc = cli("analyze", "mixed-precision", models.mnist_cnn(), "--calib", calib, "--target", DPU,
                "--min-similarity", "0.5", "--precision", "int4")
     assert proc.returncode == 2 and "NPF_QUANT_BAD_PRECISION" in proc.stderr
