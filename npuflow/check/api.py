@@ -19,12 +19,13 @@ from ..model import ModelLike, infer_static_shapes, load
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
-from .ops import ACTIVATION, FOLLOWER, LAYOUT, OpInfo, classify
-from .partition import _UnionFind, partition
+from .ops import FOLLOWER, LAYOUT, OpInfo, classify
+from .partition import UnionFind, partition
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from .rules import hint_for, rule_reasons
 
 log = logging.getLogger(__name__)
+
 
 #: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
 SHAPE_OPS = {"Shape", "Size"}
@@ -34,8 +35,11 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
     """Place every node of ``model`` on ``target`` (NPU or CPU) and partition into subgraphs."""
     tgt = load_target(target)
     proto = prepare(model, input_shapes)
-    view = GraphView(proto)
-    return _judge(view, tgt)
+    report = _judge(GraphView(proto), tgt)
+    s = report.summary
+    log.info("checked %d nodes on %s: %d NPU, %d CPU, %d subgraph(s)", s["nodes"], tgt.name, s["npu_nodes"],
+             s["cpu_nodes"], s["npu_subgraphs"])
+    return report
 
 
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
@@ -140,7 +144,7 @@ def _demote_lonely_layout(view, infos, device, reasons, transparent, tgt) -> Non
     layout = [i for i in range(len(view.nodes)) if infos[i].role == LAYOUT and device[i] == NPU]
     if not layout:
         return
-    uf = _UnionFind()
+    uf = UnionFind()
     is_layout = set(layout)
     anchored: set[int] = set()
     for i in layout:

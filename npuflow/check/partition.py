@@ -19,7 +19,9 @@ from .graph import GraphView
 from .report import CPU, NPU
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets over node indices (smallest index is the root, so ids follow graph order)."""
+
     def __init__(self) -> None:
         self.parent: dict[int, int] = {}
 
@@ -63,7 +65,7 @@ def partition(view: GraphView, device: list[str], transparent: list[bool]) -> li
         for p in preds:
             lv = max(lv, level[p] + (1 if device[p] == CPU and device[i] == NPU else 0))
         level[i] = lv
-    uf = _UnionFind()
+    uf = UnionFind()
     for i in range(n):
         if transparent[i] or device[i] != NPU:
             continue

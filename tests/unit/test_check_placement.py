@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import npuflow
 from npuflow.check import CPU, NPU
