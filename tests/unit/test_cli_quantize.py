@@ -112,3 +112,14 @@ def test_bad_config(npuflow_cli, net, tmp_path, text, code):
     proc = npuflow_cli("quantize", net / "net.onnx", "--target", DPU, "--calib", net / "calib", "--config", cfg,
                "-o", tmp_path / "o")
     _fails_with(proc, code)
+
+
+def test_input_shape_and_plain_qdq_options(npuflow_cli, net, tmp_path):
+    out = tmp_path / "plain"
+    proc = npuflow_cli("quantize", net / "net.onnx", "--target", DPU, "--calib", net / "calib", "--input-shape",
+                       "x=1x3x8x8", "--plain-qdq", "--no-nodes", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    m = onnx.load(str(out / "quantized_model.onnx"))
+    assert not m.functions and any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+    _fails_with(npuflow_cli("quantize", net / "net.onnx", "--target", DPU, "--calib", net / "calib",
+                            "--input-shape", "y=1x3x8x8", "-o", out), "NPF_MODEL_UNKNOWN_INPUT")
