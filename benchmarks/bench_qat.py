@@ -296,6 +296,10 @@ def bench_all(args, lines: list[str], t0: float) -> None:
         lines += [
             "## EfficientNet-Lite0, QAT by distillation from FP32 (no labels)",
             "",
+            f"Produced by `python benchmarks/bench_qat.py {' '.join(sys.argv[1:])}`.  Power-of-two per-tensor "
+            "scales are hard for EfficientNet-Lite0's depthwise convolutions, hence the low absolute agreement; "
+            "with 100-200 evaluation crops each figure is +-4 to 5 points.",
+            "",
             f"Unlabelled random crops of {n_train} photos (skimage/sklearn samples) to distil; {n_eval} crops of "
             f"{n_held} held-apart photos to evaluate the agreement with the FP32 model's top-1 (%).  CPU budget "
             f"{args.eff_budget:.0f} s of distillation (KL at T=2, Adam weights lr {args.eff_lr_w}, quantizer lr "

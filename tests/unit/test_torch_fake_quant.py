@@ -87,7 +87,7 @@ def test_pow2_observer_then_learnable_threshold_trains_a_power_of_two_scale():
     x = torch.randn(256) * 3
     q(x)
     fix = int(q.fix_pos())
-    assert fix == int(nm.pow2_fix_pos(float(x.abs().max()))) or fix > int(nm.pow2_fix_pos(float(x.abs().max())))
+    assert fix >= int(nm.pow2_fix_pos(float(x.abs().max())))  # "diffs" may clip the largest values
     q.freeze()
     opt = torch.optim.Adam(q.parameters(), lr=0.5)
     for _ in range(20):  # a much larger input range: the threshold must grow
@@ -97,7 +97,7 @@ def test_pow2_observer_then_learnable_threshold_trains_a_power_of_two_scale():
         opt.step()
     new_fix = q.fix_pos()
     assert new_fix is not None and int(new_fix) < fix  # coarser power-of-two scale
-    scale = float(q.quant_params()[0])
+    scale = float(q.quant_params()[0].detach())
     assert scale == 2.0 ** -int(new_fix)
 
 

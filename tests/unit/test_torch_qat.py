@@ -73,10 +73,8 @@ def _digits(n: int, seed: int = 0) -> torch.Tensor:
     from sklearn.datasets import load_digits
 
     images = load_digits().images[seed * n:(seed + 1) * n].astype(np.float32) / 16.0
-    padded = np.zeros((n, 1, 28, 28), np.float32)
-    padded[:, 0] = np.kron(images, np.ones((3, 3), np.float32))[:, :28, :28] if False else np.pad(
-        np.repeat(np.repeat(images, 3, axis=1), 3, axis=2), ((0, 0), (2, 2), (2, 2)))
-    return torch.from_numpy(padded)
+    big = np.repeat(np.repeat(images, 3, axis=1), 3, axis=2)  # 8x8 -> 24x24
+    return torch.from_numpy(np.pad(big, ((0, 0), (2, 2), (2, 2)))[:, None])
 
 
 def _ort_codes(model: onnx.ModelProto, xs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -166,7 +164,6 @@ def test_exported_quant_params_are_the_trained_ones(mnist_qat):
         node = next(n for n in model.graph.node if n.doc_string.endswith(": " + name))
         scale = float(q.quant_params()[0].detach())
         assert float(inits[node.input[1]]) == scale
-        assert scale == 2.0 ** -round(q.group_leader().log2_threshold.item() - 7.0) * 2.0 ** 0 or True
         fix = int(q.group_leader().spec.bits - 1 - np.floor(q.group_leader().log2_threshold.item() + 0.5))
         assert scale == 2.0 ** -fix
         checked += 1
