@@ -439,7 +439,8 @@ def render(benches: list[Bench], results: dict, columns: list[str], ort_methods:
         "- Times are wall-clock on a machine shared with other jobs; ratios come from this one run.",
         "", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
-    lines += [f"- command: `python benchmarks/bench_quant.py {' '.join(sys.argv[1:])}`".rstrip()]
+    command = " ".join(["python benchmarks/bench_quant.py", *sys.argv[1:]])
+    lines += [f"- command: `{command}`"]
     return "\n".join(lines) + "\n"
 
 
