@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
 from ..numerics import RoundMode, quantize
-from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, producers, weight_layers
+from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers
 
 PRECISIONS = ("int8", "int16", "float")

@@ -101,7 +101,7 @@ def _timed(name: str, timings: dict[str, float], on_stage: StageHook) -> Iterato
 def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_stage: StageHook) -> BuildResult:
     import npuflow
 
-    mp, cal, comp = cfg.model_parameters, cfg.calibration_parameters, cfg.compiler_parameters
+    mp, cal = cfg.model_parameters, cfg.calibration_parameters
     with _timed("parse", timings, on_stage):
         target = load_target(mp.march)
         model_path = cfg.path(mp.onnx_model)

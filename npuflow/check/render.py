@@ -64,7 +64,6 @@ def plain_table(report: CheckReport, verbose: int = 2) -> str:
 def inspect_text(report: CheckReport) -> str:
     """The ``inspect_<target>.txt`` report."""
     t = report.target
-    s = report.summary
     out = [
         "# The report has the following fields:",
         "#   target info: the target the model was checked for",

@@ -16,9 +16,8 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..model import parse_input_shapes, write_atomic
-from .app import app, console
-from .quantize_cmd import _split
+from ..model import write_atomic
+from .app import app, console, input_shapes_arg
 
 analyze_app = typer.Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
@@ -29,7 +28,7 @@ def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[
     from ..quant.data import CalibrationSource
     from ..quant.pipeline import _input_specs
 
-    shapes = parse_input_shapes([_split(v) for v in input_shape or []])
+    shapes = input_shapes_arg(input_shape)
 
     def progress(stage: str, done: int, total: int | None) -> None:
         bar.update(task, description=f"quantize: {stage}", completed=done, total=total)

@@ -55,13 +55,15 @@ def join_pair_options(argv: list[str]) -> list[str]:
 
 
 def input_shapes_arg(values: list[str] | None) -> dict[str, list[int]]:
-    """Parsed ``--input-shape`` values (``NAME=DIMS`` after :func:`join_pair_options`)."""
+    """Parsed ``--input-shape`` values: ``NAME=DIMS`` (what :func:`join_pair_options` makes of
+    ``NAME DIMS``) or ``NAME:DIMS``; every command uses this one parser."""
     from ..model import parse_input_shapes
 
     pairs = []
     for v in values or []:
-        name, sep, dims = v.partition("=")
-        if not sep or not name:
+        sep = "=" if "=" in v else ":"
+        name, found, dims = v.rpartition(sep)
+        if not found or not name:
             raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=v, reason="expected NAME DIMS, e.g. images 1x3x224x224")
         pairs.append((name, dims))
     return parse_input_shapes(pairs)

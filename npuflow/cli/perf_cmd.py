@@ -8,20 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..model import parse_input_shapes
 from ..perf import write_report
 from ..perf import perf
-from .app import app, console
-
-
-def split_shape_options(values: list[str] | None) -> list[tuple[str, str]]:
-    """``["images=1x3x320x320"]`` (``:`` works too) -> ``[("images", "1x3x320x320")]``."""
-    pairs = []
-    for v in values or []:
-        sep = "=" if "=" in v else ":"
-        name, _, dims = v.rpartition(sep)
-        pairs.append((name, dims))
-    return pairs
+from .app import app, console, input_shapes_arg
 
 
 @app.command("perf")
@@ -34,7 +23,7 @@ def perf_command(
 ) -> None:
     """Estimate latency, frame rate and DDR traffic from the target file; write an HTML/JSON report."""
     with console.status("estimating (CPU parts are timed on this host)..."):
-        report = perf(model, target, parse_input_shapes(split_shape_options(input_shape)))
+        report = perf(model, target, input_shapes_arg(input_shape))
         folder = write_report(report, output)
     t = Table(title=f"Model Performance Summary: {report.model_name} on {report.target}")
     t.add_column("item")

@@ -14,15 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..model import parse_input_shapes
-from .app import app, console
-
-
-def _split(value: str) -> tuple[str, str]:
-    """``"x=1x3x48x320"`` (``:`` works too) -> ``("x", "1x3x48x320")``."""
-    sep = "=" if "=" in value else ":"
-    name, _, dims = value.rpartition(sep)
-    return name, dims
+from .app import app, console, input_shapes_arg
 
 
 @app.command("quantize")
@@ -40,7 +32,7 @@ def quantize_command(
     """Quantize a float model for a target (writes quantized_model.onnx, quant_info.json and more)."""
     from ..quant import quantize  # heavy (onnxruntime, onnxscript): imported when the command runs
 
-    shapes = parse_input_shapes([_split(v) for v in input_shape or []])
+    shapes = input_shapes_arg(input_shape)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("optimize", total=None)
