@@ -7,7 +7,9 @@
    model; the static one is ``optimized_float_model.onnx``;
 3. pre-calibration float algorithms (CLE, ``include_cle``) on the float model
    (:mod:`.algorithms.apply`);
-4. target legalisation (:func:`.legalize.legalize`) and the quantization plan (:mod:`.plan`);
+4. target legalisation (:func:`.legalize.legalize`), the checker's placement of the optimised
+   float model and the quantization plan (:mod:`.plan`): on accelerator targets only the nodes
+   placed on the accelerator are quantized (:mod:`.placement`);
 5. one streaming calibration pass (:mod:`.calibrate`);
 6. parameters and integer constants (:func:`.assign.assign`);
 7. QDQ export (:mod:`.export`), then the per-layer weight algorithms on the QDQ model
@@ -44,6 +46,7 @@ from .data import CalibrationSource, InputSpec
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
 from .params import TensorQuant
+from .placement import accelerator_nodes
 from .plan import build_plan
 from .quant_info import quant_info
 from .report import QuantReport, add_placement, build_report
@@ -106,7 +109,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     d_leg = onnx.shape_inference.infer_shapes(legalize(d_opt, tgt))
     s_leg = model_io.infer_static_shapes(legalize(s_opt, tgt))
-    plan_d, plan_s = build_plan(d_leg, tgt, cfg), build_plan(s_leg, tgt, cfg)
+    placement = check(s_opt, tgt)
+    allowed = accelerator_nodes(placement, s_leg, tgt)
+    plan_d, plan_s = build_plan(d_leg, tgt, cfg, allowed), build_plan(s_leg, tgt, cfg, allowed)
 
     inputs = _input_specs(d_leg, static_inputs)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)
@@ -124,7 +129,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     q_static, q_dynamic, _ = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg)
     _step(progress, "report")
     report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept)
-    add_placement(report, check(s_opt, tgt))
+    add_placement(report, placement)
     info = quant_info(asg_s.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
                       bias_corrected=cfg.include_bias_corr, fast_finetuned=cfg.fast_finetune is not None)
     return QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,

@@ -3,7 +3,8 @@
 The plan answers, from the graph and the target alone (no data yet):
 
 * which nodes are quantized (op type in :data:`QUANTIZED_OPS`, float data in and out, not in
-  ``keep_float``);
+  ``keep_float``, and on accelerator targets placed on the accelerator by the checker:
+  :mod:`.placement`; CPU-placed nodes run in float as in the float model);
 * which activation tensors get a quantize/dequantize pair, and with which settings (the
   producer's ``activation`` settings; graph inputs: the consumer's ``input`` settings);
 * which tensors are *internal*: inside an activation unit, or the output of an op whose only
@@ -106,7 +107,10 @@ def node_key(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig) -> QuantPlan:
+def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
+               allowed: set[str] | None = None) -> QuantPlan:
+    """The plan of legalised ``model``; ``allowed``: the only node keys that may be quantized
+    (the accelerator's nodes, :func:`.placement.accelerator_nodes`), ``None`` for all."""
     graph = model.graph
     idx = GraphIndex(graph)
     types = tensor_elem_types(model)
@@ -123,6 +127,8 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig) -> Q
 
     for node in graph.node:
         if node.op_type not in QUANTIZED_OPS or node.domain not in ("", "ai.onnx") or node_key(node) in keep:
+            continue
+        if allowed is not None and node_key(node) not in allowed:
             continue
         if not (all(is_float(node.input[k]) for k in data_inputs(node)) and all(is_float(o) for o in node.output if o)):
             continue
