@@ -26,6 +26,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -64,13 +65,20 @@ def benches(names: list[str], n_calib: int, n_eval: int) -> list[BQ.Bench]:
     return [make[n]() for n in names]
 
 
-def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool) -> dict:
+def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
+              on_row: Callable[[dict], None] = lambda rows: None) -> dict:
+    """All rows for one model; ``on_row(rows)`` after each, so a long run keeps what it finished.
+
+    Order: plain, +CLE, +CLE +bias corr, then automatic mixed precision from the best of those
+    (the cheap pipeline), then the fast-finetune rows, then the peers.
+    """
     rows: dict[str, dict] = {}
     model = npuflow_load(bench.path, bench.input_shapes)
-    fp32 = bench.evaluate(D.ort_session(model))
-    rows["FP32"] = {"scores": fp32, "seconds": None}
+    rows["FP32"] = {"scores": bench.evaluate(D.ort_session(model)), "seconds": None}
     best = None
-    for name, cfg in configs(iters):
+
+    def quantize_row(name: str, cfg: dict):
+        nonlocal best
         logging.info("%s: %s", bench.name, name)
         t0 = time.perf_counter()
         try:
@@ -78,18 +86,23 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool) -
         except Exception as exc:  # noqa: BLE001  (one failing row must not lose the others)
             traceback.print_exc()
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
+            return
         seconds = time.perf_counter() - t0
         scores = bench.evaluate(D.ort_session(q.model))
         rows[name] = {"scores": scores, "seconds": seconds, "config": cfg}
+        logging.info("%s: %s -> %s (%.1f s)", bench.name, name, scores, seconds)
         if best is None or scores[bench.metric] > rows[best[0]]["scores"][bench.metric]:
             best = (name, q, seconds)
+        on_row(rows)
+
+    all_configs = configs(iters)
+    for name, cfg in all_configs[:3]:
+        quantize_row(name, cfg)
     if best is not None:
         name, q, seconds = best
         logging.info("%s: mixed precision from %s", bench.name, name)
         t0 = time.perf_counter()
-        feeds = bench.calib[:16]
-        mp = search(q.float_model, q.model, feeds, min_similarity=min_similarity, precision="float")
+        mp = search(q.float_model, q.model, bench.calib[:16], min_similarity=min_similarity, precision="float")
         search_s = time.perf_counter() - t0
         scores = bench.evaluate(D.ort_session(mp.model))
         try:
@@ -102,6 +115,10 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool) -
             "float_layers": sorted(mp.changes), "similarity": [mp.base_score, mp.score], "target": mp.target,
             "met": mp.met, "perf": cost,
         }
+        logging.info("%s: mixed precision -> %s", bench.name, scores)
+        on_row(rows)
+    for name, cfg in all_configs[3:]:
+        quantize_row(name, cfg)
     if peers:
         with tempfile.TemporaryDirectory() as tmp:
             for label, fn in (("ONNX Runtime MinMax (per-channel, float scales)",
@@ -112,6 +129,7 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool) -
                     rows[label] = {"scores": bench.evaluate(D.ort_session(path)), "seconds": seconds}
                 except Exception as exc:  # noqa: BLE001
                     rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
+                on_row(rows)
     return rows
 
 
@@ -168,12 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     bs = benches(args.models.split(","), args.calib, args.eval)
     results: dict = {}
-    for b in bs:  # results are written after every model, so a long run keeps what it finished
-        results[b.name] = run_model(b, args.iters, args.min_similarity, not args.no_peers)
+    RESULTS.mkdir(exist_ok=True)
+
+    def write(_rows=None) -> str:
         text = render([x for x in bs if x.name in results], results, args)
         npuflow.model.write_atomic(RESULTS / f"{args.output}.md", text)
         npuflow.model.write_atomic(RESULTS / f"{args.output}.json", json.dumps(results, indent=1, default=str))
-    print(text)
+        return text
+
+    for b in bs:
+        results[b.name] = {}
+        results[b.name] = run_model(b, args.iters, args.min_similarity, not args.no_peers,
+                                    on_row=lambda rows, name=b.name: (results.__setitem__(name, rows), write()))
+    print(write())
     return 0
 
 
