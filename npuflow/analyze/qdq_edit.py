@@ -98,9 +98,9 @@ def _float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.Mo
                 w = layer_weight(float_model, fl)
                 b = layer_bias(float_model, fl, w.shape[0]) if fl.bias is not None else None
                 break
-    if w is None:
-        w = dequantized_weight(model, ql)
-        b = None
+    expected = dequantized_weight(model, ql)
+    if w is None or w.shape != expected.shape:  # not found, or another layout (e.g. a MatMul reused)
+        w, b = expected, None
     stored = w if ql.trans_b else w.T
     return stored.astype(np.float32), b
 
