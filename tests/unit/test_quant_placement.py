@@ -77,3 +77,15 @@ def _with_output(model, tensor):
     m.CopyFrom(model)
     m.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
     return m
+
+
+def test_power_of_two_weights_default_to_the_least_error_fix_position():
+    from npuflow.quant.config import QuantConfig
+    from npuflow.targets import load_target
+
+    cfg = QuantConfig()
+    assert cfg.resolve(load_target(DPU), "weight").method == "mse"
+    assert cfg.resolve(load_target(DPU), "activation").method == "minmax"
+    assert cfg.resolve(load_target("cpu-int8"), "weight").method == "minmax"
+    q = npuflow.quantize(conv_sigmoid_conv(), samples([1, 3, 6, 6]), target=DPU)
+    assert q.quant_params["w1"].method == "mse"
