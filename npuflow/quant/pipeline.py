@@ -90,7 +90,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     iterable of those.  ``config``: a :class:`QuantConfig`, a dict, or a JSON/YAML path.
     """
     tgt = target if isinstance(target, Target) else load_target(target)
-    cfg = _config(config)
+    cfg = _config(config).for_target(tgt)
     cfg.validate_against(tgt)
     shapes = dict(input_shapes or {})
 

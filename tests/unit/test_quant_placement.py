@@ -89,3 +89,10 @@ def test_power_of_two_weights_default_to_the_least_error_fix_position():
     assert cfg.resolve(load_target("cpu-int8"), "weight").method == "minmax"
     q = npuflow.quantize(conv_sigmoid_conv(), samples([1, 3, 6, 6]), target=DPU)
     assert q.quant_params["w1"].method == "mse"
+
+
+def test_bias_correction_is_on_by_default_on_power_of_two_targets_only(quantized):
+    assert quantized[DPU].info["bias_corrected"] is True and quantized[DPU].config.include_bias_corr
+    assert quantized["cpu-int8"].info["bias_corrected"] is False
+    q = npuflow.quantize(conv_sigmoid_conv(), samples([1, 3, 6, 6]), target=DPU, config={"include_bias_corr": False})
+    assert q.info["bias_corrected"] is False
