@@ -137,6 +137,8 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
             if prod is None or node_key(prod) not in plan.quantized:
                 continue
         plan.quantized.add(node_key(node))
+    if target.numerics.scale_type == "float":
+        _float_tail(graph, idx, plan)
 
     units = _activation_units(graph, idx, plan)
     unit_members: set[str] = set()
@@ -188,6 +190,30 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
 
     _scale_groups(graph, plan, idx)
     return plan
+
+
+def _float_tail(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan) -> None:
+    """On float-scale (CPU) targets, data-movement ops whose outputs no quantized op reads stay float.
+
+    Typically the output head: no integer computation follows, so quantizing only loses
+    precision, and a Concat of differently ranged tensors (YOLOv8's boxes in pixels beside class
+    scores in [0, 1]) would force one scale on both and wipe out the small ones.  NNCF likewise
+    quantizes only the inputs of compute ops.  Accelerator targets keep them: there the output
+    leaves the chip as integers anyway.  Repeated until nothing changes, so a Reshape feeding a
+    float Concat goes float too.
+    """
+    movers = FOLLOWERS | {"Concat"}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            key = node_key(node)
+            if key not in plan.quantized or node.op_type not in movers:
+                continue
+            readers = [c for o in node.output if o for c in idx.consumers.get(o, [])]
+            if not any(node_key(c) in plan.quantized for c in readers):
+                plan.quantized.discard(key)
+                changed = True
 
 
 def _add_const(plan: QuantPlan, use: ConstUse) -> None:
