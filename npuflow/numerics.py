@@ -194,30 +194,21 @@ def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarra
     shift = int(shift)
     if shift <= 0:
         return a << (-shift)
-    mode = RoundMode(mode)
     half = a.dtype.type(1) << a.dtype.type(shift - 1)
-    if mode is RoundMode.HALF_UP:
-        r = a + half
-        r >>= shift
-        return r
-    if mode is RoundMode.HALF_DOWN:
-        return -((-a + half) >> shift)
-    if mode is RoundMode.STD_ROUND:
-        mag = (np.abs(a) + half) >> shift
-        return np.where(a < 0, -mag, mag)
-    floor = a >> shift
-    rem = a - (floor << shift)
-    up = (rem > half) | ((rem == half) & ((floor & 1) == 1))
-    return floor + up.astype(a.dtype)
+    return _round_right_shift(a, half, a.dtype.type(shift), RoundMode(mode))
 
 
 def _shift_round_broadcast(a: np.ndarray, shift: np.ndarray, mode: RoundMode) -> np.ndarray:
     """:func:`shift_round` with one shift per element of a broadcastable array (per-channel
     requantisation); each element is rounded exactly as the scalar form would round it."""
-    left = np.maximum(-shift, 0)
+    a = a << np.maximum(-shift, 0)
     right = np.maximum(shift, 0)
-    a = a << left
     half = (np.int64(1) << right) >> 1  # 0 where right == 0: nothing to round
+    return _round_right_shift(a, half, right, mode)
+
+
+def _round_right_shift(a: np.ndarray, half, right, mode: RoundMode) -> np.ndarray:
+    """``a >> right`` rounded with the tie rule; ``half`` is ``2**(right-1)`` (0 where right is 0)."""
     if mode is RoundMode.HALF_UP:
         return (a + half) >> right
     if mode is RoundMode.HALF_DOWN:
@@ -227,8 +218,8 @@ def _shift_round_broadcast(a: np.ndarray, shift: np.ndarray, mode: RoundMode) ->
         return np.where(a < 0, -mag, mag)
     floor = a >> right
     rem = a - (floor << right)
-    up = (right > 0) & ((rem > half) | ((rem == half) & ((floor & 1) == 1)))
-    return floor + up.astype(np.int64)
+    up = (rem > half) | ((rem == half) & (half > 0) & ((floor & 1) == 1))
+    return floor + up.astype(a.dtype)
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:

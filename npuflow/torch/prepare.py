@@ -129,13 +129,18 @@ class _Rewriter:
             learnable=f.cfg.learnable, method=f.cfg.method, momentum=f.cfg.ema_momentum,
         )
         name = f"npuflow_aq_{node.name}"
-        q.name = name
-        self.gm.add_submodule(name, q)
+        qn = self._insert_after(node, name, q)
+        self.quantized[qn] = name
+        return qn
+
+    def _insert_after(self, node: fx.Node, name: str, module: torch.nn.Module) -> fx.Node:
+        """Call ``module`` on ``node``'s output; every other user of ``node`` now reads the call."""
+        module.name = name
+        self.gm.add_submodule(name, module)
         with self.graph.inserting_after(node):
             qn = self.graph.call_module(name, (node,))
         qn.meta = dict(node.meta)
         node.replace_all_uses_with(qn, delete_user_cb=lambda user: user is not qn)
-        self.quantized[qn] = name
         return qn
 
     def quantize_output(self, node: fx.Node) -> None:
@@ -281,13 +286,7 @@ class _Rewriter:
     def shared_quantizer(self, node: fx.Node, source: str) -> None:
         """Re-quantize a pass-through output with its input's scale (an export-only step)."""
         sq = SharedQuantizer(self.gm.get_submodule(source))
-        name = f"npuflow_sq_{node.name}"
-        sq.name = name
-        self.gm.add_submodule(name, sq)
-        with self.graph.inserting_after(node):
-            qn = self.graph.call_module(name, (node,))
-        qn.meta = dict(node.meta)
-        node.replace_all_uses_with(qn, delete_user_cb=lambda user: user is not qn)
+        qn = self._insert_after(node, f"npuflow_sq_{node.name}", sq)
         self.quantized[qn] = source
 
     def share_scales(self) -> None:
