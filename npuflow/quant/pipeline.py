@@ -90,7 +90,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     iterable of those.  ``config``: a :class:`QuantConfig`, a dict, or a JSON/YAML path.
     """
     tgt = target if isinstance(target, Target) else load_target(target)
-    cfg = _config(config).for_target(tgt)
+    cfg = _config(config)
     cfg.validate_against(tgt)
     shapes = dict(input_shapes or {})
 
@@ -126,12 +126,13 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     _step(progress, "export")
     q_static = export_qdq(s_leg, plan_s, asg_s, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    q_static, q_dynamic, _ = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg)
+    q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg)
     _step(progress, "report")
     report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept)
     add_placement(report, placement)
     info = quant_info(asg_s.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
-                      bias_corrected=cfg.include_bias_corr, fast_finetuned=cfg.fast_finetune is not None)
+                      bias_corrected=applied.get("bias_correction", {}).get("kept", False),
+                      fast_finetuned=cfg.fast_finetune is not None)
     return QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,
                           quant_params=asg_s.params, report=report, target=tgt, config=cfg, info=info)
 

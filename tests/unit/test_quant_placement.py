@@ -87,12 +87,16 @@ def test_power_of_two_weights_default_to_the_least_error_fix_position():
     assert cfg.resolve(load_target(DPU), "weight").method == "mse"
     assert cfg.resolve(load_target(DPU), "activation").method == "minmax"
     assert cfg.resolve(load_target("cpu-int8"), "weight").method == "minmax"
+    # float-scale activations clip at the 99.999th percentile, except where the op bounds the range
+    assert cfg.resolve(load_target("cpu-int8"), "activation", "Conv").method == "percentile"
+    assert cfg.resolve(load_target("cpu-int8"), "activation", "Softmax").method == "minmax"
     q = npuflow.quantize(conv_sigmoid_conv(), samples([1, 3, 6, 6]), target=DPU)
     assert q.quant_params["w1"].method == "mse"
 
 
-def test_bias_correction_is_on_by_default_on_power_of_two_targets_only(quantized):
-    assert quantized[DPU].info["bias_corrected"] is True and quantized[DPU].config.include_bias_corr
-    assert quantized["cpu-int8"].info["bias_corrected"] is False
+def test_bias_correction_defaults_to_auto_on_every_target(quantized):
+    for target in (DPU, "cpu-int8"):
+        assert quantized[target].config.include_bias_corr == "auto"
+        assert isinstance(quantized[target].info["bias_corrected"], bool)
     q = npuflow.quantize(conv_sigmoid_conv(), samples([1, 3, 6, 6]), target=DPU, config={"include_bias_corr": False})
     assert q.info["bias_corrected"] is False

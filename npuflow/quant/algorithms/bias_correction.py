@@ -4,8 +4,9 @@ Rounding ``W`` to ``W_q`` shifts each output channel's mean by ``(W_q - W) @ E[x
 and the shifts of many layers add up, most visibly in depthwise layers with few weights per
 channel (Nagel et al., 2019, section 4.2).  Subtracting that shift from the bias restores the mean.
 
-* :func:`correct_empirical` takes ``E[x]`` per input channel from calibration runs of the QDQ
-  model itself (the inputs the layer really sees), one streaming pass over the data.
+* :func:`correct_empirical` takes the mean input *patch* (per input channel and kernel tap, zero
+  padding included) from calibration runs of the QDQ model itself (the inputs the layer really
+  sees), one streaming pass over the data; the shift ``(W_q - W) @ E[patch]`` is then exact.
 * :func:`correct_data_free` takes ``E[x]`` from the statistics of a ``BatchNormalization`` that
   feeds the layer in the float model (``beta`` for a linear link; the mean of a rectified
   ``N(beta, gamma^2)`` after ``Relu``/``Clip``), so it needs no data at all.
@@ -24,6 +25,7 @@ import numpy as np
 import onnx
 
 from .graph import Feed, attr, capture, consumers, get_array, layer_weight, weight_layers
+from .patches import PatchSampler, grouped_weight
 from .qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, read_bias, write_bias
 
 log = logging.getLogger(__name__)
@@ -45,26 +47,22 @@ def _weight_error(float_model: onnx.ModelProto, qmodel: onnx.ModelProto) -> dict
     return out
 
 
-def _shift(delta: np.ndarray, groups: int, mean_in: np.ndarray) -> np.ndarray:
-    """Per-output-channel ``sum_{ci,k} delta[co, ci, k] * E[x_ci]`` for a grouped layer."""
-    cout, cpg = delta.shape[0], delta.shape[1]
-    opg = cout // groups
-    d = delta.reshape(groups, opg, cpg, -1).sum(axis=3)           # (g, opg, cpg)
-    m = mean_in.reshape(groups, 1, cpg)
-    return (d * m).sum(axis=2).reshape(cout)
+def _patch_from_channel_means(mean_in: np.ndarray, delta: np.ndarray, groups: int) -> np.ndarray:
+    """``(groups, K)`` mean patch from per-input-channel means (every kernel tap sees the mean)."""
+    taps = int(np.prod(delta.shape[2:], dtype=np.int64)) if delta.ndim > 2 else 1
+    return np.repeat(mean_in.astype(np.float64), taps).reshape(groups, -1)
 
 
-def _apply(qmodel, errors, means) -> list[str]:
+def _apply(qmodel, errors, mean_patches) -> list[str]:
+    """Subtract ``dW @ mean_patch`` from each layer's bias; the names of the layers changed."""
     corrected = []
     for name, (ql, delta) in errors.items():
-        if name not in means:
+        patch = mean_patches.get(name)
+        if patch is None or patch.size != delta[0].size * ql.groups:
             continue
-        mean_in = means[name]
-        if mean_in.size != delta.shape[1] * ql.groups:
-            continue
-        shift = _shift(delta, ql.groups, mean_in)
+        shift = np.einsum("gok,gk->go", grouped_weight(delta, ql.groups), patch.reshape(ql.groups, -1))
         b = read_bias(qmodel, ql, delta.shape[0]).astype(np.float64)
-        if write_bias(qmodel, ql, (b - shift).astype(np.float32)):
+        if write_bias(qmodel, ql, (b - shift.reshape(-1)).astype(np.float32)):
             corrected.append(name)
     return corrected
 
@@ -78,17 +76,15 @@ def correct_empirical(
     errors = _weight_error(float_model, out)
     if not errors:
         return out, []
-    names = {n: errors[n][0].node.input[0] for n in errors}
+    samplers = {n: PatchSampler(ql.node, d.shape, per_batch=1) for n, (ql, d) in errors.items()}
+    names = {n: errors[n][0].node.input[0] for n in errors if samplers[n].supported}
     sums: dict[str, np.ndarray] = {}
     count = [0]
 
     def keep(_: int, values: dict[str, np.ndarray]) -> None:
         count[0] += 1
         for lname, tensor in names.items():
-            v = values[tensor]
-            ch_axis = 1 if errors[lname][0].node.op_type == "Conv" else v.ndim - 1
-            m = v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != ch_axis))
-            sums[lname] = sums.get(lname, 0) + m
+            sums[lname] = sums.get(lname, 0) + samplers[lname].mean_patch(values[tensor])
 
     capture(out, calibration, sorted(set(names.values())), keep)
     means = {n: s / max(count[0], 1) for n, s in sums.items()}
@@ -170,6 +166,9 @@ def correct_data_free(
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     means = bn_input_means(bn_model if bn_model is not None else float_model)
-    corrected = _apply(out, _weight_error(float_model, out), means)
+    errors = _weight_error(float_model, out)
+    patches = {n: _patch_from_channel_means(means[n], d, ql.groups) for n, (ql, d) in errors.items()
+               if n in means and means[n].size == d.shape[1] * ql.groups}
+    corrected = _apply(out, errors, patches)
     log.info("bias correction (data-free): %d layers", len(corrected))
     return out, corrected

@@ -44,6 +44,37 @@ class PatchSampler:
         digest = hashlib.sha256(f"{self.node.name}|{self.node.output[0]}|{batch}".encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
+    def _geometry(self, x: np.ndarray):
+        """``x`` as 4-D, zero-padded, with the 2-D kernel, strides, dilations and output size."""
+        if len(self.kernel) == 1:
+            x = x[..., None]
+            kernel, strides, dil = self.kernel + [1], self.strides + [1], self.dilations + [1]
+            pads = [self.pads[0], 0, self.pads[1], 0]
+        else:
+            kernel, strides, dil, pads = self.kernel, self.strides, self.dilations, self.pads
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        oh = (xp.shape[2] - dil[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+        ow = (xp.shape[3] - dil[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+        return xp, kernel, strides, dil, oh, ow
+
+    def mean_patch(self, x: np.ndarray) -> np.ndarray:
+        """``(groups, K)``: the mean input patch over every output position of ``x``.
+
+        By linearity, a weight change ``dW`` shifts the layer's mean output by ``dW @ mean_patch``
+        exactly, zero padding included (a per-channel input mean misses the border taps, which
+        dominate on the few-row feature maps of text recognisers).
+        """
+        if self.op != "Conv":
+            return x.reshape(-1, x.shape[-1]).astype(np.float64).mean(axis=0)[None]
+        xp, kernel, strides, dil, oh, ow = self._geometry(x)
+        taps = np.empty((x.shape[1], kernel[0], kernel[1]))
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                view = xp[:, :, i * dil[0]: i * dil[0] + (oh - 1) * strides[0] + 1: strides[0],
+                          j * dil[1]: j * dil[1] + (ow - 1) * strides[1] + 1: strides[1]]
+                taps[:, i, j] = view.astype(np.float64).mean(axis=(0, 2, 3))
+        return taps.reshape(self.groups, -1)
+
     def sample(self, x: np.ndarray, batch: int) -> np.ndarray:
         """``(groups, K, m)`` float32 patches from input ``x`` (same positions for same batch/shape)."""
         rng = self._rng(batch)
@@ -51,16 +82,8 @@ class PatchSampler:
             rows = x.reshape(-1, x.shape[-1])
             idx = rng.choice(rows.shape[0], size=min(self.per_batch, rows.shape[0]), replace=False)
             return rows[np.sort(idx)].T[None].astype(np.float32)
-        if len(self.kernel) == 1:
-            x = x[..., None]
-            kernel, strides, dil = self.kernel + [1], self.strides + [1], self.dilations + [1]
-            pads = [self.pads[0], 0, self.pads[1], 0]
-        else:
-            kernel, strides, dil, pads = self.kernel, self.strides, self.dilations, self.pads
-        n, c, h, w = x.shape
-        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-        oh = (xp.shape[2] - dil[0] * (kernel[0] - 1) - 1) // strides[0] + 1
-        ow = (xp.shape[3] - dil[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+        xp, kernel, strides, dil, oh, ow = self._geometry(x)
+        n, c = xp.shape[:2]
         total = n * oh * ow
         idx = np.sort(rng.choice(total, size=min(self.per_batch, total), replace=False))
         b, rem = np.divmod(idx, oh * ow)
