@@ -47,15 +47,22 @@ TARGET = "DPUCZDX8G_ISA1_B4096"
 RESULTS = HERE / "results"
 
 
-def configs(iters: int) -> list[tuple[str, dict]]:
-    cle_bc = {"include_cle": True, "include_bias_corr": True}
+def cheap_configs() -> list[tuple[str, dict]]:
+    """The rows without fast finetune; ``plain`` is calibration alone (bias correction off)."""
+    off = {"include_bias_corr": False}
     return [
-        ("plain", {}),
-        ("+CLE", {"include_cle": True}),
-        ("+CLE +bias corr", cle_bc),
-        ("+CLE +AdaRound +bias corr", {**cle_bc, "fast_finetune": {"method": "adaround", "iters": iters}}),
-        ("+CLE +AdaQuant +bias corr", {**cle_bc, "fast_finetune": {"method": "adaquant", "iters": iters}}),
+        ("npuflow defaults (bias corr auto)", {}),
+        ("plain", off),
+        ("+bias corr", {"include_bias_corr": True}),
+        ("+CLE", {"include_cle": True, **off}),
+        ("+CLE +bias corr", {"include_cle": True, "include_bias_corr": True}),
     ]
+
+
+def finetune_configs(base: dict, iters: int) -> list[tuple[str, dict]]:
+    """AdaRound and AdaQuant on top of the best cheap configuration ``base``."""
+    return [(f"+{label}", {**base, "fast_finetune": {"method": method, "iters": iters}})
+            for label, method in (("AdaRound", "adaround"), ("AdaQuant", "adaquant"))]
 
 
 def benches(names: list[str], n_calib: int, n_eval: int) -> list[BQ.Bench]:
@@ -69,8 +76,8 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
               on_row: Callable[[dict], None] = lambda rows: None) -> dict:
     """All rows for one model; ``on_row(rows)`` after each, so a long run keeps what it finished.
 
-    Order: plain, +CLE, +CLE +bias corr, then automatic mixed precision from the best of those
-    (the cheap pipeline), then the fast-finetune rows, then the peers.
+    Order: the cheap rows (defaults, plain, bias correction, CLE, both), then automatic mixed
+    precision and AdaRound/AdaQuant, each from the best cheap row, then the peers.
     """
     rows: dict[str, dict] = {}
     model = npuflow_load(bench.path, bench.input_shapes)
@@ -95,9 +102,10 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
             best = (name, q, seconds)
         on_row(rows)
 
-    all_configs = configs(iters)
-    for name, cfg in all_configs[:3]:
+    for name, cfg in cheap_configs():
         quantize_row(name, cfg)
+    base_name = best[0] if best is not None else "plain"
+    base_cfg = rows.get(base_name, {}).get("config", {})
     if best is not None:
         name, q, seconds = best
         logging.info("%s: mixed precision from %s", bench.name, name)
@@ -117,8 +125,8 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
         }
         logging.info("%s: mixed precision -> %s", bench.name, scores)
         on_row(rows)
-    for name, cfg in all_configs[3:]:
-        quantize_row(name, cfg)
+    for name, cfg in finetune_configs(base_cfg, iters):
+        quantize_row(f"{name} (from {base_name})", cfg)
     if peers:
         with tempfile.TemporaryDirectory() as tmp:
             for label, fn in (("ONNX Runtime MinMax (per-channel, float scales)",

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -68,6 +69,22 @@ def run_sample(sess: ort.InferenceSession, sample: Sample, index: int) -> dict[s
     return dict(zip(names, values))
 
 
+def run_ahead(run: Callable[[int, Any], dict], samples: Iterable[Any]) -> Iterator[tuple[int, Any, dict]]:
+    """``(index, sample, run(index, sample))`` per sample, the next sample's ``run`` (an ONNX
+    Runtime call, which releases the GIL) already going in a worker thread while the caller
+    works on this one.  At most two samples' tensors are alive, so memory does not grow with the
+    sample count."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: tuple[int, Any, Future] | None = None
+        for index, sample in enumerate(samples):
+            future = pool.submit(run, index, sample)
+            if pending is not None:
+                yield pending[0], pending[1], pending[2].result()
+            pending = (index, sample, future)
+        if pending is not None:
+            yield pending[0], pending[1], pending[2].result()
+
+
 def collect(model: onnx.ModelProto, tensors: list[str], histogram: set[str], samples: Iterable[Sample], *,
             bins: int = 2048, keep: int = 0, progress: Progress | None = None,
             total: int | None = None) -> tuple[Statistics, list[Sample]]:
@@ -77,16 +94,18 @@ def collect(model: onnx.ModelProto, tensors: list[str], histogram: set[str], sam
                        hist={t: HistogramObserver(bins) for t in tensors if t in histogram})
     sess = session_for(model, [t for t in tensors if t not in inputs])
     kept: list[Sample] = []
-    for index, sample in enumerate(samples):
-        values = run_sample(sess, sample, index)
+    for index, sample, values in run_ahead(lambda i, x: run_sample(sess, x, i), samples):
         values.update(sample)
         for t in tensors:
             v = values.get(t)
             if v is None:
                 continue
-            stats.minmax[t].update(v)
             if t in stats.hist:
-                stats.hist[t].update(v)
+                extremes = stats.hist[t].update(v)
+                if extremes is not None:
+                    stats.minmax[t].update_range(*extremes, int(v.size))
+            else:
+                stats.minmax[t].update(v)
         if len(kept) < keep:
             kept.append(sample)
         stats.samples += 1

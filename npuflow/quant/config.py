@@ -209,7 +209,7 @@ class QuantConfig(_Strict):
 
     def resolve(self, target: Target, kind: str, op_type: str | None = None, node: str | None = None) -> TensorSettings:
         """Complete settings for tensor ``kind`` of node ``node`` (op type ``op_type``)."""
-        merged = target_defaults(target, kind, op_type)
+        merged = target_defaults(target, kind)
         merged.update(self.overall.set_fields())
         merged.update(getattr(self, kind).set_fields())
         if op_type is not None and op_type in self.op_types:
@@ -232,13 +232,7 @@ class QuantConfig(_Strict):
                 self.resolve(target, kind, op_type=op_type)
 
 
-#: Ops whose output range is fixed by the op itself: clipping it gains no resolution worth having
-#: and flattens the peaks that decide an argmax (PP-OCR's CTC blank and space both saturating at
-#: the clip value makes the blank win the tie).
-BOUNDED_OUTPUT_OPS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "HardSigmoid", "Tanh"})
-
-
-def target_defaults(target: Target, kind: str, op_type: str | None = None) -> dict:
+def target_defaults(target: Target, kind: str) -> dict:
     """Settings implied by the hardware arithmetic (the first layer of the config)."""
     n = target.numerics
     rounding = {"weight": n.round_mode.weight, "bias": n.round_mode.bias}.get(kind, n.round_mode.activation)
@@ -251,7 +245,7 @@ def target_defaults(target: Target, kind: str, op_type: str | None = None) -> di
     # (hard-swish outputs of PP-OCRv4 rec reach 47 where most values are below 3) would otherwise
     # set a step far coarser than the bulk needs (PP-OCRv4 rec 87.7 -> 90.7 % lines, YOLOv8n
     # output cosine 0.9968 -> 0.9994; benchmarks/results/quant.md).
-    float_activation = kind == "activation" and n.scale_type == "float" and op_type not in BOUNDED_OUTPUT_OPS
+    float_activation = kind == "activation" and n.scale_type == "float"
     return {
         "bit_width": 8,
         "method": "mse" if pow2_weight else "percentile" if float_activation else "minmax",

@@ -29,9 +29,13 @@ class MinMaxObserver:
     def update(self, x: np.ndarray) -> None:
         if x.size == 0:
             return
-        self.min = min(self.min, float(np.min(x)))
-        self.max = max(self.max, float(np.max(x)))
-        self.count += int(x.size)
+        self.update_range(float(np.min(x)), float(np.max(x)), int(x.size))
+
+    def update_range(self, lo: float, hi: float, count: int) -> None:
+        """Fold in a batch whose extremes are already known (the histogram observer finds them)."""
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += count
 
     def merge(self, other: "MinMaxObserver") -> None:
         self.min = min(self.min, other.min)
@@ -65,19 +69,24 @@ class HistogramObserver:
         self.counts = np.zeros(bins, dtype=np.int64)
         self.range = 0.0  # R: the histogram covers [-R, R]
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray) -> tuple[float, float] | None:
+        """Count ``x``; returns its ``(min, max)`` (``None`` when empty) for the min/max observer."""
         if x.size == 0:
-            return
+            return None
         v = np.asarray(x, dtype=np.float32).ravel()
-        amax = float(np.max(np.abs(v)))
+        lo, hi = float(v.min()), float(v.max())
+        amax = max(hi, -lo)
         if self.range == 0.0:
             self.range = max(2.0 ** math.ceil(math.log2(amax)) if amax > 0 else 0.0, self.MIN_RANGE)
         while amax > self.range:
             self._grow()
-        width = 2.0 * self.range / self.bins
-        idx = np.floor((v.astype(np.float64) + self.range) / width).astype(np.int64)
-        np.clip(idx, 0, self.bins - 1, out=idx)
+        # float32 and truncation (v + R >= 0, so truncation is floor): the float64 floor of the
+        # first version took two thirds of PP-OCR's calibration time for the same counts up to
+        # values within a float32 rounding of a bin edge
+        idx = ((v + np.float32(self.range)) * np.float32(self.bins / (2.0 * self.range))).astype(np.intp)
+        np.minimum(idx, self.bins - 1, out=idx)
         self.counts += np.bincount(idx, minlength=self.bins)
+        return lo, hi
 
     def _grow(self) -> None:
         """Double the range: bin pairs merge into the middle half."""

@@ -64,11 +64,13 @@ def after_export(
     if cfg.include_bias_corr:
         # empirical only: the data-free variant (correct_data_free) estimates the same shift
         # from BN statistics and is for callers without data; applying both would correct twice
-        corrected, names = correct_empirical(float_model, q, feeds)
+        uncorrected: list[list[np.ndarray]] = []
+        corrected, names = correct_empirical(float_model, q, feeds, on_outputs=uncorrected.append)
         record = {"layers": len(names), "kept": True}
         if cfg.include_bias_corr == "auto" and names:
             reference = run_outputs(float_model, feeds)
-            before, after = output_error(q, feeds, reference), output_error(corrected, feeds, reference)
+            before = relative_error(uncorrected, reference)
+            after = relative_error(run_outputs(corrected, feeds), reference)
             record.update(kept=after < before, output_error_before=before, output_error_after=after)
             log.info("bias correction: calibration output error %.4g -> %.4g (%s)", before, after,
                      "kept" if after < before else "dropped")
@@ -78,16 +80,20 @@ def after_export(
     return _copy_changed_initializers(q_dynamic, q, q_static), q, summary
 
 
-def output_error(model: onnx.ModelProto, feeds: list[Feed], reference: list[list[np.ndarray]]) -> float:
-    """Mean over outputs of ``MSE(model, float) / mean(float^2)``: scale-free, so outputs of
-    different magnitudes (boxes and class scores) weigh alike."""
-    outs = run_outputs(model, feeds)
+def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
+    """Mean over samples and outputs of ``MSE(output, float) / mean(float^2)``: scale-free, so
+    outputs of different magnitudes (boxes and class scores) weigh alike."""
     errors = []
-    for got, ref in zip(outs, reference, strict=True):
+    for got, ref in zip(outputs, reference, strict=True):
         for g, r in zip(got, ref, strict=True):
             r64 = np.asarray(r, dtype=np.float64)
             errors.append(float(np.mean((np.asarray(g, dtype=np.float64) - r64) ** 2) / max(np.mean(r64 ** 2), 1e-30)))
     return float(np.mean(errors)) if errors else 0.0
+
+
+def output_error(model: onnx.ModelProto, feeds: list[Feed], reference: list[list[np.ndarray]]) -> float:
+    """:func:`relative_error` of ``model``'s outputs on ``feeds``."""
+    return relative_error(run_outputs(model, feeds), reference)
 
 
 def _weight_round_mode(cfg) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -69,8 +69,13 @@ def _apply(qmodel, errors, mean_patches) -> list[str]:
 
 def correct_empirical(
     float_model: onnx.ModelProto, qmodel: onnx.ModelProto, calibration: Iterable[Feed],
+    on_outputs: Callable[[list[np.ndarray]], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``qmodel`` with biases corrected from calibration data; also the corrected names."""
+    """A copy of ``qmodel`` with biases corrected from calibration data; also the corrected names.
+
+    ``on_outputs`` receives ``qmodel``'s graph outputs for each sample of the same pass (the
+    quantizer's ``auto`` check compares them with the corrected model's, without another run).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     errors = _weight_error(float_model, out)
@@ -81,12 +86,16 @@ def correct_empirical(
     sums: dict[str, np.ndarray] = {}
     count = [0]
 
+    graph_outputs = [o.name for o in out.graph.output] if on_outputs is not None else []
+
     def keep(_: int, values: dict[str, np.ndarray]) -> None:
         count[0] += 1
         for lname, tensor in names.items():
             sums[lname] = sums.get(lname, 0) + samplers[lname].mean_patch(values[tensor])
+        if on_outputs is not None:
+            on_outputs([values[o] for o in graph_outputs])
 
-    capture(out, calibration, sorted(set(names.values())), keep)
+    capture(out, calibration, sorted(set(names.values()) | set(graph_outputs)), keep)
     means = {n: s / max(count[0], 1) for n, s in sums.items()}
     corrected = _apply(out, errors, means)
     log.info("bias correction (empirical): %d layers", len(corrected))

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ...model import tensor_elem_types
+from ..calibrate import run_ahead
 
 Feed = Mapping[str, np.ndarray]
 
@@ -169,9 +170,12 @@ def capture(
     """Run ``model`` on each feed and hand ``{name: tensor}`` for ``names`` to ``on_batch``."""
     sess = session(model, names)
     input_names = {i.name for i in sess.get_inputs()}
-    for k, feed in enumerate(feeds):
-        values = sess.run(list(names), {n: v for n, v in feed.items() if n in input_names})
-        on_batch(k, dict(zip(names, values)))
+
+    def run(_: int, feed: Feed) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(list(names), {n: v for n, v in feed.items() if n in input_names})))
+
+    for k, _, values in run_ahead(run, feeds):
+        on_batch(k, values)
 
 
 def run_outputs(model: onnx.ModelProto, feeds: Iterable[Feed]) -> list[list[np.ndarray]]:

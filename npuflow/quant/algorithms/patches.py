@@ -65,15 +65,16 @@ class PatchSampler:
         dominate on the few-row feature maps of text recognisers).
         """
         if self.op != "Conv":
-            return x.reshape(-1, x.shape[-1]).astype(np.float64).mean(axis=0)[None]
+            return x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)[None]
+        if all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides) and not any(self.pads):
+            return x.mean(axis=tuple(i for i in range(x.ndim) if i != 1), dtype=np.float64).reshape(self.groups, -1)
         xp, kernel, strides, dil, oh, ow = self._geometry(x)
         taps = np.empty((x.shape[1], kernel[0], kernel[1]))
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                view = xp[:, :, i * dil[0]: i * dil[0] + (oh - 1) * strides[0] + 1: strides[0],
-                          j * dil[1]: j * dil[1] + (ow - 1) * strides[1] + 1: strides[1]]
-                taps[:, i, j] = view.astype(np.float64).mean(axis=(0, 2, 3))
-        return taps.reshape(self.groups, -1)
+        for j in range(kernel[1]):  # one pass over the tensor per kernel column, then cheap rows
+            cols = xp[..., j * dil[1]: j * dil[1] + (ow - 1) * strides[1] + 1: strides[1]].sum(axis=(0, 3), dtype=np.float64)
+            for i in range(kernel[0]):
+                taps[:, i, j] = cols[:, i * dil[0]: i * dil[0] + (oh - 1) * strides[0] + 1: strides[0]].sum(axis=1)
+        return (taps / (x.shape[0] * oh * ow)).reshape(self.groups, -1)
 
     def sample(self, x: np.ndarray, batch: int) -> np.ndarray:
         """``(groups, K, m)`` float32 patches from input ``x`` (same positions for same batch/shape)."""
