@@ -42,6 +42,7 @@ import datasets as D  # noqa: E402
 import npuflow  # noqa: E402
 from npuflow.analyze.mixed_precision import perf_cost, search  # noqa: E402
 from npuflow.model import load as npuflow_load  # noqa: E402
+from npuflow.passes.fold_constants import fold_constants  # noqa: E402
 
 TARGET = "DPUCZDX8G_ISA1_B4096"
 RESULTS = HERE / "results"
@@ -107,38 +108,65 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
     base_name = best[0] if best is not None else "plain"
     base_cfg = rows.get(base_name, {}).get("config", {})
     if best is not None:
-        name, q, seconds = best
-        logging.info("%s: mixed precision from %s", bench.name, name)
-        t0 = time.perf_counter()
-        mp = search(q.float_model, q.model, bench.calib[:16], min_similarity=min_similarity, precision="float")
-        search_s = time.perf_counter() - t0
-        scores = bench.evaluate(D.ort_session(mp.model))
-        try:
-            cost = perf_cost(q.float_model, TARGET, mp.changes) if mp.changes else None
-        except Exception:  # noqa: BLE001  (the estimate is a note; the accuracy row stands without it)
-            traceback.print_exc()
-            cost = None
-        rows[f"auto mixed precision (from {name})"] = {
-            "scores": scores, "seconds": seconds + search_s, "search_seconds": search_s,
-            "float_layers": sorted(mp.changes), "similarity": [mp.base_score, mp.score], "target": mp.target,
-            "met": mp.met, "perf": cost,
-        }
-        logging.info("%s: mixed precision -> %s", bench.name, scores)
+        mixed_row(bench, rows, *best, min_similarity)
         on_row(rows)
     for name, cfg in finetune_configs(base_cfg, iters):
         quantize_row(f"{name} (from {base_name})", cfg)
     if peers:
-        with tempfile.TemporaryDirectory() as tmp:
-            for label, fn in (("ONNX Runtime MinMax (per-channel, float scales)",
-                               lambda: BQ.quantize_ort(bench.path, bench.calib, "MinMax", Path(tmp))),
-                              ("NNCF (defaults)", lambda: BQ.quantize_nncf(bench.path, bench.calib, Path(tmp)))):
-                try:
-                    path, seconds = fn()
-                    rows[label] = {"scores": bench.evaluate(D.ort_session(path)), "seconds": seconds}
-                except Exception as exc:  # noqa: BLE001
-                    rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
-                on_row(rows)
+        peer_rows(bench, rows, on_row)
     return rows
+
+
+def mixed_row(bench: BQ.Bench, rows: dict, name: str, q, seconds: float, min_similarity: float) -> None:
+    """Automatic mixed precision (layers and elementwise ops kept in float) from row ``name``."""
+    for key in [k for k in rows if k.startswith("auto mixed precision")]:
+        del rows[key]
+    logging.info("%s: mixed precision from %s", bench.name, name)
+    t0 = time.perf_counter()
+    mp = search(q.float_model, q.model, bench.calib[:16], min_similarity=min_similarity, precision="float")
+    search_s = time.perf_counter() - t0
+    scores = bench.evaluate(D.ort_session(mp.model))
+    try:
+        cost = perf_cost(q.float_model, TARGET, mp.changes) if mp.changes else None
+    except Exception:  # noqa: BLE001  (the estimate is a note; the accuracy row stands without it)
+        traceback.print_exc()
+        cost = None
+    rows[f"auto mixed precision (from {name})"] = {
+        "scores": scores, "seconds": seconds + search_s, "search_seconds": search_s,
+        "float_layers": sorted(mp.changes), "similarity": [mp.base_score, mp.score], "target": mp.target,
+        "met": mp.met, "perf": cost,
+    }
+    logging.info("%s: mixed precision -> %s", bench.name, scores)
+
+
+def peer_rows(bench: BQ.Bench, rows: dict, on_row: Callable[[dict], None] = lambda rows: None) -> None:
+    """ONNX Runtime (best of its calibration methods on the evaluation set, as in bench_quant) and
+    NNCF defaults, both per-channel with float scales: references, not DPU-deployable."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # the float model prepared as bench_quant prepares it for every tool (frozen shapes, folded
+        # constants: ONNX Runtime's quantizer rejects PP-OCR's graph otherwise)
+        float_path = Path(tmp) / "float.onnx"
+        npuflow.model.save(fold_constants(npuflow_load(bench.path, bench.input_shapes)), float_path)
+        best = None
+        for method in BQ.ORT_METHODS:
+            try:
+                path, seconds = BQ.quantize_ort(float_path, bench.calib, method, Path(tmp), stride=2)
+                scores = bench.evaluate(D.ort_session(path))
+                if best is None or scores[bench.metric] > best[1][bench.metric]:
+                    best = (method, scores, seconds)
+            except Exception as exc:  # noqa: BLE001
+                rows[f"ONNX Runtime {method}"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if best is not None:
+            rows[f"ONNX Runtime {best[0]} (best of {'/'.join(BQ.ORT_METHODS)}; per-channel, float scales)"] = {
+                "scores": best[1], "seconds": best[2]}
+        on_row(rows)
+        try:
+            path, seconds = BQ.quantize_nncf(float_path, bench.calib, Path(tmp))
+            rows["NNCF (defaults; per-channel, float scales)"] = {"scores": bench.evaluate(D.ort_session(path)),
+                                                                  "seconds": seconds}
+        except Exception as exc:  # noqa: BLE001
+            rows["NNCF (defaults; per-channel, float scales)"] = {"error": f"{type(exc).__name__}: {exc}"}
+        on_row(rows)
 
 
 def render(benches_: list[BQ.Bench], results: dict, args) -> str:
@@ -187,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--min-similarity", type=float, default=0.99)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--mixed-only", action="store_true",
+                    help="keep the other rows of results/<OUTPUT>.json and (re)run only automatic mixed precision")
+    ap.add_argument("--peers-only", action="store_true",
+                    help="keep the npuflow rows of results/<OUTPUT>.json and (re)run only ONNX Runtime and NNCF")
     ap.add_argument("--output", default="accuracy", help="results/<OUTPUT>.md and .json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -202,6 +234,30 @@ def main(argv: list[str] | None = None) -> int:
         npuflow.model.write_atomic(RESULTS / f"{args.output}.json", json.dumps(results, indent=1, default=str))
         return text
 
+    if args.mixed_only:
+        saved = json.loads((RESULTS / f"{args.output}.json").read_text())
+        cheap = [n for n, _ in cheap_configs()]
+        for b in bs:
+            rows = saved[b.name]
+            results[b.name] = rows
+            name = max((n for n in cheap if "scores" in rows.get(n, {})),
+                       key=lambda n: rows[n]["scores"][b.metric])
+            t0 = time.perf_counter()
+            q = npuflow.quantize(npuflow_load(b.path, b.input_shapes), b.calib, target=TARGET,
+                                 config=rows[name]["config"])
+            mixed_row(b, rows, name, q, time.perf_counter() - t0, args.min_similarity)
+            write()
+        print(write())
+        return 0
+    if args.peers_only:
+        saved = json.loads((RESULTS / f"{args.output}.json").read_text())
+        for b in bs:
+            rows = {k: v for k, v in saved.get(b.name, {}).items()
+                    if not k.startswith(("ONNX Runtime", "NNCF"))}
+            results[b.name] = rows
+            peer_rows(b, rows, on_row=lambda r, name=b.name: (results.__setitem__(name, r), write()))
+        print(write())
+        return 0
     for b in bs:
         results[b.name] = {}
         results[b.name] = run_model(b, args.iters, args.min_similarity, not args.no_peers,

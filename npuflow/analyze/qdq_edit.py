@@ -6,6 +6,10 @@ model directly (the format of ``docs/quantized-model-format.md``):
 
 * a layer's *quantization points* are its weight and bias ``DequantizeLinear`` inputs and the
   quantize/dequantize pair on its output (after a fused ``Relu``/``Clip`` if there is one);
+* every other activation pair (outputs of ``Add``, ``Mul``, hard-swish, pooling ...) is a
+  weightless "layer" of its own, named after the node that produces the tensor: on networks
+  such as PP-OCRv4 rec the loss sits in those elementwise ops between the weighted layers, so a
+  search over weighted layers alone cannot reach its target;
 * *float*: the weight and bias become float initializers (the float model's values when the
   layer is found there by name) and the output pair becomes an ``Identity``;
 * *int16*: weights are re-quantized to 16 bits with a scale 256x finer (a power of two stays a
@@ -43,7 +47,7 @@ class QuantPoint:
 class LayerPoints:
     name: str
     op_type: str
-    layer: QuantizedLayer
+    layer: QuantizedLayer | None  # None: a weightless op (only its output pair can change)
     outputs: list[QuantPoint] = field(default_factory=list)
 
 
@@ -65,17 +69,28 @@ def activation_points(model: onnx.ModelProto) -> list[QuantPoint]:
 
 
 def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
-    """Quantization points of every weight layer, in graph order."""
+    """Quantization points of every weight layer, then of every other op with a quantized output."""
     cons = consumers(model)
-    by_input = {p.q.input[0]: p for p in activation_points(model)}
+    points = activation_points(model)
+    by_input = {p.q.input[0]: p for p in points}
     out = []
+    owned: set[str] = set()
     for ql in quantized_layers(model):
         tensor = ql.node.output[0]
         users = cons.get(tensor, [])
         if len(users) == 1 and users[0].op_type in ("Relu", "Clip", "LeakyRelu"):
             tensor = users[0].output[0]
         pts = [by_input[tensor]] if tensor in by_input else []
+        owned.update(p.q.input[0] for p in pts)
         out.append(LayerPoints(ql.name, ql.node.op_type, ql, pts))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    taken = {lp.name for lp in out}
+    for p in points:
+        node = producer.get(p.q.input[0])
+        if p.q.input[0] in owned or node is None or not node.name or node.name in taken:
+            continue  # graph inputs and unnamed producers have no name to keep in float
+        taken.add(node.name)
+        out.append(LayerPoints(node.name, node.op_type, None, [p]))
     return out
 
 
@@ -114,6 +129,10 @@ def _replace_input_with_initializer(model: onnx.ModelProto, node: onnx.NodeProto
 
 def set_float(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
     """Keep layer ``lp`` in float (weights, bias and output), in place."""
+    if lp.layer is None:
+        for p in lp.outputs:
+            bypass(p)
+        return
     w, b = _float_weights(model, lp, float_model)
     _replace_input_with_initializer(model, lp.layer.node, 1, w, "float_weight")
     if lp.layer.bias_scale is not None and len(lp.layer.node.input) > 2:
@@ -137,6 +156,10 @@ def bypass(p: QuantPoint) -> None:
 
 def set_int16(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
     """Raise layer ``lp`` to 16-bit weights and output, in place (bias stays as it is)."""
+    if lp.layer is None:
+        for p in lp.outputs:
+            _int16_point(model, p)
+        return
     w, _ = _float_weights(model, lp, float_model)
     s = lp.layer.scale.astype(np.float32) / INT16_REFINE
     axis = None

@@ -132,7 +132,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     add_placement(report, placement)
     info = quant_info(asg_s.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
                       bias_corrected=applied.get("bias_correction", {}).get("kept", False),
-                      fast_finetuned=cfg.fast_finetune is not None)
+                      fast_finetuned=cfg.fast_finetune is not None, algorithms=applied)
     return QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,
                           quant_params=asg_s.params, report=report, target=tgt, config=cfg, info=info)
 

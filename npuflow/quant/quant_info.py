@@ -13,7 +13,7 @@ FORMAT_VERSION = 1
 
 
 def quant_info(params: dict[str, TensorQuant], *, target: str, scale_type: str, cle: bool = False,
-               bias_corrected: bool = False, fast_finetuned: bool = False) -> dict:
+               bias_corrected: bool = False, fast_finetuned: bool = False, algorithms: dict | None = None) -> dict:
     info: dict = {"format_version": FORMAT_VERSION, "target": target, "scale_type": scale_type,
                   "tensors": {name: q.to_json() for name, q in params.items()}}
     if scale_type == "power_of_two":
@@ -26,4 +26,6 @@ def quant_info(params: dict[str, TensorQuant], *, target: str, scale_type: str, 
             fp = q.fix_pos.tolist() if q.fix_pos.ndim else int(q.fix_pos)
             info[section[q.kind]][name] = [[q.bits, fp]]
     info.update({"fast_finetuned": fast_finetuned, "bias_corrected": bias_corrected, "cle": cle})
+    if algorithms:
+        info["algorithms"] = algorithms
     return info

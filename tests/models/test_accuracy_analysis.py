@@ -38,7 +38,11 @@ def test_sensitivity_ranking_is_deterministic_and_json_complete(quantized, digit
     b = sensitivity.analyze(quantized.float_model, quantized.model, digits[12:])
     assert a.ranking() == b.ranking()
     names = [lp.name for lp in layer_points(quantized.model)]
-    assert sorted(a.ranking()) == sorted(names) and len(names) == 5
+    assert sorted(a.ranking()) == sorted(names)
+    # the 5 weighted layers, then the weightless ops with a quantized output of their own (MaxPool, Reshape)
+    weighted = [lp.name for lp in layer_points(quantized.model) if lp.layer is not None]
+    assert len(weighted) == 5 and names[:5] == weighted
+    assert {lp.op_type for lp in layer_points(quantized.model) if lp.layer is None} == {"MaxPool", "Reshape"}
     data = json.loads(a.to_json())
     assert set(data) == {"metric", "float_score", "quantized_score", "layers"}
     assert all(set(l) == {"layer", "op_type", "float_only", "quant_only", "gain"} for l in data["layers"])
@@ -84,7 +88,7 @@ def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_pat
                "--samples", "4", "--json", out)
     assert proc.returncode == 0, proc.stderr
     sens = json.loads(out.read_text())
-    assert "Layer sensitivity" in proc.stdout and len(sens["layers"]) == 5
+    assert "Layer sensitivity" in proc.stdout and len(sens["layers"]) == 9  # 5 weighted + 4 MaxPool/Reshape
     # halfway between the quantized score and the best single-layer fix: reachable, not already met
     target = (sens["quantized_score"] + sens["layers"][0]["float_only"]) / 2
     mp = tmp_path / "mp.json"
@@ -99,3 +103,14 @@ def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_pat
     proc = cli("analyze", "mixed-precision", models.mnist_cnn(), "--calib", calib, "--target", DPU,
                "--min-similarity", "0.5", "--precision", "int4")
     assert proc.returncode == 2 and "NPF_QUANT_BAD_PRECISION" in proc.stderr
+
+
+def test_weightless_points_can_be_kept_in_float_or_raised_to_int16(quantized, digits):
+    lp = next(lp for lp in layer_points(quantized.model) if lp.layer is None)
+    tensor = lp.outputs[0].q.input[0]
+    edited = apply_precisions(quantized.model, {lp.name: "float"}, quantized.float_model)
+    assert any(n.op_type == "Identity" and list(n.input) == [tensor] for n in edited.graph.node)
+    raised = apply_precisions(quantized.model, {lp.name: "int16"}, quantized.float_model)
+    assert sum(n.op_type.endswith("_int16") for n in raised.graph.node) == 1
+    metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
+    assert metric(edited) >= metric(quantized.model) - 1e-4  # a float point never costs accuracy here

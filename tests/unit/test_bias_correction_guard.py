@@ -73,6 +73,9 @@ def test_auto_bias_correction_is_kept_when_it_lowers_the_output_error():
     err_on = apply_mod.output_error(q.model, feeds, reference)
     err_off = apply_mod.output_error(off.model, feeds, reference)
     assert kept is (err_on < err_off) and err_on <= err_off
+    record = q.info["algorithms"]["bias_correction"]
+    assert record["kept"] is kept and record["layers"] >= 1
+    assert (record["output_error_after"] < record["output_error_before"]) is kept
 
 
 def test_only_changed_initializers_reach_the_static_twin():
