@@ -91,8 +91,6 @@ def search(
         if max_drop is None:
             raise ValueError("a metric target needs max_drop")
         target = metric(float_model) - float(max_drop)
-    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress, quant_only=False)
-    ranking = report.ranking()
     evals = [0]
     scores: dict[tuple[str, ...], float] = {}
 
@@ -103,8 +101,11 @@ def search(
         return scores[chosen]
 
     base = score(())
-    if base >= target:
+    if base >= target:  # nothing to raise: skip the sensitivity analysis (one evaluation per point)
+        report = sensitivity or SensitivityReport("metric", metric(float_model), base)
         return _result(qmodel, float_model, (), precision, base, base, target, True, evals[0], report)
+    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress, quant_only=False)
+    ranking = report.ranking()
     if score(tuple(ranking)) < target:
         chosen = tuple(ranking)
         return _result(qmodel, float_model, chosen, precision, base, scores[chosen], target, False, evals[0], report)

@@ -94,7 +94,8 @@ def analyze(
             raise ValueError("sensitivity analysis needs evaluation feeds or a metric")
         metric = similarity_metric(float_model, feeds)
         metric_name = metric_name or "output cosine similarity"
-    names = [lp.name for lp in layer_points(qmodel)]
+    op_types = {lp.name: lp.op_type for lp in layer_points(qmodel)}
+    names = list(op_types)
     if layers is not None:
         wanted = set(layers)
         names = [n for n in names if n in wanted]
@@ -107,8 +108,7 @@ def analyze(
         f_only = metric(apply_precisions(qmodel, {name: "float"}, float_model))
         q_only = (metric(apply_precisions(qmodel, {}, float_model, quantize_only=name))
                   if quant_only else None)
-        op = next(lp.op_type for lp in layer_points(qmodel) if lp.name == name)
-        result.append(LayerSensitivity(name, op, f_only, q_only, f_only - base))
+        result.append(LayerSensitivity(name, op_types[name], f_only, q_only, f_only - base))
     result.sort(key=lambda r: (-round(r.gain, 12), r.layer))
     log.info("sensitivity: %d layers, quantized score %.5f, float %.5f", len(result), base, fscore)
     return SensitivityReport(metric_name or "metric", fscore, base, result)

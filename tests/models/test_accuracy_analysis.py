@@ -114,3 +114,9 @@ def test_weightless_points_can_be_kept_in_float_or_raised_to_int16(quantized, di
     assert sum(n.op_type.endswith("_int16") for n in raised.graph.node) == 1
     metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
     assert metric(edited) >= metric(quantized.model) - 1e-4  # a float point never costs accuracy here
+
+
+def test_mixed_precision_changes_nothing_when_the_target_already_holds(quantized, digits):
+    base = sensitivity.similarity_metric(quantized.float_model, digits[12:])(quantized.model)
+    mp = mixed_precision.search(quantized.float_model, quantized.model, digits[12:], min_similarity=base - 0.01)
+    assert mp.met and mp.changes == {} and mp.evaluations == 1 and mp.sensitivity.layers == []
