@@ -28,7 +28,6 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -202,7 +201,7 @@ def render(benches_: list[BQ.Bench], results: dict, args) -> str:
             lines.append(f"| {name} | {sc[b.metric]:.4g} | {other} | {secs} | {notes} |")
         for name, r in rows.items():
             if r.get("float_layers"):
-                lines += ["", f"Layers kept in float by the search: " + ", ".join(f"`{n}`" for n in r["float_layers"])]
+                lines += ["", "Layers kept in float by the search: " + ", ".join(f"`{n}`" for n in r["float_layers"])]
         lines.append("")
     return "\n".join(lines)
 

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,17 +49,6 @@ MODELS = {
                lambda n: D.efficientnet("calib", n)[0]),
     "yolo": ("YOLOv8n (320)", fixture_models.yolov8n, "images", [1, 3, 320, 320], lambda n: D.yolo("calib", n)),
 }
-
-
-def _ort(model, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
 def _time(fn, runs: int) -> float:
@@ -86,8 +74,8 @@ def bench_model(key: str, rounds: int, runs: int, calib_n: int) -> dict:
         size = path.stat().st_size
         session = npuflow.Session(path)
         x = samples[0]
-        qdq1, qdq2 = _ort(quantized.model, 1), _ort(quantized.model, 2)
-        fp1, fp2 = _ort(onnx.load(str(float_path)), 1), _ort(onnx.load(str(float_path)), 2)
+        qdq1, qdq2 = D.ort_session(quantized.model, 1), D.ort_session(quantized.model, 2)
+        fp1, fp2 = D.ort_session(float_path, 1), D.ort_session(float_path, 2)
         ours = session.run(x)
         ref = dict(zip([o.name for o in qdq1.get_outputs()], qdq1.run(None, x)))
         exact = all(np.array_equal(ours[k], ref[k]) for k in ours)

@@ -278,8 +278,12 @@ def _pad(node, view) -> OpInfo:
     return OpInfo("pad", COMPUTE, p)
 
 
-_SIMPLE_ACT = {"Relu": "relu", "PRelu": "prelu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish",
+_SIMPLE_ACT = {"Relu": "relu", "PRelu": "prelu", "Sigmoid": "sigmoid", "Tanh": "tanh",
                "Elu": "elu", "Selu": "selu", "Mish": "mish", "Gelu": "gelu", "Softplus": "softplus"}
+_POOLS = {"MaxPool": "max_pool", "AveragePool": "avg_pool"}
+_GLOBAL_POOLS = {"GlobalAveragePool": "global_avg_pool", "GlobalMaxPool": "global_max_pool"}
+_ELTWISE = {"Add": "eltwise_add", "Sum": "eltwise_add", "Mul": "eltwise_mul", "Sub": "eltwise_sub",
+            "Div": "eltwise_div"}
 
 
 def classify(node: onnx.NodeProto, view: GraphView, index: int) -> OpInfo:
@@ -293,22 +297,12 @@ def classify(node: onnx.NodeProto, view: GraphView, index: int) -> OpInfo:
         return _conv(node, view, transposed=False)
     if op == "ConvTranspose":
         return _conv(node, view, transposed=True)
-    if op == "MaxPool":
-        return _pool(node, view, "max_pool")
-    if op == "AveragePool":
-        return _pool(node, view, "avg_pool")
-    if op == "GlobalAveragePool":
-        return _global_pool(node, view, "global_avg_pool")
-    if op == "GlobalMaxPool":
-        return _global_pool(node, view, "global_max_pool")
-    if op in ("Add", "Sum"):
-        return _eltwise(node, view, "eltwise_add")
-    if op == "Mul":
-        return _eltwise(node, view, "eltwise_mul")
-    if op == "Sub":
-        return _eltwise(node, view, "eltwise_sub")
-    if op == "Div":
-        return _eltwise(node, view, "eltwise_div")
+    if op in _POOLS:
+        return _pool(node, view, _POOLS[op])
+    if op in _GLOBAL_POOLS:
+        return _global_pool(node, view, _GLOBAL_POOLS[op])
+    if op in _ELTWISE:
+        return _eltwise(node, view, _ELTWISE[op])
     if op in ("Gemm", "MatMul"):
         return _gemm(node, view)
     if op in ("Resize", "Upsample"):

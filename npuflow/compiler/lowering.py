@@ -28,13 +28,18 @@ class _Reject(Exception):
     """Internal: a node cannot be lowered (the message says why)."""
 
 
-def _act(g: QGraph, name: str) -> tuple[str, QParams, onnx.NodeProto]:
+def _per_tensor_source(g: QGraph, name: str) -> tuple[str, QParams, onnx.NodeProto]:
+    """``(integer tensor, params, DequantizeLinear)`` behind ``name``, quantized per tensor."""
     src = g.dq_source(name)
     if src is None:
         raise _Reject(f"input {name!r} is not a dequantized integer tensor")
-    int_name, p, dq = src
-    if not p.per_tensor:
+    if not src[1].per_tensor:
         raise _Reject(f"input {name!r} is quantized per channel")
+    return src
+
+
+def _act(g: QGraph, name: str) -> tuple[str, QParams, onnx.NodeProto]:
+    int_name, p, dq = _per_tensor_source(g, name)
     if p.bits not in (8, 16):
         raise _Reject(f"input {name!r} is {p.dtype}")
     return int_name, p, dq
@@ -52,12 +57,7 @@ def _weight(g: QGraph, name: str) -> tuple[np.ndarray, QParams, onnx.NodeProto]:
 
 def _operand(g: QGraph, name: str) -> tuple[str | None, np.ndarray | None, QParams, onnx.NodeProto]:
     """An activation or a quantized constant (``(None, values, params, dq)`` for a constant)."""
-    src = g.dq_source(name)
-    if src is None:
-        raise _Reject(f"input {name!r} is not a dequantized integer tensor")
-    int_name, p, dq = src
-    if not p.per_tensor:
-        raise _Reject(f"input {name!r} is quantized per channel")
+    int_name, p, dq = _per_tensor_source(g, name)
     c = g.const(int_name)
     return (None, c, p, dq) if c is not None else (int_name, None, p, dq)
 

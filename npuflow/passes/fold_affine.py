@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph import GraphIndex, attr, remove_unused_initializers, replace_initializer, unique_name
+from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers
 
 _PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
@@ -77,21 +77,6 @@ def _fold_one(graph: onnx.GraphProto) -> bool:
             w, b = w * s.reshape(shape), b * s
         else:
             b = b + c if node.op_type == "Add" else b - c
-        w_name = prod.input[1] if len(idx.consumers[prod.input[1]]) == 1 else unique_name(graph, prod.input[1] + "_affine")
-        b_name = (prod.input[2] if has_bias and len(idx.consumers[prod.input[2]]) == 1
-                  else unique_name(graph, (prod.name or prod.output[0]) + "_bias"))
-        replace_initializer(graph, w_name, w.astype(np.float32))
-        replace_initializer(graph, b_name, b.astype(np.float32))
-        prod.input[1] = w_name
-        if has_bias:
-            prod.input[2] = b_name
-        else:
-            prod.input.append(b_name)
-        new_out = node.output[0]
-        graph.node.remove(node)
-        prod.output[0] = new_out
-        keep = [vi for vi in graph.value_info if vi.name != t]
-        del graph.value_info[:]
-        graph.value_info.extend(keep)
+        absorb_follower(graph, idx, prod, node, w, b, "_affine")
         return True
     return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph import GraphIndex, attr, remove_unused_initializers, replace_initializer, unique_name
+from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -67,20 +67,4 @@ def _fold(graph: onnx.GraphProto, idx: GraphIndex, bn: onnx.NodeProto) -> None:
         c = idx.const(prod.input[2]).astype(np.float64) if has_bias else np.zeros(w.shape[axis])
     shape = [1] * w.ndim
     shape[axis] = -1
-    new_w = (w * scale.reshape(shape)).astype(np.float32)
-    new_b = ((c - mean) * scale + beta).astype(np.float32)
-    w_name = prod.input[1] if len(idx.consumers[prod.input[1]]) == 1 else unique_name(graph, prod.input[1] + "_bn")
-    b_name = prod.input[2] if has_bias and len(idx.consumers[prod.input[2]]) == 1 else unique_name(graph, (prod.name or prod.output[0]) + "_bias")
-    replace_initializer(graph, w_name, new_w)
-    replace_initializer(graph, b_name, new_b)
-    prod.input[1] = w_name
-    if has_bias:
-        prod.input[2] = b_name
-    else:
-        prod.input.append(b_name)
-    bn_out = bn.output[0]
-    graph.node.remove(next(n for n in graph.node if _same(n, bn)))  # before prod takes over its output name
-    prod.output[0] = bn_out
-    keep = [vi for vi in graph.value_info if vi.name != bn.input[0]]
-    del graph.value_info[:]
-    graph.value_info.extend(keep)
+    absorb_follower(graph, idx, prod, bn, w * scale.reshape(shape), (c - mean) * scale + beta, "_bn")

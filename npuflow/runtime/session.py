@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..model import write_atomic
-from ..targets import Target, load_target
+from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel
 from .executors import IntegerExecutor, OnnxExecutor
 from .runner import Runner, TensorInfo
@@ -72,10 +72,6 @@ def set_blas_threads(n: int) -> None:
         _blas_limit[:] = [threadpool_limits(limits=n, user_api="blas")]
 
 
-def _fingerprint(fp: str) -> int:
-    return int(str(fp), 16)
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
 
@@ -91,7 +87,7 @@ class Session:
         m = self.compiled.manifest
         if target is not None:
             tgt = target if isinstance(target, Target) else load_target(target)
-            if _fingerprint(tgt.fingerprint) != _fingerprint(self.compiled.fingerprint):
+            if not same_fingerprint(tgt.fingerprint, self.compiled.fingerprint):
                 raise NpuflowError("NPF_RUNTIME_TARGET_MISMATCH", compiled=self.compiled.target_name,
                                    compiled_fp=self.compiled.fingerprint, target=tgt.name,
                                    target_fp=tgt.fingerprint)

@@ -112,12 +112,13 @@ def _lookup(key: str) -> Target | None:
         if t.name.lower() == low:
             return t
     for t in _bundled():
-        if t.name.lower() == low or _same_fingerprint(t.fingerprint, key):
+        if t.name.lower() == low or same_fingerprint(t.fingerprint, key):
             return t
     return None
 
 
-def _same_fingerprint(a: str, b: str) -> bool:
+def same_fingerprint(a: str, b: str) -> bool:
+    """Whether two DPU fingerprints (hex strings, any case or leading zeros) name the same target."""
     try:
         return int(a, 16) == int(b, 16)
     except ValueError:

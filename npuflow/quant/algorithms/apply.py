@@ -91,11 +91,6 @@ def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndar
     return float(np.mean(errors)) if errors else 0.0
 
 
-def output_error(model: onnx.ModelProto, feeds: list[Feed], reference: list[list[np.ndarray]]) -> float:
-    """:func:`relative_error` of ``model``'s outputs on ``feeds``."""
-    return relative_error(run_outputs(model, feeds), reference)
-
-
 def _weight_round_mode(cfg) -> str:
     mode = getattr(cfg.weight, "round_mode", None) or getattr(cfg.overall, "round_mode", None)
     return getattr(mode, "value", mode) or "std_round"
