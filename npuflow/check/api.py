@@ -19,8 +19,8 @@ from ..model import ModelLike, infer_static_shapes, load
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
-from .ops import FOLLOWER, LAYOUT, OpInfo, classify
-from .partition import UnionFind, partition
+from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
+from .partition import UnionFind, partition, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from .rules import hint_for, rule_reasons
 
@@ -119,6 +119,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     for m, anchor in fused.items():
         device[m] = device[anchor]
     _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
+    _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
     _place_followers(view, device, transparent)
     sub = partition(view, device, transparent)
     for i in range(n):  # fused and transparent nodes share their anchor's / neighbour's subgraph
@@ -160,6 +161,56 @@ def _demote_lonely_layout(view, infos, device, reasons, transparent, tgt) -> Non
             device[i] = CPU
             reasons[i].append(f"layout-only op with no {tgt.device_label} neighbour stays on the CPU "
                               f"(it would be a subgraph of its own)")
+
+
+#: Ops that only move data: on the accelerator they compute nothing the CPU could not.
+_MOVER_KINDS = LAYOUT_KINDS | {"concat"}
+
+
+def _real_consumers(view: GraphView, transparent: list[bool], i: int) -> list[int]:
+    """Non-transparent nodes that read node ``i``'s outputs, looking through followers."""
+    out, stack, seen = [], [o for o in view.nodes[i].output if o], set()
+    while stack:
+        t = stack.pop()
+        for c in view.data_consumers(t):
+            if c in seen:
+                continue
+            seen.add(c)
+            if transparent[c]:
+                stack.extend(o for o in view.nodes[c].output if o)
+            else:
+                out.append(c)
+    return out
+
+
+def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
+    """Concats/reshapes/transposes that carry CPU results and feed no accelerator work run on the CPU.
+
+    On the accelerator they would only copy: the CPU result goes up (quantized to the joined
+    tensor's one scale), comes back down, and nothing was computed.  YOLOv8's output Concat is
+    the case that matters: its pixel boxes come from the NPU and its class scores from a CPU
+    Sigmoid; joined on a power-of-two target the boxes' scale (2.5 px per step) turns every class
+    score into 0.  Candidates are the movers that read CPU data (directly or through other
+    movers); any that feeds accelerator work outside the set stays, until the set is stable.
+    """
+    carries_cpu: set[int] = set()
+    for i in range(len(view.nodes)):  # graph order is topological
+        if device[i] != NPU or transparent[i] or infos[i].kind not in _MOVER_KINDS:
+            continue
+        producers = [real_producer(view, transparent, t) for t in view.data_inputs(i)]
+        if any(p is not None and (device[p] == CPU or p in carries_cpu) for p in producers):
+            carries_cpu.add(i)
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(carries_cpu):
+            if any(device[c] == NPU and c not in carries_cpu for c in _real_consumers(view, transparent, i)):
+                carries_cpu.discard(i)
+                changed = True
+    for i in sorted(carries_cpu):
+        device[i] = CPU
+        reasons[i].append(f"only moves data that comes from the CPU and goes back to it; on the "
+                          f"{tgt.device_label} it would cost two transfers and a shared quantization scale")
 
 
 def _place_followers(view: GraphView, device: list[str], transparent: list[bool]) -> None:

@@ -118,8 +118,11 @@ def test_ppocr_rec_calibrates_on_varying_widths_and_keeps_metadata(models):
 def test_yolov8n_output_similarity_pow2(models):
     photos = [im.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for im in _photos(320)]
     q = npuflow.quantize(str(models.yolov8n()), photos[:8], target=DPU, input_shapes={"images": [1, 3, 320, 320]})
-    cos = [_cos(run(q.float_model, {"images": p})[0], run(q.model, {"images": p})[0]) for p in photos[8:]]
-    assert min(cos) >= 0.99
+    pairs = [(run(q.float_model, {"images": p})[0], run(q.model, {"images": p})[0]) for p in photos[8:]]
+    assert min(_cos(f, g) for f, g in pairs) >= 0.99
+    # the class-score rows (sigmoid, on the CPU) are not joined to the pixel boxes on the DPU:
+    # sharing the boxes' power-of-two scale (2.5 px per step) made every score 0 (cosine 0.0)
+    assert np.mean([_cos(f[:, 4:], g[:, 4:]) for f, g in pairs]) >= 0.5
 
 
 def test_efficientnet_lite0_output_similarity(models):

@@ -128,6 +128,28 @@ def test_cpu_node_in_the_middle_splits_and_layout_ops_follow():
     assert "no DPU neighbour" in r.node("reshape").reasons[0]
 
 
+def test_tail_concat_of_a_cpu_result_runs_on_the_cpu():
+    """YOLOv8's output: NPU boxes joined with CPU class scores would share one scale on the DPU."""
+    c = 8
+    c1, w1 = B.conv_node("conv1", "x", "a", c, c)
+    c2, w2 = B.conv_node("conv2", "x", "b", c, c)
+    sig = helper.make_node("Sigmoid", ["b"], ["s"], name="sigmoid")
+    shape = B.const("shape", np.array([1, c, 64], np.int64))
+    boxes = helper.make_node("Reshape", ["a", "shape"], ["ra"], name="boxes")
+    scores = helper.make_node("Reshape", ["s", "shape"], ["rs"], name="scores")
+    cat = helper.make_node("Concat", ["ra", "rs"], ["y"], name="cat", axis=1)
+    m = B.model([c1, c2, sig, boxes, scores, cat], [B.vi("x", [1, c, 8, 8])], [B.vi("y", None)], [w1, w2, shape])
+    r = npuflow.check(m, DPU)
+    assert r.node("cat").device == CPU and "comes from the CPU" in r.node("cat").reasons[0]
+    assert r.node("scores").device == CPU  # follows the demoted concat: it only moves CPU data
+    assert r.node("boxes").device == NPU and r.node("conv1").device == NPU
+    # the same concat feeding NPU work stays on the NPU (the scores must go up anyway)
+    c3, w3 = B.conv_node("conv3", "y2", "z", 2 * c, c)
+    cat2 = helper.make_node("Concat", ["a", "s"], ["y2"], name="cat", axis=1)
+    m2 = B.model([c1, c2, sig, cat2, c3], [B.vi("x", [1, c, 8, 8])], [B.vi("z", None)], [w1, w2, w3])
+    assert npuflow.check(m2, DPU).node("cat").device == NPU
+
+
 def test_shape_arithmetic_is_folded_and_does_not_split():
     c = 4
     c1, w1 = B.conv_node("conv1", "x", "a", c, c)

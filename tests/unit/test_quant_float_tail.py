@@ -1,16 +1,21 @@
-"""Float-scale targets keep output-only data movement float (YOLOv8's boxes beside class scores)."""
+"""Output-only data movement stays float where quantizing it would join differently ranged tensors.
+
+YOLOv8's boxes (pixels) beside its class scores (0..1): float-scale targets keep the output Concat
+float; accelerator targets run it on the CPU when the scores come from the CPU (the checker's rule).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 
 
-def _head_model() -> onnx.ModelProto:
+def _head_model(sigmoid: bool = True) -> onnx.ModelProto:
     """x -> Conv -> boxes (range ~300) ; Conv -> Sigmoid -> scores (0..1) ; Concat -> y."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array((rng.normal(size=(4, 3, 1, 1)) * 100).astype(np.float32), "w1")
@@ -18,7 +23,7 @@ def _head_model() -> onnx.ModelProto:
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["boxes"], name="box_conv"),
         helper.make_node("Conv", ["x", "w2"], ["logits"], name="cls_conv"),
-        helper.make_node("Sigmoid", ["logits"], ["scores"], name="cls_sigmoid"),
+        helper.make_node("Sigmoid" if sigmoid else "Relu", ["logits"], ["scores"], name="cls_act"),
         helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head_concat", axis=1),
     ]
     g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
@@ -31,8 +36,9 @@ def _calib(n: int = 8):
     return [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
 
 
-def test_output_concat_stays_float_on_cpu_int8_and_scores_survive():
-    q = npuflow.quantize(_head_model(), _calib(), target="cpu-int8")
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
+def test_output_concat_of_scores_stays_float_and_scores_survive(target):
+    q = npuflow.quantize(_head_model(), _calib(), target=target)
     ops = {n.name: n for n in q.model.graph.node}
     # the Concat reads dequantized tensors and writes the float graph output directly
     assert ops["head_concat"].output[0] == "y"
@@ -45,8 +51,9 @@ def test_output_concat_stays_float_on_cpu_int8_and_scores_survive():
     assert cos > 0.99
 
 
-def test_output_concat_is_quantized_on_power_of_two_targets():
-    q = npuflow.quantize(_head_model(), _calib(), target="DPUCZDX8G_ISA1_B4096")
+def test_output_concat_of_accelerator_tensors_is_quantized_on_power_of_two_targets():
+    # both inputs computed on the DPU (ReLU fuses into the Conv): the output leaves the chip as integers
+    q = npuflow.quantize(_head_model(sigmoid=False), _calib(), target="DPUCZDX8G_ISA1_B4096")
     producers = {o: n for n in q.model.graph.node for o in n.output}
     # the graph output comes out of a dequantize step: the Concat itself was quantized
     assert producers["y"].op_type == "DequantizeLinear"
