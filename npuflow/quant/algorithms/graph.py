@@ -104,7 +104,7 @@ def weight_layers(model: onnx.ModelProto) -> list[WeightLayer]:
             continue
         layers.append(WeightLayer(
             n, n.input[1], bias, int(attr(n, "group", 1)) if n.op_type == "Conv" else 1,
-            trans_b=bool(attr(n, "transB", 0)) if n.op_type == "Gemm" else True,
+            trans_b=bool(attr(n, "transB", 0)) if n.op_type == "Gemm" else n.op_type == "Conv",
         ))
     return layers
 
