@@ -5,7 +5,9 @@ collected in a single ONNX Runtime pass over the samples: every sample is run, i
 tensors go into fixed-size observers, and the arrays are dropped.  Memory therefore does not grow
 with the number of samples, and samples may differ in shape where the model allows it (ONNX
 Runtime's own histogram calibrators concatenate batches and fail there).  The first
-``keep`` samples are returned for the accuracy report.
+``keep`` samples are returned for the accuracy report, and the graph outputs of the first
+``keep_outputs`` samples are kept as the float reference of bias correction's check (the pass
+computes them anyway; a bounded number, so memory still does not grow with the sample count).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Statistics:
     minmax: dict[str, MinMaxObserver] = field(default_factory=dict)
     hist: dict[str, HistogramObserver] = field(default_factory=dict)
     samples: int = 0
+    #: Graph outputs of the first ``keep_outputs`` samples (the float reference of later checks).
+    outputs: list[list[np.ndarray]] = field(default_factory=list)
 
     def state_size(self) -> int:
         """Numbers held by all observers (independent of the sample count)."""
@@ -86,13 +90,14 @@ def run_ahead(run: Callable[[int, Any], dict], samples: Iterable[Any]) -> Iterat
 
 
 def collect(model: onnx.ModelProto, tensors: list[str], histogram: set[str], samples: Iterable[Sample], *,
-            bins: int = 2048, keep: int = 0, progress: Progress | None = None,
+            bins: int = 2048, keep: int = 0, keep_outputs: int = 0, progress: Progress | None = None,
             total: int | None = None) -> tuple[Statistics, list[Sample]]:
     """One pass over ``samples``: min/max for every tensor, histograms for those in ``histogram``."""
     inputs = {i.name for i in model.graph.input}
     stats = Statistics(minmax={t: MinMaxObserver() for t in tensors},
                        hist={t: HistogramObserver(bins) for t in tensors if t in histogram})
     sess = session_for(model, [t for t in tensors if t not in inputs])
+    graph_outputs = [o.name for o in model.graph.output]
     kept: list[Sample] = []
     for index, sample, values in run_ahead(lambda i, x: run_sample(sess, x, i), samples):
         values.update(sample)
@@ -108,6 +113,8 @@ def collect(model: onnx.ModelProto, tensors: list[str], histogram: set[str], sam
                 stats.minmax[t].update(v)
         if len(kept) < keep:
             kept.append(sample)
+        if len(stats.outputs) < keep_outputs:
+            stats.outputs.append([values[o] for o in graph_outputs])
         stats.samples += 1
         if progress is not None:
             progress("calibrate", index + 1, total)

@@ -118,7 +118,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     tensors = list(plan_d.points)
     hist = {t for t, p in plan_d.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
-    stats, kept = collect(d_leg, tensors, hist, data, bins=cfg.histogram_bins, keep=cfg.report_samples,
+    guard = algorithms.GUARD_SAMPLES if cfg.include_bias_corr == "auto" else 0
+    stats, kept = collect(d_leg, tensors, hist, data, bins=cfg.histogram_bins, keep=cfg.report_samples, keep_outputs=guard,
                           progress=progress, total=total)
 
     asg_d, asg_s = assign(d_leg, plan_d, stats), assign(s_leg, plan_s, stats)
@@ -126,7 +127,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     _step(progress, "export")
     q_static = export_qdq(s_leg, plan_s, asg_s, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg)
+    q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg,
+                                                             reference=stats.outputs)
     _step(progress, "report")
     report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept)
     add_placement(report, placement)

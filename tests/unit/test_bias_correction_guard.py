@@ -90,3 +90,25 @@ def test_only_changed_initializers_reach_the_static_twin():
     out = apply_mod._copy_changed_initializers(before, after, static)
     values = {t.name: float(numpy_helper.to_array(t)[0]) for t in out.graph.initializer}
     assert values == {"bias": 2.0, "scale": 0.25}
+
+
+def test_auto_check_reuses_the_float_outputs_of_calibration(monkeypatch):
+    """The float reference comes from the calibration pass: only the corrected model runs again,
+    and the recorded errors are those of a separate float run."""
+    net, data = conv_net(), samples([1, 3, 8, 8], n=8)
+    runs = []
+    real = apply_mod.run_outputs
+
+    def counting(model, feeds):
+        runs.append(model)
+        return real(model, feeds)
+
+    monkeypatch.setattr(apply_mod, "run_outputs", counting)
+    q = npuflow.quantize(net, data, target="DPUCZDX8G_ISA1_B4096")
+    record = q.info["algorithms"]["bias_correction"]
+    assert len(runs) == 1 and record["checked_on"] == 8
+    feeds = [{"x": s} for s in data]
+    reference = [run(q.float_model, f) for f in feeds]
+    uncorrected = npuflow.quantize(net, data, target="DPUCZDX8G_ISA1_B4096", config={"include_bias_corr": False})
+    np.testing.assert_allclose(record["output_error_before"],
+                               apply_mod.relative_error(real(uncorrected.model, feeds), reference), rtol=1e-4)
