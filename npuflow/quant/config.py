@@ -133,6 +133,11 @@ class QuantConfig(_Strict):
     max_calib_samples: int | None = Field(default=None, ge=1)
     report_samples: int = Field(default=2, ge=0)
     histogram_bins: int = Field(default=2048, ge=128, le=65536)
+    #: Percentiles tried, one for the whole model, for the tensors calibrated with the default
+    #: ``percentile`` method; the one whose quantized model has the lowest output error on the
+    #: calibration samples wins (Horizon's ``calibration_type: default`` idea).  Off when the
+    #: config sets a ``percentile`` anywhere, or with fewer than two values.
+    percentile_candidates: list[float] = Field(default_factory=lambda: [99.99, 99.999])
 
     @field_validator("layers")
     @classmethod
@@ -148,6 +153,20 @@ class QuantConfig(_Strict):
         if v % 4:
             raise ValueError("histogram_bins must be a multiple of 4 (the range grows by merging bin pairs)")
         return v
+
+    @field_validator("percentile_candidates")
+    @classmethod
+    def _percentiles_in_range(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0.0 < x <= 100.0]
+        if bad:
+            raise ValueError(f"percentile_candidates must lie in (0, 100], not {bad[0]}")
+        return sorted(set(v))
+
+    def sets_percentile(self) -> bool:
+        """Whether any tensor spec of this config names a percentile (then no search runs)."""
+        groups = [self, *self.op_types.values(), *self.layers]
+        return any(getattr(g, kind).percentile is not None for g in groups
+                   for kind in ("overall", *KINDS))
 
     # --- construction -----------------------------------------------------------------------
 
@@ -241,10 +260,9 @@ def target_defaults(target: Target, kind: str) -> dict:
     # ``diffs``/MinMSE), not the max one: a scale can only halve, so the max position often wastes
     # most of the 8 bits on one outlier weight (measured on PP-OCRv4 rec / EfficientNet-Lite0).
     pow2_weight = kind == "weight" and n.scale_type == "power_of_two"
-    # Float-scale activations: the 99.999th percentile range, not min/max: a handful of outliers
-    # (hard-swish outputs of PP-OCRv4 rec reach 47 where most values are below 3) would otherwise
-    # set a step far coarser than the bulk needs (PP-OCRv4 rec 87.7 -> 90.7 % lines, YOLOv8n
-    # output cosine 0.9968 -> 0.9994; benchmarks/results/quant.md).
+    # Float-scale activations: a high percentile range, not min/max: a handful of outliers would
+    # otherwise set a step far coarser than the bulk needs.  99.999 is the value used without the
+    # model-level search of ``percentile_candidates`` (quant/percentile_search.py).
     float_activation = kind == "activation" and n.scale_type == "float"
     return {
         "bit_width": 8,

@@ -23,6 +23,7 @@ the dynamic one apply to the static one by name.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from .config import HISTOGRAM_METHODS, QuantConfig
 from .data import CalibrationSource, InputSpec
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
+from . import percentile_search
 from .params import TensorQuant
 from .placement import accelerator_nodes
 from .plan import build_plan
@@ -118,10 +120,20 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     tensors = list(plan_d.points)
     hist = {t for t, p in plan_d.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
-    guard = algorithms.GUARD_SAMPLES if cfg.include_bias_corr == "auto" else 0
+    search = percentile_search.applies(cfg, plan_d)
+    guard = algorithms.GUARD_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
     stats, kept = collect(d_leg, tensors, hist, data, bins=cfg.histogram_bins, keep=cfg.report_samples, keep_outputs=guard,
                           progress=progress, total=total)
 
+    searched: dict = {}
+    if search and stats.outputs:
+        feeds = list(itertools.islice(iter(data), len(stats.outputs)))
+        best, errors = percentile_search.choose_percentile(
+            d_leg, plan_d, stats, cfg.percentile_candidates, feeds, stats.outputs[:len(feeds)],
+            target_name=tgt.name, scale_type=tgt.numerics.scale_type)
+        plan_d, plan_s = percentile_search.with_percentile(plan_d, best), percentile_search.with_percentile(plan_s, best)
+        searched = {"percentile_search": {"chosen": best, "output_errors": {str(p): e for p, e in errors.items()},
+                                          "checked_on": len(feeds)}}
     asg_d, asg_s = assign(d_leg, plan_d, stats), assign(s_leg, plan_s, stats)
 
     _step(progress, "export")
@@ -129,6 +141,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: data, cfg,
                                                              reference=stats.outputs)
+    applied = {**searched, **applied}
     _step(progress, "report")
     report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept)
     add_placement(report, placement)
