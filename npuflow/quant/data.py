@@ -45,6 +45,8 @@ class CalibrationSource:
         self.limit = limit
         self.description = str(data) if isinstance(data, str | os.PathLike) else type(data).__name__
         self._raw = _open(data, self.inputs, dict(shapes or {}), np.dtype(dtype))
+        #: False for a one-shot iterator (a generator): it yields its samples only once.
+        self.reusable = not isinstance(data, Iterator)
 
     def __iter__(self) -> Iterator[Sample]:
         count = 0

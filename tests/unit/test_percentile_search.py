@@ -60,3 +60,13 @@ def test_candidates_out_of_range_are_a_coded_error():
         npuflow.quantize(conv_net(), samples([1, 3, 8, 8], n=2), target="cpu-int8",
                          config={"percentile_candidates": [99.9, 101]})
     assert e.value.code == "NPF_QUANT_BAD_CONFIG" and "101" in str(e.value)
+
+
+def test_one_shot_iterator_is_read_once_and_gives_the_same_model():
+    """Later steps (the search, bias correction) reuse the samples calibration kept."""
+    data = _data()
+    once = npuflow.quantize(conv_net(), iter(data), target="cpu-int8")
+    listed = npuflow.quantize(conv_net(), data, target="cpu-int8")
+    assert once.info["algorithms"] == listed.info["algorithms"] and "percentile_search" in once.info["algorithms"]
+    for n, t in listed.quant_params.items():
+        np.testing.assert_array_equal(once.quant_params[n].scale, t.scale)
