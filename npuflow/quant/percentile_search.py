@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -59,3 +60,20 @@ def choose_percentile(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics
     best = min(errors, key=lambda p: (errors[p], -p))
     log.info("percentile search: %s -> %s", ", ".join(f"{p}: {e:.4g}" for p, e in errors.items()), best)
     return best, errors
+
+
+def apply(model: onnx.ModelProto, plan: QuantPlan, twin_plan: QuantPlan, stats: Statistics, samples: Iterable[Feed],
+          candidates: Sequence[float], *, target_name: str, scale_type: str) -> tuple[QuantPlan, QuantPlan, dict]:
+    """Both twins' plans with the chosen percentile, and the record for ``quant_info``.
+
+    Candidates run on the samples whose float outputs calibration kept (bias correction's check
+    uses the same ones): on 16 instead of 32, EfficientNet-Lite0 picked the other side of a 7 %
+    difference in output error.  Plans come back unchanged when no sample can be read again.
+    """
+    feeds = list(itertools.islice(iter(samples), len(stats.outputs)))
+    if not feeds:
+        return plan, twin_plan, {}
+    best, errors = choose_percentile(model, plan, stats, candidates, feeds, stats.outputs[:len(feeds)],
+                                     target_name=target_name, scale_type=scale_type)
+    record = {"chosen": best, "output_errors": {str(p): e for p, e in errors.items()}, "checked_on": len(feeds)}
+    return with_percentile(plan, best), with_percentile(twin_plan, best), {"percentile_search": record}

@@ -23,7 +23,6 @@ the dynamic one apply to the static one by name.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -129,16 +128,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     again = data if data.reusable else kept
 
     searched: dict = {}
-    # every sample bias correction's check uses: on 16 EfficientNet-Lite0 picked the other side
-    # of a 7 % difference in output error
-    feeds = list(itertools.islice(iter(again), len(stats.outputs))) if search else []
-    if feeds:
-        best, errors = percentile_search.choose_percentile(
-            d_leg, plan_d, stats, cfg.percentile_candidates, feeds, stats.outputs[:len(feeds)],
-            target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-        plan_d, plan_s = percentile_search.with_percentile(plan_d, best), percentile_search.with_percentile(plan_s, best)
-        searched = {"percentile_search": {"chosen": best, "output_errors": {str(p): e for p, e in errors.items()},
-                                          "checked_on": len(feeds)}}
+    if search:
+        _step(progress, "percentile search")
+        plan_d, plan_s, searched = percentile_search.apply(d_leg, plan_d, plan_s, stats, again, cfg.percentile_candidates,
+                                                           target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     asg_d, asg_s = assign(d_leg, plan_d, stats), assign(s_leg, plan_s, stats)
 
     _step(progress, "export")
