@@ -42,3 +42,15 @@ def test_torch_backend_solves_the_same_problem():
     assert p.error(adaround(p, iters=150, backend="torch")) < 0.9 * ref
     codes, bias = adaquant(p, iters=150, backend="torch")
     assert p.error(codes, bias) < 0.9 * ref
+
+
+
+def test_cache_key_follows_the_solver_version(monkeypatch):
+    """A changed solver must not reuse layers a previous version finished."""
+    from npuflow.quant.algorithms import fast_finetune as ff
+
+    p, st = _problem(), ff.FinetuneSettings(method="adaround", iters=10)
+    key = ff._cache_key(p, st)
+    assert key == ff._cache_key(p, st)
+    monkeypatch.setattr(ff, "SOLVER_VERSION", ff.SOLVER_VERSION + 1)
+    assert ff._cache_key(p, st) != key

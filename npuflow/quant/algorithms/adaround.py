@@ -3,8 +3,9 @@
 Nearest rounding minimises each weight's own error, not the layer's output error.  AdaRound
 keeps ``floor(W/s)`` and learns a continuous ``V`` per weight; the rounding offset is the
 rectified sigmoid ``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)`` (``zeta=1.1``,
-``gamma=-0.1``).  It minimises the layer's output reconstruction error on calibration inputs plus
-``lam * sum(1 - |2h - 1|^beta)``, a regulariser that pushes every ``h`` to 0 or 1 while ``beta``
+``gamma=-0.1``).  It minimises the layer's output reconstruction error on calibration inputs (the
+mean square over every output value, as AIMET does) plus ``lam * sum(1 - |2h - 1|^beta)``, a
+regulariser that pushes every ``h`` to 0 or 1 while ``beta``
 is annealed from 20 to 2 (after a warm-up of 20 % of the iterations without it).  The final
 rounding is ``h >= 0.5``.  ``V`` starts where ``h`` equals the fractional part, i.e. at nearest
 rounding.
@@ -59,7 +60,7 @@ def adaround(
         inside = (codes >= p.qmin) & (codes <= p.qmax)
         wq = np.clip(codes, p.qmin, p.qmax) * p.s
         err = forward(wq, x) + p.b - y                         # (g, o, B)
-        grad_wq = grad_weight(err, x)
+        grad_wq = grad_weight(err, x) / (err.shape[0] * err.shape[1])  # of the mean over outputs
         grad_h = grad_wq * p.s * inside
         beta = _beta(t, iters, warmup)
         if beta is not None:
@@ -87,7 +88,7 @@ def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):
         x, y = X[:, :, idx], Y[:, :, idx]
         h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
         wq = torch.clamp(floor + h, p.qmin, p.qmax) * s
-        loss = ((torch.matmul(wq, x) + b - y) ** 2).sum(dim=(0, 1)).mean()
+        loss = ((torch.matmul(wq, x) + b - y) ** 2).mean()
         beta = _beta(t, iters, warmup)
         if beta is not None:
             loss = loss + lam * (1 - torch.abs(2 * h - 1) ** beta).sum()

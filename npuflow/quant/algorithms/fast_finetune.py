@@ -6,7 +6,7 @@ the float model (to compute the float layer's outputs, the targets).  Each layer
 on its own; layers are independent, so a failure or a cache hit for one never affects another.
 
 Results are cached on disk per layer under a content hash of the layer's float weights, weight
-scale, calibration inputs and settings, so a re-run with other settings (another method for
+scale, calibration inputs, settings and the solver version, so a re-run with other settings (another method for
 other models, bias correction on or off, a changed activation config) skips the layers whose
 problem did not change.
 """
@@ -188,8 +188,13 @@ def _collect(model, feeds, wanted: dict[str, tuple[str, PatchSampler]]) -> dict[
     return {n: np.concatenate(p, axis=2) for n, p in parts.items() if p}
 
 
+#: Part of every cache key: raise it when an algorithm's results change for the same inputs.
+SOLVER_VERSION = 2  # 2: AdaRound's reconstruction term is a mean over outputs (was a sum over channels)
+
+
 def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:
     h = hashlib.sha256()
+    h.update(f"solver {SOLVER_VERSION}".encode())
     for a in (p.w, p.s, p.b, p.x, p.y):
         h.update(np.ascontiguousarray(a).tobytes())
         h.update(str(a.shape).encode())
