@@ -20,7 +20,7 @@ from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
-from .partition import UnionFind, partition, real_producer
+from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from .rules import hint_for, rule_reasons
 
@@ -167,22 +167,6 @@ def _demote_lonely_layout(view, infos, device, reasons, transparent, tgt) -> Non
 _MOVER_KINDS = LAYOUT_KINDS | {"concat"}
 
 
-def _real_consumers(view: GraphView, transparent: list[bool], i: int) -> list[int]:
-    """Non-transparent nodes that read node ``i``'s outputs, looking through followers."""
-    out, stack, seen = [], [o for o in view.nodes[i].output if o], set()
-    while stack:
-        t = stack.pop()
-        for c in view.data_consumers(t):
-            if c in seen:
-                continue
-            seen.add(c)
-            if transparent[c]:
-                stack.extend(o for o in view.nodes[c].output if o)
-            else:
-                out.append(c)
-    return out
-
-
 def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
     """Concats/reshapes/transposes that carry CPU results and feed no accelerator work run on the CPU.
 
@@ -204,7 +188,7 @@ def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
     while changed:
         changed = False
         for i in sorted(carries_cpu):
-            if any(device[c] == NPU and c not in carries_cpu for c in _real_consumers(view, transparent, i)):
+            if any(device[c] == NPU and c not in carries_cpu for c in real_consumers(view, transparent, i)):
                 carries_cpu.discard(i)
                 changed = True
     for i in sorted(carries_cpu):

@@ -51,6 +51,22 @@ def real_producer(view: GraphView, transparent: list[bool], tensor: str) -> int 
     return None
 
 
+def real_consumers(view: GraphView, transparent: list[bool], i: int) -> list[int]:
+    """The non-transparent nodes that read node ``i``'s outputs, looking through followers."""
+    out, stack, seen = [], [o for o in view.nodes[i].output if o], set()
+    while stack:
+        t = stack.pop()
+        for c in view.data_consumers(t):
+            if c in seen:
+                continue
+            seen.add(c)
+            if transparent[c]:
+                stack.extend(o for o in view.nodes[c].output if o)
+            else:
+                out.append(c)
+    return out
+
+
 def partition(view: GraphView, device: list[str], transparent: list[bool]) -> list[int | None]:
     """Subgraph id per node (``None`` for CPU and transparent nodes), numbered in graph order."""
     n = len(view.nodes)

@@ -120,7 +120,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     hist = {t for t, p in plan_d.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
     search = percentile_search.applies(cfg, plan_d)
-    guard = algorithms.GUARD_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
+    guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
     keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
     stats, kept = collect(d_leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
