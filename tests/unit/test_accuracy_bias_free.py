@@ -73,3 +73,40 @@ def test_fast_finetune_reduces_layer_error_and_reuses_its_cache(tmp_path):
         assert all(r.cached for r in rep2.layers)
         assert onnx.printer.to_text(again.graph) == onnx.printer.to_text(tuned.graph)
         assert [t.raw_data for t in again.graph.initializer] == [t.raw_data for t in tuned.graph.initializer]
+
+
+def test_fast_finetune_solves_each_layer_on_the_inputs_the_finetuned_model_feeds_it(tmp_path):
+    """Sequential finetune: conv2's problem uses conv1's finetuned codes, not its nearest rounding.
+
+    Rebuilding every layer's problem from the finished model must give the errors the report
+    recorded; with inputs collected once from the un-finetuned model conv2's would differ.
+    """
+    from npuflow.quant.algorithms import fast_finetune as ff
+    from npuflow.quant.algorithms.patches import grouped_weight
+    from npuflow.quant.algorithms.qdq_weights import read_codes
+
+    model, feeds = _bn_net(0)
+    q = toy_qdq(model, feeds)
+    st = FinetuneSettings(method="adaround", iters=60, samples=512)
+    tuned, rep = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
+    jobs = ff.layer_jobs(model, tuned, 512 // len(feeds), [])
+    fx = ff._collect(model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in jobs})
+    stale = ff.layer_problem(model, q, jobs[1], feeds, fx["conv2"], st.round_mode)
+    for job, result in zip(jobs, rep.layers, strict=True):
+        prob = ff.layer_problem(model, tuned, job, feeds, fx[job.ql.name], st.round_mode)
+        codes = grouped_weight(read_codes(tuned, job.ql), job.sampler.groups)
+        assert np.isclose(prob.error(codes), result.error_after, rtol=1e-6)
+    assert not np.allclose(stale.x, prob.x)  # conv1's finetune changed what conv2 sees
+
+
+def test_upstream_slice_keeps_only_what_a_tensor_needs():
+    from npuflow.quant.algorithms.graph import upstream
+
+    model, feeds = _bn_net(0)
+    part = upstream(model, ["r"])
+    assert [n.name for n in part.graph.node] == ["conv1", "bn1", "relu1"]
+    assert {t.name for t in part.graph.initializer} == {"w1", "b1", "gamma", "beta", "mean", "var"}
+    got, want = [], []
+    capture(part, feeds[:2], ["r"], lambda _, v: got.append(v["r"]))
+    capture(model, feeds[:2], ["r"], lambda _, v: want.append(v["r"]))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))

@@ -1,9 +1,14 @@
 """Fast finetune: AdaRound or AdaQuant over every weight layer of a QDQ model.
 
-One streaming pass over the calibration data per model collects, for each layer, input patches
-at sampled output positions: from the QDQ model (what the quantized layer really sees) and from
-the float model (to compute the float layer's outputs, the targets).  Each layer is then solved
-on its own; layers are independent, so a failure or a cache hit for one never affects another.
+Each layer solves ``W x_q + b ~ W_float x_float + b``: its inputs ``x_q`` are what the quantized
+model feeds it and its targets are the float layer's outputs on the float model's inputs (input
+patches at sampled output positions).  One streaming pass over the float model collects every
+layer's float patches.  Layers are solved in graph order and each one's ``x_q`` is collected from
+the model *as finetuned so far* (the slice of it upstream of the layer), as AIMET and Vitis AI do:
+inputs collected once from the nearest-rounded model go stale as earlier layers change, and the
+more iterations each layer gets, the more it fits inputs it will never see (EfficientNet-Lite0
+on B4096, AdaRound 200 iterations/layer: 38.0 % FP32 agreement with inputs collected once,
+81.0 % sequentially).
 
 Results are cached on disk per layer under a content hash of the layer's float weights, weight
 scale, calibration inputs, settings and the solver version, so a re-run with other settings (another method for
@@ -29,10 +34,11 @@ from ...errors import NpuflowError
 from ...model import write_atomic
 from .adaquant import adaquant
 from .adaround import adaround
-from .graph import Feed, capture, layer_bias, layer_weight, weight_layers
+from .graph import Feed, WeightLayer, capture, layer_bias, layer_weight, upstream, weight_layers
 from .layer_problem import LayerProblem, forward, torch_available
 from .patches import PatchSampler, grouped_weight
-from .qdq_weights import read_bias, read_codes, scale_rows, quantized_layers, write_bias, write_codes
+from .qdq_weights import (QuantizedLayer, quantized_layers, read_bias, read_codes, scale_rows, write_bias,
+                          write_codes)
 
 log = logging.getLogger(__name__)
 
@@ -111,39 +117,16 @@ def fast_finetune(
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     report = FinetuneReport()
-    floats = {l.name: l for l in weight_layers(float_model)}
     feeds = list(calibration)
-    per_batch = max(1, st.samples // max(len(feeds), 1))
-    jobs = []
-    for ql in quantized_layers(out):
-        fl = floats.get(ql.name)
-        if fl is None:
-            report.skipped.append(ql.name)
-            continue
-        w = layer_weight(float_model, fl)
-        sampler = PatchSampler(ql.node, w.shape, per_batch)
-        if not sampler.supported or w.shape != read_codes(out, ql).shape:
-            report.skipped.append(ql.name)
-            continue
-        jobs.append((ql, fl, w, sampler))
-    qx = _collect(out, feeds, {ql.name: (ql.node.input[0], s) for ql, _, _, s in jobs})
-    fx = _collect(float_model, feeds, {ql.name: (fl.node.input[0], s) for ql, fl, _, s in jobs})
+    jobs = layer_jobs(float_model, out, max(1, st.samples // max(len(feeds), 1)), report.skipped)
+    fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in jobs})
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    for k, (ql, fl, w, sampler) in enumerate(jobs):
+    for k, job in enumerate(jobs):
+        ql, w, g = job.ql, job.w, job.sampler.groups
         if progress:
             progress(ql.name, k, len(jobs))
         t1 = time.time()
-        g = sampler.groups
-        b = layer_bias(float_model, fl, w.shape[0])
-        wg = grouped_weight(w, g)
-        bg = b.reshape(g, -1, 1)
-        y = forward(wg.astype(np.float32), fx[ql.name]) + bg
-        s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
-        lo, hi = ql.qlimits()
-        if lo == -(2 ** (ql.bits - 1)) and read_codes(out, ql).min() > lo:
-            lo += 1  # narrow range: keep the most negative code unused, as the quantizer did
-        prob = LayerProblem(wg, s, read_bias(out, ql, w.shape[0]).reshape(g, -1, 1), qx[ql.name], y, lo, hi,
-                            st.round_mode)
+        prob = layer_problem(float_model, out, job, feeds, fx[ql.name], st.round_mode)
         nearest = grouped_weight(read_codes(out, ql, st.round_mode), g)
         before = prob.error(nearest)
         key = _cache_key(prob, st)
@@ -172,6 +155,51 @@ def fast_finetune(
     log.info("fast finetune (%s): %d layers, %d cached, %.1f s", st.method, len(report.layers),
              sum(r.cached for r in report.layers), report.seconds)
     return out, report
+
+
+@dataclass
+class LayerJob:
+    """A weight layer fast finetune can solve: its QDQ and float views, float weight, sampler."""
+
+    ql: QuantizedLayer
+    fl: WeightLayer
+    w: np.ndarray
+    sampler: PatchSampler
+
+
+def layer_jobs(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, per_batch: int,
+               skipped: list[str]) -> list[LayerJob]:
+    """The solvable layers of ``qmodel`` in graph order; names of the others go to ``skipped``."""
+    floats = {l.name: l for l in weight_layers(float_model)}
+    jobs = []
+    for ql in quantized_layers(qmodel):
+        fl = floats.get(ql.name)
+        if fl is None:
+            skipped.append(ql.name)
+            continue
+        w = layer_weight(float_model, fl)
+        sampler = PatchSampler(ql.node, w.shape, per_batch)
+        if not sampler.supported or w.shape != read_codes(qmodel, ql).shape:
+            skipped.append(ql.name)
+            continue
+        jobs.append(LayerJob(ql, fl, w, sampler))
+    return jobs
+
+
+def layer_problem(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, job: LayerJob,
+                  feeds: list[Feed], float_patches: np.ndarray, round_mode: str) -> LayerProblem:
+    """``job``'s problem: inputs from ``qmodel`` as it is now (only the slice upstream of the
+    layer runs), targets from the float layer on ``float_patches``, bias and limits from ``qmodel``."""
+    ql, w, g = job.ql, job.w, job.sampler.groups
+    x = ql.node.input[0]
+    qx = _collect(upstream(qmodel, [x]), feeds, {ql.name: (x, job.sampler)})[ql.name]
+    wg = grouped_weight(w, g)
+    y = forward(wg.astype(np.float32), float_patches) + layer_bias(float_model, job.fl, w.shape[0]).reshape(g, -1, 1)
+    s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
+    lo, hi = ql.qlimits()
+    if lo == -(2 ** (ql.bits - 1)) and read_codes(qmodel, ql).min() > lo:
+        lo += 1  # narrow range: keep the most negative code unused, as the quantizer did
+    return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode)
 
 
 def _collect(model, feeds, wanted: dict[str, tuple[str, PatchSampler]]) -> dict[str, np.ndarray]:

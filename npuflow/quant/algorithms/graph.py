@@ -142,6 +142,53 @@ def set_layer_bias(model: onnx.ModelProto, layer: WeightLayer, b: np.ndarray) ->
         set_array(model, layer.bias, b)
 
 
+def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` cut down to the nodes that compute ``names`` (its graph outputs).
+
+    Running only this slice is what makes sequential fast finetune affordable: the first layers'
+    inputs need a small part of the network.  A node with subgraphs (If, Loop) also depends on
+    every outer tensor its subgraphs read.
+    """
+    made_by = producers(model)
+    needed, stack, keep = set(), list(names), set()
+    while stack:
+        t = stack.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        node = made_by.get(t)
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            stack.extend(i for i in node.input if i)
+            stack.extend(_subgraph_reads(node))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    nodes = [n for n in model.graph.node if id(n) in keep]
+    del g.node[:]
+    g.node.extend(nodes)
+    kept_inits = [t for t in model.graph.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
+    inputs = [i for i in model.graph.input if i.name in needed]
+    del g.input[:]
+    g.input.extend(inputs)
+    types = tensor_elem_types(model)
+    del g.output[:]
+    g.output.extend(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names)
+    return out
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    reads = []
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                reads.extend(i for i in n.input if i)
+                reads.extend(_subgraph_reads(n))
+    return reads
+
+
 def session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSession:
     """An ORT session (graph optimisations off, so intermediate tensors exist) exposing ``outputs``."""
     m = onnx.ModelProto()
