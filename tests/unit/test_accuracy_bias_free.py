@@ -91,9 +91,9 @@ def test_fast_finetune_solves_each_layer_on_the_inputs_the_finetuned_model_feeds
     tuned, rep = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
     jobs = ff.layer_jobs(model, tuned, 512 // len(feeds), [])
     fx = ff._collect(model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in jobs})
-    stale = ff.layer_problem(model, q, jobs[1], feeds, fx["conv2"], st.round_mode)
+    stale = ff.layer_problem(model, jobs[1], ff.QuantizedInputs(q, feeds), fx["conv2"], st.round_mode)
     for job, result in zip(jobs, rep.layers, strict=True):
-        prob = ff.layer_problem(model, tuned, job, feeds, fx[job.ql.name], st.round_mode)
+        prob = ff.layer_problem(model, job, ff.QuantizedInputs(tuned, feeds), fx[job.ql.name], st.round_mode)
         codes = grouped_weight(read_codes(tuned, job.ql), job.sampler.groups)
         assert np.isclose(prob.error(codes), result.error_after, rtol=1e-6)
     assert not np.allclose(stale.x, prob.x)  # conv1's finetune changed what conv2 sees
@@ -110,3 +110,21 @@ def test_upstream_slice_keeps_only_what_a_tensor_needs():
     capture(part, feeds[:2], ["r"], lambda _, v: got.append(v["r"]))
     capture(model, feeds[:2], ["r"], lambda _, v: want.append(v["r"]))
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_quantized_inputs_from_kept_tensors_equal_a_run_from_the_model_inputs():
+    from npuflow.quant.algorithms.fast_finetune import QuantizedInputs
+
+    model, feeds = _bn_net(0)
+    q = toy_qdq(model, feeds)
+    conv2_input = next(n for n in q.graph.node if n.name == "conv2").input[0]
+    conv1_input = next(n for n in q.graph.node if n.name == "conv1").input[0]
+    kept = QuantizedInputs(q, feeds)
+    kept.get(conv1_input)
+    from_kept = kept.get(conv2_input)
+    assert list(kept.values) == [conv1_input, conv2_input]
+    nothing_kept = QuantizedInputs(q, feeds, budget=0)
+    nothing_kept.get(conv1_input)
+    from_inputs = nothing_kept.get(conv2_input)
+    assert list(nothing_kept.values) == [conv2_input]  # the budget evicted conv1's input
+    assert all(np.array_equal(a, b) for a, b in zip(from_kept, from_inputs, strict=True))

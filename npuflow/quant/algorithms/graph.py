@@ -142,14 +142,15 @@ def set_layer_bias(model: onnx.ModelProto, layer: WeightLayer, b: np.ndarray) ->
         set_array(model, layer.bias, b)
 
 
-def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+def upstream(model: onnx.ModelProto, names: Sequence[str], known: Iterable[str] = ()) -> onnx.ModelProto:
     """A copy of ``model`` cut down to the nodes that compute ``names`` (its graph outputs).
 
-    Running only this slice is what makes sequential fast finetune affordable: the first layers'
-    inputs need a small part of the network.  A node with subgraphs (If, Loop) also depends on
-    every outer tensor its subgraphs read.
+    The walk back stops at graph inputs and at ``known`` tensors, which become graph inputs of
+    the slice (the caller feeds values it already has).  A node with subgraphs (If, Loop) also
+    depends on every outer tensor its subgraphs read.
     """
     made_by = producers(model)
+    known = set(known) - set(names)
     needed, stack, keep = set(), list(names), set()
     while stack:
         t = stack.pop()
@@ -157,25 +158,24 @@ def upstream(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
             continue
         needed.add(t)
         node = made_by.get(t)
-        if node is not None and id(node) not in keep:
+        if node is not None and t not in known and id(node) not in keep:
             keep.add(id(node))
             stack.extend(i for i in node.input if i)
             stack.extend(_subgraph_reads(node))
+    types = tensor_elem_types(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    nodes = [n for n in model.graph.node if id(n) in keep]
-    del g.node[:]
-    g.node.extend(nodes)
-    kept_inits = [t for t in model.graph.initializer if t.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(kept_inits)
-    inputs = [i for i in model.graph.input if i.name in needed]
-    del g.input[:]
-    g.input.extend(inputs)
-    types = tensor_elem_types(model)
-    del g.output[:]
-    g.output.extend(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names)
+    for field, items in (
+        ("node", [n for n in model.graph.node if id(n) in keep]),
+        ("initializer", [t for t in model.graph.initializer if t.name in needed]),
+        ("input", [i for i in model.graph.input if i.name in needed and i.name not in known]
+         + [helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None)
+            for t in sorted(known & needed)]),
+        ("output", [helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names]),
+    ):
+        del getattr(g, field)[:]
+        getattr(g, field).extend(items)
     return out
 
 
