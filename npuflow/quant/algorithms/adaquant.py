@@ -29,10 +29,8 @@ def adaquant(
     ystd = float(p.y.std()) or 1.0
     c = np.zeros_like(p.b, dtype=np.float32)          # bias offset in units of ystd
     opt = Adam([u, c], lr)
-    m = p.x.shape[2]
-    for t, cols in enumerate(batches(m, batch, iters, seed)):
+    for t, (x, y) in enumerate(batches(p, batch, iters, seed)):
         opt.lr = lr * cosine_decay(t, iters)
-        x, y = np.ascontiguousarray(p.x[:, :, cols]), np.ascontiguousarray(p.y[:, :, cols])
         r = round_values(u, p.round_mode).astype(np.float32)
         inside = (r >= p.qmin) & (r <= p.qmax)
         wq = np.clip(r, p.qmin, p.qmax) * p.s
@@ -49,7 +47,6 @@ def _adaquant_torch(p, iters, lr, batch, seed):
     import torch
 
     s, b0 = torch.from_numpy(p.s.astype(np.float32)), torch.from_numpy(p.b.astype(np.float32))
-    X, Y = torch.from_numpy(p.x), torch.from_numpy(p.y)
     ystd = float(p.y.std()) or 1.0
     u = torch.nn.Parameter(torch.from_numpy((p.w / p.s).astype(np.float32)))
     c = torch.nn.Parameter(torch.zeros_like(b0))
@@ -59,12 +56,10 @@ def _adaquant_torch(p, iters, lr, batch, seed):
         r = torch.from_numpy(round_values(t.detach().numpy(), p.round_mode).astype(np.float32))
         return t + (r - t).detach()
 
-    m = p.x.shape[2]
-    for t, cols in enumerate(batches(m, batch, iters, seed)):
+    for t, (xb, yb) in enumerate(batches(p, batch, iters, seed)):
         for group in opt.param_groups:
             group["lr"] = lr * cosine_decay(t, iters)
-        idx = torch.as_tensor(cols) if not isinstance(cols, slice) else slice(None)
-        x, y = X[:, :, idx], Y[:, :, idx]
+        x, y = torch.from_numpy(xb), torch.from_numpy(yb)
         r = rounded(u)
         inside = ((r >= p.qmin) & (r <= p.qmax)).float()
         rq = r * inside + (torch.clamp(r, p.qmin, p.qmax) * (1 - inside)).detach()

@@ -50,9 +50,7 @@ def adaround(
     floor = np.floor(ws)
     v = _init_v(ws - floor).astype(np.float32)
     opt = Adam([v], lr)
-    m = p.x.shape[2]
-    for t, cols in enumerate(batches(m, batch, iters, seed)):
-        x, y = np.ascontiguousarray(p.x[:, :, cols]), np.ascontiguousarray(p.y[:, :, cols])
+    for t, (x, y) in enumerate(batches(p, batch, iters, seed)):
         sig = 1.0 / (1.0 + np.exp(-v))
         hpre = sig * (ZETA - GAMMA) + GAMMA
         h = np.clip(hpre, 0.0, 1.0).astype(np.float32)
@@ -76,16 +74,13 @@ def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):
 
     with torch.no_grad():
         s, b = torch.from_numpy(p.s.astype(np.float32)), torch.from_numpy(p.b.astype(np.float32))
-        X, Y = torch.from_numpy(p.x), torch.from_numpy(p.y)
         ws = p.w / p.s
         floor_np = np.floor(ws)
         floor = torch.from_numpy(floor_np.astype(np.float32))
     v = torch.nn.Parameter(torch.from_numpy(_init_v(ws - floor_np).astype(np.float32)))
     opt = torch.optim.Adam([v], lr=lr)
-    m = p.x.shape[2]
-    for t, cols in enumerate(batches(m, batch, iters, seed)):
-        idx = torch.as_tensor(cols) if not isinstance(cols, slice) else slice(None)
-        x, y = X[:, :, idx], Y[:, :, idx]
+    for t, (xb, yb) in enumerate(batches(p, batch, iters, seed)):
+        x, y = torch.from_numpy(xb), torch.from_numpy(yb)
         h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
         wq = torch.clamp(floor + h, p.qmin, p.qmax) * s
         loss = ((torch.matmul(wq, x) + b - y) ** 2).mean()

@@ -250,7 +250,7 @@ def _collect(model, feeds, wanted: dict[str, tuple[str, PatchSampler]]) -> dict[
 
 
 #: Part of every cache key: raise it when an algorithm's results change for the same inputs.
-SOLVER_VERSION = 2  # 2: AdaRound's reconstruction term is a mean over outputs (was a sum over channels)
+SOLVER_VERSION = 3  # 2: AdaRound loss a mean over outputs (was a sum); 3: batches are shuffled blocks
 
 
 def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:

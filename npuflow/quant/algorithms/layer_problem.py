@@ -76,11 +76,27 @@ class Adam:
             p -= (lrs[i] if lrs else self.lr) * mh / (np.sqrt(vh) + self.eps)
 
 
-def batches(m: int, batch: int, iters: int, seed: int = 0):
-    """Column index sets for each iteration (deterministic)."""
-    rng = np.random.default_rng(seed)
-    for _ in range(iters):
-        yield rng.choice(m, size=min(batch, m), replace=False) if batch < m else slice(None)
+def batches(p: LayerProblem, batch: int, iters: int, seed: int = 0):
+    """``(x, y)`` column batches of ``p``, one per iteration (deterministic).
+
+    The columns are shuffled once and cut into contiguous blocks that the iterations cycle
+    through (epochs): gathering scattered columns each iteration cost 45 ms per iteration on a
+    1152-channel depthwise layer, more than the solver's own arithmetic.
+    """
+    m = p.x.shape[2]
+    if batch >= m:
+        for _ in range(iters):
+            yield p.x, p.y
+        return
+    n = m // batch
+    cols = np.random.default_rng(seed).permutation(m)[: n * batch]
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # (n, g, rows, batch)
+        return np.ascontiguousarray(a[:, :, cols].reshape(a.shape[0], a.shape[1], n, batch).transpose(2, 0, 1, 3))
+
+    xb, yb = blocks(p.x), blocks(p.y)
+    for t in range(iters):
+        yield xb[t % n], yb[t % n]
 
 
 def cosine_decay(t: int, iters: int) -> float:
