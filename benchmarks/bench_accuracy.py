@@ -76,8 +76,8 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
               on_row: Callable[[dict], None] = lambda rows: None) -> dict:
     """All rows for one model; ``on_row(rows)`` after each, so a long run keeps what it finished.
 
-    Order: the cheap rows (defaults, plain, bias correction, CLE, both), then automatic mixed
-    precision and AdaRound/AdaQuant, each from the best cheap row, then the peers.
+    Order: the cheap rows (defaults, plain, bias correction, CLE, both), AdaRound/AdaQuant from
+    the best cheap row, automatic mixed precision from the best row so far, then the peers.
     """
     rows: dict[str, dict] = {}
     model = npuflow_load(bench.path, bench.input_shapes)
@@ -106,11 +106,11 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
         quantize_row(name, cfg)
     base_name = best[0] if best is not None else "plain"
     base_cfg = rows.get(base_name, {}).get("config", {})
+    for name, cfg in finetune_configs(base_cfg, iters):
+        quantize_row(f"{name} (from {base_name})", cfg)
     if best is not None:
         mixed_row(bench, rows, *best, min_similarity)
         on_row(rows)
-    for name, cfg in finetune_configs(base_cfg, iters):
-        quantize_row(f"{name} (from {base_name})", cfg)
     if peers:
         peer_rows(bench, rows, on_row)
     return rows
@@ -235,11 +235,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.mixed_only:
         saved = json.loads((RESULTS / f"{args.output}.json").read_text())
-        cheap = [n for n, _ in cheap_configs()]
         for b in bs:
             rows = saved[b.name]
             results[b.name] = rows
-            name = max((n for n in cheap if "scores" in rows.get(n, {})),
+            name = max((n for n, r in rows.items() if "config" in r and "scores" in r),
                        key=lambda n: rows[n]["scores"][b.metric])
             t0 = time.perf_counter()
             q = npuflow.quantize(npuflow_load(b.path, b.input_shapes), b.calib, target=TARGET,
