@@ -107,7 +107,7 @@ class FastFinetune(_Strict):
     """Layer-wise weight tuning after calibration (AdaRound / AdaQuant, issue 7)."""
 
     method: Literal["adaround", "adaquant"] = "adaround"
-    iters: int = Field(default=300, ge=1)
+    iters: int = Field(default=500, ge=1)
     lr: float | None = Field(default=None, gt=0)  # None: 1e-2 (AdaRound) / 1e-4 (AdaQuant)
     batch: int = Field(default=256, ge=1)  # patch columns per optimisation step
     backend: Literal["auto", "numpy", "torch"] = "auto"

@@ -50,7 +50,7 @@ class FinetuneSettings:
     """``fast_finetune`` settings of the quantizer config (Vitis AI's ``fast_finetune``)."""
 
     method: str = "adaround"
-    iters: int = 300
+    iters: int = 500
     lr: float | None = None      # None: 1e-2 for AdaRound, 1e-4 for AdaQuant
     batch: int = 256             # patch columns per iteration
     samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
