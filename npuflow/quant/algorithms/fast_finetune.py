@@ -198,7 +198,7 @@ class QuantizedInputs:
     is asked for, so once computed it never changes.  The newest inputs are kept (within
     :data:`INPUT_CACHE_BYTES`) and the next one is computed from them: in a chain that runs one
     layer instead of the network from its inputs (EfficientNet-Lite0: 50 layers' inputs in
-    10 s instead of 50 s).  An evicted tensor only makes a later slice start further up.
+    6 s instead of 50 s).  An evicted tensor only makes a later slice start further up.
     """
 
     def __init__(self, qmodel: onnx.ModelProto, feeds: list[Feed], budget: int = INPUT_CACHE_BYTES) -> None:
