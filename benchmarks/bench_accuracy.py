@@ -118,7 +118,7 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
 
 def mixed_row(bench: BQ.Bench, rows: dict, name: str, q, seconds: float, min_similarity: float) -> None:
     """Automatic mixed precision (layers and elementwise ops kept in float) from row ``name``."""
-    for key in [k for k in rows if k.startswith("auto mixed precision")]:
+    for key in [k for k in rows if k.startswith(("auto mixed precision", "mixed precision's float points"))]:
         del rows[key]
     logging.info("%s: mixed precision from %s", bench.name, name)
     t0 = time.perf_counter()
@@ -136,6 +136,22 @@ def mixed_row(bench: BQ.Bench, rows: dict, name: str, q, seconds: float, min_sim
         "met": mp.met, "perf": cost,
     }
     logging.info("%s: mixed precision -> %s", bench.name, scores)
+    finetune = (rows.get(name, {}).get("config") or {}).get("fast_finetune")
+    if mp.changes and finetune:
+        requantize_row(bench, rows, name, mp, search_s)
+
+
+def requantize_row(bench: BQ.Bench, rows: dict, name: str, mp, search_s: float) -> None:
+    """The search's float points as ``keep_float`` and row ``name``'s config, quantized again: fast
+    finetune then adapts the int8 layers to the float ones (the edit alone cannot)."""
+    cfg = {**rows[name]["config"], **mp.config_overrides}
+    t0 = time.perf_counter()
+    q = npuflow.quantize(npuflow_load(bench.path, bench.input_shapes), bench.calib, target=TARGET, config=cfg)
+    scores = bench.evaluate(D.ort_session(q.model))
+    rows[f"mixed precision's float points + {name} again"] = {
+        "scores": scores, "seconds": rows[name]["seconds"] + search_s + time.perf_counter() - t0,
+        "requantize_seconds": time.perf_counter() - t0, "kept_float": len(mp.changes)}
+    logging.info("%s: float points + %s again -> %s", bench.name, name, scores)
 
 
 def peer_rows(bench: BQ.Bench, rows: dict, on_row: Callable[[dict], None] = lambda rows: None) -> None:
@@ -192,6 +208,8 @@ def render(benches_: list[BQ.Bench], results: dict, args) -> str:
             other = ", ".join(f"{k} {v:.4g}" for k, v in sc.items() if k != b.metric)
             secs = "" if r.get("seconds") is None else f"{r['seconds']:.1f}"
             notes = ""
+            if "kept_float" in r:
+                notes = f"{r['kept_float']} point(s) in float; quantize again {r['requantize_seconds']:.1f} s"
             if "float_layers" in r:
                 notes = (f"{len(r['float_layers'])} layer(s) in float; similarity {r['similarity'][0]:.4f} -> "
                          f"{r['similarity'][1]:.4f}; search {r['search_seconds']:.1f} s")
