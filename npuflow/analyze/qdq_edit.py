@@ -29,9 +29,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
-from ..numerics import RoundMode, float_scale, pow2_fix_pos, pow2_scale, quantize
+from ..numerics import RoundMode, quantize
 from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers
+from ..quant.config import TensorSettings
+from ..quant.params import weight_params
 
 PRECISIONS = ("int8", "int16", "float")
 #: int16 activation scales are this much finer than the int8 scale they replace (2**8: keeps power-of-two).
@@ -181,14 +183,12 @@ def set_int16(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelPr
 
 
 def _int16_weight_scale(w: np.ndarray, int8_scale: np.ndarray, axis: int | None) -> np.ndarray:
-    """16-bit scale covering ``w`` (per channel along ``axis``), a power of two if ``int8_scale`` is."""
-    if axis is None:
-        amax = np.max(np.abs(w), initial=0.0)
-    else:
-        amax = np.max(np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)), axis=1)
-    if np.all(np.frexp(np.asarray(int8_scale, np.float32))[0] == 0.5):
-        return pow2_scale(pow2_fix_pos(amax, 16))
-    return float_scale(amax, 16, narrow=True)
+    """16-bit min/max scale of ``w`` (per channel along ``axis``), a power of two if ``int8_scale`` is."""
+    pow2 = bool(np.all(np.frexp(np.asarray(int8_scale, np.float32))[0] == 0.5))
+    settings = TensorSettings(bit_width=16, method="minmax", scale_type="power_of_two" if pow2 else "float",
+                              per_channel=axis is not None, symmetric=True, signed=True, narrow_range=True,
+                              round_mode=RoundMode.STD_ROUND, percentile=100.0)
+    return weight_params("int16_weight", w, settings, axis).scale
 
 
 def _int16_point(model: onnx.ModelProto, p: QuantPoint) -> None:

@@ -44,7 +44,6 @@ def test_torch_backend_solves_the_same_problem():
     assert p.error(codes, bias) < 0.9 * ref
 
 
-
 def test_cache_key_follows_the_solver_version(monkeypatch):
     """A changed solver must not reuse layers a previous version finished."""
     from npuflow.quant.algorithms import fast_finetune as ff

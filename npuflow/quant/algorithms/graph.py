@@ -163,20 +163,19 @@ def upstream(model: onnx.ModelProto, names: Sequence[str], known: Iterable[str] 
             stack.extend(i for i in node.input if i)
             stack.extend(_subgraph_reads(node))
     types = tensor_elem_types(model)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    for field, items in (
-        ("node", [n for n in model.graph.node if id(n) in keep]),
-        ("initializer", [t for t in model.graph.initializer if t.name in needed]),
-        ("input", [i for i in model.graph.input if i.name in needed and i.name not in known]
-         + [helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None)
-            for t in sorted(known & needed)]),
-        ("output", [helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names]),
-    ):
-        del getattr(g, field)[:]
-        getattr(g, field).extend(items)
-    return out
+
+    def value_info(t: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None)
+
+    graph = helper.make_graph(
+        [n for n in model.graph.node if id(n) in keep], model.graph.name,
+        [i for i in model.graph.input if i.name in needed and i.name not in known]
+        + [value_info(t) for t in sorted(known & needed)],
+        [value_info(n) for n in names],
+        [t for t in model.graph.initializer if t.name in needed],
+    )
+    return helper.make_model(graph, opset_imports=model.opset_import, functions=model.functions,
+                             ir_version=model.ir_version)
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
