@@ -24,6 +24,10 @@ from .numerics import RoundMode, qrange
 
 DOMAIN = "ai.npuflow"
 DOMAIN_VERSION = 1
+#: ``doc_string`` of a quantize step whose tensor comes from float (a graph input, or a node that
+#: is not quantized: the CPU -> accelerator boundary).  Structure alone cannot tell such a
+#: producer from a quantized one, and precision edits must not treat it as integer.
+FLOAT_PRODUCER_DOC = "npuflow: float producer"
 
 _DTYPES = {
     "int8": (TensorProto.INT8, 8, True),

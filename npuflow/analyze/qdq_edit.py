@@ -5,13 +5,18 @@ re-running the quantizer for each would repeat calibration.  Instead they edit t
 model directly (the format of ``docs/quantized-model-format.md``):
 
 * a layer's *quantization points* are its weight and bias ``DequantizeLinear`` inputs and the
-  quantize/dequantize pair on its output (after a fused ``Relu``/``Clip`` if there is one);
+  quantize/dequantize pair on its output (after the activation fused into it: a ``Relu``, a
+  ``Clip``, a legalised hard-swish chain);
 * every other activation pair (outputs of ``Add``, ``Mul``, hard-swish, pooling ...) is a
   weightless "layer" of its own, named after the node that produces the tensor: on networks
   such as PP-OCRv4 rec the loss sits in those elementwise ops between the weighted layers, so a
   search over weighted layers alone cannot reach its target;
 * *float*: the weight and bias become float initializers (the float model's values when the
-  layer is found there by name) and the output pair becomes an ``Identity``;
+  layer is found there by name) and the output pair becomes an ``Identity`` unless an integer
+  layer reads it: that reader needs integers, so the pair stays as the CPU -> accelerator
+  boundary the quantizer builds for ``keep_float``.  Pairs are kept or dropped by the
+  quantizer's own rules, so an edited model quantizes the same tensors as re-quantizing with
+  its float layers in ``keep_float`` (scales aside: the edit keeps the calibrated ones);
 * *int16*: weights are re-quantized to 16 bits with a scale covering the float weights (a
   power of two when the int8 scale was one: the int8 scale of a power-of-two mse search clips
   outliers, and a 16-bit scale 256x finer would keep that clipping: EfficientNet-Lite0 on
@@ -34,6 +39,7 @@ from ..numerics import RoundMode, quantize
 from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, write_bias
 from ..quant.config import TensorSettings
+from ..quant.plan import FOLLOWERS, QUANTIZED_OPS, node_key
 from ..quant.params import weight_params
 
 PRECISIONS = ("int8", "int16", "float")
@@ -82,10 +88,7 @@ def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
     out = []
     owned: set[str] = set()
     for ql in quantized_layers(model):
-        tensor = ql.node.output[0]
-        users = cons.get(tensor, [])
-        if len(users) == 1 and users[0].op_type in ("Relu", "Clip", "LeakyRelu"):
-            tensor = users[0].output[0]
+        tensor = _fused_output(ql.node.output[0], cons)
         pts = [by_input[tensor]] if tensor in by_input else []
         owned.update(p.q.input[0] for p in pts)
         out.append(LayerPoints(ql.name, ql.node.op_type, ql, pts))
@@ -98,6 +101,40 @@ def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
         taken.add(node.name)
         out.append(LayerPoints(node.name, node.op_type, None, [p]))
     return out
+
+
+#: Ops a fused activation unit is made of (ReLU, ReLU6, the legalised hard-sigmoid/hard-swish chain).
+_UNIT_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Add", "Mul"})
+#: Most nodes in one unit (hard-swish: Add, Clip, Mul, Mul).
+_UNIT_NODES = 4
+
+
+def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]]) -> str:
+    """The tensor where a layer's fused activation ends: ``tensor`` itself when it is
+    quantized or read by anything but a short activation unit with one quantized output.
+
+    A Conv followed by a hard-swish has no quantize step until the hard-swish's output, so that
+    pair is the layer's: keeping the layer in float keeps the whole fused unit in float, as the
+    quantizer's ``keep_float`` does (:func:`npuflow.quant.plan.build_plan`).
+    """
+    seen: set[str] = set()
+    frontier, ends = [tensor], set()
+    while frontier:
+        t = frontier.pop()
+        users = cons.get(t, [])
+        if not users or any(_is_quantize(u) for u in users):
+            ends.add(t)
+            continue
+        for u in users:
+            key = u.name or u.output[0]
+            if u.op_type not in _UNIT_OPS or len(u.output) != 1:
+                return tensor
+            if key not in seen:
+                seen.add(key)
+                frontier.append(u.output[0])
+        if len(seen) > _UNIT_NODES:
+            return tensor
+    return ends.pop() if len(ends) == 1 else tensor
 
 
 def _point_mode(p: QuantPoint) -> RoundMode:
@@ -135,9 +172,14 @@ def _replace_input_with_initializer(model: onnx.ModelProto, node: onnx.NodeProto
 
 def set_float(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
     """Keep layer ``lp`` in float (weights, bias and output), in place."""
+    set_float_weights(model, lp, float_model)
+    for p in lp.outputs:
+        bypass(p)
+
+
+def set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
+    """Give layer ``lp`` its float weight and bias, in place (nothing for a weightless layer)."""
     if lp.layer is None:
-        for p in lp.outputs:
-            bypass(p)
         return
     w, b = _float_weights(model, lp, float_model)
     _replace_input_with_initializer(model, lp.layer.node, 1, w, "float_weight")
@@ -145,8 +187,6 @@ def set_float(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelPr
         if b is None:
             b = get_array(model, lp.layer.bias_name).reshape(-1) * lp.layer.bias_scale
         _replace_input_with_initializer(model, lp.layer.node, 2, np.asarray(b), "float_bias")
-    for p in lp.outputs:
-        bypass(p)
 
 
 def bypass(p: QuantPoint) -> None:
@@ -248,10 +288,98 @@ def apply_precisions(
             if p.q.output[0] not in keep_q:
                 bypass(p)
         return out
+    integer = _integer_nodes(out, lps, precisions)
     for lp in lps:
         prec = precisions.get(lp.name, "int8")
         if prec == "float":
-            set_float(out, lp, float_model)
+            set_float_weights(out, lp, float_model)
         elif prec == "int16":
             set_int16(out, lp, float_model)
+    prod = {o: n for n in out.graph.node for o in n.output}
+    cons = consumers(out)
+    for p in activation_points(out):
+        producer = prod.get(p.q.input[0])
+        if not (producer is not None and node_key(producer) in integer
+                or any(node_key(c) in integer for c in cons.get(p.dq.output[0], []))):
+            bypass(p)
     return out
+
+
+def _integer_nodes(model: onnx.ModelProto, lps: list[LayerPoints], precisions: dict[str, str]) -> set[str]:
+    """Keys (:func:`~npuflow.quant.plan.node_key`) of the nodes that compute on integers once
+    ``precisions`` apply.
+
+    That is each int8/int16 layer's node and, walking back from its output pairs to the
+    dequantized tensors it reads, the nodes fused into it (a ReLU, a hard-swish chain); a pair
+    the exporter marked as written by a float producer (:data:`npuflow.qdq.FLOAT_PRODUCER_DOC`)
+    leads to no integer node.  A pair stays where an integer node writes or reads it: a float layer's output
+    still gets quantized for an integer reader (the CPU -> accelerator boundary the quantizer
+    builds for ``keep_float``), so a search scores deployable models, and the ``keep_float``
+    config it reports reproduces its score.
+    """
+    prod = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
+    out: set[str] = set()
+    for lp in lps:
+        if precisions.get(lp.name, "int8") == "float":
+            continue
+        if lp.layer is not None:
+            out.add(node_key(lp.layer.node))
+        stack = [prod.get(p.q.input[0]) for p in lp.outputs if p.q.doc_string != qdq.FLOAT_PRODUCER_DOC]
+        while stack:
+            n = stack.pop()
+            if n is None or node_key(n) in out or n.op_type not in QUANTIZED_OPS:
+                continue
+            out.add(node_key(n))
+            stack.extend(prod.get(t) for t in n.input if t and t not in inits)
+    _drop_float_followers(model, out, prod)
+    return out
+
+
+def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[str, onnx.NodeProto]) -> None:
+    """Apply the quantizer's rules for data-movement ops to ``integer``, in place.
+
+    They follow their input (:data:`npuflow.quant.plan.FOLLOWERS`): a Reshape behind a layer now
+    in float is float too.  On float-scale targets they also stay float when no integer node reads
+    their output (the quantizer's float tail).
+    """
+    def source(t: str) -> onnx.NodeProto | None:
+        n = prod.get(t)
+        if n is not None and n.op_type == "DequantizeLinear":
+            q = prod.get(n.input[0])
+            if q is None or q.doc_string == qdq.FLOAT_PRODUCER_DOC:
+                return None
+            n = prod.get(q.input[0])
+        return n
+
+    for n in model.graph.node:
+        if node_key(n) in integer and n.op_type in FOLLOWERS:
+            src = source(n.input[0])
+            if src is None or node_key(src) not in integer:
+                integer.discard(node_key(n))
+    if _meta(model, "npuflow.scale_type") != "float":
+        return
+    cons = consumers(model)
+
+    def readers(t: str) -> list[onnx.NodeProto]:
+        out = []
+        for c in cons.get(t, []):
+            if _is_quantize(c):
+                out += [r for dq in cons.get(c.output[0], []) for r in cons.get(dq.output[0], [])]
+            else:
+                out.append(c)
+        return out
+
+    changed = True
+    while changed:
+        changed = False
+        for n in model.graph.node:
+            key = node_key(n)
+            if key in integer and n.op_type in FOLLOWERS | {"Concat"}:
+                if not any(node_key(r) in integer for o in n.output if o for r in readers(o)):
+                    integer.discard(key)
+                    changed = True
+
+
+def _meta(model: onnx.ModelProto, key: str) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == key), None)

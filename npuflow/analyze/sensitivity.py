@@ -4,7 +4,9 @@ For every weight layer of a quantized model two variants are scored against the 
 
 * **float only this layer** (everything else quantized): how much of the total loss the layer
   is responsible for; the ranking key, since keeping the top layers in higher precision is the
-  remedy mixed precision applies;
+  remedy mixed precision applies.  A float layer's output stays quantized where an integer
+  layer reads it (as on the chip), so a weightless op between two integer layers gains nothing
+  alone: its quantize step goes only with its readers;
 * **quantize only this layer** (everything else float): the layer's own damage in isolation.
 
 The score is the mean cosine similarity of all model outputs to the float model's on the

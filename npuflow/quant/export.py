@@ -81,13 +81,14 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, assignment: Assignment, 
             renamed_outputs[name] = src
             dq_out = name
         dtype = q.dtype
+        doc = None if point.quantized_producer else qdq.FLOAT_PRODUCER_DOC
         if qdq.uses_standard_quantize(q.round_mode, dtype):
             qnode = helper.make_node("QuantizeLinear", [src, f"{name}_scale", f"{name}_zero_point"], [f"{name}_q"],
-                                     name=f"{name}_q")
+                                     name=f"{name}_q", doc_string=doc)
         else:
             op = qdq.ensure_quantize_function(out, q.round_mode, dtype)
             qnode = helper.make_node(op, [src, f"{name}_scale", f"{name}_zero_point"], [f"{name}_q"],
-                                     name=f"{name}_q", domain=qdq.DOMAIN)
+                                     name=f"{name}_q", domain=qdq.DOMAIN, doc_string=doc)
         dqnode = helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_scale", f"{name}_zero_point"], [dq_out],
                                   name=f"{name}_dq", domain=_dq_domain(q))
         uses_ms |= _dq_domain(q) == MS_DOMAIN

@@ -233,50 +233,62 @@ def _weight_axis(node: onnx.NodeProto, idx: GraphIndex) -> int | None:
 
 
 def _with_fused_activations(keep: set[str], graph: onnx.GraphProto, idx: GraphIndex, target: Target) -> set[str]:
-    """``keep`` plus the activation the target fuses into each kept node (its only reader).
+    """``keep`` grown to whole fused layers: an activation unit with a kept member, with the node
+    the target fuses it into (all readers of that node's output are in the unit), and the unit
+    fused into a kept node.
 
     Keeping a Conv in float but quantizing the ReLU6 it fuses would put a quantize step on the
     Conv's raw output, whose range is far wider than the activation's: keeping EfficientNet-Lite0's
     stem Conv in float on B4096 cost 17 points of FP32 agreement (55.0 -> 37.7 %) instead of
-    gaining.  A fused pair is one layer, as the mixed-precision search's edits treat it.
+    gaining.  Likewise a legalised hard-swish is one DPU operation: keeping its last ``Mul`` in
+    float but not the ``Add -> Clip -> Mul`` before it would split it across the chip and the CPU.
+    A fused layer is one layer, as the mixed-precision search's edits treat it.
     """
     out = set(keep)
-    for node in graph.node:
-        if node_key(node) not in keep or not node.output:
-            continue
-        act = idx.only_consumer(node.output[0])
-        if act is not None and fuses(target, op_kind(node, idx), activation_kind(act, idx)):
-            out.add(node_key(act))
+    for unit, x, kind in _structural_units(graph, idx):
+        members = {node_key(n) for n in unit}
+        prod = idx.producer.get(x)
+        fused = (prod is not None and x not in idx.outputs and all(node_key(c) in members for c in idx.consumers[x])
+                 and fuses(target, op_kind(prod, idx), kind))
+        if members & keep or (fused and node_key(prod) in keep):
+            out |= members | ({node_key(prod)} if fused else set())
     return out
 
 
-def _activation_units(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan):
-    """Activations as units ``(nodes in order, input x, kind)``; only all-quantized units count."""
+def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[list[onnx.NodeProto], str, str]]:
+    """Activation units ``(nodes in order, input x, kind)`` from the graph's structure alone.
+
+    A legalised hard-sigmoid chain followed by ``Mul(x, chain)`` is one ``hard_swish`` unit.
+    """
     units = []
     claimed: set[str] = set()
     for node in graph.node:
-        key = node_key(node)
-        if key in claimed or key not in plan.quantized:
+        if node_key(node) in claimed:
             continue
-        unit: list[onnx.NodeProto] | None = None
-        kind = None
         chain = _dpu_hsigmoid_chain(node, idx)
         if chain is not None:
             unit, kind = chain, "hard_sigmoid"
-        elif node.op_type in ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish"):
-            kind = activation_kind(node, idx)
-            if kind is not None:
-                unit = [node]
-        if unit is None or not all(node_key(n) in plan.quantized for n in unit):
+            mul = idx.only_consumer(chain[-1].output[0])
+            if mul is not None and mul.op_type == "Mul" and node.input[0] in mul.input:
+                unit, kind = [*chain, mul], "hard_swish"
+        elif node.op_type in ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish") and activation_kind(node, idx):
+            unit, kind = [node], activation_kind(node, idx)
+        else:
             continue
-        x = unit[0].input[0]
-        if kind == "hard_sigmoid":
-            y = unit[-1].output[0]
-            mul = idx.only_consumer(y)
-            if mul is not None and mul.op_type == "Mul" and x in mul.input and node_key(mul) in plan.quantized:
-                unit, kind = [*unit, mul], "hard_swish"
         claimed.update(node_key(n) for n in unit)
-        units.append((unit, x, kind))
+        units.append((unit, node.input[0], kind))
+    return units
+
+
+def _activation_units(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan):
+    """The structural units whose nodes are all quantized (a hard-swish whose ``Mul`` is not:
+    its hard-sigmoid chain)."""
+    units = []
+    for unit, x, kind in _structural_units(graph, idx):
+        if kind == "hard_swish" and node_key(unit[-1]) not in plan.quantized:
+            unit, kind = unit[:-1], "hard_sigmoid"
+        if all(node_key(n) in plan.quantized for n in unit):
+            units.append((unit, x, kind))
     return units
 
 

@@ -106,10 +106,19 @@ def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_pat
 
 
 def test_weightless_points_can_be_kept_in_float_or_raised_to_int16(quantized, digits):
-    lp = next(lp for lp in layer_points(quantized.model) if lp.layer is None)
-    tensor = lp.outputs[0].q.input[0]
-    edited = apply_precisions(quantized.model, {lp.name: "float"}, quantized.float_model)
-    assert any(n.op_type == "Identity" and list(n.input) == [tensor] for n in edited.graph.node)
+    lps = layer_points(quantized.model)
+    lp = next(lp for lp in lps if lp.layer is None)
+    tensor, read_as = lp.outputs[0].q.input[0], lp.outputs[0].dq.output[0]
+    readers = [r.name for r in lps if r.layer is not None and read_as in r.layer.node.input]
+    assert readers
+
+    def bypassed(model) -> bool:
+        return any(n.op_type == "Identity" and list(n.input) == [tensor] for n in model.graph.node)
+
+    # alone it stays quantized: the integer layer reading it needs integers (a CPU -> DPU boundary)
+    assert not bypassed(apply_precisions(quantized.model, {lp.name: "float"}, quantized.float_model))
+    edited = apply_precisions(quantized.model, {n: "float" for n in [lp.name, *readers]}, quantized.float_model)
+    assert bypassed(edited)
     raised = apply_precisions(quantized.model, {lp.name: "int16"}, quantized.float_model)
     assert sum(n.op_type.endswith("_int16") for n in raised.graph.node) == 1
     metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])

@@ -1,0 +1,119 @@
+"""Precision edits score what the quantizer would build: a float layer's edit quantizes the same
+tensors as re-quantizing with that layer in ``keep_float``.
+
+The edit used to drop a float layer's output pair even where an integer layer reads it, so the
+mixed-precision search scored models no accelerator can run (PP-OCRv4 rec on B4096: the search
+reported 92.7 % lines for 126 float points; re-quantizing with them as ``keep_float`` gave 68.7 %).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import npuflow
+from npuflow import qdq
+from npuflow.analyze.qdq_edit import apply_precisions, layer_points
+from npuflow.quant.algorithms.qdq_weights import quantized_layers
+
+from .quant_nets import _init, model_from, samples
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+
+
+def hswish_net() -> onnx.ModelProto:
+    """x -> conv1 -> HardSwish -> conv2 -> Relu -> Add(., hswish) -> MaxPool -> Sigmoid (CPU on the
+    DPU) -> conv3 -> Reshape -> y."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["c1"], ["hs"], name="hswish"),
+        helper.make_node("Conv", ["hs", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Add", ["r2", "hs"], ["sum"], name="add"),
+        helper.make_node("MaxPool", ["sum"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Sigmoid", ["p"], ["s"], name="sig"),
+        helper.make_node("Conv", ["s", "w3", "b3"], ["c3"], name="conv3"),
+        helper.make_node("Reshape", ["c3", "shape"], ["y"], name="flat"),
+    ]
+    inits = [
+        _init("w1", rng.normal(0, 0.5, (8, 3, 3, 3))), _init("b1", rng.normal(0, 0.2, 8)),
+        _init("w2", rng.normal(0, 0.3, (8, 8, 3, 3))), _init("b2", rng.normal(0, 0.2, 8)),
+        _init("w3", rng.normal(0, 0.5, (4, 8, 1, 1))), _init("b3", rng.normal(0, 0.2, 4)),
+        onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+    ]
+    return model_from(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return samples([1, 3, 8, 8], n=4)
+
+
+@pytest.fixture(scope="module")
+def base(calib):
+    return npuflow.quantize(hswish_net(), calib, target=DPU, config={"include_bias_corr": False, "report_samples": 0})
+
+
+def quantized_tensors(model: onnx.ModelProto) -> set[str]:
+    """Activation tensors with a quantize -> dequantize pair (graph outputs by their own name)."""
+    inits = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    names = set()
+    for n in model.graph.node:
+        if n.op_type.startswith("Quantize") and n.input[0] not in inits and n.output[0] in dequantized:
+            t = n.input[0]
+            names.add(t[:-len("_float")] if t.endswith("_float") and t[:-len("_float")] in outputs else t)
+    return names
+
+
+def float_subsets(names: list[str]) -> list[list[str]]:
+    rnd = random.Random(0)
+    return [[n] for n in names] + [rnd.sample(names, k) for k in (2, 3, 4) for _ in range(3)]
+
+
+def test_layers_are_whole_fused_units(base):
+    lps = {lp.name: lp for lp in layer_points(base.model)}
+    # conv1 owns the pair after its fused (legalised) hard-swish; relu2's pair is conv2's
+    assert [p.q.input[0] for p in lps["conv1"].outputs] == ["hs"]
+    assert [p.q.input[0] for p in lps["conv2"].outputs] == ["r2"]
+    assert "hswish" not in lps
+
+
+def test_float_edits_quantize_what_keep_float_quantizes(base, calib):
+    names = [lp.name for lp in layer_points(base.model)]
+    for floats in float_subsets(names):
+        edited = apply_precisions(base.model, {n: "float" for n in floats}, base.float_model)
+        again = npuflow.quantize(hswish_net(), calib, target=DPU,
+                                 config={"include_bias_corr": False, "report_samples": 0, "keep_float": floats})
+        assert quantized_tensors(edited) == quantized_tensors(again.model), floats
+
+
+def test_an_integer_layer_never_reads_a_float_tensor(base):
+    names = [lp.name for lp in layer_points(base.model)]
+    for floats in float_subsets(names):
+        edited = apply_precisions(base.model, {n: "float" for n in floats}, base.float_model)
+        producer = {o: n for n in edited.graph.node for o in n.output}
+        for layer in quantized_layers(edited):
+            assert producer[layer.node.input[0]].op_type == "DequantizeLinear", (floats, layer.name)
+
+
+def test_the_cpu_to_accelerator_boundary_is_marked(base):
+    marked = {n.input[0] for n in base.model.graph.node if n.doc_string == qdq.FLOAT_PRODUCER_DOC}
+    assert marked == {"x", "s"}  # the graph input and the CPU Sigmoid's output read by conv3
+
+
+def test_keep_float_of_a_fused_activation_keeps_the_layer_it_is_fused_into(calib):
+    """A float hard-swish after an int8 conv1 would need a quantize step on conv1's raw output."""
+    q = npuflow.quantize(hswish_net(), calib, target=DPU,
+                         config={"include_bias_corr": False, "report_samples": 0, "keep_float": ["hswish"]})
+    nodes = {n.name: n for n in q.model.graph.node}
+    assert nodes["conv1"].input[1] == "w1"  # float weights
+    assert "c1" not in quantized_tensors(q.model)
+    assert "hs" in quantized_tensors(q.model)  # conv2 and add still read integers
