@@ -39,7 +39,7 @@ from ..numerics import RoundMode, quantize
 from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, write_bias
 from ..quant.config import TensorSettings
-from ..quant.plan import FOLLOWERS, QUANTIZED_OPS, node_key
+from ..quant.plan import FLOAT_TAIL_OPS, FOLLOWERS, QUANTIZED_OPS, node_key
 from ..quant.params import weight_params
 
 PRECISIONS = ("int8", "int16", "float")
@@ -126,7 +126,7 @@ def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]]) -> str:
             ends.add(t)
             continue
         for u in users:
-            key = u.name or u.output[0]
+            key = node_key(u)
             if u.op_type not in _UNIT_OPS or len(u.output) != 1:
                 return tensor
             if key not in seen:
@@ -288,6 +288,8 @@ def apply_precisions(
             if p.q.output[0] not in keep_q:
                 bypass(p)
         return out
+    # a pair stays where an integer node writes or reads it: a float layer's output is still
+    # quantized for an integer reader (the CPU -> accelerator boundary of ``keep_float``)
     integer = _integer_nodes(out, lps, precisions)
     for lp in lps:
         prec = precisions.get(lp.name, "int8")
@@ -312,10 +314,8 @@ def _integer_nodes(model: onnx.ModelProto, lps: list[LayerPoints], precisions: d
     That is each int8/int16 layer's node and, walking back from its output pairs to the
     dequantized tensors it reads, the nodes fused into it (a ReLU, a hard-swish chain); a pair
     the exporter marked as written by a float producer (:data:`npuflow.qdq.FLOAT_PRODUCER_DOC`)
-    leads to no integer node.  A pair stays where an integer node writes or reads it: a float layer's output
-    still gets quantized for an integer reader (the CPU -> accelerator boundary the quantizer
-    builds for ``keep_float``), so a search scores deployable models, and the ``keep_float``
-    config it reports reproduces its score.
+    leads to no integer node.  Deciding pairs from these nodes makes a search score deployable
+    models whose ``keep_float`` config reproduces the score.
     """
     prod = {o: n for n in model.graph.node for o in n.output}
     inits = {t.name for t in model.graph.initializer}
@@ -357,7 +357,7 @@ def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[
             src = source(n.input[0])
             if src is None or node_key(src) not in integer:
                 integer.discard(node_key(n))
-    if _meta(model, "npuflow.scale_type") != "float":
+    if {p.key: p.value for p in model.metadata_props}.get("npuflow.scale_type") != "float":
         return
     cons = consumers(model)
 
@@ -375,11 +375,7 @@ def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[
         changed = False
         for n in model.graph.node:
             key = node_key(n)
-            if key in integer and n.op_type in FOLLOWERS | {"Concat"}:
+            if key in integer and n.op_type in FLOAT_TAIL_OPS:
                 if not any(node_key(r) in integer for o in n.output if o for r in readers(o)):
                     integer.discard(key)
                     changed = True
-
-
-def _meta(model: onnx.ModelProto, key: str) -> str | None:
-    return next((p.value for p in model.metadata_props if p.key == key), None)

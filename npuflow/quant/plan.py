@@ -43,6 +43,10 @@ PASS_THROUGH = frozenset({"MaxPool", "GlobalMaxPool", "Relu", "Reshape", "Transp
 #: Data-movement ops quantized only when their input comes from a quantized op (as ONNX Runtime's
 #: quantizer does): a Reshape after a float Softmax stays float instead of quantizing probabilities.
 FOLLOWERS = PASS_THROUGH | {"Resize"}
+#: Ops left float on float-scale targets when no quantized op reads them (:func:`_float_tail`).
+#: Not ``Relu``: fused into its producer it is where that output gets quantized, and a float one
+#: would move the quantize step onto the raw, wider producer output.
+FLOAT_TAIL_OPS = (FOLLOWERS | {"Concat"}) - {"Relu"}
 #: Ops whose input 1 is a weight (when constant) and input 2 a bias.
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -202,13 +206,12 @@ def _float_tail(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan) -> Non
     leaves the chip as integers anyway.  Repeated until nothing changes, so a Reshape feeding a
     float Concat goes float too.
     """
-    movers = FOLLOWERS | {"Concat"}
     changed = True
     while changed:
         changed = False
         for node in graph.node:
             key = node_key(node)
-            if key not in plan.quantized or node.op_type not in movers:
+            if key not in plan.quantized or node.op_type not in FLOAT_TAIL_OPS:
                 continue
             readers = [c for o in node.output if o for c in idx.consumers.get(o, [])]
             if not any(node_key(c) in plan.quantized for c in readers):

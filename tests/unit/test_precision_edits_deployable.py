@@ -60,6 +60,12 @@ def base(calib):
     return npuflow.quantize(hswish_net(), calib, target=DPU, config={"include_bias_corr": False, "report_samples": 0})
 
 
+@pytest.fixture(scope="module", params=[DPU, "cpu-int8"])
+def target_base(request, calib):
+    return request.param, npuflow.quantize(hswish_net(), calib, target=request.param,
+                                           config={"include_bias_corr": False, "report_samples": 0})
+
+
 def quantized_tensors(model: onnx.ModelProto) -> set[str]:
     """Activation tensors with a quantize -> dequantize pair (graph outputs by their own name)."""
     inits = {t.name for t in model.graph.initializer}
@@ -86,11 +92,13 @@ def test_layers_are_whole_fused_units(base):
     assert "hswish" not in lps
 
 
-def test_float_edits_quantize_what_keep_float_quantizes(base, calib):
+def test_float_edits_quantize_what_keep_float_quantizes(target_base, calib):
+    """On the DPU (a CPU Sigmoid, a fused hard-swish) and on cpu-int8 (its float tail)."""
+    target, base = target_base
     names = [lp.name for lp in layer_points(base.model)]
     for floats in float_subsets(names):
         edited = apply_precisions(base.model, {n: "float" for n in floats}, base.float_model)
-        again = npuflow.quantize(hswish_net(), calib, target=DPU,
+        again = npuflow.quantize(hswish_net(), calib, target=target,
                                  config={"include_bias_corr": False, "report_samples": 0, "keep_float": floats})
         assert quantized_tensors(edited) == quantized_tensors(again.model), floats
 
