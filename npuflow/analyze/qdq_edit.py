@@ -178,8 +178,10 @@ def set_float(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelPr
 
 
 def set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
-    """Give layer ``lp`` its float weight and bias, in place (nothing for a weightless layer)."""
+    """Give layer ``lp`` its float weight and bias, or a weightless layer its float constant
+    operands, in place."""
     if lp.layer is None:
+        _set_float_constants(model, lp, float_model)
         return
     w, b = _float_weights(model, lp, float_model)
     _replace_input_with_initializer(model, lp.layer.node, 1, w, "float_weight")
@@ -187,6 +189,27 @@ def set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx
         if b is None:
             b = get_array(model, lp.layer.bias_name).reshape(-1) * lp.layer.bias_scale
         _replace_input_with_initializer(model, lp.layer.node, 2, np.asarray(b), "float_bias")
+
+
+def _set_float_constants(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
+    """The quantized constant operands of weightless layer ``lp`` (a ``Mul``'s scale, an ``Add``'s
+    shift) become the float model's values, found by name, as the quantizer leaves a node in
+    ``keep_float``: PP-OCRv4 rec with every layer edited to float kept its learnable-affine
+    constants in int8 and stayed at output cosine 0.99983."""
+    if float_model is None:
+        return
+    floats = {t.name: t for t in float_model.graph.initializer}
+    inits = {t.name for t in model.graph.initializer}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    for p in lp.outputs:
+        node = prod.get(p.q.input[0])
+        for k, t in enumerate(node.input if node is not None else []):
+            dq = prod.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                continue
+            name = dq.input[0].removesuffix("_quantized")
+            if name in floats:
+                _replace_input_with_initializer(model, node, k, numpy_helper.to_array(floats[name]), "float_const")
 
 
 def bypass(p: QuantPoint) -> None:

@@ -26,8 +26,8 @@ DPU = "DPUCZDX8G_ISA1_B4096"
 
 
 def hswish_net() -> onnx.ModelProto:
-    """x -> conv1 -> HardSwish -> conv2 -> Relu -> Add(., hswish) -> MaxPool -> Sigmoid (CPU on the
-    DPU) -> conv3 -> Reshape -> y."""
+    """x -> conv1 -> HardSwish -> conv2 -> Relu -> Add(., hswish) -> Mul(., constant) -> MaxPool ->
+    Sigmoid (CPU on the DPU) -> conv3 -> Reshape -> y."""
     rng = np.random.default_rng(5)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
@@ -35,7 +35,8 @@ def hswish_net() -> onnx.ModelProto:
         helper.make_node("Conv", ["hs", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("Add", ["r2", "hs"], ["sum"], name="add"),
-        helper.make_node("MaxPool", ["sum"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Mul", ["sum", "k"], ["scaled"], name="scale"),
+        helper.make_node("MaxPool", ["scaled"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Sigmoid", ["p"], ["s"], name="sig"),
         helper.make_node("Conv", ["s", "w3", "b3"], ["c3"], name="conv3"),
         helper.make_node("Reshape", ["c3", "shape"], ["y"], name="flat"),
@@ -44,6 +45,7 @@ def hswish_net() -> onnx.ModelProto:
         _init("w1", rng.normal(0, 0.5, (8, 3, 3, 3))), _init("b1", rng.normal(0, 0.2, 8)),
         _init("w2", rng.normal(0, 0.3, (8, 8, 3, 3))), _init("b2", rng.normal(0, 0.2, 8)),
         _init("w3", rng.normal(0, 0.5, (4, 8, 1, 1))), _init("b3", rng.normal(0, 0.2, 4)),
+        _init("k", rng.uniform(0.2, 0.6, (1, 8, 1, 1))),
         onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
     ]
     return model_from(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
@@ -79,6 +81,14 @@ def quantized_tensors(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def quantized_constants(model: onnx.ModelProto) -> set[str]:
+    """Initializers read through a DequantizeLinear by some node (weights, biases, constants)."""
+    inits = {t.name for t in model.graph.initializer}
+    read = {i for n in model.graph.node for i in n.input}
+    return {n.input[0] for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.output[0] in read}
+
+
 def float_subsets(names: list[str]) -> list[list[str]]:
     rnd = random.Random(0)
     return [[n] for n in names] + [rnd.sample(names, k) for k in (2, 3, 4) for _ in range(3)]
@@ -101,6 +111,7 @@ def test_float_edits_quantize_what_keep_float_quantizes(target_base, calib):
         again = npuflow.quantize(hswish_net(), calib, target=target,
                                  config={"include_bias_corr": False, "report_samples": 0, "keep_float": floats})
         assert quantized_tensors(edited) == quantized_tensors(again.model), floats
+        assert quantized_constants(edited) == quantized_constants(again.model), floats
 
 
 def test_an_integer_layer_never_reads_a_float_tensor(base):
