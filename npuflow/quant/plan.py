@@ -261,7 +261,8 @@ def _with_fused_activations(keep: set[str], graph: onnx.GraphProto, idx: GraphIn
 def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[list[onnx.NodeProto], str, str]]:
     """Activation units ``(nodes in order, input x, kind)`` from the graph's structure alone.
 
-    A legalised hard-sigmoid chain followed by ``Mul(x, chain)`` is one ``hard_swish`` unit.
+    A hard-sigmoid (one node, or the legalised DPU chain) followed by ``Mul(x, hsig)`` is one
+    ``hard_swish`` unit.
     """
     units = []
     claimed: set[str] = set()
@@ -271,13 +272,14 @@ def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[lis
         chain = _dpu_hsigmoid_chain(node, idx)
         if chain is not None:
             unit, kind = chain, "hard_sigmoid"
-            mul = idx.only_consumer(chain[-1].output[0])
-            if mul is not None and mul.op_type == "Mul" and node.input[0] in mul.input:
-                unit, kind = [*chain, mul], "hard_swish"
         elif node.op_type in ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish") and activation_kind(node, idx):
             unit, kind = [node], activation_kind(node, idx)
         else:
             continue
+        if kind == "hard_sigmoid":
+            mul = idx.only_consumer(unit[-1].output[0])
+            if mul is not None and mul.op_type == "Mul" and node.input[0] in mul.input:
+                unit, kind = [*unit, mul], "hard_swish"
         claimed.update(node_key(n) for n in unit)
         units.append((unit, node.input[0], kind))
     return units
