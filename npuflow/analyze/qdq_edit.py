@@ -170,13 +170,6 @@ def _replace_input_with_initializer(model: onnx.ModelProto, node: onnx.NodeProto
     _set_input(node, index, name)
 
 
-def set_float(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
-    """Keep layer ``lp`` in float (weights, bias and output), in place."""
-    set_float_weights(model, lp, float_model)
-    for p in lp.outputs:
-        bypass(p)
-
-
 def set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
     """Give layer ``lp`` its float weight and bias, or a weightless layer its float constant
     operands, in place."""
@@ -295,22 +288,15 @@ def apply_precisions(
 ) -> onnx.ModelProto:
     """A copy of ``qmodel`` with layers set to ``int16``/``float`` as given.
 
-    ``quantize_only=NAME`` keeps every quantization point except layer NAME's in float (all
-    other activation pairs too), for the "quantize only this layer" measurement.
+    ``quantize_only=NAME`` puts every layer but NAME in float, for the "quantize only this
+    layer" measurement: NAME keeps its integer weights, its output pair and the quantize steps
+    of its inputs, as a single accelerator layer between CPU layers would.
     """
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     lps = layer_points(out)
     if quantize_only is not None:
-        keep = next((lp for lp in lps if lp.name == quantize_only), None)
-        keep_q = {p.q.output[0] for p in keep.outputs} if keep else set()
-        for lp in lps:
-            if lp.name != quantize_only:
-                set_float(out, lp, float_model)
-        for p in activation_points(out):
-            if p.q.output[0] not in keep_q:
-                bypass(p)
-        return out
+        precisions = {lp.name: "float" for lp in lps if lp.name != quantize_only}
     # a pair stays where an integer node writes or reads it: a float layer's output is still
     # quantized for an integer reader (the CPU -> accelerator boundary of ``keep_float``)
     integer = _integer_nodes(out, lps, precisions)

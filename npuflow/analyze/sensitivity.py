@@ -7,7 +7,8 @@ For every weight layer of a quantized model two variants are scored against the 
   remedy mixed precision applies.  A float layer's output stays quantized where an integer
   layer reads it (as on the chip), so a weightless op between two integer layers gains nothing
   alone: its quantize step goes only with its readers;
-* **quantize only this layer** (everything else float): the layer's own damage in isolation.
+* **quantize only this layer** (everything else float, the quantize steps of its inputs kept):
+  the layer's own damage in isolation.
 
 The score is the mean cosine similarity of all model outputs to the float model's on the
 evaluation feeds, or a user metric ``metric(model) -> float`` (higher is better).  Variants are
