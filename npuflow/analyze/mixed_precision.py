@@ -93,12 +93,20 @@ def search(
         target = metric(float_model) - float(max_drop)
     evals = [0]
     scores: dict[tuple[str, ...], float] = {}
+    report: SensitivityReport | None = None
+
+    def expand(chosen: tuple[str, ...]) -> tuple[str, ...]:
+        """A weightless layer goes to float with its readers (its quantize step stays otherwise)."""
+        if precision != "float" or report is None:
+            return chosen
+        return tuple(sorted({n for c in chosen for n in report.group(c)}))
 
     def score(chosen: tuple[str, ...]) -> float:
-        if chosen not in scores:
+        key = expand(chosen)
+        if key not in scores:
             evals[0] += 1
-            scores[chosen] = metric(apply_precisions(qmodel, {n: precision for n in chosen}, float_model))
-        return scores[chosen]
+            scores[key] = metric(apply_precisions(qmodel, {n: precision for n in key}, float_model))
+        return scores[key]
 
     base = score(())
     if base >= target:  # nothing to raise: skip the sensitivity analysis (one evaluation per point)
@@ -108,7 +116,8 @@ def search(
     ranking = report.ranking()
     if score(tuple(ranking)) < target:
         chosen = tuple(ranking)
-        return _result(qmodel, float_model, chosen, precision, base, scores[chosen], target, False, evals[0], report)
+        return _result(qmodel, float_model, expand(chosen), precision, base, score(chosen), target, False, evals[0],
+                       report)
     lo, hi = 0, len(ranking)  # prefix of length hi meets the target, lo does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -123,10 +132,10 @@ def search(
         trial = tuple(n for n in chosen if n != name)
         if score(trial) >= target:
             chosen = list(trial)
-    final = tuple(chosen)
+    final = expand(tuple(chosen))
     log.info("mixed precision: %d layers to %s, score %.5f -> %.5f (target %.5f)",
-             len(final), precision, base, scores[final], target)
-    return _result(qmodel, float_model, final, precision, base, scores[final], target, True, evals[0], report)
+             len(final), precision, base, score(tuple(chosen)), target)
+    return _result(qmodel, float_model, final, precision, base, score(tuple(chosen)), target, True, evals[0], report)
 
 
 def perf_cost(float_model: onnx.ModelProto, target, changes: dict[str, str]) -> dict:

@@ -318,31 +318,57 @@ def apply_precisions(
 
 def _integer_nodes(model: onnx.ModelProto, lps: list[LayerPoints], precisions: dict[str, str]) -> set[str]:
     """Keys (:func:`~npuflow.quant.plan.node_key`) of the nodes that compute on integers once
-    ``precisions`` apply.
-
-    That is each int8/int16 layer's node and, walking back from its output pairs to the
-    dequantized tensors it reads, the nodes fused into it (a ReLU, a hard-swish chain); a pair
-    the exporter marked as written by a float producer (:data:`npuflow.qdq.FLOAT_PRODUCER_DOC`)
-    leads to no integer node.  Deciding pairs from these nodes makes a search score deployable
-    models whose ``keep_float`` config reproduces the score.
-    """
+    ``precisions`` apply: the nodes of every int8/int16 layer (:func:`_layer_nodes`), with the
+    quantizer's rules for data-movement ops applied.  Deciding pairs from these nodes makes a
+    search score deployable models whose ``keep_float`` config reproduces the score."""
     prod = {o: n for n in model.graph.node for o in n.output}
-    inits = {t.name for t in model.graph.initializer}
     out: set[str] = set()
+    for name, nodes in _layer_nodes(model, lps, prod).items():
+        if precisions.get(name, "int8") != "float":
+            out |= nodes
+    _drop_float_followers(model, out, prod)
+    return out
+
+
+def _layer_nodes(model: onnx.ModelProto, lps: list[LayerPoints],
+                 prod: dict[str, onnx.NodeProto]) -> dict[str, set[str]]:
+    """Layer name -> keys of the nodes it computes: its own node and, walking back from its
+    output pairs to the dequantized tensors it reads, the nodes fused into it (a ReLU, a
+    hard-swish chain).  A pair the exporter marked as written by a float producer
+    (:data:`npuflow.qdq.FLOAT_PRODUCER_DOC`) leads to no node: that producer runs on the CPU."""
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, set[str]] = {}
     for lp in lps:
-        if precisions.get(lp.name, "int8") == "float":
-            continue
+        nodes = out.setdefault(lp.name, set())
         if lp.layer is not None:
-            out.add(node_key(lp.layer.node))
+            nodes.add(node_key(lp.layer.node))
         stack = [prod.get(p.q.input[0]) for p in lp.outputs if p.q.doc_string != qdq.FLOAT_PRODUCER_DOC]
         while stack:
             n = stack.pop()
-            if n is None or node_key(n) in out or n.op_type not in QUANTIZED_OPS:
+            if n is None or node_key(n) in nodes or n.op_type not in QUANTIZED_OPS:
                 continue
-            out.add(node_key(n))
+            nodes.add(node_key(n))
             stack.extend(prod.get(t) for t in n.input if t and t not in inits)
-    _drop_float_followers(model, out, prod)
     return out
+
+
+def float_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Weightless layer -> the layers to put in float with it (itself first) so that its
+    output's quantize step goes: the layers reading that output.  Alone in float such a layer
+    changes nothing, since its integer readers need the quantize step (:func:`apply_precisions`)."""
+    lps = layer_points(model)
+    prod = {o: n for n in model.graph.node for o in n.output}
+    owner = {key: name for name, keys in _layer_nodes(model, lps, prod).items() for key in keys}
+    cons = consumers(model)
+    groups = {}
+    for lp in lps:
+        if lp.layer is not None:
+            continue
+        readers = {owner[node_key(c)] for p in lp.outputs for c in cons.get(p.dq.output[0], [])
+                   if node_key(c) in owner} - {lp.name}
+        if readers:
+            groups[lp.name] = [lp.name, *sorted(readers)]
+    return groups
 
 
 def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[str, onnx.NodeProto]) -> None:

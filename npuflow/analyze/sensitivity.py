@@ -5,8 +5,8 @@ For every weight layer of a quantized model two variants are scored against the 
 * **float only this layer** (everything else quantized): how much of the total loss the layer
   is responsible for; the ranking key, since keeping the top layers in higher precision is the
   remedy mixed precision applies.  A float layer's output stays quantized where an integer
-  layer reads it (as on the chip), so a weightless op between two integer layers gains nothing
-  alone: its quantize step goes only with its readers;
+  layer reads it (as on the chip), so a weightless op between two integer layers would gain
+  nothing alone: its variant puts the layers reading it in float too (``floated_with``);
 * **quantize only this layer** (everything else float, the quantize steps of its inputs kept):
   the layer's own damage in isolation.
 
@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from ..quant.algorithms.graph import Feed, run_outputs
-from .qdq_edit import apply_precisions, layer_points
+from .qdq_edit import apply_precisions, float_groups, layer_points
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ def similarity_metric(float_model: onnx.ModelProto, feeds: Iterable[Feed]) -> Me
 class LayerSensitivity:
     layer: str
     op_type: str
-    float_only: float      # score with only this layer in float
+    float_only: float      # score with only this layer in float (with ``floated_with``)
     quant_only: float | None  # score with only this layer quantized (None: not measured)
     gain: float            # float_only - fully quantized score
+    floated_with: list[str] = field(default_factory=list)  # weightless layer: its readers, in float with it
 
 
 @dataclass
@@ -75,6 +76,11 @@ class SensitivityReport:
 
     def ranking(self) -> list[str]:
         return [l.layer for l in self.layers]
+
+    def group(self, name: str) -> list[str]:
+        """The layers ``name``'s float variant put in float: itself and its ``floated_with``."""
+        extra = next((l.floated_with for l in self.layers if l.layer == name), [])
+        return [name, *extra]
 
 
 def analyze(
@@ -98,6 +104,7 @@ def analyze(
         metric = similarity_metric(float_model, feeds)
         metric_name = metric_name or "output cosine similarity"
     op_types = {lp.name: lp.op_type for lp in layer_points(qmodel)}
+    groups = float_groups(qmodel)
     names = list(op_types)
     if layers is not None:
         wanted = set(layers)
@@ -108,10 +115,11 @@ def analyze(
     for k, name in enumerate(names):
         if progress:
             progress(name, k, len(names))
-        f_only = metric(apply_precisions(qmodel, {name: "float"}, float_model))
+        group = groups.get(name, [name])
+        f_only = metric(apply_precisions(qmodel, {n: "float" for n in group}, float_model))
         q_only = (metric(apply_precisions(qmodel, {}, float_model, quantize_only=name))
                   if quant_only else None)
-        result.append(LayerSensitivity(name, op_types[name], f_only, q_only, f_only - base))
+        result.append(LayerSensitivity(name, op_types[name], f_only, q_only, f_only - base, group[1:]))
     result.sort(key=lambda r: (-round(r.gain, 12), r.layer))
     log.info("sensitivity: %d layers, quantized score %.5f, float %.5f", len(result), base, fscore)
     return SensitivityReport(metric_name or "metric", fscore, base, result)

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 import npuflow
 from npuflow import qdq
-from npuflow.analyze.qdq_edit import apply_precisions, layer_points
+from npuflow.analyze.qdq_edit import apply_precisions, float_groups, layer_points
 from npuflow.quant.algorithms.qdq_weights import quantized_layers
 
 from .quant_nets import _init, model_from, samples
@@ -157,3 +157,17 @@ def test_a_hard_swish_is_one_unit_on_cpu_targets(calib):
     assert {"HardSigmoid", "Mul"} <= {n.op_type for n in q.model.graph.node}
     quantized = quantized_tensors(q.model)
     assert "hs" in quantized and "hsig" not in quantized
+
+
+def test_a_weightless_layer_goes_to_float_with_its_readers(base):
+    """Sensitivity and the mixed-precision search float a weightless op together with the layers
+    reading it: alone its quantize step stays for them, so alone it would never rank."""
+    groups = float_groups(base.model)
+    assert groups["add"] == ["add", "scale"]
+    assert groups["sig"] == ["sig", "conv3"]  # the CPU -> DPU boundary goes when conv3 leaves the DPU
+    assert "pool" not in groups  # read by the CPU Sigmoid only: alone in float it drops its step
+
+    def sum_quantized(floats: list[str]) -> bool:
+        return "sum" in quantized_tensors(apply_precisions(base.model, {n: "float" for n in floats}, base.float_model))
+
+    assert sum_quantized(["add"]) and not sum_quantized(groups["add"])
