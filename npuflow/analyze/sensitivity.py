@@ -131,9 +131,9 @@ def rich_table(report: SensitivityReport, top: int | None = None):
 
     t = Table(title=f"Layer sensitivity ({report.metric}; float {report.float_score:.5f}, "
                     f"quantized {report.quantized_score:.5f})")
-    for col in ("rank", "layer", "op", "float only this", "gain", "quantize only this"):
+    for col in ("rank", "layer", "op", "float only this", "with its readers", "gain", "quantize only this"):
         t.add_column(col, justify="right" if col not in ("layer", "op") else "left")
     for i, l in enumerate(report.layers[:top] if top else report.layers, 1):
-        t.add_row(str(i), l.layer, l.op_type, f"{l.float_only:.5f}", f"{l.gain:+.5f}",
-                  "-" if l.quant_only is None else f"{l.quant_only:.5f}")
+        t.add_row(str(i), l.layer, l.op_type, f"{l.float_only:.5f}", f"+{len(l.floated_with)}" if l.floated_with else "",
+                  f"{l.gain:+.5f}", "-" if l.quant_only is None else f"{l.quant_only:.5f}")
     return t
