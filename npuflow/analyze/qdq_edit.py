@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
 from ..numerics import RoundMode, quantize
-from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, weight_layers
+from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, producers, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, write_bias
 from ..quant.config import TensorSettings
 from ..quant.plan import FLOAT_TAIL_OPS, FOLLOWERS, QUANTIZED_OPS, node_key
@@ -92,7 +92,7 @@ def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
         pts = [by_input[tensor]] if tensor in by_input else []
         owned.update(p.q.input[0] for p in pts)
         out.append(LayerPoints(ql.name, ql.node.op_type, ql, pts))
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model)
     taken = {lp.name for lp in out}
     for p in points:
         node = producer.get(p.q.input[0])
@@ -170,12 +170,8 @@ def _replace_input_with_initializer(model: onnx.ModelProto, node: onnx.NodeProto
     _set_input(node, index, name)
 
 
-def set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
-    """Give layer ``lp`` its float weight and bias, or a weightless layer its float constant
-    operands, in place."""
-    if lp.layer is None:
-        _set_float_constants(model, lp, float_model)
-        return
+def _set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
+    """Give weight layer ``lp`` its float weight and bias, in place."""
     w, b = _float_weights(model, lp, float_model)
     _replace_input_with_initializer(model, lp.layer.node, 1, w, "float_weight")
     if lp.layer.bias_scale is not None and len(lp.layer.node.input) > 2:
@@ -184,16 +180,12 @@ def set_float_weights(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx
         _replace_input_with_initializer(model, lp.layer.node, 2, np.asarray(b), "float_bias")
 
 
-def _set_float_constants(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelProto | None) -> None:
+def _set_float_constants(model: onnx.ModelProto, lp: LayerPoints, floats: dict[str, onnx.TensorProto],
+                         inits: set[str], prod: dict[str, onnx.NodeProto]) -> None:
     """The quantized constant operands of weightless layer ``lp`` (a ``Mul``'s scale, an ``Add``'s
-    shift) become the float model's values, found by name, as the quantizer leaves a node in
-    ``keep_float``: PP-OCRv4 rec with every layer edited to float kept its learnable-affine
+    shift) become the float model's values ``floats``, found by name, as the quantizer leaves a
+    node in ``keep_float``: PP-OCRv4 rec with every layer edited to float kept its learnable-affine
     constants in int8 and stayed at output cosine 0.99983."""
-    if float_model is None:
-        return
-    floats = {t.name: t for t in float_model.graph.initializer}
-    inits = {t.name for t in model.graph.initializer}
-    prod = {o: n for n in model.graph.node for o in n.output}
     for p in lp.outputs:
         node = prod.get(p.q.input[0])
         for k, t in enumerate(node.input if node is not None else []):
@@ -299,14 +291,19 @@ def apply_precisions(
         precisions = {lp.name: "float" for lp in lps if lp.name != quantize_only}
     # a pair stays where an integer node writes or reads it: a float layer's output is still
     # quantized for an integer reader (the CPU -> accelerator boundary of ``keep_float``)
-    integer = _integer_nodes(out, lps, precisions)
+    prod = producers(out)
+    integer = _integer_nodes(out, lps, precisions, prod)
+    floats = {t.name: t for t in float_model.graph.initializer} if float_model is not None else {}
+    inits = {t.name for t in out.graph.initializer}
+    for lp in lps:  # float edits only rewire inputs, so ``prod`` stays valid for them
+        if precisions.get(lp.name) == "float" and lp.layer is None:
+            _set_float_constants(out, lp, floats, inits, prod)
+        elif precisions.get(lp.name) == "float":
+            _set_float_weights(out, lp, float_model)
     for lp in lps:
-        prec = precisions.get(lp.name, "int8")
-        if prec == "float":
-            set_float_weights(out, lp, float_model)
-        elif prec == "int16":
+        if precisions.get(lp.name) == "int16":
             set_int16(out, lp, float_model)
-    prod = {o: n for n in out.graph.node for o in n.output}
+    prod = producers(out)  # int16 edits add nodes
     cons = consumers(out)
     for p in activation_points(out):
         producer = prod.get(p.q.input[0])
@@ -316,12 +313,12 @@ def apply_precisions(
     return out
 
 
-def _integer_nodes(model: onnx.ModelProto, lps: list[LayerPoints], precisions: dict[str, str]) -> set[str]:
+def _integer_nodes(model: onnx.ModelProto, lps: list[LayerPoints], precisions: dict[str, str],
+                   prod: dict[str, onnx.NodeProto]) -> set[str]:
     """Keys (:func:`~npuflow.quant.plan.node_key`) of the nodes that compute on integers once
     ``precisions`` apply: the nodes of every int8/int16 layer (:func:`_layer_nodes`), with the
     quantizer's rules for data-movement ops applied.  Deciding pairs from these nodes makes a
     search score deployable models whose ``keep_float`` config reproduces the score."""
-    prod = {o: n for n in model.graph.node for o in n.output}
     out: set[str] = set()
     for name, nodes in _layer_nodes(model, lps, prod).items():
         if precisions.get(name, "int8") != "float":
@@ -357,8 +354,7 @@ def float_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     output's quantize step goes: the layers reading that output.  Alone in float such a layer
     changes nothing, since its integer readers need the quantize step (:func:`apply_precisions`)."""
     lps = layer_points(model)
-    prod = {o: n for n in model.graph.node for o in n.output}
-    owner = {key: name for name, keys in _layer_nodes(model, lps, prod).items() for key in keys}
+    owner = {key: name for name, keys in _layer_nodes(model, lps, producers(model)).items() for key in keys}
     cons = consumers(model)
     groups = {}
     for lp in lps:

@@ -118,7 +118,8 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     graph = model.graph
     idx = GraphIndex(graph)
     types = tensor_elem_types(model)
-    keep = _with_fused_activations(set(config.keep_float), graph, idx, target)
+    structural = _structural_units(graph, idx)
+    keep = _with_fused_activations(set(config.keep_float), structural, idx, target)
     plan = QuantPlan()
     inputs = {i.name for i in graph.input} - set(idx.inits)
 
@@ -144,7 +145,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     if target.numerics.scale_type == "float":
         _float_tail(graph, idx, plan)
 
-    units = _activation_units(graph, idx, plan)
+    units = _activation_units(structural, plan)
     unit_members: set[str] = set()
     for unit_nodes, x, kind in units:
         members = {node_key(n) for n in unit_nodes}
@@ -235,7 +236,8 @@ def _weight_axis(node: onnx.NodeProto, idx: GraphIndex) -> int | None:
     return w.ndim - 1 if w is not None and w.ndim >= 1 else None
 
 
-def _with_fused_activations(keep: set[str], graph: onnx.GraphProto, idx: GraphIndex, target: Target) -> set[str]:
+def _with_fused_activations(keep: set[str], units: list[tuple[list[onnx.NodeProto], str, str]], idx: GraphIndex,
+                            target: Target) -> set[str]:
     """``keep`` grown to whole fused layers: an activation unit with a kept member, with the node
     the target fuses it into (all readers of that node's output are in the unit), and the unit
     fused into a kept node.
@@ -248,7 +250,7 @@ def _with_fused_activations(keep: set[str], graph: onnx.GraphProto, idx: GraphIn
     A fused layer is one layer, as the mixed-precision search's edits treat it.
     """
     out = set(keep)
-    for unit, x, kind in _structural_units(graph, idx):
+    for unit, x, kind in units:
         members = {node_key(n) for n in unit}
         prod = idx.producer.get(x)
         fused = (prod is not None and x not in idx.outputs and all(node_key(c) in members for c in idx.consumers[x])
@@ -285,11 +287,11 @@ def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[lis
     return units
 
 
-def _activation_units(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan):
+def _activation_units(structural: list[tuple[list[onnx.NodeProto], str, str]], plan: QuantPlan):
     """The structural units whose nodes are all quantized (a hard-swish whose ``Mul`` is not:
     its hard-sigmoid chain)."""
     units = []
-    for unit, x, kind in _structural_units(graph, idx):
+    for unit, x, kind in structural:
         if kind == "hard_swish" and node_key(unit[-1]) not in plan.quantized:
             unit, kind = unit[:-1], "hard_sigmoid"
         if all(node_key(n) in plan.quantized for n in unit):
