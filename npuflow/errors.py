@@ -46,13 +46,21 @@ _MODEL = _specs(
     ("NPF_MODEL_INVALID", "the model fails ONNX validation: {reason}",
      "Run onnx.checker.check_model on the file to see the offending node and fix the exporter."),
     ("NPF_MODEL_OPSET_UNSUPPORTED", "model opset {opset} is outside the supported range [{low}, {high}]",
-     "Re-export the model with an opset in the supported range (13 to 21 are the most tested)."),
+     "Re-export the model with an opset in the supported range; the newest is the newest one both the "
+     "installed onnx and onnxruntime support (upgrade both for newer opsets)."),
     ("NPF_MODEL_DYNAMIC_SHAPE", "input {input!r} has unresolved dynamic dimension(s) {dims}",
      "Freeze it with --input-shape {input} {example} (repeat the option for each input)."),
     ("NPF_MODEL_BAD_INPUT_SHAPE", "bad input shape {value!r}: {reason}",
      "Write shapes as dimensions joined by 'x', e.g. --input-shape images 1x3x224x224."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
+    ("NPF_MODEL_BAD_PROBE_VALUE", "bad {option} {value!r}: {reason}",
+     "Write NAME=VALUE with one of the model's input names, e.g. sr=16000 (numbers joined by ',' for a tensor)."),
+    ("NPF_MODEL_SHAPE_PROBE_FAILED",
+     "the shape probe (one ONNX Runtime run for the {count} tensor shape(s) shape inference leaves unknown, "
+     "e.g. {first!r}) failed with inputs {feeds}: {reason}",
+     "Give the probe a value the model accepts for input {input!r} (or the input named in the error): "
+     "--probe-value {input}=VALUE on check/quantize, or probe_values={{'{input}': VALUE}} in npuflow.model.load."),
 )
 
 # --- targets -------------------------------------------------------------------------------
@@ -63,6 +71,8 @@ _TARGET = _specs(
      "An arch.json holds a JSON object with a \"target\" (name) or \"fingerprint\" key."),
     ("NPF_TARGET_BAD_FILE", "target file {path} is invalid: {reason}",
      "Fix the target description; docs/targets.md lists every field."),
+    ("NPF_TARGET_FORMULA_BOUND", "target limit formula {expr!r} cannot be evaluated: {reason}",
+     "Limit formulas compare layer and hardware sizes; keep their values within 4096 bits and use no strings in arithmetic."),
 )
 
 # --- checker -------------------------------------------------------------------------------
@@ -77,6 +87,12 @@ _CHECK = _specs(
 _QUANT = _specs(
     ("NPF_QUANT_BAD_CONFIG", "invalid quantization config: {reason}",
      "docs/quantization.md lists every field and its allowed values."),
+    ("NPF_QUANT_CONTROL_FLOW_ONLY",
+     "nothing in the model's main graph can be quantized: its computation sits inside the branches/bodies "
+     "of control-flow node(s) {nodes}, which run in float on the CPU",
+     "npuflow quantizes and compiles the main graph only. Fix the input the condition reads for this "
+     "deployment (--freeze-input NAME=VALUE on check/quantize, e.g. --freeze-input sr=16000; Python: "
+     "npuflow.model.freeze_inputs) so the branch is inlined, or export the model without the If/Loop."),
     ("NPF_QUANT_CONFIG_CONFLICT", "invalid quantization settings for {where}: {reason}",
      "Change one of the conflicting settings; docs/quantization.md lists the rules."),
     ("NPF_QUANT_BITS_UNSUPPORTED", "{bits}-bit {kind} quantization for {where} is not supported by target {target}",
@@ -95,8 +111,17 @@ _QUANT = _specs(
     ("NPF_QUANT_CALIB_NONFINITE", "calibration sample {sample} input {input!r} contains NaN or Inf",
      "Fix or drop that sample; calibration ranges must come from finite values."),
     ("NPF_QUANT_CALIB_MISMATCH", "calibration sample {sample} does not fit the model: {reason}",
-     "Samples must have the model's input names, dtypes and shapes (only dimensions that are "
-     "dynamic in the source model may vary)."),
+     "Samples must have the model's input names and dtypes and the shape it is quantized at (--input-shape, "
+     "or its static shape); `calib_dynamic_dims: true` in the config lets the dimensions the source model "
+     "leaves dynamic vary (OCR line widths)."),
+    ("NPF_QUANT_LOW_SIMILARITY",
+     "the quantized model's output {output} has cosine similarity {cosine} to the float model on {samples} "
+     "calibration sample(s), below min_output_cosine {threshold}; largest drops at {nodes}",
+     "Try, in this order: another activation calibration method (config `activation: {{method: ...}}`, "
+     "see docs/quantization.md), `include_cle: true`, `fast_finetune: {{method: adaquant}}`, then "
+     "`npuflow analyze sensitivity` / `analyze mixed-precision` to keep the worst layers in float "
+     "(`keep_float`). Check that the calibration samples are preprocessed as in deployment. To accept "
+     "the loss, lower `min_output_cosine` in the quantization config (npuflow build: its `npuflow:` section)."),
 )
 
 # --- compiler / .npuf file -----------------------------------------------------------------
@@ -111,6 +136,15 @@ _COMPILE = _specs(
      "The file was cut short or altered after it was written; compile the model again. Nothing was executed."),
     ("NPF_COMPILE_VERSION", "{path} has .npuf format version {found}; this npuflow reads version {supported}",
      "Recompile the model with this npuflow version (`npuflow compile`), or use the npuflow that wrote it."),
+    ("NPF_COMPILE_SCALES_UNSUPPORTED",
+     "tensor {tensor!r} (node {node!r}) is quantized with {problem}; target {target} needs {needs} "
+     "({count} of the model's {total} quantize/dequantize steps do not)",
+     "Quantize the float model for this target with `npuflow quantize --target {target}`, or compile this "
+     "model for a target whose arithmetic takes it (cpu-int8: float scales, any zero point, per-channel "
+     "weights). ONNX Runtime writes zero points 0 with extra_options={{'ActivationSymmetric': True}}."),
+    ("NPF_COMPILE_FOREIGN_UNSUPPORTED", "cannot legalise {op} node {node!r} into QDQ form: {reason}",
+     "Re-export the model in QDQ format (ONNX Runtime: quant_format=QuantFormat.QDQ), or quantize the float "
+     "model with `npuflow quantize`."),
 )
 
 # --- runtime -------------------------------------------------------------------------------
@@ -130,6 +164,9 @@ _RUNTIME = _specs(
      "Write inputs as NAME=FILE.npy, with FILE.npy saved by numpy.save."),
     ("NPF_RUNTIME_UNKNOWN_JOB", "runner {runner!r} has no pending job {job_id}",
      "Call wait() once with an id returned by execute_async() on the same runner."),
+    ("NPF_RUNTIME_UNKNOWN_OP", "the model has no accelerator op made from node {name!r}",
+     "Name the core ONNX node of an accelerator op (the 'name' of an op of an integer subgraph in "
+     "CompiledModel.manifest; {count} ops, e.g. {some})."),
     ("NPF_RUNTIME_BAD_BUFFERS", "runner {runner!r} expects {expected} {kind} array(s) with shapes {shapes}, got {got}",
      "Allocate buffers from get_input_tensors()/get_output_tensors() (shape and dtype)."),
 )

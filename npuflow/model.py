@@ -3,11 +3,14 @@
 What comes out of :func:`load` is an ``onnx.ModelProto`` that later stages can rely on:
 
 * weights are initializers (PP-OCR's exporter stores them as ``Constant`` nodes);
-* the default-domain opset is at least :data:`WORKING_OPSET` (per-channel QDQ needs 13);
+* the default-domain opset is at least :data:`WORKING_OPSET` (per-channel QDQ needs 13) and at
+  most :func:`newest_opset`, the newest one both the installed onnx and ONNX Runtime support;
 * graph inputs have the static shapes the user asked for (``--input-shape``), a dynamic batch
   dimension defaults to 1, and any other unresolved dimension is a coded error;
-* every tensor has a static shape in ``value_info`` (ONNX shape inference, completed by one
-  ONNX Runtime pass when symbolic shape arithmetic defeats it, as with ``Shape``/``Slice``).
+* every tensor has a static shape in ``value_info`` (ONNX shape inference with data propagation,
+  completed by one ONNX Runtime run -- the *shape probe* -- only for what stays unknown).  The probe
+  feeds values valid for each input: given ones (``probe_values``), else the constant the model
+  tests an integer input for equality with (silero-vad's ``sr == 16000``), else zeros.
 
 Graph surgery uses ``onnx_ir``; the ModelProto is the hand-over format between stages because
 ONNX Runtime consumes it directly.
@@ -15,26 +18,29 @@ ONNX Runtime consumes it directly.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+from numpy.typing import ArrayLike
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx import version_converter
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
+from .outputs import owner_token
 
 log = logging.getLogger(__name__)
 
-#: Oldest and newest default-domain opset accepted on input.
-SUPPORTED_OPSETS = (11, 21)
+#: Oldest default-domain opset accepted on input (the newest is :func:`newest_opset`).
+MIN_OPSET = 11
 #: Models below this opset are upgraded to it (per-channel Q/DQ needs 13).
 WORKING_OPSET = 13
 #: Highest IR version the bundled ONNX Runtime reads; saved models are clamped to it.
@@ -42,6 +48,11 @@ MAX_IR_VERSION = 10
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 InputShapes = Mapping[str, Sequence[int]]
+ProbeValues = Mapping[str, ArrayLike]
+
+#: ``metadata_props`` key holding the probe values given to :func:`load`, so that every later
+#: stage working on a model derived from this one (optimised, quantized) probes it the same way.
+PROBE_VALUES_KEY = "npuflow.probe_values"
 
 
 def parse_shape(text: str) -> list[int]:
@@ -58,6 +69,55 @@ def parse_shape(text: str) -> list[int]:
 def parse_input_shapes(pairs: Sequence[tuple[str, str]] | None) -> dict[str, list[int]]:
     """CLI ``--input-shape NAME DIMS`` pairs -> ``{name: dims}``."""
     return {name: parse_shape(dims) for name, dims in (pairs or [])}
+
+
+def parse_input_values(items: Sequence[str] | None, option: str = "--probe-value") -> dict[str, np.ndarray]:
+    """CLI ``--probe-value``/``--freeze-input NAME=VALUE`` items (``VALUE``: a number, or numbers
+    joined by commas)."""
+    values: dict[str, np.ndarray] = {}
+    for item in items or []:
+        name, found, text = item.partition("=")
+        try:
+            numbers = [float(v) for v in text.split(",")] if found and name else []
+        except ValueError:
+            numbers = []
+        if not numbers:
+            raise NpuflowError("NPF_MODEL_BAD_PROBE_VALUE", option=option, value=item,
+                               reason="expected NAME=VALUE, e.g. sr=16000 (numbers joined by ',' for a tensor)")
+        values[name] = np.asarray(numbers if len(numbers) > 1 else numbers[0])
+    return values
+
+
+def with_probe_values(model: ModelLike, values: ProbeValues | None) -> ModelLike:
+    """``model`` itself when no probe values are given, else a copy that carries them."""
+    if not values:
+        return model
+    proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
+    set_probe_values(proto, values)
+    return proto
+
+
+def freeze_inputs(model: ModelLike, values: ProbeValues | None) -> ModelLike:
+    """``model`` with the named inputs replaced by constants of the given values.
+
+    For a deployment that fixes an input the model branches on (silero-vad's sample rate): the
+    condition becomes constant, constant folding inlines the chosen branch, and its nodes are
+    checked, quantized and compiled like the rest of the graph.  The input is gone from the result.
+    """
+    if not values:
+        return model
+    proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
+    inputs = {i.name: i for i in graph_inputs(proto)}
+    for name, value in values.items():
+        inp = inputs.get(name)
+        if inp is None or inp.type.WhichOneof("value") != "tensor_type":
+            raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(inputs))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
+        shape = _shape_of(inp)
+        arr = _given_value(name, value, dtype, shape) if shape is not None else np.asarray(value, dtype=dtype)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(arr, name))
+        proto.graph.input.remove(inp)
+    return proto
 
 
 def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
@@ -102,15 +162,47 @@ def load(
     input_shapes: InputShapes | None = None,
     *,
     infer_shapes: bool = True,
+    probe_values: ProbeValues | None = None,
 ) -> onnx.ModelProto:
-    """Load and normalise a model (see the module docstring for what is guaranteed)."""
+    """Load and normalise a model (see the module docstring for what is guaranteed).
+
+    ``probe_values``: ``{input: value}`` fed to the shape probe instead of its guesses; they are
+    stored in the model (:data:`PROBE_VALUES_KEY`) for the stages that follow.
+    """
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
     proto = _upgrade_opset(proto)
     proto = _lift_constants(proto)
     _freeze_input_shapes(proto, dict(input_shapes or {}))
+    if probe_values:
+        set_probe_values(proto, probe_values)
     if infer_shapes:
         proto = infer_static_shapes(proto)
     return proto
+
+
+@functools.lru_cache(maxsize=1)
+def newest_opset() -> int:
+    """Newest default-domain opset that both the installed onnx and ONNX Runtime support.
+
+    onnx states its own; ONNX Runtime has no query, so a one-node model is opened at each opset
+    from onnx's newest down until ONNX Runtime accepts one (a few milliseconds, once per process).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "opset_probe", [x], [y])
+    for opset in range(onnx.defs.onnx_opset_version(), WORKING_OPSET, -1):
+        probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        probe.ir_version = MAX_IR_VERSION
+        try:
+            ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception:  # ORT raises its own Fail type for an opset it does not know
+            continue
+        return opset
+    return WORKING_OPSET
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -121,9 +213,9 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(proto)
-    low, high = SUPPORTED_OPSETS
-    if not low <= opset <= high:
-        raise NpuflowError("NPF_MODEL_OPSET_UNSUPPORTED", opset=opset, low=low, high=high)
+    high = newest_opset()
+    if not MIN_OPSET <= opset <= high:
+        raise NpuflowError("NPF_MODEL_OPSET_UNSUPPORTED", opset=opset, low=MIN_OPSET, high=high)
     if opset >= WORKING_OPSET:
         return proto
     log.info("upgrading opset %d -> %d", opset, WORKING_OPSET)
@@ -213,19 +305,82 @@ def tensor_elem_types(proto: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def infer_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Static shapes for every node output.
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds as attributes (If branches, Loop and Scan bodies)."""
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
 
-    ONNX shape inference with data propagation first; when some outputs stay unknown (shape
-    arithmetic through ``Shape``/``Gather``/``Slice`` the inference cannot follow), one ONNX
-    Runtime run on zeros records the real shapes.  Inputs must be static by now.
+
+def _defined_in(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph defines itself, which shadow outer-scope names of the same spelling."""
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    names |= {t.values.name for t in graph.sparse_initializer}
+    return names | {o for n in graph.node for o in n.output if o}
+
+
+def outer_reads(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope tensors that ``node``'s subgraphs read (at any depth), in first-read order.
+
+    ONNX lets a branch or loop body read any tensor of the enclosing graphs by name, without
+    listing it as a node input; whoever cuts, rewires or schedules a graph must count these reads.
+    """
+    reads: list[str] = []
+    for graph in subgraphs(node):
+        local = _defined_in(graph)
+        inner_reads = [t for inner in graph.node for t in node_reads(inner)] + [o.name for o in graph.output]
+        reads += [t for t in dict.fromkeys(inner_reads) if t not in local and t not in reads]
+    return reads
+
+
+def control_flow_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names (or first outputs) of the main-graph nodes that hold subgraphs (If, Loop, Scan)."""
+    return [n.name or n.output[0] for n in proto.graph.node if subgraphs(n)]
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor ``node`` reads: its inputs, then the outer-scope reads of its subgraphs."""
+    names = [t for t in node.input if t]
+    return names + [t for t in outer_reads(node) if t not in names]
+
+
+def rename_outer_reads(node: onnx.NodeProto, mapping: Mapping[str, str]) -> None:
+    """Make ``node``'s subgraphs read ``mapping[t]`` wherever they read outer-scope tensor ``t``."""
+    for graph in subgraphs(node):
+        local = _defined_in(graph)
+        inner_map = {k: v for k, v in mapping.items() if k not in local}
+        if not inner_map:
+            continue
+        for inner in graph.node:
+            for k, t in enumerate(inner.input):
+                if t in inner_map:
+                    inner.input[k] = inner_map[t]
+            rename_outer_reads(inner, inner_map)
+        for out in graph.output:  # a body may return an outer tensor as it is (outputs are positional)
+            if out.name in inner_map:
+                out.name = inner_map[out.name]
+
+
+def infer_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Static shapes for every tensor a node outputs.
+
+    ONNX shape inference with data propagation first; the tensors it leaves unknown (shape
+    arithmetic it cannot follow, the outputs of an ``If`` whose branches differ) get the shapes
+    of one ONNX Runtime run, the shape probe (:func:`probe_feeds` says what it feeds).  Sequence
+    and optional values have no static shape and are left as they are.  Inputs must be static.
     """
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError/RuntimeError subclasses
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"shape inference failed: {exc}") from None
     known = _value_info_shapes(inferred)
-    missing = [o for n in inferred.graph.node for o in n.output if o and o not in known]
+    kinds = {vi.name: vi.type.WhichOneof("value") for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    missing = [o for n in inferred.graph.node for o in n.output
+               if o and o not in known and kinds.get(o) in (None, "tensor_type")]
     if missing:
         _fill_shapes_by_running(inferred, missing)
         known = _value_info_shapes(inferred)
@@ -251,6 +406,98 @@ def _set_shape(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
         vi.type.tensor_type.shape.dim.add().dim_value = int(d)
 
 
+def set_probe_values(proto: onnx.ModelProto, values: ProbeValues) -> None:
+    """Store the shape probe's values for ``proto``'s inputs in its metadata (they travel with
+    the model through optimisation, quantization and compilation)."""
+    names = [i.name for i in graph_inputs(proto)]
+    for name in values:
+        if name not in names:
+            raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
+    stored = {**_stored_probe_values(proto), **{k: np.asarray(v).tolist() for k, v in values.items()}}
+    props = [p for p in proto.metadata_props if p.key != PROBE_VALUES_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(props)
+    proto.metadata_props.add(key=PROBE_VALUES_KEY, value=json.dumps(stored, sort_keys=True))
+
+
+def _stored_probe_values(proto: onnx.ModelProto) -> dict:
+    for p in proto.metadata_props:
+        if p.key == PROBE_VALUES_KEY:
+            return json.loads(p.value)
+    return {}
+
+
+def probe_feeds(proto: onnx.ModelProto) -> dict[str, object]:
+    """What the shape probe feeds each input, and why that value is valid for it.
+
+    A given value (stored by :func:`set_probe_values`) first.  An integer or boolean input the
+    model tests for equality with a constant gets that constant: such inputs select a branch
+    (silero-vad's sample rate: ``sr == 16000``), and zero may select one that does not fit the
+    frozen shapes.  Other tensors get zeros of their shape; a sequence gets one zero element, an
+    optional input its element when that has a static shape.
+    """
+    given = _stored_probe_values(proto)
+    compared = _compared_constants(proto)
+    feeds: dict[str, object] = {}
+    for inp in graph_inputs(proto):
+        kind = inp.type.WhichOneof("value")
+        if kind == "tensor_type":
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
+            shape = _shape_of(inp) or []
+            if inp.name in given:
+                feeds[inp.name] = _given_value(inp.name, given[inp.name], dtype, shape)
+            elif inp.name in compared and np.dtype(dtype).kind in "iub":
+                feeds[inp.name] = np.full(shape, compared[inp.name], dtype=dtype)
+            else:
+                feeds[inp.name] = np.zeros(shape, dtype=dtype)
+        elif kind == "sequence_type":
+            elem = _element(inp.type.sequence_type.elem_type)
+            feeds[inp.name] = [elem] if elem is not None else []
+        elif kind == "optional_type":
+            elem = _element(inp.type.optional_type.elem_type)
+            if elem is not None:
+                feeds[inp.name] = elem
+    return feeds
+
+
+def _given_value(name: str, value: object, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+    """A given probe value as the input's dtype and shape (a scalar fills the whole tensor)."""
+    arr = np.asarray(value, dtype=dtype)
+    try:
+        return np.broadcast_to(arr, shape).copy()
+    except ValueError:
+        raise NpuflowError(
+            "NPF_MODEL_BAD_PROBE_VALUE", option="value for", value=f"{name}={arr.tolist()}",
+            reason=f"input {name!r} has shape {shape}; give one number or {int(np.prod(shape))} numbers",
+        ) from None
+
+
+def _element(t: onnx.TypeProto) -> np.ndarray | None:
+    """Zeros of a sequence/optional element type, when that is a tensor with a static shape."""
+    if t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.tensor_type.shape.dim]
+    if any(d < 0 for d in dims):
+        return None
+    return np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+
+
+def _compared_constants(proto: onnx.ModelProto) -> dict[str, float]:
+    """Graph input -> the scalar constant the model first tests it for equality with (``Equal(sr, 16000)``)."""
+    inputs = {i.name for i in graph_inputs(proto)}
+    consts = {t.name: t for t in proto.graph.initializer}
+    found: dict[str, float] = {}
+    for node in proto.graph.node:
+        if node.op_type != "Equal" or len(node.input) != 2:
+            continue
+        for a, b in (node.input, reversed(node.input)):
+            if a in inputs and a not in found and b in consts:
+                value = onnx.numpy_helper.to_array(consts[b])
+                if value.size == 1:
+                    found[a] = value.item()
+    return found
+
+
 def _fill_shapes_by_running(proto: onnx.ModelProto, names: list[str]) -> None:
     import onnxruntime as ort
 
@@ -260,29 +507,47 @@ def _fill_shapes_by_running(proto: onnx.ModelProto, names: list[str]) -> None:
     for name in names:
         if name not in existing:
             probe.graph.output.add().name = name
-    feeds = {}
-    elem_types = tensor_elem_types(proto)
-    for inp in graph_inputs(proto):
-        shape = _shape_of(inp) or []
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_types.get(inp.name, onnx.TensorProto.FLOAT))
-        feeds[inp.name] = np.zeros(shape, dtype=dtype)
+    feeds = probe_feeds(proto)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot load the model: {exc}") from None
+    try:
         outs = sess.run(names, feeds)
-    except Exception as exc:  # ORT raises its own Fail/InvalidArgument types
-        raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot run the model: {exc}") from None
+    except Exception as exc:  # a run failure is about the probe's values, not the model
+        raise _probe_error(proto, feeds, names, exc) from None
     by_name = {vi.name: vi for vi in proto.graph.value_info}
     for name, value in zip(names, outs):
-        arr = np.asarray(value)
+        if not isinstance(value, np.ndarray):
+            continue  # a sequence or an absent optional: no static shape to record
         vi = by_name.get(name)
         if vi is None:
             vi = proto.graph.value_info.add()
             vi.name = name
-        vi.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-        _set_shape(vi, arr.shape)
+        vi.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        _set_shape(vi, value.shape)
+
+
+def _probe_error(proto: onnx.ModelProto, feeds: dict[str, object], names: list[str], exc: Exception) -> NpuflowError:
+    """The coded error of a failed probe run, naming the input whose value most likely chose wrong
+    (an integer or boolean one: those select branches and index tables; else the first input)."""
+    def describe(value: object) -> str:
+        if isinstance(value, np.ndarray):
+            if value.size == 1:
+                return repr(value.item())
+            return f"{'zeros' if not value.any() else 'values'} {'x'.join(map(str, value.shape))}"
+        return "a one-element sequence" if value else "an empty sequence"
+
+    suspects = [k for k, v in feeds.items() if isinstance(v, np.ndarray) and v.dtype.kind in "iub"] or list(feeds)
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return NpuflowError(
+        "NPF_MODEL_SHAPE_PROBE_FAILED", count=len(names), first=names[0],
+        feeds=", ".join(f"{k}={describe(v)}" for k, v in feeds.items()), reason=reason[:600],
+        input=suspects[0] if suspects else "INPUT",
+    )
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
@@ -297,14 +562,25 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write bytes/text to ``path`` through a temporary file in the same folder and a rename."""
+    """Write bytes/text to ``path`` through a temporary file in the same folder and a rename.
+
+    The temporary file is created with mode 0666 filtered by the umask, as ``open`` would
+    create the file itself (``mkstemp``'s 0600 made every artefact private), and is removed
+    when writing fails or is interrupted; its name carries the process id so that a later run
+    can tell a killed writer's leftover (:mod:`npuflow.outputs`).
+    """
     target = Path(path)
+    tmp = target.parent / f".{target.name}.{owner_token()}.tmp"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(target), reason=exc.strerror or str(exc)) from None
     return target

@@ -187,13 +187,15 @@ def shift_round(acc: np.ndarray, shift: int, mode: RoundMode | str) -> np.ndarra
     accumulators of exact float32 sums (< 2**24).
     """
     a = np.asarray(acc)
-    if a.dtype != np.int32 or np.ndim(shift) != 0 or int(shift) <= 0:
+    if a.dtype != np.int32 or np.ndim(shift) != 0 or not 0 < int(shift) < 31:
         a = a.astype(np.int64, copy=False)
     if np.ndim(shift) != 0:
         return _shift_round_broadcast(a, np.asarray(shift, dtype=np.int64), RoundMode(mode))
     shift = int(shift)
     if shift <= 0:
         return a << (-shift)
+    if shift >= 64:  # |a| < 2**63: less than half a step, 0 under every tie rule
+        return np.zeros_like(a)
     half = a.dtype.type(1) << a.dtype.type(shift - 1)
     return _round_right_shift(a, half, a.dtype.type(shift), RoundMode(mode))
 
@@ -202,9 +204,12 @@ def _shift_round_broadcast(a: np.ndarray, shift: np.ndarray, mode: RoundMode) ->
     """:func:`shift_round` with one shift per element of a broadcastable array (per-channel
     requantisation); each element is rounded exactly as the scalar form would round it."""
     a = a << np.maximum(-shift, 0)
-    right = np.maximum(shift, 0)
-    half = (np.int64(1) << right) >> 1  # 0 where right == 0: nothing to round
-    return _round_right_shift(a, half, right, mode)
+    right = np.clip(shift, 0, 63)  # numpy (like C) takes shift counts >= 64 modulo 64
+    half = (np.int64(1) << np.maximum(right - 1, 0)) * (right > 0)  # 0 where right == 0: nothing to round
+    y = _round_right_shift(a, half, right, mode)
+    if np.any(shift >= 64):  # |a| < 2**63: less than half a step, 0 under every tie rule
+        y = np.where(shift >= 64, 0, y)
+    return y
 
 
 def _round_right_shift(a: np.ndarray, half, right, mode: RoundMode) -> np.ndarray:
@@ -247,6 +252,87 @@ def requantize_fixed_point(
     """
     prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
     return shift_round(prod, shift, mode)
+
+
+def requant_scale(acc_scale: float | np.ndarray, out_scale: float) -> np.ndarray:
+    """The float32 multiplier ONNX Runtime's integer kernels apply to an accumulator.
+
+    ``QLinearConv``/``QLinearMatMul`` (and the QDQ groups ORT fuses into them) compute
+    ``x_scale * w_scale / y_scale`` in float32, left to right.  ``acc_scale`` is ``x_scale *
+    w_scale`` (per channel); a float64 product of two float32 scales is exact, so its float32
+    rounding is the float32 product ORT computes.
+    """
+    return (np.asarray(acc_scale, np.float64).astype(np.float32) / np.float32(out_scale)).astype(np.float32)
+
+
+def requantize_float(
+    acc: np.ndarray, multiplier: float | np.ndarray, mode: RoundMode | str = RoundMode.HALF_EVEN
+) -> np.ndarray:
+    """``round(float32(acc) * multiplier)`` as int64: the requantisation of a float-scale model.
+
+    This is MLAS's ``MlasRequantizeOutput`` (the output stage of ORT's ``QLinearConv`` and
+    ``QLinearMatMul``): the exact integer accumulator (bias included) converted to float32,
+    multiplied in float32 by the float32 multiplier of :func:`requant_scale`, and rounded with
+    the output's tie rule (ties to even for ``QuantizeLinear``).  The caller adds the zero point
+    and saturates; clamping before or after rounding gives the same integers because the bounds
+    are integers.  A fixed-point multiplier would round the real product correctly, which is
+    not what the model's own runtime computes, and its rare one-step differences grow through
+    steep lookup tables (a sigmoid after a convolution) into many steps downstream.
+    """
+    prod = np.asarray(acc).astype(np.float32) * np.asarray(multiplier, np.float32)
+    return round_values(prod, mode).astype(np.int64)
+
+
+def _fma32(x: np.ndarray, y, z) -> np.ndarray:
+    """``float32(x * y + z)`` rounded once (a fused multiply-add), for float32 operands.
+
+    The float64 product of a float32 and a small integer is exact, and so is its float64 sum with
+    a float32 of similar magnitude; the one rounding is the conversion to float32."""
+    return (np.asarray(x, np.float64) * np.float64(y) + np.asarray(z, np.float64)).astype(np.float32)
+
+
+def qlinear_add(
+    a: np.ndarray, a_scale: float, a_zp: int, b: np.ndarray, b_scale: float, b_zp: int,
+    out_scale: float, out_zp: int, *, a_scalar: bool = False, b_scalar: bool = False,
+) -> np.ndarray:
+    """``QLinearAdd`` as ONNX Runtime computes it (int64 codes, zero point added, not saturated).
+
+    ORT fuses ``DQ -> Add -> Q`` into ``QLinearAdd``, whose MLAS kernel (x86-64, AVX2) folds the
+    zero points into one float32 constant and adds each operand with a fused multiply-add of its
+    code and its float32 scale ratio (``scale / out_scale``), rounding once to even at the end:
+
+        fixed = zc - fma(rA, za, rB * zb)
+        c = fma(a, rA, fma(b, rB, fixed))            (both operands vary along the span)
+        c = fma(a, rA, fixed + b * rB)               (``b`` constant along the span: a scalar or
+                                                      a per-channel tensor broadcast over H, W)
+
+    Rounding the real sum instead differs from it by one step on about one element in 10^5,
+    which steep lookup tables after the add grow into many steps.
+    """
+    ra = np.float32(np.float32(a_scale) / np.float32(out_scale))
+    rb = np.float32(np.float32(b_scale) / np.float32(out_scale))
+    fixed = np.float32(np.float32(out_zp) - _fma32(ra, np.float32(a_zp), np.float32(rb * np.float32(b_zp))))
+    af = np.asarray(a).astype(np.float32)
+    bf = np.asarray(b).astype(np.float32)
+    if b_scalar:
+        v = _fma32(af, ra, (fixed + bf * rb).astype(np.float32))
+    elif a_scalar:
+        v = _fma32(bf, rb, (fixed + af * ra).astype(np.float32))
+    else:
+        v = _fma32(af, ra, _fma32(bf, rb, fixed))
+    return np.rint(v).astype(np.int64)
+
+
+def quantize_pooled(
+    values: np.ndarray, scale: float, zero_point: int, bits: int = 8, signed: bool = True
+) -> np.ndarray:
+    """The output step of ORT's ``QLinearAveragePool``: ``rint(v / scale + zero_point)`` in float32.
+
+    Unlike ``QuantizeLinear`` (round, then add the zero point) the zero point is added in float32
+    before rounding, which moves the rounding point of a value whose fraction float32 cannot
+    keep next to the zero point."""
+    v = np.asarray(values, np.float32) / np.float32(scale) + np.float32(zero_point)
+    return saturate(np.rint(v), bits, signed)
 
 
 def saturate(values: np.ndarray, bits: int = 8, signed: bool = True, narrow: bool = False) -> np.ndarray:

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 import npuflow
+from npuflow.compiler import foreign
+from npuflow.model import load
+from npuflow.targets import load_target
 from tests.qdq_builder import ort_values
 
 
@@ -32,9 +35,86 @@ def compare_with_ort(model, feeds: dict, target: str, levels=("disable",)) -> di
         assert names, "nothing ran on the accelerator"
         diffs = {}
         for level in levels:
-            ref = ort_values(model, feeds, names + list(outs), level)
+            ref = reference_values(model, feeds, names + list(outs), target, level)
             for n in names:
                 got = np.load(Path(d) / index[n])
                 assert got.dtype == ref[n].dtype and got.shape == ref[n].shape, n
                 diffs[f"{level}:{n}"] = int(np.abs(got.astype(np.int64) - ref[n].astype(np.int64)).max(initial=0))
     return diffs
+
+
+def accelerator_ops(compiled) -> list[dict]:
+    """Every op of the accelerator subgraphs, in execution order."""
+    return [op for sg in compiled.subgraphs if sg.on_accelerator for op in sg.ops]
+
+
+def reference_values(model, feeds: dict, names: list[str], target: str, level: str) -> dict[str, np.ndarray]:
+    """ORT's values of ``names``: from ``model`` itself, and for the tensors only the compiler's
+    legalisation adds or re-types (a quantize step after a grid-preserving op, QOperator ops split
+    into QDQ, uint8 centred to int8) from ORT on the legalised model, which keeps the arithmetic
+    ORT runs.
+
+    The legalised run exposes the same tensors as the model's run: at level "all" the Q/DQ groups
+    ORT fuses depend on which tensors are graph outputs (an exposed int8 tensor is not moved to
+    uint8, so ``DQ, DQ -> Add -> Q`` becomes ``QLinearAdd`` instead of a float ``Add``), the
+    kernels round ties differently, and a run exposing fewer tensors computed other codes
+    upstream than the ones the check feeds the next op (PP-OCRv4 rec: 3 LSB on a Squeeze)."""
+    have = {o for n in model.graph.node for o in n.output}
+    ref = ort_values(model, feeds, [n for n in names if n in have], level)
+    loaded = load(model)  # the compiler's own front end: normalised as it loads it
+    legal = load(model)
+    foreign.legalize(legal, load_target(target))
+    if legal.SerializeToString() == loaded.SerializeToString():
+        return ref
+    same_run = ort_values(legal, feeds, names, level)
+    # tensors the legalisation adds, and those it re-types (uint8 codes centred to int8 on a
+    # symmetric target: the same values, other codes)
+    ref.update({n: v for n, v in same_run.items() if n not in ref or ref[n].dtype != v.dtype})
+    return ref
+
+
+def compare_layerwise_with_ort(model, feeds: dict, target: str, levels=("all", "disable")) -> dict[str, int]:
+    """Max |difference| in LSB per integer output of every accelerator op, each op fed ORT's inputs.
+
+    ONNX Runtime computes every tensor of the quantized model (at each graph optimisation level
+    of ``levels``: "all" fuses Q/DQ groups into its integer ``QLinear*`` kernels, "disable" runs
+    them in float32); each accelerator op then runs alone (``Session.run_op``) on the values ORT
+    computed for its inputs, and its integer outputs are compared with ORT's codes for the same
+    tensors; the result is the larger difference over the levels.  A difference here is that
+    op's own arithmetic, not one carried in from earlier layers (the per-layer check of
+    rknn-toolkit2's accuracy analysis and of Vitis AI's dump comparison).
+    """
+    compiled = npuflow.compile(model, target)
+    sess = npuflow.Session(compiled)
+    ops = accelerator_ops(compiled)
+    assert ops, "nothing ran on the accelerator"
+    tensors = compiled.manifest["tensors"]
+    wanted = sorted({t for op in ops for t in [*op["inputs"], *op["outputs"]] if t not in feeds})
+    diffs: dict[str, int] = {}
+    for level in levels:
+        ref = {**feeds, **reference_values(model, feeds, wanted, target, level)}
+        for op in ops:
+            outs = sess.run_op(op["name"], {t: ref[t] for t in op["inputs"]})
+            for name, got in outs.items():
+                if tensors[name]["dtype"] == "float32":
+                    continue
+                want = ref[name]
+                assert got.dtype == want.dtype and got.shape == want.shape, name
+                lsb = int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max(initial=0))
+                diffs[name] = max(diffs.get(name, 0), lsb)
+    return diffs
+
+
+def output_cosines(model, feeds: dict, target: str, levels=("all", "disable")) -> dict[str, float]:
+    """Cosine similarity of each model output of the compiled model to ORT's, per level.
+
+    Keys are ``level:output``; two all-zero outputs count as equal (1.0)."""
+    outs = npuflow.Session(npuflow.compile(model, target)).run(feeds)
+    result = {}
+    for level in levels:
+        ref = ort_values(model, feeds, list(outs), level)
+        for name, got in outs.items():
+            a, b = got.astype(np.float64).ravel(), ref[name].astype(np.float64).ravel()
+            norms = np.linalg.norm(a) * np.linalg.norm(b)
+            result[f"{level}:{name}"] = float(a @ b / norms) if norms else float(np.array_equal(a, b))
+    return result

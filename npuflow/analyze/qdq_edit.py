@@ -35,11 +35,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
+from ..check.followers import FLOAT_TAIL_OPS, FOLLOWERS
 from ..numerics import RoundMode, quantize
 from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, producers, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, write_bias
 from ..quant.config import TensorSettings
-from ..quant.plan import FLOAT_TAIL_OPS, FOLLOWERS, QUANTIZED_OPS, node_key
+from ..quant.plan import QUANTIZED_OPS, node_key
 from ..quant.params import weight_params
 
 PRECISIONS = ("int8", "int16", "float")
@@ -194,7 +195,9 @@ def _set_float_constants(model: onnx.ModelProto, lp: LayerPoints, floats: dict[s
                 continue
             name = dq.input[0].removesuffix("_quantized")
             if name in floats:
-                _replace_input_with_initializer(model, node, k, numpy_helper.to_array(floats[name]), "float_const")
+                # one name per input: a ConvTranspose (no weight layer here) has its weight and its
+                # bias replaced, and one name for both broke ONNX Runtime's load on PP-OCRv4 det
+                _replace_input_with_initializer(model, node, k, numpy_helper.to_array(floats[name]), f"float_const{k}")
 
 
 def bypass(p: QuantPoint) -> None:
@@ -370,7 +373,7 @@ def float_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[str, onnx.NodeProto]) -> None:
     """Apply the quantizer's rules for data-movement ops to ``integer``, in place.
 
-    They follow their input (:data:`npuflow.quant.plan.FOLLOWERS`): a Reshape behind a layer now
+    They follow their input (:data:`npuflow.check.followers.FOLLOWERS`): a Reshape behind a layer now
     in float is float too.  On float-scale targets they also stay float when no integer node reads
     their output (the quantizer's float tail).
     """

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+import numpy as np
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .. import safe_yaml
 from ..errors import NpuflowError
 from ..model import parse_shape
+from ..outputs import plain_name_problem
 from ..passes.preprocess import InputPreprocess
 
 TYPES_TRAIN = ("rgb", "bgr", "yuv444", "gray", "featuremap")
@@ -72,6 +75,17 @@ class ModelParameters(_Group):
     layer_out_dump: bool = False
     log_level: Literal["debug", "info", "warn"] = "debug"
     output_nodes: str | None = None
+
+    @field_validator("output_model_file_prefix")
+    @classmethod
+    def _plain_prefix(cls, v: str) -> str:
+        """The prefix names files inside ``working_dir``: ``../x`` or ``/x`` would write (and a
+        failed build once deleted) files anywhere, ``''`` hidden ones."""
+        problem = plain_name_problem(v)
+        if problem:
+            raise NpuflowError("NPF_BUILD_BAD_VALUE", group="model_parameters", key="output_model_file_prefix",
+                               value=v, reason=f"it must be a plain file name: {problem}")
+        return v
 
 
 class InputParameters(_Group):
@@ -168,8 +182,8 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | BuildConfig) -> 
     if not path.is_file():
         raise NpuflowError("NPF_BUILD_CONFIG_NOT_FOUND", path=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = safe_yaml.load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, safe_yaml.YamlTooLarge) as exc:
         raise NpuflowError("NPF_BUILD_CONFIG_INVALID_YAML", path=str(path), reason=_one_line(exc)) from None
     if not isinstance(data, Mapping):
         raise NpuflowError(
@@ -374,6 +388,10 @@ def _guess_layout(shape: Sequence[int]) -> str:
     return "NCHW"
 
 
+#: Largest float32: mean/scale values become float32 constants of the preprocessing nodes.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _norm_values(key: str, name: str, text: str | None, channels: int, *, needed: bool) -> tuple[float, ...] | None:
     if text is None:
         if needed:
@@ -385,6 +403,9 @@ def _norm_values(key: str, name: str, text: str | None, channels: int, *, needed
     except ValueError:
         raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key=key, value=text,
                            reason="expected numbers separated by spaces") from None
+    if not all(abs(v) <= _FLOAT32_MAX for v in values):  # also false for nan
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key=key, value=text,
+                           reason="every number must be finite and fit a float32 (the model computes in float32)")
     if len(values) not in (1, channels):
         raise NpuflowError("NPF_BUILD_NORM_VALUE_COUNT", key=key, input=name, got=len(values), channels=channels)
     return values

@@ -11,7 +11,8 @@ Stages (seed 004 L1203-1257, spec A.5.3), each timed and logged:
 5. *report*: ``{prefix}_build_report.json`` with placement, subgraphs, per-node cosine
    similarity and threshold, and timings.  The log goes to ``working_dir/npuflow_build.log``.
 
-All files are staged and renamed into place at the end (see :mod:`.artifacts`).
+All files are staged and swapped in together at the end (see :mod:`.artifacts`): a failed or
+interrupted build leaves an earlier build's files as they were.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from .config import BuildConfig, InputSpec, load_config, resolve_inputs, split_v
 
 log = logging.getLogger(__name__)
 
-#: Below this output cosine similarity hb_mapper's manual expects a visible accuracy loss (seed 004 L1370-1373).
-LOW_OUTPUT_SIMILARITY = 0.8
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 #: hb_mapper's calibration_type -> the quantizer's calibration method (``default`` is its
 #: automatic per-tensor search, ``kl`` the entropy method, ``max`` min/max or a percentile).
@@ -67,21 +66,22 @@ def build(config: str | os.PathLike | Mapping[str, Any] | BuildConfig, *,
     """Run the whole conversion; raises :class:`NpuflowError` on any user-facing failure."""
     cfg = load_config(config)
     mp = cfg.model_parameters
-    artifacts = Artifacts(cfg.path(mp.working_dir), mp.output_model_file_prefix)
-    artifacts.remove_stale()
     timings: dict[str, float] = {}
-    with _build_log(artifacts.dir / LOG_NAME, _LOG_LEVELS[mp.log_level]):
+    with Artifacts(cfg.path(mp.working_dir), mp.output_model_file_prefix) as artifacts, \
+            _build_log(artifacts.folder / LOG_NAME, _LOG_LEVELS[mp.log_level]):
         log.info("Start Model Convert: %s for %s", mp.onnx_model, mp.march)
         try:
             result = _run(cfg, artifacts, timings, on_stage or (lambda _: None))
         except NpuflowError as exc:
             log.error("[%s] %s", exc.code, exc.message)
-            log.error("build failed; no artefact was written")
-            artifacts.discard()
+            log.error("build failed; the files of an earlier build, if any, are unchanged")
+            raise
+        except KeyboardInterrupt:
+            log.error("build interrupted; the files of an earlier build, if any, are unchanged",
+                      extra={_FILE_ONLY: True})  # the CLI prints its own one line
             raise
         except BaseException:
             log.exception("build failed with an internal error")
-            artifacts.discard()
             raise
         log.info("Convert to runtime file %s successfully!", result.files["compiled"])
         log.info("End Model Convert")
@@ -125,7 +125,8 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
         log.info("calibration: %d sample(s) from %s", len(calib), ", ".join(str(s.cal_data_dir) for s in inputs))
         quant_config = _quant_config(cfg)
         log.debug("quantizer config: %s", json.dumps(quant_config))
-        quantized = npuflow.quantize(original, calib, target=target, config=quant_config)
+        quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False)
+        _require_similarity(quantized, check_report)
 
     with _timed("compile", timings, on_stage):
         compiled = npuflow.compile(
@@ -144,15 +145,21 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
 
     similarity = _similarity(quantized, check_report)
     log.info("per-node similarity (float vs quantized):\n%s", similarity_text(similarity["nodes"]))
-    for name, cosine in similarity.get("outputs", {}).items():
-        if cosine is not None and cosine < LOW_OUTPUT_SIMILARITY:
-            log.warning("output %s: cosine similarity %.4f < %.1f, expect a noticeable accuracy loss "
-                        "(try another calibration_type, or run_on_cpu for the most sensitive nodes)",
-                        name, cosine, LOW_OUTPUT_SIMILARITY)
     report = _report(cfg, inputs, target.name, check_report, similarity, timings)
     model_io.write_atomic(artifacts.staged("report"), json.dumps(report, indent=2, default=str))
-    files = artifacts.publish(["original", "optimized", "quantized", "quant_info", "compiled", "report"])
+    files = artifacts.publish_all()
     return BuildResult(cfg, inputs, files, report, timings, check_report, quantized, compiled)
+
+
+def _require_similarity(quantized: Any, check_report: Any) -> None:
+    """A build never publishes a collapsed model: an output similarity below the quantizer's
+    ``min_output_cosine`` (default 0.95; the YAML's ``npuflow:`` section may lower it) fails the
+    build with ``NPF_QUANT_LOW_SIMILARITY``, after the per-node table went to the build log."""
+    if quantized.problem is None:
+        return
+    log.info("per-node similarity (float vs quantized):\n%s",
+             similarity_text(_similarity(quantized, check_report)["nodes"]))
+    quantized.require_similarity()
 
 
 def _declared_input_shapes(proto: onnx.ModelProto) -> dict[str, list[int] | None]:
@@ -283,7 +290,10 @@ def _build_log(path: Path, level: int) -> Iterator[None]:
     While the build runs, npuflow's records go to the file at that level; only warnings and
     errors travel on to the console handlers (the CLI shows progress and the summary itself).
     """
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    try:
+        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    except OSError as exc:
+        raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(path), reason=exc.strerror or str(exc)) from None
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     forward = _ForwardWarnings()
@@ -302,6 +312,10 @@ def _build_log(path: Path, level: int) -> Iterator[None]:
         handler.close()
 
 
+#: A log record carrying this attribute goes to the build log only, not to the console.
+_FILE_ONLY = "npuflow_file_only"
+
+
 class _ForwardWarnings(logging.Handler):
     """Passes warnings and errors on to the root logger's handlers (the console)."""
 
@@ -309,4 +323,5 @@ class _ForwardWarnings(logging.Handler):
         super().__init__(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger().handle(record)
+        if not getattr(record, _FILE_ONLY, False):
+            logging.getLogger().handle(record)

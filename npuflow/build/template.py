@@ -82,7 +82,9 @@ compiler_parameters:
   optimize_level: 'O3'
 
 # optional: a full npuflow quantizer config, merged over what calibration_parameters set
+# (docs/quantization.md); the build fails (NPF_QUANT_LOW_SIMILARITY) when the quantized model's
+# output cosine similarity on the calibration samples is below min_output_cosine (default 0.95)
 # npuflow:
-#   calibration:
-#     method: percentile
+#   activation: {method: percentile}
+#   min_output_cosine: 0.9
 """

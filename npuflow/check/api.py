@@ -15,10 +15,13 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import helper, numpy_helper
 
-from ..model import ModelLike, infer_static_shapes, load
+from ..model import ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
+from .graph import is_qdq as _is_qdq
+from .followers import FOLLOWERS, drop_float_tail, float_tail_applies, follows_quantized
+from .lowerable import lowering_limit
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -55,9 +58,7 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
 
 
 def _is_quantized(proto: onnx.ModelProto) -> bool:
-    from .graph import is_qdq
-
-    return any(is_qdq(n) for n in proto.graph.node)
+    return any(_is_qdq(n) for n in proto.graph.node)
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:
@@ -77,23 +78,60 @@ def _shape_only(view: GraphView) -> list[bool]:
         if n.op_type in SHAPE_OPS:
             flags[i] = True
             continue
-        ins = [t for t in n.input if t and not view.is_const(t)]
+        ins = [t for t in view.reads(i) if not view.is_const(t)]
         if ins and all((p := view.producer.get(t)) is not None and flags[p] for t in ins):
             flags[i] = True
     return flags
 
 
 def _unsupported_reason(info: OpInfo, node: onnx.NodeProto, tgt: Target) -> str:
+    if subgraphs(node):
+        return (f"{node.op_type} is control flow: it and every node of its branches/body run on the CPU "
+                f"(ONNX Runtime); {tgt.device_label} programs have no branches or loops")
     rule = tgt.ops.get(info.kind)
     if info.kind == "batchnorm":
-        return (f"BatchNormalization not directly after a convolution/FC cannot be folded into weights, "
-                f"and {tgt.name} has no standalone batch-norm op")
+        return (f"BatchNormalization on a tensor of rank other than 3 or 4 neither folds into a convolution "
+                f"nor becomes a 1x1 depthwise convolution, and {tgt.name} has no standalone batch-norm op")
     if rule is not None and not rule.supported:
         note = f": {rule.note}" if rule.note else ""
         return f"{node.op_type} ({info.kind}) is not supported on {tgt.name}{note}"
     if info.kind.endswith("_dynamic_weight"):
         return f"{node.op_type} with weights computed at run time is not supported on {tgt.device_label}"
     return f"{node.op_type} ({info.kind}) has no {tgt.device_label} implementation on {tgt.name}"
+
+
+class _ViewFacts:
+    """The checker's graph view as :class:`.lowerable.Tensors` (the compiler has its own)."""
+
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
+        self.quantized = any(view.qdq)
+        self.types = tensor_elem_types(view.model)
+
+    def shape(self, name: str) -> list[int] | None:
+        return self.view.shape(name)
+
+    def value(self, name: str):
+        return self.view.value(name)
+
+    def elem_type(self, name: str) -> int | None:
+        return self.types.get(name)
+
+    def producer_node(self, name: str) -> onnx.NodeProto | None:
+        p = self.view.producer.get(name)
+        return self.view.nodes[p] if p is not None else None
+
+    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
+        return [self.view.nodes[c] for c in self.view.consumers.get(name, [])]
+
+    def is_graph_output(self, name: str) -> bool:
+        return name in self.view.graph_outputs
+
+    def is_quantize(self, node: onnx.NodeProto) -> bool:
+        return _is_qdq(node) and "Dequantize" not in node.op_type
+
+    def is_dequantize(self, node: onnx.NodeProto) -> bool:
+        return _is_qdq(node) and "Dequantize" in node.op_type
 
 
 def _judge(view: GraphView, tgt: Target) -> CheckReport:
@@ -103,6 +141,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     shape_only = _shape_only(view)
     fused = fuse(view, infos, tgt, find_activation_patterns(view, infos))
     transparent = [infos[i].role == FOLLOWER or shape_only[i] for i in range(n)]
+    facts = _ViewFacts(view)
 
     device = [CPU] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
@@ -115,11 +154,16 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             reasons[i].append(_unsupported_reason(info, node, tgt))
             continue
         reasons[i] = rule_reasons(rule, info.params, hw)
+        limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
+        if limit is not None:
+            reasons[i].append(limit)
         device[i] = NPU if not reasons[i] else CPU
     for m, anchor in fused.items():
         device[m] = device[anchor]
     _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
     _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
+    if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
+        _follow_quant_plan(view, device, reasons, transparent, fused, tgt)
     _place_followers(view, device, transparent)
     sub = partition(view, device, transparent)
     for i in range(n):  # fused and transparent nodes share their anchor's / neighbour's subgraph
@@ -195,6 +239,49 @@ def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
         device[i] = CPU
         reasons[i].append(f"only moves data that comes from the CPU and goes back to it; on the "
                           f"{tgt.device_label} it would cost two transfers and a shared quantization scale")
+
+
+def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:
+    """In a float model, data movement runs where the quantizer's plan puts it (:mod:`.followers`):
+    fed from the CPU, a control-flow node or a graph input it stays in float, and on float-scale
+    targets so does data movement no accelerator op reads (the float tail), so both run on the CPU.
+
+    PP-OCRv4 rec's attention reshapes after a CPU Add fed DPU work and were placed on the DPU, yet
+    quantized as float nodes the compiler leaves to the CPU; YOLOv8n's DFL reshapes before a CPU
+    Softmax on bernoulli2 likewise.  Graph order is topological, so a chain of followers goes together."""
+    for i, node in enumerate(view.nodes):
+        if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS:
+            continue
+        ins = view.data_inputs(i)
+        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0])):
+            device[i] = CPU
+            reasons[i].append("its input comes from the CPU in float (or from a graph input or control flow), and data "
+                              "movement is quantized only after a quantized op, so it runs in float on the CPU")
+    if not float_tail_applies(tgt):
+        return
+    npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]}
+    tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
+                           lambda i: real_consumers(view, transparent, i))
+    for i in sorted(tail):
+        device[i] = CPU
+        reasons[i].append(f"no {tgt.device_label} op reads its output, and on a float-scale target the quantizer "
+                          f"leaves such data movement in float (the float tail), so it runs on the CPU")
+
+
+def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], tensor: str) -> bool:
+    """Whether ``tensor`` comes from accelerator work (looking through followers); a control-flow
+    node's output never does, whatever its placement (its branches run in ONNX Runtime)."""
+    for _ in range(64):
+        p = view.producer.get(tensor)
+        if p is None or subgraphs(view.nodes[p]):
+            return False
+        if not transparent[p]:
+            return device[p] == NPU
+        ins = view.data_inputs(p)
+        if not ins:
+            return False
+        tensor = ins[0]
+    return False
 
 
 def _place_followers(view: GraphView, device: list[str], transparent: list[bool]) -> None:

@@ -10,6 +10,10 @@ is never fused away (the intermediate value must exist).
 
 from __future__ import annotations
 
+from onnx import NodeProto
+
+from ..passes.activations import fuses
+from ..passes.fold_affine import FOLDS_INTO
 from ..targets.spec import Target
 from .graph import GraphView
 from .ops import ACTIVATION, OpInfo
@@ -126,8 +130,17 @@ def _activation_ok(target: Target, info: OpInfo) -> bool:
     return not rule_reasons(own, info.params, target.hardware_names())
 
 
+def _absorbs(node: NodeProto, quantized: bool) -> bool:
+    """Whether a weighted op takes the scale/shift/BN after it into its weights.  In a float model
+    only where the float passes fold it (``passes/fold_affine.py``, ``fold_batchnorm.py``): after a
+    MatMul the quantizer writes a quantize step between, and the compiler judges the Add alone (PP-OCR
+    cls's classifier bias on DPUCAHX8L: a 1x1 depthwise convolution the DPU does not have)."""
+    return quantized or node.op_type in FOLDS_INTO
+
+
 def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, int]) -> dict[int, int]:
     """Extends ``fused`` ({member: anchor}) with the BN/bias/activation chains of every op."""
+    quantized = any(view.qdq)
     for i, node in enumerate(view.nodes):
         info = infos[i]
         if i in fused or not node.output:
@@ -137,10 +150,11 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
             continue
         out = node.output[0]
         chain: list[int] = []
-        if info.kind in WEIGHTED:
+        if info.kind in WEIGHTED and _absorbs(node, quantized):
             for _ in range(MAX_ABSORBED):
                 c = _single_consumer(view, out)
-                if c is None or not infos[c].affine or c in fused:
+                # a quantize step in between (a quantized model) means the compiler sees two ops
+                if c is None or not infos[c].affine or c in fused or c not in view.consumers.get(out, []):
                     break
                 chain.append(c)
                 out = view.nodes[c].output[0]
@@ -149,7 +163,8 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
         if len(heads) == 1 and not view.reaches_output(out):
             c = heads.pop()
             act = infos[c]
-            if act.role == ACTIVATION and act.kind in rule.activations and _activation_ok(target, act) \
+            # the quantizer's rule, so no quantize step is written where the checker fuses
+            if act.role == ACTIVATION and fuses(target, info.kind, act.kind) and _activation_ok(target, act) \
                     and c not in fused:
                 members = [m for m, anchor in fused.items() if anchor == c]
                 chain.append(c)

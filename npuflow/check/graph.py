@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..model import tensor_shapes
+from ..model import node_reads, outer_reads, tensor_shapes
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 NPUFLOW_DOMAIN = "ai.npuflow"
@@ -50,9 +50,8 @@ class GraphView:
             for o in n.output:
                 if o:
                     self.producer[o] = i
-            for t in n.input:
-                if t:
-                    self.consumers.setdefault(t, []).append(i)
+            for t in node_reads(n):  # what an If/Loop body reads from this graph is read by its node
+                self.consumers.setdefault(t, []).append(i)
         self.graph_outputs = {o.name for o in model.graph.output}
         self.qdq = [is_qdq(n) for n in self.nodes]
         self._values: dict[str, np.ndarray] = {}
@@ -94,12 +93,19 @@ class GraphView:
         return list(arr.shape) if arr is not None else None
 
     # --- data flow through Q/DQ -----------------------------------------------------------
+    def reads(self, i: int) -> list[str]:
+        """Every tensor node ``i`` reads: its inputs and, for If/Loop/Scan, what its bodies read
+        from the outer scope (a branch computing on a feature map is data flow, not shape arithmetic)."""
+        return node_reads(self.nodes[i])
+
     def data_inputs(self, i: int) -> list[str]:
-        """Input tensors of node ``i`` that carry feature-map data (not shapes, not weights)."""
+        """Tensors node ``i`` reads that carry feature-map data (not shapes, not weights), the
+        outer-scope reads of its subgraphs included."""
         n = self.nodes[i]
         pos = DATA_INPUTS.get(n.op_type)
         names = [n.input[k] for k in (pos if pos is not None else range(len(n.input))) if k < len(n.input)]
-        return [t for t in names if t and not self.is_const(t)]
+        names += outer_reads(n)
+        return [t for t in dict.fromkeys(names) if t and not self.is_const(t)]
 
     def data_producer(self, tensor: str) -> int | None:
         """The node that computes ``tensor``, looking through Q/DQ nodes."""

@@ -154,6 +154,26 @@ def _per_channel(const_shape, data_shape) -> bool:
     return len(const_shape) <= 4 and dims[0] == 1 and dims[2] == 1 and dims[3] == 1 and dims[1] == data_shape[1]
 
 
+def _affine_conv(p: dict, xs: list[int]) -> OpInfo:
+    """A per-channel scale/shift on ``xs`` ([N, C], [N, C, W] or [N, C, H, W]) as the 1x1
+    depthwise convolution Vitis AI's compiler runs it as."""
+    c = xs[1]
+    hw = _hw(xs) or (1, 1)
+    p.update(kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1, pad_top=0,
+             pad_left=0, pad_bottom=0, pad_right=0, group=c, input_channel=c, output_channel=c,
+             input_h=hw[0], input_w=hw[1])
+    return OpInfo("depthwise_conv2d", COMPUTE, p, affine=True)
+
+
+def _batchnorm(node, view) -> OpInfo:
+    """Folded into the layer before it (:mod:`.fusion`), else the float passes write it as a 1x1
+    depthwise convolution (``passes/fold_batchnorm.py``) on 1-D and 2-D feature maps."""
+    xs = view.shape(node.input[0])
+    if xs and len(xs) in (3, 4):
+        return _affine_conv({}, xs)
+    return OpInfo("batchnorm", COMPUTE, _channels(view, node.input[0]), affine=True)
+
+
 def _eltwise(node, view, kind) -> OpInfo:
     ins = [t for t in node.input if t]
     consts = [t for t in ins if view.is_const(t)]
@@ -166,12 +186,7 @@ def _eltwise(node, view, kind) -> OpInfo:
         xs = view.shape(data)
         divides_const = kind == "eltwise_div" and ins[1] == data
         if _per_channel(view.shape(consts[0]), xs) and xs == out and not divides_const:
-            # Vitis AI's compiler runs a per-channel scale/shift as a 1x1 depthwise convolution
-            c = xs[1]
-            p.update(kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1, pad_top=0,
-                     pad_left=0, pad_bottom=0, pad_right=0, group=c, input_channel=c, output_channel=c,
-                     input_h=xs[2] if len(xs) == 4 else 1, input_w=xs[3] if len(xs) == 4 else 1)
-            return OpInfo("depthwise_conv2d", COMPUTE, p, affine=True)
+            return _affine_conv(p, xs)
         return OpInfo(kind.replace("eltwise_", "") + "_const", COMPUTE, p)
     if consts:
         return OpInfo(kind.replace("eltwise_", "") + "_const", COMPUTE, p)
@@ -338,5 +353,5 @@ def classify(node: onnx.NodeProto, view: GraphView, index: int) -> OpInfo:
     if op in ("ReduceMax", "ReduceMean", "ReduceSum"):
         return _axis_op(node, view, {"ReduceMax": "reduce_max", "ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum"}[op])
     if op == "BatchNormalization":
-        return OpInfo("batchnorm", COMPUTE, _channels(view, node.input[0]), affine=True)
+        return _batchnorm(node, view)
     return OpInfo(op.lower(), COMPUTE)

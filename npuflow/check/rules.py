@@ -170,6 +170,13 @@ def rule_reasons(rule: OpRule, params: Mapping, hardware: Mapping) -> list[str]:
 def hint_for(reason: str, device: str) -> str:
     """A practical next step for a reason (the vendors' tuning advice, condensed)."""
     low = reason.lower()
+    if " computes on " in low and " tensor " in low:
+        return ("Integer and bool arithmetic (indices, masks, shape math) runs on the CPU; keep it off the "
+                "feature-map path or fold it into constants.")
+    if "is not quantized (it runs in float)" in low:
+        return "Quantize this node's inputs and outputs (npuflow quantize does) to run it on the accelerator."
+    if "has no integer lowering" in low:
+        return "npuflow's compiler has no integer program for this op; it runs on the CPU in float."
     if low.startswith("kernel"):
         return "Use a kernel within the range (e.g. stack 3x3 convolutions instead of one large kernel)."
     if low.startswith("stride"):
@@ -182,4 +189,7 @@ def hint_for(reason: str, device: str) -> str:
         return f"Group convolutions other than depthwise do not run on the {device}; split into separate convolutions."
     if low.startswith("mode"):
         return "Use a mode the target supports."
+    if "is control flow" in low:
+        return ("To run the branch on the accelerator, fix the input its condition reads (--freeze-input "
+                "NAME=VALUE) so the branch is inlined, or export the model without the If/Loop.")
     return "Change the layer to fit the limit, or accept CPU execution for it."

@@ -4,12 +4,18 @@ Thin wrappers: quantize the model with the given calibration data and config, th
 layers by quantization sensitivity (:mod:`npuflow.analyze.sensitivity`) or search the fewest
 layers to keep in float / raise to int16 (:mod:`npuflow.analyze.mixed_precision`).  The first
 ``--samples`` calibration samples are the evaluation set for the output similarity.
+
+Progress shows as a bar on a terminal and as one line per stage and per layer otherwise (a
+piped run of YOLOv8n used to print nothing for minutes).  Sensitivity scores the layers whose
+similarity drops most in the quantizer's per-node report first and stops starting layers after
+``--time-budget`` seconds, naming how many were left out.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +23,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..model import write_atomic
-from .app import app, console, input_shapes_arg
+from .app import app, console, err_console, input_shapes_arg
 
 analyze_app = typer.Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
@@ -36,15 +42,43 @@ def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[
     result = quantize(str(model), str(calib), target, config=str(config) if config else None,
                       input_shapes=shapes, progress=progress)
     static = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in result.float_model.graph.input}
-    source = CalibrationSource(str(calib), _input_specs(result.float_model, static),
+    source = CalibrationSource(str(calib), _input_specs(result.float_model, static, result.config.calib_dynamic_dims),
                                shapes=result.config.calib_shapes, dtype=result.config.calib_dtype)
     feeds = list(itertools.islice(iter(source), samples))
     return result, feeds
 
 
 def _progress_bar():
+    if not console.is_terminal:
+        return _LineProgress()
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
+
+
+class _LineProgress:
+    """The progress bar's interface for piped output: a line on stderr per stage change and per
+    analysed layer (calibration counts are left out: one line per sample would flood a log)."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._last = ""
+
+    def __enter__(self) -> "_LineProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int | None = None) -> int:
+        return 0
+
+    def update(self, task: int, description: str, completed: int = 0, total: int | None = None) -> None:
+        per_layer = description.startswith("sensitivity")
+        if description == self._last and not per_layer:
+            return
+        self._last = description
+        count = f" {completed + 1}/{total}" if per_layer and total else ""
+        err_console.print(f"[{time.monotonic() - self._start:6.0f} s] {description}{count}", markup=False, highlight=False)
 
 
 @analyze_app.command("sensitivity")
@@ -57,6 +91,9 @@ def sensitivity_command(
     samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full ranking as JSON here."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the N most sensitive layers."),
+    time_budget: float = typer.Option(
+        300.0, "--time-budget", min=1.0, help="Seconds after which no further layer is scored (the layers whose "
+        "similarity drops most in the quantizer's report go first; those left out are listed)."),
 ) -> None:
     """Rank layers by how much quantizing them costs (float-only and quantize-only variants)."""
     from ..analyze.sensitivity import analyze, rich_table
@@ -68,8 +105,16 @@ def sensitivity_command(
         def progress(name: str, done: int, total: int) -> None:
             bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
 
-        report = analyze(result.float_model, result.model, feeds, progress=progress)
+        drops = sorted((r for r in result.report.rows if r.drop is not None), key=lambda r: (-r.drop, r.node))
+        report = analyze(result.float_model, result.model, feeds, progress=progress,
+                         order=[r.node for r in drops], time_budget=time_budget)
     console.print(rich_table(report, top))
+    if report.skipped:
+        shown = ", ".join(report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
+        err_console.print(f"WARNING: the time budget ({time_budget:.0f} s) ran out: {len(report.skipped)} of "
+                          f"{len(report.skipped) + len(report.layers)} layers not scored (the ones whose similarity "
+                          f"dropped least in the quantizer's report): {shown}. Raise --time-budget, or lower "
+                          f"--samples, to score them.", markup=False, highlight=False)
     if json_out is not None:
         write_atomic(json_out, report.to_json() + "\n")
         console.print(f"wrote {json_out}")

@@ -2,13 +2,16 @@
 
 Command modules (``npuflow/cli/*_cmd.py``) register themselves on :data:`app`; each is a thin
 wrapper over the public Python API.  :func:`main` turns an :class:`NpuflowError` into
-``ERROR [CODE] message`` plus a hint on stderr and exit status 2, never a traceback.
+``ERROR [CODE] message`` plus a hint on stderr and exit status 2, and Ctrl-C into one line and
+exit status 130, never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
 import typer
 from rich.console import Console
@@ -76,23 +79,57 @@ def fail(exc: NpuflowError) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``npuflow`` script; returns the exit status."""
-    from . import commands  # noqa: F401  (registers every command on ``app``)
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args = join_pair_options(list(sys.argv[1:] if argv is None else argv))
-        result = app(args=args, standalone_mode=False)
-    except NpuflowError as exc:
-        return fail(exc)
-    except typer.Abort:
-        err_console.print("aborted")
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.TyperException as exc:  # usage errors: Typer prints them with the usage line
-        exc.show()
-        return getattr(exc, "exit_code", 2)
+    with _CtrlC() as ctrl_c:
+        try:
+            from . import commands  # noqa: F401  (registers every command on ``app``)
+
+            args = join_pair_options(list(sys.argv[1:] if argv is None else argv))
+            result = app(args=args, standalone_mode=False)
+        except NpuflowError as exc:
+            return fail(exc)
+        except (typer.Abort, KeyboardInterrupt):
+            return ctrl_c.report()
+        except typer.Exit as exc:
+            return exc.exit_code
+        except typer.TyperException as exc:  # usage errors: Typer prints them with the usage line
+            exc.show()
+            return getattr(exc, "exit_code", 2)
+        if ctrl_c.pressed:  # Typer turns KeyboardInterrupt into a silent exit status 130
+            return ctrl_c.report()
     return result if isinstance(result, int) else 0
+
+
+#: Exit status after Ctrl-C: 128 + SIGINT, what shells report for an interrupted program.
+INTERRUPTED = 130
+
+
+class _CtrlC:
+    """Ctrl-C while a command runs: the stages clean up as the ``KeyboardInterrupt`` unwinds them
+    (staged results are discarded, earlier results stay), then one line and exit status 130,
+    never a traceback.  Typer swallows the exception, so the handler remembers that it fired."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._saved: list = []  # the handler replaced (only the main thread can replace it)
+
+    def __enter__(self) -> "_CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._saved.append(signal.signal(signal.SIGINT, self._handle))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handler in self._saved:
+            signal.signal(signal.SIGINT, handler if handler is not None else signal.default_int_handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def report(self) -> int:
+        """Print the one line; returns the exit status."""
+        print("npuflow: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
 
 
 def run() -> None:

@@ -5,11 +5,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from ..compiler import CompiledModel
 from .app import app, console
+
+
+def model_scales(manifest: dict) -> dict:
+    """What quantization the model's integer tensors really hold (which need not be what the
+    target prefers: a model from another tool may carry float scales and zero points)."""
+    quants = [t["quant"] for t in [*manifest["tensors"].values(), *manifest["inputs"], *manifest["outputs"]]
+              if t.get("quant")]
+    scales = np.concatenate([np.ravel(q["scale"]) for q in quants]) if quants else np.zeros(0)
+    zps = np.concatenate([np.ravel(q["zero_point"]) for q in quants]) if quants else np.zeros(0, np.int64)
+    pow2 = bool(scales.size) and bool(np.all(np.frexp(scales)[0] == 0.5))
+    return {
+        "tensors": len(quants),
+        "scale_type": "power_of_two" if pow2 else ("float" if scales.size else "none"),
+        "per_channel": any(np.size(q["scale"]) > 1 for q in quants),
+        "zero_points": sorted({int(z) for z in zps}),
+        "dtypes": sorted({q["dtype"] for q in quants}),
+    }
+
+
+def _scales_line(s: dict) -> str:
+    if not s["tensors"]:
+        return "model scales: no quantized tensors at subgraph boundaries"
+    zps = s["zero_points"]
+    zp = "zero point 0 (symmetric)" if zps == [0] else f"zero points {zps[0]}..{zps[-1]} (asymmetric)"
+    return (f"model scales ({s['tensors']} quantized tensors): {s['scale_type'].replace('_', '-')}, "
+            f"{'per-channel' if s['per_channel'] else 'per-tensor'}, {zp}, {'/'.join(s['dtypes'])}")
 
 
 def describe(compiled: CompiledModel) -> dict:
@@ -18,6 +45,7 @@ def describe(compiled: CompiledModel) -> dict:
     return {
         "npuflow_version": m["npuflow_version"],
         "target": m["target"],
+        "model_scales": model_scales(m),
         "inputs": m["inputs"],
         "outputs": m["outputs"],
         "subgraphs": [
@@ -47,7 +75,8 @@ def info_command(
         return
     t = doc["target"]
     console.print(f"[bold]{model}[/]  npuflow {doc['npuflow_version']}  target {t['name']} "
-                  f"(fingerprint {t['fingerprint']}, {t['scale_type']} scales)", highlight=False)
+                  f"(fingerprint {t['fingerprint']}, target arithmetic: {t['scale_type']} scales)", highlight=False)
+    console.print(_scales_line(doc["model_scales"]), highlight=False)
     io = Table(title="inputs and outputs")
     for col in ("kind", "name", "dtype", "shape", "layout", "scale", "zero point"):
         io.add_column(col)

@@ -2,7 +2,10 @@
 
 A thin wrapper over :func:`npuflow.quantize`: a Rich progress bar while calibrating, the
 per-node accuracy table (Horizon's layout) and the model-output similarity, then the artifacts
-written to ``OUT``.
+written to ``OUT``.  When the output similarity on the calibration samples is below
+``min_output_cosine`` the warning comes last, on stderr, where a long table cannot hide it (and
+in piped output); ``--strict`` makes it the coded error ``NPF_QUANT_LOW_SIMILARITY`` and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .app import app, console, input_shapes_arg
+from .app import app, console, err_console, input_shapes_arg
 
 
 @app.command("quantize")
@@ -26,11 +29,21 @@ def quantize_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
     input_shape: Optional[List[str]] = typer.Option(
         None, "--input-shape", help="Freeze an input shape: NAME=DIMS (e.g. x=1x3x48x320); repeatable."),
+    probe_value: Optional[List[str]] = typer.Option(
+        None, "--probe-value", metavar="NAME=VALUE",
+        help="Value the shape probe feeds an input (e.g. sr=16000); kept in the quantized model."),
+    freeze_input: Optional[List[str]] = typer.Option(
+        None, "--freeze-input", metavar="NAME=VALUE",
+        help="Replace an input by a constant for this deployment, e.g. --freeze-input sr=16000: "
+             "an If on it is inlined and its branch checked/quantized (repeatable)."),
     plain_qdq: bool = typer.Option(False, "--plain-qdq", help="Write QuantizeLinear everywhere (other runtimes; differs on ties)."),
     show_nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Print the per-node similarity table."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (NPF_QUANT_LOW_SIMILARITY, nothing written) when the "
+                                "output similarity is below min_output_cosine (default 0.95) instead of warning."),
 ) -> None:
     """Quantize a float model for a target (writes quantized_model.onnx, quant_info.json and more)."""
     from ..quant import quantize  # heavy (onnxruntime, onnxscript): imported when the command runs
+    from ..model import freeze_inputs, parse_input_values, with_probe_values
 
     shapes = input_shapes_arg(input_shape)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -40,8 +53,10 @@ def quantize_command(
         def progress(stage: str, done: int, total: int | None) -> None:
             bar.update(task, description=stage, completed=done, total=total)
 
-        result = quantize(str(model), str(calib), target, config=str(config) if config else None,
-                          input_shapes=shapes, progress=progress)
+        source = freeze_inputs(str(model), parse_input_values(freeze_input, "--freeze-input"))
+        source = with_probe_values(source, parse_input_values(probe_value))
+        result = quantize(source, str(calib), target, config=str(config) if config else None,
+                          input_shapes=shapes, progress=progress, warn=False)  # printed below, last
     report = result.report
     if show_nodes:
         table = Table(title=f"quantization accuracy ({report.samples} samples)")
@@ -52,7 +67,15 @@ def quantize_command(
         console.print(table)
     for name, cos in report.outputs.items():
         shown = "n/a" if cos is None else f"{cos:.6f}"
-        console.print(f"output [bold]{name}[/]: cosine similarity {shown}")
+        checked = report.calibration_outputs.get(name)
+        more = "" if checked is None else f" ({checked:.6f} on {report.similarity_samples} calibration samples)"
+        console.print(f"output [bold]{name}[/]: cosine similarity {shown}{more}")
+    if strict:
+        result.require_similarity()
     paths = result.save(output, plain_qdq=plain_qdq)
     for key, path in paths.items():
         console.print(f"wrote {key}: {path}")
+    if result.problem is not None:
+        err_console.print(f"WARNING [{result.problem.code}] {result.problem.message}\n  hint: {result.problem.hint}",
+                          markup=False, highlight=False)
+

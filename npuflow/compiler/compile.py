@@ -19,9 +19,10 @@ from onnx import helper, numpy_helper
 
 from .. import __version__
 from ..errors import NpuflowError
-from ..model import MAX_IR_VERSION, ModelLike, load
+from ..model import (MAX_IR_VERSION, InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load,
+                     node_reads, subgraphs)
 from ..targets import Target, load_target
-from . import memory
+from . import foreign, memory
 from .compiled import CompiledModel
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
 from .partition import Placement, Unit, build_units, checker_placement_factory, partition
@@ -47,16 +48,29 @@ def compile_model(
     placement: Placement | None = None,
     build_config: dict | None = None,
     preprocessing: dict | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> CompiledModel:
-    """Compile a quantized model (``docs/quantized-model-format.md``) for ``target``."""
+    """Compile a quantized model (``docs/quantized-model-format.md``) for ``target``.
+
+    ``input_shapes`` freezes dynamic input dimensions (``{name: dims}``, as ``--input-shape``).
+    Models written by other tools (ONNX Runtime QOperator, NNCF, Brevitas) are first legalised
+    into npuflow's QDQ form (:mod:`.foreign`); each change is a note of the compiled model.
+    """
     tgt = target if isinstance(target, Target) else load_target(target)
-    model = load(quantized_model)
+    model = load(quantized_model, input_shapes)
     _name_nodes(model)
+    legalised = foreign.legalize(model, tgt)
+    if legalised:
+        model = infer_static_shapes(model)
+    legalised += foreign.check_target_numerics(model, tgt)
     g = QGraph(model)
     if not any(g.quantize_mode(n) is not None or g.is_dequantize(n) for n in model.graph.node):
+        if holders := control_flow_nodes(model):
+            raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))
         raise NpuflowError("NPF_COMPILE_NOT_QUANTIZED")
     place = placement or checker_placement_factory(model, tgt)
     ops, notes = _lower_all(g, model, tgt, place)
+    notes = legalised + notes
     units = build_units(g, ops)
     groups = partition(units)
     manifest, blobs = _describe(g, model, tgt, groups, notes, build_config, preprocessing)
@@ -74,6 +88,10 @@ def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: Placement)
 
     for n in model.graph.node:
         if n.name in claimed or g.quantize_mode(n) is not None or g.is_dequantize(n):
+            continue
+        if subgraphs(n):
+            notes.append(f"{n.name} ({n.op_type}) runs on CPU: control flow; it and its branches/body run in "
+                         f"ONNX Runtime, reading what they need from the graph as subgraph inputs")
             continue
         result = lower_node(g, n)
         if isinstance(result, str):
@@ -154,7 +172,7 @@ def _boundaries(groups: list[list[Unit]], g: QGraph) -> list[tuple[list[str], li
 
 def _cpu_model(g: QGraph, model: onnx.ModelProto, units: list[Unit], ins: list[str], outs: list[str]) -> bytes:
     nodes = [u.node for u in units]
-    used = {i for n in nodes for i in n.input if i}
+    used = {i for n in nodes for i in node_reads(n)}  # branch bodies may read outer initializers
     inits = [numpy_helper.from_array(g.inits[name], name) for name in sorted(used) if name in g.inits]
 
     def vi(name: str) -> onnx.ValueInfoProto:
@@ -203,7 +221,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing) -> tupl
         else:
             bname = f"sg{k}.onnx"
             blobs[bname] = _cpu_model(g, model, units, ins, outs)
-            weight_bytes = int(sum(g.inits[i].nbytes for u in units for i in u.node.input if i in g.inits))
+            weight_bytes = int(sum(g.inits[i].nbytes for u in units for i in node_reads(u.node) if i in g.inits))
             entry.update({
                 "device": "CPU", "engine": "onnx", "onnx": bname, "nodes": [u.node.name for u in units],
                 "op_counts": dict(sorted(Counter(u.node.op_type for u in units).items())),

@@ -6,8 +6,8 @@ epilogues, both equal to ONNX Runtime's float execution of the chain:
 
 * ``int``: only ``Relu``/``Clip`` with constant bounds.  Because quantization is monotone,
   ``Q(clip(x, a, b)) == clip(Q(x), Q(a), Q(b))``, so the epilogue is pure integer arithmetic:
-  requantise the accumulator (``numerics.shift_round`` on power-of-two scales, a fixed-point
-  multiplier and shift on float scales), then clamp to the quantized bounds.
+  requantise the accumulator (``numerics.shift_round`` on power-of-two scales; on float scales
+  what ONNX Runtime computes, see :func:`make_epilogue`), then clamp to the quantized bounds.
 * ``float``: anything else that is elementwise (LeakyReLU 26/256, the DPU hard-sigmoid
   ``Add/Clip/Mul`` chain, hard-swish).  The accumulator's real value (exact in float32 on
   power-of-two targets while |acc| < 2^24) goes through the same float32 operations ONNX Runtime
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..numerics import quantize_multiplier, qrange
+from ..numerics import qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
 from .qgraph import QGraph, QParams, attr
 
@@ -160,14 +160,29 @@ def quantize_scalar(value: float, p: QParams) -> int:
                   round_mode=p.round_mode))
 
 
+def clamps_are_noop(g: QGraph, chain: list[onnx.NodeProto], out: QParams) -> bool:
+    """Whether the chain is only Relu/Clip whose bounds the output's code range already applies
+    (ONNX Runtime's Relu/Clip-into-quantize fusions then drop it and fuse the op itself)."""
+    bounds = clip_bounds(g, chain)
+    if bounds is None:
+        return False
+    qmin, qmax = qrange(out.bits, out.signed)
+    return all(quantize_scalar(lo, out) <= qmin and quantize_scalar(hi, out) >= qmax for lo, hi in bounds)
+
+
 def make_epilogue(
     g: QGraph, t0: str, chain: list[onnx.NodeProto], acc_scale: np.ndarray, out: QParams,
-    pow2_shift: np.ndarray | None, force_float: bool = False,
+    pow2_shift: np.ndarray | None, force_float: bool = False, ort_kernel: bool = False,
 ) -> dict:
     """Epilogue for an accumulator whose real value is ``acc * acc_scale`` (per channel).
 
     ``pow2_shift`` is ``fix(acc) - fix(out)`` when every scale is a power of two;
     ``force_float`` asks for the float form whatever the chain (average pooling divides first).
+    On float scales, ``ort_kernel`` says that ONNX Runtime runs this group as an integer
+    ``QLinear*`` kernel (when the chain is no more than a clamp the output range applies): the
+    requantisation is then that kernel's float32 multiplier (``numerics.requantize_float``).
+    Otherwise ORT computes the op in float32 and rounds the (almost exact) real value, which a
+    31-bit fixed-point multiplier reproduces most closely (``numerics.requantize_fixed_point``).
     """
     spec = out_spec(out)
     bounds = None if force_float else clip_bounds(g, chain)
@@ -176,6 +191,9 @@ def make_epilogue(
         if pow2_shift is not None:
             spec["mode"] = "shift"
             spec["shift"] = _compact(pow2_shift.astype(np.int64))
+        elif ort_kernel and clamps_are_noop(g, chain, out):
+            spec["mode"] = "scale"
+            spec["multiplier"] = _compact(requant_scale(np.asarray(acc_scale).reshape(-1), out.scalar_scale()))
         else:
             ratios = np.asarray(acc_scale, np.float64).reshape(-1) / out.scalar_scale()
             pairs = [quantize_multiplier(float(r)) for r in ratios]

@@ -6,8 +6,10 @@ its output reaches exactly one quantize step, possibly through a fused activatio
 runs on the CPU with the model's own Q/DQ steps at its boundaries).
 
 Requantisation follows the scales: when every scale involved is a power of two the accumulator
-is shifted with ``numerics.shift_round`` (bit-exact); otherwise a fixed-point multiplier and
-shift (``numerics.quantize_multiplier``) is used (within one LSB of the float reference).
+is shifted with ``numerics.shift_round`` (bit-exact); otherwise it follows what ONNX Runtime
+computes on the model's float scales: the float32 multiplier of its integer kernels
+(``numerics.requantize_float``) for products, float32 arithmetic on dequantized operands and
+``QuantizeLinear`` for elementwise ops.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..numerics import qrange
+from ..check.lowerable import lowering_limit
+from ..numerics import dequantize, qrange
 from . import fragments
-from .epilogue import UNARY_OPS, collect_chain, make_epilogue, out_spec, quantize_scalar
+from .epilogue import UNARY_OPS, clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp
 from .qgraph import QGraph, QParams, attr
 
@@ -116,9 +119,20 @@ def _acc_plan(x: QParams, w: QParams, bias: np.ndarray | None, b: QParams | None
         return acc_scale, lshift, bias_acc, (a - int(fo))
     acc_scale = x.scalar_scale() * sw
     if bias is not None:
-        sb = np.broadcast_to(b.scale.astype(np.float64).reshape(-1), (cout,))
-        bias_acc = np.round(bias.astype(np.float64).reshape(-1) * sb / acc_scale).astype(np.int64)
+        # the bias as ONNX Runtime dequantizes it (float32: an int32 bias saturated at 2^31 - 1
+        # reads 2^31), in accumulator units
+        real = dequantize(bias.reshape(-1), b.scale.reshape(-1), 0, axis=0 if b.scale.size > 1 else None)
+        bias_acc = np.round(real.astype(np.float64) / acc_scale).astype(np.int64)
     return acc_scale, lshift, bias_acc, None
+
+
+def ort_integer_kernel(*params: QParams) -> bool:
+    """Whether ONNX Runtime's default run (x86-64 CPU, measured on 1.32) computes a float-scale
+    group over these tensors with an integer QLinear kernel (``QLinearConv``, ``QLinearMatMul``,
+    ``QLinearAdd``, ``QLinearMul``, ``QLinearAveragePool``): reliably only when they are uint8.
+    On int8 models it keeps the float ``Conv``/``MatMul`` between the Q/DQ steps, and the float
+    arithmetic is what its default run computes."""
+    return all(p.dtype == "uint8" for p in params)
 
 
 def _compact(values: np.ndarray):
@@ -134,6 +148,8 @@ def _pads(node: onnx.NodeProto, in_hw: list[int], kernel: list[int], strides: li
     auto = attr(node, "auto_pad", "NOTSET")
     if auto in ("NOTSET", "VALID"):
         p = attr(node, "pads", [0] * 4) if auto == "NOTSET" else [0] * 4
+        if len(p) == 2:  # a 1-D op viewed as H = 1
+            return [0, p[0], 0, p[1]]
         return [p[0], p[1], p[2], p[3]]
     out = []
     for size, k, s, d in zip(in_hw, kernel, strides, dilations):
@@ -146,16 +162,22 @@ def _pads(node: onnx.NodeProto, in_hw: list[int], kernel: list[int], strides: li
 # --- convolutions and matrix products -------------------------------------------------------
 
 
+def _as_2d(n: onnx.NodeProto, xs: list[int], w: np.ndarray) -> tuple[list[int], np.ndarray, list[int], list[int]]:
+    """A 1-D convolution viewed as a 2-D one with H = 1 (what Vitis AI's compiler runs):
+    ``(input shape, weights, strides, dilations)`` in NCHW form; 2-D ones unchanged."""
+    strides = list(attr(n, "strides", [1] * (w.ndim - 2)))
+    dil = list(attr(n, "dilations", [1] * (w.ndim - 2)))
+    if w.ndim == 3:
+        return [*xs[:2], 1, xs[2]], w[:, :, None, :], [1, *strides], [1, *dil]
+    return xs, w, strides, dil
+
+
 def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
     x_name, xp, x_dq = _act(g, n.input[0])
     w, wp, w_dq = _weight(g, n.input[1])
-    xs = _shape(g, n.input[0])
-    if len(xs) != 4 or w.ndim != 4:
-        raise _Reject("only 2-D convolutions are lowered")
+    xs, w, strides, dil = _as_2d(n, _shape(g, n.input[0]), w)
     group = int(attr(n, "group", 1))
     cout, cin_g, kh, kw = w.shape
-    strides = list(attr(n, "strides", [1, 1]))
-    dil = list(attr(n, "dilations", [1, 1]))
     pads = _pads(n, xs[2:], [kh, kw], strides, dil)
     bias, bp, reads = None, None, [x_dq.name, w_dq.name]
     if len(n.input) > 2 and n.input[2]:
@@ -170,7 +192,7 @@ def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
         "strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel": [kh, kw],
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
         "in_shape": xs, "in_dtype": xp.dtype, "split_bytes": _span(xp) > 256, "out_shape": ys,
-        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
+        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_)),
     }
     macs = int(np.prod(ys)) * cin_g * kh * kw
     return IntOp("conv", n.name, kind, [x_name], [q.output[0]], attrs,
@@ -182,10 +204,6 @@ def lower_conv_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
     x_name, xp, x_dq = _act(g, n.input[0])
     w, wp, w_dq = _weight(g, n.input[1])
     xs = _shape(g, n.input[0])
-    if len(xs) != 4 or w.ndim != 4:
-        raise _Reject("only 2-D transposed convolutions are lowered")
-    if attr(n, "auto_pad", "NOTSET") != "NOTSET" or attr(n, "output_shape") is not None:
-        raise _Reject("auto_pad/output_shape on ConvTranspose is not lowered")
     group = int(attr(n, "group", 1))
     cin, cout_g, kh, kw = w.shape
     cout = cout_g * group
@@ -227,7 +245,7 @@ def _matmul_const(g: QGraph, n: onnx.NodeProto, a_in: str, w: np.ndarray, wp: QP
     attrs = {
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "wide": _span(xp) > 256, "lshift": _compact(lshift),
         "out_shape": ys,
-        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
+        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_)),
     }
     macs = int(np.prod(ys)) * k
     return IntOp("matmul", n.name, "fc", [x_name], [q.output[0]], attrs, {"w": w, "b": bias_acc},
@@ -235,16 +253,10 @@ def _matmul_const(g: QGraph, n: onnx.NodeProto, a_in: str, w: np.ndarray, wp: QP
 
 
 def lower_gemm(g: QGraph, n: onnx.NodeProto) -> IntOp:
-    if attr(n, "transA", 0) or attr(n, "alpha", 1.0) != 1.0 or attr(n, "beta", 1.0) != 1.0:
-        raise _Reject("Gemm with transA, alpha or beta is not lowered")
     w, wp, w_dq = _weight(g, n.input[1])
-    if w.ndim != 2 or len(_shape(g, n.input[0])) != 2:
-        raise _Reject("Gemm operands must be 2-D")
     if attr(n, "transB", 0):
         w = w.T
     bias_in = n.input[2] if len(n.input) > 2 and n.input[2] else None
-    if bias_in and len(_shape(g, bias_in)) != 1:
-        raise _Reject("Gemm bias must be 1-D")
     return _matmul_const(g, n, n.input[0], np.ascontiguousarray(w), wp, [w_dq.name], bias_in)
 
 
@@ -263,7 +275,8 @@ def lower_matmul(g: QGraph, n: onnx.NodeProto) -> IntOp:
     shift = None if fa is None or fb is None or fo is None else np.array([int(fa) + int(fb) - int(fo)])
     ys = _shape(g, q.output[0])
     attrs = {"a_zp": ap.scalar_zp(), "b_zp": bp.scalar_zp(), "out_shape": ys,
-             "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift)}
+             "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift,
+                                       ort_kernel=ort_integer_kernel(ap, bp, op_))}
     macs = int(np.prod(ys)) * _shape(g, n.input[0])[-1]
     return IntOp("matmul2", n.name, "matmul", [a_name, b_name], [q.output[0]], attrs, {},
                  [n.name, *[c.name for c in chain], q.name], [a_dq.name, b_dq.name], macs)
@@ -289,31 +302,45 @@ def lower_eltwise(g: QGraph, n: onnx.NodeProto) -> IntOp:
     pa, pb = ops[0][2], ops[1][2]
     attrs = {"mode": n.op_type.lower(), "operands": operands, "out_shape": ys}
     fixes = [pa.fix_pos, pb.fix_pos, op_.fix_pos]
+    kind = "eltwise_mul" if n.op_type == "Mul" else "eltwise_add"
+    nodes = [n.name, *[c.name for c in chain], q.name]
+    fused = ort_integer_kernel(pa, pb, op_) and clamps_are_noop(g, chain, op_)
+    if any(f is None for f in fixes) and not (n.op_type == "Mul" and fused):
+        attrs.update(_float_scale_eltwise(g, n, chain, ops, op_, ys))
+        return IntOp("eltwise", n.name, kind, inputs, [q.output[0]], attrs, blobs, nodes, reads, int(np.prod(ys)))
     if n.op_type == "Mul":
+        # float scales: ORT's QLinearMul, the integer product times the float32 multiplier sa*sb/sc
         acc_scale = np.array([pa.scalar_scale() * pb.scalar_scale()])
-        shift = None if any(f is None for f in fixes) else np.array([int(fixes[0]) + int(fixes[1]) - int(fixes[2])])
+        pow2 = all(f is not None for f in fixes)
+        shift = np.array([int(fixes[0]) + int(fixes[1]) - int(fixes[2])]) if pow2 else None
         attrs["align"] = [0, 0]
-    elif all(f is not None for f in fixes):
+    else:
         top = max(int(fixes[0]), int(fixes[1]))
         attrs["align"] = [top - int(fixes[0]), top - int(fixes[1])]
         acc_scale = np.array([np.ldexp(1.0, -top)])
         shift = np.array([top - int(fixes[2])])
-    else:
-        # float scales: both operands are brought to a common fixed-point grid of 2^-24 of the
-        # output scale first (multiplier per operand), then requantised as one accumulator.
-        so = op_.scalar_scale()
-        attrs["scale_mult"] = [int(round(pa.scalar_scale() / so * (1 << 24))),
-                               int(round(pb.scalar_scale() / so * (1 << 24)))]
-        attrs["align"] = [0, 0]
-        acc_scale = np.array([so / (1 << 24)])
-        shift = None
-    attrs["epilogue"] = make_epilogue(g, n.output[0], chain, acc_scale, op_, shift)
-    if attrs["epilogue"]["mode"] == "fixed" and "scale_mult" in attrs:
-        attrs["epilogue"]["mode"] = "shift"
-        attrs["epilogue"]["shift"] = 24
-    kind = "eltwise_mul" if n.op_type == "Mul" else "eltwise_add"
-    return IntOp("eltwise", n.name, kind, inputs, [q.output[0]], attrs, blobs,
-                 [n.name, *[c.name for c in chain], q.name], reads, int(np.prod(ys)))
+    attrs["epilogue"] = make_epilogue(g, n.output[0], chain, acc_scale, op_, shift, ort_kernel=True)
+    return IntOp("eltwise", n.name, kind, inputs, [q.output[0]], attrs, blobs, nodes, reads, int(np.prod(ys)))
+
+
+def _float_scale_eltwise(g: QGraph, n: onnx.NodeProto, chain: list[onnx.NodeProto], ops: list, op_: QParams,
+                         ys: list[int]) -> dict:
+    """Float-scale ``Add``/``Sub``, and ``Mul`` that ORT does not fuse, as ONNX Runtime runs them.
+
+    On uint8 ORT fuses ``DQ -> Add -> Q`` into ``QLinearAdd`` (``numerics.qlinear_add``), also
+    when the chain is a clamp that the output's range already applies (its Relu/Clip fusions drop
+    it).  Everything else is float in ORT: both operands dequantized to float32, combined and run
+    through the chain in float32, then ``QuantizeLinear``.
+    """
+    scales = [p.scalar_scale() for _, _, p, _ in ops]
+    zps = [p.scalar_zp() for _, _, p, _ in ops]
+    if n.op_type == "Add" and ort_integer_kernel(*[p for _, _, p, _ in ops], op_) and clamps_are_noop(g, chain, op_):
+        shapes = [_shape(g, i) for i in n.input[:2]]
+        scalar = [int(np.prod(s)) == 1 or (len(s) > 0 and s[-1] == 1 and ys[-1] > 1) for s in shapes]
+        return {"qlinear": {"scales": scales, "zps": zps, "out_scale": op_.scalar_scale(),
+                            "out_zp": op_.scalar_zp(), "scalar": scalar, "out_dtype": op_.dtype}}
+    return {"dequant": scales,
+            "epilogue": make_epilogue(g, n.output[0], chain, np.array([1.0]), op_, None, force_float=True)}
 
 
 def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
@@ -369,8 +396,6 @@ def _passthrough(g: QGraph, n: onnx.NodeProto, op: str, kind: str, attrs: dict) 
 
 def _pool_geometry(g: QGraph, n: onnx.NodeProto, global_pool: bool) -> dict:
     xs = _shape(g, n.input[0])
-    if len(xs) != 4:
-        raise _Reject("only 2-D pooling is lowered")
     if global_pool:
         return {"kernel": xs[2:], "strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1]}
     kernel = list(attr(n, "kernel_shape"))
@@ -389,8 +414,6 @@ def _pool_geometry(g: QGraph, n: onnx.NodeProto, global_pool: bool) -> dict:
 
 
 def lower_maxpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
-    if len(n.output) > 1 and n.output[1]:
-        raise _Reject("MaxPool with indices output is not lowered")
     glob = n.op_type == "GlobalMaxPool"
     geo = _pool_geometry(g, n, glob)
     return _passthrough(g, n, "maxpool", "global_max_pool" if glob else "max_pool", geo)
@@ -398,7 +421,8 @@ def lower_maxpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
 
 def lower_avgpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
     """Average pooling mirrors the reference: the float32 window sum divided in float32 by the
-    window size, then the output's quantize step (and any fused chain) in float32."""
+    window size, then the output's quantize step (and any fused chain) in float32; on float
+    scales, what ORT's fused ``QLinearAveragePool``/``QLinearGlobalAveragePool`` compute."""
     x_name, xp, x_dq = _act(g, n.input[0])
     glob = n.op_type == "GlobalAveragePool"
     geo = _pool_geometry(g, n, glob)
@@ -408,6 +432,11 @@ def lower_avgpool(g: QGraph, n: onnx.NodeProto) -> IntOp:
     geo["out_shape"] = _shape(g, q.output[0])
     ep = make_epilogue(g, n.output[0], chain, np.array([xp.scalar_scale()]), op_, None, force_float=True)
     geo["epilogue"] = ep
+    if xp.fix_pos is None or op_.fix_pos is None:
+        # float scales: ORT fuses the group into QLinear(Global)AveragePool when the chain is
+        # nothing the output range does not already apply; the kernel follows its arithmetic
+        if ort_integer_kernel(xp, op_) and clamps_are_noop(g, chain, op_):
+            geo["qlinear"] = "global" if glob else "window"
     kind = "global_avg_pool" if glob else "avg_pool"
     return IntOp("avgpool", n.name, kind, [x_name], [q.output[0]], geo, {},
                  [n.name, *[c.name for c in chain], q.name], [x_dq.name], int(np.prod(_shape(g, n.input[0]))))
@@ -454,8 +483,6 @@ def lower_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
 def lower_slice(g: QGraph, n: onnx.NodeProto) -> IntOp:
     xs = _shape(g, n.input[0])
     consts = [g.const(i) if i else None for i in n.input[1:]]
-    if any(i and c is None for i, c in zip(n.input[1:], consts)):
-        raise _Reject("Slice parameters must be constants")
     starts, ends = consts[0], consts[1]
     axes = consts[2] if len(consts) > 2 and consts[2] is not None else np.arange(len(starts))
     steps = consts[3] if len(consts) > 3 and consts[3] is not None else np.ones(len(starts), np.int64)
@@ -470,8 +497,6 @@ def lower_slice(g: QGraph, n: onnx.NodeProto) -> IntOp:
 def lower_pad(g: QGraph, n: onnx.NodeProto) -> IntOp:
     xs = _shape(g, n.input[0])
     pads = g.const(n.input[1]) if len(n.input) > 1 else attr(n, "pads")
-    if pads is None:
-        raise _Reject("Pad pads must be constant")
     pads = np.asarray(pads, np.int64).reshape(-1)
     if len(n.input) > 3 and n.input[3]:
         axes = g.const(n.input[3])
@@ -480,15 +505,10 @@ def lower_pad(g: QGraph, n: onnx.NodeProto) -> IntOp:
             ax = int(ax) + len(xs) if ax < 0 else int(ax)
             full[ax], full[ax + len(xs)] = pads[j], pads[j + len(axes)]
         pads = full
-    if np.any(pads < 0):
-        raise _Reject("negative pads are not lowered")
     mode = attr(n, "mode", "constant")
     value = 0.0
     if len(n.input) > 2 and n.input[2]:
-        c = g.const(n.input[2])
-        if c is None:
-            raise _Reject("Pad constant value must be constant")
-        value = float(np.asarray(c).reshape(-1)[0])
+        value = float(np.asarray(g.const(n.input[2])).reshape(-1)[0])
     rank = len(xs)
     width = [[int(pads[i]), int(pads[i + rank])] for i in range(rank)]
     chain, q, op_ = _chain(g, n.output[0])
@@ -558,10 +578,50 @@ LOWERINGS = {
 }
 
 
+class _Facts:
+    """The compiler's index as the checker's :class:`~npuflow.check.lowerable.Tensors`, so both
+    decide from the same :func:`~npuflow.check.lowerable.lowering_limit`."""
+
+    quantized = True
+
+    def __init__(self, g: QGraph) -> None:
+        self.g = g
+
+    def shape(self, name: str) -> list[int] | None:
+        s = self.g.shapes.get(name)
+        return list(s) if s is not None else None
+
+    def value(self, name: str) -> np.ndarray | None:
+        p = self.g.producer.get(name)
+        return self.g.const(p.input[0] if p is not None and self.g.is_dequantize(p) else name)
+
+    def elem_type(self, name: str) -> int | None:
+        return self.g.elem_types.get(name)
+
+    def producer_node(self, name: str) -> onnx.NodeProto | None:
+        return self.g.producer.get(name)
+
+    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
+        return self.g.consumers.get(name, [])
+
+    def is_graph_output(self, name: str) -> bool:
+        return self.g.is_graph_output(name)
+
+    def is_quantize(self, node: onnx.NodeProto) -> bool:
+        return self.g.quantize_mode(node) is not None
+
+    def is_dequantize(self, node: onnx.NodeProto) -> bool:
+        return self.g.is_dequantize(node)
+
+
 def lower_node(g: QGraph, n: onnx.NodeProto) -> Lowered:
-    """The integer op for ``n`` or the reason it stays ONNX."""
-    fn = LOWERINGS.get(n.op_type) if n.domain in ("", "ai.onnx") else None
-    if fn is None and n.op_type in UNARY_OPS and n.domain in ("", "ai.onnx"):
+    """The integer op for ``n`` or the reason it stays ONNX (first the graph facts the checker
+    places by, so a node it puts on the accelerator is one lowered here)."""
+    reason = lowering_limit(n, _Facts(g))
+    if reason is not None:
+        return reason
+    fn = LOWERINGS.get(n.op_type)
+    if fn is None and n.op_type in UNARY_OPS:
         fn = lower_unary
     if n.op_type in ("Add", "Sub", "Mul", "Div") and any(
         i and g.const(i) is not None and g.const(i).dtype.kind == "f" for i in n.input

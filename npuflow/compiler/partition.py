@@ -19,6 +19,7 @@ from typing import Callable
 
 import onnx
 
+from ..model import node_reads
 from ..targets import Target
 from .program import IntOp
 from .qgraph import QGraph
@@ -87,12 +88,14 @@ def build_units(g: QGraph, ops: list[IntOp]) -> list[Unit]:
     units = [Unit(min(index[n] for n in op.nodes), "npu", list(op.inputs), list(op.outputs), op=op) for op in ops]
     npu_reads = {name for op in ops for name in op.reads}
     cpu_nodes = [n for n in g.graph.node if n.name not in covered]
-    cpu_consumed = {i for n in cpu_nodes if not g.is_dequantize(n) for i in n.input}
+    cpu_consumed = {i for n in cpu_nodes if not g.is_dequantize(n) for i in node_reads(n)}
     for n in cpu_nodes:
         if g.is_dequantize(n) and n.name in npu_reads and n.output[0] not in cpu_consumed \
                 and not g.is_graph_output(n.output[0]):
             continue  # read directly as integers by the accelerator
-        units.append(Unit(index[n.name], "cpu", [i for i in n.input if i and i not in g.inits],
+        # a control-flow node's inputs include what its branches/body read from the outer scope:
+        # those must be computed before it and carried into its CPU subgraph
+        units.append(Unit(index[n.name], "cpu", [i for i in node_reads(n) if i not in g.inits],
                           [o for o in n.output if o], node=n))
     units.sort(key=lambda u: u.position)
     return units

@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import qdq
-from ..model import tensor_elem_types, tensor_shapes
+from ..model import node_reads, tensor_elem_types, tensor_shapes
 from ..numerics import RoundMode, fix_pos_of
 
 QUANTIZE_OPS = {"QuantizeLinear"}
@@ -83,9 +83,8 @@ class QGraph:
             for o in node.output:
                 if o:
                     self.producer[o] = node
-            for i in node.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(node)
+            for i in node_reads(node):  # an If/Loop body's outer-scope reads are reads of its node
+                self.consumers.setdefault(i, []).append(node)
         self.graph_inputs = [i.name for i in model.graph.input if i.name not in self.inits]
         self.graph_outputs = [o.name for o in model.graph.output]
         self._outputs = set(self.graph_outputs)
@@ -125,6 +124,8 @@ class QGraph:
             return None
         if dtype is None:
             dtype = str(zp.dtype) if zp is not None else "uint8"
+        if not _integer_type(dtype):
+            return None
         zp_arr = np.zeros(scale.shape, np.int64) if zp is None else zp.astype(np.int64)
         axis = None
         if scale.ndim == 1 and scale.size > 1:
@@ -147,6 +148,8 @@ class QGraph:
         if p is None:
             return None
         dtype = self._int_dtype(node.input[0]) or p.dtype
+        if not _integer_type(dtype):
+            return None
         return QParams(dtype, p.scale, p.zero_point, p.axis, p.round_mode)
 
     def _int_dtype(self, name: str) -> str | None:
@@ -174,6 +177,15 @@ class QGraph:
             return None
         p = self.quantize_params(cons[0])
         return (cons[0], p) if p is not None else None
+
+
+def _integer_type(dtype: str) -> bool:
+    """Whether a Q/DQ step's type is one the integer programs compute in (int8..uint16, int32).
+
+    float8 and int4 steps are not: their nodes stay in ONNX (CPU subgraphs), where ONNX Runtime
+    runs them with their own semantics, instead of being lowered as if they were 8-bit integers
+    (numpy stores both in one byte)."""
+    return dtype in ("int8", "uint8", "int16", "uint16", "int32")
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):

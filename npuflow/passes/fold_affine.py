@@ -16,7 +16,8 @@ import onnx
 
 from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers
 
-_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+#: The ops a constant scale/shift folds into (their weights and bias); ``check`` absorbs it into no other.
+FOLDS_INTO = ("Conv", "ConvTranspose", "Gemm")
 
 
 def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -52,7 +53,7 @@ def _fold_one(graph: onnx.GraphProto) -> bool:
             continue
         t = node.input[1 - consts[0]]
         prod = idx.producer.get(t)
-        if prod is None or prod.op_type not in _PRODUCERS or idx.only_consumer(t) is None:
+        if prod is None or prod.op_type not in FOLDS_INTO or idx.only_consumer(t) is None:
             continue
         w = idx.const(prod.input[1])
         has_bias = len(prod.input) > 2 and bool(prod.input[2])

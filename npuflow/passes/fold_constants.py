@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxscript import optimizer
 
-from ..model import default_opset, tensor_shapes
+from ..model import default_opset, node_reads, tensor_shapes
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: Folded results above this many elements stay as nodes (they are data, not shape arithmetic).
@@ -80,7 +80,7 @@ def _fold_remaining(model: onnx.ModelProto) -> None:
             new_inits.append(numpy_helper.from_array(np.asarray(arr), name))
     if not new_inits:
         return
-    used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+    used = {i for n in kept for i in node_reads(n)} | {o.name for o in graph.output}
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(t for t in new_inits if t.name in used)

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..model import node_reads
+
 
 class GraphIndex:
     """Producers, consumers and constants of a graph, computed once (rebuild after edits)."""
@@ -25,9 +27,8 @@ class GraphIndex:
             for o in node.output:
                 if o:
                     self.producer[o] = node
-            for i in node.input:
-                if i:
-                    self.consumers[i].append(node)
+            for i in node_reads(node):  # If/Loop bodies read outer tensors without listing them
+                self.consumers[i].append(node)
         self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
         self.outputs = {o.name for o in graph.output}
 
@@ -74,7 +75,7 @@ def replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) ->
 
 
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = {i for n in graph.node for i in node_reads(n)} | {o.name for o in graph.output}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

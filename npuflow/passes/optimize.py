@@ -2,8 +2,9 @@
 
 Order matters: constants are folded first (BN parameters and pattern constants become
 initializers),
-no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into their producers, then decomposed activations
-become single nodes.  Every step keeps results within float rounding (tested <= 1e-5 relative).
+no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
+that cannot fold becomes a 1x1 depthwise convolution), then decomposed activations become single
+nodes.  Every step keeps results within float rounding (tested <= 1e-5 relative).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import onnx
 
 from .activations import fuse_activation_patterns
 from .fold_affine import fold_affine
-from .fold_batchnorm import fold_batchnorm
+from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .remove_identity import remove_identity
 
@@ -21,7 +22,8 @@ def optimize_float(model: onnx.ModelProto) -> onnx.ModelProto:
     """Apply the float passes in order; node names of compute nodes are kept."""
     m = fold_constants(model)
     m = remove_identity(m)
-    m = fold_batchnorm(m)
+    m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
+    m = batchnorm_to_depthwise(fold_batchnorm(m))
     m = fold_affine(m)
     m = fuse_activation_patterns(m)
     restore_node_names(model, m)

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from ..model import tensor_elem_types, tensor_shapes
+from ..model import node_reads, probe_feeds, tensor_elem_types, tensor_shapes
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def cut_subgraph(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> onn
     shapes, types = tensor_shapes(model), tensor_elem_types(model)
     produced = {o for n in nodes for o in n.output if o}
     inside = {id(n) for n in nodes}
-    consumed_outside = {i for n in model.graph.node if id(n) not in inside for i in n.input}
+    consumed_outside = {i for n in model.graph.node if id(n) not in inside for i in node_reads(n)}
     consumed_outside |= {o.name for o in model.graph.output}
     inputs, used_inits, seen = [], [], set()
     for n in nodes:
-        for i in n.input:
-            if not i or i in produced or i in seen:
+        for i in node_reads(n):  # If/Loop bodies read outer tensors without listing them as inputs
+            if i in produced or i in seen:
                 continue
             seen.add(i)
             if i in inits:
@@ -82,6 +82,8 @@ def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: in
     try:
         sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         feed = _random_feed(sess)
+        # integer inputs that select a branch get the constant the model tests them against (sr=16000)
+        feed.update({k: v for k, v in probe_feeds(sub).items() if k in feed and feed[k].dtype.kind in "iub"})
         sess.run(None, feed)
         times = []
         for _ in range(runs):

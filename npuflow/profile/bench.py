@@ -95,9 +95,10 @@ def bench(
     frames: list[tuple[int, int, int]] = []  # (thread, start_ns, end_ns)
     deadline = time.perf_counter() + perf_time_min * 60 if perf_time_min > 0 else None
     errors: list[BaseException] = []
+    stop = threading.Event()  # set when the caller is interrupted (Ctrl-C): workers finish their frame
 
     def worker() -> None:
-        while True:
+        while not stop.is_set():
             with lock:
                 if deadline is None and counter["next"] >= frame_count:
                     return
@@ -118,10 +119,17 @@ def bench(
 
     threads = [threading.Thread(target=worker, name=f"bench-{i}") for i in range(thread_num)]
     t0 = time.perf_counter_ns()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException:
+        stop.set()
+        for t in threads:
+            if t.ident is not None:  # started
+                t.join()
+        raise
     run_ns = time.perf_counter_ns() - t0
     remove = getattr(session, "remove_listener", None)
     if remove is not None:

@@ -27,6 +27,7 @@ from typing import Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .. import safe_yaml
 from ..errors import NpuflowError
 from ..numerics import RoundMode
 from ..targets import Target
@@ -107,7 +108,7 @@ class FastFinetune(_Strict):
     """Layer-wise weight tuning after calibration (AdaRound / AdaQuant, issue 7)."""
 
     method: Literal["adaround", "adaquant"] = "adaround"
-    iters: int = Field(default=500, ge=1)
+    iters: int = Field(default=500, ge=1, le=100_000)  # 10x AIMET's default; beyond, a typo runs for days
     lr: float | None = Field(default=None, gt=0)  # None: 1e-2 (AdaRound) / 1e-4 (AdaQuant)
     batch: int = Field(default=256, ge=1)  # patch columns per optimisation step
     backend: Literal["auto", "numpy", "torch"] = "auto"
@@ -131,7 +132,15 @@ class QuantConfig(_Strict):
     calib_shapes: dict[str, list[int]] = Field(default_factory=dict)
     calib_dtype: str = "float32"
     max_calib_samples: int | None = Field(default=None, ge=1)
+    #: Let calibration samples differ from the shape the model is quantized at in the dimensions
+    #: the source model leaves dynamic (OCR line widths); off, every sample must have that shape.
+    calib_dynamic_dims: bool = False
     report_samples: int = Field(default=2, ge=0)
+    #: The quantized model's output cosine similarity to the float model on the first
+    #: ``similarity_samples`` calibration samples must reach this, or quantize warns (``strict``:
+    #: fails with NPF_QUANT_LOW_SIMILARITY); 0 accepts any model.
+    min_output_cosine: float = Field(default=0.95, ge=0.0, le=1.0)
+    similarity_samples: int = Field(default=16, ge=1)
     histogram_bins: int = Field(default=2048, ge=128, le=65536)
     #: Percentiles tried, one for the whole model, for the tensors calibrated with the default
     #: ``percentile`` method; the one whose quantized model has the lowest output error on the
@@ -186,7 +195,7 @@ class QuantConfig(_Strict):
             raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason="file not found")
         try:
             text = p.read_text()
-            data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+            data = json.loads(text) if p.suffix.lower() == ".json" else safe_yaml.load(text)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason=str(exc).splitlines()[0]) from None
         if data is None:

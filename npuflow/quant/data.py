@@ -8,9 +8,12 @@ Sources (all streamed, one sample at a time, so memory does not depend on the se
 * a folder of raw ``numpy.tofile`` files (Horizon's calibration format) read with the shape and
   dtype given in the config (``calib_shapes``, ``calib_dtype``).
 
-Every sample is checked: input names, dtype, rank and every dimension that is static in the
-source model (dimensions that are dynamic there, such as OCR line widths, may vary), and
-finiteness.  Problems are coded errors naming the sample.
+Every sample is checked: input names, dtype, rank, every dimension the :class:`InputSpec` fixes
+(the quantizer fixes the shape the model is quantized at; see ``calib_dynamic_dims``) and
+finiteness.  A sample read from a file must have the input's dtype exactly: a float64 ``.npy``
+for a float32 input means the preprocessing that wrote it is not the deployed one.  In-memory
+float arrays are converted (a Python caller's ``np.random.rand`` is float64).  Problems are
+coded errors naming the sample (its file for a folder source).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class CalibrationSource:
         for index, raw in enumerate(self._raw()):
             if self.limit is not None and count >= self.limit:
                 break
-            yield check_sample(raw, self.inputs, index)
+            yield check_sample(raw, self.inputs, self._raw.label(index), exact_dtype=self._raw.files)
             count += 1
         if count == 0:
             raise NpuflowError("NPF_QUANT_CALIB_EMPTY", source=self.description)
@@ -65,8 +68,12 @@ class CalibrationSource:
         return min(n, self.limit) if self.limit is not None else n
 
 
-def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int) -> Sample:
-    """Turn one raw sample into ``{name: array}`` and check it against the model inputs."""
+def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exact_dtype: bool = False) -> Sample:
+    """Turn one raw sample into ``{name: array}`` and check it against the model inputs.
+
+    ``index``: how errors name the sample (its number, or its file); ``exact_dtype``: refuse
+    another float dtype instead of converting it (samples read from files).
+    """
     names = [i.name for i in inputs]
     if isinstance(raw, Mapping):
         sample = dict(raw)
@@ -89,7 +96,8 @@ def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int) -> Sample:
     for spec in inputs:
         arr = np.asarray(sample[spec.name])
         if arr.dtype != spec.dtype:
-            if not (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)):
+            floats = np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)
+            if exact_dtype or not floats:
                 raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
                                    reason=f"input {spec.name!r} has dtype {arr.dtype}, the model wants {spec.dtype}")
             arr = arr.astype(spec.dtype)
@@ -104,14 +112,21 @@ def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int) -> Sample:
 
 
 class _Reader:
-    """A re-iterable wrapper around a function producing raw samples, with an optional length."""
+    """A re-iterable wrapper around a function producing raw samples, with an optional length
+    and, for files, the name of each sample (what error messages show)."""
 
-    def __init__(self, make: Any, length: int | None) -> None:
+    def __init__(self, make: Any, length: int | None, names: Sequence[str] | None = None) -> None:
         self._make = make
         self.length = length
+        self._names = names
+        #: samples come from files (their dtype must be the model's).
+        self.files = names is not None
 
     def __call__(self) -> Iterator[Any]:
         return iter(self._make())
+
+    def label(self, index: int) -> str | int:
+        return f"{index} ({self._names[index]})" if self._names is not None else index
 
 
 def _open(data: Any, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> _Reader:
@@ -164,4 +179,5 @@ def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dt
         for i in range(n_files):
             yield {name: read(name, files[i]) for name, files in listing.items()}
 
-    return _Reader(samples, n_files)
+    names = [" + ".join(str(files[i]) for files in listing.values()) for i in range(n_files)]
+    return _Reader(samples, n_files, names)

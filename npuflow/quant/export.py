@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
-from ..model import tensor_shapes
+from ..model import node_reads, rename_outer_reads, tensor_shapes
 from .assign import Assignment
 from .params import TensorQuant
 from .plan import QuantPlan
@@ -110,6 +110,7 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, assignment: Assignment, 
         for k, t in enumerate(node.input):
             if t in mapping:
                 node.input[k] = mapping[t]
+        rename_outer_reads(node, mapping)  # If/Loop bodies read the same (dequantized) tensors
         emitted = []
         for k, o in enumerate(node.output):
             if o in renamed_outputs:
@@ -121,7 +122,7 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, assignment: Assignment, 
     graph.node.extend(nodes)
 
     graph.initializer.extend(new_inits)
-    used = {i for n in graph.node for i in n.input} | graph_outputs
+    used = {i for n in graph.node for i in node_reads(n)} | graph_outputs
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

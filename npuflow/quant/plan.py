@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ..check.followers import PASS_THROUGH, drop_float_tail, float_tail_applies, follows_quantized
 from ..model import tensor_elem_types
 from ..passes.activations import activation_kind, fuses, op_kind
 from ..passes.graph import GraphIndex, attr
@@ -37,16 +38,6 @@ DATA_INPUTS: dict[str, tuple[int, ...] | None] = {
     "Pad": (0,), "Slice": (0,), "Split": (0,),
 }
 QUANTIZED_OPS = frozenset(DATA_INPUTS)
-#: Ops whose output takes the input's scale (exact on integers).
-PASS_THROUGH = frozenset({"MaxPool", "GlobalMaxPool", "Relu", "Reshape", "Transpose", "Flatten", "Squeeze",
-                          "Unsqueeze", "Slice", "Split", "Pad"})
-#: Data-movement ops quantized only when their input comes from a quantized op (as ONNX Runtime's
-#: quantizer does): a Reshape after a float Softmax stays float instead of quantizing probabilities.
-FOLLOWERS = PASS_THROUGH | {"Resize"}
-#: Ops left float on float-scale targets when no quantized op reads them (:func:`_float_tail`).
-#: Not ``Relu``: fused into its producer it is where that output gets quantized, and a float one
-#: would move the quantize step onto the raw, wider producer output.
-FLOAT_TAIL_OPS = (FOLLOWERS | {"Concat"}) - {"Relu"}
 #: Ops whose input 1 is a weight (when constant) and input 2 a bias.
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -137,12 +128,11 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
             continue
         if not (all(is_float(node.input[k]) for k in data_inputs(node)) and all(is_float(o) for o in node.output if o)):
             continue
-        if node.op_type in FOLLOWERS:
-            prod = idx.producer.get(node.input[0])
-            if prod is None or node_key(prod) not in plan.quantized:
-                continue
+        prod = idx.producer.get(node.input[0])
+        if not follows_quantized(node.op_type, prod is not None and node_key(prod) in plan.quantized):
+            continue
         plan.quantized.add(node_key(node))
-    if target.numerics.scale_type == "float":
+    if float_tail_applies(target):
         _float_tail(graph, idx, plan)
 
     units = _activation_units(structural, plan)
@@ -198,26 +188,14 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
 
 
 def _float_tail(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan) -> None:
-    """On float-scale (CPU) targets, data-movement ops whose outputs no quantized op reads stay float.
+    """On float-scale (CPU) targets, data movement whose outputs no quantized op reads stays float
+    (:func:`npuflow.check.followers.drop_float_tail`, the rule ``check`` places it by)."""
+    nodes = {node_key(n): n for n in graph.node}
 
-    Typically the output head: no integer computation follows, so quantizing only loses
-    precision, and a Concat of differently ranged tensors (YOLOv8's boxes in pixels beside class
-    scores in [0, 1]) would force one scale on both and wipe out the small ones.  NNCF likewise
-    quantizes only the inputs of compute ops.  Accelerator targets keep them: there the output
-    leaves the chip as integers anyway.  Repeated until nothing changes, so a Reshape feeding a
-    float Concat goes float too.
-    """
-    changed = True
-    while changed:
-        changed = False
-        for node in graph.node:
-            key = node_key(node)
-            if key not in plan.quantized or node.op_type not in FLOAT_TAIL_OPS:
-                continue
-            readers = [c for o in node.output if o for c in idx.consumers.get(o, [])]
-            if not any(node_key(c) in plan.quantized for c in readers):
-                plan.quantized.discard(key)
-                changed = True
+    def readers(key: str) -> list[str]:
+        return [node_key(c) for o in nodes[key].output if o for c in idx.consumers.get(o, [])]
+
+    drop_float_tail(plan.quantized, lambda key: nodes[key].op_type, readers)
 
 
 def _add_const(plan: QuantPlan, use: ConstUse) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from ..qdq import DOMAIN
 
 from .kernels import KERNELS
 
@@ -26,6 +31,7 @@ class IntegerExecutor:
         for op in sg["ops"]:
             blobs = {role: blob(name) for role, name in op["blobs"].items()}
             self.steps.append((KERNELS[op["op"]](op["attrs"], blobs), op["inputs"], op["outputs"]))
+        self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
         plan = sg["memory"]
         self.arena_bytes = plan["arena_bytes"]
         self.buffers = {}
@@ -41,42 +47,155 @@ class IntegerExecutor:
         for kernel, ins, outs in self.steps:
             results = kernel([env[i] for i in ins])
             for name, value in zip(outs, results):
-                buf = self.buffers.get(name)
-                if buf is not None and value.shape == buf[3] and value.dtype == buf[2]:
-                    off, count, dtype, shape = buf
-                    view = arena[off:off + count * dtype.itemsize].view(dtype).reshape(shape)
-                    np.copyto(view, value)
-                    value = view
-                env[name] = value
+                env[name] = value = self._place(arena, name, value)
                 if dump is not None:
                     dump(name, value)
         return {o: env[o] for o in self.outputs}
+
+    def run_op(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the one op made from ONNX node ``name`` on ``feeds`` (its input tensors by name).
+
+        The same prepared kernel as :meth:`run`, fed from the caller instead of the arena: a
+        layer-wise check (each op on a reference's integer inputs) then sees one op's own
+        arithmetic, without differences carried in from the ops before it.
+        """
+        kernel, ins, outs = self.steps[self.op_index[name]]
+        return {o: np.array(v) for o, v in zip(outs, kernel([feeds[i] for i in ins]))}
+
+    def _place(self, arena: np.ndarray, name: str, value: np.ndarray) -> np.ndarray:
+        """Where ``name`` lives from now on: its planned bytes in the arena, or its own memory.
+
+        Kernels of data-movement ops (Reshape, Flatten, Squeeze, Unsqueeze, Slice, Gather,
+        Transpose of unit axes) may return a view of their input.  The plan gives that input's
+        bytes to a later tensor once the input is dead, so a tensor outside the plan (a subgraph
+        output) that still views the arena would be overwritten by a later op of this subgraph
+        before the caller reads it: it gets its own copy instead.
+        """
+        buf = self.buffers.get(name)
+        if buf is not None and value.shape == buf[3] and value.dtype == buf[2]:
+            off, count, dtype, shape = buf
+            view = arena[off:off + count * dtype.itemsize].view(dtype).reshape(shape)
+            np.copyto(view, value)
+            return view
+        if np.may_share_memory(value, arena):
+            return value.copy()
+        return value
 
 
 class OnnxExecutor:
     """Runs one CPU subgraph (plain ONNX with the quantized model's own Q/DQ) on ONNX Runtime.
 
-    Graph optimisations are limited to the basic level so that ONNX Runtime does not fuse Q/DQ
-    pairs into QLinear kernels with a different requantisation than the reference.  CPU
+    The optimisation level follows the model's scales.  With power-of-two scales ONNX Runtime's
+    float execution of Q/DQ is exact and is the reference the integer programs equal bit for bit,
+    so graph optimisations stop at the basic level (no fusion of Q/DQ into QLinear kernels).
+    With float scales the float execution and ORT's default one (QDQ fused into integer
+    ``QLinear*`` kernels, what users run) differ by many steps after steep activations (YOLOv8n:
+    239 of 268 integer tensors beyond one step); the integer programs follow the default one
+    (``numerics.requantize_float``), so CPU subgraphs run at ORT's default level too.  CPU
     subgraphs are small (a few nodes between accelerator parts), so each session runs on one
     thread by default: a thread pool per subgraph costs more in wake-ups than it gains.
     """
 
     def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1) -> None:
+        model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if _float_scaled(model)
+                                         else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
 
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, {k: feeds[k] for k in self.inputs})
-        result = dict(zip(self.outputs, values))
+        carried = self.carried
+        ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
+        values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
+        result = {o: _from_carrier(v, carried.get(o)) for o, v in zip(self.outputs, values)}
         if dump is not None:
             for name, value in result.items():
                 if value.dtype.kind in "iu":
                     dump(name, value)
         return result
+
+
+def _float_scaled(model: onnx.ModelProto) -> bool:
+    """Whether some quantize/dequantize step of the model has a scale that is not a power of two."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if len(node.input) > 1 and node.input[1] in inits and (
+                node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.domain == DOMAIN):
+            if nm.fix_pos_of(numpy_helper.to_array(inits[node.input[1]])) is None:
+                return True
+    return False
+
+
+def _carriers() -> dict[int, int]:
+    """Tensor types ONNX Runtime's Python API cannot exchange as numpy arrays ("No corresponding
+    Numpy type", "Numpy_type 259"), each with the type that carries its values exactly across the
+    boundary: every type onnx maps to an ``ml_dtypes`` scalar (float8/6/4, int4/int2, bfloat16)."""
+    table = {}
+    for value in TensorProto.DataType.values():
+        if value == TensorProto.UNDEFINED:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(value)
+        if dtype.type.__module__.startswith("ml_dtypes"):
+            name = dtype.name
+            table[value] = (TensorProto.UINT8 if name.startswith("uint") else
+                            TensorProto.INT8 if name.startswith("int") else TensorProto.FLOAT)
+    return table
+
+
+_CARRIERS = _carriers()
+
+Carried = dict[str, tuple[str, np.dtype, np.dtype]]  # name -> (carrier name, real dtype, carrier dtype)
+
+
+def _carry_unexchangeable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Carried]:
+    """Give every float8/int4/int2 input and output of a CPU subgraph an exact carrier type.
+
+    A float8, int4 or int2 tensor crossing a subgraph boundary (a quantize step on one side, its
+    dequantize step or a graph output on the other) travels as float32 / int8 values, which hold
+    every such value exactly; ``Cast`` nodes inside the ONNX model convert at the edge, and the
+    executor converts the carrier back to the real (ml_dtypes) numpy type, so the rest of the
+    runtime, the dumps and the caller see the tensor's declared type.
+    """
+    carried: Carried = {}
+    graph = model.graph
+    for vi in [*graph.input, *graph.output]:
+        real = vi.type.tensor_type.elem_type
+        if real in _CARRIERS:
+            carrier = _CARRIERS[real]
+            carried[vi.name] = (f"{vi.name}__carrier", helper.tensor_dtype_to_np_dtype(real),
+                                helper.tensor_dtype_to_np_dtype(carrier))
+    if not carried:
+        return model, carried
+    input_names = {vi.name for vi in graph.input}
+    casts_in, casts_out = [], []
+    for vi in [*graph.input, *graph.output]:
+        if vi.name not in carried:
+            continue
+        name, carrier_name, real = vi.name, carried[vi.name][0], vi.type.tensor_type.elem_type
+        vi.type.tensor_type.elem_type = _CARRIERS[real]
+        if name in input_names and any(o.name == name for o in graph.output):
+            carried[name] = (name, *carried[name][1:])  # passed straight through, as its carrier
+            continue
+        vi.name = carrier_name
+        if name in input_names:
+            casts_in.append(helper.make_node("Cast", [carrier_name], [name], name=f"{name}__to_real", to=real))
+        else:
+            casts_out.append(helper.make_node("Cast", [name], [carrier_name], name=f"{name}__to_carrier",
+                                              to=_CARRIERS[real]))
+    nodes = [*casts_in, *graph.node, *casts_out]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model, carried
+
+
+def _to_carrier(value: np.ndarray, carried: tuple | None) -> np.ndarray:
+    return value if carried is None else np.asarray(value).astype(carried[2])
+
+
+def _from_carrier(value: np.ndarray, carried: tuple | None) -> np.ndarray:
+    return value if carried is None else np.asarray(value).astype(carried[1])

@@ -89,8 +89,8 @@ def make_epilogue(ep: dict, axis: int, ndim: int) -> Callable[[np.ndarray], np.n
     mode = ep["mode"]
     zp = ep["zp"]
     rnd = ep["round"]
-    if mode in ("shift", "fixed"):
-        shift = _per_channel(ep["shift"], axis, ndim)
+    if mode in ("shift", "fixed", "scale"):
+        shift = _per_channel(ep.get("shift", 0), axis, ndim)
         mult = _per_channel(ep.get("multiplier", 1), axis, ndim)
         lo, hi = qmin, qmax
         for a, b in ep.get("clamps", []):
@@ -99,6 +99,8 @@ def make_epilogue(ep: dict, axis: int, ndim: int) -> Callable[[np.ndarray], np.n
         def run(acc: np.ndarray) -> np.ndarray:
             if mode == "shift":
                 y = nm.shift_round(acc, shift, rnd)
+            elif mode == "scale":
+                y = nm.requantize_float(acc, mult, rnd)
             else:
                 y = nm.requantize_fixed_point(acc, mult, shift, rnd)
             if zp:
@@ -289,14 +291,15 @@ def prepare_conv(attrs: dict, blobs: dict) -> Kernel:
     late_bias = None if fold or not np.any(bias) else bias.reshape(1, cout, 1, 1)
     epilogue = make_epilogue(attrs["epilogue"], 1, 4)
     accumulate = _conv_accumulator(w, bias if fold and np.any(bias) else None, attrs, attrs["in_dtype"])
+    in_shape, out_shape = attrs["in_shape"], attrs["out_shape"]  # a 1-D conv runs as 2-D with H = 1
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        acc = accumulate(inputs[0])
+        acc = accumulate(inputs[0].reshape(in_shape))
         if shifted:
             acc = acc.astype(np.int64) << lshift
         if late_bias is not None:
             acc = acc + late_bias
-        return [epilogue(acc)]
+        return [epilogue(acc).reshape(out_shape)]
 
     return run
 
@@ -375,10 +378,50 @@ def prepare_matmul2(attrs: dict, blobs: dict) -> Kernel:
     return run
 
 
+def _float_eltwise(attrs: dict, blobs: dict) -> Kernel:
+    """Float-scale ``Add``/``Sub``/``Mul`` as ONNX Runtime runs the model: dequantize both operands
+    to float32, combine in float32, fused chain and quantize step (``make_float_finish``)."""
+    mode, ops, scales = attrs["mode"], attrs["operands"], attrs["dequant"]
+    finish = make_float_finish(attrs["epilogue"])
+    consts = {o["const"]: nm.dequantize(blobs[o["const"]], s, o["zp"]) for o, s in zip(ops, scales) if "const" in o}
+
+    def operand(k: int, inputs: list[np.ndarray]) -> np.ndarray:
+        spec = ops[k]
+        return consts[spec["const"]] if "const" in spec else nm.dequantize(inputs[spec["input"]], scales[k], spec["zp"])
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        a, b = operand(0, inputs), operand(1, inputs)
+        return [finish(a + b if mode == "add" else a - b if mode == "sub" else a * b)]
+
+    return run
+
+
+def _qlinear_add(attrs: dict, blobs: dict) -> Kernel:
+    """Float-scale ``Add`` as ONNX Runtime's fused ``QLinearAdd`` computes it."""
+    spec, ops = attrs["qlinear"], attrs["operands"]
+    dt = np.dtype(spec["out_dtype"])
+    bits, signed = dt.itemsize * 8, dt.kind == "i"
+    (sa, sb), (za, zb), (a_scalar, b_scalar) = spec["scales"], spec["zps"], spec["scalar"]
+
+    def operand(k: int, inputs: list[np.ndarray]) -> np.ndarray:
+        return blobs[ops[k]["const"]] if "const" in ops[k] else inputs[ops[k]["input"]]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        c = nm.qlinear_add(operand(0, inputs), sa, za, operand(1, inputs), sb, zb, spec["out_scale"],
+                           spec["out_zp"], a_scalar=a_scalar, b_scalar=b_scalar)
+        return [nm.saturate(c, bits, signed)]
+
+    return run
+
+
 def prepare_eltwise(attrs: dict, blobs: dict) -> Kernel:
+    if "qlinear" in attrs:
+        return _qlinear_add(attrs, blobs)
+    if "dequant" in attrs:
+        return _float_eltwise(attrs, blobs)
     mode = attrs["mode"]
     align = attrs["align"]
-    mults = attrs.get("scale_mult")
+    mults = attrs.get("scale_mult")  # files compiled before float-scale eltwise followed ORT
     ndim = len(attrs["out_shape"])
     epilogue = make_epilogue(attrs["epilogue"], 1 % ndim, ndim)
     consts = {k: v.astype(np.int64) for k, v in blobs.items()}
@@ -426,14 +469,49 @@ def prepare_maxpool(attrs: dict, blobs: dict) -> Kernel:
     return run
 
 
-def prepare_avgpool(attrs: dict, blobs: dict) -> Kernel:
-    ys = attrs["out_shape"]
-    kernel, strides, dil, pads = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"]
-    real = attrs.get("real_pads", pads)
-    zp = attrs["x_zp"]
+def _qlinear_global_avgpool(attrs: dict) -> Kernel:
+    """ORT's ``QLinearGlobalAveragePool``: the exact integer sum of ``q - zp`` requantised by
+    MLAS with the float32 multiplier ``x_scale / (y_scale * H*W)``."""
     ep = attrs["epilogue"]
-    scale = np.float32(ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0])
-    finish = make_float_finish(ep)
+    bits, signed = _out_type(ep)
+    x_scale = ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        count = x.shape[2] * x.shape[3]
+        acc = (x.astype(np.int64) - attrs["x_zp"]).sum(axis=(2, 3), keepdims=True)
+        mult = np.float32(x_scale) / (np.float32(ep["scale"]) * np.float32(count))
+        return [nm.saturate(nm.requantize_float(acc, mult) + ep["zp"], bits, signed)]
+
+    return run
+
+
+def _qlinear_avgpool(attrs: dict, count_map: Callable) -> Kernel:
+    """ORT's ``QLinearAveragePool``: dequantized values summed in float32 window row by window
+    row, divided by the window count in float32, then :func:`numerics.quantize_pooled`."""
+    ep = attrs["epilogue"]
+    bits, signed = _out_type(ep)
+    x_scale = ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0]
+    ys, pads = attrs["out_shape"], attrs["pads"]
+    kernel, strides, dil = attrs["kernel"], attrs["strides"], attrs["dilations"]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        xp = _pad_nchw(nm.dequantize(x, x_scale, attrs["x_zp"]), pads)
+        s = None
+        for _, _, view in _taps(xp, kernel, strides, dil, (ys[2], ys[3])):
+            s = view.copy() if s is None else s + view
+        v = s / count_map(*x.shape[2:])
+        return [nm.quantize_pooled(v, ep["scale"], ep["zp"], bits, signed)]
+
+    return run
+
+
+def _count_maps(attrs: dict) -> Callable[[int, int], np.ndarray]:
+    """Window element counts per output position (``count_include_pad`` and ceil-mode aware)."""
+    ys, pads = attrs["out_shape"], attrs["pads"]
+    kernel, strides, dil = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    real = attrs.get("real_pads", pads)
     include = attrs["count_include_pad"]
     counts: dict[tuple, np.ndarray] = {}
 
@@ -450,6 +528,23 @@ def prepare_avgpool(attrs: dict, blobs: dict) -> Kernel:
                 c = view.copy() if c is None else c + view
             counts[key] = c.astype(np.float32)
         return counts[key]
+
+    return count_map
+
+
+def prepare_avgpool(attrs: dict, blobs: dict) -> Kernel:
+    qlinear = attrs.get("qlinear")
+    if qlinear == "global":
+        return _qlinear_global_avgpool(attrs)
+    count_map = _count_maps(attrs)
+    if qlinear == "window":
+        return _qlinear_avgpool(attrs, count_map)
+    ys = attrs["out_shape"]
+    kernel, strides, dil, pads = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    zp = attrs["x_zp"]
+    ep = attrs["epilogue"]
+    scale = np.float32(ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0])
+    finish = make_float_finish(ep)
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]

@@ -11,6 +11,7 @@ Listeners (``add_listener``) receive one :class:`SubgraphEvent` per subgraph run
 Dump mode (``run(..., dump_dir=DIR)``) writes every integer tensor as ``DIR/<name>.npy`` with
 names as in ``quantized_model.onnx`` (``/`` and other unsafe characters become ``_``) and an
 ``index.json`` mapping tensor names to files, like Vitis AI's ``XLNX_ENABLE_DUMP``.
+``run_op(name, inputs)`` runs one accelerator op on given integer inputs (layer-wise checks).
 """
 
 from __future__ import annotations
@@ -186,3 +187,38 @@ class Session:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         names = output_names or [t.name for t in self._outputs]
         return {n: env[n] for n in names}
+
+    def run_op(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one accelerator op (named by its core ONNX node) on given integer inputs.
+
+        Returns ``{output tensor: array}``.  This is the layer-wise mode of rknn-toolkit2's
+        accuracy analysis and of Vitis AI's per-layer dump comparison: fed the inputs a reference
+        (ONNX Runtime on the quantized ONNX) computed for it, an op's outputs show its own
+        arithmetic error, not the error it inherits from the ops before it.
+        """
+        executor, op = self._find_op(name)
+        return executor.run_op(name, self._validate_op_inputs(op, inputs))
+
+    def _find_op(self, name: str) -> tuple[IntegerExecutor, dict]:
+        for sg, ex in zip(self._subgraphs, self._executors):
+            if isinstance(ex, IntegerExecutor) and name in ex.op_index:
+                return ex, sg["ops"][ex.op_index[name]]
+        ops = [n for ex in self._executors if isinstance(ex, IntegerExecutor) for n in ex.op_index]
+        raise NpuflowError("NPF_RUNTIME_UNKNOWN_OP", name=name, count=len(ops), some=", ".join(ops[:5]))
+
+    def _validate_op_inputs(self, op: dict, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The op's inputs, checked against the compiled tensors (the same codes as :meth:`run`)."""
+        tensors = self.compiled.manifest["tensors"]
+        feeds = {}
+        for t in op["inputs"]:
+            if t not in inputs:
+                raise NpuflowError("NPF_RUNTIME_MISSING_INPUT", name=t, inputs=", ".join(op["inputs"]))
+            a, info = inputs[t], tensors[t]
+            dtype = getattr(a, "dtype", None)
+            if not isinstance(a, np.ndarray) or dtype != np.dtype(info["dtype"]):
+                raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=t, expected=info["dtype"],
+                                   got=str(dtype) if dtype is not None else type(a).__name__)
+            if tuple(a.shape) != tuple(info["shape"]):
+                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t, got=list(a.shape), expected=list(info["shape"]))
+            feeds[t] = np.ascontiguousarray(a)
+        return feeds

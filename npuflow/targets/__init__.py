@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from .. import safe_yaml
 from ..errors import NpuflowError
 from .spec import Target
 
@@ -34,20 +35,23 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-#: libyaml's loader when available: the pure-Python one takes seconds for all bundled targets.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A target file's data merged over its ``base:`` chain (``chain``: the files that named
+    this one as their base, to refuse a loop instead of recursing until Python gives up)."""
     try:
-        data = yaml.load(path.read_text(), Loader=_LOADER)  # noqa: S506  (a safe loader)
-    except (OSError, yaml.YAMLError) as exc:
+        data = safe_yaml.load(path.read_text())
+    except (OSError, yaml.YAMLError, ValueError) as exc:
         raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason=str(exc)) from None
     if not isinstance(data, dict):
         raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason="not a mapping")
     base = data.pop("base", None)
     if base:
-        data = _deep_merge(_read_yaml(path.parent / base), data)
+        base_path = path.parent / str(base)
+        seen = (*chain, path)
+        if any(base_path.resolve() == p.resolve() for p in seen):
+            loop = " -> ".join(p.name for p in (*seen, base_path))
+            raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason=f"its base chain is a loop: {loop}")
+        data = _deep_merge(_read_yaml(base_path, seen), data)
     return data
 
 

@@ -15,6 +15,8 @@ import operator
 from functools import lru_cache
 from typing import Callable, Mapping
 
+from ..errors import NpuflowError
+
 _BINOPS: dict[type, Callable] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
     ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
@@ -29,8 +31,18 @@ _FUNCS: dict[str, Callable] = {
 }
 
 
+#: Largest value a formula may compute, in bits: limits compare layer and hardware sizes, and
+#: without a bound ``9**9**9**9`` keeps the checker busy for ever.
+MAX_BITS = 4096
+
+
 class ExprError(ValueError):
     """A formula that does not parse, uses something not allowed, or names an unknown value."""
+
+
+class ExprBoundError(ExprError):
+    """A formula whose value would exceed :data:`MAX_BITS` (or repeat a string): refused before
+    the arithmetic runs, because Python's integers would grow without limit."""
 
 
 @lru_cache(maxsize=4096)
@@ -51,14 +63,33 @@ def compile_expr(text: str) -> ast.Expression:
             raise ExprError(f"{text!r}: {type(node).__name__} is not allowed in a limit formula")
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, bool, str)):
             raise ExprError(f"{text!r}: only numbers and strings may appear as constants")
+    _check_constant_parts(tree, str(text))
     return tree
+
+
+def _check_constant_parts(tree: ast.Expression, text: str) -> None:
+    """Evaluate every part without names now, so a target file whose constants break
+    :data:`MAX_BITS` is refused when it is loaded (other failures surface where they did)."""
+    for node in ast.walk(tree.body):
+        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Call)) and not any(
+                isinstance(n, ast.Name) and not (isinstance(node, ast.Call) and n is node.func) for n in ast.walk(node)):
+            try:
+                _eval(node, {}, text)
+            except ExprBoundError:
+                raise
+            except (ExprError, ArithmeticError, TypeError, ValueError):
+                pass
 
 
 def evaluate(text: str | int | float, names: Mapping[str, float]) -> float | bool:
     """Value of a formula (numbers pass through unchanged)."""
     if isinstance(text, (int, float)):
         return text
-    return _eval(compile_expr(text).body, names, str(text))
+    try:
+        return _eval(compile_expr(text).body, names, str(text))
+    except ExprBoundError as exc:
+        reason = str(exc).removeprefix(f"{str(text)!r}: ")
+        raise NpuflowError("NPF_TARGET_FORMULA_BOUND", expr=str(text), reason=reason) from None
 
 
 def names_in(text: str | int | float) -> set[str]:
@@ -78,7 +109,7 @@ def _eval(node: ast.AST, names: Mapping[str, float], text: str):
             raise ExprError(f"{text!r}: unknown name {node.id!r}")
         return names[node.id]
     if isinstance(node, ast.BinOp):
-        return _BINOPS[type(node.op)](_eval(node.left, names, text), _eval(node.right, names, text))
+        return _arith(node.op, _eval(node.left, names, text), _eval(node.right, names, text), text)
     if isinstance(node, ast.UnaryOp):
         value = _eval(node.operand, names, text)
         if isinstance(node.op, ast.USub):
@@ -98,5 +129,23 @@ def _eval(node: ast.AST, names: Mapping[str, float], text: str):
             left = right
         return True
     if isinstance(node, ast.Call):
-        return _FUNCS[node.func.id](*[_eval(a, names, text) for a in node.args])
+        try:
+            return _FUNCS[node.func.id](*[_eval(a, names, text) for a in node.args])
+        except OverflowError:
+            raise ExprBoundError(f"{text!r}: {node.func.id}() of a value out of range") from None
     raise ExprError(f"{text!r}: unsupported expression")
+
+
+def _arith(op: ast.operator, a, b, text: str):
+    """``a op b`` within :data:`MAX_BITS`, checked before computing where Python would not stop."""
+    if isinstance(a, str) or isinstance(b, str):
+        raise ExprBoundError(f"{text!r}: strings cannot take part in arithmetic")
+    if isinstance(op, ast.Pow) and abs(a) > 1 and b > 0 and b * math.log2(abs(a)) > MAX_BITS:
+        raise ExprBoundError(f"{text!r}: {a} ** {b} exceeds {MAX_BITS} bits")
+    try:
+        value = _BINOPS[type(op)](a, b)
+    except OverflowError:
+        raise ExprBoundError(f"{text!r}: a value exceeds the float range") from None
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        raise ExprBoundError(f"{text!r}: a value exceeds {MAX_BITS} bits")
+    return value

@@ -44,7 +44,7 @@ def test_sensitivity_ranking_is_deterministic_and_json_complete(quantized, digit
     assert len(weighted) == 5 and names[:5] == weighted
     assert {lp.op_type for lp in layer_points(quantized.model) if lp.layer is None} == {"MaxPool", "Reshape"}
     data = json.loads(a.to_json())
-    assert set(data) == {"metric", "float_score", "quantized_score", "layers"}
+    assert set(data) == {"metric", "float_score", "quantized_score", "layers", "skipped"} and data["skipped"] == []
     assert all(set(l) == {"layer", "op_type", "float_only", "quant_only", "gain", "floated_with"} for l in data["layers"])
     assert data["float_score"] == pytest.approx(1.0)
     gains = [l["gain"] for l in data["layers"]]

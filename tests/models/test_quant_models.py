@@ -93,7 +93,8 @@ def _edit_distance(a: str, b: str) -> int:
 def test_ppocr_rec_calibrates_on_varying_widths_and_keeps_metadata(models):
     words = ["hello world", "npuflow 2026", "quantize", "OCR line 42", "Vitis AI", "Horizon", "int8", "abc"]
     calib = [_text_line(w, width) for w, width in zip(words, [160, 240, 320, 200, 280, 160, 320, 240])]
-    q = npuflow.quantize(str(models.ppocr_rec()), calib, target="cpu-int8", input_shapes={"x": [1, 3, 48, 320]})
+    q = npuflow.quantize(str(models.ppocr_rec()), calib, target="cpu-int8", input_shapes={"x": [1, 3, 48, 320]},
+                         config={"calib_dynamic_dims": True})
     meta = {p.key: p.value for p in q.model.metadata_props}
     src = {p.key: p.value for p in onnx.load(str(models.ppocr_rec())).metadata_props}
     assert meta["character"] == src["character"]

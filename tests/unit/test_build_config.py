@@ -173,14 +173,15 @@ def test_calibration_file_errors_name_the_file(project, capsys):
     assert code == 2 and "ERROR [NPF_BUILD_CALIB_IMAGE]" in out and "cat.jpg" in out
 
 
-def test_failed_build_leaves_no_artifact(project, capsys):
+def test_failed_build_leaves_the_earlier_build_untouched(project, capsys):
     out_dir = project / "out"
     out_dir.mkdir()
-    (out_dir / "tiny.npuf").write_bytes(b"stale from an earlier build")
+    (out_dir / "tiny.npuf").write_bytes(b"from an earlier build")
     code, _ = _build(capsys, _write(project, _edit(calibration_parameters={"cal_data_dir": "nowhere"})))
     assert code == 2
     left = sorted(p.name for p in out_dir.iterdir())
-    assert left == ["npuflow_build.log"], left
+    assert left == ["npuflow_build.log", "tiny.npuf"], left
+    assert (out_dir / "tiny.npuf").read_bytes() == b"from an earlier build"
     assert "NPF_BUILD_CALIB_DIR_NOT_FOUND" in (out_dir / "npuflow_build.log").read_text()
 
 

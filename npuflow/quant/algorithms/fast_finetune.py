@@ -132,10 +132,10 @@ def fast_finetune(
         before = prob.error(nearest)
         key = _cache_key(prob, st)
         path = cache / key[:2] / f"{key}.npz"
-        cached = path.exists()
-        if cached:
-            data = np.load(path)
-            codes, bias = data["codes"], data["bias"]
+        hit = _load(path, nearest.shape, prob.b.shape)
+        cached = hit is not None
+        if hit is not None:
+            codes, bias = hit
         else:
             if st.method == "adaround":
                 codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
@@ -262,6 +262,25 @@ def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:
     h.update(f"{p.qmin},{p.qmax}".encode())
     h.update(json.dumps(st.key(), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _load(path: Path, codes_shape: tuple[int, ...], bias_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cached layer result, or ``None`` when there is none.  A truncated or foreign file (a
+    killed writer, a full disk, someone else's file) is discarded with a warning: the layer is
+    solved again instead of failing every later quantization until the cache is cleared by hand."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            codes, bias = np.asarray(data["codes"]), np.asarray(data["bias"])
+        if codes.shape != codes_shape or bias.size != int(np.prod(bias_shape)):
+            raise ValueError(f"codes {codes.shape} / bias {bias.shape}, expected {codes_shape} / {bias_shape}")
+        return codes, bias.reshape(bias_shape)
+    except Exception as exc:  # noqa: BLE001  (np.load raises ValueError, OSError, EOFError, zipfile errors, KeyError)
+        log.warning("fast-finetune cache entry %s is unreadable (%s: %s); discarded, the layer is solved again",
+                    path, type(exc).__name__, exc)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _save(path: Path, codes: np.ndarray, bias: np.ndarray) -> None:

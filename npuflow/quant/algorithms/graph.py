@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ...model import tensor_elem_types
+from ...model import outer_reads, tensor_elem_types
 from ..calibrate import run_ahead
 
 Feed = Mapping[str, np.ndarray]
@@ -161,7 +161,7 @@ def upstream(model: onnx.ModelProto, names: Sequence[str], known: Iterable[str] 
         if node is not None and t not in known and id(node) not in keep:
             keep.add(id(node))
             stack.extend(i for i in node.input if i)
-            stack.extend(_subgraph_reads(node))
+            stack.extend(outer_reads(node))
     types = tensor_elem_types(model)
 
     def value_info(t: str) -> onnx.ValueInfoProto:
@@ -176,16 +176,6 @@ def upstream(model: onnx.ModelProto, names: Sequence[str], known: Iterable[str] 
     )
     return helper.make_model(graph, opset_imports=model.opset_import, functions=model.functions,
                              ir_version=model.ir_version)
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
-    reads = []
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in g.node:
-                reads.extend(i for i in n.input if i)
-                reads.extend(_subgraph_reads(n))
-    return reads
 
 
 def session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSession:

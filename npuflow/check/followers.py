@@ -1,0 +1,66 @@
+"""Where the quantizer quantizes data movement: one rule for ``check`` and ``quant`` (issues 16/17).
+
+Data-movement ops compute nothing; the quantizer quantizes them only where integers flow anyway,
+so ``check`` must place them by the same rule or ``compile`` finds accelerator nodes left in float
+(which it runs on the CPU).  Two parts, both applied by ``quant/plan.py`` when it builds the plan
+and by :mod:`.api` on float models:
+
+* a follower (:data:`FOLLOWERS`) is quantized only when the op feeding its data input is (as ONNX
+  Runtime's quantizer does): a Reshape after a float Softmax stays float instead of quantizing
+  probabilities, one fed from the CPU or a graph input stays on the CPU;
+* on float-scale targets (:func:`float_tail_applies`) data movement whose outputs no quantized op
+  reads stays float (:func:`drop_float_tail`): quantizing the output head only loses precision.
+
+``quant`` imports this module, never the reverse.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable, Iterable, TypeVar
+
+from ..targets import Target
+
+#: Ops whose output takes the input's scale (exact on integers).
+PASS_THROUGH = frozenset({"MaxPool", "GlobalMaxPool", "Relu", "Reshape", "Transpose", "Flatten", "Squeeze",
+                          "Unsqueeze", "Slice", "Split", "Pad"})
+#: Data-movement ops quantized only when their input comes from a quantized op.
+FOLLOWERS = PASS_THROUGH | {"Resize"}
+#: Ops left float on float-scale targets when no quantized op reads them (:func:`drop_float_tail`).
+#: Not ``Relu``: fused into its producer it is where that output gets quantized, and a float one
+#: would move the quantize step onto the raw, wider producer output.
+FLOAT_TAIL_OPS = (FOLLOWERS | {"Concat"}) - {"Relu"}
+
+K = TypeVar("K", bound=Hashable)
+
+
+def follows_quantized(op_type: str, producer_quantized: bool) -> bool:
+    """Whether an op may be quantized given whether its data input's producer is (a control-flow
+    node or a graph input is not: both are float)."""
+    return op_type not in FOLLOWERS or producer_quantized
+
+
+def float_tail_applies(target: Target) -> bool:
+    """The float tail is for float-scale targets (CPU-like numerics); on power-of-two targets
+    the output leaves the accelerator as integers anyway."""
+    return target.numerics.scale_type == "float"
+
+
+def drop_float_tail(quantized: set[K], op_type: Callable[[K], str], readers: Callable[[K], Iterable[K]]) -> list[K]:
+    """Remove from ``quantized`` the :data:`FLOAT_TAIL_OPS` nodes no quantized node reads, until
+    nothing changes (a Reshape feeding a float Concat goes float too); returns them.
+
+    Typically the output head: no integer computation follows, and a Concat of differently
+    ranged tensors (YOLOv8's boxes in pixels beside class scores in [0, 1]) would force one scale
+    on both and wipe out the small ones.  NNCF likewise quantizes only the inputs of compute ops.
+    The result does not depend on the order nodes are visited (removal only ever removes more).
+    """
+    dropped: list[K] = []
+    changed = True
+    while changed:
+        changed = False
+        for key in list(quantized):
+            if op_type(key) in FLOAT_TAIL_OPS and not any(r in quantized for r in readers(key)):
+                quantized.discard(key)
+                dropped.append(key)
+                changed = True
+    return dropped

@@ -1,0 +1,285 @@
+"""Which nodes the integer compiler lowers: one answer for ``check`` and ``compile`` (issue 17).
+
+A node the checker places on the accelerator must be one ``compile`` turns into an integer op, by
+construction: the checker (:mod:`.api`) and the compiler (``compiler/lowering.py``) both ask
+:func:`lowering_limit` before anything else, so neither can accept a node the other refuses for a
+reason of the graph.  The answer depends on the graph alone: the op type, its attributes, the
+ranks, static shapes and element types of its tensors, which operands are constants, and, in a
+quantized model, whether the quantizer quantized the node at all (its data comes through
+dequantize steps and leaves through a quantize step; a node it left in float runs in float, on
+the CPU).  *How* a tensor is quantized (per channel, bit width, zero point) is the quantizer's
+contract with the target (``quant/legalize.py``), not a placement question.
+
+Both sides see the graph through :class:`Tensors`; the compiler may import this module, never
+the reverse (``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+#: ONNX ops with an integer lowering (the keys of ``compiler.lowering.LOWERINGS``).
+LOWERED_OPS = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "MaxPool", "GlobalMaxPool",
+    "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
+    "Pad", "Resize", "Split",
+})
+#: Elementwise ops lowered as a lookup table alone, or as the epilogue of the layer before them
+#: (``compiler.epilogue.UNARY_OPS``).
+TABLE_OPS = frozenset({
+    "Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
+    "Elu", "Selu", "Softplus", "Neg", "Abs", "Identity",
+})
+#: Float ops the float passes rewrite into lowered ones before quantization.
+REWRITTEN_OPS = frozenset({"BatchNormalization"})  # folded into its layer, or a 1x1 depthwise Conv
+#: Inputs that carry data; the others (shapes, pads, scales, bounds) must be constants.
+_DATA_INPUT0 = frozenset({"Reshape", "Slice", "Pad", "Resize", "Split", "Squeeze", "Unsqueeze", "Clip"})
+_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
+#: Types of the quantize/dequantize steps an integer program reads and writes (not int4/float8).
+INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
+                           TensorProto.INT32})
+_MAX_CHAIN = 8
+
+
+class Tensors(Protocol):
+    """The graph questions :func:`lowering_limit` asks (the checker's and the compiler's index)."""
+
+    quantized: bool  # a QDQ model: nodes the quantizer left in float are not lowered
+
+    def shape(self, name: str) -> list[int] | None: ...
+
+    def value(self, name: str) -> np.ndarray | None:
+        """A constant's value (through Q/DQ steps: the stored integers), else ``None``."""
+
+    def elem_type(self, name: str) -> int | None: ...
+
+    def producer_node(self, name: str) -> onnx.NodeProto | None: ...
+
+    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]: ...
+
+    def is_graph_output(self, name: str) -> bool: ...
+
+    def is_quantize(self, node: onnx.NodeProto) -> bool: ...
+
+    def is_dequantize(self, node: onnx.NodeProto) -> bool: ...
+
+
+def lowering_limit(node: onnx.NodeProto, t: Tensors) -> str | None:
+    """Why ``node`` cannot become an integer op whatever its quantization, or ``None``."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return f"{node.domain}:{op} has no integer lowering"
+    if op in REWRITTEN_OPS:
+        return _batchnorm(node, t) if not t.quantized else (
+            f"{op} has no integer lowering in a quantized model (npuflow's float passes turn it into a "
+            f"convolution before quantizing)")
+    if op not in LOWERED_OPS | TABLE_OPS:
+        return f"{op} has no integer lowering"
+    return _types(node, t) or _static(node, t) or _OP_LIMITS.get(op, _no_limit)(node, t) or \
+        (_quantized_io(node, t) if t.quantized else None)
+
+
+def _data_inputs(node: onnx.NodeProto) -> list[str]:
+    ins = node.input[:1] if node.op_type in _DATA_INPUT0 else node.input
+    return [i for i in ins if i]
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            v = helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
+def _no_limit(node: onnx.NodeProto, t: Tensors) -> None:
+    return None
+
+
+def _types(node: onnx.NodeProto, t: Tensors) -> str | None:
+    """The accelerator computes on quantized real numbers: integer and bool tensors (indices,
+    masks, shape arithmetic) stay with the CPU."""
+    for name in [*_data_inputs(node), *(o for o in node.output if o)]:
+        et = t.elem_type(name)
+        if et is not None and et not in _FLOAT_TYPES:
+            return (f"{node.op_type} computes on {_type_name(et)} tensor {name!r}; the accelerator computes only on "
+                    f"quantized real-valued tensors")
+    return None
+
+
+def _type_name(elem_type: int) -> str:
+    return TensorProto.DataType.Name(elem_type).lower()
+
+
+def _static(node: onnx.NodeProto, t: Tensors) -> str | None:
+    for name in [*_data_inputs(node)[:1], *(o for o in node.output if o)]:
+        if t.value(name) is not None:
+            continue
+        s = t.shape(name)
+        if s is None or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in s):
+            return f"tensor {name!r} has no static shape"
+    return None
+
+
+def _weight_rank(node: onnx.NodeProto, t: Tensors, ranks: tuple[int, ...], what: str) -> str | None:
+    w = t.value(node.input[1])
+    if w is None:
+        return f"{node.op_type} with weights computed at run time is not lowered"
+    if w.ndim not in ranks:
+        return f"only {what} are lowered ({node.op_type} weights of rank {w.ndim})"
+    return None
+
+
+def _conv(node: onnx.NodeProto, t: Tensors) -> str | None:
+    return _weight_rank(node, t, (3, 4), "1-D and 2-D convolutions")
+
+
+def _conv_transpose(node: onnx.NodeProto, t: Tensors) -> str | None:
+    if _attr(node, "auto_pad", "NOTSET") != "NOTSET" or _attr(node, "output_shape") is not None:
+        return "auto_pad/output_shape on ConvTranspose is not lowered"
+    return _weight_rank(node, t, (4,), "2-D transposed convolutions")
+
+
+def _gemm(node: onnx.NodeProto, t: Tensors) -> str | None:
+    if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+        return "Gemm with transA, alpha or beta is not lowered"
+    if len(t.shape(node.input[0]) or []) != 2:
+        return "Gemm operands must be 2-D"
+    bias = t.value(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
+    if bias is None or bias.ndim != 1:
+        return "Gemm bias must be a 1-D constant"
+    return _weight_rank(node, t, (2,), "2-D Gemm operands")
+
+
+def _matmul(node: onnx.NodeProto, t: Tensors) -> str | None:
+    w = t.value(node.input[1])
+    return "MatMul constant must be 2-D" if w is not None and w.ndim != 2 else None
+
+
+def _pool(node: onnx.NodeProto, t: Tensors) -> str | None:
+    if len(t.shape(node.input[0]) or []) != 4:
+        return "only 2-D pooling is lowered"
+    if len(node.output) > 1 and node.output[1]:
+        return "MaxPool with indices output is not lowered"
+    return None
+
+
+def _constant_params(node: onnx.NodeProto, t: Tensors) -> str | None:
+    for i in node.input[1:]:
+        if i and t.value(i) is None:
+            return f"{node.op_type} parameter {i!r} must be a constant"
+    return None
+
+
+def _pad(node: onnx.NodeProto, t: Tensors) -> str | None:
+    reason = _constant_params(node, t)
+    pads = t.value(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "pads")
+    if reason is None and pads is not None and np.any(np.asarray(pads) < 0):
+        reason = "negative pads are not lowered"
+    return reason
+
+
+def _resize(node: onnx.NodeProto, t: Tensors) -> str | None:
+    mode = _attr(node, "mode", "nearest")
+    if mode != "nearest":
+        return f"Resize mode {mode!r} is not lowered (nearest only)"
+    return _constant_params(node, t)
+
+
+def _div(node: onnx.NodeProto, t: Tensors) -> str | None:
+    divisor = t.value(node.input[1]) if len(node.input) > 1 else None
+    if divisor is None or divisor.size != 1 or (t.quantized and divisor.dtype.kind != "f"):
+        return "Div is lowered only as an activation chain, divided by a float scalar constant"
+    return None
+
+
+_OP_LIMITS: dict[str, Callable[[onnx.NodeProto, Tensors], str | None]] = {
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
+    "MaxPool": _pool, "AveragePool": _pool, "GlobalMaxPool": _pool, "GlobalAveragePool": _pool,
+    "Slice": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div,
+}
+
+
+def _batchnorm(node: onnx.NodeProto, t: Tensors) -> str | None:
+    """A float model's BN: folded into its layer, else written as a 1x1 depthwise convolution
+    (``passes/fold_batchnorm.py``), on a 1-D or 2-D feature map with constant statistics."""
+    if len(t.shape(node.input[0]) or []) not in (3, 4):
+        return "BatchNormalization on a tensor of rank other than 3 or 4 cannot become a convolution"
+    if any(t.value(i) is None for i in node.input[1:5]) or len([o for o in node.output if o]) != 1:
+        return "BatchNormalization with statistics computed at run time (training mode) is not lowered"
+    return _types(node, t)
+
+
+def _quantized_io(node: onnx.NodeProto, t: Tensors) -> str | None:
+    """In a quantized model: data and weights come through dequantize steps (a float constant
+    only as the scalar of an activation chain), results reach quantize steps, all of integer
+    types the programs compute in."""
+    for name in _data_inputs(node):
+        steps = _dequantize_steps(name, t)
+        if steps is None:
+            v = t.value(name)
+            if v is None:
+                return f"input {name!r} is not quantized (it runs in float)"
+            if node.op_type not in TABLE_OPS or v.size != 1:
+                return f"constant {name!r} is not a quantized initializer"
+            continue
+        reason = _step_types(steps, [s.input[0] for s in steps], t)
+        if reason:
+            return reason
+    for o in node.output:
+        steps = _quantize_steps(o, t) if o else []
+        if steps is None:
+            return f"output {o!r} is not quantized (it runs in float)"
+        reason = _step_types(steps, [s.output[0] for s in steps], t)
+        if reason:
+            return reason
+    return None
+
+
+def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: Tensors) -> str | None:
+    for step, name in zip(steps, integers):
+        et = t.elem_type(name)
+        if et is not None and et not in INTEGER_TYPES:
+            return (f"{step.op_type} {step.name!r} works on {_type_name(et)} tensors, which integer programs do "
+                    f"not compute in")
+    return None
+
+
+def _dequantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
+    """The dequantize steps ``tensor`` comes from, directly or through a few elementwise ops
+    (``x * HardSigmoid(x)``: one table over ``x``); ``None`` when it is not all dequantized."""
+    work, steps, seen = [tensor], [], 0
+    while work:
+        p = t.producer_node(work.pop())
+        if p is not None and t.is_dequantize(p):
+            steps.append(p)
+            continue
+        if p is None or p.op_type not in TABLE_OPS or seen > _MAX_CHAIN:
+            return None
+        seen += 1
+        work.extend(i for i in p.input if i and t.value(i) is None)
+    return steps
+
+
+def _quantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
+    """The quantize steps every path from ``tensor`` ends in after at most a few elementwise ops
+    (the fused chain an epilogue or a table computes); ``None`` when one leaves in float."""
+    work, steps, seen = [tensor], [], 0
+    while work:
+        name = work.pop()
+        cons = t.consumer_nodes(name)
+        if t.is_graph_output(name) or not cons or seen > _MAX_CHAIN:
+            return None
+        for c in cons:
+            if t.is_quantize(c):
+                steps.append(c)
+                continue
+            if c.op_type not in TABLE_OPS or len(c.output) != 1:
+                return None
+            seen += 1
+            work.append(c.output[0])
+    return steps
