@@ -140,8 +140,10 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     infos = [classify(node, view, i) for i, node in enumerate(view.nodes)]
     shape_only = _shape_only(view)
     fused = fuse(view, infos, tgt, find_activation_patterns(view, infos))
-    transparent = [infos[i].role == FOLLOWER or shape_only[i] for i in range(n)]
     facts = _ViewFacts(view)
+    # Shape arithmetic follows its neighbours in a float model (the float passes fold it away);
+    # left in a quantized model, it runs at run time on the CPU, where compile keeps it.
+    transparent = [infos[i].role == FOLLOWER or (shape_only[i] and not facts.quantized) for i in range(n)]
 
     device = [CPU] * n
     reasons: list[list[str]] = [[] for _ in range(n)]

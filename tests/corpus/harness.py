@@ -275,7 +275,9 @@ class _CellRun:
         return False
 
     def compile(self, report: dict | None) -> bool:
-        stage, _ = cli(["compile", self.quantized, "-t", self.target, "-o", self.npuf], self.opts.stage_timeout)
+        # a model quantized elsewhere keeps its dynamic dims: freeze them as a user would
+        shapes = _shape_flags(self.entry, "pair") if self.entry.quantized else []
+        stage, _ = cli(["compile", self.quantized, "-t", self.target, "-o", self.npuf, *shapes], self.opts.stage_timeout)
         self.record("compile", stage)
         if stage.status != "ok":
             return False
@@ -350,9 +352,12 @@ class _CellRun:
         (``compare_layerwise_with_ort``, ORT at both optimisation levels), so that one LSB of
         rounding carried through a steep LUT (sigmoid) is not counted as that op's error.
         """
+        from npuflow.model import load
         from tests.compile_check import compare_layerwise_with_ort, reference_values
 
         model = onnx.load(str(self.quantized))
+        if self.entry.quantized and self.entry.input_shapes:  # frozen as compile froze it
+            model = load(model, self.entry.input_shapes)
         feeds = {k: v for k, v in self.samples[0].items() if k in {i.name for i in model.graph.input}}
         if self.cell.scale_type != "power_of_two":
             diffs = compare_layerwise_with_ort(model, feeds, self.target)
