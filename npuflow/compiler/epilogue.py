@@ -114,7 +114,7 @@ def clip_bounds(g: QGraph, chain: list[onnx.NodeProto]) -> list[tuple[float, flo
 
 
 def chain_program(g: QGraph, t0: str, chain: list[onnx.NodeProto]) -> list[dict]:
-    """The chain as JSON steps for :func:`npuflow.runtime.kernels.eval_chain`.
+    """The chain as JSON steps for :func:`npuflow.runtime.epilogues.eval_chain`.
 
     References: ``{"t": name}`` (``t0`` is ``"$x"``) or ``{"c": float32 value}``.
     """

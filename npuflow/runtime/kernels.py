@@ -18,118 +18,9 @@ from typing import Callable
 import numpy as np
 
 from .. import numerics as nm
+from .epilogues import out_type, per_channel, make_epilogue, make_float_finish
 
 Kernel = Callable[[list[np.ndarray]], list[np.ndarray]]
-
-
-# --- epilogues ------------------------------------------------------------------------------
-
-
-def _per_channel(value, axis: int, ndim: int) -> np.ndarray | int | float:
-    if isinstance(value, list):
-        shape = [1] * ndim
-        shape[axis] = -1
-        return np.asarray(value).reshape(shape)
-    return value
-
-
-def eval_chain(v: np.ndarray, steps: list[dict], result: str) -> np.ndarray:
-    """Run a fused float chain (JSON form of :func:`epilogue.chain_program`) in float32."""
-    env = {"$x": v}
-
-    def get(ref):
-        if ref is None:
-            return None
-        return env[ref["t"]] if "t" in ref else np.float32(ref["c"])
-
-    for st in steps:
-        args = [get(r) for r in st["in"]]
-        op, a = st["op"], st["attrs"]
-        x = args[0]
-        if op == "Relu":
-            y = np.maximum(x, np.float32(0))
-        elif op == "Clip":
-            lo = args[1] if len(args) > 1 and args[1] is not None else a.get("min")
-            hi = args[2] if len(args) > 2 and args[2] is not None else a.get("max")
-            y = x
-            if lo is not None:
-                y = np.maximum(y, np.float32(lo))
-            if hi is not None:
-                y = np.minimum(y, np.float32(hi))
-        elif op == "LeakyRelu":
-            y = np.where(x >= 0, x, x * np.float32(a.get("alpha", 0.01)))
-        elif op == "Add":
-            y = x + args[1]
-        elif op == "Sub":
-            y = x - args[1]
-        elif op == "Mul":
-            y = x * args[1]
-        elif op == "Div":
-            y = x / args[1]
-        elif op == "HardSigmoid":
-            y = np.clip(np.float32(a.get("alpha", 0.2)) * x + np.float32(a.get("beta", 0.5)), 0, 1)
-        elif op == "HardSwish":
-            y = x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), 0, 1)
-        else:
-            raise ValueError(f"unsupported chain op {op}")
-        env[st["out"]] = np.asarray(y, dtype=np.float32)
-    return env[result]
-
-
-def _out_type(ep: dict) -> tuple[int, bool]:
-    dt = np.dtype(ep["dtype"])
-    return dt.itemsize * 8, dt.kind == "i"
-
-
-def make_epilogue(ep: dict, axis: int, ndim: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Accumulator (int64, channels on ``axis``) -> output codes."""
-    bits, signed = _out_type(ep)
-    qmin, qmax = nm.qrange(bits, signed)
-    dtype = nm.storage_dtype(bits, signed)
-    mode = ep["mode"]
-    zp = ep["zp"]
-    rnd = ep["round"]
-    if mode in ("shift", "fixed", "scale"):
-        shift = _per_channel(ep.get("shift", 0), axis, ndim)
-        mult = _per_channel(ep.get("multiplier", 1), axis, ndim)
-        lo, hi = qmin, qmax
-        for a, b in ep.get("clamps", []):
-            lo, hi = min(max(lo, a), hi), max(min(hi, b), lo)
-
-        def run(acc: np.ndarray) -> np.ndarray:
-            if mode == "shift":
-                y = nm.shift_round(acc, shift, rnd)
-            elif mode == "scale":
-                y = nm.requantize_float(acc, mult, rnd)
-            else:
-                y = nm.requantize_fixed_point(acc, mult, shift, rnd)
-            if zp:
-                y += zp
-            np.clip(y, lo, hi, out=y)
-            return y.astype(dtype)
-
-        return run
-    acc_scale = np.float32(1) * _per_channel(ep["acc_scale"], axis, ndim)
-    acc_scale = np.asarray(acc_scale, dtype=np.float32)
-    finish = make_float_finish(ep)
-
-    def run_float(acc: np.ndarray) -> np.ndarray:
-        return finish(acc.astype(np.float32) * acc_scale)
-
-    return run_float
-
-
-def make_float_finish(ep: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """Float32 value of an op -> fused chain -> the output's quantize step."""
-    bits, signed = _out_type(ep)
-    steps, result = ep.get("chain", []), ep.get("result", "$x")
-
-    def finish(v: np.ndarray) -> np.ndarray:
-        if steps:
-            v = eval_chain(v, steps, result)
-        return nm.quantize(v, ep["scale"], ep["zp"], bits=bits, signed=signed, round_mode=ep["round"])
-
-    return finish
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -285,7 +176,7 @@ def prepare_conv(attrs: dict, blobs: dict) -> Kernel:
     w = blobs["w"]
     cout = w.shape[0]
     bias = blobs["b"].astype(np.int64)
-    lshift = _per_channel(attrs["lshift"], 1, 4)
+    lshift = per_channel(attrs["lshift"], 1, 4)
     shifted = not isinstance(lshift, int) or lshift != 0
     fold = not shifted and bool(np.all(np.abs(bias) < (1 << 24)))
     late_bias = None if fold or not np.any(bias) else bias.reshape(1, cout, 1, 1)
@@ -317,7 +208,7 @@ def prepare_conv_transpose(attrs: dict, blobs: dict) -> Kernel:
     if attrs.get("wide"):
         k_chunk = 1 << 30
     bias = blobs["b"].astype(np.int64).reshape(1, cout, 1, 1)
-    lshift = _per_channel(attrs["lshift"], 1, 4)
+    lshift = per_channel(attrs["lshift"], 1, 4)
     epilogue = make_epilogue(attrs["epilogue"], 1, 4)
     wt = [np.ascontiguousarray(w[g * cin_g:(g + 1) * cin_g].reshape(cin_g, -1).T.astype(ftype))
           for g in range(group)]
@@ -352,7 +243,7 @@ def prepare_matmul(attrs: dict, blobs: dict) -> Kernel:
     zp, k_chunk = attrs["x_zp"], (1 << 30) if wide else attrs["k_chunk"]
     ndim = len(attrs["out_shape"])
     bias = blobs["b"].astype(np.int64)
-    lshift = _per_channel(attrs["lshift"], ndim - 1, ndim)
+    lshift = per_channel(attrs["lshift"], ndim - 1, ndim)
     epilogue = make_epilogue(attrs["epilogue"], ndim - 1, ndim)
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -473,7 +364,7 @@ def _qlinear_global_avgpool(attrs: dict) -> Kernel:
     """ORT's ``QLinearGlobalAveragePool``: the exact integer sum of ``q - zp`` requantised by
     MLAS with the float32 multiplier ``x_scale / (y_scale * H*W)``."""
     ep = attrs["epilogue"]
-    bits, signed = _out_type(ep)
+    bits, signed = out_type(ep)
     x_scale = ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0]
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -490,7 +381,7 @@ def _qlinear_avgpool(attrs: dict, count_map: Callable) -> Kernel:
     """ORT's ``QLinearAveragePool``: dequantized values summed in float32 window row by window
     row, divided by the window count in float32, then :func:`numerics.quantize_pooled`."""
     ep = attrs["epilogue"]
-    bits, signed = _out_type(ep)
+    bits, signed = out_type(ep)
     x_scale = ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0]
     ys, pads = attrs["out_shape"], attrs["pads"]
     kernel, strides, dil = attrs["kernel"], attrs["strides"], attrs["dilations"]
