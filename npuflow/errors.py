@@ -56,6 +56,21 @@ _MODEL = _specs(
      "The model's inputs are: {inputs}."),
     ("NPF_MODEL_BAD_PROBE_VALUE", "bad {option} {value!r}: {reason}",
      "Write NAME=VALUE with one of the model's input names, e.g. sr=16000 (numbers joined by ',' for a tensor)."),
+    ("NPF_MODEL_IR_VERSION", "the model's IR version {found} is outside the supported range [{low}, {high}]",
+     "The file is damaged or was written by an unknown tool; re-export it (torch.onnx.export, tf2onnx, ...) "
+     "or upgrade onnx for a newer IR version."),
+    ("NPF_MODEL_DUPLICATE_NAME", "tensor {tensor!r} is written twice: by {first} and by {second}",
+     "Every tensor of an ONNX graph must have one writer; rename one of them (the file is damaged or the "
+     "exporter is faulty)."),
+    ("NPF_MODEL_EXTERNAL_DATA", "external data of tensor {tensor!r} at {location!r} is refused: {reason}",
+     "Keep the weights file(s) next to the model, inside {folder}, and name them by a relative path "
+     "(onnx.save_model(..., save_as_external_data=True) does); nothing outside that folder is read."),
+    ("NPF_MODEL_TENSOR_TOO_LARGE",
+     "tensor {tensor!r} would have shape {shape} ({elements} elements), more than the limit of {limit}",
+     "Check the input shape (--input-shape / input_shape) for a typo; to allow larger tensors, raise the limit "
+     "with the environment variable {env}."),
+    ("NPF_MODEL_BAD_LIMIT", "environment variable {name}={value!r} is not a positive integer",
+     "Set it to the most elements one tensor may have, e.g. {name}=4294967296, or unset it."),
     ("NPF_MODEL_SHAPE_PROBE_FAILED",
      "the shape probe (one ONNX Runtime run for the {count} tensor shape(s) shape inference leaves unknown, "
      "e.g. {first!r}) failed with inputs {feeds}: {reason}",
@@ -145,6 +160,9 @@ _COMPILE = _specs(
     ("NPF_COMPILE_FOREIGN_UNSUPPORTED", "cannot legalise {op} node {node!r} into QDQ form: {reason}",
      "Re-export the model in QDQ format (ONNX Runtime: quant_format=QuantFormat.QDQ), or quantize the float "
      "model with `npuflow quantize`."),
+    ("NPF_COMPILE_UNKNOWN_OP", "{path} has no op or node named {name!r}",
+     "Close names: {close}. Ops are named by the ONNX nodes they were made from; `npuflow info {path} --json` "
+     "lists every subgraph's ops and nodes."),
 )
 
 # --- runtime -------------------------------------------------------------------------------
@@ -167,6 +185,11 @@ _RUNTIME = _specs(
     ("NPF_RUNTIME_UNKNOWN_OP", "the model has no accelerator op made from node {name!r}",
      "Name the core ONNX node of an accelerator op (the 'name' of an op of an integer subgraph in "
      "CompiledModel.manifest; {count} ops, e.g. {some})."),
+    ("NPF_RUNTIME_UNKNOWN_OUTPUT", "the model has no output named {name!r}",
+     "The model's outputs are: {outputs} (pass None for all of them)."),
+    ("NPF_RUNTIME_NO_TARGET", "{path} is a quantized ONNX model: it needs a target to be compiled for",
+     "Pass the target, e.g. npuflow.ort.InferenceSession({path!r}, target='DPUCZDX8G_ISA1_B4096'), "
+     "or pass a compiled .npuf."),
     ("NPF_RUNTIME_BAD_BUFFERS", "runner {runner!r} expects {expected} {kind} array(s) with shapes {shapes}, got {got}",
      "Allocate buffers from get_input_tensors()/get_output_tensors() (shape and dtype)."),
 )
@@ -255,9 +278,44 @@ _PRUNE = _specs(
      "and finetune(model) are optional."),
 )
 
+# --- scale-out (parallel calibration and sweeps) -------------------------------------------
+_SCALEOUT = _specs(
+    ("NPF_SCALEOUT_BAD_WORKERS", "{option} {value!r} is not a worker count: {reason}",
+     "Give a whole number from 1 (the serial path) to {limit}; on one machine, more workers than CPU cores "
+     "only share them."),
+    ("NPF_SCALEOUT_RAY_MISSING", "--ray-address {address} needs Ray, which is not installed",
+     "pip install 'npuflow[distributed]' (Ray {version}), or use --workers N for a local process pool."),
+    ("NPF_SCALEOUT_RAY_CONNECT", "cannot connect to the Ray cluster at {address}: {reason}",
+     "Start the cluster first (`ray start --head` on the head node, `ray start --address HEAD:6379` on the "
+     "others) and give its address, or 'auto' from a node of the cluster; see docs/scale-out.md."),
+    ("NPF_SCALEOUT_WORKER_FAILED", "a {engine} worker failed on task {task}: {reason}",
+     "Run again with --workers 1 (the serial path) to see the failure in this process; a worker killed "
+     "for memory needs fewer workers or a smaller calibration chunk."),
+    ("NPF_SCALEOUT_NOT_PICKLABLE", "{what} cannot be sent to worker processes: {reason}",
+     "Pass a module-level function or a picklable object (not a lambda or a closure), or use workers=1."),
+    ("NPF_SCALEOUT_NO_PROCESS_GROUP", "distributed QAT needs a torch.distributed process group",
+     "Launch with torchrun and call torch.distributed.init_process_group('gloo' or 'nccl') before "
+     "npuflow.torch.distributed(qat); see docs/scale-out.md."),
+)
+
+# --- accuracy comparison (npuflow compare) ------------------------------------------------
+_COMPARE = _specs(
+    ("NPF_COMPARE_USAGE", "npuflow compare: {reason}",
+     "Compare with the float model: `npuflow compare FLOAT.onnx QUANTIZED.onnx|MODEL.npuf --data DIR`; "
+     "compare two dump folders: `npuflow compare --golden DIR --dump DIR [--atol A] [--rtol R]`."),
+    ("NPF_COMPARE_NO_COMMON_TENSORS", "no tensor of {quantized} matches a tensor of the float model {float} by name",
+     "Compare with the float model the quantized model was made from (quantize writes it as "
+     "optimized_float_model.onnx next to quantized_model.onnx): tensors are matched by name."),
+    ("NPF_COMPARE_DUMP_MISSING", "dump folder {path}: {reason}",
+     "Write dump folders with `npuflow run MODEL.npuf --input NAME=FILE.npy --dump DIR` (or "
+     "Session.run(..., dump_dir=DIR)): index.json maps tensor names to the .npy files beside it."),
+    ("NPF_COMPARE_DUMP_CORRUPT", "{path} cannot be read as a dump file: {reason}",
+     "Write the dump again; index.json must be a JSON object of tensor name -> file name, each file a numpy.save array."),
+)
+
 CATALOG: dict[str, ErrorSpec] = {
     **_GENERIC, **_MODEL, **_TARGET, **_CHECK, **_QUANT, **_COMPILE, **_RUNTIME, **_BUILD,
-    **_PERF, **_TORCH, **_PRUNE,
+    **_PERF, **_TORCH, **_PRUNE, **_SCALEOUT, **_COMPARE,
 }
 
 

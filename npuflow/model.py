@@ -2,6 +2,9 @@
 
 What comes out of :func:`load` is an ``onnx.ModelProto`` that later stages can rely on:
 
+* it passed :func:`validate` (IR version, unique tensor names, UTF-8 text, ``onnx.checker``'s full
+  check) and no declared or inferred tensor exceeds :func:`max_tensor_elements`; external data
+  was read only from inside the model's folder (:func:`read_proto`);
 * weights are initializers (PP-OCR's exporter stores them as ``Constant`` nodes);
 * the default-domain opset is at least :data:`WORKING_OPSET` (per-channel QDQ needs 13) and at
   most :func:`newest_opset`, the newest one both the installed onnx and ONNX Runtime support;
@@ -21,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -30,8 +34,9 @@ import numpy as np
 import onnx
 from numpy.typing import ArrayLike
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
-from onnx import version_converter
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from onnx import external_data_helper, version_converter
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
@@ -45,6 +50,11 @@ MIN_OPSET = 11
 WORKING_OPSET = 13
 #: Highest IR version the bundled ONNX Runtime reads; saved models are clamped to it.
 MAX_IR_VERSION = 10
+#: Oldest IR version accepted on input: the first with ``opset_import`` (ONNX 1.1).
+MIN_IR_VERSION = 3
+#: Environment variable bounding the elements of one tensor (:func:`check_tensor_sizes`).
+MAX_ELEMENTS_ENV = "NPUFLOW_MAX_TENSOR_ELEMENTS"
+DEFAULT_MAX_ELEMENTS = 1 << 31
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 InputShapes = Mapping[str, Sequence[int]]
@@ -121,7 +131,12 @@ def freeze_inputs(model: ModelLike, values: ProbeValues | None) -> ModelLike:
 
 
 def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file with coded errors for the usual ways a file can be wrong."""
+    """Read an ONNX file with coded errors for the usual ways a file can be wrong.
+
+    External data is read only from regular files inside the model's own folder
+    (:func:`_check_external_data`): a model is data from another hand, and a location such as
+    ``/etc/passwd`` or ``../../secret`` must not make the loader read (or report on) other files.
+    """
     p = Path(path)
     if not p.is_file():
         raise NpuflowError("NPF_MODEL_NOT_FOUND", path=str(p))
@@ -138,10 +153,177 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise NpuflowError(
             "NPF_MODEL_NOT_ONNX", path=str(p), reason="no graph or opset_import in the protobuf"
         )
-    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    tensors = external_data_helper._get_all_tensors(proto)  # onnx's own walk: initializers, attributes, subgraphs
+    external = [t for t in tensors if external_data_helper.uses_external_data(t)]
     if external:
-        onnx.load_external_data_for_model(proto, str(p.parent))
+        folder = p.resolve().parent
+        for tensor in external:
+            _check_external_data(tensor, folder)
+        try:
+            onnx.load_external_data_for_model(proto, str(folder))
+        except (OSError, ValueError) as exc:
+            raise NpuflowError("NPF_MODEL_EXTERNAL_DATA", tensor=external[0].name, location="(external data)",
+                               folder=str(folder), reason=str(exc).splitlines()[0]) from None
     return proto
+
+
+def _check_external_data(tensor: onnx.TensorProto, folder: Path) -> None:
+    """Refuse an external-data reference unless it is a plain relative path to a regular file
+    inside ``folder`` and its offset/length lie within that file -- checked before anything is
+    opened, so a hostile location is never read.  The rules of ``onnx.checker`` for a model path,
+    plus symbolic links that leave the folder."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = entries.get("location", "")
+
+    def refuse(reason: str) -> NpuflowError:
+        return NpuflowError("NPF_MODEL_EXTERNAL_DATA", tensor=tensor.name, location=location, folder=str(folder),
+                            reason=reason)
+
+    parts = re.split(r"[/\\]", location)
+    if not location or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location) or ".." in parts:
+        raise refuse("the location must be a relative path inside the model's folder (no '..', not absolute)")
+    target = (folder / location).resolve()
+    if not target.is_relative_to(folder) or not target.is_file():
+        raise refuse("no regular file of that name inside the model's folder")
+    try:
+        offset, length = int(entries.get("offset", 0)), int(entries.get("length", -1))
+    except ValueError:
+        raise refuse("offset and length must be integers") from None
+    size = target.stat().st_size
+    if offset < 0 or offset > size or (length != -1 and (length < 0 or offset + length > size)):
+        raise refuse(f"offset {offset} and length {length} do not lie within the file's {size} bytes")
+
+
+def _validated_at_working_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model validated and upgraded to the working opset.
+
+    A model below opset 13 that only the upgrade makes valid is accepted: ONNX Runtime's
+    quantizer writes per-channel ``DequantizeLinear`` steps (``axis``, an opset-13 attribute) into
+    opset-12 models, which ONNX Runtime runs and the upgrade turns into valid ones.
+    """
+    try:
+        validate(proto)
+    except NpuflowError as exc:
+        if exc.code != "NPF_MODEL_INVALID" or default_opset(proto) >= WORKING_OPSET:
+            raise
+        try:
+            upgraded = _upgrade_opset(proto)
+            validate(upgraded)
+        except NpuflowError:
+            raise exc from None
+        return upgraded
+    return _upgrade_opset(proto)
+
+
+def validate(proto: onnx.ModelProto) -> None:
+    """Refuse a malformed model with a coded error before any stage works on it.
+
+    The IR version and unique tensor names first (clear messages naming the tensor and its two
+    writers), then ``onnx.checker``'s full check: node specs and attribute types against the
+    operator schemas, topological order (a node reading a tensor nobody makes), initializer data
+    against the declared shapes, graph outputs that no node makes, and strict shape inference.
+    One rule of the checker is relaxed: it requires a shape on every graph output, which exporters
+    and hand-built models often leave out and ONNX Runtime does not need (shape inference fills it
+    in); such outputs are left out of the checked copy, and :func:`_check_outputs_made` checks
+    instead that some node makes them.  The full check accepts every real model tried (PP-OCRv4
+    det/rec/cls, YOLOv8n, silero-vad, EfficientNet-Lite0, the MNIST CNN) and the QDQ models ONNX
+    Runtime's quantizer, NNCF, Brevitas and npuflow write.
+    """
+    if not MIN_IR_VERSION <= proto.ir_version <= onnx.IR_VERSION:
+        raise NpuflowError("NPF_MODEL_IR_VERSION", found=proto.ir_version, low=MIN_IR_VERSION, high=onnx.IR_VERSION)
+    _check_text(proto)
+    _check_unique_names(proto.graph)
+    _check_outputs_made(proto.graph)
+    try:
+        onnx.checker.check_model(_checkable(proto), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        raise NpuflowError("NPF_MODEL_INVALID", reason=_checker_reason(exc)) from None
+
+
+def _check_text(message: Message, where: str = "model") -> None:
+    """Every string field must be UTF-8 text: protobuf hands invalid UTF-8 in ONNX's proto2
+    string fields (names, op types, producer, metadata) over as ``bytes``, which onnx-ir and every
+    later stage trip over.  Walks the whole message (nodes, subgraphs, functions)."""
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            bad = next((v for v in values if isinstance(v, bytes)), None)
+            if bad is not None:
+                raise NpuflowError("NPF_MODEL_INVALID", reason=f"{where}.{field.name} {bad[:80]!r} is not UTF-8 text")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for k, item in enumerate(values):
+                name = getattr(item, "name", "")
+                label = f"{field.name}[{name!r}]" if isinstance(name, str) and name else f"{field.name}[{k}]"
+                _check_text(item, f"{where}.{label}")
+
+
+def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto``, or a copy without the graph outputs that declare no shape (see :func:`validate`)."""
+    def shapeless(vi: onnx.ValueInfoProto) -> bool:
+        tensor = vi.type.HasField("tensor_type")
+        return not vi.HasField("type") or (tensor and not vi.type.tensor_type.HasField("shape"))
+
+    if not any(shapeless(o) for o in proto.graph.output):
+        return proto
+    out = _copy(proto)
+    keep = [o for o in out.graph.output if not shapeless(o)]
+    del out.graph.output[:]
+    out.graph.output.extend(keep)
+    return out
+
+
+def _check_outputs_made(graph: onnx.GraphProto) -> None:
+    """Every graph output is made by a node, or is an input or initializer passed through."""
+    made = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    made |= {o for n in graph.node for o in n.output if o}
+    for out in graph.output:
+        if out.name not in made:
+            raise NpuflowError("NPF_MODEL_INVALID", reason=f"graph output {out.name!r} is not made by any node")
+
+
+def _check_unique_names(graph: onnx.GraphProto) -> None:
+    """Every tensor written once: by one node output, one initializer or one graph input."""
+    writers: dict[str, str] = {}
+    inits = {t.name for t in graph.initializer}
+    named = [(i.name, "graph input") for i in graph.input if i.name not in inits]
+    named += [(t.name, "initializer") for t in graph.initializer]
+    named += [(o, f"node {n.name or n.op_type!r} ({n.op_type})") for n in graph.node for o in n.output if o]
+    for name, writer in named:
+        if name in writers:
+            raise NpuflowError("NPF_MODEL_DUPLICATE_NAME", tensor=name, first=writers[name], second=writer)
+        writers[name] = writer
+
+
+def _checker_reason(exc: Exception) -> str:
+    """onnx's message without its blank lines, bounded (it can repeat one error per node)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return (text or type(exc).__name__)[:600]
+
+
+def max_tensor_elements() -> int:
+    """The most elements one tensor may have (``$NPUFLOW_MAX_TENSOR_ELEMENTS``, default 2^31)."""
+    text = os.environ.get(MAX_ELEMENTS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_ELEMENTS
+    if not text.isdigit() or int(text) <= 0:
+        raise NpuflowError("NPF_MODEL_BAD_LIMIT", name=MAX_ELEMENTS_ENV, value=text)
+    return int(text)
+
+
+def check_tensor_sizes(proto: onnx.ModelProto) -> None:
+    """Refuse a model declaring a tensor of more than :func:`max_tensor_elements` elements.
+
+    Called on the frozen input shapes and again on the shapes ONNX shape inference derives, both
+    before the shape probe (or any later stage) allocates: a typo such as 1x3x100000x100000
+    would otherwise ask for terabytes and end in a MemoryError or the OOM killer.
+    """
+    limit = max_tensor_elements()
+    g = proto.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        dims = _shape_of(vi)
+        if dims is not None and math.prod(dims) > limit:
+            raise NpuflowError("NPF_MODEL_TENSOR_TOO_LARGE", tensor=vi.name, shape="x".join(map(str, dims)),
+                               elements=math.prod(dims), limit=limit, env=MAX_ELEMENTS_ENV)
 
 
 def _looks_like_onnx_prefix(data: bytes) -> bool:
@@ -170,9 +352,10 @@ def load(
     stored in the model (:data:`PROBE_VALUES_KEY`) for the stages that follow.
     """
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
-    proto = _upgrade_opset(proto)
+    proto = _validated_at_working_opset(proto)
     proto = _lift_constants(proto)
     _freeze_input_shapes(proto, dict(input_shapes or {}))
+    check_tensor_sizes(proto)
     if probe_values:
         set_probe_values(proto, probe_values)
     if infer_shapes:
@@ -377,6 +560,7 @@ def infer_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError/RuntimeError subclasses
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"shape inference failed: {exc}") from None
+    check_tensor_sizes(inferred)
     known = _value_info_shapes(inferred)
     kinds = {vi.name: vi.type.WhichOneof("value") for vi in [*inferred.graph.value_info, *inferred.graph.output]}
     missing = [o for n in inferred.graph.node for o in n.output

@@ -13,10 +13,14 @@ Layout (little endian)::
     end sha256 of everything before it (32 bytes)
 
 Reading checks, in order: magic, format version, recorded length against the real length
-(truncation), the whole-file checksum, the manifest checksum, then every blob's own checksum;
-any failure is a coded :class:`NpuflowError` and nothing is executed.  Loading runs no code from
-the file (JSON and raw arrays only, no pickle).  Blobs are ``numpy.frombuffer`` views of a
-read-only memory map: weights are not copied.
+(truncation), the whole-file checksum, the manifest checksum, the reserved bytes, the manifest
+schema (:mod:`.manifest_schema`: types, ranges, references, the memory plan, the target's
+fingerprint), then every blob's own checksum; any failure is a coded :class:`NpuflowError`
+(``NPF_COMPILE_CORRUPT`` naming the field) and nothing is executed.  Checksums prove who sealed a
+file, the schema that its content is something this reader can execute: a manifest from a buggy
+writer, another version or a crafted file fails there, before ``Session``, ``run`` or ``info``
+build anything from it.  Loading runs no code from the file (JSON and raw arrays only, no
+pickle).  Blobs are ``numpy.frombuffer`` views of a read-only memory map: weights are not copied.
 """
 
 from __future__ import annotations
@@ -32,15 +36,19 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..model import write_atomic
+from . import manifest_schema
 
 MAGIC = b"NPUFLOW\x00"
-FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MAJOR, FORMAT_MINOR = manifest_schema.SCHEMA_VERSION
 _HEADER = struct.Struct("<8sHHIQQQQQ32s8s")
 HEADER_SIZE = _HEADER.size  # 96
 TRAILER_SIZE = 32
 ALIGN = 64
-_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "int64", "float32", "float64", "uint64"}
+
+
+def _no_constant(name: str) -> None:
+    """JSON's NaN/Infinity extensions: never written (``allow_nan=False``), so never read."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _pad(n: int) -> int:
@@ -112,7 +120,7 @@ class NpufFile:
             raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=str(self.path), reason="no NPUFLOW signature")
         if size < HEADER_SIZE + TRAILER_SIZE:
             raise self._corrupt(f"only {size} bytes, shorter than the header")
-        (_, major, minor, hsize, moff, mlen, doff, dlen, flen, msha, _) = _HEADER.unpack_from(m, 0)
+        (_, major, minor, hsize, moff, mlen, doff, dlen, flen, msha, reserved) = _HEADER.unpack_from(m, 0)
         if major != FORMAT_MAJOR:
             raise NpuflowError("NPF_COMPILE_VERSION", path=str(self.path), found=f"{major}.{minor}",
                                supported=f"{FORMAT_MAJOR}.x")
@@ -126,21 +134,37 @@ class NpufFile:
         body = m[moff:moff + mlen]
         if hashlib.sha256(body).digest() != msha:
             raise self._corrupt("manifest checksum mismatch")
+        newer = minor > FORMAT_MINOR  # a newer minor version may use the reserved bytes and add fields
+        if reserved != b"\x00" * len(reserved) and not newer:
+            raise self._corrupt("the reserved header bytes are not zero")
         try:
-            manifest = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+            manifest = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise self._corrupt(f"manifest is not JSON: {exc}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("blobs"), dict):
-            raise self._corrupt("manifest has no blob table")
         self._data_off, self._data_len = doff, dlen
+        self._validate(manifest, newer)
         for name, b in manifest["blobs"].items():
             self._check_blob(name, b)
         return manifest
 
-    def _check_blob(self, name: str, b: object) -> None:
+    def _validate(self, manifest: object, newer_minor: bool) -> None:
+        """The manifest schema; the embedded ONNX blobs it parses are verified before reading."""
+        def verified_bytes(name: str) -> bytes:
+            self._check_blob(name, manifest["blobs"][name])
+            return self._bytes(manifest["blobs"][name])
+
+        try:
+            manifest_schema.validate(manifest, verified_bytes, newer_minor=newer_minor)
+        except manifest_schema.SchemaError as exc:
+            raise self._corrupt(f"manifest field {exc.field}: {exc.reason}") from None
+        except RecursionError:
+            raise self._corrupt("the manifest nests too deeply") from None
+
+    def _check_blob(self, name: str, b: dict) -> None:
         try:
             off, nbytes, dtype, shape = int(b["offset"]), int(b["nbytes"]), str(b["dtype"]), list(b["shape"])
-            ok = (dtype in _DTYPES and off >= 0 and off % ALIGN == 0 and off + nbytes <= self._data_len
+            ok = (dtype in manifest_schema.BLOB_DTYPES and off >= 0 and off % ALIGN == 0
+                  and off + nbytes <= self._data_len
                   and int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize == nbytes)
             start = self._data_off + off
             ok = ok and hashlib.sha256(memoryview(self._map)[start:start + nbytes]).hexdigest() == b["sha256"]
@@ -157,6 +181,8 @@ class NpufFile:
         return arr.reshape(b["shape"])
 
     def blob_bytes(self, name: str) -> bytes:
-        b = self.manifest["blobs"][name]
+        return self._bytes(self.manifest["blobs"][name])
+
+    def _bytes(self, b: dict) -> bytes:
         start = self._data_off + b["offset"]
         return bytes(self._map[start:start + b["nbytes"]])

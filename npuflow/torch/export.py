@@ -89,6 +89,7 @@ def lower_markers(model: onnx.ModelProto, records: list[QuantRecord]) -> onnx.Mo
     g = model.graph
     graph_outputs = {o.name for o in g.output}
     rename: dict[str, str] = {}  # consumers read the new name
+    weights_written: set[str] = set()
     produced: dict[str, str] = {}  # producers write the new name (quantized graph outputs)
     nodes: list[onnx.NodeProto] = []
     for node in g.node:
@@ -108,6 +109,10 @@ def lower_markers(model: onnx.ModelProto, records: list[QuantRecord]) -> onnx.Mo
             nodes.extend(_activation_steps(model, rec, rename.get(x, x), t, out, scale))
         else:
             base = _safe(rec.name) if rec.name else _safe(y)
+            rename[y] = f"{base}_dq"
+            if base in weights_written:  # a module called twice: one weight, one dequantize step
+                continue
+            weights_written.add(base)
             dt = storage_dtype(rec.spec.bits, rec.spec.signed)
             g.initializer.extend([
                 numpy_helper.from_array(np.asarray(rec.codes).astype(dt), f"{base}_quantized"),
@@ -118,7 +123,6 @@ def lower_markers(model: onnx.ModelProto, records: list[QuantRecord]) -> onnx.Mo
             nodes.append(helper.make_node(
                 "DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
                 [f"{base}_dq"], name=f"{base}_dq", **axis))
-            rename[y] = f"{base}_dq"
     for node in nodes:
         for i, name in enumerate(node.input):
             node.input[i] = rename.get(name, name)

@@ -44,7 +44,7 @@ def _view_model(op: str):
         "Reshape": ([b.const("shape", np.array([1, 8, 36], np.int64))], {}),
         "Flatten": ([], {"axis": 1}),
         "Unsqueeze": ([b.const("axes", np.array([0], np.int64))], {}),
-        "Squeeze": ([b.const("axes", np.array([0], np.int64))], {}),
+        "Squeeze": ([b.const("squeeze_axes", np.array([0], np.int64))], {}),
         "Slice": ([b.const("st", np.array([0], np.int64)), b.const("en", np.array([4], np.int64)),
                    b.const("ax", np.array([1], np.int64))], {}),
     }[op]

@@ -1,0 +1,1026 @@
+"""The schema of the ``.npuf`` manifest, checked before anything is built from a file.
+
+The checksums of a ``.npuf`` prove that a file is the one some writer sealed, not that the writer
+was npuflow's compiler, of this version, without a bug: a manifest that is well-formed JSON with
+a valid checksum can still declare a 10^12-byte arena, a shift of 200, a stride of 0 or an op
+reading a tensor nobody makes.  :func:`validate` accepts exactly the manifests the compiler
+(``compile.py``, ``lowering.py``, ``epilogue.py``, ``memory.py``) writes, in three layers:
+
+1. **types and ranges** (pydantic models, strict: no ``"3"`` for 3, no ``true`` for 1, no NaN):
+   every field the runtime reads, with the values it can execute -- shifts, multipliers, zero
+   points within their integer type, kernel/stride/dilation >= 1, shapes bounded by
+   :func:`npuflow.model.max_tensor_elements`;
+2. **references**: subgraph inputs made by the model inputs or an earlier subgraph, op inputs by
+   the subgraph inputs or an earlier op, every tensor described, every blob role an op needs in
+   the blob table with the dtype and shape the op implies, an embedded ONNX model whose inputs and
+   outputs are the subgraph's; the target, when it is a bundled one, with its fingerprint;
+3. **derived facts recomputed**: output shapes from the op geometry (convolution, pooling,
+   reshape, transpose, slice, gather, pad, concat, split, matmul), lookup-table sizes from the
+   input type, and the memory plan itself (``memory.plan`` on the ops, so an arena size or buffer
+   offset that differs from the plan is refused, and the arena is bounded by the tensors).
+
+Files of a newer *minor* format version may carry fields this reader does not know: they are
+ignored (a minor version only adds); at this reader's version an unknown field is corruption.
+Every failure is ``NPF_COMPILE_CORRUPT`` naming the field (``subgraphs[0].ops[3].attrs.strides``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Callable, Literal, Optional, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from ..check.lowerable import CHAIN_OPS
+from ..errors import NpuflowError
+from ..model import max_tensor_elements
+from ..numerics import RoundMode, qrange
+from ..targets import load_target, same_fingerprint
+from . import memory
+
+#: The ``.npuf`` format version this schema describes (``artifact.FORMAT_MAJOR/MINOR`` are taken
+#: from it): a change of the manifest is a change of this schema and of the version together.
+SCHEMA_VERSION = (1, 0)
+
+#: numpy names of every ONNX tensor type except strings (what a tensor of a compiled model may be).
+DTYPES = frozenset(helper.tensor_dtype_to_np_dtype(v).name for v in TensorProto.DataType.values()
+                   if v not in (TensorProto.UNDEFINED, TensorProto.STRING))
+#: Integer code types of quantized tensors and integer-program outputs.
+CODE_DTYPES = frozenset({"int8", "uint8", "int16", "uint16"})
+#: Blob element types a ``.npuf`` stores (the artifact reader's one list).
+BLOB_DTYPES = frozenset({"int8", "uint8", "int16", "uint16", "int32", "int64", "float32", "float64", "uint64"})
+
+MAX_RANK = 16
+#: Right shifts reach 31 + |exponent| of the fixed-point multiplier of a tiny ratio (a dead channel:
+#: 150 on PP-OCRv4 det for cpu-int8); float64 exponents end at -1074.  Any shift >= 64 gives 0.
+MAX_SHIFT = 1200
+MAX_LEFT_SHIFT = 32
+MAX_WINDOW = 1 << 16  # kernel, stride, dilation, pad values
+#: Bytes of one subgraph's activation arena, per allowed tensor element (8: an int64 tensor of the
+#: largest size; the default element limit 2^31 gives 16 GiB).
+ARENA_BYTES_PER_ELEMENT = 8
+
+Int = Annotated[int, Field(strict=True)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+Positive = Annotated[int, Field(strict=True, ge=1, le=MAX_WINDOW)]
+Pad = Annotated[int, Field(strict=True, ge=0, le=MAX_WINDOW)]
+
+
+def _float_only(value: Any) -> Any:
+    """The compiler writes every real as a JSON float (``1.0``, never ``1``); pydantic's strict
+    float would still take an int of any size (``2**70``), which numpy then holds as an object."""
+    if not isinstance(value, float):
+        raise ValueError("expected a real number written with a fraction or exponent")
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_float_only), Field(allow_inf_nan=False)]
+Scale = Annotated[float, BeforeValidator(_float_only), Field(gt=0, allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=4096)]
+Dtype = Literal[tuple(sorted(DTYPES))]  # type: ignore[valid-type]
+CodeDtype = Literal[tuple(sorted(CODE_DTYPES))]  # type: ignore[valid-type]
+Round = Literal[tuple(m.value for m in RoundMode)]  # type: ignore[valid-type]
+Dim = Annotated[int, Field(strict=True, ge=0, le=1 << 40)]
+Shape = Annotated[list[Dim], Field(max_length=MAX_RANK)]
+Pair = Annotated[list[Pad], Field(min_length=2, max_length=2)]
+Quad = Annotated[list[Pad], Field(min_length=4, max_length=4)]
+Window = Annotated[list[Positive], Field(min_length=2, max_length=2)]
+Shift = Annotated[int, Field(strict=True, ge=-MAX_LEFT_SHIFT, le=MAX_SHIFT)]
+LeftShift = Annotated[int, Field(strict=True, ge=0, le=MAX_LEFT_SHIFT)]
+Multiplier = Annotated[int, Field(strict=True, ge=1, lt=1 << 31)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are corruption, except in a file of a newer minor version (context flag)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _newer_minor(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and info.context and info.context.get("ignore_unknown"):
+            known = {f.alias or name for name, f in cls.model_fields.items()}
+            return {k: v for k, v in data.items() if k in known}
+        return data
+
+
+# --- tensors and model interface ----------------------------------------------------------------
+
+class Quant(Strict):
+    dtype: Dtype
+    scale: Union[Scale, Annotated[list[Scale], Field(min_length=1)]]
+    zero_point: Union[Int, Annotated[list[Int], Field(min_length=1)]]
+    axis: Optional[Int]
+    round_mode: Round
+
+
+class Tensor(Strict):
+    dtype: Dtype
+    shape: Shape
+    quant: Optional[Quant] = None
+
+
+class Io(Tensor):
+    name: Name
+    layout: Literal["NCHW", ""]
+
+
+class Blob(Strict):
+    offset: Count
+    nbytes: Count
+    dtype: Literal[tuple(sorted(BLOB_DTYPES))]  # type: ignore[valid-type]
+    shape: Shape
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+# --- epilogues -----------------------------------------------------------------------------------
+
+class Ref(Strict):
+    t: Optional[Name] = None
+    c: Optional[Real] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Ref":
+        if (self.t is None) == (self.c is None):
+            raise ValueError("a chain reference is either a tensor {'t'} or a constant {'c'}")
+        return self
+
+
+class ChainAttrs(Strict):
+    alpha: Optional[Real] = None
+    beta: Optional[Real] = None
+    min: Optional[Real] = None
+    max: Optional[Real] = None
+
+
+class ChainStep(Strict):
+    op: Literal[tuple(sorted(CHAIN_OPS))]  # type: ignore[valid-type]
+    in_: Annotated[list[Optional[Ref]], Field(alias="in", min_length=1, max_length=3)]
+    out: Name
+    attrs: ChainAttrs
+
+
+class _EpilogueBase(Strict):
+    scale: Scale
+    zp: Int
+    dtype: CodeDtype
+    round: Round
+
+
+Clamps = list[Annotated[list[Int], Field(min_length=2, max_length=2)]]
+
+
+class ShiftEpilogue(_EpilogueBase):
+    mode: Literal["shift"]
+    clamps: Clamps
+    shift: Union[Shift, Annotated[list[Shift], Field(min_length=1)]]
+
+
+class FixedEpilogue(_EpilogueBase):
+    mode: Literal["fixed"]
+    clamps: Clamps
+    multiplier: Union[Multiplier, Annotated[list[Multiplier], Field(min_length=1)]]
+    shift: Union[Shift, Annotated[list[Shift], Field(min_length=1)]]
+
+
+class ScaleEpilogue(_EpilogueBase):
+    mode: Literal["scale"]
+    clamps: Clamps
+    multiplier: Union[Scale, Annotated[list[Scale], Field(min_length=1)]]
+
+
+class FloatEpilogue(_EpilogueBase):
+    mode: Literal["float"]
+    acc_scale: Union[Real, Annotated[list[Real], Field(min_length=1)]]
+    chain: Annotated[list[ChainStep], Field(max_length=16)]
+    result: Name
+
+    @model_validator(mode="after")
+    def _chain_refs(self) -> "FloatEpilogue":
+        known = {"$x"}
+        for k, step in enumerate(self.chain):
+            if step.in_[0] is None or (step.in_[0].t is None):
+                raise ValueError(f"chain step {k} ({step.op}) must read a tensor first")
+            if step.op in ("Add", "Sub", "Mul", "Div") and (len(step.in_) != 2 or step.in_[1] is None):
+                raise ValueError(f"chain step {k} ({step.op}) needs two operands")
+            for ref in step.in_:
+                if ref is not None and ref.t is not None and ref.t not in known:
+                    raise ValueError(f"chain step {k} reads {ref.t!r}, which no earlier step makes")
+            known.add(step.out)
+        if self.result not in known:
+            raise ValueError(f"chain result {self.result!r} is made by no step")
+        return self
+
+
+Epilogue = Annotated[Union[ShiftEpilogue, FixedEpilogue, ScaleEpilogue, FloatEpilogue], Field(discriminator="mode")]
+
+
+# --- op attributes (one model per kernel) -------------------------------------------------------
+
+class _Passthrough(Strict):
+    qmin: Int
+    x_zp: Int
+    out_dtype: CodeDtype
+    out_shape: Shape
+
+
+class ConvAttrs(Strict):
+    strides: Window
+    pads: Quad
+    dilations: Window
+    group: Positive
+    kernel: Window
+    x_zp: Int
+    k_chunk: Annotated[int, Field(strict=True, ge=1)]
+    lshift: Union[LeftShift, Annotated[list[LeftShift], Field(min_length=1)]]
+    in_shape: Annotated[Shape, Field(min_length=4, max_length=4)]
+    in_dtype: CodeDtype
+    split_bytes: bool
+    out_shape: Annotated[Shape, Field(min_length=3, max_length=4)]  # a 1-D conv runs as 2-D with H = 1
+    epilogue: Epilogue
+
+
+class ConvTransposeAttrs(Strict):
+    strides: Window
+    pads: Quad
+    dilations: Window
+    group: Positive
+    kernel: Window
+    x_zp: Int
+    k_chunk: Annotated[int, Field(strict=True, ge=1)]
+    wide: bool
+    lshift: Union[LeftShift, Annotated[list[LeftShift], Field(min_length=1)]]
+    out_shape: Annotated[Shape, Field(min_length=4, max_length=4)]
+    epilogue: Epilogue
+
+
+class MatmulAttrs(Strict):
+    x_zp: Int
+    k_chunk: Annotated[int, Field(strict=True, ge=1)]
+    wide: bool
+    lshift: Union[LeftShift, Annotated[list[LeftShift], Field(min_length=1)]]
+    out_shape: Annotated[Shape, Field(min_length=1)]
+    epilogue: Epilogue
+
+
+class Matmul2Attrs(Strict):
+    a_zp: Int
+    b_zp: Int
+    out_shape: Annotated[Shape, Field(min_length=1)]
+    epilogue: Epilogue
+
+
+class Operand(Strict):
+    zp: Int
+    const: Optional[Name] = None
+    input: Optional[Annotated[int, Field(strict=True, ge=0, le=1)]] = None
+
+
+class QLinear(Strict):
+    scales: Annotated[list[Scale], Field(min_length=2, max_length=2)]
+    zps: Annotated[list[Int], Field(min_length=2, max_length=2)]
+    out_scale: Scale
+    out_zp: Int
+    scalar: Annotated[list[bool], Field(min_length=2, max_length=2)]
+    out_dtype: CodeDtype
+
+
+class EltwiseAttrs(Strict):
+    mode: Literal["add", "sub", "mul"]
+    operands: Annotated[list[Operand], Field(min_length=2, max_length=2)]
+    out_shape: Shape
+    align: Optional[Annotated[list[Annotated[int, Field(strict=True, ge=0, le=31)]], Field(min_length=2,
+                                                                                         max_length=2)]] = None
+    dequant: Optional[Annotated[list[Scale], Field(min_length=2, max_length=2)]] = None
+    qlinear: Optional[QLinear] = None
+    epilogue: Optional[Epilogue] = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "EltwiseAttrs":
+        forms = [self.align is not None, self.dequant is not None, self.qlinear is not None]
+        if sum(forms) != 1:
+            raise ValueError("exactly one of align (integer), dequant (float) or qlinear (QLinearAdd)")
+        if (self.qlinear is None) == (self.epilogue is None):
+            raise ValueError("an epilogue goes with align or dequant, not with qlinear")
+        if self.dequant is not None and self.epilogue.mode != "float":
+            raise ValueError("a float-scale eltwise needs a float epilogue")
+        return self
+
+
+class PoolAttrs(Strict):
+    kernel: Window
+    strides: Window
+    pads: Quad
+    dilations: Window
+    real_pads: Optional[Quad] = None
+
+
+class MaxpoolAttrs(PoolAttrs, _Passthrough):
+    pass
+
+
+class AvgpoolAttrs(PoolAttrs):
+    count_include_pad: Literal[0, 1]
+    x_zp: Int
+    out_shape: Annotated[Shape, Field(min_length=4, max_length=4)]
+    epilogue: FloatEpilogue
+    qlinear: Optional[Literal["global", "window"]] = None
+
+
+class ReshapeAttrs(_Passthrough):
+    pass
+
+
+class TransposeAttrs(_Passthrough):
+    perm: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(max_length=MAX_RANK)]
+
+
+class SliceAttrs(_Passthrough):
+    slices: Annotated[list[Annotated[list[Int], Field(min_length=3, max_length=3)]], Field(max_length=MAX_RANK)]
+
+
+class GatherAttrs(_Passthrough):
+    indices: Annotated[list[list[Int]], Field(max_length=MAX_RANK)]
+
+
+class PadAttrs(_Passthrough):
+    width: Annotated[list[Pair], Field(max_length=MAX_RANK)]
+    mode: Literal["constant", "reflect", "edge"]
+    pad_code: Int
+
+
+class ConcatPart(Strict):
+    qmin: Int
+    table: Optional[Name] = None
+    const: Optional[Name] = None
+    input: Optional[Annotated[int, Field(strict=True, ge=0)]] = None
+
+
+class ConcatAttrs(Strict):
+    axis: Annotated[int, Field(strict=True, ge=0, lt=MAX_RANK)]
+    parts: Annotated[list[ConcatPart], Field(min_length=1)]
+    out_dtype: CodeDtype
+    out_shape: Shape
+
+
+class SplitAttrs(Strict):
+    axis: Annotated[int, Field(strict=True, ge=0, lt=MAX_RANK)]
+    parts: Annotated[list[Annotated[list[Count], Field(min_length=2, max_length=2)]], Field(min_length=1)]
+    tables: list[Optional[Name]]
+    qmin: Int
+    out_dtype: CodeDtype
+
+
+class LutAttrs(Strict):
+    qmin: Int
+    out_dtype: CodeDtype
+
+
+class QuantizeAttrs(Strict):
+    scale: Scale
+    zp: Int
+    dtype: CodeDtype
+    round: Round
+    bits: Literal[8, 16]
+    signed: bool
+
+
+class DequantizeAttrs(Strict):
+    scale: Union[Scale, Annotated[list[Scale], Field(min_length=1)]]
+    zp: Union[Int, Annotated[list[Int], Field(min_length=1)]]
+    axis: Optional[Annotated[int, Field(strict=True, ge=0, lt=MAX_RANK)]]
+
+
+ATTRS: dict[str, type[Strict]] = {
+    "conv": ConvAttrs, "conv_transpose": ConvTransposeAttrs, "matmul": MatmulAttrs, "matmul2": Matmul2Attrs,
+    "eltwise": EltwiseAttrs, "maxpool": MaxpoolAttrs, "avgpool": AvgpoolAttrs, "reshape": ReshapeAttrs,
+    "transpose": TransposeAttrs, "slice": SliceAttrs, "gather": GatherAttrs, "pad": PadAttrs,
+    "concat": ConcatAttrs, "split": SplitAttrs, "lut": LutAttrs, "quantize": QuantizeAttrs,
+    "dequantize": DequantizeAttrs,
+}
+
+
+# --- subgraphs and the manifest -----------------------------------------------------------------
+
+class Op(Strict):
+    op: Literal[tuple(ATTRS)]  # type: ignore[valid-type]
+    name: Name
+    kind: Name
+    inputs: Annotated[list[Name], Field(max_length=64)]
+    outputs: Annotated[list[Name], Field(min_length=1, max_length=64)]
+    attrs: dict
+    blobs: dict[str, Name]
+    nodes: list[Name]
+    macs: Count
+
+
+class Buffer(Strict):
+    offset: Count
+    nbytes: Count
+
+
+class Plan(Strict):
+    arena_bytes: Count
+    total_bytes: Count
+    buffers: dict[str, Buffer]
+
+
+class _SubgraphBase(Strict):
+    id: Count
+    name: Name
+    device: Name
+    inputs: list[Name]
+    outputs: Annotated[list[Name], Field(min_length=1)]
+    op_counts: dict[str, Count]
+    macs: Count
+    weight_bytes: Count
+
+
+class IntegerSubgraph(_SubgraphBase):
+    engine: Literal["integer"]
+    ops: Annotated[list[Op], Field(min_length=1)]
+    memory: Plan
+
+
+class OnnxSubgraph(_SubgraphBase):
+    engine: Literal["onnx"]
+    onnx: Name
+    nodes: list[Name]
+
+
+class TargetInfo(Strict):
+    name: Name
+    fingerprint: Name
+    family: str
+    kind: str
+    device_label: str
+    scale_type: str
+
+
+class ModelInfo(Strict):
+    name: str
+    producer: str
+    metadata: dict[str, str]
+
+
+class MemoryInfo(Strict):
+    weight_bytes: Count
+    peak_activation_bytes: Count
+
+
+class Manifest(Strict):
+    format: Literal["npuf"]
+    npuflow_version: Name
+    model: ModelInfo
+    target: TargetInfo
+    inputs: list[Io]
+    outputs: Annotated[list[Io], Field(min_length=1)]
+    subgraphs: Annotated[list[Annotated[Union[IntegerSubgraph, OnnxSubgraph], Field(discriminator="engine")]],
+                         Field(min_length=1)]
+    tensors: dict[str, Tensor]
+    memory: MemoryInfo
+    build_config: Optional[dict] = None
+    preprocessing: Optional[dict] = None
+    notes: list[str]
+    blobs: dict[str, Blob]
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+class SchemaError(ValueError):
+    """A manifest field the schema refuses: ``field`` is its path, ``reason`` why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_minor: bool = False) -> Manifest:
+    """Validate a manifest (see the module docstring); raises :class:`SchemaError`.
+
+    ``blob_bytes(name)`` returns a blob's bytes (the embedded ONNX models are parsed to compare
+    their interface with the subgraph's); ``newer_minor`` ignores unknown fields.
+    """
+    context = {"ignore_unknown": newer_minor}
+    try:
+        m = Manifest.model_validate(manifest, context=context)
+    except ValidationError as exc:
+        raise _schema_error(exc, "") from None
+    _check_limits(m)
+    _check_target(m)
+    available = {io.name for io in m.inputs}
+    for k, sg in enumerate(m.subgraphs):
+        where = f"subgraphs[{k}]"
+        if sg.id != k:
+            raise SchemaError(f"{where}.id", f"is {sg.id}, the subgraph's position is {k}")
+        for name in [*sg.inputs, *sg.outputs]:
+            _tensor(m, name, f"{where}.inputs/outputs")
+        missing = [t for t in sg.inputs if t not in available]
+        if missing:
+            raise SchemaError(f"{where}.inputs", f"{missing[0]!r} is made by no model input or earlier subgraph")
+        if isinstance(sg, IntegerSubgraph):
+            _check_integer(m, sg, where, context)
+        else:
+            _check_onnx(m, sg, where, blob_bytes)
+        available |= set(sg.outputs)
+    for k, io in enumerate([*m.inputs, *m.outputs]):
+        where = f"{'inputs' if k < len(m.inputs) else 'outputs'}[{k if k < len(m.inputs) else k - len(m.inputs)}]"
+        t = _tensor(m, io.name, where)
+        if (t.dtype, t.shape) != (io.dtype, io.shape):
+            raise SchemaError(where, f"{io.name!r} is {io.dtype} {io.shape} but tensors has {t.dtype} {t.shape}")
+        if k >= len(m.inputs) and io.name not in available:
+            raise SchemaError(where, f"output {io.name!r} is made by no subgraph")
+    return m
+
+
+def _schema_error(exc: ValidationError, prefix: str) -> SchemaError:
+    err = exc.errors()[0]
+    parts = [p for p in err["loc"] if isinstance(p, int) or not any(c in p for c in "-[")]  # no union tags
+    loc = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+    return SchemaError(loc.lstrip(".") or "manifest", err["msg"])
+
+
+def _check_limits(m: Manifest) -> None:
+    limit = max_tensor_elements()
+    for name, t in m.tensors.items():
+        if math.prod(t.shape) > limit:
+            raise SchemaError(f"tensors[{name!r}].shape", f"{math.prod(t.shape)} elements exceed the limit {limit}")
+    for name, b in m.blobs.items():
+        if math.prod(b.shape) * np.dtype(b.dtype).itemsize != b.nbytes:
+            raise SchemaError(f"blobs[{name!r}].nbytes", f"{b.nbytes} does not match shape {b.shape} of {b.dtype}")
+
+
+def _check_target(m: Manifest) -> None:
+    """A bundled target named in the file must carry that target's fingerprint (a file claiming
+    DPUCZDX8G with another fingerprint was altered); a user's own target cannot be checked here.
+    Only a plain name is looked up: a name like ``/etc/passwd`` must not make the reader open it."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", m.target.name):
+        return
+    try:
+        t = load_target(m.target.name)
+    except NpuflowError:  # not a bundled target
+        return
+    if not same_fingerprint(t.fingerprint, m.target.fingerprint):
+        raise SchemaError("target.fingerprint", f"{m.target.fingerprint} is not the fingerprint of "
+                          f"{t.name} ({t.fingerprint})")
+
+
+def _tensor(m: Manifest, name: str, where: str) -> Tensor:
+    t = m.tensors.get(name)
+    if t is None:
+        raise SchemaError(where, f"tensor {name!r} is not described in tensors")
+    return t
+
+
+def _check_onnx(m: Manifest, sg: OnnxSubgraph, where: str, blob_bytes: Callable[[str], bytes]) -> None:
+    """The embedded model parses and takes/makes exactly the subgraph's tensors, typed as described."""
+    blob = m.blobs.get(sg.onnx)
+    if blob is None or blob.dtype != "uint8" or len(blob.shape) != 1 or not sg.onnx.endswith(".onnx"):
+        raise SchemaError(f"{where}.onnx", f"{sg.onnx!r} is not a byte blob of the table")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(blob_bytes(sg.onnx))
+    except Exception as exc:  # protobuf's DecodeError and upb's RuntimeError alike
+        raise SchemaError(f"{where}.onnx", f"the embedded model does not parse: {exc}") from None
+    inits = {t.name for t in model.graph.initializer}
+    ins = [i for i in model.graph.input if i.name not in inits]
+    for label, declared, actual in (("inputs", sg.inputs, ins), ("outputs", sg.outputs, list(model.graph.output))):
+        if sorted(declared) != sorted(v.name for v in actual):
+            raise SchemaError(f"{where}.{label}", f"{declared} differ from the embedded model's "
+                              f"{[v.name for v in actual]}")
+        for v in actual:
+            elem = v.type.tensor_type.elem_type
+            if elem and helper.tensor_dtype_to_np_dtype(elem).name != m.tensors[v.name].dtype:
+                raise SchemaError(f"{where}.{label}", f"{v.name!r} is {m.tensors[v.name].dtype} in the manifest "
+                                  f"but {helper.tensor_dtype_to_np_dtype(elem).name} in the embedded model")
+
+
+def _check_integer(m: Manifest, sg: IntegerSubgraph, where: str, context: dict) -> None:
+    known = set(sg.inputs)
+    for j, op in enumerate(sg.ops):
+        at = f"{where}.ops[{j}]"
+        for name in op.inputs:
+            if name not in known:
+                raise SchemaError(f"{at}.inputs", f"{name!r} is made by no subgraph input or earlier op")
+        for name in op.outputs:
+            _tensor(m, name, f"{at}.outputs")
+            if name in known:
+                raise SchemaError(f"{at}.outputs", f"{name!r} is written twice")
+            known.add(name)
+        for role, blob in op.blobs.items():
+            if blob not in m.blobs or blob.endswith(".onnx"):
+                raise SchemaError(f"{at}.blobs.{role}", f"{blob!r} is not an array of the blob table")
+        try:
+            attrs = ATTRS[op.op].model_validate(op.attrs, context=context)
+        except ValidationError as exc:
+            raise _schema_error(exc, f"{at}.attrs") from None
+        OpCheck(m, op, attrs, at).run()
+    for name in sg.outputs:
+        if name not in known - set(sg.inputs):
+            raise SchemaError(f"{where}.outputs", f"{name!r} is made by no op of the subgraph")
+    ops = [o.model_dump(by_alias=True) for o in sg.ops]
+    tensors = {k: {"dtype": t.dtype, "shape": t.shape} for k, t in m.tensors.items()}
+    expected = memory.plan(ops, tensors, set(sg.inputs) | set(sg.outputs))
+    if sg.memory.model_dump() != expected:
+        raise SchemaError(f"{where}.memory", f"differs from the plan of its ops (arena {sg.memory.arena_bytes} B, "
+                          f"planned {expected['arena_bytes']} B)")
+    limit = max_tensor_elements() * ARENA_BYTES_PER_ELEMENT
+    if expected["arena_bytes"] > limit:
+        raise SchemaError(f"{where}.memory.arena_bytes", f"{expected['arena_bytes']} B exceed the limit of {limit} B "
+                          "(raise NPUFLOW_MAX_TENSOR_ELEMENTS for larger models)")
+
+
+# --- per-op consistency --------------------------------------------------------------------------
+
+class OpCheck:
+    """What one op's attributes imply about its tensors and blobs, compared with the manifest."""
+
+    def __init__(self, m: Manifest, op: Op, attrs: Strict, where: str) -> None:
+        self.m, self.op, self.a, self.where = m, op, attrs, where
+        self.x = m.tensors[op.inputs[0]] if op.inputs else None
+        self.y = m.tensors[op.outputs[0]]
+
+    def fail(self, field: str, reason: str) -> SchemaError:
+        return SchemaError(f"{self.where}.{field}", reason)
+
+    def run(self) -> None:
+        getattr(self, f"_{self.op.op}")()
+
+    # helpers
+
+    def inputs(self, n: int) -> None:
+        if len(self.op.inputs) != n:
+            raise self.fail("inputs", f"{self.op.op} reads {n} tensor(s), not {len(self.op.inputs)}")
+
+    def outputs(self, n: int = 1) -> None:
+        if len(self.op.outputs) != n:
+            raise self.fail("outputs", f"{self.op.op} writes {n} tensor(s), not {len(self.op.outputs)}")
+
+    def blob(self, role: str, dtypes: set[str] | None = None, shape: list[int] | None = None) -> Blob:
+        name = self.op.blobs.get(role)
+        if name is None:
+            raise self.fail("blobs", f"{self.op.op} needs a {role!r} blob")
+        b = self.m.blobs[name]
+        if dtypes is not None and b.dtype not in dtypes:
+            raise self.fail(f"blobs.{role}", f"{name!r} is {b.dtype}, expected one of {sorted(dtypes)}")
+        if shape is not None and b.shape != shape:
+            raise self.fail(f"blobs.{role}", f"{name!r} has shape {b.shape}, expected {shape}")
+        return b
+
+    def roles(self, allowed: set[str]) -> None:
+        extra = set(self.op.blobs) - allowed
+        if extra:
+            raise self.fail("blobs", f"unexpected blob role(s) {sorted(extra)}")
+
+    def out_shape(self, shape: list[int], field: str = "attrs.out_shape") -> None:
+        if list(shape) != self.y.shape:
+            raise self.fail(field, f"the op makes shape {list(shape)} but {self.op.outputs[0]!r} is {self.y.shape}")
+
+    def code(self, value: int, dtype: str, field: str) -> None:
+        lo, hi = _range(dtype)
+        if not lo <= value <= hi:
+            raise self.fail(field, f"{value} is outside the {dtype} range [{lo}, {hi}]")
+
+    def x_code(self, field: str = "attrs.x_zp") -> None:
+        if self.x.dtype not in CODE_DTYPES:
+            raise self.fail("inputs", f"{self.op.inputs[0]!r} is {self.x.dtype}, not an integer code type")
+        self.code(getattr(self.a, field.split(".")[-1]), self.x.dtype, field)
+
+    def epilogue(self, ep, channels: int) -> None:
+        if ep.dtype != self.y.dtype:
+            raise self.fail("attrs.epilogue.dtype", f"{ep.dtype} but {self.op.outputs[0]!r} is {self.y.dtype}")
+        self.code(ep.zp, ep.dtype, "attrs.epilogue.zp")
+        for field in ("shift", "multiplier", "acc_scale"):
+            value = getattr(ep, field, None)
+            if isinstance(value, list) and len(value) != channels:
+                raise self.fail(f"attrs.epilogue.{field}", f"{len(value)} values for {channels} channels")
+        for k, (lo, hi) in enumerate(getattr(ep, "clamps", [])):
+            self.code(lo, ep.dtype, f"attrs.epilogue.clamps[{k}]")
+            self.code(hi, ep.dtype, f"attrs.epilogue.clamps[{k}]")
+
+    def per_channel(self, field: str, value, channels: int) -> None:
+        if isinstance(value, list) and len(value) != channels:
+            raise self.fail(f"attrs.{field}", f"{len(value)} values for {channels} channels")
+
+    def table(self, role: str, qmin: int, in_dtype: str, out_dtype: str, field: str = "attrs.qmin") -> None:
+        """A code-to-code table: one entry per input code, starting at the input type's minimum."""
+        lo, hi = _range(in_dtype)
+        if qmin != lo:
+            raise self.fail(field, f"{qmin} is not the minimum {lo} of {in_dtype}")
+        self.blob(role, {out_dtype}, [hi - lo + 1])
+
+    def passthrough(self, shape: list[int]) -> None:
+        """Data movement (maxpool, reshape, transpose, slice, gather, pad): codes move, an optional
+        table changes scale."""
+        self.inputs(1)
+        self.outputs()
+        self.roles({"table"})
+        self.x_code()
+        if "table" in self.op.blobs:
+            self.table("table", self.a.qmin, self.x.dtype, self.a.out_dtype)
+        elif self.a.out_dtype != self.x.dtype or self.a.qmin != _range(self.x.dtype)[0]:
+            raise self.fail("attrs.out_dtype", f"without a table the output type is the input's ({self.x.dtype})")
+        if self.y.dtype != self.a.out_dtype:
+            raise self.fail("attrs.out_dtype", f"{self.a.out_dtype} but {self.op.outputs[0]!r} is {self.y.dtype}")
+        self.out_shape(self.a.out_shape)
+        self.out_shape(shape)
+
+    # kernels
+
+    def _conv(self) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs()
+        self.roles({"w", "b"})
+        self.x_code()
+        if a.in_dtype != self.x.dtype or math.prod(a.in_shape) != math.prod(self.x.shape):
+            raise self.fail("attrs.in_shape", f"{a.in_dtype} {a.in_shape} is not {self.op.inputs[0]!r} "
+                            f"({self.x.dtype} {self.x.shape})")
+        n, cin, h, w = a.in_shape
+        cout = a.out_shape[1]
+        if cin % a.group or cout % a.group:
+            raise self.fail("attrs.group", f"{a.group} does not divide {cin} input and {cout} output channels")
+        self.blob("w", {"int8", "int16", "uint8"}, [cout, cin // a.group, *a.kernel])
+        self.blob("b", {"int64"}, [cout])
+        self.per_channel("lshift", a.lshift, cout)
+        hw = [_conv_out(size, k, s, d, p0 + p1) for size, k, s, d, p0, p1 in
+              zip([h, w], a.kernel, a.strides, a.dilations, a.pads[:2], a.pads[2:])]
+        geometry = [n, cout, *hw] if len(a.out_shape) == 4 or hw[0] != 1 else [n, cout, hw[1]]
+        if math.prod(a.out_shape) != math.prod(self.y.shape) or a.out_shape != geometry:
+            raise self.fail("attrs.out_shape", f"{a.out_shape}: the geometry gives {geometry} "
+                            f"and {self.op.outputs[0]!r} is {self.y.shape}")
+        self.epilogue(a.epilogue, cout)
+
+    def _conv_transpose(self) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs()
+        self.roles({"w", "b"})
+        self.x_code()
+        if len(self.x.shape) != 4:
+            raise self.fail("inputs", f"{self.op.inputs[0]!r} is not 4-D")
+        n, cin, h, w = self.x.shape
+        if cin % a.group:
+            raise self.fail("attrs.group", f"{a.group} does not divide {cin} input channels")
+        wb = self.blob("w", {"int8", "int16", "uint8"})
+        if len(wb.shape) != 4 or wb.shape[0] != cin or wb.shape[2:] != a.kernel:
+            raise self.fail("blobs.w", f"shape {wb.shape} is not [{cin}, C/g, *{a.kernel}]")
+        cout = wb.shape[1] * a.group
+        self.blob("b", {"int64"}, [cout])
+        self.per_channel("lshift", a.lshift, cout)
+        if a.out_shape[:2] != [n, cout] or a.out_shape != self.y.shape:
+            raise self.fail("attrs.out_shape", f"{a.out_shape} is not [{n}, {cout}, ...] = {self.y.shape}")
+        self.epilogue(a.epilogue, cout)
+
+    def _matmul(self) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs()
+        self.roles({"w", "b"})
+        self.x_code()
+        if not self.x.shape:
+            raise self.fail("inputs", "a matrix product needs at least 1-D input")
+        wb = self.blob("w", {"int8", "int16", "uint8"})
+        if len(wb.shape) != 2 or wb.shape[0] != self.x.shape[-1]:
+            raise self.fail("blobs.w", f"shape {wb.shape} is not [{self.x.shape[-1]}, N]")
+        self.blob("b", {"int64"}, [wb.shape[1]])
+        self.per_channel("lshift", a.lshift, wb.shape[1])
+        self.out_shape([*self.x.shape[:-1], wb.shape[1]])
+        self.out_shape(a.out_shape)
+        self.epilogue(a.epilogue, wb.shape[1])
+
+    def _matmul2(self) -> None:
+        a = self.a
+        self.inputs(2)
+        self.outputs()
+        self.roles(set())
+        xa, xb = (self.m.tensors[t] for t in self.op.inputs)
+        for t, zp, field in ((xa, a.a_zp, "attrs.a_zp"), (xb, a.b_zp, "attrs.b_zp")):
+            if t.dtype not in CODE_DTYPES:
+                raise self.fail("inputs", f"operand is {t.dtype}, not an integer code type")
+            self.code(zp, t.dtype, field)
+        self.out_shape(_matmul_shape(xa.shape, xb.shape, self.fail))
+        self.out_shape(a.out_shape)
+        self.epilogue(a.epilogue, 1)
+
+    def _eltwise(self) -> None:
+        a = self.a
+        self.outputs()
+        fed = [o.input for o in a.operands if o.input is not None]
+        consts = {o.const for o in a.operands if o.const is not None}
+        if any((o.input is None) == (o.const is None) for o in a.operands) or sorted(fed) != list(range(len(fed))):
+            raise self.fail("attrs.operands", "each operand is one input (numbered in order) or one constant")
+        self.inputs(len(fed))
+        self.roles(consts)
+        shapes = []
+        for k, o in enumerate(a.operands):
+            if o.const is not None:
+                b = self.blob(o.const, {"int8", "uint8", "int16", "uint16"})
+                dtype, shape = b.dtype, b.shape
+            else:
+                t = self.m.tensors[self.op.inputs[o.input]]
+                dtype, shape = t.dtype, t.shape
+            if dtype not in CODE_DTYPES:
+                raise self.fail(f"attrs.operands[{k}]", f"operand is {dtype}, not an integer code type")
+            self.code(o.zp, dtype, f"attrs.operands[{k}].zp")
+            shapes.append(shape)
+        try:
+            shape = list(np.broadcast_shapes(*map(tuple, shapes)))
+        except ValueError:
+            raise self.fail("attrs.operands", f"operand shapes {shapes} do not broadcast") from None
+        self.out_shape(shape)
+        self.out_shape(a.out_shape)
+        if a.qlinear is not None:
+            if a.mode != "add" or a.qlinear.out_dtype != self.y.dtype:
+                raise self.fail("attrs.qlinear", "QLinearAdd adds, into the output's type")
+            self.code(a.qlinear.out_zp, a.qlinear.out_dtype, "attrs.qlinear.out_zp")
+        else:
+            self.epilogue(a.epilogue, shape[1 % len(shape)] if shape else 1)
+
+    def _pool(self, kernel_fits: bool = True) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs()
+        if len(self.x.shape) != 4 or len(a.out_shape) != 4 or a.out_shape[:2] != self.x.shape[:2]:
+            raise self.fail("attrs.out_shape", f"{a.out_shape} is not a 4-D pooling of {self.x.shape}")
+        for axis in (0, 1):
+            need = (a.out_shape[2 + axis] - 1) * a.strides[axis] + (a.kernel[axis] - 1) * a.dilations[axis] + 1
+            have = self.x.shape[2 + axis] + a.pads[axis] + a.pads[axis + 2]
+            if a.out_shape[2 + axis] < 1 or need > have:
+                raise self.fail("attrs.out_shape", f"{a.out_shape}: its windows need {need} rows/columns on axis "
+                                f"{2 + axis}, the padded input has {have}")
+
+    def _maxpool(self) -> None:
+        self._pool()
+        self.passthrough(self.a.out_shape)
+
+    def _avgpool(self) -> None:
+        a = self.a
+        self._pool()
+        self.roles(set())
+        self.x_code()
+        self.out_shape(a.out_shape)
+        self.epilogue(a.epilogue, a.out_shape[1])
+
+    def _reshape(self) -> None:
+        self.inputs(1)
+        if math.prod(self.a.out_shape) != math.prod(self.x.shape):
+            raise self.fail("attrs.out_shape", f"{self.a.out_shape} does not hold the {self.x.shape} input")
+        self.passthrough(self.a.out_shape)
+
+    def _transpose(self) -> None:
+        self.inputs(1)
+        perm = self.a.perm
+        if sorted(perm) != list(range(len(self.x.shape))):
+            raise self.fail("attrs.perm", f"{perm} is not a permutation of the input's {len(self.x.shape)} axes")
+        self.passthrough([self.x.shape[p] for p in perm])
+
+    def _slice(self) -> None:
+        self.inputs(1)
+        slices = self.a.slices
+        if len(slices) != len(self.x.shape) or any(c == 0 for _, _, c in slices):
+            raise self.fail("attrs.slices", f"one [start, stop, step != 0] per axis of {self.x.shape}")
+        self.passthrough([len(range(*slice(s, e, c).indices(d))) for (s, e, c), d in zip(slices, self.x.shape)])
+
+    def _gather(self) -> None:
+        self.inputs(1)
+        idx = self.a.indices
+        if len(idx) != len(self.x.shape) or any(not all(-d <= i < d for i in ix) for ix, d in zip(idx, self.x.shape)):
+            raise self.fail("attrs.indices", f"one list of indices within each axis of {self.x.shape}")
+        self.passthrough([len(ix) for ix in idx])
+
+    def _pad(self) -> None:
+        self.inputs(1)
+        a = self.a
+        if len(a.width) != len(self.x.shape):
+            raise self.fail("attrs.width", f"one [before, after] per axis of {self.x.shape}")
+        if a.mode != "constant" and any(d == 0 and (b or e) for (b, e), d in zip(a.width, self.x.shape)):
+            raise self.fail("attrs.mode", f"{a.mode} padding of an empty axis")
+        self.code(a.pad_code, a.out_dtype, "attrs.pad_code")
+        self.passthrough([d + b + e for (b, e), d in zip(a.width, self.x.shape)])
+
+    def _concat(self) -> None:
+        a = self.a
+        self.outputs()
+        fed = [p.input for p in a.parts if p.input is not None]
+        if any((p.input is None) == (p.const is None) for p in a.parts) or sorted(fed) != list(range(len(fed))):
+            raise self.fail("attrs.parts", "each part is one input (numbered in order) or one constant")
+        self.inputs(len(fed))
+        self.roles({r for p in a.parts for r in (p.table, p.const) if r})
+        batch = self.m.tensors[self.op.inputs[0]].shape[0] if fed and self.m.tensors[self.op.inputs[0]].shape else 1
+        shapes = []
+        for k, p in enumerate(a.parts):
+            b = None
+            if p.const is not None:
+                b = self.blob(p.const, {"int8", "uint8", "int16", "uint16"})
+                dtype, shape = b.dtype, [batch, *b.shape[1:]] if b.shape else None
+            else:
+                t = self.m.tensors[self.op.inputs[p.input]]
+                dtype, shape = t.dtype, t.shape
+            if dtype not in CODE_DTYPES or not shape:
+                raise self.fail(f"attrs.parts[{k}]", f"part is {dtype} {shape}, not integer codes with an axis")
+            if b is not None and b.shape[0] not in (1, batch):
+                raise self.fail(f"attrs.parts[{k}]", f"constant of batch {b.shape[0]}, not {batch}")
+            if p.table is not None:
+                self.table(p.table, p.qmin, dtype, a.out_dtype, f"attrs.parts[{k}].qmin")
+            elif dtype != a.out_dtype:
+                raise self.fail(f"attrs.parts[{k}]", f"{dtype} part without a table in a {a.out_dtype} concat")
+            shapes.append(shape)
+        rank = len(shapes[0])
+        if a.axis >= rank or any(len(s) != rank or s[:a.axis] + s[a.axis + 1:] != shapes[0][:a.axis] +
+                                 shapes[0][a.axis + 1:] for s in shapes):
+            raise self.fail("attrs.axis", f"parts {shapes} do not concatenate on axis {a.axis}")
+        self.out_shape([*shapes[0][:a.axis], sum(s[a.axis] for s in shapes), *shapes[0][a.axis + 1:]])
+        self.out_shape(a.out_shape)
+        if self.y.dtype != a.out_dtype:
+            raise self.fail("attrs.out_dtype", f"{a.out_dtype} but {self.op.outputs[0]!r} is {self.y.dtype}")
+
+    def _split(self) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs(len(a.parts))
+        self.roles({t for t in a.tables if t})
+        if self.x.dtype not in CODE_DTYPES or a.axis >= len(self.x.shape):
+            raise self.fail("attrs.axis", f"{a.axis} is not an axis of integer codes {self.x.dtype} {self.x.shape}")
+        if len(a.tables) != len(a.parts) or a.qmin != _range(self.x.dtype)[0]:
+            raise self.fail("attrs.tables", "one table (or null) per part, qmin the input type's minimum")
+        for k, ((b, e), table, out) in enumerate(zip(a.parts, a.tables, self.op.outputs)):
+            if not b <= e <= self.x.shape[a.axis]:
+                raise self.fail(f"attrs.parts[{k}]", f"[{b}, {e}] is not within axis size {self.x.shape[a.axis]}")
+            dtype = self.x.dtype
+            if table:
+                self.table(table, a.qmin, self.x.dtype, a.out_dtype)
+                dtype = a.out_dtype
+            t = self.m.tensors[out]
+            shape = [*self.x.shape[:a.axis], e - b, *self.x.shape[a.axis + 1:]]
+            if (t.dtype, t.shape) != (dtype, shape):
+                raise self.fail("outputs", f"{out!r} is {t.dtype} {t.shape}, the part is {dtype} {shape}")
+
+    def _lut(self) -> None:
+        self.inputs(1)
+        self.outputs()
+        self.roles({"table"})
+        if self.x.dtype not in CODE_DTYPES:
+            raise self.fail("inputs", f"{self.op.inputs[0]!r} is {self.x.dtype}, not integer codes")
+        self.table("table", self.a.qmin, self.x.dtype, self.a.out_dtype)
+        if (self.y.dtype, self.y.shape) != (self.a.out_dtype, self.x.shape):
+            raise self.fail("outputs", f"{self.op.outputs[0]!r} is {self.y.dtype} {self.y.shape}, a table maps "
+                            f"{self.x.shape} to {self.a.out_dtype}")
+
+    def _quantize(self) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs()
+        self.roles(set())
+        dt = np.dtype(a.dtype)
+        if (a.bits, a.signed) != (dt.itemsize * 8, dt.kind == "i") or self.y.dtype != a.dtype:
+            raise self.fail("attrs.bits", f"{a.bits}-bit {'signed' if a.signed else 'unsigned'} is not {a.dtype} "
+                            f"({self.op.outputs[0]!r} is {self.y.dtype})")
+        if self.x.dtype not in ("float32", "float16", "float64") or self.x.shape != self.y.shape:
+            raise self.fail("inputs", f"quantizes float tensors of the output's shape, not "
+                            f"{self.x.dtype} {self.x.shape}")
+        self.code(a.zp, a.dtype, "attrs.zp")
+
+    def _dequantize(self) -> None:
+        a = self.a
+        self.inputs(1)
+        self.outputs()
+        self.roles(set())
+        if self.x.dtype not in CODE_DTYPES or self.x.shape != self.y.shape:
+            raise self.fail("inputs", f"dequantizes integer codes of the output's shape, not {self.x.dtype} "
+                            f"{self.x.shape}")
+        channels = 1 if a.axis is None else (self.x.shape[a.axis] if a.axis < len(self.x.shape) else -1)
+        for field in ("scale", "zp"):
+            value = getattr(a, field)
+            count = len(value) if isinstance(value, list) else 1
+            if channels < 0 or (isinstance(value, list) and count not in (1, channels)):
+                raise self.fail(f"attrs.{field}", f"{count} value(s) for axis {a.axis} of {self.x.shape}")
+        for k, zp in enumerate(a.zp if isinstance(a.zp, list) else [a.zp]):
+            self.code(zp, self.x.dtype, f"attrs.zp[{k}]")
+
+
+def _range(dtype: str) -> tuple[int, int]:
+    dt = np.dtype(dtype)
+    return qrange(dt.itemsize * 8, dt.kind == "i")
+
+
+def _conv_out(size: int, kernel: int, stride: int, dilation: int, pads: int) -> int:
+    return (size + pads - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _matmul_shape(a: list[int], b: list[int], fail: Callable[[str, str], SchemaError]) -> list[int]:
+    """numpy's ``matmul`` result shape (1-D operands promoted and the added axis dropped)."""
+    if not a or not b:
+        raise fail("inputs", "matrix product of a scalar")
+    aa, bb = (a if len(a) > 1 else [1, *a]), (b if len(b) > 1 else [*b, 1])
+    if aa[-1] != bb[-2]:
+        raise fail("inputs", f"inner dimensions {a} and {b} differ")
+    try:
+        batch = list(np.broadcast_shapes(tuple(aa[:-2]), tuple(bb[:-2])))
+    except ValueError:
+        raise fail("inputs", f"batch dimensions of {a} and {b} do not broadcast") from None
+    return batch + ([aa[-2]] if len(a) > 1 else []) + ([bb[-1]] if len(b) > 1 else [])
