@@ -1,16 +1,21 @@
-"""Runtime benchmark: batch-1 throughput of a compiled model against ONNX Runtime, in one run.
+"""Runtime benchmark: throughput of a compiled model against ONNX Runtime, in one run.
 
-For EfficientNet-Lite0 (1x3x224x224) and YOLOv8n (1x3x320x320): quantize for the DPU target
-(power-of-two, half-up activations) on a few calibration samples, compile, and time, on the same
-input and interleaved round by round (the machine is shared, so load hits every column alike):
+For EfficientNet-Lite0 (3x224x224) and YOLOv8n (3x320x320), on the DPU target (power-of-two
+scales, half-up activations) and on cpu-int8 (float scales, per-channel weights): quantize on a
+few calibration samples, compile, and time, on the same input and interleaved round by round
+(the machine is shared, so load hits every column alike):
 
-* npuflow ``Session`` on the ``.npuf`` (integer executor, one BLAS thread);
-* ONNX Runtime running the same ``quantized_model.onnx`` (QDQ), 1 and 2 intra-op threads;
-* ONNX Runtime running the FP32 model, 1 and 2 intra-op threads.
+* npuflow ``Session`` on the ``.npuf``, ``threads=1`` and ``threads=2`` (fused integer runs and
+  CPU subgraphs on ONNX Runtime with that many intra-op threads);
+* ONNX Runtime running the same ``quantized_model.onnx`` (npuflow's QDQ), 1 and 2 threads;
+* ONNX Runtime running that quantization exported as plain QDQ (``--plain-qdq``: standard
+  ``QuantizeLinear`` steps, which ONNX Runtime fuses into its int8 kernels), 1 and 2 threads;
+* ONNX Runtime running the FP32 model, 1 and 2 threads.
 
-The compiled model's outputs are checked equal to ONNX Runtime's QDQ outputs first.
+The compiled model's outputs are compared with ONNX Runtime's on ``quantized_model.onnx`` first
+(power-of-two targets: equal; float scales: the largest difference is reported).
 
-    python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--models effnet,yolo]
+    python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...]
 
 Writes ``benchmarks/results/runtime.md`` (and ``runtime.json``) and prints the table.
 """
@@ -42,12 +47,13 @@ from tests import fixture_models  # noqa: E402
 import npuflow  # noqa: E402
 
 RESULTS = HERE / "results"
-TARGET = "DPUCZDX8G_ISA1_B4096"
+TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8"}
+CASES = "effnet:B4096:1,yolo:B4096:1,effnet:cpu-int8:1,yolo:cpu-int8:1,yolo:B4096:8"  # EfficientNet's batch is fixed to 1
 
 MODELS = {
-    "effnet": ("EfficientNet-Lite0", fixture_models.efficientnet_lite0, "input", [1, 3, 224, 224],
+    "effnet": ("EfficientNet-Lite0", fixture_models.efficientnet_lite0, "input", [3, 224, 224],
                lambda n: D.efficientnet("calib", n)[0]),
-    "yolo": ("YOLOv8n (320)", fixture_models.yolov8n, "images", [1, 3, 320, 320], lambda n: D.yolo("calib", n)),
+    "yolo": ("YOLOv8n (320)", fixture_models.yolov8n, "images", [3, 320, 320], lambda n: D.yolo("calib", n)),
 }
 
 
@@ -58,86 +64,142 @@ def _time(fn, runs: int) -> float:
     return (time.perf_counter() - start) / runs
 
 
-def bench_model(key: str, rounds: int, runs: int, calib_n: int) -> dict:
-    title, fetch, name, shape, calib = MODELS[key]
+def _batched(samples: list[dict], name: str, batch: int) -> list[dict]:
+    """Calibration samples stacked ``batch`` at a time (the compiled model's batch is fixed)."""
+    if batch == 1:
+        return samples
+    xs = np.concatenate([s[name] for s in samples])
+    reps = -(-batch * 2 // len(xs))
+    xs = np.concatenate([xs] * reps)
+    return [{name: xs[k * batch:(k + 1) * batch]} for k in range(2)]
+
+
+def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, calib_n: int) -> dict:
+    from npuflow.quant.export import to_plain_qdq
+
+    title, fetch, name, chw, calib = MODELS[key]
+    target = TARGETS[target_key]
+    shape = [batch, *chw]
     float_path = fetch()
-    samples = calib(calib_n)
+    samples = _batched(calib(calib_n), name, batch)
     t0 = time.perf_counter()
-    quantized = npuflow.quantize(str(float_path), samples, target=TARGET, input_shapes={name: shape})
+    quantized = npuflow.quantize(str(float_path), samples, target=target, input_shapes={name: shape})
     t_quant = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled = npuflow.compile(quantized.model, TARGET)
+    compiled = npuflow.compile(quantized.model, target)
     t_compile = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.npuf"
         compiled.save(path)
         size = path.stat().st_size
-        session = npuflow.Session(path)
+        sessions = {"1": npuflow.Session(path, threads=1), "2": npuflow.Session(path, threads=2),
+                    "before": npuflow.Session(path, fuse=False)}  # closed before the folder goes
         x = samples[0]
+        plain = to_plain_qdq(quantized.model)
         qdq1, qdq2 = D.ort_session(quantized.model, 1), D.ort_session(quantized.model, 2)
+        plain1, plain2 = D.ort_session(plain, 1), D.ort_session(plain, 2)
         fp1, fp2 = D.ort_session(float_path, 1), D.ort_session(float_path, 2)
-        ours = session.run(x)
+        ours = sessions["1"].run(x)
         ref = dict(zip([o.name for o in qdq1.get_outputs()], qdq1.run(None, x)))
         exact = all(np.array_equal(ours[k], ref[k]) for k in ours)
+        max_diff = max(float(np.abs(ours[k].astype(np.float64) - ref[k]).max()) for k in ours)
         runners = {
-            "npuflow .npuf": lambda: session.run(x),
+            "npuflow 1 thread": lambda: sessions["1"].run(x),
+            "npuflow 2 threads": lambda: sessions["2"].run(x),
+            "npuflow op-by-op (before)": lambda: sessions["before"].run(x),
             "ORT QDQ 1 thread": lambda: qdq1.run(None, x),
             "ORT QDQ 2 threads": lambda: qdq2.run(None, x),
-            "ORT FP32 1 thread": lambda: fp1.run(None, x),
-            "ORT FP32 2 threads": lambda: fp2.run(None, x),
+            "ORT plain QDQ 1 thread": lambda: plain1.run(None, x),
+            "ORT plain QDQ 2 threads": lambda: plain2.run(None, x),
         }
+        if batch == 1 or not _fixed_batch(fp1):
+            runners["ORT FP32 1 thread"] = lambda: fp1.run(None, x)
+            runners["ORT FP32 2 threads"] = lambda: fp2.run(None, x)
         for fn in runners.values():
             fn()
         times: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(rounds):
             for label, fn in runners.items():
                 times[label].append(_time(fn, runs))
-        del session
-    med = {k: statistics.median(v) for k, v in times.items()}
-    best_qdq = min(med["ORT QDQ 1 thread"], med["ORT QDQ 2 threads"])
+        sessions.clear()
+    med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
+
+    def best(prefix: str) -> float:
+        return min(v for k, v in med.items() if k.startswith(prefix + " ") and "thread" in k)
+
+    ours_best = best("npuflow")
     return {
-        "model": title, "input": shape, "subgraphs": len(compiled.subgraphs),
+        "model": title, "target": target, "batch": batch, "input": shape, "subgraphs": len(compiled.subgraphs),
         "accelerator_subgraphs": sum(s.on_accelerator for s in compiled.subgraphs),
-        "outputs_equal_ort_qdq": exact, "npuf_bytes": size, "quantize_s": t_quant, "compile_s": t_compile,
+        "outputs_equal_ort_qdq": exact, "max_output_diff_vs_ort_qdq": max_diff, "npuf_bytes": size,
+        "quantize_s": t_quant, "compile_s": t_compile,
         "ms": {k: v * 1000 for k, v in med.items()},
         "fps": {k: 1.0 / v for k, v in med.items()},
-        "ratio_vs_best_ort_qdq": best_qdq / med["npuflow .npuf"],
+        "speedup_vs_op_by_op": med["npuflow op-by-op (before)"] / ours_best,
+        "ratio_vs_best_ort_plain_qdq": best("ORT plain QDQ") / ours_best,
+        "ratio_vs_best_ort_qdq": best("ORT QDQ") / ours_best,
+        "ratio_vs_best_ort_fp32": best("ORT FP32") / ours_best if "ORT FP32 1 thread" in med else None,
     }
 
 
+def _fixed_batch(session) -> bool:
+    """Whether the FP32 model's input has a fixed batch of 1 (then it is not timed at batch > 1)."""
+    dim = session.get_inputs()[0].shape[0]
+    return isinstance(dim, int) and dim == 1
+
+
+def _ratio(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
 def render(results: list[dict], meta: dict) -> str:
-    cols = list(results[0]["ms"])
+    cols = list(dict.fromkeys(c for r in results for c in r["ms"]))
     lines = [
-        "# Runtime benchmark (batch 1)",
+        "# Runtime benchmark",
         "",
         f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, load average at start "
-        f"{meta['load']}); target {TARGET}; median of {meta['rounds']} interleaved rounds of {meta['runs']} runs.",
-        "Command: `python benchmarks/bench_runtime.py`.  Frames per second (higher is better):",
+        f"{meta['load']}); median of {meta['rounds']} interleaved rounds of {meta['runs']} runs.",
+        "Command: `python benchmarks/bench_runtime.py`.  Frames per second (higher is better; batch 8 rows: "
+        "frames, not batches):",
         "",
-        "| model | " + " | ".join(cols) + " | npuflow / best ORT QDQ | outputs equal ORT QDQ | subgraphs (on DPU) |",
-        "| --- | " + " | ".join("---:" for _ in cols) + " | ---: | --- | --- |",
+        "| model | target | batch | " + " | ".join(cols) + " | npuflow / best ORT plain QDQ | npuflow / best ORT QDQ"
+        " | npuflow / best ORT FP32 | fused / op-by-op | outputs equal ORT QDQ | subgraphs (on accelerator) |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
-        fps = " | ".join(f"{r['fps'][c]:.1f}" for c in cols)
-        lines.append(f"| {r['model']} | {fps} | {r['ratio_vs_best_ort_qdq']:.2f}x | {r['outputs_equal_ort_qdq']} | "
+        fps = " | ".join(f"{r['fps'][c]:.1f}" if c in r["fps"] else "" for c in cols)
+        equal = "True" if r["outputs_equal_ort_qdq"] else f"False (max diff {r['max_output_diff_vs_ort_qdq']:.3g})"
+        lines.append(f"| {r['model']} | {r['target']} | {r['batch']} | {fps} | "
+                     f"{_ratio(r['ratio_vs_best_ort_plain_qdq'])} | {_ratio(r['ratio_vs_best_ort_qdq'])} | "
+                     f"{_ratio(r['ratio_vs_best_ort_fp32'])} | {_ratio(r['speedup_vs_op_by_op'])} | {equal} | "
                      f"{r['subgraphs']} ({r['accelerator_subgraphs']}) |")
     lines += [
         "",
         "Milliseconds per frame:",
         "",
-        "| model | " + " | ".join(cols) + " |",
-        "| --- | " + " | ".join("---:" for _ in cols) + " |",
+        "| model | target | batch | " + " | ".join(cols) + " |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |",
     ]
     for r in results:
-        lines.append(f"| {r['model']} | " + " | ".join(f"{r['ms'][c]:.1f}" for c in cols) + " |")
+        lines.append(f"| {r['model']} | {r['target']} | {r['batch']} | "
+                     + " | ".join(f"{r['ms'][c]:.1f}" if c in r["ms"] else "" for c in cols) + " |")
     lines += [
         "",
-        "The npuflow column runs the integer executor (exact integer convolution sums through ONNX "
-        "Runtime's float32 Conv in chunks below 2^24, requantisation with `numerics.shift_round`) for the DPU subgraphs and ONNX Runtime (1 thread) "
-        "for the CPU subgraphs (YOLOv8n's SiLU sigmoids: the DPU has no sigmoid).  ORT QDQ runs the same "
-        "`quantized_model.onnx`, whose half-up quantize steps are `ai.npuflow` functions ORT cannot fuse into "
-        "QLinear kernels, so it computes in float32.  The machine is shared with other jobs (see the load average): "
-        "absolute times vary from run to run, the interleaved ratios much less.",
+        "`npuflow op-by-op (before)` is `Session(fuse=False)`: every accelerator op as its kernel, the "
+        "runtime before the fused runs (one ORT Conv session per convolution, int64 epilogues in numpy); "
+        "the ratios compare the better of npuflow's 1- and 2-thread columns with the better of ORT's.  "
+        "The npuflow columns run the fused integer runs (`npuflow/runtime/fused.py`: each accelerator "
+        "subgraph's integer program as ONNX Runtime graphs of exact float operations, requantisation "
+        "by the rounding recipes of `numerics.py`) and ONNX Runtime for the CPU subgraphs (YOLOv8n on the "
+        "DPU: the SiLU sigmoids, which the DPU lacks; an elementwise one of one 8-bit tensor as the table its "
+        "ORT session computes for every code), with 1 or 2 intra-op threads.  ORT QDQ runs the same "
+        "`quantized_model.onnx`; on the DPU target its half-up quantize steps are `ai.npuflow` functions ORT "
+        "cannot fuse into QLinear kernels, so it computes in float32.  ORT plain QDQ runs the same quantization "
+        "with standard `QuantizeLinear` steps (`npuflow quantize --plain-qdq`; ties to even, so not the "
+        "DPU's arithmetic), which ORT fuses into its int8 kernels: the int8 speed reference.  ORT FP32 is "
+        "not timed at batch 8 when the float model's batch is fixed to 1.  The machine is shared with "
+        "other jobs (see the load average): absolute times vary from run to run, the interleaved ratios "
+        "much less.",
         "",
     ]
     return "\n".join(lines)
@@ -145,7 +207,7 @@ def render(results: list[dict], meta: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="effnet,yolo")
+    ap.add_argument("--cases", default=CASES, help="model:target:batch, comma-separated")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calib", type=int, default=8)
@@ -153,7 +215,11 @@ def main() -> None:
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
             "rounds": args.rounds, "runs": args.runs}
-    results = [bench_model(k, args.rounds, args.runs, args.calib) for k in args.models.split(",")]
+    results = []
+    for case in args.cases.split(","):
+        key, target_key, batch = case.split(":")
+        results.append(bench_case(key, target_key, int(batch), args.rounds, args.runs, args.calib))
+        sys.stderr.write(f"{case}: {results[-1]['ratio_vs_best_ort_plain_qdq']:.2f}x best ORT plain QDQ\n")
     text = render(results, meta)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "runtime.md").write_text(text)

@@ -339,3 +339,54 @@ def saturate(values: np.ndarray, bits: int = 8, signed: bool = True, narrow: boo
     """Clamp integers into the code range and store them in the matching integer type."""
     qmin, qmax = qrange(bits, signed, narrow)
     return np.clip(values, qmin, qmax).astype(storage_dtype(bits, signed))
+
+
+# --- the same rounding as ONNX operations (the runtime's fused graphs) ----------------------
+
+#: Float types in which every integer of magnitude below the bound is exact (float32: 2^24).
+FLOAT_EXACT_BOUND = {np.dtype(np.float32): 1 << 24, np.dtype(np.float64): 1 << 53}
+
+
+def rounding_as_onnx(mode: RoundMode | str) -> tuple[float, str] | None:
+    """The tie rule as ``OP(v + offset)`` with ``OP`` an ONNX ``Floor``, ``Ceil`` or ``Round``.
+
+    ``round_values`` written as one addition and one standard ONNX op, so that a graph built
+    for ONNX Runtime rounds as this module does: ``half_up`` is ``Floor(v + 0.5)``,
+    ``half_down`` ``Ceil(v - 0.5)``, ``half_even`` ONNX ``Round`` (ties to even).  The addition
+    is exact when ``v + offset`` is representable (integers times a power of two far enough
+    below the float type's bound); callers check that bound.  ``std_round`` (ties away from
+    zero) has no such form: ``None``.
+    """
+    mode = RoundMode(mode)
+    return {RoundMode.HALF_UP: (0.5, "Floor"), RoundMode.HALF_DOWN: (-0.5, "Ceil"),
+            RoundMode.HALF_EVEN: (0.0, "Round")}.get(mode)
+
+
+def shift_rounding_as_onnx(mode: RoundMode | str) -> tuple[bool, bool] | None:
+    """:func:`shift_round`'s tie rule as integer floor divisions: ``(negate, tie_to_even)``.
+
+    ``half_up`` is ``floor((a + half) / 2^s)``; ``half_down`` the same on ``-a``, negated
+    (``-floor((-a + half) / 2^s)``, as :func:`_round_right_shift`); ``half_even`` is ``half_up``
+    minus one where ``a + half`` is an exact multiple of ``2^s`` (a tie) and the quotient is odd.
+    ``std_round`` (ties away from zero): ``None``.
+    """
+    mode = RoundMode(mode)
+    return {RoundMode.HALF_UP: (False, False), RoundMode.HALF_DOWN: (True, False),
+            RoundMode.HALF_EVEN: (False, True)}.get(mode)
+
+
+def rounding_as_nearest_even(mode: RoundMode | str, shift: int | np.ndarray) -> np.ndarray | None:
+    """Offset that turns the tie rule into round-half-to-even on the grid ``2^-shift``.
+
+    A value ``v`` on that grid (an integer accumulator times ``2^-shift``) moved by
+    ``2^-(shift+1)`` lies strictly between two rounding points, so rounding it to nearest (any
+    tie rule) gives ``floor(v + 0.5)`` (``half_up``, offset ``+2^-(shift+1)``) or ``ceil(v - 0.5)``
+    (``half_down``, ``-2^-(shift+1)``); ``half_even`` needs no offset.  A shift of 0 or less leaves
+    integers: offset 0.  ``std_round``: ``None``.  Per channel when ``shift`` is an array.
+    """
+    mode = RoundMode(mode)
+    sign = {RoundMode.HALF_UP: 1.0, RoundMode.HALF_DOWN: -1.0, RoundMode.HALF_EVEN: 0.0}.get(mode)
+    if sign is None:
+        return None
+    shift = np.asarray(shift, np.float64)
+    return np.where(shift > 0, sign * np.exp2(-shift - 1), 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
@@ -12,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics as nm
 from ..qdq import DOMAIN
 
-from .kernels import KERNELS
+from . import fused
+from .kernels import KERNELS, Kernel
 
 Dump = Callable[[str, np.ndarray], None]
 
@@ -20,18 +22,25 @@ Dump = Callable[[str, np.ndarray], None]
 class IntegerExecutor:
     """Runs one accelerator subgraph's integer program.
 
-    Prepared kernels are built once and only read while running; each run gets its own arena
-    (the compiler's memory plan: internal tensors are views at planned offsets, reused once
-    dead), so concurrent runs from several threads never share mutable state.
+    ``run`` executes the program's fused runs (:mod:`.fused`: consecutive ops as one ONNX
+    Runtime graph of exact float operations, ``threads`` intra-op threads) and, between them,
+    the ops that cannot be fused as their kernels; dump mode runs the same graphs with every
+    integer tensor as an output.  ``run_op`` uses the op's kernel, which computes the same codes
+    bit for bit (``Session(..., fuse=False)`` runs only kernels).  Kernels are
+    prepared on first use and only read while running; each run gets its own arena (the
+    compiler's memory plan: kernel outputs are views at planned offsets, reused once dead), so
+    concurrent runs from several threads never share mutable state.
     """
 
-    def __init__(self, sg: dict, tensors: dict, blob: Callable[[str], np.ndarray]) -> None:
+    def __init__(self, sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], *,
+                 threads: int = 1, fuse: bool = True) -> None:
         self.outputs = list(sg["outputs"])
-        self.steps = []
-        for op in sg["ops"]:
-            blobs = {role: blob(name) for role, name in op["blobs"].items()}
-            self.steps.append((KERNELS[op["op"]](op["attrs"], blobs), op["inputs"], op["outputs"]))
+        self._ops = sg["ops"]
+        self._blob = blob
+        self._kernels: dict[int, Kernel] = {}
+        self._kernel_lock = threading.Lock()
         self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
+        self.plan = fused.plan(sg, tensors, blob, threads) if fuse else fused.Plan(list(range(len(self._ops))), {})
         plan = sg["memory"]
         self.arena_bytes = plan["arena_bytes"]
         self.buffers = {}
@@ -41,12 +50,32 @@ class IntegerExecutor:
             count = int(np.prod(info["shape"]))
             self.buffers[name] = (b["offset"], count, dtype, tuple(info["shape"]))
 
+    def _kernel(self, k: int) -> Kernel:
+        """The prepared kernel of op ``k`` (built once, on first use, by whichever thread needs it)."""
+        kernel = self._kernels.get(k)
+        if kernel is None:
+            with self._kernel_lock:
+                kernel = self._kernels.get(k)
+                if kernel is None:
+                    op = self._ops[k]
+                    blobs = {role: self._blob(name) for role, name in op["blobs"].items()}
+                    kernel = self._kernels[k] = KERNELS[op["op"]](op["attrs"], blobs)
+        return kernel
+
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
         arena = np.empty(self.arena_bytes, np.uint8)
         env = dict(feeds)
-        for kernel, ins, outs in self.steps:
-            results = kernel([env[i] for i in ins])
-            for name, value in zip(outs, results):
+        for item in self.plan.items:
+            if isinstance(item, fused.FusedRun):
+                made = item.run(env, dump is not None)
+                env.update(made)
+                if dump is not None:
+                    for name, value in made.items():
+                        dump(name, value)
+                continue
+            op = self._ops[item]
+            results = self._kernel(item)([env[i] for i in op["inputs"]])
+            for name, value in zip(op["outputs"], results):
                 env[name] = value = self._place(arena, name, value)
                 if dump is not None:
                     dump(name, value)
@@ -55,12 +84,13 @@ class IntegerExecutor:
     def run_op(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the one op made from ONNX node ``name`` on ``feeds`` (its input tensors by name).
 
-        The same prepared kernel as :meth:`run`, fed from the caller instead of the arena: a
-        layer-wise check (each op on a reference's integer inputs) then sees one op's own
+        The same prepared kernel as the op-by-op run, fed from the caller instead of the arena:
+        a layer-wise check (each op on a reference's integer inputs) then sees one op's own
         arithmetic, without differences carried in from the ops before it.
         """
-        kernel, ins, outs = self.steps[self.op_index[name]]
-        return {o: np.array(v) for o, v in zip(outs, kernel([feeds[i] for i in ins]))}
+        k = self.op_index[name]
+        op = self._ops[k]
+        return {o: np.array(v) for o, v in zip(op["outputs"], self._kernel(k)([feeds[i] for i in op["inputs"]]))}
 
     def _place(self, arena: np.ndarray, name: str, value: np.ndarray) -> np.ndarray:
         """Where ``name`` lives from now on: its planned bytes in the arena, or its own memory.
@@ -93,31 +123,91 @@ class OnnxExecutor:
     239 of 268 integer tensors beyond one step); the integer programs follow the default one
     (``numerics.requantize_float``), so CPU subgraphs run at ORT's default level too.  CPU
     subgraphs are small (a few nodes between accelerator parts), so each session runs on one
-    thread by default: a thread pool per subgraph costs more in wake-ups than it gains.
+    thread by default: a thread pool per subgraph costs more in wake-ups than it gains.  A
+    subgraph that is one elementwise function of one 8-bit tensor runs as the table this session
+    computes for every code (``_as_lookup``; ``lookup=False`` keeps the session).
     """
 
-    def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1) -> None:
+    def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1, lookup: bool = True) -> None:
         model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
-        opts = ort.SessionOptions()
+        opts = fused.session_options(threads)
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if _float_scaled(model)
                                          else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
+        self.lookup = _as_lookup(model, self.session) if lookup and not self.carried else None
 
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
         carried = self.carried
-        ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
-        values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
-        result = {o: _from_carrier(v, carried.get(o)) for o, v in zip(self.outputs, values)}
+        if self.lookup is not None:
+            result = {self.outputs[0]: self.lookup(feeds[self.inputs[0]])}
+        else:
+            ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
+            values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
+            result = {o: _from_carrier(v, carried.get(o)) for o, v in zip(self.outputs, values)}
         if dump is not None:
             for name, value in result.items():
                 if value.dtype.kind in "iu":
                     dump(name, value)
         return result
+
+
+#: Standard ops that compute each output element from the same element of their inputs only.
+_ELEMENTWISE = {"DequantizeLinear", "QuantizeLinear", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Selu",
+                "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf", "Softplus", "Softsign", "HardSigmoid",
+                "HardSwish", "Mish", "Clip", "Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "Floor", "Ceil",
+                "Round", "Sign", "Cast", "Identity", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+                "Equal", "Not", "And", "Or", "Constant"}
+
+
+def _elementwise(nodes, functions: dict) -> bool:
+    for node in nodes:
+        if node.domain in ("", "ai.onnx") and node.op_type in _ELEMENTWISE:
+            if node.op_type == "Constant" and any(a.t.dims and np.prod(a.t.dims) != 1 for a in node.attribute):
+                return False
+            continue
+        body = functions.get((node.domain, node.op_type))
+        if body is None or not _elementwise(body.node, functions):
+            return False
+    return True
+
+
+def _as_lookup(model: onnx.ModelProto, session: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A CPU subgraph that is one elementwise function of one 8-bit code tensor, as a table.
+
+    YOLOv8n's SiLU on the DPU leaves 58 such subgraphs (``DequantizeLinear -> Sigmoid ->
+    quantize step``).  The table is what this very session computes for every code: it is run
+    once on an input of the subgraph's shape holding every code many times, and the table is
+    kept only if every position holding a code gave the same output (position-independent, as
+    an elementwise graph of scalar constants is); the lookup then equals the session's output
+    bit for bit, at a fraction of the cost (no float round trip per element).
+    """
+    graph = model.graph
+    inits = list(graph.initializer)
+    if len(graph.input) != 1 or len(graph.output) != 1 or any(np.prod(t.dims) != 1 for t in inits):
+        return None
+    functions = {(f.domain, f.name): f for f in model.functions}
+    if not _elementwise(graph.node, functions):
+        return None
+    vi, vo = graph.input[0].type.tensor_type, graph.output[0].type.tensor_type
+    shape = [d.dim_value for d in vi.shape.dim]
+    if vi.elem_type not in (TensorProto.INT8, TensorProto.UINT8) or vo.elem_type not in (
+            TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16) \
+            or not shape or min(shape) < 1 or int(np.prod(shape)) < 4 * 256:
+        return None
+    dtype = helper.tensor_dtype_to_np_dtype(vi.elem_type)
+    info = np.iinfo(dtype)
+    x = np.resize(np.arange(info.min, info.max + 1, dtype=np.int64), shape).astype(dtype)
+    out = session.run(None, {graph.input[0].name: x})[0]
+    if out.shape != x.shape:
+        return None
+    table = np.empty(256, out.dtype)
+    table[x.reshape(-1)[:256].astype(np.int64) - info.min] = out.reshape(-1)[:256]
+    if not np.array_equal(table[x.astype(np.int64) - info.min], out):
+        return None
+    rotated = np.ascontiguousarray(table[(np.arange(256) - info.min) % 256])  # indexed by the code's byte
+    return lambda q: np.take(rotated, q.view(np.uint8))  # take: twice as fast as fancy indexing
 
 
 def _float_scaled(model: onnx.ModelProto) -> bool:

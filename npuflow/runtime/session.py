@@ -81,7 +81,12 @@ class Session:
     """Runs a compiled model: integer executor for accelerator subgraphs, ONNX Runtime for CPU."""
 
     def __init__(self, model: str | os.PathLike | CompiledModel, target: str | Target | None = None,
-                 *, cpu_threads: int = 1, blas_threads: int | None = 1) -> None:
+                 *, threads: int = 1, cpu_threads: int | None = None, blas_threads: int | None = 1,
+                 fuse: bool = True) -> None:
+        """``threads``: ONNX Runtime intra-op threads of the fused integer runs and of the CPU
+        subgraphs (``cpu_threads`` overrides the latter); ``fuse=False`` runs every accelerator op
+        as its kernel and every CPU subgraph in ONNX Runtime (the reference the fused runs and the
+        CPU subgraphs' tables equal bit for bit)."""
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         self.compiled = model if isinstance(model, CompiledModel) else CompiledModel.load(model)
@@ -96,9 +101,11 @@ class Session:
         self._executors = []
         for sg in self._subgraphs:
             if sg["engine"] == "integer":
-                self._executors.append(IntegerExecutor(sg, m["tensors"], self.compiled.blob))
+                self._executors.append(IntegerExecutor(sg, m["tensors"], self.compiled.blob, threads=threads,
+                                                       fuse=fuse))
             else:
-                self._executors.append(OnnxExecutor(sg, self.compiled.blob(sg["onnx"]), cpu_threads))
+                self._executors.append(OnnxExecutor(sg, self.compiled.blob(sg["onnx"]),
+                                                    threads if cpu_threads is None else cpu_threads, lookup=fuse))
         self._inputs = [TensorInfo(i["name"], tuple(i["shape"]), i["dtype"], i.get("quant")) for i in m["inputs"]]
         self._outputs = [TensorInfo(o["name"], tuple(o["shape"]), o["dtype"], o.get("quant")) for o in m["outputs"]]
         self._listeners: list[Listener] = []

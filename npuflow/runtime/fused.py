@@ -1,0 +1,698 @@
+"""Runs of an integer program's ops as ONE ONNX Runtime graph of exact float operations.
+
+Run op by op, a convolution costs a call into a tiny ONNX Runtime session, two layout
+reorders, casts and an int64 epilogue in numpy; the profile (``docs/compiler-runtime.md``,
+"Where the time goes") shows that these, not the arithmetic, are most of the time.  Here a run
+of consecutive ops becomes one graph, built at Session load from the manifest, in which every
+integer tensor is a float32 tensor holding its codes: ONNX Runtime then plans the whole run
+(blocked layouts kept across convolutions, its own buffers, no Python between ops).
+
+Every operation of such a graph is exact, so its codes equal the op-by-op kernels' bit for bit:
+
+* a convolution's partial sums are integers times one power of two, bounded at load from the
+  weights and the input type (``sum|w| * max|x - zp| * 2^lshift + |bias|`` per channel, plus
+  the rounding offset); below 2^24 float32 holds every one, in any summation order, and longer
+  reductions are cut into input-channel chunks summed in float64;
+* a power-of-two requantisation is folded into the weights and bias (``w * 2^(lshift-shift)``,
+  ``bias * 2^-shift + offset``: exact), the offset from ``numerics.rounding_as_nearest_even``;
+* float-scale epilogues repeat the float operations of the kernels with the same IEEE types
+  (``numerics.requantize_float``'s float32 product, ``numerics.quantize``'s float32 division
+  and float64 tie rule); a fixed-point multiplier is an exact float64 product where the
+  accumulator's non-saturating range and the multiplier fit 52 bits, else int64 arithmetic
+  (``numerics.shift_rounding_as_onnx``).
+
+An op whose bound or form does not allow this (16-bit inputs split into bytes, fused float
+chains, ``std_round`` ties, ORT's QLinearAdd arithmetic, pooling averages, matmuls, ...) runs as
+its kernel between two graphs; ``Plan.reasons`` says why, per op.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from .epilogues import out_type
+
+_ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+               ort.capi.onnxruntime_pybind11_state.NotImplemented)
+F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
+
+#: ONNX Runtime fusions that would change the float arithmetic of a graph (a non-power-of-two
+#: multiplier folded into weights or a GEMM's alpha); every other fusion keeps exact values exact.
+DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
+
+#: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
+_COMPUTE_OPS = {"conv", "eltwise", "lut", "maxpool"}
+
+
+class _NotFusable(Exception):
+    """The op cannot be written as exact float operations; the message says why."""
+
+
+@dataclass
+class _Graph:
+    """A graph under construction; ``names`` maps manifest tensors to their float32 code tensors."""
+
+    tensors: dict
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    names: dict = field(default_factory=dict)
+    inputs: list = field(default_factory=list)
+    count: int = 0
+
+    def fresh(self) -> str:
+        self.count += 1
+        return f"v{self.count}"
+
+    def const(self, value, dtype=np.float32) -> str:
+        name = self.fresh()
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype)), name))
+        return name
+
+    def node(self, op: str, ins: list[str], **attrs) -> str:
+        out = self.fresh()
+        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def read(self, tensor: str) -> str:
+        """The float32 code tensor of ``tensor``; a tensor from outside becomes a graph input."""
+        if tensor not in self.names:
+            self.inputs.append(tensor)
+            self.names[tensor] = self.node("Cast", [_input_name(len(self.inputs) - 1)], to=TensorProto.FLOAT)
+        return self.names[tensor]
+
+    def mark(self) -> tuple:
+        return len(self.nodes), len(self.inits), len(self.inputs), dict(self.names), self.count
+
+    def rollback(self, mark: tuple) -> None:
+        n, i, k, names, count = mark
+        del self.nodes[n:], self.inits[i:], self.inputs[k:]
+        self.names, self.count = names, count
+
+
+def _input_name(k: int) -> str:
+    return f"in{k}"
+
+
+def _code_range(dtype: str) -> tuple[int, int]:
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or dt.itemsize > 2:
+        raise _NotFusable(f"{dt} codes")
+    return nm.qrange(dt.itemsize * 8, dt.kind == "i")
+
+
+def _reach(dtype: str, zp) -> int:
+    """Largest ``|q - zp|`` of a tensor's codes."""
+    lo, hi = _code_range(dtype)
+    z = np.abs(np.asarray(zp, np.int64))
+    return int(np.max(np.maximum(np.abs(lo - z), np.abs(hi - z))))
+
+
+def _channel(value, n: int) -> np.ndarray:
+    """A scalar or per-channel attribute as one value per output channel."""
+    a = np.asarray(value)
+    return np.full(n, a) if a.ndim == 0 else a.reshape(-1)
+
+
+def _clamp_bounds(ep: dict) -> tuple[int, int]:
+    """The saturation range of an int epilogue, with its fused Relu/Clip clamps (as ``make_epilogue``)."""
+    lo, hi = nm.qrange(*out_type(ep))
+    for a, b in ep.get("clamps", []):
+        lo, hi = min(max(lo, a), hi), max(min(hi, b), lo)
+    return lo, hi
+
+
+def _round_and_clip(g: _Graph, v: str, ep: dict, lo: int, hi: int, *, double: bool) -> str:
+    """Tie rule (``numerics.rounding_as_onnx``), zero point and saturation of ``v``; back to float32."""
+    recipe = nm.rounding_as_onnx(ep["round"])
+    if recipe is None:
+        raise _NotFusable(f"tie rule {ep['round']}")
+    offset, op = recipe
+    dt = np.float64 if double else np.float32
+    if offset:
+        v = g.node("Add", [v, g.const(offset, dt)])
+    v = g.node(op, [v])
+    if ep["zp"]:
+        v = g.node("Add", [v, g.const(ep["zp"], dt)])
+    v = g.node("Clip", [v, g.const(lo, dt), g.const(hi, dt)])
+    return g.node("Cast", [v], to=TensorProto.FLOAT) if double else v
+
+
+# --- ops ------------------------------------------------------------------------------------
+
+
+def _conv(g: _Graph, op: dict, blobs: dict) -> None:
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if a.get("split_bytes") or ep.get("chain") or ep["mode"] not in ("shift", "scale", "fixed"):
+        raise _NotFusable("16-bit input split into bytes" if a.get("split_bytes") else "float epilogue")
+    w = np.asarray(blobs["w"], np.float64)
+    cout = w.shape[0]
+    bias = np.asarray(blobs["b"], np.float64).reshape(-1)
+    lshift = _channel(a["lshift"], cout)
+    if np.any(lshift < 0):
+        raise _NotFusable("negative lshift")
+    w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
+    lo, hi = _clamp_bounds(ep)
+    x = g.read(op["inputs"][0])
+    zp = a["x_zp"]
+    if zp and not any(a["pads"]):  # sum(w * (x - zp)) = sum(w * x) - zp * sum(w): one pass less
+        bias, zp = bias - a["x_zp"] * w.reshape(cout, -1).sum(axis=1), 0
+    elif zp:
+        x = g.node("Sub", [x, g.const(zp)])
+    reach = _reach(a["in_dtype"], zp)
+    if list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
+        x = g.node("Reshape", [x, g.const(a["in_shape"], np.int64)])
+    conv_attrs = {"pads": a["pads"], "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
+                  "kernel_shape": list(w.shape[2:])}
+    y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, conv_attrs) if ep["mode"] == "shift" else None
+    if ep["mode"] == "fixed":
+        sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
+        fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
+        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel's sums are multiplied by 0
+        acc, double = _accumulate(g, x, w * keep, bias * keep.reshape(-1), reach, conv_attrs)
+        y = _requantize_fixed(g, acc, double, fixed, ep, lo, hi)
+    elif y is None:
+        acc, double = _accumulate(g, x, w, bias, reach, conv_attrs)
+        y = (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
+    if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
+        y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
+    g.names[op["outputs"][0]] = y
+
+
+def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
+                  conv_attrs: dict) -> str | None:
+    """A power-of-two requantisation folded into the convolution.
+
+    Weights ``w * 2^-shift`` and bias ``bias * 2^-shift + offset`` (exact) give the value on the
+    grid ``2^-shift``, moved off its ties by ``numerics.rounding_as_nearest_even``, so ONNX
+    ``Round`` applies the tie rule.  The clamps come first (integer bounds commute with
+    rounding), as a ``Clip`` ONNX Runtime fuses into the convolution.  ``None`` when some
+    partial sum could reach 2^24 on the grid ``2^-(shift+1)`` (offset included).
+    """
+    cout = w.shape[0]
+    shift = _channel(ep["shift"], cout)
+    offset = nm.rounding_as_nearest_even(ep["round"], shift)
+    if offset is None:
+        raise _NotFusable(f"tie rule {ep['round']}")
+    bound = (reach * np.abs(w).reshape(cout, -1).sum(axis=1) + np.abs(bias)) * 2 + 1
+    if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
+        return None
+    scale = np.exp2(-shift)
+    v = g.node("Conv", [x, g.const(w * scale.reshape(cout, 1, 1, 1)), g.const(bias * scale + offset)], **conv_attrs)
+    v = g.node("Round", [g.node("Clip", [v, g.const(lo - ep["zp"]), g.const(hi - ep["zp"])])])
+    return g.node("Add", [v, g.const(ep["zp"])]) if ep["zp"] else v
+
+
+def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, conv_attrs: dict) -> tuple[str, bool]:
+    """The exact accumulator (bias included): one float32 ``Conv`` when every partial sum stays
+    below 2^24; else float64 (``True``): input-channel chunks whose sums each stay below 2^24,
+    and the bias, added exactly."""
+    cout = w.shape[0]
+    per_cin = reach * np.abs(w).sum(axis=(2, 3))  # (cout, cin_g): the most one input channel adds
+    sums = per_cin.sum(axis=1)
+    if np.all(sums + np.abs(bias) < F32_BOUND):
+        return g.node("Conv", [x, g.const(w), g.const(bias)], **conv_attrs), False
+    if np.any(per_cin >= F32_BOUND) or np.any(sums + np.abs(bias) >= 1 << 53):
+        raise _NotFusable("one input channel's sums reach 2^24")
+    bounds, run = [0], np.zeros(cout)
+    for c in range(w.shape[1]):
+        if np.any(run + per_cin[:, c] >= F32_BOUND):
+            bounds.append(c)
+            run = np.zeros(cout)
+        run = run + per_cin[:, c]
+    bounds.append(w.shape[1])
+    if len(bounds) > 2 and conv_attrs["group"] != 1:
+        raise _NotFusable("grouped convolution whose sums reach 2^24")
+    parts = []
+    for c0, c1 in zip(bounds, bounds[1:]):
+        xs = x if len(bounds) == 2 else g.node("Slice", [x, g.const([c0], np.int64), g.const([c1], np.int64),
+                                                         g.const([1], np.int64)])
+        parts.append(g.node("Cast", [g.node("Conv", [xs, g.const(w[:, c0:c1])], **conv_attrs)], to=TensorProto.DOUBLE))
+    parts.append(g.const(bias.reshape(1, cout, 1, 1), np.float64))
+    return g.node("Sum", parts), True
+
+
+def _zp_and_clip(g: _Graph, v: str, zp: int, lo: int, hi: int, dt) -> str:
+    if zp:
+        v = g.node("Add", [v, g.const(zp, dt)])
+    return g.node("Clip", [v, g.const(lo, dt), g.const(hi, dt)])
+
+
+def _requantize_shift(g: _Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
+    """``numerics.shift_round`` of an accumulator too long to fold: ``acc * 2^-shift`` in float64 is exact."""
+    if not double:
+        acc = g.node("Cast", [acc], to=TensorProto.DOUBLE)
+    shift = _channel(ep["shift"], cout)
+    v = g.node("Mul", [acc, g.const(np.exp2(-shift).reshape(1, cout, 1, 1), np.float64)])
+    return _round_and_clip(g, v, ep, lo, hi, double=True)
+
+
+def _requantize_float(g: _Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
+    """``numerics.requantize_float``: float32 accumulator times the float32 multiplier, rounded."""
+    if double:  # float32(acc), rounded to nearest as numpy converts int64
+        acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
+    mult = _channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
+    prod = g.node("Mul", [acc, g.const(mult)])
+    recipe = nm.rounding_as_onnx(ep["round"])
+    wide = recipe is not None and recipe[0] != 0  # numpy adds the offset in float64
+    if wide:
+        prod = g.node("Cast", [prod], to=TensorProto.DOUBLE)
+    return _round_and_clip(g, prod, ep, lo, hi, double=wide)
+
+
+class _FixedPoint:
+    """A fixed-point requantisation (``numerics.requantize_fixed_point``) prepared per channel.
+
+    ``shift_round`` gives 0 for shifts of 64 and more, so such a channel gets multiplier 0.  A
+    channel whose whole accumulator range (``acc_lo..acc_hi``: bias +- the largest sum) rounds to
+    one value (a near-dead channel: tiny weight scale, saturated bias) is ``const``, its value in
+    ``value``.
+    """
+
+    def __init__(self, ep: dict, cout: int, acc_lo: np.ndarray, acc_hi: np.ndarray) -> None:
+        shift = _channel(ep["shift"], cout).astype(np.int64)
+        self.mult = np.where(shift >= 64, 0, _channel(ep["multiplier"], cout).astype(np.int64))
+        self.shift = np.where(shift >= 64, 0, shift)
+        self.bound = np.maximum(np.abs(acc_lo), np.abs(acc_hi))
+        if np.any(self.shift < 0) or np.any(self.mult < 0):
+            raise _NotFusable("negative fixed-point shift or multiplier")
+        in_int64 = self.bound * self.mult < 2.0 ** 62
+        ends = [nm.requantize_fixed_point(np.where(in_int64, e, 0).astype(np.int64), self.mult, self.shift,
+                                          ep["round"]) for e in (acc_lo, acc_hi)]
+        self.const = in_int64 & (ends[0] == ends[1])
+        if np.any(~in_int64 & ~self.const):
+            raise _NotFusable("fixed-point product beyond int64")
+        self.value = np.where(self.const, ends[0], 0)
+
+
+def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int) -> str:
+    """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly.
+
+    Only accumulators below ``reach = (T + 1) * 2^shift / m`` can give a code that does not
+    saturate (``T``: the farthest code from the zero point), so clamping ``acc`` to ``+-reach``
+    (only where the accumulator can go beyond) changes no output; when ``reach`` and ``m``
+    together fit 52 bits the product (and its offset) is then exact in float64 and rounds with
+    ``numerics.rounding_as_onnx``; the zero point and the clamps follow in float32 (integers;
+    larger values saturate alike).  Constant channels give their value.  Otherwise the product is
+    formed in int64 and shifted as ``shift_round`` does (more passes over 8-byte data).
+    """
+    cout = len(fx.mult)
+    far = max(abs(lo - ep["zp"]), abs(hi - ep["zp"])) + 1
+    reach = np.where(fx.const, 0, np.floor(np.minimum(far * np.exp2(fx.shift) / np.maximum(fx.mult, 1) + 1, fx.bound)))
+    bits = np.ceil(np.log2(reach + 1)) + np.ceil(np.log2(fx.mult + 1))  # of |acc * m|; one more for the offset
+    recipe = nm.rounding_as_onnx(ep["round"])
+    if recipe is not None and np.all(fx.const | (bits <= 52)) and np.all(reach < F32_BOUND):
+        v = acc
+        if np.any(~fx.const & (reach < fx.bound)):
+            r = reach.reshape(1, cout, 1, 1)
+            dt = np.float64 if double else np.float32
+            v = g.node("Min", [g.node("Max", [v, g.const(-r, dt)]), g.const(r, dt)])
+        if not double:
+            v = g.node("Cast", [v], to=TensorProto.DOUBLE)
+        m = np.where(fx.const, 0.0, np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
+        v = g.node("Mul", [v, g.const(m.reshape(1, cout, 1, 1), np.float64)])
+        offset, op = recipe
+        if offset or np.any(fx.const):
+            v = g.node("Add", [v, g.const((fx.value + offset).reshape(1, cout, 1, 1), np.float64)])
+        v = g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT)
+        return _zp_and_clip(g, v, ep["zp"], lo, hi, np.float32)
+    if recipe is None:
+        raise _NotFusable(f"tie rule {ep['round']}")
+    prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64), g.const(fx.mult.reshape(1, cout, 1, 1), np.int64)])
+    y = _shift_round_int64(g, prod, ep["round"], fx.shift.reshape(1, cout, 1, 1))
+    if np.any(fx.const):
+        y = g.node("Add", [y, g.const(fx.value.reshape(1, cout, 1, 1), np.int64)])
+    return g.node("Cast", [_zp_and_clip(g, y, ep["zp"], lo, hi, np.int64)], to=TensorProto.FLOAT)
+
+
+def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:
+    """``numerics.shift_round`` of int64 ``v`` (``|v| + half < 2^63``) by 0..63 as ONNX ops, the
+    tie rule from ``numerics.shift_rounding_as_onnx``.  ONNX shifts only unsigned integers, so
+    the floor division is ``((v + half + 2^63) >> shift) - 2^(63 - shift)`` in uint64, whose
+    wrap-around arithmetic makes the casts between int64 and uint64 exact."""
+    recipe = nm.shift_rounding_as_onnx(mode)
+    if recipe is None:
+        raise _NotFusable(f"tie rule {mode}")
+    negate, tie_to_even = recipe
+    shift = shift.astype(np.uint64)
+    half = np.where(shift > 0, np.left_shift(np.uint64(1), np.maximum(shift, 1) - np.uint64(1)), np.uint64(0))
+    if negate:
+        v = g.node("Neg", [v])
+    u = g.node("Add", [g.node("Cast", [v], to=TensorProto.UINT64), g.const(half + np.uint64(1 << 63), np.uint64)])
+    s = g.const(shift, np.uint64)
+    uq = g.node("BitShift", [u, s], direction="RIGHT")
+    q = g.node("Cast", [g.node("Sub", [uq, g.const(np.left_shift(np.uint64(1), np.uint64(63) - shift), np.uint64)])],
+               to=TensorProto.INT64)
+    if tie_to_even:  # an exact half rounded up to an odd quotient goes back down
+        exact = g.node("Equal", [g.node("Cast", [g.node("BitShift", [uq, s], direction="LEFT")], to=TensorProto.INT64),
+                                 g.node("Cast", [u], to=TensorProto.INT64)])
+        tie = g.node("And", [exact, g.const(half > 0, np.bool_)])
+        odd = g.node("Cast", [g.node("BitwiseAnd", [q, g.const(1, np.int64)])], to=TensorProto.BOOL)
+        q = g.node("Sub", [q, g.node("Cast", [g.node("And", [tie, odd])], to=TensorProto.INT64)])
+    return g.node("Neg", [q]) if negate else q
+
+
+def _eltwise(g: _Graph, op: dict, blobs: dict) -> None:
+    a = op["attrs"]
+    if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
+        raise _NotFusable("fused float chain or ONNX Runtime QLinearAdd")
+    if "dequant" in a:
+        y = _eltwise_float(g, op, blobs)
+    else:
+        y = _eltwise_shift(g, op, blobs)
+    g.names[op["outputs"][0]] = y
+
+
+def _operand(g: _Graph, op: dict, blobs: dict, k: int) -> tuple[str, int]:
+    """Operand ``k`` as float32 codes, and the largest ``|q - zp|`` it can take."""
+    spec = op["attrs"]["operands"][k]
+    if "const" in spec:
+        c = np.asarray(blobs[spec["const"]], np.int64)
+        return g.const(c), int(np.max(np.abs(c - spec["zp"]))) if c.size else 0
+    name = op["inputs"][spec["input"]]
+    return g.read(name), _reach(g.tensors[name]["dtype"], spec["zp"])
+
+
+def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> str:
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if ep["mode"] != "shift" or np.ndim(ep["shift"]) != 0:
+        raise _NotFusable("per-channel eltwise shift")
+    shift, mode, align = int(ep["shift"]), a["mode"], a["align"]
+    terms, reach = [], []
+    for k in range(2):
+        v, r = _operand(g, op, blobs, k)
+        zp = a["operands"][k]["zp"]
+        if zp:
+            v = g.node("Sub", [v, g.const(zp)])
+        terms.append(v)
+        reach.append(r * 2 ** align[k])
+    scale_a = 2.0 ** (align[0] - shift)
+    scale_b = 2.0 ** align[1] if mode == "mul" else 2.0 ** (align[1] - shift)
+    recipe = nm.rounding_as_onnx(ep["round"])
+    half = 2 ** (shift - 1) if shift > 0 and recipe and recipe[0] else 0
+    bound = (reach[0] * reach[1] if mode == "mul" else reach[0] + reach[1]) + half
+    if bound >= F32_BOUND:
+        raise _NotFusable("sum reaches 2^24")
+    if mode == "mul":  # one scaling of the product: exact, as every factor is a power of two
+        scale_a, scale_b = scale_a * scale_b, 1.0
+    ta = g.node("Mul", [terms[0], g.const(scale_a)]) if scale_a != 1 else terms[0]
+    tb = g.node("Mul", [terms[1], g.const(scale_b)]) if scale_b != 1 else terms[1]
+    v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[mode], [ta, tb])
+    lo, hi = _clamp_bounds(ep)
+    if shift > 0:
+        return _round_and_clip(g, v, ep, lo, hi, double=False)
+    if ep["zp"]:
+        v = g.node("Add", [v, g.const(ep["zp"])])
+    return g.node("Clip", [v, g.const(lo), g.const(hi)])
+
+
+def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> str:
+    """The kernels' ``_float_eltwise``: dequantize (float32), combine, ``numerics.quantize``."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if np.ndim(ep["scale"]) != 0 or np.ndim(ep["zp"]) != 0 or any(np.ndim(s) for s in a["dequant"]):
+        raise _NotFusable("per-channel output scale")
+    vals = []
+    for k, (spec, s) in enumerate(zip(a["operands"], a["dequant"])):
+        if "const" in spec:
+            vals.append(g.const(nm.dequantize(blobs[spec["const"]], s, spec["zp"])))
+            continue
+        v = g.read(op["inputs"][spec["input"]])
+        vals.append(g.node("Mul", [g.node("Sub", [v, g.const(spec["zp"])]), g.const(s)]))
+    v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[a["mode"]], vals)
+    v = g.node("Div", [v, g.const(ep["scale"])])
+    recipe = nm.rounding_as_onnx(ep["round"])
+    double = recipe is not None and recipe[0] != 0
+    if double:
+        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
+    lo, hi = nm.qrange(*out_type(ep))
+    return _round_and_clip(g, v, ep, lo, hi, double=double)
+
+
+def _no_table(op: dict) -> None:
+    if op["blobs"]:
+        raise _NotFusable("lookup table or constants")
+
+
+def _pad(g: _Graph, op: dict, blobs: dict) -> None:
+    a = op["attrs"]
+    _no_table(op)
+    if a["mode"] != "constant":
+        raise _NotFusable(f"{a['mode']} padding")
+    width = np.asarray(a["width"], np.int64)
+    pads = g.const(np.concatenate([width[:, 0], width[:, 1]]), np.int64)
+    g.names[op["outputs"][0]] = g.node("Pad", [g.read(op["inputs"][0]), pads, g.const(a["pad_code"])])
+
+
+def _maxpool(g: _Graph, op: dict, blobs: dict) -> None:
+    a = op["attrs"]
+    _no_table(op)
+    h, w = g.tensors[op["inputs"][0]]["shape"][2:]
+    t, l, b, r = a["pads"]
+    k, s, d = a["kernel"], a["strides"], a["dilations"]
+    floor_hw = [(n + p0 + p1 - d_ * (k_ - 1) - 1) // s_ + 1 for n, p0, p1, k_, s_, d_ in
+                ((h, t, b, k[0], s[0], d[0]), (w, l, r, k[1], s[1], d[1]))]
+    if floor_hw != list(a["out_shape"][2:]):
+        raise _NotFusable("ceil-mode windows")
+    g.names[op["outputs"][0]] = g.node("MaxPool", [g.read(op["inputs"][0])], kernel_shape=k, strides=s,
+                                       dilations=d, pads=a["pads"])
+
+
+def _lookup(g: _Graph, x: str, table: np.ndarray, dtype: str, qmin: int) -> str:
+    """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``."""
+    lo, hi = _code_range(dtype)
+    if table.size != hi - lo + 1 or lo != qmin:
+        raise _NotFusable("table does not cover the input codes")
+    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo)])], to=TensorProto.INT32)
+    return g.node("Gather", [g.const(np.asarray(table).astype(np.float32)), idx], axis=0)
+
+
+def _lut(g: _Graph, op: dict, blobs: dict) -> None:
+    g.names[op["outputs"][0]] = _lookup(g, g.read(op["inputs"][0]), blobs["table"],
+                                        g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
+
+
+def _concat(g: _Graph, op: dict, blobs: dict) -> None:
+    if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
+        raise _NotFusable("lookup table or constant part")
+    parts = [g.read(op["inputs"][p["input"]]) for p in op["attrs"]["parts"]]
+    g.names[op["outputs"][0]] = g.node("Concat", parts, axis=op["attrs"]["axis"])
+
+
+def _reshape(g: _Graph, op: dict, blobs: dict) -> None:
+    _no_table(op)
+    g.names[op["outputs"][0]] = g.node("Reshape", [g.read(op["inputs"][0]),
+                                                   g.const(op["attrs"]["out_shape"], np.int64)])
+
+
+def _transpose(g: _Graph, op: dict, blobs: dict) -> None:
+    _no_table(op)
+    g.names[op["outputs"][0]] = g.node("Transpose", [g.read(op["inputs"][0])], perm=op["attrs"]["perm"])
+
+
+def _slice(g: _Graph, op: dict, blobs: dict) -> None:
+    _no_table(op)
+    g.names[op["outputs"][0]] = _slice_node(g, g.read(op["inputs"][0]), op["attrs"]["slices"])
+
+
+def _slice_node(g: _Graph, x: str, slices: list) -> str:
+    s = np.asarray(slices, np.int64)
+    return g.node("Slice", [x, g.const(s[:, 0], np.int64), g.const(s[:, 1], np.int64),
+                            g.const(np.arange(len(s)), np.int64), g.const(s[:, 2], np.int64)])
+
+
+def _split(g: _Graph, op: dict, blobs: dict) -> None:
+    a = op["attrs"]
+    if any(a["tables"]):
+        raise _NotFusable("lookup table")
+    x = g.read(op["inputs"][0])
+    for (start, end), out in zip(a["parts"], op["outputs"]):
+        g.names[out] = g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64),
+                                        g.const([a["axis"]], np.int64)])
+
+
+def _gather(g: _Graph, op: dict, blobs: dict) -> None:
+    """Nearest-neighbour resizing: one ``Gather`` per axis whose indices are not the identity,
+    then the op's scale-change table if it has one (as the kernels' ``_passthrough``)."""
+    if set(op["blobs"]) - {"table"}:
+        raise _NotFusable("constants")
+    x = g.read(op["inputs"][0])
+    for axis, ix in enumerate(op["attrs"]["indices"]):
+        if list(ix) != list(range(len(ix))):
+            x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
+    if "table" in blobs:
+        x = _lookup(g, x, blobs["table"], g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
+    g.names[op["outputs"][0]] = x
+
+
+def _quantize(g: _Graph, op: dict, blobs: dict) -> None:
+    """``numerics.quantize`` of a model input: float32 division, the tie rule in float64 (as numpy)."""
+    a = op["attrs"]
+    if np.ndim(a["scale"]) or np.ndim(a["zp"]):
+        raise _NotFusable("per-channel quantize step")
+    recipe = nm.rounding_as_onnx(a["round"])
+    if recipe is None:
+        raise _NotFusable(f"tie rule {a['round']}")
+    v = g.node("Div", [g.read(op["inputs"][0]), g.const(a["scale"])])
+    lo, hi = nm.qrange(a["bits"], a["signed"])
+    ep = {"round": a["round"], "zp": a["zp"]}
+    wide = recipe[0] != 0
+    if wide:
+        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
+    g.names[op["outputs"][0]] = _round_and_clip(g, v, ep, lo, hi, double=wide)
+
+
+def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
+    """``numerics.dequantize``: ``(q - zp) * scale`` in float32, per tensor or along ``axis``."""
+    a = op["attrs"]
+    x = g.read(op["inputs"][0])
+    scale, zp = np.asarray(a["scale"], np.float32), np.asarray(a["zp"], np.float32)
+    if scale.ndim:
+        if a["axis"] is None:
+            raise _NotFusable("per-channel scale without an axis")
+        shape = [1] * len(g.tensors[op["inputs"][0]]["shape"])
+        shape[a["axis"]] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    g.names[op["outputs"][0]] = g.node("Mul", [g.node("Sub", [x, g.const(zp)]), g.const(scale)])
+
+
+_EMITTERS: dict[str, Callable[[_Graph, dict, dict], None]] = {
+    "conv": _conv, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
+    "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
+}
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """ONNX Runtime options of a runtime session: ``threads`` intra-op threads that sleep when idle.
+
+    A Session holds one ONNX Runtime session per fused run and per CPU subgraph (YOLOv8n on the
+    DPU: 116); their pools' threads spin between runs by default, and that many spinning
+    threads starve each other (measured: 2 threads 50x slower than 1 on a 2-core machine)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if threads > 1:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+class FusedRun:
+    """A run of a program's ops as one ONNX Runtime session; ``run(env)`` -> the tensors it makes.
+
+    ``outputs`` are the tensors later ops or the subgraph's caller read; ``produced`` every
+    integer tensor of the run, which dump mode (``run(env, dump=True)``) returns from a second
+    session of the same graph, built on first use.
+    """
+
+    def __init__(self, g: _Graph, outputs: list[str], produced: list[str], threads: int) -> None:
+        self.inputs = list(g.inputs)
+        self.outputs = outputs
+        self.produced = produced
+        self._graph = g
+        self._threads = threads
+        self._feeds = [_input_name(k) for k in range(len(self.inputs))]
+        self.session = self._session(outputs)
+        self._dump_session: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+
+    def _session(self, outputs: list[str]) -> ort.InferenceSession:
+        g = self._graph
+        nodes = list(g.nodes)
+        for k, name in enumerate(outputs):
+            nodes.append(helper.make_node("Cast", [g.names[name]], [f"out{k}"], to=_elem(g.tensors[name]["dtype"])))
+        graph = helper.make_graph(
+            nodes, "fused_run",
+            [helper.make_tensor_value_info(_input_name(k), _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
+             for k, t in enumerate(self.inputs)],
+            [helper.make_tensor_value_info(f"out{k}", _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
+             for k, t in enumerate(outputs)], g.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        return ort.InferenceSession(model.SerializeToString(), session_options(self._threads),
+                                    providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+    def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:
+        feeds = {n: env[t] for n, t in zip(self._feeds, self.inputs)}
+        if not dump:
+            return dict(zip(self.outputs, self.session.run(None, feeds)))
+        with self._lock:
+            if self._dump_session is None:
+                self._dump_session = self._session(self.produced)
+        return dict(zip(self.produced, self._dump_session.run(None, feeds)))
+
+
+def _elem(dtype: str) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An integer program as fused runs and single ops (``int`` = index of an op run as its kernel)."""
+
+    items: list
+    reasons: dict  # op index -> why it runs as its kernel
+
+
+def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int = 1) -> Plan:
+    """Cut ``sg``'s ops into maximal runs that :data:`_EMITTERS` can write as exact float graphs."""
+    ops = sg["ops"]
+    last_use: dict[str, int] = {}
+    for k, op in enumerate(ops):
+        for t in op["inputs"]:
+            last_use[t] = k
+    keep = set(sg["outputs"])
+    items: list = []
+    reasons: dict[int, str] = {}
+    g, start = _Graph(tensors), 0
+
+    def close(end: int) -> None:
+        nonlocal g
+        run_ops = range(start, end)
+        if any(ops[k]["op"] in _COMPUTE_OPS for k in run_ops):
+            produced = [t for k in run_ops for t in ops[k]["outputs"]]
+            outs = [t for t in produced if t in keep or last_use.get(t, -1) >= end]
+            try:
+                items.append(FusedRun(g, outs, produced, threads))
+            except _ORT_ERRORS as exc:  # the kernels compute the same codes, slower
+                items.extend(run_ops)
+                reasons.update({k: f"ONNX Runtime refused the fused graph: {exc}" for k in run_ops})
+                warnings.warn(f"npuflow runtime: ops {ops[start]['name']!r}..{ops[end - 1]['name']!r} run as "
+                              f"kernels, slower: ONNX Runtime refused their fused graph: {exc}", RuntimeWarning,
+                              stacklevel=3)
+        else:
+            items.extend(run_ops)
+        g = _Graph(tensors)
+
+    for k, op in enumerate(ops):
+        emit = _EMITTERS.get(op["op"])
+        mark = g.mark()
+        try:
+            if emit is None:
+                raise _NotFusable(f"{op['op']} runs as its kernel")
+            emit(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+            continue
+        except _NotFusable as why:
+            g.rollback(mark)
+            reasons[k] = str(why)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a manifest form not met before
+            g.rollback(mark)
+            reasons[k] = f"no fused form ({type(exc).__name__}: {exc})"
+            warnings.warn(f"npuflow runtime: op {op['name']!r} ({op['op']}) runs as its kernel, slower: "
+                          f"{reasons[k]}", RuntimeWarning, stacklevel=2)
+        close(k)
+        items.append(k)
+        start = k + 1
+    close(len(ops))
+    return Plan(items, reasons)

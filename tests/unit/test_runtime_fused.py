@@ -1,0 +1,244 @@
+"""The fused runs (runtime/fused.py) against the op-by-op kernels, bit for bit.
+
+A fused run writes consecutive integer ops as one ONNX Runtime graph of exact float (and int64)
+operations.  These tests pin the rounding recipes to ``numerics`` over whole input ranges (ties,
+negative ties, large values), and compare ``Session(fuse=True)`` with ``Session(fuse=False)`` on
+small models that reach the edge cases: long reductions that need chunks, 16-bit inputs,
+negative ties, saturation, per-channel float scales, batch > 1 with two threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import npuflow
+from npuflow import numerics as nm
+from npuflow.runtime import fused
+from tests.qdq_builder import Builder
+from tests.unit.test_compiler_kernels import CPU, DPU, _conv_model, _x
+
+MODES = ["half_up", "half_even", "half_down"]
+
+
+def _run(g: fused._Graph, out: str, feeds: dict[str, np.ndarray], out_type: int) -> np.ndarray:
+    """Run the nodes of ``g`` with raw graph inputs ``feeds`` and return ``out``."""
+    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for k, v in feeds.items()]
+    graph = helper.make_graph(g.nodes, "t", inputs, [helper.make_tensor_value_info(out, out_type, None)], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=fused.DISABLED_OPTIMIZERS)
+    return sess.run([out], feeds)[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shift", [1, 2, 7])
+def test_tie_offsets_round_every_grid_value_as_numerics(mode, shift):
+    # every accumulator of 15 bits and sign on the grid 2^-shift, ties and negative ties included
+    acc = np.arange(-(1 << 15), 1 << 15)
+    v = (acc * 2.0 ** -shift).astype(np.float32)
+    want = nm.shift_round(acc, shift, mode)
+    g = fused._Graph({})
+    y = g.node("Round", [g.node("Add", ["x", g.const(nm.rounding_as_nearest_even(mode, shift))])])
+    assert np.array_equal(_run(g, y, {"x": v}, TensorProto.FLOAT), want)
+    offset, op = nm.rounding_as_onnx(mode)
+    g = fused._Graph({})
+    y = g.node(op, [g.node("Add", ["x", g.const(offset, np.float64)])])
+    assert np.array_equal(_run(g, y, {"x": v.astype(np.float64)}, TensorProto.DOUBLE), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_int64_shift_round_equals_numerics_to_2_62(mode):
+    rng = np.random.default_rng(0)
+    shifts = np.arange(64)
+    ties = np.array([[(2 * k + 1) << max(s - 1, 0) if abs(2 * k + 1) << max(s - 1, 0) < 1 << 62 else 0
+                      for s in range(64)] for k in range(-3, 3)], np.int64)
+    big = rng.integers(-(1 << 62), 1 << 62, size=(40, 64), dtype=np.int64)
+    small = rng.integers(-5000, 5000, size=(40, 64), dtype=np.int64)
+    v = np.concatenate([ties, -ties, big, small, np.zeros((1, 64), np.int64)])
+    g = fused._Graph({})
+    y = fused._shift_round_int64(g, "x", mode, shifts.reshape(1, 64))
+    want = nm.shift_round(v, shifts.reshape(1, 64), mode)
+    assert np.array_equal(_run(g, y, {"x": v}, TensorProto.INT64), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("zp", [0, -7])
+@pytest.mark.parametrize("shifts,as_float", [([30, 33, 36, 38, 40, 41, 42, 42], True),   # the float64 form
+                                             ([30, 38, 42, 44, 45, 50, 60, 70], False)])  # int64 shifts
+def test_fixed_point_requantisation_equals_numerics(mode, zp, shifts, as_float):
+    rng = np.random.default_rng(1)
+    cout = len(shifts)
+    mult = rng.integers(1 << 30, 1 << 31, cout)
+    shift = np.array(shifts)
+    near_ties = np.round(((np.arange(-40, 40) + 0.5)[:, None] * np.exp2(shift) / mult))
+    acc = np.concatenate([rng.integers(-(1 << 23), 1 << 23, (64, cout)), near_ties, near_ties + 1, near_ties - 1])
+    acc = np.clip(acc, -(1 << 23), 1 << 23).astype(np.int64).reshape(-1, cout, 1, 1)
+    ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": zp, "round": mode,
+          "dtype": "int8", "clamps": []}
+    want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, cout, 1, 1), shift.reshape(1, cout, 1, 1), mode)
+                   + zp, -128, 127)
+    g = fused._Graph({})
+    fx = fused._FixedPoint(ep, cout, np.full(cout, -float(1 << 23)), np.full(cout, float(1 << 23)))
+    y = fused._requantize_fixed(g, "x", False, fx, ep, -128, 127)
+    assert ("BitShift" not in {n.op_type for n in g.nodes}) is as_float
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_near_dead_channels_are_constants_and_live_ones_exact(mode):
+    # a saturated int32 bias with a tiny multiplier (60, 70: beyond float64's reach) next to live channels
+    mult = np.array([1 << 30, 1518500250, 2147483647, 1 << 30])
+    shift = np.array([40, 60, 70, 38])
+    bias = np.array([0, (1 << 31) - 1, -(1 << 31), 1000])
+    sums = np.full(4, 1 << 17)
+    acc = np.stack([bias + d for d in (-sums[0], -7, 0, 5, sums[0])]).reshape(-1, 4, 1, 1).astype(np.int64)
+    acc = np.concatenate([acc, np.random.default_rng(2).integers(-(1 << 17), 1 << 17, (50, 4, 1, 1)) + bias.reshape(1, 4, 1, 1)])
+    ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": 3, "round": mode,
+          "dtype": "int8", "clamps": []}
+    g = fused._Graph({})
+    fx = fused._FixedPoint(ep, 4, (bias - sums).astype(np.float64), (bias + sums).astype(np.float64))
+    assert list(fx.const) == [False, True, True, False]
+    y = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127)
+    assert "BitShift" not in {n.op_type for n in g.nodes}
+    want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
+                   -128, 127)
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT), want)
+
+
+def _equal_fused_and_kernels(model, feeds: dict, target: str, **session) -> fused.Plan:
+    """Outputs and every dumped integer tensor equal between the fused runs and the kernels."""
+    compiled = npuflow.compile(model, target)
+    fast, ref = npuflow.Session(compiled, **session), npuflow.Session(compiled, fuse=False)
+    a, b = fast.run(feeds), ref.run(feeds)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    plans = [ex.plan for ex in fast._executors if hasattr(ex, "plan")]
+    return plans[0]
+
+
+def _fused_ops(plan: fused.Plan) -> int:
+    return sum(1 for it in plan.items if isinstance(it, fused.FusedRun))
+
+
+@pytest.mark.parametrize("target,per_channel", [(DPU, False), (CPU, True)])
+def test_long_reduction_needs_chunks_and_stays_exact(target, per_channel):
+    # 3x3x256 products of saturated codes: beyond 2^24, summed in float64 chunks inside the graph
+    model = _conv_model("half_up", None, cin=256, cout=4, pow2=target == DPU, per_channel=per_channel)
+    plan = _equal_fused_and_kernels(model, {"x": _x([1, 256, 13, 11], 4, scale=8.0)}, target)
+    assert _fused_ops(plan) == 1 and not plan.reasons.get(1), plan.reasons
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [0.05, 1.0, 40.0])  # tiny values, everyday ones, saturation
+def test_conv_float_scales_per_channel_is_exact(mode, scale):
+    model = _conv_model(mode, "relu6", pow2=False, per_channel=True)
+    plan = _equal_fused_and_kernels(model, {"x": _x([1, 8, 13, 11], 5, scale)}, CPU)
+    assert _fused_ops(plan) == 1
+
+
+def _add_model(mode: str, dtype: str = "int8", zp: int = 0):
+    """Two inputs on 2^-5 added and requantised to 2^-4: a shift of 1, half of all sums are ties."""
+    b = Builder(mode)
+    x, y = b.input("x", [1, 4, 8, 8], 2.0 ** -5, zp, dtype), b.input("y", [1, 4, 8, 8], 2.0 ** -5, zp, dtype)
+    s = b.node("Add", [b.dq(x), b.dq(y)], "add")
+    b.output(b.quantize(s, 2.0 ** -4, zp, dtype), "out")
+    return b.model()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_negative_ties_and_saturation_of_an_add(mode):
+    rng = np.random.default_rng(2)
+    feeds = {k: (rng.integers(-140, 140, (1, 4, 8, 8)) / 32).astype(np.float32) for k in ("x", "y")}
+    plan = _equal_fused_and_kernels(_add_model(mode), feeds, DPU)
+    assert _fused_ops(plan) == 1
+
+
+def test_16_bit_inputs_run_as_kernels_and_say_why():
+    b = Builder("half_up", opset=21)  # int16 Q/DQ
+    rng = np.random.default_rng(3)
+    x = b.input("x", [1, 8, 9, 9], 2.0 ** -8, 0, "int16")
+    w = b.weight("w", rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32), 2.0 ** -7)
+    c = b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1])
+    b.output(b.quantize(c, 2.0 ** -3), "out")
+    try:
+        compiled = npuflow.compile(b.model(), CPU)
+    except npuflow.NpuflowError as exc:
+        pytest.skip(f"16-bit convolutions do not compile here: {exc}")
+    feeds = {"x": _x([1, 8, 9, 9], 6, scale=60.0)}
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    a, r = fast.run(feeds), ref.run(feeds)
+    assert all(np.array_equal(a[k], r[k]) for k in a)
+    plans = [ex.plan for ex in fast._executors if hasattr(ex, "plan")]
+    assert any("16-bit" in why for p in plans for why in p.reasons.values()), [p.reasons for p in plans]
+
+
+def test_batch_of_four_on_two_threads_equals_kernels():
+    b = Builder("half_up")
+    rng = np.random.default_rng(4)
+    x = b.input("x", [4, 8, 13, 11], 2.0 ** -5)
+    w = b.weight("w", rng.normal(0, 0.3, (16, 8, 3, 3)).astype(np.float32), 2.0 ** -7)
+    c = b.node("Relu", [b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1])], "act")
+    b.output(b.quantize(c, 2.0 ** -3), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([4, 8, 13, 11], 7, scale=2.0)}, DPU, threads=2)
+    assert _fused_ops(plan) == 1
+
+
+def _silu_model(mode: str = "half_up"):
+    """Conv -> SiLU: the DPU has no sigmoid, so ``DQ -> Sigmoid -> Q`` is a CPU subgraph."""
+    b = Builder(mode)
+    rng = np.random.default_rng(5)
+    x = b.input("x", [1, 8, 16, 16], 2.0 ** -5)
+    w = b.weight("w", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), 2.0 ** -7)
+    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1]), 2.0 ** -4)
+    s = b.quantize(b.node("Sigmoid", [b.dq(c)], "sig"), 2.0 ** -7)
+    b.output(b.quantize(b.node("Mul", [b.dq(c), b.dq(s)], "silu"), 2.0 ** -4), "out")
+    return b.model()
+
+
+def test_elementwise_cpu_subgraph_runs_as_its_own_table():
+    compiled = npuflow.compile(_silu_model(), DPU)
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    tables = [ex for ex in fast._executors if getattr(ex, "lookup", None) is not None]
+    assert tables and not any(getattr(ex, "lookup", None) is not None for ex in ref._executors)
+    for seed in range(3):
+        feeds = {"x": _x([1, 8, 16, 16], seed, scale=3.0)}
+        a, b = fast.run(feeds), ref.run(feeds)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_subgraph_mixing_positions_is_not_a_table():
+    from npuflow.runtime.executors import _as_lookup
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT8, [1, 4, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.INT8, [1, 4, 16, 16])
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("z", TensorProto.INT8, [], [0])]
+    for body in ([helper.make_node("Transpose", ["d"], ["t"], perm=[0, 1, 3, 2])],  # moves elements
+                 [helper.make_node("Neg", ["d"], ["t"])]):                        # elementwise: a table
+        nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["d"]), *body,
+                 helper.make_node("QuantizeLinear", ["t", "s", "z"], ["y"])]
+        model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                  opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        table = _as_lookup(model, sess)
+        assert (table is None) == (body[0].op_type == "Transpose")
+        if table is not None:
+            q = np.random.default_rng(0).integers(-128, 128, (1, 4, 16, 16)).astype(np.int8)
+            assert np.array_equal(table(q), sess.run(None, {"x": q})[0])
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 1, 1, 1)])  # zero point folded into the bias, or subtracted
+def test_asymmetric_input_zero_point_is_exact(pads):
+    b = Builder("half_even")
+    rng = np.random.default_rng(6)
+    x = b.input("x", [1, 8, 11, 11], 0.05, -3)
+    w = b.weight("w", rng.normal(0, 0.3, (16, 8, 3, 3)).astype(np.float32), np.linspace(0.004, 0.01, 16), axis=0)
+    c = b.node("Conv", [b.dq(x), w], "conv", pads=list(pads))
+    b.output(b.quantize(c, 0.07, 5), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 11, 11], 8, scale=4.0)}, CPU)
+    assert _fused_ops(plan) == 1
