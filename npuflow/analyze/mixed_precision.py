@@ -14,19 +14,29 @@ The result lists what changed, the score before/after, and the quantizer config 
 reproduce it (``keep_float`` names for float, ``layers`` overrides for int16).  Float is the default:
 DPU-class targets have no int16 datapath, so a raised layer runs on the CPU, as Horizon's
 ``run_on_cpu`` does.
+
+With ``workers`` > 1 or ``ray_address`` (:mod:`npuflow.scaleout`) the sensitivity analysis runs
+in parallel, and the search's steps, which depend on each other, are prefetched: the binary
+search evaluates the next probes of its decision tree and the elimination the next removals
+(assuming the ones before fail), as many at once as there are workers.  The search then walks
+the same path as the serial one on the same values, so the result — layers, scores and the
+evaluation count, which counts only the assignments the serial search asks for — is the
+serial result; prefetched values the path never reaches are the price of the speed-up.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import onnx
 
+from .. import scaleout
 from ..quant.algorithms.graph import Feed
 from .qdq_edit import apply_precisions
-from .sensitivity import Metric, SensitivityReport, analyze, similarity_metric
+from .sensitivity import Metric, SensitivityReport, analyze, score_variants, similarity_metric, sweep_context
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,43 @@ def config_overrides(changes: dict[str, str]) -> dict:
     }
 
 
+class _Scores:
+    """Metric values of precision assignments (sorted layer tuples), each computed once, several
+    at a time on the workers; ``asked`` holds the assignments the search itself asked for."""
+
+    def __init__(self, pool: scaleout.Workers, precision: str) -> None:
+        self.pool, self.precision = pool, precision
+        self.known: dict[tuple[str, ...], float] = {}
+        self.asked: set[tuple[str, ...]] = set()
+
+    def prefetch(self, keys: Iterable[tuple[str, ...]]) -> None:
+        """Evaluate the unknown ``keys`` at once (nothing ahead of need on the serial path)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self.known]
+        variants = [[(tuple((n, self.precision) for n in key), None)] for key in todo]
+        for key, (value,) in zip(todo, list(self.pool.map(score_variants, variants))):
+            self.known[key] = value
+
+    def __call__(self, key: tuple[str, ...]) -> float:
+        self.prefetch([key])
+        self.asked.add(key)
+        return self.known[key]
+
+
+def _probes(lo: int, hi: int, width: int, known: Callable[[int], bool]) -> list[int]:
+    """Up to ``width`` unknown prefix lengths the binary search from ``(lo, hi)`` may probe next
+    (its decision tree, breadth first)."""
+    probes: list[int] = []
+    frontier = deque([(lo, hi)])
+    while frontier and len(probes) < width:
+        l, h = frontier.popleft()
+        if h - l > 1:
+            mid = (l + h) // 2
+            if not known(mid):
+                probes.append(mid)
+            frontier.extend([(l, mid), (mid, h)])
+    return probes
+
+
 def search(
     float_model: onnx.ModelProto,
     qmodel: onnx.ModelProto,
@@ -73,11 +120,14 @@ def search(
     precision: str = "float",
     sensitivity: SensitivityReport | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> MixedPrecisionResult:
     """Fewest layers (by sensitivity) to raise to ``precision`` so the target holds.
 
     Targets: ``min_similarity`` (mean output cosine similarity, needs ``feeds``) or ``metric``
-    plus ``max_drop`` (the metric of the float model minus ``max_drop``).
+    plus ``max_drop`` (the metric of the float model minus ``max_drop``).  ``workers``,
+    ``ray_address``: see the module docstring.
     """
     if precision not in ("int16", "float"):
         raise ValueError(f"precision must be 'int16' or 'float', not {precision!r}")
@@ -91,51 +141,60 @@ def search(
         if max_drop is None:
             raise ValueError("a metric target needs max_drop")
         target = metric(float_model) - float(max_drop)
-    evals = [0]
-    scores: dict[tuple[str, ...], float] = {}
-    report: SensitivityReport | None = None
+    context = sweep_context(float_model, qmodel, metric, workers, ray_address)
+    with scaleout.Workers(workers, ray_address, context) as pool:
+        return _search(float_model, qmodel, metric, target, precision, sensitivity, progress, _Scores(pool, precision))
 
-    def expand(chosen: tuple[str, ...]) -> tuple[str, ...]:
+
+def _search(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, metric: Metric, target: float, precision: str,
+            sensitivity: SensitivityReport | None, progress: Callable[[str, int, int], None] | None,
+            scores: _Scores) -> MixedPrecisionResult:
+    """The search of :func:`search` on ``scores``."""
+    report: SensitivityReport | None = None
+    width = scores.pool.width
+
+    def expand(chosen: Sequence[str]) -> tuple[str, ...]:
         """A weightless layer goes to float with its readers (its quantize step stays otherwise)."""
         if precision != "float" or report is None:
-            return chosen
+            return tuple(chosen)
         return tuple(sorted({n for c in chosen for n in report.group(c)}))
 
-    def score(chosen: tuple[str, ...]) -> float:
-        key = expand(chosen)
-        if key not in scores:
-            evals[0] += 1
-            scores[key] = metric(apply_precisions(qmodel, {n: precision for n in key}, float_model))
-        return scores[key]
+    def score(chosen: Sequence[str]) -> float:
+        return scores(expand(chosen))
 
     base = score(())
     if base >= target:  # nothing to raise: skip the sensitivity analysis (one evaluation per point)
         report = sensitivity or SensitivityReport("metric", metric(float_model), base)
-        return _result(qmodel, float_model, (), precision, base, base, target, True, evals[0], report)
-    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress, quant_only=False)
+        return _result(qmodel, float_model, (), precision, base, base, target, True, len(scores.asked), report)
+    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress, quant_only=False,
+                                    pool=scores.pool)
     ranking = report.ranking()
-    if score(tuple(ranking)) < target:
-        chosen = tuple(ranking)
-        return _result(qmodel, float_model, expand(chosen), precision, base, score(chosen), target, False, evals[0],
-                       report)
+    if score(ranking) < target:
+        return _result(qmodel, float_model, expand(ranking), precision, base, score(ranking), target, False,
+                       len(scores.asked), report)
     lo, hi = 0, len(ranking)  # prefix of length hi meets the target, lo does not
     while hi - lo > 1:
+        scores.prefetch(expand(ranking[:m]) for m in
+                        _probes(lo, hi, width, lambda m: expand(ranking[:m]) in scores.known))
         mid = (lo + hi) // 2
-        if score(tuple(ranking[:mid])) >= target:
+        if score(ranking[:mid]) >= target:
             hi = mid
         else:
             lo = mid
     chosen = list(ranking[:hi])
-    for name in reversed(ranking[:hi]):
+    removals = list(reversed(ranking[:hi]))
+    for k, name in enumerate(removals):
         if len(chosen) <= 1:
             break
-        trial = tuple(n for n in chosen if n != name)
+        # the next removals, each assuming the ones before it fail (the usual case)
+        scores.prefetch(expand([n for n in chosen if n != ahead]) for ahead in removals[k:k + width])
+        trial = [n for n in chosen if n != name]
         if score(trial) >= target:
-            chosen = list(trial)
-    final = expand(tuple(chosen))
-    log.info("mixed precision: %d layers to %s, score %.5f -> %.5f (target %.5f)",
-             len(final), precision, base, score(tuple(chosen)), target)
-    return _result(qmodel, float_model, final, precision, base, score(tuple(chosen)), target, True, evals[0], report)
+            chosen = trial
+    final = expand(chosen)
+    log.info("mixed precision: %d layers to %s, score %.5f -> %.5f (target %.5f); %d evaluations, %d prefetched",
+             len(final), precision, base, score(chosen), target, len(scores.asked), len(scores.known))
+    return _result(qmodel, float_model, final, precision, base, score(chosen), target, True, len(scores.asked), report)
 
 
 def perf_cost(float_model: onnx.ModelProto, target, changes: dict[str, str]) -> dict:

@@ -20,19 +20,27 @@ Each layer costs two runs of the model over the feeds (YOLOv8n: ~120 layers, min
 work is bounded: ``order`` scores the likeliest layers first (the CLI passes the quantizer's
 per-node similarity drops), and once ``time_budget`` seconds are spent the remaining layers are
 left out and listed in ``SensitivityReport.skipped``.
+
+The layers are independent tasks: ``workers`` > 1 scores them in a local process pool, and
+``ray_address`` as Ray tasks (:func:`npuflow.scaleout.map_tasks`; the models, the feeds and the
+float model's outputs go to each worker once).  The report is the serial one — same layers,
+same floats, same order — except where a time budget runs out: a parallel run decides when
+it *submits* a layer, up to two per worker ahead of the serial run's decision.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
+from .. import scaleout
 from ..quant.algorithms.graph import Feed, run_outputs
 from .qdq_edit import apply_precisions, float_groups, layer_points
 
@@ -49,15 +57,54 @@ def cosine(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
     return float(np.dot(x, y) / den) if den > 0 else float(np.array_equal(x, y))
 
 
+class SimilarityMetric:
+    """``metric(model)``: output cosine similarity to the float model, pooled over the feeds
+    (a class, not a closure, so that it travels to sweep workers with its reference outputs)."""
+
+    def __init__(self, float_model: onnx.ModelProto, feeds: Iterable[Feed]) -> None:
+        self.feeds = list(feeds)
+        self.reference = [t for outputs in run_outputs(float_model, self.feeds) for t in outputs]
+        #: False in sweep workers, which share the cores: idle ONNX Runtime threads sleep
+        self.spinning = True
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        outputs = run_outputs(model, self.feeds, spinning=self.spinning)
+        return cosine([t for per_feed in outputs for t in per_feed], self.reference)
+
+
 def similarity_metric(float_model: onnx.ModelProto, feeds: Iterable[Feed]) -> Metric:
     """``metric(model)``: output cosine similarity to ``float_model``, pooled over the feeds."""
-    feeds = list(feeds)
-    ref = [t for outputs in run_outputs(float_model, feeds) for t in outputs]
+    return SimilarityMetric(float_model, feeds)
 
-    def metric(model: onnx.ModelProto) -> float:
-        return cosine([t for outputs in run_outputs(model, feeds) for t in outputs], ref)
 
-    return metric
+#: One variant of the quantized model: ``(precision changes as (layer, precision) pairs,
+#: the one layer left quantized or None)``.
+Variant = tuple[tuple[tuple[str, str], ...], "str | None"]
+
+
+def score_variants(context: dict, variants: Sequence[Variant]) -> list[float]:
+    """A sweep task: the metric of each variant, built by editing the quantized model.
+
+    ``context``: ``qmodel``, ``float_model`` and ``metric`` (shared by every task of a sweep)."""
+    qmodel, float_model, metric = context["qmodel"], context["float_model"], context["metric"]
+    return [metric(apply_precisions(qmodel, dict(changes), float_model, quantize_only=only))
+            for changes, only in variants]
+
+
+def _score_layer(context: dict, item: tuple[str, list[Variant]]) -> tuple[str, list[float]]:
+    """A sensitivity task: one layer's variants."""
+    return item[0], score_variants(context, item[1])
+
+
+def sweep_context(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, metric: Metric, workers: int,
+                  ray_address: str | None) -> dict:
+    """What every sweep task needs; a metric for worker processes must pickle."""
+    if scaleout.parallel(workers, ray_address):
+        scaleout.require_picklable(metric, "the metric")
+        if isinstance(metric, SimilarityMetric):
+            metric = copy.copy(metric)
+            metric.spinning = False
+    return {"qmodel": qmodel, "float_model": float_model, "metric": metric}
 
 
 @dataclass
@@ -101,19 +148,25 @@ def analyze(
     quant_only: bool = True,
     order: Sequence[str] = (),
     time_budget: float | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    pool: scaleout.Workers | None = None,
 ) -> SensitivityReport:
     """Score every weight layer (or the named ``layers``); returns them most sensitive first.
 
     ``quant_only=False`` skips the "quantize only this layer" variant (reported as None), halving
     the cost when only the ranking is needed (the mixed-precision search).  ``order``: layers
     scored first (the rest follow in graph order); ``time_budget``: seconds after which no
-    further layer is started (those left are in ``skipped``).
+    further layer is started (those left are in ``skipped``).  ``progress(layer, done, total)``
+    follows finished layers; ``workers``/``ray_address``: see the module docstring; ``pool``:
+    workers already started on :func:`sweep_context` (the mixed-precision search shares its own).
     """
     if metric is None:
         if feeds is None:
             raise ValueError("sensitivity analysis needs evaluation feeds or a metric")
         metric = similarity_metric(float_model, feeds)
         metric_name = metric_name or "output cosine similarity"
+    context = None if pool is not None else sweep_context(float_model, qmodel, metric, workers, ray_address)
     op_types = {lp.name: lp.op_type for lp in layer_points(qmodel)}
     groups = float_groups(qmodel)
     names = list(op_types)
@@ -125,21 +178,32 @@ def analyze(
     start = time.monotonic()
     base = metric(qmodel)
     fscore = metric(float_model)
-    result = []
-    skipped: list[str] = []
-    for k, name in enumerate(names):
-        if time_budget is not None and time.monotonic() - start > time_budget:
-            skipped = names[k:]
-            log.info("sensitivity: time budget of %.0f s spent after %d of %d layers; %d not scored",
-                        time_budget, k, len(names), len(skipped))
-            break
+    started: list[str] = []
+
+    def tasks() -> Iterator[tuple[str, list[Variant]]]:
+        """Each layer's variants, while the time budget lasts."""
+        for name in names:
+            if time_budget is not None and time.monotonic() - start > time_budget:
+                return
+            started.append(name)
+            variants: list[Variant] = [(tuple((n, "float") for n in groups.get(name, [name])), None)]
+            yield name, variants + ([((), name)] if quant_only else [])
+
+    def report(item: tuple[str, list[Variant]], done: int, total: int | None) -> None:
         if progress:
-            progress(name, k, len(names))
+            progress(item[0], done, len(names))
+
+    result = []
+    scores = (pool.map(_score_layer, tasks(), report) if pool is not None else
+              scaleout.map_tasks(_score_layer, tasks(), workers, ray_address, report, context=context))
+    for name, (f_only, *q_only) in scores:
         group = groups.get(name, [name])
-        f_only = metric(apply_precisions(qmodel, {n: "float" for n in group}, float_model))
-        q_only = (metric(apply_precisions(qmodel, {}, float_model, quantize_only=name))
-                  if quant_only else None)
-        result.append(LayerSensitivity(name, op_types[name], f_only, q_only, f_only - base, group[1:]))
+        result.append(LayerSensitivity(name, op_types[name], f_only, q_only[0] if q_only else None, f_only - base,
+                                       group[1:]))
+    skipped = names[len(started):]
+    if skipped:
+        log.info("sensitivity: time budget of %.0f s spent after %d of %d layers; %d not scored",
+                 time_budget, len(started), len(names), len(skipped))
     result.sort(key=lambda r: (-round(r.gain, 12), r.layer))
     log.info("sensitivity: %d layers, quantized score %.5f, float %.5f", len(result), base, fscore)
     return SensitivityReport(metric_name or "metric", fscore, base, result, skipped)

@@ -8,7 +8,9 @@ layers to keep in float / raise to int16 (:mod:`npuflow.analyze.mixed_precision`
 Progress shows as a bar on a terminal and as one line per stage and per layer otherwise (a
 piped run of YOLOv8n used to print nothing for minutes).  Sensitivity scores the layers whose
 similarity drops most in the quantizer's per-node report first and stops starting layers after
-``--time-budget`` seconds, naming how many were left out.
+``--time-budget`` seconds, naming how many were left out.  ``--workers N`` scores layers (and
+the search's candidates) in N local processes, ``--ray-address`` as Ray tasks on a cluster
+(docs/scale-out.md); the results are the serial ones, and the bar counts finished layers.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _progress_bar():
 
 class _LineProgress:
     """The progress bar's interface for piped output: a line on stderr per stage change and per
-    analysed layer (calibration counts are left out: one line per sample would flood a log)."""
+    finished layer (calibration counts are left out: one line per sample would flood a log)."""
 
     def __init__(self) -> None:
         self._start = time.monotonic()
@@ -77,7 +79,7 @@ class _LineProgress:
         if description == self._last and not per_layer:
             return
         self._last = description
-        count = f" {completed + 1}/{total}" if per_layer and total else ""
+        count = f" {completed}/{total}" if per_layer and total else ""
         err_console.print(f"[{time.monotonic() - self._start:6.0f} s] {description}{count}", markup=False, highlight=False)
 
 
@@ -94,10 +96,15 @@ def sensitivity_command(
     time_budget: float = typer.Option(
         300.0, "--time-budget", min=1.0, help="Seconds after which no further layer is scored (the layers whose "
         "similarity drops most in the quantizer's report go first; those left out are listed)."),
+    workers: int = typer.Option(1, "--workers", help="Score candidates in N local worker processes (1: this process)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Score candidates as Ray tasks on this "
+                                              "cluster: 'auto' (the running one), 'local' or HOST:PORT."),
 ) -> None:
     """Rank layers by how much quantizing them costs (float-only and quantize-only variants)."""
     from ..analyze.sensitivity import analyze, rich_table
+    from ..scaleout import check_workers
 
+    check_workers(workers)
     with _progress_bar() as bar:
         task = bar.add_task("quantize", total=None)
         result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
@@ -107,7 +114,8 @@ def sensitivity_command(
 
         drops = sorted((r for r in result.report.rows if r.drop is not None), key=lambda r: (-r.drop, r.node))
         report = analyze(result.float_model, result.model, feeds, progress=progress,
-                         order=[r.node for r in drops], time_budget=time_budget)
+                         order=[r.node for r in drops], time_budget=time_budget, workers=workers,
+                         ray_address=ray_address)
     console.print(rich_table(report, top))
     if report.skipped:
         shown = ", ".join(report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
@@ -131,13 +139,19 @@ def mixed_precision_command(
     input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help="NAME=DIMS; repeatable."),
     samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result (changes, scores, config overrides)."),
+    workers: int = typer.Option(1, "--workers", help="Score candidates in N local worker processes (1: this process)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Score candidates as Ray tasks on this "
+                                              "cluster: 'auto' (the running one), 'local' or HOST:PORT."),
 ) -> None:
     """Keep the fewest, most sensitive layers out of int8 until the output similarity holds."""
     from ..analyze.mixed_precision import search
     from ..errors import NpuflowError
 
+    from ..scaleout import check_workers
+
     if precision not in ("float", "int16"):
         raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
+    check_workers(workers)
     with _progress_bar() as bar:
         task = bar.add_task("quantize", total=None)
         result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
@@ -146,7 +160,7 @@ def mixed_precision_command(
             bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
 
         mp = search(result.float_model, result.model, feeds, min_similarity=min_similarity,
-                    precision=precision, progress=progress)
+                    precision=precision, progress=progress, workers=workers, ray_address=ray_address)
     state = "met" if mp.met else "NOT met (every layer raised)"
     console.print(f"target similarity {mp.target:.5f} {state}: {mp.base_score:.5f} -> {mp.score:.5f} "
                   f"with {len(mp.changes)} layer(s) raised to {precision} ({mp.evaluations} evaluations)")

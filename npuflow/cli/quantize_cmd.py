@@ -40,6 +40,10 @@ def quantize_command(
     show_nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Print the per-node similarity table."),
     strict: bool = typer.Option(False, "--strict", help="Fail (NPF_QUANT_LOW_SIMILARITY, nothing written) when the "
                                 "output similarity is below min_output_cosine (default 0.95) instead of warning."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Calibrate shards in N worker processes and merge "
+                                          "them exactly (config calib_workers; default 1: this process)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Calibrate shards as Ray tasks on this "
+                                              "cluster ('auto', 'local' or HOST:PORT; config calib_ray_address)."),
 ) -> None:
     """Quantize a float model for a target (writes quantized_model.onnx, quant_info.json and more)."""
     from ..quant import quantize  # heavy (onnxruntime, onnxscript): imported when the command runs
@@ -55,7 +59,7 @@ def quantize_command(
 
         source = freeze_inputs(str(model), parse_input_values(freeze_input, "--freeze-input"))
         source = with_probe_values(source, parse_input_values(probe_value))
-        result = quantize(source, str(calib), target, config=str(config) if config else None,
+        result = quantize(source, str(calib), target, config=_with_scaleout(config, workers, ray_address),
                           input_shapes=shapes, progress=progress, warn=False)  # printed below, last
     report = result.report
     if show_nodes:
@@ -79,3 +83,16 @@ def quantize_command(
         err_console.print(f"WARNING [{result.problem.code}] {result.problem.message}\n  hint: {result.problem.hint}",
                           markup=False, highlight=False)
 
+
+def _with_scaleout(config: Optional[Path], workers: Optional[int], ray_address: Optional[str]):
+    """The config file (or path), with ``--workers``/``--ray-address`` overriding its calibration settings."""
+    if workers is None and ray_address is None:
+        return str(config) if config else None
+    from ..quant.config import QuantConfig
+    from ..scaleout import check_workers
+
+    cfg = QuantConfig.load(config) if config else QuantConfig()
+    update = {"calib_ray_address": ray_address} if ray_address else {}
+    if workers is not None:
+        update["calib_workers"] = check_workers(workers)
+    return cfg.model_copy(update=update)

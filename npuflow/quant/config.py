@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .. import safe_yaml
 from ..errors import NpuflowError
 from ..numerics import RoundMode
+from ..scaleout import MAX_WORKERS
 from ..targets import Target
 
 TensorKind = Literal["input", "weight", "bias", "activation"]
@@ -147,6 +148,11 @@ class QuantConfig(_Strict):
     #: calibration samples wins (Horizon's ``calibration_type: default`` idea).  Off when the
     #: config sets a ``percentile`` anywhere, or with fewer than two values.
     percentile_candidates: list[float] = Field(default_factory=lambda: [99.99, 99.999])
+    #: Calibration shards run in this many worker processes, or as Ray tasks on the cluster at
+    #: ``calib_ray_address`` ('auto', 'local' or HOST:PORT), and their statistics merge into
+    #: exactly those of one process (docs/scale-out.md); 1 and no address: this process alone.
+    calib_workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+    calib_ray_address: str | None = None
 
     @field_validator("layers")
     @classmethod

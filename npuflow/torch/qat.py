@@ -10,16 +10,28 @@ The user keeps their own training loop.  What :class:`QatModel` adds:
 * :meth:`QatModel.quantizer_parameters` / :meth:`QatModel.non_quantizer_parameters` split
   parameters for two optimizer groups (quantizer parameters want a much larger learning rate);
 * :meth:`QatModel.to_deployable` writes the QDQ ONNX model with the trained parameters.
+
+Data-parallel training (torch DDP under ``torchrun``, gloo on CPU, nccl on GPU): wrap with
+:func:`distributed` instead of ``DistributedDataParallel`` directly.  Each rank's activation
+observers then observe the *global* batch (the ranks' batches gathered in rank order), so
+ranges, votes and scales are those of one process on the concatenated batch, identical on
+every rank; weights need nothing (DDP keeps them equal).  The gather runs only while observers
+observe (``calibrate`` and training before ``freeze_observers``).  :func:`export_qat` writes
+from rank 0 only.  BatchNorm folds with per-rank batch statistics until :meth:`QatModel.freeze_bn`;
+freeze it early under DDP (the compiled model uses the running statistics).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import onnx
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ..errors import NpuflowError
 from ..model import save
 from ..targets import Target, load_target
 from .capture import capture, example_tuple
@@ -97,6 +109,14 @@ class QatModel(nn.Module):
         """Weights, biases and BatchNorm affine parameters."""
         return [p for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] not in _QUANTIZER_PARAMS]
 
+    def sync_observers(self) -> "QatModel":
+        """Activation observers observe the global batch of a torch.distributed job (see the
+        module docstring); group members vote through their leader, which is the one gathering."""
+        for _, q in self.activation_quantizers():
+            if not q._leader and "_observe" not in vars(q):
+                q._observe = functools.partial(_observe_global_batch, q)
+        return self
+
     # --- deployment -----------------------------------------------------------------------
 
     def to_deployable(self, path=None) -> onnx.ModelProto:
@@ -141,6 +161,39 @@ def prepare_qat(module: nn.Module, example_inputs, target: str | Target,
     return qat.train()
 
 
-def export_qat(qat: QatModel, path) -> onnx.ModelProto:
-    """Write ``qat`` as a QDQ ONNX file ready for ``npuflow compile``."""
+def export_qat(qat: QatModel | nn.parallel.DistributedDataParallel, path) -> onnx.ModelProto | None:
+    """Write ``qat`` (or its DDP wrapper) as a QDQ ONNX file ready for ``npuflow compile``; in a
+    torch.distributed job only rank 0 writes (the others return None: their models are equal)."""
+    if isinstance(qat, nn.parallel.DistributedDataParallel):
+        qat = qat.module
+    if _world() > 1 and dist.get_rank() != 0:
+        return None
     return qat.to_deployable(path)
+
+
+def distributed(qat: QatModel, **ddp_options) -> nn.parallel.DistributedDataParallel:
+    """``qat`` wrapped in ``DistributedDataParallel`` with synchronised observers (call after
+    ``torch.distributed.init_process_group``).  Learnable quantizers are unused until observers
+    freeze, so DDP is then told to expect unused parameters unless ``ddp_options`` says otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise NpuflowError("NPF_SCALEOUT_NO_PROCESS_GROUP")
+    ddp_options.setdefault("find_unused_parameters", any(q.learnable for _, q in qat.quantizers()))
+    return nn.parallel.DistributedDataParallel(qat.sync_observers(), **ddp_options)
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _observe_global_batch(quantizer: FakeQuantizer, x: torch.Tensor) -> None:
+    """Observe the ranks' batches concatenated in rank order (padded to one size for the gather)."""
+    world = _world()
+    if world > 1:
+        sizes = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device))
+        rows = [int(s) for s in sizes]
+        padded = torch.cat([x, x.new_zeros((max(rows) - x.shape[0], *x.shape[1:]))])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        x = torch.cat([p[:n] for p, n in zip(parts, rows)])
+    FakeQuantizer._observe(quantizer, x)

@@ -214,11 +214,14 @@ def capture(
         on_batch(k, values)
 
 
-def run_outputs(model: onnx.ModelProto, feeds: Iterable[Feed]) -> list[list[np.ndarray]]:
-    """All graph outputs for each feed (optimised session: used for end-to-end comparisons)."""
+def run_outputs(model: onnx.ModelProto, feeds: Iterable[Feed], *, spinning: bool = True) -> list[list[np.ndarray]]:
+    """All graph outputs for each feed (optimised session: used for end-to-end comparisons);
+    ``spinning=False`` for worker processes sharing the cores (scheduling only, same numbers)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     m = model
     if m.ir_version > 10:
         m = onnx.ModelProto()
