@@ -11,3 +11,4 @@ from . import info_cmd  # noqa: F401
 from . import quantize_cmd  # noqa: F401
 from . import check_cmd  # noqa: F401
 from . import analyze_cmd  # noqa: F401
+from . import compare_cmd  # noqa: F401

@@ -1,0 +1,198 @@
+"""An ONNX-Runtime-shaped entry to compiled models (the role of the Vitis AI Execution Provider).
+
+An application written against ``onnxruntime.InferenceSession`` runs npuflow's integer
+simulation by changing one line::
+
+    sess = npuflow.ort.InferenceSession("quantized_model.onnx", target="DPUCZDX8G_ISA1_B4096")
+    (logits,) = sess.run(None, {sess.get_inputs()[0].name: x})
+
+A quantized ``.onnx`` is compiled when the session starts (:func:`npuflow.compile`, as the
+Vitis AI EP compiles at session creation), and the ``.npuf`` is kept in a cache
+(``cache_dir``, default ``~/.cache/npuflow/compiled``) so the next start only loads it.  The
+cache entry is named by ``cache_key`` (default: the key itself) and keyed by the sha256 of the
+model bytes, the target's name and fingerprint and the npuflow version, stored in the entry: an
+entry made from other bytes, for another target or by another npuflow version is rebuilt, a
+damaged one is discarded with a warning and rebuilt, ``NPUFLOW_ENABLE_CACHE=0`` rebuilds
+always.  Entries are written atomically (temporary file, then ``os.replace``), so concurrent
+starts never read half a file.  A ``.npuf`` is loaded as it is.
+
+``get_inputs()``/``get_outputs()`` give ``NodeArg``-like objects (``.name``, ``.shape``,
+``.type`` such as ``"tensor(float)"``), ``run(output_names, input_feed)`` returns a list in the
+order asked, ``get_modelmeta()`` the model's metadata.  ``providers`` and ``sess_options`` are
+accepted so ORT code runs unchanged; ``sess_options.intra_op_num_threads`` sets the threads of
+the CPU subgraphs (which run on ONNX Runtime's CPU provider).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .compiler import CompiledModel, compile_model
+from .errors import NpuflowError
+from .runtime import Session
+from .targets import Target, load_target
+
+log = logging.getLogger(__name__)
+
+#: ``NPUFLOW_ENABLE_CACHE=0`` compiles at every session start (the Vitis AI EP's switch).
+CACHE_ENV = "NPUFLOW_ENABLE_CACHE"
+#: What :meth:`InferenceSession.get_providers` reports: accelerator subgraphs, then CPU subgraphs.
+PROVIDERS = ["NpuflowExecutionProvider", "CPUExecutionProvider"]
+
+
+def default_cache_dir() -> Path:
+    """``$NPUFLOW_CACHE/compiled`` (``~/.cache/npuflow/compiled`` by default, beside fast finetune's cache)."""
+    return Path(os.environ.get("NPUFLOW_CACHE", Path.home() / ".cache" / "npuflow")) / "compiled"
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output as ``onnxruntime.NodeArg`` describes it."""
+
+    name: str
+    shape: list[int]
+    type: str  # "tensor(float)", "tensor(uint8)", ...
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """``onnxruntime.ModelMetadata``'s fields, from the model the ``.npuf`` was compiled from."""
+
+    producer_name: str
+    graph_name: str
+    domain: str = ""
+    description: str = ""
+    graph_description: str = ""
+    version: int = 0
+    custom_metadata_map: dict[str, str] = field(default_factory=dict)
+
+
+def ort_type(dtype: str) -> str:
+    """ONNX Runtime's type string of a numpy dtype name (``float32`` -> ``tensor(float)``)."""
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return f"tensor({onnx.TensorProto.DataType.Name(elem).lower()})"
+
+
+def cache_digest(model_bytes: bytes, target: Target) -> str:
+    """What a cache entry must have been made from: model bytes, target, npuflow version."""
+    h = hashlib.sha256(model_bytes)
+    h.update(f"\0{target.name}\0{target.fingerprint}\0{__version__}".encode())
+    return h.hexdigest()
+
+
+def _cache_enabled() -> bool:
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cached(path: Path, digest: str) -> CompiledModel | None:
+    """The cache entry at ``path`` when it is sound and was made from ``digest``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        compiled = CompiledModel.load(path)
+    except NpuflowError as exc:
+        log.warning("npuflow cache entry %s is damaged and is rebuilt: [%s] %s", path, exc.code, exc.message)
+        path.unlink(missing_ok=True)
+        return None
+    stored = ((compiled.manifest.get("build_config") or {}).get("ort_cache") or {}).get("sha256")
+    if stored != digest:
+        log.info("npuflow cache entry %s was made from another model, target or version; rebuilding", path)
+        return None
+    return compiled
+
+
+def compile_cached(model: str | os.PathLike | bytes, target: str | Target, cache_dir: str | os.PathLike | None = None,
+                   cache_key: str | None = None) -> tuple[CompiledModel, bool]:
+    """The compiled form of quantized ONNX ``model`` (a path or the file's bytes) for ``target``,
+    from the cache or compiled and stored; returns ``(compiled, came from the cache)``."""
+    tgt = target if isinstance(target, Target) else load_target(target)
+    data = _model_bytes(model)
+    digest = cache_digest(data, tgt)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", cache_key) if cache_key else digest
+    path = Path(cache_dir or default_cache_dir()) / f"{name}.npuf"
+    if _cache_enabled():
+        hit = _cached(path, digest)
+        if hit is not None:
+            return hit, True
+    compiled = compile_model(_proto(model, data), tgt, build_config={"ort_cache": {"sha256": digest, "cache_key": cache_key}})
+    try:
+        compiled.save(path)
+    except NpuflowError as exc:  # the session still runs; the next start compiles again
+        log.warning("npuflow cannot cache the compiled model: [%s] %s", exc.code, exc.message)
+    return compiled, False
+
+
+def _model_bytes(model: str | os.PathLike | bytes) -> bytes:
+    if isinstance(model, bytes):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise NpuflowError("NPF_MODEL_NOT_FOUND", path=str(path))
+    return path.read_bytes()
+
+
+def _proto(model: str | os.PathLike | bytes, data: bytes) -> onnx.ModelProto | str:
+    """What the compiler reads: the path (its loader's coded errors), or the parsed bytes."""
+    if not isinstance(model, bytes):
+        return str(model)
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise NpuflowError("NPF_MODEL_NOT_ONNX", path="<model bytes>", reason=str(exc) or type(exc).__name__) from None
+    return proto
+
+
+class InferenceSession:
+    """``onnxruntime.InferenceSession``'s interface over a compiled model (see the module docstring)."""
+
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes, sess_options: Any = None,
+                 providers: Sequence[str | tuple] | None = None, provider_options: Sequence[dict] | None = None, *,
+                 target: str | Target | None = None, cache_dir: str | os.PathLike | None = None,
+                 cache_key: str | None = None) -> None:
+        threads = getattr(sess_options, "intra_op_num_threads", 0) or 1
+        self.from_cache = False
+        if not isinstance(path_or_bytes, bytes) and Path(path_or_bytes).suffix == ".npuf":
+            compiled = CompiledModel.load(path_or_bytes)
+        else:
+            if target is None:
+                raise NpuflowError("NPF_RUNTIME_NO_TARGET",
+                                   path="<model bytes>" if isinstance(path_or_bytes, bytes) else str(path_or_bytes))
+            compiled, self.from_cache = compile_cached(path_or_bytes, target, cache_dir, cache_key)
+        #: the npuflow session doing the work (dumps, run_op, listeners, runners)
+        self.session = Session(compiled, target, cpu_threads=threads)
+
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg(t.name, list(t.shape), ort_type(t.dtype)) for t in self.session.get_inputs()]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg(t.name, list(t.shape), ort_type(t.dtype)) for t in self.session.get_outputs()]
+
+    def get_providers(self) -> list[str]:
+        return list(PROVIDERS)
+
+    def get_modelmeta(self) -> ModelMetadata:
+        m = self.session.compiled.manifest.get("model", {})
+        return ModelMetadata(producer_name=m.get("producer", ""), graph_name=m.get("name", ""),
+                             custom_metadata_map=dict(m.get("metadata", {})))
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray],
+            run_options: Any = None) -> list[np.ndarray]:
+        """Outputs in the order of ``output_names`` (all outputs for None or an empty list)."""
+        names = [o.name for o in self.session.get_outputs()]
+        wanted = list(output_names) if output_names else names
+        for name in wanted:
+            if name not in names:
+                raise NpuflowError("NPF_RUNTIME_UNKNOWN_OUTPUT", name=name, outputs=", ".join(names))
+        result = self.session.run(input_feed, wanted)
+        return [result[n] for n in wanted]
