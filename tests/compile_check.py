@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 import npuflow
+from npuflow.analyze.compare import similarity
 from npuflow.compiler import foreign
 from npuflow.model import load
 from npuflow.targets import load_target
@@ -49,28 +50,25 @@ def accelerator_ops(compiled) -> list[dict]:
 
 
 def reference_values(model, feeds: dict, names: list[str], target: str, level: str) -> dict[str, np.ndarray]:
-    """ORT's values of ``names``: from ``model`` itself, and for the tensors only the compiler's
-    legalisation adds or re-types (a quantize step after a grid-preserving op, QOperator ops split
-    into QDQ, uint8 centred to int8) from ORT on the legalised model, which keeps the arithmetic
-    ORT runs.
+    """ORT's values of ``names``, all from one run: of ``model`` itself, or, when the compiler's
+    legalisation changes it (a quantize step after a grid-preserving op, QOperator ops split into
+    QDQ, uint8 centred to int8), of the legalised model, which keeps the arithmetic ORT runs and
+    holds every tensor the compiled ops read and write.
 
-    The legalised run exposes the same tensors as the model's run: at level "all" the Q/DQ groups
-    ORT fuses depend on which tensors are graph outputs (an exposed int8 tensor is not moved to
-    uint8, so ``DQ, DQ -> Add -> Q`` becomes ``QLinearAdd`` instead of a float ``Add``), the
-    kernels round ties differently, and a run exposing fewer tensors computed other codes
-    upstream than the ones the check feeds the next op (PP-OCRv4 rec: 3 LSB on a Squeeze)."""
-    have = {o for n in model.graph.node for o in n.output}
-    ref = ort_values(model, feeds, [n for n in names if n in have], level)
+    One run: at level "all" the Q/DQ groups ORT fuses depend on the graph, so two runs compute
+    other codes for the same tensor; an op fed one run's inputs and compared with another run's
+    outputs differs by what the runs differ (NNCF PP-OCRv4 rec: 28 LSB on a Reshape, a copy).
+    The run exposes the tensors the check compares: which tensors are graph outputs changes the
+    groups ORT fuses too (an exposed int8 tensor is not moved to uint8), and a run exposing fewer
+    tensors computed other codes upstream (PP-OCRv4 rec: 3 LSB on a Squeeze).  Whether the
+    legalisation kept the model's meaning is the output-cosine check's question."""
     loaded = load(model)  # the compiler's own front end: normalised as it loads it
     legal = load(model)
     foreign.legalize(legal, load_target(target))
     if legal.SerializeToString() == loaded.SerializeToString():
-        return ref
-    same_run = ort_values(legal, feeds, names, level)
-    # tensors the legalisation adds, and those it re-types (uint8 codes centred to int8 on a
-    # symmetric target: the same values, other codes)
-    ref.update({n: v for n, v in same_run.items() if n not in ref or ref[n].dtype != v.dtype})
-    return ref
+        have = {o for n in model.graph.node for o in n.output}
+        return ort_values(model, feeds, [n for n in names if n in have], level)
+    return ort_values(legal, feeds, names, level)
 
 
 def compare_layerwise_with_ort(model, feeds: dict, target: str, levels=("all", "disable")) -> dict[str, int]:
@@ -114,7 +112,5 @@ def output_cosines(model, feeds: dict, target: str, levels=("all", "disable")) -
     for level in levels:
         ref = ort_values(model, feeds, list(outs), level)
         for name, got in outs.items():
-            a, b = got.astype(np.float64).ravel(), ref[name].astype(np.float64).ravel()
-            norms = np.linalg.norm(a) * np.linalg.norm(b)
-            result[f"{level}:{name}"] = float(a @ b / norms) if norms else float(np.array_equal(a, b))
+            result[f"{level}:{name}"] = similarity(ref[name], got)[0]
     return result

@@ -21,7 +21,7 @@ from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
 from .graph import is_qdq as _is_qdq
 from .followers import FOLLOWERS, drop_float_tail, float_tail_applies, follows_quantized
-from .lowerable import lowering_limit
+from .lowerable import TABLE_OPS, lowering_limit
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -107,6 +107,7 @@ class _ViewFacts:
         self.view = view
         self.quantized = any(view.qdq)
         self.types = tensor_elem_types(view.model)
+        self._position = {id(node): k for k, node in enumerate(view.nodes)}
 
     def shape(self, name: str) -> list[int] | None:
         return self.view.shape(name)
@@ -132,6 +133,9 @@ class _ViewFacts:
 
     def is_dequantize(self, node: onnx.NodeProto) -> bool:
         return _is_qdq(node) and "Dequantize" in node.op_type
+
+    def position(self, node: onnx.NodeProto) -> int:
+        return self._position[id(node)]
 
 
 def _judge(view: GraphView, tgt: Target) -> CheckReport:
@@ -162,6 +166,8 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         device[i] = NPU if not reasons[i] else CPU
     for m, anchor in fused.items():
         device[m] = device[anchor]
+    if facts.quantized:
+        _follow_chain_heads(view, device, reasons)
     _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
     _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
     if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
@@ -173,6 +179,21 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             sub[i] = sub[fused[i]]
     _follow_subgraphs(view, sub, device, transparent)
     return _build(view, tgt, infos, device, reasons, fused, sub)
+
+
+def _follow_chain_heads(view: GraphView, device: list[str], reasons: list[list[str]]) -> None:
+    """In a quantized model an elementwise op fed by another elementwise op (not through a
+    dequantize step) is lowered only inside that op's lookup table or epilogue chain
+    (:func:`.lowerable.chain_to_quantize`); when that op runs on the CPU, so does this one."""
+    for i, node in enumerate(view.nodes):
+        if device[i] != NPU or node.op_type not in TABLE_OPS:
+            continue
+        head = next((p for name in node.input if (p := view.producer.get(name)) is not None
+                     and device[p] == CPU and view.nodes[p].op_type in TABLE_OPS), None)
+        if head is not None:
+            device[i] = CPU
+            reasons[i].append(f"it is computed in the activation chain of {view.nodes[head].name!r}, "
+                              f"which runs on the CPU")
 
 
 def _neighbours(view: GraphView, i: int) -> list[int]:

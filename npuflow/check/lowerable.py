@@ -28,12 +28,12 @@ LOWERED_OPS = frozenset({
     "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
     "Pad", "Resize", "Split",
 })
-#: Elementwise ops lowered as a lookup table alone, or as the epilogue of the layer before them
-#: (``compiler.epilogue.UNARY_OPS``).
-TABLE_OPS = frozenset({
-    "Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
-    "Elu", "Selu", "Softplus", "Neg", "Abs", "Identity",
-})
+#: Elementwise float ops the epilogue of a layer may hold (its fused activation chain).
+CHAIN_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish"})
+#: Elementwise ops lowered as a lookup table when they stand alone between DQ and Q.
+TABLE_OPS = CHAIN_OPS | {"Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Neg", "Abs", "Identity"}
+#: Longest fused chain (nodes between a layer and its quantize step).
+MAX_CHAIN = 8
 #: Float ops the float passes rewrite into lowered ones before quantization.
 REWRITTEN_OPS = frozenset({"BatchNormalization"})  # folded into its layer, or a 1x1 depthwise Conv
 #: Inputs that carry data; the others (shapes, pads, scales, bounds) must be constants.
@@ -42,7 +42,6 @@ _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BF
 #: Types of the quantize/dequantize steps an integer program reads and writes (not int4/float8).
 INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
                            TensorProto.INT32})
-_MAX_CHAIN = 8
 
 
 class Tensors(Protocol):
@@ -66,6 +65,9 @@ class Tensors(Protocol):
     def is_quantize(self, node: onnx.NodeProto) -> bool: ...
 
     def is_dequantize(self, node: onnx.NodeProto) -> bool: ...
+
+    def position(self, node: onnx.NodeProto) -> int:
+        """The node's index in the graph (a topological order)."""
 
 
 def lowering_limit(node: onnx.NodeProto, t: Tensors) -> str | None:
@@ -231,13 +233,95 @@ def _quantized_io(node: onnx.NodeProto, t: Tensors) -> str | None:
         if reason:
             return reason
     for o in node.output:
-        steps = _quantize_steps(o, t) if o else []
-        if steps is None:
+        if not o:
+            continue
+        if not t.consumer_nodes(o) or t.is_graph_output(o):
             return f"output {o!r} is not quantized (it runs in float)"
-        reason = _step_types(steps, [s.output[0] for s in steps], t)
+        found = _output_chain(node, o, t)
+        if found is None:
+            return f"output {o!r} does not reach a single quantize step"
+        q = found[1]
+        reason = _step_types([q], [q.output[0]], t)
         if reason:
             return reason
     return None
+
+
+def _output_chain(node: onnx.NodeProto, output: str, t: Tensors) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """The fused chain and quantize step the compiler lowers ``node``'s ``output`` with: a lookup
+    table (``node`` and the elementwise ops after it) for a standalone activation, else the
+    epilogue chain after the node."""
+    if table_lowered(node, t):
+        data = next((i for i in node.input if i and t.value(i) is None), None)
+        return None if data is None else chain_to_quantize(data, [node], t, TABLE_OPS)
+    return chain_to_quantize(output, t.consumer_nodes(output), t)
+
+
+def table_lowered(node: onnx.NodeProto, t: Tensors) -> bool:
+    """Whether the compiler lowers ``node`` as a lookup table: an elementwise op without a
+    lowering of its own, or arithmetic with a float scalar (a hard-sigmoid's ``Add``/``Mul``)."""
+    if node.op_type in ("Add", "Sub", "Mul", "Div") and any(_float_constant(i, t) for i in node.input if i):
+        return True
+    return node.op_type not in LOWERED_OPS and node.op_type in TABLE_OPS
+
+
+def _float_constant(name: str, t: Tensors) -> bool:
+    """A constant stored in float (not a dequantized integer)."""
+    p = t.producer_node(name)
+    if p is not None and t.is_dequantize(p):
+        return False
+    v = t.value(name)
+    return v is not None and v.dtype.kind == "f"
+
+
+def _float_scalar(name: str, t: Tensors) -> bool:
+    return _float_constant(name, t) and t.value(name).size == 1
+
+
+def chain_to_quantize(t0: str, start: list[onnx.NodeProto], t: Tensors,
+                      allowed: frozenset[str] = CHAIN_OPS) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """The float nodes from ``start`` (which read ``t0``) up to exactly one per-tensor quantize
+    step, in graph order, and that step; ``None`` when the values do not all reach one.
+
+    Every chain node may read only ``t0``, tensors made inside the chain and float scalar
+    constants, and nothing outside the chain may read a tensor made inside it: the chain is then
+    a function of ``t0`` alone, which an epilogue or a lookup table computes.  The checker and the
+    compiler (``compiler/epilogue.py``) both call this, so they agree on what fuses.
+    """
+    internal, chain, seen, work, q_node = {t0}, [], set(), list(start), None
+    while work:
+        work.sort(key=t.position)
+        n = work.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if t.is_quantize(n):
+            if q_node is not None:
+                return None
+            q_node = n
+            continue
+        if n.op_type not in allowed or len(chain) >= MAX_CHAIN or len(n.output) != 1:
+            return None
+        if any(i and i not in internal and not _float_scalar(i, t) for i in n.input):
+            return None
+        if not any(i in internal for i in n.input):
+            return None
+        chain.append(n)
+        if t.is_graph_output(n.output[0]):
+            return None
+        internal.add(n.output[0])
+        work.extend(t.consumer_nodes(n.output[0]))
+    if q_node is None or q_node.input[0] not in internal:
+        return None
+    if t.consumer_nodes(q_node.input[0]) != [q_node] and q_node.input[0] != t0:
+        return None
+    members = {id(n) for n in chain} | {id(q_node)}
+    if any(id(c) not in members for name in internal - {t0} for c in t.consumer_nodes(name)):
+        return None
+    scale = t.value(q_node.input[1]) if len(q_node.input) > 1 else None
+    if scale is None or scale.size != 1:
+        return None  # a per-channel quantize step of an activation: no per-tensor epilogue
+    return chain, q_node
 
 
 def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: Tensors) -> str | None:
@@ -258,28 +342,8 @@ def _dequantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
         if p is not None and t.is_dequantize(p):
             steps.append(p)
             continue
-        if p is None or p.op_type not in TABLE_OPS or seen > _MAX_CHAIN:
+        if p is None or p.op_type not in TABLE_OPS or seen > MAX_CHAIN:
             return None
         seen += 1
         work.extend(i for i in p.input if i and t.value(i) is None)
-    return steps
-
-
-def _quantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
-    """The quantize steps every path from ``tensor`` ends in after at most a few elementwise ops
-    (the fused chain an epilogue or a table computes); ``None`` when one leaves in float."""
-    work, steps, seen = [tensor], [], 0
-    while work:
-        name = work.pop()
-        cons = t.consumer_nodes(name)
-        if t.is_graph_output(name) or not cons or seen > _MAX_CHAIN:
-            return None
-        for c in cons:
-            if t.is_quantize(c):
-                steps.append(c)
-                continue
-            if c.op_type not in TABLE_OPS or len(c.output) != 1:
-                return None
-            seen += 1
-            work.append(c.output[0])
     return steps

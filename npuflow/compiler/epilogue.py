@@ -21,65 +21,23 @@ import onnx
 
 from ..numerics import qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
+from ..check.lowerable import CHAIN_OPS, TABLE_OPS as UNARY_OPS, chain_to_quantize
 from .qgraph import QGraph, QParams, attr
-
-#: Elementwise float ops allowed inside a fused chain.
-CHAIN_OPS = {"Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish"}
-#: Unary ops a lookup table can replace when they stand alone between DQ and Q.
-UNARY_OPS = CHAIN_OPS | {"Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Neg", "Abs", "Identity"}
-MAX_CHAIN = 8
 
 
 def collect_chain(
-    g: QGraph, t0: str, start: list[onnx.NodeProto], allowed: set[str] = CHAIN_OPS
+    g: QGraph, t0: str, start: list[onnx.NodeProto], allowed: frozenset[str] = CHAIN_OPS
 ) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams] | None:
-    """Float nodes from ``start`` (reading ``t0``) up to exactly one quantize step, or ``None``.
-
-    Every chain node may read only ``t0``, tensors made inside the chain, and scalar float
-    constants; nothing outside the chain may read an intermediate tensor.
-    """
-    order = {id(n): i for i, n in enumerate(g.graph.node)}
-    internal = {t0}
-    chain: list[onnx.NodeProto] = []
-    seen: set[int] = set()
-    work = list(start)
-    q_node = None
-    while work:
-        work.sort(key=lambda n: order[id(n)])
-        n = work.pop(0)
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if g.quantize_mode(n) is not None:
-            if q_node is not None:
-                return None
-            q_node = n
-            continue
-        if n.op_type not in allowed or len(chain) >= MAX_CHAIN or len(n.output) != 1:
-            return None
-        for i in n.input:
-            if i and i not in internal and not _scalar_const(g, i):
-                return None
-        if not any(i in internal for i in n.input):
-            return None
-        chain.append(n)
-        out = n.output[0]
-        if g.is_graph_output(out):
-            return None
-        internal.add(out)
-        work.extend(g.consumers.get(out, []))
-    if q_node is None or q_node.input[0] not in internal:
+    """Float nodes from ``start`` (reading ``t0``) up to exactly one quantize step and its
+    parameters, or ``None`` (the rule is :func:`~npuflow.check.lowerable.chain_to_quantize`,
+    shared with the checker)."""
+    found = chain_to_quantize(t0, start, g.facts, allowed)
+    if found is None:
         return None
-    if g.consumers.get(q_node.input[0], []) != [q_node] and q_node.input[0] != t0:
-        return None
-    members = {id(n) for n in chain} | {id(q_node)}
-    for t in internal - {t0}:
-        if any(id(c) not in members for c in g.consumers.get(t, [])):
-            return None
-    params = g.quantize_params(q_node)
+    params = g.quantize_params(found[1])
     if params is None or not params.per_tensor:
         return None
-    return chain, q_node, params
+    return found[0], found[1], params
 
 
 def _scalar_const(g: QGraph, name: str) -> bool:

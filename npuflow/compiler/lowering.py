@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..check.lowerable import lowering_limit
+from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import dequantize, qrange
 from . import fragments
 from .epilogue import UNARY_OPS, clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
@@ -578,55 +578,13 @@ LOWERINGS = {
 }
 
 
-class _Facts:
-    """The compiler's index as the checker's :class:`~npuflow.check.lowerable.Tensors`, so both
-    decide from the same :func:`~npuflow.check.lowerable.lowering_limit`."""
-
-    quantized = True
-
-    def __init__(self, g: QGraph) -> None:
-        self.g = g
-
-    def shape(self, name: str) -> list[int] | None:
-        s = self.g.shapes.get(name)
-        return list(s) if s is not None else None
-
-    def value(self, name: str) -> np.ndarray | None:
-        p = self.g.producer.get(name)
-        return self.g.const(p.input[0] if p is not None and self.g.is_dequantize(p) else name)
-
-    def elem_type(self, name: str) -> int | None:
-        return self.g.elem_types.get(name)
-
-    def producer_node(self, name: str) -> onnx.NodeProto | None:
-        return self.g.producer.get(name)
-
-    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
-        return self.g.consumers.get(name, [])
-
-    def is_graph_output(self, name: str) -> bool:
-        return self.g.is_graph_output(name)
-
-    def is_quantize(self, node: onnx.NodeProto) -> bool:
-        return self.g.quantize_mode(node) is not None
-
-    def is_dequantize(self, node: onnx.NodeProto) -> bool:
-        return self.g.is_dequantize(node)
-
-
 def lower_node(g: QGraph, n: onnx.NodeProto) -> Lowered:
     """The integer op for ``n`` or the reason it stays ONNX (first the graph facts the checker
     places by, so a node it puts on the accelerator is one lowered here)."""
-    reason = lowering_limit(n, _Facts(g))
+    reason = lowering_limit(n, g.facts)
     if reason is not None:
         return reason
-    fn = LOWERINGS.get(n.op_type)
-    if fn is None and n.op_type in UNARY_OPS:
-        fn = lower_unary
-    if n.op_type in ("Add", "Sub", "Mul", "Div") and any(
-        i and g.const(i) is not None and g.const(i).dtype.kind == "f" for i in n.input
-    ):
-        fn = lower_unary  # arithmetic with a float scalar: an activation chain (hard-sigmoid)
+    fn = lower_unary if table_lowered(n, g.facts) else LOWERINGS.get(n.op_type)
     if fn is None:
         return f"{n.op_type} has no integer lowering"
     try:

@@ -8,6 +8,7 @@ and the tie rule of the step that produced it.  Lowering then works on these des
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +107,11 @@ class QGraph:
     def is_dequantize(node: onnx.NodeProto) -> bool:
         return node.op_type in DEQUANTIZE_OPS and node.domain in _STD_DOMAINS
 
+    @functools.cached_property
+    def facts(self) -> "GraphFacts":
+        """This index as the checker's graph questions (see :class:`GraphFacts`)."""
+        return GraphFacts(self)
+
     def is_graph_output(self, name: str) -> bool:
         return name in self._outputs
 
@@ -199,3 +205,46 @@ def attr(node: onnx.NodeProto, name: str, default=None):
                 return [x.decode() if isinstance(x, bytes) else x for x in v]
             return v
     return default
+
+
+class GraphFacts:
+    """The compiler's index as the checker's :class:`~npuflow.check.lowerable.Tensors`, so both
+    decide from the same :func:`~npuflow.check.lowerable.lowering_limit` and fuse the same
+    chains (:func:`~npuflow.check.lowerable.chain_to_quantize`)."""
+
+    quantized = True
+
+    def __init__(self, g: "QGraph") -> None:
+        self.g = g
+        self._position = {id(n): k for k, n in enumerate(g.graph.node)}
+
+    def shape(self, name: str) -> list[int] | None:
+        s = self.g.shapes.get(name)
+        return list(s) if s is not None else None
+
+    def value(self, name: str) -> np.ndarray | None:
+        p = self.g.producer.get(name)
+        return self.g.const(p.input[0] if p is not None and self.g.is_dequantize(p) else name)
+
+    def elem_type(self, name: str) -> int | None:
+        return self.g.elem_types.get(name)
+
+    def producer_node(self, name: str) -> onnx.NodeProto | None:
+        return self.g.producer.get(name)
+
+    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
+        return self.g.consumers.get(name, [])
+
+    def is_graph_output(self, name: str) -> bool:
+        return self.g.is_graph_output(name)
+
+    def is_quantize(self, node: onnx.NodeProto) -> bool:
+        return self.g.quantize_mode(node) is not None
+
+    def is_dequantize(self, node: onnx.NodeProto) -> bool:
+        return self.g.is_dequantize(node)
+
+    def position(self, node: onnx.NodeProto) -> int:
+        return self._position[id(node)]
+
+

@@ -17,25 +17,62 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxscript import optimizer
 
-from ..model import default_opset, node_reads, tensor_shapes
+from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, node_reads, tensor_shapes
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: Folded results above this many elements stay as nodes (they are data, not shape arithmetic).
 MAX_FOLDED_ELEMENTS = 1 << 16
+#: Most folding rounds (each after control flow was inlined).
+MAX_ROUNDS = 4
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A new model with constant subgraphs replaced by initializers and dead nodes removed."""
+    """A new model with constant subgraphs replaced by initializers and dead nodes removed.
+
+    Folding an ``If`` whose condition became constant inlines its branch, whose shape arithmetic
+    (a nested ``If`` on the same length) only the next round, after shape inference, can fold:
+    rounds repeat while they remove control flow (silero-vad at a fixed length: 5 ``If`` left
+    after one round, none after two).  Stopping earlier left ``check`` and ``quantize`` with
+    different graphs, and ONNX Runtime aborted on a CPU subgraph holding the nested ``If``.
+    """
     if not _has_foldable(model):
         out = onnx.ModelProto()
         out.CopyFrom(model)
         return out
+    folded = _fold_round(model)
+    for _ in range(MAX_ROUNDS - 1):
+        before = len(control_flow_nodes(folded))
+        if not before or before == len(control_flow_nodes(model)):
+            break
+        model, folded = folded, _fold_round(_with_shapes(folded))
+        if len(control_flow_nodes(folded)) == before:
+            break
+    return folded
+
+
+def _fold_round(model: onnx.ModelProto) -> onnx.ModelProto:
     irm = ir.serde.deserialize_model(model)
     optimizer.fold_constants(irm, onnx_shape_inference=True)
     optimizer.remove_unused_nodes(irm)
     folded = ir.serde.serialize_model(irm)
     _fold_remaining(folded)
     return folded
+
+
+def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes for the next round: static ones where the inputs are static (the shape probe
+    follows what ONNX inference cannot), ONNX's inference otherwise."""
+    if all(_static(i) for i in graph_inputs(model)):
+        return infer_static_shapes(model)
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001  (no shapes: the round folds what it can without them)
+        return model
+
+
+def _static(vi: onnx.ValueInfoProto) -> bool:
+    dims = vi.type.tensor_type.shape.dim
+    return vi.type.HasField("tensor_type") and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims)
 
 
 def fold_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

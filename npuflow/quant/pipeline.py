@@ -1,8 +1,10 @@
 """``npuflow.quantize``: the post-training quantization pipeline, one clear step after another.
 
-1. load the model (static shapes for the saved models) and a *dynamic* twin that keeps the
-   dimensions the source leaves dynamic (OCR widths, batch), so calibration samples may differ
-   in shape;
+1. load the model with static input shapes (the ``input_shapes`` given, or the model's own): the
+   quantizer works on this one graph, folded as ``check`` folds it, so the placement ``check``
+   reports is the one quantized.  Only with ``calib_dynamic_dims`` does a *dynamic* twin keep
+   the dimensions the source leaves dynamic (OCR widths, batch) for calibration samples that
+   differ in shape;
 2. float optimisation (:func:`npuflow.passes.optimize.optimize_float`) -> the optimised float
    model; the static one is ``optimized_float_model.onnx``;
 3. pre-calibration float algorithms (CLE, ``include_cle``) on the float model
@@ -25,8 +27,9 @@ Calibration samples must have the shape the model is quantized at (the ``input_s
 or the model's static one), unless ``calib_dynamic_dims`` lets the source's dynamic dimensions
 vary: a 640-pixel set for a model frozen at 320 gives ranges of another input distribution.
 
-Tensor and node names are identical in the static and dynamic twins, so statistics gathered on
-the dynamic one apply to the static one by name.
+With twins, tensor and node names are identical in both, so statistics gathered on the dynamic
+one apply to the static one by name; what the static twin folds (a shape-dependent ``If``) the
+dynamic one keeps, which is why twins are only made when asked for.
 """
 
 from __future__ import annotations
@@ -129,20 +132,21 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     loaded = model_io.load(source_proto, shapes, infer_shapes=False)
     original = model_io.infer_static_shapes(loaded)
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
-    dynamic = _dynamic_twin(source_proto, loaded)
+    twins = cfg.calib_dynamic_dims
     _step(progress, "optimize")
-    d_opt = optimize_float(dynamic)
+    d_opt = optimize_float(_dynamic_twin(source_proto, loaded) if twins else original)
     d_opt = algorithms.pre_calibration(d_opt, cfg, lambda: CalibrationSource(
         calib_data, _input_specs(d_opt, static_inputs, cfg.calib_dynamic_dims), shapes=cfg.calib_shapes,
         dtype=cfg.calib_dtype, limit=cfg.max_calib_samples))
-    s_opt = _static_twin(d_opt, static_inputs)
+    s_opt = _static_twin(d_opt, static_inputs) if twins else model_io.infer_static_shapes(d_opt)
     cfg.check_names([n.name for n in s_opt.graph.node if n.name] + [n.name for n in d_opt.graph.node if n.name])
 
-    d_leg = onnx.shape_inference.infer_shapes(legalize(d_opt, tgt))
     s_leg = model_io.infer_static_shapes(legalize(s_opt, tgt))
+    d_leg = onnx.shape_inference.infer_shapes(legalize(d_opt, tgt)) if twins else s_leg
     placement = check(s_opt, tgt)
     allowed = accelerator_nodes(placement, s_leg, tgt)
-    plan_d, plan_s = build_plan(d_leg, tgt, cfg, allowed), build_plan(s_leg, tgt, cfg, allowed)
+    plan_s = build_plan(s_leg, tgt, cfg, allowed)
+    plan_d = build_plan(d_leg, tgt, cfg, allowed) if twins else plan_s
     if not plan_s.quantized and (holders := model_io.control_flow_nodes(s_leg)):
         raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))
 
@@ -156,7 +160,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
     keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
     stats, kept = collect(d_leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
-                          progress=progress, total=total)
+                          progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept
 
     searched: dict = {}
@@ -164,11 +168,13 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         _step(progress, "percentile search")
         plan_d, plan_s, searched = percentile_search.apply(d_leg, plan_d, plan_s, stats, again, cfg.percentile_candidates,
                                                            target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    asg_d, asg_s = assign(d_leg, plan_d, stats), assign(s_leg, plan_s, stats)
+    asg_s = assign(s_leg, plan_s, stats)
+    asg_d = assign(d_leg, plan_d, stats) if twins else asg_s
 
     _step(progress, "export")
     q_static = export_qdq(s_leg, plan_s, asg_s, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
+    q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type) \
+        if twins else q_static
     q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: again, cfg,
                                                              reference=stats.outputs)
     applied = {**searched, **applied}
