@@ -27,6 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..model import write_atomic
 from .app import app, console, err_console, input_shapes_arg
 
+WORKERS = typer.Option(1, "--workers", help="Score candidates in N local worker processes (1: this process).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Score candidates as Ray tasks on this cluster: 'auto' "
+                           "(the running one), 'local' or HOST:PORT.")
+
 analyze_app = typer.Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
@@ -48,6 +52,23 @@ def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[
                                shapes=result.config.calib_shapes, dtype=result.config.calib_dtype)
     feeds = list(itertools.islice(iter(source), samples))
     return result, feeds
+
+
+def _quantize_then_score(model: Path, calib: Path, target: str, config: Optional[Path], input_shape, samples: int,
+                         workers: int, score):
+    """Quantize, then ``score(result, feeds, progress)`` (the per-layer evaluations), under one bar;
+    ``(quantized result, score)``."""
+    from ..scaleout import check_workers
+
+    check_workers(workers)
+    with _progress_bar() as bar:
+        task = bar.add_task("quantize", total=None)
+        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
+
+        return result, score(result, feeds, progress)
 
 
 def _progress_bar():
@@ -96,26 +117,18 @@ def sensitivity_command(
     time_budget: float = typer.Option(
         300.0, "--time-budget", min=1.0, help="Seconds after which no further layer is scored (the layers whose "
         "similarity drops most in the quantizer's report go first; those left out are listed)."),
-    workers: int = typer.Option(1, "--workers", help="Score candidates in N local worker processes (1: this process)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Score candidates as Ray tasks on this "
-                                              "cluster: 'auto' (the running one), 'local' or HOST:PORT."),
+    workers: int = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Rank layers by how much quantizing them costs (float-only and quantize-only variants)."""
     from ..analyze.sensitivity import analyze, rich_table
-    from ..scaleout import check_workers
 
-    check_workers(workers)
-    with _progress_bar() as bar:
-        task = bar.add_task("quantize", total=None)
-        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
-
-        def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
-
+    def score(result, feeds, progress):
         drops = sorted((r for r in result.report.rows if r.drop is not None), key=lambda r: (-r.drop, r.node))
-        report = analyze(result.float_model, result.model, feeds, progress=progress,
-                         order=[r.node for r in drops], time_budget=time_budget, workers=workers,
-                         ray_address=ray_address)
+        return analyze(result.float_model, result.model, feeds, progress=progress, order=[r.node for r in drops],
+                       time_budget=time_budget, workers=workers, ray_address=ray_address)
+
+    _, report = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, score)
     console.print(rich_table(report, top))
     if report.skipped:
         shown = ", ".join(report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
@@ -139,28 +152,21 @@ def mixed_precision_command(
     input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help="NAME=DIMS; repeatable."),
     samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result (changes, scores, config overrides)."),
-    workers: int = typer.Option(1, "--workers", help="Score candidates in N local worker processes (1: this process)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Score candidates as Ray tasks on this "
-                                              "cluster: 'auto' (the running one), 'local' or HOST:PORT."),
+    workers: int = WORKERS,
+    ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Keep the fewest, most sensitive layers out of int8 until the output similarity holds."""
     from ..analyze.mixed_precision import search
     from ..errors import NpuflowError
 
-    from ..scaleout import check_workers
-
     if precision not in ("float", "int16"):
         raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
-    check_workers(workers)
-    with _progress_bar() as bar:
-        task = bar.add_task("quantize", total=None)
-        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
 
-        def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
+    def score(result, feeds, progress):
+        return search(result.float_model, result.model, feeds, min_similarity=min_similarity,
+                      precision=precision, progress=progress, workers=workers, ray_address=ray_address)
 
-        mp = search(result.float_model, result.model, feeds, min_similarity=min_similarity,
-                    precision=precision, progress=progress, workers=workers, ray_address=ray_address)
+    result, mp = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, score)
     state = "met" if mp.met else "NOT met (every layer raised)"
     console.print(f"target similarity {mp.target:.5f} {state}: {mp.base_score:.5f} -> {mp.score:.5f} "
                   f"with {len(mp.changes)} layer(s) raised to {precision} ({mp.evaluations} evaluations)")

@@ -228,7 +228,9 @@ class _Passthrough(Strict):
     out_shape: Shape
 
 
-class ConvAttrs(Strict):
+class _WindowAttrs(Strict):
+    """What every convolution carries: its window, groups, input zero point and exact chunk length."""
+
     strides: Window
     pads: Quad
     dilations: Window
@@ -237,25 +239,19 @@ class ConvAttrs(Strict):
     x_zp: Int
     k_chunk: Annotated[int, Field(strict=True, ge=1)]
     lshift: Union[LeftShift, Annotated[list[LeftShift], Field(min_length=1)]]
+    epilogue: Epilogue
+
+
+class ConvAttrs(_WindowAttrs):
     in_shape: Annotated[Shape, Field(min_length=4, max_length=4)]
     in_dtype: CodeDtype
     split_bytes: bool
     out_shape: Annotated[Shape, Field(min_length=3, max_length=4)]  # a 1-D conv runs as 2-D with H = 1
-    epilogue: Epilogue
 
 
-class ConvTransposeAttrs(Strict):
-    strides: Window
-    pads: Quad
-    dilations: Window
-    group: Positive
-    kernel: Window
-    x_zp: Int
-    k_chunk: Annotated[int, Field(strict=True, ge=1)]
+class ConvTransposeAttrs(_WindowAttrs):
     wide: bool
-    lshift: Union[LeftShift, Annotated[list[LeftShift], Field(min_length=1)]]
     out_shape: Annotated[Shape, Field(min_length=4, max_length=4)]
-    epilogue: Epilogue
 
 
 class MatmulAttrs(Strict):
@@ -685,6 +681,14 @@ class OpCheck:
         if not lo <= value <= hi:
             raise self.fail(field, f"{value} is outside the {dtype} range [{lo}, {hi}]")
 
+    def weighted_layer(self) -> None:
+        """The frame of a convolution or matrix product: one integer input, one output, the weights
+        ``w`` and the accumulator bias ``b``."""
+        self.inputs(1)
+        self.outputs()
+        self.roles({"w", "b"})
+        self.x_code()
+
     def x_code(self, field: str = "attrs.x_zp") -> None:
         if self.x.dtype not in CODE_DTYPES:
             raise self.fail("inputs", f"{self.op.inputs[0]!r} is {self.x.dtype}, not an integer code type")
@@ -733,10 +737,7 @@ class OpCheck:
 
     def _conv(self) -> None:
         a = self.a
-        self.inputs(1)
-        self.outputs()
-        self.roles({"w", "b"})
-        self.x_code()
+        self.weighted_layer()
         if a.in_dtype != self.x.dtype or math.prod(a.in_shape) != math.prod(self.x.shape):
             raise self.fail("attrs.in_shape", f"{a.in_dtype} {a.in_shape} is not {self.op.inputs[0]!r} "
                             f"({self.x.dtype} {self.x.shape})")
@@ -757,10 +758,7 @@ class OpCheck:
 
     def _conv_transpose(self) -> None:
         a = self.a
-        self.inputs(1)
-        self.outputs()
-        self.roles({"w", "b"})
-        self.x_code()
+        self.weighted_layer()
         if len(self.x.shape) != 4:
             raise self.fail("inputs", f"{self.op.inputs[0]!r} is not 4-D")
         n, cin, h, w = self.x.shape
@@ -778,10 +776,7 @@ class OpCheck:
 
     def _matmul(self) -> None:
         a = self.a
-        self.inputs(1)
-        self.outputs()
-        self.roles({"w", "b"})
-        self.x_code()
+        self.weighted_layer()
         if not self.x.shape:
             raise self.fail("inputs", "a matrix product needs at least 1-D input")
         wb = self.blob("w", {"int8", "int16", "uint8"})
