@@ -295,9 +295,18 @@ class _CellRun:
         manifest = CompiledModel.load(self.npuf).manifest
         on_cpu = {n for sg in manifest["subgraphs"] if sg.get("engine") == "onnx" for n in sg.get("nodes", [])}
         notes = {note.split(" ", 1)[0]: note for note in manifest.get("notes", [])}
-        return [notes.get(n["name"], f"{n['name']} ({n['op_type']})") for n in report["nodes"]
-                if n["device"] == "NPU" and n["op_type"] not in ("QuantizeLinear", "DequantizeLinear")
-                and n["name"] in on_cpu]
+        # the float passes rename a few nodes (an inlined If branch's Squeeze takes the If's name);
+        # the tensor a node writes keeps its name, so a node is found by its outputs too
+        writer = {o: n.name for n in onnx.load(self.quantized).graph.node for o in n.output if o}
+        lost = []
+        for n in report["nodes"]:
+            if n["device"] != "NPU" or n["op_type"] in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            names = {n["name"], *(writer[o] for o in n.get("outputs", []) if o in writer)}
+            cpu = sorted(names & on_cpu)
+            if cpu:
+                lost.append(notes.get(cpu[0], f"{n['name']} ({n['op_type']})"))
+        return lost
 
     def run(self) -> bool:
         args = ["run", self.npuf, "--output-dir", self.work / "out", "--dump", self.work / "dump", "--target", self.target]
