@@ -203,10 +203,13 @@ class FloatEpilogue(_EpilogueBase):
     def _chain_refs(self) -> "FloatEpilogue":
         known = {"$x"}
         for k, step in enumerate(self.chain):
-            if step.in_[0] is None or (step.in_[0].t is None):
-                raise ValueError(f"chain step {k} ({step.op}) must read a tensor first")
-            if step.op in ("Add", "Sub", "Mul", "Div") and (len(step.in_) != 2 or step.in_[1] is None):
+            binary = step.op in ("Add", "Sub", "Mul", "Div")
+            if binary and (len(step.in_) != 2 or step.in_[0] is None or step.in_[1] is None):
                 raise ValueError(f"chain step {k} ({step.op}) needs two operands")
+            # a binary step may take its constant first (``1.702 * x``); any other reads a tensor first
+            reads = step.in_ if binary else step.in_[:1]
+            if not any(ref is not None and ref.t is not None for ref in reads):
+                raise ValueError(f"chain step {k} ({step.op}) reads no tensor")
             for ref in step.in_:
                 if ref is not None and ref.t is not None and ref.t not in known:
                     raise ValueError(f"chain step {k} reads {ref.t!r}, which no earlier step makes")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import npuflow
-from tests.qdq_builder import Builder
+from tests.qdq_builder import Builder, ort_values
 
 rng = np.random.default_rng(0)
 
@@ -96,3 +96,24 @@ def test_a_scalar_chain_still_fuses():
     half = b.node("Mul", [mm, b.const("c_half", np.float32(0.5))], "half")
     b.output(b.quantize(half, 0.05))
     assert _agree(b.model(), "cpu-int8", ["mm"]) == {"mm": "NPU"}
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
+def test_a_chain_with_its_constant_first_compiles_and_runs(target, tmp_path):
+    """``MatMul -> Mul(1.702, y) -> Q`` (NNCF PP-OCRv4 rec writes the scalar first): the fused float
+    epilogue is a valid ``.npuf`` (the manifest schema refused it) and runs equal to its float form."""
+    b = Builder(round_mode="half_even" if target == "cpu-int8" else "half_up")
+    x = b.dq(b.input("x", [1, 4, 8], 2.0 ** -4))
+    w = b.weight("w", rng.normal(0, 0.3, (8, 6)).astype(np.float32), 2.0 ** -6)
+    mm = b.node("MatMul", [x, w], "mm")
+    scaled = b.node("Mul", [b.const("c_k", np.float32(1.702)), mm], "scaled")
+    b.output(b.quantize(scaled, 2.0 ** -4))
+    model = b.model()
+    compiled = npuflow.compile(model, target)
+    assert any(sg["engine"] == "integer" for sg in compiled.manifest["subgraphs"])
+    path = compiled.save(tmp_path / "m.npuf")
+    feed = {"x": rng.normal(0, 0.5, (1, 4, 8)).astype(np.float32)}
+    got = npuflow.Session(str(path)).run(feed)
+    want = ort_values(model, feed, list(got))
+    for name, value in got.items():  # one output step 2^-4: bit-exact on the DPU, 1 LSB on float scales
+        np.testing.assert_allclose(value, want[name], rtol=0, atol=0 if target != "cpu-int8" else 2.0 ** -4)
