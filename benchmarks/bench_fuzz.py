@@ -237,14 +237,19 @@ def _replacements(rng: random.Random, old, manifest: dict) -> list:
     return pool
 
 
+def _pick(rng: random.Random, doc) -> tuple[tuple, object]:
+    """A random non-empty path into ``doc`` and the container holding its last key."""
+    path = rng.choice([p for p in _paths(doc) if p])
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    return path, parent
+
+
 def mutate_manifest(rng: random.Random, manifest: dict) -> tuple[str, dict]:
     """A copy of ``manifest`` with one value replaced, a key dropped, or a key added."""
     m = copy.deepcopy(manifest)
-    paths = [p for p in _paths(m) if p]
-    path = rng.choice(paths)
-    parent = m
-    for k in path[:-1]:
-        parent = parent[k]
+    path, parent = _pick(rng, m)
     key = path[-1]
     r = rng.random()
     label = "/".join(str(p) if not isinstance(p, int) else "#" for p in path[:6] if not str(p).startswith("/"))
@@ -314,11 +319,7 @@ BAD_VALUES = [None, True, -1, 0, 1e12, -1e12, float("nan"), float("inf"), "", "x
 def mutate_mapping(rng: random.Random, doc: dict) -> dict:
     """A copy of a config document with one value replaced (nested sections included)."""
     d = copy.deepcopy(doc)
-    paths = [p for p in _paths(d) if p]
-    path = rng.choice(paths)
-    parent = d
-    for k in path[:-1]:
-        parent = parent[k]
+    path, parent = _pick(rng, d)
     if rng.random() < 0.1 and isinstance(parent, dict):
         parent["unknown_" + str(rng.randrange(3))] = rng.choice(BAD_VALUES)
     else:
