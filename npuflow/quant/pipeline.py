@@ -175,7 +175,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     q_static = export_qdq(s_leg, plan_s, asg_s, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type) \
         if twins else q_static
-    q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: again, cfg,
+    q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: again, cfg, tgt,
                                                              reference=stats.outputs)
     applied = {**searched, **applied}
     _step(progress, "report")

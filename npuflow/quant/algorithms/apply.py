@@ -23,6 +23,8 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
+from ...numerics import RoundMode
+from ...targets import Target
 from .bias_correction import correct_empirical
 from .cle import equalize
 from .fast_finetune import FinetuneSettings, fast_finetune
@@ -48,9 +50,12 @@ def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[],
 
 def after_export(
     float_model: onnx.ModelProto, q_dynamic: onnx.ModelProto, q_static: onnx.ModelProto,
-    calibration: Callable[[], Iterable[Feed]], cfg, reference: list[list[np.ndarray]] | None = None,
+    calibration: Callable[[], Iterable[Feed]], cfg, target: Target, reference: list[list[np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
     """``(q_static, q_dynamic, summary)`` after fast finetune and bias correction.
+
+    Weights are re-rounded with the tie rule the config resolves for ``target`` (the target's
+    own unless the config says otherwise), the rule the export used.
 
     ``reference``: the float model's outputs on the first calibration samples, when calibration
     kept them (saves a float run for the ``auto`` check); computed here otherwise.
@@ -64,7 +69,7 @@ def after_export(
         ff = cfg.fast_finetune
         q, rep = fast_finetune(float_model, q, feeds, FinetuneSettings(
             method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, backend=ff.backend,
-            round_mode=_weight_round_mode(cfg)))
+            round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value))
         summary["fast_finetune"] = {"method": ff.method, "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
     if cfg.include_bias_corr:
@@ -105,11 +110,6 @@ def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndar
             num[k] = num.get(k, 0.0) + float(np.sum((np.asarray(g, dtype=np.float64) - r64) ** 2))
             den[k] = den.get(k, 0.0) + float(np.sum(r64 ** 2))
     return float(np.mean([num[k] / max(den[k], 1e-30) for k in num])) if num else 0.0
-
-
-def _weight_round_mode(cfg) -> str:
-    mode = getattr(cfg.weight, "round_mode", None) or getattr(cfg.overall, "round_mode", None)
-    return getattr(mode, "value", mode) or "std_round"
 
 
 def _copy_changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto, dst: onnx.ModelProto) -> onnx.ModelProto:
