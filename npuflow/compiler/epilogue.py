@@ -21,7 +21,7 @@ import onnx
 
 from ..numerics import qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
-from ..check.lowerable import CHAIN_OPS, TABLE_OPS as UNARY_OPS, chain_to_quantize
+from ..check.lowerable import CHAIN_OPS, chain_to_quantize
 from .qgraph import QGraph, QParams, attr
 
 

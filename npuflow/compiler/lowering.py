@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..check.lowerable import lowering_limit, table_lowered
+from ..check.lowerable import TABLE_OPS, lowering_limit, table_lowered
 from ..numerics import dequantize, qrange
 from . import fragments
-from .epilogue import UNARY_OPS, clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
+from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp
 from .qgraph import QGraph, QParams, attr
 
@@ -349,7 +349,7 @@ def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
     if data is None:
         raise _Reject("no data input")
     x_name, xp, x_dq = _act(g, data)
-    found = collect_chain(g, data, [n], UNARY_OPS)
+    found = collect_chain(g, data, [n], TABLE_OPS)
     if found is None:
         raise _Reject("activation chain does not end in a single quantize step")
     chain, q, op_ = found
