@@ -25,13 +25,19 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..model import write_atomic
-from .app import app, console, err_console, input_shapes_arg
+from .app import Typer, app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
-WORKERS = typer.Option(1, "--workers", help="Score candidates in N local worker processes (1: this process).")
-RAY_ADDRESS = typer.Option(None, "--ray-address", help="Score candidates as Ray tasks on this cluster: 'auto' "
-                           "(the running one), 'local' or HOST:PORT.")
+WORKERS = typer.Option(1, "--workers", metavar="N", help="Score candidates in N local worker processes (1: this "
+                       "process).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Score candidates as Ray tasks on this "
+                           "cluster: 'auto' (the running one), 'local' or HOST:PORT.")
+CALIB = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy or raw numpy.tofile files.")
+CONFIG = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON or YAML).")
+SAMPLES = typer.Option(8, "--samples", min=1, metavar="N", help="Calibration samples used to score each variant.")
+#: ``-o/--output FILE`` (one JSON file; ``--json`` is its older name).
+JSON_OUT = typer.Option(None, "--output", "-o", "--json", metavar="FILE", help="Write the result as JSON here.")
 
-analyze_app = typer.Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
+analyze_app = Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
 
@@ -104,18 +110,21 @@ class _LineProgress:
         err_console.print(f"[{time.monotonic() - self._start:6.0f} s] {description}{count}", markup=False, highlight=False)
 
 
-@analyze_app.command("sensitivity")
+@analyze_app.command("sensitivity", epilog=examples(
+    "npuflow analyze sensitivity model.onnx -t cpu-int8 --calib calib/ --samples 4 --top 20",
+    "npuflow analyze sensitivity model.onnx -t DPUCZDX8G_ISA1_B4096 --calib calib/ -o sensitivity.json --workers 2",
+))
 def sensitivity_command(
-    model: Path = typer.Argument(..., help="Float ONNX model."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
-    calib: Path = typer.Option(..., "--calib", help="Calibration data: folder of .npy or raw numpy.tofile files."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
-    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help="NAME=DIMS; repeatable."),
-    samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full ranking as JSON here."),
-    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the N most sensitive layers."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
+    target: str = target_option(),
+    calib: Path = CALIB,
+    config: Optional[Path] = CONFIG,
+    input_shape: Optional[List[str]] = input_shape_option(),
+    samples: int = SAMPLES,
+    json_out: Optional[Path] = JSON_OUT,
+    top: Optional[int] = typer.Option(None, "--top", min=1, metavar="N", help="Show only the N most sensitive layers."),
     time_budget: float = typer.Option(
-        300.0, "--time-budget", min=1.0, help="Seconds after which no further layer is scored (the layers whose "
+        300.0, "--time-budget", min=1.0, metavar="S", help="Seconds after which no further layer is scored (the layers whose "
         "similarity drops most in the quantizer's report go first; those left out are listed)."),
     workers: int = WORKERS,
     ray_address: Optional[str] = RAY_ADDRESS,
@@ -141,17 +150,23 @@ def sensitivity_command(
         console.print(f"wrote {json_out}")
 
 
-@analyze_app.command("mixed-precision")
+@analyze_app.command("mixed-precision", epilog=examples(
+    "npuflow analyze mixed-precision model.onnx -t cpu-int8 --calib calib/ --min-similarity 0.99",
+    "npuflow analyze mixed-precision model.onnx -t DPUCZDX8G_ISA1_B4096 --calib calib/ --min-similarity 0.98 "
+    "--precision int16 -o mp.json",
+))
 def mixed_precision_command(
-    model: Path = typer.Argument(..., help="Float ONNX model."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
-    calib: Path = typer.Option(..., "--calib", help="Calibration data: folder of .npy or raw numpy.tofile files."),
-    min_similarity: float = typer.Option(..., "--min-similarity", help="Required mean output cosine similarity."),
-    precision: str = typer.Option("float", "--precision", help="What raised layers become: float or int16."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
-    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help="NAME=DIMS; repeatable."),
-    samples: int = typer.Option(8, "--samples", min=1, help="Calibration samples used to score each variant."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result (changes, scores, config overrides)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
+    target: str = target_option(),
+    calib: Path = CALIB,
+    min_similarity: float = typer.Option(..., "--min-similarity", metavar="S",
+                                         help="Required mean output cosine similarity."),
+    precision: str = typer.Option("float", "--precision", metavar="float|int16",
+                                  help="What raised layers become."),
+    config: Optional[Path] = CONFIG,
+    input_shape: Optional[List[str]] = input_shape_option(),
+    samples: int = SAMPLES,
+    json_out: Optional[Path] = JSON_OUT,
     workers: int = WORKERS,
     ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:

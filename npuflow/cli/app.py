@@ -1,9 +1,25 @@
-"""The Typer application and the one place where errors become exit codes.
+"""The Typer application, the one CLI grammar, and the one place where errors become exit codes.
 
 Command modules (``npuflow/cli/*_cmd.py``) register themselves on :data:`app`; each is a thin
 wrapper over the public Python API.  :func:`main` turns an :class:`NpuflowError` into
 ``ERROR [CODE] message`` plus a hint on stderr and exit status 2, and Ctrl-C into one line and
 exit status 130, never a traceback.
+
+One grammar on every command, so that what a user learns on one holds on all:
+
+- ``-t/--target TARGET``: the target name, fingerprint, arch.json or target YAML (``--march``,
+  hb_mapper's name, is accepted too), from :func:`target_option`;
+- ``-o/--output``: where the results go, from :func:`output_option`: a ``FILE`` for a command
+  that writes one file (``compile`` -> ``.npuf``, ``prune run`` -> ``.pt``, ``analyze --output``
+  -> ``.json``), a ``DIR`` for one that writes several (``check``, ``quantize``, ``run``,
+  ``perf``, ``compare``, ``bench``);
+- ``--input-shape NAME=DIMS`` or ``--input-shape NAME DIMS`` (hb_mapper's spelling), from
+  :func:`input_shape_option`;
+- readable metavariables (``MODEL``, ``TARGET``, ``DIR``, ``FILE``, ``NAME=FILE.npy``; none on
+  flags), applied by :class:`Command` to every parameter (:func:`metavar_rule`), and usage lines
+  without Typer's ``{model}`` braces;
+- examples in every command's help (:func:`examples`), which ``docs/cli.md`` repeats: it is
+  generated from this app by ``python -m npuflow.cli.docs``.
 """
 
 from __future__ import annotations
@@ -12,13 +28,111 @@ import logging
 import signal
 import sys
 import threading
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..errors import NpuflowError
 
-app = typer.Typer(
+
+def metavar_rule(param: Any) -> None:
+    """The one metavariable rule: flags show none (Typer would print ``<bool>``), choices show
+    ``a|b``, an argument or option without an explicit metavar shows its name in capitals
+    (``MODEL``), never Typer's internal ``<path>``/``<list[str]>``."""
+    if isinstance(param, TyperArgument):
+        # The name column already shows MODEL; Typer would add its type (``<path>``) beside it.
+        param.display_type_rich = lambda ctx: None
+        param.metavar = param.metavar or param.name.upper()
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.metavar = ""
+    elif param.metavar is None:
+        desc = getattr(param, "type_descriptor", None)
+        if desc is not None and desc.is_choice:
+            param.metavar = "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+        else:
+            param.metavar = param.name.upper()
+
+
+class Command(TyperCommand):
+    """Every npuflow command: :func:`metavar_rule` on each parameter, and a usage line that
+    writes a required argument ``MODEL`` and an optional one ``[NAME]``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            metavar_rule(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            metavar_rule(option)
+        return option
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                pieces.append(param.metavar if param.required else f"[{param.metavar}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class Group(TyperGroup):
+    """The app and its sub-apps (``analyze``, ``prune``): the help flag without ``<bool>``."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            metavar_rule(option)
+        return option
+
+
+class Typer(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`Command` and whose groups are :class:`Group`:
+    every command module gets the grammar without repeating ``cls=``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=Group, **kwargs)
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(name, cls=cls or Command, **kwargs)
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: its examples, one command line each (shown by ``--help`` and in
+    docs/cli.md; escaped so that Rich does not read ``[...]`` as markup)."""
+    return "Examples:\n\n" + "\n".join(f"  {escape(line)}" for line in lines)
+
+
+TARGET_HELP = "Target name, fingerprint, arch.json or target YAML (see npuflow targets; --march also works)."
+
+
+def target_option(required: bool = True, help: str = TARGET_HELP) -> Any:
+    """``-t/--target TARGET``, the same on every command that takes a target."""
+    return typer.Option(... if required else None, "--target", "-t", metavar="TARGET", help=help,
+                        show_default=False)
+
+
+def output_option(default: Any, kind: Literal["FILE", "DIR"], help: str) -> Any:
+    """``-o/--output FILE|DIR``: where the results go, a FILE for a command that writes one file,
+    a DIR for one that writes several (the module docstring's rule)."""
+    return typer.Option(default, "--output", "-o", metavar=kind, help=help)
+
+
+def input_shape_option(help: str = "Freeze an input's shape") -> Any:
+    """``--input-shape NAME=DIMS`` / ``--input-shape NAME DIMS``, repeatable, on every command
+    that freezes shapes (parsed by :func:`input_shapes_arg`)."""
+    return typer.Option(
+        None, "--input-shape", metavar="NAME=DIMS",
+        help=f"{help}: NAME=DIMS or NAME DIMS, e.g. --input-shape x=1x3x48x320 or --input-shape x 1x3x48x320 "
+             "(repeat for each input; --input_shape also works).")
+
+
+app = Typer(
     name="npuflow",
     help="Open NPU/DPU deployment toolchain: check, quantize, compile, run, measure.",
     no_args_is_help=True,
@@ -39,10 +153,14 @@ def _root() -> None:
 #: underscore spelling appears in seed 004's example).  Typer cannot declare a repeatable
 #: two-value option, so :func:`main` joins the pair into one ``NAME=DIMS`` value first.
 PAIR_OPTIONS = ("--input-shape", "--input_shape")
+#: Other spellings accepted on every command, rewritten before Typer parses: hb_mapper's
+#: ``--march`` is ``--target`` (one option, documented in :data:`TARGET_HELP`).
+ALIASES = {"--input_shape": "--input-shape", "--march": "--target"}
 
 
 def join_pair_options(argv: list[str]) -> list[str]:
-    """``--input-shape x 1x3x8x8`` -> ``--input-shape x=1x3x8x8`` (``NAME=DIMS`` passes through)."""
+    """``--input-shape x 1x3x8x8`` -> ``--input-shape x=1x3x8x8`` (``NAME=DIMS`` passes through);
+    the :data:`ALIASES` become their option (``--march=T`` too)."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -52,7 +170,8 @@ def join_pair_options(argv: list[str]) -> list[str]:
             out += ["--input-shape", f"{argv[i + 1]}={argv[i + 2]}"]
             i += 3
             continue
-        out.append("--input-shape" if tok in PAIR_OPTIONS else tok)
+        name, eq, value = tok.partition("=")
+        out.append(ALIASES[name] + eq + value if name in ALIASES else tok)
         i += 1
     return out
 

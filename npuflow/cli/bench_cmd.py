@@ -13,20 +13,31 @@ from ..errors import NpuflowError
 from ..model import write_atomic
 from ..profile import bench, format_result, profiler_log, vaitrace_summary, write_chrome_trace
 from ..profile.bench import MAX_THREADS
-from .app import app, console
+from .app import app, console, examples, output_option, target_option
 
 
-@app.command("bench")
+@app.command("bench", epilog=examples(
+    "npuflow bench model.npuf --thread-num 2 --frame-count 500",
+    "npuflow bench model.npuf --perf-time 1 -o profile --trace trace.json -t DPUCZDX8G_ISA1_B4096",
+))
 def bench_command(
-    model: Path = typer.Argument(..., help="Compiled model (.npuf)."),
-    thread_num: int = typer.Option(1, "--thread-num", help=f"Threads running frames, 1 to {MAX_THREADS}."),
-    frame_count: int = typer.Option(200, "--frame-count", help="Frames to run (ignored with --perf-time)."),
-    perf_time: float = typer.Option(0.0, "--perf-time", help="Run for this many minutes instead of a frame count."),
-    profile_path: Optional[Path] = typer.Option(None, "--profile-path", help="Folder for profiler.log (JSON)."),
-    trace_file: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome trace-event JSON file."),
+    model: Path = typer.Argument(..., metavar="MODEL.npuf", help="Compiled model (.npuf)."),
+    target: Optional[str] = target_option(False, "Refuse a model compiled for another target (name, fingerprint "
+                                                 "or arch.json; --march also works)."),
+    thread_num: int = typer.Option(1, "--thread-num", metavar="N", help=f"Threads running frames, 1 to {MAX_THREADS}."),
+    frame_count: int = typer.Option(200, "--frame-count", metavar="N", help="Frames to run (ignored with --perf-time)."),
+    perf_time: float = typer.Option(0.0, "--perf-time", metavar="MIN", help="Run for this many minutes instead of a "
+                                    "frame count."),
+    output: Optional[Path] = output_option(None, "DIR", "Folder for profiler.log (JSON; --profile-path is the "
+                                                        "hrt_model_exec name)."),
+    profile_path: Optional[Path] = typer.Option(None, "--profile-path", hidden=True, help="hrt_model_exec's name of "
+                                                "--output."),
+    trace_file: Optional[Path] = typer.Option(None, "--trace", metavar="FILE", help="Write a Chrome trace-event JSON "
+                                              "file (open in Perfetto)."),
     summary: bool = typer.Option(True, "--summary/--no-summary", help="Print the per-subgraph summary."),
 ) -> None:
     """Run MODEL from N threads and print Running condition and Perf result."""
+    profile_path = output or profile_path
     if not 1 <= thread_num <= MAX_THREADS:
         raise NpuflowError("NPF_PERF_BAD_THREADS", value=thread_num, high=MAX_THREADS)
     if perf_time <= 0 and frame_count < 1:
@@ -35,7 +46,7 @@ def bench_command(
         raise NpuflowError("NPF_PERF_UNSUPPORTED_FILE", path=str(model))
     from ..runtime import Session
 
-    session = Session(str(model))
+    session = Session(str(model), target)
     total = None if perf_time > 0 else frame_count
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("running frames", total=total)

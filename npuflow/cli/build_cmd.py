@@ -10,14 +10,20 @@ from rich.table import Table
 from ..build import TEMPLATE, build
 from ..errors import NpuflowError
 from ..build.pipeline import SIMILARITY_COLUMNS, BuildResult, similarity_cells
-from .app import app, console
+from .app import app, console, examples
 
 
-@app.command("build")
+@app.command("build", epilog=examples(
+    "npuflow build --template > build.yaml",
+    "npuflow build build.yaml",
+    "npuflow build -c build.yaml --model-type onnx",
+))
 def build_command(
-    config: Optional[str] = typer.Argument(None, help="YAML build config (see --template)."),
-    config_option: Optional[str] = typer.Option(None, "--config", "-c", help="The config, hb_mapper style."),
-    model_type: str = typer.Option("onnx", "--model-type", help="hb_mapper's flag; only onnx is read."),
+    config: Optional[str] = typer.Argument(None, metavar="CONFIG.yaml", help="YAML build config (see --template); "
+                                           "its model_parameters.working_dir is where the files go."),
+    config_option: Optional[str] = typer.Option(None, "--config", "-c", metavar="CONFIG.yaml",
+                                                help="The config, hb_mapper style."),
+    model_type: str = typer.Option("onnx", "--model-type", metavar="onnx", help="hb_mapper's flag; only onnx is read."),
     template: bool = typer.Option(False, "--template", help="Print a commented config template and exit."),
 ) -> None:
     """Convert a float ONNX model to a deployable .npuf in one go, from a YAML config."""

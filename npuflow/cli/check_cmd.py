@@ -12,7 +12,7 @@ from ..check import check
 from ..check.files import write_outputs
 from ..check.render import console_table, summary_lines
 from ..model import freeze_inputs, parse_input_values, with_probe_values
-from .app import app, console, input_shapes_arg
+from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 
 class ImageFormat(str, Enum):
@@ -20,15 +20,15 @@ class ImageFormat(str, Enum):
     png = "png"
 
 
-@app.command("check")
+@app.command("check", epilog=examples(
+    "npuflow check yolov8n.onnx -t DPUCZDX8G_ISA1_B4096",
+    "npuflow check ocr_rec.onnx -t bernoulli2 --input-shape x 1x3x48x320 -o inspect_ocr --format svg",
+    "npuflow check silero_vad.onnx -t cpu-int8 --freeze-input sr=16000 -v 2",
+))
 def check_command(
-    model: Path = typer.Argument(..., help="ONNX model file.", show_default=False),
-    target: str = typer.Option(..., "--target", "--march", "-t",
-                               help="Target name, fingerprint, arch.json or target YAML."),
-    input_shape: Optional[List[str]] = typer.Option(
-        None, "--input-shape", metavar="NAME DIMS",
-        help="Freeze an input's shape, e.g. --input-shape images 1x3x320x320 (repeat for each input; "
-             "--input_shape also works)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model file.", show_default=False),
+    target: str = target_option(),
+    input_shape: Optional[List[str]] = input_shape_option(),
     probe_value: Optional[List[str]] = typer.Option(
         None, "--probe-value", metavar="NAME=VALUE",
         help="Value the shape probe feeds an input when shape inference leaves shapes unknown, "
@@ -37,10 +37,11 @@ def check_command(
         None, "--freeze-input", metavar="NAME=VALUE",
         help="Replace an input by a constant for this deployment, e.g. --freeze-input sr=16000: "
              "an If on it is inlined and its branch checked/quantized (repeatable)."),
-    output: Path = typer.Option(Path("inspect"), "--output", "-o", help="Folder for the report files."),
+    output: Path = output_option(Path("inspect"), "DIR", "Folder for the report files (.txt, .json, .gv)."),
     image_format: Optional[ImageFormat] = typer.Option(None, "--format", help="Also render the graph as svg or png."),
-    verbose: int = typer.Option(1, "--verbose", "-v", min=0, max=2,
-                                help="0: summary, 1: CPU nodes with reasons, 2: all nodes."),
+    verbose: int = typer.Option(1, "--verbose", "-v", min=0, max=2, metavar="LEVEL",
+                                help="0: summary lines, 1: a table per op type x device and the CPU nodes with "
+                                     "reasons, 2: every node."),
 ) -> None:
     """Check which nodes of MODEL run on the TARGET accelerator, and why the others do not."""
     shapes = input_shapes_arg(input_shape)

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from ..errors import NpuflowError
 from ..model import write_atomic
-from .app import app, console
+from .app import app, console, examples, output_option
 
 
 def _fmt(value: float | None, digits: int = 6) -> str:
@@ -81,18 +81,27 @@ def _compare_dumps(golden: Path, dump: Path, atol: float, rtol: float, out_dir: 
                   highlight=False)
 
 
-@app.command("compare")
+@app.command("compare", epilog=examples(
+    "npuflow compare out/optimized_float_model.onnx out/quantized_model.onnx --data calib/ --samples 4",
+    "npuflow compare out/optimized_float_model.onnx model.npuf --data sample.npz -o compare_result",
+    "npuflow compare --golden golden_dump --dump board_dump --atol 1",
+))
 def compare_command(
-    float_model: Optional[Path] = typer.Argument(None, help="Float model (optimized_float_model.onnx)."),
-    quantized: Optional[Path] = typer.Argument(None, help="Quantized QDQ model (.onnx) or compiled model (.npuf)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Samples: folder as for quantize --calib, or one .npz/.npy."),
-    samples: int = typer.Option(8, "--samples", min=1, help="Use at most this many samples."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output folder (default: compare_result)."),
-    top: int = typer.Option(15, "--top", min=1, help="Layers shown in the table."),
-    golden: Optional[Path] = typer.Option(None, "--golden", help="Reference dump folder (npuflow run --dump)."),
-    dump: Optional[Path] = typer.Option(None, "--dump", help="Dump folder to check against --golden."),
-    atol: float = typer.Option(0.0, "--atol", min=0.0, help="Absolute tolerance of the dump comparison."),
-    rtol: float = typer.Option(0.0, "--rtol", min=0.0, help="Relative tolerance of the dump comparison."),
+    float_model: Optional[Path] = typer.Argument(None, metavar="FLOAT.onnx",
+                                                 help="Float model (optimized_float_model.onnx)."),
+    quantized: Optional[Path] = typer.Argument(None, metavar="QUANTIZED.onnx|MODEL.npuf",
+                                               help="Quantized QDQ model (.onnx) or compiled model (.npuf)."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR|FILE.npz",
+                                        help="Samples: folder as for quantize --calib, or one .npz/.npy."),
+    samples: int = typer.Option(8, "--samples", min=1, metavar="N", help="Use at most this many samples."),
+    output: Optional[Path] = output_option(None, "DIR", "Output folder (compare.json/.csv/.html, or "
+                                                        "compare_dumps.json; default: compare_result)."),
+    top: int = typer.Option(15, "--top", min=1, metavar="N", help="Layers shown in the table."),
+    golden: Optional[Path] = typer.Option(None, "--golden", metavar="DIR", help="Reference dump folder (npuflow run "
+                                          "--dump)."),
+    dump: Optional[Path] = typer.Option(None, "--dump", metavar="DIR", help="Dump folder to check against --golden."),
+    atol: float = typer.Option(0.0, "--atol", min=0.0, metavar="A", help="Absolute tolerance of the dump comparison."),
+    rtol: float = typer.Option(0.0, "--rtol", min=0.0, metavar="R", help="Relative tolerance of the dump comparison."),
 ) -> None:
     """Per-layer accuracy of a quantized/compiled model against its float model, or two dump folders."""
     if golden is not None or dump is not None:

@@ -8,19 +8,19 @@ from typing import List, Optional
 import typer
 
 from ..compiler import compile_model
-from .app import app, console, input_shapes_arg
+from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 
-@app.command("compile")
+@app.command("compile", epilog=examples(
+    "npuflow compile out/quantized_model.onnx -t DPUCZDX8G_ISA1_B4096 -o model.npuf",
+    "npuflow compile ort_qdq.onnx -t cpu-int8 --input-shape x 1x3x48x320 -o ocr.npuf",
+))
 def compile_command(
-    model: Path = typer.Argument(..., help="Quantized ONNX model: npuflow's quantized_model.onnx, or a QDQ/QOperator "
-                                           "model from ONNX Runtime, NNCF or Brevitas."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
-    output: Path = typer.Option(..., "--output", "-o", help="The .npuf file to write."),
-    input_shape: Optional[List[str]] = typer.Option(
-        None, "--input-shape", metavar="NAME DIMS",
-        help="Freeze a dynamic input's shape, e.g. --input-shape x 1x3x48x320 or x=1x3x48x320 (repeat for "
-             "each input; --input_shape also works)."),
+    model: Path = typer.Argument(..., metavar="QUANTIZED.onnx", help="Quantized ONNX model: npuflow's "
+                                 "quantized_model.onnx, or a QDQ/QOperator model from ONNX Runtime, NNCF or Brevitas."),
+    target: str = target_option(),
+    output: Path = output_option(..., "FILE", "The .npuf file to write."),
+    input_shape: Optional[List[str]] = input_shape_option("Freeze a dynamic input's shape"),
 ) -> None:
     """Compile a quantized model into one .npuf file (accelerator integer programs + CPU ONNX)."""
     shapes = input_shapes_arg(input_shape)

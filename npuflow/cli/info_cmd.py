@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..compiler import CompiledModel
 from ..errors import NpuflowError
-from .app import app, console
+from .app import app, console, examples
 
 
 def model_scales(manifest: dict) -> dict:
@@ -145,11 +145,16 @@ def _print_op(doc: dict) -> None:
     console.print(f"attributes: {json.dumps(doc['attrs'], default=str)}", highlight=False)
 
 
-@app.command("info")
+@app.command("info", epilog=examples(
+    "npuflow info model.npuf",
+    "npuflow info model.npuf --json",
+    "npuflow info model.npuf --op /model.0/conv/Conv",
+))
 def info_command(
-    model: Path = typer.Argument(..., help="Compiled model (.npuf)."),
+    model: Path = typer.Argument(..., metavar="MODEL.npuf", help="Compiled model (.npuf)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for programs."),
-    op: Optional[str] = typer.Option(None, "--op", help="Show one op: its inputs/outputs, shapes and quantization."),
+    op: Optional[str] = typer.Option(None, "--op", metavar="NAME", help="Show one op (by its name or an ONNX node "
+                                     "fused into it): inputs/outputs, shapes and quantization."),
 ) -> None:
     """Show a compiled model: inputs/outputs, target, subgraphs, memory and build config."""
     compiled = CompiledModel.load(model)

@@ -10,16 +10,20 @@ from rich.table import Table
 
 from ..perf import write_report
 from ..perf import perf
-from .app import app, console, input_shapes_arg
+from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 
-@app.command("perf")
+@app.command("perf", epilog=examples(
+    "npuflow perf model.npuf",
+    "npuflow perf yolov8n.onnx -t DPUCZDX8G_ISA1_B4096 --input-shape images 1x3x320x320 -o reports",
+))
 def perf_command(
-    model: Path = typer.Argument(..., help="Float/quantized .onnx model or compiled .npuf file."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name, fingerprint or arch.json."),
-    input_shape: Optional[list[str]] = typer.Option(
-        None, "--input-shape", help="NAME=DIMS, e.g. --input-shape images=1x3x320x320 (repeatable)."),
-    output: Path = typer.Option(Path("."), "-o", "--output", help="Folder that receives perf_result/<name>/."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Float/quantized .onnx model or compiled .npuf file."),
+    target: Optional[str] = target_option(False, "Target name, fingerprint or arch.json (a .npuf names its own; "
+                                                 "--march also works)."),
+    input_shape: Optional[list[str]] = input_shape_option(),
+    output: Path = output_option(Path("."), "DIR", "Folder that receives perf_result/NAME/ (HTML page, JSON, "
+                                                   "structure picture)."),
 ) -> None:
     """Estimate latency, frame rate and DDR traffic from the target file; write an HTML/JSON report."""
     with console.status("estimating (CPU parts are timed on this host)..."):

@@ -9,19 +9,25 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from .app import app, console
+from .app import Typer, app, console, examples, output_option, target_option
 
-prune_app = typer.Typer(help="Target-aware channel pruning of PyTorch models (needs the torch extra).",
+prune_app = Typer(help="Target-aware channel pruning of PyTorch models (needs the torch extra).",
                         no_args_is_help=True)
 app.add_typer(prune_app, name="prune")
 
 
-@prune_app.command("ana")
+@prune_app.command("ana", epilog=examples(
+    "npuflow prune ana my_model.py -t DPUCZDX8G_ISA1_B4096",
+    "npuflow prune ana my_model.py --ratios 0.2,0.4,0.6 --forced",
+))
 def ana_command(
-    script: Path = typer.Argument(..., help="Python file defining get_model(), get_example_inputs(), eval_fn(model)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Target whose conv parallelism channels round to."),
-    ratios: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="Pruning ratios to analyse."),
-    workdir: Path = typer.Option(Path(".npuflow_prune"), help="Cache folder (.sens files, specs)."),
+    script: Path = typer.Argument(..., metavar="SCRIPT.py", help="Python file defining get_model(), "
+                                  "get_example_inputs(), eval_fn(model)."),
+    target: Optional[str] = target_option(False, "Target whose conv parallelism channels round to (--march also "
+                                                 "works)."),
+    ratios: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", metavar="R,R,...",
+                               help="Pruning ratios to analyse."),
+    workdir: Path = typer.Option(Path(".npuflow_prune"), metavar="DIR", help="Cache folder (.sens files, specs)."),
     forced: bool = typer.Option(False, "--forced", help="Redo the analysis even if cached."),
 ) -> None:
     """Sensitivity analysis: metric of each channel group at several pruning ratios."""
@@ -46,17 +52,22 @@ def ana_command(
     console.print(f"saved in {workdir}")
 
 
-@prune_app.command("run")
+@prune_app.command("run", epilog=examples(
+    "npuflow prune run my_model.py --ratio 0.5 -t DPUCZDX8G_ISA1_B4096 -o slim.pt",
+    "npuflow prune run my_model.py --target-latency-ms 0.08 -t DPUCZDX8G_ISA1_B4096 --method one_step -o slim.pt",
+))
 def run_command(
-    script: Path = typer.Argument(..., help="Python file defining get_model(), get_example_inputs() and optional eval_fn, calib_batches, finetune."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to save the slim model (torch.save of the module)."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="Fraction of MACs to remove."),
-    target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", help="Estimated latency goal on --target."),
-    method: str = typer.Option("iterative", help="iterative | one_step"),
-    rounds: int = typer.Option(1, help="Iterative: rounds of prune + finetune reaching the ratio."),
-    num_subnet: int = typer.Option(20, help="One-step: candidate subnets to evaluate."),
-    target: Optional[str] = typer.Option(None, "--target", help="Target (channel rounding, latency)."),
-    workdir: Path = typer.Option(Path(".npuflow_prune"), help="Cache folder."),
+    script: Path = typer.Argument(..., metavar="SCRIPT.py", help="Python file defining get_model(), "
+                                  "get_example_inputs() and optional eval_fn, calib_batches, finetune."),
+    output: Path = output_option(..., "FILE", "Where to save the slim model (torch.save of the module)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", metavar="R", help="Fraction of MACs to remove."),
+    target_latency_ms: Optional[float] = typer.Option(None, "--target-latency-ms", metavar="MS",
+                                                      help="Estimated latency goal on --target."),
+    method: str = typer.Option("iterative", metavar="iterative|one_step", help="Pruning method."),
+    rounds: int = typer.Option(1, metavar="N", help="Iterative: rounds of prune + finetune reaching the ratio."),
+    num_subnet: int = typer.Option(20, metavar="N", help="One-step: candidate subnets to evaluate."),
+    target: Optional[str] = target_option(False, "Target (channel rounding, latency; --march also works)."),
+    workdir: Path = typer.Option(Path(".npuflow_prune"), metavar="DIR", help="Cache folder."),
 ) -> None:
     """Prune to a MAC ratio or latency goal and save the slim model."""
     import torch

@@ -17,18 +17,23 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .app import app, console, err_console, input_shapes_arg
+from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 
-@app.command("quantize")
+@app.command("quantize", epilog=examples(
+    "npuflow quantize yolov8n.onnx -t DPUCZDX8G_ISA1_B4096 --calib calib/ -o out",
+    "npuflow quantize ocr_rec.onnx -t cpu-int8 --calib lines/ -c quant.yaml --input-shape x 1x3x48x320 -o out",
+    "npuflow quantize silero_vad.onnx -t cpu-int8 --calib audio/ --freeze-input sr=16000 --strict -o out",
+))
 def quantize_command(
-    model: Path = typer.Argument(..., help="Float ONNX model."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name, fingerprint or arch.json."),
-    calib: Path = typer.Option(..., "--calib", help="Calibration data: folder of .npy or raw numpy.tofile files."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder for the models, quant_info.json and the report."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Quantization config (JSON or YAML)."),
-    input_shape: Optional[List[str]] = typer.Option(
-        None, "--input-shape", help="Freeze an input shape: NAME=DIMS (e.g. x=1x3x48x320); repeatable."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
+    target: str = target_option(),
+    calib: Path = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy or raw "
+                               "numpy.tofile files."),
+    output: Path = output_option(..., "DIR", "Output folder for the models, quant_info.json and the report."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON "
+                                          "or YAML)."),
+    input_shape: Optional[List[str]] = input_shape_option(),
     probe_value: Optional[List[str]] = typer.Option(
         None, "--probe-value", metavar="NAME=VALUE",
         help="Value the shape probe feeds an input (e.g. sr=16000); kept in the quantized model."),
@@ -40,9 +45,9 @@ def quantize_command(
     show_nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Print the per-node similarity table."),
     strict: bool = typer.Option(False, "--strict", help="Fail (NPF_QUANT_LOW_SIMILARITY, nothing written) when the "
                                 "output similarity is below min_output_cosine (default 0.95) instead of warning."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Calibrate shards in N worker processes and merge "
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Calibrate shards in N worker processes and merge "
                                           "them exactly (config calib_workers; default 1: this process)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Calibrate shards as Ray tasks on this "
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Calibrate shards as Ray tasks on this "
                                               "cluster ('auto', 'local' or HOST:PORT; config calib_ray_address)."),
 ) -> None:
     """Quantize a float model for a target (writes quantized_model.onnx, quant_info.json and more)."""

@@ -1,4 +1,4 @@
-"""``npuflow run MODEL.npuf --input NAME=FILE.npy ... [--output-dir DIR] [--dump DIR]``."""
+"""``npuflow run MODEL.npuf --input NAME=FILE.npy ... [-o DIR] [--dump DIR] [-t TARGET]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from ..errors import NpuflowError
 from ..model import write_atomic
 from ..runtime import Session
-from .app import app, console
+from .app import app, console, examples, output_option, target_option
 
 
 def _read_input(spec: str) -> tuple[str, np.ndarray]:
@@ -24,15 +24,23 @@ def _read_input(spec: str) -> tuple[str, np.ndarray]:
         raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason=str(exc)) from None
 
 
-@app.command("run")
+@app.command("run", epilog=examples(
+    "npuflow run model.npuf -i images=img.npy",
+    "npuflow run model.npuf -i x=x.npy -o outputs --dump golden -t DPUCZDX8G_ISA1_B4096",
+))
 def run_command(
-    model: Path = typer.Argument(..., help="Compiled model (.npuf)."),
-    inputs: List[str] = typer.Option([], "--input", "-i", help="NAME=FILE.npy, once per model input."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write each output as NAME.npy here."),
-    dump: Optional[Path] = typer.Option(None, "--dump", help="Write every integer tensor here (golden dump)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Refuse a model compiled for another target."),
+    model: Path = typer.Argument(..., metavar="MODEL.npuf", help="Compiled model (.npuf)."),
+    inputs: List[str] = typer.Option([], "--input", "-i", metavar="NAME=FILE.npy", help="An input's .npy file, once "
+                                     "per model input."),
+    output: Optional[Path] = output_option(None, "DIR", "Write each output as NAME.npy in this folder."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", hidden=True, help="Old name of --output."),
+    dump: Optional[Path] = typer.Option(None, "--dump", metavar="DIR", help="Write every integer tensor here "
+                                        "(golden dump; index.json maps tensor names to files)."),
+    target: Optional[str] = target_option(False, "Refuse a model compiled for another target (name, fingerprint "
+                                                 "or arch.json; --march also works)."),
 ) -> None:
     """Run a compiled model on .npy inputs."""
+    output_dir = output or output_dir
     feeds = dict(_read_input(s) for s in inputs)
     session = Session(model, target)
     outputs = session.run(feeds, dump_dir=dump)

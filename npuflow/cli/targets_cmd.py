@@ -9,12 +9,16 @@ import typer
 from rich.table import Table
 
 from ..targets import list_targets, load_target
-from .app import app, console
+from .app import app, console, examples
 
 
-@app.command("targets")
+@app.command("targets", epilog=examples(
+    "npuflow targets",
+    "npuflow targets DPUCZDX8G_ISA1_B4096",
+    "npuflow targets 0x101000016010407 --json",
+))
 def targets_command(
-    name: Optional[str] = typer.Argument(None, help="Target name, fingerprint or arch.json to show."),
+    name: Optional[str] = typer.Argument(None, metavar="TARGET", help="Target name, fingerprint or arch.json to show."),
     as_json: bool = typer.Option(False, "--json", help="Print the full description as JSON."),
 ) -> None:
     """List the bundled targets, or show one in full."""
