@@ -48,8 +48,8 @@ _MODEL = _specs(
     ("NPF_MODEL_OPSET_UNSUPPORTED", "model opset {opset} is outside the supported range [{low}, {high}]",
      "Re-export the model with an opset in the supported range; the newest is the newest one both the "
      "installed onnx and onnxruntime support (upgrade both for newer opsets)."),
-    ("NPF_MODEL_DYNAMIC_SHAPE", "input {input!r} has unresolved dynamic dimension(s) {dims}",
-     "Freeze it with --input-shape {input} {example} (repeat the option for each input)."),
+    ("NPF_MODEL_DYNAMIC_SHAPE", "{count} input(s) with unresolved dynamic dimensions: {inputs}",
+     "Freeze them with {examples} (N: the size you deploy; one option per input)."),
     ("NPF_MODEL_BAD_INPUT_SHAPE", "bad input shape {value!r}: {reason}",
      "Write shapes as dimensions joined by 'x', e.g. --input-shape images 1x3x224x224."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
@@ -263,6 +263,15 @@ _TORCH = _specs(
      "per_channel, ema_momentum; the rest comes from the target."),
     ("NPF_TORCH_IMAGE_FORMAT", "image_format {value!r} is not supported",
      "Use image_format=None (text, JSON and .gv only), 'svg' or 'png'."),
+    ("NPF_TORCH_BAD_BACKEND_OPTION", "torch.compile backend 'npuflow': option {name!r}: {reason}",
+     "Pass options={{'target': 'DPUCZDX8G_ISA1_B4096', 'calib_data': samples}}; accepted: {allowed}."),
+    ("NPF_TORCH_DYNAMIC_SHAPES", "the captured graph takes a symbolic size {name} = {value}",
+     "Compile with static shapes: torch.compile(model, backend='npuflow', dynamic=False, options=...) "
+     "or npuflow.torch.compile(...); each new input shape is then quantized and compiled on its own."),
+    ("NPF_TORCH_WEIGHTS_CHANGED", "a parameter or buffer of the compiled graph (graph input {position}) changed "
+     "after it was quantized",
+     "The npuflow backend freezes the weights when it quantizes, as a deployed model does; call "
+     "torch._dynamo.reset() and compile again after training or load_state_dict."),
 )
 
 # --- channel pruning -----------------------------------------------------------------------

@@ -52,12 +52,15 @@ def calibration_samples(calib_data: Any, example_inputs) -> Any:
     """Torch calibration data -> numpy samples shaped like the example inputs.
 
     A single tensor with more rows than the example batch is split into example-sized batches,
-    so ``calib_data=images[:256]`` works for a model exported with batch 1.
+    so ``calib_data=images[:256]`` works for a model exported with batch 1; a tensor with one more
+    dimension than the example is a stack of samples (``calib_data=torch.stack(batches)``).
     """
     inputs = example_tuple(example_inputs)
     if isinstance(calib_data, torch.Tensor) and len(inputs) == 1:
         batch = inputs[0].shape[0] if inputs[0].dim() else 1
         arr = calib_data.detach().cpu().numpy().astype(np.float32)
+        if arr.shape[1:] == tuple(inputs[0].shape):
+            return list(arr)
         if arr.shape[1:] == tuple(inputs[0].shape[1:]) and arr.shape[0] != batch and arr.shape[0] % batch == 0:
             return [arr[i:i + batch] for i in range(0, arr.shape[0], batch)]
         return [arr]
