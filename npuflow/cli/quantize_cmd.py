@@ -1,6 +1,6 @@
 """``npuflow quantize MODEL --target T --calib DIR -o OUT``: post-training quantization.
 
-A thin wrapper over :func:`npuflow.quantize`: a Rich progress bar while calibrating, the
+A thin wrapper over :func:`npuflow.quantize`: progress per stage (:mod:`npuflow.cli.progress`), the
 per-node accuracy table (Horizon's layout) and the model-output similarity, then the artifacts
 written to ``OUT``.  When the output similarity on the calibration samples is below
 ``min_output_cosine`` the warning comes last, on stderr, where a long table cannot hide it (and
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .progress import StageProgress
 from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 
@@ -55,13 +55,7 @@ def quantize_command(
     from ..model import freeze_inputs, parse_input_values, with_probe_values
 
     shapes = input_shapes_arg(input_shape)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("optimize", total=None)
-
-        def progress(stage: str, done: int, total: int | None) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
+    with StageProgress("quantize", console, err_console) as progress:
         source = freeze_inputs(str(model), parse_input_values(freeze_input, "--freeze-input"))
         source = with_probe_values(source, parse_input_values(probe_value))
         result = quantize(source, str(calib), target, config=_with_scaleout(config, workers, ray_address),
