@@ -127,8 +127,9 @@ _QUANT = _specs(
      "Fix or drop that sample; calibration ranges must come from finite values."),
     ("NPF_QUANT_CALIB_MISMATCH", "calibration sample {sample} does not fit the model: {reason}",
      "Samples must have the model's input names and dtypes and the shape it is quantized at (--input-shape, "
-     "or its static shape); `calib_dynamic_dims: true` in the config lets the dimensions the source model "
-     "leaves dynamic vary (OCR line widths)."),
+     "the model's static shape, or the first sample's); only the dimensions the source model leaves dynamic "
+     "may vary (OCR line widths): by default where no --input-shape fixes them, `calib_dynamic_dims: true` "
+     "in the config also where one does, `false` nowhere."),
     ("NPF_QUANT_LOW_SIMILARITY",
      "the quantized model's output {output} has cosine similarity {cosine} to the float model on {samples} "
      "calibration sample(s), below min_output_cosine {threshold}; largest drops at {nodes}",
@@ -178,6 +179,9 @@ _RUNTIME = _specs(
      "Convert the array, e.g. x.astype(numpy.{expected})."),
     ("NPF_RUNTIME_INPUT_SHAPE", "input {name!r} has shape {got}, the model expects {expected}",
      "Resize or reshape the data; the shape was frozen when the model was quantized and compiled."),
+    ("NPF_RUNTIME_SHAPE_TOO_LARGE", "inputs of shape {got} fit none of the shapes the model was compiled for",
+     "Compiled shapes: {shapes}. Compile one at least this large (repeat --input-shape NAME DIMS in npuflow "
+     "compile, one per shape) or cut the input."),
     ("NPF_RUNTIME_BAD_INPUT_FILE", "cannot read input {value!r}: {reason}",
      "Write inputs as NAME=FILE.npy, with FILE.npy saved by numpy.save."),
     ("NPF_RUNTIME_UNKNOWN_JOB", "runner {runner!r} has no pending job {job_id}",

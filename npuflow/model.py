@@ -81,6 +81,24 @@ def parse_input_shapes(pairs: Sequence[tuple[str, str]] | None) -> dict[str, lis
     return {name: parse_shape(dims) for name, dims in (pairs or [])}
 
 
+def input_shape_sets(items: Sequence[tuple[str, list[int]]]) -> list[dict[str, list[int]]]:
+    """Repeated ``--input-shape NAME DIMS`` -> shape sets: the i-th shape given for each input is
+    in set i, and an input given once is in every set (``x`` three times and ``y`` once: three
+    sets).  One set for the usual single shapes; several compile several programs into one
+    ``.npuf``."""
+    per_input: dict[str, list[list[int]]] = {}
+    for name, dims in items:
+        per_input.setdefault(name, []).append(list(dims))
+    counts = {len(v) for v in per_input.values()} - {1}
+    if len(counts) > 1:
+        given = ", ".join(f"{name} {len(v)}x" for name, v in per_input.items())
+        raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=given,
+                           reason="each input must be given once or as many times as the other repeated ones")
+    n = max(counts, default=1)
+    return [{name: v[k] if len(v) > 1 else v[0] for name, v in per_input.items()} for k in range(n)] \
+        if per_input else []
+
+
 def parse_input_values(items: Sequence[str] | None, option: str = "--probe-value") -> dict[str, np.ndarray]:
     """CLI ``--probe-value``/``--freeze-input NAME=VALUE`` items (``VALUE``: a number, or numbers
     joined by commas)."""
@@ -429,30 +447,53 @@ def _freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -
         if name not in names:
             raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
     for inp in inputs:
-        dims = inp.type.tensor_type.shape.dim
-        if inp.name in shapes:
-            wanted = shapes[inp.name]
-            if dims and len(dims) != len(wanted):
-                raise NpuflowError(
-                    "NPF_MODEL_BAD_INPUT_SHAPE", value="x".join(map(str, wanted)),
-                    reason=f"input {inp.name!r} has rank {len(dims)}, the shape given has rank {len(wanted)}",
-                )
-            del inp.type.tensor_type.shape.dim[:]
-            for d in wanted:
-                inp.type.tensor_type.shape.dim.add().dim_value = d
+        if inp.name not in shapes:
             continue
-        unresolved = [i for i, d in enumerate(dims) if d.dim_value <= 0]
-        if unresolved == [0] and len(dims) > 1:
+        dims = inp.type.tensor_type.shape.dim
+        wanted = shapes[inp.name]
+        if dims and len(dims) != len(wanted):
+            raise NpuflowError(
+                "NPF_MODEL_BAD_INPUT_SHAPE", value="x".join(map(str, wanted)),
+                reason=f"input {inp.name!r} has rank {len(dims)}, the shape given has rank {len(wanted)}",
+            )
+        del inp.type.tensor_type.shape.dim[:]
+        for d in wanted:
+            inp.type.tensor_type.shape.dim.add().dim_value = d
+    open_dims = dynamic_dims(proto)
+    for inp in inputs:
+        if open_dims.get(inp.name) == [0] and len(inp.type.tensor_type.shape.dim) > 1:
+            dims = inp.type.tensor_type.shape.dim
             dims[0].Clear()
             dims[0].dim_value = 1  # a dynamic batch is compiled for batch 1, as hb_mapper does
-            unresolved = []
-        if unresolved:
-            example = "x".join(str(d.dim_value) if d.dim_value > 0 else "N" for d in dims)
-            raise NpuflowError(
-                "NPF_MODEL_DYNAMIC_SHAPE", input=inp.name,
-                dims=", ".join(f"#{i} ({dims[i].dim_param or '?'})" for i in unresolved),
-                example=example.replace("N", "1", 1) if dims[0].dim_value <= 0 else example,
-            )
+            del open_dims[inp.name]
+    if open_dims:
+        raise unresolved_error(proto, open_dims)
+
+
+def dynamic_dims(proto: onnx.ModelProto) -> dict[str, list[int]]:
+    """``{input: [indices of its dimensions without a positive static size]}`` for every real
+    input that has any (a dynamic batch included): what ``--input-shape`` or calibration samples
+    must resolve."""
+    out = {}
+    for inp in graph_inputs(proto):
+        open_at = [k for k, d in enumerate(inp.type.tensor_type.shape.dim) if d.dim_value <= 0]
+        if open_at:
+            out[inp.name] = open_at
+    return out
+
+
+def unresolved_error(proto: onnx.ModelProto, open_dims: Mapping[str, Sequence[int]]) -> NpuflowError:
+    """One ``NPF_MODEL_DYNAMIC_SHAPE`` naming every input in ``open_dims`` with its unresolved
+    dimensions, and an ``--input-shape`` example per input, so one run shows all that is missing."""
+    inputs = {i.name: i for i in graph_inputs(proto)}
+    described, examples = [], []
+    for name, at in open_dims.items():
+        dims = inputs[name].type.tensor_type.shape.dim
+        described.append(f"{name!r} dimension(s) " + ", ".join(f"#{k} ({dims[k].dim_param or '?'})" for k in at))
+        example = ["1" if k == 0 and k in at else "N" if k in at else str(d.dim_value) for k, d in enumerate(dims)]
+        examples.append(f"--input-shape {name} {'x'.join(example)}")
+    return NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", count=len(open_dims), inputs="; ".join(described),
+                        examples=" ".join(examples))
 
 
 def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from ..compiler import CompiledModel
+from ..compiler.compiled import shape_sets_text
 from ..errors import NpuflowError
 from .app import app, console, examples
 
@@ -53,6 +54,7 @@ def describe(compiled: CompiledModel) -> dict:
         "model_scales": model_scales(m),
         "inputs": m["inputs"],
         "outputs": m["outputs"],
+        "input_shapes": compiled.input_shapes,
         "subgraphs": [
             {"id": s.id, "name": s.name, "device": s.device, "engine": s.engine, "op_counts": s.op_counts,
              "macs": s.macs, "weight_bytes": s.weight_bytes, "activation_bytes": s.activation_bytes,
@@ -182,6 +184,10 @@ def info_command(
             io.add_row(kind, i["name"], i["dtype"], "x".join(map(str, i["shape"])), i.get("layout", ""),
                        str(q.get("scale", "")), str(q.get("zero_point", "")))
     console.print(io)
+    if len(doc["input_shapes"]) > 1:
+        console.print(f"compiled shapes ({len(doc['input_shapes'])} programs; run takes the smallest that fits, "
+                      f"zero-padded; the tables show the first): {shape_sets_text(doc['input_shapes'])}",
+                      highlight=False)
     sg = Table(title="subgraphs")
     for col in ("id", "name", "device", "ops", "MACs", "weights B", "activations B"):
         sg.add_column(col)

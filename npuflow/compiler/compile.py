@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -20,10 +21,10 @@ from onnx import helper, numpy_helper
 from .. import __version__
 from ..errors import NpuflowError
 from ..model import (MAX_IR_VERSION, InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load,
-                     node_reads, subgraphs)
+                     node_reads, read_proto, subgraphs)
 from ..targets import Target, load_target
 from . import foreign, memory
-from .compiled import CompiledModel
+from .compiled import CompiledModel, with_shapes
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
 from .partition import Placement, Unit, build_units, checker_placement_factory, partition
 from .program import IntOp
@@ -48,15 +49,31 @@ def compile_model(
     placement: Placement | None = None,
     build_config: dict | None = None,
     preprocessing: dict | None = None,
-    input_shapes: InputShapes | None = None,
+    input_shapes: InputShapes | Sequence[InputShapes] | None = None,
 ) -> CompiledModel:
     """Compile a quantized model (``docs/quantized-model-format.md``) for ``target``.
 
-    ``input_shapes`` freezes dynamic input dimensions (``{name: dims}``, as ``--input-shape``).
-    Models written by other tools (ONNX Runtime QOperator, NNCF, Brevitas) are first legalised
-    into npuflow's QDQ form (:mod:`.foreign`); each change is a note of the compiled model.
+    ``input_shapes`` freezes dynamic input dimensions (``{name: dims}``, as ``--input-shape``); a
+    list of such dicts compiles one program per shape set into one model (rknn-toolkit2's
+    ``dynamic_input``: the runtime runs the smallest that fits an input, padded; see
+    :func:`.compiled.with_shapes`).  Models written by other tools (ONNX Runtime QOperator, NNCF,
+    Brevitas) are first legalised into npuflow's QDQ form (:mod:`.foreign`); each change is a note
+    of the compiled model.
     """
     tgt = target if isinstance(target, Target) else load_target(target)
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        sets = list(input_shapes)
+        if len(sets) > 1:
+            source = quantized_model if isinstance(quantized_model, onnx.ModelProto) else read_proto(quantized_model)
+            return with_shapes([_compile(source, tgt, placement, build_config, preprocessing, shapes)
+                                for shapes in sets])
+        input_shapes = sets[0] if sets else None
+    return _compile(quantized_model, tgt, placement, build_config, preprocessing, input_shapes)
+
+
+def _compile(quantized_model: ModelLike, tgt: Target, placement: Placement | None, build_config: dict | None,
+             preprocessing: dict | None, input_shapes: InputShapes | None) -> CompiledModel:
+    """One program: the model frozen at ``input_shapes``."""
     model = load(quantized_model, input_shapes)
     _name_nodes(model)
     legalised = foreign.legalize(model, tgt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,63 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import NpuflowError
 from . import artifact
+
+
+#: Manifest key of the programs compiled for further shape sets (format 1.1).
+VARIANTS = "variants"
+#: What a variant replaces in the manifest: everything that depends on the input shapes.
+VARIANT_FIELDS = ("inputs", "outputs", "subgraphs", "tensors", "memory", "notes")
+
+
+def with_shapes(programs: list[CompiledModel]) -> CompiledModel:
+    """One model holding several programs of the same quantized model at different input shapes.
+
+    The first program's manifest is the model's (what ``info``, ``perf``, ``bench``, runners and
+    ``run_op`` see); the others become ``variants`` entries.  Their blobs are renamed ``v<k>.``
+    unless an identical blob (same dtype, shape and bytes: a convolution's weights do not depend
+    on the width) is already stored, so weights are stored once.
+    """
+    first, *others = programs
+    shapes = [p.input_shapes[0] for p in programs]
+    repeated = next((s for k, s in enumerate(shapes) if s in shapes[:k]), None)
+    if repeated is not None:
+        raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=str(repeated), reason="this shape set is given twice")
+    blobs = {n: first.blob(n) for n in first.blob_names()}
+    stored = {_blob_key(v): n for n, v in blobs.items()}
+    variants = []
+    for k, program in enumerate(others, 1):
+        renamed = {}
+        for name in program.blob_names():
+            value = program.blob(name)
+            key = _blob_key(value)
+            if key not in stored:
+                stored[key] = f"v{k}.{name}"
+                blobs[stored[key]] = value
+            renamed[name] = stored[key]
+        variant = {f: program.manifest[f] for f in VARIANT_FIELDS}
+        variant["subgraphs"] = [_renamed_blobs(sg, renamed) for sg in variant["subgraphs"]]
+        variants.append(variant)
+    return CompiledModel({**first.manifest, VARIANTS: variants}, blobs)
+
+
+def shape_sets_text(sets: list[dict[str, list[int]]]) -> str:
+    """``x=1x3x48x160; x=1x3x48x320``: compiled shape sets as ``info``, ``compile`` and errors show them."""
+    return "; ".join(", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in s.items()) for s in sets)
+
+
+def _blob_key(value: np.ndarray | bytes) -> tuple:
+    if isinstance(value, (bytes, bytearray)):
+        return ("bytes", hashlib.sha256(value).hexdigest())
+    arr = np.ascontiguousarray(value)
+    return (arr.dtype.name, arr.shape, hashlib.sha256(arr.tobytes()).hexdigest())
+
+
+def _renamed_blobs(sg: dict, renamed: dict[str, str]) -> dict:
+    if sg["engine"] != "integer":
+        return {**sg, "onnx": renamed[sg["onnx"]]}
+    return {**sg, "ops": [{**op, "blobs": {r: renamed[b] for r, b in op["blobs"].items()}} for op in sg["ops"]]}
 
 
 @dataclass(frozen=True)
@@ -119,6 +176,19 @@ class CompiledModel:
                 ops=list(sg.get("ops", [])), nodes=list(sg.get("nodes", [])),
             ))
         return out
+
+    @property
+    def programs(self) -> list[dict]:
+        """One manifest per compiled shape set, the first being :attr:`manifest` itself; the others
+        are it with a variant's ``inputs``, ``outputs``, ``subgraphs``, ``tensors``, ``memory`` and
+        ``notes`` (all blobs live in one table)."""
+        base = {k: v for k, v in self.manifest.items() if k != VARIANTS}
+        return [self.manifest, *({**base, **v} for v in self.manifest.get(VARIANTS, []))]
+
+    @property
+    def input_shapes(self) -> list[dict[str, list[int]]]:
+        """The compiled shape sets, ``{input: shape}`` per program, in :attr:`programs` order."""
+        return [{i["name"]: list(i["shape"]) for i in p["inputs"]} for p in self.programs]
 
     def __repr__(self) -> str:
         n_acc = sum(1 for s in self.subgraphs if s.on_accelerator)

@@ -19,6 +19,10 @@ reading a tensor nobody makes.  :func:`validate` accepts exactly the manifests t
    input type, and the memory plan itself (``memory.plan`` on the ops, so an arena size or buffer
    offset that differs from the plan is refused, and the arena is bounded by the tensors).
 
+A file compiled for several input shape sets (format 1.1) holds one program per set: the
+manifest's own, and one per ``variants`` entry (its shape-dependent fields over the shared blob
+table), each validated as a whole manifest; input/output names, dtypes and ranks must agree.
+
 Files of a newer *minor* format version may carry fields this reader does not know: they are
 ignored (a minor version only adds); at this reader's version an unknown field is corruption.
 Every failure is ``NPF_COMPILE_CORRUPT`` naming the field (``subgraphs[0].ops[3].attrs.strides``).
@@ -44,7 +48,9 @@ from . import memory
 
 #: The ``.npuf`` format version this schema describes (``artifact.FORMAT_MAJOR/MINOR`` are taken
 #: from it): a change of the manifest is a change of this schema and of the version together.
-SCHEMA_VERSION = (1, 0)
+SCHEMA_VERSION = (1, 1)
+#: Files without ``variants`` (one shape set) are written as 1.0, byte for byte as before 1.1.
+SINGLE_SHAPE_MINOR = 0
 
 #: numpy names of every ONNX tensor type except strings (what a tensor of a compiled model may be).
 DTYPES = frozenset(helper.tensor_dtype_to_np_dtype(v).name for v in TensorProto.DataType.values()
@@ -471,6 +477,17 @@ class MemoryInfo(Strict):
     peak_activation_bytes: Count
 
 
+class Variant(Strict):
+    """A program for another input shape set (format 1.1): what depends on the shapes."""
+
+    inputs: list[Io]
+    outputs: Annotated[list[Io], Field(min_length=1)]
+    subgraphs: list[dict]  # validated as a whole manifest's, below
+    tensors: dict[str, Tensor]
+    memory: MemoryInfo
+    notes: list[str]
+
+
 class Manifest(Strict):
     format: Literal["npuf"]
     npuflow_version: Name
@@ -486,6 +503,7 @@ class Manifest(Strict):
     preprocessing: Optional[dict] = None
     notes: list[str]
     blobs: dict[str, Blob]
+    variants: Optional[Annotated[list[Variant], Field(min_length=1, max_length=256)]] = None
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -509,6 +527,31 @@ def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_mino
         m = Manifest.model_validate(manifest, context=context)
     except ValidationError as exc:
         raise _schema_error(exc, "") from None
+    for k in range(len(m.variants or [])):
+        _check_variant(m, manifest, k, blob_bytes, newer_minor)
+    _check_program(m, context, blob_bytes)
+    return m
+
+
+def _check_variant(m: Manifest, manifest: dict, k: int, blob_bytes: Callable[[str], bytes], newer_minor: bool) -> None:
+    """A variant is a whole program over the shared blob table, with the first program's input and
+    output names, dtypes and ranks, and shapes of its own."""
+    where = f"variants[{k}]"
+    base = {key: value for key, value in manifest.items() if key != "variants"}
+    try:
+        v = validate({**base, **manifest["variants"][k]}, blob_bytes, newer_minor=newer_minor)
+    except SchemaError as exc:
+        raise SchemaError(f"{where}.{exc.field}", exc.reason) from None
+    for label, mine, first in (("inputs", v.inputs, m.inputs), ("outputs", v.outputs, m.outputs)):
+        if [(t.name, t.dtype, len(t.shape)) for t in mine] != [(t.name, t.dtype, len(t.shape)) for t in first]:
+            raise SchemaError(f"{where}.{label}", "names, dtypes or ranks differ from the first program's")
+    shapes = [[t.shape for t in m.inputs]] + [[t.shape for t in w.inputs] for w in (m.variants or [])[:k]]
+    if [t.shape for t in v.inputs] in shapes:
+        raise SchemaError(f"{where}.inputs", "the same input shapes as an earlier program")
+
+
+def _check_program(m: Manifest, context: dict, blob_bytes: Callable[[str], bytes]) -> None:
+    """One program: its subgraphs, their references and derived facts, and its interface."""
     _check_limits(m)
     _check_target(m)
     available = {io.name for io in m.inputs}
@@ -533,7 +576,6 @@ def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_mino
             raise SchemaError(where, f"{io.name!r} is {io.dtype} {io.shape} but tensors has {t.dtype} {t.shape}")
         if k >= len(m.inputs) and io.name not in available:
             raise SchemaError(where, f"output {io.name!r} is made by no subgraph")
-    return m
 
 
 def _schema_error(exc: ValidationError, prefix: str) -> SchemaError:

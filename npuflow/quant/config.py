@@ -135,7 +135,8 @@ class QuantConfig(_Strict):
     max_calib_samples: int | None = Field(default=None, ge=1)
     #: Let calibration samples differ from the shape the model is quantized at in the dimensions
     #: the source model leaves dynamic (OCR line widths); off, every sample must have that shape.
-    calib_dynamic_dims: bool = False
+    #: None (default): on exactly when the source has dynamic dims that ``input_shapes`` leaves open.
+    calib_dynamic_dims: bool | None = None
     report_samples: int = Field(default=2, ge=0)
     #: The quantized model's output cosine similarity to the float model on the first
     #: ``similarity_samples`` calibration samples must reach this, or quantize warns (``strict``:

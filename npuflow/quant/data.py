@@ -18,6 +18,7 @@ coded errors naming the sample (its file for a folder source).
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,22 @@ class CalibrationSource:
         if n is None:
             raise TypeError("length unknown")
         return min(n, self.limit) if self.limit is not None else n
+
+
+def peek(data: Any, inputs: Sequence[InputSpec], *, shapes: Mapping[str, Sequence[int]] | None = None,
+         dtype: str = "float32") -> tuple[Sample, Any]:
+    """The first sample of ``data``, checked against ``inputs``, and what to read every sample from
+    afterwards: ``data`` itself, or for a one-shot iterator one that yields that sample again.
+
+    Why: a model with dynamic dimensions no ``--input-shape`` resolves is quantized at the first
+    calibration sample's shape, which must be known before the model is loaded.
+    """
+    if isinstance(data, Iterator):
+        head = list(itertools.islice(data, 1))
+        if not head:
+            raise NpuflowError("NPF_QUANT_CALIB_EMPTY", source=type(data).__name__)
+        return check_sample(head[0], inputs, 0), itertools.chain(head, data)
+    return next(iter(CalibrationSource(data, inputs, shapes=shapes, dtype=dtype, limit=1))), data
 
 
 def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exact_dtype: bool = False) -> Sample:

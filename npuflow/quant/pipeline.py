@@ -56,7 +56,7 @@ from .algorithms import apply as algorithms
 from .assign import assign
 from .calibrate import Progress, collect
 from .config import HISTOGRAM_METHODS, QuantConfig
-from .data import CalibrationSource, InputSpec
+from .data import CalibrationSource, InputSpec, peek
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
 from . import percentile_search
@@ -84,6 +84,9 @@ class QuantizedModel:
     info: dict = field(default_factory=dict)
     #: the accuracy check's finding (NPF_QUANT_LOW_SIMILARITY), None when the outputs held up
     problem: NpuflowError | None = None
+    #: ``save`` writes ``dynamic_model`` as quantized_model.onnx: the source's dynamic dims were
+    #: left open (no ``input_shapes``), so the saved model runs every size the source runs
+    saves_dynamic: bool = False
 
     def require_similarity(self) -> None:
         """Raise the accuracy check's ``NPF_QUANT_LOW_SIMILARITY``, if it found one (``--strict``)."""
@@ -97,7 +100,8 @@ class QuantizedModel:
         a failure or Ctrl-C leaves an earlier run's files in ``out_dir`` as they were, never a
         mix of two runs.
         """
-        qmodel = to_plain_qdq(self.model) if plain_qdq else self.model
+        qmodel = self.dynamic_model if self.saves_dynamic else self.model
+        qmodel = to_plain_qdq(qmodel) if plain_qdq else qmodel
         writers = {
             "original_float_model.onnx": lambda p: model_io.save(self.original_model, p),
             "optimized_float_model.onnx": lambda p: model_io.save(self.float_model, p),
@@ -129,12 +133,22 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     shapes = dict(input_shapes or {})
 
     source_proto = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
+    open_dims = {n: at for n, at in model_io.dynamic_dims(source_proto).items() if n not in shapes}
+    if open_dims:  # what --input-shape leaves open is quantized at the first sample's shape
+        first, calib_data = peek(calib_data, _input_specs(source_proto, {}, True), shapes=cfg.calib_shapes,
+                                 dtype=cfg.calib_dtype)
+        shapes.update({n: list(first[n].shape) for n in open_dims})
     loaded = model_io.load(source_proto, shapes, infer_shapes=False)
     original = model_io.infer_static_shapes(loaded)
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
-    twins = cfg.calib_dynamic_dims
+    twins = bool(open_dims) if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
     _step(progress, "optimize")
     d_opt = optimize_float(_dynamic_twin(source_proto, loaded) if twins else original)
+    if twins and cfg.calib_dynamic_dims is None and _branches_on_shape(d_opt, static_inputs):
+        log.info("the model branches on its dynamic input dimensions: quantized and saved at %s", static_inputs)
+        twins = False
+        d_opt = optimize_float(original)
+    cfg = cfg.model_copy(update={"calib_dynamic_dims": twins})  # as resolved, for callers reading samples again
     d_opt = algorithms.pre_calibration(d_opt, cfg, lambda: CalibrationSource(
         calib_data, _input_specs(d_opt, static_inputs, cfg.calib_dynamic_dims), shapes=cfg.calib_shapes,
         dtype=cfg.calib_dtype, limit=cfg.max_calib_samples))
@@ -188,7 +202,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                       bias_corrected=applied.get("bias_correction", {}).get("kept", False),
                       fast_finetuned=cfg.fast_finetune is not None, algorithms=applied)
     result = QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,
-                            quant_params=asg_s.params, report=report, target=tgt, config=cfg, info=info, problem=problem)
+                            quant_params=asg_s.params, report=report, target=tgt, config=cfg, info=info, problem=problem,
+                            saves_dynamic=twins and not input_shapes)
     if strict:
         result.require_similarity()
     return result
@@ -230,21 +245,29 @@ def _length(data: CalibrationSource) -> int | None:
 
 
 def _dynamic_twin(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
-    """The loaded model with the source's dynamic input dimensions left symbolic and no value_info."""
-    src_dims = {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+    """The loaded model with the source's dynamic input dimensions left symbolic (named as in the
+    source) and no value_info."""
+    src_dims = {i.name: [None if d.HasField("dim_value") and d.dim_value > 0 else d.dim_param
                          for d in i.type.tensor_type.shape.dim] for i in model_io.graph_inputs(source)}
     proto = onnx.ModelProto()
     proto.CopyFrom(loaded)
     for inp in model_io.graph_inputs(proto):
         dims = src_dims.get(inp.name, [])
         for k, d in enumerate(inp.type.tensor_type.shape.dim):
-            if k < len(dims) and dims[k] is None:
+            if k < len(dims) and dims[k] is not None:  # the source's name, so a saved model keeps it
                 d.Clear()
-                d.dim_param = f"{inp.name}_dim{k}"
+                d.dim_param = dims[k] or f"{inp.name}_dim{k}"
     del proto.graph.value_info[:]
     for out in proto.graph.output:
         out.type.tensor_type.ClearField("shape")
     return proto
+
+
+def _branches_on_shape(d_model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> bool:
+    """Whether freezing the inputs folds control flow away (an ``If`` on the input length): then the
+    dynamic twin's tensors are not the static one's and cannot calibrate it by name."""
+    held = model_io.control_flow_nodes(d_model)
+    return bool(held) and held != model_io.control_flow_nodes(_static_twin(d_model, static_inputs))
 
 
 def _static_twin(d_model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> onnx.ModelProto:

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import NpuflowError
 from ..model import write_atomic
 from ..targets import Target, load_target, same_fingerprint
-from ..compiler.compiled import CompiledModel
+from ..compiler.compiled import CompiledModel, shape_sets_text
 from .executors import IntegerExecutor, OnnxExecutor
 from .runner import Runner, TensorInfo
 
@@ -77,6 +77,26 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
 
 
+class _Program:
+    """The executors of one compiled shape set (a ``.npuf`` holds one, or several)."""
+
+    def __init__(self, manifest: dict, blob: Callable[[str], np.ndarray | bytes], threads: int,
+                 cpu_threads: int | None, fuse: bool) -> None:
+        self.subgraphs = manifest["subgraphs"]
+        self.executors: list[IntegerExecutor | OnnxExecutor] = []
+        for sg in self.subgraphs:
+            if sg["engine"] == "integer":
+                self.executors.append(IntegerExecutor(sg, manifest["tensors"], blob, threads=threads, fuse=fuse))
+            else:
+                self.executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
+                                                   lookup=fuse))
+        self.inputs = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
+        self.elements = sum(int(np.prod(s)) for s in self.inputs.values())
+        self.input_infos = [TensorInfo(i["name"], tuple(i["shape"]), i["dtype"], i.get("quant")) for i in manifest["inputs"]]
+        self.output_infos = [TensorInfo(o["name"], tuple(o["shape"]), o["dtype"], o.get("quant"))
+                             for o in manifest["outputs"]]
+
+
 class Session:
     """Runs a compiled model: integer executor for accelerator subgraphs, ONNX Runtime for CPU."""
 
@@ -90,24 +110,17 @@ class Session:
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         self.compiled = model if isinstance(model, CompiledModel) else CompiledModel.load(model)
-        m = self.compiled.manifest
         if target is not None:
             tgt = target if isinstance(target, Target) else load_target(target)
             if not same_fingerprint(tgt.fingerprint, self.compiled.fingerprint):
                 raise NpuflowError("NPF_RUNTIME_TARGET_MISMATCH", compiled=self.compiled.target_name,
                                    compiled_fp=self.compiled.fingerprint, target=tgt.name,
                                    target_fp=tgt.fingerprint)
-        self._subgraphs = m["subgraphs"]
-        self._executors = []
-        for sg in self._subgraphs:
-            if sg["engine"] == "integer":
-                self._executors.append(IntegerExecutor(sg, m["tensors"], self.compiled.blob, threads=threads,
-                                                       fuse=fuse))
-            else:
-                self._executors.append(OnnxExecutor(sg, self.compiled.blob(sg["onnx"]),
-                                                    threads if cpu_threads is None else cpu_threads, lookup=fuse))
-        self._inputs = [TensorInfo(i["name"], tuple(i["shape"]), i["dtype"], i.get("quant")) for i in m["inputs"]]
-        self._outputs = [TensorInfo(o["name"], tuple(o["shape"]), o["dtype"], o.get("quant")) for o in m["outputs"]]
+        self._programs = [_Program(p, self.compiled.blob, threads, cpu_threads, fuse) for p in self.compiled.programs]
+        first = self._programs[0]
+        # the first program is the one runners(), run_op() and the description refer to
+        self._subgraphs, self._executors = first.subgraphs, first.executors
+        self._inputs, self._outputs = first.input_infos, first.output_infos
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
 
@@ -135,12 +148,37 @@ class Session:
 
     # --- running ----------------------------------------------------------------------------
 
-    def _validate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    @property
+    def input_shapes(self) -> list[dict[str, list[int]]]:
+        """The compiled shape sets (one per program; several for a ``.npuf`` compiled with
+        repeated ``--input-shape``)."""
+        return self.compiled.input_shapes
+
+    def select(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """The program :meth:`run` uses for inputs of these shapes: the one with the fewest input
+        elements among those at least as large in every dimension; dimensions that all programs
+        share must match exactly.  ``NPF_RUNTIME_INPUT_SHAPE`` / ``NPF_RUNTIME_SHAPE_TOO_LARGE``."""
+        for t in self._inputs:
+            got = tuple(shapes[t.name])
+            fixed = [k for k in range(len(t.shape)) if len({p.inputs[t.name][k] for p in self._programs}) == 1]
+            if len(got) != len(t.shape) or any(got[k] != t.shape[k] for k in fixed):
+                expected = "x".join("?" if k not in fixed else str(d) for k, d in enumerate(t.shape))
+                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t.name, got=list(got),
+                                   expected=expected if len(self._programs) > 1 else list(t.shape))
+        fits = [k for k, p in enumerate(self._programs)
+                if all(g <= d for name, shape in shapes.items() for g, d in zip(shape, p.inputs[name]))]
+        if not fits:
+            raise NpuflowError("NPF_RUNTIME_SHAPE_TOO_LARGE", got=shape_sets_text([dict(shapes)]),
+                               shapes=shape_sets_text(self.input_shapes))
+        return min(fits, key=lambda k: (self._programs[k].elements, k))
+
+    def _validate(self, inputs: Mapping[str, np.ndarray]) -> tuple["_Program", dict[str, np.ndarray]]:
+        """The program to run and its feeds: inputs checked, and padded with zeros at the end of
+        every dimension that is smaller than the program's (several compiled shapes only)."""
         names = [t.name for t in self._inputs]
         for name in inputs:
             if name not in names:
                 raise NpuflowError("NPF_RUNTIME_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
-        feeds = {}
         for t in self._inputs:
             if t.name not in inputs:
                 raise NpuflowError("NPF_RUNTIME_MISSING_INPUT", name=t.name, inputs=", ".join(names))
@@ -149,16 +187,22 @@ class Session:
             if not isinstance(a, np.ndarray) or dtype != np.dtype(t.dtype):
                 raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=t.name,
                                    got=str(dtype) if dtype is not None else type(a).__name__, expected=t.dtype)
-            if tuple(a.shape) != t.shape:
-                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t.name, got=list(a.shape), expected=list(t.shape))
-            feeds[t.name] = np.ascontiguousarray(a)
-        return feeds
+        program = self._programs[self.select({t.name: inputs[t.name].shape for t in self._inputs})]
+        feeds = {}
+        for name, want in program.inputs.items():
+            a = inputs[name]
+            if a.shape != want:
+                a = np.pad(a, [(0, w - g) for g, w in zip(a.shape, want)])
+            feeds[name] = np.ascontiguousarray(a)
+        return program, feeds
 
-    def _run_subgraph(self, k: int, feeds: dict[str, np.ndarray], dump=None) -> dict[str, np.ndarray]:
-        sg = self._subgraphs[k]
+    def _run_subgraph(self, k: int, feeds: dict[str, np.ndarray], dump=None,
+                      program: "_Program | None" = None) -> dict[str, np.ndarray]:
+        program = program or self._programs[0]
+        sg = program.subgraphs[k]
         listeners = self._listeners
         start = time.perf_counter_ns()
-        result = self._executors[k].run(feeds, dump)
+        result = program.executors[k].run(feeds, dump)
         end = time.perf_counter_ns()
         if listeners:
             event = SubgraphEvent(k, sg["name"], sg["device"], sg["engine"], threading.get_ident(), start, end)
@@ -168,8 +212,14 @@ class Session:
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None,
             *, dump_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-        """Run the model; returns ``{output name: array}`` (all outputs unless ``output_names``)."""
-        env = self._validate(inputs)
+        """Run the model; returns ``{output name: array}`` (all outputs unless ``output_names``).
+
+        A model compiled for several shape sets runs the smallest that fits the inputs
+        (:meth:`select`) on the inputs padded with zeros at the end of each smaller dimension, and
+        returns that program's outputs whole: where an output dimension follows a padded input
+        dimension (an OCR line's time steps), its last positions are computed from the padding.
+        """
+        program, env = self._validate(inputs)
         dumped: dict[str, str] = {}
         dump = None
         if dump_dir is not None:
@@ -187,9 +237,9 @@ class Session:
                 np.save(out_dir / f"{fname}.npy", np.ascontiguousarray(value))
                 dumped[name] = f"{fname}.npy"
 
-        for k, sg in enumerate(self._subgraphs):
+        for k, sg in enumerate(program.subgraphs):
             feeds = {i: env[i] for i in sg["inputs"]}
-            env.update(self._run_subgraph(k, feeds, dump))
+            env.update(self._run_subgraph(k, feeds, dump, program))
         if dump_dir is not None:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         names = output_names or [t.name for t in self._outputs]
