@@ -106,13 +106,17 @@ class LayerOverride(_Strict):
 
 
 class FastFinetune(_Strict):
-    """Layer-wise weight tuning after calibration (AdaRound / AdaQuant, issue 7)."""
+    """Weight tuning after calibration: layer-wise (AdaRound / AdaQuant, issue 7) or block-wise
+    (``brecq``: BRECQ block reconstruction with QDrop, issue 18; needs torch)."""
 
-    method: Literal["adaround", "adaquant"] = "adaround"
-    iters: int = Field(default=500, ge=1, le=100_000)  # 10x AIMET's default; beyond, a typo runs for days
-    lr: float | None = Field(default=None, gt=0)  # None: 1e-2 (AdaRound) / 1e-4 (AdaQuant)
-    batch: int = Field(default=256, ge=1)  # patch columns per optimisation step
+    method: Literal["adaround", "adaquant", "brecq"] = "adaround"
+    iters: int = Field(default=500, ge=1, le=100_000)  # per layer (per block for brecq); beyond, a typo runs for days
+    lr: float | None = Field(default=None, gt=0)  # None: 1e-2 (AdaRound, brecq) / 1e-4 (AdaQuant)
+    batch: int = Field(default=256, ge=1)  # patch columns per optimisation step (layer-wise)
     backend: Literal["auto", "numpy", "torch"] = "auto"
+    drop_prob: float = Field(default=0.5, ge=0, le=1)  # brecq: QDrop's chance an activation skips quantization
+    block_batch: int = Field(default=4, ge=1)  # brecq: calibration samples per optimisation step
+    block_layers: int = Field(default=3, ge=1)  # brecq: weight layers per block, at least
 
 
 class QuantConfig(_Strict):

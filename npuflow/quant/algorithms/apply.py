@@ -69,9 +69,14 @@ def after_export(
         ff = cfg.fast_finetune
         q, rep = fast_finetune(float_model, q, feeds, FinetuneSettings(
             method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, backend=ff.backend,
-            round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value))
+            round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value, drop_prob=ff.drop_prob,
+            block_batch=ff.block_batch, block_layers=ff.block_layers))
         summary["fast_finetune"] = {"method": ff.method, "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
+        if rep.blocks:
+            summary["fast_finetune"]["blocks"] = [
+                {"layers": b.layers, "error_before": b.error_before, "error_after": b.error_after,
+                 "seconds": round(b.seconds, 2)} for b in rep.blocks]
     if cfg.include_bias_corr:
         # empirical only: the data-free variant (correct_data_free) estimates the same shift
         # from BN statistics and is for callers without data; applying both would correct twice

@@ -1,4 +1,5 @@
-"""Fast finetune: AdaRound or AdaQuant over every weight layer of a QDQ model.
+"""Fast finetune: AdaRound or AdaQuant over every weight layer of a QDQ model, or block
+reconstruction (``brecq``, :mod:`.block_recon`) over blocks of layers.
 
 Each layer solves ``W x_q + b ~ W_float x_float + b``: its inputs ``x_q`` are what the quantized
 model feeds it and its targets are the float layer's outputs on the float model's inputs (input
@@ -23,7 +24,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -34,15 +35,16 @@ from ...errors import NpuflowError
 from ...model import write_atomic
 from .adaquant import adaquant
 from .adaround import adaround
+from .block_recon import Block, BlockResult, BlockRunner, plan_blocks, reconstruct, require_torch, write_block
 from .graph import Feed, WeightLayer, capture, layer_bias, layer_weight, upstream, weight_layers
-from .layer_problem import LayerProblem, forward, torch_available
+from .layer_problem import LayerProblem, forward, torch_available, torch_threads
 from .patches import PatchSampler, grouped_weight
-from .qdq_weights import (QuantizedLayer, quantized_layers, read_bias, read_codes, scale_rows, write_bias,
+from .qdq_weights import (QuantizedLayer, code_limits, quantized_layers, read_bias, read_codes, scale_rows, write_bias,
                           write_codes)
 
 log = logging.getLogger(__name__)
 
-METHODS = ("adaround", "adaquant")
+METHODS = ("adaround", "adaquant", "brecq")
 
 
 @dataclass
@@ -57,6 +59,9 @@ class FinetuneSettings:
     backend: str = "auto"        # auto | numpy | torch
     round_mode: str = "std_round"
     seed: int = 0
+    drop_prob: float = 0.5       # brecq: QDrop's probability of passing an activation unquantized
+    block_batch: int = 4         # brecq: calibration samples per step
+    block_layers: int = 3        # brecq: weight layers a block holds at least
 
     def key(self) -> dict:
         return {"method": self.method, "iters": self.iters, "lr": self.learning_rate, "batch": self.batch,
@@ -66,7 +71,7 @@ class FinetuneSettings:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 1e-2 if self.method == "adaround" else 1e-4
+        return 1e-4 if self.method == "adaquant" else 1e-2
 
 
 @dataclass
@@ -81,6 +86,7 @@ class LayerResult:
 @dataclass
 class FinetuneReport:
     layers: list[LayerResult] = field(default_factory=list)
+    blocks: list[BlockResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -111,7 +117,10 @@ def fast_finetune(
     """A copy of ``qmodel`` whose weight codes (and, for AdaQuant, biases) were finetuned."""
     st = settings or FinetuneSettings()
     if st.method not in METHODS:
-        raise ValueError(f"fast_finetune method must be one of {METHODS}, not {st.method!r}")
+        raise NpuflowError("NPF_QUANT_BAD_CONFIG",
+                           reason=f"fast_finetune.method must be one of {', '.join(METHODS)}, not {st.method!r}")
+    if st.method == "brecq":
+        require_torch()
     backend = resolve_backend(st.backend)
     t0 = time.time()
     out = onnx.ModelProto()
@@ -119,43 +128,80 @@ def fast_finetune(
     report = FinetuneReport()
     feeds = list(calibration)
     jobs = layer_jobs(float_model, out, max(1, st.samples // max(len(feeds), 1)), report.skipped)
-    fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in jobs})
+    units: list[LayerJob | Block] = list(jobs)
+    if st.method == "brecq":
+        float_names = {i.name for i in float_model.graph.input} | {o for n in float_model.graph.node for o in n.output}
+        units = plan_blocks(out, float_names, jobs, st.block_layers)
+    alone = [u for u in units if isinstance(u, LayerJob)]
+    fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone})
+    blocks = [u for u in units if isinstance(u, Block)]
+    fb = _collect_tensors(float_model, feeds, sorted({t for b in blocks for t in (b.start, b.end)}))
     inputs = QuantizedInputs(out, feeds)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    for k, job in enumerate(jobs):
-        ql, w, g = job.ql, job.w, job.sampler.groups
+    for k, unit in enumerate(units):
         if progress:
-            progress(ql.name, k, len(jobs))
-        t1 = time.time()
-        prob = layer_problem(float_model, job, inputs, fx[ql.name], st.round_mode)
-        nearest = grouped_weight(read_codes(out, ql, st.round_mode), g)
-        before = prob.error(nearest)
-        key = _cache_key(prob, st)
-        path = cache / key[:2] / f"{key}.npz"
-        hit = _load(path, nearest.shape, prob.b.shape)
-        cached = hit is not None
-        if hit is not None:
-            codes, bias = hit
+            progress(unit.name if isinstance(unit, Block) else unit.ql.name, k, len(units))
+        if isinstance(unit, Block):
+            report.blocks.append(_solve_block(out, unit, inputs, fb, st))
         else:
-            if st.method == "adaround":
-                codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
-            else:
-                codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed)
-            after = prob.error(codes, bias)
-            if after > before:  # never make a layer worse than nearest rounding
-                codes, bias = nearest, prob.b
-            _save(path, codes, bias)
-        after = prob.error(codes, bias)
-        write_codes(out, ql, codes.reshape(w.shape))
-        if st.method == "adaquant":
-            write_bias(out, ql, np.asarray(bias).reshape(-1))
-        report.layers.append(LayerResult(ql.name, before, after, cached, time.time() - t1))
-        log.debug("%s %s: error %.3g -> %.3g (%s, %.1f s)", st.method, ql.name, before, after,
-                  "cached" if cached else "solved", time.time() - t1)
+            report.layers.append(_solve_layer(float_model, out, unit, inputs, fx[unit.ql.name], st, backend, cache))
     report.seconds = time.time() - t0
-    log.info("fast finetune (%s): %d layers, %d cached, %.1f s", st.method, len(report.layers),
-             sum(r.cached for r in report.layers), report.seconds)
+    log.info("fast finetune (%s): %d blocks, %d layers alone, %d cached, %.1f s", st.method, len(report.blocks),
+             len(report.layers), sum(r.cached for r in report.layers), report.seconds)
     return out, report
+
+
+def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
+                 float_patches: np.ndarray, st: FinetuneSettings, backend: str, cache: Path) -> LayerResult:
+    """One layer, AdaRound or AdaQuant (``brecq`` solves the layers outside blocks with AdaRound),
+    written into ``out``."""
+    ql, w, g = job.ql, job.w, job.sampler.groups
+    method = "adaquant" if st.method == "adaquant" else "adaround"
+    lst = replace(st, method=method)
+    t1 = time.time()
+    prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode)
+    nearest = grouped_weight(read_codes(out, ql, st.round_mode), g)
+    before = prob.error(nearest)
+    key = _cache_key(prob, lst)
+    path = cache / key[:2] / f"{key}.npz"
+    hit = _load(path, nearest.shape, prob.b.shape)
+    cached = hit is not None
+    if hit is not None:
+        codes, bias = hit
+    else:
+        if method == "adaround":
+            codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
+        else:
+            codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed)
+        after = prob.error(codes, bias)
+        if after > before:  # never make a layer worse than nearest rounding
+            codes, bias = nearest, prob.b
+        _save(path, codes, bias)
+    after = prob.error(codes, bias)
+    write_codes(out, ql, codes.reshape(w.shape))
+    if method == "adaquant":
+        write_bias(out, ql, np.asarray(bias).reshape(-1))
+    log.debug("%s %s: error %.3g -> %.3g (%s, %.1f s)", method, ql.name, before, after,
+              "cached" if cached else "solved", time.time() - t1)
+    return LayerResult(ql.name, before, after, cached, time.time() - t1)
+
+
+def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs,
+                 float_values: dict[str, list[np.ndarray]], st: FinetuneSettings) -> BlockResult:
+    """One block by :func:`.block_recon.reconstruct`, written into ``out``."""
+    t1 = time.time()
+    with torch_threads():
+        runner = BlockRunner(out, block, st.round_mode)
+        x = np.concatenate(inputs.get(block.start), axis=0)
+        codes, before, after = reconstruct(
+            runner, x, np.concatenate(float_values[block.start], axis=0),
+            np.concatenate(float_values[block.end], axis=0), st.iters, st.learning_rate,
+            st.block_batch, st.drop_prob, seed=st.seed)
+    write_block(out, runner, codes)
+    res = BlockResult(block.name, [j.ql.name for j in block.jobs], before, after, time.time() - t1)
+    log.debug("brecq %s (%d layers): error %.3g -> %.3g (%.1f s)", res.name, len(res.layers), before, after,
+              res.seconds)
+    return res
 
 
 @dataclass
@@ -228,11 +274,22 @@ def layer_problem(float_model: onnx.ModelProto, job: LayerJob, inputs: Quantized
     wg = grouped_weight(w, g)
     y = forward(wg.astype(np.float32), float_patches) + layer_bias(float_model, job.fl, w.shape[0]).reshape(g, -1, 1)
     s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
-    lo, hi = ql.qlimits()
     qmodel = inputs.model
-    if lo == -(2 ** (ql.bits - 1)) and read_codes(qmodel, ql).min() > lo:
-        lo += 1  # narrow range: keep the most negative code unused, as the quantizer did
+    lo, hi = code_limits(ql, read_codes(qmodel, ql))
     return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode)
+
+
+def _collect_tensors(model: onnx.ModelProto, feeds: list[Feed], names: list[str]) -> dict[str, list[np.ndarray]]:
+    """``{tensor: [value per feed]}`` of ``model`` (graph inputs are taken from the feeds)."""
+    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    inputs = {i.name for i in model.graph.input}
+    run = [n for n in names if n not in inputs]
+    for n in names:
+        if n in inputs:
+            got[n] = [np.asarray(f[n]) for f in feeds]
+    if run:
+        capture(model, feeds, run, lambda _, v: [got[n].append(v[n]) for n in run])
+    return got
 
 
 def _collect(model, feeds, wanted: dict[str, tuple[str, PatchSampler]]) -> dict[str, np.ndarray]:

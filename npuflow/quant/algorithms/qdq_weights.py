@@ -130,6 +130,15 @@ def read_codes(model: onnx.ModelProto, layer: QuantizedLayer, round_mode: RoundM
     return np.clip(q, lo, hi)
 
 
+def code_limits(layer: QuantizedLayer, codes: np.ndarray) -> tuple[int, int]:
+    """The layer's code range; narrow (most negative code unused) when the quantizer left
+    ``codes`` so, which a learned rounding must keep."""
+    lo, hi = layer.qlimits()
+    if lo == -(2 ** (layer.bits - 1)) and codes.min() > lo:
+        lo += 1
+    return lo, hi
+
+
 def _zp_rows(layer: QuantizedLayer, stored_shape) -> np.ndarray:
     zp = layer.zero_point.astype(np.float64).reshape(-1)
     if zp.size == 1:
