@@ -33,7 +33,10 @@ def quantize_command(
     output: Path = output_option(..., "DIR", "Output folder for the models, quant_info.json and the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON "
                                           "or YAML)."),
-    input_shape: Optional[List[str]] = input_shape_option(),
+    input_shape: Optional[List[str]] = input_shape_option(
+        "Freeze an input's shape, and quantized_model.onnx with it (not needed for dynamic inputs: without it "
+        "they take the first calibration sample's shape, samples may vary in the dynamic dims, and the saved "
+        "model keeps them)"),
     probe_value: Optional[List[str]] = typer.Option(
         None, "--probe-value", metavar="NAME=VALUE",
         help="Value the shape probe feeds an input (e.g. sr=16000); kept in the quantized model."),
