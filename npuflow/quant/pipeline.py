@@ -1,10 +1,12 @@
 """``npuflow.quantize``: the post-training quantization pipeline, one clear step after another.
 
-1. load the model with static input shapes (the ``input_shapes`` given, or the model's own): the
-   quantizer works on this one graph, folded as ``check`` folds it, so the placement ``check``
-   reports is the one quantized.  Only with ``calib_dynamic_dims`` does a *dynamic* twin keep
-   the dimensions the source leaves dynamic (OCR widths, batch) for calibration samples that
-   differ in shape;
+1. load the model with static input shapes (the ``input_shapes`` given; dimensions they leave
+   dynamic take the first calibration sample's shape, :func:`.data.peek`): the quantizer works
+   on this one graph, folded as ``check`` folds it, so the placement ``check`` reports is the
+   one quantized.  A *dynamic* twin keeps the dimensions the source leaves dynamic (OCR widths,
+   batch) for calibration samples that differ in shape, and is what ``save`` writes when no
+   ``input_shapes`` were given (``calib_dynamic_dims`` unset: a twin exactly when dimensions are
+   left open; true/false force it);
 2. float optimisation (:func:`npuflow.passes.optimize.optimize_float`) -> the optimised float
    model; the static one is ``optimized_float_model.onnx``;
 3. pre-calibration float algorithms (CLE, ``include_cle``) on the float model
@@ -23,13 +25,13 @@
    warns (``strict``: raises ``NPF_QUANT_LOW_SIMILARITY``).  A collapsed model (PP-OCRv4 det
    on a DPU: text maps at 1e-5 where FP32 finds text) is never returned silently.
 
-Calibration samples must have the shape the model is quantized at (the ``input_shapes`` given,
-or the model's static one), unless ``calib_dynamic_dims`` lets the source's dynamic dimensions
-vary: a 640-pixel set for a model frozen at 320 gives ranges of another input distribution.
+Calibration samples must have the shape the model is quantized at, unless twins let the source's
+dynamic dimensions vary: a 640-pixel set for a model frozen at 320 gives ranges of another input
+distribution.
 
 With twins, tensor and node names are identical in both, so statistics gathered on the dynamic
 one apply to the static one by name; what the static twin folds (a shape-dependent ``If``) the
-dynamic one keeps, which is why twins are only made when asked for.
+dynamic one keeps, which is why such a model gets no twin unless ``calib_dynamic_dims`` is true.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import itertools
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -245,10 +248,15 @@ def _length(data: CalibrationSource) -> int | None:
 
 
 def _dynamic_twin(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
-    """The loaded model with the source's dynamic input dimensions left symbolic (named as in the
-    source) and no value_info."""
+    """The loaded model with the source's dynamic input dimensions left symbolic and no value_info.
+
+    A dimension keeps the source's name (a saved model shows what the exporter wrote) when that
+    name is used once; a repeated one (paddle2onnx writes ``?`` for height and width) would tell
+    shape inference the dimensions are equal, so those get their own names."""
     src_dims = {i.name: [None if d.HasField("dim_value") and d.dim_value > 0 else d.dim_param
                          for d in i.type.tensor_type.shape.dim] for i in model_io.graph_inputs(source)}
+    uses = Counter(name for dims in src_dims.values() for name in dims if name)
+    src_dims = {i: [d if d is None or uses[d] == 1 else "" for d in dims] for i, dims in src_dims.items()}
     proto = onnx.ModelProto()
     proto.CopyFrom(loaded)
     for inp in model_io.graph_inputs(proto):

@@ -77,6 +77,19 @@ def test_quantize_without_input_shape_keeps_the_dynamic_dims(tmp_path):
     assert _input_dims(frozen / "quantized_model.onnx") == [1, 3, 6, 10]
 
 
+def test_a_repeated_dim_name_is_not_an_equality():
+    """paddle2onnx writes ``?`` for height and width; kept, it would tell shape inference H == W."""
+    m = two_conv_net()
+    for k in (2, 3):
+        m.graph.input[0].type.tensor_type.shape.dim[k].dim_param = "?"
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    q = npuflow.quantize(m, samples((1, 3, 6, 6), 1) + samples((1, 3, 4, 12), 1), "cpu-int8")
+    dims = [d.dim_param for d in q.dynamic_model.graph.input[0].type.tensor_type.shape.dim[2:]]
+    assert dims[0] != dims[1] and "?" not in dims
+    y = ort.InferenceSession(q.dynamic_model.SerializeToString()).run(None, {"x": samples((1, 3, 5, 9), 1)[0]})[0]
+    assert y.shape == (1, 2, 5, 9)
+
+
 def _config(tmp_path, text: str) -> str:
     path = tmp_path / "quant.yaml"
     path.write_text(text + "\n")
