@@ -13,8 +13,9 @@ file fails fast with its name; samples are then read one at a time, keeping memo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -22,8 +23,10 @@ from ..errors import NpuflowError
 from ..passes.preprocess import InputPreprocess, to_runtime_format
 
 
-class CalibrationSet:
-    """A re-iterable set of feeds ``{input_name: runtime-format array}``."""
+class CalibrationSet(Sequence):
+    """A re-iterable set of feeds ``{input_name: runtime-format array}``; a ``Sequence``, so that
+    the quantizer knows how many samples it calibrates on (its progress counts ``k/12``, not
+    ``k/?``)."""
 
     def __init__(self, inputs: Sequence[tuple[InputPreprocess, Path]], *, images: bool) -> None:
         self.inputs = list(inputs)
@@ -44,9 +47,12 @@ class CalibrationSet:
     def __len__(self) -> int:
         return len(next(iter(self.files.values())))
 
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return {pre.name: self.sample(pre, self.files[pre.name][index]) for pre, _ in self.inputs}
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(self)):
-            yield {pre.name: self.sample(pre, self.files[pre.name][i]) for pre, _ in self.inputs}
+            yield self[i]
 
     def sample(self, pre: InputPreprocess, path: Path) -> np.ndarray:
         train = read_image(path, pre) if self.images else read_raw(path, pre)

@@ -58,12 +58,17 @@ class BuildResult:
     compiled: Any = None
 
 
-StageHook = Callable[[str], None]
+#: ``progress(stage, done, total)``, the protocol of :func:`npuflow.quantize` (``total`` None:
+#: the stage has no count).
+Progress = Callable[[str, int, "int | None"], None]
 
 
 def build(config: str | os.PathLike | Mapping[str, Any] | BuildConfig, *,
-          on_stage: StageHook | None = None) -> BuildResult:
-    """Run the whole conversion; raises :class:`NpuflowError` on any user-facing failure."""
+          progress: Progress | None = None) -> BuildResult:
+    """Run the whole conversion; raises :class:`NpuflowError` on any user-facing failure.
+
+    ``progress`` hears each stage (``parse``, ``check``, the quantizer's own stages as
+    ``quantize calibrate`` etc. with their counts, ``compile``, ``save``)."""
     cfg = load_config(config)
     mp = cfg.model_parameters
     timings: dict[str, float] = {}
@@ -71,7 +76,7 @@ def build(config: str | os.PathLike | Mapping[str, Any] | BuildConfig, *,
             _build_log(artifacts.folder / LOG_NAME, _LOG_LEVELS[mp.log_level]):
         log.info("Start Model Convert: %s for %s", mp.onnx_model, mp.march)
         try:
-            result = _run(cfg, artifacts, timings, on_stage or (lambda _: None))
+            result = _run(cfg, artifacts, timings, progress or (lambda stage, done, total: None))
         except NpuflowError as exc:
             log.error("[%s] %s", exc.code, exc.message)
             log.error("build failed; the files of an earlier build, if any, are unchanged")
@@ -89,8 +94,10 @@ def build(config: str | os.PathLike | Mapping[str, Any] | BuildConfig, *,
 
 
 @contextmanager
-def _timed(name: str, timings: dict[str, float], on_stage: StageHook) -> Iterator[None]:
-    on_stage(name)
+def _timed(name: str, timings: dict[str, float], progress: Progress | None) -> Iterator[None]:
+    """Time stage ``name`` (reported to ``progress`` unless None: the stage reports its own steps)."""
+    if progress is not None:
+        progress(name, 0, None)
     log.info("stage %s: start", name)
     t0 = time.perf_counter()
     yield
@@ -98,11 +105,11 @@ def _timed(name: str, timings: dict[str, float], on_stage: StageHook) -> Iterato
     log.info("stage %s: done in %.3f s", name, timings[name])
 
 
-def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_stage: StageHook) -> BuildResult:
+def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], progress: Progress) -> BuildResult:
     import npuflow
 
     mp, cal = cfg.model_parameters, cfg.calibration_parameters
-    with _timed("parse", timings, on_stage):
+    with _timed("parse", timings, progress):
         target = load_target(mp.march)
         model_path = cfg.path(mp.onnx_model)
         raw = model_io.read_proto(model_path)
@@ -118,17 +125,18 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
         log.debug("config: %s", json.dumps(cfg.enabled_values()))
         model_io.save(original, artifacts.staged("original"))
 
-    with _timed("check", timings, on_stage):
+    with _timed("check", timings, progress):
         check_report = npuflow.check(original, target)
 
-    with _timed("quantize", timings, on_stage):
+    with _timed("quantize", timings, None):
         log.info("calibration: %d sample(s) from %s", len(calib), ", ".join(str(s.cal_data_dir) for s in inputs))
         quant_config = _quant_config(cfg)
         log.debug("quantizer config: %s", json.dumps(quant_config))
-        quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False)
+        quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False,
+                                     progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
         _require_similarity(quantized, check_report)
 
-    with _timed("compile", timings, on_stage):
+    with _timed("compile", timings, progress):
         compiled = npuflow.compile(
             quantized.model, target, build_config=cfg.enabled_values(),
             preprocessing={s.name: {**asdict(s.preprocess()), "intermediate_type": s.intermediate_type,
@@ -136,7 +144,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], on_s
                                     "runtime_dtype": str(s.preprocess().runtime_dtype())} for s in inputs},
         )
 
-    with _timed("save", timings, on_stage):
+    with _timed("save", timings, progress):
         quantized.save(artifacts.staging / "quant")
         for kind, name in (("optimized", "optimized_float_model.onnx"), ("quantized", "quantized_model.onnx"),
                            ("quant_info", "quant_info.json")):

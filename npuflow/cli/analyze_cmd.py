@@ -5,8 +5,8 @@ layers by quantization sensitivity (:mod:`npuflow.analyze.sensitivity`) or searc
 layers to keep in float / raise to int16 (:mod:`npuflow.analyze.mixed_precision`).  The first
 ``--samples`` calibration samples are the evaluation set for the output similarity.
 
-Progress shows as a bar on a terminal and as one line per stage and per layer otherwise (a
-piped run of YOLOv8n used to print nothing for minutes).  Sensitivity scores the layers whose
+Progress shows as a bar on a terminal and as one line per stage with its count and time
+otherwise (:mod:`npuflow.cli.progress`; a piped run of YOLOv8n used to print nothing for minutes).  Sensitivity scores the layers whose
 similarity drops most in the quantizer's per-node report first and stops starting layers after
 ``--time-budget`` seconds, naming how many were left out.  ``--workers N`` scores layers (and
 the search's candidates) in N local processes, ``--ray-address`` as Ray tasks on a cluster
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from ..model import write_atomic
+from .progress import StageProgress
 from .app import Typer, app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 WORKERS = typer.Option(1, "--workers", metavar="N", help="Score candidates in N local worker processes (1: this "
@@ -41,18 +39,15 @@ analyze_app = Typer(help="Accuracy analysis: per-layer sensitivity and mixed pre
 app.add_typer(analyze_app, name="analyze")
 
 
-def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[Path], input_shape, samples: int, bar, task):
+def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[Path], input_shape, samples: int,
+                       progress: StageProgress):
     from ..quant import quantize
     from ..quant.data import CalibrationSource
     from ..quant.pipeline import _input_specs
 
     shapes = input_shapes_arg(input_shape)
-
-    def progress(stage: str, done: int, total: int | None) -> None:
-        bar.update(task, description=f"quantize: {stage}", completed=done, total=total)
-
     result = quantize(str(model), str(calib), target, config=str(config) if config else None,
-                      input_shapes=shapes, progress=progress)
+                      input_shapes=shapes, progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
     static = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in result.float_model.graph.input}
     source = CalibrationSource(str(calib), _input_specs(result.float_model, static, result.config.calib_dynamic_dims),
                                shapes=result.config.calib_shapes, dtype=result.config.calib_dtype)
@@ -61,53 +56,15 @@ def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[
 
 
 def _quantize_then_score(model: Path, calib: Path, target: str, config: Optional[Path], input_shape, samples: int,
-                         workers: int, score):
-    """Quantize, then ``score(result, feeds, progress)`` (the per-layer evaluations), under one bar;
-    ``(quantized result, score)``."""
+                         workers: int, stage: str, score):
+    """Quantize, then ``score(result, feeds, progress)`` (the per-layer evaluations, shown as
+    ``stage``), under one progress display; ``(quantized result, score)``."""
     from ..scaleout import check_workers
 
     check_workers(workers)
-    with _progress_bar() as bar:
-        task = bar.add_task("quantize", total=None)
-        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, bar, task)
-
-        def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, description=f"sensitivity: {name}", completed=done, total=total)
-
-        return result, score(result, feeds, progress)
-
-
-def _progress_bar():
-    if not console.is_terminal:
-        return _LineProgress()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-
-
-class _LineProgress:
-    """The progress bar's interface for piped output: a line on stderr per stage change and per
-    finished layer (calibration counts are left out: one line per sample would flood a log)."""
-
-    def __init__(self) -> None:
-        self._start = time.monotonic()
-        self._last = ""
-
-    def __enter__(self) -> "_LineProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, description: str, total: int | None = None) -> int:
-        return 0
-
-    def update(self, task: int, description: str, completed: int = 0, total: int | None = None) -> None:
-        per_layer = description.startswith("sensitivity")
-        if description == self._last and not per_layer:
-            return
-        self._last = description
-        count = f" {completed}/{total}" if per_layer and total else ""
-        err_console.print(f"[{time.monotonic() - self._start:6.0f} s] {description}{count}", markup=False, highlight=False)
+    with StageProgress("analyze", console, err_console) as progress:
+        result, feeds = _quantize_and_feeds(model, calib, target, config, input_shape, samples, progress)
+        return result, score(result, feeds, lambda name, done, total: progress(stage, done, total, detail=name))
 
 
 @analyze_app.command("sensitivity", epilog=examples(
@@ -137,7 +94,7 @@ def sensitivity_command(
         return analyze(result.float_model, result.model, feeds, progress=progress, order=[r.node for r in drops],
                        time_budget=time_budget, workers=workers, ray_address=ray_address)
 
-    _, report = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, score)
+    _, report = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "sensitivity", score)
     console.print(rich_table(report, top))
     if report.skipped:
         shown = ", ".join(report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
@@ -181,7 +138,8 @@ def mixed_precision_command(
         return search(result.float_model, result.model, feeds, min_similarity=min_similarity,
                       precision=precision, progress=progress, workers=workers, ray_address=ray_address)
 
-    result, mp = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, score)
+    result, mp = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "mixed precision",
+                                      score)
     state = "met" if mp.met else "NOT met (every layer raised)"
     console.print(f"target similarity {mp.target:.5f} {state}: {mp.base_score:.5f} -> {mp.score:.5f} "
                   f"with {len(mp.changes)} layer(s) raised to {precision} ({mp.evaluations} evaluations)")

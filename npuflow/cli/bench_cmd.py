@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import Progress
 
 from ..errors import NpuflowError
 from ..model import write_atomic
 from ..profile import bench, format_result, profiler_log, vaitrace_summary, write_chrome_trace
 from ..profile.bench import MAX_THREADS
-from .app import app, console, examples, output_option, target_option
+from .progress import StageProgress
+from .app import app, console, err_console, examples, output_option, target_option
 
 
 @app.command("bench", epilog=examples(
@@ -48,10 +48,10 @@ def bench_command(
 
     session = Session(str(model), target)
     total = None if perf_time > 0 else frame_count
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("running frames", total=total)
+    with StageProgress("bench", console, err_console) as progress:
+        progress("frames", 0, total)
         result = bench(session, thread_num=thread_num, frame_count=frame_count, perf_time_min=perf_time,
-                       on_frame=lambda: progress.advance(task))
+                       on_frame=progress.advance)
     console.print(format_result(result), markup=False, highlight=False)
     if profile_path is not None:
         write_atomic(profile_path / "profiler.log", json.dumps(profiler_log(result), indent=2))

@@ -1,4 +1,10 @@
-"""``npuflow build CONFIG.yaml`` (hb_mapper makertbin) and ``npuflow build --template``."""
+"""``npuflow build CONFIG.yaml`` (hb_mapper makertbin) and ``npuflow build --template``.
+
+Progress per stage (:mod:`npuflow.cli.progress`), then the per-node similarity table and a
+summary a user can judge the build by without opening the JSON report: the model outputs'
+similarity to the float model, where the nodes run (accelerator / CPU, with the CPU op types),
+the compiled subgraphs and the static latency estimate of the accelerator part.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ from rich.table import Table
 from ..build import TEMPLATE, build
 from ..errors import NpuflowError
 from ..build.pipeline import SIMILARITY_COLUMNS, BuildResult, similarity_cells
-from .app import app, console, examples
+from .progress import StageProgress
+from .app import app, console, err_console, examples
 
 
 @app.command("build", epilog=examples(
@@ -36,14 +43,43 @@ def build_command(
     config = config or config_option
     if config is None:
         raise typer.BadParameter("give a CONFIG.yaml, or --template to print one", param_hint="CONFIG")
-    with console.status("building...") as status:
-        result = build(config, on_stage=lambda stage: status.update(f"[bold]{stage}[/] ..."))
+    with StageProgress("build", console, err_console) as progress:
+        result = build(config, progress=progress)
     _print_similarity(result)
+    for line in summary_lines(result):
+        console.print(line, markup=False, highlight=False)
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
     console.print(f"timings: {timings}")
     for kind, path in result.files.items():
         console.print(f"  {kind:<10} {path}")
     console.print(f"[bold green]Build succeeded[/]: {result.files['compiled']}")
+
+
+def summary_lines(result: BuildResult) -> list[str]:
+    """The build's outcome in a few lines: output similarity, placement, compiled subgraphs, estimate."""
+    from ..perf.model_perf import perf_compiled
+
+    sim = result.report["similarity"]
+    lines = []
+    for name, cos in sim["outputs"].items():
+        checked = sim.get("calibration_outputs", {}).get(name)
+        shown = "n/a" if cos is None else f"{cos:.6f}"
+        more = "" if checked is None else f" ({checked:.6f} on {sim['similarity_samples']} calibration samples)"
+        lines.append(f"output {name}: cosine similarity to the float model {shown}{more}")
+    check = result.check.summary
+    label = result.check.target.device_label
+    cpu_types = ", ".join(f"{op} x{n}" for op, n in check["cpu_op_types"].items())
+    lines.append(f"placement: {check['npu_nodes']} of {check['nodes']} nodes on {label} in {check['npu_subgraphs']} "
+                 f"subgraph(s), {check['cpu_nodes']} on CPU" + (f" ({cpu_types})" if cpu_types else ""))
+    subgraphs = result.compiled.subgraphs
+    acc = sum(1 for s in subgraphs if s.on_accelerator)
+    lines.append(f"compiled: {len(subgraphs)} subgraph(s), {acc} on {label}, {len(subgraphs) - acc} on CPU; weights "
+                 f"{result.compiled.weight_bytes} B, peak activations {result.compiled.peak_activation_bytes} B")
+    est = perf_compiled(result.compiled, measure_cpu=False)
+    cpu = " (+ CPU parts, not timed here: npuflow perf times them)" if acc < len(subgraphs) else ""
+    lines.append(f"estimate (npuflow perf): {label} {est.npu_ms:.3f} ms + transfers {est.transfer_ms:.3f} ms per frame"
+                 f"{cpu}, DDR {est.ddr_mb_per_frame:.3f} MB per frame")
+    return lines
 
 
 def _print_similarity(result: BuildResult) -> None:

@@ -7,7 +7,9 @@ The library reports progress as ``progress(stage, done, total)`` calls (:mod:`np
 - on a terminal as a Rich bar, a fresh one per stage (a stage without a count spins), and
 - when the output is piped or logged (CI, ``| tee``, files) as one line per finished stage on
   stderr with its count and time, ``quantize: calibrate 12/12 samples 4.1 s``, plus a line every
-  :data:`HEARTBEAT_S` seconds in a long stage, so that a log never stays silent for minutes.
+  :data:`HEARTBEAT_S` seconds in a long stage, so that a log never stays silent for minutes, and
+  a line per named item (``analyze: sensitivity 3/40 layers 12.1 s /conv3``: layers take seconds
+  each; samples have no name and are only counted).
 
 A stage's bar is a new Rich task: Rich's ``update(total=None)`` means "keep the total", so one
 reused task kept the previous stage's ``12`` and showed ``0/12`` for every later stage.
@@ -15,6 +17,7 @@ reused task kept the previous stage's ``12`` and showed ``0/12`` for every later
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -32,7 +35,7 @@ class StageProgress:
     """``with StageProgress("quantize", console, err_console) as progress: ... progress(stage, done, total)``.
 
     ``prefix`` names the command in the piped lines; :meth:`advance` counts one more item of the
-    current stage (bench's frames)."""
+    current stage (bench's frames, counted from several threads: calls hold a lock)."""
 
     def __init__(self, prefix: str, console: Console, err_console: Console) -> None:
         self.prefix = prefix
@@ -46,6 +49,7 @@ class StageProgress:
         self._done = 0
         self._total: int | None = None
         self._start = self._shown = time.monotonic()
+        self._lock = threading.RLock()
 
     def __enter__(self) -> "StageProgress":
         if self._bar is not None:
@@ -60,6 +64,10 @@ class StageProgress:
 
     def __call__(self, stage: str, done: int = 0, total: int | None = None, detail: str = "") -> None:
         """Stage ``stage`` has done ``done`` of ``total`` items (``detail``: the item, shown on the bar)."""
+        with self._lock:
+            self._report(stage, done, total, detail)
+
+    def _report(self, stage: str, done: int, total: int | None, detail: str) -> None:
         if stage != self._stage:
             self._finish()
             self._stage, self._start = stage, time.monotonic()
@@ -72,13 +80,16 @@ class StageProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=total,
                              description=f"{stage}: {detail}" if detail else stage)
+        elif detail and done:
+            self._line(detail)
         elif total and time.monotonic() - self._shown >= HEARTBEAT_S and done < total:
             self._line("...")
 
-    def advance(self, count: int = 1) -> None:
-        """One more item of the current stage."""
-        if self._stage is not None:
-            self(self._stage, self._done + count, self._total)
+    def advance(self, count: int = 1, detail: str = "") -> None:
+        """``count`` more items of the current stage (``detail``: the last one, shown on the bar)."""
+        with self._lock:
+            if self._stage is not None:
+                self._report(self._stage, self._done + count, self._total, detail)
 
     def _finish(self) -> None:
         """The finished stage's line (piped), or its line above the bar (terminal)."""

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
-from .app import Typer, app, console, examples, output_option, target_option
+from .progress import StageProgress
+from .app import Typer, app, console, err_console, examples, output_option, target_option
 
 prune_app = Typer(help="Target-aware channel pruning of PyTorch models (needs the torch extra).",
                         no_args_is_help=True)
@@ -37,10 +37,10 @@ def ana_command(
     user = load_script(script)
     runner = IterativePruningRunner(user.get_model(), user.get_example_inputs(), target=target, workdir=workdir)
     ratio_list = _ratios(ratios)
-    with Progress(console=console) as progress:
-        task = progress.add_task("analysing", total=None)
+    with StageProgress("prune", console, err_console) as progress:
+        progress("analyse")
         sens = runner.ana(getattr(user, "eval_fn", None), ratios=ratio_list, forced=forced,
-                          progress=lambda name: progress.update(task, advance=1, description=name))
+                          progress=lambda name: progress.advance(detail=name))
     table = Table(title=f"sensitivity ({sens.metric_name}; unpruned {sens.baseline:.4f})")
     table.add_column("group")
     table.add_column("channels")
@@ -82,10 +82,10 @@ def run_command(
     finetune = getattr(user, "finetune", None)
     if method == "one_step":
         batches = user.calib_batches() if hasattr(user, "calib_batches") else None
-        with Progress(console=console) as progress:
-            task = progress.add_task("searching subnets", total=num_subnet)
+        with StageProgress("prune", console, err_console) as progress:
+            progress("subnets", 0, num_subnet)
             result = runner.search(ratio, num_subnet=num_subnet, calib_batches=batches, eval_fn=eval_fn,
-                                   progress=lambda n: progress.update(task, completed=n))
+                                   progress=lambda n: progress("subnets", n, num_subnet))
         slim_model = runner.prune()
         if finetune:
             slim_model = finetune(slim_model)

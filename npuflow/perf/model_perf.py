@@ -8,7 +8,7 @@ normalised model plus the placement of every node.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import onnx
 
@@ -43,9 +43,16 @@ def perf(
 def _perf_npuf(path: Path, target: str | Target | None, *, name: str | None, measure_cpu: bool) -> PerfReport:
     """A compiled file carries its target and partition; ``target`` overrides the costing target."""
     from ..compiler import CompiledModel
+
+    return perf_compiled(CompiledModel.load(path), target, name=name or path.stem, measure_cpu=measure_cpu)
+
+
+def perf_compiled(compiled: Any, target: str | Target | None = None, *, name: str = "model",
+                  measure_cpu: bool = True) -> PerfReport:
+    """The estimate of a :class:`~npuflow.compiler.CompiledModel` in memory (``npuflow build``'s
+    summary costs the model it just compiled without reading the file back)."""
     from .from_npuf import model_and_placement
 
-    compiled = CompiledModel.load(path)
     model, placement = model_and_placement(compiled)
     t = target if isinstance(target, Target) else load_target(target or compiled.target_name)
-    return estimate(model, t, placement, model_name=name or path.stem, measure_cpu=measure_cpu)
+    return estimate(model, t, placement, model_name=name, measure_cpu=measure_cpu)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -32,9 +33,17 @@ def built(tmp_path_factory):
 
 def test_build_writes_every_artifact_and_succeeds(built, capsys):
     assert main(["build", str(built / "c.yaml")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "Cosine Similarity" in out and "data_pre_colour" in out
     assert out.rstrip().splitlines()[-1].startswith("Build succeeded")
+    # piped: one line per stage with its time, the quantizer's calibration counted (issue 20 item 3)
+    stages = [line.split()[1] for line in err.splitlines() if line.startswith("build: ")]
+    assert stages[:2] == ["parse", "check"] and stages[-2:] == ["compile", "save"], err
+    assert re.search(r"^build: quantize calibrate 12/12 samples \d+\.\d s$", err, re.M), err
+    # the summary (issue 20 item 5): output similarity, placement counts, the estimate
+    assert re.search(r"^output \S+: cosine similarity to the float model 0\.\d{6}", out, re.M), out
+    assert re.search(r"^placement: \d+ of \d+ nodes on DPU in \d+ subgraph\(s\), \d+ on CPU", out, re.M), out
+    assert re.search(r"^estimate \(npuflow perf\): DPU \d+\.\d{3} ms", out, re.M), out
     names = sorted(p.name for p in (built / "out").iterdir())
     assert names == sorted([
         "npuflow_build.log", "tiny.npuf", "tiny_build_report.json", "tiny_optimized_float_model.onnx",

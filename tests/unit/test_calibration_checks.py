@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -159,5 +160,6 @@ def test_sensitivity_cli_shows_progress_when_piped(cli, tmp_path):
     proc = cli("analyze", "sensitivity", tmp_path / "m.onnx", "--target", "cpu-int8", "--calib", calib,
                "--samples", "2", "--json", tmp_path / "s.json")
     assert proc.returncode == 0, proc.stderr
-    assert "quantize: calibrate" in proc.stderr and "sensitivity: deconv" in proc.stderr  # one line per layer
+    assert "analyze: quantize calibrate 2/2 samples" in proc.stderr  # a line per stage, one per layer:
+    assert re.search(r"^analyze: sensitivity 1/2 layers \d+\.\d s deconv$", proc.stderr, re.M), proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["skipped"] == []
