@@ -196,6 +196,15 @@ _RUNTIME = _specs(
      "or pass a compiled .npuf."),
     ("NPF_RUNTIME_BAD_BUFFERS", "runner {runner!r} expects {expected} {kind} array(s) with shapes {shapes}, got {got}",
      "Allocate buffers from get_input_tensors()/get_output_tensors() (shape and dtype)."),
+    ("NPF_ORT_EXPORT_STALE", "the .npuf {path} an exported ONNX model runs cannot be used: {reason}",
+     "Export again from the .npuf you deploy: npuflow.ort_export.export('model.npuf', 'model_ort.onnx')."),
+    ("NPF_ORT_EXPORT_SHAPES", "{path} holds {count} compiled shapes; an exported ONNX model has one",
+     "Compile the shape you deploy alone (one --input-shape per input) and export that .npuf, or run the "
+     "multi-shape .npuf with npuflow.Session."),
+    ("NPF_ORT_EXTENSIONS_MISSING", "onnxruntime-extensions is not installed",
+     "pip install onnxruntime-extensions (it runs npuflow's accelerator subgraphs as Python ops in ONNX Runtime)."),
+    ("NPF_ORT_EXPORT_TYPE", "a subgraph boundary tensor of type {dtype} cannot cross into an ONNX Runtime Python op",
+     "Run the .npuf with npuflow.Session or npuflow.ort.InferenceSession instead."),
 )
 
 # --- build config (YAML) -------------------------------------------------------------------

