@@ -13,7 +13,9 @@ Each area has its own block below so that work on different stages touches diffe
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ _MODEL = _specs(
 # --- targets -------------------------------------------------------------------------------
 _TARGET = _specs(
     ("NPF_TARGET_UNKNOWN", "unknown target {value!r}",
-     "Run `npuflow targets` for the list; a target can be named by name, fingerprint or arch.json."),
+     "{suggestion}Run `npuflow targets` for the list; a target can be named by name, fingerprint or arch.json."),
     ("NPF_TARGET_BAD_ARCH_JSON", "{path} is not a usable arch.json: {reason}",
      "An arch.json holds a JSON object with a \"target\" (name) or \"fingerprint\" key."),
     ("NPF_TARGET_BAD_FILE", "target file {path} is invalid: {reason}",
@@ -115,7 +117,9 @@ _QUANT = _specs(
     ("NPF_QUANT_CONFIG_FILE", "cannot read quantization config {path}: {reason}",
      "Pass a JSON or YAML file (.json, .yaml, .yml) written by `QuantConfig.dump` or by hand."),
     ("NPF_QUANT_UNKNOWN_LAYER", "{field} names {name!r}, which matches no node of the model",
-     "Use node names of the optimized float model (optimized_float_model.onnx), e.g. {examples}."),
+     "{suggestion}Use node names of the optimized float model (optimized_float_model.onnx), e.g. {examples}."),
+    ("NPF_QUANT_UNKNOWN_OP_TYPE", "op_types names {name!r}, which is not an ONNX operator type",
+     "{suggestion}Op types are spelled as in ONNX (Conv, Gemm, MatMul, Add, ...), case included."),
     ("NPF_QUANT_BAD_PRECISION", "precision {value!r} is not one of float, int16",
      "Mixed precision raises layers to float (any target, runs on the CPU) or int16 (targets with a 16-bit datapath)."),
     ("NPF_QUANT_CALIB_EMPTY", "the calibration set {source} has no samples",
@@ -361,6 +365,20 @@ class NpuflowError(Exception):
     def render(self) -> str:
         """The two lines the CLI prints."""
         return f"ERROR [{self.code}] {self.message}\n  hint: {self.hint}"
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice nearest ``word`` (difflib's ratio, case ignored), or None when none is close."""
+    options = {c.lower(): c for c in choices}
+    near = difflib.get_close_matches(word.lower(), list(options), n=1, cutoff=cutoff)
+    return options[near[0]] if near else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"Did you mean 'X'? "`` for the nearest choice, or ``""``: the start of a hint (the one
+    suggestion rule of targets, config keys and names)."""
+    near = closest(word, choices)
+    return f"Did you mean {near!r}? " if near is not None else ""
 
 
 def catalog_markdown() -> str:

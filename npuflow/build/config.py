@@ -17,7 +17,6 @@ failure is an :class:`~npuflow.errors.NpuflowError` whose message names the key 
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import safe_yaml
-from ..errors import NpuflowError
+from ..errors import NpuflowError, closest
 from ..model import parse_shape
 from ..outputs import plain_name_problem
 from ..passes.preprocess import InputPreprocess
@@ -218,6 +217,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
             "NPF_BUILD_BAD_VALUE", group="config", key="npuflow", value=extra,
             reason="the npuflow section must be a mapping (a quantizer config)",
         )
+    if extra:
+        from ..quant.config import QuantConfig
+
+        QuantConfig.from_dict(dict(extra))  # a misspelt key fails now (with a suggestion), not after check
     inp: InputParameters = groups["input_parameters"]
     for key, allowed in (("input_type_train", TYPES_TRAIN), ("input_type_rt", TYPES_RT),
                          ("input_layout_train", LAYOUTS), ("input_layout_rt", LAYOUTS),
@@ -245,7 +248,7 @@ def _check_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> 
     unknown = [str(k) for k in body if k not in allowed]
     if not unknown:
         return
-    near = [m for k in unknown for m in difflib.get_close_matches(k, allowed, n=1, cutoff=0.75)]
+    near = [m for k in unknown if (m := closest(k, allowed, cutoff=0.75)) is not None]
     suggestion = f"Did you mean {_quoted(near)}? " if near else ""
     if group == "model_parameters" and {"caffe_model", "prototxt"} & set(unknown):
         suggestion = "npuflow reads ONNX models only: convert Caffe models to ONNX and set onnx_model. "

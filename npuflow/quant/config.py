@@ -22,13 +22,13 @@ import json
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import safe_yaml
-from ..errors import NpuflowError
+from ..errors import NpuflowError, closest, did_you_mean
 from ..numerics import RoundMode
 from ..scaleout import MAX_WORKERS
 from ..targets import Target
@@ -159,6 +159,18 @@ class QuantConfig(_Strict):
     calib_workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     calib_ray_address: str | None = None
 
+    @field_validator("op_types")
+    @classmethod
+    def _onnx_op_types(cls, v: dict[str, LayerOverride]) -> dict[str, LayerOverride]:
+        """An op type that is not ONNX's (``conv`` for ``Conv``) would match no node, silently."""
+        import onnx.defs
+
+        known = {s.name for s in onnx.defs.get_all_schemas()}
+        for op in v:
+            if op not in known:
+                raise NpuflowError("NPF_QUANT_UNKNOWN_OP_TYPE", name=op, suggestion=did_you_mean(op, known))
+        return v
+
     @field_validator("layers")
     @classmethod
     def _one_selector(cls, v: list[LayerOverride]) -> list[LayerOverride]:
@@ -239,12 +251,15 @@ class QuantConfig(_Strict):
         examples = ", ".join(repr(n) for n in names[:3]) or "(none)"
         for i, (rx, layer) in enumerate(self._regexes):
             if rx is None and layer.name not in known:
-                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field=f"layers[{i}].name", name=layer.name, examples=examples)
+                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field=f"layers[{i}].name", name=layer.name, examples=examples,
+                                   suggestion=did_you_mean(layer.name, known))
             if rx is not None and not any(rx.fullmatch(n) for n in names):
-                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field=f"layers[{i}].name_regex", name=layer.name_regex, examples=examples)
+                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field=f"layers[{i}].name_regex", name=layer.name_regex,
+                                   examples=examples, suggestion="")
         for name in self.keep_float:
             if name not in known:
-                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field="keep_float", name=name, examples=examples)
+                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field="keep_float", name=name, examples=examples,
+                                   suggestion=did_you_mean(name, known))
 
     def resolve(self, target: Target, kind: str, op_type: str | None = None, node: str | None = None) -> TensorSettings:
         """Complete settings for tensor ``kind`` of node ``node`` (op type ``op_type``)."""
@@ -324,11 +339,48 @@ def validate_settings(s: TensorSettings, kind: str, target: Target, where: str) 
         raise conflict("per-channel weights are symmetric")
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, model: type[BaseModel] = QuantConfig) -> str:
+    """The first errors of a pydantic validation, each with its key path, the value given and,
+    for a misspelt key or choice, the nearest valid one (``activation.methd`` -> ``method``)."""
     parts = []
     for err in exc.errors()[:3]:
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-        parts.append(f"{loc}: {err['msg']}{shown}")
+        near = _nearest(err, model)
+        parts.append(f"{loc}: {err['msg']}{shown}" + (f" (did you mean {near!r}?)" if near else ""))
     return "; ".join(parts)
+
+
+def _nearest(err: dict, model: type[BaseModel]) -> str | None:
+    """The valid key or choice nearest to what a pydantic error ``err`` refused, if one is close."""
+    if err["type"] == "extra_forbidden" and err["loc"]:
+        return closest(str(err["loc"][-1]), _fields_at(model, err["loc"][:-1]))
+    if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+        return closest(err["input"], re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
+    return None
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The field names of the model found at ``path`` under ``model`` (through optional fields,
+    lists and dicts of models), or none when the path leads elsewhere."""
+    import types
+    import typing
+
+    def bare(t: Any) -> Any:  # X | None -> X
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        return args[0] if typing.get_origin(t) in (typing.Union, types.UnionType) and len(args) == 1 else t
+
+    cls: Any = model
+    for part in path:
+        cls = bare(cls)
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+            cls = cls.model_fields[part].annotation
+        elif typing.get_origin(cls) in (list, dict):
+            cls = typing.get_args(cls)[-1]
+        else:
+            return []
+    cls = bare(cls)
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return [*cls.model_fields, *(f.alias for f in cls.model_fields.values() if f.alias)]
+    return []

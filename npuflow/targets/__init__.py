@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from .. import safe_yaml
-from ..errors import NpuflowError
+from ..errors import NpuflowError, did_you_mean
 from .spec import Target
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -104,8 +104,13 @@ def load_target(spec: str | Path | Target) -> Target:
         return _from_arch_json(path)
     found = _lookup(text)
     if found is None:
-        raise NpuflowError("NPF_TARGET_UNKNOWN", value=text)
+        raise _unknown(text)
     return found
+
+
+def _unknown(key: str) -> NpuflowError:
+    """``NPF_TARGET_UNKNOWN`` with the nearest bundled name (``DPUCZDX8G_ISA1_B409`` -> ``..._B4096``)."""
+    return NpuflowError("NPF_TARGET_UNKNOWN", value=key, suggestion=did_you_mean(key, [t.name for t in _bundled()]))
 
 
 def _lookup(key: str) -> Target | None:
@@ -142,5 +147,5 @@ def _from_arch_json(path: Path) -> Target:
     key = str(data.get("target") or data.get("fingerprint"))
     found = _lookup(key)
     if found is None:
-        raise NpuflowError("NPF_TARGET_UNKNOWN", value=key)
+        raise _unknown(key)
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from npuflow.build import TEMPLATE, load_config, resolve_inputs
 from npuflow.build.config import ALLOWED_RT
 from npuflow.cli.app import main
+from npuflow.errors import NpuflowError
 
 BASE = {
     "model_parameters": {
@@ -195,6 +197,53 @@ def test_template_prints_parses_and_validates(capsys):
     for group in ("model_parameters", "input_parameters", "calibration_parameters", "compiler_parameters"):
         for key in type(getattr(conf, group)).model_fields:
             assert key in text, f"{group}.{key} is not documented in the template"
+
+
+def _commented_examples(text: str) -> list[tuple[str, str]]:
+    """Each commented example of the template as (name, the template with only it uncommented):
+    a line ``# KEY: ...`` whose KEY is a group or a key of the config, with the more indented
+    commented lines under it."""
+    from npuflow.build.config import GROUPS, _accepted_keys
+    from npuflow.build.config import CalibrationParameters, CompilerParameters, InputParameters, ModelParameters
+
+    keys = {*GROUPS, "npuflow"}
+    for cls in (ModelParameters, InputParameters, CalibrationParameters, CompilerParameters):
+        keys |= set(_accepted_keys(cls))
+    lines = text.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        m = re.fullmatch(r"( *)# (\w+):( .*)?", line)
+        if not m or m.group(2) not in keys:
+            continue
+        indent, end = m.group(1), i + 1
+        while end < len(lines) and re.match(rf"{indent}#   ", lines[end]):
+            end += 1
+        block = [indent + row[len(indent) + 2:] for row in lines[i:end]]
+        found.append((m.group(2), "\n".join(lines[:i] + block + lines[end:])))
+    return found
+
+
+def test_every_commented_template_example_is_valid_when_uncommented():
+    """Issue 20: ``npuflow:`` / ``calibration: method: percentile`` failed when uncommented."""
+    from npuflow.build.pipeline import _quant_config
+    from npuflow.quant.config import QuantConfig
+
+    examples = _commented_examples(TEMPLATE)
+    assert {"output_nodes", "run_on_cpu", "run_on_npu", "npuflow"} <= {name for name, _ in examples}
+    for name, text in examples:
+        conf = load_config(yaml.safe_load(text))
+        QuantConfig.from_dict(_quant_config(conf))
+        if name == "npuflow":
+            assert conf.npuflow, text
+
+
+def test_config_typos_get_a_suggestion(tmp_path):
+    with pytest.raises(NpuflowError) as exc:
+        load_config({**yaml.safe_load(TEMPLATE), "npuflow": {"activation": {"methd": "percentile"}}})
+    assert exc.value.code == "NPF_QUANT_BAD_CONFIG" and "did you mean 'method'?" in exc.value.message
+    with pytest.raises(NpuflowError) as exc:
+        load_config({**yaml.safe_load(TEMPLATE), "calibration_parameter": {}})
+    assert "Did you mean 'calibration_parameters'?" in exc.value.hint
 
 
 def test_hb_mapper_command_line_spelling(project, capsys):
