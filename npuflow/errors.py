@@ -200,6 +200,8 @@ _RUNTIME = _specs(
      "or pass a compiled .npuf."),
     ("NPF_RUNTIME_BAD_BUFFERS", "runner {runner!r} expects {expected} {kind} array(s) with shapes {shapes}, got {got}",
      "Allocate buffers from get_input_tensors()/get_output_tensors() (shape and dtype)."),
+    ("NPF_RUNTIME_HASH_MISMATCH", "{path} does not have the pinned content: sha256 {got}, expected {expected}",
+     "Deploy the .npuf the hash was taken from (sha256sum model.npuf), or pin the new file's hash."),
     ("NPF_ORT_EXPORT_STALE", "the .npuf {path} an exported ONNX model runs cannot be used: {reason}",
      "Export again from the .npuf you deploy: npuflow.ort_export.export('model.npuf', 'model_ort.onnx')."),
     ("NPF_ORT_EXPORT_SHAPES", "{path} holds {count} compiled shapes; an exported ONNX model has one",

@@ -16,6 +16,7 @@ names as in ``quantized_model.onnx`` (``/`` and other unsafe characters become `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -97,19 +98,51 @@ class _Program:
                              for o in manifest["outputs"]]
 
 
+#: The target the runtime serves when ``Session`` is given none (a board's DPU, a CI runner's target).
+TARGET_ENV = "NPUFLOW_TARGET"
+
+
+def check_sha256(model: str | os.PathLike | CompiledModel, expected: str) -> None:
+    """Refuse a ``.npuf`` whose bytes do not hash to ``expected`` (hex sha256, any case)."""
+    path = model.source if isinstance(model, CompiledModel) else Path(model)
+    want = expected.strip().lower()
+    if path is None or len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise NpuflowError("NPF_RUNTIME_HASH_MISMATCH", path=str(path), expected=expected,
+                           got="(no file)" if path is None else "(not a sha256: 64 hex digits)")
+    if not Path(path).is_file():
+        raise NpuflowError("NPF_COMPILE_FILE_NOT_FOUND", path=str(path))
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise NpuflowError("NPF_COMPILE_CORRUPT", path=str(path), reason=exc.strerror or str(exc)) from None
+    if digest.hexdigest() != want:
+        raise NpuflowError("NPF_RUNTIME_HASH_MISMATCH", path=str(path), expected=want, got=digest.hexdigest())
+
+
 class Session:
     """Runs a compiled model: integer executor for accelerator subgraphs, ONNX Runtime for CPU."""
 
     def __init__(self, model: str | os.PathLike | CompiledModel, target: str | Target | None = None,
                  *, threads: int = 1, cpu_threads: int | None = None, blas_threads: int | None = 1,
-                 fuse: bool = True) -> None:
+                 fuse: bool = True, expected_sha256: str | None = None) -> None:
         """``threads``: ONNX Runtime intra-op threads of the fused integer runs and of the CPU
         subgraphs (``cpu_threads`` overrides the latter); ``fuse=False`` runs every accelerator op
         as its kernel and every CPU subgraph in ONNX Runtime (the reference the fused runs and the
-        CPU subgraphs' tables equal bit for bit)."""
+        CPU subgraphs' tables equal bit for bit).
+
+        ``target`` is the accelerator this runtime serves (default ``$NPUFLOW_TARGET``, the way a
+        board's runtime knows its DPU): a file compiled for another fingerprint is refused, as
+        VART refuses one.  ``expected_sha256`` pins the file's content (a deployment manifest's
+        hash): any other bytes are refused before the file is parsed."""
         if blas_threads is not None:
             set_blas_threads(blas_threads)
+        if expected_sha256 is not None:
+            check_sha256(model, expected_sha256)
         self.compiled = model if isinstance(model, CompiledModel) else CompiledModel.load(model)
+        target = target if target is not None else os.environ.get(TARGET_ENV) or None
         if target is not None:
             tgt = target if isinstance(target, Target) else load_target(target)
             if not same_fingerprint(tgt.fingerprint, self.compiled.fingerprint):

@@ -127,6 +127,38 @@ def test_target_fingerprint_is_checked(mixed):
     assert err.value.code == "NPF_RUNTIME_TARGET_MISMATCH"
 
 
+def test_the_served_target_defaults_to_the_environment(mixed, monkeypatch):
+    """Without ``target=`` the runtime serves $NPUFLOW_TARGET, as a board's runtime serves its DPU."""
+    _, compiled = mixed
+    monkeypatch.setenv("NPUFLOW_TARGET", "cpu-int8")
+    with pytest.raises(NpuflowError) as err:
+        Session(compiled)
+    assert err.value.code == "NPF_RUNTIME_TARGET_MISMATCH" and "cpu-int8" in err.value.message
+    monkeypatch.setenv("NPUFLOW_TARGET", DPU)
+    Session(compiled)
+    monkeypatch.delenv("NPUFLOW_TARGET")
+    Session(compiled)  # no served target known: the file's own (schema-checked) target
+
+
+def test_a_pinned_hash_refuses_other_bytes(mixed, tmp_path):
+    import hashlib
+
+    _, compiled = mixed
+    path = tmp_path / "m.npuf"
+    compiled.save(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    x = np.zeros((1, 4, 6, 6), np.float32)
+    out = Session(path, expected_sha256=digest.upper()).run({"x": x})
+    np.testing.assert_array_equal(out["y"], Session(path).run({"x": x})["y"])
+    for bad, shown in (("0" * 64, digest), ("not-a-hash", "64 hex digits")):
+        with pytest.raises(NpuflowError) as err:
+            Session(path, expected_sha256=bad)
+        assert err.value.code == "NPF_RUNTIME_HASH_MISMATCH" and shown in err.value.message
+    with pytest.raises(NpuflowError) as err:
+        Session(tmp_path / "missing.npuf", expected_sha256=digest)
+    assert err.value.code == "NPF_COMPILE_FILE_NOT_FOUND"
+
+
 def test_dump_names_match_the_quantized_model(mixed, tmp_path):
     model, compiled = mixed
     x = {"x": _x([1, 4, 6, 6], 2)}
