@@ -1,7 +1,10 @@
 """Human-readable forms of a :class:`~.report.CheckReport`.
 
-* :func:`console_table` - ``Node | ON | Subgraph | Type`` as ``hb_mapper checker`` prints it
-  (``id(0)`` for accelerator subgraphs, ``--`` for CPU), at three verbosity levels;
+* :func:`console_tables` - at the default verbosity two short tables (nodes per op type and
+  device; the CPU nodes grouped by op type and reason, a few names each), and behind ``-v 2``
+  the full ``Node | ON | Subgraph | Type`` table as ``hb_mapper checker`` prints it (``id(0)``
+  for accelerator subgraphs, ``--`` for CPU): a per-node table of YOLOv8n is 240 lines, more
+  than a terminal shows, while its 58 Sigmoids share one reason;
 * :func:`inspect_text` - the ``inspect_<target>.txt`` report with the fields of the Vitis AI
   Inspector (target info, summary, and per node: graph name, node name, input nodes, output
   nodes, op type, output shape, op attributes, assigned device, hardware constraints, node
@@ -10,9 +13,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.table import Table
 
-from .report import CPU, CheckReport, NodeReport
+from .report import CPU, NPU, CheckReport, NodeReport
+
+#: Node names listed per group of CPU nodes in the default table (``-v 2`` lists all).
+NAMES_SHOWN = 3
 
 
 def _sub(node: NodeReport) -> str:
@@ -32,17 +40,51 @@ def summary_lines(report: CheckReport) -> list[str]:
     return lines
 
 
-def console_table(report: CheckReport, verbose: int = 1) -> Table | None:
-    """The placement table: verbose 0 -> None (summary only), 1 -> CPU nodes with reasons, 2 -> all."""
+def console_tables(report: CheckReport, verbose: int = 1) -> list[Table]:
+    """The placement tables: verbose 0 -> none (summary lines only), 1 -> nodes per op type and
+    device plus the CPU nodes grouped by reason, 2 -> every node with its reason."""
     if verbose <= 0:
-        return None
-    rows = report.nodes if verbose >= 2 else report.cpu_nodes
+        return []
+    if verbose >= 2:
+        return [_node_table(report)]
+    return [_op_type_table(report)] + ([_cpu_reason_table(report)] if report.cpu_nodes else [])
+
+
+def _op_type_table(report: CheckReport) -> Table:
+    label = report.target.device_label
+    on_npu = Counter(n.op_type for n in report.nodes if n.device == NPU)
+    fused = Counter(n.op_type for n in report.nodes if n.device == NPU and n.fused_into)
+    on_cpu = Counter(n.op_type for n in report.cpu_nodes)
+    columns = ("Type", label, *([f"fused on {label}"] if fused else []), CPU)
+    title = f"{report.graph_name or 'graph'} on {report.target.name}: nodes per op type"
+    table = Table(title=title, min_width=len(title))  # a narrow table would wrap its title
+    for col in columns:
+        table.add_column(col, justify="left" if col == "Type" else "right")
+    for op in sorted(on_npu.keys() | on_cpu.keys(), key=lambda op: (-on_cpu[op], -on_npu[op], op)):
+        counts = [on_npu[op], *([fused[op]] if fused else []), on_cpu[op]]
+        table.add_row(op, *(str(c or "") for c in counts))
+    return table
+
+
+def _cpu_reason_table(report: CheckReport) -> Table:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for n in report.cpu_nodes:
+        groups.setdefault((n.op_type, "; ".join(n.reasons)), []).append(n.name)
+    table = Table(title=f"why {len(report.cpu_nodes)} node(s) run on the CPU (-v 2: every node)")
+    for col in ("Type", "Nodes", "Reason", "Node names"):
+        table.add_column(col, overflow="fold", justify="right" if col == "Nodes" else "left")
+    for (op, reason), names in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0])):
+        shown = ", ".join(names[:NAMES_SHOWN]) + (f", ... (+{len(names) - NAMES_SHOWN})" if len(names) > NAMES_SHOWN
+                                                   else "")
+        table.add_row(op, str(len(names)), reason, shown)
+    return table
+
+
+def _node_table(report: CheckReport) -> Table:
     table = Table(title=f"{report.graph_name or 'graph'} on {report.target.name}", show_lines=False)
-    for col in ("Node", "ON", "Subgraph", "Type"):
+    for col in ("Node", "ON", "Subgraph", "Type", "Reason / fused into"):
         table.add_column(col, overflow="fold")
-    if verbose >= 1:
-        table.add_column("Reason" if verbose == 1 else "Reason / fused into", overflow="fold")
-    for n in rows:
+    for n in report.nodes:
         note = "; ".join(n.reasons)
         if n.fused_into and n.device != CPU:
             note = f"fused into {n.fused_into}"

@@ -10,7 +10,7 @@ import typer
 
 from ..check import check
 from ..check.files import write_outputs
-from ..check.render import console_table, summary_lines
+from ..check.render import console_tables, summary_lines
 from ..model import freeze_inputs, parse_input_values, with_probe_values
 from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
@@ -49,8 +49,7 @@ def check_command(
         source = freeze_inputs(str(model), parse_input_values(freeze_input, "--freeze-input"))
         report = check(with_probe_values(source, parse_input_values(probe_value)), target, shapes)
         paths = write_outputs(report, output, image_format.value if image_format else None)
-    table = console_table(report, verbose)
-    if table is not None:
+    for table in console_tables(report, verbose):
         console.print(table)
     for line in summary_lines(report):
         console.print(line, markup=False, highlight=False)

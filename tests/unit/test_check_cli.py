@@ -8,6 +8,7 @@ import stat
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from tests import onnx_builders as B
 
@@ -45,6 +46,32 @@ def test_verbose_levels(cli, seed_model, tmp_path):
     assert "Convolution2" not in quiet.stdout and "2 BPU subgraph(s)" in quiet.stdout
     assert "Convolution2" in default.stdout and "kernel 9x9" in default.stdout
     assert "Convolution1" not in default.stdout  # verbose 1 lists CPU nodes only
+    assert "nodes per op type" in default.stdout and "why 1 node(s) run on the CPU" in default.stdout
+
+
+def test_default_table_groups_cpu_nodes_by_reason(tmp_path):
+    """YOLOv8n's 58 Sigmoids share one reason: one row with a few names, not 58 (issue 20 item 6)."""
+    import io
+
+    from rich.console import Console
+
+    from npuflow.check import check
+    from npuflow.check.render import NAMES_SHOWN, console_tables
+
+    nodes = [helper.make_node("Sigmoid", [f"x{i}"], [f"x{i + 1}"], name=f"sig{i}") for i in range(10)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("x10", TensorProto.FLOAT, [1, 4, 8, 8])])
+    report = check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "DPUCZDX8G_ISA1_B4096")
+    out = io.StringIO()
+    for table in console_tables(report, 1):
+        Console(file=out, width=200).print(table)
+    text = out.getvalue()
+    assert "sig0, sig1, sig2, ... (+7)" in text and "sig9" not in text and NAMES_SHOWN == 3
+    assert len(text.splitlines()) < 20
+    out = io.StringIO()
+    for table in console_tables(report, 2):
+        Console(file=out, width=200).print(table)
+    assert all(f"sig{i}" in out.getvalue() for i in range(10))
 
 
 def test_input_shape_both_spellings_and_svg(cli, seed_model, tmp_path):
