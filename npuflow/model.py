@@ -252,6 +252,7 @@ def validate(proto: onnx.ModelProto) -> None:
     _check_text(proto)
     _check_unique_names(proto.graph)
     _check_outputs_made(proto.graph)
+    _check_known_domains(proto)
     try:
         onnx.checker.check_model(_checkable(proto), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
@@ -288,6 +289,32 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.output[:]
     out.graph.output.extend(keep)
     return out
+
+
+#: Operator domains ONNX Runtime implements: the standard ones and its contrib ops.
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def _check_known_domains(proto: onnx.ModelProto) -> None:
+    """Name every custom operator at once (an op of a domain ONNX Runtime does not implement and
+    no model-local function defines) instead of the checker's first "not a registered op": the
+    user learns which nodes stand in the way and what to do about them."""
+    local = {(f.domain, f.name) for f in proto.functions}
+    found: dict[tuple[str, str], list[str]] = {}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in local:
+                found.setdefault((node.domain, node.op_type), []).append(node.name or node.output[0])
+            for a in node.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(proto.graph)
+    if found:
+        ops = "; ".join(f"{d}:{t} (node {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                        for (d, t), names in sorted(found.items()))
+        raise NpuflowError("NPF_MODEL_CUSTOM_OP", count=len(found), ops=ops)
 
 
 def _check_outputs_made(graph: onnx.GraphProto) -> None:
