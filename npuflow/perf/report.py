@@ -2,8 +2,10 @@
 
 Like ``hb_perf_result/``: a main page with a summary, one entry per subgraph, the per-layer table
 (sortable by cost) and a picture of the model where NPU subgraphs are dark and CPU nodes grey.
-The picture is a Graphviz ``.gv`` file always, and an SVG embedded in the page when ``dot`` is
-installed.
+The picture is a Graphviz ``.gv`` file always, and an SVG embedded near the top of the page,
+scaled to its width, when ``dot`` is installed; the same structure is also an HTML table (each
+part, its device, cost and the parts it feeds), open on the page when there is no picture, so
+the page is useful without Graphviz.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def structure_graph(report: PerfReport) -> graphviz.Digraph:
     return g
 
 
+def structure_rows(report: PerfReport) -> list[dict]:
+    """The structure picture as rows, in execution order: each part (an NPU subgraph, or a CPU
+    node) with its device, node count, latency and the parts it feeds."""
+    feeds: dict[str, list[str]] = {}
+    for a, b in report.edges:
+        feeds.setdefault(a, []).append(b)
+    rows = []
+    for s in report.subgraphs:
+        parts = [(s.name, len(s.nodes), s.latency_ms)] if s.device == "NPU" else [(n, 1, None) for n in s.nodes]
+        for name, nodes, ms in parts:
+            rows.append({"name": name, "device": s.device, "subgraph": s.name, "nodes": nodes,
+                         "latency_ms": s.latency_ms if ms is None and len(s.nodes) == 1 else ms,
+                         "feeds": feeds.get(name, [])})
+    return rows
+
+
 def _svg(graph: graphviz.Digraph) -> str | None:
     if shutil.which("dot") is None:
         return None
@@ -54,6 +72,7 @@ def _svg(graph: graphviz.Digraph) -> str | None:
 def render_html(report: PerfReport, svg: str | None) -> str:
     return _env.get_template("perf_report.html.j2").render(
         r=report, data=report.to_dict(), svg=svg, npu_source=NPU_SOURCE, cpu_source=CPU_SOURCE,
+        structure=structure_rows(report),
     )
 
 

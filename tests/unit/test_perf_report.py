@@ -71,3 +71,23 @@ def test_page_renders_in_headless_chromium(written, tmp_path):
     shot = tmp_path / "perf_report.png"
     res = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", page)
     assert res.returncode == 0 and shot.stat().st_size > 10_000
+
+
+def test_picture_near_the_top_scaled_to_fit(written):
+    html = (written[1] / "mixed.html").read_text()
+    assert html.index('id="structure"') < html.index("<h2>Details</h2>") < html.index("<h2>Layer Details</h2>")
+    assert "#structure svg { display: block; max-width: 100%; height: auto;" in html
+    assert '<details id="structure-table">' in html  # closed: the picture is there
+
+
+def test_page_without_graphviz_shows_the_structure_as_a_table(written, tmp_path, monkeypatch):
+    report, _ = written
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot
+    folder = write_report(report, tmp_path)
+    html = (folder / "mixed.html").read_text()
+    assert "<svg" not in html and "apt-get install graphviz" in html
+    assert '<details id="structure-table" open>' in html
+    table = html[html.index('id="structure-table"'):html.index("<h2>Details</h2>")]
+    for s in report.subgraphs:
+        assert (s.name if s.device == "NPU" else s.nodes[0]) in table
+    assert "conv2" in table and "npu_subgraph_0" in table
