@@ -49,7 +49,7 @@ F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
-_COMPUTE_OPS = {"conv", "eltwise", "lut", "maxpool"}
+_COMPUTE_OPS = {"conv", "conv_transpose", "eltwise", "lut", "maxpool"}
 
 
 class _NotFusable(Exception):
@@ -149,45 +149,101 @@ def _round_and_clip(g: _Graph, v: str, ep: dict, lo: int, hi: int, *, double: bo
 
 
 def _conv(g: _Graph, op: dict, blobs: dict) -> None:
-    a, ep = op["attrs"], op["attrs"]["epilogue"]
-    if a.get("split_bytes") or ep.get("chain") or ep["mode"] not in ("shift", "scale", "fixed"):
-        raise _NotFusable("16-bit input split into bytes" if a.get("split_bytes") else "float epilogue")
+    a = op["attrs"]
+    if a.get("split_bytes"):
+        raise _NotFusable("16-bit input split into bytes")
     w = np.asarray(blobs["w"], np.float64)
-    cout = w.shape[0]
-    bias = np.asarray(blobs["b"], np.float64).reshape(-1)
-    lshift = _channel(a["lshift"], cout)
-    if np.any(lshift < 0):
-        raise _NotFusable("negative lshift")
-    w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
-    lo, hi = _clamp_bounds(ep)
     x = g.read(op["inputs"][0])
-    zp = a["x_zp"]
-    if zp and not any(a["pads"]):  # sum(w * (x - zp)) = sum(w * x) - zp * sum(w): one pass less
-        bias, zp = bias - a["x_zp"] * w.reshape(cout, -1).sum(axis=1), 0
-    elif zp:
-        x = g.node("Sub", [x, g.const(zp)])
-    reach = _reach(a["in_dtype"], zp)
     if list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
         x = g.node("Reshape", [x, g.const(a["in_shape"], np.int64)])
-    conv_attrs = {"pads": a["pads"], "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
-                  "kernel_shape": list(w.shape[2:])}
-    y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, conv_attrs) if ep["mode"] == "shift" else None
-    if ep["mode"] == "fixed":
-        sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
-        fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
-        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel's sums are multiplied by 0
-        acc, double = _accumulate(g, x, w * keep, bias * keep.reshape(-1), reach, conv_attrs)
-        y = _requantize_fixed(g, acc, double, fixed, ep, lo, hi)
-    elif y is None:
-        acc, double = _accumulate(g, x, w, bias, reach, conv_attrs)
-        y = (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
+    attrs = {"pads": a["pads"], "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
+             "kernel_shape": list(w.shape[2:])}
+
+    def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
+        return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), **attrs)
+
+    # sum(w * (x - zp)) = sum(w * x) - zp * sum(w) where every output sees every tap: one pass less
+    y = _convolve(g, op, x, w, blobs["b"], emit, fold_zp=not any(a["pads"]))
     if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
         y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
     g.names[op["outputs"][0]] = y
 
 
+def _conv_transpose(g: _Graph, op: dict, blobs: dict) -> None:
+    """A transposed convolution as ONNX ``ConvTranspose`` on the full output, cut as the kernel
+    cuts it (``pads`` at the start, ``out_shape`` long).  Bounds and requantisation as
+    :func:`_conv`, with the weights seen per output channel; an output element sums a subset of
+    the taps the bound counts."""
+    a = op["attrs"]
+    if a.get("wide"):
+        raise _NotFusable("16-bit products")
+    wn = np.asarray(blobs["w"], np.float64)  # (cin, cout / group, kh, kw)
+    cin, cout_g, kh, kw = wn.shape
+    group = a["group"]
+    cin_g = cin // group
+    h, wd = g.tensors[op["inputs"][0]]["shape"][2:]
+    ys, pads, strides, dil = a["out_shape"], a["pads"], a["strides"], a["dilations"]
+    full = [(h - 1) * strides[0] + (kh - 1) * dil[0] + 1, (wd - 1) * strides[1] + (kw - 1) * dil[1] + 1]
+    if pads[0] + ys[2] > full[0] or pads[1] + ys[3] > full[1]:
+        raise _NotFusable("output beyond the transposed convolution's reach")
+
+    def node_layout(wc: np.ndarray) -> np.ndarray:
+        return wc.reshape(group, cout_g, -1, kh, kw).transpose(0, 2, 1, 3, 4).reshape(-1, cout_g, kh, kw)
+
+    def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
+        v = g.node("ConvTranspose", [xs, g.const(node_layout(wc))] + ([] if b is None else [g.const(b)]),
+                   strides=strides, dilations=dil, group=group, kernel_shape=[kh, kw])
+        if [pads[0], pads[1], pads[0] + ys[2], pads[1] + ys[3]] != [0, 0, *full]:
+            v = _slice_node(g, v, [[0, ys[0], 1], [0, ys[1], 1], [pads[0], pads[0] + ys[2], 1],
+                                   [pads[1], pads[1] + ys[3], 1]])
+        return v
+
+    wc = wn.reshape(group, cin_g, cout_g, kh, kw).transpose(0, 2, 1, 3, 4).reshape(group * cout_g, cin_g, kh, kw)
+    g.names[op["outputs"][0]] = _convolve(g, op, g.read(op["inputs"][0]), wc, blobs["b"], emit, fold_zp=False)
+
+
+Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
+
+
+def _convolve(g: _Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, emit: Emit, *, fold_zp: bool) -> str:
+    """The exact accumulator of a (transposed) convolution and its requantisation.
+
+    ``w`` is in convolution layout (output channel, input channel of its group, kh, kw), which
+    the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such weights.  ``fold_zp``:
+    every output sees every tap, so the input zero point can move into the bias.
+    """
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if ep.get("chain") or ep["mode"] not in ("shift", "scale", "fixed"):
+        raise _NotFusable("float epilogue")
+    cout = w.shape[0]
+    bias = np.asarray(bias, np.float64).reshape(-1)
+    lshift = _channel(a["lshift"], cout)
+    if np.any(lshift < 0):
+        raise _NotFusable("negative lshift")
+    w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
+    lo, hi = _clamp_bounds(ep)
+    zp = a["x_zp"]
+    if zp and fold_zp:
+        bias, zp = bias - zp * w.reshape(cout, -1).sum(axis=1), 0
+    elif zp:
+        x = g.node("Sub", [x, g.const(zp)])
+    reach = _reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), zp)
+    if ep["mode"] == "shift":
+        y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit)
+        if y is not None:
+            return y
+    if ep["mode"] == "fixed":
+        sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
+        fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
+        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel's sums are multiplied by 0
+        acc, double = _accumulate(g, x, w * keep, bias * keep.reshape(-1), reach, emit, a["group"])
+        return _requantize_fixed(g, acc, double, fixed, ep, lo, hi)
+    acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
+    return (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
+
+
 def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
-                  conv_attrs: dict) -> str | None:
+                  emit: Emit) -> str | None:
     """A power-of-two requantisation folded into the convolution.
 
     Weights ``w * 2^-shift`` and bias ``bias * 2^-shift + offset`` (exact) give the value on the
@@ -205,20 +261,21 @@ def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int
     if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
         return None
     scale = np.exp2(-shift)
-    v = g.node("Conv", [x, g.const(w * scale.reshape(cout, 1, 1, 1)), g.const(bias * scale + offset)], **conv_attrs)
+    v = emit(x, w * scale.reshape(cout, 1, 1, 1), bias * scale + offset)
     v = g.node("Round", [g.node("Clip", [v, g.const(lo - ep["zp"]), g.const(hi - ep["zp"])])])
     return g.node("Add", [v, g.const(ep["zp"])]) if ep["zp"] else v
 
 
-def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, conv_attrs: dict) -> tuple[str, bool]:
-    """The exact accumulator (bias included): one float32 ``Conv`` when every partial sum stays
-    below 2^24; else float64 (``True``): input-channel chunks whose sums each stay below 2^24,
-    and the bias, added exactly."""
+def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, emit: Emit,
+                group: int) -> tuple[str, bool]:
+    """The exact accumulator (bias included): one float32 convolution when every partial sum
+    stays below 2^24; else float64 (``True``): input-channel chunks whose sums each stay below
+    2^24, and the bias, added exactly."""
     cout = w.shape[0]
     per_cin = reach * np.abs(w).sum(axis=(2, 3))  # (cout, cin_g): the most one input channel adds
     sums = per_cin.sum(axis=1)
     if np.all(sums + np.abs(bias) < F32_BOUND):
-        return g.node("Conv", [x, g.const(w), g.const(bias)], **conv_attrs), False
+        return emit(x, w, bias), False
     if np.any(per_cin >= F32_BOUND) or np.any(sums + np.abs(bias) >= 1 << 53):
         raise _NotFusable("one input channel's sums reach 2^24")
     bounds, run = [0], np.zeros(cout)
@@ -228,13 +285,13 @@ def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, 
             run = np.zeros(cout)
         run = run + per_cin[:, c]
     bounds.append(w.shape[1])
-    if len(bounds) > 2 and conv_attrs["group"] != 1:
+    if len(bounds) > 2 and group != 1:
         raise _NotFusable("grouped convolution whose sums reach 2^24")
     parts = []
     for c0, c1 in zip(bounds, bounds[1:]):
         xs = x if len(bounds) == 2 else g.node("Slice", [x, g.const([c0], np.int64), g.const([c1], np.int64),
                                                          g.const([1], np.int64)])
-        parts.append(g.node("Cast", [g.node("Conv", [xs, g.const(w[:, c0:c1])], **conv_attrs)], to=TensorProto.DOUBLE))
+        parts.append(g.node("Cast", [emit(xs, w[:, c0:c1], None)], to=TensorProto.DOUBLE))
     parts.append(g.const(bias.reshape(1, cout, 1, 1), np.float64))
     return g.node("Sum", parts), True
 
@@ -464,6 +521,33 @@ def _maxpool(g: _Graph, op: dict, blobs: dict) -> None:
                                        dilations=d, pads=a["pads"])
 
 
+def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
+    """The kernels' float-mode global average: the exact sum of ``q - zp`` (float32 while below
+    2^24), times the float32 ``acc_scale``, divided by the float32 count, ``numerics.quantize``."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    _no_table(op)
+    shape = g.tensors[op["inputs"][0]]["shape"]
+    if a.get("qlinear") or ep["mode"] != "float" or ep.get("chain"):
+        raise _NotFusable("ONNX Runtime QLinear pooling or fused float chain")
+    if list(a["out_shape"][2:]) != [1, 1] or any(a["pads"]) or list(shape[2:]) != list(a["kernel"]):
+        raise _NotFusable("pooling windows")
+    if any(np.ndim(ep[k]) for k in ("acc_scale", "scale", "zp")):
+        raise _NotFusable("per-channel scale")
+    if _reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * shape[2] * shape[3] >= F32_BOUND:
+        raise _NotFusable("sum reaches 2^24")
+    x = g.read(op["inputs"][0])
+    if a["x_zp"]:
+        x = g.node("Sub", [x, g.const(a["x_zp"])])
+    v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
+    v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
+    v = g.node("Div", [v, g.const(ep["scale"])])
+    recipe = nm.rounding_as_onnx(ep["round"])
+    double = recipe is not None and recipe[0] != 0
+    if double:
+        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
+    g.names[op["outputs"][0]] = _round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double)
+
+
 def _lookup(g: _Graph, x: str, table: np.ndarray, dtype: str, qmin: int) -> str:
     """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``."""
     lo, hi = _code_range(dtype)
@@ -563,7 +647,7 @@ def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
 
 
 _EMITTERS: dict[str, Callable[[_Graph, dict, dict], None]] = {
-    "conv": _conv, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
+    "conv": _conv, "conv_transpose": _conv_transpose, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
 }

@@ -242,3 +242,31 @@ def test_asymmetric_input_zero_point_is_exact(pads):
     b.output(b.quantize(c, 0.07, 5), "out")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 11, 11], 8, scale=4.0)}, CPU)
     assert _fused_ops(plan) == 1
+
+
+@pytest.mark.parametrize("target,group,pads,out_pad", [(DPU, 1, [1, 1, 1, 1], [1, 1]), (CPU, 1, [0, 0, 0, 0], [0, 0]),
+                                                      (CPU, 2, [1, 0, 1, 0], [0, 0])])
+def test_conv_transpose_and_global_average_fuse_exactly(target, group, pads, out_pad):
+    rng = np.random.default_rng(9)
+    b = Builder("half_even" if target == CPU else "half_up")
+    s = 2.0 ** -4 if target == DPU else 0.061
+    x = b.input("x", [1, 4, 5, 6], s)
+    w = b.weight("w", rng.normal(0, 0.3, (4, 6 // group, 3, 3)).astype(np.float32), 2.0 ** -7 if target == DPU else 0.0093)
+    y = b.quantize(b.node("ConvTranspose", [b.dq(x), w], "ct", strides=[2, 2], pads=pads, output_padding=out_pad,
+                          group=group), 2.0 ** -3 if target == DPU else 0.117)
+    b.output(b.quantize(b.node("GlobalAveragePool", [b.dq(y)], "gap"), 2.0 ** -5 if target == DPU else 0.029), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 4, 5, 6], 10, scale=2.0)}, target)
+    assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
+
+
+def test_transposed_output_beyond_its_reach_runs_as_kernel():
+    # output_padding past the last tap: the kernel's zeros (plus bias), not a ConvTranspose output
+    rng = np.random.default_rng(11)
+    b = Builder("half_up")
+    x = b.input("x", [1, 4, 5, 6], 2.0 ** -4)
+    w = b.weight("w", rng.normal(0, 0.3, (4, 6, 3, 3)).astype(np.float32), 2.0 ** -7)
+    y = b.node("ConvTranspose", [b.dq(x), w, b.bias("b", rng.normal(0, 1, 6), 2.0 ** -11)], "ct",
+               strides=[2, 2], output_padding=[1, 1])
+    b.output(b.quantize(y, 2.0 ** -3), "y")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 4, 5, 6], 12, scale=2.0)}, DPU)
+    assert any("reach" in why for why in plan.reasons.values()), plan.reasons

@@ -1,0 +1,43 @@
+"""Fused runs equal the op-by-op kernels bit for bit on real models, every output.
+
+The synthetic cases of ``test_runtime_fused.py`` pin each fused form; these run whole networks
+whose ops meet them all together (YOLOv8n: SiLU tables on float scales, DPU/CPU boundaries;
+PP-OCRv4 det: transposed convolutions and global averages of its attention blocks; the MNIST
+CNN), compiled from npuflow's own quantization, on power-of-two and float-scale targets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import npuflow
+from npuflow.runtime import fused
+from tests import fixture_models
+
+MODELS = {
+    "mnist": (fixture_models.mnist_cnn, "input", [1, 1, 28, 28]),
+    "yolov8n": (fixture_models.yolov8n, "images", [1, 3, 320, 320]),
+    "ppocr_det": (fixture_models.ppocr_det, "x", [1, 3, 128, 128]),
+}
+
+
+@pytest.mark.parametrize("key,target", [("mnist", "DPUCZDX8G_ISA1_B4096"), ("mnist", "cpu-int8"),
+                                        ("yolov8n", "DPUCZDX8G_ISA1_B4096"), ("yolov8n", "bernoulli2"),
+                                        ("ppocr_det", "bernoulli2")])
+def test_fused_equals_kernels_on_real_models(key, target):
+    fetch, name, shape = MODELS[key]
+    rng = np.random.default_rng(0)
+    samples = [{name: rng.uniform(-1 if key == "ppocr_det" else 0, 1, shape).astype(np.float32)} for _ in range(4)]
+    quantized = npuflow.quantize(str(fetch()), samples, target=target, input_shapes={name: shape})
+    compiled = npuflow.compile(quantized.model, target)
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    for x in samples[:2]:
+        a, b = fast.run(x), ref.run(x)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (k, int(np.sum(a[k] != b[k])))
+    reasons = [why for ex in fast._executors if hasattr(ex, "plan") for why in ex.plan.reasons.values()]
+    runs = sum(isinstance(it, fused.FusedRun) for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items)
+    assert runs >= 1
+    if key == "ppocr_det":  # every op of the detector is one fused run now
+        assert runs == 1 and not reasons, reasons
