@@ -415,10 +415,8 @@ def newest_opset() -> int:
     onnx states its own; ONNX Runtime has no query, so a one-node model is opened at each opset
     from onnx's newest down until ONNX Runtime accepts one (a few milliseconds, once per process).
     """
-    import onnxruntime as ort
+    from .ort_session import open_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "opset_probe", [x], [y])
@@ -426,8 +424,8 @@ def newest_opset() -> int:
         probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
         probe.ir_version = MAX_IR_VERSION
         try:
-            ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        except Exception:  # ORT raises its own Fail type for an opset it does not know
+            open_session(probe, level="disable", threads=1)
+        except NpuflowError:  # an opset ONNX Runtime does not know
             continue
         return opset
     return WORKING_OPSET
@@ -751,22 +749,15 @@ def _compared_constants(proto: onnx.ModelProto) -> dict[str, float]:
 
 
 def _fill_shapes_by_running(proto: onnx.ModelProto, names: list[str]) -> None:
-    import onnxruntime as ort
+    from .ort_session import open_session
 
     probe = _copy(proto)
-    probe.ir_version = min(probe.ir_version, MAX_IR_VERSION)
     existing = {o.name for o in probe.graph.output}
     for name in names:
         if name not in existing:
             probe.graph.output.add().name = name
     feeds = probe_feeds(proto)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4
-    try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot load the model: {exc}") from None
+    sess = open_session(probe, level="disable")
     try:
         outs = sess.run(names, feeds)
     except Exception as exc:  # a run failure is about the probe's values, not the model

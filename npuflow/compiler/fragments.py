@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..model import MAX_IR_VERSION, node_reads
 from ..numerics import qrange
+from ..ort_session import open_session
 from .qgraph import QGraph, QParams
 
 
@@ -30,12 +30,8 @@ def _run(g: QGraph, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], o
     graph = helper.make_graph(nodes, "fragment", inputs, outs, inits)
     model = helper.make_model(graph, opset_imports=list(g.model.opset_import))
     model.functions.extend(g.model.functions)
-    model.ir_version = min(g.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(outputs, feeds)
+    model.ir_version = g.model.ir_version or MAX_IR_VERSION
+    return open_session(model, level="disable").run(outputs, feeds)
 
 
 def codes(p: QParams) -> np.ndarray:

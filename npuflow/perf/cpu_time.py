@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..model import node_reads, probe_feeds, tensor_elem_types, tensor_shapes
+from ..ort_session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,8 @@ def _random_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
 def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: int = RUNS) -> float | None:
     """Median single-thread ONNX Runtime time of ``nodes`` in ms, or ``None`` if they cannot run alone."""
     sub = cut_subgraph(model, nodes)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = open_session(sub, threads=1)
         feed = _random_feed(sess)
         # integer inputs that select a branch get the constant the model tests them against (sr=16000)
         feed.update({k: v for k, v in probe_feeds(sub).items() if k in feed and feed[k].dtype.kind in "iub"})

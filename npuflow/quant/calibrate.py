@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from .. import scaleout
 from ..errors import NpuflowError
-from ..model import MAX_IR_VERSION
+from ..ort_session import open_session
 from .data import Sample
 from .observers import HistogramObserver, MinMaxObserver
 
@@ -91,21 +91,12 @@ def session_for(model: onnx.ModelProto, outputs: Iterable[str], *, spinning: boo
     the cores; scheduling only, the numbers are the same)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    probe.ir_version = min(probe.ir_version, MAX_IR_VERSION)
     existing = {o.name for o in probe.graph.output}
     for name in outputs:
         if name not in existing:
             probe.graph.output.add().name = name
             existing.add(name)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot run the model: {exc}") from None
+    return open_session(probe, level="basic", spinning=spinning, what="run")
 
 
 def run_sample(sess: ort.InferenceSession, sample: Sample, index: int) -> dict[str, np.ndarray]:
