@@ -352,12 +352,14 @@ class _FixedPoint:
 def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int) -> str:
     """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly.
 
-    Only accumulators below ``reach = (T + 1) * 2^shift / m`` can give a code that does not
-    saturate (``T``: the farthest code from the zero point), so clamping ``acc`` to ``+-reach``
-    (only where the accumulator can go beyond) changes no output; when ``reach`` and ``m``
-    together fit 52 bits the product (and its offset) is then exact in float64 and rounds with
-    ``numerics.rounding_as_onnx``; the zero point and the clamps follow in float32 (integers;
-    larger values saturate alike).  Constant channels give their value.  Otherwise the product is
+    Only accumulators up to ``reach = (T + 1) * 2^shift / m`` can give a code that does not
+    saturate (``T``: the farthest code from the zero point).  When ``reach`` and ``m`` together
+    fit 52 bits, the float64 product of such an accumulator (and its offset) is exact and rounds
+    with ``numerics.rounding_as_onnx``; a larger accumulator's product may round, but float64
+    multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
+    still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
+    accumulator is needed.  The zero point and the clamps follow in float32 (integers; larger
+    values saturate alike).  Constant channels give their value.  Otherwise the product is
     formed in int64 and shifted as ``shift_round`` does (more passes over 8-byte data).
     """
     cout = len(fx.mult)
@@ -365,12 +367,8 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     reach = np.where(fx.const, 0, np.floor(np.minimum(far * np.exp2(fx.shift) / np.maximum(fx.mult, 1) + 1, fx.bound)))
     bits = np.ceil(np.log2(reach + 1)) + np.ceil(np.log2(fx.mult + 1))  # of |acc * m|; one more for the offset
     recipe = nm.rounding_as_onnx(ep["round"])
-    if recipe is not None and np.all(fx.const | (bits <= 52)) and np.all(reach < F32_BOUND):
+    if recipe is not None and np.all(fx.const | (bits <= 52)):
         v = acc
-        if np.any(~fx.const & (reach < fx.bound)):
-            r = reach.reshape(1, cout, 1, 1)
-            dt = np.float64 if double else np.float32
-            v = g.node("Min", [g.node("Max", [v, g.const(-r, dt)]), g.const(r, dt)])
         if not double:
             v = g.node("Cast", [v], to=TensorProto.DOUBLE)
         m = np.where(fx.const, 0.0, np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
@@ -481,7 +479,9 @@ def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> str:
             vals.append(g.const(nm.dequantize(blobs[spec["const"]], s, spec["zp"])))
             continue
         v = g.read(op["inputs"][spec["input"]])
-        vals.append(g.node("Mul", [g.node("Sub", [v, g.const(spec["zp"])]), g.const(s)]))
+        if spec["zp"]:
+            v = g.node("Sub", [v, g.const(spec["zp"])])
+        vals.append(g.node("Mul", [v, g.const(s)]))
     v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[a["mode"]], vals)
     v = g.node("Div", [v, g.const(ep["scale"])])
     recipe = nm.rounding_as_onnx(ep["round"])
@@ -549,12 +549,16 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
 
 
 def _lookup(g: _Graph, x: str, table: np.ndarray, dtype: str, qmin: int) -> str:
-    """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``."""
+    """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``.  The
+    table is rotated so that the code itself is the index (``Gather`` counts negative indices
+    from the end), which saves a pass over the tensor."""
     lo, hi = _code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
         raise _NotFusable("table does not cover the input codes")
-    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo)])], to=TensorProto.INT32)
-    return g.node("Gather", [g.const(np.asarray(table).astype(np.float32)), idx], axis=0)
+    codes = np.arange(table.size)
+    rotated = np.asarray(table)[np.where(codes <= hi, codes, codes - table.size) - lo]  # index k holds code k, or k - size
+    idx = g.node("Cast", [x], to=TensorProto.INT32)
+    return g.node("Gather", [g.const(rotated.astype(np.float32)), idx], axis=0)
 
 
 def _lut(g: _Graph, op: dict, blobs: dict) -> None:
@@ -643,7 +647,9 @@ def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
         shape = [1] * len(g.tensors[op["inputs"][0]]["shape"])
         shape[a["axis"]] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
-    g.names[op["outputs"][0]] = g.node("Mul", [g.node("Sub", [x, g.const(zp)]), g.const(scale)])
+    if np.any(zp):
+        x = g.node("Sub", [x, g.const(zp)])
+    g.names[op["outputs"][0]] = g.node("Mul", [x, g.const(scale)])
 
 
 _EMITTERS: dict[str, Callable[[_Graph, dict, dict], None]] = {

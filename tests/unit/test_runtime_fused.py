@@ -90,6 +90,25 @@ def test_fixed_point_requantisation_equals_numerics(mode, zp, shifts, as_float):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_fixed_point_saturates_unclamped_accumulators_far_beyond_reach(mode):
+    # float64 accumulators (chunked sums) up to 2^30: products of 61 bits round, yet saturate as numerics does
+    rng = np.random.default_rng(7)
+    mult, shift = rng.integers(1 << 30, 1 << 31, 4), np.array([31, 33, 35, 37])
+    reach = np.round(128 * np.exp2(shift) / mult)
+    acc = np.concatenate([rng.integers(-(1 << 30), 1 << 30, (64, 4)), reach + np.arange(-3, 4)[:, None],
+                          -reach + np.arange(-3, 4)[:, None]]).astype(np.int64).reshape(-1, 4, 1, 1)
+    ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": 3, "round": mode,
+          "dtype": "int8", "clamps": []}
+    want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
+                   -128, 127)
+    g = fused._Graph({})
+    fx = fused._FixedPoint(ep, 4, np.full(4, -float(1 << 30)), np.full(4, float(1 << 30)))
+    y = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127)
+    assert not {"Min", "Max", "BitShift"} & {n.op_type for n in g.nodes}
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT), want)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_near_dead_channels_are_constants_and_live_ones_exact(mode):
     # a saturated int32 bias with a tiny multiplier (60, 70: beyond float64's reach) next to live channels
     mult = np.array([1 << 30, 1518500250, 2147483647, 1 << 30])
