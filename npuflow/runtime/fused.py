@@ -550,15 +550,13 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
 
 def _lookup(g: _Graph, x: str, table: np.ndarray, dtype: str, qmin: int) -> str:
     """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``.  The
-    table is rotated so that the code itself is the index (``Gather`` counts negative indices
-    from the end), which saves a pass over the tensor."""
+    indices are made non-negative first: ONNX Runtime's ``Gather`` is three times slower on
+    negative ones."""
     lo, hi = _code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
         raise _NotFusable("table does not cover the input codes")
-    codes = np.arange(table.size)
-    rotated = np.asarray(table)[np.where(codes <= hi, codes, codes - table.size) - lo]  # index k holds code k, or k - size
-    idx = g.node("Cast", [x], to=TensorProto.INT32)
-    return g.node("Gather", [g.const(rotated.astype(np.float32)), idx], axis=0)
+    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo)]) if lo else x], to=TensorProto.INT32)
+    return g.node("Gather", [g.const(np.asarray(table).astype(np.float32)), idx], axis=0)
 
 
 def _lut(g: _Graph, op: dict, blobs: dict) -> None:
