@@ -550,8 +550,8 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
 
 def _lookup(g: _Graph, x: str, table: np.ndarray, dtype: str, qmin: int) -> str:
     """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``.  The
-    indices are made non-negative first: ONNX Runtime's ``Gather`` is three times slower on
-    negative ones."""
+    indices are made non-negative first, although ``Gather`` accepts negative ones: ONNX
+    Runtime takes a much slower path for those."""
     lo, hi = _code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
         raise _NotFusable("table does not cover the input codes")
