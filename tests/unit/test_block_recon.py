@@ -17,7 +17,10 @@ import npuflow
 from npuflow import numerics
 from npuflow.errors import NpuflowError
 from npuflow.quant.algorithms import fast_finetune as ff
-from npuflow.quant.algorithms.block_recon import Block, BlockRunner, block_error, plan_blocks, reconstruct
+from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, block_error, fake_quantize32, plan_blocks,
+                                                  reconstruct)
+from npuflow.quant.algorithms.graph import capture
+from npuflow.torch.fake_quant import QuantSpec
 from npuflow.quant.algorithms.qdq_weights import quantized_layers, read_codes, scale_rows
 from npuflow.quant.config import QuantConfig
 from tests.compile_check import compare_with_ort
@@ -103,6 +106,34 @@ def test_blocks_are_the_inverted_residual_blocks(quantized):
     assert (b1.start, b1.end) == ("b0.out", "b1.out")  # the residual add is inside the block
     every = [j.ql.name for u in units for j in (u.jobs if isinstance(u, Block) else [u])]
     assert sorted(every) == sorted(l.name for l in quantized_layers(quantized[1]))  # every layer once
+
+
+@pytest.mark.parametrize("mode", list(numerics.RoundMode))
+@pytest.mark.parametrize("bits,signed", [(8, True), (8, False), (16, True)])
+def test_float32_fake_quantization_is_numerics_bit_for_bit(mode, bits, signed):
+    rng = np.random.default_rng(3)
+    scale = np.float32(2.0 ** -4)
+    codes = rng.integers(-40000, 40000, 4000)
+    ties = ((codes + 0.5) * scale).astype(np.float32)           # exact halves
+    x = np.concatenate([ties, rng.normal(0, 3000 * scale, 4000).astype(np.float32), [3e9, -3e9]]).astype(np.float32)
+    want = numerics.fake_quantize(x, scale, 0, bits=bits, signed=signed, round_mode=mode)
+    got = fake_quantize32(torch.from_numpy(x), torch.tensor(scale), torch.tensor(0.0),
+                          QuantSpec(bits, signed, False, numerics.RoundMode(mode)), None)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_block_runner_computes_what_onnx_runtime_computes(quantized):
+    """The torch block with the stored codes is the QDQ model's subgraph, to the last bit."""
+    float_model, qmodel = quantized
+    feeds = _feeds(4)
+    inputs = ff.QuantizedInputs(qmodel, feeds)
+    for block in (u for u in _units(float_model, qmodel) if isinstance(u, Block)):
+        ref: list[np.ndarray] = []
+        capture(qmodel, feeds, [block.end], lambda _, v: ref.append(v[block.end]))
+        runner = BlockRunner(qmodel, block, "std_round")
+        with torch.no_grad():
+            got = runner.run(torch.from_numpy(np.concatenate(inputs.get(block.start))), codes=runner.current)
+        np.testing.assert_array_equal(got.numpy(), np.concatenate(ref))
 
 
 def _block_data(float_model, qmodel, block):
