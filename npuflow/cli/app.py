@@ -15,6 +15,8 @@ One grammar on every command, so that what a user learns on one holds on all:
   ``perf``, ``compare``, ``bench``);
 - ``--input-shape NAME=DIMS`` or ``--input-shape NAME DIMS`` (hb_mapper's spelling), from
   :func:`input_shape_option`;
+- ``-v/--verbose LEVEL`` on the commands that print a per-node table (``check``, ``quantize``,
+  ``build``): 0 summary lines, 1 (default) summary tables, 2 every node, from :func:`verbose_option`;
 - readable metavariables (``MODEL``, ``TARGET``, ``DIR``, ``FILE``, ``NAME=FILE.npy``; none on
   flags), applied by :class:`Command` to every parameter (:func:`metavar_rule`), and usage lines
   without Typer's ``{model}`` braces;
@@ -121,6 +123,12 @@ def output_option(default: Any, kind: Literal["FILE", "DIR"], help: str) -> Any:
     """``-o/--output FILE|DIR``: where the results go, a FILE for a command that writes one file,
     a DIR for one that writes several (the module docstring's rule)."""
     return typer.Option(default, "--output", "-o", metavar=kind, help=help)
+
+
+def verbose_option(what: str) -> Any:
+    """``-v/--verbose LEVEL``: 0 summary lines, 1 (default) summary tables (``what``), 2 every node."""
+    return typer.Option(1, "--verbose", "-v", min=0, max=2, metavar="LEVEL",
+                        help=f"0: summary lines only, 1: {what}, 2: every node.")
 
 
 def input_shape_option(help: str = "Freeze an input's shape") -> Any:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..build import TEMPLATE, build
 from ..errors import NpuflowError
-from ..build.pipeline import SIMILARITY_COLUMNS, BuildResult, similarity_cells
+from ..build.pipeline import BuildResult
 from .progress import StageProgress
-from .app import app, console, err_console, examples
+from .app import app, console, err_console, examples, verbose_option
+from .similarity import similarity_tables
 
 
 @app.command("build", epilog=examples(
@@ -32,6 +32,7 @@ def build_command(
                                                 help="The config, hb_mapper style."),
     model_type: str = typer.Option("onnx", "--model-type", metavar="onnx", help="hb_mapper's flag; only onnx is read."),
     template: bool = typer.Option(False, "--template", help="Print a commented config template and exit."),
+    verbose: int = verbose_option("the nodes whose similarity drops most"),
 ) -> None:
     """Convert a float ONNX model to a deployable .npuf in one go, from a YAML config."""
     if template:
@@ -45,7 +46,9 @@ def build_command(
         raise typer.BadParameter("give a CONFIG.yaml, or --template to print one", param_hint="CONFIG")
     with StageProgress("build", console, err_console) as progress:
         result = build(config, progress=progress)
-    _print_similarity(result)
+    sim = result.report["similarity"]
+    for table in similarity_tables(sim["nodes"], sim["samples"], verbose):
+        console.print(table)
     for line in summary_lines(result):
         console.print(line, markup=False, highlight=False)
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
@@ -80,12 +83,3 @@ def summary_lines(result: BuildResult) -> list[str]:
     lines.append(f"estimate (npuflow perf): {label} {est.npu_ms:.3f} ms + transfers {est.transfer_ms:.3f} ms per frame"
                  f"{cpu}, DDR {est.ddr_mb_per_frame:.3f} MB per frame")
     return lines
-
-
-def _print_similarity(result: BuildResult) -> None:
-    table = Table(title="per-node similarity (float vs quantized)")
-    for col in SIMILARITY_COLUMNS:
-        table.add_column(col, justify="right" if col in ("Cosine Similarity", "Threshold") else "left")
-    for cells in similarity_cells(result.report["similarity"]["nodes"]):
-        table.add_row(*cells)
-    console.print(table)

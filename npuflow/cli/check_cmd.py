@@ -12,7 +12,7 @@ from ..check import check
 from ..check.files import write_outputs
 from ..check.render import console_tables, summary_lines
 from ..model import freeze_inputs, parse_input_values, with_probe_values
-from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
+from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option, verbose_option
 
 
 class ImageFormat(str, Enum):
@@ -39,9 +39,7 @@ def check_command(
              "an If on it is inlined and its branch checked/quantized (repeatable)."),
     output: Path = output_option(Path("inspect"), "DIR", "Folder for the report files (.txt, .json, .gv)."),
     image_format: Optional[ImageFormat] = typer.Option(None, "--format", help="Also render the graph as svg or png."),
-    verbose: int = typer.Option(1, "--verbose", "-v", min=0, max=2, metavar="LEVEL",
-                                help="0: summary lines, 1: a table per op type x device and the CPU nodes with "
-                                     "reasons, 2: every node."),
+    verbose: int = verbose_option("nodes per op type x device and the CPU nodes grouped by reason"),
 ) -> None:
     """Check which nodes of MODEL run on the TARGET accelerator, and why the others do not."""
     shapes = input_shapes_arg(input_shape)

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from .progress import StageProgress
-from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option
+from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option, verbose_option
+from .similarity import similarity_tables
 
 
 @app.command("quantize", epilog=examples(
@@ -45,7 +45,9 @@ def quantize_command(
         help="Replace an input by a constant for this deployment, e.g. --freeze-input sr=16000: "
              "an If on it is inlined and its branch checked/quantized (repeatable)."),
     plain_qdq: bool = typer.Option(False, "--plain-qdq", help="Write QuantizeLinear everywhere (other runtimes; differs on ties)."),
-    show_nodes: bool = typer.Option(True, "--nodes/--no-nodes", help="Print the per-node similarity table."),
+    verbose: int = verbose_option("the nodes whose similarity drops most"),
+    show_nodes: Optional[bool] = typer.Option(None, "--nodes/--no-nodes", hidden=True,
+                                              help="Old switch: --nodes is -v 2, --no-nodes -v 0."),
     strict: bool = typer.Option(False, "--strict", help="Fail (NPF_QUANT_LOW_SIMILARITY, nothing written) when the "
                                 "output similarity is below min_output_cosine (default 0.95) instead of warning."),
     workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Calibrate shards in N worker processes and merge "
@@ -64,12 +66,8 @@ def quantize_command(
         result = quantize(source, str(calib), target, config=_with_scaleout(config, workers, ray_address),
                           input_shapes=shapes, progress=progress, warn=False)  # printed below, last
     report = result.report
-    if show_nodes:
-        table = Table(title=f"quantization accuracy ({report.samples} samples)")
-        for col in report.columns():
-            table.add_column(col, justify="right" if col in ("Cosine Similarity", "Threshold") else "left")
-        for row in report.table_rows():
-            table.add_row(*row)
+    verbose = verbose if show_nodes is None else (2 if show_nodes else 0)
+    for table in similarity_tables(report.to_json()["nodes"], report.samples, verbose):
         console.print(table)
     for name, cos in report.outputs.items():
         shown = "n/a" if cos is None else f"{cos:.6f}"

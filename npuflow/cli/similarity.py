@@ -1,0 +1,55 @@
+"""The per-node similarity of a quantized model on the console, for ``quantize`` and ``build``.
+
+At the default verbosity a short table of the nodes where the similarity drops most below their
+inputs' (where an accuracy loss arises) with a caption of the counts per device; ``-v 2`` prints
+every node (Horizon's ``Node | ON | Subgraph | Type | Cosine Similarity | Threshold``), ``-v 0``
+none.  YOLOv8n's full table is 233 rows, more than a terminal shows, and the rows that matter
+were lost in it.  Both commands read the rows as the report JSON holds them
+(:meth:`npuflow.quant.report.QuantReport.to_json`), so the two tables are the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rich.table import Table
+
+from ..build.pipeline import SIMILARITY_COLUMNS, similarity_cells
+
+#: Nodes in the default table.
+WORST_SHOWN = 10
+#: What the ON column says for a node the checker never placed (shape arithmetic it folded
+#: away, which the compiled model computes on the CPU).
+UNPLACED = "CPU (shape)"
+
+
+def similarity_tables(rows: list[dict[str, Any]], samples: int, verbose: int = 1) -> list[Table]:
+    """The console tables of the per-node ``rows`` (report JSON) measured on ``samples`` samples."""
+    if verbose <= 0 or not rows:
+        return []
+    placed = any(r.get("on") for r in rows)
+    if placed:
+        rows = [{**r, "on": r.get("on") or UNPLACED} for r in rows]
+    if verbose >= 2:
+        shown, title = rows, f"quantization accuracy per node ({samples} samples)"
+    else:
+        measured = sorted((r for r in rows if r.get("drop") is not None), key=lambda r: (-r["drop"], r["node"]))
+        shown = measured[:WORST_SHOWN]
+        title = (f"quantization accuracy: the {len(shown)} nodes whose similarity drops most ({samples} samples; "
+                 f"-v 2: all {len(rows)} nodes)")
+    columns = [c for c in SIMILARITY_COLUMNS if placed or c not in ("ON", "Subgraph")]
+    table = Table(title=title, caption=_counts(rows) if placed else None, min_width=len(title))
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("Cosine Similarity", "Threshold", "Drop") else "left")
+    if verbose < 2:
+        table.add_column("Drop", justify="right")
+    for row, cells in zip(shown, similarity_cells(shown)):
+        cells = [c for c, name in zip(cells, SIMILARITY_COLUMNS) if name in columns]
+        table.add_row(*cells, *([f"{row['drop']:.6f}"] if verbose < 2 else []))
+    return [table]
+
+
+def _counts(rows: list[dict[str, Any]]) -> str:
+    counts = Counter(r["on"] for r in rows)
+    return f"{len(rows)} nodes: " + ", ".join(f"{n} on {device}" for device, n in counts.most_common())
