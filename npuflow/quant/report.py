@@ -16,6 +16,7 @@ quantized, score 0), and names the nodes whose output similarity drops most belo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -178,10 +179,23 @@ def low_similarity(report: QuantReport, threshold: float) -> NpuflowError | None
 
 
 def add_placement(report: QuantReport, placement) -> None:
-    """Fill ``ON``/``Subgraph`` from a :class:`npuflow.check.CheckReport` (nodes matched by output tensor)."""
+    """Fill ``ON``/``Subgraph`` from a :class:`npuflow.check.CheckReport` (nodes matched by output tensor).
+
+    A control-flow node (``If``, ``Loop`` ...) runs on the CPU: the checker may have inlined its
+    branch (a constant condition), whose last node writes the same tensor on the accelerator, so
+    matching by tensor would print silero-vad's ``If`` as on the DPU."""
     by_output = {n.outputs[0]: n for n in placement.nodes if n.outputs}
     for row in report.rows:
         node = by_output.get(row.tensor)
-        if node is not None:
+        if row.type in _control_flow_ops():
+            row.on, row.subgraph = "CPU", None
+        elif node is not None:
             row.on = placement.device_name(node)
             row.subgraph = node.subgraph
+
+
+@functools.cache
+def _control_flow_ops() -> frozenset[str]:
+    """The ONNX op types that hold subgraphs (If, Loop, Scan, ...), from ONNX's own schemas."""
+    kinds = (onnx.defs.OpSchema.AttrType.GRAPH, onnx.defs.OpSchema.AttrType.GRAPHS)
+    return frozenset(s.name for s in onnx.defs.get_all_schemas() if any(a.type in kinds for a in s.attributes.values()))

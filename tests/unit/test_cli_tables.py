@@ -39,3 +39,19 @@ def test_v2_shows_every_node_with_a_device_and_v0_none():
     shape_row = next(line for line in text.splitlines() if "│ shape " in line)
     assert UNPLACED in shape_row  # shape arithmetic the checker folded: computed on the CPU
     assert _text(_rows(40), 0) == ""
+
+
+def test_a_control_flow_row_is_on_the_cpu_even_when_its_inlined_branch_is_not():
+    """silero-vad's /decoder/If was printed on DPU subgraph 1: the checker had inlined its branch,
+    whose last node writes the If's output tensor on the DPU."""
+    from types import SimpleNamespace
+
+    from npuflow.quant.report import NodeRow, QuantReport, add_placement
+
+    report = QuantReport(rows=[NodeRow("/decoder/If", "If", "out", 0.3, None),
+                               NodeRow("conv", "Conv", "c", 0.99, 1.0)])
+    placed = [SimpleNamespace(outputs=["out"], subgraph=1, device="NPU"),
+              SimpleNamespace(outputs=["c"], subgraph=0, device="NPU")]
+    placement = SimpleNamespace(nodes=placed, device_name=lambda n: "DPU" if n.device == "NPU" else "CPU")
+    add_placement(report, placement)
+    assert [(r.on, r.subgraph) for r in report.rows] == [("CPU", None), ("DPU", 0)]
