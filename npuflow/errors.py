@@ -50,10 +50,15 @@ _MODEL = _specs(
     ("NPF_MODEL_OPSET_UNSUPPORTED", "model opset {opset} is outside the supported range [{low}, {high}]",
      "Re-export the model with an opset in the supported range; the newest is the newest one both the "
      "installed onnx and onnxruntime support (upgrade both for newer opsets)."),
-    ("NPF_MODEL_CUSTOM_OP", "the model uses {count} custom operator(s) with no implementation here: {ops}",
-     "npuflow runs standard ONNX operators (and ONNX Runtime's com.microsoft ones): re-export the model "
-     "with standard ops (e.g. drop the custom symbolic in torch.onnx.export), or cut it around the custom "
-     "op (onnx.utils.extract_model) and deploy the parts before and after it."),
+    ("NPF_MODEL_CUSTOM_OP", "the model uses {count} custom operator(s) with no implementation registered: {ops}",
+     "Register each in Python before loading the model: @npuflow.register_op('OpType', domain='your.domain') "
+     "on a numpy function (docs/custom-ops.md), or from a package through the 'npuflow.ops' entry point; or "
+     "re-export the model with standard ops."),
+    ("NPF_CUSTOM_OP_BAD_REGISTRATION", "cannot register custom op {op!r}: {reason}",
+     "register_op(op_type, fn, domain='com.example', inputs=('float',), outputs=('float',), attrs={{'beta': float}})."),
+    ("NPF_CUSTOM_OP_FAILED", "custom op {op} ({source}) failed: {reason}",
+     "Fix the registered function: it is called with numpy arrays in the node's input order and the "
+     "node's attributes as keywords, and must return one array per declared output."),
     ("NPF_MODEL_DYNAMIC_SHAPE", "{count} input(s) with unresolved dynamic dimensions: {inputs}",
      "Freeze them with {examples} (N: the size you deploy; one option per input)."),
     ("NPF_MODEL_BAD_INPUT_SHAPE", "bad input shape {value!r}: {reason}",

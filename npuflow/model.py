@@ -296,21 +296,16 @@ KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 
 def _check_known_domains(proto: onnx.ModelProto) -> None:
-    """Name every custom operator at once (an op of a domain ONNX Runtime does not implement and
-    no model-local function defines) instead of the checker's first "not a registered op": the
-    user learns which nodes stand in the way and what to do about them."""
-    local = {(f.domain, f.name) for f in proto.functions}
+    """Name every unregistered custom operator at once (an op of a domain ONNX Runtime does not
+    implement, no model-local function defines and :func:`npuflow.register_op` does not provide)
+    instead of the checker's first "not a registered op": the user learns which nodes stand in the
+    way and what to do about them."""
+    from .custom_ops import custom_nodes
+
     found: dict[tuple[str, str], list[str]] = {}
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in local:
-                found.setdefault((node.domain, node.op_type), []).append(node.name or node.output[0])
-            for a in node.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(g)
-
-    walk(proto.graph)
+    for node, op in custom_nodes(proto):
+        if op is None:
+            found.setdefault((node.domain, node.op_type), []).append(node.name or node.output[0])
     if found:
         ops = "; ".join(f"{d}:{t} (node {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
                         for (d, t), names in sorted(found.items()))
@@ -760,6 +755,8 @@ def _fill_shapes_by_running(proto: onnx.ModelProto, names: list[str]) -> None:
     sess = open_session(probe, level="disable")
     try:
         outs = sess.run(names, feeds)
+    except NpuflowError:  # a custom op's own failure (npuflow.custom_ops)
+        raise
     except Exception as exc:  # a run failure is about the probe's values, not the model
         raise _probe_error(proto, feeds, names, exc) from None
     by_name = {vi.name: vi for vi in proto.graph.value_info}

@@ -49,14 +49,52 @@ def options(*, level: Level = "all", threads: int = 0, spinning: bool = True):
 def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", threads: int = 0,
                  spinning: bool = True, what: str = "load"):
     """An ``onnxruntime.InferenceSession`` on the CPU provider; a model ONNX Runtime refuses is
-    ``NPF_MODEL_INVALID`` ("ONNX Runtime cannot {what} the model: ...")."""
+    ``NPF_MODEL_INVALID`` ("ONNX Runtime cannot {what} the model: ...").
+
+    A model with custom operators (:mod:`npuflow.custom_ops`) runs them as onnxruntime-extensions
+    Python ops: an unregistered one is ``NPF_MODEL_CUSTOM_OP``, and the session returned checks
+    after each run whether one of them failed (``NPF_CUSTOM_OP_FAILED``)."""
     import onnxruntime as ort
 
+    from . import custom_ops
+
+    opts = options(level=level, threads=threads, spinning=spinning)
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) and custom_ops.has_registrations() else model
+    custom = False
+    if isinstance(proto, onnx.ModelProto):
+        missing = sorted({f"{n.domain}:{n.op_type}" for n, op in custom_ops.custom_nodes(proto) if op is None})
+        if missing:
+            raise NpuflowError("NPF_MODEL_CUSTOM_OP", count=len(missing), ops="; ".join(missing))
+        proto, custom = custom_ops.for_onnxruntime(proto)
+        if custom:
+            opts.register_custom_ops_library(custom_ops.extensions().get_library_path())
     try:
-        return ort.InferenceSession(_serialized(model), options(level=level, threads=threads, spinning=spinning),
-                                    providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(_serialized(proto), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/InvalidProtobuf types
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot {what} the model: {exc}") from None
+    return _Guarded(session) if custom else session
+
+
+class _Guarded:
+    """An ONNX Runtime session whose runs raise what a custom op recorded (see
+    :mod:`npuflow.custom_ops`); everything else is the session's."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+
+    def run(self, *args, **kwargs):
+        from .custom_ops import raise_recorded
+
+        try:
+            result = self._session.run(*args, **kwargs)
+        except Exception:
+            raise_recorded()  # the op's own error explains ONNX Runtime's (an empty output downstream)
+            raise
+        raise_recorded()
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
 
 
 def _serialized(model: onnx.ModelProto | bytes) -> bytes:

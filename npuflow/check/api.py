@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import helper, numpy_helper
 
-from ..model import ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
+from ..custom_ops import lookup as lookup_custom_op
+from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
@@ -97,6 +98,9 @@ def _unsupported_reason(info: OpInfo, node: onnx.NodeProto, tgt: Target) -> str:
         return f"{node.op_type} ({info.kind}) is not supported on {tgt.name}{note}"
     if info.kind.endswith("_dynamic_weight"):
         return f"{node.op_type} with weights computed at run time is not supported on {tgt.device_label}"
+    custom = lookup_custom_op(node.domain, node.op_type) if node.domain not in KNOWN_DOMAINS else None
+    if custom is not None:
+        return f"custom op {node.domain}:{node.op_type}: runs on the CPU with its registered implementation {custom.source}"
     return f"{node.op_type} ({info.kind}) has no {tgt.device_label} implementation on {tgt.name}"
 
 

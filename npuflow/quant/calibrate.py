@@ -103,6 +103,8 @@ def run_sample(sess: ort.InferenceSession, sample: Sample, index: int) -> dict[s
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, sample)
+    except NpuflowError:  # a custom op's own failure (npuflow.custom_ops)
+        raise
     except Exception as exc:  # a sample ORT rejects (shape the graph cannot take)
         raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index, reason=f"ONNX Runtime rejected it: {exc}") from None
     return dict(zip(names, values))

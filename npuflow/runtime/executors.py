@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..ort_session import open_session
 from ..qdq import DOMAIN
 
 from . import fused
@@ -130,10 +131,8 @@ class OnnxExecutor:
 
     def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1, lookup: bool = True) -> None:
         model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
-        opts = fused.session_options(threads)
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if _float_scaled(model)
-                                         else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(model, level="all" if _float_scaled(model) else "basic", threads=threads,
+                                    spinning=threads <= 1)
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
         self.lookup = _as_lookup(model, self.session) if lookup and not self.carried else None

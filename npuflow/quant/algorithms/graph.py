@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ...model import outer_reads, tensor_elem_types
+from ...ort_session import open_session
 from ..calibrate import run_ahead
 
 Feed = Mapping[str, np.ndarray]
@@ -188,13 +189,7 @@ def session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSess
         if name not in have:
             m.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
             have.add(name)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
-    if m.ir_version > 10:
-        m.ir_version = 10
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return open_session(m, level="disable", threads=2, what="run")
 
 
 def capture(
@@ -217,16 +212,6 @@ def capture(
 def run_outputs(model: onnx.ModelProto, feeds: Iterable[Feed], *, spinning: bool = True) -> list[list[np.ndarray]]:
     """All graph outputs for each feed (optimised session: used for end-to-end comparisons);
     ``spinning=False`` for worker processes sharing the cores (scheduling only, same numbers)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    m = model
-    if m.ir_version > 10:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        m.ir_version = 10
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = open_session(model, level="all", threads=2, spinning=spinning, what="run")
     input_names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {n: v for n, v in f.items() if n in input_names}) for f in feeds]

@@ -1,0 +1,228 @@
+"""Custom operators: ops of the user's own domain, implemented by the user in Python.
+
+A model may contain operators no standard runtime knows (a PointPillars-style scatter, a custom
+activation): Vitis AI and Horizon's toolchains take them as "custom ops" that stay on the CPU
+with the user's implementation.  Here the user registers a numpy function per op type::
+
+    @npuflow.register_op("MySwish", domain="com.example", attrs={"beta": float})
+    def my_swish(x, beta=1.0):
+        return x / (1.0 + np.exp(-beta * x))
+
+and every stage accepts the model: ``check`` places the op on the CPU (reason "custom op"),
+``quantize`` keeps it in float with Q/DQ at its boundary, ``compile`` leaves it in a CPU subgraph,
+and :class:`npuflow.Session` runs it.  Implementations can also come from installed packages, as
+entry points of the group ``npuflow.ops`` (each a callable that registers its ops), loaded the
+first time a model names an unknown custom op.  A ``.npuf`` never carries executable code: a
+compiled model whose custom op is not registered in the running process is the coded error
+``NPF_MODEL_CUSTOM_OP`` when the session opens, naming the op and how to register it.
+
+Execution: every stage runs models on ONNX Runtime (:mod:`npuflow.ort_session`); custom ops run
+there as Python ops of onnxruntime-extensions (an optional dependency, ``pip install npuflow[ort]``).
+Those live in one domain, so the session's copy of the model has each custom node renamed
+(:func:`for_onnxruntime`).  onnxruntime-extensions ends the process when a Python op raises, so the
+registered function is called inside a guard: an exception is recorded, the op returns an empty
+array, and :func:`raise_recorded` (called after every run by the session wrapper) turns it into
+``NPF_CUSTOM_OP_FAILED`` naming the op and the exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import onnx
+
+from .errors import NpuflowError
+
+log = logging.getLogger(__name__)
+
+#: The domain onnxruntime-extensions runs Python ops from.
+PYOP_DOMAIN = "ai.onnx.contrib"
+#: Entry-point group of packages that register custom ops.
+ENTRY_POINT_GROUP = "npuflow.ops"
+
+_TYPES = {"float": "float32", "float32": "float32", "float16": "float16", "double": "float64", "int8": "int8",
+          "uint8": "uint8", "int16": "int16", "int32": "int32", "int64": "int64", "bool": "bool"}
+_ATTR_TYPES = {int: "dt_int64", float: "dt_float", str: "dt_string"}
+#: numpy dtype name -> onnxruntime-extensions' type constant.
+_PYOP_TYPES = {"float32": "dt_float", "float16": "dt_float16", "float64": "dt_double", "int8": "dt_int8",
+               "uint8": "dt_uint8", "int16": "dt_int16", "int32": "dt_int32", "int64": "dt_int64", "bool": "dt_bool"}
+
+
+@dataclass(frozen=True)
+class CustomOp:
+    """One registered custom operator."""
+
+    domain: str
+    op_type: str
+    fn: Callable[..., Any]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: tuple[tuple[str, type], ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.domain, self.op_type
+
+    @property
+    def pyop_type(self) -> str:
+        """The op's name in onnxruntime-extensions' single domain (unique per domain and type)."""
+        return f"{self.domain.replace('.', '_')}__{self.op_type}"
+
+    @property
+    def source(self) -> str:
+        return f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
+
+
+_REGISTRY: dict[tuple[str, str], CustomOp] = {}
+_DECLARED: set[str] = set()
+_LOCK = threading.Lock()
+_ERRORS: list[tuple[CustomOp, BaseException]] = []
+_entry_points_loaded = False
+
+
+def register_op(op_type: str, fn: Callable[..., Any] | None = None, *, domain: str,
+                inputs: tuple[str, ...] | list[str] = ("float",), outputs: tuple[str, ...] | list[str] = ("float",),
+                attrs: Mapping[str, type] | None = None):
+    """Register ``fn(*inputs, **attrs) -> array | tuple of arrays`` as ``domain:op_type``.
+
+    ``inputs``/``outputs``: the element types of the op's tensors in order (``"float"``,
+    ``"int64"``, ...; ONNX Runtime needs them declared); ``attrs``: the node attributes passed to
+    ``fn``, by type (``int``, ``float``, ``str``).  Usable as a decorator.  Registering the same op
+    again replaces the function (ONNX Runtime keeps the first declaration of the types)."""
+    if fn is None:
+        return lambda f: register_op(op_type, f, domain=domain, inputs=inputs, outputs=outputs, attrs=attrs)
+    if not domain or domain in ("ai.onnx", "ai.onnx.ml", "com.microsoft"):
+        raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=op_type, reason=f"domain {domain!r} is a standard one; "
+                           "give the custom domain the model uses (e.g. 'com.example')")
+    for t in (*inputs, *outputs):
+        if t not in _TYPES:
+            raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=op_type,
+                               reason=f"tensor type {t!r} is not one of {', '.join(sorted(_TYPES))}")
+    for name, kind in (attrs or {}).items():
+        if kind not in _ATTR_TYPES:
+            raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=op_type,
+                               reason=f"attribute {name!r} has type {kind!r}; use int, float or str")
+    op = CustomOp(domain, op_type, fn, tuple(inputs), tuple(outputs), tuple((attrs or {}).items()))
+    with _LOCK:
+        _REGISTRY[op.key] = op
+    return fn
+
+
+def has_registrations() -> bool:
+    return bool(_REGISTRY)
+
+
+def lookup(domain: str, op_type: str) -> CustomOp | None:
+    """The registered op, loading the ``npuflow.ops`` entry points once when it is unknown."""
+    global _entry_points_loaded
+    op = _REGISTRY.get((domain, op_type))
+    if op is None and not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()()
+            except Exception as exc:  # a broken plugin is reported, not fatal to models that do not use it
+                log.warning("custom-op entry point %s failed: %s", ep.name, exc)
+        op = _REGISTRY.get((domain, op_type))
+    return op
+
+
+def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp | None]]:
+    """Every node of a non-standard domain that no model-local function defines, with its
+    registration (None when unregistered); subgraphs of control flow included."""
+    from .model import KNOWN_DOMAINS
+
+    local = {(f.domain, f.name) for f in model.functions}
+    found: list[tuple[onnx.NodeProto, CustomOp | None]] = []
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            if node.domain not in KNOWN_DOMAINS and node.domain != PYOP_DOMAIN and (node.domain, node.op_type) not in local:
+                found.append((node, lookup(node.domain, node.op_type)))
+            for a in node.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(model.graph)
+    return found
+
+
+def for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """The model as ONNX Runtime runs it: registered custom nodes renamed into onnxruntime-
+    extensions' domain and their Python ops declared; ``(model, uses_custom_ops)``.  A copy is
+    made only when the model has custom nodes."""
+    nodes = [(n, op) for n, op in custom_nodes(model) if op is not None]
+    if not nodes:
+        return model, False
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    renamed = {op.key: op for _, op in nodes}
+    for _declare in renamed.values():
+        _declare_pyop(_declare)
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            op = renamed.get((node.domain, node.op_type))
+            if op is not None:
+                node.domain, node.op_type = PYOP_DOMAIN, op.pyop_type
+            for a in node.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(out.graph)
+    if not any(o.domain == PYOP_DOMAIN for o in out.opset_import):
+        out.opset_import.add(domain=PYOP_DOMAIN, version=1)
+    return out, True
+
+
+def extensions():
+    """The onnxruntime-extensions module, or the coded error saying how to install it."""
+    try:
+        import onnxruntime_extensions
+    except ImportError:
+        raise NpuflowError("NPF_ORT_EXTENSIONS_MISSING") from None
+    return onnxruntime_extensions
+
+
+def _declare_pyop(op: CustomOp) -> None:
+    ext = extensions()
+    with _LOCK:
+        if op.pyop_type in _DECLARED:
+            return
+        _DECLARED.add(op.pyop_type)
+    key = op.key
+
+    def call(*arrays: np.ndarray, **attrs: Any):
+        current = _REGISTRY[key]  # the latest registration
+        try:
+            result = current.fn(*arrays, **attrs)
+            values = result if isinstance(result, tuple) else (result,)
+            if len(values) != len(current.outputs):
+                raise ValueError(f"returned {len(values)} value(s) for {len(current.outputs)} declared output(s)")
+            cast = tuple(np.ascontiguousarray(v, dtype=_TYPES[t]) for v, t in zip(values, current.outputs))
+        except BaseException as exc:  # raising here would end the process (see the module docstring)
+            with _LOCK:
+                _ERRORS.append((current, exc))
+            cast = tuple(np.zeros(0, dtype=_TYPES[t]) for t in current.outputs)
+        return cast if len(cast) > 1 else cast[0]
+
+    dt = ext.PyCustomOpDef
+    ext.onnx_op(op_type=op.pyop_type, inputs=[getattr(dt, _PYOP_TYPES[_TYPES[t]]) for t in op.inputs],
+                outputs=[getattr(dt, _PYOP_TYPES[_TYPES[t]]) for t in op.outputs],
+                attrs={name: getattr(dt, _ATTR_TYPES[kind]) for name, kind in op.attrs})(call)
+
+
+def raise_recorded() -> None:
+    """Raise ``NPF_CUSTOM_OP_FAILED`` for the first exception a custom op recorded (and forget them)."""
+    with _LOCK:
+        if not _ERRORS:
+            return
+        op, exc = _ERRORS[0]
+        _ERRORS.clear()
+    raise NpuflowError("NPF_CUSTOM_OP_FAILED", op=f"{op.domain}:{op.op_type}", source=op.source,
+                       reason=f"{type(exc).__name__}: {exc}")
