@@ -22,13 +22,21 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 #: What a stage counts, for the piped lines ("12/12 samples").
 UNITS = {"calibrate": "samples", "frames": "frames", "sensitivity": "layers", "mixed precision": "evaluations",
          "analyse": "groups", "subnets": "subnets"}
 #: Seconds after which a long stage prints its count again when piped.
 HEARTBEAT_S = 10.0
+
+
+class _Count(MofNCompleteColumn):
+    """``done/total``, and nothing for a stage without a count (Rich would print ``0/?``)."""
+
+    def render(self, task: Task) -> Text:
+        return super().render(task) if task.total is not None else Text("")
 
 
 class StageProgress:
@@ -42,7 +50,7 @@ class StageProgress:
         self._err = err_console
         self._bar: Progress | None = None
         if console.is_terminal:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), _Count(),
                                  TimeElapsedColumn(), console=console, transient=True)
         self._task: TaskID | None = None
         self._stage: str | None = None
