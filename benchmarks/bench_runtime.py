@@ -1,21 +1,25 @@
 """Runtime benchmark: throughput of a compiled model against ONNX Runtime, in one run.
 
-For EfficientNet-Lite0 (3x224x224) and YOLOv8n (3x320x320), on the DPU target (power-of-two
-scales, half-up activations) and on cpu-int8 (float scales, per-channel weights): quantize on a
-few calibration samples, compile, and time, on the same input and interleaved round by round
-(the machine is shared, so load hits every column alike):
+For EfficientNet-Lite0 (3x224x224), YOLOv8n (3x320x320) and PP-OCRv4 det (3x320x320), on the
+DPU target (power-of-two scales, half-up activations) and on float-scale targets (cpu-int8:
+per-channel weights; bernoulli2: fixed-point multipliers): quantize on a few calibration
+samples, compile, and time, on the same input and interleaved round by round (the machine is
+shared, so load hits every column alike):
 
 * npuflow ``Session`` on the ``.npuf``, ``threads=1`` and ``threads=2`` (fused integer runs and
   CPU subgraphs on ONNX Runtime with that many intra-op threads);
 * ONNX Runtime running the same ``quantized_model.onnx`` (npuflow's QDQ), 1 and 2 threads;
 * ONNX Runtime running that quantization exported as plain QDQ (``--plain-qdq``: standard
   ``QuantizeLinear`` steps, which ONNX Runtime fuses into its int8 kernels), 1 and 2 threads;
-* ONNX Runtime running the FP32 model, 1 and 2 threads.
+* ONNX Runtime running the FP32 model, 1 and 2 threads;
+* with ``--before REV``: the Session whose fused runs are planned by ``runtime/fused.py`` as of
+  git revision ``REV`` (loaded beside the current module), 1 thread, so that a change to the
+  fused runs is measured against its predecessor in the same interleaved rounds.
 
 The compiled model's outputs are compared with ONNX Runtime's on ``quantized_model.onnx`` first
 (power-of-two targets: equal; float scales: the largest difference is reported).
 
-    python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...]
+    python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...] [--before REV]
 
 Writes ``benchmarks/results/runtime.md`` (and ``runtime.json``) and prints the table.
 """
@@ -24,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,14 +53,53 @@ from tests import fixture_models  # noqa: E402
 import npuflow  # noqa: E402
 
 RESULTS = HERE / "results"
-TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8"}
-CASES = "effnet:B4096:1,yolo:B4096:1,effnet:cpu-int8:1,yolo:cpu-int8:1,yolo:B4096:8"  # EfficientNet's batch is fixed to 1
+TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8", "bernoulli2": "bernoulli2"}
+CASES = ("effnet:B4096:1,yolo:B4096:1,effnet:cpu-int8:1,yolo:cpu-int8:1,yolo:bernoulli2:1,det:bernoulli2:1,"
+         "yolo:B4096:8")  # EfficientNet's batch is fixed to 1
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+
+
+def _det_inputs(n: int) -> list[dict]:
+    """PP-OCR det inputs: the letterboxed photos with PaddleOCR's ImageNet normalisation."""
+    return [{"x": ((s["images"] - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)} for s in D.yolo("calib", n)]
+
 
 MODELS = {
     "effnet": ("EfficientNet-Lite0", fixture_models.efficientnet_lite0, "input", [3, 224, 224],
                lambda n: D.efficientnet("calib", n)[0]),
     "yolo": ("YOLOv8n (320)", fixture_models.yolov8n, "images", [3, 320, 320], lambda n: D.yolo("calib", n)),
+    "det": ("PP-OCRv4 det (320)", fixture_models.ppocr_det, "x", [3, 320, 320], _det_inputs),
 }
+
+
+def fused_planner(rev: str):
+    """``runtime/fused.py``'s ``plan`` as of git revision ``rev``, building today's ``FusedRun``
+    (whose interface it shares), so the executors run its runs unchanged."""
+    from npuflow.runtime import fused
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:npuflow/runtime/fused.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "fused_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("npuflow.runtime._fused_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    module.FusedRun = fused.FusedRun
+    return module.plan
+
+
+def _session_with_planner(path: Path, planner, **kwargs):
+    """A Session whose integer executors were planned by ``planner``."""
+    from npuflow.runtime import fused
+
+    current = fused.plan
+    fused.plan = planner
+    try:
+        return npuflow.Session(path, **kwargs)
+    finally:
+        fused.plan = current
 
 
 def _time(fn, runs: int) -> float:
@@ -74,7 +119,8 @@ def _batched(samples: list[dict], name: str, batch: int) -> list[dict]:
     return [{name: xs[k * batch:(k + 1) * batch]} for k in range(2)]
 
 
-def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, calib_n: int) -> dict:
+def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, calib_n: int,
+               before: tuple[str, object] | None = None) -> dict:
     from npuflow.quant.export import to_plain_qdq
 
     title, fetch, name, chw, calib = MODELS[key]
@@ -94,12 +140,18 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         size = path.stat().st_size
         sessions = {"1": npuflow.Session(path, threads=1), "2": npuflow.Session(path, threads=2),
                     "before": npuflow.Session(path, fuse=False)}  # closed before the folder goes
+        if before is not None:
+            sessions["rev"] = _session_with_planner(path, before[1], threads=1)
         x = samples[0]
         plain = to_plain_qdq(quantized.model)
         qdq1, qdq2 = D.ort_session(quantized.model, 1), D.ort_session(quantized.model, 2)
         plain1, plain2 = D.ort_session(plain, 1), D.ort_session(plain, 2)
         fp1, fp2 = D.ort_session(float_path, 1), D.ort_session(float_path, 2)
         ours = sessions["1"].run(x)
+        if before is not None:
+            previous = sessions["rev"].run(x)
+            if not all(np.array_equal(ours[k], previous[k]) for k in ours):
+                raise SystemExit(f"{key} on {target}: outputs differ from fused.py at {before[0]}")
         ref = dict(zip([o.name for o in qdq1.get_outputs()], qdq1.run(None, x)))
         exact = all(np.array_equal(ours[k], ref[k]) for k in ours)
         max_diff = max(float(np.abs(ours[k].astype(np.float64) - ref[k]).max()) for k in ours)
@@ -107,6 +159,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
             "npuflow 1 thread": lambda: sessions["1"].run(x),
             "npuflow 2 threads": lambda: sessions["2"].run(x),
             "npuflow op-by-op (before)": lambda: sessions["before"].run(x),
+            **({f"npuflow fused.py at {before[0]} 1 thread": lambda: sessions["rev"].run(x)} if before else {}),
             "ORT QDQ 1 thread": lambda: qdq1.run(None, x),
             "ORT QDQ 2 threads": lambda: qdq2.run(None, x),
             "ORT plain QDQ 1 thread": lambda: plain1.run(None, x),
@@ -125,7 +178,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
 
     def best(prefix: str) -> float:
-        return min(v for k, v in med.items() if k.startswith(prefix + " ") and "thread" in k)
+        return min(v for k, v in med.items() if k.startswith(prefix + " ") and "thread" in k and " at " not in k)
 
     ours_best = best("npuflow")
     return {
@@ -136,6 +189,8 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         "ms": {k: v * 1000 for k, v in med.items()},
         "fps": {k: 1.0 / v for k, v in med.items()},
         "speedup_vs_op_by_op": med["npuflow op-by-op (before)"] / ours_best,
+        "speedup_vs_rev_1_thread": (med[f"npuflow fused.py at {before[0]} 1 thread"] / med["npuflow 1 thread"]
+                                    if before else None),
         "ratio_vs_best_ort_plain_qdq": best("ORT plain QDQ") / ours_best,
         "ratio_vs_best_ort_qdq": best("ORT QDQ") / ours_best,
         "ratio_vs_best_ort_fp32": best("ORT FP32") / ours_best if "ORT FP32 1 thread" in med else None,
@@ -154,24 +209,27 @@ def _ratio(v) -> str:
 
 def render(results: list[dict], meta: dict) -> str:
     cols = list(dict.fromkeys(c for r in results for c in r["ms"]))
+    rev = meta.get("before")
     lines = [
         "# Runtime benchmark",
         "",
         f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, load average at start "
         f"{meta['load']}); median of {meta['rounds']} interleaved rounds of {meta['runs']} runs.",
-        "Command: `python benchmarks/bench_runtime.py`.  Frames per second (higher is better; batch 8 rows: "
-        "frames, not batches):",
+        f"Command: `{meta['command']}`.  Frames per second (higher is better; batch 8 rows: frames, not batches):",
         "",
         "| model | target | batch | " + " | ".join(cols) + " | npuflow / best ORT plain QDQ | npuflow / best ORT QDQ"
-        " | npuflow / best ORT FP32 | fused / op-by-op | outputs equal ORT QDQ | subgraphs (on accelerator) |",
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: | --- | --- |",
+        " | npuflow / best ORT FP32 | fused / op-by-op |" + (f" 1 thread / fused.py at {rev} |" if rev else "")
+        + " outputs equal ORT QDQ | subgraphs (on accelerator) |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: |"
+        + (" ---: |" if rev else "") + " --- | --- |",
     ]
     for r in results:
         fps = " | ".join(f"{r['fps'][c]:.1f}" if c in r["fps"] else "" for c in cols)
         equal = "True" if r["outputs_equal_ort_qdq"] else f"False (max diff {r['max_output_diff_vs_ort_qdq']:.3g})"
         lines.append(f"| {r['model']} | {r['target']} | {r['batch']} | {fps} | "
                      f"{_ratio(r['ratio_vs_best_ort_plain_qdq'])} | {_ratio(r['ratio_vs_best_ort_qdq'])} | "
-                     f"{_ratio(r['ratio_vs_best_ort_fp32'])} | {_ratio(r['speedup_vs_op_by_op'])} | {equal} | "
+                     f"{_ratio(r['ratio_vs_best_ort_fp32'])} | {_ratio(r['speedup_vs_op_by_op'])} | "
+                     + (f"{_ratio(r['speedup_vs_rev_1_thread'])} | " if rev else "") + f"{equal} | "
                      f"{r['subgraphs']} ({r['accelerator_subgraphs']}) |")
     lines += [
         "",
@@ -192,7 +250,9 @@ def render(results: list[dict], meta: dict) -> str:
         "subgraph's integer program as ONNX Runtime graphs of exact float operations, requantisation "
         "by the rounding recipes of `numerics.py`) and ONNX Runtime for the CPU subgraphs (YOLOv8n on the "
         "DPU: the SiLU sigmoids, which the DPU lacks; an elementwise one of one 8-bit tensor as the table its "
-        "ORT session computes for every code), with 1 or 2 intra-op threads.  ORT QDQ runs the same "
+        "ORT session computes for every code), with 1 or 2 intra-op threads.  `npuflow fused.py at REV` "
+        "(`--before REV`) plans the same Session's fused runs with `runtime/fused.py` as of git revision REV: the "
+        "fused runs before a change, timed in the same rounds (its outputs are checked equal first).  ORT QDQ runs the same "
         "`quantized_model.onnx`; on the DPU target its half-up quantize steps are `ai.npuflow` functions ORT "
         "cannot fuse into QLinear kernels, so it computes in float32.  ORT plain QDQ runs the same quantization "
         "with standard `QuantizeLinear` steps (`npuflow quantize --plain-qdq`; ties to even, so not the "
@@ -211,14 +271,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calib", type=int, default=8)
+    ap.add_argument("--before", metavar="REV", help="also time the fused runs as runtime/fused.py at git revision REV")
     args = ap.parse_args()
+    before = (args.before, fused_planner(args.before)) if args.before else None
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-            "rounds": args.rounds, "runs": args.runs}
+            "rounds": args.rounds, "runs": args.runs, "before": args.before,
+            "command": " ".join(["python benchmarks/bench_runtime.py", *sys.argv[1:]])}
     results = []
     for case in args.cases.split(","):
         key, target_key, batch = case.split(":")
-        results.append(bench_case(key, target_key, int(batch), args.rounds, args.runs, args.calib))
+        results.append(bench_case(key, target_key, int(batch), args.rounds, args.runs, args.calib, before))
         sys.stderr.write(f"{case}: {results[-1]['ratio_vs_best_ort_plain_qdq']:.2f}x best ORT plain QDQ\n")
     text = render(results, meta)
     RESULTS.mkdir(exist_ok=True)
