@@ -12,7 +12,7 @@ One grammar on every command, so that what a user learns on one holds on all:
 - ``-o/--output``: where the results go, from :func:`output_option`: a ``FILE`` for a command
   that writes one file (``compile`` -> ``.npuf``, ``prune run`` -> ``.pt``, ``analyze --output``
   -> ``.json``), a ``DIR`` for one that writes several (``check``, ``quantize``, ``run``,
-  ``perf``, ``compare``, ``bench``);
+  ``perf``, ``compare``, ``bench``, ``build``);
 - ``--input-shape NAME=DIMS`` or ``--input-shape NAME DIMS`` (hb_mapper's spelling), from
   :func:`input_shape_option`;
 - ``-v/--verbose LEVEL`` on the commands that print a per-node table (``check``, ``quantize``,

@@ -8,22 +8,24 @@ the compiled subgraphs and the static latency estimate of the accelerator part.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..build import TEMPLATE, build
+from ..build import TEMPLATE, build, load_config
+from ..build.config import BuildConfig
 from ..errors import NpuflowError
 from ..build.pipeline import BuildResult
 from .progress import StageProgress
-from .app import app, console, err_console, examples, verbose_option
+from .app import app, console, err_console, examples, output_option, verbose_option
 from .similarity import similarity_tables
 
 
 @app.command("build", epilog=examples(
     "npuflow build --template > build.yaml",
     "npuflow build build.yaml",
-    "npuflow build -c build.yaml --model-type onnx",
+    "npuflow build -c build.yaml --model-type onnx -o build_out",
 ))
 def build_command(
     config: Optional[str] = typer.Argument(None, metavar="CONFIG.yaml", help="YAML build config (see --template); "
@@ -32,6 +34,8 @@ def build_command(
                                                 help="The config, hb_mapper style."),
     model_type: str = typer.Option("onnx", "--model-type", metavar="onnx", help="hb_mapper's flag; only onnx is read."),
     template: bool = typer.Option(False, "--template", help="Print a commented config template and exit."),
+    output: Optional[Path] = output_option(None, "DIR", "Folder for the files, instead of the config's "
+                                                        "model_parameters.working_dir."),
     verbose: int = verbose_option("the nodes whose similarity drops most"),
 ) -> None:
     """Convert a float ONNX model to a deployable .npuf in one go, from a YAML config."""
@@ -44,6 +48,8 @@ def build_command(
     config = config or config_option
     if config is None:
         raise typer.BadParameter("give a CONFIG.yaml, or --template to print one", param_hint="CONFIG")
+    if output is not None:
+        config = _with_working_dir(config, output)
     with StageProgress("build", console, err_console) as progress:
         result = build(config, progress=progress)
     sim = result.report["similarity"]
@@ -56,6 +62,13 @@ def build_command(
     for kind, path in result.files.items():
         console.print(f"  {kind:<10} {path}")
     console.print(f"[bold green]Build succeeded[/]: {result.files['compiled']}")
+
+
+def _with_working_dir(path: str, folder: Path) -> BuildConfig:
+    """The config at ``path`` writing to ``folder`` (``-o``, relative to the current directory)."""
+    cfg = load_config(path)
+    return cfg.model_copy(update={"model_parameters": cfg.model_parameters.model_copy(
+        update={"working_dir": str(folder.resolve())})})
 
 
 def summary_lines(result: BuildResult) -> list[str]:

@@ -30,8 +30,10 @@ The same grammar holds on every command:
   `arch.json` or a target YAML.  hb_mapper's `--march` is accepted as another name for it.
 - `-o, --output FILE|DIR`: where the results go.  A `FILE` for a command that writes one file
   (`compile` -> `.npuf`, `prune run` -> `.pt`, `analyze` -> `.json`), a `DIR` for a command that
-  writes several (`check`, `quantize`, `run`, `compare`, `perf`, `bench`).  `build` writes to its
-  config's `model_parameters.working_dir`.
+  writes several (`check`, `quantize`, `run`, `compare`, `perf`, `bench`, `build`, whose `-o`
+  overrides its config's `model_parameters.working_dir`).
+- `-v, --verbose LEVEL` where a command prints a per-node table (`check`, `quantize`, `build`):
+  0 summary lines, 1 (default) summary tables, 2 every node.
 - `--input-shape NAME=DIMS` or `--input-shape NAME DIMS` (hb_mapper's spelling; `--input_shape`
   also works), repeated once per input, e.g. `--input-shape x 1x3x48x320`.
 - Errors are `ERROR [NPF_...] message` plus a hint on stderr and exit status 2; Ctrl-C prints

@@ -59,6 +59,12 @@ def test_build_writes_every_artifact_and_succeeds(built, capsys):
     assert "DEBUG" in log and "Convert to runtime file" in log and "Cosine Similarity" in log
 
 
+def test_o_is_the_output_folder(built, tmp_path, capsys):
+    assert main(["build", str(built / "c.yaml"), "-o", str(tmp_path / "elsewhere"), "-v", "0"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "elsewhere" / "tiny.npuf").is_file()
+
+
 def test_original_model_takes_nv12_and_matches_manual_preprocessing(built):
     """original_float_model.onnx takes the uint8 nv12 buffer; its result equals the float model
     run on the colour-converted, normalised picture."""

@@ -56,7 +56,7 @@ def test_target_output_and_input_shape_mean_the_same_everywhere(path, cmd):
 
 def test_every_command_that_writes_has_o():
     writers = {"check", "quantize", "analyze sensitivity", "analyze mixed-precision", "compile", "run", "compare",
-               "perf", "bench", "prune run"}
+               "perf", "bench", "prune run", "build"}
     have = {path.split(" ", 1)[1] for path, cmd in COMMANDS if any("-o" in p.opts for p in cmd.params)}
     assert writers <= have
 
