@@ -44,3 +44,25 @@ def test_unknown_node_names_suggest_the_nearest_node():
     with pytest.raises(NpuflowError) as exc:
         cfg.check_names(["/model.0/conv/Conv", "/model.1/conv/Conv"])
     assert exc.value.code == "NPF_QUANT_UNKNOWN_LAYER" and "Did you mean '/model.0/conv/Conv'?" in exc.value.hint
+
+
+def test_calibration_errors_name_the_file(tmp_path, capsys):
+    """Issue 20: "calibration sample 1" named no file; the error now names the file's path."""
+    import numpy as np
+    import onnx
+
+    from npuflow.cli.app import main
+
+    from .quant_nets import conv_net, samples
+
+    onnx.save(conv_net(), str(tmp_path / "net.onnx"))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    good, bad = samples([1, 3, 8, 8], n=2)
+    bad[0, 0, 0, 0] = np.nan
+    np.save(calib / "a.npy", good)
+    np.save(calib / "b.npy", bad)
+    assert main(["quantize", str(tmp_path / "net.onnx"), "-t", "cpu-int8", "--calib", str(calib),
+                 "-o", str(tmp_path / "o"), "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "ERROR [NPF_QUANT_CALIB_NONFINITE]" in err and str(calib / "b.npy") in err, err
