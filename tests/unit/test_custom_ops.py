@@ -150,3 +150,19 @@ def test_bad_registrations_are_coded_errors(kwargs, reason):
     with pytest.raises(NpuflowError) as err:
         npuflow.register_op("Op", lambda x: x, **kwargs)
     assert err.value.code == "NPF_CUSTOM_OP_BAD_REGISTRATION" and reason in err.value.message
+
+
+def test_the_custom_op_example_runs_end_to_end(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "custom_op.py"
+    spec = importlib.util.spec_from_file_location("custom_op_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--eval", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "capped_relu on the CPU: custom op com.example:CappedRelu" in out
+    assert "subgraph_0_npu (DPU), subgraph_1_cpu (CPU), subgraph_2_npu (DPU)" in out
+    agree = float(out.split("agrees with float on ")[1].split("%")[0])
+    assert agree >= 95.0
