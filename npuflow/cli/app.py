@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import commands  # noqa: F401  (registers every command on ``app``)
 
             args = join_pair_options(list(sys.argv[1:] if argv is None else argv))
-            result = app(args=args, standalone_mode=False)
+            result = app(args=args, standalone_mode=False, prog_name="npuflow")  # also under python -m
         except NpuflowError as exc:
             return fail(exc)
         except (typer.Abort, KeyboardInterrupt):
