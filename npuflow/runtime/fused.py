@@ -48,6 +48,8 @@ F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 #: multiplier folded into weights or a GEMM's alpha); every other fusion keeps exact values exact.
 DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
 
+ML_DOMAIN = "ai.onnx.ml"
+
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
 _COMPUTE_OPS = {"conv", "conv_transpose", "eltwise", "lut", "maxpool"}
 
@@ -548,20 +550,25 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
     g.names[op["outputs"][0]] = _round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double)
 
 
-def _lookup(g: _Graph, x: str, table: np.ndarray, dtype: str, qmin: int) -> str:
-    """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]`` as a ``Gather``.  The
-    indices are made non-negative first, although ``Gather`` accepts negative ones: ONNX
-    Runtime takes a much slower path for those."""
+def _lookup(g: _Graph, x: str, shape: list[int], table: np.ndarray, dtype: str, qmin: int) -> str:
+    """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]``, a copy of table entries.
+
+    Written as ``ai.onnx.ml.ArrayFeatureExtractor`` (entries of a 1-D tensor at the given indices,
+    as a flat row, reshaped back to ``shape``): ONNX Runtime runs it as a plain copy loop, where
+    its ``Gather`` spends an index division per element (and more on negative indices, hence the
+    shift to non-negative ones first).
+    """
     lo, hi = _code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
         raise _NotFusable("table does not cover the input codes")
-    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo)]) if lo else x], to=TensorProto.INT32)
-    return g.node("Gather", [g.const(np.asarray(table).astype(np.float32)), idx], axis=0)
+    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo)]) if lo else x], to=TensorProto.INT64)
+    row = g.node("ArrayFeatureExtractor", [g.const(np.asarray(table).astype(np.float32)), idx], domain=ML_DOMAIN)
+    return g.node("Reshape", [row, g.const(shape, np.int64)])
 
 
 def _lut(g: _Graph, op: dict, blobs: dict) -> None:
-    g.names[op["outputs"][0]] = _lookup(g, g.read(op["inputs"][0]), blobs["table"],
-                                        g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
+    g.names[op["outputs"][0]] = _lookup(g, g.read(op["inputs"][0]), g.tensors[op["outputs"][0]]["shape"],
+                                        blobs["table"], g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
 
 
 def _concat(g: _Graph, op: dict, blobs: dict) -> None:
@@ -604,16 +611,28 @@ def _split(g: _Graph, op: dict, blobs: dict) -> None:
 
 
 def _gather(g: _Graph, op: dict, blobs: dict) -> None:
-    """Nearest-neighbour resizing: one ``Gather`` per axis whose indices are not the identity,
-    then the op's scale-change table if it has one (as the kernels' ``_passthrough``)."""
+    """Nearest-neighbour resizing, then the op's scale-change table if it has one (as the
+    kernels' ``_passthrough``).  Where every axis repeats each position a whole number of times
+    (``Resize`` by integer factors), one ``Expand`` between two reshapes copies whole rows;
+    otherwise one ``Gather`` per axis whose indices are not the identity (a copy per element)."""
     if set(op["blobs"]) - {"table"}:
         raise _NotFusable("constants")
     x = g.read(op["inputs"][0])
-    for axis, ix in enumerate(op["attrs"]["indices"]):
-        if list(ix) != list(range(len(ix))):
-            x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
+    shape = g.tensors[op["inputs"][0]]["shape"]
+    indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
+    factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
+    if all(f and np.array_equal(ix, np.repeat(np.arange(n), f)) for ix, n, f in zip(indices, shape, factors)):
+        if any(f != 1 for f in factors):
+            x = g.node("Reshape", [x, g.const([d for n in shape for d in (n, 1)], np.int64)])
+            x = g.node("Expand", [x, g.const([d for n, f in zip(shape, factors) for d in (n, f)], np.int64)])
+            x = g.node("Reshape", [x, g.const([n * f for n, f in zip(shape, factors)], np.int64)])
+    else:
+        for axis, ix in enumerate(indices):
+            if list(ix) != list(range(len(ix))):
+                x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
     if "table" in blobs:
-        x = _lookup(g, x, blobs["table"], g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
+        x = _lookup(g, x, g.tensors[op["outputs"][0]]["shape"], blobs["table"], g.tensors[op["inputs"][0]]["dtype"],
+                    op["attrs"]["qmin"])
     g.names[op["outputs"][0]] = x
 
 
@@ -705,7 +724,7 @@ class FusedRun:
              for k, t in enumerate(self.inputs)],
             [helper.make_tensor_value_info(f"out{k}", _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
              for k, t in enumerate(outputs)], g.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3)])
         model.ir_version = 8
         return ort.InferenceSession(model.SerializeToString(), session_options(self._threads),
                                     providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)

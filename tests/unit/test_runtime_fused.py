@@ -289,3 +289,22 @@ def test_transposed_output_beyond_its_reach_runs_as_kernel():
     b.output(b.quantize(y, 2.0 ** -3), "y")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 4, 5, 6], 12, scale=2.0)}, DPU)
     assert any("reach" in why for why in plan.reasons.values()), plan.reasons
+
+
+@pytest.mark.parametrize("sizes,table", [([1, 8, 14, 22], False),   # integer factors: Expand
+                                         ([1, 8, 14, 22], True),    # and a scale-change table
+                                         ([1, 8, 10, 17], True)])   # 7 -> 10, 11 -> 17: Gather
+def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
+    rng = np.random.default_rng(13)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 7, 11], 0.043)
+    w = b.weight("w", rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32), 0.0081)
+    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv"), 0.052)
+    r = b.node("Resize", [b.dq(c), "", "", b.const("sizes", np.array(sizes, np.int64))], "up", mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    y = b.quantize(r, 0.071 if table else 0.052)
+    b.output(b.quantize(b.node("Add", [b.dq(y), b.dq(y)], "add"), 0.09), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 7, 11], 14, scale=2.0)}, CPU)
+    assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
+    ops = {n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it._graph.nodes}
+    assert ("Expand" in ops) == (sizes[2] % 7 == 0) and ("ArrayFeatureExtractor" in ops) == table, ops
