@@ -125,8 +125,9 @@ class OnnxExecutor:
     (``numerics.requantize_float``), so CPU subgraphs run at ORT's default level too.  CPU
     subgraphs are small (a few nodes between accelerator parts), so each session runs on one
     thread by default: a thread pool per subgraph costs more in wake-ups than it gains.  A
-    subgraph that is one elementwise function of one 8-bit tensor runs as the table this session
-    computes for every code (``_as_lookup``; ``lookup=False`` keeps the session).
+    subgraph whose outputs are each an elementwise function of (a ``Split`` slice of) one 8-bit
+    input runs as the tables this session computes for every code (``_as_lookup``;
+    ``lookup=False`` keeps the session).
     """
 
     def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1, lookup: bool = True) -> None:
@@ -140,7 +141,7 @@ class OnnxExecutor:
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
         carried = self.carried
         if self.lookup is not None:
-            result = {self.outputs[0]: self.lookup(feeds[self.inputs[0]])}
+            result = self.lookup(feeds)
         else:
             ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
             values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
@@ -172,41 +173,138 @@ def _elementwise(nodes, functions: dict) -> bool:
     return True
 
 
-def _as_lookup(model: onnx.ModelProto, session: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A CPU subgraph that is one elementwise function of one 8-bit code tensor, as a table.
+Slices = tuple[tuple[int, int, int], ...]  # (axis, start, end), applied in order
+
+
+def _sources(model: onnx.ModelProto) -> dict[str, tuple[str, Slices]] | None:
+    """For each graph output, the graph input it is an elementwise function of, position by
+    position, and the ``Split`` slices of that input on the way; ``None`` when some output is
+    not (a node mixing positions, or two different inputs or slices)."""
+    graph = model.graph
+    functions = {(f.domain, f.name): f for f in model.functions}
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: node for node in graph.node for o in node.output}
+    inputs = {vi.name for vi in graph.input}
+    memo: dict[str, tuple[str, Slices] | None] = {}
+
+    def trace(name: str) -> tuple[str, Slices] | None | str:
+        """The source of ``name``; ``"const"`` for a scalar constant."""
+        if name in inputs:
+            return name, ()
+        if name in inits:
+            return "const" if np.prod(inits[name].dims) == 1 else None
+        if name in memo:
+            return memo[name]
+        node = producer.get(name)
+        memo[name] = None
+        if node is None:
+            return None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            return "const" if _elementwise([node], functions) else None  # a scalar
+        if node.op_type == "Split" and node.domain in ("", "ai.onnx"):
+            src = trace(node.input[0])
+            sizes = _split_sizes(node, inits, model)
+            if not isinstance(src, tuple) or sizes is None:
+                return None
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            k = list(node.output).index(name)
+            result = (src[0], src[1] + ((axis, sum(sizes[:k]), sum(sizes[:k + 1])),))
+        elif _elementwise([node], functions):
+            found = {trace(i) for i in node.input if i}
+            found.discard("const")
+            if len(found) != 1 or None in found:
+                return None
+            result = found.pop()
+        else:
+            return None
+        memo[name] = result
+        return result
+
+    sources = {}
+    for vo in graph.output:
+        src = trace(vo.name)
+        if not isinstance(src, tuple):
+            return None
+        sources[vo.name] = src
+    return sources
+
+
+def _split_sizes(node: onnx.NodeProto, inits: dict, model: onnx.ModelProto) -> list[int] | None:
+    """A ``Split``'s output sizes along its axis, when they are constants of the graph."""
+    if len(node.input) > 1 and node.input[1]:
+        t = inits.get(node.input[1])
+        return None if t is None else [int(v) for v in numpy_helper.to_array(t)]
+    attr = next((a for a in node.attribute if a.name == "split"), None)
+    if attr is not None:
+        return list(attr.ints)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    shape = dims.get(node.input[0])
+    if shape is None or not shape[axis] or shape[axis] % len(node.output):
+        return None
+    return [shape[axis] // len(node.output)] * len(node.output)
+
+
+def _as_lookup(model: onnx.ModelProto,
+               session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+    """A CPU subgraph whose every output is an elementwise function of (a ``Split`` slice of)
+    one 8-bit code input, as one table per output.
 
     YOLOv8n's SiLU on the DPU leaves 58 such subgraphs (``DequantizeLinear -> Sigmoid ->
-    quantize step``).  The table is what this very session computes for every code: it is run
-    once on an input of the subgraph's shape holding every code many times, and the table is
-    kept only if every position holding a code gave the same output (position-independent, as
-    an elementwise graph of scalar constants is); the lookup then equals the session's output
-    bit for bit, at a fraction of the cost (no float round trip per element).
+    quantize step``, also several side by side), and its C2f blocks a ``Split`` between two
+    quantize steps.  A table is what this very session computes for every code: it is run once
+    on inputs of the subgraph's shapes holding every code many times, and a table is kept only
+    if every position holding a code gave the same output (position-independent, as an
+    elementwise graph of scalar constants is); the lookup then equals the session's outputs bit
+    for bit, at a fraction of the cost (no float round trip per element).
     """
     graph = model.graph
-    inits = list(graph.initializer)
-    if len(graph.input) != 1 or len(graph.output) != 1 or any(np.prod(t.dims) != 1 for t in inits):
+    sources = _sources(model)
+    if sources is None:
         return None
-    functions = {(f.domain, f.name): f for f in model.functions}
-    if not _elementwise(graph.node, functions):
+    feeds, codes = {}, {}
+    for vi in graph.input:
+        t = vi.type.tensor_type
+        shape = [d.dim_value for d in t.shape.dim]
+        if t.elem_type not in (TensorProto.INT8, TensorProto.UINT8) or not shape or min(shape) < 1:
+            return None
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        info = np.iinfo(dtype)
+        feeds[vi.name] = np.resize(np.arange(info.min, info.max + 1, dtype=np.int64), shape).astype(dtype)
+        codes[vi.name] = info.min
+    if any(vo.type.tensor_type.elem_type not in (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16,
+                                                 TensorProto.UINT16) for vo in graph.output):
         return None
-    vi, vo = graph.input[0].type.tensor_type, graph.output[0].type.tensor_type
-    shape = [d.dim_value for d in vi.shape.dim]
-    if vi.elem_type not in (TensorProto.INT8, TensorProto.UINT8) or vo.elem_type not in (
-            TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16) \
-            or not shape or min(shape) < 1 or int(np.prod(shape)) < 4 * 256:
-        return None
-    dtype = helper.tensor_dtype_to_np_dtype(vi.elem_type)
-    info = np.iinfo(dtype)
-    x = np.resize(np.arange(info.min, info.max + 1, dtype=np.int64), shape).astype(dtype)
-    out = session.run(None, {graph.input[0].name: x})[0]
-    if out.shape != x.shape:
-        return None
-    table = np.empty(256, out.dtype)
-    table[x.reshape(-1)[:256].astype(np.int64) - info.min] = out.reshape(-1)[:256]
-    if not np.array_equal(table[x.astype(np.int64) - info.min], out):
-        return None
-    rotated = np.ascontiguousarray(table[(np.arange(256) - info.min) % 256])  # indexed by the code's byte
-    return lambda q: np.take(rotated, q.view(np.uint8))  # take: twice as fast as fancy indexing
+    outs = session.run([vo.name for vo in graph.output], feeds)
+    tables = {}
+    for vo, out in zip(graph.output, outs):
+        name, slices = sources[vo.name]
+        x = _cut(feeds[name], slices)
+        if out.shape != x.shape or out.size < 4 * 256:
+            return None
+        idx = x.astype(np.int64).reshape(-1) - codes[name]
+        table = np.zeros(256, out.dtype)
+        seen = np.zeros(256, bool)
+        table[idx], seen[idx] = out.reshape(-1), True
+        if not seen.all() or not np.array_equal(table[idx], out.reshape(-1)):
+            return None
+        rotated = np.ascontiguousarray(table[(np.arange(256) - codes[name]) % 256])  # indexed by the code's byte
+        tables[vo.name] = (name, slices, rotated)
+
+    def lookup(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # take: twice as fast as fancy indexing
+        return {o: np.take(rotated, _cut(values[name], slices).view(np.uint8)) for o, (name, slices, rotated)
+                in tables.items()}
+
+    return lookup
+
+
+def _cut(x: np.ndarray, slices: Slices) -> np.ndarray:
+    for axis, start, end in slices:
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, end)
+        x = x[tuple(index)]
+    return x
 
 
 def _float_scaled(model: onnx.ModelProto) -> bool:

@@ -248,7 +248,7 @@ def test_a_subgraph_mixing_positions_is_not_a_table():
         assert (table is None) == (body[0].op_type == "Transpose")
         if table is not None:
             q = np.random.default_rng(0).integers(-128, 128, (1, 4, 16, 16)).astype(np.int8)
-            assert np.array_equal(table(q), sess.run(None, {"x": q})[0])
+            assert np.array_equal(table({"x": q})["y"], sess.run(None, {"x": q})[0])
 
 
 @pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 1, 1, 1)])  # zero point folded into the bias, or subtracted
@@ -308,3 +308,41 @@ def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     ops = {n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it._graph.nodes}
     assert ("Expand" in ops) == (sizes[2] % 7 == 0) and ("ArrayFeatureExtractor" in ops) == table, ops
+
+
+def test_split_and_side_by_side_elementwise_outputs_are_tables():
+    from npuflow.runtime.executors import _as_lookup
+
+    def model(body: list, outputs: list[str], inputs=("x",)):
+        ins = [helper.make_tensor_value_info(n, TensorProto.INT8, [1, 8, 32, 32]) for n in inputs]
+        outs = [helper.make_tensor_value_info(o, TensorProto.INT8, None) for o in outputs]
+        inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.05]), helper.make_tensor("z", TensorProto.INT8, [], [0]),
+                 helper.make_tensor("t", TensorProto.FLOAT, [], [0.0041]),
+                 helper.make_tensor("sizes", TensorProto.INT64, [2], [3, 5])]
+        m = helper.make_model(helper.make_graph(body, "g", ins, outs, inits), opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+        return m, ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    dq = lambda x, y: helper.make_node("DequantizeLinear", [x, "s", "z"], [y])
+    q = lambda x, y, s="s": helper.make_node("QuantizeLinear", [x, s, "z"], [y])
+    cases = {  # C2f's Split between quantize steps (a rescale on one side); two sigmoids side by side; a mix
+        "split": ([dq("x", "d"), helper.make_node("Split", ["d", "sizes"], ["a", "b"], axis=1), q("a", "ya"),
+                   q("b", "yb", "t")], ["ya", "yb"], ("x",), True),
+        "pair": ([dq("x", "dx"), dq("w", "dw"), helper.make_node("Sigmoid", ["dx"], ["sx"]),
+                  helper.make_node("Sigmoid", ["dw"], ["sw"]), q("sx", "yx", "t"), q("sw", "yw", "t")],
+                 ["yx", "yw"], ("x", "w"), True),
+        "two inputs": ([dq("x", "dx"), dq("w", "dw"), helper.make_node("Add", ["dx", "dw"], ["a"]), q("a", "y")],
+                       ["y"], ("x", "w"), False),
+        "split and concat": ([dq("x", "d"), helper.make_node("Split", ["d", "sizes"], ["a", "b"], axis=1),
+                              helper.make_node("Concat", ["b", "a"], ["c"], axis=1), q("c", "y")], ["y"], ("x",), False),
+    }
+    rng = np.random.default_rng(15)
+    for name, (body, outputs, inputs, is_table) in cases.items():
+        m, sess = model(body, outputs, inputs)
+        table = _as_lookup(m, sess)
+        assert (table is not None) == is_table, name
+        if table is not None:
+            feeds = {n: rng.integers(-128, 128, (1, 8, 32, 32)).astype(np.int8) for n in inputs}
+            got = table(feeds)
+            for o, want in zip(outputs, sess.run(outputs, feeds)):
+                assert np.array_equal(got[o], want), (name, o)
