@@ -53,7 +53,7 @@ class FinetuneSettings:
 
     method: str = "adaround"
     iters: int = 500
-    lr: float | None = None      # None: 1e-2 for AdaRound, 1e-4 for AdaQuant
+    lr: float | None = None      # None: 1e-2 for AdaRound, 1e-4 for AdaQuant, 3e-2 for brecq
     batch: int = 256             # patch columns per iteration
     samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
     backend: str = "auto"        # auto | numpy | torch
@@ -71,7 +71,7 @@ class FinetuneSettings:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 1e-4 if self.method == "adaquant" else 1e-2
+        return {"adaquant": 1e-4, "brecq": 3e-2}.get(self.method, 1e-2)
 
 
 @dataclass
