@@ -613,19 +613,20 @@ def _split(g: _Graph, op: dict, blobs: dict) -> None:
 def _gather(g: _Graph, op: dict, blobs: dict) -> None:
     """Nearest-neighbour resizing, then the op's scale-change table if it has one (as the
     kernels' ``_passthrough``).  Where every axis repeats each position a whole number of times
-    (``Resize`` by integer factors), one ``Expand`` between two reshapes copies whole rows;
-    otherwise one ``Gather`` per axis whose indices are not the identity (a copy per element)."""
+    ``f``, ONNX ``Resize`` (nearest, ``asymmetric``, ``floor``: source ``floor(i / f)``, which
+    float32 computes exactly for these small integers) copies them, on ONNX Runtime's fast
+    upsampling path; otherwise one ``Gather`` per axis whose indices are not the identity."""
     if set(op["blobs"]) - {"table"}:
         raise _NotFusable("constants")
     x = g.read(op["inputs"][0])
     shape = g.tensors[op["inputs"][0]]["shape"]
     indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
-    if all(f and np.array_equal(ix, np.repeat(np.arange(n), f)) for ix, n, f in zip(indices, shape, factors)):
+    if all(f and len(ix) < 1 << 20 and np.array_equal(ix, np.repeat(np.arange(n), f))
+           for ix, n, f in zip(indices, shape, factors)):
         if any(f != 1 for f in factors):
-            x = g.node("Reshape", [x, g.const([d for n in shape for d in (n, 1)], np.int64)])
-            x = g.node("Expand", [x, g.const([d for n, f in zip(shape, factors) for d in (n, f)], np.int64)])
-            x = g.node("Reshape", [x, g.const([n * f for n, f in zip(shape, factors)], np.int64)])
+            x = g.node("Resize", [x, "", g.const(factors)], mode="nearest",
+                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     else:
         for axis, ix in enumerate(indices):
             if list(ix) != list(range(len(ix))):

@@ -291,7 +291,7 @@ def test_transposed_output_beyond_its_reach_runs_as_kernel():
     assert any("reach" in why for why in plan.reasons.values()), plan.reasons
 
 
-@pytest.mark.parametrize("sizes,table", [([1, 8, 14, 22], False),   # integer factors: Expand
+@pytest.mark.parametrize("sizes,table", [([1, 8, 14, 22], False),   # integer factors: Resize
                                          ([1, 8, 14, 22], True),    # and a scale-change table
                                          ([1, 8, 10, 17], True)])   # 7 -> 10, 11 -> 17: Gather
 def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
@@ -307,7 +307,7 @@ def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 7, 11], 14, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     ops = {n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it._graph.nodes}
-    assert ("Expand" in ops) == (sizes[2] % 7 == 0) and ("ArrayFeatureExtractor" in ops) == table, ops
+    assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ("ArrayFeatureExtractor" in ops) == table, ops
 
 
 def test_split_and_side_by_side_elementwise_outputs_are_tables():
