@@ -22,7 +22,7 @@ Every operation of such a graph is exact, so its codes equal the op-by-op kernel
   (``numerics.shift_rounding_as_onnx``).
 
 An op whose bound or form does not allow this (16-bit inputs split into bytes, fused float
-chains, ``std_round`` ties, ORT's QLinearAdd arithmetic, pooling averages, matmuls, ...) runs as
+chains, ``std_round`` ties, ORT's QLinearAdd arithmetic, windowed averages, matmuls, ...) runs as
 its kernel between two graphs; ``Plan.reasons`` says why, per op.
 """
 
