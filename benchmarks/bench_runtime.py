@@ -173,6 +173,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         times: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(rounds):
             for label, fn in runners.items():
+                fn()  # untimed: the previous column's ORT pool threads spin a while after its last run
                 times[label].append(_time(fn, runs))
         sessions.clear()
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
