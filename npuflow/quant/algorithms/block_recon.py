@@ -237,8 +237,9 @@ class BlockRunner:
                     value = _constant(t, inits, made_by)
                     if value is not None:
                         self.consts[t] = torch.from_numpy(np.array(value))
-        self.quant = {n.output[0]: n for n in block.nodes if _quant_spec(n, inits) is not None}
-        self.specs = {n.output[0]: _quant_spec(n, inits) for n in block.nodes if _quant_spec(n, inits) is not None}
+        specs = {n.output[0]: (n, _quant_spec(n, inits)) for n in block.nodes}
+        self.quant = {t: n for t, (n, spec) in specs.items() if spec is not None}   # quantize steps by output
+        self.specs = {t: spec for t, (n, spec) in specs.items() if spec is not None}
 
     def parameters(self) -> list:
         return [sl.v for sl in self.soft.values()]
