@@ -45,6 +45,7 @@ import onnx
 from onnx import helper
 
 from .compiler.compiled import CompiledModel
+from .custom_ops import extensions
 from .runtime.executors import OnnxExecutor
 from .errors import NpuflowError
 from .model import write_atomic
@@ -137,14 +138,6 @@ def _session(npuf: str, sha256: str):
 
 
 
-def _ext():
-    try:
-        import onnxruntime_extensions as ext
-    except ImportError:
-        raise NpuflowError("NPF_ORT_EXTENSIONS_MISSING") from None
-    return ext
-
-
 def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: Any = None):
     """``SessionOptions`` that run an exported model: its npuflow ops declared as Python ops of
     onnxruntime-extensions and the extensions library registered (``sess_options`` is updated
@@ -156,7 +149,7 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
     """
     import onnxruntime as ort
 
-    ext = _ext()
+    ext = extensions()
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model), load_external_data=False)
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output,
                                                              *proto.graph.value_info]}

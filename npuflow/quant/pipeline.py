@@ -131,7 +131,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     prints it after the per-node table).
     """
     tgt = target if isinstance(target, Target) else load_target(target)
-    cfg = _config(config)
+    cfg = config_of(config)
     cfg.validate_against(tgt)
     shapes = dict(input_shapes or {})
 
@@ -225,7 +225,8 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
     return low_similarity(report, cfg.min_output_cosine)
 
 
-def _config(config: QuantConfig | Mapping | str | os.PathLike | None) -> QuantConfig:
+def config_of(config: QuantConfig | Mapping | str | os.PathLike | None) -> QuantConfig:
+    """A config given as a QuantConfig, a dict, a JSON/YAML path or None (the defaults)."""
     if config is None:
         return QuantConfig()
     if isinstance(config, QuantConfig):

@@ -92,3 +92,20 @@ def test_a_multi_shape_npuf_is_refused(models, digits, tmp_path):
         ort_export.export(npuf, tmp_path / "multi_ort.onnx")
     assert err.value.code == "NPF_ORT_EXPORT_SHAPES" and "2 compiled shapes" in err.value.message
     assert not (tmp_path / "multi_ort.onnx").exists()
+
+
+def test_missing_extensions_and_untransportable_types_are_coded_errors(monkeypatch):
+    import sys
+
+    import onnx
+
+    from npuflow.custom_ops import extensions
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)  # as if not installed
+    with pytest.raises(NpuflowError) as err:
+        extensions()
+    assert err.value.code == "NPF_ORT_EXTENSIONS_MISSING"
+    monkeypatch.undo()
+    with pytest.raises(NpuflowError) as err:
+        ort_export._ext_type(extensions(), onnx.TensorProto.INT4)
+    assert err.value.code == "NPF_ORT_EXPORT_TYPE" and "int4" in err.value.message

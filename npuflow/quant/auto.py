@@ -1,0 +1,167 @@
+"""Accuracy-targeted quantization: the cheapest steps that reach a similarity, every layer kept on
+the accelerator (AIMET's AutoQuant idea, for npuflow's targets).
+
+A user states what "accurate enough" means — a minimum output similarity to the float model, or
+a metric of their own with a minimum — and how long they can wait.  :func:`auto_quantize` then
+runs a ladder of steps, cheapest first, each on top of the best configuration so far:
+
+1. the configuration given (the target's defaults);
+2. calibration search: activation ranges by a whole-model percentile search
+   (:mod:`npuflow.quant.percentile_search`) over a wider candidate list;
+3. equalisation: cross-layer equalisation with bias correction;
+4. AdaRound (layer-wise learned rounding);
+5. block reconstruction (BRECQ with QDrop).
+
+A step is kept only when it raises the score; the ladder stops as soon as the target holds or the
+time budget is spent (a step is not started once the budget is gone).  Every layer stays on the
+accelerator throughout.  Only when the user allows it (``allow_cpu_fallback``) and the ladder
+falls short does the last step move the fewest, most sensitive layers to float on the CPU
+(:mod:`npuflow.analyze.mixed_precision`), with the latency that costs from the static estimator.
+The result says which steps ran, what each bought and how long each took.
+
+The default score is the quantizer's own accuracy check: the lowest output cosine similarity on
+``similarity_samples`` calibration samples.  A ``metric`` callback (``metric(QuantizedModel) ->
+float``, higher is better) replaces it, for example top-1 agreement on held-out data.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import Any, Callable
+
+from ..errors import NpuflowError
+from .config import QuantConfig
+from .pipeline import QuantizedModel, config_of, quantize
+
+log = logging.getLogger(__name__)
+
+#: The ladder: (name, what it does, config patch), cheapest first.
+LADDER: tuple[tuple[str, str, dict], ...] = (
+    ("calibration search", "whole-model percentile search of activation ranges",
+     {"activation": {"method": "percentile"}, "percentile_candidates": [99.9, 99.99, 99.999, 99.9999]}),
+    ("equalisation", "cross-layer equalisation with bias correction",
+     {"include_cle": True, "include_bias_corr": True}),
+    ("AdaRound", "layer-wise learned weight rounding", {"fast_finetune": {"method": "adaround"}}),
+    ("block reconstruction", "BRECQ block reconstruction with QDrop", {"fast_finetune": {"method": "brecq"}}),
+)
+
+Metric = Callable[[QuantizedModel], float]
+
+
+@dataclass
+class Step:
+    """One rung of the ladder as it ran."""
+
+    name: str
+    description: str
+    score: float | None  # None: not run (target already met or budget spent)
+    seconds: float
+    kept: bool
+    note: str = ""
+
+
+@dataclass
+class AutoResult:
+    """What :func:`auto_quantize` found: the best model, the steps and whether the target holds."""
+
+    quantized: QuantizedModel
+    config: QuantConfig
+    score: float
+    target: float
+    met: bool
+    steps: list[Step] = field(default_factory=list)
+    cpu_fallback: dict | None = None  # layers moved to the CPU and the estimated latency cost
+
+    def summary(self) -> dict:
+        return {"score": self.score, "target": self.target, "met": self.met,
+                "steps": [vars(s) for s in self.steps], "cpu_fallback": self.cpu_fallback,
+                "config": self.config.model_dump(exclude_defaults=True)}
+
+
+def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: float = 0.99,
+                  metric: Metric | None = None, min_metric: float | None = None,
+                  time_budget_s: float | None = None, allow_cpu_fallback: bool = False,
+                  config: QuantConfig | dict | str | None = None, input_shapes: Any = None,
+                  progress: Callable[[str, int, int | None], None] | None = None) -> AutoResult:
+    """Quantize ``model`` for ``target`` with the cheapest ladder steps that reach the target.
+
+    Target: ``min_similarity`` (lowest output cosine on the quantizer's accuracy-check samples)
+    or ``metric`` with ``min_metric``.  ``calib_data`` is read once per step, so it must be
+    re-iterable (a folder, a list); a one-shot iterator is read into a list first."""
+    if metric is not None and min_metric is None:
+        raise NpuflowError("NPF_QUANT_BAD_CONFIG", reason="a metric needs min_metric, the score to reach")
+    goal = float(min_metric if metric is not None else min_similarity)
+    if isinstance(calib_data, Iterator):
+        calib_data = list(calib_data)
+    base = config_of(config)
+    start = time.perf_counter()
+
+    def run(cfg: QuantConfig, name: str) -> tuple[QuantizedModel, float, float]:
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress(f"auto: {name}", 0, None)
+        q = quantize(model, calib_data, target, cfg, input_shapes=input_shapes, warn=False)
+        return q, _score(q, metric), time.perf_counter() - t0
+
+    best, best_score, seconds = run(base, "target defaults")
+    best_cfg = base
+    steps = [Step("target defaults", "the configuration given", best_score, seconds, True)]
+    for name, description, patch in LADDER:
+        spent = time.perf_counter() - start
+        if best_score >= goal or (time_budget_s is not None and spent >= time_budget_s):
+            steps.append(Step(name, description, None, 0.0, False,
+                              "target met" if best_score >= goal else f"time budget spent ({spent:.0f} s)"))
+            continue
+        cfg = QuantConfig.model_validate(_merge(best_cfg.model_dump(exclude_unset=True), patch))
+        q, score, seconds = run(cfg, name)
+        kept = score > best_score
+        steps.append(Step(name, description, score, seconds, kept, "" if kept else "no gain: not kept"))
+        if kept:
+            best, best_score, best_cfg = q, score, cfg
+        log.info("auto: %s -> %.6f (%.1f s)%s", name, score, seconds, "" if kept else ", not kept")
+    fallback = None
+    if best_score < goal and allow_cpu_fallback:
+        best, best_score, fallback, step = _cpu_fallback(best, goal, target, calib_data, metric)
+        steps.append(step)
+    return AutoResult(best, best_cfg, best_score, goal, best_score >= goal, steps, fallback)
+
+
+def _score(q: QuantizedModel, metric: Metric | None) -> float:
+    if metric is not None:
+        return float(metric(q))
+    values = [v for v in (q.report.calibration_outputs or q.report.outputs).values() if v is not None]
+    return min(values) if values else 0.0
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _cpu_fallback(q: QuantizedModel, goal: float, target: Any, calib_data: Any, metric: Metric | None):
+    """Fewest layers in float on the CPU until the similarity target holds, with the latency cost."""
+    from ..analyze import mixed_precision
+    from ..analyze.compare import open_samples
+
+    t0 = time.perf_counter()
+    feeds = list(open_samples(calib_data, q.float_model, samples=q.config.similarity_samples))
+    result = mixed_precision.search(q.float_model, q.model, feeds, min_similarity=goal)
+    cost = mixed_precision.perf_cost(q.float_model, target, result.changes)
+    quantized = dataclasses.replace(q, model=result.model, dynamic_model=result.model, saves_dynamic=False)
+    score = result.score if metric is None else float(metric(quantized))
+    fallback = {"layers": sorted(result.changes), **cost}
+    step = Step("CPU fallback", f"{len(result.changes)} layer(s) in float on the CPU "
+                f"(estimated latency {cost['latency_ms']:.2f} -> {cost['mixed_latency_ms']:.2f} ms)",
+                score, time.perf_counter() - t0, True,
+                "searched on output similarity; the metric checked after" if metric is not None else "")
+    return quantized, score, fallback, step

@@ -1,0 +1,44 @@
+"""Accuracy-targeted quantization: the ladder runs cheapest first, keeps only steps that help,
+stops at the target or the time budget, and never moves layers to the CPU unless allowed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npuflow.quant.auto import LADDER, auto_quantize
+from tests.unit.quant_nets import two_conv_net
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+
+
+def _calib():
+    rng = np.random.default_rng(0)
+    return [rng.uniform(-1, 1, (1, 3, 6, 6)).astype(np.float32) for _ in range(8)]
+
+
+def test_a_reached_target_stops_the_ladder():
+    result = auto_quantize(two_conv_net(), _calib(), DPU, min_similarity=0.5)
+    assert result.met and result.steps[0].kept
+    assert [s.score for s in result.steps[1:]] == [None] * len(LADDER)
+    assert all(s.note == "target met" for s in result.steps[1:])
+
+
+def test_an_unreachable_target_runs_the_ladder_and_keeps_the_best():
+    calls = []
+
+    def metric(q):
+        calls.append(q)
+        return float(len(calls) == 3)  # only the third configuration (equalisation) "helps"
+
+    result = auto_quantize(two_conv_net(), _calib(), DPU, metric=metric, min_metric=2.0,
+                           config={"fast_finetune": None})
+    assert not result.met and result.cpu_fallback is None  # no CPU fallback unless allowed
+    assert [s.name for s in result.steps] == ["target defaults", *[n for n, _, _ in LADDER]]
+    assert [s.kept for s in result.steps] == [True, False, True, False, False]
+    assert result.score == 1.0 and result.config.include_cle is True
+    assert result.quantized is calls[2]
+
+
+def test_the_time_budget_stops_before_a_step():
+    result = auto_quantize(two_conv_net(), _calib(), DPU, min_similarity=1.1, time_budget_s=0.0)
+    assert all(s.score is None and "time budget" in s.note for s in result.steps[1:])
