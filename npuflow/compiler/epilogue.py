@@ -22,6 +22,7 @@ import onnx
 from ..numerics import qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
 from ..check.lowerable import CHAIN_OPS, chain_to_quantize
+from .manifest_schema import MAX_LEFT_SHIFT
 from .qgraph import QGraph, QParams, attr
 
 
@@ -148,7 +149,9 @@ def make_epilogue(
         spec["clamps"] = [[quantize_scalar(lo, out), quantize_scalar(hi, out)] for lo, hi in bounds]
         if pow2_shift is not None:
             spec["mode"] = "shift"
-            spec["shift"] = _compact(pow2_shift.astype(np.int64))
+            # A left shift of 32 already saturates any non-zero accumulator into an 8/16-bit
+            # output, so longer ones (degenerate scales) are clamped there, exactly.
+            spec["shift"] = _compact(np.maximum(pow2_shift.astype(np.int64), -MAX_LEFT_SHIFT))
         elif ort_kernel and clamps_are_noop(g, chain, out):
             spec["mode"] = "scale"
             spec["multiplier"] = _compact(requant_scale(np.asarray(acc_scale).reshape(-1), out.scalar_scale()))
