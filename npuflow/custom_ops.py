@@ -135,7 +135,7 @@ def lookup(domain: str, op_type: str) -> CustomOp | None:
 def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp | None]]:
     """Every node of a non-standard domain that no model-local function defines, with its
     registration (None when unregistered); subgraphs of control flow included."""
-    from .model import KNOWN_DOMAINS
+    from .model import KNOWN_DOMAINS, subgraphs
 
     local = {(f.domain, f.name) for f in model.functions}
     found: list[tuple[onnx.NodeProto, CustomOp | None]] = []
@@ -144,9 +144,8 @@ def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp 
         for node in graph.node:
             if node.domain not in KNOWN_DOMAINS and node.domain != PYOP_DOMAIN and (node.domain, node.op_type) not in local:
                 found.append((node, lookup(node.domain, node.op_type)))
-            for a in node.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(g)
+            for g in subgraphs(node):
+                walk(g)
 
     walk(model.graph)
     return found
@@ -156,6 +155,8 @@ def for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     """The model as ONNX Runtime runs it: registered custom nodes renamed into onnxruntime-
     extensions' domain and their Python ops declared; ``(model, uses_custom_ops)``.  A copy is
     made only when the model has custom nodes."""
+    from .model import subgraphs
+
     nodes = [(n, op) for n, op in custom_nodes(model) if op is not None]
     if not nodes:
         return model, False
@@ -170,9 +171,8 @@ def for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
             op = renamed.get((node.domain, node.op_type))
             if op is not None:
                 node.domain, node.op_type = PYOP_DOMAIN, op.pyop_type
-            for a in node.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(g)
+            for g in subgraphs(node):
+                walk(g)
 
     walk(out.graph)
     if not any(o.domain == PYOP_DOMAIN for o in out.opset_import):

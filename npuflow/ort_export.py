@@ -33,7 +33,6 @@ extensions library to the options.  onnxruntime-extensions is an optional depend
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -46,7 +45,9 @@ from onnx import helper
 
 from .compiler.compiled import CompiledModel
 from .custom_ops import extensions
-from .runtime.executors import OnnxExecutor
+from .ort_session import LEVELS
+from .runtime.executors import cpu_level
+from .runtime.session import file_sha256
 from .errors import NpuflowError
 from .model import write_atomic
 
@@ -60,17 +61,13 @@ LEVEL_KEY = "npuflow.ort_graph_optimization_level"
 OP_PREFIX = "Npuflow_"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProto:
     """Write ``output``: the ``.npuf``'s subgraphs as one ONNX graph (see the module docstring)."""
     path = Path(npuf).resolve()
     compiled = CompiledModel.load(path)
     if len(compiled.programs) > 1:
         raise NpuflowError("NPF_ORT_EXPORT_SHAPES", path=str(path), count=len(compiled.programs))
-    digest = _sha256(path)
+    digest = file_sha256(path)
     m = compiled.manifest
     tensors = m["tensors"]
     nodes: list[onnx.NodeProto] = []
@@ -85,9 +82,8 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
                 f"{OP_PREFIX}{digest[:16]}_{k}", list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
                 domain=DOMAIN, npuf=str(path), sha256=digest, subgraph=k))
             continue
-        executor = OnnxExecutor(sg, compiled.blob(sg["onnx"]), lookup=False)
-        levels.add(executor.session.get_session_options().graph_optimization_level.name)
         sub = onnx.load_from_string(compiled.blob(sg["onnx"]))
+        levels.add(cpu_level(sub))
         nodes.extend(sub.graph.node)
         for init in sub.graph.initializer:  # a constant several CPU subgraphs read is in each of them
             if init.name not in seen:
@@ -109,7 +105,7 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
     model.metadata_props.add(key="npuflow.npuf", value=str(path))
     model.metadata_props.add(key="npuflow.target", value=compiled.target_name)
     # The CPU subgraphs equal the integer programs at the optimisation level the session uses.
-    model.metadata_props.add(key=LEVEL_KEY, value="ORT_ENABLE_BASIC" if "ORT_ENABLE_BASIC" in levels else "ORT_ENABLE_ALL")
+    model.metadata_props.add(key=LEVEL_KEY, value="basic" if "basic" in levels else "all")
     write_atomic(output, model.SerializeToString())
     return model
 
@@ -131,7 +127,7 @@ def _session(npuf: str, sha256: str):
             path = Path(npuf)
             if not path.is_file():
                 raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason="the file is missing")
-            if _sha256(path) != sha256:
+            if file_sha256(path) != sha256:
                 raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason="its sha256 differs from the exported one")
             session = _SESSIONS[(npuf, sha256)] = Session(path)
     return session
@@ -178,7 +174,7 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
     so.register_custom_ops_library(ext.get_library_path())
     level = {p.key: p.value for p in proto.metadata_props}.get(LEVEL_KEY)
     if level is not None:
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     return so
 
 

@@ -21,7 +21,7 @@ matter; the IR bump adds nothing these models use).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import onnx
 
@@ -29,7 +29,8 @@ from .errors import NpuflowError
 
 Level = Literal["disable", "basic", "all"]
 
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
+#: ``Level`` -> the name of ONNX Runtime's ``GraphOptimizationLevel`` member.
+LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
 
 
 def options(*, level: Level = "all", threads: int = 0, spinning: bool = True):
@@ -37,7 +38,7 @@ def options(*, level: Level = "all", threads: int = 0, spinning: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -47,7 +48,7 @@ def options(*, level: Level = "all", threads: int = 0, spinning: bool = True):
 
 
 def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", threads: int = 0,
-                 spinning: bool = True, what: str = "load"):
+                 spinning: bool = True, what: str = "load", disabled_optimizers: Sequence[str] = ()):
     """An ``onnxruntime.InferenceSession`` on the CPU provider; a model ONNX Runtime refuses is
     ``NPF_MODEL_INVALID`` ("ONNX Runtime cannot {what} the model: ...").
 
@@ -69,7 +70,8 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
         if custom:
             opts.register_custom_ops_library(custom_ops.extensions().get_library_path())
     try:
-        session = ort.InferenceSession(_serialized(proto), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(_serialized(proto), opts, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/InvalidProtobuf types
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot {what} the model: {exc}") from None
     return _Guarded(session) if custom else session

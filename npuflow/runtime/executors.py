@@ -11,7 +11,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from ..ort_session import open_session
+from ..ort_session import Level, open_session
 from ..qdq import DOMAIN
 
 from . import fused
@@ -132,8 +132,7 @@ class OnnxExecutor:
 
     def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1, lookup: bool = True) -> None:
         model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
-        self.session = open_session(model, level="all" if _float_scaled(model) else "basic", threads=threads,
-                                    spinning=threads <= 1)
+        self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1)
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
         self.lookup = _as_lookup(model, self.session) if lookup and not self.carried else None
@@ -305,6 +304,11 @@ def _cut(x: np.ndarray, slices: Slices) -> np.ndarray:
         index[axis] = slice(start, end)
         x = x[tuple(index)]
     return x
+
+
+def cpu_level(model: onnx.ModelProto) -> Level:
+    """The graph optimisation level a CPU subgraph runs at (see :class:`OnnxExecutor`)."""
+    return "all" if _float_scaled(model) else "basic"
 
 
 def _float_scaled(model: onnx.ModelProto) -> bool:

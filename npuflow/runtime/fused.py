@@ -38,10 +38,14 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..errors import NpuflowError
+from ..ort_session import open_session
 from .epilogues import out_type
 
-_ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-               ort.capi.onnxruntime_pybind11_state.NotImplemented)
+#: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
+#: ORT's own types from a run.
+_ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
+               ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.NotImplemented)
 F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 
 #: ONNX Runtime fusions that would change the float arithmetic of a graph (a non-power-of-two
@@ -680,21 +684,6 @@ _EMITTERS: dict[str, Callable[[_Graph, dict, dict], None]] = {
 # --- segments -------------------------------------------------------------------------------
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """ONNX Runtime options of a runtime session: ``threads`` intra-op threads that sleep when idle.
-
-    A Session holds one ONNX Runtime session per fused run and per CPU subgraph (YOLOv8n on the
-    DPU: 116); their pools' threads spin between runs by default, and that many spinning
-    threads starve each other (measured: 2 threads 50x slower than 1 on a 2-core machine)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if threads > 1:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
 class FusedRun:
     """A run of a program's ops as one ONNX Runtime session; ``run(env)`` -> the tensors it makes.
 
@@ -727,8 +716,10 @@ class FusedRun:
              for k, t in enumerate(outputs)], g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3)])
         model.ir_version = 8
-        return ort.InferenceSession(model.SerializeToString(), session_options(self._threads),
-                                    providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+        # Many sessions per Session: pool threads that spin between runs starve each other
+        # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.
+        return open_session(model, level="all", threads=self._threads, spinning=self._threads <= 1,
+                            disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
     def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .. import numerics as nm
+from ..ort_session import open_session
 from .epilogues import out_type, per_channel, make_epilogue, make_float_finish
 
 Kernel = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -93,7 +94,6 @@ def _conv_accumulator(w: np.ndarray, bias: np.ndarray | None, attrs: dict, in_dt
     split into a high and a low byte (``x = 256*hi + lo``), each convolved exactly.  A bias that
     float32 holds exactly is added by the convolution itself.  The result is an integer array.
     """
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     cout, cin_g, kh, kw = w.shape
@@ -160,11 +160,7 @@ def _conv_accumulator(w: np.ndarray, bias: np.ndarray | None, attrs: dict, in_dt
                               [helper.make_tensor_value_info("y", out_type, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = open_session(model, threads=1)
 
     def run(q: np.ndarray) -> np.ndarray:
         return session.run(None, {"q": q})[0]

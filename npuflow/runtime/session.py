@@ -109,7 +109,14 @@ def check_sha256(model: str | os.PathLike | CompiledModel, expected: str) -> Non
     if path is None or len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
         raise NpuflowError("NPF_RUNTIME_HASH_MISMATCH", path=str(path), expected=expected,
                            got="(no file)" if path is None else "(not a sha256: 64 hex digits)")
-    if not Path(path).is_file():
+    got = file_sha256(Path(path))
+    if got != want:
+        raise NpuflowError("NPF_RUNTIME_HASH_MISMATCH", path=str(path), expected=want, got=got)
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks (coded errors for a missing or unreadable file)."""
+    if not path.is_file():
         raise NpuflowError("NPF_COMPILE_FILE_NOT_FOUND", path=str(path))
     digest = hashlib.sha256()
     try:
@@ -118,8 +125,7 @@ def check_sha256(model: str | os.PathLike | CompiledModel, expected: str) -> Non
                 digest.update(chunk)
     except OSError as exc:
         raise NpuflowError("NPF_COMPILE_CORRUPT", path=str(path), reason=exc.strerror or str(exc)) from None
-    if digest.hexdigest() != want:
-        raise NpuflowError("NPF_RUNTIME_HASH_MISMATCH", path=str(path), expected=want, got=digest.hexdigest())
+    return digest.hexdigest()
 
 
 class Session:

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-torch = pytest.importorskip("torch")  # the torch extra is part of the test extra: never skipped in CI
+import torch  # noqa: E402  (the torch extra is part of the test extra: a missing torch fails)
 import torch._dynamo  # noqa: E402
 
 from npuflow.errors import NpuflowError  # noqa: E402
