@@ -140,10 +140,11 @@ class StagedOutputs:
             raise KeyError(f"{name!r} is not one of this result set's files {self.names}")
         return self.staging / name
 
-    def publish(self) -> dict[str, Path]:
+    def publish(self, retire: Sequence[str] = ()) -> dict[str, Path]:
         """Rename every staged file into place, in the order of ``names`` (the last one marks a
         complete set), Ctrl-C deferred; the staging folder is then removed.  Nothing is renamed
-        unless every file can be."""
+        unless every file can be.  ``retire``: files of an earlier set that this set has no
+        counterpart for, removed in the same deferred block."""
         names = self.names
         for name in names:
             if not self.path(name).is_file():
@@ -154,6 +155,9 @@ class StagedOutputs:
             try:
                 for name in names:
                     os.replace(self.path(name), self.folder / name)
+                for name in retire:
+                    if name not in names and not plain_name_problem(name):
+                        (self.folder / name).unlink(missing_ok=True)
             except OSError as exc:
                 raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(self.folder), reason=exc.strerror or str(exc)) from None
         self.discard()

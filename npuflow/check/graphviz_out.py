@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import graphviz
 
 from ..errors import NpuflowError
-from ..model import write_atomic
 from .report import CPU, CheckReport
 
 PALETTE = ["#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
@@ -43,18 +41,13 @@ def to_dot(report: CheckReport) -> graphviz.Digraph:
     return dot
 
 
-def write_graph(report: CheckReport, out_dir: Path, stem: str, fmt: str | None) -> list[Path]:
-    """Write ``<stem>.gv`` and, with ``fmt``, ``<stem>.<fmt>``; returns the paths written."""
-    dot = to_dot(report)
-    written = [write_atomic(out_dir / f"{stem}.gv", dot.source)]
-    if fmt:
-        exe = shutil.which("dot")
-        if exe is None:
-            raise NpuflowError("NPF_CHECK_GRAPHVIZ_MISSING", format=fmt)
-        try:
-            data = subprocess.run([exe, f"-T{fmt}"], input=dot.source.encode(), capture_output=True,
-                                  check=True, timeout=300).stdout
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            raise NpuflowError("NPF_CHECK_GRAPHVIZ_FAILED", format=fmt, reason=str(exc)) from None
-        written.append(write_atomic(out_dir / f"{stem}.{fmt}", data))
-    return written
+def render_graph(dot: graphviz.Digraph, fmt: str) -> bytes:
+    """The picture of ``dot`` in ``fmt`` (svg, png, ...), drawn by Graphviz's ``dot``."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise NpuflowError("NPF_CHECK_GRAPHVIZ_MISSING", format=fmt)
+    try:
+        return subprocess.run([exe, f"-T{fmt}"], input=dot.source.encode(), capture_output=True,
+                              check=True, timeout=300).stdout
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise NpuflowError("NPF_CHECK_GRAPHVIZ_FAILED", format=fmt, reason=str(exc)) from None

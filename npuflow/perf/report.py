@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..errors import NpuflowError
 from ..model import write_atomic
+from ..outputs import StagedOutputs, plain_name_problem
 from .estimate import CPU_SOURCE, NPU_SOURCE, PerfReport
 
 log = logging.getLogger(__name__)
@@ -77,18 +78,27 @@ def render_html(report: PerfReport, svg: str | None) -> str:
 
 
 def write_report(report: PerfReport, out_dir: str | Path = ".") -> Path:
-    """Write ``<out_dir>/perf_result/<name>/<name>.{html,json,gv[,svg]}``; returns the folder."""
-    folder = Path(out_dir) / "perf_result" / report.model_name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(folder), reason=exc.strerror or str(exc)) from None
+    """Write ``<out_dir>/perf_result/<name>/<name>.{html,json,gv[,svg]}`` as one set; returns the folder.
+
+    Staged and swapped in together (:class:`~npuflow.outputs.StagedOutputs`): a failure or Ctrl-C
+    leaves an earlier report as it was; an earlier picture is removed when this run has none (an
+    svg of another run beside this run's HTML would describe a different model).
+    """
+    name = report.model_name
+    folder = Path(out_dir) / "perf_result" / name
+    problem = plain_name_problem(name)
+    if problem:  # the name comes from the model file's stem or graph name
+        raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(folder),
+                           reason=f"the report is named after the model ({name!r}) and {problem}; rename the model file")
     graph = structure_graph(report)
     svg = _svg(graph)
-    name = report.model_name
-    write_atomic(folder / f"{name}.gv", graph.source)
+    contents = {f"{name}.gv": graph.source}
     if svg is not None:
-        write_atomic(folder / f"{name}.svg", svg)
-    write_atomic(folder / f"{name}.json", json.dumps(report.to_dict(), indent=1))
-    write_atomic(folder / f"{name}.html", render_html(report, svg))
+        contents[f"{name}.svg"] = svg
+    contents[f"{name}.json"] = json.dumps(report.to_dict(), indent=1)
+    contents[f"{name}.html"] = render_html(report, svg)
+    with StagedOutputs(folder, "perf", list(contents)) as stage:
+        for file_name, text in contents.items():
+            write_atomic(stage.path(file_name), text)
+        stage.publish(retire=() if svg is not None else (f"{name}.svg",))
     return folder

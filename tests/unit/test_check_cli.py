@@ -121,6 +121,41 @@ def test_graphviz_failure_is_a_coded_error(seed_model, tmp_path):
     assert not (tmp_path / "o" / "inspect_bernoulli2.svg").exists()
 
 
+def test_check_outputs_are_one_set(seed_model, tmp_path, monkeypatch):
+    """A check that fails while writing leaves the earlier files as they were, and no staging
+    folder; a picture that cannot be drawn still publishes the text set and retires the earlier
+    picture (which would describe another run)."""
+    import npuflow
+    from npuflow.check import files
+
+    out = tmp_path / "o"
+    first = npuflow.check(str(seed_model), "bernoulli2")
+    files.write_outputs(first, out, "svg")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {f"inspect_bernoulli2.{x}" for x in ("txt", "json", "gv", "svg")}
+
+    real_write = files.write_atomic
+
+    def failing(path, data):
+        if str(path).endswith(".json"):
+            raise KeyboardInterrupt
+        return real_write(path, data)
+
+    second = npuflow.check(str(seed_model), "bernoulli2")
+    second.nodes[0].reasons = ["changed"]
+    monkeypatch.setattr(files, "write_atomic", failing)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_outputs(second, out, "svg")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing hidden left either
+    monkeypatch.setattr(files, "write_atomic", real_write)
+
+    monkeypatch.setenv("PATH", _fake_dot(tmp_path, None))
+    with pytest.raises(npuflow.NpuflowError) as err:
+        files.write_outputs(second, out, "svg")
+    assert err.value.code == "NPF_CHECK_GRAPHVIZ_MISSING"
+    assert sorted(p.name for p in out.iterdir()) == [f"inspect_bernoulli2.{x}" for x in ("gv", "json", "txt")]
+
+
 def _err(r, code):
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert f"ERROR [{code}]" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr

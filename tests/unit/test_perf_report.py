@@ -91,3 +91,41 @@ def test_page_without_graphviz_shows_the_structure_as_a_table(written, tmp_path,
     for s in report.subgraphs:
         assert (s.name if s.device == "NPU" else s.nodes[0]) in table
     assert "conv2" in table and "npu_subgraph_0" in table
+
+
+def test_report_is_one_set_and_a_stale_picture_goes(written, tmp_path, monkeypatch):
+    """Rewriting a report without Graphviz removes the earlier svg (it would describe another
+    run); a write that fails midway leaves the earlier report whole and no staging folder."""
+    from npuflow.perf import report as report_module
+
+    report, _ = written
+    folder = write_report(report, tmp_path)
+    assert (folder / "mixed.svg").is_file()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    real_write = report_module.write_atomic
+
+    def failing(path, data):
+        if str(path).endswith(".html"):
+            raise OSError("disk full")
+        return real_write(path, data)
+
+    monkeypatch.setattr(report_module, "write_atomic", failing)
+    with pytest.raises(OSError):
+        write_report(report, tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.setattr(report_module, "write_atomic", real_write)
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    write_report(report, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["mixed.gv", "mixed.html", "mixed.json"]
+
+
+def test_report_name_that_cannot_be_a_file_is_a_coded_error(written, tmp_path):
+    import copy
+
+    report = copy.copy(written[0])
+    report.model_name = ".."
+    with pytest.raises(npuflow.NpuflowError) as err:
+        write_report(report, tmp_path)
+    assert err.value.code == "NPF_IO_WRITE_FAILED" and "'..'" in str(err.value)
