@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Exit status after Ctrl-C: 128 + SIGINT, what shells report for an interrupted program.
-INTERRUPTED = 130
+INTERRUPTED = 130  # npuflow_launcher (Ctrl-C during the import) uses the same
 
 
 class _CtrlC:

@@ -218,3 +218,17 @@ def test_interrupted_bench_stops_its_threads():
         bench(SlowSession(), thread_num=2, frame_count=10**9, inputs={})
     assert time.perf_counter() - t0 < 10
     assert not [t for t in threading.enumerate() if t.name.startswith("bench-") and t.is_alive()]
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_prints_one_line():
+    """The console script's entry (``npuflow_launcher``) catches Ctrl-C during the seconds the
+    toolchain takes to import, where an entry inside ``npuflow`` cannot: it is imported first."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "import npuflow_launcher as m; m.run()", "targets"]  # what the script runs
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # past interpreter start-up, well inside the import of onnx/onnxruntime/numpy
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130 and err.strip() == "npuflow: interrupted", err

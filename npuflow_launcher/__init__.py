@@ -1,0 +1,25 @@
+"""The ``npuflow`` console script's first module, outside the ``npuflow`` package on purpose.
+
+Importing the toolchain (ONNX, ONNX Runtime, numpy, every stage) takes a few seconds.  The
+console script's wrapper imports its entry point before any npuflow code runs, so an entry point
+inside ``npuflow`` could not catch a Ctrl-C pressed during that import: Python would print a
+``KeyboardInterrupt`` traceback.  This module imports nothing heavy; it catches the interrupt
+around the import and reports it as :func:`npuflow.cli.app.main` reports one during a command.
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: Exit status after Ctrl-C (128 + SIGINT), the same as ``npuflow.cli.app.INTERRUPTED``.
+INTERRUPTED = 130
+
+
+def run() -> None:
+    """Import the CLI, then run it; Ctrl-C at any point is one line and exit status 130."""
+    try:
+        from npuflow.cli.app import main
+    except KeyboardInterrupt:
+        print("npuflow: interrupted", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED)
+    sys.exit(main())
