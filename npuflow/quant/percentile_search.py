@@ -23,12 +23,15 @@ import onnx
 from .algorithms.apply import relative_error
 from .algorithms.graph import Feed, run_outputs
 from .assign import assign
-from .calibrate import Statistics
+from .calibrate import Progress, Statistics
 from .config import QuantConfig
 from .export import export_qdq
 from .plan import QuantPlan
 
 log = logging.getLogger(__name__)
+
+#: The stage name progress listeners see while candidates are tried.
+STAGE = "percentile search"
 
 
 def applies(cfg: QuantConfig, plan: QuantPlan) -> bool:
@@ -50,20 +53,27 @@ def with_percentile(plan: QuantPlan, percentile: float) -> QuantPlan:
 
 def choose_percentile(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, candidates: Sequence[float],
                       feeds: list[Feed], reference: list[list[np.ndarray]], *, target_name: str,
-                      scale_type: str) -> tuple[float, dict[float, float]]:
-    """``(best percentile, {candidate: calibration output error})`` (ties: the higher percentile)."""
+                      scale_type: str, progress: Progress | None = None) -> tuple[float, dict[float, float]]:
+    """``(best percentile, {candidate: calibration output error})`` (ties: the higher percentile).
+
+    ``progress`` hears ``("percentile search", tried, candidates)`` after each candidate.
+    """
     errors: dict[float, float] = {}
-    for p in sorted(candidates, reverse=True):
+    order = sorted(candidates, reverse=True)
+    for p in order:
         trial = with_percentile(plan, p)
         q = export_qdq(model, trial, assign(model, trial, stats), target_name=target_name, scale_type=scale_type)
         errors[p] = relative_error(run_outputs(q, feeds), reference)
+        if progress is not None:
+            progress(STAGE, len(errors), len(order))
     best = min(errors, key=lambda p: (errors[p], -p))
     log.info("percentile search: %s -> %s", ", ".join(f"{p}: {e:.4g}" for p, e in errors.items()), best)
     return best, errors
 
 
 def apply(model: onnx.ModelProto, plan: QuantPlan, twin_plan: QuantPlan, stats: Statistics, samples: Iterable[Feed],
-          candidates: Sequence[float], *, target_name: str, scale_type: str) -> tuple[QuantPlan, QuantPlan, dict]:
+          candidates: Sequence[float], *, target_name: str, scale_type: str,
+          progress: Progress | None = None) -> tuple[QuantPlan, QuantPlan, dict]:
     """Both twins' plans with the chosen percentile, and the record for ``quant_info``.
 
     Candidates run on the samples whose float outputs calibration kept (bias correction's check
@@ -74,6 +84,6 @@ def apply(model: onnx.ModelProto, plan: QuantPlan, twin_plan: QuantPlan, stats: 
     if not feeds:
         return plan, twin_plan, {}
     best, errors = choose_percentile(model, plan, stats, candidates, feeds, stats.outputs[:len(feeds)],
-                                     target_name=target_name, scale_type=scale_type)
+                                     target_name=target_name, scale_type=scale_type, progress=progress)
     record = {"chosen": best, "output_errors": {str(p): e for p, e in errors.items()}, "checked_on": len(feeds)}
     return with_percentile(plan, best), with_percentile(twin_plan, best), {"percentile_search": record}

@@ -182,9 +182,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     searched: dict = {}
     if search:
-        _step(progress, "percentile search")
+        _step(progress, percentile_search.STAGE)
         plan_d, plan_s, searched = percentile_search.apply(d_leg, plan_d, plan_s, stats, again, cfg.percentile_candidates,
-                                                           target_name=tgt.name, scale_type=tgt.numerics.scale_type)
+                                                           target_name=tgt.name, scale_type=tgt.numerics.scale_type,
+                                                           progress=progress)
     asg_s = assign(s_leg, plan_s, stats)
     asg_d = assign(d_leg, plan_d, stats) if twins else asg_s
 

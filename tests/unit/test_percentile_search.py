@@ -70,3 +70,12 @@ def test_one_shot_iterator_is_read_once_and_gives_the_same_model():
     assert once.info["algorithms"] == listed.info["algorithms"] and "percentile_search" in once.info["algorithms"]
     for n, t in listed.quant_params.items():
         np.testing.assert_array_equal(once.quant_params[n].scale, t.scale)
+
+
+def test_progress_counts_the_candidates():
+    """A listener (the CLI's bar) hears each candidate tried, not only the stage's name."""
+    seen: list[tuple[str, int, int | None]] = []
+    npuflow.quantize(conv_net(), _data(), target="cpu-int8", config={"percentile_candidates": [99.0, 99.9, 99.999]},
+                     progress=lambda stage, done, total: seen.append((stage, done, total)))
+    search = [(done, total) for stage, done, total in seen if stage == "percentile search"]
+    assert search == [(0, None), (1, 3), (2, 3), (3, 3)]
