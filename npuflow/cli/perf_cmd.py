@@ -43,6 +43,16 @@ def perf_command(
         ("Stored Bytes per Frame", str(report.stored_bytes_per_frame)),
         ("Workload (GOP per frame)", f"{report.ops_per_frame / 1e9:.3f}"),
     ]
+    e2e = report.end_to_end
+    if e2e is not None:  # the target file describes the board's CPU
+        rows += [
+            ("Board CPU (target file)", e2e.host),
+            ("End-to-end latency, 1 thread (ms)", f"{e2e.latency_ms:.3f}"),
+            ("  pre / post / per frame / CPU subgraphs on the board (ms)",
+             f"{e2e.preprocess_ms:.3f} / {e2e.postprocess_ms:.3f} / {e2e.frame_ms:.3f} / {e2e.cpu_subgraphs_ms:.3f}"),
+            ("End-to-end Frame Rate, 1 thread (FPS)", f"{e2e.fps_single_thread:.2f}"),
+            (f"End-to-end Frame Rate, {e2e.threads} threads (FPS)", f"{e2e.fps_multi_thread:.2f} ({e2e.bound} bound)"),
+        ]
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

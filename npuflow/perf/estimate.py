@@ -83,6 +83,31 @@ class TransferResult:
 
 
 @dataclass
+class EndToEnd:
+    """One frame on the board: the model's estimate plus the board CPU's share (``Target.host``).
+
+    Single thread: every step of a frame in sequence.  Multi-thread (``threads`` application
+    threads, as the Vitis AI Model Zoo measures): CPU work of one frame overlaps accelerator work
+    of others, so the rate is the slower of the accelerator's and the CPU cores'.
+    """
+
+    host: str
+    threads: int
+    cpu_time_scale: float
+    input_elements: int
+    output_elements: int
+    preprocess_ms: float
+    postprocess_ms: float
+    frame_ms: float
+    cpu_subgraphs_ms: float  # this host's CPU-subgraph time x cpu_time_scale
+    host_ms: float  # everything the board CPU does per frame
+    latency_ms: float  # single thread
+    fps_single_thread: float
+    fps_multi_thread: float
+    bound: str  # what limits the multi-thread rate: "accelerator" or "host CPU"
+
+
+@dataclass
 class PerfReport:
     """Everything ``npuflow perf`` shows; :meth:`to_dict` is the JSON written next to the page."""
 
@@ -105,6 +130,7 @@ class PerfReport:
     transfers: list[TransferResult]
     edges: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    end_to_end: EndToEnd | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -232,6 +258,10 @@ def estimate(
     transfer_bytes = sum(t.bytes for t in transfers)
     if not on_npu:
         notes.append(f"{target.name} is a CPU target: the whole model was timed on this host")
+    e2e = None
+    if target.host is not None and on_npu:
+        e2e = end_to_end(model, target, latency_ms=latency, cpu_ms=cpu_ms,
+                         accelerator_frame_ms=(npu_shared + transfer_ms) / cores)
     return PerfReport(
         model_name=model_name, target=target.name, clock_mhz=mhz, cores=cores,
         latency_ms=latency, fps_single_core=1e3 / latency if latency else 0.0,
@@ -240,7 +270,40 @@ def estimate(
         ddr_mb_per_frame=(loaded + stored + transfer_bytes) / 1e6,
         loaded_bytes_per_frame=loaded, stored_bytes_per_frame=stored,
         ops_per_frame=sum(s.ops for s in subgraphs),
-        subgraphs=subgraphs, layers=layers, transfers=transfers, edges=edges, notes=notes,
+        subgraphs=subgraphs, layers=layers, transfers=transfers, edges=edges, notes=notes, end_to_end=e2e,
+    )
+
+
+def end_to_end(model: onnx.ModelProto, target: Target, *, latency_ms: float, cpu_ms: float,
+               accelerator_frame_ms: float) -> EndToEnd:
+    """The board-level figures of one frame (``target.host`` must be set).
+
+    ``latency_ms``: the model's estimate (CPU subgraphs timed on this host); ``cpu_ms``: that
+    CPU part, rescaled to the board's cores; ``accelerator_frame_ms``: accelerator plus transfer
+    time per frame with every core busy (the rate the accelerator alone sustains).
+    """
+    host = target.host
+    assert host is not None
+    shapes = tensor_shapes(model)
+    weights = {t.name for t in model.graph.initializer}
+    in_elems = sum(math.prod(shapes.get(i.name) or [0]) for i in model.graph.input if i.name not in weights)
+    out_elems = sum(math.prod(shapes.get(o.name) or [0]) for o in model.graph.output)
+    pre = in_elems * host.preprocess_ns_per_element / 1e6
+    post = out_elems * host.postprocess_ns_per_element / 1e6
+    frame = host.frame_us / 1e3
+    cpu_board = cpu_ms * host.cpu_time_scale
+    host_ms = pre + post + frame + cpu_board
+    latency = latency_ms - cpu_ms + cpu_board + pre + post + frame
+    accel_fps = 1e3 / accelerator_frame_ms if accelerator_frame_ms > 0 else math.inf
+    cpu_fps = host.threads * 1e3 / host_ms if host_ms > 0 else math.inf
+    multi = min(accel_fps, cpu_fps, host.threads * 1e3 / latency if latency > 0 else math.inf)
+    return EndToEnd(
+        host=host.name, threads=host.threads, cpu_time_scale=host.cpu_time_scale,
+        input_elements=in_elems, output_elements=out_elems, preprocess_ms=pre, postprocess_ms=post,
+        frame_ms=frame, cpu_subgraphs_ms=cpu_board, host_ms=host_ms, latency_ms=latency,
+        fps_single_thread=1e3 / latency if latency > 0 else 0.0,
+        fps_multi_thread=multi if math.isfinite(multi) else 0.0,
+        bound="host CPU" if cpu_fps < accel_fps else "accelerator",
     )
 
 

@@ -132,6 +132,24 @@ class Memory(_Strict):
     core_ddr_gbps: float | None = None  # one core's AXI data ports; None: the whole DDR
 
 
+class Host(_Strict):
+    """The board's application CPU, for ``perf``'s end-to-end figures (``docs/perf-model.md``).
+
+    The accelerator estimate covers the network; a deployed frame also costs the board's CPU its
+    pre-processing (resize, normalise, quantize the input), post-processing (dequantize, decode
+    the outputs) and the model's CPU subgraphs, which this host times with ONNX Runtime and
+    ``cpu_time_scale`` converts to the board's slower cores.  Figures are per-frame costs on
+    one board core; the target file says where they come from.
+    """
+
+    name: str
+    threads: int = Field(1, ge=1, le=256)  # application threads the board runs at once (its cores)
+    cpu_time_scale: float = Field(1.0, gt=0, le=1000)  # board core time / this host's time for CPU subgraphs
+    frame_us: float = Field(0.0, ge=0, le=1e7)  # fixed work per frame (buffer setup, runner calls)
+    preprocess_ns_per_element: float = Field(0.0, ge=0, le=1e6)  # per model-input element
+    postprocess_ns_per_element: float = Field(0.0, ge=0, le=1e6)  # per model-output element
+
+
 class Target(_Strict):
     name: str
     fingerprint: str
@@ -150,6 +168,7 @@ class Target(_Strict):
     numerics: Numerics = Numerics()
     overheads: Overheads = Overheads()
     memory: Memory = Memory()
+    host: Host | None = None  # the board's CPU; None: end-to-end figures are not estimated
 
     def hardware_names(self) -> dict[str, float]:
         """Names hardware formulas may use."""

@@ -118,7 +118,8 @@ def test_report_is_one_set_and_a_stale_picture_goes(written, tmp_path, monkeypat
 
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     write_report(report, tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["mixed.gv", "mixed.html", "mixed.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["mixed.gv", "mixed.html", "mixed.json", "mixed.subgraph_0.html",
+                                                        "mixed.subgraph_1.html"]
 
 
 def test_report_name_that_cannot_be_a_file_is_a_coded_error(written, tmp_path):
