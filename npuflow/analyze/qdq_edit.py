@@ -35,12 +35,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
-from ..check.followers import FLOAT_TAIL_OPS, FOLLOWERS
 from ..numerics import RoundMode, quantize
+from ..operators import DATA_MOVEMENT, FOLLOWERS, MAX_UNIT_NODES, QUANTIZED_OPS, UNIT_OPS
 from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, producers, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, write_bias
 from ..quant.config import TensorSettings
-from ..quant.plan import QUANTIZED_OPS, node_key
+from ..quant.plan import node_key
 from ..quant.params import weight_params
 
 PRECISIONS = ("int8", "int16", "float")
@@ -104,15 +104,11 @@ def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
     return out
 
 
-#: Ops a fused activation unit is made of (ReLU, ReLU6, the legalised hard-sigmoid/hard-swish chain).
-_UNIT_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Add", "Mul"})
-#: Most nodes in one unit (hard-swish: Add, Clip, Mul, Mul).
-_UNIT_NODES = 4
-
-
 def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]]) -> str:
     """The tensor where a layer's fused activation ends: ``tensor`` itself when it is
-    quantized or read by anything but a short activation unit with one quantized output.
+    quantized or read by anything but a short activation unit (at most
+    :data:`npuflow.operators.MAX_UNIT_NODES` of the registry's :data:`~npuflow.operators.UNIT_OPS`)
+    with one quantized output.
 
     A Conv followed by a hard-swish has no quantize step until the hard-swish's output, so that
     pair is the layer's: keeping the layer in float keeps the whole fused unit in float, as the
@@ -128,12 +124,12 @@ def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]]) -> str:
             continue
         for u in users:
             key = node_key(u)
-            if u.op_type not in _UNIT_OPS or len(u.output) != 1:
+            if u.op_type not in UNIT_OPS or len(u.output) != 1:
                 return tensor
             if key not in seen:
                 seen.add(key)
                 frontier.append(u.output[0])
-        if len(seen) > _UNIT_NODES:
+        if len(seen) > MAX_UNIT_NODES:
             return tensor
     return ends.pop() if len(ends) == 1 else tensor
 
@@ -225,7 +221,7 @@ def set_int16(model: onnx.ModelProto, lp: LayerPoints, float_model: onnx.ModelPr
         return
     w, b = _float_weights(model, lp, float_model)
     if b is not None:
-        write_bias(model, lp.layer, np.asarray(b))
+        write_bias(model, lp.layer, np.asarray(b), RoundMode.STD_ROUND)  # as its int16 weights below
     axis = None
     if lp.layer.scale.ndim == 1 and lp.layer.scale.size > 1:
         axis = 0 if lp.layer.trans_b else 1
@@ -373,7 +369,7 @@ def float_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[str, onnx.NodeProto]) -> None:
     """Apply the quantizer's rules for data-movement ops to ``integer``, in place.
 
-    They follow their input (:data:`npuflow.check.followers.FOLLOWERS`): a Reshape behind a layer now
+    They follow their input (:data:`npuflow.operators.FOLLOWERS`): a Reshape behind a layer now
     in float is float too.  On float-scale targets they also stay float when no integer node reads
     their output (the quantizer's float tail).
     """
@@ -409,7 +405,7 @@ def _drop_float_followers(model: onnx.ModelProto, integer: set[str], prod: dict[
         changed = False
         for n in model.graph.node:
             key = node_key(n)
-            if key in integer and n.op_type in FLOAT_TAIL_OPS:
+            if key in integer and n.op_type in DATA_MOVEMENT:
                 if not any(node_key(r) in integer for o in n.output if o for r in readers(o)):
                     integer.discard(key)
                     changed = True

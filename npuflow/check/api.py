@@ -17,12 +17,13 @@ from onnx import helper, numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
+from ..operators import FOLLOWERS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
 from .graph import is_qdq as _is_qdq
-from .followers import FOLLOWERS, drop_float_tail, float_tail_applies, follows_quantized
-from .lowerable import TABLE_OPS, lowering_limit
+from .followers import drop_float_tail, float_tail_applies, follows_quantized
+from .lowerable import lowering_limit
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph

@@ -5,7 +5,7 @@ so ``check`` must place them by the same rule or ``compile`` finds accelerator n
 (which it runs on the CPU).  Two parts, both applied by ``quant/plan.py`` when it builds the plan
 and by :mod:`.api` on float models:
 
-* a follower (:data:`FOLLOWERS`) is quantized only when the op feeding its data input is (as ONNX
+* a follower (:data:`npuflow.operators.FOLLOWERS`) is quantized only when the op feeding its data input is (as ONNX
   Runtime's quantizer does): a Reshape after a float Softmax stays float instead of quantizing
   probabilities, one fed from the CPU or a graph input stays on the CPU;
 * on float-scale targets (:func:`float_tail_applies`) data movement whose outputs no quantized op
@@ -18,17 +18,8 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Iterable, TypeVar
 
+from ..operators import DATA_MOVEMENT, FOLLOWERS
 from ..targets import Target
-
-#: Ops whose output takes the input's scale (exact on integers).
-PASS_THROUGH = frozenset({"MaxPool", "GlobalMaxPool", "Relu", "Reshape", "Transpose", "Flatten", "Squeeze",
-                          "Unsqueeze", "Slice", "Split", "Pad"})
-#: Data-movement ops quantized only when their input comes from a quantized op.
-FOLLOWERS = PASS_THROUGH | {"Resize"}
-#: Ops left float on float-scale targets when no quantized op reads them (:func:`drop_float_tail`).
-#: Not ``Relu``: fused into its producer it is where that output gets quantized, and a float one
-#: would move the quantize step onto the raw, wider producer output.
-FLOAT_TAIL_OPS = (FOLLOWERS | {"Concat"}) - {"Relu"}
 
 K = TypeVar("K", bound=Hashable)
 
@@ -46,7 +37,9 @@ def float_tail_applies(target: Target) -> bool:
 
 
 def drop_float_tail(quantized: set[K], op_type: Callable[[K], str], readers: Callable[[K], Iterable[K]]) -> list[K]:
-    """Remove from ``quantized`` the :data:`FLOAT_TAIL_OPS` nodes no quantized node reads, until
+    """Remove from ``quantized`` the data-movement nodes (:data:`npuflow.operators.DATA_MOVEMENT`;
+    not ``Relu``, a follower: fused into its producer it is where that output gets quantized, and a
+    float one would move the quantize step onto the raw, wider producer output) no quantized node reads, until
     nothing changes (a Reshape feeding a float Concat goes float too); returns them.
 
     Typically the output head: no integer computation follows, and a Concat of differently
@@ -59,7 +52,7 @@ def drop_float_tail(quantized: set[K], op_type: Callable[[K], str], readers: Cal
     while changed:
         changed = False
         for key in list(quantized):
-            if op_type(key) in FLOAT_TAIL_OPS and not any(r in quantized for r in readers(key)):
+            if op_type(key) in DATA_MOVEMENT and not any(r in quantized for r in readers(key)):
                 quantized.discard(key)
                 dropped.append(key)
                 changed = True

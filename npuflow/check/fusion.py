@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from ..passes.activations import fuses
-from ..passes.fold_affine import FOLDS_INTO
+from ..operators import FOLDS_INTO, HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_OFFSET, WEIGHTED_KINDS, close, \
+    divides_by_six, fuses
 from ..targets.spec import Target
 from .graph import GraphView
 from .ops import ACTIVATION, OpInfo
@@ -21,8 +21,6 @@ from .rules import rule_reasons
 
 #: How many constant scale/shift/BatchNorm nodes in a row a weighted op absorbs.
 MAX_ABSORBED = 4
-#: Ops whose weights can absorb a following BatchNormalization and bias Add.
-WEIGHTED = {"conv2d", "depthwise_conv2d", "transposed_conv2d", "depthwise_transposed_conv2d", "fc"}
 
 
 def _root(view: GraphView, tensor: str) -> str:
@@ -58,7 +56,7 @@ def _relu6_of_x_plus_3(view: GraphView, infos: list[OpInfo], clip: int) -> tuple
         return None
     for t in view.nodes[add].input:
         x = _root(view, t)
-        if not view.is_const(x) and _scalar(view, view.nodes[add], x) == 3.0:
+        if not view.is_const(x) and close(_scalar(view, view.nodes[add], x), HSIGMOID_OFFSET):
             if _single_consumer(view, view.nodes[add].output[0]) == clip:
                 return x, add
     return None
@@ -70,12 +68,7 @@ def _divided_by_6(view: GraphView, node_index: int, tensor: str) -> int | None:
     if c is None:
         return None
     n = view.nodes[c]
-    k = _scalar(view, n, _root(view, tensor))
-    if k is None:
-        return None
-    if (n.op_type == "Div" and abs(k - 6.0) < 1e-6) or (n.op_type == "Mul" and abs(k - 1 / 6) < 1e-4):
-        return c
-    return None
+    return c if divides_by_six(n.op_type, _scalar(view, n, _root(view, tensor))) else None
 
 
 def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, int]:
@@ -95,7 +88,7 @@ def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, 
         elif infos[i].kind == "relu6" and (found := _relu6_of_x_plus_3(view, infos, i)):
             last = _divided_by_6(view, i, node.output[0])
             if last is not None:
-                infos[last] = OpInfo("hard_sigmoid", ACTIVATION, {"alpha": 1 / 6, "beta": 0.5})
+                infos[last] = OpInfo("hard_sigmoid", ACTIVATION, {"alpha": HSIGMOID_ALPHA, "beta": HSIGMOID_BETA})
                 fused[found[1]] = last
                 fused[i] = last
                 sig_input[last] = found[0]
@@ -115,7 +108,7 @@ def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, 
                     last = _divided_by_6(view, i, node.output[0])
                     anchor = last if last is not None else i
                     infos[anchor] = OpInfo("hard_swish", ACTIVATION,
-                                           {"alpha": 1 / 6 if last is not None else 1.0, "beta": 0.5})
+                                           {"alpha": HSIGMOID_ALPHA if last is not None else 1.0, "beta": HSIGMOID_BETA})
                     for m in [found[1], h] + ([i] if last is not None else []):
                         fused[m] = anchor
                     break
@@ -150,7 +143,7 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
             continue
         out = node.output[0]
         chain: list[int] = []
-        if info.kind in WEIGHTED and _absorbs(node, quantized):
+        if info.kind in WEIGHTED_KINDS and _absorbs(node, quantized):
             for _ in range(MAX_ABSORBED):
                 c = _single_consumer(view, out)
                 # a quantize step in between (a quantized model) means the compiler sees two ops

@@ -20,24 +20,12 @@ from typing import Callable, Protocol
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-#: ONNX ops with an integer lowering (the keys of ``compiler.lowering.LOWERINGS``).
-LOWERED_OPS = frozenset({
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "MaxPool", "GlobalMaxPool",
-    "AveragePool", "GlobalAveragePool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
-    "Pad", "Resize", "Split",
-})
-#: Elementwise float ops the epilogue of a layer may hold (its fused activation chain).
-CHAIN_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish"})
-#: Elementwise ops lowered as a lookup table when they stand alone between DQ and Q.
-TABLE_OPS = CHAIN_OPS | {"Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Neg", "Abs", "Identity"}
+from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, node_attr, op_def
+
 #: Longest fused chain (nodes between a layer and its quantize step).
 MAX_CHAIN = 8
-#: Float ops the float passes rewrite into lowered ones before quantization.
-REWRITTEN_OPS = frozenset({"BatchNormalization"})  # folded into its layer, or a 1x1 depthwise Conv
-#: Inputs that carry data; the others (shapes, pads, scales, bounds) must be constants.
-_DATA_INPUT0 = frozenset({"Reshape", "Slice", "Pad", "Resize", "Split", "Squeeze", "Unsqueeze", "Clip"})
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 #: Types of the quantize/dequantize steps an integer program reads and writes (not int4/float8).
 INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
@@ -86,16 +74,8 @@ def lowering_limit(node: onnx.NodeProto, t: Tensors) -> str | None:
 
 
 def _data_inputs(node: onnx.NodeProto) -> list[str]:
-    ins = node.input[:1] if node.op_type in _DATA_INPUT0 else node.input
-    return [i for i in ins if i]
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            v = helper.get_attribute_value(a)
-            return v.decode() if isinstance(v, bytes) else v
-    return default
+    """The inputs that carry data; the others (shapes, pads, scales, bounds) must be constants."""
+    return [node.input[k] for k in op_def(node.op_type, node.domain).data_inputs(node)]
 
 
 def _no_limit(node: onnx.NodeProto, t: Tensors) -> None:
@@ -141,13 +121,13 @@ def _conv(node: onnx.NodeProto, t: Tensors) -> str | None:
 
 
 def _conv_transpose(node: onnx.NodeProto, t: Tensors) -> str | None:
-    if _attr(node, "auto_pad", "NOTSET") != "NOTSET" or _attr(node, "output_shape") is not None:
+    if node_attr(node, "auto_pad", "NOTSET") != "NOTSET" or node_attr(node, "output_shape") is not None:
         return "auto_pad/output_shape on ConvTranspose is not lowered"
     return _weight_rank(node, t, (4,), "2-D transposed convolutions")
 
 
 def _gemm(node: onnx.NodeProto, t: Tensors) -> str | None:
-    if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
+    if node_attr(node, "transA", 0) or node_attr(node, "alpha", 1.0) != 1.0 or node_attr(node, "beta", 1.0) != 1.0:
         return "Gemm with transA, alpha or beta is not lowered"
     if len(t.shape(node.input[0]) or []) != 2:
         return "Gemm operands must be 2-D"
@@ -179,14 +159,14 @@ def _constant_params(node: onnx.NodeProto, t: Tensors) -> str | None:
 
 def _pad(node: onnx.NodeProto, t: Tensors) -> str | None:
     reason = _constant_params(node, t)
-    pads = t.value(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "pads")
+    pads = t.value(node.input[1]) if len(node.input) > 1 and node.input[1] else node_attr(node, "pads")
     if reason is None and pads is not None and np.any(np.asarray(pads) < 0):
         reason = "negative pads are not lowered"
     return reason
 
 
 def _resize(node: onnx.NodeProto, t: Tensors) -> str | None:
-    mode = _attr(node, "mode", "nearest")
+    mode = node_attr(node, "mode", "nearest")
     if mode != "nearest":
         return f"Resize mode {mode!r} is not lowered (nearest only)"
     return _constant_params(node, t)

@@ -9,22 +9,19 @@ comes from the target), so a target file can state a limit exactly as the vendor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from ..operators import (ACTIVATION_KINDS, LAYOUT_KINDS, Role, clip_bounds, clip_kind, conv_in_channels, conv_kind,
+                         is_depthwise, op_def)
 from .graph import GraphView
 
-#: Roles decide how a node takes part in placement.
-COMPUTE = "compute"      # judged against the target's rule for its kind
-ACTIVATION = "activation"  # judged, and may fuse into the op before it
-LAYOUT = "layout"        # reshape/transpose: judged, but stays NPU only next to NPU work
-FOLLOWER = "follower"    # Q/DQ, Identity, shape arithmetic: placed with their neighbours
-
-ACTIVATION_KINDS = {"relu", "relu6", "leaky_relu", "prelu", "hard_sigmoid", "hard_swish", "sigmoid", "tanh",
-                    "clip", "silu"}
-LAYOUT_KINDS = {"reshape", "transpose"}
+#: Roles decide how a node takes part in placement (:class:`npuflow.operators.Role`).
+COMPUTE, ACTIVATION, LAYOUT, FOLLOWER = Role.COMPUTE.value, Role.ACTIVATION.value, Role.LAYOUT.value, Role.FOLLOWER.value
+__all__ = ["ACTIVATION", "ACTIVATION_KINDS", "COMPUTE", "FOLLOWER", "LAYOUT", "LAYOUT_KINDS", "OpInfo", "classify"]
 
 
 @dataclass
@@ -36,7 +33,12 @@ class OpInfo:
 
 
 def attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """Attribute values, strings decoded (one decoding for every caller)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
 
 
 def _pair(values, default):
@@ -48,8 +50,7 @@ def _pair(values, default):
 
 def _pads(node_attrs, kernel, strides, dilations, in_hw, out_hw):
     """ONNX pads -> (top, left, bottom, right), resolving auto_pad from the shapes."""
-    auto = node_attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    auto = node_attrs.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER") and in_hw and out_hw:
         res = []
         for k, s, d, i, o in zip(kernel, strides, dilations, in_hw, out_hw):
@@ -103,15 +104,11 @@ def _conv(node, view, transposed: bool) -> OpInfo:
     p = _window_params(node, a, view, _pair(kernel, 1))
     group = int(a.get("group", 1))
     p["group"] = group
-    ic = p.get("input_channel", (w[1] * group) if not transposed and len(w) > 1 else (w[0] if w else 0))
+    ic = p.get("input_channel", conv_in_channels(node, None, w) or 0)
     p["input_channel"] = ic
     if "output_channel" not in p and w:
         p["output_channel"] = w[1] * group if transposed else w[0]
-    depthwise = group > 1 and group == ic
-    if transposed:
-        kind = "depthwise_transposed_conv2d" if depthwise else "transposed_conv2d"
-    else:
-        kind = "depthwise_conv2d" if depthwise else "conv2d"
+    kind = conv_kind(transposed, is_depthwise(group, ic))
     if not view.is_const(node.input[1]):
         return OpInfo(kind + "_dynamic_weight", COMPUTE, p)
     return OpInfo(kind, COMPUTE, p)
@@ -212,8 +209,7 @@ def _gemm(node, view) -> OpInfo:
 
 def _resize(node, view) -> OpInfo:
     a = attrs(node)
-    mode = a.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = a.get("mode", "nearest")
     xs, ys = view.shape(node.input[0]), view.shape(node.output[0])
     p: dict = {"mode": mode}
     p.update(_channels(view, node.input[0]))
@@ -227,22 +223,18 @@ def _resize(node, view) -> OpInfo:
     return OpInfo(kind, COMPUTE, p)
 
 
+def _scalar(view: GraphView) -> Callable[[str], float | None]:
+    """The graph's value of a scalar constant, or ``None``."""
+    def value(name: str) -> float | None:
+        v = view.value(name)
+        return float(v) if v is not None else None
+    return value
+
+
 def _clip(node, view) -> OpInfo:
-    a = attrs(node)
-    lo = a.get("min")
-    hi = a.get("max")
-    if len(node.input) > 1 and node.input[1]:
-        v = view.value(node.input[1])
-        lo = float(v) if v is not None else None
-    if len(node.input) > 2 and node.input[2]:
-        v = view.value(node.input[2])
-        hi = float(v) if v is not None else None
+    lo, hi = clip_bounds(node, _scalar(view))
     p = {"min": lo if lo is not None else float("-inf"), "max": hi if hi is not None else float("inf")}
-    if lo == 0 and hi == 6:
-        return OpInfo("relu6", ACTIVATION, p)
-    if lo == 0 and (hi is None or np.isinf(hi)):
-        return OpInfo("relu", ACTIVATION, p)
-    return OpInfo("clip", ACTIVATION, p)
+    return OpInfo(clip_kind(lo, hi), ACTIVATION, p)
 
 
 def _slice(node, view) -> OpInfo:
@@ -259,21 +251,19 @@ def _slice(node, view) -> OpInfo:
     return OpInfo("strided_slice", COMPUTE, p)
 
 
-def _axis_op(node, view, kind, default_axis=1) -> OpInfo:
+def _axis_op(node, view, kind) -> OpInfo:
     a = attrs(node)
     xs = view.shape(node.input[0]) or []
-    axis = a.get("axis", default_axis)
-    if node.op_type.startswith("Reduce"):
+    axis = a.get("axis", op_def(node.op_type).axis)
+    if kind.startswith("reduce_"):
         axes = a.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             v = view.value(node.input[1])
             axes = list(v) if v is not None else None
         axes = [int(x) % max(len(xs), 1) for x in (axes or [])]
         axis = axes[0] if len(axes) == 1 else -1
-        if node.op_type == "ReduceMean" and sorted(axes) == [2, 3] and len(xs) == 4:
-            return _global_pool(node, view, "global_avg_pool")
-        if node.op_type == "ReduceMax" and sorted(axes) == [2, 3] and len(xs) == 4:
-            return _global_pool(node, view, "global_max_pool")
+        if kind in ("reduce_mean", "reduce_max") and sorted(axes) == [2, 3] and len(xs) == 4:
+            return _global_pool(node, view, "global_avg_pool" if kind == "reduce_mean" else "global_max_pool")
     axis = int(axis) % max(len(xs), 1) if xs else int(axis)
     p = {"axis": axis, "num_inputs": len([t for t in node.input if t]), "num_outputs": len([t for t in node.output if t])}
     p.update(_channels(view, node.input[0]))
@@ -286,72 +276,61 @@ def _axis_op(node, view, kind, default_axis=1) -> OpInfo:
 
 def _pad(node, view) -> OpInfo:
     a = attrs(node)
-    mode = a.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = a.get("mode", "constant")
     p = {"mode": mode}
     p.update(_channels(view, node.input[0]))
     return OpInfo("pad", COMPUTE, p)
 
 
-_SIMPLE_ACT = {"Relu": "relu", "PRelu": "prelu", "Sigmoid": "sigmoid", "Tanh": "tanh",
-               "Elu": "elu", "Selu": "selu", "Mish": "mish", "Gelu": "gelu", "Softplus": "softplus"}
-_POOLS = {"MaxPool": "max_pool", "AveragePool": "avg_pool"}
-_GLOBAL_POOLS = {"GlobalAveragePool": "global_avg_pool", "GlobalMaxPool": "global_max_pool"}
-_ELTWISE = {"Add": "eltwise_add", "Sum": "eltwise_add", "Mul": "eltwise_mul", "Sub": "eltwise_sub",
-            "Div": "eltwise_div"}
+def _activation(node, view, kind) -> OpInfo:
+    a = attrs(node)
+    if kind == "leaky_relu":
+        return OpInfo(kind, ACTIVATION, {"alpha": float(a.get("alpha", 0.01))})
+    if kind == "hard_sigmoid":
+        return OpInfo(kind, ACTIVATION, {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))})
+    if kind == "hard_swish":
+        return OpInfo(kind, ACTIVATION, {"alpha": 1 / 6, "beta": 0.5})
+    return OpInfo(kind, ACTIVATION, _channels(view, node.input[0]))
+
+
+def _layout(node, view, kind) -> OpInfo:
+    if kind == "transpose":
+        return OpInfo(kind, LAYOUT, {"perm": str(list(attrs(node).get("perm", [])))})
+    return OpInfo(kind, LAYOUT, _channels(view, node.input[0]))
+
+
+#: How the parameters of each target kind are read (the kinds are the registry's, :mod:`npuflow.operators`).
+_BY_KIND = {
+    "conv2d": lambda n, v, k: _conv(n, v, transposed=False),
+    "transposed_conv2d": lambda n, v, k: _conv(n, v, transposed=True),
+    "max_pool": _pool, "avg_pool": _pool,
+    "global_avg_pool": _global_pool, "global_max_pool": _global_pool,
+    "eltwise_add": _eltwise, "eltwise_sub": _eltwise, "eltwise_mul": _eltwise, "eltwise_div": _eltwise,
+    "fc": lambda n, v, k: _gemm(n, v), "matmul": lambda n, v, k: _gemm(n, v),
+    "resize": lambda n, v, k: _resize(n, v),
+    "clip": lambda n, v, k: _clip(n, v),
+    "strided_slice": lambda n, v, k: _slice(n, v),
+    "pad": lambda n, v, k: _pad(n, v),
+    "batchnorm": lambda n, v, k: _batchnorm(n, v),
+    **{k: _axis_op for k in ("split", "concat", "softmax", "argmax", "reduce_max", "reduce_mean", "reduce_sum")},
+}
 
 
 def classify(node: onnx.NodeProto, view: GraphView, index: int) -> OpInfo:
-    """The accelerator view of one node."""
-    op = node.op_type
-    if view.qdq[index] or op in ("Identity", "Dropout"):
+    """The accelerator view of one node: the registry's kind and role, refined by the node
+    (depthwise, ReLU6, per-channel affine, weights computed at run time) with its parameters."""
+    d = op_def(node.op_type, node.domain)
+    if view.qdq[index] or d.kind == "identity":
         return OpInfo("identity", FOLLOWER)
     if node.domain not in ("", "ai.onnx"):
-        return OpInfo(f"{node.domain}:{op}", COMPUTE)
-    if op == "Conv":
-        return _conv(node, view, transposed=False)
-    if op == "ConvTranspose":
-        return _conv(node, view, transposed=True)
-    if op in _POOLS:
-        return _pool(node, view, _POOLS[op])
-    if op in _GLOBAL_POOLS:
-        return _global_pool(node, view, _GLOBAL_POOLS[op])
-    if op in _ELTWISE:
-        return _eltwise(node, view, _ELTWISE[op])
-    if op in ("Gemm", "MatMul"):
-        return _gemm(node, view)
-    if op in ("Resize", "Upsample"):
-        return _resize(node, view)
-    if op == "Clip":
-        return _clip(node, view)
-    if op == "LeakyRelu":
-        return OpInfo("leaky_relu", ACTIVATION, {"alpha": float(attrs(node).get("alpha", 0.01))})
-    if op == "HardSigmoid":
-        a = attrs(node)
-        return OpInfo("hard_sigmoid", ACTIVATION, {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))})
-    if op == "HardSwish":
-        return OpInfo("hard_swish", ACTIVATION, {"alpha": 1 / 6, "beta": 0.5})
-    if op in _SIMPLE_ACT:
-        return OpInfo(_SIMPLE_ACT[op], ACTIVATION if _SIMPLE_ACT[op] in ACTIVATION_KINDS else COMPUTE,
-                      _channels(view, node.input[0]))
-    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        return OpInfo("reshape", LAYOUT, _channels(view, node.input[0]))
-    if op == "Transpose":
-        return OpInfo("transpose", LAYOUT, {"perm": str(list(attrs(node).get("perm", [])))})
-    if op == "Slice":
-        return _slice(node, view)
-    if op == "Split":
-        return _axis_op(node, view, "split", 0)
-    if op == "Concat":
-        return _axis_op(node, view, "concat")
-    if op == "Pad":
-        return _pad(node, view)
-    if op == "Softmax":
-        return _axis_op(node, view, "softmax", -1)
-    if op == "ArgMax":
-        return _axis_op(node, view, "argmax", 0)
-    if op in ("ReduceMax", "ReduceMean", "ReduceSum"):
-        return _axis_op(node, view, {"ReduceMax": "reduce_max", "ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum"}[op])
-    if op == "BatchNormalization":
-        return _batchnorm(node, view)
-    return OpInfo(op.lower(), COMPUTE)
+        return OpInfo(f"{node.domain}:{node.op_type}", COMPUTE)
+    read = _BY_KIND.get(d.kind)
+    if read is not None:
+        return read(node, view, d.kind)
+    if d.role is Role.ACTIVATION:
+        return _activation(node, view, d.kind)
+    if d.role is Role.LAYOUT:
+        return _layout(node, view, d.kind)
+    if d.table and d.role is Role.COMPUTE:  # Elu, Selu, Softplus ...: elementwise, judged per channel
+        return OpInfo(d.kind, COMPUTE, _channels(view, node.input[0]))
+    return OpInfo(d.kind, COMPUTE)

@@ -39,10 +39,10 @@ import onnx
 from onnx import TensorProto, helper
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from ..check.lowerable import CHAIN_OPS
 from ..errors import NpuflowError
 from ..model import max_tensor_elements
 from ..numerics import RoundMode, qrange
+from ..operators import CHAIN_OPS
 from ..targets import load_target, same_fingerprint
 from . import memory
 

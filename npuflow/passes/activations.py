@@ -3,9 +3,9 @@
 Exporters often write hard-sigmoid as ``Clip(x + 3, 0, 6) / 6`` and hard-swish as
 ``x * that``; :func:`fuse_activation_patterns` rewrites those into one ``HardSigmoid`` /
 ``HardSwish`` node (the last node of the pattern keeps its name and output) so the quantizer and
-the checker see one form.  :func:`activation_kind` and :func:`op_kind` name nodes in the
-vocabulary of target files (``relu``, ``relu6``, ``conv2d``, ``fc`` ...), and
-:func:`fuses` asks the target whether an op absorbs an activation.
+the checker see one form.  :func:`op_kind` names the op an activation may fuse into in the
+vocabulary of target files (``conv2d``, ``fc`` ...); what the ops are, which activations exist and
+whether a target fuses one into an op are the registry's (:mod:`npuflow.operators`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import onnx
 from onnx import helper
 
 from ..model import default_opset
-from ..targets import Target
+from ..operators import (HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_OFFSET, activation_kind, close, conv_in_channels,
+                         conv_kind, divides_by_six, is_depthwise, is_standard_hard_sigmoid, op_def)
 from .graph import GraphIndex, attr, remove_unused_initializers
-
-_SIXTH = 1.0 / 6.0
 
 
 def _same(a: onnx.NodeProto | None, b: onnx.NodeProto) -> bool:
@@ -25,65 +24,19 @@ def _same(a: onnx.NodeProto | None, b: onnx.NodeProto) -> bool:
     return a is not None and list(a.output) == list(b.output)
 
 
-def _close(a: float | None, b: float, tol: float = 1e-6) -> bool:
-    return a is not None and abs(a - b) <= tol * max(1.0, abs(b))
-
-
-def activation_kind(node: onnx.NodeProto, idx: GraphIndex) -> str | None:
-    """Target vocabulary name of an activation node, or ``None``."""
-    op = node.op_type
-    if op == "Relu":
-        return "relu"
-    if op == "LeakyRelu":
-        return "leaky_relu"
-    if op == "HardSwish":
-        return "hard_swish"
-    if op == "HardSigmoid":
-        return "hard_sigmoid"
-    if op == "Clip":
-        lo = idx.scalar(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "min")
-        hi = idx.scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else attr(node, "max")
-        if _close(lo, 0.0) and _close(hi, 6.0):
-            return "relu6"
-        if _close(lo, 0.0) and hi is None:
-            return "relu"
-        return None
-    return None
-
-
-def op_kind(node: onnx.NodeProto, idx: GraphIndex) -> str | None:
-    """Target vocabulary name of a compute op that may absorb an activation."""
-    op = node.op_type
-    if op == "Conv":
+def op_kind(node: onnx.NodeProto, idx: GraphIndex) -> str:
+    """Target kind of a node that may absorb an activation (the registry's, with depthwise and
+    constant-weight matrix products told apart as the checker tells them)."""
+    if node.op_type in ("Conv", "ConvTranspose"):
         w = idx.const(node.input[1])
-        group = attr(node, "group", 1)
-        return "depthwise_conv2d" if group > 1 and w is not None and w.shape[1] == 1 else "conv2d"
-    if op == "ConvTranspose":
-        return "depthwise_transposed_conv2d" if attr(node, "group", 1) > 1 else "transposed_conv2d"
-    if op == "Gemm" or (op == "MatMul" and idx.const(node.input[1]) is not None):
-        return "fc"
-    if op == "MatMul":
+        ic = conv_in_channels(node, None, w.shape if w is not None else None)
+        return conv_kind(node.op_type == "ConvTranspose", is_depthwise(int(attr(node, "group", 1)), ic))
+    if node.op_type == "MatMul":
+        w = idx.const(node.input[1])
+        return "fc" if w is not None and w.ndim == 2 else "matmul"
+    if node.op_type == "Gemm" and attr(node, "transA", 0):
         return "matmul"
-    if op == "Add":
-        return "eltwise_add"
-    if op == "Mul":
-        return "eltwise_mul"
-    return None
-
-
-#: Activations fused into compute ops on targets whose op rules list none (ONNX Runtime's QDQ fusions).
-DEFAULT_FUSED = ("relu", "relu6")
-
-
-def fuses(target: Target, op: str | None, activation: str | None) -> bool:
-    """Whether ``target`` runs ``activation`` inside op kind ``op`` (no quantize step between)."""
-    if op is None or activation is None:
-        return False
-    rule = target.rule(op)
-    if rule is not None and rule.activations:
-        return activation in rule.activations
-    return op in ("conv2d", "depthwise_conv2d", "transposed_conv2d", "depthwise_transposed_conv2d", "fc") and (
-        activation in DEFAULT_FUSED)
+    return op_def(node.op_type, node.domain).kind
 
 
 def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -99,26 +52,26 @@ def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _sixth_of(end: onnx.NodeProto, idx: GraphIndex) -> str | None:
     """The tensor ``end`` divides by 6 (``Div(t, 6)`` or ``Mul(t, 1/6)``), else ``None``."""
-    if end.op_type == "Div" and _close(idx.scalar(end.input[1]), 6.0):
+    if end.op_type == "Div" and divides_by_six(end.op_type, idx.scalar(end.input[1])):
         return end.input[0]
     if end.op_type == "Mul":
-        if _close(idx.scalar(end.input[1]), _SIXTH):
-            return end.input[0]
-        if _close(idx.scalar(end.input[0]), _SIXTH):
-            return end.input[1]
+        for a, b in ((0, 1), (1, 0)):
+            if divides_by_six(end.op_type, idx.scalar(end.input[b])):
+                return end.input[a]
     return None
 
 
 def _relu6_of_x_plus_3(t: str, user: onnx.NodeProto, idx: GraphIndex) -> tuple[str, list[onnx.NodeProto]] | None:
     """``t = Clip(Add(x, 3), 0, 6)`` read only by ``user``: (x, [add, clip])."""
     clip = idx.producer.get(t)
-    if clip is None or clip.op_type != "Clip" or activation_kind(clip, idx) != "relu6" or not _same(idx.only_consumer(t), user):
+    if clip is None or clip.op_type != "Clip" or activation_kind(clip, idx.scalar) != "relu6" \
+            or not _same(idx.only_consumer(t), user):
         return None
     add = idx.producer.get(clip.input[0])
     if add is None or add.op_type != "Add" or not _same(idx.only_consumer(clip.input[0]), clip):
         return None
     for a, b in ((0, 1), (1, 0)):
-        if _close(idx.scalar(add.input[b]), 3.0):
+        if close(idx.scalar(add.input[b]), HSIGMOID_OFFSET):
             return add.input[a], [add, clip]
     return None
 
@@ -141,10 +94,6 @@ def _hard_activation_pattern(end: onnx.NodeProto, idx: GraphIndex) -> tuple[str,
     return None
 
 
-def _is_standard_hsigmoid(node: onnx.NodeProto) -> bool:
-    return node.op_type == "HardSigmoid" and _close(attr(node, "alpha", 0.2), _SIXTH) and _close(attr(node, "beta", 0.5), 0.5)
-
-
 def _rewrite_one(graph: onnx.GraphProto, opset: int) -> bool:
     idx = GraphIndex(graph)
     for node in graph.node:
@@ -152,19 +101,19 @@ def _rewrite_one(graph: onnx.GraphProto, opset: int) -> bool:
         if found is not None:
             op, x, nodes = found
             if op == "HardSigmoid":
-                new = [helper.make_node(op, [x], [node.output[0]], name=node.name, alpha=_SIXTH, beta=0.5)]
+                new = [helper.make_node(op, [x], [node.output[0]], name=node.name, alpha=HSIGMOID_ALPHA, beta=HSIGMOID_BETA)]
             elif opset >= 14:
                 new = [helper.make_node(op, [x], [node.output[0]], name=node.name)]
             else:  # HardSwish needs opset 14: the equivalent Mul(x, HardSigmoid(x))
                 hsig = f"{node.name or node.output[0]}/hsig"
-                new = [helper.make_node("HardSigmoid", [x], [hsig], name=hsig, alpha=_SIXTH, beta=0.5),
+                new = [helper.make_node("HardSigmoid", [x], [hsig], name=hsig, alpha=HSIGMOID_ALPHA, beta=HSIGMOID_BETA),
                        helper.make_node("Mul", [x, hsig], [node.output[0]], name=node.name)]
             _splice(graph, nodes, new)
             return True
         if opset >= 14 and node.op_type == "Mul" and len(node.input) == 2:
             for a, b in ((0, 1), (1, 0)):
                 hs = idx.producer.get(node.input[b])
-                if hs is not None and _is_standard_hsigmoid(hs) and hs.input[0] == node.input[a] and _same(idx.only_consumer(hs.output[0]), node):
+                if hs is not None and is_standard_hard_sigmoid(hs) and hs.input[0] == node.input[a] and _same(idx.only_consumer(hs.output[0]), node):
                     new = helper.make_node("HardSwish", [node.input[a]], [node.output[0]], name=node.name)
                     _splice(graph, [hs, node], [new])
                     return True

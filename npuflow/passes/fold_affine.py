@@ -14,10 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..operators import FOLDS_INTO  # the ops a scale/shift folds into; ``check`` absorbs it into no other
 from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers
-
-#: The ops a constant scale/shift folds into (their weights and bias); ``check`` absorbs it into no other.
-FOLDS_INTO = ("Conv", "ConvTranspose", "Gemm")
 
 
 def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,9 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..operators import FOLDS_INTO
 from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers, unique_name
-
-_FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -43,7 +42,7 @@ def _same(a: onnx.NodeProto | None, b: onnx.NodeProto) -> bool:
 
 def _foldable(bn: onnx.NodeProto, idx: GraphIndex) -> bool:
     prod = idx.producer.get(bn.input[0])
-    if prod is None or prod.op_type not in _FOLDABLE or not _same(idx.only_consumer(bn.input[0]), bn):
+    if prod is None or prod.op_type not in FOLDS_INTO or not _same(idx.only_consumer(bn.input[0]), bn):
         return False
     if len([o for o in bn.output if o]) != 1 or any(idx.const(i) is None for i in bn.input[1:5]):
         return False

@@ -20,11 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..passes.graph import attr, set_attr
+from ..operators import DPU_HSIGMOID_SCALE, HSIGMOID_DIVISOR, HSIGMOID_OFFSET, is_standard_hard_sigmoid
+from ..passes.graph import set_attr
 from ..targets import Target
-
-#: The DPU's hard-sigmoid multiplier: 2731 / 2**14, the 14-bit fixed-point value nearest 1/6.
-DPU_HSIGMOID_SCALE = 2731.0 / 16384.0
 
 
 def legalize(model: onnx.ModelProto, target: Target) -> onnx.ModelProto:
@@ -36,7 +34,7 @@ def legalize(model: onnx.ModelProto, target: Target) -> onnx.ModelProto:
     for node in out.graph.node:
         if node.op_type == "LeakyRelu" and n.leaky_relu_slope is not None:
             set_attr(node, "alpha", float(n.leaky_relu_slope))
-        if n.hard_sigmoid == "dpu" and _is_standard_hsigmoid(node):
+        if n.hard_sigmoid == "dpu" and is_standard_hard_sigmoid(node):
             nodes += _dpu_hsigmoid(out.graph, node.name or node.output[0], node.input[0], node.output[0])
             continue
         if n.hard_sigmoid == "dpu" and node.op_type == "HardSwish":
@@ -51,15 +49,10 @@ def legalize(model: onnx.ModelProto, target: Target) -> onnx.ModelProto:
     return out
 
 
-def _is_standard_hsigmoid(node: onnx.NodeProto) -> bool:
-    return (node.op_type == "HardSigmoid" and abs(attr(node, "alpha", 0.2) - 1 / 6) < 1e-6
-            and abs(attr(node, "beta", 0.5) - 0.5) < 1e-6)
-
-
 def _dpu_hsigmoid(graph: onnx.GraphProto, name: str, x: str, y: str, prefix: str | None = None) -> list[onnx.NodeProto]:
     """``relu6(x + 3) * 2731/16384`` as three nodes; the last is named ``name`` and writes ``y``."""
     p = prefix or name
-    consts = {"three": 3.0, "zero": 0.0, "six": 6.0, "scale": DPU_HSIGMOID_SCALE}
+    consts = {"three": HSIGMOID_OFFSET, "zero": 0.0, "six": HSIGMOID_DIVISOR, "scale": DPU_HSIGMOID_SCALE}
     for key, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), f"{p}/{key}"))
     return [

@@ -2,7 +2,8 @@
 
 The plan answers, from the graph and the target alone (no data yet):
 
-* which nodes are quantized (op type in :data:`QUANTIZED_OPS`, float data in and out, not in
+* which nodes are quantized (op types the registry marks ``quantized``,
+  :data:`npuflow.operators.QUANTIZED_OPS`; float data in and out, not in
   ``keep_float``, and on accelerator targets placed on the accelerator by the checker:
   :mod:`.placement`; CPU-placed nodes run in float as in the float model);
 * which activation tensors get a quantize/dequantize pair, and with which settings (the
@@ -20,26 +21,14 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..check.followers import PASS_THROUGH, drop_float_tail, float_tail_applies, follows_quantized
+from ..check.followers import drop_float_tail, float_tail_applies, follows_quantized
 from ..model import tensor_elem_types
-from ..passes.activations import activation_kind, fuses, op_kind
+from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
+                         unit_kind)
+from ..passes.activations import op_kind
 from ..passes.graph import GraphIndex, attr
 from ..targets import Target
 from .config import QuantConfig, TensorSettings
-from .legalize import DPU_HSIGMOID_SCALE
-
-#: Data inputs (by position) of every quantized op; ``None`` means all inputs.
-DATA_INPUTS: dict[str, tuple[int, ...] | None] = {
-    "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1),
-    "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Concat": None,
-    "MaxPool": (0,), "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,),
-    "Relu": (0,), "Clip": (0,), "LeakyRelu": (0,), "HardSigmoid": (0,), "HardSwish": (0,), "Sigmoid": (0,),
-    "Resize": (0,), "Reshape": (0,), "Transpose": (0,), "Flatten": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
-    "Pad": (0,), "Slice": (0,), "Split": (0,),
-}
-QUANTIZED_OPS = frozenset(DATA_INPUTS)
-#: Ops whose input 1 is a weight (when constant) and input 2 a bias.
-WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 _FLOAT = onnx.TensorProto.FLOAT
 
@@ -118,11 +107,10 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         return types.get(t) == _FLOAT
 
     def data_inputs(node: onnx.NodeProto) -> list[int]:
-        spec = DATA_INPUTS[node.op_type]
-        return [k for k in (range(len(node.input)) if spec is None else spec) if k < len(node.input) and node.input[k]]
+        return op_def(node.op_type, node.domain).quantized_inputs(node)
 
     for node in graph.node:
-        if node.op_type not in QUANTIZED_OPS or node.domain not in ("", "ai.onnx") or node_key(node) in keep:
+        if not op_def(node.op_type, node.domain).quantized or node_key(node) in keep:
             continue
         if allowed is not None and node_key(node) not in allowed:
             continue
@@ -153,11 +141,12 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     for node in graph.node:
         if node_key(node) not in plan.quantized:
             continue
-        weighted = node.op_type in WEIGHTED
+        d = op_def(node.op_type, node.domain)
+        weighted = d.weight is not None
         for k in data_inputs(node):
             t = node.input[k]
             if t in idx.inits and node_key(node) not in unit_members:
-                if weighted and k == 1:
+                if weighted and k == d.weight:
                     _add_const(plan, ConstUse(t, "weight", node_key(node), node.op_type, _weight_axis(node, idx),
                                               resolve("weight", node)))
                 else:
@@ -174,11 +163,12 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
             else:
                 kind = "input" if t in inputs else "activation"
                 plan.points[t] = ActPoint(t, kind, node_key(node), resolve(kind, node), False)
-        if weighted and len(node.input) > 2 and node.input[2] in idx.inits and node.input[1] in plan.consts:
+        b = d.bias
+        if b is not None and len(node.input) > b and node.input[b] in idx.inits and node.input[d.weight] in plan.consts:
             gemm_scaled = node.op_type == "Gemm" and (attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0)
             if not gemm_scaled:
-                _add_const(plan, ConstUse(node.input[2], "bias", node_key(node), node.op_type, 0, resolve("bias", node),
-                                          input_tensor=node.input[0], weight=node.input[1]))
+                _add_const(plan, ConstUse(node.input[b], "bias", node_key(node), node.op_type, 0, resolve("bias", node),
+                                          input_tensor=node.input[0], weight=node.input[d.weight]))
         for o in node.output:
             if o and o not in plan.internal and o not in plan.points:
                 plan.points[o] = ActPoint(o, "activation", node_key(node), resolve("activation", node), True)
@@ -252,8 +242,8 @@ def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[lis
         chain = _dpu_hsigmoid_chain(node, idx)
         if chain is not None:
             unit, kind = chain, "hard_sigmoid"
-        elif node.op_type in ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish") and activation_kind(node, idx):
-            unit, kind = [node], activation_kind(node, idx)
+        elif activation_kind(node, idx.scalar) in FUSABLE_ACTIVATIONS:
+            unit, kind = [node], activation_kind(node, idx.scalar)
         else:
             continue
         if kind == "hard_sigmoid":
@@ -278,16 +268,16 @@ def _activation_units(structural: list[tuple[list[onnx.NodeProto], str, str]], p
 
 
 def _dpu_hsigmoid_chain(add: onnx.NodeProto, idx: GraphIndex) -> list[onnx.NodeProto] | None:
-    """``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)`` starting at ``add`` (the legalised DPU form)."""
-    if add.op_type != "Add" or idx.scalar(add.input[1]) != 3.0:
+    """``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)`` starting at ``add`` (the legalised DPU form,
+    recognised by :func:`npuflow.operators.unit_kind`)."""
+    if add.op_type != "Add":
         return None
     clip = idx.only_consumer(add.output[0])
-    if clip is None or clip.op_type != "Clip" or activation_kind(clip, idx) != "relu6":
+    mul = idx.only_consumer(clip.output[0]) if clip is not None else None
+    if mul is None or mul.op_type != "Mul" or not is_dpu_hard_sigmoid_scale(idx.scalar(mul.input[1])):
         return None
-    mul = idx.only_consumer(clip.output[0])
-    if mul is None or mul.op_type != "Mul" or idx.scalar(mul.input[1]) != DPU_HSIGMOID_SCALE:
-        return None
-    return [add, clip, mul]
+    chain = [add, clip, mul]
+    return chain if unit_kind(chain, idx.scalar) == "hard_sigmoid" else None
 
 
 def _scale_groups(graph: onnx.GraphProto, plan: QuantPlan, idx: GraphIndex) -> None:
@@ -299,16 +289,16 @@ def _scale_groups(graph: onnx.GraphProto, plan: QuantPlan, idx: GraphIndex) -> N
         if node_key(node) not in plan.quantized:
             continue
         outs = [o for o in node.output if o and member(o)]
-        ins = [t for k, t in enumerate(node.input) if t and member(t) and
-               (DATA_INPUTS[node.op_type] is None or k in DATA_INPUTS[node.op_type])]
-        if node.op_type == "Concat":
+        d = op_def(node.op_type, node.domain)
+        ins = [node.input[k] for k in d.quantized_inputs(node) if member(node.input[k])]
+        if d.scale is SharedScale.ALL:
             for t in ins + outs:
                 plan.union(outs[0] if outs else ins[0], t)
-        elif node.op_type in ("Add", "Sub") and len(ins) == 2 and all(t in plan.points for t in ins):
+        elif d.scale is SharedScale.INPUTS_ON_POW2 and len(ins) == 2 and all(t in plan.points for t in ins):
             # a constant operand keeps its own scale: on the activation grid a shift like 0.586 would round to 0.5
             owner = plan.points.get(outs[0]) if outs else None
             if owner is not None and owner.settings.scale_type == "power_of_two":
                 plan.union(ins[0], ins[1])
-        elif node.op_type in PASS_THROUGH and ins:
+        elif d.scale is SharedScale.OUTPUT_IS_INPUT and ins:
             for o in outs:
                 plan.union(ins[0], o)

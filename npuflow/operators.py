@@ -1,0 +1,403 @@
+"""The operator registry: what every ONNX op *is*, written once for every stage (issue 17 item 1).
+
+Each stage used to keep its own op tables (the checker's kinds, the quantizer's quantized ops and
+data inputs, the compiler's lowered, chain and table ops, the estimator's engines, the precision
+editor's activation-unit ops) and its own tests of the same facts (depthwise, ReLU6, the fused
+activation units); the copies disagreed on models nobody tuned them for.  Here, in the spirit of
+NNCF's ONNX metatypes and AIMET's supergroups, one :class:`OpDef` per ONNX op says:
+
+* ``kind``: its name in the target vocabulary (the keys of a target file's ``ops``; ``conv2d``,
+  ``eltwise_add``, ``relu6`` ...), refined from the node by :func:`conv_kind`/:func:`clip_kind`;
+* ``role``: compute, activation (may fuse into the op before it), layout (reinterprets a buffer)
+  or follower (Q/DQ, Identity: placed with its neighbours);
+* ``weight``/``bias``: the input positions of a weight (when constant) and a bias;
+* ``params``: inputs that are parameters (shapes, pads, bounds), never data;
+* ``scale``: which tensors share one scale (:class:`SharedScale`);
+* ``quantized``: the quantizer writes quantize steps around it; ``follower``: only where its data
+  input's producer is quantized (ONNX Runtime's rule for data movement);
+* ``moves_data``: it computes nothing (its outputs are some of its inputs' values);
+* ``lowered``: the integer compiler has a program for it; ``chain``: it may sit in the fused
+  epilogue chain between a layer and its quantize step; ``table``: standalone, it is lowered as a
+  lookup table;
+* ``engine``: the accelerator engine the performance model charges it to.
+
+What a *target* accelerates, fuses and quantizes stays in the target data files: :func:`fuses`
+asks the target's rule and falls back to :data:`DEFAULT_FUSED` only where a target lists none.
+The predicates every stage shares (:func:`is_depthwise`, :func:`clip_kind`, :func:`activation_kind`,
+:func:`is_standard_hard_sigmoid`, :func:`divides_by_six`, :func:`unit_kind`) are written once here.
+The module imports nothing of npuflow but the target spec, so every stage may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import onnx
+from onnx import helper
+
+from .targets.spec import Target
+
+
+class Role(str, enum.Enum):
+    """How a node takes part in placement (``check``)."""
+
+    COMPUTE = "compute"  # judged against the target's rule for its kind
+    ACTIVATION = "activation"  # judged, and may fuse into the op before it
+    LAYOUT = "layout"  # reshape/transpose: judged, but stays on the accelerator only next to its work
+    FOLLOWER = "follower"  # Q/DQ, Identity: placed with their neighbours
+
+
+class SharedScale(str, enum.Enum):
+    """Which tensors of a quantized op must share one scale (``quant/plan.py``'s scale groups)."""
+
+    NONE = "none"
+    OUTPUT_IS_INPUT = "output_is_input"  # exact on integers: the output keeps the data input's scale
+    ALL = "all"  # Concat: every input and the output
+    INPUTS_ON_POW2 = "inputs_on_pow2"  # Add/Sub of two activations on power-of-two targets (aligned shift)
+
+
+class Engine(str, enum.Enum):
+    """What the performance model charges an op to (``perf/layers.py``)."""
+
+    CONV = "conv"  # a windowed product (Conv, ConvTranspose and their QOperator forms)
+    FC = "fc"  # a matrix product, run on the conv engine
+    POOL = "pool"  # a windowed pool
+    GLOBAL_POOL = "global_pool"  # a pool over the whole feature map
+    ELTWISE = "eltwise"
+    MISC = "misc"  # data movement and activations
+    NONE = "none"  # reinterprets a buffer, or is folded into the neighbouring quantize step
+    ZERO_COPY = "zero_copy"  # Concat: the producers write side by side into one buffer
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """What one ONNX op (default domain) is; see the module docstring for each field."""
+
+    op_type: str
+    kind: str
+    role: Role = Role.COMPUTE
+    weight: int | None = None
+    bias: int | None = None
+    params: tuple[int, ...] = ()
+    scale: SharedScale = SharedScale.NONE
+    quantized: bool = False
+    follower: bool = False
+    moves_data: bool = False
+    lowered: bool = False
+    chain: bool = False
+    table: bool = False
+    engine: Engine = Engine.MISC
+    axis: int | None = None  # the ONNX default of its ``axis`` attribute, where the kind reads one
+
+    def data_inputs(self, node: onnx.NodeProto) -> list[int]:
+        """Positions of the inputs that carry data (every present input but the parameters)."""
+        return [k for k, t in enumerate(node.input) if t and k not in self.params]
+
+    def quantized_inputs(self, node: onnx.NodeProto) -> list[int]:
+        """Inputs the quantizer writes quantize steps for: data and weight, not the bias (int32,
+        its scale is the product of the others')."""
+        return [k for k in self.data_inputs(node) if k != self.bias]
+
+
+def _defs(*defs: OpDef) -> dict[str, OpDef]:
+    return {d.op_type: d for d in defs}
+
+
+_A, _L, _F = Role.ACTIVATION, Role.LAYOUT, Role.FOLLOWER
+_IN, _ALL, _POW2 = SharedScale.OUTPUT_IS_INPUT, SharedScale.ALL, SharedScale.INPUTS_ON_POW2
+
+#: Every op any stage distinguishes.  An op not listed is a compute op of kind ``op_type.lower()``
+#: that no stage quantizes, lowers or fuses (:func:`op_def`).
+REGISTRY: dict[str, OpDef] = _defs(
+    # layers with weights
+    OpDef("Conv", "conv2d", weight=1, bias=2, quantized=True, lowered=True, engine=Engine.CONV),
+    OpDef("ConvTranspose", "transposed_conv2d", weight=1, bias=2, quantized=True, lowered=True, engine=Engine.CONV),
+    OpDef("Gemm", "fc", weight=1, bias=2, quantized=True, lowered=True, engine=Engine.FC),
+    OpDef("MatMul", "matmul", weight=1, quantized=True, lowered=True, engine=Engine.FC),
+    OpDef("ConvInteger", "convinteger", weight=1, engine=Engine.CONV),
+    OpDef("QLinearConv", "qlinearconv", weight=3, bias=8, engine=Engine.CONV),
+    OpDef("MatMulInteger", "matmulinteger", weight=1, engine=Engine.FC),
+    OpDef("QLinearMatMul", "qlinearmatmul", weight=3, engine=Engine.FC),
+    OpDef("BatchNormalization", "batchnorm", params=(1, 2, 3, 4)),  # folded, or a 1x1 depthwise Conv
+    # elementwise
+    OpDef("Add", "eltwise_add", scale=_POW2, quantized=True, lowered=True, chain=True, table=True, engine=Engine.ELTWISE),
+    OpDef("Sub", "eltwise_sub", scale=_POW2, quantized=True, lowered=True, chain=True, table=True, engine=Engine.ELTWISE),
+    OpDef("Mul", "eltwise_mul", quantized=True, lowered=True, chain=True, table=True, engine=Engine.ELTWISE),
+    OpDef("Div", "eltwise_div", chain=True, table=True, engine=Engine.ELTWISE),
+    OpDef("Sum", "eltwise_add", engine=Engine.ELTWISE),
+    OpDef("Max", "max", engine=Engine.ELTWISE),
+    OpDef("Min", "min", engine=Engine.ELTWISE),
+    OpDef("Mean", "mean", engine=Engine.ELTWISE),
+    OpDef("QLinearAdd", "qlinearadd", engine=Engine.ELTWISE),
+    OpDef("QLinearMul", "qlinearmul", engine=Engine.ELTWISE),
+    # activations
+    OpDef("Relu", "relu", _A, scale=_IN, quantized=True, follower=True, chain=True, table=True),
+    OpDef("Clip", "clip", _A, params=(1, 2), quantized=True, chain=True, table=True),  # kind: clip_kind
+    OpDef("LeakyRelu", "leaky_relu", _A, quantized=True, chain=True, table=True),
+    OpDef("HardSigmoid", "hard_sigmoid", _A, quantized=True, chain=True, table=True),
+    OpDef("HardSwish", "hard_swish", _A, quantized=True, chain=True, table=True),
+    OpDef("Sigmoid", "sigmoid", _A, quantized=True, table=True),
+    OpDef("PRelu", "prelu", _A),
+    OpDef("Tanh", "tanh", _A, table=True),
+    OpDef("Elu", "elu", table=True),
+    OpDef("Selu", "selu", table=True),
+    OpDef("Softplus", "softplus", table=True),
+    OpDef("Mish", "mish"),
+    OpDef("Gelu", "gelu"),
+    OpDef("Neg", "neg", table=True),
+    OpDef("Abs", "abs", table=True),
+    # pooling
+    OpDef("MaxPool", "max_pool", scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True,
+          engine=Engine.POOL),
+    OpDef("AveragePool", "avg_pool", quantized=True, lowered=True, engine=Engine.POOL),
+    OpDef("LpPool", "lppool", engine=Engine.POOL),
+    OpDef("GlobalMaxPool", "global_max_pool", scale=_IN, quantized=True, follower=True, moves_data=True,
+          lowered=True, engine=Engine.GLOBAL_POOL),
+    OpDef("GlobalAveragePool", "global_avg_pool", quantized=True, lowered=True, engine=Engine.GLOBAL_POOL),
+    OpDef("ReduceMax", "reduce_max", params=(1,), axis=1, engine=Engine.GLOBAL_POOL),
+    OpDef("ReduceMean", "reduce_mean", params=(1,), axis=1, engine=Engine.GLOBAL_POOL),
+    OpDef("ReduceSum", "reduce_sum", params=(1,), axis=1),
+    # layout and data movement
+    OpDef("Reshape", "reshape", _L, params=(1,), scale=_IN, quantized=True, follower=True, moves_data=True,
+          lowered=True, engine=Engine.NONE),
+    OpDef("Flatten", "reshape", _L, scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True,
+          engine=Engine.NONE),
+    OpDef("Squeeze", "reshape", _L, params=(1,), scale=_IN, quantized=True, follower=True, moves_data=True,
+          lowered=True, engine=Engine.NONE),
+    OpDef("Unsqueeze", "reshape", _L, params=(1,), scale=_IN, quantized=True, follower=True, moves_data=True,
+          lowered=True, engine=Engine.NONE),
+    OpDef("Transpose", "transpose", _L, scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True),
+    OpDef("Slice", "strided_slice", params=(1, 2, 3, 4), scale=_IN, quantized=True, follower=True,
+          moves_data=True, lowered=True),
+    OpDef("Split", "split", params=(1,), scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True,
+          axis=0),
+    OpDef("Pad", "pad", params=(1, 2, 3), scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True),
+    OpDef("Concat", "concat", scale=_ALL, quantized=True, moves_data=True, lowered=True, engine=Engine.ZERO_COPY,
+          axis=1),
+    OpDef("Resize", "resize", params=(1, 2, 3), quantized=True, follower=True, moves_data=True, lowered=True),
+    OpDef("Upsample", "resize", params=(1,)),
+    OpDef("Expand", "expand", params=(1,)),
+    OpDef("Tile", "tile", params=(1,)),
+    OpDef("TopK", "topk", params=(1,)),
+    OpDef("Gather", "gather", engine=Engine.NONE),
+    OpDef("Softmax", "softmax", axis=-1),
+    OpDef("ArgMax", "argmax", axis=0),
+    # followers, shape arithmetic and quantize steps
+    OpDef("Identity", "identity", _F, table=True, engine=Engine.NONE),
+    OpDef("Dropout", "identity", _F, engine=Engine.NONE),
+    OpDef("QuantizeLinear", "quantize", _F, params=(1, 2), engine=Engine.NONE),
+    OpDef("DequantizeLinear", "dequantize", _F, params=(1, 2), engine=Engine.NONE),
+    OpDef("DynamicQuantizeLinear", "quantize", _F, engine=Engine.NONE),
+    OpDef("Shape", "shape", engine=Engine.NONE),
+    OpDef("Size", "size", engine=Engine.NONE),
+    OpDef("Constant", "constant", engine=Engine.NONE),
+    OpDef("Cast", "cast", engine=Engine.NONE),
+    OpDef("ConstantOfShape", "constantofshape", params=(0,), engine=Engine.NONE),
+    OpDef("Range", "range", params=(0, 1, 2), engine=Engine.NONE),
+)
+
+#: Domains whose ops :data:`REGISTRY` describes (the standard ones).
+STANDARD_DOMAINS = ("", "ai.onnx")
+#: Ops the quantizer may quantize (float data in and out, on the accelerator).
+QUANTIZED_OPS = frozenset(d.op_type for d in REGISTRY.values() if d.quantized)
+#: Ops whose input ``weight`` is a weight of a layer the quantizer quantizes (per channel where allowed).
+WEIGHTED_OPS = frozenset(d.op_type for d in REGISTRY.values() if d.quantized and d.weight is not None)
+#: Ops with an integer lowering (the keys of ``compiler.lowering.LOWERINGS``).
+LOWERED_OPS = frozenset(d.op_type for d in REGISTRY.values() if d.lowered)
+#: Elementwise float ops the epilogue of a layer may hold (its fused activation chain).
+CHAIN_OPS = frozenset(d.op_type for d in REGISTRY.values() if d.chain)
+#: Elementwise ops lowered as a lookup table when they stand alone between DQ and Q.
+TABLE_OPS = frozenset(d.op_type for d in REGISTRY.values() if d.table)
+#: Ops whose output takes the input's scale (exact on integers).
+PASS_THROUGH = frozenset(d.op_type for d in REGISTRY.values() if d.scale is SharedScale.OUTPUT_IS_INPUT)
+#: Ops quantized only when their data input comes from a quantized op.
+FOLLOWERS = frozenset(d.op_type for d in REGISTRY.values() if d.follower)
+#: Ops that compute nothing: their outputs are some of their inputs' values.
+DATA_MOVEMENT = frozenset(d.op_type for d in REGISTRY.values() if d.moves_data)
+#: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
+REWRITTEN_OPS = frozenset({"BatchNormalization"})
+#: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).
+QUANTIZE_OPS = frozenset({"QuantizeLinear"})
+DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
+QDQ_OPS = QUANTIZE_OPS | DEQUANTIZE_OPS | {"DynamicQuantizeLinear"}
+#: Ops a constant scale/shift (or a BatchNormalization) after them folds into: their weights and bias.
+FOLDS_INTO = frozenset({"Conv", "ConvTranspose", "Gemm"})
+
+#: Target kinds that are layers with weights: they absorb a following BN / bias ``Add`` and
+#: take the default fused activations.
+WEIGHTED_KINDS = frozenset({"conv2d", "depthwise_conv2d", "transposed_conv2d", "depthwise_transposed_conv2d", "fc"})
+#: Kinds of activations an accelerator may run inside the op before them (what targets' ``activations`` list).
+FUSABLE_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "hard_sigmoid", "hard_swish")
+#: Activations fused into weighted kinds on targets whose rules list none (ONNX Runtime's QDQ fusions).
+DEFAULT_FUSED = ("relu", "relu6")
+#: Kinds of the ops that only reinterpret a buffer (placement role ``layout``).
+LAYOUT_KINDS = frozenset(d.kind for d in REGISTRY.values() if d.role is Role.LAYOUT)
+#: Kinds of activations (placement role ``activation``); ``clip``/``silu`` come from :func:`clip_kind`
+#: and from the decomposed patterns the checker recognises.
+ACTIVATION_KINDS = frozenset({d.kind for d in REGISTRY.values() if d.role is Role.ACTIVATION} | {"relu6", "silu"})
+
+#: Ops an activation unit the quantizer writes between a layer and its quantize step is made of
+#: (ReLU, ReLU6, LeakyReLU, the legalised hard-sigmoid / hard-swish chains), and its most nodes
+#: (a legalised hard-swish: ``Add, Clip, Mul, Mul``).
+UNIT_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Add", "Mul"})
+MAX_UNIT_NODES = 4
+
+#: The standard hard-sigmoid ``max(0, min(1, x/6 + 1/2))`` = ``relu6(x + 3) / 6``.
+HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_OFFSET, HSIGMOID_DIVISOR = 1.0 / 6.0, 0.5, 3.0, 6.0
+#: The DPU's hard-sigmoid multiplier: 2731 / 2**14, the 14-bit fixed-point value nearest 1/6.
+DPU_HSIGMOID_SCALE = 2731.0 / 16384.0
+#: Relative tolerance for the constants of decomposed activation patterns (float32 holds 1/6 to 3e-8).
+PATTERN_TOL = 1e-6
+
+
+def op_def(op_type: str, domain: str = "") -> OpDef:
+    """The registry entry of an op; an op not listed (or of another domain) computes, unnamed
+    by the target vocabulary but for its lower-cased type, and no stage quantizes or lowers it."""
+    if domain in STANDARD_DOMAINS and op_type in REGISTRY:
+        return REGISTRY[op_type]
+    return OpDef(op_type, op_type.lower())
+
+
+def is_depthwise(group: int, in_channels: int | None) -> bool:
+    """A grouped convolution with one input channel per group (any channel multiplier).
+
+    One test for every stage: the checker judged ``group == input channels`` where the float
+    passes tested ``weight.shape[1] == 1`` (no answer for a weight computed at run time) and the
+    compiler additionally demanded one output channel per group of a transposed convolution; the
+    compiler places by the checker's verdict, so the checker's test is the one kept.
+    """
+    return group > 1 and in_channels is not None and group == in_channels
+
+
+def conv_kind(transposed: bool, depthwise: bool) -> str:
+    """Target kind of a (transposed) convolution."""
+    base = "transposed_conv2d" if transposed else "conv2d"
+    return f"depthwise_{base}" if depthwise else base
+
+
+def conv_in_channels(node: onnx.NodeProto, x_shape: Sequence[int] | None, w_shape: Sequence[int] | None) -> int | None:
+    """Input channels of a Conv/ConvTranspose: from the data's shape, else from the weight's."""
+    if x_shape and len(x_shape) >= 2 and isinstance(x_shape[1], int) and x_shape[1] > 0:
+        return int(x_shape[1])
+    if not w_shape:
+        return None
+    if node.op_type == "ConvTranspose":
+        return int(w_shape[0])
+    return int(w_shape[1]) * int(node_attr(node, "group", 1)) if len(w_shape) > 1 else None
+
+
+def clip_kind(lo: float | None, hi: float | None) -> str:
+    """``relu6`` for exactly [0, 6], ``relu`` for [0, inf), else ``clip``.
+
+    Exact, not within a tolerance: a Clip to [0, 6.0001] is not what an accelerator's ReLU6
+    computes, and the checker, which places it, only fuses exact bounds; the quantizer and the
+    float passes now ask the same test, so neither fuses a clip the checker judges alone.
+    """
+    if lo == 0 and hi == 6:
+        return "relu6"
+    if lo == 0 and (hi is None or math.isinf(hi)):
+        return "relu"
+    return "clip"
+
+
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's value (strings decoded), or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            v = helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
+def clip_bounds(node: onnx.NodeProto, scalar: Callable[[str], float | None]) -> tuple[float | None, float | None]:
+    """``(min, max)`` of a Clip from its inputs (opset >= 11) or attributes; ``scalar(name)`` is the
+    graph's value of a scalar constant (``None`` when not constant)."""
+    lo = scalar(node.input[1]) if len(node.input) > 1 and node.input[1] else node_attr(node, "min")
+    hi = scalar(node.input[2]) if len(node.input) > 2 and node.input[2] else node_attr(node, "max")
+    return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+
+
+def activation_kind(node: onnx.NodeProto, scalar: Callable[[str], float | None]) -> str | None:
+    """Target kind of a single-node activation (``clip`` for a Clip that is neither ReLU nor
+    ReLU6), or ``None`` when the node is no activation."""
+    d = op_def(node.op_type, node.domain)
+    if d.role is not Role.ACTIVATION:
+        return None
+    if node.op_type == "Clip":
+        return clip_kind(*clip_bounds(node, scalar))
+    return d.kind
+
+
+def close(value: float | None, expected: float) -> bool:
+    """A pattern constant equal to ``expected`` up to float32 storage (:data:`PATTERN_TOL`)."""
+    return value is not None and abs(value - expected) <= PATTERN_TOL * max(1.0, abs(expected))
+
+
+def is_standard_hard_sigmoid(node: onnx.NodeProto) -> bool:
+    """``HardSigmoid(alpha=1/6, beta=1/2)``: the hard-sigmoid of hard-swish (PyTorch's, ONNX's)."""
+    return (node.op_type == "HardSigmoid" and close(node_attr(node, "alpha", 0.2), HSIGMOID_ALPHA)
+            and close(node_attr(node, "beta", 0.5), HSIGMOID_BETA))
+
+
+def divides_by_six(op_type: str, constant: float | None) -> bool:
+    """``Div(t, 6)`` or ``Mul(t, 1/6)`` (the constant being the other operand)."""
+    return (op_type == "Div" and close(constant, HSIGMOID_DIVISOR)) or (op_type == "Mul" and close(constant, HSIGMOID_ALPHA))
+
+
+def is_dpu_hard_sigmoid_scale(constant: float | None) -> bool:
+    """The last ``Mul`` of the legalised DPU hard-sigmoid (exactly :data:`DPU_HSIGMOID_SCALE`)."""
+    return constant == DPU_HSIGMOID_SCALE
+
+
+def unit_kind(nodes: Sequence[onnx.NodeProto], scalar: Callable[[str], float | None]) -> str | None:
+    """Target kind of an activation unit written as ``nodes`` in graph order (the chain a layer's
+    epilogue or a lookup table computes), or ``None`` when it is not one unit.
+
+    Units: one activation node; the DPU hard-sigmoid ``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)``
+    (or ``/ 6``); hard-swish as ``x * HardSigmoid(x)`` or ``x * relu6(x + 3) [/ 6]``.
+    """
+    types = [n.op_type for n in nodes]
+    if len(nodes) == 1:
+        return activation_kind(nodes[0], scalar)
+    if types[:3] == ["Add", "Clip", "Mul"] or types[:3] == ["Add", "Clip", "Div"]:
+        add, clip, scale = nodes[:3]
+        if not (_has_scalar(add, HSIGMOID_OFFSET, scalar) and activation_kind(clip, scalar) == "relu6"):
+            return None
+        k = _other_scalar(scale, scalar)
+        if not (divides_by_six(scale.op_type, k) or is_dpu_hard_sigmoid_scale(k)):
+            return None
+        if len(nodes) == 3:
+            return "hard_sigmoid"
+        return "hard_swish" if types[3:] == ["Mul"] and len(nodes) == 4 else None
+    if types == ["HardSigmoid", "Mul"]:
+        return "hard_swish"
+    return None
+
+
+def _other_scalar(node: onnx.NodeProto, scalar: Callable[[str], float | None]) -> float | None:
+    values = [v for v in (scalar(t) for t in node.input if t) if v is not None]
+    return values[0] if len(values) == 1 else None
+
+
+def _has_scalar(node: onnx.NodeProto, expected: float, scalar: Callable[[str], float | None]) -> bool:
+    return close(_other_scalar(node, scalar), expected)
+
+
+def fuses(target: Target, op_kind: str | None, activation: str | None) -> bool:
+    """Whether ``target`` runs ``activation`` inside an op of kind ``op_kind`` (no quantize step
+    between): the target's rule decides where it lists activations; elsewhere weighted layers
+    take :data:`DEFAULT_FUSED`."""
+    if op_kind is None or activation is None:
+        return False
+    rule = target.rule(op_kind)
+    if rule is not None and rule.activations:
+        return activation in rule.activations
+    return op_kind in WEIGHTED_KINDS and activation in DEFAULT_FUSED
+
+
+def op_types(defs: Iterable[OpDef]) -> frozenset[str]:
+    """The op types of some registry entries (for tests and reports)."""
+    return frozenset(d.op_type for d in defs)
