@@ -41,6 +41,7 @@ from .. import numerics as nm
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from .epilogues import out_type
+from .kernels import KERNELS
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
@@ -72,6 +73,9 @@ class _Graph:
     names: dict = field(default_factory=dict)
     inputs: list = field(default_factory=list)
     count: int = 0
+    #: tensor -> (8-bit source tensor of this graph, its codes for every source code in order):
+    #: the tensors that are elementwise functions of one tensor (``_as_table``)
+    tables: dict = field(default_factory=dict)
 
     def fresh(self) -> str:
         self.count += 1
@@ -95,12 +99,12 @@ class _Graph:
         return self.names[tensor]
 
     def mark(self) -> tuple:
-        return len(self.nodes), len(self.inits), len(self.inputs), dict(self.names), self.count
+        return len(self.nodes), len(self.inits), len(self.inputs), dict(self.names), self.count, dict(self.tables)
 
     def rollback(self, mark: tuple) -> None:
-        n, i, k, names, count = mark
+        n, i, k, names, count, tables = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
-        self.names, self.count = names, count
+        self.names, self.count, self.tables = names, count, tables
 
 
 def _input_name(k: int) -> str:
@@ -380,10 +384,11 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
         m = np.where(fx.const, 0.0, np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
         v = g.node("Mul", [v, g.const(m.reshape(1, cout, 1, 1), np.float64)])
         offset, op = recipe
-        if offset or np.any(fx.const):
-            v = g.node("Add", [v, g.const((fx.value + offset).reshape(1, cout, 1, 1), np.float64)])
+        zp = ep["zp"] if _zero_point_before_rounding(fx, reach, ep["zp"], offset, op) else 0
+        if offset or zp or np.any(fx.const):
+            v = g.node("Add", [v, g.const((fx.value + offset + zp).reshape(1, cout, 1, 1), np.float64)])
         v = g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT)
-        return _zp_and_clip(g, v, ep["zp"], lo, hi, np.float32)
+        return _zp_and_clip(g, v, ep["zp"] - zp, lo, hi, np.float32)
     if recipe is None:
         raise _NotFusable(f"tie rule {ep['round']}")
     prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64), g.const(fx.mult.reshape(1, cout, 1, 1), np.int64)])
@@ -391,6 +396,27 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     if np.any(fx.const):
         y = g.node("Add", [y, g.const(fx.value.reshape(1, cout, 1, 1), np.int64)])
     return g.node("Cast", [_zp_and_clip(g, y, ep["zp"], lo, hi, np.int64)], to=TensorProto.FLOAT)
+
+
+def _zero_point_before_rounding(fx: _FixedPoint, reach: np.ndarray, zp: int, offset: float, op: str) -> bool:
+    """Whether the zero point can join the float64 addition before rounding (one pass less):
+    ``OP(v + offset + zp) == OP(v + offset) + zp`` for an integer ``zp``, except that ONNX
+    ``Round`` (ties to even) of an exact tie moves with the parity of ``zp``.  A tie
+    ``acc * m = (2k + 1) * 2^(shift-1)`` needs ``|acc| >= 2^(shift - 1 - v)`` (``v``: the trailing
+    zero bits of ``m``), so an odd ``zp`` joins only where every channel's reach stays below.
+    The sum stays exact while ``|acc * m| + |value + offset + zp| * 2^shift < 2^53`` (the first
+    term is below 2^52 here); beyond the reach, monotone float64 arithmetic still saturates."""
+    if not zp:
+        return False
+    live = ~fx.const
+    m = fx.mult[live]
+    c = np.abs(fx.value[live] + offset + zp)
+    if np.any(c * np.exp2(fx.shift[live]) >= 2.0 ** 52):
+        return False
+    if op != "Round" or zp % 2 == 0:
+        return True
+    trailing = np.log2(m & -m)  # 2^v, exact for the positive int64 multipliers
+    return bool(np.all(reach[live] < np.exp2(fx.shift[live] - 1 - trailing)))
 
 
 def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:
@@ -421,6 +447,8 @@ def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:
 
 
 def _eltwise(g: _Graph, op: dict, blobs: dict) -> None:
+    if _as_table(g, op, blobs):
+        return
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
         raise _NotFusable("fused float chain or ONNX Runtime QLinearAdd")
@@ -571,8 +599,61 @@ def _lookup(g: _Graph, x: str, shape: list[int], table: np.ndarray, dtype: str, 
 
 
 def _lut(g: _Graph, op: dict, blobs: dict) -> None:
+    if _as_table(g, op, blobs):
+        return
     g.names[op["outputs"][0]] = _lookup(g, g.read(op["inputs"][0]), g.tensors[op["outputs"][0]]["shape"],
                                         blobs["table"], g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
+
+
+def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
+    """Whether ``op``'s kernel computes each output code from the input codes at the same position
+    alone, with one set of parameters: a lookup table, or an eltwise op on tensors of the output's
+    shape (no broadcasting; a constant operand holds one value) whose scales, zero points, shifts
+    and chain constants are scalars.  Its kernel run on 1-D arrays of codes then gives its table."""
+    shape = list(tensors[op["outputs"][0]]["shape"])
+    if any(list(tensors[t]["shape"]) != shape for t in op["inputs"]):
+        return False
+    if op["op"] == "lut":
+        return True
+    if op["op"] != "eltwise" or any(np.size(v) != 1 for v in blobs.values()):
+        return False
+    a = op["attrs"]
+    ep, spec = a["epilogue"], a.get("qlinear", {})
+    values = [ep.get(k) for k in ("shift", "multiplier", "zp", "scale", "acc_scale")]
+    values += [*a.get("dequant", []), *(a.get("scale_mult") or []), *spec.get("scales", []), *spec.get("zps", [])]
+    values += [r["c"] for st in ep.get("chain", []) for r in st["in"] if r and "c" in r]
+    return all(np.ndim(v) == 0 for v in values if v is not None)
+
+
+def _as_table(g: _Graph, op: dict, blobs: dict) -> bool:
+    """Write ``op`` as ONE lookup table of an 8-bit tensor when each of its inputs is that tensor
+    or a table of it in this graph (``_Graph.tables``), and say whether it did.
+
+    SiLU and hard-swish reach the runtime as a table (sigmoid, hard-sigmoid) and an eltwise
+    ``Mul`` of the table's input and output: as one table of the input they cost one copy loop
+    instead of the dequantize-multiply-quantize passes, and a table of a table is one table.
+    The composed table is the op's own kernel (``kernels.KERNELS``) run on the input codes that
+    every source code gives, so it holds exactly the codes the op-by-op run computes."""
+    if not _codewise(op, g.tensors, blobs):
+        return False
+    sources = {g.tables.get(t, (t, None))[0] for t in op["inputs"]}
+    if len(sources) != 1:
+        return False
+    src = sources.pop()
+    dt = np.dtype(g.tensors[src]["dtype"])
+    if dt.kind not in "iu" or dt.itemsize != 1:
+        return False
+    lo, hi = nm.qrange(8, dt.kind == "i")
+    codes = np.arange(lo, hi + 1).astype(dt)
+    values = [codes if g.tables.get(t, (t, None))[1] is None else g.tables[t][1] for t in op["inputs"]]
+    table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0])
+    out = op["outputs"][0]
+    if table.size != codes.size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
+        return False
+    table = table.reshape(-1)  # a one-value constant broadcasts as (1, 1, 1, 1)
+    g.names[out] = _lookup(g, g.read(src), g.tensors[out]["shape"], table, g.tensors[src]["dtype"], lo)
+    g.tables[out] = (src, table)
+    return True
 
 
 def _concat(g: _Graph, op: dict, blobs: dict) -> None:
@@ -708,12 +789,13 @@ class FusedRun:
         nodes = list(g.nodes)
         for k, name in enumerate(outputs):
             nodes.append(helper.make_node("Cast", [g.names[name]], [f"out{k}"], to=_elem(g.tensors[name]["dtype"])))
+        nodes, inits = _live(nodes, g.inits, [f"out{k}" for k in range(len(outputs))])
         graph = helper.make_graph(
             nodes, "fused_run",
             [helper.make_tensor_value_info(_input_name(k), _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
              for k, t in enumerate(self.inputs)],
             [helper.make_tensor_value_info(f"out{k}", _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
-             for k, t in enumerate(outputs)], g.inits)
+             for k, t in enumerate(outputs)], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3)])
         model.ir_version = 8
         # Many sessions per Session: pool threads that spin between runs starve each other
@@ -730,6 +812,17 @@ class FusedRun:
             if self._dump_session is None:
                 self._dump_session = self._session(self.produced)
         return dict(zip(self.produced, self._dump_session.run(None, feeds)))
+
+
+def _live(nodes: list, inits: list, outputs: list[str]) -> tuple[list, list]:
+    """The nodes and initialisers ``outputs`` depend on: a table composed into a later one
+    (``_as_table``) is computed only where something else still reads it (dump mode)."""
+    need, keep = set(outputs), []
+    for n in reversed(nodes):
+        if need.intersection(n.output):
+            keep.append(n)
+            need.update(i for i in n.input if i)
+    return keep[::-1], [t for t in inits if t.name in need]
 
 
 def _elem(dtype: str) -> int:

@@ -306,8 +306,9 @@ def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
     b.output(b.quantize(b.node("Add", [b.dq(y), b.dq(y)], "add"), 0.09), "out")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 7, 11], 14, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
-    ops = {n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it._graph.nodes}
-    assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ("ArrayFeatureExtractor" in ops) == table, ops
+    ops = [n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it._graph.nodes]
+    # y + y is a table of y (fused._as_table); the resize's scale change one more
+    assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ops.count("ArrayFeatureExtractor") == 1 + table, ops
 
 
 def test_split_and_side_by_side_elementwise_outputs_are_tables():
@@ -346,3 +347,69 @@ def test_split_and_side_by_side_elementwise_outputs_are_tables():
             got = table(feeds)
             for o, want in zip(outputs, sess.run(outputs, feeds)):
                 assert np.array_equal(got[o], want), (name, o)
+
+
+def _silu_affine_model(dtype: str, zp: int) -> "onnx.ModelProto":
+    """conv -> SiLU (sigmoid table, Mul of the table's input and output) -> a one-value scale and
+    offset (PP-LCNet's learnable affine block) -> conv, on float scales."""
+    rng = np.random.default_rng(21)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 9, 10], 0.043, zp, dtype)
+    w = b.weight("w", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), 0.0081)
+    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1]), 0.061, zp, dtype)
+    s = b.quantize(b.node("Sigmoid", [b.dq(c)], "sig"), 1 / 256, -128 if dtype == "int8" else 0, dtype)
+    m = b.quantize(b.node("Mul", [b.dq(c), b.dq(s)], "silu"), 0.033, zp, dtype)
+    k = b.weight("k", np.array([0.77], np.float32), 0.0061)
+    a = b.quantize(b.node("Mul", [b.dq(m), k], "scale"), 0.027, zp, dtype)
+    o = b.weight("o", np.array([-0.3], np.float32), 0.0025)
+    y = b.quantize(b.node("Add", [b.dq(a), o], "offset"), 0.029, zp, dtype)
+    w2 = b.weight("w2", rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), 0.011)
+    b.output(b.quantize(b.node("Conv", [b.dq(y), w2], "conv2"), 0.05, zp, dtype), "out")
+    return b.model()
+
+
+@pytest.mark.parametrize("dtype,zp", [("int8", 0), ("uint8", 128)])
+def test_silu_and_affine_chain_become_one_table_exactly(dtype, zp, tmp_path):
+    # sigmoid table, x * sigmoid(x), * const, + const: four elementwise functions of the conv's codes
+    model = _silu_affine_model(dtype, zp)
+    feeds = {"x": _x([1, 8, 9, 10], 22, scale=2.0)}
+    plan = _equal_fused_and_kernels(model, feeds, CPU)
+    assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
+    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
+    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names[t] for t in run.outputs])
+    ops = [n.op_type for n in live]
+    assert ops.count("ArrayFeatureExtractor") == 1 and ops.count("Div") == 1, ops  # the input's quantize step
+    # dump mode still computes every intermediate tensor, equal to the kernels'
+    compiled = npuflow.compile(model, CPU)
+    npuflow.Session(compiled).run(feeds, dump_dir=tmp_path / "fused")
+    npuflow.Session(compiled, fuse=False).run(feeds, dump_dir=tmp_path / "kernels")
+    names = sorted(p.name for p in (tmp_path / "kernels").glob("*.npy"))
+    assert len(names) >= 6 and names == sorted(p.name for p in (tmp_path / "fused").glob("*.npy"))
+    for n in names:
+        assert np.array_equal(np.load(tmp_path / "fused" / n), np.load(tmp_path / "kernels" / n)), n
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("zp", [-7, -8, 5])
+def test_zero_point_joins_the_rounding_only_where_ties_allow(mode, zp):
+    # channel 0: m = 2^30, shift 31 (x 0.5): every odd accumulator is an exact tie; channel 1: m with
+    # 28 trailing zeros, shift 33 (ties at odd multiples of 4); channel 2: an odd m, no tie in reach
+    mult, shift = np.array([1 << 30, 3 << 28, 1518500251]), np.array([31, 33, 40])
+    acc = np.concatenate([np.arange(-1200, 1200), np.random.default_rng(3).integers(-(1 << 23), 1 << 23, 300)])
+    acc = np.repeat(acc[:, None], 3, axis=1).reshape(-1, 3, 1, 1).astype(np.int64)
+    ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": zp, "round": mode,
+          "dtype": "int8", "clamps": []}
+    want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 3, 1, 1), shift.reshape(1, 3, 1, 1), mode) + zp,
+                   -128, 127)
+    for channels in ([0, 1, 2], [2]):
+        e = dict(ep, multiplier=mult[channels].tolist(), shift=shift[channels].tolist())
+        n = len(channels)
+        g = fused._Graph({})
+        fx = fused._FixedPoint(e, n, np.full(n, -float(1 << 23)), np.full(n, float(1 << 23)))
+        y = fused._requantize_fixed(g, "x", False, fx, e, -128, 127)
+        got = _run(g, y, {"x": acc[:, channels].astype(np.float32)}, TensorProto.FLOAT)
+        assert np.array_equal(got, want[:, channels]), (mode, zp, channels)
+        ops = [n.op_type for n in g.nodes]
+        joined = ops.count("Add") == 1 and ops.index("Add") < ops.index(nm.rounding_as_onnx(mode)[1])
+        # ties to even move with an odd zero point: it joins only where no tie is in reach
+        assert joined == (mode != "half_even" or zp % 2 == 0 or channels == [2]), (mode, zp, channels)
