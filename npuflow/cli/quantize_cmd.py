@@ -24,6 +24,7 @@ from .similarity import similarity_tables
     "npuflow quantize yolov8n.onnx -t DPUCZDX8G_ISA1_B4096 --calib calib/ -o out",
     "npuflow quantize ocr_rec.onnx -t cpu-int8 --calib lines/ -c quant.yaml --input-shape x 1x3x48x320 -o out",
     "npuflow quantize silero_vad.onnx -t cpu-int8 --calib audio/ --freeze-input sr=16000 --strict -o out",
+    "npuflow quantize effnet.onnx -t DPUCZDX8G_ISA1_B4096 --calib crops/ --min-similarity 0.99 --time-budget 600 -o out",
 ))
 def quantize_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
@@ -54,17 +55,44 @@ def quantize_command(
                                           "them exactly (config calib_workers; default 1: this process)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Calibrate shards as Ray tasks on this "
                                               "cluster ('auto', 'local' or HOST:PORT; config calib_ray_address)."),
+    min_similarity: Optional[float] = typer.Option(
+        None, "--min-similarity", metavar="COS", min=0.0, max=1.0,
+        help="Accuracy target: run the cheapest steps (percentile search, equalisation, AdaRound, block "
+             "reconstruction) until the lowest output cosine on the calibration samples reaches COS, every "
+             "layer kept on the accelerator."),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", metavar="SECONDS", min=1.0,
+        help="With --min-similarity: start no step once this much time is spent; the best model so far is kept."),
+    allow_cpu_fallback: bool = typer.Option(
+        False, "--allow-cpu-fallback",
+        help="With --min-similarity: when the steps fall short, move the fewest layers to float on the CPU "
+             "(the estimated latency cost is printed)."),
 ) -> None:
     """Quantize a float model for a target (writes quantized_model.onnx, quant_info.json and more)."""
     from ..quant import quantize  # heavy (onnxruntime, onnxscript): imported when the command runs
     from ..model import freeze_inputs, parse_input_values, with_probe_values
 
     shapes = input_shapes_arg(input_shape)
+    if min_similarity is None and (time_budget is not None or allow_cpu_fallback):
+        raise typer.BadParameter("needs --min-similarity (the accuracy target the steps aim for)",
+                                 param_hint="--time-budget/--allow-cpu-fallback")
     with StageProgress("quantize", console, err_console) as progress:
         source = freeze_inputs(str(model), parse_input_values(freeze_input, "--freeze-input"))
         source = with_probe_values(source, parse_input_values(probe_value))
-        result = quantize(source, str(calib), target, config=_with_scaleout(config, workers, ray_address),
-                          input_shapes=shapes, progress=progress, warn=False)  # printed below, last
+        cfg = _with_scaleout(config, workers, ray_address)
+        if min_similarity is None:
+            result = quantize(source, str(calib), target, config=cfg, input_shapes=shapes, progress=progress,
+                              warn=False)  # printed below, last
+        else:
+            from ..quant.auto import auto_quantize
+
+            auto = auto_quantize(source, str(calib), target, min_similarity=min_similarity, time_budget_s=time_budget,
+                                 allow_cpu_fallback=allow_cpu_fallback, config=cfg, input_shapes=shapes,
+                                 progress=progress)
+            result = auto.quantized
+            result.info["auto"] = auto.summary()  # quant_info.json records the steps
+    if min_similarity is not None:
+        _print_steps(auto, allow_cpu_fallback)
     report = result.report
     verbose = verbose if show_nodes is None else (2 if show_nodes else 0)
     for table in similarity_tables(report.to_json()["nodes"], report.samples, verbose):
@@ -81,6 +109,25 @@ def quantize_command(
         console.print(f"wrote {key}: {path}")
     if result.problem is not None:
         err_console.print(f"WARNING [{result.problem.code}] {result.problem.message}\n  hint: {result.problem.hint}",
+                          markup=False, highlight=False)
+
+
+def _print_steps(auto, allow_cpu_fallback: bool) -> None:
+    """The accuracy-targeted ladder's steps (:func:`npuflow.quant.auto.auto_quantize`): score,
+    time, kept or why not; a warning when the target was not reached."""
+    from rich.table import Table
+
+    table = Table(title=f"Accuracy target: output cosine >= {auto.target:g} "
+                        f"({'met' if auto.met else 'NOT met'}: {auto.score:.6f})")
+    for col in ("step", "what it does", "cosine", "seconds", "kept"):
+        table.add_column(col)
+    for step in auto.steps:
+        table.add_row(step.name, step.description, "" if step.score is None else f"{step.score:.6f}",
+                      f"{step.seconds:.1f}", "yes" if step.kept else (step.note or "no"))
+    console.print(table)
+    if not auto.met:
+        hint = "" if allow_cpu_fallback else "; --allow-cpu-fallback moves the most sensitive layers to the CPU"
+        err_console.print(f"WARNING the accuracy target {auto.target:g} was not reached (best {auto.score:.6f}){hint}",
                           markup=False, highlight=False)
 
 

@@ -123,3 +123,34 @@ def test_input_shape_and_plain_qdq_options(npuflow_cli, net, tmp_path):
     assert not m.functions and any(n.op_type == "QuantizeLinear" for n in m.graph.node)
     _fails_with(npuflow_cli("quantize", net / "net.onnx", "--target", DPU, "--calib", net / "calib",
                             "--input-shape", "y=1x3x8x8", "-o", out), "NPF_MODEL_UNKNOWN_INPUT")
+
+
+def test_accuracy_target_runs_the_ladder_until_met(npuflow_cli, net, tmp_path):
+    """--min-similarity: the defaults already reach a modest target, so no further step runs;
+    the steps are printed and recorded in quant_info.json."""
+    out = tmp_path / "out"
+    r = npuflow_cli("quantize", net / "net.onnx", "-t", DPU, "--calib", net / "calib", "-o", out, "-v", "0",
+                    "--min-similarity", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "Accuracy target: output cosine >= 0.5 (met" in r.stdout and "target met" in r.stdout
+    auto = json.loads((out / "quant_info.json").read_text())["auto"]
+    assert auto["met"] and auto["target"] == 0.5 and auto["steps"][0]["kept"]
+    assert [s["score"] for s in auto["steps"][1:]] == [None] * (len(auto["steps"]) - 1)
+
+
+def test_accuracy_target_out_of_reach_warns_and_keeps_the_best(npuflow_cli, net, tmp_path):
+    out = tmp_path / "out"
+    r = npuflow_cli("quantize", net / "net.onnx", "-t", DPU, "--calib", net / "calib", "-o", out, "-v", "0",
+                    "--min-similarity", "1", "--time-budget", "1")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING the accuracy target 1 was not reached" in r.stderr and "--allow-cpu-fallback" in r.stderr
+    auto = json.loads((out / "quant_info.json").read_text())["auto"]
+    assert not auto["met"] and any("time budget spent" in s["note"] for s in auto["steps"])
+    assert (out / "quantized_model.onnx").is_file()
+
+
+@pytest.mark.parametrize("extra", [["--time-budget", "60"], ["--allow-cpu-fallback"]])
+def test_ladder_options_need_an_accuracy_target(npuflow_cli, net, tmp_path, extra):
+    r = npuflow_cli("quantize", net / "net.onnx", "-t", DPU, "--calib", net / "calib", "-o", tmp_path / "o", *extra)
+    assert r.returncode == 2 and "needs --min-similarity" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
