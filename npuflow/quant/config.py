@@ -156,6 +156,7 @@ class QuantConfig(_Strict):
     #: Calibration shards run in this many worker processes, or as Ray tasks on the cluster at
     #: ``calib_ray_address`` ('auto', 'local' or HOST:PORT), and their statistics merge into
     #: exactly those of one process (docs/scale-out.md); 1 and no address: this process alone.
+    #: The percentile search scores its candidates on the same workers.
     calib_workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     calib_ray_address: str | None = None
 

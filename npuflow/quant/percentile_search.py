@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
+from .. import scaleout
 from .algorithms.apply import relative_error
 from .algorithms.graph import Feed, run_outputs
 from .assign import assign
@@ -53,27 +54,45 @@ def with_percentile(plan: QuantPlan, percentile: float) -> QuantPlan:
 
 def choose_percentile(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, candidates: Sequence[float],
                       feeds: list[Feed], reference: list[list[np.ndarray]], *, target_name: str,
-                      scale_type: str, progress: Progress | None = None) -> tuple[float, dict[float, float]]:
+                      scale_type: str, progress: Progress | None = None, workers: int = 1,
+                      ray_address: str | None = None) -> tuple[float, dict[float, float]]:
     """``(best percentile, {candidate: calibration output error})`` (ties: the higher percentile).
 
-    ``progress`` hears ``("percentile search", tried, candidates)`` after each candidate.
+    Candidates are independent, so with ``workers`` > 1 or a ``ray_address`` each is scored in its
+    own process or Ray task (:func:`npuflow.scaleout.map_tasks`, the calibration's workers); the
+    errors are the serial run's.  ``progress`` hears ``("percentile search", tried, candidates)``
+    after each candidate.
     """
-    errors: dict[float, float] = {}
     order = sorted(candidates, reverse=True)
-    for p in order:
-        trial = with_percentile(plan, p)
-        q = export_qdq(model, trial, assign(model, trial, stats), target_name=target_name, scale_type=scale_type)
-        errors[p] = relative_error(run_outputs(q, feeds), reference)
+    context = {"model": model, "plan": plan, "stats": stats, "feeds": feeds, "reference": reference,
+               "target_name": target_name, "scale_type": scale_type,
+               "spinning": not scaleout.parallel(workers, ray_address)}
+
+    def report(_p: float, done: int, total: int | None) -> None:
         if progress is not None:
-            progress(STAGE, len(errors), len(order))
+            progress(STAGE, done, total)
+
+    scores = scaleout.map_tasks(_candidate_error, order, workers, ray_address, report, context=context,
+                                total=len(order))
+    errors = dict(zip(order, scores))
     best = min(errors, key=lambda p: (errors[p], -p))
     log.info("percentile search: %s -> %s", ", ".join(f"{p}: {e:.4g}" for p, e in errors.items()), best)
     return best, errors
 
 
+def _candidate_error(context: dict, percentile: float) -> float:
+    """One candidate's calibration output error (a task: runs here or in a worker)."""
+    model, stats = context["model"], context["stats"]
+    trial = with_percentile(context["plan"], percentile)
+    q = export_qdq(model, trial, assign(model, trial, stats), target_name=context["target_name"],
+                   scale_type=context["scale_type"])
+    return relative_error(run_outputs(q, context["feeds"], spinning=context["spinning"]), context["reference"])
+
+
 def apply(model: onnx.ModelProto, plan: QuantPlan, twin_plan: QuantPlan, stats: Statistics, samples: Iterable[Feed],
           candidates: Sequence[float], *, target_name: str, scale_type: str,
-          progress: Progress | None = None) -> tuple[QuantPlan, QuantPlan, dict]:
+          progress: Progress | None = None, workers: int = 1,
+          ray_address: str | None = None) -> tuple[QuantPlan, QuantPlan, dict]:
     """Both twins' plans with the chosen percentile, and the record for ``quant_info``.
 
     Candidates run on the samples whose float outputs calibration kept (bias correction's check
@@ -84,6 +103,7 @@ def apply(model: onnx.ModelProto, plan: QuantPlan, twin_plan: QuantPlan, stats: 
     if not feeds:
         return plan, twin_plan, {}
     best, errors = choose_percentile(model, plan, stats, candidates, feeds, stats.outputs[:len(feeds)],
-                                     target_name=target_name, scale_type=scale_type, progress=progress)
+                                     target_name=target_name, scale_type=scale_type, progress=progress,
+                                     workers=workers, ray_address=ray_address)
     record = {"chosen": best, "output_errors": {str(p): e for p, e in errors.items()}, "checked_on": len(feeds)}
     return with_percentile(plan, best), with_percentile(twin_plan, best), {"percentile_search": record}

@@ -185,7 +185,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         _step(progress, percentile_search.STAGE)
         plan_d, plan_s, searched = percentile_search.apply(d_leg, plan_d, plan_s, stats, again, cfg.percentile_candidates,
                                                            target_name=tgt.name, scale_type=tgt.numerics.scale_type,
-                                                           progress=progress)
+                                                           progress=progress, workers=cfg.calib_workers,
+                                                           ray_address=cfg.calib_ray_address)
     asg_s = assign(s_leg, plan_s, stats)
     asg_d = assign(d_leg, plan_d, stats) if twins else asg_s
 

@@ -79,3 +79,14 @@ def test_progress_counts_the_candidates():
                      progress=lambda stage, done, total: seen.append((stage, done, total)))
     search = [(done, total) for stage, done, total in seen if stage == "percentile search"]
     assert search == [(0, None), (1, 3), (2, 3), (3, 3)]
+
+
+def test_candidates_scored_in_worker_processes_equal_the_serial_search():
+    """With calib_workers each candidate runs in its own process; the errors are the serial run's."""
+    data = _data()
+    config = {"percentile_candidates": [99.0, 99.9, 99.999]}
+    serial = npuflow.quantize(conv_net(), data, target="cpu-int8", config=config)
+    pooled = npuflow.quantize(conv_net(), data, target="cpu-int8", config={**config, "calib_workers": 2})
+    assert pooled.info["algorithms"]["percentile_search"] == serial.info["algorithms"]["percentile_search"]
+    for n, t in serial.quant_params.items():
+        np.testing.assert_array_equal(pooled.quant_params[n].scale, t.scale)
