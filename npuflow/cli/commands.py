@@ -8,6 +8,7 @@ from . import analyze_cmd  # noqa: F401
 from . import compile_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import info_cmd  # noqa: F401
+from . import ort_export_cmd  # noqa: F401
 from . import compare_cmd  # noqa: F401
 from . import perf_cmd  # noqa: F401
 from . import bench_cmd  # noqa: F401

@@ -109,3 +109,19 @@ def test_missing_extensions_and_untransportable_types_are_coded_errors(monkeypat
     with pytest.raises(NpuflowError) as err:
         ort_export._ext_type(extensions(), onnx.TensorProto.INT4)
     assert err.value.code == "NPF_ORT_EXPORT_TYPE" and "int4" in err.value.message
+
+
+def test_cli_writes_the_export_and_says_how_to_run_it(models, digits, tmp_path, cli):
+    q = npuflow.quantize(str(models.mnist_cnn()), digits[:4], "DPUCZDX8G_ISA1_B4096")
+    npuf = tmp_path / "m.npuf"
+    npuflow.compile(q.model, "DPUCZDX8G_ISA1_B4096").save(npuf)
+    out = tmp_path / "m_ort.onnx"
+    r = cli("ort-export", npuf, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "1 of them accelerator subgraphs" in r.stdout and "session_options" in r.stdout
+    sess = ort.InferenceSession(str(out), ort_export.session_options(out), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"input": digits[5]})[0],
+                                  npuflow.Session(npuf).run({"input": digits[5]})["logits"])
+    bad = cli("ort-export", tmp_path / "missing.npuf", "-o", tmp_path / "x.onnx")
+    assert bad.returncode == 2 and "ERROR [NPF_" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.onnx").exists()
