@@ -72,6 +72,10 @@ class Engine(str, enum.Enum):
     ZERO_COPY = "zero_copy"  # Concat: the producers write side by side into one buffer
 
 
+#: The standard ONNX domains (an entry's default ``domains``).
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
 @dataclass(frozen=True)
 class OpDef:
     """What one ONNX op (default domain) is; see the module docstring for each field."""
@@ -91,6 +95,7 @@ class OpDef:
     table: bool = False
     engine: Engine = Engine.MISC
     axis: int | None = None  # the ONNX default of its ``axis`` attribute, where the kind reads one
+    domains: tuple[str, ...] = STANDARD_DOMAINS
 
     def data_inputs(self, node: onnx.NodeProto) -> list[int]:
         """Positions of the inputs that carry data (every present input but the parameters)."""
@@ -107,6 +112,7 @@ def _defs(*defs: OpDef) -> dict[str, OpDef]:
 
 
 _A, _L, _F = Role.ACTIVATION, Role.LAYOUT, Role.FOLLOWER
+_ORT = "com.microsoft"  # ONNX Runtime's contrib ops
 _IN, _ALL, _POW2 = SharedScale.OUTPUT_IS_INPUT, SharedScale.ALL, SharedScale.INPUTS_ON_POW2
 
 #: Every op any stage distinguishes.  An op not listed is a compute op of kind ``op_type.lower()``
@@ -131,8 +137,8 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Max", "max", engine=Engine.ELTWISE),
     OpDef("Min", "min", engine=Engine.ELTWISE),
     OpDef("Mean", "mean", engine=Engine.ELTWISE),
-    OpDef("QLinearAdd", "qlinearadd", engine=Engine.ELTWISE),
-    OpDef("QLinearMul", "qlinearmul", engine=Engine.ELTWISE),
+    OpDef("QLinearAdd", "qlinearadd", engine=Engine.ELTWISE, domains=(_ORT,)),
+    OpDef("QLinearMul", "qlinearmul", engine=Engine.ELTWISE, domains=(_ORT,)),
     # activations
     OpDef("Relu", "relu", _A, scale=_IN, quantized=True, follower=True, chain=True, table=True),
     OpDef("Clip", "clip", _A, params=(1, 2), quantized=True, chain=True, table=True),  # kind: clip_kind
@@ -188,9 +194,9 @@ REGISTRY: dict[str, OpDef] = _defs(
     # followers, shape arithmetic and quantize steps
     OpDef("Identity", "identity", _F, table=True, engine=Engine.NONE),
     OpDef("Dropout", "identity", _F, engine=Engine.NONE),
-    OpDef("QuantizeLinear", "quantize", _F, params=(1, 2), engine=Engine.NONE),
-    OpDef("DequantizeLinear", "dequantize", _F, params=(1, 2), engine=Engine.NONE),
-    OpDef("DynamicQuantizeLinear", "quantize", _F, engine=Engine.NONE),
+    OpDef("QuantizeLinear", "quantize", _F, params=(1, 2), engine=Engine.NONE, domains=(*STANDARD_DOMAINS, _ORT)),
+    OpDef("DequantizeLinear", "dequantize", _F, params=(1, 2), engine=Engine.NONE, domains=(*STANDARD_DOMAINS, _ORT)),
+    OpDef("DynamicQuantizeLinear", "quantize", _F),  # computes its range: work, unlike a fixed quantize step
     OpDef("Shape", "shape", engine=Engine.NONE),
     OpDef("Size", "size", engine=Engine.NONE),
     OpDef("Constant", "constant", engine=Engine.NONE),
@@ -199,8 +205,6 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Range", "range", params=(0, 1, 2), engine=Engine.NONE),
 )
 
-#: Domains whose ops :data:`REGISTRY` describes (the standard ones).
-STANDARD_DOMAINS = ("", "ai.onnx")
 #: Ops the quantizer may quantize (float data in and out, on the accelerator).
 QUANTIZED_OPS = frozenset(d.op_type for d in REGISTRY.values() if d.quantized)
 #: Ops whose input ``weight`` is a weight of a layer the quantizer quantizes (per channel where allowed).
@@ -217,6 +221,8 @@ PASS_THROUGH = frozenset(d.op_type for d in REGISTRY.values() if d.scale is Shar
 FOLLOWERS = frozenset(d.op_type for d in REGISTRY.values() if d.follower)
 #: Ops that compute nothing: their outputs are some of their inputs' values.
 DATA_MOVEMENT = frozenset(d.op_type for d in REGISTRY.values() if d.moves_data)
+#: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
+SHAPE_OPS = frozenset({"Shape", "Size"})
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).
@@ -256,9 +262,10 @@ PATTERN_TOL = 1e-6
 def op_def(op_type: str, domain: str = "") -> OpDef:
     """The registry entry of an op; an op not listed (or of another domain) computes, unnamed
     by the target vocabulary but for its lower-cased type, and no stage quantizes or lowers it."""
-    if domain in STANDARD_DOMAINS and op_type in REGISTRY:
-        return REGISTRY[op_type]
-    return OpDef(op_type, op_type.lower())
+    d = REGISTRY.get(op_type)
+    if d is not None and domain in d.domains:
+        return d
+    return OpDef(op_type, op_type.lower(), domains=(domain,))
 
 
 def is_depthwise(group: int, in_channels: int | None) -> bool:

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
-from ..operators import FOLLOWERS, TABLE_OPS
+from ..operators import FOLLOWERS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from .graph import GraphView
@@ -30,10 +30,6 @@ from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from .rules import hint_for, rule_reasons
 
 log = logging.getLogger(__name__)
-
-
-#: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
-SHAPE_OPS = {"Shape", "Size"}
 
 
 def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CheckReport:

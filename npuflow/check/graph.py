@@ -16,16 +16,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..model import node_reads, outer_reads, tensor_shapes
+from ..operators import QDQ_OPS, op_def
 
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 NPUFLOW_DOMAIN = "ai.npuflow"
-
-#: Inputs that carry data (the rest are shapes, indices or parameters and never join subgraphs).
-DATA_INPUTS: dict[str, tuple[int, ...]] = {
-    "Reshape": (0,), "Resize": (0,), "Upsample": (0,), "Slice": (0,), "Pad": (0,), "Expand": (0,),
-    "Tile": (0,), "Split": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "TopK": (0,), "ReduceMean": (0,),
-    "ReduceMax": (0,), "ReduceSum": (0,), "Clip": (0,), "ConstantOfShape": (), "Range": (),
-}
 
 
 def is_qdq(node: onnx.NodeProto) -> bool:
@@ -102,8 +95,8 @@ class GraphView:
         """Tensors node ``i`` reads that carry feature-map data (not shapes, not weights), the
         outer-scope reads of its subgraphs included."""
         n = self.nodes[i]
-        pos = DATA_INPUTS.get(n.op_type)
-        names = [n.input[k] for k in (pos if pos is not None else range(len(n.input))) if k < len(n.input)]
+        # the registry's parameter inputs (shapes, indices, bounds) never join subgraphs
+        names = [n.input[k] for k in op_def(n.op_type, n.domain).data_inputs(n)]
         names += outer_reads(n)
         return [t for t in dict.fromkeys(names) if t and not self.is_const(t)]
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, node_attr, op_def
+from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, Engine, node_attr, op_def
 
 #: Longest fused chain (nodes between a layer and its quantize step).
 MAX_CHAIN = 8
@@ -240,7 +240,8 @@ def _output_chain(node: onnx.NodeProto, output: str, t: Tensors) -> tuple[list[o
 def table_lowered(node: onnx.NodeProto, t: Tensors) -> bool:
     """Whether the compiler lowers ``node`` as a lookup table: an elementwise op without a
     lowering of its own, or arithmetic with a float scalar (a hard-sigmoid's ``Add``/``Mul``)."""
-    if node.op_type in ("Add", "Sub", "Mul", "Div") and any(_float_constant(i, t) for i in node.input if i):
+    d = op_def(node.op_type, node.domain)
+    if d.chain and d.engine is Engine.ELTWISE and any(_float_constant(i, t) for i in node.input if i):
         return True
     return node.op_type not in LOWERED_OPS and node.op_type in TABLE_OPS
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..check.lowerable import chain_to_quantize
 from ..numerics import qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
-from ..check.lowerable import CHAIN_OPS, chain_to_quantize
+from ..operators import CHAIN_OPS, clip_bounds as node_clip_bounds
 from .manifest_schema import MAX_LEFT_SHIFT
 from .qgraph import QGraph, QParams, attr
 
@@ -60,12 +61,8 @@ def clip_bounds(g: QGraph, chain: list[onnx.NodeProto]) -> list[tuple[float, flo
         if n.op_type == "Relu":
             bounds.append((0.0, float("inf")))
         elif n.op_type == "Clip":
-            lo, hi = attr(n, "min", float("-inf")), attr(n, "max", float("inf"))
-            if len(n.input) > 1 and n.input[1]:
-                lo = _const_value(g, n.input[1])
-            if len(n.input) > 2 and n.input[2]:
-                hi = _const_value(g, n.input[2])
-            bounds.append((float(lo), float(hi)))
+            lo, hi = node_clip_bounds(n, g.scalar)
+            bounds.append((float("-inf") if lo is None else lo, float("inf") if hi is None else hi))
         else:
             return None
         prev = n.output[0]

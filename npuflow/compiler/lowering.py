@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..check.lowerable import TABLE_OPS, lowering_limit, table_lowered
+from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import dequantize, qrange
+from ..operators import TABLE_OPS, is_depthwise, unit_kind
 from . import fragments
 from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp
@@ -186,8 +187,7 @@ def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
     chain, q, op_ = _chain(g, n.output[0])
     acc_scale, lshift, bias_acc, shift = _acc_plan(xp, wp, bias, bp, op_, cout)
     ys = _shape(g, q.output[0])
-    depthwise = group > 1 and group == xs[1] and cin_g == 1
-    kind = "depthwise_conv2d" if depthwise else "conv2d"
+    kind = "depthwise_conv2d" if is_depthwise(group, xs[1]) else "conv2d"
     attrs = {
         "strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel": [kh, kw],
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
@@ -224,7 +224,7 @@ def lower_conv_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
         "out_shape": ys,
         "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift),
     }
-    kind = "depthwise_transposed_conv2d" if group > 1 and group == cin and cout_g == 1 else "transposed_conv2d"
+    kind = "depthwise_transposed_conv2d" if is_depthwise(group, cin) else "transposed_conv2d"
     macs = int(np.prod(xs)) * cout_g * kh * kw
     return IntOp("conv_transpose", n.name, kind, [x_name], [q.output[0]], attrs,
                  {"w": w, "b": bias_acc}, [n.name, *[c.name for c in chain], q.name], reads, macs)
@@ -354,25 +354,10 @@ def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
         raise _Reject("activation chain does not end in a single quantize step")
     chain, q, op_ = found
     table = fragments.lookup_table(g, x_dq, xp, data, chain, q)
-    kind = _unary_kind(chain)
+    kind = unit_kind(chain, g.scalar) or chain[0].op_type.lower()
     return IntOp("lut", n.name, kind, [x_name], [q.output[0]],
                  {"qmin": qrange(xp.bits, xp.signed)[0], "out_dtype": op_.dtype}, {"table": table},
                  [*[c.name for c in chain], q.name], [x_dq.name], 0)
-
-
-def _unary_kind(chain: list[onnx.NodeProto]) -> str:
-    types = [c.op_type for c in chain]
-    if types == ["Relu"]:
-        return "relu"
-    if types == ["Clip"]:
-        return "relu6"
-    if types == ["LeakyRelu"]:
-        return "leaky_relu"
-    if types in (["HardSigmoid"], ["Add", "Clip", "Mul"]):
-        return "hard_sigmoid"
-    if "HardSwish" in types or types == ["Add", "Clip", "Mul", "Mul"]:
-        return "hard_swish"
-    return types[0].lower()
 
 
 # --- data movement and pooling ----------------------------------------------------------------

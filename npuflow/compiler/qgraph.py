@@ -18,9 +18,9 @@ from onnx import numpy_helper
 from .. import qdq
 from ..model import node_reads, tensor_elem_types, tensor_shapes
 from ..numerics import RoundMode, fix_pos_of
+from ..operators import DEQUANTIZE_OPS, QUANTIZE_OPS
 
-QUANTIZE_OPS = {"QuantizeLinear"}
-DEQUANTIZE_OPS = {"DequantizeLinear"}
+#: Domains of the standard quantize steps (ONNX's, and ONNX Runtime's contrib ones).
 _STD_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
@@ -117,6 +117,13 @@ class QGraph:
 
     def const(self, name: str) -> np.ndarray | None:
         return self.inits.get(name) if name else None
+
+    def scalar(self, name: str) -> float | None:
+        """A one-element float constant's value (a chain's bound or factor), else ``None``."""
+        c = self.const(name)
+        if c is None or c.size != 1 or c.dtype.kind != "f":
+            return None
+        return float(np.asarray(c, np.float32).reshape(-1)[0])
 
     # --- quant params ---------------------------------------------------------------------
 

@@ -27,16 +27,17 @@ def _same(a: onnx.NodeProto | None, b: onnx.NodeProto) -> bool:
 def op_kind(node: onnx.NodeProto, idx: GraphIndex) -> str:
     """Target kind of a node that may absorb an activation (the registry's, with depthwise and
     constant-weight matrix products told apart as the checker tells them)."""
-    if node.op_type in ("Conv", "ConvTranspose"):
-        w = idx.const(node.input[1])
+    d = op_def(node.op_type, node.domain)
+    if d.kind in ("conv2d", "transposed_conv2d"):
+        w = idx.const(node.input[d.weight])
         ic = conv_in_channels(node, None, w.shape if w is not None else None)
-        return conv_kind(node.op_type == "ConvTranspose", is_depthwise(int(attr(node, "group", 1)), ic))
-    if node.op_type == "MatMul":
-        w = idx.const(node.input[1])
+        return conv_kind(d.kind == "transposed_conv2d", is_depthwise(int(attr(node, "group", 1)), ic))
+    if d.kind == "matmul":
+        w = idx.const(node.input[d.weight])
         return "fc" if w is not None and w.ndim == 2 else "matmul"
-    if node.op_type == "Gemm" and attr(node, "transA", 0):
+    if d.kind == "fc" and attr(node, "transA", 0):
         return "matmul"
-    return op_def(node.op_type, node.domain).kind
+    return d.kind
 
 
 def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import onnx
 
+from ..operators import op_def
 from .graph import GraphIndex
-
-_NOOPS = ("Identity", "Dropout")
 
 
 def remove_identity(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -24,7 +23,7 @@ def remove_identity(model: onnx.ModelProto) -> onnx.ModelProto:
         changed = False
         idx = GraphIndex(graph)
         for node in graph.node:
-            if node.op_type not in _NOOPS or not node.input or not node.input[0]:
+            if op_def(node.op_type, node.domain).kind != "identity" or not node.input or not node.input[0]:
                 continue
             if node.op_type == "Dropout" and (len(node.output) > 1 and node.output[1] and idx.consumers.get(node.output[1])):
                 continue

@@ -16,22 +16,11 @@ import onnx
 from onnx import helper
 
 from ..model import tensor_shapes
+from ..operators import Engine as OpEngine
+from ..operators import is_depthwise, op_def
 
 #: Engine names of :class:`npuflow.targets.spec.Engines` plus ``none`` (no work, no traffic).
 CONV, DEPTHWISE, POOL, ELTWISE, MISC, NONE = "conv", "depthwise", "pool", "eltwise", "misc", "none"
-
-_CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
-_FC_OPS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
-_POOL_OPS = {"MaxPool", "AveragePool", "LpPool"}
-_GLOBAL_POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
-_ELTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "QLinearAdd", "QLinearMul"}
-#: Ops that only reinterpret a buffer or are folded into the neighbouring quantize step.
-_FREE_OPS = {
-    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "QuantizeLinear", "DequantizeLinear",
-    "Shape", "Constant", "Dropout", "Cast", "ConstantOfShape", "Gather", "Range", "Size",
-}
-#: Concat writes its inputs side by side into one buffer: the producers store there directly.
-_ZERO_COPY_OPS = {"Concat"}
 
 
 @dataclass(frozen=True)
@@ -107,6 +96,7 @@ def geometry(
     out_bytes = _numel(out_shape) * elem_bytes
     a = _attrs(node)
     op = node.op_type
+    d = op_def(op, node.domain)
     oshape = out_shape or [1]
     b, oc, oh, ow = _nchw(oshape)
     ishape = shapes.get(acts[0]) if acts else None
@@ -114,8 +104,8 @@ def geometry(
     base = dict(batch=b, out_h=oh, out_w=ow, in_c=ic, out_c=oc, groups=1, kernel_h=1, kernel_w=1,
                 stride_h=1, in_w=iw, n_inputs=max(len(acts), 1), in_bytes=in_bytes, out_bytes=out_bytes)
 
-    if op in _CONV_OPS and len(node.input) > 1:
-        w_name = node.input[3] if op == "QLinearConv" else node.input[1]
+    if d.engine is OpEngine.CONV and len(node.input) > d.weight:
+        w_name = node.input[d.weight]
         wshape = shapes.get(w_name) or [oc, ic, 1, 1]
         g = int(a.get("group", 1))
         kh = wshape[2] if len(wshape) > 2 else 1
@@ -125,17 +115,17 @@ def geometry(
             kh = max(1, math.ceil(kh / strides[0]))
             kw = max(1, math.ceil(kw / strides[-1]))
         cin_g, cout_g = max(ic // g, 1), max(oc // g, 1)
-        depthwise = g > 1 and cin_g == 1
+        depthwise = is_depthwise(g, ic)
         w_elems = _numel(wshape) if w_name in const else 0
         macs = b * oh * ow * oc * cin_g * kh * kw
         return Geometry(**{**base, "engine": DEPTHWISE if depthwise else CONV, "groups": g,
                            "in_c": cin_g, "out_c": cout_g, "kernel_h": kh, "kernel_w": kw,
                            "stride_h": int(strides[0]), "macs": macs,
                            "weight_bytes": w_elems * elem_bytes + 4 * oc})
-    if op in _FC_OPS:
+    if d.engine is OpEngine.FC and len(node.input) > d.weight:
         # rows of the left operand are the "pixels"; K inputs; N outputs
         lhs = shapes.get(node.input[0]) or [1, 1]
-        rhs = shapes.get(node.input[1]) or [1, 1]
+        rhs = shapes.get(node.input[d.weight]) or [1, 1]
         trans_b = int(a.get("transB", 0))
         k = lhs[-1]
         n = rhs[-2] if trans_b else rhs[-1]
@@ -144,22 +134,22 @@ def geometry(
         return Geometry(**{**base, "engine": CONV, "batch": 1, "out_h": 1, "out_w": rows,
                            "in_c": k, "out_c": n, "macs": rows * k * n,
                            "weight_bytes": w_elems * elem_bytes, "n_inputs": 1})
-    if op in _POOL_OPS:
+    if d.engine is OpEngine.POOL:
         k = a.get("kernel_shape", [1, 1])
         kh, kw = k[0], int(math.prod(k[1:])) if len(k) > 1 else 1
         return Geometry(**{**base, "engine": POOL, "in_c": oc, "kernel_h": kh, "kernel_w": kw,
                            "stride_h": int(a.get("strides", [1])[0]),
                            "macs": b * oh * ow * oc * kh * kw, "weight_bytes": 0})
-    if op in _GLOBAL_POOL_OPS:
+    if d.engine is OpEngine.GLOBAL_POOL:
         # walks the input window once per output pixel: H rows x W columns
         return Geometry(**{**base, "engine": POOL, "out_h": max(ih, 1), "out_w": max(iw, 1),
                            "in_c": ic, "out_c": ic, "macs": b * ic * ih * iw, "weight_bytes": 0})
-    if op in _ELTWISE_OPS:
+    if d.engine is OpEngine.ELTWISE:
         n = max(len(acts), 1)
         return Geometry(**{**base, "engine": ELTWISE, "in_c": oc, "n_inputs": n,
                            "macs": b * oh * ow * oc * max(n - 1, 1),
                            "weight_bytes": sum(_numel(shapes.get(w)) for w in weights) * elem_bytes})
-    if op in _FREE_OPS or op in _ZERO_COPY_OPS or _is_npuflow_qdq(node):
+    if d.engine in (OpEngine.NONE, OpEngine.ZERO_COPY) or _is_npuflow_qdq(node):
         return Geometry(**{**base, "engine": NONE, "macs": 0, "weight_bytes": 0,
                            "in_bytes": 0, "out_bytes": 0})
     # activations, resize, transpose, slice, pad, ...: data movement through the misc engine
