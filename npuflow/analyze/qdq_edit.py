@@ -29,6 +29,7 @@ model directly (the format of ``docs/quantized-model-format.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -36,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
 from ..numerics import RoundMode, quantize
-from ..operators import DATA_MOVEMENT, FOLLOWERS, MAX_UNIT_NODES, QUANTIZED_OPS, UNIT_OPS
+from ..operators import DATA_MOVEMENT, FOLLOWERS, MAX_UNIT_NODES, QUANTIZED_OPS, UNIT_OPS, unit_kind
 from ..quant.algorithms.graph import consumers, get_array, layer_bias, layer_weight, producers, weight_layers
 from ..quant.algorithms.qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, write_bias
 from ..quant.config import TensorSettings
@@ -86,10 +87,18 @@ def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
     cons = consumers(model)
     points = activation_points(model)
     by_input = {p.q.input[0]: p for p in points}
+    order = {node_key(n): k for k, n in enumerate(model.graph.node)}
+    floats = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+
+    def scalar(name: str) -> float | None:
+        t = floats.get(name)
+        v = numpy_helper.to_array(t) if t is not None else None
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
+
     out = []
     owned: set[str] = set()
     for ql in quantized_layers(model):
-        tensor = _fused_output(ql.node.output[0], cons)
+        tensor = _fused_output(ql.node.output[0], cons, order, scalar)
         pts = [by_input[tensor]] if tensor in by_input else []
         owned.update(p.q.input[0] for p in pts)
         out.append(LayerPoints(ql.name, ql.node.op_type, ql, pts))
@@ -104,17 +113,18 @@ def layer_points(model: onnx.ModelProto) -> list[LayerPoints]:
     return out
 
 
-def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]]) -> str:
+def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]], order: dict[str, int],
+                  scalar: Callable[[str], float | None]) -> str:
     """The tensor where a layer's fused activation ends: ``tensor`` itself when it is
-    quantized or read by anything but a short activation unit (at most
-    :data:`npuflow.operators.MAX_UNIT_NODES` of the registry's :data:`~npuflow.operators.UNIT_OPS`)
-    with one quantized output.
+    quantized, or read by anything but one activation unit (:func:`npuflow.operators.unit_kind`,
+    the registry's recognition of the units the quantizer fuses) with one quantized output.
+    ``order`` gives each node's graph position, ``scalar`` a float constant's value.
 
     A Conv followed by a hard-swish has no quantize step until the hard-swish's output, so that
     pair is the layer's: keeping the layer in float keeps the whole fused unit in float, as the
     quantizer's ``keep_float`` does (:func:`npuflow.quant.plan.build_plan`).
     """
-    seen: set[str] = set()
+    seen: dict[str, onnx.NodeProto] = {}
     frontier, ends = [tensor], set()
     while frontier:
         t = frontier.pop()
@@ -127,11 +137,13 @@ def _fused_output(tensor: str, cons: dict[str, list[onnx.NodeProto]]) -> str:
             if u.op_type not in UNIT_OPS or len(u.output) != 1:
                 return tensor
             if key not in seen:
-                seen.add(key)
+                seen[key] = u
                 frontier.append(u.output[0])
         if len(seen) > MAX_UNIT_NODES:
             return tensor
-    return ends.pop() if len(ends) == 1 else tensor
+    if len(ends) != 1 or unit_kind(sorted(seen.values(), key=lambda n: order[node_key(n)]), scalar) is None:
+        return tensor
+    return ends.pop()
 
 
 def _point_mode(p: QuantPoint) -> RoundMode:
