@@ -75,7 +75,8 @@ MODELS = {
 
 def fused_planner(rev: str):
     """``runtime/fused.py``'s ``plan`` as of git revision ``rev``, building today's ``FusedRun``
-    (whose interface it shares), so the executors run its runs unchanged."""
+    (whose interface it shares, so the executors run its runs unchanged) with that revision's
+    ``_session``, which reads that revision's graphs."""
     from npuflow.runtime import fused
 
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:npuflow/runtime/fused.py"], check=True,
@@ -86,7 +87,7 @@ def fused_planner(rev: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    module.FusedRun = fused.FusedRun
+    module.FusedRun = type("FusedRunBefore", (fused.FusedRun,), {"_session": module.FusedRun._session})
     return module.plan
 
 

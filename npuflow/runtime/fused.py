@@ -65,7 +65,13 @@ class _NotFusable(Exception):
 
 @dataclass
 class _Graph:
-    """A graph under construction; ``names`` maps manifest tensors to their float32 code tensors."""
+    """A graph under construction; ``names`` maps manifest tensors to their float32 code tensors.
+
+    A code tensor may be held **centred**: ``names[t]`` then holds ``q - offsets[t]`` (a
+    requantisation leaves its zero point out, and the convolution, eltwise op, pad or table that
+    reads the tensor wants ``q - zp`` anyway), so the zero point costs a pass only where a reader
+    needs other codes (``centered``, one ``Add`` per tensor and offset).
+    """
 
     tensors: dict
     nodes: list = field(default_factory=list)
@@ -76,6 +82,9 @@ class _Graph:
     #: tensor -> (8-bit source tensor of this graph, its codes for every source code in order):
     #: the tensors that are elementwise functions of one tensor (``_as_table``)
     tables: dict = field(default_factory=dict)
+    offsets: dict = field(default_factory=dict)  # tensor -> k: names[tensor] holds its codes minus k
+    shifted: dict = field(default_factory=dict)  # (tensor, k) -> codes minus k, made once
+    pads: dict = field(default_factory=dict)  # output of a constant Pad -> (its input, widths, pad code)
 
     def fresh(self) -> str:
         self.count += 1
@@ -91,20 +100,39 @@ class _Graph:
         self.nodes.append(helper.make_node(op, ins, [out], **attrs))
         return out
 
-    def read(self, tensor: str) -> str:
-        """The float32 code tensor of ``tensor``; a tensor from outside becomes a graph input."""
+    def base(self, tensor: str) -> tuple[str, int]:
+        """The float32 tensor held for ``tensor`` and its offset (it holds ``q - offset``); a
+        tensor from outside becomes a graph input, offset 0."""
         if tensor not in self.names:
             self.inputs.append(tensor)
             self.names[tensor] = self.node("Cast", [_input_name(len(self.inputs) - 1)], to=TensorProto.FLOAT)
-        return self.names[tensor]
+        return self.names[tensor], self.offsets.get(tensor, 0)
+
+    def centered(self, tensor: str, k: int = 0) -> str:
+        """``tensor``'s codes minus ``k`` as float32 (exact: integers far below 2^24)."""
+        x, off = self.base(tensor)
+        if off == k:
+            return x
+        if (tensor, k) not in self.shifted:
+            self.shifted[(tensor, k)] = self.node("Add", [x, self.const(off - k)])
+        return self.shifted[(tensor, k)]
+
+    def read(self, tensor: str) -> str:
+        """The float32 code tensor of ``tensor`` (its codes themselves)."""
+        return self.centered(tensor, 0)
+
+    def put(self, tensor: str, name: str, offset: int = 0) -> None:
+        """``name`` holds ``tensor``'s codes minus ``offset``."""
+        self.names[tensor] = name
+        self.offsets[tensor] = int(offset)
 
     def mark(self) -> tuple:
-        return len(self.nodes), len(self.inits), len(self.inputs), dict(self.names), self.count, dict(self.tables)
+        return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
+                *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads)))
 
     def rollback(self, mark: tuple) -> None:
-        n, i, k, names, count, tables = mark
+        n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
-        self.names, self.count, self.tables = names, count, tables
 
 
 def _input_name(k: int) -> str:
@@ -139,8 +167,9 @@ def _clamp_bounds(ep: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def _round_and_clip(g: _Graph, v: str, ep: dict, lo: int, hi: int, *, double: bool) -> str:
-    """Tie rule (``numerics.rounding_as_onnx``), zero point and saturation of ``v``; back to float32."""
+def _round_and_clip(g: _Graph, v: str, ep: dict, lo: int, hi: int, *, double: bool) -> tuple[str, int]:
+    """Tie rule (``numerics.rounding_as_onnx``) and saturation of ``v``, back to float32; centred:
+    ``(codes minus the zero point, zero point)``, the saturation range moved by it."""
     recipe = nm.rounding_as_onnx(ep["round"])
     if recipe is None:
         raise _NotFusable(f"tie rule {ep['round']}")
@@ -148,11 +177,18 @@ def _round_and_clip(g: _Graph, v: str, ep: dict, lo: int, hi: int, *, double: bo
     dt = np.float64 if double else np.float32
     if offset:
         v = g.node("Add", [v, g.const(offset, dt)])
-    v = g.node(op, [v])
-    if ep["zp"]:
-        v = g.node("Add", [v, g.const(ep["zp"], dt)])
-    v = g.node("Clip", [v, g.const(lo, dt), g.const(hi, dt)])
-    return g.node("Cast", [v], to=TensorProto.FLOAT) if double else v
+    v, zp = _centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, dt)
+    return (g.node("Cast", [v], to=TensorProto.FLOAT) if double else v), zp
+
+
+def _centred_clip(g: _Graph, v: str, zp, lo: int, hi: int, dt) -> tuple[str, int]:
+    """Saturation of rounded values ``v`` (codes minus ``zp``) into ``lo..hi``: ``(tensor, offset)``.
+    A per-channel zero point is added (the offsets are scalars)."""
+    if np.ndim(zp):
+        v = g.node("Add", [v, g.const(zp, dt)])
+        zp = 0
+    zp = int(zp)
+    return g.node("Clip", [v, g.const(lo - zp, dt), g.const(hi - zp, dt)]), zp
 
 
 # --- ops ------------------------------------------------------------------------------------
@@ -163,20 +199,30 @@ def _conv(g: _Graph, op: dict, blobs: dict) -> None:
     if a.get("split_bytes"):
         raise _NotFusable("16-bit input split into bytes")
     w = np.asarray(blobs["w"], np.float64)
-    x = g.read(op["inputs"][0])
-    if list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
+    t, pads = op["inputs"][0], a["pads"]
+    padded = g.pads.get(t)
+    if padded and not any(pads) and len(a["out_shape"]) == 4 and padded[2] == a["x_zp"] \
+            and not np.any(padded[1][:2]) and np.all(np.asarray(padded[1]) >= 0):
+        # a constant pad of the input's zero point read only here: the convolution's own zero
+        # padding of the centred input (the Pad node then has no reader left and is dropped)
+        t, width = padded[0], np.asarray(padded[1])
+        pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
+    if any(pads):  # zero padding stands for the code x_zp: read the input centred on it
+        x, off = g.centered(t, a["x_zp"]), a["x_zp"]
+    else:  # sum(w * (x - zp)) = sum(w * x) - zp * sum(w): the zero point moves into the bias
+        x, off = g.base(t)
+    if list(g.tensors[t]["shape"]) != list(a["in_shape"]) and t == op["inputs"][0]:
         x = g.node("Reshape", [x, g.const(a["in_shape"], np.int64)])
-    attrs = {"pads": a["pads"], "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
+    attrs = {"pads": pads, "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
              "kernel_shape": list(w.shape[2:])}
 
     def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
         return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), **attrs)
 
-    # sum(w * (x - zp)) = sum(w * x) - zp * sum(w) where every output sees every tap: one pass less
-    y = _convolve(g, op, x, w, blobs["b"], emit, fold_zp=not any(a["pads"]))
+    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit)
     if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
         y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
-    g.names[op["outputs"][0]] = y
+    g.put(op["outputs"][0], y, zp)
 
 
 def _conv_transpose(g: _Graph, op: dict, blobs: dict) -> None:
@@ -209,18 +255,23 @@ def _conv_transpose(g: _Graph, op: dict, blobs: dict) -> None:
         return v
 
     wc = wn.reshape(group, cin_g, cout_g, kh, kw).transpose(0, 2, 1, 3, 4).reshape(group * cout_g, cin_g, kh, kw)
-    g.names[op["outputs"][0]] = _convolve(g, op, g.read(op["inputs"][0]), wc, blobs["b"], emit, fold_zp=False)
+    x = g.centered(op["inputs"][0], a["x_zp"])
+    g.put(op["outputs"][0], *_convolve(g, op, x, a["x_zp"], wc, blobs["b"], emit))
 
 
 Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
 
 
-def _convolve(g: _Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, emit: Emit, *, fold_zp: bool) -> str:
-    """The exact accumulator of a (transposed) convolution and its requantisation.
+def _convolve(g: _Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
+              emit: Emit) -> tuple[str, int]:
+    """The exact accumulator of a (transposed) convolution and its requantisation: the output
+    codes centred, ``(tensor, offset)``.
 
-    ``w`` is in convolution layout (output channel, input channel of its group, kh, kw), which
-    the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such weights.  ``fold_zp``:
-    every output sees every tap, so the input zero point can move into the bias.
+    ``x`` holds the input codes minus ``off``; where that is not the input zero point, every
+    output sees every tap (no padding: the caller centres padded inputs), so the rest of the zero
+    point moves into the bias.  ``w`` is in convolution layout (output channel, input channel of
+    its group, kh, kw), which the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such
+    weights.
     """
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep.get("chain") or ep["mode"] not in ("shift", "scale", "fixed"):
@@ -232,12 +283,10 @@ def _convolve(g: _Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, emit
         raise _NotFusable("negative lshift")
     w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
     lo, hi = _clamp_bounds(ep)
-    zp = a["x_zp"]
-    if zp and fold_zp:
-        bias, zp = bias - zp * w.reshape(cout, -1).sum(axis=1), 0
-    elif zp:
-        x = g.node("Sub", [x, g.const(zp)])
-    reach = _reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), zp)
+    zp = a["x_zp"] - off  # x holds q - off: sum(w * (q - x_zp)) = sum(w * x) - zp * sum(w)
+    if zp:
+        bias = bias - zp * w.reshape(cout, -1).sum(axis=1)
+    reach = _reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), off)
     if ep["mode"] == "shift":
         y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit)
         if y is not None:
@@ -245,15 +294,15 @@ def _convolve(g: _Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, emit
     if ep["mode"] == "fixed":
         sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
         fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
-        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel's sums are multiplied by 0
-        acc, double = _accumulate(g, x, w * keep, bias * keep.reshape(-1), reach, emit, a["group"])
-        return _requantize_fixed(g, acc, double, fixed, ep, lo, hi)
+        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel: no taps, its value as bias
+        acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
+        return _requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
     acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
     return (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
 
 
 def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
-                  emit: Emit) -> str | None:
+                  emit: Emit) -> tuple[str, int] | None:
     """A power-of-two requantisation folded into the convolution.
 
     Weights ``w * 2^-shift`` and bias ``bias * 2^-shift + offset`` (exact) give the value on the
@@ -272,8 +321,10 @@ def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int
         return None
     scale = np.exp2(-shift)
     v = emit(x, w * scale.reshape(cout, 1, 1, 1), bias * scale + offset)
-    v = g.node("Round", [g.node("Clip", [v, g.const(lo - ep["zp"]), g.const(hi - ep["zp"])])])
-    return g.node("Add", [v, g.const(ep["zp"])]) if ep["zp"] else v
+    if np.ndim(ep["zp"]):
+        raise _NotFusable("per-channel zero point")
+    zp = int(ep["zp"])
+    return g.node("Round", [g.node("Clip", [v, g.const(lo - zp), g.const(hi - zp)])]), zp
 
 
 def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, emit: Emit,
@@ -304,12 +355,6 @@ def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, 
         parts.append(g.node("Cast", [emit(xs, w[:, c0:c1], None)], to=TensorProto.DOUBLE))
     parts.append(g.const(bias.reshape(1, cout, 1, 1), np.float64))
     return g.node("Sum", parts), True
-
-
-def _zp_and_clip(g: _Graph, v: str, zp: int, lo: int, hi: int, dt) -> str:
-    if zp:
-        v = g.node("Add", [v, g.const(zp, dt)])
-    return g.node("Clip", [v, g.const(lo, dt), g.const(hi, dt)])
 
 
 def _requantize_shift(g: _Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
@@ -359,8 +404,10 @@ class _FixedPoint:
         self.value = np.where(self.const, ends[0], 0)
 
 
-def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int) -> str:
-    """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly.
+def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int, *,
+                      const_in_acc: bool = False) -> tuple[str, int]:
+    """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly; the codes
+    centred, ``(tensor, offset)``.
 
     Only accumulators up to ``reach = (T + 1) * 2^shift / m`` can give a code that does not
     saturate (``T``: the farthest code from the zero point).  When ``reach`` and ``m`` together
@@ -368,55 +415,38 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     with ``numerics.rounding_as_onnx``; a larger accumulator's product may round, but float64
     multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
     still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
-    accumulator is needed.  The zero point and the clamps follow in float32 (integers; larger
-    values saturate alike).  Constant channels give their value.  Otherwise the product is
-    formed in int64 and shifted as ``shift_round`` does (more passes over 8-byte data).
+    accumulator is needed.  The clamps follow in float32, moved by the zero point, which is left
+    out (the output is held centred, ``_Graph``).  Constant channels give their value: added
+    after rounding, or, with ``const_in_acc`` (the convolution gave them no taps and their value
+    as bias), multiplied by 1.  Otherwise the product is formed in int64 and shifted as
+    ``shift_round`` does (more passes over 8-byte data).
     """
     cout = len(fx.mult)
     far = max(abs(lo - ep["zp"]), abs(hi - ep["zp"])) + 1
     reach = np.where(fx.const, 0, np.floor(np.minimum(far * np.exp2(fx.shift) / np.maximum(fx.mult, 1) + 1, fx.bound)))
     bits = np.ceil(np.log2(reach + 1)) + np.ceil(np.log2(fx.mult + 1))  # of |acc * m|; one more for the offset
     recipe = nm.rounding_as_onnx(ep["round"])
-    if recipe is not None and np.all(fx.const | (bits <= 52)):
+    if recipe is None:
+        raise _NotFusable(f"tie rule {ep['round']}")
+    value = np.zeros(cout) if const_in_acc else fx.value
+    if np.all(fx.const | (bits <= 52)):
         v = acc
         if not double:
             v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-        m = np.where(fx.const, 0.0, np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
+        m = np.where(fx.const, float(const_in_acc), np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
         v = g.node("Mul", [v, g.const(m.reshape(1, cout, 1, 1), np.float64)])
         offset, op = recipe
-        zp = ep["zp"] if _zero_point_before_rounding(fx, reach, ep["zp"], offset, op) else 0
-        if offset or zp or np.any(fx.const):
-            v = g.node("Add", [v, g.const((fx.value + offset + zp).reshape(1, cout, 1, 1), np.float64)])
-        v = g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT)
-        return _zp_and_clip(g, v, ep["zp"] - zp, lo, hi, np.float32)
-    if recipe is None:
-        raise _NotFusable(f"tie rule {ep['round']}")
-    prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64), g.const(fx.mult.reshape(1, cout, 1, 1), np.int64)])
-    y = _shift_round_int64(g, prod, ep["round"], fx.shift.reshape(1, cout, 1, 1))
-    if np.any(fx.const):
-        y = g.node("Add", [y, g.const(fx.value.reshape(1, cout, 1, 1), np.int64)])
-    return g.node("Cast", [_zp_and_clip(g, y, ep["zp"], lo, hi, np.int64)], to=TensorProto.FLOAT)
-
-
-def _zero_point_before_rounding(fx: _FixedPoint, reach: np.ndarray, zp: int, offset: float, op: str) -> bool:
-    """Whether the zero point can join the float64 addition before rounding (one pass less):
-    ``OP(v + offset + zp) == OP(v + offset) + zp`` for an integer ``zp``, except that ONNX
-    ``Round`` (ties to even) of an exact tie moves with the parity of ``zp``.  A tie
-    ``acc * m = (2k + 1) * 2^(shift-1)`` needs ``|acc| >= 2^(shift - 1 - v)`` (``v``: the trailing
-    zero bits of ``m``), so an odd ``zp`` joins only where every channel's reach stays below.
-    The sum stays exact while ``|acc * m| + |value + offset + zp| * 2^shift < 2^53`` (the first
-    term is below 2^52 here); beyond the reach, monotone float64 arithmetic still saturates."""
-    if not zp:
-        return False
-    live = ~fx.const
-    m = fx.mult[live]
-    c = np.abs(fx.value[live] + offset + zp)
-    if np.any(c * np.exp2(fx.shift[live]) >= 2.0 ** 52):
-        return False
-    if op != "Round" or zp % 2 == 0:
-        return True
-    trailing = np.log2(m & -m)  # 2^v, exact for the positive int64 multipliers
-    return bool(np.all(reach[live] < np.exp2(fx.shift[live] - 1 - trailing)))
+        if offset or np.any(value):
+            v = g.node("Add", [v, g.const((value + offset).reshape(1, cout, 1, 1), np.float64)])
+        return _centred_clip(g, g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT), ep["zp"], lo, hi, np.float32)
+    one = fx.const & const_in_acc
+    prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64),
+                          g.const(np.where(one, 1, fx.mult).reshape(1, cout, 1, 1), np.int64)])
+    y = _shift_round_int64(g, prod, ep["round"], np.where(one, 0, fx.shift).reshape(1, cout, 1, 1))
+    if np.any(value):
+        y = g.node("Add", [y, g.const(value.reshape(1, cout, 1, 1), np.int64)])
+    y, zp = _centred_clip(g, y, ep["zp"], lo, hi, np.int64)
+    return g.node("Cast", [y], to=TensorProto.FLOAT), zp
 
 
 def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:
@@ -452,24 +482,22 @@ def _eltwise(g: _Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
         raise _NotFusable("fused float chain or ONNX Runtime QLinearAdd")
-    if "dequant" in a:
-        y = _eltwise_float(g, op, blobs)
-    else:
-        y = _eltwise_shift(g, op, blobs)
-    g.names[op["outputs"][0]] = y
+    g.put(op["outputs"][0], *(_eltwise_float if "dequant" in a else _eltwise_shift)(g, op, blobs))
 
 
 def _operand(g: _Graph, op: dict, blobs: dict, k: int) -> tuple[str, int]:
-    """Operand ``k`` as float32 codes, and the largest ``|q - zp|`` it can take."""
+    """Operand ``k`` as float32 codes minus its zero point, and the largest ``|q - zp|`` it can take."""
     spec = op["attrs"]["operands"][k]
+    if np.ndim(spec["zp"]):
+        raise _NotFusable("per-channel operand zero point")
     if "const" in spec:
-        c = np.asarray(blobs[spec["const"]], np.int64)
-        return g.const(c), int(np.max(np.abs(c - spec["zp"]))) if c.size else 0
+        c = np.asarray(blobs[spec["const"]], np.int64) - spec["zp"]
+        return g.const(c), int(np.max(np.abs(c))) if c.size else 0
     name = op["inputs"][spec["input"]]
-    return g.read(name), _reach(g.tensors[name]["dtype"], spec["zp"])
+    return g.centered(name, spec["zp"]), _reach(g.tensors[name]["dtype"], spec["zp"])
 
 
-def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> str:
+def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> tuple[str, int]:
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep["mode"] != "shift" or np.ndim(ep["shift"]) != 0:
         raise _NotFusable("per-channel eltwise shift")
@@ -477,9 +505,6 @@ def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> str:
     terms, reach = [], []
     for k in range(2):
         v, r = _operand(g, op, blobs, k)
-        zp = a["operands"][k]["zp"]
-        if zp:
-            v = g.node("Sub", [v, g.const(zp)])
         terms.append(v)
         reach.append(r * 2 ** align[k])
     scale_a = 2.0 ** (align[0] - shift)
@@ -497,12 +522,10 @@ def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> str:
     lo, hi = _clamp_bounds(ep)
     if shift > 0:
         return _round_and_clip(g, v, ep, lo, hi, double=False)
-    if ep["zp"]:
-        v = g.node("Add", [v, g.const(ep["zp"])])
-    return g.node("Clip", [v, g.const(lo), g.const(hi)])
+    return _centred_clip(g, v, ep["zp"], lo, hi, np.float32)
 
 
-def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> str:
+def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> tuple[str, int]:
     """The kernels' ``_float_eltwise``: dequantize (float32), combine, ``numerics.quantize``."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if np.ndim(ep["scale"]) != 0 or np.ndim(ep["zp"]) != 0 or any(np.ndim(s) for s in a["dequant"]):
@@ -512,9 +535,7 @@ def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> str:
         if "const" in spec:
             vals.append(g.const(nm.dequantize(blobs[spec["const"]], s, spec["zp"])))
             continue
-        v = g.read(op["inputs"][spec["input"]])
-        if spec["zp"]:
-            v = g.node("Sub", [v, g.const(spec["zp"])])
+        v = g.centered(op["inputs"][spec["input"]], spec["zp"])
         vals.append(g.node("Mul", [v, g.const(s)]))
     v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[a["mode"]], vals)
     v = g.node("Div", [v, g.const(ep["scale"])])
@@ -538,7 +559,9 @@ def _pad(g: _Graph, op: dict, blobs: dict) -> None:
         raise _NotFusable(f"{a['mode']} padding")
     width = np.asarray(a["width"], np.int64)
     pads = g.const(np.concatenate([width[:, 0], width[:, 1]]), np.int64)
-    g.names[op["outputs"][0]] = g.node("Pad", [g.read(op["inputs"][0]), pads, g.const(a["pad_code"])])
+    x, off = g.base(op["inputs"][0])
+    g.put(op["outputs"][0], g.node("Pad", [x, pads, g.const(a["pad_code"] - off)]), off)
+    g.pads[op["outputs"][0]] = (op["inputs"][0], width.tolist(), a["pad_code"])
 
 
 def _maxpool(g: _Graph, op: dict, blobs: dict) -> None:
@@ -551,8 +574,8 @@ def _maxpool(g: _Graph, op: dict, blobs: dict) -> None:
                 ((h, t, b, k[0], s[0], d[0]), (w, l, r, k[1], s[1], d[1]))]
     if floor_hw != list(a["out_shape"][2:]):
         raise _NotFusable("ceil-mode windows")
-    g.names[op["outputs"][0]] = g.node("MaxPool", [g.read(op["inputs"][0])], kernel_shape=k, strides=s,
-                                       dilations=d, pads=a["pads"])
+    x, off = g.base(op["inputs"][0])  # the maximum of codes minus a constant
+    g.put(op["outputs"][0], g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"]), off)
 
 
 def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
@@ -569,9 +592,7 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
         raise _NotFusable("per-channel scale")
     if _reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * shape[2] * shape[3] >= F32_BOUND:
         raise _NotFusable("sum reaches 2^24")
-    x = g.read(op["inputs"][0])
-    if a["x_zp"]:
-        x = g.node("Sub", [x, g.const(a["x_zp"])])
+    x = g.centered(op["inputs"][0], a["x_zp"])
     v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
     v = g.node("Div", [v, g.const(ep["scale"])])
@@ -579,30 +600,37 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
     double = recipe is not None and recipe[0] != 0
     if double:
         v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    g.names[op["outputs"][0]] = _round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double)
+    g.put(op["outputs"][0], *_round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double))
 
 
-def _lookup(g: _Graph, x: str, shape: list[int], table: np.ndarray, dtype: str, qmin: int) -> str:
-    """Code-to-code table of the kernels' ``_lut``: ``table[q - qmin]``, a copy of table entries.
+def _lookup(g: _Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
+    """``out = table[src - qmin]`` (the kernels' ``_lut``), a copy of table entries.
 
     Written as ``ai.onnx.ml.ArrayFeatureExtractor`` (entries of a 1-D tensor at the given indices,
-    as a flat row, reshaped back to ``shape``): ONNX Runtime runs it as a plain copy loop, where
-    its ``Gather`` spends an index division per element (and more on negative indices, hence the
-    shift to non-negative ones first).
+    as a flat row, reshaped back to ``out``'s shape): ONNX Runtime runs it as a plain copy loop,
+    where its ``Gather`` spends an index division per element (and more on negative indices,
+    hence the shift to non-negative ones first, which also takes ``src``'s offset).  The entries
+    are stored centred on ``out``'s zero point, as its readers want them (``_Graph``).
     """
+    _table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
+
+
+def _table_node(g: _Graph, x: str, off: int, dtype: str, out: str, table: np.ndarray, qmin: int) -> None:
+    """:func:`_lookup` of the codes held in ``x`` minus ``off`` (codes of type ``dtype``)."""
     lo, hi = _code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
         raise _NotFusable("table does not cover the input codes")
-    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo)]) if lo else x], to=TensorProto.INT64)
-    row = g.node("ArrayFeatureExtractor", [g.const(np.asarray(table).astype(np.float32)), idx], domain=ML_DOMAIN)
-    return g.node("Reshape", [row, g.const(shape, np.int64)])
+    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=TensorProto.INT64)
+    zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
+    zp = int(zp) if np.ndim(zp) == 0 else 0
+    entries = g.const((np.asarray(table, np.int64) - zp).astype(np.float32))
+    row = g.node("ArrayFeatureExtractor", [entries, idx], domain=ML_DOMAIN)
+    g.put(out, g.node("Reshape", [row, g.const(g.tensors[out]["shape"], np.int64)]), zp)
 
 
 def _lut(g: _Graph, op: dict, blobs: dict) -> None:
-    if _as_table(g, op, blobs):
-        return
-    g.names[op["outputs"][0]] = _lookup(g, g.read(op["inputs"][0]), g.tensors[op["outputs"][0]]["shape"],
-                                        blobs["table"], g.tensors[op["inputs"][0]]["dtype"], op["attrs"]["qmin"])
+    if not _as_table(g, op, blobs):
+        _lookup(g, op["inputs"][0], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
 
 
 def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
@@ -651,7 +679,7 @@ def _as_table(g: _Graph, op: dict, blobs: dict) -> bool:
     if table.size != codes.size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
         return False
     table = table.reshape(-1)  # a one-value constant broadcasts as (1, 1, 1, 1)
-    g.names[out] = _lookup(g, g.read(src), g.tensors[out]["shape"], table, g.tensors[src]["dtype"], lo)
+    _lookup(g, src, out, table, lo)
     g.tables[out] = (src, table)
     return True
 
@@ -659,24 +687,28 @@ def _as_table(g: _Graph, op: dict, blobs: dict) -> bool:
 def _concat(g: _Graph, op: dict, blobs: dict) -> None:
     if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
         raise _NotFusable("lookup table or constant part")
-    parts = [g.read(op["inputs"][p["input"]]) for p in op["attrs"]["parts"]]
-    g.names[op["outputs"][0]] = g.node("Concat", parts, axis=op["attrs"]["axis"])
+    names = [op["inputs"][p["input"]] for p in op["attrs"]["parts"]]
+    offsets = {g.base(t)[1] for t in names}
+    off = offsets.pop() if len(offsets) == 1 else 0  # parts held alike stay so
+    g.put(op["outputs"][0], g.node("Concat", [g.centered(t, off) for t in names], axis=op["attrs"]["axis"]), off)
 
 
 def _reshape(g: _Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    g.names[op["outputs"][0]] = g.node("Reshape", [g.read(op["inputs"][0]),
-                                                   g.const(op["attrs"]["out_shape"], np.int64)])
+    x, off = g.base(op["inputs"][0])
+    g.put(op["outputs"][0], g.node("Reshape", [x, g.const(op["attrs"]["out_shape"], np.int64)]), off)
 
 
 def _transpose(g: _Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    g.names[op["outputs"][0]] = g.node("Transpose", [g.read(op["inputs"][0])], perm=op["attrs"]["perm"])
+    x, off = g.base(op["inputs"][0])
+    g.put(op["outputs"][0], g.node("Transpose", [x], perm=op["attrs"]["perm"]), off)
 
 
 def _slice(g: _Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    g.names[op["outputs"][0]] = _slice_node(g, g.read(op["inputs"][0]), op["attrs"]["slices"])
+    x, off = g.base(op["inputs"][0])
+    g.put(op["outputs"][0], _slice_node(g, x, op["attrs"]["slices"]), off)
 
 
 def _slice_node(g: _Graph, x: str, slices: list) -> str:
@@ -689,10 +721,10 @@ def _split(g: _Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if any(a["tables"]):
         raise _NotFusable("lookup table")
-    x = g.read(op["inputs"][0])
+    x, off = g.base(op["inputs"][0])
     for (start, end), out in zip(a["parts"], op["outputs"]):
-        g.names[out] = g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64),
-                                        g.const([a["axis"]], np.int64)])
+        g.put(out, g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64),
+                                    g.const([a["axis"]], np.int64)]), off)
 
 
 def _gather(g: _Graph, op: dict, blobs: dict) -> None:
@@ -703,7 +735,7 @@ def _gather(g: _Graph, op: dict, blobs: dict) -> None:
     upsampling path; otherwise one ``Gather`` per axis whose indices are not the identity."""
     if set(op["blobs"]) - {"table"}:
         raise _NotFusable("constants")
-    x = g.read(op["inputs"][0])
+    x, off = g.base(op["inputs"][0])
     shape = g.tensors[op["inputs"][0]]["shape"]
     indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
@@ -717,9 +749,10 @@ def _gather(g: _Graph, op: dict, blobs: dict) -> None:
             if list(ix) != list(range(len(ix))):
                 x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
     if "table" in blobs:
-        x = _lookup(g, x, g.tensors[op["outputs"][0]]["shape"], blobs["table"], g.tensors[op["inputs"][0]]["dtype"],
+        _table_node(g, x, off, g.tensors[op["inputs"][0]]["dtype"], op["outputs"][0], blobs["table"],
                     op["attrs"]["qmin"])
-    g.names[op["outputs"][0]] = x
+    else:
+        g.put(op["outputs"][0], x, off)
 
 
 def _quantize(g: _Graph, op: dict, blobs: dict) -> None:
@@ -736,14 +769,17 @@ def _quantize(g: _Graph, op: dict, blobs: dict) -> None:
     wide = recipe[0] != 0
     if wide:
         v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    g.names[op["outputs"][0]] = _round_and_clip(g, v, ep, lo, hi, double=wide)
+    g.put(op["outputs"][0], *_round_and_clip(g, v, ep, lo, hi, double=wide))
 
 
 def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
     """``numerics.dequantize``: ``(q - zp) * scale`` in float32, per tensor or along ``axis``."""
     a = op["attrs"]
-    x = g.read(op["inputs"][0])
     scale, zp = np.asarray(a["scale"], np.float32), np.asarray(a["zp"], np.float32)
+    if not zp.ndim:  # read centred on the zero point: q - zp
+        x, zp = g.centered(op["inputs"][0], int(zp)), np.float32(0)
+    else:
+        x = g.read(op["inputs"][0])
     if scale.ndim:
         if a["axis"] is None:
             raise _NotFusable("per-channel scale without an axis")
@@ -752,7 +788,7 @@ def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     if np.any(zp):
         x = g.node("Sub", [x, g.const(zp)])
-    g.names[op["outputs"][0]] = g.node("Mul", [x, g.const(scale)])
+    g.put(op["outputs"][0], g.node("Mul", [x, g.const(scale)]))
 
 
 _EMITTERS: dict[str, Callable[[_Graph, dict, dict], None]] = {
@@ -786,10 +822,15 @@ class FusedRun:
 
     def _session(self, outputs: list[str]) -> ort.InferenceSession:
         g = self._graph
-        nodes = list(g.nodes)
+        nodes, inits = list(g.nodes), list(g.inits)
         for k, name in enumerate(outputs):
-            nodes.append(helper.make_node("Cast", [g.names[name]], [f"out{k}"], to=_elem(g.tensors[name]["dtype"])))
-        nodes, inits = _live(nodes, g.inits, [f"out{k}" for k in range(len(outputs))])
+            x, off = g.base(name)
+            if off:  # a centred tensor: its codes
+                inits.append(numpy_helper.from_array(np.float32(off), f"off{k}"))
+                nodes.append(helper.make_node("Add", [x, f"off{k}"], [f"coded{k}"]))
+                x = f"coded{k}"
+            nodes.append(helper.make_node("Cast", [x], [f"out{k}"], to=_elem(g.tensors[name]["dtype"])))
+        nodes, inits = _live(nodes, inits, [f"out{k}" for k in range(len(outputs))])
         graph = helper.make_graph(
             nodes, "fused_run",
             [helper.make_tensor_value_info(_input_name(k), _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])

@@ -84,9 +84,9 @@ def test_fixed_point_requantisation_equals_numerics(mode, zp, shifts, as_float):
                    + zp, -128, 127)
     g = fused._Graph({})
     fx = fused._FixedPoint(ep, cout, np.full(cout, -float(1 << 23)), np.full(cout, float(1 << 23)))
-    y = fused._requantize_fixed(g, "x", False, fx, ep, -128, 127)
-    assert ("BitShift" not in {n.op_type for n in g.nodes}) is as_float
-    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT), want)
+    y, off = fused._requantize_fixed(g, "x", False, fx, ep, -128, 127)
+    assert ("BitShift" not in {n.op_type for n in g.nodes}) is as_float and off == zp  # held centred
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -103,13 +103,14 @@ def test_fixed_point_saturates_unclamped_accumulators_far_beyond_reach(mode):
                    -128, 127)
     g = fused._Graph({})
     fx = fused._FixedPoint(ep, 4, np.full(4, -float(1 << 30)), np.full(4, float(1 << 30)))
-    y = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127)
+    y, off = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127)
     assert not {"Min", "Max", "BitShift"} & {n.op_type for n in g.nodes}
-    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT), want)
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT) + off, want)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_near_dead_channels_are_constants_and_live_ones_exact(mode):
+@pytest.mark.parametrize("const_in_acc", [False, True])
+def test_near_dead_channels_are_constants_and_live_ones_exact(mode, const_in_acc):
     # a saturated int32 bias with a tiny multiplier (60, 70: beyond float64's reach) next to live channels
     mult = np.array([1 << 30, 1518500250, 2147483647, 1 << 30])
     shift = np.array([40, 60, 70, 38])
@@ -122,11 +123,15 @@ def test_near_dead_channels_are_constants_and_live_ones_exact(mode):
     g = fused._Graph({})
     fx = fused._FixedPoint(ep, 4, (bias - sums).astype(np.float64), (bias + sums).astype(np.float64))
     assert list(fx.const) == [False, True, True, False]
-    y = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127)
+    y, off = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127, const_in_acc=const_in_acc)
     assert "BitShift" not in {n.op_type for n in g.nodes}
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
                    -128, 127)
-    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT), want)
+    if const_in_acc:  # the convolution gives a constant channel no taps and its value as bias
+        acc = np.where(fx.const.reshape(1, 4, 1, 1), fx.value.reshape(1, 4, 1, 1), acc)
+        # ties to even: nothing but the multiply and the rounding before the float32 clamp
+        assert mode != "half_even" or [n.op_type for n in g.nodes] == ["Mul", "Round", "Cast", "Clip"]
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT) + off, want)
 
 
 def _equal_fused_and_kernels(model, feeds: dict, target: str, **session) -> fused.Plan:
@@ -391,25 +396,42 @@ def test_silu_and_affine_chain_become_one_table_exactly(dtype, zp, tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("zp", [-7, -8, 5])
-def test_zero_point_joins_the_rounding_only_where_ties_allow(mode, zp):
-    # channel 0: m = 2^30, shift 31 (x 0.5): every odd accumulator is an exact tie; channel 1: m with
-    # 28 trailing zeros, shift 33 (ties at odd multiples of 4); channel 2: an odd m, no tie in reach
+def test_fixed_point_output_is_centred_on_its_zero_point(mode, zp):
+    # exact ties (m = 2^30 at shift 31: every odd accumulator; 3 * 2^28 at shift 33) and odd zero
+    # points: the zero point is never added to the rounded value, the readers take codes - zp
     mult, shift = np.array([1 << 30, 3 << 28, 1518500251]), np.array([31, 33, 40])
     acc = np.concatenate([np.arange(-1200, 1200), np.random.default_rng(3).integers(-(1 << 23), 1 << 23, 300)])
     acc = np.repeat(acc[:, None], 3, axis=1).reshape(-1, 3, 1, 1).astype(np.int64)
     ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": zp, "round": mode,
-          "dtype": "int8", "clamps": []}
+          "dtype": "int8", "clamps": [[-100, 120]]}
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 3, 1, 1), shift.reshape(1, 3, 1, 1), mode) + zp,
-                   -128, 127)
-    for channels in ([0, 1, 2], [2]):
-        e = dict(ep, multiplier=mult[channels].tolist(), shift=shift[channels].tolist())
-        n = len(channels)
-        g = fused._Graph({})
-        fx = fused._FixedPoint(e, n, np.full(n, -float(1 << 23)), np.full(n, float(1 << 23)))
-        y = fused._requantize_fixed(g, "x", False, fx, e, -128, 127)
-        got = _run(g, y, {"x": acc[:, channels].astype(np.float32)}, TensorProto.FLOAT)
-        assert np.array_equal(got, want[:, channels]), (mode, zp, channels)
-        ops = [n.op_type for n in g.nodes]
-        joined = ops.count("Add") == 1 and ops.index("Add") < ops.index(nm.rounding_as_onnx(mode)[1])
-        # ties to even move with an odd zero point: it joins only where no tie is in reach
-        assert joined == (mode != "half_even" or zp % 2 == 0 or channels == [2]), (mode, zp, channels)
+                   -100, 120)
+    g = fused._Graph({})
+    fx = fused._FixedPoint(ep, 3, np.full(3, -float(1 << 23)), np.full(3, float(1 << 23)))
+    y, off = fused._requantize_fixed(g, "x", False, fx, ep, -100, 120)
+    assert off == zp and [n.op_type for n in g.nodes].count("Add") == (mode != "half_even")  # the tie offset only
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
+
+
+@pytest.mark.parametrize("dtype,zp,value", [("int8", -128, 0.0), ("uint8", 3, 0.0), ("int8", -128, 0.5)])
+def test_pad_of_the_zero_point_becomes_the_convolutions_padding(dtype, zp, value):
+    # conv -> ReLU6-like clip (zero point -128) -> TF-style asymmetric Pad -> depthwise conv: the
+    # conv output is held centred, so padding it with its zero point is the depthwise conv's own
+    # zero padding; any other pad value stays a Pad
+    rng = np.random.default_rng(23)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 12, 12], 0.043)
+    w = b.weight("w", rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32), 0.0081)
+    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv"), 0.03, zp, dtype)
+    p = b.quantize(b.node("Pad", [b.dq(c), b.const("pads", np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64)),
+                                  b.const("v", np.float32(value))], "pad"), 0.03, zp, dtype)
+    k = b.weight("k", rng.normal(0, 0.3, (8, 1, 3, 3)).astype(np.float32), 0.0093)
+    b.output(b.quantize(b.node("Conv", [b.dq(p), k], "depthwise", group=8, strides=[2, 2]), 0.05, 0), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 12, 12], 24, scale=2.0)}, CPU)
+    assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
+    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
+    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names[t] for t in run.outputs])
+    ops = [n.op_type for n in live]
+    assert ("Pad" in ops) == bool(value) and ops.count("Conv") == 2, ops
+    if not value:  # and no pass for the zero point: conv, requantisation, conv
+        assert ops[ops.index("Conv"):].count("Add") + ops.count("Sub") == 0, ops
