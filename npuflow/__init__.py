@@ -5,7 +5,7 @@ Public API (each stage is a small module; data flows one way, see ARCHITECTURE i
 * :func:`load` - read and normalise an ONNX model (``npuflow.model``)
 * :func:`load_target`, :class:`Target` - target descriptions (``npuflow.targets``)
 * :class:`NpuflowError` - the one error type, with stable codes (``npuflow.errors``)
-* :func:`register_op` - a Python implementation of a custom operator (``npuflow.custom_ops``)
+* :func:`register_op`, :func:`register_op_library` - a custom operator's Python or ONNX Runtime library implementation (``npuflow.custom_ops``)
 * :func:`check` -> :class:`CheckReport` - NPU/CPU placement of every node, with reasons, and the subgraphs (``npuflow.check``)
 * :func:`quantize` -> :class:`QuantizedModel`, :class:`QuantConfig` - post-training quantization (``npuflow.quant``)
 * :func:`compile` -> :class:`CompiledModel` - quantized model to a ``.npuf`` (``npuflow.compiler``)
@@ -16,7 +16,7 @@ Public API (each stage is a small module; data flows one way, see ARCHITECTURE i
 __version__ = "0.1.0"
 
 from .errors import NpuflowError  # noqa: E402
-from .custom_ops import register_op  # noqa: E402
+from .custom_ops import register_op, register_op_library  # noqa: E402
 from .model import load  # noqa: E402
 from .targets import Target, list_targets, load_target  # noqa: E402
 from .check import CheckReport, check  # noqa: E402
@@ -27,4 +27,4 @@ from .runtime import Session  # noqa: E402
 from .build import build  # noqa: E402  (last: it imports the stages above)
 
 __all__ = ["CheckReport", "CompiledModel", "NpuflowError", "QuantConfig", "QuantizedModel", "Session", "Target",
-           "__version__", "build", "check", "compile", "list_targets", "load", "load_target", "quantize", "register_op"]
+           "__version__", "build", "check", "compile", "list_targets", "load", "load_target", "quantize", "register_op", "register_op_library"]

@@ -8,6 +8,11 @@ with the user's implementation.  Here the user registers a numpy function per op
     def my_swish(x, beta=1.0):
         return x / (1.0 + np.exp(-beta * x))
 
+or an ONNX Runtime custom-op library (a compiled ``.so``/``.dll``, the C++ implementations a
+Vitis AI custom-op workflow produces) for a domain::
+
+    npuflow.register_op_library("libmy_ops.so", domain="com.example")
+
 and every stage accepts the model: ``check`` places the op on the CPU (reason "custom op"),
 ``quantize`` keeps it in float with Q/DQ at its boundary, ``compile`` leaves it in a CPU subgraph,
 and :class:`npuflow.Session` runs it.  Implementations can also come from installed packages, as
@@ -28,10 +33,12 @@ array, and :func:`raise_recorded` (called after every run by the session wrapper
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -59,10 +66,11 @@ class CustomOp:
 
     domain: str
     op_type: str
-    fn: Callable[..., Any]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    attrs: tuple[tuple[str, type], ...]
+    fn: Callable[..., Any] | None  # None: the op comes from ``library``
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    attrs: tuple[tuple[str, type], ...] = ()
+    library: str | None = None  # an ONNX Runtime custom-op library that implements the op
 
     @property
     def key(self) -> tuple[str, str]:
@@ -75,10 +83,14 @@ class CustomOp:
 
     @property
     def source(self) -> str:
+        if self.library is not None:
+            return f"from the ONNX Runtime library {self.library}"
         return f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
 
 
 _REGISTRY: dict[tuple[str, str], CustomOp] = {}
+#: domain -> [(library path, the op types it provides; None: every op of the domain)]
+_LIBRARIES: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
 _DECLARED: set[str] = set()
 _LOCK = threading.Lock()
 _ERRORS: list[tuple[CustomOp, BaseException]] = []
@@ -113,14 +125,60 @@ def register_op(op_type: str, fn: Callable[..., Any] | None = None, *, domain: s
     return fn
 
 
+def register_op_library(path: str | os.PathLike, *, domain: str, op_types: Iterable[str] | None = None) -> None:
+    """Register an ONNX Runtime custom-op library (``.so``/``.dll``/``.dylib``) as the implementation
+    of the ops of ``domain`` (only ``op_types`` when given).  Every ONNX Runtime session npuflow
+    opens on a model with such an op loads the library; the op stays on the CPU as any custom op.
+    The library is loaded once here, so a file ONNX Runtime cannot load is refused at once."""
+    import onnxruntime as ort
+
+    lib = Path(path).resolve()
+    if not lib.is_file():
+        raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=f"{domain}:*",
+                           reason=f"the library {str(path)!r} is not a file")
+    if not domain or domain in ("ai.onnx", "ai.onnx.ml", "com.microsoft"):
+        raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=f"{domain}:*", reason=f"domain {domain!r} is a "
+                           "standard one; give the custom domain the model uses (e.g. 'com.example')")
+    try:
+        ort.SessionOptions().register_custom_ops_library(str(lib))
+    except Exception as exc:  # ONNX Runtime's own error types
+        raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=f"{domain}:*",
+                           reason=f"ONNX Runtime cannot load the library {lib}: {exc}") from None
+    with _LOCK:
+        _LIBRARIES.setdefault(domain, []).append((str(lib), None if op_types is None else frozenset(op_types)))
+
+
+def load_register_files(files: Iterable[str | os.PathLike], folder: str | os.PathLike | None = None) -> list[Path]:
+    """Run each Python file that registers custom ops (Horizon's ``custom_op: {op_register_files,
+    custom_op_dir}``): names are relative to ``folder``.  The files are the user's own code, named
+    in their own config; a missing file or one that raises is ``NPF_CUSTOM_OP_BAD_REGISTRATION``."""
+    import runpy
+
+    ran = []
+    for name in files:
+        path = (Path(folder) / name) if folder is not None else Path(name)
+        if not path.is_file():
+            raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=str(name), reason=f"register file {path} is not a file")
+        try:
+            runpy.run_path(str(path), run_name=f"npuflow_custom_ops_{path.stem}")
+        except NpuflowError:
+            raise
+        except BaseException as exc:  # the user's file: any failure is reported with its name
+            raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=str(name),
+                               reason=f"register file {path} failed: {type(exc).__name__}: {exc}") from None
+        ran.append(path)
+    return ran
+
+
 def has_registrations() -> bool:
-    return bool(_REGISTRY)
+    return bool(_REGISTRY) or bool(_LIBRARIES)
 
 
 def lookup(domain: str, op_type: str) -> CustomOp | None:
-    """The registered op, loading the ``npuflow.ops`` entry points once when it is unknown."""
+    """The registered op (a Python function, else a library's), loading the ``npuflow.ops``
+    entry points once when it is unknown."""
     global _entry_points_loaded
-    op = _REGISTRY.get((domain, op_type))
+    op = _find(domain, op_type)
     if op is None and not _entry_points_loaded:
         _entry_points_loaded = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -128,8 +186,23 @@ def lookup(domain: str, op_type: str) -> CustomOp | None:
                 ep.load()()
             except Exception as exc:  # a broken plugin is reported, not fatal to models that do not use it
                 log.warning("custom-op entry point %s failed: %s", ep.name, exc)
-        op = _REGISTRY.get((domain, op_type))
+        op = _find(domain, op_type)
     return op
+
+
+def _find(domain: str, op_type: str) -> CustomOp | None:
+    op = _REGISTRY.get((domain, op_type))
+    if op is not None:
+        return op
+    for lib, types in _LIBRARIES.get(domain, ()):
+        if types is None or op_type in types:
+            return CustomOp(domain, op_type, None, library=lib)
+    return None
+
+
+def libraries(model: onnx.ModelProto) -> list[str]:
+    """The custom-op libraries an ONNX Runtime session of ``model`` must load."""
+    return sorted({op.library for _, op in custom_nodes(model) if op is not None and op.library is not None})
 
 
 def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp | None]]:
@@ -142,7 +215,9 @@ def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp 
 
     def walk(graph: onnx.GraphProto) -> None:
         for node in graph.node:
-            if node.domain not in KNOWN_DOMAINS and node.domain != PYOP_DOMAIN and (node.domain, node.op_type) not in local:
+            # onnxruntime-extensions' domain also holds the Python ops npuflow declares (renamed nodes)
+            ours = node.domain == PYOP_DOMAIN and node.op_type in _DECLARED
+            if node.domain not in KNOWN_DOMAINS and not ours and (node.domain, node.op_type) not in local:
                 found.append((node, lookup(node.domain, node.op_type)))
             for g in subgraphs(node):
                 walk(g)
@@ -152,12 +227,12 @@ def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp 
 
 
 def for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """The model as ONNX Runtime runs it: registered custom nodes renamed into onnxruntime-
-    extensions' domain and their Python ops declared; ``(model, uses_custom_ops)``.  A copy is
-    made only when the model has custom nodes."""
+    """The model as ONNX Runtime runs it: custom nodes registered as Python functions renamed into
+    onnxruntime-extensions' domain and their Python ops declared; ``(model, uses_python_ops)``.
+    A copy is made only when the model has such nodes (library ops stay as they are)."""
     from .model import subgraphs
 
-    nodes = [(n, op) for n, op in custom_nodes(model) if op is not None]
+    nodes = [(n, op) for n, op in custom_nodes(model) if op is not None and op.library is None]
     if not nodes:
         return model, False
     out = onnx.ModelProto()

@@ -52,10 +52,12 @@ _MODEL = _specs(
      "installed onnx and onnxruntime support (upgrade both for newer opsets)."),
     ("NPF_MODEL_CUSTOM_OP", "the model uses {count} custom operator(s) with no implementation registered: {ops}",
      "Register each in Python before loading the model: @npuflow.register_op('OpType', domain='your.domain') "
-     "on a numpy function (docs/custom-ops.md), or from a package through the 'npuflow.ops' entry point; or "
+     "on a numpy function, npuflow.register_op_library('libops.so', domain='your.domain') for an ONNX Runtime "
+     "custom-op library (docs/custom-ops.md), or from a package through the 'npuflow.ops' entry point; or "
      "re-export the model with standard ops."),
     ("NPF_CUSTOM_OP_BAD_REGISTRATION", "cannot register custom op {op!r}: {reason}",
-     "register_op(op_type, fn, domain='com.example', inputs=('float',), outputs=('float',), attrs={{'beta': float}})."),
+     "register_op(op_type, fn, domain='com.example', inputs=('float',), outputs=('float',), attrs={{'beta': float}}); "
+     "register_op_library('path/libops.so', domain='com.example')."),
     ("NPF_CUSTOM_OP_FAILED", "custom op {op} ({source}) failed: {reason}",
      "Fix the registered function: it is called with numpy arrays in the node's input order and the "
      "node's attributes as keywords, and must return one array per declared output."),

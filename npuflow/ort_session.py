@@ -53,8 +53,9 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
     ``NPF_MODEL_INVALID`` ("ONNX Runtime cannot {what} the model: ...").
 
     A model with custom operators (:mod:`npuflow.custom_ops`) runs them as onnxruntime-extensions
-    Python ops: an unregistered one is ``NPF_MODEL_CUSTOM_OP``, and the session returned checks
-    after each run whether one of them failed (``NPF_CUSTOM_OP_FAILED``)."""
+    Python ops or from their registered ONNX Runtime library: an unregistered one is
+    ``NPF_MODEL_CUSTOM_OP``, and the session returned checks after each run whether a Python op
+    failed (``NPF_CUSTOM_OP_FAILED``)."""
     import onnxruntime as ort
 
     from . import custom_ops
@@ -66,9 +67,12 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
         missing = sorted({f"{n.domain}:{n.op_type}" for n, op in custom_ops.custom_nodes(proto) if op is None})
         if missing:
             raise NpuflowError("NPF_MODEL_CUSTOM_OP", count=len(missing), ops="; ".join(missing))
+        libraries = set(custom_ops.libraries(proto))  # C++ custom ops (register_op_library)
         proto, custom = custom_ops.for_onnxruntime(proto)
         if custom:
-            opts.register_custom_ops_library(custom_ops.extensions().get_library_path())
+            libraries.add(custom_ops.extensions().get_library_path())
+        for library in sorted(libraries):  # each once: ONNX Runtime refuses a second registration
+            opts.register_custom_ops_library(library)
     try:
         session = ort.InferenceSession(_serialized(proto), opts, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=list(disabled_optimizers) or None)

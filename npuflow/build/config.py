@@ -118,6 +118,15 @@ class CompilerParameters(_Group):
     optimize_level: Literal["O0", "O1", "O2", "O3"]
 
 
+class CustomOpParameters(_Group):
+    """Horizon's optional ``custom_op`` group: Python files that register the model's custom ops
+    (``npuflow.register_op`` / ``register_op_library``; docs/custom-ops.md), run before the model loads."""
+
+    custom_op_method: Literal["register"] = "register"
+    op_register_files: str  # file names, ';'-separated
+    custom_op_dir: str = "."  # their folder, relative to the config file
+
+
 class BuildConfig(_Group):
     """A whole config file, checked for keys, types and enums (not yet against the model)."""
 
@@ -125,6 +134,7 @@ class BuildConfig(_Group):
     input_parameters: InputParameters
     calibration_parameters: CalibrationParameters
     compiler_parameters: CompilerParameters
+    custom_op: CustomOpParameters | None = None
     npuflow: dict[str, Any] | None = None
     #: Folder relative paths in the file are resolved from (the config file's folder).
     base_dir: str = "."
@@ -198,7 +208,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
     missing = [g for g in GROUPS if g not in data]
     if missing:
         raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="config", keys=_quoted(missing))
-    _check_keys("config", data, (*GROUPS, "npuflow"))
+    _check_keys("config", data, (*GROUPS, "custom_op", "npuflow"))
     groups: dict[str, Any] = {}
     for group, cls in zip(GROUPS, (ModelParameters, InputParameters, CalibrationParameters, CompilerParameters)):
         body = data[group]
@@ -233,6 +243,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
     if cal.calibration_type not in CALIBRATION_TYPES:
         raise NpuflowError("NPF_BUILD_BAD_ENUM", group="calibration_parameters", key="calibration_type",
                            value=cal.calibration_type, allowed=", ".join(CALIBRATION_TYPES))
+    custom = data.get("custom_op")
+    if custom is not None:
+        if not isinstance(custom, Mapping):
+            raise NpuflowError("NPF_BUILD_BAD_VALUE", group="config", key="custom_op", value=custom,
+                               reason="a group must be a mapping of keys to values")
+        _check_keys("custom_op", custom, _accepted_keys(CustomOpParameters))
+        groups["custom_op"] = _validate("custom_op", CustomOpParameters, custom)
     return BuildConfig(**groups, npuflow=dict(extra) if extra else None, base_dir=base_dir)
 
 

@@ -111,6 +111,12 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
     mp, cal = cfg.model_parameters, cfg.calibration_parameters
     with _timed("parse", timings, progress):
         target = load_target(mp.march)
+        if cfg.custom_op is not None:  # the user's registrations, before the model (and its custom ops) load
+            from ..custom_ops import load_register_files
+
+            files = [f for f in split_values(cfg.custom_op.op_register_files) if f]
+            for path in load_register_files(files, cfg.path(cfg.custom_op.custom_op_dir)):
+                log.info("custom ops registered by %s", path)
         model_path = cfg.path(mp.onnx_model)
         raw = model_io.read_proto(model_path)
         inputs = resolve_inputs(cfg, _declared_input_shapes(raw))

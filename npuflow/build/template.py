@@ -81,6 +81,14 @@ compiler_parameters:
   # O0 (fastest compile) ... O3 (fastest model; use it for deployment)
   optimize_level: 'O3'
 
+# optional (hb_mapper's custom_op group): Python files, ';'-separated, that register the model's
+# custom operators (npuflow.register_op / register_op_library, docs/custom-ops.md); they run
+# before the model loads
+# custom_op:
+#   custom_op_method: register
+#   op_register_files: 'my_ops.py'
+#   custom_op_dir: './custom_op'
+
 # optional: a full npuflow quantizer config, merged over what calibration_parameters set
 # (docs/quantization.md); the build fails (NPF_QUANT_LOW_SIMILARITY) when the quantized model's
 # output cosine similarity on the calibration samples is below min_output_cosine (default 0.95)

@@ -206,7 +206,7 @@ def _commented_examples(text: str) -> list[tuple[str, str]]:
     from npuflow.build.config import GROUPS, _accepted_keys
     from npuflow.build.config import CalibrationParameters, CompilerParameters, InputParameters, ModelParameters
 
-    keys = {*GROUPS, "npuflow"}
+    keys = {*GROUPS, "custom_op", "npuflow"}
     for cls in (ModelParameters, InputParameters, CalibrationParameters, CompilerParameters):
         keys |= set(_accepted_keys(cls))
     lines = text.splitlines()
@@ -229,12 +229,14 @@ def test_every_commented_template_example_is_valid_when_uncommented():
     from npuflow.quant.config import QuantConfig
 
     examples = _commented_examples(TEMPLATE)
-    assert {"output_nodes", "run_on_cpu", "run_on_npu", "npuflow"} <= {name for name, _ in examples}
+    assert {"output_nodes", "run_on_cpu", "run_on_npu", "npuflow", "custom_op"} <= {name for name, _ in examples}
     for name, text in examples:
         conf = load_config(yaml.safe_load(text))
         QuantConfig.from_dict(_quant_config(conf))
         if name == "npuflow":
             assert conf.npuflow, text
+        if name == "custom_op":
+            assert conf.custom_op.op_register_files == "my_ops.py", text
 
 
 def test_config_typos_get_a_suggestion(tmp_path):

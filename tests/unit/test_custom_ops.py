@@ -23,11 +23,14 @@ DPU = "DPUCZDX8G_ISA1_B4096"
 @pytest.fixture(autouse=True)
 def registry():
     """Each test starts with no custom op registered and leaves none behind."""
-    saved = dict(custom_ops._REGISTRY)
+    saved = dict(custom_ops._REGISTRY), dict(custom_ops._LIBRARIES)
     custom_ops._REGISTRY.clear()
+    custom_ops._LIBRARIES.clear()
     yield custom_ops._REGISTRY
     custom_ops._REGISTRY.clear()
-    custom_ops._REGISTRY.update(saved)
+    custom_ops._REGISTRY.update(saved[0])
+    custom_ops._LIBRARIES.clear()
+    custom_ops._LIBRARIES.update(saved[1])
 
 
 def _register(fail: bool = False) -> None:
@@ -166,3 +169,119 @@ def test_the_custom_op_example_runs_end_to_end(capsys):
     assert "subgraph_0_npu (DPU), subgraph_1_cpu (CPU), subgraph_2_npu (DPU)" in out
     agree = float(out.split("agrees with float on ")[1].split("%")[0])
     assert agree >= 95.0
+
+
+def _library_model(tmp_path) -> str:
+    """conv -> NegPos (a C++ op of onnxruntime-extensions' library) -> pos - neg = |x| -> conv."""
+    rng = np.random.default_rng(1)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("NegPos", ["c1"], ["neg", "pos"], domain="ai.onnx.contrib", name="negpos"),
+        helper.make_node("Sub", ["pos", "neg"], ["a"], name="abs"),
+        helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              initializer=[w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)])
+    path = tmp_path / "library_op.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("target", [DPU, "cpu-int8"])
+def test_an_onnx_runtime_library_op_goes_through_every_stage(tmp_path, target):
+    """A C++ custom op from a registered ONNX Runtime library (here onnxruntime-extensions' own
+    NegPos): unregistered it is the coded error; registered, check puts it on the CPU naming the
+    library, and the compiled model equals ONNX Runtime on the quantized model with the library."""
+    import onnxruntime_extensions
+
+    path = _library_model(tmp_path)
+    with pytest.raises(NpuflowError) as err:
+        npuflow.check(path, target)
+    assert err.value.code == "NPF_MODEL_CUSTOM_OP" and "ai.onnx.contrib:NegPos" in err.value.message
+    assert "register_op_library" in err.value.hint
+    library = onnxruntime_extensions.get_library_path()
+    npuflow.register_op_library(library, domain="ai.onnx.contrib", op_types=["NegPos"])
+    report = npuflow.check(path, target)
+    node = next(n for n in report.nodes if n.name == "negpos")
+    assert node.device == "CPU" and any("from the ONNX Runtime library" in r and library in r for r in node.reasons)
+    q = npuflow.quantize(path, _calib(), target)
+    assert [n.domain for n in q.model.graph.node if n.op_type == "NegPos"] == ["ai.onnx.contrib"]
+    npuf = tmp_path / "m.npuf"
+    npuflow.compile(q.model, target).save(npuf)
+    session = npuflow.Session(npuf)
+    reference = open_session(q.model)
+    for x in _calib()[:3]:
+        np.testing.assert_array_equal(session.run({"x": x})["y"], reference.run(None, {"x": x})[0])
+
+
+def test_a_bad_library_is_refused_when_registered(tmp_path):
+    with pytest.raises(NpuflowError) as missing:
+        npuflow.register_op_library(tmp_path / "nope.so", domain="com.example")
+    assert missing.value.code == "NPF_CUSTOM_OP_BAD_REGISTRATION" and "nope.so" in missing.value.message
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"not a shared library")
+    with pytest.raises(NpuflowError) as bad:
+        npuflow.register_op_library(junk, domain="com.example")
+    assert "ONNX Runtime cannot load" in bad.value.message
+    with pytest.raises(NpuflowError):
+        npuflow.register_op_library(junk, domain="ai.onnx")
+    assert not custom_ops._LIBRARIES
+
+
+def test_register_files_run_the_users_registrations(tmp_path):
+    """Horizon's custom_op: {op_register_files, custom_op_dir}: Python files that register ops."""
+    ops = tmp_path / "ops"
+    ops.mkdir()
+    (ops / "swish_op.py").write_text(
+        "import numpy as np, npuflow\n"
+        "npuflow.register_op('MySwish', lambda x, beta=1.0: x / (1 + np.exp(-beta * x)), domain='com.example',"
+        " attrs={'beta': float})\n"
+        "npuflow.register_op('PillarScatter', lambda x: np.roll(x, 1, axis=-1), domain='com.example')\n")
+    custom_ops.load_register_files(["swish_op.py"], ops)
+    assert custom_ops.lookup("com.example", "MySwish") is not None
+    npuflow.check(_custom_model(tmp_path), DPU)
+    (ops / "broken.py").write_text("raise RuntimeError('no')\n")
+    for files in (["missing.py"], ["broken.py"]):
+        with pytest.raises(NpuflowError) as err:
+            custom_ops.load_register_files(files, ops)
+        assert err.value.code == "NPF_CUSTOM_OP_BAD_REGISTRATION" and files[0] in err.value.message
+
+
+def test_build_yaml_custom_op_group_registers_before_the_model_loads(tmp_path):
+    """hb_mapper's ``custom_op: {custom_op_method, op_register_files, custom_op_dir}`` in a build
+    config: the files run first, so a model with custom ops builds; the .npuf runs them."""
+    import yaml
+
+    _custom_model(tmp_path)
+    (tmp_path / "calib").mkdir()
+    for i, x in enumerate(_calib()):
+        x.astype(np.float32).tofile(tmp_path / "calib" / f"{i:03d}.bin")
+    (tmp_path / "custom_op").mkdir()
+    (tmp_path / "custom_op" / "my_ops.py").write_text(
+        "import numpy as np, npuflow\n"
+        "npuflow.register_op('MySwish', lambda x, beta=1.0: x / (1 + np.exp(-beta * x)), domain='com.example',"
+        " attrs={'beta': float})\n"
+        "npuflow.register_op('PillarScatter', lambda x: np.roll(x, 1, axis=-1), domain='com.example')\n")
+    config = {
+        "model_parameters": {"onnx_model": "custom.onnx", "march": DPU, "output_model_file_prefix": "custom",
+                             "working_dir": "out"},
+        "input_parameters": {"input_type_train": "featuremap", "input_type_rt": "featuremap",
+                             "input_layout_train": "NCHW", "norm_type": "no_preprocess"},
+        "calibration_parameters": {"cal_data_dir": "calib", "calibration_type": "max"},
+        "compiler_parameters": {"optimize_level": "O3"},
+        "custom_op": {"custom_op_method": "register", "op_register_files": "my_ops.py", "custom_op_dir": "./custom_op"},
+    }
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    result = npuflow.build(tmp_path / "b.yaml")
+    out = npuflow.Session(result.files["compiled"]).run({"x": _calib()[0]})["y"]
+    assert out.shape == (1, 4, 8, 8) and np.abs(out).max() > 0
+    custom_ops._REGISTRY.clear()
+    config["custom_op"]["op_register_files"] = "missing.py"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(NpuflowError) as err:
+        npuflow.build(tmp_path / "b.yaml")
+    assert err.value.code == "NPF_CUSTOM_OP_BAD_REGISTRATION" and "missing.py" in err.value.message
