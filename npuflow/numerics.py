@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -36,21 +38,51 @@ class RoundMode(str, Enum):
     STD_ROUND = "std_round"
 
 
+#: The tie rule fixed by the ONNX format and ONNX Runtime: ``QuantizeLinear`` and the MLAS
+#: requantisation of ORT's integer kernels (``QLinearConv``, ``QLinearMatMul``, ``QLinearAdd``,
+#: the pools) round half to even, as does ORT's quantization tool for int32 biases.
+ONNX_ROUND_MODE = RoundMode.HALF_EVEN
+
 #: The DPU's LeakyReLU slope: 26/256 = 0.1015625, the 8-bit fixed-point value nearest 0.1.
 DPU_LEAKY_RELU_SLOPE = 26.0 / 256.0
 
 
-def round_values(values: np.ndarray, mode: RoundMode | str) -> np.ndarray:
-    """Round to integers (as floats) with the given tie rule; exact for |v| < 2**52 in float64."""
+def round_values(values: Any, mode: RoundMode | str, xp: ModuleType = np) -> Any:
+    """Round to integers (as floats) with the given tie rule, exactly, for every float.
+
+    ``xp`` is the array module: ``numpy`` (the default) or ``torch``; the torch fake
+    quantization calls this same definition, so simulation and training round alike (a test
+    compares both bit for bit, the sign of a zero included).  float32 and float64 inputs keep
+    their type, other inputs are rounded in float64.
+
+    Each rule splits ``v`` into an integer part and a fraction and compares the fraction with
+    one half.  ``floor(v + 0.5)`` is not exact: in float32 ``0.49999997 + 0.5`` rounds up to 1,
+    in float64 ``2**52 + 1`` to ``2**52 + 2``.  ``v - floor(v)`` is exact (Sterbenz) except for
+    ``-0.5 < v < 0``, where it rounds to a value still at least one half, which is the right
+    answer there.  ``half_down`` is ``half_up`` of ``-v`` negated, ``std_round`` ``half_up`` of
+    ``|v|`` with ``v``'s sign.  Only ops the TorchScript ONNX exporter knows are used (no
+    ``trunc``): the QAT export traces this code.
+    """
     mode = RoundMode(mode)
-    v = np.asarray(values, dtype=np.float64)
+    v = xp.asarray(values) if hasattr(values, "dtype") else xp.asarray(values, dtype=xp.float64)  # torch: not float32
+    if v.dtype not in (xp.float32, xp.float64):
+        v = xp.asarray(v, dtype=xp.float64)
     if mode is RoundMode.HALF_EVEN:
-        return np.rint(v)
-    if mode is RoundMode.HALF_UP:
-        return np.floor(v + 0.5)
-    if mode is RoundMode.HALF_DOWN:
-        return np.ceil(v - 0.5)
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+        return xp.round(v)  # numpy and torch: round half to even (rint)
+    with np.errstate(invalid="ignore"):  # +-inf - +-inf: NaN compares False, so inf stays inf
+        if mode is RoundMode.HALF_UP:  # ties towards +inf
+            return _half_up(v, xp)
+        if mode is RoundMode.HALF_DOWN:  # ties towards -inf: half up of -v, negated
+            return -_half_up(-v, xp)
+        r = _half_up(xp.abs(v), xp)  # STD_ROUND, ties away from zero: half up of the magnitude
+        return xp.where(v < 0, -r, r)
+
+
+def _half_up(v: Any, xp: ModuleType) -> Any:
+    """``floor(v)`` plus one where the exact fraction is at least one half (a bool added to a
+    float array is 0/1 in numpy and torch, and cheaper than a select)."""
+    low = xp.floor(v)
+    return low + ((v - low) >= 0.5)
 
 
 def qrange(bits: int, signed: bool = True, narrow: bool = False) -> tuple[int, int]:
@@ -78,14 +110,15 @@ def quantize(
     bits: int = 8,
     signed: bool = True,
     narrow: bool = False,
-    round_mode: RoundMode | str = RoundMode.HALF_EVEN,
+    round_mode: RoundMode | str,
     axis: int | None = None,
 ) -> np.ndarray:
     """Quantize ``x`` to integers stored in :func:`storage_dtype`.
 
     ``scale``/``zero_point`` are scalars, or 1-D arrays applied along ``axis`` (per channel).
-    The division is done in float32, as ONNX Runtime does, and the tie rule in float64, so the
-    result equals the quantize step written into ``quantized_model.onnx``.
+    The division is done in float32, as ONNX Runtime does, then rounded with ``round_mode`` (no
+    default: the tie rule is the target's, or :data:`ONNX_ROUND_MODE` for ``QuantizeLinear``),
+    so the result equals the quantize step written into ``quantized_model.onnx``.
     """
     xf = np.asarray(x, dtype=np.float32)
     s = np.asarray(scale, dtype=np.float32)
@@ -95,7 +128,7 @@ def quantize(
         shape[axis] = -1
         s = s.reshape(shape)
         zp = zp.reshape(shape)
-    v = round_values(xf / s, round_mode) + zp
+    v = round_values(xf / s, round_mode).astype(np.float64) + zp
     qmin, qmax = qrange(bits, signed, narrow)
     return np.clip(v, qmin, qmax).astype(storage_dtype(bits, signed))
 
@@ -119,10 +152,20 @@ def dequantize(
     return ((qf - zp) * s).astype(np.float32)
 
 
-def fake_quantize(x: np.ndarray, scale, zero_point=0, **kwargs) -> np.ndarray:
+def fake_quantize(
+    x: np.ndarray,
+    scale: float | np.ndarray,
+    zero_point: int | np.ndarray = 0,
+    *,
+    bits: int = 8,
+    signed: bool = True,
+    narrow: bool = False,
+    round_mode: RoundMode | str,
+    axis: int | None = None,
+) -> np.ndarray:
     """``dequantize(quantize(x))``: what a Q/DQ pair computes in float."""
-    axis = kwargs.get("axis")
-    return dequantize(quantize(x, scale, zero_point, **kwargs), scale, zero_point, axis=axis)
+    q = quantize(x, scale, zero_point, bits=bits, signed=signed, narrow=narrow, round_mode=round_mode, axis=axis)
+    return dequantize(q, scale, zero_point, axis=axis)
 
 
 # --- choosing scales ------------------------------------------------------------------------
@@ -142,7 +185,7 @@ def asymmetric_params(
     qmin, qmax = qrange(bits, signed)
     lo, hi = min(float(xmin), 0.0), max(float(xmax), 0.0)
     scale = max((hi - lo) / (qmax - qmin), float(np.finfo(np.float32).tiny))
-    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    zp = int(np.clip(round_values(qmin - lo / scale, ONNX_ROUND_MODE), qmin, qmax))
     return np.float32(scale), zp
 
 
@@ -243,9 +286,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return m, 31 - exponent
 
 
-def requantize_fixed_point(
-    acc: np.ndarray, multiplier: int, shift: int, mode: RoundMode | str = RoundMode.HALF_UP
-) -> np.ndarray:
+def requantize_fixed_point(acc: np.ndarray, multiplier: int, shift: int, mode: RoundMode | str) -> np.ndarray:
     """``round(acc * multiplier * 2**-shift)`` exactly in int64 (|acc| < 2^31 assumed).
 
     ``multiplier`` and ``shift`` may be arrays broadcastable against ``acc`` (per channel).
@@ -265,15 +306,13 @@ def requant_scale(acc_scale: float | np.ndarray, out_scale: float) -> np.ndarray
     return (np.asarray(acc_scale, np.float64).astype(np.float32) / np.float32(out_scale)).astype(np.float32)
 
 
-def requantize_float(
-    acc: np.ndarray, multiplier: float | np.ndarray, mode: RoundMode | str = RoundMode.HALF_EVEN
-) -> np.ndarray:
+def requantize_float(acc: np.ndarray, multiplier: float | np.ndarray, mode: RoundMode | str) -> np.ndarray:
     """``round(float32(acc) * multiplier)`` as int64: the requantisation of a float-scale model.
 
     This is MLAS's ``MlasRequantizeOutput`` (the output stage of ORT's ``QLinearConv`` and
     ``QLinearMatMul``): the exact integer accumulator (bias included) converted to float32,
     multiplied in float32 by the float32 multiplier of :func:`requant_scale`, and rounded with
-    the output's tie rule (ties to even for ``QuantizeLinear``).  The caller adds the zero point
+    the output's tie rule (:data:`ONNX_ROUND_MODE` for ``QuantizeLinear``).  The caller adds the zero point
     and saturates; clamping before or after rounding gives the same integers because the bounds
     are integers.  A fixed-point multiplier would round the real product correctly, which is
     not what the model's own runtime computes, and its rare one-step differences grow through
@@ -320,7 +359,7 @@ def qlinear_add(
         v = _fma32(bf, rb, (fixed + af * ra).astype(np.float32))
     else:
         v = _fma32(af, ra, _fma32(bf, rb, fixed))
-    return np.rint(v).astype(np.int64)
+    return round_values(v, ONNX_ROUND_MODE).astype(np.int64)
 
 
 def quantize_pooled(
@@ -332,7 +371,7 @@ def quantize_pooled(
     before rounding, which moves the rounding point of a value whose fraction float32 cannot
     keep next to the zero point."""
     v = np.asarray(values, np.float32) / np.float32(scale) + np.float32(zero_point)
-    return saturate(np.rint(v), bits, signed)
+    return saturate(round_values(v, ONNX_ROUND_MODE), bits, signed)
 
 
 def saturate(values: np.ndarray, bits: int = 8, signed: bool = True, narrow: bool = False) -> np.ndarray:

@@ -368,7 +368,7 @@ def _quantize_float_biases(model: onnx.ModelProto) -> list[str]:
     for n, (bias, scale) in plans:
         per_channel = scale.size > 1
         q = numerics.quantize(bias.reshape(-1), scale if per_channel else scale[0], 0, bits=32,
-                              axis=0 if per_channel else None)
+                              round_mode=numerics.ONNX_ROUND_MODE, axis=0 if per_channel else None)
         base = names.fresh(f"{n.input[2]}_int32")
         shape = scale.shape if per_channel else ()
         model.graph.initializer.extend([

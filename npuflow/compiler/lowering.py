@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..check.lowerable import lowering_limit, table_lowered
-from ..numerics import dequantize, qrange
+from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
 from ..operators import TABLE_OPS, is_depthwise, unit_kind
 from . import fragments
 from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
@@ -123,7 +123,7 @@ def _acc_plan(x: QParams, w: QParams, bias: np.ndarray | None, b: QParams | None
         # the bias as ONNX Runtime dequantizes it (float32: an int32 bias saturated at 2^31 - 1
         # reads 2^31), in accumulator units
         real = dequantize(bias.reshape(-1), b.scale.reshape(-1), 0, axis=0 if b.scale.size > 1 else None)
-        bias_acc = np.round(real.astype(np.float64) / acc_scale).astype(np.int64)
+        bias_acc = round_values(real.astype(np.float64) / acc_scale, ONNX_ROUND_MODE).astype(np.int64)
     return acc_scale, lshift, bias_acc, None
 
 

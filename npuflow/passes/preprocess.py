@@ -30,6 +30,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..model import infer_static_shapes
+from ..numerics import RoundMode, round_values
+
+#: Tie rule of a float pixel stored as uint8: OpenCV's ``saturate_cast<uchar>`` (``cvRound``, the
+#: FPU's round half to even), which the camera/ISP buffers a runtime feeds are made with.
+PIXEL_ROUND_MODE = RoundMode.HALF_EVEN
 
 #: Rows R, G, B as functions of (Y, U, V) and the offsets removed first.
 _YUV_TO_RGB = {
@@ -226,11 +231,11 @@ def to_runtime_format(sample: np.ndarray, pre: InputPreprocess) -> np.ndarray:
     if colour is not None:
         m, b = colour
         x = np.einsum("ij,njhw->nihw", np.linalg.inv(m), x - b.reshape(1, 3, 1, 1))
-    x = np.clip(np.rint(x), 0, 255)
+    x = np.clip(round_values(x, PIXEL_ROUND_MODE), 0, 255)
     if pre.type_rt == "nv12":
         n, _, h, w = x.shape
         uv = x[:, 1:].reshape(n, 2, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
-        uv = np.rint(uv).transpose(0, 2, 3, 1).reshape(n, h // 2, w)
+        uv = round_values(uv, PIXEL_ROUND_MODE).transpose(0, 2, 3, 1).reshape(n, h // 2, w)
         return np.concatenate([x[:, 0], uv], axis=1).astype(np.uint8)
     if pre.layout_rt == "NHWC":
         x = x.transpose(0, 2, 3, 1)

@@ -105,11 +105,11 @@ def activation_params(name: str, kind: str, s: TensorSettings, mm: MinMaxObserve
     if mm.count == 0:
         return 0.0, 0.0, None
     if s.scale_type == "power_of_two":
-        n = pow2_position(s.method, mm.amax, hist, s.bit_width, s.percentile)
+        n = pow2_position(s.method, mm.amax, hist, s.bit_width, s.percentile, s.round_mode)
         t = float(numerics.pow2_scale(n)) * numerics.qrange(s.bit_width, True)[1]
         return -t, t, n
     if s.symmetric:
-        t = symmetric_threshold(s.method, mm.amax, hist, s.bit_width, s.percentile)
+        t = symmetric_threshold(s.method, mm.amax, hist, s.bit_width, s.percentile, s.round_mode)
         if not s.signed:
             return 0.0, min(t, max(mm.max, 0.0)), None
         return -t, t, None

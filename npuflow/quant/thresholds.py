@@ -12,7 +12,9 @@ Symmetric methods work on the histogram of ``|x|`` (values are taken at bin cent
   ``diffs`` and Horizon's ``default`` search.
 
 On power-of-two scales a threshold is turned into a fix position by
-:func:`npuflow.numerics.pow2_fix_pos`; ``mse``/``auto`` search fix positions directly.
+:func:`npuflow.numerics.pow2_fix_pos`; ``mse``/``auto`` search fix positions directly.  The
+expected error of a candidate rounds with the tensor's own tie rule (``round_mode``): bin centres
+fall on exact ties of power-of-two scales.
 """
 
 from __future__ import annotations
@@ -53,18 +55,20 @@ def percentile_range(hist: HistogramObserver, percentile: float) -> tuple[float,
     return float(edges[min(lo, hist.bins - 1)]), float(edges[min(hi, hist.bins - 1) + 1])
 
 
-def expected_sq_error(centres: np.ndarray, counts: np.ndarray, scale: float, qmax: int) -> float:
+def expected_sq_error(centres: np.ndarray, counts: np.ndarray, scale: float, qmax: int,
+                      round_mode: numerics.RoundMode | str) -> float:
     """Sum over bins of count * (x - fake_quant(x))^2 for symmetric quantization with ``scale``."""
-    q = np.clip(np.rint(centres / scale), -qmax - 1, qmax)
+    q = np.clip(numerics.round_values(centres / scale, round_mode), -qmax - 1, qmax)
     return float(np.sum(counts * (centres - q * scale) ** 2))
 
 
-def mse_threshold(hist: HistogramObserver, amax: float, qmax: int, steps: int = 80) -> float:
+def mse_threshold(hist: HistogramObserver, amax: float, qmax: int, round_mode: numerics.RoundMode | str,
+                  steps: int = 80) -> float:
     centres, counts = abs_grid(hist)
     if amax <= 0 or counts.sum() == 0:
         return amax
     candidates = amax * np.linspace(0.2, 1.0, steps + 1)[1:]
-    errors = [expected_sq_error(centres, counts, t / qmax, qmax) for t in candidates]
+    errors = [expected_sq_error(centres, counts, t / qmax, qmax, round_mode) for t in candidates]
     return float(candidates[int(np.argmin(errors))])
 
 
@@ -97,7 +101,7 @@ def entropy_threshold(hist: HistogramObserver, qmax: int) -> float:
 
 
 def symmetric_threshold(method: str, amax: float, hist: HistogramObserver | None, bits: int,
-                        percentile: float) -> float:
+                        percentile: float, round_mode: numerics.RoundMode | str) -> float:
     """Clipping threshold of a symmetric float-scale quantizer."""
     qmax = numerics.qrange(bits, True)[1]
     if method == "minmax" or hist is None:
@@ -107,23 +111,23 @@ def symmetric_threshold(method: str, amax: float, hist: HistogramObserver | None
     if method == "entropy":
         return min(entropy_threshold(hist, qmax), amax)
     if method == "mse":
-        return mse_threshold(hist, amax, qmax)
+        return mse_threshold(hist, amax, qmax, round_mode)
     centres, counts = abs_grid(hist)
     candidates = [amax, min(percentile_abs(hist, percentile), amax), min(entropy_threshold(hist, qmax), amax),
-                  mse_threshold(hist, amax, qmax)]
-    errors = [expected_sq_error(centres, counts, max(t, 1e-30) / qmax, qmax) for t in candidates]
+                  mse_threshold(hist, amax, qmax, round_mode)]
+    errors = [expected_sq_error(centres, counts, max(t, 1e-30) / qmax, qmax, round_mode) for t in candidates]
     return float(candidates[int(np.argmin(errors))])
 
 
 def pow2_position(method: str, amax: float, hist: HistogramObserver | None, bits: int,
-                  percentile: float) -> int:
+                  percentile: float, round_mode: numerics.RoundMode | str) -> int:
     """Fix position of a power-of-two quantizer."""
     qmax = numerics.qrange(bits, True)[1]
     if method in ("minmax", "percentile", "entropy") or hist is None:
-        t = symmetric_threshold(method, amax, hist, bits, percentile)
+        t = symmetric_threshold(method, amax, hist, bits, percentile, round_mode)
         return int(numerics.pow2_fix_pos(t, bits))
     n0 = int(numerics.pow2_fix_pos(amax, bits))
     centres, counts = abs_grid(hist)
     options = [n0, n0 + 1, n0 + 2] if method == "mse" else [n0 - 1, n0, n0 + 1, n0 + 2, n0 + 3]
-    errors = [expected_sq_error(centres, counts, float(numerics.pow2_scale(n)), qmax) for n in options]
+    errors = [expected_sq_error(centres, counts, float(numerics.pow2_scale(n)), qmax, round_mode) for n in options]
     return int(options[int(np.argmin(errors))])

@@ -368,7 +368,7 @@ def _qlinear_global_avgpool(attrs: dict) -> Kernel:
         count = x.shape[2] * x.shape[3]
         acc = (x.astype(np.int64) - attrs["x_zp"]).sum(axis=(2, 3), keepdims=True)
         mult = np.float32(x_scale) / (np.float32(ep["scale"]) * np.float32(count))
-        return [nm.saturate(nm.requantize_float(acc, mult) + ep["zp"], bits, signed)]
+        return [nm.saturate(nm.requantize_float(acc, mult, nm.ONNX_ROUND_MODE) + ep["zp"], bits, signed)]
 
     return run
 

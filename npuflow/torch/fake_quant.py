@@ -5,7 +5,8 @@ The QAT forward must produce the integers the chip produces, so the functions he
 (which always rounds half to even and rounds in float32):
 
 * the division ``x / scale`` is done in float32 (as numerics and ONNX Runtime do);
-* the tie rule is applied in float64, where ``floor(v + 0.5)`` is exact for every float32 ``v``;
+* the tie rule is :func:`npuflow.numerics.round_values` itself, called with ``xp=torch``: this
+  module holds no rounding of its own;
 * the zero point is added, the result is clipped to the code range, and dequantization is
   ``(q - zero_point) * scale`` in float32.
 
@@ -21,17 +22,23 @@ from dataclasses import dataclass
 
 import torch
 
-from ..numerics import RoundMode, qrange
+from ..numerics import RoundMode, qrange, round_values
+
+#: The tie rule that turns a learned log2 threshold into a fix position (TQT): the nearest
+#: integer, ties up.  The forward (:func:`round_ste`) and the exported constant
+#: (:meth:`npuflow.torch.quantizer.FakeQuantizer._trained_scale`) both use it.
+LOG2_THRESHOLD_ROUND_MODE = RoundMode.HALF_UP
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Integer format of one quantizer: width, sign, narrow range and tie rule."""
+    """Integer format of one quantizer: width, sign, narrow range and tie rule (all required: the
+    tie rule is the target's, which :func:`npuflow.torch.config.formats_for` reads from the target data)."""
 
-    bits: int = 8
-    signed: bool = True
-    narrow: bool = False
-    round_mode: RoundMode = RoundMode.HALF_EVEN
+    bits: int
+    signed: bool
+    narrow: bool
+    round_mode: RoundMode
 
     @property
     def qmin(self) -> int:
@@ -40,18 +47,6 @@ class QuantSpec:
     @property
     def qmax(self) -> int:
         return qrange(self.bits, self.signed, self.narrow)[1]
-
-
-def round_values(v: torch.Tensor, mode: RoundMode | str) -> torch.Tensor:
-    """Round float64 values with the tie rule of :func:`npuflow.numerics.round_values`."""
-    mode = RoundMode(mode)
-    if mode is RoundMode.HALF_EVEN:
-        return torch.round(v)
-    if mode is RoundMode.HALF_UP:
-        return torch.floor(v + 0.5)
-    if mode is RoundMode.HALF_DOWN:
-        return torch.ceil(v - 0.5)
-    return torch.sign(v) * torch.floor(torch.abs(v) + 0.5)
 
 
 def _broadcast(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
@@ -70,7 +65,7 @@ def quantize_codes(
     s = _broadcast(scale.detach().to(torch.float32), x.dim(), axis)
     zp = _broadcast(zero_point.detach().to(torch.float64), x.dim(), axis)
     v = (x.detach().to(torch.float32) / s).to(torch.float64)
-    unclipped = round_values(v, spec.round_mode) + zp
+    unclipped = round_values(v, spec.round_mode, xp=torch) + zp
     return unclipped, unclipped.clamp(spec.qmin, spec.qmax)
 
 
@@ -118,8 +113,7 @@ class FakeQuantSTE(torch.autograd.Function):
 
 
 def fake_quantize(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int = 0,
-    spec: QuantSpec = QuantSpec(), axis: int | None = None,
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int, spec: QuantSpec, axis: int | None = None,
 ) -> torch.Tensor:
     """Differentiable fake quantization equal to ``numerics.fake_quantize`` bit for bit."""
     if not isinstance(zero_point, torch.Tensor):
@@ -127,9 +121,9 @@ def fake_quantize(
     return FakeQuantSTE.apply(x, scale, zero_point, spec, axis)
 
 
-def round_ste(v: torch.Tensor) -> torch.Tensor:
-    """``floor(v + 0.5)`` forward, identity backward: discretises a learnable log2 threshold."""
-    return v + (torch.floor(v + 0.5) - v).detach()
+def round_ste(v: torch.Tensor, mode: RoundMode | str) -> torch.Tensor:
+    """``round_values(v, mode)`` forward, identity backward: discretises a learnable log2 threshold."""
+    return v + (round_values(v.detach(), mode, xp=torch) - v).detach()
 
 
 def scale_grad(v: torch.Tensor, factor: float) -> torch.Tensor:

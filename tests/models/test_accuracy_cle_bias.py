@@ -61,7 +61,7 @@ def _cos(model, ref, feeds):
 
 def test_empirical_bias_correction_reduces_output_error(effnet, crops):
     q = toy_qdq(effnet, crops[:4])
-    corrected, names = bias_correction.correct_empirical(effnet, q, crops[:4])
+    corrected, names = bias_correction.correct_empirical(effnet, q, crops[:4], "std_round")
     assert len(names) >= 40
     ref = run_outputs(effnet, crops[4:])
     assert _cos(corrected, ref, crops[4:]) > _cos(q, ref, crops[4:]) + 0.05

@@ -54,7 +54,7 @@ def _mean_error(model, qmodel, feeds) -> float:
 def test_data_free_bias_correction_uses_bn_statistics():
     model, feeds = _bn_net()
     q = toy_qdq(model, feeds, weights_only=True)
-    corrected, names = bias_correction.correct_data_free(model, q)
+    corrected, names = bias_correction.correct_data_free(model, q, "std_round")
     assert names == ["conv2"]  # only the layer behind the BN has statistics
     assert set(bias_correction.bn_input_means(model)) == {"conv2"}
     assert _mean_error(model, corrected, feeds) < 0.5 * _mean_error(model, q, feeds)
@@ -64,7 +64,7 @@ def test_fast_finetune_reduces_layer_error_and_reuses_its_cache(tmp_path):
     model, feeds = _bn_net(1)
     q = toy_qdq(model, feeds)
     for method in ("adaround", "adaquant"):
-        st = FinetuneSettings(method=method, iters=60, samples=512)
+        st = FinetuneSettings(method=method, iters=60, samples=512, round_mode="std_round", bias_round_mode="std_round")
         tuned, rep = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
         assert [r.name for r in rep.layers] == ["conv1", "conv2"] and not any(r.cached for r in rep.layers)
         assert all(r.error_after <= r.error_before for r in rep.layers)
@@ -87,7 +87,7 @@ def test_fast_finetune_solves_each_layer_on_the_inputs_the_finetuned_model_feeds
 
     model, feeds = _bn_net(0)
     q = toy_qdq(model, feeds)
-    st = FinetuneSettings(method="adaround", iters=60, samples=512)
+    st = FinetuneSettings(method="adaround", iters=60, samples=512, round_mode="std_round", bias_round_mode="std_round")
     tuned, rep = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
     jobs = ff.layer_jobs(model, tuned, 512 // len(feeds), [])
     fx = ff._collect(model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in jobs})

@@ -18,7 +18,7 @@ def _problem(groups: int = 1, out_per_group: int = 16, k: int = 27, m: int = 102
     b = (rng.normal(size=(groups, out_per_group, 1)) * 0.1).astype(np.float32)
     y = np.matmul(w, x) + b
     s = np.full((groups, out_per_group, 1), numerics.pow2_scale(numerics.pow2_fix_pos(np.abs(w).max())), np.float32)
-    return LayerProblem(w, s, b, x, y, -127, 127)
+    return LayerProblem(w, s, b, x, y, -127, 127, "std_round")
 
 
 @pytest.mark.parametrize("groups,opg", [(1, 16), (32, 1)])
@@ -48,7 +48,7 @@ def test_cache_key_follows_the_solver_version(monkeypatch):
     """A changed solver must not reuse layers a previous version finished."""
     from npuflow.quant.algorithms import fast_finetune as ff
 
-    p, st = _problem(), ff.FinetuneSettings(method="adaround", iters=10)
+    p, st = _problem(), ff.FinetuneSettings(method="adaround", iters=10, round_mode="std_round", bias_round_mode="std_round")
     key = ff._cache_key(p, st)
     assert key == ff._cache_key(p, st)
     monkeypatch.setattr(ff, "SOLVER_VERSION", ff.SOLVER_VERSION + 1)

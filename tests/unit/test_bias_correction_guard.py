@@ -40,7 +40,7 @@ def test_mean_patch_gives_the_exact_mean_output_shift_with_padding_and_stride(pa
 def test_auto_bias_correction_is_dropped_when_it_raises_the_output_error(monkeypatch):
     net, data = conv_net(), samples([1, 3, 8, 8], n=8)
 
-    def harmful(float_model, qmodel, calibration, on_outputs=None):
+    def harmful(float_model, qmodel, calibration, round_mode, on_outputs=None):
         for outputs in run_outputs(qmodel, list(calibration)):
             on_outputs(outputs)
         out = onnx.ModelProto()

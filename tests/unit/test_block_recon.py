@@ -130,7 +130,7 @@ def test_block_runner_computes_what_onnx_runtime_computes(quantized):
     for block in (u for u in _units(float_model, qmodel) if isinstance(u, Block)):
         ref: list[np.ndarray] = []
         capture(qmodel, feeds, [block.end], lambda _, v: ref.append(v[block.end]))
-        runner = BlockRunner(qmodel, block, "std_round")
+        runner = BlockRunner(qmodel, block)
         with torch.no_grad():
             got = runner.run(torch.from_numpy(np.concatenate(inputs.get(block.start))), codes=runner.current)
         np.testing.assert_array_equal(got.numpy(), np.concatenate(ref))
@@ -149,18 +149,18 @@ def test_block_reconstruction_beats_nearest_and_layerwise_adaround(quantized):
     x, xf, y = _block_data(float_model, qmodel, block)
     iters = 200
     with torch.random.fork_rng():
-        codes, before, after = reconstruct(BlockRunner(qmodel, block, "std_round"), x, xf, y, iters, 1e-2, 4, 0.5)
+        codes, before, after = reconstruct(BlockRunner(qmodel, block), x, xf, y, iters, 1e-2, 4, 0.5)
     assert after < 0.95 * before
     # layer-wise AdaRound with the same iterations per layer, measured on the same block
-    layerwise, _ = ff.fast_finetune(float_model, qmodel, _feeds(), ff.FinetuneSettings(iters=iters), cache_dir=None)
-    runner = BlockRunner(layerwise, block, "std_round")
+    layerwise, _ = ff.fast_finetune(float_model, qmodel, _feeds(), ff.FinetuneSettings(iters=iters, round_mode="std_round", bias_round_mode="std_round"), cache_dir=None)
+    runner = BlockRunner(layerwise, block)
     adaround_error = block_error(runner, torch.from_numpy(x), torch.from_numpy(y), runner.current)
     assert after <= adaround_error
 
 
 def test_weights_stay_on_the_targets_integer_power_of_two_grid(quantized, tmp_path):
     float_model, qmodel = quantized
-    out, report = ff.fast_finetune(float_model, qmodel, _feeds(), ff.FinetuneSettings(method="brecq", iters=30),
+    out, report = ff.fast_finetune(float_model, qmodel, _feeds(), ff.FinetuneSettings(method="brecq", iters=30, round_mode="std_round", bias_round_mode="std_round"),
                                    cache_dir=tmp_path)
     assert len(report.blocks) == 4 and all(b.error_after <= b.error_before for b in report.blocks)
     changed = 0
@@ -184,7 +184,7 @@ def test_qdrop_probability_zero_is_plain_block_reconstruction(quantized):
     float_model, qmodel = quantized
     block = next(u for u in _units(float_model, qmodel) if isinstance(u, Block) and u.start == "b0.out")
     x, xf, _ = (torch.from_numpy(a) for a in _block_data(float_model, qmodel, block))
-    runner = BlockRunner(qmodel, block, "std_round")
+    runner = BlockRunner(qmodel, block)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         plain = runner.run(x[:4])
@@ -206,11 +206,11 @@ def test_config_validation(bad):
 def test_unknown_method_and_missing_torch_are_coded(quantized, monkeypatch):
     float_model, qmodel = quantized
     with pytest.raises(NpuflowError) as err:
-        ff.fast_finetune(float_model, qmodel, _feeds(2), ff.FinetuneSettings(method="blockwise"))
+        ff.fast_finetune(float_model, qmodel, _feeds(2), ff.FinetuneSettings(method="blockwise", round_mode="std_round", bias_round_mode="std_round"))
     assert err.value.code == "NPF_QUANT_BAD_CONFIG"
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
     with pytest.raises(NpuflowError) as err:
-        ff.fast_finetune(float_model, qmodel, _feeds(2), ff.FinetuneSettings(method="brecq"))
+        ff.fast_finetune(float_model, qmodel, _feeds(2), ff.FinetuneSettings(method="brecq", round_mode="std_round", bias_round_mode="std_round"))
     assert err.value.code == "NPF_QUANT_CONFIG_CONFLICT" and "torch" in err.value.message
 
 

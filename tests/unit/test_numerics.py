@@ -65,14 +65,14 @@ def test_pow2_fix_pos_covers_range_without_clipping():
 
 
 def test_quantize_saturates_and_uses_zero_point():
-    q = nm.quantize(np.array([-1000.0, 0.0, 1000.0]), 0.5, 3, bits=8, signed=False)
+    q = nm.quantize(np.array([-1000.0, 0.0, 1000.0]), 0.5, 3, bits=8, signed=False, round_mode="half_even")
     assert q.dtype == np.uint8 and q.tolist() == [0, 3, 255]
     assert nm.dequantize(q, 0.5, 3).tolist() == [-1.5, 0.0, 126.0]
 
 
 def test_per_channel_quantize_along_axis():
     w = np.array([[1.0, -2.0], [10.0, -20.0]], dtype=np.float32)
-    q = nm.quantize(w, np.array([2 / 127, 20 / 127], dtype=np.float32), 0, axis=0)
+    q = nm.quantize(w, np.array([2 / 127, 20 / 127], dtype=np.float32), 0, round_mode="half_even", axis=0)
     assert q.tolist() == [[64, -127], [64, -127]]
 
 

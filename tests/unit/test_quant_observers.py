@@ -58,15 +58,15 @@ def test_thresholds_on_a_known_distribution():
     amax = float(np.abs(x).max())
     p = percentile_abs(h, 99.9)
     assert 3.0 < p < 3.6  # 99.9 % of |N(0,1)| lies below ~3.29
-    assert 3.0 < mse_threshold(h, amax, 127) < 0.9 * amax
+    assert 3.0 < mse_threshold(h, amax, 127, "half_even") < 0.9 * amax
     assert 2.0 < entropy_threshold(h, 127) < 0.9 * amax
-    assert symmetric_threshold("minmax", amax, h, 8, 99.9) == amax
-    auto = symmetric_threshold("auto", amax, h, 8, 99.9)
+    assert symmetric_threshold("minmax", amax, h, 8, 99.9, "half_even") == amax
+    auto = symmetric_threshold("auto", amax, h, 8, 99.9, "half_even")
     assert auto < amax
     # power-of-two search moves the fix position past the outliers
-    n_minmax = pow2_position("minmax", amax, h, 8, 99.99)
+    n_minmax = pow2_position("minmax", amax, h, 8, 99.99, "half_up")
     assert n_minmax == int(numerics.pow2_fix_pos(amax))
-    assert pow2_position("mse", amax, h, 8, 99.99) > n_minmax
+    assert pow2_position("mse", amax, h, 8, 99.99, "half_up") > n_minmax
 
 
 def test_bins_must_be_multiple_of_four():

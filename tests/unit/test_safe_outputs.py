@@ -182,7 +182,7 @@ def test_write_atomic_removes_its_temporary_file_when_interrupted(tmp_path):
 def test_corrupt_finetune_cache_entries_are_discarded(tmp_path, caplog):
     model, feeds = _bn_net(2)
     q = toy_qdq(model, feeds)
-    st = FinetuneSettings(method="adaquant", iters=20, samples=256)
+    st = FinetuneSettings(method="adaquant", iters=20, samples=256, round_mode="std_round", bias_round_mode="std_round")
     tuned, _ = fast_finetune(model, q, feeds, st, cache_dir=tmp_path)
     entries = sorted(tmp_path.rglob("*.npz"))
     assert len(entries) == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from npuflow import numerics as nm
-from npuflow.torch.fake_quant import QuantSpec, fake_quantize, quantize_codes, round_ste
+from npuflow.torch.fake_quant import LOG2_THRESHOLD_ROUND_MODE, QuantSpec, fake_quantize, quantize_codes, round_ste
 from npuflow.torch.quantizer import FakeQuantizer
 
 MODES = [m for m in nm.RoundMode]
@@ -75,7 +75,7 @@ def test_scale_gradient_is_the_lsq_one():
 
 def test_round_ste_rounds_forward_and_is_identity_backward():
     v = torch.tensor([0.4, 0.5, 1.7, -0.5], requires_grad=True)
-    out = round_ste(v)
+    out = round_ste(v, LOG2_THRESHOLD_ROUND_MODE)
     assert out.tolist() == [0.0, 1.0, 2.0, 0.0]
     out.sum().backward()
     assert v.grad.tolist() == [1.0, 1.0, 1.0, 1.0]

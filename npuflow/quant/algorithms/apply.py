@@ -54,8 +54,8 @@ def after_export(
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
     """``(q_static, q_dynamic, summary)`` after fast finetune and bias correction.
 
-    Weights are re-rounded with the tie rule the config resolves for ``target`` (the target's
-    own unless the config says otherwise), the rule the export used.
+    Weights and biases are re-rounded with the tie rules the config resolves for ``target`` (the
+    target's own unless the config says otherwise), the rules the export used.
 
     ``reference``: the float model's outputs on the first calibration samples, when calibration
     kept them (saves a float run for the ``auto`` check); computed here otherwise.
@@ -69,7 +69,8 @@ def after_export(
         ff = cfg.fast_finetune
         q, rep = fast_finetune(float_model, q, feeds, FinetuneSettings(
             method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, backend=ff.backend,
-            round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value, drop_prob=ff.drop_prob,
+            round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value,
+            bias_round_mode=RoundMode(cfg.resolve(target, "bias").round_mode).value, drop_prob=ff.drop_prob,
             block_batch=ff.block_batch, block_layers=ff.block_layers))
         summary["fast_finetune"] = {"method": ff.method, "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
@@ -81,7 +82,8 @@ def after_export(
         # empirical only: the data-free variant (correct_data_free) estimates the same shift
         # from BN statistics and is for callers without data; applying both would correct twice
         uncorrected: list[list[np.ndarray]] = []
-        corrected, names = correct_empirical(float_model, q, feeds, on_outputs=uncorrected.append)
+        corrected, names = correct_empirical(float_model, q, feeds, cfg.resolve(target, "bias").round_mode,
+                                             on_outputs=uncorrected.append)
         record = {"layers": len(names), "kept": True}
         if cfg.include_bias_corr == "auto" and names:
             if not reference or len(reference) < len(feeds):

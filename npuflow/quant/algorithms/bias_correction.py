@@ -11,7 +11,9 @@ channel (Nagel et al., 2019, section 4.2).  Subtracting that shift from the bias
   feeds the layer in the float model (``beta`` for a linear link; the mean of a rectified
   ``N(beta, gamma^2)`` after ``Relu``/``Clip``), so it needs no data at all.
 
-Both change only the bias initializers of the QDQ model, never a scale.  Layers are matched
+Both change only the bias initializers of the QDQ model, never a scale; an int32 bias is
+re-quantized with ``round_mode``, the target's bias tie rule, as the export quantized it (it used
+to be rounded half to even whatever the target, so a DPU bias corrected by zero could move).  Layers are matched
 between the float and the QDQ model by node name; a layer without a bias input is left alone.
 """
 
@@ -26,6 +28,7 @@ import onnx
 
 from .graph import Feed, attr, capture, consumers, get_array, layer_weight, weight_layers
 from .patches import PatchSampler, grouped_weight
+from ...numerics import RoundMode
 from .qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, read_bias, write_bias
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ def _patch_from_channel_means(mean_in: np.ndarray, delta: np.ndarray, groups: in
     return np.repeat(mean_in.astype(np.float64), taps).reshape(groups, -1)
 
 
-def _apply(qmodel, errors, mean_patches) -> list[str]:
+def _apply(qmodel, errors, mean_patches, round_mode: RoundMode | str) -> list[str]:
     """Subtract ``dW @ mean_patch`` from each layer's bias; the names of the layers changed."""
     corrected = []
     for name, (ql, delta) in errors.items():
@@ -62,13 +65,13 @@ def _apply(qmodel, errors, mean_patches) -> list[str]:
             continue
         shift = np.einsum("gok,gk->go", grouped_weight(delta, ql.groups), patch.reshape(ql.groups, -1))
         b = read_bias(qmodel, ql, delta.shape[0]).astype(np.float64)
-        if write_bias(qmodel, ql, (b - shift.reshape(-1)).astype(np.float32)):
+        if write_bias(qmodel, ql, (b - shift.reshape(-1)).astype(np.float32), round_mode):
             corrected.append(name)
     return corrected
 
 
 def correct_empirical(
-    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, calibration: Iterable[Feed],
+    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, calibration: Iterable[Feed], round_mode: RoundMode | str,
     on_outputs: Callable[[list[np.ndarray]], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``qmodel`` with biases corrected from calibration data; also the corrected names.
@@ -97,7 +100,7 @@ def correct_empirical(
 
     capture(out, calibration, sorted(set(names.values()) | set(graph_outputs)), keep)
     means = {n: s / max(count[0], 1) for n, s in sums.items()}
-    corrected = _apply(out, errors, means)
+    corrected = _apply(out, errors, means, round_mode)
     log.info("bias correction (empirical): %d layers", len(corrected))
     return out, corrected
 
@@ -165,7 +168,8 @@ def _clip_limits(model, node) -> tuple[float, float]:
 
 
 def correct_data_free(
-    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, bn_model: onnx.ModelProto | None = None,
+    float_model: onnx.ModelProto, qmodel: onnx.ModelProto, round_mode: RoundMode | str,
+    bn_model: onnx.ModelProto | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Bias correction from BN statistics.
 
@@ -178,6 +182,6 @@ def correct_data_free(
     errors = _weight_error(float_model, out)
     patches = {n: _patch_from_channel_means(means[n], d, ql.groups) for n, (ql, d) in errors.items()
                if n in means and means[n].size == d.shape[1] * ql.groups}
-    corrected = _apply(out, errors, patches)
+    corrected = _apply(out, errors, patches, round_mode)
     log.info("bias correction (data-free): %d layers", len(corrected))
     return out, corrected

@@ -41,7 +41,7 @@ from onnx import numpy_helper
 
 from ...errors import NpuflowError
 from ...model import outer_reads
-from ...numerics import RoundMode, dequantize
+from ...numerics import ONNX_ROUND_MODE, RoundMode, dequantize, round_values
 from ...qdq import parse_function_name
 from .adaround import GAMMA, ZETA, _beta, _init_v
 from .graph import attr
@@ -211,7 +211,7 @@ class SoftLayer:
 class BlockRunner:
     """The QDQ subgraph of a :class:`Block` as a differentiable torch function."""
 
-    def __init__(self, qmodel: onnx.ModelProto, block: Block, round_mode: str) -> None:
+    def __init__(self, qmodel: onnx.ModelProto, block: Block) -> None:
         import torch
 
         self.block = block
@@ -221,7 +221,7 @@ class BlockRunner:
         self.soft: dict[str, SoftLayer] = {}
         for job in block.jobs:
             ql = job.ql
-            codes = read_codes(qmodel, ql, round_mode)
+            codes = read_codes(qmodel, ql)
             s = scale_rows(ql, job.w.shape) * np.ones_like(job.w)
             lo, hi = code_limits(ql, codes)
             ws = (job.w / s).astype(np.float32)
@@ -229,7 +229,7 @@ class BlockRunner:
             self.soft[ql.node.input[1]] = SoftLayer(
                 ql, torch.from_numpy(fl), torch.nn.Parameter(torch.from_numpy(_init_v(ws - fl).astype(np.float32))),
                 torch.from_numpy(s.astype(np.float32)), lo, hi)
-        self.current = {k: torch.from_numpy(read_codes(qmodel, sl.ql, round_mode).astype(np.float32))
+        self.current = {k: torch.from_numpy(read_codes(qmodel, sl.ql).astype(np.float32))
                         for k, sl in self.soft.items()}
         for n in block.nodes:
             for t in n.input:
@@ -288,15 +288,13 @@ class BlockRunner:
 def fake_quantize32(x, scale, zero_point, spec, axis: int | None):
     """``numerics.fake_quantize`` in float32 with a straight-through gradient inside the code range.
 
-    :func:`npuflow.torch.fake_quant.fake_quantize` rounds in float64 so that it is exact for any
-    value; for codes of 16 bits or fewer float32 is exact too (``v +- 0.5`` is exact for
-    ``|v| < 2**22``, and larger values are clipped), and the block's elementwise steps, not its
-    convolutions, are what a step costs (EfficientNet-Lite0's 112x112 blocks: 3x faster).  The tie
-    rule is :func:`npuflow.torch.fake_quant.round_values`; a test compares both bit for bit.
+    :func:`npuflow.torch.fake_quant.fake_quantize` adds the zero point and clips in float64 so
+    that it is exact for any code width; for codes of 16 bits or fewer float32 is exact too (every
+    code and zero point is a float32 integer, and :func:`npuflow.numerics.round_values` rounds
+    float32 exactly), and the block's elementwise steps, not its convolutions, are what a step
+    costs (EfficientNet-Lite0's 112x112 blocks: 3x faster).  A test compares both bit for bit.
     """
     import torch
-
-    from ...torch.fake_quant import round_values
 
     if spec.bits > 16:
         raise ValueError(f"float32 fake quantization is exact up to 16 bits, not {spec.bits}")
@@ -306,7 +304,7 @@ def fake_quantize32(x, scale, zero_point, spec, axis: int | None):
     s = scale.to(torch.float32).reshape(shape or scale.shape) if axis is not None else scale.to(torch.float32)
     zp = zero_point.to(torch.float32)
     zp = zp.reshape(shape) if axis is not None and zp.dim() == 1 else zp
-    r = round_values(x.detach() / s, spec.round_mode) + zp
+    r = round_values(x.detach() / s, spec.round_mode, xp=torch) + zp
     inside = (r >= spec.qmin) & (r <= spec.qmax)
     out = (r.clamp(spec.qmin, spec.qmax) - zp) * s
     return out + (x - x.detach()) * inside
@@ -343,7 +341,7 @@ def _quant_spec(n: onnx.NodeProto, inits: dict):
     if parsed is not None:
         mode, dtype = parsed
     elif n.op_type == "QuantizeLinear":
-        mode = RoundMode.HALF_EVEN
+        mode = ONNX_ROUND_MODE
         zp = inits.get(n.input[2]) if len(n.input) > 2 else None
         dtype = "uint8" if zp is None else onnx.helper.tensor_dtype_to_np_dtype(zp.data_type).name
     else:

@@ -57,7 +57,8 @@ class FinetuneSettings:
     batch: int = 256             # patch columns per iteration
     samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
     backend: str = "auto"        # auto | numpy | torch
-    round_mode: str = "std_round"
+    round_mode: str = field(kw_only=True)       # the target's weight tie rule (the export's); no default
+    bias_round_mode: str = field(kw_only=True)  # the target's bias tie rule, for AdaQuant's int32 biases
     seed: int = 0
     drop_prob: float = 0.5       # brecq: QDrop's probability of passing an activation unquantized
     block_batch: int = 4         # brecq: calibration samples per step
@@ -110,12 +111,12 @@ def fast_finetune(
     float_model: onnx.ModelProto,
     qmodel: onnx.ModelProto,
     calibration: Iterable[Feed],
-    settings: FinetuneSettings | None = None,
+    settings: FinetuneSettings,
     cache_dir: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, FinetuneReport]:
     """A copy of ``qmodel`` whose weight codes (and, for AdaQuant, biases) were finetuned."""
-    st = settings or FinetuneSettings()
+    st = settings
     if st.method not in METHODS:
         raise NpuflowError("NPF_QUANT_BAD_CONFIG",
                            reason=f"fast_finetune.method must be one of {', '.join(METHODS)}, not {st.method!r}")
@@ -160,7 +161,7 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     lst = replace(st, method=method)
     t1 = time.time()
     prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode)
-    nearest = grouped_weight(read_codes(out, ql, st.round_mode), g)
+    nearest = grouped_weight(read_codes(out, ql), g)
     before = prob.error(nearest)
     key = _cache_key(prob, lst)
     path = cache / key[:2] / f"{key}.npz"
@@ -180,7 +181,7 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     after = prob.error(codes, bias)
     write_codes(out, ql, codes.reshape(w.shape))
     if method == "adaquant":
-        write_bias(out, ql, np.asarray(bias).reshape(-1))
+        write_bias(out, ql, np.asarray(bias).reshape(-1), st.bias_round_mode)
     log.debug("%s %s: error %.3g -> %.3g (%s, %.1f s)", method, ql.name, before, after,
               "cached" if cached else "solved", time.time() - t1)
     return LayerResult(ql.name, before, after, cached, time.time() - t1)
@@ -191,7 +192,7 @@ def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs,
     """One block by :func:`.block_recon.reconstruct`, written into ``out``."""
     t1 = time.time()
     with torch_threads():
-        runner = BlockRunner(out, block, st.round_mode)
+        runner = BlockRunner(out, block)
         x = np.concatenate(inputs.get(block.start), axis=0)
         codes, before, after = reconstruct(
             runner, x, np.concatenate(float_values[block.start], axis=0),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...numerics import RoundMode, round_values
+from ...numerics import round_values
 
 
 @dataclass
@@ -26,7 +26,7 @@ class LayerProblem:
     y: np.ndarray          # (g, o, m) float layer outputs (targets)
     qmin: int
     qmax: int
-    round_mode: str = RoundMode.STD_ROUND.value
+    round_mode: str        # the tie rule of the weights' quantize step (the target's); no default
 
     def __post_init__(self) -> None:
         for name in ("w", "s", "b", "x", "y"):

@@ -6,10 +6,14 @@ weight layouts are understood, as both appear in QDQ files:
 
 * ``int initializer -> DequantizeLinear -> layer`` (weights stored as integers);
 * ``float initializer -> Quantize (QuantizeLinear or an ``ai.npuflow`` rounding function) ->
-  DequantizeLinear -> layer``: the float initializer is replaced by ``q * scale``, which every
-  rounding rule maps back to exactly ``q``.
+  DequantizeLinear -> layer``: the codes are the quantize step's own (its tie rule is read from
+  the node: ``QuantizeLinear`` rounds half to even, ``Quantize_<mode>_<dtype>`` with ``mode``), and
+  new codes replace the float initializer by ``q * scale``, which every rounding rule maps back
+  to exactly ``q``.
 
-Biases are a float initializer or ``int32 initializer -> DequantizeLinear``.
+Biases are a float initializer or ``int32 initializer -> DequantizeLinear``; an int32 bias has no
+quantize step to name its tie rule, so :func:`write_bias` takes it from the caller (the target's
+bias rule, the one the export quantized it with).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ...numerics import RoundMode, qrange, quantize
+from ...numerics import ONNX_ROUND_MODE, RoundMode, qrange, quantize
+from ...qdq import parse_function_name
 from .graph import attr, get_array, initializers, producers, set_array
 
 
@@ -38,6 +43,7 @@ class QuantizedLayer:
     signed: bool
     bias_name: str | None    # float bias initializer, or int32 codes behind a DQ
     bias_scale: np.ndarray | None  # scale of an int32 bias, None for a float bias
+    round_mode: RoundMode | None  # tie rule of the weight's quantize step (None: integer codes)
 
     @property
     def name(self) -> str:
@@ -48,17 +54,27 @@ class QuantizedLayer:
         return lo, hi
 
 
+def _quantize_mode(node: onnx.NodeProto) -> RoundMode | None:
+    """Tie rule of a quantize step: ``QuantizeLinear``'s, or the one an ``ai.npuflow`` function
+    is named for; ``None`` for any other node (its rounding is unknown, so its codes are too)."""
+    if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx"):
+        return ONNX_ROUND_MODE
+    parsed = parse_function_name(node.op_type)
+    return parsed[0] if parsed is not None else None
+
+
 def _dq_source(model, name, prods, inits):
-    """``(dq_node, int_initializer | None, float_initializer | None)`` behind tensor ``name``."""
+    """``(dq_node, int_initializer | None, float_initializer | None, quantize tie rule | None)``
+    behind tensor ``name``."""
     dq = prods.get(name)
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
     src = dq.input[0]
     if src in inits:
-        return dq, src, None
+        return dq, src, None, None
     q = prods.get(src)
-    if q is not None and (q.op_type == "QuantizeLinear" or q.op_type.startswith("Quantize_")) and q.input[0] in inits:
-        return dq, None, q.input[0]
+    if q is not None and q.input[0] in inits and (mode := _quantize_mode(q)) is not None:
+        return dq, None, q.input[0], mode
     return None
 
 
@@ -75,7 +91,7 @@ def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
         src = _dq_source(model, n.input[1], prods, inits)
         if src is None:
             continue
-        dq, q_name, float_name = src
+        dq, q_name, float_name, round_mode = src
         scale = get_array(model, dq.input[1]).astype(np.float32)
         zp = get_array(model, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
         trans_b = n.op_type == "Conv" or (n.op_type == "Gemm" and bool(attr(n, "transB", 0)))
@@ -101,7 +117,7 @@ def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
                     bias_scale = get_array(model, bsrc[0].input[1]).astype(np.float32)
         out.append(QuantizedLayer(
             n, int(attr(n, "group", 1)) if n.op_type == "Conv" else 1, trans_b, q_name, float_name,
-            scale, zp, info.bits, info.min < 0, bias_name, bias_scale,
+            scale, zp, info.bits, info.min < 0, bias_name, bias_scale, round_mode,
         ))
     return out
 
@@ -118,15 +134,18 @@ def scale_rows(layer: QuantizedLayer, w_shape: tuple[int, ...]) -> np.ndarray:
     return s.reshape((-1,) + (1,) * (len(w_shape) - 1)).astype(np.float32)
 
 
-def read_codes(model: onnx.ModelProto, layer: QuantizedLayer, round_mode: RoundMode | str = "std_round") -> np.ndarray:
-    """Integer weight codes in the ``(Cout, Cin/groups, *kernel)`` layout (as float64)."""
+def read_codes(model: onnx.ModelProto, layer: QuantizedLayer) -> np.ndarray:
+    """Integer weight codes in the ``(Cout, Cin/groups, *kernel)`` layout (as float64).
+
+    Float weights are quantized with the tie rule of their own quantize step (the model's, so
+    no caller can name another): the codes ONNX Runtime computes for the model."""
     if layer.q_name is not None:
         q = get_array(model, layer.q_name).astype(np.float64)
         return _to_rows(q, layer.trans_b) - _zp_rows(layer, q.shape)
     w = _to_rows(get_array(model, layer.float_name).astype(np.float32), layer.trans_b)
     s = scale_rows(layer, w.shape)
     lo, hi = layer.qlimits()
-    q = quantize(w, s, 0, bits=32, round_mode=round_mode).astype(np.float64)
+    q = quantize(w, s, 0, bits=32, round_mode=layer.round_mode).astype(np.float64)
     return np.clip(q, lo, hi)
 
 
@@ -152,9 +171,15 @@ def dequantized_weight(model: onnx.ModelProto, layer: QuantizedLayer) -> np.ndar
 
 
 def write_codes(model: onnx.ModelProto, layer: QuantizedLayer, q: np.ndarray) -> None:
-    """Store new integer codes (``(Cout, ...)`` layout, zero point not included)."""
+    """Store new integer codes (``(Cout, ...)`` layout, zero point not included).
+
+    The codes are integers already (learned roundings choose them); a fraction is a caller's bug,
+    refused rather than rounded here with some tie rule."""
+    q = np.asarray(q, dtype=np.float64)
+    if not np.all(np.isfinite(q) & (q == np.trunc(q))):
+        raise ValueError(f"weight codes of {layer.name} are not all integers")
     lo, hi = layer.qlimits()
-    q = np.clip(np.rint(q), lo, hi)
+    q = np.clip(q, lo, hi)
     if layer.q_name is not None:
         stored = _to_rows(q, layer.trans_b)
         set_array(model, layer.q_name, stored + _zp_rows(layer, stored.shape))
@@ -172,12 +197,18 @@ def read_bias(model: onnx.ModelProto, layer: QuantizedLayer, cout: int) -> np.nd
     return b.astype(np.float32)
 
 
-def write_bias(model: onnx.ModelProto, layer: QuantizedLayer, b: np.ndarray) -> bool:
-    """Store a new bias; ``False`` when the layer has no bias input to hold it."""
+def write_bias(model: onnx.ModelProto, layer: QuantizedLayer, b: np.ndarray, round_mode: RoundMode | str) -> bool:
+    """Store a new bias; ``False`` when the layer has no bias input to hold it.
+
+    An int32 bias is quantized as the export quantized it (:func:`npuflow.quant.params.bias_params`:
+    float32 division by its scale, ``round_mode`` - the target's bias rule - saturated to int32),
+    so a corrected bias lands where the first export would have put the same value."""
     if layer.bias_name is None:
         return False
     if layer.bias_scale is not None:
-        q = np.clip(np.rint(b.astype(np.float64) / layer.bias_scale.astype(np.float64)), -(2**31), 2**31 - 1)
+        per_channel = layer.bias_scale.ndim == 1 and layer.bias_scale.size > 1
+        q = quantize(np.asarray(b, np.float32).reshape(-1), layer.bias_scale, 0, bits=32, round_mode=round_mode,
+                     axis=0 if per_channel else None)
         set_array(model, layer.bias_name, q)
     else:
         set_array(model, layer.bias_name, b)
