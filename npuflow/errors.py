@@ -352,9 +352,28 @@ _COMPARE = _specs(
      "Write the dump again; index.json must be a JSON object of tensor name -> file name, each file a numpy.save array."),
 )
 
+# --- model tools (npuflow modify / pack / graph) -------------------------------------------
+_TOOLS = _specs(
+    ("NPF_MODIFY_NOT_REMOVABLE", "{path}: node {name!r} cannot be removed: {reason}",
+     "{did_you_mean}Removable now: {removable}. Only input-side quantize, cast, transpose, reshape and "
+     "preprocessing nodes (fed by a model input alone) and output-side dequantize, transpose and reshape "
+     "nodes (writing a model output alone) can go; remove them outside in, one after the other."),
+    ("NPF_PACK_TARGET_MISMATCH", "{path} is compiled for {target} (fingerprint {fingerprint}), {first} for "
+     "{first_target} (fingerprint {first_fingerprint})",
+     "A packed file serves one accelerator: compile every model for the same target before packing."),
+    ("NPF_PACK_DUPLICATE_NAME", "two models to pack are named {name!r} ({paths})",
+     "Models are named by their file names (without .npuf): rename one of the files."),
+    ("NPF_PACK_MODEL_REQUIRED", "{path} packs {count} models; name the one to use",
+     "Pass model=NAME (Session, CompiledModel.load) or --model NAME (run, info --op, graph); packed models: {names}."),
+    ("NPF_PACK_UNKNOWN_MODEL", "{path} has no model named {name!r}",
+     "{did_you_mean}Models in the file: {names}."),
+    ("NPF_GRAPH_FORMAT", "cannot write a graph picture as {path}: {reason}",
+     "Name the picture .svg, .png or .pdf (drawn by Graphviz's dot), or .gv/.dot for the Graphviz source."),
+)
+
 CATALOG: dict[str, ErrorSpec] = {
     **_GENERIC, **_MODEL, **_TARGET, **_CHECK, **_QUANT, **_COMPILE, **_RUNTIME, **_BUILD,
-    **_PERF, **_TORCH, **_PRUNE, **_SCALEOUT, **_COMPARE,
+    **_PERF, **_TORCH, **_PRUNE, **_SCALEOUT, **_COMPARE, **_TOOLS,
 }
 
 

@@ -9,6 +9,9 @@ from . import compile_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import info_cmd  # noqa: F401
 from . import ort_export_cmd  # noqa: F401
+from . import modify_cmd  # noqa: F401
+from . import pack_cmd  # noqa: F401
+from . import graph_cmd  # noqa: F401
 from . import compare_cmd  # noqa: F401
 from . import perf_cmd  # noqa: F401
 from . import bench_cmd  # noqa: F401

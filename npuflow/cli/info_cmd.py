@@ -1,5 +1,9 @@
-"""``npuflow info MODEL.npuf [--json] [--op NAME]``: what is in a compiled model (like ``hb_model_info``),
-or one op of it (inputs/outputs, shapes, quantization)."""
+"""``npuflow info MODEL.npuf [--json] [--op NAME] [--model NAME]``: what is in a compiled model (like
+``hb_model_info``), or one op of it (inputs/outputs, shapes, quantization).
+
+A packed file (``npuflow pack``) is described model by model (``hb_model_info -p``), a file
+compiled for several input shapes program by program (each has its own subgraphs and memory), and
+nodes ``npuflow modify`` removed are listed with the parameters the application now applies."""
 
 from __future__ import annotations
 
@@ -46,26 +50,41 @@ def _scales_line(s: dict) -> str:
 
 
 def describe(compiled: CompiledModel) -> dict:
-    """The JSON document `npuflow info --json` prints."""
+    """The JSON document `npuflow info --json` prints (``subgraphs``, ``inputs``, ``outputs`` and
+    ``memory`` are the first program's; ``programs`` has every program's)."""
     m = compiled.manifest
     return {
+        "name": compiled.name,
         "npuflow_version": m["npuflow_version"],
         "target": m["target"],
         "model_scales": model_scales(m),
         "inputs": m["inputs"],
         "outputs": m["outputs"],
         "input_shapes": compiled.input_shapes,
+        "subgraphs": _program(compiled)["subgraphs"],
+        "memory": m["memory"],
+        "programs": [_program(compiled.program(k)) for k in range(len(compiled.programs))],
+        "removed": compiled.removed,
+        "build_config": m.get("build_config"),
+        "preprocessing": m.get("preprocessing"),
+        "notes": m.get("notes", []),
+        "model": m.get("model", {}),
+    }
+
+
+def _program(compiled: CompiledModel) -> dict:
+    """One compiled shape set: its interface, subgraphs and memory."""
+    return {
+        "input_shapes": compiled.input_shapes[0],
+        "inputs": compiled.inputs,
+        "outputs": compiled.outputs,
         "subgraphs": [
             {"id": s.id, "name": s.name, "device": s.device, "engine": s.engine, "op_counts": s.op_counts,
              "macs": s.macs, "weight_bytes": s.weight_bytes, "activation_bytes": s.activation_bytes,
              "inputs": s.inputs, "outputs": s.outputs}
             for s in compiled.subgraphs
         ],
-        "memory": m["memory"],
-        "build_config": m.get("build_config"),
-        "preprocessing": m.get("preprocessing"),
-        "notes": m.get("notes", []),
-        "model": m.get("model", {}),
+        "memory": compiled.manifest["memory"],
     }
 
 
@@ -124,7 +143,15 @@ def describe_op(compiled: CompiledModel, name: str, path: str = "the model") -> 
             if name in sg.get("nodes", []):
                 return _cpu_node(compiled, sg, name)
             names += sg.get("nodes", [])
-    close = difflib.get_close_matches(name, sorted(set(names)), n=5, cutoff=0.5)
+    for r in compiled.removed:  # taken out by `npuflow modify`: what the application now applies
+        if name == r["name"]:
+            return {"name": name, "subgraph": r["subgraph"], "device": f"the application ({r['side']} side, removed)",
+                    "op": r["op"], "kind": r["op"], "nodes": [name], "macs": 0, "inputs": [r["input"]],
+                    "outputs": [r["output"]], "weights": {}, "attrs": r["attrs"], "removed": True}
+        names.append(r["name"])
+    # up to five suggestions, case ignored (errors.closest's rule, with a list: op names differ by a digit)
+    options = {n.lower(): n for n in sorted(set(names))}
+    close = [options[n] for n in difflib.get_close_matches(name.lower(), list(options), n=5, cutoff=0.5)]
     raise NpuflowError("NPF_COMPILE_UNKNOWN_OP", path=path, name=name, close=", ".join(close) or "none")
 
 
@@ -151,56 +178,92 @@ def _print_op(doc: dict) -> None:
     "npuflow info model.npuf",
     "npuflow info model.npuf --json",
     "npuflow info model.npuf --op /model.0/conv/Conv",
+    "npuflow info all.npuf --model cls --op fc",
 ))
 def info_command(
     model: Path = typer.Argument(..., metavar="MODEL.npuf", help="Compiled model (.npuf)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for programs."),
     op: Optional[str] = typer.Option(None, "--op", metavar="NAME", help="Show one op (by its name or an ONNX node "
                                      "fused into it): inputs/outputs, shapes and quantization."),
+    model_name: Optional[str] = typer.Option(None, "--model", metavar="NAME", help="One model of a packed file "
+                                             "(default: every model; --op needs it when there are several)."),
 ) -> None:
-    """Show a compiled model: inputs/outputs, target, subgraphs, memory and build config."""
-    compiled = CompiledModel.load(model)
+    """Show a compiled model: inputs/outputs, target, subgraphs per compiled shape, memory, build config and
+    removed nodes (every model of a packed file)."""
     if op is not None:
+        compiled = CompiledModel.load(model, model_name)
         doc = describe_op(compiled, op, str(model))
         if as_json:
             console.print_json(json.dumps(doc, default=str))
         else:
             _print_op(doc)
         return
-    doc = describe(compiled)
+    models = [CompiledModel.load(model, model_name)] if model_name else list(CompiledModel.load_all(model).values())
+    docs = [describe(m) for m in models]
     if as_json:
-        console.print_json(json.dumps(doc))
+        console.print_json(json.dumps({"packed": docs} if models[0].packed and not model_name else docs[0]))
         return
+    if len(docs) > 1:
+        console.print(f"[bold]{model}[/]: packed file, {len(docs)} models ({', '.join(d['name'] for d in docs)})",
+                      highlight=False)
+    for doc in docs:
+        _print_model(f"{model}" if len(docs) == 1 else f"{model} model {doc['name']}", doc)
+
+
+def _print_model(title: str, doc: dict) -> None:
     t = doc["target"]
-    console.print(f"[bold]{model}[/]  npuflow {doc['npuflow_version']}  target {t['name']} "
+    console.print(f"[bold]{title}[/]  npuflow {doc['npuflow_version']}  target {t['name']} "
                   f"(fingerprint {t['fingerprint']}, target arithmetic: {t['scale_type']} scales)", highlight=False)
     console.print(_scales_line(doc["model_scales"]), highlight=False)
-    io = Table(title="inputs and outputs")
-    for col in ("kind", "name", "dtype", "shape", "layout", "scale", "zero point"):
-        io.add_column(col)
-    for kind, items in (("input", doc["inputs"]), ("output", doc["outputs"])):
-        for i in items:
-            q = i.get("quant") or {}
-            io.add_row(kind, i["name"], i["dtype"], "x".join(map(str, i["shape"])), i.get("layout", ""),
-                       str(q.get("scale", "")), str(q.get("zero_point", "")))
-    console.print(io)
-    if len(doc["input_shapes"]) > 1:
-        console.print(f"compiled shapes ({len(doc['input_shapes'])} programs; run takes the smallest that fits, "
-                      f"zero-padded; the tables show the first): {shape_sets_text(doc['input_shapes'])}",
-                      highlight=False)
-    sg = Table(title="subgraphs")
-    for col in ("id", "name", "device", "ops", "MACs", "weights B", "activations B"):
-        sg.add_column(col)
-    for s in doc["subgraphs"]:
-        ops = ", ".join(f"{k} x{v}" for k, v in s["op_counts"].items())
-        sg.add_row(str(s["id"]), s["name"], s["device"], ops, str(s["macs"]), str(s["weight_bytes"]),
-                   str(s["activation_bytes"]))
-    console.print(sg)
-    mem = doc["memory"]
-    console.print(f"weights {mem['weight_bytes']} B, peak activation memory {mem['peak_activation_bytes']} B")
+    several = len(doc["programs"]) > 1
+    if several:
+        console.print(f"compiled shapes ({len(doc['programs'])} programs; run takes the smallest that fits, "
+                      f"zero-padded): {shape_sets_text(doc['input_shapes'])}", highlight=False)
+    for k, program in enumerate(doc["programs"]):
+        label = f" (program {k + 1}: {shape_sets_text([program['input_shapes']])})" if several else ""
+        _print_program(program, label)
+    if doc["removed"]:
+        _print_removed(doc["removed"])
     console.print(f"build config: {json.dumps(doc['build_config']) if doc['build_config'] else 'none stored'}",
                   highlight=False)
     if doc["preprocessing"]:
         console.print(f"preprocessing: {json.dumps(doc['preprocessing'])}", highlight=False)
     for note in doc["notes"]:
         console.print(f"note: {note}", highlight=False)
+
+
+def _print_program(program: dict, label: str) -> None:
+    io = Table(title=f"inputs and outputs{label}")
+    for col in ("kind", "name", "dtype", "shape", "layout", "scale", "zero point"):
+        io.add_column(col)
+    for kind, items in (("input", program["inputs"]), ("output", program["outputs"])):
+        for i in items:
+            q = i.get("quant") or {}
+            io.add_row(kind, i["name"], i["dtype"], "x".join(map(str, i["shape"])), i.get("layout", ""),
+                       str(q.get("scale", "")), str(q.get("zero_point", "")))
+    console.print(io)
+    sg = Table(title=f"subgraphs{label}")
+    for col in ("id", "name", "device", "ops", "MACs", "weights B", "activations B"):
+        sg.add_column(col)
+    for s in program["subgraphs"]:
+        ops = ", ".join(f"{k} x{v}" for k, v in s["op_counts"].items())
+        sg.add_row(str(s["id"]), s["name"], s["device"], ops, str(s["macs"]), str(s["weight_bytes"]),
+                   str(s["activation_bytes"]))
+    console.print(sg)
+    mem = program["memory"]
+    console.print(f"weights {mem['weight_bytes']} B, peak activation memory {mem['peak_activation_bytes']} B{label}",
+                  highlight=False)
+
+
+def _print_removed(removed: list[dict]) -> None:
+    """What `npuflow modify` took out: the application now does this work before/after the model."""
+    table = Table(title="removed nodes (the application applies them)")
+    for col in ("node", "op", "side", "from", "to", "parameters"):
+        table.add_column(col)
+    for r in removed:
+        ends = []
+        for t in (r["input"], r["output"]):
+            ends.append(f"{t['name']} {t['dtype']} {'x'.join(map(str, t['shape']))} {t.get('layout') or ''}".rstrip())
+        params = {k: v for k, v in r["attrs"].items() if k not in ("out_shape", "qmin", "out_dtype")}
+        table.add_row(r["name"], r["op"], r["side"], ends[0], ends[1], json.dumps(params, default=str))
+    console.print(table)

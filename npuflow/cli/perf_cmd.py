@@ -8,14 +8,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..perf import write_report
+from ..perf import PerfReport, write_report
 from ..perf import perf
+from ..perf.from_npuf import npuf_units
+from ..perf.model_perf import perf_compiled
 from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
 
 
 @app.command("perf", epilog=examples(
     "npuflow perf model.npuf",
     "npuflow perf yolov8n.onnx -t DPUCZDX8G_ISA1_B4096 --input-shape images 1x3x320x320 -o reports",
+    "npuflow perf all.npuf --model cls",
 ))
 def perf_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Float/quantized .onnx model or compiled .npuf file."),
@@ -24,12 +27,22 @@ def perf_command(
     input_shape: Optional[list[str]] = input_shape_option(),
     output: Path = output_option(Path("."), "DIR", "Folder that receives perf_result/NAME/ (HTML page, JSON, "
                                                    "structure picture)."),
+    model_name: Optional[str] = typer.Option(None, "--model", metavar="NAME", help="One model of a packed .npuf "
+                                             "(default: every model, and every compiled shape set of each)."),
 ) -> None:
     """Estimate latency, frame rate and DDR traffic from the target file; write an HTML/JSON report."""
     with console.status("estimating (CPU parts are timed on this host)..."):
-        report = perf(model, target, input_shapes_arg(input_shape))
-        folder = write_report(report, output)
-    t = Table(title=f"Model Performance Summary: {report.model_name} on {report.target}")
+        if model.suffix == ".npuf":  # every model of a packed file, every program of a multi-shape file
+            units = [(title, perf_compiled(c, target, name=name)) for name, title, c in npuf_units(model, model_name)]
+        else:
+            units = [(None, perf(model, target, input_shapes_arg(input_shape)))]
+        folders = [write_report(report, output) for _, report in units]
+    for (title, report), folder in zip(units, folders):
+        _show(report, title, folder)
+
+
+def _show(report: PerfReport, title: str | None, folder: Path) -> None:
+    t = Table(title=f"Model Performance Summary: {title or report.model_name} on {report.target}")
     t.add_column("item")
     t.add_column("value", justify="right")
     rows = [

@@ -1,4 +1,4 @@
-"""``npuflow run MODEL.npuf --input NAME=FILE.npy ... [-o DIR] [--dump DIR] [-t TARGET]``."""
+"""``npuflow run MODEL.npuf --input NAME=FILE.npy ... [-o DIR] [--dump DIR] [-t TARGET] [--model NAME]``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def _read_input(spec: str) -> tuple[str, np.ndarray]:
 @app.command("run", epilog=examples(
     "npuflow run model.npuf -i images=img.npy",
     "npuflow run model.npuf -i x=x.npy -o outputs --dump golden -t DPUCZDX8G_ISA1_B4096",
+    "npuflow run all.npuf --model det -i images=img.npy",
 ))
 def run_command(
     model: Path = typer.Argument(..., metavar="MODEL.npuf", help="Compiled model (.npuf)."),
@@ -38,11 +39,13 @@ def run_command(
                                         "(golden dump; index.json maps tensor names to files)."),
     target: Optional[str] = target_option(False, "Refuse a model compiled for another target (name, fingerprint "
                                                  "or arch.json; --march also works)."),
+    model_name: Optional[str] = typer.Option(None, "--model", metavar="NAME", help="The model to run in a packed "
+                                             "file (npuflow pack); needed when it holds several."),
 ) -> None:
     """Run a compiled model on .npy inputs."""
     output_dir = output or output_dir
     feeds = dict(_read_input(s) for s in inputs)
-    session = Session(model, target)
+    session = Session(model, target, model=model_name)
     outputs = session.run(feeds, dump_dir=dump)
     for name, value in outputs.items():
         console.print(f"{name}: shape {list(value.shape)} dtype {value.dtype} "

@@ -81,7 +81,7 @@ def serialize(manifest: dict, blobs: dict[str, np.ndarray | bytes]) -> bytes:
     manifest_off = HEADER_SIZE
     data_off = manifest_off + len(body) + _pad(manifest_off + len(body))
     file_len = data_off + len(data) + TRAILER_SIZE
-    minor = FORMAT_MINOR if manifest.get("variants") else manifest_schema.SINGLE_SHAPE_MINOR
+    minor = manifest_schema.minor_version(manifest)
     header = _HEADER.pack(MAGIC, FORMAT_MAJOR, minor, HEADER_SIZE, manifest_off, len(body),
                           data_off, len(data), file_len, hashlib.sha256(body).digest(), b"\x00" * 8)
     content = header + body + b"\x00" * (data_off - manifest_off - len(body)) + data

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import NpuflowError
+from ..errors import NpuflowError, did_you_mean
 from . import artifact
 
 
@@ -18,6 +18,10 @@ from . import artifact
 VARIANTS = "variants"
 #: What a variant replaces in the manifest: everything that depends on the input shapes.
 VARIANT_FIELDS = ("inputs", "outputs", "subgraphs", "tensors", "memory", "notes")
+#: Manifest key of a packed file (format 1.2): ``[{"name", "manifest"}]`` over one blob table.
+PACKED = "packed"
+#: Manifest key of the nodes ``npuflow modify`` removed, with their parameters (format 1.2).
+REMOVED = "removed"
 
 
 def with_shapes(programs: list[CompiledModel]) -> CompiledModel:
@@ -34,21 +38,33 @@ def with_shapes(programs: list[CompiledModel]) -> CompiledModel:
     if repeated is not None:
         raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=str(repeated), reason="this shape set is given twice")
     blobs = {n: first.blob(n) for n in first.blob_names()}
-    stored = {_blob_key(v): n for n, v in blobs.items()}
+    stored = {blob_key(v): n for n, v in blobs.items()}
     variants = []
     for k, program in enumerate(others, 1):
         renamed = {}
         for name in program.blob_names():
             value = program.blob(name)
-            key = _blob_key(value)
+            key = blob_key(value)
             if key not in stored:
                 stored[key] = f"v{k}.{name}"
                 blobs[stored[key]] = value
             renamed[name] = stored[key]
         variant = {f: program.manifest[f] for f in VARIANT_FIELDS}
-        variant["subgraphs"] = [_renamed_blobs(sg, renamed) for sg in variant["subgraphs"]]
+        variant["subgraphs"] = [renamed_blobs(sg, renamed) for sg in variant["subgraphs"]]
         variants.append(variant)
     return CompiledModel({**first.manifest, VARIANTS: variants}, blobs)
+
+
+def referenced_blobs(manifest: dict) -> set[str]:
+    """Names of the blobs the subgraphs of every program of ``manifest`` read."""
+    names: set[str] = set()
+    for subgraphs in [manifest["subgraphs"], *(v["subgraphs"] for v in manifest.get(VARIANTS, []))]:
+        for sg in subgraphs:
+            if sg["engine"] == "integer":
+                names.update(b for op in sg["ops"] for b in op["blobs"].values())
+            else:
+                names.add(sg["onnx"])
+    return names
 
 
 def shape_sets_text(sets: list[dict[str, list[int]]]) -> str:
@@ -56,14 +72,16 @@ def shape_sets_text(sets: list[dict[str, list[int]]]) -> str:
     return "; ".join(", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in s.items()) for s in sets)
 
 
-def _blob_key(value: np.ndarray | bytes) -> tuple:
+def blob_key(value: np.ndarray | bytes) -> tuple:
+    """What makes two blobs the same blob (dtype, shape and bytes): stored once when shared."""
     if isinstance(value, (bytes, bytearray)):
         return ("bytes", hashlib.sha256(value).hexdigest())
     arr = np.ascontiguousarray(value)
     return (arr.dtype.name, arr.shape, hashlib.sha256(arr.tobytes()).hexdigest())
 
 
-def _renamed_blobs(sg: dict, renamed: dict[str, str]) -> dict:
+def renamed_blobs(sg: dict, renamed: dict[str, str]) -> dict:
+    """Subgraph ``sg`` with its blob references renamed (``renamed``: old name -> new name)."""
     if sg["engine"] != "integer":
         return {**sg, "onnx": renamed[sg["onnx"]]}
     return {**sg, "ops": [{**op, "blobs": {r: renamed[b] for r, b in op["blobs"].items()}} for op in sg["ops"]]}
@@ -100,6 +118,10 @@ class CompiledModel:
         self._blobs = blobs or {}
         self._reader = reader
         self.source = source
+        #: The model's name: its name in a packed file, else the file name without ``.npuf``.
+        self.name = source.stem if source is not None else "model"
+        #: Whether the model was read from a packed file (``npuflow pack``).
+        self.packed = False
 
     # --- I/O --------------------------------------------------------------------------------
 
@@ -111,20 +133,46 @@ class CompiledModel:
         return artifact.write(path, body, blobs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CompiledModel":
-        """Open and verify a ``.npuf`` (coded errors for any damage); weights stay memory-mapped."""
+    def load(cls, path: str | os.PathLike, model: str | None = None) -> "CompiledModel":
+        """Open and verify a ``.npuf`` (coded errors for any damage); weights stay memory-mapped.
+
+        A packed file (``npuflow pack``) holds several models: ``model`` names the one to load
+        (``NPF_PACK_MODEL_REQUIRED`` without it when there are several, ``NPF_PACK_UNKNOWN_MODEL``
+        for a name not in the file).  A plain file is one model named by its file name."""
+        models = cls.load_all(path)
+        if model is None:
+            if len(models) > 1:
+                raise NpuflowError("NPF_PACK_MODEL_REQUIRED", path=str(path), count=len(models),
+                                   names=", ".join(models))
+            return next(iter(models.values()))
+        if model not in models:
+            raise NpuflowError("NPF_PACK_UNKNOWN_MODEL", path=str(path), name=model,
+                               did_you_mean=did_you_mean(model, models), names=", ".join(models))
+        return models[model]
+
+    @classmethod
+    def load_all(cls, path: str | os.PathLike) -> dict[str, "CompiledModel"]:
+        """Every model of a ``.npuf`` by name, in file order, read and verified once: the packed
+        models of a packed file, else the one model named by the file name (``a.npuf``: ``a``)."""
         f = artifact.NpufFile(path)
 
         def read(name: str):
             return f.blob_bytes(name) if name.endswith(".onnx") else f.blob(name)
 
-        model = cls(f.manifest, reader=read, source=Path(path))
-        model._file = f
-        return model
+        entries = f.manifest.get(PACKED) or [{"name": Path(path).stem, "manifest": f.manifest}]
+        models = {}
+        for entry in entries:
+            model = cls({**entry["manifest"], "blobs": f.manifest["blobs"]}, reader=read, source=Path(path))
+            model._file = f
+            model.name = entry["name"]
+            model.packed = PACKED in f.manifest
+            models[entry["name"]] = model
+        return models
 
     def blob_names(self) -> list[str]:
+        """The blobs this model references (a packed file's table also holds the other models')."""
         if self._reader is not None:
-            return sorted(self.manifest["blobs"])
+            return sorted(referenced_blobs(self.manifest) & set(self.manifest["blobs"]))
         return sorted(self._blobs)
 
     def blob(self, name: str) -> np.ndarray | bytes:
@@ -184,6 +232,19 @@ class CompiledModel:
         ``notes`` (all blobs live in one table)."""
         base = {k: v for k, v in self.manifest.items() if k != VARIANTS}
         return [self.manifest, *({**base, **v} for v in self.manifest.get(VARIANTS, []))]
+
+    def program(self, k: int) -> "CompiledModel":
+        """Program ``k`` (:attr:`programs` order) as a model of its own, over the same blobs: what
+        ``perf`` costs and ``info`` describes per compiled shape set."""
+        manifest = {key: value for key, value in self.programs[k].items() if key != VARIANTS}
+        view = CompiledModel(manifest, self._blobs, self._reader, self.source)
+        view.name, view.packed = self.name, self.packed
+        return view
+
+    @property
+    def removed(self) -> list[dict]:
+        """Nodes ``npuflow modify`` took out, with their parameters (format 1.2 ``removed``)."""
+        return self.manifest.get(REMOVED, [])
 
     @property
     def input_shapes(self) -> list[dict[str, list[int]]]:

@@ -23,6 +23,11 @@ A file compiled for several input shape sets (format 1.1) holds one program per 
 manifest's own, and one per ``variants`` entry (its shape-dependent fields over the shared blob
 table), each validated as a whole manifest; input/output names, dtypes and ranks must agree.
 
+Format 1.2 adds a packed file (``packed: [{name, manifest}]`` over one blob table, each model
+validated as a whole manifest, all for one target), the ``removed`` list of nodes ``npuflow
+modify`` took out (with their parameters) and the ``NHWC`` layout of an input such a removal
+exposes; :func:`minor_version` gives the version a manifest needs, so older files stay 1.0/1.1.
+
 Files of a newer *minor* format version may carry fields this reader does not know: they are
 ignored (a minor version only adds); at this reader's version an unknown field is corruption.
 Every failure is ``NPF_COMPILE_CORRUPT`` naming the field (``subgraphs[0].ops[3].attrs.strides``).
@@ -48,9 +53,24 @@ from . import memory
 
 #: The ``.npuf`` format version this schema describes (``artifact.FORMAT_MAJOR/MINOR`` are taken
 #: from it): a change of the manifest is a change of this schema and of the version together.
-SCHEMA_VERSION = (1, 1)
+#: 1.1 added ``variants`` (several shape sets), 1.2 ``packed`` (several models, ``npuflow pack``),
+#: ``removed`` (nodes ``npuflow modify`` took out) and the ``NHWC`` input layout.
+SCHEMA_VERSION = (1, 2)
 #: Files without ``variants`` (one shape set) are written as 1.0, byte for byte as before 1.1.
 SINGLE_SHAPE_MINOR = 0
+#: Files with ``variants`` and nothing newer are written as 1.1, byte for byte as before 1.2.
+VARIANTS_MINOR = 1
+
+
+def minor_version(manifest: dict) -> int:
+    """The oldest minor version whose readers understand ``manifest``: a file only claims the
+    version whose fields it uses, so files an older npuflow could read stay readable there."""
+    models = [e["manifest"] for e in manifest["packed"]] if "packed" in manifest else [manifest]
+    programs = [p for m in models for p in [m, *m.get("variants", [])]]
+    if "packed" in manifest or any("removed" in m for m in models) or any(
+            io.get("layout") == "NHWC" for p in programs for io in [*p["inputs"], *p["outputs"]]):
+        return SCHEMA_VERSION[1]
+    return VARIANTS_MINOR if manifest.get("variants") else SINGLE_SHAPE_MINOR
 
 #: numpy names of every ONNX tensor type except strings (what a tensor of a compiled model may be).
 DTYPES = frozenset(helper.tensor_dtype_to_np_dtype(v).name for v in TensorProto.DataType.values()
@@ -132,7 +152,26 @@ class Tensor(Strict):
 
 class Io(Tensor):
     name: Name
-    layout: Literal["NCHW", ""]
+    layout: Literal["NCHW", "NHWC", ""]
+
+
+class RemovedTensor(Tensor):
+    name: Name
+    layout: Optional[Literal["NCHW", "NHWC", ""]] = None
+
+
+class RemovedNode(Strict):
+    """A node ``npuflow modify`` took out (format 1.2): the application now does its work, so its
+    parameters (scale, zero point, permutation, constants) stay readable in ``info``."""
+
+    name: Name
+    op: Name
+    side: Literal["input", "output"]
+    engine: Literal["integer", "onnx"]
+    subgraph: Name
+    input: RemovedTensor
+    output: RemovedTensor
+    attrs: dict
 
 
 class Blob(Strict):
@@ -504,6 +543,21 @@ class Manifest(Strict):
     notes: list[str]
     blobs: dict[str, Blob]
     variants: Optional[Annotated[list[Variant], Field(min_length=1, max_length=256)]] = None
+    removed: Optional[Annotated[list[RemovedNode], Field(min_length=1)]] = None
+
+
+class PackedModel(Strict):
+    name: Name
+    manifest: dict  # validated as a whole manifest over the shared blob table, below
+
+
+class PackedManifest(Strict):
+    """A packed file (format 1.2, ``npuflow pack``): several models of one target, one blob table."""
+
+    format: Literal["npuf"]
+    npuflow_version: Name
+    packed: Annotated[list[PackedModel], Field(min_length=1, max_length=256)]
+    blobs: dict[str, Blob]
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -523,6 +577,8 @@ def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_mino
     their interface with the subgraph's); ``newer_minor`` ignores unknown fields.
     """
     context = {"ignore_unknown": newer_minor}
+    if isinstance(manifest, dict) and "packed" in manifest:
+        return _validate_packed(manifest, blob_bytes, newer_minor)
     try:
         m = Manifest.model_validate(manifest, context=context)
     except ValidationError as exc:
@@ -531,6 +587,31 @@ def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_mino
         _check_variant(m, manifest, k, blob_bytes, newer_minor)
     _check_program(m, context, blob_bytes)
     return m
+
+
+def _validate_packed(manifest: dict, blob_bytes: Callable[[str], bytes], newer_minor: bool) -> PackedManifest:
+    """Each packed model is a whole manifest over the shared blob table; names are unique and
+    every model is for the first one's target."""
+    try:
+        packed = PackedManifest.model_validate(manifest, context={"ignore_unknown": newer_minor})
+    except ValidationError as exc:
+        raise _schema_error(exc, "") from None
+    first = None
+    for k, entry in enumerate(packed.packed):
+        where = f"packed[{k}]"
+        if "packed" in entry.manifest:
+            raise SchemaError(f"{where}.manifest", "a packed model is itself a packed file")
+        try:
+            m = validate({**entry.manifest, "blobs": manifest["blobs"]}, blob_bytes, newer_minor=newer_minor)
+        except SchemaError as exc:
+            raise SchemaError(f"{where}.manifest.{exc.field}", exc.reason) from None
+        if [e.name for e in packed.packed].index(entry.name) != k:
+            raise SchemaError(f"{where}.name", f"{entry.name!r} names an earlier model too")
+        first = first or m.target
+        if not same_fingerprint(m.target.fingerprint, first.fingerprint):
+            raise SchemaError(f"{where}.manifest.target",
+                              f"{m.target.name} is not the first model's target {first.name}")
+    return packed
 
 
 def _check_variant(m: Manifest, manifest: dict, k: int, blob_bytes: Callable[[str], bytes], newer_minor: bool) -> None:

@@ -9,6 +9,7 @@ ONNX files and compiled files, and the subgraph names match the runtime's events
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,25 @@ def _node_for(op: dict, weight_names: list[str]) -> onnx.NodeProto:
     elif op_type in ("MaxPool", "AveragePool"):
         a = {"kernel_shape": list(attrs.get("kernel", [1, 1])), "strides": list(attrs.get("strides", [1, 1]))}
     return helper.make_node(op_type, [*op["inputs"], *weight_names], list(op["outputs"]), name=name, **a)
+
+
+def npuf_units(path: str | Path, model: str | None = None) -> list[tuple[str, str, Any]]:
+    """What ``perf`` estimates in a ``.npuf``: ``(name, title, CompiledModel)`` per model (the one
+    named, else every model of a packed file) and per compiled shape set, since each program has
+    its own subgraphs, shapes and so its own latency.  ``name`` is a plain report folder name."""
+    from ..compiler import CompiledModel
+    from ..compiler.compiled import shape_sets_text
+
+    models = [CompiledModel.load(path, model)] if model else list(CompiledModel.load_all(path).values())
+    units = []
+    for m in models:
+        shapes = m.input_shapes
+        for k in range(len(shapes)):
+            several = len(shapes) > 1
+            name = f"{m.name}_program{k + 1}" if several else m.name
+            title = f"{m.name} ({shape_sets_text([shapes[k]])})" if several else m.name
+            units.append((name, title, m.program(k) if several else m))
+    return units
 
 
 def model_and_placement(compiled: Any) -> tuple[onnx.ModelProto, dict[str, Placement]]:

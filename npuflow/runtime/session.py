@@ -1,8 +1,9 @@
 """``Session``: load a compiled model and run it (the role of VART's graph runner / ``hrt``).
 
-``Session(path_or_compiled, target=None)`` verifies the ``.npuf`` (coded errors, nothing run
-on a damaged file), refuses a model compiled for another fingerprint when a target is given,
-and prepares one executor per subgraph.  ``run(inputs)`` validates names, dtypes and shapes,
+``Session(path_or_compiled, target=None, model=None)`` verifies the ``.npuf`` (coded errors,
+nothing run on a damaged file), picks ``model`` from a packed file (``npuflow pack``), refuses a
+model compiled for another fingerprint when a target is given, and prepares one executor per
+subgraph.  ``run(inputs)`` validates names, dtypes and shapes,
 then runs the subgraphs in order; it holds no per-call state on the session, so one session
 may be shared by many threads and gives the same bytes as a single-threaded run.
 
@@ -131,9 +132,9 @@ def file_sha256(path: Path) -> str:
 class Session:
     """Runs a compiled model: integer executor for accelerator subgraphs, ONNX Runtime for CPU."""
 
-    def __init__(self, model: str | os.PathLike | CompiledModel, target: str | Target | None = None,
+    def __init__(self, path: str | os.PathLike | CompiledModel, /, target: str | Target | None = None,
                  *, threads: int = 1, cpu_threads: int | None = None, blas_threads: int | None = 1,
-                 fuse: bool = True, expected_sha256: str | None = None) -> None:
+                 fuse: bool = True, expected_sha256: str | None = None, model: str | None = None) -> None:
         """``threads``: ONNX Runtime intra-op threads of the fused integer runs and of the CPU
         subgraphs (``cpu_threads`` overrides the latter); ``fuse=False`` runs every accelerator op
         as its kernel and every CPU subgraph in ONNX Runtime (the reference the fused runs and the
@@ -142,12 +143,14 @@ class Session:
         ``target`` is the accelerator this runtime serves (default ``$NPUFLOW_TARGET``, the way a
         board's runtime knows its DPU): a file compiled for another fingerprint is refused, as
         VART refuses one.  ``expected_sha256`` pins the file's content (a deployment manifest's
-        hash): any other bytes are refused before the file is parsed."""
+        hash): any other bytes are refused before the file is parsed.  ``model`` picks one
+        model of a packed file (required when it holds several, as VART's graph runner takes a
+        subgraph and ``hrt_model_exec --model_name`` a packed model)."""
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         if expected_sha256 is not None:
-            check_sha256(model, expected_sha256)
-        self.compiled = model if isinstance(model, CompiledModel) else CompiledModel.load(model)
+            check_sha256(path, expected_sha256)
+        self.compiled = path if isinstance(path, CompiledModel) else CompiledModel.load(path, model)
         target = target if target is not None else os.environ.get(TARGET_ENV) or None
         if target is not None:
             tgt = target if isinstance(target, Target) else load_target(target)
