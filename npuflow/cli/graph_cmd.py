@@ -27,6 +27,8 @@ from .app import app, console, err_console, examples, output_option
 #: Picture formats drawn by ``dot``; ``.gv``/``.dot`` are the Graphviz source itself.
 PICTURES = ("svg", "png", "pdf")
 SOURCES = ("gv", "dot")
+#: How a cluster names what runs its subgraph.
+_ENGINES = {"integer": "integer program", "onnx": "ONNX Runtime"}
 
 
 def to_dot(compiled: CompiledModel, program: int = 0) -> graphviz.Digraph:
@@ -46,10 +48,11 @@ def to_dot(compiled: CompiledModel, program: int = 0) -> graphviz.Digraph:
         dot.node(node_id(f"in:{io['name']}"), _io_label(io), shape="ellipse", style="", fillcolor="white")
         producer[io["name"]] = node_id(f"in:{io['name']}")
     for sg in m["subgraphs"]:
-        on_cpu = sg["engine"] != "integer"
+        on_cpu = sg["engine"] == "onnx"
         colour = CPU_COLOUR if on_cpu else PALETTE[sg["id"] % len(PALETTE)]
+        engine = _ENGINES.get(sg["engine"]) or f"plugin {sg.get('plugin', sg['engine'])}"
         with dot.subgraph(name=f"cluster_{sg['id']}") as c:
-            c.attr(label=f"{sg['name']}: {sg['device']} ({'ONNX Runtime' if on_cpu else 'integer program'})",
+            c.attr(label=f"{sg['name']}: {sg['device']} ({engine})",
                    style="rounded,filled", fillcolor="#f7f7f7")
             for key, label, inputs, outputs in _members(compiled, sg):
                 c.node(node_id(key), label=label, fillcolor=colour)

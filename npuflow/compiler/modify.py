@@ -126,7 +126,7 @@ def _scan(m: dict, blob: Any) -> tuple[list[Candidate], dict[str, str]]:
                           and src not in model_inputs + model_outputs):
                         found.append(Candidate(op["name"], "output", "integer", k, op["op"], src, dst,
                                                tuple(op.get("nodes", []))))
-        else:
+        elif sg["engine"] == "onnx":  # a plugin's subgraph pairs its nodes with its own payload: left whole
             graph = onnx.load_from_string(blob(sg["onnx"])).graph
             inits = {t.name for t in graph.initializer}
             for node in graph.node:
