@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from ..operators import FOLDS_INTO, HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_OFFSET, WEIGHTED_KINDS, close, \
-    divides_by_six, fuses
+from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, hard_activation
 from ..targets.spec import Target
 from .graph import GraphView
 from .ops import ACTIVATION, OpInfo
@@ -33,85 +32,49 @@ def _root(view: GraphView, tensor: str) -> str:
     return tensor
 
 
-def _scalar(view: GraphView, node, skip: str) -> float | None:
-    """The scalar constant operand of a binary node (the other operand being ``skip``)."""
-    others = [t for t in node.input if t and _root(view, t) != skip]
-    if len(others) != 1 or not view.is_const(others[0]):
-        return None
-    v = view.value(others[0])
-    return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
-
-
 def _single_consumer(view: GraphView, tensor: str) -> int | None:
     cons = view.data_consumers(tensor)
     return cons[0] if len(cons) == 1 and not view.reaches_output(tensor) else None
 
 
-def _relu6_of_x_plus_3(view: GraphView, infos: list[OpInfo], clip: int) -> tuple[str, int] | None:
-    """``Clip(x + 3, 0, 6)`` -> (x, the Add node)."""
-    if infos[clip].kind != "relu6":
-        return None
-    add = view.producer.get(_root(view, view.nodes[clip].input[0]))
-    if add is None or view.nodes[add].op_type != "Add":
-        return None
-    for t in view.nodes[add].input:
-        x = _root(view, t)
-        if not view.is_const(x) and close(_scalar(view, view.nodes[add], x), HSIGMOID_OFFSET):
-            if _single_consumer(view, view.nodes[add].output[0]) == clip:
-                return x, add
-    return None
+class _Patterns:
+    """The checker's graph view as the registry's :class:`~npuflow.operators.PatternView`: through
+    Q/DQ steps, so a quantized model's decomposed activations are found as a float model's."""
 
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
 
-def _divided_by_6(view: GraphView, node_index: int, tensor: str) -> int | None:
-    """The consumer of ``tensor`` that divides it by 6 (``Div 6`` or ``Mul 1/6``), if it is the only one."""
-    c = _single_consumer(view, tensor)
-    if c is None:
-        return None
-    n = view.nodes[c]
-    return c if divides_by_six(n.op_type, _scalar(view, n, _root(view, tensor))) else None
+    def source(self, tensor: str) -> str:
+        return _root(self.view, tensor)
+
+    def producer(self, tensor: str) -> NodeProto | None:
+        p = self.view.producer.get(tensor)
+        return self.view.nodes[p] if p is not None else None
+
+    def only_reader(self, tensor: str) -> NodeProto | None:
+        c = _single_consumer(self.view, tensor)
+        return self.view.nodes[c] if c is not None else None
+
+    def scalar(self, tensor: str) -> float | None:
+        if not tensor or not self.view.is_const(tensor):
+            return None
+        v = self.view.value(tensor)
+        return float(v.reshape(-1)[0]) if v is not None and v.size == 1 else None
 
 
 def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, int]:
-    """Activations exporters write as several nodes; the last node becomes the activation.
-
-    * ``x * HardSigmoid(x)`` -> ``hard_swish``;
-    * ``x * Clip(x + 3, 0, 6) / 6`` (PaddlePaddle, Keras) -> ``hard_swish``;
-    * ``Clip(x + 3, 0, 6) / 6`` -> ``hard_sigmoid`` (alpha 1/6, beta 0.5).
-
-    Returns {member: last node}.
-    """
+    """Activations exporters write as several nodes (:func:`npuflow.operators.hard_activation`:
+    ``x * HardSigmoid(x)``, ``x * Clip(x + 3, 0, 6) / 6``, ``Clip(x + 3, 0, 6) / 6``); the last
+    node becomes the activation.  Returns {member: last node}."""
+    g = _Patterns(view)
+    index = {id(n): k for k, n in enumerate(view.nodes)}
     fused: dict[int, int] = {}
-    sig_input: dict[int, str] = {}  # hard-sigmoid node (or pattern end) -> its input x
     for i, node in enumerate(view.nodes):
-        if node.op_type == "HardSigmoid":
-            sig_input[i] = _root(view, node.input[0])
-        elif infos[i].kind == "relu6" and (found := _relu6_of_x_plus_3(view, infos, i)):
-            last = _divided_by_6(view, i, node.output[0])
-            if last is not None:
-                infos[last] = OpInfo("hard_sigmoid", ACTIVATION, {"alpha": HSIGMOID_ALPHA, "beta": HSIGMOID_BETA})
-                fused[found[1]] = last
-                fused[i] = last
-                sig_input[last] = found[0]
-        elif node.op_type == "Mul" and infos[i].kind == "eltwise_mul" and len(node.input) == 2:
-            a, b = (_root(view, t) for t in node.input)
-            for x, y in ((a, b), (b, a)):
-                h = view.producer.get(y)
-                if h is None or _single_consumer(view, y) != i:
-                    continue
-                if sig_input.get(h) == x:  # x * hard_sigmoid(x)
-                    infos[i] = OpInfo("hard_swish", ACTIVATION, dict(infos[h].params))
-                    for m in [m for m, anchor in fused.items() if anchor == h] + [h]:
-                        fused[m] = i
-                    break
-                found = _relu6_of_x_plus_3(view, infos, h)
-                if found and found[0] == x:  # x * relu6(x + 3) [/ 6]
-                    last = _divided_by_6(view, i, node.output[0])
-                    anchor = last if last is not None else i
-                    infos[anchor] = OpInfo("hard_swish", ACTIVATION,
-                                           {"alpha": HSIGMOID_ALPHA if last is not None else 1.0, "beta": HSIGMOID_BETA})
-                    for m in [found[1], h] + ([i] if last is not None else []):
-                        fused[m] = anchor
-                    break
+        if view.qdq[i] or (found := hard_activation(node, g)) is None:
+            continue
+        infos[i] = OpInfo(found.kind, ACTIVATION, {"alpha": found.alpha, "beta": found.beta})
+        for member in found.nodes[:-1]:
+            fused[index[id(member)]] = i
     return fused
 
 

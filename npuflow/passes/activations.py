@@ -1,7 +1,8 @@
 """Activation patterns: recognising decomposed activations and what a target fuses into an op.
 
 Exporters often write hard-sigmoid as ``Clip(x + 3, 0, 6) / 6`` and hard-swish as
-``x * that``; :func:`fuse_activation_patterns` rewrites those into one ``HardSigmoid`` /
+``x * that``; :func:`fuse_activation_patterns` rewrites those (as the registry's
+:func:`~npuflow.operators.hard_activation` finds them, the checker's answer too) into one ``HardSigmoid`` /
 ``HardSwish`` node (the last node of the pattern keeps its name and output) so the quantizer and
 the checker see one form.  :func:`op_kind` names the op an activation may fuse into in the
 vocabulary of target files (``conv2d``, ``fc`` ...); what the ops are, which activations exist and
@@ -14,14 +15,9 @@ import onnx
 from onnx import helper
 
 from ..model import default_opset
-from ..operators import (HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_OFFSET, activation_kind, close, conv_in_channels,
-                         conv_kind, divides_by_six, is_depthwise, is_standard_hard_sigmoid, op_def)
+from ..operators import (HSIGMOID_ALPHA, HSIGMOID_BETA, conv_in_channels, conv_kind, hard_activation, is_depthwise,
+                         is_standard_hard_sigmoid, op_def)
 from .graph import GraphIndex, attr, remove_unused_initializers
-
-
-def _same(a: onnx.NodeProto | None, b: onnx.NodeProto) -> bool:
-    """Node identity by output names (protobuf wrappers are not stable Python objects)."""
-    return a is not None and list(a.output) == list(b.output)
 
 
 def op_kind(node: onnx.NodeProto, idx: GraphIndex) -> str:
@@ -51,73 +47,48 @@ def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _sixth_of(end: onnx.NodeProto, idx: GraphIndex) -> str | None:
-    """The tensor ``end`` divides by 6 (``Div(t, 6)`` or ``Mul(t, 1/6)``), else ``None``."""
-    if end.op_type == "Div" and divides_by_six(end.op_type, idx.scalar(end.input[1])):
-        return end.input[0]
-    if end.op_type == "Mul":
-        for a, b in ((0, 1), (1, 0)):
-            if divides_by_six(end.op_type, idx.scalar(end.input[b])):
-                return end.input[a]
-    return None
+class _FloatView:
+    """A float graph as the registry's :class:`~npuflow.operators.PatternView`."""
 
+    def __init__(self, idx: GraphIndex) -> None:
+        self.idx = idx
 
-def _relu6_of_x_plus_3(t: str, user: onnx.NodeProto, idx: GraphIndex) -> tuple[str, list[onnx.NodeProto]] | None:
-    """``t = Clip(Add(x, 3), 0, 6)`` read only by ``user``: (x, [add, clip])."""
-    clip = idx.producer.get(t)
-    if clip is None or clip.op_type != "Clip" or activation_kind(clip, idx.scalar) != "relu6" \
-            or not _same(idx.only_consumer(t), user):
-        return None
-    add = idx.producer.get(clip.input[0])
-    if add is None or add.op_type != "Add" or not _same(idx.only_consumer(clip.input[0]), clip):
-        return None
-    for a, b in ((0, 1), (1, 0)):
-        if close(idx.scalar(add.input[b]), HSIGMOID_OFFSET):
-            return add.input[a], [add, clip]
-    return None
+    def source(self, tensor: str) -> str:
+        return tensor
 
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        return self.idx.producer.get(tensor)
 
-def _hard_activation_pattern(end: onnx.NodeProto, idx: GraphIndex) -> tuple[str, str, list[onnx.NodeProto]] | None:
-    """A decomposed hard-sigmoid / hard-swish ending at ``end``: (op type, x, nodes)."""
-    t = _sixth_of(end, idx)
-    if t is None:
-        return None
-    found = _relu6_of_x_plus_3(t, end, idx)
-    if found is not None:
-        return "HardSigmoid", found[0], [*found[1], end]
-    mul = idx.producer.get(t)
-    if mul is None or mul.op_type != "Mul" or not _same(idx.only_consumer(t), end):
-        return None
-    for a, b in ((0, 1), (1, 0)):
-        found = _relu6_of_x_plus_3(mul.input[b], mul, idx)
-        if found is not None and found[0] == mul.input[a]:
-            return "HardSwish", found[0], [*found[1], mul, end]
-    return None
+    def only_reader(self, tensor: str) -> onnx.NodeProto | None:
+        return self.idx.only_consumer(tensor)
+
+    def scalar(self, tensor: str) -> float | None:
+        return self.idx.scalar(tensor)
 
 
 def _rewrite_one(graph: onnx.GraphProto, opset: int) -> bool:
-    idx = GraphIndex(graph)
+    """Rewrite the first decomposed activation (:func:`npuflow.operators.hard_activation`) in
+    graph order; ``x * HardSigmoid(x)`` becomes ``HardSwish`` only where the opset has it."""
+    g = _FloatView(GraphIndex(graph))
     for node in graph.node:
-        found = _hard_activation_pattern(node, idx)
-        if found is not None:
-            op, x, nodes = found
-            if op == "HardSigmoid":
-                new = [helper.make_node(op, [x], [node.output[0]], name=node.name, alpha=HSIGMOID_ALPHA, beta=HSIGMOID_BETA)]
-            elif opset >= 14:
-                new = [helper.make_node(op, [x], [node.output[0]], name=node.name)]
-            else:  # HardSwish needs opset 14: the equivalent Mul(x, HardSigmoid(x))
-                hsig = f"{node.name or node.output[0]}/hsig"
-                new = [helper.make_node("HardSigmoid", [x], [hsig], name=hsig, alpha=HSIGMOID_ALPHA, beta=HSIGMOID_BETA),
-                       helper.make_node("Mul", [x, hsig], [node.output[0]], name=node.name)]
-            _splice(graph, nodes, new)
-            return True
-        if opset >= 14 and node.op_type == "Mul" and len(node.input) == 2:
-            for a, b in ((0, 1), (1, 0)):
-                hs = idx.producer.get(node.input[b])
-                if hs is not None and is_standard_hard_sigmoid(hs) and hs.input[0] == node.input[a] and _same(idx.only_consumer(hs.output[0]), node):
-                    new = helper.make_node("HardSwish", [node.input[a]], [node.output[0]], name=node.name)
-                    _splice(graph, [hs, node], [new])
-                    return True
+        found = hard_activation(node, g)
+        if found is None or found.times_six:
+            continue
+        first = found.nodes[0]
+        if first.op_type == "HardSigmoid" and (opset < 14 or not is_standard_hard_sigmoid(first)):
+            continue
+        x, name = found.x, node.name
+        if found.kind == "hard_sigmoid":
+            new = [helper.make_node("HardSigmoid", [x], [node.output[0]], name=name, alpha=HSIGMOID_ALPHA,
+                                    beta=HSIGMOID_BETA)]
+        elif opset >= 14:
+            new = [helper.make_node("HardSwish", [x], [node.output[0]], name=name)]
+        else:  # HardSwish needs opset 14: the equivalent Mul(x, HardSigmoid(x))
+            hsig = f"{name or node.output[0]}/hsig"
+            new = [helper.make_node("HardSigmoid", [x], [hsig], name=hsig, alpha=HSIGMOID_ALPHA, beta=HSIGMOID_BETA),
+                   helper.make_node("Mul", [x, hsig], [node.output[0]], name=name)]
+        _splice(graph, list(found.nodes), new)
+        return True
     return False
 
 

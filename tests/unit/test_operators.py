@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 import npuflow
 from npuflow import operators as ops
 from npuflow.compiler.lowering import LOWERINGS
-from npuflow.passes.activations import op_kind
+from npuflow.passes.activations import fuse_activation_patterns, op_kind
 from npuflow.passes.graph import GraphIndex
 from npuflow.targets import load_target
 from tests import onnx_builders as B
@@ -161,6 +161,36 @@ def test_relu6_is_fused_by_exact_bounds_in_check_and_quantize(target, hi, fused)
     manifest = npuflow.compile(q, target).manifest
     on_cpu = {n for sg in manifest["subgraphs"] if sg.get("engine") == "onnx" for n in sg.get("nodes", [])}
     assert not [n.name for n in report.nodes if n.device == "NPU" and n.name in on_cpu]
+
+
+_PATTERN_CONSTS = {"three": 3.0, "zero": 0.0, "six": 6.0, "sixth": 1 / 6, "three1": 3.1}
+_PATTERNS = {
+    # name: (nodes after conv "c" ending in "y", the checker's kind of the last node, op types the float passes leave)
+    "hsig_div6": ([("Add", ["c", "three"], "a"), ("Clip", ["a", "zero", "six"], "r"), ("Div", ["r", "six"], "y")],
+                  "hard_sigmoid", ["Conv", "HardSigmoid"]),
+    "hswish_paddle": ([("Add", ["c", "three"], "a"), ("Clip", ["a", "zero", "six"], "r"), ("Mul", ["c", "r"], "m"),
+                       ("Div", ["m", "six"], "y")], "hard_swish", ["Conv", "HardSwish"]),
+    "hswish_keras": ([("Add", ["three", "c"], "a"), ("Clip", ["a", "zero", "six"], "r"), ("Mul", ["r", "sixth"], "h"),
+                      ("Mul", ["c", "h"], "y")], "hard_swish", ["Conv", "HardSwish"]),
+    "six_over_relu6": ([("Add", ["c", "three"], "a"), ("Clip", ["a", "zero", "six"], "r"), ("Div", ["six", "r"], "y")],
+                       "div_const", ["Conv", "Add", "Clip", "Div"]),
+    "plus_3_1": ([("Add", ["c", "three1"], "a"), ("Clip", ["a", "zero", "six"], "r"), ("Div", ["r", "six"], "y")],
+                 "depthwise_conv2d", ["Conv", "Add", "Clip", "Div"]),  # a per-tensor scale: a 1x1 depthwise conv
+}
+
+
+@pytest.mark.parametrize("name", list(_PATTERNS))
+def test_checker_and_float_passes_find_the_same_decomposed_activations(name):
+    """One matcher (:func:`npuflow.operators.hard_activation`) for both: what the checker places
+    as one activation is what the float passes write as one node, and neither takes ``6 / relu6(x + 3)``
+    (the checker's own copy did: it never looked at which operand a Div divides by) or ``x + 3.1``."""
+    spec, kind, left = _PATTERNS[name]
+    conv, w = B.conv_node("conv", "x", "c", 4, 4)
+    nodes = [conv, *(helper.make_node(op, ins, [out], name=out) for op, ins, out in spec)]
+    consts = [B.const(k, np.float32(v)) for k, v in _PATTERN_CONSTS.items()]
+    model = B.model(nodes, [B.vi("x", X)], [B.vi("y", None)], [w, *consts])
+    assert npuflow.check(model, DPU).node("y").op_kind == kind
+    assert [n.op_type for n in fuse_activation_patterns(model).graph.node] == left
 
 
 # --- no other op tables -------------------------------------------------------------------------
