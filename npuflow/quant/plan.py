@@ -248,7 +248,7 @@ def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[lis
             continue
         if kind == "hard_sigmoid":
             mul = idx.only_consumer(unit[-1].output[0])
-            if mul is not None and mul.op_type == "Mul" and node.input[0] in mul.input:
+            if mul is not None and node.input[0] in mul.input and unit_kind([*unit, mul], idx.scalar) == "hard_swish":
                 unit, kind = [*unit, mul], "hard_swish"
         claimed.update(node_key(n) for n in unit)
         units.append((unit, node.input[0], kind))
