@@ -28,7 +28,7 @@ import npuflow
 import npuflow.cli.commands  # noqa: F401  (registers the commands in their documented order, as main does)
 from npuflow.cli.app import main
 from npuflow.cli.info_cmd import describe, describe_op
-from npuflow.compiler import CompiledModel
+from npuflow.compiler import CompiledModel, artifact
 from npuflow.compiler.modify import remove, removable_names
 from npuflow.compiler.pack import pack
 from npuflow.errors import NpuflowError
@@ -277,3 +277,20 @@ def test_graph_draws_device_clusters_and_falls_back_to_the_source(preprocessed, 
     err = capsys.readouterr().err
     assert "WARNING" in err and "dot" in err and not (work / "nodot.png").exists()
     assert "cluster_0" in (work / "nodot.gv").read_text()
+
+
+def test_the_reader_refuses_a_packed_file_mixing_targets_or_names(mnist, work):
+    """What pack refuses is also corrupt when read: a crafted file is checked model by model."""
+    dpu, cpu = (CompiledModel.load(mnist[t]) for t in (DPU, "cpu-int8"))
+    blobs = {f"a/{n}": dpu.blob(n) for n in dpu.blob_names()}
+    entry = {k: v for k, v in dpu.manifest.items() if k != "blobs"}
+    entry["subgraphs"] = [{**sg, "ops": [{**op, "blobs": {r: f"a/{b}" for r, b in op["blobs"].items()}}
+                                          for op in sg["ops"]]} for sg in entry["subgraphs"]]
+    for name, second, field in (("b", {**entry, "target": cpu.manifest["target"]}, "packed[1].manifest.target"),
+                                ("a", entry, "packed[1].name")):
+        path = artifact.write(work / "crafted.npuf", {"format": "npuf", "npuflow_version": npuflow.__version__,
+                                                      "packed": [{"name": "a", "manifest": entry},
+                                                                 {"name": name, "manifest": second}]}, blobs)
+        with pytest.raises(NpuflowError) as exc:
+            CompiledModel.load(path, model="a")
+        assert exc.value.code == "NPF_COMPILE_CORRUPT" and field in exc.value.message
