@@ -367,8 +367,9 @@ _TOOLS = _specs(
      "Pass model=NAME (Session, CompiledModel.load) or --model NAME (run, info --op, graph); packed models: {names}."),
     ("NPF_PACK_UNKNOWN_MODEL", "{path} has no model named {name!r}",
      "{did_you_mean}Models in the file: {names}."),
-    ("NPF_GRAPH_FORMAT", "cannot write a graph picture as {path}: {reason}",
-     "Name the picture .svg, .png or .pdf (drawn by Graphviz's dot), or .gv/.dot for the Graphviz source."),
+    ("NPF_GRAPH_USAGE", "cannot draw {path}: {reason}",
+     "npuflow graph MODEL.npuf -o x.svg|x.png|x.pdf|x.gv [--program K]: pictures are drawn by Graphviz's dot, "
+     ".gv/.dot is the Graphviz source; K counts the compiled shape sets from 1 (npuflow info lists them)."),
 )
 
 CATALOG: dict[str, ErrorSpec] = {

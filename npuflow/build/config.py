@@ -109,6 +109,10 @@ class CalibrationParameters(_Group):
     per_channel: bool = Field(False, validation_alias=AliasChoices("per_channel", "perchannel"))
     run_on_cpu: str | None = None
     run_on_npu: str | None = Field(None, validation_alias=AliasChoices("run_on_npu", "run_on_bpu"))
+    #: QAT by distillation from the float model after PTQ (npuflow.torch.onnx_qat; needs torch):
+    #: passes over the calibration samples, or minutes of training; at most one of the two.
+    qat_epochs: float | None = Field(None, gt=0)
+    qat_minutes: float | None = Field(None, gt=0)
 
 
 class CompilerParameters(_Group):
@@ -240,6 +244,8 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
                 raise NpuflowError("NPF_BUILD_BAD_ENUM", group="input_parameters", key=key, value=v,
                                    allowed=", ".join(allowed))
     cal: CalibrationParameters = groups["calibration_parameters"]
+    if cal.qat_epochs is not None and cal.qat_minutes is not None:
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="calibration_parameters sets both qat_epochs and qat_minutes")
     if cal.calibration_type not in CALIBRATION_TYPES:
         raise NpuflowError("NPF_BUILD_BAD_ENUM", group="calibration_parameters", key="calibration_type",
                            value=cal.calibration_type, allowed=", ".join(CALIBRATION_TYPES))

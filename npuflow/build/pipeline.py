@@ -17,6 +17,7 @@ interrupted build leaves an earlier build's files as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -142,6 +143,11 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
                                      progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
         _require_similarity(quantized, check_report)
 
+    qat_summary = None
+    if cal.qat_epochs is not None or cal.qat_minutes is not None:
+        with _timed("qat", timings, None):
+            quantized, qat_summary = _qat(original, calib, quantized, cal, progress)
+
     with _timed("compile", timings, progress):
         compiled = npuflow.compile(
             quantized.model, target, build_config=cfg.enabled_values(),
@@ -160,9 +166,28 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
     similarity = _similarity(quantized, check_report)
     log.info("per-node similarity (float vs quantized):\n%s", similarity_text(similarity["nodes"]))
     report = _report(cfg, inputs, target.name, check_report, similarity, timings)
+    if qat_summary is not None:
+        report["qat"] = qat_summary
     model_io.write_atomic(artifacts.staged("report"), json.dumps(report, indent=2, default=str))
     files = artifacts.publish_all()
     return BuildResult(cfg, inputs, files, report, timings, check_report, quantized, compiled)
+
+
+def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: Any,
+         progress: Progress) -> tuple[Any, dict[str, Any]]:
+    """QAT by distillation from the float model, started from this build's PTQ result
+    (``qat_epochs``/``qat_minutes``): the QAT model replaces the PTQ one in what is compiled and
+    saved; the per-node similarity report stays the PTQ one, the QAT summary goes beside it."""
+    try:
+        from ..torch.onnx_qat import qat_onnx
+    except ModuleNotFoundError as exc:
+        raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package=exc.name or "torch") from None
+    result = qat_onnx(original, quantized.target, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes,
+                      ptq=quantized, progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
+    log.info("QAT: output cosine %.6f (PTQ start) -> %.6f after %d steps; kept the %s",
+             result.start_cosine, result.trained_cosine, result.steps, result.kept)
+    summary = {k: v for k, v in result.report.items() if k != "losses"}
+    return dataclasses.replace(quantized, model=result.model, dynamic_model=result.model, saves_dynamic=False), summary
 
 
 def _require_similarity(quantized: Any, check_report: Any) -> None:

@@ -70,6 +70,10 @@ calibration_parameters:
   # accepted too; npuflow already puts every node the target supports on the NPU)
   # run_on_cpu: 'Conv_0'
   # run_on_npu: 'Softmax_0'
+  # optional: QAT after PTQ, by distillation from the float model on the calibration samples
+  # (needs npuflow[torch]; docs/qat.md): passes over them, or minutes of training (one of the two)
+  # qat_epochs: 3
+  # qat_minutes: 10
 
 compiler_parameters:
   # latency or bandwidth

@@ -5,6 +5,7 @@ from . import targets_cmd  # noqa: F401
 from . import check_cmd  # noqa: F401
 from . import quantize_cmd  # noqa: F401
 from . import analyze_cmd  # noqa: F401
+from . import qat_cmd  # noqa: F401
 from . import compile_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import info_cmd  # noqa: F401

@@ -125,11 +125,11 @@ def graph_command(
     """Draw the compiled graph: subgraphs as device clusters, ops and CPU nodes with the names modify/info take."""
     fmt = output.suffix.lstrip(".").lower()
     if fmt not in PICTURES + SOURCES:
-        raise NpuflowError("NPF_GRAPH_FORMAT", path=str(output), reason=f"'.{fmt}' is not a known picture format"
+        raise NpuflowError("NPF_GRAPH_USAGE", path=str(output), reason=f"'.{fmt}' is not a known picture format"
                            if fmt else "the name has no suffix")
     compiled = CompiledModel.load(model, model_name)
     if program > len(compiled.programs):
-        raise NpuflowError("NPF_GRAPH_FORMAT", path=str(output), reason=f"--program {program}: the model has "
+        raise NpuflowError("NPF_GRAPH_USAGE", path=str(output), reason=f"--program {program}: the model has "
                            f"{len(compiled.programs)} compiled shape set(s)")
     dot = to_dot(compiled, program - 1)
     if fmt in SOURCES:

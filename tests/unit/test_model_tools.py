@@ -191,6 +191,10 @@ def test_multi_shape_file_loses_the_node_in_every_program_and_is_described_per_p
     assert main(["info", str(work / "cls_int8.npuf")]) == 0
     text = capsys.readouterr().out
     assert "subgraphs (program 2: x_q=1x3x48x320)" in text and "removed nodes" in text
+    assert main(["graph", str(cls), "--program", "2", "-o", str(work / "cls2.gv")]) == 0
+    assert "program 2 of 2" in (work / "cls2.gv").read_text()
+    assert main(["graph", str(cls), "--program", "3", "-o", str(work / "cls3.gv")]) == 2
+    assert "NPF_GRAPH_USAGE" in capsys.readouterr().err and not (work / "cls3.gv").exists()
     units = npuf_units(cls)
     assert [name for name, _, _ in units] == ["cls_program1", "cls_program2"]
     reports = [perf_compiled(c, name=name, measure_cpu=False) for name, _, c in units]
@@ -271,7 +275,7 @@ def test_graph_draws_device_clusters_and_falls_back_to_the_source(preprocessed, 
     assert main(["graph", str(preprocessed), "-o", str(gv)]) == 0
     assert "cluster_1" in gv.read_text()
     assert main(["graph", str(preprocessed), "-o", str(work / "pre.jpeg")]) == 2
-    assert "NPF_GRAPH_FORMAT" in capsys.readouterr().err
+    assert "NPF_GRAPH_USAGE" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(work / "no-graphviz-here"))
     assert main(["graph", str(preprocessed), "-o", str(work / "nodot.png")]) == 0
     err = capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""``npuflow qat MODEL.onnx -t TARGET --data DIR (--epochs N | --minutes M) -o OUT``: label-free QAT.
+
+A thin wrapper over :func:`npuflow.torch.onnx_qat.qat_onnx`: PTQ start (AdaRound unless ``-c``
+says otherwise), conversion to torch, distillation from the FP32 model on the unlabelled samples
+in ``DIR``, export.  The progress bar shows the running distillation loss and the current output
+cosine to FP32; the summary gives the output cosine of the PTQ start and of the trained model, and
+which one was kept.  ``OUT`` receives ``quantized_model.onnx`` (give it to ``npuflow compile``),
+``ptq_model.onnx`` and ``qat_report.json``.  torch and onnx2torch are optional dependencies
+(``pip install 'npuflow[torch]'``): without them the command is ``NPF_QAT_DEPENDENCY_MISSING``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import NpuflowError
+from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option
+from .progress import StageProgress
+
+
+@app.command("qat", epilog=examples(
+    "npuflow qat efficientnet_lite0.onnx -t DPUCZDX8G_ISA1_B4096 --data crops/ --minutes 10 -o qat_out",
+    "npuflow qat ocr_rec.onnx -t DPUCZDX8G_ISA1_B4096 --data lines/ --epochs 3 -c ptq.yaml -o qat_out",
+))
+def qat_command(
+    model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
+    target: str = target_option(),
+    data: Path = typer.Option(..., "--data", metavar="DIR", help="Unlabelled samples: folder of .npy or raw "
+                              "numpy.tofile files (as quantize --calib); they calibrate the PTQ start and train."),
+    output: Path = output_option(..., "DIR", "Output folder for quantized_model.onnx, ptq_model.onnx and "
+                                 "qat_report.json."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", metavar="N", help="Train N passes over the samples."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", metavar="M", help="Train for M minutes of wall time."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config of the "
+                                          "PTQ start (JSON or YAML; default: AdaRound fast finetune)."),
+    input_shape: Optional[List[str]] = input_shape_option("Freeze an input's shape"),
+    batch: int = typer.Option(8, "--batch", metavar="N", min=1, help="Samples per training step."),
+    lr: float = typer.Option(0.05, "--lr", metavar="LR", help="Learning rate of each layer's weights in units of "
+                             "its weight quantization step (Adam, cosine decay)."),
+    quantizer_lr: float = typer.Option(1e-2, "--quantizer-lr", metavar="LR",
+                                       help="Learning rate of the log2 thresholds / step sizes."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Light augmentation (gain, offset, noise, "
+                                 "small shifts) of the training samples."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the sample order and augmentation."),
+) -> None:
+    """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
+    if (epochs is None) == (minutes is None):
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of --epochs and --minutes")
+    qat_onnx = _qat_entry()
+    with StageProgress("qat", console, err_console) as progress:
+        result = qat_onnx(str(model), target, str(data), epochs=epochs, minutes=minutes,
+                          ptq_config=str(config) if config else None, input_shapes=input_shapes_arg(input_shape),
+                          batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
+                          progress=progress)
+    console.print(f"output cosine to FP32 on {result.report['eval_samples']} samples: PTQ start "
+                  f"{result.start_cosine:.6f}, after {result.steps} steps ({result.epochs:.2f} epochs, "
+                  f"{result.seconds:.0f} s) {result.trained_cosine:.6f}; kept the {result.kept}")
+    for key, path in result.save(output).items():
+        console.print(f"wrote {key}: {path}")
+
+
+def _qat_entry():
+    """``qat_onnx``, or the coded error naming the optional dependency that is missing."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package="torch") from None
+    from ..torch.onnx_qat import qat_onnx
+
+    return qat_onnx

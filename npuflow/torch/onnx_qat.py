@@ -1,0 +1,665 @@
+"""Label-free QAT of an ONNX model: ``qat_onnx(model.onnx, target, data)`` -> a QDQ model to compile.
+
+For a user who has only the float ONNX file and unlabelled samples (photos, text lines, audio):
+
+1. **Start from the best PTQ** npuflow has: :func:`npuflow.quantize` with AdaRound by default
+   (``ptq_config``).  Its legalised, optimised float graph -- BatchNorm already folded into the
+   convolutions, activations in the target's arithmetic -- is the graph QAT trains, so the
+   training forward is the compiled model's arithmetic from the first step.
+2. **Convert** that graph to torch with ``onnx2torch`` (a maintained converter; an operator it
+   cannot convert is the coded error ``NPF_QAT_UNSUPPORTED_OP`` naming the op and the node) and
+   insert fake quantization with :func:`npuflow.torch.prepare_qat` (learnable power-of-two
+   thresholds, TQT, on DPUs; LSQ step sizes on float-scale targets).
+3. **Initialise from PTQ**: every quantizer takes the PTQ model's scale for the same ONNX tensor
+   and every weight/bias takes the PTQ model's (AdaRound-rounded) integer values, so training
+   starts at the PTQ model's output instead of from fresh observers (which put EfficientNet-Lite0
+   at 46 % agreement where AdaRound gives 89 %).
+4. **Distil** from the FP32 model (ONNX Runtime on the optimised float model): KL divergence on
+   logits or probabilities, normalised squared error on other outputs, on lightly augmented user
+   samples (gain, offset, noise, small shifts; the teacher sees the same augmented sample, so no
+   label is needed).  Adam with two parameter groups and a cosine decay, for ``epochs`` passes
+   or ``minutes`` of wall time.
+5. **Keep the better** of the start and the end: the mean output cosine to FP32 on the user's
+   samples decides, so QAT never returns a model worse than its PTQ start (the result says
+   which was kept).
+6. **Export** with :func:`npuflow.torch.export_qat`: the QDQ model that ``npuflow compile`` turns
+   into a ``.npuf`` whose outputs equal the torch forward bit for bit.
+
+The deployed graph has batch 1 (the shapes PTQ quantized at); training runs several samples per
+step by turning reshapes with a literal batch of 1 into ``-1`` after checking, on the samples,
+that a stacked batch gives each sample's own result (otherwise it trains one sample per forward).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from .. import model as model_io
+from ..errors import NpuflowError
+from ..ort_session import open_session
+from ..quant.config import QuantConfig
+from ..quant.data import CalibrationSource, InputSpec, Sample
+from ..quant.legalize import legalize
+from ..quant.pipeline import QuantizedModel, config_of, quantize
+from ..targets import Target, load_target
+from .config import QatConfig, qat_config
+from .layers import QatWeighted
+from .qat import QatModel, export_qat, prepare_qat
+from .quantizer import FakeQuantizer
+
+Progress = Callable[..., None]
+#: What PTQ runs when the caller gives no ``ptq_config``: AdaRound, npuflow's best all-accelerator PTQ.
+DEFAULT_PTQ = {"fast_finetune": {"method": "adaround"}}
+_EVAL_SAMPLES = 64  # samples (unaugmented) that decide between the PTQ start and the trained model
+
+
+@dataclass
+class OnnxQatResult:
+    """What :func:`qat_onnx` produced: the QDQ model to compile and how training went."""
+
+    model: onnx.ModelProto  # QDQ model in the quantized-model format (export_qat)
+    qat: QatModel  # the trained torch model; its eval forward is the deployed integer model
+    ptq: QuantizedModel  # the PTQ starting point
+    start_cosine: float  # mean output cosine to FP32 on the evaluation samples, PTQ start
+    trained_cosine: float  # the same after training
+    kept: Literal["trained", "ptq start"]
+    steps: int
+    epochs: float
+    seconds: float
+    batch: int
+    losses: list[float] = field(default_factory=list)  # distillation loss per step
+    report: dict = field(default_factory=dict)
+
+    @property
+    def cosine(self) -> float:
+        """The output cosine of the model returned."""
+        return self.trained_cosine if self.kept == "trained" else self.start_cosine
+
+    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write ``quantized_model.onnx`` (compile this), ``ptq_model.onnx`` (the start) and
+        ``qat_report.json`` into ``out_dir`` as one set (an earlier run's files stay on failure)."""
+        import json
+
+        from ..outputs import StagedOutputs
+
+        writers = {
+            "quantized_model.onnx": lambda p: model_io.save(self.model, p),
+            "ptq_model.onnx": lambda p: model_io.save(self.ptq.model, p),
+            "qat_report.json": lambda p: model_io.write_atomic(p, json.dumps(self.report, indent=1) + "\n"),
+        }
+        with StagedOutputs(Path(out_dir), "qat", list(writers)) as stage:
+            for name, write in writers.items():
+                write(stage.path(name))
+            published = stage.publish()
+        return {name.rsplit(".", 1)[0]: path for name, path in published.items()}
+
+
+def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epochs: float | None = None,
+             minutes: float | None = None, ptq_config: QuantConfig | Mapping | str | os.PathLike | None = None,
+             config: QatConfig | dict | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+             batch: int = 8, lr: float = 0.05, quantizer_lr: float = 1e-2, temperature: float = 2.0,
+             loss: Literal["auto", "kl", "mse"] = "auto", augment: bool = True, seed: int = 0,
+             ptq: QuantizedModel | None = None, output: str | os.PathLike | None = None,
+             progress: Progress | None = None) -> OnnxQatResult:
+    """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
+
+    ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
+    Exactly one of ``epochs`` (passes over the samples) and ``minutes`` (training wall time)
+    bounds training.  ``ptq_config``: the PTQ start (default AdaRound); ``config``: QAT options
+    (:class:`~npuflow.torch.QatConfig`; quantizers are learnable unless it says otherwise).
+    ``ptq``: a PTQ result of this model and data to start from instead of quantizing again
+    (``npuflow build`` passes its own).  ``lr`` is in units of each layer's weight quantization
+    step (see :func:`_parameter_groups`).  ``output``: a folder to save the result into
+    (:meth:`OnnxQatResult.save`).
+    """
+    if (epochs is None) == (minutes is None):
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
+    budget = epochs if epochs is not None else minutes
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"{'epochs' if epochs is not None else 'minutes'}={budget!r} "
+                                                        "is not a positive number")
+    if batch < 1:
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"batch={batch} is not a positive integer")
+    convert = load_onnx2torch()
+    tgt = target if isinstance(target, Target) else load_target(target)
+    qcfg = qat_config({"learnable": True, **(config or {})} if not isinstance(config, QatConfig) else config)
+    pcfg = config_of(DEFAULT_PTQ if ptq_config is None else ptq_config)
+    start_time = time.perf_counter()
+    torch.manual_seed(seed)
+
+    source = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
+    samples = _read_samples(source, data, pcfg)
+    if ptq is None:
+        _step(progress, "ptq")
+        ptq = quantize(source, samples, tgt, pcfg, input_shapes=input_shapes, progress=progress, warn=False)
+    else:
+        pcfg = ptq.config
+    ptq_seconds = time.perf_counter() - start_time
+
+    _step(progress, "convert")
+    graph = legalize(ptq.float_model, tgt)
+    input_names = [i.name for i in model_io.graph_inputs(graph)]
+    output_names = [o.name for o in graph.graph.output]
+    samples = _fit_samples(samples, ptq.float_model)
+    module = convert(graph)
+    example = tuple(torch.from_numpy(samples[0][n]) for n in input_names)
+    qat = prepare_qat(module, example, tgt, qcfg, input_names=input_names, output_names=output_names)
+    qat.calibrate([_stack([s], input_names) for s in samples[:8]])  # observers give a value to any quantizer PTQ has none for
+    initialised = init_from_ptq(qat, module, graph, ptq.model)
+    train_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
+
+    teacher = _Teacher(ptq.float_model, input_names, output_names)
+    eval_samples = samples[:_EVAL_SAMPLES]
+    start_state = copy.deepcopy(qat.state_dict())
+    start_cos = _mean_cosine(qat, teacher, eval_samples, input_names)
+    trainer = _Trainer(qat, teacher, samples, input_names, train_batch, lr, quantizer_lr, temperature, loss,
+                       augment, seed)
+    t_train = time.perf_counter()
+    trainer.run(epochs, minutes, progress)
+    train_seconds = time.perf_counter() - t_train
+    trained_cos = _mean_cosine(qat, teacher, eval_samples, input_names)
+    kept: Literal["trained", "ptq start"] = "trained"
+    if trained_cos < start_cos:
+        qat.load_state_dict(start_state)
+        kept = "ptq start"
+
+    _step(progress, "export")
+    qat.eval()
+    qdq = export_qat(qat, None)
+    report = {
+        "target": tgt.name, "ptq_config": pcfg.model_dump(mode="json", exclude_defaults=True),
+        "samples": len(samples), "eval_samples": len(eval_samples), "batch": train_batch,
+        "steps": trainer.steps, "epochs": round(trainer.epochs, 3), "ptq_seconds": round(ptq_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "start_cosine": start_cos, "trained_cosine": trained_cos,
+        "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
+        "loss": trainer.loss_kinds, "losses": [round(v, 6) for v in trainer.losses],
+    }
+    result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start_cos, trained_cosine=trained_cos,
+                           kept=kept, steps=trainer.steps, epochs=trainer.epochs, seconds=train_seconds,
+                           batch=train_batch, losses=trainer.losses, report=report)
+    if output is not None:
+        result.save(output)
+    return result
+
+
+# --- onnx2torch ----------------------------------------------------------------------------------
+
+
+def load_onnx2torch() -> Callable[[onnx.ModelProto], fx.GraphModule]:
+    """``onnx2torch.convert`` with coded errors (``NPF_QAT_DEPENDENCY_MISSING``, ``NPF_QAT_UNSUPPORTED_OP``).
+
+    onnx2torch imports torchvision at import time for its NonMaxSuppression and RoiAlign
+    converters only; PyPI's torchvision is built against the CUDA torch and does not import next
+    to the CPU build npuflow pins.  When torchvision does not import, a placeholder stands in for
+    that import alone, and converting one of those two operators is ``NPF_QAT_UNSUPPORTED_OP``.
+    """
+    try:
+        import onnx2torch
+    except ModuleNotFoundError as exc:
+        if exc.name != "torchvision" and not (exc.name or "").startswith("torchvision."):
+            raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package=exc.name or "onnx2torch") from None
+        onnx2torch = _import_without_torchvision()
+    except RuntimeError:  # a torchvision built for another torch fails while registering its ops
+        onnx2torch = _import_without_torchvision()
+    from onnx2torch.node_converters import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+    from onnx2torch.utils.safe_shape_inference import safe_shape_inference
+
+    def convert(graph: onnx.ModelProto) -> fx.GraphModule:
+        graph = safe_shape_inference(graph)  # what convert does first: some converters read input shapes
+        bad = _unconvertible(graph, get_converter, OnnxGraph)
+        if bad:
+            raise NpuflowError("NPF_QAT_UNSUPPORTED_OP", ops=", ".join(sorted({op for op, _, _ in bad})),
+                               nodes="; ".join(f"{name} ({op}: {reason})" for op, name, reason in bad[:5]))
+        try:
+            return onnx2torch.convert(graph, attach_onnx_mapping=True)
+        except Exception as exc:  # the converters raise many types for graphs they refuse
+            raise NpuflowError("NPF_QAT_UNSUPPORTED_OP", ops="(whole graph)", nodes=_first_line(exc)) from None
+
+    return convert
+
+
+def _import_without_torchvision():
+    """Import onnx2torch with a placeholder torchvision whose operators refuse to run."""
+    def unavailable(*_args: Any, **_kwargs: Any) -> None:
+        raise NpuflowError("NPF_QAT_UNSUPPORTED_OP", ops="NonMaxSuppression/RoiAlign",
+                           nodes="torchvision, which onnx2torch runs them with, does not import here")
+
+    placeholder = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    ops.nms = ops.roi_align = ops.box_convert = unavailable
+    placeholder.ops = ops
+    names = ("torchvision", "torchvision.ops")
+    saved = {n: sys.modules[n] for n in names if n in sys.modules}
+    for name in [n for n in sys.modules if n.startswith("onnx2torch") or n.startswith("torchvision")]:
+        del sys.modules[name]  # a half-finished import of either is retried from the start
+    sys.modules.update({"torchvision": placeholder, "torchvision.ops": ops})
+    try:
+        import onnx2torch
+    except ModuleNotFoundError as exc:
+        raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package=exc.name or "onnx2torch") from None
+    finally:
+        for name in names:  # as it was: absent, blocked (None) or a module
+            if name in saved:
+                sys.modules[name] = saved[name]
+            else:
+                sys.modules.pop(name, None)
+    return onnx2torch
+
+
+def _unconvertible(graph: onnx.ModelProto, get_converter, onnx_graph_cls) -> list[tuple[str, str, str]]:
+    """``(op, node, reason)`` for every node onnx2torch has no converter for, or whose converter refuses it."""
+    opsets = {o.domain: o.version for o in graph.opset_import}
+    og = onnx_graph_cls(graph.graph)
+    bad = []
+    for name, node in og.nodes.items():
+        try:
+            get_converter(domain=node.domain, operation_type=node.operation_type,
+                          version=opsets.get(node.domain, 1))(node, og)
+        except Exception as exc:  # NotImplementedError for unknown ops and unsupported attributes
+            bad.append((node.operation_type, name, _first_line(exc)))
+    return bad
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+# --- samples -------------------------------------------------------------------------------------
+
+
+def _read_samples(source: onnx.ModelProto, data: Any, cfg: QuantConfig) -> list[Sample]:
+    """Every sample, checked against the model's inputs (training reads them many times)."""
+    specs = []
+    for inp in model_io.graph_inputs(source):
+        tt = inp.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+        specs.append(InputSpec(inp.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))
+    return list(CalibrationSource(data, specs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype,
+                                  limit=cfg.max_calib_samples))
+
+
+def _fit_samples(samples: list[Sample], float_model: onnx.ModelProto) -> list[Sample]:
+    """The samples that have the shapes the model was quantized at (those are the ones trained on)."""
+    shapes = {i.name: model_io.tensor_shapes(float_model)[i.name] for i in model_io.graph_inputs(float_model)}
+    fit = [s for s in samples if all(list(s[n].shape) == shapes[n] for n in shapes)]
+    if not fit:
+        raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=0,
+                           reason=f"no sample has the shapes the model is quantized at, {shapes}")
+    return fit
+
+
+def _stack(samples: Sequence[Sample], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    """Samples of batch 1 concatenated along the batch axis, one tensor per input."""
+    return tuple(torch.from_numpy(np.concatenate([s[n] for s in samples])) for n in names)
+
+
+# --- PTQ -> QAT initialisation -------------------------------------------------------------------
+
+
+def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelProto,
+                  qdq: onnx.ModelProto) -> dict[str, int]:
+    """Give ``qat`` the PTQ model's scales and integer weights, matched by ONNX tensor name.
+
+    The QDQ model names each quantized tensor ``T`` by ``T_scale``/``T_zero_point`` (and
+    ``T_quantized`` for constants, docs/quantized-model-format.md); the converted module's
+    ``onnx_mapping`` gives each torch module's ONNX tensors.  Returns how many activation
+    quantizers and weighted layers took PTQ values (the rest keep their observers' values).
+    """
+    inits = {t.name: t for t in qdq.graph.initializer}
+    mapping = {name: m.onnx_mapping for name, m in converted.named_modules() if hasattr(m, "onnx_mapping")}
+    gm = qat.graph_module
+    inputs = [n.name for n in model_io.graph_inputs(graph)]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    last_of_module = _last_node_of_module(gm)
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    quantize_steps = {n.output[0] for n in qdq.graph.node}
+    counts = {"activations": 0, "weights": 0}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, FakeQuantizer) and not mod.weight:
+            src = node.args[0]
+            tensor = None
+            if src in placeholders:
+                tensor = inputs[placeholders.index(src)]
+            else:
+                path = _module_path(src)
+                if path in mapping and last_of_module.get(path) is src:
+                    tensor = mapping[path].outputs[0]
+            if tensor is not None and f"{tensor}_scale" in inits and f"{tensor}_q" in quantize_steps:
+                _set_quantizer(mod, _array(inits[f"{tensor}_scale"]), _array(inits[f"{tensor}_zero_point"]))
+                counts["activations"] += 1
+        elif isinstance(mod, QatWeighted) and node.target in mapping:
+            onnx_node = producers.get(mapping[node.target].outputs[0])
+            if onnx_node is not None and _set_weighted(mod, list(onnx_node.input), inits):
+                counts["weights"] += 1
+    return counts
+
+
+def _module_path(node: fx.Node) -> str | None:
+    """The onnx2torch module (= ONNX node) a captured fx node came from."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    return next(reversed(stack)) if stack else None
+
+
+def _last_node_of_module(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """Module path -> the last fx node it produced (its output: earlier ones are internal values)."""
+    last: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "call_function", "call_method"):
+            path = _module_path(node)
+            if path is not None and not isinstance(_get(gm, node), FakeQuantizer):
+                last[path] = node
+    return last
+
+
+def _get(gm: fx.GraphModule, node: fx.Node) -> Any:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _array(t: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(t)
+
+
+def _set_quantizer(q: FakeQuantizer, scale: np.ndarray, zero_point: np.ndarray) -> None:
+    """Freeze ``q`` at a PTQ scale (learnable: the log2 threshold or step size that gives it)."""
+    s = torch.tensor(np.array(scale, dtype=np.float32)).reshape(q.scale.shape)
+    q.scale.copy_(s)
+    q.zero_point.copy_(torch.tensor(np.array(zero_point).astype(np.int32)).reshape(q.zero_point.shape))
+    if q.learnable and q.power_of_two:
+        q.log2_threshold.data.copy_(torch.log2(s) + (q.spec.bits - 1))
+    elif q.learnable:
+        q.step_size.data.copy_(s)
+    q.freeze()
+
+
+def _dequantized(inits: Mapping[str, onnx.TensorProto], name: str, shape: torch.Size) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(float values, scale, zero point)`` of a PTQ constant, shaped like the torch parameter."""
+    if f"{name}_quantized" not in inits:
+        return None
+    codes = _array(inits[f"{name}_quantized"]).astype(np.float32)
+    scale = _array(inits[f"{name}_scale"]).astype(np.float32)
+    zp = _array(inits[f"{name}_zero_point"]).astype(np.float32)
+    if scale.ndim == 1 and codes.ndim > 1:  # per channel along the output axis (ONNX axis 0 for Conv)
+        view = [1] * codes.ndim
+        view[0] = -1
+        values = (codes - zp.reshape(view)) * scale.reshape(view)
+    else:
+        values = (codes - zp) * scale
+    if tuple(values.shape) != tuple(shape) and tuple(values.T.shape) == tuple(shape):
+        values = values.T  # Gemm with transB=0 became a Linear with the transposed weight
+    if tuple(values.shape) != tuple(shape):
+        return None
+    return values.astype(np.float32), scale, zp
+
+
+def _set_weighted(layer: QatWeighted, onnx_inputs: Sequence[str], inits: Mapping[str, onnx.TensorProto]) -> bool:
+    """Give a conv/linear layer the PTQ integer weight and bias values, and the weight scale."""
+    if layer.bn is not None or len(onnx_inputs) < 2:
+        return False
+    module = layer.module
+    weight = _dequantized(inits, onnx_inputs[1], module.weight.shape)
+    if weight is None:
+        return False
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(weight[0]))
+        if len(onnx_inputs) > 2 and module.bias is not None:
+            bias = _dequantized(inits, onnx_inputs[2], module.bias.shape)
+            if bias is not None:
+                module.bias.copy_(torch.from_numpy(bias[0]))
+    _set_quantizer(layer.weight_quant, weight[1], weight[2])
+    return True
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+_RESHAPES = {torch.reshape}
+_RESHAPE_METHODS = {"reshape", "view"}
+
+
+def _batch_free(qat: QatModel, samples: list[Sample], names: Sequence[str]) -> bool:
+    """Let the batch-1 graph take batches: literal reshape targets with a leading 1 (the batch)
+    become ``-1``.  True when a stacked batch then gives each sample's own output exactly."""
+    gm = qat.graph_module
+    changed = False
+    for node in gm.graph.nodes:
+        is_fn = node.op == "call_function" and node.target in _RESHAPES
+        is_method = node.op == "call_method" and node.target in _RESHAPE_METHODS
+        if not (is_fn or is_method) or len(node.args) < 2:
+            continue
+        shape_args = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list, torch.Size)) \
+            else node.args[1:]
+        dims = list(shape_args)
+        meta = node.meta.get("tensor_meta")
+        if not dims or not all(isinstance(d, int) for d in dims) or dims[0] != 1 or meta is None:
+            continue
+        out_shape = list(meta.shape)
+        new = (-1, *out_shape[1:])
+        node.args = (node.args[0], new)
+        changed = True
+    if changed:
+        gm.recompile()
+    pair = samples[:2] if len(samples) >= 2 else samples * 2
+    qat.eval()
+    try:
+        with torch.no_grad():
+            together = qat(*_stack(pair, names))
+            alone = [qat(*_stack([s], names)) for s in pair]
+    except RuntimeError:  # a shape baked in elsewhere (Expand, Tile, ...): train one sample a forward
+        return False
+    together = together if isinstance(together, (tuple, list)) else (together,)
+    alone = [a if isinstance(a, (tuple, list)) else (a,) for a in alone]
+    return all(torch.equal(t[i:i + 1], a[k]) for k, t in enumerate(together) for i, a in enumerate(alone))
+
+
+# --- the teacher, the loss and the loop ------------------------------------------------------------
+
+
+class _Teacher:
+    """The FP32 model (ONNX Runtime on the optimised float model), one sample a run."""
+
+    def __init__(self, float_model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        self.session = open_session(float_model, level="all", threads=1)
+        self.inputs, self.outputs = list(inputs), list(outputs)
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        rows = []
+        for i in range(batch[0].shape[0]):
+            feeds = {n: t[i:i + 1].numpy() for n, t in zip(self.inputs, batch)}
+            rows.append(self.session.run(self.outputs, feeds))
+        return [torch.from_numpy(np.concatenate([r[k] for r in rows])) for k in range(len(self.outputs))]
+
+
+def _as_list(out: Any) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _loss_kind(teacher_out: torch.Tensor, requested: str) -> str:
+    """``kl`` for class logits (N, C) or probability rows (non-negative, summing to 1 on the last
+    axis), ``mse`` (normalised squared error) for anything else, unless the caller chose."""
+    if requested != "auto":
+        return requested
+    t = teacher_out.float()
+    if t.dim() >= 2 and bool((t >= 0).all()) and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-3):
+        return "kl_probs"
+    return "kl" if t.dim() == 2 and t.shape[1] > 1 else "mse"
+
+
+def _distil_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    if kind == "kl_probs":  # both are probabilities (a softmax inside the model)
+        t = teacher.clamp_min(1e-8)
+        s = student.clamp_min(1e-8)
+        return (t * (t.log() - s.log())).sum(-1).mean()
+    if kind == "kl":
+        s = F.log_softmax(student / temperature, dim=1)
+        t = F.log_softmax(teacher / temperature, dim=1)
+        return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+    return (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
+
+
+def _cosine(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample cosine of all outputs flattened together."""
+    s = torch.cat([o.detach().reshape(o.shape[0], -1).float() for o in student], dim=1)
+    t = torch.cat([o.reshape(o.shape[0], -1).float() for o in teacher], dim=1)
+    return F.cosine_similarity(s, t, dim=1, eps=1e-12)
+
+
+@torch.no_grad()
+def _mean_cosine(qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str]) -> float:
+    qat.eval()
+    values = []
+    for s in samples:
+        x = _stack([s], names)
+        values.append(float(_cosine(_as_list(qat(*x)), teacher(x))[0]))
+    return float(np.mean(values))
+
+
+def augment_batch(batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Light, label-free augmentation of float inputs: a gain of 0.9-1.1 about the sample's mean,
+    an offset of up to 5 % of its spread, 1 % noise, and for images (N, C, H, W) a shift of up to
+    1/16 of the height and width (edges repeated).  The teacher sees the same samples."""
+    out = []
+    for x in batch:
+        if not x.is_floating_point():
+            out.append(x)
+            continue
+        n = x.shape[0]
+        view = (n,) + (1,) * (x.dim() - 1)
+        dims = tuple(range(1, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        std = x.std(dim=dims, keepdim=True).clamp_min(1e-6)
+        gain = 0.9 + 0.2 * torch.rand(view, generator=generator)
+        offset = (torch.rand(view, generator=generator) - 0.5) * 0.1 * std
+        y = mean + (x - mean) * gain + offset + 0.01 * std * torch.randn(x.shape, generator=generator)
+        if x.dim() == 4 and x.shape[2] >= 16 and x.shape[3] >= 16:
+            y = torch.stack([_shift(y[i], generator) for i in range(n)])
+        out.append(y.to(x.dtype))
+    return tuple(out)
+
+
+def _shift(img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Translate a (C, H, W) image by a few pixels, repeating the edge."""
+    _, h, w = img.shape
+    dy = int(torch.randint(-(h // 16), h // 16 + 1, (), generator=generator))
+    dx = int(torch.randint(-(w // 16), w // 16 + 1, (), generator=generator))
+    if dx == 0 and dy == 0:
+        return img
+    padded = F.pad(img[None], (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")[0]
+    y0, x0 = max(-dy, 0), max(-dx, 0)
+    return padded[:, y0:y0 + h, x0:x0 + w]
+
+
+class _Trainer:
+    """The distillation loop: Adam with two parameter groups and a cosine decay."""
+
+    def __init__(self, qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str], batch: int,
+                 lr: float, quantizer_lr: float, temperature: float, loss: str, augment: bool, seed: int) -> None:
+        self.qat, self.teacher, self.samples, self.names = qat, teacher, samples, list(names)
+        self.batch, self.temperature, self.loss, self.augment = min(batch, len(samples)), temperature, loss, augment
+        groups = _parameter_groups(qat, lr, quantizer_lr)
+        self.optimizer = torch.optim.Adam(groups)
+        self.base = [g["lr"] for g in groups]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self.seen = 0
+        self.losses: list[float] = []
+        self.loss_kinds: list[str] = []
+
+    @property
+    def epochs(self) -> float:
+        return self.seen / len(self.samples)
+
+    def batches(self) -> Iterator[list[Sample]]:
+        while True:
+            order = torch.randperm(len(self.samples), generator=self.generator).tolist()
+            for i in range(0, len(order) - self.batch + 1, self.batch):
+                yield [self.samples[k] for k in order[i:i + self.batch]]
+
+    def run(self, epochs: float | None, minutes: float | None, progress: Progress | None) -> None:
+        total = math.ceil(epochs * len(self.samples) / self.batch) if epochs is not None else None
+        deadline = time.perf_counter() + minutes * 60 if minutes is not None else None
+        start = time.perf_counter()
+        shown = 0.0
+        self.qat.train()
+        self.qat.freeze_bn()  # the folded form that is deployed, from the first step
+        if progress is not None:
+            progress("train", 0, total)
+        for chunk in self.batches():
+            now = time.perf_counter()
+            if total is not None and self.steps >= total or deadline is not None and now >= deadline:
+                break
+            frac = self.steps / total if total is not None else (now - start) / (deadline - start)
+            for group, base in zip(self.optimizer.param_groups, self.base):
+                group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+            x = _stack(chunk, self.names)
+            if self.augment:
+                x = augment_batch(x, self.generator)
+            target = self.teacher(x)
+            self.qat.train()
+            student = _as_list(self.qat(*x))
+            if not self.loss_kinds:
+                self.loss_kinds = [_loss_kind(t, self.loss) for t in target]
+            loss = sum(_distil_loss(s, t, k, self.temperature) for s, t, k in zip(student, target, self.loss_kinds))
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.steps += 1
+            self.seen += len(chunk)
+            self.losses.append(loss.item())
+            if progress is not None and (time.perf_counter() - shown >= 2.0 or self.steps == total):
+                shown = time.perf_counter()
+                cos = float(_cosine(student, target).mean())
+                progress("train", self.steps, total, f"loss {loss.item():.4f} cosine {cos:.4f}")
+        self.qat.eval()
+
+
+def _parameter_groups(qat: QatModel, lr: float, quantizer_lr: float) -> list[dict]:
+    """Adam groups: each conv/linear layer's weight and bias at ``lr`` times its weight
+    quantization step, quantizer parameters at ``quantizer_lr``, anything else at ``lr * 1e-3``.
+
+    Why relative: training starts with every weight on its PTQ code, exactly in the middle of a
+    quantization step; a code changes only after its weight moved half a step, and the steps
+    differ by 2**6 between layers, so one absolute rate either changes nothing in the layers with
+    coarse steps or scrambles the ones with fine steps.
+    """
+    groups, seen = [], set()
+    for m in qat.graph_module.modules():
+        if isinstance(m, QatWeighted):
+            params = [p for p in (m.module.weight, m.module.bias) if p is not None and p.requires_grad]
+            step = float(m.weight_quant.quant_params()[0].detach().max())
+            groups.append({"params": params, "lr": lr * step})
+            seen.update(id(p) for p in params)
+    quantizer = [p for p in qat.quantizer_parameters() if id(p) not in seen]
+    seen.update(id(p) for p in quantizer)
+    rest = [p for p in qat.parameters() if id(p) not in seen and p.requires_grad]
+    groups.append({"params": quantizer, "lr": quantizer_lr})
+    if rest:
+        groups.append({"params": rest, "lr": lr * 1e-3})
+    return [g for g in groups if g["params"]]
+
+
+def _step(progress: Progress | None, stage: str) -> None:
+    if progress is not None:
+        progress(stage, 0, None)

