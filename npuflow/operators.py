@@ -311,11 +311,16 @@ def clip_kind(lo: float | None, hi: float | None) -> str:
 
 
 def node_attr(node: onnx.NodeProto, name: str, default=None):
-    """An attribute's value (strings decoded), or ``default``."""
+    """An attribute's value (strings and lists of strings decoded: one reading of ``b"NOTSET"``
+    and ``"NOTSET"`` for every stage), or ``default``."""
     for a in node.attribute:
         if a.name == name:
             v = helper.get_attribute_value(a)
-            return v.decode() if isinstance(v, bytes) else v
+            if isinstance(v, bytes):
+                return v.decode()
+            if isinstance(v, list):
+                return [x.decode() if isinstance(x, bytes) else x for x in v]
+            return v
     return default
 
 

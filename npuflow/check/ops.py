@@ -13,10 +13,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..operators import (ACTIVATION_KINDS, LAYOUT_KINDS, Role, clip_bounds, clip_kind, conv_in_channels, conv_kind,
-                         is_depthwise, op_def)
+                         is_depthwise, node_attr, op_def)
 from .graph import GraphView
 
 #: Roles decide how a node takes part in placement (:class:`npuflow.operators.Role`).
@@ -33,12 +32,8 @@ class OpInfo:
 
 
 def attrs(node: onnx.NodeProto) -> dict:
-    """Attribute values, strings decoded (one decoding for every caller)."""
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
+    """Attribute values, strings decoded (:func:`npuflow.operators.node_attr`)."""
+    return {a.name: node_attr(node, a.name) for a in node.attribute}
 
 
 def _pair(values, default):

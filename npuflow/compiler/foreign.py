@@ -37,9 +37,10 @@ from onnx import helper, numpy_helper
 from .. import numerics
 from ..errors import NpuflowError
 from ..model import tensor_elem_types
+from ..operators import node_attr as attr
 from ..targets import Target
 from .epilogue import collect_chain
-from .qgraph import QGraph, QParams, attr
+from .qgraph import QGraph, QParams
 
 _MS = "com.microsoft"
 #: QOperator op -> (float op, positions of (x, scale, zp) triples, (scale, zp) of the output).

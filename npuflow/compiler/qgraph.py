@@ -201,19 +201,6 @@ def _integer_type(dtype: str) -> bool:
     return dtype in ("int8", "uint8", "int16", "uint16", "int32")
 
 
-def attr(node: onnx.NodeProto, name: str, default=None):
-    """Attribute value of ``node`` (ints/floats/strings decoded) or ``default``."""
-    for a in node.attribute:
-        if a.name == name:
-            v = onnx.helper.get_attribute_value(a)
-            if isinstance(v, bytes):
-                return v.decode()
-            if isinstance(v, list):
-                return [x.decode() if isinstance(x, bytes) else x for x in v]
-            return v
-    return default
-
-
 class GraphFacts:
     """The compiler's index as the checker's :class:`~npuflow.check.lowerable.Tensors`, so both
     decide from the same :func:`~npuflow.check.lowerable.lowering_limit` and fuse the same
