@@ -302,6 +302,13 @@ _TORCH = _specs(
      "after it was quantized",
      "The npuflow backend freezes the weights when it quantizes, as a deployed model does; call "
      "torch._dynamo.reset() and compile again after training or load_state_dict."),
+    ("NPF_QAT_DEPENDENCY_MISSING", "QAT of an ONNX model needs {package}, which is not installed",
+     "pip install 'npuflow[torch]' (torch 2.13 and onnx2torch 1.5.15); check, quantize and compile work without it."),
+    ("NPF_QAT_UNSUPPORTED_OP", "onnx2torch cannot convert operator(s) {ops} to torch: {nodes}",
+     "QAT trains the optimised float graph as a torch module; re-export the model without these operators, "
+     "or quantize it with `npuflow quantize` (PTQ, fast_finetune) instead."),
+    ("NPF_QAT_BAD_BUDGET", "invalid QAT training budget: {reason}",
+     "Give exactly one of --epochs N (passes over the samples) and --minutes M (training wall time), positive."),
 )
 
 # --- channel pruning -----------------------------------------------------------------------
