@@ -22,16 +22,6 @@ from .rules import rule_reasons
 MAX_ABSORBED = 4
 
 
-def _root(view: GraphView, tensor: str) -> str:
-    """The tensor before any Q/DQ chain."""
-    for _ in range(16):
-        p = view.producer.get(tensor)
-        if p is None or not view.qdq[p]:
-            return tensor
-        tensor = view.nodes[p].input[0]
-    return tensor
-
-
 def _single_consumer(view: GraphView, tensor: str) -> int | None:
     cons = view.data_consumers(tensor)
     return cons[0] if len(cons) == 1 and not view.reaches_output(tensor) else None
@@ -45,7 +35,7 @@ class _Patterns:
         self.view = view
 
     def source(self, tensor: str) -> str:
-        return _root(self.view, tensor)
+        return self.view.data_source(tensor)
 
     def producer(self, tensor: str) -> NodeProto | None:
         p = self.view.producer.get(tensor)

@@ -100,14 +100,18 @@ class GraphView:
         names += outer_reads(n)
         return [t for t in dict.fromkeys(names) if t and not self.is_const(t)]
 
-    def data_producer(self, tensor: str) -> int | None:
-        """The node that computes ``tensor``, looking through Q/DQ nodes."""
+    def data_source(self, tensor: str) -> str:
+        """The tensor before any Q/DQ chain (``tensor`` itself when no Q/DQ node makes it)."""
         for _ in range(16):
             p = self.producer.get(tensor)
             if p is None or not self.qdq[p]:
-                return p
+                return tensor
             tensor = self.nodes[p].input[0]
-        return None
+        return tensor
+
+    def data_producer(self, tensor: str) -> int | None:
+        """The node that computes ``tensor``, looking through Q/DQ nodes."""
+        return self.producer.get(self.data_source(tensor))
 
     def data_consumers(self, tensor: str) -> list[int]:
         """Nodes that use ``tensor``, looking through Q/DQ nodes."""
