@@ -379,9 +379,24 @@ _TOOLS = _specs(
      ".gv/.dot is the Graphviz source; K counts the compiled shape sets from 1 (npuflow info lists them)."),
 )
 
+# --- compiler plugins (npuflow.plugins) ---------------------------------------------------
+_PLUGIN = _specs(
+    ("NPF_PLUGIN_UNKNOWN", "no compiler plugin called {plugin!r} (available: {available})",
+     "Register it with npuflow.plugins.register_plugin(MyPlugin) before compiling, or install the package "
+     "that provides it (entry point group 'npuflow.plugins'); docs/plugins.md."),
+    ("NPF_PLUGIN_BAD", "compiler plugin {plugin} cannot be registered: {reason}",
+     "Subclass npuflow.plugins.Plugin, set name = 'lower_case_name', implement claims() and runner()."),
+    ("NPF_PLUGIN_FAILED", "compiler plugin {plugin!r} failed in {step}: {reason}",
+     "The error is in the plugin's own code ({step}); fix or update the plugin, or compile without it."),
+    ("NPF_RUNTIME_PLUGIN_MISSING", "the model runs subgraph {subgraph} on compiler plugin {plugin!r}, which this "
+     "process does not have",
+     "Install or register the plugin (npuflow.plugins.register_plugin) before opening the Session; a .npuf "
+     "names its plugins but never carries their code."),
+)
+
 CATALOG: dict[str, ErrorSpec] = {
     **_GENERIC, **_MODEL, **_TARGET, **_CHECK, **_QUANT, **_COMPILE, **_RUNTIME, **_BUILD,
-    **_PERF, **_TORCH, **_PRUNE, **_SCALEOUT, **_COMPARE, **_TOOLS,
+    **_PERF, **_TORCH, **_PRUNE, **_SCALEOUT, **_COMPARE, **_TOOLS, **_PLUGIN,
 }
 
 

@@ -77,7 +77,7 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
     levels: set[str] = set()
     for k, sg in enumerate(m["subgraphs"]):
-        if sg["engine"] == "integer":
+        if sg["engine"] in ("integer", "plugin"):  # run by npuflow (a plugin's by its runner)
             nodes.append(helper.make_node(
                 f"{OP_PREFIX}{digest[:16]}_{k}", list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
                 domain=DOMAIN, npuf=str(path), sha256=digest, subgraph=k))

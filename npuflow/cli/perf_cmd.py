@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..perf import PerfReport, write_report
 from ..perf import perf
+from ..perf.estimate import CPU_SOURCE
 from ..perf.from_npuf import npuf_units
 from ..perf.model_perf import perf_compiled
 from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option
@@ -74,7 +75,7 @@ def _show(report: PerfReport, title: str | None, folder: Path) -> None:
         sub.add_column(col)
     for s in report.subgraphs:
         sub.add_row(s.name, s.device, str(s.ops), f"{s.ddr_bytes / 1e6:.3f}", f"{s.latency_ms:.4f}",
-                    "estimated" if s.device == "NPU" else "measured on host CPU")
+                    "measured on host CPU" if s.source == CPU_SOURCE else "estimated")
     console.print(sub)
     for n in report.notes:
         console.print(f"note: {n}", markup=False)

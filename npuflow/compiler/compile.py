@@ -4,7 +4,9 @@ Steps: index the Q/DQ steps (:mod:`.qgraph`); lower every node that can be lower
 integer op (:mod:`.lowering`); ask the placement (checker or target rules) which integer ops the
 accelerator takes; partition into subgraphs (:mod:`.partition`); export each CPU subgraph as a
 standalone ONNX model that keeps the quantized model's own Q/DQ steps; plan each accelerator
-subgraph's activation memory (:mod:`.memory`); and describe it all in a manifest.
+subgraph's activation memory (:mod:`.memory`); and describe it all in a manifest.  Compiler
+plugins (:mod:`npuflow.plugins`) named by the caller take their nodes first; each of their
+subgraphs is stored as ONNX plus the plugin's own compiled payload.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import __version__
+from .. import plugins as plugin_registry
 from ..errors import NpuflowError
 from ..model import (MAX_IR_VERSION, InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load,
                      node_reads, read_proto, subgraphs)
@@ -26,7 +29,7 @@ from ..targets import Target, load_target
 from . import foreign, memory
 from .compiled import CompiledModel, with_shapes
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
-from .partition import Placement, Unit, build_units, checker_placement_factory, partition
+from .partition import Placement, Unit, build_units, checker_placement_factory, partition, plugin_units
 from .program import IntOp
 from .qgraph import QGraph
 
@@ -50,6 +53,7 @@ def compile_model(
     build_config: dict | None = None,
     preprocessing: dict | None = None,
     input_shapes: InputShapes | Sequence[InputShapes] | None = None,
+    plugins: Sequence[str | plugin_registry.Plugin] | None = None,
 ) -> CompiledModel:
     """Compile a quantized model (``docs/quantized-model-format.md``) for ``target``.
 
@@ -58,21 +62,24 @@ def compile_model(
     ``dynamic_input``: the runtime runs the smallest that fits an input, padded; see
     :func:`.compiled.with_shapes`).  Models written by other tools (ONNX Runtime QOperator, NNCF,
     Brevitas) are first legalised into npuflow's QDQ form (:mod:`.foreign`); each change is a note
-    of the compiled model.
+    of the compiled model.  ``plugins``: compiler plugins (names or :class:`~npuflow.plugins.Plugin`
+    objects), in order, that take their nodes before the accelerator placement.
     """
     tgt = target if isinstance(target, Target) else load_target(target)
+    plugs = plugin_registry.resolve(plugins)
     if input_shapes is not None and not isinstance(input_shapes, Mapping):
         sets = list(input_shapes)
         if len(sets) > 1:
             source = quantized_model if isinstance(quantized_model, onnx.ModelProto) else read_proto(quantized_model)
-            return with_shapes([_compile(source, tgt, placement, build_config, preprocessing, shapes)
+            return with_shapes([_compile(source, tgt, placement, build_config, preprocessing, shapes, plugs)
                                 for shapes in sets])
         input_shapes = sets[0] if sets else None
-    return _compile(quantized_model, tgt, placement, build_config, preprocessing, input_shapes)
+    return _compile(quantized_model, tgt, placement, build_config, preprocessing, input_shapes, plugs)
 
 
 def _compile(quantized_model: ModelLike, tgt: Target, placement: Placement | None, build_config: dict | None,
-             preprocessing: dict | None, input_shapes: InputShapes | None) -> CompiledModel:
+             preprocessing: dict | None, input_shapes: InputShapes | None,
+             plugs: Sequence[plugin_registry.Plugin] = ()) -> CompiledModel:
     """One program: the model frozen at ``input_shapes``."""
     model = load(quantized_model, input_shapes)
     _name_nodes(model)
@@ -86,18 +93,23 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: Placement | Non
             raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))
         raise NpuflowError("NPF_COMPILE_NOT_QUANTIZED")
     place = placement or checker_placement_factory(model, tgt)
-    ops, notes = _lower_all(g, model, tgt, place)
-    notes = legalised + notes
-    units = build_units(g, ops)
+    owner = plugin_registry.claimed_nodes(plugs, model, tgt) if plugs else {}
+    taken = plugin_units(g, owner)
+    ops, notes = _lower_all(g, model, tgt, place, set(taken))
+    notes = legalised + [f"{node} runs on the {name} plugin" for node, name in owner.items()] + notes
+    units = build_units(g, ops, taken)
     groups = partition(units)
-    manifest, blobs = _describe(g, model, tgt, groups, notes, build_config, preprocessing)
+    manifest, blobs = _describe(g, model, tgt, groups, notes, build_config, preprocessing,
+                                {p.name: p for p in plugs})
     return CompiledModel(manifest, blobs)
 
 
-def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: Placement) -> tuple[list[IntOp], list[str]]:
+def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: Placement,
+               taken: set[str] = frozenset()) -> tuple[list[IntOp], list[str]]:
+    """Integer ops for the accelerator; ``taken``: nodes of plugins, never lowered here."""
     ops: list[IntOp] = []
     notes: list[str] = []
-    claimed: set[str] = set()
+    claimed: set[str] = set(taken)
 
     def take(op: IntOp) -> None:
         ops.append(op)
@@ -202,7 +214,7 @@ def _cpu_model(g: QGraph, model: onnx.ModelProto, units: list[Unit], ins: list[s
     return m.SerializeToString(deterministic=True)
 
 
-def _describe(g, model, tgt, groups, notes, build_config, preprocessing) -> tuple[dict, dict]:
+def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=None) -> tuple[dict, dict]:
     blobs: dict[str, np.ndarray | bytes] = {}
     subgraphs = []
     tensors: dict[str, dict] = {}
@@ -210,7 +222,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing) -> tupl
     total_weights = 0
     for k, ((ins, outs), units) in enumerate(zip(_boundaries(groups, g), groups)):
         device = units[0].device
-        entry: dict = {"id": k, "name": f"subgraph_{k}_{'npu' if device == 'npu' else 'cpu'}",
+        entry: dict = {"id": k, "name": f"subgraph_{k}_{device.removeprefix('plugin:')}",
                        "inputs": ins, "outputs": outs}
         for t in ins + outs:
             tensors[t] = _tensor_info(g, t)
@@ -234,6 +246,25 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing) -> tupl
                 "macs": int(sum(u.op.macs for u in units)), "weight_bytes": weight_bytes, "memory": plan,
             })
             peak = max(peak, plan["arena_bytes"] + sum(_nbytes(tensors[t]) for t in ins + outs))
+            total_weights += weight_bytes
+        elif device.startswith("plugin:"):
+            plugin = plugs[device.removeprefix("plugin:")]
+            bname = f"sg{k}.onnx"
+            blobs[bname] = _cpu_model(g, model, units, ins, outs)
+            payload = plugin_registry.call(plugin, "compile", plugin.compile, onnx.load_from_string(blobs[bname]))
+            if not isinstance(payload, (bytes, bytearray)):
+                raise NpuflowError("NPF_PLUGIN_FAILED", plugin=plugin.name, step="compile",
+                                   reason=f"returned {type(payload).__name__}, not bytes")
+            weight_bytes = int(sum(g.inits[i].nbytes for u in units for i in node_reads(u.node) if i in g.inits))
+            entry.update({
+                "device": plugin.device, "engine": "plugin", "plugin": plugin.name, "onnx": bname,
+                "nodes": [u.node.name for u in units],
+                "op_counts": dict(sorted(Counter(u.node.op_type for u in units).items())),
+                "macs": 0, "weight_bytes": weight_bytes,
+            })
+            if payload:
+                blobs[f"sg{k}.payload"] = np.frombuffer(bytes(payload), np.uint8)
+                entry["payload"] = f"sg{k}.payload"
             total_weights += weight_bytes
         else:
             bname = f"sg{k}.onnx"

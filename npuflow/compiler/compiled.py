@@ -64,6 +64,8 @@ def referenced_blobs(manifest: dict) -> set[str]:
                 names.update(b for op in sg["ops"] for b in op["blobs"].values())
             else:
                 names.add(sg["onnx"])
+                if sg.get("payload"):  # a compiler plugin's own data
+                    names.add(sg["payload"])
     return names
 
 
@@ -83,7 +85,8 @@ def blob_key(value: np.ndarray | bytes) -> tuple:
 def renamed_blobs(sg: dict, renamed: dict[str, str]) -> dict:
     """Subgraph ``sg`` with its blob references renamed (``renamed``: old name -> new name)."""
     if sg["engine"] != "integer":
-        return {**sg, "onnx": renamed[sg["onnx"]]}
+        payload = {"payload": renamed[sg["payload"]]} if sg.get("payload") else {}
+        return {**sg, "onnx": renamed[sg["onnx"]], **payload}
     return {**sg, "ops": [{**op, "blobs": {r: renamed[b] for r, b in op["blobs"].items()}} for op in sg["ops"]]}
 
 

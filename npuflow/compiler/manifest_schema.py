@@ -496,6 +496,17 @@ class OnnxSubgraph(_SubgraphBase):
     nodes: list[Name]
 
 
+class PluginSubgraph(_SubgraphBase):
+    """A subgraph a compiler plugin runs (:mod:`npuflow.plugins`): its ONNX nodes and the
+    plugin's own payload; the plugin's code is never in the file."""
+
+    engine: Literal["plugin"]
+    plugin: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    onnx: Name
+    payload: Optional[Name] = None
+    nodes: list[Name]
+
+
 class TargetInfo(Strict):
     name: Name
     fingerprint: Name
@@ -534,7 +545,8 @@ class Manifest(Strict):
     target: TargetInfo
     inputs: list[Io]
     outputs: Annotated[list[Io], Field(min_length=1)]
-    subgraphs: Annotated[list[Annotated[Union[IntegerSubgraph, OnnxSubgraph], Field(discriminator="engine")]],
+    subgraphs: Annotated[list[Annotated[Union[IntegerSubgraph, OnnxSubgraph, PluginSubgraph],
+                                        Field(discriminator="engine")]],
                          Field(min_length=1)]
     tensors: dict[str, Tensor]
     memory: MemoryInfo
@@ -649,6 +661,10 @@ def _check_program(m: Manifest, context: dict, blob_bytes: Callable[[str], bytes
             _check_integer(m, sg, where, context)
         else:
             _check_onnx(m, sg, where, blob_bytes)
+        if isinstance(sg, PluginSubgraph) and sg.payload is not None:
+            blob = m.blobs.get(sg.payload)
+            if blob is None or blob.dtype != "uint8" or len(blob.shape) != 1 or sg.payload.endswith(".onnx"):
+                raise SchemaError(f"{where}.payload", f"{sg.payload!r} is not a byte blob of the table")
         available |= set(sg.outputs)
     for k, io in enumerate([*m.inputs, *m.outputs]):
         where = f"{'inputs' if k < len(m.inputs) else 'outputs'}[{k if k < len(m.inputs) else k - len(m.inputs)}]"
@@ -698,7 +714,7 @@ def _tensor(m: Manifest, name: str, where: str) -> Tensor:
     return t
 
 
-def _check_onnx(m: Manifest, sg: OnnxSubgraph, where: str, blob_bytes: Callable[[str], bytes]) -> None:
+def _check_onnx(m: Manifest, sg: OnnxSubgraph | PluginSubgraph, where: str, blob_bytes: Callable[[str], bytes]) -> None:
     """The embedded model parses and takes/makes exactly the subgraph's tensors, typed as described."""
     blob = m.blobs.get(sg.onnx)
     if blob is None or blob.dtype != "uint8" or len(blob.shape) != 1 or not sg.onnx.endswith(".onnx"):

@@ -66,7 +66,7 @@ class Unit:
     """One schedulable piece: an integer op (accelerator) or an ONNX node (CPU)."""
 
     position: int
-    device: str  # "npu" | "cpu"
+    device: str  # "npu" | "cpu" | "plugin:<name>"
     inputs: list[str]
     outputs: list[str]
     op: IntOp | None = None
@@ -81,11 +81,37 @@ class Partition:
     notes: list[str] = field(default_factory=list)
 
 
-def build_units(g: QGraph, ops: list[IntOp]) -> list[Unit]:
-    """Integer ops plus every ONNX node they do not replace, in a topological order."""
+def plugin_units(g: QGraph, owner: dict[str, str]) -> dict[str, str]:
+    """``{node: plugin}`` for the nodes plugins claimed plus the quantize/dequantize steps that
+    come with them: a dequantize step whose every reader is the plugin's, and a quantize step of
+    a tensor the plugin writes.  So a plugin's subgraph reads and writes integer tensors, as an
+    accelerator subgraph does."""
+    taken = dict(owner)
+    for n in g.graph.node:
+        if g.is_dequantize(n):
+            readers = {taken.get(c.name) for c in g.consumers.get(n.output[0], [])}
+            if len(readers) == 1 and None not in readers and not g.is_graph_output(n.output[0]):
+                taken[n.name] = readers.pop()
+    for n in g.graph.node:
+        if g.quantize_mode(n) is not None:
+            src = g.producer.get(n.input[0])
+            if src is not None and src.name in owner:
+                taken[n.name] = owner[src.name]
+    return taken
+
+
+def build_units(g: QGraph, ops: list[IntOp], taken: dict[str, str] | None = None) -> list[Unit]:
+    """Integer ops, the nodes plugins took (``taken``: node -> plugin) and every other ONNX
+    node, in a topological order."""
+    taken = taken or {}
     index = {n.name: i for i, n in enumerate(g.graph.node)}
     covered = {name for op in ops for name in op.nodes}
     units = [Unit(min(index[n] for n in op.nodes), "npu", list(op.inputs), list(op.outputs), op=op) for op in ops]
+    for n in g.graph.node:
+        if n.name in taken:
+            units.append(Unit(index[n.name], f"plugin:{taken[n.name]}", [i for i in node_reads(n) if i not in g.inits],
+                              [o for o in n.output if o], node=n))
+    covered |= set(taken)
     npu_reads = {name for op in ops for name in op.reads}
     cpu_nodes = [n for n in g.graph.node if n.name not in covered]
     cpu_consumed = {i for n in cpu_nodes if not g.is_dequantize(n) for i in node_reads(n)}

@@ -22,13 +22,16 @@ from .layers import NONE, Geometry, model_geometry, node_name
 
 NPU_SOURCE = "estimated (static model of the target)"
 CPU_SOURCE = "measured on host CPU (ONNX Runtime, 1 thread)"
+PLUGIN_SOURCE = "estimated by the compiler plugin"
+#: Placement device of a node a compiler plugin runs: ``plugin:<name>`` (:mod:`npuflow.plugins`).
+PLUGIN_PREFIX = "plugin:"
 
 
 @dataclass(frozen=True)
 class Placement:
     """Where the checker put one node: the slice of ``CheckReport`` the estimator needs."""
 
-    device: str  # "NPU" or "CPU"
+    device: str  # "NPU", "CPU" or "plugin:<name>"
     subgraph: str
     op_kind: str = ""
     fused_into: str | None = None
@@ -58,8 +61,8 @@ class LayerResult:
 @dataclass
 class SubgraphResult:
     name: str
-    device: str  # "NPU" | "CPU"
-    source: str  # NPU_SOURCE | CPU_SOURCE
+    device: str  # "NPU" | "CPU" | the plugin's device label
+    source: str  # NPU_SOURCE | CPU_SOURCE | PLUGIN_SOURCE
     nodes: list[str]
     ops: int  # 2 x MACs per frame (one MAC counts as 2 ops)
     load_weight_bytes: int
@@ -235,6 +238,8 @@ def estimate(
                 latency_ms=sum(r.cycles for r in results) / (mhz * 1e3) + over_ms,
                 shared_latency_ms=shared_cycles / (mhz * 1e3) + over_ms,
             ))
+        elif device.startswith(PLUGIN_PREFIX):
+            subgraphs.append(_plugin_subgraph(model, [nodes[i] for i in idx], sg, device, target, measure_cpu, notes))
         else:
             ms = cpu_time.measure_ms(model, [nodes[i] for i in idx]) if measure_cpu else None
             if ms is None:
@@ -246,9 +251,9 @@ def estimate(
             ))
 
     transfers, edges = _boundaries(model, names, place, target)
-    npu_ms = sum(s.latency_ms for s in subgraphs if s.device == "NPU")
-    npu_shared = sum(s.shared_latency_ms for s in subgraphs if s.device == "NPU")
-    cpu_ms = sum(s.latency_ms for s in subgraphs if s.device == "CPU")
+    npu_ms = sum(s.latency_ms for s in subgraphs if s.source != CPU_SOURCE)  # plugin engines are accelerators too
+    npu_shared = sum(s.shared_latency_ms for s in subgraphs if s.source != CPU_SOURCE)
+    cpu_ms = sum(s.latency_ms for s in subgraphs if s.source == CPU_SOURCE)
     transfer_ms = sum(t.latency_ms for t in transfers)
     latency = npu_ms + cpu_ms + transfer_ms
     cores = target.cores if on_npu else 1
@@ -272,6 +277,26 @@ def estimate(
         ops_per_frame=sum(s.ops for s in subgraphs),
         subgraphs=subgraphs, layers=layers, transfers=transfers, edges=edges, notes=notes, end_to_end=e2e,
     )
+
+
+def _plugin_subgraph(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: str, device: str, target: Target,
+                     measure_cpu: bool, notes: list[str]) -> SubgraphResult:
+    """A compiler plugin's subgraph, costed by the plugin's hook (:meth:`npuflow.plugins.Plugin.estimate_ms`);
+    timed on this host as a CPU part when the plugin has no estimate or is not installed here."""
+    from .. import plugins
+
+    plugin = plugins.get_plugin(device.removeprefix(PLUGIN_PREFIX))
+    sub = cpu_time.cut_subgraph(model, nodes)
+    ms = plugins.call(plugin, "estimate_ms", plugin.estimate_ms, sub, target) if plugin is not None else None
+    label, source = (plugin.device, PLUGIN_SOURCE) if plugin is not None else (device, CPU_SOURCE)
+    if ms is None:
+        ms = (cpu_time.measure_ms(model, nodes) if measure_cpu else None) or 0.0
+        source = CPU_SOURCE
+        notes.append(f"{name} runs on compiler plugin {device.removeprefix(PLUGIN_PREFIX)!r}, which "
+                     f"{'gives no estimate' if plugin is not None else 'is not installed here'}: timed on this host")
+    return SubgraphResult(name=name, device=label, source=source, nodes=[n.name for n in nodes], ops=0,
+                          load_weight_bytes=0, load_fmap_bytes=0, store_bytes=0, latency_ms=float(ms),
+                          shared_latency_ms=float(ms))
 
 
 def end_to_end(model: onnx.ModelProto, target: Target, *, latency_ms: float, cpu_ms: float,
@@ -378,8 +403,8 @@ def _boundaries(
             src = place[names[producer[t]]]
             if src.subgraph == dst.subgraph:
                 continue
-            a = src.subgraph if src.device == "NPU" else names[producer[t]]
-            b = dst.subgraph if dst.device == "NPU" else names[i]
+            a = src.subgraph if src.device != "CPU" else names[producer[t]]  # NPU and plugin parts: one box
+            b = dst.subgraph if dst.device != "CPU" else names[i]
             if (a, b) not in seen:
                 seen.add((a, b))
                 edges.append((a, b))

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .estimate import Placement
+from .estimate import PLUGIN_PREFIX, Placement
 
 #: Integer-program op -> ONNX op with the same cost (geometry), see :mod:`npuflow.perf.layers`.
 _ONNX_OP = {
@@ -96,11 +96,12 @@ def model_and_placement(compiled: Any) -> tuple[onnx.ModelProto, dict[str, Place
             inits.extend(sub.graph.initializer)
             for vi in [*sub.graph.input, *sub.graph.value_info, *sub.graph.output]:
                 infos.setdefault(vi.name, vi)
+            device = f"{PLUGIN_PREFIX}{sg['plugin']}" if sg["engine"] == "plugin" else "CPU"
             for i, n in enumerate(sub.graph.node):
                 if not n.name:
                     n.name = f"{sg['name']}_{n.op_type}_{i}"
                 nodes.append(n)
-                placement[n.name] = Placement("CPU", sg["name"], n.op_type)
+                placement[n.name] = Placement(device, sg["name"], n.op_type)
     opsets.setdefault("", 17)
     graph_inputs = [infos[i["name"]] for i in compiled.inputs if i["name"] in infos]
     graph_outputs = [infos[o["name"]] for o in compiled.outputs if o["name"] in infos]

@@ -34,7 +34,7 @@ def structure_graph(report: PerfReport) -> graphviz.Digraph:
     """Subgraph-level picture: NPU subgraphs dark boxes, CPU nodes grey ellipses."""
     g = graphviz.Digraph(report.model_name, graph_attr={"rankdir": "TB"}, node_attr={"fontname": "Helvetica"})
     for s in report.subgraphs:
-        if s.device == "NPU":
+        if s.source != CPU_SOURCE:  # an accelerator or plugin engine: one box
             g.node(s.name, f"{s.name}\n{len(s.nodes)} nodes, {s.latency_ms:.3f} ms", shape="box", style="filled",
                    fillcolor="#263238", fontcolor="white")
         else:
@@ -53,7 +53,7 @@ def structure_rows(report: PerfReport) -> list[dict]:
         feeds.setdefault(a, []).append(b)
     rows = []
     for s in report.subgraphs:
-        parts = [(s.name, len(s.nodes), s.latency_ms)] if s.device == "NPU" else [(n, 1, None) for n in s.nodes]
+        parts = [(s.name, len(s.nodes), s.latency_ms)] if s.source != CPU_SOURCE else [(n, 1, None) for n in s.nodes]
         for name, nodes, ms in parts:
             rows.append({"name": name, "device": s.device, "subgraph": s.name, "nodes": nodes,
                          "latency_ms": s.latency_ms if ms is None and len(s.nodes) == 1 else ms,

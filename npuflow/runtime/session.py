@@ -34,6 +34,7 @@ from ..model import write_atomic
 from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel, shape_sets_text
 from .executors import IntegerExecutor, OnnxExecutor
+from .plugin_executor import PluginExecutor
 from .runner import Runner, TensorInfo
 
 
@@ -85,10 +86,12 @@ class _Program:
     def __init__(self, manifest: dict, blob: Callable[[str], np.ndarray | bytes], threads: int,
                  cpu_threads: int | None, fuse: bool) -> None:
         self.subgraphs = manifest["subgraphs"]
-        self.executors: list[IntegerExecutor | OnnxExecutor] = []
+        self.executors: list[IntegerExecutor | OnnxExecutor | PluginExecutor] = []
         for sg in self.subgraphs:
             if sg["engine"] == "integer":
                 self.executors.append(IntegerExecutor(sg, manifest["tensors"], blob, threads=threads, fuse=fuse))
+            elif sg["engine"] == "plugin":
+                self.executors.append(PluginExecutor(sg, blob))
             else:
                 self.executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
                                                    lookup=fuse))
