@@ -4,7 +4,7 @@ ONNX ``QuantizeLinear`` always rounds half to even.  DPU-class targets round act
 up, and with power-of-two scales exact ties are common, so a plain Q node would not simulate the
 chip.  For any tie rule other than ``half_even`` npuflow therefore writes a *model-local ONNX
 function* in the domain :data:`DOMAIN`, named ``Quantize_<mode>_<dtype>``, whose body uses only
-standard ops (``Div``, ``Floor``/``Ceil``, ``Add``, ``Clip``, ``Cast``).  Plain ONNX Runtime runs it
+standard ops (``Div``, ``Floor``, ``Sub``, ``GreaterOrEqual``, ``Where``, ``Clip``, ``Cast``).  Plain ONNX Runtime runs it
 (functions are inlined when the session is created) and computes exactly
 :func:`npuflow.numerics.quantize`.  Its signature matches ``QuantizeLinear``:
 ``(x, y_scale, y_zero_point) -> y``, per tensor.
@@ -67,6 +67,19 @@ def _const(name: str, value: float) -> onnx.NodeProto:
     )
 
 
+def _half_up(v: str, out: str) -> list[onnx.NodeProto]:
+    """``numerics.round_values``' half up as ONNX nodes: ``floor(v)`` plus one where the exact
+    fraction ``v - floor(v)`` is at least one half.  ``Floor(v + 0.5)`` is not the same in
+    float32: ``0.49999997 + 0.5`` rounds to 1."""
+    return [
+        helper.make_node("Floor", [v], [f"{v}_lo"]),
+        helper.make_node("Sub", [v, f"{v}_lo"], [f"{v}_fr"]),
+        helper.make_node("GreaterOrEqual", [f"{v}_fr", "half"], [f"{v}_up"]),
+        helper.make_node("Cast", [f"{v}_up"], [f"{v}_upf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", [f"{v}_lo", f"{v}_upf"], [out]),
+    ]
+
+
 def make_quantize_function(mode: RoundMode | str, dtype: str, opset: int = 13) -> onnx.FunctionProto:
     """A FunctionProto computing ``clip(round_mode(x / scale) + zp, qmin, qmax)`` cast to ``dtype``."""
     mode = RoundMode(mode)
@@ -79,22 +92,17 @@ def make_quantize_function(mode: RoundMode | str, dtype: str, opset: int = 13) -
         _const("qmax", float(qmax)),
     ]
     if mode is RoundMode.HALF_UP:
-        nodes += [
-            helper.make_node("Add", ["v", "half"], ["v_h"]),
-            helper.make_node("Floor", ["v_h"], ["r"]),
-        ]
-    elif mode is RoundMode.HALF_DOWN:
-        nodes += [
-            helper.make_node("Sub", ["v", "half"], ["v_h"]),
-            helper.make_node("Ceil", ["v_h"], ["r"]),
-        ]
-    elif mode is RoundMode.STD_ROUND:
+        nodes += _half_up("v", "r")
+    elif mode is RoundMode.HALF_DOWN:  # half up of -v, negated
+        nodes += [helper.make_node("Neg", ["v"], ["nv"]), *_half_up("nv", "nr"), helper.make_node("Neg", ["nr"], ["r"])]
+    elif mode is RoundMode.STD_ROUND:  # half up of |v|, with v's sign
         nodes += [
             helper.make_node("Abs", ["v"], ["a"]),
-            helper.make_node("Add", ["a", "half"], ["a_h"]),
-            helper.make_node("Floor", ["a_h"], ["fa"]),
-            helper.make_node("Sign", ["v"], ["sg"]),
-            helper.make_node("Mul", ["sg", "fa"], ["r"]),
+            *_half_up("a", "ra"),
+            helper.make_node("Neg", ["ra"], ["nra"]),
+            _const("zero", 0.0),
+            helper.make_node("Less", ["v", "zero"], ["neg"]),
+            helper.make_node("Where", ["neg", "nra", "ra"], ["r"]),
         ]
     else:
         nodes += [helper.make_node("Round", ["v"], ["r"])]

@@ -144,6 +144,26 @@ def _float_weight_conv(mode: nm.RoundMode, w: np.ndarray, scale: float) -> onnx.
     return model
 
 
+@pytest.mark.parametrize("mode", [m for m in MODES if m is not nm.RoundMode.HALF_EVEN])
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+def test_the_onnx_quantize_functions_round_as_numerics_on_the_edges(mode, dtype):
+    """The model-local Quantize_<mode> functions (what ONNX Runtime runs for the quantized model)
+    equal numerics.quantize on float32 ties and near-ties, 0.49999997 included (Floor(v + 0.5)
+    gave 1 there)."""
+    values = edge_values(np.float32)
+    values = values[np.isfinite(values)]
+    bits = 8 if dtype == "int8" else 16
+    elem = TensorProto.INT8 if dtype == "int8" else TensorProto.INT16
+    node = helper.make_node(qdq.function_name(mode, dtype), ["x", "s", "z"], ["y"], domain=qdq.DOMAIN)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(values)])],
+                              [helper.make_tensor_value_info("y", elem, [len(values)])],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("z", elem, [], [0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    qdq.ensure_quantize_function(model, mode, dtype)
+    got = session(model).run(None, {"x": values})[0]
+    assert np.array_equal(got, nm.quantize(values, 1.0, 0, bits=bits, round_mode=mode)), values
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_read_codes_are_the_codes_onnx_runtime_computes(mode):
     """Weight codes behind a quantize step follow that step's tie rule, whatever the caller's
