@@ -50,24 +50,27 @@ def _calib():
     return [rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
 
 
-def _custom_model(tmp_path) -> str:
-    rng = np.random.default_rng(0)
+def _conv_sandwich(path, middle: list, domain: str, seed: int, out: str) -> str:
+    """conv1 -> ``middle`` (nodes from ``c1`` to ``out``) -> conv2, saved at ``path``."""
+    rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32), "w2")
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("MySwish", ["c1"], ["s1"], domain="com.example", name="swish1", beta=1.5),
-        helper.make_node("MySwish", ["s1"], ["s2"], domain="com.example", name="swish2", beta=1.5),
-        helper.make_node("PillarScatter", ["s2"], ["p"], domain="com.example", name="scatter"),
-        helper.make_node("Conv", ["p", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
-    ]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"), *middle,
+             helper.make_node("Conv", [out, "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
                               initializer=[w1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
-    path = tmp_path / "custom.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
     onnx.save(model, path)
     return str(path)
+
+
+def _custom_model(tmp_path) -> str:
+    return _conv_sandwich(tmp_path / "custom.onnx", [
+        helper.make_node("MySwish", ["c1"], ["s1"], domain="com.example", name="swish1", beta=1.5),
+        helper.make_node("MySwish", ["s1"], ["s2"], domain="com.example", name="swish2", beta=1.5),
+        helper.make_node("PillarScatter", ["s2"], ["p"], domain="com.example", name="scatter"),
+    ], "com.example", 0, "p")
 
 
 def test_every_custom_op_is_named_in_one_coded_error(tmp_path):
@@ -173,22 +176,10 @@ def test_the_custom_op_example_runs_end_to_end(capsys):
 
 def _library_model(tmp_path) -> str:
     """conv -> NegPos (a C++ op of onnxruntime-extensions' library) -> pos - neg = |x| -> conv."""
-    rng = np.random.default_rng(1)
-    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32), "w2")
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+    return _conv_sandwich(tmp_path / "library_op.onnx", [
         helper.make_node("NegPos", ["c1"], ["neg", "pos"], domain="ai.onnx.contrib", name="negpos"),
         helper.make_node("Sub", ["pos", "neg"], ["a"], name="abs"),
-        helper.make_node("Conv", ["a", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
-    ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              initializer=[w1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)])
-    path = tmp_path / "library_op.onnx"
-    onnx.save(model, path)
-    return str(path)
+    ], "ai.onnx.contrib", 1, "a")
 
 
 @pytest.mark.parametrize("target", [DPU, "cpu-int8"])
