@@ -33,7 +33,7 @@ import onnx
 
 from ...errors import NpuflowError
 from ...model import write_atomic
-from .adaquant import adaquant
+from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
 from .adaround import adaround
 from .block_recon import Block, BlockResult, BlockRunner, plan_blocks, reconstruct, require_torch, write_block
 from .graph import Feed, WeightLayer, capture, layer_bias, layer_weight, upstream, weight_layers
@@ -53,7 +53,7 @@ class FinetuneSettings:
 
     method: str = "adaround"
     iters: int = 500
-    lr: float | None = None      # None: 1e-2 for AdaRound, 1e-4 for AdaQuant, 3e-2 for brecq
+    lr: float | None = None      # None: 1e-2 for AdaRound, 3e-3 for AdaQuant (adaquant.DEFAULT_LR), 3e-2 for brecq
     batch: int = 256             # patch columns per iteration
     samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
     backend: str = "auto"        # auto | numpy | torch
@@ -72,7 +72,7 @@ class FinetuneSettings:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return {"adaquant": 1e-4, "brecq": 3e-2}.get(self.method, 1e-2)
+        return {"adaquant": ADAQUANT_LR, "brecq": 3e-2}.get(self.method, 1e-2)
 
 
 @dataclass
