@@ -1,20 +1,22 @@
-"""Imports every command module so that each registers itself on the app (one line each), in the
-order of the workflow: ``npuflow --help`` and docs/cli.md list the commands in this order."""
+"""Imports every command module so that each registers itself on the app, and puts the commands
+in the order of the workflow: ``npuflow --help`` and docs/cli.md list them in this order, whichever
+module another import (a test, a plugin) happened to load first."""
 
-from . import targets_cmd  # noqa: F401
-from . import check_cmd  # noqa: F401
-from . import quantize_cmd  # noqa: F401
-from . import analyze_cmd  # noqa: F401
-from . import qat_cmd  # noqa: F401
-from . import compile_cmd  # noqa: F401
-from . import run_cmd  # noqa: F401
-from . import info_cmd  # noqa: F401
-from . import ort_export_cmd  # noqa: F401
-from . import modify_cmd  # noqa: F401
-from . import pack_cmd  # noqa: F401
-from . import graph_cmd  # noqa: F401
-from . import compare_cmd  # noqa: F401
-from . import perf_cmd  # noqa: F401
-from . import bench_cmd  # noqa: F401
-from . import build_cmd  # noqa: F401
-from . import prune_cmd  # noqa: F401
+from . import (analyze_cmd, bench_cmd, build_cmd, check_cmd, compare_cmd, compile_cmd, graph_cmd, info_cmd,
+               modify_cmd, ort_export_cmd, pack_cmd, perf_cmd, prune_cmd, qat_cmd, quantize_cmd, run_cmd,
+               targets_cmd)
+from .app import app
+
+#: The workflow order.
+MODULES = (targets_cmd, check_cmd, quantize_cmd, analyze_cmd, qat_cmd, compile_cmd, run_cmd, info_cmd,
+           ort_export_cmd, modify_cmd, pack_cmd, graph_cmd, compare_cmd, perf_cmd, bench_cmd, build_cmd, prune_cmd)
+_RANK = {m.__name__: k for k, m in enumerate(MODULES)}
+
+
+def _rank(callback) -> int:
+    return _RANK.get(getattr(callback, "__module__", ""), len(_RANK))
+
+
+app.registered_commands.sort(key=lambda c: _rank(c.callback))
+app.registered_groups.sort(key=lambda g: min((_rank(c.callback) for c in g.typer_instance.registered_commands),
+                                             default=len(_RANK)))

@@ -29,6 +29,17 @@ def test_docs_cli_md_is_what_the_generator_writes():
     assert (REPO / "docs" / "cli.md").read_text() == render()
 
 
+def test_command_order_does_not_depend_on_which_module_was_imported_first():
+    """A test or plugin importing one command module early once moved that command up the list."""
+    import subprocess
+    import sys
+
+    code = ("from npuflow.cli import prune_cmd, info_cmd, build_cmd\n"
+            "from npuflow.cli.docs import render\nimport sys\nsys.stdout.write(render())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == (REPO / "docs" / "cli.md").read_text()
+
+
 @pytest.mark.parametrize("path,cmd", COMMANDS, ids=IDS)
 def test_help_shows_readable_metavariables_and_examples(path, cmd):
     args = path.split()[1:] + ["--help"]
