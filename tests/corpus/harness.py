@@ -43,6 +43,9 @@ LSB_TOLERANCE = {"power_of_two": 0, "float": 1}
 #: the .npuf's outputs against ONNX Runtime on the quantized model: anything below is a broken
 #: CPU part or output conversion (integer tensors are held to LSB_TOLERANCE instead).
 OUTPUT_AGREEMENT = 0.99
+#: share of the analyze stage's timeout given to ``analyze sensitivity --time-budget`` (the layer
+#: scoring); the rest is for the quantization that precedes it and for loading.
+ANALYZE_BUDGET_SHARE = 0.4
 
 
 @dataclass
@@ -406,9 +409,12 @@ class _CellRun:
         if self.entry.quantized:
             self.record("analyze", Stage("skipped", detail="already quantized"))
             return
+        # the command's own --time-budget (default 300 s) bounds only the layer scoring, after a full
+        # quantization: left at its default it outlasts the stage's timeout on any model big enough
+        budget = f"{self.opts.analyze_timeout * ANALYZE_BUDGET_SHARE:.0f}"
         stage, _ = cli(["analyze", "sensitivity", self.model, "-t", self.target, "--calib", self.calib,
                         "--samples", str(self.opts.analyze_samples), "--json", self.work / "sensitivity.json",
-                        *_shape_flags(self.entry, "eq")], self.opts.analyze_timeout)
+                        "--time-budget", budget, *_shape_flags(self.entry, "eq")], self.opts.analyze_timeout)
         self.record("analyze", stage)
 
 
