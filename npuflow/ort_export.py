@@ -11,7 +11,8 @@ only its ``SessionOptions``::
     outputs = sess.run(None, {"input": x})
 
 The exported graph holds each CPU subgraph of the ``.npuf`` inline, as the ONNX nodes it is, and
-each accelerator subgraph as one node of the ``ai.onnx.contrib`` domain, which onnxruntime-
+each accelerator subgraph (and a compiler plugin's, or a CPU subgraph with custom operators,
+which plain ONNX Runtime would not know) as one node of the ``ai.onnx.contrib`` domain, which onnxruntime-
 extensions runs as a Python op: the op runs that subgraph from the ``.npuf``
 (:meth:`npuflow.Session.run_subgraph`), so outputs equal :class:`npuflow.Session` bit for bit.
 The inline CPU subgraphs equal the session at the graph optimisation level it runs them at (basic
@@ -44,7 +45,7 @@ import onnx
 from onnx import helper
 
 from .compiler.compiled import CompiledModel
-from .custom_ops import extensions
+from .custom_ops import custom_nodes, extensions
 from .ort_session import LEVELS
 from .runtime.executors import cpu_level
 from .runtime.session import file_sha256
@@ -77,12 +78,14 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
     levels: set[str] = set()
     for k, sg in enumerate(m["subgraphs"]):
-        if sg["engine"] in ("integer", "plugin"):  # run by npuflow (a plugin's by its runner)
+        sub = onnx.load_from_string(compiled.blob(sg["onnx"])) if sg["engine"] == "onnx" else None
+        # run by npuflow: integer programs, a plugin's subgraphs (its runner) and CPU subgraphs with
+        # custom operators (npuflow's session runs them; plain ONNX Runtime would not know them)
+        if sub is None or custom_nodes(sub):
             nodes.append(helper.make_node(
                 f"{OP_PREFIX}{digest[:16]}_{k}", list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
                 domain=DOMAIN, npuf=str(path), sha256=digest, subgraph=k))
             continue
-        sub = onnx.load_from_string(compiled.blob(sg["onnx"]))
         levels.add(cpu_level(sub))
         nodes.extend(sub.graph.node)
         for init in sub.graph.initializer:  # a constant several CPU subgraphs read is in each of them

@@ -125,3 +125,29 @@ def test_cli_writes_the_export_and_says_how_to_run_it(models, digits, tmp_path, 
     bad = cli("ort-export", tmp_path / "missing.npuf", "-o", tmp_path / "x.onnx")
     assert bad.returncode == 2 and "ERROR [NPF_" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_cpu_subgraph_with_custom_ops_runs_through_npuflow(tmp_path):
+    """Plain ONNX Runtime does not know a user's custom op: the CPU subgraph holding it is an
+    npuflow op too, and the exported model equals the Session bit for bit."""
+    from npuflow import custom_ops
+
+    from .test_custom_ops import _calib, _custom_model, _register
+
+    saved = dict(custom_ops._REGISTRY)
+    try:
+        _register()
+        q = npuflow.quantize(_custom_model(tmp_path), _calib(), "DPUCZDX8G_ISA1_B4096")
+        npuf = tmp_path / "custom.npuf"
+        npuflow.compile(q.model, "DPUCZDX8G_ISA1_B4096").save(npuf)
+        sess, path = _exported_session(npuf, tmp_path)
+        import onnx
+
+        exported = onnx.load(path)
+        assert not [n for n in exported.graph.node if n.domain == "com.example"]
+        ref = npuflow.Session(npuf)
+        for x in _calib()[:3]:
+            np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref.run({"x": x})["y"])
+    finally:
+        custom_ops._REGISTRY.clear()
+        custom_ops._REGISTRY.update(saved)
