@@ -21,6 +21,14 @@ Every operation of such a graph is exact, so its codes equal the op-by-op kernel
   accumulator's non-saturating range and the multiplier fit 52 bits, else int64 arithmetic
   (``numerics.shift_rounding_as_onnx``).
 
+Passes over the tensors, not arithmetic, are what such a graph spends its time on, so it makes as
+few as exactness allows: code tensors are held centred on their zero point (a requantisation
+leaves it out; convolutions, eltwise ops, pads, tables and pools read codes minus it anyway), a
+constant pad of the zero point becomes the convolution's own padding, and an op whose inputs are
+all elementwise functions of one 8-bit tensor (SiLU's and hard-swish's ``Mul`` of a table's input
+and output, tables of tables, one-value scale and offset) is one table of that tensor, computed
+by the op's own kernel on every code.
+
 An op whose bound or form does not allow this (16-bit inputs split into bytes, fused float
 chains, ``std_round`` ties, ORT's QLinearAdd arithmetic, windowed averages, matmuls, ...) runs as
 its kernel between two graphs; ``Plan.reasons`` says why, per op.
