@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -240,6 +241,78 @@ def bench_efficientnet(args) -> list[str]:
     return rows, len(train), len(held), len(Xev)
 
 
+# --- npuflow qat on ONNX models (issue 18 item 2) --------------------------------------------------
+
+
+def bench_onnx(args) -> list[str]:
+    """``qat_onnx`` from the PTQ start on each ``--onnx-models`` model: FP32 agreement (or OCR line
+    accuracy) of the PTQ start and of the QAT model on held-out data, the .npuf checked bit-exact."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import datasets as D  # noqa: E402  (benchmarks/datasets.py)
+    from npuflow.torch.onnx_qat import qat_onnx
+
+    ptq_cfg = {"fast_finetune": {"method": "adaround", "iters": args.onnx_ptq_iters},
+               "max_calib_samples": args.onnx_ptq_calib}
+    lines = ["## `npuflow qat`: QAT of the ONNX model from the AdaRound PTQ start (issue 18 item 2)", "",
+             f"Produced by `python benchmarks/bench_qat.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} UTC, "
+             f"{TARGET}, every layer on the DPU.  PTQ start: AdaRound ({args.onnx_ptq_iters} iterations) calibrated on the "
+             f"first {args.onnx_ptq_calib} training samples; QAT: `qat_onnx` distilling from FP32 on all training samples "
+             f"(unlabelled, augmented), batch {args.onnx_batch}, {args.onnx_minutes:g} minutes of training on a shared "
+             "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
+             "| model | metric | FP32 | PTQ start | QAT | steps (epochs) | PTQ s | QAT s | load | .npuf = torch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in args.onnx_models.split(","):
+        if name == "effnet":
+            train, _ = D.efficientnet("calib", args.onnx_train)
+            xs, labels = D.efficientnet("eval", args.onnx_eval)
+            path, metric = fixture_models.efficientnet_lite0(), "top-1 agreement with FP32 %"
+
+            def score(outputs, labels=labels):
+                return 100.0 * float((np.array([o.argmax() for o in outputs]) == labels).mean())
+            fp32 = 100.0
+        else:
+            train, _ = D.ocr_lines("calib", args.onnx_train)
+            xs, labels = D.ocr_lines("eval", args.onnx_eval)
+            path, metric = fixture_models.ppocr_rec(), "line accuracy % (chars %)"
+
+            def score(outputs, labels=labels):
+                pred = [D.ctc_greedy_decode(o)[0] for o in outputs]
+                line, char = D.ocr_scores(pred, labels)
+                return f"{line:.1f} ({char:.1f})"
+            fp32 = None
+        log(f"{name}: {len(train)} training samples, {len(xs)} evaluation samples")
+        t0 = time.time()
+
+        def progress(stage, done=0, total=None, detail=""):
+            if detail or stage in ("ptq", "convert", "export", "train"):
+                log(f"  {name} {stage} {done}/{total} {detail}")
+        result = qat_onnx(path, TARGET, train, minutes=args.onnx_minutes, ptq_config=ptq_cfg, batch=args.onnx_batch,
+                          progress=progress)
+        inp = result.qat.input_names[0]
+        feeds = [x[inp] if isinstance(x, dict) else x for x in xs]
+        float_sess = D.ort_session(result.ptq.float_model)
+        ptq_sess = D.ort_session(result.ptq.model)
+        fp32_out = [float_sess.run(None, {inp: x})[0] for x in feeds]
+        ptq_out = [ptq_sess.run(None, {inp: x})[0] for x in feeds]
+        result.qat.eval()
+        with torch.no_grad():
+            qat_out = [result.qat(torch.from_numpy(x)).numpy() for x in feeds]
+        compiled = npuflow.Session(npuflow.compile(result.model, TARGET))
+        exact = all(np.array_equal(compiled.run({inp: x})[result.qat.output_names[0]], q)
+                    for x, q in zip(feeds[:args.compiled_check], qat_out))
+        fp32_score = fp32 if fp32 is not None else score(fp32_out)
+        load = os.getloadavg()[0]
+        r = result.report
+        log(f"{name}: FP32 {fp32_score}, PTQ {score(ptq_out)}, QAT {score(qat_out)}; cosine {r['start_cosine']:.4f} -> "
+            f"{r['trained_cosine']:.4f} (kept {r['kept']}); {time.time() - t0:.0f} s")
+        lines.append(f"| {Path(path).stem} | {metric} | {fp32_score} | {score(ptq_out)} | {score(qat_out)} | "
+                     f"{r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                     f"{load:.1f} | {exact} (first {args.compiled_check}) |")
+        lines.append(f"|  | mean output cosine to FP32 on {r['eval_samples']} training samples | 1 | "
+                     f"{r['start_cosine']:.4f} | {r['trained_cosine']:.4f} (kept: {r['kept']}) |  |  |  |  |  |")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
@@ -255,10 +328,23 @@ def main() -> None:
     ap.add_argument("--eff-calib", type=int, default=64)
     ap.add_argument("--eff-lr-w", type=float, default=1e-5)
     ap.add_argument("--eff-lr-q", type=float, default=1e-3)
+    ap.add_argument("--onnx", action="store_true", help="npuflow qat (qat_onnx) on ONNX models; writes qat_onnx.md")
+    ap.add_argument("--onnx-models", default="effnet", help="effnet,ppocr")
+    ap.add_argument("--onnx-minutes", type=float, default=15)
+    ap.add_argument("--onnx-train", type=int, default=256)
+    ap.add_argument("--onnx-eval", type=int, default=300)
+    ap.add_argument("--onnx-batch", type=int, default=8)
+    ap.add_argument("--onnx-ptq-calib", type=int, default=32)
+    ap.add_argument("--onnx-ptq-iters", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
+    if args.onnx:
+        out = RESULTS.with_name(f"qat_onnx_{args.onnx_models.replace(',', '_')}.md")
+        out.write_text("\n".join(bench_onnx(args)) + f"\nTotal run time {time.time() - t0:.0f} s.\n")
+        log(f"wrote {out}")
+        return
     if args.skip_mnist and RESULTS.exists():  # keep the MNIST section of the last full run
         kept = RESULTS.read_text().split("## EfficientNet")[0].split("Total run time")[0].rstrip().splitlines()
         lines = kept + [""]

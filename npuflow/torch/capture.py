@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -34,6 +35,13 @@ class _Tracer(fx.Tracer):
             if isinstance(m, base):
                 return type(m).forward is _base_forward(m)
         return super().is_leaf_module(m, qualname)
+
+    def create_arg(self, a):
+        # numpy scalars in a call (onnx2torch's Slice steps, ONNX attributes) are recorded as the
+        # Python numbers they equal; fx records only Python scalars.
+        if isinstance(a, np.generic):
+            a = a.item()
+        return super().create_arg(a)
 
 
 def _base_forward(m: nn.Module):

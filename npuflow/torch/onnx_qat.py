@@ -61,7 +61,7 @@ from ..targets import Target, load_target
 from .config import QatConfig, qat_config
 from .layers import QatWeighted
 from .qat import QatModel, export_qat, prepare_qat
-from .quantizer import FakeQuantizer
+from .quantizer import FakeQuantizer, SharedQuantizer
 
 Progress = Callable[..., None]
 #: What PTQ runs when the caller gives no ``ptq_config``: AdaRound, npuflow's best all-accelerator PTQ.
@@ -167,13 +167,13 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     teacher = _Teacher(ptq.float_model, input_names, output_names)
     eval_samples = samples[:_EVAL_SAMPLES]
     start_state = copy.deepcopy(qat.state_dict())
-    start_cos = _mean_cosine(qat, teacher, eval_samples, input_names)
+    start_cos = _mean_cosine(qat, teacher, eval_samples, input_names, train_batch)
     trainer = _Trainer(qat, teacher, samples, input_names, train_batch, lr, quantizer_lr, temperature, loss,
                        augment, seed)
     t_train = time.perf_counter()
     trainer.run(epochs, minutes, progress)
     train_seconds = time.perf_counter() - t_train
-    trained_cos = _mean_cosine(qat, teacher, eval_samples, input_names)
+    trained_cos = _mean_cosine(qat, teacher, eval_samples, input_names, train_batch)
     kept: Literal["trained", "ptq start"] = "trained"
     if trained_cos < start_cos:
         qat.load_state_dict(start_state)
@@ -188,6 +188,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "steps": trainer.steps, "epochs": round(trainer.epochs, 3), "ptq_seconds": round(ptq_seconds, 1),
         "train_seconds": round(train_seconds, 1), "start_cosine": start_cos, "trained_cosine": trained_cos,
         "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
+        "float_tensors": initialised["float_tensors"],
         "loss": trainer.loss_kinds, "losses": [round(v, 6) for v in trainer.losses],
     }
     result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start_cos, trained_cosine=trained_cos,
@@ -222,15 +223,17 @@ def load_onnx2torch() -> Callable[[onnx.ModelProto], fx.GraphModule]:
     from onnx2torch.utils.safe_shape_inference import safe_shape_inference
 
     def convert(graph: onnx.ModelProto) -> fx.GraphModule:
-        graph = safe_shape_inference(graph)  # what convert does first: some converters read input shapes
+        graph = _literal_reshapes(safe_shape_inference(graph))  # some converters read input shapes
         bad = _unconvertible(graph, get_converter, OnnxGraph)
         if bad:
             raise NpuflowError("NPF_QAT_UNSUPPORTED_OP", ops=", ".join(sorted({op for op, _, _ in bad})),
                                nodes="; ".join(f"{name} ({op}: {reason})" for op, name, reason in bad[:5]))
         try:
-            return onnx2torch.convert(graph, attach_onnx_mapping=True)
+            module = onnx2torch.convert(graph, attach_onnx_mapping=True)
         except Exception as exc:  # the converters raise many types for graphs they refuse
             raise NpuflowError("NPF_QAT_UNSUPPORTED_OP", ops="(whole graph)", nodes=_first_line(exc)) from None
+        _float_division(module, graph)
+        return module
 
     return convert
 
@@ -277,6 +280,40 @@ def _unconvertible(graph: onnx.ModelProto, get_converter, onnx_graph_cls) -> lis
     return bad
 
 
+def _literal_reshapes(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """Reshape targets with ``0`` (copy that input dimension) become the output's static shape.
+    onnx2torch reads the copied dimension from the input at run time, which torch.fx cannot
+    trace; the graph has static shapes, so the answer is known."""
+    inits = {t.name: t for t in graph.graph.initializer}
+    shapes = model_io.tensor_shapes(graph)
+    out = onnx.ModelProto()
+    out.CopyFrom(graph)
+    for node in out.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        target = numpy_helper.to_array(inits[node.input[1]])
+        static = shapes.get(node.output[0])
+        if (target == 0).any() and static and all(d > 0 for d in static):
+            name = f"{node.output[0]}/npuflow_static_shape"
+            out.graph.initializer.append(numpy_helper.from_array(np.asarray(static, dtype=np.int64), name))
+            node.input[1] = name
+    return out
+
+
+def _float_division(module: fx.GraphModule, graph: onnx.ModelProto) -> None:
+    """Float ``Div`` nodes call ``torch.div`` directly.  onnx2torch chooses float or integer
+    division at run time (``is_floating_point()``), which torch.fx cannot trace; the ONNX types
+    already say which it is."""
+    from onnx2torch.node_converters.binary_math_operations import _onnx_div
+
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.value_info, *graph.graph.output]}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    for m in module.modules():
+        mapping = getattr(m, "onnx_mapping", None)
+        if getattr(m, "math_op_function", None) is _onnx_div and mapping and types.get(mapping.outputs[0]) in floats:
+            m.math_op_function = torch.div
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
@@ -292,8 +329,8 @@ def _read_samples(source: onnx.ModelProto, data: Any, cfg: QuantConfig) -> list[
         tt = inp.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
         specs.append(InputSpec(inp.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))
-    return list(CalibrationSource(data, specs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype,
-                                  limit=cfg.max_calib_samples))
+    # every sample trains; max_calib_samples bounds only the PTQ start's calibration
+    return list(CalibrationSource(data, specs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype))
 
 
 def _fit_samples(samples: list[Sample], float_model: onnx.ModelProto) -> list[Sample]:
@@ -332,6 +369,7 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     producers = {o: n for n in graph.graph.node for o in n.output}
     quantize_steps = {n.output[0] for n in qdq.graph.node}
     counts = {"activations": 0, "weights": 0}
+    unquantized: list[fx.Node] = []  # quantizers of tensors PTQ keeps in float (nodes on the CPU)
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -348,11 +386,39 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
             if tensor is not None and f"{tensor}_scale" in inits and f"{tensor}_q" in quantize_steps:
                 _set_quantizer(mod, _array(inits[f"{tensor}_scale"]), _array(inits[f"{tensor}_zero_point"]))
                 counts["activations"] += 1
+            elif tensor is not None:
+                unquantized.append(node)
         elif isinstance(mod, QatWeighted) and node.target in mapping:
             onnx_node = producers.get(mapping[node.target].outputs[0])
             if onnx_node is not None and _set_weighted(mod, list(onnx_node.input), inits):
                 counts["weights"] += 1
+    counts["float_tensors"] = _keep_float(gm, unquantized)
     return counts
+
+
+def _keep_float(gm: fx.GraphModule, quantizer_nodes: list[fx.Node]) -> int:
+    """Remove the activation quantizers of tensors the PTQ model keeps in float (what the target
+    places on the CPU), with the pass-through re-quantize steps that follow them, so the QAT
+    model quantizes exactly where the deployed PTQ model does.  A quantizer whose scale a
+    conv/linear layer reads for its bias stays.  Returns how many were removed."""
+    read_by_layers = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    removed = 0
+    for node in quantizer_nodes:
+        name = str(node.target)
+        if name in read_by_layers:
+            continue
+        mod = gm.get_submodule(name)
+        steps = [n for n in gm.graph.nodes if n.op == "call_module"
+                 and isinstance(gm.get_submodule(n.target), SharedQuantizer) and gm.get_submodule(n.target)._source[0] is mod]
+        for step in [*steps, node]:
+            step.replace_all_uses_with(step.args[0])
+            gm.graph.erase_node(step)
+        removed += 1
+    if removed:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return removed
 
 
 def _module_path(node: fx.Node) -> str | None:
@@ -527,12 +593,14 @@ def _cosine(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.T
 
 
 @torch.no_grad()
-def _mean_cosine(qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str]) -> float:
+def _mean_cosine(qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str],
+                 batch: int) -> float:
+    """Mean per-sample output cosine of the (eval-mode, deployed) QAT model to FP32."""
     qat.eval()
     values = []
-    for s in samples:
-        x = _stack([s], names)
-        values.append(float(_cosine(_as_list(qat(*x)), teacher(x))[0]))
+    for i in range(0, len(samples), batch):
+        x = _stack(samples[i:i + batch], names)
+        values += _cosine(_as_list(qat(*x)), teacher(x)).tolist()
     return float(np.mean(values))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.errors import NpuflowError
@@ -163,3 +163,43 @@ def test_missing_onnx2torch_is_a_coded_error_and_torchvision_is_optional(monkeyp
     module = load_onnx2torch()(onnx.load(fixture_models.mnist_cnn()))
     assert isinstance(module, torch.fx.GraphModule)
     assert sys.modules["torchvision"] is None  # the placeholder served the import alone
+
+
+def _tiny_model_with_cpu_tail() -> onnx.ModelProto:
+    """Conv -> Relu (DPU), then Reshape with a copied dimension (0), a float Div and a Softmax
+    (the DPU leaves the last two in float on the CPU): the onnx2torch forms torch.fx cannot trace
+    as converted (run-time 0 lookup, run-time float/integer division) and a float tail."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0, 8, 256], np.int64), "shape"),
+             numpy_helper.from_array(np.array(4.0, np.float32), "four")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"),
+             helper.make_node("Div", ["f", "four"], ["d"], name="div"),
+             helper.make_node("Softmax", ["d"], ["y"], name="softmax", axis=2)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 256])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_tensors_ptq_keeps_float_stay_float():
+    """QAT quantizes exactly where the PTQ model does: the CPU tail stays float, so the compiled
+    model equals the torch forward up to float rounding there (ONNX Runtime's Softmax vs torch's)."""
+    from skimage import data as skdata
+
+    photo = skdata.astronaut()
+    samples = [np.ascontiguousarray(photo[20 * i:20 * i + 16, 24 * i:24 * i + 16].transpose(2, 0, 1)[None] / 255.0 - 0.5,
+                                    dtype=np.float32) for i in range(16)]
+    r = qat_onnx(_tiny_model_with_cpu_tail(), DPU, samples, epochs=1, ptq_config={}, batch=4)
+    assert r.report["float_tensors"] == 2 and r.report["quantizers_from_ptq"] == 2 and r.batch == 4
+    assert [n.op_type for n in r.model.graph.node][-2:] == ["Div", "Softmax"]  # no quantize step between
+    compiled = npuflow.Session(npuflow.compile(r.model, DPU))
+    r.qat.eval()
+    for x in samples[:4]:
+        with torch.no_grad():
+            expected = r.qat(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], expected, rtol=0, atol=1e-8)
