@@ -308,7 +308,8 @@ def _collect(model, feeds, wanted: dict[str, tuple[str, PatchSampler]]) -> dict[
 
 
 #: Part of every cache key: raise it when an algorithm's results change for the same inputs.
-SOLVER_VERSION = 3  # 2: AdaRound loss a mean over outputs (was a sum); 3: batches are shuffled blocks
+SOLVER_VERSION = 4  # 2: AdaRound loss a mean over outputs (was a sum); 3: batches are shuffled blocks;
+#: 4: AdaQuant returns its best rounded iterate
 
 
 def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:
