@@ -49,3 +49,41 @@ def test_large_rate_returns_the_best_iterate(lr):
     p = _problem(0, None)
     codes, bias = adaquant(p, iters=200, lr=lr)
     assert p.error(codes, bias) <= p.error(p.nearest_codes())
+
+
+def _net(seed: int = 0):
+    """3x3 conv + ReLU, 3x3 depthwise + ReLU, 1x1 conv: small enough for a unit test."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes, x = [], [], "x"
+    for name, cin, cout, k, group, relu in (("a", 3, 8, 3, 1, True), ("dw", 8, 8, 3, 8, True), ("p", 8, 4, 1, 1, False)):
+        w = rng.normal(0, 1.0 / np.sqrt(cin // group * k * k), (cout, cin // group, k, k)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"{name}.w"),
+                  numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), f"{name}.b")]
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.y"], name=name, group=group,
+                                      kernel_shape=[k, k], pads=[k // 2] * 4))
+        x = f"{name}.y"
+        if relu:
+            nodes.append(helper.make_node("Relu", [x], [f"{name}.r"], name=f"{name}.relu"))
+            x = f"{name}.r"
+    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 10])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 4, 10, 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_adaquant_model_compiles_bit_exact_with_onnx_runtime(tmp_path, monkeypatch):
+    """Moved weights and biases stay on the target's integer grid: compiled == ONNX Runtime."""
+    import npuflow
+    from tests.compile_check import compare_with_ort
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
+    q = npuflow.quantize(_net(), feeds, target="DPUCZDX8G_ISA1_B4096",
+                         config={"include_bias_corr": False, "fast_finetune": {"method": "adaquant", "iters": 60}})
+    assert q.info["algorithms"]["fast_finetune"]["lr"] == DEFAULT_LR
+    diffs = compare_with_ort(q.model, feeds[0], "DPUCZDX8G_ISA1_B4096")
+    assert max(diffs.values()) == 0, diffs

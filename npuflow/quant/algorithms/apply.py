@@ -67,12 +67,15 @@ def after_export(
     q = q_dynamic
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
-        q, rep = fast_finetune(float_model, q, feeds, FinetuneSettings(
+        settings = FinetuneSettings(
             method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, backend=ff.backend,
             round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value,
             bias_round_mode=RoundMode(cfg.resolve(target, "bias").round_mode).value, drop_prob=ff.drop_prob,
-            block_batch=ff.block_batch, block_layers=ff.block_layers))
-        summary["fast_finetune"] = {"method": ff.method, "layers": len(rep.layers),
+            block_batch=ff.block_batch, block_layers=ff.block_layers)
+        q, rep = fast_finetune(float_model, q, feeds, settings)
+        # the learning rate that ran (the config's null resolves per method; defaults have changed)
+        summary["fast_finetune"] = {"method": ff.method, "iters": ff.iters, "lr": settings.learning_rate,
+                                    "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
         if rep.blocks:
             summary["fast_finetune"]["blocks"] = [
