@@ -55,4 +55,9 @@ def perf_compiled(compiled: Any, target: str | Target | None = None, *, name: st
 
     model, placement = model_and_placement(compiled)
     t = target if isinstance(target, Target) else load_target(target or compiled.target_name)
-    return estimate(model, t, placement, model_name=name, measure_cpu=measure_cpu)
+    report = estimate(model, t, placement, model_name=name, measure_cpu=measure_cpu)
+    count = len(compiled.programs)
+    if count > 1:  # each shape set is its own program with its own latency
+        report.notes.append(f"the model holds {count} compiled shape sets; this is the first "
+                            "(compiled.program(k) for the others; `npuflow perf` estimates each)")
+    return report

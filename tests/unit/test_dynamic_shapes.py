@@ -209,6 +209,14 @@ def test_multi_shape_npuf_stores_weights_once_and_info_lists_the_shapes(multi_sh
     assert '"input_shapes"' in capsys.readouterr().out
 
 
+def test_the_library_perf_of_a_multi_shape_npuf_says_which_program_it_costs(multi_shape):
+    from npuflow.perf import perf
+
+    _, npuf = multi_shape
+    report = perf(npuf)
+    assert any("3 compiled shape sets; this is the first" in n for n in report.notes)
+
+
 def test_a_single_shape_npuf_is_written_as_before(multi_shape, tmp_path):
     qpath, _ = multi_shape
     one = npuflow.compile(str(qpath), DPU, input_shapes={"x": [1, 3, 6, 16]})
