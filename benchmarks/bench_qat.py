@@ -259,7 +259,7 @@ def bench_onnx(args) -> list[str]:
              f"first {args.onnx_ptq_calib} training samples; QAT: `qat_onnx` distilling from FP32 on all training samples "
              f"(unlabelled, augmented), batch {args.onnx_batch}, {args.onnx_minutes:g} minutes of training on a shared "
              "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
-             "| model | metric | FP32 | PTQ start | QAT | steps (epochs) | PTQ s | QAT s | load | .npuf = torch |",
+             "| model | metric | FP32 | PTQ start | QAT result (the model returned) | steps (epochs) | PTQ s | QAT s | load | .npuf = torch |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in args.onnx_models.split(","):
         if name == "effnet":
@@ -268,8 +268,8 @@ def bench_onnx(args) -> list[str]:
             path, metric = fixture_models.efficientnet_lite0(), "top-1 agreement with FP32 %"
 
             def score(outputs, labels=labels):
-                return 100.0 * float((np.array([o.argmax() for o in outputs]) == labels).mean())
-            fp32 = 100.0
+                return f"{100.0 * float((np.array([o.argmax() for o in outputs]) == labels).mean()):.1f}"
+            fp32 = "100.0"
         else:
             train, _ = D.ocr_lines("calib", args.onnx_train)
             xs, labels = D.ocr_lines("eval", args.onnx_eval)
