@@ -303,7 +303,8 @@ _TORCH = _specs(
      "The npuflow backend freezes the weights when it quantizes, as a deployed model does; call "
      "torch._dynamo.reset() and compile again after training or load_state_dict."),
     ("NPF_QAT_DEPENDENCY_MISSING", "QAT of an ONNX model needs {package}, which is not installed",
-     "pip install 'npuflow[torch]' (torch 2.13 and onnx2torch 1.5.15); check, quantize and compile work without it."),
+     "pip install 'npuflow[torch]' && pip install --no-deps onnx2torch==1.5.15 (--no-deps: its torchvision "
+     "requirement is not needed); check, quantize and compile work without them."),
     ("NPF_QAT_UNSUPPORTED_OP", "onnx2torch cannot convert operator(s) {ops} to torch: {nodes}",
      "QAT trains the optimised float graph as a torch module; re-export the model without these operators, "
      "or quantize it with `npuflow quantize` (PTQ, fast_finetune) instead."),
