@@ -19,9 +19,11 @@ For a user who has only the float ONNX file and unlabelled samples (photos, text
    samples (gain, offset, noise, small shifts; the teacher sees the same augmented sample, so no
    label is needed).  Adam with two parameter groups and a cosine decay, for ``epochs`` passes
    or ``minutes`` of wall time.
-5. **Keep the better** of the start and the end: the mean output cosine to FP32 on the user's
-   samples decides, so QAT never returns a model worse than its PTQ start (the result says
-   which was kept).
+5. **Keep the better** of the start and the end: the mean output cosine to FP32 on samples held
+   out of training (a fifth of the user's, at most 64; with fewer than 10 samples, the first 64
+   training ones) decides, so QAT does not return a model worse than its PTQ start on data it did
+   not train on (the result says which was kept).  Judged on training samples, PP-OCRv4 rec's
+   trained model looked better (cosine 0.9456 -> 0.9509) and was 25 points worse on held-out lines.
 6. **Export** with :func:`npuflow.torch.export_qat`: the QDQ model that ``npuflow compile`` turns
    into a ``.npuf`` whose outputs equal the torch forward bit for bit.
 
@@ -67,6 +69,7 @@ Progress = Callable[..., None]
 #: What PTQ runs when the caller gives no ``ptq_config``: AdaRound, npuflow's best all-accelerator PTQ.
 DEFAULT_PTQ = {"fast_finetune": {"method": "adaround"}}
 _EVAL_SAMPLES = 64  # samples (unaugmented) that decide between the PTQ start and the trained model
+_MIN_HELD_OUT_SET = 10  # from this many samples on, a fifth of them is held out of training to decide
 
 
 @dataclass
@@ -165,10 +168,12 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     train_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
 
     teacher = _Teacher(ptq.float_model, input_names, output_names)
-    eval_samples = samples[:_EVAL_SAMPLES]
+    held = min(_EVAL_SAMPLES, len(samples) // 5) if len(samples) >= _MIN_HELD_OUT_SET else 0
+    train_samples = samples[:len(samples) - held]
+    eval_samples = samples[len(samples) - held:] if held else samples[:_EVAL_SAMPLES]
     start_state = copy.deepcopy(qat.state_dict())
     start_cos = _mean_cosine(qat, teacher, eval_samples, input_names, train_batch)
-    trainer = _Trainer(qat, teacher, samples, input_names, train_batch, lr, quantizer_lr, temperature, loss,
+    trainer = _Trainer(qat, teacher, train_samples, input_names, train_batch, lr, quantizer_lr, temperature, loss,
                        augment, seed)
     t_train = time.perf_counter()
     trainer.run(epochs, minutes, progress)
@@ -184,7 +189,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     qdq = export_qat(qat, None)
     report = {
         "target": tgt.name, "ptq_config": pcfg.model_dump(mode="json", exclude_defaults=True),
-        "samples": len(samples), "eval_samples": len(eval_samples), "batch": train_batch,
+        "samples": len(samples), "eval_samples": len(eval_samples), "eval_held_out": bool(held), "batch": train_batch,
         "steps": trainer.steps, "epochs": round(trainer.epochs, 3), "ptq_seconds": round(ptq_seconds, 1),
         "train_seconds": round(train_seconds, 1), "start_cosine": start_cos, "trained_cosine": trained_cos,
         "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
