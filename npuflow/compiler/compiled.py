@@ -41,14 +41,7 @@ def with_shapes(programs: list[CompiledModel]) -> CompiledModel:
     stored = {blob_key(v): n for n, v in blobs.items()}
     variants = []
     for k, program in enumerate(others, 1):
-        renamed = {}
-        for name in program.blob_names():
-            value = program.blob(name)
-            key = blob_key(value)
-            if key not in stored:
-                stored[key] = f"v{k}.{name}"
-                blobs[stored[key]] = value
-            renamed[name] = stored[key]
+        renamed = add_blobs(blobs, stored, program, f"v{k}.")
         variant = {f: program.manifest[f] for f in VARIANT_FIELDS}
         variant["subgraphs"] = [renamed_blobs(sg, renamed) for sg in variant["subgraphs"]]
         variants.append(variant)
@@ -72,6 +65,23 @@ def referenced_blobs(manifest: dict) -> set[str]:
 def shape_sets_text(sets: list[dict[str, list[int]]]) -> str:
     """``x=1x3x48x160; x=1x3x48x320``: compiled shape sets as ``info``, ``compile`` and errors show them."""
     return "; ".join(", ".join(f"{n}={'x'.join(map(str, d))}" for n, d in s.items()) for s in sets)
+
+
+def add_blobs(blobs: dict[str, np.ndarray | bytes], stored: dict[tuple, str], model: "CompiledModel",
+              prefix: str) -> dict[str, str]:
+    """Add ``model``'s blobs to ``blobs`` (``stored``: :func:`blob_key` -> name in ``blobs``), each
+    under ``prefix + name`` unless an identical one is already there; returns each blob's old name
+    -> its name in ``blobs`` (for :func:`renamed_blobs`).  Shape sets and packed models share
+    weights this way."""
+    renamed = {}
+    for name in model.blob_names():
+        value = model.blob(name)
+        key = blob_key(value)
+        if key not in stored:
+            stored[key] = f"{prefix}{name}"
+            blobs[stored[key]] = value
+        renamed[name] = stored[key]
+    return renamed
 
 
 def blob_key(value: np.ndarray | bytes) -> tuple:

@@ -23,7 +23,7 @@ from .. import __version__
 from ..errors import NpuflowError
 from ..targets import same_fingerprint
 from . import artifact
-from .compiled import PACKED, VARIANTS, CompiledModel, blob_key, renamed_blobs
+from .compiled import PACKED, VARIANTS, CompiledModel, add_blobs, renamed_blobs
 
 
 def pack(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> Path:
@@ -46,14 +46,7 @@ def pack(paths: Sequence[str | os.PathLike], output: str | os.PathLike) -> Path:
     stored: dict[tuple, str] = {}
     entries = []
     for model in models:
-        renamed = {}
-        for blob in model.blob_names():
-            value = model.blob(blob)
-            key = blob_key(value)
-            if key not in stored:
-                stored[key] = f"{model.name}/{blob}"
-                blobs[stored[key]] = value
-            renamed[blob] = stored[key]
+        renamed = add_blobs(blobs, stored, model, f"{model.name}/")
         manifest = {k: v for k, v in model.manifest.items() if k != "blobs"}
         manifest["subgraphs"] = [renamed_blobs(sg, renamed) for sg in manifest["subgraphs"]]
         if VARIANTS in manifest:
