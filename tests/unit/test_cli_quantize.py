@@ -145,7 +145,10 @@ def test_accuracy_target_out_of_reach_warns_and_keeps_the_best(npuflow_cli, net,
     assert r.returncode == 0, r.stderr
     assert "WARNING the accuracy target 1 was not reached" in r.stderr and "--allow-cpu-fallback" in r.stderr
     auto = json.loads((out / "quant_info.json").read_text())["auto"]
-    assert not auto["met"] and any("time budget spent" in s["note"] for s in auto["steps"])
+    assert not auto["met"] and auto["target"] == 1.0
+    # each step ran, or was not started because the budget was spent (how many depends on the machine's speed;
+    # the budget rule itself is tested in test_auto_quant.py)
+    assert all(s["score"] is not None or "time budget spent" in s["note"] for s in auto["steps"])
     assert (out / "quantized_model.onnx").is_file()
 
 
