@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..operators import fuses
 from ..targets import Target
 from .capture import is_float_tensor
 from .config import Formats
@@ -145,9 +146,7 @@ class _Rewriter:
 
     def quantize_output(self, node: fx.Node) -> None:
         users = list(node.users)
-        kind = self.op_kind(node)
-        rule = self.target.rule(kind) if kind else None
-        if rule is not None and len(users) == 1 and self.activation_name(users[0]) in rule.activations:
+        if len(users) == 1 and fuses(self.target, self.op_kind(node), self.activation_name(users[0])):
             self.fused.add(users[0])
             self.new_quantizer(users[0])
         else:

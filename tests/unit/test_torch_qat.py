@@ -380,3 +380,29 @@ def test_concat_inputs_and_output_share_one_scale():
     out_q = next(n for n in model.graph.node if n.input and n.input[0] == concat.output[0])
     scales = {float(inits[producers[i].input[1]]) for i in concat.input} | {float(inits[out_q.input[1]])}
     assert len(scales) == 1
+
+
+def test_relu_fuses_into_the_conv_as_the_onnx_quantizer_fuses_it(tmp_path):
+    """The torch front asks the operator registry (``operators.fuses``), as the ONNX quantizer
+    does: on a target whose conv rule lists no activations, ReLU/ReLU6 still fuse into the
+    convolution (no quantize step between), so QAT quantizes the tensors PTQ quantizes.  The torch
+    front used to fuse only what the rule listed."""
+    from pathlib import Path
+
+    import npuflow
+    from npuflow.torch import export_qat
+
+    data = Path(npuflow.targets.__file__).parent / "data"
+    (tmp_path / "cpu-int8.yaml").write_text((data / "cpu-int8.yaml").read_text())
+    user = tmp_path / "mine.yaml"
+    user.write_text("base: cpu-int8.yaml\nname: MINE\nfingerprint: '0x7'\nops:\n  conv2d: {activations: []}\n")
+    target = npuflow.load_target(user)
+    assert target.rule("conv2d").activations == ()
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1), nn.ReLU6())
+    qat = prepare_qat(net.eval(), torch.zeros(1, 1, 8, 8), target)
+    qat.calibrate([_digits(4)[:, :, :8, :8]])
+    model = export_qat(qat, None)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    relus = [n for n in model.graph.node if n.op_type in ("Relu", "Clip")]
+    assert len(relus) == 2 and all(producer[r.input[0]].op_type == "Conv" for r in relus), \
+        [n.op_type for n in model.graph.node]
