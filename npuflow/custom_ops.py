@@ -200,11 +200,6 @@ def _find(domain: str, op_type: str) -> CustomOp | None:
     return None
 
 
-def libraries(model: onnx.ModelProto) -> list[str]:
-    """The custom-op libraries an ONNX Runtime session of ``model`` must load."""
-    return sorted({op.library for _, op in custom_nodes(model) if op is not None and op.library is not None})
-
-
 def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp | None]]:
     """Every node of a non-standard domain that no model-local function defines, with its
     registration (None when unregistered); subgraphs of control flow included."""

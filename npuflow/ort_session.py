@@ -64,10 +64,11 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
     proto = onnx.load_from_string(model) if isinstance(model, bytes) and custom_ops.has_registrations() else model
     custom = False
     if isinstance(proto, onnx.ModelProto):
-        missing = sorted({f"{n.domain}:{n.op_type}" for n, op in custom_ops.custom_nodes(proto) if op is None})
+        found = custom_ops.custom_nodes(proto)
+        missing = sorted({f"{n.domain}:{n.op_type}" for n, op in found if op is None})
         if missing:
             raise NpuflowError("NPF_MODEL_CUSTOM_OP", count=len(missing), ops="; ".join(missing))
-        libraries = set(custom_ops.libraries(proto))  # C++ custom ops (register_op_library)
+        libraries = {op.library for _, op in found if op.library is not None}  # C++ ops (register_op_library)
         proto, custom = custom_ops.for_onnxruntime(proto)
         if custom:
             libraries.add(custom_ops.extensions().get_library_path())

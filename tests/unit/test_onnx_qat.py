@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 import npuflow
 from npuflow.errors import NpuflowError
 from npuflow.ort_session import open_session
-from npuflow.torch.onnx_qat import load_onnx2torch, qat_onnx
+from npuflow.torch.onnx_convert import load_onnx2torch
+from npuflow.torch.onnx_qat import qat_onnx
 from tests import fixture_models
 
 DPU = "DPUCZDX8G_ISA1_B4096"
