@@ -67,6 +67,9 @@ _MODEL = _specs(
      "Write shapes as dimensions joined by 'x', e.g. --input-shape images 1x3x224x224."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
+    ("NPF_MODEL_UNKNOWN_TENSOR", "the model has no tensor named {name!r} to cut at",
+     "Name a node output, an initializer or a graph input of the model (Netron or onnx.load(...).graph "
+     "shows them)."),
     ("NPF_MODEL_BAD_PROBE_VALUE", "bad {option} {value!r}: {reason}",
      "Write NAME=VALUE with one of the model's input names, e.g. sr=16000 (numbers joined by ',' for a tensor)."),
     ("NPF_MODEL_IR_VERSION", "the model's IR version {found} is outside the supported range [{low}, {high}]",

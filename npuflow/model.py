@@ -530,20 +530,22 @@ def _shape_of(vi: onnx.ValueInfoProto) -> list[int] | None:
     return dims if all(d >= 0 for d in dims) else None
 
 
-def tensor_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
+def tensor_shapes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, list[int]]:
     """Every tensor name with a fully static shape -> that shape (initializers included)."""
-    shapes: dict[str, list[int]] = {t.name: list(t.dims) for t in proto.graph.initializer}
-    for vi in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
+    shapes: dict[str, list[int]] = {t.name: list(t.dims) for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
         s = _shape_of(vi)
         if s is not None:
             shapes[vi.name] = s
     return shapes
 
 
-def tensor_elem_types(proto: onnx.ModelProto) -> dict[str, int]:
+def tensor_elem_types(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, int]:
     """Every typed tensor name -> ``onnx.TensorProto`` element type."""
-    types = {t.name: t.data_type for t in proto.graph.initializer}
-    for vi in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
+    types = {t.name: t.data_type for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
         if vi.type.tensor_type.elem_type:
             types[vi.name] = vi.type.tensor_type.elem_type
     return types

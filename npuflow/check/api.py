@@ -20,8 +20,8 @@ from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgrap
 from ..operators import FOLLOWERS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
-from .graph import GraphView
-from .graph import is_qdq as _is_qdq
+from ..graph import GraphView
+from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .lowerable import lowering_limit
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify

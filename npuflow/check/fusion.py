@@ -14,7 +14,7 @@ from onnx import NodeProto
 
 from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, hard_activation
 from ..targets.spec import Target
-from .graph import GraphView
+from ..graph import GraphView
 from .ops import ACTIVATION, OpInfo
 from .rules import rule_reasons
 

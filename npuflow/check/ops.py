@@ -16,7 +16,7 @@ import onnx
 
 from ..operators import (ACTIVATION_KINDS, LAYOUT_KINDS, Role, clip_bounds, clip_kind, conv_in_channels, conv_kind,
                          is_depthwise, node_attr, op_def)
-from .graph import GraphView
+from ..graph import GraphView
 
 #: Roles decide how a node takes part in placement (:class:`npuflow.operators.Role`).
 COMPUTE, ACTIVATION, LAYOUT, FOLLOWER = Role.COMPUTE.value, Role.ACTIVATION.value, Role.LAYOUT.value, Role.FOLLOWER.value

@@ -15,7 +15,7 @@ path out of a subgraph through the CPU cannot come back into it.
 
 from __future__ import annotations
 
-from .graph import GraphView
+from ..graph import GraphView
 from .report import CPU, NPU
 
 

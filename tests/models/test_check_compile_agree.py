@@ -19,7 +19,7 @@ import pytest
 
 import npuflow
 from npuflow.check import check
-from npuflow.check.graph import is_qdq
+from npuflow.graph import is_qdq
 from npuflow.targets import load_target
 from tests.compile_check import compare_layerwise_with_ort, compare_with_ort, output_cosines
 

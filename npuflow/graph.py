@@ -1,0 +1,333 @@
+"""One view of an ONNX graph for every stage: producers, consumers, constants, attributes, slicing.
+
+Each stage used to index graphs its own way (the checker by node position through Q/DQ steps, the
+float passes and the compiler by node, the accuracy algorithms with plain dicts that missed what an
+If/Loop body reads), with three attribute readers (one left strings as bytes) and three ways to
+cut a sub-model (issue 17 item 3).  Here, once:
+
+* :class:`GraphView`: the nodes in graph (topological) order; ``producer`` and ``consumers`` map a
+  tensor to node *positions* (the index into ``nodes``, so a stage keeps per-node facts in plain
+  lists); what an If/Loop/Scan body reads from the outer scope is a read by its node
+  (:func:`npuflow.model.node_reads`), as the ONNX scoping rules make it.  Data flow can also be
+  asked *through* quantize/dequantize steps (``data_*``): a QDQ model then reads as the float
+  model it came from, which is how the checker places it and the partitioner joins it.
+* :func:`attr`: an attribute's value with strings decoded (``"NOTSET"``, never ``b"NOTSET"``).
+  The operator registry defines op facts from attributes, so the one decoder is written there
+  (:func:`npuflow.operators.node_attr`) and is this module's ``attr``: the registry imports
+  nothing of npuflow's graph code, and this module builds on the registry (which inputs carry
+  data, which nodes are Q/DQ steps).
+* :func:`slice_model`: the part of a model that computes some tensors from others.
+* a few in-place edits every rewrite needs (:func:`set_attr`, :func:`set_array`,
+  :func:`remove_unused_initializers`, :func:`unique_name`).
+
+Why not onnx-ir (a dependency, used to load models): the stages edit ``ModelProto`` in place and
+must keep node and tensor names exactly, and a read index over the proto costs one pass over the
+nodes where a round trip through the IR copies the graph twice; onnx-ir also records a body's
+outer-scope read as a use by the inner node, where every stage here needs the If/Loop node itself
+(its placement, its schedule, its slice).  ``onnx.utils.Extractor`` (the checker's former way to
+cut outputs) drops what a branch reads for the same reason, and needs a value_info per cut tensor.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import NpuflowError
+from .model import node_reads, outer_reads, tensor_elem_types, tensor_shapes
+from .operators import QDQ_OPS, op_def
+from .operators import node_attr as attr
+
+__all__ = ["GraphView", "attr", "attrs", "get_array", "initializers", "is_qdq", "remove_unused_initializers",
+           "set_array", "set_attr", "slice_model", "unique_name"]
+
+#: The domain of npuflow's rounding-mode quantize functions (:mod:`npuflow.qdq`).
+NPUFLOW_DOMAIN = "ai.npuflow"
+
+#: How many Q/DQ steps a chain may have before the view stops looking through it (a weight is
+#: ``initializer -> Q -> DQ``; a tensor re-quantized a few times stays well below).
+_MAX_QDQ_CHAIN = 16
+
+
+def is_qdq(node: onnx.NodeProto) -> bool:
+    """Q/DQ nodes: standard ones and npuflow's rounding-mode quantize functions (``npuflow.qdq``)."""
+    if node.domain in ("", "ai.onnx", "com.microsoft") and node.op_type in QDQ_OPS:
+        return True
+    return node.domain == NPUFLOW_DOMAIN and node.op_type.startswith(("Quantize_", "Dequantize_"))
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    """Every attribute's value, strings decoded (:func:`attr`)."""
+    return {a.name: attr(node, a.name) for a in node.attribute}
+
+
+def _graph_of(model: onnx.ModelProto | onnx.GraphProto) -> onnx.GraphProto:
+    return model.graph if isinstance(model, onnx.ModelProto) else model
+
+
+class GraphView:
+    """Index of a (normalised, topologically sorted) graph, computed once: rebuild after edits.
+
+    Built from a model (shapes and element types available) or from a bare graph (a float pass
+    rewriting ``model.graph``; :attr:`shapes` then reads the graph's own value infos).
+    """
+
+    def __init__(self, model: onnx.ModelProto | onnx.GraphProto) -> None:
+        self.model = model if isinstance(model, onnx.ModelProto) else None
+        self.graph = _graph_of(model)
+        self.nodes: list[onnx.NodeProto] = list(self.graph.node)
+        self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+            for t in node_reads(n):  # what an If/Loop body reads from this graph is read by its node
+                self.consumers.setdefault(t, []).append(i)
+        self.graph_inputs: list[str] = [i.name for i in self.graph.input if i.name not in self.inits]
+        self.graph_outputs: list[str] = [o.name for o in self.graph.output]
+        self._outputs = set(self.graph_outputs)
+        self._position = {id(n): i for i, n in enumerate(self.nodes)}
+        self._consts: dict[str, np.ndarray] = {}
+
+    # --- nodes ----------------------------------------------------------------------------
+    def position(self, node: onnx.NodeProto) -> int:
+        """The node's index in :attr:`nodes` (a topological order)."""
+        return self._position[id(node)]
+
+    def producer_node(self, tensor: str) -> onnx.NodeProto | None:
+        p = self.producer.get(tensor)
+        return self.nodes[p] if p is not None else None
+
+    def consumer_nodes(self, tensor: str) -> list[onnx.NodeProto]:
+        return [self.nodes[c] for c in self.consumers.get(tensor, ())]
+
+    def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        """The single reader of ``tensor`` when it has exactly one and is not a graph output
+        (the condition for rewriting the pair as one node)."""
+        users = self.consumers.get(tensor, ())
+        if len(users) != 1 or tensor in self._outputs:
+            return None
+        return self.nodes[users[0]]
+
+    def is_graph_output(self, tensor: str) -> bool:
+        return tensor in self._outputs
+
+    def reads(self, i: int) -> list[str]:
+        """Every tensor node ``i`` reads: its inputs and, for If/Loop/Scan, what its bodies read
+        from the outer scope (a branch computing on a feature map is data flow, not shape arithmetic)."""
+        return node_reads(self.nodes[i])
+
+    @cached_property
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    # --- constants and shapes -------------------------------------------------------------
+    def const(self, tensor: str) -> np.ndarray | None:
+        """Value of an initializer (read once, shared: copy before changing it), else ``None``."""
+        if tensor in self._consts:
+            return self._consts[tensor]
+        t = self.inits.get(tensor) if tensor else None
+        if t is None:
+            return None
+        arr = self._consts[tensor] = numpy_helper.to_array(t)
+        return arr
+
+    def scalar(self, tensor: str) -> float | None:
+        """A one-element numeric constant's value, else ``None``."""
+        v = self.const(tensor)
+        if v is None or v.size != 1 or v.dtype.kind not in "fiu":
+            return None
+        return float(v.reshape(()))
+
+    @cached_property
+    def shapes(self) -> dict[str, list[int]]:
+        """Every tensor with a fully static declared shape (initializers included)."""
+        return tensor_shapes(self.graph)
+
+    @cached_property
+    def elem_types(self) -> dict[str, int]:
+        return tensor_elem_types(self.graph)
+
+    def shape(self, tensor: str) -> list[int] | None:
+        """A declared static shape, else the shape of the constant (through Q/DQ) it is."""
+        if tensor in self.shapes:
+            return self.shapes[tensor]
+        arr = self.value(tensor)
+        return list(arr.shape) if arr is not None else None
+
+    def elem_type(self, tensor: str) -> int | None:
+        return self.elem_types.get(tensor)
+
+    # --- data flow through Q/DQ steps -----------------------------------------------------
+    @cached_property
+    def qdq(self) -> list[bool]:
+        """Per node: whether it is a Q/DQ step (:func:`is_qdq`)."""
+        return [is_qdq(n) for n in self.nodes]
+
+    def data_source(self, tensor: str) -> str:
+        """The tensor before any Q/DQ chain (``tensor`` itself when no Q/DQ node makes it)."""
+        for _ in range(_MAX_QDQ_CHAIN):
+            p = self.producer.get(tensor)
+            if p is None or not self.qdq[p]:
+                return tensor
+            tensor = self.nodes[p].input[0]
+        return tensor
+
+    def is_const(self, tensor: str) -> bool:
+        """An initializer, or an initializer seen through Q/DQ nodes (a quantized weight)."""
+        return bool(tensor) and self.data_source(tensor) in self.inits
+
+    def value(self, tensor: str) -> np.ndarray | None:
+        """Value of a constant (through Q/DQ: the stored integers, which have the right shape)."""
+        return self.const(self.data_source(tensor)) if tensor else None
+
+    def data_producer(self, tensor: str) -> int | None:
+        """The node that computes ``tensor``, looking through Q/DQ nodes."""
+        return self.producer.get(self.data_source(tensor))
+
+    def data_inputs(self, i: int) -> list[str]:
+        """Tensors node ``i`` reads that carry feature-map data (not shapes, not weights), the
+        outer-scope reads of its subgraphs included."""
+        n = self.nodes[i]
+        # the registry's parameter inputs (shapes, indices, bounds) never join subgraphs
+        names = [n.input[k] for k in op_def(n.op_type, n.domain).data_inputs(n)]
+        names += outer_reads(n)
+        return [t for t in dict.fromkeys(names) if t and not self.is_const(t)]
+
+    def data_consumers(self, tensor: str) -> list[int]:
+        """Nodes that use ``tensor``, looking through Q/DQ nodes."""
+        out: list[int] = []
+        stack = [tensor]
+        while stack:
+            t = stack.pop()
+            for c in self.consumers.get(t, []):
+                if self.qdq[c]:
+                    stack.extend(o for o in self.nodes[c].output if o)
+                elif c not in out:
+                    out.append(c)
+        return out
+
+    def reaches_output(self, tensor: str) -> bool:
+        """Whether ``tensor`` (or a Q/DQ copy of it) is a graph output."""
+        stack = [tensor]
+        while stack:
+            t = stack.pop()
+            if t in self._outputs:
+                return True
+            stack.extend(o for c in self.consumers.get(t, []) if self.qdq[c] for o in self.nodes[c].output)
+        return False
+
+
+# --- slicing --------------------------------------------------------------------------------
+
+
+def slice_model(model: onnx.ModelProto, outputs: Sequence[str], inputs: Iterable[str] | None = None) -> onnx.ModelProto:
+    """A new model of the nodes that compute ``outputs`` (its graph outputs, in that order).
+
+    The walk back stops at the model's graph inputs and at ``inputs``: tensors the caller will
+    feed (a calibration run's captured activations, a partition's boundary), which become graph
+    inputs of the slice after the model's own.  A node with subgraphs also depends on every
+    outer tensor its bodies read, so a branch never loses an initializer.  Inputs and outputs
+    keep the type and shape the model declares (an undeclared one gets its element type, no
+    shape); functions, opsets, IR version and metadata are kept, so the slice runs as the model did.
+    """
+    view = GraphView(model)
+    fed = set(inputs or ()) - set(outputs) - set(view.inits)
+    for name in [*outputs, *fed]:
+        if name not in view.producer and name not in view.inits and name not in view.graph_inputs:
+            raise NpuflowError("NPF_MODEL_UNKNOWN_TENSOR", name=name)
+    needed: set[str] = set()
+    keep: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        t = stack.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        p = view.producer.get(t)
+        if p is not None and t not in fed and p not in keep:
+            keep.add(p)
+            stack.extend(view.reads(p))
+    g = view.graph
+    declared = {vi.name: vi for vi in [*g.value_info, *g.input, *g.output]}
+
+    def value_info(name: str) -> onnx.ValueInfoProto:
+        if name in declared:
+            return declared[name]
+        return helper.make_tensor_value_info(name, view.elem_types.get(name, onnx.TensorProto.FLOAT), None)
+
+    own_inputs = [vi for vi in g.input if vi.name in needed and vi.name not in view.inits and vi.name not in fed]
+    io = set(outputs) | fed | {vi.name for vi in own_inputs}
+    graph = helper.make_graph(
+        [n for i, n in enumerate(view.nodes) if i in keep], g.name,
+        own_inputs + [value_info(t) for t in sorted(fed & needed)],
+        [value_info(t) for t in outputs],
+        [t for t in g.initializer if t.name in needed],
+        value_info=[vi for vi in g.value_info if vi.name in needed and vi.name not in io],
+    )
+    out = helper.make_model(graph, opset_imports=model.opset_import, functions=model.functions,
+                            ir_version=model.ir_version)
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+# --- edits ----------------------------------------------------------------------------------
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (or add) attribute ``name`` of ``node``."""
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def initializers(model: onnx.ModelProto | onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in _graph_of(model).initializer}
+
+
+def get_array(model: onnx.ModelProto | onnx.GraphProto, name: str) -> np.ndarray:
+    """An initializer as a numpy array (a copy, free to change)."""
+    for t in _graph_of(model).initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t).copy()
+    raise KeyError(name)
+
+
+def set_array(model: onnx.ModelProto | onnx.GraphProto, name: str, value: np.ndarray, *, add: bool = False) -> None:
+    """Replace initializer ``name``'s data in place, keeping its name and dtype; with ``add``, a
+    missing one is appended (as ``value``'s dtype), else a missing name is a ``KeyError``."""
+    graph = _graph_of(model)
+    for t in graph.initializer:
+        if t.name == name:
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            t.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
+            return
+    if not add:
+        raise KeyError(name)
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+
+
+def remove_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Drop initializers no node (nor any body) reads and no output names."""
+    used = {i for n in graph.node for i in node_reads(n)} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def unique_name(graph: onnx.GraphProto, base: str) -> str:
+    """``base`` or ``base_<k>``: a tensor name not used anywhere in ``graph``."""
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {
+        o for n in graph.node for o in n.output}
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    return name

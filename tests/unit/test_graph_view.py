@@ -1,0 +1,200 @@
+"""The one graph view (``npuflow/graph.py``, issue 17 item 3): producers and consumers with what
+If/Loop bodies read from the outer scope, data flow through Q/DQ steps, decoded attributes and
+model slicing, and no second index or attribute reader left in a stage.
+
+Before it, the accuracy algorithms' producer/consumer dicts missed a branch's reads (a weight
+also read by an If body counted one reader, so a weight edit changed the branch too), one
+attribute reader handed back ``b"NOTSET"`` where the others said ``"NOTSET"``, and the build's
+output cut (``onnx.utils.Extractor``) dropped the initializers a branch reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import npuflow
+from npuflow.errors import NpuflowError
+from npuflow.graph import GraphView, attr, attrs, slice_model
+
+
+def _if_net() -> onnx.ModelProto:
+    """Conv -> Relu -> If(mode == 1: r * two, else -r) -> Conv: the branches read the outer
+    feature map ``r`` and the outer initializer ``two`` without listing them as inputs."""
+    rng = np.random.default_rng(0)
+    then_g = helper.make_graph([helper.make_node("Mul", ["r", "two"], ["t_out"])], "then", [],
+                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["e_out"])], "else", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+        helper.make_node("Equal", ["mode", "one"], ["cond"], name="eq"),
+        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g, name="branch"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1], auto_pad="NOTSET", name="conv2"),
+    ]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1, np.int64), "one")]
+    g = helper.make_graph(nodes, "if_net",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                           helper.make_tensor_value_info("mode", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model: onnx.ModelProto, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(outputs, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+
+
+def _feeds(mode: int) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32),
+            "mode": np.array(mode, np.int64)}
+
+
+# --- the view -----------------------------------------------------------------------------------
+
+
+def test_producers_and_consumers_count_what_a_branch_reads():
+    model = _if_net()
+    view = GraphView(model)
+    pos = {n.name: k for k, n in enumerate(view.nodes)}
+    assert view.producer["r"] == pos["relu1"] and view.producer_node("b").name == "branch"
+    assert view.consumers["r"] == [pos["branch"]]  # read by the branches, not listed as an input
+    assert [n.name for n in view.consumer_nodes("two")] == ["branch"]
+    assert view.only_consumer("r").name == "branch" and view.only_consumer("y") is None  # y is an output
+    assert view.position(model.graph.node[3]) == pos["branch"]
+    assert view.graph_inputs == ["x", "mode"] and view.graph_outputs == ["y"] and view.is_graph_output("y")
+    # data inputs: the feature map the branches read and the condition, not the constant ``two``
+    assert view.data_inputs(pos["branch"]) == ["cond", "r"]
+    assert view.data_inputs(pos["conv2"]) == ["b"]
+    assert view.const("two") == 2.0 and view.scalar("two") == 2.0 and view.const("r") is None
+    assert view.shape("x") == [1, 3, 8, 8] and view.shape("w1") == [4, 3, 3, 3]
+    assert view.elem_type("mode") == TensorProto.INT64
+
+
+def test_loop_body_reads_through_a_nested_if_are_reads_of_the_loop():
+    inner_then = helper.make_graph([helper.make_node("Add", ["acc", "bias"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    inner_else = helper.make_graph([], "else", [], [helper.make_tensor_value_info("x0", TensorProto.FLOAT, None)])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]),
+         helper.make_node("If", ["c_in"], ["acc_out"], then_branch=inner_then, else_branch=inner_else)],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["x0"], name="relu"),
+             helper.make_node("Loop", ["n", "c", "x0"], ["y"], body=body, name="loop")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "loop_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("n", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones(2, np.float32), "bias")]), opset_imports=[helper.make_opsetid("", 17)])
+    view = GraphView(model)
+    assert [n.name for n in view.consumer_nodes("bias")] == ["loop"]  # two scopes down
+    assert view.consumers["x0"] == [1]  # once, though read as an input and by the body
+    assert view.data_inputs(1) == ["n", "c", "x0"]  # ``bias`` is a constant
+
+
+def test_data_flow_looks_through_quantize_steps():
+    """A QDQ model reads as the float model it came from: the DQ'd weight is a constant with
+    the stored integers as value, the conv's data producer is the relu behind the Q/DQ pair."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="q"),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], name="wdq"),
+        helper.make_node("Conv", ["rd", "wd"], ["y"], name="conv"),
+    ]
+    wq = np.arange(8, dtype=np.int8).reshape(2, 4, 1, 1)
+    model = helper.make_model(helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+         numpy_helper.from_array(np.array(0, np.int8), "z")]), opset_imports=[helper.make_opsetid("", 17)])
+    view = GraphView(model)
+    assert view.qdq == [False, True, True, True, False]
+    assert view.data_source("rd") == "r" and view.data_producer("rd") == 0
+    assert view.data_consumers("r") == [4] and view.consumers["r"] == [1]
+    assert view.is_const("wd") and not view.is_const("rd")
+    np.testing.assert_array_equal(view.value("wd"), wq)
+    assert view.data_inputs(4) == ["rd"]
+    assert view.reaches_output("r") is False and view.reaches_output("y")
+
+
+def test_attributes_are_decoded_once():
+    """Strings come back as ``str`` (one reading of ``auto_pad`` for every stage), string lists
+    as lists of ``str``, numbers and lists as they are, a missing attribute as the default."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", pads=[1, 1, 1, 1], group=2,
+                            names=["a", "b"])
+    assert attr(node, "auto_pad") == "SAME_UPPER" and isinstance(attr(node, "auto_pad"), str)
+    assert attr(node, "names") == ["a", "b"] and attr(node, "pads") == [1, 1, 1, 1] and attr(node, "group") == 2
+    assert attr(node, "dilations", [1, 1]) == [1, 1] and attr(node, "strides") is None
+    assert attrs(node) == {"auto_pad": "SAME_UPPER", "pads": [1, 1, 1, 1], "group": 2, "names": ["a", "b"]}
+
+
+# --- slicing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_slice_keeps_what_a_branch_reads_and_runs_as_the_model(mode):
+    model = _if_net()
+    part = slice_model(model, ["b"])
+    assert [n.name for n in part.graph.node] == ["conv1", "relu1", "eq", "branch"]
+    assert {t.name for t in part.graph.initializer} == {"w1", "two", "one"}  # ``two``: read in a branch
+    assert [i.name for i in part.graph.input] == ["x", "mode"] and [o.name for o in part.graph.output] == ["b"]
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    full.graph.output.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, None))
+    np.testing.assert_array_equal(_run(part, _feeds(mode), ["b"])[0], _run(full, _feeds(mode), ["b"])[0])
+
+
+def test_slice_from_fed_tensors():
+    """Tensors the caller feeds become inputs and the walk stops there; a tensor the model
+    does not have is a coded error naming it."""
+    model = _if_net()
+    part = slice_model(model, ["y"], inputs=["r"])
+    assert [n.name for n in part.graph.node] == ["eq", "branch", "conv2"]
+    assert [i.name for i in part.graph.input] == ["mode", "r"]
+    r = np.random.default_rng(2).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    full = slice_model(model, ["y"])
+    want = _run(full, {**_feeds(1)}, ["y"])[0]
+    relu = _run(slice_model(model, ["r"]), _feeds(1), ["r"])[0]
+    np.testing.assert_array_equal(_run(part, {"mode": np.array(1, np.int64), "r": relu}, ["y"])[0], want)
+    assert _run(part, {"mode": np.array(1, np.int64), "r": r}, ["y"])[0].shape == (1, 4, 8, 8)
+    with pytest.raises(NpuflowError) as e:
+        slice_model(model, ["no_such_tensor"])
+    assert e.value.code == "NPF_MODEL_UNKNOWN_TENSOR" and "no_such_tensor" in e.value.message
+
+
+def test_slice_of_a_real_control_flow_model(models):
+    """silero-vad's default file: every computation sits in the branches of an If over the
+    sample rate, which read the audio and the LSTM state from the outer scope (the If lists only
+    its condition); cut at the If's outputs, the slice keeps them as inputs and computes what the
+    whole model does."""
+    model = npuflow.model.load(str(models.silero_vad()), input_shapes={"input": [1, 576], "state": [2, 1, 128]})
+    view = GraphView(model)
+    branch = next(k for k, n in enumerate(view.nodes) if n.op_type == "If")
+    assert {"input", "state"} <= set(view.reads(branch)) - set(view.nodes[branch].input)
+    assert view.consumers["state"] == [branch]
+    cut = list(view.nodes[branch].output)
+    part = slice_model(model, cut)
+    assert [n.op_type for n in part.graph.node] == ["Equal", "If"]
+    assert [i.name for i in part.graph.input] == ["input", "state", "sr"]
+    rng = np.random.default_rng(0)
+    feeds = {"input": rng.uniform(-0.5, 0.5, (1, 576)).astype(np.float32), "sr": np.array(16000, np.int64),
+             "state": np.zeros((2, 1, 128), np.float32)}
+    got = _run(part, feeds, cut)
+    want = _run(model, feeds, ["output", "stateN"])  # the Identity copies of the cut tensors
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
