@@ -17,10 +17,10 @@ from onnx import helper
 from ..model import default_opset
 from ..operators import (HSIGMOID_ALPHA, HSIGMOID_BETA, conv_in_channels, conv_kind, hard_activation, is_depthwise,
                          is_standard_hard_sigmoid, op_def)
-from .graph import GraphIndex, attr, remove_unused_initializers
+from ..graph import GraphView, attr, remove_unused_initializers
 
 
-def op_kind(node: onnx.NodeProto, idx: GraphIndex) -> str:
+def op_kind(node: onnx.NodeProto, idx: GraphView) -> str:
     """Target kind of a node that may absorb an activation (the registry's, with depthwise and
     constant-weight matrix products told apart as the checker tells them)."""
     d = op_def(node.op_type, node.domain)
@@ -50,14 +50,14 @@ def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:
 class _FloatView:
     """A float graph as the registry's :class:`~npuflow.operators.PatternView`."""
 
-    def __init__(self, idx: GraphIndex) -> None:
+    def __init__(self, idx: GraphView) -> None:
         self.idx = idx
 
     def source(self, tensor: str) -> str:
         return tensor
 
     def producer(self, tensor: str) -> onnx.NodeProto | None:
-        return self.idx.producer.get(tensor)
+        return self.idx.producer_node(tensor)
 
     def only_reader(self, tensor: str) -> onnx.NodeProto | None:
         return self.idx.only_consumer(tensor)
@@ -69,7 +69,7 @@ class _FloatView:
 def _rewrite_one(graph: onnx.GraphProto, opset: int) -> bool:
     """Rewrite the first decomposed activation (:func:`npuflow.operators.hard_activation`) in
     graph order; ``x * HardSigmoid(x)`` becomes ``HardSwish`` only where the opset has it."""
-    g = _FloatView(GraphIndex(graph))
+    g = _FloatView(GraphView(graph))
     for node in graph.node:
         found = hard_activation(node, g)
         if found is None or found.times_six:

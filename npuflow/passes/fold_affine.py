@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 
 from ..operators import FOLDS_INTO  # the ops a scale/shift folds into; ``check`` absorbs it into no other
-from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers
+from ..graph import GraphView, attr, remove_unused_initializers
+from .absorb import absorb_follower
 
 
 def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -42,7 +43,7 @@ def _channel_values(c: np.ndarray, channels: int, rank: int) -> np.ndarray | Non
 
 
 def _fold_one(graph: onnx.GraphProto) -> bool:
-    idx = GraphIndex(graph)
+    idx = GraphView(graph)
     for node in graph.node:
         if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2:
             continue
@@ -50,7 +51,7 @@ def _fold_one(graph: onnx.GraphProto) -> bool:
         if len(consts) != 1 or (node.op_type in ("Div", "Sub") and consts[0] != 1):
             continue
         t = node.input[1 - consts[0]]
-        prod = idx.producer.get(t)
+        prod = idx.producer_node(t)
         if prod is None or prod.op_type not in FOLDS_INTO or idx.only_consumer(t) is None:
             continue
         w = idx.const(prod.input[1])

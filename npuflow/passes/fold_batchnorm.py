@@ -18,7 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..operators import FOLDS_INTO
-from .graph import GraphIndex, absorb_follower, attr, remove_unused_initializers, unique_name
+from ..graph import GraphView, attr, remove_unused_initializers, unique_name
+from .absorb import absorb_follower
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -27,7 +28,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     while True:
-        idx = GraphIndex(graph)
+        idx = GraphView(graph)
         bn = next((n for n in graph.node if n.op_type == "BatchNormalization" and _foldable(n, idx)), None)
         if bn is None:
             break
@@ -40,8 +41,8 @@ def _same(a: onnx.NodeProto | None, b: onnx.NodeProto) -> bool:
     return a is not None and list(a.output) == list(b.output)
 
 
-def _foldable(bn: onnx.NodeProto, idx: GraphIndex) -> bool:
-    prod = idx.producer.get(bn.input[0])
+def _foldable(bn: onnx.NodeProto, idx: GraphView) -> bool:
+    prod = idx.producer_node(bn.input[0])
     if prod is None or prod.op_type not in FOLDS_INTO or not _same(idx.only_consumer(bn.input[0]), bn):
         return False
     if len([o for o in bn.output if o]) != 1 or any(idx.const(i) is None for i in bn.input[1:5]):
@@ -51,15 +52,15 @@ def _foldable(bn: onnx.NodeProto, idx: GraphIndex) -> bool:
     return True
 
 
-def _bn_scale_shift(idx: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+def _bn_scale_shift(idx: GraphView, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     """``BN(y) = scale * y + shift`` per channel (float64)."""
     gamma, beta, mean, var = (idx.const(i).astype(np.float64) for i in bn.input[1:5])
     scale = gamma / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
     return scale, beta - mean * scale
 
 
-def _fold(graph: onnx.GraphProto, idx: GraphIndex, bn: onnx.NodeProto) -> None:
-    prod = idx.producer[bn.input[0]]
+def _fold(graph: onnx.GraphProto, idx: GraphView, bn: onnx.NodeProto) -> None:
+    prod = idx.nodes[idx.producer[bn.input[0]]]
     scale, shift = _bn_scale_shift(idx, bn)
     w = idx.const(prod.input[1]).astype(np.float64)
     if prod.op_type == "ConvTranspose":
@@ -78,7 +79,7 @@ def _fold(graph: onnx.GraphProto, idx: GraphIndex, bn: onnx.NodeProto) -> None:
     absorb_follower(graph, idx, prod, bn, w, c * scale + shift, "_bn")
 
 
-def _bias(idx: GraphIndex, prod: onnx.NodeProto, channels: int) -> np.ndarray:
+def _bias(idx: GraphView, prod: onnx.NodeProto, channels: int) -> np.ndarray:
     has_bias = len(prod.input) > 2 and bool(prod.input[2])
     return idx.const(prod.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
 
@@ -101,7 +102,7 @@ def batchnorm_to_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    idx = GraphIndex(graph)
+    idx = GraphView(graph)
     ranks = _ranks(out)
     for pos, bn in enumerate(list(graph.node)):
         rank = ranks.get(bn.input[0]) if bn.input else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 
 from ..operators import op_def
-from .graph import GraphIndex
+from ..graph import GraphView
 
 
 def remove_identity(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -21,20 +21,20 @@ def remove_identity(model: onnx.ModelProto) -> onnx.ModelProto:
     changed = True
     while changed:
         changed = False
-        idx = GraphIndex(graph)
+        idx = GraphView(graph)
         for node in graph.node:
             if op_def(node.op_type, node.domain).kind != "identity" or not node.input or not node.input[0]:
                 continue
             if node.op_type == "Dropout" and (len(node.output) > 1 and node.output[1] and idx.consumers.get(node.output[1])):
                 continue
             src, dst = node.input[0], node.output[0]
-            if dst in idx.outputs:
-                prod = idx.producer.get(src)
-                if prod is None or len(idx.consumers[src]) != 1 or src in idx.outputs:
+            if idx.is_graph_output(dst):
+                prod = idx.producer_node(src)
+                if prod is None or len(idx.consumers[src]) != 1 or idx.is_graph_output(src):
                     continue
                 prod.output[list(prod.output).index(src)] = dst
             else:
-                for user in idx.consumers.get(dst, []):
+                for user in idx.consumer_nodes(dst):
                     for k, name in enumerate(user.input):
                         if name == dst:
                             user.input[k] = src

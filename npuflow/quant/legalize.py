@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..operators import DPU_HSIGMOID_SCALE, HSIGMOID_DIVISOR, HSIGMOID_OFFSET, is_standard_hard_sigmoid
-from ..passes.graph import set_attr
+from ..graph import set_attr
 from ..targets import Target
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import onnx
 
 from ..check.report import NPU, CheckReport
-from ..passes.graph import GraphIndex
+from ..graph import GraphView
 from ..targets import Target
 from .plan import node_key
 
@@ -29,7 +29,7 @@ def accelerator_nodes(placement: CheckReport, model: onnx.ModelProto, target: Ta
     if target.kind != "npu":
         return None
     device = {o: n.device for n in placement.nodes for o in n.outputs if o}
-    idx = GraphIndex(model.graph)
+    idx = GraphView(model.graph)
     on_npu: set[str] = set()
     for node in model.graph.node:
         if _device(node, device, idx) == NPU:
@@ -37,7 +37,7 @@ def accelerator_nodes(placement: CheckReport, model: onnx.ModelProto, target: Ta
     return on_npu
 
 
-def _device(node: onnx.NodeProto, device: dict[str, str], idx: GraphIndex) -> str | None:
+def _device(node: onnx.NodeProto, device: dict[str, str], idx: GraphView) -> str | None:
     """The checker's device of ``node``, following a legalisation chain to its original output."""
     seen = 0
     while node is not None and seen < 8:

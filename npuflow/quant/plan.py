@@ -26,7 +26,7 @@ from ..model import tensor_elem_types
 from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
                          unit_kind)
 from ..passes.activations import op_kind
-from ..passes.graph import GraphIndex, attr
+from ..graph import GraphView, attr
 from ..targets import Target
 from .config import QuantConfig, TensorSettings
 
@@ -96,7 +96,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     """The plan of legalised ``model``; ``allowed``: the only node keys that may be quantized
     (the accelerator's nodes, :func:`.placement.accelerator_nodes`), ``None`` for all."""
     graph = model.graph
-    idx = GraphIndex(graph)
+    idx = GraphView(graph)
     types = tensor_elem_types(model)
     structural = _structural_units(graph, idx)
     keep = _with_fused_activations(set(config.keep_float), structural, idx, target)
@@ -116,7 +116,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
             continue
         if not (all(is_float(node.input[k]) for k in data_inputs(node)) and all(is_float(o) for o in node.output if o)):
             continue
-        prod = idx.producer.get(node.input[0])
+        prod = idx.producer_node(node.input[0])
         if not follows_quantized(node.op_type, prod is not None and node_key(prod) in plan.quantized):
             continue
         plan.quantized.add(node_key(node))
@@ -129,10 +129,10 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         members = {node_key(n) for n in unit_nodes}
         unit_members |= members
         plan.internal.update(o for n in unit_nodes[:-1] for o in n.output)
-        prod = idx.producer.get(x)
-        if prod is None or node_key(prod) not in plan.quantized or x in idx.outputs or x in idx.inits:
+        prod = idx.producer_node(x)
+        if prod is None or node_key(prod) not in plan.quantized or idx.is_graph_output(x) or x in idx.inits:
             continue
-        if all(node_key(c) in members for c in idx.consumers[x]) and fuses(target, op_kind(prod, idx), kind):
+        if all(node_key(c) in members for c in idx.consumer_nodes(x)) and fuses(target, op_kind(prod, idx), kind):
             plan.internal.add(x)
 
     def resolve(kind: str, node: onnx.NodeProto) -> TensorSettings:
@@ -156,7 +156,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
                 continue
             if t in idx.inits:
                 continue
-            prod = idx.producer.get(t)
+            prod = idx.producer_node(t)
             quantized_prod = prod is not None and node_key(prod) in plan.quantized
             if quantized_prod:
                 plan.points[t] = ActPoint(t, "activation", node_key(prod), resolve("activation", prod), True)
@@ -177,13 +177,13 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     return plan
 
 
-def _float_tail(graph: onnx.GraphProto, idx: GraphIndex, plan: QuantPlan) -> None:
+def _float_tail(graph: onnx.GraphProto, idx: GraphView, plan: QuantPlan) -> None:
     """On float-scale (CPU) targets, data movement whose outputs no quantized op reads stays float
     (:func:`npuflow.check.followers.drop_float_tail`, the rule ``check`` places it by)."""
     nodes = {node_key(n): n for n in graph.node}
 
     def readers(key: str) -> list[str]:
-        return [node_key(c) for o in nodes[key].output if o for c in idx.consumers.get(o, [])]
+        return [node_key(c) for o in nodes[key].output if o for c in idx.consumer_nodes(o)]
 
     drop_float_tail(plan.quantized, lambda key: nodes[key].op_type, readers)
 
@@ -193,7 +193,7 @@ def _add_const(plan: QuantPlan, use: ConstUse) -> None:
         plan.consts[use.name] = use
 
 
-def _weight_axis(node: onnx.NodeProto, idx: GraphIndex) -> int | None:
+def _weight_axis(node: onnx.NodeProto, idx: GraphView) -> int | None:
     w = idx.const(node.input[1])
     if node.op_type == "Conv":
         return 0
@@ -204,7 +204,7 @@ def _weight_axis(node: onnx.NodeProto, idx: GraphIndex) -> int | None:
     return w.ndim - 1 if w is not None and w.ndim >= 1 else None
 
 
-def _with_fused_activations(keep: set[str], units: list[tuple[list[onnx.NodeProto], str, str]], idx: GraphIndex,
+def _with_fused_activations(keep: set[str], units: list[tuple[list[onnx.NodeProto], str, str]], idx: GraphView,
                             target: Target) -> set[str]:
     """``keep`` grown to whole fused layers: an activation unit with a kept member, with the node
     the target fuses it into (all readers of that node's output are in the unit), and the unit
@@ -220,15 +220,15 @@ def _with_fused_activations(keep: set[str], units: list[tuple[list[onnx.NodeProt
     out = set(keep)
     for unit, x, kind in units:
         members = {node_key(n) for n in unit}
-        prod = idx.producer.get(x)
-        fused = (prod is not None and x not in idx.outputs and all(node_key(c) in members for c in idx.consumers[x])
+        prod = idx.producer_node(x)
+        fused = (prod is not None and not idx.is_graph_output(x) and all(node_key(c) in members for c in idx.consumer_nodes(x))
                  and fuses(target, op_kind(prod, idx), kind))
         if members & keep or (fused and node_key(prod) in keep):
             out |= members | ({node_key(prod)} if fused else set())
     return out
 
 
-def _structural_units(graph: onnx.GraphProto, idx: GraphIndex) -> list[tuple[list[onnx.NodeProto], str, str]]:
+def _structural_units(graph: onnx.GraphProto, idx: GraphView) -> list[tuple[list[onnx.NodeProto], str, str]]:
     """Activation units ``(nodes in order, input x, kind)`` from the graph's structure alone.
 
     A hard-sigmoid (one node, or the legalised DPU chain) followed by ``Mul(x, hsig)`` is one
@@ -267,7 +267,7 @@ def _activation_units(structural: list[tuple[list[onnx.NodeProto], str, str]], p
     return units
 
 
-def _dpu_hsigmoid_chain(add: onnx.NodeProto, idx: GraphIndex) -> list[onnx.NodeProto] | None:
+def _dpu_hsigmoid_chain(add: onnx.NodeProto, idx: GraphView) -> list[onnx.NodeProto] | None:
     """``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)`` starting at ``add`` (the legalised DPU form,
     recognised by :func:`npuflow.operators.unit_kind`)."""
     if add.op_type != "Add":
@@ -280,7 +280,7 @@ def _dpu_hsigmoid_chain(add: onnx.NodeProto, idx: GraphIndex) -> list[onnx.NodeP
     return chain if unit_kind(chain, idx.scalar) == "hard_sigmoid" else None
 
 
-def _scale_groups(graph: onnx.GraphProto, plan: QuantPlan, idx: GraphIndex) -> None:
+def _scale_groups(graph: onnx.GraphProto, plan: QuantPlan, idx: GraphView) -> None:
     """Union tensors that must share one scale (docs/quantized-model-format.md section 4)."""
     def member(t: str) -> bool:
         return t in plan.points or t in plan.consts

@@ -23,7 +23,7 @@ import npuflow
 from npuflow import operators as ops
 from npuflow.compiler.lowering import LOWERINGS
 from npuflow.passes.activations import fuse_activation_patterns, op_kind
-from npuflow.passes.graph import GraphIndex
+from npuflow.graph import GraphView
 from npuflow.targets import load_target
 from tests import onnx_builders as B
 
@@ -133,7 +133,7 @@ def _conv_model(transposed: bool, ic: int, group: int, oc_per_group: int) -> onn
 def test_checker_and_quantizer_name_convolutions_alike(transposed, ic, group, per_group, kind):
     model = _conv_model(transposed, ic, group, per_group)
     assert npuflow.check(model, DPU).node("conv").op_kind == kind
-    assert op_kind(model.graph.node[0], GraphIndex(model.graph)) == kind
+    assert op_kind(model.graph.node[0], GraphView(model.graph)) == kind
 
 
 def _conv_clip(hi: float) -> onnx.ModelProto:
