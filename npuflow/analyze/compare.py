@@ -43,7 +43,8 @@ from .. import model as model_io
 from .. import numerics as nm
 from ..compiler import CompiledModel
 from ..errors import NpuflowError
-from ..quant.algorithms.graph import producers, session
+from ..graph import GraphView
+from ..quant.algorithms.capture import session
 from ..quant.calibrate import run_sample
 from ..quant.data import CalibrationSource, InputSpec, Sample
 from .qdq_edit import activation_points
@@ -435,18 +436,18 @@ def _require(pairs: Mapping[str, str], quantized: str, float_model: str) -> None
 
 def _rows(fmodel: onnx.ModelProto, pairs: Mapping[str, str], acc: Mapping[str, Pooled],
           single: Mapping[str, Pooled]) -> list[LayerError]:
-    made = producers(fmodel)
+    view = GraphView(fmodel)
     rows: dict[str, LayerError] = {}
     for t in _tensors(fmodel):
         if t not in pairs or _empty(acc[t]):
             continue
-        node, s = made.get(t), single.get(t)
+        node, s = view.producer_node(t), single.get(t)
         measured = s is not None and not _empty(s)
         rows[t] = LayerError(t, node.name if node else "", node.op_type if node else "input", pairs[t],
                              acc[t].cosine, acc[t].rel_error, s.cosine if measured else None,
                              s.rel_error if measured else None)
     for t, r in rows.items():
-        before = [rows[i].rel_error for i in _row_inputs(made, t, rows)]
+        before = [rows[i].rel_error for i in _row_inputs(view, t, rows)]
         r.increase = r.rel_error - max(before, default=0.0)
     finite = [r for r in rows.values() if math.isfinite(r.increase)]
     if finite:
@@ -454,11 +455,12 @@ def _rows(fmodel: onnx.ModelProto, pairs: Mapping[str, str], acc: Mapping[str, P
     return list(rows.values())
 
 
-def _row_inputs(made: Mapping[str, onnx.NodeProto], tensor: str, rows: Mapping[str, LayerError]) -> set[str]:
+def _row_inputs(view: GraphView, tensor: str, rows: Mapping[str, LayerError]) -> set[str]:
     """The compared tensors nearest upstream of ``tensor`` (through tensors not compared)."""
     found: set[str] = set()
     seen: set[str] = set()
-    stack = [i for i in made[tensor].input if i] if tensor in made else []
+    made = view.producer_node(tensor)
+    stack = [i for i in made.input if i] if made is not None else []
     while stack:
         t = stack.pop()
         if t in seen:
@@ -466,8 +468,8 @@ def _row_inputs(made: Mapping[str, onnx.NodeProto], tensor: str, rows: Mapping[s
         seen.add(t)
         if t in rows:
             found.add(t)
-        elif t in made:
-            stack.extend(i for i in made[t].input if i)
+        elif (node := view.producer_node(t)) is not None:
+            stack.extend(i for i in node.input if i)
     return found
 
 

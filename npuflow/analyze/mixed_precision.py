@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 import onnx
 
 from .. import scaleout
-from ..quant.algorithms.graph import Feed
+from ..quant.algorithms.capture import Feed
 from .qdq_edit import apply_precisions
 from .sensitivity import Metric, SensitivityReport, analyze, score_variants, similarity_metric, sweep_context
 

@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 
 from .. import scaleout
-from ..quant.algorithms.graph import Feed, run_outputs
+from ..quant.algorithms.capture import Feed, run_outputs
 from .qdq_edit import apply_precisions, float_groups, layer_points
 
 log = logging.getLogger(__name__)

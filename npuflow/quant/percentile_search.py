@@ -22,7 +22,7 @@ import onnx
 
 from .. import scaleout
 from .algorithms.apply import relative_error
-from .algorithms.graph import Feed, run_outputs
+from .algorithms.capture import Feed, run_outputs
 from .assign import assign
 from .calibrate import Progress, Statistics
 from .config import QuantConfig

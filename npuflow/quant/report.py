@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from ..errors import NpuflowError
-from .algorithms.graph import run_outputs
+from .algorithms.capture import run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
 from .params import TensorQuant

@@ -8,7 +8,8 @@ import pytest
 import npuflow
 from npuflow.passes.fold_constants import fold_constants
 from npuflow.quant.algorithms import bias_correction, cle
-from npuflow.quant.algorithms.graph import run_outputs, weight_layers
+from npuflow.quant.algorithms.capture import run_outputs
+from npuflow.quant.algorithms.layers import weight_layers
 from tests.models.photo_crops import photo_crops
 from tests.unit.qdq_toy import toy_qdq
 

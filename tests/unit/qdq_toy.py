@@ -12,19 +12,21 @@ import onnx
 from onnx import helper, numpy_helper
 
 from npuflow import numerics
-from npuflow.quant.algorithms.graph import capture, consumers, layer_weight, weight_layers
+from npuflow.graph import GraphView
+from npuflow.quant.algorithms.capture import capture
+from npuflow.quant.algorithms.layers import layer_weight, weight_layers
 
 
 def toy_qdq(model: onnx.ModelProto, feeds: list[dict], weights_only: bool = False) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     layers = weight_layers(m)
-    cons = consumers(m)
+    view = GraphView(m)
     # activation points: each layer's output, after a single Relu/Clip consumer
     points = []
     for l in layers:
         t = l.node.output[0]
-        users = cons.get(t, [])
+        users = view.consumer_nodes(t)
         if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
             t = users[0].output[0]
         points.append(t)
@@ -57,7 +59,7 @@ def toy_qdq(model: onnx.ModelProto, feeds: list[dict], weights_only: bool = Fals
             sname, zname = t + "_as", t + "_azp"
             m.graph.initializer.extend([numpy_helper.from_array(np.array(s, np.float32), sname),
                                         numpy_helper.from_array(np.array(0, np.int8), zname)])
-            for u in cons.get(t, []):
+            for u in view.consumer_nodes(t):
                 for i, x in enumerate(u.input):
                     if x == t:
                         u.input[i] = t + "_deq"

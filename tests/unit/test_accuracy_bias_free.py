@@ -8,7 +8,7 @@ from onnx import helper, numpy_helper
 
 from npuflow.quant.algorithms import bias_correction
 from npuflow.quant.algorithms.fast_finetune import FinetuneSettings, fast_finetune
-from npuflow.quant.algorithms.graph import capture, run_outputs
+from npuflow.quant.algorithms.capture import capture, run_outputs
 
 from .qdq_toy import toy_qdq
 
@@ -100,10 +100,10 @@ def test_fast_finetune_solves_each_layer_on_the_inputs_the_finetuned_model_feeds
 
 
 def test_upstream_slice_keeps_only_what_a_tensor_needs():
-    from npuflow.quant.algorithms.graph import upstream
+    from npuflow.graph import slice_model
 
     model, feeds = _bn_net(0)
-    part = upstream(model, ["r"])
+    part = slice_model(model, ["r"])
     assert [n.name for n in part.graph.node] == ["conv1", "bn1", "relu1"]
     assert {t.name for t in part.graph.initializer} == {"w1", "b1", "gamma", "beta", "mean", "var"}
     got, want = [], []

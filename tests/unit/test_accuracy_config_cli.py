@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from npuflow.cli.app import main
-from npuflow.quant.algorithms.graph import get_array
+from npuflow.graph import get_array
 
 from .quant_nets import samples, two_conv_net
 

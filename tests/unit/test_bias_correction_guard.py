@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 import npuflow
 from npuflow.quant.algorithms import apply as apply_mod
-from npuflow.quant.algorithms.graph import run_outputs
+from npuflow.quant.algorithms.capture import run_outputs
 from npuflow.quant.algorithms.patches import PatchSampler
 
 from .quant_nets import conv_net, run, samples

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.analyze.qdq_edit import apply_precisions
-from npuflow.quant.algorithms.graph import get_array
+from npuflow.graph import get_array
 from npuflow.quant.algorithms.qdq_weights import dequantized_weight, quantized_layers, read_bias
 
 

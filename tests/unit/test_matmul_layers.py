@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.analyze.qdq_edit import activation_points, apply_precisions, bypass, layer_points
-from npuflow.quant.algorithms.graph import layer_weight, weight_layers
+from npuflow.quant.algorithms.layers import layer_weight, weight_layers
 
 
 def _mlp():

@@ -8,7 +8,7 @@ import pytest
 import npuflow
 from npuflow.errors import NpuflowError
 from npuflow.quant.algorithms.apply import relative_error
-from npuflow.quant.algorithms.graph import run_outputs
+from npuflow.quant.algorithms.capture import run_outputs
 
 from .quant_nets import conv_net, samples
 

@@ -28,7 +28,7 @@ from ...targets import Target
 from .bias_correction import correct_empirical
 from .cle import equalize
 from .fast_finetune import FinetuneSettings, fast_finetune
-from .graph import Feed, run_outputs
+from .capture import Feed, run_outputs
 
 log = logging.getLogger(__name__)
 

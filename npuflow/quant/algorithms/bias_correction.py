@@ -26,7 +26,9 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-from .graph import Feed, attr, capture, consumers, get_array, layer_weight, weight_layers
+from ...graph import GraphView, attr, get_array
+from .capture import Feed, capture
+from .layers import layer_weight, weight_layers
 from .patches import PatchSampler, grouped_weight
 from ...numerics import RoundMode
 from .qdq_weights import QuantizedLayer, dequantized_weight, quantized_layers, read_bias, write_bias
@@ -123,7 +125,7 @@ def _rectified_mean(mu: np.ndarray, sigma: np.ndarray, hi: float | None) -> np.n
 
 def bn_input_means(float_model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """``{layer name: E[input per channel]}`` for layers fed by a BatchNormalization (+ Relu/Clip)."""
-    cons = consumers(float_model)
+    view = GraphView(float_model)
     layers = {id(l.node): l for l in weight_layers(float_model)}
     means = {}
     for bn in float_model.graph.node:
@@ -135,11 +137,11 @@ def bn_input_means(float_model: onnx.ModelProto) -> dict[str, np.ndarray]:
             continue
         mu, sigma = beta.astype(np.float64), np.abs(gamma.astype(np.float64))
         tensor, act = bn.output[0], None
-        users = cons.get(tensor, [])
+        users = view.consumer_nodes(tensor)
         if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
             act = users[0]
             tensor = act.output[0]
-            users = cons.get(tensor, [])
+            users = view.consumer_nodes(tensor)
         if act is None:
             m = mu
         elif act.op_type == "Relu":

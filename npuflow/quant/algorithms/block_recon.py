@@ -44,7 +44,7 @@ from ...model import outer_reads
 from ...numerics import ONNX_ROUND_MODE, RoundMode, dequantize, round_values
 from ...qdq import parse_function_name
 from .adaround import GAMMA, ZETA, _beta, _init_v
-from .graph import attr
+from ...graph import attr
 from .qdq_weights import QuantizedLayer, code_limits, read_codes, scale_rows, write_codes
 
 if TYPE_CHECKING:

@@ -38,10 +38,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import (
-    Feed, WeightLayer, attr, capture, consumers, get_array, layer_bias, layer_weight, set_array,
-    set_layer_bias, set_layer_weight, weight_layers,
-)
+from ...graph import GraphView, attr, get_array, set_array
+from .capture import Feed, capture
+from .layers import WeightLayer, layer_bias, layer_weight, set_layer_bias, set_layer_weight, weight_layers
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[_Pair], list[tuple[str, str
     """Conv -> (Relu | Clip(0, hi) | zero Pad)* -> Conv chains whose tensors have one consumer each."""
     layers = {l.node.name or l.node.output[0]: l for l in weight_layers(model)}
     by_node = {id(l.node): l for l in layers.values()}
-    cons = consumers(model)
+    view = GraphView(model)
     graph_outputs = {o.name for o in model.graph.output}
     pairs, skipped = [], []
     for first in layers.values():
@@ -88,7 +87,7 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[_Pair], list[tuple[str, str
             continue
         tensor, link, clip_max, reason = first.node.output[0], [], None, ""
         while True:
-            users = cons.get(tensor, [])
+            users = view.consumer_nodes(tensor)
             if len(users) != 1 or tensor in graph_outputs:
                 reason = "tensor has several consumers" if len(users) > 1 else ""
                 break

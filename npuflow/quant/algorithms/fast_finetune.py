@@ -36,7 +36,9 @@ from ...model import write_atomic
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
 from .adaround import adaround
 from .block_recon import Block, BlockResult, BlockRunner, plan_blocks, reconstruct, require_torch, write_block
-from .graph import Feed, WeightLayer, capture, layer_bias, layer_weight, upstream, weight_layers
+from ...graph import slice_model
+from .capture import Feed, capture
+from .layers import WeightLayer, layer_bias, layer_weight, weight_layers
 from .layer_problem import LayerProblem, forward, torch_available, torch_threads
 from .patches import PatchSampler, grouped_weight
 from .qdq_weights import (QuantizedLayer, code_limits, quantized_layers, read_bias, read_codes, scale_rows, write_bias,
@@ -255,7 +257,7 @@ class QuantizedInputs:
     def get(self, tensor: str) -> list[np.ndarray]:
         """``tensor`` for every feed, from the model as it is now."""
         if tensor not in self.values:
-            part = upstream(self.model, [tensor], self.values)
+            part = slice_model(self.model, [tensor], self.values)
             runs = [{**f, **{t: v[k] for t, v in self.values.items()}} for k, f in enumerate(self.feeds)]
             got: list[np.ndarray] = []
             capture(part, runs, [tensor], lambda _, v: got.append(v[tensor]))

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import onnx
 
-from .graph import attr
+from ...graph import attr
 
 
 class PatchSampler:
@@ -32,13 +32,13 @@ class PatchSampler:
             self.strides = list(attr(node, "strides", [1] * k))
             self.dilations = list(attr(node, "dilations", [1] * k))
             self.pads = list(attr(node, "pads", [0] * 2 * k))
-            self.auto_pad = attr(node, "auto_pad", b"NOTSET")
+            self.auto_pad = attr(node, "auto_pad", "NOTSET")
 
     @property
     def supported(self) -> bool:
         if self.op != "Conv":
             return True
-        return self.auto_pad in (b"NOTSET", "NOTSET", b"VALID", "VALID") and len(self.kernel) in (1, 2)
+        return self.auto_pad in ("NOTSET", "VALID") and len(self.kernel) in (1, 2)
 
     def _rng(self, batch: int) -> np.random.Generator:
         digest = hashlib.sha256(f"{self.node.name}|{self.node.output[0]}|{batch}".encode()).digest()

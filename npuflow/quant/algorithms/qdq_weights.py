@@ -25,7 +25,7 @@ import onnx
 
 from ...numerics import ONNX_ROUND_MODE, RoundMode, qrange, quantize
 from ...qdq import parse_function_name
-from .graph import attr, get_array, initializers, producers, set_array
+from ...graph import GraphView, attr, get_array, initializers, set_array
 
 
 @dataclass
@@ -66,13 +66,13 @@ def _quantize_mode(node: onnx.NodeProto) -> RoundMode | None:
 def _dq_source(model, name, prods, inits):
     """``(dq_node, int_initializer | None, float_initializer | None, quantize tie rule | None)``
     behind tensor ``name``."""
-    dq = prods.get(name)
+    dq = prods.producer_node(name)
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
     src = dq.input[0]
     if src in inits:
         return dq, src, None, None
-    q = prods.get(src)
+    q = prods.producer_node(src)
     if q is not None and q.input[0] in inits and (mode := _quantize_mode(q)) is not None:
         return dq, None, q.input[0], mode
     return None
@@ -80,7 +80,7 @@ def _dq_source(model, name, prods, inits):
 
 def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
     """Every weight layer of a QDQ model whose per-tensor or per-output-channel weight we can edit."""
-    prods = producers(model)
+    prods = GraphView(model)
     inits = initializers(model)
     out = []
     for n in model.graph.node:
