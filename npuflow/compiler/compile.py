@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .. import __version__
 from .. import plugins as plugin_registry
@@ -140,7 +140,7 @@ def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: Placement,
         if n.name in claimed:
             continue
         if g.quantize_mode(n) is not None:
-            feeds_npu = any(c.name in npu_reads for c in g.consumers.get(n.output[0], []))
+            feeds_npu = any(c.name in npu_reads for c in g.consumer_nodes(n.output[0]))
             if not feeds_npu:
                 continue
             op = lower_quantize(g, n) or (lower_requantize(g, n) if g.dq_source(n.input[0]) else None)
@@ -168,7 +168,7 @@ def _tensor_info(g: QGraph, name: str) -> dict:
     if shape is None:
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"tensor {name!r} has no static shape")
     info = {"dtype": _dtype_name(g, name), "shape": list(shape)}
-    q = g.producer.get(name)
+    q = g.producer_node(name)
     p = g.quantize_params(q) if q is not None else None
     if p is not None:
         info["quant"] = p.to_json()
@@ -202,7 +202,7 @@ def _boundaries(groups: list[list[Unit]], g: QGraph) -> list[tuple[list[str], li
 def _cpu_model(g: QGraph, model: onnx.ModelProto, units: list[Unit], ins: list[str], outs: list[str]) -> bytes:
     nodes = [u.node for u in units]
     used = {i for n in nodes for i in node_reads(n)}  # branch bodies may read outer initializers
-    inits = [numpy_helper.from_array(g.inits[name], name) for name in sorted(used) if name in g.inits]
+    inits = [g.inits[name] for name in sorted(used) if name in g.inits]
 
     def vi(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, g.elem_types[name], g.shapes.get(name))
@@ -255,7 +255,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
             if not isinstance(payload, (bytes, bytearray)):
                 raise NpuflowError("NPF_PLUGIN_FAILED", plugin=plugin.name, step="compile",
                                    reason=f"returned {type(payload).__name__}, not bytes")
-            weight_bytes = int(sum(g.inits[i].nbytes for u in units for i in node_reads(u.node) if i in g.inits))
+            weight_bytes = int(sum(g.const(i).nbytes for u in units for i in node_reads(u.node) if i in g.inits))
             entry.update({
                 "device": plugin.device, "engine": "plugin", "plugin": plugin.name, "onnx": bname,
                 "nodes": [u.node.name for u in units],
@@ -269,7 +269,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
         else:
             bname = f"sg{k}.onnx"
             blobs[bname] = _cpu_model(g, model, units, ins, outs)
-            weight_bytes = int(sum(g.inits[i].nbytes for u in units for i in node_reads(u.node) if i in g.inits))
+            weight_bytes = int(sum(g.const(i).nbytes for u in units for i in node_reads(u.node) if i in g.inits))
             entry.update({
                 "device": "CPU", "engine": "onnx", "onnx": bname, "nodes": [u.node.name for u in units],
                 "op_counts": dict(sorted(Counter(u.node.op_type for u in units).items())),
@@ -319,9 +319,9 @@ def _io(g: QGraph, name: str) -> dict:
     info["name"] = name
     info["layout"] = "NCHW" if len(info["shape"]) == 4 else ""
     if "quant" not in info:
-        q = next((c for c in g.consumers.get(name, []) if g.quantize_mode(c) is not None), None)
+        q = next((c for c in g.consumer_nodes(name) if g.quantize_mode(c) is not None), None)
         p = g.quantize_params(q) if q is not None else None
-        src = g.producer.get(name)
+        src = g.producer_node(name)
         if p is None and src is not None and g.is_dequantize(src):
             p = g.dequantize_params(src)
         if p is not None:

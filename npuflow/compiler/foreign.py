@@ -310,13 +310,13 @@ def _integer_clip(g: QGraph, clip: onnx.NodeProto) -> tuple[int, int, onnx.NodeP
     """``(lo, hi, quantize step or None, params)`` of a Clip on integers feeding only DQ steps."""
     if clip.op_type != "Clip" or clip.domain not in ("", "ai.onnx"):
         return None
-    cons = g.consumers.get(clip.output[0], [])
+    cons = g.consumer_nodes(clip.output[0])
     if not cons or not all(g.is_dequantize(c) for c in cons) or g.is_graph_output(clip.output[0]):
         return None
     bounds = [g.const(i) if i else None for i in (list(clip.input[1:3]) + ["", ""])[:2]]
     if any(i and b is None for i, b in zip(clip.input[1:3], bounds)):
         return None
-    src = g.producer.get(clip.input[0])
+    src = g.producer_node(clip.input[0])
     if src is not None and g.quantize_mode(src) is not None:
         p = g.quantize_params(src)
     elif g.const(clip.input[0]) is not None and g.const(clip.input[0]).dtype.kind in "iu":
@@ -398,7 +398,7 @@ def _bias_plan(g: QGraph, n: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | 
         return None
     if n.op_type == "Gemm" and (attr(n, "alpha", 1.0) != 1.0 or attr(n, "beta", 1.0) != 1.0):
         return None
-    if collect_chain(g, n.output[0], list(g.consumers.get(n.output[0], []))) is None:
+    if collect_chain(g, n.output[0], list(g.consumer_nodes(n.output[0]))) is None:
         return None  # its output is not quantized: the node stays float on the CPU, bias and all
     scale = np.float32(x[1].scalar_scale()) * w[1].scale.astype(np.float32).reshape(-1)
     return bias, scale.astype(np.float32)
@@ -463,7 +463,7 @@ def _needs_grid_step(g: QGraph, n: onnx.NodeProto) -> bool:
     src = g.dq_source(n.input[0])
     if src is None or not src[1].per_tensor or g.const(src[0]) is not None:
         return False
-    cons = g.consumers.get(n.output[0], [])
+    cons = g.consumer_nodes(n.output[0])
     if g.is_graph_output(n.output[0]) or any(g.quantize_mode(c) is not None for c in cons):
         return False
     return _feeds_compute(g, n.output[0])
@@ -473,7 +473,7 @@ def _feeds_compute(g: QGraph, tensor: str, depth: int = 0) -> bool:
     """Whether ``tensor`` reaches a Conv/Gemm/MatMul or a quantize step through grid ops only:
     then quantizing it lets the ops on the way lower; elsewhere (a float Softmax reading a
     Reshape) the step would change nothing but the graph."""
-    for c in g.consumers.get(tensor, []):
+    for c in g.consumer_nodes(tensor):
         if c.op_type in COMPUTE_OPS or (depth and g.quantize_mode(c) is not None):
             return True
         if c.op_type in GRID_OPS and depth < 8 and _feeds_compute(g, c.output[0], depth + 1):
@@ -493,7 +493,7 @@ def _center_uint8(model: onnx.ModelProto) -> list[str]:
         if p is None or p.dtype != "uint8" or not p.per_tensor or p.scalar_zp() != 128 or \
                 g.const(n.input[0]) is not None or g.is_graph_output(n.output[0]):
             continue
-        readers = g.consumers.get(n.output[0], [])
+        readers = g.consumer_nodes(n.output[0])
         if not all(g.is_dequantize(c) for c in readers):
             continue
         zp = names.fresh(f"{n.output[0]}_zero_point_int8")

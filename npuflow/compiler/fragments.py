@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..model import MAX_IR_VERSION, node_reads
 from ..numerics import qrange
@@ -23,7 +23,7 @@ from .qgraph import QGraph, QParams
 
 def _run(g: QGraph, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], outputs: list[str]) -> list:
     used = {i for n in nodes for i in node_reads(n)}
-    inits = [numpy_helper.from_array(g.inits[name], name) for name in sorted(used) if name in g.inits]
+    inits = [g.inits[name] for name in sorted(used) if name in g.inits]
     inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
               for k, v in feeds.items()]
     outs = [helper.make_empty_tensor_value_info(o) for o in outputs]

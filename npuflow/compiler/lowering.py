@@ -68,7 +68,7 @@ def _operand(g: QGraph, name: str) -> tuple[str | None, np.ndarray | None, QPara
 
 
 def _chain(g: QGraph, t0: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams]:
-    found = collect_chain(g, t0, list(g.consumers.get(t0, [])))
+    found = collect_chain(g, t0, list(g.consumer_nodes(t0)))
     if found is None:
         raise _Reject(f"output {t0!r} does not reach a single quantize step")
     chain, q, p = found

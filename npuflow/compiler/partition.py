@@ -89,12 +89,12 @@ def plugin_units(g: QGraph, owner: dict[str, str]) -> dict[str, str]:
     taken = dict(owner)
     for n in g.graph.node:
         if g.is_dequantize(n):
-            readers = {taken.get(c.name) for c in g.consumers.get(n.output[0], [])}
+            readers = {taken.get(c.name) for c in g.consumer_nodes(n.output[0])}
             if len(readers) == 1 and None not in readers and not g.is_graph_output(n.output[0]):
                 taken[n.name] = readers.pop()
     for n in g.graph.node:
         if g.quantize_mode(n) is not None:
-            src = g.producer.get(n.input[0])
+            src = g.producer_node(n.input[0])
             if src is not None and src.name in owner:
                 taken[n.name] = owner[src.name]
     return taken

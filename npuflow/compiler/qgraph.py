@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .. import qdq
-from ..model import node_reads, tensor_elem_types, tensor_shapes
+from ..graph import GraphView
 from ..numerics import RoundMode, fix_pos_of
 from ..operators import DEQUANTIZE_OPS, QUANTIZE_OPS
 
@@ -67,28 +66,13 @@ class QParams:
         }
 
 
-class QGraph:
-    """Index of a quantized model: producers, consumers, initializers, shapes, Q/DQ steps."""
+class QGraph(GraphView):
+    """A quantized model's graph (:class:`npuflow.graph.GraphView`) with the compiler's Q/DQ
+    questions: which nodes are quantize steps and with which tie rule, the params of each
+    integer tensor, the integer tensor behind a dequantize step."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.graph = model.graph
-        self.inits: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-        }
-        self.shapes = tensor_shapes(model)
-        self.elem_types = tensor_elem_types(model)
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in model.graph.node:
-            for o in node.output:
-                if o:
-                    self.producer[o] = node
-            for i in node_reads(node):  # an If/Loop body's outer-scope reads are reads of its node
-                self.consumers.setdefault(i, []).append(node)
-        self.graph_inputs = [i.name for i in model.graph.input if i.name not in self.inits]
-        self.graph_outputs = [o.name for o in model.graph.output]
-        self._outputs = set(self.graph_outputs)
+        super().__init__(model)
 
     # --- kinds of nodes -------------------------------------------------------------------
 
@@ -111,12 +95,6 @@ class QGraph:
     def facts(self) -> "GraphFacts":
         """This index as the checker's graph questions (see :class:`GraphFacts`)."""
         return GraphFacts(self)
-
-    def is_graph_output(self, name: str) -> bool:
-        return name in self._outputs
-
-    def const(self, name: str) -> np.ndarray | None:
-        return self.inits.get(name) if name else None
 
     def scalar(self, name: str) -> float | None:
         """A one-element float constant's value (a chain's bound or factor), else ``None``."""
@@ -153,7 +131,7 @@ class QGraph:
 
     def dequantize_params(self, node: onnx.NodeProto) -> QParams | None:
         """Params of a DQ step; the round mode is that of the Q step producing its input."""
-        src = self.producer.get(node.input[0])
+        src = self.producer_node(node.input[0])
         mode = RoundMode.HALF_EVEN
         if src is not None and (qm := self.quantize_mode(src)) is not None:
             mode = qm[0]
@@ -166,14 +144,15 @@ class QGraph:
         return QParams(dtype, p.scale, p.zero_point, p.axis, p.round_mode)
 
     def _int_dtype(self, name: str) -> str | None:
-        if name in self.inits:
-            return str(self.inits[name].dtype)
+        c = self.const(name)
+        if c is not None:
+            return str(c.dtype)
         et = self.elem_types.get(name)
         return str(onnx.helper.tensor_dtype_to_np_dtype(et)) if et else None
 
     def dq_source(self, float_tensor: str) -> tuple[str, QParams, onnx.NodeProto] | None:
         """``(integer tensor, params, DQ node)`` when ``float_tensor`` is a dequantize output."""
-        node = self.producer.get(float_tensor)
+        node = self.producer_node(float_tensor)
         if node is None or not self.is_dequantize(node):
             return None
         p = self.dequantize_params(node)
@@ -185,7 +164,7 @@ class QGraph:
         """The one quantize step reading ``float_tensor`` when nothing else reads it."""
         if self.is_graph_output(float_tensor):
             return None
-        cons = self.consumers.get(float_tensor, [])
+        cons = self.consumer_nodes(float_tensor)
         if len(cons) != 1:
             return None
         p = self.quantize_params(cons[0])
@@ -210,24 +189,23 @@ class GraphFacts:
 
     def __init__(self, g: "QGraph") -> None:
         self.g = g
-        self._position = {id(n): k for k, n in enumerate(g.graph.node)}
 
     def shape(self, name: str) -> list[int] | None:
         s = self.g.shapes.get(name)
         return list(s) if s is not None else None
 
     def value(self, name: str) -> np.ndarray | None:
-        p = self.g.producer.get(name)
+        p = self.g.producer_node(name)
         return self.g.const(p.input[0] if p is not None and self.g.is_dequantize(p) else name)
 
     def elem_type(self, name: str) -> int | None:
         return self.g.elem_types.get(name)
 
     def producer_node(self, name: str) -> onnx.NodeProto | None:
-        return self.g.producer.get(name)
+        return self.g.producer_node(name)
 
     def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
-        return self.g.consumers.get(name, [])
+        return self.g.consumer_nodes(name)
 
     def is_graph_output(self, name: str) -> bool:
         return self.g.is_graph_output(name)
@@ -239,6 +217,6 @@ class GraphFacts:
         return self.g.is_dequantize(node)
 
     def position(self, node: onnx.NodeProto) -> int:
-        return self._position[id(node)]
+        return self.g.position(node)
 
 
