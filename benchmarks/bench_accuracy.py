@@ -143,7 +143,7 @@ def mixed_row(bench: BQ.Bench, rows: dict, name: str, q, seconds: float, min_sim
         del rows[key]
     logging.info("%s: mixed precision from %s", bench.name, name)
     t0 = time.perf_counter()
-    mp = search(q.float_model, q.model, bench.calib[:16], min_similarity=min_similarity, precision="float")
+    mp = search(q, bench.calib[:16], min_similarity=min_similarity, precision="float")
     search_s = time.perf_counter() - t0
     scores = bench.evaluate(D.ort_session(mp.model))
     try:

@@ -44,13 +44,13 @@ def sweeps(workers: list[int], n_calib: int, n_feeds: int) -> list[str]:
     target = None
     for w in workers:
         t = time.perf_counter()
-        rep = sensitivity.analyze(q.float_model, q.model, feeds, workers=w)
+        rep = sensitivity.analyze(q, feeds, workers=w)
         t_sens = time.perf_counter() - t
         first_sens = first_sens or asdict(rep)
         assert asdict(rep) == first_sens, "parallel sensitivity differs from serial"
         target = target or rep.quantized_score + 0.5 * (1.0 - rep.quantized_score)
         t = time.perf_counter()
-        mp = mixed_precision.search(q.float_model, q.model, feeds, min_similarity=target, workers=w)
+        mp = mixed_precision.search(q, feeds, min_similarity=target, workers=w)
         t_mp = time.perf_counter() - t
         first_mp = first_mp or mp.summary()
         assert mp.summary() == first_mp, "parallel mixed precision differs from serial"

@@ -47,7 +47,7 @@ from ..graph import GraphView
 from ..quant.algorithms.capture import session
 from ..quant.calibrate import run_sample
 from ..quant.data import CalibrationSource, InputSpec, Sample
-from .qdq_edit import activation_points
+from .. import qdq
 
 #: How quantizers name a quantize step's output after the float tensor it reads: npuflow's export
 #: (``t_q``), ONNX Runtime's ``quantize_static`` (``t_QuantizeLinear_Output``).
@@ -55,6 +55,33 @@ QUANTIZE_SUFFIXES = ("_q", "_QuantizeLinear_Output")
 #: Suffix of the graph inputs and tensors added to the rewired (single-layer) QDQ model.
 _REF = "__npuflow_ref"
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+# --- the quantize steps of a QDQ model ------------------------------------------------------
+
+@dataclass
+class QuantPoint:
+    """An activation quantize/dequantize pair: the Q node and the DQ node after it."""
+
+    q: onnx.NodeProto
+    dq: onnx.NodeProto
+
+
+def activation_points(model: onnx.ModelProto) -> list[QuantPoint]:
+    """Every ``Q -> DQ`` pair on an activation tensor of a QDQ model.
+
+    Read from the model itself, not from the quantizer's plan: compare takes any QDQ model
+    (ONNX Runtime's ``quantize_static`` output, a model edited by hand), and what runs is what
+    the model holds.  A quantize step is ``QuantizeLinear`` or an ``ai.npuflow`` rounding
+    function (docs/quantized-model-format.md)."""
+    view = GraphView(model)
+    inits = {t.name for t in model.graph.initializer}
+    points = []
+    for n in model.graph.node:
+        quantize = n.op_type == "QuantizeLinear" or (n.domain == qdq.DOMAIN and qdq.parse_function_name(n.op_type) is not None)
+        if quantize and n.input[0] not in inits:
+            points += [QuantPoint(n, u) for u in view.consumer_nodes(n.output[0]) if u.op_type == "DequantizeLinear"]
+    return points
 
 
 # --- the statistic ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Mixed precision: raise the fewest, most sensitive layers to int16 or float until a target holds.
 
 Manual mixed precision is a quantizer config matter (per-layer overrides); this module is the
-automatic, accuracy-targeted search.  Given a quantized model, the float model and either a
-minimum output similarity or a metric callback with an allowed drop, it
+automatic, accuracy-targeted search.  Given a quantization (:class:`npuflow.QuantizedModel`)
+and either a minimum output similarity or a metric callback with an allowed drop, it
 
 1. ranks layers by sensitivity (:mod:`npuflow.analyze.sensitivity`, "float only this layer");
 2. finds the shortest prefix of that ranking which, raised to ``precision``, meets the target
@@ -10,8 +10,11 @@ minimum output similarity or a metric callback with an allowed drop, it
 3. drops from that prefix every layer whose removal still meets the target (least sensitive
    first), so the result is the fewest layers this ranking can give.
 
-The result lists what changed, the score before/after, and the quantizer config overrides that
-reproduce it (``keep_float`` names for float, ``layers`` overrides for int16).  Float is the default:
+Every candidate is the quantization plan with precision overrides, exported from the statistics
+already collected (:mod:`npuflow.quant.requantize`).  The result lists what changed, the score
+before/after, and the quantizer config overrides that reproduce it exactly (``keep_float`` names
+for float; for int16, ``layers`` entries giving 16-bit activations and weights to every node of
+the layer, its fused activations included).  Float is the default:
 DPU-class targets have no int16 datapath, so a raised layer runs on the CPU, as Horizon's
 ``run_on_cpu`` does.
 
@@ -35,15 +38,17 @@ import onnx
 
 from .. import scaleout
 from ..quant.algorithms.capture import Feed
-from .qdq_edit import apply_precisions
-from .sensitivity import Metric, SensitivityReport, analyze, score_variants, similarity_metric, sweep_context
+from ..quant.pipeline import QuantizedModel
+from ..quant.plan import Layer
+from .sensitivity import (Metric, SensitivityReport, analyze, requantizer_of, score_variants, similarity_metric,
+                          sweep_context)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class MixedPrecisionResult:
-    model: onnx.ModelProto
+    quantized: QuantizedModel  # the quantization with ``changes`` applied
     changes: dict[str, str]              # layer -> "int16" | "float"
     base_score: float
     score: float
@@ -58,17 +63,24 @@ class MixedPrecisionResult:
                 "target": self.target, "met": self.met, "evaluations": self.evaluations,
                 "config_overrides": self.config_overrides}
 
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The quantized graph with ``changes`` (dynamic dimensions kept, as quantized)."""
+        return self.quantized.dynamic_model
 
-def config_overrides(changes: dict[str, str]) -> dict:
-    """Quantizer config fragments (``QuantConfig`` keys) that reproduce ``changes``.
 
-    ``keep_float`` reproduces float layers exactly.  The quantizer supports 16-bit activations
-    but not 16-bit weights, so an int16 layer becomes a ``layers`` override with 16-bit
-    activations; the search itself also scored 16-bit weights (see :mod:`.qdq_edit`).
+def config_overrides(changes: dict[str, str], layers: dict[str, Layer]) -> dict:
+    """Quantizer config fragments (``QuantConfig`` keys) that reproduce ``changes`` exactly.
+
+    A float layer is a ``keep_float`` name (the quantizer keeps its fused activations with it);
+    an int16 layer gives 16-bit activations and weights to each of its nodes (``layers``), as the
+    plan override does: a Conv's fused ReLU writes the layer's quantize step.  16 bits need a
+    target whose ``numerics.bits`` has 16 (``quantize`` checks).
     """
+    wide = [key for n, p in sorted(changes.items()) if p == "int16" for key in layers[n].nodes]
     return {
         "keep_float": sorted(n for n, p in changes.items() if p == "float"),
-        "layers": [{"name": n, "activation": {"bit_width": 16}} for n, p in sorted(changes.items()) if p == "int16"],
+        "layers": [{"name": key, "activation": {"bit_width": 16}, "weight": {"bit_width": 16}} for key in wide],
     }
 
 
@@ -110,8 +122,7 @@ def _probes(lo: int, hi: int, width: int, known: Callable[[int], bool]) -> list[
 
 
 def search(
-    float_model: onnx.ModelProto,
-    qmodel: onnx.ModelProto,
+    quantized: QuantizedModel,
     feeds: Iterable[Feed] | None = None,
     *,
     min_similarity: float | None = None,
@@ -123,7 +134,7 @@ def search(
     workers: int = 1,
     ray_address: str | None = None,
 ) -> MixedPrecisionResult:
-    """Fewest layers (by sensitivity) to raise to ``precision`` so the target holds.
+    """Fewest layers (by sensitivity) of ``quantized`` to raise to ``precision`` so the target holds.
 
     Targets: ``min_similarity`` (mean output cosine similarity, needs ``feeds``) or ``metric``
     plus ``max_drop`` (the metric of the float model minus ``max_drop``).  ``workers``,
@@ -135,18 +146,18 @@ def search(
         if feeds is None or min_similarity is None:
             raise ValueError("give min_similarity with feeds, or metric with max_drop")
         feeds = list(feeds)
-        metric = similarity_metric(float_model, feeds)
+        metric = similarity_metric(quantized.float_model, feeds)
         target = float(min_similarity)
     else:
         if max_drop is None:
             raise ValueError("a metric target needs max_drop")
-        target = metric(float_model) - float(max_drop)
-    context = sweep_context(float_model, qmodel, metric, workers, ray_address)
+        target = metric(quantized.float_model) - float(max_drop)
+    context = sweep_context(quantized, metric, workers, ray_address)
     with scaleout.Workers(workers, ray_address, context) as pool:
-        return _search(float_model, qmodel, metric, target, precision, sensitivity, progress, _Scores(pool, precision))
+        return _search(quantized, metric, target, precision, sensitivity, progress, _Scores(pool, precision))
 
 
-def _search(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, metric: Metric, target: float, precision: str,
+def _search(quantized: QuantizedModel, metric: Metric, target: float, precision: str,
             sensitivity: SensitivityReport | None, progress: Callable[[str, int, int], None] | None,
             scores: _Scores) -> MixedPrecisionResult:
     """The search of :func:`search` on ``scores``."""
@@ -164,13 +175,13 @@ def _search(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, metric: Metri
 
     base = score(())
     if base >= target:  # nothing to raise: skip the sensitivity analysis (one evaluation per point)
-        report = sensitivity or SensitivityReport("metric", metric(float_model), base)
-        return _result(qmodel, float_model, (), precision, base, base, target, True, len(scores.asked), report)
-    report = sensitivity or analyze(float_model, qmodel, metric=metric, progress=progress, quant_only=False,
+        report = sensitivity or SensitivityReport("metric", metric(quantized.float_model), base)
+        return _result(quantized, (), precision, base, base, target, True, len(scores.asked), report)
+    report = sensitivity or analyze(quantized, metric=metric, progress=progress, quant_only=False,
                                     pool=scores.pool)
     ranking = report.ranking()
     if score(ranking) < target:
-        return _result(qmodel, float_model, expand(ranking), precision, base, score(ranking), target, False,
+        return _result(quantized, expand(ranking), precision, base, score(ranking), target, False,
                        len(scores.asked), report)
     lo, hi = 0, len(ranking)  # prefix of length hi meets the target, lo does not
     while hi - lo > 1:
@@ -194,7 +205,7 @@ def _search(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, metric: Metri
     final = expand(chosen)
     log.info("mixed precision: %d layers to %s, score %.5f -> %.5f (target %.5f); %d evaluations, %d prefetched",
              len(final), precision, base, score(chosen), target, len(scores.asked), len(scores.known))
-    return _result(qmodel, float_model, final, precision, base, score(chosen), target, True, len(scores.asked), report)
+    return _result(quantized, final, precision, base, score(chosen), target, True, len(scores.asked), report)
 
 
 def perf_cost(float_model: onnx.ModelProto, target, changes: dict[str, str]) -> dict:
@@ -225,9 +236,9 @@ def report_target(target):
     return target if isinstance(target, Target) else load_target(target)
 
 
-def _result(qmodel, float_model, chosen, precision, base, score, target, met, evals, report):
+def _result(quantized, chosen, precision, base, score, target, met, evals, report):
     changes = {n: precision for n in chosen}
     return MixedPrecisionResult(
-        apply_precisions(qmodel, changes, float_model), changes, base, score, target, met, evals, report,
-        config_overrides(changes),
+        quantized.with_precisions(changes), changes, base, score, target, met, evals, report,
+        config_overrides(changes, requantizer_of(quantized).layers),
     )

@@ -1,6 +1,8 @@
 """Per-layer quantization sensitivity (AIMET's QuantAnalyzer, Horizon's per-node similarity).
 
-For every weight layer of a quantized model two variants are scored against the float model:
+For every layer of a quantization plan (:class:`npuflow.quant.plan.Layer`: a weighted layer with
+the activations fused into it, or a weightless op with a quantize step of its own) two variants
+are scored against the float model:
 
 * **float only this layer** (everything else quantized): how much of the total loss the layer
   is responsible for; the ranking key, since keeping the top layers in higher precision is the
@@ -13,8 +15,10 @@ For every weight layer of a quantized model two variants are scored against the 
 The score is the cosine similarity of all model outputs to the float model's, pooled over the
 evaluation feeds (a per-feed mean scored PP-OCRv4 det's all-background maps, ~1e-10 in float,
 0 or 1 at random), or a user metric ``metric(model) -> float`` (higher is better).  Variants are
-built by editing the QDQ model (:mod:`npuflow.analyze.qdq_edit`), so nothing is re-calibrated,
-and the ranking is deterministic (ties broken by layer name).
+plan overrides exported from the statistics the quantizer collected
+(:meth:`npuflow.quant.requantize.Requantizer.export`), so nothing is re-calibrated, a variant
+is the model ``quantize`` builds with the same ``keep_float``, and the ranking is deterministic
+(ties broken by layer name).  CPU-placed nodes are no layers: they run in float already.
 
 Each layer costs two runs of the model over the feeds (YOLOv8n: ~120 layers, minutes), so the
 work is bounded: ``order`` scores the likeliest layers first (the CLI passes the quantizer's
@@ -42,7 +46,8 @@ import onnx
 
 from .. import scaleout
 from ..quant.algorithms.capture import Feed, run_outputs
-from .qdq_edit import apply_precisions, float_groups, layer_points
+from ..quant.pipeline import QuantizedModel
+from ..quant.requantize import Requantizer
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +87,20 @@ def similarity_metric(float_model: onnx.ModelProto, feeds: Iterable[Feed]) -> Me
 Variant = tuple[tuple[tuple[str, str], ...], "str | None"]
 
 
-def score_variants(context: dict, variants: Sequence[Variant]) -> list[float]:
-    """A sweep task: the metric of each variant, built by editing the quantized model.
+def overrides_of(requantizer: Requantizer, variant: Variant) -> dict[str, str]:
+    """The plan overrides of ``variant``: its changes, or every layer but the one left quantized in float."""
+    changes, only = variant
+    if only is None:
+        return dict(changes)
+    return {name: "float" for name in requantizer.layers if name != only}
 
-    ``context``: ``qmodel``, ``float_model`` and ``metric`` (shared by every task of a sweep)."""
-    qmodel, float_model, metric = context["qmodel"], context["float_model"], context["metric"]
-    return [metric(apply_precisions(qmodel, dict(changes), float_model, quantize_only=only))
-            for changes, only in variants]
+
+def score_variants(context: dict, variants: Sequence[Variant]) -> list[float]:
+    """A sweep task: the metric of each variant, exported with its plan overrides.
+
+    ``context``: ``requantizer`` and ``metric`` (shared by every task of a sweep)."""
+    rq, metric = context["requantizer"], context["metric"]
+    return [metric(rq.export(overrides_of(rq, v))) for v in variants]
 
 
 def _score_layer(context: dict, item: tuple[str, list[Variant]]) -> tuple[str, list[float]]:
@@ -96,15 +108,29 @@ def _score_layer(context: dict, item: tuple[str, list[Variant]]) -> tuple[str, l
     return item[0], score_variants(context, item[1])
 
 
-def sweep_context(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, metric: Metric, workers: int,
-                  ray_address: str | None) -> dict:
+def requantizer_of(quantized: QuantizedModel) -> Requantizer:
+    """The quantization's :class:`~npuflow.quant.requantize.Requantizer`."""
+    if quantized.requantizer is None:
+        raise ValueError("the model was replaced after quantize (QAT): it has no plan to override")
+    return quantized.requantizer
+
+
+def sweep_context(quantized: QuantizedModel, metric: Metric, workers: int, ray_address: str | None) -> dict:
     """What every sweep task needs; a metric for worker processes must pickle."""
     if scaleout.parallel(workers, ray_address):
         scaleout.require_picklable(metric, "the metric")
         if isinstance(metric, SimilarityMetric):
             metric = copy.copy(metric)
             metric.spinning = False
-    return {"qmodel": qmodel, "float_model": float_model, "metric": metric}
+    return {"requantizer": requantizer_of(quantized), "metric": metric}
+
+
+def float_groups(requantizer: Requantizer) -> dict[str, list[str]]:
+    """Weightless layer -> the layers to put in float with it (itself first): the layers reading
+    its quantize step.  Alone in float such a layer changes nothing, since its integer readers
+    need that step (the CPU -> accelerator boundary ``keep_float`` keeps)."""
+    return {name: [name, *layer.readers] for name, layer in requantizer.layers.items()
+            if not layer.weighted and layer.readers}
 
 
 @dataclass
@@ -138,8 +164,7 @@ class SensitivityReport:
 
 
 def analyze(
-    float_model: onnx.ModelProto,
-    qmodel: onnx.ModelProto,
+    quantized: QuantizedModel,
     feeds: Iterable[Feed] | None = None,
     metric: Metric | None = None,
     metric_name: str | None = None,
@@ -152,23 +177,25 @@ def analyze(
     ray_address: str | None = None,
     pool: scaleout.Workers | None = None,
 ) -> SensitivityReport:
-    """Score every weight layer (or the named ``layers``); returns them most sensitive first.
+    """Score every layer of ``quantized``'s plan (or the named ``layers``); most sensitive first.
 
     ``quant_only=False`` skips the "quantize only this layer" variant (reported as None), halving
     the cost when only the ranking is needed (the mixed-precision search).  ``order``: layers
-    scored first (the rest follow in graph order); ``time_budget``: seconds after which no
-    further layer is started (those left are in ``skipped``).  ``progress(layer, done, total)``
-    follows finished layers; ``workers``/``ray_address``: see the module docstring; ``pool``:
-    workers already started on :func:`sweep_context` (the mixed-precision search shares its own).
+    scored first (the rest follow in plan order: weighted layers, then weightless ones);
+    ``time_budget``: seconds after which no further layer is started (those left are in
+    ``skipped``).  ``progress(layer, done, total)`` follows finished layers;
+    ``workers``/``ray_address``: see the module docstring; ``pool``: workers already started on
+    :func:`sweep_context` (the mixed-precision search shares its own).
     """
     if metric is None:
         if feeds is None:
             raise ValueError("sensitivity analysis needs evaluation feeds or a metric")
-        metric = similarity_metric(float_model, feeds)
+        metric = similarity_metric(quantized.float_model, feeds)
         metric_name = metric_name or "output cosine similarity"
-    context = None if pool is not None else sweep_context(float_model, qmodel, metric, workers, ray_address)
-    op_types = {lp.name: lp.op_type for lp in layer_points(qmodel)}
-    groups = float_groups(qmodel)
+    rq = requantizer_of(quantized)
+    context = None if pool is not None else sweep_context(quantized, metric, workers, ray_address)
+    op_types = {name: layer.op_type for name, layer in rq.layers.items()}
+    groups = float_groups(rq)
     names = list(op_types)
     if layers is not None:
         wanted = set(layers)
@@ -176,8 +203,8 @@ def analyze(
     wanted_first = set(order)
     names = [n for n in dict.fromkeys(order) if n in names] + [n for n in names if n not in wanted_first]
     start = time.monotonic()
-    base = metric(qmodel)
-    fscore = metric(float_model)
+    base = metric(rq.export({}))
+    fscore = metric(quantized.float_model)
     started: list[str] = []
 
     def tasks() -> Iterator[tuple[str, list[Variant]]]:

@@ -91,7 +91,7 @@ def sensitivity_command(
 
     def score(result, feeds, progress):
         drops = sorted((r for r in result.report.rows if r.drop is not None), key=lambda r: (-r.drop, r.node))
-        return analyze(result.float_model, result.model, feeds, progress=progress, order=[r.node for r in drops],
+        return analyze(result, feeds, progress=progress, order=[r.node for r in drops],
                        time_budget=time_budget, workers=workers, ray_address=ray_address)
 
     _, report = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "sensitivity", score)
@@ -135,7 +135,7 @@ def mixed_precision_command(
         raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
 
     def score(result, feeds, progress):
-        return search(result.float_model, result.model, feeds, min_similarity=min_similarity,
+        return search(result, feeds, min_similarity=min_similarity,
                       precision=precision, progress=progress, workers=workers, ray_address=ray_address)
 
     result, mp = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "mixed precision",

@@ -10,6 +10,8 @@ constant too.  Large results are not folded (they would bloat the file), nor ran
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -17,6 +19,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxscript import optimizer
 
+from ..graph import is_qdq
 from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, node_reads, tensor_shapes
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -80,11 +83,14 @@ def fold_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
     For a model already optimised with dynamic dimensions whose inputs have since been frozen:
     what becomes constant is shape arithmetic (``Shape`` of now-static tensors and its chains),
-    and the full optimizer pass would cost seconds for nothing else.
+    and the full optimizer pass would cost seconds for nothing else.  Quantize/dequantize steps
+    are never folded: in a quantized model frozen this way (the quantizer's view of its one
+    dynamic graph) a weight's ``DequantizeLinear`` reads constants only, and folding it would
+    turn the integer weight back into a float one.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    _fold_remaining(out)
+    _fold_remaining(out, keep=is_qdq)
     return out
 
 
@@ -100,7 +106,8 @@ def _has_foldable(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _fold_remaining(model: onnx.ModelProto) -> None:
+def _fold_remaining(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto], bool] | None = None) -> None:
+    """Fold every node computing from constants only, in place; ``keep``: nodes never folded."""
     graph = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     shapes = tensor_shapes(model)
@@ -108,7 +115,7 @@ def _fold_remaining(model: onnx.ModelProto) -> None:
     kept: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     for node in graph.node:
-        value = _try_fold(node, consts, shapes, opset)
+        value = None if keep is not None and keep(node) else _try_fold(node, consts, shapes, opset)
         if value is None:
             kept.append(node)
             continue

@@ -1,12 +1,14 @@
 """From plan + statistics to the parameters and integer values of every quantized tensor.
 
-Scale groups are resolved here: a group takes the settings of its first activation member and a
-range covering every member (on power-of-two targets the smallest fix position), so all members
-share one scale and zero point.  Weights get parameters from their values; biases get
+Scale groups are resolved here: a group takes the settings of its first activation member, at
+the widest bit width of any member, and a range covering every member (on power-of-two targets
+the smallest fix position), so all members share one scale and zero point.  Why the widest: the
+members of a group are one integer tensor on the chip (a MaxPool's output is its input's codes),
+so a layer raised to 16 bits raises the tensors it shares a scale with.  Weights get parameters from their values; biases get
 ``s_in * s_w`` once input and weight scales are known.  The integer values of constants
 (weights, biases, other constant operands) are computed here with :mod:`npuflow.numerics`; the
-accuracy algorithms (bias correction, AdaRound, AdaQuant) replace entries of
-:attr:`Assignment.values` before export.
+accuracy algorithms (bias correction, AdaRound, AdaQuant) change the integer constants of the
+exported model; :mod:`.requantize` carries them into re-assignments with precision overrides.
 """
 
 from __future__ import annotations
@@ -37,8 +39,19 @@ class Assignment:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constant name -> integers (storage dtype)
 
 
-def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics) -> Assignment:
+def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: dict | None = None) -> Assignment:
+    """Parameters of every point and constant of ``plan``, integer values of the constants.
+
+    ``cache``: a dict kept between calls on the same model and statistics (the precision
+    overrides of :mod:`.requantize`): a tensor's range search (histogram methods, per-channel
+    weight searches) runs once per settings, not once per call."""
     inits = {t.name: t for t in model.graph.initializer}
+    memo = {} if cache is None else cache
+
+    def searched(key: tuple, compute):
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def const_value(name: str) -> np.ndarray:
         return numpy_helper.to_array(inits[name]).astype(np.float32)
@@ -55,13 +68,17 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics) -> Assign
         if not points:
             continue
         settings = points[0].settings
+        widest = max(p.settings.bit_width for p in points)
+        if widest != settings.bit_width:
+            settings = settings.model_copy(update={"bit_width": widest})
         lo, hi, fixes = 0.0, 0.0, []
         for p in points:
             mm = stats.minmax.get(p.name)
             if mm is None or mm.count == 0:
                 log.warning("no calibration statistics for %s; it gets a unit range", p.name)
                 continue
-            plo, phi, fix = activation_params(p.name, p.kind, settings, mm, stats.hist.get(p.name))
+            plo, phi, fix = searched(("activation", p.name, p.kind, settings.model_dump_json()),
+                                     lambda: activation_params(p.name, p.kind, settings, mm, stats.hist.get(p.name)))
             lo, hi = min(lo, plo), max(hi, phi)
             if fix is not None:
                 fixes.append(fix)
@@ -86,10 +103,14 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics) -> Assign
     for name, use in plan.consts.items():
         if name in out.params or use.role == "bias":
             continue
-        q = weight_params(name, const_value(name), use.settings, use.axis,
-                          kind="weight" if use.role == "weight" else "constant")
-        out.params[name] = q
-        out.values[name] = q.quantize(const_value(name))
+        kind = "weight" if use.role == "weight" else "constant"
+
+        def quantized(name: str = name, use=use, kind: str = kind) -> tuple[TensorQuant, np.ndarray]:
+            q = weight_params(name, const_value(name), use.settings, use.axis, kind=kind)
+            return q, q.quantize(const_value(name))
+
+        out.params[name], out.values[name] = searched(("weight", name, kind, use.axis, use.settings.model_dump_json()),
+                                                      quantized)
 
     for name, use in plan.consts.items():
         if use.role != "bias":

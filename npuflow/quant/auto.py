@@ -27,7 +27,6 @@ float``, higher is better) replaces it, for example top-1 agreement on held-out 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -155,9 +154,9 @@ def _cpu_fallback(q: QuantizedModel, goal: float, target: Any, calib_data: Any, 
 
     t0 = time.perf_counter()
     feeds = list(open_samples(calib_data, q.float_model, samples=q.config.similarity_samples))
-    result = mixed_precision.search(q.float_model, q.model, feeds, min_similarity=goal)
+    result = mixed_precision.search(q, feeds, min_similarity=goal)
     cost = mixed_precision.perf_cost(q.float_model, target, result.changes)
-    quantized = dataclasses.replace(q, model=result.model, dynamic_model=result.model, saves_dynamic=False)
+    quantized = result.quantized
     score = result.score if metric is None else float(metric(quantized))
     fallback = {"layers": sorted(result.changes), **cost}
     step = Step("CPU fallback", f"{len(result.changes)} layer(s) in float on the CPU "

@@ -89,21 +89,21 @@ def _candidate_error(context: dict, percentile: float) -> float:
     return relative_error(run_outputs(q, context["feeds"], spinning=context["spinning"]), context["reference"])
 
 
-def apply(model: onnx.ModelProto, plan: QuantPlan, twin_plan: QuantPlan, stats: Statistics, samples: Iterable[Feed],
+def apply(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, samples: Iterable[Feed],
           candidates: Sequence[float], *, target_name: str, scale_type: str,
           progress: Progress | None = None, workers: int = 1,
-          ray_address: str | None = None) -> tuple[QuantPlan, QuantPlan, dict]:
-    """Both twins' plans with the chosen percentile, and the record for ``quant_info``.
+          ray_address: str | None = None) -> tuple[QuantPlan, dict]:
+    """The plan with the chosen percentile, and the record for ``quant_info``.
 
     Candidates run on the samples whose float outputs calibration kept (bias correction's check
     uses the same ones): on 16 instead of 32, EfficientNet-Lite0 picked the other side of a 7 %
-    difference in output error.  Plans come back unchanged when no sample can be read again.
+    difference in output error.  The plan comes back unchanged when no sample can be read again.
     """
     feeds = list(itertools.islice(iter(samples), len(stats.outputs)))
     if not feeds:
-        return plan, twin_plan, {}
+        return plan, {}
     best, errors = choose_percentile(model, plan, stats, candidates, feeds, stats.outputs[:len(feeds)],
                                      target_name=target_name, scale_type=scale_type, progress=progress,
                                      workers=workers, ray_address=ray_address)
     record = {"chosen": best, "output_errors": {str(p): e for p, e in errors.items()}, "checked_on": len(feeds)}
-    return with_percentile(plan, best), with_percentile(twin_plan, best), {"percentile_search": record}
+    return with_percentile(plan, best), {"percentile_search": record}

@@ -1,41 +1,45 @@
 """``npuflow.quantize``: the post-training quantization pipeline, one clear step after another.
 
-1. load the model with static input shapes (the ``input_shapes`` given; dimensions they leave
-   dynamic take the first calibration sample's shape, :func:`.data.peek`): the quantizer works
-   on this one graph, folded as ``check`` folds it, so the placement ``check`` reports is the
-   one quantized.  A *dynamic* twin keeps the dimensions the source leaves dynamic (OCR widths,
-   batch) for calibration samples that differ in shape, and is what ``save`` writes when no
-   ``input_shapes`` were given (``calib_dynamic_dims`` unset: a twin exactly when dimensions are
-   left open; true/false force it);
-2. float optimisation (:func:`npuflow.passes.optimize.optimize_float`) -> the optimised float
-   model; the static one is ``optimized_float_model.onnx``;
-3. pre-calibration float algorithms (CLE, ``include_cle``) on the float model
-   (:mod:`.algorithms.apply`);
-4. target legalisation (:func:`.legalize.legalize`), the checker's placement of the optimised
-   float model and the quantization plan (:mod:`.plan`): on accelerator targets only the nodes
-   placed on the accelerator are quantized (:mod:`.placement`);
+1. load the model; dimensions ``input_shapes`` leave dynamic take the first calibration
+   sample's shape (:func:`.data.peek`), the shape the model is *quantized at*;
+2. float optimisation (:func:`npuflow.passes.optimize.optimize_float`) of **one graph**: the model
+   with the source's dynamic dimensions (OCR widths, batch) where calibration samples may vary
+   in them (``calib_dynamic_dims``, by default exactly when ``input_shapes`` leave dimensions
+   open), else the model frozen at the quantized shape;
+3. pre-calibration float algorithms (CLE, ``include_cle``) on it (:mod:`.algorithms.apply`);
+4. target legalisation (:func:`.legalize.legalize`), the checker's placement and the
+   quantization plan (:mod:`.plan`): on accelerator targets only the nodes placed on the
+   accelerator are quantized (:mod:`.placement`);
 5. one streaming calibration pass (:mod:`.calibrate`);
 6. parameters and integer constants (:func:`.assign.assign`);
 7. QDQ export (:mod:`.export`), then the per-layer weight algorithms on the QDQ model
    (AdaRound/AdaQuant ``fast_finetune``, bias correction ``include_bias_corr``:
    :func:`.algorithms.apply.after_export`), quant_info and the accuracy report (:mod:`.report`),
-   with the checker's placement (``ON``/``Subgraph`` columns) of the optimised float model;
+   with the checker's placement (``ON``/``Subgraph`` columns);
 8. the accuracy check: the model outputs' cosine similarity to the float model on the first
    ``similarity_samples`` calibration samples must reach ``min_output_cosine``, or quantize
    warns (``strict``: raises ``NPF_QUANT_LOW_SIMILARITY``).  A collapsed model (PP-OCRv4 det
    on a DPU: text maps at 1e-5 where FP32 finds text) is never returned silently.
 
-Calibration samples must have the shape the model is quantized at, unless twins let the source's
-dynamic dimensions vary: a 640-pixel set for a model frozen at 320 gives ranges of another input
-distribution.
+Shapes are frozen only where a stage needs them, as views of the one graph (:func:`_frozen`):
+``check`` places the float graph frozen at the quantized shape and folded as it folds it (an
+``If`` on the input length decided), so the placement it reports is the one quantized and
+compiled; ``QuantizedModel.model`` (what ``compile`` reads) and ``float_model``
+(``optimized_float_model.onnx``) are the quantized and the float graph frozen the same way.  A model whose
+control flow the frozen shape folds away is another graph at that shape, so by default it is
+quantized frozen (``calib_dynamic_dims: true`` keeps it dynamic).
 
-With twins, tensor and node names are identical in both, so statistics gathered on the dynamic
-one apply to the static one by name; what the static twin folds (a shape-dependent ``If``) the
-dynamic one keeps, which is why such a model gets no twin unless ``calib_dynamic_dims`` is true.
+Calibration samples must have the quantized shape except in the dimensions the graph keeps
+dynamic: a 640-pixel set for a model frozen at 320 gives ranges of another input distribution.
+
+The result keeps what precision overrides need (:class:`.requantize.Requantizer`): the plan, the
+statistics and the final integer constants, so sensitivity analysis and the mixed-precision
+search re-export layers in float or int16 without calibrating again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -67,6 +71,7 @@ from .params import TensorQuant
 from .placement import accelerator_nodes
 from .plan import build_plan
 from .quant_info import quant_info
+from .requantize import Requantizer, final_assignment
 from .report import QuantReport, add_placement, build_report, low_similarity, output_similarity
 
 log = logging.getLogger(__name__)
@@ -76,8 +81,8 @@ log = logging.getLogger(__name__)
 class QuantizedModel:
     """The result of :func:`quantize`: models, parameters and the accuracy report."""
 
-    model: onnx.ModelProto  # quantized_model.onnx (static input shapes)
-    dynamic_model: onnx.ModelProto  # same quantization, source-dynamic dims kept (varying input sizes)
+    model: onnx.ModelProto  # the quantized graph at the shape it is quantized at (``dynamic_model`` frozen)
+    dynamic_model: onnx.ModelProto  # the quantized graph, with the dims the source and the samples leave dynamic
     original_model: onnx.ModelProto
     float_model: onnx.ModelProto  # optimized_float_model.onnx
     quant_params: dict[str, TensorQuant]
@@ -90,6 +95,19 @@ class QuantizedModel:
     #: ``save`` writes ``dynamic_model`` as quantized_model.onnx: the source's dynamic dims were
     #: left open (no ``input_shapes``), so the saved model runs every size the source runs
     saves_dynamic: bool = False
+    #: re-exports this quantization with per-layer precision overrides (sensitivity, mixed
+    #: precision); None once the model no longer comes from it (a QAT model)
+    requantizer: Requantizer | None = None
+
+    def with_precisions(self, overrides: Mapping[str, str]) -> "QuantizedModel":
+        """This quantization with layers set to ``float``/``int16`` (:mod:`.requantize`): the
+        plan re-built with the overrides, parameters from the same statistics, no calibration."""
+        if self.requantizer is None:
+            raise ValueError("this model has no quantization plan to override (it was replaced after quantize)")
+        dynamic = self.requantizer.export(overrides)
+        static = dynamic if not self.config.calib_dynamic_dims else _frozen(
+            dynamic, {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in self.float_model.graph.input})
+        return dataclasses.replace(self, model=static, dynamic_model=dynamic)
 
     def require_similarity(self) -> None:
         """Raise the accuracy check's ``NPF_QUANT_LOW_SIMILARITY``, if it found one (``--strict``)."""
@@ -144,71 +162,71 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     loaded = model_io.load(source_proto, shapes, infer_shapes=False)
     original = model_io.infer_static_shapes(loaded)
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
-    twins = bool(open_dims) if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
+    dynamic = bool(open_dims) if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
     _step(progress, "optimize")
-    d_opt = optimize_float(_dynamic_twin(source_proto, loaded) if twins else original)
-    if twins and cfg.calib_dynamic_dims is None and _branches_on_shape(d_opt, static_inputs):
+    opt = optimize_float(_dynamic_graph(source_proto, loaded) if dynamic else original)
+    if dynamic and cfg.calib_dynamic_dims is None and _branches_on_shape(opt, static_inputs):
         log.info("the model branches on its dynamic input dimensions: quantized and saved at %s", static_inputs)
-        twins = False
-        d_opt = optimize_float(original)
-    cfg = cfg.model_copy(update={"calib_dynamic_dims": twins})  # as resolved, for callers reading samples again
-    d_opt = algorithms.pre_calibration(d_opt, cfg, lambda: CalibrationSource(
-        calib_data, _input_specs(d_opt, static_inputs, cfg.calib_dynamic_dims), shapes=cfg.calib_shapes,
+        dynamic = False
+        opt = optimize_float(original)
+    cfg = cfg.model_copy(update={"calib_dynamic_dims": dynamic})  # as resolved, for callers reading samples again
+    opt = algorithms.pre_calibration(opt, cfg, lambda: CalibrationSource(
+        calib_data, _input_specs(opt, static_inputs, cfg.calib_dynamic_dims), shapes=cfg.calib_shapes,
         dtype=cfg.calib_dtype, limit=cfg.max_calib_samples))
-    s_opt = _static_twin(d_opt, static_inputs) if twins else model_io.infer_static_shapes(d_opt)
-    cfg.check_names([n.name for n in s_opt.graph.node if n.name] + [n.name for n in d_opt.graph.node if n.name])
+    float_model = _frozen(opt, static_inputs) if dynamic else model_io.infer_static_shapes(opt)
+    cfg.check_names([n.name for n in opt.graph.node if n.name])
 
-    s_leg = model_io.infer_static_shapes(legalize(s_opt, tgt))
-    d_leg = onnx.shape_inference.infer_shapes(legalize(d_opt, tgt)) if twins else s_leg
-    placement = check(s_opt, tgt)
-    allowed = accelerator_nodes(placement, s_leg, tgt)
-    plan_s = build_plan(s_leg, tgt, cfg, allowed)
-    plan_d = build_plan(d_leg, tgt, cfg, allowed) if twins else plan_s
-    if not plan_s.quantized and (holders := model_io.control_flow_nodes(s_leg)):
+    leg = legalize(opt, tgt)
+    leg = onnx.shape_inference.infer_shapes(leg) if dynamic else model_io.infer_static_shapes(leg)
+    placement = check(float_model, tgt)
+    allowed = accelerator_nodes(placement, leg, tgt)
+    plan = build_plan(leg, tgt, cfg, allowed)
+    if not plan.quantized and (holders := model_io.control_flow_nodes(leg)):
         raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))
 
-    inputs = _input_specs(d_leg, static_inputs, cfg.calib_dynamic_dims)
+    inputs = _input_specs(leg, static_inputs, cfg.calib_dynamic_dims)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)
-    tensors = list(plan_d.points)
-    hist = {t for t, p in plan_d.points.items() if p.settings.method in HISTOGRAM_METHODS}
+    tensors = list(plan.points)
+    hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
-    search = percentile_search.applies(cfg, plan_d)
+    search = percentile_search.applies(cfg, plan)
     guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
     keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
-    stats, kept = collect(d_leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
+    stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept
 
     searched: dict = {}
     if search:
         _step(progress, percentile_search.STAGE)
-        plan_d, plan_s, searched = percentile_search.apply(d_leg, plan_d, plan_s, stats, again, cfg.percentile_candidates,
-                                                           target_name=tgt.name, scale_type=tgt.numerics.scale_type,
-                                                           progress=progress, workers=cfg.calib_workers,
-                                                           ray_address=cfg.calib_ray_address)
-    asg_s = assign(s_leg, plan_s, stats)
-    asg_d = assign(d_leg, plan_d, stats) if twins else asg_s
+        plan, searched = percentile_search.apply(leg, plan, stats, again, cfg.percentile_candidates,
+                                                 target_name=tgt.name, scale_type=tgt.numerics.scale_type,
+                                                 progress=progress, workers=cfg.calib_workers,
+                                                 ray_address=cfg.calib_ray_address)
+    asg = assign(leg, plan, stats)
 
     _step(progress, "export")
-    q_static = export_qdq(s_leg, plan_s, asg_s, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    q_dynamic = export_qdq(d_leg, plan_d, asg_d, target_name=tgt.name, scale_type=tgt.numerics.scale_type) \
-        if twins else q_static
-    q_static, q_dynamic, applied = algorithms.after_export(d_leg, q_dynamic, q_static, lambda: again, cfg, tgt,
-                                                             reference=stats.outputs)
+    exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
+    _, q_model, applied = algorithms.after_export(leg, exported, exported, lambda: again, cfg, tgt,
+                                                  reference=stats.outputs)
     applied = {**searched, **applied}
     _step(progress, "report")
-    report = build_report(d_opt, q_dynamic, plan_d, asg_d.params, kept[:cfg.report_samples])
+    report = build_report(opt, q_model, plan, asg.params, kept[:cfg.report_samples])
     add_placement(report, placement)
-    problem = _accuracy_check(report, d_opt, q_dynamic, again, cfg, progress)
+    problem = _accuracy_check(report, opt, q_model, again, cfg, progress)
     if problem is not None and warn and not strict:
         log.warning("[%s] %s\n  hint: %s", problem.code, problem.message, problem.hint)
-    info = quant_info(asg_s.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
+    info = quant_info(asg.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
                       bias_corrected=applied.get("bias_correction", {}).get("kept", False),
                       fast_finetuned=cfg.fast_finetune is not None, algorithms=applied)
-    result = QuantizedModel(model=q_static, dynamic_model=q_dynamic, original_model=original, float_model=s_opt,
-                            quant_params=asg_s.params, report=report, target=tgt, config=cfg, info=info, problem=problem,
-                            saves_dynamic=twins and not input_shapes)
+    chosen = applied.get("percentile_search", {}).get("chosen")
+    requantizer = Requantizer(leg, tgt, cfg, allowed, stats, plan, asg, final_assignment(q_model, asg), q_model,
+                              percentile=chosen)
+    result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
+                            original_model=original, float_model=float_model, quant_params=asg.params, report=report,
+                            target=tgt, config=cfg, info=info, problem=problem, saves_dynamic=dynamic and not input_shapes,
+                            requantizer=requantizer)
     if strict:
         result.require_similarity()
     return result
@@ -250,7 +268,7 @@ def _length(data: CalibrationSource) -> int | None:
         return None
 
 
-def _dynamic_twin(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
+def _dynamic_graph(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
     """The loaded model with the source's dynamic input dimensions left symbolic and no value_info.
 
     A dimension keeps the source's name (a saved model shows what the exporter wrote) when that
@@ -274,17 +292,23 @@ def _dynamic_twin(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.Mode
     return proto
 
 
-def _branches_on_shape(d_model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> bool:
-    """Whether freezing the inputs folds control flow away (an ``If`` on the input length): then the
-    dynamic twin's tensors are not the static one's and cannot calibrate it by name."""
-    held = model_io.control_flow_nodes(d_model)
-    return bool(held) and held != model_io.control_flow_nodes(_static_twin(d_model, static_inputs))
+def _branches_on_shape(model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> bool:
+    """Whether freezing the inputs folds control flow away (an ``If`` on the input length): then
+    the graph at the quantized shape is another graph, and only that one can be quantized."""
+    held = model_io.control_flow_nodes(model)
+    return bool(held) and held != model_io.control_flow_nodes(_frozen(model, static_inputs))
 
 
-def _static_twin(d_model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> onnx.ModelProto:
-    """Freeze the inputs of a dynamic twin, fold what became constant, infer static shapes."""
+def _frozen(model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> onnx.ModelProto:
+    """A view of ``model`` at the shape it is quantized at: inputs frozen, static shapes inferred,
+    the shape arithmetic that became constant folded (as ``check`` folds it; quantize and
+    dequantize steps are never folded).
+
+    The quantizer works on one graph with the source's dynamic dimensions; the stages that need
+    static shapes read this view: ``check`` and the report (the float graph) and ``compile``
+    (``QuantizedModel.model``)."""
     proto = onnx.ModelProto()
-    proto.CopyFrom(d_model)
+    proto.CopyFrom(model)
     for inp in model_io.graph_inputs(proto):
         dims = inp.type.tensor_type.shape.dim
         for k, value in enumerate(static_inputs[inp.name]):
@@ -300,7 +324,7 @@ def _input_specs(model: onnx.ModelProto, static_inputs: dict[str, list[int]], dy
     specs = []
     for inp in model_io.graph_inputs(model):
         tt = inp.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
         if not dynamic_dims:
             dims = tuple(static_inputs[inp.name])
         specs.append(InputSpec(inp.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))

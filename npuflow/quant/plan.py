@@ -12,12 +12,22 @@ The plan answers, from the graph and the target alone (no data yet):
   reader is an activation the target fuses into it (no quantize step between, docs section 1.4);
 * which constants are weights (with per-channel axis), biases (int32, ``s_in * s_w``) or other
   constant operands;
-* scale groups (concat inputs/outputs, add inputs on power-of-two targets, pass-through ops).
+* scale groups (concat inputs/outputs, add inputs on power-of-two targets, pass-through ops);
+* the *layers* a precision override addresses (:class:`Layer`): a quantized node with the
+  activations the target fuses into it, or a weightless op with its own quantize step.
+
+Precision overrides (``overrides``: layer name -> ``float`` / ``int8`` / ``int16``) are rules of
+the plan, not edits of an exported model: ``float`` keeps the layer's nodes in float as
+``keep_float`` does, ``int16`` gives its activations and weights 16 bits.  Sensitivity analysis
+and the mixed-precision search (:mod:`npuflow.analyze`) rebuild the plan with overrides and
+re-run assign + export on the statistics already collected (:mod:`.requantize`), so what they
+score is what ``quantize`` builds with the same overrides in its config.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import onnx
 
@@ -27,10 +37,15 @@ from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuse
                          unit_kind)
 from ..passes.activations import op_kind
 from ..graph import GraphView, attr
+from ..errors import NpuflowError, did_you_mean
 from ..targets import Target
 from .config import QuantConfig, TensorSettings
 
 _FLOAT = onnx.TensorProto.FLOAT
+#: What a precision override may set a layer to (``int8``: as the config resolves it).
+PRECISIONS = ("int8", "int16", "float")
+#: Tensor kinds an ``int16`` override widens (biases stay int32; a graph input keeps its own settings).
+_WIDENED = ("activation", "weight")
 
 
 @dataclass
@@ -59,12 +74,31 @@ class ActPoint:
 
 
 @dataclass
+class Layer:
+    """What one precision override addresses: a quantized node with the activation units the
+    target fuses into it (a Conv with its ReLU6 or hard-swish: one quantize step, after the
+    activation), or a weightless op with a quantize step of its own (Add, MaxPool, Reshape...),
+    named by the node that writes that step's tensor."""
+
+    name: str
+    op_type: str
+    nodes: list[str]  # node keys, in graph order
+    weighted: bool  # it has a quantized weight
+    outputs: list[str]  # the activation points it writes
+    readers: list[str] = field(default_factory=list)  # other layers reading those points
+
+
+@dataclass
 class QuantPlan:
     quantized: set[str] = field(default_factory=set)  # node names (or first output for unnamed nodes)
     points: dict[str, ActPoint] = field(default_factory=dict)
     internal: set[str] = field(default_factory=set)
     consts: dict[str, ConstUse] = field(default_factory=dict)
     parent: dict[str, str] = field(default_factory=dict)  # union-find over tensor names
+    #: the layers, weighted ones first, each group in graph order
+    layers: dict[str, Layer] = field(default_factory=dict)
+    #: the precision overrides this plan was built with (layer name -> float | int16)
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def find(self, t: str) -> str:
         root = t
@@ -92,15 +126,20 @@ def node_key(node: onnx.NodeProto) -> str:
 
 
 def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
-               allowed: set[str] | None = None) -> QuantPlan:
+               allowed: set[str] | None = None, overrides: Mapping[str, str] | None = None) -> QuantPlan:
     """The plan of legalised ``model``; ``allowed``: the only node keys that may be quantized
-    (the accelerator's nodes, :func:`.placement.accelerator_nodes`), ``None`` for all."""
+    (the accelerator's nodes, :func:`.placement.accelerator_nodes`), ``None`` for all;
+    ``overrides``: layer (node key) -> precision (module docstring).  An override of a node
+    that is part of a fused layer applies to the whole layer, as ``keep_float`` does."""
     graph = model.graph
     idx = GraphView(graph)
     types = tensor_elem_types(model)
     structural = _structural_units(graph, idx)
-    keep = _with_fused_activations(set(config.keep_float), structural, idx, target)
-    plan = QuantPlan()
+    changed = _checked_overrides(overrides or {}, graph)
+    floats = {n for n, p in changed.items() if p == "float"}
+    keep = _with_fused_activations(set(config.keep_float) | floats, structural, idx, target)
+    wide = _with_fused_activations({n for n, p in changed.items() if p == "int16"}, structural, idx, target)
+    plan = QuantPlan(overrides=changed)
     inputs = {i.name for i in graph.input} - set(idx.inits)
 
     def is_float(t: str) -> bool:
@@ -136,7 +175,10 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
             plan.internal.add(x)
 
     def resolve(kind: str, node: onnx.NodeProto) -> TensorSettings:
-        return config.resolve(target, kind, node.op_type, node_key(node))
+        settings = config.resolve(target, kind, node.op_type, node_key(node))
+        if kind in _WIDENED and node_key(node) in wide:
+            settings = settings.model_copy(update={"bit_width": 16})
+        return settings
 
     for node in graph.node:
         if node_key(node) not in plan.quantized:
@@ -174,7 +216,55 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
                 plan.points[o] = ActPoint(o, "activation", node_key(node), resolve("activation", node), True)
 
     _scale_groups(graph, plan, idx)
+    plan.layers = _layers(graph, idx, plan, units)
     return plan
+
+
+def _checked_overrides(overrides: Mapping[str, str], graph: onnx.GraphProto) -> dict[str, str]:
+    """The overrides that change something (``int8`` is the plan's own precision); a precision
+    that is not one of :data:`PRECISIONS`, or a name that is no node of the graph, is an error."""
+    known = {node_key(n) for n in graph.node}
+    for name, precision in overrides.items():
+        if precision not in PRECISIONS:
+            raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
+        if name not in known:
+            raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field="precision overrides", name=name,
+                               examples=", ".join(repr(n) for n in sorted(known)[:3]),
+                               suggestion=did_you_mean(name, known))
+    return {n: p for n, p in overrides.items() if p != "int8"}
+
+
+def _layers(graph: onnx.GraphProto, idx: GraphView, plan: QuantPlan,
+            units: list[tuple[list[onnx.NodeProto], str, str]]) -> dict[str, Layer]:
+    """The plan's layers (:class:`Layer`): every quantized node belongs to exactly one.
+
+    A unit fused into its producer (its input is internal) joins the producer's layer; any
+    other unit is a layer of its own, named by its last node (the one writing its quantize
+    step's tensor); every other quantized node is a layer."""
+    unit_of = {node_key(n): (unit, x) for unit, x, _ in units for n in unit}
+    owner: dict[str, str] = {}
+    for node in graph.node:
+        key = node_key(node)
+        if key not in plan.quantized:
+            continue
+        if key in unit_of:
+            unit, x = unit_of[key]
+            prod = idx.producer_node(x)
+            owner[key] = owner[node_key(prod)] if x in plan.internal and prod is not None else node_key(unit[-1])
+        else:
+            owner[key] = key
+    nodes = {node_key(n): n for n in graph.node}
+    members: dict[str, list[str]] = {}
+    for key, name in owner.items():
+        members.setdefault(name, []).append(key)
+    weights = {c.node for c in plan.consts.values() if c.role == "weight"}
+    layers = {}
+    for name, keys in members.items():
+        outputs = [t for t, p in plan.points.items() if p.quantized_producer and p.owner in keys]
+        readers = {owner[node_key(c)] for t in outputs for c in idx.consumer_nodes(t) if node_key(c) in owner}
+        layers[name] = Layer(name, nodes[name].op_type, keys, bool(weights & set(keys)), outputs,
+                             sorted(readers - {name}))
+    return {n: layers[n] for n in sorted(layers, key=lambda n: not layers[n].weighted)}
 
 
 def _float_tail(graph: onnx.GraphProto, idx: GraphView, plan: QuantPlan) -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from npuflow.analyze import mixed_precision, sensitivity
-from npuflow.analyze.qdq_edit import apply_precisions, layer_points
 from npuflow.quant import quantize
 
 pytestmark = pytest.mark.models
@@ -34,15 +33,16 @@ def quantized(models, digits):
 
 
 def test_sensitivity_ranking_is_deterministic_and_json_complete(quantized, digits):
-    a = sensitivity.analyze(quantized.float_model, quantized.model, digits[12:])
-    b = sensitivity.analyze(quantized.float_model, quantized.model, digits[12:])
+    a = sensitivity.analyze(quantized, digits[12:])
+    b = sensitivity.analyze(quantized, digits[12:])
     assert a.ranking() == b.ranking()
-    names = [lp.name for lp in layer_points(quantized.model)]
+    layers = quantized.requantizer.layers
+    names = list(layers)
     assert sorted(a.ranking()) == sorted(names)
     # the 5 weighted layers, then the weightless ops with a quantized output of their own (MaxPool, Reshape)
-    weighted = [lp.name for lp in layer_points(quantized.model) if lp.layer is not None]
+    weighted = [n for n, layer in layers.items() if layer.weighted]
     assert len(weighted) == 5 and names[:5] == weighted
-    assert {lp.op_type for lp in layer_points(quantized.model) if lp.layer is None} == {"MaxPool", "Reshape"}
+    assert {layer.op_type for layer in layers.values() if not layer.weighted} == {"MaxPool", "Reshape"}
     data = json.loads(a.to_json())
     assert set(data) == {"metric", "float_score", "quantized_score", "layers", "skipped"} and data["skipped"] == []
     assert all(set(l) == {"layer", "op_type", "float_only", "quant_only", "gain", "floated_with"} for l in data["layers"])
@@ -56,20 +56,20 @@ def test_sensitivity_ranking_is_deterministic_and_json_complete(quantized, digit
 def test_float_and_int16_edits_move_towards_float(quantized, digits):
     metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
     base = metric(quantized.model)
-    everything = {lp.name: "float" for lp in layer_points(quantized.model)}
-    assert metric(apply_precisions(quantized.model, everything, quantized.float_model)) > max(base, 0.9999)
+    everything = {name: "float" for name in quantized.requantizer.layers}
+    assert metric(quantized.requantizer.export(everything)) > max(base, 0.9999)
     int16 = {n: "int16" for n in everything}
-    assert metric(apply_precisions(quantized.model, int16, quantized.float_model)) > base
+    assert metric(quantized.requantizer.export(int16)) > base
 
 
 @pytest.mark.parametrize("precision", ["float", "int16"])
 def test_auto_mixed_precision_reaches_requested_similarity(quantized, digits, precision):
     metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
     base = metric(quantized.model)
-    raised = {lp.name: precision for lp in layer_points(quantized.model)}
-    best = metric(apply_precisions(quantized.model, raised, quantized.float_model))
+    raised = {name: precision for name in quantized.requantizer.layers}
+    best = metric(quantized.requantizer.export(raised))
     target = base + (best - base) * 0.5
-    result = mixed_precision.search(quantized.float_model, quantized.model, digits[12:],
+    result = mixed_precision.search(quantized, digits[12:],
                                     min_similarity=target, precision=precision)
     assert result.met and result.score >= target
     assert 1 <= len(result.changes) < 5 and set(result.changes.values()) == {precision}
@@ -106,26 +106,29 @@ def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_pat
 
 
 def test_weightless_points_can_be_kept_in_float_or_raised_to_int16(quantized, digits):
-    lps = layer_points(quantized.model)
-    lp = next(lp for lp in lps if lp.layer is None)
-    tensor, read_as = lp.outputs[0].q.input[0], lp.outputs[0].dq.output[0]
-    readers = [r.name for r in lps if r.layer is not None and read_as in r.layer.node.input]
-    assert readers
+    rq = quantized.requantizer
+    name, layer = next((n, l) for n, l in rq.layers.items() if not l.weighted)
+    tensor, = layer.outputs
+    assert layer.readers
 
-    def bypassed(model) -> bool:
-        return any(n.op_type == "Identity" and list(n.input) == [tensor] for n in model.graph.node)
+    def quantized_at(model) -> dict[str, str]:
+        """Activation tensor -> the op type of its quantize step."""
+        return {n.input[0]: n.op_type for n in model.graph.node if n.name.endswith("_q")}
 
     # alone it stays quantized: the integer layer reading it needs integers (a CPU -> DPU boundary)
-    assert not bypassed(apply_precisions(quantized.model, {lp.name: "float"}, quantized.float_model))
-    edited = apply_precisions(quantized.model, {n: "float" for n in [lp.name, *readers]}, quantized.float_model)
-    assert bypassed(edited)
-    raised = apply_precisions(quantized.model, {lp.name: "int16"}, quantized.float_model)
-    assert sum(n.op_type.endswith("_int16") for n in raised.graph.node) == 1
+    assert tensor in quantized_at(rq.export({name: "float"}))
+    edited = rq.export({n: "float" for n in [name, *layer.readers]})
+    assert tensor not in quantized_at(edited)
+    # int16: its quantize step and those it shares a scale with (a MaxPool's input) are 16-bit
+    raised = quantized_at(rq.export({name: "int16"}))
+    assert raised[tensor].endswith("_int16")
+    assert sum(op.endswith("_int16") for op in raised.values()) == len(quantized.requantizer.plan.groups().get(
+        quantized.requantizer.plan.find(tensor), [tensor]))
     metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
     assert metric(edited) >= metric(quantized.model) - 1e-4  # a float point never costs accuracy here
 
 
 def test_mixed_precision_changes_nothing_when_the_target_already_holds(quantized, digits):
     base = sensitivity.similarity_metric(quantized.float_model, digits[12:])(quantized.model)
-    mp = mixed_precision.search(quantized.float_model, quantized.model, digits[12:], min_similarity=base - 0.01)
+    mp = mixed_precision.search(quantized, digits[12:], min_similarity=base - 0.01)
     assert mp.met and mp.changes == {} and mp.evaluations == 1 and mp.sensitivity.layers == []

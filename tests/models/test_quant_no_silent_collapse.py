@@ -91,5 +91,5 @@ def test_det_sensitivity_floats_the_conv_transpose(det_dpu, calib):
     """The float variant of a ConvTranspose used to give its weight and bias one initializer
     name: ONNX Runtime refused the model (shape {24,24,2,2} != {24} on the first one)."""
     q, _ = det_dpu
-    rep = analyze(q.float_model, q.model, [{"x": calib[0]}], layers=["p2o.ConvTranspose.2"], quant_only=False)
+    rep = analyze(q, [{"x": calib[0]}], layers=["p2o.ConvTranspose.2"], quant_only=False)
     assert rep.ranking() == ["p2o.ConvTranspose.2"] and 0.0 <= rep.layers[0].float_only <= 1.0 + 1e-9

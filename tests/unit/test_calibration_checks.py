@@ -148,9 +148,9 @@ def test_sensitivity_handles_conv_transpose_and_a_time_budget():
     data = samples((1, 3, 4, 4), 4)
     q = npuflow.quantize(_deconv_net(), data, "cpu-int8", config={"min_output_cosine": 0})
     feeds = [{"x": x} for x in data]
-    full = analyze(q.float_model, q.model, feeds, order=["conv"])
+    full = analyze(q, feeds, order=["conv"])
     assert "deconv" in full.ranking() and not full.skipped
-    bounded = analyze(q.float_model, q.model, feeds, order=["conv"], time_budget=0.0)
+    bounded = analyze(q, feeds, order=["conv"], time_budget=0.0)
     assert bounded.layers == [] and bounded.skipped[0] == "conv" and set(bounded.skipped) == set(full.ranking())
 
 

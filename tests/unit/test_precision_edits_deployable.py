@@ -1,9 +1,10 @@
-"""Precision edits score what the quantizer would build: a float layer's edit quantizes the same
-tensors as re-quantizing with that layer in ``keep_float``.
+"""Precision edits score what the quantizer would build: a layer in float is the plan with that
+layer in ``keep_float``, exported from the same statistics, so it equals re-quantizing with it.
 
-The edit used to drop a float layer's output pair even where an integer layer reads it, so the
-mixed-precision search scored models no accelerator can run (PP-OCRv4 rec on B4096: the search
-reported 92.7 % lines for 126 float points; re-quantizing with them as ``keep_float`` gave 68.7 %).
+Edits of the exported QDQ model used to drop a float layer's output pair even where an integer
+layer reads it, so the mixed-precision search scored models no accelerator can run (PP-OCRv4 rec
+on B4096: the search reported 92.7 % lines for 126 float points; re-quantizing with them as
+``keep_float`` gave 68.7 %).  Plan overrides make that mismatch impossible by construction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from onnx import TensorProto, helper
 
 import npuflow
 from npuflow import qdq
-from npuflow.analyze.qdq_edit import apply_precisions, float_groups, layer_points
+from npuflow.analyze.sensitivity import float_groups
+from npuflow.errors import NpuflowError
 from npuflow.quant.algorithms.qdq_weights import quantized_layers
 
 from .quant_nets import _init, model_from, samples
@@ -95,29 +97,44 @@ def float_subsets(names: list[str]) -> list[list[str]]:
 
 
 def test_layers_are_whole_fused_units(base):
-    lps = {lp.name: lp for lp in layer_points(base.model)}
+    layers = base.requantizer.layers
     # conv1 owns the pair after its fused (legalised) hard-swish; relu2's pair is conv2's
-    assert [p.q.input[0] for p in lps["conv1"].outputs] == ["hs"]
-    assert [p.q.input[0] for p in lps["conv2"].outputs] == ["r2"]
-    assert "hswish" not in lps
+    assert layers["conv1"].outputs == ["hs"] and layers["conv1"].weighted
+    assert layers["conv2"].outputs == ["r2"] and "relu2" in layers["conv2"].nodes
+    assert "hswish" not in layers and "relu2" not in layers
+    assert "sig" not in layers  # placed on the CPU: it runs in float already
 
 
-def test_float_edits_quantize_what_keep_float_quantizes(target_base, calib):
-    """On the DPU (a CPU Sigmoid, a fused hard-swish) and on cpu-int8 (its float tail)."""
+def test_float_edits_are_what_keep_float_builds(target_base, calib):
+    """On the DPU (a CPU Sigmoid, a fused hard-swish) and on cpu-int8 (its float tail): the same
+    quantize steps and constants; on the DPU (no percentile search, whose choice depends on the
+    layers quantized) the same model, scales included."""
     target, base = target_base
-    names = [lp.name for lp in layer_points(base.model)]
+    names = list(base.requantizer.layers)
     for floats in float_subsets(names):
-        edited = apply_precisions(base.model, {n: "float" for n in floats}, base.float_model)
+        edited = base.requantizer.export({n: "float" for n in floats})
         again = npuflow.quantize(hswish_net(), calib, target=target,
                                  config={"include_bias_corr": False, "report_samples": 0, "keep_float": floats})
         assert quantized_tensors(edited) == quantized_tensors(again.model), floats
         assert quantized_constants(edited) == quantized_constants(again.model), floats
+        if target == DPU:
+            assert edited.SerializeToString() == again.model.SerializeToString(), floats
+
+
+def test_overrides_name_layers_of_the_plan(base):
+    for overrides, code in (({"nope": "float"}, "NPF_QUANT_UNKNOWN_LAYER"), ({"sig": "float"}, "NPF_QUANT_UNKNOWN_LAYER"),
+                            ({"conv1": "int4"}, "NPF_QUANT_BAD_PRECISION")):
+        with pytest.raises(NpuflowError) as err:
+            base.requantizer.export(overrides)
+        assert err.value.code == code
+    same = base.requantizer.export({"conv1": "int8"})
+    assert same.SerializeToString() == base.dynamic_model.SerializeToString()
 
 
 def test_an_integer_layer_never_reads_a_float_tensor(base):
-    names = [lp.name for lp in layer_points(base.model)]
+    names = list(base.requantizer.layers)
     for floats in float_subsets(names):
-        edited = apply_precisions(base.model, {n: "float" for n in floats}, base.float_model)
+        edited = base.requantizer.export({n: "float" for n in floats})
         producer = {o: n for n in edited.graph.node for o in n.output}
         for layer in quantized_layers(edited):
             assert producer[layer.node.input[0]].op_type == "DequantizeLinear", (floats, layer.name)
@@ -162,12 +179,36 @@ def test_a_hard_swish_is_one_unit_on_cpu_targets(calib):
 def test_a_weightless_layer_goes_to_float_with_its_readers(base):
     """Sensitivity and the mixed-precision search float a weightless op together with the layers
     reading it: alone its quantize step stays for them, so alone it would never rank."""
-    groups = float_groups(base.model)
+    groups = float_groups(base.requantizer)
     assert groups["add"] == ["add", "scale"]
-    assert groups["sig"] == ["sig", "conv3"]  # the CPU -> DPU boundary goes when conv3 leaves the DPU
     assert "pool" not in groups  # read by the CPU Sigmoid only: alone in float it drops its step
 
-    def sum_quantized(floats: list[str]) -> bool:
-        return "sum" in quantized_tensors(apply_precisions(base.model, {n: "float" for n in floats}, base.float_model))
+    def quantized_with(floats: list[str]) -> set[str]:
+        return quantized_tensors(base.requantizer.export({n: "float" for n in floats}))
 
-    assert sum_quantized(["add"]) and not sum_quantized(groups["add"])
+    assert "sum" in quantized_with(["add"]) and "sum" not in quantized_with(groups["add"])
+    assert "s" not in quantized_with(["conv3"])  # the CPU -> DPU boundary goes when conv3 leaves the DPU
+
+
+def test_weight_algorithm_results_are_carried_into_overrides(calib):
+    """Bias correction ran once, on the int8 model: an override keeps its corrected biases where
+    they still apply, re-rounds one whose input scale changed, and gives an int16 layer the float
+    bias (its 16-bit weights no longer make the int8 error the correction cancels)."""
+    q = npuflow.quantize(hswish_net(), calib, target=DPU, config={"include_bias_corr": True, "report_samples": 0})
+    assert q.info["algorithms"]["bias_correction"]["layers"] > 0
+    rq = q.requantizer
+
+    def bias(model: onnx.ModelProto, name: str) -> tuple[np.ndarray, float]:
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        scale = float(inits[f"{name}_scale"])
+        return inits[f"{name}_quantized"].astype(np.float64) * scale, scale
+
+    float_b2 = onnx.numpy_helper.to_array({t.name: t for t in hswish_net().graph.initializer}["b2"])
+    corrected, step = bias(q.model, "b2")
+    assert np.abs(corrected - float_b2).max() > step  # the premise: bias correction moved conv2's bias
+    np.testing.assert_array_equal(bias(rq.export({"conv3": "float"}), "b2")[0], corrected)  # unchanged: kept
+    raised = rq.export({"conv1": "int16"})  # conv2 reads conv1's output, now on a 256x finer grid
+    moved, fine = bias(raised, "b2")
+    assert fine < step and np.abs(moved - corrected).max() <= fine / 2 + 1e-9
+    own, fine = bias(rq.export({"conv2": "int16"}), "b2")
+    assert np.abs(own - float_b2).max() <= fine / 2 + 1e-7

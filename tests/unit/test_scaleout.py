@@ -97,26 +97,26 @@ def test_sharded_calibration_writes_the_same_quantized_model(models, digits, tmp
 
 def test_pool_sweeps_equal_serial(quantized, digits):
     feeds = digits[12:20]
-    serial = sensitivity.analyze(quantized.float_model, quantized.model, feeds)
+    serial = sensitivity.analyze(quantized, feeds)
     seen: list[int] = []
-    pooled = sensitivity.analyze(quantized.float_model, quantized.model, feeds, workers=2,
+    pooled = sensitivity.analyze(quantized, feeds, workers=2,
                                  progress=lambda name, done, total: seen.append(done))
     assert asdict(pooled) == asdict(serial)  # same layers, same floats, same order
     assert seen == list(range(1, len(serial.layers) + 1))  # one count per finished layer
     base = serial.quantized_score
     target = base + 0.7 * (1.0 - base)
-    a = mixed_precision.search(quantized.float_model, quantized.model, feeds, min_similarity=target)
-    b = mixed_precision.search(quantized.float_model, quantized.model, feeds, min_similarity=target, workers=2)
+    a = mixed_precision.search(quantized, feeds, min_similarity=target)
+    b = mixed_precision.search(quantized, feeds, min_similarity=target, workers=2)
     assert a.changes and b.summary() == a.summary()  # evaluation count included
 
 
 def test_ray_local_cluster_sensitivity_and_calibration_equal_serial(models, quantized, digits):
     import ray  # in the test extra: never skipped
     feeds = digits[12:16]
-    serial = sensitivity.analyze(quantized.float_model, quantized.model, feeds, quant_only=False)
+    serial = sensitivity.analyze(quantized, feeds, quant_only=False)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        remote = sensitivity.analyze(quantized.float_model, quantized.model, feeds, quant_only=False,
+        remote = sensitivity.analyze(quantized, feeds, quant_only=False,
                                      ray_address="auto")
         sharded = quantize(str(models.mnist_cnn()), digits[:12], DPU, config={
             "include_bias_corr": False, "weight": {"bit_width": 4}, "calib_ray_address": "auto"})
@@ -166,7 +166,7 @@ def test_worker_failures_are_coded(quantized, digits, monkeypatch):
         assert err.value.code == "NPF_SCALEOUT_WORKER_FAILED" and "'x'" in err.value.message
         assert list(pool.map(_square, [3, 4])) == [9, 16]  # the workers survive both
     with pytest.raises(NpuflowError) as err:
-        sensitivity.analyze(quantized.float_model, quantized.model, metric=lambda m: 1.0, workers=2)
+        sensitivity.analyze(quantized, metric=lambda m: 1.0, workers=2)
     assert err.value.code == "NPF_SCALEOUT_NOT_PICKLABLE"
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(NpuflowError) as err:
