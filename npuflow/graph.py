@@ -42,7 +42,7 @@ from .model import node_reads, outer_reads, tensor_elem_types, tensor_shapes
 from .operators import QDQ_OPS, op_def
 from .operators import node_attr as attr
 
-__all__ = ["GraphView", "attr", "attrs", "get_array", "initializers", "is_qdq", "remove_unused_initializers",
+__all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_qdq", "remove_unused_initializers",
            "set_array", "set_attr", "slice_model", "unique_name"]
 
 #: The domain of npuflow's rounding-mode quantize functions (:mod:`npuflow.qdq`).
@@ -60,7 +60,7 @@ def is_qdq(node: onnx.NodeProto) -> bool:
     return node.domain == NPUFLOW_DOMAIN and node.op_type.startswith(("Quantize_", "Dequantize_"))
 
 
-def attrs(node: onnx.NodeProto) -> dict:
+def attr_values(node: onnx.NodeProto) -> dict:
     """Every attribute's value, strings decoded (:func:`attr`)."""
     return {a.name: attr(node, a.name) for a in node.attribute}
 

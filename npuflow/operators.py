@@ -312,14 +312,15 @@ def clip_kind(lo: float | None, hi: float | None) -> str:
 
 def node_attr(node: onnx.NodeProto, name: str, default=None):
     """An attribute's value (strings and lists of strings decoded: one reading of ``b"NOTSET"``
-    and ``"NOTSET"`` for every stage), or ``default``."""
+    and ``"NOTSET"`` for every stage; bytes that are not UTF-8 read as U+FFFD rather than fail),
+    or ``default``.  Stages import it as :func:`npuflow.graph.attr`."""
     for a in node.attribute:
         if a.name == name:
             v = helper.get_attribute_value(a)
             if isinstance(v, bytes):
-                return v.decode()
+                return v.decode(errors="replace")
             if isinstance(v, list):
-                return [x.decode() if isinstance(x, bytes) else x for x in v]
+                return [x.decode(errors="replace") if isinstance(x, bytes) else x for x in v]
             return v
     return default
 

@@ -46,6 +46,7 @@ from onnx import helper
 
 from .compiler.compiled import CompiledModel
 from .custom_ops import custom_nodes, extensions
+from .graph import attr_values
 from .ort_session import LEVELS
 from .runtime.executors import cpu_level
 from .runtime.session import file_sha256
@@ -157,8 +158,8 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
             continue
         ins = [_ext_type(ext, types[n]) for n in node.input]
         outs = [_ext_type(ext, types[n]) for n in node.output]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        _session(attrs["npuf"].decode(), attrs["sha256"].decode())  # verified and loaded now, not in the op
+        attrs = attr_values(node)
+        _session(attrs["npuf"], attrs["sha256"])  # verified and loaded now, not in the op
 
         def op(*arrays: np.ndarray, npuf: str = "", sha256: str = "", subgraph: int = 0):
             try:

@@ -13,14 +13,14 @@ import logging
 from typing import Mapping, Sequence
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
 from ..operators import FOLLOWERS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
-from ..graph import GraphView
+from ..graph import GraphView, attr_values
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .lowerable import lowering_limit
@@ -348,16 +348,13 @@ def _follow_subgraphs(view: GraphView, sub, device, transparent) -> None:
             device[i] = CPU
 
 
-def _attr_value(a: onnx.AttributeProto):
-    v = helper.get_attribute_value(a)
-    if isinstance(v, bytes):
-        return v.decode(errors="replace")
+def _attr_value(v):
+    """An attribute's value (:func:`npuflow.graph.attr_values`) as the report shows it."""
     if isinstance(v, onnx.TensorProto):
         arr = numpy_helper.to_array(v)
         return arr.tolist() if arr.size <= 16 else f"tensor{list(arr.shape)}"
     if isinstance(v, list):
-        return [x.decode(errors="replace") if isinstance(x, bytes) else x for x in v
-                if isinstance(x, (int, float, str, bytes))]
+        return [x for x in v if isinstance(x, (int, float, str))]
     if isinstance(v, (int, float, str)):
         return v
     return str(type(v).__name__)
@@ -399,7 +396,7 @@ def _build(view, tgt, infos, device, reasons, fused, sub) -> CheckReport:
             reasons=rs, hint=hint, inputs=list(node.input), outputs=list(node.output),
             input_nodes=input_nodes, output_nodes=output_nodes,
             output_shape=view.shape(node.output[0]) if node.output and node.output[0] else None,
-            attributes={a.name: _attr_value(a) for a in node.attribute},
+            attributes={k: _attr_value(v) for k, v in attr_values(node).items()},
             params=dict(info.params), messages=messages,
         ))
     return CheckReport(target=tgt, model=view.model, nodes=nodes, subgraphs=_subgraphs(view, nodes),

@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 
 from ..operators import (ACTIVATION_KINDS, LAYOUT_KINDS, Role, clip_bounds, clip_kind, conv_in_channels, conv_kind,
-                         is_depthwise, node_attr, op_def)
+                         is_depthwise, op_def)
 from ..graph import GraphView
+from ..graph import attr_values as attrs
 
 #: Roles decide how a node takes part in placement (:class:`npuflow.operators.Role`).
 COMPUTE, ACTIVATION, LAYOUT, FOLLOWER = Role.COMPUTE.value, Role.ACTIVATION.value, Role.LAYOUT.value, Role.FOLLOWER.value
@@ -29,11 +30,6 @@ class OpInfo:
     role: str
     params: dict[str, float | int | str] = field(default_factory=dict)
     affine: bool = False  # a per-channel constant scale/shift (foldable into the op before it)
-
-
-def attrs(node: onnx.NodeProto) -> dict:
-    """Attribute values, strings decoded (:func:`npuflow.operators.node_attr`)."""
-    return {a.name: node_attr(node, a.name) for a in node.attribute}
 
 
 def _pair(values, default):

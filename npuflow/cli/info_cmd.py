@@ -20,6 +20,7 @@ from rich.table import Table
 from ..compiler import CompiledModel
 from ..compiler.compiled import shape_sets_text
 from ..errors import NpuflowError
+from ..graph import attr
 from .app import app, console, examples
 
 
@@ -121,12 +122,12 @@ def _accelerator_op(compiled: CompiledModel, sg: dict, op: dict) -> dict:
 def _cpu_node(compiled: CompiledModel, sg: dict, name: str) -> dict:
     graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(compiled.blob(sg["onnx"]))).graph
     node = next(n for n in graph.node if n.name == name)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
+    attrs = {a.name: attr(node, a.name) for a in node.attribute
              if a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)}
     return {"name": name, "subgraph": sg["name"], "device": sg["device"], "op": node.op_type, "kind": node.op_type,
             "nodes": [name], "macs": 0, "inputs": [_tensor(compiled, t, graph) for t in node.input if t],
             "outputs": [_tensor(compiled, t, graph) for t in node.output if t], "weights": {},
-            "attrs": {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}}
+            "attrs": attrs}
 
 
 def describe_op(compiled: CompiledModel, name: str, path: str = "the model") -> dict:

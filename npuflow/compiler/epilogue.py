@@ -23,7 +23,7 @@ from ..check.lowerable import chain_to_quantize
 from ..numerics import qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
 from ..operators import CHAIN_OPS, clip_bounds as node_clip_bounds
-from ..operators import node_attr as attr
+from ..graph import attr
 from .manifest_schema import MAX_LEFT_SHIFT
 from .qgraph import QGraph, QParams
 

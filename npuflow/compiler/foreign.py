@@ -37,7 +37,7 @@ from onnx import helper, numpy_helper
 from .. import numerics
 from ..errors import NpuflowError
 from ..model import tensor_elem_types
-from ..operators import node_attr as attr
+from ..graph import attr, attr_values
 from ..targets import Target
 from .epilogue import collect_chain
 from .qgraph import QGraph, QParams
@@ -200,7 +200,7 @@ def _expand_qlinear(rw: _Rewriter, n: onnx.NodeProto, inits: dict, grid: dict) -
         s_name = rw.const(f"{n.input[b]}_scale", scale.reshape(-1) if scale.size > 1 else scale.reshape(()))
         z_name = rw.const(f"{n.input[b]}_zero_point", np.zeros(scale.shape if scale.size > 1 else (), np.int32))
         floats.append(rw.dq(n.input[b], s_name, z_name, 0 if scale.size > 1 else None, owner=f"{n.name}_bias"))
-    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute if a.name not in _DROP_ATTRS}
+    attrs = {k: v for k, v in attr_values(n).items() if k not in _DROP_ATTRS}
     y = n.output[0]
     mid = rw.fresh(f"{y}_float") if out_q else y
     rw.nodes.append(helper.make_node(float_op, floats, [mid], name=n.name, **attrs))
@@ -225,7 +225,7 @@ def _wrap_integer_op(rw: _Rewriter, n: onnx.NodeProto, grid: dict, types: dict[s
         else:
             outputs.append(o)
     rw.nodes.append(helper.make_node(n.op_type, inputs, outputs, name=n.name, domain=n.domain,
-                                     **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
+                                     **attr_values(n)))
     for mid, o in requant:
         rw.q(mid, *params, o, n.name)
         grid[o] = params

@@ -20,7 +20,7 @@ import onnx
 from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
 from ..operators import TABLE_OPS, is_depthwise, unit_kind
-from ..operators import node_attr as attr
+from ..graph import attr
 from . import fragments
 from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp

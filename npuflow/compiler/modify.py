@@ -34,6 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import NpuflowError, did_you_mean
+from ..graph import attr_values
 from . import memory
 from .compiled import REMOVED, VARIANT_FIELDS, VARIANTS, CompiledModel, referenced_blobs
 
@@ -278,7 +279,7 @@ def _remove_node(m: dict, sg: dict, c: Candidate, blobs: dict, program: int) -> 
         if name in inits and math.prod(inits[name].dims) <= MAX_KEPT_CONSTANT:
             value = numpy_helper.to_array(inits[name])
             constants[name] = value.tolist() if value.ndim else value.item()
-    attrs: dict = {a.name: _plain(helper.get_attribute_value(a)) for a in node.attribute}
+    attrs: dict = {k: _plain(v) for k, v in attr_values(node).items()}
     if constants:
         attrs["constants"] = constants
     typed = _types(model)

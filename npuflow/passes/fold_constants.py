@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxscript import optimizer
 
-from ..graph import is_qdq
+from ..graph import attr_values, is_qdq
 from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, node_reads, tensor_shapes
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -144,7 +144,7 @@ def _try_fold(node, consts, shapes, opset):
         return None
     if node.op_type == "Shape" and node.input[0] in shapes:
         shape = np.asarray(shapes[node.input[0]], dtype=np.int64)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = attr_values(node)
         start, end = attrs.get("start", 0), attrs.get("end", None)
         return [shape[start:end]]
     inputs = [i for i in node.input if i]

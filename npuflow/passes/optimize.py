@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..graph import GraphView
 from .activations import fuse_activation_patterns
 from .fold_affine import fold_affine
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
@@ -38,11 +39,11 @@ def restore_node_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
     original names, so a node with a generated name writing a tensor that an original node wrote
     takes that node's name when the name is free (nodes that kept their names are left alone).
     """
-    writer = {o: n.name for n in before.graph.node for o in n.output if o and n.name}
-    names_before = set(writer.values())
+    writer = GraphView(before)
+    names_before = {n.name for n in writer.nodes if n.name}
     taken = {n.name for n in after.graph.node}
     for node in after.graph.node:
-        original = writer.get(node.output[0]) if node.output else None
+        original = getattr(writer.producer_node(node.output[0]), "name", None) if node.output else None
         if original and node.name not in names_before and original not in taken:
             taken.discard(node.name)
             node.name = original

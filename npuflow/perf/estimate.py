@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import onnx
 
+from ..graph import GraphView
 from ..model import tensor_shapes
 from ..targets import Target
 from . import cpu_time
@@ -346,10 +347,7 @@ def _forward_on_chip(
     shapes = tensor_shapes(model)
     nodes = list(model.graph.node)
     index = {nm: i for i, nm in enumerate(names)}
-    consumers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
-            consumers.setdefault(t, []).append(i)
+    consumers = GraphView(model).consumers
     outputs = {o.name for o in model.graph.output}
 
     def doer(i: int) -> int:
@@ -392,7 +390,7 @@ def _boundaries(
     or from float32 on the CPU: 1 + 4 bytes per element through DDR at the sustained bandwidth.
     """
     shapes = tensor_shapes(model)
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
+    producer = GraphView(model).producer
     bpc = bytes_per_cycle(target) * target.clock_mhz * 1e6  # bytes/s
     transfers, edges, seen, crossed = [], [], set(), set()
     for i, n in enumerate(model.graph.node):

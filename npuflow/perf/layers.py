@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
 
+from ..graph import attr_values
 from ..model import tensor_shapes
 from ..operators import Engine as OpEngine
 from ..operators import is_depthwise, op_def
@@ -56,10 +56,6 @@ def _is_npuflow_qdq(node: onnx.NodeProto) -> bool:
     return node.domain == "ai.npuflow" and node.op_type.startswith(("Quantize_", "Dequantize_"))
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def constant_tensors(model: onnx.ModelProto) -> set[str]:
     """Initializers and everything computed from initializers only (e.g. DequantizeLinear(W))."""
     const = {t.name for t in model.graph.initializer}
@@ -94,7 +90,7 @@ def geometry(
     in_bytes = sum(_numel(shapes.get(i)) for i in acts) * elem_bytes
     out_shape = shapes.get(node.output[0]) if node.output else None
     out_bytes = _numel(out_shape) * elem_bytes
-    a = _attrs(node)
+    a = attr_values(node)
     op = node.op_type
     d = op_def(op, node.domain)
     oshape = out_shape or [1]

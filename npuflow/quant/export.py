@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
+from ..graph import GraphView
 from ..model import node_reads, rename_outer_reads, tensor_shapes
 from .assign import Assignment
 from .params import TensorQuant
@@ -47,7 +48,7 @@ def export_qdq(model: onnx.ModelProto, plan: QuantPlan, assignment: Assignment, 
     params = assignment.params
     shapes = tensor_shapes(model)
     graph_outputs = {o.name for o in graph.output}
-    producers = {o: n for n in graph.node for o in n.output if o}
+    producers = GraphView(graph).producer
 
     new_inits: list[onnx.TensorProto] = []
     head: list[onnx.NodeProto] = []  # constant DQs and graph-input Q/DQs

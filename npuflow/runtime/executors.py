@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..graph import GraphView
 from ..ort_session import Level, open_session
 from ..qdq import DOMAIN
 
@@ -182,7 +183,7 @@ def _sources(model: onnx.ModelProto) -> dict[str, tuple[str, Slices]] | None:
     graph = model.graph
     functions = {(f.domain, f.name): f for f in model.functions}
     inits = {t.name: t for t in graph.initializer}
-    producer = {o: node for node in graph.node for o in node.output}
+    view = GraphView(graph)
     inputs = {vi.name for vi in graph.input}
     memo: dict[str, tuple[str, Slices] | None] = {}
 
@@ -194,7 +195,7 @@ def _sources(model: onnx.ModelProto) -> dict[str, tuple[str, Slices]] | None:
             return "const" if np.prod(inits[name].dims) == 1 else None
         if name in memo:
             return memo[name]
-        node = producer.get(name)
+        node = view.producer_node(name)
         memo[name] = None
         if node is None:
             return None

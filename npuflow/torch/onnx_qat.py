@@ -52,6 +52,7 @@ from onnx import numpy_helper
 
 from .. import model as model_io
 from ..errors import NpuflowError
+from ..graph import GraphView
 from ..ort_session import open_session
 from ..quant.config import QuantConfig
 from ..quant.data import CalibrationSource, InputSpec, Sample
@@ -250,7 +251,7 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     inputs = [n.name for n in model_io.graph_inputs(graph)]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     last_of_module = _last_node_of_module(gm)
-    producers = {o: n for n in graph.graph.node for o in n.output}
+    producers = GraphView(graph)
     quantize_steps = {n.output[0] for n in qdq.graph.node}
     counts = {"activations": 0, "weights": 0}
     unquantized: list[fx.Node] = []  # quantizers of tensors PTQ keeps in float (nodes on the CPU)
@@ -273,7 +274,7 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
             elif tensor is not None:
                 unquantized.append(node)
         elif isinstance(mod, QatWeighted) and node.target in mapping:
-            onnx_node = producers.get(mapping[node.target].outputs[0])
+            onnx_node = producers.producer_node(mapping[node.target].outputs[0])
             if onnx_node is not None and _set_weighted(mod, list(onnx_node.input), inits):
                 counts["weights"] += 1
     counts["float_tensors"] = _keep_float(gm, unquantized)

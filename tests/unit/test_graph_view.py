@@ -10,6 +10,9 @@ output cut (``onnx.utils.Extractor``) dropped the initializers a branch reads.
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.errors import NpuflowError
-from npuflow.graph import GraphView, attr, attrs, slice_model
+from npuflow.graph import GraphView, attr, attr_values, slice_model
 
 
 def _if_net() -> onnx.ModelProto:
@@ -140,7 +143,7 @@ def test_attributes_are_decoded_once():
     assert attr(node, "auto_pad") == "SAME_UPPER" and isinstance(attr(node, "auto_pad"), str)
     assert attr(node, "names") == ["a", "b"] and attr(node, "pads") == [1, 1, 1, 1] and attr(node, "group") == 2
     assert attr(node, "dilations", [1, 1]) == [1, 1] and attr(node, "strides") is None
-    assert attrs(node) == {"auto_pad": "SAME_UPPER", "pads": [1, 1, 1, 1], "group": 2, "names": ["a", "b"]}
+    assert attr_values(node) == {"auto_pad": "SAME_UPPER", "pads": [1, 1, 1, 1], "group": 2, "names": ["a", "b"]}
 
 
 # --- slicing ------------------------------------------------------------------------------------
@@ -198,3 +201,86 @@ def test_slice_of_a_real_control_flow_model(models):
     want = _run(model, feeds, ["output", "stateN"])  # the Identity copies of the cut tensors
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+# --- no second index, no second attribute reader ------------------------------------------------
+
+ROOT = Path(npuflow.__file__).parent
+
+
+def _node_ref(value: ast.expr) -> bool:
+    """A node, its position or its name: what a producer/consumer map stores."""
+    return isinstance(value, ast.Name) or (isinstance(value, ast.Attribute) and value.attr == "name"
+                                           and isinstance(value.value, ast.Name))
+
+
+def _iterates(loop: ast.For | ast.comprehension, field: str) -> bool:
+    """``for t in <x>.<field>`` (``output``/``input``) or ``for t in node_reads(<x>)``."""
+    it = loop.iter
+    if field == "input" and isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "node_reads":
+        return True
+    return isinstance(it, ast.Attribute) and it.attr == field and isinstance(loop.target, ast.Name)
+
+
+def _graph_indexes(source: str, where: str) -> list[str]:
+    """Hand-built graph indexes and attribute readers in one module:
+
+    * a call of ``helper.get_attribute_value`` (the registry's :func:`npuflow.operators.node_attr`,
+      which is :func:`npuflow.graph.attr`, is the one decoder);
+    * a producer map: ``{o: node for ... for o in node.output}``, or ``m[o] = node`` in a loop
+      over a node's outputs (node, node position or node name as value);
+    * a consumer map: ``m.setdefault(t, []).append(node)`` or ``m[t].append(node)`` in a loop
+      over a node's inputs;
+    * a class keeping ``self.producer``/``self.consumers`` of its own."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute) and node.attr == "get_attribute_value":
+            found.append(f"{where}:{line} attribute reader")
+        elif isinstance(node, ast.DictComp) and isinstance(node.key, ast.Name) and _node_ref(node.value):
+            if any(_iterates(g, "output") and g.target.id == node.key.id for g in node.generators):
+                found.append(f"{where}:{line} producer map")
+        elif isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+            var = node.target.id
+            for sub in ast.walk(ast.Module(body=node.body, type_ignores=[])):
+                if _iterates(node, "output") and isinstance(sub, ast.Assign) and _node_ref(sub.value) and any(
+                        isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Name) and t.slice.id == var
+                        for t in sub.targets):
+                    found.append(f"{where}:{sub.lineno} producer map")
+                if _iterates(node, "input") and isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) \
+                        and sub.func.attr == "append" and sub.args and _node_ref(sub.args[0]):
+                    key = sub.func.value
+                    keyed = (isinstance(key, ast.Call) and isinstance(key.func, ast.Attribute) and key.func.attr == "setdefault"
+                             and key.args and isinstance(key.args[0], ast.Name) and key.args[0].id == var) or (
+                        isinstance(key, ast.Subscript) and isinstance(key.slice, ast.Name) and key.slice.id == var)
+                    if keyed:
+                        found.append(f"{where}:{sub.lineno} consumer map")
+        elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Attribute) and t.attr in ("producer", "consumers") and isinstance(t.value, ast.Name)
+                and t.value.id == "self" for t in node.targets):
+            found.append(f"{where}:{line} index class")
+    return found
+
+
+def test_the_detector_finds_the_old_indexes():
+    """The shapes the stages used to write, each found (so the test below means something)."""
+    old = ('from onnx import helper\n'
+           'def attr(node, name):\n    return helper.get_attribute_value(node.attribute[0])\n'
+           'def producers(model):\n    return {o: n for n in model.graph.node for o in n.output}\n'
+           'def by_position(nodes):\n    producer = {}\n    for i, n in enumerate(nodes):\n'
+           '        for o in n.output:\n            producer[o] = i\n    return producer\n'
+           'def consumers(model):\n    out = {}\n    for n in model.graph.node:\n        for i in n.input:\n'
+           '            out.setdefault(i, []).append(n)\n    return out\n'
+           'class Index:\n    def __init__(self):\n        self.producer = {}\n')
+    kinds = [f.split(" ", 1)[1] for f in _graph_indexes(old, "old.py")]
+    assert sorted(kinds) == ["attribute reader", "consumer map", "index class", "producer map", "producer map"]
+
+
+def test_no_other_module_builds_a_graph_index_or_an_attribute_reader():
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel != "graph.py":
+            found += [f for f in _graph_indexes(path.read_text(), rel)
+                      if not (rel == "operators.py" and f.endswith("attribute reader"))]  # the one decoder
+    assert not found, f"graph indexes or attribute readers outside npuflow/graph.py: {found}"

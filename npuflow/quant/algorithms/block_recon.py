@@ -44,7 +44,7 @@ from ...model import outer_reads
 from ...numerics import ONNX_ROUND_MODE, RoundMode, dequantize, round_values
 from ...qdq import parse_function_name
 from .adaround import GAMMA, ZETA, _beta, _init_v
-from ...graph import attr
+from ...graph import GraphView, attr
 from .qdq_weights import QuantizedLayer, code_limits, read_codes, scale_rows, write_codes
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ class BlockRunner:
 
         self.block = block
         inits = {t.name: t for t in qmodel.graph.initializer}
-        made_by = {o: n for n in qmodel.graph.node for o in n.output}
+        made_by = GraphView(qmodel)
         self.consts: dict[str, torch.Tensor] = {}
         self.soft: dict[str, SoftLayer] = {}
         for job in block.jobs:
@@ -316,10 +316,10 @@ def torch_abs_pow(t, beta: float):
     return torch.abs(t) ** beta
 
 
-def _constant(t: str, inits: dict, made_by: dict) -> np.ndarray | None:
+def _constant(t: str, inits: dict, made_by: GraphView) -> np.ndarray | None:
     if t in inits:
         return numpy_helper.to_array(inits[t])
-    n = made_by.get(t)
+    n = made_by.producer_node(t)
     if n is None:
         return None
     if n.op_type == "Constant":
