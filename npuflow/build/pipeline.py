@@ -31,6 +31,7 @@ import onnx
 
 from .. import model as model_io
 from ..errors import NpuflowError
+from ..graph import GraphView, slice_model
 from ..passes.preprocess import insert_preprocessing
 from ..targets import load_target
 from .artifacts import LOG_NAME, Artifacts
@@ -211,22 +212,19 @@ def _declared_input_shapes(proto: onnx.ModelProto) -> dict[str, list[int] | None
 
 
 def _cut_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """``output_nodes``: the named nodes (or tensors) become the complete output set."""
-    producers = {n.name: n.output[0] for n in proto.graph.node if n.name and n.output}
-    tensors = {o for n in proto.graph.node for o in n.output}
+    """``output_nodes``: the named nodes (or tensors) become the complete output set (what the
+    If/Loop bodies on the way read from the outer scope is kept: :func:`npuflow.graph.slice_model`)."""
+    view = GraphView(proto)
+    first_output = {n.name: n.output[0] for n in view.nodes if n.name and n.output}
     outputs = []
     for name in names:
-        if name in producers:
-            outputs.append(producers[name])
-        elif name in tensors:
+        if name in first_output:
+            outputs.append(first_output[name])
+        elif name in view.producer:
             outputs.append(name)
         else:
             raise NpuflowError("NPF_BUILD_OUTPUT_NODE_UNKNOWN", name=name)
-    extractor = onnx.utils.Extractor(proto)
-    cut = extractor.extract_model([i.name for i in model_io.graph_inputs(proto)], outputs)
-    del cut.metadata_props[:]
-    cut.metadata_props.extend(proto.metadata_props)
-    return model_io.infer_static_shapes(cut)
+    return model_io.infer_static_shapes(slice_model(proto, outputs))
 
 
 def _quant_config(cfg: BuildConfig) -> dict[str, Any]:
