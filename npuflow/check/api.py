@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
-from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs, tensor_elem_types
+from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs
 from ..operators import FOLLOWERS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
@@ -107,8 +107,6 @@ class _ViewFacts:
     def __init__(self, view: GraphView) -> None:
         self.view = view
         self.quantized = any(view.qdq)
-        self.types = tensor_elem_types(view.model)
-        self._position = {id(node): k for k, node in enumerate(view.nodes)}
 
     def shape(self, name: str) -> list[int] | None:
         return self.view.shape(name)
@@ -117,14 +115,13 @@ class _ViewFacts:
         return self.view.value(name)
 
     def elem_type(self, name: str) -> int | None:
-        return self.types.get(name)
+        return self.view.elem_type(name)
 
     def producer_node(self, name: str) -> onnx.NodeProto | None:
-        p = self.view.producer.get(name)
-        return self.view.nodes[p] if p is not None else None
+        return self.view.producer_node(name)
 
     def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
-        return [self.view.nodes[c] for c in self.view.consumers.get(name, [])]
+        return self.view.consumer_nodes(name)
 
     def is_graph_output(self, name: str) -> bool:
         return name in self.view.graph_outputs
@@ -136,7 +133,7 @@ class _ViewFacts:
         return _is_qdq(node) and "Dequantize" in node.op_type
 
     def position(self, node: onnx.NodeProto) -> int:
-        return self._position[id(node)]
+        return self.view.position(node)
 
 
 def _judge(view: GraphView, tgt: Target) -> CheckReport:

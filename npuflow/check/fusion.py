@@ -57,14 +57,13 @@ def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, 
     ``x * HardSigmoid(x)``, ``x * Clip(x + 3, 0, 6) / 6``, ``Clip(x + 3, 0, 6) / 6``); the last
     node becomes the activation.  Returns {member: last node}."""
     g = _Patterns(view)
-    index = {id(n): k for k, n in enumerate(view.nodes)}
     fused: dict[int, int] = {}
     for i, node in enumerate(view.nodes):
         if view.qdq[i] or (found := hard_activation(node, g)) is None:
             continue
         infos[i] = OpInfo(found.kind, ACTIVATION, {"alpha": found.alpha, "beta": found.beta})
         for member in found.nodes[:-1]:
-            fused[index[id(member)]] = i
+            fused[view.position(member)] = i
     return fused
 
 
