@@ -216,15 +216,16 @@ def perf_cost(float_model: onnx.ModelProto, target, changes: dict[str, str]) -> 
     are costed as placed (the estimator has no per-layer bit width).
     """
     from ..check import check
-    from ..perf.estimate import Placement, estimate, placement_from_report
+    from ..perf.estimate import estimate
+    from ..placement import Device, NodePlacement
 
     report = check(float_model, target)
-    place = placement_from_report(report)
+    place = report.placement()
     base = estimate(report.model, report_target(target), place, model_name="int8")
     moved = dict(place)
     for name, precision in changes.items():
         if precision == "float" and name in moved:
-            moved[name] = Placement("CPU", f"cpu_{name}")
+            moved[name] = NodePlacement(Device.CPU, f"cpu_{name}")
     mixed = estimate(report.model, report_target(target), moved, model_name="mixed")
     return {"latency_ms": base.latency_ms, "mixed_latency_ms": mixed.latency_ms,
             "fps": base.fps_single_core, "mixed_fps": mixed.fps_single_core}

@@ -286,12 +286,11 @@ def _report(cfg: BuildConfig, inputs: list[InputSpec], target: str, check_report
 def _similarity(quantized: Any, check_report: Any) -> dict[str, Any]:
     """The quantizer's per-node report, with the ON/Subgraph columns taken from the checker."""
     data = quantized.report.to_json()
-    label = check_report.target.device_label
     placed = {n.name: n for n in check_report.nodes}
     for row in data["nodes"]:
         node = placed.get(row["node"])
         if node is not None and row.get("on") is None:
-            row["on"] = label if node.device == "NPU" else "CPU"
+            row["on"] = check_report.device_name(node)
             row["subgraph"] = node.subgraph
     return data
 

@@ -10,6 +10,7 @@ nothing is executed per node, so checking a 1,000-node model takes well under a 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Mapping, Sequence
 
 import onnx
@@ -17,13 +18,13 @@ from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs
-from ..operators import FOLLOWERS, SHAPE_OPS, TABLE_OPS
+from ..operators import FOLLOWERS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
-from .lowerable import lowering_limit
+from .lowerable import lowering_limit, output_chain
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -146,6 +147,8 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     # Shape arithmetic follows its neighbours in a float model (the float passes fold it away);
     # left in a quantized model, it runs at run time on the CPU, where compile keeps it.
     transparent = [infos[i].role == FOLLOWER or (shape_only[i] and not facts.quantized) for i in range(n)]
+    if facts.quantized:
+        _fuse_output_chains(view, facts, fused)
 
     device = [CPU] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
@@ -176,7 +179,23 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         if i in fused:
             sub[i] = sub[fused[i]]
     _follow_subgraphs(view, sub, device, transparent)
-    return _build(view, tgt, infos, device, reasons, fused, sub)
+    return _build(view, tgt, infos, device, reasons, fused, _per_device(sub, device))
+
+
+def _fuse_output_chains(view: GraphView, facts: _ViewFacts, fused: dict[int, int]) -> None:
+    """In a quantized model the compiler lowers a layer together with the float nodes between it
+    and its quantize step (its epilogue, or the lookup table of an activation chain:
+    :func:`.lowerable.output_chain`), so those nodes are fused into the layer here, as activation
+    patterns are in a float model: they run where the layer runs."""
+    index = {id(node): i for i, node in enumerate(view.nodes)}
+    for i, node in enumerate(view.nodes):
+        if i in fused or node.op_type not in LOWERED_OPS | TABLE_OPS or len(node.output) != 1 or not node.output[0]:
+            continue
+        found = output_chain(node, node.output[0], facts)
+        for member in found[0] if found is not None else []:
+            j = index[id(member)]
+            if j != i:
+                fused[j] = i  # also a pattern found inside the chain (the Clip of a hard-sigmoid)
 
 
 def _follow_chain_heads(view: GraphView, device: list[str], reasons: list[list[str]]) -> None:
@@ -327,22 +346,38 @@ def _place_followers(view: GraphView, device: list[str], transparent: list[bool]
 
 
 def _follow_subgraphs(view: GraphView, sub, device, transparent) -> None:
+    """A transparent node joins the subgraph of its producer, else of its first reader, on its
+    own device; an accelerator follower with neither (nothing to serve there) runs on the CPU."""
+    def joins(j: int | None, i: int) -> bool:
+        return j is not None and sub[j] is not None and device[j] == device[i]
+
     for i in range(len(view.nodes)):
-        if not transparent[i] or device[i] != NPU:
+        if not transparent[i]:
             continue
         node = view.nodes[i]
         ins = view.data_inputs(i)
         p = view.data_producer(ins[0]) if ins else None
-        if p is not None and sub[p] is not None and not node.op_type.startswith("Dequantize"):
+        if joins(p, i) and not node.op_type.startswith("Dequantize"):
             sub[i] = sub[p]
             continue
-        cons = [c for o in node.output for c in view.data_consumers(o) if sub[c] is not None]
+        cons = [c for o in node.output for c in view.data_consumers(o) if joins(c, i)]
         if cons:
             sub[i] = sub[cons[0]]
-        elif p is not None and sub[p] is not None:
+        elif joins(p, i):
             sub[i] = sub[p]
-        else:
+        elif device[i] == NPU:
             device[i] = CPU
+
+
+def _per_device(sub: list[int | None], device: list[str]) -> list[int | None]:
+    """The partition's subgraph numbers renumbered per device, in run order: NPU subgraph 0, 1, …
+    and CPU subgraph 0, 1, … (what the report and the performance model name them)."""
+    numbers: dict[tuple[str, int], int] = {}
+    seen: Counter[str] = Counter()
+    for dev, s in sorted({(device[i], s) for i, s in enumerate(sub) if s is not None}, key=lambda k: k[1]):
+        numbers[(dev, s)] = seen[dev]
+        seen[dev] += 1
+    return [None if s is None else numbers[(device[i], s)] for i, s in enumerate(sub)]
 
 
 def _attr_value(v):
@@ -389,6 +424,7 @@ def _build(view, tgt, infos, device, reasons, fused, sub) -> CheckReport:
                     output_nodes.append(names[c])
         nodes.append(NodeReport(
             name=node.name, op_type=node.op_type, device=device[i], subgraph=sub[i] if on_npu else None,
+            cpu_subgraph=None if on_npu else sub[i],
             kernel_type=kernel, op_kind=info.kind, fused_into=names[anchor] if anchor is not None else None,
             reasons=rs, hint=hint, inputs=list(node.input), outputs=list(node.output),
             input_nodes=input_nodes, output_nodes=output_nodes,

@@ -26,6 +26,10 @@ from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, Engine
 
 #: Longest fused chain (nodes between a layer and its quantize step).
 MAX_CHAIN = 8
+#: Ops whose outputs lie on their (per-tensor) input's quantization grid.
+GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+#: Layers whose lowering needs a dequantized input.
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 #: Types of the quantize/dequantize steps an integer program reads and writes (not int4/float8).
 INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
@@ -217,7 +221,9 @@ def _quantized_io(node: onnx.NodeProto, t: Tensors) -> str | None:
             continue
         if not t.consumer_nodes(o) or t.is_graph_output(o):
             return f"output {o!r} is not quantized (it runs in float)"
-        found = _output_chain(node, o, t)
+        found = output_chain(node, o, t)
+        if found is None and grid_step(node, t):
+            continue
         if found is None:
             return f"output {o!r} does not reach a single quantize step"
         q = found[1]
@@ -227,7 +233,7 @@ def _quantized_io(node: onnx.NodeProto, t: Tensors) -> str | None:
     return None
 
 
-def _output_chain(node: onnx.NodeProto, output: str, t: Tensors) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+def output_chain(node: onnx.NodeProto, output: str, t: Tensors) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """The fused chain and quantize step the compiler lowers ``node``'s ``output`` with: a lookup
     table (``node`` and the elementwise ops after it) for a standalone activation, else the
     epilogue chain after the node."""
@@ -323,8 +329,48 @@ def _dequantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
         if p is not None and t.is_dequantize(p):
             steps.append(p)
             continue
+        if p is not None and grid_step(p, t):
+            work.append(p.input[0])
+            continue
         if p is None or p.op_type not in TABLE_OPS or seen > MAX_CHAIN:
             return None
         seen += 1
         work.extend(i for i in p.input if i and t.value(i) is None)
     return steps
+
+
+def grid_step(node: onnx.NodeProto, t: Tensors, depth: int = 0) -> bool:
+    """Whether the compiler gives ``node`` a quantize step of its input's parameters
+    (``compiler/foreign.py``, for models whose quantizer left one out, as NNCF does before a
+    ``MaxPool`` or a reshape): a grid op reading a per-tensor dequantized activation (directly, or
+    through grid ops that get such a step), read by no quantize step, whose output reaches a layer
+    through grid ops.  Its outputs lie on its input's grid, so the step is exact, and the op and the
+    layer after it are lowered."""
+    if node.op_type not in GRID_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1 \
+            or depth > MAX_CHAIN:
+        return False
+    p = t.producer_node(node.input[0])
+    if p is None:
+        return False
+    if t.is_dequantize(p):
+        scale = t.value(p.input[1]) if len(p.input) > 1 else None
+        if scale is None or scale.size != 1 or t.value(p.input[0]) is not None:
+            return False
+    elif not grid_step(p, t, depth + 1):
+        return False
+    out = node.output[0]
+    if t.is_graph_output(out) or any(t.is_quantize(c) for c in t.consumer_nodes(out)):
+        return False
+    return _feeds_layer(out, t)
+
+
+def _feeds_layer(tensor: str, t: Tensors, depth: int = 0) -> bool:
+    """Whether ``tensor`` reaches a Conv/Gemm/MatMul, or a quantize step after a grid op, through
+    grid ops only; elsewhere (a float Softmax reading a Reshape) a grid step would change nothing
+    but the graph."""
+    for c in t.consumer_nodes(tensor):
+        if c.op_type in COMPUTE_OPS or (depth and t.is_quantize(c)):
+            return True
+        if c.op_type in GRID_OPS and depth < MAX_CHAIN and _feeds_layer(c.output[0], t, depth + 1):
+            return True
+    return False

@@ -1,22 +1,15 @@
-"""From per-node devices to NPU subgraphs.
+"""From per-node devices to subgraphs, on the checker's graph view.
 
-Rules (hb_mapper checker and the Vitis AI partitioner agree on them):
-
-* contiguous NPU work forms one subgraph; a CPU node in the middle splits the NPU part before it
-  from the part after it (a subgraph never has a path that leaves it and comes back, so each can
-  run as one accelerator call);
-* followers (Q/DQ, Identity, shape arithmetic) take the device and subgraph of the node they
-  belong to and never split anything.
-
-A node's *level* counts the CPU->NPU transitions on the longest path reaching it; NPU nodes joined
-by a data edge at the same level share a subgraph.  Levels never decrease along an edge, so a
-path out of a subgraph through the CPU cannot come back into it.
+The rule is :func:`npuflow.placement.partition`'s, the one the compiler uses: a subgraph never has
+a path that leaves it and comes back, so each runs as one accelerator call (or one ONNX Runtime
+run).  Followers (Q/DQ, Identity, shape arithmetic) take the device and subgraph of the node they
+belong to and never split anything: the partition sees the nodes that compute, joined through them.
 """
 
 from __future__ import annotations
 
+from .. import placement
 from ..graph import GraphView
-from .report import CPU, NPU
 
 
 class UnionFind:
@@ -68,34 +61,15 @@ def real_consumers(view: GraphView, transparent: list[bool], i: int) -> list[int
 
 
 def partition(view: GraphView, device: list[str], transparent: list[bool]) -> list[int | None]:
-    """Subgraph id per node (``None`` for CPU and transparent nodes), numbered in graph order."""
-    n = len(view.nodes)
-    level = [0] * n
-    producers: list[list[int]] = [[] for _ in range(n)]
-    for i in range(n):
-        if transparent[i]:
-            continue
-        preds = {p for t in view.data_inputs(i) if (p := real_producer(view, transparent, t)) is not None}
-        producers[i] = sorted(preds)
-        lv = 0
-        for p in preds:
-            lv = max(lv, level[p] + (1 if device[p] == CPU and device[i] == NPU else 0))
-        level[i] = lv
-    uf = UnionFind()
-    for i in range(n):
-        if transparent[i] or device[i] != NPU:
-            continue
-        uf.find(i)
-        for p in producers[i]:
-            if device[p] == NPU and level[p] == level[i]:
-                uf.union(p, i)
-    ids: dict[int, int] = {}
-    out: list[int | None] = [None] * n
-    for i in range(n):
-        if transparent[i] or device[i] != NPU:
-            continue
-        root = uf.find(i)
-        if root not in ids:
-            ids[root] = len(ids)
-        out[i] = ids[root]
+    """Subgraph number per node, in run order over both devices (``None`` for transparent
+    nodes): :func:`npuflow.placement.partition` over the nodes that compute, joined through the
+    followers between them."""
+    units = [i for i in range(len(view.nodes)) if not transparent[i]]
+    pos = {i: k for k, i in enumerate(units)}
+    producers = [[pos[p] for t in view.data_inputs(i) if (p := real_producer(view, transparent, t)) is not None]
+                 for i in units]
+    groups = placement.partition([device[i] for i in units], producers)
+    out: list[int | None] = [None] * len(view.nodes)
+    for k, i in enumerate(units):
+        out[i] = groups[k]
     return out

@@ -1,8 +1,9 @@
 """The checker's result: per-node placement and the NPU subgraphs, as plain data.
 
-This is a stable API: the compiler, quantizer and performance model read it.  ``device`` is
-``"NPU"`` or ``"CPU"``; printed tables show the target's label (DPU, BPU) via
-:meth:`CheckReport.device_name`.
+This is a stable API: the compiler, quantizer and performance model read it.  ``device`` is a
+:class:`npuflow.placement.Device` (``"NPU"`` or ``"CPU"`` in JSON); printed tables show the target's
+label (DPU, BPU) via :meth:`CheckReport.device_name`.  :meth:`CheckReport.placement` is the
+placement map the later stages consume.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from typing import Any
 
 import onnx
 
+from ..placement import Device, NodePlacement, PlacementMap
 from ..targets.spec import Target
 
-NPU = "NPU"
-CPU = "CPU"
+NPU = Device.NPU
+CPU = Device.CPU
 
 
 @dataclass
 class NodeReport:
     name: str
     op_type: str
-    device: str  # "NPU" or "CPU"
-    subgraph: int | None
+    device: Device
+    subgraph: int | None  # its NPU subgraph (None on the CPU)
     kernel_type: str
     op_kind: str
     fused_into: str | None
@@ -40,6 +42,7 @@ class NodeReport:
     messages: list[str] = field(default_factory=list)  # extra notes (e.g. layout permutes)
     module: str | None = None  # PyTorch front end: module path that created the node
     source_range: list[str] = field(default_factory=list)  # PyTorch front end: user stack, innermost first
+    cpu_subgraph: int | None = None  # the CPU part it runs in (None on the NPU)
 
 
 @dataclass
@@ -68,6 +71,18 @@ class CheckReport:
     def device_name(self, node: NodeReport) -> str:
         """What the ON column prints: the target's label for NPU nodes (DPU, BPU), else CPU."""
         return self.target.device_label if node.device == NPU else CPU
+
+    def placement(self) -> PlacementMap:
+        """Each node's device and subgraph (``npu_subgraph_<k>`` / ``cpu_subgraph_<k>``, as the
+        partition numbered them), the map the quantizer, compiler and performance model read."""
+        out: PlacementMap = {}
+        for n in self.nodes:
+            if n.device == NPU:
+                sub = f"npu_subgraph_{n.subgraph}"
+            else:
+                sub = f"cpu_subgraph_{n.cpu_subgraph}" if n.cpu_subgraph is not None else f"cpu_{n.name}"
+            out[n.name] = NodePlacement(Device(n.device), sub, n.op_kind, n.fused_into or None)
+        return out
 
     @property
     def cpu_nodes(self) -> list[NodeReport]:

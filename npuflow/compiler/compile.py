@@ -25,11 +25,12 @@ from .. import plugins as plugin_registry
 from ..errors import NpuflowError
 from ..model import (MAX_IR_VERSION, InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load,
                      node_reads, read_proto, subgraphs)
+from ..placement import Device, is_plugin, plugin_name
 from ..targets import Target, load_target
 from . import foreign, memory
 from .compiled import CompiledModel, with_shapes
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
-from .partition import Placement, Unit, build_units, checker_placement_factory, partition, plugin_units
+from .partition import PlacementRule, Unit, build_units, checker_placement_factory, partition, plugin_units
 from .program import IntOp
 from .qgraph import QGraph
 
@@ -49,7 +50,7 @@ def compile_model(
     quantized_model: ModelLike,
     target: str | Target,
     *,
-    placement: Placement | None = None,
+    placement: PlacementRule | None = None,
     build_config: dict | None = None,
     preprocessing: dict | None = None,
     input_shapes: InputShapes | Sequence[InputShapes] | None = None,
@@ -77,7 +78,7 @@ def compile_model(
     return _compile(quantized_model, tgt, placement, build_config, preprocessing, input_shapes, plugs)
 
 
-def _compile(quantized_model: ModelLike, tgt: Target, placement: Placement | None, build_config: dict | None,
+def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule | None, build_config: dict | None,
              preprocessing: dict | None, input_shapes: InputShapes | None,
              plugs: Sequence[plugin_registry.Plugin] = ()) -> CompiledModel:
     """One program: the model frozen at ``input_shapes``."""
@@ -104,7 +105,7 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: Placement | Non
     return CompiledModel(manifest, blobs)
 
 
-def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: Placement,
+def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: PlacementRule,
                taken: set[str] = frozenset()) -> tuple[list[IntOp], list[str]]:
     """Integer ops for the accelerator; ``taken``: nodes of plugins, never lowered here."""
     ops: list[IntOp] = []
@@ -222,11 +223,11 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
     total_weights = 0
     for k, ((ins, outs), units) in enumerate(zip(_boundaries(groups, g), groups)):
         device = units[0].device
-        entry: dict = {"id": k, "name": f"subgraph_{k}_{device.removeprefix('plugin:')}",
+        entry: dict = {"id": k, "name": f"subgraph_{k}_{plugin_name(device) if is_plugin(device) else device.lower()}",
                        "inputs": ins, "outputs": outs}
         for t in ins + outs:
             tensors[t] = _tensor_info(g, t)
-        if device == "npu":
+        if device == Device.NPU:
             op_json = []
             for j, u in enumerate(units):
                 op = u.op
@@ -247,8 +248,8 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
             })
             peak = max(peak, plan["arena_bytes"] + sum(_nbytes(tensors[t]) for t in ins + outs))
             total_weights += weight_bytes
-        elif device.startswith("plugin:"):
-            plugin = plugs[device.removeprefix("plugin:")]
+        elif is_plugin(device):
+            plugin = plugs[plugin_name(device)]
             bname = f"sg{k}.onnx"
             blobs[bname] = _cpu_model(g, model, units, ins, outs)
             payload = plugin_registry.call(plugin, "compile", plugin.compile, onnx.load_from_string(blobs[bname]))
@@ -271,7 +272,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
             blobs[bname] = _cpu_model(g, model, units, ins, outs)
             weight_bytes = int(sum(g.const(i).nbytes for u in units for i in node_reads(u.node) if i in g.inits))
             entry.update({
-                "device": "CPU", "engine": "onnx", "onnx": bname, "nodes": [u.node.name for u in units],
+                "device": Device.CPU, "engine": "onnx", "onnx": bname, "nodes": [u.node.name for u in units],
                 "op_counts": dict(sorted(Counter(u.node.op_type for u in units).items())),
                 "macs": 0, "weight_bytes": weight_bytes,
             })

@@ -35,12 +35,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import numerics
+from ..check.lowerable import GRID_OPS, grid_step
 from ..errors import NpuflowError
 from ..model import tensor_elem_types
 from ..graph import attr, attr_values
 from ..targets import Target
 from .epilogue import collect_chain
-from .qgraph import QGraph, QParams
+from .qgraph import GraphFacts, QGraph, QParams
 
 _MS = "com.microsoft"
 #: QOperator op -> (float op, positions of (x, scale, zp) triples, (scale, zp) of the output).
@@ -58,13 +59,9 @@ _QLINEAR: dict[str, tuple[str, list[tuple[int, int, int]], tuple[int, int] | Non
 }
 #: Attributes of QOperator ops that their float op does not have.
 _DROP_ATTRS = {"channels_last", "opset"}
-#: Ops whose outputs lie on their (per-tensor) input's quantization grid.
-GRID_OPS = {"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 #: Ops that only move or select values (their outputs are some of their inputs' values).
 MOVE_OPS = GRID_OPS | {"GlobalMaxPool", "Slice", "Split", "Concat", "Gather", "Identity", "Tile", "Expand",
                        "DepthToSpace", "SpaceToDepth"}
-#: Layers whose lowering needs a dequantized input.
-COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 class _Rewriter:
@@ -435,7 +432,9 @@ def _propagate_through_grid_ops(model: onnx.ModelProto) -> list[str]:
     names = _NameSet(model)
     for _ in range(len(model.graph.node)):  # chains of grid ops: one link per round
         g = QGraph(model)
-        todo = [(n.name, g.dq_source(n.input[0])[2]) for n in model.graph.node if _needs_grid_step(g, n)]
+        facts = GraphFacts(g)
+        todo = [(n.name, src[2]) for n in model.graph.node
+                if (src := g.dq_source(n.input[0]) if n.input else None) is not None and grid_step(n, facts)]
         if not todo:
             break
         for name, dq in todo:
@@ -454,31 +453,6 @@ def _propagate_through_grid_ops(model: onnx.ModelProto) -> list[str]:
     ops = sorted({n.op_type for n in changed})
     return [f"propagated quantization through {len(changed)} {'/'.join(ops)} node(s) that commute with it "
             f"(Q -> DQ of their input's parameters added after them, e.g. {changed[0].name!r})"]
-
-
-def _needs_grid_step(g: QGraph, n: onnx.NodeProto) -> bool:
-    """A grid-preserving op reading a per-tensor dequantized activation, read by no quantize step."""
-    if n.op_type not in GRID_OPS or n.domain not in ("", "ai.onnx") or len(n.output) != 1:
-        return False
-    src = g.dq_source(n.input[0])
-    if src is None or not src[1].per_tensor or g.const(src[0]) is not None:
-        return False
-    cons = g.consumer_nodes(n.output[0])
-    if g.is_graph_output(n.output[0]) or any(g.quantize_mode(c) is not None for c in cons):
-        return False
-    return _feeds_compute(g, n.output[0])
-
-
-def _feeds_compute(g: QGraph, tensor: str, depth: int = 0) -> bool:
-    """Whether ``tensor`` reaches a Conv/Gemm/MatMul or a quantize step through grid ops only:
-    then quantizing it lets the ops on the way lower; elsewhere (a float Softmax reading a
-    Reshape) the step would change nothing but the graph."""
-    for c in g.consumer_nodes(tensor):
-        if c.op_type in COMPUTE_OPS or (depth and g.quantize_mode(c) is not None):
-            return True
-        if c.op_type in GRID_OPS and depth < 8 and _feeds_compute(g, c.output[0], depth + 1):
-            return True
-    return False
 
 
 def _center_uint8(model: onnx.ModelProto) -> list[str]:

@@ -1,33 +1,34 @@
-"""Placement and partition: which integer ops run on the accelerator, and the subgraphs.
+"""Placement and partition of a quantized model: which integer ops run on the accelerator, and the subgraphs.
 
-Placement asks a :data:`Placement` callable per lowered op; the default one
-(:func:`checker_placement_factory`) uses the checker's verdict per ONNX node.  Every node that is not lowered, or whose
-op the placement refuses, stays an ONNX node on the CPU, together with the dequantize steps it
-reads, so the accelerator/CPU boundaries are always integer tensors.
+Placement asks a :data:`PlacementRule` per lowered op; the default one
+(:func:`checker_placement_factory`) reads the checker's placement map
+(:meth:`npuflow.check.CheckReport.placement`).  Every node that is not lowered, or whose op the
+rule refuses, stays an ONNX node on the CPU, together with the dequantize steps it reads, so the
+accelerator/CPU boundaries are always integer tensors.
 
-Subgraphs: each unit (integer op or ONNX node) gets a level, ``max(level of producers, +1 when
-the producer's device differs)``; units with equal (level, device) form one subgraph.  Edges
-never go to a lower level and cross devices only upwards, so the subgraphs form a DAG, run in
-(level, device) order.
+Subgraphs: the units (integer ops, plugin nodes, ONNX nodes) are partitioned by
+:func:`npuflow.placement.partition`, the rule the checker's report uses.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import onnx
 
+from .. import placement
 from ..model import node_reads
+from ..placement import Device, plugin_device
 from ..targets import Target
 from .program import IntOp
 from .qgraph import QGraph
 
 log = logging.getLogger(__name__)
 
-#: ``placement(op, model, target) -> None`` (accelerator) or the reason it runs on the CPU.
-Placement = Callable[[IntOp, onnx.ModelProto, Target], "str | None"]
+#: ``rule(op, model, target) -> None`` (accelerator) or the reason it runs on the CPU.
+PlacementRule = Callable[[IntOp, onnx.ModelProto, Target], "str | None"]
 
 #: Integer steps every integer engine has (input quantization, output dequantization, tables).
 _ALWAYS = {"quantize", "dequantize", "requantize"}
@@ -40,15 +41,17 @@ def target_placement(op: IntOp, model: onnx.ModelProto, target: Target) -> str |
     return f"target {target.name} has no {op.kind} operation"
 
 
-def checker_placement_factory(model: onnx.ModelProto, target: Target) -> Placement:
-    """Placement from ``npuflow.check``'s per-node verdict (with its reasons); integer ops whose
-    node the checker does not report fall back to the target's operation rules."""
+def checker_placement_factory(model: onnx.ModelProto, target: Target) -> PlacementRule:
+    """The rule from ``npuflow.check``'s placement map (with its reasons); integer ops whose
+    node the checker does not report fall back to the target's operation rules.  A ``kind: cpu``
+    target runs its integer ops on the CPU itself: there every lowered op is taken."""
     from ..check import check
 
     report = check(model, target)
+    placement = report.placement()
     verdict: dict[str, str | None] = {}
     for node in report.nodes:
-        on_cpu = str(node.device).upper().startswith("CPU") and target.kind != "cpu"
+        on_cpu = placement[node.name].device == Device.CPU and target.kind != "cpu"
         verdict[node.name] = ("; ".join(node.reasons) or "placed on CPU by the checker") if on_cpu else None
 
     def place(op: IntOp, model: onnx.ModelProto, target: Target) -> str | None:
@@ -66,19 +69,11 @@ class Unit:
     """One schedulable piece: an integer op (accelerator) or an ONNX node (CPU)."""
 
     position: int
-    device: str  # "npu" | "cpu" | "plugin:<name>"
+    device: str  # a Device, or placement.plugin_device(name)
     inputs: list[str]
     outputs: list[str]
     op: IntOp | None = None
     node: onnx.NodeProto | None = None
-    level: int = 0
-
-
-@dataclass
-class Partition:
-    units: list[Unit]
-    subgraphs: list[list[Unit]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def plugin_units(g: QGraph, owner: dict[str, str]) -> dict[str, str]:
@@ -106,10 +101,10 @@ def build_units(g: QGraph, ops: list[IntOp], taken: dict[str, str] | None = None
     taken = taken or {}
     index = {n.name: i for i, n in enumerate(g.graph.node)}
     covered = {name for op in ops for name in op.nodes}
-    units = [Unit(min(index[n] for n in op.nodes), "npu", list(op.inputs), list(op.outputs), op=op) for op in ops]
+    units = [Unit(min(index[n] for n in op.nodes), Device.NPU, list(op.inputs), list(op.outputs), op=op) for op in ops]
     for n in g.graph.node:
         if n.name in taken:
-            units.append(Unit(index[n.name], f"plugin:{taken[n.name]}", [i for i in node_reads(n) if i not in g.inits],
+            units.append(Unit(index[n.name], plugin_device(taken[n.name]), [i for i in node_reads(n) if i not in g.inits],
                               [o for o in n.output if o], node=n))
     covered |= set(taken)
     npu_reads = {name for op in ops for name in op.reads}
@@ -121,36 +116,21 @@ def build_units(g: QGraph, ops: list[IntOp], taken: dict[str, str] | None = None
             continue  # read directly as integers by the accelerator
         # a control-flow node's inputs include what its branches/body read from the outer scope:
         # those must be computed before it and carried into its CPU subgraph
-        units.append(Unit(index[n.name], "cpu", [i for i in node_reads(n) if i not in g.inits],
+        units.append(Unit(index[n.name], Device.CPU, [i for i in node_reads(n) if i not in g.inits],
                           [o for o in n.output if o], node=n))
     units.sort(key=lambda u: u.position)
     return units
 
 
 def partition(units: list[Unit]) -> list[list[Unit]]:
-    producer: dict[str, Unit] = {}
-    for u in units:
+    """The units grouped into subgraphs, in run order (:func:`npuflow.placement.partition`)."""
+    producer: dict[str, int] = {}
+    for k, u in enumerate(units):
         for o in u.outputs:
-            producer[o] = u
-    for u in units:
-        level = 0
-        for i in u.inputs:
-            p = producer.get(i)
-            if p is not None:
-                level = max(level, p.level + (p.device != u.device))
-        u.level = level
-    # units that read only constants (a weight's dequantize step for a CPU node) join the
-    # subgraph of their first consumer instead of forming a subgraph of their own
-    consumers: dict[str, list[Unit]] = {}
-    for u in units:
-        for i in u.inputs:
-            consumers.setdefault(i, []).append(u)
-    for u in units:
-        if not u.inputs:
-            users = [c for o in u.outputs for c in consumers.get(o, [])]
-            if users and all(c.device == u.device for c in users):
-                u.level = min(c.level for c in users)
-    groups: dict[tuple[int, str], list[Unit]] = {}
-    for u in units:
-        groups.setdefault((u.level, u.device), []).append(u)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] != "cpu"))]
+            producer[o] = k
+    numbers = placement.partition([u.device for u in units],
+                                  [[producer[i] for i in u.inputs if i in producer] for u in units])
+    groups: list[list[Unit]] = [[] for _ in range(max(numbers, default=-1) + 1)]
+    for u, k in zip(units, numbers):
+        groups[k].append(u)
+    return groups

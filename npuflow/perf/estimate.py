@@ -16,6 +16,7 @@ import onnx
 
 from ..graph import GraphView
 from ..model import tensor_shapes
+from ..placement import Device, NodePlacement, is_plugin, plugin_name
 from ..targets import Target
 from . import cpu_time
 from .cost import LayerCost, buffer_bytes, bytes_per_cycle, layer_cost
@@ -24,20 +25,6 @@ from .layers import NONE, Geometry, model_geometry, node_name
 NPU_SOURCE = "estimated (static model of the target)"
 CPU_SOURCE = "measured on host CPU (ONNX Runtime, 1 thread)"
 PLUGIN_SOURCE = "estimated by the compiler plugin"
-#: Placement device of a node a compiler plugin runs: ``plugin:<name>`` (:mod:`npuflow.plugins`).
-PLUGIN_PREFIX = "plugin:"
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where the checker put one node: the slice of ``CheckReport`` the estimator needs."""
-
-    device: str  # "NPU", "CPU" or "plugin:<name>"
-    subgraph: str
-    op_kind: str = ""
-    fused_into: str | None = None
-
-
 @dataclass
 class LayerResult:
     name: str
@@ -62,7 +49,7 @@ class LayerResult:
 @dataclass
 class SubgraphResult:
     name: str
-    device: str  # "NPU" | "CPU" | the plugin's device label
+    device: str  # a Device, or the plugin's device label
     source: str  # NPU_SOURCE | CPU_SOURCE | PLUGIN_SOURCE
     nodes: list[str]
     ops: int  # 2 x MACs per frame (one MAC counts as 2 ops)
@@ -140,44 +127,11 @@ class PerfReport:
         d = asdict(self)
         for s, sd in zip(self.subgraphs, d["subgraphs"]):
             sd["ddr_bytes"] = s.ddr_bytes
-        d["sources"] = {"NPU": NPU_SOURCE, "CPU": CPU_SOURCE}
+        d["sources"] = {Device.NPU: NPU_SOURCE, Device.CPU: CPU_SOURCE}
         return d
 
 
-def placement_from_report(report: Any) -> dict[str, Placement]:
-    """Adapt the checker's ``CheckReport`` to :class:`Placement` entries.
-
-    The checker numbers NPU subgraphs only; connected CPU nodes are grouped here into CPU
-    subgraphs (``cpu_subgraph_<k>``), each timed as one ONNX Runtime run.
-    """
-    cpu = {n.name: n for n in report.nodes if str(n.device).upper().startswith("CPU")}
-    parent = {name: name for name in cpu}
-
-    def root(a: str) -> str:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for n in cpu.values():
-        for other in getattr(n, "input_nodes", []) or []:
-            if other in cpu:
-                parent[root(n.name)] = root(other)
-    cpu_ids: dict[str, int] = {}
-    out: dict[str, Placement] = {}
-    for n in report.nodes:
-        if n.name in cpu:
-            k = cpu_ids.setdefault(root(n.name), len(cpu_ids))
-            device, sub = "CPU", f"cpu_subgraph_{k}"
-        else:
-            device = "NPU"
-            sub = f"npu_subgraph_{n.subgraph}" if isinstance(n.subgraph, int) else str(n.subgraph or n.name)
-        out[n.name] = Placement(device=device, subgraph=sub, op_kind=str(getattr(n, "op_kind", "") or ""),
-                                fused_into=getattr(n, "fused_into", None) or None)
-    return out
-
-
-def _layer_result(name: str, node: onnx.NodeProto, p: Placement, c: LayerCost, mhz: float) -> LayerResult:
+def _layer_result(name: str, node: onnx.NodeProto, p: NodePlacement, c: LayerCost, mhz: float) -> LayerResult:
     return LayerResult(
         name=name, op_type=node.op_type, subgraph=p.subgraph, engine=c.engine, macs=c.macs,
         compute_cycles=c.compute_cycles, memory_cycles=c.memory_cycles, cycles=c.cycles, bound=c.bound,
@@ -190,7 +144,7 @@ def _layer_result(name: str, node: onnx.NodeProto, p: Placement, c: LayerCost, m
 def estimate(
     model: onnx.ModelProto,
     target: Target,
-    placement: Mapping[str, Placement],
+    placement: Mapping[str, NodePlacement],
     *,
     model_name: str = "model",
     measure_cpu: bool = True,
@@ -202,9 +156,9 @@ def estimate(
     on_npu = target.kind == "npu"
     nodes = list(model.graph.node)
     names = [node_name(n, i) for i, n in enumerate(nodes)]
-    place = {nm: placement.get(nm) or Placement("CPU", f"cpu_{nm}") for nm in names}
+    place = {nm: placement.get(nm) or NodePlacement(Device.CPU, f"cpu_{nm}") for nm in names}
     if not on_npu:
-        place = {nm: Placement("CPU", "cpu_subgraph_0", p.op_kind) for nm, p in place.items()}
+        place = {nm: NodePlacement(Device.CPU, "cpu_subgraph_0", p.op_kind) for nm, p in place.items()}
 
     geo = _forward_on_chip(model, names, place, geo, target, elem_bytes)
     groups: OrderedDict[str, list[int]] = OrderedDict()
@@ -216,7 +170,7 @@ def estimate(
     notes: list[str] = []
     for sg, idx in groups.items():
         device = place[names[idx[0]]].device
-        if device == "NPU":
+        if device == Device.NPU:
             results, shared_cycles = [], 0
             for i in idx:
                 p = place[names[i]]
@@ -231,7 +185,7 @@ def estimate(
             layers += results
             over_ms = target.overheads.subgraph_us / 1e3
             subgraphs.append(SubgraphResult(
-                name=sg, device="NPU", source=NPU_SOURCE, nodes=[names[i] for i in idx],
+                name=sg, device=Device.NPU, source=NPU_SOURCE, nodes=[names[i] for i in idx],
                 ops=2 * sum(r.macs for r in results),
                 load_weight_bytes=sum(r.weight_bytes for r in results),
                 load_fmap_bytes=sum(r.load_fmap_bytes + r.reload_bytes for r in results),
@@ -239,7 +193,7 @@ def estimate(
                 latency_ms=sum(r.cycles for r in results) / (mhz * 1e3) + over_ms,
                 shared_latency_ms=shared_cycles / (mhz * 1e3) + over_ms,
             ))
-        elif device.startswith(PLUGIN_PREFIX):
+        elif is_plugin(device):
             subgraphs.append(_plugin_subgraph(model, [nodes[i] for i in idx], sg, device, target, measure_cpu, notes))
         else:
             ms = cpu_time.measure_ms(model, [nodes[i] for i in idx]) if measure_cpu else None
@@ -247,7 +201,7 @@ def estimate(
                 ms = 0.0
                 notes.append(f"CPU part {sg} could not be timed alone; counted as 0 ms")
             subgraphs.append(SubgraphResult(
-                name=sg, device="CPU", source=CPU_SOURCE, nodes=[names[i] for i in idx], ops=0,
+                name=sg, device=Device.CPU, source=CPU_SOURCE, nodes=[names[i] for i in idx], ops=0,
                 load_weight_bytes=0, load_fmap_bytes=0, store_bytes=0, latency_ms=ms, shared_latency_ms=ms,
             ))
 
@@ -286,14 +240,14 @@ def _plugin_subgraph(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: 
     timed on this host as a CPU part when the plugin has no estimate or is not installed here."""
     from .. import plugins
 
-    plugin = plugins.get_plugin(device.removeprefix(PLUGIN_PREFIX))
+    plugin = plugins.get_plugin(plugin_name(device))
     sub = cpu_time.cut_subgraph(model, nodes)
     ms = plugins.call(plugin, "estimate_ms", plugin.estimate_ms, sub, target) if plugin is not None else None
     label, source = (plugin.device, PLUGIN_SOURCE) if plugin is not None else (device, CPU_SOURCE)
     if ms is None:
         ms = (cpu_time.measure_ms(model, nodes) if measure_cpu else None) or 0.0
         source = CPU_SOURCE
-        notes.append(f"{name} runs on compiler plugin {device.removeprefix(PLUGIN_PREFIX)!r}, which "
+        notes.append(f"{name} runs on compiler plugin {plugin_name(device)!r}, which "
                      f"{'gives no estimate' if plugin is not None else 'is not installed here'}: timed on this host")
     return SubgraphResult(name=name, device=label, source=source, nodes=[n.name for n in nodes], ops=0,
                           load_weight_bytes=0, load_fmap_bytes=0, store_bytes=0, latency_ms=float(ms),
@@ -334,7 +288,7 @@ def end_to_end(model: onnx.ModelProto, target: Target, *, latency_ms: float, cpu
 
 
 def _forward_on_chip(
-    model: onnx.ModelProto, names: list[str], place: Mapping[str, Placement],
+    model: onnx.ModelProto, names: list[str], place: Mapping[str, NodePlacement],
     geo: dict[str, Geometry], target: Target, elem_bytes: int,
 ) -> dict[str, Geometry]:
     """Drop the DDR store and re-load of tensors passed straight to the next layer on chip.
@@ -356,12 +310,12 @@ def _forward_on_chip(
         return index.get(f, i) if f else i
 
     order = [i for i, nm in enumerate(names)
-             if place[nm].device == "NPU" and not place[nm].fused_into and geo[nm].engine != NONE]
+             if place[nm].device == Device.NPU and not place[nm].fused_into and geo[nm].engine != NONE]
     nxt = {a: b for a, b in zip(order, order[1:])}
     out = dict(geo)
     for i, n in enumerate(nodes):
         p = place[names[i]]
-        if p.device != "NPU":
+        if p.device != Device.NPU:
             continue
         for t in n.output:
             users = [doer(u) for u in consumers.get(t, [])]
@@ -369,7 +323,7 @@ def _forward_on_chip(
             real = {u for u in users if u != src}
             size = math.prod(shapes.get(t) or [0]) * elem_bytes
             if (t in outputs or len(real) != 1 or not size or 2 * size > fmap_buf
-                    or any(place[names[u]].subgraph != p.subgraph or place[names[u]].device != "NPU"
+                    or any(place[names[u]].subgraph != p.subgraph or place[names[u]].device != Device.NPU
                            for u in users)):
                 continue
             (u,) = real
@@ -382,7 +336,7 @@ def _forward_on_chip(
 
 
 def _boundaries(
-    model: onnx.ModelProto, names: list[str], place: Mapping[str, Placement], target: Target
+    model: onnx.ModelProto, names: list[str], place: Mapping[str, NodePlacement], target: Target
 ) -> tuple[list[TransferResult], list[tuple[str, str]]]:
     """Tensors crossing NPU<->CPU, and the part-level edges of the structure picture.
 
@@ -401,8 +355,8 @@ def _boundaries(
             src = place[names[producer[t]]]
             if src.subgraph == dst.subgraph:
                 continue
-            a = src.subgraph if src.device != "CPU" else names[producer[t]]  # NPU and plugin parts: one box
-            b = dst.subgraph if dst.device != "CPU" else names[i]
+            a = src.subgraph if src.device != Device.CPU else names[producer[t]]  # NPU and plugin parts: one box
+            b = dst.subgraph if dst.device != Device.CPU else names[i]
             if (a, b) not in seen:
                 seen.add((a, b))
                 edges.append((a, b))

@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .estimate import PLUGIN_PREFIX, Placement
+from ..placement import Device, NodePlacement, plugin_device
+
 
 #: Integer-program op -> ONNX op with the same cost (geometry), see :mod:`npuflow.perf.layers`.
 _ONNX_OP = {
@@ -67,11 +68,11 @@ def npuf_units(path: str | Path, model: str | None = None) -> list[tuple[str, st
     return units
 
 
-def model_and_placement(compiled: Any) -> tuple[onnx.ModelProto, dict[str, Placement]]:
+def model_and_placement(compiled: Any) -> tuple[onnx.ModelProto, dict[str, NodePlacement]]:
     """(model, placement) of a ``CompiledModel``; NPU subgraph names are the runtime's names."""
     man = compiled.manifest
     nodes, inits, infos, opsets, functions = [], [], {}, {}, []
-    placement: dict[str, Placement] = {}
+    placement: dict[str, NodePlacement] = {}
     for name, t in man.get("tensors", {}).items():
         infos[name] = helper.make_tensor_value_info(name, _elem_type(t["dtype"]), t["shape"])
     for sg in man["subgraphs"]:
@@ -87,7 +88,7 @@ def model_and_placement(compiled: Any) -> tuple[onnx.ModelProto, dict[str, Place
                         weights.append(blob)
                 node = _node_for(op, weights)
                 nodes.append(node)
-                placement[node.name] = Placement("NPU", sg["name"], op["kind"])
+                placement[node.name] = NodePlacement(Device.NPU, sg["name"], op["kind"])
         else:
             sub = onnx.load_from_string(compiled.blob(sg["onnx"]))
             for o in sub.opset_import:
@@ -96,12 +97,12 @@ def model_and_placement(compiled: Any) -> tuple[onnx.ModelProto, dict[str, Place
             inits.extend(sub.graph.initializer)
             for vi in [*sub.graph.input, *sub.graph.value_info, *sub.graph.output]:
                 infos.setdefault(vi.name, vi)
-            device = f"{PLUGIN_PREFIX}{sg['plugin']}" if sg["engine"] == "plugin" else "CPU"
+            device = plugin_device(sg["plugin"]) if sg["engine"] == "plugin" else Device.CPU
             for i, n in enumerate(sub.graph.node):
                 if not n.name:
                     n.name = f"{sg['name']}_{n.op_type}_{i}"
                 nodes.append(n)
-                placement[n.name] = Placement(device, sg["name"], n.op_type)
+                placement[n.name] = NodePlacement(device, sg["name"], n.op_type)
     opsets.setdefault("", 17)
     graph_inputs = [infos[i["name"]] for i in compiled.inputs if i["name"] in infos]
     graph_outputs = [infos[o["name"]] for o in compiled.outputs if o["name"] in infos]

@@ -14,7 +14,7 @@ import onnx
 
 from ..errors import NpuflowError
 from ..targets import Target, load_target
-from .estimate import PerfReport, estimate, placement_from_report
+from .estimate import PerfReport, estimate
 
 
 def perf(
@@ -37,7 +37,7 @@ def perf(
 
     report = check(model, t, input_shapes)  # report.model: normalised, folded, nodes named
     label = name or (Path(model).stem if isinstance(model, (str, Path)) else report.graph_name or "model")
-    return estimate(report.model, t, placement_from_report(report), model_name=label, measure_cpu=measure_cpu)
+    return estimate(report.model, t, report.placement(), model_name=label, measure_cpu=measure_cpu)
 
 
 def _perf_npuf(path: Path, target: str | Target | None, *, name: str | None, measure_cpu: bool) -> PerfReport:

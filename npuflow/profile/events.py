@@ -11,13 +11,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..placement import Device
+
 
 @dataclass(frozen=True)
 class RunEvent:
     """One subgraph run: ``start_ns``/``end_ns`` are ``time.perf_counter_ns`` values."""
 
     name: str
-    device: str  # "NPU" | "CPU"
+    device: Device
     thread_id: int
     start_ns: int
     end_ns: int
@@ -39,10 +41,10 @@ def _first(obj: Any, *names: str, default: Any = None) -> Any:
 def from_runtime(e: Any) -> RunEvent:
     """Adapt a runtime listener event (attribute names as documented by ``npuflow.runtime``)."""
     sub = _first(e, "subgraph_id", "subgraph", "index")
-    device = str(_first(e, "device", default="NPU"))
+    device = str(_first(e, "device", default=Device.NPU))
     return RunEvent(
         name=str(_first(e, "name", default=f"subgraph_{sub}")),
-        device="CPU" if device.upper().startswith("CPU") else "NPU",
+        device=Device.CPU if device.upper().startswith(Device.CPU) else Device.NPU,
         thread_id=int(_first(e, "thread_id", "thread", default=threading.get_ident())),
         start_ns=int(_first(e, "start_ns", "start")),
         end_ns=int(_first(e, "end_ns", "end")),

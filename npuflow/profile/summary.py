@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from ..placement import Device
 from .bench import BenchResult
 
 
@@ -38,7 +39,7 @@ def vaitrace_summary(result: BenchResult, estimate: Any | None = None) -> str:
     npu_rows, cpu_rows = [], []
     for name, times in runs.items():
         sim = statistics.fmean(times)
-        if device[name] == "NPU":
+        if device[name] == Device.NPU:
             s = est.get(name)
             if s is not None:
                 wl, rt = s.ops / 1e9, s.latency_ms
@@ -49,7 +50,7 @@ def vaitrace_summary(result: BenchResult, estimate: Any | None = None) -> str:
                 cells = ["-"] * 7
             npu_rows.append([device_id, "1", name, *cells, str(len(times)), f"{sim:.3f}"])
         else:
-            cpu_rows.append([name, "CPU", str(len(times)), f"{sim:.3f}"])
+            cpu_rows.append([name, Device.CPU, str(len(times)), f"{sim:.3f}"])
     out = ["NPU Summary",
            "  ESTIMATED for the target (static model): WL, Est RT, Perf, LdWB, LdFM, StFM, AvgBw",
            "  MEASURED on this host (npuflow simulator): Runs, Sim RT"]

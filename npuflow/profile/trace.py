@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..model import write_atomic
+from ..placement import Device
 from .events import Recorder, RunEvent
 
 
@@ -56,7 +57,7 @@ class TraceContext:
         try:
             yield
         finally:
-            self.recorder.add(RunEvent(name, "CPU", threading.get_ident(), start, time.perf_counter_ns()))
+            self.recorder.add(RunEvent(name, Device.CPU, threading.get_ident(), start, time.perf_counter_ns()))
 
     @property
     def events(self) -> list[RunEvent]:

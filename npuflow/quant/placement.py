@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import onnx
 
-from ..check.report import NPU, CheckReport
+from ..check.report import CheckReport
+from ..placement import Device
 from ..graph import GraphView
 from ..targets import Target
 from .plan import node_key
@@ -32,7 +33,7 @@ def accelerator_nodes(placement: CheckReport, model: onnx.ModelProto, target: Ta
     idx = GraphView(model.graph)
     on_npu: set[str] = set()
     for node in model.graph.node:
-        if _device(node, device, idx) == NPU:
+        if _device(node, device, idx) == Device.NPU:
             on_npu.add(node_key(node))
     return on_npu
 

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from ..errors import NpuflowError
+from ..placement import Device
 from .algorithms.capture import run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
@@ -188,7 +189,7 @@ def add_placement(report: QuantReport, placement) -> None:
     for row in report.rows:
         node = by_output.get(row.tensor)
         if row.type in _control_flow_ops():
-            row.on, row.subgraph = "CPU", None
+            row.on, row.subgraph = Device.CPU, None
         elif node is not None:
             row.on = placement.device_name(node)
             row.subgraph = node.subgraph

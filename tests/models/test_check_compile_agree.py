@@ -139,6 +139,20 @@ def test_accelerator_nodes_are_compiled_for_the_accelerator(models, tmp_path_fac
 
 
 @pytest.mark.models
+@pytest.mark.parametrize("target", [TARGETS[0], "bernoulli2"])
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_checker_subgraphs_are_the_compiled_subgraphs(models, tmp_path_factory, key, target):
+    """One partitioner (issue 17): the accelerator subgraphs the checker reports for a quantized
+    model are the compiled file's integer subgraphs, node for node."""
+    model = _quantized(models, tmp_path_factory, key, target)
+    compute = {n.name for n in model.graph.node if not is_qdq(n)}  # not the steps compile adds
+    reported = [set(sg.nodes) & compute for sg in check(model, target).subgraphs]
+    compiled = [{name for op in sg["ops"] for name in op["nodes"]} & compute
+                for sg in npuflow.compile(model, target).manifest["subgraphs"] if sg["engine"] == "integer"]
+    assert [sg for sg in reported if sg] == [sg for sg in compiled if sg]
+
+
+@pytest.mark.models
 @pytest.mark.parametrize("key", ["conv1d", "standalone_bn"])
 def test_conv1d_and_standalone_batchnorm_run_on_the_dpu(models, tmp_path_factory, key):
     """Issue 16: no compute node of these nets is left to the CPU on the DPU."""

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import npuflow
-from npuflow.perf import Placement, estimate, write_report
+from npuflow.placement import NodePlacement
+from npuflow.perf import estimate, write_report
 
 from .test_perf_estimate import B4096, all_npu, conv_net
 
@@ -28,7 +29,7 @@ def _board(folder: Path, host: str) -> Path:
 def mixed_model():
     model = conv_net([(32, 3, 2, 1), (32, 3, 1, -1), (64, 1, 1, 1), (64, 3, 1, -1), (128, 1, 1, 1)], 64)
     place = all_npu(model)
-    place["conv2"] = Placement("CPU", "cpu_conv2")  # one CPU subgraph: its time is scaled to the board
+    place["conv2"] = NodePlacement("CPU", "cpu_conv2")  # one CPU subgraph: its time is scaled to the board
     return model, place
 
 

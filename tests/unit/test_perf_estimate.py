@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
-from npuflow.perf import Placement, estimate
+from npuflow.placement import NodePlacement
+from npuflow.perf import estimate
 from npuflow.perf.cost import compute_cycles, layer_cost
 from npuflow.perf.layers import model_geometry, node_name
 
@@ -33,7 +34,7 @@ def conv_net(layers: list[tuple[int, int, int, int]], size: int, cin: int = 3) -
 
 
 def all_npu(model: onnx.ModelProto) -> dict[str, Placement]:
-    return {node_name(n, i): Placement("NPU", "npu_subgraph_0") for i, n in enumerate(model.graph.node)}
+    return {node_name(n, i): NodePlacement("NPU", "npu_subgraph_0") for i, n in enumerate(model.graph.node)}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_overheads_and_traffic_add_up(target, mixed):
 
 def test_cpu_parts_are_measured_and_boundaries_cost_a_transfer(target, mixed):
     place = all_npu(mixed)
-    place["conv2"] = Placement("CPU", "cpu_conv2")
+    place["conv2"] = NodePlacement("CPU", "cpu_conv2")
     r = estimate(mixed, target, place)
     assert {s.device for s in r.subgraphs} == {"NPU", "CPU"}
     assert "conv2" not in {layer.name for layer in r.layers}  # CPU nodes are not costed as NPU layers

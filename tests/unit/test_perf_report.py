@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 import npuflow
-from npuflow.perf import Placement, estimate, write_report
+from npuflow.placement import NodePlacement
+from npuflow.perf import estimate, write_report
 
 from .test_perf_estimate import B4096, all_npu, conv_net
 
@@ -29,7 +30,7 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 def written(tmp_path_factory):
     model = conv_net([(32, 3, 2, 1), (32, 3, 1, -1), (64, 1, 1, 1), (64, 3, 1, -1), (128, 1, 1, 1)], 64)
     place = all_npu(model)
-    place["conv2"] = Placement("CPU", "cpu_conv2")
+    place["conv2"] = NodePlacement("CPU", "cpu_conv2")
     report = estimate(model, npuflow.load_target(B4096), place, model_name="mixed")
     out = tmp_path_factory.mktemp("perf")
     return report, write_report(report, out)

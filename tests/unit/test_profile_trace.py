@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import npuflow
-from npuflow.perf import Placement, estimate
+from npuflow.placement import NodePlacement
+from npuflow.perf import estimate
 from npuflow.profile import BenchResult, chrome_trace, vaitrace_summary, write_chrome_trace
 from npuflow.profile.events import RunEvent
 
@@ -35,8 +36,8 @@ def test_chrome_trace_has_one_track_per_thread(tmp_path):
 
 def test_summary_keeps_estimated_and_measured_apart():
     model = conv_net([(32, 3, 2, 1), (32, 3, 1, -1), (64, 1, 1, 1)], 32)
-    place = {"conv0": Placement("NPU", "npu_subgraph_0"), "conv1": Placement("NPU", "npu_subgraph_0"),
-             "conv2": Placement("CPU", "cpu_conv2")}
+    place = {"conv0": NodePlacement("NPU", "npu_subgraph_0"), "conv1": NodePlacement("NPU", "npu_subgraph_0"),
+             "conv2": NodePlacement("CPU", "cpu_conv2")}
     est = estimate(model, npuflow.load_target(B4096), place, measure_cpu=False)
     res = BenchResult(thread_num=2, frame_count=2, run_time_ms=1.0, frame_latencies_ms=[0.4, 0.4], events=_events())
     text = vaitrace_summary(res, est)
