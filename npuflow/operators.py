@@ -223,6 +223,9 @@ FOLLOWERS = frozenset(d.op_type for d in REGISTRY.values() if d.follower)
 DATA_MOVEMENT = frozenset(d.op_type for d in REGISTRY.values() if d.moves_data)
 #: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
 SHAPE_OPS = frozenset({"Shape", "Size"})
+#: Single-input ops whose outputs lie on their (per-tensor) input's quantization grid, so a
+#: quantize step with the input's parameters after them is exact (``check/lowerable.grid_step``).
+GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).

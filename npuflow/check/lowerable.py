@@ -22,14 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, Engine, node_attr, op_def
+from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine,
+                         node_attr, op_def)
 
 #: Longest fused chain (nodes between a layer and its quantize step).
 MAX_CHAIN = 8
-#: Ops whose outputs lie on their (per-tensor) input's quantization grid.
-GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
-#: Layers whose lowering needs a dequantized input.
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 #: Types of the quantize/dequantize steps an integer program reads and writes (not int4/float8).
 INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
@@ -369,7 +366,7 @@ def _feeds_layer(tensor: str, t: Tensors, depth: int = 0) -> bool:
     grid ops only; elsewhere (a float Softmax reading a Reshape) a grid step would change nothing
     but the graph."""
     for c in t.consumer_nodes(tensor):
-        if c.op_type in COMPUTE_OPS or (depth and t.is_quantize(c)):
+        if c.op_type in WEIGHTED_OPS or (depth and t.is_quantize(c)):
             return True
         if c.op_type in GRID_OPS and depth < MAX_CHAIN and _feeds_layer(c.output[0], t, depth + 1):
             return True

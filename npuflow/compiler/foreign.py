@@ -35,10 +35,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import numerics
-from ..check.lowerable import GRID_OPS, grid_step
+from ..check.lowerable import grid_step
 from ..errors import NpuflowError
-from ..model import tensor_elem_types
 from ..graph import attr, attr_values
+from ..model import tensor_elem_types
+from ..operators import GRID_OPS
 from ..targets import Target
 from .epilogue import collect_chain
 from .qgraph import GraphFacts, QGraph, QParams

@@ -197,7 +197,7 @@ def test_checker_and_float_passes_find_the_same_decomposed_activations(name):
 
 #: Modules that still hold op-name tables, each with the reason (the registry covers the rest).
 NOT_YET_MOVED = {
-    "compiler/foreign.py": "QOperator -> QDQ rewriting tables (GRID_OPS, MOVE_OPS, COMPUTE_OPS) of foreign models",
+    "compiler/foreign.py": "ops that only move values (MOVE_OPS), for QOperator models run on integer tensors",
     "compiler/modify.py": "input nodes a .npuf edit may strip (another helper's module)",
     "perf/from_npuf.py": "integer-op name -> ONNX op name, the reverse of the compiler's lowering",
     "quant/algorithms/block_recon.py": "the torch implementations it has (a dispatch set)",
