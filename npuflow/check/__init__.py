@@ -4,7 +4,7 @@
 console table, the ``inspect_<target>.txt``/``.json`` files and a Graphviz picture.
 """
 
-from .api import check, prepare
+from .place import check, prepare
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 
 __all__ = ["CPU", "NPU", "CheckReport", "NodeReport", "Subgraph", "check", "prepare"]

@@ -3,7 +3,7 @@
 Data-movement ops compute nothing; the quantizer quantizes them only where integers flow anyway,
 so ``check`` must place them by the same rule or ``compile`` finds accelerator nodes left in float
 (which it runs on the CPU).  Two parts, both applied by ``quant/plan.py`` when it builds the plan
-and by :mod:`.api` on float models:
+and by :mod:`.place` on float models:
 
 * a follower (:data:`npuflow.operators.FOLLOWERS`) is quantized only when the op feeding its data input is (as ONNX
   Runtime's quantizer does): a Reshape after a float Softmax stays float instead of quantizing

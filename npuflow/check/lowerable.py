@@ -1,7 +1,7 @@
 """Which nodes the integer compiler lowers: one answer for ``check`` and ``compile`` (issue 17).
 
 A node the checker places on the accelerator must be one ``compile`` turns into an integer op, by
-construction: the checker (:mod:`.api`) and the compiler (``compiler/lowering.py``) both ask
+construction: the checker (:mod:`.place`) and the compiler (``compiler/lowering.py``) both ask
 :func:`lowering_limit` before anything else, so neither can accept a node the other refuses for a
 reason of the graph.  The answer depends on the graph alone: the op type, its attributes, the
 ranks, static shapes and element types of its tensors, which operands are constants, and, in a
