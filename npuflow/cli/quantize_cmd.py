@@ -84,7 +84,7 @@ def quantize_command(
             result = quantize(source, str(calib), target, config=cfg, input_shapes=shapes, progress=progress,
                               warn=False)  # printed below, last
         else:
-            from ..quant.auto import auto_quantize
+            from ..analyze.auto_quant import auto_quantize
 
             auto = auto_quantize(source, str(calib), target, min_similarity=min_similarity, time_budget_s=time_budget,
                                  allow_cpu_fallback=allow_cpu_fallback, config=cfg, input_shapes=shapes,
@@ -113,7 +113,7 @@ def quantize_command(
 
 
 def _print_steps(auto, allow_cpu_fallback: bool) -> None:
-    """The accuracy-targeted ladder's steps (:func:`npuflow.quant.auto.auto_quantize`): score,
+    """The accuracy-targeted ladder's steps (:func:`npuflow.analyze.auto_quant.auto_quantize`): score,
     time, kept or why not; a warning when the target was not reached."""
     from rich.table import Table
 

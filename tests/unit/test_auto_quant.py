@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npuflow.quant.auto import LADDER, auto_quantize
+from npuflow.analyze.auto_quant import LADDER, auto_quantize
 from tests.unit.quant_nets import two_conv_net
 
 DPU = "DPUCZDX8G_ISA1_B4096"

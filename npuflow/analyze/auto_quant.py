@@ -1,5 +1,6 @@
 """Accuracy-targeted quantization: the cheapest steps that reach a similarity, every layer kept on
-the accelerator (AIMET's AutoQuant idea, for npuflow's targets).
+the accelerator (AIMET's AutoQuant idea, for npuflow's targets).  It sits in ``analyze`` because
+it drives the quantizer and the analysis (mixed precision) from above; the quantizer never calls it.
 
 A user states what "accurate enough" means — a minimum output similarity to the float model, or
 a metric of their own with a minimum — and how long they can wait.  :func:`auto_quantize` then
@@ -29,13 +30,13 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import NpuflowError
-from .config import QuantConfig
-from .pipeline import QuantizedModel, config_of, quantize
+from ..quant.config import QuantConfig
+from ..quant.pipeline import QuantizedModel, config_of, quantize
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,8 @@ def _merge(base: dict, patch: dict) -> dict:
 
 def _cpu_fallback(q: QuantizedModel, goal: float, target: Any, calib_data: Any, metric: Metric | None):
     """Fewest layers in float on the CPU until the similarity target holds, with the latency cost."""
-    from ..analyze import mixed_precision
-    from ..analyze.compare import open_samples
+    from . import mixed_precision
+    from .compare import open_samples
 
     t0 = time.perf_counter()
     feeds = list(open_samples(calib_data, q.float_model, samples=q.config.similarity_samples))
