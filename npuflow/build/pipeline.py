@@ -188,7 +188,8 @@ def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: 
     log.info("QAT: output cosine %.6f (PTQ start) -> %.6f after %d steps; kept the %s",
              result.start_cosine, result.trained_cosine, result.steps, result.kept)
     summary = {k: v for k, v in result.report.items() if k != "losses"}
-    return dataclasses.replace(quantized, model=result.model, dynamic_model=result.model, saves_dynamic=False), summary
+    return dataclasses.replace(quantized, model=result.model, dynamic_model=result.model, saves_dynamic=False,
+                               requantizer=None), summary
 
 
 def _require_similarity(quantized: Any, check_report: Any) -> None:

@@ -105,8 +105,9 @@ class QuantizedModel:
         if self.requantizer is None:
             raise ValueError("this model has no quantization plan to override (it was replaced after quantize)")
         dynamic = self.requantizer.export(overrides)
+        shapes = model_io.tensor_shapes(self.float_model)
         static = dynamic if not self.config.calib_dynamic_dims else _frozen(
-            dynamic, {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in self.float_model.graph.input})
+            dynamic, {i.name: shapes[i.name] for i in model_io.graph_inputs(self.float_model)})
         return dataclasses.replace(self, model=static, dynamic_model=dynamic)
 
     def require_similarity(self) -> None:
@@ -221,7 +222,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                       bias_corrected=applied.get("bias_correction", {}).get("kept", False),
                       fast_finetuned=cfg.fast_finetune is not None, algorithms=applied)
     chosen = applied.get("percentile_search", {}).get("chosen")
-    requantizer = Requantizer(leg, tgt, cfg, allowed, stats, plan, asg, final_assignment(q_model, asg), q_model,
+    # the observers only: the float outputs kept for the checks above are no statistics to re-assign from
+    observers = dataclasses.replace(stats, outputs=[])
+    requantizer = Requantizer(leg, tgt, cfg, allowed, observers, plan, asg, final_assignment(q_model, asg), q_model,
                               percentile=chosen)
     result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
                             original_model=original, float_model=float_model, quant_params=asg.params, report=report,

@@ -27,7 +27,7 @@ score is what ``quantize`` builds with the same overrides in its config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import onnx
 
@@ -135,7 +135,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     idx = GraphView(graph)
     types = tensor_elem_types(model)
     structural = _structural_units(graph, idx)
-    changed = _checked_overrides(overrides or {}, graph)
+    changed = checked_overrides(overrides or {}, [node_key(n) for n in graph.node])
     floats = {n for n, p in changed.items() if p == "float"}
     keep = _with_fused_activations(set(config.keep_float) | floats, structural, idx, target)
     wide = _with_fused_activations({n for n, p in changed.items() if p == "int16"}, structural, idx, target)
@@ -220,17 +220,17 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     return plan
 
 
-def _checked_overrides(overrides: Mapping[str, str], graph: onnx.GraphProto) -> dict[str, str]:
+def checked_overrides(overrides: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     """The overrides that change something (``int8`` is the plan's own precision); a precision
-    that is not one of :data:`PRECISIONS`, or a name that is no node of the graph, is an error."""
-    known = {node_key(n) for n in graph.node}
+    that is not one of :data:`PRECISIONS`, or a name not in ``names``, is a coded error."""
+    known = list(names)
+    members = set(known)
     for name, precision in overrides.items():
         if precision not in PRECISIONS:
             raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
-        if name not in known:
+        if name not in members:
             raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field="precision overrides", name=name,
-                               examples=", ".join(repr(n) for n in sorted(known)[:3]),
-                               suggestion=did_you_mean(name, known))
+                               examples=", ".join(repr(n) for n in known[:3]), suggestion=did_you_mean(name, known))
     return {n: p for n, p in overrides.items() if p != "int8"}
 
 

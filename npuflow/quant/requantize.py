@@ -30,7 +30,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import NpuflowError, did_you_mean
 from ..targets import Target
 from .assign import Assignment, assign, requantize_bias
 from .calibrate import Statistics
@@ -38,7 +37,7 @@ from .config import QuantConfig
 from .export import export_qdq
 from .params import TensorQuant
 from .percentile_search import with_percentile
-from .plan import PRECISIONS, Layer, QuantPlan, build_plan
+from .plan import Layer, QuantPlan, build_plan, checked_overrides
 
 
 @dataclass
@@ -82,16 +81,8 @@ class Requantizer:
                           scale_type=self.target.numerics.scale_type)
 
     def _checked(self, overrides: Mapping[str, str]) -> dict[str, str]:
-        """The overrides that change something; a precision that is not one of
-        :data:`.plan.PRECISIONS`, or a name that is not one of :attr:`layers`, is an error."""
-        for name, precision in overrides.items():
-            if precision not in PRECISIONS:
-                raise NpuflowError("NPF_QUANT_BAD_PRECISION", value=precision)
-            if name not in self.layers:
-                raise NpuflowError("NPF_QUANT_UNKNOWN_LAYER", field="precision overrides", name=name,
-                                   examples=", ".join(repr(n) for n in list(self.layers)[:3]),
-                                   suggestion=did_you_mean(name, self.layers))
-        return {n: p for n, p in overrides.items() if p != "int8"}
+        """The overrides that change something; names must be :attr:`layers`."""
+        return checked_overrides(overrides, self.layers)
 
 
 def final_assignment(qmodel: onnx.ModelProto, base: Assignment) -> Assignment:

@@ -93,3 +93,15 @@ def test_carried_values_are_the_final_model_s(quantized):
     again = requantize.final_assignment(quantized.dynamic_model, rq.base)
     assert all(np.array_equal(again.values[n], rq.final.values[n]) for n in rq.final.values)
     assert rq.export({}).SerializeToString() == quantized.dynamic_model.SerializeToString()
+
+
+def test_a_minus_one_dimension_is_dynamic():
+    """paddle2onnx writes a dynamic batch as ``dim_value: -1`` (PP-OCR cls: ``[-1, 3, ?, ?]``): it
+    is left open like a named dimension, not required of every sample (NPF_QUANT_CALIB_MISMATCH,
+    "the model wants -1x3x?x?", was the answer to 1x3x48x192 samples)."""
+    m = _dynamic_head_net()
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    calib = [{"x": np.random.default_rng(k).uniform(-1, 1, (1, 3, 6, 16)).astype(np.float32)} for k in range(2)]
+    q = npuflow.quantize(m, calib, "cpu-int8", config={"report_samples": 0})
+    assert _dims(q.model) == [1, 3, 6, 16] and q.saves_dynamic
