@@ -313,6 +313,12 @@ _TORCH = _specs(
      "or quantize it with `npuflow quantize` (PTQ, fast_finetune) instead."),
     ("NPF_QAT_BAD_BUDGET", "invalid QAT training budget: {reason}",
      "Give exactly one of --epochs N (passes over the samples) and --minutes M (training wall time), positive."),
+    ("NPF_QAT_CHECKPOINT_MISMATCH", "checkpoint {path} is not one of this run: {what}",
+     "Resume with the model, target and settings that wrote it, or start afresh: leave out --resume "
+     "(load_checkpoint), and give --checkpoint a new path so the old checkpoint is not overwritten."),
+    ("NPF_QAT_CHECKPOINT_UNREADABLE", "cannot resume from {path}: {reason}",
+     "Give the file that --checkpoint (save_checkpoint) wrote; it is replaced whole at each save, so the "
+     "last one written is always complete."),
 )
 
 # --- channel pruning -----------------------------------------------------------------------

@@ -113,6 +113,8 @@ class CalibrationParameters(_Group):
     #: passes over the calibration samples, or minutes of training; at most one of the two.
     qat_epochs: float | None = Field(None, gt=0)
     qat_minutes: float | None = Field(None, gt=0)
+    #: local data-parallel processes of that QAT (torch DDP over gloo; docs/scale-out.md)
+    qat_nproc: int = Field(1, ge=1, le=256)
 
 
 class CompilerParameters(_Group):

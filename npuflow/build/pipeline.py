@@ -184,7 +184,8 @@ def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: 
     except ModuleNotFoundError as exc:
         raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package=exc.name or "torch") from None
     result = qat_onnx(original, quantized.target, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes,
-                      ptq=quantized, progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
+                      nproc=cal.qat_nproc, ptq=quantized,
+                      progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
     log.info("QAT: output cosine %.6f (PTQ start) -> %.6f after %d steps; kept the %s",
              result.start_cosine, result.trained_cosine, result.steps, result.kept)
     summary = {k: v for k, v in result.report.items() if k != "losses"}

@@ -74,6 +74,8 @@ calibration_parameters:
   # (needs npuflow[torch]; docs/qat.md): passes over them, or minutes of training (one of the two)
   # qat_epochs: 3
   # qat_minutes: 10
+  # local processes that QAT trains in, data parallel (torch DDP; docs/scale-out.md)
+  # qat_nproc: 2
 
 compiler_parameters:
   # latency or bandwidth

@@ -7,10 +7,16 @@ cosine to FP32; the summary gives the output cosine of the PTQ start and of the 
 which one was kept.  ``OUT`` receives ``quantized_model.onnx`` (give it to ``npuflow compile``),
 ``ptq_model.onnx`` and ``qat_report.json``.  torch and onnx2torch are optional dependencies
 (``pip install 'npuflow[torch]'``): without them the command is ``NPF_QAT_DEPENDENCY_MISSING``.
+
+``--nproc N`` trains data-parallel in N local processes; launched by ``torchrun`` the command
+runs on every rank and rank 0 alone prints and writes (docs/scale-out.md).  ``--checkpoint``
+writes a resumable checkpoint as training goes, ``--resume`` continues from one.
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,6 +30,10 @@ from .progress import StageProgress
 @app.command("qat", epilog=examples(
     "npuflow qat efficientnet_lite0.onnx -t DPUCZDX8G_ISA1_B4096 --data crops/ --minutes 10 -o qat_out",
     "npuflow qat ocr_rec.onnx -t DPUCZDX8G_ISA1_B4096 --data lines/ --epochs 3 -c ptq.yaml -o qat_out",
+    "npuflow qat ocr_rec.onnx -t DPUCZDX8G_ISA1_B4096 --data lines/ --epochs 3 --nproc 4 --checkpoint qat.ckpt "
+    "-o qat_out",
+    "npuflow qat ocr_rec.onnx -t DPUCZDX8G_ISA1_B4096 --data lines/ --epochs 3 --resume qat.ckpt "
+    "--checkpoint qat.ckpt -o qat_out",
 ))
 def qat_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
@@ -45,16 +55,31 @@ def qat_command(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Light augmentation (gain, offset, noise, "
                                  "small shifts) of the training samples."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the sample order and augmentation."),
+    nproc: int = typer.Option(1, "--nproc", metavar="N", help="Train data-parallel in N local processes (torch DDP, "
+                              "gloo), each on its share of every --batch; under torchrun leave it at 1."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="FILE", help="Write a resumable "
+                                              "checkpoint here every --checkpoint-every steps and at the end."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", metavar="N", min=1,
+                                                   help="Steps between checkpoints (default: one epoch)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="FILE", help="Continue the training a "
+                                          "--checkpoint file holds (same model, target, data and batch)."),
 ) -> None:
     """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of --epochs and --minutes")
     qat_onnx = _qat_entry()
-    with StageProgress("qat", console, err_console) as progress:
+    # under torchrun every rank runs this command; only rank 0 shows a bar (the others pass None)
+    bar = StageProgress("qat", console, err_console) if os.environ.get("RANK", "0") == "0" else nullcontext()
+    with bar as progress:
         result = qat_onnx(str(model), target, str(data), epochs=epochs, minutes=minutes,
                           ptq_config=str(config) if config else None, input_shapes=input_shapes_arg(input_shape),
                           batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
-                          progress=progress)
+                          progress=progress, nproc=nproc, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                          resume=resume)
+    if result is None:  # a rank other than 0 of a torchrun launch: rank 0 reports and writes
+        return
+    if result.report["resumed_at_step"] is not None:
+        console.print(f"resumed from {resume} at step {result.report['resumed_at_step']}")
     console.print(f"output cosine to FP32 on {result.report['eval_samples']} samples: PTQ start "
                   f"{result.start_cosine:.6f}, after {result.steps} steps ({result.epochs:.2f} epochs, "
                   f"{result.seconds:.0f} s) {result.trained_cosine:.6f}; kept the {result.kept}")

@@ -30,15 +30,23 @@ For a user who has only the float ONNX file and unlabelled samples (photos, text
 The deployed graph has batch 1 (the shapes PTQ quantized at); training runs several samples per
 step by turning reshapes with a literal batch of 1 into ``-1`` after checking, on the samples,
 that a stacked batch gives each sample's own result (otherwise it trains one sample per forward).
+Data parallel (``nproc``, or a torchrun launch; docs/scale-out.md): the ranks build the same
+student from the one PTQ result, draw and augment the same global batch, and each trains on its
+rows with its loss weighted by its share, so a step is one process's step on the global batch.
+Checkpoints (``checkpoint``/``resume``) carry the model, Adam, the generator and the position in
+the current pass, so a resumed run ends with the uninterrupted run's model.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +70,8 @@ from ..targets import Target, load_target
 from .config import QatConfig, qat_config
 from .layers import QatWeighted
 from .onnx_convert import load_onnx2torch
-from .qat import QatModel, export_qat, prepare_qat
+from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, spawn
+from .qat import QatModel, distributed, export_qat, load_checkpoint, prepare_qat, save_checkpoint
 from .quantizer import FakeQuantizer, SharedQuantizer
 
 Progress = Callable[..., None]
@@ -119,7 +128,9 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              batch: int = 8, lr: float = 0.05, quantizer_lr: float = 1e-2, temperature: float = 2.0,
              loss: Literal["auto", "kl", "mse"] = "auto", augment: bool = True, seed: int = 0,
              ptq: QuantizedModel | None = None, output: str | os.PathLike | None = None,
-             progress: Progress | None = None) -> OnnxQatResult:
+             progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
+             checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
+             timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> OnnxQatResult | None:
     """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
 
     ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
@@ -130,6 +141,13 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     (``npuflow build`` passes its own).  ``lr`` is in units of each layer's weight quantization
     step (see :func:`_parameter_groups`).  ``output``: a folder to save the result into
     (:meth:`OnnxQatResult.save`).
+
+    Data parallel (docs/scale-out.md): ``nproc`` > 1 trains in that many local gloo processes,
+    each on its share of every step's ``batch`` samples; under torchrun (or in a process group
+    the caller joined) every rank calls this function, rank 0 returns the result and the others
+    None.  ``checkpoint``: a file written every ``checkpoint_every`` steps (default: each epoch)
+    and at the end; ``resume``: such a file to continue from (``NPF_QAT_CHECKPOINT_MISMATCH``
+    when it is another run's).  ``timeout_minutes`` bounds each collective call.
     """
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
@@ -139,23 +157,130 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
                                                         "is not a positive number")
     if batch < 1:
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"batch={batch} is not a positive integer")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"checkpoint_every={checkpoint_every} is not a positive "
+                                                        "number of steps")
+    _check_nproc(nproc)
+    rank, world = join_launched(timeout_minutes)
+    if world > 1 and nproc > 1:
+        raise NpuflowError("NPF_SCALEOUT_BAD_WORKERS", option="--nproc", value=nproc, limit=MAX_NPROC,
+                           reason=f"this process is already one of {world} ranks (torchrun); the launcher's "
+                                  "--nproc-per-node sets the process count")
+    ranks = max(world, nproc)
     convert = load_onnx2torch()
     tgt = target if isinstance(target, Target) else load_target(target)
     qcfg = qat_config({"learnable": True, **(config or {})} if not isinstance(config, QatConfig) else config)
     pcfg = config_of(DEFAULT_PTQ if ptq_config is None else ptq_config)
     start_time = time.perf_counter()
-    torch.manual_seed(seed)
+    if rank != 0:
+        progress = None  # one bar: rank 0's
 
     source = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
     samples = _read_samples(source, data, pcfg)
     if ptq is None:
         _step(progress, "ptq")
-        ptq = quantize(source, samples, tgt, pcfg, input_shapes=input_shapes, progress=progress, warn=False)
+        ptq = _quantize_once(source, samples, tgt, pcfg, input_shapes, progress, world)
     else:
         pcfg = ptq.config
     ptq_seconds = time.perf_counter() - start_time
 
     _step(progress, "convert")
+    student = _build_student(convert, ptq, tgt, qcfg, samples, batch, seed)
+    qat, samples = student.qat, student.samples
+    train_samples, eval_samples, held = _split(samples)
+    step_batch = _step_batch(student.batch, ranks, len(train_samples))
+    teacher = _Teacher(ptq.float_model, student.input_names, student.output_names)
+    start_state = copy.deepcopy(qat.state_dict())
+    start_cos = _mean_cosine(qat, teacher, eval_samples, student.input_names, student.batch) if rank == 0 else 0.0
+    plan = _Plan(epochs, minutes, step_batch, lr, quantizer_lr, temperature, loss, augment, seed,
+                 None if checkpoint is None else str(checkpoint), checkpoint_every,
+                 None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch))
+    t_train = time.perf_counter()
+    if nproc > 1:
+        stats = spawn(_train_rank, nproc, (ptq, tgt, qcfg, samples, batch, plan), progress, timeout_minutes)
+        qat.load_state_dict(torch.load(io.BytesIO(stats.pop("model")), weights_only=True))
+        qat.freeze_bn()  # as the ranks' trainers did
+    else:
+        trainer = _Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world)
+        stats = trainer.run(progress)
+        if rank != 0:
+            return None
+    train_seconds = time.perf_counter() - t_train
+    trained_cos = _mean_cosine(qat, teacher, eval_samples, student.input_names, student.batch)
+    kept: Literal["trained", "ptq start"] = "trained"
+    if trained_cos < start_cos:
+        qat.load_state_dict(start_state)
+        kept = "ptq start"
+
+    _step(progress, "export")
+    qat.eval()
+    qdq = export_qat(qat, None)
+    initialised = student.initialised
+    report = {
+        "target": tgt.name, "ptq_config": pcfg.model_dump(mode="json", exclude_defaults=True),
+        "samples": len(samples), "eval_samples": len(eval_samples), "eval_held_out": bool(held),
+        "batch": step_batch, "processes": ranks,
+        "steps": stats["steps"], "epochs": round(stats["epochs"], 3), "ptq_seconds": round(ptq_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "start_cosine": start_cos, "trained_cosine": trained_cos,
+        "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
+        "float_tensors": initialised["float_tensors"], "resumed_at_step": stats["resumed_at"],
+        "loss": stats["loss_kinds"], "losses": [round(v, 6) for v in stats["losses"]],
+    }
+    result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start_cos, trained_cosine=trained_cos,
+                           kept=kept, steps=stats["steps"], epochs=stats["epochs"], seconds=train_seconds,
+                           batch=step_batch, losses=stats["losses"], report=report)
+    if output is not None:
+        result.save(output)
+    return result
+
+
+#: Most local processes ``nproc`` accepts (one machine's cores, generously).
+MAX_NPROC = 256
+
+
+def _check_nproc(nproc: Any) -> None:
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= MAX_NPROC:
+        raise NpuflowError("NPF_SCALEOUT_BAD_WORKERS", option="--nproc", value=nproc, limit=MAX_NPROC,
+                           reason="not a whole number of processes in range")
+
+
+def _quantize_once(source: onnx.ModelProto, samples: list[Sample], tgt: Target, pcfg: QuantConfig,
+                   input_shapes: Mapping[str, Sequence[int]] | None, progress: Progress | None,
+                   world: int) -> QuantizedModel:
+    """The PTQ start; in a process group rank 0 quantizes and sends the result to the others
+    (PTQ is the same computation on every rank: doing it once saves world - 1 runs)."""
+    if world == 1:
+        return quantize(source, samples, tgt, pcfg, input_shapes=input_shapes, progress=progress, warn=False)
+    box: list[Any] = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            box[0] = ("ok", quantize(source, samples, tgt, pcfg, input_shapes=input_shapes, progress=progress,
+                                     warn=False))
+        except NpuflowError as exc:
+            box[0] = ("error", exc.code, exc.fields)
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0][0] == "error":  # every rank fails with rank 0's coded error instead of waiting
+        raise NpuflowError(box[0][1], **box[0][2])
+    return box[0][1]
+
+
+@dataclass
+class _Student:
+    """The trainable QAT model built from a PTQ result, and what building it found."""
+
+    qat: QatModel
+    samples: list[Sample]  # the samples at the shapes the model was quantized at
+    input_names: list[str]
+    output_names: list[str]
+    initialised: dict[str, int]
+    batch: int  # samples one forward takes: ``batch``, or 1 when the graph has a batch of 1 baked in
+
+
+def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig, samples: list[Sample],
+                   batch: int, seed: int) -> _Student:
+    """Convert the PTQ run's float graph, insert fake quantization and initialise it from the
+    PTQ model; deterministic, so every rank of a data-parallel run builds the same model."""
+    torch.manual_seed(seed)
     graph = legalize(ptq.float_model, tgt)
     input_names = [i.name for i in model_io.graph_inputs(graph)]
     output_names = [o.name for o in graph.graph.output]
@@ -165,43 +290,78 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     qat = prepare_qat(module, example, tgt, qcfg, input_names=input_names, output_names=output_names)
     qat.calibrate([_stack([s], input_names) for s in samples[:8]])  # observers give a value to any quantizer PTQ has none for
     initialised = init_from_ptq(qat, module, graph, ptq.model)
-    train_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
+    forward_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
+    return _Student(qat, samples, input_names, output_names, initialised, forward_batch)
 
-    teacher = _Teacher(ptq.float_model, input_names, output_names)
+
+def _split(samples: list[Sample]) -> tuple[list[Sample], list[Sample], int]:
+    """Training samples, the samples that decide between the start and the trained model, and
+    how many of them are held out of training (0: they are training samples)."""
     held = min(_EVAL_SAMPLES, len(samples) // 5) if len(samples) >= _MIN_HELD_OUT_SET else 0
-    train_samples = samples[:len(samples) - held]
-    eval_samples = samples[len(samples) - held:] if held else samples[:_EVAL_SAMPLES]
-    start_state = copy.deepcopy(qat.state_dict())
-    start_cos = _mean_cosine(qat, teacher, eval_samples, input_names, train_batch)
-    trainer = _Trainer(qat, teacher, train_samples, input_names, train_batch, lr, quantizer_lr, temperature, loss,
-                       augment, seed)
-    t_train = time.perf_counter()
-    trainer.run(epochs, minutes, progress)
-    train_seconds = time.perf_counter() - t_train
-    trained_cos = _mean_cosine(qat, teacher, eval_samples, input_names, train_batch)
-    kept: Literal["trained", "ptq start"] = "trained"
-    if trained_cos < start_cos:
-        qat.load_state_dict(start_state)
-        kept = "ptq start"
+    train = samples[:len(samples) - held]
+    return train, (samples[len(samples) - held:] if held else samples[:_EVAL_SAMPLES]), held
 
-    _step(progress, "export")
-    qat.eval()
-    qdq = export_qat(qat, None)
-    report = {
-        "target": tgt.name, "ptq_config": pcfg.model_dump(mode="json", exclude_defaults=True),
-        "samples": len(samples), "eval_samples": len(eval_samples), "eval_held_out": bool(held), "batch": train_batch,
-        "steps": trainer.steps, "epochs": round(trainer.epochs, 3), "ptq_seconds": round(ptq_seconds, 1),
-        "train_seconds": round(train_seconds, 1), "start_cosine": start_cos, "trained_cosine": trained_cos,
-        "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
-        "float_tensors": initialised["float_tensors"],
-        "loss": trainer.loss_kinds, "losses": [round(v, 6) for v in trainer.losses],
-    }
-    result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start_cos, trained_cosine=trained_cos,
-                           kept=kept, steps=trainer.steps, epochs=trainer.epochs, seconds=train_seconds,
-                           batch=train_batch, losses=trainer.losses, report=report)
-    if output is not None:
-        result.save(output)
-    return result
+
+def _step_batch(forward_batch: int, ranks: int, train_samples: int) -> int:
+    """Samples per optimizer step over all ranks.  With a graph that takes one sample per
+    forward, each rank takes one, so a step trains ``ranks`` samples."""
+    if ranks == 1:
+        return min(forward_batch, train_samples)
+    step = forward_batch if forward_batch > 1 else ranks
+    if step < ranks or step > train_samples:
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"{ranks} processes need a batch of at least {ranks} "
+                                                        f"samples and at most the {train_samples} training samples "
+                                                        f"(batch={step})")
+    return step
+
+
+def _identity(source: onnx.ModelProto, tgt: Target, pcfg: QuantConfig, train: list[Sample], step_batch: int
+              ) -> dict[str, str]:
+    """What a checkpoint must match to be resumed by this run (besides target and parameters)."""
+    data = hashlib.sha256()
+    for sample in train:
+        for name in sorted(sample):
+            data.update(name.encode())
+            data.update(np.ascontiguousarray(sample[name]).tobytes())
+    config = json.dumps(pcfg.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+    return {"model": "sha256 " + hashlib.sha256(source.SerializeToString()).hexdigest()[:16],
+            "PTQ config": config, "training samples": f"{len(train)} (sha256 {data.hexdigest()[:16]})",
+            "batch": str(step_batch)}
+
+
+@dataclass
+class _Plan:
+    """The training settings every rank runs with (they travel to spawned ranks)."""
+
+    epochs: float | None
+    minutes: float | None
+    batch: int  # samples per step over all ranks
+    lr: float
+    quantizer_lr: float
+    temperature: float
+    loss: str
+    augment: bool
+    seed: int
+    checkpoint: str | None
+    checkpoint_every: int | None
+    resume: str | None
+    identity: dict[str, str]
+
+
+def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig,
+                samples: list[Sample], batch: int, plan: _Plan) -> dict | None:
+    """One spawned rank: build the same student as the caller, train its share; rank 0 returns
+    the trained parameters (serialised) and the training statistics."""
+    student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed)
+    train, _, _ = _split(student.samples)
+    teacher = _Teacher(ptq.float_model, student.input_names, student.output_names)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    stats = _Trainer(student.qat, teacher, train, student.input_names, plan, rank, world).run(report)
+    if rank != 0:
+        return None
+    buffer = io.BytesIO()
+    torch.save(student.qat.state_dict(), buffer)
+    return {**stats, "model": buffer.getvalue()}
 
 
 # --- samples -------------------------------------------------------------------------------------
@@ -525,67 +685,132 @@ def _shift(img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class _Trainer:
-    """The distillation loop: Adam with two parameter groups and a cosine decay."""
+    """The distillation loop: Adam with two parameter groups and a cosine decay.
 
-    def __init__(self, qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str], batch: int,
-                 lr: float, quantizer_lr: float, temperature: float, loss: str, augment: bool, seed: int) -> None:
-        self.qat, self.teacher, self.samples, self.names = qat, teacher, samples, list(names)
-        self.batch, self.temperature, self.loss, self.augment = min(batch, len(samples)), temperature, loss, augment
-        groups = _parameter_groups(qat, lr, quantizer_lr)
+    Data parallel (``world`` > 1): every rank draws the same global batch and augments it with
+    the same generator, then trains on its rows (``torch.tensor_split``: rank order), its loss
+    weighted by its share so that DDP's average of the ranks' gradients is the gradient of the
+    global batch's mean loss -- the step of one process on the global batch.
+    """
+
+    def __init__(self, qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str], plan: _Plan,
+                 rank: int = 0, world: int = 1) -> None:
+        self.qat, self.teacher, self.samples, self.names, self.plan = qat, teacher, samples, list(names), plan
+        self.rank, self.world = rank, world
+        # static graph: the ONNX graph never branches, and a scale-group member's unused threshold is
+        # found once instead of by a search of the autograd graph at every step
+        self.model = distributed(qat, find_unused_parameters=False, static_graph=True) if world > 1 else qat
+        groups = _parameter_groups(qat, plan.lr, plan.quantizer_lr)
         self.optimizer = torch.optim.Adam(groups)
         self.base = [g["lr"] for g in groups]
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(plan.seed)
         self.steps = 0
         self.seen = 0
+        self.elapsed = 0.0  # training seconds of the runs this one resumes
+        self.resumed_at: int | None = None
         self.losses: list[float] = []
         self.loss_kinds: list[str] = []
+        self.order: list[int] = []  # the current pass's sample order, and where in it the next batch starts
+        self.position = 0
 
     @property
     def epochs(self) -> float:
         return self.seen / len(self.samples)
 
-    def batches(self) -> Iterator[list[Sample]]:
-        while True:
-            order = torch.randperm(len(self.samples), generator=self.generator).tolist()
-            for i in range(0, len(order) - self.batch + 1, self.batch):
-                yield [self.samples[k] for k in order[i:i + self.batch]]
+    def next_batch(self) -> list[Sample]:
+        """The next ``plan.batch`` samples of the current pass (a new shuffled pass when too few are left)."""
+        if self.position + self.plan.batch > len(self.order):
+            self.order = torch.randperm(len(self.samples), generator=self.generator).tolist()
+            self.position = 0
+        chunk = [self.samples[k] for k in self.order[self.position:self.position + self.plan.batch]]
+        self.position += self.plan.batch
+        return chunk
 
-    def run(self, epochs: float | None, minutes: float | None, progress: Progress | None) -> None:
-        total = math.ceil(epochs * len(self.samples) / self.batch) if epochs is not None else None
-        deadline = time.perf_counter() + minutes * 60 if minutes is not None else None
+    def run(self, progress: Progress | None) -> dict[str, Any]:
+        """Train to the budget (continuing from ``plan.resume``); returns the training statistics."""
+        plan = self.plan
+        if plan.resume is not None:
+            self._resume(plan.resume)
+        total = math.ceil(plan.epochs * len(self.samples) / plan.batch) if plan.epochs is not None else None
+        every = plan.checkpoint_every or max(1, len(self.samples) // plan.batch)
+        budget = plan.minutes * 60 - self.elapsed if plan.minutes is not None else None
         start = time.perf_counter()
         shown = 0.0
+        saved_at = self.steps
         self.qat.train()
         self.qat.freeze_bn()  # the folded form that is deployed, from the first step
         if progress is not None:
-            progress("train", 0, total)
-        for chunk in self.batches():
+            progress("train", self.steps, total)
+        while not self._done(total, budget, start):
             now = time.perf_counter()
-            if total is not None and self.steps >= total or deadline is not None and now >= deadline:
-                break
-            frac = self.steps / total if total is not None else (now - start) / (deadline - start)
+            frac = self.steps / total if total is not None else (self.elapsed + now - start) / (plan.minutes * 60)
             for group, base in zip(self.optimizer.param_groups, self.base):
                 group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+            chunk = self.next_batch()
             x = _stack(chunk, self.names)
-            if self.augment:
+            if plan.augment:
                 x = augment_batch(x, self.generator)
+            rows = torch.tensor_split(torch.arange(len(chunk)), self.world)[self.rank]
+            x = tuple(t[int(rows[0]):int(rows[-1]) + 1] for t in x)
+            share = len(rows) * self.world / len(chunk)
             target = self.teacher(x)
             self.qat.train()
-            student = _as_list(self.qat(*x))
+            student = _as_list(self.model(*x))
             if not self.loss_kinds:
-                self.loss_kinds = [_loss_kind(t, self.loss) for t in target]
-            loss = sum(_distil_loss(s, t, k, self.temperature) for s, t, k in zip(student, target, self.loss_kinds))
+                self.loss_kinds = [_loss_kind(t, plan.loss) for t in target]
+            loss = sum(_distil_loss(s, t, k, plan.temperature) for s, t, k in zip(student, target, self.loss_kinds))
             self.optimizer.zero_grad()
-            loss.backward()
+            (loss * share).backward()
             self.optimizer.step()
             self.steps += 1
             self.seen += len(chunk)
-            self.losses.append(loss.item())
+            self.losses.append(self._global_mean(loss.detach() * share))
+            if plan.checkpoint is not None and self.steps % every == 0:
+                self._save(plan.checkpoint, start)
+                saved_at = self.steps
             if progress is not None and (time.perf_counter() - shown >= 2.0 or self.steps == total):
                 shown = time.perf_counter()
                 cos = float(_cosine(student, target).mean())
-                progress("train", self.steps, total, f"loss {loss.item():.4f} cosine {cos:.4f}")
+                progress("train", self.steps, total, f"loss {self.losses[-1]:.4f} cosine {cos:.4f}")
+        if plan.checkpoint is not None and saved_at != self.steps:
+            self._save(plan.checkpoint, start)
         self.qat.eval()
+        return {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "loss_kinds": self.loss_kinds,
+                "resumed_at": self.resumed_at}
+
+    def _done(self, total: int | None, budget: float | None, start: float) -> bool:
+        """Whether the budget is spent; with a time budget rank 0 decides for every rank (their
+        clocks would disagree by a step, and a rank that stops early leaves the others waiting)."""
+        if total is not None:
+            return self.steps >= total
+        stop = torch.tensor([time.perf_counter() - start >= budget], dtype=torch.uint8)
+        if self.world > 1:
+            torch.distributed.broadcast(stop, src=0)
+        return bool(stop)
+
+    def _global_mean(self, weighted: torch.Tensor) -> float:
+        """The loss of the global batch: the mean of the ranks' share-weighted losses."""
+        if self.world > 1:
+            weighted = weighted.clone()
+            torch.distributed.all_reduce(weighted)
+            weighted /= self.world
+        return float(weighted)
+
+    def _save(self, path: str, start: float) -> None:
+        extra = {"seen": self.seen, "losses": list(self.losses), "loss_kinds": list(self.loss_kinds),
+                 "order": list(self.order), "position": self.position,
+                 "seconds": self.elapsed + time.perf_counter() - start}
+        save_checkpoint(path, self.model, self.optimizer, step=self.steps, epoch=int(self.epochs), extra=extra,
+                        generators=[self.generator], identity=self.plan.identity)
+
+    def _resume(self, path: str) -> None:
+        state = load_checkpoint(path, self.model, self.optimizer, generators=[self.generator],
+                                identity=self.plan.identity)
+        extra = state.extra
+        self.steps, self.resumed_at = state.step, state.step
+        self.seen, self.elapsed = extra["seen"], extra["seconds"]
+        self.losses, self.loss_kinds = list(extra["losses"]), list(extra["loss_kinds"])
+        self.order, self.position = list(extra["order"]), extra["position"]
 
 
 def _parameter_groups(qat: QatModel, lr: float, quantizer_lr: float) -> list[dict]:
