@@ -11,8 +11,8 @@ cut a sub-model (issue 17 item 3).  Here, once:
   (:func:`npuflow.model.node_reads`), as the ONNX scoping rules make it.  Data flow can also be
   asked *through* quantize/dequantize steps (``data_*``): a QDQ model then reads as the float
   model it came from, which is how the checker places it and the partitioner joins it.
-* :func:`attr`: an attribute's value with strings decoded (``"NOTSET"``, never ``b"NOTSET"``).
-  The operator registry defines op facts from attributes, so the one decoder is written there
+* :func:`attr` / :func:`attr_values`: attribute values with strings decoded (``"NOTSET"``, never
+  ``b"NOTSET"``).  The operator registry defines op facts from attributes, so the one decoder is written there
   (:func:`npuflow.operators.node_attr`) and is this module's ``attr``: the registry imports
   nothing of npuflow's graph code, and this module builds on the registry (which inputs carry
   data, which nodes are Q/DQ steps).
@@ -22,10 +22,11 @@ cut a sub-model (issue 17 item 3).  Here, once:
 
 Why not onnx-ir (a dependency, used to load models): the stages edit ``ModelProto`` in place and
 must keep node and tensor names exactly, and a read index over the proto costs one pass over the
-nodes where a round trip through the IR copies the graph twice; onnx-ir also records a body's
-outer-scope read as a use by the inner node, where every stage here needs the If/Loop node itself
-(its placement, its schedule, its slice).  ``onnx.utils.Extractor`` (the checker's former way to
-cut outputs) drops what a branch reads for the same reason, and needs a value_info per cut tensor.
+nodes where a round trip through the IR deserialises and serialises the whole model; onnx-ir also
+records a body's outer-scope read as a use by the inner node (``Mul`` inside the branch), where
+every stage here needs the If/Loop node itself (its placement, its schedule, its slice).
+``onnx.utils.Extractor`` (the build's former ``output_nodes`` cut) drops what a branch reads for
+the same reason, and needs a value_info per cut tensor.
 """
 
 from __future__ import annotations
