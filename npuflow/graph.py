@@ -12,10 +12,10 @@ cut a sub-model (issue 17 item 3).  Here, once:
   asked *through* quantize/dequantize steps (``data_*``): a QDQ model then reads as the float
   model it came from, which is how the checker places it and the partitioner joins it.
 * :func:`attr` / :func:`attr_values`: attribute values with strings decoded (``"NOTSET"``, never
-  ``b"NOTSET"``).  The operator registry defines op facts from attributes, so the one decoder is written there
-  (:func:`npuflow.operators.node_attr`) and is this module's ``attr``: the registry imports
-  nothing of npuflow's graph code, and this module builds on the registry (which inputs carry
-  data, which nodes are Q/DQ steps).
+  ``b"NOTSET"``).  The operator registry defines op facts from attributes, so the one decoder is
+  written there (:func:`npuflow.operators.node_attr`) and is this module's ``attr``: the registry
+  imports nothing of npuflow's graph code, and this module builds on the registry (which inputs
+  carry data, which nodes are Q/DQ steps).
 * :func:`slice_model`: the part of a model that computes some tensors from others.
 * a few in-place edits every rewrite needs (:func:`set_attr`, :func:`set_array`,
   :func:`remove_unused_initializers`, :func:`unique_name`).

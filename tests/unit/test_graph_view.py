@@ -99,7 +99,8 @@ def test_loop_body_reads_through_a_nested_if_are_reads_of_the_loop():
              helper.make_node("Loop", ["n", "c", "x0"], ["y"], body=body, name="loop")]
     model = helper.make_model(helper.make_graph(
         nodes, "loop_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("n", TensorProto.INT64, []),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, []),
          helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.ones(2, np.float32), "bias")]), opset_imports=[helper.make_opsetid("", 17)])
@@ -250,7 +251,8 @@ def _graph_indexes(source: str, where: str) -> list[str]:
                 if _iterates(node, "input") and isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) \
                         and sub.func.attr == "append" and sub.args and _node_ref(sub.args[0]):
                     key = sub.func.value
-                    keyed = (isinstance(key, ast.Call) and isinstance(key.func, ast.Attribute) and key.func.attr == "setdefault"
+                    keyed = (isinstance(key, ast.Call) and isinstance(key.func, ast.Attribute)
+                             and key.func.attr == "setdefault"
                              and key.args and isinstance(key.args[0], ast.Name) and key.args[0].id == var) or (
                         isinstance(key, ast.Subscript) and isinstance(key.slice, ast.Name) and key.slice.id == var)
                     if keyed:
