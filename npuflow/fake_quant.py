@@ -1,5 +1,9 @@
 """Fake quantization in PyTorch that computes exactly :mod:`npuflow.numerics`.
 
+A shared foundation next to ``numerics.py`` (its torch twin), imported only where torch is in use:
+the torch front (``npuflow.torch``) and the quantizer's torch-based reconstruction
+(``quant/algorithms/block_recon.py``), so neither stage imports the other for it.
+
 The QAT forward must produce the integers the chip produces, so the functions here follow
 :func:`npuflow.numerics.quantize` step by step rather than calling ``torch.fake_quantize_*``
 (which always rounds half to even and rounds in float32):
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..numerics import RoundMode, qrange, round_values
+from .numerics import RoundMode, qrange, round_values
 
 #: The tie rule that turns a learned log2 threshold into a fix position (TQT): the nearest
 #: integer, ties up.  The forward (:func:`round_ste`) and the exported constant

@@ -12,7 +12,7 @@ imports this subpackage; importing it imports torch.
 
 from .config import QatConfig
 from .dynamo import compile  # noqa: A001  (npuflow.torch.compile, like torch.compile)
-from .fake_quant import QuantSpec, fake_quantize
+from ..fake_quant import QuantSpec, fake_quantize
 from .inspect import inspect
 from .ptq import quantize
 from .qat import QatModel, export_qat, prepare_qat

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import NpuflowError
 from ..numerics import RoundMode
 from ..targets import Target
-from .fake_quant import QuantSpec
+from ..fake_quant import QuantSpec
 
 
 class QatConfig(BaseModel):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .fake_quant import QuantSpec, fake_quantize, quantize_codes
+from ..fake_quant import QuantSpec, fake_quantize, quantize_codes
 from .markers import QuantRecord, active_recorder, mark
 from .quantizer import FakeQuantizer
 

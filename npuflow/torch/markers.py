@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fake_quant import QuantSpec
+from ..fake_quant import QuantSpec
 
 MARKER_DOMAIN = "npuflow_qat"
 MARKER_OP = "Q"

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import numerics
-from .fake_quant import LOG2_THRESHOLD_ROUND_MODE, QuantSpec, fake_quantize, round_ste, scale_grad
+from ..fake_quant import LOG2_THRESHOLD_ROUND_MODE, QuantSpec, fake_quantize, round_ste, scale_grad
 from .markers import QuantRecord, active_recorder, mark
 
 _FIX_MIN, _FIX_MAX = -32, 63  # histogram bins of power-of-two fix positions

@@ -20,7 +20,7 @@ from npuflow.quant.algorithms import fast_finetune as ff
 from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, block_error, fake_quantize32, plan_blocks,
                                                   reconstruct)
 from npuflow.quant.algorithms.capture import capture
-from npuflow.torch.fake_quant import QuantSpec
+from npuflow.fake_quant import QuantSpec
 from npuflow.quant.algorithms.qdq_weights import quantized_layers, read_codes, scale_rows
 from npuflow.quant.config import QuantConfig
 from tests.compile_check import compare_with_ort

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from npuflow import numerics as nm
-from npuflow.torch.fake_quant import LOG2_THRESHOLD_ROUND_MODE, QuantSpec, fake_quantize, quantize_codes, round_ste
+from npuflow.fake_quant import LOG2_THRESHOLD_ROUND_MODE, QuantSpec, fake_quantize, quantize_codes, round_ste
 from npuflow.torch.quantizer import FakeQuantizer
 
 MODES = [m for m in nm.RoundMode]

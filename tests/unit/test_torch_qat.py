@@ -13,7 +13,7 @@ from torch import nn
 
 from npuflow.errors import NpuflowError
 from npuflow.torch import QatConfig, prepare_qat
-from npuflow.torch.fake_quant import quantize_codes
+from npuflow.fake_quant import quantize_codes
 from npuflow.torch.layers import QatWeighted
 from npuflow.torch.quantizer import FakeQuantizer
 from tests import fixture_models

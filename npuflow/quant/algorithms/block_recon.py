@@ -11,7 +11,7 @@ elementwise with probability ``drop_prob`` (the block input takes the float mode
 the rounding is fitted to a flatter neighbourhood than the one calibration sample set defines.
 
 The block is the QDQ model's own subgraph, run in torch: every quantize step computes
-exactly :mod:`npuflow.numerics` (:mod:`npuflow.torch.fake_quant`, straight-through gradients),
+exactly :mod:`npuflow.numerics` (:mod:`npuflow.fake_quant`, straight-through gradients),
 the weight layers read ``(floor(W/s) + h(V)) * s`` with the target's scale, and biases, clips
 and pads are the exported ones.  The final codes are ``floor + (h >= 0.5)`` clipped to the code
 range, written back as integers, so the exported QDQ model and the compiled ``.npuf`` compute the
@@ -288,7 +288,7 @@ class BlockRunner:
 def fake_quantize32(x, scale, zero_point, spec, axis: int | None):
     """``numerics.fake_quantize`` in float32 with a straight-through gradient inside the code range.
 
-    :func:`npuflow.torch.fake_quant.fake_quantize` adds the zero point and clips in float64 so
+    :func:`npuflow.fake_quant.fake_quantize` adds the zero point and clips in float64 so
     that it is exact for any code width; for codes of 16 bits or fewer float32 is exact too (every
     code and zero point is a float32 integer, and :func:`npuflow.numerics.round_values` rounds
     float32 exactly), and the block's elementwise steps, not its convolutions, are what a step
@@ -335,7 +335,7 @@ def _constant(t: str, inits: dict, made_by: GraphView) -> np.ndarray | None:
 
 def _quant_spec(n: onnx.NodeProto, inits: dict):
     """``(QuantSpec, axis)`` of a quantize step (``QuantizeLinear`` or an ``ai.npuflow`` function)."""
-    from ...torch.fake_quant import QuantSpec
+    from ...fake_quant import QuantSpec
 
     parsed = parse_function_name(n.op_type) if n.domain not in ("", "ai.onnx") else None
     if parsed is not None:
