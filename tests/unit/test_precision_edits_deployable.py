@@ -20,6 +20,9 @@ import npuflow
 from npuflow import qdq
 from npuflow.analyze.sensitivity import float_groups
 from npuflow.errors import NpuflowError
+from npuflow.quant import requantize
+from npuflow.quant.assign import assign
+from npuflow.quant.export import export_qdq
 from npuflow.quant.algorithms.qdq_weights import quantized_layers
 
 from .quant_nets import _init, model_from, samples
@@ -119,6 +122,17 @@ def test_float_edits_are_what_keep_float_builds(target_base, calib):
         assert quantized_constants(edited) == quantized_constants(again.model), floats
         if target == DPU:
             assert edited.SerializeToString() == again.model.SerializeToString(), floats
+
+
+def test_the_plan_without_overrides_re_exports_the_model_as_quantized(target_base):
+    """Re-planning, re-assigning (percentile search's choice included, on cpu-int8) and exporting
+    with no override rebuilds the quantized model byte for byte: overrides start from it."""
+    _, base = target_base
+    rq = base.requantizer
+    plan = rq.plan_for({})
+    asg = requantize.carry(assign(rq.model, plan, rq.stats), plan, rq.base, rq.final)
+    again = export_qdq(rq.model, plan, asg, target_name=rq.target.name, scale_type=rq.target.numerics.scale_type)
+    assert again.SerializeToString() == base.dynamic_model.SerializeToString()
 
 
 def test_overrides_name_layers_of_the_plan(base):
