@@ -226,6 +226,16 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 #: Single-input ops whose outputs lie on their (per-tensor) input's quantization grid, so a
 #: quantize step with the input's parameters after them is exact (``check/lowerable.grid_step``).
 GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+#: Ops that only move or select values: each output value is one of their inputs' values, so they
+#: run unchanged on integer codes (a QOperator model applies them to quantized tensors directly).
+VALUE_MOVING_OPS = GRID_OPS | frozenset({"GlobalMaxPool", "Slice", "Split", "Concat", "Gather", "Identity", "Tile",
+                                         "Expand", "DepthToSpace", "SpaceToDepth"})
+#: Standard ops that compute each output element from the same element of their inputs only.
+ELEMENTWISE_OPS = frozenset({
+    "DequantizeLinear", "QuantizeLinear", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Selu", "Exp", "Log", "Abs",
+    "Neg", "Sqrt", "Reciprocal", "Erf", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Clip", "Add",
+    "Sub", "Mul", "Div", "Pow", "Min", "Max", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity", "Where", "Less",
+    "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Constant"})
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).

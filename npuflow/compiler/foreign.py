@@ -39,7 +39,7 @@ from ..check.lowerable import grid_step
 from ..errors import NpuflowError
 from ..graph import attr, attr_values
 from ..model import tensor_elem_types
-from ..operators import GRID_OPS
+from ..operators import VALUE_MOVING_OPS
 from ..targets import Target
 from .epilogue import collect_chain
 from .qgraph import GraphFacts, QGraph, QParams
@@ -60,9 +60,6 @@ _QLINEAR: dict[str, tuple[str, list[tuple[int, int, int]], tuple[int, int] | Non
 }
 #: Attributes of QOperator ops that their float op does not have.
 _DROP_ATTRS = {"channels_last", "opset"}
-#: Ops that only move or select values (their outputs are some of their inputs' values).
-MOVE_OPS = GRID_OPS | {"GlobalMaxPool", "Slice", "Split", "Concat", "Gather", "Identity", "Tile", "Expand",
-                       "DepthToSpace", "SpaceToDepth"}
 
 
 class _Rewriter:
@@ -157,7 +154,7 @@ def _moves_integers(n: onnx.NodeProto) -> bool:
     """Ops whose result on integer codes equals DQ -> op -> Q with the input's parameters."""
     if n.domain not in ("", "ai.onnx"):
         return False
-    return n.op_type in MOVE_OPS or (n.op_type == "Resize" and attr(n, "mode", "nearest") == "nearest")
+    return n.op_type in VALUE_MOVING_OPS or (n.op_type == "Resize" and attr(n, "mode", "nearest") == "nearest")
 
 
 def _weight_axis(n: onnx.NodeProto, scale: np.ndarray | None) -> int | None:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
 from ..graph import GraphView
+from ..operators import ELEMENTWISE_OPS
 from ..ort_session import Level, open_session
 from ..qdq import DOMAIN
 
@@ -153,17 +154,9 @@ class OnnxExecutor:
         return result
 
 
-#: Standard ops that compute each output element from the same element of their inputs only.
-_ELEMENTWISE = {"DequantizeLinear", "QuantizeLinear", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Selu",
-                "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf", "Softplus", "Softsign", "HardSigmoid",
-                "HardSwish", "Mish", "Clip", "Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "Floor", "Ceil",
-                "Round", "Sign", "Cast", "Identity", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-                "Equal", "Not", "And", "Or", "Constant"}
-
-
 def _elementwise(nodes, functions: dict) -> bool:
     for node in nodes:
-        if node.domain in ("", "ai.onnx") and node.op_type in _ELEMENTWISE:
+        if node.domain in ("", "ai.onnx") and node.op_type in ELEMENTWISE_OPS:
             if node.op_type == "Constant" and any(a.t.dims and np.prod(a.t.dims) != 1 for a in node.attribute):
                 return False
             continue
