@@ -87,3 +87,20 @@ def test_adaquant_model_compiles_bit_exact_with_onnx_runtime(tmp_path, monkeypat
     assert q.info["algorithms"]["fast_finetune"]["lr"] == DEFAULT_LR
     diffs = compare_with_ort(q.model, feeds[0], "DPUCZDX8G_ISA1_B4096")
     assert max(diffs.values()) == 0, diffs
+
+
+def test_forced_bias_correction_after_adaquant_warns(tmp_path, monkeypatch, caplog):
+    """Correcting the biases AdaQuant fitted undoes part of its fit (PP-OCRv4 rec on B4096: 77.0 -> 45.3 %
+    lines); ``include_bias_corr: true`` still applies it, as asked, but says so."""
+    import logging
+
+    import npuflow
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32)} for _ in range(4)]
+    with caplog.at_level(logging.WARNING, logger="npuflow.quant.algorithms.apply"):
+        q = npuflow.quantize(_net(), feeds, target="DPUCZDX8G_ISA1_B4096",
+                             config={"include_bias_corr": True, "fast_finetune": {"method": "adaquant", "iters": 20}})
+    assert "shifts the biases AdaQuant fitted" in caplog.text
+    assert q.info["algorithms"]["bias_correction"]["kept"]

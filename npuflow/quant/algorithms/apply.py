@@ -81,6 +81,12 @@ def after_export(
             summary["fast_finetune"]["blocks"] = [
                 {"layers": b.layers, "error_before": b.error_before, "error_after": b.error_after,
                  "seconds": round(b.seconds, 2)} for b in rep.blocks]
+    if cfg.include_bias_corr is True and cfg.fast_finetune is not None and cfg.fast_finetune.method == "adaquant":
+        # AdaQuant fitted the biases to the inputs the quantized model feeds each layer; the
+        # correction shifts them by (W_q - W) E[x_q], undoing part of that fit
+        log.warning("include_bias_corr: true after AdaQuant shifts the biases AdaQuant fitted (PP-OCRv4 rec on "
+                    "B4096: 77.0 -> 45.3 %% lines); 'auto' keeps the correction only where it lowers the "
+                    "calibration output error")
     if cfg.include_bias_corr:
         # empirical only: the data-free variant (correct_data_free) estimates the same shift
         # from BN statistics and is for callers without data; applying both would correct twice
