@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..operators import fuses
+from ..operators import FUSABLE_ACTIVATIONS, clip_kind, conv_kind, fuses, is_depthwise, op_def
 from ..targets import Target
 from .capture import is_float_tensor
 from .config import Formats
@@ -49,6 +49,11 @@ _PASS_METHODS = {
 }
 _SILENT_MODULES = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Identity)
 _SILENT = {F.dropout, "contiguous", "clone", "detach"}  # pass-through ops that export no ONNX node
+#: The ONNX op each torch activation exports to; its kind is the op registry's.
+_ACTIVATION_MODULES = ((nn.ReLU, "Relu"), (nn.LeakyReLU, "LeakyRelu"), (nn.Hardswish, "HardSwish"),
+                       (nn.Hardsigmoid, "HardSigmoid"))
+_ACTIVATION_FUNCTIONS = {F.relu: "Relu", torch.relu: "Relu", torch.relu_: "Relu", F.leaky_relu: "LeakyRelu",
+                         F.hardswish: "HardSwish", F.hardsigmoid: "HardSigmoid"}
 _ADD = {operator.add, operator.iadd, torch.add}
 _SUB = {operator.sub, operator.isub, torch.sub}
 _CAT = {torch.cat, torch.concat}
@@ -75,23 +80,24 @@ class _Rewriter:
     # --- classification -------------------------------------------------------------------
 
     def activation_name(self, node: fx.Node) -> str | None:
+        """The registry kind of a fusable activation (``relu``, ``relu6``, ...), from the ONNX op
+        the call exports to (:data:`_ACTIVATION_MODULES` / :data:`_ACTIVATION_FUNCTIONS`)."""
+        kind = None
         if node.op == "call_module":
             m = self.modules.get(node.target)
-            table = [(nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.LeakyReLU, "leaky_relu"),
-                     (nn.Hardswish, "hard_swish"), (nn.Hardsigmoid, "hard_sigmoid")]
-            for cls, name in table:
-                if isinstance(m, cls):
-                    return name
-            if isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
-                return "relu6"
-            return None
-        if node.op == "call_function":
-            return {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
-                    F.leaky_relu: "leaky_relu", F.hardswish: "hard_swish",
-                    F.hardsigmoid: "hard_sigmoid"}.get(node.target)
-        if node.op == "call_method" and node.target in ("relu", "relu_"):
-            return "relu"
-        return None
+            if isinstance(m, nn.Hardtanh):  # nn.ReLU6 too: a Clip, relu6 only for exactly [0, 6]
+                kind = clip_kind(m.min_val, m.max_val)
+            else:
+                op = next((op for cls, op in _ACTIVATION_MODULES if isinstance(m, cls)), None)
+                kind = op_def(op).kind if op else None
+        elif node.op == "call_function":
+            if node.target is F.relu6:
+                kind = clip_kind(0.0, 6.0)
+            elif node.target in _ACTIVATION_FUNCTIONS:
+                kind = op_def(_ACTIVATION_FUNCTIONS[node.target]).kind
+        elif node.op == "call_method" and node.target in ("relu", "relu_"):
+            kind = op_def("Relu").kind
+        return kind if kind in FUSABLE_ACTIVATIONS else None
 
     def is_pass_through(self, node: fx.Node) -> bool:
         if node.op == "call_module":
@@ -109,15 +115,13 @@ class _Rewriter:
         if node in self.weighted_nodes:
             m = self.modules[node.target].module
             if isinstance(m, nn.Linear):
-                return "fc"
-            if m.groups > 1 and m.groups == m.in_channels:
-                return "depthwise_conv2d"
-            return "conv2d"
+                return op_def("Gemm").kind
+            return conv_kind(transposed=False, depthwise=is_depthwise(m.groups, m.in_channels))
         target = node.target
         if node.op == "call_function" and target in _ADD or node.op == "call_method" and target in ("add", "add_"):
-            return "eltwise_add"
+            return op_def("Add").kind
         if node.op == "call_function" and target in _MUL or node.op == "call_method" and target in ("mul", "mul_"):
-            return "eltwise_mul"
+            return op_def("Mul").kind
         return None
 
     # --- edits ------------------------------------------------------------------------------
