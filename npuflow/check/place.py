@@ -187,13 +187,12 @@ def _fuse_output_chains(view: GraphView, facts: _ViewFacts, fused: dict[int, int
     and its quantize step (its epilogue, or the lookup table of an activation chain:
     :func:`.lowerable.output_chain`), so those nodes are fused into the layer here, as activation
     patterns are in a float model: they run where the layer runs."""
-    index = {id(node): i for i, node in enumerate(view.nodes)}
     for i, node in enumerate(view.nodes):
         if i in fused or node.op_type not in LOWERED_OPS | TABLE_OPS or len(node.output) != 1 or not node.output[0]:
             continue
         found = output_chain(node, node.output[0], facts)
         for member in found[0] if found is not None else []:
-            j = index[id(member)]
+            j = view.position(member)
             if j != i:
                 fused[j] = i  # also a pattern found inside the chain (the Clip of a hard-sigmoid)
 
