@@ -203,7 +203,8 @@ def _find(domain: str, op_type: str) -> CustomOp | None:
 def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp | None]]:
     """Every node of a non-standard domain that no model-local function defines, with its
     registration (None when unregistered); subgraphs of control flow included."""
-    from .model import KNOWN_DOMAINS, subgraphs
+    from .graph import subgraphs
+    from .model import KNOWN_DOMAINS
 
     local = {(f.domain, f.name) for f in model.functions}
     found: list[tuple[onnx.NodeProto, CustomOp | None]] = []
@@ -225,7 +226,7 @@ def for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     """The model as ONNX Runtime runs it: custom nodes registered as Python functions renamed into
     onnxruntime-extensions' domain and their Python ops declared; ``(model, uses_python_ops)``.
     A copy is made only when the model has such nodes (library ops stay as they are)."""
-    from .model import subgraphs
+    from .graph import subgraphs
 
     nodes = [(n, op) for n, op in custom_nodes(model) if op is not None and op.library is None]
     if not nodes:

@@ -8,7 +8,7 @@ cut a sub-model (issue 17 item 3).  Here, once:
 * :class:`GraphView`: the nodes in graph (topological) order; ``producer`` and ``consumers`` map a
   tensor to node *positions* (the index into ``nodes``, so a stage keeps per-node facts in plain
   lists); what an If/Loop/Scan body reads from the outer scope is a read by its node
-  (:func:`npuflow.model.node_reads`), as the ONNX scoping rules make it.  Data flow can also be
+  (:func:`node_reads`), as the ONNX scoping rules make it.  Data flow can also be
   asked *through* quantize/dequantize steps (``data_*``): a QDQ model then reads as the float
   model it came from, which is how the checker places it and the partitioner joins it.
 * :func:`attr` / :func:`attr_values`: attribute values with strings decoded (``"NOTSET"``, never
@@ -32,19 +32,20 @@ the same reason, and needs a value_info per cut tensor.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .errors import NpuflowError
-from .model import node_reads, outer_reads, tensor_elem_types, tensor_shapes
+from .model import tensor_elem_types, tensor_shapes
 from .operators import QDQ_OPS, op_def
 from .operators import node_attr as attr
 
-__all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_qdq", "remove_unused_initializers",
-           "set_array", "set_attr", "slice_model", "unique_name"]
+__all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_qdq", "node_reads", "outer_reads",
+           "remove_unused_initializers", "rename_outer_reads", "set_array", "set_attr", "slice_model", "subgraphs",
+           "unique_name"]
 
 #: The domain of npuflow's rounding-mode quantize functions (:mod:`npuflow.qdq`).
 NPUFLOW_DOMAIN = "ai.npuflow"
@@ -64,6 +65,64 @@ def is_qdq(node: onnx.NodeProto) -> bool:
 def attr_values(node: onnx.NodeProto) -> dict:
     """Every attribute's value, strings decoded (:func:`attr`)."""
     return {a.name: attr(node, a.name) for a in node.attribute}
+
+
+# --- scopes: what a node reads, its bodies included ---------------------------------------
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds as attributes (If branches, Loop and Scan bodies)."""
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def _defined_in(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph defines itself, which shadow outer-scope names of the same spelling."""
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    names |= {t.values.name for t in graph.sparse_initializer}
+    return names | {o for n in graph.node for o in n.output if o}
+
+
+def outer_reads(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope tensors that ``node``'s subgraphs read (at any depth), in first-read order.
+
+    ONNX lets a branch or loop body read any tensor of the enclosing graphs by name, without
+    listing it as a node input; whoever cuts, rewires or schedules a graph must count these reads.
+    """
+    reads: list[str] = []
+    for graph in subgraphs(node):
+        local = _defined_in(graph)
+        inner_reads = [t for inner in graph.node for t in node_reads(inner)] + [o.name for o in graph.output]
+        reads += [t for t in dict.fromkeys(inner_reads) if t not in local and t not in reads]
+    return reads
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor ``node`` reads: its inputs, then the outer-scope reads of its subgraphs."""
+    names = [t for t in node.input if t]
+    return names + [t for t in outer_reads(node) if t not in names]
+
+
+def rename_outer_reads(node: onnx.NodeProto, mapping: Mapping[str, str]) -> None:
+    """Make ``node``'s subgraphs read ``mapping[t]`` wherever they read outer-scope tensor ``t``."""
+    for graph in subgraphs(node):
+        local = _defined_in(graph)
+        inner_map = {k: v for k, v in mapping.items() if k not in local}
+        if not inner_map:
+            continue
+        for inner in graph.node:
+            for k, t in enumerate(inner.input):
+                if t in inner_map:
+                    inner.input[k] = inner_map[t]
+            rename_outer_reads(inner, inner_map)
+        for out in graph.output:  # a body may return an outer tensor as it is (outputs are positional)
+            if out.name in inner_map:
+                out.name = inner_map[out.name]
 
 
 def _graph_of(model: onnx.ModelProto | onnx.GraphProto) -> onnx.GraphProto:

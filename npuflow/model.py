@@ -551,64 +551,11 @@ def tensor_elem_types(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, int
     return types
 
 
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs a node holds as attributes (If branches, Loop and Scan bodies)."""
-    out: list[onnx.GraphProto] = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            out.append(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            out.extend(a.graphs)
-    return out
-
-
-def _defined_in(graph: onnx.GraphProto) -> set[str]:
-    """Names a (sub)graph defines itself, which shadow outer-scope names of the same spelling."""
-    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    names |= {t.values.name for t in graph.sparse_initializer}
-    return names | {o for n in graph.node for o in n.output if o}
-
-
-def outer_reads(node: onnx.NodeProto) -> list[str]:
-    """Outer-scope tensors that ``node``'s subgraphs read (at any depth), in first-read order.
-
-    ONNX lets a branch or loop body read any tensor of the enclosing graphs by name, without
-    listing it as a node input; whoever cuts, rewires or schedules a graph must count these reads.
-    """
-    reads: list[str] = []
-    for graph in subgraphs(node):
-        local = _defined_in(graph)
-        inner_reads = [t for inner in graph.node for t in node_reads(inner)] + [o.name for o in graph.output]
-        reads += [t for t in dict.fromkeys(inner_reads) if t not in local and t not in reads]
-    return reads
-
-
 def control_flow_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Names (or first outputs) of the main-graph nodes that hold subgraphs (If, Loop, Scan)."""
-    return [n.name or n.output[0] for n in proto.graph.node if subgraphs(n)]
-
-
-def node_reads(node: onnx.NodeProto) -> list[str]:
-    """Every tensor ``node`` reads: its inputs, then the outer-scope reads of its subgraphs."""
-    names = [t for t in node.input if t]
-    return names + [t for t in outer_reads(node) if t not in names]
-
-
-def rename_outer_reads(node: onnx.NodeProto, mapping: Mapping[str, str]) -> None:
-    """Make ``node``'s subgraphs read ``mapping[t]`` wherever they read outer-scope tensor ``t``."""
-    for graph in subgraphs(node):
-        local = _defined_in(graph)
-        inner_map = {k: v for k, v in mapping.items() if k not in local}
-        if not inner_map:
-            continue
-        for inner in graph.node:
-            for k, t in enumerate(inner.input):
-                if t in inner_map:
-                    inner.input[k] = inner_map[t]
-            rename_outer_reads(inner, inner_map)
-        for out in graph.output:  # a body may return an outer tensor as it is (outputs are positional)
-            if out.name in inner_map:
-                out.name = inner_map[out.name]
+    """Names (or first outputs) of the main-graph nodes that hold subgraphs (If, Loop, Scan): the
+    nodes whose shapes a frozen input can change (what a body reads is :func:`npuflow.graph.outer_reads`)."""
+    graph_attrs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    return [n.name or n.output[0] for n in proto.graph.node if any(a.type in graph_attrs for a in n.attribute)]
 
 
 def infer_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -43,7 +43,7 @@ from .. import model as model_io
 from .. import numerics as nm
 from ..compiler import CompiledModel
 from ..errors import NpuflowError
-from ..graph import GraphView
+from ..graph import GraphView, rename_outer_reads
 from ..quant.algorithms.capture import session
 from ..quant.calibrate import run_sample
 from ..quant.data import CalibrationSource, InputSpec, Sample
@@ -307,7 +307,7 @@ def single_layer_model(qmodel: onnx.ModelProto, sources: Mapping[str, str]) -> o
         for k, t in enumerate(node.input):
             if t in renames:
                 node.input[k] = renames[t]
-        model_io.rename_outer_reads(node, renames)
+        rename_outer_reads(node, renames)
         nodes.append(node)
         nodes += [c for o in node.output for c in after.get(o, [])]
     copies = [onnx.NodeProto() for _ in nodes]

@@ -17,11 +17,11 @@ import onnx
 from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
-from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, subgraphs
+from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
 from ..operators import FOLLOWERS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
 from .fusion import find_activation_patterns, fuse
-from ..graph import GraphView, attr_values
+from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .lowerable import lowering_limit, output_chain

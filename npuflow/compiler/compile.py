@@ -23,8 +23,9 @@ from onnx import helper
 from .. import __version__
 from .. import plugins as plugin_registry
 from ..errors import NpuflowError
+from ..graph import node_reads, subgraphs
 from ..model import (MAX_IR_VERSION, InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load,
-                     node_reads, read_proto, subgraphs)
+                     read_proto)
 from ..placement import Device, is_plugin, plugin_name
 from ..targets import Target, load_target
 from . import foreign, memory

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..model import MAX_IR_VERSION, node_reads
+from ..graph import node_reads
+from ..model import MAX_IR_VERSION
 from ..numerics import qrange
 from ..ort_session import open_session
 from .qgraph import QGraph, QParams

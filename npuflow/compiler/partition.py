@@ -19,7 +19,7 @@ from typing import Callable
 import onnx
 
 from .. import placement
-from ..model import node_reads
+from ..graph import node_reads
 from ..placement import Device, plugin_device
 from ..targets import Target
 from .program import IntOp

@@ -20,7 +20,8 @@ from onnx.reference import ReferenceEvaluator
 from onnxscript import optimizer
 
 from ..graph import attr_values, is_qdq
-from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, node_reads, tensor_shapes
+from ..graph import node_reads
+from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, tensor_shapes
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: Folded results above this many elements stay as nodes (they are data, not shape arithmetic).

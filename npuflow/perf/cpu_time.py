@@ -18,7 +18,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from ..model import node_reads, probe_feeds, tensor_elem_types, tensor_shapes
+from ..graph import node_reads
+from ..model import probe_feeds, tensor_elem_types, tensor_shapes
 from ..ort_session import open_session
 
 log = logging.getLogger(__name__)

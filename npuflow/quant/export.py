@@ -14,8 +14,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import qdq
-from ..graph import GraphView
-from ..model import node_reads, rename_outer_reads, tensor_shapes
+from ..graph import GraphView, node_reads, rename_outer_reads
+from ..model import tensor_shapes
 from .assign import Assignment
 from .params import TensorQuant
 from .plan import QuantPlan

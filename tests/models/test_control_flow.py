@@ -190,7 +190,7 @@ def test_outer_reads_follow_nesting_and_shadowing():
         [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)])
     loop = helper.make_node("Loop", ["n", "c", "x0"], ["y"], body=body)
-    assert set(npuflow.model.outer_reads(loop)) == {"bias", "outer_x"}  # acc/c_in are the body's own
-    assert npuflow.model.node_reads(loop)[:3] == ["n", "c", "x0"]
-    npuflow.model.rename_outer_reads(loop, {"bias": "bias_dq", "acc": "never", "outer_x": "x_dq"})
-    assert set(npuflow.model.outer_reads(loop)) == {"bias_dq", "x_dq"}
+    assert set(npuflow.graph.outer_reads(loop)) == {"bias", "outer_x"}  # acc/c_in are the body's own
+    assert npuflow.graph.node_reads(loop)[:3] == ["n", "c", "x0"]
+    npuflow.graph.rename_outer_reads(loop, {"bias": "bias_dq", "acc": "never", "outer_x": "x_dq"})
+    assert set(npuflow.graph.outer_reads(loop)) == {"bias_dq", "x_dq"}

@@ -40,7 +40,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...errors import NpuflowError
-from ...model import outer_reads
+from ...graph import outer_reads
 from ...numerics import ONNX_ROUND_MODE, RoundMode, dequantize, round_values
 from ...qdq import parse_function_name
 from .adaround import GAMMA, ZETA, _beta, _init_v
