@@ -16,7 +16,8 @@ cut a sub-model (issue 17 item 3).  Here, once:
   written there (:func:`npuflow.operators.node_attr`) and is this module's ``attr``: the registry
   imports nothing of npuflow's graph code, and this module builds on the registry (which inputs
   carry data, which nodes are Q/DQ steps).
-* :func:`slice_model`: the part of a model that computes some tensors from others.
+* :func:`slice_model`: the part of a model that computes some tensors from others;
+  :func:`slice_nodes`: a model of a given node set (a partition's CPU or plugin part).
 * a few in-place edits every rewrite needs (:func:`set_attr`, :func:`set_array`,
   :func:`remove_unused_initializers`, :func:`unique_name`).
 
@@ -39,13 +40,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import NpuflowError
-from .model import tensor_elem_types, tensor_shapes
+from .model import MAX_IR_VERSION, tensor_elem_types, tensor_shapes
 from .operators import QDQ_OPS, op_def
 from .operators import node_attr as attr
 
 __all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_qdq", "node_reads", "outer_reads",
-           "remove_unused_initializers", "rename_outer_reads", "set_array", "set_attr", "slice_model", "subgraphs",
-           "unique_name"]
+           "remove_unused_initializers", "rename_outer_reads", "set_array", "set_attr", "slice_model", "slice_nodes",
+           "subgraphs", "unique_name"]
 
 #: The domain of npuflow's rounding-mode quantize functions (:mod:`npuflow.qdq`).
 NPUFLOW_DOMAIN = "ai.npuflow"
@@ -293,9 +294,8 @@ def slice_model(model: onnx.ModelProto, outputs: Sequence[str], inputs: Iterable
     The walk back stops at the model's graph inputs and at ``inputs``: tensors the caller will
     feed (a calibration run's captured activations, a partition's boundary), which become graph
     inputs of the slice after the model's own.  A node with subgraphs also depends on every
-    outer tensor its bodies read, so a branch never loses an initializer.  Inputs and outputs
-    keep the type and shape the model declares (an undeclared one gets its element type, no
-    shape); functions, opsets, IR version and metadata are kept, so the slice runs as the model did.
+    outer tensor its bodies read, so a branch never loses an initializer.  The model is built as
+    :func:`slice_nodes` builds one.
     """
     view = GraphView(model)
     fed = set(inputs or ()) - set(outputs) - set(view.inits)
@@ -314,25 +314,60 @@ def slice_model(model: onnx.ModelProto, outputs: Sequence[str], inputs: Iterable
         if p is not None and t not in fed and p not in keep:
             keep.add(p)
             stack.extend(view.reads(p))
+    own = [t for t in view.graph_inputs if t in needed and t not in fed]
+    return _part_model(view, [n for i, n in enumerate(view.nodes) if i in keep], [*own, *sorted(fed & needed)],
+                       list(outputs), view.graph.name)
+
+
+def slice_nodes(source: onnx.ModelProto | GraphView, nodes: Sequence[onnx.NodeProto], *,
+                inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
+                name: str | None = None) -> onnx.ModelProto:
+    """A new model of exactly ``nodes`` (in the order given): a partition's CPU or plugin part.
+
+    ``inputs`` default to what the nodes read (their bodies' outer-scope reads included) that
+    none of them makes and no initializer holds, in first-read order; ``outputs`` to what they
+    make that a node outside them reads or the model outputs (when nothing is, the last node's
+    first output, so a dead-end part still runs when timed).  A partitioner that knows its
+    boundaries passes them.  ``source`` is the model or a view of it (a caller cutting many parts
+    indexes the model once).
+    """
+    view = source if isinstance(source, GraphView) else GraphView(source)
+    made = {o for n in nodes for o in n.output if o}
+    if inputs is None:
+        read = dict.fromkeys(t for n in nodes for t in node_reads(n))
+        inputs = [t for t in read if t not in made and t not in view.inits]
+    if outputs is None:
+        inside = {id(n) for n in nodes}
+        outputs = [o for n in nodes for o in n.output if o and (view.is_graph_output(o) or any(
+            id(view.nodes[c]) not in inside for c in view.consumers.get(o, ())))] or [nodes[-1].output[0]]
+    return _part_model(view, nodes, list(inputs), list(outputs), name or f"{view.graph.name}_part")
+
+
+def _part_model(view: GraphView, nodes: Sequence[onnx.NodeProto], inputs: list[str], outputs: list[str],
+                name: str) -> onnx.ModelProto:
+    """``nodes`` as a model of their own: the initializers they (and their bodies) read, the
+    model's declared value infos (an undeclared input or output gets its element type, no shape),
+    its functions, opsets and metadata (stored probe values feed a part as they fed the model),
+    and its IR version capped at what ONNX Runtime reads (:data:`npuflow.model.MAX_IR_VERSION`)."""
+    model = view.model
     g = view.graph
     declared = {vi.name: vi for vi in [*g.value_info, *g.input, *g.output]}
 
-    def value_info(name: str) -> onnx.ValueInfoProto:
-        if name in declared:
-            return declared[name]
-        return helper.make_tensor_value_info(name, view.elem_types.get(name, onnx.TensorProto.FLOAT), None)
+    def value_info(t: str) -> onnx.ValueInfoProto:
+        if t in declared:
+            return declared[t]
+        return helper.make_tensor_value_info(t, view.elem_types.get(t, onnx.TensorProto.FLOAT), None)
 
-    own_inputs = [vi for vi in g.input if vi.name in needed and vi.name not in view.inits and vi.name not in fed]
-    io = set(outputs) | fed | {vi.name for vi in own_inputs}
+    used = {t for n in nodes for t in node_reads(n)} | set(outputs)
+    inner = {o for n in nodes for o in n.output if o} | used
+    io = set(inputs) | set(outputs)
     graph = helper.make_graph(
-        [n for i, n in enumerate(view.nodes) if i in keep], g.name,
-        own_inputs + [value_info(t) for t in sorted(fed & needed)],
-        [value_info(t) for t in outputs],
-        [t for t in g.initializer if t.name in needed],
-        value_info=[vi for vi in g.value_info if vi.name in needed and vi.name not in io],
+        list(nodes), name, [value_info(t) for t in inputs], [value_info(t) for t in outputs],
+        [t for t in g.initializer if t.name in used],
+        value_info=[vi for vi in g.value_info if vi.name in inner and vi.name not in io],
     )
     out = helper.make_model(graph, opset_imports=model.opset_import, functions=model.functions,
-                            ir_version=model.ir_version)
+                            ir_version=min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION))
     out.metadata_props.extend(model.metadata_props)
     return out
 

@@ -23,9 +23,8 @@ from onnx import helper
 from .. import __version__
 from .. import plugins as plugin_registry
 from ..errors import NpuflowError
-from ..graph import node_reads, subgraphs
-from ..model import (MAX_IR_VERSION, InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load,
-                     read_proto)
+from ..graph import node_reads, slice_nodes, subgraphs
+from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
 from ..placement import Device, is_plugin, plugin_name
 from ..targets import Target, load_target
 from . import foreign, memory
@@ -201,18 +200,11 @@ def _boundaries(groups: list[list[Unit]], g: QGraph) -> list[tuple[list[str], li
     return out
 
 
-def _cpu_model(g: QGraph, model: onnx.ModelProto, units: list[Unit], ins: list[str], outs: list[str]) -> bytes:
-    nodes = [u.node for u in units]
-    used = {i for n in nodes for i in node_reads(n)}  # branch bodies may read outer initializers
-    inits = [g.inits[name] for name in sorted(used) if name in g.inits]
-
-    def vi(name: str) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, g.elem_types[name], g.shapes.get(name))
-
-    graph = helper.make_graph(nodes, f"{model.graph.name}_cpu", [vi(i) for i in ins], [vi(o) for o in outs], inits)
-    m = helper.make_model(graph, opset_imports=list(model.opset_import))
-    m.functions.extend(model.functions)
-    m.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+def _cpu_model(g: QGraph, units: list[Unit], ins: list[str], outs: list[str]) -> bytes:
+    """A CPU or plugin part as ONNX (:func:`npuflow.graph.slice_nodes`), between the partition's
+    boundaries; the model's metadata is in the manifest once, not in every part."""
+    m = slice_nodes(g, [u.node for u in units], inputs=ins, outputs=outs, name=f"{g.graph.name}_cpu")
+    del m.metadata_props[:]
     return m.SerializeToString(deterministic=True)
 
 
@@ -252,7 +244,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
         elif is_plugin(device):
             plugin = plugs[plugin_name(device)]
             bname = f"sg{k}.onnx"
-            blobs[bname] = _cpu_model(g, model, units, ins, outs)
+            blobs[bname] = _cpu_model(g, units, ins, outs)
             payload = plugin_registry.call(plugin, "compile", plugin.compile, onnx.load_from_string(blobs[bname]))
             if not isinstance(payload, (bytes, bytearray)):
                 raise NpuflowError("NPF_PLUGIN_FAILED", plugin=plugin.name, step="compile",
@@ -270,7 +262,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
             total_weights += weight_bytes
         else:
             bname = f"sg{k}.onnx"
-            blobs[bname] = _cpu_model(g, model, units, ins, outs)
+            blobs[bname] = _cpu_model(g, units, ins, outs)
             weight_bytes = int(sum(g.const(i).nbytes for u in units for i in node_reads(u.node) if i in g.inits))
             entry.update({
                 "device": Device.CPU, "engine": "onnx", "onnx": bname, "nodes": [u.node.name for u in units],

@@ -2,8 +2,9 @@
 
 The static model cannot know the board's CPU, so CPU parts are timed here and labelled
 "measured on host CPU": a faster or slower board CPU changes them, and the report says so.  Each
-CPU subgraph is cut out of the model as its own ONNX graph (its outside inputs become graph
-inputs fed with random data of the right shape and type) and run single-threaded.
+CPU subgraph is cut out of the model as its own ONNX graph (:func:`npuflow.graph.slice_nodes`: its
+outside inputs become graph inputs, fed with random data of the right shape and type) and run
+single-threaded.
 """
 
 from __future__ import annotations
@@ -16,45 +17,15 @@ from typing import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
 
-from ..graph import node_reads
-from ..model import probe_feeds, tensor_elem_types, tensor_shapes
+from ..graph import slice_nodes
+from ..model import probe_feeds
 from ..ort_session import open_session
 
 log = logging.getLogger(__name__)
 
 #: Runs timed per CPU subgraph (after one warm-up); the median is reported.
 RUNS = 5
-
-
-def cut_subgraph(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> onnx.ModelProto:
-    """A standalone model of ``nodes``: outside inputs become graph inputs, used outputs outputs."""
-    inits = {t.name: t for t in model.graph.initializer}
-    shapes, types = tensor_shapes(model), tensor_elem_types(model)
-    produced = {o for n in nodes for o in n.output if o}
-    inside = {id(n) for n in nodes}
-    consumed_outside = {i for n in model.graph.node if id(n) not in inside for i in node_reads(n)}
-    consumed_outside |= {o.name for o in model.graph.output}
-    inputs, used_inits, seen = [], [], set()
-    for n in nodes:
-        for i in node_reads(n):  # If/Loop bodies read outer tensors without listing them as inputs
-            if i in produced or i in seen:
-                continue
-            seen.add(i)
-            if i in inits:
-                used_inits.append(inits[i])
-            else:
-                inputs.append(helper.make_tensor_value_info(i, types.get(i, onnx.TensorProto.FLOAT), shapes.get(i)))
-    outputs = [
-        helper.make_tensor_value_info(o, types.get(o, onnx.TensorProto.FLOAT), shapes.get(o))
-        for n in nodes for o in n.output if o and o in consumed_outside
-    ] or [helper.make_tensor_value_info(nodes[-1].output[0], types.get(nodes[-1].output[0], 1), None)]
-    graph = helper.make_graph(list(nodes), "cpu_part", inputs, outputs, used_inits)
-    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
-    sub.ir_version = min(model.ir_version, 10)
-    sub.functions.extend(model.functions)
-    return sub
 
 
 def _random_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
@@ -76,7 +47,7 @@ def _random_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
 
 def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: int = RUNS) -> float | None:
     """Median single-thread ONNX Runtime time of ``nodes`` in ms, or ``None`` if they cannot run alone."""
-    sub = cut_subgraph(model, nodes)
+    sub = slice_nodes(model, nodes, name="cpu_part")
     try:
         sess = open_session(sub, threads=1)
         feed = _random_feed(sess)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import onnx
 
-from ..graph import GraphView
+from ..graph import GraphView, slice_nodes
 from ..model import tensor_shapes
 from ..placement import Device, NodePlacement, is_plugin, plugin_name
 from ..targets import Target
@@ -241,7 +241,7 @@ def _plugin_subgraph(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: 
     from .. import plugins
 
     plugin = plugins.get_plugin(plugin_name(device))
-    sub = cpu_time.cut_subgraph(model, nodes)
+    sub = slice_nodes(model, nodes)
     ms = plugins.call(plugin, "estimate_ms", plugin.estimate_ms, sub, target) if plugin is not None else None
     label, source = (plugin.device, PLUGIN_SOURCE) if plugin is not None else (device, CPU_SOURCE)
     if ms is None:

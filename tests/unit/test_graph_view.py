@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.errors import NpuflowError
-from npuflow.graph import GraphView, attr, attr_values, slice_model
+from npuflow.graph import GraphView, attr, attr_values, slice_model, slice_nodes
 
 
 def _if_net() -> onnx.ModelProto:
@@ -179,6 +179,29 @@ def test_slice_from_fed_tensors():
     with pytest.raises(NpuflowError) as e:
         slice_model(model, ["no_such_tensor"])
     assert e.value.code == "NPF_MODEL_UNKNOWN_TENSOR" and "no_such_tensor" in e.value.message
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_node_set_slice_is_a_partition_part(mode):
+    """A partition's part (the compiler's CPU subgraphs, perf's timed CPU parts): inputs are
+    what the nodes read and do not make (a branch's outer reads included), outputs what the rest
+    of the model reads, initializers what they or their bodies read, the IR version one ONNX
+    Runtime opens; it computes what the model does."""
+    model = _if_net()
+    model.ir_version = npuflow.model.MAX_IR_VERSION + 1  # a newer exporter's stamp
+    view = GraphView(model)
+    part = slice_nodes(model, [view.nodes[2], view.nodes[3]])
+    assert [i.name for i in part.graph.input] == ["mode", "r"] and [o.name for o in part.graph.output] == ["b"]
+    assert [t.name for t in part.graph.initializer] == ["two", "one"]  # ``two``: read in a branch only
+    assert part.ir_version == npuflow.model.MAX_IR_VERSION
+    assert slice_nodes(view, [view.nodes[2], view.nodes[3]]).SerializeToString() == part.SerializeToString()
+    relu = _run(slice_model(model, ["r"]), _feeds(mode), ["r"])[0]
+    want = _run(slice_model(model, ["b"]), _feeds(mode), ["b"])[0]
+    np.testing.assert_array_equal(_run(part, {"mode": np.array(mode, np.int64), "r": relu}, ["b"])[0], want)
+    assert [o.name for o in slice_nodes(model, [view.nodes[2]]).graph.output] == ["cond"]  # the If reads it
+    # a partitioner's own boundaries are kept as given
+    given = slice_nodes(model, view.nodes[:2], inputs=["x"], outputs=["c", "r"], name="cpu")
+    assert [o.name for o in given.graph.output] == ["c", "r"] and given.graph.name == "cpu"
 
 
 def test_slice_of_a_real_control_flow_model(models):
