@@ -125,7 +125,8 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
             return
         seconds = time.perf_counter() - t0
         scores = bench.evaluate(D.ort_session(q.model))
-        rows[name] = {"scores": scores, "seconds": seconds, "config": cfg}
+        # what the algorithms did (bias correction kept or dropped by its check, fast-finetune time)
+        rows[name] = {"scores": scores, "seconds": seconds, "config": cfg, "algorithms": q.info.get("algorithms")}
         logging.info("%s: %s -> %s (%.1f s)", bench.name, name, scores, seconds)
         if best is None or scores[bench.metric] > rows[best[0]]["scores"][bench.metric]:
             best = (name, q, seconds)
