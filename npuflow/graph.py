@@ -39,17 +39,20 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import qdq
 from .errors import NpuflowError
 from .model import MAX_IR_VERSION, tensor_elem_types, tensor_shapes
-from .operators import QDQ_OPS, op_def
+from .numerics import RoundMode
+from .operators import DEQUANTIZE_OPS, QDQ_OPS, QUANTIZE_OPS, op_def
 from .operators import node_attr as attr
 
-__all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_qdq", "node_reads", "outer_reads",
-           "remove_unused_initializers", "rename_outer_reads", "set_array", "set_attr", "slice_model", "slice_nodes",
-           "subgraphs", "unique_name"]
+__all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_dequantize", "is_qdq", "node_reads",
+           "outer_reads", "quantize_mode", "remove_unused_initializers", "rename_outer_reads", "set_array", "set_attr",
+           "slice_model", "slice_nodes", "subgraphs", "unique_name"]
 
-#: The domain of npuflow's rounding-mode quantize functions (:mod:`npuflow.qdq`).
-NPUFLOW_DOMAIN = "ai.npuflow"
+#: Domains of the standard Q/DQ steps (ONNX's, and ONNX Runtime's contrib ones); npuflow's
+#: rounding-mode quantize functions are in :data:`npuflow.qdq.DOMAIN`.
+STD_QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 #: How many Q/DQ steps a chain may have before the view stops looking through it (a weight is
 #: ``initializer -> Q -> DQ``; a tensor re-quantized a few times stays well below).
@@ -58,9 +61,27 @@ _MAX_QDQ_CHAIN = 16
 
 def is_qdq(node: onnx.NodeProto) -> bool:
     """Q/DQ nodes: standard ones and npuflow's rounding-mode quantize functions (``npuflow.qdq``)."""
-    if node.domain in ("", "ai.onnx", "com.microsoft") and node.op_type in QDQ_OPS:
+    if node.domain in STD_QDQ_DOMAINS and node.op_type in QDQ_OPS:
         return True
-    return node.domain == NPUFLOW_DOMAIN and node.op_type.startswith(("Quantize_", "Dequantize_"))
+    return node.domain == qdq.DOMAIN and node.op_type.startswith(("Quantize_", "Dequantize_"))
+
+
+def quantize_mode(node: onnx.NodeProto) -> tuple[RoundMode, str | None] | None:
+    """``(tie rule, dtype or None)`` when ``node`` is a quantize step an integer program can
+    write (``QuantizeLinear``, or an ``ai.npuflow:Quantize_<mode>_<dtype>`` function of
+    :mod:`npuflow.qdq` whose name parses), else ``None``.  Narrower than :func:`is_qdq`, which
+    data flow looks through: this is what the compiler lowers, and what the checker asks
+    through :class:`npuflow.check.lowerable.QuantFacts`."""
+    if node.op_type in QUANTIZE_OPS and node.domain in STD_QDQ_DOMAINS:
+        return RoundMode.HALF_EVEN, None
+    if node.domain == qdq.DOMAIN:
+        return qdq.parse_function_name(node.op_type)
+    return None
+
+
+def is_dequantize(node: onnx.NodeProto) -> bool:
+    """A ``DequantizeLinear`` step (the integer tensor an integer program reads)."""
+    return node.op_type in DEQUANTIZE_OPS and node.domain in STD_QDQ_DOMAINS
 
 
 def attr_values(node: onnx.NodeProto) -> dict:

@@ -10,18 +10,19 @@ dequantize steps and leaves through a quantize step; a node it left in float run
 the CPU).  *How* a tensor is quantized (per channel, bit width, zero point) is the quantizer's
 contract with the target (``quant/legalize.py``), not a placement question.
 
-Both sides see the graph through :class:`Tensors`; the compiler may import this module, never
+Both sides see the graph through one :class:`QuantFacts`; the compiler may import this module, never
 the reverse (``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..graph import GraphView, is_dequantize, quantize_mode
 from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine,
                          node_attr, op_def)
 
@@ -33,33 +34,57 @@ INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT1
                            TensorProto.INT32})
 
 
-class Tensors(Protocol):
-    """The graph questions :func:`lowering_limit` asks (the checker's and the compiler's index)."""
+class QuantFacts:
+    """The graph questions :func:`lowering_limit` and the chain walks ask, answered as the
+    compiler answers them; the checker builds it on its view, the compiler on its ``QGraph``
+    (``QGraph.facts``), so neither can read a graph differently from the other.
 
-    quantized: bool  # a QDQ model: nodes the quantizer left in float are not lowered
+    A quantize step is :func:`npuflow.graph.quantize_mode`'s (``QuantizeLinear`` or an
+    ``ai.npuflow:Quantize_<mode>_<dtype>`` function whose name parses), a dequantize step a
+    ``DequantizeLinear``; a constant is an initializer or the stored integers behind one
+    dequantize step (a float weight behind ``Q -> DQ`` is computed at run time, so the
+    compiler does not lower it as a weight).
+    """
 
-    def shape(self, name: str) -> list[int] | None: ...
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
+        #: a QDQ model: nodes the quantizer left in float are not lowered
+        self.quantized = any(quantize_mode(n) is not None or is_dequantize(n) for n in view.nodes)
+
+    def shape(self, name: str) -> list[int] | None:
+        """The declared static shape."""
+        s = self.view.shapes.get(name)
+        return list(s) if s is not None else None
 
     def value(self, name: str) -> np.ndarray | None:
-        """A constant's value (through Q/DQ steps: the stored integers), else ``None``."""
+        """A constant's value (behind a dequantize step: the stored integers), else ``None``."""
+        p = self.view.producer_node(name)
+        return self.view.const(p.input[0] if p is not None and is_dequantize(p) else name)
 
-    def elem_type(self, name: str) -> int | None: ...
+    def elem_type(self, name: str) -> int | None:
+        return self.view.elem_type(name)
 
-    def producer_node(self, name: str) -> onnx.NodeProto | None: ...
+    def producer_node(self, name: str) -> onnx.NodeProto | None:
+        return self.view.producer_node(name)
 
-    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]: ...
+    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
+        return self.view.consumer_nodes(name)
 
-    def is_graph_output(self, name: str) -> bool: ...
+    def is_graph_output(self, name: str) -> bool:
+        return self.view.is_graph_output(name)
 
-    def is_quantize(self, node: onnx.NodeProto) -> bool: ...
+    @staticmethod
+    def is_quantize(node: onnx.NodeProto) -> bool:
+        return quantize_mode(node) is not None
 
-    def is_dequantize(self, node: onnx.NodeProto) -> bool: ...
+    is_dequantize = staticmethod(is_dequantize)
 
     def position(self, node: onnx.NodeProto) -> int:
         """The node's index in the graph (a topological order)."""
+        return self.view.position(node)
 
 
-def lowering_limit(node: onnx.NodeProto, t: Tensors) -> str | None:
+def lowering_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     """Why ``node`` cannot become an integer op whatever its quantization, or ``None``."""
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
@@ -79,11 +104,11 @@ def _data_inputs(node: onnx.NodeProto) -> list[str]:
     return [node.input[k] for k in op_def(node.op_type, node.domain).data_inputs(node)]
 
 
-def _no_limit(node: onnx.NodeProto, t: Tensors) -> None:
+def _no_limit(node: onnx.NodeProto, t: QuantFacts) -> None:
     return None
 
 
-def _types(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _types(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     """The accelerator computes on quantized real numbers: integer and bool tensors (indices,
     masks, shape arithmetic) stay with the CPU."""
     for name in [*_data_inputs(node), *(o for o in node.output if o)]:
@@ -98,7 +123,7 @@ def _type_name(elem_type: int) -> str:
     return TensorProto.DataType.Name(elem_type).lower()
 
 
-def _static(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _static(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     for name in [*_data_inputs(node)[:1], *(o for o in node.output if o)]:
         if t.value(name) is not None:
             continue
@@ -108,7 +133,7 @@ def _static(node: onnx.NodeProto, t: Tensors) -> str | None:
     return None
 
 
-def _weight_rank(node: onnx.NodeProto, t: Tensors, ranks: tuple[int, ...], what: str) -> str | None:
+def _weight_rank(node: onnx.NodeProto, t: QuantFacts, ranks: tuple[int, ...], what: str) -> str | None:
     w = t.value(node.input[1])
     if w is None:
         return f"{node.op_type} with weights computed at run time is not lowered"
@@ -117,17 +142,17 @@ def _weight_rank(node: onnx.NodeProto, t: Tensors, ranks: tuple[int, ...], what:
     return None
 
 
-def _conv(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _conv(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     return _weight_rank(node, t, (3, 4), "1-D and 2-D convolutions")
 
 
-def _conv_transpose(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _conv_transpose(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     if node_attr(node, "auto_pad", "NOTSET") != "NOTSET" or node_attr(node, "output_shape") is not None:
         return "auto_pad/output_shape on ConvTranspose is not lowered"
     return _weight_rank(node, t, (4,), "2-D transposed convolutions")
 
 
-def _gemm(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _gemm(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     if node_attr(node, "transA", 0) or node_attr(node, "alpha", 1.0) != 1.0 or node_attr(node, "beta", 1.0) != 1.0:
         return "Gemm with transA, alpha or beta is not lowered"
     if len(t.shape(node.input[0]) or []) != 2:
@@ -138,12 +163,12 @@ def _gemm(node: onnx.NodeProto, t: Tensors) -> str | None:
     return _weight_rank(node, t, (2,), "2-D Gemm operands")
 
 
-def _matmul(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _matmul(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     w = t.value(node.input[1])
     return "MatMul constant must be 2-D" if w is not None and w.ndim != 2 else None
 
 
-def _pool(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _pool(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     if len(t.shape(node.input[0]) or []) != 4:
         return "only 2-D pooling is lowered"
     if len(node.output) > 1 and node.output[1]:
@@ -151,14 +176,14 @@ def _pool(node: onnx.NodeProto, t: Tensors) -> str | None:
     return None
 
 
-def _constant_params(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _constant_params(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     for i in node.input[1:]:
         if i and t.value(i) is None:
             return f"{node.op_type} parameter {i!r} must be a constant"
     return None
 
 
-def _pad(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _pad(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     reason = _constant_params(node, t)
     pads = t.value(node.input[1]) if len(node.input) > 1 and node.input[1] else node_attr(node, "pads")
     if reason is None and pads is not None and np.any(np.asarray(pads) < 0):
@@ -166,28 +191,28 @@ def _pad(node: onnx.NodeProto, t: Tensors) -> str | None:
     return reason
 
 
-def _resize(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _resize(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     mode = node_attr(node, "mode", "nearest")
     if mode != "nearest":
         return f"Resize mode {mode!r} is not lowered (nearest only)"
     return _constant_params(node, t)
 
 
-def _div(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _div(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     divisor = t.value(node.input[1]) if len(node.input) > 1 else None
     if divisor is None or divisor.size != 1 or (t.quantized and divisor.dtype.kind != "f"):
         return "Div is lowered only as an activation chain, divided by a float scalar constant"
     return None
 
 
-_OP_LIMITS: dict[str, Callable[[onnx.NodeProto, Tensors], str | None]] = {
+_OP_LIMITS: dict[str, Callable[[onnx.NodeProto, QuantFacts], str | None]] = {
     "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
     "MaxPool": _pool, "AveragePool": _pool, "GlobalMaxPool": _pool, "GlobalAveragePool": _pool,
     "Slice": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div,
 }
 
 
-def _batchnorm(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _batchnorm(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     """A float model's BN: folded into its layer, else written as a 1x1 depthwise convolution
     (``passes/fold_batchnorm.py``), on a 1-D or 2-D feature map with constant statistics."""
     if len(t.shape(node.input[0]) or []) not in (3, 4):
@@ -197,7 +222,7 @@ def _batchnorm(node: onnx.NodeProto, t: Tensors) -> str | None:
     return _types(node, t)
 
 
-def _quantized_io(node: onnx.NodeProto, t: Tensors) -> str | None:
+def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     """In a quantized model: data and weights come through dequantize steps (a float constant
     only as the scalar of an activation chain), results reach quantize steps, all of integer
     types the programs compute in."""
@@ -230,7 +255,7 @@ def _quantized_io(node: onnx.NodeProto, t: Tensors) -> str | None:
     return None
 
 
-def output_chain(node: onnx.NodeProto, output: str, t: Tensors) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+def output_chain(node: onnx.NodeProto, output: str, t: QuantFacts) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """The fused chain and quantize step the compiler lowers ``node``'s ``output`` with: a lookup
     table (``node`` and the elementwise ops after it) for a standalone activation, else the
     epilogue chain after the node."""
@@ -240,7 +265,7 @@ def output_chain(node: onnx.NodeProto, output: str, t: Tensors) -> tuple[list[on
     return chain_to_quantize(output, t.consumer_nodes(output), t)
 
 
-def table_lowered(node: onnx.NodeProto, t: Tensors) -> bool:
+def table_lowered(node: onnx.NodeProto, t: QuantFacts) -> bool:
     """Whether the compiler lowers ``node`` as a lookup table: an elementwise op without a
     lowering of its own, or arithmetic with a float scalar (a hard-sigmoid's ``Add``/``Mul``)."""
     d = op_def(node.op_type, node.domain)
@@ -249,7 +274,7 @@ def table_lowered(node: onnx.NodeProto, t: Tensors) -> bool:
     return node.op_type not in LOWERED_OPS and node.op_type in TABLE_OPS
 
 
-def _float_constant(name: str, t: Tensors) -> bool:
+def _float_constant(name: str, t: QuantFacts) -> bool:
     """A constant stored in float (not a dequantized integer)."""
     p = t.producer_node(name)
     if p is not None and t.is_dequantize(p):
@@ -258,11 +283,11 @@ def _float_constant(name: str, t: Tensors) -> bool:
     return v is not None and v.dtype.kind == "f"
 
 
-def _float_scalar(name: str, t: Tensors) -> bool:
+def _float_scalar(name: str, t: QuantFacts) -> bool:
     return _float_constant(name, t) and t.value(name).size == 1
 
 
-def chain_to_quantize(t0: str, start: list[onnx.NodeProto], t: Tensors,
+def chain_to_quantize(t0: str, start: list[onnx.NodeProto], t: QuantFacts,
                       allowed: frozenset[str] = CHAIN_OPS) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """The float nodes from ``start`` (which read ``t0``) up to exactly one per-tensor quantize
     step, in graph order, and that step; ``None`` when the values do not all reach one.
@@ -308,7 +333,7 @@ def chain_to_quantize(t0: str, start: list[onnx.NodeProto], t: Tensors,
     return chain, q_node
 
 
-def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: Tensors) -> str | None:
+def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: QuantFacts) -> str | None:
     for step, name in zip(steps, integers):
         et = t.elem_type(name)
         if et is not None and et not in INTEGER_TYPES:
@@ -317,7 +342,7 @@ def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: Tensors) ->
     return None
 
 
-def _dequantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
+def _dequantize_steps(tensor: str, t: QuantFacts) -> list[onnx.NodeProto] | None:
     """The dequantize steps ``tensor`` comes from, directly or through a few elementwise ops
     (``x * HardSigmoid(x)``: one table over ``x``); ``None`` when it is not all dequantized."""
     work, steps, seen = [tensor], [], 0
@@ -336,7 +361,7 @@ def _dequantize_steps(tensor: str, t: Tensors) -> list[onnx.NodeProto] | None:
     return steps
 
 
-def grid_step(node: onnx.NodeProto, t: Tensors, depth: int = 0) -> bool:
+def grid_step(node: onnx.NodeProto, t: QuantFacts, depth: int = 0) -> bool:
     """Whether the compiler gives ``node`` a quantize step of its input's parameters
     (``compiler/foreign.py``, for models whose quantizer left one out, as NNCF does before a
     ``MaxPool`` or a reshape): a grid op reading a per-tensor dequantized activation (directly, or
@@ -361,7 +386,7 @@ def grid_step(node: onnx.NodeProto, t: Tensors, depth: int = 0) -> bool:
     return _feeds_layer(out, t)
 
 
-def _feeds_layer(tensor: str, t: Tensors, depth: int = 0) -> bool:
+def _feeds_layer(tensor: str, t: QuantFacts, depth: int = 0) -> bool:
     """Whether ``tensor`` reaches a Conv/Gemm/MatMul, or a quantize step after a grid op, through
     grid ops only; elsewhere (a float Softmax reading a Reshape) a grid step would change nothing
     but the graph."""

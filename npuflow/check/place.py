@@ -24,7 +24,7 @@ from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
-from .lowerable import lowering_limit, output_chain
+from .lowerable import QuantFacts, lowering_limit, output_chain
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -102,48 +102,13 @@ def _unsupported_reason(info: OpInfo, node: onnx.NodeProto, tgt: Target) -> str:
     return f"{node.op_type} ({info.kind}) has no {tgt.device_label} implementation on {tgt.name}"
 
 
-class _ViewFacts:
-    """The checker's graph view as :class:`.lowerable.Tensors` (the compiler has its own)."""
-
-    def __init__(self, view: GraphView) -> None:
-        self.view = view
-        self.quantized = any(view.qdq)
-
-    def shape(self, name: str) -> list[int] | None:
-        return self.view.shape(name)
-
-    def value(self, name: str):
-        return self.view.value(name)
-
-    def elem_type(self, name: str) -> int | None:
-        return self.view.elem_type(name)
-
-    def producer_node(self, name: str) -> onnx.NodeProto | None:
-        return self.view.producer_node(name)
-
-    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
-        return self.view.consumer_nodes(name)
-
-    def is_graph_output(self, name: str) -> bool:
-        return name in self.view.graph_outputs
-
-    def is_quantize(self, node: onnx.NodeProto) -> bool:
-        return _is_qdq(node) and "Dequantize" not in node.op_type
-
-    def is_dequantize(self, node: onnx.NodeProto) -> bool:
-        return _is_qdq(node) and "Dequantize" in node.op_type
-
-    def position(self, node: onnx.NodeProto) -> int:
-        return self.view.position(node)
-
-
 def _judge(view: GraphView, tgt: Target) -> CheckReport:
     n = len(view.nodes)
     hw = tgt.hardware_names()
     infos = [classify(node, view, i) for i, node in enumerate(view.nodes)]
     shape_only = _shape_only(view)
     fused = fuse(view, infos, tgt, find_activation_patterns(view, infos))
-    facts = _ViewFacts(view)
+    facts = QuantFacts(view)
     # Shape arithmetic follows its neighbours in a float model (the float passes fold it away);
     # left in a quantized model, it runs at run time on the CPU, where compile keeps it.
     transparent = [infos[i].role == FOLLOWER or (shape_only[i] and not facts.quantized) for i in range(n)]
@@ -182,7 +147,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     return _build(view, tgt, infos, device, reasons, fused, _per_device(sub, device))
 
 
-def _fuse_output_chains(view: GraphView, facts: _ViewFacts, fused: dict[int, int]) -> None:
+def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int]) -> None:
     """In a quantized model the compiler lowers a layer together with the float nodes between it
     and its quantize step (its epilogue, or the lookup table of an activation chain:
     :func:`.lowerable.output_chain`), so those nodes are fused into the layer here, as activation

@@ -42,7 +42,7 @@ from ..model import tensor_elem_types
 from ..operators import VALUE_MOVING_OPS
 from ..targets import Target
 from .epilogue import collect_chain
-from .qgraph import GraphFacts, QGraph, QParams
+from .qgraph import QGraph, QParams
 
 _MS = "com.microsoft"
 #: QOperator op -> (float op, positions of (x, scale, zp) triples, (scale, zp) of the output).
@@ -430,7 +430,7 @@ def _propagate_through_grid_ops(model: onnx.ModelProto) -> list[str]:
     names = _NameSet(model)
     for _ in range(len(model.graph.node)):  # chains of grid ops: one link per round
         g = QGraph(model)
-        facts = GraphFacts(g)
+        facts = g.facts
         todo = [(n.name, src[2]) for n in model.graph.node
                 if (src := g.dq_source(n.input[0]) if n.input else None) is not None and grid_step(n, facts)]
         if not todo:

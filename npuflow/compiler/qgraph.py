@@ -14,14 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .. import qdq
-from ..graph import GraphView
+from ..check.lowerable import QuantFacts
+from ..graph import GraphView, is_dequantize, quantize_mode
 from ..numerics import RoundMode, fix_pos_of
-from ..operators import DEQUANTIZE_OPS, QUANTIZE_OPS
-
-#: Domains of the standard quantize steps (ONNX's, and ONNX Runtime's contrib ones).
-_STD_DOMAINS = ("", "ai.onnx", "com.microsoft")
-
 
 @dataclass(frozen=True)
 class QParams:
@@ -76,25 +71,15 @@ class QGraph(GraphView):
 
     # --- kinds of nodes -------------------------------------------------------------------
 
-    @staticmethod
-    def quantize_mode(node: onnx.NodeProto) -> tuple[RoundMode, str | None] | None:
-        """``(round mode, dtype or None)`` when ``node`` is a quantize step, else ``None``."""
-        if node.op_type in QUANTIZE_OPS and node.domain in _STD_DOMAINS:
-            return RoundMode.HALF_EVEN, None
-        if node.domain == qdq.DOMAIN:
-            parsed = qdq.parse_function_name(node.op_type)
-            if parsed is not None:
-                return parsed
-        return None
-
-    @staticmethod
-    def is_dequantize(node: onnx.NodeProto) -> bool:
-        return node.op_type in DEQUANTIZE_OPS and node.domain in _STD_DOMAINS
+    #: ``(round mode, dtype or None)`` when a node is a quantize step, else ``None``
+    quantize_mode = staticmethod(quantize_mode)
+    is_dequantize = staticmethod(is_dequantize)
 
     @functools.cached_property
-    def facts(self) -> "GraphFacts":
-        """This index as the checker's graph questions (see :class:`GraphFacts`)."""
-        return GraphFacts(self)
+    def facts(self) -> QuantFacts:
+        """This index as the graph questions the checker asks too (:class:`~npuflow.check.lowerable.QuantFacts`),
+        so both decide from the same :func:`~npuflow.check.lowerable.lowering_limit` and fuse the same chains."""
+        return QuantFacts(self)
 
     def scalar(self, name: str) -> float | None:
         """A one-element float constant's value (a chain's bound or factor), else ``None``."""
@@ -178,45 +163,3 @@ def _integer_type(dtype: str) -> bool:
     runs them with their own semantics, instead of being lowered as if they were 8-bit integers
     (numpy stores both in one byte)."""
     return dtype in ("int8", "uint8", "int16", "uint16", "int32")
-
-
-class GraphFacts:
-    """The compiler's index as the checker's :class:`~npuflow.check.lowerable.Tensors`, so both
-    decide from the same :func:`~npuflow.check.lowerable.lowering_limit` and fuse the same
-    chains (:func:`~npuflow.check.lowerable.chain_to_quantize`)."""
-
-    quantized = True
-
-    def __init__(self, g: "QGraph") -> None:
-        self.g = g
-
-    def shape(self, name: str) -> list[int] | None:
-        s = self.g.shapes.get(name)
-        return list(s) if s is not None else None
-
-    def value(self, name: str) -> np.ndarray | None:
-        p = self.g.producer_node(name)
-        return self.g.const(p.input[0] if p is not None and self.g.is_dequantize(p) else name)
-
-    def elem_type(self, name: str) -> int | None:
-        return self.g.elem_types.get(name)
-
-    def producer_node(self, name: str) -> onnx.NodeProto | None:
-        return self.g.producer_node(name)
-
-    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
-        return self.g.consumer_nodes(name)
-
-    def is_graph_output(self, name: str) -> bool:
-        return self.g.is_graph_output(name)
-
-    def is_quantize(self, node: onnx.NodeProto) -> bool:
-        return self.g.quantize_mode(node) is not None
-
-    def is_dequantize(self, node: onnx.NodeProto) -> bool:
-        return self.g.is_dequantize(node)
-
-    def position(self, node: onnx.NodeProto) -> int:
-        return self.g.position(node)
-
-

@@ -227,6 +227,45 @@ def test_slice_of_a_real_control_flow_model(models):
         np.testing.assert_array_equal(g, w)
 
 
+# --- one set of lowering facts for check and compile ----------------------------------------------
+
+
+def test_check_and_compile_ask_one_facts_object():
+    """``lowering_limit`` and the chain walks get the same object type from the checker and the
+    compiler, with the compiler's answers where the two adapters differed: a float weight behind
+    ``Q -> DQ`` is no constant (the compiler lowers stored integers only, where the view looks
+    through any chain), and an ``ai.npuflow`` function is a quantize step only when its name
+    parses (:func:`npuflow.graph.is_qdq`, what data flow looks through, counts any)."""
+    from npuflow.check.lowerable import QuantFacts
+    from npuflow.compiler.qgraph import QGraph
+    from npuflow.graph import quantize_mode
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("QuantizeLinear", ["wf", "s", "zp"], ["wq"], name="q_w"),
+        helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["w_runtime"], name="dq_w"),
+        helper.make_node("DequantizeLinear", ["wi", "s", "zp"], ["w_stored"], name="dq_wi"),
+        helper.make_node("Quantize_half_up_int8", ["x", "s", "zp"], ["xq"], domain="ai.npuflow", name="q_x"),
+        helper.make_node("Quantize_nearest_int8", ["x", "s", "zp"], ["xb"], domain="ai.npuflow", name="q_bad"),
+    ]
+    inits = [numpy_helper.from_array(np.ones((2, 2), np.float32), "wf"),
+             numpy_helper.from_array(np.full((2, 2), 3, np.int8), "wi"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "zp")]
+    g = helper.make_graph(nodes, "facts", [helper.make_tensor_value_info("x", f, [2, 2])],
+                          [helper.make_tensor_value_info(o, TensorProto.INT8, [2, 2]) for o in ("xq", "xb")]
+                          + [helper.make_tensor_value_info(o, f, [2, 2]) for o in ("w_runtime", "w_stored")], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.npuflow", 1)])
+    view, compiled = GraphView(model), QGraph(model)
+    checker = QuantFacts(view)
+    assert type(compiled.facts) is QuantFacts and checker.quantized and compiled.facts.quantized
+    assert view.value("w_runtime") is not None and checker.value("w_runtime") is None  # computed at run time
+    np.testing.assert_array_equal(checker.value("w_stored"), np.full((2, 2), 3, np.int8))
+    by_name = {n.name: n for n in view.nodes}
+    assert [checker.is_quantize(by_name[k]) for k in ("q_w", "q_x", "q_bad")] == [True, True, False]
+    assert npuflow.graph.is_qdq(by_name["q_bad"]) and quantize_mode(by_name["q_bad"]) is None
+    assert [checker.is_dequantize(by_name[k]) for k in ("dq_w", "dq_wi", "q_x")] == [True, True, False]
+
+
 # --- no second index, no second attribute reader ------------------------------------------------
 
 ROOT = Path(npuflow.__file__).parent
