@@ -182,6 +182,15 @@ class GraphView:
         """The node's index in :attr:`nodes` (a topological order)."""
         return self._position[id(node)]
 
+    def position_of(self, name: str) -> int:
+        """The index of the node called ``name`` (a loaded model's node names are unique): for a
+        stage that refers to nodes by name, as the compiler's integer ops do."""
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
     def producer_node(self, tensor: str) -> onnx.NodeProto | None:
         p = self.producer.get(tensor)
         return self.nodes[p] if p is not None else None

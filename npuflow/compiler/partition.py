@@ -19,7 +19,6 @@ from typing import Callable
 import onnx
 
 from .. import placement
-from ..graph import node_reads
 from ..placement import Device, plugin_device
 from ..targets import Target
 from .program import IntOp
@@ -99,24 +98,25 @@ def build_units(g: QGraph, ops: list[IntOp], taken: dict[str, str] | None = None
     """Integer ops, the nodes plugins took (``taken``: node -> plugin) and every other ONNX
     node, in a topological order."""
     taken = taken or {}
-    index = {n.name: i for i, n in enumerate(g.graph.node)}
     covered = {name for op in ops for name in op.nodes}
-    units = [Unit(min(index[n] for n in op.nodes), Device.NPU, list(op.inputs), list(op.outputs), op=op) for op in ops]
-    for n in g.graph.node:
+    units = [Unit(min(g.position_of(n) for n in op.nodes), Device.NPU, list(op.inputs), list(op.outputs), op=op)
+             for op in ops]
+    for i, n in enumerate(g.nodes):
         if n.name in taken:
-            units.append(Unit(index[n.name], plugin_device(taken[n.name]), [i for i in node_reads(n) if i not in g.inits],
+            units.append(Unit(i, plugin_device(taken[n.name]), [t for t in g.reads(i) if t not in g.inits],
                               [o for o in n.output if o], node=n))
     covered |= set(taken)
     npu_reads = {name for op in ops for name in op.reads}
-    cpu_nodes = [n for n in g.graph.node if n.name not in covered]
-    cpu_consumed = {i for n in cpu_nodes if not g.is_dequantize(n) for i in node_reads(n)}
-    for n in cpu_nodes:
+    cpu_nodes = [i for i, n in enumerate(g.nodes) if n.name not in covered]
+    cpu_consumed = {t for i in cpu_nodes if not g.is_dequantize(g.nodes[i]) for t in g.reads(i)}
+    for i in cpu_nodes:
+        n = g.nodes[i]
         if g.is_dequantize(n) and n.name in npu_reads and n.output[0] not in cpu_consumed \
                 and not g.is_graph_output(n.output[0]):
             continue  # read directly as integers by the accelerator
         # a control-flow node's inputs include what its branches/body read from the outer scope:
         # those must be computed before it and carried into its CPU subgraph
-        units.append(Unit(index[n.name], Device.CPU, [i for i in node_reads(n) if i not in g.inits],
+        units.append(Unit(i, Device.CPU, [t for t in g.reads(i) if t not in g.inits],
                           [o for o in n.output if o], node=n))
     units.sort(key=lambda u: u.position)
     return units

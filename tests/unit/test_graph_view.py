@@ -73,7 +73,7 @@ def test_producers_and_consumers_count_what_a_branch_reads():
     assert view.consumers["r"] == [pos["branch"]]  # read by the branches, not listed as an input
     assert [n.name for n in view.consumer_nodes("two")] == ["branch"]
     assert view.only_consumer("r").name == "branch" and view.only_consumer("y") is None  # y is an output
-    assert view.position(model.graph.node[3]) == pos["branch"]
+    assert view.position(model.graph.node[3]) == pos["branch"] == view.position_of("branch")
     assert view.graph_inputs == ["x", "mode"] and view.graph_outputs == ["y"] and view.is_graph_output("y")
     # data inputs: the feature map the branches read and the condition, not the constant ``two``
     assert view.data_inputs(pos["branch"]) == ["cond", "r"]
