@@ -158,8 +158,6 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
             continue
         ins = [_ext_type(ext, types[n]) for n in node.input]
         outs = [_ext_type(ext, types[n]) for n in node.output]
-        attrs = attr_values(node)
-        _session(attrs["npuf"], attrs["sha256"])  # verified and loaded now, not in the op
 
         def op(*arrays: np.ndarray, npuf: str = "", sha256: str = "", subgraph: int = 0):
             try:
@@ -174,6 +172,12 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
                     attrs={"npuf": ext.PyCustomOpDef.dt_string, "sha256": ext.PyCustomOpDef.dt_string,
                            "subgraph": ext.PyCustomOpDef.dt_int64})(op)
         _DECLARED.add(node.op_type)
+    # verified and loaded now, not in the op; after the declarations above, so that a .npuf whose
+    # CPU subgraph holds a user's Python custom op registers it when the npuflow ops are known
+    for node in proto.graph.node:
+        if node.domain == DOMAIN and node.op_type.startswith(OP_PREFIX):
+            attrs = attr_values(node)
+            _session(attrs["npuf"], attrs["sha256"])
     so = sess_options if sess_options is not None else ort.SessionOptions()
     so.register_custom_ops_library(ext.get_library_path())
     level = {p.key: p.value for p in proto.metadata_props}.get(LEVEL_KEY)
