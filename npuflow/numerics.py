@@ -295,6 +295,78 @@ def requantize_fixed_point(acc: np.ndarray, multiplier: int, shift: int, mode: R
     return shift_round(prod, shift, mode)
 
 
+def requantize_fixed_point_float32(acc: np.ndarray, multiplier32: np.ndarray, mode: RoundMode | str) -> np.ndarray:
+    """The float32 stand-in for :func:`requantize_fixed_point` that
+    :func:`fixed_point_as_float32` checks: ``OP(float32(acc) * m32 + offset)`` with every
+    operation in float32 (``OP``, ``offset``: :func:`rounding_as_onnx`), as a fused graph computes
+    it with ONNX ``Mul``, ``Add`` and ``Round``/``Floor``/``Ceil``.  Float32 values, not clipped."""
+    offset, op = rounding_as_onnx(mode)
+    v = np.asarray(acc).astype(np.float32) * np.asarray(multiplier32, np.float32)
+    if offset:
+        v = v + np.float32(offset)
+    return {"Floor": np.floor, "Ceil": np.ceil, "Round": np.rint}[op](v)
+
+
+def fixed_point_as_float32(multiplier: np.ndarray, shift: np.ndarray, mode: RoundMode | str, acc_lo: np.ndarray,
+                           acc_hi: np.ndarray, lo: int, hi: int, tries: int = 2) -> np.ndarray | None:
+    """Per-channel float32 multipliers ``m32`` with which :func:`requantize_fixed_point_float32`,
+    saturated to ``lo..hi``, equals :func:`requantize_fixed_point` saturated alike for EVERY
+    integer accumulator ``acc_lo[c] <= acc <= acc_hi[c]``; ``None`` when some channel has none.
+
+    Why: the exact product ``acc * m`` needs up to 55 bits (float64 passes over every tensor),
+    while the saturated result only changes at a few hundred accumulators per channel.  Both
+    functions are monotone non-decreasing in ``acc`` (``m >= 0``; float32 multiplication,
+    addition and rounding to integers are monotone, and ``float32(acc)`` is exact below 2^24), so
+    they agree everywhere iff they agree at the range's ends and on both sides of each step of the
+    exact one (``a - 1`` and ``a`` where it rises): on a plateau between two steps the float32 one
+    is pinned at both ends, hence constant.  The steps are ``ceil((k - 1/2) * 2^shift / m)``
+    in float64, corrected by the exact function; the candidates are ``float32(m * 2^-shift)``
+    and its nearest float32 neighbours (``tries`` on each side), the first that agrees at every
+    check point is taken.  A channel with a step whose exact product lies closer to the tie
+    than float32's spacing (long reach: small ``m * 2^-shift``) usually has none.
+    """
+    mode = RoundMode(mode)
+    mult = np.asarray(multiplier, np.int64).reshape(-1)
+    shift = np.broadcast_to(np.asarray(shift, np.int64), mult.shape)
+    a_lo = np.broadcast_to(np.asarray(acc_lo, np.int64), mult.shape)
+    a_hi = np.broadcast_to(np.asarray(acc_hi, np.int64), mult.shape)
+    if (rounding_as_onnx(mode) is None or np.any(mult < 0) or np.any(a_lo > a_hi)
+            or np.any(np.maximum(np.abs(a_lo), np.abs(a_hi)) >= FLOAT_EXACT_BOUND[np.dtype(np.float32)])
+            or np.any(np.maximum(np.abs(a_lo), np.abs(a_hi)) * mult >= 2.0 ** 62)):
+        return None
+
+    def exact(acc: np.ndarray) -> np.ndarray:
+        return np.clip(requantize_fixed_point(acc, mult[:, None], shift[:, None], mode), lo, hi)
+
+    first, last = exact(a_lo[:, None])[:, 0], exact(a_hi[:, None])[:, 0]
+    ks = np.arange(lo + 1, hi + 1)[None, :]  # a step up to k: first acc whose code is >= k
+    live = (ks > first[:, None]) & (ks <= last[:, None])
+    scale = np.ldexp(mult.astype(np.float64), -np.minimum(shift, 1100))  # exact: 31 bits
+    with np.errstate(divide="ignore", invalid="ignore"):  # a channel with m = 0 has no step
+        near = np.ceil((ks - 0.5) / scale[:, None])  # within one of the step (float64 error < 2^-28)
+    steps = np.where(live, np.clip(near, a_lo[:, None] + 1, a_hi[:, None]), a_lo[:, None] + 1).astype(np.int64)
+    while True:  # exact(a_lo) < k <= exact(a_hi): the step lies in a_lo + 1 .. a_hi
+        down = live & (exact(steps - 1) >= ks)
+        up = live & (exact(steps) < ks)
+        if not (np.any(down) or np.any(up)):
+            break
+        steps = steps - down + up
+    points = np.concatenate([a_lo[:, None], a_hi[:, None], np.where(live, steps, a_lo[:, None]),
+                             np.where(live, steps - 1, a_lo[:, None])], axis=1)
+    want = exact(points)
+    guess = scale.astype(np.float32)
+    chosen = np.full(mult.shape, np.nan, np.float32)
+    for k in [0] + [sign * j for j in range(1, tries + 1) for sign in (1, -1)]:
+        cand = guess
+        for _ in range(abs(k)):
+            cand = np.nextafter(cand, np.float32(np.inf if k > 0 else 0))
+        got = np.clip(requantize_fixed_point_float32(points, cand[:, None], mode), lo, hi)
+        chosen = np.where(np.isnan(chosen) & np.all(got == want, axis=1), cand, chosen)
+        if not np.any(np.isnan(chosen)):
+            break
+    return None if np.any(np.isnan(chosen)) else chosen
+
+
 def requant_scale(acc_scale: float | np.ndarray, out_scale: float) -> np.ndarray:
     """The float32 multiplier ONNX Runtime's integer kernels apply to an accumulator.
 

@@ -17,8 +17,10 @@ Every operation of such a graph is exact, so its codes equal the op-by-op kernel
   ``bias * 2^-shift + offset``: exact), the offset from ``numerics.rounding_as_nearest_even``;
 * float-scale epilogues repeat the float operations of the kernels with the same IEEE types
   (``numerics.requantize_float``'s float32 product, ``numerics.quantize``'s float32 division
-  and float64 tie rule); a fixed-point multiplier is an exact float64 product where the
-  accumulator's non-saturating range and the multiplier fit 52 bits, else int64 arithmetic
+  and float64 tie rule); a fixed-point multiplier is a float32 product where
+  ``numerics.fixed_point_as_float32`` proves at load that one gives the exact codes for every
+  accumulator the channels can hold, else an exact float64 product where the accumulator's
+  non-saturating range and the multiplier fit 52 bits, else int64 arithmetic
   (``numerics.shift_rounding_as_onnx``).
 
 Passes over the tensors, not arithmetic, are what such a graph spends its time on, so it makes as
@@ -400,6 +402,7 @@ class _FixedPoint:
         shift = _channel(ep["shift"], cout).astype(np.int64)
         self.mult = np.where(shift >= 64, 0, _channel(ep["multiplier"], cout).astype(np.int64))
         self.shift = np.where(shift >= 64, 0, shift)
+        self.acc_lo, self.acc_hi = np.asarray(acc_lo, np.float64), np.asarray(acc_hi, np.float64)
         self.bound = np.maximum(np.abs(acc_lo), np.abs(acc_hi))
         if np.any(self.shift < 0) or np.any(self.mult < 0):
             raise _NotFusable("negative fixed-point shift or multiplier")
@@ -424,7 +427,11 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
     still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
     accumulator is needed.  The clamps follow in float32, moved by the zero point, which is left
-    out (the output is held centred, ``_Graph``).  Constant channels give their value: added
+    out (the output is held centred, ``_Graph``).  Before both, a float32 accumulator tries
+    ``numerics.fixed_point_as_float32``: where float32 multipliers reproduce every channel's
+    codes, the requantisation is one float32 ``Mul`` and the rounding, without the two casts and
+    the float64 passes (measured: most of a float-scale frame's time besides the convolutions).
+    Constant channels give their value: added
     after rounding, or, with ``const_in_acc`` (the convolution gave them no taps and their value
     as bias), multiplied by 1.  Otherwise the product is formed in int64 and shifted as
     ``shift_round`` does (more passes over 8-byte data).
@@ -437,6 +444,13 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     if recipe is None:
         raise _NotFusable(f"tie rule {ep['round']}")
     value = np.zeros(cout) if const_in_acc else fx.value
+    m32 = None if double or np.ndim(ep["zp"]) else _float32_multipliers(fx, ep, lo, hi, const_in_acc)
+    if m32 is not None:  # float32 all through: half the bytes, two casts fewer
+        v = g.node("Mul", [acc, g.const(m32.reshape(1, cout, 1, 1))])
+        offset, op = recipe
+        if offset:
+            v = g.node("Add", [v, g.const(offset)])
+        return _centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
     if np.all(fx.const | (bits <= 52)):
         v = acc
         if not double:
@@ -455,6 +469,19 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
         y = g.node("Add", [y, g.const(value.reshape(1, cout, 1, 1), np.int64)])
     y, zp = _centred_clip(g, y, ep["zp"], lo, hi, np.int64)
     return g.node("Cast", [y], to=TensorProto.FLOAT), zp
+
+
+def _float32_multipliers(fx: _FixedPoint, ep: dict, lo: int, hi: int, const_in_acc: bool) -> np.ndarray | None:
+    """``numerics.fixed_point_as_float32`` of a float32 accumulator: per-channel float32
+    multipliers that give the exact saturated codes (centred on the zero point) for every
+    accumulator the channel can hold, or ``None``.  A constant channel given its value as bias
+    (``const_in_acc``) holds just that value, multiplied by 1."""
+    one = fx.const & const_in_acc
+    value = fx.value.astype(np.float64)
+    zp = int(ep["zp"])
+    return nm.fixed_point_as_float32(np.where(one, 1, fx.mult), np.where(one, 0, fx.shift), ep["round"],
+                                     np.floor(np.where(one, value, fx.acc_lo)).astype(np.int64),
+                                     np.ceil(np.where(one, value, fx.acc_hi)).astype(np.int64), lo - zp, hi - zp)
 
 
 def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:

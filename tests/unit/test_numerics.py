@@ -159,3 +159,51 @@ def test_shift_round_keeps_int32_exactly(mode):
     got = nm.shift_round(acc, 6, mode)
     assert got.dtype == np.int32
     assert np.array_equal(got, nm.shift_round(acc.astype(np.int64), 6, mode))
+
+
+def _fixed_and_float32(mult, shift, mode, lo_acc, hi_acc, lo=-128, hi=127):
+    """Both requantisations of every accumulator lo_acc..hi_acc (one channel per column), saturated."""
+    m32 = nm.fixed_point_as_float32(mult, shift, mode, lo_acc, hi_acc, lo, hi)
+    assert m32 is not None
+    acc = np.arange(0, int(np.max(hi_acc - lo_acc)) + 1)[:, None] + lo_acc[None, :]
+    acc = np.minimum(acc, hi_acc[None, :])
+    want = np.clip(nm.requantize_fixed_point(acc, mult[None, :], shift[None, :], mode), lo, hi)
+    got = np.clip(nm.requantize_fixed_point_float32(acc, m32[None, :], mode), lo, hi)
+    return want, got
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_even", "half_down"])
+def test_float32_fixed_point_equals_int64_on_every_accumulator(mode):
+    # exhaustive: random multipliers, shifts 31..40 (reach up to 2^17), the range around the reach
+    rng = np.random.default_rng(11)
+    mult, shift = rng.integers(1 << 30, 1 << 31, 10), np.arange(31, 41)
+    reach = np.ceil(130 * np.exp2(shift) / mult).astype(np.int64)
+    want, got = _fixed_and_float32(mult, shift, mode, -reach, reach)
+    assert np.array_equal(want, got)
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_even", "half_down"])
+def test_float32_fixed_point_is_exact_on_ties_and_extreme_accumulators(mode):
+    # exact ties (m = 2^30 at shift 31: every odd accumulator; 3 * 2^28 at 33, 5 * 2^27 at 36) and
+    # accumulators at float32's exact bound (2^24 - 1) and the int8 clamps of a ReLU6
+    mult, shift = np.array([1 << 30, 3 << 28, 5 << 27, 1518500251]), np.array([31, 33, 36, 40])
+    for lo_acc, hi_acc in [(-(1 << 12), 1 << 12), ((1 << 24) - (1 << 16), (1 << 24) - 1),
+                           (-(1 << 24) + 1, -(1 << 24) + (1 << 16))]:
+        want, got = _fixed_and_float32(mult, shift, mode, np.full(4, lo_acc), np.full(4, hi_acc), lo=0, hi=97)
+        assert np.array_equal(want, got)
+
+
+def test_float32_fixed_point_is_refused_where_float32_cannot_tell_a_near_tie():
+    # shift 44 (reach 2^20): a step whose exact product lies within float32's spacing of the tie
+    rng = np.random.default_rng(5)
+    mult, shift = rng.integers(1 << 30, 1 << 31, 8)[:1], np.array([44])
+    full = np.array([-(1 << 23)]), np.array([1 << 23])
+    assert nm.fixed_point_as_float32(mult, shift, "half_even", *full, -128, 127) is None
+    # and the nearest float32 multiplier does round an accumulator next to a step differently
+    acc = (np.round((np.arange(-128, 128) + 0.5) * 2.0 ** 44 / mult[0])[:, None] + np.arange(-2, 3)).reshape(-1)
+    guess = np.float32(np.ldexp(float(mult[0]), -44))
+    assert not np.array_equal(np.clip(nm.requantize_fixed_point_float32(acc, guess, "half_even"), -128, 127),
+                              np.clip(nm.requantize_fixed_point(acc, mult[0], 44, "half_even"), -128, 127))
+    assert nm.fixed_point_as_float32(mult, shift, "std_round", *full, -128, 127) is None  # no ONNX form
+    assert nm.fixed_point_as_float32(mult, np.array([40]), "half_up", np.array([0]), np.array([1 << 24]),
+                                     -128, 127) is None  # float32(acc) not exact

@@ -90,6 +90,31 @@ def test_fixed_point_requantisation_equals_numerics(mode, zp, shifts, as_float):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_fixed_point_in_float32_where_numerics_proves_it_exact(mode):
+    # shifts up to 39 (reach 2^16): float32 multipliers, no float64 pass, every accumulator of the
+    # range through ONNX Runtime equal to numerics; one shift-44 channel (reach 2^21) with
+    # accumulators to 2^23 sends the whole tensor back to the wide product (float64 or int64)
+    rng = np.random.default_rng(11)
+    mult, shift = rng.integers(1 << 30, 1 << 31, 4), np.array([31, 35, 38, 39])
+    ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": -128, "round": mode,
+          "dtype": "int8", "clamps": [[-128, 90]]}
+    bound = float(1 << 18)
+    acc = np.repeat(np.arange(-(1 << 18), 1 << 18)[:, None], 4, axis=1).reshape(-1, 4, 1, 1)
+    want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode)
+                   - 128, -128, 90)
+    g = fused._Graph({})
+    y, off = fused._requantize_fixed(g, "x", False, fused._FixedPoint(ep, 4, np.full(4, -bound), np.full(4, bound)),
+                                     ep, -128, 90)
+    assert [n.op_type for n in g.nodes if n.op_type != "Add"] == ["Mul", nm.rounding_as_onnx(mode)[1], "Clip"]
+    assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
+    ep = {**ep, "shift": [31, 35, 38, 44]}
+    g = fused._Graph({})
+    wide = float(1 << 23)
+    fused._requantize_fixed(g, "x", False, fused._FixedPoint(ep, 4, np.full(4, -wide), np.full(4, wide)), ep, -128, 90)
+    assert "Cast" in {n.op_type for n in g.nodes}
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_fixed_point_saturates_unclamped_accumulators_far_beyond_reach(mode):
     # float64 accumulators (chunked sums) up to 2^30: products of 61 bits round, yet saturate as numerics does
     rng = np.random.default_rng(7)
