@@ -31,7 +31,7 @@ def _run(g: QGraph, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray], o
     graph = helper.make_graph(nodes, "fragment", inputs, outs, inits)
     model = helper.make_model(graph, opset_imports=list(g.model.opset_import))
     model.functions.extend(g.model.functions)
-    model.ir_version = g.model.ir_version or MAX_IR_VERSION
+    model.ir_version = min(g.model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)  # what ORT loads
     return open_session(model, level="disable").run(outputs, feeds)
 
 
