@@ -17,11 +17,14 @@ stops the other ranks when one fails.
 from __future__ import annotations
 
 import os
+import pickle
 import queue as queue_module
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,8 +72,20 @@ def spawn(fn: Callable[..., Any], nproc: int, args: tuple, progress: Report | No
     rank 0's call returned (it must pickle).  ``report(*event)`` is ``progress`` on rank 0 (the
     events travel through a queue) and None on the other ranks.  ``fn`` is a module-level function."""
     channel = mp.get_context("spawn").Queue()
-    context = mp.start_processes(_entry, args=(nproc, free_port(), channel, fn, args, timeout_minutes),
-                                 nprocs=nproc, join=False, start_method="spawn")
+    with tempfile.TemporaryDirectory(prefix="npuflow-ddp-") as folder:
+        # the arguments (a model, the samples: megabytes) go through a file: multiprocessing
+        # writes each process's arguments into a pipe whose read end it keeps open itself until
+        # the write ends, so a process that dies before reading more than the pipe's buffer
+        # (an import error) would leave this process writing forever
+        task = Path(folder) / "task.pickle"
+        task.write_bytes(pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL))
+        context = mp.start_processes(_entry, args=(nproc, free_port(), channel, str(task), timeout_minutes),
+                                     nprocs=nproc, join=False, start_method="spawn")
+        return _watch(context, channel, progress)
+
+
+def _watch(context: Any, channel: Any, progress: Report | None) -> Any:
+    """Relay progress until every rank has exited; rank 0's result, or the coded failure."""
     outcome: dict[str, Any] = {"errors": []}
     try:
         while True:
@@ -92,14 +107,14 @@ def spawn(fn: Callable[..., Any], nproc: int, args: tuple, progress: Report | No
     return outcome["result"]
 
 
-def _entry(rank: int, nproc: int, port: int, channel: Any, fn: Callable[..., Any], args: tuple,
-           timeout_minutes: float) -> None:
-    """One rank: join the process group, run ``fn``, send rank 0's result or any rank's failure."""
+def _entry(rank: int, nproc: int, port: int, channel: Any, task: str, timeout_minutes: float) -> None:
+    """One rank: join the process group, run the task, send rank 0's result or any rank's failure."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the ranks
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(nproc))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     try:
+        fn, args = pickle.loads(Path(task).read_bytes())  # written by spawn() in a private folder
         dist.init_process_group("gloo", rank=rank, world_size=nproc, timeout=timedelta(minutes=timeout_minutes))
         report = (lambda *event: channel.put(("progress", event))) if rank == 0 else None
         result = fn(report, *args)

@@ -70,7 +70,7 @@ from ..targets import Target, load_target
 from .config import QatConfig, qat_config
 from .layers import QatWeighted
 from .onnx_convert import load_onnx2torch
-from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, spawn
+from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, launched, spawn
 from .qat import QatModel, distributed, export_qat, load_checkpoint, prepare_qat, save_checkpoint
 from .quantizer import FakeQuantizer, SharedQuantizer
 
@@ -161,6 +161,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"checkpoint_every={checkpoint_every} is not a positive "
                                                         "number of steps")
     _check_nproc(nproc)
+    joined_here = launched() and not torch.distributed.is_initialized()
     rank, world = join_launched(timeout_minutes)
     if world > 1 and nproc > 1:
         raise NpuflowError("NPF_SCALEOUT_BAD_WORKERS", option="--nproc", value=nproc, limit=MAX_NPROC,
@@ -197,12 +198,17 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
                  None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch))
     t_train = time.perf_counter()
     if nproc > 1:
-        stats = spawn(_train_rank, nproc, (ptq, tgt, qcfg, samples, batch, plan), progress, timeout_minutes)
+        built = io.BytesIO()
+        torch.save(start_state, built)
+        stats = spawn(_train_rank, nproc, (ptq, tgt, qcfg, samples, batch, plan, built.getvalue()), progress,
+                      timeout_minutes)
         qat.load_state_dict(torch.load(io.BytesIO(stats.pop("model")), weights_only=True))
         qat.freeze_bn()  # as the ranks' trainers did
     else:
         trainer = _Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world)
         stats = trainer.run(progress)
+        if joined_here:  # the last collective call is behind: the group this call joined ends here
+            torch.distributed.destroy_process_group()
         if rank != 0:
             return None
     train_seconds = time.perf_counter() - t_train
@@ -221,7 +227,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "samples": len(samples), "eval_samples": len(eval_samples), "eval_held_out": bool(held),
         "batch": step_batch, "processes": ranks,
         "steps": stats["steps"], "epochs": round(stats["epochs"], 3), "ptq_seconds": round(ptq_seconds, 1),
-        "train_seconds": round(train_seconds, 1), "start_cosine": start_cos, "trained_cosine": trained_cos,
+        "train_seconds": round(train_seconds, 1), "loop_seconds": round(stats["loop_seconds"], 1),
+        "start_cosine": start_cos, "trained_cosine": trained_cos,
         "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
         "float_tensors": initialised["float_tensors"], "resumed_at_step": stats["resumed_at"],
         "loss": stats["loss_kinds"], "losses": [round(v, 6) for v in stats["losses"]],
@@ -277,9 +284,11 @@ class _Student:
 
 
 def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig, samples: list[Sample],
-                   batch: int, seed: int) -> _Student:
+                   batch: int, seed: int, state: bytes | None = None) -> _Student:
     """Convert the PTQ run's float graph, insert fake quantization and initialise it from the
-    PTQ model; deterministic, so every rank of a data-parallel run builds the same model."""
+    PTQ model; deterministic, so every rank of a data-parallel run builds the same model.
+    ``state``: the serialised parameters and buffers of a student built before (a spawned
+    rank takes the caller's instead of calibrating again)."""
     torch.manual_seed(seed)
     graph = legalize(ptq.float_model, tgt)
     input_names = [i.name for i in model_io.graph_inputs(graph)]
@@ -288,8 +297,11 @@ def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: Qa
     module = convert(graph)
     example = tuple(torch.from_numpy(samples[0][n]) for n in input_names)
     qat = prepare_qat(module, example, tgt, qcfg, input_names=input_names, output_names=output_names)
-    qat.calibrate([_stack([s], input_names) for s in samples[:8]])  # observers give a value to any quantizer PTQ has none for
-    initialised = init_from_ptq(qat, module, graph, ptq.model)
+    if state is None:  # observers give a value to any quantizer PTQ has none for
+        qat.calibrate([_stack([s], input_names) for s in samples[:8]])
+    initialised = init_from_ptq(qat, module, graph, ptq.model)  # also decides which tensors stay float
+    if state is not None:
+        qat.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
     forward_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
     return _Student(qat, samples, input_names, output_names, initialised, forward_batch)
 
@@ -349,10 +361,10 @@ class _Plan:
 
 
 def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig,
-                samples: list[Sample], batch: int, plan: _Plan) -> dict | None:
-    """One spawned rank: build the same student as the caller, train its share; rank 0 returns
-    the trained parameters (serialised) and the training statistics."""
-    student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed)
+                samples: list[Sample], batch: int, plan: _Plan, state: bytes) -> dict | None:
+    """One spawned rank: build the caller's student (its parameters and buffers: ``state``),
+    train its share; rank 0 returns the trained parameters (serialised) and the training statistics."""
+    student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed, state)
     train, _, _ = _split(student.samples)
     teacher = _Teacher(ptq.float_model, student.input_names, student.output_names)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -776,7 +788,7 @@ class _Trainer:
             self._save(plan.checkpoint, start)
         self.qat.eval()
         return {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "loss_kinds": self.loss_kinds,
-                "resumed_at": self.resumed_at}
+                "resumed_at": self.resumed_at, "loop_seconds": time.perf_counter() - start}
 
     def _done(self, total: int | None, budget: float | None, start: float) -> bool:
         """Whether the budget is spent; with a time budget rank 0 decides for every rank (their

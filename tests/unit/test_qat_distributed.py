@@ -48,12 +48,16 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def serial(digits):
-    """The uninterrupted one-process run: 20 training digits, batches of 4, 5 steps."""
-    return qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4)
+def serial(digits, tmp_path_factory):
+    """The uninterrupted one-process run: 20 training digits, batches of 4, 5 steps; its final
+    checkpoint holds the trained model whichever model the run keeps."""
+    ckpt = tmp_path_factory.mktemp("serial") / "qat.ckpt"
+    result = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4, checkpoint=ckpt)
+    return result, torch.load(ckpt, weights_only=True)["model"]
 
 
 def test_interrupted_onnx_qat_resumes_to_the_uninterrupted_model(serial, digits, tmp_path, monkeypatch):
+    serial, trained = serial
     ckpt = tmp_path / "qat.ckpt"
     losses = {"calls": 0}
     real_loss = onnx_qat._distil_loss
@@ -73,8 +77,10 @@ def test_interrupted_onnx_qat_resumes_to_the_uninterrupted_model(serial, digits,
     resumed = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, batch=4, ptq=serial.ptq,
                        resume=ckpt, checkpoint=ckpt)
     assert resumed.report["resumed_at_step"] == 2 and resumed.steps == serial.steps == 5
-    assert resumed.losses == serial.losses
+    assert resumed.losses == serial.losses and resumed.trained_cosine == serial.trained_cosine
     assert resumed.model.SerializeToString() == serial.model.SerializeToString()
+    resumed_state = torch.load(ckpt, weights_only=True)["model"]  # the trained model, kept or not
+    assert all(torch.equal(resumed_state[k], v) for k, v in trained.items())
 
     with pytest.raises(NpuflowError) as err:  # another global batch: another run
         qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, batch=2, ptq=serial.ptq, resume=ckpt)
@@ -83,6 +89,7 @@ def test_interrupted_onnx_qat_resumes_to_the_uninterrupted_model(serial, digits,
 
 
 def test_cli_nproc_2_exports_the_one_process_model(cli, serial, digits, tmp_path):
+    serial, trained = serial
     out, ckpt = tmp_path / "out", tmp_path / "qat.ckpt"
     cfg = tmp_path / "ptq.json"
     cfg.write_text("{}")  # the serial run's PTQ start (the default quantizer, not AdaRound)
@@ -107,6 +114,13 @@ def test_cli_nproc_2_exports_the_one_process_model(cli, serial, digits, tmp_path
     assert ckpt.is_file() and not list(tmp_path.glob(".*.tmp"))  # rank 0 wrote it, whole
     state = torch.load(ckpt, weights_only=True)
     assert state["world"] == 2 and len(state["rng"]) == 2 and state["step"] == serial.steps
+    assert report["trained_cosine"] == pytest.approx(serial.trained_cosine, rel=1e-6)
+    for name, value in trained.items():  # the trained models, whichever one each run kept
+        if value.is_floating_point():
+            np.testing.assert_allclose(state["model"][name].numpy(), value.numpy(), rtol=1e-5, atol=1e-7,
+                                       err_msg=name)
+        else:
+            assert torch.equal(state["model"][name], value), name
 
 
 def test_folded_batchnorm_measures_the_global_batch_under_ddp(tmp_path):
@@ -204,3 +218,36 @@ def _bn_run(rank: int, world: int, init: str, out: str, rows: int) -> None:
     if world > 1:
         save_checkpoint(f"{out}.ckpt", model, step=2)
         dist.destroy_process_group()
+
+
+def test_build_key_qat_nproc_reaches_the_qat_and_is_validated(tmp_path, monkeypatch, capsys):
+    """``calibration_parameters: qat_nproc`` goes to the QAT as ``nproc`` (the QAT itself is
+    stubbed: the processes are what the tests above run); 0 is a coded configuration error."""
+    import yaml
+
+    from npuflow.build.config import parse_config
+    from npuflow.cli.app import main
+    from tests.unit.test_build_config import BASE, _conv_model
+
+    conf = yaml.safe_load(yaml.safe_dump(BASE))
+    conf["calibration_parameters"]["qat_nproc"] = 0
+    with pytest.raises(NpuflowError) as err:
+        parse_config(conf, base_dir=str(tmp_path))
+    assert err.value.code == "NPF_BUILD_BAD_VALUE" and "qat_nproc" in err.value.message
+
+    _conv_model(tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for i in range(2):
+        np.full((1, 3, 8, 8), 16 * i, np.uint8).tofile(tmp_path / "calib" / f"{i}.bgr")
+    conf["input_parameters"]["input_type_rt"] = "bgr"
+    conf["calibration_parameters"].update(qat_epochs=1, qat_nproc=2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    seen = {}
+
+    def stub(*args, **kwargs):
+        seen.update(kwargs)
+        raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="stub")
+
+    monkeypatch.setattr(onnx_qat, "qat_onnx", stub)
+    assert main(["build", str(tmp_path / "c.yaml")]) == 2 and "stub" in capsys.readouterr().err
+    assert seen["nproc"] == 2 and seen["epochs"] == 1
