@@ -9,8 +9,10 @@
 * BatchNorms folded into convolutions (EfficientNet-Lite0's stem and first block) measure the
   global batch under DDP: the running statistics the compiled model folds equal one process's
   on the concatenated batch, not rank 0's half; a DDP checkpoint resumes in one process;
-* a rank that fails while the other waits in a collective call ends the launch with a coded
-  error within seconds (no hang); a rank's own coded error keeps its code.
+* a rank that fails while the other waits in a collective call, or dies while loading 10 MB
+  of arguments, ends the launch with a coded error within seconds (no hang); a rank's own coded
+  error keeps its code;
+* ``qat_nproc`` in a build YAML reaches the QAT; 0 is a coded configuration error.
 """
 
 from __future__ import annotations
@@ -154,7 +156,25 @@ def test_a_failing_rank_is_a_coded_error_not_a_hang():
     with pytest.raises(NpuflowError) as err:
         spawn(_fail_on_rank_1, 2, ("coded",))
     assert err.value.code == "NPF_QAT_BAD_BUDGET" and "rank 1 refused" in err.value.message
-    assert time.perf_counter() - start < 120  # two launches of two processes each; the barrier waited for nobody
+    with pytest.raises(NpuflowError) as err:  # rank 1 dies while loading 10 MB of arguments
+        spawn(_fail_on_rank_1, 2, ("never run", b"x" * 10_000_000, _ExitOnRank1()))
+    assert err.value.code == "NPF_SCALEOUT_WORKER_FAILED" and "rank 1: exited with status 3" in err.value.message
+    assert time.perf_counter() - start < 180  # three launches of two processes each; nobody waited for a dead rank
+
+
+class _ExitOnRank1:
+    """Kills rank 1 as it unpickles its arguments (a process dying on start-up, before any
+    exception handler of its own: the exit status is all the parent learns)."""
+
+    def __reduce__(self):
+        return (_exit_on_rank_1, ())
+
+
+def _exit_on_rank_1() -> None:
+    import os
+
+    if os.environ.get("RANK") == "1":
+        os._exit(3)
 
 
 def test_bad_nproc_is_coded(digits):
@@ -164,7 +184,7 @@ def test_bad_nproc_is_coded(digits):
         assert err.value.code == "NPF_SCALEOUT_BAD_WORKERS" and "--nproc" in err.value.message
 
 
-def _fail_on_rank_1(report, mode: str) -> str:
+def _fail_on_rank_1(report, mode: str, *ballast) -> str:
     import torch.distributed as dist
 
     if dist.get_rank() == 1:
