@@ -117,6 +117,7 @@ class FastFinetune(_Strict):
     drop_prob: float = Field(default=0.5, ge=0, le=1)  # brecq: QDrop's chance an activation skips quantization
     block_batch: int = Field(default=4, ge=1)  # brecq: calibration samples per optimisation step
     block_layers: int = Field(default=3, ge=1)  # brecq: weight layers per block, at least
+    input_drop: float = Field(default=0.0, ge=0, lt=1)  # adaquant: QDrop, chance a layer input value is the float one
 
 
 class QuantConfig(_Strict):

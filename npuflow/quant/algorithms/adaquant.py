@@ -56,9 +56,12 @@ class BestIterate:
 
 def adaquant(
     p: LayerProblem, iters: int = 500, lr: float = DEFAULT_LR, batch: int = 256, backend: str = "numpy",
-    seed: int = 0,
+    seed: int = 0, input_drop: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes (g, o, K), bias (g, o, 1))`` tuned by AdaQuant for problem ``p``."""
+    """``(codes (g, o, K), bias (g, o, 1))`` tuned by AdaQuant for problem ``p``.
+
+    ``input_drop`` > 0 (needs ``p.xf``): QDrop on the layer's input, each input value of a step
+    replaced by the float model's with that probability (numpy backend)."""
     if backend == "torch":
         with torch_threads():
             return _adaquant_torch(p, iters, lr, batch, seed)
@@ -67,7 +70,12 @@ def adaquant(
     c = np.zeros_like(p.b, dtype=np.float32)          # bias offset in units of ystd
     opt = Adam([u, c], lr)
     best = BestIterate(p, iters)
-    for t, (x, y) in enumerate(batches(p, batch, iters, seed)):
+    mix = input_drop > 0 and p.xf is not None
+    rng = np.random.default_rng(seed)
+    for t, xy in enumerate(batches(p, batch, iters, seed, float_inputs=mix)):
+        x, y = xy[0], xy[1]
+        if mix:
+            x = np.where(rng.random(x.shape, dtype=np.float32) < input_drop, xy[2], x)
         opt.lr = lr * cosine_decay(t, iters)
         r = round_values(u, p.round_mode).astype(np.float32)
         inside = (r >= p.qmin) & (r <= p.qmax)

@@ -65,10 +65,11 @@ class FinetuneSettings:
     drop_prob: float = 0.5       # brecq: QDrop's probability of passing an activation unquantized
     block_batch: int = 4         # brecq: calibration samples per step
     block_layers: int = 3        # brecq: weight layers a block holds at least
+    input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
 
     def key(self) -> dict:
         return {"method": self.method, "iters": self.iters, "lr": self.learning_rate, "batch": self.batch,
-                "seed": self.seed, "round_mode": self.round_mode, "v": 1}
+                "seed": self.seed, "round_mode": self.round_mode, "input_drop": self.input_drop, "v": 1}
 
     @property
     def learning_rate(self) -> float:
@@ -125,6 +126,11 @@ def fast_finetune(
     if st.method == "brecq":
         require_torch()
     backend = resolve_backend(st.backend)
+    if st.input_drop > 0 and (st.method != "adaquant" or backend != "numpy"):
+        raise NpuflowError(
+            "NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.input_drop",
+            reason=f"input_drop {st.input_drop} mixes float inputs into AdaQuant's layer problems (numpy backend), "
+                   f"not method {st.method} with backend {backend} (brecq has drop_prob; set input_drop: 0)")
     t0 = time.time()
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
@@ -162,7 +168,7 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     method = "adaquant" if st.method == "adaquant" else "adaround"
     lst = replace(st, method=method)
     t1 = time.time()
-    prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode)
+    prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0)
     nearest = grouped_weight(read_codes(out, ql), g)
     before = prob.error(nearest)
     key = _cache_key(prob, lst)
@@ -175,7 +181,8 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
         if method == "adaround":
             codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
         else:
-            codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed)
+            codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed,
+                                   input_drop=st.input_drop)
         after = prob.error(codes, bias)
         if after > before:  # never make a layer worse than nearest rounding
             codes, bias = nearest, prob.b
@@ -268,7 +275,7 @@ class QuantizedInputs:
 
 
 def layer_problem(float_model: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
-                  float_patches: np.ndarray, round_mode: str) -> LayerProblem:
+                  float_patches: np.ndarray, round_mode: str, keep_float: bool = False) -> LayerProblem:
     """``job``'s problem: inputs from the quantized model as it is now, targets from the float layer
     on ``float_patches``, bias and limits from the quantized model."""
     ql, w, g = job.ql, job.w, job.sampler.groups
@@ -279,7 +286,8 @@ def layer_problem(float_model: onnx.ModelProto, job: LayerJob, inputs: Quantized
     s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
     qmodel = inputs.model
     lo, hi = code_limits(ql, read_codes(qmodel, ql))
-    return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode)
+    return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode,
+                        xf=float_patches if keep_float else None)
 
 
 def _collect_tensors(model: onnx.ModelProto, feeds: list[Feed], names: list[str]) -> dict[str, list[np.ndarray]]:

@@ -27,9 +27,10 @@ class LayerProblem:
     qmin: int
     qmax: int
     round_mode: str        # the tie rule of the weights' quantize step (the target's); no default
+    xf: np.ndarray | None = None  # (g, K, m) the float model's inputs at the same columns (QDrop mixing)
 
     def __post_init__(self) -> None:
-        for name in ("w", "s", "b", "x", "y"):
+        for name in ("w", "s", "b", "x", "y") + (("xf",) if self.xf is not None else ()):
             setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
 
     def nearest_codes(self) -> np.ndarray:
@@ -76,7 +77,7 @@ class Adam:
             p -= (lrs[i] if lrs else self.lr) * mh / (np.sqrt(vh) + self.eps)
 
 
-def batches(p: LayerProblem, batch: int, iters: int, seed: int = 0):
+def batches(p: LayerProblem, batch: int, iters: int, seed: int = 0, float_inputs: bool = False):
     """``(x, y)`` column batches of ``p``, one per iteration (deterministic).
 
     The columns are shuffled once and cut into contiguous blocks that the iterations cycle
@@ -86,7 +87,7 @@ def batches(p: LayerProblem, batch: int, iters: int, seed: int = 0):
     m = p.x.shape[2]
     if batch >= m:
         for _ in range(iters):
-            yield p.x, p.y
+            yield (p.x, p.y, p.xf) if float_inputs else (p.x, p.y)
         return
     n = m // batch
     cols = np.random.default_rng(seed).permutation(m)[: n * batch]
@@ -95,8 +96,9 @@ def batches(p: LayerProblem, batch: int, iters: int, seed: int = 0):
         return np.ascontiguousarray(a[:, :, cols].reshape(a.shape[0], a.shape[1], n, batch).transpose(2, 0, 1, 3))
 
     xb, yb = blocks(p.x), blocks(p.y)
+    fb = blocks(p.xf) if float_inputs else None
     for t in range(iters):
-        yield xb[t % n], yb[t % n]
+        yield (xb[t % n], yb[t % n], fb[t % n]) if float_inputs else (xb[t % n], yb[t % n])
 
 
 def cosine_decay(t: int, iters: int) -> float:
