@@ -67,6 +67,7 @@ def cheap_configs() -> list[tuple[str, dict]]:
 FINETUNE = {
     "adaround": ("AdaRound", {}),
     "adaquant": ("AdaQuant", {}),
+    "adaquant_qdrop": ("AdaQuant+QDrop", {"input_drop": 0.5}),
     "brecq": ("BRECQ+QDrop", {"drop_prob": 0.5}),
     "brecq0": ("BRECQ", {"drop_prob": 0.0}),
 }
@@ -87,7 +88,7 @@ def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: in
     rows = []
     for key in methods:
         label, extra = FINETUNE[key]
-        method = key.rstrip("0")
+        method = key.rstrip("0").removesuffix("_qdrop")
         n = block_iters if method == "brecq" and block_iters else iters
         rows.append((f"+{label} ({n} it{note})", {**base, "fast_finetune": {"method": method, "iters": n, **extra}}))
     return rows
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-similarity", type=float, default=0.99)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--methods", default="adaround,adaquant",
-                    help=f"fast finetune rows, comma-separated from {','.join(FINETUNE)} (brecq0: BRECQ without QDrop)")
+                    help=f"fast finetune rows, comma-separated from {','.join(FINETUNE)} (brecq0: BRECQ without QDrop; "
+                         "adaquant_qdrop: AdaQuant with input_drop 0.5)")
     ap.add_argument("--block-iters", type=int, default=None, help="steps per block for brecq (default: --iters)")
     ap.add_argument("--no-mixed", action="store_true", help="skip automatic mixed precision")
     ap.add_argument("--cheap", default=None,
