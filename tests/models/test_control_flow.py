@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.errors import NpuflowError
+from tests.control_flow_nets import if_net, loop_body_with_nested_if
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 TARGETS = ["cpu-int8", DPU]
@@ -41,36 +42,12 @@ def _assert_equal_to_ort(compiled: npuflow.CompiledModel, quantized: onnx.ModelP
 
 # --- a small If model whose branches read an outer feature map and an outer initializer -------
 
-def _if_net() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    then_g = helper.make_graph([helper.make_node("Mul", ["r", "two"], ["t_out"])], "then", [],
-                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
-    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["e_out"])], "else", [],
-                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c"], ["r"], name="relu1"),
-        helper.make_node("Equal", ["mode", "one"], ["cond"], name="eq"),
-        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g, name="branch"),
-        helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
-    ]
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-             numpy_helper.from_array(np.array(1, np.int64), "one")]
-    g = helper.make_graph(nodes, "if_net",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
-                           helper.make_tensor_value_info("mode", TensorProto.INT64, [])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_if_reading_outer_tensors_compiles_and_runs(target):
     rng = np.random.default_rng(1)
     samples = [{"x": rng.normal(size=(1, 3, 8, 8)).astype(np.float32), "mode": np.array(k % 2, np.int64)}
                for k in range(6)]
-    q = npuflow.quantize(_if_net(), samples, target)
+    q = npuflow.quantize(if_net(), samples, target)
     branch = next(n for n in q.model.graph.node if n.op_type == "If")
     reads = {i for a in branch.attribute for n in a.g.node for i in n.input}
     assert "r_dq" in reads and "r" not in reads  # the branches read the quantized feature map
@@ -178,17 +155,7 @@ def test_silero_vad_default_file(models):
 
 def test_outer_reads_follow_nesting_and_shadowing():
     """A Loop body reading an outer tensor through a nested If, and defining a name of its own."""
-    inner_then = helper.make_graph([helper.make_node("Add", ["acc", "bias"], ["t"])], "then", [],
-                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
-    inner_else = helper.make_graph([], "else", [], [helper.make_tensor_value_info("outer_x", TensorProto.FLOAT, None)])
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["c_in"], ["c_out"]),
-         helper.make_node("If", ["c_in"], ["acc_out"], then_branch=inner_then, else_branch=inner_else)],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info("acc", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)])
+    body = loop_body_with_nested_if("outer_x")
     loop = helper.make_node("Loop", ["n", "c", "x0"], ["y"], body=body)
     assert set(npuflow.graph.outer_reads(loop)) == {"bias", "outer_x"}  # acc/c_in are the body's own
     assert npuflow.graph.node_reads(loop)[:3] == ["n", "c", "x0"]

