@@ -209,8 +209,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     _step(progress, "export")
     exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    _, q_model, applied = algorithms.after_export(leg, exported, exported, lambda: again, cfg, tgt,
-                                                  reference=stats.outputs)
+    q_model, applied = algorithms.after_export(leg, exported, lambda: again, cfg, tgt, reference=stats.outputs)
     applied = {**searched, **applied}
     _step(progress, "report")
     report = build_report(opt, q_model, plan, asg.params, kept[:cfg.report_samples])

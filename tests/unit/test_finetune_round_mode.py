@@ -28,5 +28,5 @@ def test_fast_finetune_rounds_as_the_export(monkeypatch, target, config, expecte
     cfg = QuantConfig.from_dict({**config, "fast_finetune": {"method": "adaround", "iters": 1},
                                  "include_bias_corr": False})
     with pytest.raises(StopIteration):
-        apply.after_export(None, None, None, lambda: iter([{}]), cfg, load_target(target))
+        apply.after_export(None, None, lambda: iter([{}]), cfg, load_target(target))
     assert seen["round_mode"] == expected

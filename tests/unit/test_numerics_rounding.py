@@ -235,7 +235,7 @@ def test_bias_correction_writes_with_the_bias_rule_the_export_used(monkeypatch, 
     monkeypatch.setattr(apply, "correct_empirical", fake_correction)
     cfg = QuantConfig.from_dict({**config, "include_bias_corr": True})
     with pytest.raises(StopIteration):
-        apply.after_export(None, None, None, lambda: iter([{}]), cfg, load_target(target))
+        apply.after_export(None, None, lambda: iter([{}]), cfg, load_target(target))
     assert seen["round_mode"] == expected
 
 

@@ -49,10 +49,10 @@ def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[],
 
 
 def after_export(
-    float_model: onnx.ModelProto, q_dynamic: onnx.ModelProto, q_static: onnx.ModelProto,
+    float_model: onnx.ModelProto, quantized: onnx.ModelProto,
     calibration: Callable[[], Iterable[Feed]], cfg, target: Target, reference: list[list[np.ndarray]] | None = None,
-) -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
-    """``(q_static, q_dynamic, summary)`` after fast finetune and bias correction.
+) -> tuple[onnx.ModelProto, dict]:
+    """``(quantized, summary)`` after fast finetune and bias correction.
 
     Weights and biases are re-rounded with the tie rules the config resolves for ``target`` (the
     target's own unless the config says otherwise), the rules the export used.
@@ -62,9 +62,9 @@ def after_export(
     """
     summary: dict = {}
     if cfg.fast_finetune is None and not cfg.include_bias_corr:
-        return q_static, q_dynamic, summary
+        return quantized, summary
     feeds = list(itertools.islice(calibration(), FINETUNE_SAMPLES))
-    q = q_dynamic
+    q = quantized
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
         settings = FinetuneSettings(
@@ -107,7 +107,7 @@ def after_export(
         if record["kept"]:
             q = corrected
         summary["bias_correction"] = record
-    return _copy_changed_initializers(q_dynamic, q, q_static), q, summary
+    return q, summary
 
 
 def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
@@ -126,22 +126,3 @@ def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndar
             num[k] = num.get(k, 0.0) + float(np.sum((np.asarray(g, dtype=np.float64) - r64) ** 2))
             den[k] = den.get(k, 0.0) + float(np.sum(r64 ** 2))
     return float(np.mean([num[k] / max(den[k], 1e-30) for k in num])) if num else 0.0
-
-
-def _copy_changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto, dst: onnx.ModelProto) -> onnx.ModelProto:
-    """``dst`` with the initializers that the algorithms changed (``before`` -> ``after``) copied in.
-
-    Only changed ones: the twins share weight and bias names, but a scale can differ between them
-    (the static twin folds shape computations into constants that join a shared-scale group), and
-    copying an unchanged dynamic-twin scale over the static one breaks the static model.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(dst)
-    old = {t.name: t for t in before.graph.initializer}
-    values = {t.name: t for t in after.graph.initializer
-              if t.name not in old or t.SerializeToString() != old[t.name].SerializeToString()}
-    for t in out.graph.initializer:
-        s = values.get(t.name)
-        if s is not None and list(s.dims) == list(t.dims) and s.data_type == t.data_type:
-            t.CopyFrom(s)
-    return out
