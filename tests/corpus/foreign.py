@@ -24,6 +24,7 @@ PP-OCRv4 rec and YOLOv8n have dynamic inputs: their entries carry ``input_shapes
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -104,13 +105,17 @@ def _ort_quantize(kind: str, fmt: str, per_channel: bool, activation: str, weigh
         def build(out: Path) -> None:
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-            source = _prepared_float(kind, cache_dir)
+            # a private copy of the input: quantize_static writes "<input>-inferred.onnx" beside its
+            # input and deletes it, so two cells quantizing one shared file at once break each other
+            source = out.with_name(out.stem + ".float.onnx")
+            shutil.copyfile(_prepared_float(kind, cache_dir), source)
             quantize_static(
                 str(source), str(out), _Reader(_calibration(kind)),
                 quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
                 activation_type=getattr(QuantType, activation), weight_type=getattr(QuantType, weight),
                 calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": symmetric},
             )
+            source.unlink()
 
         return _write_once(Path(cache_dir) / "foreign" / name, build)
 
