@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-torch = pytest.importorskip("torch")
-
-import torch.nn.functional as F  # noqa: E402
-
-from npuflow.errors import NpuflowError  # noqa: E402
-from npuflow.torch import prepare_qat  # noqa: E402
-from npuflow.torch.qat import load_checkpoint, save_checkpoint  # noqa: E402
-from tests import fixture_models  # noqa: E402
+from npuflow.errors import NpuflowError
+from npuflow.torch import prepare_qat
+from npuflow.torch.qat import load_checkpoint, save_checkpoint
+from tests import fixture_models
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 STEPS = 6

@@ -22,16 +22,14 @@ import time
 import numpy as np
 import onnx
 import pytest
+import torch
+from onnx import numpy_helper
 
-torch = pytest.importorskip("torch")
-
-from onnx import numpy_helper  # noqa: E402
-
-from npuflow.errors import NpuflowError  # noqa: E402
-from npuflow.torch import onnx_qat  # noqa: E402
-from npuflow.torch.distributed_launch import spawn  # noqa: E402
-from npuflow.torch.onnx_qat import qat_onnx  # noqa: E402
-from tests import fixture_models  # noqa: E402
+from npuflow.errors import NpuflowError
+from npuflow.torch import onnx_qat
+from npuflow.torch.distributed_launch import spawn
+from npuflow.torch.onnx_qat import qat_onnx
+from tests import fixture_models
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 
