@@ -1,0 +1,172 @@
+"""Start label-free QAT from the PTQ model (:func:`init_from_ptq`): the trainable module that
+onnx2torch made from the optimised float graph takes the PTQ model's scales, zero points and
+integer weights, so training begins where post-training quantization ended and the first
+forward already computes the PTQ model's integers.  Split out of :mod:`.onnx_qat`, which trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.fx as fx
+from onnx import numpy_helper
+
+from .. import model as model_io
+from ..graph import GraphView
+from .layers import QatWeighted
+from .qat import QatModel
+from .quantizer import FakeQuantizer, SharedQuantizer
+
+
+def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelProto,
+                  qdq: onnx.ModelProto) -> dict[str, int]:
+    """Give ``qat`` the PTQ model's scales and integer weights, matched by ONNX tensor name.
+
+    The QDQ model names each quantized tensor ``T`` by ``T_scale``/``T_zero_point`` (and
+    ``T_quantized`` for constants, docs/quantized-model-format.md); the converted module's
+    ``onnx_mapping`` gives each torch module's ONNX tensors.  Returns how many activation
+    quantizers and weighted layers took PTQ values (the rest keep their observers' values).
+    """
+    inits = {t.name: t for t in qdq.graph.initializer}
+    mapping = {name: m.onnx_mapping for name, m in converted.named_modules() if hasattr(m, "onnx_mapping")}
+    gm = qat.graph_module
+    inputs = [n.name for n in model_io.graph_inputs(graph)]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    last_of_module = _last_node_of_module(gm)
+    producers = GraphView(graph)
+    quantize_steps = {n.output[0] for n in qdq.graph.node}
+    counts = {"activations": 0, "weights": 0}
+    unquantized: list[fx.Node] = []  # quantizers of tensors PTQ keeps in float (nodes on the CPU)
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, FakeQuantizer) and not mod.weight:
+            src = node.args[0]
+            tensor = None
+            if src in placeholders:
+                tensor = inputs[placeholders.index(src)]
+            else:
+                path = _module_path(src)
+                if path in mapping and last_of_module.get(path) is src:
+                    tensor = mapping[path].outputs[0]
+            if tensor is not None and f"{tensor}_scale" in inits and f"{tensor}_q" in quantize_steps:
+                _set_quantizer(mod, _array(inits[f"{tensor}_scale"]), _array(inits[f"{tensor}_zero_point"]))
+                counts["activations"] += 1
+            elif tensor is not None:
+                unquantized.append(node)
+        elif isinstance(mod, QatWeighted) and node.target in mapping:
+            onnx_node = producers.producer_node(mapping[node.target].outputs[0])
+            if onnx_node is not None and _set_weighted(mod, list(onnx_node.input), inits):
+                counts["weights"] += 1
+    counts["float_tensors"] = _keep_float(gm, unquantized)
+    return counts
+
+
+def _keep_float(gm: fx.GraphModule, quantizer_nodes: list[fx.Node]) -> int:
+    """Remove the activation quantizers of tensors the PTQ model keeps in float (what the target
+    places on the CPU), with the pass-through re-quantize steps that follow them, so the QAT
+    model quantizes exactly where the deployed PTQ model does.  A quantizer whose scale a
+    conv/linear layer reads for its bias stays.  Returns how many were removed."""
+    read_by_layers = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    removed = 0
+    for node in quantizer_nodes:
+        name = str(node.target)
+        if name in read_by_layers:
+            continue
+        mod = gm.get_submodule(name)
+        steps = [n for n in gm.graph.nodes if n.op == "call_module"
+                 and isinstance(gm.get_submodule(n.target), SharedQuantizer) and gm.get_submodule(n.target)._source[0] is mod]
+        for step in [*steps, node]:
+            step.replace_all_uses_with(step.args[0])
+            gm.graph.erase_node(step)
+        removed += 1
+    if removed:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return removed
+
+
+def _module_path(node: fx.Node) -> str | None:
+    """The onnx2torch module (= ONNX node) a captured fx node came from."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    return next(reversed(stack)) if stack else None
+
+
+def _last_node_of_module(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """Module path -> the last fx node it produced (its output: earlier ones are internal values)."""
+    last: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "call_function", "call_method"):
+            path = _module_path(node)
+            if path is not None and not isinstance(_get(gm, node), FakeQuantizer):
+                last[path] = node
+    return last
+
+
+def _get(gm: fx.GraphModule, node: fx.Node) -> Any:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _array(t: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(t)
+
+
+def _set_quantizer(q: FakeQuantizer, scale: np.ndarray, zero_point: np.ndarray) -> None:
+    """Freeze ``q`` at a PTQ scale (learnable: the log2 threshold or step size that gives it)."""
+    s = torch.tensor(np.array(scale, dtype=np.float32)).reshape(q.scale.shape)
+    q.scale.copy_(s)
+    q.zero_point.copy_(torch.tensor(np.array(zero_point).astype(np.int32)).reshape(q.zero_point.shape))
+    if q.learnable and q.power_of_two:
+        q.log2_threshold.data.copy_(torch.log2(s) + (q.spec.bits - 1))
+    elif q.learnable:
+        q.step_size.data.copy_(s)
+    q.freeze()
+
+
+def _dequantized(inits: Mapping[str, onnx.TensorProto], name: str, shape: torch.Size) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(float values, scale, zero point)`` of a PTQ constant, shaped like the torch parameter."""
+    if f"{name}_quantized" not in inits:
+        return None
+    codes = _array(inits[f"{name}_quantized"]).astype(np.float32)
+    scale = _array(inits[f"{name}_scale"]).astype(np.float32)
+    zp = _array(inits[f"{name}_zero_point"]).astype(np.float32)
+    if scale.ndim == 1 and codes.ndim > 1:  # per channel along the output axis (ONNX axis 0 for Conv)
+        view = [1] * codes.ndim
+        view[0] = -1
+        values = (codes - zp.reshape(view)) * scale.reshape(view)
+    else:
+        values = (codes - zp) * scale
+    if tuple(values.shape) != tuple(shape) and tuple(values.T.shape) == tuple(shape):
+        values = values.T  # Gemm with transB=0 became a Linear with the transposed weight
+    if tuple(values.shape) != tuple(shape):
+        return None
+    return values.astype(np.float32), scale, zp
+
+
+def _set_weighted(layer: QatWeighted, onnx_inputs: Sequence[str], inits: Mapping[str, onnx.TensorProto]) -> bool:
+    """Give a conv/linear layer the PTQ integer weight and bias values, and the weight scale."""
+    if layer.bn is not None or len(onnx_inputs) < 2:
+        return False
+    module = layer.module
+    weight = _dequantized(inits, onnx_inputs[1], module.weight.shape)
+    if weight is None:
+        return False
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(weight[0]))
+        if len(onnx_inputs) > 2 and module.bias is not None:
+            bias = _dequantized(inits, onnx_inputs[2], module.bias.shape)
+            if bias is not None:
+                module.bias.copy_(torch.from_numpy(bias[0]))
+    _set_quantizer(layer.weight_quant, weight[1], weight[2])
+    return True
+
+
+# --- batching ------------------------------------------------------------------------------------
