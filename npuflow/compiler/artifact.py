@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..model import write_atomic
-from . import manifest_schema
+from . import manifest_check, manifest_schema
 
 MAGIC = b"NPUFLOW\x00"
 FORMAT_MAJOR, FORMAT_MINOR = manifest_schema.SCHEMA_VERSION
@@ -155,7 +155,7 @@ class NpufFile:
             return self._bytes(manifest["blobs"][name])
 
         try:
-            manifest_schema.validate(manifest, verified_bytes, newer_minor=newer_minor)
+            manifest_check.validate(manifest, verified_bytes, newer_minor=newer_minor)
         except manifest_schema.SchemaError as exc:
             raise self._corrupt(f"manifest field {exc.field}: {exc.reason}") from None
         except RecursionError:
