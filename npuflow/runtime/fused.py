@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -51,163 +51,31 @@ from .. import numerics as nm
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from .epilogues import out_type
+from . import fused_qlinear
 from .kernels import KERNELS
+from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, channel, clamp_bounds,
+                          code_range, input_name, code_reach, round_and_clip)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
 _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
                ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.NotImplemented)
-F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 
 #: ONNX Runtime fusions that would change the float arithmetic of a graph (a non-power-of-two
 #: multiplier folded into weights or a GEMM's alpha); every other fusion keeps exact values exact.
 DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
 
-ML_DOMAIN = "ai.onnx.ml"
-
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
 _COMPUTE_OPS = {"conv", "conv_transpose", "eltwise", "lut", "maxpool"}
-
-
-class _NotFusable(Exception):
-    """The op cannot be written as exact float operations; the message says why."""
-
-
-@dataclass
-class _Graph:
-    """A graph under construction; ``names`` maps manifest tensors to their float32 code tensors.
-
-    A code tensor may be held **centred**: ``names[t]`` then holds ``q - offsets[t]`` (a
-    requantisation leaves its zero point out, and the convolution, eltwise op, pad or table that
-    reads the tensor wants ``q - zp`` anyway), so the zero point costs a pass only where a reader
-    needs other codes (``centered``, one ``Add`` per tensor and offset).
-    """
-
-    tensors: dict
-    nodes: list = field(default_factory=list)
-    inits: list = field(default_factory=list)
-    names: dict = field(default_factory=dict)
-    inputs: list = field(default_factory=list)
-    count: int = 0
-    #: tensor -> (8-bit source tensor of this graph, its codes for every source code in order):
-    #: the tensors that are elementwise functions of one tensor (``_as_table``)
-    tables: dict = field(default_factory=dict)
-    offsets: dict = field(default_factory=dict)  # tensor -> k: names[tensor] holds its codes minus k
-    shifted: dict = field(default_factory=dict)  # (tensor, k) -> codes minus k, made once
-    pads: dict = field(default_factory=dict)  # output of a constant Pad -> (its input, widths, pad code)
-
-    def fresh(self) -> str:
-        self.count += 1
-        return f"v{self.count}"
-
-    def const(self, value, dtype=np.float32) -> str:
-        name = self.fresh()
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype)), name))
-        return name
-
-    def node(self, op: str, ins: list[str], **attrs) -> str:
-        out = self.fresh()
-        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
-        return out
-
-    def base(self, tensor: str) -> tuple[str, int]:
-        """The float32 tensor held for ``tensor`` and its offset (it holds ``q - offset``); a
-        tensor from outside becomes a graph input, offset 0."""
-        if tensor not in self.names:
-            self.inputs.append(tensor)
-            self.names[tensor] = self.node("Cast", [_input_name(len(self.inputs) - 1)], to=TensorProto.FLOAT)
-        return self.names[tensor], self.offsets.get(tensor, 0)
-
-    def centered(self, tensor: str, k: int = 0) -> str:
-        """``tensor``'s codes minus ``k`` as float32 (exact: integers far below 2^24)."""
-        x, off = self.base(tensor)
-        if off == k:
-            return x
-        if (tensor, k) not in self.shifted:
-            self.shifted[(tensor, k)] = self.node("Add", [x, self.const(off - k)])
-        return self.shifted[(tensor, k)]
-
-    def read(self, tensor: str) -> str:
-        """The float32 code tensor of ``tensor`` (its codes themselves)."""
-        return self.centered(tensor, 0)
-
-    def put(self, tensor: str, name: str, offset: int = 0) -> None:
-        """``name`` holds ``tensor``'s codes minus ``offset``."""
-        self.names[tensor] = name
-        self.offsets[tensor] = int(offset)
-
-    def mark(self) -> tuple:
-        return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
-                *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads)))
-
-    def rollback(self, mark: tuple) -> None:
-        n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads = mark
-        del self.nodes[n:], self.inits[i:], self.inputs[k:]
-
-
-def _input_name(k: int) -> str:
-    return f"in{k}"
-
-
-def _code_range(dtype: str) -> tuple[int, int]:
-    dt = np.dtype(dtype)
-    if dt.kind not in "iu" or dt.itemsize > 2:
-        raise _NotFusable(f"{dt} codes")
-    return nm.qrange(dt.itemsize * 8, dt.kind == "i")
-
-
-def _reach(dtype: str, zp) -> int:
-    """Largest ``|q - zp|`` of a tensor's codes."""
-    lo, hi = _code_range(dtype)
-    z = np.abs(np.asarray(zp, np.int64))
-    return int(np.max(np.maximum(np.abs(lo - z), np.abs(hi - z))))
-
-
-def _channel(value, n: int) -> np.ndarray:
-    """A scalar or per-channel attribute as one value per output channel."""
-    a = np.asarray(value)
-    return np.full(n, a) if a.ndim == 0 else a.reshape(-1)
-
-
-def _clamp_bounds(ep: dict) -> tuple[int, int]:
-    """The saturation range of an int epilogue, with its fused Relu/Clip clamps (as ``make_epilogue``)."""
-    lo, hi = nm.qrange(*out_type(ep))
-    for a, b in ep.get("clamps", []):
-        lo, hi = min(max(lo, a), hi), max(min(hi, b), lo)
-    return lo, hi
-
-
-def _round_and_clip(g: _Graph, v: str, ep: dict, lo: int, hi: int, *, double: bool) -> tuple[str, int]:
-    """Tie rule (``numerics.rounding_as_onnx``) and saturation of ``v``, back to float32; centred:
-    ``(codes minus the zero point, zero point)``, the saturation range moved by it."""
-    recipe = nm.rounding_as_onnx(ep["round"])
-    if recipe is None:
-        raise _NotFusable(f"tie rule {ep['round']}")
-    offset, op = recipe
-    dt = np.float64 if double else np.float32
-    if offset:
-        v = g.node("Add", [v, g.const(offset, dt)])
-    v, zp = _centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, dt)
-    return (g.node("Cast", [v], to=TensorProto.FLOAT) if double else v), zp
-
-
-def _centred_clip(g: _Graph, v: str, zp, lo: int, hi: int, dt) -> tuple[str, int]:
-    """Saturation of rounded values ``v`` (codes minus ``zp``) into ``lo..hi``: ``(tensor, offset)``.
-    A per-channel zero point is added (the offsets are scalars)."""
-    if np.ndim(zp):
-        v = g.node("Add", [v, g.const(zp, dt)])
-        zp = 0
-    zp = int(zp)
-    return g.node("Clip", [v, g.const(lo - zp, dt), g.const(hi - zp, dt)]), zp
 
 
 # --- ops ------------------------------------------------------------------------------------
 
 
-def _conv(g: _Graph, op: dict, blobs: dict) -> None:
+def _conv(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("split_bytes"):
-        raise _NotFusable("16-bit input split into bytes")
+        raise NotFusable("16-bit input split into bytes")
     w = np.asarray(blobs["w"], np.float64)
     t, pads = op["inputs"][0], a["pads"]
     padded = g.pads.get(t)
@@ -217,6 +85,8 @@ def _conv(g: _Graph, op: dict, blobs: dict) -> None:
         # padding of the centred input (the Pad node then has no reader left and is dropped)
         t, width = padded[0], np.asarray(padded[1])
         pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
+    if fused_qlinear.conv(g, op, t, pads, blobs):
+        return
     if any(pads):  # zero padding stands for the code x_zp: read the input centred on it
         x, off = g.centered(t, a["x_zp"]), a["x_zp"]
     else:  # sum(w * (x - zp)) = sum(w * x) - zp * sum(w): the zero point moves into the bias
@@ -235,14 +105,14 @@ def _conv(g: _Graph, op: dict, blobs: dict) -> None:
     g.put(op["outputs"][0], y, zp)
 
 
-def _conv_transpose(g: _Graph, op: dict, blobs: dict) -> None:
+def _conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
     """A transposed convolution as ONNX ``ConvTranspose`` on the full output, cut as the kernel
     cuts it (``pads`` at the start, ``out_shape`` long).  Bounds and requantisation as
     :func:`_conv`, with the weights seen per output channel; an output element sums a subset of
     the taps the bound counts."""
     a = op["attrs"]
     if a.get("wide"):
-        raise _NotFusable("16-bit products")
+        raise NotFusable("16-bit products")
     wn = np.asarray(blobs["w"], np.float64)  # (cin, cout / group, kh, kw)
     cin, cout_g, kh, kw = wn.shape
     group = a["group"]
@@ -251,7 +121,7 @@ def _conv_transpose(g: _Graph, op: dict, blobs: dict) -> None:
     ys, pads, strides, dil = a["out_shape"], a["pads"], a["strides"], a["dilations"]
     full = [(h - 1) * strides[0] + (kh - 1) * dil[0] + 1, (wd - 1) * strides[1] + (kw - 1) * dil[1] + 1]
     if pads[0] + ys[2] > full[0] or pads[1] + ys[3] > full[1]:
-        raise _NotFusable("output beyond the transposed convolution's reach")
+        raise NotFusable("output beyond the transposed convolution's reach")
 
     def node_layout(wc: np.ndarray) -> np.ndarray:
         return wc.reshape(group, cout_g, -1, kh, kw).transpose(0, 2, 1, 3, 4).reshape(-1, cout_g, kh, kw)
@@ -272,7 +142,7 @@ def _conv_transpose(g: _Graph, op: dict, blobs: dict) -> None:
 Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
 
 
-def _convolve(g: _Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
+def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
               emit: Emit) -> tuple[str, int]:
     """The exact accumulator of a (transposed) convolution and its requantisation: the output
     codes centred, ``(tensor, offset)``.
@@ -285,18 +155,18 @@ def _convolve(g: _Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.nda
     """
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep.get("chain") or ep["mode"] not in ("shift", "scale", "fixed"):
-        raise _NotFusable("float epilogue")
+        raise NotFusable("float epilogue")
     cout = w.shape[0]
     bias = np.asarray(bias, np.float64).reshape(-1)
-    lshift = _channel(a["lshift"], cout)
+    lshift = channel(a["lshift"], cout)
     if np.any(lshift < 0):
-        raise _NotFusable("negative lshift")
+        raise NotFusable("negative lshift")
     w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
-    lo, hi = _clamp_bounds(ep)
+    lo, hi = clamp_bounds(ep)
     zp = a["x_zp"] - off  # x holds q - off: sum(w * (q - x_zp)) = sum(w * x) - zp * sum(w)
     if zp:
         bias = bias - zp * w.reshape(cout, -1).sum(axis=1)
-    reach = _reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), off)
+    reach = code_reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), off)
     if ep["mode"] == "shift":
         y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit)
         if y is not None:
@@ -311,7 +181,7 @@ def _convolve(g: _Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.nda
     return (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
 
 
-def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
+def _shift_folded(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
                   emit: Emit) -> tuple[str, int] | None:
     """A power-of-two requantisation folded into the convolution.
 
@@ -322,22 +192,22 @@ def _shift_folded(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int
     partial sum could reach 2^24 on the grid ``2^-(shift+1)`` (offset included).
     """
     cout = w.shape[0]
-    shift = _channel(ep["shift"], cout)
+    shift = channel(ep["shift"], cout)
     offset = nm.rounding_as_nearest_even(ep["round"], shift)
     if offset is None:
-        raise _NotFusable(f"tie rule {ep['round']}")
+        raise NotFusable(f"tie rule {ep['round']}")
     bound = (reach * np.abs(w).reshape(cout, -1).sum(axis=1) + np.abs(bias)) * 2 + 1
     if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
         return None
     scale = np.exp2(-shift)
     v = emit(x, w * scale.reshape(cout, 1, 1, 1), bias * scale + offset)
     if np.ndim(ep["zp"]):
-        raise _NotFusable("per-channel zero point")
+        raise NotFusable("per-channel zero point")
     zp = int(ep["zp"])
     return g.node("Round", [g.node("Clip", [v, g.const(lo - zp), g.const(hi - zp)])]), zp
 
 
-def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, emit: Emit,
+def _accumulate(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, emit: Emit,
                 group: int) -> tuple[str, bool]:
     """The exact accumulator (bias included): one float32 convolution when every partial sum
     stays below 2^24; else float64 (``True``): input-channel chunks whose sums each stay below
@@ -348,7 +218,7 @@ def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, 
     if np.all(sums + np.abs(bias) < F32_BOUND):
         return emit(x, w, bias), False
     if np.any(per_cin >= F32_BOUND) or np.any(sums + np.abs(bias) >= 1 << 53):
-        raise _NotFusable("one input channel's sums reach 2^24")
+        raise NotFusable("one input channel's sums reach 2^24")
     bounds, run = [0], np.zeros(cout)
     for c in range(w.shape[1]):
         if np.any(run + per_cin[:, c] >= F32_BOUND):
@@ -357,7 +227,7 @@ def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, 
         run = run + per_cin[:, c]
     bounds.append(w.shape[1])
     if len(bounds) > 2 and group != 1:
-        raise _NotFusable("grouped convolution whose sums reach 2^24")
+        raise NotFusable("grouped convolution whose sums reach 2^24")
     parts = []
     for c0, c1 in zip(bounds, bounds[1:]):
         xs = x if len(bounds) == 2 else g.node("Slice", [x, g.const([c0], np.int64), g.const([c1], np.int64),
@@ -367,26 +237,26 @@ def _accumulate(g: _Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, 
     return g.node("Sum", parts), True
 
 
-def _requantize_shift(g: _Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
+def _requantize_shift(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
     """``numerics.shift_round`` of an accumulator too long to fold: ``acc * 2^-shift`` in float64 is exact."""
     if not double:
         acc = g.node("Cast", [acc], to=TensorProto.DOUBLE)
-    shift = _channel(ep["shift"], cout)
+    shift = channel(ep["shift"], cout)
     v = g.node("Mul", [acc, g.const(np.exp2(-shift).reshape(1, cout, 1, 1), np.float64)])
-    return _round_and_clip(g, v, ep, lo, hi, double=True)
+    return round_and_clip(g, v, ep, lo, hi, double=True)
 
 
-def _requantize_float(g: _Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
+def _requantize_float(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
     """``numerics.requantize_float``: float32 accumulator times the float32 multiplier, rounded."""
     if double:  # float32(acc), rounded to nearest as numpy converts int64
         acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
-    mult = _channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
+    mult = channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
     prod = g.node("Mul", [acc, g.const(mult)])
     recipe = nm.rounding_as_onnx(ep["round"])
     wide = recipe is not None and recipe[0] != 0  # numpy adds the offset in float64
     if wide:
         prod = g.node("Cast", [prod], to=TensorProto.DOUBLE)
-    return _round_and_clip(g, prod, ep, lo, hi, double=wide)
+    return round_and_clip(g, prod, ep, lo, hi, double=wide)
 
 
 class _FixedPoint:
@@ -399,23 +269,23 @@ class _FixedPoint:
     """
 
     def __init__(self, ep: dict, cout: int, acc_lo: np.ndarray, acc_hi: np.ndarray) -> None:
-        shift = _channel(ep["shift"], cout).astype(np.int64)
-        self.mult = np.where(shift >= 64, 0, _channel(ep["multiplier"], cout).astype(np.int64))
+        shift = channel(ep["shift"], cout).astype(np.int64)
+        self.mult = np.where(shift >= 64, 0, channel(ep["multiplier"], cout).astype(np.int64))
         self.shift = np.where(shift >= 64, 0, shift)
         self.acc_lo, self.acc_hi = np.asarray(acc_lo, np.float64), np.asarray(acc_hi, np.float64)
         self.bound = np.maximum(np.abs(acc_lo), np.abs(acc_hi))
         if np.any(self.shift < 0) or np.any(self.mult < 0):
-            raise _NotFusable("negative fixed-point shift or multiplier")
+            raise NotFusable("negative fixed-point shift or multiplier")
         in_int64 = self.bound * self.mult < 2.0 ** 62
         ends = [nm.requantize_fixed_point(np.where(in_int64, e, 0).astype(np.int64), self.mult, self.shift,
                                           ep["round"]) for e in (acc_lo, acc_hi)]
         self.const = in_int64 & (ends[0] == ends[1])
         if np.any(~in_int64 & ~self.const):
-            raise _NotFusable("fixed-point product beyond int64")
+            raise NotFusable("fixed-point product beyond int64")
         self.value = np.where(self.const, ends[0], 0)
 
 
-def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int, *,
+def _requantize_fixed(g: Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int, *,
                       const_in_acc: bool = False) -> tuple[str, int]:
     """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly; the codes
     centred, ``(tensor, offset)``.
@@ -427,7 +297,7 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
     still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
     accumulator is needed.  The clamps follow in float32, moved by the zero point, which is left
-    out (the output is held centred, ``_Graph``).  Before both, a float32 accumulator tries
+    out (the output is held centred, ``Graph``).  Before both, a float32 accumulator tries
     ``numerics.fixed_point_as_float32``: where float32 multipliers reproduce every channel's
     codes, the requantisation is one float32 ``Mul`` and the rounding, without the two casts and
     the float64 passes (measured: most of a float-scale frame's time besides the convolutions).
@@ -442,7 +312,7 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
     bits = np.ceil(np.log2(reach + 1)) + np.ceil(np.log2(fx.mult + 1))  # of |acc * m|; one more for the offset
     recipe = nm.rounding_as_onnx(ep["round"])
     if recipe is None:
-        raise _NotFusable(f"tie rule {ep['round']}")
+        raise NotFusable(f"tie rule {ep['round']}")
     value = np.zeros(cout) if const_in_acc else fx.value
     m32 = None if double or np.ndim(ep["zp"]) else _float32_multipliers(fx, ep, lo, hi, const_in_acc)
     if m32 is not None:  # float32 all through: half the bytes, two casts fewer
@@ -450,7 +320,7 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
         offset, op = recipe
         if offset:
             v = g.node("Add", [v, g.const(offset)])
-        return _centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
+        return centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
     if np.all(fx.const | (bits <= 52)):
         v = acc
         if not double:
@@ -460,14 +330,14 @@ def _requantize_fixed(g: _Graph, acc: str, double: bool, fx: _FixedPoint, ep: di
         offset, op = recipe
         if offset or np.any(value):
             v = g.node("Add", [v, g.const((value + offset).reshape(1, cout, 1, 1), np.float64)])
-        return _centred_clip(g, g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT), ep["zp"], lo, hi, np.float32)
+        return centred_clip(g, g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT), ep["zp"], lo, hi, np.float32)
     one = fx.const & const_in_acc
     prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64),
                           g.const(np.where(one, 1, fx.mult).reshape(1, cout, 1, 1), np.int64)])
     y = _shift_round_int64(g, prod, ep["round"], np.where(one, 0, fx.shift).reshape(1, cout, 1, 1))
     if np.any(value):
         y = g.node("Add", [y, g.const(value.reshape(1, cout, 1, 1), np.int64)])
-    y, zp = _centred_clip(g, y, ep["zp"], lo, hi, np.int64)
+    y, zp = centred_clip(g, y, ep["zp"], lo, hi, np.int64)
     return g.node("Cast", [y], to=TensorProto.FLOAT), zp
 
 
@@ -484,14 +354,14 @@ def _float32_multipliers(fx: _FixedPoint, ep: dict, lo: int, hi: int, const_in_a
                                      np.ceil(np.where(one, value, fx.acc_hi)).astype(np.int64), lo - zp, hi - zp)
 
 
-def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:
+def _shift_round_int64(g: Graph, v: str, mode: str, shift: np.ndarray) -> str:
     """``numerics.shift_round`` of int64 ``v`` (``|v| + half < 2^63``) by 0..63 as ONNX ops, the
     tie rule from ``numerics.shift_rounding_as_onnx``.  ONNX shifts only unsigned integers, so
     the floor division is ``((v + half + 2^63) >> shift) - 2^(63 - shift)`` in uint64, whose
     wrap-around arithmetic makes the casts between int64 and uint64 exact."""
     recipe = nm.shift_rounding_as_onnx(mode)
     if recipe is None:
-        raise _NotFusable(f"tie rule {mode}")
+        raise NotFusable(f"tie rule {mode}")
     negate, tie_to_even = recipe
     shift = shift.astype(np.uint64)
     half = np.where(shift > 0, np.left_shift(np.uint64(1), np.maximum(shift, 1) - np.uint64(1)), np.uint64(0))
@@ -511,31 +381,31 @@ def _shift_round_int64(g: _Graph, v: str, mode: str, shift: np.ndarray) -> str:
     return g.node("Neg", [q]) if negate else q
 
 
-def _eltwise(g: _Graph, op: dict, blobs: dict) -> None:
-    if _as_table(g, op, blobs):
+def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
+    if _as_table(g, op, blobs) or fused_qlinear.add(g, op):
         return
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
-        raise _NotFusable("fused float chain or ONNX Runtime QLinearAdd")
+        raise NotFusable("fused float chain or ONNX Runtime QLinearAdd")
     g.put(op["outputs"][0], *(_eltwise_float if "dequant" in a else _eltwise_shift)(g, op, blobs))
 
 
-def _operand(g: _Graph, op: dict, blobs: dict, k: int) -> tuple[str, int]:
+def _operand(g: Graph, op: dict, blobs: dict, k: int) -> tuple[str, int]:
     """Operand ``k`` as float32 codes minus its zero point, and the largest ``|q - zp|`` it can take."""
     spec = op["attrs"]["operands"][k]
     if np.ndim(spec["zp"]):
-        raise _NotFusable("per-channel operand zero point")
+        raise NotFusable("per-channel operand zero point")
     if "const" in spec:
         c = np.asarray(blobs[spec["const"]], np.int64) - spec["zp"]
         return g.const(c), int(np.max(np.abs(c))) if c.size else 0
     name = op["inputs"][spec["input"]]
-    return g.centered(name, spec["zp"]), _reach(g.tensors[name]["dtype"], spec["zp"])
+    return g.centered(name, spec["zp"]), code_reach(g.tensors[name]["dtype"], spec["zp"])
 
 
-def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> tuple[str, int]:
+def _eltwise_shift(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep["mode"] != "shift" or np.ndim(ep["shift"]) != 0:
-        raise _NotFusable("per-channel eltwise shift")
+        raise NotFusable("per-channel eltwise shift")
     shift, mode, align = int(ep["shift"]), a["mode"], a["align"]
     terms, reach = [], []
     for k in range(2):
@@ -548,23 +418,23 @@ def _eltwise_shift(g: _Graph, op: dict, blobs: dict) -> tuple[str, int]:
     half = 2 ** (shift - 1) if shift > 0 and recipe and recipe[0] else 0
     bound = (reach[0] * reach[1] if mode == "mul" else reach[0] + reach[1]) + half
     if bound >= F32_BOUND:
-        raise _NotFusable("sum reaches 2^24")
+        raise NotFusable("sum reaches 2^24")
     if mode == "mul":  # one scaling of the product: exact, as every factor is a power of two
         scale_a, scale_b = scale_a * scale_b, 1.0
     ta = g.node("Mul", [terms[0], g.const(scale_a)]) if scale_a != 1 else terms[0]
     tb = g.node("Mul", [terms[1], g.const(scale_b)]) if scale_b != 1 else terms[1]
     v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[mode], [ta, tb])
-    lo, hi = _clamp_bounds(ep)
+    lo, hi = clamp_bounds(ep)
     if shift > 0:
-        return _round_and_clip(g, v, ep, lo, hi, double=False)
-    return _centred_clip(g, v, ep["zp"], lo, hi, np.float32)
+        return round_and_clip(g, v, ep, lo, hi, double=False)
+    return centred_clip(g, v, ep["zp"], lo, hi, np.float32)
 
 
-def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> tuple[str, int]:
+def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
     """The kernels' ``_float_eltwise``: dequantize (float32), combine, ``numerics.quantize``."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if np.ndim(ep["scale"]) != 0 or np.ndim(ep["zp"]) != 0 or any(np.ndim(s) for s in a["dequant"]):
-        raise _NotFusable("per-channel output scale")
+        raise NotFusable("per-channel output scale")
     vals = []
     for k, (spec, s) in enumerate(zip(a["operands"], a["dequant"])):
         if "const" in spec:
@@ -579,19 +449,19 @@ def _eltwise_float(g: _Graph, op: dict, blobs: dict) -> tuple[str, int]:
     if double:
         v = g.node("Cast", [v], to=TensorProto.DOUBLE)
     lo, hi = nm.qrange(*out_type(ep))
-    return _round_and_clip(g, v, ep, lo, hi, double=double)
+    return round_and_clip(g, v, ep, lo, hi, double=double)
 
 
 def _no_table(op: dict) -> None:
     if op["blobs"]:
-        raise _NotFusable("lookup table or constants")
+        raise NotFusable("lookup table or constants")
 
 
-def _pad(g: _Graph, op: dict, blobs: dict) -> None:
+def _pad(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     _no_table(op)
     if a["mode"] != "constant":
-        raise _NotFusable(f"{a['mode']} padding")
+        raise NotFusable(f"{a['mode']} padding")
     width = np.asarray(a["width"], np.int64)
     pads = g.const(np.concatenate([width[:, 0], width[:, 1]]), np.int64)
     x, off = g.base(op["inputs"][0])
@@ -599,7 +469,7 @@ def _pad(g: _Graph, op: dict, blobs: dict) -> None:
     g.pads[op["outputs"][0]] = (op["inputs"][0], width.tolist(), a["pad_code"])
 
 
-def _maxpool(g: _Graph, op: dict, blobs: dict) -> None:
+def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     _no_table(op)
     h, w = g.tensors[op["inputs"][0]]["shape"][2:]
@@ -608,25 +478,25 @@ def _maxpool(g: _Graph, op: dict, blobs: dict) -> None:
     floor_hw = [(n + p0 + p1 - d_ * (k_ - 1) - 1) // s_ + 1 for n, p0, p1, k_, s_, d_ in
                 ((h, t, b, k[0], s[0], d[0]), (w, l, r, k[1], s[1], d[1]))]
     if floor_hw != list(a["out_shape"][2:]):
-        raise _NotFusable("ceil-mode windows")
+        raise NotFusable("ceil-mode windows")
     x, off = g.base(op["inputs"][0])  # the maximum of codes minus a constant
     g.put(op["outputs"][0], g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"]), off)
 
 
-def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
+def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
     """The kernels' float-mode global average: the exact sum of ``q - zp`` (float32 while below
     2^24), times the float32 ``acc_scale``, divided by the float32 count, ``numerics.quantize``."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     _no_table(op)
     shape = g.tensors[op["inputs"][0]]["shape"]
     if a.get("qlinear") or ep["mode"] != "float" or ep.get("chain"):
-        raise _NotFusable("ONNX Runtime QLinear pooling or fused float chain")
+        raise NotFusable("ONNX Runtime QLinear pooling or fused float chain")
     if list(a["out_shape"][2:]) != [1, 1] or any(a["pads"]) or list(shape[2:]) != list(a["kernel"]):
-        raise _NotFusable("pooling windows")
+        raise NotFusable("pooling windows")
     if any(np.ndim(ep[k]) for k in ("acc_scale", "scale", "zp")):
-        raise _NotFusable("per-channel scale")
-    if _reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * shape[2] * shape[3] >= F32_BOUND:
-        raise _NotFusable("sum reaches 2^24")
+        raise NotFusable("per-channel scale")
+    if code_reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * shape[2] * shape[3] >= F32_BOUND:
+        raise NotFusable("sum reaches 2^24")
     x = g.centered(op["inputs"][0], a["x_zp"])
     v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
@@ -635,26 +505,26 @@ def _global_avgpool(g: _Graph, op: dict, blobs: dict) -> None:
     double = recipe is not None and recipe[0] != 0
     if double:
         v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    g.put(op["outputs"][0], *_round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double))
+    g.put(op["outputs"][0], *round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double))
 
 
-def _lookup(g: _Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
+def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
     """``out = table[src - qmin]`` (the kernels' ``_lut``), a copy of table entries.
 
     Written as ``ai.onnx.ml.ArrayFeatureExtractor`` (entries of a 1-D tensor at the given indices,
     as a flat row, reshaped back to ``out``'s shape): ONNX Runtime runs it as a plain copy loop,
     where its ``Gather`` spends an index division per element (and more on negative indices,
     hence the shift to non-negative ones first, which also takes ``src``'s offset).  The entries
-    are stored centred on ``out``'s zero point, as its readers want them (``_Graph``).
+    are stored centred on ``out``'s zero point, as its readers want them (``Graph``).
     """
     _table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
 
 
-def _table_node(g: _Graph, x: str, off: int, dtype: str, out: str, table: np.ndarray, qmin: int) -> None:
+def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndarray, qmin: int) -> None:
     """:func:`_lookup` of the codes held in ``x`` minus ``off`` (codes of type ``dtype``)."""
-    lo, hi = _code_range(dtype)
+    lo, hi = code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
-        raise _NotFusable("table does not cover the input codes")
+        raise NotFusable("table does not cover the input codes")
     idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=TensorProto.INT64)
     zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
     zp = int(zp) if np.ndim(zp) == 0 else 0
@@ -663,7 +533,7 @@ def _table_node(g: _Graph, x: str, off: int, dtype: str, out: str, table: np.nda
     g.put(out, g.node("Reshape", [row, g.const(g.tensors[out]["shape"], np.int64)]), zp)
 
 
-def _lut(g: _Graph, op: dict, blobs: dict) -> None:
+def _lut(g: Graph, op: dict, blobs: dict) -> None:
     if not _as_table(g, op, blobs):
         _lookup(g, op["inputs"][0], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
 
@@ -681,16 +551,16 @@ def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
     if op["op"] != "eltwise" or any(np.size(v) != 1 for v in blobs.values()):
         return False
     a = op["attrs"]
-    ep, spec = a["epilogue"], a.get("qlinear", {})
+    ep, spec = a.get("epilogue") or {}, a.get("qlinear", {})
     values = [ep.get(k) for k in ("shift", "multiplier", "zp", "scale", "acc_scale")]
     values += [*a.get("dequant", []), *(a.get("scale_mult") or []), *spec.get("scales", []), *spec.get("zps", [])]
     values += [r["c"] for st in ep.get("chain", []) for r in st["in"] if r and "c" in r]
     return all(np.ndim(v) == 0 for v in values if v is not None)
 
 
-def _as_table(g: _Graph, op: dict, blobs: dict) -> bool:
+def _as_table(g: Graph, op: dict, blobs: dict) -> bool:
     """Write ``op`` as ONE lookup table of an 8-bit tensor when each of its inputs is that tensor
-    or a table of it in this graph (``_Graph.tables``), and say whether it did.
+    or a table of it in this graph (``Graph.tables``), and say whether it did.
 
     SiLU and hard-swish reach the runtime as a table (sigmoid, hard-sigmoid) and an eltwise
     ``Mul`` of the table's input and output: as one table of the input they cost one copy loop
@@ -719,57 +589,57 @@ def _as_table(g: _Graph, op: dict, blobs: dict) -> bool:
     return True
 
 
-def _concat(g: _Graph, op: dict, blobs: dict) -> None:
+def _concat(g: Graph, op: dict, blobs: dict) -> None:
     if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
-        raise _NotFusable("lookup table or constant part")
+        raise NotFusable("lookup table or constant part")
     names = [op["inputs"][p["input"]] for p in op["attrs"]["parts"]]
     offsets = {g.base(t)[1] for t in names}
     off = offsets.pop() if len(offsets) == 1 else 0  # parts held alike stay so
     g.put(op["outputs"][0], g.node("Concat", [g.centered(t, off) for t in names], axis=op["attrs"]["axis"]), off)
 
 
-def _reshape(g: _Graph, op: dict, blobs: dict) -> None:
+def _reshape(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
     x, off = g.base(op["inputs"][0])
     g.put(op["outputs"][0], g.node("Reshape", [x, g.const(op["attrs"]["out_shape"], np.int64)]), off)
 
 
-def _transpose(g: _Graph, op: dict, blobs: dict) -> None:
+def _transpose(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
     x, off = g.base(op["inputs"][0])
     g.put(op["outputs"][0], g.node("Transpose", [x], perm=op["attrs"]["perm"]), off)
 
 
-def _slice(g: _Graph, op: dict, blobs: dict) -> None:
+def _slice(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
     x, off = g.base(op["inputs"][0])
     g.put(op["outputs"][0], _slice_node(g, x, op["attrs"]["slices"]), off)
 
 
-def _slice_node(g: _Graph, x: str, slices: list) -> str:
+def _slice_node(g: Graph, x: str, slices: list) -> str:
     s = np.asarray(slices, np.int64)
     return g.node("Slice", [x, g.const(s[:, 0], np.int64), g.const(s[:, 1], np.int64),
                             g.const(np.arange(len(s)), np.int64), g.const(s[:, 2], np.int64)])
 
 
-def _split(g: _Graph, op: dict, blobs: dict) -> None:
+def _split(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if any(a["tables"]):
-        raise _NotFusable("lookup table")
+        raise NotFusable("lookup table")
     x, off = g.base(op["inputs"][0])
     for (start, end), out in zip(a["parts"], op["outputs"]):
         g.put(out, g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64),
                                     g.const([a["axis"]], np.int64)]), off)
 
 
-def _gather(g: _Graph, op: dict, blobs: dict) -> None:
+def _gather(g: Graph, op: dict, blobs: dict) -> None:
     """Nearest-neighbour resizing, then the op's scale-change table if it has one (as the
     kernels' ``_passthrough``).  Where every axis repeats each position a whole number of times
     ``f``, ONNX ``Resize`` (nearest, ``asymmetric``, ``floor``: source ``floor(i / f)``, which
     float32 computes exactly for these small integers) copies them, on ONNX Runtime's fast
     upsampling path; otherwise one ``Gather`` per axis whose indices are not the identity."""
     if set(op["blobs"]) - {"table"}:
-        raise _NotFusable("constants")
+        raise NotFusable("constants")
     x, off = g.base(op["inputs"][0])
     shape = g.tensors[op["inputs"][0]]["shape"]
     indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
@@ -790,24 +660,24 @@ def _gather(g: _Graph, op: dict, blobs: dict) -> None:
         g.put(op["outputs"][0], x, off)
 
 
-def _quantize(g: _Graph, op: dict, blobs: dict) -> None:
+def _quantize(g: Graph, op: dict, blobs: dict) -> None:
     """``numerics.quantize`` of a model input: float32 division, the tie rule in float64 (as numpy)."""
     a = op["attrs"]
     if np.ndim(a["scale"]) or np.ndim(a["zp"]):
-        raise _NotFusable("per-channel quantize step")
+        raise NotFusable("per-channel quantize step")
     recipe = nm.rounding_as_onnx(a["round"])
     if recipe is None:
-        raise _NotFusable(f"tie rule {a['round']}")
+        raise NotFusable(f"tie rule {a['round']}")
     v = g.node("Div", [g.read(op["inputs"][0]), g.const(a["scale"])])
     lo, hi = nm.qrange(a["bits"], a["signed"])
     ep = {"round": a["round"], "zp": a["zp"]}
     wide = recipe[0] != 0
     if wide:
         v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    g.put(op["outputs"][0], *_round_and_clip(g, v, ep, lo, hi, double=wide))
+    g.put(op["outputs"][0], *round_and_clip(g, v, ep, lo, hi, double=wide))
 
 
-def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
+def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
     """``numerics.dequantize``: ``(q - zp) * scale`` in float32, per tensor or along ``axis``."""
     a = op["attrs"]
     scale, zp = np.asarray(a["scale"], np.float32), np.asarray(a["zp"], np.float32)
@@ -817,7 +687,7 @@ def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
         x = g.read(op["inputs"][0])
     if scale.ndim:
         if a["axis"] is None:
-            raise _NotFusable("per-channel scale without an axis")
+            raise NotFusable("per-channel scale without an axis")
         shape = [1] * len(g.tensors[op["inputs"][0]]["shape"])
         shape[a["axis"]] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
@@ -826,7 +696,7 @@ def _dequantize(g: _Graph, op: dict, blobs: dict) -> None:
     g.put(op["outputs"][0], g.node("Mul", [x, g.const(scale)]))
 
 
-_EMITTERS: dict[str, Callable[[_Graph, dict, dict], None]] = {
+_EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
     "conv": _conv, "conv_transpose": _conv_transpose, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
@@ -844,22 +714,30 @@ class FusedRun:
     session of the same graph, built on first use.
     """
 
-    def __init__(self, g: _Graph, outputs: list[str], produced: list[str], threads: int) -> None:
+    def __init__(self, g: Graph, outputs: list[str], produced: list[str], threads: int) -> None:
         self.inputs = list(g.inputs)
         self.outputs = outputs
         self.produced = produced
         self._graph = g
         self._threads = threads
-        self._feeds = [_input_name(k) for k in range(len(self.inputs))]
+        self._feeds = [input_name(k) for k in range(len(self.inputs))]
         self.session = self._session(outputs)
         self._dump_session: ort.InferenceSession | None = None
         self._lock = threading.Lock()
 
     def _session(self, outputs: list[str]) -> ort.InferenceSession:
         g = self._graph
+        heads = []
+        for name in outputs:
+            if name in g.bytes:
+                heads.append((g.bytes[name], None))  # uint8 codes as an integer kernel wrote them
+            else:
+                heads.append(g.base(name))  # (may add the float32 view of bytes to the graph)
         nodes, inits = list(g.nodes), list(g.inits)
-        for k, name in enumerate(outputs):
-            x, off = g.base(name)
+        for k, (name, (x, off)) in enumerate(zip(outputs, heads)):
+            if off is None:
+                nodes.append(helper.make_node("Identity", [x], [f"out{k}"]))
+                continue
             if off:  # a centred tensor: its codes
                 inits.append(numpy_helper.from_array(np.float32(off), f"off{k}"))
                 nodes.append(helper.make_node("Add", [x, f"off{k}"], [f"coded{k}"]))
@@ -868,11 +746,12 @@ class FusedRun:
         nodes, inits = _live(nodes, inits, [f"out{k}" for k in range(len(outputs))])
         graph = helper.make_graph(
             nodes, "fused_run",
-            [helper.make_tensor_value_info(_input_name(k), _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
+            [helper.make_tensor_value_info(input_name(k), _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
              for k, t in enumerate(self.inputs)],
             [helper.make_tensor_value_info(f"out{k}", _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
              for k, t in enumerate(outputs)], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3),
+                                                    helper.make_opsetid(fused_qlinear.MS_DOMAIN, 1)])
         model.ir_version = 8
         # Many sessions per Session: pool threads that spin between runs starve each other
         # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.
@@ -923,7 +802,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
     keep = set(sg["outputs"])
     items: list = []
     reasons: dict[int, str] = {}
-    g, start = _Graph(tensors), 0
+    g, start = Graph(tensors), 0
 
     def close(end: int) -> None:
         nonlocal g
@@ -941,17 +820,17 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
                               stacklevel=3)
         else:
             items.extend(run_ops)
-        g = _Graph(tensors)
+        g = Graph(tensors)
 
     for k, op in enumerate(ops):
         emit = _EMITTERS.get(op["op"])
         mark = g.mark()
         try:
             if emit is None:
-                raise _NotFusable(f"{op['op']} runs as its kernel")
+                raise NotFusable(f"{op['op']} runs as its kernel")
             emit(g, op, {role: blob(name) for role, name in op["blobs"].items()})
             continue
-        except _NotFusable as why:
+        except NotFusable as why:
             g.rollback(mark)
             reasons[k] = str(why)
         except (KeyError, TypeError, ValueError, IndexError) as exc:  # a manifest form not met before

@@ -1,0 +1,190 @@
+"""The graph a fused run is written into, and the exact rounding steps its op writers share.
+
+``runtime/fused.py`` writes an integer program's ops as ONE ONNX Runtime graph; this module holds
+that graph under construction (which ONNX tensor holds which manifest tensor's codes, and how:
+float32 codes centred on an offset, or raw 8-bit codes for ONNX Runtime's integer kernels) and
+the small steps every op writer needs (code ranges, saturation, the tie rule as ONNX ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from .epilogues import out_type
+
+F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
+
+ML_DOMAIN = "ai.onnx.ml"
+
+
+class NotFusable(Exception):
+    """The op cannot be written as exact float operations; the message says why."""
+
+
+@dataclass
+class Graph:
+    """A graph under construction; ``names`` maps manifest tensors to their float32 code tensors.
+
+    A code tensor may be held **centred**: ``names[t]`` then holds ``q - offsets[t]`` (a
+    requantisation leaves its zero point out, and the convolution, eltwise op, pad or table that
+    reads the tensor wants ``q - zp`` anyway), so the zero point costs a pass only where a reader
+    needs other codes (``centered``, one ``Add`` per tensor and offset).
+
+    A uint8 tensor written by one of ONNX Runtime's integer kernels (``fused_qlinear``) is held
+    as **bytes**, its codes in a uint8 tensor (``bytes``), and gets a float32 view only when a
+    float reader asks (``base``).
+    """
+
+    tensors: dict
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    names: dict = field(default_factory=dict)
+    inputs: list = field(default_factory=list)
+    count: int = 0
+    #: tensor -> (8-bit source tensor of this graph, its codes for every source code in order):
+    #: the tensors that are elementwise functions of one tensor (``_as_table``)
+    tables: dict = field(default_factory=dict)
+    offsets: dict = field(default_factory=dict)  # tensor -> k: names[tensor] holds its codes minus k
+    shifted: dict = field(default_factory=dict)  # (tensor, k) -> codes minus k, made once
+    pads: dict = field(default_factory=dict)  # output of a constant Pad -> (its input, widths, pad code)
+    bytes: dict = field(default_factory=dict)  # uint8 tensor -> the uint8 ONNX tensor of its codes
+
+    def fresh(self) -> str:
+        self.count += 1
+        return f"v{self.count}"
+
+    def const(self, value, dtype=np.float32) -> str:
+        name = self.fresh()
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype)), name))
+        return name
+
+    def scalar(self, value, dtype=np.float32) -> str:
+        """A 0-d constant (``const`` stores at least one dimension; some kernels want scalars)."""
+        name = self.fresh()
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype).reshape(()), name))
+        return name
+
+    def node(self, op: str, ins: list[str], **attrs) -> str:
+        out = self.fresh()
+        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def base(self, tensor: str) -> tuple[str, int]:
+        """The float32 tensor held for ``tensor`` and its offset (it holds ``q - offset``); a
+        tensor from outside becomes a graph input, offset 0."""
+        if tensor not in self.names:
+            held = self.bytes.get(tensor)
+            if held is None:
+                held = self._input(tensor)
+                if np.dtype(self.tensors[tensor]["dtype"]) == np.uint8:  # integer kernels read it as it is
+                    self.bytes[tensor] = held
+            self.put(tensor, self.node("Cast", [held], to=TensorProto.FLOAT))
+        return self.names[tensor], self.offsets.get(tensor, 0)
+
+    def _input(self, tensor: str) -> str:
+        """The graph input that brings ``tensor`` in (its own integer type)."""
+        self.inputs.append(tensor)
+        return input_name(len(self.inputs) - 1)
+
+    def as_bytes(self, tensor: str) -> str:
+        """The uint8 codes of uint8 ``tensor`` (what ONNX Runtime's uint8 kernels read): held
+        already, the graph input itself, or cast from the float32 codes."""
+        if tensor not in self.bytes:
+            if tensor in self.names:
+                x, off = self.base(tensor)
+                if off:
+                    x = self.node("Add", [x, self.const(off)])
+                self.bytes[tensor] = self.node("Cast", [x], to=TensorProto.UINT8)
+            else:
+                self.bytes[tensor] = self._input(tensor)
+        return self.bytes[tensor]
+
+    def put_bytes(self, tensor: str, name: str) -> None:
+        """``name`` holds uint8 ``tensor``'s codes."""
+        self.bytes[tensor] = name
+
+    def centered(self, tensor: str, k: int = 0) -> str:
+        """``tensor``'s codes minus ``k`` as float32 (exact: integers far below 2^24)."""
+        x, off = self.base(tensor)
+        if off == k:
+            return x
+        if (tensor, k) not in self.shifted:
+            self.shifted[(tensor, k)] = self.node("Add", [x, self.const(off - k)])
+        return self.shifted[(tensor, k)]
+
+    def read(self, tensor: str) -> str:
+        """The float32 code tensor of ``tensor`` (its codes themselves)."""
+        return self.centered(tensor, 0)
+
+    def put(self, tensor: str, name: str, offset: int = 0) -> None:
+        """``name`` holds ``tensor``'s codes minus ``offset``."""
+        self.names[tensor] = name
+        self.offsets[tensor] = int(offset)
+
+    def mark(self) -> tuple:
+        return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
+                *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes)))
+
+    def rollback(self, mark: tuple) -> None:
+        n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes = mark
+        del self.nodes[n:], self.inits[i:], self.inputs[k:]
+
+
+def input_name(k: int) -> str:
+    return f"in{k}"
+
+
+def code_range(dtype: str) -> tuple[int, int]:
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or dt.itemsize > 2:
+        raise NotFusable(f"{dt} codes")
+    return nm.qrange(dt.itemsize * 8, dt.kind == "i")
+
+
+def code_reach(dtype: str, zp) -> int:
+    """Largest ``|q - zp|`` of a tensor's codes."""
+    lo, hi = code_range(dtype)
+    z = np.abs(np.asarray(zp, np.int64))
+    return int(np.max(np.maximum(np.abs(lo - z), np.abs(hi - z))))
+
+
+def channel(value, n: int) -> np.ndarray:
+    """A scalar or per-channel attribute as one value per output channel."""
+    a = np.asarray(value)
+    return np.full(n, a) if a.ndim == 0 else a.reshape(-1)
+
+
+def clamp_bounds(ep: dict) -> tuple[int, int]:
+    """The saturation range of an int epilogue, with its fused Relu/Clip clamps (as ``make_epilogue``)."""
+    lo, hi = nm.qrange(*out_type(ep))
+    for a, b in ep.get("clamps", []):
+        lo, hi = min(max(lo, a), hi), max(min(hi, b), lo)
+    return lo, hi
+
+
+def round_and_clip(g: Graph, v: str, ep: dict, lo: int, hi: int, *, double: bool) -> tuple[str, int]:
+    """Tie rule (``numerics.rounding_as_onnx``) and saturation of ``v``, back to float32; centred:
+    ``(codes minus the zero point, zero point)``, the saturation range moved by it."""
+    recipe = nm.rounding_as_onnx(ep["round"])
+    if recipe is None:
+        raise NotFusable(f"tie rule {ep['round']}")
+    offset, op = recipe
+    dt = np.float64 if double else np.float32
+    if offset:
+        v = g.node("Add", [v, g.const(offset, dt)])
+    v, zp = centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, dt)
+    return (g.node("Cast", [v], to=TensorProto.FLOAT) if double else v), zp
+
+
+def centred_clip(g: Graph, v: str, zp, lo: int, hi: int, dt) -> tuple[str, int]:
+    """Saturation of rounded values ``v`` (codes minus ``zp``) into ``lo..hi``: ``(tensor, offset)``.
+    A per-channel zero point is added (the offsets are scalars)."""
+    if np.ndim(zp):
+        v = g.node("Add", [v, g.const(zp, dt)])
+        zp = 0
+    zp = int(zp)
+    return g.node("Clip", [v, g.const(lo - zp, dt), g.const(hi - zp, dt)]), zp

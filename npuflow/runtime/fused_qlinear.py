@@ -1,0 +1,203 @@
+"""ONNX Runtime's own 8-bit integer kernels inside a fused run, where they are the model's arithmetic.
+
+On a float-scale target the compiler gives an op whose group ONNX Runtime fuses into integer
+kernels the arithmetic of those kernels (``docs/compiler-runtime.md``, "Requantisation"): a
+convolution with a ``scale`` epilogue is MLAS' ``QLinearConv`` output stage
+(``numerics.requantize_float``: the exact int32 accumulator times a float32 multiplier, ties to
+even), an add with ``qlinear`` attributes is ``QLinearAdd`` (``numerics.qlinear_add``).  Written
+as float graphs they cost a float32 convolution and four passes over float tensors; ONNX
+Runtime's own ``QLinearConv`` (uint8 activations, int8 weights: its int8 GEMM, VNNI where the CPU
+has it) and ``com.microsoft.QLinearAdd`` compute the same codes in one integer kernel each.
+
+The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort_integer_kernel``),
+so the tensors they read and write are uint8 codes, held as such between two integer kernels
+(``Graph.as_bytes``) and given a float32 view only where a float op reads them.
+
+That these kernels compute exactly what ``numerics`` defines is a property of the CPU: on x86-64
+without VNNI, MLAS' uint8 x int8 kernels add pairs of products in saturating 16-bit lanes, and on
+other architectures ``QLinearAdd`` may round its sum differently.  :func:`exact` therefore runs
+each kernel once per process on codes at the extremes and compares them with ``numerics``; where
+they differ the fused runs keep their float forms.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from .epilogues import out_type
+from .fused_graph import Graph, clamp_bounds, code_reach
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _uint8(*dtypes) -> bool:
+    return all(np.dtype(d) == np.uint8 for d in dtypes)
+
+
+def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
+    """Write convolution ``op`` (input tensor ``x``, zero padding ``pads``) as ``QLinearConv`` on
+    uint8 codes when its arithmetic is that kernel's; say whether it did."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if ep.get("chain") or ep["mode"] != "scale" or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
+        return False
+    if np.any(np.asarray(a["lshift"]) != 0) or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]):
+        return False
+    in_dtype = a.get("in_dtype", g.tensors[x]["dtype"])
+    if not _uint8(in_dtype, g.tensors[x]["dtype"], ep["dtype"]) or len(a["out_shape"]) != 4 \
+            or list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
+        return False
+    w = np.asarray(blobs["w"], np.int64)
+    if w.min(initial=0) < -128 or w.max(initial=0) > 127 or not exact():
+        return False
+    cout = w.shape[0]
+    mult = np.broadcast_to(np.asarray(ep["multiplier"], np.float32).reshape(-1), (cout,))
+    parts = _int32_accumulators(w, np.asarray(blobs["b"], np.int64).reshape(-1), mult, ep,
+                                code_reach(in_dtype, a["x_zp"]))
+    if parts is None:
+        return False
+    w, bias = parts
+    y = g.node("QLinearConv", [
+        g.as_bytes(x), g.scalar(1.0), g.scalar(a["x_zp"], np.uint8),
+        g.const(w, np.int8), g.const(mult), g.const(np.zeros(cout), np.int8),
+        g.scalar(1.0), g.scalar(ep["zp"], np.uint8), g.const(bias, np.int32)],
+        pads=pads, strides=a["strides"], dilations=a["dilations"], group=a["group"], kernel_shape=list(w.shape[2:]))
+    g.put_bytes(op["outputs"][0], _clamped(g, y, ep))
+    return True
+
+
+def _int32_accumulators(w: np.ndarray, bias: np.ndarray, mult: np.ndarray, ep: dict,
+                        reach: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Weights and bias for which ``QLinearConv``'s int32 accumulator gives ``op``'s codes.
+
+    MLAS accumulates in int32, the kernels in int64.  A channel whose accumulator could leave
+    int32 is almost always a near-dead one (a tiny weight scale makes its bias huge) whose whole
+    range rounds to one code: it gets no taps and a bias that ``numerics.requantize_float``
+    checks gives that code.  ``None`` when some other channel could overflow."""
+    cout = len(bias)
+    sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
+    lo, hi = clamp_bounds(ep)
+    zp = int(ep["zp"])
+
+    def codes(acc: np.ndarray) -> np.ndarray:
+        return np.clip(nm.requantize_float(acc, mult, nm.RoundMode.HALF_EVEN), lo - zp, hi - zp)
+
+    ends = codes(bias - sums), codes(bias + sums)
+    wide = np.abs(bias) + sums >= 2 ** 31
+    if not np.any(wide):
+        return w, bias
+    if np.any(wide & (ends[0] != ends[1])):
+        return None
+    w, bias = w.copy(), bias.copy()
+    for c in np.flatnonzero(wide):
+        value = ends[0][c]
+        for b in (np.round(np.float64(value) / np.float64(mult[c])), 2 ** 31 - 1, -(2 ** 31 - 1)):
+            b = int(np.clip(b, -(2 ** 31 - 1), 2 ** 31 - 1))
+            if codes(np.full(cout, b))[c] == value:
+                w[c], bias[c] = 0, b
+                break
+        else:
+            return None
+    return w, bias
+
+
+def _clamped(g: Graph, y: str, ep: dict) -> str:
+    """The fused Relu/Clip bounds of ``ep`` applied to uint8 codes ``y``."""
+    lo, hi = clamp_bounds(ep)
+    if (lo, hi) == nm.qrange(*out_type(ep)):
+        return y
+    return g.node("Clip", [y, g.scalar(lo, np.uint8), g.scalar(hi, np.uint8)])
+
+
+def add(g: Graph, op: dict) -> bool:
+    """Write ``op`` (an eltwise add with ONNX Runtime's ``QLinearAdd`` arithmetic) as that kernel
+    when both operands are uint8 tensors of the output's shape; say whether it did."""
+    a = op["attrs"]
+    spec = a.get("qlinear")
+    if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
+        return False
+    names = [op["inputs"][o["input"]] for o in a["operands"]]
+    out = op["outputs"][0]
+    shape = list(g.tensors[out]["shape"])
+    if not _uint8(spec["out_dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
+            or any(list(g.tensors[t]["shape"]) != shape for t in (*names, out)) or not exact():
+        return False
+    params = [*spec["scales"], *spec["zps"], spec["out_scale"], spec["out_zp"]]
+    if any(np.size(v) != 1 for v in params):
+        return False
+    sa, sb, za, zb, sc, zc = params
+    y = g.node("QLinearAdd", [
+        g.as_bytes(names[0]), g.scalar(sa), g.scalar(za, np.uint8),
+        g.as_bytes(names[1]), g.scalar(sb), g.scalar(zb, np.uint8),
+        g.scalar(sc), g.scalar(zc, np.uint8)], domain=MS_DOMAIN)
+    g.put_bytes(out, y)
+    return True
+
+
+# --- the probe ------------------------------------------------------------------------------
+
+
+def _session(nodes: list, inputs: list, inits: list) -> ort.InferenceSession:
+    graph = helper.make_graph(nodes, "probe", inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _conv_exact(rng: np.random.Generator, cin: int, group: int, k: int) -> bool:
+    """``QLinearConv`` on codes 0/255 and weights -128/127 (the products a 16-bit lane saturates
+    on) against the exact accumulator and ``numerics.requantize_float``."""
+    cout, x_zp, y_zp = cin if group > 1 else 16, 3, 128
+    x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 5, 5))
+    w = rng.choice(np.array([-128, 127], np.int8), size=(cout, cin // group, k, k))
+    bias = rng.integers(-(1 << 20), 1 << 20, cout).astype(np.int32)
+    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
+    acc = np.zeros((1, cout, 5, 5), np.int64)
+    per = cin // group
+    for c in range(cout):
+        g0 = (c // (cout // group)) * per
+        for i in range(k):
+            for j in range(k):
+                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 5, j:j + 5], w[c, :, i, j].astype(np.int64))
+    acc += bias.reshape(1, -1, 1, 1)
+    mult = (np.float32(120) / np.float32(np.abs(acc).max())).astype(np.float32) * np.linspace(0.5, 1, cout, dtype=np.float32)
+    want = np.clip(nm.requantize_float(acc, mult.reshape(1, -1, 1, 1), nm.RoundMode.HALF_EVEN) + y_zp, 0, 255)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), (w, "w"), (mult, "ws"), (np.zeros(cout, np.int8), "wz"),
+        (np.uint8(y_zp), "yz"), (bias, "b"))]
+    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
+                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
+    got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
+    return np.array_equal(got, want)
+
+
+def _add_exact(rng: np.random.Generator) -> bool:
+    a, b = (rng.integers(0, 256, (1, 8, 16, 16)).astype(np.uint8) for _ in range(2))
+    sa, sb, sc = np.float32(0.0371), np.float32(0.0123), np.float32(0.0417)
+    want = np.clip(nm.qlinear_add(a, sa, 131, b, sb, 77, sc, 119), 0, 255)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (sa, "sa"), (np.uint8(131), "za"), (sb, "sb"), (np.uint8(77), "zb"), (sc, "sc"), (np.uint8(119), "zc"))]
+    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"], domain=MS_DOMAIN)
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, a.shape) for n in ("a", "b")]
+    got = _session([node], ins, inits).run(None, {"a": a, "b": b})[0]
+    return np.array_equal(got, want)
+
+
+@functools.cache
+def exact() -> bool:
+    """Whether this process' ONNX Runtime integer kernels compute ``numerics``' codes (see the
+    module docstring): dense 1x1 and 3x3 and depthwise 3x3 ``QLinearConv``, and ``QLinearAdd``."""
+    rng = np.random.default_rng(0)
+    try:
+        return (_conv_exact(rng, 64, 1, 1) and _conv_exact(rng, 16, 1, 3) and _conv_exact(rng, 16, 16, 3)
+                and _add_exact(rng))
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.NotImplemented,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph):  # a kernel this ONNX Runtime lacks: the float forms serve
+        return False
