@@ -1,18 +1,30 @@
 """Accuracy-recovery benchmark: plain PTQ vs CLE, bias correction, AdaRound, AdaQuant, block
-reconstruction (BRECQ with QDrop) and automatic mixed precision, on a power-of-two per-tensor DPU target, in one run.
+reconstruction (BRECQ with QDrop) and automatic mixed precision, on a power-of-two per-tensor DPU target, in one run,
+with ONNX Runtime, NNCF and AMD Quark's power-of-two "XINT8" configuration as peers (issue 18).
 
-For each model (EfficientNet-Lite0, PP-OCRv4 rec, YOLOv8n; data and metrics from
-``benchmarks/datasets.py`` and ``bench_quant.py``) npuflow quantizes the float model for
+For each model (EfficientNet-Lite0, PP-OCRv4 rec, PP-OCRv4 det at 640x640, YOLOv8n; data and metrics
+from ``benchmarks/datasets.py`` and ``bench_quant.py``) npuflow quantizes the float model for
 DPUCZDX8G_ISA1_B4096 with each configuration below; every quantized model is evaluated with
 ONNX Runtime on the same evaluation samples.  Times are wall-clock seconds of the whole
 ``npuflow.quantize`` call (calibration included) on this machine, plus the mixed-precision
 search for the last row.  ONNX Runtime ``quantize_static`` (MinMax, per-channel, float scales)
-and NNCF run beside them as references (they do not target a power-of-two DPU).
+and NNCF run beside them as references (they do not target a power-of-two DPU); AMD Quark's
+``XINT8`` / ``XINT8_ADAROUND`` / ``XINT8_ADAQUANT`` configs (power-of-two, per-tensor: the same
+numerics) run on the same calibration samples.
+
+The Quark rows and the PP-OCRv4 det rows need the benchmark-only extra ``bench-accuracy`` of
+pyproject.toml (never the test extra: CI does not install it), installed as
+``pip install pyclipper shapely tqdm && pip install --no-deps amd-quark==0.13`` (amd-quark's
+metadata pins an older onnx; it uses the pinned torch==2.13.0).  Without Quark its rows say
+``QUARK_MISSING``; a Quark call that fails leaves a ``QUARK_*`` note in its row and the run goes on.
 
     python benchmarks/bench_accuracy.py                       # all models
     python benchmarks/bench_accuracy.py --models effnet --iters 200
     python benchmarks/bench_accuracy.py --models effnet --methods adaround,brecq --block-iters 300 \
         --no-mixed --no-peers --output accuracy_brecq    # block reconstruction beside AdaRound
+    python benchmarks/bench_accuracy.py --models effnet,ppocr,det,yolo --calib 32 --eval 300 \
+        --methods adaround,adaquant,adaquant_qdrop --cheap 'npuflow defaults (bias corr auto),plain' \
+        --no-mixed --quark-iters 1000,3000           # issue 18's table, Quark at its default iterations
 
 Writes ``benchmarks/results/accuracy.md`` (and ``accuracy.json``) and prints the table.
 """
@@ -41,6 +53,8 @@ for p in (str(ROOT), str(HERE)):
 
 import bench_quant as BQ  # noqa: E402
 import datasets as D  # noqa: E402
+import numpy as np  # noqa: E402
+from tests import fixture_models  # noqa: E402
 
 import npuflow  # noqa: E402
 from npuflow.analyze.mixed_precision import perf_cost, search  # noqa: E402
@@ -94,20 +108,54 @@ def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: in
     return rows
 
 
-def benches(names: list[str], n_calib: int, n_eval: int) -> list[BQ.Bench]:
+def det_bench(n_calib: int, n_eval: int) -> BQ.Bench:
+    """PP-OCRv4 det (rapidocr's ch_PP-OCRv4_det) on fixed 640x640 inputs: rendered pages and crops
+    of the text photos (``datasets.ocr_pages``).  Metrics: mean cosine of the probability map to
+    FP32's, and the % of FP32's boxes (RapidOCR's DB post-processing) that the quantized map's
+    boxes match at polygon IoU >= 0.5 (``box``); ``extra``: % of quantized boxes matching none."""
+    xs = D.ocr_pages("eval", n_eval)
+    calib = D.ocr_pages("calib", n_calib)
+    path = fixture_models.ppocr_det()
+    reference = BQ._run_all(D.ort_session(path), xs)
+    ref_boxes = [D.db_boxes(r) for r in reference]
+
+    def evaluate(session) -> dict[str, float]:
+        outs = BQ._run_all(session, xs)
+        cos = [BQ._cosine(o, r) for o, r in zip(outs, reference, strict=True)]
+        matched = total = extra = found = 0
+        for o, boxes in zip(outs, ref_boxes, strict=True):
+            q_boxes = D.db_boxes(o)
+            m, n = D.box_match(boxes, q_boxes)
+            matched, total, found, extra = matched + m, total + n, found + len(q_boxes), extra + len(q_boxes) - m
+        return {"cos": float(np.mean(cos)), "box": 100.0 * matched / max(1, total),
+                "extra": 100.0 * extra / max(1, found), "fp32_boxes": float(total)}
+
+    n_photos = sum(1 for i in range(n_eval) if i % 4 == 3)
+    return BQ.Bench("PP-OCRv4 det (640)", path, {"x": [1, 3, D.DET_SIZE, D.DET_SIZE]}, calib, evaluate,
+                    "cos", "probability-map cosine to FP32 (box: % of FP32's boxes matched at polygon IoU >= 0.5)",
+                    [f"{n_eval} evaluation inputs ({n_eval - n_photos} rendered, degraded text pages, {n_photos} crops "
+                     f"of scikit-image's page/text photos), {n_calib} disjoint calibration inputs, fixed 640x640 "
+                     "(the model's spatial axes are dynamic); boxes from RapidOCR's DBPostProcess at its config.yaml "
+                     "settings, matched one-to-one by polygon IoU (shapely)"])
+
+
+def benches(names: list[str], n_calib: int, n_eval: int, n_det_eval: int) -> list[BQ.Bench]:
     make = {"effnet": lambda: BQ.effnet_bench(n_calib, max(n_eval, 300)),
             "ppocr": lambda: BQ.ppocr_bench(n_calib, n_eval),
+            "det": lambda: det_bench(n_calib, n_det_eval),
             "yolo": lambda: BQ.yolo_bench(n_calib, n_eval)}
     return [make[n]() for n in names]
 
 
 def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
               on_row: Callable[[dict], None] = lambda rows: None, methods: tuple[str, ...] = ("adaround", "adaquant"),
-              block_iters: int | None = None, mixed: bool = True, cheap: tuple[str, ...] | None = None) -> dict:
+              block_iters: int | None = None, mixed: bool = True, cheap: tuple[str, ...] | None = None,
+              quark_iters: tuple[int, int] | None = None, quark_samples: int | None = None) -> dict:
     """All rows for one model; ``on_row(rows)`` after each, so a long run keeps what it finished.
 
     Order: the cheap rows (defaults, plain, bias correction, CLE, both), AdaRound/AdaQuant from
-    the best cheap row, automatic mixed precision from the best row so far, then the peers.
+    the best cheap row, automatic mixed precision from the best row so far, then the peers (ONNX
+    Runtime, NNCF, and AMD Quark unless ``quark_iters`` is None).
     """
     rows: dict[str, dict] = {}
     model = npuflow_load(bench.path, bench.input_shapes)
@@ -145,6 +193,8 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
         on_row(rows)
     if peers:
         peer_rows(bench, rows, on_row)
+        if quark_iters is not None:
+            quark_rows(bench, rows, quark_iters, on_row, quark_samples)
     return rows
 
 
@@ -217,6 +267,110 @@ def peer_rows(bench: BQ.Bench, rows: dict, on_row: Callable[[dict], None] = lamb
         on_row(rows)
 
 
+#: Quark rows: (row label, Quark default-config name, iterations argument index or None)
+QUARK_CONFIGS = (("AMD Quark XINT8", "XINT8", None),
+                 ("AMD Quark XINT8 + AdaRound", "XINT8_ADAROUND", 0),
+                 ("AMD Quark XINT8 + AdaQuant", "XINT8_ADAQUANT", 1))
+
+
+def quark_quantize(float_path: Path, calib: list[dict], config_name: str, iters: int | None, out: Path,
+                   data_size: int | None = None) -> object:
+    """Quantize with AMD Quark's default config ``config_name`` (legacy ``QuantizationConfig``:
+    power-of-two MinMSE scales, symmetric activations, per-tensor, NPU-CNN graph rules), fast
+    finetune ``iters`` iterations when the config has one (on the first ``data_size`` calibration
+    samples when given: Quark runs the whole float and quantized models over them once per layer, which
+    at 640x640 costs about a minute a layer with 32 samples here), and return the model ONNX Runtime
+    loads.
+
+    Quark's saved model keeps the float model's value_info, whose shapes its graph rewrites made
+    stale (ONNX Runtime refuses it: "inferred shape and existing shape differ"); they are dropped
+    (the issue author had to do the same), which changes nothing that runs."""
+    import contextlib
+    import copy
+    import io
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+    from quark.onnx import ModelQuantizer
+    from quark.onnx.quantization.config.config import QConfig
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    config = copy.deepcopy(QConfig.get_default_config(config_name))
+    finetune = config.global_quant_config.extra_options.get("FastFinetune")
+    if finetune is not None and iters is not None:
+        finetune["NumIterations"] = iters
+    if finetune is not None and data_size is not None:
+        finetune["DataSize"] = data_size
+    # Quark prints rich tables of every op (the benchmark log keeps only the rows) and appends its
+    # timings to ./quantized_info.csv (a fixed relative path): run it in the scratch folder
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(out.parent):
+        ModelQuantizer(config).quantize_model(str(float_path), str(out), Reader())
+    model = onnx.load(str(out))
+    del model.graph.value_info[:]
+    return model
+
+
+def quark_rows(bench: BQ.Bench, rows: dict, iters: tuple[int, int],
+               on_row: Callable[[dict], None] = lambda rows: None, data_size: int | None = None) -> None:
+    """AMD Quark (``amd-quark``, the benchmark extra) XINT8 plain, + AdaRound, + AdaQuant on the same
+    calibration samples; a failing row records a coded note (``QUARK_*``) and the run goes on."""
+    # Quark logs every layer it finetunes at INFO (thousands of lines); read when quark is imported
+    os.environ.setdefault("QUARK_LOG_LEVEL", "warning")
+    try:
+        import quark
+        version = getattr(quark, "__version__", "?")
+    except ImportError as exc:
+        for label, _, _ in QUARK_CONFIGS:
+            rows[label] = {"error": f"QUARK_MISSING: {exc}; install the benchmark extra (pip install "
+                                    "'.[bench]' --no-deps amd-quark==0.13)"}
+        on_row(rows)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        npuflow.model.save(fold_constants(npuflow_load(bench.path, bench.input_shapes)), float_path)
+        for label, config_name, index in QUARK_CONFIGS:
+            n = None if index is None else iters[index]
+            name = label if n is None else f"{label} ({n} it{f', {data_size} samples' if data_size else ''})"
+            if n == 0:
+                continue
+            logging.info("%s: %s", bench.name, name)
+            t0 = time.perf_counter()
+            try:
+                model = quark_quantize(float_path, bench.calib, config_name, n, Path(tmp) / f"{config_name}.onnx",
+                                       data_size)
+            except Exception as exc:  # noqa: BLE001  (one failing peer row must not lose the others)
+                traceback.print_exc()
+                rows[name] = {"error": f"QUARK_QUANTIZE_FAILED: {type(exc).__name__}: {exc}"}
+                on_row(rows)
+                continue
+            seconds = time.perf_counter() - t0
+            try:
+                scores = bench.evaluate(D.ort_session(model))
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                rows[name] = {"error": f"QUARK_ORT_FAILED: {type(exc).__name__}: {exc}", "seconds": seconds}
+                on_row(rows)
+                continue
+            rows[name] = {"scores": scores, "seconds": seconds, "quark": f"amd-quark {version}, {config_name}",
+                          "finetune_samples": data_size or len(bench.calib)}
+            logging.info("%s: %s -> %s (%.1f s)", bench.name, name, scores, seconds)
+            on_row(rows)
+
+
+def _quark_version() -> str:
+    try:
+        import quark
+    except ImportError:
+        return "(not installed)"
+    return str(getattr(quark, "__version__", "?"))
+
+
 def render(benches_: list[BQ.Bench], results: dict, args) -> str:
     lines = [
         "# Accuracy recovery on a power-of-two, per-tensor DPU target",
@@ -225,11 +379,23 @@ def render(benches_: list[BQ.Bench], results: dict, args) -> str:
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; target {TARGET} (power-of-two scales, per-tensor "
         f"weights, std_round weights, half_up activations). Fast finetune: {args.iters} iterations per layer"
         f"{f', {args.block_iters} per block (brecq)' if args.block_iters else ''}, from an empty cache. "
-        f"Mixed precision: fewest layers kept in float until the mean output cosine on 16 calibration samples "
-        f"reaches {args.min_similarity}. Times: whole `npuflow.quantize` call (calibration included) on a shared "
+        + ("Mixed precision: not run. " if args.no_mixed else
+           "Mixed precision: fewest layers kept in float until the mean output cosine on 16 calibration samples "
+           f"reaches {args.min_similarity}. ") + "Times: whole `npuflow.quantize` call (calibration included) on a shared "
         "2-core machine; the mixed-precision row adds its search to the time of the pipeline it starts from.",
         "",
     ]
+    if not args.no_peers and not args.no_quark:
+        ar, aq = args.quark_iters.split(",")
+        lines[-1:-1] = [
+            "", f"AMD Quark rows: amd-quark {_quark_version()}, its default configs `XINT8`, `XINT8_ADAROUND`, "
+            "`XINT8_ADAQUANT` (power-of-two MinMSE scales, per-tensor, symmetric int8, NPU-CNN graph rules; "
+            f"AdaRound lr 0.1, AdaQuant lr 1e-5, batch 2) with {ar} / {aq} iterations per layer, fast finetune "
+            f"on {args.quark_samples or 'all'} of the calibration samples ({args.quark_det_samples} on PP-OCRv4 det); "
+            "the whole Quark call is timed; its saved model's stale value_info is dropped before ONNX Runtime "
+            "loads it."]
+    if args.note:
+        lines[-1:-1] = ["", args.note]
     for b in benches_:
         rows = results[b.name]
         lines += [f"## {b.name}", "", f"Metric: {b.unit}. " + " ".join(b.notes), "",
@@ -276,8 +442,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixed-only", action="store_true",
                     help="keep the other rows of results/<OUTPUT>.json and (re)run only automatic mixed precision")
     ap.add_argument("--peers-only", action="store_true",
-                    help="keep the npuflow rows of results/<OUTPUT>.json and (re)run only ONNX Runtime and NNCF")
+                    help="keep the npuflow rows of results/<OUTPUT>.json and (re)run only the peers "
+                         "(ONNX Runtime, NNCF, AMD Quark)")
     ap.add_argument("--output", default="accuracy", help="results/<OUTPUT>.md and .json")
+    ap.add_argument("--note", default="", help="a sentence for the table header (e.g. why iterations were cut)")
+    ap.add_argument("--det-eval", type=int, default=40, help="PP-OCRv4 det evaluation inputs (640x640 each)")
+    ap.add_argument("--quark-iters", default="1000,3000",
+                    help="AMD Quark AdaRound,AdaQuant iterations (Quark's own defaults; 0 skips the row)")
+    ap.add_argument("--no-quark", action="store_true", help="skip the AMD Quark peer rows")
+    ap.add_argument("--quark-samples", type=int, default=None,
+                    help="calibration samples Quark's fast finetune uses (its DataSize; default: all); it runs "
+                         "the whole float and quantized models over them once per layer")
+    ap.add_argument("--quark-det-samples", type=int, default=8,
+                    help="calibration samples Quark's fast finetune uses on PP-OCRv4 det (it runs both whole "
+                         "640x640 models over them once per layer); the other models use all")
     args = ap.parse_args(argv)
     # a fresh fast-finetune cache: rows must not reuse layers an earlier run solved (their times
     # would be cache reads, not solving times)
@@ -285,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "nncf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    bs = benches(args.models.split(","), args.calib, args.eval)
+    bs = benches(args.models.split(","), args.calib, args.eval, args.det_eval)
+    quark_iters = None if args.no_quark else tuple(int(n) for n in args.quark_iters.split(","))
+
+    def quark_samples(bench: BQ.Bench) -> int | None:
+        return args.quark_det_samples if bench.name.startswith("PP-OCRv4 det") else args.quark_samples
+
     results: dict = {}
     RESULTS.mkdir(exist_ok=True)
 
@@ -313,9 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((RESULTS / f"{args.output}.json").read_text())
         for b in bs:
             rows = {k: v for k, v in saved.get(b.name, {}).items()
-                    if not k.startswith(("ONNX Runtime", "NNCF"))}
+                    if not k.startswith(("ONNX Runtime", "NNCF", "AMD Quark"))}
             results[b.name] = rows
             peer_rows(b, rows, on_row=lambda r, name=b.name: (results.__setitem__(name, r), write()))
+            if quark_iters is not None:
+                quark_rows(b, rows, quark_iters, on_row=lambda r, name=b.name: (results.__setitem__(name, r), write()),
+                           data_size=quark_samples(b))
         print(write())
         return 0
     for b in bs:
@@ -324,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                                     on_row=lambda rows, name=b.name: (results.__setitem__(name, rows), write()),
                                     methods=tuple(args.methods.split(",")), block_iters=args.block_iters,
                                     mixed=not args.no_mixed,
-                                    cheap=tuple(args.cheap.split(",")) if args.cheap else None)
+                                    cheap=tuple(args.cheap.split(",")) if args.cheap else None,
+                                    quark_iters=quark_iters, quark_samples=quark_samples(b))
     print(write())
     return 0
 

@@ -505,3 +505,144 @@ def ort_session(model, threads: int = 1):
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
+
+
+# --------------------------------------------------------------------------------------------
+# PP-OCRv4 det: rendered text pages and the text photos
+
+DET_SIZE = 640  # fixed 640x640 input (the det model's spatial axes are dynamic)
+
+
+def render_page(rng: random.Random, fonts: list[Path], size: tuple[int, int] = (DET_SIZE, DET_SIZE),
+                split: str = "calib") -> np.ndarray:
+    """A page of 4-14 text lines (random fonts 14-40 px, ink and paper shades, indents and gaps),
+    degraded like a scan or photo (blur, noise, JPEG at random): BGR uint8 of ``size`` (h, w).
+
+    Lines are stacked top to bottom without overlap, so every line is one box for the detector.
+    Their texts come from ``split``'s half of :func:`_random_text` (see :func:`_split_of`).
+    """
+    import cv2
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = size
+    paper = rng.randint(160, 255)
+    tint = tuple(max(0, min(255, paper + rng.randint(-25, 25))) for _ in range(3))
+    image = Image.new("RGB", (w, h), tint)
+    draw = ImageDraw.Draw(image)
+    y = rng.randint(4, 40)
+    for _ in range(rng.randint(4, 14)):
+        font = ImageFont.truetype(str(rng.choice(fonts)), rng.randint(14, 40))
+        text = _random_text(rng)
+        while _split_of(text) != split:
+            text = _random_text(rng)
+        if rng.random() < 0.5:  # longer lines: two or three phrases
+            text += " " + " ".join(_random_text(rng) for _ in range(rng.randint(1, 2)))
+        left, top, right, bottom = font.getbbox(text)
+        if y + bottom - top > h - 4:
+            break
+        x = rng.randint(4, max(5, w - (right - left) - 4))
+        ink = rng.randint(0, min(90, paper - 70))
+        draw.text((x - left, y - top), text, font=font, fill=(ink, ink, ink))
+        y += bottom - top + rng.randint(6, 40)
+    page = np.asarray(image)[:, :, ::-1].copy()
+    if rng.random() < 0.4:
+        page = cv2.GaussianBlur(page, (3, 3), rng.uniform(0.3, 1.0))
+    if rng.random() < 0.4:
+        noise = np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(2, 8), page.shape)
+        page = np.clip(page + noise, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        ok, buf = cv2.imencode(".jpg", page, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(40, 90)])
+        page = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else page
+    return page
+
+
+def _text_photo(rng: random.Random, size: int = DET_SIZE) -> np.ndarray:
+    """A crop (60-100 % per side) of scikit-image's ``page`` or ``text`` photo, resized so its long
+    side is ``size`` and padded to ``size`` x ``size`` with its median (paper) value: BGR uint8."""
+    import cv2
+
+    pics = dict(photos())
+    image = pics[rng.choice(["page", "text"])]
+    ih, iw = image.shape[:2]
+    ch, cw = int(ih * rng.uniform(0.6, 1.0)), int(iw * rng.uniform(0.6, 1.0))
+    y, x = rng.randint(0, ih - ch), rng.randint(0, iw - cw)
+    crop = np.ascontiguousarray(image[y:y + ch, x:x + cw, ::-1])
+    r = size / max(ch, cw)
+    nh, nw = max(1, round(ch * r)), max(1, round(cw * r))
+    resized = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((size, size, 3), np.median(crop, axis=(0, 1)).astype(np.uint8), dtype=np.uint8)
+    top, left = rng.randint(0, size - nh), rng.randint(0, size - nw)
+    canvas[top:top + nh, left:left + nw] = resized
+    return canvas
+
+
+def det_preprocess(image_bgr: np.ndarray) -> np.ndarray:
+    """rapidocr's ``DetPreProcess`` normalisation ``(x/255 - 0.5)/0.5`` on a BGR image already at
+    the input size (multiples of 32): 1x3xHxW float32."""
+    x = (image_bgr.astype(np.float32) / 255.0 - 0.5) / 0.5
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def ocr_pages(split: str, n: int, photo_every: int = 4) -> list[Sample]:
+    """``n`` 640x640 det inputs of ``split``: rendered pages (:func:`render_page`), every
+    ``photo_every``-th one a crop of the text photos instead.  Calibration and evaluation use
+    different seeds and disjoint line texts (the photos are the same two pictures, cropped
+    differently)."""
+    def build() -> dict[str, np.ndarray]:
+        fonts = list(find_fonts().values())
+        rng = random.Random(f"det-{split}")
+        images = [_text_photo(rng) if (i % photo_every == photo_every - 1) else render_page(rng, fonts, split=split)
+                  for i in range(n)]
+        return {"images": np.stack(images)}
+
+    _seed(split)
+    arrays = _cached(f"det_{split}_{n}_{photo_every}", build)
+    return [{"x": det_preprocess(image)} for image in arrays["images"]]
+
+
+@lru_cache(maxsize=1)
+def _db_postprocess_class():
+    """rapidocr-onnxruntime's own ``DBPostProcess`` (from the wheel the fixtures unpack; the module
+    alone, not the package, whose ``__init__`` builds a whole OCR pipeline)."""
+    import importlib.util
+
+    path = fixture_models.wheel_dir("rapidocr-onnxruntime") / "rapidocr_onnxruntime/ch_ppocr_det/utils.py"
+    spec = importlib.util.spec_from_file_location("_rapidocr_det_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DBPostProcess
+
+
+def db_boxes(prob_map: np.ndarray) -> np.ndarray:
+    """Text boxes (N x 4 x 2 corner points, input pixels) from a det output ``1x1xHxW`` with
+    RapidOCR's DB post-processing at its config.yaml settings (thresh 0.3, box_thresh 0.5,
+    unclip_ratio 1.6, dilation, fast score)."""
+    post = _db_postprocess_class()(thresh=0.3, box_thresh=0.5, max_candidates=1000, unclip_ratio=1.6,
+                                   score_mode="fast", use_dilation=True)
+    boxes, _ = post(prob_map, prob_map.shape[2:4])
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4, 2)
+
+
+def box_match(reference: np.ndarray, candidate: np.ndarray, min_iou: float = 0.5) -> tuple[int, int]:
+    """(matched, total): how many ``reference`` boxes (N x 4 x 2 corner points) have a ``candidate``
+    box with polygon IoU >= ``min_iou``.  IoU of the quadrilaterals as drawn (OpenCV's convex
+    polygon intersection; DB boxes are minimum-area rectangles, so convex), not of their
+    axis-aligned hulls.  Each candidate matches one reference box at most (greedy, best IoU
+    first), so one merged box cannot stand for two lines."""
+    import cv2
+
+    refs = [np.asarray(b, np.float32).reshape(-1, 1, 2) for b in reference]
+    cands = [np.asarray(b, np.float32).reshape(-1, 1, 2) for b in candidate]
+    pairs = []
+    for i, r in enumerate(refs):
+        for j, c in enumerate(cands):
+            inter, _ = cv2.intersectConvexConvex(cv2.convexHull(r), cv2.convexHull(c))
+            union = cv2.contourArea(r) + cv2.contourArea(c) - inter
+            if union > 0 and inter / union >= min_iou:
+                pairs.append((inter / union, i, j))
+    used_r, used_c = set(), set()
+    for _, i, j in sorted(pairs, reverse=True):
+        if i not in used_r and j not in used_c:
+            used_r.add(i)
+            used_c.add(j)
+    return len(used_r), len(refs)
