@@ -14,7 +14,7 @@ exported model; :mod:`.requantize` carries them into re-assignments with precisi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -119,10 +119,47 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         w = out.params.get(use.weight) if use.weight else None
         if s_in is None or w is None or s_in.scale.ndim != 0:
             continue
+        if w.fix_pos is None:  # float scales: keep the accumulator within int32
+            w = _widened_for_bias(w, const_value(use.weight), const_value(name), s_in)
+            if w is not out.params[use.weight]:
+                out.params[use.weight], out.values[use.weight] = w, w.quantize(const_value(use.weight))
         q = bias_params(name, s_in.scale, w.scale, use.settings)
         out.params[name] = q
         out.values[name] = requantize_bias(const_value(name), q)
     return out
+
+
+def _widened_for_bias(w: TensorQuant, weights: np.ndarray, bias: np.ndarray, x: TensorQuant) -> TensorQuant:
+    """``w`` with the scale of every output channel whose accumulator could leave int32 widened
+    until it cannot.
+
+    The bias is quantized with scale ``s_x * s_w``; a channel whose weights are all (nearly)
+    zero gets a tiny per-channel ``s_w``, and its bias then a code beyond int32 (saturated), or
+    one so close to the limit that the sum of products overflows the int32 accumulator of ONNX
+    Runtime's integer kernels (MLAS), which wraps around where ``numerics`` keeps the exact sum.
+    Widening such a channel's scale until ``|bias code| + max|x - zp| * sum|w code|`` fits
+    int32 changes nothing else: its weights are too small to matter at the wider step (ONNX
+    Runtime's quantizer widens the weight scale for the same reason).
+    """
+    scale = np.asarray(w.scale, np.float64)
+    bias = np.asarray(bias, np.float64).reshape(-1)
+    per_channel = scale.ndim == 1
+    taps = np.asarray(weights).size // (len(scale) if per_channel else 1)
+    lo, hi = numerics.qrange(x.bits, x.signed)
+    zp = int(np.max(x.zero_point))
+    reach = max(hi - zp, zp - lo)
+    w_max = numerics.qrange(w.bits, True, w.narrow_range)[1]
+    room = 2.0 ** 31 - 1 - reach * w_max * taps  # the largest bias code that cannot overflow
+    if room <= 0:
+        return w
+    s_x = float(np.asarray(x.scale, np.float32))
+    need = np.abs(bias) / (s_x * room)
+    if not per_channel:
+        need = np.max(need, initial=0.0)
+    if np.all(need <= scale):
+        return w
+    widened = np.maximum(scale, need * (1 + 1e-6)).astype(np.float32)
+    return replace(w, scale=widened if per_channel else widened.reshape(()))
 
 
 def requantize_bias(values: np.ndarray, q: TensorQuant) -> np.ndarray:
