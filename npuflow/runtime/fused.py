@@ -479,8 +479,8 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
                 ((h, t, b, k[0], s[0], d[0]), (w, l, r, k[1], s[1], d[1]))]
     if floor_hw != list(a["out_shape"][2:]):
         raise NotFusable("ceil-mode windows")
-    x, off = g.base(op["inputs"][0])  # the maximum of codes minus a constant
-    g.put(op["outputs"][0], g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"]), off)
+    # the maximum of codes minus a constant, or of uint8 codes
+    _moves(g, op, lambda x: g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"]))
 
 
 def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
@@ -517,6 +517,14 @@ def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
     hence the shift to non-negative ones first, which also takes ``src``'s offset).  The entries
     are stored centred on ``out``'s zero point, as its readers want them (``Graph``).
     """
+    if _bytes_only(g, src) and np.dtype(g.tensors[out]["dtype"]) == np.uint8 and qmin == 0 and table.size == 256:
+        # uint8 codes from an integer kernel index the table as they are, and its entries go on
+        # as uint8 codes to the next integer kernel or data movement
+        idx = g.node("Cast", [g.bytes[src]], to=TensorProto.INT64)
+        row = g.node("ArrayFeatureExtractor", [g.const(table), idx], domain=ML_DOMAIN)
+        row = g.node("Reshape", [row, g.const(g.tensors[out]["shape"], np.int64)])
+        g.put_bytes(out, g.node("Cast", [row], to=TensorProto.UINT8))
+        return
     _table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
 
 
@@ -593,6 +601,9 @@ def _concat(g: Graph, op: dict, blobs: dict) -> None:
     if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
         raise NotFusable("lookup table or constant part")
     names = [op["inputs"][p["input"]] for p in op["attrs"]["parts"]]
+    if all(_bytes_only(g, t) for t in names) and _bytes_only_out(g, op):
+        g.put_bytes(op["outputs"][0], g.node("Concat", [g.bytes[t] for t in names], axis=op["attrs"]["axis"]))
+        return
     offsets = {g.base(t)[1] for t in names}
     off = offsets.pop() if len(offsets) == 1 else 0  # parts held alike stay so
     g.put(op["outputs"][0], g.node("Concat", [g.centered(t, off) for t in names], axis=op["attrs"]["axis"]), off)
@@ -600,20 +611,37 @@ def _concat(g: Graph, op: dict, blobs: dict) -> None:
 
 def _reshape(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    x, off = g.base(op["inputs"][0])
-    g.put(op["outputs"][0], g.node("Reshape", [x, g.const(op["attrs"]["out_shape"], np.int64)]), off)
+    _moves(g, op, lambda x: g.node("Reshape", [x, g.const(op["attrs"]["out_shape"], np.int64)]))
 
 
 def _transpose(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    x, off = g.base(op["inputs"][0])
-    g.put(op["outputs"][0], g.node("Transpose", [x], perm=op["attrs"]["perm"]), off)
+    _moves(g, op, lambda x: g.node("Transpose", [x], perm=op["attrs"]["perm"]))
 
 
 def _slice(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    x, off = g.base(op["inputs"][0])
-    g.put(op["outputs"][0], _slice_node(g, x, op["attrs"]["slices"]), off)
+    _moves(g, op, lambda x: _slice_node(g, x, op["attrs"]["slices"]))
+
+
+def _bytes_only(g: Graph, tensor: str) -> bool:
+    """Whether ``tensor`` is held only as uint8 codes (an integer kernel wrote it)."""
+    return tensor in g.bytes and tensor not in g.names
+
+
+def _bytes_only_out(g: Graph, op: dict) -> bool:
+    return all(np.dtype(g.tensors[t]["dtype"]) == np.uint8 for t in op["outputs"])
+
+
+def _moves(g: Graph, op: dict, move: Callable[[str], str]) -> None:
+    """A data-movement op (``move`` of the held tensor), on the uint8 codes where the input is
+    held only so: its output then stays uint8 for the next integer kernel, without casts."""
+    t = op["inputs"][0]
+    if _bytes_only(g, t) and _bytes_only_out(g, op):
+        g.put_bytes(op["outputs"][0], move(g.bytes[t]))
+        return
+    x, off = g.base(t)
+    g.put(op["outputs"][0], move(x), off)
 
 
 def _slice_node(g: Graph, x: str, slices: list) -> str:
@@ -626,10 +654,15 @@ def _split(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if any(a["tables"]):
         raise NotFusable("lookup table")
-    x, off = g.base(op["inputs"][0])
+    t = op["inputs"][0]
+    raw = _bytes_only(g, t) and _bytes_only_out(g, op)
+    x, off = (g.bytes[t], 0) if raw else g.base(t)
     for (start, end), out in zip(a["parts"], op["outputs"]):
-        g.put(out, g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64),
-                                    g.const([a["axis"]], np.int64)]), off)
+        part = g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64), g.const([a["axis"]], np.int64)])
+        if raw:
+            g.put_bytes(out, part)
+        else:
+            g.put(out, part, off)
 
 
 def _gather(g: Graph, op: dict, blobs: dict) -> None:
@@ -640,8 +673,10 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     upsampling path; otherwise one ``Gather`` per axis whose indices are not the identity."""
     if set(op["blobs"]) - {"table"}:
         raise NotFusable("constants")
-    x, off = g.base(op["inputs"][0])
-    shape = g.tensors[op["inputs"][0]]["shape"]
+    t = op["inputs"][0]
+    raw = "table" not in blobs and _bytes_only(g, t) and _bytes_only_out(g, op)  # uint8 codes moved as they are
+    x, off = (g.bytes[t], 0) if raw else g.base(t)
+    shape = g.tensors[t]["shape"]
     indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
     if all(f and len(ix) < 1 << 20 and np.array_equal(ix, np.repeat(np.arange(n), f))
@@ -654,8 +689,9 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
             if list(ix) != list(range(len(ix))):
                 x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
     if "table" in blobs:
-        _table_node(g, x, off, g.tensors[op["inputs"][0]]["dtype"], op["outputs"][0], blobs["table"],
-                    op["attrs"]["qmin"])
+        _table_node(g, x, off, g.tensors[t]["dtype"], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
+    elif raw:
+        g.put_bytes(op["outputs"][0], x)
     else:
         g.put(op["outputs"][0], x, off)
 

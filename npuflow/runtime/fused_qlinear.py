@@ -95,7 +95,8 @@ def _int32_accumulators(w: np.ndarray, bias: np.ndarray, mult: np.ndarray, ep: d
     w, bias = w.copy(), bias.copy()
     for c in np.flatnonzero(wide):
         value = ends[0][c]
-        for b in (np.round(np.float64(value) / np.float64(mult[c])), 2 ** 31 - 1, -(2 ** 31 - 1)):
+        for b in (nm.round_values(np.float64(value) / np.float64(mult[c]), nm.RoundMode.HALF_EVEN),
+                  2 ** 31 - 1, -(2 ** 31 - 1)):
             b = int(np.clip(b, -(2 ** 31 - 1), 2 ** 31 - 1))
             if codes(np.full(cout, b))[c] == value:
                 w[c], bias[c] = 0, b

@@ -99,11 +99,12 @@ def test_removed_quantize_and_dequantize_run_on_the_codes_identically(mnist, tar
     assert removable_names(original) == ["input_q", "logits_dq"]
     out = work / f"int8_{path.stem}.npuf"
     assert main(["modify", str(path), "--remove", "input_q", "--remove", "logits_dq", "-o", str(out)]) == 0
-    assert "the model input is now input_q int8 1x1x28x28" in capsys.readouterr().out
+    codes = "int8" if target == DPU else "uint8"  # the target's activation type
+    assert f"the model input is now input_q {codes} 1x1x28x28" in capsys.readouterr().out
     assert _minor(out) == 2 and _minor(path) == 0  # only files using 1.2 fields say 1.2
     modified = CompiledModel.load(out)  # the reader's schema accepts it
     (inp,), (outp,) = modified.inputs, modified.outputs
-    assert (inp["name"], inp["dtype"], outp["name"], outp["dtype"]) == ("input_q", "int8", "logits_q", "int8")
+    assert (inp["name"], inp["dtype"], outp["name"], outp["dtype"]) == ("input_q", codes, "logits_q", codes)
     removed = {r["name"]: r for r in modified.removed}
     assert removed["input_q"]["attrs"]["scale"] == inp["quant"]["scale"] == original.inputs[0]["quant"]["scale"]
     assert removed["logits_dq"]["attrs"]["zp"] == outp["quant"]["zero_point"]
@@ -149,7 +150,9 @@ def test_preprocessing_nodes_come_off_one_by_one(preprocessed, work):
     assert cast["engine"] == "onnx" and cast["attrs"]["to"] == onnx.TensorProto.FLOAT
     assert cast["input"]["layout"] == "NHWC"  # the build's runtime layout, not the rank's guess
     assert transpose["attrs"]["perm"] == [0, 3, 1, 2] and transpose["output"]["layout"] == "NCHW"
-    assert quantize["output"]["quant"]["zero_point"] != 0 and quantize["output"]["dtype"] == "int8"
+    # cpu-int8's uint8 codes of the frame's 0..255 values: the values themselves
+    assert quantize["output"]["quant"]["zero_point"] == 0 and quantize["output"]["dtype"] == "uint8"
+    assert quantize["output"]["quant"]["scale"] == 1.0
     assert sub["op"] == "eltwise" and current.inputs[0]["name"] == "input_pre_sub_mean_q"
     assert [s["engine"] for s in current.manifest["subgraphs"]] == ["integer"]  # the CPU subgraph is gone
 

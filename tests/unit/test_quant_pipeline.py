@@ -92,7 +92,7 @@ def test_power_of_two_scales_and_shared_scales(dpu_q):
 def test_cpu_target_uses_standard_quantize_linear_and_asymmetric_activations(cpu_q):
     ops = {n.op_type for n in cpu_q.model.graph.node}
     assert "QuantizeLinear" in ops and not cpu_q.model.functions
-    zps = [v for k, v in _inits(cpu_q.model).items() if k.endswith("_zero_point") and v.dtype == np.int8 and v.ndim == 0]
+    zps = [v for k, v in _inits(cpu_q.model).items() if k.endswith("_zero_point") and v.dtype == np.uint8 and v.ndim == 0]
     assert any(int(z) != 0 for z in zps)
 
 
@@ -143,7 +143,7 @@ def test_16bit_activations_and_4bit_weights_on_cpu_target():
     cfg = {"activation": {"bit_width": 16}, "input": {"bit_width": 16}, "weight": {"bit_width": 4}}
     q = npuflow.quantize(conv_net(), samples([1, 3, 8, 8], n=4), target="cpu-int8", config=cfg)
     inits = _inits(q.model)
-    assert inits["r1_zero_point"].dtype == np.int16
+    assert inits["r1_zero_point"].dtype == np.uint16  # the target's unsigned activations, at 16 bits
     w = inits["w1_quantized"]
     assert w.dtype == np.int8 and w.min() >= -8 and w.max() <= 7
     assert q.info["tensors"]["w1"]["bits"] == 4
