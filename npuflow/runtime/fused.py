@@ -251,7 +251,12 @@ def _requantize_float(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo:
     if double:  # float32(acc), rounded to nearest as numpy converts int64
         acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
     mult = channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
-    prod = g.node("Mul", [acc, g.const(mult)])
+    return _round_product(g, g.node("Mul", [acc, g.const(mult)]), ep, lo, hi)
+
+
+def _round_product(g: Graph, prod: str, ep: dict, lo: int, hi: int) -> tuple[str, int]:
+    """``numerics.round_values`` of a float32 product with ``ep``'s tie rule, saturated into
+    ``lo..hi``: centred ``(tensor, zero point)``."""
     recipe = nm.rounding_as_onnx(ep["round"])
     wide = recipe is not None and recipe[0] != 0  # numpy adds the offset in float64
     if wide:
@@ -387,7 +392,12 @@ def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
         raise NotFusable("fused float chain or ONNX Runtime QLinearAdd")
-    g.put(op["outputs"][0], *(_eltwise_float if "dequant" in a else _eltwise_shift)(g, op, blobs))
+    if "dequant" in a:
+        g.put(op["outputs"][0], *_eltwise_float(g, op, blobs))
+    elif a["epilogue"]["mode"] == "scale":
+        g.put(op["outputs"][0], *_eltwise_scale(g, op, blobs))
+    else:
+        g.put(op["outputs"][0], *_eltwise_shift(g, op, blobs))
 
 
 def _operand(g: Graph, op: dict, blobs: dict, k: int) -> tuple[str, int]:
@@ -428,6 +438,19 @@ def _eltwise_shift(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
     if shift > 0:
         return round_and_clip(g, v, ep, lo, hi, double=False)
     return centred_clip(g, v, ep["zp"], lo, hi, np.float32)
+
+
+def _eltwise_scale(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
+    """ONNX Runtime's ``QLinearMul`` (``numerics.requantize_float`` of the exact product of the
+    centred codes): the product is exact in float32 below 2^24, then the float32 multiplier."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if a["mode"] != "mul" or any(a["align"]) or np.ndim(ep["multiplier"]) or np.ndim(ep["zp"]):
+        raise NotFusable("per-channel or aligned float-scale product")
+    (x, rx), (y, ry) = _operand(g, op, blobs, 0), _operand(g, op, blobs, 1)
+    if rx * ry >= F32_BOUND:
+        raise NotFusable("product reaches 2^24")
+    v = g.node("Mul", [g.node("Mul", [x, y]), g.const(np.float32(ep["multiplier"]))])
+    return _round_product(g, v, ep, *clamp_bounds(ep))
 
 
 def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
@@ -489,8 +512,8 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     _no_table(op)
     shape = g.tensors[op["inputs"][0]]["shape"]
-    if a.get("qlinear") or ep["mode"] != "float" or ep.get("chain"):
-        raise NotFusable("ONNX Runtime QLinear pooling or fused float chain")
+    if a.get("qlinear") not in (None, "global") or ep["mode"] != "float" or ep.get("chain"):
+        raise NotFusable("ONNX Runtime windowed QLinear pooling or fused float chain")
     if list(a["out_shape"][2:]) != [1, 1] or any(a["pads"]) or list(shape[2:]) != list(a["kernel"]):
         raise NotFusable("pooling windows")
     if any(np.ndim(ep[k]) for k in ("acc_scale", "scale", "zp")):
@@ -499,6 +522,11 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
         raise NotFusable("sum reaches 2^24")
     x = g.centered(op["inputs"][0], a["x_zp"])
     v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
+    if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
+        mult = np.float32(ep["acc_scale"]) / (np.float32(ep["scale"]) * np.float32(shape[2] * shape[3]))
+        v = g.node("Mul", [v, g.const(mult)])
+        g.put(op["outputs"][0], *_round_product(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
+        return
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
     v = g.node("Div", [v, g.const(ep["scale"])])
     recipe = nm.rounding_as_onnx(ep["round"])

@@ -24,7 +24,8 @@ MODELS = {
 
 @pytest.mark.parametrize("key,target", [("mnist", "DPUCZDX8G_ISA1_B4096"), ("mnist", "cpu-int8"),
                                         ("yolov8n", "DPUCZDX8G_ISA1_B4096"), ("yolov8n", "bernoulli2"),
-                                        ("ppocr_det", "bernoulli2")])
+                                        ("yolov8n", "cpu-int8"), ("ppocr_det", "bernoulli2"),
+                                        ("ppocr_det", "cpu-int8")])
 def test_fused_equals_kernels_on_real_models(key, target):
     fetch, name, shape = MODELS[key]
     rng = np.random.default_rng(0)
@@ -41,3 +42,7 @@ def test_fused_equals_kernels_on_real_models(key, target):
     assert runs >= 1
     if key == "ppocr_det":  # every op of the detector is one fused run now
         assert runs == 1 and not reasons, reasons
+    if target == "cpu-int8" and key != "mnist":  # uint8: the convolutions on ONNX Runtime's integer kernels
+        kinds = {n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
+                 if isinstance(it, fused.FusedRun) for n in it._graph.nodes}
+        assert "QLinearConv" in kinds and "Conv" not in kinds, kinds
