@@ -31,9 +31,14 @@ all elementwise functions of one 8-bit tensor (SiLU's and hard-swish's ``Mul`` o
 and output, tables of tables, one-value scale and offset) is one table of that tensor, computed
 by the op's own kernel on every code.
 
-An op whose bound or form does not allow this (16-bit inputs split into bytes, fused float
-chains, ``std_round`` ties, ORT's QLinearAdd arithmetic, windowed averages, matmuls, ...) runs as
-its kernel between two graphs; ``Plan.reasons`` says why, per op.
+A convolution's fused float chain (LeakyReLU, hard-sigmoid, hard-swish) is its float32
+operations, one node each, as ``epilogues.eval_chain`` computes them; on uint8 float-scale
+groups ONNX Runtime's own integer kernels do the work where they are the arithmetic
+(``fused_qlinear``).
+
+An op whose bound or form does not allow this (16-bit inputs split into bytes, eltwise chains,
+``std_round`` ties, windowed averages, matmuls, ...) runs as its kernel between two graphs;
+``Plan.reasons`` says why, per op.
 """
 
 from __future__ import annotations
@@ -154,8 +159,8 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
     weights.
     """
     a, ep = op["attrs"], op["attrs"]["epilogue"]
-    if ep.get("chain") or ep["mode"] not in ("shift", "scale", "fixed"):
-        raise NotFusable("float epilogue")
+    if ep["mode"] not in ("shift", "scale", "fixed", "float") or (ep.get("chain") and ep["mode"] != "float"):
+        raise NotFusable(f"{ep['mode']} epilogue with a chain")
     cout = w.shape[0]
     bias = np.asarray(bias, np.float64).reshape(-1)
     lshift = channel(a["lshift"], cout)
@@ -178,7 +183,81 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
         acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
         return _requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
     acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
+    if ep["mode"] == "float":
+        return _float_epilogue(g, acc, double, ep, cout)
     return (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
+
+
+def _float_epilogue(g: Graph, acc: str, double: bool, ep: dict, cout: int) -> tuple[str, int]:
+    """The kernels' float epilogue (``epilogues.make_epilogue``): ``float32(acc) * acc_scale``, the
+    fused chain (LeakyReLU, the DPU's hard-sigmoid, hard-swish) in float32 as
+    ``epilogues.eval_chain`` computes it, one IEEE operation per ONNX node, then
+    ``numerics.quantize``."""
+    if double:  # float32(acc), rounded to nearest as numpy converts int64
+        acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
+    scale = np.broadcast_to(np.asarray(ep["acc_scale"], np.float32).reshape(-1), (cout,))
+    v = g.node("Mul", [acc, g.const(scale.reshape(1, cout, 1, 1))])
+    v = _chain(g, v, ep.get("chain", []), ep.get("result", "$x"))
+    if np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
+        raise NotFusable("per-channel output scale")
+    return _quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep)))
+
+
+def _chain(g: Graph, x: str, steps: list[dict], result: str) -> str:
+    """``epilogues.eval_chain`` as ONNX nodes on the float32 value ``x``: the same float32
+    operations in the same order (HardSigmoid and HardSwish spelled out as their multiply, add
+    and clip, as numpy computes them, not as ONNX Runtime's fused kernels)."""
+    env = {"$x": x}
+
+    def get(ref):
+        if ref is None:
+            return None
+        return env[ref["t"]] if "t" in ref else g.const(np.float32(ref["c"]))
+
+    def clip(v: str, lo, hi) -> str:
+        if lo is not None:
+            v = g.node("Max", [v, lo if isinstance(lo, str) else g.const(np.float32(lo))])
+        if hi is not None:
+            v = g.node("Min", [v, hi if isinstance(hi, str) else g.const(np.float32(hi))])
+        return v
+
+    for st in steps:
+        args, op, a = [get(r) for r in st["in"]], st["op"], st["attrs"]
+        v = args[0]
+        if op == "Relu":
+            y = g.node("Relu", [v])
+        elif op == "Clip":
+            y = clip(v, args[1] if len(args) > 1 and args[1] is not None else a.get("min"),
+                     args[2] if len(args) > 2 and args[2] is not None else a.get("max"))
+        elif op == "LeakyRelu":
+            negative = g.node("Mul", [v, g.const(np.float32(a.get("alpha", 0.01)))])
+            y = g.node("Where", [g.node("GreaterOrEqual", [v, g.const(np.float32(0))]), v, negative])
+        elif op in ("Add", "Sub", "Mul", "Div"):
+            y = g.node(op, [v, args[1]])
+        elif op == "HardSigmoid":
+            y = g.node("Add", [g.node("Mul", [g.const(np.float32(a.get("alpha", 0.2))), v]),
+                               g.const(np.float32(a.get("beta", 0.5)))])
+            y = clip(y, 0.0, 1.0)
+        elif op == "HardSwish":
+            gate = g.node("Add", [g.node("Mul", [v, g.const(np.float32(1 / 6))]), g.const(np.float32(0.5))])
+            y = g.node("Mul", [v, clip(gate, 0.0, 1.0)])
+        else:
+            raise NotFusable(f"chain op {op}")
+        env[st["out"]] = y
+    return env[result]
+
+
+def _quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple[str, int]:
+    """``numerics.quantize`` of float32 ``v``: float32 division by ``scale``, the tie rule of
+    ``ep`` (its offset added in float64, as numpy does), saturation into ``lo..hi``; centred."""
+    recipe = nm.rounding_as_onnx(ep["round"])
+    if recipe is None:
+        raise NotFusable(f"tie rule {ep['round']}")
+    v = g.node("Div", [v, g.const(np.float32(scale))])
+    wide = recipe[0] != 0
+    if wide:
+        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
+    return round_and_clip(g, v, ep, lo, hi, double=wide)
 
 
 def _shift_folded(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
@@ -729,16 +808,9 @@ def _quantize(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if np.ndim(a["scale"]) or np.ndim(a["zp"]):
         raise NotFusable("per-channel quantize step")
-    recipe = nm.rounding_as_onnx(a["round"])
-    if recipe is None:
-        raise NotFusable(f"tie rule {a['round']}")
-    v = g.node("Div", [g.read(op["inputs"][0]), g.const(a["scale"])])
-    lo, hi = nm.qrange(a["bits"], a["signed"])
     ep = {"round": a["round"], "zp": a["zp"]}
-    wide = recipe[0] != 0
-    if wide:
-        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    g.put(op["outputs"][0], *round_and_clip(g, v, ep, lo, hi, double=wide))
+    g.put(op["outputs"][0], *_quantize_value(g, g.read(op["inputs"][0]), a["scale"], ep,
+                                             *nm.qrange(a["bits"], a["signed"])))
 
 
 def _dequantize(g: Graph, op: dict, blobs: dict) -> None:

@@ -460,3 +460,29 @@ def test_pad_of_the_zero_point_becomes_the_convolutions_padding(dtype, zp, value
     assert ("Pad" in ops) == bool(value) and ops.count("Conv") == 2, ops
     if not value:  # and no pass for the zero point: conv, requantisation, conv
         assert ops[ops.index("Conv"):].count("Add") + ops.count("Sub") == 0, ops
+
+
+@pytest.mark.parametrize("act", ["leaky", "hardswish", "hardsigmoid"])
+@pytest.mark.parametrize("target", [DPU, CPU])
+def test_float_chain_epilogues_fuse_exactly(act, target):
+    # a convolution with its activation fused as a float chain (the DPU's LeakyReLU 26/256,
+    # PP-LCNet's hard-swish, the SE block's hard-sigmoid): the chain's float32 operations, one ONNX
+    # node each, in the fused graph, equal the kernels' numpy evaluation bit for bit
+    rng = np.random.default_rng(37)
+    b = Builder("half_up" if target == DPU else "half_even")
+    s = (lambda n: 2.0 ** -n) if target == DPU else (lambda n: 0.83 * 2.0 ** -n)
+    x = b.input("x", [1, 8, 11, 13], s(5))
+    w = b.weight("w", rng.normal(0, 0.3, (16, 8, 3, 3)).astype(np.float32), s(7))
+    c = b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1])
+    if act == "leaky":
+        c = b.node("LeakyRelu", [c], "act", alpha=26 / 256)
+    elif act == "hardswish":
+        c = b.node("HardSwish", [c], "act")
+    else:
+        c = b.node("HardSigmoid", [c], "act", alpha=1 / 6, beta=0.5)
+    b.output(b.quantize(c, s(4)), "out")
+    compiled = npuflow.compile(b.model(), target)
+    (conv,) = [op for sg in compiled.manifest["subgraphs"] for op in sg.get("ops", []) if op["op"] == "conv"]
+    assert conv["attrs"]["epilogue"]["mode"] == "float" and conv["attrs"]["epilogue"]["chain"]
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 11, 13], 38, scale=3.0)}, target)
+    assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
