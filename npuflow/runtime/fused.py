@@ -37,7 +37,8 @@ groups ONNX Runtime's own integer kernels do the work where they are the arithme
 (``fused_qlinear``).
 
 An op whose bound or form does not allow this (16-bit inputs split into bytes, eltwise chains,
-``std_round`` ties, windowed averages, matmuls, ...) runs as its kernel between two graphs;
+``std_round`` ties, windowed averages, products of two activations, ...) runs as its kernel
+between two graphs;
 ``Plan.reasons`` says why, per op.
 """
 
@@ -71,7 +72,7 @@ _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
 DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
-_COMPUTE_OPS = {"conv", "conv_transpose", "eltwise", "lut", "maxpool"}
+_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "maxpool"}
 
 
 # --- ops ------------------------------------------------------------------------------------
@@ -108,6 +109,30 @@ def _conv(g: Graph, op: dict, blobs: dict) -> None:
     if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
         y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
     g.put(op["outputs"][0], y, zp)
+
+
+def _matmul(g: Graph, op: dict, blobs: dict) -> None:
+    """``x (..., K) @ w (K, N) + bias`` as a 1x1 convolution of the rows: ``x`` viewed as
+    (1, K, rows, 1), the weights as (N, K, 1, 1); bounds, chunks and requantisation as
+    :func:`_conv`, the result moved back to (..., N)."""
+    a = op["attrs"]
+    if a.get("wide"):
+        raise NotFusable("16-bit inputs")
+    w = np.asarray(blobs["w"], np.float64)
+    t = op["inputs"][0]
+    shape, (k, n) = list(g.tensors[t]["shape"]), w.shape
+    rows = int(np.prod(shape[:-1]))
+    x, off = g.base(t)
+    x = g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [x, g.const([rows, k], np.int64)])], perm=[1, 0]),
+                           g.const([1, k, rows, 1], np.int64)])
+    as_conv = {"attrs": {**a, "group": 1}, "inputs": [t]}
+
+    def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
+        return g.node("Conv", [xs, g.const(wc)] + ([] if bias is None else [g.const(bias)]), kernel_shape=[1, 1])
+
+    y, zp = _convolve(g, as_conv, x, off, w.T.reshape(n, k, 1, 1), blobs["b"], emit)
+    y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
+    g.put(op["outputs"][0], g.node("Reshape", [y, g.const(a["out_shape"], np.int64)]), zp)
 
 
 def _conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
@@ -833,7 +858,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
-    "conv": _conv, "conv_transpose": _conv_transpose, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
+    "conv": _conv, "conv_transpose": _conv_transpose, "matmul": _matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
 }

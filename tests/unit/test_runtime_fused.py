@@ -486,3 +486,21 @@ def test_float_chain_epilogues_fuse_exactly(act, target):
     assert conv["attrs"]["epilogue"]["mode"] == "float" and conv["attrs"]["epilogue"]["chain"]
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 11, 13], 38, scale=3.0)}, target)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
+
+
+@pytest.mark.parametrize("target,k", [(DPU, 24), (DPU, 4096), (CPU, 24), (CPU, 4096)])  # 4096: float64 chunks
+def test_matmul_with_constant_weights_fuses_exactly(target, k):
+    # a fully connected layer (rows x K @ K x N + bias) as a 1x1 convolution of the rows
+    rng = np.random.default_rng(43)
+    b = Builder("half_up" if target == DPU else "half_even")
+    s = (lambda n: 2.0 ** -n) if target == DPU else (lambda n: 0.83 * 2.0 ** -n)
+    x = b.input("x", [5, k], s(5))
+    w = b.weight("w", rng.normal(0, 0.6, (7, k)).astype(np.float32), s(7))
+    bias = b.bias("b", rng.normal(0, 0.5, 7), np.float32(s(5)) * np.float32(s(7)))
+    b.output(b.quantize(b.node("Gemm", [b.dq(x), w, bias], "fc", transB=1), s(1) if k > 100 else s(4)), "out")
+    compiled = npuflow.compile(b.model(), target)
+    assert [op["op"] for sg in compiled.manifest["subgraphs"] for op in sg.get("ops", [])].count("matmul") == 1
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([5, k], 44, scale=8.0)}, target)
+    assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
+    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
+    assert ("Sum" in {n.op_type for n in run._graph.nodes}) == (k > 100)  # the long reduction in chunks
