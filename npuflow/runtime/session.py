@@ -166,6 +166,9 @@ class Session:
         # the first program is the one runners(), run_op() and the description refer to
         self._subgraphs, self._executors = first.subgraphs, first.executors
         self._inputs, self._outputs = first.input_infos, first.output_infos
+        #: per input, the dimensions every program shares (the others select a program)
+        self._fixed_dims = {t.name: [k for k in range(len(t.shape))
+                                     if len({p.inputs[t.name][k] for p in self._programs}) == 1] for t in self._inputs}
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
 
@@ -205,11 +208,13 @@ class Session:
         share must match exactly.  ``NPF_RUNTIME_INPUT_SHAPE`` / ``NPF_RUNTIME_SHAPE_TOO_LARGE``."""
         for t in self._inputs:
             got = tuple(shapes[t.name])
-            fixed = [k for k in range(len(t.shape)) if len({p.inputs[t.name][k] for p in self._programs}) == 1]
+            fixed = self._fixed_dims[t.name]
             if len(got) != len(t.shape) or any(got[k] != t.shape[k] for k in fixed):
                 expected = "x".join("?" if k not in fixed else str(d) for k, d in enumerate(t.shape))
                 raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t.name, got=list(got),
                                    expected=expected if len(self._programs) > 1 else list(t.shape))
+        if len(self._programs) == 1:  # every dimension is fixed, and matched above
+            return 0
         fits = [k for k, p in enumerate(self._programs)
                 if all(g <= d for name, shape in shapes.items() for g, d in zip(shape, p.inputs[name]))]
         if not fits:
