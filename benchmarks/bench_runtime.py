@@ -56,8 +56,9 @@ import npuflow  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8", "bernoulli2": "bernoulli2"}
-CASES = ("effnet:B4096:1,yolo:B4096:1,effnet:cpu-int8:1,yolo:cpu-int8:1,yolo:bernoulli2:1,det:bernoulli2:1,"
-         "yolo:B4096:8")  # EfficientNet's batch is fixed to 1
+CASES = ("effnet:B4096:1,yolo:B4096:1,det:B4096:1,rec:B4096:1,cls:B4096:1,mnist:B4096:1,"
+         "effnet:cpu-int8:1,yolo:cpu-int8:1,det:cpu-int8:1,rec:cpu-int8:1,cls:cpu-int8:1,mnist:cpu-int8:1,"
+         "yolo:bernoulli2:1,det:bernoulli2:1,yolo:B4096:8")  # EfficientNet's batch is fixed to 1
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
 
@@ -72,6 +73,10 @@ MODELS = {
                lambda n: D.efficientnet("calib", n)[0]),
     "yolo": ("YOLOv8n (320)", fixture_models.yolov8n, "images", [3, 320, 320], lambda n: D.yolo("calib", n)),
     "det": ("PP-OCRv4 det (320)", fixture_models.ppocr_det, "x", [3, 320, 320], _det_inputs),
+    "rec": ("PP-OCRv4 rec", fixture_models.ppocr_rec, "x", [3, 48, 320], lambda n: D.ocr_lines("calib", n)[0]),
+    "cls": ("PP-OCR cls", fixture_models.ppocr_cls, "x", [3, 48, 192],
+            lambda n: [{"x": np.ascontiguousarray(s["x"][..., :192])} for s in D.ocr_lines("calib", n)[0]]),
+    "mnist": ("MNIST CNN", fixture_models.mnist_cnn, "input", [1, 28, 28], lambda n: D.mnist("calib", n)[0]),
 }
 
 
