@@ -491,7 +491,7 @@ def _shift_round_int64(g: Graph, v: str, mode: str, shift: np.ndarray) -> str:
 
 
 def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
-    if _as_table(g, op, blobs) or fused_qlinear.add(g, op):
+    if _as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op):
         return
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
@@ -674,6 +674,8 @@ def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndar
 
 
 def _lut(g: Graph, op: dict, blobs: dict) -> None:
+    if _bytes_only(g, op["inputs"][0]) and fused_qlinear.sigmoid(g, op, blobs["table"]):
+        return
     if not _as_table(g, op, blobs):
         _lookup(g, op["inputs"][0], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
 

@@ -9,6 +9,13 @@ as float graphs they cost a float32 convolution and four passes over float tenso
 Runtime's own ``QLinearConv`` (uint8 activations, int8 weights: its int8 GEMM, VNNI where the CPU
 has it) and ``com.microsoft.QLinearAdd`` compute the same codes in one integer kernel each.
 
+A table that ``com.microsoft.QLinearSigmoid`` reproduces on all 256 codes (a sigmoid) and a
+float-scale product that ``com.microsoft.QLinearMul`` computes as ``numerics`` does for all 65,536
+pairs of codes run as those kernels too, checked per op at load: they keep the codes uint8 and
+ONNX Runtime's channels-last layout, where a lookup through float32 indices breaks both (YOLOv8n's
+SiLU: 121 layout transposes).  ``QLinearMul`` adds the zero point before rounding, ``numerics``
+after, so where a product lands exactly on a tie the check refuses it and the float form serves.
+
 The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort_integer_kernel``),
 so the tensors they read and write are uint8 codes, held as such between two integer kernels
 (``Graph.as_bytes``) and given a float32 view only where a float op reads them.
@@ -136,6 +143,62 @@ def add(g: Graph, op: dict) -> bool:
         g.as_bytes(names[1]), g.scalar(sb), g.scalar(zb, np.uint8),
         g.scalar(sc), g.scalar(zc, np.uint8)], domain=MS_DOMAIN)
     g.put_bytes(out, y)
+    return True
+
+
+def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
+    """Write lookup-table ``op`` as ``com.microsoft.QLinearSigmoid`` on uint8 codes when that
+    kernel, run at load on all 256 codes with the tensors' scales, gives exactly ``table`` (a
+    sigmoid of a uint8 group: ONNX Runtime's own table); say whether it did.  Unlike a lookup
+    through float32 indices it keeps the codes uint8 and ONNX Runtime's channels-last layout."""
+    x, out = op["inputs"][0], op["outputs"][0]
+    params = [g.tensors[t].get("quant") or {} for t in (x, out)]
+    if not _uint8(g.tensors[x]["dtype"], g.tensors[out]["dtype"]) or table.size != 256 \
+            or any(np.ndim(q.get("scale")) or np.ndim(q.get("zero_point")) or "scale" not in q for q in params) \
+            or x not in g.bytes or not exact():
+        return False
+    (sx, zx), (sy, zy) = ((np.float32(q["scale"]), np.uint8(q["zero_point"])) for q in params)
+    inits = [numpy_helper.from_array(v, n) for v, n in ((sx, "sx"), (zx, "zx"), (sy, "sy"), (zy, "zy"))]
+    node = helper.make_node("QLinearSigmoid", ["x", "sx", "zx", "sy", "zy"], ["y"], domain=MS_DOMAIN)
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits).run(
+        None, {"x": codes})[0]
+    if not np.array_equal(got.reshape(-1), np.asarray(table).reshape(-1)):
+        return False
+    g.put_bytes(out, g.node("QLinearSigmoid", [g.as_bytes(x), g.scalar(sx), g.scalar(zx, np.uint8), g.scalar(sy),
+                                               g.scalar(zy, np.uint8)], domain=MS_DOMAIN))
+    return True
+
+
+def mul(g: Graph, op: dict) -> bool:
+    """Write eltwise ``op`` (ONNX Runtime's ``QLinearMul`` arithmetic, the ``scale`` epilogue) as
+    ``com.microsoft.QLinearMul`` on uint8 operands of the output's shape, when that kernel gives
+    ``numerics.requantize_float`` of the exact product for every pair of codes (run at load on
+    all 65,536); say whether it did."""
+    a, ep = op["attrs"], op["attrs"].get("epilogue") or {}
+    if a.get("mode") != "mul" or ep.get("mode") != "scale" or ep.get("chain") or any(a.get("align", [1])) \
+            or np.ndim(ep["multiplier"]) or np.ndim(ep["zp"]) or any("const" in o for o in a["operands"]) \
+            or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
+        return False
+    names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
+    shape = list(g.tensors[out]["shape"])
+    if not _uint8(ep["dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
+            or any(list(g.tensors[t]["shape"]) != shape for t in names) or clamp_bounds(ep) != (0, 255) or not exact():
+        return False
+    za, zb = (int(o["zp"]) for o in a["operands"])
+    m, zc = np.float32(ep["multiplier"]), int(ep["zp"])
+    pa, pb = (v.reshape(1, 1, 256, 256) for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    want = np.clip(nm.requantize_float((pa - za) * (pb - zb), m, nm.RoundMode.HALF_EVEN) + zc, 0, 255)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (m, "sa"), (np.uint8(za), "za"), (np.float32(1), "one"), (np.uint8(zb), "zb"), (np.uint8(zc), "zc"))]
+    node = helper.make_node("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], ["y"], domain=MS_DOMAIN)
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, pa.shape) for n in ("a", "b")]
+    got = _session([node], ins, inits).run(None, {"a": pa.astype(np.uint8), "b": pb.astype(np.uint8)})[0]
+    if not np.array_equal(got, want):
+        return False
+    g.put_bytes(out, g.node("QLinearMul", [
+        g.as_bytes(names[0]), g.scalar(m), g.scalar(za, np.uint8), g.as_bytes(names[1]), g.scalar(1.0),
+        g.scalar(zb, np.uint8), g.scalar(1.0), g.scalar(zc, np.uint8)], domain=MS_DOMAIN))
     return True
 
 

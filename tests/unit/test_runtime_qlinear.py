@@ -72,10 +72,14 @@ def test_probe_notices_kernels_that_round_otherwise(monkeypatch):
     assert not fused_qlinear.exact.__wrapped__()
 
 
-def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels():
-    # YOLOv8's C2f on uint8: conv -> SiLU (sigmoid table, Mul: one table) -> split -> conv on one
-    # half -> concat -> max pool -> 2x nearest resize -> conv: the codes stay uint8 from kernel
-    # to kernel (no float32 view, no cast), and equal the kernels' bit for bit
+@pytest.mark.parametrize("silu_scale", [0.033, 0.0331])
+def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels(silu_scale):
+    # YOLOv8's C2f on uint8: conv -> SiLU (QLinearSigmoid, then QLinearMul) -> split -> conv on
+    # one half -> concat -> max pool -> 2x nearest resize -> conv: the codes stay uint8 from kernel
+    # to kernel (no float32 view, no cast), and equal the kernels' bit for bit.  With the SiLU
+    # output on 0.033, 190 of the 65,536 code pairs are exact ties, which ONNX Runtime's
+    # QLinearMul rounds after adding the zero point (numerics: before), so the probe keeps the
+    # float form of that product; on 0.0331 there is no tie and QLinearMul serves
     rng = np.random.default_rng(41)
     b = Builder("half_even")
     x = b.input("x", [1, 8, 12, 12], 0.043, 128, "uint8")
@@ -87,18 +91,21 @@ def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels():
 
     c = conv(x, 8, 8, "conv", 3)
     s = b.quantize(b.node("Sigmoid", [b.dq(c)], "sig"), 1 / 256, 0, "uint8")
-    m = b.quantize(b.node("Mul", [b.dq(c), b.dq(s)], "silu"), 0.033, 9, "uint8")
+    m = b.quantize(b.node("Mul", [b.dq(c), b.dq(s)], "silu"), silu_scale, 9, "uint8")
     halves = b.node("Split", [b.dq(m), b.const("sizes", np.array([4, 4], np.int64))], "split", n_out=2, axis=1)
-    h0, h1 = (b.quantize(h, 0.033, 9, "uint8") for h in halves)
-    e = conv(h1, 4, 4, "inner", scale=0.033, zp=9)  # the concat's parts and output share their grid
-    cat = b.quantize(b.node("Concat", [b.dq(h0), b.dq(e)], "concat", axis=1), 0.033, 9, "uint8")
-    p = b.quantize(b.node("MaxPool", [b.dq(cat)], "pool", kernel_shape=[2, 2], strides=[2, 2]), 0.033, 9, "uint8")
+    h0, h1 = (b.quantize(h, silu_scale, 9, "uint8") for h in halves)
+    e = conv(h1, 4, 4, "inner", scale=silu_scale, zp=9)  # the concat's parts and output share their grid
+    cat = b.quantize(b.node("Concat", [b.dq(h0), b.dq(e)], "concat", axis=1), silu_scale, 9, "uint8")
+    p = b.quantize(b.node("MaxPool", [b.dq(cat)], "pool", kernel_shape=[2, 2], strides=[2, 2]), silu_scale, 9,
+                   "uint8")
     r = b.node("Resize", [b.dq(p), "", b.const("scales", np.array([1, 1, 2, 2], np.float32))], "up", mode="nearest")
-    b.output(conv(b.quantize(r, 0.033, 9, "uint8"), 8, 4, "last"), "out")
+    b.output(conv(b.quantize(r, silu_scale, 9, "uint8"), 8, 4, "last"), "out")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 12, 12], 8, 2.0)}, CPU)
     assert not plan.reasons, plan.reasons
     ops = _live_ops(plan)
     core = ops[ops.index("QLinearConv"):len(ops) - ops[::-1].index("QLinearConv")]
     assert core.count("QLinearConv") == 3 and {"Slice", "Concat", "MaxPool", "Resize"} <= set(core), ops
-    # the table: its index cast, the lookup, its shape, its cast back to uint8; nothing else casts
-    assert core.count("ArrayFeatureExtractor") == 1 and core.count("Cast") == 2, core
+    assert core.count("QLinearSigmoid") == 1 and "ArrayFeatureExtractor" not in core, core
+    assert ("QLinearMul" in core) == (silu_scale != 0.033), core
+    if "QLinearMul" in core:  # nothing leaves uint8
+        assert "Cast" not in core, core
