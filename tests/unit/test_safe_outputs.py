@@ -211,11 +211,28 @@ def test_interrupted_bench_stops_its_threads():
         def run(self, feed):
             time.sleep(0.002)
 
-    main_thread = threading.main_thread().ident  # a real SIGINT, as Ctrl-C sends: it wakes the blocked join
-    threading.Timer(0.3, signal.pthread_kill, (main_thread, signal.SIGINT)).start()
+    # a real SIGINT, as Ctrl-C sends: it wakes the blocked join.  Sent again every 0.3 s until
+    # bench returns: a signal that lands between CPython's check of pending signals and its wait
+    # on the join's lock is lost (the wait is not woken again), which hung this test under load.
+    main_thread, done = threading.main_thread().ident, threading.Event()
+
+    def interrupt() -> None:
+        while not done.wait(0.3):
+            signal.pthread_kill(main_thread, signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
     t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        bench(SlowSession(), thread_num=2, frame_count=10**9, inputs={})
+        try:
+            bench(SlowSession(), thread_num=2, frame_count=10**9, inputs={})
+        finally:
+            done.set()
+            while sender.is_alive():  # the last signal may still come: it is swallowed here
+                try:
+                    sender.join()
+                except KeyboardInterrupt:
+                    pass
     assert time.perf_counter() - t0 < 10
     assert not [t for t in threading.enumerate() if t.name.startswith("bench-") and t.is_alive()]
 
