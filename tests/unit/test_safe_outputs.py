@@ -247,7 +247,11 @@ def test_ctrl_c_while_the_cli_is_still_importing_prints_one_line():
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-c", "import npuflow_launcher as m; m.run()", "targets"]  # what the script runs
+    # what the script runs, after restoring SIGINT as a terminal's process has it (a full run's
+    # worker may have left it ignored or blocked, which the child would inherit)
+    restore = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); ")
+    cmd = [sys.executable, "-c", restore + "import npuflow_launcher as m; m.run()", "targets"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.8)  # past interpreter start-up, well inside the import of onnx/onnxruntime/numpy
     p.send_signal(signal.SIGINT)
