@@ -58,9 +58,10 @@ from ..errors import NpuflowError
 from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
+from .fused_conv import conv, conv_transpose, matmul
 from .kernels import KERNELS
-from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, channel, clamp_bounds,
-                          code_range, input_name, code_reach, round_and_clip)
+from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
+                          code_reach, input_name, quantize_value, round_and_clip, round_float, slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
@@ -76,418 +77,6 @@ _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "maxpool"}
 
 
 # --- ops ------------------------------------------------------------------------------------
-
-
-def _conv(g: Graph, op: dict, blobs: dict) -> None:
-    a = op["attrs"]
-    if a.get("split_bytes"):
-        raise NotFusable("16-bit input split into bytes")
-    w = np.asarray(blobs["w"], np.float64)
-    t, pads = op["inputs"][0], a["pads"]
-    padded = g.pads.get(t)
-    if padded and not any(pads) and len(a["out_shape"]) == 4 and padded[2] == a["x_zp"] \
-            and not np.any(padded[1][:2]) and np.all(np.asarray(padded[1]) >= 0):
-        # a constant pad of the input's zero point read only here: the convolution's own zero
-        # padding of the centred input (the Pad node then has no reader left and is dropped)
-        t, width = padded[0], np.asarray(padded[1])
-        pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
-    if fused_qlinear.conv(g, op, t, pads, blobs):
-        return
-    if any(pads):  # zero padding stands for the code x_zp: read the input centred on it
-        x, off = g.centered(t, a["x_zp"]), a["x_zp"]
-    else:  # sum(w * (x - zp)) = sum(w * x) - zp * sum(w): the zero point moves into the bias
-        x, off = g.base(t)
-    if list(g.tensors[t]["shape"]) != list(a["in_shape"]) and t == op["inputs"][0]:
-        x = g.node("Reshape", [x, g.const(a["in_shape"], np.int64)])
-    attrs = {"pads": pads, "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
-             "kernel_shape": list(w.shape[2:])}
-
-    def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
-        return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), **attrs)
-
-    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit)
-    if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
-        y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
-    g.put(op["outputs"][0], y, zp)
-
-
-def _matmul(g: Graph, op: dict, blobs: dict) -> None:
-    """``x (..., K) @ w (K, N) + bias`` as a 1x1 convolution of the rows: ``x`` viewed as
-    (1, K, rows, 1), the weights as (N, K, 1, 1); bounds, chunks and requantisation as
-    :func:`_conv`, the result moved back to (..., N)."""
-    a = op["attrs"]
-    if a.get("wide"):
-        raise NotFusable("16-bit inputs")
-    w = np.asarray(blobs["w"], np.float64)
-    t = op["inputs"][0]
-    shape, (k, n) = list(g.tensors[t]["shape"]), w.shape
-    rows = int(np.prod(shape[:-1]))
-    x, off = g.base(t)
-    x = g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [x, g.const([rows, k], np.int64)])], perm=[1, 0]),
-                           g.const([1, k, rows, 1], np.int64)])
-    as_conv = {"attrs": {**a, "group": 1}, "inputs": [t]}
-
-    def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
-        return g.node("Conv", [xs, g.const(wc)] + ([] if bias is None else [g.const(bias)]), kernel_shape=[1, 1])
-
-    y, zp = _convolve(g, as_conv, x, off, w.T.reshape(n, k, 1, 1), blobs["b"], emit)
-    y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
-    g.put(op["outputs"][0], g.node("Reshape", [y, g.const(a["out_shape"], np.int64)]), zp)
-
-
-def _conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
-    """A transposed convolution as ONNX ``ConvTranspose`` on the full output, cut as the kernel
-    cuts it (``pads`` at the start, ``out_shape`` long).  Bounds and requantisation as
-    :func:`_conv`, with the weights seen per output channel; an output element sums a subset of
-    the taps the bound counts."""
-    a = op["attrs"]
-    if a.get("wide"):
-        raise NotFusable("16-bit products")
-    wn = np.asarray(blobs["w"], np.float64)  # (cin, cout / group, kh, kw)
-    cin, cout_g, kh, kw = wn.shape
-    group = a["group"]
-    cin_g = cin // group
-    h, wd = g.tensors[op["inputs"][0]]["shape"][2:]
-    ys, pads, strides, dil = a["out_shape"], a["pads"], a["strides"], a["dilations"]
-    full = [(h - 1) * strides[0] + (kh - 1) * dil[0] + 1, (wd - 1) * strides[1] + (kw - 1) * dil[1] + 1]
-    if pads[0] + ys[2] > full[0] or pads[1] + ys[3] > full[1]:
-        raise NotFusable("output beyond the transposed convolution's reach")
-
-    def node_layout(wc: np.ndarray) -> np.ndarray:
-        return wc.reshape(group, cout_g, -1, kh, kw).transpose(0, 2, 1, 3, 4).reshape(-1, cout_g, kh, kw)
-
-    def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
-        v = g.node("ConvTranspose", [xs, g.const(node_layout(wc))] + ([] if b is None else [g.const(b)]),
-                   strides=strides, dilations=dil, group=group, kernel_shape=[kh, kw])
-        if [pads[0], pads[1], pads[0] + ys[2], pads[1] + ys[3]] != [0, 0, *full]:
-            v = _slice_node(g, v, [[0, ys[0], 1], [0, ys[1], 1], [pads[0], pads[0] + ys[2], 1],
-                                   [pads[1], pads[1] + ys[3], 1]])
-        return v
-
-    wc = wn.reshape(group, cin_g, cout_g, kh, kw).transpose(0, 2, 1, 3, 4).reshape(group * cout_g, cin_g, kh, kw)
-    x = g.centered(op["inputs"][0], a["x_zp"])
-    g.put(op["outputs"][0], *_convolve(g, op, x, a["x_zp"], wc, blobs["b"], emit))
-
-
-Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
-
-
-def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
-              emit: Emit) -> tuple[str, int]:
-    """The exact accumulator of a (transposed) convolution and its requantisation: the output
-    codes centred, ``(tensor, offset)``.
-
-    ``x`` holds the input codes minus ``off``; where that is not the input zero point, every
-    output sees every tap (no padding: the caller centres padded inputs), so the rest of the zero
-    point moves into the bias.  ``w`` is in convolution layout (output channel, input channel of
-    its group, kh, kw), which the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such
-    weights.
-    """
-    a, ep = op["attrs"], op["attrs"]["epilogue"]
-    if ep["mode"] not in ("shift", "scale", "fixed", "float") or (ep.get("chain") and ep["mode"] != "float"):
-        raise NotFusable(f"{ep['mode']} epilogue with a chain")
-    cout = w.shape[0]
-    bias = np.asarray(bias, np.float64).reshape(-1)
-    lshift = channel(a["lshift"], cout)
-    if np.any(lshift < 0):
-        raise NotFusable("negative lshift")
-    w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
-    lo, hi = clamp_bounds(ep)
-    zp = a["x_zp"] - off  # x holds q - off: sum(w * (q - x_zp)) = sum(w * x) - zp * sum(w)
-    if zp:
-        bias = bias - zp * w.reshape(cout, -1).sum(axis=1)
-    reach = code_reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), off)
-    if ep["mode"] == "shift":
-        y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit)
-        if y is not None:
-            return y
-    if ep["mode"] == "fixed":
-        sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
-        fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
-        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel: no taps, its value as bias
-        acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
-        return _requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
-    acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
-    if ep["mode"] == "float":
-        return _float_epilogue(g, acc, double, ep, cout)
-    return (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
-
-
-def _float_epilogue(g: Graph, acc: str, double: bool, ep: dict, cout: int) -> tuple[str, int]:
-    """The kernels' float epilogue (``epilogues.make_epilogue``): ``float32(acc) * acc_scale``, the
-    fused chain (LeakyReLU, the DPU's hard-sigmoid, hard-swish) in float32 as
-    ``epilogues.eval_chain`` computes it, one IEEE operation per ONNX node, then
-    ``numerics.quantize``."""
-    if double:  # float32(acc), rounded to nearest as numpy converts int64
-        acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
-    scale = np.broadcast_to(np.asarray(ep["acc_scale"], np.float32).reshape(-1), (cout,))
-    v = g.node("Mul", [acc, g.const(scale.reshape(1, cout, 1, 1))])
-    v = _chain(g, v, ep.get("chain", []), ep.get("result", "$x"))
-    if np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
-        raise NotFusable("per-channel output scale")
-    return _quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep)))
-
-
-def _chain(g: Graph, x: str, steps: list[dict], result: str) -> str:
-    """``epilogues.eval_chain`` as ONNX nodes on the float32 value ``x``: the same float32
-    operations in the same order (HardSigmoid and HardSwish spelled out as their multiply, add
-    and clip, as numpy computes them, not as ONNX Runtime's fused kernels)."""
-    env = {"$x": x}
-
-    def get(ref):
-        if ref is None:
-            return None
-        return env[ref["t"]] if "t" in ref else g.const(np.float32(ref["c"]))
-
-    def clip(v: str, lo, hi) -> str:
-        if lo is not None:
-            v = g.node("Max", [v, lo if isinstance(lo, str) else g.const(np.float32(lo))])
-        if hi is not None:
-            v = g.node("Min", [v, hi if isinstance(hi, str) else g.const(np.float32(hi))])
-        return v
-
-    for st in steps:
-        args, op, a = [get(r) for r in st["in"]], st["op"], st["attrs"]
-        v = args[0]
-        if op == "Relu":
-            y = g.node("Relu", [v])
-        elif op == "Clip":
-            y = clip(v, args[1] if len(args) > 1 and args[1] is not None else a.get("min"),
-                     args[2] if len(args) > 2 and args[2] is not None else a.get("max"))
-        elif op == "LeakyRelu":
-            negative = g.node("Mul", [v, g.const(np.float32(a.get("alpha", 0.01)))])
-            y = g.node("Where", [g.node("GreaterOrEqual", [v, g.const(np.float32(0))]), v, negative])
-        elif op in ("Add", "Sub", "Mul", "Div"):
-            y = g.node(op, [v, args[1]])
-        elif op == "HardSigmoid":
-            y = g.node("Add", [g.node("Mul", [g.const(np.float32(a.get("alpha", 0.2))), v]),
-                               g.const(np.float32(a.get("beta", 0.5)))])
-            y = clip(y, 0.0, 1.0)
-        elif op == "HardSwish":
-            gate = g.node("Add", [g.node("Mul", [v, g.const(np.float32(1 / 6))]), g.const(np.float32(0.5))])
-            y = g.node("Mul", [v, clip(gate, 0.0, 1.0)])
-        else:
-            raise NotFusable(f"chain op {op}")
-        env[st["out"]] = y
-    return env[result]
-
-
-def _quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple[str, int]:
-    """``numerics.quantize`` of float32 ``v``: float32 division by ``scale``, the tie rule of
-    ``ep`` (its offset added in float64, as numpy does), saturation into ``lo..hi``; centred."""
-    recipe = nm.rounding_as_onnx(ep["round"])
-    if recipe is None:
-        raise NotFusable(f"tie rule {ep['round']}")
-    v = g.node("Div", [v, g.const(np.float32(scale))])
-    wide = recipe[0] != 0
-    if wide:
-        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    return round_and_clip(g, v, ep, lo, hi, double=wide)
-
-
-def _shift_folded(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
-                  emit: Emit) -> tuple[str, int] | None:
-    """A power-of-two requantisation folded into the convolution.
-
-    Weights ``w * 2^-shift`` and bias ``bias * 2^-shift + offset`` (exact) give the value on the
-    grid ``2^-shift``, moved off its ties by ``numerics.rounding_as_nearest_even``, so ONNX
-    ``Round`` applies the tie rule.  The clamps come first (integer bounds commute with
-    rounding), as a ``Clip`` ONNX Runtime fuses into the convolution.  ``None`` when some
-    partial sum could reach 2^24 on the grid ``2^-(shift+1)`` (offset included).
-    """
-    cout = w.shape[0]
-    shift = channel(ep["shift"], cout)
-    offset = nm.rounding_as_nearest_even(ep["round"], shift)
-    if offset is None:
-        raise NotFusable(f"tie rule {ep['round']}")
-    bound = (reach * np.abs(w).reshape(cout, -1).sum(axis=1) + np.abs(bias)) * 2 + 1
-    if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
-        return None
-    scale = np.exp2(-shift)
-    v = emit(x, w * scale.reshape(cout, 1, 1, 1), bias * scale + offset)
-    if np.ndim(ep["zp"]):
-        raise NotFusable("per-channel zero point")
-    zp = int(ep["zp"])
-    return g.node("Round", [g.node("Clip", [v, g.const(lo - zp), g.const(hi - zp)])]), zp
-
-
-def _accumulate(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, emit: Emit,
-                group: int) -> tuple[str, bool]:
-    """The exact accumulator (bias included): one float32 convolution when every partial sum
-    stays below 2^24; else float64 (``True``): input-channel chunks whose sums each stay below
-    2^24, and the bias, added exactly."""
-    cout = w.shape[0]
-    per_cin = reach * np.abs(w).sum(axis=(2, 3))  # (cout, cin_g): the most one input channel adds
-    sums = per_cin.sum(axis=1)
-    if np.all(sums + np.abs(bias) < F32_BOUND):
-        return emit(x, w, bias), False
-    if np.any(per_cin >= F32_BOUND) or np.any(sums + np.abs(bias) >= 1 << 53):
-        raise NotFusable("one input channel's sums reach 2^24")
-    bounds, run = [0], np.zeros(cout)
-    for c in range(w.shape[1]):
-        if np.any(run + per_cin[:, c] >= F32_BOUND):
-            bounds.append(c)
-            run = np.zeros(cout)
-        run = run + per_cin[:, c]
-    bounds.append(w.shape[1])
-    if len(bounds) > 2 and group != 1:
-        raise NotFusable("grouped convolution whose sums reach 2^24")
-    parts = []
-    for c0, c1 in zip(bounds, bounds[1:]):
-        xs = x if len(bounds) == 2 else g.node("Slice", [x, g.const([c0], np.int64), g.const([c1], np.int64),
-                                                         g.const([1], np.int64)])
-        parts.append(g.node("Cast", [emit(xs, w[:, c0:c1], None)], to=TensorProto.DOUBLE))
-    parts.append(g.const(bias.reshape(1, cout, 1, 1), np.float64))
-    return g.node("Sum", parts), True
-
-
-def _requantize_shift(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
-    """``numerics.shift_round`` of an accumulator too long to fold: ``acc * 2^-shift`` in float64 is exact."""
-    if not double:
-        acc = g.node("Cast", [acc], to=TensorProto.DOUBLE)
-    shift = channel(ep["shift"], cout)
-    v = g.node("Mul", [acc, g.const(np.exp2(-shift).reshape(1, cout, 1, 1), np.float64)])
-    return round_and_clip(g, v, ep, lo, hi, double=True)
-
-
-def _requantize_float(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo: int, hi: int) -> str:
-    """``numerics.requantize_float``: float32 accumulator times the float32 multiplier, rounded."""
-    if double:  # float32(acc), rounded to nearest as numpy converts int64
-        acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
-    mult = channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
-    return _round_product(g, g.node("Mul", [acc, g.const(mult)]), ep, lo, hi)
-
-
-def _round_product(g: Graph, prod: str, ep: dict, lo: int, hi: int) -> tuple[str, int]:
-    """``numerics.round_values`` of a float32 product with ``ep``'s tie rule, saturated into
-    ``lo..hi``: centred ``(tensor, zero point)``."""
-    recipe = nm.rounding_as_onnx(ep["round"])
-    wide = recipe is not None and recipe[0] != 0  # numpy adds the offset in float64
-    if wide:
-        prod = g.node("Cast", [prod], to=TensorProto.DOUBLE)
-    return round_and_clip(g, prod, ep, lo, hi, double=wide)
-
-
-class _FixedPoint:
-    """A fixed-point requantisation (``numerics.requantize_fixed_point``) prepared per channel.
-
-    ``shift_round`` gives 0 for shifts of 64 and more, so such a channel gets multiplier 0.  A
-    channel whose whole accumulator range (``acc_lo..acc_hi``: bias +- the largest sum) rounds to
-    one value (a near-dead channel: tiny weight scale, saturated bias) is ``const``, its value in
-    ``value``.
-    """
-
-    def __init__(self, ep: dict, cout: int, acc_lo: np.ndarray, acc_hi: np.ndarray) -> None:
-        shift = channel(ep["shift"], cout).astype(np.int64)
-        self.mult = np.where(shift >= 64, 0, channel(ep["multiplier"], cout).astype(np.int64))
-        self.shift = np.where(shift >= 64, 0, shift)
-        self.acc_lo, self.acc_hi = np.asarray(acc_lo, np.float64), np.asarray(acc_hi, np.float64)
-        self.bound = np.maximum(np.abs(acc_lo), np.abs(acc_hi))
-        if np.any(self.shift < 0) or np.any(self.mult < 0):
-            raise NotFusable("negative fixed-point shift or multiplier")
-        in_int64 = self.bound * self.mult < 2.0 ** 62
-        ends = [nm.requantize_fixed_point(np.where(in_int64, e, 0).astype(np.int64), self.mult, self.shift,
-                                          ep["round"]) for e in (acc_lo, acc_hi)]
-        self.const = in_int64 & (ends[0] == ends[1])
-        if np.any(~in_int64 & ~self.const):
-            raise NotFusable("fixed-point product beyond int64")
-        self.value = np.where(self.const, ends[0], 0)
-
-
-def _requantize_fixed(g: Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int, *,
-                      const_in_acc: bool = False) -> tuple[str, int]:
-    """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly; the codes
-    centred, ``(tensor, offset)``.
-
-    Only accumulators up to ``reach = (T + 1) * 2^shift / m`` can give a code that does not
-    saturate (``T``: the farthest code from the zero point).  When ``reach`` and ``m`` together
-    fit 52 bits, the float64 product of such an accumulator (and its offset) is exact and rounds
-    with ``numerics.rounding_as_onnx``; a larger accumulator's product may round, but float64
-    multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
-    still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
-    accumulator is needed.  The clamps follow in float32, moved by the zero point, which is left
-    out (the output is held centred, ``Graph``).  Before both, a float32 accumulator tries
-    ``numerics.fixed_point_as_float32``: where float32 multipliers reproduce every channel's
-    codes, the requantisation is one float32 ``Mul`` and the rounding, without the two casts and
-    the float64 passes (measured: most of a float-scale frame's time besides the convolutions).
-    Constant channels give their value: added
-    after rounding, or, with ``const_in_acc`` (the convolution gave them no taps and their value
-    as bias), multiplied by 1.  Otherwise the product is formed in int64 and shifted as
-    ``shift_round`` does (more passes over 8-byte data).
-    """
-    cout = len(fx.mult)
-    far = max(abs(lo - ep["zp"]), abs(hi - ep["zp"])) + 1
-    reach = np.where(fx.const, 0, np.floor(np.minimum(far * np.exp2(fx.shift) / np.maximum(fx.mult, 1) + 1, fx.bound)))
-    bits = np.ceil(np.log2(reach + 1)) + np.ceil(np.log2(fx.mult + 1))  # of |acc * m|; one more for the offset
-    recipe = nm.rounding_as_onnx(ep["round"])
-    if recipe is None:
-        raise NotFusable(f"tie rule {ep['round']}")
-    value = np.zeros(cout) if const_in_acc else fx.value
-    m32 = None if double or np.ndim(ep["zp"]) else _float32_multipliers(fx, ep, lo, hi, const_in_acc)
-    if m32 is not None:  # float32 all through: half the bytes, two casts fewer
-        v = g.node("Mul", [acc, g.const(m32.reshape(1, cout, 1, 1))])
-        offset, op = recipe
-        if offset:
-            v = g.node("Add", [v, g.const(offset)])
-        return centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
-    if np.all(fx.const | (bits <= 52)):
-        v = acc
-        if not double:
-            v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-        m = np.where(fx.const, float(const_in_acc), np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
-        v = g.node("Mul", [v, g.const(m.reshape(1, cout, 1, 1), np.float64)])
-        offset, op = recipe
-        if offset or np.any(value):
-            v = g.node("Add", [v, g.const((value + offset).reshape(1, cout, 1, 1), np.float64)])
-        return centred_clip(g, g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT), ep["zp"], lo, hi, np.float32)
-    one = fx.const & const_in_acc
-    prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64),
-                          g.const(np.where(one, 1, fx.mult).reshape(1, cout, 1, 1), np.int64)])
-    y = _shift_round_int64(g, prod, ep["round"], np.where(one, 0, fx.shift).reshape(1, cout, 1, 1))
-    if np.any(value):
-        y = g.node("Add", [y, g.const(value.reshape(1, cout, 1, 1), np.int64)])
-    y, zp = centred_clip(g, y, ep["zp"], lo, hi, np.int64)
-    return g.node("Cast", [y], to=TensorProto.FLOAT), zp
-
-
-def _float32_multipliers(fx: _FixedPoint, ep: dict, lo: int, hi: int, const_in_acc: bool) -> np.ndarray | None:
-    """``numerics.fixed_point_as_float32`` of a float32 accumulator: per-channel float32
-    multipliers that give the exact saturated codes (centred on the zero point) for every
-    accumulator the channel can hold, or ``None``.  A constant channel given its value as bias
-    (``const_in_acc``) holds just that value, multiplied by 1."""
-    one = fx.const & const_in_acc
-    value = fx.value.astype(np.float64)
-    zp = int(ep["zp"])
-    return nm.fixed_point_as_float32(np.where(one, 1, fx.mult), np.where(one, 0, fx.shift), ep["round"],
-                                     np.floor(np.where(one, value, fx.acc_lo)).astype(np.int64),
-                                     np.ceil(np.where(one, value, fx.acc_hi)).astype(np.int64), lo - zp, hi - zp)
-
-
-def _shift_round_int64(g: Graph, v: str, mode: str, shift: np.ndarray) -> str:
-    """``numerics.shift_round`` of int64 ``v`` (``|v| + half < 2^63``) by 0..63 as ONNX ops, the
-    tie rule from ``numerics.shift_rounding_as_onnx``.  ONNX shifts only unsigned integers, so
-    the floor division is ``((v + half + 2^63) >> shift) - 2^(63 - shift)`` in uint64, whose
-    wrap-around arithmetic makes the casts between int64 and uint64 exact."""
-    recipe = nm.shift_rounding_as_onnx(mode)
-    if recipe is None:
-        raise NotFusable(f"tie rule {mode}")
-    negate, tie_to_even = recipe
-    shift = shift.astype(np.uint64)
-    half = np.where(shift > 0, np.left_shift(np.uint64(1), np.maximum(shift, 1) - np.uint64(1)), np.uint64(0))
-    if negate:
-        v = g.node("Neg", [v])
-    u = g.node("Add", [g.node("Cast", [v], to=TensorProto.UINT64), g.const(half + np.uint64(1 << 63), np.uint64)])
-    s = g.const(shift, np.uint64)
-    uq = g.node("BitShift", [u, s], direction="RIGHT")
-    q = g.node("Cast", [g.node("Sub", [uq, g.const(np.left_shift(np.uint64(1), np.uint64(63) - shift), np.uint64)])],
-               to=TensorProto.INT64)
-    if tie_to_even:  # an exact half rounded up to an odd quotient goes back down
-        exact = g.node("Equal", [g.node("Cast", [g.node("BitShift", [uq, s], direction="LEFT")], to=TensorProto.INT64),
-                                 g.node("Cast", [u], to=TensorProto.INT64)])
-        tie = g.node("And", [exact, g.const(half > 0, np.bool_)])
-        odd = g.node("Cast", [g.node("BitwiseAnd", [q, g.const(1, np.int64)])], to=TensorProto.BOOL)
-        q = g.node("Sub", [q, g.node("Cast", [g.node("And", [tie, odd])], to=TensorProto.INT64)])
-    return g.node("Neg", [q]) if negate else q
 
 
 def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
@@ -554,7 +143,7 @@ def _eltwise_scale(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
     if rx * ry >= F32_BOUND:
         raise NotFusable("product reaches 2^24")
     v = g.node("Mul", [g.node("Mul", [x, y]), g.const(np.float32(ep["multiplier"]))])
-    return _round_product(g, v, ep, *clamp_bounds(ep))
+    return round_float(g, v, ep, *clamp_bounds(ep))
 
 
 def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
@@ -570,13 +159,7 @@ def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
         v = g.centered(op["inputs"][spec["input"]], spec["zp"])
         vals.append(g.node("Mul", [v, g.const(s)]))
     v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[a["mode"]], vals)
-    v = g.node("Div", [v, g.const(ep["scale"])])
-    recipe = nm.rounding_as_onnx(ep["round"])
-    double = recipe is not None and recipe[0] != 0
-    if double:
-        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    lo, hi = nm.qrange(*out_type(ep))
-    return round_and_clip(g, v, ep, lo, hi, double=double)
+    return quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep)))
 
 
 def _no_table(op: dict) -> None:
@@ -629,15 +212,10 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
     if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
         mult = np.float32(ep["acc_scale"]) / (np.float32(ep["scale"]) * np.float32(shape[2] * shape[3]))
         v = g.node("Mul", [v, g.const(mult)])
-        g.put(op["outputs"][0], *_round_product(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
+        g.put(op["outputs"][0], *round_float(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
         return
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
-    v = g.node("Div", [v, g.const(ep["scale"])])
-    recipe = nm.rounding_as_onnx(ep["round"])
-    double = recipe is not None and recipe[0] != 0
-    if double:
-        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    g.put(op["outputs"][0], *round_and_clip(g, v, ep, *nm.qrange(*out_type(ep)), double=double))
+    g.put(op["outputs"][0], *quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep))))
 
 
 def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
@@ -755,7 +333,7 @@ def _transpose(g: Graph, op: dict, blobs: dict) -> None:
 
 def _slice(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
-    _moves(g, op, lambda x: _slice_node(g, x, op["attrs"]["slices"]))
+    _moves(g, op, lambda x: slice_node(g, x, op["attrs"]["slices"]))
 
 
 def _bytes_only(g: Graph, tensor: str) -> bool:
@@ -776,12 +354,6 @@ def _moves(g: Graph, op: dict, move: Callable[[str], str]) -> None:
         return
     x, off = g.base(t)
     g.put(op["outputs"][0], move(x), off)
-
-
-def _slice_node(g: Graph, x: str, slices: list) -> str:
-    s = np.asarray(slices, np.int64)
-    return g.node("Slice", [x, g.const(s[:, 0], np.int64), g.const(s[:, 1], np.int64),
-                            g.const(np.arange(len(s)), np.int64), g.const(s[:, 2], np.int64)])
 
 
 def _split(g: Graph, op: dict, blobs: dict) -> None:
@@ -836,7 +408,7 @@ def _quantize(g: Graph, op: dict, blobs: dict) -> None:
     if np.ndim(a["scale"]) or np.ndim(a["zp"]):
         raise NotFusable("per-channel quantize step")
     ep = {"round": a["round"], "zp": a["zp"]}
-    g.put(op["outputs"][0], *_quantize_value(g, g.read(op["inputs"][0]), a["scale"], ep,
+    g.put(op["outputs"][0], *quantize_value(g, g.read(op["inputs"][0]), a["scale"], ep,
                                              *nm.qrange(a["bits"], a["signed"])))
 
 
@@ -860,7 +432,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
-    "conv": _conv, "conv_transpose": _conv_transpose, "matmul": _matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
+    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
 }

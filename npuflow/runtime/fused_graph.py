@@ -188,3 +188,26 @@ def centred_clip(g: Graph, v: str, zp, lo: int, hi: int, dt) -> tuple[str, int]:
         zp = 0
     zp = int(zp)
     return g.node("Clip", [v, g.const(lo - zp, dt), g.const(hi - zp, dt)]), zp
+
+
+def round_float(g: Graph, v: str, ep: dict, lo: int, hi: int) -> tuple[str, int]:
+    """``numerics.round_values`` of float32 ``v`` with ``ep``'s tie rule (an offset added in
+    float64, as numpy adds it), saturated into ``lo..hi``: centred ``(tensor, zero point)``."""
+    recipe = nm.rounding_as_onnx(ep["round"])
+    wide = recipe is not None and recipe[0] != 0
+    if wide:
+        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
+    return round_and_clip(g, v, ep, lo, hi, double=wide)
+
+
+def quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple[str, int]:
+    """``numerics.quantize`` of float32 ``v``: the float32 division by ``scale``, then
+    :func:`round_float`."""
+    return round_float(g, g.node("Div", [v, g.const(np.float32(scale))]), ep, lo, hi)
+
+
+def slice_node(g: Graph, x: str, slices: list) -> str:
+    """ONNX ``Slice`` of ``x`` by ``[start, end, step]`` per axis."""
+    s = np.asarray(slices, np.int64)
+    return g.node("Slice", [x, g.const(s[:, 0], np.int64), g.const(s[:, 1], np.int64),
+                            g.const(np.arange(len(s)), np.int64), g.const(s[:, 2], np.int64)])

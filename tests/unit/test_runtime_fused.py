@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 import npuflow
 from npuflow import numerics as nm
-from npuflow.runtime import fused, fused_graph
+from npuflow.runtime import fused, fused_conv, fused_graph
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _conv_model, _x
 
@@ -61,7 +61,7 @@ def test_int64_shift_round_equals_numerics_to_2_62(mode):
     small = rng.integers(-5000, 5000, size=(40, 64), dtype=np.int64)
     v = np.concatenate([ties, -ties, big, small, np.zeros((1, 64), np.int64)])
     g = fused_graph.Graph({})
-    y = fused._shift_round_int64(g, "x", mode, shifts.reshape(1, 64))
+    y = fused_conv._shift_round_int64(g, "x", mode, shifts.reshape(1, 64))
     want = nm.shift_round(v, shifts.reshape(1, 64), mode)
     assert np.array_equal(_run(g, y, {"x": v}, TensorProto.INT64), want)
 
@@ -83,8 +83,8 @@ def test_fixed_point_requantisation_equals_numerics(mode, zp, shifts, as_float):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, cout, 1, 1), shift.reshape(1, cout, 1, 1), mode)
                    + zp, -128, 127)
     g = fused_graph.Graph({})
-    fx = fused._FixedPoint(ep, cout, np.full(cout, -float(1 << 23)), np.full(cout, float(1 << 23)))
-    y, off = fused._requantize_fixed(g, "x", False, fx, ep, -128, 127)
+    fx = fused_conv._FixedPoint(ep, cout, np.full(cout, -float(1 << 23)), np.full(cout, float(1 << 23)))
+    y, off = fused_conv._requantize_fixed(g, "x", False, fx, ep, -128, 127)
     assert ("BitShift" not in {n.op_type for n in g.nodes}) is as_float and off == zp  # held centred
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
 
@@ -103,14 +103,14 @@ def test_fixed_point_in_float32_where_numerics_proves_it_exact(mode):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode)
                    - 128, -128, 90)
     g = fused_graph.Graph({})
-    y, off = fused._requantize_fixed(g, "x", False, fused._FixedPoint(ep, 4, np.full(4, -bound), np.full(4, bound)),
+    y, off = fused_conv._requantize_fixed(g, "x", False, fused_conv._FixedPoint(ep, 4, np.full(4, -bound), np.full(4, bound)),
                                      ep, -128, 90)
     assert [n.op_type for n in g.nodes if n.op_type != "Add"] == ["Mul", nm.rounding_as_onnx(mode)[1], "Clip"]
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
     ep = {**ep, "shift": [31, 35, 38, 44]}
     g = fused_graph.Graph({})
     wide = float(1 << 23)
-    fused._requantize_fixed(g, "x", False, fused._FixedPoint(ep, 4, np.full(4, -wide), np.full(4, wide)), ep, -128, 90)
+    fused_conv._requantize_fixed(g, "x", False, fused_conv._FixedPoint(ep, 4, np.full(4, -wide), np.full(4, wide)), ep, -128, 90)
     assert "Cast" in {n.op_type for n in g.nodes}
 
 
@@ -127,8 +127,8 @@ def test_fixed_point_saturates_unclamped_accumulators_far_beyond_reach(mode):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
                    -128, 127)
     g = fused_graph.Graph({})
-    fx = fused._FixedPoint(ep, 4, np.full(4, -float(1 << 30)), np.full(4, float(1 << 30)))
-    y, off = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127)
+    fx = fused_conv._FixedPoint(ep, 4, np.full(4, -float(1 << 30)), np.full(4, float(1 << 30)))
+    y, off = fused_conv._requantize_fixed(g, "x", True, fx, ep, -128, 127)
     assert not {"Min", "Max", "BitShift"} & {n.op_type for n in g.nodes}
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT) + off, want)
 
@@ -146,9 +146,9 @@ def test_near_dead_channels_are_constants_and_live_ones_exact(mode, const_in_acc
     ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": 3, "round": mode,
           "dtype": "int8", "clamps": []}
     g = fused_graph.Graph({})
-    fx = fused._FixedPoint(ep, 4, (bias - sums).astype(np.float64), (bias + sums).astype(np.float64))
+    fx = fused_conv._FixedPoint(ep, 4, (bias - sums).astype(np.float64), (bias + sums).astype(np.float64))
     assert list(fx.const) == [False, True, True, False]
-    y, off = fused._requantize_fixed(g, "x", True, fx, ep, -128, 127, const_in_acc=const_in_acc)
+    y, off = fused_conv._requantize_fixed(g, "x", True, fx, ep, -128, 127, const_in_acc=const_in_acc)
     assert "BitShift" not in {n.op_type for n in g.nodes}
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
                    -128, 127)
@@ -432,8 +432,8 @@ def test_fixed_point_output_is_centred_on_its_zero_point(mode, zp):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 3, 1, 1), shift.reshape(1, 3, 1, 1), mode) + zp,
                    -100, 120)
     g = fused_graph.Graph({})
-    fx = fused._FixedPoint(ep, 3, np.full(3, -float(1 << 23)), np.full(3, float(1 << 23)))
-    y, off = fused._requantize_fixed(g, "x", False, fx, ep, -100, 120)
+    fx = fused_conv._FixedPoint(ep, 3, np.full(3, -float(1 << 23)), np.full(3, float(1 << 23)))
+    y, off = fused_conv._requantize_fixed(g, "x", False, fx, ep, -100, 120)
     assert off == zp and [n.op_type for n in g.nodes].count("Add") == (mode != "half_even")  # the tie offset only
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
 
