@@ -87,6 +87,17 @@ FINETUNE = {
 }
 
 
+def method_list(text: str) -> tuple[str, ...]:
+    """``--methods`` as a tuple of ``FINETUNE`` keys: empty for ``''`` (cheap rows only; a plain
+    split gave ``('',)`` and a KeyError after the cheap rows had run), and an unknown name is an
+    error before any model is quantized rather than after an hour of rows."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in FINETUNE]
+    if unknown:
+        raise ValueError(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(FINETUNE)}")
+    return methods
+
+
 def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: int | None = None) -> list[tuple[str, dict]]:
     """Fast finetune ``methods`` on top of the best cheap configuration ``base``; block methods run
     ``block_iters`` steps per block (default ``iters``).
@@ -462,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="calibration samples Quark's fast finetune uses on PP-OCRv4 det (it runs both whole "
                          "640x640 models over them once per layer); the other models use all")
     args = ap.parse_args(argv)
+    try:
+        method_list(args.methods)
+    except ValueError as exc:
+        ap.error(str(exc))
     # a fresh fast-finetune cache: rows must not reuse layers an earlier run solved (their times
     # would be cache reads, not solving times)
     os.environ["NPUFLOW_CACHE"] = tempfile.mkdtemp(prefix="npuflow-bench-cache-")
@@ -522,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         results[b.name] = {}
         results[b.name] = run_model(b, args.iters, args.min_similarity, not args.no_peers,
                                     on_row=lambda rows, name=b.name: (results.__setitem__(name, rows), write()),
-                                    methods=tuple(args.methods.split(",")), block_iters=args.block_iters,
+                                    methods=method_list(args.methods), block_iters=args.block_iters,
                                     mixed=not args.no_mixed,
                                     cheap=tuple(args.cheap.split(",")) if args.cheap else None,
                                     quark_iters=quark_iters, quark_samples=quark_samples(b))

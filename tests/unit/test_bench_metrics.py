@@ -41,3 +41,18 @@ def test_no_boxes() -> None:
     empty = np.zeros((0, 4, 2))
     assert box_match(empty, empty) == (0, 0)
     assert box_match(_rect(0, 0, 10, 10)[None], empty) == (0, 1)
+
+
+def test_accuracy_bench_method_list() -> None:
+    # ``--methods ''`` (cheap rows only) used to become ('',) and fail with a KeyError after the
+    # cheap rows had run; an unknown name must fail before any model is quantized
+    from benchmarks.bench_accuracy import method_list
+
+    assert method_list("") == ()
+    assert method_list("adaround, adaquant_qdrop") == ("adaround", "adaquant_qdrop")
+    try:
+        method_list("adaround,adarond")
+    except ValueError as exc:
+        assert "adarond" in str(exc)
+    else:
+        raise AssertionError("an unknown fast-finetune method was accepted")
