@@ -17,6 +17,21 @@ def absorb_follower(graph: onnx.GraphProto, idx: GraphView, layer: onnx.NodeProt
     Weight and bias are rewritten in place when ``layer`` is their only reader, else under new
     names (``<weight><suffix>``, ``<layer>_bias``).
     """
+    set_layer_params(graph, idx, layer, w, b, suffix)
+    out, stale = follower.output[0], layer.output[0]
+    # remove the follower before the layer takes over its output name (matched by outputs)
+    graph.node.remove(next(n for n in graph.node if list(n.output) == list(follower.output)))
+    layer.output[0] = out
+    keep = [vi for vi in graph.value_info if vi.name != stale]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+
+
+def set_layer_params(graph: onnx.GraphProto, idx: GraphView, layer: onnx.NodeProto, w: np.ndarray, b: np.ndarray,
+                     suffix: str) -> None:
+    """``layer`` (Conv/ConvTranspose/Gemm) computes with weight ``w`` and bias ``b`` (float32):
+    rewritten in place when ``layer`` is their only reader, else under new names
+    (``<weight><suffix>``, ``<layer>_bias``), so a weight shared with another layer is left as it is."""
     has_bias = len(layer.input) > 2 and bool(layer.input[2])
     w_name = layer.input[1] if len(idx.consumers[layer.input[1]]) == 1 else unique_name(graph, layer.input[1] + suffix)
     b_name = (layer.input[2] if has_bias and len(idx.consumers[layer.input[2]]) == 1
@@ -28,10 +43,3 @@ def absorb_follower(graph: onnx.GraphProto, idx: GraphView, layer: onnx.NodeProt
         layer.input[2] = b_name
     else:
         layer.input.append(b_name)
-    out, stale = follower.output[0], layer.output[0]
-    # remove the follower before the layer takes over its output name (matched by outputs)
-    graph.node.remove(next(n for n in graph.node if list(n.output) == list(follower.output)))
-    layer.output[0] = out
-    keep = [vi for vi in graph.value_info if vi.name != stale]
-    del graph.value_info[:]
-    graph.value_info.extend(keep)

@@ -52,31 +52,48 @@ def _fold_one(graph: onnx.GraphProto) -> bool:
             continue
         t = node.input[1 - consts[0]]
         prod = idx.producer_node(t)
-        if prod is None or prod.op_type not in FOLDS_INTO or idx.only_consumer(t) is None:
+        if prod is None or idx.only_consumer(t) is None:
             continue
-        w = idx.const(prod.input[1])
-        has_bias = len(prod.input) > 2 and bool(prod.input[2])
-        if w is None or (has_bias and idx.const(prod.input[2]) is None):
+        params = layer_params(idx, prod)
+        if params is None:
             continue
-        if prod.op_type == "ConvTranspose" and attr(prod, "group", 1) != 1:
-            continue
-        if prod.op_type == "Gemm" and (attr(prod, "alpha", 1.0) != 1.0 or attr(prod, "beta", 1.0) != 1.0):
-            continue
-        axis = {"Conv": 0, "ConvTranspose": 1}.get(prod.op_type, 0 if attr(prod, "transB", 0) else 1)
-        channels = w.shape[axis]
+        w, b, axis = params
         rank = 2 if prod.op_type == "Gemm" else w.ndim
-        c = _channel_values(idx.const(node.input[consts[0]]), channels, rank)
+        c = _channel_values(idx.const(node.input[consts[0]]), w.shape[axis], rank)
         if c is None:
             continue
-        b = idx.const(prod.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
-        w = w.astype(np.float64)
-        shape = [1] * w.ndim
-        shape[axis] = -1
         if node.op_type in ("Mul", "Div"):
-            s = c if node.op_type == "Mul" else 1.0 / c
-            w, b = w * s.reshape(shape), b * s
+            w, b = scale_shift(w, b, axis, c if node.op_type == "Mul" else 1.0 / c, 0.0)
         else:
-            b = b + c if node.op_type == "Add" else b - c
+            w, b = scale_shift(w, b, axis, 1.0, c if node.op_type == "Add" else -c)
         absorb_follower(graph, idx, prod, node, w, b, "_affine")
         return True
     return False
+
+
+def layer_params(idx: GraphView, prod: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(weight, bias, output-channel axis of the weight)`` (float64) of a layer whose output a
+    per-channel scale/shift folds into, or ``None`` when it cannot take one (weights computed at
+    run time, a grouped ConvTranspose, a Gemm with alpha/beta, an op not in :data:`FOLDS_INTO`)."""
+    if prod.op_type not in FOLDS_INTO:
+        return None
+    w = idx.const(prod.input[1])
+    has_bias = len(prod.input) > 2 and bool(prod.input[2])
+    if w is None or (has_bias and idx.const(prod.input[2]) is None):
+        return None
+    if prod.op_type == "ConvTranspose" and attr(prod, "group", 1) != 1:
+        return None
+    if prod.op_type == "Gemm" and (attr(prod, "alpha", 1.0) != 1.0 or attr(prod, "beta", 1.0) != 1.0):
+        return None
+    axis = {"Conv": 0, "ConvTranspose": 1}.get(prod.op_type, 0 if attr(prod, "transB", 0) else 1)
+    channels = w.shape[axis]
+    b = idx.const(prod.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
+    return w.astype(np.float64), b, axis
+
+
+def scale_shift(w: np.ndarray, b: np.ndarray, axis: int, s, t) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias of ``s * layer(x) + t`` (``s``, ``t``: scalars or one value per output channel)."""
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    s = np.broadcast_to(np.asarray(s, np.float64), b.shape)
+    return w * s.reshape(shape), b * s + t

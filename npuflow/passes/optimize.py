@@ -4,7 +4,10 @@ Order matters: constants are folded first (BN parameters and pattern constants b
 initializers),
 no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
 that cannot fold becomes a 1x1 depthwise convolution), then decomposed activations become single
-nodes.  Every step keeps results within float rounding (tested <= 1e-5 relative).
+nodes.  Given a target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
+parameters folded into its producing layer, a GlobalAveragePool over a map larger than the target's
+pooling window split in two), only where the target's rules reject the node as it is.  Every step
+keeps results within float rounding (tested <= 1e-5 relative).
 """
 
 from __future__ import annotations
@@ -12,21 +15,29 @@ from __future__ import annotations
 import onnx
 
 from ..graph import GraphView
+from ..targets import Target
 from .activations import fuse_activation_patterns
 from .fold_affine import fold_affine
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .remove_identity import remove_identity
+from .target_rewrites import Rewrite, target_rewrites
 
 
-def optimize_float(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Apply the float passes in order; node names of compute nodes are kept."""
+def optimize_float(model: onnx.ModelProto, target: Target | None = None,
+                   rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
+    """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
+    the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
     m = fold_constants(model)
     m = remove_identity(m)
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = batchnorm_to_depthwise(fold_batchnorm(m))
     m = fold_affine(m)
     m = fuse_activation_patterns(m)
+    if target is not None:
+        m, done = target_rewrites(m, target)
+        if rewrites is not None:
+            rewrites.extend(done)
     restore_node_names(model, m)
     return m
 

@@ -165,11 +165,13 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
     dynamic = bool(open_dims) if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
     _step(progress, "optimize")
-    opt = optimize_float(_dynamic_graph(source_proto, loaded) if dynamic else original)
+    rewrites: list = []  # the target rewrites (passes/target_rewrites.py), reported in quant_info
+    opt = optimize_float(_dynamic_graph(source_proto, loaded) if dynamic else original, tgt, rewrites)
     if dynamic and cfg.calib_dynamic_dims is None and _branches_on_shape(opt, static_inputs):
         log.info("the model branches on its dynamic input dimensions: quantized and saved at %s", static_inputs)
         dynamic = False
-        opt = optimize_float(original)
+        rewrites = []
+        opt = optimize_float(original, tgt, rewrites)
     cfg = cfg.model_copy(update={"calib_dynamic_dims": dynamic})  # as resolved, for callers reading samples again
     opt = algorithms.pre_calibration(opt, cfg, lambda: CalibrationSource(
         calib_data, _input_specs(opt, static_inputs, cfg.calib_dynamic_dims), shapes=cfg.calib_shapes,
@@ -211,6 +213,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_model, applied = algorithms.after_export(leg, exported, lambda: again, cfg, tgt, reference=stats.outputs)
     applied = {**searched, **applied}
+    if rewrites:
+        applied["target_rewrites"] = [r.to_json() for r in rewrites]
     _step(progress, "report")
     report = build_report(opt, q_model, plan, asg.params, kept[:cfg.report_samples])
     add_placement(report, placement)

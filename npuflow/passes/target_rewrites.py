@@ -1,0 +1,185 @@
+"""Target rewrites: exact float rewrites that turn an op the target rejects into ops it runs.
+
+``check`` judges a model as it is given; the quantizer places the *optimised* float model, so
+an op whose parameters the accelerator does not implement, but which an exact rewrite turns
+into ones it does, need not leave the accelerator.  Each rewrite runs only where the target's
+own rule (its data file, judged by :func:`npuflow.check.rules.rule_reasons` with the checker's
+parameter names) rejects the node and accepts the rewritten form, so a target that runs the
+original op sees no change.  Both keep the float function up to float rounding:
+
+* **HardSigmoid with other parameters** (PP-LCNetV3's SE blocks: alpha 0.2, beta 0.5) on a
+  target whose hard-sigmoid is the standard one (DPU: ``relu6(x + 3) / 6``, alpha 1/6, beta 1/2).
+  ``clip(a*x + b, 0, 1) = clip(y/6 + 1/2, 0, 1)`` with ``y = 6a*x + 6b - 3``: when ``x`` is the
+  output of a Conv/ConvTranspose/Gemm read only by the HardSigmoid, the layer takes
+  ``W' = 6a*W``, ``B' = 6a*B + 6b - 3`` and the HardSigmoid becomes ``HardSigmoid(1/6, 1/2)``
+  (node name and tensors kept).  Without such a producer the node is left (reported).
+* **GlobalAveragePool over a map larger than the target's pooling window** (PP-OCRv4 det's
+  160x160 neck maps on DPUCZDX8G: ``ceil(160/8)*160 = 3200 > bank_depth 2048``).  The mean
+  of equal blocks' means is the mean: ``AveragePool(kernel = stride = (kh, kw))`` with
+  ``kh | H``, ``kw | W`` followed by ``GlobalAveragePool`` over the ``H/kh x W/kw`` map.  The block
+  is the largest (most values averaged in the first stage, then the squarest) for which the
+  target's ``avg_pool`` rule accepts the first stage and its ``global_avg_pool`` rule the second.
+  No such divisor pair (or an unknown map size): the node is left (reported).
+
+:func:`target_rewrites` returns what it changed and what it left, for the optimise stage's
+report (``quant_info.json``'s ``algorithms.target_rewrites``) and log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..graph import GraphView, attr, remove_unused_initializers, set_attr
+from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_DIVISOR, HSIGMOID_OFFSET
+from ..targets import Target
+from .absorb import set_layer_params
+from .fold_affine import layer_params, scale_shift
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One node a target rewrite changed (``applied``) or had to leave (``why``)."""
+
+    node: str
+    rewrite: str  # hard_sigmoid_into_layer | global_avg_pool_split
+    applied: bool
+    detail: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelProto, list[Rewrite]]:
+    """A new model with the rewrites ``target`` needs (a copy when none), and the list of them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    done: list[Rewrite] = []
+    done += _hard_sigmoids(out.graph, target)
+    done += _global_avg_pools(out, target)
+    if any(r.applied for r in done):
+        remove_unused_initializers(out.graph)
+    for r in done:
+        log.info("%s %s: %s", "rewrote" if r.applied else "left", r.node, r.detail)
+    return out, done
+
+
+def _reasons(target: Target, kind: str, params: dict) -> list[str] | None:
+    """The target's objections to an op of ``kind`` with ``params``; ``None`` when it has no such op."""
+    from ..check.rules import rule_reasons  # check imports passes; the rule judge is check's
+
+    rule = target.rule(kind)
+    return None if rule is None else rule_reasons(rule, params, target.hardware_names())
+
+
+def _hard_sigmoids(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
+    idx = GraphView(graph)
+    standard = {"alpha": HSIGMOID_ALPHA, "beta": HSIGMOID_BETA}
+    if _reasons(target, "hard_sigmoid", standard) != []:
+        return []  # no hard-sigmoid, or not the standard one: the rewrite cannot help
+    done = []
+    for node in list(graph.node):
+        if node.op_type != "HardSigmoid":
+            continue
+        a, b = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
+        if not _reasons(target, "hard_sigmoid", {"alpha": a, "beta": b}):
+            continue
+        name = node.name or node.output[0]
+        prod = idx.producer_node(node.input[0])
+        params = layer_params(idx, prod) if prod is not None else None
+        if params is None or idx.only_consumer(node.input[0]) is None or a == 0.0:
+            why = ("its input is not the output of a Conv/ConvTranspose/Gemm with constant weights read by it alone"
+                   if a != 0.0 else "alpha 0 is a constant")
+            done.append(Rewrite(name, "hard_sigmoid_into_layer", False,
+                                f"HardSigmoid(alpha={a:g}, beta={b:g}) stays: {why}"))
+            continue
+        w, bias, axis = params
+        # clip(a*x + b, 0, 1) == clip(y/6 + 1/2, 0, 1) for y = 6a*x + 6b - 3
+        s, t = HSIGMOID_DIVISOR * a, HSIGMOID_DIVISOR * b - HSIGMOID_OFFSET
+        w, bias = scale_shift(w, bias, axis, s, t)
+        set_layer_params(graph, idx, prod, w, bias, "_hsig")
+        set_attr(node, "alpha", float(HSIGMOID_ALPHA))
+        set_attr(node, "beta", float(HSIGMOID_BETA))
+        done.append(Rewrite(name, "hard_sigmoid_into_layer", True,
+                            f"HardSigmoid(alpha={a:g}, beta={b:g}) -> HardSigmoid(1/6, 1/2) with {prod.name or prod.output[0]}"
+                            f" scaled by {s:g} and shifted by {t:g}"))
+        idx = GraphView(graph)  # consumers of the renamed weights changed
+    return done
+
+
+def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
+    graph = model.graph
+    idx = GraphView(graph)
+    pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]
+    if any(idx.shape(n.input[0]) is None for n in pools):  # a graph without value infos: infer them
+        inferred = GraphView(onnx.shape_inference.infer_shapes(model))
+        idx.shapes.update({k: v for k, v in inferred.shapes.items() if k not in idx.shapes})
+    done = []
+    for node in pools:
+        xs = idx.shape(node.input[0])
+        name = node.name or node.output[0]
+        if xs is None or len(xs) != 4 or min(xs) <= 0:
+            rule = target.rule("global_avg_pool")
+            if rule is not None and (rule.constraints or rule.params):  # limits it cannot judge
+                done.append(Rewrite(name, "global_avg_pool_split", False,
+                                    "GlobalAveragePool stays: its input is not a 4-D map of known size"))
+            continue
+        c, h, w = xs[1], xs[2], xs[3]
+        whole = _global_params(c, h, w)
+        if not _reasons(target, "global_avg_pool", whole):
+            continue  # runs as it is, or the target has no global pool (nothing to split for)
+        block = _block(target, c, h, w)
+        if block is None:
+            done.append(Rewrite(name, "global_avg_pool_split", False,
+                                f"GlobalAveragePool over {h}x{w} stays: no block kh x kw with kh | {h}, kw | {w} "
+                                f"that {target.name}'s avg_pool and global_avg_pool rules both accept"))
+            continue
+        kh, kw = block
+        mid = f"{node.output[0]}/block"
+        pool = helper.make_node("AveragePool", [node.input[0]], [mid], name=f"{name}/block", kernel_shape=[kh, kw],
+                                strides=[kh, kw])
+        elem = idx.elem_type(node.input[0]) or TensorProto.FLOAT
+        at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
+        graph.node.insert(at, pool)
+        node.input[0] = mid
+        graph.value_info.append(helper.make_tensor_value_info(mid, elem, [xs[0], c, h // kh, w // kw]))
+        done.append(Rewrite(name, "global_avg_pool_split", True,
+                            f"GlobalAveragePool over {h}x{w} -> AveragePool {kh}x{kw} stride {kh}x{kw} "
+                            f"({name}/block) then GlobalAveragePool over {h // kh}x{w // kw}"))
+    return done
+
+
+def _global_params(c: int, h: int, w: int) -> dict:
+    """The checker's parameters of a global pool (``check/ops._global_pool``)."""
+    return {"input_channel": c, "output_channel": c, "kernel_h": h, "kernel_w": w, "input_h": h, "input_w": w,
+            "stride_h": 1, "stride_w": 1}
+
+
+def _pool_params(c: int, h: int, w: int, kh: int, kw: int) -> dict:
+    """The checker's parameters of ``AveragePool(kernel = stride = (kh, kw))`` without padding (``check/ops._pool``)."""
+    return {"kernel_h": kh, "kernel_w": kw, "stride_h": kh, "stride_w": kw, "dilation_h": 1, "dilation_w": 1,
+            "pad_top": 0, "pad_left": 0, "pad_bottom": 0, "pad_right": 0, "input_channel": c, "output_channel": c,
+            "input_h": h, "input_w": w, "ceil_mode": 0}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _block(target: Target, c: int, h: int, w: int) -> tuple[int, int] | None:
+    """The block ``(kh, kw)`` of the split (module docstring), or ``None``."""
+    fits = []
+    for kh in _divisors(h):
+        for kw in _divisors(w):
+            if (kh, kw) in ((1, 1), (h, w)):
+                continue
+            if _reasons(target, "avg_pool", _pool_params(c, h, w, kh, kw)) == [] and \
+                    not _reasons(target, "global_avg_pool", _global_params(c, h // kh, w // kw)):
+                fits.append((kh * kw, -abs(kh - kw), -kh, (kh, kw)))
+    return max(fits)[3] if fits else None
