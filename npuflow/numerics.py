@@ -501,3 +501,31 @@ def rounding_as_nearest_even(mode: RoundMode | str, shift: int | np.ndarray) -> 
         return None
     shift = np.asarray(shift, np.float64)
     return np.where(shift > 0, sign * np.exp2(-shift - 1), 0.0)
+
+
+#: The largest right shift :func:`shift_as_float32_multiplier` serves: it nudges the product by
+#: up to 257 * 2^-23 plus half a float32 step at 256 (2^-16), less than the 2^-14 that separates
+#: a non-tie from a rounding point.
+MAX_NUDGED_SHIFT = 14
+
+
+def shift_as_float32_multiplier(shift: np.ndarray, mode: RoundMode | str) -> np.ndarray | None:
+    """Float32 multipliers ``m`` (one per shift) with which MLAS' requantisation to uint8,
+    ``clip(rint(float32(float32(acc) * m)), 0, 255)`` (ties to even), equals
+    ``clip(shift_round(acc, shift, mode), 0, 255)`` for every int32 accumulator.
+
+    ``m`` is ``2^-shift`` nudged by one float32 step towards the tie rule: ``half_up`` ties
+    (exact halves on the grid ``2^-shift``) then land just above the half, ``half_down`` ties
+    just below, while every non-tie keeps its side (the nudge, at most ``257 * 2^-23`` plus the
+    product's rounding, stays below ``2^-14 <= 2^-shift``).  Ties below zero move the wrong way,
+    but there both results saturate to 0: a caller moves the codes it keeps to ``0..255`` first
+    (through the bias).  ``half_even`` and shifts of 0 or less (integers, no ties) need no nudge.
+    ``None`` for ``std_round`` or a shift beyond :data:`MAX_NUDGED_SHIFT`.
+    """
+    mode = RoundMode(mode)
+    shift = np.asarray(shift, np.int64)
+    nudge = {RoundMode.HALF_UP: 1.0 + 2.0 ** -23, RoundMode.HALF_DOWN: 1.0 - 2.0 ** -24,
+             RoundMode.HALF_EVEN: 1.0}.get(mode)
+    if nudge is None or np.any(shift > MAX_NUDGED_SHIFT):
+        return None
+    return (np.exp2(-shift.astype(np.float64)) * np.where(shift > 0, nudge, 1.0)).astype(np.float32)

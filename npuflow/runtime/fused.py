@@ -227,13 +227,16 @@ def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
     hence the shift to non-negative ones first, which also takes ``src``'s offset).  The entries
     are stored centred on ``out``'s zero point, as its readers want them (``Graph``).
     """
-    if _bytes_only(g, src) and np.dtype(g.tensors[out]["dtype"]) == np.uint8 and qmin == 0 and table.size == 256:
-        # uint8 codes from an integer kernel index the table as they are, and its entries go on
-        # as uint8 codes to the next integer kernel or data movement
+    dt = np.dtype(g.tensors[out]["dtype"])
+    if _bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256 and dt.itemsize == 1:
+        # 8-bit codes from an integer kernel (minus qmin) index the table as they are, and its
+        # entries go on as bytes (minus the output type's lowest code) to the next integer
+        # kernel or data movement
+        k = nm.qrange(8, dt.kind == "i")[0]
         idx = g.node("Cast", [g.bytes[src]], to=TensorProto.INT64)
-        row = g.node("ArrayFeatureExtractor", [g.const(table), idx], domain=ML_DOMAIN)
+        row = g.node("ArrayFeatureExtractor", [g.const(np.asarray(table, np.int64) - k), idx], domain=ML_DOMAIN)
         row = g.node("Reshape", [row, g.const(g.tensors[out]["shape"], np.int64)])
-        g.put_bytes(out, g.node("Cast", [row], to=TensorProto.UINT8))
+        g.put_bytes(out, g.node("Cast", [row], to=TensorProto.UINT8), k)
         return
     _table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
 
@@ -313,8 +316,10 @@ def _concat(g: Graph, op: dict, blobs: dict) -> None:
     if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
         raise NotFusable("lookup table or constant part")
     names = [op["inputs"][p["input"]] for p in op["attrs"]["parts"]]
-    if all(_bytes_only(g, t) for t in names) and _bytes_only_out(g, op):
-        g.put_bytes(op["outputs"][0], g.node("Concat", [g.bytes[t] for t in names], axis=op["attrs"]["axis"]))
+    raw = {_raw_offset(g, t, op) for t in names}
+    if len(raw) == 1 and None not in raw:  # 8-bit codes held alike: concatenated as they are
+        g.put_bytes(op["outputs"][0], g.node("Concat", [g.bytes[t] for t in names], axis=op["attrs"]["axis"]),
+                    raw.pop())
         return
     offsets = {g.base(t)[1] for t in names}
     off = offsets.pop() if len(offsets) == 1 else 0  # parts held alike stay so
@@ -337,20 +342,26 @@ def _slice(g: Graph, op: dict, blobs: dict) -> None:
 
 
 def _bytes_only(g: Graph, tensor: str) -> bool:
-    """Whether ``tensor`` is held only as uint8 codes (an integer kernel wrote it)."""
+    """Whether ``tensor`` is held only as 8-bit codes (an integer kernel wrote it)."""
     return tensor in g.bytes and tensor not in g.names
 
 
-def _bytes_only_out(g: Graph, op: dict) -> bool:
-    return all(np.dtype(g.tensors[t]["dtype"]) == np.uint8 for t in op["outputs"])
+def _raw_offset(g: Graph, tensor: str, op: dict) -> int | None:
+    """The offset of ``tensor``'s bytes when data-movement ``op`` can move them as they are (the
+    input held only so, every output of its type); ``None`` otherwise."""
+    dtype = np.dtype(g.tensors[tensor]["dtype"])
+    if not _bytes_only(g, tensor) or any(np.dtype(g.tensors[t]["dtype"]) != dtype for t in op["outputs"]):
+        return None
+    return g.byte_offsets.get(tensor, 0)
 
 
 def _moves(g: Graph, op: dict, move: Callable[[str], str]) -> None:
-    """A data-movement op (``move`` of the held tensor), on the uint8 codes where the input is
-    held only so: its output then stays uint8 for the next integer kernel, without casts."""
+    """A data-movement op (``move`` of the held tensor), on the 8-bit codes where the input is
+    held only so: its output then stays bytes for the next integer kernel, without casts."""
     t = op["inputs"][0]
-    if _bytes_only(g, t) and _bytes_only_out(g, op):
-        g.put_bytes(op["outputs"][0], move(g.bytes[t]))
+    k = _raw_offset(g, t, op)
+    if k is not None:
+        g.put_bytes(op["outputs"][0], move(g.bytes[t]), k)
         return
     x, off = g.base(t)
     g.put(op["outputs"][0], move(x), off)
@@ -361,12 +372,12 @@ def _split(g: Graph, op: dict, blobs: dict) -> None:
     if any(a["tables"]):
         raise NotFusable("lookup table")
     t = op["inputs"][0]
-    raw = _bytes_only(g, t) and _bytes_only_out(g, op)
-    x, off = (g.bytes[t], 0) if raw else g.base(t)
+    k = _raw_offset(g, t, op)
+    x, off = (g.bytes[t], k) if k is not None else g.base(t)
     for (start, end), out in zip(a["parts"], op["outputs"]):
         part = g.node("Slice", [x, g.const([start], np.int64), g.const([end], np.int64), g.const([a["axis"]], np.int64)])
-        if raw:
-            g.put_bytes(out, part)
+        if k is not None:
+            g.put_bytes(out, part, k)
         else:
             g.put(out, part, off)
 
@@ -380,8 +391,8 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     if set(op["blobs"]) - {"table"}:
         raise NotFusable("constants")
     t = op["inputs"][0]
-    raw = "table" not in blobs and _bytes_only(g, t) and _bytes_only_out(g, op)  # uint8 codes moved as they are
-    x, off = (g.bytes[t], 0) if raw else g.base(t)
+    k = None if "table" in blobs else _raw_offset(g, t, op)  # 8-bit codes moved as they are
+    x, off = (g.bytes[t], k) if k is not None else g.base(t)
     shape = g.tensors[t]["shape"]
     indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
@@ -396,8 +407,8 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
                 x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
     if "table" in blobs:
         _table_node(g, x, off, g.tensors[t]["dtype"], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
-    elif raw:
-        g.put_bytes(op["outputs"][0], x)
+    elif k is not None:
+        g.put_bytes(op["outputs"][0], x, k)
     else:
         g.put(op["outputs"][0], x, off)
 
@@ -464,7 +475,7 @@ class FusedRun:
         g = self._graph
         heads = []
         for name in outputs:
-            if name in g.bytes:
+            if name in g.bytes and np.dtype(g.tensors[name]["dtype"]) == np.uint8 and not g.byte_offsets.get(name):
                 heads.append((g.bytes[name], None))  # uint8 codes as an integer kernel wrote them
             else:
                 heads.append(g.base(name))  # (may add the float32 view of bytes to the graph)
@@ -535,9 +546,13 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         for t in op["inputs"]:
             last_use[t] = k
     keep = set(sg["outputs"])
+    readers: dict[str, list[dict]] = {}
+    for op in ops:
+        for t in op["inputs"]:
+            readers.setdefault(t, []).append(op)
     items: list = []
     reasons: dict[int, str] = {}
-    g, start = Graph(tensors), 0
+    g, start = Graph(tensors, readers=readers), 0
 
     def close(end: int) -> None:
         nonlocal g
@@ -555,7 +570,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
                               stacklevel=3)
         else:
             items.extend(run_ops)
-        g = Graph(tensors)
+        g = Graph(tensors, readers=readers)
 
     for k, op in enumerate(ops):
         emit = _EMITTERS.get(op["op"])

@@ -34,9 +34,10 @@ class Graph:
     reads the tensor wants ``q - zp`` anyway), so the zero point costs a pass only where a reader
     needs other codes (``centered``, one ``Add`` per tensor and offset).
 
-    A uint8 tensor written by one of ONNX Runtime's integer kernels (``fused_qlinear``) is held
-    as **bytes**, its codes in a uint8 tensor (``bytes``), and gets a float32 view only when a
-    float reader asks (``base``).
+    An 8-bit tensor written by one of ONNX Runtime's integer kernels (``fused_qlinear``) is held
+    as **bytes**: a uint8 tensor (``bytes``) of its codes minus ``byte_offsets[t]`` (0 for a
+    uint8 tensor; an int8 tensor's codes are moved into 0..255, e.g. by 128), and gets a float32
+    view only when a float reader asks (``base``).
     """
 
     tensors: dict
@@ -51,7 +52,9 @@ class Graph:
     offsets: dict = field(default_factory=dict)  # tensor -> k: names[tensor] holds its codes minus k
     shifted: dict = field(default_factory=dict)  # (tensor, k) -> codes minus k, made once
     pads: dict = field(default_factory=dict)  # output of a constant Pad -> (its input, widths, pad code)
-    bytes: dict = field(default_factory=dict)  # uint8 tensor -> the uint8 ONNX tensor of its codes
+    bytes: dict = field(default_factory=dict)  # 8-bit tensor -> the uint8 ONNX tensor of its codes minus k
+    byte_offsets: dict = field(default_factory=dict)  # tensor -> k of ``bytes`` (absent: 0)
+    readers: dict = field(default_factory=dict)  # tensor -> the program's ops that read it
 
     def fresh(self) -> str:
         self.count += 1
@@ -82,7 +85,7 @@ class Graph:
                 held = self._input(tensor)
                 if np.dtype(self.tensors[tensor]["dtype"]) == np.uint8:  # integer kernels read it as it is
                     self.bytes[tensor] = held
-            self.put(tensor, self.node("Cast", [held], to=TensorProto.FLOAT))
+            self.put(tensor, self.node("Cast", [held], to=TensorProto.FLOAT), self.byte_offsets.get(tensor, 0))
         return self.names[tensor], self.offsets.get(tensor, 0)
 
     def _input(self, tensor: str) -> str:
@@ -90,22 +93,24 @@ class Graph:
         self.inputs.append(tensor)
         return input_name(len(self.inputs) - 1)
 
-    def as_bytes(self, tensor: str) -> str:
-        """The uint8 codes of uint8 ``tensor`` (what ONNX Runtime's uint8 kernels read): held
-        already, the graph input itself, or cast from the float32 codes."""
-        if tensor not in self.bytes:
-            if tensor in self.names:
-                x, off = self.base(tensor)
-                if off:
-                    x = self.node("Add", [x, self.const(off)])
-                self.bytes[tensor] = self.node("Cast", [x], to=TensorProto.UINT8)
-            else:
+    def as_bytes(self, tensor: str, k: int = 0) -> str:
+        """``tensor``'s codes minus ``k`` as uint8 (what ONNX Runtime's uint8 kernels read): held
+        already, the graph input itself (a uint8 tensor, ``k`` 0), or cast from the float32 codes."""
+        if tensor in self.bytes and self.byte_offsets.get(tensor, 0) == k:
+            return self.bytes[tensor]
+        key = (tensor, k, "bytes")
+        if key not in self.shifted:
+            if tensor not in self.names and tensor not in self.bytes \
+                    and np.dtype(self.tensors[tensor]["dtype"]) == np.uint8 and k == 0:
                 self.bytes[tensor] = self._input(tensor)
-        return self.bytes[tensor]
+                return self.bytes[tensor]
+            self.shifted[key] = self.node("Cast", [self.centered(tensor, k)], to=TensorProto.UINT8)
+        return self.shifted[key]
 
-    def put_bytes(self, tensor: str, name: str) -> None:
-        """``name`` holds uint8 ``tensor``'s codes."""
+    def put_bytes(self, tensor: str, name: str, k: int = 0) -> None:
+        """``name`` holds 8-bit ``tensor``'s codes minus ``k`` as uint8."""
         self.bytes[tensor] = name
+        self.byte_offsets[tensor] = int(k)
 
     def centered(self, tensor: str, k: int = 0) -> str:
         """``tensor``'s codes minus ``k`` as float32 (exact: integers far below 2^24)."""
@@ -127,10 +132,12 @@ class Graph:
 
     def mark(self) -> tuple:
         return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
-                *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes)))
+                *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
+                                    self.byte_offsets)))
 
     def rollback(self, mark: tuple) -> None:
-        n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes = mark
+        (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
+         self.byte_offsets) = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
 
 

@@ -20,11 +20,16 @@ The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort
 so the tensors they read and write are uint8 codes, held as such between two integer kernels
 (``Graph.as_bytes``) and given a float32 view only where a float op reads them.
 
+A power-of-two convolution (a DPU's ``shift`` epilogue, int8 codes) runs on ``QLinearConv`` too:
+its int8 codes travel as uint8 bytes moved by their lowest code, and nudged multipliers make
+MLAS' ties-to-even rounding the target's tie rule (:func:`_shift_form`).
+
 That these kernels compute exactly what ``numerics`` defines is a property of the CPU: on x86-64
-without VNNI, MLAS' uint8 x int8 kernels add pairs of products in saturating 16-bit lanes, and on
-other architectures ``QLinearAdd`` may round its sum differently.  :func:`exact` therefore runs
-each kernel once per process on codes at the extremes and compares them with ``numerics``; where
-they differ the fused runs keep their float forms.
+without VNNI, MLAS' uint8 x int8 kernels add pairs of products in saturating 16-bit lanes (its
+uint8 x uint8 kernels do not), and on other architectures ``QLinearAdd`` may round its sum
+differently.  :func:`weight_form` and :func:`exact` therefore run each kernel once per process on
+codes at the extremes and compare them with ``numerics``; where they differ the fused runs keep
+their float forms.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
 from .epilogues import out_type
-from .fused_graph import Graph, clamp_bounds, code_reach
+from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach
 
 MS_DOMAIN = "com.microsoft"
 
@@ -48,33 +53,108 @@ def _uint8(*dtypes) -> bool:
 
 def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
     """Write convolution ``op`` (input tensor ``x``, zero padding ``pads``) as ``QLinearConv`` on
-    uint8 codes when its arithmetic is that kernel's; say whether it did."""
+    8-bit codes (uint8 activations, int8 weights) when its arithmetic is that kernel's; say
+    whether it did.
+
+    Two epilogues are that kernel's: a float-scale group's ``scale`` (MLAS' own output stage) and
+    a power-of-two ``shift`` (:func:`_shift_form`).  Int8 codes travel as uint8 bytes moved into
+    0..255 (``Graph.byte_offsets``), the input's offset taken out by the kernel's zero point."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
-    if ep.get("chain") or ep["mode"] != "scale" or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
-        return False
-    if np.any(np.asarray(a["lshift"]) != 0) or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]):
-        return False
-    in_dtype = a.get("in_dtype", g.tensors[x]["dtype"])
-    if not _uint8(in_dtype, g.tensors[x]["dtype"], ep["dtype"]) or len(a["out_shape"]) != 4 \
+    if ep.get("chain") or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or len(a["out_shape"]) != 4 \
             or list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
         return False
+    in_dtype = np.dtype(a.get("in_dtype", g.tensors[x]["dtype"]))
+    if in_dtype != np.dtype(g.tensors[x]["dtype"]) or in_dtype.itemsize != 1 or np.dtype(ep["dtype"]).itemsize != 1:
+        return False
     w = np.asarray(blobs["w"], np.int64)
-    if w.min(initial=0) < -128 or w.max(initial=0) > 127 or not exact():
+    if w.min(initial=0) < -128 or w.max(initial=0) > 127:
         return False
-    cout = w.shape[0]
-    mult = np.broadcast_to(np.asarray(ep["multiplier"], np.float32).reshape(-1), (cout,))
-    parts = _int32_accumulators(w, np.asarray(blobs["b"], np.int64).reshape(-1), mult, ep,
-                                code_reach(in_dtype, a["x_zp"]))
-    if parts is None:
+    bias = np.asarray(blobs["b"], np.int64).reshape(-1)
+    reach = code_reach(in_dtype, a["x_zp"])
+    if ep["mode"] == "scale":
+        if not _uint8(in_dtype, ep["dtype"]) or np.any(np.asarray(a["lshift"]) != 0) \
+                or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
+            return False
+        mult = np.broadcast_to(np.asarray(ep["multiplier"], np.float32).reshape(-1), (w.shape[0],))
+        parts = _int32_accumulators(w, bias, mult, ep, reach)
+        k_in, (k_out, span) = 0, (0, 255)
+    elif ep["mode"] == "shift":
+        if x not in g.bytes and not _bytes_readers(g, op["outputs"][0]):
+            return False  # float32 in and out: the float convolution saves two conversions
+        held = g.byte_offsets.get(x, 0) if x in g.bytes else None
+        k_in = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(in_dtype)[0]
+        parts = _shift_form(w, bias, a, ep, reach)
+        lo, hi = clamp_bounds(ep)
+        k_out, span = lo, hi - lo
+        mult = parts[2] if parts is not None else None
+    else:
         return False
-    w, bias = parts
+    form = weight_form()
+    if parts is None or form is None:
+        return False
+    w, bias = parts[:2]
     y = g.node("QLinearConv", [
-        g.as_bytes(x), g.scalar(1.0), g.scalar(a["x_zp"], np.uint8),
-        g.const(w, np.int8), g.const(mult), g.const(np.zeros(cout), np.int8),
-        g.scalar(1.0), g.scalar(ep["zp"], np.uint8), g.const(bias, np.int32)],
+        g.as_bytes(x, k_in), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
+        *_weights(g, w, mult, form),
+        g.scalar(1.0), g.scalar(ep["zp"] - k_out if ep["mode"] == "scale" else 0, np.uint8), g.const(bias, np.int32)],
         pads=pads, strides=a["strides"], dilations=a["dilations"], group=a["group"], kernel_shape=list(w.shape[2:]))
-    g.put_bytes(op["outputs"][0], _clamped(g, y, ep))
+    if ep["mode"] == "scale":
+        y = _clamped(g, y, ep)
+    elif span < 255:
+        y = g.node("Clip", [y, g.scalar(0, np.uint8), g.scalar(span, np.uint8)])
+    g.put_bytes(op["outputs"][0], y, k_out)
     return True
+
+
+#: Ops that read 8-bit codes as bytes without a float32 view (integer kernels, data movement, tables).
+_BYTES_MOVES = {"concat", "reshape", "transpose", "slice", "split", "maxpool", "gather", "pad"}
+
+
+def _bytes_readers(g: Graph, tensor: str, depth: int = 4) -> bool:
+    """Whether some reader of ``tensor`` takes it as bytes: a convolution whose epilogue an
+    integer kernel computes, a lookup table, or data movement that passes it on to such a reader."""
+    for op in g.readers.get(tensor, []):
+        ep = op["attrs"].get("epilogue") or {}
+        if op["op"] == "conv" and ep.get("mode") in ("shift", "scale") and not ep.get("chain"):
+            return True
+        if op["op"] == "lut":
+            return True
+        if op["op"] in _BYTES_MOVES and depth and any(_bytes_readers(g, t, depth - 1) for t in op["outputs"]):
+            return True
+    return False
+
+
+def _shift_form(w: np.ndarray, bias: np.ndarray, a: dict, ep: dict,
+                reach: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Weights, int32 bias and float32 multipliers with which ``QLinearConv`` (output zero point
+    0) gives a power-of-two convolution's codes minus their lowest, ``lo`` (its clamp).
+
+    The kernel's ``(acc << lshift) + bias``, shifted right by ``shift`` with the target's tie
+    rule, is ``(acc + bias >> lshift)`` shifted by ``shift - lshift`` where the bias is a multiple
+    of ``2^lshift``; adding ``(zp - lo) << shift`` to the bias moves the codes kept to 0..255,
+    where ``numerics.shift_as_float32_multiplier`` makes MLAS' rounding the tie rule.  ``None``
+    where that does not hold or an accumulator could leave int32."""
+    cout = w.shape[0]
+    lshift = channel(a["lshift"], cout).astype(np.int64)
+    shift = channel(ep["shift"], cout).astype(np.int64) - lshift
+    if np.any(lshift < 0) or np.any(bias % (np.int64(1) << lshift) != 0) or np.any(shift < -31):
+        return None
+    mult = nm.shift_as_float32_multiplier(shift, ep["round"])
+    lo = clamp_bounds(ep)[0]
+    move = int(ep["zp"]) - lo
+    if mult is None or np.any((shift < 0) & (move % (np.int64(1) << np.maximum(-shift, 0)) != 0)):
+        return None
+    bias = (bias >> lshift) + np.where(shift >= 0, move << np.maximum(shift, 0), move >> np.maximum(-shift, 0))
+    if np.any(np.abs(bias) + reach * np.abs(w).reshape(cout, -1).sum(axis=1) >= 2 ** 31):
+        return None
+    return w, bias, mult
+
+
+def _weights(g: Graph, w: np.ndarray, mult: np.ndarray, form: str) -> list[str]:
+    """``QLinearConv``'s weight, weight scale and weight zero point inputs for int8 codes ``w``
+    and multipliers ``mult`` in ``form`` (:func:`weight_form`)."""
+    (wq, _), (zq, _) = _weight_arrays(w, form)
+    return [g.const(wq, wq.dtype), g.const(mult), g.const(zq, zq.dtype)]
 
 
 def _int32_accumulators(w: np.ndarray, bias: np.ndarray, mult: np.ndarray, ep: dict,
@@ -215,7 +295,7 @@ def _session(nodes: list, inputs: list, inits: list) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _conv_exact(rng: np.random.Generator, cin: int, group: int, k: int) -> bool:
+def _conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int) -> bool:
     """``QLinearConv`` on codes 0/255 and weights -128/127 (the products a 16-bit lane saturates
     on) against the exact accumulator and ``numerics.requantize_float``."""
     cout, x_zp, y_zp = cin if group > 1 else 16, 3, 128
@@ -234,8 +314,41 @@ def _conv_exact(rng: np.random.Generator, cin: int, group: int, k: int) -> bool:
     mult = (np.float32(120) / np.float32(np.abs(acc).max())).astype(np.float32) * np.linspace(0.5, 1, cout, dtype=np.float32)
     want = np.clip(nm.requantize_float(acc, mult.reshape(1, -1, 1, 1), nm.RoundMode.HALF_EVEN) + y_zp, 0, 255)
     inits = [numpy_helper.from_array(v, n) for v, n in (
-        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), (w, "w"), (mult, "ws"), (np.zeros(cout, np.int8), "wz"),
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *_weight_arrays(w, form), (mult, "ws"),
         (np.uint8(y_zp), "yz"), (bias, "b"))]
+    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
+                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
+    got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
+    return np.array_equal(got, want)
+
+
+def _shift_conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int,
+                      mode: str = "half_up") -> bool:
+    """``QLinearConv`` with :func:`numerics.shift_as_float32_multiplier` multipliers against
+    ``numerics.shift_round``: shifts 1..14 per channel, weights sized so the codes spread over
+    0..255 (every small shift meets ties)."""
+    shifts = np.array([1, 2, 3, 5, 8, 11, 14] * 2, np.int64)
+    cout, x_zp = (cin if group > 1 else len(shifts)), 128
+    shifts = np.resize(shifts, cout)
+    taps = cin // group * k * k
+    x = rng.integers(0, 256, size=(1, cin, 6, 6)).astype(np.uint8)
+    size = np.clip(np.exp2(shifts) * 120 / (75 * np.sqrt(taps)), 1, 127).astype(np.int64)
+    w = (rng.integers(-1000, 1001, size=(cout, cin // group, k, k)) * size.reshape(-1, 1, 1, 1) // 1000).astype(np.int8)
+    bias = (128 << shifts) + rng.integers(-8, 9, cout)
+    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
+    acc = np.zeros((1, cout, 6, 6), np.int64)
+    per = cin // group
+    for c in range(cout):
+        g0 = (c // (cout // group)) * per
+        for i in range(k):
+            for j in range(k):
+                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 6, j:j + 6], w[c, :, i, j].astype(np.int64))
+    acc += bias.reshape(1, -1, 1, 1)
+    want = np.clip(nm.shift_round(acc, shifts.reshape(1, -1, 1, 1), mode), 0, 255)
+    mult = nm.shift_as_float32_multiplier(shifts, mode)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *_weight_arrays(w, form), (mult, "ws"),
+        (np.uint8(0), "yz"), (bias.astype(np.int32), "b"))]
     node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
                             pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
     got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
@@ -254,14 +367,43 @@ def _add_exact(rng: np.random.Generator) -> bool:
     return np.array_equal(got, want)
 
 
+def _weight_arrays(w: np.ndarray, form: str) -> list[tuple[np.ndarray, str]]:
+    """Int8 weight codes and their zero points as ``form`` has them: int8 with zero point 0, or
+    uint8 ``w + 128`` with zero point 128."""
+    cout = w.shape[0]
+    if form == "s8":
+        return [(w.astype(np.int8), "w"), (np.zeros(cout, np.int8), "wz")]
+    return [((w.astype(np.int16) + 128).astype(np.uint8), "w"), (np.full(cout, 128, np.uint8), "wz")]
+
+
+_ORT_REFUSALS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.NotImplemented,
+                 ort.capi.onnxruntime_pybind11_state.InvalidGraph)
+
+
+@functools.cache
+def weight_form() -> str | None:
+    """How this process' ``QLinearConv`` computes ``numerics``' codes: ``"s8"`` (int8 weights,
+    MLAS' uint8 x int8 kernels: exact where the CPU has VNNI), ``"u8"`` (the same weights as uint8
+    ``w + 128`` with zero point 128: MLAS' uint8 x uint8 kernels widen to 16 bits before they
+    multiply, exact on x86-64 without VNNI too, about half as fast as ``"s8"``), or ``None`` (the
+    float forms serve).  Dense 1x1 and 3x3 and depthwise 3x3 convolutions, with float-scale and
+    power-of-two requantisations, on codes at the extremes."""
+    shapes = ((64, 1, 1), (16, 1, 3), (16, 16, 3))
+    for form in ("s8", "u8"):
+        rng = np.random.default_rng(0)
+        try:
+            if all(_conv_exact(rng, form, *shape) and _shift_conv_exact(rng, form, *shape) for shape in shapes):
+                return form
+        except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
+            continue
+    return None
+
+
 @functools.cache
 def exact() -> bool:
     """Whether this process' ONNX Runtime integer kernels compute ``numerics``' codes (see the
-    module docstring): dense 1x1 and 3x3 and depthwise 3x3 ``QLinearConv``, and ``QLinearAdd``."""
-    rng = np.random.default_rng(0)
+    module docstring): ``QLinearConv`` in some :func:`weight_form`, and ``QLinearAdd``."""
     try:
-        return (_conv_exact(rng, 64, 1, 1) and _conv_exact(rng, 16, 1, 3) and _conv_exact(rng, 16, 16, 3)
-                and _add_exact(rng))
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.NotImplemented,
-            ort.capi.onnxruntime_pybind11_state.InvalidGraph):  # a kernel this ONNX Runtime lacks: the float forms serve
+        return weight_form() is not None and _add_exact(np.random.default_rng(0))
+    except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks: the float forms serve
         return False

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 
 from npuflow import numerics as nm
 from npuflow.runtime import fused, fused_qlinear
 from tests.qdq_builder import Builder
-from tests.unit.test_compiler_kernels import CPU, _x
+from tests.unit.test_compiler_kernels import CPU, DPU, _x
 from tests.unit.test_runtime_fused import _equal_fused_and_kernels
 
 
@@ -60,16 +61,42 @@ def test_uint8_groups_run_on_integer_kernels_exactly(scale):
 
 def test_float_forms_serve_where_the_integer_kernels_differ(monkeypatch):
     monkeypatch.setattr(fused_qlinear, "exact", lambda: False)
+    monkeypatch.setattr(fused_qlinear, "weight_form", lambda: None)
     plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 2.0)}, CPU)
     ops = _live_ops(plan)
     assert "QLinearConv" not in ops and ops.count("Conv") == 3, ops
 
 
 def test_probe_notices_kernels_that_round_otherwise(monkeypatch):
-    assert fused_qlinear.exact.__wrapped__()  # this machine's kernels: what numerics defines
+    # this machine's kernels compute what numerics defines, in one of the weight forms (int8
+    # weights where MLAS' uint8 x int8 kernels do not saturate, else uint8 weights + 128)
+    assert fused_qlinear.weight_form.__wrapped__() in ("s8", "u8")
+    assert fused_qlinear.exact.__wrapped__()
     real = nm.requantize_float
     monkeypatch.setattr(nm, "requantize_float", lambda acc, m, mode: real(acc, m, mode) + (np.asarray(acc) % 7 == 0))
-    assert not fused_qlinear.exact.__wrapped__()
+    assert fused_qlinear.weight_form.__wrapped__() is None
+
+
+def test_probe_checks_the_power_of_two_rounding_too(monkeypatch):
+    # numerics' tie rule that the nudged multipliers stand for (a changed rule: no integer kernels)
+    real = nm.shift_round
+    monkeypatch.setattr(nm, "shift_round", lambda acc, s, mode: real(acc, s, "half_even" if mode == "half_up" else mode))
+    assert fused_qlinear.weight_form.__wrapped__() is None
+
+
+def test_saturating_uint8_x_int8_kernels_fall_back_to_uint8_weights(monkeypatch):
+    # MLAS without VNNI adds pairs of uint8 x int8 products in saturating 16-bit lanes: the probe
+    # must then pick uint8 weights (exact 16-bit products), whatever this machine's CPU does
+    real = fused_qlinear._conv_exact
+    monkeypatch.setattr(fused_qlinear, "_conv_exact", lambda rng, form, *shape: form == "u8" and real(rng, form, *shape))
+    assert fused_qlinear.weight_form.__wrapped__() == "u8"
+    monkeypatch.setattr(fused_qlinear, "weight_form", lambda: "u8")
+    plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 20.0)}, CPU)
+    assert _live_ops(plan).count("QLinearConv") == 3
+    g = next(it for it in plan.items if isinstance(it, fused.FusedRun))._graph
+    weights = {t.name: t for t in g.inits}
+    convs = [n for n in g.nodes if n.op_type == "QLinearConv"]
+    assert all(weights[n.input[3]].data_type == TensorProto.UINT8 for n in convs)
 
 
 @pytest.mark.parametrize("silu_scale", [0.033, 0.0331])
@@ -109,3 +136,63 @@ def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels(silu_
     assert ("QLinearMul" in core) == (silu_scale != 0.033), core
     if "QLinearMul" in core:  # nothing leaves uint8
         assert "Cast" not in core, core
+
+
+def _pow2_block(mode: str, relu_first: bool) -> "Builder":
+    """Int8 power-of-two block as a DPU runs it: conv 3x3 (+ Relu) -> depthwise 3x3 stride 2 ->
+    1x1 conv, + a residual add; shifts 9, 4 (a tie in every 16 accumulators) and 14 (the
+    largest the nudged multipliers serve), output clamps 0..127 or -128..127."""
+    rng = np.random.default_rng(37)
+    b = Builder(mode)
+    x = b.input("x", [1, 8, 12, 12], 2.0 ** -4)
+    w1 = b.weight("w1", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), 2.0 ** -8)
+    b1 = b.bias("b1", rng.normal(0, 0.5, 8), 2.0 ** -12)
+    c = b.node("Conv", [b.dq(x), w1, b1], "conv", pads=[1, 1, 1, 1])
+    if relu_first:
+        c = b.node("Relu", [c], "relu")
+    c = b.quantize(c, 2.0 ** -3)
+    k = b.weight("k", rng.normal(0, 0.3, (8, 1, 3, 3)).astype(np.float32), 2.0 ** -7)
+    d = b.quantize(b.node("Conv", [b.dq(c), k], "depthwise", group=8, strides=[2, 2], pads=[1, 1, 1, 1]), 2.0 ** -6)
+    w2 = b.weight("w2", rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32), 2.0 ** -9)
+    e = b.quantize(b.node("Conv", [b.dq(d), w2], "pointwise"), 2.0 ** -1)
+    b.output(b.quantize(b.node("Add", [b.dq(d), b.dq(e)], "add"), 2.0 ** -1), "out")
+    return b
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_down", "half_even"])
+@pytest.mark.parametrize("relu_first", [True, False])
+@pytest.mark.parametrize("scale", [0.5, 4.0, 40.0])  # small codes, everyday ones, saturation
+def test_power_of_two_convolutions_run_on_integer_kernels_exactly(mode, relu_first, scale):
+    # the shift's tie rule through nudged float32 multipliers (numerics.shift_as_float32_multiplier),
+    # int8 codes as uint8 bytes moved by 128 (or by 0 after the Relu's clamp)
+    plan = _equal_fused_and_kernels(_pow2_block(mode, relu_first).model(), {"x": _x([1, 8, 12, 12], 9, scale)}, DPU)
+    assert not plan.reasons, plan.reasons
+    ops = _live_ops(plan)
+    core = ops[ops.index("QLinearConv"):len(ops) - ops[::-1].index("QLinearConv")]
+    assert core.count("QLinearConv") == 3 and not {"Conv", "Round", "Floor", "Cast"} & set(core), ops
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_down", "half_even"])
+@pytest.mark.parametrize("shift", [-3, 0, 1, 2, 7, 14])
+def test_nudged_multipliers_give_the_tie_rule_on_every_accumulator(mode, shift):
+    # every accumulator whose result lands in -2..257 (all ties on the grid), and random int32 ones
+    span = 1 << max(shift, 0)
+    acc = np.concatenate([np.arange(-2 * span, 258 * span),
+                          np.random.default_rng(shift + 40).integers(-(1 << 31), 1 << 31, 20000)])
+    m = nm.shift_as_float32_multiplier(np.array([shift]), mode)[0]
+    mlas = np.clip(np.rint((acc.astype(np.float32) * m).astype(np.float32)), 0, 255)  # MLAS' output stage
+    assert np.array_equal(mlas, np.clip(nm.shift_round(acc, shift, mode), 0, 255))
+    if shift > 0 and mode != "half_even":  # the nudge is needed: ties otherwise go to even
+        plain = np.clip(np.rint((acc.astype(np.float32) * np.float32(2.0 ** -shift)).astype(np.float32)), 0, 255)
+        assert not np.array_equal(plain, mlas)
+    assert nm.shift_as_float32_multiplier(np.array([nm.MAX_NUDGED_SHIFT + 1]), mode) is None
+
+
+def test_lone_power_of_two_convolution_between_float_tensors_stays_float():
+    # int8 codes in from outside, codes out to the caller: QLinearConv would add a conversion on
+    # each side, so the exact float32 convolution serves
+    from tests.unit.test_compiler_kernels import _conv_model
+
+    plan = _equal_fused_and_kernels(_conv_model("half_up", "relu"), {"x": _x([1, 8, 13, 11], 3, 4.0)}, DPU)
+    ops = _live_ops(plan)
+    assert "Conv" in ops and "QLinearConv" not in ops, ops
