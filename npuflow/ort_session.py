@@ -58,10 +58,16 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
     failed (``NPF_CUSTOM_OP_FAILED``)."""
     import onnxruntime as ort
 
-    from . import custom_ops
+    from . import custom_ops, ort_kernels
 
     opts = options(level=level, threads=threads, spinning=spinning)
     proto = onnx.load_from_string(model) if isinstance(model, bytes) and custom_ops.has_registrations() else model
+    # integer kernels (fused QDQ groups, QOperator nodes) in the form this CPU computes exactly;
+    # serialized models are parsed only where they may hold int8 weights and the form is not int8
+    if not isinstance(proto, bytes):
+        proto = ort_kernels.exact_weights(proto)
+    elif any(op in proto for op in (b"DequantizeLinear", b"QLinear", b"Integer")) and ort_kernels.weight_form() == "u8":
+        proto = ort_kernels.exact_weights(onnx.load_from_string(proto))
     custom = False
     if isinstance(proto, onnx.ModelProto):
         found = custom_ops.custom_nodes(proto)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from npuflow import numerics as nm
-from npuflow import qdq
+from npuflow import ort_kernels, qdq
 
 
 class Builder:
@@ -124,6 +124,7 @@ def ort_values(model: onnx.ModelProto, feeds: dict, names: list[str], level: str
         if n not in have:
             m.graph.output.append(helper.make_empty_tensor_value_info(n))
     m.ir_version = min(m.ir_version, 10)
+    m = ort_kernels.exact_weights(m)  # ORT's integer kernels in the form this CPU computes exactly
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if level == "disable"
                                      else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)

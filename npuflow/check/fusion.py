@@ -16,7 +16,7 @@ from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, hard_activation
 from ..targets.spec import Target
 from ..graph import GraphView
 from .ops import ACTIVATION, OpInfo
-from .rules import rule_reasons
+from ..targets.judge import rule_reasons
 
 #: How many constant scale/shift/BatchNorm nodes in a row a weighted op absorbs.
 MAX_ABSORBED = 4

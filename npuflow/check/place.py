@@ -28,7 +28,8 @@ from .lowerable import QuantFacts, lowering_limit, output_chain
 from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
-from .rules import hint_for, rule_reasons
+from ..targets.judge import rule_reasons
+from .rules import hint_for
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``check`` judges a model as it is given; the quantizer places the *optimised* float model, so
 an op whose parameters the accelerator does not implement, but which an exact rewrite turns
 into ones it does, need not leave the accelerator.  Each rewrite runs only where the target's
-own rule (its data file, judged by :func:`npuflow.check.rules.rule_reasons` with the checker's
+own rule (its data file, judged by :func:`npuflow.targets.judge.rule_reasons` with the checker's
 parameter names) rejects the node and accepts the rewritten form, so a target that runs the
 original op sees no change.  Both keep the float function up to float rounding:
 
@@ -37,6 +37,7 @@ from onnx import TensorProto, helper
 from ..graph import GraphView, attr, remove_unused_initializers, set_attr
 from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_DIVISOR, HSIGMOID_OFFSET
 from ..targets import Target
+from ..targets.judge import rule_reasons
 from .absorb import set_layer_params
 from .fold_affine import layer_params, scale_shift
 
@@ -72,8 +73,6 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
 
 def _reasons(target: Target, kind: str, params: dict) -> list[str] | None:
     """The target's objections to an op of ``kind`` with ``params``; ``None`` when it has no such op."""
-    from ..check.rules import rule_reasons  # check imports passes; the rule judge is check's
-
     rule = target.rule(kind)
     return None if rule is None else rule_reasons(rule, params, target.hardware_names())
 

@@ -27,9 +27,9 @@ MLAS' ties-to-even rounding the target's tie rule (:func:`_shift_form`).
 That these kernels compute exactly what ``numerics`` defines is a property of the CPU: on x86-64
 without VNNI, MLAS' uint8 x int8 kernels add pairs of products in saturating 16-bit lanes (its
 uint8 x uint8 kernels do not), and on other architectures ``QLinearAdd`` may round its sum
-differently.  :func:`weight_form` and :func:`exact` therefore run each kernel once per process on
-codes at the extremes and compare them with ``numerics``; where they differ the fused runs keep
-their float forms.
+differently.  ``ort_kernels.weight_form`` and ``ort_kernels.exact`` therefore run each kernel once
+per process on codes at the extremes and compare them with ``numerics``; where they differ the
+fused runs keep their float forms.
 """
 
 from __future__ import annotations
@@ -41,11 +41,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from .. import ort_kernels
+from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from .epilogues import out_type
 from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach
-
-MS_DOMAIN = "com.microsoft"
-
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -89,7 +88,7 @@ def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
         mult = parts[2] if parts is not None else None
     else:
         return False
-    form = weight_form()
+    form = ort_kernels.weight_form()
     if parts is None or form is None:
         return False
     w, bias = parts[:2]
@@ -152,8 +151,8 @@ def _shift_form(w: np.ndarray, bias: np.ndarray, a: dict, ep: dict,
 
 def _weights(g: Graph, w: np.ndarray, mult: np.ndarray, form: str) -> list[str]:
     """``QLinearConv``'s weight, weight scale and weight zero point inputs for int8 codes ``w``
-    and multipliers ``mult`` in ``form`` (:func:`weight_form`)."""
-    (wq, _), (zq, _) = _weight_arrays(w, form)
+    and multipliers ``mult`` in ``form`` (``ort_kernels.weight_form``)."""
+    (wq, _), (zq, _) = weight_arrays(w, form)
     return [g.const(wq, wq.dtype), g.const(mult), g.const(zq, zq.dtype)]
 
 
@@ -212,7 +211,7 @@ def add(g: Graph, op: dict) -> bool:
     out = op["outputs"][0]
     shape = list(g.tensors[out]["shape"])
     if not _uint8(spec["out_dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
-            or any(list(g.tensors[t]["shape"]) != shape for t in (*names, out)) or not exact():
+            or any(list(g.tensors[t]["shape"]) != shape for t in (*names, out)) or not ort_kernels.exact():
         return False
     params = [*spec["scales"], *spec["zps"], spec["out_scale"], spec["out_zp"]]
     if any(np.size(v) != 1 for v in params):
@@ -235,13 +234,13 @@ def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
     params = [g.tensors[t].get("quant") or {} for t in (x, out)]
     if not _uint8(g.tensors[x]["dtype"], g.tensors[out]["dtype"]) or table.size != 256 \
             or any(np.ndim(q.get("scale")) or np.ndim(q.get("zero_point")) or "scale" not in q for q in params) \
-            or x not in g.bytes or not exact():
+            or x not in g.bytes or not ort_kernels.exact():
         return False
     (sx, zx), (sy, zy) = ((np.float32(q["scale"]), np.uint8(q["zero_point"])) for q in params)
     inits = [numpy_helper.from_array(v, n) for v, n in ((sx, "sx"), (zx, "zx"), (sy, "sy"), (zy, "zy"))]
     node = helper.make_node("QLinearSigmoid", ["x", "sx", "zx", "sy", "zy"], ["y"], domain=MS_DOMAIN)
     codes = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
-    got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits).run(
+    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits).run(
         None, {"x": codes})[0]
     if not np.array_equal(got.reshape(-1), np.asarray(table).reshape(-1)):
         return False
@@ -263,7 +262,7 @@ def mul(g: Graph, op: dict) -> bool:
     names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
     shape = list(g.tensors[out]["shape"])
     if not _uint8(ep["dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
-            or any(list(g.tensors[t]["shape"]) != shape for t in names) or clamp_bounds(ep) != (0, 255) or not exact():
+            or any(list(g.tensors[t]["shape"]) != shape for t in names) or clamp_bounds(ep) != (0, 255) or not ort_kernels.exact():
         return False
     za, zb = (int(o["zp"]) for o in a["operands"])
     m, zc = np.float32(ep["multiplier"]), int(ep["zp"])
@@ -273,137 +272,10 @@ def mul(g: Graph, op: dict) -> bool:
         (m, "sa"), (np.uint8(za), "za"), (np.float32(1), "one"), (np.uint8(zb), "zb"), (np.uint8(zc), "zc"))]
     node = helper.make_node("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], ["y"], domain=MS_DOMAIN)
     ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, pa.shape) for n in ("a", "b")]
-    got = _session([node], ins, inits).run(None, {"a": pa.astype(np.uint8), "b": pb.astype(np.uint8)})[0]
+    got = probe_session([node], ins, inits).run(None, {"a": pa.astype(np.uint8), "b": pb.astype(np.uint8)})[0]
     if not np.array_equal(got, want):
         return False
     g.put_bytes(out, g.node("QLinearMul", [
         g.as_bytes(names[0]), g.scalar(m), g.scalar(za, np.uint8), g.as_bytes(names[1]), g.scalar(1.0),
         g.scalar(zb, np.uint8), g.scalar(1.0), g.scalar(zc, np.uint8)], domain=MS_DOMAIN))
     return True
-
-
-# --- the probe ------------------------------------------------------------------------------
-
-
-def _session(nodes: list, inputs: list, inits: list) -> ort.InferenceSession:
-    graph = helper.make_graph(nodes, "probe", inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
-    model.ir_version = 8
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int) -> bool:
-    """``QLinearConv`` on codes 0/255 and weights -128/127 (the products a 16-bit lane saturates
-    on) against the exact accumulator and ``numerics.requantize_float``."""
-    cout, x_zp, y_zp = cin if group > 1 else 16, 3, 128
-    x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 5, 5))
-    w = rng.choice(np.array([-128, 127], np.int8), size=(cout, cin // group, k, k))
-    bias = rng.integers(-(1 << 20), 1 << 20, cout).astype(np.int32)
-    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
-    acc = np.zeros((1, cout, 5, 5), np.int64)
-    per = cin // group
-    for c in range(cout):
-        g0 = (c // (cout // group)) * per
-        for i in range(k):
-            for j in range(k):
-                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 5, j:j + 5], w[c, :, i, j].astype(np.int64))
-    acc += bias.reshape(1, -1, 1, 1)
-    mult = (np.float32(120) / np.float32(np.abs(acc).max())).astype(np.float32) * np.linspace(0.5, 1, cout, dtype=np.float32)
-    want = np.clip(nm.requantize_float(acc, mult.reshape(1, -1, 1, 1), nm.RoundMode.HALF_EVEN) + y_zp, 0, 255)
-    inits = [numpy_helper.from_array(v, n) for v, n in (
-        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *_weight_arrays(w, form), (mult, "ws"),
-        (np.uint8(y_zp), "yz"), (bias, "b"))]
-    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
-                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
-    got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
-    return np.array_equal(got, want)
-
-
-def _shift_conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int,
-                      mode: str = "half_up") -> bool:
-    """``QLinearConv`` with :func:`numerics.shift_as_float32_multiplier` multipliers against
-    ``numerics.shift_round``: shifts 1..14 per channel, weights sized so the codes spread over
-    0..255 (every small shift meets ties)."""
-    shifts = np.array([1, 2, 3, 5, 8, 11, 14] * 2, np.int64)
-    cout, x_zp = (cin if group > 1 else len(shifts)), 128
-    shifts = np.resize(shifts, cout)
-    taps = cin // group * k * k
-    x = rng.integers(0, 256, size=(1, cin, 6, 6)).astype(np.uint8)
-    size = np.clip(np.exp2(shifts) * 120 / (75 * np.sqrt(taps)), 1, 127).astype(np.int64)
-    w = (rng.integers(-1000, 1001, size=(cout, cin // group, k, k)) * size.reshape(-1, 1, 1, 1) // 1000).astype(np.int8)
-    bias = (128 << shifts) + rng.integers(-8, 9, cout)
-    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
-    acc = np.zeros((1, cout, 6, 6), np.int64)
-    per = cin // group
-    for c in range(cout):
-        g0 = (c // (cout // group)) * per
-        for i in range(k):
-            for j in range(k):
-                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 6, j:j + 6], w[c, :, i, j].astype(np.int64))
-    acc += bias.reshape(1, -1, 1, 1)
-    want = np.clip(nm.shift_round(acc, shifts.reshape(1, -1, 1, 1), mode), 0, 255)
-    mult = nm.shift_as_float32_multiplier(shifts, mode)
-    inits = [numpy_helper.from_array(v, n) for v, n in (
-        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *_weight_arrays(w, form), (mult, "ws"),
-        (np.uint8(0), "yz"), (bias.astype(np.int32), "b"))]
-    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
-                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
-    got = _session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
-    return np.array_equal(got, want)
-
-
-def _add_exact(rng: np.random.Generator) -> bool:
-    a, b = (rng.integers(0, 256, (1, 8, 16, 16)).astype(np.uint8) for _ in range(2))
-    sa, sb, sc = np.float32(0.0371), np.float32(0.0123), np.float32(0.0417)
-    want = np.clip(nm.qlinear_add(a, sa, 131, b, sb, 77, sc, 119), 0, 255)
-    inits = [numpy_helper.from_array(v, n) for v, n in (
-        (sa, "sa"), (np.uint8(131), "za"), (sb, "sb"), (np.uint8(77), "zb"), (sc, "sc"), (np.uint8(119), "zc"))]
-    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"], domain=MS_DOMAIN)
-    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, a.shape) for n in ("a", "b")]
-    got = _session([node], ins, inits).run(None, {"a": a, "b": b})[0]
-    return np.array_equal(got, want)
-
-
-def _weight_arrays(w: np.ndarray, form: str) -> list[tuple[np.ndarray, str]]:
-    """Int8 weight codes and their zero points as ``form`` has them: int8 with zero point 0, or
-    uint8 ``w + 128`` with zero point 128."""
-    cout = w.shape[0]
-    if form == "s8":
-        return [(w.astype(np.int8), "w"), (np.zeros(cout, np.int8), "wz")]
-    return [((w.astype(np.int16) + 128).astype(np.uint8), "w"), (np.full(cout, 128, np.uint8), "wz")]
-
-
-_ORT_REFUSALS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.NotImplemented,
-                 ort.capi.onnxruntime_pybind11_state.InvalidGraph)
-
-
-@functools.cache
-def weight_form() -> str | None:
-    """How this process' ``QLinearConv`` computes ``numerics``' codes: ``"s8"`` (int8 weights,
-    MLAS' uint8 x int8 kernels: exact where the CPU has VNNI), ``"u8"`` (the same weights as uint8
-    ``w + 128`` with zero point 128: MLAS' uint8 x uint8 kernels widen to 16 bits before they
-    multiply, exact on x86-64 without VNNI too, about half as fast as ``"s8"``), or ``None`` (the
-    float forms serve).  Dense 1x1 and 3x3 and depthwise 3x3 convolutions, with float-scale and
-    power-of-two requantisations, on codes at the extremes."""
-    shapes = ((64, 1, 1), (16, 1, 3), (16, 16, 3))
-    for form in ("s8", "u8"):
-        rng = np.random.default_rng(0)
-        try:
-            if all(_conv_exact(rng, form, *shape) and _shift_conv_exact(rng, form, *shape) for shape in shapes):
-                return form
-        except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
-            continue
-    return None
-
-
-@functools.cache
-def exact() -> bool:
-    """Whether this process' ONNX Runtime integer kernels compute ``numerics``' codes (see the
-    module docstring): ``QLinearConv`` in some :func:`weight_form`, and ``QLinearAdd``."""
-    try:
-        return weight_form() is not None and _add_exact(np.random.default_rng(0))
-    except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks: the float forms serve
-        return False

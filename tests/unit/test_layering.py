@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "npuflow"
 #: Modules every stage may import; they import only each other.
 FOUNDATIONS = frozenset({
     "errors", "numerics", "qdq", "model", "outputs", "safe_yaml", "targets", "operators", "graph",
-    "placement", "custom_ops", "ort_session", "plugins", "scaleout", "fake_quant",
+    "placement", "custom_ops", "ort_session", "ort_kernels", "plugins", "scaleout", "fake_quant",
 })
 #: The stages, in the order data flows through them; each may import the ones before it.
 STAGES = ("passes", "check", "quant", "compiler", "runtime", "perf", "profile", "analyze", "prune", "torch",

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow import numerics as nm
+from npuflow import ort_kernels
 from tests.qdq_builder import Builder, ort_values
 
 DPU = "DPUCZDX8G_ISA1_B4096"
@@ -20,8 +21,10 @@ CPU = "cpu-int8"
 
 
 def _ort_default(model, feeds: dict) -> dict:
-    """Outputs of plain ONNX Runtime at its default optimisation level (QDQ groups fused)."""
-    m = model.SerializeToString()
+    """Outputs of plain ONNX Runtime at its default optimisation level (QDQ groups fused), its
+    int8 weights in the form this CPU's integer kernels compute exactly (``ort_kernels``: uint8
+    on x86-64 without VNNI, whose uint8 x int8 kernels saturate)."""
+    m = ort_kernels.exact_weights(model).SerializeToString()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto
 
 from npuflow import numerics as nm
+from npuflow import ort_kernels
 from npuflow.runtime import fused, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _x
@@ -60,8 +61,8 @@ def test_uint8_groups_run_on_integer_kernels_exactly(scale):
 
 
 def test_float_forms_serve_where_the_integer_kernels_differ(monkeypatch):
-    monkeypatch.setattr(fused_qlinear, "exact", lambda: False)
-    monkeypatch.setattr(fused_qlinear, "weight_form", lambda: None)
+    monkeypatch.setattr(ort_kernels, "exact", lambda: False)
+    monkeypatch.setattr(ort_kernels, "weight_form", lambda: None)
     plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 2.0)}, CPU)
     ops = _live_ops(plan)
     assert "QLinearConv" not in ops and ops.count("Conv") == 3, ops
@@ -70,27 +71,27 @@ def test_float_forms_serve_where_the_integer_kernels_differ(monkeypatch):
 def test_probe_notices_kernels_that_round_otherwise(monkeypatch):
     # this machine's kernels compute what numerics defines, in one of the weight forms (int8
     # weights where MLAS' uint8 x int8 kernels do not saturate, else uint8 weights + 128)
-    assert fused_qlinear.weight_form.__wrapped__() in ("s8", "u8")
-    assert fused_qlinear.exact.__wrapped__()
+    assert ort_kernels.weight_form.__wrapped__() in ("s8", "u8")
+    assert ort_kernels.exact.__wrapped__()
     real = nm.requantize_float
     monkeypatch.setattr(nm, "requantize_float", lambda acc, m, mode: real(acc, m, mode) + (np.asarray(acc) % 7 == 0))
-    assert fused_qlinear.weight_form.__wrapped__() is None
+    assert ort_kernels.weight_form.__wrapped__() is None
 
 
 def test_probe_checks_the_power_of_two_rounding_too(monkeypatch):
     # numerics' tie rule that the nudged multipliers stand for (a changed rule: no integer kernels)
     real = nm.shift_round
     monkeypatch.setattr(nm, "shift_round", lambda acc, s, mode: real(acc, s, "half_even" if mode == "half_up" else mode))
-    assert fused_qlinear.weight_form.__wrapped__() is None
+    assert ort_kernels.weight_form.__wrapped__() is None
 
 
 def test_saturating_uint8_x_int8_kernels_fall_back_to_uint8_weights(monkeypatch):
     # MLAS without VNNI adds pairs of uint8 x int8 products in saturating 16-bit lanes: the probe
     # must then pick uint8 weights (exact 16-bit products), whatever this machine's CPU does
-    real = fused_qlinear._conv_exact
-    monkeypatch.setattr(fused_qlinear, "_conv_exact", lambda rng, form, *shape: form == "u8" and real(rng, form, *shape))
-    assert fused_qlinear.weight_form.__wrapped__() == "u8"
-    monkeypatch.setattr(fused_qlinear, "weight_form", lambda: "u8")
+    real = ort_kernels._conv_exact
+    monkeypatch.setattr(ort_kernels, "_conv_exact", lambda rng, form, *shape: form == "u8" and real(rng, form, *shape))
+    assert ort_kernels.weight_form.__wrapped__() == "u8"
+    monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
     plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 20.0)}, CPU)
     assert _live_ops(plan).count("QLinearConv") == 3
     g = next(it for it in plan.items if isinstance(it, fused.FusedRun))._graph

@@ -1,0 +1,203 @@
+"""What this process' ONNX Runtime integer kernels compute, probed once, and models put in the
+form in which they compute what ``numerics`` defines.
+
+ONNX Runtime runs a quantized model's convolutions and matmuls on MLAS' 8-bit kernels.  Whether
+those give ``numerics``' codes is a property of the CPU: on x86-64 without VNNI (AVX2 machines,
+e.g. AMD EPYC before Zen 4) its uint8 x int8 kernels add pairs of products in saturating 16-bit
+lanes, while its uint8 x uint8 kernels widen to 16 bits first and stay exact.  :func:`weight_form`
+runs ``QLinearConv`` on codes at the extremes in both forms and compares with ``numerics``;
+:func:`exact` adds ``QLinearAdd``.  The runtime's fused runs write their integer kernels in the
+form found (``runtime/fused_qlinear.py``), and every ONNX Runtime session npuflow opens on a
+quantized model gets its int8 weights as uint8 where that is the exact form
+(:func:`exact_weights`, applied by ``ort_session.open_session``), so calibration searches, quality
+reports and CPU subgraphs see the model's arithmetic rather than the saturation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from . import numerics as nm
+
+MS_DOMAIN = "com.microsoft"
+
+
+def probe_session(nodes: list, inputs: list, inits: list) -> ort.InferenceSession:
+    graph = helper.make_graph(nodes, "probe", inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int) -> bool:
+    """``QLinearConv`` on codes 0/255 and weights -128/127 (the products a 16-bit lane saturates
+    on) against the exact accumulator and ``numerics.requantize_float``."""
+    cout, x_zp, y_zp = cin if group > 1 else 16, 3, 128
+    x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 5, 5))
+    w = rng.choice(np.array([-128, 127], np.int8), size=(cout, cin // group, k, k))
+    bias = rng.integers(-(1 << 20), 1 << 20, cout).astype(np.int32)
+    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
+    acc = np.zeros((1, cout, 5, 5), np.int64)
+    per = cin // group
+    for c in range(cout):
+        g0 = (c // (cout // group)) * per
+        for i in range(k):
+            for j in range(k):
+                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 5, j:j + 5], w[c, :, i, j].astype(np.int64))
+    acc += bias.reshape(1, -1, 1, 1)
+    mult = (np.float32(120) / np.float32(np.abs(acc).max())).astype(np.float32) * np.linspace(0.5, 1, cout, dtype=np.float32)
+    want = np.clip(nm.requantize_float(acc, mult.reshape(1, -1, 1, 1), nm.RoundMode.HALF_EVEN) + y_zp, 0, 255)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *weight_arrays(w, form), (mult, "ws"),
+        (np.uint8(y_zp), "yz"), (bias, "b"))]
+    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
+                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
+    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
+    return np.array_equal(got, want)
+
+
+def _shift_conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int,
+                      mode: str = "half_up") -> bool:
+    """``QLinearConv`` with :func:`numerics.shift_as_float32_multiplier` multipliers against
+    ``numerics.shift_round``: shifts 1..14 per channel, weights sized so the codes spread over
+    0..255 (every small shift meets ties)."""
+    shifts = np.array([1, 2, 3, 5, 8, 11, 14] * 2, np.int64)
+    cout, x_zp = (cin if group > 1 else len(shifts)), 128
+    shifts = np.resize(shifts, cout)
+    taps = cin // group * k * k
+    x = rng.integers(0, 256, size=(1, cin, 6, 6)).astype(np.uint8)
+    size = np.clip(np.exp2(shifts) * 120 / (75 * np.sqrt(taps)), 1, 127).astype(np.int64)
+    w = (rng.integers(-1000, 1001, size=(cout, cin // group, k, k)) * size.reshape(-1, 1, 1, 1) // 1000).astype(np.int8)
+    bias = (128 << shifts) + rng.integers(-8, 9, cout)
+    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
+    acc = np.zeros((1, cout, 6, 6), np.int64)
+    per = cin // group
+    for c in range(cout):
+        g0 = (c // (cout // group)) * per
+        for i in range(k):
+            for j in range(k):
+                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 6, j:j + 6], w[c, :, i, j].astype(np.int64))
+    acc += bias.reshape(1, -1, 1, 1)
+    want = np.clip(nm.shift_round(acc, shifts.reshape(1, -1, 1, 1), mode), 0, 255)
+    mult = nm.shift_as_float32_multiplier(shifts, mode)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *weight_arrays(w, form), (mult, "ws"),
+        (np.uint8(0), "yz"), (bias.astype(np.int32), "b"))]
+    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
+                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
+    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
+    return np.array_equal(got, want)
+
+
+def _add_exact(rng: np.random.Generator) -> bool:
+    a, b = (rng.integers(0, 256, (1, 8, 16, 16)).astype(np.uint8) for _ in range(2))
+    sa, sb, sc = np.float32(0.0371), np.float32(0.0123), np.float32(0.0417)
+    want = np.clip(nm.qlinear_add(a, sa, 131, b, sb, 77, sc, 119), 0, 255)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (sa, "sa"), (np.uint8(131), "za"), (sb, "sb"), (np.uint8(77), "zb"), (sc, "sc"), (np.uint8(119), "zc"))]
+    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"], domain=MS_DOMAIN)
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, a.shape) for n in ("a", "b")]
+    got = probe_session([node], ins, inits).run(None, {"a": a, "b": b})[0]
+    return np.array_equal(got, want)
+
+
+def weight_arrays(w: np.ndarray, form: str) -> list[tuple[np.ndarray, str]]:
+    """Int8 weight codes and their zero points as ``form`` has them: int8 with zero point 0, or
+    uint8 ``w + 128`` with zero point 128."""
+    cout = w.shape[0]
+    if form == "s8":
+        return [(w.astype(np.int8), "w"), (np.zeros(cout, np.int8), "wz")]
+    return [((w.astype(np.int16) + 128).astype(np.uint8), "w"), (np.full(cout, 128, np.uint8), "wz")]
+
+
+_ORT_REFUSALS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.NotImplemented,
+                 ort.capi.onnxruntime_pybind11_state.InvalidGraph)
+
+
+@functools.cache
+def weight_form() -> str | None:
+    """How this process' ``QLinearConv`` computes ``numerics``' codes: ``"s8"`` (int8 weights,
+    MLAS' uint8 x int8 kernels: exact where the CPU has VNNI), ``"u8"`` (the same weights as uint8
+    ``w + 128`` with zero point 128: MLAS' uint8 x uint8 kernels widen to 16 bits before they
+    multiply, exact on x86-64 without VNNI too, about half as fast as ``"s8"``), or ``None`` (the
+    float forms serve).  Dense 1x1 and 3x3 and depthwise 3x3 convolutions, with float-scale and
+    power-of-two requantisations, on codes at the extremes."""
+    shapes = ((64, 1, 1), (16, 1, 3), (16, 16, 3))
+    for form in ("s8", "u8"):
+        rng = np.random.default_rng(0)
+        try:
+            if all(_conv_exact(rng, form, *shape) and _shift_conv_exact(rng, form, *shape) for shape in shapes):
+                return form
+        except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
+            continue
+    return None
+
+
+@functools.cache
+def exact() -> bool:
+    """Whether this process' ONNX Runtime integer kernels compute ``numerics``' codes (see the
+    module docstring): ``QLinearConv`` in some :func:`weight_form`, and ``QLinearAdd``."""
+    try:
+        return weight_form() is not None and _add_exact(np.random.default_rng(0))
+    except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks: the float forms serve
+        return False
+
+
+#: Weight inputs of ONNX Runtime's QOperator ops: op type -> (weight input, its zero point input).
+_QOPERATOR_WEIGHTS = {"QLinearConv": (3, 5), "QLinearMatMul": (3, 5), "ConvInteger": (1, 3), "MatMulInteger": (1, 3)}
+
+
+def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
+    this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
+    which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
+    initializers that a ``DequantizeLinear`` reads, or a QOperator op's weight input.  Elsewhere
+    (VNNI, or no int8 weights) ``model`` itself."""
+    inits = {t.name: t for t in model.graph.initializer}
+    todo = []  # (node index, weight input, zero point input)
+    for k, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        w, z = (0, 2) if node.op_type == "DequantizeLinear" else _QOPERATOR_WEIGHTS.get(node.op_type, (None, None))
+        if w is not None and len(node.input) > w and node.input[w] in inits \
+                and inits[node.input[w]].data_type == TensorProto.INT8 \
+                and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
+            todo.append((k, w, z))
+    if not todo or weight_form() != "u8":
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    made: dict[str, str] = {}
+    for k, w, z in todo:
+        node = out.graph.node[k]
+        wname = node.input[w]
+        if wname not in made:
+            made[wname] = _add_uint8(out, numpy_helper.to_array(inits[wname]), f"{wname}__u8")
+        zname = node.input[z] if len(node.input) > z and node.input[z] else None
+        key = f"{zname}__zp" if zname else f"{wname}__zp0"
+        if key not in made:
+            zp = numpy_helper.to_array(inits[zname]) if zname else np.zeros(_zero_point_shape(node, inits), np.int8)
+            made[key] = _add_uint8(out, zp, f"{key}__u8")
+        while len(node.input) <= z:
+            node.input.append("")
+        node.input[w], node.input[z] = made[wname], made[key]
+    return out
+
+
+def _zero_point_shape(node: onnx.NodeProto, inits: dict) -> tuple:
+    """A missing zero point's shape: the scale's (per tensor or per channel)."""
+    scale = inits.get(node.input[1])
+    return tuple(scale.dims) if scale is not None else ()
+
+
+def _add_uint8(model: onnx.ModelProto, codes: np.ndarray, name: str) -> str:
+    model.graph.initializer.append(numpy_helper.from_array((codes.astype(np.int16) + 128).astype(np.uint8), name))
+    return name
