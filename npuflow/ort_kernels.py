@@ -37,6 +37,33 @@ def probe_session(nodes: list, inputs: list, inits: list) -> ort.InferenceSessio
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _accumulators(x: np.ndarray, x_zp: int, w: np.ndarray, group: int) -> np.ndarray:
+    """The exact int64 accumulators of a same-padded convolution of uint8 ``x`` (minus ``x_zp``)."""
+    cout, per, k = w.shape[0], w.shape[1], w.shape[2]
+    h, wd = x.shape[2:]
+    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
+    acc = np.zeros((1, cout, h, wd), np.int64)
+    for c in range(cout):
+        g0 = (c // (cout // group)) * per
+        for i in range(k):
+            for j in range(k):
+                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + h, j:j + wd], w[c, :, i, j].astype(np.int64))
+    return acc
+
+
+def _qlinear_conv(x: np.ndarray, x_zp: int, w: np.ndarray, form: str, mult: np.ndarray, y_zp: int, bias: np.ndarray,
+                  group: int) -> np.ndarray:
+    """ONNX Runtime's ``QLinearConv`` (same padding, input and output scales 1) on ``x``."""
+    k = w.shape[2]
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *weight_arrays(w, form), (mult.astype(np.float32), "ws"),
+        (np.uint8(y_zp), "yz"), (bias.astype(np.int32), "b"))]
+    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
+                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
+    return probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(
+        None, {"x": x})[0]
+
+
 def _conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int) -> bool:
     """``QLinearConv`` on codes 0/255 and weights -128/127 (the products a 16-bit lane saturates
     on) against the exact accumulator and ``numerics.requantize_float``."""
@@ -44,24 +71,10 @@ def _conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: in
     x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 5, 5))
     w = rng.choice(np.array([-128, 127], np.int8), size=(cout, cin // group, k, k))
     bias = rng.integers(-(1 << 20), 1 << 20, cout).astype(np.int32)
-    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
-    acc = np.zeros((1, cout, 5, 5), np.int64)
-    per = cin // group
-    for c in range(cout):
-        g0 = (c // (cout // group)) * per
-        for i in range(k):
-            for j in range(k):
-                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 5, j:j + 5], w[c, :, i, j].astype(np.int64))
-    acc += bias.reshape(1, -1, 1, 1)
+    acc = _accumulators(x, x_zp, w, group) + bias.reshape(1, -1, 1, 1)
     mult = (np.float32(120) / np.float32(np.abs(acc).max())).astype(np.float32) * np.linspace(0.5, 1, cout, dtype=np.float32)
     want = np.clip(nm.requantize_float(acc, mult.reshape(1, -1, 1, 1), nm.RoundMode.HALF_EVEN) + y_zp, 0, 255)
-    inits = [numpy_helper.from_array(v, n) for v, n in (
-        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *weight_arrays(w, form), (mult, "ws"),
-        (np.uint8(y_zp), "yz"), (bias, "b"))]
-    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
-                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
-    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
-    return np.array_equal(got, want)
+    return np.array_equal(_qlinear_conv(x, x_zp, w, form, mult, y_zp, bias, group), want)
 
 
 def _shift_conv_exact(rng: np.random.Generator, form: str, cin: int, group: int, k: int,
@@ -77,23 +90,9 @@ def _shift_conv_exact(rng: np.random.Generator, form: str, cin: int, group: int,
     size = np.clip(np.exp2(shifts) * 120 / (75 * np.sqrt(taps)), 1, 127).astype(np.int64)
     w = (rng.integers(-1000, 1001, size=(cout, cin // group, k, k)) * size.reshape(-1, 1, 1, 1) // 1000).astype(np.int8)
     bias = (128 << shifts) + rng.integers(-8, 9, cout)
-    xp = np.pad(x.astype(np.int64) - x_zp, [(0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)])
-    acc = np.zeros((1, cout, 6, 6), np.int64)
-    per = cin // group
-    for c in range(cout):
-        g0 = (c // (cout // group)) * per
-        for i in range(k):
-            for j in range(k):
-                acc[0, c] += np.einsum("chw,c->hw", xp[0, g0:g0 + per, i:i + 6, j:j + 6], w[c, :, i, j].astype(np.int64))
-    acc += bias.reshape(1, -1, 1, 1)
+    acc = _accumulators(x, x_zp, w, group) + bias.reshape(1, -1, 1, 1)
     want = np.clip(nm.shift_round(acc, shifts.reshape(1, -1, 1, 1), mode), 0, 255)
-    mult = nm.shift_as_float32_multiplier(shifts, mode)
-    inits = [numpy_helper.from_array(v, n) for v, n in (
-        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), *weight_arrays(w, form), (mult, "ws"),
-        (np.uint8(0), "yz"), (bias.astype(np.int32), "b"))]
-    node = helper.make_node("QLinearConv", ["x", "one", "xz", "w", "ws", "wz", "one", "yz", "b"], ["y"],
-                            pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
-    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(None, {"x": x})[0]
+    got = _qlinear_conv(x, x_zp, w, form, nm.shift_as_float32_multiplier(shifts, mode), 0, bias, group)
     return np.array_equal(got, want)
 
 
