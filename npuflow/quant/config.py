@@ -111,7 +111,7 @@ class FastFinetune(_Strict):
 
     method: Literal["adaround", "adaquant", "brecq"] = "adaround"
     iters: int = Field(default=500, ge=1, le=100_000)  # per layer (per block for brecq); beyond, a typo runs for days
-    lr: float | None = Field(default=None, gt=0)  # None: 1e-2 (AdaRound) / 3e-3 (AdaQuant; in weight steps) / 3e-2 (brecq)
+    lr: float | None = Field(default=None, gt=0)  # None: 0.1 (AdaRound) / 3e-3 (AdaQuant; in weight steps) / 3e-2 (brecq)
     batch: int = Field(default=256, ge=1)  # patch columns per optimisation step (layer-wise)
     backend: Literal["auto", "numpy", "torch"] = "auto"
     drop_prob: float = Field(default=0.5, ge=0, le=1)  # brecq: QDrop's chance an activation skips quantization

@@ -24,7 +24,9 @@ def _problem(groups: int = 1, out_per_group: int = 16, k: int = 27, m: int = 102
 @pytest.mark.parametrize("groups,opg", [(1, 16), (32, 1)])
 def test_adaround_beats_nearest_rounding(groups, opg):
     p = _problem(groups, opg, 9 if groups > 1 else 27)
-    codes = adaround(p, iters=150, batch=256)
+    # exact inputs, nothing to compensate: at the default rate 0.1 the first 150 iterations are
+    # noisier than at the former 1e-2 (error 0.91 vs 0.88 of nearest rounding), 300 settle (0.86)
+    codes = adaround(p, iters=300, batch=256)
     assert set(np.unique(codes - np.floor(p.w / p.s))) <= {0.0, 1.0}  # only floor or ceil
     assert p.error(codes) < 0.9 * p.error(p.nearest_codes())
 
@@ -39,7 +41,7 @@ def test_adaquant_beats_nearest_rounding():
 def test_torch_backend_solves_the_same_problem():
     p = _problem()
     ref = p.error(p.nearest_codes())
-    assert p.error(adaround(p, iters=150, backend="torch")) < 0.9 * ref
+    assert p.error(adaround(p, iters=300, backend="torch")) < 0.9 * ref
     codes, bias = adaquant(p, iters=150, backend="torch", lr=1e-4)
     assert p.error(codes, bias) < 0.9 * ref
 
@@ -53,3 +55,22 @@ def test_cache_key_follows_the_solver_version(monkeypatch):
     assert key == ff._cache_key(p, st)
     monkeypatch.setattr(ff, "SOLVER_VERSION", ff.SOLVER_VERSION + 1)
     assert ff._cache_key(p, st) != key
+
+
+def test_adaround_default_rate_compensates_quantized_inputs_in_100_iterations():
+    """The default rate (0.1, AMD Quark's) must turn enough roundings in a short run to compensate
+    inputs that differ from the float ones (what an upstream int8 layer delivers): at the former
+    1e-2 the layer stayed near nearest rounding (PP-OCRv4 rec 52.7 % lines, EfficientNet-Lite0
+    61.7 % at 100 iterations; 0.1: 65.7 / 87.0 %)."""
+    from npuflow.quant.algorithms.adaround import DEFAULT_LR
+    from npuflow.quant.algorithms.fast_finetune import FinetuneSettings
+
+    assert FinetuneSettings(method="adaround", round_mode="std_round", bias_round_mode="std_round").learning_rate \
+        == DEFAULT_LR
+    for groups, opg, k in ((1, 16, 27), (32, 1, 9)):
+        p = _problem(groups, opg, k)
+        rng = np.random.default_rng(1)
+        p.x = (p.x * (1 + 0.05 * rng.normal(size=(groups, k, 1)))).astype(np.float32)  # per-channel gain error
+        default = p.error(adaround(p, iters=100))
+        slow = p.error(adaround(p, iters=100, lr=1e-2))
+        assert default < 0.85 * slow < 0.85 * p.error(p.nearest_codes())

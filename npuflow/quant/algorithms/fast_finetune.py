@@ -34,7 +34,7 @@ import onnx
 from ...errors import NpuflowError
 from ...model import write_atomic
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
-from .adaround import adaround
+from .adaround import DEFAULT_LR as ADAROUND_LR, adaround
 from .block_recon import Block, BlockResult, BlockRunner, plan_blocks, reconstruct, require_torch, write_block
 from ...graph import slice_model
 from .capture import Feed, capture
@@ -55,7 +55,7 @@ class FinetuneSettings:
 
     method: str = "adaround"
     iters: int = 500
-    lr: float | None = None      # None: 1e-2 for AdaRound, 3e-3 for AdaQuant (adaquant.DEFAULT_LR), 3e-2 for brecq
+    lr: float | None = None      # None: 0.1 for AdaRound (adaround.DEFAULT_LR), 3e-3 for AdaQuant (adaquant.DEFAULT_LR), 3e-2 for brecq
     batch: int = 256             # patch columns per iteration
     samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
     backend: str = "auto"        # auto | numpy | torch
@@ -75,7 +75,7 @@ class FinetuneSettings:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return {"adaquant": ADAQUANT_LR, "brecq": 3e-2}.get(self.method, 1e-2)
+        return {"adaquant": ADAQUANT_LR, "brecq": 3e-2}.get(self.method, ADAROUND_LR)
 
 
 @dataclass
