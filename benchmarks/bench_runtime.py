@@ -17,7 +17,10 @@ shared, so load hits every column alike):
   fused runs is measured against its predecessor in the same interleaved rounds.
 
 The compiled model's outputs are compared with ONNX Runtime's on ``quantized_model.onnx`` first
-(power-of-two targets: equal; float scales: the largest difference is reported).
+(power-of-two targets: equal; float scales: the largest difference is reported), with its int8
+weights in the form this CPU's integer kernels compute exactly (``ort_kernels.exact_weights``:
+uint8 on x86-64 without VNNI, where MLAS' uint8 x int8 kernels saturate).  The timed ORT columns
+run the model as a user's ONNX Runtime does, saturating kernels included.
 
     python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...] [--before REV]
                                        [--clock wall|process] [--out runtime]
@@ -53,6 +56,7 @@ import datasets as D  # noqa: E402
 from tests import fixture_models  # noqa: E402
 
 import npuflow  # noqa: E402
+from npuflow import ort_kernels  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8", "bernoulli2": "bernoulli2"}
@@ -165,7 +169,8 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
             previous = sessions["rev"].run(x)
             if not all(np.array_equal(ours[k], previous[k]) for k in ours):
                 raise SystemExit(f"{key} on {target}: outputs differ from fused.py at {before[0]}")
-        ref = dict(zip([o.name for o in qdq1.get_outputs()], qdq1.run(None, x)))
+        reference = D.ort_session(ort_kernels.exact_weights(quantized.model), 1)  # see the module docstring
+        ref = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, x)))
         exact = all(np.array_equal(ours[k], ref[k]) for k in ours)
         max_diff = max(float(np.abs(ours[k].astype(np.float64) - ref[k]).max()) for k in ours)
         runners = {
@@ -221,14 +226,30 @@ def _ratio(v) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def render(results: list[dict], meta: dict) -> str:
     cols = list(dict.fromkeys(c for r in results for c in r["ms"]))
     rev = meta.get("before")
     lines = [
         "# Runtime benchmark",
         "",
-        f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, load average at start "
+        f"Run {meta['date']} on {meta['machine']} ({meta.get('cpu', '')}, {meta['cpus']} CPUs, load average at start "
         f"{meta['load']}); median of {meta['rounds']} interleaved rounds of {meta['runs']} runs.",
+        {"s8": "ONNX Runtime's uint8 x int8 kernels are exact on this CPU (VNNI): npuflow's integer kernels use int8 weights.",
+         "u8": "ONNX Runtime's uint8 x int8 kernels saturate on this CPU (no VNNI): npuflow's integer kernels use uint8 "
+               "weights (exact, about half the speed); the ORT QDQ columns run the saturating kernels, and outputs are "
+               "compared with ORT on the uint8-weight form.",
+         None: "ONNX Runtime's integer kernels are not exact on this CPU: npuflow's fused runs use float forms."}.get(
+            meta.get("weight_form"), ""),
         f"Command: `{meta['command']}`.  Frames per "
         + ("CPU second of the benchmark process (`--clock process`: each column's work, all its threads, "
            "without the waits for a core that wall time counts on a shared machine; 2-thread columns "
@@ -299,7 +320,8 @@ def main() -> None:
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
             "rounds": args.rounds, "runs": args.runs, "before": args.before, "clock": args.clock,
-            "command": " ".join(["python benchmarks/bench_runtime.py", *sys.argv[1:]])}
+            "command": " ".join(["python benchmarks/bench_runtime.py", *sys.argv[1:]]),
+            "weight_form": ort_kernels.weight_form(), "cpu": _cpu_name()}
     results = []
     for case in args.cases.split(","):
         key, target_key, batch = case.split(":")
