@@ -158,7 +158,8 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
     this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
     which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
-    initializers that a ``DequantizeLinear`` reads, or a QOperator op's weight input.  Elsewhere
+    initializers that a ``DequantizeLinear`` reads, or the weight input of a QOperator op on uint8
+    activations (ONNX Runtime has no int8 x uint8 kernel).  Elsewhere
     (VNNI, or no int8 weights) ``model`` itself."""
     inits = {t.name: t for t in model.graph.initializer}
     todo = []  # (node index, weight input, zero point input)
@@ -166,6 +167,8 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain not in ("", "ai.onnx"):
             continue
         w, z = (0, 2) if node.op_type == "DequantizeLinear" else _QOPERATOR_WEIGHTS.get(node.op_type, (None, None))
+        if node.op_type in _QOPERATOR_WEIGHTS and not _uint8_activations(node, inits):
+            continue  # int8 x int8 has its own kernels; int8 x uint8 has none
         if w is not None and len(node.input) > w and node.input[w] in inits \
                 and inits[node.input[w]].data_type == TensorProto.INT8 \
                 and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
@@ -189,6 +192,12 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             node.input.append("")
         node.input[w], node.input[z] = made[wname], made[key]
     return out
+
+
+def _uint8_activations(node: onnx.NodeProto, inits: dict) -> bool:
+    """Whether a QOperator op's activation (its zero point, input 2 of each) is uint8."""
+    zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+    return zp is not None and zp.data_type == TensorProto.UINT8
 
 
 def _zero_point_shape(node: onnx.NodeProto, inits: dict) -> tuple:

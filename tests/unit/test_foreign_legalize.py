@@ -136,13 +136,13 @@ def test_uint8_zero_point_128_becomes_int8_on_a_symmetric_target():
     assert not npuflow.compile(model, CPU).notes  # cpu-int8 (not symmetric) takes uint8 as it is
 
 
-def _qlinear_conv() -> onnx.ModelProto:
+def _qlinear_conv(rng: np.random.Generator = RNG) -> onnx.ModelProto:
     """A QOperator model as ONNX Runtime writes it: QuantizeLinear -> QLinearConv -> MaxPool (on
     uint8) -> DequantizeLinear."""
-    w = RNG.integers(-127, 128, (4, 2, 3, 3)).astype(np.int8)
+    w = rng.integers(-127, 128, (4, 2, 3, 3)).astype(np.int8)
     inits = [numpy_helper.from_array(v, k) for k, v in {
         "xs": np.float32(0.02), "xz": np.uint8(120), "w": w, "ws": np.float32(0.003), "wz": np.int8(0),
-        "ys": np.float32(0.015), "yz": np.uint8(7), "b": RNG.integers(-500, 500, 4).astype(np.int32)}.items()]
+        "ys": np.float32(0.015), "yz": np.uint8(7), "b": rng.integers(-500, 500, 4).astype(np.int32)}.items()]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
         helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["yq"], name="qconv",
