@@ -271,6 +271,11 @@ DPU_HSIGMOID_SCALE = 2731.0 / 16384.0
 #: Relative tolerance for the constants of decomposed activation patterns (float32 holds 1/6 to 3e-8).
 PATTERN_TOL = 1e-6
 
+#: ONNX Runtime's QOperator ops with constant weights: op type -> (weight input, its zero point
+#: input); each reads its activation's zero point at input 2.
+QOPERATOR_WEIGHT_INPUTS = {"QLinearConv": (3, 5), "QLinearMatMul": (3, 5), "ConvInteger": (1, 3),
+                           "MatMulInteger": (1, 3)}
+
 
 def op_def(op_type: str, domain: str = "") -> OpDef:
     """The registry entry of an op; an op not listed (or of another domain) computes, unnamed

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from . import numerics as nm
+from .operators import QOPERATOR_WEIGHT_INPUTS
 
 MS_DOMAIN = "com.microsoft"
 
@@ -150,10 +151,6 @@ def exact() -> bool:
         return False
 
 
-#: Weight inputs of ONNX Runtime's QOperator ops: op type -> (weight input, its zero point input).
-_QOPERATOR_WEIGHTS = {"QLinearConv": (3, 5), "QLinearMatMul": (3, 5), "ConvInteger": (1, 3), "MatMulInteger": (1, 3)}
-
-
 def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
     this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
@@ -166,8 +163,8 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     for k, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
             continue
-        w, z = (0, 2) if node.op_type == "DequantizeLinear" else _QOPERATOR_WEIGHTS.get(node.op_type, (None, None))
-        if node.op_type in _QOPERATOR_WEIGHTS and not _uint8_activations(node, inits):
+        w, z = (0, 2) if node.op_type == "DequantizeLinear" else QOPERATOR_WEIGHT_INPUTS.get(node.op_type, (None, None))
+        if node.op_type in QOPERATOR_WEIGHT_INPUTS and not _uint8_activations(node, inits):
             continue  # int8 x int8 has its own kernels; int8 x uint8 has none
         if w is not None and len(node.input) > w and node.input[w] in inits \
                 and inits[node.input[w]].data_type == TensorProto.INT8 \

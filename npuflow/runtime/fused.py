@@ -583,7 +583,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         except NotFusable as why:
             g.rollback(mark)
             reasons[k] = str(why)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a manifest form not met before
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:  # a manifest form not met before
             g.rollback(mark)
             reasons[k] = f"no fused form ({type(exc).__name__}: {exc})"
             warnings.warn(f"npuflow runtime: op {op['name']!r} ({op['op']}) runs as its kernel, slower: "

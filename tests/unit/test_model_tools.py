@@ -190,7 +190,9 @@ def test_multi_shape_file_loses_the_node_in_every_program_and_is_described_per_p
     assert [p["input_shapes"]["x_q"][3] for p in doc["programs"]] == [192, 320]
     first, second = doc["programs"]
     assert second["memory"]["peak_activation_bytes"] > first["memory"]["peak_activation_bytes"]
-    assert len(first["subgraphs"]) == len(second["subgraphs"]) > 10
+    # (one DPU subgraph and the CPU tail: the quantizer's target rewrites put the SE blocks'
+    # hard-sigmoids on the DPU)
+    assert len(first["subgraphs"]) == len(second["subgraphs"]) >= 2
     assert main(["info", str(work / "cls_int8.npuf")]) == 0
     text = capsys.readouterr().out
     assert "subgraphs (program 2: x_q=1x3x48x320)" in text and "removed nodes" in text
