@@ -66,6 +66,73 @@ def eval_chain(v: np.ndarray, steps: list[dict], result: str) -> np.ndarray:
     return env[result]
 
 
+def chain_bounds(steps: list[dict], result: str, lo: float, hi: float) -> tuple[np.float32, np.float32] | None:
+    """Bounds of :func:`eval_chain`'s result over every float32 input in ``lo..hi``, or ``None``
+    where an op's bounds are not known (a division by a range holding 0, a LeakyReLU with a
+    negative slope).
+
+    Each step's float32 result is bounded by the same float32 operations on its inputs' bounds:
+    IEEE rounding to nearest is monotone, so a sum, a clamp or a product of non-negative values
+    moves with its operands, and a product's or quotient's extremes are at the corners.  The
+    bounds may be wider than the true range (an input used twice is bounded twice), never
+    narrower, which is what a proof that a range of inputs gives one code needs.
+    """
+    f32 = np.float32
+    env = {"$x": (f32(lo), f32(hi))}
+
+    def get(ref):
+        if ref is None:
+            return None
+        if "t" in ref:
+            return env[ref["t"]]
+        return (f32(ref["c"]), f32(ref["c"]))
+
+    def corners(op, x, y):
+        v = [op(a, b) for a in x for b in y]
+        return min(v), max(v)
+
+    for st in steps:
+        args = [get(r) for r in st["in"]]
+        op, a = st["op"], st["attrs"]
+        x = args[0]
+        if op == "Relu":
+            y = (max(x[0], f32(0)), max(x[1], f32(0)))
+        elif op == "Clip":
+            lo_ = args[1] if len(args) > 1 and args[1] is not None else (
+                None if a.get("min") is None else (f32(a["min"]),) * 2)
+            hi_ = args[2] if len(args) > 2 and args[2] is not None else (
+                None if a.get("max") is None else (f32(a["max"]),) * 2)
+            y = x
+            if lo_ is not None:
+                y = (max(y[0], lo_[0]), max(y[1], lo_[1]))
+            if hi_ is not None:
+                y = (min(y[0], hi_[0]), min(y[1], hi_[1]))
+        elif op == "LeakyRelu":
+            alpha = f32(a.get("alpha", 0.01))
+            if alpha < 0:
+                return None
+            y = tuple(v if v >= 0 else v * alpha for v in x)
+        elif op == "Add":
+            y = (x[0] + args[1][0], x[1] + args[1][1])
+        elif op == "Sub":
+            y = (x[0] - args[1][1], x[1] - args[1][0])
+        elif op == "Mul":
+            y = corners(lambda u, v: u * v, x, args[1])
+        elif op == "Div":
+            if args[1][0] <= 0 <= args[1][1]:
+                return None
+            y = corners(lambda u, v: u / v, x, args[1])
+        elif op in ("HardSigmoid", "HardSwish"):
+            alpha, beta = (f32(a.get("alpha", 0.2)), f32(a.get("beta", 0.5))) if op == "HardSigmoid" \
+                else (f32(1 / 6), f32(0.5))
+            ends = sorted(min(max(alpha * v + beta, f32(0)), f32(1)) for v in x)
+            y = tuple(ends) if op == "HardSigmoid" else corners(lambda u, v: u * v, x, ends)
+        else:
+            raise ValueError(f"unsupported chain op {op}")
+        env[st["out"]] = (f32(y[0]), f32(y[1]))
+    return env[result]
+
+
 def out_type(ep: dict) -> tuple[int, bool]:
     dt = np.dtype(ep["dtype"])
     return dt.itemsize * 8, dt.kind == "i"

@@ -31,10 +31,14 @@ all elementwise functions of one 8-bit tensor (SiLU's and hard-swish's ``Mul`` o
 and output, tables of tables, one-value scale and offset) is one table of that tensor, computed
 by the op's own kernel on every code.
 
-A convolution's fused float chain (LeakyReLU, hard-sigmoid, hard-swish) is its float32
-operations, one node each, as ``epilogues.eval_chain`` computes them; on uint8 float-scale
-groups ONNX Runtime's own integer kernels do the work where they are the arithmetic
-(``fused_qlinear``).
+A convolution's float epilogue (``float32(acc) * acc_scale``, a fused chain such as LeakyReLU,
+hard-sigmoid or hard-swish, the quantize step) with one scale for every channel is a function
+of the integer accumulator alone: it becomes a table of the accumulator over the range where
+codes change (``fused_conv._acc_table``), and a codewise op reading the result (PP-LCNet's
+scale and offset after each hard-swish) composes into that table.  Elsewhere the chain is its
+float32 operations, one node each, as ``epilogues.eval_chain`` computes them; on uint8
+float-scale groups ONNX Runtime's own integer kernels do the work where they are the
+arithmetic (``fused_qlinear``).
 
 An op whose bound or form does not allow this (16-bit inputs split into bytes, eltwise chains,
 ``std_round`` ties, windowed averages, products of two activations, ...) runs as its kernel
@@ -61,7 +65,7 @@ from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
 from .kernels import KERNELS
 from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
-                          code_reach, input_name, quantize_value, round_and_clip, round_float, slice_node)
+                          code_reach, input_name, lookup, quantize_value, round_and_clip, round_float, slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
@@ -247,11 +251,14 @@ def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndar
     if table.size != hi - lo + 1 or lo != qmin:
         raise NotFusable("table does not cover the input codes")
     idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=TensorProto.INT64)
-    zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
-    zp = int(zp) if np.ndim(zp) == 0 else 0
-    entries = g.const((np.asarray(table, np.int64) - zp).astype(np.float32))
-    row = g.node("ArrayFeatureExtractor", [entries, idx], domain=ML_DOMAIN)
-    g.put(out, g.node("Reshape", [row, g.const(g.tensors[out]["shape"], np.int64)]), zp)
+    g.put(out, lookup(g, idx, table, _zero_point(g, out)), _zero_point(g, out))
+
+
+def _zero_point(g: Graph, tensor: str) -> int:
+    """The offset a table's entries for ``tensor`` are stored with: its zero point where that is
+    one value (what its readers subtract anyway), else 0."""
+    zp = (g.tensors[tensor].get("quant") or {}).get("zero_point", 0)
+    return int(zp) if np.ndim(zp) == 0 else 0
 
 
 def _lut(g: Graph, op: dict, blobs: dict) -> None:
@@ -296,6 +303,15 @@ def _as_table(g: Graph, op: dict, blobs: dict) -> bool:
     if len(sources) != 1:
         return False
     src = sources.pop()
+    out = op["outputs"][0]
+    if isinstance(src, tuple):  # tables of a convolution's accumulator index (``fused_conv._acc_table``)
+        values = [g.tables[t][1] for t in op["inputs"]]
+        table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0]).reshape(-1)
+        if table.size != values[0].size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
+            return False
+        g.put(out, lookup(g, src[1], table, _zero_point(g, out)), _zero_point(g, out))
+        g.tables[out] = (src, table)
+        return True
     dt = np.dtype(g.tensors[src]["dtype"])
     if dt.kind not in "iu" or dt.itemsize != 1:
         return False
@@ -303,7 +319,6 @@ def _as_table(g: Graph, op: dict, blobs: dict) -> bool:
     codes = np.arange(lo, hi + 1).astype(dt)
     values = [codes if g.tables.get(t, (t, None))[1] is None else g.tables[t][1] for t in op["inputs"]]
     table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0])
-    out = op["outputs"][0]
     if table.size != codes.size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
         return False
     table = table.reshape(-1)  # a one-value constant broadcasts as (1, 1, 1, 1)

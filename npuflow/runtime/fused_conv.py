@@ -5,7 +5,8 @@ input-channel chunks summed in float64) and each requantisation the compiler wri
 operations that compute the kernels' codes bit for bit (``runtime/fused.py``'s module docstring
 says why each form is exact): a power-of-two shift folded into the weights, ONNX Runtime's
 float32 multiplier, a fixed-point multiplier in float32 where ``numerics`` proves it exact, else
-float64 or int64, and a fused float chain (LeakyReLU, hard-sigmoid, hard-swish) one float32
+float64 or int64, and a float epilogue (with its fused chain: LeakyReLU, hard-sigmoid,
+hard-swish) a table of the accumulator where its scales are per tensor, else one float32
 operation per node.  uint8 groups whose arithmetic is ONNX Runtime's go to its own integer
 kernels first (``fused_qlinear``).
 """
@@ -19,8 +20,8 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from . import fused_qlinear
-from .epilogues import out_type
-from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_reach,
+from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
+from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_reach, lookup,
                           quantize_value, round_and_clip, round_float, slice_node)
 
 
@@ -51,7 +52,7 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
     def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
         return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), **attrs)
 
-    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit)
+    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit, out=op["outputs"][0] if len(a["out_shape"]) == 4 else None)
     if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
         y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
     g.put(op["outputs"][0], y, zp)
@@ -119,7 +120,7 @@ Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
 
 
 def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
-              emit: Emit) -> tuple[str, int]:
+              emit: Emit, out: str | None = None) -> tuple[str, int]:
     """The exact accumulator of a (transposed) convolution and its requantisation: the output
     codes centred, ``(tensor, offset)``.
 
@@ -127,7 +128,8 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
     output sees every tap (no padding: the caller centres padded inputs), so the rest of the zero
     point moves into the bias.  ``w`` is in convolution layout (output channel, input channel of
     its group, kh, kw), which the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such
-    weights.
+    weights.  ``out``: the manifest tensor the result is, where it keeps the accumulator's layout,
+    so that a table of it composes with an accumulator table (:func:`_acc_table`).
     """
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep["mode"] not in ("shift", "scale", "fixed", "float") or (ep.get("chain") and ep["mode"] != "float"):
@@ -153,10 +155,78 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
         keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel: no taps, its value as bias
         acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
         return _requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
+    if ep["mode"] == "float":
+        found = _acc_table(g, x, w, bias, reach, ep, emit)
+        if found is not None:
+            index, table = found
+            if out is not None:  # a codewise op reading ``out`` becomes one table of the index
+                g.tables[out] = (("accumulator", index), table)
+            return lookup(g, index, table, int(ep["zp"])), int(ep["zp"])
     acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
     if ep["mode"] == "float":
         return _float_epilogue(g, acc, double, ep, cout)
     return (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, cout, lo, hi)
+
+
+#: The most entries of an accumulator table (:func:`_acc_table`): a table of this size is 256 KiB
+#: of float32, still served from the core's cache; a wider accumulator keeps the float epilogue.
+ACC_TABLE_LIMIT = 1 << 16
+
+
+def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict,
+               emit: Emit) -> tuple[str, np.ndarray] | None:
+    """A float epilogue as a table of the accumulator: ``(index, table)``, the int64 index
+    ``clip(acc, a0, a1) - a0`` and the output codes of every accumulator ``a0..a1``, or ``None``.
+
+    A float epilogue (``epilogues.make_epilogue``: ``float32(acc) * acc_scale``, the fused chain,
+    the quantize step) is a function of the integer accumulator alone when its scales are one
+    value for every channel.  Written out it costs about ten passes over float32 tensors (the
+    chain, the division, the tie rule in float64); as a table, the clamp (which ONNX Runtime fuses
+    into the convolution), one cast and one copy loop.  Only the accumulators whose codes differ
+    need entries: ``a0`` is the largest accumulator up to which every code is that of the lowest
+    reachable one, ``a1`` the smallest from which every code is that of the highest, both proved
+    by bounding the chain over the range (``epilogues.chain_bounds``: float32 rounding is monotone)
+    and the quantize step on the bounds.  The entries are the kernel's own epilogue run on
+    ``a0..a1``, so the codes are the op-by-op run's by construction.  ``None`` where the scales
+    are per channel, the table would exceed :data:`ACC_TABLE_LIMIT` entries, or the accumulator
+    (moved by ``a0``) could leave float32's exact integers.
+    """
+    acc_scale = np.unique(np.asarray(ep["acc_scale"], np.float32))
+    if acc_scale.size != 1 or np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
+        return None
+    cout = w.shape[0]
+    sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
+    lowest, highest = int(np.floor(np.min(bias - sums))), int(np.ceil(np.max(bias + sums)))
+    one = {**ep, "acc_scale": float(acc_scale[0])}
+    quantize = make_float_finish({**one, "chain": []})
+    steps, result = ep.get("chain", []), ep.get("result", "$x")
+
+    def constant(a: int, b: int) -> bool:
+        """Whether every accumulator in ``a..b`` gives one code."""
+        v = (np.float32(a) * acc_scale[0], np.float32(b) * acc_scale[0])
+        if steps:
+            v = chain_bounds(steps, result, *v)
+            if v is None:
+                return False
+        codes = quantize(np.asarray(v, np.float32))
+        return codes[0] == codes[1]
+
+    lo, hi = lowest, highest  # a0: the last accumulator of the constant run from ``lowest``
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if constant(lowest, mid) else (lo, mid - 1)
+    a0 = lo
+    lo, hi = a0, highest  # a1: the first accumulator of the constant run up to ``highest``
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if constant(mid, highest) else (mid + 1, hi)
+    a1 = lo
+    n = a1 - a0 + 1
+    if n > ACC_TABLE_LIMIT or np.any(sums + np.abs(bias - a0) >= F32_BOUND):
+        return None
+    table = make_epilogue(one, 0, 1)(np.arange(a0, a1 + 1, dtype=np.int64))
+    acc = g.node("Clip", [emit(x, w, bias - a0), g.const(np.float32(0)), g.const(np.float32(n - 1))])
+    return g.node("Cast", [acc], to=TensorProto.INT64), table
 
 
 def _float_epilogue(g: Graph, acc: str, double: bool, ep: dict, cout: int) -> tuple[str, int]:
