@@ -151,14 +151,21 @@ def exact() -> bool:
         return False
 
 
+#: Float ops whose input 1, read from a ``DequantizeLinear``, ONNX Runtime fuses into an integer
+#: kernel as its weights (``QLinearConv``, ``QLinearMatMul``, ``MatMulIntegerToFloat``, ...).
+_QDQ_WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
+
+
 def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
     this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
     which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
-    initializers that a ``DequantizeLinear`` reads, or the weight input of a QOperator op on uint8
-    activations (ONNX Runtime has no int8 x uint8 kernel).  Elsewhere
-    (VNNI, or no int8 weights) ``model`` itself."""
+    initializers whose ``DequantizeLinear`` only convolutions and matmuls read, as their weight
+    (:func:`_weight_dequantize`), or the weight input of a QOperator op on uint8 activations
+    (ONNX Runtime has no int8 x uint8 kernel).  Elsewhere (VNNI, or no int8 weights) ``model``
+    itself."""
     inits = {t.name: t for t in model.graph.initializer}
+    readers = _readers(model.graph)
     todo = []  # (node index, weight input, zero point input)
     for k, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
@@ -166,6 +173,8 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         w, z = (0, 2) if node.op_type == "DequantizeLinear" else QOPERATOR_WEIGHT_INPUTS.get(node.op_type, (None, None))
         if node.op_type in QOPERATOR_WEIGHT_INPUTS and not _uint8_activations(node, inits):
             continue  # int8 x int8 has its own kernels; int8 x uint8 has none
+        if node.op_type == "DequantizeLinear" and not _weight_dequantize(node, readers):
+            continue  # an int8 constant of another op: its type decides how ONNX Runtime fuses that op
         if w is not None and len(node.input) > w and node.input[w] in inits \
                 and inits[node.input[w]].data_type == TensorProto.INT8 \
                 and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
@@ -189,6 +198,31 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             node.input.append("")
         node.input[w], node.input[z] = made[wname], made[key]
     return out
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, int]]]:
+    """Tensor name -> (op type, input index) of every node of ``graph`` that reads it; a graph
+    output counts as a reader of its own (``("", -1)``)."""
+    out: dict[str, list[tuple[str, int]]] = {o.name: [("", -1)] for o in graph.output}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name:
+                out.setdefault(name, []).append((node.op_type, k))
+    return out
+
+
+def _weight_dequantize(node: onnx.NodeProto, readers: dict) -> bool:
+    """Whether ``DequantizeLinear`` ``node`` dequantizes weights: only convolutions and matmuls
+    read its output, as their weight input.
+
+    An int8 constant that another op reads keeps its type: uint8 codes with zero point 128 are the
+    same real values, but they change which kernel ONNX Runtime fuses the reader into.  YOLOv8n's
+    anchors (int8) added to uint8 box offsets stay a float ``Add`` between ``DequantizeLinear``
+    and ``QuantizeLinear`` (what the compiler computes for a group that is not all uint8); as
+    uint8 they made ONNX Runtime fuse a ``QLinearAdd``, whose float32 arithmetic rounds a sum
+    that lies 5e-7 above a tie down (60 instead of 61), one output step on the boxes."""
+    reads = readers.get(node.output[0], [])
+    return bool(reads) and all(_QDQ_WEIGHT_READERS.get(op) == k for op, k in reads)
 
 
 def _uint8_activations(node: onnx.NodeProto, inits: dict) -> bool:

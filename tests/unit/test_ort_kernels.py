@@ -10,7 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
+import npuflow
 from npuflow import ort_kernels
+from tests.qdq_builder import Builder
 from tests.unit.test_foreign_legalize import _qlinear_conv
 from tests.unit.test_runtime_qlinear import _uint8_block
 
@@ -52,3 +54,58 @@ def test_int8_form_leaves_the_model_alone(monkeypatch):
     monkeypatch.setattr(ort_kernels, "weight_form", lambda: "s8")
     model = _uint8_block().model()
     assert ort_kernels.exact_weights(model) is model
+
+
+# --- int8 constants that are not weights -----------------------------------------------------------
+
+#: YOLOv8n cpu-int8, ``/model.22/Add_10``: int8 anchors (scale, zero point 0) plus uint8 box offsets
+#: (scale, zero point 0) into uint8 (scale, zero point 0); anchor 18 plus offset 146 is 60.5000005
+#: output steps, just above a tie.
+_ANCHOR_ADD = (0.31102362, 0.029210764, 0.16302805)
+
+
+def _constant_add(anchor: int = 18, code: int = 146):
+    """``DQ(int8 constant) + DQ(uint8 x) -> Q(uint8)`` and a convolution (an int8 weight), with the
+    scales of YOLOv8n's box-decoding add."""
+    sa, sx, sy = _ANCHOR_ADD
+    b = Builder("half_even")
+    x = b.input("x", [1, 1, 1, 4], sx, 0, "uint8")
+    b.const("anchor_quantized", np.array([anchor, 2, 64, 127], np.int8).reshape(1, 1, 1, 4))
+    b.const("anchor_scale", np.float32(sa))
+    b.const("anchor_zero_point", np.int8(0))
+    anchors = b.node("DequantizeLinear", ["anchor_quantized", "anchor_scale", "anchor_zero_point"], "anchor_dq")
+    b.output(b.quantize(b.node("Add", [anchors, b.dq(x)], "add"), sy, 0, "uint8"), "y")
+    w = b.weight("w", np.full((1, 1, 1, 1), 0.5, np.float32), 2.0 ** -7)
+    b.output(b.quantize(b.node("Conv", [b.dq(x), w], "conv"), 0.02, 0, "uint8"), "z")
+    feeds = {"x": (np.array([code, 0, 100, 255], np.float32) * np.float32(sx)).reshape(1, 1, 1, 4)}
+    return b.model(), feeds
+
+
+def test_an_int8_constant_that_an_add_reads_keeps_its_type(monkeypatch):
+    monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
+    model, _ = _constant_add()
+    types = _weights(ort_kernels.exact_weights(model))
+    used = {i for node in ort_kernels.exact_weights(model).graph.node for i in node.input}
+    assert types["anchor_quantized"] == TensorProto.INT8 and "anchor_quantized" in used
+    assert "w_quantized" not in used and types["w_quantized__u8"] == TensorProto.UINT8  # the weight still moves
+
+
+def test_compiled_constant_add_equals_onnxruntime_on_the_model(monkeypatch):
+    """The compiler computes a group that is not all uint8 as ONNX Runtime runs it on the model
+    itself: a float ``Add`` between the Q/DQ steps (61).  Given the anchors as uint8 with zero
+    point 128 (measured before the fix), ONNX Runtime fused a ``QLinearAdd``, which rounds this
+    sum down (60): one output step on YOLOv8n's boxes."""
+    monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
+    model, feeds = _constant_add()
+    out = npuflow.Session(npuflow.compile(model, "cpu-int8")).run(feeds)
+    ref = ort.InferenceSession(ort_kernels.exact_weights(model).SerializeToString(), _quiet(),
+                               providers=["CPUExecutionProvider"]).run(["y", "z"], feeds)
+    assert np.array_equal(out["y"], ref[0]) and np.array_equal(out["z"], ref[1])
+    step = np.float32(_ANCHOR_ADD[2])
+    assert out["y"].reshape(-1)[0] == np.float32(61) * step  # the float sum, rounded: 60.5000005 -> 61
+
+
+def _quiet() -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return opts
