@@ -412,25 +412,26 @@ def qlinear_add(
     zero points into one float32 constant and adds each operand with a fused multiply-add of its
     code and its float32 scale ratio (``scale / out_scale``), rounding once to even at the end:
 
-        fixed = zc - fma(rA, za, rB * zb)
-        c = fma(a, rA, fma(b, rB, fixed))            (both operands vary along the span)
-        c = fma(a, rA, fixed + b * rB)               (``b`` constant along the span: a scalar or
-                                                      a per-channel tensor broadcast over H, W)
+        fixed = zc - fma(rV, zv, rS * zs)
+        c = fma(v, rV, fma(s, rS, fixed))
 
-    Rounding the real sum instead differs from it by one step on about one element in 10^5,
-    which steep lookup tables after the add grow into many steps.
+    ``v`` is the operand that varies along ORT's broadcast span, ``s`` the other: ``a`` unless
+    ``a`` is constant along the span (``a_scalar``: a scalar, or a per-channel tensor broadcast
+    over H, W), where ORT passes ``b`` first.  A constant ``b`` (``b_scalar``) gets the same
+    arithmetic: MLAS folds it into ``fixed`` once with the same fused multiply-add.  Measured on
+    ORT 1.32 over 600 random scale and zero point sets, all 65,536 pairs each: this form differs
+    nowhere; ``fixed + float32(s * rS)`` for a constant ``b`` on 42 of 39.3 million pairs, and
+    that with ``a`` kept first for a constant ``a`` on 125.  Rounding the real sum instead differs
+    by one step on about one element in 10^5, which steep lookup tables after the add grow into
+    many steps.
     """
+    del b_scalar  # the same arithmetic as two varying operands
+    if a_scalar:
+        a, a_scale, a_zp, b, b_scale, b_zp = b, b_scale, b_zp, a, a_scale, a_zp
     ra = np.float32(np.float32(a_scale) / np.float32(out_scale))
     rb = np.float32(np.float32(b_scale) / np.float32(out_scale))
     fixed = np.float32(np.float32(out_zp) - _fma32(ra, np.float32(a_zp), np.float32(rb * np.float32(b_zp))))
-    af = np.asarray(a).astype(np.float32)
-    bf = np.asarray(b).astype(np.float32)
-    if b_scalar:
-        v = _fma32(af, ra, (fixed + bf * rb).astype(np.float32))
-    elif a_scalar:
-        v = _fma32(bf, rb, (fixed + af * ra).astype(np.float32))
-    else:
-        v = _fma32(af, ra, _fma32(bf, rb, fixed))
+    v = _fma32(np.asarray(a).astype(np.float32), ra, _fma32(np.asarray(b).astype(np.float32), rb, fixed))
     return round_values(v, ONNX_ROUND_MODE).astype(np.int64)
 
 
