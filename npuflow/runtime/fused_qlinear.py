@@ -15,6 +15,8 @@ pairs of codes run as those kernels too, checked per op at load: they keep the c
 ONNX Runtime's channels-last layout, where a lookup through float32 indices breaks both (YOLOv8n's
 SiLU: 121 layout transposes).  ``QLinearMul`` adds the zero point before rounding, ``numerics``
 after, so where a product lands exactly on a tie the check refuses it and the float form serves.
+``QLinearAdd`` is checked per op the same way (all pairs, the op's scales and zero points): a
+float32 rounding that differs on one pair in a million escapes the process probe's random codes.
 
 The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort_integer_kernel``),
 so the tensors they read and write are uint8 codes, held as such between two integer kernels
@@ -204,7 +206,9 @@ def _clamped(g: Graph, y: str, ep: dict) -> str:
 
 def add(g: Graph, op: dict) -> bool:
     """Write ``op`` (an eltwise add with ONNX Runtime's ``QLinearAdd`` arithmetic) as that kernel
-    when both operands are uint8 tensors of the output's shape; say whether it did."""
+    when both operands are uint8 tensors of the output's shape and the kernel, run at load on all
+    65,536 pairs of codes with the op's scales and zero points, gives ``numerics.qlinear_add``
+    (:func:`_add_exact`); say whether it did.  Elsewhere the kernel of ``numerics`` serves."""
     a = op["attrs"]
     spec = a.get("qlinear")
     if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
@@ -219,12 +223,43 @@ def add(g: Graph, op: dict) -> bool:
     if any(np.size(v) != 1 for v in params):
         return False
     sa, sb, za, zb, sc, zc = params
+    sa, sb, sc = (float(np.float32(s)) for s in (sa, sb, sc))
+    if not all(0 <= int(z) <= 255 for z in (za, zb, zc)) or not _add_exact(sa, int(za), sb, int(zb), sc, int(zc)):
+        return False
     y = g.node("QLinearAdd", [
         g.as_bytes(names[0]), g.scalar(sa), g.scalar(za, np.uint8),
         g.as_bytes(names[1]), g.scalar(sb), g.scalar(zb, np.uint8),
         g.scalar(sc), g.scalar(zc, np.uint8)], domain=MS_DOMAIN)
     g.put_bytes(out, y)
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _add_exact(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
+    """Whether ``com.microsoft.QLinearAdd`` with these float32 scales and uint8 zero points gives
+    ``numerics.qlinear_add`` (saturated) on every pair of codes.  The process probe
+    (``ort_kernels.exact``) tries one set of scales on random codes; a rounding that differs on
+    one pair in a million (a fold or an operand order other than ``numerics``') only shows on all
+    pairs with the op's own scales."""
+    pa, pb = _ALL_PAIRS
+    want = np.clip(nm.qlinear_add(pa, sa, za, pb, sb, zb, sc, zc), 0, 255)
+    got = _on_all_pairs("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
+        "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
+        "sc": np.float32(sc), "zc": np.uint8(zc)})
+    return np.array_equal(got, want)
+
+
+#: Every pair of uint8 codes, as two [1, 1, 256, 256] operands.
+_ALL_PAIRS = tuple(v.reshape(1, 1, 256, 256) for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+
+
+def _on_all_pairs(op_type: str, inputs: list[str], inits: dict[str, np.ndarray]) -> np.ndarray:
+    """ONNX Runtime's ``com.microsoft`` kernel ``op_type`` on :data:`_ALL_PAIRS` (graph inputs
+    ``a`` and ``b``; its other ``inputs`` are the constants ``inits``)."""
+    node = helper.make_node(op_type, inputs, ["y"], domain=MS_DOMAIN)
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, _ALL_PAIRS[0].shape) for n in ("a", "b")]
+    sess = probe_session([node], ins, [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    return sess.run(None, {"a": _ALL_PAIRS[0].astype(np.uint8), "b": _ALL_PAIRS[1].astype(np.uint8)})[0]
 
 
 def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
@@ -268,13 +303,10 @@ def mul(g: Graph, op: dict) -> bool:
         return False
     za, zb = (int(o["zp"]) for o in a["operands"])
     m, zc = np.float32(ep["multiplier"]), int(ep["zp"])
-    pa, pb = (v.reshape(1, 1, 256, 256) for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    pa, pb = _ALL_PAIRS
     want = np.clip(nm.requantize_float((pa - za) * (pb - zb), m, nm.RoundMode.HALF_EVEN) + zc, 0, 255)
-    inits = [numpy_helper.from_array(v, n) for v, n in (
-        (m, "sa"), (np.uint8(za), "za"), (np.float32(1), "one"), (np.uint8(zb), "zb"), (np.uint8(zc), "zc"))]
-    node = helper.make_node("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], ["y"], domain=MS_DOMAIN)
-    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, pa.shape) for n in ("a", "b")]
-    got = probe_session([node], ins, inits).run(None, {"a": pa.astype(np.uint8), "b": pb.astype(np.uint8)})[0]
+    got = _on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {
+        "sa": m, "za": np.uint8(za), "one": np.float32(1), "zb": np.uint8(zb), "zc": np.uint8(zc)})
     if not np.array_equal(got, want):
         return False
     g.put_bytes(out, g.node("QLinearMul", [

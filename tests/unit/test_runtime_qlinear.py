@@ -100,6 +100,35 @@ def test_saturating_uint8_x_int8_kernels_fall_back_to_uint8_weights(monkeypatch)
     assert all(weights[n.input[3]].data_type == TensorProto.UINT8 for n in convs)
 
 
+def _one_pair_off(real):
+    """``numerics.qlinear_add`` one step off on a single pair of codes (a = 17, b = 200): an integer
+    kernel that rounds one pair in 65,536 otherwise."""
+    def add(a, sa, za, b, sb, zb, sc, zc, **flags):
+        return real(a, sa, za, b, sb, zb, sc, zc, **flags) + ((np.asarray(a) == 17) & (np.asarray(b) == 200))
+    return add
+
+
+def test_add_check_refuses_an_integer_kernel_that_differs_on_a_few_pairs(monkeypatch):
+    # numerics defines the add; where ONNX Runtime's QLinearAdd differs from it on any pair of
+    # codes with the op's scales the kernels of numerics serve, though the process probe (random
+    # codes, one set of scales) passes (measured before the check: the fused run used QLinearAdd)
+    monkeypatch.setattr(nm, "qlinear_add", _one_pair_off(nm.qlinear_add))
+    fused_qlinear._add_exact.cache_clear()
+    try:
+        assert ort_kernels.exact.__wrapped__()  # the probe does not see it
+        assert not fused_qlinear._add_exact(0.05, 131, 0.04, 120, 0.07, 125)  # _uint8_block's add
+        plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 2.0)}, CPU)
+        ops = _live_ops(plan)
+        assert "QLinearAdd" not in ops and ops.count("QLinearConv") == 3, ops
+    finally:
+        fused_qlinear._add_exact.cache_clear()
+
+
+def test_add_check_accepts_onnxruntimes_kernel_on_every_pair():
+    assert fused_qlinear._add_exact(0.05, 131, 0.04, 120, 0.07, 125)
+    assert fused_qlinear._add_exact(0.31102362, 128, 0.029210764, 0, 0.16302805, 0)  # YOLOv8n's anchor add as uint8
+
+
 @pytest.mark.parametrize("silu_scale", [0.033, 0.0331])
 def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels(silu_scale):
     # YOLOv8's C2f on uint8: conv -> SiLU (QLinearSigmoid, then QLinearMul) -> split -> conv on
