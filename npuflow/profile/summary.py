@@ -40,10 +40,13 @@ def vaitrace_summary(result: BenchResult, estimate: Any | None = None) -> str:
     for name, times in runs.items():
         sim = statistics.fmean(times)
         if device[name] == Device.NPU:
-            s = est.get(name)
-            if s is not None:
-                wl, rt = s.ops / 1e9, s.latency_ms
-                ldwb, ldfm, stfm = s.load_weight_bytes / 1e6, s.load_fmap_bytes / 1e6, s.store_bytes / 1e6
+            # a run of subgraphs the runtime ran as one program (``a+b+c``, CPU tables spliced
+            # in): the estimate's figures summed over them
+            parts = [est[n] for n in name.split("+") if n in est]
+            if parts and all(n in est for n in name.split("+")):
+                wl, rt = sum(p.ops for p in parts) / 1e9, sum(p.latency_ms for p in parts)
+                ldwb, ldfm, stfm = (sum(getattr(p, k) for p in parts) / 1e6
+                                    for k in ("load_weight_bytes", "load_fmap_bytes", "store_bytes"))
                 cells = [f"{wl:.3f}", f"{rt:.3f}", f"{wl / (rt / 1e3):.3f}", f"{ldwb:.3f}", f"{ldfm:.3f}",
                          f"{stfm:.3f}", f"{(ldwb + ldfm + stfm) / (rt / 1e3):.3f}"]
             else:
@@ -61,5 +64,7 @@ def vaitrace_summary(result: BenchResult, estimate: Any | None = None) -> str:
     out += ["", "Notes:", "  WL(GOP): workload, one MAC = 2 ops   Est RT(ms): estimated run time on the target",
             "  Perf(GOP/s) = WL / Est RT   LdWB/LdFM(MB): DDR loads of weights+bias / feature maps",
             "  StFM(MB): DDR stores of feature maps   AvgBw(MB/s) = (LdWB + LdFM + StFM) / Est RT",
-            "  Sim RT(ms): average measured time of the subgraph in the npuflow runtime on this host"]
+            "  Sim RT(ms): average measured time of the subgraph in the npuflow runtime on this host",
+            "  a+b+c: subgraphs the runtime ran as one integer program (CPU tables between them spliced in);",
+            "         their estimates are summed"]
     return "\n".join(out)

@@ -238,8 +238,22 @@ def _split_sizes(node: onnx.NodeProto, inits: dict, model: onnx.ModelProto) -> l
     return [shape[axis] // len(node.output)] * len(node.output)
 
 
-def _as_lookup(model: onnx.ModelProto,
-               session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+class Lookup:
+    """A CPU subgraph as one table per output (:func:`_as_lookup`): ``tables[output] = (input,
+    slices, table, qmin)``, the output's codes for the input codes ``qmin, qmin + 1, ...``."""
+
+    def __init__(self, tables: dict[str, tuple[str, Slices, np.ndarray, int]]) -> None:
+        self.tables = tables
+        # indexed by the code's byte (take on a uint8 view: twice as fast as fancy indexing)
+        self._rotated = {o: (name, slices, np.ascontiguousarray(table[(np.arange(256) - qmin) % 256]))
+                         for o, (name, slices, table, qmin) in tables.items()}
+
+    def __call__(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {o: np.take(rotated, _cut(values[name], slices).view(np.uint8))
+                for o, (name, slices, rotated) in self._rotated.items()}
+
+
+def _as_lookup(model: onnx.ModelProto, session: ort.InferenceSession) -> Lookup | None:
     """A CPU subgraph whose every output is an elementwise function of (a ``Split`` slice of)
     one 8-bit code input, as one table per output.
 
@@ -281,15 +295,8 @@ def _as_lookup(model: onnx.ModelProto,
         table[idx], seen[idx] = out.reshape(-1), True
         if not seen.all() or not np.array_equal(table[idx], out.reshape(-1)):
             return None
-        rotated = np.ascontiguousarray(table[(np.arange(256) - codes[name]) % 256])  # indexed by the code's byte
-        tables[vo.name] = (name, slices, rotated)
-
-    def lookup(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # take: twice as fast as fancy indexing
-        return {o: np.take(rotated, _cut(values[name], slices).view(np.uint8)) for o, (name, slices, rotated)
-                in tables.items()}
-
-    return lookup
+        tables[vo.name] = (name, slices, table, codes[name])
+    return Lookup(tables)
 
 
 def _cut(x: np.ndarray, slices: Slices) -> np.ndarray:

@@ -7,8 +7,10 @@ subgraph.  ``run(inputs)`` validates names, dtypes and shapes,
 then runs the subgraphs in order; it holds no per-call state on the session, so one session
 may be shared by many threads and gives the same bytes as a single-threaded run.
 
-Listeners (``add_listener``) receive one :class:`SubgraphEvent` per subgraph run, with
-``time.perf_counter_ns()`` start/end stamps and the thread id, for benchmarks and traces.
+Listeners (``add_listener``) receive one :class:`SubgraphEvent` per subgraph run (per group of
+subgraphs where CPU tables between accelerator subgraphs were spliced into one integer program,
+:mod:`.merge`), with ``time.perf_counter_ns()`` start/end stamps and the thread id, for
+benchmarks and traces.
 Dump mode (``run(..., dump_dir=DIR)``) writes every integer tensor as ``DIR/<name>.npy`` with
 names as in ``quantized_model.onnx`` (``/`` and other unsafe characters become ``_``) and an
 ``index.json`` mapping tensor names to files, like Vitis AI's ``XLNX_ENABLE_DUMP``.
@@ -33,6 +35,7 @@ from ..errors import NpuflowError
 from ..model import write_atomic
 from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel, shape_sets_text
+from . import merge
 from .executors import IntegerExecutor, OnnxExecutor
 from .plugin_executor import PluginExecutor
 from .runner import Runner, TensorInfo
@@ -40,7 +43,8 @@ from .runner import Runner, TensorInfo
 
 @dataclass(frozen=True)
 class SubgraphEvent:
-    """One subgraph execution, as seen by listeners."""
+    """One subgraph execution, as seen by listeners; where ``run`` ran several subgraphs as one
+    integer program (:mod:`.merge`), one event for them all: ``subgraphs`` lists them."""
 
     subgraph_id: int
     name: str
@@ -49,6 +53,7 @@ class SubgraphEvent:
     thread_id: int
     start_ns: int
     end_ns: int
+    subgraphs: tuple[int, ...] = ()
 
     @property
     def duration_ns(self) -> int:
@@ -86,20 +91,38 @@ class _Program:
     def __init__(self, manifest: dict, blob: Callable[[str], np.ndarray | bytes], threads: int,
                  cpu_threads: int | None, fuse: bool) -> None:
         self.subgraphs = manifest["subgraphs"]
-        self.executors: list[IntegerExecutor | OnnxExecutor | PluginExecutor] = []
+        self._tensors, self._blob, self._threads, self._fuse = manifest["tensors"], blob, threads, fuse
+        self._lock = threading.Lock()
+        #: per subgraph; an integer subgraph's executor is built when it first runs alone
+        self._executors: list[IntegerExecutor | OnnxExecutor | PluginExecutor | None] = []
         for sg in self.subgraphs:
             if sg["engine"] == "integer":
-                self.executors.append(IntegerExecutor(sg, manifest["tensors"], blob, threads=threads, fuse=fuse))
+                self._executors.append(None)
             elif sg["engine"] == "plugin":
-                self.executors.append(PluginExecutor(sg, blob))
+                self._executors.append(PluginExecutor(sg, blob))
             else:
-                self.executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
-                                                   lookup=fuse))
+                self._executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
+                                                    lookup=fuse))
+        outputs = {o["name"] for o in manifest["outputs"]}
+        #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
+        #: spliced into them (:mod:`.merge`)
+        self.steps = (merge.steps(self.subgraphs, self._executors, self._tensors, blob, outputs, threads) if fuse
+                      else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
+                            for k, sg in enumerate(self.subgraphs)])
         self.inputs = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
         self.elements = sum(int(np.prod(s)) for s in self.inputs.values())
         self.input_infos = [TensorInfo(i["name"], tuple(i["shape"]), i["dtype"], i.get("quant")) for i in manifest["inputs"]]
         self.output_infos = [TensorInfo(o["name"], tuple(o["shape"]), o["dtype"], o.get("quant"))
                              for o in manifest["outputs"]]
+
+    def executor(self, k: int) -> IntegerExecutor | OnnxExecutor | PluginExecutor:
+        """Subgraph ``k``'s own executor (runners, ``run_subgraph``, ``run_op``)."""
+        if self._executors[k] is None:
+            with self._lock:
+                if self._executors[k] is None:
+                    self._executors[k] = IntegerExecutor(self.subgraphs[k], self._tensors, self._blob,
+                                                         threads=self._threads, fuse=self._fuse)
+        return self._executors[k]
 
 
 #: The target the runtime serves when ``Session`` is given none (a board's DPU, a CI runner's target).
@@ -164,13 +187,19 @@ class Session:
         self._programs = [_Program(p, self.compiled.blob, threads, cpu_threads, fuse) for p in self.compiled.programs]
         first = self._programs[0]
         # the first program is the one runners(), run_op() and the description refer to
-        self._subgraphs, self._executors = first.subgraphs, first.executors
+        self._subgraphs = first.subgraphs
         self._inputs, self._outputs = first.input_infos, first.output_infos
         #: per input, the dimensions every program shares (the others select a program)
         self._fixed_dims = {t.name: [k for k in range(len(t.shape))
                                      if len({p.inputs[t.name][k] for p in self._programs}) == 1] for t in self._inputs}
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
+
+    @property
+    def _executors(self) -> list:
+        """The executors ``run`` uses for the first program, in order (a merged integer program
+        stands for the subgraphs it covers)."""
+        return [step.executor for step in self._programs[0].steps]
 
     # --- description ------------------------------------------------------------------------
 
@@ -249,13 +278,20 @@ class Session:
     def _run_subgraph(self, k: int, feeds: dict[str, np.ndarray], dump=None,
                       program: "_Program | None" = None) -> dict[str, np.ndarray]:
         program = program or self._programs[0]
-        sg = program.subgraphs[k]
+        return self._run_step(merge.Step(program.executor(k), (k,), tuple(program.subgraphs[k]["inputs"])),
+                              feeds, dump, program)
+
+    def _run_step(self, step: merge.Step, feeds: dict[str, np.ndarray], dump, program: "_Program") -> dict[str, np.ndarray]:
+        """Run one step; listeners get one event for it (subgraphs run as one program: the first
+        one's id, their names joined by ``+``, ``subgraphs`` listing them)."""
         listeners = self._listeners
         start = time.perf_counter_ns()
-        result = program.executors[k].run(feeds, dump)
+        result = step.executor.run(feeds, dump)
         end = time.perf_counter_ns()
         if listeners:
-            event = SubgraphEvent(k, sg["name"], sg["device"], sg["engine"], threading.get_ident(), start, end)
+            sgs = [program.subgraphs[k] for k in step.indices]
+            event = SubgraphEvent(step.indices[0], "+".join(sg["name"] for sg in sgs), sgs[0]["device"],
+                                  sgs[0]["engine"], threading.get_ident(), start, end, step.indices)
             for fn in listeners:
                 fn(event)
         return result
@@ -299,9 +335,8 @@ class Session:
                 np.save(out_dir / f"{fname}.npy", np.ascontiguousarray(value))
                 dumped[name] = f"{fname}.npy"
 
-        for k, sg in enumerate(program.subgraphs):
-            feeds = {i: env[i] for i in sg["inputs"]}
-            env.update(self._run_subgraph(k, feeds, dump, program))
+        for step in program.steps:
+            env.update(self._run_step(step, {i: env[i] for i in step.inputs}, dump, program))
         if dump_dir is not None:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         names = output_names or [t.name for t in self._outputs]
@@ -319,10 +354,12 @@ class Session:
         return executor.run_op(name, self._validate_op_inputs(op, inputs))
 
     def _find_op(self, name: str) -> tuple[IntegerExecutor, dict]:
-        for sg, ex in zip(self._subgraphs, self._executors):
+        program = self._programs[0]
+        executors = [program.executor(k) for k in range(len(self._subgraphs))]
+        for sg, ex in zip(self._subgraphs, executors):
             if isinstance(ex, IntegerExecutor) and name in ex.op_index:
                 return ex, sg["ops"][ex.op_index[name]]
-        ops = [n for ex in self._executors if isinstance(ex, IntegerExecutor) for n in ex.op_index]
+        ops = [n for ex in executors if isinstance(ex, IntegerExecutor) for n in ex.op_index]
         raise NpuflowError("NPF_RUNTIME_UNKNOWN_OP", name=name, count=len(ops), some=", ".join(ops[:5]))
 
     def _validate_op_inputs(self, op: dict, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

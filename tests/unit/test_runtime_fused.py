@@ -253,8 +253,10 @@ def _silu_model(mode: str = "half_up"):
 def test_elementwise_cpu_subgraph_runs_as_its_own_table():
     compiled = npuflow.compile(_silu_model(), DPU)
     fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
-    tables = [ex for ex in fast._executors if getattr(ex, "lookup", None) is not None]
-    assert tables and not any(getattr(ex, "lookup", None) is not None for ex in ref._executors)
+    program = fast._programs[0]
+    tables = [program.executor(k) for k, sg in enumerate(program.subgraphs) if sg["engine"] != "integer"]
+    assert tables and all(ex.lookup is not None for ex in tables)
+    assert not any(getattr(ex, "lookup", None) is not None for ex in ref._executors)
     for seed in range(3):
         feeds = {"x": _x([1, 8, 16, 16], seed, scale=3.0)}
         a, b = fast.run(feeds), ref.run(feeds)
@@ -612,3 +614,31 @@ def test_hard_swish_conv_and_its_affine_block_are_one_accumulator_table():
     ops = [n.op_type for n in live]
     after = ops[ops.index("Conv"):]  # (before it: the float input's quantize step)
     assert after.count("ArrayFeatureExtractor") == 1 and "Floor" not in after and "Div" not in after, ops
+
+
+def test_cpu_tables_between_integer_programs_run_inside_them(tmp_path):
+    # conv (DPU) -> sigmoid (CPU: one table) -> Mul (DPU): the table becomes a lut op of one
+    # integer program, which composes it with the Mul into SiLU's table; outputs and every dumped
+    # integer tensor (the CPU subgraph's output included) equal the subgraph-by-subgraph kernels
+    compiled = npuflow.compile(_silu_model(), DPU)
+    assert [sg.device for sg in compiled.subgraphs] == ["DPU", "CPU", "DPU"]
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    (step,) = fast._programs[0].steps
+    assert step.indices == (0, 1, 2) and len(ref._programs[0].steps) == 3
+    (run,) = [it for it in step.executor.plan.items if isinstance(it, fused.FusedRun)]
+    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names.get(t, t) for t in run.outputs])
+    assert [n.op_type for n in live].count("ArrayFeatureExtractor") == 1, [n.op_type for n in live]
+    feeds = {"x": _x([1, 8, 16, 16], 5, scale=3.0)}
+    a = fast.run(feeds, dump_dir=tmp_path / "fast")
+    b = ref.run(feeds, dump_dir=tmp_path / "ref")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    names = sorted(p.name for p in (tmp_path / "ref").glob("*.npy"))
+    assert names == sorted(p.name for p in (tmp_path / "fast").glob("*.npy")) and len(names) >= 3
+    for n in names:
+        assert np.array_equal(np.load(tmp_path / "fast" / n), np.load(tmp_path / "ref" / n)), n
+    # the subgraphs still run one by one for hosts that schedule them (runners, run_subgraph)
+    env = dict(feeds)
+    for k, sg in enumerate(compiled.subgraphs):
+        outs = fast.run_subgraph(k, [env[t] for t in compiled.manifest["subgraphs"][k]["inputs"]])
+        env.update(zip(compiled.manifest["subgraphs"][k]["outputs"], outs))
+    assert all(np.array_equal(env[k], a[k]) for k in a)
