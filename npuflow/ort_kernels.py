@@ -160,10 +160,10 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
     this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
     which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
-    initializers whose ``DequantizeLinear`` only convolutions and matmuls read, as their weight
-    (:func:`_weight_dequantize`), or the weight input of a QOperator op on uint8 activations
-    (ONNX Runtime has no int8 x uint8 kernel).  Elsewhere (VNNI, or no int8 weights) ``model``
-    itself."""
+    initializers whose ``DequantizeLinear`` only convolutions and matmuls read, as their weight,
+    directly or through a transpose or reshape (:func:`_weight_dequantize`), or the weight input
+    of a QOperator op on uint8 activations (ONNX Runtime has no int8 x uint8 kernel).  Elsewhere
+    (VNNI, or no int8 weights) ``model`` itself."""
     inits = {t.name: t for t in model.graph.initializer}
     readers = _readers(model.graph)
     todo = []  # (node index, weight input, zero point input)
@@ -200,20 +200,25 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, int]]]:
-    """Tensor name -> (op type, input index) of every node of ``graph`` that reads it; a graph
-    output counts as a reader of its own (``("", -1)``)."""
-    out: dict[str, list[tuple[str, int]]] = {o.name: [("", -1)] for o in graph.output}
+def _readers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, int, list[str]]]]:
+    """Tensor name -> (op type, input index, outputs) of every node of ``graph`` that reads it; a
+    graph output counts as a reader of its own (``("", -1, [])``)."""
+    out: dict[str, list[tuple[str, int, list[str]]]] = {o.name: [("", -1, [])] for o in graph.output}
     for node in graph.node:
         for k, name in enumerate(node.input):
             if name:
-                out.setdefault(name, []).append((node.op_type, k))
+                out.setdefault(name, []).append((node.op_type, k, list(node.output)))
     return out
+
+
+#: Ops that move a tensor's values without computing on them: ONNX Runtime moves a
+#: ``DequantizeLinear`` across them (``QDQPropagationTransformer``) onto the op that reads them.
+_MOVES = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 
 
 def _weight_dequantize(node: onnx.NodeProto, readers: dict) -> bool:
     """Whether ``DequantizeLinear`` ``node`` dequantizes weights: only convolutions and matmuls
-    read its output, as their weight input.
+    read its output as their weight input, directly or through ops that move values.
 
     An int8 constant that another op reads keeps its type: uint8 codes with zero point 128 are the
     same real values, but they change which kernel ONNX Runtime fuses the reader into.  YOLOv8n's
@@ -221,8 +226,20 @@ def _weight_dequantize(node: onnx.NodeProto, readers: dict) -> bool:
     and ``QuantizeLinear`` (what the compiler computes for a group that is not all uint8); as
     uint8 they made ONNX Runtime fuse a ``QLinearAdd``, whose float32 arithmetic rounds a sum
     that lies 5e-7 above a tie down (60 instead of 61), one output step on the boxes."""
-    reads = readers.get(node.output[0], [])
-    return bool(reads) and all(_QDQ_WEIGHT_READERS.get(op) == k for op, k in reads)
+    return _only_weight_reads(node.output[0], readers, depth=4)
+
+
+def _only_weight_reads(tensor: str, readers: dict, depth: int) -> bool:
+    """Whether ``tensor`` has readers and every one takes it as a weight, looking through up to
+    ``depth`` ops that move values."""
+    reads = readers.get(tensor, [])
+    for op, k, outs in reads:
+        if op in _MOVES:
+            if k != 0 or depth == 0 or not all(_only_weight_reads(o, readers, depth - 1) for o in outs):
+                return False
+        elif _QDQ_WEIGHT_READERS.get(op) != k:
+            return False
+    return bool(reads)
 
 
 def _uint8_activations(node: onnx.NodeProto, inits: dict) -> bool:

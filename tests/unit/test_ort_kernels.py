@@ -109,3 +109,16 @@ def _quiet() -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return opts
+
+
+def test_a_weight_read_through_a_transpose_still_moves(monkeypatch):
+    # ONNX Runtime moves the DequantizeLinear across the Transpose onto the MatMul's weight input
+    monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
+    b = Builder("half_even")
+    x = b.input("x", [1, 4, 8], 0.05, 128, "uint8")
+    w = b.weight("w", np.random.default_rng(0).normal(0, 0.3, (6, 8)).astype(np.float32), 0.01)
+    wt = b.node("Transpose", [w], "wt", perm=[1, 0])
+    b.output(b.quantize(b.node("MatMul", [b.dq(x), wt], "mm"), 0.1, 128, "uint8"), "y")
+    form = ort_kernels.exact_weights(b.model())
+    used = {i for node in form.graph.node for i in node.input}
+    assert "w_quantized" not in used and "w_quantized__u8" in used
