@@ -119,6 +119,10 @@ def _session_with_planner(path: Path, planner, **kwargs):
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
+#: Seconds of idle before each timed column (see ``bench_case``).
+IDLE_S = 0.3
+
+
 def _time(fn, runs: int, clock=time.perf_counter) -> float:
     start = clock()
     for _ in range(runs):
@@ -191,7 +195,12 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         times: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(rounds):
             for label, fn in runners.items():
-                fn()  # untimed: the previous column's ORT pool threads spin a while after its last run
+                fn()  # untimed warm-up
+                # idle until the pool threads of the column before (ORT's 2-thread sessions) stop
+                # spinning: their spin would otherwise count as this column's CPU time (measured:
+                # PP-OCR cls 6.3-8.0 ms per frame right after ORT's 2-thread session, 3.4-3.9 ms
+                # after 0.5 s idle)
+                time.sleep(IDLE_S)
                 times[label].append(_time(fn, runs, clock))
         sessions.clear()
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
