@@ -208,7 +208,7 @@ def add(g: Graph, op: dict) -> bool:
     """Write ``op`` (an eltwise add with ONNX Runtime's ``QLinearAdd`` arithmetic) as that kernel
     when both operands are uint8 tensors of the output's shape and the kernel, run at load on all
     65,536 pairs of codes with the op's scales and zero points, gives ``numerics.qlinear_add``
-    (:func:`_add_exact`); say whether it did.  Elsewhere the kernel of ``numerics`` serves."""
+    (:func:`_qlinear_add_matches`); say whether it did.  Elsewhere the kernel of ``numerics`` serves."""
     a = op["attrs"]
     spec = a.get("qlinear")
     if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
@@ -224,7 +224,8 @@ def add(g: Graph, op: dict) -> bool:
         return False
     sa, sb, za, zb, sc, zc = params
     sa, sb, sc = (float(np.float32(s)) for s in (sa, sb, sc))
-    if not all(0 <= int(z) <= 255 for z in (za, zb, zc)) or not _add_exact(sa, int(za), sb, int(zb), sc, int(zc)):
+    if not all(0 <= int(z) <= 255 for z in (za, zb, zc)) \
+            or not _qlinear_add_matches(sa, int(za), sb, int(zb), sc, int(zc)):
         return False
     y = g.node("QLinearAdd", [
         g.as_bytes(names[0]), g.scalar(sa), g.scalar(za, np.uint8),
@@ -235,7 +236,7 @@ def add(g: Graph, op: dict) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _add_exact(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
+def _qlinear_add_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
     """Whether ``com.microsoft.QLinearAdd`` with these float32 scales and uint8 zero points gives
     ``numerics.qlinear_add`` (saturated) on every pair of codes.  The process probe
     (``ort_kernels.exact``) tries one set of scales on random codes; a rounding that differs on

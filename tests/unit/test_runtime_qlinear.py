@@ -113,20 +113,20 @@ def test_add_check_refuses_an_integer_kernel_that_differs_on_a_few_pairs(monkeyp
     # codes with the op's scales the kernels of numerics serve, though the process probe (random
     # codes, one set of scales) passes (measured before the check: the fused run used QLinearAdd)
     monkeypatch.setattr(nm, "qlinear_add", _one_pair_off(nm.qlinear_add))
-    fused_qlinear._add_exact.cache_clear()
+    fused_qlinear._qlinear_add_matches.cache_clear()
     try:
         assert ort_kernels.exact.__wrapped__()  # the probe does not see it
-        assert not fused_qlinear._add_exact(0.05, 131, 0.04, 120, 0.07, 125)  # _uint8_block's add
+        assert not fused_qlinear._qlinear_add_matches(0.05, 131, 0.04, 120, 0.07, 125)  # _uint8_block's add
         plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 2.0)}, CPU)
         ops = _live_ops(plan)
         assert "QLinearAdd" not in ops and ops.count("QLinearConv") == 3, ops
     finally:
-        fused_qlinear._add_exact.cache_clear()
+        fused_qlinear._qlinear_add_matches.cache_clear()
 
 
 def test_add_check_accepts_onnxruntimes_kernel_on_every_pair():
-    assert fused_qlinear._add_exact(0.05, 131, 0.04, 120, 0.07, 125)
-    assert fused_qlinear._add_exact(0.31102362, 128, 0.029210764, 0, 0.16302805, 0)  # YOLOv8n's anchor add as uint8
+    assert fused_qlinear._qlinear_add_matches(0.05, 131, 0.04, 120, 0.07, 125)
+    assert fused_qlinear._qlinear_add_matches(0.31102362, 128, 0.029210764, 0, 0.16302805, 0)  # YOLOv8n's anchor add as uint8
 
 
 @pytest.mark.parametrize("silu_scale", [0.033, 0.0331])
