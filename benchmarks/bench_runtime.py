@@ -16,6 +16,12 @@ shared, so load hits every column alike):
   git revision ``REV`` (loaded beside the current module), 1 thread, so that a change to the
   fused runs is measured against its predecessor in the same interleaved rounds.
 
+With ``--memory`` (the default; ``--no-memory`` skips it), each case's peak memory: one fresh
+process per column (``npuflow 1 thread`` on the saved ``.npuf``, ORT plain QDQ and ORT FP32 on
+their ``.onnx`` files, one intra-op thread each) loads the model and runs ``--memory-frames``
+frames; its peak resident set (``VmHWM``) is reported as the increase over a baseline process
+that imports the same libraries and loads the same input but no model (see ``child_memory``).
+
 The compiled model's outputs are compared with ONNX Runtime's on ``quantized_model.onnx`` first
 (power-of-two targets: equal; float scales: the largest difference is reported), with its int8
 weights in the form this CPU's integer kernels compute exactly (``ort_kernels.exact_weights``:
@@ -23,7 +29,8 @@ uint8 on x86-64 without VNNI, where MLAS' uint8 x int8 kernels saturate).  The t
 run the model as a user's ONNX Runtime does, saturating kernels included.
 
     python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...] [--before REV]
-                                       [--clock wall|process] [--out runtime]
+                                       [--clock wall|process] [--[no-]memory] [--memory-frames 5]
+                                       [--out runtime]
 
 Writes ``benchmarks/results/runtime.md`` (and ``runtime.json``; ``--out`` names them) and prints
 the table.
@@ -140,8 +147,109 @@ def _batched(samples: list[dict], name: str, batch: int) -> list[dict]:
     return [{name: xs[k * batch:(k + 1) * batch]} for k in range(2)]
 
 
+# --------------------------------------------------------------------------------------------
+# Peak memory: one fresh process per column
+
+#: The program of a memory child.  Every child imports the same libraries (numpy, ONNX Runtime,
+#: npuflow and its runtime, onnx), loads the input and then runs ``LOAD``, which binds ``run`` (a
+#: frame) or leaves it ``None`` (the baseline child), so that the difference between a column's
+#: peak and the baseline's is the model's load and runs, not the interpreter's imports.  The peak
+#: is ``VmHWM``, the high-water mark of this process's own address space: ``ru_maxrss`` would not
+#: do, since exec keeps the high-water mark of the address space the child was forked from (the
+#: benchmark process, several hundred MB after quantizing), so every child would report at least
+#: the parent's size.  RSS is read after the input, after the load, after the first frame and at
+#: the end, to tell the model's resident weights from the runs' working memory.
+MEMORY_CHILD = r'''
+import json, sys
+import numpy as np
+import onnx, onnxruntime as ort
+import npuflow, npuflow.runtime
+
+def status_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+spec = json.loads(sys.argv[1])
+MODEL, FRAMES = spec["model"], spec["frames"]
+x = dict(np.load(spec["input"])) if spec["input"] else {}
+rss = {"input": status_kib("VmRSS")}
+
+def ort_session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+run = None
+exec(spec["load"])
+rss["loaded"] = status_kib("VmRSS")
+if run is not None:
+    run()
+    rss["first_frame"] = status_kib("VmRSS")
+    for _ in range(FRAMES - 1):
+        run()
+rss["end"] = status_kib("VmRSS")
+print(json.dumps({"peak_kib": status_kib("VmHWM"), "rss_kib": rss}))
+'''
+
+#: ``LOAD`` of each memory column (``MODEL``: the file ``memory_columns`` names for it).
+MEMORY_LOADS = {
+    "baseline": "run = None",
+    "npuflow": "session = npuflow.Session(MODEL, threads=1)\nrun = lambda: session.run(x)",
+    "ORT": "session = ort_session(MODEL)\nrun = lambda: session.run(None, x)",
+}
+
+#: One thread everywhere, BLAS and OpenMP pools included, so no column pays for idle pool stacks.
+_ONE_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+MIB = 1024.0
+
+
+def child_memory(load: str, model: str | None = None, input_path: Path | None = None, frames: int = 5) -> dict:
+    """Peak and stepwise resident memory, in MiB, of a fresh ``MEMORY_CHILD`` running ``load``.
+
+    Returns ``{"peak": MiB, "rss": {"input", "loaded", ["first_frame"], "end"}}``.  A fresh
+    process per call, so that no column's freed-but-kept allocations (arenas, the allocator's
+    free lists) hide or inflate another's.
+    """
+    spec = {"load": load, "model": model, "input": str(input_path) if input_path else None, "frames": frames}
+    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, json.dumps(spec)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **_ONE_THREAD_ENV})
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"peak": out["peak_kib"] / MIB, "rss": {k: v / MIB for k, v in out["rss_kib"].items()}}
+
+
+def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames: int) -> dict:
+    """Each column's peak memory over the baseline child's, in MiB.
+
+    ``models`` maps a column label to its ``MEMORY_LOADS`` key and model file.  Per column:
+    ``peak`` (the increase of the child's peak RSS over the baseline child's), ``load`` (RSS after
+    the load over RSS before it: the resident model), ``first_frame`` (RSS added by the first
+    frame: buffers and arena), ``peak_abs`` (the child's own peak); ``baseline`` is the baseline
+    child's peak.
+    """
+    base = child_memory(MEMORY_LOADS["baseline"], None, input_path, frames)
+    out: dict = {"baseline": base["peak"]}
+    for label, (kind, model) in models.items():
+        m = child_memory(MEMORY_LOADS[kind], str(model), input_path, frames)
+        rss = m["rss"]
+        out[label] = {"peak": m["peak"] - base["peak"], "peak_abs": m["peak"],
+                      "load": rss["loaded"] - rss["input"], "first_frame": rss["first_frame"] - rss["loaded"]}
+    return out
+
+
 def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, calib_n: int,
-               before: tuple[str, object] | None = None, clock=time.perf_counter) -> dict:
+               before: tuple[str, object] | None = None, clock=time.perf_counter,
+               memory_frames: int | None = 5) -> dict:
+    """One row: outputs checked, columns timed interleaved and, unless ``memory_frames`` is None,
+    each memory column's peak (``memory_columns``, that many frames per child)."""
+    import onnx
     from npuflow.quant.export import to_plain_qdq
 
     title, fetch, name, chw, calib = MODELS[key]
@@ -203,6 +311,15 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
                 time.sleep(IDLE_S)
                 times[label].append(_time(fn, runs, clock))
         sessions.clear()
+        memory = None
+        if memory_frames is not None:
+            plain_path, input_path = Path(d) / "plain_qdq.onnx", Path(d) / "input.npz"
+            onnx.save(plain, plain_path)
+            np.savez(input_path, **x)
+            models = {"npuflow 1 thread": ("npuflow", path), "ORT plain QDQ 1 thread": ("ORT", plain_path)}
+            if "ORT FP32 1 thread" in runners:
+                models["ORT FP32 1 thread"] = ("ORT", Path(float_path))
+            memory = memory_columns(models, input_path, memory_frames)
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
 
     def best(prefix: str) -> float:
@@ -222,6 +339,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         "ratio_vs_best_ort_plain_qdq": best("ORT plain QDQ") / ours_best,
         "ratio_vs_best_ort_qdq": best("ORT QDQ") / ours_best,
         "ratio_vs_best_ort_fp32": best("ORT FP32") / ours_best if "ORT FP32 1 thread" in med else None,
+        "memory_mib": memory,
     }
 
 
@@ -311,7 +429,34 @@ def render(results: list[dict], meta: dict) -> str:
         "much less.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + render_memory(results, meta))
+
+
+def render_memory(results: list[dict], meta: dict) -> list[str]:
+    """The peak-memory table (empty without ``--memory``)."""
+    rows = [r for r in results if r.get("memory_mib")]
+    if not rows:
+        return []
+    cols = list(dict.fromkeys(c for r in rows for c in r["memory_mib"] if c != "baseline"))
+    lines = [
+        f"Peak memory, MiB over a baseline process (`--memory`, {meta.get('memory_frames')} frames per process): "
+        "each column in a fresh process that imports numpy, ONNX Runtime and npuflow, loads the input, loads "
+        "the model (the saved `.npuf`; the plain QDQ and FP32 `.onnx` files) with one intra-op thread and runs "
+        "the frames; the figure is its peak resident set (`VmHWM`) minus that of a process that does the same "
+        "without a model (its peak: the last column).  In brackets: resident after the load / added by the "
+        "first frame.  Lower is better; the target is npuflow <= ORT plain QDQ.",
+        "",
+        "| model | target | batch | " + " | ".join(cols) + " | npuflow / ORT plain QDQ | baseline |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |",
+    ]
+    for r in rows:
+        m = r["memory_mib"]
+        cells = " | ".join(f"{m[c]['peak']:.1f} ({m[c]['load']:.1f} / {m[c]['first_frame']:.1f})" if c in m else ""
+                           for c in cols)
+        ours, plain = m.get("npuflow 1 thread"), m.get("ORT plain QDQ 1 thread")
+        ratio = f"{ours['peak'] / plain['peak']:.2f}x" if ours and plain and plain["peak"] > 0 else "n/a"
+        lines.append(f"| {r['model']} | {r['target']} | {r['batch']} | {cells} | {ratio} | {m['baseline']:.0f} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -323,6 +468,9 @@ def main() -> None:
     ap.add_argument("--before", metavar="REV", help="also time the fused runs as runtime/fused.py at git revision REV")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="time by the wall clock, or by this process's CPU time (a machine shared with other jobs)")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure each column's peak memory in fresh processes (a few seconds per case)")
+    ap.add_argument("--memory-frames", type=int, default=5, help="frames each memory process runs")
     ap.add_argument("--out", default="runtime", help="results/<OUT>.md and .json")
     args = ap.parse_args()
     before = (args.before, fused_planner(args.before)) if args.before else None
@@ -330,12 +478,13 @@ def main() -> None:
             "cpus": os.cpu_count(), "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
             "rounds": args.rounds, "runs": args.runs, "before": args.before, "clock": args.clock,
             "command": " ".join(["python benchmarks/bench_runtime.py", *sys.argv[1:]]),
-            "weight_form": ort_kernels.weight_form(), "cpu": _cpu_name()}
+            "weight_form": ort_kernels.weight_form(), "cpu": _cpu_name(),
+            "memory_frames": args.memory_frames if args.memory else None}
     results = []
     for case in args.cases.split(","):
         key, target_key, batch = case.split(":")
         results.append(bench_case(key, target_key, int(batch), args.rounds, args.runs, args.calib, before,
-                                  CLOCKS[args.clock]))
+                                  CLOCKS[args.clock], args.memory_frames if args.memory else None))
         sys.stderr.write(f"{case}: {results[-1]['ratio_vs_best_ort_plain_qdq']:.2f}x best ORT plain QDQ\n")
     text = render(results, meta)
     RESULTS.mkdir(exist_ok=True)

@@ -1,0 +1,51 @@
+"""The runtime benchmark's peak-memory probe (``benchmarks.bench_runtime.memory_columns``): a column's
+figure is its child process's peak resident set over a baseline child's, transient allocations
+included, and the benchmark process's own size never leaks into a child's figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_runtime as B
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_column_reports_its_load_and_transient_peak_over_the_baseline(tmp_path, monkeypatch) -> None:
+    # the load keeps 50 MiB; each frame allocates 30 MiB more and frees it (an mmap'd block, given
+    # back at once): the peak counts both, the RSS after the first frame only the 50
+    monkeypatch.setitem(B.MEMORY_LOADS, "alloc", "buf = np.ones(50 << 20, np.uint8)\n"
+                                                 "run = lambda: int(np.ones(30 << 20, np.uint8).sum())")
+    input_path = tmp_path / "input.npz"
+    np.savez(input_path, x=np.zeros((1, 3, 8, 8), np.float32))
+    m = B.memory_columns({"alloc": ("alloc", tmp_path / "unused")}, input_path, frames=2)
+    assert m["baseline"] > 20  # the interpreter and its imports
+    assert 80 <= m["alloc"]["peak"] < 100
+    assert 50 <= m["alloc"]["load"] < 60
+    assert abs(m["alloc"]["first_frame"]) < 10
+    assert m["alloc"]["peak_abs"] == pytest.approx(m["baseline"] + m["alloc"]["peak"])
+
+
+def test_child_peak_leaves_out_the_parent_it_was_forked_from() -> None:
+    # ru_maxrss of a child counts the parent's resident pages (exec keeps the old address space's
+    # high-water mark); VmHWM must not
+    ballast = np.ones(400 << 20, np.uint8)
+    parent = _rss_mib()
+    child = B.child_memory(B.MEMORY_LOADS["baseline"])
+    assert child["peak"] < parent - 300
+    del ballast
+
+
+def test_failing_child_raises_with_its_error() -> None:
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        B.child_memory("run = 1 // 0")
