@@ -18,6 +18,10 @@ tie and kept nearest rounding almost everywhere else.
 Measured with ``bench_accuracy.py`` at 100 iterations per layer on DPUCZDX8G_ISA1_B4096 (same
 calibration and evaluation samples; docs/accuracy.md): PP-OCRv4 rec 52.7 -> 65.7 % lines,
 EfficientNet-Lite0 61.7 -> 87.0 % FP32 top-1 agreement.
+
+With ``LayerProblem.act`` (``fast_finetune: {post_activation: true}``, :mod:`.activation`) the
+output compared is the activation fused behind the layer, ``f(W x + b)``, and the gradient passes
+through ``f'``; off by default (measured no better, see :mod:`.activation`).
 """
 
 from __future__ import annotations
@@ -68,7 +72,12 @@ def adaround(
         codes = floor + h
         inside = (codes >= p.qmin) & (codes <= p.qmax)
         wq = np.clip(codes, p.qmin, p.qmax) * p.s
-        err = forward(wq, x) + p.b - y                         # (g, o, B)
+        z = forward(wq, x) + p.b                               # (g, o, B)
+        if p.act is None:
+            err = z - y
+        else:  # through the fused activation: d/dz of (f(z) - y)^2 is 2 (f(z) - y) f'(z)
+            fz, dz = p.act(z)
+            err = (fz - y) * dz
         grad_wq = grad_weight(err, x) / (err.shape[0] * err.shape[1])  # of the mean over outputs
         grad_h = grad_wq * p.s * inside
         beta = _beta(t, iters, warmup)
@@ -89,12 +98,14 @@ def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):
         floor_np = np.floor(ws)
         floor = torch.from_numpy(floor_np.astype(np.float32))
     v = torch.nn.Parameter(torch.from_numpy(_init_v(ws - floor_np).astype(np.float32)))
+    act = None if p.act is None else _torch_activation(p.act)
     opt = torch.optim.Adam([v], lr=lr)
     for t, (xb, yb) in enumerate(batches(p, batch, iters, seed)):
         x, y = torch.from_numpy(xb), torch.from_numpy(yb)
         h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
         wq = torch.clamp(floor + h, p.qmin, p.qmax) * s
-        loss = ((torch.matmul(wq, x) + b - y) ** 2).mean()
+        z = torch.matmul(wq, x) + b
+        loss = (((z if act is None else act(z)) - y) ** 2).mean()
         beta = _beta(t, iters, warmup)
         if beta is not None:
             loss = loss + lam * (1 - torch.abs(2 * h - 1) ** beta).sum()
@@ -104,3 +115,23 @@ def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):
     with torch.no_grad():
         h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1).numpy()
     return np.clip(floor_np + (h >= 0.5), p.qmin, p.qmax)
+
+
+def _torch_activation(fn):
+    """``fn`` (numpy ``(f(z), f'(z))``) as a differentiable torch function: the activation is
+    evaluated exactly as the numpy backend does, its derivative saved for the backward pass."""
+    import torch
+
+    class Act(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            value, slope = fn(z.detach().numpy())
+            ctx.save_for_backward(torch.from_numpy(np.ascontiguousarray(slope, dtype=np.float32)))
+            return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+
+        @staticmethod
+        def backward(ctx, grad):
+            (slope,) = ctx.saved_tensors
+            return grad * slope
+
+    return Act.apply

@@ -34,6 +34,7 @@ import onnx
 from ...errors import NpuflowError
 from ...model import write_atomic
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
+from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround
 from .block_recon import Block, BlockResult, BlockRunner, plan_blocks, reconstruct, require_torch, write_block
 from ...graph import slice_model
@@ -66,10 +67,13 @@ class FinetuneSettings:
     block_batch: int = 4         # brecq: calibration samples per step
     block_layers: int = 3        # brecq: weight layers a block holds at least
     input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
+    post_activation: bool = False  # adaround: reconstruct after the activation fused behind each layer (.activation)
 
     def key(self) -> dict:
         return {"method": self.method, "iters": self.iters, "lr": self.learning_rate, "batch": self.batch,
-                "seed": self.seed, "round_mode": self.round_mode, "input_drop": self.input_drop, "v": 1}
+                "seed": self.seed, "round_mode": self.round_mode, "input_drop": self.input_drop, "v": 1,
+                # only when on: the pre-activation problems keep their cached results
+                **({"post_activation": True} if self.post_activation and self.method == "adaround" else {})}
 
     @property
     def learning_rate(self) -> float:
@@ -168,7 +172,9 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     method = "adaquant" if st.method == "adaquant" else "adaround"
     lst = replace(st, method=method)
     t1 = time.time()
-    prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0)
+    act = fused_activation(out, ql.node) if method == "adaround" and st.post_activation else None
+    prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0,
+                         act=act)
     nearest = grouped_weight(read_codes(out, ql), g)
     before = prob.error(nearest)
     key = _cache_key(prob, lst)
@@ -275,19 +281,23 @@ class QuantizedInputs:
 
 
 def layer_problem(float_model: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
-                  float_patches: np.ndarray, round_mode: str, keep_float: bool = False) -> LayerProblem:
+                  float_patches: np.ndarray, round_mode: str, keep_float: bool = False,
+                  act: Activation | None = None) -> LayerProblem:
     """``job``'s problem: inputs from the quantized model as it is now, targets from the float layer
-    on ``float_patches``, bias and limits from the quantized model."""
+    on ``float_patches`` (through ``act``, the activation fused behind the layer, when given), bias
+    and limits from the quantized model."""
     ql, w, g = job.ql, job.w, job.sampler.groups
     full = inputs.get(ql.node.input[0])
     qx = np.concatenate([job.sampler.sample(v, k) for k, v in enumerate(full)], axis=2)
     wg = grouped_weight(w, g)
     y = forward(wg.astype(np.float32), float_patches) + layer_bias(float_model, job.fl, w.shape[0]).reshape(g, -1, 1)
+    if act is not None:
+        y = act.value(y)
     s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
     qmodel = inputs.model
     lo, hi = code_limits(ql, read_codes(qmodel, ql))
     return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode,
-                        xf=float_patches if keep_float else None)
+                        xf=float_patches if keep_float else None, act=act)
 
 
 def _collect_tensors(model: onnx.ModelProto, feeds: list[Feed], names: list[str]) -> dict[str, list[np.ndarray]]:

@@ -2,17 +2,23 @@
 
 ``W`` (grouped as ``(g, Cout/g, K)``) with per-row weight scale ``s`` must reproduce the float
 layer's outputs ``Y`` (``(g, Cout/g, m)``) from the inputs ``X`` (``(g, K, m)``) that the
-quantized model feeds it.  Rounding, clipping and the optimiser (Adam) live here so that both
+quantized model feeds it.  With ``act`` (the activation fused behind the layer, :mod:`.activation`)
+the outputs compared are ``act(W X + b)`` and ``Y`` holds the float layer's activated outputs.
+Rounding, clipping and the optimiser (Adam) live here so that both
 algorithms and both backends (numpy, torch) compute the same thing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ...numerics import round_values
+
+#: ``(f(z), f'(z))`` of an elementwise activation (an :class:`.activation.Activation`).
+ActFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -28,6 +34,7 @@ class LayerProblem:
     qmax: int
     round_mode: str        # the tie rule of the weights' quantize step (the target's); no default
     xf: np.ndarray | None = None  # (g, K, m) the float model's inputs at the same columns (QDrop mixing)
+    act: ActFn | None = None      # activation fused behind the layer: y is post-activation (AdaRound only)
 
     def __post_init__(self) -> None:
         for name in ("w", "s", "b", "x", "y") + (("xf",) if self.xf is not None else ()):
@@ -40,6 +47,8 @@ class LayerProblem:
         """Mean squared reconstruction error of integer ``codes`` (and an optional new bias)."""
         b = self.b if bias is None else bias
         out = forward((codes * self.s).astype(np.float32), self.x) + b
+        if self.act is not None:
+            out = self.act(out)[0]
         return float(np.mean((out - self.y) ** 2))
 
 
