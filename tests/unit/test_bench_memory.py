@@ -30,8 +30,9 @@ def test_column_reports_its_load_and_transient_peak_over_the_baseline(tmp_path, 
     np.savez(input_path, x=np.zeros((1, 3, 8, 8), np.float32))
     m = B.memory_columns({"alloc": ("alloc", tmp_path / "unused")}, input_path, frames=2)
     assert m["baseline"] > 20  # the interpreter and its imports
-    assert 80 <= m["alloc"]["peak"] < 100
-    assert 50 <= m["alloc"]["load"] < 60
+    # tolerance: two processes' import footprints differ by a MiB or two
+    assert 75 <= m["alloc"]["peak"] < 100  # without the frame's 30 MiB it would be ~50
+    assert 48 <= m["alloc"]["load"] < 60
     assert abs(m["alloc"]["first_frame"]) < 10
     assert m["alloc"]["peak_abs"] == pytest.approx(m["baseline"] + m["alloc"]["peak"])
 
