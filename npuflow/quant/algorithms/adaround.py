@@ -21,7 +21,8 @@ EfficientNet-Lite0 61.7 -> 87.0 % FP32 top-1 agreement.
 
 With ``LayerProblem.act`` (``fast_finetune: {post_activation: true}``, :mod:`.activation`) the
 output compared is the activation fused behind the layer, ``f(W x + b)``, and the gradient passes
-through ``f'``; off by default (measured no better, see :mod:`.activation`).
+through ``f'``; off by default (PP-OCRv4 rec +6.6 points at 500 iterations, EfficientNet-Lite0
+-0.5: see :mod:`.activation`).
 """
 
 from __future__ import annotations
