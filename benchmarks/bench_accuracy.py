@@ -82,6 +82,7 @@ FINETUNE = {
     "adaround": ("AdaRound", {}),
     "adaquant": ("AdaQuant", {}),
     "adaquant_qdrop": ("AdaQuant+QDrop", {"input_drop": 0.5}),
+    "adaround_post": ("AdaRound post-activation", {"post_activation": True}),
     "brecq": ("BRECQ+QDrop", {"drop_prob": 0.5}),
     "brecq0": ("BRECQ", {"drop_prob": 0.0}),
 }
@@ -113,7 +114,7 @@ def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: in
     rows = []
     for key in methods:
         label, extra = FINETUNE[key]
-        method = key.rstrip("0").removesuffix("_qdrop")
+        method = key.rstrip("0").removesuffix("_qdrop").removesuffix("_post")
         n = block_iters if method == "brecq" and block_iters else iters
         rows.append((f"+{label} ({n} it{note})", {**base, "fast_finetune": {"method": method, "iters": n, **extra}}))
     return rows
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--methods", default="adaround,adaquant",
                     help=f"fast finetune rows, comma-separated from {','.join(FINETUNE)} (brecq0: BRECQ without QDrop; "
-                         "adaquant_qdrop: AdaQuant with input_drop 0.5)")
+                         "adaquant_qdrop: AdaQuant with input_drop 0.5; adaround_post: AdaRound with post_activation)")
     ap.add_argument("--block-iters", type=int, default=None, help="steps per block for brecq (default: --iters)")
     ap.add_argument("--no-mixed", action="store_true", help="skip automatic mixed precision")
     ap.add_argument("--cheap", default=None,

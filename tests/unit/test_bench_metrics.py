@@ -56,3 +56,12 @@ def test_accuracy_bench_method_list() -> None:
         assert "adarond" in str(exc)
     else:
         raise AssertionError("an unknown fast-finetune method was accepted")
+
+
+def test_accuracy_bench_post_activation_row() -> None:
+    """``adaround_post`` is AdaRound (a method npuflow knows) with ``post_activation`` on."""
+    from benchmarks.bench_accuracy import finetune_configs
+
+    (label, cfg), = finetune_configs({}, 500, ["adaround_post"])
+    assert cfg["fast_finetune"] == {"method": "adaround", "iters": 500, "post_activation": True}
+    assert "post-activation" in label
