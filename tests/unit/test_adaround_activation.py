@@ -42,13 +42,14 @@ def _run_chain(nodes, inits, y: np.ndarray) -> np.ndarray:
     return open_session(sub, level="disable", threads=1, what="run").run(None, {"y": y})[0]
 
 
-@pytest.mark.parametrize("name", ["hardswish", "relu", "clip6", "hardsigmoid_op", "leaky"])
+@pytest.mark.parametrize("name", ["hardswish", "relu", "clip6", "clip_max_only", "hardsigmoid_op", "leaky"])
 def test_fused_activation_matches_onnx_runtime_and_its_slope(name):
     chains = {
         "hardswish": _hardswish(),
         "relu": ([helper.make_node("Relu", ["y"], ["a"], name="relu")], []),
         "clip6": ([helper.make_node("Clip", ["y", "zero", "six"], ["a"], name="clip")],
                   [const("zero", np.float32(0)), const("six", np.float32(6))]),
+        "clip_max_only": ([helper.make_node("Clip", ["y", "", "six"], ["a"], name="clip")], [const("six", np.float32(6))]),
         "hardsigmoid_op": ([helper.make_node("HardSigmoid", ["y"], ["a"], name="hs", alpha=0.2, beta=0.5)], []),
         "leaky": ([helper.make_node("LeakyRelu", ["y"], ["a"], name="lr", alpha=0.1)], []),
     }

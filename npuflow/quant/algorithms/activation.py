@@ -56,7 +56,8 @@ class Activation:
         y = np.asarray(y, dtype=np.float32)
         values: dict[str, Dual] = {self.source: (y, np.ones_like(y))}
         for node in self.nodes:
-            args = [values[i] if i in values else (self.consts[i], np.float32(0)) for i in node.input if i]
+            # positional: an omitted optional input (Clip's min as "") stays a None in its place
+            args = [None if not i else values[i] if i in values else (self.consts[i], np.float32(0)) for i in node.input]
             values[node.output[0]] = _apply(node, args)
         return values[self.output]
 
@@ -64,7 +65,7 @@ class Activation:
         return self(y)[0]
 
 
-def _apply(node: onnx.NodeProto, args: list[Dual]) -> Dual:
+def _apply(node: onnx.NodeProto, args: list[Dual | None]) -> Dual:
     """One elementwise op on dual numbers."""
     op, f32 = node.op_type, np.float32
     (a, da) = args[0]
@@ -83,8 +84,8 @@ def _apply(node: onnx.NodeProto, args: list[Dual]) -> Dual:
     if op == "Relu":
         return np.maximum(a, f32(0)), da * (a > 0)
     if op == "Clip":
-        lo = args[1][0] if len(args) > 1 else f32(attr(node, "min", -np.inf))
-        hi = args[2][0] if len(args) > 2 else f32(attr(node, "max", np.inf))
+        lo = args[1][0] if len(args) > 1 and args[1] is not None else f32(attr(node, "min", -np.inf))
+        hi = args[2][0] if len(args) > 2 and args[2] is not None else f32(attr(node, "max", np.inf))
         return np.clip(a, lo, hi), da * ((a > lo) & (a < hi))
     if op == "Sigmoid":
         s = (f32(1) / (f32(1) + np.exp(-a))).astype(np.float32)
