@@ -276,6 +276,20 @@ PATTERN_TOL = 1e-6
 QOPERATOR_WEIGHT_INPUTS = {"QLinearConv": (3, 5), "QLinearMatMul": (3, 5), "ConvInteger": (1, 3),
                            "MatMulInteger": (1, 3)}
 
+#: Float ops whose input 1, read from a ``DequantizeLinear``, ONNX Runtime fuses into an integer
+#: kernel as its weights (``QLinearConv``, ``QLinearMatMul``, ``MatMulIntegerToFloat``, ...):
+#: op type -> that input.
+QDQ_WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
+
+#: Ops that move a tensor's values without computing on them, across which ONNX Runtime moves a
+#: ``DequantizeLinear`` (``QDQPropagationTransformer``) onto the op that reads them.
+DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+
+#: Elementwise ops a layer's fused activation chain may hold for reconstruction after the
+#: activation (``quant/algorithms/activation.py``; ONNX semantics, float inputs).
+RECONSTRUCTED_ACTIVATION_OPS = ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
+                                "LeakyRelu")
+
 
 def op_def(op_type: str, domain: str = "") -> OpDef:
     """The registry entry of an op; an op not listed (or of another domain) computes, unnamed

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from . import numerics as nm
-from .operators import QOPERATOR_WEIGHT_INPUTS
+from .operators import DQ_PROPAGATING_OPS, QDQ_WEIGHT_READERS, QOPERATOR_WEIGHT_INPUTS
 
 MS_DOMAIN = "com.microsoft"
 
@@ -151,11 +151,6 @@ def exact() -> bool:
         return False
 
 
-#: Float ops whose input 1, read from a ``DequantizeLinear``, ONNX Runtime fuses into an integer
-#: kernel as its weights (``QLinearConv``, ``QLinearMatMul``, ``MatMulIntegerToFloat``, ...).
-_QDQ_WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
-
-
 def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
     this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
@@ -211,11 +206,6 @@ def _readers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, int, list[str]
     return out
 
 
-#: Ops that move a tensor's values without computing on them: ONNX Runtime moves a
-#: ``DequantizeLinear`` across them (``QDQPropagationTransformer``) onto the op that reads them.
-_MOVES = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
-
-
 def _weight_dequantize(node: onnx.NodeProto, readers: dict) -> bool:
     """Whether ``DequantizeLinear`` ``node`` dequantizes weights: only convolutions and matmuls
     read its output as their weight input, directly or through ops that move values.
@@ -234,10 +224,10 @@ def _only_weight_reads(tensor: str, readers: dict, depth: int) -> bool:
     ``depth`` ops that move values."""
     reads = readers.get(tensor, [])
     for op, k, outs in reads:
-        if op in _MOVES:
+        if op in DQ_PROPAGATING_OPS:
             if k != 0 or depth == 0 or not all(_only_weight_reads(o, readers, depth - 1) for o in outs):
                 return False
-        elif _QDQ_WEIGHT_READERS.get(op) != k:
+        elif QDQ_WEIGHT_READERS.get(op) != k:
             return False
     return bool(reads)
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ...graph import attr, initializers
+from ...graph import GraphView, attr, initializers
+from ...operators import RECONSTRUCTED_ACTIVATION_OPS
 
-#: Elementwise ops the chain may hold (ONNX semantics, float inputs).
-ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu")
 
 Dual = tuple[np.ndarray, np.ndarray]  # (value, derivative with respect to the layer output)
 
@@ -107,20 +106,17 @@ def fused_activation(model: onnx.ModelProto, node: onnx.NodeProto) -> Activation
     (its output goes straight to a quantize step, or to anything that is not such a chain: a
     residual add, a reshape, two consumers that do not meet again)."""
     source = node.output[0]
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    view = GraphView(model)
     scalars = {k: np.float32(v.reshape(())) for k, v in _constants(model).items() if v.size == 1}
     region: set[str] = {source}
     chain: list[onnx.NodeProto] = []
     for n in model.graph.node:  # graph order is topological
         ins = [i for i in n.input if i]
-        if (n.op_type in ELEMENTWISE and n.domain in ("", "ai.onnx") and any(i in region for i in ins)
+        if (n.op_type in RECONSTRUCTED_ACTIVATION_OPS and n.domain in ("", "ai.onnx") and any(i in region for i in ins)
                 and all(i in region or i in scalars for i in ins)):
             chain.append(n)
             region.add(n.output[0])
-    exits = [t for t in region if any(c not in chain for c in consumers.get(t, []))]
+    exits = [t for t in region if any(c not in chain for c in view.consumer_nodes(t))]
     graph_outputs = {o.name for o in model.graph.output}
     exits += [t for t in region if t in graph_outputs and t not in exits]
     if not chain or len(exits) != 1 or exits[0] == source:
