@@ -101,8 +101,6 @@ def _relu(z):
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_adaround_after_the_activation_lowers_the_activated_error(backend):
-    if backend == "torch":
-        pytest.importorskip("torch")
     wins = 0
     for seed in range(3):
         post, _ = _relu_problem(seed, _relu)

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import bench_runtime as B
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+# The probe reads VmHWM from /proc (Linux, as CI): elsewhere these tests fail rather than skip.
 
 
 def _rss_mib() -> float:
