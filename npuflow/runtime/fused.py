@@ -251,14 +251,15 @@ def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndar
     if table.size != hi - lo + 1 or lo != qmin:
         raise NotFusable("table does not cover the input codes")
     idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=TensorProto.INT64)
-    g.put(out, lookup(g, idx, table, _zero_point(g, out)), _zero_point(g, out))
+    _put_lookup(g, idx, out, table)
 
 
-def _zero_point(g: Graph, tensor: str) -> int:
-    """The offset a table's entries for ``tensor`` are stored with: its zero point where that is
-    one value (what its readers subtract anyway), else 0."""
-    zp = (g.tensors[tensor].get("quant") or {}).get("zero_point", 0)
-    return int(zp) if np.ndim(zp) == 0 else 0
+def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
+    """``out = table[index]``, its entries centred on ``out``'s zero point where that is one value
+    (what its readers subtract anyway), else on 0."""
+    zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
+    zp = int(zp) if np.ndim(zp) == 0 else 0
+    g.put(out, lookup(g, index, table, zp), zp)
 
 
 def _lut(g: Graph, op: dict, blobs: dict) -> None:
@@ -309,7 +310,7 @@ def _as_table(g: Graph, op: dict, blobs: dict) -> bool:
         table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0]).reshape(-1)
         if table.size != values[0].size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
             return False
-        g.put(out, lookup(g, src[1], table, _zero_point(g, out)), _zero_point(g, out))
+        _put_lookup(g, src[1], out, table)
         g.tables[out] = (src, table)
         return True
     dt = np.dtype(g.tensors[src]["dtype"])

@@ -38,14 +38,14 @@ def _spliceable(executor: object) -> Lookup | None:
     return executor.lookup if isinstance(executor, OnnxExecutor) else None
 
 
-def steps(subgraphs: list[dict], executors: list, tensors: dict, blob: Callable[[str], np.ndarray],
+def steps(subgraphs: list[dict], executor: Callable[[int], object], tensors: dict, blob: Callable[[str], np.ndarray],
           outputs: set[str], threads: int) -> list[Step]:
     """The run order: each maximal stretch of consecutive integer subgraphs and spliceable CPU
     tables that holds at least two integer subgraphs becomes one :class:`IntegerExecutor`; every
-    other subgraph runs alone.  ``executors[k]`` is ``None`` for an integer subgraph (built only
-    if it runs alone); ``outputs``: the model's outputs."""
+    other subgraph runs alone, on ``executor(k)`` (subgraph ``k``'s own, which an integer
+    subgraph spliced into a stretch never builds); ``outputs``: the model's outputs."""
     kinds = ["integer" if sg["engine"] == "integer" else
-             "table" if _spliceable(ex) is not None else "other" for sg, ex in zip(subgraphs, executors)]
+             "table" if _spliceable(executor(k)) is not None else "other" for k, sg in enumerate(subgraphs)]
     result: list[Step] = []
     k = 0
     while k < len(subgraphs):
@@ -55,24 +55,22 @@ def steps(subgraphs: list[dict], executors: list, tensors: dict, blob: Callable[
         while end > k and kinds[end - 1] == "table":  # a stretch ends on an integer program
             end -= 1
         while k < end and kinds[k] == "table":
-            result.append(_alone(subgraphs, executors, k, tensors, blob, threads))
+            result.append(_alone(subgraphs, executor, k))
             k += 1
         if sum(kinds[j] == "integer" for j in range(k, end)) >= 2:
-            result.append(_merged(subgraphs, executors, range(k, end), tensors, blob, outputs, threads))
+            result.append(_merged(subgraphs, executor, range(k, end), tensors, blob, outputs, threads))
             k = end
         else:
-            result.append(_alone(subgraphs, executors, k, tensors, blob, threads))
+            result.append(_alone(subgraphs, executor, k))
             k += 1
     return result
 
 
-def _alone(subgraphs: list[dict], executors: list, k: int, tensors: dict, blob: Callable, threads: int) -> Step:
-    if executors[k] is None:
-        executors[k] = IntegerExecutor(subgraphs[k], tensors, blob, threads=threads)
-    return Step(executors[k], (k,), tuple(subgraphs[k]["inputs"]))
+def _alone(subgraphs: list[dict], executor: Callable[[int], object], k: int) -> Step:
+    return Step(executor(k), (k,), tuple(subgraphs[k]["inputs"]))
 
 
-def _merged(subgraphs: list[dict], executors: list, run: range, tensors: dict, blob: Callable,
+def _merged(subgraphs: list[dict], executor: Callable[[int], object], run: range, tensors: dict, blob: Callable,
             outputs: set[str], threads: int) -> Step:
     """One integer program of the subgraphs in ``run``: their ops in order, each CPU table a
     ``lut`` op per output; the memory plans side by side in one arena."""
@@ -88,7 +86,7 @@ def _merged(subgraphs: list[dict], executors: list, run: range, tensors: dict, b
                 buffers[name] = {**b, "offset": b["offset"] + arena}
             arena += sg["memory"]["arena_bytes"]
             continue
-        for out, (src, slices, table, qmin) in _spliceable(executors[k]).tables.items():
+        for out, (src, slices, table, qmin) in _spliceable(executor(k)).tables.items():
             name = f"{sg['name']}:{out}"
             identity = tensors[out]["dtype"] == tensors[src]["dtype"] and np.array_equal(table, qmin + np.arange(256))
             if slices:  # the slice as a data-movement op, into a tensor of its own unless the table is the identity

@@ -106,7 +106,7 @@ class _Program:
         outputs = {o["name"] for o in manifest["outputs"]}
         #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
         #: spliced into them (:mod:`.merge`)
-        self.steps = (merge.steps(self.subgraphs, self._executors, self._tensors, blob, outputs, threads) if fuse
+        self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads) if fuse
                       else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
                             for k, sg in enumerate(self.subgraphs)])
         self.inputs = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
