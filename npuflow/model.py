@@ -22,7 +22,6 @@ ONNX Runtime consumes it directly.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -32,7 +31,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-from numpy.typing import ArrayLike
 import onnx_ir as ir
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -41,6 +39,9 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
 from .outputs import owner_token
+from .shape_probe import ProbeValues, fill_shapes_by_running, given_value, set_probe_values
+# graph_inputs, tensor_shapes and tensor_elem_types are read through this module by most stages
+from .value_info import graph_inputs, set_static_shape, static_shape, tensor_elem_types, tensor_shapes, value_info_shapes  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,6 @@ DEFAULT_MAX_ELEMENTS = 1 << 31
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 InputShapes = Mapping[str, Sequence[int]]
-ProbeValues = Mapping[str, ArrayLike]
-
-#: ``metadata_props`` key holding the probe values given to :func:`load`, so that every later
-#: stage working on a model derived from this one (optimised, quantized) probes it the same way.
-PROBE_VALUES_KEY = "npuflow.probe_values"
 
 
 def parse_shape(text: str) -> list[int]:
@@ -141,8 +137,8 @@ def freeze_inputs(model: ModelLike, values: ProbeValues | None) -> ModelLike:
         if inp is None or inp.type.WhichOneof("value") != "tensor_type":
             raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(inputs))
         dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
-        shape = _shape_of(inp)
-        arr = _given_value(name, value, dtype, shape) if shape is not None else np.asarray(value, dtype=dtype)
+        shape = static_shape(inp)
+        arr = given_value(name, value, dtype, shape) if shape is not None else np.asarray(value, dtype=dtype)
         proto.graph.initializer.append(onnx.numpy_helper.from_array(arr, name))
         proto.graph.input.remove(inp)
     return proto
@@ -360,7 +356,7 @@ def check_tensor_sizes(proto: onnx.ModelProto) -> None:
     limit = max_tensor_elements()
     g = proto.graph
     for vi in [*g.input, *g.value_info, *g.output]:
-        dims = _shape_of(vi)
+        dims = static_shape(vi)
         if dims is not None and math.prod(dims) > limit:
             raise NpuflowError("NPF_MODEL_TENSOR_TOO_LARGE", tensor=vi.name, shape="x".join(map(str, dims)),
                                elements=math.prod(dims), limit=limit, env=MAX_ELEMENTS_ENV)
@@ -389,7 +385,7 @@ def load(
     """Load and normalise a model (see the module docstring for what is guaranteed).
 
     ``probe_values``: ``{input: value}`` fed to the shape probe instead of its guesses; they are
-    stored in the model (:data:`PROBE_VALUES_KEY`) for the stages that follow.
+    stored in the model (:data:`npuflow.shape_probe.PROBE_VALUES_KEY`) for the stages that follow.
     """
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
     proto = _validated_at_working_opset(proto)
@@ -516,41 +512,6 @@ def unresolved_error(proto: onnx.ModelProto, open_dims: Mapping[str, Sequence[in
                         examples=" ".join(examples))
 
 
-def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs that are real inputs (not initializers listed as inputs)."""
-    inits = {t.name for t in proto.graph.initializer}
-    return [i for i in proto.graph.input if i.name not in inits]
-
-
-def _shape_of(vi: onnx.ValueInfoProto) -> list[int] | None:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-    return dims if all(d >= 0 for d in dims) else None
-
-
-def tensor_shapes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, list[int]]:
-    """Every tensor name with a fully static shape -> that shape (initializers included)."""
-    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
-    shapes: dict[str, list[int]] = {t.name: list(t.dims) for t in graph.initializer}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        s = _shape_of(vi)
-        if s is not None:
-            shapes[vi.name] = s
-    return shapes
-
-
-def tensor_elem_types(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, int]:
-    """Every typed tensor name -> ``onnx.TensorProto`` element type."""
-    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
-    types = {t.name: t.data_type for t in graph.initializer}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        if vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
-
-
 def control_flow_nodes(proto: onnx.ModelProto) -> list[str]:
     """Names (or first outputs) of the main-graph nodes that hold subgraphs (If, Loop, Scan): the
     nodes whose shapes a frozen input can change (what a body reads is :func:`npuflow.graph.outer_reads`)."""
@@ -563,7 +524,7 @@ def infer_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     ONNX shape inference with data propagation first; the tensors it leaves unknown (shape
     arithmetic it cannot follow, the outputs of an ``If`` whose branches differ) get the shapes
-    of one ONNX Runtime run, the shape probe (:func:`probe_feeds` says what it feeds).  Sequence
+    of one ONNX Runtime run, the shape probe (:mod:`npuflow.shape_probe`).  Sequence
     and optional values have no static shape and are left as they are.  Inputs must be static.
     """
     try:
@@ -571,172 +532,17 @@ def infer_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:  # onnx raises InferenceError/RuntimeError subclasses
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"shape inference failed: {exc}") from None
     check_tensor_sizes(inferred)
-    known = _value_info_shapes(inferred)
+    known = value_info_shapes(inferred)
     kinds = {vi.name: vi.type.WhichOneof("value") for vi in [*inferred.graph.value_info, *inferred.graph.output]}
     missing = [o for n in inferred.graph.node for o in n.output
                if o and o not in known and kinds.get(o) in (None, "tensor_type")]
     if missing:
-        _fill_shapes_by_running(inferred, missing)
-        known = _value_info_shapes(inferred)
+        fill_shapes_by_running(inferred, missing)
+        known = value_info_shapes(inferred)
     for out in inferred.graph.output:  # exporters leave stale -1/symbolic dims on outputs
-        if _shape_of(out) is None and out.name in known:
-            _set_shape(out, known[out.name])
+        if static_shape(out) is None and out.name in known:
+            set_static_shape(out, known[out.name])
     return inferred
-
-
-def _value_info_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
-    shapes = {}
-    for vi in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
-        s = _shape_of(vi)
-        if s is not None:
-            shapes[vi.name] = s
-    return shapes
-
-
-def _set_shape(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
-    vi.type.tensor_type.ClearField("shape")
-    vi.type.tensor_type.shape.SetInParent()
-    for d in dims:
-        vi.type.tensor_type.shape.dim.add().dim_value = int(d)
-
-
-def set_probe_values(proto: onnx.ModelProto, values: ProbeValues) -> None:
-    """Store the shape probe's values for ``proto``'s inputs in its metadata (they travel with
-    the model through optimisation, quantization and compilation)."""
-    names = [i.name for i in graph_inputs(proto)]
-    for name in values:
-        if name not in names:
-            raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
-    stored = {**_stored_probe_values(proto), **{k: np.asarray(v).tolist() for k, v in values.items()}}
-    props = [p for p in proto.metadata_props if p.key != PROBE_VALUES_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(props)
-    proto.metadata_props.add(key=PROBE_VALUES_KEY, value=json.dumps(stored, sort_keys=True))
-
-
-def _stored_probe_values(proto: onnx.ModelProto) -> dict:
-    for p in proto.metadata_props:
-        if p.key == PROBE_VALUES_KEY:
-            return json.loads(p.value)
-    return {}
-
-
-def probe_feeds(proto: onnx.ModelProto) -> dict[str, object]:
-    """What the shape probe feeds each input, and why that value is valid for it.
-
-    A given value (stored by :func:`set_probe_values`) first.  An integer or boolean input the
-    model tests for equality with a constant gets that constant: such inputs select a branch
-    (silero-vad's sample rate: ``sr == 16000``), and zero may select one that does not fit the
-    frozen shapes.  Other tensors get zeros of their shape; a sequence gets one zero element, an
-    optional input its element when that has a static shape.
-    """
-    given = _stored_probe_values(proto)
-    compared = _compared_constants(proto)
-    feeds: dict[str, object] = {}
-    for inp in graph_inputs(proto):
-        kind = inp.type.WhichOneof("value")
-        if kind == "tensor_type":
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
-            shape = _shape_of(inp) or []
-            if inp.name in given:
-                feeds[inp.name] = _given_value(inp.name, given[inp.name], dtype, shape)
-            elif inp.name in compared and np.dtype(dtype).kind in "iub":
-                feeds[inp.name] = np.full(shape, compared[inp.name], dtype=dtype)
-            else:
-                feeds[inp.name] = np.zeros(shape, dtype=dtype)
-        elif kind == "sequence_type":
-            elem = _element(inp.type.sequence_type.elem_type)
-            feeds[inp.name] = [elem] if elem is not None else []
-        elif kind == "optional_type":
-            elem = _element(inp.type.optional_type.elem_type)
-            if elem is not None:
-                feeds[inp.name] = elem
-    return feeds
-
-
-def _given_value(name: str, value: object, dtype: np.dtype, shape: list[int]) -> np.ndarray:
-    """A given probe value as the input's dtype and shape (a scalar fills the whole tensor)."""
-    arr = np.asarray(value, dtype=dtype)
-    try:
-        return np.broadcast_to(arr, shape).copy()
-    except ValueError:
-        raise NpuflowError(
-            "NPF_MODEL_BAD_PROBE_VALUE", option="value for", value=f"{name}={arr.tolist()}",
-            reason=f"input {name!r} has shape {shape}; give one number or {int(np.prod(shape))} numbers",
-        ) from None
-
-
-def _element(t: onnx.TypeProto) -> np.ndarray | None:
-    """Zeros of a sequence/optional element type, when that is a tensor with a static shape."""
-    if t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.tensor_type.shape.dim]
-    if any(d < 0 for d in dims):
-        return None
-    return np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
-
-
-def _compared_constants(proto: onnx.ModelProto) -> dict[str, float]:
-    """Graph input -> the scalar constant the model first tests it for equality with (``Equal(sr, 16000)``)."""
-    inputs = {i.name for i in graph_inputs(proto)}
-    consts = {t.name: t for t in proto.graph.initializer}
-    found: dict[str, float] = {}
-    for node in proto.graph.node:
-        if node.op_type != "Equal" or len(node.input) != 2:
-            continue
-        for a, b in (node.input, reversed(node.input)):
-            if a in inputs and a not in found and b in consts:
-                value = onnx.numpy_helper.to_array(consts[b])
-                if value.size == 1:
-                    found[a] = value.item()
-    return found
-
-
-def _fill_shapes_by_running(proto: onnx.ModelProto, names: list[str]) -> None:
-    from .ort_session import open_session
-
-    probe = _copy(proto)
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.add().name = name
-    feeds = probe_feeds(proto)
-    sess = open_session(probe, level="disable")
-    try:
-        outs = sess.run(names, feeds)
-    except NpuflowError:  # a custom op's own failure (npuflow.custom_ops)
-        raise
-    except Exception as exc:  # a run failure is about the probe's values, not the model
-        raise _probe_error(proto, feeds, names, exc) from None
-    by_name = {vi.name: vi for vi in proto.graph.value_info}
-    for name, value in zip(names, outs):
-        if not isinstance(value, np.ndarray):
-            continue  # a sequence or an absent optional: no static shape to record
-        vi = by_name.get(name)
-        if vi is None:
-            vi = proto.graph.value_info.add()
-            vi.name = name
-        vi.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-        _set_shape(vi, value.shape)
-
-
-def _probe_error(proto: onnx.ModelProto, feeds: dict[str, object], names: list[str], exc: Exception) -> NpuflowError:
-    """The coded error of a failed probe run, naming the input whose value most likely chose wrong
-    (an integer or boolean one: those select branches and index tables; else the first input)."""
-    def describe(value: object) -> str:
-        if isinstance(value, np.ndarray):
-            if value.size == 1:
-                return repr(value.item())
-            return f"{'zeros' if not value.any() else 'values'} {'x'.join(map(str, value.shape))}"
-        return "a one-element sequence" if value else "an empty sequence"
-
-    suspects = [k for k, v in feeds.items() if isinstance(v, np.ndarray) and v.dtype.kind in "iub"] or list(feeds)
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return NpuflowError(
-        "NPF_MODEL_SHAPE_PROBE_FAILED", count=len(names), first=names[0],
-        feeds=", ".join(f"{k}={describe(v)}" for k, v in feeds.items()), reason=reason[:600],
-        input=suspects[0] if suspects else "INPUT",
-    )
 
 
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from ..graph import slice_nodes
-from ..model import probe_feeds
+from ..shape_probe import probe_feeds
 from ..ort_session import open_session
 
 log = logging.getLogger(__name__)

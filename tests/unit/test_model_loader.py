@@ -128,7 +128,7 @@ def test_absurd_input_shape_is_refused_before_any_allocation(monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the shape probe ran")
 
-    monkeypatch.setattr(model, "_fill_shapes_by_running", never)
+    monkeypatch.setattr(model, "fill_shapes_by_running", never)
     err = _refused(str(MNIST), "NPF_MODEL_TENSOR_TOO_LARGE", "'input'", input_shapes={"input": [1, 3, 100000, 100000]})
     assert "NPUFLOW_MAX_TENSOR_ELEMENTS" in err.hint
 
@@ -140,7 +140,7 @@ def test_intermediate_size_limit_is_applied_from_inferred_shapes(monkeypatch):
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [reps])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    monkeypatch.setattr(model, "_fill_shapes_by_running", lambda *a: pytest.fail("the shape probe ran"))
+    monkeypatch.setattr(model, "fill_shapes_by_running", lambda *a: pytest.fail("the shape probe ran"))
     _refused(m, "NPF_MODEL_TENSOR_TOO_LARGE", "'y'")
 
 

@@ -1,4 +1,4 @@
-"""The shape probe and the opset range of ``npuflow.model``.
+"""The shape probe (``npuflow.shape_probe``) and the opset range of ``npuflow.model``.
 
 ONNX shape inference leaves some shapes unknown (an ``If`` whose branches differ); one ONNX
 Runtime run fills them.  That run must be fed values valid for each input: a branch-selecting
@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
-from npuflow import model
+from npuflow import model, shape_probe
 from npuflow.errors import NpuflowError
 
 
@@ -46,7 +46,7 @@ def test_shape_inference_cannot_follow_the_branches():
 def test_probe_gives_branch_input_the_compared_value():
     m = model.load(_rate_model())  # zeros for sr took the other branch: NPF_MODEL_INVALID before
     assert model.tensor_shapes(m)["y"] == [1, 2, 16]
-    feeds = model.probe_feeds(m)
+    feeds = shape_probe.probe_feeds(m)
     assert feeds["sr"].item() == 16000 and feeds["sr"].dtype == np.int64
     assert not feeds["x"].any() and feeds["x"].shape == (1, 32)
 
@@ -62,8 +62,8 @@ def test_failed_probe_is_coded_and_names_the_input():
 
 def test_given_probe_values_travel_with_the_model():
     m = model.load(_rate_model(), probe_values={"sr": 16000})
-    assert {p.key: p.value for p in m.metadata_props}[model.PROBE_VALUES_KEY] == '{"sr": 16000}'
-    model.set_probe_values(m, {"sr": 8000})  # a later stage re-inferring this model uses the stored value
+    assert {p.key: p.value for p in m.metadata_props}[shape_probe.PROBE_VALUES_KEY] == '{"sr": 16000}'
+    shape_probe.set_probe_values(m, {"sr": 8000})  # a later stage re-inferring this model uses the stored value
     del m.graph.value_info[:]
     m.graph.output[0].type.tensor_type.ClearField("shape")
     with pytest.raises(NpuflowError, match="sr=8000"):

@@ -1,0 +1,62 @@
+"""Reading and writing the tensor types an ONNX graph declares (inputs, ``value_info``, outputs).
+
+The small vocabulary every stage uses to ask "what shape/type does this tensor have" of a
+``ModelProto`` or ``GraphProto``, kept apart from loading (:mod:`npuflow.model`) and the shape probe
+(:mod:`npuflow.shape_probe`) so that both can use it without importing each other.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import onnx
+
+
+def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are real inputs (not initializers listed as inputs)."""
+    inits = {t.name for t in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in inits]
+
+
+def static_shape(vi: onnx.ValueInfoProto) -> list[int] | None:
+    """``vi``'s dimensions when every one is a known size, else None."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+    return dims if all(d >= 0 for d in dims) else None
+
+
+def tensor_shapes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, list[int]]:
+    """Every tensor name with a fully static shape -> that shape (initializers included)."""
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
+    return {**{t.name: list(t.dims) for t in graph.initializer}, **value_info_shapes(graph)}
+
+
+def tensor_elem_types(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, int]:
+    """Every typed tensor name -> ``onnx.TensorProto`` element type."""
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
+    types = {t.name: t.data_type for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def value_info_shapes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, list[int]]:
+    """Declared static shapes of inputs, ``value_info`` and outputs (initializers not included)."""
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
+    shapes = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        s = static_shape(vi)
+        if s is not None:
+            shapes[vi.name] = s
+    return shapes
+
+
+def set_static_shape(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
+    """Replace ``vi``'s shape by the static ``dims`` (symbolic or unknown dimensions dropped)."""
+    vi.type.tensor_type.ClearField("shape")
+    vi.type.tensor_type.shape.SetInParent()
+    for d in dims:
+        vi.type.tensor_type.shape.dim.add().dim_value = int(d)
