@@ -21,8 +21,9 @@ matter; the IR bump adds nothing these models use).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from .errors import NpuflowError
@@ -48,9 +49,16 @@ def options(*, level: Level = "all", threads: int = 0, spinning: bool = True):
 
 
 def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", threads: int = 0,
-                 spinning: bool = True, what: str = "load", disabled_optimizers: Sequence[str] = ()):
+                 spinning: bool = True, what: str = "load", disabled_optimizers: Sequence[str] = (),
+                 external: Mapping[str, np.ndarray] | None = None):
     """An ``onnxruntime.InferenceSession`` on the CPU provider; a model ONNX Runtime refuses is
     ``NPF_MODEL_INVALID`` ("ONNX Runtime cannot {what} the model: ...").
+
+    ``external``: the data of initialisers that ``model`` declares as external (name -> array),
+    handed over as ``SessionOptions.add_external_initializers``: ONNX Runtime copies them into its
+    graph before optimising it, so neither the protobuf, nor its serialized bytes (which ONNX
+    Runtime's Python session keeps), nor ONNX Runtime's parse of them holds a copy.  The arrays
+    may be dropped once the session is open.
 
     A model with custom operators (:mod:`npuflow.custom_ops`) runs them as onnxruntime-extensions
     Python ops or from their registered ONNX Runtime library: an unregistered one is
@@ -61,6 +69,9 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
     from . import custom_ops, ort_kernels
 
     opts = options(level=level, threads=threads, spinning=spinning)
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (external or {}).values()]  # alive until loaded
+    if values:
+        opts.add_external_initializers(list(external), values)
     proto = onnx.load_from_string(model) if isinstance(model, bytes) and custom_ops.has_registrations() else model
     # integer kernels (fused QDQ groups, QOperator nodes) in the form this CPU computes exactly;
     # serialized models are parsed only where they may hold int8 weights and the form is not int8

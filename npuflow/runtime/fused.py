@@ -65,7 +65,8 @@ from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
 from .kernels import KERNELS
 from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
-                          code_reach, input_name, lookup, quantize_value, round_and_clip, round_float, slice_node)
+                          code_reach, elem_type, input_name, lookup, quantize_value, round_and_clip, round_float,
+                          slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
@@ -474,28 +475,36 @@ class FusedRun:
     ``outputs`` are the tensors later ops or the subgraph's caller read; ``produced`` every
     integer tensor of the run, which dump mode (``run(env, dump=True)``) returns from a second
     session of the same graph, built on first use.
+
+    The graph is not kept once its session is open: its constants are the run's weights, which
+    ONNX Runtime holds already.  ``rebuild`` writes it again from the run's ops (:func:`plan`), for
+    dump mode's session and :meth:`graph`.
     """
 
-    def __init__(self, g: Graph, outputs: list[str], produced: list[str], threads: int) -> None:
+    def __init__(self, g: Graph, outputs: list[str], produced: list[str], threads: int,
+                 rebuild: Callable[[], Graph]) -> None:
         self.inputs = list(g.inputs)
         self.outputs = outputs
         self.produced = produced
-        self._graph = g
         self._threads = threads
+        self._rebuild = rebuild
         self._feeds = [input_name(k) for k in range(len(self.inputs))]
-        self.session = self._session(outputs)
+        self.session = self._session(g, outputs)
         self._dump_session: ort.InferenceSession | None = None
         self._lock = threading.Lock()
 
-    def _session(self, outputs: list[str]) -> ort.InferenceSession:
-        g = self._graph
+    def graph(self) -> Graph:
+        """This run's graph, written again from its ops."""
+        return self._rebuild()
+
+    def _session(self, g: Graph, outputs: list[str]) -> ort.InferenceSession:
         heads = []
         for name in outputs:
             if name in g.bytes and np.dtype(g.tensors[name]["dtype"]) == np.uint8 and not g.byte_offsets.get(name):
                 heads.append((g.bytes[name], None))  # uint8 codes as an integer kernel wrote them
             else:
                 heads.append(g.base(name))  # (may add the float32 view of bytes to the graph)
-        nodes, inits = list(g.nodes), list(g.inits)
+        nodes, inits = [], []
         for k, (name, (x, off)) in enumerate(zip(outputs, heads)):
             if off is None:
                 nodes.append(helper.make_node("Identity", [x], [f"out{k}"]))
@@ -504,22 +513,14 @@ class FusedRun:
                 inits.append(numpy_helper.from_array(np.float32(off), f"off{k}"))
                 nodes.append(helper.make_node("Add", [x, f"off{k}"], [f"coded{k}"]))
                 x = f"coded{k}"
-            nodes.append(helper.make_node("Cast", [x], [f"out{k}"], to=_elem(g.tensors[name]["dtype"])))
-        nodes, inits = _live(nodes, inits, [f"out{k}" for k in range(len(outputs))])
-        graph = helper.make_graph(
-            nodes, "fused_run",
-            [helper.make_tensor_value_info(input_name(k), _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
-             for k, t in enumerate(self.inputs)],
-            [helper.make_tensor_value_info(f"out{k}", _elem(g.tensors[t]["dtype"]), g.tensors[t]["shape"])
-             for k, t in enumerate(outputs)], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3),
-                                                    helper.make_opsetid(fused_qlinear.MS_DOMAIN, 1)])
-        model.ir_version = 8
+            nodes.append(helper.make_node("Cast", [x], [f"out{k}"], to=elem_type(g.tensors[name]["dtype"])))
+        model, arrays = g.model([helper.make_tensor_value_info(f"out{k}", elem_type(g.tensors[t]["dtype"]),
+                                                               g.tensors[t]["shape"]) for k, t in enumerate(outputs)],
+                                nodes, inits)
         # Many sessions per Session: pool threads that spin between runs starve each other
         # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.
         return open_session(model, level="all", threads=self._threads, spinning=self._threads <= 1,
-                            disabled_optimizers=DISABLED_OPTIMIZERS)
-
+                            disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays)
 
     def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:
         feeds = {n: env[t] for n, t in zip(self._feeds, self.inputs)}
@@ -527,23 +528,8 @@ class FusedRun:
             return dict(zip(self.outputs, self.session.run(None, feeds)))
         with self._lock:
             if self._dump_session is None:
-                self._dump_session = self._session(self.produced)
+                self._dump_session = self._session(self.graph(), self.produced)
         return dict(zip(self.produced, self._dump_session.run(None, feeds)))
-
-
-def _live(nodes: list, inits: list, outputs: list[str]) -> tuple[list, list]:
-    """The nodes and initialisers ``outputs`` depend on: a table composed into a later one
-    (``_as_table``) is computed only where something else still reads it (dump mode)."""
-    need, keep = set(outputs), []
-    for n in reversed(nodes):
-        if need.intersection(n.output):
-            keep.append(n)
-            need.update(i for i in n.input if i)
-    return keep[::-1], [t for t in inits if t.name in need]
-
-
-def _elem(dtype: str) -> int:
-    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 @dataclass(frozen=True)
@@ -570,6 +556,22 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
     reasons: dict[int, str] = {}
     g, start = Graph(tensors, readers=readers), 0
 
+    def emit(g: Graph, op: dict) -> None:
+        emitter = _EMITTERS.get(op["op"])
+        if emitter is None:
+            raise NotFusable(f"{op['op']} runs as its kernel")
+        emitter(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+
+    def rebuild(run_ops: range) -> Callable[[], Graph]:
+        """The graph of ``run_ops`` written again: each op was written without a rollback, on a
+        graph that held the run's earlier ops only, so the same steps give the same graph."""
+        def build() -> Graph:
+            again = Graph(tensors, readers=readers)
+            for k in run_ops:
+                emit(again, ops[k])
+            return again
+        return build
+
     def close(end: int) -> None:
         nonlocal g
         run_ops = range(start, end)
@@ -577,7 +579,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             produced = [t for k in run_ops for t in ops[k]["outputs"]]
             outs = [t for t in produced if t in keep or last_use.get(t, -1) >= end]
             try:
-                items.append(FusedRun(g, outs, produced, threads))
+                items.append(FusedRun(g, outs, produced, threads, rebuild(run_ops)))
             except _ORT_ERRORS as exc:  # the kernels compute the same codes, slower
                 items.extend(run_ops)
                 reasons.update({k: f"ONNX Runtime refused the fused graph: {exc}" for k in run_ops})
@@ -589,12 +591,9 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         g = Graph(tensors, readers=readers)
 
     for k, op in enumerate(ops):
-        emit = _EMITTERS.get(op["op"])
         mark = g.mark()
         try:
-            if emit is None:
-                raise NotFusable(f"{op['op']} runs as its kernel")
-            emit(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+            emit(g, op)
             continue
         except NotFusable as why:
             g.rollback(mark)

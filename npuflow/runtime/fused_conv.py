@@ -29,7 +29,7 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("split_bytes"):
         raise NotFusable("16-bit input split into bytes")
-    w = np.asarray(blobs["w"], np.float64)
+    w = np.asarray(blobs["w"], np.float32)  # see _convolve: float32 holds every weight exactly
     t, pads = op["inputs"][0], a["pads"]
     padded = g.pads.get(t)
     if padded and not any(pads) and len(a["out_shape"]) == 4 and padded[2] == a["x_zp"] \
@@ -65,7 +65,7 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("wide"):
         raise NotFusable("16-bit inputs")
-    w = np.asarray(blobs["w"], np.float64)
+    w = np.asarray(blobs["w"])
     t = op["inputs"][0]
     shape, (k, n) = list(g.tensors[t]["shape"]), w.shape
     rows = int(np.prod(shape[:-1]))
@@ -77,7 +77,7 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
         return g.node("Conv", [xs, g.const(wc)] + ([] if bias is None else [g.const(bias)]), kernel_shape=[1, 1])
 
-    y, zp = _convolve(g, as_conv, x, off, w.T.reshape(n, k, 1, 1), blobs["b"], emit)
+    y, zp = _convolve(g, as_conv, x, off, w.T.astype(np.float32, order="C").reshape(n, k, 1, 1), blobs["b"], emit)
     y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
     g.put(op["outputs"][0], g.node("Reshape", [y, g.const(a["out_shape"], np.int64)]), zp)
 
@@ -90,7 +90,7 @@ def conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("wide"):
         raise NotFusable("16-bit products")
-    wn = np.asarray(blobs["w"], np.float64)  # (cin, cout / group, kh, kw)
+    wn = np.asarray(blobs["w"], np.float32)  # (cin, cout / group, kh, kw)
     cin, cout_g, kh, kw = wn.shape
     group = a["group"]
     cin_g = cin // group
@@ -119,6 +119,12 @@ def conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
 Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
 
 
+def _abs_sums(w: np.ndarray) -> np.ndarray:
+    """``sum |w|`` per output channel (the first axis), summed in float64: exact for the float32
+    weights here (integers times a power of two), where a float32 sum of a long row would round."""
+    return np.abs(w).reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
 def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
               emit: Emit, out: str | None = None) -> tuple[str, int]:
     """The exact accumulator of a (transposed) convolution and its requantisation: the output
@@ -130,6 +136,10 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
     its group, kh, kw), which the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such
     weights.  ``out``: the manifest tensor the result is, where it keeps the accumulator's layout,
     so that a table of it composes with an accumulator table (:func:`_acc_table`).
+
+    ``w`` is float32: codes of at most 16 bits times powers of two, every one exact (and 4 bytes
+    per weight where float64 copies of a 1280x1000 classifier made 39 MiB of load peak); sums
+    over them are taken in float64 (:func:`_abs_sums`).
     """
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep["mode"] not in ("shift", "scale", "fixed", "float") or (ep.get("chain") and ep["mode"] != "float"):
@@ -139,18 +149,19 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
     lshift = channel(a["lshift"], cout)
     if np.any(lshift < 0):
         raise NotFusable("negative lshift")
-    w = w * np.exp2(lshift).reshape(cout, 1, 1, 1)  # (acc << lshift) + bias, as the kernel computes
+    if np.any(lshift):  # (acc << lshift) + bias, as the kernel computes
+        w = w * np.exp2(lshift).astype(np.float32).reshape(cout, 1, 1, 1)
     lo, hi = clamp_bounds(ep)
     zp = a["x_zp"] - off  # x holds q - off: sum(w * (q - x_zp)) = sum(w * x) - zp * sum(w)
     if zp:
-        bias = bias - zp * w.reshape(cout, -1).sum(axis=1)
+        bias = bias - zp * w.reshape(cout, -1).sum(axis=1, dtype=np.float64)
     reach = code_reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), off)
     if ep["mode"] == "shift":
         y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit)
         if y is not None:
             return y
     if ep["mode"] == "fixed":
-        sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
+        sums = reach * _abs_sums(w)
         fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
         keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel: no taps, its value as bias
         acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
@@ -194,8 +205,7 @@ def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep
     acc_scale = np.unique(np.asarray(ep["acc_scale"], np.float32))
     if acc_scale.size != 1 or np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
         return None
-    cout = w.shape[0]
-    sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1)
+    sums = reach * _abs_sums(w)
     lowest, highest = int(np.floor(np.min(bias - sums))), int(np.ceil(np.max(bias + sums)))
     one = {**ep, "acc_scale": float(acc_scale[0])}
     quantize = make_float_finish({**one, "chain": []})
@@ -303,11 +313,11 @@ def _shift_folded(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int,
     offset = nm.rounding_as_nearest_even(ep["round"], shift)
     if offset is None:
         raise NotFusable(f"tie rule {ep['round']}")
-    bound = (reach * np.abs(w).reshape(cout, -1).sum(axis=1) + np.abs(bias)) * 2 + 1
+    bound = (reach * _abs_sums(w) + np.abs(bias)) * 2 + 1
     if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
         return None
     scale = np.exp2(-shift)
-    v = emit(x, w * scale.reshape(cout, 1, 1, 1), bias * scale + offset)
+    v = emit(x, w * scale.astype(np.float32).reshape(cout, 1, 1, 1), bias * scale + offset)
     if np.ndim(ep["zp"]):
         raise NotFusable("per-channel zero point")
     zp = int(ep["zp"])
@@ -320,7 +330,7 @@ def _accumulate(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, e
     stays below 2^24; else float64 (``True``): input-channel chunks whose sums each stay below
     2^24, and the bias, added exactly."""
     cout = w.shape[0]
-    per_cin = reach * np.abs(w).sum(axis=(2, 3))  # (cout, cin_g): the most one input channel adds
+    per_cin = reach * np.abs(w).sum(axis=(2, 3), dtype=np.float64)  # (cout, cin_g): most one input channel adds
     sums = per_cin.sum(axis=1)
     if np.all(sums + np.abs(bias) < F32_BOUND):
         return emit(x, w, bias), False

@@ -11,14 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..ort_kernels import MS_DOMAIN
 from .epilogues import out_type
 
 F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 
 ML_DOMAIN = "ai.onnx.ml"
+
+#: Constants of at least this many bytes are held as arrays (``Graph.arrays``) and handed to ONNX
+#: Runtime as external initialisers: the graph protobuf, its serialized bytes and ONNX Runtime's
+#: parse of them then hold no weights (measured: a 4.9 MiB float convolution weight cost 33 MiB of
+#: peak memory inline, 24 MiB external).  Smaller ones stay in the protobuf, where ONNX Runtime's
+#: shape inference reads them (a ``Reshape``'s shape, a ``Clip``'s bounds).
+EXTERNAL_BYTES = 4096
+
+#: The location an external initialiser's protobuf names; ONNX Runtime replaces it with the array
+#: given in the session options before it reads any data (``ort_session.open_session``).
+EXTERNAL_LOCATION = "npuflow-fused-constant"
 
 
 class NotFusable(Exception):
@@ -55,6 +68,9 @@ class Graph:
     bytes: dict = field(default_factory=dict)  # 8-bit tensor -> the uint8 ONNX tensor of its codes minus k
     byte_offsets: dict = field(default_factory=dict)  # tensor -> k of ``bytes`` (absent: 0)
     readers: dict = field(default_factory=dict)  # tensor -> the program's ops that read it
+    #: initialiser name -> array, for the constants of ``EXTERNAL_BYTES`` and more: ``inits`` holds
+    #: a protobuf naming it as external data, without the bytes (``external_stub``)
+    arrays: dict = field(default_factory=dict)
 
     def fresh(self) -> str:
         self.count += 1
@@ -62,7 +78,12 @@ class Graph:
 
     def const(self, value, dtype=np.float32) -> str:
         name = self.fresh()
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, dtype)), name))
+        array = np.ascontiguousarray(np.asarray(value, dtype))
+        if array.nbytes >= EXTERNAL_BYTES:
+            self.arrays[name] = array
+            self.inits.append(external_stub(name, array))
+        else:
+            self.inits.append(numpy_helper.from_array(array, name))
         return name
 
     def scalar(self, value, dtype=np.float32) -> str:
@@ -133,12 +154,54 @@ class Graph:
     def mark(self) -> tuple:
         return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
                 *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-                                    self.byte_offsets)))
+                                    self.byte_offsets, self.arrays)))
 
     def rollback(self, mark: tuple) -> None:
         (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-         self.byte_offsets) = mark
+         self.byte_offsets, self.arrays) = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
+
+    def model(self, outputs: list[onnx.ValueInfoProto], extra_nodes: list = (), extra_inits: list = ()
+              ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The ONNX model of this graph's nodes that ``outputs`` depend on and the arrays of its
+        external initialisers (the argument ``external`` of ``ort_session.open_session``).
+        ``extra_nodes`` and ``extra_inits`` come after the graph's own: the steps that turn held
+        tensors into outputs."""
+        nodes, inits = live(list(self.nodes) + list(extra_nodes), list(self.inits) + list(extra_inits),
+                            [o.name for o in outputs])
+        graph = helper.make_graph(
+            nodes, "fused_run",
+            [helper.make_tensor_value_info(input_name(k), elem_type(self.tensors[t]["dtype"]), self.tensors[t]["shape"])
+             for k, t in enumerate(self.inputs)], outputs, inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3),
+                                                    helper.make_opsetid(MS_DOMAIN, 1)])
+        model.ir_version = 8
+        return model, {t.name: self.arrays[t.name] for t in inits if t.name in self.arrays}
+
+
+def external_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """An initialiser protobuf of ``array``'s name, type and shape whose data is external
+    (:data:`EXTERNAL_LOCATION`): ONNX Runtime takes the data from the session options."""
+    t = onnx.TensorProto(name=name, data_type=elem_type(array.dtype), dims=array.shape,
+                         data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", EXTERNAL_LOCATION), ("offset", "0"), ("length", str(array.nbytes))):
+        t.external_data.add(key=key, value=value)
+    return t
+
+
+def live(nodes: list, inits: list, outputs: list[str]) -> tuple[list, list]:
+    """The nodes and initialisers ``outputs`` depend on: a table composed into a later one
+    (``fused._as_table``) is computed only where something else still reads it (dump mode)."""
+    need, keep = set(outputs), []
+    for n in reversed(nodes):
+        if need.intersection(n.output):
+            keep.append(n)
+            need.update(i for i in n.input if i)
+    return keep[::-1], [t for t in inits if t.name in need]
+
+
+def elem_type(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def input_name(k: int) -> str:

@@ -30,7 +30,10 @@ def _run(g: fused_graph.Graph, out: str, feeds: dict[str, np.ndarray], out_type:
     graph = helper.make_graph(g.nodes, "t", inputs, [helper.make_tensor_value_info(out, out_type, None)], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+    opts = ort.SessionOptions()
+    if g.arrays:  # the large constants, declared external in g.inits
+        opts.add_external_initializers(list(g.arrays), [ort.OrtValue.ortvalue_from_numpy(v) for v in g.arrays.values()])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=fused.DISABLED_OPTIMIZERS)
     return sess.run([out], feeds)[0]
 
@@ -338,7 +341,7 @@ def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
     b.output(b.quantize(b.node("Add", [b.dq(y), b.dq(y)], "add"), 0.09), "out")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 7, 11], 14, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
-    ops = [n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it._graph.nodes]
+    ops = [n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
     # y + y is a table of y (fused._as_table); the resize's scale change one more
     assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ops.count("ArrayFeatureExtractor") == 1 + table, ops
 
@@ -408,7 +411,8 @@ def test_silu_and_affine_chain_become_one_table_exactly(dtype, zp, tmp_path):
     plan = _equal_fused_and_kernels(model, feeds, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names[t] for t in run.outputs])
+    g = run.graph()
+    live, _ = fused_graph.live(g.nodes, g.inits, [g.names[t] for t in run.outputs])
     ops = [n.op_type for n in live]
     assert ops.count("ArrayFeatureExtractor") == 1 and ops.count("Div") == 1, ops  # the input's quantize step
     # dump mode still computes every intermediate tensor, equal to the kernels'
@@ -457,7 +461,8 @@ def test_pad_of_the_zero_point_becomes_the_convolutions_padding(dtype, zp, value
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 12, 12], 24, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names[t] for t in run.outputs])
+    g = run.graph()
+    live, _ = fused_graph.live(g.nodes, g.inits, [g.names[t] for t in run.outputs])
     ops = [n.op_type for n in live]
     assert ("Pad" in ops) == bool(value) and ops.count("Conv") == 2, ops
     if not value:  # and no pass for the zero point: conv, requantisation, conv
@@ -505,7 +510,7 @@ def test_matmul_with_constant_weights_fuses_exactly(target, k):
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([5, k], 44, scale=8.0)}, target)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    assert ("Sum" in {n.op_type for n in run._graph.nodes}) == (k > 100)  # the long reduction in chunks
+    assert ("Sum" in {n.op_type for n in run.graph().nodes}) == (k > 100)  # the long reduction in chunks
 
 
 def _dpu_hswish(c3: float = 0.16668701171875) -> list[dict]:
@@ -610,7 +615,8 @@ def test_hard_swish_conv_and_its_affine_block_are_one_accumulator_table():
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 11, 13], 44, scale=3.0)}, DPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names[t] for t in run.outputs])
+    g = run.graph()
+    live, _ = fused_graph.live(g.nodes, g.inits, [g.names[t] for t in run.outputs])
     ops = [n.op_type for n in live]
     after = ops[ops.index("Conv"):]  # (before it: the float input's quantize step)
     assert after.count("ArrayFeatureExtractor") == 1 and "Floor" not in after and "Div" not in after, ops
@@ -626,7 +632,8 @@ def test_cpu_tables_between_integer_programs_run_inside_them(tmp_path):
     (step,) = fast._programs[0].steps
     assert step.indices == (0, 1, 2) and len(ref._programs[0].steps) == 3
     (run,) = [it for it in step.executor.plan.items if isinstance(it, fused.FusedRun)]
-    live, _ = fused._live(run._graph.nodes, run._graph.inits, [run._graph.names.get(t, t) for t in run.outputs])
+    g = run.graph()
+    live, _ = fused_graph.live(g.nodes, g.inits, [g.names.get(t, t) for t in run.outputs])
     assert [n.op_type for n in live].count("ArrayFeatureExtractor") == 1, [n.op_type for n in live]
     feeds = {"x": _x([1, 8, 16, 16], 5, scale=3.0)}
     a = fast.run(feeds, dump_dir=tmp_path / "fast")

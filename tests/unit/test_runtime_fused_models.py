@@ -57,5 +57,5 @@ def test_fused_equals_kernels_on_real_models(key, target):
         assert events[0].name == "+".join(sg.name for sg in compiled.subgraphs[:len(steps[0].indices)])
     if target == "cpu-int8" and key != "mnist":  # uint8: the convolutions on ONNX Runtime's integer kernels
         kinds = {n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
-                 if isinstance(it, fused.FusedRun) for n in it._graph.nodes}
+                 if isinstance(it, fused.FusedRun) for n in it.graph().nodes}
         assert "QLinearConv" in kinds and "Conv" not in kinds, kinds

@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from npuflow import numerics as nm
 from npuflow import ort_kernels
-from npuflow.runtime import fused, fused_qlinear
+from npuflow.runtime import fused, fused_graph, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _x
 from tests.unit.test_runtime_fused import _equal_fused_and_kernels
@@ -44,9 +44,9 @@ def _uint8_block() -> "Builder":
 
 def _live_ops(plan: fused.Plan) -> list[str]:
     run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    g = run._graph
+    g = run.graph()
     heads = [g.bytes[t] if t in g.bytes else g.names[t] for t in run.outputs]
-    return [n.op_type for n in fused._live(g.nodes, g.inits, heads)[0]]
+    return [n.op_type for n in fused_graph.live(g.nodes, g.inits, heads)[0]]
 
 
 @pytest.mark.parametrize("scale", [0.3, 2.0, 20.0])  # small codes, everyday ones, saturation
@@ -94,7 +94,7 @@ def test_saturating_uint8_x_int8_kernels_fall_back_to_uint8_weights(monkeypatch)
     monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
     plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 20.0)}, CPU)
     assert _live_ops(plan).count("QLinearConv") == 3
-    g = next(it for it in plan.items if isinstance(it, fused.FusedRun))._graph
+    g = next(it for it in plan.items if isinstance(it, fused.FusedRun)).graph()
     weights = {t.name: t for t in g.inits}
     convs = [n for n in g.nodes if n.op_type == "QLinearConv"]
     assert all(weights[n.input[3]].data_type == TensorProto.UINT8 for n in convs)
