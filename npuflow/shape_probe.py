@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from .errors import NpuflowError
 from .ort_session import open_session
-from .value_info import graph_inputs, set_static_shape, static_shape
+from .value_info import graph_inputs, set_static_shape, static_shape, with_outputs
 
 ProbeValues = Mapping[str, ArrayLike]
 
@@ -124,14 +124,8 @@ def _compared_constants(proto: onnx.ModelProto) -> dict[str, float]:
 def fill_shapes_by_running(proto: onnx.ModelProto, names: list[str]) -> None:
     """Run ``proto`` once on :func:`probe_feeds` and record the shapes and types of ``names`` in its
     ``value_info`` (a sequence or absent optional output has none and is left as it is)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.add().name = name
     feeds = probe_feeds(proto)
-    sess = open_session(probe, level="disable")
+    sess = open_session(with_outputs(proto, names), level="disable")
     try:
         outs = sess.run(names, feeds)
     except NpuflowError:  # a custom op's own failure (npuflow.custom_ops)

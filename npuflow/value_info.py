@@ -7,7 +7,7 @@ The small vocabulary every stage uses to ask "what shape/type does this tensor h
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import onnx
 
@@ -60,3 +60,16 @@ def set_static_shape(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
     vi.type.tensor_type.shape.SetInParent()
     for d in dims:
         vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+
+
+def with_outputs(proto: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``proto`` that also outputs the tensors ``names`` (untyped: ONNX Runtime infers
+    them), for runs that read intermediate values (calibration, the shape probe)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    existing = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in existing:
+            out.graph.output.add().name = name
+            existing.add(name)
+    return out

@@ -30,6 +30,7 @@ import onnxruntime as ort
 from .. import scaleout
 from ..errors import NpuflowError
 from ..ort_session import open_session
+from ..value_info import with_outputs
 from .data import Sample
 from .observers import HistogramObserver, MinMaxObserver
 
@@ -89,14 +90,7 @@ def session_for(model: onnx.ModelProto, outputs: Iterable[str], *, spinning: boo
 
     ``spinning=False``: idle pool threads sleep instead of spinning (worker processes sharing
     the cores; scheduling only, the numbers are the same)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in outputs:
-        if name not in existing:
-            probe.graph.output.add().name = name
-            existing.add(name)
-    return open_session(probe, level="basic", spinning=spinning, what="run")
+    return open_session(with_outputs(model, outputs), level="basic", spinning=spinning, what="run")
 
 
 def run_sample(sess: ort.InferenceSession, sample: Sample, index: int) -> dict[str, np.ndarray]:
