@@ -65,6 +65,8 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("wide"):
         raise NotFusable("16-bit inputs")
+    if fused_qlinear.matmul(g, op, blobs):
+        return
     w = np.asarray(blobs["w"])
     t = op["inputs"][0]
     shape, (k, n) = list(g.tensors[t]["shape"]), w.shape

@@ -37,6 +37,7 @@ fused runs keep their float forms.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -60,17 +61,73 @@ def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
     Two epilogues are that kernel's: a float-scale group's ``scale`` (MLAS' own output stage) and
     a power-of-two ``shift`` (:func:`_shift_form`).  Int8 codes travel as uint8 bytes moved into
     0..255 (``Graph.byte_offsets``), the input's offset taken out by the kernel's zero point."""
+    a = op["attrs"]
+    if len(a["out_shape"]) != 4 or list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
+        return False
+    w = _int8_weights(blobs["w"])
+    if w is None:
+        return False
+    return _qlinear_conv(g, op, x, w, blobs["b"], lambda v: v, lambda y: y, shift_bytes=False,
+                         pads=pads, strides=a["strides"], dilations=a["dilations"], group=a["group"],
+                         kernel_shape=list(w.shape[2:]))
+
+
+#: Weights from which a power-of-two fully connected layer runs on ``QLinearConv`` even between
+#: float32 tensors (:func:`matmul`): 1 byte a weight where the float form holds 4, and ONNX
+#: Runtime's load of a float convolution makes several more copies (its blocked layout).
+LARGE_WEIGHTS = 1 << 16
+
+
+def matmul(g: Graph, op: dict, blobs: dict) -> bool:
+    """Write fully connected layer ``op`` (``x (..., K) @ w (K, N) + bias``) as ``QLinearConv``
+    on the rows viewed as (1, K, rows, 1), as :func:`conv` writes a convolution; say whether it
+    did.  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes this form even
+    where its input and output are float32 (EfficientNet-Lite0's 1280x1000 classifier: 1.2 MiB
+    of weights instead of 4.9, and no float copies of them at load)."""
+    a = op["attrs"]
+    t = op["inputs"][0]
+    w = _int8_weights(blobs["w"])
+    if w is None or a.get("group", 1) != 1:
+        return False
+    (k, n), shape = w.shape, list(g.tensors[t]["shape"])
+    rows = int(np.prod(shape[:-1]))
+
+    def to_rows(v: str) -> str:
+        v = g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0])
+        return g.node("Reshape", [v, g.const([1, k, rows, 1], np.int64)])
+
+    def back(y: str) -> str:
+        y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
+        return g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
+
+    return _qlinear_conv(g, {**op, "attrs": {**a, "in_dtype": a.get("in_dtype", g.tensors[t]["dtype"])}}, t,
+                         np.ascontiguousarray(w.T).reshape(n, k, 1, 1), blobs["b"], to_rows, back,
+                         shift_bytes=w.size >= LARGE_WEIGHTS, kernel_shape=[1, 1])
+
+
+def _int8_weights(blob: np.ndarray) -> np.ndarray | None:
+    """The weight codes as int16 (exact, a quarter of int64's bytes), or ``None`` where they
+    are not int8 codes."""
+    w = np.asarray(blob)
+    if w.dtype.kind not in "iu" or w.min(initial=0) < -128 or w.max(initial=0) > 127:
+        return None
+    return w.astype(np.int16)
+
+
+def _qlinear_conv(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, to_conv: Callable[[str], str],
+                  from_conv: Callable[[str], str], *, shift_bytes: bool, **node_attrs) -> bool:
+    """``QLinearConv`` of manifest tensor ``x``'s bytes (``to_conv`` puts them in convolution
+    layout, ``from_conv`` puts its output back) with int8 codes ``w`` (convolution layout) and
+    ``node_attrs``: :func:`conv`'s rules.  A ``shift`` epilogue takes this form only where ``x``
+    is held as bytes or a reader wants bytes, or ``shift_bytes``: between float32 tensors the
+    float convolution saves two conversions."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
-    if ep.get("chain") or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or len(a["out_shape"]) != 4 \
-            or list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
+    if ep.get("chain") or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]):
         return False
     in_dtype = np.dtype(a.get("in_dtype", g.tensors[x]["dtype"]))
     if in_dtype != np.dtype(g.tensors[x]["dtype"]) or in_dtype.itemsize != 1 or np.dtype(ep["dtype"]).itemsize != 1:
         return False
-    w = np.asarray(blobs["w"], np.int64)
-    if w.min(initial=0) < -128 or w.max(initial=0) > 127:
-        return False
-    bias = np.asarray(blobs["b"], np.int64).reshape(-1)
+    bias = np.asarray(bias, np.int64).reshape(-1)
     reach = code_reach(in_dtype, a["x_zp"])
     if not 0 <= a["x_zp"] - code_range(in_dtype)[0] <= 255 or not 0 <= ep["zp"] - code_range(ep["dtype"])[0] <= 255:
         return False  # zero points outside their type (a damaged manifest): the float forms judge it
@@ -82,7 +139,7 @@ def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
         parts = _int32_accumulators(w, bias, mult, ep, reach)
         k_in, (k_out, span) = 0, (0, 255)
     elif ep["mode"] == "shift":
-        if x not in g.bytes and not _bytes_readers(g, op["outputs"][0]):
+        if x not in g.bytes and not _bytes_readers(g, op["outputs"][0]) and not shift_bytes:
             return False  # float32 in and out: the float convolution saves two conversions
         held = g.byte_offsets.get(x, 0) if x in g.bytes else None
         k_in = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(in_dtype)[0]
@@ -97,15 +154,15 @@ def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
         return False
     w, bias = parts[:2]
     y = g.node("QLinearConv", [
-        g.as_bytes(x, k_in), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
+        to_conv(g.as_bytes(x, k_in)), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
         *_weights(g, w, mult, form),
         g.scalar(1.0), g.scalar(ep["zp"] - k_out if ep["mode"] == "scale" else 0, np.uint8), g.const(bias, np.int32)],
-        pads=pads, strides=a["strides"], dilations=a["dilations"], group=a["group"], kernel_shape=list(w.shape[2:]))
+        **node_attrs)
     if ep["mode"] == "scale":
         y = _clamped(g, y, ep)
     elif span < 255:
         y = g.node("Clip", [y, g.scalar(0, np.uint8), g.scalar(span, np.uint8)])
-    g.put_bytes(op["outputs"][0], y, k_out)
+    g.put_bytes(op["outputs"][0], from_conv(y), k_out)
     return True
 
 

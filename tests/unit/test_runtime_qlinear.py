@@ -226,3 +226,19 @@ def test_lone_power_of_two_convolution_between_float_tensors_stays_float():
     plan = _equal_fused_and_kernels(_conv_model("half_up", "relu"), {"x": _x([1, 8, 13, 11], 3, 4.0)}, DPU)
     ops = _live_ops(plan)
     assert "Conv" in ops and "QLinearConv" not in ops, ops
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_even"])
+def test_large_power_of_two_fully_connected_layer_runs_on_qlinearconv_exactly(mode):
+    # 512 x 160 weights (LARGE_WEIGHTS and more) between float32 tensors: one byte a weight on
+    # QLinearConv, as exact as the float form the small layers keep
+    rng = np.random.default_rng(47)
+    b = Builder(mode)
+    x = b.input("x", [3, 512], 2.0 ** -5)
+    w = b.weight("w", rng.normal(0, 0.3, (160, 512)).astype(np.float32), 2.0 ** -7)
+    bias = b.bias("b", rng.normal(0, 0.5, 160), np.float32(2.0 ** -12))
+    b.output(b.quantize(b.node("Gemm", [b.dq(x), w, bias], "fc", transB=1), 2.0 ** -2), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([3, 512], 45, scale=8.0)}, DPU)
+    assert not plan.reasons, plan.reasons
+    ops = _live_ops(plan)
+    assert 160 * 512 >= fused_qlinear.LARGE_WEIGHTS and "QLinearConv" in ops and "Conv" not in ops, ops
