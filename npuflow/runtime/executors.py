@@ -21,6 +21,10 @@ from .kernels import KERNELS, Kernel
 
 Dump = Callable[[str, np.ndarray], None]
 
+#: The arena of a program that places no kernel output (empty: shared by every run, as nothing
+#: can be written to it).
+_NO_ARENA = np.empty(0, np.uint8)
+
 
 class IntegerExecutor:
     """Runs one accelerator subgraph's integer program.
@@ -45,7 +49,10 @@ class IntegerExecutor:
         self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
         self.plan = fused.plan(sg, tensors, blob, threads) if fuse else fused.Plan(list(range(len(self._ops))), {})
         plan = sg["memory"]
-        self.arena_bytes = plan["arena_bytes"]
+        # the arena holds the outputs of ops run as kernels; a program of fused runs only (ONNX
+        # Runtime's own buffers) allocates none per frame
+        kernels = any(not isinstance(item, fused.FusedRun) for item in self.plan.items)
+        self.arena_bytes = plan["arena_bytes"] if kernels else 0
         self.buffers = {}
         for name, b in plan["buffers"].items():
             info = tensors[name]
@@ -66,7 +73,7 @@ class IntegerExecutor:
         return kernel
 
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
-        arena = np.empty(self.arena_bytes, np.uint8)
+        arena = np.empty(self.arena_bytes, np.uint8) if self.arena_bytes else _NO_ARENA
         env = dict(feeds)
         for item in self.plan.items:
             if isinstance(item, fused.FusedRun):
@@ -145,6 +152,8 @@ class OnnxExecutor:
         carried = self.carried
         if self.lookup is not None:
             result = self.lookup(feeds)
+        elif not carried:  # the common case, once per frame: no carrier types to convert
+            result = dict(zip(self.outputs, self.session.run(self.outputs, {k: feeds[k] for k in self.inputs})))
         else:
             ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
             values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)

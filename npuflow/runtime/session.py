@@ -192,6 +192,8 @@ class Session:
         #: per input, the dimensions every program shares (the others select a program)
         self._fixed_dims = {t.name: [k for k in range(len(t.shape))
                                      if len({p.inputs[t.name][k] for p in self._programs}) == 1] for t in self._inputs}
+        #: per input, its numpy dtype, built once: ``run`` checks every frame against it
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in self._inputs}
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
 
@@ -253,20 +255,27 @@ class Session:
 
     def _validate(self, inputs: Mapping[str, np.ndarray]) -> tuple["_Program", dict[str, np.ndarray]]:
         """The program to run and its feeds: inputs checked, and padded with zeros at the end of
-        every dimension that is smaller than the program's (several compiled shapes only)."""
-        names = [t.name for t in self._inputs]
+        every dimension that is smaller than the program's (several compiled shapes only).
+
+        Called once per frame, so the common case (arrays of the compiled dtypes and shapes, one
+        program) costs a dictionary walk: the expected dtypes are built at load, and ``select``
+        runs only when a shape differs from the first program's."""
+        dtypes = self._dtypes
         for name in inputs:
-            if name not in names:
-                raise NpuflowError("NPF_RUNTIME_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
-        for t in self._inputs:
-            if t.name not in inputs:
-                raise NpuflowError("NPF_RUNTIME_MISSING_INPUT", name=t.name, inputs=", ".join(names))
-            a = inputs[t.name]
-            dtype = getattr(a, "dtype", None)
-            if not isinstance(a, np.ndarray) or dtype != np.dtype(t.dtype):
-                raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=t.name,
-                                   got=str(dtype) if dtype is not None else type(a).__name__, expected=t.dtype)
-        program = self._programs[self.select({t.name: inputs[t.name].shape for t in self._inputs})]
+            if name not in dtypes:
+                raise NpuflowError("NPF_RUNTIME_UNKNOWN_INPUT", name=name, inputs=", ".join(dtypes))
+        shapes = self._programs[0].inputs
+        same = True
+        for name, dtype in dtypes.items():
+            if name not in inputs:
+                raise NpuflowError("NPF_RUNTIME_MISSING_INPUT", name=name, inputs=", ".join(dtypes))
+            a = inputs[name]
+            if not isinstance(a, np.ndarray) or a.dtype != dtype:
+                got = getattr(a, "dtype", None)
+                raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=name,
+                                   got=str(got) if got is not None else type(a).__name__, expected=str(dtype))
+            same = same and a.shape == shapes[name]
+        program = self._programs[0 if same else self.select({name: inputs[name].shape for name in dtypes})]
         feeds = {}
         for name, want in program.inputs.items():
             a = inputs[name]
@@ -285,15 +294,16 @@ class Session:
         """Run one step; listeners get one event for it (subgraphs run as one program: the first
         one's id, their names joined by ``+``, ``subgraphs`` listing them)."""
         listeners = self._listeners
+        if not listeners:
+            return step.executor.run(feeds, dump)
         start = time.perf_counter_ns()
         result = step.executor.run(feeds, dump)
         end = time.perf_counter_ns()
-        if listeners:
-            sgs = [program.subgraphs[k] for k in step.indices]
-            event = SubgraphEvent(step.indices[0], "+".join(sg["name"] for sg in sgs), sgs[0]["device"],
-                                  sgs[0]["engine"], threading.get_ident(), start, end, step.indices)
-            for fn in listeners:
-                fn(event)
+        sgs = [program.subgraphs[k] for k in step.indices]
+        event = SubgraphEvent(step.indices[0], "+".join(sg["name"] for sg in sgs), sgs[0]["device"],
+                              sgs[0]["engine"], threading.get_ident(), start, end, step.indices)
+        for fn in listeners:
+            fn(event)
         return result
 
     def run_subgraph(self, k: int, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

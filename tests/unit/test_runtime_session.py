@@ -119,6 +119,24 @@ def test_input_validation(mixed):
         assert err.value.code == code
 
 
+def test_per_frame_work_is_only_what_the_frame_needs(mixed):
+    # integer programs run wholly as fused graphs place nothing in an arena, so a frame allocates
+    # none (the kernels' run keeps its planned arena); a list or a non-contiguous view is checked
+    # and fed as before, with the same outputs as the kernels
+    _, compiled = mixed
+    fast, ref = Session(compiled), Session(compiled, fuse=False)
+    integer = [k for k, sg in enumerate(compiled.subgraphs) if sg.device == "DPU"]
+    assert all(fast._programs[0].executor(k).arena_bytes == 0 for k in integer)
+    assert all(ref._programs[0].executor(k).arena_bytes > 0 for k in integer)
+    x = _x([1, 4, 6, 6], 9)
+    view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not view.flags.c_contiguous
+    assert np.array_equal(fast.run({"x": view})["y"], ref.run({"x": x})["y"])
+    with pytest.raises(NpuflowError) as err:
+        fast.run({"x": x.tolist()})
+    assert err.value.code == "NPF_RUNTIME_INPUT_DTYPE" and "list" in err.value.message
+
+
 def test_target_fingerprint_is_checked(mixed):
     _, compiled = mixed
     Session(compiled, target=DPU)
