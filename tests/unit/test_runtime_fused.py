@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+import onnx
 from onnx import TensorProto, helper
 
 import npuflow
@@ -649,3 +650,70 @@ def test_cpu_tables_between_integer_programs_run_inside_them(tmp_path):
         outs = fast.run_subgraph(k, [env[t] for t in compiled.manifest["subgraphs"][k]["inputs"]])
         env.update(zip(compiled.manifest["subgraphs"][k]["outputs"], outs))
     assert all(np.array_equal(env[k], a[k]) for k in a)
+
+
+def _table_between_convs(channels_last: bool, tmp_path) -> tuple[np.ndarray, list[str]]:
+    """QLinearConv -> a byte table (``fused._lookup``) -> QLinearConv, run by ONNX Runtime as the
+    fused runs are; the output and the ops of ONNX Runtime's optimised graph."""
+    rng = np.random.default_rng(7)
+    shape = [1, 8, 6, 7]
+    g = fused_graph.Graph({t: {"shape": shape, "dtype": "uint8"} for t in ("a", "b")})
+
+    def qconv(codes: str) -> str:
+        w = rng.integers(0, 256, (8, 8, 1, 1))
+        return g.node("QLinearConv", [codes, g.scalar(1.0), g.scalar(0, np.uint8), g.const(w, np.uint8),
+                                      g.scalar(1.0), g.scalar(128, np.uint8), g.scalar(64.0), g.scalar(0, np.uint8)])
+
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, shape)
+    g.put_bytes("a", qconv("x"))
+    original = fused._from_qlinear_conv
+    fused._from_qlinear_conv = original if channels_last else (lambda g, codes: False)
+    try:
+        fused._lookup(g, "a", "b", rng.integers(0, 256, 256), 0)
+    finally:
+        fused._from_qlinear_conv = original
+    y = helper.make_tensor_value_info(qconv(g.bytes["b"]), TensorProto.UINT8, shape)
+    model = helper.make_model(helper.make_graph(g.nodes, "t", [x], [y], g.inits),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(fused_graph.ML_DOMAIN, 3)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / f"optimized_{channels_last}.onnx")
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=fused.DISABLED_OPTIMIZERS)
+    out = sess.run(None, {"x": rng.integers(0, 256, shape).astype(np.uint8)})[0]
+    return out, [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_a_table_between_channels_last_convolutions_keeps_their_layout(tmp_path):
+    # ONNX Runtime runs QLinearConv channels-last: a table written channels-last between them lets
+    # its layout transposes cancel (the graph's input and output transposes remain), same codes
+    fast, fast_ops = _table_between_convs(True, tmp_path)
+    slow, slow_ops = _table_between_convs(False, tmp_path)
+    assert np.array_equal(fast, slow)
+    assert fast_ops.count("Transpose") == 2 and slow_ops.count("Transpose") == 4, (fast_ops, slow_ops)
+
+
+def test_a_products_power_of_two_scale_is_applied_to_its_smaller_operand():
+    # an SE block's product of a feature map and its per-channel scale (half-up, shift 7): the one
+    # scaling of the product, exact either way, multiplies the 8 scales, not the 336 positions
+    b = Builder("half_up")
+    x, s = b.input("x", [1, 8, 6, 7], 2.0 ** -5), b.input("s", [1, 8, 1, 1], 2.0 ** -7)
+    b.output(b.quantize(b.node("Mul", [b.dq(x), b.dq(s)], "se"), 2.0 ** -5), "out")
+    rng = np.random.default_rng(5)
+    feeds = {"x": (rng.integers(-128, 128, (1, 8, 6, 7)) / 32).astype(np.float32),
+             "s": (rng.integers(-128, 128, (1, 8, 1, 1)) / 128).astype(np.float32)}
+    plan = _equal_fused_and_kernels(b.model(), feeds, DPU)
+    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
+    g = run.graph()
+    consts = {t.name for t in g.inits}
+    inputs = {fused_graph.input_name(k): t for k, t in enumerate(g.inputs)}
+
+    def source(name: str) -> str:  # the program input a value is computed from (first inputs back)
+        while name not in inputs:
+            name = next(n for n in g.nodes if name in n.output).input[0]
+        return inputs[name]
+
+    muls = [n for n in g.nodes if n.op_type == "Mul"]
+    product = next(m for m in muls if not consts.intersection(m.input))
+    scaled = [source(n.input[0]) for n in muls if n.input[1] in consts and n.output[0] in product.input]
+    assert scaled == ["s"], scaled
