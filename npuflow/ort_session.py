@@ -63,7 +63,8 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
     handed over as ``SessionOptions.add_external_initializers``: ONNX Runtime copies them into its
     graph before optimising it, so neither the protobuf, nor its serialized bytes (which ONNX
     Runtime's Python session keeps), nor ONNX Runtime's parse of them holds a copy.  The arrays
-    may be dropped once the session is open.
+    may be dropped once the session is open; the session's options still name them, so it must
+    not be built again from those (``set_providers``).
 
     A model with custom operators (:mod:`npuflow.custom_ops`) runs them as onnxruntime-extensions
     Python ops or from their registered ONNX Runtime library: an unregistered one is
