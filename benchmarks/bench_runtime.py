@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -105,8 +106,34 @@ def fused_planner(rev: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    module.FusedRun = type("FusedRunBefore", (fused.FusedRun,), {"_session": module.FusedRun._session})
+    session = module.FusedRun._session
+    if "g" not in inspect.signature(session).parameters:
+        session = _session_reading_graph(module, session)
+
+    def init(self, g, outputs, produced, threads, rebuild=None):  # a revision's plan may not pass rebuild
+        fused.FusedRun.__init__(self, g, outputs, produced, threads, rebuild)
+
+    module.FusedRun = type("FusedRunBefore", (fused.FusedRun,), {"__init__": init, "_session": session})
     return module.plan
+
+
+def _session_reading_graph(module, session):
+    """A revision's ``FusedRun._session(self, outputs)`` from before the fused runs handed their
+    large constants to ONNX Runtime as external initialisers (git 313aedf): it read the graph
+    from ``self._graph`` and opened the session without them, so both are given here (the graph
+    is today's ``fused_graph.Graph``, whose large constants are external)."""
+    from npuflow.ort_session import open_session
+
+    def with_graph(self, g, outputs):
+        arrays = g.arrays
+        module.open_session = lambda model, **kw: open_session(
+            model, external={t.name: arrays[t.name] for t in model.graph.initializer if t.name in arrays}, **kw)
+        self._graph = g
+        try:
+            return session(self, outputs)
+        finally:
+            self._graph = None
+    return with_graph
 
 
 def _session_with_planner(path: Path, planner, **kwargs):
