@@ -137,6 +137,32 @@ def test_per_frame_work_is_only_what_the_frame_needs(mixed):
     assert err.value.code == "NPF_RUNTIME_INPUT_DTYPE" and "list" in err.value.message
 
 
+def test_a_model_whose_program_fuses_whole_is_one_onnx_runtime_run_per_frame():
+    # conv -> relu on the DPU: one integer program, one fused graph, so each frame is one
+    # ONNX Runtime run and nothing else (no kernels, no arena)
+    from npuflow.runtime import fused
+    from tests.unit.test_compiler_kernels import _conv_model
+
+    sess = Session(npuflow.compile(_conv_model("half_up", act="relu"), DPU))
+    (step,) = sess._programs[0].steps
+    (run,) = step.executor.plan.items
+    assert isinstance(run, fused.FusedRun) and step.executor.arena_bytes == 0
+    calls = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, *args):
+            calls.append(1)
+            return self.inner.run(*args)
+
+    run.session = Counting(run.session)
+    for k in range(3):
+        sess.run({"x": _x([1, 8, 13, 11], k)})
+    assert len(calls) == 3
+
+
 def test_target_fingerprint_is_checked(mixed):
     _, compiled = mixed
     Session(compiled, target=DPU)
