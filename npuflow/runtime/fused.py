@@ -222,6 +222,8 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
         raise NotFusable("per-channel scale")
     if code_reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * shape[2] * shape[3] >= F32_BOUND:
         raise NotFusable("sum reaches 2^24")
+    if a.get("qlinear") and _qlinear_global_average(g, op):
+        return
     x = g.centered(op["inputs"][0], a["x_zp"])
     v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
     if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
@@ -231,6 +233,20 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
         return
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
     g.put(op["outputs"][0], *quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep))))
+
+
+def _qlinear_global_average(g: Graph, op: dict) -> bool:
+    """ORT's ``QLinearGlobalAveragePool`` itself, on uint8 codes held as bytes (what the kernel of
+    this op emulates, ``kernels._qlinear_global_avgpool``); say whether it was written."""
+    ep, src, out = op["attrs"]["epilogue"], op["inputs"][0], op["outputs"][0]
+    if not _bytes_only(g, src) or g.byte_offsets.get(src, 0) or out_type(ep) != (8, False) \
+            or np.dtype(g.tensors[src]["dtype"]) != np.uint8 or not 0 <= op["attrs"]["x_zp"] <= 255:
+        return False
+    y = g.node("QLinearGlobalAveragePool", [
+        g.bytes[src], g.scalar(np.float32(ep["acc_scale"])), g.scalar(op["attrs"]["x_zp"], np.uint8),
+        g.scalar(np.float32(ep["scale"])), g.scalar(ep["zp"], np.uint8)], domain=fused_qlinear.MS_DOMAIN, channels_last=0)
+    g.put_bytes(out, y)
+    return True
 
 
 def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:

@@ -242,3 +242,20 @@ def test_large_power_of_two_fully_connected_layer_runs_on_qlinearconv_exactly(mo
     assert not plan.reasons, plan.reasons
     ops = _live_ops(plan)
     assert 160 * 512 >= fused_qlinear.LARGE_WEIGHTS and "QLinearConv" in ops and "Conv" not in ops, ops
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 20.0])
+def test_global_average_of_uint8_codes_is_onnxruntimes_own_kernel(scale):
+    # conv (QLinearConv, uint8 codes) -> GlobalAveragePool -> quantize: ONNX Runtime fuses the
+    # average into QLinearGlobalAveragePool, which the fused run then is itself (one node instead
+    # of a float32 view, a sum, a multiplier and the rounding passes), equal to the kernels
+    rng = np.random.default_rng(53)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 9, 14], 0.043, 128, "uint8")
+    w = b.weight("w", rng.normal(0, 0.3, (16, 8, 3, 3)).astype(np.float32), np.full(16, 0.007, np.float32), axis=0)
+    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1]), 0.031, 17, "uint8")
+    b.output(b.quantize(b.node("GlobalAveragePool", [b.dq(c)], "gap"), 0.0123, 131, "uint8"), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 9, 14], 11, scale)}, CPU)
+    assert not plan.reasons, plan.reasons
+    ops = _live_ops(plan)
+    assert ops.count("QLinearGlobalAveragePool") == 1 and "ReduceSum" not in ops, ops
