@@ -311,13 +311,36 @@ def _qlinear_add_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: 
 _ALL_PAIRS = tuple(v.reshape(1, 1, 256, 256) for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
 
 
-def _on_all_pairs(op_type: str, inputs: list[str], inits: dict[str, np.ndarray]) -> np.ndarray:
-    """ONNX Runtime's ``com.microsoft`` kernel ``op_type`` on :data:`_ALL_PAIRS` (graph inputs
-    ``a`` and ``b``; its other ``inputs`` are the constants ``inits``)."""
+def _on_all_pairs(op_type: str, inputs: list[str], inits: dict[str, np.ndarray],
+                  pairs: tuple[np.ndarray, np.ndarray] = _ALL_PAIRS) -> np.ndarray:
+    """ONNX Runtime's ``com.microsoft`` kernel ``op_type`` on ``pairs`` (graph inputs ``a`` and
+    ``b``, :data:`_ALL_PAIRS` or :func:`_broadcast_pairs`; its other ``inputs`` are the constants
+    ``inits``)."""
     node = helper.make_node(op_type, inputs, ["y"], domain=MS_DOMAIN)
-    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, _ALL_PAIRS[0].shape) for n in ("a", "b")]
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, v.shape) for n, v in zip(("a", "b"), pairs)]
     sess = probe_session([node], ins, [numpy_helper.from_array(v, n) for n, v in inits.items()])
-    return sess.run(None, {"a": _ALL_PAIRS[0].astype(np.uint8), "b": _ALL_PAIRS[1].astype(np.uint8)})[0]
+    return sess.run(None, {"a": pairs[0].astype(np.uint8), "b": pairs[1].astype(np.uint8)})[0]
+
+
+def _broadcast_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of codes with operand ``k`` one value per row (``[256, 1]``) and the other a
+    row of all codes (``[256, 256]``): the span-by-span path ONNX Runtime's broadcasting takes
+    for a ``[1, C, H, W]`` tensor and a ``[1, C, 1, 1]`` one, which its kernels may compute
+    otherwise than two tensors of one shape."""
+    rows, full = np.arange(256).reshape(256, 1), np.tile(np.arange(256), (256, 1))
+    return (rows, full) if k == 0 else (full, rows)
+
+
+def _per_channel_operand(shape: list[int], shapes: list[list[int]]) -> int | None | bool:
+    """Which operand of a product holds one value per channel (``[1, C, 1, ...]``, an SE block's
+    scale) while the other has the output's ``shape``; ``None`` when both have it, ``False`` for
+    any other broadcasting."""
+    if all(s == shape for s in shapes):
+        return None
+    per_channel = [1, *shape[1:2], *[1] * (len(shape) - 2)]
+    if len(shape) < 3 or shape[0] != 1 or sorted(map(str, shapes)) != sorted(map(str, [shape, per_channel])):
+        return False
+    return shapes.index(per_channel)
 
 
 def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
@@ -346,9 +369,10 @@ def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
 
 def mul(g: Graph, op: dict) -> bool:
     """Write eltwise ``op`` (ONNX Runtime's ``QLinearMul`` arithmetic, the ``scale`` epilogue) as
-    ``com.microsoft.QLinearMul`` on uint8 operands of the output's shape, when that kernel gives
-    ``numerics.requantize_float`` of the exact product for every pair of codes (run at load on
-    all 65,536); say whether it did."""
+    ``com.microsoft.QLinearMul`` on uint8 operands of the output's shape (or one of them a value
+    per channel, an SE block's scale), when that kernel gives ``numerics.requantize_float`` of
+    the exact product for every pair of codes (run at load on all 65,536, broadcast as the
+    operands are); say whether it did."""
     a, ep = op["attrs"], op["attrs"].get("epilogue") or {}
     if a.get("mode") != "mul" or ep.get("mode") != "scale" or ep.get("chain") or any(a.get("align", [1])) \
             or np.ndim(ep["multiplier"]) or np.ndim(ep["zp"]) or any("const" in o for o in a["operands"]) \
@@ -356,15 +380,17 @@ def mul(g: Graph, op: dict) -> bool:
         return False
     names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
     shape = list(g.tensors[out]["shape"])
+    broadcast = _per_channel_operand(shape, [list(g.tensors[t]["shape"]) for t in names])
     if not _uint8(ep["dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
-            or any(list(g.tensors[t]["shape"]) != shape for t in names) or clamp_bounds(ep) != (0, 255) or not ort_kernels.exact():
+            or broadcast is False or clamp_bounds(ep) != (0, 255) or not ort_kernels.exact():
         return False
     za, zb = (int(o["zp"]) for o in a["operands"])
     m, zc = np.float32(ep["multiplier"]), int(ep["zp"])
-    pa, pb = _ALL_PAIRS
+    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
+    pa, pb = pairs
     want = np.clip(nm.requantize_float((pa - za) * (pb - zb), m, nm.RoundMode.HALF_EVEN) + zc, 0, 255)
     got = _on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {
-        "sa": m, "za": np.uint8(za), "one": np.float32(1), "zb": np.uint8(zb), "zc": np.uint8(zc)})
+        "sa": m, "za": np.uint8(za), "one": np.float32(1), "zb": np.uint8(zb), "zc": np.uint8(zc)}, pairs)
     if not np.array_equal(got, want):
         return False
     g.put_bytes(out, g.node("QLinearMul", [

@@ -259,3 +259,39 @@ def test_global_average_of_uint8_codes_is_onnxruntimes_own_kernel(scale):
     assert not plan.reasons, plan.reasons
     ops = _live_ops(plan)
     assert ops.count("QLinearGlobalAveragePool") == 1 and "ReduceSum" not in ops, ops
+
+
+def _se_product() -> "Builder":
+    """conv (uint8 codes) times a per-channel scale from its global average (an SE block's
+    product, broadcast [1, C, 1, 1]), float scales."""
+    rng = np.random.default_rng(59)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 7, 10], 0.043, 128, "uint8")
+    w = b.weight("w", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), np.full(8, 0.007, np.float32), axis=0)
+    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1]), 0.031, 17, "uint8")
+    s = b.quantize(b.node("GlobalAveragePool", [b.dq(c)], "gap"), 0.0123, 3, "uint8")
+    b.output(b.quantize(b.node("Mul", [b.dq(c), b.dq(s)], "se"), 0.029, 9, "uint8"), "out")
+    return b
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 20.0])
+def test_se_product_of_a_per_channel_scale_runs_on_qlinearmul_exactly(scale):
+    plan = _equal_fused_and_kernels(_se_product().model(), {"x": _x([1, 8, 7, 10], 13, scale)}, CPU)
+    assert not plan.reasons, plan.reasons
+    ops = _live_ops(plan)
+    assert ops.count("QLinearMul") == 1 and ops.count("Round") == 1, ops  # the input's quantize step only
+
+
+def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkeypatch):
+    real = fused_qlinear._on_all_pairs
+
+    def one_off(op_type, inputs, inits, pairs=fused_qlinear._ALL_PAIRS):
+        got = real(op_type, inputs, inits, pairs)
+        if pairs is not fused_qlinear._ALL_PAIRS:  # the broadcast path only
+            got = got.copy()
+            got.flat[12345] ^= 1
+        return got
+
+    monkeypatch.setattr(fused_qlinear, "_on_all_pairs", one_off)
+    plan = _equal_fused_and_kernels(_se_product().model(), {"x": _x([1, 8, 7, 10], 13, 2.0)}, CPU)
+    assert "QLinearMul" not in _live_ops(plan)
