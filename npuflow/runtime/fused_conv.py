@@ -8,28 +8,34 @@ float32 multiplier, a fixed-point multiplier in float32 where ``numerics`` prove
 float64 or int64, and a float epilogue (with its fused chain: LeakyReLU, hard-sigmoid,
 hard-swish) a table of the accumulator where its scales are per tensor, else one float32
 operation per node.  uint8 groups whose arithmetic is ONNX Runtime's go to its own integer
-kernels first (``fused_qlinear``).
+kernels first (``fused_qlinear``); dense convolutions and fully connected layers with a float
+epilogue take their exact int32 accumulator from ONNX ``ConvInteger`` on uint8 codes and
+weights where this CPU's kernel is exact (:func:`_integer_conv`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..errors import NpuflowError
+from ..ort_kernels import weight_arrays
+from ..ort_session import open_session
 from . import fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
-from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_reach, lookup,
-                          quantize_value, round_and_clip, round_float, slice_node)
+from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_range, code_reach,
+                          lookup, quantize_value, round_and_clip, round_float, slice_node)
 
 
 def conv(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("split_bytes"):
         raise NotFusable("16-bit input split into bytes")
-    w = np.asarray(blobs["w"], np.float32)  # see _convolve: float32 holds every weight exactly
     t, pads = op["inputs"][0], a["pads"]
     padded = g.pads.get(t)
     if padded and not any(pads) and len(a["out_shape"]) == 4 and padded[2] == a["x_zp"] \
@@ -40,22 +46,36 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
         pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
     if fused_qlinear.conv(g, op, t, pads, blobs):
         return
+    if list(g.tensors[t]["shape"]) == list(a["in_shape"]) or t != op["inputs"][0]:
+        to_conv = _same
+    else:  # a 1-D convolution runs as 2-D with H = 1
+        def to_conv(v: str) -> str:
+            return g.node("Reshape", [v, g.const(a["in_shape"], np.int64)])
+
+    def from_conv(y: str) -> str:
+        return y if len(a["out_shape"]) == 4 else g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
+
+    attrs = {"pads": pads, "strides": a["strides"], "dilations": a["dilations"],
+             "kernel_shape": list(np.shape(blobs["w"])[2:])}
+    out = op["outputs"][0] if len(a["out_shape"]) == 4 else None
+    if _integer_conv(g, op, t, blobs, to_conv, from_conv, out, **attrs):
+        return
+    w = np.asarray(blobs["w"], np.float32)  # see _convolve: float32 holds every weight exactly
     if any(pads):  # zero padding stands for the code x_zp: read the input centred on it
         x, off = g.centered(t, a["x_zp"]), a["x_zp"]
     else:  # sum(w * (x - zp)) = sum(w * x) - zp * sum(w): the zero point moves into the bias
         x, off = g.base(t)
-    if list(g.tensors[t]["shape"]) != list(a["in_shape"]) and t == op["inputs"][0]:
-        x = g.node("Reshape", [x, g.const(a["in_shape"], np.int64)])
-    attrs = {"pads": pads, "strides": a["strides"], "dilations": a["dilations"], "group": a["group"],
-             "kernel_shape": list(w.shape[2:])}
+    x = to_conv(x)
 
     def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
-        return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), **attrs)
+        return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), group=a["group"], **attrs)
 
-    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit, out=op["outputs"][0] if len(a["out_shape"]) == 4 else None)
-    if len(a["out_shape"]) != 4:  # a 1-D convolution runs as 2-D with H = 1
-        y = g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
-    g.put(op["outputs"][0], y, zp)
+    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit, out=out)
+    g.put(op["outputs"][0], from_conv(y), zp)
+
+
+def _same(v: str) -> str:
+    return v
 
 
 def matmul(g: Graph, op: dict, blobs: dict) -> None:
@@ -71,17 +91,26 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     t = op["inputs"][0]
     shape, (k, n) = list(g.tensors[t]["shape"]), w.shape
     rows = int(np.prod(shape[:-1]))
+
+    def to_rows(v: str) -> str:
+        return g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0]),
+                                  g.const([1, k, rows, 1], np.int64)])
+
+    def back(y: str) -> str:
+        y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
+        return g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
+
+    as_conv = {**op, "attrs": {**a, "group": 1}, "inputs": [t]}
+    wc = np.ascontiguousarray(w.T).reshape(n, k, 1, 1)
+    if _integer_conv(g, as_conv, t, {"w": wc, "b": blobs["b"]}, to_rows, back, kernel_shape=[1, 1]):
+        return
     x, off = g.base(t)
-    x = g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [x, g.const([rows, k], np.int64)])], perm=[1, 0]),
-                           g.const([1, k, rows, 1], np.int64)])
-    as_conv = {"attrs": {**a, "group": 1}, "inputs": [t]}
 
     def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
         return g.node("Conv", [xs, g.const(wc)] + ([] if bias is None else [g.const(bias)]), kernel_shape=[1, 1])
 
-    y, zp = _convolve(g, as_conv, x, off, w.T.astype(np.float32, order="C").reshape(n, k, 1, 1), blobs["b"], emit)
-    y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
-    g.put(op["outputs"][0], g.node("Reshape", [y, g.const(a["out_shape"], np.int64)]), zp)
+    y, zp = _convolve(g, as_conv, to_rows(x), off, wc.astype(np.float32), blobs["b"], emit)
+    g.put(op["outputs"][0], back(y), zp)
 
 
 def conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
@@ -119,6 +148,88 @@ def conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
 
 
 Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
+
+
+def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[str], str],
+                  from_conv: Callable[[str], str], out: str | None = None, **node_attrs) -> bool:
+    """Write dense convolution ``op`` (manifest input ``t``, ``blobs`` in convolution layout) with
+    a float epilogue as ONNX ``ConvInteger`` on 8-bit codes, and say whether it did.
+
+    ``ConvInteger`` of uint8 codes and uint8 weights ``w + 128`` (zero points the input's, moved
+    as the bytes are, and 128) is the exact int32 accumulator where ``convinteger_exact`` finds
+    MLAS' uint8 x uint8 kernel exact: one byte a weight and an activation where the float
+    ``Conv`` holds four, and about half its time on dense 1x1 and 3x3 convolutions.  Its padding
+    is the input's zero point, so padded taps add nothing, as the kernels' zero padding of the
+    centred input.  The bias follows in int32, then the accumulator table (:func:`_acc_table`) or
+    the float epilogue (:func:`_float_epilogue`) on the accumulator cast to float32.  Grouped
+    and depthwise convolutions keep the float ``Conv`` (``ConvInteger`` is slower there), as do
+    int8 weights that are not codes, an ``lshift``, per-channel output scales and accumulators
+    that could leave int32.  ``to_conv``/``from_conv`` move ``t``'s codes into the convolution's
+    layout and the result back; ``out`` as in :func:`_convolve`."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    w, bias = np.asarray(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
+    dtype = np.dtype(g.tensors[t]["dtype"])
+    w_lo, w_hi = nm.qrange(8, True)
+    if ep["mode"] != "float" or a["group"] != 1 or np.any(np.asarray(a["lshift"]) != 0) or np.ndim(a["x_zp"]) \
+            or np.ndim(ep["scale"]) or np.ndim(ep["zp"]) or np.dtype(a.get("in_dtype", dtype)) != dtype \
+            or dtype.itemsize != 1 or w.dtype.kind not in "iu" or bias.dtype.kind not in "iu" \
+            or w.min(initial=0) < w_lo or w.max(initial=0) > w_hi:
+        return False
+    w = w.astype(np.int16)  # |w| of an int8 -128 wraps
+    held = g.byte_offsets.get(t, 0) if t in g.bytes else None
+    k = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(dtype)[0]
+    reach = code_reach(dtype, a["x_zp"])
+    sums = reach * _abs_sums(w)
+    acc_lo, acc_hi = nm.qrange(32, True)
+    table = _acc_table_range(ep, int(np.min(bias - sums)), int(np.max(bias + sums)))
+    move = bias - (table[0] if table is not None else 0)  # the int32 added to ConvInteger's accumulator
+    if not 0 <= a["x_zp"] - k <= 255 or np.any(sums + np.abs(move) > acc_hi) or not convinteger_exact():
+        return False
+    (wq, _), _ = weight_arrays(w, "u8")
+    acc = g.node("ConvInteger", [to_conv(g.as_bytes(t, k)), g.const(wq, np.uint8),
+                                 g.scalar(a["x_zp"] - k, np.uint8), g.scalar(-w_lo, np.uint8)], **node_attrs)
+    if np.any(move):
+        acc = g.node("Add", [acc, g.const(move.reshape(1, -1, 1, 1), np.int32)])
+    if table is None:
+        y, zp = _float_epilogue(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, ep, w.shape[0])
+    else:
+        index = g.node("Cast", [g.node("Clip", [acc, g.scalar(0, np.int32), g.scalar(len(table[1]) - 1, np.int32)])],
+                       to=TensorProto.INT64)
+        if out is not None:  # a codewise op reading ``out`` becomes one table of the index
+            g.tables[out] = (("accumulator", index), table[1])
+        y, zp = lookup(g, index, table[1], int(ep["zp"])), int(ep["zp"])
+    g.put(op["outputs"][0], from_conv(y), zp)
+    return True
+
+
+@functools.cache
+def convinteger_exact() -> bool:
+    """Whether this process' ONNX Runtime ``ConvInteger`` on uint8 codes and uint8 weights gives
+    the exact accumulator: a padded, strided 3x3 and a 1x1 convolution of codes 0/255 and weights
+    0/255 (the products a saturating 16-bit lane would clip: MLAS' uint8 x int8 kernels do without
+    VNNI, ``ort_kernels``) against the int64 sums, with the input zero point 3 (the padding)."""
+    rng = np.random.default_rng(0)
+    for cin, kernel, stride in ((16, 3, 2), (64, 1, 1)):
+        x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 7, 7))
+        w = rng.choice(np.array([0, 255], np.uint8), size=(16, cin, kernel, kernel))
+        pad = kernel // 2
+        node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[pad] * 4, strides=[stride] * 2)
+        graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                                  [numpy_helper.from_array(v, n) for v, n in ((w, "w"), (np.uint8(3), "xz"),
+                                                                              (np.uint8(128), "wz"))])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        try:
+            got = open_session(model, threads=1).run(None, {"x": x})[0]
+        except NpuflowError:  # a kernel this ONNX Runtime lacks: the float Conv serves
+            return False
+        centred = np.pad(x.astype(np.int64) - 3, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+        windows = sliding_window_view(centred, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+        if not np.array_equal(got, np.einsum("nchwij,ocij->nohw", windows, w.astype(np.int64) - 128)):
+            return False
+    return True
+
 
 
 def _abs_sums(w: np.ndarray) -> np.ndarray:
@@ -204,11 +315,24 @@ def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep
     are per channel, the table would exceed :data:`ACC_TABLE_LIMIT` entries, or the accumulator
     (moved by ``a0``) could leave float32's exact integers.
     """
+    sums = reach * _abs_sums(w)
+    found = _acc_table_range(ep, int(np.floor(np.min(bias - sums))), int(np.ceil(np.max(bias + sums))))
+    if found is None:
+        return None
+    a0, table = found
+    if np.any(sums + np.abs(bias - a0) >= F32_BOUND):
+        return None
+    acc = g.node("Clip", [emit(x, w, bias - a0), g.const(np.float32(0)), g.const(np.float32(len(table) - 1))])
+    return g.node("Cast", [acc], to=TensorProto.INT64), table
+
+
+def _acc_table_range(ep: dict, lowest: int, highest: int) -> tuple[int, np.ndarray] | None:
+    """The table of :func:`_acc_table` for accumulators in ``lowest..highest``: ``(a0, codes of
+    a0..a1)``, or ``None`` where the scales are per channel or it would exceed
+    :data:`ACC_TABLE_LIMIT` entries."""
     acc_scale = np.unique(np.asarray(ep["acc_scale"], np.float32))
     if acc_scale.size != 1 or np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
         return None
-    sums = reach * _abs_sums(w)
-    lowest, highest = int(np.floor(np.min(bias - sums))), int(np.ceil(np.max(bias + sums)))
     one = {**ep, "acc_scale": float(acc_scale[0])}
     quantize = make_float_finish({**one, "chain": []})
     steps, result = ep.get("chain", []), ep.get("result", "$x")
@@ -233,12 +357,9 @@ def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if constant(mid, highest) else (mid + 1, hi)
     a1 = lo
-    n = a1 - a0 + 1
-    if n > ACC_TABLE_LIMIT or np.any(sums + np.abs(bias - a0) >= F32_BOUND):
+    if a1 - a0 + 1 > ACC_TABLE_LIMIT:
         return None
-    table = make_epilogue(one, 0, 1)(np.arange(a0, a1 + 1, dtype=np.int64))
-    acc = g.node("Clip", [emit(x, w, bias - a0), g.const(np.float32(0)), g.const(np.float32(n - 1))])
-    return g.node("Cast", [acc], to=TensorProto.INT64), table
+    return a0, make_epilogue(one, 0, 1)(np.arange(a0, a1 + 1, dtype=np.int64))
 
 
 def _float_epilogue(g: Graph, acc: str, double: bool, ep: dict, cout: int) -> tuple[str, int]:
