@@ -25,8 +25,6 @@ metadata pins an older onnx; it uses the pinned torch==2.13.0).  Without Quark i
     python benchmarks/bench_accuracy.py --models effnet,ppocr,det,yolo --calib 32 --eval 300 \
         --methods adaround,adaquant,adaquant_qdrop --cheap 'npuflow defaults (bias corr auto),plain' \
         --no-mixed --quark-iters 1000,3000           # issue 18's table, Quark at its default iterations
-    python benchmarks/bench_accuracy.py --models ppocr --calib 32 --eval 300 --iters 100 \
-        --cheap 'plain,plain +position search' --methods adaround --no-mixed --no-peers  # positions searched
 
 Writes ``benchmarks/results/accuracy.md`` (and ``accuracy.json``) and prints the table.
 """
@@ -76,19 +74,7 @@ def cheap_configs() -> list[tuple[str, dict]]:
         ("+bias corr", {"include_bias_corr": True}),
         ("+CLE", {"include_cle": True, **off}),
         ("+CLE +bias corr", {"include_cle": True, "include_bias_corr": True}),
-        (POSITION_SEARCH_ROW, {"position_search": {}, **off}),
     ]
-
-
-#: The cheap row with the power-of-two positions refined by the output error
-#: (``position_search``, minutes on PP-OCRv4 rec): only when ``--cheap`` names it.
-POSITION_SEARCH_ROW = "plain +position search"
-
-
-def runs_cheap(name: str, cheap: tuple[str, ...] | None) -> bool:
-    """Whether cheap row ``name`` runs: named by ``--cheap``, or every row but the position search
-    when ``--cheap`` is not given."""
-    return name in cheap if cheap is not None else name != POSITION_SEARCH_ROW
 
 
 #: Fast finetune rows: ``--methods`` picks from these (label, method, extra settings).
@@ -208,7 +194,7 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
         on_row(rows)
 
     for name, cfg in cheap_configs():
-        if runs_cheap(name, cheap):
+        if cheap is None or name in cheap:
             quantize_row(name, cfg)
     base_name = best[0] if best is not None else "plain"
     base_cfg = rows.get(base_name, {}).get("config", {})
@@ -468,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-iters", type=int, default=None, help="steps per block for brecq (default: --iters)")
     ap.add_argument("--no-mixed", action="store_true", help="skip automatic mixed precision")
     ap.add_argument("--cheap", default=None,
-                    help="only these rows without fast finetune (comma-separated names; default: all but "
-                         f"'{POSITION_SEARCH_ROW}')")
+                    help="only these rows without fast finetune (comma-separated names; default: all)")
     ap.add_argument("--mixed-only", action="store_true",
                     help="keep the other rows of results/<OUTPUT>.json and (re)run only automatic mixed precision")
     ap.add_argument("--peers-only", action="store_true",

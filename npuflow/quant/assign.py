@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
 import numpy as np
 import onnx
@@ -40,16 +39,12 @@ class Assignment:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constant name -> integers (storage dtype)
 
 
-def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: dict | None = None,
-           positions: Mapping[str, int] | None = None) -> Assignment:
+def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: dict | None = None) -> Assignment:
     """Parameters of every point and constant of ``plan``, integer values of the constants.
 
     ``cache``: a dict kept between calls on the same model and statistics (the precision
     overrides of :mod:`.requantize`): a tensor's range search (histogram methods, per-channel
-    weight searches) runs once per settings, not once per call.  ``positions``: activation
-    point -> power-of-two fix position chosen by :mod:`.position_search`, for the point's whole
-    scale group, instead of the calibrated one (keyed by point, not group root: a plan rebuilt
-    with precision overrides may root its groups elsewhere)."""
+    weight searches) runs once per settings, not once per call."""
     inits = {t.name: t for t in model.graph.initializer}
     memo = {} if cache is None else cache
 
@@ -94,9 +89,6 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         if max(abs(lo), abs(hi)) < MIN_RANGE:
             lo, hi = (-MIN_RANGE if settings.signed else 0.0), MIN_RANGE
         fix = min(fixes) if fixes and settings.scale_type == "power_of_two" else None
-        chosen = [positions[p.name] for p in points if positions and p.name in positions]
-        if chosen and settings.scale_type == "power_of_two":
-            fix = chosen[0]
         gid = group_ids.get(root)
         for p in points:
             q = from_range(p.name, p.kind, settings, lo, hi, fix_pos=fix)

@@ -122,16 +122,6 @@ class FastFinetune(_Strict):
     post_activation: bool = False
 
 
-class PositionSearch(_Strict):
-    """Power-of-two activation positions refined by the model's output error
-    (:mod:`.position_search`): coordinate descent, one scale group at a time, +-1 position."""
-
-    sweeps: int = Field(default=2, ge=1, le=100)  # passes over every scale group (stops early when none moves)
-    budget_s: float = Field(default=600.0, gt=0)  # wall-clock seconds; the best positions so far when spent
-    min_gain: float = Field(default=0.001, ge=0, lt=1)  # relative error drop a move must bring to be kept
-    samples: int | None = Field(default=None, ge=1)  # calibration samples scored (None: all kept, at most 64)
-
-
 class QuantConfig(_Strict):
     """Everything a user can set about quantization (see the module docstring for the layering)."""
 
@@ -172,11 +162,6 @@ class QuantConfig(_Strict):
     #: The percentile search scores its candidates on the same workers.
     calib_workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     calib_ray_address: str | None = None
-    #: Refine the power-of-two activation fix positions by the quantized model's output error on
-    #: the calibration samples (quant/position_search.py), after calibration and the percentile
-    #: search, before export and fast finetune; off (None) by default.  A model-level search like
-    #: ``percentile_candidates``, so a top-level key, not a per-tensor ``method``.
-    position_search: PositionSearch | None = None
 
     @field_validator("op_types")
     @classmethod

@@ -10,9 +10,7 @@
 4. target legalisation (:func:`.legalize.legalize`), the checker's placement and the
    quantization plan (:mod:`.plan`): on accelerator targets only the nodes placed on the
    accelerator are quantized (:mod:`.placement`);
-5. one streaming calibration pass (:mod:`.calibrate`), then the model-level searches: one
-   percentile (:mod:`.percentile_search`) and, when asked, power-of-two activation positions
-   refined by the output error (:mod:`.position_search`);
+5. one streaming calibration pass (:mod:`.calibrate`);
 6. parameters and integer constants (:func:`.assign.assign`);
 7. QDQ export (:mod:`.export`), then the per-layer weight algorithms on the QDQ model
    (AdaRound/AdaQuant ``fast_finetune``, bias correction ``include_bias_corr``:
@@ -68,7 +66,7 @@ from .config import HISTOGRAM_METHODS, QuantConfig
 from .data import CalibrationSource, InputSpec, peek
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
-from . import percentile_search, position_search
+from . import percentile_search
 from .params import TensorQuant
 from .placement import accelerator_nodes
 from .plan import build_plan
@@ -195,8 +193,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
     search = percentile_search.applies(cfg, plan)
-    refine = position_search.applies(cfg, plan)
-    guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search or refine else 0
+    guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
     keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
@@ -210,13 +207,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                                                  target_name=tgt.name, scale_type=tgt.numerics.scale_type,
                                                  progress=progress, workers=cfg.calib_workers,
                                                  ray_address=cfg.calib_ray_address)
-    positions: dict[str, int] = {}
-    if refine:
-        _step(progress, position_search.STAGE)
-        positions, found = position_search.apply(leg, plan, stats, again, cfg.position_search, target_name=tgt.name,
-                                                 scale_type=tgt.numerics.scale_type, progress=progress)
-        searched.update(found)
-    asg = assign(leg, plan, stats, positions=positions)
+    asg = assign(leg, plan, stats)
 
     _step(progress, "export")
     exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
@@ -237,7 +228,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     # the observers only: the float outputs kept for the checks above are no statistics to re-assign from
     observers = dataclasses.replace(stats, outputs=[])
     requantizer = Requantizer(leg, tgt, cfg, allowed, observers, plan, asg, final_assignment(q_model, asg), q_model,
-                              percentile=chosen, positions=positions)
+                              percentile=chosen)
     result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
                             original_model=original, float_model=float_model, quant_params=asg.params, report=report,
                             target=tgt, config=cfg, info=info, problem=problem, saves_dynamic=dynamic and not input_shapes,

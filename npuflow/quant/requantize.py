@@ -57,7 +57,6 @@ class Requantizer:
     final: Assignment  # ``base`` with the integer constants of ``quantized``
     quantized: onnx.ModelProto  # the QDQ model as quantize returned it
     percentile: float | None = None  # the percentile search's choice, applied to every plan
-    positions: dict[str, int] = field(default_factory=dict)  # the position search's moves (point -> fix position)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -77,17 +76,9 @@ class Requantizer:
             out.CopyFrom(self.quantized)
             return out
         plan = self.plan_for(overrides)
-        asg = carry(assign(self.model, plan, self.stats, cache=self._cache, positions=self._positions(plan)), plan,
-                    self.base, self.final)
+        asg = carry(assign(self.model, plan, self.stats, cache=self._cache), plan, self.base, self.final)
         return export_qdq(self.model, plan, asg, target_name=self.target.name,
                           scale_type=self.target.numerics.scale_type)
-
-    def _positions(self, plan: QuantPlan) -> dict[str, int]:
-        """The searched positions of the scale groups whose bit widths ``plan`` leaves as searched:
-        an 8-bit position on a group raised to int16 would waste its extra bits."""
-        raised = {plan.find(p) for p, point in plan.points.items()
-                  if p in self.plan.points and point.settings.bit_width != self.plan.points[p].settings.bit_width}
-        return {p: v for p, v in self.positions.items() if p in plan.points and plan.find(p) not in raised}
 
     def _checked(self, overrides: Mapping[str, str]) -> dict[str, str]:
         """The overrides that change something; names must be :attr:`layers`."""

@@ -65,17 +65,3 @@ def test_accuracy_bench_post_activation_row() -> None:
     (label, cfg), = finetune_configs({}, 500, ["adaround_post"])
     assert cfg["fast_finetune"] == {"method": "adaround", "iters": 500, "post_activation": True}
     assert "post-activation" in label
-
-
-def test_accuracy_bench_position_search_row_is_opt_in() -> None:
-    """The position-search row (minutes on PP-OCRv4 rec) runs only when ``--cheap`` names it, and
-    fast-finetune rows built on it keep the search."""
-    from benchmarks.bench_accuracy import POSITION_SEARCH_ROW, cheap_configs, finetune_configs, runs_cheap
-    from npuflow.quant.config import QuantConfig
-
-    rows = dict(cheap_configs())
-    assert QuantConfig.from_dict(rows[POSITION_SEARCH_ROW]).position_search is not None
-    assert not runs_cheap(POSITION_SEARCH_ROW, None) and runs_cheap("plain", None)
-    assert runs_cheap(POSITION_SEARCH_ROW, ("plain", POSITION_SEARCH_ROW)) and not runs_cheap("+CLE", ("plain",))
-    (_, cfg), = finetune_configs(rows[POSITION_SEARCH_ROW], 100, ["adaround"])
-    assert cfg["position_search"] == {} and cfg["fast_finetune"]["method"] == "adaround"
