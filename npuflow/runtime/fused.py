@@ -62,7 +62,7 @@ from ..errors import NpuflowError
 from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
-from .fused_conv import conv, conv_transpose, matmul
+from .fused_conv import conv, conv_transpose, integer_offset, matmul
 from .kernels import KERNELS
 from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
                           code_reach, elem_type, input_name, lookup, quantize_value, round_and_clip, round_float,
@@ -306,9 +306,12 @@ def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndar
 
 def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
     """``out = table[index]``, its entries centred on ``out``'s zero point where that is one value
-    (what its readers subtract anyway), else on 0."""
+    (what its readers subtract anyway), else on 0; on the type's lowest code where every reader
+    casts them to uint8 for ``ConvInteger`` (``fused_conv.integer_offset``)."""
     zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
     zp = int(zp) if np.ndim(zp) == 0 else 0
+    held = integer_offset(g, out)
+    zp = zp if held is None else held
     g.put(out, lookup(g, index, table, zp), zp)
 
 

@@ -70,7 +70,7 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
     def emit(xs: str, wc: np.ndarray, b: np.ndarray | None) -> str:
         return g.node("Conv", [xs, g.const(wc)] + ([] if b is None else [g.const(b)]), group=a["group"], **attrs)
 
-    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit, out=out)
+    y, zp = _convolve(g, op, x, off, w, blobs["b"], emit, out=out, held=integer_offset(g, op["outputs"][0]))
     g.put(op["outputs"][0], from_conv(y), zp)
 
 
@@ -170,17 +170,16 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     w, bias = np.asarray(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
     dtype = np.dtype(g.tensors[t]["dtype"])
     w_lo, w_hi = nm.qrange(8, True)
-    if ep["mode"] != "float" or a["group"] != 1 or np.any(np.asarray(a["lshift"]) != 0) or np.ndim(a["x_zp"]) \
-            or np.ndim(ep["scale"]) or np.ndim(ep["zp"]) or np.dtype(a.get("in_dtype", dtype)) != dtype \
-            or dtype.itemsize != 1 or w.dtype.kind not in "iu" or bias.dtype.kind not in "iu" \
-            or w.min(initial=0) < w_lo or w.max(initial=0) > w_hi:
+    if not _integer_reader(op) or np.dtype(a.get("in_dtype", dtype)) != dtype or dtype.itemsize != 1 \
+            or w.dtype.kind not in "iu" or bias.dtype.kind not in "iu" or w.min(initial=0) < w_lo \
+            or w.max(initial=0) > w_hi:
         return False
     w = w.astype(np.int16)  # |w| of an int8 -128 wraps
     held = g.byte_offsets.get(t, 0) if t in g.bytes else None
     k = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(dtype)[0]
     reach = code_reach(dtype, a["x_zp"])
     sums = reach * _abs_sums(w)
-    acc_lo, acc_hi = nm.qrange(32, True)
+    acc_hi = nm.qrange(32, True)[1]
     table = _acc_table_range(ep, int(np.min(bias - sums)), int(np.max(bias + sums)))
     move = bias - (table[0] if table is not None else 0)  # the int32 added to ConvInteger's accumulator
     if not 0 <= a["x_zp"] - k <= 255 or np.any(sums + np.abs(move) > acc_hi) or not convinteger_exact():
@@ -197,9 +196,30 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
                        to=TensorProto.INT64)
         if out is not None:  # a codewise op reading ``out`` becomes one table of the index
             g.tables[out] = (("accumulator", index), table[1])
-        y, zp = lookup(g, index, table[1], int(ep["zp"])), int(ep["zp"])
+        zp = integer_offset(g, op["outputs"][0])
+        zp = int(ep["zp"]) if zp is None else zp
+        y = lookup(g, index, table[1], zp)
     g.put(op["outputs"][0], from_conv(y), zp)
     return True
+
+
+def _integer_reader(op: dict) -> bool:
+    """Whether ``op``'s attributes allow :func:`_integer_conv` (its weights and bounds decide the rest)."""
+    a, ep = op["attrs"], op["attrs"].get("epilogue") or {}
+    return op["op"] in ("conv", "matmul") and ep.get("mode") == "float" and a.get("group", 1) == 1 \
+        and not a.get("split_bytes") and not a.get("wide") and not np.any(np.asarray(a.get("lshift", 0)) != 0) \
+        and not np.ndim(a["x_zp"]) and not np.ndim(ep["scale"]) and not np.ndim(ep["zp"])
+
+
+def integer_offset(g: Graph, tensor: str) -> int | None:
+    """The offset at which ``tensor``'s codes are best held as float32 when every reader takes
+    them to ``ConvInteger`` (:func:`_integer_conv` casts codes minus the type's lowest code to
+    uint8: held on that offset, the cast needs no ``Add`` first), else ``None``."""
+    readers = g.readers.get(tensor, [])
+    dtype = np.dtype(g.tensors[tensor]["dtype"])
+    if not readers or dtype.itemsize != 1 or dtype.kind not in "iu" or not all(map(_integer_reader, readers)):
+        return None
+    return code_range(dtype)[0]
 
 
 @functools.cache
@@ -239,7 +259,7 @@ def _abs_sums(w: np.ndarray) -> np.ndarray:
 
 
 def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
-              emit: Emit, out: str | None = None) -> tuple[str, int]:
+              emit: Emit, out: str | None = None, held: int | None = None) -> tuple[str, int]:
     """The exact accumulator of a (transposed) convolution and its requantisation: the output
     codes centred, ``(tensor, offset)``.
 
@@ -248,7 +268,9 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
     point moves into the bias.  ``w`` is in convolution layout (output channel, input channel of
     its group, kh, kw), which the bounds read; ``emit(x, w, bias)`` writes the ONNX node for such
     weights.  ``out``: the manifest tensor the result is, where it keeps the accumulator's layout,
-    so that a table of it composes with an accumulator table (:func:`_acc_table`).
+    so that a table of it composes with an accumulator table (:func:`_acc_table`).  ``held``:
+    the offset the output codes are wanted on (:func:`integer_offset`), which a folded
+    power-of-two requantisation gives at no cost; elsewhere its zero point.
 
     ``w`` is float32: codes of at most 16 bits times powers of two, every one exact (and 4 bytes
     per weight where float64 copies of a 1280x1000 classifier made 39 MiB of load peak); sums
@@ -270,7 +292,7 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
         bias = bias - zp * w.reshape(cout, -1).sum(axis=1, dtype=np.float64)
     reach = code_reach(a.get("in_dtype", g.tensors[op["inputs"][0]]["dtype"]), off)
     if ep["mode"] == "shift":
-        y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit)
+        y = _shift_folded(g, x, w, bias, reach, ep, lo, hi, emit, held)
         if y is not None:
             return y
     if ep["mode"] == "fixed":
@@ -285,7 +307,8 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
             index, table = found
             if out is not None:  # a codewise op reading ``out`` becomes one table of the index
                 g.tables[out] = (("accumulator", index), table)
-            return lookup(g, index, table, int(ep["zp"])), int(ep["zp"])
+            to = int(ep["zp"]) if held is None else held
+            return lookup(g, index, table, to), to
     acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
     if ep["mode"] == "float":
         return _float_epilogue(g, acc, double, ep, cout)
@@ -422,29 +445,34 @@ def _chain(g: Graph, x: str, steps: list[dict], result: str) -> str:
 
 
 def _shift_folded(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict, lo: int, hi: int,
-                  emit: Emit) -> tuple[str, int] | None:
+                  emit: Emit, held: int | None = None) -> tuple[str, int] | None:
     """A power-of-two requantisation folded into the convolution.
 
     Weights ``w * 2^-shift`` and bias ``bias * 2^-shift + offset`` (exact) give the value on the
     grid ``2^-shift``, moved off its ties by ``numerics.rounding_as_nearest_even``, so ONNX
     ``Round`` applies the tie rule.  The clamps come first (integer bounds commute with
-    rounding), as a ``Clip`` ONNX Runtime fuses into the convolution.  ``None`` when some
-    partial sum could reach 2^24 on the grid ``2^-(shift+1)`` (offset included).
+    rounding), as a ``Clip`` ONNX Runtime fuses into the convolution.  The codes come out minus
+    the zero point, or minus ``held`` where the shifts are not negative: ``zp - held`` more in
+    the bias (an integer moves no value across a tie).  ``None`` when some partial sum could
+    reach 2^24 on the grid ``2^-(shift+1)`` (offset and move included).
     """
     cout = w.shape[0]
     shift = channel(ep["shift"], cout)
     offset = nm.rounding_as_nearest_even(ep["round"], shift)
     if offset is None:
         raise NotFusable(f"tie rule {ep['round']}")
-    bound = (reach * _abs_sums(w) + np.abs(bias)) * 2 + 1
+    zp = ep["zp"]
+    to = zp if held is None or np.ndim(zp) or np.any(shift < 0) else held
+    moved = bias + (np.asarray(zp) - to) * np.exp2(np.maximum(shift, 0))  # in accumulator units
+    bound = (reach * _abs_sums(w) + np.abs(moved)) * 2 + 1
     if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
         return None
-    scale = np.exp2(-shift)
-    v = emit(x, w * scale.astype(np.float32).reshape(cout, 1, 1, 1), bias * scale + offset)
-    if np.ndim(ep["zp"]):
+    if np.ndim(zp):
         raise NotFusable("per-channel zero point")
-    zp = int(ep["zp"])
-    return g.node("Round", [g.node("Clip", [v, g.const(lo - zp), g.const(hi - zp)])]), zp
+    to = int(to)
+    scale = np.exp2(-shift)
+    v = emit(x, w * scale.astype(np.float32).reshape(cout, 1, 1, 1), moved * scale + offset)
+    return g.node("Round", [g.node("Clip", [v, g.const(lo - to), g.const(hi - to)])]), to
 
 
 def _accumulate(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, emit: Emit,

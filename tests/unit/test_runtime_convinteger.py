@@ -115,3 +115,36 @@ def test_weight_code_minus_128_bounds_the_accumulator_table():
         plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 9, 7], seed, scale)}, DPU)
     ops = _ops(plan)
     assert "ConvInteger" in ops and "ArrayFeatureExtractor" in ops, ops
+
+
+@pytest.mark.parametrize("table", [True, False])
+def test_codes_before_convinteger_are_held_on_its_offset(table):
+    # a depthwise convolution (power-of-two, float Conv), or a table composed onto a
+    # ConvInteger's accumulator table (hard-swish, then a one-value scale), before a ConvInteger
+    # writes its int8 codes minus -128: the uint8 input is then one Cast, without an Add first
+    rng = np.random.default_rng(53)
+    b = Builder("half_up")
+    x = b.input("x", [1, 8, 13, 11], 2.0 ** -5)
+    if table:
+        w0 = b.weight("w0", rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32), 2.0 ** -3)
+        c = b.node("HardSwish", [b.node("Conv", [b.dq(x), w0], "pw0", kernel_shape=[1, 1])], "act0")
+        k = b.weight("k", np.array([0.77], np.float32), 2.0 ** -7)
+        c = b.quantize(b.node("Mul", [b.dq(b.quantize(c, 2.0 ** -4)), k], "scale"), 2.0 ** -4)
+    else:
+        dw = b.weight("dw", rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32), 2.0 ** -6)
+        c = b.quantize(b.node("Conv", [b.dq(x), dw], "depthwise", pads=[1, 1, 1, 1], group=8), 2.0 ** -4)
+    w = b.weight("w", rng.normal(0, 0.3, (16, 8, 1, 1)).astype(np.float32), 2.0 ** -3)
+    pw = b.node("HardSwish", [b.node("Conv", [b.dq(c), w], "pw", kernel_shape=[1, 1])], "act")
+    b.output(b.quantize(pw, 2.0 ** -2), "out")
+    for seed, scale in ((9, 1.0), (10, 8.0)):
+        plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 13, 11], seed, scale)}, DPU)
+    (run,) = [it for it in plan.items if isinstance(it, fused.FusedRun)]
+    nodes = run.graph().nodes
+    writer = {o: n for n in nodes for o in n.output}
+    ci = [n for n in nodes if n.op_type == "ConvInteger"][-1]
+    cast = writer[ci.input[0]]
+    assert cast.op_type == "Cast", cast.op_type
+    n = writer[cast.input[0]]
+    while n.op_type == "Reshape":  # a lookup's row back in shape
+        n = writer[n.input[0]]
+    assert n.op_type == ("ArrayFeatureExtractor" if table else "Round"), n.op_type
