@@ -217,7 +217,8 @@ def integer_offset(g: Graph, tensor: str) -> int | None:
     uint8: held on that offset, the cast needs no ``Add`` first), else ``None``."""
     readers = g.readers.get(tensor, [])
     dtype = np.dtype(g.tensors[tensor]["dtype"])
-    if not readers or dtype.itemsize != 1 or dtype.kind not in "iu" or not all(map(_integer_reader, readers)):
+    if not readers or dtype.itemsize != 1 or dtype.kind not in "iu" or not all(map(_integer_reader, readers)) \
+            or not convinteger_exact():
         return None
     return code_range(dtype)[0]
 

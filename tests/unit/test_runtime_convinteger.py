@@ -148,3 +148,12 @@ def test_codes_before_convinteger_are_held_on_its_offset(table):
     while n.op_type == "Reshape":  # a lookup's row back in shape
         n = writer[n.input[0]]
     assert n.op_type == ("ArrayFeatureExtractor" if table else "Round"), n.op_type
+
+
+def test_without_an_exact_convinteger_the_float_conv_serves(monkeypatch):
+    # a CPU whose ConvInteger the probe refuses: the float forms, exact, codes on their zero points
+    monkeypatch.setattr(fused_conv, "convinteger_exact", lambda: False)
+    model = _dense_model(DPU, "hswish", 3, (2, 2), (1, 1, 1, 1), 3, False)
+    plan = _equal_fused_and_kernels(model, {"x": _x([1, 8, 13, 11], 11, 3.0)}, DPU)
+    ops = _ops(plan)
+    assert "ConvInteger" not in ops and "Conv" in ops, ops
