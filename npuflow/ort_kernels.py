@@ -28,9 +28,8 @@ from .operators import DQ_PROPAGATING_OPS, QDQ_WEIGHT_READERS, QOPERATOR_WEIGHT_
 MS_DOMAIN = "com.microsoft"
 
 
-def probe_session(nodes: list, inputs: list, inits: list) -> ort.InferenceSession:
-    graph = helper.make_graph(nodes, "probe", inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
-                              inits)
+def probe_session(nodes: list, inputs: list, inits: list, out_type: int = TensorProto.UINT8) -> ort.InferenceSession:
+    graph = helper.make_graph(nodes, "probe", inputs, [helper.make_tensor_value_info("y", out_type, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
     model.ir_version = 8
     options = ort.SessionOptions()
@@ -139,6 +138,30 @@ def weight_form() -> str | None:
         except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
             continue
     return None
+
+
+@functools.cache
+def convinteger_exact() -> bool:
+    """Whether this process' ``ConvInteger`` on uint8 codes and uint8 weights gives the exact
+    accumulator: a padded, strided 3x3 and a 1x1 convolution of codes 0/255 and weights 0/255 (the
+    products a saturating 16-bit lane would clip, as MLAS' uint8 x int8 kernels do without VNNI)
+    against the int64 sums, with the input zero point 3 (the padding) and the weights' 128."""
+    rng = np.random.default_rng(0)
+    for cin, k, stride in ((16, 3, 2), (64, 1, 1)):
+        x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 7, 7))
+        w = rng.choice(np.array([0, 255], np.uint8), size=(16, cin, k, k))
+        inits = [numpy_helper.from_array(v, n) for v, n in ((w, "w"), (np.uint8(3), "xz"), (np.uint8(128), "wz"))]
+        node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[k // 2] * 4, strides=[stride] * 2)
+        try:
+            got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits,
+                                TensorProto.INT32).run(None, {"x": x})[0]
+        except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks: the float Conv serves
+            return False
+        # same padding: the strided convolution is the unstrided one's every stride-th position
+        want = _accumulators(x, 3, w.astype(np.int64) - 128, 1)[:, :, ::stride, ::stride]
+        if not np.array_equal(got, want):
+            return False
+    return True
 
 
 @functools.cache

@@ -15,21 +15,17 @@ weights where this CPU's kernel is exact (:func:`_integer_conv`).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from .. import numerics as nm
-from ..errors import NpuflowError
-from ..ort_kernels import weight_arrays
-from ..ort_session import open_session
+from ..ort_kernels import convinteger_exact, weight_arrays
 from . import fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_range, code_reach,
-                          lookup, quantize_value, round_and_clip, round_float, slice_node)
+                          lookup, quantize_value, round_and_clip, round_float, rows_as_conv, slice_node)
 
 
 def conv(g: Graph, op: dict, blobs: dict) -> None:
@@ -89,17 +85,8 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
         return
     w = np.asarray(blobs["w"])
     t = op["inputs"][0]
-    shape, (k, n) = list(g.tensors[t]["shape"]), w.shape
-    rows = int(np.prod(shape[:-1]))
-
-    def to_rows(v: str) -> str:
-        return g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0]),
-                                  g.const([1, k, rows, 1], np.int64)])
-
-    def back(y: str) -> str:
-        y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
-        return g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
-
+    k, n = w.shape
+    to_rows, back = rows_as_conv(g, list(g.tensors[t]["shape"]), n, a["out_shape"])
     as_conv = {**op, "attrs": {**a, "group": 1}, "inputs": [t]}
     wc = np.ascontiguousarray(w.T).reshape(n, k, 1, 1)
     if _integer_conv(g, as_conv, t, {"w": wc, "b": blobs["b"]}, to_rows, back, kernel_shape=[1, 1]):
@@ -167,14 +154,11 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     that could leave int32.  ``to_conv``/``from_conv`` move ``t``'s codes into the convolution's
     layout and the result back; ``out`` as in :func:`_convolve`."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
-    w, bias = np.asarray(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
+    w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
     dtype = np.dtype(g.tensors[t]["dtype"])
-    w_lo, w_hi = nm.qrange(8, True)
     if not _integer_reader(op) or np.dtype(a.get("in_dtype", dtype)) != dtype or dtype.itemsize != 1 \
-            or w.dtype.kind not in "iu" or bias.dtype.kind not in "iu" or w.min(initial=0) < w_lo \
-            or w.max(initial=0) > w_hi:
+            or w is None or bias.dtype.kind not in "iu":
         return False
-    w = w.astype(np.int16)  # |w| of an int8 -128 wraps
     held = g.byte_offsets.get(t, 0) if t in g.bytes else None
     k = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(dtype)[0]
     reach = code_reach(dtype, a["x_zp"])
@@ -186,7 +170,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         return False
     (wq, _), _ = weight_arrays(w, "u8")
     acc = g.node("ConvInteger", [to_conv(g.as_bytes(t, k)), g.const(wq, np.uint8),
-                                 g.scalar(a["x_zp"] - k, np.uint8), g.scalar(-w_lo, np.uint8)], **node_attrs)
+                                 g.scalar(a["x_zp"] - k, np.uint8), g.scalar(-nm.qrange(8, True)[0], np.uint8)], **node_attrs)
     if np.any(move):
         acc = g.node("Add", [acc, g.const(move.reshape(1, -1, 1, 1), np.int32)])
     if table is None:
@@ -221,36 +205,6 @@ def integer_offset(g: Graph, tensor: str) -> int | None:
             or not convinteger_exact():
         return None
     return code_range(dtype)[0]
-
-
-@functools.cache
-def convinteger_exact() -> bool:
-    """Whether this process' ONNX Runtime ``ConvInteger`` on uint8 codes and uint8 weights gives
-    the exact accumulator: a padded, strided 3x3 and a 1x1 convolution of codes 0/255 and weights
-    0/255 (the products a saturating 16-bit lane would clip: MLAS' uint8 x int8 kernels do without
-    VNNI, ``ort_kernels``) against the int64 sums, with the input zero point 3 (the padding)."""
-    rng = np.random.default_rng(0)
-    for cin, kernel, stride in ((16, 3, 2), (64, 1, 1)):
-        x = rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 7, 7))
-        w = rng.choice(np.array([0, 255], np.uint8), size=(16, cin, kernel, kernel))
-        pad = kernel // 2
-        node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[pad] * 4, strides=[stride] * 2)
-        graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
-                                  [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
-                                  [numpy_helper.from_array(v, n) for v, n in ((w, "w"), (np.uint8(3), "xz"),
-                                                                              (np.uint8(128), "wz"))])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-        model.ir_version = 8
-        try:
-            got = open_session(model, threads=1).run(None, {"x": x})[0]
-        except NpuflowError:  # a kernel this ONNX Runtime lacks: the float Conv serves
-            return False
-        centred = np.pad(x.astype(np.int64) - 3, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
-        windows = sliding_window_view(centred, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
-        if not np.array_equal(got, np.einsum("nchwij,ocij->nohw", windows, w.astype(np.int64) - 128)):
-            return False
-    return True
-
 
 
 def _abs_sums(w: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ the small steps every op writer needs (code ranges, saturation, the tie rule as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -286,6 +287,24 @@ def lookup(g: Graph, index: str, table: np.ndarray, zp: int) -> str:
     entries = g.const((np.asarray(table, np.int64).reshape(-1) - zp).astype(np.float32))
     row = g.node("ArrayFeatureExtractor", [entries, index], domain=ML_DOMAIN)
     return g.node("Reshape", [row, g.node("Shape", [index])])
+
+
+def rows_as_conv(g: Graph, shape: list[int], n: int, out_shape: list[int]
+                 ) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """A fully connected layer ``x (..., K) @ w (K, N)`` as a 1x1 convolution: ``(to_rows,
+    back)``, which view ``x`` of ``shape`` as ``(1, K, rows, 1)`` and put the ``(1, N, rows, 1)``
+    result back in ``out_shape``."""
+    k, rows = shape[-1], int(np.prod(shape[:-1]))
+
+    def to_rows(v: str) -> str:
+        v = g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0])
+        return g.node("Reshape", [v, g.const([1, k, rows, 1], np.int64)])
+
+    def back(y: str) -> str:
+        y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
+        return g.node("Reshape", [y, g.const(out_shape, np.int64)])
+
+    return to_rows, back
 
 
 def slice_node(g: Graph, x: str, slices: list) -> str:

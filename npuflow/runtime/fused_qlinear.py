@@ -40,14 +40,13 @@ import functools
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
 from .. import ort_kernels
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from .epilogues import out_type
-from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach
+from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach, rows_as_conv
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -64,7 +63,7 @@ def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
     a = op["attrs"]
     if len(a["out_shape"]) != 4 or list(g.tensors[op["inputs"][0]]["shape"]) != list(a["in_shape"]):
         return False
-    w = _int8_weights(blobs["w"])
+    w = int8_weights(blobs["w"])
     if w is None:
         return False
     return _qlinear_conv(g, op, x, w, blobs["b"], lambda v: v, lambda y: y, shift_bytes=False,
@@ -86,26 +85,17 @@ def matmul(g: Graph, op: dict, blobs: dict) -> bool:
     of weights instead of 4.9, and no float copies of them at load)."""
     a = op["attrs"]
     t = op["inputs"][0]
-    w = _int8_weights(blobs["w"])
+    w = int8_weights(blobs["w"])
     if w is None or a.get("group", 1) != 1:
         return False
-    (k, n), shape = w.shape, list(g.tensors[t]["shape"])
-    rows = int(np.prod(shape[:-1]))
-
-    def to_rows(v: str) -> str:
-        v = g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0])
-        return g.node("Reshape", [v, g.const([1, k, rows, 1], np.int64)])
-
-    def back(y: str) -> str:
-        y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
-        return g.node("Reshape", [y, g.const(a["out_shape"], np.int64)])
-
+    k, n = w.shape
+    to_rows, back = rows_as_conv(g, list(g.tensors[t]["shape"]), n, a["out_shape"])
     return _qlinear_conv(g, {**op, "attrs": {**a, "in_dtype": a.get("in_dtype", g.tensors[t]["dtype"])}}, t,
                          np.ascontiguousarray(w.T).reshape(n, k, 1, 1), blobs["b"], to_rows, back,
                          shift_bytes=w.size >= LARGE_WEIGHTS, kernel_shape=[1, 1])
 
 
-def _int8_weights(blob: np.ndarray) -> np.ndarray | None:
+def int8_weights(blob: np.ndarray) -> np.ndarray | None:
     """The weight codes as int16 (exact, a quarter of int64's bytes), or ``None`` where they
     are not int8 codes."""
     w = np.asarray(blob)

@@ -1,6 +1,6 @@
 """Dense convolutions with float epilogues on ONNX Runtime's ``ConvInteger`` (issue 19).
 
-Where this CPU's uint8 x uint8 ``ConvInteger`` is exact (``fused_conv.convinteger_exact``), a
+Where this CPU's uint8 x uint8 ``ConvInteger`` is exact (``ort_kernels.convinteger_exact``), a
 dense convolution or fully connected layer whose epilogue is float (the DPU's LeakyReLU and
 hard-swish chains: an accumulator table, or the float chain where the scales are per channel)
 runs on it instead of a float32 ``Conv``, and gives the kernels' codes bit for bit: padded taps
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import npuflow
+from npuflow import ort_kernels
 from npuflow.runtime import fused, fused_conv
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _conv_model, _x
@@ -36,7 +37,7 @@ def _epilogue(model, target: str) -> tuple[dict, dict]:
 def test_the_probe_finds_uint8_convinteger_exact_on_this_cpu():
     # MLAS widens uint8 x uint8 products to 16 bits before it adds them: exact on every x86-64
     # (ort_kernels' module docstring); the probe runs once per process and says so
-    assert fused_conv.convinteger_exact()
+    assert ort_kernels.convinteger_exact()
 
 
 def _dense_model(target: str, act: str, k: int, strides: tuple, pads: tuple, w_n: int, per_channel: bool):
