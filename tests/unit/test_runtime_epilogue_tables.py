@@ -18,7 +18,7 @@ import npuflow
 from npuflow.runtime import fused, fused_conv, fused_graph
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _x
-from tests.unit.test_runtime_fused import MODES, _equal_fused_and_kernels, _fused_ops, _run
+from tests.unit.test_runtime_fused import MODES, _equal_fused_and_kernels, _fused_ops, _live_ops, _run
 
 
 @pytest.mark.parametrize("act", ["leaky", "hardswish", "hardsigmoid"])
@@ -149,10 +149,7 @@ def test_hard_swish_conv_and_its_affine_block_are_one_accumulator_table():
     b.output(b.quantize(b.node("Add", [b.dq(a), o], "offset"), 2.0 ** -4), "out")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 11, 13], 44, scale=3.0)}, DPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
-    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    g = run.graph()
-    live, _ = fused_graph.live(g.nodes, g.inits, [g.names[t] for t in run.outputs])
-    ops = [n.op_type for n in live]
+    ops = _live_ops(next(it for it in plan.items if isinstance(it, fused.FusedRun)))
     conv = "ConvInteger" if "ConvInteger" in ops else "Conv"  # the integer form where this CPU's is exact
     after = ops[ops.index(conv):]  # (before it: the float input's quantize step)
     assert after.count("ArrayFeatureExtractor") == 1 and "Floor" not in after and "Div" not in after, ops

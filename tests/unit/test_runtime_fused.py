@@ -175,6 +175,12 @@ def _equal_fused_and_kernels(model, feeds: dict, target: str, **session) -> fuse
     return plans[0]
 
 
+def _live_ops(run: fused.FusedRun) -> list[str]:
+    """The op types ``run``'s outputs depend on, in graph order."""
+    g = run.graph()
+    return [n.op_type for n in fused_graph.live(g.nodes, g.inits, [g.names.get(t, t) for t in run.outputs])[0]]
+
+
 def _fused_ops(plan: fused.Plan) -> int:
     return sum(1 for it in plan.items if isinstance(it, fused.FusedRun))
 
@@ -411,10 +417,7 @@ def test_silu_and_affine_chain_become_one_table_exactly(dtype, zp, tmp_path):
     feeds = {"x": _x([1, 8, 9, 10], 22, scale=2.0)}
     plan = _equal_fused_and_kernels(model, feeds, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
-    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    g = run.graph()
-    live, _ = fused_graph.live(g.nodes, g.inits, [g.names[t] for t in run.outputs])
-    ops = [n.op_type for n in live]
+    ops = _live_ops(next(it for it in plan.items if isinstance(it, fused.FusedRun)))
     assert ops.count("ArrayFeatureExtractor") == 1 and ops.count("Div") == 1, ops  # the input's quantize step
     # dump mode still computes every intermediate tensor, equal to the kernels'
     compiled = npuflow.compile(model, CPU)
@@ -461,10 +464,7 @@ def test_pad_of_the_zero_point_becomes_the_convolutions_padding(dtype, zp, value
     b.output(b.quantize(b.node("Conv", [b.dq(p), k], "depthwise", group=8, strides=[2, 2]), 0.05, 0), "out")
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 12, 12], 24, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
-    run = next(it for it in plan.items if isinstance(it, fused.FusedRun))
-    g = run.graph()
-    live, _ = fused_graph.live(g.nodes, g.inits, [g.names[t] for t in run.outputs])
-    ops = [n.op_type for n in live]
+    ops = _live_ops(next(it for it in plan.items if isinstance(it, fused.FusedRun)))
     assert ("Pad" in ops) == bool(value) and ops.count("Conv") == 2, ops
     if not value:  # and no pass for the zero point: conv, requantisation, conv
         assert ops[ops.index("Conv"):].count("Add") + ops.count("Sub") == 0, ops
@@ -498,9 +498,8 @@ def test_cpu_tables_between_integer_programs_run_inside_them(tmp_path):
     (step,) = fast._programs[0].steps
     assert step.indices == (0, 1, 2) and len(ref._programs[0].steps) == 3
     (run,) = [it for it in step.executor.plan.items if isinstance(it, fused.FusedRun)]
-    g = run.graph()
-    live, _ = fused_graph.live(g.nodes, g.inits, [g.names.get(t, t) for t in run.outputs])
-    assert [n.op_type for n in live].count("ArrayFeatureExtractor") == 1, [n.op_type for n in live]
+    ops = _live_ops(run)
+    assert ops.count("ArrayFeatureExtractor") == 1, ops
     feeds = {"x": _x([1, 8, 16, 16], 5, scale=3.0)}
     a = fast.run(feeds, dump_dir=tmp_path / "fast")
     b = ref.run(feeds, dump_dir=tmp_path / "ref")
