@@ -474,6 +474,22 @@ def rounding_as_onnx(mode: RoundMode | str) -> tuple[float, str] | None:
             RoundMode.HALF_EVEN: (0.0, "Round")}.get(mode)
 
 
+def rounding_by_doubling(mode: RoundMode | str) -> tuple[str, str] | None:
+    """The tie rule of ANY float as ``OUTER(INNER(2 * v) * 0.5)`` with ONNX ``Floor``/``Ceil``:
+    ``(INNER, OUTER)``; every step is exact in the float's own type, so a float32 graph rounds a
+    float32 value as :func:`round_values` does without widening it to float64 for the addition
+    of :func:`rounding_as_onnx` (which rounds ``0.49999997 + 0.5`` up to 1 in float32).
+
+    ``half_up``: with ``n = floor(2v)``, ``2v`` lies in ``[n, n + 1)``, so ``v + 1/2`` lies in
+    ``[(n + 1)/2, (n + 2)/2)``, an interval of length 1/2 starting at an integer or a half-integer:
+    ``floor(v + 1/2) = floor((n + 1)/2) = ceil(n/2)``.  ``half_down`` mirrors it:
+    ``ceil(v - 1/2) = floor(ceil(2v)/2)``.  Doubling, halving an integer, ``Floor`` and ``Ceil``
+    are exact (a doubling that overflows to infinity saturates as the value itself would).
+    ``half_even`` is ONNX ``Round`` itself and ``std_round`` has no such form: ``None``.
+    """
+    return {RoundMode.HALF_UP: ("Floor", "Ceil"), RoundMode.HALF_DOWN: ("Ceil", "Floor")}.get(RoundMode(mode))
+
+
 def shift_rounding_as_onnx(mode: RoundMode | str) -> tuple[bool, bool] | None:
     """:func:`shift_round`'s tie rule as integer floor divisions: ``(negate, tie_to_even)``.
 

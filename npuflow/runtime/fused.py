@@ -66,7 +66,7 @@ from .fused_conv import conv, conv_transpose, integer_offset, matmul
 from .kernels import KERNELS
 from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
                           code_reach, elem_type, input_name, lookup, quantize_value, round_and_clip, round_float,
-                          slice_node)
+                          round_scaled, slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
@@ -157,8 +157,7 @@ def _eltwise_scale(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
     (x, rx), (y, ry) = _operand(g, op, blobs, 0), _operand(g, op, blobs, 1)
     if rx * ry >= F32_BOUND:
         raise NotFusable("product reaches 2^24")
-    v = g.node("Mul", [g.node("Mul", [x, y]), g.const(np.float32(ep["multiplier"]))])
-    return round_float(g, v, ep, *clamp_bounds(ep))
+    return round_scaled(g, g.node("Mul", [x, y]), "Mul", np.float32(ep["multiplier"]), ep, *clamp_bounds(ep))
 
 
 def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:

@@ -25,7 +25,8 @@ from ..ort_kernels import convinteger_exact, weight_arrays
 from . import fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_range, code_reach,
-                          lookup, quantize_value, round_and_clip, round_float, rows_as_conv, slice_node)
+                          lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
+                          slice_node)
 
 
 def conv(g: Graph, op: dict, blobs: dict) -> None:
@@ -474,7 +475,7 @@ def _requantize_float(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo:
     if double:  # float32(acc), rounded to nearest as numpy converts int64
         acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
     mult = channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
-    return round_float(g, g.node("Mul", [acc, g.const(mult)]), ep, lo, hi)
+    return round_scaled(g, acc, "Mul", mult, ep, lo, hi)
 
 
 class _FixedPoint:

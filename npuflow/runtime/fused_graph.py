@@ -261,20 +261,44 @@ def centred_clip(g: Graph, v: str, zp, lo: int, hi: int, dt) -> tuple[str, int]:
     return g.node("Clip", [v, g.const(lo - zp, dt), g.const(hi - zp, dt)]), zp
 
 
-def round_float(g: Graph, v: str, ep: dict, lo: int, hi: int) -> tuple[str, int]:
-    """``numerics.round_values`` of float32 ``v`` with ``ep``'s tie rule (an offset added in
-    float64, as numpy adds it), saturated into ``lo..hi``: centred ``(tensor, zero point)``."""
-    recipe = nm.rounding_as_onnx(ep["round"])
-    wide = recipe is not None and recipe[0] != 0
-    if wide:
-        v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-    return round_and_clip(g, v, ep, lo, hi, double=wide)
+def round_float(g: Graph, v: str, ep: dict, lo: int, hi: int, *, doubled: bool = False) -> tuple[str, int]:
+    """``numerics.round_values`` of float32 ``v`` with ``ep``'s tie rule, saturated into
+    ``lo..hi``: centred ``(tensor, zero point)``.  ``half_up`` and ``half_down`` are
+    ``numerics.rounding_by_doubling``, all in float32 (the addition of ``rounding_as_onnx``'s
+    half needed float64: two casts and three passes over eight-byte values); ``doubled``: ``v``
+    holds twice the value already (:func:`round_scaled` folded the doubling into a constant)."""
+    halves = nm.rounding_by_doubling(ep["round"])
+    if halves is None:  # half_even: Round itself; std_round: NotFusable
+        return round_and_clip(g, v, ep, lo, hi, double=False)
+    inner, outer = halves
+    if not doubled:
+        v = g.node("Mul", [v, g.const(np.float32(2))])
+    v = g.node(outer, [g.node("Mul", [g.node(inner, [v]), g.const(np.float32(0.5))])])
+    return centred_clip(g, v, ep["zp"], lo, hi, np.float32)
+
+
+def round_scaled(g: Graph, x: str, op: str, c, ep: dict, lo: int, hi: int) -> tuple[str, int]:
+    """:func:`round_float` of float32 ``op(x, c)``, ``op`` ``Mul`` or ``Div`` by float32 constant ``c``.
+
+    The doubling goes into the constant (``2c``, ``c/2``) where that is exact and stays normal:
+    rounding a real number to float32 commutes with doubling it, so ``float32(x * 2c)`` is
+    ``2 * float32(x * c)`` (and ``float32(x / (c/2))`` is ``2 * float32(x / c)``) except where the
+    result overflows, which saturates either way, or is subnormal, where the two differ in the
+    last bit of a number that rounds to zero either way, sign included."""
+    c = np.asarray(c, np.float32)
+    if nm.rounding_by_doubling(ep["round"]) is not None:
+        with np.errstate(over="ignore"):  # an infinite 2c keeps the Mul by 2
+            c2 = c * np.float32(2) if op == "Mul" else c / np.float32(2)
+        tiny = np.finfo(np.float32).tiny
+        if np.all(np.isfinite(c2)) and np.all((c == 0) | ((np.abs(c) >= tiny) & (np.abs(c2) >= tiny))):
+            return round_float(g, g.node(op, [x, g.const(c2)]), ep, lo, hi, doubled=True)
+    return round_float(g, g.node(op, [x, g.const(c)]), ep, lo, hi)
 
 
 def quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple[str, int]:
     """``numerics.quantize`` of float32 ``v``: the float32 division by ``scale``, then
     :func:`round_float`."""
-    return round_float(g, g.node("Div", [v, g.const(np.float32(scale))]), ep, lo, hi)
+    return round_scaled(g, v, "Div", np.float32(scale), ep, lo, hi)
 
 
 def lookup(g: Graph, index: str, table: np.ndarray, zp: int) -> str:

@@ -55,6 +55,44 @@ def test_tie_offsets_round_every_grid_value_as_numerics(mode, shift):
     assert np.array_equal(_run(g, y, {"x": v.astype(np.float64)}, TensorProto.DOUBLE), want)
 
 
+def _float32_near_ties() -> np.ndarray:
+    """float32 values where a tie rule can go wrong: every half-integer below 300 and its two
+    neighbours, 0.49999997 (whose ``+ 0.5`` rounds to 1 in float32), subnormals, huge values,
+    infinities, and random values."""
+    ties = (np.arange(-300, 300) + 0.5).astype(np.float32)
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))])
+    tiny = np.finfo(np.float32).tiny
+    edges = np.array([0.0, -0.0, 0.49999997, -0.49999997, tiny, -tiny, tiny / 8, -tiny / 8, 2.0 ** 23 + 1, -2.0 ** 23 - 1,
+                      1e30, -1e30, 3e38, -3e38, np.inf, -np.inf], np.float32)
+    rng = np.random.default_rng(3)
+    return np.concatenate([near, edges, (rng.standard_normal(4000) * 200).astype(np.float32)])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("zp", [0, -7])
+def test_float32_rounding_by_doubling_equals_numerics(mode, zp):
+    # round_float in float32 alone (no float64 pass), with the doubling as a node or folded into a constant
+    v = _float32_near_ties()
+    lo, hi = -128, 127
+    ep = {"round": mode, "zp": zp}
+
+    def codes(y: np.ndarray) -> np.ndarray:
+        return np.clip(nm.round_values(y, mode).astype(np.float64) + zp, lo, hi)
+
+    g = fused_graph.Graph({})
+    y, off = fused_graph.round_float(g, "x", ep, lo, hi)
+    assert "Cast" not in {n.op_type for n in g.nodes}
+    assert np.array_equal(_run(g, y, {"x": v}, TensorProto.FLOAT) + off, codes(v))
+    x = v[np.isfinite(v) & (np.abs(v) < 1e6)]
+    for op, c in [("Mul", np.float32(0.37)), ("Div", np.float32(0.0171)), ("Mul", np.float32(3e38)),
+                  ("Mul", np.float32(np.finfo(np.float32).tiny / 4)), ("Div", np.float32(np.finfo(np.float32).tiny))]:
+        g = fused_graph.Graph({})
+        y, off = fused_graph.round_scaled(g, "x", op, c, ep, lo, hi)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            want = codes(x * c if op == "Mul" else x / c)
+        assert np.array_equal(_run(g, y, {"x": x}, TensorProto.FLOAT) + off, want), (op, c)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_int64_shift_round_equals_numerics_to_2_62(mode):
     rng = np.random.default_rng(0)
