@@ -55,7 +55,7 @@ from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .. import numerics as nm
 from ..errors import NpuflowError
@@ -64,9 +64,9 @@ from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, integer_offset, matmul
 from .kernels import KERNELS
-from .fused_graph import (F32_BOUND, ML_DOMAIN, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
-                          code_reach, elem_type, input_name, lookup, quantize_value, round_and_clip, round_float,
-                          round_scaled, slice_node)
+from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
+                          code_reach, elem_type, gather, input_name, lookup, quantize_value, round_and_clip,
+                          round_float, round_scaled, slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
@@ -251,11 +251,9 @@ def _qlinear_global_average(g: Graph, op: dict) -> bool:
 def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
     """``out = table[src - qmin]`` (the kernels' ``_lut``), a copy of table entries.
 
-    Written as ``ai.onnx.ml.ArrayFeatureExtractor`` (entries of a 1-D tensor at the given indices,
-    as a flat row, reshaped back to ``out``'s shape): ONNX Runtime runs it as a plain copy loop,
-    where its ``Gather`` spends an index division per element (and more on negative indices,
-    hence the shift to non-negative ones first, which also takes ``src``'s offset).  The entries
-    are stored centred on ``out``'s zero point, as its readers want them (``Graph``).
+    Written as ``fused_graph.gather`` (a copy loop on non-negative indices, hence the shift to
+    them first, which also takes ``src``'s offset).  The entries are stored centred on ``out``'s
+    zero point, as its readers want them (``Graph``).
     """
     dt = np.dtype(g.tensors[out]["dtype"])
     if _bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256 and dt.itemsize == 1:
@@ -263,13 +261,11 @@ def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
         # entries go on as bytes (minus the output type's lowest code) to the next integer
         # kernel or data movement
         k = nm.qrange(8, dt.kind == "i")[0]
-        codes, shape = g.bytes[src], list(g.tensors[out]["shape"])
-        channels_last = _from_qlinear_conv(g, codes) and len(shape) == 4
+        codes = g.bytes[src]
+        channels_last = _from_qlinear_conv(g, codes) and len(g.tensors[out]["shape"]) == 4
         if channels_last:  # cancels the Transpose ONNX Runtime puts after its channels-last QLinearConv
-            codes, shape = g.node("Transpose", [codes], perm=[0, 2, 3, 1]), [shape[i] for i in (0, 2, 3, 1)]
-        idx = g.node("Cast", [codes], to=TensorProto.INT64)
-        row = g.node("ArrayFeatureExtractor", [g.const(np.asarray(table, np.int64) - k), idx], domain=ML_DOMAIN)
-        row = g.node("Cast", [g.node("Reshape", [row, g.const(shape, np.int64)])], to=TensorProto.UINT8)
+            codes = g.node("Transpose", [codes], perm=[0, 2, 3, 1])
+        row = gather(g, g.node("Cast", [codes], to=INDEX_TYPE), g.const(np.asarray(table, np.int64) - k, np.uint8))
         g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if channels_last else row, k)
         return
     _table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
@@ -279,7 +275,7 @@ def _from_qlinear_conv(g: Graph, codes: str) -> bool:
     """Whether ``codes`` is a ``QLinearConv``'s output (through ``Clip``/``MaxPool``).
 
     ONNX Runtime runs such a convolution channels-last and moves the layout ``Transpose`` after it
-    through elementwise ops and pools, but not through a table's ``ArrayFeatureExtractor`` and
+    through elementwise ops and pools, but not through a table's ``GatherElements`` and
     ``Reshape``: a table written channels-last between two transposes of its own (a table is
     elementwise, so the layout does not change its codes) lets them cancel against ONNX Runtime's,
     instead of two layout passes per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way)."""
@@ -299,7 +295,7 @@ def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndar
     lo, hi = code_range(dtype)
     if table.size != hi - lo + 1 or lo != qmin:
         raise NotFusable("table does not cover the input codes")
-    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=TensorProto.INT64)
+    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=INDEX_TYPE)
     _put_lookup(g, idx, out, table)
 
 
@@ -482,7 +478,7 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
 
 
 def _quantize(g: Graph, op: dict, blobs: dict) -> None:
-    """``numerics.quantize`` of a model input: float32 division, the tie rule in float64 (as numpy)."""
+    """``numerics.quantize`` of a model input: float32 division, then the tie rule (``fused_graph.round_float``)."""
     a = op["attrs"]
     if np.ndim(a["scale"]) or np.ndim(a["zp"]):
         raise NotFusable("per-channel quantize step")

@@ -24,8 +24,8 @@ from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, weight_arrays
 from . import fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
-from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, channel, clamp_bounds, code_range, code_reach,
-                          lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
+from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, centred_clip, channel, clamp_bounds,
+                          code_range, code_reach, lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
                           slice_node)
 
 
@@ -177,8 +177,8 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     if table is None:
         y, zp = _float_epilogue(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, ep, w.shape[0])
     else:
-        index = g.node("Cast", [g.node("Clip", [acc, g.scalar(0, np.int32), g.scalar(len(table[1]) - 1, np.int32)])],
-                       to=TensorProto.INT64)
+        # int32, the type of a table's index (INDEX_TYPE): the clamped accumulator is the index itself
+        index = g.node("Clip", [acc, g.scalar(0, np.int32), g.scalar(len(table[1]) - 1, np.int32)])
         if out is not None:  # a codewise op reading ``out`` becomes one table of the index
             g.tables[out] = (("accumulator", index), table[1])
         zp = integer_offset(g, op["outputs"][0])
@@ -278,13 +278,13 @@ ACC_TABLE_LIMIT = 1 << 16
 
 def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep: dict,
                emit: Emit) -> tuple[str, np.ndarray] | None:
-    """A float epilogue as a table of the accumulator: ``(index, table)``, the int64 index
+    """A float epilogue as a table of the accumulator: ``(index, table)``, the int32 index
     ``clip(acc, a0, a1) - a0`` and the output codes of every accumulator ``a0..a1``, or ``None``.
 
     A float epilogue (``epilogues.make_epilogue``: ``float32(acc) * acc_scale``, the fused chain,
     the quantize step) is a function of the integer accumulator alone when its scales are one
     value for every channel.  Written out it costs about ten passes over float32 tensors (the
-    chain, the division, the tie rule in float64); as a table, the clamp (which ONNX Runtime fuses
+    chain, the division, the tie rule); as a table, the clamp (which ONNX Runtime fuses
     into the convolution), one cast and one copy loop.  Only the accumulators whose codes differ
     need entries: ``a0`` is the largest accumulator up to which every code is that of the lowest
     reachable one, ``a1`` the smallest from which every code is that of the highest, both proved
@@ -302,7 +302,7 @@ def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep
     if np.any(sums + np.abs(bias - a0) >= F32_BOUND):
         return None
     acc = g.node("Clip", [emit(x, w, bias - a0), g.const(np.float32(0)), g.const(np.float32(len(table) - 1))])
-    return g.node("Cast", [acc], to=TensorProto.INT64), table
+    return g.node("Cast", [acc], to=INDEX_TYPE), table
 
 
 def _acc_table_range(ep: dict, lowest: int, highest: int) -> tuple[int, np.ndarray] | None:

@@ -301,16 +301,26 @@ def quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple
     return round_scaled(g, v, "Div", np.float32(scale), ep, lo, hi)
 
 
-def lookup(g: Graph, index: str, table: np.ndarray, zp: int) -> str:
-    """``table[index]`` centred on ``zp`` as float32 (``index``: a non-negative int64 tensor),
-    in ``index``'s shape.
+#: The ONNX type of a table's index (``lookup``): the int32 a ``Clip`` of ``ConvInteger``'s accumulator
+#: is already, and half the bytes of the int64 that ``ArrayFeatureExtractor`` wanted.
+INDEX_TYPE = TensorProto.INT32
 
-    Written as ``ai.onnx.ml.ArrayFeatureExtractor`` (entries of a 1-D tensor at the given indices,
-    as a flat row, reshaped back): ONNX Runtime runs it as a plain copy loop, where its ``Gather``
-    spends an index division per element (measured: about four times the time)."""
-    entries = g.const((np.asarray(table, np.int64).reshape(-1) - zp).astype(np.float32))
-    row = g.node("ArrayFeatureExtractor", [entries, index], domain=ML_DOMAIN)
+
+def gather(g: Graph, index: str, entries: str) -> str:
+    """``entries[index]`` in ``index``'s shape (``entries``: a 1-D constant; ``index``: a
+    non-negative :data:`INDEX_TYPE` tensor).
+
+    Written as ``GatherElements`` on the flattened index: ONNX Runtime runs it as a copy loop on
+    int32 indices (a 240x12x80 index into 22,334 entries: 0.47 ms, against 0.79 ms for the int64
+    cast and ``ai.onnx.ml.ArrayFeatureExtractor`` this replaces, and 2.7 ms for ``Gather``, which
+    spends an index division per element), for entries of any type, bytes included."""
+    row = g.node("GatherElements", [entries, g.node("Reshape", [index, g.const([-1], np.int64)])], axis=0)
     return g.node("Reshape", [row, g.node("Shape", [index])])
+
+
+def lookup(g: Graph, index: str, table: np.ndarray, zp: int) -> str:
+    """``table[index]`` centred on ``zp`` as float32 (:func:`gather`)."""
+    return gather(g, index, g.const((np.asarray(table, np.int64).reshape(-1) - zp).astype(np.float32)))
 
 
 def rows_as_conv(g: Graph, shape: list[int], n: int, out_shape: list[int]

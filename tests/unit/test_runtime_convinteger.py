@@ -75,7 +75,20 @@ def test_float_epilogue_dense_conv_runs_on_convinteger_exactly(target, act, w_n,
     ops = _ops(plan)
     assert ops.count("ConvInteger") == 1 and "Conv" not in ops, ops
     # the accumulator table where the scales are per tensor and it is small, else the float chain
-    assert ("ArrayFeatureExtractor" in ops) == table, ops
+    assert ("GatherElements" in ops) == table, ops
+    if table:  # indexed by the clamped int32 accumulator itself: no cast between
+        assert _index_writer(plan) == "Clip", ops
+
+
+def _index_writer(plan: fused.Plan) -> str:
+    """The op type that writes the index of the plan's one table lookup (through its ``Reshape``)."""
+    (run,) = [it for it in plan.items if isinstance(it, fused.FusedRun)]
+    nodes = run.graph().nodes
+    writer = {o: n for n in nodes for o in n.output}
+    (gather,) = [n for n in nodes if n.op_type == "GatherElements"]
+    flat = writer[gather.input[1]]
+    assert flat.op_type == "Reshape"
+    return writer[flat.input[0]].op_type
 
 
 def test_depthwise_float_epilogue_keeps_the_float_conv():
@@ -115,7 +128,7 @@ def test_weight_code_minus_128_bounds_the_accumulator_table():
     for seed, scale in ((7, 1.0), (8, 8.0)):
         plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 9, 7], seed, scale)}, DPU)
     ops = _ops(plan)
-    assert "ConvInteger" in ops and "ArrayFeatureExtractor" in ops, ops
+    assert "ConvInteger" in ops and "GatherElements" in ops, ops
 
 
 @pytest.mark.parametrize("table", [True, False])
@@ -148,7 +161,7 @@ def test_codes_before_convinteger_are_held_on_its_offset(table):
     n = writer[cast.input[0]]
     while n.op_type == "Reshape":  # a lookup's row back in shape
         n = writer[n.input[0]]
-    assert n.op_type == ("ArrayFeatureExtractor" if table else "Round"), n.op_type
+    assert n.op_type == ("GatherElements" if table else "Round"), n.op_type
 
 
 def test_without_an_exact_convinteger_the_float_conv_serves(monkeypatch):

@@ -152,4 +152,4 @@ def test_hard_swish_conv_and_its_affine_block_are_one_accumulator_table():
     ops = _live_ops(next(it for it in plan.items if isinstance(it, fused.FusedRun)))
     conv = "ConvInteger" if "ConvInteger" in ops else "Conv"  # the integer form where this CPU's is exact
     after = ops[ops.index(conv):]  # (before it: the float input's quantize step)
-    assert after.count("ArrayFeatureExtractor") == 1 and "Floor" not in after and "Div" not in after, ops
+    assert after.count("GatherElements") == 1 and "Floor" not in after and "Div" not in after, ops

@@ -388,7 +388,7 @@ def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     ops = [n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
     # y + y is a table of y (fused._as_table); the resize's scale change one more
-    assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ops.count("ArrayFeatureExtractor") == 1 + table, ops
+    assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ops.count("GatherElements") == 1 + table, ops
 
 
 def test_split_and_side_by_side_elementwise_outputs_are_tables():
@@ -456,7 +456,7 @@ def test_silu_and_affine_chain_become_one_table_exactly(dtype, zp, tmp_path):
     plan = _equal_fused_and_kernels(model, feeds, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     ops = _live_ops(next(it for it in plan.items if isinstance(it, fused.FusedRun)))
-    assert ops.count("ArrayFeatureExtractor") == 1 and ops.count("Div") == 1, ops  # the input's quantize step
+    assert ops.count("GatherElements") == 1 and ops.count("Div") == 1, ops  # the input's quantize step
     # dump mode still computes every intermediate tensor, equal to the kernels'
     compiled = npuflow.compile(model, CPU)
     npuflow.Session(compiled).run(feeds, dump_dir=tmp_path / "fused")
@@ -537,7 +537,7 @@ def test_cpu_tables_between_integer_programs_run_inside_them(tmp_path):
     assert step.indices == (0, 1, 2) and len(ref._programs[0].steps) == 3
     (run,) = [it for it in step.executor.plan.items if isinstance(it, fused.FusedRun)]
     ops = _live_ops(run)
-    assert ops.count("ArrayFeatureExtractor") == 1, ops
+    assert ops.count("GatherElements") == 1, ops
     feeds = {"x": _x([1, 8, 16, 16], 5, scale=3.0)}
     a = fast.run(feeds, dump_dir=tmp_path / "fast")
     b = ref.run(feeds, dump_dir=tmp_path / "ref")
