@@ -109,3 +109,49 @@ def test_float_weight_observer_matches_numerics_scale():
     q(w)
     ref = nm.float_scale(w.abs().amax(dim=(1, 2, 3)).numpy(), 8, narrow=True)
     assert np.array_equal(q.scale.numpy(), ref)
+
+
+def _reference_fake_quant(x, scale, zp, spec, axis):
+    """The float64 definition (quantize_codes / dequantize_codes) and its straight-through
+    gradients written out: what the one-pass float32 FakeQuantSTE must equal bit for bit."""
+    from npuflow.fake_quant import dequantize_codes
+
+    unclipped, q = quantize_codes(x, scale, zp, spec, axis)
+    out = dequantize_codes(q, scale, zp, axis)
+    inside = (unclipped >= spec.qmin) & (unclipped <= spec.qmax)
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    view = shape if axis is not None else ()
+    s, z = scale.reshape(view), zp.to(torch.float32).reshape(view)
+    code = q.to(torch.float32) - z
+    d_out_d_s = torch.where(inside, code - x / s, code)
+    return out, inside.to(torch.float32), d_out_d_s
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bits, signed, zp, scale", [(8, True, 0, 2.0 ** -4), (8, False, 9, 0.0372), (4, True, 0, 0.5),
+                                                     (16, True, 0, 1.3e-3), (32, True, 0, 2.0 ** -20)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_one_pass_forward_and_gradients_equal_the_float64_definition(mode, bits, signed, zp, scale, per_channel):
+    spec = QuantSpec(bits, signed, False, mode)
+    edges = np.array([spec.qmax + 1, spec.qmin - 1, spec.qmax, spec.qmin, spec.qmax + 0.5, spec.qmin - 0.5]) + zp
+    values = np.concatenate([_values(bits, scale * (2.0 ** 24 if bits == 32 else 1.0)), edges * scale])
+    x = torch.from_numpy(values.astype(np.float32)).reshape(2, -1)  # the range's edges: 2**31 * s for int32
+    if per_channel:
+        s = torch.tensor([scale, scale * 4], dtype=torch.float32, requires_grad=True)
+        z, axis = torch.full((2,), zp, dtype=torch.int32), 0
+    else:
+        s, z, axis = torch.tensor(np.float32(scale), requires_grad=True), torch.tensor(zp, dtype=torch.int32), None
+    xg = x.clone().requires_grad_(True)
+    grad = torch.linspace(-1.0, 1.0, x.numel()).reshape(x.shape)
+    with np.errstate(over="ignore"):
+        out = fake_quantize(xg, s, z, spec, axis)
+        out.backward(grad)
+        ref, inside, d_out_d_s = _reference_fake_quant(x, s.detach(), z, spec, axis)
+    assert np.array_equal(out.detach().numpy().view(np.int32), ref.numpy().view(np.int32))
+    assert torch.equal(xg.grad, grad * inside)
+    ref_grad_s = (grad * d_out_d_s).sum(dim=1) if per_channel else (grad * d_out_d_s).sum()
+    assert torch.equal(s.grad, ref_grad_s)
+    with torch.no_grad():  # the evaluation path (no autograd bookkeeping) computes the same output
+        assert torch.equal(fake_quantize(x, s, z, spec, axis), out.detach())
