@@ -267,7 +267,7 @@ class QuantConfig(_Strict):
 
     def resolve(self, target: Target, kind: str, op_type: str | None = None, node: str | None = None) -> TensorSettings:
         """Complete settings for tensor ``kind`` of node ``node`` (op type ``op_type``)."""
-        merged = target_defaults(target, kind)
+        merged = target_defaults(target, kind, finetune=self.fast_finetune is not None)
         merged.update(self.overall.set_fields())
         merged.update(getattr(self, kind).set_fields())
         if op_type is not None and op_type in self.op_types:
@@ -290,8 +290,9 @@ class QuantConfig(_Strict):
                 self.resolve(target, kind, op_type=op_type)
 
 
-def target_defaults(target: Target, kind: str) -> dict:
-    """Settings implied by the hardware arithmetic (the first layer of the config)."""
+def target_defaults(target: Target, kind: str, finetune: bool = False) -> dict:
+    """Settings implied by the hardware arithmetic (the first layer of the config); ``finetune``:
+    the config runs fast finetune, which changes the best power-of-two activation positions."""
     n = target.numerics
     rounding = {"weight": n.round_mode.weight, "bias": n.round_mode.bias}.get(kind, n.round_mode.activation)
     is_weight = kind in ("weight", "bias")
@@ -303,9 +304,15 @@ def target_defaults(target: Target, kind: str) -> dict:
     # otherwise set a step far coarser than the bulk needs.  99.999 is the value used without the
     # model-level search of ``percentile_candidates`` (quant/percentile_search.py).
     float_activation = kind == "activation" and n.scale_type == "float"
+    # Power-of-two activations under fast finetune: the MSE position (finer, clipping the rare
+    # outliers), not min/max.  Rounded to nearest, the outliers min/max keeps carry signal (PP-OCRv4
+    # rec's output cosine falls with MSE positions); a reconstructed layer learns its weights against
+    # its clipped inputs, but cannot undo the rounding noise of a grid coarse enough to leave a
+    # tensor's RMS at 2-7 codes (docs/accuracy.md, "Activation positions for fast finetune").
+    pow2_finetuned_activation = kind == "activation" and n.scale_type == "power_of_two" and finetune
     return {
         "bit_width": 8,
-        "method": "mse" if pow2_weight else "percentile" if float_activation else "minmax",
+        "method": "mse" if pow2_weight or pow2_finetuned_activation else "percentile" if float_activation else "minmax",
         "scale_type": n.scale_type,
         "per_channel": n.weight_per_channel if is_weight else False,
         "symmetric": True if is_weight or n.scale_type == "power_of_two" else n.symmetric,

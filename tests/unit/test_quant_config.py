@@ -24,6 +24,19 @@ def test_defaults_come_from_the_target():
     assert (a.symmetric, a.round_mode) == (False, RoundMode.HALF_EVEN)
 
 
+def test_fast_finetune_takes_mse_activation_positions_on_power_of_two_targets():
+    """Reconstruction learns against clipped inputs but not against a coarse grid's rounding noise,
+    so with fast finetune a DPU's activations default to the MSE position; a user's method wins,
+    and neither float-scale targets nor the model input change."""
+    tuned = QuantConfig.from_dict({"fast_finetune": {"method": "adaround"}})
+    assert QuantConfig().resolve(DPU, "activation", "Conv").method == "minmax"
+    assert tuned.resolve(DPU, "activation", "Conv").method == "mse"
+    assert tuned.resolve(DPU, "input").method == "minmax"
+    assert tuned.resolve(CPU, "activation", "Conv").method == "percentile"
+    chosen = QuantConfig.from_dict({"fast_finetune": {"method": "adaquant"}, "activation": {"method": "minmax"}})
+    assert chosen.resolve(DPU, "activation", "Conv").method == "minmax"
+
+
 def test_layers_override_in_order():
     cfg = QuantConfig.from_dict({
         "overall": {"method": "percentile", "percentile": 99.9},
