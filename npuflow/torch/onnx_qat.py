@@ -227,6 +227,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "train_seconds": round(train_seconds, 1), "loop_seconds": round(stats["loop_seconds"], 1),
         "start_cosine": start_cos, "trained_cosine": trained_cos,
         "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
+        "quantizers_unmapped": initialised["unmapped"],
         "float_tensors": initialised["float_tensors"], "resumed_at_step": stats["resumed_at"],
         "loss": stats["loss_kinds"], "losses": [round(v, 6) for v in stats["losses"]],
     }

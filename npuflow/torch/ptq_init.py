@@ -6,6 +6,7 @@ forward already computes the PTQ model's integers.  Split out of :mod:`.onnx_qat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from .layers import QatWeighted
 from .qat import QatModel
 from .quantizer import FakeQuantizer, SharedQuantizer
 
+log = logging.getLogger(__name__)
+
 
 def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelProto,
                   qdq: onnx.ModelProto) -> dict[str, int]:
@@ -29,7 +32,10 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     The QDQ model names each quantized tensor ``T`` by ``T_scale``/``T_zero_point`` (and
     ``T_quantized`` for constants, docs/quantized-model-format.md); the converted module's
     ``onnx_mapping`` gives each torch module's ONNX tensors.  Returns how many activation
-    quantizers and weighted layers took PTQ values (the rest keep their observers' values).
+    quantizers and weighted layers took PTQ values (the rest keep their observers' values), how
+    many tensors stay float, and how many quantizers no ONNX tensor could be found for (``unmapped``:
+    warned, since the QAT start then differs from the PTQ model; PP-OCRv4 rec has one, a ``torch.add``
+    the converter's trace leaves without its module).
     """
     inits = {t.name: t for t in qdq.graph.initializer}
     mapping = {name: m.onnx_mapping for name, m in converted.named_modules() if hasattr(m, "onnx_mapping")}
@@ -41,6 +47,7 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     quantize_steps = {n.output[0] for n in qdq.graph.node}
     counts = {"activations": 0, "weights": 0}
     unquantized: list[fx.Node] = []  # quantizers of tensors PTQ keeps in float (nodes on the CPU)
+    unmapped: list[str] = []  # quantizers whose ONNX tensor the converter's mapping does not name
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -59,11 +66,18 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
                 counts["activations"] += 1
             elif tensor is not None:
                 unquantized.append(node)
+            else:
+                unmapped.append(str(node.target))
         elif isinstance(mod, QatWeighted) and node.target in mapping:
             onnx_node = producers.producer_node(mapping[node.target].outputs[0])
             if onnx_node is not None and _set_weighted(mod, list(onnx_node.input), inits):
                 counts["weights"] += 1
     counts["float_tensors"] = _keep_float(gm, unquantized)
+    counts["unmapped"] = len(unmapped)
+    if unmapped:
+        log.warning("%d activation quantizer(s) of the QAT model have no ONNX tensor to take the PTQ scale from "
+                    "(%s): they keep their observers' scales, so training starts from a model that differs from "
+                    "the PTQ model there", len(unmapped), ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else ""))
     return counts
 
 

@@ -191,6 +191,7 @@ def test_tensors_ptq_keeps_float_stay_float():
                                     dtype=np.float32) for i in range(16)]
     r = qat_onnx(_tiny_model_with_cpu_tail(), DPU, samples, epochs=1, ptq_config={}, batch=4)
     assert r.report["float_tensors"] == 2 and r.report["quantizers_from_ptq"] == 2 and r.batch == 4
+    assert r.report["quantizers_unmapped"] == 0  # every quantizer starts from its PTQ scale
     assert [n.op_type for n in r.model.graph.node][-2:] == ["Div", "Softmax"]  # no quantize step between
     compiled = npuflow.Session(npuflow.compile(r.model, DPU))
     r.qat.eval()
