@@ -64,16 +64,25 @@ def _broadcast(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
     return t.reshape(shape)
 
 
+def _codes(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec, axis: int | None,
+    work: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``numerics.quantize``'s steps: ``(scale, x / scale, zero point, unclipped, clipped codes)``,
+    the float32 division, then the tie rule, zero point and saturation in ``work``."""
+    s = _broadcast(scale.detach().to(torch.float32), x.dim(), axis)
+    v = x.detach().to(torch.float32) / s
+    zp = _broadcast(zero_point.detach().to(work), x.dim(), axis)
+    unclipped = round_values(v.to(work), spec.round_mode, xp=torch) + zp
+    return s, v, zp, unclipped, unclipped.clamp(spec.qmin, spec.qmax)
+
+
 def quantize_codes(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec,
     axis: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(unclipped, clipped)`` integer codes of ``x`` as float64 tensors (numerics.quantize)."""
-    s = _broadcast(scale.detach().to(torch.float32), x.dim(), axis)
-    zp = _broadcast(zero_point.detach().to(torch.float64), x.dim(), axis)
-    v = (x.detach().to(torch.float32) / s).to(torch.float64)
-    unclipped = round_values(v, spec.round_mode, xp=torch) + zp
-    return unclipped, unclipped.clamp(spec.qmin, spec.qmax)
+    return _codes(x, scale, zero_point, spec, axis, torch.float64)[3:]
 
 
 def dequantize_codes(
@@ -111,12 +120,8 @@ def _fake_quant_pass(
     traffic.  ``d output / d scale`` is LSQ/TQT's: ``round(x/s) - x/s`` inside the range, the
     clipped code outside.
     """
-    s = _broadcast(scale.detach().to(torch.float32), x.dim(), axis)
-    v = x.detach().to(torch.float32) / s
     work = torch.float32 if spec.bits <= _FLOAT32_EXACT_BITS else torch.float64
-    zp = _broadcast(zero_point.detach().to(work), x.dim(), axis)
-    unclipped = round_values(v.to(work), spec.round_mode, xp=torch) + zp
-    q = unclipped.clamp(spec.qmin, spec.qmax)
+    s, v, zp, unclipped, q = _codes(x, scale, zero_point, spec, axis, work)
     inside = q == unclipped  # NaN and values beyond the range (inf included) are clipped
     code = q.to(torch.float32) - zp.to(torch.float32)  # (q - zero_point), exact
     d_out_d_s = torch.where(inside, code - v, code) if scale_grad else None

@@ -21,8 +21,6 @@ from .epilogues import out_type
 
 F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 
-ML_DOMAIN = "ai.onnx.ml"
-
 #: Constants of at least this many bytes are held as arrays (``Graph.arrays``) and handed to ONNX
 #: Runtime as external initialisers: the graph protobuf, its serialized bytes and ONNX Runtime's
 #: parse of them then hold no weights (measured: a 4.9 MiB float convolution weight cost 33 MiB of
@@ -174,8 +172,7 @@ class Graph:
             nodes, "fused_run",
             [helper.make_tensor_value_info(input_name(k), elem_type(self.tensors[t]["dtype"]), self.tensors[t]["shape"])
              for k, t in enumerate(self.inputs)], outputs, inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ML_DOMAIN, 3),
-                                                    helper.make_opsetid(MS_DOMAIN, 1)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
         model.ir_version = 8
         return model, {t.name: self.arrays[t.name] for t in inits if t.name in self.arrays}
 

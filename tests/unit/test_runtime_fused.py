@@ -576,7 +576,7 @@ def _table_between_convs(channels_last: bool, tmp_path) -> tuple[np.ndarray, lis
         fused._from_qlinear_conv = original
     y = helper.make_tensor_value_info(qconv(g.bytes["b"]), TensorProto.UINT8, shape)
     model = helper.make_model(helper.make_graph(g.nodes, "t", [x], [y], g.inits),
-                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(fused_graph.ML_DOMAIN, 3)])
+                              opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / f"optimized_{channels_last}.onnx")
