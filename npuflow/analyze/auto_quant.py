@@ -13,6 +13,10 @@ runs a ladder of steps, cheapest first, each on top of the best configuration so
 4. AdaRound (layer-wise learned rounding);
 5. block reconstruction (BRECQ with QDrop).
 
+The finetune rungs (4, 5) run twice where the activation ranges differ: on the finetune default
+ones (MSE positions on power-of-two targets) and on those of the best model so far (min/max or
+the searched percentile), since which start suits learned rounding differs from model to model;
+the step keeps the better and says which.
 A step is kept only when it raises the score; the ladder stops as soon as the target holds or the
 time budget is spent (a step is not started once the budget is gone).  Every layer stays on the
 accelerator throughout.  Only when the user allows it (``allow_cpu_fallback``) and the ladder
@@ -37,6 +41,7 @@ from typing import Any, Callable
 from ..errors import NpuflowError
 from ..quant.config import QuantConfig
 from ..quant.pipeline import QuantizedModel, config_of, quantize
+from ..targets import Target, load_target
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +104,19 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
     if isinstance(calib_data, Iterator):
         calib_data = list(calib_data)
     base = config_of(config)
+    tgt = load_target(target)
     start = time.perf_counter()
 
     def run(cfg: QuantConfig, name: str) -> tuple[QuantizedModel, float, float]:
         t0 = time.perf_counter()
         if progress is not None:
             progress(f"auto: {name}", 0, None)
-        q = quantize(model, calib_data, target, cfg, input_shapes=input_shapes, warn=False)
+        q = quantize(model, calib_data, tgt, cfg, input_shapes=input_shapes, warn=False)
         return q, _score(q, metric), time.perf_counter() - t0
 
     best, best_score, seconds = run(base, "target defaults")
     best_cfg = base
+    pre_search: dict | None = None  # the range keys before a kept calibration search
     steps = [Step("target defaults", "the configuration given", best_score, seconds, True)]
     for name, description, patch in LADDER:
         spent = time.perf_counter() - start
@@ -117,11 +124,24 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
             steps.append(Step(name, description, None, 0.0, False,
                               "target met" if best_score >= goal else f"time budget spent ({spent:.0f} s)"))
             continue
-        cfg = QuantConfig.model_validate(_merge(best_cfg.model_dump(exclude_unset=True), patch))
-        q, score, seconds = run(cfg, name)
+        if "fast_finetune" in patch:
+            candidates = _finetune_starts(best_cfg, pre_search, patch, tgt)
+        else:
+            candidates = [("", QuantConfig.model_validate(_merge(best_cfg.model_dump(exclude_unset=True), patch)))]
+        q, score, seconds, cfg, variant = None, -float("inf"), 0.0, best_cfg, ""
+        for label, c in candidates:
+            if seconds and time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
+                break
+            cq, cscore, csec = run(c, name)
+            seconds += csec
+            if cscore > score:
+                q, score, cfg, variant = cq, cscore, c, label
         kept = score > best_score
-        steps.append(Step(name, description, score, seconds, kept, "" if kept else "no gain: not kept"))
+        note = variant if kept else "no gain: not kept"
+        steps.append(Step(name, description, score, seconds, kept, note))
         if kept:
+            if name == "calibration search":
+                pre_search = _ranges(best_cfg.model_dump(exclude_unset=True), None)
             best, best_score, best_cfg = q, score, cfg
         log.info("auto: %s -> %.6f (%.1f s)%s", name, score, seconds, "" if kept else ", not kept")
     fallback = None
@@ -136,6 +156,39 @@ def _score(q: QuantizedModel, metric: Metric | None) -> float:
         return float(metric(q))
     values = [v for v in (q.report.calibration_outputs or q.report.outputs).values() if v is not None]
     return min(values) if values else 0.0
+
+
+#: The config keys the calibration search sets: what the finetune rungs may take back.
+_RANGE_KEYS = ("activation", "percentile_candidates")
+
+
+def _ranges(cfg: dict, source: dict | None) -> dict:
+    """``cfg`` with the range keys of ``source`` (absent keys removed); ``source=None``: only the
+    range keys of ``cfg``."""
+    if source is None:
+        return {k: copy.deepcopy(cfg[k]) for k in _RANGE_KEYS if k in cfg}
+    out = {k: v for k, v in cfg.items() if k not in _RANGE_KEYS}
+    out.update(copy.deepcopy(source))
+    return out
+
+
+def _finetune_starts(best: QuantConfig, pre_search: dict | None, patch: dict,
+                     tgt: Target) -> list[tuple[str, QuantConfig]]:
+    """The configurations a finetune rung runs: on the finetune default activation ranges, and on
+    the ranges the best model so far used when those differ.
+
+    Learned rounding re-fits each layer to its quantized inputs, so the activation positions that
+    suit it are not the ones that suit round-to-nearest (on power-of-two targets finetuning defaults
+    to MSE positions, ``quant/config.py``), and which start wins differs from model to model
+    (docs/accuracy.md, "Activation positions for fast finetune")."""
+    current = best.model_dump(exclude_unset=True)
+    default = QuantConfig.model_validate(_merge(_ranges(current, pre_search if pre_search is not None else _ranges(current, None)), patch))
+    used = best.resolve(tgt, "activation")
+    same = QuantConfig.model_validate(_merge(current, {**patch, "activation": {"method": used.method}}))
+    starts = [("finetune default ranges", default)]
+    if same.resolve(tgt, "activation") != default.resolve(tgt, "activation"):
+        starts.append((f"ranges of the best model so far ({used.method})", same))
+    return starts
 
 
 def _merge(base: dict, patch: dict) -> dict:

@@ -58,3 +58,59 @@ def test_cpu_fallback_keeps_the_fewest_layers_of_the_plan_in_float():
         node = next(n for n in q.model.graph.node if n.name == name)
         assert (node.input[0] in dequantized) == (name not in floats), name
     assert result.cpu_fallback["mixed_latency_ms"] != result.cpu_fallback["latency_ms"]
+
+
+def test_finetune_rungs_after_a_kept_search_also_try_the_finetune_default_ranges():
+    """A kept calibration search sets percentile ranges; AdaRound then runs on the finetune default
+    (MSE positions on the DPU) and on them, and keeps the better, naming it."""
+    seen = []
+
+    def metric(q):
+        seen.append(q.config.model_dump(exclude_unset=True))
+        act = seen[-1].get("activation", {}).get("method")
+        ff = seen[-1].get("fast_finetune")
+        if ff is None:
+            return 1.0 if act == "percentile" else 0.0  # the search helps plain rounding
+        return 3.0 if act is None else 2.0  # learned rounding prefers the default ranges
+
+    result = auto_quantize(two_conv_net(), _calib(), DPU, metric=metric, min_metric=2.5,
+                           config={"fast_finetune": None})
+    names = [s.name for s in result.steps]
+    adaround = result.steps[names.index("AdaRound")]
+    assert result.steps[names.index("calibration search")].kept
+    assert adaround.kept and adaround.score == 3.0 and "finetune default ranges" in adaround.note
+    finetuned = [c for c in seen if c.get("fast_finetune")]
+    assert [c.get("activation", {}).get("method") for c in finetuned[:2]] == [None, "percentile"]
+    assert "percentile_candidates" not in finetuned[0]
+    assert result.met and "activation" not in result.config.model_dump(exclude_unset=True)
+
+
+def test_without_a_search_finetune_rungs_try_min_max_beside_the_mse_default():
+    """On a power-of-two target the plain model's min/max ranges differ from finetuning's MSE
+    default: AdaRound runs on both, and the step names the min/max start when it wins."""
+    seen = []
+
+    def metric(q):
+        seen.append(q.config.model_dump(exclude_unset=True))
+        if seen[-1].get("fast_finetune") is None:
+            return 0.0
+        return 2.0 if seen[-1].get("activation", {}).get("method") == "minmax" else 1.0
+
+    result = auto_quantize(two_conv_net(), _calib(), DPU, metric=metric, min_metric=1.5,
+                           config={"fast_finetune": None})
+    adaround = next(s for s in result.steps if s.name == "AdaRound")
+    assert adaround.kept and adaround.score == 2.0 and "minmax" in adaround.note
+    assert result.config.model_dump(exclude_unset=True)["activation"]["method"] == "minmax"
+
+
+def test_a_float_scale_target_finetunes_once_on_its_default_ranges():
+    """cpu-int8's finetune default equals its plain default (percentile): one AdaRound run."""
+    seen = []
+
+    def metric(q):
+        seen.append(q.config.fast_finetune is not None)
+        return 0.0
+
+    auto_quantize(two_conv_net(), _calib(), "cpu-int8", metric=metric, min_metric=1.0,
+                  config={"fast_finetune": None})
+    assert seen.count(True) == 2  # AdaRound once, block reconstruction once
