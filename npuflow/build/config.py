@@ -115,6 +115,13 @@ class CalibrationParameters(_Group):
     qat_minutes: float | None = Field(None, gt=0)
     #: local data-parallel processes of that QAT (torch DDP over gloo; docs/scale-out.md)
     qat_nproc: int = Field(1, ge=1, le=256)
+    #: accuracy target (npuflow.analyze.auto_quant): the lowest output cosine on the calibration
+    #: samples that the cheapest accuracy steps run until, every layer kept on the accelerator
+    min_similarity: float | None = Field(None, gt=0, le=1)
+    #: with min_similarity: seconds after which no further step starts
+    time_budget: float | None = Field(None, gt=0)
+    #: with min_similarity: when the steps fall short, the fewest layers move to float on the CPU
+    allow_cpu_fallback: bool = False
 
 
 class CompilerParameters(_Group):
@@ -248,6 +255,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
     cal: CalibrationParameters = groups["calibration_parameters"]
     if cal.qat_epochs is not None and cal.qat_minutes is not None:
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="calibration_parameters sets both qat_epochs and qat_minutes")
+    if cal.min_similarity is None and (cal.time_budget is not None or cal.allow_cpu_fallback):
+        key = "time_budget" if cal.time_budget is not None else "allow_cpu_fallback"
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="calibration_parameters", key=key,
+                           value=getattr(cal, key), reason="it applies to the accuracy target: set min_similarity too")
     if cal.calibration_type not in CALIBRATION_TYPES:
         raise NpuflowError("NPF_BUILD_BAD_ENUM", group="calibration_parameters", key="calibration_type",
                            value=cal.calibration_type, allowed=", ".join(CALIBRATION_TYPES))

@@ -140,8 +140,12 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
         log.info("calibration: %d sample(s) from %s", len(calib), ", ".join(str(s.cal_data_dir) for s in inputs))
         quant_config = _quant_config(cfg)
         log.debug("quantizer config: %s", json.dumps(quant_config))
-        quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False,
-                                     progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
+        auto_summary = None
+        if cal.min_similarity is None:
+            quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False,
+                                         progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
+        else:
+            quantized, auto_summary = _auto_quantize(original, calib, target, quant_config, cal, progress)
         _require_similarity(quantized, check_report)
 
     qat_summary = None
@@ -167,11 +171,34 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
     similarity = _similarity(quantized, check_report)
     log.info("per-node similarity (float vs quantized):\n%s", similarity_text(similarity["nodes"]))
     report = _report(cfg, inputs, target.name, check_report, similarity, timings)
+    if auto_summary is not None:
+        report["auto"] = auto_summary
     if qat_summary is not None:
         report["qat"] = qat_summary
     model_io.write_atomic(artifacts.staged("report"), json.dumps(report, indent=2, default=str))
     files = artifacts.publish_all()
     return BuildResult(cfg, inputs, files, report, timings, check_report, quantized, compiled)
+
+
+def _auto_quantize(original: onnx.ModelProto, calib: CalibrationSet, target: Any, quant_config: dict, cal: Any,
+                   progress: Progress) -> tuple[Any, dict[str, Any]]:
+    """The accuracy-targeted ladder (``min_similarity``, ``time_budget``, ``allow_cpu_fallback``) from
+    the YAML's quantizer settings: its steps go to the log and the build report's ``auto`` entry, and
+    a target not reached is a warning (the best model is built), as in ``quantize --min-similarity``."""
+    from ..analyze.auto_quant import auto_quantize
+
+    auto = auto_quantize(original, calib, target, min_similarity=cal.min_similarity, time_budget_s=cal.time_budget,
+                         allow_cpu_fallback=cal.allow_cpu_fallback, config=quant_config,
+                         progress=lambda stage, done=0, total=None: progress(f"quantize {stage}", done, total))
+    for step in auto.steps:
+        score = "not run" if step.score is None else f"{step.score:.6f}"
+        log.info("accuracy step %s: %s, %.1f s, %s", step.name, score, step.seconds,
+                 "kept" if step.kept else step.note or "not kept")
+    if not auto.met:
+        log.warning("the accuracy target %g was not reached (best %.6f)%s", auto.target, auto.score,
+                    "" if cal.allow_cpu_fallback else "; allow_cpu_fallback: True moves the most sensitive layers to the CPU")
+    auto.quantized.info["auto"] = auto.summary()
+    return auto.quantized, auto.summary()
 
 
 def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: Any,

@@ -76,6 +76,12 @@ calibration_parameters:
   # qat_minutes: 10
   # local processes that QAT trains in, data parallel (torch DDP; docs/scale-out.md)
   # qat_nproc: 2
+  # optional: an accuracy target, the lowest output cosine on the calibration samples: the cheapest
+  # steps (percentile search, equalisation, AdaRound, block reconstruction) run until it holds,
+  # every layer on the accelerator (docs/quantization.md); beside it, time_budget (seconds after
+  # which no step starts, e.g. 600) and allow_cpu_fallback (True: then the fewest layers move to
+  # float on the CPU)
+  # min_similarity: 0.99
 
 compiler_parameters:
   # latency or bandwidth

@@ -127,6 +127,10 @@ CASES = [
     ("calib-missing", dict(calibration_parameters={"cal_data_dir": "nowhere"}),
      "NPF_BUILD_CALIB_DIR_NOT_FOUND", "nowhere"),
     ("march", dict(model_parameters={"march": "bernoulli9"}), "NPF_TARGET_UNKNOWN", "bernoulli9"),
+    ("budget-without-target", dict(calibration_parameters={"time_budget": 60}), "NPF_BUILD_BAD_VALUE",
+     "calibration_parameters.time_budget: 60"),
+    ("fallback-without-target", dict(calibration_parameters={"allow_cpu_fallback": True}), "NPF_BUILD_BAD_VALUE",
+     "set min_similarity too"),
 ]
 
 

@@ -102,3 +102,23 @@ def test_compiled_model_takes_the_nv12_buffer_and_matches_the_quantized_model(bu
     q = ort.InferenceSession(str(out / "tiny_quantized_model.onnx"), opts, providers=["CPUExecutionProvider"])
     expected = q.run(None, {"data": nv12})[0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_an_accuracy_target_runs_the_ladder_and_reports_its_steps(built, tmp_path, capsys):
+    """``min_similarity`` makes the build run the accuracy steps until the target holds; an
+    unreachable target with a zero budget stops after the defaults, warns, and still builds."""
+    conf = yaml.safe_load((built / "c.yaml").read_text())
+    conf["calibration_parameters"].update(min_similarity=0.999999, time_budget=0.001)
+    conf["model_parameters"]["working_dir"] = str(tmp_path / "out")
+    (built / "auto.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(built / "auto.yaml"), "-o", str(tmp_path / "out"), "-v", "0"]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "tiny_build_report.json").read_text())
+    steps = report["auto"]["steps"]
+    assert steps[0]["name"] == "target defaults" and steps[0]["kept"]
+    assert all(s["score"] is None and "time budget" in s["note"] for s in steps[1:])
+    assert report["auto"]["met"] is (report["auto"]["score"] >= 0.999999)
+    log = (tmp_path / "out" / "npuflow_build.log").read_text()
+    assert "accuracy step target defaults" in log
+    assert report["auto"]["met"] or "accuracy target 0.999999 was not reached" in log
+    assert (tmp_path / "out" / "tiny.npuf").is_file()
