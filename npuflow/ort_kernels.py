@@ -11,11 +11,21 @@ form found (``runtime/fused_qlinear.py``), and every ONNX Runtime session npuflo
 quantized model gets its int8 weights as uint8 where that is the exact form
 (:func:`exact_weights`, applied by ``ort_session.open_session``), so calibration searches, quality
 reports and CPU subgraphs see the model's arithmetic rather than the saturation.
+
+The saturation is a property of each pair of weights MLAS adds in one lane: uint8 codes times two
+int8 weights of one sign leave int16 only where their magnitudes sum above 128.  Weights are
+known when a graph is written, so :func:`conv_weight_form` gives a ``QLinearConv`` whose pairs
+(:func:`mlas_pairs`: channels-last taps ``2j``, ``2j + 1``; none in the depthwise kernel) all
+stay within that bound its int8 weights and the faster kernel, once :func:`pairing_confirmed`
+has found those lanes on this process' kernels; elsewhere the uint8 form stays.  ``ConvInteger``
+gains nothing from it: its int8-weight kernel is exact but about four times slower than the
+uint8 one on such a CPU.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -23,6 +33,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from . import numerics as nm
+from .graph import GraphView, attr
 from .operators import DQ_PROPAGATING_OPS, QDQ_WEIGHT_READERS, QOPERATOR_WEIGHT_INPUTS
 
 MS_DOMAIN = "com.microsoft"
@@ -140,6 +151,117 @@ def weight_form() -> str | None:
     return None
 
 
+def depthwise(w: np.ndarray, group: int) -> bool:
+    """Whether a convolution with weights ``w`` (output channels, input channels of a group,
+    kernel rows, kernel columns) in ``group`` groups is depthwise: one output channel a group, one
+    input channel each, which MLAS runs on its depthwise kernel."""
+    return group > 1 and w.shape[0] == group and w.shape[1] == 1
+
+
+def mlas_pairs(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two weights of every pair of products that MLAS' uint8 x int8 kernels add in one 16-bit
+    lane of ``QLinearConv`` with weights ``w`` in ``group`` groups (:func:`depthwise`'s layout):
+    per output channel its taps in channels-last order (kernel row, kernel column, input channel
+    of the group, as its NHWC im2col lays them out), products ``2j`` and ``2j + 1``
+    (``vpmaddubsw``), an odd count padded with a zero weight.  Dense and grouped convolutions
+    alike, and a fully connected layer as a 1x1 convolution.  A :func:`depthwise` convolution has
+    none: MLAS' depthwise kernel widens each product before it adds.  :func:`pairing_confirmed`
+    checks both on this process' kernels; shapes of (output channels, pairs), int16 (codes)."""
+    taps = np.asarray(w).astype(np.int16).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    if depthwise(w, group):
+        taps = taps[:, :0]
+    if taps.shape[1] % 2:
+        taps = np.concatenate([taps, np.zeros((taps.shape[0], 1), np.int16)], axis=1)
+    return taps[:, 0::2], taps[:, 1::2]
+
+
+#: The largest sum of two same-sign weight magnitudes whose products with uint8 codes stay in a
+#: saturating int16 lane: 255 * 128 = 32,640 <= 32,767 (and -32,640 >= -32,768); 255 * 129 is not.
+#: Opposite signs never leave it (255 * 128 at most).
+PAIR_BOUND = 128
+
+
+def saturation_free(w: np.ndarray, group: int) -> bool:
+    """Whether no pair of :func:`mlas_pairs` of int8 weight codes ``w`` can saturate on uint8
+    codes in 0..255: no two same-sign weights added in one lane whose magnitudes sum above
+    :data:`PAIR_BOUND`.  A property of the weights alone, known when the graph is written; checked
+    a block of output channels at a time, so that a large layer's check holds a few copies of a
+    block rather than of its weights (a session's peak memory)."""
+    if depthwise(w, group):
+        return True
+    for start in range(0, w.shape[0], _CHECK_ROWS):
+        a, b = mlas_pairs(w[start:start + _CHECK_ROWS], 1)
+        if np.any((np.sign(a) == np.sign(b)) & (np.abs(a) + np.abs(b) > PAIR_BOUND)):
+            return False
+    return True
+
+
+#: Output channels per block of :func:`saturation_free`.
+_CHECK_ROWS = 64
+
+
+def conv_weight_form(w: np.ndarray, group: int) -> str | None:
+    """The weight form of one ``QLinearConv`` with int8 weight codes ``w`` in ``group`` groups:
+    :func:`weight_form`, except that where that is ``"u8"`` (MLAS' uint8 x int8 kernels saturate)
+    a convolution whose weights are :func:`saturation_free` runs on int8 weights after all, on
+    the faster kernel whose 16-bit lanes it cannot overflow, once :func:`pairing_confirmed` finds
+    the lanes where :func:`mlas_pairs` puts them.  One decision a convolution, made when its
+    graph is written and kept as the type of its weights there."""
+    form = weight_form()
+    if form == "u8" and saturation_free(w, group) and pairing_confirmed():
+        return "s8"
+    return form
+
+
+def _pair_weights(rng: np.random.Generator, cout: int, taps: int) -> np.ndarray:
+    """Weight rows (channels-last taps) whose pairs of :func:`mlas_pairs` are each 127 and 1, in
+    either order and of one sign: every pair sits at :data:`PAIR_BOUND`, and wherever two pairs
+    meet as (1, 127), (127, 1) a kernel pairing other taps adds 254 * 255 in one lane."""
+    half = -(-taps // 2)
+    order = rng.integers(0, 2, (cout, half))
+    sign = rng.choice(np.array([-1, 1]), (cout, half))
+    big, small = 127, PAIR_BOUND - 127
+    pairs = np.stack([np.where(order, big, small), np.where(order, small, big)], axis=-1) * sign[..., None]
+    return pairs.reshape(cout, -1)[:, :taps]
+
+
+def _pairing_holds(rng: np.random.Generator, cin: int, group: int, k: int) -> bool:
+    """``QLinearConv`` with int8 weights on codes 255 and on codes 0/255: exact where every pair
+    of :func:`mlas_pairs` sums to :data:`PAIR_BOUND`, and saturated where the first pair sums to
+    one more -- the lanes are those pairs, and they saturate as the model says."""
+    cout, per = (cin if group > 1 else 8), cin // group
+    w = _pair_weights(rng, cout, per * k * k).reshape(cout, k, k, per).transpose(0, 3, 1, 2)
+    bias = np.zeros(cout, np.int32)
+    for x in (np.full((1, cin, 5, 5), 255, np.uint8), rng.choice(np.array([0, 255], np.uint8), size=(1, cin, 5, 5))):
+        acc = _accumulators(x, 0, w, group)
+        mult = np.full(cout, np.float32(100) / np.float32(np.abs(acc).max()), np.float32)
+        want = np.clip(nm.requantize_float(acc, mult.reshape(1, -1, 1, 1), nm.RoundMode.HALF_EVEN) + 128, 0, 255)
+        if not np.array_equal(_qlinear_conv(x, 0, w, "s8", mult, 128, bias, group), want):
+            return False
+    over = np.zeros(w.shape, np.int64)  # the first pair: taps (0, 0) of channels 0 and 1
+    over[:, 0, 0, 0], over[:, 1, 0, 0] = 127, 2
+    x = np.full((1, cin, 5, 5), 255, np.uint8)
+    mult = np.full(cout, 1 / 160, np.float32)  # 255 * 129 -> 206, the lane's 32,767 -> 205
+    exact = np.clip(nm.requantize_float(_accumulators(x, 0, over, group), mult[0], nm.RoundMode.HALF_EVEN), 0, 255)
+    return not saturation_free(over, group) and not np.array_equal(
+        _qlinear_conv(x, 0, over, "s8", mult, 0, bias, group), exact)
+
+
+@functools.cache
+def pairing_confirmed() -> bool:
+    """Whether this process' ``QLinearConv`` on int8 weights adds products in the 16-bit lanes
+    :func:`mlas_pairs` names: dense 1x1 with an odd channel count, dense 3x3 with 3 and 16
+    channels and a grouped 3x3 (:func:`_pairing_holds`), and depthwise 3x3, 5x5 and 7x7 exact on
+    weights -128/127 and codes 0/255 (no lanes).  Where it does not (another CPU, another MLAS),
+    :func:`conv_weight_form` keeps the uint8 form for every convolution."""
+    rng = np.random.default_rng(0)
+    try:
+        return all(_pairing_holds(rng, *shape) for shape in ((33, 1, 1), (3, 1, 3), (16, 1, 3), (8, 2, 3))) \
+            and all(_conv_exact(rng, "s8", cin, cin, k) for cin, k in ((16, 3), (33, 3), (24, 5), (8, 7)))
+    except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
+        return False
+
+
 @functools.cache
 def convinteger_exact() -> bool:
     """Whether this process' ``ConvInteger`` on uint8 codes and uint8 weights gives the exact
@@ -174,16 +296,28 @@ def exact() -> bool:
         return False
 
 
-def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+def exact_weights(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
     this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
     which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
     initializers whose ``DequantizeLinear`` only convolutions and matmuls read, as their weight,
     directly or through a transpose or reshape (:func:`_weight_dequantize`), or the weight input
-    of a QOperator op on uint8 activations (ONNX Runtime has no int8 x uint8 kernel).  Elsewhere
-    (VNNI, or no int8 weights) ``model`` itself."""
+    of a QOperator op on uint8 activations (ONNX Runtime has no int8 x uint8 kernel).  A
+    convolution's weights that :func:`conv_weight_form` keeps int8 (:func:`_int8_conv_weight`)
+    stay.  Elsewhere (VNNI, or no int8 weights) ``model`` itself.  ``external``: the arrays of
+    initialisers whose data ``model`` declares external (``ort_session.open_session``)."""
+    if weight_form() != "u8":
+        return model
     inits = {t.name: t for t in model.graph.initializer}
     readers = _readers(model.graph)
+    view = GraphView(model)
+    dequantized_uint8 = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                         and len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.UINT8}
+
+    def codes(name: str) -> np.ndarray:
+        return np.asarray(external[name]) if external is not None and name in external else \
+            numpy_helper.to_array(inits[name])
+
     todo = []  # (node index, weight input, zero point input)
     for k, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
@@ -195,9 +329,10 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             continue  # an int8 constant of another op: its type decides how ONNX Runtime fuses that op
         if w is not None and len(node.input) > w and node.input[w] in inits \
                 and inits[node.input[w]].data_type == TensorProto.INT8 \
-                and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
+                and (len(node.input) <= z or not node.input[z] or node.input[z] in inits) \
+                and not _int8_conv_weight(node, view, dequantized_uint8, codes):
             todo.append((k, w, z))
-    if not todo or weight_form() != "u8":
+    if not todo:
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -206,16 +341,39 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         node = out.graph.node[k]
         wname = node.input[w]
         if wname not in made:
-            made[wname] = _add_uint8(out, numpy_helper.to_array(inits[wname]), f"{wname}__u8")
+            made[wname] = _add_uint8(out, codes(wname), f"{wname}__u8")
         zname = node.input[z] if len(node.input) > z and node.input[z] else None
         key = f"{zname}__zp" if zname else f"{wname}__zp0"
         if key not in made:
-            zp = numpy_helper.to_array(inits[zname]) if zname else np.zeros(_zero_point_shape(node, inits), np.int8)
+            zp = codes(zname) if zname else np.zeros(_zero_point_shape(node, inits), np.int8)
             made[key] = _add_uint8(out, zp, f"{key}__u8")
         while len(node.input) <= z:
             node.input.append("")
         node.input[w], node.input[z] = made[wname], made[key]
     return out
+
+
+def _int8_conv_weight(node: onnx.NodeProto, view: GraphView, dequantized_uint8: set[str],
+                      codes: Callable[[str], np.ndarray]) -> bool:
+    """Whether ``node`` (a ``DequantizeLinear`` of weights, or a QOperator op on uint8 codes)
+    gives int8 weights with zero point 0 to ``QLinearConv`` on uint8 codes only -- the QOperator
+    op itself, or ``Conv`` nodes that read the dequantized weights directly and dequantized uint8
+    codes (``dequantized_uint8``), which ONNX Runtime fuses into it -- and :func:`conv_weight_form`
+    keeps them int8 for each such convolution.  ``codes``: an initialiser's array."""
+    if node.op_type == "DequantizeLinear":
+        w, z = 0, 2
+        convs = view.consumer_nodes(node.output[0])
+        if not convs or any(n.op_type != "Conv" or list(n.input).index(node.output[0]) != 1
+                            or n.input[0] not in dequantized_uint8 for n in convs):
+            return False
+    elif node.op_type == "QLinearConv":
+        w, z, convs = 3, 5, [node]
+    else:
+        return False
+    if len(node.input) > z and node.input[z] and np.any(codes(node.input[z]) != 0):
+        return False
+    weights = codes(node.input[w])
+    return weights.ndim == 4 and all(conv_weight_form(weights, attr(n, "group", 1)) == "s8" for n in convs)
 
 
 def _readers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, int, list[str]]]]:

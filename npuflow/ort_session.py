@@ -82,7 +82,7 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
     # integer kernels (fused QDQ groups, QOperator nodes) in the form this CPU computes exactly;
     # serialized models are parsed only where they may hold int8 weights and the form is not int8
     if not isinstance(proto, bytes):
-        proto = ort_kernels.exact_weights(proto)
+        proto = ort_kernels.exact_weights(proto, external)
     elif any(op in proto for op in (b"DequantizeLinear", b"QLinear", b"Integer")) and ort_kernels.weight_form() == "u8":
         proto = ort_kernels.exact_weights(onnx.load_from_string(proto))
     custom = False

@@ -31,7 +31,9 @@ without VNNI, MLAS' uint8 x int8 kernels add pairs of products in saturating 16-
 uint8 x uint8 kernels do not), and on other architectures ``QLinearAdd`` may round its sum
 differently.  ``ort_kernels.weight_form`` and ``ort_kernels.exact`` therefore run each kernel once
 per process on codes at the extremes and compare them with ``numerics``; where they differ the
-fused runs keep their float forms.
+fused runs keep their float forms.  Where the uint8 x int8 kernels saturate, a convolution whose
+weights cannot overflow the lanes MLAS pairs them in (and every depthwise one, whose kernel has
+no such lanes) still gets int8 weights (``ort_kernels.conv_weight_form``): exact, and faster.
 """
 
 from __future__ import annotations
@@ -139,10 +141,12 @@ def _qlinear_conv(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, t
         mult = parts[2] if parts is not None else None
     else:
         return False
-    form = ort_kernels.weight_form()
-    if parts is None or form is None:
+    if parts is None:
         return False
     w, bias = parts[:2]
+    form = ort_kernels.conv_weight_form(w, node_attrs.get("group", 1))
+    if form is None:
+        return False
     y = g.node("QLinearConv", [
         to_conv(g.as_bytes(x, k_in)), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
         *_weights(g, w, mult, form),

@@ -35,6 +35,7 @@ def _qoperator():  # its own generator: the module's draws stay the other tests'
 @pytest.mark.parametrize("build", [lambda: _uint8_block().model(), _qoperator])  # QDQ, QOperator
 def test_uint8_form_keeps_the_values_and_computes_exactly(monkeypatch, build):
     monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
+    monkeypatch.setattr(ort_kernels, "pairing_confirmed", lambda: False)  # every weight moves (test_ort_kernels_pairs)
     model = build()
     form = ort_kernels.exact_weights(model)
     int8 = [n for n, t in _weights(model).items() if t == TensorProto.INT8]
@@ -83,6 +84,7 @@ def _constant_add(anchor: int = 18, code: int = 146):
 
 def test_an_int8_constant_that_an_add_reads_keeps_its_type(monkeypatch):
     monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
+    monkeypatch.setattr(ort_kernels, "pairing_confirmed", lambda: False)  # the weight moves, whatever its pairs
     model, _ = _constant_add()
     types = _weights(ort_kernels.exact_weights(model))
     used = {i for node in ort_kernels.exact_weights(model).graph.node for i in node.input}

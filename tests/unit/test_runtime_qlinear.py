@@ -92,6 +92,8 @@ def test_saturating_uint8_x_int8_kernels_fall_back_to_uint8_weights(monkeypatch)
     monkeypatch.setattr(ort_kernels, "_conv_exact", lambda rng, form, *shape: form == "u8" and real(rng, form, *shape))
     assert ort_kernels.weight_form.__wrapped__() == "u8"
     monkeypatch.setattr(ort_kernels, "weight_form", lambda: "u8")
+    # no lanes known (test_ort_kernels_pairs: where they are, weights that cannot saturate stay int8)
+    monkeypatch.setattr(ort_kernels, "pairing_confirmed", lambda: False)
     plan = _equal_fused_and_kernels(_uint8_block().model(), {"x": _x([1, 8, 12, 12], 7, 20.0)}, CPU)
     assert _live_ops(plan).count("QLinearConv") == 3
     g = next(it for it in plan.items if isinstance(it, fused.FusedRun)).graph()
