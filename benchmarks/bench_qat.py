@@ -258,9 +258,10 @@ def bench_onnx(args) -> list[str]:
              f"{TARGET}, the target's placement (every layer of EfficientNet-Lite0 on the DPU; PP-OCRv4 rec keeps what the "
              "DPU does not run, LayerNorm, attention, Softmax, in float on the CPU, in PTQ and QAT alike).  PTQ start: AdaRound ({args.onnx_ptq_iters} iterations) calibrated on the "
              f"first {args.onnx_ptq_calib} training samples; QAT: `qat_onnx` distilling from FP32 on all training samples "
-             f"(unlabelled, augmented), batch {args.onnx_batch}, {args.onnx_minutes:g} minutes of training on a shared "
+             f"(unlabelled, {'not ' if args.onnx_no_augment else ''}augmented; lr {args.onnx_lr:g}, quantizer lr "
+             f"{args.onnx_quantizer_lr:g}), batch {args.onnx_batch}, {args.onnx_minutes:g} minutes of training on a shared "
              "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
-             "| model | metric | FP32 | PTQ start | QAT result (the model returned) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
+             "| model | metric | FP32 | PTQ start | QAT result (the model returned, ONNX Runtime) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in args.onnx_models.split(","):
         if name == "effnet":
@@ -288,6 +289,7 @@ def bench_onnx(args) -> list[str]:
             if detail or stage in ("ptq", "convert", "export", "train"):
                 log(f"  {name} {stage} {done}/{total} {detail}")
         result = qat_onnx(path, TARGET, train, minutes=args.onnx_minutes, ptq_config=ptq_cfg, batch=args.onnx_batch,
+                          lr=args.onnx_lr, quantizer_lr=args.onnx_quantizer_lr, augment=not args.onnx_no_augment,
                           progress=progress)
         inp = result.qat.input_names[0]
         feeds = [x[inp] if isinstance(x, dict) else x for x in xs]
@@ -295,6 +297,8 @@ def bench_onnx(args) -> list[str]:
         ptq_sess = D.ort_session(result.ptq.model)
         fp32_out = [float_sess.run(None, {inp: x})[0] for x in feeds]
         ptq_out = [ptq_sess.run(None, {inp: x})[0] for x in feeds]
+        returned_sess = D.ort_session(result.model)  # what the guard returned, as deployed (ONNX Runtime)
+        returned_out = [returned_sess.run(None, {inp: x})[0] for x in feeds]
         result.qat.eval()
         with torch.no_grad():
             qat_out = [result.qat(torch.from_numpy(x)).numpy() for x in feeds]
@@ -305,14 +309,15 @@ def bench_onnx(args) -> list[str]:
         fp32_score = fp32 if fp32 is not None else score(fp32_out)
         load = os.getloadavg()[0]
         r = result.report
-        log(f"{name}: FP32 {fp32_score}, PTQ {score(ptq_out)}, QAT {score(qat_out)}; cosine {r['start_cosine']:.4f} -> "
-            f"{r['trained_cosine']:.4f} (kept {r['kept']}); {time.time() - t0:.0f} s")
-        lines.append(f"| {Path(path).stem} | {metric} | {fp32_score} | {score(ptq_out)} | {score(qat_out)} | "
+        log(f"{name}: FP32 {fp32_score}, PTQ {score(ptq_out)}, QAT {score(returned_out)}; {r['measure']} "
+            f"{r['start_score']:.4f} -> {r['trained_score']:.4f} (kept {r['kept']}); {time.time() - t0:.0f} s")
+        lines.append(f"| {Path(path).stem} | {metric} | {fp32_score} | {score(ptq_out)} | {score(returned_out)} | "
                      f"{r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | {r['train_seconds']:.0f} | "
                      f"{load:.1f} | {exact} (first {args.compiled_check}) |")
-        lines.append(f"|  | mean output cosine to FP32 on {r['eval_samples']} training samples ({r['float_tensors']} float "
-                     "tensors) | 1 | "
-                     f"{r['start_cosine']:.4f} | {r['trained_cosine']:.4f} (kept: {r['kept']}) |  |  |  |  |  |")
+        held = "held-out" if r["eval_held_out"] else "training"
+        lines.append(f"|  | guard: {r['measure']} to FP32 on {r['eval_samples']} {held} samples, exported QDQ model in "
+                     f"ONNX Runtime (output cosine) | 1 | {r['start_score']:.4f} ({r['start_cosine']:.4f}) | "
+                     f"{r['trained_score']:.4f} ({r['trained_cosine']:.4f}), kept: {r['kept']} |  |  |  |  |  |")
     return lines + [""]
 
 
@@ -339,6 +344,9 @@ def main() -> None:
     ap.add_argument("--onnx-batch", type=int, default=8)
     ap.add_argument("--onnx-ptq-calib", type=int, default=32)
     ap.add_argument("--onnx-ptq-iters", type=int, default=500)
+    ap.add_argument("--onnx-lr", type=float, default=0.05, help="qat_onnx lr (units of each layer's weight step)")
+    ap.add_argument("--onnx-quantizer-lr", type=float, default=0.01)
+    ap.add_argument("--onnx-no-augment", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -316,6 +316,9 @@ _TORCH = _specs(
     ("NPF_QAT_CHECKPOINT_MISMATCH", "checkpoint {path} is not one of this run: {what}",
      "Resume with the model, target and settings that wrote it, or start afresh: leave out --resume "
      "(load_checkpoint), and give --checkpoint a new path so the old checkpoint is not overwritten."),
+    ("NPF_QAT_BAD_METRIC", "the QAT metric callback returned {value}, not a finite number",
+     "metric(outputs) must return a float, higher meaning better (outputs: per held-out sample, the list of "
+     "the model's outputs); it judges the PTQ start and the trained model."),
     ("NPF_QAT_CHECKPOINT_UNREADABLE", "cannot resume from {path}: {reason}",
      "Give the file that --checkpoint (save_checkpoint) wrote; it is replaced whole at each save, so the "
      "last one written is always complete."),

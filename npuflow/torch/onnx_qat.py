@@ -19,11 +19,12 @@ For a user who has only the float ONNX file and unlabelled samples (photos, text
    samples (gain, offset, noise, small shifts; the teacher sees the same augmented sample, so no
    label is needed).  Adam with two parameter groups and a cosine decay, for ``epochs`` passes
    or ``minutes`` of wall time.
-5. **Keep the better** of the start and the end: the mean output cosine to FP32 on samples held
-   out of training (a fifth of the user's, at most 64; with fewer than 10 samples, the first 64
-   training ones) decides, so QAT does not return a model worse than its PTQ start on data it did
-   not train on (the result says which was kept).  Judged on training samples, PP-OCRv4 rec's
-   trained model looked better (cosine 0.9456 -> 0.9509) and was 25 points worse on held-out lines.
+5. **Keep the better** of the start and the end (:mod:`.qat_guard`): both are exported and run in
+   ONNX Runtime on samples held out of training (a fifth of the user's, at most 64; with fewer
+   than 10 samples, the first 64 training ones) and judged against FP32 on the task's measure --
+   argmax agreement for class or probability outputs (per CTC step, per sample), output cosine
+   otherwise, or the caller's ``metric`` -- and the trained model is returned only when it is not
+   worse there (the result says which was kept, with both measures).
 6. **Export** with :func:`npuflow.torch.export_qat`: the QDQ model that ``npuflow compile`` turns
    into a ``.npuf`` whose outputs equal the torch forward bit for bit.
 
@@ -54,22 +55,21 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 
 from .. import model as model_io
 from ..errors import NpuflowError
-from ..ort_session import open_session
 from ..quant.config import QuantConfig
 from ..quant.data import CalibrationSource, InputSpec, Sample
 from ..quant.legalize import legalize
 from ..quant.pipeline import QuantizedModel, config_of, quantize
 from ..targets import Target, load_target
 from .config import QatConfig, qat_config
-from .layers import QatWeighted
 from .onnx_convert import load_onnx2torch
 from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, launched, spawn
 from .ptq_init import init_from_ptq
-from .qat import QatModel, distributed, export_qat, load_checkpoint, prepare_qat, save_checkpoint
+from .qat import QatModel, export_qat, prepare_qat
+from .qat_guard import Guard, Metric
+from .qat_train import Plan, Teacher, Trainer, stack
 
 Progress = Callable[..., None]
 #: What PTQ runs when the caller gives no ``ptq_config``: AdaRound, npuflow's best all-accelerator PTQ.
@@ -85,7 +85,7 @@ class OnnxQatResult:
     model: onnx.ModelProto  # QDQ model in the quantized-model format (export_qat)
     qat: QatModel  # the trained torch model; its eval forward is the deployed integer model
     ptq: QuantizedModel  # the PTQ starting point
-    start_cosine: float  # mean output cosine to FP32 on the evaluation samples, PTQ start
+    start_cosine: float  # mean output cosine to FP32 on the held-out samples, PTQ start (QDQ model in ORT)
     trained_cosine: float  # the same after training
     kept: Literal["trained", "ptq start"]
     steps: int
@@ -94,11 +94,21 @@ class OnnxQatResult:
     batch: int
     losses: list[float] = field(default_factory=list)  # distillation loss per step
     report: dict = field(default_factory=dict)
+    measure: str = "output cosine"  # what decided: "argmax agreement", "output cosine", "metric", or a mean of the two
+    start_score: float = 0.0  # that measure, PTQ start
+    trained_score: float = 0.0  # that measure, after training
+    start_agreement: float | None = None  # argmax agreement with FP32 over class rows (None: no class output)
+    trained_agreement: float | None = None
 
     @property
     def cosine(self) -> float:
         """The output cosine of the model returned."""
         return self.trained_cosine if self.kept == "trained" else self.start_cosine
+
+    @property
+    def score(self) -> float:
+        """The deciding measure of the model returned."""
+        return self.trained_score if self.kept == "trained" else self.start_score
 
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``quantized_model.onnx`` (compile this), ``ptq_model.onnx`` (the start) and
@@ -127,7 +137,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              ptq: QuantizedModel | None = None, output: str | os.PathLike | None = None,
              progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
-             timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> OnnxQatResult | None:
+             timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, metric: Metric | None = None) -> OnnxQatResult | None:
     """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
 
     ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
@@ -136,7 +146,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     (:class:`~npuflow.torch.QatConfig`; quantizers are learnable unless it says otherwise).
     ``ptq``: a PTQ result of this model and data to start from instead of quantizing again
     (``npuflow build`` passes its own).  ``lr`` is in units of each layer's weight quantization
-    step (see :func:`_parameter_groups`).  ``output``: a folder to save the result into
+    step (see :func:`.qat_train.parameter_groups`).  ``output``: a folder to save the result into
     (:meth:`OnnxQatResult.save`).
 
     Data parallel (docs/scale-out.md): ``nproc`` > 1 trains in that many local gloo processes,
@@ -145,6 +155,9 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     None.  ``checkpoint``: a file written every ``checkpoint_every`` steps (default: each epoch)
     and at the end; ``resume``: such a file to continue from (``NPF_QAT_CHECKPOINT_MISMATCH``
     when it is another run's).  ``timeout_minutes`` bounds each collective call.
+    ``metric``: ``metric(outputs) -> float`` (higher is better) judges the start and the trained
+    model instead of the built-in measure; ``outputs`` is, per held-out sample, the list of the
+    exported model's outputs in ONNX Runtime (``NPF_QAT_BAD_METRIC`` when it returns no finite number).
     """
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
@@ -187,10 +200,13 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     qat, samples = student.qat, student.samples
     train_samples, eval_samples, held = _split(samples)
     step_batch = _step_batch(student.batch, ranks, len(train_samples))
-    teacher = _Teacher(ptq.float_model, student.input_names, student.output_names)
+    teacher = Teacher(ptq.float_model, student.input_names, student.output_names)
     start_state = copy.deepcopy(qat.state_dict())
-    start_cos = _mean_cosine(qat, teacher, eval_samples, student.input_names, student.batch) if rank == 0 else 0.0
-    plan = _Plan(epochs, minutes, step_batch, lr, quantizer_lr, temperature, loss, augment, seed,
+    if rank == 0:  # the deployed start: its QDQ model in ONNX Runtime
+        guard = Guard(ptq.float_model, eval_samples, student.input_names, student.output_names, metric)
+        start_qdq = export_qat(qat, None)
+        start = guard.judge(start_qdq)
+    plan = Plan(epochs, minutes, step_batch, lr, quantizer_lr, temperature, loss, augment, seed,
                  None if checkpoint is None else str(checkpoint), checkpoint_every,
                  None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch))
     t_train = time.perf_counter()
@@ -202,22 +218,21 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         qat.load_state_dict(torch.load(io.BytesIO(stats.pop("model")), weights_only=True))
         qat.freeze_bn()  # as the ranks' trainers did
     else:
-        trainer = _Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world)
+        trainer = Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world)
         stats = trainer.run(progress)
         if joined_here:  # the last collective call is behind: the group this call joined ends here
             torch.distributed.destroy_process_group()
         if rank != 0:
             return None
     train_seconds = time.perf_counter() - t_train
-    trained_cos = _mean_cosine(qat, teacher, eval_samples, student.input_names, student.batch)
-    kept: Literal["trained", "ptq start"] = "trained"
-    if trained_cos < start_cos:
-        qat.load_state_dict(start_state)
-        kept = "ptq start"
-
     _step(progress, "export")
     qat.eval()
     qdq = export_qat(qat, None)
+    trained = guard.judge(qdq)
+    kept: Literal["trained", "ptq start"] = "trained"
+    if trained.score < start.score:  # not worse on the deciding measure, or the start is returned
+        qat.load_state_dict(start_state)
+        qdq, kept = start_qdq, "ptq start"
     initialised = student.initialised
     report = {
         "target": tgt.name, "ptq_config": pcfg.model_dump(mode="json", exclude_defaults=True),
@@ -225,15 +240,20 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "batch": step_batch, "processes": ranks,
         "steps": stats["steps"], "epochs": round(stats["epochs"], 3), "ptq_seconds": round(ptq_seconds, 1),
         "train_seconds": round(train_seconds, 1), "loop_seconds": round(stats["loop_seconds"], 1),
-        "start_cosine": start_cos, "trained_cosine": trained_cos,
-        "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
-        "quantizers_unmapped": initialised["unmapped"],
+        "measure": guard.measure, "start_score": start.score, "trained_score": trained.score,
+        "start_cosine": start.cosine, "trained_cosine": trained.cosine,
+        "start_agreement": start.agreement, "trained_agreement": trained.agreement,
+        "eval_model": "exported QDQ model in ONNX Runtime", "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
+        "quantizers_unmapped": initialised["unmapped"], "quantizers_added": initialised["added"],
+        "constants_from_ptq": initialised["constants"], "float_reads": initialised["float_reads"],
         "float_tensors": initialised["float_tensors"], "resumed_at_step": stats["resumed_at"],
         "loss": stats["loss_kinds"], "losses": [round(v, 6) for v in stats["losses"]],
     }
-    result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start_cos, trained_cosine=trained_cos,
+    result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start.cosine, trained_cosine=trained.cosine,
                            kept=kept, steps=stats["steps"], epochs=stats["epochs"], seconds=train_seconds,
-                           batch=step_batch, losses=stats["losses"], report=report)
+                           batch=step_batch, losses=stats["losses"], report=report, measure=guard.measure,
+                           start_score=start.score, trained_score=trained.score,
+                           start_agreement=start.agreement, trained_agreement=trained.agreement)
     if output is not None:
         result.save(output)
     return result
@@ -296,7 +316,7 @@ def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: Qa
     example = tuple(torch.from_numpy(samples[0][n]) for n in input_names)
     qat = prepare_qat(module, example, tgt, qcfg, input_names=input_names, output_names=output_names)
     if state is None:  # observers give a value to any quantizer PTQ has none for
-        qat.calibrate([_stack([s], input_names) for s in samples[:8]])
+        qat.calibrate([stack([s], input_names) for s in samples[:8]])
     initialised = init_from_ptq(qat, module, graph, ptq.model)  # also decides which tensors stay float
     if state is not None:
         qat.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
@@ -339,34 +359,16 @@ def _identity(source: onnx.ModelProto, tgt: Target, pcfg: QuantConfig, train: li
             "batch": str(step_batch)}
 
 
-@dataclass
-class _Plan:
-    """The training settings every rank runs with (they travel to spawned ranks)."""
-
-    epochs: float | None
-    minutes: float | None
-    batch: int  # samples per step over all ranks
-    lr: float
-    quantizer_lr: float
-    temperature: float
-    loss: str
-    augment: bool
-    seed: int
-    checkpoint: str | None
-    checkpoint_every: int | None
-    resume: str | None
-    identity: dict[str, str]
-
 
 def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig,
-                samples: list[Sample], batch: int, plan: _Plan, state: bytes) -> dict | None:
+                samples: list[Sample], batch: int, plan: Plan, state: bytes) -> dict | None:
     """One spawned rank: build the caller's student (its parameters and buffers: ``state``),
     train its share; rank 0 returns the trained parameters (serialised) and the training statistics."""
     student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed, state)
     train, _, _ = _split(student.samples)
-    teacher = _Teacher(ptq.float_model, student.input_names, student.output_names)
+    teacher = Teacher(ptq.float_model, student.input_names, student.output_names)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    stats = _Trainer(student.qat, teacher, train, student.input_names, plan, rank, world).run(report)
+    stats = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world).run(report)
     if rank != 0:
         return None
     buffer = io.BytesIO()
@@ -396,11 +398,6 @@ def _fit_samples(samples: list[Sample], float_model: onnx.ModelProto) -> list[Sa
         raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=0,
                            reason=f"no sample has the shapes the model is quantized at, {shapes}")
     return fit
-
-
-def _stack(samples: Sequence[Sample], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
-    """Samples of batch 1 concatenated along the batch axis, one tensor per input."""
-    return tuple(torch.from_numpy(np.concatenate([s[n] for s in samples])) for n in names)
 
 
 _RESHAPES = {torch.reshape}
@@ -433,266 +430,13 @@ def _batch_free(qat: QatModel, samples: list[Sample], names: Sequence[str]) -> b
     qat.eval()
     try:
         with torch.no_grad():
-            together = qat(*_stack(pair, names))
-            alone = [qat(*_stack([s], names)) for s in pair]
+            together = qat(*stack(pair, names))
+            alone = [qat(*stack([s], names)) for s in pair]
     except RuntimeError:  # a shape baked in elsewhere (Expand, Tile, ...): train one sample a forward
         return False
     together = together if isinstance(together, (tuple, list)) else (together,)
     alone = [a if isinstance(a, (tuple, list)) else (a,) for a in alone]
     return all(torch.equal(t[i:i + 1], a[k]) for k, t in enumerate(together) for i, a in enumerate(alone))
-
-
-# --- the teacher, the loss and the loop ------------------------------------------------------------
-
-
-class _Teacher:
-    """The FP32 model (ONNX Runtime on the optimised float model), one sample a run."""
-
-    def __init__(self, float_model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        self.session = open_session(float_model, level="all", threads=1)
-        self.inputs, self.outputs = list(inputs), list(outputs)
-
-    def __call__(self, batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        rows = []
-        for i in range(batch[0].shape[0]):
-            feeds = {n: t[i:i + 1].numpy() for n, t in zip(self.inputs, batch)}
-            rows.append(self.session.run(self.outputs, feeds))
-        return [torch.from_numpy(np.concatenate([r[k] for r in rows])) for k in range(len(self.outputs))]
-
-
-def _as_list(out: Any) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def _loss_kind(teacher_out: torch.Tensor, requested: str) -> str:
-    """``kl`` for class logits (N, C) or probability rows (non-negative, summing to 1 on the last
-    axis), ``mse`` (normalised squared error) for anything else, unless the caller chose."""
-    if requested != "auto":
-        return requested
-    t = teacher_out.float()
-    if t.dim() >= 2 and bool((t >= 0).all()) and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-3):
-        return "kl_probs"
-    return "kl" if t.dim() == 2 and t.shape[1] > 1 else "mse"
-
-
-def _distil_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
-    if kind == "kl_probs":  # both are probabilities (a softmax inside the model)
-        t = teacher.clamp_min(1e-8)
-        s = student.clamp_min(1e-8)
-        return (t * (t.log() - s.log())).sum(-1).mean()
-    if kind == "kl":
-        s = F.log_softmax(student / temperature, dim=1)
-        t = F.log_softmax(teacher / temperature, dim=1)
-        return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
-    return (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp_min(1e-12)
-
-
-def _cosine(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
-    """Per-sample cosine of all outputs flattened together."""
-    s = torch.cat([o.detach().reshape(o.shape[0], -1).float() for o in student], dim=1)
-    t = torch.cat([o.reshape(o.shape[0], -1).float() for o in teacher], dim=1)
-    return F.cosine_similarity(s, t, dim=1, eps=1e-12)
-
-
-@torch.no_grad()
-def _mean_cosine(qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str],
-                 batch: int) -> float:
-    """Mean per-sample output cosine of the (eval-mode, deployed) QAT model to FP32."""
-    qat.eval()
-    values = []
-    for i in range(0, len(samples), batch):
-        x = _stack(samples[i:i + batch], names)
-        values += _cosine(_as_list(qat(*x)), teacher(x)).tolist()
-    return float(np.mean(values))
-
-
-def augment_batch(batch: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Light, label-free augmentation of float inputs: a gain of 0.9-1.1 about the sample's mean,
-    an offset of up to 5 % of its spread, 1 % noise, and for images (N, C, H, W) a shift of up to
-    1/16 of the height and width (edges repeated).  The teacher sees the same samples."""
-    out = []
-    for x in batch:
-        if not x.is_floating_point():
-            out.append(x)
-            continue
-        n = x.shape[0]
-        view = (n,) + (1,) * (x.dim() - 1)
-        dims = tuple(range(1, x.dim()))
-        mean = x.mean(dim=dims, keepdim=True)
-        std = x.std(dim=dims, keepdim=True).clamp_min(1e-6)
-        gain = 0.9 + 0.2 * torch.rand(view, generator=generator)
-        offset = (torch.rand(view, generator=generator) - 0.5) * 0.1 * std
-        y = mean + (x - mean) * gain + offset + 0.01 * std * torch.randn(x.shape, generator=generator)
-        if x.dim() == 4 and x.shape[2] >= 16 and x.shape[3] >= 16:
-            y = torch.stack([_shift(y[i], generator) for i in range(n)])
-        out.append(y.to(x.dtype))
-    return tuple(out)
-
-
-def _shift(img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Translate a (C, H, W) image by a few pixels, repeating the edge."""
-    _, h, w = img.shape
-    dy = int(torch.randint(-(h // 16), h // 16 + 1, (), generator=generator))
-    dx = int(torch.randint(-(w // 16), w // 16 + 1, (), generator=generator))
-    if dx == 0 and dy == 0:
-        return img
-    padded = F.pad(img[None], (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")[0]
-    y0, x0 = max(-dy, 0), max(-dx, 0)
-    return padded[:, y0:y0 + h, x0:x0 + w]
-
-
-class _Trainer:
-    """The distillation loop: Adam with two parameter groups and a cosine decay.
-
-    Data parallel (``world`` > 1): every rank draws the same global batch and augments it with
-    the same generator, then trains on its rows (``torch.tensor_split``: rank order), its loss
-    weighted by its share so that DDP's average of the ranks' gradients is the gradient of the
-    global batch's mean loss -- the step of one process on the global batch.
-    """
-
-    def __init__(self, qat: QatModel, teacher: _Teacher, samples: list[Sample], names: Sequence[str], plan: _Plan,
-                 rank: int = 0, world: int = 1) -> None:
-        self.qat, self.teacher, self.samples, self.names, self.plan = qat, teacher, samples, list(names), plan
-        self.rank, self.world = rank, world
-        # static graph: the ONNX graph never branches, and a scale-group member's unused threshold is
-        # found once instead of by a search of the autograd graph at every step
-        self.model = distributed(qat, find_unused_parameters=False, static_graph=True) if world > 1 else qat
-        groups = _parameter_groups(qat, plan.lr, plan.quantizer_lr)
-        self.optimizer = torch.optim.Adam(groups)
-        self.base = [g["lr"] for g in groups]
-        self.generator = torch.Generator().manual_seed(plan.seed)
-        self.steps = 0
-        self.seen = 0
-        self.elapsed = 0.0  # training seconds of the runs this one resumes
-        self.resumed_at: int | None = None
-        self.losses: list[float] = []
-        self.loss_kinds: list[str] = []
-        self.order: list[int] = []  # the current pass's sample order, and where in it the next batch starts
-        self.position = 0
-
-    @property
-    def epochs(self) -> float:
-        return self.seen / len(self.samples)
-
-    def next_batch(self) -> list[Sample]:
-        """The next ``plan.batch`` samples of the current pass (a new shuffled pass when too few are left)."""
-        if self.position + self.plan.batch > len(self.order):
-            self.order = torch.randperm(len(self.samples), generator=self.generator).tolist()
-            self.position = 0
-        chunk = [self.samples[k] for k in self.order[self.position:self.position + self.plan.batch]]
-        self.position += self.plan.batch
-        return chunk
-
-    def run(self, progress: Progress | None) -> dict[str, Any]:
-        """Train to the budget (continuing from ``plan.resume``); returns the training statistics."""
-        plan = self.plan
-        if plan.resume is not None:
-            self._resume(plan.resume)
-        total = math.ceil(plan.epochs * len(self.samples) / plan.batch) if plan.epochs is not None else None
-        every = plan.checkpoint_every or max(1, len(self.samples) // plan.batch)
-        budget = plan.minutes * 60 - self.elapsed if plan.minutes is not None else None
-        start = time.perf_counter()
-        shown = 0.0
-        saved_at = self.steps
-        self.qat.train()
-        self.qat.freeze_bn()  # the folded form that is deployed, from the first step
-        if progress is not None:
-            progress("train", self.steps, total)
-        while not self._done(total, budget, start):
-            now = time.perf_counter()
-            frac = self.steps / total if total is not None else (self.elapsed + now - start) / (plan.minutes * 60)
-            for group, base in zip(self.optimizer.param_groups, self.base):
-                group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
-            chunk = self.next_batch()
-            x = _stack(chunk, self.names)
-            if plan.augment:
-                x = augment_batch(x, self.generator)
-            rows = torch.tensor_split(torch.arange(len(chunk)), self.world)[self.rank]
-            x = tuple(t[int(rows[0]):int(rows[-1]) + 1] for t in x)
-            share = len(rows) * self.world / len(chunk)
-            target = self.teacher(x)
-            self.qat.train()
-            student = _as_list(self.model(*x))
-            if not self.loss_kinds:
-                self.loss_kinds = [_loss_kind(t, plan.loss) for t in target]
-            loss = sum(_distil_loss(s, t, k, plan.temperature) for s, t, k in zip(student, target, self.loss_kinds))
-            self.optimizer.zero_grad()
-            (loss * share).backward()
-            self.optimizer.step()
-            self.steps += 1
-            self.seen += len(chunk)
-            self.losses.append(self._global_mean(loss.detach() * share))
-            if plan.checkpoint is not None and self.steps % every == 0:
-                self._save(plan.checkpoint, start)
-                saved_at = self.steps
-            if progress is not None and (time.perf_counter() - shown >= 2.0 or self.steps == total):
-                shown = time.perf_counter()
-                cos = float(_cosine(student, target).mean())
-                progress("train", self.steps, total, f"loss {self.losses[-1]:.4f} cosine {cos:.4f}")
-        if plan.checkpoint is not None and saved_at != self.steps:
-            self._save(plan.checkpoint, start)
-        self.qat.eval()
-        return {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "loss_kinds": self.loss_kinds,
-                "resumed_at": self.resumed_at, "loop_seconds": time.perf_counter() - start}
-
-    def _done(self, total: int | None, budget: float | None, start: float) -> bool:
-        """Whether the budget is spent; with a time budget rank 0 decides for every rank (their
-        clocks would disagree by a step, and a rank that stops early leaves the others waiting)."""
-        if total is not None:
-            return self.steps >= total
-        stop = torch.tensor([time.perf_counter() - start >= budget], dtype=torch.uint8)
-        if self.world > 1:
-            torch.distributed.broadcast(stop, src=0)
-        return bool(stop)
-
-    def _global_mean(self, weighted: torch.Tensor) -> float:
-        """The loss of the global batch: the mean of the ranks' share-weighted losses."""
-        if self.world > 1:
-            weighted = weighted.clone()
-            torch.distributed.all_reduce(weighted)
-            weighted /= self.world
-        return float(weighted)
-
-    def _save(self, path: str, start: float) -> None:
-        extra = {"seen": self.seen, "losses": list(self.losses), "loss_kinds": list(self.loss_kinds),
-                 "order": list(self.order), "position": self.position,
-                 "seconds": self.elapsed + time.perf_counter() - start}
-        save_checkpoint(path, self.model, self.optimizer, step=self.steps, epoch=int(self.epochs), extra=extra,
-                        generators=[self.generator], identity=self.plan.identity)
-
-    def _resume(self, path: str) -> None:
-        state = load_checkpoint(path, self.model, self.optimizer, generators=[self.generator],
-                                identity=self.plan.identity)
-        extra = state.extra
-        self.steps, self.resumed_at = state.step, state.step
-        self.seen, self.elapsed = extra["seen"], extra["seconds"]
-        self.losses, self.loss_kinds = list(extra["losses"]), list(extra["loss_kinds"])
-        self.order, self.position = list(extra["order"]), extra["position"]
-
-
-def _parameter_groups(qat: QatModel, lr: float, quantizer_lr: float) -> list[dict]:
-    """Adam groups: each conv/linear layer's weight and bias at ``lr`` times its weight
-    quantization step, quantizer parameters at ``quantizer_lr``, anything else at ``lr * 1e-3``.
-
-    Why relative: training starts with every weight on its PTQ code, exactly in the middle of a
-    quantization step; a code changes only after its weight moved half a step, and the steps
-    differ by 2**6 between layers, so one absolute rate either changes nothing in the layers with
-    coarse steps or scrambles the ones with fine steps.
-    """
-    groups, seen = [], set()
-    for m in qat.graph_module.modules():
-        if isinstance(m, QatWeighted):
-            params = [p for p in (m.module.weight, m.module.bias) if p is not None and p.requires_grad]
-            step = float(m.weight_quant.quant_params()[0].detach().max())
-            groups.append({"params": params, "lr": lr * step})
-            seen.update(id(p) for p in params)
-    quantizer = [p for p in qat.quantizer_parameters() if id(p) not in seen]
-    seen.update(id(p) for p in quantizer)
-    rest = [p for p in qat.parameters() if id(p) not in seen and p.requires_grad]
-    groups.append({"params": quantizer, "lr": quantizer_lr})
-    if rest:
-        groups.append({"params": rest, "lr": lr * 1e-3})
-    return [g for g in groups if g["params"]]
 
 
 def _step(progress: Progress | None, stage: str) -> None:

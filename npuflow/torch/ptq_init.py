@@ -6,8 +6,9 @@ forward already computes the PTQ model's integers.  Split out of :mod:`.onnx_qat
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,22 +49,24 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     counts = {"activations": 0, "weights": 0}
     unquantized: list[fx.Node] = []  # quantizers of tensors PTQ keeps in float (nodes on the CPU)
     unmapped: list[str] = []  # quantizers whose ONNX tensor the converter's mapping does not name
+    template: FakeQuantizer | None = None  # an activation quantizer at a PTQ scale, to copy
+
+    def tensor_of(src: fx.Node) -> str | None:
+        if src in placeholders:
+            return inputs[placeholders.index(src)]
+        path = _module_path(src)
+        return mapping[path].outputs[0] if path in mapping and last_of_module.get(path) is src else None
+
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
         mod = gm.get_submodule(node.target)
         if isinstance(mod, FakeQuantizer) and not mod.weight:
-            src = node.args[0]
-            tensor = None
-            if src in placeholders:
-                tensor = inputs[placeholders.index(src)]
-            else:
-                path = _module_path(src)
-                if path in mapping and last_of_module.get(path) is src:
-                    tensor = mapping[path].outputs[0]
+            tensor = tensor_of(node.args[0])
             if tensor is not None and f"{tensor}_scale" in inits and f"{tensor}_q" in quantize_steps:
                 _set_quantizer(mod, _array(inits[f"{tensor}_scale"]), _array(inits[f"{tensor}_zero_point"]))
                 counts["activations"] += 1
+                template = template if template is not None or mod.group_leader() is not mod else mod
             elif tensor is not None:
                 unquantized.append(node)
             else:
@@ -72,13 +75,111 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
             onnx_node = producers.producer_node(mapping[node.target].outputs[0])
             if onnx_node is not None and _set_weighted(mod, list(onnx_node.input), inits):
                 counts["weights"] += 1
+    counts["constants"] = _set_constants(gm, converted, inits)
     counts["float_tensors"] = _keep_float(gm, unquantized)
+    covered = {tensor_of(n.args[0]) for n in gm.graph.nodes if n.op == "call_module"
+               and isinstance(q := gm.get_submodule(n.target), (FakeQuantizer, SharedQuantizer)) and not getattr(q, "weight", False)}
+    missing = [n.input[0] for n in qdq.graph.node if n.output[0] == f"{n.input[0]}_q" and n.input[0] not in covered]
+    counts["added"] = _quantize_missing(gm, missing, mapping, last_of_module, inits, template)
+    counts["float_reads"] = _float_readers(gm, qdq, mapping, tensor_of)
     counts["unmapped"] = len(unmapped)
     if unmapped:
         log.warning("%d activation quantizer(s) of the QAT model have no ONNX tensor to take the PTQ scale from "
                     "(%s): they keep their observers' scales, so training starts from a model that differs from "
                     "the PTQ model there", len(unmapped), ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else ""))
     return counts
+
+
+def _quantize_missing(gm: fx.GraphModule, tensors: Sequence[str], mapping: Mapping[str, Any],
+                      last_of_module: Mapping[str, fx.Node], inits: Mapping[str, onnx.TensorProto],
+                      template: FakeQuantizer | None) -> int:
+    """Quantize the tensors the PTQ model quantizes and ``prepare_qat`` did not: where a float
+    part on the CPU hands a tensor back to the DPU through a pass-through op (PP-OCRv4 rec's
+    attention: ``Squeeze``/``Reshape`` outputs feeding a quantized ``Mul``/``MatMul``), the PTQ
+    model quantizes the pass-through op's output, while the QAT model's quantizer for it, on
+    the float producer, was removed with the other float tensors.  Each gets a copy of
+    ``template`` (an activation quantizer of the same model: same bits, tie rule, scale type)
+    at the PTQ scale.  Returns how many were added."""
+    producer = {m.outputs[0]: path for path, m in mapping.items()}
+    added = 0
+    for tensor in tensors:
+        node = last_of_module.get(producer.get(tensor, ""))
+        if node is None or template is None or f"{tensor}_scale" not in inits:
+            continue
+        quantizer = copy.deepcopy(template)
+        quantizer._leader = []
+        quantizer.name = tensor
+        name = f"npuflow_aq_ptq_{node.name}"
+        gm.add_submodule(name, quantizer)
+        with gm.graph.inserting_after(node):
+            qn = gm.graph.call_module(name, (node,))
+        qn.meta = dict(node.meta)
+        node.replace_all_uses_with(qn, delete_user_cb=lambda user, qn=qn: user is not qn)
+        _set_quantizer(quantizer, _array(inits[f"{tensor}_scale"]), _array(inits[f"{tensor}_zero_point"]))
+        added += 1
+    if added:
+        gm.graph.lint()
+        gm.recompile()
+    return added
+
+
+def _float_readers(gm: fx.GraphModule, qdq: onnx.ModelProto, mapping: Mapping[str, Any],
+                   tensor_of: Callable[[fx.Node], str | None]) -> int:
+    """Let the nodes that read a quantized tensor's float value in the PTQ model read it in float.
+
+    ``prepare_qat`` makes every user of a quantized tensor read the quantized value; the PTQ
+    model quantizes a tensor for its DPU consumers and lets the float part on the CPU read the
+    float value (PP-OCRv4 rec's swish ``x * sigmoid(x)``: the ``Mul`` reads ``x`` quantized, the
+    ``Sigmoid`` branch on the CPU reads it in float).  Returns how many uses were re-pointed."""
+    view = GraphView(qdq)
+    moved = 0
+    for qn in [n for n in gm.graph.nodes if n.op == "call_module"]:
+        q = gm.get_submodule(qn.target)
+        tensor = tensor_of(qn.args[0])
+        if not isinstance(q, FakeQuantizer) or q.weight or tensor is None:
+            continue
+        consumers = {c.output[0] for c in view.consumer_nodes(tensor) if c.output}
+        if f"{tensor}_q" not in consumers:  # a float tensor: every reader reads it in float already
+            continue
+        readers = consumers - {f"{tensor}_q"}
+        for user in list(qn.users):
+            path = _module_path(user)
+            if path in mapping and mapping[path].outputs[0] in readers:
+                user.replace_input_with(qn, qn.args[0])
+                moved += 1
+    if moved:
+        gm.graph.lint()
+        gm.recompile()
+    return moved
+
+
+def _set_constants(gm: fx.GraphModule, converted: fx.GraphModule, inits: Mapping[str, onnx.TensorProto]) -> int:
+    """Give the constant operands of element-wise nodes (PP-LCNet's learnable affine ``x * a + b``
+    after each hard-swish) the PTQ model's int8 values.  The PTQ model quantizes every constant a
+    DPU node reads; without this the student multiplies by the float constant, and its codes drift
+    from the PTQ model's from the first block on.  onnx2torch stores initializers as buffers named
+    ``initializers.onnx_initializer_K``: the converted module's call arguments, in the order of its
+    ``onnx_mapping.inputs``, say which ONNX initializer each buffer holds.  Returns how many took PTQ values."""
+    onnx_names: dict[str, str] = {}
+    for node in converted.graph.nodes:
+        mapping = getattr(converted.get_submodule(node.target), "onnx_mapping", None) if node.op == "call_module" else None
+        if mapping is None:
+            continue
+        for arg, onnx_name in zip(node.args, mapping.inputs):
+            if isinstance(arg, fx.Node) and arg.op == "get_attr":
+                onnx_names[str(arg.target)] = onnx_name
+    done: set[str] = set()
+    for node in gm.graph.nodes:
+        target = str(node.target)
+        if node.op != "get_attr" or target not in onnx_names or target in done:
+            continue
+        buffer = gm.get_buffer(target)
+        value = _dequantized(inits, onnx_names[target], buffer.shape) if buffer.is_floating_point() else None
+        if value is not None:
+            with torch.no_grad():
+                buffer.copy_(torch.from_numpy(value[0]))
+            done.add(target)
+    return len(done)
 
 
 def _keep_float(gm: fx.GraphModule, quantizer_nodes: list[fx.Node]) -> int:

@@ -50,7 +50,40 @@ def test_qat_starts_from_the_ptq_model(mnist_qat, digits):
         cos.append(float(np.dot(t, s) / (np.linalg.norm(t) * np.linalg.norm(s))))
     assert r.start_cosine == pytest.approx(float(np.mean(cos)), abs=1e-6)
     assert r.batch == 4 and r.steps == 5 and r.epochs == 1.0  # 20 training digits, batches of 4: the graph took batches
-    assert r.kept in ("trained", "ptq start") and r.cosine == max(r.start_cosine, r.trained_cosine)
+    # logits (N, 10): the guard judges the exported models' top-1 agreement with FP32
+    assert r.measure == "argmax agreement" and r.report["measure"] == "argmax agreement"
+    assert r.start_score == r.start_agreement == r.report["start_agreement"]
+    assert r.kept in ("trained", "ptq start") and r.score == max(r.start_score, r.trained_score)
+
+
+def test_guard_returns_the_start_when_training_makes_it_worse(digits):
+    """A rate that scrambles the weights: the trained model, exported and run in ONNX Runtime, reads
+    fewer held-out digits than the start, so the start is returned -- the PTQ model's outputs."""
+    r = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4, lr=300.0)
+    assert r.trained_score < r.start_score and r.kept == "ptq start"
+    returned, ptq = open_session(r.model, threads=1), open_session(r.ptq.model, threads=1)
+    for f in sorted(digits.glob("*.npy"))[-4:]:
+        x = {"input": np.load(f)}
+        np.testing.assert_array_equal(returned.run(None, x)[0], ptq.run(None, x)[0])
+
+
+def test_metric_callback_decides(digits):
+    """``metric(outputs)`` replaces the built-in measure: it sees each held-out sample's outputs
+    of the exported model, and the model it scores higher is returned."""
+    seen = []
+
+    def prefer_large_logits(outputs):
+        seen.append(len(outputs))
+        return float(sum(np.abs(o[0]).sum() for o in outputs))
+
+    r = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4,
+                 metric=prefer_large_logits)
+    assert seen == [4, 4] and r.measure == "metric" and r.report["measure"] == "metric"
+    assert r.kept == ("trained" if r.trained_score >= r.start_score else "ptq start")
+    with pytest.raises(NpuflowError) as err:
+        qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4,
+                 metric=lambda outputs: float("nan"))
+    assert err.value.code == "NPF_QAT_BAD_METRIC"
 
 
 def test_compiled_npuf_equals_the_torch_forward_bit_for_bit(mnist_qat, digits):

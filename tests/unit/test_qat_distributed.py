@@ -26,7 +26,7 @@ import torch
 from onnx import numpy_helper
 
 from npuflow.errors import NpuflowError
-from npuflow.torch import onnx_qat
+from npuflow.torch import onnx_qat, qat_train
 from npuflow.torch.distributed_launch import spawn
 from npuflow.torch.onnx_qat import qat_onnx
 from tests import fixture_models
@@ -52,7 +52,7 @@ def test_interrupted_onnx_qat_resumes_to_the_uninterrupted_model(serial, digits,
     serial, trained = serial
     ckpt = tmp_path / "qat.ckpt"
     losses = {"calls": 0}
-    real_loss = onnx_qat._distil_loss
+    real_loss = qat_train._distil_loss
 
     def stop_in_step_4(*args):
         losses["calls"] += 1
@@ -60,7 +60,7 @@ def test_interrupted_onnx_qat_resumes_to_the_uninterrupted_model(serial, digits,
             raise KeyboardInterrupt  # Ctrl-C or a kill during step 4: step 3 is not in any checkpoint
         return real_loss(*args)
 
-    monkeypatch.setattr(onnx_qat, "_distil_loss", stop_in_step_4)
+    monkeypatch.setattr(qat_train, "_distil_loss", stop_in_step_4)
     with pytest.raises(KeyboardInterrupt):
         qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, batch=4, ptq=serial.ptq,
                  checkpoint=ckpt, checkpoint_every=2)

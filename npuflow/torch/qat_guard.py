@@ -1,0 +1,101 @@
+"""Keep the better of the PTQ start and the trained model (:func:`npuflow.torch.onnx_qat.qat_onnx`).
+
+What decides is what the user deploys and what the user measures:
+
+* **the deployed model**: each candidate is exported to its QDQ model (:func:`export_qat`) and run
+  in ONNX Runtime, not judged by the torch forward;
+* **on samples held out of training**, against the FP32 model's outputs on them;
+* **on the task's own measure**: an output whose last axis is a class or probability axis (the
+  rule of the distillation loss: probability rows, or ``(N, C)`` logits) is judged by argmax
+  agreement with FP32 per row -- per CTC step for a text recogniser's ``(N, T, C)``
+  probabilities, per sample for a classifier -- any other output by its mean output cosine.
+  With several outputs the score is the mean of their measures.  A caller's ``metric`` replaces
+  the measure.
+
+Why: on PP-OCRv4 rec the mean output cosine over CTC probability rows, mostly blank, moved
+against line accuracy (a trained model with the higher cosine read 16 points fewer lines; one
+with the lower cosine read more), while the argmax per step is what the decoder reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import NpuflowError
+from ..ort_session import open_session
+from ..quant.data import Sample
+
+#: ``metric(outputs) -> float``, higher is better: ``outputs`` holds, for every held-out sample in
+#: order, the list of the model's outputs (numpy arrays, in the graph's output order).
+Metric = Callable[[list[list[np.ndarray]]], float]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """How one candidate (the PTQ start or the trained model) did on the held-out samples."""
+
+    score: float  # what decides (higher is better): the measure, or the caller's metric
+    cosine: float  # mean per-sample cosine of all outputs flattened together, to FP32
+    agreement: float | None  # argmax agreement with FP32 over the class rows; None: no class output
+
+
+def is_class_axis(fp32: np.ndarray) -> bool:
+    """Whether an output's last axis is a class or probability axis: rows that are non-negative
+    and sum to 1 (a softmax in the model), or ``(N, C)`` logits."""
+    values = np.asarray(fp32, dtype=np.float64)
+    if values.ndim >= 2 and values.shape[-1] > 1 and (values >= 0).all() \
+            and np.allclose(values.sum(-1), 1.0, atol=1e-3):
+        return True
+    return values.ndim == 2 and values.shape[1] > 1
+
+
+class Guard:
+    """The FP32 outputs of the held-out samples, computed once, and the judge of candidates."""
+
+    def __init__(self, float_model: onnx.ModelProto, samples: Sequence[Sample], input_names: Sequence[str],
+                 output_names: Sequence[str], metric: Metric | None = None) -> None:
+        session = open_session(float_model, level="all", threads=1)
+        self.feeds = [{n: s[n] for n in input_names} for s in samples]
+        self.outputs = list(output_names)
+        self.fp32 = [session.run(self.outputs, f) for f in self.feeds]
+        self.classes = [is_class_axis(np.concatenate([r[k] for r in self.fp32])) for k in range(len(self.outputs))]
+        self.metric = metric
+        self.measure = "metric" if metric is not None else (
+            "argmax agreement" if all(self.classes) else "output cosine" if not any(self.classes)
+            else "mean of argmax agreement and output cosine over the outputs")
+
+    def judge(self, qdq: onnx.ModelProto) -> Judgement:
+        """Run ``qdq`` (a candidate's exported QDQ model) in ONNX Runtime on the held-out samples."""
+        session = open_session(qdq, threads=1)
+        got = [session.run(self.outputs, f) for f in self.feeds]
+        cosine = float(np.mean([_cosine(g, t) for g, t in zip(got, self.fp32)]))
+        per_output, rows_equal = [], []
+        for k, is_class in enumerate(self.classes):
+            if is_class:
+                equal = np.concatenate([(g[k].argmax(-1) == t[k].argmax(-1)).ravel() for g, t in zip(got, self.fp32)])
+                rows_equal.append(equal)
+                per_output.append(float(equal.mean()))
+            else:
+                per_output.append(float(np.mean([_cosine([g[k]], [t[k]]) for g, t in zip(got, self.fp32)])))
+        agreement = float(np.concatenate(rows_equal).mean()) if rows_equal else None
+        score = self._metric(got) if self.metric is not None else float(np.mean(per_output))
+        return Judgement(score=score, cosine=cosine, agreement=agreement)
+
+    def _metric(self, outputs: list[list[np.ndarray]]) -> float:
+        value = self.metric(outputs)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(float(value)):
+            raise NpuflowError("NPF_QAT_BAD_METRIC", value=repr(value)[:80])
+        return float(value)
+
+
+def _cosine(student: Sequence[np.ndarray], teacher: Sequence[np.ndarray]) -> float:
+    """Cosine of all outputs of one sample flattened together."""
+    s = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in student])
+    t = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in teacher])
+    return float(s @ t / max(np.linalg.norm(s) * np.linalg.norm(t), 1e-12))
