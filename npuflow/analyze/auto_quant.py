@@ -128,16 +128,17 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
             candidates = _finetune_starts(best_cfg, pre_search, patch, tgt)
         else:
             candidates = [("", QuantConfig.model_validate(_merge(best_cfg.model_dump(exclude_unset=True), patch)))]
-        q, score, seconds, cfg, variant = None, -float("inf"), 0.0, best_cfg, ""
+        q, score, seconds, cfg, tried = None, -float("inf"), 0.0, best_cfg, []
         for label, c in candidates:
             if seconds and time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
                 break
             cq, cscore, csec = run(c, name)
             seconds += csec
+            tried.append(f"{label}: {cscore:.6g}" if label else "")
             if cscore > score:
-                q, score, cfg, variant = cq, cscore, c, label
+                q, score, cfg = cq, cscore, c
         kept = score > best_score
-        note = variant if kept else "no gain: not kept"
+        note = "; ".join(t for t in tried if t) + ("" if kept else ("; " if len(tried) > 1 else "") + "no gain: not kept")
         steps.append(Step(name, description, score, seconds, kept, note))
         if kept:
             if name == "calibration search":

@@ -123,7 +123,8 @@ def _print_steps(auto, allow_cpu_fallback: bool) -> None:
         table.add_column(col)
     for step in auto.steps:
         table.add_row(step.name, step.description, "" if step.score is None else f"{step.score:.6f}",
-                      f"{step.seconds:.1f}", "yes" if step.kept else (step.note or "no"))
+                      f"{step.seconds:.1f}", ("yes" + (f" ({step.note})" if step.note else "")) if step.kept
+                      else (step.note or "no"))
     console.print(table)
     if not auto.met:
         hint = "" if allow_cpu_fallback else "; --allow-cpu-fallback moves the most sensitive layers to the CPU"
