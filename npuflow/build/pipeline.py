@@ -213,8 +213,9 @@ def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: 
     result = qat_onnx(original, quantized.target, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes,
                       nproc=cal.qat_nproc, ptq=quantized,
                       progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
-    log.info("QAT: output cosine %.6f (PTQ start) -> %.6f after %d steps; kept the %s",
-             result.start_cosine, result.trained_cosine, result.steps, result.kept)
+    log.info("QAT: %s %.6f (PTQ start) -> %.6f after %d steps (output cosine %.6f -> %.6f); kept the %s",
+             result.measure, result.start_score, result.trained_score, result.steps, result.start_cosine,
+             result.trained_cosine, result.kept)
     summary = {k: v for k, v in result.report.items() if k != "losses"}
     return dataclasses.replace(quantized, model=result.model, dynamic_model=result.model, saves_dynamic=False,
                                requantizer=None), summary

@@ -3,8 +3,10 @@
 A thin wrapper over :func:`npuflow.torch.onnx_qat.qat_onnx`: PTQ start (AdaRound unless ``-c``
 says otherwise), conversion to torch, distillation from the FP32 model on the unlabelled samples
 in ``DIR``, export.  The progress bar shows the running distillation loss and the current output
-cosine to FP32; the summary gives the output cosine of the PTQ start and of the trained model, and
-which one was kept.  ``OUT`` receives ``quantized_model.onnx`` (give it to ``npuflow compile``),
+cosine to FP32; the summary gives, for the PTQ start and the trained model exported and run in
+ONNX Runtime on held-out samples, the measure that decides (argmax agreement with FP32 for class
+or probability outputs, else output cosine) and the output cosine, and which one was kept.
+``OUT`` receives ``quantized_model.onnx`` (give it to ``npuflow compile``),
 ``ptq_model.onnx`` and ``qat_report.json``.  torch and onnx2torch are optional dependencies
 (``pip install 'npuflow[torch]'``): without them the command is ``NPF_QAT_DEPENDENCY_MISSING``.
 
@@ -80,9 +82,10 @@ def qat_command(
         return
     if result.report["resumed_at_step"] is not None:
         console.print(f"resumed from {resume} at step {result.report['resumed_at_step']}")
-    console.print(f"output cosine to FP32 on {result.report['eval_samples']} samples: PTQ start "
-                  f"{result.start_cosine:.6f}, after {result.steps} steps ({result.epochs:.2f} epochs, "
-                  f"{result.seconds:.0f} s) {result.trained_cosine:.6f}; kept the {result.kept}")
+    console.print(f"{result.measure} to FP32 on {result.report['eval_samples']} samples (the exported model in "
+                  f"ONNX Runtime): PTQ start {result.start_score:.6f}, after {result.steps} steps ({result.epochs:.2f} "
+                  f"epochs, {result.seconds:.0f} s) {result.trained_score:.6f} (output cosine {result.start_cosine:.6f} "
+                  f"-> {result.trained_cosine:.6f}); kept the {result.kept}")
     for key, path in result.save(output).items():
         console.print(f"wrote {key}: {path}")
 
