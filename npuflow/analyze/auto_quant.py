@@ -11,7 +11,10 @@ runs a ladder of steps, cheapest first, each on top of the best configuration so
    (:mod:`npuflow.quant.percentile_search`) over a wider candidate list;
 3. equalisation: cross-layer equalisation with bias correction;
 4. AdaRound (layer-wise learned rounding);
-5. block reconstruction (BRECQ with QDrop).
+5. block reconstruction (BRECQ with QDrop);
+6. only when the caller allows it (``qat``): QAT from the best model (label-free distillation,
+   :func:`npuflow.torch.onnx_qat.ladder_step`, whose own guard returns the better of its start
+   and the trained model).
 
 The finetune rungs (4, 5) run twice where the activation ranges differ: on the finetune default
 ones (MSE positions on power-of-two targets) and on those of the best model so far (min/max or
@@ -56,6 +59,12 @@ LADDER: tuple[tuple[str, str, dict], ...] = (
 )
 
 Metric = Callable[[QuantizedModel], float]
+#: A QAT step: trains from the model given, returns the model to keep (a copy whose report may be
+#: rewritten) and a note for the step.
+QatStep = Callable[[QuantizedModel], "tuple[QuantizedModel, str]"]
+
+#: The step after the ladder, only when the caller allows it (``qat``).
+QAT_STEP = ("QAT", "label-free quantization-aware training, distilled from the float model")
 
 
 @dataclass
@@ -92,12 +101,16 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
                   metric: Metric | None = None, min_metric: float | None = None,
                   time_budget_s: float | None = None, allow_cpu_fallback: bool = False,
                   config: QuantConfig | dict | str | None = None, input_shapes: Any = None,
+                  qat: QatStep | None = None,
                   progress: Callable[[str, int, int | None], None] | None = None) -> AutoResult:
     """Quantize ``model`` for ``target`` with the cheapest ladder steps that reach the target.
 
     Target: ``min_similarity`` (lowest output cosine on the quantizer's accuracy-check samples)
     or ``metric`` with ``min_metric``.  ``calib_data`` is read once per step, so it must be
-    re-iterable (a folder, a list); a one-shot iterator is read into a list first."""
+    re-iterable (a folder, a list); a one-shot iterator is read into a list first.
+    ``qat`` allows a last step before any CPU fallback: a function that trains from the best model
+    and returns the result with a note (:func:`npuflow.torch.onnx_qat.ladder_step` makes one; the
+    quantizer's stages never import torch)."""
     if metric is not None and min_metric is None:
         raise NpuflowError("NPF_QUANT_BAD_CONFIG", reason="a metric needs min_metric, the score to reach")
     goal = float(min_metric if metric is not None else min_similarity)
@@ -145,9 +158,24 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
                 pre_search = _ranges(best_cfg.model_dump(exclude_unset=True), None)
             best, best_score, best_cfg = q, score, cfg
         log.info("auto: %s -> %.6f (%.1f s)%s", name, score, seconds, "" if kept else ", not kept")
+    ptq_best = best
+    if qat is not None:
+        spent = time.perf_counter() - start
+        if best_score >= goal or (time_budget_s is not None and spent >= time_budget_s):
+            steps.append(Step(QAT_STEP[0], QAT_STEP[1], None, 0.0, False,
+                              "target met" if best_score >= goal else f"time budget spent ({spent:.0f} s)"))
+        else:
+            t0 = time.perf_counter()
+            q, note = _qat(qat, best, calib_data)
+            score = _score(q, metric)
+            kept = score > best_score
+            steps.append(Step(QAT_STEP[0], QAT_STEP[1], score, time.perf_counter() - t0, kept,
+                              note if kept else f"{note}; no gain: not kept"))
+            if kept:
+                best, best_score = q, score
     fallback = None
-    if best_score < goal and allow_cpu_fallback:
-        best, best_score, fallback, step = _cpu_fallback(best, goal, target, calib_data, metric)
+    if best_score < goal and allow_cpu_fallback:  # layers to float: on the PTQ model (a QAT model cannot re-export)
+        best, best_score, fallback, step = _cpu_fallback(ptq_best, goal, target, calib_data, metric)
         steps.append(step)
     return AutoResult(best, best_cfg, best_score, goal, best_score >= goal, steps, fallback)
 
@@ -157,6 +185,18 @@ def _score(q: QuantizedModel, metric: Metric | None) -> float:
         return float(metric(q))
     values = [v for v in (q.report.calibration_outputs or q.report.outputs).values() if v is not None]
     return min(values) if values else 0.0
+
+
+def _qat(step: QatStep, start: QuantizedModel, calib_data: Any) -> tuple[QuantizedModel, str]:
+    """The QAT step from ``start``; its model's accuracy-check similarity measured again, on the
+    same samples as every other step's."""
+    from ..quant.report import output_similarity
+    from .compare import open_samples
+
+    q, note = step(start)
+    feeds = list(open_samples(calib_data, start.float_model, samples=start.config.similarity_samples))
+    q.report.calibration_outputs = output_similarity(start.float_model, q.model, feeds)
+    return q, note
 
 
 #: The config keys the calibration search sets: what the finetune rungs may take back.

@@ -17,7 +17,6 @@ interrupted build leaves an earlier build's files as they were.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -149,7 +148,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
         _require_similarity(quantized, check_report)
 
     qat_summary = None
-    if cal.qat_epochs is not None or cal.qat_minutes is not None:
+    if (cal.qat_epochs is not None or cal.qat_minutes is not None) and cal.min_similarity is None:
         with _timed("qat", timings, None):
             quantized, qat_summary = _qat(original, calib, quantized, cal, progress)
 
@@ -187,8 +186,12 @@ def _auto_quantize(original: onnx.ModelProto, calib: CalibrationSet, target: Any
     a target not reached is a warning (the best model is built), as in ``quantize --min-similarity``."""
     from ..analyze.auto_quant import auto_quantize
 
+    qat = None  # QAT (qat_epochs/qat_minutes) is the ladder's last step, run only when still short
+    if cal.qat_epochs is not None or cal.qat_minutes is not None:
+        qat = onnx_qat_module().ladder_step(original, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes, nproc=cal.qat_nproc,
+                          progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
     auto = auto_quantize(original, calib, target, min_similarity=cal.min_similarity, time_budget_s=cal.time_budget,
-                         allow_cpu_fallback=cal.allow_cpu_fallback, config=quant_config,
+                         allow_cpu_fallback=cal.allow_cpu_fallback, config=quant_config, qat=qat,
                          progress=lambda stage, done=0, total=None: progress(f"quantize {stage}", done, total))
     for step in auto.steps:
         score = "not run" if step.score is None else f"{step.score:.6f}"
@@ -206,19 +209,24 @@ def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: 
     """QAT by distillation from the float model, started from this build's PTQ result
     (``qat_epochs``/``qat_minutes``): the QAT model replaces the PTQ one in what is compiled and
     saved; the per-node similarity report stays the PTQ one, the QAT summary goes beside it."""
-    try:
-        from ..torch.onnx_qat import qat_onnx
-    except ModuleNotFoundError as exc:
-        raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package=exc.name or "torch") from None
-    result = qat_onnx(original, quantized.target, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes,
+    result = onnx_qat_module().qat_onnx(original, quantized.target, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes,
                       nproc=cal.qat_nproc, ptq=quantized,
                       progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
     log.info("QAT: %s %.6f (PTQ start) -> %.6f after %d steps (output cosine %.6f -> %.6f); kept the %s",
              result.measure, result.start_score, result.trained_score, result.steps, result.start_cosine,
              result.trained_cosine, result.kept)
     summary = {k: v for k, v in result.report.items() if k != "losses"}
-    return dataclasses.replace(quantized, model=result.model, dynamic_model=result.model, saves_dynamic=False,
-                               requantizer=None), summary
+    return result.as_quantized(), summary
+
+
+def onnx_qat_module() -> Any:
+    """``npuflow.torch.onnx_qat``, imported when QAT is asked for (a build, ``npuflow qat``,
+    ``quantize --qat-minutes``), or the coded error naming the optional dependency missing."""
+    try:
+        from ..torch import onnx_qat
+    except ModuleNotFoundError as exc:
+        raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package=exc.name or "torch") from None
+    return onnx_qat
 
 
 def _require_similarity(quantized: Any, check_report: Any) -> None:

@@ -92,10 +92,6 @@ def qat_command(
 
 def _qat_entry():
     """``qat_onnx``, or the coded error naming the optional dependency that is missing."""
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError:
-        raise NpuflowError("NPF_QAT_DEPENDENCY_MISSING", package="torch") from None
-    from ..torch.onnx_qat import qat_onnx
+    from ..build.pipeline import onnx_qat_module
 
-    return qat_onnx
+    return onnx_qat_module().qat_onnx

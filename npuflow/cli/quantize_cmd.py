@@ -63,6 +63,10 @@ def quantize_command(
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", metavar="SECONDS", min=1.0,
         help="With --min-similarity: start no step once this much time is spent; the best model so far is kept."),
+    qat_minutes: Optional[float] = typer.Option(
+        None, "--qat-minutes", metavar="M", min=0.01,
+        help="With --min-similarity: when the steps fall short, label-free QAT from the best model for M minutes "
+             "before any CPU fallback (needs npuflow[torch]; docs/qat.md)."),
     allow_cpu_fallback: bool = typer.Option(
         False, "--allow-cpu-fallback",
         help="With --min-similarity: when the steps fall short, move the fewest layers to float on the CPU "
@@ -73,9 +77,9 @@ def quantize_command(
     from ..model import freeze_inputs, parse_input_values, with_probe_values
 
     shapes = input_shapes_arg(input_shape)
-    if min_similarity is None and (time_budget is not None or allow_cpu_fallback):
+    if min_similarity is None and (time_budget is not None or allow_cpu_fallback or qat_minutes is not None):
         raise typer.BadParameter("needs --min-similarity (the accuracy target the steps aim for)",
-                                 param_hint="--time-budget/--allow-cpu-fallback")
+                                 param_hint="--time-budget/--qat-minutes/--allow-cpu-fallback")
     with StageProgress("quantize", console, err_console) as progress:
         source = freeze_inputs(str(model), parse_input_values(freeze_input, "--freeze-input"))
         source = with_probe_values(source, parse_input_values(probe_value))
@@ -88,6 +92,7 @@ def quantize_command(
 
             auto = auto_quantize(source, str(calib), target, min_similarity=min_similarity, time_budget_s=time_budget,
                                  allow_cpu_fallback=allow_cpu_fallback, config=cfg, input_shapes=shapes,
+                                 qat=None if qat_minutes is None else _qat_step(source, calib, qat_minutes, shapes),
                                  progress=progress)
             result = auto.quantized
             result.info["auto"] = auto.summary()  # quant_info.json records the steps
@@ -110,6 +115,13 @@ def quantize_command(
     if result.problem is not None:
         err_console.print(f"WARNING [{result.problem.code}] {result.problem.message}\n  hint: {result.problem.hint}",
                           markup=False, highlight=False)
+
+
+def _qat_step(source, calib: Path, minutes: float, shapes):
+    """The ladder's QAT step (``--qat-minutes``), or the coded error when torch is missing."""
+    from ..build.pipeline import onnx_qat_module
+
+    return onnx_qat_module().ladder_step(source, str(calib), minutes=minutes, input_shapes=shapes)
 
 
 def _print_steps(auto, allow_cpu_fallback: bool) -> None:

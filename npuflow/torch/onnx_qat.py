@@ -41,6 +41,7 @@ the current pass, so a resumed run ends with the uninterrupted run's model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -109,6 +110,13 @@ class OnnxQatResult:
     def score(self) -> float:
         """The deciding measure of the model returned."""
         return self.trained_score if self.kept == "trained" else self.start_score
+
+    def as_quantized(self) -> QuantizedModel:
+        """The model returned in the PTQ result's form (what ``compile``, ``save`` and the build
+        take), with a copy of the PTQ report and no requantizer: a QAT model is not a re-export of
+        the PTQ plan, so per-layer precision overrides cannot apply to it."""
+        return dataclasses.replace(self.ptq, model=self.model, dynamic_model=self.model, saves_dynamic=False,
+                                   requantizer=None, report=copy.deepcopy(self.ptq.report))
 
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``quantized_model.onnx`` (compile this), ``ptq_model.onnx`` (the start) and
@@ -261,6 +269,17 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
 
 #: Most local processes ``nproc`` accepts (one machine's cores, generously).
 MAX_NPROC = 256
+
+
+def ladder_step(model: model_io.ModelLike, data: Any, **options: Any) -> Callable[[QuantizedModel], tuple[QuantizedModel, str]]:
+    """The accuracy ladder's QAT step (:func:`npuflow.analyze.auto_quant.auto_quantize`'s ``qat``):
+    :func:`qat_onnx` of ``model`` on ``data`` from the ladder's best model, with ``options`` (its
+    keywords: ``minutes`` or ``epochs``, ``nproc``, ...), as a :class:`QuantizedModel` and a note."""
+    def step(start: QuantizedModel) -> tuple[QuantizedModel, str]:
+        result = qat_onnx(model, start.target, data, ptq=start, **options)
+        return result.as_quantized(), f"{result.steps} steps, kept the {result.kept} ({result.measure})"
+
+    return step
 
 
 def _check_nproc(nproc: Any) -> None:

@@ -152,7 +152,7 @@ def test_accuracy_target_out_of_reach_warns_and_keeps_the_best(npuflow_cli, net,
     assert (out / "quantized_model.onnx").is_file()
 
 
-@pytest.mark.parametrize("extra", [["--time-budget", "60"], ["--allow-cpu-fallback"]])
+@pytest.mark.parametrize("extra", [["--time-budget", "60"], ["--allow-cpu-fallback"], ["--qat-minutes", "5"]])
 def test_ladder_options_need_an_accuracy_target(npuflow_cli, net, tmp_path, extra):
     r = npuflow_cli("quantize", net / "net.onnx", "-t", DPU, "--calib", net / "calib", "-o", tmp_path / "o", *extra)
     assert r.returncode == 2 and "needs --min-similarity" in r.stderr and "Traceback" not in r.stderr
