@@ -52,3 +52,33 @@ def test_qat_options_are_checked_by_qat_onnx(mnist_npy_folder):
     with pytest.raises(NpuflowError, match="NPF_QAT_BAD_BUDGET"):
         auto_quantize(mnist, data, DPU, min_similarity=1.01, config=FAST,
                       qat=ladder_step(mnist, data, epochs=1, minutes=1))
+
+
+def test_build_with_a_target_runs_qat_only_as_the_ladder_step(tmp_path, capsys):
+    """``min_similarity`` beside ``qat_epochs``: QAT is the ladder's last step (in the report's
+    ``auto`` steps), not a separate stage after it."""
+    import json
+
+    import numpy as np
+    import yaml
+    from skimage import data as skdata
+
+    from npuflow.cli.app import main
+    from tests.unit.test_build_config import BASE, _conv_model
+
+    _conv_model(tmp_path / "m.onnx")
+    photo = skdata.astronaut()
+    (tmp_path / "calib").mkdir()
+    for i in range(8):
+        crop = photo[40 * i:40 * i + 8, 30 * i:30 * i + 8, ::-1]
+        np.ascontiguousarray(crop.transpose(2, 0, 1)[None]).tofile(tmp_path / "calib" / f"{i:02d}.bgr")
+    conf = yaml.safe_load(yaml.safe_dump(BASE))
+    conf["input_parameters"]["input_type_rt"] = "bgr"
+    conf["calibration_parameters"].update(qat_epochs=1, min_similarity=1.0, time_budget=1000)
+    conf["npuflow"] = {"fast_finetune": {"iters": 5}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 0
+    capsys.readouterr()
+    report = json.loads(next(tmp_path.rglob("*_build_report.json")).read_text())
+    assert "qat" not in report and report["auto"]["steps"][-1]["name"] == QAT_STEP[0]
+    assert report["auto"]["met"] or report["auto"]["steps"][-1]["score"] is not None
