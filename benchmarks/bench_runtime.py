@@ -25,7 +25,8 @@ that imports the same libraries and loads the same input but no model (see ``chi
 The compiled model's outputs are compared with ONNX Runtime's on ``quantized_model.onnx`` first
 (power-of-two targets: equal; float scales: the largest difference is reported), with its int8
 weights in the form this CPU's integer kernels compute exactly (``ort_kernels.exact_weights``:
-uint8 on x86-64 without VNNI, where MLAS' uint8 x int8 kernels saturate).  The timed ORT columns
+uint8 on x86-64 without VNNI, where MLAS' uint8 x int8 kernels saturate, except the convolutions
+whose weight pairs cannot saturate a lane).  The timed ORT columns
 run the model as a user's ONNX Runtime does, saturating kernels included.
 
     python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...] [--before REV]
@@ -400,8 +401,9 @@ def render(results: list[dict], meta: dict) -> str:
         f"{meta['load']}); median of {meta['rounds']} interleaved rounds of {meta['runs']} runs.",
         {"s8": "ONNX Runtime's uint8 x int8 kernels are exact on this CPU (VNNI): npuflow's integer kernels use int8 weights.",
          "u8": "ONNX Runtime's uint8 x int8 kernels saturate on this CPU (no VNNI): npuflow's integer kernels use uint8 "
-               "weights (exact, about half the speed); the ORT QDQ columns run the saturating kernels, and outputs are "
-               "compared with ORT on the uint8-weight form.",
+               "weights (exact, about half the speed) except on convolutions whose weight pairs cannot saturate a "
+               "16-bit lane (`ort_kernels.conv_weight_form`: int8, exact); the ORT QDQ columns run the saturating "
+               "kernels, and outputs are compared with ORT on the exact weight form.",
          None: "ONNX Runtime's integer kernels are not exact on this CPU: npuflow's fused runs use float forms."}.get(
             meta.get("weight_form"), ""),
         f"Command: `{meta['command']}`.  Frames per "
