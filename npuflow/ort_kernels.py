@@ -306,18 +306,8 @@ def exact_weights(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | N
     convolution's weights that :func:`conv_weight_form` keeps int8 (:func:`_int8_conv_weight`)
     stay.  Elsewhere (VNNI, or no int8 weights) ``model`` itself.  ``external``: the arrays of
     initialisers whose data ``model`` declares external (``ort_session.open_session``)."""
-    if weight_form() != "u8":
-        return model
     inits = {t.name: t for t in model.graph.initializer}
     readers = _readers(model.graph)
-    view = GraphView(model)
-    dequantized_uint8 = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
-                         and len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.UINT8}
-
-    def codes(name: str) -> np.ndarray:
-        return np.asarray(external[name]) if external is not None and name in external else \
-            numpy_helper.to_array(inits[name])
-
     todo = []  # (node index, weight input, zero point input)
     for k, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
@@ -329,9 +319,19 @@ def exact_weights(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | N
             continue  # an int8 constant of another op: its type decides how ONNX Runtime fuses that op
         if w is not None and len(node.input) > w and node.input[w] in inits \
                 and inits[node.input[w]].data_type == TensorProto.INT8 \
-                and (len(node.input) <= z or not node.input[z] or node.input[z] in inits) \
-                and not _int8_conv_weight(node, view, dequantized_uint8, codes):
+                and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
             todo.append((k, w, z))
+    if not todo or weight_form() != "u8":
+        return model
+
+    def codes(name: str) -> np.ndarray:
+        return np.asarray(external[name]) if external is not None and name in external else \
+            numpy_helper.to_array(inits[name])
+
+    view = GraphView(model)
+    dequantized_uint8 = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                         and len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.UINT8}
+    todo = [(k, w, z) for k, w, z in todo if not _int8_conv_weight(model.graph.node[k], view, dequantized_uint8, codes)]
     if not todo:
         return model
     out = onnx.ModelProto()
