@@ -54,6 +54,17 @@ def _calib(folder: Path, count: int = 3, nbytes: int = 192) -> None:
         np.full(nbytes, (40 * i) % 256, np.uint8).tofile(folder / f"{i:03d}.bgr")
 
 
+def photo_crops(folder: Path, count: int) -> None:
+    """``count`` 8x8 crops of a real photo as raw BGR NCHW uint8 files (a tiny build's calibration)."""
+    from skimage import data as skdata
+
+    photo = skdata.astronaut()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        crop = photo[40 * i:40 * i + 8, 30 * i:30 * i + 8, ::-1]  # RGB -> BGR
+        np.ascontiguousarray(crop.transpose(2, 0, 1)[None]).tofile(folder / f"{i:02d}.bgr")
+
+
 @pytest.fixture
 def project(tmp_path):
     _conv_model(tmp_path / "m.onnx")

@@ -12,7 +12,7 @@ import yaml
 from skimage import data as skdata
 
 from npuflow.cli.app import main
-from tests.unit.test_build_config import BASE, _conv_model
+from tests.unit.test_build_config import BASE, _conv_model, photo_crops
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,7 @@ def built(tmp_path_factory):
     """Build the tiny model from 8x8 crops of a real photo (BGR NCHW uint8 raw files)."""
     root = tmp_path_factory.mktemp("tiny_build")
     _conv_model(root / "m.onnx")
-    photo = skdata.astronaut()
-    (root / "calib").mkdir()
-    for i in range(12):
-        crop = photo[40 * i:40 * i + 8, 30 * i:30 * i + 8, ::-1]  # RGB -> BGR
-        np.ascontiguousarray(crop.transpose(2, 0, 1)[None]).tofile(root / "calib" / f"{i:02d}.bgr")
+    photo_crops(root / "calib", 12)
     conf = yaml.safe_load(yaml.safe_dump(BASE))
     conf["model_parameters"]["log_level"] = "debug"
     (root / "c.yaml").write_text(yaml.safe_dump(conf))

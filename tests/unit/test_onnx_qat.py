@@ -148,17 +148,11 @@ def test_build_key_runs_qat_after_ptq(tmp_path, capsys):
     import json
 
     import yaml
-    from skimage import data as skdata
-
     from npuflow.cli.app import main
-    from tests.unit.test_build_config import BASE, _conv_model
+    from tests.unit.test_build_config import BASE, _conv_model, photo_crops
 
     _conv_model(tmp_path / "m.onnx")
-    photo = skdata.astronaut()
-    (tmp_path / "calib").mkdir()
-    for i in range(8):
-        crop = photo[40 * i:40 * i + 8, 30 * i:30 * i + 8, ::-1]
-        np.ascontiguousarray(crop.transpose(2, 0, 1)[None]).tofile(tmp_path / "calib" / f"{i:02d}.bgr")
+    photo_crops(tmp_path / "calib", 8)
     conf = yaml.safe_load(yaml.safe_dump(BASE))
     conf["input_parameters"]["input_type_rt"] = "bgr"  # nv12's chroma Resize does not trace (NPF_TORCH_CAPTURE_FAILED)
     conf["calibration_parameters"]["qat_epochs"] = 1
