@@ -151,7 +151,7 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
             if cscore > score:
                 q, score, cfg = cq, cscore, c
         kept = score > best_score
-        note = "; ".join(t for t in tried if t) + ("" if kept else ("; " if len(tried) > 1 else "") + "no gain: not kept")
+        note = "; ".join([t for t in tried if t] + ([] if kept else ["no gain: not kept"]))
         steps.append(Step(name, description, score, seconds, kept, note))
         if kept:
             if name == "calibration search":

@@ -92,7 +92,7 @@ def quantize_command(
 
             auto = auto_quantize(source, str(calib), target, min_similarity=min_similarity, time_budget_s=time_budget,
                                  allow_cpu_fallback=allow_cpu_fallback, config=cfg, input_shapes=shapes,
-                                 qat=None if qat_minutes is None else _qat_step(source, calib, qat_minutes, shapes),
+                                 qat=None if qat_minutes is None else _qat_step(source, calib, qat_minutes, shapes, progress),
                                  progress=progress)
             result = auto.quantized
             result.info["auto"] = auto.summary()  # quant_info.json records the steps
@@ -117,11 +117,12 @@ def quantize_command(
                           markup=False, highlight=False)
 
 
-def _qat_step(source, calib: Path, minutes: float, shapes):
+def _qat_step(source, calib: Path, minutes: float, shapes, progress):
     """The ladder's QAT step (``--qat-minutes``), or the coded error when torch is missing."""
     from ..build.pipeline import onnx_qat_module
 
-    return onnx_qat_module().ladder_step(source, str(calib), minutes=minutes, input_shapes=shapes)
+    return onnx_qat_module().ladder_step(source, str(calib), minutes=minutes, input_shapes=shapes, progress=lambda
+                                         stage, done=0, total=None, *_: progress(f"auto: QAT {stage}", done, total))
 
 
 def _print_steps(auto, allow_cpu_fallback: bool) -> None:

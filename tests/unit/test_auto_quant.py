@@ -116,3 +116,11 @@ def test_a_float_scale_target_finetunes_once_on_its_default_ranges():
     auto_quantize(two_conv_net(), _calib(), "cpu-int8", metric=metric, min_metric=1.0,
                   config={"fast_finetune": None})
     assert seen.count(True) == 2  # AdaRound once, block reconstruction once
+
+
+def test_a_step_note_separates_the_scores_from_the_verdict():
+    """One start tried and no gain: 'finetune default ranges: S; no gain: not kept'."""
+    result = auto_quantize(two_conv_net(), _calib(), "cpu-int8", metric=lambda q: 0.0, min_metric=1.0,
+                           config={"fast_finetune": None})
+    adaround = next(s for s in result.steps if s.name == "AdaRound")
+    assert adaround.note == "finetune default ranges: 0; no gain: not kept"
