@@ -19,7 +19,9 @@ known when a graph is written, so :func:`conv_weight_form` gives a ``QLinearConv
 stay within that bound its int8 weights and the faster kernel, once :func:`pairing_confirmed`
 has found those lanes on this process' kernels; elsewhere the uint8 form stays.  ``ConvInteger``
 gains nothing from it: its int8-weight kernel is exact but about four times slower than the
-uint8 one on such a CPU.
+uint8 one on such a CPU; a pointwise convolution reaches the fast kernel as ``MatMulInteger`` of
+its channels-last rows and int8 weights, whose lanes are adjacent input channels
+(:func:`matmul_pairing_confirmed`).
 """
 
 from __future__ import annotations
@@ -262,6 +264,54 @@ def pairing_confirmed() -> bool:
         return False
 
 
+def _matmul_pairing_holds(rng: np.random.Generator, k: int, rows: int) -> bool:
+    """``MatMulInteger`` of uint8 rows ``A`` (``rows`` x ``k``) and int8 weights ``B`` (``k`` x 8):
+    exact on codes 255 and 0/255 (zero point 3) where every pair ``2j``, ``2j + 1`` along ``k``
+    sums to :data:`PAIR_BOUND`, and saturated where the first pair sums to one more."""
+    b = np.ascontiguousarray(_pair_weights(rng, 8, k).T)
+    over = np.zeros_like(b)
+    over[0], over[1] = 127, 2
+    cases = ((np.full((rows, k), 255, np.uint8), 0, b), (rng.choice(np.array([0, 255], np.uint8), (rows, k)), 3, b),
+             (np.full((rows, k), 255, np.uint8), 0, over))
+    for i, (a, zp, w) in enumerate(cases):
+        inits = [numpy_helper.from_array(w.astype(np.int8), "b"), numpy_helper.from_array(np.uint8(zp), "az"),
+                 numpy_helper.from_array(np.int8(0), "bz")]
+        node = helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
+        got = probe_session([node], [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)], inits,
+                            TensorProto.INT32).run(None, {"a": a})[0]
+        want = (a.astype(np.int64) - zp) @ w.astype(np.int64)
+        if np.array_equal(got, want) != (i < 2):  # the first two exact, the over-bound pair not
+            return False
+    return True
+
+
+@functools.cache
+def matmul_pairing_confirmed() -> bool:
+    """Whether this process' ``MatMulInteger`` with uint8 activations as ``A`` and int8 weights as
+    ``B`` adds products ``2j``, ``2j + 1`` along ``K`` in one saturating 16-bit lane and no others
+    (:func:`_matmul_pairing_holds`, odd and even ``K``, one row and several): then weights whose
+    pairs along ``K`` are :func:`saturation_free` (a 1x1 convolution's input channels in order are
+    its :func:`mlas_pairs`) give the exact accumulator on MLAS' fast uint8 x int8 kernel.  Where
+    it does not (VNNI adds four products in int32 and never saturates; another MLAS may pair
+    otherwise), such convolutions keep ``ConvInteger`` on uint8 weights."""
+    rng = np.random.default_rng(0)
+    try:
+        return all(_matmul_pairing_holds(rng, k, rows) for k, rows in ((33, 1), (64, 5), (200, 7)))
+    except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
+        return False
+
+
+def matmul_int8_exact(b: np.ndarray) -> bool:
+    """Whether ``MatMulInteger`` of uint8 activations and int8 weight codes ``b`` (K x N, zero
+    point 0) gives the exact accumulator on this process' kernels: always where ``QLinearConv``'s
+    int8 form is (:func:`weight_form` ``"s8"``), else where no pair along ``K`` can saturate
+    (:func:`saturation_free` of the columns as 1x1 convolution weights) and
+    :func:`matmul_pairing_confirmed` finds the lanes there."""
+    form = weight_form()
+    return form == "s8" or (form == "u8" and saturation_free(np.asarray(b).T[:, :, None, None], 1)
+                            and matmul_pairing_confirmed())
+
+
 @functools.cache
 def convinteger_exact() -> bool:
     """Whether this process' ``ConvInteger`` on uint8 codes and uint8 weights gives the exact
@@ -359,7 +409,8 @@ def _int8_conv_weight(node: onnx.NodeProto, view: GraphView, dequantized_uint8: 
     gives int8 weights with zero point 0 to ``QLinearConv`` on uint8 codes only -- the QOperator
     op itself, or ``Conv`` nodes that read the dequantized weights directly and dequantized uint8
     codes (``dequantized_uint8``), which ONNX Runtime fuses into it -- and :func:`conv_weight_form`
-    keeps them int8 for each such convolution.  ``codes``: an initialiser's array."""
+    keeps them int8 for each such convolution; or a ``MatMulInteger`` on uint8 codes whose int8
+    weights :func:`matmul_int8_exact` finds exact.  ``codes``: an initialiser's array."""
     if node.op_type == "DequantizeLinear":
         w, z = 0, 2
         convs = view.consumer_nodes(node.output[0])
@@ -368,6 +419,10 @@ def _int8_conv_weight(node: onnx.NodeProto, view: GraphView, dequantized_uint8: 
             return False
     elif node.op_type == "QLinearConv":
         w, z, convs = 3, 5, [node]
+    elif node.op_type == "MatMulInteger":
+        b = codes(node.input[1])
+        return (len(node.input) <= 3 or not node.input[3] or not np.any(codes(node.input[3]))) \
+            and b.ndim == 2 and matmul_int8_exact(b)
     else:
         return False
     if len(node.input) > z and node.input[z] and np.any(codes(node.input[z]) != 0):

@@ -21,7 +21,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import numerics as nm
-from ..ort_kernels import convinteger_exact, weight_arrays
+from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
 from . import fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
 from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, centred_clip, channel, clamp_bounds,
@@ -152,8 +152,9 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     the float epilogue (:func:`_float_epilogue`) on the accumulator cast to float32.  Grouped
     and depthwise convolutions keep the float ``Conv`` (``ConvInteger`` is slower there), as do
     int8 weights that are not codes, an ``lshift``, per-channel output scales and accumulators
-    that could leave int32.  ``to_conv``/``from_conv`` move ``t``'s codes into the convolution's
-    layout and the result back; ``out`` as in :func:`_convolve`."""
+    that could leave int32.  Wide pointwise convolutions whose int8 weights cannot saturate MLAS'
+    uint8 x int8 lanes run as ``MatMulInteger`` instead (:func:`_matmul_form`).  ``to_conv``/``from_conv`` move
+    ``t``'s codes into the convolution's layout and the result back; ``out`` as in :func:`_convolve`."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
     dtype = np.dtype(g.tensors[t]["dtype"])
@@ -169,9 +170,13 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     move = bias - (table[0] if table is not None else 0)  # the int32 added to ConvInteger's accumulator
     if not 0 <= a["x_zp"] - k <= 255 or np.any(sums + np.abs(move) > acc_hi) or not convinteger_exact():
         return False
-    (wq, _), _ = weight_arrays(w, "u8")
-    acc = g.node("ConvInteger", [to_conv(g.as_bytes(t, k)), g.const(wq, np.uint8),
-                                 g.scalar(a["x_zp"] - k, np.uint8), g.scalar(-nm.qrange(8, True)[0], np.uint8)], **node_attrs)
+    x, x_zp = to_conv(g.as_bytes(t, k)), g.scalar(a["x_zp"] - k, np.uint8)
+    if _matmul_form(op, w, node_attrs):
+        acc = _matmul_accumulator(g, x, x_zp, w, a["in_shape"])
+    else:
+        (wq, _), _ = weight_arrays(w, "u8")
+        acc = g.node("ConvInteger", [x, g.const(wq, np.uint8), x_zp, g.scalar(-nm.qrange(8, True)[0], np.uint8)],
+                     **node_attrs)
     if np.any(move):
         acc = g.node("Add", [acc, g.const(move.reshape(1, -1, 1, 1), np.int32)])
     if table is None:
@@ -186,6 +191,38 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         y = lookup(g, index, table[1], zp)
     g.put(op["outputs"][0], from_conv(y), zp)
     return True
+
+
+#: Input and output channels from which a pointwise convolution's ``MatMulInteger`` form
+#: (:func:`_matmul_form`) saves more than its two transposes cost: the GEMM's saving grows with
+#: the product of the channel counts, the transposes with their sum (measured on this project's
+#: AVX2 machine, in a graph between a depthwise convolution and a table: 192 and more gain,
+#: 32-128 channels lose or break even; docs/compiler-runtime.md, "Twelfth round").
+MATMUL_CHANNELS = 192
+
+
+def _matmul_form(op: dict, w: np.ndarray, node_attrs: dict) -> bool:
+    """Whether :func:`_integer_conv` writes convolution ``op`` (int8 weights ``w``) as
+    ``MatMulInteger`` of its channels-last rows and int8 weights: a pointwise convolution (1x1,
+    stride 1, no padding) of at least :data:`MATMUL_CHANNELS` channels in and out whose weight
+    pairs along the input channels cannot saturate MLAS' 16-bit lanes on this process' kernels
+    (``ort_kernels.matmul_int8_exact``).  That runs on MLAS' uint8 x int8 kernel, about
+    twice the rate of ``ConvInteger``'s uint8 x uint8 one on a CPU without VNNI, and is exact."""
+    return op["op"] == "conv" and len(op["attrs"]["in_shape"]) == 4 and list(node_attrs.get("kernel_shape", [])) == [1, 1] \
+        and not any(node_attrs.get("pads", [0])) and all(s == 1 for s in node_attrs.get("strides", [1])) \
+        and min(w.shape[:2]) >= MATMUL_CHANNELS and matmul_int8_exact(w.reshape(w.shape[0], -1).T)
+
+
+def _matmul_accumulator(g: Graph, x: str, x_zp: str, w: np.ndarray, in_shape: list[int]) -> str:
+    """The int32 accumulator (N, Cout, H, W) of a pointwise convolution of uint8 ``x`` (``in_shape``
+    N, C, H, W; zero point ``x_zp``) with int8 weights ``w`` as ``MatMulInteger`` of the rows
+    (N, H*W, C) and ``w`` as (C, Cout): uint8 activations as ``A``, the form MLAS runs on its
+    uint8 x int8 kernel (int8 weights as ``A`` take its reference path)."""
+    n, c, h, wd = in_shape
+    rows = g.node("Transpose", [g.node("Reshape", [x, g.const([n, c, h * wd], np.int64)])], perm=[0, 2, 1])
+    weights = g.const(np.ascontiguousarray(w.reshape(w.shape[0], c).T), np.int8)
+    acc = g.node("MatMulInteger", [rows, weights, x_zp, g.scalar(0, np.int8)])
+    return g.node("Reshape", [g.node("Transpose", [acc], perm=[0, 2, 1]), g.const([n, w.shape[0], h, wd], np.int64)])
 
 
 def _integer_reader(op: dict) -> bool:
