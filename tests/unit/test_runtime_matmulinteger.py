@@ -88,3 +88,29 @@ def test_extreme_codes_through_matmulinteger_equal_the_kernels():
     x = np.random.default_rng(9).choice(np.array([-100.0, 100.0], np.float32), (1, fused_conv.MATMUL_CHANNELS, 5, 7))
     ops = _ops(_equal_fused_and_kernels(model, {"x": x}, DPU))
     assert "MatMulInteger" in ops or not ort_kernels.matmul_pairing_confirmed(), ops
+
+
+@pytest.mark.parametrize("saturating", [False, True])
+def test_exact_weights_keeps_matmulinteger_int8_weights_only_where_exact(saturating):
+    # weights handed to ONNX Runtime outside the protobuf (as the fused runs do) must keep their
+    # name where they stay int8: a renamed initializer made ONNX Runtime refuse the whole graph
+    from npuflow.ort_session import open_session
+    from npuflow.runtime.fused_graph import external_stub
+
+    rng = np.random.default_rng(13)
+    b = _bound_pairs(rng, 64, 32).astype(np.int8)
+    if saturating:
+        b[0, 0], b[1, 0] = 127, 2
+    node = helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
+    graph = helper.make_graph([node], "mm", [helper.make_tensor_value_info("a", TensorProto.UINT8, (3, 64))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                              [external_stub("b", b), numpy_helper.from_array(np.uint8(5), "az"),
+                               numpy_helper.from_array(np.int8(0), "bz")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    kept = ort_kernels.exact_weights(model, {"b": b})
+    assert (kept.graph.node[0].input[1] == "b") == (ort_kernels.matmul_int8_exact(b) or ort_kernels.weight_form() != "u8")
+    a = np.full((3, 64), 255, np.uint8)
+    if not saturating or ort_kernels.weight_form() != "u8":  # external weights kept under their name
+        got = open_session(model, threads=1, external={"b": b}).run(None, {"a": a})[0]
+        assert np.array_equal(got, (a.astype(np.int64) - 5) @ b.astype(np.int64))
