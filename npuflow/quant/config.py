@@ -50,7 +50,9 @@ class _Strict(BaseModel):
 class TensorSpec(_Strict):
     """Partial settings for one tensor kind; ``None`` inherits from the layer below."""
 
-    bit_width: Literal[4, 8, 16] | None = None
+    # 7: weights in [-64, 63], ONNX Runtime's ``reduce_range``: on x86 CPUs without VNNI no pair of
+    # products can leave MLAS' 16-bit lanes, so the fast uint8 x int8 kernels are exact (cpu-int8)
+    bit_width: Literal[4, 7, 8, 16] | None = None
     method: Method | None = None
     scale_type: ScaleType | None = None
     per_channel: bool | None = None
@@ -330,7 +332,7 @@ def validate_settings(s: TensorSettings, kind: str, target: Target, where: str) 
         return NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where=f"{where} ({kind})", reason=reason)
 
     if kind != "bias":
-        allowed = set(target.numerics.bits) | {8} | ({4} if kind == "weight" else set())
+        allowed = set(target.numerics.bits) | {8} | ({4, 7} if kind == "weight" else set())
         if s.bit_width not in allowed:
             raise NpuflowError(
                 "NPF_QUANT_BITS_UNSUPPORTED", bits=s.bit_width, kind=kind, where=where, target=target.name,
