@@ -109,7 +109,8 @@ def test_exact_weights_keeps_matmulinteger_int8_weights_only_where_exact(saturat
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     kept = ort_kernels.exact_weights(model, {"b": b})
-    assert (kept.graph.node[0].input[1] == "b") == (ort_kernels.matmul_int8_exact(b) or ort_kernels.weight_form() != "u8")
+    int8_form = ort_kernels.matmul_int8_exact(b) or ort_kernels.weight_form() != "u8"
+    assert (kept.graph.node[0].input[1] == "b") == int8_form
     a = np.full((3, 64), 255, np.uint8)
     if not saturating or ort_kernels.weight_form() != "u8":  # external weights kept under their name
         got = open_session(model, threads=1, external={"b": b}).run(None, {"a": a})[0]
