@@ -209,7 +209,8 @@ def _matmul_form(op: dict, w: np.ndarray, node_attrs: dict) -> bool:
     (``ort_kernels.matmul_int8_exact``).  That runs on MLAS' uint8 x int8 kernel, about
     twice the rate of ``ConvInteger``'s uint8 x uint8 one on a CPU without VNNI, and is exact."""
     return op["op"] == "conv" and len(op["attrs"]["in_shape"]) == 4 \
-        and list(node_attrs.get("kernel_shape", [])) == [1, 1] and not any(node_attrs.get("pads", [0])) and all(s == 1 for s in node_attrs.get("strides", [1])) \
+        and list(node_attrs.get("kernel_shape", [])) == [1, 1] and not any(node_attrs.get("pads", [0])) \
+        and all(s == 1 for s in node_attrs.get("strides", [1])) \
         and min(w.shape[:2]) >= MATMUL_CHANNELS and matmul_int8_exact(w.reshape(w.shape[0], -1).T)
 
 
