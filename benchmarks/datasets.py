@@ -121,14 +121,10 @@ def ctc_greedy_decode(probs: np.ndarray) -> list[str]:
     Leading and trailing spaces are stripped (the labels have none; the model often adds one at
     the crop border, which is not a reading error).
     """
+    from npuflow.torch.qat_guard import ctc_greedy_sequences  # the one decoder (the QAT guard's too)
+
     classes = rec_dictionary()
-    texts = []
-    for row in np.asarray(probs).argmax(axis=-1):
-        keep = np.ones(len(row), dtype=bool)
-        keep[1:] = row[1:] != row[:-1]
-        keep &= row != 0
-        texts.append("".join(classes[i] for i in row[keep]).strip(" "))
-    return texts
+    return ["".join(classes[i] for i in seq).strip(" ") for seq in ctc_greedy_sequences(probs)]
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,8 @@ For a user who has only the float ONNX file and unlabelled samples (photos, text
    than 10 samples, the first 64 training ones) and judged against FP32 on the task's measure --
    argmax agreement for class or probability outputs (per CTC step, per sample), output cosine
    otherwise, or the caller's ``metric`` -- and the trained model is returned only when it is not
-   worse there (the result says which was kept, with both measures).
+   worse there (the result says which was kept, with both measures; for a recogniser's CTC rows
+   the report adds the share of held-out samples whose greedy decode equals FP32's).
 6. **Export** with :func:`npuflow.torch.export_qat`: the QDQ model that ``npuflow compile`` turns
    into a ``.npuf`` whose outputs equal the torch forward bit for bit.
 
@@ -251,6 +252,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "measure": guard.measure, "start_score": start.score, "trained_score": trained.score,
         "start_cosine": start.cosine, "trained_cosine": trained.cosine,
         "start_agreement": start.agreement, "trained_agreement": trained.agreement,
+        "start_sequence_agreement": start.sequences, "trained_sequence_agreement": trained.sequences,
         "eval_model": "exported QDQ model in ONNX Runtime", "kept": kept, "quantizers_from_ptq": initialised["activations"], "weights_from_ptq": initialised["weights"],
         "quantizers_unmapped": initialised["unmapped"], "quantizers_added": initialised["added"],
         "constants_from_ptq": initialised["constants"], "float_reads": initialised["float_reads"],

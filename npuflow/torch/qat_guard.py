@@ -15,6 +15,13 @@ What decides is what the user deploys and what the user measures:
 Why: on PP-OCRv4 rec the mean output cosine over CTC probability rows, mostly blank, moved
 against line accuracy (a trained model with the higher cosine read 16 points fewer lines; one
 with the lower cosine read more), while the argmax per step is what the decoder reads.
+
+For a recogniser's ``(N, T, C)`` probabilities the judgement also carries the **sequence
+agreement**: the fraction of held-out samples whose greedy CTC decode (:func:`ctc_greedy_sequences`)
+equals FP32's -- what a user reading whole lines sees.  It is reported, not deciding: on the few
+dozen lines a guard holds out, one line is a coarse step, and on PP-OCRv4 rec it ranked a
+trained model that reads fewer evaluation lines above the start, where the per-step agreement
+ranked the models as their evaluation accuracy does (docs/qat.md has the comparison).
 """
 
 from __future__ import annotations
@@ -42,6 +49,28 @@ class Judgement:
     score: float  # what decides (higher is better): the measure, or the caller's metric
     cosine: float  # mean per-sample cosine of all outputs flattened together, to FP32
     agreement: float | None  # argmax agreement with FP32 over the class rows; None: no class output
+    sequences: float | None = None  # share of samples whose greedy CTC decodes equal FP32's; None: no (N, T, C) rows
+
+
+def ctc_greedy_sequences(probs: np.ndarray) -> list[tuple[int, ...]]:
+    """The class sequence a greedy CTC decoder reads from each of ``probs``' ``(T, C)`` rows: the
+    argmax per step, repeats merged, the blank (class 0, PaddleOCR's and rapidocr's
+    ``CTCLabelDecode`` convention) dropped.  One decoder for the guard and the benchmarks, so the
+    sequence agreement the guard reports is the line reading the benchmarks score."""
+    texts = []
+    for row in np.asarray(probs).reshape(-1, *np.shape(probs)[-2:]).argmax(axis=-1):
+        keep = np.ones(len(row), dtype=bool)
+        keep[1:] = row[1:] != row[:-1]
+        keep &= row != 0
+        texts.append(tuple(int(i) for i in row[keep]))
+    return texts
+
+
+def is_sequence_output(fp32: np.ndarray) -> bool:
+    """Whether an output is a recogniser's ``(N, T, C)`` probability rows (a softmax per step)."""
+    values = np.asarray(fp32, dtype=np.float64)
+    return values.ndim == 3 and values.shape[-1] > 1 and bool((values >= 0).all()) \
+        and bool(np.allclose(values.sum(-1), 1.0, atol=1e-3))
 
 
 def is_class_axis(fp32: np.ndarray) -> bool:
@@ -64,6 +93,9 @@ class Guard:
         self.outputs = list(output_names)
         self.fp32 = [session.run(self.outputs, f) for f in self.feeds]
         self.classes = [is_class_axis(np.concatenate([r[k] for r in self.fp32])) for k in range(len(self.outputs))]
+        self.sequence_outputs = [k for k in range(len(self.outputs))
+                                 if is_sequence_output(np.concatenate([r[k] for r in self.fp32]))]
+        self.fp32_sequences = {k: [ctc_greedy_sequences(r[k]) for r in self.fp32] for k in self.sequence_outputs}
         self.metric = metric
         self.measure = "metric" if metric is not None else (
             "argmax agreement" if all(self.classes) else "output cosine" if not any(self.classes)
@@ -83,8 +115,11 @@ class Guard:
             else:
                 per_output.append(float(np.mean([_cosine([g[k]], [t[k]]) for g, t in zip(got, self.fp32)])))
         agreement = float(np.concatenate(rows_equal).mean()) if rows_equal else None
+        same = [ctc_greedy_sequences(g[k]) == want for k, fp32 in self.fp32_sequences.items()
+                for g, want in zip(got, fp32)]
         score = self._metric(got) if self.metric is not None else float(np.mean(per_output))
-        return Judgement(score=score, cosine=cosine, agreement=agreement)
+        return Judgement(score=score, cosine=cosine, agreement=agreement,
+                         sequences=float(np.mean(same)) if same else None)
 
     def _metric(self, outputs: list[list[np.ndarray]]) -> float:
         value = self.metric(outputs)

@@ -53,6 +53,7 @@ def test_qat_starts_from_the_ptq_model(mnist_qat, digits):
     # logits (N, 10): the guard judges the exported models' top-1 agreement with FP32
     assert r.measure == "argmax agreement" and r.report["measure"] == "argmax agreement"
     assert r.start_score == r.start_agreement == r.report["start_agreement"]
+    assert r.report["start_sequence_agreement"] is None is r.report["trained_sequence_agreement"]  # no (N, T, C) rows
     assert r.kept in ("trained", "ptq start") and r.score == max(r.start_score, r.trained_score)
 
 
