@@ -19,9 +19,9 @@ with the lower cosine read more), while the argmax per step is what the decoder 
 For a recogniser's ``(N, T, C)`` probabilities the judgement also carries the **sequence
 agreement**: the fraction of held-out samples whose greedy CTC decode (:func:`ctc_greedy_sequences`)
 equals FP32's -- what a user reading whole lines sees.  It is reported, not deciding: on the few
-dozen lines a guard holds out, one line is a coarse step, and on PP-OCRv4 rec it ranked a
-trained model that reads fewer evaluation lines above the start, where the per-step agreement
-ranked the models as their evaluation accuracy does (docs/qat.md has the comparison).
+dozen lines a guard holds out, one line is a coarse step; on PP-OCRv4 rec it ordered trained
+models no better than the per-step agreement and ranked one that reads clearly fewer evaluation
+lines above the start, which the per-step agreement refused (docs/qat.md has the comparison).
 """
 
 from __future__ import annotations
