@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..analyze.output_kinds import ctc_greedy_sequences, is_class_axis, is_sequence_output
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from ..quant.data import Sample
@@ -50,37 +51,6 @@ class Judgement:
     cosine: float  # mean per-sample cosine of all outputs flattened together, to FP32
     agreement: float | None  # argmax agreement with FP32 over the class rows; None: no class output
     sequences: float | None = None  # share of samples whose greedy CTC decodes equal FP32's; None: no (N, T, C) rows
-
-
-def ctc_greedy_sequences(probs: np.ndarray) -> list[tuple[int, ...]]:
-    """The class sequence a greedy CTC decoder reads from each of ``probs``' ``(T, C)`` rows: the
-    argmax per step, repeats merged, the blank (class 0, PaddleOCR's and rapidocr's
-    ``CTCLabelDecode`` convention) dropped.  One decoder for the guard and the benchmarks, so the
-    sequence agreement the guard reports is the line reading the benchmarks score."""
-    texts = []
-    for row in np.asarray(probs).reshape(-1, *np.shape(probs)[-2:]).argmax(axis=-1):
-        keep = np.ones(len(row), dtype=bool)
-        keep[1:] = row[1:] != row[:-1]
-        keep &= row != 0
-        texts.append(tuple(int(i) for i in row[keep]))
-    return texts
-
-
-def is_sequence_output(fp32: np.ndarray) -> bool:
-    """Whether an output is a recogniser's ``(N, T, C)`` probability rows (a softmax per step)."""
-    values = np.asarray(fp32, dtype=np.float64)
-    return values.ndim == 3 and values.shape[-1] > 1 and bool((values >= 0).all()) \
-        and bool(np.allclose(values.sum(-1), 1.0, atol=1e-3))
-
-
-def is_class_axis(fp32: np.ndarray) -> bool:
-    """Whether an output's last axis is a class or probability axis: rows that are non-negative
-    and sum to 1 (a softmax in the model), or ``(N, C)`` logits."""
-    values = np.asarray(fp32, dtype=np.float64)
-    if values.ndim >= 2 and values.shape[-1] > 1 and (values >= 0).all() \
-            and np.allclose(values.sum(-1), 1.0, atol=1e-3):
-        return True
-    return values.ndim == 2 and values.shape[1] > 1
 
 
 class Guard:

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from npuflow.torch.qat_guard import Guard, ctc_greedy_sequences, is_sequence_output
+from npuflow.analyze.output_kinds import ctc_greedy_sequences, is_sequence_output
+from npuflow.torch.qat_guard import Guard
 
 T, C = 4, 3
 
