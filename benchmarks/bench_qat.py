@@ -256,7 +256,8 @@ def bench_onnx(args) -> list[str]:
     lines = ["## `npuflow qat`: QAT of the ONNX model from the AdaRound PTQ start (issue 18 item 2)", "",
              f"Produced by `python benchmarks/bench_qat.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{TARGET}, the target's placement (every layer of EfficientNet-Lite0 on the DPU; PP-OCRv4 rec keeps what the "
-             "DPU does not run, LayerNorm, attention, Softmax, in float on the CPU, in PTQ and QAT alike).  PTQ start: AdaRound ({args.onnx_ptq_iters} iterations) calibrated on the "
+             "DPU does not run, LayerNorm, attention, Softmax, in float on the CPU, in PTQ and QAT alike).  "
+             f"PTQ start: AdaRound ({args.onnx_ptq_iters} iterations) calibrated on the "
              f"first {args.onnx_ptq_calib} training samples; QAT: `qat_onnx` distilling from FP32 on all training samples "
              f"(unlabelled, {'not ' if args.onnx_no_augment else ''}augmented; lr {args.onnx_lr:g}, quantizer lr "
              f"{args.onnx_quantizer_lr:g}), batch {args.onnx_batch}, {args.onnx_minutes:g} minutes of training on a shared "
