@@ -131,11 +131,18 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
     best_cfg = base
     pre_search: dict | None = None  # the range keys before a kept calibration search
     steps = [Step("target defaults", "the configuration given", best_score, seconds, True)]
-    for name, description, patch in LADDER:
+
+    def why_not(name: str, description: str) -> Step | None:
+        """The step as not run, when the target holds or the budget is spent; else None."""
         spent = time.perf_counter() - start
         if best_score >= goal or (time_budget_s is not None and spent >= time_budget_s):
-            steps.append(Step(name, description, None, 0.0, False,
-                              "target met" if best_score >= goal else f"time budget spent ({spent:.0f} s)"))
+            return Step(name, description, None, 0.0, False,
+                        "target met" if best_score >= goal else f"time budget spent ({spent:.0f} s)")
+        return None
+
+    for name, description, patch in LADDER:
+        if (skipped := why_not(name, description)) is not None:
+            steps.append(skipped)
             continue
         if "fast_finetune" in patch:
             candidates = _finetune_starts(best_cfg, pre_search, patch, tgt)
@@ -155,15 +162,13 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
         steps.append(Step(name, description, score, seconds, kept, note))
         if kept:
             if name == "calibration search":
-                pre_search = _ranges(best_cfg.model_dump(exclude_unset=True), None)
+                pre_search = _range_keys(best_cfg.model_dump(exclude_unset=True))
             best, best_score, best_cfg = q, score, cfg
         log.info("auto: %s -> %.6f (%.1f s)%s", name, score, seconds, "" if kept else ", not kept")
     ptq_best = best
     if qat is not None:
-        spent = time.perf_counter() - start
-        if best_score >= goal or (time_budget_s is not None and spent >= time_budget_s):
-            steps.append(Step(QAT_STEP[0], QAT_STEP[1], None, 0.0, False,
-                              "target met" if best_score >= goal else f"time budget spent ({spent:.0f} s)"))
+        if (skipped := why_not(*QAT_STEP)) is not None:
+            steps.append(skipped)
         else:
             t0 = time.perf_counter()
             q, note = _qat(qat, best, calib_data)
@@ -203,14 +208,14 @@ def _qat(step: QatStep, start: QuantizedModel, calib_data: Any) -> tuple[Quantiz
 _RANGE_KEYS = ("activation", "percentile_candidates")
 
 
-def _ranges(cfg: dict, source: dict | None) -> dict:
-    """``cfg`` with the range keys of ``source`` (absent keys removed); ``source=None``: only the
-    range keys of ``cfg``."""
-    if source is None:
-        return {k: copy.deepcopy(cfg[k]) for k in _RANGE_KEYS if k in cfg}
-    out = {k: v for k, v in cfg.items() if k not in _RANGE_KEYS}
-    out.update(copy.deepcopy(source))
-    return out
+def _range_keys(cfg: dict) -> dict:
+    """The range keys ``cfg`` sets."""
+    return {k: copy.deepcopy(cfg[k]) for k in _RANGE_KEYS if k in cfg}
+
+
+def _with_ranges(cfg: dict, ranges: dict) -> dict:
+    """``cfg`` with its range keys replaced by ``ranges`` (a key absent there is removed)."""
+    return {**{k: v for k, v in cfg.items() if k not in _RANGE_KEYS}, **copy.deepcopy(ranges)}
 
 
 def _finetune_starts(best: QuantConfig, pre_search: dict | None, patch: dict,
@@ -223,7 +228,7 @@ def _finetune_starts(best: QuantConfig, pre_search: dict | None, patch: dict,
     to MSE positions, ``quant/config.py``), and which start wins differs from model to model
     (docs/accuracy.md, "Activation positions for fast finetune")."""
     current = best.model_dump(exclude_unset=True)
-    default = QuantConfig.model_validate(_merge(_ranges(current, pre_search if pre_search is not None else _ranges(current, None)), patch))
+    default = QuantConfig.model_validate(_merge(current if pre_search is None else _with_ranges(current, pre_search), patch))
     used = best.resolve(tgt, "activation")
     same = QuantConfig.model_validate(_merge(current, {**patch, "activation": {"method": used.method}}))
     starts = [("finetune default ranges", default)]

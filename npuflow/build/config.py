@@ -123,6 +123,11 @@ class CalibrationParameters(_Group):
     #: with min_similarity: when the steps fall short, the fewest layers move to float on the CPU
     allow_cpu_fallback: bool = False
 
+    @property
+    def wants_qat(self) -> bool:
+        """Whether the config asks for QAT (a budget in epochs or in minutes)."""
+        return self.qat_epochs is not None or self.qat_minutes is not None
+
 
 class CompilerParameters(_Group):
     compile_mode: Literal["latency", "bandwidth"] = "latency"

@@ -148,7 +148,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
         _require_similarity(quantized, check_report)
 
     qat_summary = None
-    if (cal.qat_epochs is not None or cal.qat_minutes is not None) and cal.min_similarity is None:
+    if cal.wants_qat and cal.min_similarity is None:
         with _timed("qat", timings, None):
             quantized, qat_summary = _qat(original, calib, quantized, cal, progress)
 
@@ -187,9 +187,10 @@ def _auto_quantize(original: onnx.ModelProto, calib: CalibrationSet, target: Any
     from ..analyze.auto_quant import auto_quantize
 
     qat = None  # QAT (qat_epochs/qat_minutes) is the ladder's last step, run only when still short
-    if cal.qat_epochs is not None or cal.qat_minutes is not None:
-        qat = onnx_qat_module().ladder_step(original, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes, nproc=cal.qat_nproc,
-                          progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
+    if cal.wants_qat:
+        qat = onnx_qat_module().ladder_step(
+            original, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes, nproc=cal.qat_nproc,
+            progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
     auto = auto_quantize(original, calib, target, min_similarity=cal.min_similarity, time_budget_s=cal.time_budget,
                          allow_cpu_fallback=cal.allow_cpu_fallback, config=quant_config, qat=qat,
                          progress=lambda stage, done=0, total=None: progress(f"quantize {stage}", done, total))
@@ -200,8 +201,9 @@ def _auto_quantize(original: onnx.ModelProto, calib: CalibrationSet, target: Any
     if not auto.met:
         log.warning("the accuracy target %g was not reached (best %.6f)%s", auto.target, auto.score,
                     "" if cal.allow_cpu_fallback else "; allow_cpu_fallback: True moves the most sensitive layers to the CPU")
-    auto.quantized.info["auto"] = auto.summary()
-    return auto.quantized, auto.summary()
+    summary = auto.summary()
+    auto.quantized.info["auto"] = summary
+    return auto.quantized, summary
 
 
 def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: Any,
