@@ -54,11 +54,13 @@ for p in (str(ROOT), str(HERE)):
 import bench_quant as BQ  # noqa: E402
 import datasets as D  # noqa: E402
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 from tests import fixture_models  # noqa: E402
 
 import npuflow  # noqa: E402
 from npuflow.analyze.mixed_precision import perf_cost, search  # noqa: E402
 from npuflow.model import load as npuflow_load  # noqa: E402
+from npuflow.numerics import ONNX_ROUND_MODE, fake_quantize, float_scale  # noqa: E402
 from npuflow.passes.fold_constants import fold_constants  # noqa: E402
 
 TARGET = "DPUCZDX8G_ISA1_B4096"
@@ -249,14 +251,47 @@ def requantize_row(bench: BQ.Bench, rows: dict, name: str, mp, search_s: float) 
     logging.info("%s: float points + %s again -> %s", bench.name, name, scores)
 
 
+#: the reference row of weight rounding alone
+WEIGHTS_ONLY = "reference: int8 weights only (per-channel float scales, nearest), float activations"
+
+
+def weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every Conv/Gemm/MatMul weight initializer rounded to symmetric per-channel
+    int8 codes with float scales (the finest int8 weight grid a per-channel target offers) and
+    activations left in float: how far weight rounding alone moves the metric, a yardstick for
+    rows that quantize everything on a coarser, power-of-two per-tensor grid."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
+            init = inits[node.input[1]]
+            w = onnx.numpy_helper.to_array(init)
+            if w.ndim < 2:
+                continue
+            axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not _attr(node, "transB")) else 0
+            amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1)
+            q = fake_quantize(w, float_scale(amax), round_mode=ONNX_ROUND_MODE, axis=axis, narrow=True)
+            init.CopyFrom(onnx.numpy_helper.from_array(q.astype(w.dtype), init.name))
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), 0)
+
+
 def peer_rows(bench: BQ.Bench, rows: dict, on_row: Callable[[dict], None] = lambda rows: None) -> None:
-    """ONNX Runtime (best of its calibration methods on the evaluation set, as in bench_quant) and
-    NNCF defaults, both per-channel with float scales: references, not DPU-deployable."""
+    """The weight-rounding reference row (:func:`weights_only`), ONNX Runtime (best of its
+    calibration methods on the evaluation set, as in bench_quant) and NNCF defaults, both
+    per-channel with float scales: references, not DPU-deployable."""
     with tempfile.TemporaryDirectory() as tmp:
         # the float model prepared as bench_quant prepares it for every tool (frozen shapes, folded
         # constants: ONNX Runtime's quantizer rejects PP-OCR's graph otherwise)
         float_path = Path(tmp) / "float.onnx"
-        npuflow.model.save(fold_constants(npuflow_load(bench.path, bench.input_shapes)), float_path)
+        folded = fold_constants(npuflow_load(bench.path, bench.input_shapes))
+        npuflow.model.save(folded, float_path)
+        rows[WEIGHTS_ONLY] = {"scores": bench.evaluate(D.ort_session(weights_only(folded))), "seconds": None}
+        on_row(rows)
         best = None
         for method in BQ.ORT_METHODS:
             try:

@@ -4,6 +4,7 @@ an FP32 box as kept when a quantized box overlaps it at polygon IoU >= 0.5."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.datasets import box_match
 
@@ -65,3 +66,39 @@ def test_accuracy_bench_post_activation_row() -> None:
     (label, cfg), = finetune_configs({}, 500, ["adaround_post"])
     assert cfg["fast_finetune"] == {"method": "adaround", "iters": 500, "post_activation": True}
     assert "post-activation" in label
+
+
+def test_weights_only_reference_rounds_each_output_channel_to_its_own_int8_grid() -> None:
+    """The reference row rounds Conv weights per output channel (axis 0) and MatMul weights per
+    column (axis 1) to 255 symmetric levels, leaves biases and activations alone."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from benchmarks.bench_accuracy import weights_only
+
+    rng = np.random.default_rng(0)
+    conv_w = (rng.normal(size=(4, 3, 3, 3)) * np.array([1e-3, 1.0, 10.0, 0.1])[:, None, None, None]).astype(np.float32)
+    mm_w = (rng.normal(size=(4, 6)) * np.array([1e-2, 1, 3, 5, 7, 100])).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("MatMul", ["f", "mw"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(conv_w, "cw"), numpy_helper.from_array(bias, "cb"), numpy_helper.from_array(mm_w, "mw")])
+    model = helper.make_model(graph)
+    out = {t.name: numpy_helper.to_array(t) for t in weights_only(model).graph.initializer}
+    np.testing.assert_array_equal(out["cb"], bias)
+    for name, w, axis in (("cw", conv_w, 0), ("mw", mm_w, 1)):
+        q = out[name]
+        for c in range(w.shape[axis]):
+            wc, qc = np.take(w, c, axis), np.take(q, c, axis)
+            step = np.abs(wc).max() / 127
+            codes = qc / step
+            np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)  # on the channel's own grid
+            assert np.abs(qc - wc).max() <= step / 2 * (1 + 1e-5)           # nearest level
+            assert np.abs(codes).max() == pytest.approx(127, abs=1e-3)      # the largest weight is +-127
+    # the input model is left as it was
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), conv_w)
