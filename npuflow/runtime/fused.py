@@ -478,17 +478,23 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
 
 
 def _quantize(g: Graph, op: dict, blobs: dict) -> None:
-    """``numerics.quantize`` of a model input: float32 division, then the tie rule (``fused_graph.round_float``)."""
+    """``numerics.quantize`` of a model input: float32 division, then the tie rule (``fused_graph.round_float``);
+    ``QuantizeLinear`` itself where that kernel computes it (``fused_qlinear.quantize``)."""
     a = op["attrs"]
     if np.ndim(a["scale"]) or np.ndim(a["zp"]):
         raise NotFusable("per-channel quantize step")
+    if fused_qlinear.quantize(g, op):  # ONNX Runtime's QuantizeLinear, where it is this arithmetic
+        return
     ep = {"round": a["round"], "zp": a["zp"]}
     g.put(op["outputs"][0], *quantize_value(g, g.read(op["inputs"][0]), a["scale"], ep,
                                              *nm.qrange(a["bits"], a["signed"])))
 
 
 def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
-    """``numerics.dequantize``: ``(q - zp) * scale`` in float32, per tensor or along ``axis``."""
+    """``numerics.dequantize``: ``(q - zp) * scale`` in float32, per tensor or along ``axis``;
+    ``DequantizeLinear`` itself on bytes where that kernel computes it (``fused_qlinear.dequantize``)."""
+    if fused_qlinear.dequantize(g, op):
+        return
     a = op["attrs"]
     scale, zp = np.asarray(a["scale"], np.float32), np.asarray(a["zp"], np.float32)
     if not zp.ndim:  # read centred on the zero point: q - zp

@@ -324,15 +324,21 @@ def rows_as_conv(g: Graph, shape: list[int], n: int, out_shape: list[int]
                  ) -> tuple[Callable[[str], str], Callable[[str], str]]:
     """A fully connected layer ``x (..., K) @ w (K, N)`` as a 1x1 convolution: ``(to_rows,
     back)``, which view ``x`` of ``shape`` as ``(1, K, rows, 1)`` and put the ``(1, N, rows, 1)``
-    result back in ``out_shape``."""
+    result back in ``out_shape``.
+
+    A single row (a classifier at batch 1) is the same bytes in either orientation, so it is one
+    ``Reshape`` each way: no ``Transpose`` node, whose fixed cost per run is most of such a
+    layer's outside its kernel."""
     k, rows = shape[-1], int(np.prod(shape[:-1]))
 
     def to_rows(v: str) -> str:
-        v = g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0])
+        if rows > 1:
+            v = g.node("Transpose", [g.node("Reshape", [v, g.const([rows, k], np.int64)])], perm=[1, 0])
         return g.node("Reshape", [v, g.const([1, k, rows, 1], np.int64)])
 
     def back(y: str) -> str:
-        y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
+        if rows > 1:
+            y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
         return g.node("Reshape", [y, g.const(out_shape, np.int64)])
 
     return to_rows, back

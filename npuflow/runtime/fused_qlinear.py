@@ -17,6 +17,9 @@ SiLU: 121 layout transposes).  ``QLinearMul`` adds the zero point before roundin
 after, so where a product lands exactly on a tie the check refuses it and the float form serves.
 ``QLinearAdd`` is checked per op the same way (all pairs, the op's scales and zero points): a
 float32 rounding that differs on one pair in a million escapes the process probe's random codes.
+A model's float32 input quantized to uint8 (ties to even) and a dequantize step of uint8 codes are
+ONNX ``QuantizeLinear`` and ``DequantizeLinear``, checked per scale and zero point at load: one
+node each where the float form has three to five.
 
 The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort_integer_kernel``),
 so the tensors they read and write are uint8 codes, held as such between two integer kernels
@@ -391,3 +394,101 @@ def mul(g: Graph, op: dict) -> bool:
         g.as_bytes(names[0]), g.scalar(m), g.scalar(za, np.uint8), g.as_bytes(names[1]), g.scalar(1.0),
         g.scalar(zb, np.uint8), g.scalar(1.0), g.scalar(zc, np.uint8)], domain=MS_DOMAIN))
     return True
+
+
+def quantize(g: Graph, op: dict) -> bool:
+    """Write quantize step ``op`` (a float32 model input to uint8 codes, one scale and zero point,
+    ties to even) as ONNX ``QuantizeLinear`` when that kernel gives ``numerics.quantize`` on the
+    values :func:`_quantize_matches` tries with the op's scale and zero point; say whether it did.
+
+    One node instead of the division, rounding, clamp, zero point and cast of the float form,
+    and its codes come out as the bytes the first integer kernel reads.  MLAS divides by the
+    scale in float32, clamps to the codes' range minus the zero point, converts with the
+    processor's ties-to-even rounding and adds the zero point: ``numerics.quantize``'s operations,
+    the clamp and the rounding swapped, which commute since the bounds are integers.  The check
+    confirms that this ONNX Runtime computes it so (a reciprocal multiplied instead of the
+    division would show next to the ties)."""
+    a = op["attrs"]
+    x, out = op["inputs"][0], op["outputs"][0]
+    if np.ndim(a["scale"]) or np.ndim(a["zp"]) or a.get("narrow") or (a["bits"], a["signed"]) != (8, False) \
+            or nm.RoundMode(a["round"]) != nm.ONNX_ROUND_MODE or np.dtype(g.tensors[x]["dtype"]) != np.float32 \
+            or np.dtype(g.tensors[out]["dtype"]) != np.uint8:
+        return False
+    scale, zp = np.float32(a["scale"]), int(a["zp"])
+    if not (np.isfinite(scale) and scale > 0 and 0 <= zp <= 255) or not _quantize_matches(float(scale), zp):
+        return False
+    g.put_bytes(out, g.node("QuantizeLinear", [g.read(x), g.scalar(scale), g.scalar(zp, np.uint8)]))
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _quantize_matches(scale: float, zp: int) -> bool:
+    """Whether ONNX Runtime's ``QuantizeLinear`` (float32 to uint8, this scale and zero point)
+    equals ``numerics.quantize`` (ties to even) on every value of :func:`quantize_probe_values`,
+    run as one tensor (MLAS' vector loop) and its ties three at a time (the scalar loop that
+    finishes a tensor whose length is not a multiple of the vector width)."""
+    x = quantize_probe_values(np.float32(scale), zp)
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    inits = [numpy_helper.from_array(np.float32(scale), "s"), numpy_helper.from_array(np.uint8(zp), "z")]
+    sess = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])], inits)
+    with np.errstate(over="ignore", invalid="ignore"):  # the extremes overflow the division, as they do in ORT
+        want = nm.quantize(x, np.float32(scale), zp, bits=8, signed=False, round_mode=nm.ONNX_ROUND_MODE)
+    if not np.array_equal(sess.run(None, {"x": x})[0], want):
+        return False
+    ties = _PROBE_CODES.size
+    return all(np.array_equal(sess.run(None, {"x": x[k:k + 3]})[0], want[k:k + 3]) for k in range(0, ties, 3))
+
+
+#: The codes whose ties and values :func:`quantize_probe_values` tries: 0..255 and two beyond each end.
+_PROBE_CODES = np.arange(-2, 258, dtype=np.float64)
+
+
+def quantize_probe_values(scale: np.float32, zp: int) -> np.ndarray:
+    """Float32 inputs where a quantize step's rounding is decided: for every code of 0..255 and
+    two beyond each end, the float32 values nearest the tie ``(k - zp + 1/2) * scale`` and the
+    code itself ``(k - zp) * scale``, each with its four float32 neighbours on either side; the
+    extremes (zeros, infinities, the largest and the smallest normal and subnormal values of each
+    sign) and 4,099 spread values; the ties come first."""
+    k = _PROBE_CODES - zp
+    centres = np.concatenate([(k + 0.5) * np.float64(scale), k * np.float64(scale)]).astype(np.float32)
+    near = [centres]
+    for direction in (np.float32(np.inf), np.float32(-np.inf)):
+        v = centres
+        for _ in range(4):
+            v = np.nextafter(v, direction)
+            near.append(v)
+    info = np.finfo(np.float32)
+    extremes = np.array([0.0, -0.0, np.inf, -np.inf, info.max, -info.max, info.tiny, -info.tiny,
+                         info.smallest_subnormal, -info.smallest_subnormal], np.float32)
+    spread = (np.random.default_rng(0).standard_normal(4099) * 128 * np.float64(scale)).astype(np.float32)
+    return np.concatenate([*near, extremes, spread]).astype(np.float32)
+
+
+def dequantize(g: Graph, op: dict) -> bool:
+    """Write dequantize step ``op`` of a tensor held as uint8 bytes (one scale and zero point) as
+    ONNX ``DequantizeLinear`` when that kernel gives ``numerics.dequantize`` on all 256 codes; say
+    whether it did.  One node instead of the cast to float32, the zero point and the product."""
+    a = op["attrs"]
+    x, out = op["inputs"][0], op["outputs"][0]
+    if np.ndim(a["scale"]) or np.ndim(a["zp"]) or np.dtype(g.tensors[x]["dtype"]) != np.uint8 \
+            or x not in g.bytes or g.byte_offsets.get(x, 0) or np.dtype(g.tensors[out]["dtype"]) != np.float32:
+        return False
+    scale, zp = np.float32(a["scale"]), int(a["zp"])
+    if not 0 <= zp <= 255 or not _dequantize_matches(float(scale), zp):
+        return False
+    g.put(out, g.node("DequantizeLinear", [g.as_bytes(x), g.scalar(scale), g.scalar(zp, np.uint8)]))
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _dequantize_matches(scale: float, zp: int) -> bool:
+    """Whether ONNX Runtime's ``DequantizeLinear`` (uint8, this scale and zero point) equals
+    ``numerics.dequantize`` on every code, bit for bit (signed zeros and non-finite products
+    included)."""
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    node = helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"])
+    inits = [numpy_helper.from_array(np.float32(scale), "s"), numpy_helper.from_array(np.uint8(zp), "z")]
+    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits,
+                        TensorProto.FLOAT).run(None, {"x": codes})[0]
+    want = nm.dequantize(codes, np.float32(scale), zp)
+    return got.dtype == want.dtype and np.array_equal(got.view(np.uint32), want.view(np.uint32))
