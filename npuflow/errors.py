@@ -319,6 +319,9 @@ _TORCH = _specs(
     ("NPF_QAT_BAD_METRIC", "the QAT metric callback returned {value}, not a finite number",
      "metric(outputs) must return a float, higher meaning better (outputs: per held-out sample, the list of "
      "the model's outputs); it judges the PTQ start and the trained model."),
+    ("NPF_QAT_BAD_DEVICE", "cannot train QAT on device {device!r}: {reason}",
+     "Give --device cpu (the default) or a CUDA device this torch build can reach, e.g. cuda or cuda:0 "
+     "(torch.cuda.is_available()); several processes (--nproc, torchrun) train on the CPU only."),
     ("NPF_QAT_CHECKPOINT_UNREADABLE", "cannot resume from {path}: {reason}",
      "Give the file that --checkpoint (save_checkpoint) wrote; it is replaced whole at each save, so the "
      "last one written is always complete."),

@@ -10,6 +10,7 @@ or probability outputs, else output cosine) and the output cosine, and which one
 ``ptq_model.onnx`` and ``qat_report.json``.  torch and onnx2torch are optional dependencies
 (``pip install 'npuflow[torch]'``): without them the command is ``NPF_QAT_DEPENDENCY_MISSING``.
 
+``--device cuda`` trains the student on a GPU (one process; docs/qat.md "QAT on a GPU").
 ``--nproc N`` trains data-parallel in N local processes; launched by ``torchrun`` the command
 runs on every rank and rank 0 alone prints and writes (docs/scale-out.md).  ``--checkpoint``
 writes a resumable checkpoint as training goes, ``--resume`` continues from one.
@@ -65,6 +66,8 @@ def qat_command(
                                                    help="Steps between checkpoints (default: one epoch)."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="FILE", help="Continue the training a "
                                           "--checkpoint file holds (same model, target, data and batch)."),
+    device: str = typer.Option("cpu", "--device", metavar="DEV", help="Where the student trains: cpu, or a GPU "
+                               "torch can reach (cuda, cuda:0); the FP32 teacher and the export stay on the CPU."),
 ) -> None:
     """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
     if (epochs is None) == (minutes is None):
@@ -77,7 +80,7 @@ def qat_command(
                           ptq_config=str(config) if config else None, input_shapes=input_shapes_arg(input_shape),
                           batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
                           progress=progress, nproc=nproc, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                          resume=resume)
+                          resume=resume, device=device)
     if result is None:  # a rank other than 0 of a torchrun launch: rank 0 reports and writes
         return
     if result.report["resumed_at_step"] is not None:

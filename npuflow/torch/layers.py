@@ -85,7 +85,7 @@ class QatWeighted(nn.Module):
         bias_scale = bq = None
         if b is not None:
             bias_scale = (input_scale.detach() * s_w.detach()).to(torch.float32)
-            zeros = torch.zeros(bias_scale.shape, dtype=torch.int32)
+            zeros = torch.zeros(bias_scale.shape, dtype=torch.int32, device=bias_scale.device)
             axis = 0 if bias_scale.dim() == 1 else None
             bq = fake_quantize(b, bias_scale, zeros, self.bias_spec, axis)
             params["bias"] = bq
@@ -100,7 +100,7 @@ class QatWeighted(nn.Module):
         out = {"weight": mark(params["weight"].detach().clone(), QuantRecord(
             "weight", f"{self.path}.weight", wq.spec, _np(s_w), _np(zp_w), wq.axis, w_codes.to(torch.int64).numpy()))}
         if "bias" in params:
-            zeros = torch.zeros(bias_scale.shape, dtype=torch.int32)
+            zeros = torch.zeros(bias_scale.shape, dtype=torch.int32, device=bias_scale.device)
             axis = 0 if bias_scale.dim() == 1 else None
             _, b_codes = quantize_codes(b, bias_scale, zeros, self.bias_spec, axis)
             out["bias"] = mark(params["bias"].detach().clone(), QuantRecord(

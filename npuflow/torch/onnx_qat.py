@@ -37,6 +37,10 @@ student from the one PTQ result, draw and augment the same global batch, and eac
 rows with its loss weighted by its share, so a step is one process's step on the global batch.
 Checkpoints (``checkpoint``/``resume``) carry the model, Adam, the generator and the position in
 the current pass, so a resumed run ends with the uninterrupted run's model.
+``device`` (``"cuda"``, ``"cuda:0"``) trains the student on a GPU, as users of Vitis AI, AIMET or
+Brevitas train QAT: the teacher stays ONNX Runtime on the CPU (several samples at once, and each
+sample's outputs computed once when nothing is augmented), and the export, the guard and the
+result are on the CPU, so what is returned does not depend on where it trained.
 """
 
 from __future__ import annotations
@@ -146,7 +150,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              ptq: QuantizedModel | None = None, output: str | os.PathLike | None = None,
              progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
-             timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, metric: Metric | None = None) -> OnnxQatResult | None:
+             timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, metric: Metric | None = None, device: str = "cpu",
+             checks: int = 0) -> OnnxQatResult | None:
     """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
 
     ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
@@ -167,6 +172,10 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     ``metric``: ``metric(outputs) -> float`` (higher is better) judges the start and the trained
     model instead of the built-in measure; ``outputs`` is, per held-out sample, the list of the
     exported model's outputs in ONNX Runtime (``NPF_QAT_BAD_METRIC`` when it returns no finite number).
+    ``device``: where the student trains (``NPF_QAT_BAD_DEVICE`` when torch cannot reach it, or
+    with several processes).  ``checks``: how many times, spread over training, the student's own
+    forward is judged on the held-out samples (shown in the progress line; ``held_out_curve`` in
+    the report); 0 by default, since on a CPU each check costs as many forwards as samples held out.
     """
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
@@ -180,6 +189,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"checkpoint_every={checkpoint_every} is not a positive "
                                                         "number of steps")
     _check_nproc(nproc)
+    dev = _device(device, nproc)
     joined_here = launched() and not torch.distributed.is_initialized()
     rank, world = join_launched(timeout_minutes)
     if world > 1 and nproc > 1:
@@ -187,6 +197,9 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
                            reason=f"this process is already one of {world} ranks (torchrun); the launcher's "
                                   "--nproc-per-node sets the process count")
     ranks = max(world, nproc)
+    if ranks > 1 and dev.type != "cpu":
+        raise NpuflowError("NPF_QAT_BAD_DEVICE", device=device,
+                           reason=f"{ranks} processes train data-parallel on the CPU (gloo)")
     convert = load_onnx2torch()
     tgt = target if isinstance(target, Target) else load_target(target)
     qcfg = qat_config({"learnable": True, **(config or {})} if not isinstance(config, QatConfig) else config)
@@ -209,7 +222,9 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     qat, samples = student.qat, student.samples
     train_samples, eval_samples, held = _split(samples)
     step_batch = _step_batch(student.batch, ranks, len(train_samples))
-    teacher = Teacher(ptq.float_model, student.input_names, student.output_names)
+    # one CPU thread runs the teacher for a CPU student; a GPU student would wait for it
+    teacher = Teacher(ptq.float_model, student.input_names, student.output_names,
+                      threads=1 if dev.type == "cpu" else max(1, (os.cpu_count() or 2) - 1))
     start_state = copy.deepcopy(qat.state_dict())
     if rank == 0:  # the deployed start: its QDQ model in ONNX Runtime
         guard = Guard(ptq.float_model, eval_samples, student.input_names, student.output_names, metric)
@@ -217,7 +232,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         start = guard.judge(start_qdq)
     plan = Plan(epochs, minutes, step_batch, lr, quantizer_lr, temperature, loss, augment, seed,
                  None if checkpoint is None else str(checkpoint), checkpoint_every,
-                 None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch))
+                 None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch),
+                 str(dev), checks if ranks == 1 else 0)
     t_train = time.perf_counter()
     if nproc > 1:
         built = io.BytesIO()
@@ -227,8 +243,13 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         qat.load_state_dict(torch.load(io.BytesIO(stats.pop("model")), weights_only=True))
         qat.freeze_bn()  # as the ranks' trainers did
     else:
-        trainer = Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world)
-        stats = trainer.run(progress)
+        watch = (lambda module: guard.watch(module, student.input_names, student.batch)) if rank == 0 and checks else None
+        qat.to(dev)
+        try:
+            trainer = Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world, watch)
+            stats = trainer.run(progress)
+        finally:
+            qat.to("cpu")  # export, the guard and the caller see a CPU model
         if joined_here:  # the last collective call is behind: the group this call joined ends here
             torch.distributed.destroy_process_group()
         if rank != 0:
@@ -258,6 +279,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "constants_from_ptq": initialised["constants"], "float_reads": initialised["float_reads"],
         "float_tensors": initialised["float_tensors"], "resumed_at_step": stats["resumed_at"],
         "loss": stats["loss_kinds"], "losses": [round(v, 6) for v in stats["losses"]],
+        "device": str(dev), "held_out_curve": stats.get("curve", []),
     }
     result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start.cosine, trained_cosine=trained.cosine,
                            kept=kept, steps=stats["steps"], epochs=stats["epochs"], seconds=train_seconds,
@@ -282,6 +304,29 @@ def ladder_step(model: model_io.ModelLike, data: Any, **options: Any) -> Callabl
         return result.as_quantized(), f"{result.steps} steps, kept the {result.kept} ({result.measure})"
 
     return step
+
+
+def _device(device: Any, nproc: int) -> torch.device:
+    """The torch device ``device`` names, checked by placing a tensor there (``NPF_QAT_BAD_DEVICE``
+    when the string is no device, when this torch build cannot reach it -- no CUDA, no such index --
+    or when several local processes would share it: they train on the CPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise NpuflowError("NPF_QAT_BAD_DEVICE", device=str(device), reason=_first_line(exc)) from None
+    if nproc > 1 and dev.type != "cpu":
+        raise NpuflowError("NPF_QAT_BAD_DEVICE", device=str(device),
+                           reason=f"{nproc} processes train data-parallel on the CPU (gloo)")
+    try:
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as exc:  # a CPU-only torch asserts, a missing index is a RuntimeError
+        raise NpuflowError("NPF_QAT_BAD_DEVICE", device=str(device), reason=_first_line(exc)) from None
+    return dev
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_nproc(nproc: Any) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import torch
 
 from ..analyze.output_kinds import ctc_greedy_sequences, is_class_axis, is_sequence_output
 from ..errors import NpuflowError
@@ -74,7 +75,25 @@ class Guard:
     def judge(self, qdq: onnx.ModelProto) -> Judgement:
         """Run ``qdq`` (a candidate's exported QDQ model) in ONNX Runtime on the held-out samples."""
         session = open_session(qdq, threads=1)
-        got = [session.run(self.outputs, f) for f in self.feeds]
+        return self._judge([session.run(self.outputs, f) for f in self.feeds])
+
+    def watch(self, module: torch.nn.Module, names: Sequence[str], batch: int = 1) -> float:
+        """The deciding score of ``module``'s own forward (eval mode, on the device its parameters
+        are on, ``batch`` samples a forward) on the held-out samples: the progress check during
+        training, which costs no export."""
+        device = next(module.parameters()).device
+        module.eval()
+        got: list[list[np.ndarray]] = []
+        with torch.no_grad():
+            for i in range(0, len(self.feeds), batch):
+                chunk = self.feeds[i:i + batch]
+                outs = _as_list(module(*(torch.from_numpy(np.concatenate([f[n] for f in chunk])).to(device)
+                                         for n in names)))
+                outs = [o.float().cpu().numpy() for o in outs]
+                got += [[o[j:j + 1] for o in outs] for j in range(len(chunk))]
+        return self._judge(got).score
+
+    def _judge(self, got: list[list[np.ndarray]]) -> Judgement:
         cosine = float(np.mean([_cosine(g, t) for g, t in zip(got, self.fp32)]))
         per_output, rows_equal = [], []
         for k, is_class in enumerate(self.classes):
@@ -97,6 +116,10 @@ class Guard:
                 or not math.isfinite(float(value)):
             raise NpuflowError("NPF_QAT_BAD_METRIC", value=repr(value)[:80])
         return float(value)
+
+
+def _as_list(out: object) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def _cosine(student: Sequence[np.ndarray], teacher: Sequence[np.ndarray]) -> float:

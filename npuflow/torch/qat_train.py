@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ class Plan:
     checkpoint_every: int | None
     resume: str | None
     identity: dict[str, str]
+    device: str = "cpu"  # where the student trains; the teacher and the augmentation stay on the CPU
+    checks: int = 0  # held-out checks spread over training (0: none), for the progress line and the report
 
 
 def stack(samples: Sequence[Sample], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
@@ -50,17 +53,24 @@ def stack(samples: Sequence[Sample], names: Sequence[str]) -> tuple[torch.Tensor
 
 
 class Teacher:
-    """The FP32 model (ONNX Runtime on the optimised float model), one sample a run."""
+    """The FP32 model (ONNX Runtime on the optimised float model), one sample a run.
 
-    def __init__(self, float_model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    ``threads`` > 1 runs that many samples of a batch at once (one ONNX Runtime thread each):
+    when the student trains on a GPU, one CPU thread running the teacher would be the bottleneck.
+    """
+
+    def __init__(self, float_model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
+                 threads: int = 1) -> None:
         self.session = open_session(float_model, level="all", threads=1)
         self.inputs, self.outputs = list(inputs), list(outputs)
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def __call__(self, batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        rows = []
-        for i in range(batch[0].shape[0]):
-            feeds = {n: t[i:i + 1].numpy() for n, t in zip(self.inputs, batch)}
-            rows.append(self.session.run(self.outputs, feeds))
+        def run(i: int) -> list[np.ndarray]:
+            return self.session.run(self.outputs, {n: t[i:i + 1].numpy() for n, t in zip(self.inputs, batch)})
+
+        count = range(batch[0].shape[0])
+        rows = list(self.pool.map(run, count)) if self.pool is not None else [run(i) for i in count]
         return [torch.from_numpy(np.concatenate([r[k] for r in rows])) for k in range(len(self.outputs))]
 
 
@@ -75,7 +85,7 @@ def _loss_kind(teacher_out: torch.Tensor, requested: str) -> str:
     if requested != "auto":
         return requested
     t = teacher_out.float()
-    if t.dim() >= 2 and bool((t >= 0).all()) and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-3):
+    if t.dim() >= 2 and bool((t >= 0).all()) and torch.allclose(t.sum(-1), t.new_ones(()), atol=1e-3):
         return "kl_probs"
     return "kl" if t.dim() == 2 and t.shape[1] > 1 else "mse"
 
@@ -141,12 +151,22 @@ class Trainer:
     the same generator, then trains on its rows (``torch.tensor_split``: rank order), its loss
     weighted by its share so that DDP's average of the ranks' gradients is the gradient of the
     global batch's mean loss -- the step of one process on the global batch.
+
+    On a GPU (``plan.device``; ``qat`` is already there) the batches are drawn and augmented on
+    the CPU as before, so the sample order and augmentation do not depend on the device, and then
+    moved.  Without augmentation a sample's teacher outputs never change: each is computed once.
+    ``watch(qat)`` (a held-out measure, higher is better) runs at ``plan.checks`` points spread
+    over training; its values are the ``curve`` of the statistics.
     """
 
     def __init__(self, qat: QatModel, teacher: Teacher, samples: list[Sample], names: Sequence[str], plan: Plan,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, watch: Callable[[QatModel], float] | None = None) -> None:
         self.qat, self.teacher, self.samples, self.names, self.plan = qat, teacher, samples, list(names), plan
         self.rank, self.world = rank, world
+        self.device = torch.device(plan.device)
+        self.watch = watch
+        self.curve: list[dict[str, float]] = []
+        self.cached: dict[int, list[torch.Tensor]] = {}  # sample index -> teacher outputs (no augmentation)
         # static graph: the ONNX graph never branches, and a scale-group member's unused threshold is
         # found once instead of by a search of the autograd graph at every step
         self.model = distributed(qat, find_unused_parameters=False, static_graph=True) if world > 1 else qat
@@ -167,14 +187,28 @@ class Trainer:
     def epochs(self) -> float:
         return self.seen / len(self.samples)
 
-    def next_batch(self) -> list[Sample]:
-        """The next ``plan.batch`` samples of the current pass (a new shuffled pass when too few are left)."""
+    def next_batch(self) -> list[int]:
+        """The indices of the next ``plan.batch`` samples of the current pass (a new shuffled pass
+        when too few are left)."""
         if self.position + self.plan.batch > len(self.order):
             self.order = torch.randperm(len(self.samples), generator=self.generator).tolist()
             self.position = 0
-        chunk = [self.samples[k] for k in self.order[self.position:self.position + self.plan.batch]]
+        chunk = self.order[self.position:self.position + self.plan.batch]
         self.position += self.plan.batch
         return chunk
+
+    def targets(self, indices: list[int], x: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The teacher's outputs for the CPU batch ``x`` of samples ``indices``; without
+        augmentation from the cache, running the teacher only on samples it has not seen."""
+        if self.plan.augment:
+            return self.teacher(x)
+        missing = [r for r, k in enumerate(indices) if k not in self.cached]
+        if missing:
+            rows = torch.tensor(missing)
+            fresh = self.teacher(tuple(t.index_select(0, rows) for t in x))
+            for j, r in enumerate(missing):
+                self.cached[indices[r]] = [o[j:j + 1] for o in fresh]
+        return [torch.cat([self.cached[k][o] for k in indices]) for o in range(len(self.teacher.outputs))]
 
     def run(self, progress: Progress | None) -> dict[str, Any]:
         """Train to the budget (continuing from ``plan.resume``); returns the training statistics."""
@@ -194,16 +228,19 @@ class Trainer:
         while not self._done(total, budget, start):
             now = time.perf_counter()
             frac = self.steps / total if total is not None else (self.elapsed + now - start) / (plan.minutes * 60)
+            self._check(frac, total, progress)
             for group, base in zip(self.optimizer.param_groups, self.base):
                 group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
-            chunk = self.next_batch()
+            indices = self.next_batch()
+            chunk = [self.samples[k] for k in indices]
             x = stack(chunk, self.names)
             if plan.augment:
                 x = augment_batch(x, self.generator)
             rows = torch.tensor_split(torch.arange(len(chunk)), self.world)[self.rank]
             x = tuple(t[int(rows[0]):int(rows[-1]) + 1] for t in x)
             share = len(rows) * self.world / len(chunk)
-            target = self.teacher(x)
+            target = [t.to(self.device) for t in self.targets(indices[int(rows[0]):int(rows[-1]) + 1], x)]
+            x = tuple(t.to(self.device) for t in x)
             self.qat.train()
             student = as_list(self.model(*x))
             if not self.loss_kinds:
@@ -224,9 +261,26 @@ class Trainer:
                 progress("train", self.steps, total, f"loss {self.losses[-1]:.4f} cosine {cos:.4f}")
         if plan.checkpoint is not None and saved_at != self.steps:
             self._save(plan.checkpoint, start)
+        self._check(1.0, total, progress)
         self.qat.eval()
         return {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "loss_kinds": self.loss_kinds,
-                "resumed_at": self.resumed_at, "loop_seconds": time.perf_counter() - start}
+                "resumed_at": self.resumed_at, "loop_seconds": time.perf_counter() - start, "curve": self.curve}
+
+    def _check(self, frac: float, total: int | None, progress: Progress | None) -> None:
+        """Run ``watch`` when training has passed the next of ``plan.checks`` even points (the
+        start, ..., the end); a time budget's clock keeps running while it does."""
+        if self.watch is None or self.plan.checks < 1:
+            return
+        due = min(int(frac * self.plan.checks + 1e-9), self.plan.checks)
+        if self.curve and due <= self.curve[-1]["check"]:
+            return
+        t0 = time.perf_counter()
+        value = float(self.watch(self.qat))
+        self.curve.append({"check": due, "step": self.steps, "held_out": value,
+                           "seconds": round(time.perf_counter() - t0, 2)})
+        self.qat.train()
+        if progress is not None:
+            progress("train", self.steps, total, f"held-out {value:.4f} at step {self.steps}")
 
     def _done(self, total: int | None, budget: float | None, start: float) -> bool:
         """Whether the budget is spent; with a time budget rank 0 decides for every rank (their

@@ -227,3 +227,50 @@ def test_tensors_ptq_keeps_float_stay_float():
         with torch.no_grad():
             expected = r.qat(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(compiled.run({"x": x})["y"], expected, rtol=0, atol=1e-8)
+
+
+def test_device_cpu_and_held_out_checks_leave_the_result_unchanged(mnist_qat, digits):
+    """``device="cpu"`` named is the default; the held-out checks judge the student's own forward
+    without changing its training, and the last one equals the guard's judgement of the export."""
+    torch.manual_seed(0)
+    r = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4, device="cpu",
+                 checks=2)
+    assert r.model.SerializeToString() == mnist_qat.model.SerializeToString()
+    assert r.losses == mnist_qat.losses and r.report["device"] == "cpu"
+    curve = r.report["held_out_curve"]
+    assert [c["check"] for c in curve] == [0, 1, 2] and curve[0]["step"] == 0 and curve[-1]["step"] == r.steps
+    # the torch forward is the deployed arithmetic: its top-1 agreement is the exported model's in ONNX Runtime
+    assert curve[0]["held_out"] == r.start_score and curve[-1]["held_out"] == r.trained_score
+    assert mnist_qat.report["held_out_curve"] == []
+
+
+@pytest.mark.parametrize("device, nproc, says", [
+    ("cuda:99", 1, "cuda:99"),  # no such GPU (and no CUDA at all in CI)
+    ("gpu:0", 1, "gpu:0"),  # not a torch device string
+    ("cuda", 2, "processes"),  # data-parallel ranks train on the CPU
+])
+def test_unreachable_device_is_a_coded_error(digits, device, nproc, says):
+    with pytest.raises(NpuflowError) as err:
+        qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, device=device, nproc=nproc)
+    assert err.value.code == "NPF_QAT_BAD_DEVICE" and says in err.value.message
+
+
+def test_cli_unreachable_device_is_a_coded_error(cli, digits, tmp_path):
+    res = cli("qat", fixture_models.mnist_cnn(), "-t", DPU, "--data", digits, "--epochs", "1", "--device",
+              "cuda:99", "-o", tmp_path / "out")
+    assert res.returncode == 2
+    assert "ERROR [NPF_QAT_BAD_DEVICE]" in res.stderr and "cuda:99" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_without_augmentation_the_teacher_runs_once_per_sample(digits, monkeypatch):
+    """Unaugmented samples always give the teacher the same input: two epochs run it on each
+    training sample once (what keeps a GPU student from waiting for the CPU teacher)."""
+    from npuflow.torch import qat_train
+
+    rows = []
+    real = qat_train.Teacher.__call__
+    monkeypatch.setattr(qat_train.Teacher, "__call__", lambda self, batch: rows.append(batch[0].shape[0])
+                        or real(self, batch))
+    r = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=2, ptq_config={}, batch=4, augment=False)
+    assert r.steps == 10 and sum(rows) == 20  # 20 training digits, two passes
