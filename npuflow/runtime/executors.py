@@ -17,6 +17,7 @@ from ..ort_session import Level, open_session
 from ..qdq import DOMAIN
 
 from . import fused
+from .fused_graph import EXTERNAL_BYTES, external_stub
 from .kernels import KERNELS, Kernel
 
 Dump = Callable[[str, np.ndarray], None]
@@ -141,7 +142,10 @@ class OnnxExecutor:
 
     def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1, lookup: bool = True) -> None:
         model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
-        self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1)
+        external = _move_out_large_constants(model)
+        self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1,
+                                    external=external)
+        del external  # ONNX Runtime holds its own copy (``open_session``)
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
         self.lookup = _as_lookup(model, self.session) if lookup and not self.carried else None
@@ -163,6 +167,33 @@ class OnnxExecutor:
                 if value.dtype.kind in "iu":
                     dump(name, value)
         return result
+
+
+def _move_out_large_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Replace ``model``'s initialisers of ``fused_graph.EXTERNAL_BYTES`` and more by external
+    stubs and return their arrays, for ``open_session(external=...)``.
+
+    ONNX Runtime's Python session keeps the serialized model it was given for its whole life
+    (``InferenceSession._model_bytes``), so a weight left in the protobuf stays resident twice:
+    there and in ONNX Runtime's own (prepacked) copy.  PP-OCRv4 rec's CTC head on the DPU targets
+    is such a subgraph: a float 120x6625 ``MatMul`` that the target's fully connected engine cannot
+    hold (6625 output channels), so the quantizer leaves it float.  The values ONNX Runtime
+    computes are the same: it reads the same array, only from the options instead of the protobuf.
+    """
+    inits = model.graph.initializer
+    arrays: dict[str, np.ndarray] = {}
+    for k, t in enumerate(inits):
+        if t.data_location != TensorProto.EXTERNAL and _nbytes(t) >= EXTERNAL_BYTES:
+            arrays[t.name] = numpy_helper.to_array(t)
+            inits[k].CopyFrom(external_stub(t.name, arrays[t.name]))
+    return arrays
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    """An initialiser's size in bytes, from its dims and type (without converting its data)."""
+    if t.data_type == TensorProto.STRING:
+        return 0  # strings have no fixed width and are no weights worth moving
+    return int(np.prod(t.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
 def _elementwise(nodes, functions: dict) -> bool:
