@@ -437,6 +437,16 @@ class NpuflowError(Exception):
         """The two lines the CLI prints."""
         return f"ERROR [{self.code}] {self.message}\n  hint: {self.hint}"
 
+    def __reduce__(self) -> tuple:
+        """Pickle as code and fields: the default (the exception's args, here the formatted
+        message) would call ``__init__`` with the message as the code, so an error raised in a
+        worker process, or a result carrying one, could not be sent back or loaded again."""
+        return (_rebuild, (self.code, self.fields))
+
+
+def _rebuild(code: str, fields: dict[str, object]) -> NpuflowError:
+    return NpuflowError(code, **fields)
+
 
 def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
     """The choice nearest ``word`` (difflib's ratio, case ignored), or None when none is close."""

@@ -34,3 +34,16 @@ def test_render_names_code_message_and_hint():
     err = NpuflowError("NPF_MODEL_NOT_FOUND", path="nope.onnx")
     text = err.render()
     assert text.startswith("ERROR [NPF_MODEL_NOT_FOUND]") and "nope.onnx" in text and "hint:" in text
+
+
+def test_error_survives_pickling() -> None:
+    """Process workers (scale-out) send errors back pickled, and a quantized model keeps its
+    ``problem``: unpickling used to call ``__init__`` with the message as the code (a KeyError)."""
+    import pickle
+
+    from npuflow.errors import NpuflowError
+
+    err = NpuflowError("NPF_MODEL_NOT_FOUND", path="m.onnx")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, NpuflowError)
+    assert (back.code, back.fields, back.render()) == (err.code, err.fields, err.render())
