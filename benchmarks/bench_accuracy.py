@@ -59,6 +59,7 @@ from tests import fixture_models  # noqa: E402
 
 import npuflow  # noqa: E402
 from npuflow.analyze.mixed_precision import perf_cost, search  # noqa: E402
+from npuflow.graph import attr  # noqa: E402
 from npuflow.model import load as npuflow_load  # noqa: E402
 from npuflow.numerics import ONNX_ROUND_MODE, fake_quantize, float_scale  # noqa: E402
 from npuflow.passes.fold_constants import fold_constants  # noqa: E402
@@ -269,15 +270,11 @@ def weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
             w = onnx.numpy_helper.to_array(init)
             if w.ndim < 2:
                 continue
-            axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not _attr(node, "transB")) else 0
+            axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not attr(node, "transB", 0)) else 0
             amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1)
             q = fake_quantize(w, float_scale(amax), round_mode=ONNX_ROUND_MODE, axis=axis, narrow=True)
             init.CopyFrom(onnx.numpy_helper.from_array(q.astype(w.dtype), init.name))
     return out
-
-
-def _attr(node: onnx.NodeProto, name: str) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), 0)
 
 
 def peer_rows(bench: BQ.Bench, rows: dict, on_row: Callable[[dict], None] = lambda rows: None) -> None:

@@ -24,15 +24,16 @@ def ctc_greedy_sequences(probs: np.ndarray) -> list[tuple[int, ...]]:
 def is_sequence_output(fp32: np.ndarray) -> bool:
     """Whether an output is a recogniser's ``(N, T, C)`` probability rows (a softmax per step)."""
     values = np.asarray(fp32, dtype=np.float64)
-    return values.ndim == 3 and values.shape[-1] > 1 and bool((values >= 0).all()) \
-        and bool(np.allclose(values.sum(-1), 1.0, atol=1e-3))
+    return values.ndim == 3 and _probability_rows(values)
 
 
 def is_class_axis(fp32: np.ndarray) -> bool:
     """Whether an output's last axis is a class or probability axis: rows that are non-negative
     and sum to 1 (a softmax in the model), or ``(N, C)`` logits."""
     values = np.asarray(fp32, dtype=np.float64)
-    if values.ndim >= 2 and values.shape[-1] > 1 and (values >= 0).all() \
-            and np.allclose(values.sum(-1), 1.0, atol=1e-3):
-        return True
-    return values.ndim == 2 and values.shape[1] > 1
+    return (values.ndim >= 2 and _probability_rows(values)) or (values.ndim == 2 and values.shape[1] > 1)
+
+
+def _probability_rows(values: np.ndarray) -> bool:
+    """Whether the last axis holds more than one class and every row is non-negative and sums to 1."""
+    return values.shape[-1] > 1 and bool((values >= 0).all()) and bool(np.allclose(values.sum(-1), 1.0, atol=1e-3))

@@ -38,6 +38,7 @@ from ..analyze.output_kinds import ctc_greedy_sequences, is_class_axis, is_seque
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from ..quant.data import Sample
+from .qat_train import as_list
 
 #: ``metric(outputs) -> float``, higher is better: ``outputs`` holds, for every held-out sample in
 #: order, the list of the model's outputs (numpy arrays, in the graph's output order).
@@ -87,7 +88,7 @@ class Guard:
         with torch.no_grad():
             for i in range(0, len(self.feeds), batch):
                 chunk = self.feeds[i:i + batch]
-                outs = _as_list(module(*(torch.from_numpy(np.concatenate([f[n] for f in chunk])).to(device)
+                outs = as_list(module(*(torch.from_numpy(np.concatenate([f[n] for f in chunk])).to(device)
                                          for n in names)))
                 outs = [o.float().cpu().numpy() for o in outs]
                 got += [[o[j:j + 1] for o in outs] for j in range(len(chunk))]
@@ -116,10 +117,6 @@ class Guard:
                 or not math.isfinite(float(value)):
             raise NpuflowError("NPF_QAT_BAD_METRIC", value=repr(value)[:80])
         return float(value)
-
-
-def _as_list(out: object) -> list:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def _cosine(student: Sequence[np.ndarray], teacher: Sequence[np.ndarray]) -> float:
