@@ -63,7 +63,10 @@ class FakeQuantizer(nn.Module):
         shape = (channels,) if axis is not None else ()
         self.register_buffer("scale", torch.ones(shape, dtype=torch.float32))
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
+        # The buffer travels with state_dict (checkpoints, resume); forward reads the Python
+        # mirror, since reading a CUDA buffer as a bool waits for the device at every call.
         self.register_buffer("observing", torch.tensor(True))
+        self._observing = True
         self.register_buffer("observed", torch.tensor(False))
         if power_of_two:
             self.register_buffer("fix_votes", torch.zeros(_FIX_MAX - _FIX_MIN + 1, dtype=torch.int64))
@@ -77,7 +80,7 @@ class FakeQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "pow2" if self.power_of_two else "float"
-        mode = "observing" if bool(self.observing) else ("learnable" if self.learnable else "frozen")
+        mode = "observing" if self._observing else ("learnable" if self.learnable else "frozen")
         return f"bits={self.spec.bits}, {kind}, round={self.spec.round_mode.value}, {mode}"
 
     # --- public state ---------------------------------------------------------------------
@@ -86,10 +89,18 @@ class FakeQuantizer(nn.Module):
         """Stop observing; a learnable quantizer starts training from the observed scale."""
         if self.weight and not self.learnable:
             return
-        self.observing.fill_(False)
+        self._set_observing(False)
 
     def unfreeze(self) -> None:
-        self.observing.fill_(True)
+        self._set_observing(True)
+
+    def _set_observing(self, value: bool) -> None:
+        self.observing.fill_(value)
+        self._observing = value
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 (torch's signature)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._observing = bool(self.observing)
 
     def share_with(self, leader: FakeQuantizer) -> None:
         """Use ``leader``'s scale from now on (a scale group: inputs of a power-of-two add, concat)."""
@@ -107,7 +118,7 @@ class FakeQuantizer(nn.Module):
         """The scale and zero point the forward uses now (scale keeps its gradient)."""
         if self._leader:
             return self.group_leader().quant_params()
-        if self.learnable and not bool(self.observing):
+        if self.learnable and not self._observing:
             if torch.jit.is_tracing():  # exporting: the trained value enters the graph as a constant
                 return self._trained_scale(), self.zero_point
             if self.power_of_two:
@@ -136,7 +147,7 @@ class FakeQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracing = torch.jit.is_tracing()  # exporting: parameters are final (see QatModel.to_deployable)
-        if not tracing and bool(self.observing) and (self.weight or self.training or self.calibrating):
+        if not tracing and self._observing and (self.weight or self.training or self.calibrating):
             self._observe(x.detach())
         self._numel = x.numel() // max(1, self.scale.numel())
         scale, zp = self.quant_params()

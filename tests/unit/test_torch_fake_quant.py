@@ -102,6 +102,25 @@ def test_pow2_observer_then_learnable_threshold_trains_a_power_of_two_scale():
     assert scale == 2.0 ** -int(new_fix)
 
 
+def test_frozen_state_survives_a_state_dict_load():
+    """A resumed quantizer must stay frozen: forward reads a Python copy of the flag, so loading
+    the buffer has to refresh it, or the resumed run would re-observe and move every scale."""
+    spec = QuantSpec(8, True, False, nm.RoundMode.HALF_UP)
+    frozen = FakeQuantizer(spec, power_of_two=True)
+    frozen.train()
+    frozen(torch.full((16,), 3.0))  # observes: fix position 5
+    frozen.freeze()
+    fresh = FakeQuantizer(spec, power_of_two=True)
+    fresh.train()
+    fresh.load_state_dict(frozen.state_dict())
+    assert "frozen" in fresh.extra_repr()
+    fresh(torch.full((16,), 100.0))  # would pick a coarser position if it still observed
+    assert int(fresh.fix_pos()) == int(frozen.fix_pos()) == 5
+    fresh.unfreeze()
+    fresh(torch.full((16,), 100.0))
+    assert int(fresh.fix_pos()) < 5
+
+
 def test_float_weight_observer_matches_numerics_scale():
     q = FakeQuantizer(QuantSpec(8, True, True, nm.RoundMode.HALF_EVEN), power_of_two=False, axis=0,
                       channels=4, method="max", weight=True)
