@@ -115,6 +115,8 @@ class CalibrationParameters(_Group):
     qat_minutes: float | None = Field(None, gt=0)
     #: local data-parallel processes of that QAT (torch DDP over gloo; docs/scale-out.md)
     qat_nproc: int = Field(1, ge=1, le=256)
+    #: the torch device the QAT student trains on ("cpu", "cuda", "cuda:1"; docs/qat.md)
+    qat_device: str = "cpu"
     #: accuracy target (npuflow.analyze.auto_quant): the lowest output cosine on the calibration
     #: samples that the cheapest accuracy steps run until, every layer kept on the accelerator
     min_similarity: float | None = Field(None, gt=0, le=1)

@@ -76,6 +76,8 @@ calibration_parameters:
   # qat_minutes: 10
   # local processes that QAT trains in, data parallel (torch DDP; docs/scale-out.md)
   # qat_nproc: 2
+  # or the torch device the student trains on (the float teacher stays on the CPU)
+  # qat_device: cuda
   # optional: an accuracy target, the lowest output cosine on the calibration samples: the cheapest
   # steps (percentile search, equalisation, AdaRound, block reconstruction) run until it holds,
   # every layer on the accelerator (docs/quantization.md); beside it, time_budget (seconds after

@@ -314,3 +314,37 @@ def test_quantizer_config_from_calibration_parameters_and_npuflow_section():
     assert merged["activation"] == {"method": "mse", "percentile": 99.99} and merged["include_cle"] is True
     kl = _quant_config(load_config(_edit(calibration_parameters={"calibration_type": "kl"})))
     assert kl["activation"] == {"method": "entropy"}
+
+
+def test_qat_device_key_reaches_the_qat_and_warns_without_a_qat_budget(tmp_path, monkeypatch, capsys, caplog):
+    """``calibration_parameters: qat_device`` goes to the QAT as ``device`` (the QAT itself is
+    stubbed); without ``qat_epochs``/``qat_minutes`` it, like ``qat_nproc``, does nothing, which
+    the build says instead of ignoring the key silently."""
+    from npuflow.build.pipeline import _quant_config
+    from npuflow.torch import onnx_qat
+
+    conf = copy.deepcopy(BASE)
+    for key, value in (("qat_device", "cuda"), ("qat_nproc", 2)):
+        alone = copy.deepcopy(conf)
+        alone["calibration_parameters"][key] = value
+        caplog.clear()
+        _quant_config(load_config(alone))
+        assert any(key in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records), key
+
+    _conv_model(tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for i in range(2):
+        np.full((1, 3, 8, 8), 16 * i, np.uint8).tofile(tmp_path / "calib" / f"{i}.bgr")
+    conf["input_parameters"]["input_type_rt"] = "bgr"
+    conf["calibration_parameters"].update(qat_minutes=1, qat_device="cuda:1")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    seen = {}
+
+    def stub(*args, **kwargs):
+        seen.update(kwargs)
+        raise NpuflowError("NPF_QAT_BAD_DEVICE", device=kwargs["device"], reason="stub")
+
+    monkeypatch.setattr(onnx_qat, "qat_onnx", stub)
+    assert main(["build", str(tmp_path / "c.yaml")]) == 2
+    assert "cuda:1" in capsys.readouterr().err
+    assert seen["device"] == "cuda:1" and seen["minutes"] == 1
