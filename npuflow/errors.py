@@ -322,6 +322,9 @@ _TORCH = _specs(
     ("NPF_QAT_BAD_DEVICE", "cannot train QAT on device {device!r}: {reason}",
      "Give --device cpu (the default) or a CUDA device this torch build can reach, e.g. cuda or cuda:0 "
      "(torch.cuda.is_available()); several processes (--nproc, torchrun) train on the CPU only."),
+    ("NPF_QAT_BAD_OPTION", "invalid QAT option {option}={value!r}: {reason}",
+     "feature_weight (--feature-weight) is a finite number >= 0 (0: distil the outputs only) and needs a model "
+     "with at least one quantized intermediate tensor."),
     ("NPF_QAT_CHECKPOINT_UNREADABLE", "cannot resume from {path}: {reason}",
      "Give the file that --checkpoint (save_checkpoint) wrote; it is replaced whole at each save, so the "
      "last one written is always complete."),

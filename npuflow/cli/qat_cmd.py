@@ -68,6 +68,9 @@ def qat_command(
                                           "--checkpoint file holds (same model, target, data and batch)."),
     device: str = typer.Option("cpu", "--device", metavar="DEV", help="Where the student trains: cpu, or a GPU "
                                "torch can reach (cuda, cuda:0); the FP32 teacher and the export stay on the CPU."),
+    feature_weight: float = typer.Option(0.0, "--feature-weight", metavar="W", help="Also distil a few "
+                                         "intermediate tensors of the FP32 model, with weight W beside the output "
+                                         "loss (0: outputs only)."),
 ) -> None:
     """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
     if (epochs is None) == (minutes is None):
@@ -80,7 +83,7 @@ def qat_command(
                           ptq_config=str(config) if config else None, input_shapes=input_shapes_arg(input_shape),
                           batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
                           progress=progress, nproc=nproc, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                          resume=resume, device=device)
+                          resume=resume, device=device, feature_weight=feature_weight)
     if result is None:  # a rank other than 0 of a torchrun launch: rank 0 reports and writes
         return
     if result.report["resumed_at_step"] is not None:

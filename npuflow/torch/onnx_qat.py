@@ -74,6 +74,7 @@ from .onnx_convert import load_onnx2torch
 from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, launched, spawn
 from .ptq_init import init_from_ptq
 from .qat import QatModel, export_qat, prepare_qat
+from .qat_features import check_feature_weight, select_features, with_outputs
 from .qat_guard import Guard, Metric
 from .qat_train import Plan, Teacher, Trainer, stack
 
@@ -151,7 +152,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
              timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, metric: Metric | None = None, device: str = "cpu",
-             checks: int = 0) -> OnnxQatResult | None:
+             checks: int = 0, feature_weight: float = 0.0) -> OnnxQatResult | None:
     """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
 
     ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
@@ -176,6 +177,10 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     with several processes).  ``checks``: how many times, spread over training, the student's own
     forward is judged on the held-out samples (shown in the progress line; ``held_out_curve`` in
     the report); 0 by default, since on a CPU each check costs as many forwards as samples held out.
+    ``feature_weight``: > 0 also distils a few intermediate tensors of the FP32 model
+    (:mod:`.qat_features`: which ones, and the normalised loss), with that weight beside the
+    output loss; 0 (the default) distils the outputs only; ``NPF_QAT_BAD_OPTION`` when negative
+    or not a finite number.
     """
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
@@ -189,6 +194,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason=f"checkpoint_every={checkpoint_every} is not a positive "
                                                         "number of steps")
     _check_nproc(nproc)
+    feature_weight = check_feature_weight(feature_weight)
     dev = _device(device, nproc)
     joined_here = launched() and not torch.distributed.is_initialized()
     rank, world = join_launched(timeout_minutes)
@@ -218,12 +224,13 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     ptq_seconds = time.perf_counter() - start_time
 
     _step(progress, "convert")
-    student = _build_student(convert, ptq, tgt, qcfg, samples, batch, seed)
+    student = _build_student(convert, ptq, tgt, qcfg, samples, batch, seed, features=feature_weight > 0)
     qat, samples = student.qat, student.samples
     train_samples, eval_samples, held = _split(samples)
     step_batch = _step_batch(student.batch, ranks, len(train_samples))
     # one CPU thread runs the teacher for a CPU student; a GPU student would wait for it
-    teacher = Teacher(ptq.float_model, student.input_names, student.output_names,
+    teacher = Teacher(with_outputs(ptq.float_model, list(student.features)), student.input_names,
+                      student.output_names + list(student.features),
                       threads=1 if dev.type == "cpu" else max(1, (os.cpu_count() or 2) - 1))
     start_state = copy.deepcopy(qat.state_dict())
     if rank == 0:  # the deployed start: its QDQ model in ONNX Runtime
@@ -233,7 +240,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     plan = Plan(epochs, minutes, step_batch, lr, quantizer_lr, temperature, loss, augment, seed,
                  None if checkpoint is None else str(checkpoint), checkpoint_every,
                  None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch),
-                 str(dev), checks if ranks == 1 else 0)
+                 str(dev), checks if ranks == 1 else 0, feature_weight)
     t_train = time.perf_counter()
     if nproc > 1:
         built = io.BytesIO()
@@ -246,7 +253,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         watch = (lambda module: guard.watch(module, student.input_names, student.batch)) if rank == 0 and checks else None
         qat.to(dev)
         try:
-            trainer = Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world, watch)
+            trainer = Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world, watch,
+                              student.features)
             stats = trainer.run(progress)
         finally:
             qat.to("cpu")  # export, the guard and the caller see a CPU model
@@ -280,6 +288,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "float_tensors": initialised["float_tensors"], "resumed_at_step": stats["resumed_at"],
         "loss": stats["loss_kinds"], "losses": [round(v, 6) for v in stats["losses"]],
         "device": str(dev), "held_out_curve": stats.get("curve", []),
+        "feature_weight": feature_weight, "feature_points": list(student.features),
+        "feature_losses": [round(v, 6) for v in stats.get("feature_losses", [])],
     }
     result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start.cosine, trained_cosine=trained.cosine,
                            kept=kept, steps=stats["steps"], epochs=stats["epochs"], seconds=train_seconds,
@@ -365,14 +375,16 @@ class _Student:
     output_names: list[str]
     initialised: dict[str, int]
     batch: int  # samples one forward takes: ``batch``, or 1 when the graph has a batch of 1 baked in
+    features: dict[str, str] = field(default_factory=dict)  # distilled ONNX tensor -> its quantizer (qat_features)
 
 
 def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig, samples: list[Sample],
-                   batch: int, seed: int, state: bytes | None = None) -> _Student:
+                   batch: int, seed: int, state: bytes | None = None, features: bool = False) -> _Student:
     """Convert the PTQ run's float graph, insert fake quantization and initialise it from the
     PTQ model; deterministic, so every rank of a data-parallel run builds the same model.
     ``state``: the serialised parameters and buffers of a student built before (a spawned
-    rank takes the caller's instead of calibrating again)."""
+    rank takes the caller's instead of calibrating again).  ``features``: also choose the
+    intermediate tensors to distil (:func:`.qat_features.select_features`)."""
     torch.manual_seed(seed)
     graph = legalize(ptq.float_model, tgt)
     input_names = [i.name for i in model_io.graph_inputs(graph)]
@@ -387,7 +399,8 @@ def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: Qa
     if state is not None:
         qat.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
     forward_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
-    return _Student(qat, samples, input_names, output_names, initialised, forward_batch)
+    points = select_features(qat, module, ptq.float_model) if features else {}
+    return _Student(qat, samples, input_names, output_names, initialised, forward_batch, points)
 
 
 def _split(samples: list[Sample]) -> tuple[list[Sample], list[Sample], int]:
@@ -430,11 +443,14 @@ def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg:
                 samples: list[Sample], batch: int, plan: Plan, state: bytes) -> dict | None:
     """One spawned rank: build the caller's student (its parameters and buffers: ``state``),
     train its share; rank 0 returns the trained parameters (serialised) and the training statistics."""
-    student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed, state)
+    student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed, state,
+                             features=plan.feature_weight > 0)
     train, _, _ = _split(student.samples)
-    teacher = Teacher(ptq.float_model, student.input_names, student.output_names)
+    teacher = Teacher(with_outputs(ptq.float_model, list(student.features)), student.input_names,
+                      student.output_names + list(student.features))
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    stats = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world).run(report)
+    stats = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world,
+                    features=student.features).run(report)
     if rank != 0:
         return None
     buffer = io.BytesIO()

@@ -22,6 +22,7 @@ from ..ort_session import open_session
 from ..quant.data import Sample
 from .layers import QatWeighted
 from .qat import QatModel, distributed, load_checkpoint, save_checkpoint
+from .qat_features import FeatureTap, feature_loss
 
 Progress = Callable[..., None]
 
@@ -45,6 +46,7 @@ class Plan:
     identity: dict[str, str]
     device: str = "cpu"  # where the student trains; the teacher and the augmentation stay on the CPU
     checks: int = 0  # held-out checks spread over training (0: none), for the progress line and the report
+    feature_weight: float = 0.0  # weight of the intermediate-feature term (qat_features); 0: logits only
 
 
 def stack(samples: Sequence[Sample], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
@@ -157,11 +159,17 @@ class Trainer:
     moved.  Without augmentation a sample's teacher outputs never change: each is computed once.
     ``watch(qat)`` (a held-out measure, higher is better) runs at ``plan.checks`` points spread
     over training; its values are the ``curve`` of the statistics.
+    ``features`` (ONNX tensor -> the student's quantizer of it, :func:`.qat_features.select_features`):
+    the teacher returns these tensors after the model's outputs, and with ``plan.feature_weight``
+    > 0 the loss adds that weight times their normalised squared error.
     """
 
     def __init__(self, qat: QatModel, teacher: Teacher, samples: list[Sample], names: Sequence[str], plan: Plan,
-                 rank: int = 0, world: int = 1, watch: Callable[[QatModel], float] | None = None) -> None:
+                 rank: int = 0, world: int = 1, watch: Callable[[QatModel], float] | None = None,
+                 features: dict[str, str] | None = None) -> None:
         self.qat, self.teacher, self.samples, self.names, self.plan = qat, teacher, samples, list(names), plan
+        self.features = dict(features or {})
+        self.outputs = len(teacher.outputs) - len(self.features)  # the model's own outputs come first
         self.rank, self.world = rank, world
         self.device = torch.device(plan.device)
         self.watch = watch
@@ -179,6 +187,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds of the runs this one resumes
         self.resumed_at: int | None = None
         self.losses: list[float] = []
+        self.feature_losses: list[float] = []  # the feature term per step, unweighted (empty: logits only)
         self.loss_kinds: list[str] = []
         self.order: list[int] = []  # the current pass's sample order, and where in it the next batch starts
         self.position = 0
@@ -219,12 +228,28 @@ class Trainer:
         every = plan.checkpoint_every or max(1, len(self.samples) // plan.batch)
         budget = plan.minutes * 60 - self.elapsed if plan.minutes is not None else None
         start = time.perf_counter()
-        shown = 0.0
-        saved_at = self.steps
         self.qat.train()
         self.qat.freeze_bn()  # the folded form that is deployed, from the first step
         if progress is not None:
             progress("train", self.steps, total)
+        tap = FeatureTap(self.qat, self.features) if self.features else None
+        try:
+            self._loop(total, budget, start, every, progress, tap)
+        finally:
+            if tap is not None:
+                tap.close()
+        self._check(1.0, total, progress)
+        self.qat.eval()
+        return {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "loss_kinds": self.loss_kinds,
+                "feature_losses": self.feature_losses, "resumed_at": self.resumed_at,
+                "loop_seconds": time.perf_counter() - start, "curve": self.curve}
+
+    def _loop(self, total: int | None, budget: float | None, start: float, every: int, progress: Progress | None,
+              tap: FeatureTap | None) -> None:
+        """The steps of :meth:`run` until the budget is spent, and the final checkpoint."""
+        plan = self.plan
+        shown = 0.0
+        saved_at = self.steps
         while not self._done(total, budget, start):
             now = time.perf_counter()
             frac = self.steps / total if total is not None else (self.elapsed + now - start) / (plan.minutes * 60)
@@ -243,9 +268,14 @@ class Trainer:
             x = tuple(t.to(self.device) for t in x)
             self.qat.train()
             student = as_list(self.model(*x))
+            target, target_features = target[:self.outputs], target[self.outputs:]
             if not self.loss_kinds:
                 self.loss_kinds = [_loss_kind(t, plan.loss) for t in target]
             loss = sum(_distil_loss(s, t, k, plan.temperature) for s, t, k in zip(student, target, self.loss_kinds))
+            if tap is not None:
+                term = feature_loss(tap.take(), target_features)
+                self.feature_losses.append(self._global_mean(term.detach() * share))
+                loss = loss + plan.feature_weight * term
             self.optimizer.zero_grad()
             (loss * share).backward()
             self.optimizer.step()
@@ -258,13 +288,10 @@ class Trainer:
             if progress is not None and (time.perf_counter() - shown >= 2.0 or self.steps == total):
                 shown = time.perf_counter()
                 cos = float(batch_cosine(student, target).mean())
-                progress("train", self.steps, total, f"loss {self.losses[-1]:.4f} cosine {cos:.4f}")
+                feat = f" features {self.feature_losses[-1]:.4f}" if self.feature_losses else ""
+                progress("train", self.steps, total, f"loss {self.losses[-1]:.4f}{feat} cosine {cos:.4f}")
         if plan.checkpoint is not None and saved_at != self.steps:
             self._save(plan.checkpoint, start)
-        self._check(1.0, total, progress)
-        self.qat.eval()
-        return {"steps": self.steps, "epochs": self.epochs, "losses": self.losses, "loss_kinds": self.loss_kinds,
-                "resumed_at": self.resumed_at, "loop_seconds": time.perf_counter() - start, "curve": self.curve}
 
     def _check(self, frac: float, total: int | None, progress: Progress | None) -> None:
         """Run ``watch`` when training has passed the next of ``plan.checks`` even points (the
@@ -302,6 +329,7 @@ class Trainer:
 
     def _save(self, path: str, start: float) -> None:
         extra = {"seen": self.seen, "losses": list(self.losses), "loss_kinds": list(self.loss_kinds),
+                 "feature_losses": list(self.feature_losses),
                  "order": list(self.order), "position": self.position,
                  "seconds": self.elapsed + time.perf_counter() - start}
         save_checkpoint(path, self.model, self.optimizer, step=self.steps, epoch=int(self.epochs), extra=extra,
@@ -314,6 +342,7 @@ class Trainer:
         self.steps, self.resumed_at = state.step, state.step
         self.seen, self.elapsed = extra["seen"], extra["seconds"]
         self.losses, self.loss_kinds = list(extra["losses"]), list(extra["loss_kinds"])
+        self.feature_losses = list(extra.get("feature_losses", []))  # absent in checkpoints of logits-only runs
         self.order, self.position = list(extra["order"]), extra["position"]
 
 
