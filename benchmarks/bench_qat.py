@@ -251,16 +251,18 @@ def bench_onnx(args) -> list[str]:
     import datasets as D  # noqa: E402  (benchmarks/datasets.py)
     from npuflow.torch.onnx_qat import qat_onnx
 
-    ptq_cfg = {"fast_finetune": {"method": "adaround", "iters": args.onnx_ptq_iters},
+    ptq_cfg = {"fast_finetune": {"method": args.onnx_ptq_method, "iters": args.onnx_ptq_iters},
                "max_calib_samples": args.onnx_ptq_calib}
-    lines = ["## `npuflow qat`: QAT of the ONNX model from the AdaRound PTQ start (issue 18 item 2)", "",
+    method = {"adaround": "AdaRound", "brecq": "BRECQ+QDrop"}[args.onnx_ptq_method]
+    lines = [f"## `npuflow qat`: QAT of the ONNX model from the {method} PTQ start (issue 18 item 2)", "",
              f"Produced by `python benchmarks/bench_qat.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{TARGET}, the target's placement (every layer of EfficientNet-Lite0 on the DPU; PP-OCRv4 rec keeps what the "
              "DPU does not run, LayerNorm, attention, Softmax, in float on the CPU, in PTQ and QAT alike).  "
-             f"PTQ start: AdaRound ({args.onnx_ptq_iters} iterations) calibrated on the "
+             f"PTQ start: {method} ({args.onnx_ptq_iters} iterations) calibrated on the "
              f"first {args.onnx_ptq_calib} training samples; QAT: `qat_onnx` distilling from FP32 on all training samples "
              f"(unlabelled, {'not ' if args.onnx_no_augment else ''}augmented; lr {args.onnx_lr:g}, quantizer lr "
-             f"{args.onnx_quantizer_lr:g}), batch {args.onnx_batch}, {args.onnx_minutes:g} minutes of training on a shared "
+             f"{args.onnx_quantizer_lr:g}, feature weight {args.onnx_feature_weight:g}), batch {args.onnx_batch}, "
+             f"{args.onnx_minutes:g} minutes of training on a shared "
              "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
              "| model | metric | FP32 | PTQ start | QAT result (the model returned, ONNX Runtime) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -291,7 +293,7 @@ def bench_onnx(args) -> list[str]:
                 log(f"  {name} {stage} {done}/{total} {detail}")
         result = qat_onnx(path, TARGET, train, minutes=args.onnx_minutes, ptq_config=ptq_cfg, batch=args.onnx_batch,
                           lr=args.onnx_lr, quantizer_lr=args.onnx_quantizer_lr, augment=not args.onnx_no_augment,
-                          progress=progress)
+                          progress=progress, feature_weight=args.onnx_feature_weight)
         inp = result.qat.input_names[0]
         feeds = [x[inp] if isinstance(x, dict) else x for x in xs]
         float_sess = D.ort_session(result.ptq.float_model)
@@ -344,10 +346,13 @@ def main() -> None:
     ap.add_argument("--onnx-eval", type=int, default=300)
     ap.add_argument("--onnx-batch", type=int, default=8)
     ap.add_argument("--onnx-ptq-calib", type=int, default=32)
-    ap.add_argument("--onnx-ptq-iters", type=int, default=500)
+    ap.add_argument("--onnx-ptq-iters", type=int, default=500, help="per layer (adaround), per block (brecq)")
+    ap.add_argument("--onnx-ptq-method", choices=("adaround", "brecq"), default="adaround")
     ap.add_argument("--onnx-lr", type=float, default=0.05, help="qat_onnx lr (units of each layer's weight step)")
     ap.add_argument("--onnx-quantizer-lr", type=float, default=0.01)
     ap.add_argument("--onnx-no-augment", action="store_true")
+    ap.add_argument("--onnx-feature-weight", type=float, default=0.0,
+                    help="qat_onnx feature_weight: distil intermediate tensors too (0: outputs only)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
