@@ -305,8 +305,30 @@ class _Rewriter:
                 q.share_with(quantizers[0])
 
 
+def merge_repeated_items(graph: fx.Graph) -> int:
+    """One ``getitem`` node per element of a tuple: the converter writes ``split[1]`` again for
+    each use (YOLOv8n's C2f reads a ``Split`` output in its concat and its next block), and each
+    copy would get a quantizer of its own -- two quantize steps of one tensor, which the export
+    cannot name apart.  Later copies are folded into the first; returns how many."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    merged = 0
+    for node in list(graph.nodes):
+        first: dict[int, fx.Node] = {}
+        for user in sorted(node.users, key=order.__getitem__):
+            if user.op != "call_function" or user.target is not operator.getitem or user.args[0] is not node \
+                    or not isinstance(user.args[1], int) or user.kwargs:
+                continue
+            kept = first.setdefault(user.args[1], user)
+            if kept is not user:
+                user.replace_all_uses_with(kept)
+                graph.erase_node(user)
+                merged += 1
+    return merged
+
+
 def rewrite(gm: fx.GraphModule, target: Target, formats: Formats) -> fx.GraphModule:
     """Fold BatchNorms, wrap weighted layers and insert activation quantizers, in place."""
+    merge_repeated_items(gm.graph)
     rw = _Rewriter(gm, target, formats)
     rw.modules_from_functions()
     rw.fold_and_wrap()

@@ -7,6 +7,7 @@ forward already computes the PTQ model's integers.  Split out of :mod:`.onnx_qat
 from __future__ import annotations
 
 import copy
+import operator
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -51,11 +52,12 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     unmapped: list[str] = []  # quantizers whose ONNX tensor the converter's mapping does not name
     template: FakeQuantizer | None = None  # an activation quantizer at a PTQ scale, to copy
 
+    produced = _produced_tensors(last_of_module, mapping)
+
     def tensor_of(src: fx.Node) -> str | None:
         if src in placeholders:
             return inputs[placeholders.index(src)]
-        path = _module_path(src)
-        return mapping[path].outputs[0] if path in mapping and last_of_module.get(path) is src else None
+        return produced.get(src)
 
     for node in gm.graph.nodes:
         if node.op != "call_module":
@@ -80,7 +82,7 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     covered = {tensor_of(n.args[0]) for n in gm.graph.nodes if n.op == "call_module"
                and isinstance(q := gm.get_submodule(n.target), (FakeQuantizer, SharedQuantizer)) and not getattr(q, "weight", False)}
     missing = [n.input[0] for n in qdq.graph.node if n.output[0] == f"{n.input[0]}_q" and n.input[0] not in covered]
-    counts["added"] = _quantize_missing(gm, missing, mapping, last_of_module, inits, template)
+    counts["added"] = _quantize_missing(gm, missing, produced, inits, template)
     counts["float_reads"] = _float_readers(gm, qdq, mapping, tensor_of)
     counts["unmapped"] = len(unmapped)
     if unmapped:
@@ -90,9 +92,8 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     return counts
 
 
-def _quantize_missing(gm: fx.GraphModule, tensors: Sequence[str], mapping: Mapping[str, Any],
-                      last_of_module: Mapping[str, fx.Node], inits: Mapping[str, onnx.TensorProto],
-                      template: FakeQuantizer | None) -> int:
+def _quantize_missing(gm: fx.GraphModule, tensors: Sequence[str], produced: Mapping[fx.Node, str],
+                      inits: Mapping[str, onnx.TensorProto], template: FakeQuantizer | None) -> int:
     """Quantize the tensors the PTQ model quantizes and ``prepare_qat`` did not: where a float
     part on the CPU hands a tensor back to the DPU through a pass-through op (PP-OCRv4 rec's
     attention: ``Squeeze``/``Reshape`` outputs feeding a quantized ``Mul``/``MatMul``), the PTQ
@@ -100,10 +101,10 @@ def _quantize_missing(gm: fx.GraphModule, tensors: Sequence[str], mapping: Mappi
     the float producer, was removed with the other float tensors.  Each gets a copy of
     ``template`` (an activation quantizer of the same model: same bits, tie rule, scale type)
     at the PTQ scale.  Returns how many were added."""
-    producer = {m.outputs[0]: path for path, m in mapping.items()}
+    producer = {tensor: node for node, tensor in produced.items()}
     added = 0
     for tensor in tensors:
-        node = last_of_module.get(producer.get(tensor, ""))
+        node = producer.get(tensor)
         if node is None or template is None or f"{tensor}_scale" not in inits:
             continue
         quantizer = copy.deepcopy(template)
@@ -224,6 +225,23 @@ def _last_node_of_module(gm: fx.GraphModule) -> dict[str, fx.Node]:
             if path is not None and not isinstance(_get(gm, node), FakeQuantizer):
                 last[path] = node
     return last
+
+
+def _produced_tensors(last_of_module: Mapping[str, fx.Node], mapping: Mapping[str, Any]) -> dict[fx.Node, str]:
+    """fx node -> the ONNX tensor it holds: a module's last node for a one-output ONNX node; for
+    several outputs (``Split``: YOLOv8n's C2f chunks) the module returns a tuple, and output ``i``
+    is the ``getitem`` of it at ``i``."""
+    produced: dict[fx.Node, str] = {}
+    for path, node in last_of_module.items():
+        outputs = list(mapping[path].outputs) if path in mapping else []
+        if len(outputs) == 1:
+            produced[node] = outputs[0]
+        elif outputs:
+            for user in node.users:
+                if user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int) \
+                        and 0 <= user.args[1] < len(outputs):
+                    produced[user] = outputs[user.args[1]]
+    return produced
 
 
 def _get(gm: fx.GraphModule, node: fx.Node) -> Any:
