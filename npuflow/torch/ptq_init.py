@@ -40,11 +40,10 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     the converter's trace leaves without its module).
     """
     inits = {t.name: t for t in qdq.graph.initializer}
-    mapping = {name: m.onnx_mapping for name, m in converted.named_modules() if hasattr(m, "onnx_mapping")}
+    mapping = onnx_mappings(converted)
     gm = qat.graph_module
     inputs = [n.name for n in model_io.graph_inputs(graph)]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    last_of_module = _last_node_of_module(gm)
     producers = GraphView(graph)
     quantize_steps = {n.output[0] for n in qdq.graph.node}
     counts = {"activations": 0, "weights": 0}
@@ -52,7 +51,7 @@ def init_from_ptq(qat: QatModel, converted: fx.GraphModule, graph: onnx.ModelPro
     unmapped: list[str] = []  # quantizers whose ONNX tensor the converter's mapping does not name
     template: FakeQuantizer | None = None  # an activation quantizer at a PTQ scale, to copy
 
-    produced = _produced_tensors(last_of_module, mapping)
+    produced = produced_tensors(gm, mapping)
 
     def tensor_of(src: fx.Node) -> str | None:
         if src in placeholders:
@@ -227,12 +226,17 @@ def _last_node_of_module(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return last
 
 
-def _produced_tensors(last_of_module: Mapping[str, fx.Node], mapping: Mapping[str, Any]) -> dict[fx.Node, str]:
-    """fx node -> the ONNX tensor it holds: a module's last node for a one-output ONNX node; for
-    several outputs (``Split``: YOLOv8n's C2f chunks) the module returns a tuple, and output ``i``
-    is the ``getitem`` of it at ``i``."""
+def onnx_mappings(converted: fx.GraphModule) -> dict[str, Any]:
+    """Module path -> onnx2torch's ``onnx_mapping`` (the ONNX node's input and output names)."""
+    return {name: m.onnx_mapping for name, m in converted.named_modules() if hasattr(m, "onnx_mapping")}
+
+
+def produced_tensors(gm: fx.GraphModule, mapping: Mapping[str, Any]) -> dict[fx.Node, str]:
+    """fx node of the QAT graph -> the ONNX tensor it holds (``mapping``: :func:`onnx_mappings`):
+    a module's last node for a one-output ONNX node; for several outputs (``Split``: YOLOv8n's
+    C2f chunks) the module returns a tuple, and output ``i`` is the ``getitem`` of it at ``i``."""
     produced: dict[fx.Node, str] = {}
-    for path, node in last_of_module.items():
+    for path, node in _last_node_of_module(gm).items():
         outputs = list(mapping[path].outputs) if path in mapping else []
         if len(outputs) == 1:
             produced[node] = outputs[0]

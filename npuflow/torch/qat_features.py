@@ -28,7 +28,7 @@ import torch.fx as fx
 
 from .. import model as model_io
 from ..errors import NpuflowError
-from .ptq_init import _last_node_of_module, _module_path
+from .ptq_init import onnx_mappings, produced_tensors
 from .qat import QatModel
 from .quantizer import FakeQuantizer
 
@@ -50,8 +50,7 @@ def select_features(qat: QatModel, converted: fx.GraphModule, teacher: onnx.Mode
     for ``count`` tensors evenly spaced along the candidates (see the module docstring).
     ``NPF_QAT_BAD_OPTION`` when the model has no candidate."""
     gm = qat.graph_module
-    mapping = {name: m.onnx_mapping for name, m in converted.named_modules() if hasattr(m, "onnx_mapping")}
-    last = _last_node_of_module(gm)
+    produced = produced_tensors(gm, onnx_mappings(converted))
     computed = {o for n in teacher.graph.node for o in n.output}
     outputs = {o.name for o in teacher.graph.output}
     shapes = model_io.tensor_shapes(teacher)
@@ -66,11 +65,9 @@ def select_features(qat: QatModel, converted: fx.GraphModule, teacher: onnx.Mode
         mod = gm.get_submodule(node.target)
         if not isinstance(mod, FakeQuantizer) or mod.weight or not isinstance(node.args[0], fx.Node):
             continue
-        src = node.args[0]
-        path = _module_path(src)
-        if path not in mapping or last.get(path) is not src:
+        tensor = produced.get(node.args[0])
+        if tensor is None:
             continue
-        tensor = mapping[path].outputs[0]
         meta = node.meta.get("tensor_meta")
         if (tensor in computed and tensor not in outputs and meta is not None
                 and shapes.get(tensor) == list(meta.shape) and tensor not in dict(candidates)):
