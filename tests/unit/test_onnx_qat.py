@@ -155,7 +155,7 @@ def test_build_key_runs_qat_after_ptq(tmp_path, capsys):
     _conv_model(tmp_path / "m.onnx")
     photo_crops(tmp_path / "calib", 8)
     conf = yaml.safe_load(yaml.safe_dump(BASE))
-    conf["input_parameters"]["input_type_rt"] = "bgr"  # nv12's chroma Resize does not trace (NPF_TORCH_CAPTURE_FAILED)
+    conf["input_parameters"]["input_type_rt"] = "bgr"  # nv12 preprocessing computes a shape at run time (NPF_TORCH_CAPTURE_FAILED)
     conf["calibration_parameters"]["qat_epochs"] = 1
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
     assert main(["build", str(tmp_path / "c.yaml")]) == 0
