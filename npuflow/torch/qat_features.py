@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import torch
 import torch.fx as fx
 
 from .. import model as model_io
+from .. import numerics
 from ..errors import NpuflowError
 from .ptq_init import onnx_mappings, produced_tensors
 from .qat import QatModel
@@ -76,8 +78,9 @@ def select_features(qat: QatModel, converted: fx.GraphModule, teacher: onnx.Mode
         raise NpuflowError("NPF_QAT_BAD_OPTION", option="feature_weight", value="> 0",
                            reason="the model has no quantized intermediate tensor the FP32 model also computes")
     k = min(count, len(candidates))
-    picks = sorted({round((i + 1) * len(candidates) / (k + 1)) - 1 for i in range(k)}) if k < len(candidates) \
-        else list(range(len(candidates)))
+    # the i-th point at (i + 1) / (k + 1) of the way, ties to even
+    spots = numerics.round_values(np.arange(1, k + 1) * len(candidates) / (k + 1), numerics.RoundMode.HALF_EVEN)
+    picks = sorted({int(v) - 1 for v in spots}) if k < len(candidates) else list(range(len(candidates)))
     return dict(candidates[max(i, 0)] for i in picks)
 
 
