@@ -69,12 +69,13 @@ from ..quant.data import CalibrationSource, InputSpec, Sample
 from ..quant.legalize import legalize
 from ..quant.pipeline import QuantizedModel, config_of, quantize
 from ..targets import Target, load_target
+from ..value_info import with_outputs
 from .config import QatConfig, qat_config
 from .onnx_convert import load_onnx2torch
 from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, launched, spawn
 from .ptq_init import init_from_ptq
 from .qat import QatModel, export_qat, prepare_qat
-from .qat_features import check_feature_weight, select_features, with_outputs
+from .qat_features import check_feature_weight, select_features
 from .qat_guard import Guard, Metric
 from .qat_train import Plan, Teacher, Trainer, stack
 
@@ -229,9 +230,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     train_samples, eval_samples, held = _split(samples)
     step_batch = _step_batch(student.batch, ranks, len(train_samples))
     # one CPU thread runs the teacher for a CPU student; a GPU student would wait for it
-    teacher = Teacher(with_outputs(ptq.float_model, list(student.features)), student.input_names,
-                      student.output_names + list(student.features),
-                      threads=1 if dev.type == "cpu" else max(1, (os.cpu_count() or 2) - 1))
+    teacher = student.teacher(ptq.float_model, threads=1 if dev.type == "cpu" else max(1, (os.cpu_count() or 2) - 1))
     start_state = copy.deepcopy(qat.state_dict())
     if rank == 0:  # the deployed start: its QDQ model in ONNX Runtime
         guard = Guard(ptq.float_model, eval_samples, student.input_names, student.output_names, metric)
@@ -377,6 +376,12 @@ class _Student:
     batch: int  # samples one forward takes: ``batch``, or 1 when the graph has a batch of 1 baked in
     features: dict[str, str] = field(default_factory=dict)  # distilled ONNX tensor -> its quantizer (qat_features)
 
+    def teacher(self, float_model: onnx.ModelProto, threads: int = 1) -> Teacher:
+        """The FP32 teacher of this student: the model's outputs, then the distilled tensors."""
+        names = list(self.features)
+        model = with_outputs(float_model, names) if names else float_model
+        return Teacher(model, self.input_names, self.output_names + names, threads=threads)
+
 
 def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig, samples: list[Sample],
                    batch: int, seed: int, state: bytes | None = None, features: bool = False) -> _Student:
@@ -446,8 +451,7 @@ def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg:
     student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed, state,
                              features=plan.feature_weight > 0)
     train, _, _ = _split(student.samples)
-    teacher = Teacher(with_outputs(ptq.float_model, list(student.features)), student.input_names,
-                      student.output_names + list(student.features))
+    teacher = student.teacher(ptq.float_model)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     stats = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world,
                     features=student.features).run(report)

@@ -84,16 +84,6 @@ def select_features(qat: QatModel, converted: fx.GraphModule, teacher: onnx.Mode
     return dict(candidates[max(i, 0)] for i in picks)
 
 
-def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also returns the tensors ``names`` (after its own outputs)."""
-    if not names:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    return out
-
-
 class FeatureTap:
     """Reads the student's values at the chosen quantizers during its forward (forward hooks),
     in the order of ``points``; :meth:`close` removes the hooks."""

@@ -16,7 +16,8 @@ from npuflow.quant.data import CalibrationSource
 from npuflow.torch.config import qat_config
 from npuflow.torch.onnx_convert import load_onnx2torch
 from npuflow.torch.onnx_qat import _build_student, qat_onnx
-from npuflow.torch.qat_features import FEATURE_POINTS, FeatureTap, feature_loss, with_outputs
+from npuflow.torch.qat_features import FEATURE_POINTS, FeatureTap, feature_loss
+from npuflow.value_info import with_outputs
 from npuflow.torch.qat_train import Teacher, stack
 from npuflow.targets import load_target
 from tests import fixture_models
