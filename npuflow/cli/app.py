@@ -26,6 +26,7 @@ One grammar on every command, so that what a user learns on one holds on all:
 
 from __future__ import annotations
 
+import _thread
 import logging
 import signal
 import sys
@@ -239,19 +240,39 @@ class _CtrlC:
     def __init__(self) -> None:
         self.pressed = False
         self._saved: list = []  # the handler replaced (only the main thread can replace it)
+        self._saved_hook = sys.unraisablehook
+        self._again: threading.Timer | None = None  # a Ctrl-C delivered again (see _unraisable)
 
     def __enter__(self) -> "_CtrlC":
         if threading.current_thread() is threading.main_thread():
             self._saved.append(signal.signal(signal.SIGINT, self._handle))
+        self._saved_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handler in self._saved:
             signal.signal(signal.SIGINT, handler if handler is not None else signal.default_int_handler)
+        sys.unraisablehook = self._saved_hook
+        if self._again is not None:  # the command ended first; its status already says 130
+            self._again.cancel()
 
     def _handle(self, signum: int, frame: object) -> None:
         self.pressed = True
         raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """A Ctrl-C that lands where Python cannot raise it (a finaliser, an import lock's
+        release) would print "Exception ignored ..." with a traceback and then be lost, so the
+        command would go on.  Deliver it again instead, from a timer thread so that it does not
+        fire inside this hook: the main thread raises it a few milliseconds later, where the
+        stages' clean-up sees it as usual."""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self.pressed = True
+            self._again = threading.Timer(0.01, _thread.interrupt_main)
+            self._again.start()
+        else:
+            self._saved_hook(unraisable)
 
     def report(self) -> int:
         """Print the one line; returns the exit status."""

@@ -257,3 +257,26 @@ def test_ctrl_c_while_the_cli_is_still_importing_prints_one_line():
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130 and err.strip() == "npuflow: interrupted", err
+
+
+def test_ctrl_c_inside_a_finaliser_is_delivered_again_not_printed(capsys):
+    """Ctrl-C landing where Python cannot raise it (a finaliser, an import lock's release: seen
+    in a full run as "Exception ignored ..." and a traceback on stderr, the build going on) is
+    raised again in the main thread, so the command stops with its one line."""
+    from npuflow.cli.app import _CtrlC
+
+    class Finaliser:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt  # what the SIGINT handler raises when it fires here
+
+    stopped = False
+    with _CtrlC() as ctrl_c:
+        try:
+            Finaliser()  # dropped at once: its __del__ cannot propagate the exception
+            for _ in range(200):
+                time.sleep(0.005)
+        except KeyboardInterrupt:
+            stopped = True
+    assert stopped and ctrl_c.pressed
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert sys.unraisablehook is not ctrl_c._unraisable  # the context restores the earlier hook
