@@ -249,10 +249,6 @@ def bench_onnx(args) -> list[str]:
     accuracy) of the PTQ start and of the QAT model on held-out data, the .npuf checked bit-exact."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import datasets as D  # noqa: E402  (benchmarks/datasets.py)
-    from npuflow.torch.onnx_qat import qat_onnx
-
-    ptq_cfg = {"fast_finetune": {"method": args.onnx_ptq_method, "iters": args.onnx_ptq_iters},
-               "max_calib_samples": args.onnx_ptq_calib}
     method = {"adaround": "AdaRound", "brecq": "BRECQ+QDrop"}[args.onnx_ptq_method]
     lines = [f"## `npuflow qat`: QAT of the ONNX model from the {method} PTQ start (issue 18 item 2)", "",
              f"Produced by `python benchmarks/bench_qat.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} UTC, "
@@ -264,8 +260,10 @@ def bench_onnx(args) -> list[str]:
              f"{args.onnx_quantizer_lr:g}, feature weight {args.onnx_feature_weight:g}), batch {args.onnx_batch}, "
              f"{args.onnx_minutes:g} minutes of training on a shared "
              "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
-             "| model | metric | FP32 | PTQ start | QAT result (the model returned, ONNX Runtime) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"{args.onnx_guard_samples or 'The default number of'} held-out training samples judge start vs trained "
+             "(the guard); with several seeds the PTQ start is computed once and reused.", "",
+             "| model | seed | metric | FP32 | PTQ start | trained (ONNX Runtime) | returned by the guard (ONNX Runtime) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in args.onnx_models.split(","):
         if name == "effnet":
             train, _ = D.efficientnet("calib", args.onnx_train)
@@ -286,42 +284,73 @@ def bench_onnx(args) -> list[str]:
                 return f"{line:.1f} ({char:.1f})"
             fp32 = None
         log(f"{name}: {len(train)} training samples, {len(xs)} evaluation samples")
-        t0 = time.time()
+        ptq = None  # the PTQ start, computed by the first seed's run and reused by the others
+        for seed in [int(v) for v in args.onnx_seeds.split(",")]:
+            ptq = _onnx_run(args, name, path, metric, train, xs, score, fp32, ptq, seed, lines)
+    return lines + [""]
 
-        def progress(stage, done=0, total=None, detail=""):
-            if detail or stage in ("ptq", "convert", "export", "train"):
-                log(f"  {name} {stage} {done}/{total} {detail}")
+
+def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, fp32: str | None, ptq, seed: int,
+              lines: list[str]):
+    """One ``qat_onnx`` run (``seed``) from ``ptq`` (None: computed here), its rows appended to
+    ``lines``; returns the PTQ start for the next seed.  The trained model is scored even when the
+    guard returns the start (from the run's final checkpoint), so a wrong guard decision shows."""
+    import tempfile
+
+    import datasets as D  # noqa: E402  (benchmarks/datasets.py)
+    from npuflow.torch.onnx_qat import qat_onnx
+    from npuflow.torch.qat import export_qat
+
+    ptq_cfg = {"fast_finetune": {"method": args.onnx_ptq_method, "iters": args.onnx_ptq_iters},
+               "max_calib_samples": args.onnx_ptq_calib}
+    t0 = time.time()
+
+    def progress(stage, done=0, total=None, detail=""):
+        if detail or stage in ("ptq", "convert", "export", "train"):
+            log(f"  {name} seed {seed} {stage} {done}/{total} {detail}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "final.pt"
         result = qat_onnx(path, TARGET, train, minutes=args.onnx_minutes, ptq_config=ptq_cfg, batch=args.onnx_batch,
                           lr=args.onnx_lr, quantizer_lr=args.onnx_quantizer_lr, augment=not args.onnx_no_augment,
-                          progress=progress, feature_weight=args.onnx_feature_weight)
-        inp = result.qat.input_names[0]
-        feeds = [x[inp] if isinstance(x, dict) else x for x in xs]
-        float_sess = D.ort_session(result.ptq.float_model)
-        ptq_sess = D.ort_session(result.ptq.model)
-        fp32_out = [float_sess.run(None, {inp: x})[0] for x in feeds]
-        ptq_out = [ptq_sess.run(None, {inp: x})[0] for x in feeds]
-        returned_sess = D.ort_session(result.model)  # what the guard returned, as deployed (ONNX Runtime)
-        returned_out = [returned_sess.run(None, {inp: x})[0] for x in feeds]
-        result.qat.eval()
-        with torch.no_grad():
-            qat_out = [result.qat(torch.from_numpy(x)).numpy() for x in feeds]
-        compiled = npuflow.Session(npuflow.compile(result.model, TARGET))
-        diffs = [float(np.abs(compiled.run({inp: x})[result.qat.output_names[0]] - q).max())
-                 for x, q in zip(feeds[:args.compiled_check], qat_out)]
-        exact = "True" if max(diffs) == 0 else f"False, max diff {max(diffs):.1e}"
-        fp32_score = fp32 if fp32 is not None else score(fp32_out)
-        load = os.getloadavg()[0]
-        r = result.report
-        log(f"{name}: FP32 {fp32_score}, PTQ {score(ptq_out)}, QAT {score(returned_out)}; {r['measure']} "
-            f"{r['start_score']:.4f} -> {r['trained_score']:.4f} (kept {r['kept']}); {time.time() - t0:.0f} s")
-        lines.append(f"| {Path(path).stem} | {metric} | {fp32_score} | {score(ptq_out)} | {score(returned_out)} | "
-                     f"{r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | {r['train_seconds']:.0f} | "
-                     f"{load:.1f} | {exact} (first {args.compiled_check}) |")
-        held = "held-out" if r["eval_held_out"] else "training"
-        lines.append(f"|  | guard: {r['measure']} to FP32 on {r['eval_samples']} {held} samples, exported QDQ model in "
-                     f"ONNX Runtime (output cosine) | 1 | {r['start_score']:.4f} ({r['start_cosine']:.4f}) | "
-                     f"{r['trained_score']:.4f} ({r['trained_cosine']:.4f}), kept: {r['kept']} |  |  |  |  |  |")
-    return lines + [""]
+                          progress=progress, feature_weight=args.onnx_feature_weight, seed=seed, ptq=ptq,
+                          guard_samples=args.onnx_guard_samples, checkpoint=ckpt, checkpoint_every=10**9)
+        trained_model = result.model
+        if result.kept != "trained":  # the final checkpoint holds the trained weights the guard turned down
+            returned_state = {k: v.clone() for k, v in result.qat.state_dict().items()}
+            result.qat.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+            result.qat.eval()
+            trained_model = export_qat(result.qat, None)
+            result.qat.load_state_dict(returned_state)
+    inp = result.qat.input_names[0]
+    feeds = [x[inp] if isinstance(x, dict) else x for x in xs]
+
+    def outputs(model):
+        sess = D.ort_session(model)
+        return [sess.run(None, {inp: x})[0] for x in feeds]
+    ptq_out = outputs(result.ptq.model)
+    returned_out = outputs(result.model)  # what the guard returned, as deployed (ONNX Runtime)
+    trained_out = returned_out if trained_model is result.model else outputs(trained_model)
+    result.qat.eval()
+    with torch.no_grad():
+        qat_out = [result.qat(torch.from_numpy(x)).numpy() for x in feeds[:args.compiled_check]]
+    compiled = npuflow.Session(npuflow.compile(result.model, TARGET))
+    diffs = [float(np.abs(compiled.run({inp: x})[result.qat.output_names[0]] - q).max())
+             for x, q in zip(feeds, qat_out)]
+    exact = "True" if max(diffs) == 0 else f"False, max diff {max(diffs):.1e}"
+    fp32_score = fp32 if fp32 is not None else score(outputs(result.ptq.float_model))
+    load = os.getloadavg()[0]
+    r = result.report
+    log(f"{name} seed {seed}: FP32 {fp32_score}, PTQ {score(ptq_out)}, trained {score(trained_out)}, returned "
+        f"{score(returned_out)}; {r['measure']} {r['start_score']:.4f} -> {r['trained_score']:.4f} (kept {r['kept']}); "
+        f"{r['steps']} steps ({r['epochs']:.2f} epochs); {time.time() - t0:.0f} s")
+    lines.append(f"| {Path(path).stem} | {seed} | {metric} | {fp32_score} | {score(ptq_out)} | {score(trained_out)} | "
+                 f"{score(returned_out)} | {r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | "
+                 f"{r['train_seconds']:.0f} | {load:.1f} | {exact} (first {args.compiled_check}) |")
+    held = "held-out" if r["eval_held_out"] else "training"
+    lines.append(f"|  |  | guard: {r['measure']} to FP32 on {r['eval_samples']} {held} samples, exported QDQ model in "
+                 f"ONNX Runtime (output cosine) | 1 | {r['start_score']:.4f} ({r['start_cosine']:.4f}) | "
+                 f"{r['trained_score']:.4f} ({r['trained_cosine']:.4f}) | kept: {r['kept']} |  |  |  |  |  |")
+    return result.ptq
 
 
 def main() -> None:
@@ -353,12 +382,16 @@ def main() -> None:
     ap.add_argument("--onnx-no-augment", action="store_true")
     ap.add_argument("--onnx-feature-weight", type=float, default=0.0,
                     help="qat_onnx feature_weight: distil intermediate tensors too (0: outputs only)")
+    ap.add_argument("--onnx-guard-samples", type=int, default=None,
+                    help="qat_onnx guard_samples: training samples held out for the guard (default: the library's)")
+    ap.add_argument("--onnx-seeds", default="0", help="comma-separated qat_onnx seeds, one run each, one PTQ start")
+    ap.add_argument("--onnx-out", default=None, help="results file name (default qat_onnx_<models>.md)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     if args.onnx:
-        out = RESULTS.with_name(f"qat_onnx_{args.onnx_models.replace(',', '_')}.md")
+        out = RESULTS.with_name(args.onnx_out or f"qat_onnx_{args.onnx_models.replace(',', '_')}.md")
         out.write_text("\n".join(bench_onnx(args)) + f"\nTotal run time {time.time() - t0:.0f} s.\n")
         log(f"wrote {out}")
         return

@@ -71,6 +71,9 @@ def qat_command(
     feature_weight: float = typer.Option(0.0, "--feature-weight", metavar="W", help="Also distil a few "
                                          "intermediate tensors of the FP32 model, with weight W beside the output "
                                          "loss (0: outputs only)."),
+    guard_samples: Optional[int] = typer.Option(None, "--guard-samples", metavar="N", help="Hold the last N "
+                                                "samples out of training to judge start vs trained (default: a "
+                                                "fifth, at most 64)."),
 ) -> None:
     """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
     if (epochs is None) == (minutes is None):
@@ -83,7 +86,8 @@ def qat_command(
                           ptq_config=str(config) if config else None, input_shapes=input_shapes_arg(input_shape),
                           batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
                           progress=progress, nproc=nproc, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                          resume=resume, device=device, feature_weight=feature_weight)
+                          resume=resume, device=device, feature_weight=feature_weight,
+                          guard_samples=guard_samples)
     if result is None:  # a rank other than 0 of a torchrun launch: rank 0 reports and writes
         return
     if result.report["resumed_at_step"] is not None:

@@ -20,8 +20,8 @@ For a user who has only the float ONNX file and unlabelled samples (photos, text
    label is needed).  Adam with two parameter groups and a cosine decay, for ``epochs`` passes
    or ``minutes`` of wall time.
 5. **Keep the better** of the start and the end (:mod:`.qat_guard`): both are exported and run in
-   ONNX Runtime on samples held out of training (a fifth of the user's, at most 64; with fewer
-   than 10 samples, the first 64 training ones) and judged against FP32 on the task's measure --
+   ONNX Runtime on samples held out of training (a fifth of the user's, at most 64, or the last
+   ``guard_samples``; with fewer than 10 samples, the first 64 training ones) and judged against FP32 on the task's measure --
    argmax agreement for class or probability outputs (per CTC step, per sample), output cosine
    otherwise, or the caller's ``metric`` -- and the trained model is returned only when it is not
    worse there (the result says which was kept, with both measures; for a recogniser's CTC rows
@@ -153,7 +153,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
              timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, metric: Metric | None = None, device: str = "cpu",
-             checks: int = 0, feature_weight: float = 0.0) -> OnnxQatResult | None:
+             checks: int = 0, feature_weight: float = 0.0, guard_samples: int | None = None) -> OnnxQatResult | None:
     """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
 
     ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
@@ -182,6 +182,12 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     (:mod:`.qat_features`: which ones, and the normalised loss), with that weight beside the
     output loss; 0 (the default) distils the outputs only; ``NPF_QAT_BAD_OPTION`` when negative
     or not a finite number.
+    ``guard_samples``: how many samples (the last ones of ``data``) are held out of training for the
+    guard that decides between the start and the trained model; ``None`` (the default) holds out a
+    fifth of them, at most 64, from 10 samples on.  With thousands of samples a guard of a few
+    hundred judges on more of them (one sample weighs 1/N), at the cost of one forward of each per
+    judgement (measured on PP-OCRv4 rec in docs/qat.md);
+    ``NPF_QAT_BAD_OPTION`` unless it is a positive integer that leaves a training sample.
     """
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
@@ -196,6 +202,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
                                                         "number of steps")
     _check_nproc(nproc)
     feature_weight = check_feature_weight(feature_weight)
+    _check_guard_samples(guard_samples, None)
     dev = _device(device, nproc)
     joined_here = launched() and not torch.distributed.is_initialized()
     rank, world = join_launched(timeout_minutes)
@@ -217,6 +224,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
 
     source = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
     samples = _read_samples(source, data, pcfg)
+    _check_guard_samples(guard_samples, len(samples))
     if ptq is None:
         _step(progress, "ptq")
         ptq = _quantize_once(source, samples, tgt, pcfg, input_shapes, progress, world)
@@ -227,7 +235,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     _step(progress, "convert")
     student = _build_student(convert, ptq, tgt, qcfg, samples, batch, seed, features=feature_weight > 0)
     qat, samples = student.qat, student.samples
-    train_samples, eval_samples, held = _split(samples)
+    train_samples, eval_samples, held = _split(samples, guard_samples)
     step_batch = _step_batch(student.batch, ranks, len(train_samples))
     # one CPU thread runs the teacher for a CPU student; a GPU student would wait for it
     teacher = student.teacher(ptq.float_model, threads=1 if dev.type == "cpu" else max(1, (os.cpu_count() or 2) - 1))
@@ -244,8 +252,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     if nproc > 1:
         built = io.BytesIO()
         torch.save(start_state, built)
-        stats = spawn(_train_rank, nproc, (ptq, tgt, qcfg, samples, batch, plan, built.getvalue()), progress,
-                      timeout_minutes)
+        stats = spawn(_train_rank, nproc, (ptq, tgt, qcfg, samples, batch, plan, built.getvalue(), guard_samples),
+                      progress, timeout_minutes)
         qat.load_state_dict(torch.load(io.BytesIO(stats.pop("model")), weights_only=True))
         qat.freeze_bn()  # as the ranks' trainers did
     else:
@@ -408,10 +416,27 @@ def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: Qa
     return _Student(qat, samples, input_names, output_names, initialised, forward_batch, points)
 
 
-def _split(samples: list[Sample]) -> tuple[list[Sample], list[Sample], int]:
+def _check_guard_samples(guard_samples: object, samples: int | None) -> None:
+    """``NPF_QAT_BAD_OPTION`` unless ``guard_samples`` is None or a positive integer below the
+    number of ``samples`` (when known): the guard needs samples and training needs one."""
+    if guard_samples is None:
+        return
+    if isinstance(guard_samples, bool) or not isinstance(guard_samples, int) or guard_samples < 1:
+        raise NpuflowError("NPF_QAT_BAD_OPTION", option="guard_samples", value=guard_samples,
+                           reason="not a positive integer")
+    if samples is not None and guard_samples >= samples:
+        raise NpuflowError("NPF_QAT_BAD_OPTION", option="guard_samples", value=guard_samples,
+                           reason=f"the data has {samples} samples; at least one must be left to train on")
+
+
+def _split(samples: list[Sample], guard_samples: int | None = None) -> tuple[list[Sample], list[Sample], int]:
     """Training samples, the samples that decide between the start and the trained model, and
-    how many of them are held out of training (0: they are training samples)."""
-    held = min(_EVAL_SAMPLES, len(samples) // 5) if len(samples) >= _MIN_HELD_OUT_SET else 0
+    how many of them are held out of training (0: they are training samples).  ``guard_samples``
+    (checked by :func:`_check_guard_samples`) holds out exactly that many of the last samples."""
+    if guard_samples is not None:
+        held = guard_samples
+    else:
+        held = min(_EVAL_SAMPLES, len(samples) // 5) if len(samples) >= _MIN_HELD_OUT_SET else 0
     train = samples[:len(samples) - held]
     return train, (samples[len(samples) - held:] if held else samples[:_EVAL_SAMPLES]), held
 
@@ -445,12 +470,13 @@ def _identity(source: onnx.ModelProto, tgt: Target, pcfg: QuantConfig, train: li
 
 
 def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg: QatConfig,
-                samples: list[Sample], batch: int, plan: Plan, state: bytes) -> dict | None:
+                samples: list[Sample], batch: int, plan: Plan, state: bytes,
+                guard_samples: int | None = None) -> dict | None:
     """One spawned rank: build the caller's student (its parameters and buffers: ``state``),
     train its share; rank 0 returns the trained parameters (serialised) and the training statistics."""
     student = _build_student(load_onnx2torch(), ptq, tgt, qcfg, samples, batch, plan.seed, state,
                              features=plan.feature_weight > 0)
-    train, _, _ = _split(student.samples)
+    train, _, _ = _split(student.samples, guard_samples)
     teacher = student.teacher(ptq.float_model)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     stats = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world,
