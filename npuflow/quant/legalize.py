@@ -3,7 +3,10 @@
 Runs after float optimisation and before calibration (calibration must see what the chip
 computes).  What changes, per ``target.numerics``:
 
-* ``leaky_relu_slope`` set (DPU: 26/256): every ``LeakyRelu`` takes that slope;
+* ``leaky_relu_slope`` set (DPU: 26/256): a ``LeakyRelu`` whose slope the target's ``leaky_relu``
+  rule accepts (DPU: within 0.01 of 26/256) takes the hardware slope; any other slope stays, and
+  the checker places that node on the CPU in float (replacing 0.2 by 26/256 would change the
+  network's function, not round it);
 * ``hard_sigmoid: dpu``: ``HardSigmoid(1/6, 1/2)`` becomes the DPU form
   ``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)`` (nodes ``<name>/add``, ``<name>/clip`` and
   ``<name>``, which keeps the output tensor) and ``HardSwish`` becomes that chain on ``x`` followed
@@ -21,8 +24,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..operators import DPU_HSIGMOID_SCALE, HSIGMOID_DIVISOR, HSIGMOID_OFFSET, is_standard_hard_sigmoid
-from ..graph import set_attr
+from ..graph import attr, set_attr
 from ..targets import Target
+from ..targets.judge import rule_reasons
 
 
 def legalize(model: onnx.ModelProto, target: Target) -> onnx.ModelProto:
@@ -32,7 +36,7 @@ def legalize(model: onnx.ModelProto, target: Target) -> onnx.ModelProto:
     n = target.numerics
     nodes: list[onnx.NodeProto] = []
     for node in out.graph.node:
-        if node.op_type == "LeakyRelu" and n.leaky_relu_slope is not None:
+        if node.op_type == "LeakyRelu" and n.leaky_relu_slope is not None and _slope_runs(node, target):
             set_attr(node, "alpha", float(n.leaky_relu_slope))
         if n.hard_sigmoid == "dpu" and is_standard_hard_sigmoid(node):
             nodes += _dpu_hsigmoid(out.graph, node.name or node.output[0], node.input[0], node.output[0])
@@ -47,6 +51,13 @@ def legalize(model: onnx.ModelProto, target: Target) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+def _slope_runs(node: onnx.NodeProto, target: Target) -> bool:
+    """Whether the target's LeakyReLU rule accepts this node's own slope (the checker's test)."""
+    rule = target.rule("leaky_relu")
+    alpha = float(attr(node, "alpha", 0.01))
+    return rule is not None and not rule_reasons(rule, {"alpha": alpha}, target.hardware_names())
 
 
 def _dpu_hsigmoid(graph: onnx.GraphProto, name: str, x: str, y: str, prefix: str | None = None) -> list[onnx.NodeProto]:

@@ -170,3 +170,19 @@ def test_keep_float_keeps_the_activation_the_target_fuses_into_the_layer():
     quantized = {n.input[0] for n in q.model.graph.node if n.op_type.startswith("Quantize")}
     assert "c1" not in quantized and "r1" not in quantized
     assert "p1" in quantized  # int8 again after the max pool that follows the activation
+
+
+def test_leaky_relu_slope_the_dpu_does_not_run_stays_in_float():
+    """A slope the DPU's rule rejects (0.2, openWakeWord's embedding model) is not replaced by
+    the hardware's 26/256 -- that would change the network, not quantize it: the node keeps its
+    slope and runs in float on the CPU, as the checker places it."""
+    model = conv_net(leaky=True)
+    act = next(n for n in model.graph.node if n.op_type == "LeakyRelu")
+    for a in act.attribute:
+        if a.name == "alpha":
+            a.f = 0.2
+    q = npuflow.quantize(model, samples([1, 3, 8, 8], n=4), target=DPU)
+    node = _nodes(q.model)["act1"]
+    assert next(a.f for a in node.attribute if a.name == "alpha") == pytest.approx(0.2)
+    assert npuflow.check(q.model, DPU).node("act1").device == "CPU"
+    assert q.report.outputs["y"] > 0.98  # with 26/256 the output moves far from the float model's
