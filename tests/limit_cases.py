@@ -233,6 +233,13 @@ def _eltwise(p, pre, op):
     return [node], [B.vi(n, [1, c, 2, 2]) for n in names], []
 
 
+def _clamp(p, pre, op):
+    """``Max``/``Min`` of a tensor and a scalar constant (a clamp, as TensorFlow exports write it)."""
+    bound = B.const(f"{pre}bound", np.full((1, 1, 1, 1), -0.4, np.float32))
+    node = helper.make_node(op, [f"{pre}x", bound.name], [f"{pre}y"], name=f"{pre}node")
+    return [node], [B.vi(f"{pre}x", [1, p["input_channel"], 2, 2])], [bound]
+
+
 def _fc(p, pre):
     w = B.const(f"{pre}w", np.zeros((p["output_channel"], p["input_channel"]), np.float32))
     node = helper.make_node("Gemm", [f"{pre}x", w.name], [f"{pre}y"], name=f"{pre}node", transB=1)
@@ -300,6 +307,8 @@ BUILDERS = {
     "global_max_pool": lambda p, pre: _global_pool(p, pre, "GlobalMaxPool"),
     "eltwise_add": lambda p, pre: _eltwise(p, pre, "Add"),
     "eltwise_mul": lambda p, pre: _eltwise(p, pre, "Mul"),
+    "max": lambda p, pre: _clamp(p, pre, "Max"),
+    "min": lambda p, pre: _clamp(p, pre, "Min"),
     "fc": _fc, "resize": _resize, "pad": _pad, "strided_slice": _slice, "split": _split,
     "argmax": lambda p, pre: _axis(p, pre, "ArgMax"),
     "reduce_max": lambda p, pre: _axis(p, pre, "ReduceMax"),

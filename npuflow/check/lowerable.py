@@ -205,10 +205,20 @@ def _div(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     return None
 
 
+def _clamp(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    """``Max``/``Min`` of one tensor and a scalar constant is a clamp, lowered as a lookup table;
+    of two tensors it would need an elementwise kernel the programs do not have."""
+    consts = [t.value(i) for i in node.input]
+    if len(node.input) != 2 or sum(c is not None for c in consts) != 1 or \
+            any(c is not None and (c.size != 1 or (t.quantized and c.dtype.kind != "f")) for c in consts):
+        return f"{node.op_type} is lowered only as a clamp: one tensor and a float scalar constant"
+    return None
+
+
 _OP_LIMITS: dict[str, Callable[[onnx.NodeProto, QuantFacts], str | None]] = {
     "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
     "MaxPool": _pool, "AveragePool": _pool, "GlobalMaxPool": _pool, "GlobalAveragePool": _pool,
-    "Slice": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div,
+    "Slice": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div, "Max": _clamp, "Min": _clamp,
 }
 
 
@@ -227,7 +237,7 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     only as the scalar of an activation chain), results reach quantize steps, all of integer
     types the programs compute in."""
     for name in _data_inputs(node):
-        steps = _dequantize_steps(name, t)
+        steps = _dequantize_steps(name, t, through_tables=node.op_type in TABLE_OPS)
         if steps is None:
             v = t.value(name)
             if v is None:
@@ -342,9 +352,11 @@ def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: QuantFacts)
     return None
 
 
-def _dequantize_steps(tensor: str, t: QuantFacts) -> list[onnx.NodeProto] | None:
+def _dequantize_steps(tensor: str, t: QuantFacts, through_tables: bool = True) -> list[onnx.NodeProto] | None:
     """The dequantize steps ``tensor`` comes from, directly or through a few elementwise ops
-    (``x * HardSigmoid(x)``: one table over ``x``); ``None`` when it is not all dequantized."""
+    when the reader is elementwise too (``x * HardSigmoid(x)``: one table over ``x``); ``None``
+    when it is not all dequantized.  Any other op (a ``MaxPool`` after a float clamp the target
+    runs on the CPU) reads integer codes only from a dequantize step, as the compiler lowers it."""
     work, steps, seen = [tensor], [], 0
     while work:
         p = t.producer_node(work.pop())
@@ -354,7 +366,7 @@ def _dequantize_steps(tensor: str, t: QuantFacts) -> list[onnx.NodeProto] | None
         if p is not None and grid_step(p, t):
             work.append(p.input[0])
             continue
-        if p is None or p.op_type not in TABLE_OPS or seen > MAX_CHAIN:
+        if p is None or not through_tables or p.op_type not in TABLE_OPS or seen > MAX_CHAIN:
             return None
         seen += 1
         work.extend(i for i in p.input if i and t.value(i) is None)

@@ -59,7 +59,9 @@ def lookup_table(
     if not chain:
         q.input[0] = t0
     (table,) = _run(g, [dq, *chain, q], {"__codes__": codes(x_params)}, [q_node.output[0]])
-    return np.asarray(table)
+    # a chain constant of shape 1x1x1x1 (TensorFlow exports) broadcasts the codes to that rank;
+    # the constants are single elements (check/lowerable.py), so the values are one per code
+    return np.asarray(table).reshape(-1)
 
 
 def resize_indices(g: QGraph, node: onnx.NodeProto, in_shape: list[int]) -> list[list[int]] | None:

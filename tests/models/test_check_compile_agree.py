@@ -31,6 +31,8 @@ MODELS = {
     "ppocr_cls": ("ppocr_cls", "x", [1, 3, 48, 192]),
     "yolov8n": ("yolov8n", "images", [1, 3, 160, 160]),
     "mnist": ("mnist_cnn", "input", [1, 1, 28, 28]),
+    # a TensorFlow export with a Maximum(x, -0.4) clamp after each of its 19 LeakyReLU(0.2)
+    "oww_embedding": ("oww_embedding", "input_1", [1, 76, 32, 1]),
     "conv1d": ("_conv1d_net", "x", [1, 4, 64]),
     "standalone_bn": ("_standalone_bn_net", "x", [1, 3, 16, 16]),
 }
@@ -94,6 +96,10 @@ def _real_samples(key: str, shape: list[int]) -> list[np.ndarray] | None:
         from benchmarks.datasets import iter_ocr_lines
 
         return [s["x"][..., :shape[-1]].copy() for s, _ in iter_ocr_lines("calib", 4)]
+    if key == "oww_embedding":
+        from tests.corpus.registry import MAKERS
+
+        return MAKERS["mel"](shape, 4, 0)
     if key == "yolov8n":
         from benchmarks.datasets import letterbox
 
@@ -163,7 +169,20 @@ def test_conv1d_and_standalone_batchnorm_run_on_the_dpu(models, tmp_path_factory
 
 #: The float-scale BPU too, on the models whose float-scale runs used to drift from ONNX Runtime.
 CONFORMANCE = [(k, t) for k in sorted(MODELS) for t in TARGETS] + [
-    (k, "bernoulli2") for k in ("ppocr_det", "ppocr_rec", "yolov8n")]
+    (k, "bernoulli2") for k in ("ppocr_det", "ppocr_rec", "yolov8n", "oww_embedding")]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("target", ["bernoulli2", "cpu-int8"])
+def test_tensorflow_clamps_keep_one_accelerator_subgraph(models, tmp_path_factory, target):
+    """openWakeWord's embedding model on targets with elementwise max: its 19 ``Maximum(x, -0.4)``
+    clamps run as lookup tables on the accelerator, so the 20 convolutions are one integer
+    subgraph (20 before the clamps were lowered: one per convolution)."""
+    model = _quantized(models, tmp_path_factory, "oww_embedding", target)
+    integer = [sg for sg in npuflow.compile(model, target).manifest["subgraphs"] if sg["engine"] == "integer"]
+    assert len(integer) == 1
+    # its 20 convolutions and the BatchNormalization after the first ReLU (a 1x1 depthwise one)
+    assert sum(op["op"] == "conv" for op in integer[0]["ops"]) == 21
 
 
 @pytest.mark.models
