@@ -130,6 +130,8 @@ def _static(node: onnx.NodeProto, t: QuantFacts) -> str | None:
         s = t.shape(name)
         if s is None or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in s):
             return f"tensor {name!r} has no static shape"
+        if not s:  # openWakeWord's mel model: Sub(ReduceMax(x), 80) on one number
+            return f"tensor {name!r} is a scalar (rank 0); accelerator programs compute on arrays"
     return None
 
 

@@ -85,6 +85,11 @@ def from_range(name: str, kind: str, s: TensorSettings, lo: float, hi: float, *,
     common = dict(name=name, kind=kind, bits=bits, signed=s.signed, narrow_range=s.narrow_range,
                   round_mode=s.round_mode, method=method or s.method)
     qmin, qmax = numerics.qrange(bits, s.signed, s.narrow_range)
+    if lo == hi == 0.0 and fix_pos is None:
+        # only zero (a zero constant operand, a dead activation): every scale holds it exactly, and
+        # the unit scale keeps the shifts and multipliers of the ops reading it in range (the
+        # smallest float32 scale made a 105-bit alignment shift in openWakeWord's mel model)
+        lo, hi = -float(qmax), float(qmax)
     if s.scale_type == "power_of_two":
         if fix_pos is None:
             fix_pos = int(numerics.pow2_fix_pos(max(abs(lo), abs(hi)), bits))
@@ -125,15 +130,16 @@ def weight_params(name: str, values: np.ndarray, s: TensorSettings, axis: int | 
     common = dict(name=name, kind=kind, bits=s.bit_width, signed=s.signed, narrow_range=s.narrow_range,
                   round_mode=s.round_mode, method=s.method)
     per_channel = s.per_channel and axis is not None and w.ndim > 0
+    qmin, qmax = numerics.qrange(s.bit_width, True, s.narrow_range)
     if not per_channel:
         if not s.symmetric:
             return from_range(name, kind, s, float(w.min(initial=0.0)), float(w.max(initial=0.0)))
-        amax = np.asarray(float(np.max(np.abs(w), initial=0.0)))
+        # all zero: the unit scale, as from_range gives (any scale holds zero; a tiny one breaks shifts)
+        amax = np.asarray(float(np.max(np.abs(w), initial=0.0)) or float(qmax))
         axis = None
     else:
         moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
         amax = np.max(np.abs(moved), axis=1)
-    qmin, qmax = numerics.qrange(s.bit_width, True, s.narrow_range)
     if s.scale_type == "power_of_two":
         fix = numerics.pow2_fix_pos(amax, s.bit_width)
         if s.method in ("mse", "auto"):
