@@ -231,6 +231,11 @@ GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqu
 #: run unchanged on integer codes (a QOperator model applies them to quantized tensors directly).
 VALUE_MOVING_OPS = GRID_OPS | frozenset({"GlobalMaxPool", "Slice", "Split", "Concat", "Gather", "Identity", "Tile",
                                          "Expand", "DepthToSpace", "SpaceToDepth"})
+#: Ops whose output lies in a fixed interval whatever the input: their quantized output takes
+#: that interval, not the calibrated one.  A sigmoid calibrated on inputs it never fires on
+#: (openWakeWord's classifiers on speech without the wake word: outputs below 5e-4) otherwise
+#: clips every later detection to that tiny maximum (TFLite fixes its int8 sigmoid to 1/256 too).
+FIXED_OUTPUT_RANGE: dict[str, tuple[float, float]] = {"Sigmoid": (0.0, 1.0)}
 #: Standard ops that compute each output element from the same element of their inputs only.
 ELEMENTWISE_OPS = frozenset({
     "DequantizeLinear", "QuantizeLinear", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Selu", "Exp", "Log", "Abs",

@@ -212,8 +212,11 @@ def _demote_lonely_layout(view, infos, device, reasons, transparent, tgt) -> Non
                               f"(it would be a subgraph of its own)")
 
 
-#: Ops that only move data: on the accelerator they compute nothing the CPU could not.
-_MOVER_KINDS = LAYOUT_KINDS | {"concat"}
+#: Ops that only move data: on the accelerator they compute nothing the CPU could not.  Slices
+#: too: openWakeWord's hey_mycroft splits each LSTM output with Slice + Squeeze into a Concat
+#: that feeds the next LSTM; a Slice that did not count left that Concat on the DPU in check,
+#: while compile (its quantizer left it in float) ran it on the CPU.
+_MOVER_KINDS = LAYOUT_KINDS | {"concat", "strided_slice"}
 
 
 def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import numerics
+from .. import numerics, operators
 from .calibrate import Statistics
 from .params import TensorQuant, activation_params, bias_params, from_range, weight_params
 from .plan import QuantPlan
@@ -61,6 +61,7 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
     for t in [*plan.points, *plan.consts]:
         members.setdefault(plan.find(t), []).append(t)
     group_ids = {root: i for i, (root, ms) in enumerate(members.items()) if len(ms) > 1}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
 
     for root, names in members.items():
         points = [plan.points[n] for n in names if n in plan.points]
@@ -71,8 +72,12 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         widest = max(p.settings.bit_width for p in points)
         if widest != settings.bit_width:
             settings = settings.model_copy(update={"bit_width": widest})
-        lo, hi, fixes = 0.0, 0.0, []
+        lo, hi, fixes, bounded = 0.0, 0.0, [], False
         for p in points:
+            fixed = operators.FIXED_OUTPUT_RANGE.get(producer.get(p.name, ""))
+            if fixed is not None:  # the op's own interval, whatever calibration saw
+                lo, hi, bounded = min(lo, fixed[0]), max(hi, fixed[1]), True
+                continue
             mm = stats.minmax.get(p.name)
             if mm is None or mm.count == 0:
                 log.warning("no calibration statistics for %s; it gets a unit range", p.name)
@@ -88,7 +93,7 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
             fixes = []  # the group range now includes constants: recompute the position from the range
         if max(abs(lo), abs(hi)) < MIN_RANGE:
             lo, hi = (-MIN_RANGE if settings.signed else 0.0), MIN_RANGE
-        fix = min(fixes) if fixes and settings.scale_type == "power_of_two" else None
+        fix = min(fixes) if fixes and not bounded and settings.scale_type == "power_of_two" else None
         gid = group_ids.get(root)
         for p in points:
             q = from_range(p.name, p.kind, settings, lo, hi, fix_pos=fix)
