@@ -240,13 +240,12 @@ class _CtrlC:
     def __init__(self) -> None:
         self.pressed = False
         self._saved: list = []  # the handler replaced (only the main thread can replace it)
-        self._saved_hook = sys.unraisablehook
+        self._saved_hook = sys.unraisablehook  # the hook replaced while the command runs
         self._again: threading.Timer | None = None  # a Ctrl-C delivered again (see _unraisable)
 
     def __enter__(self) -> "_CtrlC":
         if threading.current_thread() is threading.main_thread():
             self._saved.append(signal.signal(signal.SIGINT, self._handle))
-        self._saved_hook = sys.unraisablehook
         sys.unraisablehook = self._unraisable
         return self
 

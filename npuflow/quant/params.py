@@ -130,16 +130,15 @@ def weight_params(name: str, values: np.ndarray, s: TensorSettings, axis: int | 
     common = dict(name=name, kind=kind, bits=s.bit_width, signed=s.signed, narrow_range=s.narrow_range,
                   round_mode=s.round_mode, method=s.method)
     per_channel = s.per_channel and axis is not None and w.ndim > 0
-    qmin, qmax = numerics.qrange(s.bit_width, True, s.narrow_range)
     if not per_channel:
-        if not s.symmetric:
+        if not s.symmetric or not w.any():  # all zero: from_range's unit scale
             return from_range(name, kind, s, float(w.min(initial=0.0)), float(w.max(initial=0.0)))
-        # all zero: the unit scale, as from_range gives (any scale holds zero; a tiny one breaks shifts)
-        amax = np.asarray(float(np.max(np.abs(w), initial=0.0)) or float(qmax))
+        amax = np.asarray(float(np.max(np.abs(w), initial=0.0)))
         axis = None
     else:
         moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
         amax = np.max(np.abs(moved), axis=1)
+    qmin, qmax = numerics.qrange(s.bit_width, True, s.narrow_range)
     if s.scale_type == "power_of_two":
         fix = numerics.pow2_fix_pos(amax, s.bit_width)
         if s.method in ("mse", "auto"):
