@@ -261,9 +261,13 @@ def bench_onnx(args) -> list[str]:
              f"{args.onnx_minutes:g} minutes of training on a shared "
              "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
              f"{args.onnx_guard_samples or 'The default number of'} held-out training samples judge start vs trained "
-             "(the guard); with several seeds the PTQ start is computed once and reused.", "",
-             "| model | seed | metric | FP32 | PTQ start | trained (ONNX Runtime) | returned by the guard (ONNX Runtime) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "(the guard); with several seeds the PTQ start is computed once and reused.", ""]
+    ema = f" | weight EMA {args.onnx_ema:g} (ONNX Runtime)" if args.onnx_ema is not None else ""
+    if ema:
+        lines += [f"Weight EMA (`ema_decay={args.onnx_ema:g}`): the guard judges the start, the final weights "
+                  "(\"trained\") and the EMA weights and returns the best.", ""]
+    lines += [f"| model | seed | metric | FP32 | PTQ start | trained (ONNX Runtime){ema} | returned by the guard (ONNX Runtime) | steps (epochs) | PTQ s | QAT s | load | .npuf outputs = torch |",
+              "| --- " * (12 + bool(ema)) + "|"]
     for name in args.onnx_models.split(","):
         if name == "effnet":
             train, _ = D.efficientnet("calib", args.onnx_train)
@@ -313,14 +317,21 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
         result = qat_onnx(path, TARGET, train, minutes=args.onnx_minutes, ptq_config=ptq_cfg, batch=args.onnx_batch,
                           lr=args.onnx_lr, quantizer_lr=args.onnx_quantizer_lr, augment=not args.onnx_no_augment,
                           progress=progress, feature_weight=args.onnx_feature_weight, seed=seed, ptq=ptq,
-                          guard_samples=args.onnx_guard_samples, checkpoint=ckpt, checkpoint_every=10**9)
-        trained_model = result.model
-        if result.kept != "trained":  # the final checkpoint holds the trained weights the guard turned down
-            returned_state = {k: v.clone() for k, v in result.qat.state_dict().items()}
-            result.qat.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
-            result.qat.eval()
+                          guard_samples=args.onnx_guard_samples, checkpoint=ckpt, checkpoint_every=10**9,
+                          ema_decay=args.onnx_ema)
+        # the final checkpoint holds the final weights and the EMA the guard may have turned down
+        saved = torch.load(ckpt, weights_only=False)
+        returned_state = {k: v.clone() for k, v in result.qat.state_dict().items()}
+        result.qat.eval()
+        trained_model = ema_model = result.model
+        if result.kept != "trained":
+            result.qat.load_state_dict(saved["model"])
             trained_model = export_qat(result.qat, None)
-            result.qat.load_state_dict(returned_state)
+        if args.onnx_ema is not None and result.kept != "ema":
+            result.qat.load_state_dict(saved["model"])
+            result.qat.load_state_dict(saved["extra"]["ema"]["shadow"], strict=False)
+            ema_model = export_qat(result.qat, None)
+        result.qat.load_state_dict(returned_state)
     inp = result.qat.input_names[0]
     feeds = [x[inp] if isinstance(x, dict) else x for x in xs]
 
@@ -330,6 +341,8 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
     ptq_out = outputs(result.ptq.model)
     returned_out = outputs(result.model)  # what the guard returned, as deployed (ONNX Runtime)
     trained_out = returned_out if trained_model is result.model else outputs(trained_model)
+    ema_out = returned_out if ema_model is result.model else outputs(ema_model)
+    ema_cell = f" {score(ema_out)} |" if args.onnx_ema is not None else ""
     result.qat.eval()
     with torch.no_grad():
         qat_out = [result.qat(torch.from_numpy(x)).numpy() for x in feeds[:args.compiled_check]]
@@ -340,16 +353,20 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
     fp32_score = fp32 if fp32 is not None else score(outputs(result.ptq.float_model))
     load = os.getloadavg()[0]
     r = result.report
-    log(f"{name} seed {seed}: FP32 {fp32_score}, PTQ {score(ptq_out)}, trained {score(trained_out)}, returned "
-        f"{score(returned_out)}; {r['measure']} {r['start_score']:.4f} -> {r['trained_score']:.4f} (kept {r['kept']}); "
+    ema_guard = f", EMA {r['ema_score']:.4f}" if r.get("ema_score") is not None else ""
+    log(f"{name} seed {seed}: FP32 {fp32_score}, PTQ {score(ptq_out)}, trained {score(trained_out)},"
+        f"{' EMA ' + score(ema_out) + ',' if ema_cell else ''} returned {score(returned_out)}; "
+        f"{r['measure']} {r['start_score']:.4f} -> {r['trained_score']:.4f}{ema_guard} (kept {r['kept']}); "
         f"{r['steps']} steps ({r['epochs']:.2f} epochs); {time.time() - t0:.0f} s")
-    lines.append(f"| {Path(path).stem} | {seed} | {metric} | {fp32_score} | {score(ptq_out)} | {score(trained_out)} | "
-                 f"{score(returned_out)} | {r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | "
+    lines.append(f"| {Path(path).stem} | {seed} | {metric} | {fp32_score} | {score(ptq_out)} | {score(trained_out)} |"
+                 f"{ema_cell} {score(returned_out)} | {r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | "
                  f"{r['train_seconds']:.0f} | {load:.1f} | {exact} (first {args.compiled_check}) |")
     held = "held-out" if r["eval_held_out"] else "training"
     lines.append(f"|  |  | guard: {r['measure']} to FP32 on {r['eval_samples']} {held} samples, exported QDQ model in "
                  f"ONNX Runtime (output cosine) | 1 | {r['start_score']:.4f} ({r['start_cosine']:.4f}) | "
-                 f"{r['trained_score']:.4f} ({r['trained_cosine']:.4f}) | kept: {r['kept']} |  |  |  |  |  |")
+                 f"{r['trained_score']:.4f} ({r['trained_cosine']:.4f}) |"
+                 + (f" {r['ema_score']:.4f} ({r['ema_cosine']:.4f}) |" if ema_cell else "")
+                 + f" kept: {r['kept']} |  |  |  |  |  |")
     return result.ptq
 
 
@@ -384,6 +401,8 @@ def main() -> None:
                     help="qat_onnx feature_weight: distil intermediate tensors too (0: outputs only)")
     ap.add_argument("--onnx-guard-samples", type=int, default=None,
                     help="qat_onnx guard_samples: training samples held out for the guard (default: the library's)")
+    ap.add_argument("--onnx-ema", type=float, default=None, metavar="DECAY",
+                    help="qat_onnx ema_decay: also average the weights; the table adds the EMA model's column")
     ap.add_argument("--onnx-seeds", default="0", help="comma-separated qat_onnx seeds, one run each, one PTQ start")
     ap.add_argument("--onnx-out", default=None, help="results file name (default qat_onnx_<models>.md)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")

@@ -76,7 +76,8 @@ from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, launched
 from .ptq_init import init_from_ptq
 from .qat import QatModel, export_qat, prepare_qat
 from .qat_features import check_feature_weight, select_features
-from .qat_guard import Guard, Metric
+from .qat_ema import WeightEma, check_ema_decay
+from .qat_guard import Guard, Metric, choose
 from .qat_train import Plan, Teacher, Trainer, stack
 
 Progress = Callable[..., None]
@@ -95,7 +96,7 @@ class OnnxQatResult:
     ptq: QuantizedModel  # the PTQ starting point
     start_cosine: float  # mean output cosine to FP32 on the held-out samples, PTQ start (QDQ model in ORT)
     trained_cosine: float  # the same after training
-    kept: Literal["trained", "ptq start"]
+    kept: Literal["trained", "ema", "ptq start"]  # "ema": the weight average (ema_decay) was returned
     steps: int
     epochs: float
     seconds: float
@@ -107,16 +108,18 @@ class OnnxQatResult:
     trained_score: float = 0.0  # that measure, after training
     start_agreement: float | None = None  # argmax agreement with FP32 over class rows (None: no class output)
     trained_agreement: float | None = None
+    ema_score: float | None = None  # the measure of the weight average (None: no ema_decay)
+    ema_cosine: float | None = None
 
     @property
     def cosine(self) -> float:
         """The output cosine of the model returned."""
-        return self.trained_cosine if self.kept == "trained" else self.start_cosine
+        return {"trained": self.trained_cosine, "ema": self.ema_cosine}.get(self.kept, self.start_cosine)
 
     @property
     def score(self) -> float:
         """The deciding measure of the model returned."""
-        return self.trained_score if self.kept == "trained" else self.start_score
+        return {"trained": self.trained_score, "ema": self.ema_score}.get(self.kept, self.start_score)
 
     def as_quantized(self) -> QuantizedModel:
         """The model returned in the PTQ result's form (what ``compile``, ``save`` and the build
@@ -153,7 +156,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
              timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, metric: Metric | None = None, device: str = "cpu",
-             checks: int = 0, feature_weight: float = 0.0, guard_samples: int | None = None) -> OnnxQatResult | None:
+             checks: int = 0, feature_weight: float = 0.0, guard_samples: int | None = None,
+             ema_decay: float | None = None) -> OnnxQatResult | None:
     """QAT of a float ONNX model on unlabelled ``data`` for ``target``; see the module docstring.
 
     ``data``: what :func:`npuflow.quantize` takes (a folder of ``.npy`` files, arrays, dicts).
@@ -188,6 +192,10 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     hundred judges on more of them (one sample weighs 1/N), at the cost of one forward of each per
     judgement (measured on PP-OCRv4 rec in docs/qat.md);
     ``NPF_QAT_BAD_OPTION`` unless it is a positive integer that leaves a training sample.
+    ``ema_decay``: also keep an exponential moving average of the weights (:mod:`.qat_ema`, with a
+    warm-up); the guard judges it beside the final weights and the start and returns the best
+    (``kept`` says which; ties go to the average, then the final weights); ``NPF_QAT_BAD_OPTION``
+    unless it lies strictly between 0 and 1.
     """
     if (epochs is None) == (minutes is None):
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="give exactly one of epochs and minutes")
@@ -203,6 +211,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     _check_nproc(nproc)
     feature_weight = check_feature_weight(feature_weight)
     _check_guard_samples(guard_samples, None)
+    ema_decay = check_ema_decay(ema_decay)
     dev = _device(device, nproc)
     joined_here = launched() and not torch.distributed.is_initialized()
     rank, world = join_launched(timeout_minutes)
@@ -244,10 +253,13 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         guard = Guard(ptq.float_model, eval_samples, student.input_names, student.output_names, metric)
         start_qdq = export_qat(qat, None)
         start = guard.judge(start_qdq)
+    identity = _identity(source, tgt, pcfg, train_samples, step_batch)
+    if ema_decay is not None:  # a checkpoint without the average cannot continue it
+        identity["EMA decay"] = repr(ema_decay)
     plan = Plan(epochs, minutes, step_batch, lr, quantizer_lr, temperature, loss, augment, seed,
-                 None if checkpoint is None else str(checkpoint), checkpoint_every,
-                 None if resume is None else str(resume), _identity(source, tgt, pcfg, train_samples, step_batch),
-                 str(dev), checks if ranks == 1 else 0, feature_weight)
+                None if checkpoint is None else str(checkpoint), checkpoint_every,
+                None if resume is None else str(resume), identity, str(dev), checks if ranks == 1 else 0,
+                feature_weight, ema_decay)
     t_train = time.perf_counter()
     if nproc > 1:
         built = io.BytesIO()
@@ -256,6 +268,9 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
                       progress, timeout_minutes)
         qat.load_state_dict(torch.load(io.BytesIO(stats.pop("model")), weights_only=True))
         qat.freeze_bn()  # as the ranks' trainers did
+        ema = WeightEma(qat, ema_decay) if ema_decay is not None else None
+        if ema is not None:
+            ema.load_state_dict(torch.load(io.BytesIO(stats.pop("ema")), weights_only=True))
     else:
         watch = (lambda module: guard.watch(module, student.input_names, student.batch)) if rank == 0 and checks else None
         qat.to(dev)
@@ -263,6 +278,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
             trainer = Trainer(qat, teacher, train_samples, student.input_names, plan, rank, world, watch,
                               student.features)
             stats = trainer.run(progress)
+            ema = trainer.ema
         finally:
             qat.to("cpu")  # export, the guard and the caller see a CPU model
         if joined_here:  # the last collective call is behind: the group this call joined ends here
@@ -274,10 +290,20 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     qat.eval()
     qdq = export_qat(qat, None)
     trained = guard.judge(qdq)
-    kept: Literal["trained", "ptq start"] = "trained"
-    if trained.score < start.score:  # not worse on the deciding measure, or the start is returned
+    averaged = None
+    if ema is not None:  # the average judged as deployed too; the final weights stay at hand
+        final_state = copy.deepcopy(qat.state_dict())
+        ema.copy_to(qat)
+        ema_qdq = export_qat(qat, None)
+        averaged = guard.judge(ema_qdq)
+    kept = choose([("ema", averaged), ("trained", trained), ("ptq start", start)])
+    if kept == "ptq start":
         qat.load_state_dict(start_state)
-        qdq, kept = start_qdq, "ptq start"
+        qdq = start_qdq
+    elif kept == "trained" and ema is not None:
+        qat.load_state_dict(final_state)
+    elif kept == "ema":
+        qdq = ema_qdq
     initialised = student.initialised
     report = {
         "target": tgt.name, "ptq_config": pcfg.model_dump(mode="json", exclude_defaults=True),
@@ -297,12 +323,17 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         "device": str(dev), "held_out_curve": stats.get("curve", []),
         "feature_weight": feature_weight, "feature_points": list(student.features),
         "feature_losses": [round(v, 6) for v in stats.get("feature_losses", [])],
+        "ema_decay": ema_decay, "ema_score": None if averaged is None else averaged.score,
+        "ema_cosine": None if averaged is None else averaged.cosine,
+        "ema_agreement": None if averaged is None else averaged.agreement,
+        "ema_sequence_agreement": None if averaged is None else averaged.sequences,
     }
     result = OnnxQatResult(model=qdq, qat=qat, ptq=ptq, start_cosine=start.cosine, trained_cosine=trained.cosine,
                            kept=kept, steps=stats["steps"], epochs=stats["epochs"], seconds=train_seconds,
                            batch=step_batch, losses=stats["losses"], report=report, measure=guard.measure,
                            start_score=start.score, trained_score=trained.score,
-                           start_agreement=start.agreement, trained_agreement=trained.agreement)
+                           start_agreement=start.agreement, trained_agreement=trained.agreement,
+                           ema_score=report["ema_score"], ema_cosine=report["ema_cosine"])
     if output is not None:
         result.save(output)
     return result
@@ -479,13 +510,19 @@ def _train_rank(report: Progress | None, ptq: QuantizedModel, tgt: Target, qcfg:
     train, _, _ = _split(student.samples, guard_samples)
     teacher = student.teacher(ptq.float_model)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    stats = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world,
-                    features=student.features).run(report)
+    trainer = Trainer(student.qat, teacher, train, student.input_names, plan, rank, world,
+                      features=student.features)
+    stats = trainer.run(report)
     if rank != 0:
         return None
     buffer = io.BytesIO()
     torch.save(student.qat.state_dict(), buffer)
-    return {**stats, "model": buffer.getvalue()}
+    out = {**stats, "model": buffer.getvalue()}
+    if trainer.ema is not None:
+        buffer = io.BytesIO()
+        torch.save(trainer.ema.state_dict(), buffer)
+        out["ema"] = buffer.getvalue()
+    return out
 
 
 # --- samples -------------------------------------------------------------------------------------

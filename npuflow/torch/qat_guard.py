@@ -124,3 +124,13 @@ def _cosine(student: Sequence[np.ndarray], teacher: Sequence[np.ndarray]) -> flo
     s = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in student])
     t = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in teacher])
     return float(s @ t / max(np.linalg.norm(s) * np.linalg.norm(t), 1e-12))
+
+
+def choose(candidates: Sequence[tuple[str, Judgement | None]]) -> str:
+    """The name of the candidate with the highest score; ``candidates`` is in order of preference,
+    so a tie goes to the earlier one (None: not a candidate in this run).  :func:`qat_onnx` passes
+    the weight average, the final weights and the PTQ start: a trained model is returned when it
+    is not worse than the start on the deciding measure."""
+    present = [(name, j) for name, j in candidates if j is not None]
+    best = max(j.score for _, j in present)
+    return next(name for name, j in present if j.score == best)

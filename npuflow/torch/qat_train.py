@@ -22,6 +22,7 @@ from ..ort_session import open_session
 from ..quant.data import Sample
 from .layers import QatWeighted
 from .qat import QatModel, distributed, load_checkpoint, save_checkpoint
+from .qat_ema import WeightEma
 from .qat_features import FeatureTap, feature_loss
 
 Progress = Callable[..., None]
@@ -47,6 +48,7 @@ class Plan:
     device: str = "cpu"  # where the student trains; the teacher and the augmentation stay on the CPU
     checks: int = 0  # held-out checks spread over training (0: none), for the progress line and the report
     feature_weight: float = 0.0  # weight of the intermediate-feature term (qat_features); 0: logits only
+    ema_decay: float | None = None  # a weight EMA with this decay beside the trained weights (qat_ema); None: none
 
 
 def stack(samples: Sequence[Sample], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
@@ -162,6 +164,8 @@ class Trainer:
     ``features`` (ONNX tensor -> the student's quantizer of it, :func:`.qat_features.select_features`):
     the teacher returns these tensors after the model's outputs, and with ``plan.feature_weight``
     > 0 the loss adds that weight times their normalised squared error.
+    ``plan.ema_decay``: ``ema`` averages the weights after every step (:mod:`.qat_ema`); the
+    checkpoints carry it, and the caller reads it after :meth:`run` (the model keeps the final weights).
     """
 
     def __init__(self, qat: QatModel, teacher: Teacher, samples: list[Sample], names: Sequence[str], plan: Plan,
@@ -181,6 +185,7 @@ class Trainer:
         groups = parameter_groups(qat, plan.lr, plan.quantizer_lr)
         self.optimizer = torch.optim.Adam(groups)
         self.base = [g["lr"] for g in groups]
+        self.ema = WeightEma(qat, plan.ema_decay) if plan.ema_decay is not None else None
         self.generator = torch.Generator().manual_seed(plan.seed)
         self.steps = 0
         self.seen = 0
@@ -279,6 +284,8 @@ class Trainer:
             self.optimizer.zero_grad()
             (loss * share).backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.qat)
             self.steps += 1
             self.seen += len(chunk)
             self.losses.append(self._global_mean(loss.detach() * share))
@@ -332,6 +339,8 @@ class Trainer:
                  "feature_losses": list(self.feature_losses),
                  "order": list(self.order), "position": self.position,
                  "seconds": self.elapsed + time.perf_counter() - start}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
         save_checkpoint(path, self.model, self.optimizer, step=self.steps, epoch=int(self.epochs), extra=extra,
                         generators=[self.generator], identity=self.plan.identity)
 
@@ -344,6 +353,8 @@ class Trainer:
         self.losses, self.loss_kinds = list(extra["losses"]), list(extra["loss_kinds"])
         self.feature_losses = list(extra.get("feature_losses", []))  # absent in checkpoints of logits-only runs
         self.order, self.position = list(extra["order"]), extra["position"]
+        if self.ema is not None:  # the identity names the EMA decay, so a checkpoint without one is refused
+            self.ema.load_state_dict(extra["ema"])
 
 
 def parameter_groups(qat: QatModel, lr: float, quantizer_lr: float) -> list[dict]:
