@@ -236,6 +236,13 @@ VALUE_MOVING_OPS = GRID_OPS | frozenset({"GlobalMaxPool", "Slice", "Split", "Con
 #: (openWakeWord's classifiers on speech without the wake word: outputs below 5e-4) otherwise
 #: clips every later detection to that tiny maximum (TFLite fixes its int8 sigmoid to 1/256 too).
 FIXED_OUTPUT_RANGE: dict[str, tuple[float, float]] = {"Sigmoid": (0.0, 1.0)}
+#: Ops with a fixed output interval whose output saturates on its grid past an input of +-L
+#: (``SATURATION_INPUT[op](bits)``: L where the output is within half a step of its limit).  Their
+#: input's quantized range reaches past zero on each side by at least ``min(L, other side)``
+#: (``quant/assign.py``): a logit calibrated only negative -- a detector calibrated on data
+#: without the event -- otherwise gets the range [min, 0] on an asymmetric (uint8) grid, and the
+#: probability stops at 0.5, the threshold it is compared with.
+SATURATION_INPUT: dict[str, Callable[[int], float]] = {"Sigmoid": lambda bits: math.log(2.0 ** (bits + 1) - 3.0)}
 #: Standard ops that compute each output element from the same element of their inputs only.
 ELEMENTWISE_OPS = frozenset({
     "DequantizeLinear", "QuantizeLinear", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Selu", "Exp", "Log", "Abs",

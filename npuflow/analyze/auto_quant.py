@@ -188,19 +188,19 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
 def _score(q: QuantizedModel, metric: Metric | None) -> float:
     if metric is not None:
         return float(metric(q))
-    values = [v for v in (q.report.calibration_outputs or q.report.outputs).values() if v is not None]
+    values = [v for v in (q.report.judged_similarity() or q.report.outputs).values() if v is not None]
     return min(values) if values else 0.0
 
 
 def _qat(step: QatStep, start: QuantizedModel, calib_data: Any) -> tuple[QuantizedModel, str]:
     """The QAT step from ``start``; its model's accuracy-check similarity measured again, on the
     same samples as every other step's."""
-    from ..quant.report import output_similarity
+    from ..quant.report import measure_outputs
     from .compare import open_samples
 
     q, note = step(start)
     feeds = list(open_samples(calib_data, start.float_model, samples=start.config.similarity_samples))
-    q.report.calibration_outputs = output_similarity(start.float_model, q.model, feeds)
+    measure_outputs(q.report, start.float_model, q.model, feeds)
     return q, note
 
 

@@ -17,7 +17,7 @@ import typer
 
 from .progress import StageProgress
 from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option, verbose_option
-from .similarity import similarity_tables
+from .similarity import calibration_note, similarity_tables
 
 
 @app.command("quantize", epilog=examples(
@@ -104,9 +104,7 @@ def quantize_command(
         console.print(table)
     for name, cos in report.outputs.items():
         shown = "n/a" if cos is None else f"{cos:.6f}"
-        checked = report.calibration_outputs.get(name)
-        more = "" if checked is None else f" ({checked:.6f} on {report.similarity_samples} calibration samples)"
-        console.print(f"output [bold]{name}[/]: cosine similarity {shown}{more}")
+        console.print(f"output [bold]{name}[/]: cosine similarity {shown}{calibration_note(report.to_json(), name)}")
     if strict:
         result.require_similarity()
     paths = result.save(output, plain_qdq=plain_qdq)

@@ -53,3 +53,14 @@ def similarity_tables(rows: list[dict[str, Any]], samples: int, verbose: int = 1
 def _counts(rows: list[dict[str, Any]]) -> str:
     counts = Counter(r["on"] for r in rows)
     return f"{len(rows)} nodes: " + ", ".join(f"{n} on {device}" for device, n in counts.most_common())
+
+
+def calibration_note(similarity: dict, output: str) -> str:
+    """`` (0.998 on 16 calibration samples)`` after an output's cosine in the CLI's summaries
+    (``similarity``: :meth:`QuantReport.to_json`), and why an output below the threshold passed."""
+    checked = similarity.get("calibration_outputs", {}).get(output)
+    if checked is None:
+        return ""
+    grid = "; within one quantization step of the float model on each" if output in similarity.get(
+        "within_one_step", []) else ""
+    return f" ({checked:.6f} on {similarity['similarity_samples']} calibration samples{grid})"

@@ -62,6 +62,8 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         members.setdefault(plan.find(t), []).append(t)
     group_ids = {root: i for i, (root, ms) in enumerate(members.items()) if len(ms) > 1}
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    saturates = {n.input[0]: operators.SATURATION_INPUT[n.op_type] for n in model.graph.node
+                 if n.op_type in operators.SATURATION_INPUT}
 
     for root, names in members.items():
         points = [plan.points[n] for n in names if n in plan.points]
@@ -93,6 +95,10 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
             fixes = []  # the group range now includes constants: recompute the position from the range
         if max(abs(lo), abs(hi)) < MIN_RANGE:
             lo, hi = (-MIN_RANGE if settings.signed else 0.0), MIN_RANGE
+        reach = max((saturates[p.name](settings.bit_width) for p in points if p.name in saturates), default=0.0)
+        if reach and (hi < min(-lo, reach) or lo > -min(hi, reach)):
+            # the input of a sigmoid: both signs, so the output reaches both of its halves
+            lo, hi, fixes = min(lo, -min(hi, reach)), max(hi, min(-lo, reach)), []
         fix = min(fixes) if fixes and not bounded and settings.scale_type == "power_of_two" else None
         gid = group_ids.get(root)
         for p in points:

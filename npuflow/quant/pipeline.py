@@ -72,7 +72,7 @@ from .placement import accelerator_nodes
 from .plan import build_plan
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
-from .report import QuantReport, add_placement, build_report, low_similarity, output_similarity
+from .report import QuantReport, add_placement, build_report, low_similarity, measure_outputs
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
         return None
     _step(progress, "accuracy check")
     feeds = list(itertools.islice(iter(samples), cfg.similarity_samples))
-    report.calibration_outputs = output_similarity(float_model, q_model, feeds)
-    report.similarity_samples = len(feeds)
+    measure_outputs(report, float_model, q_model, feeds)
     return low_similarity(report, cfg.min_output_cosine)
 
 

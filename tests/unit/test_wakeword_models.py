@@ -4,7 +4,8 @@ MLP on 16x96 speech embeddings ending in ``Sigmoid`` (the wake-word probability)
 Calibrated on speech without the wake word, as a user calibrates (the probability stays below
 5e-4), the sigmoid's output range was the calibrated one: on bernoulli2 and cpu-int8 (sigmoid
 quantized) every later detection clipped to 4.4e-4, and ``hey_jarvis``'s ``If(p >= 0.5)`` never
-took its verifier branch.  A sigmoid's output now takes its own interval [0, 1]."""
+took its verifier branch.  A sigmoid's output now takes its own interval [0, 1], and its input's
+range reaches past zero on both sides."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import npuflow
+from npuflow import numerics
 from tests.compile_check import compare_layerwise_with_ort
 from tests.unit.quant_nets import run
 
@@ -53,17 +55,17 @@ def test_a_sigmoid_calibrated_silent_still_reports_a_detection(target):
     calib = _calibration()
     assert max(run(model, {"x": x})[0].item() for x in calib) < 0.01  # calibration never fires
     q = npuflow.quantize(model, calib, target=target)
+    if target != "DPUCZDX8G_ISA1_B4096":  # p quantized: ~3e-4 in float reads 0, cosine 0, and that is no loss
+        assert q.report.calibration_outputs["p"] < 0.5 and q.report.within_one_step == ["p"]
+        assert q.problem is None  # no NPF_QUANT_LOW_SIMILARITY for an output as close as its grid allows
     hot = (5.5 * _direction()).reshape(1, 4, 12)  # logit +3
     want = run(model, {"x": hot})[0].item()
     assert want > 0.9
     compiled = npuflow.compile(q.model, target)
     got = npuflow.Session(compiled).run({"x": hot})["p"].item()
-    if target == "cpu-int8":
-        # asymmetric: the logit's calibrated range is [-20, 0], so the probability stops at 0.5
-        # (the threshold openWakeWord compares with); it was 4e-4
-        assert abs(got - 0.5) < 0.01, got
-    else:
-        assert abs(got - want) < 0.05, (got, want)  # was 1e-2 or less on bernoulli2
+    # was 1e-2 or less on bernoulli2; on cpu-int8 (asymmetric) 0.5, the logit's range being the
+    # calibrated [-20, 0] before it reached past zero (operators.SATURATION_INPUT)
+    assert abs(got - want) < 0.05, (got, want)
     if any(sg.on_accelerator for sg in compiled.subgraphs):
         diffs = compare_layerwise_with_ort(q.model, {"x": hot}, target)
         assert max(diffs.values()) <= 1, diffs
@@ -98,3 +100,40 @@ def test_a_concat_of_slices_between_cpu_ops_stays_on_the_cpu_in_check_as_in_comp
     compiled = npuflow.compile(q.model, target)
     on_accel = {op["name"] for sg in compiled.subgraphs if sg.on_accelerator for op in sg.ops}
     assert "concat" not in on_accel and "conv" in on_accel
+
+
+def _sigmoid_and_double() -> onnx.ModelProto:
+    """``x -> Sigmoid`` and ``x -> Mul 2``: one tensor read by a sigmoid, one (``m``) not."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [helper.make_node("Sigmoid", ["x"], ["p"], name="sigmoid"),
+             helper.make_node("Mul", ["x", "two"], ["m"], name="double")]
+    vi = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 8]) for n in ("x", "p", "m")]
+    return helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:], [two]),
+                             opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _range(q) -> tuple[float, float]:
+    lo, hi = numerics.qrange(q.bits, q.signed, q.narrow_range)
+    return float(q.dequantize(np.array(lo))), float(q.dequantize(np.array(hi)))
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_a_sigmoid_input_range_reaches_past_zero_on_both_sides(sign):
+    """Calibrated on one sign only, a sigmoid's uint8 input still reaches the other sign as far
+    as an 8-bit probability can tell apart (ln(509): within half a step of 0 or 1)."""
+    rng = np.random.default_rng(3)
+    calib = [(sign * rng.uniform(3.0, 20.0, (1, 8))).astype(np.float32) for _ in range(8)]
+    q = npuflow.quantize(_sigmoid_and_double(), calib, target="cpu-int8")
+    x = q.quant_params["x"]
+    lo, hi = _range(x)
+    reach, step = np.log(2.0 ** 9 - 3), float(x.scale)
+    widest = max(float(np.abs(v).max()) for v in calib)
+    if sign < 0:
+        assert hi >= reach - step and lo <= -widest + step, (lo, hi)
+    else:
+        assert lo <= -reach + step and hi >= widest - step, (lo, hi)
+    p = run(_sigmoid_and_double(), {"x": np.full((1, 8), -sign * 4.0, np.float32)})[0]
+    got = npuflow.Session(npuflow.compile(q.model, "cpu-int8")).run({"x": np.full((1, 8), -sign * 4.0, np.float32)})["p"]
+    np.testing.assert_allclose(got, p, atol=0.02)  # the side calibration never saw
+    m_lo, m_hi = _range(q.quant_params["m"])  # feeds no sigmoid: the calibrated range (0 on its other side)
+    assert (m_hi if sign < 0 else -m_lo) <= float(q.quant_params["m"].scale), (m_lo, m_hi)
