@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import NpuflowError
-from ..graph import initializers, is_dequantize
+from .. import operators
+from ..graph import GraphView, is_dequantize, subgraphs
 from ..placement import Device
 from .algorithms.capture import run_outputs
 from .calibrate import run_sample, session_for
@@ -186,17 +186,39 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
 
 
 def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
-    """The quantization step of each model output that is a per-tensor dequantize step's result
-    (read from the exported model, so a QAT model's trained scales count)."""
-    inits = initializers(quant_model)
-    outputs = {o.name for o in quant_model.graph.output}
-    steps = {}
-    for node in quant_model.graph.node:
-        if node.output and node.output[0] in outputs and is_dequantize(node) and node.input[1] in inits:
-            scale = numpy_helper.to_array(inits[node.input[1]])
-            if scale.size == 1:
-                steps[node.output[0]] = float(scale.reshape(()))
-    return steps
+    """The quantization step of each model output whose values lie on one per-tensor grid: a
+    dequantize step's result, reached through ops that only move values
+    (``operators.VALUE_MOVING_OPS``) and through an ``If`` branch that passes an outer tensor on
+    (hey_jarvis returns its quantized probability unless the verifier runs; the verifier branch
+    computes in float and adds no grid).  Read from the exported model, so a QAT model's trained
+    scales count."""
+    view = GraphView(quant_model)
+
+    def step(tensor: str, depth: int = 0) -> float | None:
+        node = view.producer_node(tensor)
+        if node is None or depth > 64:
+            return None
+        if is_dequantize(node):
+            scale = view.const(node.input[1])
+            return float(scale.reshape(())) if scale is not None and scale.size == 1 else None
+        if node.op_type in operators.VALUE_MOVING_OPS and node.input:
+            return step(node.input[0], depth + 1)
+        if node.op_type == "If":
+            k = list(node.output).index(tensor)
+            found = [step(passed, depth + 1) for branch in subgraphs(node) for passed in [_passed_on(branch, k)] if passed]
+            return max(found) if found and None not in found else None
+        return None
+
+    return {o.name: s for o in quant_model.graph.output if (s := step(o.name)) is not None}
+
+
+def _passed_on(branch: onnx.GraphProto, k: int) -> str | None:
+    """The outer tensor a branch returns unchanged as its ``k``-th output (through Identity), or None."""
+    view = GraphView(branch)
+    node = view.producer_node(branch.output[k].name)
+    if node is not None and node.op_type == "Identity" and view.producer_node(node.input[0]) is None:
+        return node.input[0]
+    return None
 
 
 def low_similarity(report: QuantReport, threshold: float) -> NpuflowError | None:

@@ -137,3 +137,34 @@ def test_a_sigmoid_input_range_reaches_past_zero_on_both_sides(sign):
     np.testing.assert_allclose(got, p, atol=0.02)  # the side calibration never saw
     m_lo, m_hi = _range(q.quant_params["m"])  # feeds no sigmoid: the calibrated range (0 on its other side)
     assert (m_hi if sign < 0 else -m_lo) <= float(q.quant_params["m"].scale), (m_lo, m_hi)
+
+
+def _with_verifier(else_op: str) -> onnx.ModelProto:
+    """hey_jarvis's tail: ``If(p >= 0.5)`` runs a verifier (here ``p * 0.9``) or returns ``p``
+    (``else_op`` Identity), or something computed from it (``else_op`` Neg)."""
+    model = _classifier()
+    g = model.graph
+    g.output.pop()
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    nine = numpy_helper.from_array(np.array(0.9, np.float32), "nine")
+    out = helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [1, 1])
+    then_g = helper.make_graph([helper.make_node("Mul", ["p", "nine"], ["v1"])], "then", [],
+                               [helper.make_tensor_value_info("v1", onnx.TensorProto.FLOAT, [1, 1])])
+    else_g = helper.make_graph([helper.make_node(else_op, ["p"], ["v0"])], "else", [],
+                               [helper.make_tensor_value_info("v0", onnx.TensorProto.FLOAT, [1, 1])])
+    g.initializer.extend([half, nine])
+    g.node.extend([helper.make_node("ReduceMax", ["p"], ["pm"], keepdims=0, name="pmax"),
+                   helper.make_node("GreaterOrEqual", ["pm", "half"], ["fire"], name="fire"),
+                   helper.make_node("If", ["fire"], ["v"], name="verify", then_branch=then_g, else_branch=else_g)])
+    g.output.append(out)
+    return model
+
+
+@pytest.mark.parametrize("target", ["bernoulli2", "cpu-int8"])
+def test_a_silent_probability_returned_through_if_passes_the_accuracy_check(target):
+    q = npuflow.quantize(_with_verifier("Identity"), _calibration(), target=target)
+    assert q.report.calibration_outputs["v"] < 0.5  # ~3e-4 in float, 0 quantized
+    assert q.report.within_one_step == ["v"] and q.problem is None
+    # a branch that computes from p (Neg) puts the output on no grid: plain cosine, warned
+    q = npuflow.quantize(_with_verifier("Neg"), _calibration(), target=target)
+    assert q.report.within_one_step == [] and q.problem is not None and q.problem.code == "NPF_QUANT_LOW_SIMILARITY"
