@@ -13,7 +13,9 @@ or probability outputs, else output cosine) and the output cosine, and which one
 ``--device cuda`` trains the student on a GPU (one process; docs/qat.md "QAT on a GPU").
 ``--nproc N`` trains data-parallel in N local processes; launched by ``torchrun`` the command
 runs on every rank and rank 0 alone prints and writes (docs/scale-out.md).  ``--checkpoint``
-writes a resumable checkpoint as training goes, ``--resume`` continues from one.
+writes a resumable checkpoint as training goes, ``--resume`` continues from one.  ``--ema D``
+also keeps an exponential moving average of the weights (decay D); the summary then gives its
+measure too, and which of the start, the final weights and the average was kept.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ def qat_command(
     guard_samples: Optional[int] = typer.Option(None, "--guard-samples", metavar="N", help="Hold the last N "
                                                 "samples out of training to judge start vs trained (default: a "
                                                 "fifth, at most 64)."),
+    ema: Optional[float] = typer.Option(None, "--ema", metavar="DECAY", help="Also keep a moving average of the "
+                                        "weights with this decay (0 < DECAY < 1, e.g. 0.98 for ~200 steps); the "
+                                        "guard returns the best of start, final weights and average."),
 ) -> None:
     """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
     if (epochs is None) == (minutes is None):
@@ -87,7 +92,7 @@ def qat_command(
                           batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
                           progress=progress, nproc=nproc, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                           resume=resume, device=device, feature_weight=feature_weight,
-                          guard_samples=guard_samples)
+                          guard_samples=guard_samples, ema_decay=ema)
     if result is None:  # a rank other than 0 of a torchrun launch: rank 0 reports and writes
         return
     if result.report["resumed_at_step"] is not None:
@@ -95,7 +100,9 @@ def qat_command(
     console.print(f"{result.measure} to FP32 on {result.report['eval_samples']} samples (the exported model in "
                   f"ONNX Runtime): PTQ start {result.start_score:.6f}, after {result.steps} steps ({result.epochs:.2f} "
                   f"epochs, {result.seconds:.0f} s) {result.trained_score:.6f} (output cosine {result.start_cosine:.6f} "
-                  f"-> {result.trained_cosine:.6f}); kept the {result.kept}")
+                  f"-> {result.trained_cosine:.6f})"
+                  + (f", weight EMA {result.ema_score:.6f} (output cosine {result.ema_cosine:.6f})"
+                     if result.ema_score is not None else "") + f"; kept the {result.kept}")
     for key, path in result.save(output).items():
         console.print(f"wrote {key}: {path}")
 

@@ -19,7 +19,8 @@ For a user who has only the float ONNX file and unlabelled samples (photos, text
    samples (gain, offset, noise, small shifts; the teacher sees the same augmented sample, so no
    label is needed).  Adam with two parameter groups and a cosine decay, for ``epochs`` passes
    or ``minutes`` of wall time.
-5. **Keep the better** of the start and the end (:mod:`.qat_guard`): both are exported and run in
+5. **Keep the better** of the start and the end, or of three with a weight average (``ema_decay``,
+   :mod:`.qat_ema`; :mod:`.qat_guard`): each is exported and run in
    ONNX Runtime on samples held out of training (a fifth of the user's, at most 64, or the last
    ``guard_samples``; with fewer than 10 samples, the first 64 training ones) and judged against FP32 on the task's measure --
    argmax agreement for class or probability outputs (per CTC step, per sample), output cosine

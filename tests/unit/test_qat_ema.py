@@ -157,3 +157,13 @@ def test_resume_without_an_average_is_refused(ptq, mnist_npy_folder, tmp_path):
 def _initializers(model) -> dict[str, bytes]:
     """The QDQ model's constants (weights, biases, scales), serialised: equal iff the models hold the same values."""
     return {i.name: i.SerializeToString() for i in model.graph.initializer}
+
+
+def test_cli_bad_ema_is_a_coded_error(mnist_npy_folder, tmp_path, capsys):
+    from npuflow.cli.app import main
+
+    code = main(["qat", str(fixture_models.mnist_cnn()), "-t", DPU, "--data", str(mnist_npy_folder), "--epochs", "1",
+                 "--ema", "1.5", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "ERROR [NPF_QAT_BAD_OPTION]" in err and "ema_decay=1.5" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
