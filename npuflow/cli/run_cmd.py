@@ -14,25 +14,36 @@ from ..runtime import Session
 from .app import app, console, examples, output_option, target_option
 
 
-def _read_input(spec: str) -> tuple[str, np.ndarray]:
-    name, sep, file = spec.partition("=")
-    if not sep or not name or not file:
-        raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason="expected NAME=FILE.npy")
-    try:
-        return name, np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason=str(exc)) from None
+def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    """``NAME=FILE.npy`` per input; a model with one input (``names``) also takes a bare ``FILE.npy``."""
+    feeds = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep:
+            if len(names) != 1 or len(specs) != 1:
+                why = (f"this model has one input ({names[0]}): give one file" if len(names) == 1 else
+                       f"a bare FILE.npy only for a model with one input; this one has {', '.join(names)}")
+                raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason=f"expected NAME=FILE.npy ({why})")
+            name, file = names[0], spec
+        if not name or not file:
+            raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason="expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason=str(exc)) from None
+    return feeds
 
 
 @app.command("run", epilog=examples(
     "npuflow run model.npuf -i images=img.npy",
+    "npuflow run model.npuf -i img.npy  # a model with one input",
     "npuflow run model.npuf -i x=x.npy -o outputs --dump golden -t DPUCZDX8G_ISA1_B4096",
     "npuflow run all.npuf --model det -i images=img.npy",
 ))
 def run_command(
     model: Path = typer.Argument(..., metavar="MODEL.npuf", help="Compiled model (.npuf)."),
     inputs: List[str] = typer.Option([], "--input", "-i", metavar="NAME=FILE.npy", help="An input's .npy file, once "
-                                     "per model input."),
+                                     "per model input (a model with one input also takes a bare FILE.npy)."),
     output: Optional[Path] = output_option(None, "DIR", "Write each output as NAME.npy in this folder."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", hidden=True, help="Old name of --output."),
     dump: Optional[Path] = typer.Option(None, "--dump", metavar="DIR", help="Write every integer tensor here "
@@ -44,8 +55,8 @@ def run_command(
 ) -> None:
     """Run a compiled model on .npy inputs."""
     output_dir = output or output_dir
-    feeds = dict(_read_input(s) for s in inputs)
     session = Session(model, target, model=model_name)
+    feeds = _read_inputs(inputs, [i.name for i in session.get_inputs()])
     outputs = session.run(feeds, dump_dir=dump)
     for name, value in outputs.items():
         console.print(f"{name}: shape {list(value.shape)} dtype {value.dtype} "

@@ -244,6 +244,12 @@ def test_cli_compile_info_run(tmp_path, cli):
     assert (tmp_path / "d" / "index.json").exists()
     r = cli("run", tmp_path / "m.npuf", "--input", "x=missing.npy")
     assert r.returncode == 2 and "NPF_RUNTIME_BAD_INPUT_FILE" in r.stderr
+    # one input: a bare FILE.npy is that input's; two bare files are refused, naming the input
+    r = cli("run", tmp_path / "m.npuf", "-i", tmp_path / "x.npy", "-o", tmp_path / "o2")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.load(tmp_path / "o2" / "y.npy"), got)
+    r = cli("run", tmp_path / "m.npuf", "-i", tmp_path / "x.npy", "-i", tmp_path / "x.npy")
+    assert r.returncode == 2 and "NPF_RUNTIME_BAD_INPUT_FILE" in r.stderr and "one input (x)" in r.stderr
     r = cli("run", tmp_path / "m.npuf", "--input", f"x={tmp_path / 'x.npy'}", "--target", "cpu-int8")
     assert r.returncode == 2 and "NPF_RUNTIME_TARGET_MISMATCH" in r.stderr
     np.save(tmp_path / "bad.npy", _x([1, 4, 5, 6]))
