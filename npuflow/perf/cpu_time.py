@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -28,20 +28,21 @@ log = logging.getLogger(__name__)
 RUNS = 5
 
 
-def _random_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
+def _random_feed(inputs: Sequence[tuple[str, Sequence, str]]) -> dict[str, np.ndarray]:
+    """Random values per ``(name, shape, type)``; ``type`` an ONNX Runtime type string
+    (``tensor(uint8)``) or a numpy dtype name (``uint8``), dynamic dims as 1."""
     rng = np.random.default_rng(0)
     feed = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
-        if "int64" in i.type or "int32" in i.type:
-            dtype = np.int64 if "int64" in i.type else np.int32
-            feed[i.name] = np.zeros(shape, dtype)
-        elif "int8" in i.type:
-            feed[i.name] = rng.integers(-64, 64, shape).astype(np.uint8 if "uint8" in i.type else np.int8)
-        elif "bool" in i.type:
-            feed[i.name] = np.zeros(shape, bool)
+    for name, dims, kind in inputs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+        if "int64" in kind or "int32" in kind:
+            feed[name] = np.zeros(shape, np.int64 if "int64" in kind else np.int32)
+        elif "int8" in kind:
+            feed[name] = rng.integers(-64, 64, shape).astype(np.uint8 if "uint8" in kind else np.int8)
+        elif "bool" in kind:
+            feed[name] = np.zeros(shape, bool)
         else:
-            feed[i.name] = rng.standard_normal(shape).astype(np.float16 if "float16" in i.type else np.float32)
+            feed[name] = rng.standard_normal(shape).astype(np.float16 if "float16" in kind else np.float32)
     return feed
 
 
@@ -50,16 +51,36 @@ def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: in
     sub = slice_nodes(model, nodes, name="cpu_part")
     try:
         sess = open_session(sub, threads=1)
-        feed = _random_feed(sess)
+        feed = _random_feed([(i.name, i.shape, i.type) for i in sess.get_inputs()])
         # integer inputs that select a branch get the constant the model tests them against (sr=16000)
         feed.update({k: v for k, v in probe_feeds(sub).items() if k in feed and feed[k].dtype.kind in "iub"})
-        sess.run(None, feed)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            times.append((time.perf_counter() - t0) * 1e3)
+        return _median_ms(lambda: sess.run(None, feed), runs)
     except Exception as exc:  # ORT raises many types; a part that cannot run alone is reported, not fatal
         log.warning("cannot time CPU part %s alone: %s", nodes[0].name, exc)
         return None
+
+
+def time_compiled(compiled: Any, runs: int = RUNS) -> float | None:
+    """Median single-thread time in ms of a compiled model in the npuflow runtime on random
+    inputs, or ``None`` if it cannot run on them.  On a CPU target the compiled model is what
+    deploys, and its integer programs are no ONNX graph ONNX Runtime could time part by part."""
+    from ..runtime import Session
+
+    try:
+        sess = Session(compiled, threads=1)
+        feed = _random_feed([(i.name, i.shape, i.dtype) for i in sess.get_inputs()])
+        return _median_ms(lambda: sess.run(feed), runs)
+    except Exception as exc:  # a model that cannot run on random inputs is reported, not fatal
+        log.warning("cannot time the compiled model on random inputs: %s", exc)
+        return None
+
+
+def _median_ms(run: Callable[[], object], runs: int) -> float:
+    """Median time of ``runs`` calls of ``run`` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)

@@ -14,6 +14,7 @@ import onnx
 
 from ..errors import NpuflowError
 from ..targets import Target, load_target
+from . import cpu_time
 from .estimate import PerfReport, estimate
 
 
@@ -55,7 +56,12 @@ def perf_compiled(compiled: Any, target: str | Target | None = None, *, name: st
 
     model, placement = model_and_placement(compiled)
     t = target if isinstance(target, Target) else load_target(target or compiled.target_name)
-    report = estimate(model, t, placement, model_name=name, measure_cpu=measure_cpu)
+    timer = None
+    if t.kind != "npu":  # the integer programs are no ONNX graph: time the compiled model as it runs
+        timer = lambda _part: cpu_time.time_compiled(compiled)  # noqa: E731
+    report = estimate(model, t, placement, model_name=name, measure_cpu=measure_cpu, cpu_timer=timer)
+    if timer is not None and measure_cpu:
+        report.notes.append("timed as compiled, in the npuflow runtime (one thread, random inputs)")
     count = len(compiled.programs)
     if count > 1:  # each shape set is its own program with its own latency
         report.notes.append(f"the model holds {count} compiled shape sets; this is the first "

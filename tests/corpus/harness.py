@@ -408,6 +408,15 @@ class _CellRun:
 
     def perf(self) -> None:
         stage, _ = cli(["perf", self.npuf, "-t", self.target, "-o", self.work / "perf"], self.opts.stage_timeout)
+        if stage.status == "ok":  # a report of 0 ms, or with a part it could not time, is no estimate
+            problems = []
+            for path in sorted((self.work / "perf").rglob("*.json")):
+                doc = json.loads(path.read_text())
+                if not doc.get("latency_ms"):
+                    problems.append(f"{path.name}: latency {doc.get('latency_ms')} ms")
+                problems += [f"{path.name}: {n}" for n in doc.get("notes", []) if "could not be timed" in n]
+            if problems:
+                stage = Stage("wrong", detail="; ".join(problems), seconds=stage.seconds)
         self.record("perf", stage)
 
     def bench(self) -> None:

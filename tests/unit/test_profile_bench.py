@@ -127,3 +127,22 @@ def test_perf_reads_a_compiled_file(cli, npuf, names, tmp_path):
     engines = {layer["name"]: layer["engine"] for layer in data["layers"]}
     assert engines["conv1"] == "conv" and engines["dw"] == "depthwise"
     assert f"{data['latency_ms']:.3f}" in r.stdout
+
+
+def test_perf_times_a_cpu_target_file_as_the_runtime_runs_it(cli, tmp_path):
+    """On a CPU target the integer programs are no ONNX graph ONNX Runtime could run: ``perf``
+    times the compiled model in the runtime (it reported 0 ms: "could not be timed alone")."""
+    from tests.unit.quant_nets import conv_net, samples
+
+    q = npuflow.quantize(conv_net(), samples([1, 3, 8, 8]), target="cpu-int8")
+    path = tmp_path / "cnn.npuf"
+    compiled = npuflow.compile(q.model, "cpu-int8")
+    assert any(sg.on_accelerator for sg in compiled.subgraphs)
+    compiled.save(path)
+    r = cli("perf", path, "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "perf_result" / "cnn" / "cnn.json").read_text())
+    assert data["latency_ms"] > 0 and data["cpu_ms"] == data["latency_ms"]
+    assert not [n for n in data["notes"] if "could not be timed" in n], data["notes"]
+    assert any("npuflow runtime" in n for n in data["notes"])
+    assert "cannot time" not in r.stderr
