@@ -259,9 +259,13 @@ _BUILD = _specs(
     ("NPF_BUILD_CALIB_DIR_NOT_FOUND", "calibration folder {path} (input {input!r}) does not exist",
      "Set calibration_parameters.cal_data_dir to a folder of samples; relative paths are resolved from the config file's folder."),
     ("NPF_BUILD_CALIB_EMPTY", "calibration folder {path} (input {input!r}) holds no sample files",
-     "Put about 100 samples in it: numpy.tofile() raw files, or images with preprocess_on: True."),
+     "Put about 100 samples in it: numpy.save() .npy files or numpy.tofile() raw files, or images with preprocess_on: True."),
     ("NPF_BUILD_CALIB_FILE_SIZE", "calibration file {path} has {size} bytes; input {input!r} of shape {shape} needs {expected}",
-     "Save each sample with numpy.tofile() in the train layout and shape: uint8 for images, float32 for featuremaps."),
+     "Save each sample with numpy.tofile() in the train layout and shape: uint8 for images, float32 for featuremaps "
+     "(or with numpy.save() as a .npy file)."),
+    ("NPF_BUILD_CALIB_NPY", "calibration file {path} holds a {dtype} array of shape {got}; input {input!r} needs shape {shape}",
+     "Save each sample with numpy.save() in the train layout and shape (a leading batch dimension of 1 may be left out), "
+     "as numbers: uint8 for images, float32 for featuremaps."),
     ("NPF_BUILD_CALIB_IMAGE", "calibration file {path} is not a readable image: {reason}",
      "With preprocess_on: True every file in the folder must be an image Pillow reads (jpg, png, bmp, ...)."),
     ("NPF_BUILD_CALIB_COUNT_MISMATCH", "calibration folders hold different numbers of samples: {counts}",

@@ -2,7 +2,8 @@
 
 hb_mapper's convention (seed 004 L1259-1335, spec A.6): one file per sample, in the *train*
 format (type, layout and shape of the float model's input) with everything except mean/scale
-already applied, saved with ``numpy.tofile`` (uint8 for images, float32 for featuremaps).  With
+already applied, saved with ``numpy.tofile`` (uint8 for images, float32 for featuremaps); npuflow
+also reads ``numpy.save`` files (``.npy``, as ``npuflow quantize`` does).  With
 ``preprocess_on: True`` the folder holds images instead, which are only resized.
 
 The preprocessed model takes the *runtime* format, so each sample is converted with
@@ -37,6 +38,8 @@ class CalibrationSet(Sequence):
             for f in self.files[pre.name]:
                 if images:
                     _check_image(f)
+                elif _is_npy(f):
+                    _load_npy(f, pre)
                 else:
                     _raw_dtype(f, pre)
         counts = {name: len(fs) for name, fs in self.files.items()}
@@ -82,8 +85,30 @@ def _raw_dtype(path: Path, pre: InputPreprocess) -> np.dtype:
 
 
 def read_raw(path: Path, pre: InputPreprocess) -> np.ndarray:
-    """One ``numpy.tofile`` sample in the train shape, as float32."""
+    """One ``numpy.tofile`` (or ``numpy.save``) sample in the train shape, as float32."""
+    if _is_npy(path):
+        return np.asarray(_load_npy(path, pre), np.float32).reshape(pre.shape)
     return np.fromfile(path, dtype=_raw_dtype(path, pre)).reshape(pre.shape).astype(np.float32)
+
+
+def _is_npy(path: Path) -> bool:
+    """A ``numpy.save`` file (its magic string), whatever its name: users of ``npuflow quantize``,
+    which reads ``.npy`` folders, bring the same folders to ``build``."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
+
+
+def _load_npy(path: Path, pre: InputPreprocess) -> np.ndarray:
+    """The array of a ``.npy`` sample (memory-mapped), checked against the input's train shape."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise NpuflowError("NPF_BUILD_CALIB_NPY", path=str(path), dtype="unreadable", got=str(exc),
+                           input=pre.name, shape="x".join(map(str, pre.shape))) from None
+    if arr.size != int(np.prod(pre.shape)) or arr.dtype.kind not in "fiu":
+        raise NpuflowError("NPF_BUILD_CALIB_NPY", path=str(path), dtype=str(arr.dtype),
+                           got="x".join(map(str, arr.shape)), input=pre.name, shape="x".join(map(str, pre.shape)))
+    return arr
 
 
 def _check_image(path: Path) -> None:

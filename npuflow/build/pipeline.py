@@ -137,7 +137,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
 
     with _timed("quantize", timings, None):
         log.info("calibration: %d sample(s) from %s", len(calib), ", ".join(str(s.cal_data_dir) for s in inputs))
-        quant_config = _quant_config(cfg)
+        quant_config = _quant_config(cfg, target)
         log.debug("quantizer config: %s", json.dumps(quant_config))
         auto_summary = None
         if cal.min_similarity is None:
@@ -268,7 +268,7 @@ def _cut_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return model_io.infer_static_shapes(slice_model(proto, outputs))
 
 
-def _quant_config(cfg: BuildConfig) -> dict[str, Any]:
+def _quant_config(cfg: BuildConfig, target: Any = None) -> dict[str, Any]:
     """The quantizer config derived from ``calibration_parameters`` (method for inputs and
     activations, percentile, forced CPU nodes), with the ``npuflow`` section merged over it
     (its keys win, nested mappings are merged key by key).
@@ -276,8 +276,10 @@ def _quant_config(cfg: BuildConfig) -> dict[str, Any]:
     ``per_channel`` asks for per-channel *activation* ranges; the quantized format keeps
     activations per tensor, so it is recorded and logged but changes nothing.  So are
     ``qat_nproc``/``qat_device`` without a QAT budget (the template shows each on its own).
+    ``target`` (when known): on one with asymmetric activations (cpu-int8's uint8 with a zero
+    point) ``default`` is the target's own calibration, not the symmetric-only search.
     """
-    return _merge(_from_calibration_parameters(cfg), cfg.npuflow or {})
+    return _merge(_from_calibration_parameters(cfg, target), cfg.npuflow or {})
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,9 +289,13 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_calibration_parameters(cfg: BuildConfig) -> dict[str, Any]:
+def _from_calibration_parameters(cfg: BuildConfig, target: Any = None) -> dict[str, Any]:
     cal = cfg.calibration_parameters
     spec: dict[str, Any] = {"method": _METHODS.get(cal.calibration_type, cal.calibration_type)}
+    if cal.calibration_type == "default" and target is not None and not target.numerics.symmetric:
+        # the search finds symmetric thresholds; these activations have a zero point: the
+        # target's own default (percentile ranges, the percentile searched per model)
+        spec = {}
     if cal.calibration_type == "max" and cal.max_percentile < 1.0:
         spec = {"method": "percentile", "percentile": cal.max_percentile * 100.0}
     elif cal.calibration_type == "percentile":

@@ -89,6 +89,10 @@ def summary_lines(result: BuildResult) -> list[str]:
     acc = sum(1 for s in subgraphs if s.on_accelerator)
     lines.append(f"compiled: {len(subgraphs)} subgraph(s), {acc} on {label}, {len(subgraphs) - acc} on CPU; weights "
                  f"{result.compiled.weight_bytes} B, peak activations {result.compiled.peak_activation_bytes} B")
+    if result.check.target.kind != "npu":  # nothing to estimate: the host runs it (perf, bench time it)
+        lines.append(f"latency: {result.check.target.name} runs on this host's CPU; `npuflow perf` or "
+                     "`npuflow bench` on the .npuf time it")
+        return lines
     est = perf_compiled(result.compiled, measure_cpu=False)
     cpu = " (+ CPU parts, not timed here: npuflow perf times them)" if acc < len(subgraphs) else ""
     lines.append(f"estimate (npuflow perf): {label} {est.npu_ms:.3f} ms + transfers {est.transfer_ms:.3f} ms per frame"

@@ -38,3 +38,28 @@ def test_images_to_nv12_runtime_buffers(tmp_path):
     pre = InputPreprocess("x", (1, 16, 16, 3), "rgb", "NHWC", "nv12", "NHWC")
     (feed,) = list(CalibrationSet([(pre, tmp_path)], images=True))
     assert feed["x"].dtype == np.uint8 and feed["x"].shape == (1, 24, 16)
+
+
+def test_npy_files_are_read_as_quantize_reads_them(tmp_path):
+    """A folder of numpy.save files (what ``npuflow quantize --calib`` reads) serves ``build`` too:
+    their header was read as sample bytes (NPF_BUILD_CALIB_FILE_SIZE: 6272 bytes, 6144 expected)."""
+    pre = InputPreprocess("x", (1, 16, 96), "featuremap", "NCHW", "featuremap", "NCHW")
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(0, 1, (1, 16, 96)).astype(np.float32) for _ in range(2)]
+    np.save(tmp_path / "a.npy", samples[0])
+    np.save(tmp_path / "b.npy", samples[1][0])  # without the batch dimension of 1
+    got = list(CalibrationSet([(pre, tmp_path)], images=False))
+    for feed, want in zip(got, samples, strict=True):
+        np.testing.assert_array_equal(feed["x"], want)
+
+
+def test_an_npy_file_of_the_wrong_shape_names_itself(tmp_path):
+    import pytest
+
+    from npuflow.errors import NpuflowError
+
+    pre = InputPreprocess("x", (1, 16, 96), "featuremap", "NCHW", "featuremap", "NCHW")
+    np.save(tmp_path / "a.npy", np.zeros((1, 16, 95), np.float32))
+    with pytest.raises(NpuflowError) as exc:
+        CalibrationSet([(pre, tmp_path)], images=False)
+    assert exc.value.code == "NPF_BUILD_CALIB_NPY" and "a.npy" in exc.value.message and "1x16x95" in exc.value.message

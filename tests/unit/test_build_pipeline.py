@@ -118,3 +118,25 @@ def test_an_accuracy_target_runs_the_ladder_and_reports_its_steps(built, tmp_pat
     assert "accuracy step target defaults" in log
     assert report["auto"]["met"] or "accuracy target 0.999999 was not reached" in log
     assert (tmp_path / "out" / "tiny.npuf").is_file()
+
+
+def test_a_cpu_int8_build_with_the_default_calibration_type(tmp_path, capsys):
+    """``calibration_type: default`` on cpu-int8 (asymmetric uint8 activations) failed with
+    NPF_QUANT_CONFIG_CONFLICT ("method 'auto' needs symmetric quantization"): it now means the
+    target's own calibration.  The summary says where its latency comes from instead of 0 ms."""
+    from npuflow.build.config import load_config
+    from npuflow.build.pipeline import _quant_config
+    from npuflow.targets import load_target
+
+    _conv_model(tmp_path / "m.onnx")
+    photo_crops(tmp_path / "calib", 6)
+    conf = yaml.safe_load(yaml.safe_dump(BASE))
+    conf["model_parameters"]["march"] = "cpu-int8"
+    conf["input_parameters"].update(input_type_rt="bgr", input_layout_rt="NCHW")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "Build succeeded" in out and "runs on this host's CPU" in out and "0.000 ms" not in out
+    cfg = load_config(conf)
+    assert _quant_config(cfg, load_target("cpu-int8"))["activation"] == {}  # the target's defaults
+    assert _quant_config(cfg, load_target("bernoulli2"))["activation"] == {"method": "auto"}
