@@ -10,7 +10,9 @@ shared, so load hits every column alike):
   CPU subgraphs on ONNX Runtime with that many intra-op threads);
 * ONNX Runtime running the same ``quantized_model.onnx`` (npuflow's QDQ), 1 and 2 threads;
 * ONNX Runtime running that quantization exported as plain QDQ (``--plain-qdq``: standard
-  ``QuantizeLinear`` steps, which ONNX Runtime fuses into its int8 kernels), 1 and 2 threads;
+  ``QuantizeLinear`` steps, which ONNX Runtime fuses into its int8 kernels), 1 and 2 threads, and
+  (where this CPU's uint8 x int8 kernels saturate) 1 thread with ``ort_kernels.exact_weights``: the
+  exact int8 kernels npuflow's fused runs use, so that the cost of exactness shows apart from npuflow's;
 * ONNX Runtime running the FP32 model, 1 and 2 threads;
 * with ``--before REV``: the Session whose fused runs are planned by ``runtime/fused.py`` as of
   git revision ``REV`` (loaded beside the current module), 1 thread, so that a change to the
@@ -153,6 +155,11 @@ def _session_with_planner(path: Path, planner, **kwargs):
 #: shared with other jobs leaves out the waits for a core that wall time counts.
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
+
+#: The column of ORT on the plain QDQ model with ``ort_kernels.exact_weights`` (uint8 weights where
+#: this CPU's uint8 x int8 kernels saturate): the int8 kernels npuflow may use, at ORT's speed.  Its
+#: name starts with neither "ORT plain QDQ " nor "ORT QDQ ", the prefixes ``bench_case``'s ``best`` takes.
+EXACT_PLAIN = "ORT exact-weight plain QDQ 1 thread"
 
 #: Seconds of idle before each timed column (see ``bench_case``).
 IDLE_S = 0.3
@@ -303,6 +310,10 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         plain = to_plain_qdq(quantized.model)
         qdq1, qdq2 = D.ort_session(quantized.model, 1), D.ort_session(quantized.model, 2)
         plain1, plain2 = D.ort_session(plain, 1), D.ort_session(plain, 2)
+        # the plain QDQ model on the kernels npuflow's fused runs use: where this CPU's uint8 x int8
+        # kernels saturate, ORT's speed on the exact weight form (the same as plain QDQ elsewhere)
+        exact_plain = (D.ort_session(ort_kernels.exact_weights(onnx.ModelProto.FromString(plain.SerializeToString())), 1)
+                       if ort_kernels.weight_form() == "u8" else None)
         fp1, fp2 = D.ort_session(float_path, 1), D.ort_session(float_path, 2)
         ours = sessions["1"].run(x)
         if before is not None:
@@ -322,6 +333,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
             "ORT QDQ 2 threads": lambda: qdq2.run(None, x),
             "ORT plain QDQ 1 thread": lambda: plain1.run(None, x),
             "ORT plain QDQ 2 threads": lambda: plain2.run(None, x),
+            **({EXACT_PLAIN: lambda: exact_plain.run(None, x)} if exact_plain is not None else {}),
         }
         if batch == 1 or not _fixed_batch(fp1):
             runners["ORT FP32 1 thread"] = lambda: fp1.run(None, x)
@@ -351,7 +363,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
 
     def best(prefix: str) -> float:
-        return min(v for k, v in med.items() if k.startswith(prefix + " ") and "thread" in k and " at " not in k)
+        return best_of(med, prefix)
 
     ours_best = best("npuflow")
     return {
@@ -365,10 +377,19 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         "speedup_vs_rev_1_thread": (med[f"npuflow fused.py at {before[0]} 1 thread"] / med["npuflow 1 thread"]
                                     if before else None),
         "ratio_vs_best_ort_plain_qdq": best("ORT plain QDQ") / ours_best,
+        "ratio_vs_ort_exact_weight_plain_qdq": med[EXACT_PLAIN] / ours_best if EXACT_PLAIN in med else None,
         "ratio_vs_best_ort_qdq": best("ORT QDQ") / ours_best,
         "ratio_vs_best_ort_fp32": best("ORT FP32") / ours_best if "ORT FP32 1 thread" in med else None,
         "memory_mib": memory,
     }
+
+
+def best_of(med: dict[str, float], prefix: str) -> float:
+    """The least time per frame among the thread-count columns of ``prefix`` ("npuflow", "ORT plain
+    QDQ", ...): the columns named ``prefix`` + `` N thread(s)``, not a ``--before`` revision's, nor
+    another column whose name starts with the same words (the exact-weight column is its own)."""
+    return min(v for k, v in med.items()
+               if k.startswith(prefix + " ") and k[len(prefix) + 1:].split(" ")[0].isdigit() and " at " not in k)
 
 
 def _fixed_batch(session) -> bool:
@@ -412,17 +433,19 @@ def render(results: list[dict], meta: dict) -> str:
            "include their pool threads' spinning)" if meta.get("clock") == "process" else "second")
         + " (higher is better; batch 8 rows: frames, not batches):",
         "",
-        "| model | target | batch | " + " | ".join(cols) + " | npuflow / best ORT plain QDQ | npuflow / best ORT QDQ"
+        "| model | target | batch | " + " | ".join(cols) + " | npuflow / best ORT plain QDQ"
+        " | npuflow / ORT exact-weight plain QDQ | npuflow / best ORT QDQ"
         " | npuflow / best ORT FP32 | fused / op-by-op |" + (f" 1 thread / fused.py at {rev} |" if rev else "")
         + " outputs equal ORT QDQ | subgraphs (on accelerator) |",
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: | ---: |"
         + (" ---: |" if rev else "") + " --- | --- |",
     ]
     for r in results:
         fps = " | ".join(f"{r['fps'][c]:.1f}" if c in r["fps"] else "" for c in cols)
         equal = "True" if r["outputs_equal_ort_qdq"] else f"False (max diff {r['max_output_diff_vs_ort_qdq']:.3g})"
         lines.append(f"| {r['model']} | {r['target']} | {r['batch']} | {fps} | "
-                     f"{_ratio(r['ratio_vs_best_ort_plain_qdq'])} | {_ratio(r['ratio_vs_best_ort_qdq'])} | "
+                     f"{_ratio(r['ratio_vs_best_ort_plain_qdq'])} | "
+                     f"{_ratio(r.get('ratio_vs_ort_exact_weight_plain_qdq'))} | {_ratio(r['ratio_vs_best_ort_qdq'])} | "
                      f"{_ratio(r['ratio_vs_best_ort_fp32'])} | {_ratio(r['speedup_vs_op_by_op'])} | "
                      + (f"{_ratio(r['speedup_vs_rev_1_thread'])} | " if rev else "") + f"{equal} | "
                      f"{r['subgraphs']} ({r['accelerator_subgraphs']}) |")
@@ -452,7 +475,10 @@ def render(results: list[dict], meta: dict) -> str:
         "`quantized_model.onnx`; on the DPU target its half-up quantize steps are `ai.npuflow` functions ORT "
         "cannot fuse into QLinear kernels, so it computes in float32.  ORT plain QDQ runs the same quantization "
         "with standard `QuantizeLinear` steps (`npuflow quantize --plain-qdq`; ties to even, so not the "
-        "DPU's arithmetic), which ORT fuses into its int8 kernels: the int8 speed reference.  ORT FP32 is "
+        "DPU's arithmetic), which ORT fuses into its int8 kernels: the int8 speed reference.  ORT exact-weight "
+        "plain QDQ runs that model with `ort_kernels.exact_weights` (where this CPU's uint8 x int8 kernels "
+        "saturate: uint8 weights except on convolutions that cannot saturate a lane), the kernels npuflow's "
+        "outputs are compared on: what ORT's own int8 speed is when it must be exact.  ORT FP32 is "
         "not timed at batch 8 when the float model's batch is fixed to 1.  The machine is shared with "
         "other jobs (see the load average): absolute times vary from run to run, the interleaved ratios "
         "much less.",

@@ -543,6 +543,10 @@ class FusedRun:
         self._rebuild = rebuild
         self._feeds = [input_name(k) for k in range(len(self.inputs))]
         self.session = self._session(g, outputs)
+        #: the session's outputs by name, and (the session, its run without the Python wrapper's
+        #: checks), one tuple so that a thread reads both at once; built again if ``session`` is replaced
+        self._names = [o.name for o in self.session.get_outputs()]
+        self._direct = (self.session, direct_run(self.session))
         self._dump_session: ort.InferenceSession | None = None
         self._lock = threading.Lock()
 
@@ -580,11 +584,30 @@ class FusedRun:
     def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:
         feeds = {n: env[t] for n, t in zip(self._feeds, self.inputs)}
         if not dump:
-            return dict(zip(self.outputs, self.session.run(None, feeds)))
+            session, run = self._direct
+            if session is not self.session:
+                self._direct = session, run = self.session, direct_run(self.session)
+            return dict(zip(self.outputs, run(self._names, feeds, None)))
         with self._lock:
             if self._dump_session is None:
                 self._dump_session = self._session(self.graph(), self.produced)
         return dict(zip(self.produced, self._dump_session.run(None, feeds)))
+
+
+def direct_run(session: object) -> Callable:
+    """``session``'s run, ``(output_names, feeds, run_options) -> arrays``, called once per frame.
+
+    ``InferenceSession.run`` checks in Python, on every call, what the runtime's feeds satisfy by
+    construction (every input fed by name, numpy arrays only, no graph capture, the CPU provider
+    with no fallback to retry on), then calls its compiled session (``_sess.run``).  That session
+    is called directly here, with the same arguments: the same ONNX Runtime run, the same output
+    arrays, a few microseconds less per call (``docs/compiler-runtime.md``, "Where the time
+    goes").  Anything else (a session wrapped by ``ort_session._Guarded`` for custom ops, an ONNX
+    Runtime without ``_sess``) keeps its own ``run``.
+    """
+    inner = session.__dict__.get("_sess") if isinstance(session, ort.InferenceSession) else None
+    run = getattr(inner, "run", None)
+    return run if callable(run) else session.run
 
 
 @dataclass(frozen=True)

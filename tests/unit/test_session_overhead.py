@@ -1,0 +1,138 @@
+"""The per-frame fast paths of ``Session.run``: same outputs as the general path, same coded errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import npuflow
+from npuflow.errors import NpuflowError
+from npuflow.runtime import Session, fused
+from npuflow.runtime.executors import IntegerExecutor, OnnxExecutor
+from tests.qdq_builder import ort_values
+from tests.unit.test_compiler_kernels import _conv_model, _x
+from tests.unit.test_runtime_session import DPU, _mixed_model
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    model = _mixed_model()
+    return model, npuflow.compile(model, DPU)
+
+
+@pytest.fixture(scope="module")
+def whole():
+    """conv -> relu on the DPU: one integer program that fuses whole (one ONNX Runtime run a frame)."""
+    model = _conv_model("half_up", act="relu")
+    return model, npuflow.compile(model, DPU)
+
+
+def test_direct_run_is_the_compiled_session_and_leaves_wrappers_alone(whole):
+    (run,) = _fused_runs(Session(whole[1]))
+    assert fused.direct_run(run.session) == run.session._sess.run
+
+    class Wrapped:  # as ort_session._Guarded: its own run must run (it checks custom ops after each)
+        def __init__(self, s):
+            self._sess = s
+
+        def run(self, *args):
+            return self._sess.run(*args)
+
+    wrapped = Wrapped(run.session)
+    assert fused.direct_run(wrapped) == wrapped.run
+
+
+def _fused_runs(sess: Session):
+    for step in sess._programs[0].steps:
+        if isinstance(step.executor, IntegerExecutor):
+            yield from (item for item in step.executor.plan.items if isinstance(item, fused.FusedRun))
+
+
+def test_a_program_of_one_fused_run_returns_its_outputs_as_the_general_path_does(whole):
+    model, compiled = whole
+    sess = Session(compiled)
+    (step,) = sess._programs[0].steps
+    executor = step.executor
+    assert isinstance(executor._single, fused.FusedRun)
+    for k in range(3):
+        x = {"x": _x([1, 8, 13, 11], k)}
+        fast = executor.run(dict(x))
+        single, executor._single = executor._single, None  # the general path: arena, environment, items
+        try:
+            general = executor.run(dict(x))
+        finally:
+            executor._single = single
+        assert list(fast) == list(general) == executor.outputs
+        assert all(np.array_equal(fast[o], general[o]) for o in fast)
+        assert np.array_equal(sess.run(x)["y"], ort_values(model, x, ["y"])["y"])
+
+
+def test_a_program_with_kernels_keeps_the_general_path(mixed):
+    _, compiled = mixed
+    ref = Session(compiled, fuse=False)
+    for step in ref._programs[0].steps:
+        if isinstance(step.executor, IntegerExecutor):
+            assert step.executor._single is None
+
+
+def test_fast_frames_equal_listened_and_kernel_frames(mixed):
+    # no listener and no dump: the executors are called directly; with a listener the frame goes
+    # through _run_step; fuse=False runs every op as its kernel: the same bytes all three ways
+    model, compiled = mixed
+    fast, ref = Session(compiled), Session(compiled, fuse=False)
+    listened = Session(compiled)
+    events = []
+    listened.add_listener(events.append)
+    for k in range(4):
+        x = {"x": _x([1, 4, 6, 6], k)}
+        got = fast.run(x)
+        assert list(got) == ["y"]
+        assert np.array_equal(got["y"], listened.run(x)["y"])
+        assert np.array_equal(got["y"], ref.run(x)["y"])
+        assert np.array_equal(got["y"], ort_values(model, x, ["y"])["y"])
+        assert fast.run(x, output_names=["y"]).keys() == {"y"}
+    assert len(events) == 4 * len(listened._programs[0].steps)
+    cpu = [s.executor for s in fast._programs[0].steps if isinstance(s.executor, OnnxExecutor)]
+    assert cpu and all(e.lookup is not None or e._run == e.session._sess.run for e in cpu)
+
+
+def test_bad_input_still_gets_the_coded_error_on_the_fast_path(whole):
+    _, compiled = whole
+    sess = Session(compiled)
+    x = _x([1, 8, 13, 11])
+    cases = [
+        ({"nope": x}, "NPF_RUNTIME_UNKNOWN_INPUT"),
+        ({}, "NPF_RUNTIME_MISSING_INPUT"),
+        ({"x": x.astype(np.float64)}, "NPF_RUNTIME_INPUT_DTYPE"),
+        ({"x": x.tolist()}, "NPF_RUNTIME_INPUT_DTYPE"),
+        ({"x": x[..., :10]}, "NPF_RUNTIME_INPUT_SHAPE"),
+    ]
+    for feeds, code in cases:
+        with pytest.raises(NpuflowError) as err:
+            sess.run(feeds)
+        assert err.value.code == code
+
+
+def test_a_replaced_session_is_the_one_that_runs(whole):
+    # FusedRun keeps the session's direct run beside the session it came from; a session put in
+    # its place (a wrapper, a rebuilt session) is the one the next frame calls
+    _, compiled = whole
+    sess = Session(compiled)
+    (run,) = _fused_runs(sess)
+    x = {"x": _x([1, 8, 13, 11], 5)}
+    want = sess.run(x)["y"]
+    calls = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, *args):
+            calls.append(args[2] if len(args) > 2 else None)
+            return self.inner.run(*args)
+
+    run.session = Counting(run.session)
+    assert np.array_equal(sess.run(x)["y"], want)
+    assert calls == [None]
+    assert isinstance(run.session.inner, ort.InferenceSession)
