@@ -40,14 +40,19 @@ OPSET = 17
 
 def torch_to_onnx(module: torch.nn.Module, inputs: tuple, input_names, output_names,
                   custom_opsets: dict | None = None) -> onnx.ModelProto:
-    """``torch.onnx.export`` (TorchScript, opset 17) into memory, with coded errors."""
+    """``torch.onnx.export`` (TorchScript, opset 17) into memory, with coded errors.
+
+    TorchScript refuses all-digit tensor names (``Invalid name: '13'``), which models exported
+    by torch itself have (openWakeWord's classifiers' output is ``13``): such names are exported
+    with a suffix and given back afterwards."""
+    safe = {n: f"{n}__npuflow" for n in [*input_names, *output_names] if n.isdigit()}
     buf = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, inputs, buf, opset_version=OPSET, dynamo=False,
-                input_names=list(input_names), output_names=list(output_names),
+                input_names=[safe.get(n, n) for n in input_names], output_names=[safe.get(n, n) for n in output_names],
                 custom_opsets=custom_opsets or {}, do_constant_folding=True,
             )
     except NpuflowError:
@@ -55,7 +60,20 @@ def torch_to_onnx(module: torch.nn.Module, inputs: tuple, input_names, output_na
     except Exception as exc:  # the exporter raises many types for unsupported code
         text = str(exc).strip().splitlines()
         raise NpuflowError("NPF_TORCH_EXPORT_FAILED", reason=(text[0] if text else type(exc).__name__)[:300]) from None
-    return onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    _rename(model.graph, {v: k for k, v in safe.items()})
+    return model
+
+
+def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
+    """Rename tensors everywhere in ``graph`` (inputs, outputs, value_info, node edges)."""
+    if not names:
+        return
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        vi.name = names.get(vi.name, vi.name)
+    for node in graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names.get(o, o) for o in node.output]
 
 
 def export_qdq(module: torch.nn.Module, inputs: tuple, input_names, output_names,
