@@ -113,6 +113,11 @@ def test_input_validation(mixed):
         ({"x": _x([1, 4, 6, 6]).astype(np.float64)}, "NPF_RUNTIME_INPUT_DTYPE"),
         ({"x": _x([1, 4, 6, 7])}, "NPF_RUNTIME_INPUT_SHAPE"),
     ]
+    assert_refused(sess, cases)
+
+
+def assert_refused(sess: Session, cases: list[tuple[dict, str]]) -> None:
+    """Each ``(feeds, code)``: ``sess.run(feeds)`` raises that coded error."""
     for feeds, code in cases:
         with pytest.raises(NpuflowError) as err:
             sess.run(feeds)
