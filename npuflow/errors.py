@@ -327,8 +327,9 @@ _TORCH = _specs(
      "Give --device cpu (the default) or a CUDA device this torch build can reach, e.g. cuda or cuda:0 "
      "(torch.cuda.is_available()); several processes (--nproc, torchrun) train on the CPU only."),
     ("NPF_QAT_BAD_OPTION", "invalid QAT option {option}={value!r}: {reason}",
-     "feature_weight (--feature-weight) is a finite number >= 0 (0: distil the outputs only) and needs a model "
-     "with at least one quantized intermediate tensor."),
+     "feature_weight (--feature-weight): a finite number >= 0 (0: distil the outputs only), for a model with at "
+     "least one quantized intermediate tensor; guard_samples (--guard-samples): a positive integer that leaves a "
+     "training sample; ema_decay (--ema): a number strictly between 0 and 1 (e.g. 0.98)."),
     ("NPF_QAT_CHECKPOINT_UNREADABLE", "cannot resume from {path}: {reason}",
      "Give the file that --checkpoint (save_checkpoint) wrote; it is replaced whole at each save, so the "
      "last one written is always complete."),
