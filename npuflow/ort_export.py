@@ -16,7 +16,9 @@ which plain ONNX Runtime would not know) as one node of the ``ai.onnx.contrib`` 
 extensions runs as a Python op: the op runs that subgraph from the ``.npuf``
 (:meth:`npuflow.Session.run_subgraph`), so outputs equal :class:`npuflow.Session` bit for bit.
 The inline CPU subgraphs equal the session at the graph optimisation level it runs them at (basic
-on power-of-two targets), which :func:`session_options` sets from the model's metadata.
+on power-of-two targets), which :func:`session_options` sets from the model's metadata; where the
+session runs CPU subgraphs at both levels (cpu-int8 fed nv12), those at the level of fewer nodes
+are npuflow ops too.
 
 This path is for compatibility, not speed: onnxruntime-extensions hands a Python op's outputs
 back to ONNX Runtime as Python lists (``tolist()``), which costs far more than the integer
@@ -77,17 +79,19 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
     seen: set[str] = set()
     opsets: dict[str, int] = {"": 13, DOMAIN: 1}
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
-    levels: set[str] = set()
+    subs = [onnx.load_from_string(compiled.blob(sg["onnx"])) if sg["engine"] == "onnx" else None
+            for sg in m["subgraphs"]]
+    level = _inline_level(subs)
     for k, sg in enumerate(m["subgraphs"]):
-        sub = onnx.load_from_string(compiled.blob(sg["onnx"])) if sg["engine"] == "onnx" else None
-        # run by npuflow: integer programs, a plugin's subgraphs (its runner) and CPU subgraphs with
-        # custom operators (npuflow's session runs them; plain ONNX Runtime would not know them)
-        if sub is None or custom_nodes(sub):
+        sub = subs[k]
+        # run by npuflow: integer programs, a plugin's subgraphs (its runner), CPU subgraphs with
+        # custom operators (npuflow's session runs them; plain ONNX Runtime would not know them) and
+        # CPU subgraphs the session runs at another optimisation level than the exported graph's
+        if sub is None or custom_nodes(sub) or cpu_level(sub) != level:
             nodes.append(helper.make_node(
                 f"{OP_PREFIX}{digest[:16]}_{k}", list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
                 domain=DOMAIN, npuf=str(path), sha256=digest, subgraph=k))
             continue
-        levels.add(cpu_level(sub))
         nodes.extend(sub.graph.node)
         for init in sub.graph.initializer:  # a constant several CPU subgraphs read is in each of them
             if init.name not in seen:
@@ -109,9 +113,26 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
     model.metadata_props.add(key="npuflow.npuf", value=str(path))
     model.metadata_props.add(key="npuflow.target", value=compiled.target_name)
     # The CPU subgraphs equal the integer programs at the optimisation level the session uses.
-    model.metadata_props.add(key=LEVEL_KEY, value="basic" if "basic" in levels else "all")
+    model.metadata_props.add(key=LEVEL_KEY, value=level)
     write_atomic(output, model.SerializeToString())
     return model
+
+
+def _inline_level(subs: list[onnx.ModelProto | None]) -> str:
+    """The one graph optimisation level of the exported graph: that of most inline CPU nodes.
+
+    The session runs each CPU subgraph at its own level (``cpu_level``: basic where every scale
+    is a power of two, all otherwise), and the levels give different numbers (at ``all`` ONNX
+    Runtime fuses ``DequantizeLinear -> Softmax -> QuantizeLinear`` into its own kernel).  One
+    ONNX Runtime session has one level, so the subgraphs at the other one run as npuflow ops:
+    a cpu-int8 model fed nv12 has its input quantize steps at scale 1 (basic) and the rest on
+    float scales (all); all of them inline at ``basic`` read one step off on YOLOv8n's output.
+    """
+    counts = {"basic": 0, "all": 0}
+    for sub in subs:
+        if sub is not None and not custom_nodes(sub):
+            counts[cpu_level(sub)] += len(sub.graph.node)
+    return "all" if counts["all"] > counts["basic"] else "basic"
 
 
 # --- running the exported model in onnxruntime --------------------------------------------------

@@ -151,3 +151,51 @@ def test_a_cpu_subgraph_with_custom_ops_runs_through_npuflow(tmp_path):
     finally:
         custom_ops._REGISTRY.clear()
         custom_ops._REGISTRY.update(saved)
+
+
+def test_cpu_subgraphs_at_both_optimisation_levels_equal_the_session(tmp_path, capsys):
+    """A cpu-int8 build fed nv12 quantizes its input at scale 1 (a CPU subgraph the session runs at
+    ONNX Runtime's basic level) and runs a Softmax between float scales (level all, where ORT fuses
+    DequantizeLinear -> Softmax -> QuantizeLinear).  The export ran every inline node at basic: 403
+    of 12,800 outputs one step off over 50 frames (YOLOv8n's output 10.09 off); the subgraph at the
+    other level is now an npuflow op and the outputs equal the session's."""
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper, numpy_helper
+
+    from npuflow.cli.app import main
+    from npuflow.runtime.executors import cpu_level
+    from tests.unit.test_build_config import BASE
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["data", "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Softmax", ["conv"], ["sm"], name="softmax", axis=1),
+             helper.make_node("Conv", ["sm", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for i in range(6):  # saturated pixels: the input's range is 0..255, its scale 1
+        (rng.integers(0, 2, (1, 3, 8, 8)) * 255).astype(np.uint8).tofile(tmp_path / "calib" / f"{i}.bgr")
+    conf = yaml.safe_load(yaml.safe_dump(BASE))
+    conf["model_parameters"]["march"] = "cpu-int8"
+    conf["input_parameters"].update(norm_type="data_scale", scale_value="0.003921568627")
+    del conf["input_parameters"]["mean_value"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 0, capsys.readouterr().err
+    npuf = tmp_path / "out" / "tiny.npuf"
+    from npuflow.compiler.compiled import CompiledModel
+
+    loaded = CompiledModel.load(npuf)
+    levels = {cpu_level(onnx.load_from_string(loaded.blob(sg["onnx"])))
+              for sg in loaded.manifest["subgraphs"] if sg["engine"] == "onnx"}
+    assert levels == {"basic", "all"}
+    sess, _ = _exported_session(npuf, tmp_path)
+    ref = npuflow.Session(npuf)
+    for _ in range(50):
+        x = rng.integers(0, 256, (1, 12, 8), dtype=np.uint8)
+        np.testing.assert_array_equal(sess.run(None, {"data": x})[0], ref.run({"data": x})["y"])
