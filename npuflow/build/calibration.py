@@ -14,7 +14,7 @@ file fails fast with its name; samples are then read one at a time, keeping memo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Iterator
 
@@ -29,9 +29,13 @@ class CalibrationSet(Sequence):
     the quantizer knows how many samples it calibrates on (its progress counts ``k/12``, not
     ``k/?``)."""
 
-    def __init__(self, inputs: Sequence[tuple[InputPreprocess, Path]], *, images: bool) -> None:
+    def __init__(self, inputs: Sequence[tuple[InputPreprocess, Path]], *, images: bool,
+                 dtypes: Mapping[str, np.dtype] | None = None) -> None:
         self.inputs = list(inputs)
         self.images = images
+        # the model's own dtype of each input: a featuremap the model takes as integers (silero-vad's
+        # int64 sample rate) is fed as such, not as the float32 of hb_mapper's featuremaps
+        self.dtypes = dict(dtypes or {})
         self.files: dict[str, list[Path]] = {}
         for pre, folder in self.inputs:
             self.files[pre.name] = _list_folder(pre.name, folder)
@@ -58,6 +62,11 @@ class CalibrationSet(Sequence):
             yield self[i]
 
     def sample(self, pre: InputPreprocess, path: Path) -> np.ndarray:
+        dtype = self.dtypes.get(pre.name)
+        if pre.type_rt == "featuremap" and dtype is not None and dtype.kind in "iub" and not self.images:
+            # read as is: integers above 2^24 would not survive float32
+            return np.asarray(_load_npy(path, pre) if _is_npy(path) else read_raw(path, pre)).reshape(
+                pre.shape).astype(dtype)
         train = read_image(path, pre) if self.images else read_raw(path, pre)
         return to_runtime_format(train, pre)
 

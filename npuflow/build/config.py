@@ -390,7 +390,7 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
         layout_train = layouts_train[i] or _guess_layout(shape)
         layout_rt = layouts_rt[i] or layout_train
         spec_shape = tuple(shape)
-        channels = spec_shape[1] if layout_train == "NCHW" else spec_shape[-1]
+        channels = (spec_shape[1] if layout_train == "NCHW" else spec_shape[-1]) if len(spec_shape) > 1 else 1
         if len(spec_shape) != 4 and train != "featuremap":
             raise NpuflowError("NPF_BUILD_TYPE_CHANNELS", input=name, train=train, want=CHANNELS[train],
                                shape="x".join(map(str, spec_shape)), layout=layout_train, got="no channel axis (not 4-D)")

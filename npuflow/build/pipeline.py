@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import onnx
 
 from .. import model as model_io
@@ -128,7 +129,8 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
         for s in inputs:
             log.info("input %s: %s %s (runtime) -> %s %s (train), via %s, norm %s", s.name, s.type_rt,
                      s.layout_rt, s.type_train, s.layout_train, s.intermediate_type, s.norm_type)
-        calib = CalibrationSet([(s.preprocess(), s.cal_data_dir) for s in inputs], images=cal.preprocess_on)
+        calib = CalibrationSet([(s.preprocess(), s.cal_data_dir) for s in inputs], images=cal.preprocess_on,
+                               dtypes=_input_dtypes(original))
         log.debug("config: %s", json.dumps(cfg.enabled_values()))
         model_io.save(original, artifacts.staged("original"))
 
@@ -243,10 +245,19 @@ def _require_similarity(quantized: Any, check_report: Any) -> None:
     quantized.require_similarity()
 
 
+def _input_dtypes(proto: onnx.ModelProto) -> dict[str, np.dtype]:
+    """The numpy dtype of each graph input (what the calibration samples are fed as)."""
+    return {vi.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+            for vi in model_io.graph_inputs(proto)}
+
+
 def _declared_input_shapes(proto: onnx.ModelProto) -> dict[str, list[int] | None]:
     shapes: dict[str, list[int] | None] = {}
     for vi in model_io.graph_inputs(proto):
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+        if not dims and vi.type.tensor_type.HasField("shape"):  # a declared scalar (silero-vad's sr)
+            shapes[vi.name] = []
+            continue
         shapes[vi.name] = dims if dims and all(d > 0 for d in dims) else (
             [1, *dims[1:]] if dims and dims[0] <= 0 and all(d > 0 for d in dims[1:]) else None)
     return shapes
