@@ -75,10 +75,11 @@ def qat_command(
                                          "loss (0: outputs only)."),
     guard_samples: Optional[int] = typer.Option(None, "--guard-samples", metavar="N", help="Hold the last N "
                                                 "samples out of training to judge start vs trained (default: a "
-                                                "fifth, at most 64)."),
+                                                "fifth, at most 64); a trained model must lead by more than "
+                                                "one held-out row."),
     ema: Optional[float] = typer.Option(None, "--ema", metavar="DECAY", help="Also keep a moving average of the "
                                         "weights with this decay (0 < DECAY < 1, e.g. 0.98 for ~200 steps); the "
-                                        "guard returns the best of start, final weights and average."),
+                                        "guard judges it beside the final weights and the start."),
 ) -> None:
     """Quantization-aware training of an ONNX model on unlabelled data, by distillation from FP32."""
     if (epochs is None) == (minutes is None):

@@ -195,7 +195,8 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     ``NPF_QAT_BAD_OPTION`` unless it is a positive integer that leaves a training sample.
     ``ema_decay``: also keep an exponential moving average of the weights (:mod:`.qat_ema`, with a
     warm-up); the guard judges it beside the final weights and the start and returns the best
-    (``kept`` says which; ties go to the average, then the final weights); ``NPF_QAT_BAD_OPTION``
+    (``kept`` says which; a trained model must lead the start by more than one held-out row,
+    :func:`.qat_guard.choose`; ties between the two go to the average); ``NPF_QAT_BAD_OPTION``
     unless it lies strictly between 0 and 1.
     """
     if (epochs is None) == (minutes is None):

@@ -54,7 +54,10 @@ def test_qat_starts_from_the_ptq_model(mnist_qat, digits):
     assert r.measure == "argmax agreement" and r.report["measure"] == "argmax agreement"
     assert r.start_score == r.start_agreement == r.report["start_agreement"]
     assert r.report["start_sequence_agreement"] is None is r.report["trained_sequence_agreement"]  # no (N, T, C) rows
-    assert r.kept in ("trained", "ptq start") and r.score == max(r.start_score, r.trained_score)
+    # the trained model is returned only when it leads by more than one of the 4 held-out digits
+    margin = r.start_score + 0.25
+    assert r.kept == ("trained" if r.trained_score > margin else "ptq start")
+    assert r.score == (r.trained_score if r.kept == "trained" else r.start_score)
 
 
 def test_guard_returns_the_start_when_training_makes_it_worse(digits):
@@ -80,7 +83,7 @@ def test_metric_callback_decides(digits):
     r = qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4,
                  metric=prefer_large_logits)
     assert seen == [4, 4] and r.measure == "metric" and r.report["measure"] == "metric"
-    assert r.kept == ("trained" if r.trained_score >= r.start_score else "ptq start")
+    assert r.kept == ("trained" if r.trained_score > r.start_score else "ptq start")  # a metric: any lead
     with pytest.raises(NpuflowError) as err:
         qat_onnx(fixture_models.mnist_cnn(), DPU, str(digits), epochs=1, ptq_config={}, batch=4,
                  metric=lambda outputs: float("nan"))
