@@ -463,4 +463,10 @@ def _batch(text: str | None) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 128:
         raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key="input_batch", value=text,
                            reason="an integer from 1 to 128 is expected")
+    if int(text) != 1:
+        # hb_mapper compiles this batch; npuflow compiles the batch of input_shape, and a build
+        # that went on would give a batch-1 model the user did not ask for
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="input_parameters", key="input_batch", value=text,
+                           reason="npuflow compiles the batch of input_shape (e.g. '4x3x224x224', where the "
+                                  "model allows it); leave input_batch at 1")
     return int(text)

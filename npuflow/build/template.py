@@ -44,7 +44,7 @@ input_parameters:
   input_space_and_range: 'regular'
   # input shape(s), dimensions joined by 'x'; read from the model when omitted
   input_shape: '1x3x224x224'
-  # batch of the compiled model (1-128); the ONNX models keep the shape above
+  # hb_mapper's batch of the compiled model: only 1 (npuflow compiles the batch of input_shape)
   input_batch: 1
   # preprocessing built into the model: data_mean_and_scale ((x - mean) * scale),
   # data_mean, data_scale, no_preprocess

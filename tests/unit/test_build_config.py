@@ -121,6 +121,9 @@ CASES = [
      "NPF_BUILD_BAD_ENUM", "calibration_type: 'mix'"),
     ("bad-percentile", dict(calibration_parameters={"max_percentile": 1.5}), "NPF_BUILD_BAD_VALUE", "max_percentile"),
     ("bad-batch", dict(input_parameters={"input_batch": 0}), "NPF_BUILD_BAD_VALUE", "input_batch"),
+    # input_batch 4 was accepted and a batch-1 model built (MTCNN onet: the .npuf took 1x72x48)
+    ("batch-not-applied", dict(input_parameters={"input_batch": 4}), "NPF_BUILD_BAD_VALUE",
+     "npuflow compiles the batch of input_shape"),
     ("range-without-yuv", dict(input_parameters={"input_type_rt": "bgr", "input_space_and_range": "bt601_video"}),
      "NPF_BUILD_BAD_VALUE", "only applies to nv12/yuv444"),
     ("count", dict(input_parameters={"input_type_rt": "nv12; nv12"}), "NPF_BUILD_COUNT_MISMATCH",
