@@ -141,6 +141,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
         log.info("calibration: %d sample(s) from %s", len(calib), ", ".join(str(s.cal_data_dir) for s in inputs))
         quant_config = _quant_config(cfg, target)
         log.debug("quantizer config: %s", json.dumps(quant_config))
+        _warn_recorded_only(cfg)
         auto_summary = None
         if cal.min_similarity is None:
             quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False,
@@ -325,6 +326,24 @@ def _from_calibration_parameters(cfg: BuildConfig, target: Any = None) -> dict[s
             log.warning("%s: %s applies to QAT, which runs only with qat_epochs or qat_minutes; ignored",
                         key, getattr(cal, key))
     return conf
+
+
+#: hb_mapper keys npuflow only records in the ``.npuf`` build config, with their no-op values.
+_RECORDED_ONLY = (("model_parameters", "layer_out_dump", False, "every .npuf can dump its layers: npuflow run --dump"),
+                  ("compiler_parameters", "compile_mode", "latency", "npuflow compiles one program"),
+                  ("compiler_parameters", "debug", False, "npuflow run --dump and npuflow info --op read any .npuf"),
+                  ("compiler_parameters", "core_num", 1, "npuflow perf reports one core and all cores"),
+                  ("compiler_parameters", "optimize_level", "O3", "npuflow compiles the same program at every level"))
+
+
+def _warn_recorded_only(cfg: BuildConfig) -> None:
+    """Say so when an hb_mapper key that changes nothing in npuflow is set to ask for something
+    (``core_num: 2``, ``layer_out_dump: True``): the build used to accept it without a word."""
+    for group, key, default, why in _RECORDED_ONLY:
+        value = getattr(getattr(cfg, group), key)
+        if value != default:
+            log.warning("%s.%s: %s is recorded in the .npuf build config and changes nothing (%s)",
+                        group, key, value, why)
 
 
 def _report(cfg: BuildConfig, inputs: list[InputSpec], target: str, check_report: Any,

@@ -20,7 +20,7 @@ model_parameters:
   output_model_file_prefix: 'mobilenetv1'
   # output folder, created if missing
   working_dir: './model_output'
-  # keep every layer's output readable in the compiled model (debug only, slower)
+  # hb_mapper's per-layer dump: recorded only (every .npuf dumps its layers: npuflow run --dump)
   layer_out_dump: False
   # npuflow_build.log detail: debug, info or warn
   log_level: 'info'
@@ -86,6 +86,8 @@ calibration_parameters:
   # min_similarity: 0.99
 
 compiler_parameters:
+  # hb_mapper's compiler settings: recorded in the .npuf, npuflow compiles one program
+  # (a value other than these defaults is a warning)
   # latency or bandwidth
   compile_mode: 'latency'
   # keep debug information in the compiled model

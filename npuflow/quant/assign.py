@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from .. import numerics, operators
 from .calibrate import Statistics
+from .config import TensorSettings
 from .params import TensorQuant, activation_params, bias_params, from_range, weight_params
 from .plan import QuantPlan
 
@@ -29,6 +30,27 @@ log = logging.getLogger(__name__)
 
 #: Smallest activation range used for a scale (an all-zero tensor still needs a finite scale).
 MIN_RANGE = 1e-6
+
+
+def fixed_interval(bounds: tuple[float, float], s: TensorSettings) -> tuple[float, float, int | None]:
+    """The range (and power-of-two fix position) of an op's fixed output interval
+    (``operators.FIXED_OUTPUT_RANGE``, a sigmoid's [0, 1]) under settings ``s``.
+
+    Float scales take the interval as it is.  On a power-of-two grid the bound itself would cost a
+    whole bit: 1.0 is just past the largest int8 code at scale 2**-7 (127/128), so covering it
+    takes 2**-6 and doubles the step of every probability (PP-OCRv4 rec's seven swish sigmoids on
+    B4096: 88.0 -> 87.0 % lines, docs/accuracy.md).  The grid's top need only be within one step
+    of the bound, as TFLite's int8 sigmoid (scale 1/256, top 255/256) is: the position is the
+    finest whose (largest code + 1) steps reach the bound, and outputs above the top saturate
+    there, at most one step off."""
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if s.scale_type != "power_of_two":
+        return lo, hi, None
+    qmax = numerics.qrange(s.bit_width, True)[1]  # power-of-two positions count signed codes (pow2_fix_pos)
+    bound = max(abs(lo), abs(hi))
+    fix = int(np.floor(np.log2((qmax + 1) / bound)))
+    top = float(numerics.pow2_scale(fix)) * qmax
+    return max(lo, -top), min(hi, top), fix
 
 
 @dataclass
@@ -74,11 +96,14 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         widest = max(p.settings.bit_width for p in points)
         if widest != settings.bit_width:
             settings = settings.model_copy(update={"bit_width": widest})
-        lo, hi, fixes, bounded = 0.0, 0.0, [], False
+        lo, hi, fixes = 0.0, 0.0, []
         for p in points:
             fixed = operators.FIXED_OUTPUT_RANGE.get(producer.get(p.name, ""))
             if fixed is not None:  # the op's own interval, whatever calibration saw
-                lo, hi, bounded = min(lo, fixed[0]), max(hi, fixed[1]), True
+                flo, fhi, fix = fixed_interval(fixed, settings)
+                lo, hi = min(lo, flo), max(hi, fhi)
+                if fix is not None:
+                    fixes.append(fix)
                 continue
             mm = stats.minmax.get(p.name)
             if mm is None or mm.count == 0:
@@ -99,7 +124,7 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         if reach and (hi < min(-lo, reach) or lo > -min(hi, reach)):
             # the input of a sigmoid: both signs, so the output reaches both of its halves
             lo, hi, fixes = min(lo, -min(hi, reach)), max(hi, min(-lo, reach)), []
-        fix = min(fixes) if fixes and not bounded and settings.scale_type == "power_of_two" else None
+        fix = min(fixes) if fixes and settings.scale_type == "power_of_two" else None
         gid = group_ids.get(root)
         for p in points:
             q = from_range(p.name, p.kind, settings, lo, hi, fix_pos=fix)

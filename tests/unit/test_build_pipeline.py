@@ -100,6 +100,24 @@ def test_compiled_model_takes_the_nv12_buffer_and_matches_the_quantized_model(bu
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
+def test_recorded_only_keys_asking_for_something_are_warned(built, tmp_path, capsys):
+    """core_num 2, layer_out_dump True, optimize_level O1 change nothing in npuflow (they are only
+    recorded); the build accepted them without a word, now each is a warning in the log."""
+    conf = yaml.safe_load((built / "c.yaml").read_text())
+    conf["model_parameters"].update(layer_out_dump=True, working_dir=str(tmp_path / "out"))
+    conf["model_parameters"]["onnx_model"] = str(built / "m.onnx")
+    conf["calibration_parameters"]["cal_data_dir"] = str(built / "calib")
+    conf["compiler_parameters"].update(core_num=2, optimize_level="O1")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 0
+    capsys.readouterr()
+    log = (tmp_path / "out" / "npuflow_build.log").read_text()
+    for key in ("model_parameters.layer_out_dump: True", "compiler_parameters.core_num: 2",
+                "compiler_parameters.optimize_level: O1"):
+        assert re.search(rf"WARNING.*{re.escape(key)} is recorded in the .npuf build config and changes nothing", log), key
+    assert "compiler_parameters.compile_mode:" not in log  # left at its default
+
+
 def test_an_accuracy_target_runs_the_ladder_and_reports_its_steps(built, tmp_path, capsys):
     """``min_similarity`` makes the build run the accuracy steps until the target holds; an
     unreachable target with a zero budget stops after the defaults, warns, and still builds."""
