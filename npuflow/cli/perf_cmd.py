@@ -51,7 +51,8 @@ def _show(report: PerfReport, title: str | None, folder: Path) -> None:
         ("  NPU estimated / CPU measured on host / transfers (ms)",
          f"{report.npu_ms:.3f} / {report.cpu_ms:.3f} / {report.transfer_ms:.3f}"),
         ("Model Frame Rate, 1 core (FPS)", f"{report.fps_single_core:.2f}"),
-        (f"Model Frame Rate, {report.cores} cores (FPS)", f"{report.fps_all_cores:.2f}"),
+        # a one-core target (cpu-int8) has no second figure: it read "1 cores", the same number again
+        *([(f"Model Frame Rate, {report.cores} cores (FPS)", f"{report.fps_all_cores:.2f}")] if report.cores > 1 else []),
         ("Model DDR Occupation (MB per frame)", f"{report.ddr_mb_per_frame:.3f}"),
         ("Loaded Bytes per Frame", str(report.loaded_bytes_per_frame)),
         ("Stored Bytes per Frame", str(report.stored_bytes_per_frame)),

@@ -38,3 +38,20 @@ def test_perf_of_a_float_onnx_model(cli, tmp_path):
     assert "Model Performance Summary" in r.stdout and f"{data['latency_ms']:.3f}" in r.stdout
     assert data["target"] == "DPUCZDX8G_ISA1_B4096" and data["subgraphs"][0]["device"] == "NPU"
     assert (folder / "net.html").is_file() and (folder / "net.svg").is_file()
+
+
+def test_perf_on_a_one_core_target_shows_one_frame_rate(cli, tmp_path):
+    """cpu-int8 has one core: the summary printed "Model Frame Rate, 1 core" and "..., 1 cores"
+    with the same figure; now the all-cores row is there only for several cores."""
+    from onnx import save
+
+    from .test_perf_estimate import conv_net
+
+    path = tmp_path / "net.onnx"
+    save(conv_net([(8, 3, 1, 1)], 16), path)
+    r = cli("perf", path, "--target", "cpu-int8", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Model Frame Rate, 1 core (FPS)" in r.stdout and "1 cores" not in r.stdout
+    r = cli("perf", path, "--target", "DPUCZDX8G_ISA1_B4096", "-o", tmp_path / "dpu")
+    assert r.returncode == 0, r.stderr
+    assert "Model Frame Rate, 1 core (FPS)" in r.stdout and " cores (FPS)" in r.stdout
