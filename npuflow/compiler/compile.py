@@ -271,7 +271,7 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
             })
             total_weights += weight_bytes
         subgraphs.append(entry)
-    inputs = [_io(g, name) for name in g.graph_inputs]
+    inputs = [_io(g, name, (preprocessing or {}).get(name)) for name in g.graph_inputs]
     outputs = [_io(g, name) for name in g.graph_outputs]
     manifest = {
         "format": "npuf",
@@ -308,10 +308,13 @@ def _nbytes(info: dict) -> int:
     return int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
 
 
-def _io(g: QGraph, name: str) -> dict:
+def _io(g: QGraph, name: str, preprocessing: dict | None = None) -> dict:
+    """A model input's or output's entry; a 4-D tensor is NCHW unless the build's preprocessing
+    says the device feeds it in another layout (``input_layout_rt: NHWC``: `info` said NCHW)."""
     info = _tensor_info(g, name)
     info["name"] = name
-    info["layout"] = "NCHW" if len(info["shape"]) == 4 else ""
+    layout = (preprocessing or {}).get("layout_rt") or "NCHW"
+    info["layout"] = layout if len(info["shape"]) == 4 else ""
     if "quant" not in info:
         q = next((c for c in g.consumer_nodes(name) if g.quantize_mode(c) is not None), None)
         p = g.quantize_params(q) if q is not None else None

@@ -158,3 +158,24 @@ def test_a_cpu_int8_build_with_the_default_calibration_type(tmp_path, capsys):
     cfg = load_config(conf)
     assert _quant_config(cfg, load_target("cpu-int8"))["activation"] == {}  # the target's defaults
     assert _quant_config(cfg, load_target("bernoulli2"))["activation"] == {"method": "auto"}
+
+
+def test_an_nhwc_runtime_input_is_described_as_nhwc(built, tmp_path, capsys):
+    """``input_layout_rt: NHWC``: the .npuf takes 1x8x8x3, but its manifest (and `npuflow info`)
+    said NCHW for every 4-D input; now the layout the device feeds."""
+    from npuflow import Session
+    from npuflow.compiler.compiled import CompiledModel
+
+    conf = yaml.safe_load((built / "c.yaml").read_text())
+    conf["model_parameters"].update(onnx_model=str(built / "m.onnx"), working_dir=str(tmp_path / "out"))
+    conf["calibration_parameters"]["cal_data_dir"] = str(built / "calib")
+    conf["input_parameters"].update(input_type_rt="bgr", input_layout_rt="NHWC")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 0
+    capsys.readouterr()
+    npuf = tmp_path / "out" / "tiny.npuf"
+    (entry,) = CompiledModel.load(npuf).manifest["inputs"]
+    assert entry["shape"] == [1, 8, 8, 3] and entry["layout"] == "NHWC"
+    assert Session(npuf).run({"data": np.zeros((1, 8, 8, 3), np.uint8)})["y"].shape == (1, 4, 8, 8)
+    assert main(["info", str(npuf)]) == 0
+    assert re.search(r"input\s+│\s+data\s+│\s+uint8\s+│\s+1x8x8x3\s+│\s+NHWC", capsys.readouterr().out)
