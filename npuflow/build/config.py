@@ -74,6 +74,8 @@ class ModelParameters(_Group):
     layer_out_dump: bool = False
     log_level: Literal["debug", "info", "warn"] = "debug"
     output_nodes: str | None = None
+    # npuflow's own (check/quantize --freeze-input): 'sr=16000; ...' turns inputs into constants
+    freeze_input: str | None = None
 
     @field_validator("output_model_file_prefix")
     @classmethod

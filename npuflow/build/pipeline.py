@@ -121,6 +121,11 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
                 log.info("custom ops registered by %s", path)
         model_path = cfg.path(mp.onnx_model)
         raw = model_io.read_proto(model_path)
+        if mp.freeze_input:  # before the inputs are matched: a frozen input is no longer one
+            frozen = model_io.parse_input_values([v for v in split_values(mp.freeze_input) if v],
+                                                 "model_parameters.freeze_input")
+            raw = model_io.freeze_inputs(raw, frozen)
+            log.info("frozen inputs: %s", ", ".join(f"{k}={v.tolist()}" for k, v in frozen.items()))
         inputs = resolve_inputs(cfg, _declared_input_shapes(raw))
         float_model = model_io.load(raw, {s.name: list(s.shape) for s in inputs})
         if mp.output_nodes:

@@ -26,6 +26,9 @@ model_parameters:
   log_level: 'info'
   # optional: names of the nodes whose outputs become the model's only outputs ('a; b')
   # output_nodes: 'prob'
+  # optional: inputs fixed for this deployment, turned into constants ('name=value; ...'): an
+  # If/Loop the model branches on them with is inlined (silero-vad: 'sr=16000')
+  # freeze_input: 'sr=16000'
 
 input_parameters:
   # input node name(s); needed only when the model has several inputs

@@ -65,17 +65,10 @@ def test_an_npy_file_of_the_wrong_shape_names_itself(tmp_path):
     assert exc.value.code == "NPF_BUILD_CALIB_NPY" and "a.npy" in exc.value.message and "1x16x95" in exc.value.message
 
 
-def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys):
-    """silero-vad's third input ``sr`` is an int64 scalar.  ``npuflow build`` took the scalar for a
-    dynamic shape (NPF_BUILD_MISSING_KEYS 'input_shape'; with 'None' given: an IndexError traceback)
-    and fed every featuremap as float32 (NPF_QUANT_CALIB_MISMATCH 'sr has dtype float32, the model
-    wants int64').  Now a scalar needs no shape and an integer featuremap is fed as the model's dtype."""
+def _scalar_input_model(path) -> None:
+    """y = Conv(x) * Cast(k): x 1x3x4x4 float, k an int64 scalar (as silero-vad's sr)."""
     import onnx
-    import yaml
     from onnx import TensorProto, helper, numpy_helper
-
-    from npuflow import Session
-    from npuflow.cli.app import main
 
     w = numpy_helper.from_array(np.full((4, 3, 1, 1), 0.25, np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], name="conv"),
@@ -87,7 +80,20 @@ def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    onnx.save(model, tmp_path / "m.onnx")
+    onnx.save(model, path)
+
+
+def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys):
+    """silero-vad's third input ``sr`` is an int64 scalar.  ``npuflow build`` took the scalar for a
+    dynamic shape (NPF_BUILD_MISSING_KEYS 'input_shape'; with 'None' given: an IndexError traceback)
+    and fed every featuremap as float32 (NPF_QUANT_CALIB_MISMATCH 'sr has dtype float32, the model
+    wants int64').  Now a scalar needs no shape and an integer featuremap is fed as the model's dtype."""
+    import yaml
+
+    from npuflow import Session
+    from npuflow.cli.app import main
+
+    _scalar_input_model(tmp_path / "m.onnx")
     rng = np.random.default_rng(0)
     for folder in ("xs", "ks"):
         (tmp_path / folder).mkdir()
@@ -108,3 +114,37 @@ def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys):
     got = Session(tmp_path / "out" / "two.npuf").run({"x": x, "k": np.array(2, np.int64)})["y"]
     assert got.shape == (1, 4, 4, 4)
     np.testing.assert_allclose(got, 2 * 0.75 * x.mean(axis=1, keepdims=True).repeat(4, 1), atol=0.1)
+
+
+def test_freeze_input_turns_an_input_into_a_constant(tmp_path, capsys):
+    """``model_parameters.freeze_input`` (check/quantize's --freeze-input): the If-based silero-vad
+    file was refused by build (NPF_QUANT_CONTROL_FLOW_ONLY, the hint naming a CLI option build does
+    not have); 'sr=16000' now inlines its branch.  Here k=2 is frozen: one input is left."""
+    import yaml
+
+    from npuflow import Session
+    from npuflow.cli.app import main
+
+    _scalar_input_model(tmp_path / "m.onnx")
+    (tmp_path / "xs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        np.save(tmp_path / "xs" / f"{i}.npy", rng.normal(size=(1, 3, 4, 4)).astype(np.float32))
+    conf = {
+        "model_parameters": {"onnx_model": "m.onnx", "march": "DPUCZDX8G_ISA1_B4096", "freeze_input": "k=2",
+                             "output_model_file_prefix": "one", "working_dir": "out"},
+        "input_parameters": {"input_type_train": "featuremap", "input_type_rt": "featuremap",
+                             "norm_type": "no_preprocess"},
+        "calibration_parameters": {"cal_data_dir": "xs", "calibration_type": "max"},
+        "compiler_parameters": {"optimize_level": "O3"},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 0, capsys.readouterr().err
+    session = Session(tmp_path / "out" / "one.npuf")
+    x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    got = session.run({"x": x})["y"]
+    np.testing.assert_allclose(got, 2 * 0.75 * x.mean(axis=1, keepdims=True).repeat(4, 1), atol=0.1)
+    conf["model_parameters"]["freeze_input"] = "k"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    assert main(["build", str(tmp_path / "c.yaml"), "-v", "0"]) == 2
+    assert "NPF_MODEL_BAD_PROBE_VALUE" in capsys.readouterr().err
