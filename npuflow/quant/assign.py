@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import numerics, operators
+from ..graph import GraphView
 from .calibrate import Statistics
 from .config import TensorSettings
 from .params import TensorQuant, activation_params, bias_params, from_range, weight_params
@@ -86,6 +87,10 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     saturates = {n.input[0]: operators.SATURATION_INPUT[n.op_type] for n in model.graph.node
                  if n.op_type in operators.SATURATION_INPUT}
+    view = GraphView(model)
+    # read by sigmoids alone: beyond +-L their outputs are within half a step of 0 or 1
+    saturation_only = {t for t in saturates if not view.is_graph_output(t)
+                       and all(c.op_type in operators.SATURATION_INPUT for c in view.consumer_nodes(t))}
 
     for root, names in members.items():
         points = [plan.points[n] for n in names if n in plan.points]
@@ -124,6 +129,10 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         if reach and (hi < min(-lo, reach) or lo > -min(hi, reach)):
             # the input of a sigmoid: both signs, so the output reaches both of its halves
             lo, hi, fixes = min(lo, -min(hi, reach)), max(hi, min(-lo, reach)), []
+        if reach and all(p.name in saturation_only for p in points) and (lo < -reach or hi > reach):
+            # and no further than the sigmoid can tell apart: a DB text map's logits span -218..135
+            # on photos, a step of 2.0 where the map's edges need a fraction of one
+            lo, hi, fixes = max(lo, -reach), min(hi, reach), []
         fix = min(fixes) if fixes and settings.scale_type == "power_of_two" else None
         gid = group_ids.get(root)
         for p in points:
