@@ -122,8 +122,9 @@ _QUANT = _specs(
      "nothing in the model's main graph can be quantized: its computation sits inside the branches/bodies "
      "of control-flow node(s) {nodes}, which run in float on the CPU",
      "npuflow quantizes and compiles the main graph only. Fix the input the condition reads for this "
-     "deployment (--freeze-input NAME=VALUE on check/quantize, e.g. --freeze-input sr=16000; Python: "
-     "npuflow.model.freeze_inputs) so the branch is inlined, or export the model without the If/Loop."),
+     "deployment (--freeze-input NAME=VALUE on check/quantize, e.g. --freeze-input sr=16000; npuflow build: "
+     "model_parameters.freeze_input: 'sr=16000'; Python: npuflow.model.freeze_inputs) so the branch is "
+     "inlined, or export the model without the If/Loop."),
     ("NPF_QUANT_CONFIG_CONFLICT", "invalid quantization settings for {where}: {reason}",
      "Change one of the conflicting settings; docs/quantization.md lists the rules."),
     ("NPF_QUANT_BITS_UNSUPPORTED", "{bits}-bit {kind} quantization for {where} is not supported by target {target}",
