@@ -119,6 +119,8 @@ class CalibrationParameters(_Group):
     qat_nproc: int = Field(1, ge=1, le=256)
     #: the torch device the QAT student trains on ("cpu", "cuda", "cuda:1"; docs/qat.md)
     qat_device: str = "cpu"
+    #: decay of a moving average of the QAT weights, judged beside the final ones (docs/qat.md, "Weight EMA")
+    qat_ema: float | None = Field(None, gt=0, lt=1)
     #: accuracy target (npuflow.analyze.auto_quant): the lowest output cosine on the calibration
     #: samples that the cheapest accuracy steps run until, every layer kept on the accelerator
     min_similarity: float | None = Field(None, gt=0, le=1)

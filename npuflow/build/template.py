@@ -81,6 +81,8 @@ calibration_parameters:
   # qat_nproc: 2
   # or the torch device the student trains on (the float teacher stays on the CPU)
   # qat_device: cuda
+  # a moving average of the weights (decay 0 < d < 1), judged beside the final ones (docs/qat.md)
+  # qat_ema: 0.98
   # optional: an accuracy target, the lowest output cosine on the calibration samples: the cheapest
   # steps (percentile search, equalisation, AdaRound, block reconstruction) run until it holds,
   # every layer on the accelerator (docs/quantization.md); beside it, time_budget (seconds after

@@ -327,7 +327,7 @@ def test_qat_device_key_reaches_the_qat_and_warns_without_a_qat_budget(tmp_path,
     from npuflow.torch import onnx_qat
 
     conf = copy.deepcopy(BASE)
-    for key, value in (("qat_device", "cuda"), ("qat_nproc", 2)):
+    for key, value in (("qat_device", "cuda"), ("qat_nproc", 2), ("qat_ema", 0.98)):
         alone = copy.deepcopy(conf)
         alone["calibration_parameters"][key] = value
         caplog.clear()
@@ -339,7 +339,7 @@ def test_qat_device_key_reaches_the_qat_and_warns_without_a_qat_budget(tmp_path,
     for i in range(2):
         np.full((1, 3, 8, 8), 16 * i, np.uint8).tofile(tmp_path / "calib" / f"{i}.bgr")
     conf["input_parameters"]["input_type_rt"] = "bgr"
-    conf["calibration_parameters"].update(qat_minutes=1, qat_device="cuda:1")
+    conf["calibration_parameters"].update(qat_minutes=1, qat_device="cuda:1", qat_ema=0.98)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
     seen = {}
 
@@ -350,4 +350,7 @@ def test_qat_device_key_reaches_the_qat_and_warns_without_a_qat_budget(tmp_path,
     monkeypatch.setattr(onnx_qat, "qat_onnx", stub)
     assert main(["build", str(tmp_path / "c.yaml")]) == 2
     assert "cuda:1" in capsys.readouterr().err
-    assert seen["device"] == "cuda:1" and seen["minutes"] == 1
+    assert seen["device"] == "cuda:1" and seen["minutes"] == 1 and seen["ema_decay"] == 0.98
+    with pytest.raises(NpuflowError) as err:  # the decay's bounds, as --ema's
+        load_config({**conf, "calibration_parameters": {**conf["calibration_parameters"], "qat_ema": 1.0}})
+    assert "qat_ema" in err.value.message
