@@ -41,7 +41,7 @@ from .errors import NpuflowError
 from .outputs import owner_token
 from .shape_probe import ProbeValues, fill_shapes_by_running, given_value, set_probe_values
 # graph_inputs, tensor_shapes and tensor_elem_types are read through this module by most stages
-from .value_info import graph_inputs, set_static_shape, static_shape, tensor_elem_types, tensor_shapes, value_info_shapes  # noqa: F401
+from .value_info import graph_inputs, numpy_dtype, set_static_shape, static_shape, tensor_elem_types, tensor_shapes, value_info_shapes  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def freeze_inputs(model: ModelLike, values: ProbeValues | None) -> ModelLike:
         inp = inputs.get(name)
         if inp is None or inp.type.WhichOneof("value") != "tensor_type":
             raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(inputs))
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
+        dtype = numpy_dtype(inp)
         shape = static_shape(inp)
         arr = given_value(name, value, dtype, shape) if shape is not None else np.asarray(value, dtype=dtype)
         proto.graph.initializer.append(onnx.numpy_helper.from_array(arr, name))

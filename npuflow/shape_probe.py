@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from .errors import NpuflowError
 from .ort_session import open_session
-from .value_info import graph_inputs, set_static_shape, static_shape, with_outputs
+from .value_info import graph_inputs, numpy_dtype, set_static_shape, static_shape, with_outputs
 
 ProbeValues = Mapping[str, ArrayLike]
 
@@ -65,7 +65,7 @@ def probe_feeds(proto: onnx.ModelProto) -> dict[str, object]:
     for inp in graph_inputs(proto):
         kind = inp.type.WhichOneof("value")
         if kind == "tensor_type":
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type or onnx.TensorProto.FLOAT)
+            dtype = numpy_dtype(inp)
             shape = static_shape(inp) or []
             if inp.name in given:
                 feeds[inp.name] = given_value(inp.name, given[inp.name], dtype, shape)

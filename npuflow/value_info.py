@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import numpy as np
 import onnx
 
 
@@ -16,6 +17,11 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are real inputs (not initializers listed as inputs)."""
     inits = {t.name for t in proto.graph.initializer}
     return [i for i in proto.graph.input if i.name not in inits]
+
+
+def numpy_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
+    """``vi``'s element type as a numpy dtype (float32 when it declares none)."""
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT))
 
 
 def static_shape(vi: onnx.ValueInfoProto) -> list[int] | None:

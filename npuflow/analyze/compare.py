@@ -196,7 +196,7 @@ def input_specs(float_model: onnx.ModelProto) -> list[InputSpec]:
     for inp in model_io.graph_inputs(float_model):
         tt = inp.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
-        specs.append(InputSpec(inp.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))
+        specs.append(InputSpec(inp.name, model_io.numpy_dtype(inp), dims))
     return specs
 
 

@@ -62,13 +62,14 @@ class CalibrationSet(Sequence):
             yield self[i]
 
     def sample(self, pre: InputPreprocess, path: Path) -> np.ndarray:
+        if self.images:
+            return to_runtime_format(read_image(path, pre), pre)
+        values = _read_values(path, pre)
         dtype = self.dtypes.get(pre.name)
-        if pre.type_rt == "featuremap" and dtype is not None and dtype.kind in "iub" and not self.images:
-            # read as is: integers above 2^24 would not survive float32
-            return np.asarray(_load_npy(path, pre) if _is_npy(path) else read_raw(path, pre)).reshape(
-                pre.shape).astype(dtype)
-        train = read_image(path, pre) if self.images else read_raw(path, pre)
-        return to_runtime_format(train, pre)
+        if pre.type_rt == "featuremap" and dtype is not None and dtype.kind in "iub":
+            # as stored: integers above 2^24 would not survive float32
+            return values.astype(dtype)
+        return to_runtime_format(values.astype(np.float32), pre)
 
 
 def _list_folder(name: str, folder: Path) -> list[Path]:
@@ -93,11 +94,11 @@ def _raw_dtype(path: Path, pre: InputPreprocess) -> np.dtype:
                        shape="x".join(map(str, pre.shape)), expected=expected)
 
 
-def read_raw(path: Path, pre: InputPreprocess) -> np.ndarray:
-    """One ``numpy.tofile`` (or ``numpy.save``) sample in the train shape, as float32."""
+def _read_values(path: Path, pre: InputPreprocess) -> np.ndarray:
+    """One sample in the train shape, in the dtype it was stored in (``.npy`` or raw)."""
     if _is_npy(path):
-        return np.asarray(_load_npy(path, pre), np.float32).reshape(pre.shape)
-    return np.fromfile(path, dtype=_raw_dtype(path, pre)).reshape(pre.shape).astype(np.float32)
+        return np.asarray(_load_npy(path, pre)).reshape(pre.shape)
+    return np.fromfile(path, dtype=_raw_dtype(path, pre)).reshape(pre.shape)
 
 
 def _is_npy(path: Path) -> bool:

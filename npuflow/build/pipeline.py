@@ -253,8 +253,7 @@ def _require_similarity(quantized: Any, check_report: Any) -> None:
 
 def _input_dtypes(proto: onnx.ModelProto) -> dict[str, np.dtype]:
     """The numpy dtype of each graph input (what the calibration samples are fed as)."""
-    return {vi.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-            for vi in model_io.graph_inputs(proto)}
+    return {vi.name: model_io.numpy_dtype(vi) for vi in model_io.graph_inputs(proto)}
 
 
 def _declared_input_shapes(proto: onnx.ModelProto) -> dict[str, list[int] | None]:

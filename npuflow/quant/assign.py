@@ -84,13 +84,13 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
     for t in [*plan.points, *plan.consts]:
         members.setdefault(plan.find(t), []).append(t)
     group_ids = {root: i for i, (root, ms) in enumerate(members.items()) if len(ms) > 1}
-    producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    saturates = {n.input[0]: operators.SATURATION_INPUT[n.op_type] for n in model.graph.node
-                 if n.op_type in operators.SATURATION_INPUT}
     view = GraphView(model)
-    # read by sigmoids alone: beyond +-L their outputs are within half a step of 0 or 1
-    saturation_only = {t for t in saturates if not view.is_graph_output(t)
-                       and all(c.op_type in operators.SATURATION_INPUT for c in view.consumer_nodes(t))}
+
+    def saturating_readers(tensor: str) -> tuple[list[onnx.NodeProto], bool]:
+        """The sigmoids reading ``tensor``, and whether nothing else reads it."""
+        readers = view.consumer_nodes(tensor)
+        sat = [c for c in readers if c.op_type in operators.SATURATION_INPUT]
+        return sat, bool(sat) and len(sat) == len(readers) and not view.is_graph_output(tensor)
 
     for root, names in members.items():
         points = [plan.points[n] for n in names if n in plan.points]
@@ -103,7 +103,8 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
             settings = settings.model_copy(update={"bit_width": widest})
         lo, hi, fixes = 0.0, 0.0, []
         for p in points:
-            fixed = operators.FIXED_OUTPUT_RANGE.get(producer.get(p.name, ""))
+            made_by = view.producer_node(p.name)
+            fixed = operators.FIXED_OUTPUT_RANGE.get(made_by.op_type) if made_by is not None else None
             if fixed is not None:  # the op's own interval, whatever calibration saw
                 flo, fhi, fix = fixed_interval(fixed, settings)
                 lo, hi = min(lo, flo), max(hi, fhi)
@@ -125,11 +126,13 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
             fixes = []  # the group range now includes constants: recompute the position from the range
         if max(abs(lo), abs(hi)) < MIN_RANGE:
             lo, hi = (-MIN_RANGE if settings.signed else 0.0), MIN_RANGE
-        reach = max((saturates[p.name](settings.bit_width) for p in points if p.name in saturates), default=0.0)
+        readers = [saturating_readers(p.name) for p in points]
+        reach = max((operators.SATURATION_INPUT[c.op_type](settings.bit_width) for sat, _ in readers for c in sat),
+                    default=0.0)
         if reach and (hi < min(-lo, reach) or lo > -min(hi, reach)):
             # the input of a sigmoid: both signs, so the output reaches both of its halves
             lo, hi, fixes = min(lo, -min(hi, reach)), max(hi, min(-lo, reach)), []
-        if reach and all(p.name in saturation_only for p in points) and (lo < -reach or hi > reach):
+        if reach and all(only for _, only in readers) and (lo < -reach or hi > reach):
             # and no further than the sigmoid can tell apart: a DB text map's logits span -218..135
             # on photos, a step of 2.0 where the map's edges need a fraction of one
             lo, hi, fixes = max(lo, -reach), min(hi, reach), []

@@ -188,9 +188,9 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
 def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
     """The quantization step of each model output whose values lie on one per-tensor grid: a
     dequantize step's result, reached through ops that only move values
-    (``operators.VALUE_MOVING_OPS``) and through an ``If`` branch that passes an outer tensor on
-    (hey_jarvis returns its quantized probability unless the verifier runs; the verifier branch
-    computes in float and adds no grid).  Read from the exported model, so a QAT model's trained
+    (``operators.VALUE_MOVING_OPS``; several grids: the finest) and through an ``If`` branch that
+    passes an outer tensor on (hey_jarvis returns its quantized probability unless the verifier
+    runs; the verifier branch computes in float and adds no grid).  Read from the exported model, so a QAT model's trained
     scales count."""
     view = GraphView(quant_model)
 
@@ -202,12 +202,15 @@ def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
             scale = view.const(node.input[1])
             return float(scale.reshape(())) if scale is not None and scale.size == 1 else None
         if node.op_type in operators.VALUE_MOVING_OPS and node.input:
-            return step(node.input[0], depth + 1)
-        if node.op_type == "If":
+            # a Concat's values come from every input, the others' from their data input; the
+            # finest grid bounds them all
+            found = [step(t, depth + 1) for t in (node.input if node.op_type == "Concat" else node.input[:1])]
+        elif node.op_type == "If":
             k = list(node.output).index(tensor)
-            found = [step(passed, depth + 1) for branch in subgraphs(node) for passed in [_passed_on(branch, k)] if passed]
-            return max(found) if found and None not in found else None
-        return None
+            found = [step(passed, depth + 1) for branch in subgraphs(node) if (passed := _passed_on(branch, k))]
+        else:
+            return None
+        return min(found) if found and None not in found else None
 
     return {o.name: s for o in quant_model.graph.output if (s := step(o.name)) is not None}
 
