@@ -1,15 +1,16 @@
 """The QAT guard's measures on synthetic models (``npuflow.torch.qat_guard``): the greedy CTC
 decode, and for a recogniser's ``(N, T, C)`` probabilities the per-step argmax agreement that
-decides next to the per-sample sequence agreement that is reported."""
+decides on a small guard next to the per-sample sequence agreement that decides on a large one."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from npuflow.analyze.output_kinds import ctc_greedy_sequences, is_sequence_output
-from npuflow.torch.qat_guard import Guard
+from npuflow.torch.qat_guard import SEQUENCE_GUARD_SAMPLES, Guard, choose
 
 T, C = 4, 3
 
@@ -71,3 +72,39 @@ def test_classifier_has_no_sequence_agreement():
     judged = guard.judge(_model(shifted, [1, C]))
     assert guard.sequence_outputs == [] and judged.sequences is None
     assert judged.score == judged.agreement == 0.0
+
+
+
+def _bias(step: int, cls: int) -> np.ndarray:
+    """A bias that makes ``cls`` the argmax of ``step`` on every sample."""
+    b = np.zeros((1, T, C))
+    b[0, step, cls] = 10.0
+    return b
+
+
+def test_a_large_guard_decides_a_recogniser_by_whole_lines():
+    """From SEQUENCE_GUARD_SAMPLES held-out samples on, the greedy-decoded line decides: of two
+    candidates that each change one step in four, the one whose lines still read as FP32's scores
+    1, the other 0, and one line is the resolution the margin rule reads."""
+    n = SEQUENCE_GUARD_SAMPLES
+    samples = [{"x": _one_hot([1, 0, 0, 2])} for _ in range(n)]  # every line reads (1, 2)
+    guard = Guard(_model(np.zeros((1, T, C)), [1, T, C]), samples, ["x"], ["y"])
+    assert guard.measure == "sequence agreement" and guard.by_line == [0]
+    same_line = guard.judge(_model(_bias(1, 1), [1, T, C]))  # (1, 1, 0, 2) still reads (1, 2)
+    other_line = guard.judge(_model(_bias(3, 1), [1, T, C]))  # (1, 0, 0, 1) reads (1, 1)
+    assert same_line.agreement == other_line.agreement == 0.75
+    assert (same_line.score, same_line.sequences) == (1.0, 1.0)
+    assert (other_line.score, other_line.sequences) == (0.0, 0.0)
+    assert same_line.resolution == pytest.approx(1.0 / n)
+    assert choose([("trained", same_line), ("ptq start", other_line)]) == "trained"
+
+
+def test_a_small_guard_keeps_the_step_agreement():
+    """One sample fewer: the per-step agreement decides, and the two candidates above tie."""
+    samples = [{"x": _one_hot([1, 0, 0, 2])} for _ in range(SEQUENCE_GUARD_SAMPLES - 1)]
+    guard = Guard(_model(np.zeros((1, T, C)), [1, T, C]), samples, ["x"], ["y"])
+    assert guard.measure == "argmax agreement" and guard.by_line == []
+    same_line = guard.judge(_model(_bias(1, 1), [1, T, C]))
+    other_line = guard.judge(_model(_bias(3, 1), [1, T, C]))
+    assert same_line.score == other_line.score == 0.75 and same_line.sequences == 1.0
+    assert choose([("trained", same_line), ("ptq start", other_line)]) == "ptq start"
