@@ -26,6 +26,7 @@ from ..errors import NpuflowError
 from ..graph import node_reads, slice_nodes, subgraphs
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
 from ..placement import Device, is_plugin, plugin_name
+from ..quant import QuantizedModel
 from ..targets import Target, load_target
 from . import foreign, memory
 from .compiled import CompiledModel, with_shapes
@@ -47,7 +48,7 @@ def _name_nodes(model: onnx.ModelProto) -> None:
 
 
 def compile_model(
-    quantized_model: ModelLike,
+    quantized_model: ModelLike | QuantizedModel,
     target: str | Target,
     *,
     placement: PlacementRule | None = None,
@@ -64,8 +65,13 @@ def compile_model(
     :func:`.compiled.with_shapes`).  Models written by other tools (ONNX Runtime QOperator, NNCF,
     Brevitas) are first legalised into npuflow's QDQ form (:mod:`.foreign`); each change is a note
     of the compiled model.  ``plugins``: compiler plugins (names or :class:`~npuflow.plugins.Plugin`
-    objects), in order, that take their nodes before the accelerator placement.
+    objects), in order, that take their nodes before the accelerator placement.  A
+    :class:`~npuflow.quant.QuantizedModel` (what ``npuflow.quantize`` and
+    ``npuflow.torch.quantize`` return) compiles its ``model``, or its ``dynamic_model`` when
+    ``input_shapes`` freezes the dims it leaves open.
     """
+    if isinstance(quantized_model, QuantizedModel):
+        quantized_model = quantized_model.model if input_shapes is None else quantized_model.dynamic_model
     tgt = target if isinstance(target, Target) else load_target(target)
     plugs = plugin_registry.resolve(plugins)
     if input_shapes is not None and not isinstance(input_shapes, Mapping):
