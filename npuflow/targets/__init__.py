@@ -46,13 +46,28 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason="not a mapping")
     base = data.pop("base", None)
     if base:
-        base_path = path.parent / str(base)
+        base_path = _base_path(path, str(base))
         seen = (*chain, path)
         if any(base_path.resolve() == p.resolve() for p in seen):
             loop = " -> ".join(p.name for p in (*seen, base_path))
             raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason=f"its base chain is a loop: {loop}")
         data = _deep_merge(_read_yaml(base_path, seen), data)
     return data
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """Where ``path``'s ``base:`` file is: next to it, else the bundled family base of that name,
+    so a bundled target file copied elsewhere and edited (``--target my_dpu.yaml``) still finds its
+    ``_dpuczdx8g.yaml``; neither is ``NPF_TARGET_BAD_FILE`` naming the ``base`` field."""
+    beside = path.parent / base
+    if beside.is_file():
+        return beside
+    bundled = DATA_DIR / base
+    if Path(base).name == base and bundled.is_file():
+        return bundled
+    known = sorted(p.name for p in DATA_DIR.glob("_*.yaml"))
+    raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path),
+                       reason=f"base: {base} is neither next to it nor a bundled base ({', '.join(known)})")
 
 
 def load_target_file(path: str | Path) -> Target:
