@@ -42,6 +42,10 @@ class ParamLimit(_Strict):
             for b in v:
                 if isinstance(b, str):
                     compile_expr(b)
+            lo, hi = v
+            if not isinstance(lo, str) and not isinstance(hi, str) and lo > hi:
+                # an empty range refuses every value: each such op would fall to the CPU unexplained
+                raise ValueError(f"[{lo}, {hi}] is empty: the lower bound comes first")
         return v
 
 
@@ -68,14 +72,26 @@ class OpRule(_Strict):
     activations: tuple[str, ...] = ()  # fused activations this op absorbs
     note: str = ""
 
+    @field_validator("activations")
+    @classmethod
+    def _known_activations(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """A misspelt name (``relu_6``) would fuse nothing without a word."""
+        from ..operators import FUSABLE_ACTIVATIONS  # operators imports this module
+
+        unknown = [a for a in v if a not in FUSABLE_ACTIVATIONS]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} not among {', '.join(FUSABLE_ACTIVATIONS)}")
+        return v
+
 
 class Engine(_Strict):
     """One compute engine's parallelism: MACs (or ops) per cycle = product of the factors."""
 
-    pixel_parallel: int = 1
-    input_channel_parallel: int = 1
-    output_channel_parallel: int = 1
-    channel_parallel: int = 1  # for engines that work channel-wise (depthwise, pooling, eltwise)
+    # at least 1: the performance model divides by them
+    pixel_parallel: int = Field(1, ge=1)
+    input_channel_parallel: int = Field(1, ge=1)
+    output_channel_parallel: int = Field(1, ge=1)
+    channel_parallel: int = Field(1, ge=1)  # for engines that work channel-wise (depthwise, pooling, eltwise)
 
     @property
     def macs_per_cycle(self) -> int:
@@ -115,8 +131,8 @@ class Numerics(_Strict):
 class Overheads(_Strict):
     """Fixed costs the performance model adds (cycles / microseconds)."""
 
-    layer_cycles: int = 0
-    subgraph_us: float = 0.0
+    layer_cycles: int = Field(0, ge=0)
+    subgraph_us: float = Field(0.0, ge=0)
 
 
 class Memory(_Strict):
@@ -157,12 +173,13 @@ class Target(_Strict):
     kind: Literal["npu", "cpu"] = "npu"
     description: str = ""
     device_label: str = "NPU"  # what the checker prints in the ON column (DPU, BPU, NPU)
-    clock_mhz: float
-    cores: int = 1
-    ddr_bandwidth_gbps: float  # GB/s shared by all cores
-    channel_parallel: int = 1
-    bank_num: int | None = None
-    bank_depth: int | None = None
+    # sizes and rates are positive: the performance model and the limit formulas divide by them
+    clock_mhz: float = Field(gt=0)
+    cores: int = Field(1, ge=1)
+    ddr_bandwidth_gbps: float = Field(gt=0)  # GB/s shared by all cores
+    channel_parallel: int = Field(1, ge=1)
+    bank_num: int | None = Field(None, ge=1)
+    bank_depth: int | None = Field(None, ge=1)
     engines: Engines = Engines()
     ops: dict[str, OpRule] = Field(default_factory=dict)
     numerics: Numerics = Numerics()

@@ -30,3 +30,20 @@ def test_missing_base_names_the_field(tmp_path):
         load_target(_copy(tmp_path, "base: _dpuczdx8g.yaml", "base: _dpuczdx9g.yaml"))
     assert e.value.code == "NPF_TARGET_BAD_FILE"
     assert "base: _dpuczdx9g.yaml" in e.value.message and "_dpuczdx8g.yaml" in e.value.message
+
+
+@pytest.mark.parametrize("old,new,extra,field", [
+    # before: accepted; perf then raised ZeroDivisionError (a traceback)
+    ("conv: {pixel_parallel: 8,", "conv: {pixel_parallel: 0,", "", "engines.conv.pixel_parallel"),
+    ("", "", "ddr_bandwidth_gbps: 0\n", "ddr_bandwidth_gbps"),
+    # before: accepted; perf estimated 3 cores' frame rate for -1
+    ("cores: 3", "cores: -1", "", "cores"),
+    # before: accepted; every convolution fell to the CPU ("kernel_w 3 not in [16, 1]")
+    ("", "", "ops:\n  conv2d:\n    params:\n      kernel_w: {range: [16, 1]}\n", "ops.conv2d.params.kernel_w.range"),
+    # before: accepted; the misspelt activation fused nothing
+    ("", "", "ops:\n  conv2d:\n    activations: [relu, relu_6]\n", "ops.conv2d.activations"),
+])
+def test_malformed_field_is_coded_and_named(tmp_path, old, new, extra, field):
+    with pytest.raises(NpuflowError) as e:
+        load_target(_copy(tmp_path, old, new, extra))
+    assert e.value.code == "NPF_TARGET_BAD_FILE" and field in e.value.message
