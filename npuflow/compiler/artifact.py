@@ -110,6 +110,16 @@ class NpufFile:
         except NpuflowError:
             self._map.close()
             raise
+        self.release_pages()
+
+    def release_pages(self) -> None:
+        """Drop the file's pages from this process' resident set (``MADV_DONTNEED``; where the
+        system has no ``madvise``, nothing).  The checksums read every byte, and a loaded runtime
+        holds its weights in ONNX Runtime: the mapped copies would stay resident beside them
+        (PP-OCRv4 rec: 5.4 MB).  The mapping is read-only and backed by the file, so a blob read
+        later reads the same bytes again."""
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def _corrupt(self, reason: str) -> NpuflowError:
         return NpuflowError("NPF_COMPILE_CORRUPT", path=str(self.path), reason=reason)

@@ -135,6 +135,14 @@ class CompiledModel:
         self.name = source.stem if source is not None else "model"
         #: Whether the model was read from a packed file (``npuflow pack``).
         self.packed = False
+        #: the mapped ``.npuf`` its blobs are read from (``load``), else ``None``
+        self._file: artifact.NpufFile | None = None
+
+    def release_pages(self) -> None:
+        """Drop the mapped file's pages from the resident set (``NpufFile.release_pages``): a
+        runtime calls it once its executors hold what they read."""
+        if self._file is not None:
+            self._file.release_pages()
 
     # --- I/O --------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Callable
 
@@ -152,7 +153,7 @@ class OnnxExecutor:
         model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
         external = _move_out_large_constants(model)
         self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1,
-                                    external=external)
+                                    external=external, shared_arena=True)
         del external  # ONNX Runtime holds its own copy (``open_session``)
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
@@ -177,6 +178,27 @@ class OnnxExecutor:
                 if value.dtype.kind in "iu":
                     dump(name, value)
         return result
+
+
+def return_freed_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``); ``False``
+    where the C library has none (not glibc).
+
+    A load frees more than it keeps: the parsed subgraphs, the weights' numpy forms once ONNX
+    Runtime holds its copies, the sessions that became tables.  glibc keeps those pages for later
+    allocations, and the fused runs' sessions and frames then grow beside them rather than into
+    them (measured over a baseline process, 5 frames: YOLOv8n bernoulli2 48.9 -> 44.4 MiB peak,
+    PP-OCRv4 rec B4096 50.0 -> 46.6).  Called at the end of a ``Session``'s load, once the CPU
+    subgraphs' sessions are open and after each integer program's build: each build's transient
+    (graph, bounds, the weights' numpy forms) then goes back before the next one's, which
+    otherwise grew beside it (PP-OCRv4 rec, 42 subgraphs: 41.0 -> 38.0 MiB peak).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def _move_out_large_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:

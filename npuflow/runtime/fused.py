@@ -577,9 +577,11 @@ class FusedRun:
         # Many sessions per Session: pool threads that spin between runs starve each other
         # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.  No memory
         # pattern: its block of the planned activations would come on top of the arena chunks the
-        # first run took (ort_session's module docstring).
+        # first run took; one arena for all the runtime's sessions, not one each (ort_session's
+        # module docstring).
         return open_session(model, level="all", threads=self._threads, spinning=self._threads <= 1,
-                            disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays, mem_pattern=False)
+                            disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays, mem_pattern=False,
+                            shared_arena=True)
 
     def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:
         feeds = {n: env[t] for n, t in zip(self._feeds, self.inputs)}

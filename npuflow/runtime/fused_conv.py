@@ -166,7 +166,18 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     reach = code_reach(dtype, a["x_zp"])
     sums = reach * _abs_sums(w)
     acc_hi = nm.qrange(32, True)[1]
-    table = _acc_table_range(ep, int(np.min(bias - sums)), int(np.max(bias + sums)))
+    fixed = None
+    if ep["mode"] == "fixed":
+        # the same requantisation as ``_convolve``'s, of the same float32 accumulator (exact, as
+        # there, only while every partial sum stays below 2^24): a constant channel gets no taps
+        # and its value as the int32 added
+        fixed = _FixedPoint(ep, w.shape[0], bias - sums, bias + sums)
+        w = np.where(fixed.const.reshape(-1, *([1] * (w.ndim - 1))), 0, w).astype(w.dtype)
+        bias = np.where(fixed.const, fixed.value, bias).astype(np.int64)
+        sums = reach * _abs_sums(w)
+        if np.any(sums + np.abs(bias) >= F32_BOUND):
+            return False
+    table = None if fixed is not None else _acc_table_range(ep, int(np.min(bias - sums)), int(np.max(bias + sums)))
     move = bias - (table[0] if table is not None else 0)  # the int32 added to ConvInteger's accumulator
     if not 0 <= a["x_zp"] - k <= 255 or np.any(sums + np.abs(move) > acc_hi) or not convinteger_exact():
         return False
@@ -179,7 +190,11 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
                      **node_attrs)
     if np.any(move):
         acc = g.node("Add", [acc, g.const(move.reshape(1, -1, 1, 1), np.int32)])
-    if table is None:
+    if fixed is not None:
+        lo, hi = clamp_bounds(ep)
+        y, zp = _requantize_fixed(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, fixed, ep, lo, hi,
+                                  const_in_acc=True)
+    elif table is None:
         y, zp = _float_epilogue(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, ep, w.shape[0])
     else:
         # int32, the type of a table's index (INDEX_TYPE): the clamped accumulator is the index itself
@@ -229,7 +244,9 @@ def _matmul_accumulator(g: Graph, x: str, x_zp: str, w: np.ndarray, in_shape: li
 def _integer_reader(op: dict) -> bool:
     """Whether ``op``'s attributes allow :func:`_integer_conv` (its weights and bounds decide the rest)."""
     a, ep = op["attrs"], op["attrs"].get("epilogue") or {}
-    return op["op"] in ("conv", "matmul") and ep.get("mode") == "float" and a.get("group", 1) == 1 \
+    mode = ep.get("mode")
+    return op["op"] in ("conv", "matmul") and a.get("group", 1) == 1 \
+        and (mode == "float" or (mode == "fixed" and not ep.get("chain"))) \
         and not a.get("split_bytes") and not a.get("wide") and not np.any(np.asarray(a.get("lshift", 0)) != 0) \
         and not np.ndim(a["x_zp"]) and not np.ndim(ep["scale"]) and not np.ndim(ep["zp"])
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .executors import IntegerExecutor, Lookup, OnnxExecutor, Slices
+from .executors import IntegerExecutor, Lookup, OnnxExecutor, Slices, return_freed_heap
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ def _merged(subgraphs: list[dict], executor: Callable[[int], object], run: range
     def merged_blob(name: str) -> np.ndarray:
         return tables[name] if name in tables else blob(name)
 
-    return Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads), tuple(run), tuple(inputs))
+    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads), tuple(run), tuple(inputs))
+    return_freed_heap()  # the build's graph and bounds, before the next one's (as ``Session``'s own builds)
+    return step
 
 
 def _cut(shape: list[int], slices: Slices) -> tuple[list[int], list[list[int]]]:

@@ -36,7 +36,7 @@ from ..model import write_atomic
 from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel, shape_sets_text
 from . import merge
-from .executors import IntegerExecutor, OnnxExecutor
+from .executors import IntegerExecutor, OnnxExecutor, return_freed_heap
 from .plugin_executor import PluginExecutor
 from .runner import Runner, TensorInfo
 
@@ -103,6 +103,7 @@ class _Program:
             else:
                 self._executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
                                                     lookup=fuse))
+        return_freed_heap()  # the CPU subgraphs' parses, before the integer programs' builds
         outputs = {o["name"] for o in manifest["outputs"]}
         #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
         #: spliced into them (:mod:`.merge`)
@@ -122,6 +123,7 @@ class _Program:
                 if self._executors[k] is None:
                     self._executors[k] = IntegerExecutor(self.subgraphs[k], self._tensors, self._blob,
                                                          threads=self._threads, fuse=self._fuse)
+                    return_freed_heap()  # the build's graph and bounds, before the next one's
         return self._executors[k]
 
 
@@ -197,6 +199,9 @@ class Session:
         self._dtypes = {t.name: np.dtype(t.dtype) for t in self._inputs}
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
+        # what the load read and freed: the mapped file's pages, the C heap's free pages
+        self.compiled.release_pages()
+        return_freed_heap()
 
     @property
     def _executors(self) -> list:
