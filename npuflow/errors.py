@@ -344,6 +344,10 @@ _PRUNE = _specs(
      "Call ana() (iterative) or search() (one-step) first, or run `npuflow prune ana`."),
     ("NPF_PRUNE_NO_CANDIDATE", "no subnet reached a MAC removal of {ratio} after {tries} tries",
      "Lower the ratio, raise the tolerance, or exclude fewer layers."),
+    ("NPF_PRUNE_UNSUPPORTED_MODEL", "torch-pruning cannot follow the channels of {layer}: {reason}",
+     "Its outputs reach an op whose channel mapping torch-pruning does not handle (e.g. a conv whose "
+     "channels reach an RNN through a transpose); leave that layer unpruned with "
+     "IterativePruningRunner(..., excludes=[{layer!r}]) / OneStepPruningRunner(..., excludes=[...])."),
     ("NPF_PRUNE_BAD_SCRIPT", "pruning script {path}: {reason}",
      "The script defines get_model() and get_example_inputs(); eval_fn(model), calib_batches() "
      "and finetune(model) are optional."),

@@ -29,13 +29,17 @@ def ana_command(
                                help="Pruning ratios to analyse."),
     workdir: Path = typer.Option(Path(".npuflow_prune"), metavar="DIR", help="Cache folder (.sens files, specs)."),
     forced: bool = typer.Option(False, "--forced", help="Redo the analysis even if cached."),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", metavar="LAYER",
+                                                help="Module path whose output channels stay unpruned (repeatable), "
+                                                     "e.g. a layer NPF_PRUNE_UNSUPPORTED_MODEL names."),
 ) -> None:
     """Sensitivity analysis: metric of each channel group at several pruning ratios."""
     from ..prune import IterativePruningRunner
     from ..prune.script import load_script
 
     user = load_script(script)
-    runner = IterativePruningRunner(user.get_model(), user.get_example_inputs(), target=target, workdir=workdir)
+    runner = IterativePruningRunner(user.get_model(), user.get_example_inputs(), target=target, workdir=workdir,
+                                    excludes=exclude or ())
     ratio_list = _ratios(ratios)
     with StageProgress("prune", console, err_console) as progress:
         progress("analyse")
@@ -68,6 +72,9 @@ def run_command(
     num_subnet: int = typer.Option(20, metavar="N", help="One-step: candidate subnets to evaluate."),
     target: Optional[str] = target_option(False, "Target (channel rounding, latency; --march also works)."),
     workdir: Path = typer.Option(Path(".npuflow_prune"), metavar="DIR", help="Cache folder."),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", metavar="LAYER",
+                                                help="Module path whose output channels stay unpruned (repeatable), "
+                                                     "e.g. a layer NPF_PRUNE_UNSUPPORTED_MODEL names."),
 ) -> None:
     """Prune to a MAC ratio or latency goal and save the slim model."""
     import torch
@@ -77,7 +84,7 @@ def run_command(
 
     user = load_script(script)
     model, inputs = user.get_model(), user.get_example_inputs()
-    runner = get_pruning_runner(model, inputs, method, target=target, workdir=workdir)
+    runner = get_pruning_runner(model, inputs, method, target=target, workdir=workdir, excludes=exclude or ())
     eval_fn = getattr(user, "eval_fn", None)
     finetune = getattr(user, "finetune", None)
     if method == "one_step":

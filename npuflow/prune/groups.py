@@ -20,6 +20,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..errors import NpuflowError
+
 #: Layer types whose output channels start a prunable group.
 ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
 
@@ -49,7 +51,12 @@ def _group_items(graph: tp.DependencyGraph, model: nn.Module, excludes: set[str]
     """
     names = _module_names(model)
     ignored = [m for m, n in names.items() if n in excludes]
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+    try:
+        groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
+    except (IndexError, KeyError, ValueError, RuntimeError, AssertionError) as exc:
+        raise NpuflowError("NPF_PRUNE_UNSUPPORTED_MODEL", layer=_failing_root(graph, model, ignored),
+                           reason=f"{type(exc).__name__}: {exc}") from None
+    for group in groups:
         root = group[0].dep.target.module
         consumers = [it for it in group if it.dep.handler.__name__.endswith("in_channels")]
         if not consumers:
@@ -57,6 +64,21 @@ def _group_items(graph: tp.DependencyGraph, model: nn.Module, excludes: set[str]
         members = sorted({names[it.dep.target.module] for it in group if it.dep.target.module in names})
         channels = root.out_channels if hasattr(root, "out_channels") else root.out_features
         yield ChannelGroup(names[root], int(channels), tuple(members)), root
+
+
+def _failing_root(graph: tp.DependencyGraph, model: nn.Module, ignored: list[nn.Module]) -> str:
+    """The first root layer whose group torch-pruning cannot build (its own walk over all groups
+    does not say which one failed, and visits them in an order that varies between runs)."""
+    for name, module in model.named_modules():
+        if not isinstance(module, ROOT_TYPES) or module in ignored:
+            continue
+        channels = module.out_channels if hasattr(module, "out_channels") else module.out_features
+        try:
+            graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
+                                    idxs=list(range(channels)))
+        except (IndexError, KeyError, ValueError, RuntimeError, AssertionError):
+            return name
+    return "a layer"
 
 
 def kept_channels(channels: int, ratio: float, divisible: int) -> int:

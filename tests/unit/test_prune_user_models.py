@@ -1,0 +1,64 @@
+"""Channel pruning of models nobody tuned npuflow for (docs/pruning.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from npuflow.errors import NpuflowError
+from npuflow.prune.groups import channel_rankings
+
+
+class ConvGru(nn.Module):
+    """A conv whose channels reach a GRU through a transpose: torch-pruning 1.6's index mapping
+    raises IndexError building that group."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gru = nn.GRU(8, 12, batch_first=True)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        s = self.conv(x).mean(dim=2).transpose(1, 2)
+        s, _ = self.gru(s)
+        return self.fc(s.mean(1))
+
+
+def test_unfollowable_group_is_coded_and_names_the_layer():
+    # before: IndexError: list index out of range (a torch-pruning traceback from `npuflow prune ana`)
+    with pytest.raises(NpuflowError) as e:
+        channel_rankings(ConvGru().eval(), torch.randn(1, 3, 8, 8))
+    assert e.value.code == "NPF_PRUNE_UNSUPPORTED_MODEL" and "of conv:" in e.value.message
+    assert "excludes=['conv']" in e.value.hint
+    assert channel_rankings(ConvGru().eval(), torch.randn(1, 3, 8, 8), excludes=["conv"]) == {}
+
+
+SCRIPT = """
+import torch
+from torch import nn
+class ConvGru(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gru = nn.GRU(8, 12, batch_first=True)
+        self.fc = nn.Linear(12, 5)
+    def forward(self, x):
+        s = self.conv(x).mean(dim=2).transpose(1, 2)
+        s, _ = self.gru(s)
+        return self.fc(s.mean(1))
+def get_model():
+    return ConvGru().eval()
+def get_example_inputs():
+    return torch.randn(1, 3, 8, 8)
+"""
+
+
+def test_cli_exclude(cli, tmp_path):
+    script = tmp_path / "user.py"
+    script.write_text(SCRIPT)
+    r = cli("prune", "ana", script, "--ratios", "0.5", "--workdir", tmp_path / "w")
+    assert r.returncode == 2 and "NPF_PRUNE_UNSUPPORTED_MODEL" in r.stderr and "Traceback" not in r.stderr
+    r = cli("prune", "ana", script, "--ratios", "0.5", "--workdir", tmp_path / "w", "--exclude", "conv")
+    assert r.returncode == 0, r.stderr
