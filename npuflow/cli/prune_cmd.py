@@ -108,7 +108,10 @@ def run_command(
             if finetune:
                 current = finetune(current)
             rec = runner.rounds[-1]
-            console.print(f"round {k}: MACs {rec.before['macs']:.3g} -> {rec.after['macs']:.3g}")
+            latency = (f", estimated latency {rec.before['latency_ms']:.4g} -> {rec.after['latency_ms']:.4g} ms"
+                       if "latency_ms" in rec.after else "")
+            console.print(f"round {k}: MACs {rec.before['macs']:.3g} -> {rec.after['macs']:.3g} "
+                          f"({1 - rec.after['macs'] / rec.before['macs']:.1%} removed){latency}")
         slim_model = runner.slim(current)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".tmp")

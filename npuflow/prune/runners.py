@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from .groups import (
 )
 from .sensitivity import DEFAULT_RATIOS, EvalFn, Sensitivity, analyse, cache_key, output_similarity, plot
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RoundRecord:
@@ -48,6 +51,10 @@ class RoundRecord:
     threshold: float | None
     before: dict[str, float]
     after: dict[str, float]
+    goal: str = ""  # e.g. "removal_ratio 0.3", "target_latency_ms 0.01"
+    #: False when even every group at its largest analysed ratio (channel counts rounded up to the
+    #: target's parallelism) misses the goal: the round is that most-pruned model
+    goal_met: bool = True
 
 
 class _Runner:
@@ -139,7 +146,12 @@ class IterativePruningRunner(_Runner):
         removed = removed_channels(rankings, spec)
         slim_model = slim(base, self.example_inputs, removed)
         after = self.cost.measure(slim_model)
-        record = RoundRecord(len(self.rounds) + 1, spec, removed, threshold, before, after)
+        met = goal.met(before, after)
+        record = RoundRecord(len(self.rounds) + 1, spec, removed, threshold, before, after, goal.text, met)
+        if not met:
+            log.warning("pruning goal %s not reached: every group at its largest analysed ratio, channel counts "
+                        "rounded up to multiples of %d, gives %s", goal.text, self.channel_divisible,
+                        goal.reached(before, after))
         self.rounds.append(record)
         write_atomic(self.workdir / f"round_{record.round}.spec", json.dumps(asdict(record), indent=1))
         if mode == "slim":
@@ -288,12 +300,28 @@ class _Goal:
     kind: str
     value: float
 
+    @property
+    def text(self) -> str:
+        """The goal as the API names it."""
+        return f"{_GOAL_NAMES[self.kind]} {self.value:g}"
+
+    def reached(self, before: dict[str, float], after: dict[str, float]) -> str:
+        """What a round reached, in the goal's terms."""
+        if self.kind == "ratio":
+            return f"removal ratio {1 - after['macs'] / before['macs']:.3f}"
+        if self.kind == "macs":
+            return f"{after['macs']:.3g} MACs"
+        return f"{after['latency_ms']:.4g} ms"
+
     def met(self, before: dict[str, float], after: dict[str, float]) -> bool:
         if self.kind == "ratio":
             return 1 - after["macs"] / before["macs"] >= self.value
         if self.kind == "macs":
             return after["macs"] <= self.value
         return after["latency_ms"] <= self.value
+
+
+_GOAL_NAMES = {"ratio": "removal_ratio", "macs": "target_macs", "latency": "target_latency_ms"}
 
 
 def _goal(ratio, macs, latency, target) -> _Goal:

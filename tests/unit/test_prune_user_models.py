@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from npuflow.errors import NpuflowError
+from npuflow.prune import IterativePruningRunner
 from npuflow.prune.groups import channel_rankings
 
 
@@ -62,3 +63,22 @@ def test_cli_exclude(cli, tmp_path):
     assert r.returncode == 2 and "NPF_PRUNE_UNSUPPORTED_MODEL" in r.stderr and "Traceback" not in r.stderr
     r = cli("prune", "ana", script, "--ratios", "0.5", "--workdir", tmp_path / "w", "--exclude", "conv")
     assert r.returncode == 0, r.stderr
+
+
+def test_unreached_goal_is_said(tmp_path, caplog):
+    # 16-channel convs on a 16-wide conv engine: no channel count can drop, so no goal is reachable.
+    # before: the round was the unpruned model and nothing said so ('MACs 1.47e+06 -> 1.47e+06')
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(16 * 8 * 8, 5)).eval()
+    runner = IterativePruningRunner(model, torch.randn(1, 3, 8, 8), target="DPUCZDX8G_ISA1_B4096", workdir=tmp_path)
+    runner.ana(ratios=(0.5,))
+    with caplog.at_level("WARNING", logger="npuflow.prune.runners"):
+        runner.prune(removal_ratio=0.3)
+    rec = runner.rounds[-1]
+    assert (rec.goal, rec.goal_met) == ("removal_ratio 0.3", False)
+    assert "removal_ratio 0.3 not reached" in caplog.text and "multiples of 16" in caplog.text
+    runner = IterativePruningRunner(model, torch.randn(1, 3, 8, 8), workdir=tmp_path / "any")
+    runner.ana(ratios=(0.5,))
+    runner.prune(removal_ratio=0.3)
+    assert runner.rounds[-1].goal_met
