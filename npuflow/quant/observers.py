@@ -5,6 +5,10 @@
   power of two above the first batch's largest magnitude and doubles when a later batch exceeds
   it, merging neighbouring bin pairs into the middle half of the array, so no earlier count is
   lost and the state stays ``bins`` integers.  Samples may have any shape (OCR widths vary).
+  It also counts the values that are exactly zero (they share the bin ``[0, width)`` with small
+  positive ones): every symmetric quantizer represents them exactly, so entropy calibration
+  leaves them out (a ReLU output is 70-90 % zeros, and that spike made it pick the smallest
+  threshold it could, :mod:`npuflow.quant.thresholds`).
 
 Both observers merge (:meth:`MinMaxObserver.merge`, :meth:`HistogramObserver.merge`), so
 calibration shards run in parallel processes and give the statistics of one process on the
@@ -68,7 +72,7 @@ class MinMaxObserver:
 class HistogramObserver:
     """Fixed-size histogram over a symmetric range that grows by doubling."""
 
-    __slots__ = ("bins", "counts", "range", "top")
+    __slots__ = ("bins", "counts", "range", "top", "zeros")
 
     #: Smallest starting range, so an all-zero first batch still gives a usable grid.
     MIN_RANGE = 2.0 ** -24
@@ -82,6 +86,8 @@ class HistogramObserver:
         #: how many of the top bin's counts are exactly ``+R``: when ``R`` doubles they belong to
         #: the bin starting at the old ``R``, not to the merged top pair
         self.top = 0
+        #: how many values seen were exactly zero (they are also counted in bin ``bins / 2``)
+        self.zeros = 0
 
     def update(self, x: np.ndarray) -> tuple[float, float] | None:
         """Count ``x``; returns its ``(min, max)`` (``None`` when empty) for the min/max observer."""
@@ -99,6 +105,7 @@ class HistogramObserver:
             self.top += int(np.count_nonzero(idx == self.bins))
         np.minimum(idx, self.bins - 1, out=idx)
         self.counts += np.bincount(idx, minlength=self.bins)
+        self.zeros += int(np.count_nonzero(v == 0))
         return lo, hi
 
     def _bin_index(self, v: np.ndarray) -> np.ndarray:
@@ -142,12 +149,14 @@ class HistogramObserver:
             wider._grow()
         self.counts += wider.counts
         self.top += wider.top
+        self.zeros += wider.zeros
 
     def copy(self) -> "HistogramObserver":
         twin = HistogramObserver(self.bins)
         twin.counts = self.counts.copy()
         twin.range = self.range
         twin.top = self.top
+        twin.zeros = self.zeros
         return twin
 
     @property
@@ -163,5 +172,5 @@ class HistogramObserver:
         return self.counts[half:] + self.counts[:half][::-1]
 
     def state_size(self) -> int:
-        """Numbers held (constant: ``bins + 2``)."""
-        return int(self.counts.size) + 2
+        """Numbers held (constant: ``bins + 3``)."""
+        return int(self.counts.size) + 3
