@@ -339,7 +339,9 @@ def validate_settings(s: TensorSettings, kind: str, target: Target, where: str) 
                 supported="/".join(str(b) for b in sorted(set(target.numerics.bits) | {8})),
             )
     if not s.symmetric and s.method in ("entropy", "mse", "auto"):
-        raise conflict(f"method {s.method!r} needs symmetric quantization (set symmetric: true)")
+        # symmetric alone on unsigned codes is the range [0, t]: every negative value clipped to 0
+        fix = "symmetric: true" if s.signed else "symmetric: true and signed: true; symmetric unsigned codes cover [0, t] only"
+        raise conflict(f"method {s.method!r} needs symmetric quantization (set {fix})")
     if s.scale_type == "power_of_two" and not s.symmetric:
         raise conflict("power_of_two scales need symmetric quantization (zero point 0)")
     if s.per_channel and kind in ("input", "activation"):
