@@ -27,7 +27,7 @@ from ..graph import node_reads, slice_nodes, subgraphs
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
 from ..placement import Device, is_plugin, plugin_name
 from ..quant import QuantizedModel
-from ..targets import Target, load_target
+from ..targets import Target, list_targets, load_target
 from . import foreign, memory
 from .compiled import CompiledModel, with_shapes
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
@@ -285,7 +285,9 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
         "model": {"name": model.graph.name, "producer": model.producer_name,
                   "metadata": {p.key: p.value for p in model.metadata_props}},
         "target": {"name": tgt.name, "fingerprint": tgt.fingerprint, "family": tgt.family, "kind": tgt.kind,
-                   "device_label": tgt.device_label, "scale_type": tgt.numerics.scale_type},
+                   "device_label": tgt.device_label, "scale_type": tgt.numerics.scale_type,
+                   # a user's own target file: perf and bench cannot find it by name later
+                   **({} if tgt in list_targets() else {"spec": tgt.model_dump(mode="json")})},
         "inputs": inputs,
         "outputs": outputs,
         "subgraphs": subgraphs,

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import NpuflowError, did_you_mean
+from ..targets import Target, load_target
 from . import artifact
 
 
@@ -212,6 +213,13 @@ class CompiledModel:
     @property
     def fingerprint(self) -> str:
         return self.manifest["target"]["fingerprint"]
+
+    def target(self) -> Target:
+        """The target it was compiled for: the description the file carries when it was compiled
+        for a target file of the user's own (no bundled target has that content), else the
+        bundled target of its name."""
+        spec = self.manifest["target"].get("spec")
+        return Target.model_validate(spec) if spec is not None else load_target(self.target_name)
 
     @property
     def inputs(self) -> list[dict]:

@@ -43,6 +43,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 
 from ..numerics import RoundMode
 from ..operators import CHAIN_OPS
+from ..targets.spec import Target
 
 #: The ``.npuf`` format version this schema describes (``artifact.FORMAT_MAJOR/MINOR`` are taken
 #: from it): a change of the manifest is a change of this schema and of the version together.
@@ -507,6 +508,7 @@ class TargetInfo(Strict):
     kind: str
     device_label: str
     scale_type: str
+    spec: Optional[Target] = None  # the whole description, when compiled for a user's own target file
 
 
 class ModelInfo(Strict):

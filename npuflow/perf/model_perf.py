@@ -55,7 +55,7 @@ def perf_compiled(compiled: Any, target: str | Target | None = None, *, name: st
     from .from_npuf import model_and_placement
 
     model, placement = model_and_placement(compiled)
-    t = target if isinstance(target, Target) else load_target(target or compiled.target_name)
+    t = target if isinstance(target, Target) else load_target(target) if target else compiled.target()
     timer = None
     if t.kind != "npu":  # the integer programs are no ONNX graph: time the compiled model as it runs
         timer = lambda _part: cpu_time.time_compiled(compiled)  # noqa: E731
