@@ -80,10 +80,11 @@ def run_command(
     import torch
 
     from ..prune import get_pruning_runner
-    from ..prune.script import load_script
+    from ..prune.script import check_saveable, load_script
 
     user = load_script(script)
     model, inputs = user.get_model(), user.get_example_inputs()
+    check_saveable(model, script)
     runner = get_pruning_runner(model, inputs, method, target=target, workdir=workdir, excludes=exclude or ())
     eval_fn = getattr(user, "eval_fn", None)
     finetune = getattr(user, "finetune", None)

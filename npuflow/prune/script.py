@@ -12,13 +12,19 @@ Optimizer's runner scripts) it imports a Python file that defines:
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..errors import NpuflowError
 
 REQUIRED = ("get_model", "get_example_inputs")
+#: what pickle raises for an object it cannot save by reference: AttributeError for a local class
+#: ("Can't pickle local object 'f.<locals>.Net'"), PicklingError for a class its module does not
+#: hold (one made by exec), TypeError for objects without pickle support (a generator attribute)
+_PICKLE_ERRORS = (pickle.PicklingError, AttributeError, TypeError)
 
 
 def load_script(path: str | Path) -> ModuleType:
@@ -36,3 +42,45 @@ def load_script(path: str | Path) -> ModuleType:
     if missing:
         raise NpuflowError("NPF_PRUNE_BAD_SCRIPT", path=str(p), reason=f"missing function(s): {', '.join(missing)}")
     return module
+
+
+class _Discard:
+    """A file-like sink that drops what torch.save writes: the check needs only whether it can."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+
+def check_saveable(model: Any, path: str | Path) -> None:
+    """Fail before pruning if ``torch.save(model)`` would fail after it.
+
+    ``npuflow prune run`` saves the slim model with ``torch.save`` (the whole module, as
+    torch-pruning recommends), which pickles each module's class by reference; a class defined
+    inside a function, or by ``exec`` in a namespace no module holds, cannot be.  Pruning keeps
+    the classes, so the unpruned model fails exactly where the slim one would, minutes or hours
+    earlier; the message names the class instead of ending the run in pickle's traceback.
+    """
+    import torch
+
+    try:
+        torch.save(model, _Discard())
+    except _PICKLE_ERRORS as exc:
+        culprit = next((type(m) for m in model.modules() if not _class_pickles(type(m))), type(model))
+        raise NpuflowError(
+            "NPF_PRUNE_BAD_SCRIPT", path=str(path),
+            reason=(f"get_model() returns a model torch.save cannot save ({exc}); class "
+                    f"{culprit.__module__}.{culprit.__qualname__} must be defined at the top level of the script "
+                    "or of an importable module (not inside a function or by exec); checked before pruning"),
+        ) from None
+
+
+def _class_pickles(cls: type) -> bool:
+    """Whether pickle can save ``cls`` by reference (module + qualified name)."""
+    try:
+        pickle.dumps(cls)
+    except _PICKLE_ERRORS:
+        return False
+    return True
