@@ -64,10 +64,13 @@ class QuantReport:
     #: as close as their grid allows, whatever their cosine (a wake-word probability calibrated
     #: where it never fires: ~1e-5 in float, 0 once quantized, cosine 0)
     within_one_step: list[str] = field(default_factory=list)
+    #: outputs that were infinite or NaN on some calibration sample where the float model's are finite
+    non_finite: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "outputs": self.outputs, "similarity_samples": self.similarity_samples,
                 "calibration_outputs": self.calibration_outputs, "within_one_step": self.within_one_step,
+                "non_finite": self.non_finite,
                 "nodes": [asdict(r) for r in self.rows]}
 
     def judged_similarity(self) -> dict[str, float]:
@@ -116,12 +119,32 @@ def _threshold(q: TensorQuant | None) -> float | None:
     return float(max(abs(x) for x in t)) if isinstance(t, list) else float(t)
 
 
-def _cos(dot: float, n1: float, n2: float) -> float | None:
+def _cos(dot: float, n1: float, n2: float, broken: float = 0.0) -> float | None:
+    """Cosine from summed dot products and squared norms; 0.0 when the quantized tensor was
+    infinite or NaN where the float one is finite (``broken`` > 0: e.g. a Log that read a
+    quantized 0), which shares no direction with the float values whatever the other entries say."""
+    if broken:
+        return 0.0
     if n1 == 0.0 and n2 == 0.0:
         return 1.0
     if n1 == 0.0 or n2 == 0.0:
         return 0.0
     return float(dot / math.sqrt(n1 * n2))
+
+
+def _accumulate(acc: np.ndarray | list, a: np.ndarray, b: np.ndarray) -> None:
+    """Add one sample's dot product and squared norms of float ``a`` and quantized ``b`` (flat,
+    float64) to ``acc``, and count in ``acc[3]`` the entries where ``b`` is infinite or NaN and
+    ``a`` is not; only entries finite in both enter the sums (the float model's own infinities
+    are not the quantization's doing)."""
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    both = fa & fb
+    if not both.all():
+        a, b = a[both], b[both]
+    acc[0] += float(a @ b)
+    acc[1] += float(a @ a)
+    acc[2] += float(b @ b)
+    acc[3] += float(np.count_nonzero(fa & ~fb))
 
 
 def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, plan: QuantPlan,
@@ -140,7 +163,7 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
             pairs[t] = t
     fsess = session_for(float_model, list(pairs))
     qsess = session_for(quant_model, list(pairs.values()))
-    acc = {t: [0.0, 0.0, 0.0] for t in pairs}
+    acc = {t: [0.0, 0.0, 0.0, 0.0] for t in pairs}
     for i, sample in enumerate(samples):
         fv = run_sample(fsess, sample, i)
         qv = run_sample(qsess, sample, i)
@@ -148,11 +171,7 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
             a, b = fv.get(t), qv.get(qt)
             if a is None or b is None or a.dtype.kind != "f" or a.shape != b.shape:
                 continue
-            a32, b32 = a.astype(np.float32, copy=False).ravel(), b.astype(np.float32, copy=False).ravel()
-            s = acc[t]
-            s[0] += float(np.dot(a32, b32))
-            s[1] += float(np.dot(a32, a32))
-            s[2] += float(np.dot(b32, b32))
+            _accumulate(acc[t], a.astype(np.float32, copy=False).ravel(), b.astype(np.float32, copy=False).ravel())
     report = QuantReport(samples=len(samples))
     cosines = {t: _cos(*acc[t]) for t in acc} if samples else {}
     inputs = {n.output[0]: [i for i in n.input if i in cosines] for n in float_model.graph.node if n.output}
@@ -172,15 +191,18 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     near zero weighs nothing), and which outputs stay within one step of their quantization grid
     (:func:`_output_steps`) of the float model's on every sample."""
     names = [o.name for o in float_model.graph.output]
-    acc = np.zeros((len(names), 3))
+    acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
     for ref, got in zip(run_outputs(float_model, samples), run_outputs(quant_model, samples), strict=True):
         for k, (a, b) in enumerate(zip(ref, got, strict=True)):
             a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-            acc[k] += (a64 @ b64, a64 @ a64, b64 @ b64)
-            worst[k] = max(worst[k], float(np.max(np.abs(a64 - b64), initial=0.0)))
+            _accumulate(acc[k], a64, b64)
+            with np.errstate(invalid="ignore"):  # inf - inf: a NaN difference, which fails the step test below
+                diff = np.abs(a64 - b64)
+            worst[k] = max(worst[k], float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0)))
     report.calibration_outputs = {name: _cos(*acc[k]) for k, name in enumerate(names)}
     report.similarity_samples = len(samples)
+    report.non_finite = [name for k, name in enumerate(names) if acc[k, 3]]
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
 
@@ -233,7 +255,8 @@ def low_similarity(report: QuantReport, threshold: float) -> NpuflowError | None
     if cosine >= threshold:
         return None
     nodes = ", ".join(f"{r.node} ({r.type}, {r.cosine:.3f})" for r in report.largest_drops()) or "(no node measured)"
-    return NpuflowError("NPF_QUANT_LOW_SIMILARITY", output=output, cosine=f"{cosine:.4f}",
+    broken = " (infinite or NaN where the float model's is finite)" if output in report.non_finite else ""
+    return NpuflowError("NPF_QUANT_LOW_SIMILARITY", output=output, cosine=f"{cosine:.4f}{broken}",
                         samples=report.similarity_samples, threshold=threshold, nodes=nodes)
 
 

@@ -54,3 +54,13 @@ def test_keep_float_on_the_log_input_cone_keeps_the_logs(target):
     assert qm.problem is None
     assert [n.op_type for n in qm.model.graph.node] == ["MatMul", "Clip", "Log"]
     assert _max_log_error(qm.model, _model()) < 1e-4
+
+
+def test_the_accuracy_check_names_the_op_that_turned_finite_values_infinite():
+    """Log of a quantized 0 is -inf: the check reports cosine 0 (not NaN), says the output is
+    infinite where the float model's is finite, and names the Log as the largest drop."""
+    qm = npuflow.quantize(_model(), _samples(8, 0), "cpu-int8", warn=False)
+    assert qm.report.calibration_outputs == {"y": 0.0} and qm.report.non_finite == ["y"]
+    text = str(qm.problem)
+    assert "cosine similarity 0.0000 (infinite or NaN where the float model's is finite)" in text
+    assert "largest drops at log (Log, 0.000)" in text
