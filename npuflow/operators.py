@@ -147,7 +147,9 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("HardSigmoid", "hard_sigmoid", _A, quantized=True, chain=True, table=True),
     OpDef("HardSwish", "hard_swish", _A, quantized=True, chain=True, table=True),
     OpDef("Sigmoid", "sigmoid", _A, quantized=True, table=True),
-    OpDef("PRelu", "prelu", _A),
+    # slope (input 1): a float constant of the quantized model, as ONNX Runtime's QDQ form keeps it;
+    # lowered as one code table per slope element (``compiler/lowering.py``)
+    OpDef("PRelu", "prelu", _A, params=(1,), quantized=True, lowered=True),
     OpDef("Tanh", "tanh", _A, table=True),
     OpDef("Elu", "elu", table=True),
     OpDef("Selu", "selu", table=True),

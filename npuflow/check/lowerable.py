@@ -220,7 +220,8 @@ def _clamp(node: onnx.NodeProto, t: QuantFacts) -> str | None:
 _OP_LIMITS: dict[str, Callable[[onnx.NodeProto, QuantFacts], str | None]] = {
     "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
     "MaxPool": _pool, "AveragePool": _pool, "GlobalMaxPool": _pool, "GlobalAveragePool": _pool,
-    "Slice": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div, "Max": _clamp, "Min": _clamp,
+    "Slice": _constant_params, "PRelu": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div,
+    "Max": _clamp, "Min": _clamp,
 }
 
 

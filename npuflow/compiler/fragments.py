@@ -64,6 +64,24 @@ def lookup_table(
     return np.asarray(table).reshape(-1)
 
 
+def channel_tables(
+    g: QGraph, dq_node: onnx.NodeProto, x_params: QParams, nodes: list[onnx.NodeProto], chain: list[onnx.NodeProto],
+    q_node: onnx.NodeProto, shape: list[int],
+) -> np.ndarray:
+    """``table[k, q - qmin] = Q(chain(op(DQ(q))))`` for every input code ``q`` at each element
+    ``k`` of ``shape`` (the broadcast shape of the op's constant operands, a PReLU's slopes, at
+    the input's rank), computed by ORT: the codes go in along a new leading axis.  ``nodes``: the
+    op last, after what computes its constant operands (a slope's dequantize step)."""
+    dq = onnx.NodeProto()
+    dq.CopyFrom(dq_node)
+    dq.input[0] = "__codes__"
+    dq.output[0] = nodes[-1].input[0]
+    c = codes(x_params)
+    feed = np.ascontiguousarray(np.broadcast_to(c.reshape([c.size] + [1] * len(shape)), [c.size, *shape]))
+    (table,) = _run(g, [dq, *nodes, *chain, q_node], {"__codes__": feed}, [q_node.output[0]])
+    return np.asarray(table).reshape(c.size, -1).T.copy()
+
+
 def resize_indices(g: QGraph, node: onnx.NodeProto, in_shape: list[int]) -> list[list[int]] | None:
     """Per-axis source indices of a nearest ``Resize``; ``None`` when not separable."""
     r = onnx.NodeProto()

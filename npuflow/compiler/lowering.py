@@ -361,6 +361,35 @@ def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
                  [*[c.name for c in chain], q.name], [x_dq.name], 0)
 
 
+def lower_prelu(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """``DQ -> PRelu(x, slope) [-> f...] -> Q`` as one code table per slope element (ONNX Runtime
+    runs it in float: dequantize, PRelu, quantize; the tables are that, computed by it).
+
+    The slope broadcasts to the input (ONNX's unidirectional rule), so the tables are indexed by
+    its shape at the input's rank: ``[1, C, 1, 1]`` for a convolution's channels (MTCNN), ``[1, C]``
+    after a fully connected layer; one slope (or equal slopes) gives a single ``lut``."""
+    x_name, xp, x_dq = _act(g, n.input[0])
+    slope, before = g.const(n.input[1]), []
+    dq = g.dq_source(n.input[1])
+    if slope is None and dq is not None and g.const(dq[0]) is not None:  # a quantized slope: ORT dequantizes it
+        slope, before = g.const(dq[0]), [dq[2]]
+    if slope is None:
+        raise _Reject(f"slope {n.input[1]!r} is computed at run time")
+    rank = len(_shape(g, n.input[0]))
+    if slope.ndim > rank:
+        raise _Reject(f"slope of rank {slope.ndim} for an input of rank {rank}")
+    chain, q, op_ = _chain(g, n.output[0])
+    shape = [1] * (rank - slope.ndim) + list(slope.shape)
+    tables = fragments.channel_tables(g, x_dq, xp, [*before, n], chain, q, shape)
+    nodes, attrs = [n.name, *[c.name for c in chain], q.name], {"qmin": qrange(xp.bits, xp.signed)[0],
+                                                                "out_dtype": op_.dtype}
+    if np.all(tables == tables[:1]):
+        return IntOp("lut", n.name, "prelu", [x_name], [q.output[0]], attrs, {"table": tables[0]}, nodes,
+                     [x_dq.name], 0)
+    return IntOp("lut_channel", n.name, "prelu", [x_name], [q.output[0]], {**attrs, "shape": shape},
+                 {"table": tables}, nodes, [x_dq.name], 0)
+
+
 # --- data movement and pooling ----------------------------------------------------------------
 
 
@@ -561,6 +590,7 @@ LOWERINGS = {
     "Pad": lower_pad,
     "Resize": lower_resize,
     "Split": lower_split,
+    "PRelu": lower_prelu,
 }
 
 

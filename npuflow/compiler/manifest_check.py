@@ -551,6 +551,24 @@ class OpCheck:
             raise self.fail("outputs", f"{self.op.outputs[0]!r} is {self.y.dtype} {self.y.shape}, a table maps "
                             f"{self.x.shape} to {self.a.out_dtype}")
 
+    def _lut_channel(self) -> None:
+        """One table per element of ``attrs.shape``, which broadcasts to the input's shape."""
+        self.inputs(1)
+        self.outputs()
+        self.roles({"table"})
+        if self.x.dtype not in CODE_DTYPES:
+            raise self.fail("inputs", f"{self.op.inputs[0]!r} is {self.x.dtype}, not integer codes")
+        shape = self.a.shape
+        if len(shape) != len(self.x.shape) or any(s not in (1, d) for s, d in zip(shape, self.x.shape)):
+            raise self.fail("attrs.shape", f"{shape} does not broadcast to the input's shape {self.x.shape}")
+        lo, hi = _range(self.x.dtype)
+        if self.a.qmin != lo:
+            raise self.fail("attrs.qmin", f"{self.a.qmin} is not the minimum {lo} of {self.x.dtype}")
+        self.blob("table", {self.a.out_dtype}, [int(np.prod(shape)), hi - lo + 1])
+        if (self.y.dtype, self.y.shape) != (self.a.out_dtype, self.x.shape):
+            raise self.fail("outputs", f"{self.op.outputs[0]!r} is {self.y.dtype} {self.y.shape}, a table maps "
+                            f"{self.x.shape} to {self.a.out_dtype}")
+
     def _quantize(self) -> None:
         a = self.a
         self.inputs(1)

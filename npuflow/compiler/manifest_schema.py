@@ -418,6 +418,14 @@ class LutAttrs(Strict):
     out_dtype: CodeDtype
 
 
+class LutChannelAttrs(Strict):
+    """A table per element of ``shape`` (the input's rank; each axis 1 or the input's size): a
+    PReLU's per-channel slope makes one code-to-code table per channel."""
+    qmin: Int
+    out_dtype: CodeDtype
+    shape: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(min_length=1, max_length=MAX_RANK)]
+
+
 class QuantizeAttrs(Strict):
     scale: Scale
     zp: Int
@@ -437,7 +445,8 @@ ATTRS: dict[str, type[Strict]] = {
     "conv": ConvAttrs, "conv_transpose": ConvTransposeAttrs, "matmul": MatmulAttrs, "matmul2": Matmul2Attrs,
     "eltwise": EltwiseAttrs, "maxpool": MaxpoolAttrs, "avgpool": AvgpoolAttrs, "reshape": ReshapeAttrs,
     "transpose": TransposeAttrs, "slice": SliceAttrs, "gather": GatherAttrs, "pad": PadAttrs,
-    "concat": ConcatAttrs, "split": SplitAttrs, "lut": LutAttrs, "quantize": QuantizeAttrs,
+    "concat": ConcatAttrs, "split": SplitAttrs, "lut": LutAttrs, "lut_channel": LutChannelAttrs,
+    "quantize": QuantizeAttrs,
     "dequantize": DequantizeAttrs,
 }
 

@@ -78,7 +78,7 @@ _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
 DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
-_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "maxpool"}
+_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "lut_channel", "maxpool"}
 
 
 # --- ops ------------------------------------------------------------------------------------
@@ -317,6 +317,20 @@ def _lut(g: Graph, op: dict, blobs: dict) -> None:
         _lookup(g, op["inputs"][0], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
 
 
+def _lut_channel(g: Graph, op: dict, blobs: dict) -> None:
+    """``kernels.prepare_lut_channel``: the index ``x - qmin`` plus the row offset of the element
+    of ``attrs["shape"]`` it sits at, into the rows laid end to end (:func:`_put_lookup`)."""
+    src, a = op["inputs"][0], op["attrs"]
+    x, off = g.base(src)
+    lo, hi = code_range(g.tensors[src]["dtype"])
+    table = np.asarray(blobs["table"])
+    if table.shape[1] != hi - lo + 1 or lo != a["qmin"]:
+        raise NotFusable("table does not cover the input codes")
+    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=INDEX_TYPE)
+    rows = (np.arange(table.shape[0], dtype=np.int32) * table.shape[1]).reshape(a["shape"])
+    _put_lookup(g, g.node("Add", [idx, g.const(rows, np.int32)]), op["outputs"][0], table.reshape(-1))
+
+
 def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
     """Whether ``op``'s kernel computes each output code from the input codes at the same position
     alone, with one set of parameters: a lookup table, or an eltwise op on tensors of the output's
@@ -513,7 +527,8 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
-    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "concat": _concat,
+    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "lut_channel": _lut_channel,
+    "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
 }

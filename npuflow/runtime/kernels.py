@@ -549,6 +549,16 @@ def prepare_lut(attrs: dict, blobs: dict) -> Kernel:
     return lambda inputs: [lut(inputs[0])]
 
 
+def prepare_lut_channel(attrs: dict, blobs: dict) -> Kernel:
+    """One code-to-code table per element of ``attrs["shape"]`` (a PReLU's slopes), broadcast
+    over the input: ``y = table[k, x - qmin]`` with ``k`` the element of ``shape`` ``x`` sits at."""
+    table = np.asarray(blobs["table"])
+    flat = table.reshape(-1)
+    offsets = (np.arange(table.shape[0], dtype=np.int64) * table.shape[1]).reshape(attrs["shape"])
+    qmin = attrs["qmin"]
+    return lambda inputs: [flat[inputs[0].astype(np.int64) - qmin + offsets]]
+
+
 def prepare_quantize(attrs: dict, blobs: dict) -> Kernel:
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         return [nm.quantize(inputs[0], attrs["scale"], attrs["zp"], bits=attrs["bits"], signed=attrs["signed"],
@@ -583,6 +593,7 @@ KERNELS: dict[str, Callable[[dict, dict], Kernel]] = {
     "concat": prepare_concat,
     "split": prepare_split,
     "lut": prepare_lut,
+    "lut_channel": prepare_lut_channel,
     "quantize": prepare_quantize,
     "dequantize": prepare_dequantize,
 }
