@@ -498,15 +498,18 @@ def yolo(split: str, n: int) -> list[Sample]:
 
 
 def ort_session(model, threads: int = 1):
-    """A CPU ONNX Runtime session (one thread by default: the machine is shared)."""
-    import onnxruntime as ort
+    """A CPU ONNX Runtime session (one thread by default: the machine is shared) that computes a
+    quantized model as it is defined: through :func:`npuflow.ort_session.open_session`, which
+    hands ONNX Runtime's integer kernels their weights in the form this CPU computes exactly.  A
+    plain session on a CPU without VNNI adds pairs of uint8 x int8 products in saturating 16-bit
+    lanes: ONNX Runtime's own MinMax model of EfficientNet-Lite0 read 61.33 % FP32 agreement that
+    way and 82.00 % as defined (2026-12-05), so every peer row measured so was too low."""
+    import onnx
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    from npuflow.ort_session import open_session
+
+    proto = model if hasattr(model, "SerializeToString") else onnx.load(str(model))
+    return open_session(proto, threads=threads)
 
 
 
