@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -36,19 +38,8 @@ def test_unfollowable_group_is_coded_and_names_the_layer():
     assert channel_rankings(ConvGru().eval(), torch.randn(1, 3, 8, 8), excludes=["conv"]) == {}
 
 
-SCRIPT = """
-import torch
-from torch import nn
-class ConvGru(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.gru = nn.GRU(8, 12, batch_first=True)
-        self.fc = nn.Linear(12, 5)
-    def forward(self, x):
-        s = self.conv(x).mean(dim=2).transpose(1, 2)
-        s, _ = self.gru(s)
-        return self.fc(s.mean(1))
+#: a user's script holding the model above (the class's own source, so the two cannot drift apart)
+SCRIPT = "import torch\nfrom torch import nn\n" + inspect.getsource(ConvGru) + """
 def get_model():
     return ConvGru().eval()
 def get_example_inputs():
