@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-from npuflow.errors import NpuflowError  # noqa: E402
-from npuflow.prune.script import check_saveable  # noqa: E402
+from npuflow.errors import NpuflowError
+from npuflow.prune.script import check_saveable
 
 LOCAL_CLASS_SCRIPT = '''
 import torch
