@@ -62,10 +62,10 @@ from ..errors import NpuflowError
 from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
-from .fused_conv import conv, conv_transpose, integer_offset, matmul
-from .kernels import KERNELS
-from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, centred_clip, clamp_bounds, code_range,
-                          code_reach, elem_type, gather, input_name, lookup, quantize_value, round_and_clip,
+from .fused_conv import conv, conv_transpose, matmul
+from .fused_tables import as_table, bytes_only, lut, lut_channel, table_node
+from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_reach, elem_type,
+                          input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
@@ -85,7 +85,7 @@ _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "lut_chann
 
 
 def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
-    if _as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op):
+    if as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op):
         return
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
@@ -238,155 +238,13 @@ def _qlinear_global_average(g: Graph, op: dict) -> bool:
     """ORT's ``QLinearGlobalAveragePool`` itself, on uint8 codes held as bytes (what the kernel of
     this op emulates, ``kernels._qlinear_global_avgpool``); say whether it was written."""
     ep, src, out = op["attrs"]["epilogue"], op["inputs"][0], op["outputs"][0]
-    if not _bytes_only(g, src) or g.byte_offsets.get(src, 0) or out_type(ep) != (8, False) \
+    if not bytes_only(g, src) or g.byte_offsets.get(src, 0) or out_type(ep) != (8, False) \
             or np.dtype(g.tensors[src]["dtype"]) != np.uint8 or not 0 <= op["attrs"]["x_zp"] <= 255:
         return False
     y = g.node("QLinearGlobalAveragePool", [
         g.bytes[src], g.scalar(np.float32(ep["acc_scale"])), g.scalar(op["attrs"]["x_zp"], np.uint8),
         g.scalar(np.float32(ep["scale"])), g.scalar(ep["zp"], np.uint8)], domain=fused_qlinear.MS_DOMAIN, channels_last=0)
     g.put_bytes(out, y)
-    return True
-
-
-def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
-    """``out = table[src - qmin]`` (the kernels' ``_lut``), a copy of table entries.
-
-    Written as ``fused_graph.gather`` (a copy loop on non-negative indices, hence the shift to
-    them first, which also takes ``src``'s offset).  The entries are stored centred on ``out``'s
-    zero point, as its readers want them (``Graph``).
-    """
-    dt = np.dtype(g.tensors[out]["dtype"])
-    if _bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256 and dt.itemsize == 1:
-        # 8-bit codes from an integer kernel (minus qmin) index the table as they are, and its
-        # entries go on as bytes (minus the output type's lowest code) to the next integer
-        # kernel or data movement
-        k = nm.qrange(8, dt.kind == "i")[0]
-        codes = g.bytes[src]
-        channels_last = _from_qlinear_conv(g, codes) and len(g.tensors[out]["shape"]) == 4
-        if channels_last:  # cancels the Transpose ONNX Runtime puts after its channels-last QLinearConv
-            codes = g.node("Transpose", [codes], perm=[0, 2, 3, 1])
-        row = gather(g, g.node("Cast", [codes], to=INDEX_TYPE), g.const(np.asarray(table, np.int64) - k, np.uint8))
-        g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if channels_last else row, k)
-        return
-    _table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
-
-
-def _from_qlinear_conv(g: Graph, codes: str) -> bool:
-    """Whether ``codes`` is a ``QLinearConv``'s output (through ``Clip``/``MaxPool``).
-
-    ONNX Runtime runs such a convolution channels-last and moves the layout ``Transpose`` after it
-    through elementwise ops and pools, but not through a table's ``GatherElements`` and
-    ``Reshape``: a table written channels-last between two transposes of its own (a table is
-    elementwise, so the layout does not change its codes) lets them cancel against ONNX Runtime's,
-    instead of two layout passes per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way)."""
-    node = _writer(g, codes)
-    while node is not None and node.op_type in ("Clip", "MaxPool"):
-        node = _writer(g, node.input[0])
-    return node is not None and node.op_type == "QLinearConv"
-
-
-def _writer(g: Graph, name: str):
-    """The node of ``g`` that writes ``name`` (the latest; ``None`` for a graph input or constant)."""
-    return next((n for n in reversed(g.nodes) if name in n.output), None)
-
-
-def _table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndarray, qmin: int) -> None:
-    """:func:`_lookup` of the codes held in ``x`` minus ``off`` (codes of type ``dtype``)."""
-    lo, hi = code_range(dtype)
-    if table.size != hi - lo + 1 or lo != qmin:
-        raise NotFusable("table does not cover the input codes")
-    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=INDEX_TYPE)
-    _put_lookup(g, idx, out, table)
-
-
-def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
-    """``out = table[index]``, its entries centred on ``out``'s zero point where that is one value
-    (what its readers subtract anyway), else on 0; on the type's lowest code where every reader
-    casts them to uint8 for ``ConvInteger`` (``fused_conv.integer_offset``)."""
-    zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
-    zp = int(zp) if np.ndim(zp) == 0 else 0
-    held = integer_offset(g, out)
-    zp = zp if held is None else held
-    g.put(out, lookup(g, index, table, zp), zp)
-
-
-def _lut(g: Graph, op: dict, blobs: dict) -> None:
-    if _bytes_only(g, op["inputs"][0]) and fused_qlinear.sigmoid(g, op, blobs["table"]):
-        return
-    if not _as_table(g, op, blobs):
-        _lookup(g, op["inputs"][0], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
-
-
-def _lut_channel(g: Graph, op: dict, blobs: dict) -> None:
-    """``kernels.prepare_lut_channel``: the index ``x - qmin`` plus the row offset of the element
-    of ``attrs["shape"]`` it sits at, into the rows laid end to end (:func:`_put_lookup`)."""
-    src, a = op["inputs"][0], op["attrs"]
-    x, off = g.base(src)
-    lo, hi = code_range(g.tensors[src]["dtype"])
-    table = np.asarray(blobs["table"])
-    if table.shape[1] != hi - lo + 1 or lo != a["qmin"]:
-        raise NotFusable("table does not cover the input codes")
-    idx = g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=INDEX_TYPE)
-    rows = (np.arange(table.shape[0], dtype=np.int32) * table.shape[1]).reshape(a["shape"])
-    _put_lookup(g, g.node("Add", [idx, g.const(rows, np.int32)]), op["outputs"][0], table.reshape(-1))
-
-
-def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
-    """Whether ``op``'s kernel computes each output code from the input codes at the same position
-    alone, with one set of parameters: a lookup table, or an eltwise op on tensors of the output's
-    shape (no broadcasting; a constant operand holds one value) whose scales, zero points, shifts
-    and chain constants are scalars.  Its kernel run on 1-D arrays of codes then gives its table."""
-    shape = list(tensors[op["outputs"][0]]["shape"])
-    if any(list(tensors[t]["shape"]) != shape for t in op["inputs"]):
-        return False
-    if op["op"] == "lut":
-        return True
-    if op["op"] != "eltwise" or any(np.size(v) != 1 for v in blobs.values()):
-        return False
-    a = op["attrs"]
-    ep, spec = a.get("epilogue") or {}, a.get("qlinear", {})
-    values = [ep.get(k) for k in ("shift", "multiplier", "zp", "scale", "acc_scale")]
-    values += [*a.get("dequant", []), *(a.get("scale_mult") or []), *spec.get("scales", []), *spec.get("zps", [])]
-    values += [r["c"] for st in ep.get("chain", []) for r in st["in"] if r and "c" in r]
-    return all(np.ndim(v) == 0 for v in values if v is not None)
-
-
-def _as_table(g: Graph, op: dict, blobs: dict) -> bool:
-    """Write ``op`` as ONE lookup table of an 8-bit tensor when each of its inputs is that tensor
-    or a table of it in this graph (``Graph.tables``), and say whether it did.
-
-    SiLU and hard-swish reach the runtime as a table (sigmoid, hard-sigmoid) and an eltwise
-    ``Mul`` of the table's input and output: as one table of the input they cost one copy loop
-    instead of the dequantize-multiply-quantize passes, and a table of a table is one table.
-    The composed table is the op's own kernel (``kernels.KERNELS``) run on the input codes that
-    every source code gives, so it holds exactly the codes the op-by-op run computes."""
-    if not _codewise(op, g.tensors, blobs):
-        return False
-    sources = {g.tables.get(t, (t, None))[0] for t in op["inputs"]}
-    if len(sources) != 1:
-        return False
-    src = sources.pop()
-    out = op["outputs"][0]
-    if isinstance(src, tuple):  # tables of a convolution's accumulator index (``fused_conv._acc_table``)
-        values = [g.tables[t][1] for t in op["inputs"]]
-        table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0]).reshape(-1)
-        if table.size != values[0].size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
-            return False
-        _put_lookup(g, src[1], out, table)
-        g.tables[out] = (src, table)
-        return True
-    dt = np.dtype(g.tensors[src]["dtype"])
-    if dt.kind not in "iu" or dt.itemsize != 1:
-        return False
-    lo, hi = nm.qrange(8, dt.kind == "i")
-    codes = np.arange(lo, hi + 1).astype(dt)
-    values = [codes if g.tables.get(t, (t, None))[1] is None else g.tables[t][1] for t in op["inputs"]]
-    table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0])
-    if table.size != codes.size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
-        return False
-    table = table.reshape(-1)  # a one-value constant broadcasts as (1, 1, 1, 1)
-    _lookup(g, src, out, table, lo)
-    g.tables[out] = (src, table)
     return True
 
 
@@ -419,16 +277,11 @@ def _slice(g: Graph, op: dict, blobs: dict) -> None:
     _moves(g, op, lambda x: slice_node(g, x, op["attrs"]["slices"]))
 
 
-def _bytes_only(g: Graph, tensor: str) -> bool:
-    """Whether ``tensor`` is held only as 8-bit codes (an integer kernel wrote it)."""
-    return tensor in g.bytes and tensor not in g.names
-
-
 def _raw_offset(g: Graph, tensor: str, op: dict) -> int | None:
     """The offset of ``tensor``'s bytes when data-movement ``op`` can move them as they are (the
     input held only so, every output of its type); ``None`` otherwise."""
     dtype = np.dtype(g.tensors[tensor]["dtype"])
-    if not _bytes_only(g, tensor) or any(np.dtype(g.tensors[t]["dtype"]) != dtype for t in op["outputs"]):
+    if not bytes_only(g, tensor) or any(np.dtype(g.tensors[t]["dtype"]) != dtype for t in op["outputs"]):
         return None
     return g.byte_offsets.get(tensor, 0)
 
@@ -484,7 +337,7 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
             if list(ix) != list(range(len(ix))):
                 x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
     if "table" in blobs:
-        _table_node(g, x, off, g.tensors[t]["dtype"], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
+        table_node(g, x, off, g.tensors[t]["dtype"], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
     elif k is not None:
         g.put_bytes(op["outputs"][0], x, k)
     else:
@@ -527,7 +380,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
-    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": _lut, "lut_channel": _lut_channel,
+    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": lut, "lut_channel": lut_channel,
     "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,

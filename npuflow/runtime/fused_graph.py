@@ -189,7 +189,7 @@ def external_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
 
 def live(nodes: list, inits: list, outputs: list[str]) -> tuple[list, list]:
     """The nodes and initialisers ``outputs`` depend on: a table composed into a later one
-    (``fused._as_table``) is computed only where something else still reads it (dump mode)."""
+    (``fused_tables.as_table``) is computed only where something else still reads it (dump mode)."""
     need, keep = set(outputs), []
     for n in reversed(nodes):
         if need.intersection(n.output):

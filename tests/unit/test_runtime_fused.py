@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 import npuflow
 from npuflow import numerics as nm
-from npuflow.runtime import fused, fused_conv, fused_graph
+from npuflow.runtime import fused, fused_conv, fused_graph, fused_tables
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _conv_model, _x
 
@@ -387,7 +387,7 @@ def test_nearest_resize_and_its_table_fuse_exactly(sizes, table):
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 7, 11], 14, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     ops = [n.op_type for it in plan.items if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
-    # y + y is a table of y (fused._as_table); the resize's scale change one more
+    # y + y is a table of y (fused_tables.as_table); the resize's scale change one more
     assert ("Resize" in ops) == (sizes[2] % 7 == 0) and ops.count("GatherElements") == 1 + table, ops
 
 
@@ -558,7 +558,7 @@ def test_cpu_tables_between_integer_programs_run_inside_them(tmp_path):
 
 
 def _table_between_convs(channels_last: bool, tmp_path) -> tuple[np.ndarray, list[str]]:
-    """QLinearConv -> a byte table (``fused._lookup``) -> QLinearConv, run by ONNX Runtime as the
+    """QLinearConv -> a byte table (``fused_tables._lookup``) -> QLinearConv, run by ONNX Runtime as the
     fused runs are; the output and the ops of ONNX Runtime's optimised graph."""
     rng = np.random.default_rng(7)
     shape = [1, 8, 6, 7]
@@ -571,12 +571,12 @@ def _table_between_convs(channels_last: bool, tmp_path) -> tuple[np.ndarray, lis
 
     x = helper.make_tensor_value_info("x", TensorProto.UINT8, shape)
     g.put_bytes("a", qconv("x"))
-    original = fused._from_qlinear_conv
-    fused._from_qlinear_conv = original if channels_last else (lambda g, codes: False)
+    original = fused_tables._from_qlinear_conv
+    fused_tables._from_qlinear_conv = original if channels_last else (lambda g, codes: False)
     try:
-        fused._lookup(g, "a", "b", rng.integers(0, 256, 256), 0)
+        fused_tables._lookup(g, "a", "b", rng.integers(0, 256, 256), 0)
     finally:
-        fused._from_qlinear_conv = original
+        fused_tables._from_qlinear_conv = original
     y = helper.make_tensor_value_info(qconv(g.bytes["b"]), TensorProto.UINT8, shape)
     model = helper.make_model(helper.make_graph(g.nodes, "t", [x], [y], g.inits),
                               opset_imports=[helper.make_opsetid("", 18)])

@@ -1,0 +1,162 @@
+"""Lookup tables inside a fused run (:mod:`.fused`): an 8-bit tensor's elementwise function as
+one copy of table entries -- the lowered ``lut`` and per-channel ``lut_channel`` ops, and any op
+whose codes depend on one 8-bit tensor's code alone (SiLU's ``Mul`` of a sigmoid table and its
+input), composed into one table by the op's own kernel, so the entries are the kernels' codes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import numerics as nm
+from . import fused_qlinear
+from .fused_conv import integer_offset
+from .fused_graph import INDEX_TYPE, Graph, NotFusable, code_range, gather, lookup
+from .kernels import KERNELS
+
+
+def bytes_only(g: Graph, tensor: str) -> bool:
+    """Whether ``tensor`` is held only as 8-bit codes (an integer kernel wrote it)."""
+    return tensor in g.bytes and tensor not in g.names
+
+
+def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
+    """``out = table[src - qmin]`` (the kernels' ``_lut``), a copy of table entries.
+
+    Written as ``fused_graph.gather`` (a copy loop on non-negative indices, hence the shift to
+    them first, which also takes ``src``'s offset).  The entries are stored centred on ``out``'s
+    zero point, as its readers want them (``Graph``).
+    """
+    dt = np.dtype(g.tensors[out]["dtype"])
+    if bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256 and dt.itemsize == 1:
+        # 8-bit codes from an integer kernel (minus qmin) index the table as they are, and its
+        # entries go on as bytes (minus the output type's lowest code) to the next integer
+        # kernel or data movement
+        k = nm.qrange(8, dt.kind == "i")[0]
+        codes = g.bytes[src]
+        channels_last = _from_qlinear_conv(g, codes) and len(g.tensors[out]["shape"]) == 4
+        if channels_last:  # cancels the Transpose ONNX Runtime puts after its channels-last QLinearConv
+            codes = g.node("Transpose", [codes], perm=[0, 2, 3, 1])
+        row = gather(g, g.node("Cast", [codes], to=INDEX_TYPE), g.const(np.asarray(table, np.int64) - k, np.uint8))
+        g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if channels_last else row, k)
+        return
+    table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
+
+
+def _from_qlinear_conv(g: Graph, codes: str) -> bool:
+    """Whether ``codes`` is a ``QLinearConv``'s output (through ``Clip``/``MaxPool``).
+
+    ONNX Runtime runs such a convolution channels-last and moves the layout ``Transpose`` after it
+    through elementwise ops and pools, but not through a table's ``GatherElements`` and
+    ``Reshape``: a table written channels-last between two transposes of its own (a table is
+    elementwise, so the layout does not change its codes) lets them cancel against ONNX Runtime's,
+    instead of two layout passes per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way)."""
+    node = _writer(g, codes)
+    while node is not None and node.op_type in ("Clip", "MaxPool"):
+        node = _writer(g, node.input[0])
+    return node is not None and node.op_type == "QLinearConv"
+
+
+def _writer(g: Graph, name: str):
+    """The node of ``g`` that writes ``name`` (the latest; ``None`` for a graph input or constant)."""
+    return next((n for n in reversed(g.nodes) if name in n.output), None)
+
+
+def table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndarray, qmin: int) -> None:
+    """:func:`_lookup` of the codes held in ``x`` minus ``off`` (codes of type ``dtype``)."""
+    _put_lookup(g, _table_index(g, x, off, dtype, table.size, qmin), out, table)
+
+
+def _table_index(g: Graph, x: str, off: int, dtype: str, entries: int, qmin: int) -> str:
+    """The index ``code - qmin`` into a table of ``entries`` per row, of the codes held in ``x``
+    minus ``off``; NotFusable unless a row covers every code of ``dtype`` from ``qmin`` on."""
+    lo, hi = code_range(dtype)
+    if entries != hi - lo + 1 or lo != qmin:
+        raise NotFusable("table does not cover the input codes")
+    return g.node("Cast", [g.node("Sub", [x, g.const(lo - off)]) if lo != off else x], to=INDEX_TYPE)
+
+
+def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
+    """``out = table[index]``, its entries centred on ``out``'s zero point where that is one value
+    (what its readers subtract anyway), else on 0; on the type's lowest code where every reader
+    casts them to uint8 for ``ConvInteger`` (``fused_conv.integer_offset``)."""
+    zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
+    zp = int(zp) if np.ndim(zp) == 0 else 0
+    held = integer_offset(g, out)
+    zp = zp if held is None else held
+    g.put(out, lookup(g, index, table, zp), zp)
+
+
+def lut(g: Graph, op: dict, blobs: dict) -> None:
+    if bytes_only(g, op["inputs"][0]) and fused_qlinear.sigmoid(g, op, blobs["table"]):
+        return
+    if not as_table(g, op, blobs):
+        _lookup(g, op["inputs"][0], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
+
+
+def lut_channel(g: Graph, op: dict, blobs: dict) -> None:
+    """``kernels.prepare_lut_channel``: the index ``x - qmin`` plus the row offset of the element
+    of ``attrs["shape"]`` it sits at, into the rows laid end to end (:func:`_put_lookup`)."""
+    src, a = op["inputs"][0], op["attrs"]
+    table = np.asarray(blobs["table"])
+    idx = _table_index(g, *g.base(src), g.tensors[src]["dtype"], table.shape[1], a["qmin"])
+    rows = (np.arange(table.shape[0], dtype=np.int32) * table.shape[1]).reshape(a["shape"])
+    _put_lookup(g, g.node("Add", [idx, g.const(rows, np.int32)]), op["outputs"][0], table.reshape(-1))
+
+
+def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
+    """Whether ``op``'s kernel computes each output code from the input codes at the same position
+    alone, with one set of parameters: a lookup table, or an eltwise op on tensors of the output's
+    shape (no broadcasting; a constant operand holds one value) whose scales, zero points, shifts
+    and chain constants are scalars.  Its kernel run on 1-D arrays of codes then gives its table."""
+    shape = list(tensors[op["outputs"][0]]["shape"])
+    if any(list(tensors[t]["shape"]) != shape for t in op["inputs"]):
+        return False
+    if op["op"] == "lut":
+        return True
+    if op["op"] != "eltwise" or any(np.size(v) != 1 for v in blobs.values()):
+        return False
+    a = op["attrs"]
+    ep, spec = a.get("epilogue") or {}, a.get("qlinear", {})
+    values = [ep.get(k) for k in ("shift", "multiplier", "zp", "scale", "acc_scale")]
+    values += [*a.get("dequant", []), *(a.get("scale_mult") or []), *spec.get("scales", []), *spec.get("zps", [])]
+    values += [r["c"] for st in ep.get("chain", []) for r in st["in"] if r and "c" in r]
+    return all(np.ndim(v) == 0 for v in values if v is not None)
+
+
+def as_table(g: Graph, op: dict, blobs: dict) -> bool:
+    """Write ``op`` as ONE lookup table of an 8-bit tensor when each of its inputs is that tensor
+    or a table of it in this graph (``Graph.tables``), and say whether it did.
+
+    SiLU and hard-swish reach the runtime as a table (sigmoid, hard-sigmoid) and an eltwise
+    ``Mul`` of the table's input and output: as one table of the input they cost one copy loop
+    instead of the dequantize-multiply-quantize passes, and a table of a table is one table.
+    The composed table is the op's own kernel (``kernels.KERNELS``) run on the input codes that
+    every source code gives, so it holds exactly the codes the op-by-op run computes."""
+    if not _codewise(op, g.tensors, blobs):
+        return False
+    sources = {g.tables.get(t, (t, None))[0] for t in op["inputs"]}
+    if len(sources) != 1:
+        return False
+    src = sources.pop()
+    out = op["outputs"][0]
+    if isinstance(src, tuple):  # tables of a convolution's accumulator index (``fused_conv._acc_table``)
+        values = [g.tables[t][1] for t in op["inputs"]]
+        table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0]).reshape(-1)
+        if table.size != values[0].size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
+            return False
+        _put_lookup(g, src[1], out, table)
+        g.tables[out] = (src, table)
+        return True
+    dt = np.dtype(g.tensors[src]["dtype"])
+    if dt.kind not in "iu" or dt.itemsize != 1:
+        return False
+    lo, hi = nm.qrange(8, dt.kind == "i")
+    codes = np.arange(lo, hi + 1).astype(dt)
+    values = [codes if g.tables.get(t, (t, None))[1] is None else g.tables[t][1] for t in op["inputs"]]
+    table = np.asarray(KERNELS[op["op"]](op["attrs"], blobs)(values)[0])
+    if table.size != codes.size or table.dtype != np.dtype(g.tensors[out]["dtype"]):
+        return False
+    table = table.reshape(-1)  # a one-value constant broadcasts as (1, 1, 1, 1)
+    _lookup(g, src, out, table, lo)
+    g.tables[out] = (src, table)
+    return True
