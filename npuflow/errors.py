@@ -149,6 +149,10 @@ _QUANT = _specs(
      "the model's static shape, or the first sample's); only the dimensions the source model leaves dynamic "
      "may vary (OCR line widths): by default where no --input-shape fixes them, `calib_dynamic_dims: true` "
      "in the config also where one does, `false` nowhere."),
+    ("NPF_QUANT_NON_TENSOR_OUTPUT",
+     "model output {output!r} is a {kind}, not a tensor (made by {op}): the quantizer scores every output as a tensor",
+     "Export the model with tensor outputs only: skl2onnx writes its class probabilities as a ZipMap sequence of "
+     "maps unless given options={{'zipmap': False}}; or remove the node that builds the {kind}."),
     ("NPF_QUANT_LOW_SIMILARITY",
      "the quantized model's output {output} has cosine similarity {cosine} to the float model on {samples} "
      "calibration sample(s), below min_output_cosine {threshold}; largest drops at {nodes}",

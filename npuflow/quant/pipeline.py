@@ -55,6 +55,7 @@ import onnx
 from .. import model as model_io
 from ..check import check
 from ..errors import NpuflowError
+from ..graph import GraphView
 from ..outputs import StagedOutputs
 from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
@@ -155,6 +156,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     shapes = dict(input_shapes or {})
 
     source_proto = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
+    _refuse_non_tensor_outputs(source_proto)
     open_dims = {n: at for n, at in model_io.dynamic_dims(source_proto).items() if n not in shapes}
     if open_dims:  # what --input-shape leaves open is quantized at the first sample's shape
         first, calib_data = peek(calib_data, _input_specs(source_proto, {}, True), shapes=cfg.calib_shapes,
@@ -271,6 +273,20 @@ def _length(data: CalibrationSource) -> int | None:
         return len(data)
     except TypeError:
         return None
+
+
+def _refuse_non_tensor_outputs(proto: onnx.ModelProto) -> None:
+    """``NPF_QUANT_NON_TENSOR_OUTPUT`` for a sequence or map output (sklearn's ``ZipMap``): the
+    calibration searches and the similarity report compare outputs as arrays (they failed on the
+    list of dicts ONNX Runtime returns for one), and a valid sklearn model was refused as
+    ``NPF_MODEL_INVALID`` ("Invalid tensor data type 0") before them."""
+    view = GraphView(proto)
+    for out in proto.graph.output:
+        kind = out.type.WhichOneof("value")
+        if kind not in (None, "tensor_type"):
+            maker = view.producer_node(out.name)
+            op = f"{maker.op_type} node {maker.name!r}" if maker is not None else "a graph input"
+            raise NpuflowError("NPF_QUANT_NON_TENSOR_OUTPUT", output=out.name, kind=kind.removesuffix("_type"), op=op)
 
 
 def _dynamic_graph(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,31 @@
+"""Model outputs a new user brings (round 3): a sequence output (sklearn's ZipMap) is refused with a code."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from npuflow.errors import NpuflowError
+from npuflow.quant.pipeline import quantize
+
+
+def _sequence_output_model() -> onnx.ModelProto:
+    """x -> MatMul -> y (tensor output) and SequenceConstruct(y) (a sequence output, as ZipMap's)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.linspace(-1, 1, 12, dtype=np.float32))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("SequenceConstruct", ["y"], ["probs"], name="zip")]
+    seq = helper.make_tensor_sequence_value_info("probs", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3]), seq], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("target", ["DPUCZDX8G_ISA1_B4096", "cpu-int8"])
+def test_sequence_output_is_refused_naming_the_output(target):
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 4)).astype(np.float32)} for i in range(4)]
+    with pytest.raises(NpuflowError) as info:
+        quantize(_sequence_output_model(), calib, target)
+    assert info.value.code == "NPF_QUANT_NON_TENSOR_OUTPUT"
+    assert "'probs'" in str(info.value) and "SequenceConstruct" in str(info.value)
