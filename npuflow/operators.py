@@ -251,6 +251,20 @@ ELEMENTWISE_OPS = frozenset({
     "Neg", "Sqrt", "Reciprocal", "Erf", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Clip", "Add",
     "Sub", "Mul", "Div", "Pow", "Min", "Max", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity", "Where", "Less",
     "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Constant"})
+#: Ops whose output needs its input's *relative* precision: ``Log`` gives every decade of its input
+#: the same output span, and an 8-bit linear grid has none below one step (every value more than
+#: ~48 dB under the calibrated maximum reads 0, and ``Log(0)`` is -inf).  openWakeWord's mel front
+#: end read output cosine 0.84 on cpu-int8, B4096 and bernoulli2; with the ops feeding its Log in float, 1.0000
+#: (benchmarks/results/newuser_flows2.md).  Sqrt and Reciprocal are left out: in a LayerNorm they
+#: read a variance whose 8-bit range is adequate, and no model here measured a loss there.
+RELATIVE_PRECISION_OPS = frozenset({"Log"})
+#: Ops that pass a wide-range (power-like) quantity on without squashing its range: linear maps,
+#: sums, products, powers, clamps and layout.  The float input cone of a
+#: :data:`RELATIVE_PRECISION_OPS` op extends back through them (:mod:`npuflow.check.cone`); an op
+#: that squashes a range (Sigmoid, Tanh, Softmax, a normalisation) ends it.
+RANGE_CARRYING_OPS = frozenset({
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Pow", "Abs", "Clip", "Max", "Relu", "ReduceSum",
+    "ReduceMean", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).

@@ -20,6 +20,7 @@ from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
 from ..operators import FOLLOWERS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS
 from ..targets import Target, load_target
+from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
@@ -131,6 +132,8 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         if limit is not None:
             reasons[i].append(limit)
         device[i] = NPU if not reasons[i] else CPU
+    if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
+        _keep_cones_float(view, device, reasons, transparent)
     for m, anchor in fused.items():
         device[m] = device[anchor]
     if facts.quantized:
@@ -146,6 +149,17 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             sub[i] = sub[fused[i]]
     _follow_subgraphs(view, sub, device, transparent)
     return _build(view, tgt, infos, device, reasons, fused, _per_device(sub, device))
+
+
+def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool]) -> None:
+    """The input cone of a ``Log`` (:mod:`.cone`) runs in float on the CPU: on 8 bits the bins of
+    a power spectrum more than ~48 dB below its maximum read 0 (openWakeWord's mel front end:
+    output cosine 0.84 with the cone on the accelerator, 1.0000 with it in float).  The quantizer
+    follows this placement on accelerator targets and keeps the cone float on CPU targets."""
+    for i, r in relative_precision_cones(view).items():
+        if device[i] == NPU and not transparent[i]:
+            device[i] = CPU
+            reasons[i].append(cone_reason(view.nodes[r].name, view.nodes[r].op_type))
 
 
 def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int]) -> None:

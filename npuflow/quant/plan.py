@@ -4,7 +4,9 @@ The plan answers, from the graph and the target alone (no data yet):
 
 * which nodes are quantized (op types the registry marks ``quantized``,
   :data:`npuflow.operators.QUANTIZED_OPS`; float data in and out, not in
-  ``keep_float``, and on accelerator targets placed on the accelerator by the checker:
+  ``keep_float``, not in the input cone of a ``Log`` (:mod:`npuflow.check.cone`: an 8-bit input
+  has no relative precision; a ``layers`` entry naming a member with a ``bit_width`` quantizes it
+  anyway), and on accelerator targets placed on the accelerator by the checker:
   :mod:`.placement`; CPU-placed nodes run in float as in the float model);
 * which activation tensors get a quantize/dequantize pair, and with which settings (the
   producer's ``activation`` settings; graph inputs: the consumer's ``input`` settings);
@@ -31,6 +33,7 @@ from typing import Iterable, Mapping
 
 import onnx
 
+from ..check.cone import relative_precision_cones
 from ..check.followers import drop_float_tail, float_tail_applies, follows_quantized
 from ..model import tensor_elem_types
 from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
@@ -137,7 +140,10 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     structural = _structural_units(graph, idx)
     changed = checked_overrides(overrides or {}, [node_key(n) for n in graph.node])
     floats = {n for n, p in changed.items() if p == "float"}
-    keep = _with_fused_activations(set(config.keep_float) | floats, structural, idx, target)
+    cone, forced = _relative_precision_cone(idx, config)
+    if allowed is not None and forced:
+        allowed = allowed | forced  # placed on the CPU for the cone only: the user's bit width brings it back
+    keep = _with_fused_activations(set(config.keep_float) | floats | cone, structural, idx, target)
     wide = _with_fused_activations({n for n, p in changed.items() if p == "int16"}, structural, idx, target)
     plan = QuantPlan(overrides=changed)
     inputs = {i.name for i in graph.input} - set(idx.inits)
@@ -220,6 +226,20 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     _scale_groups(graph, plan, idx)
     plan.layers = _layers(graph, idx, plan, units)
     return plan
+
+
+def _relative_precision_cone(idx: GraphView, config: QuantConfig) -> tuple[set[str], set[str]]:
+    """The node keys of the input cones of ``Log`` (:func:`npuflow.check.cone.relative_precision_cones`)
+    that stay float, and those a ``layers`` entry naming the node exactly gives a ``bit_width``
+    (the user's way to force one back to integers; a ``name_regex`` does not, so a broad pattern
+    never undoes the rule by accident).
+
+    On CPU targets this is where the cone is kept float; on accelerator targets the checker has
+    already placed it on the CPU (not in ``allowed``), and a forced node is allowed again."""
+    named = {layer.name for layer in config.layers
+             if layer.name is not None and any(layer.spec(k).get("bit_width") is not None for k in _WIDENED)}
+    members = {node_key(idx.nodes[i]) for i in relative_precision_cones(idx)}
+    return members - named, members & named
 
 
 def checked_overrides(overrides: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:

@@ -1,0 +1,67 @@
+"""The float input cone of an op that needs its input's relative precision (``Log``).
+
+An 8-bit linear grid keeps no value below half a step of its calibrated maximum, so a power
+spectrum that spans 80 dB reads 0 in every bin more than ~48 dB down, and ``Log`` turns those
+zeros into -inf or a floor.  Keeping ``Log`` alone in float does not help: the damage is done by
+the quantize steps of the tensors that feed it.  The cone is what must stay float with it: the
+ops that carry the wide-range quantity to it (:data:`npuflow.operators.RANGE_CARRYING_OPS`),
+walked back from its input while *every* reader of a producer is already in the cone, so a tensor
+that other work also reads (a shared feature map) is never pulled into float.
+
+One function for every stage: the checker places the cone on the CPU (:mod:`.place`) and the
+quantizer keeps it float on CPU targets (:func:`npuflow.quant.plan.build_plan`), so ``check``,
+``quantize`` and ``compile`` agree.  openWakeWord's mel front end: the cone of ``Log_17`` is the
+STFT convolutions, their layout ops, the squares, ``Add_14``, the mel ``MatMul_15`` and the
+``Clip_16`` floor.
+"""
+
+from __future__ import annotations
+
+from ..graph import GraphView
+from ..operators import RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
+
+
+def relative_precision_cones(view: GraphView) -> dict[int, int]:
+    """Node index -> index of the :data:`~npuflow.operators.RELATIVE_PRECISION_OPS` op whose
+    input cone it belongs to (the op itself is not a member).
+
+    Graph order is topological, so one pass from the back sees every reader of a node before the
+    node: a node joins when it is range-carrying, its outputs are no graph outputs, and each of
+    its outputs is read, as data, only by members (or the op itself) of one cone."""
+    root: dict[int, int] = {}
+    for i in range(len(view.nodes) - 1, -1, -1):
+        node = view.nodes[i]
+        if node.domain not in STANDARD_DOMAINS:
+            continue
+        if node.op_type in RELATIVE_PRECISION_OPS:
+            root[i] = i
+            continue
+        if node.op_type not in RANGE_CARRYING_OPS:
+            continue
+        owners = _reader_roots(view, i, root)
+        if owners is not None and len(owners) == 1:
+            root[i] = owners.pop()
+    return {i: r for i, r in root.items() if i != r}
+
+
+def _reader_roots(view: GraphView, i: int, root: dict[int, int]) -> set[int] | None:
+    """The cones every data reader of node ``i``'s outputs belongs to; ``None`` when an output is
+    a graph output, is unread, or has a reader outside every cone (or reads it as a parameter)."""
+    owners: set[int] = set()
+    for t in view.nodes[i].output:
+        if not t:
+            continue
+        readers = view.data_consumers(t)
+        if not readers or view.reaches_output(t):
+            return None
+        for c in readers:
+            if c not in root or t not in view.data_inputs(c):
+                return None
+            owners.add(root[c])
+    return owners or None
+
+
+def cone_reason(op_name: str, op_type: str) -> str:
+    """Why a cone member runs in float on the CPU (the checker's reason, the docs' wording)."""
+    return (f"feeds {op_type} {op_name!r}, which needs its input's relative precision: an 8-bit input reads values "
+            f"below 1/255 of its maximum as 0, so the ops feeding it stay in float on the CPU")
