@@ -29,6 +29,10 @@ def hint_for(reason: str, device: str) -> str:
         return f"Group convolutions other than depthwise do not run on the {device}; split into separate convolutions."
     if low.startswith("mode"):
         return "Use a mode the target supports."
+    if "needs its input's relative precision" in low:
+        return ("Kept in float on purpose (an 8-bit grid loses the small values this op needs).  To force int8 "
+                "anyway, give the node a bit width in the quantizer config: "
+                "layers: [{name: NODE, activation: {bit_width: 8}}] (docs/check.md).")
     if "is control flow" in low:
         return ("To run the branch on the accelerator, fix the input its condition reads (--freeze-input "
                 "NAME=VALUE) so the branch is inlined, or export the model without the If/Loop.")

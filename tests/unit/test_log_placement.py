@@ -102,6 +102,7 @@ def test_check_places_the_cone_on_the_cpu_with_the_reason(target):
     assert r.node("mel").reasons == [
         "feeds Log 'log', which needs its input's relative precision: an 8-bit input reads values below 1/255 of "
         "its maximum as 0, so the ops feeding it stay in float on the CPU"]
+    assert "Kept in float on purpose" in r.node("mel").hint and "bit_width" in r.node("mel").hint
 
 
 @pytest.mark.parametrize("target", TARGETS)
