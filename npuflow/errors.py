@@ -166,7 +166,9 @@ _QUANT = _specs(
 # --- compiler / .npuf file -----------------------------------------------------------------
 _COMPILE = _specs(
     ("NPF_COMPILE_NOT_QUANTIZED", "the model has no quantize/dequantize steps, so there is nothing to compile",
-     "Compile the quantized_model.onnx written by `npuflow quantize`, not the float model."),
+     "Compile the quantized_model.onnx written by `npuflow quantize`, not the float model. If it is one, no node "
+     "of the model runs on the target's accelerator (quantize warned; `npuflow check MODEL -t TARGET` says why "
+     "for each node): run the float model as it is."),
     ("NPF_COMPILE_FILE_NOT_FOUND", "compiled model {path} does not exist",
      "Check the path; `npuflow compile QUANTIZED.onnx --target T -o MODEL.npuf` writes one."),
     ("NPF_COMPILE_NOT_NPUF", "{path} is not an npuflow compiled model: {reason}",

@@ -188,6 +188,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     plan = build_plan(leg, tgt, cfg, allowed)
     if not plan.quantized and (holders := model_io.control_flow_nodes(leg)):
         raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))
+    if not plan.quantized:  # else the only sign was compile's NPF_COMPILE_NOT_QUANTIZED on quantize's own output
+        log.warning("no node of the model runs on %s's accelerator, so nothing is quantized: quantized_model.onnx "
+                    "computes as the float model and `npuflow compile` refuses it (NPF_COMPILE_NOT_QUANTIZED); "
+                    "`npuflow check` says why for each node", tgt.name)
 
     inputs = _input_specs(leg, static_inputs, cfg.calib_dynamic_dims)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)

@@ -29,3 +29,19 @@ def test_sequence_output_is_refused_naming_the_output(target):
         quantize(_sequence_output_model(), calib, target)
     assert info.value.code == "NPF_QUANT_NON_TENSOR_OUTPUT"
     assert "'probs'" in str(info.value) and "SequenceConstruct" in str(info.value)
+
+
+def _cpu_only_model() -> onnx.ModelProto:
+    """x -> Cos -> y: no node any target's accelerator runs (sklearn's LinearClassifier alike)."""
+    graph = helper.make_graph([helper.make_node("Cos", ["x"], ["y"], name="cos")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_quantize_warns_when_nothing_runs_on_the_accelerator(caplog):
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 4)).astype(np.float32)} for i in range(4)]
+    with caplog.at_level("WARNING", logger="npuflow.quant.pipeline"):
+        quantize(_cpu_only_model(), calib, "DPUCZDX8G_ISA1_B4096")
+    assert any("nothing is quantized" in r.getMessage() and "NPF_COMPILE_NOT_QUANTIZED" in r.getMessage()
+               for r in caplog.records)
