@@ -196,6 +196,9 @@ _RUNTIME = _specs(
     ("NPF_RUNTIME_TARGET_MISMATCH",
      "the model was compiled for {compiled} (fingerprint {compiled_fp}), not for {target} (fingerprint {target_fp})",
      "Compile the quantized model for this target: `npuflow compile QUANTIZED.onnx --target {target}`."),
+    ("NPF_RUNTIME_SUBGRAPH_FAILED", "ONNX Runtime failed running CPU subgraph {subgraph}: {reason}",
+     "The input values are outside what the model accepts (a token id past the end of an embedding table, an "
+     "index out of range); check the values given for each input."),
     ("NPF_RUNTIME_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
     ("NPF_RUNTIME_MISSING_INPUT", "input {name!r} was not given",

@@ -62,9 +62,8 @@ def random_inputs(session: Any, seed: int = 0) -> dict[str, np.ndarray]:
     for s in specs:
         shape = [int(d) for d in _spec(s, "shape", "dims")]
         dtype = np.dtype(_spec(s, "dtype") or np.float32)
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            feed[_spec(s, "name")] = rng.integers(max(info.min, -128), min(info.max, 127) + 1, shape).astype(dtype)
+        if np.issubdtype(dtype, np.integer):  # 0 or 1: a valid token id, index or mask value for any model
+            feed[_spec(s, "name")] = rng.integers(0, 2, shape).astype(dtype)
         else:
             feed[_spec(s, "name")] = rng.standard_normal(shape).astype(dtype)
     return feed

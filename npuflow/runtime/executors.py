@@ -12,6 +12,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..errors import NpuflowError
 from ..graph import GraphView
 from ..operators import ELEMENTWISE_OPS
 from ..ort_session import Level, open_session
@@ -132,6 +133,11 @@ class IntegerExecutor:
         return value
 
 
+#: What ONNX Runtime raises when a run fails on the values it was given (pybind classes, not RuntimeError).
+_ORT_RUN_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                   ort.capi.onnxruntime_pybind11_state.RuntimeException)
+
+
 class OnnxExecutor:
     """Runs one CPU subgraph (plain ONNX with the quantized model's own Q/DQ) on ONNX Runtime.
 
@@ -155,6 +161,7 @@ class OnnxExecutor:
         self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1,
                                     external=external, shared_arena=True)
         del external  # ONNX Runtime holds its own copy (``open_session``)
+        self.name = sg["name"]
         self.inputs = list(sg["inputs"])
         self.outputs = list(sg["outputs"])
         self.lookup = _as_lookup(model, self.session) if lookup and not self.carried else None
@@ -165,14 +172,17 @@ class OnnxExecutor:
 
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
         carried = self.carried
-        if self.lookup is not None:
-            result = self.lookup(feeds)
-        elif not carried:  # the common case, once per frame: no carrier types to convert
-            result = dict(zip(self.outputs, self._run(self.outputs, {k: feeds[k] for k in self.inputs}, None)))
-        else:
-            ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
-            values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
-            result = {o: _from_carrier(v, carried.get(o)) for o, v in zip(self.outputs, values)}
+        try:
+            if self.lookup is not None:
+                result = self.lookup(feeds)
+            elif not carried:  # the common case, once per frame: no carrier types to convert
+                result = dict(zip(self.outputs, self._run(self.outputs, {k: feeds[k] for k in self.inputs}, None)))
+            else:
+                ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
+                values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
+                result = {o: _from_carrier(v, carried.get(o)) for o, v in zip(self.outputs, values)}
+        except _ORT_RUN_ERRORS as exc:  # the values, not the model: a token id past an embedding table's end
+            raise NpuflowError("NPF_RUNTIME_SUBGRAPH_FAILED", subgraph=self.name, reason=str(exc)) from None
         if dump is not None:
             for name, value in result.items():
                 if value.dtype.kind in "iu":

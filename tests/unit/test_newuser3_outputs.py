@@ -45,3 +45,37 @@ def test_quantize_warns_when_nothing_runs_on_the_accelerator(caplog):
         quantize(_cpu_only_model(), calib, "DPUCZDX8G_ISA1_B4096")
     assert any("nothing is quantized" in r.getMessage() and "NPF_COMPILE_NOT_QUANTIZED" in r.getMessage()
                for r in caplog.records)
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """ids (int64) -> Gather(10-row table) -> MatMul -> y: a token-id model, as a BERT's embedding."""
+    rng = np.random.default_rng(0)
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10, 8], rng.standard_normal(80).astype(np.float32))
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], rng.standard_normal(64).astype(np.float32))
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="emb"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [table, w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def embedding_session():
+    import npuflow
+    calib = [{"ids": np.array([[i % 10, 1, 2, 3]], np.int64)} for i in range(4)]
+    qm = quantize(_embedding_model(), calib, "cpu-int8")
+    return npuflow.Session(npuflow.compile(qm.model, "cpu-int8"))
+
+
+def test_out_of_range_token_id_is_a_coded_error_naming_the_subgraph(embedding_session):
+    with pytest.raises(NpuflowError) as info:
+        embedding_session.run({"ids": np.array([[150, 1, 2, 3]], np.int64)})
+    assert info.value.code == "NPF_RUNTIME_SUBGRAPH_FAILED"
+    assert "Gather" in str(info.value) and "_cpu" in str(info.value)
+
+
+def test_bench_runs_a_token_id_model_on_its_random_inputs(embedding_session):
+    from npuflow.profile.bench import bench, random_inputs
+    ids = random_inputs(embedding_session)["ids"]
+    assert ids.min() >= 0 and ids.max() <= 1
+    assert bench(embedding_session, frame_count=3).frame_count == 3
