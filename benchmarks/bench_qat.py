@@ -257,7 +257,7 @@ def bench_onnx(args) -> list[str]:
              f"PTQ start: {method} ({args.onnx_ptq_iters} iterations) calibrated on the "
              f"first {args.onnx_ptq_calib} training samples; QAT: `qat_onnx` distilling from FP32 on all training samples "
              f"(unlabelled, {'not ' if args.onnx_no_augment else ''}augmented; lr {args.onnx_lr:g}, quantizer lr "
-             f"{args.onnx_quantizer_lr:g}, feature weight {args.onnx_feature_weight:g}), batch {args.onnx_batch}, "
+             f"{args.onnx_quantizer_lr:g}, feature weight {args.onnx_feature_weight:g}, loss {args.onnx_loss}), batch {args.onnx_batch}, "
              f"{args.onnx_minutes:g} minutes of training on a shared "
              "2-core CPU (load average in the table).  Evaluation data is disjoint from training data.", "",
              f"{args.onnx_guard_samples or 'The default number of'} held-out training samples judge start vs trained "
@@ -318,7 +318,7 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
                           lr=args.onnx_lr, quantizer_lr=args.onnx_quantizer_lr, augment=not args.onnx_no_augment,
                           progress=progress, feature_weight=args.onnx_feature_weight, seed=seed, ptq=ptq,
                           guard_samples=args.onnx_guard_samples, checkpoint=ckpt, checkpoint_every=10**9,
-                          ema_decay=args.onnx_ema)
+                          ema_decay=args.onnx_ema, loss=args.onnx_loss)
         # the final checkpoint holds the final weights and the EMA the guard may have turned down
         saved = torch.load(ckpt, weights_only=False)
         returned_state = {k: v.clone() for k, v in result.qat.state_dict().items()}
@@ -354,10 +354,12 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
     load = os.getloadavg()[0]
     r = result.report
     ema_guard = f", EMA {r['ema_score']:.4f}" if r.get("ema_score") is not None else ""
+    quarters = " / ".join(f"{float(np.mean(q)):.4f}" for q in np.array_split(np.asarray(r["losses"]), 4) if len(q))
     log(f"{name} seed {seed}: FP32 {fp32_score}, PTQ {score(ptq_out)}, trained {score(trained_out)},"
         f"{' EMA ' + score(ema_out) + ',' if ema_cell else ''} returned {score(returned_out)}; "
         f"{r['measure']} {r['start_score']:.4f} -> {r['trained_score']:.4f}{ema_guard} (kept {r['kept']}); "
-        f"{r['steps']} steps ({r['epochs']:.2f} epochs); {time.time() - t0:.0f} s")
+        f"{r['steps']} steps ({r['epochs']:.2f} epochs); loss {r['loss']} per quarter {quarters}; "
+        f"{time.time() - t0:.0f} s")
     lines.append(f"| {Path(path).stem} | {seed} | {metric} | {fp32_score} | {score(ptq_out)} | {score(trained_out)} |"
                  f"{ema_cell} {score(returned_out)} | {r['steps']} ({r['epochs']:.2f}) | {r['ptq_seconds']:.0f} | "
                  f"{r['train_seconds']:.0f} | {load:.1f} | {exact} (first {args.compiled_check}) |")
@@ -366,7 +368,7 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
                  f"ONNX Runtime (output cosine) | 1 | {r['start_score']:.4f} ({r['start_cosine']:.4f}) | "
                  f"{r['trained_score']:.4f} ({r['trained_cosine']:.4f}) |"
                  + (f" {r['ema_score']:.4f} ({r['ema_cosine']:.4f}) |" if ema_cell else "")
-                 + f" kept: {r['kept']} |  |  |  |  |  |")
+                 + f" kept: {r['kept']}; loss {'/'.join(r['loss'])} per quarter {quarters} |  |  |  |  |  |")
     return result.ptq
 
 
@@ -403,6 +405,8 @@ def main() -> None:
                     help="qat_onnx guard_samples: training samples held out for the guard (default: the library's)")
     ap.add_argument("--onnx-ema", type=float, default=None, metavar="DECAY",
                     help="qat_onnx ema_decay: also average the weights; the table adds the EMA model's column")
+    ap.add_argument("--onnx-loss", choices=("auto", "kl", "mse", "ctc"), default="auto",
+                    help="qat_onnx loss (ctc: CTC on FP32's greedy decodes plus the per-step KL)")
     ap.add_argument("--onnx-seeds", default="0", help="comma-separated qat_onnx seeds, one run each, one PTQ start")
     ap.add_argument("--onnx-out", default=None, help="results file name (default qat_onnx_<models>.md)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")

@@ -15,7 +15,8 @@ or probability outputs, else output cosine) and the output cosine, and which one
 runs on every rank and rank 0 alone prints and writes (docs/scale-out.md).  ``--checkpoint``
 writes a resumable checkpoint as training goes, ``--resume`` continues from one.  ``--ema D``
 also keeps an exponential moving average of the weights (decay D); the summary then gives its
-measure too, and which of the start, the final weights and the average was kept.
+measure too, and which of the start, the final weights and the average was kept.  ``--loss ctc``
+trains a text recogniser on the lines FP32 reads (CTC on its greedy decodes) beside the per-step KL.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def qat_command(
                                                 "samples out of training to judge start vs trained (default: a "
                                                 "fifth, at most 64); a trained model must lead by more than "
                                                 "one held-out row."),
+    loss: str = typer.Option("auto", "--loss", metavar="KIND", help="Distillation loss: auto (KL on class or "
+                             "probability rows, else normalised squared error), kl, mse, or ctc (text recognisers' "
+                             "(N, T, C) outputs: CTC on FP32's greedy decodes plus the per-step KL)."),
     ema: Optional[float] = typer.Option(None, "--ema", metavar="DECAY", help="Also keep a moving average of the "
                                         "weights with this decay (0 < DECAY < 1, e.g. 0.98 for ~200 steps); the "
                                         "guard judges it beside the final weights and the start."),
@@ -93,7 +97,7 @@ def qat_command(
                           batch=batch, lr=lr, quantizer_lr=quantizer_lr, augment=augment, seed=seed,
                           progress=progress, nproc=nproc, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                           resume=resume, device=device, feature_weight=feature_weight,
-                          guard_samples=guard_samples, ema_decay=ema)
+                          guard_samples=guard_samples, ema_decay=ema, loss=loss)
     if result is None:  # a rank other than 0 of a torchrun launch: rank 0 reports and writes
         return
     if result.report["resumed_at_step"] is not None:

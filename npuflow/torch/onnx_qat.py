@@ -76,6 +76,7 @@ from .onnx_convert import load_onnx2torch
 from .distributed_launch import DEFAULT_TIMEOUT_MINUTES, join_launched, launched, spawn
 from .ptq_init import init_from_ptq
 from .qat import QatModel, export_qat, prepare_qat
+from .qat_ctc import check_ctc_output
 from .qat_features import check_feature_weight, select_features
 from .qat_ema import WeightEma, check_ema_decay
 from .qat_guard import Guard, Metric, choose
@@ -152,7 +153,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
              minutes: float | None = None, ptq_config: QuantConfig | Mapping | str | os.PathLike | None = None,
              config: QatConfig | dict | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
              batch: int = 8, lr: float = 0.05, quantizer_lr: float = 1e-2, temperature: float = 2.0,
-             loss: Literal["auto", "kl", "mse"] = "auto", augment: bool = True, seed: int = 0,
+             loss: Literal["auto", "kl", "mse", "ctc"] = "auto", augment: bool = True, seed: int = 0,
              ptq: QuantizedModel | None = None, output: str | os.PathLike | None = None,
              progress: Progress | None = None, nproc: int = 1, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int | None = None, resume: str | os.PathLike | None = None,
@@ -169,6 +170,10 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     (``npuflow build`` passes its own).  ``lr`` is in units of each layer's weight quantization
     step (see :func:`.qat_train.parameter_groups`).  ``output``: a folder to save the result into
     (:meth:`OnnxQatResult.save`).
+    ``loss``: ``auto`` distils each output by KL (class logits, probability rows) or normalised
+    squared error; ``ctc`` (text recognisers' (N, T, C) outputs, :mod:`.qat_ctc`) adds CTC on the
+    FP32 model's greedy decodes to the per-step KL; ``NPF_QAT_BAD_OPTION`` for another value, or
+    for ``ctc`` on an output without three axes.
 
     Data parallel (docs/scale-out.md): ``nproc`` > 1 trains in that many local gloo processes,
     each on its share of every step's ``batch`` samples; under torchrun (or in a process group
@@ -213,6 +218,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     _check_nproc(nproc)
     feature_weight = check_feature_weight(feature_weight)
     _check_guard_samples(guard_samples, None)
+    _check_loss(loss, None)
     ema_decay = check_ema_decay(ema_decay)
     dev = _device(device, nproc)
     joined_here = launched() and not torch.distributed.is_initialized()
@@ -234,6 +240,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
         progress = None  # one bar: rank 0's
 
     source = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
+    _check_loss(loss, source)
     samples = _read_samples(source, data, pcfg)
     _check_guard_samples(guard_samples, len(samples))
     if ptq is None:
@@ -447,6 +454,24 @@ def _build_student(convert: Callable, ptq: QuantizedModel, tgt: Target, qcfg: Qa
     forward_batch = batch if batch == 1 or _batch_free(qat, samples, input_names) else 1
     points = select_features(qat, module, ptq.float_model) if features else {}
     return _Student(qat, samples, input_names, output_names, initialised, forward_batch, points)
+
+
+#: the ``loss`` values :func:`qat_onnx` takes
+LOSSES = ("auto", "kl", "mse", "ctc")
+
+
+def _check_loss(loss: object, model: onnx.ModelProto | None) -> None:
+    """``NPF_QAT_BAD_OPTION`` unless ``loss`` is one of :data:`LOSSES`, and for ``ctc`` unless
+    every output of ``model`` (when given) whose rank the graph declares has three axes: refused
+    here, before the PTQ start's minutes, not at the first training step."""
+    if loss not in LOSSES:
+        raise NpuflowError("NPF_QAT_BAD_OPTION", option="loss", value=loss, reason=f"not one of {', '.join(LOSSES)}")
+    if loss != "ctc" or model is None:
+        return
+    for out in model.graph.output:
+        tensor = out.type.tensor_type
+        if tensor.HasField("shape"):
+            check_ctc_output(out.name, [d.dim_param or d.dim_value for d in tensor.shape.dim])
 
 
 def _check_guard_samples(guard_samples: object, samples: int | None) -> None:

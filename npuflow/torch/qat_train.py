@@ -22,6 +22,7 @@ from ..ort_session import open_session
 from ..quant.data import Sample
 from .layers import QatWeighted
 from .qat import QatModel, distributed, load_checkpoint, save_checkpoint
+from .qat_ctc import KL_WEIGHT, check_ctc_output, ctc_term
 from .qat_ema import WeightEma
 from .qat_features import FeatureTap, feature_loss
 
@@ -83,22 +84,43 @@ def as_list(out: Any) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def _loss_kind(teacher_out: torch.Tensor, requested: str) -> str:
+def _is_probs(t: torch.Tensor) -> bool:
+    """Whether an output is probability rows: non-negative, summing to 1 on the last axis (a softmax
+    inside the model)."""
+    return t.dim() >= 2 and bool((t >= 0).all()) and torch.allclose(t.sum(-1), t.new_ones(()), atol=1e-3)
+
+
+def _loss_kind(teacher_out: torch.Tensor, requested: str, name: str = "output") -> str:
     """``kl`` for class logits (N, C) or probability rows (non-negative, summing to 1 on the last
-    axis), ``mse`` (normalised squared error) for anything else, unless the caller chose."""
+    axis), ``mse`` (normalised squared error) for anything else, unless the caller chose.
+    ``ctc`` (:mod:`.qat_ctc`) becomes ``ctc_probs`` or ``ctc_logits`` by the same probability test,
+    and is refused (``NPF_QAT_BAD_OPTION``, naming the output ``name``) unless the output is (N, T, C)."""
+    t = teacher_out.float()
+    if requested == "ctc":
+        check_ctc_output(name, tuple(t.shape))
+        return "ctc_probs" if _is_probs(t) else "ctc_logits"
     if requested != "auto":
         return requested
-    t = teacher_out.float()
-    if t.dim() >= 2 and bool((t >= 0).all()) and torch.allclose(t.sum(-1), t.new_ones(()), atol=1e-3):
+    if _is_probs(t):
         return "kl_probs"
     return "kl" if t.dim() == 2 and t.shape[1] > 1 else "mse"
 
 
 def _distil_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """One output's loss of the ``kind`` :func:`_loss_kind` chose (``kl_steps``: the per-step KL
+    of logits under a CTC term)."""
+    if kind.startswith("ctc_"):  # CTC on the teacher's greedy decodes, the per-step KL anchoring the rows
+        probs = kind == "ctc_probs"
+        kl = _distil_loss(student, teacher, "kl_probs" if probs else "kl_steps", temperature)
+        return ctc_term(student, teacher, probs) + KL_WEIGHT * kl
     if kind == "kl_probs":  # both are probabilities (a softmax inside the model)
         t = teacher.clamp_min(1e-8)
         s = student.clamp_min(1e-8)
         return (t * (t.log() - s.log())).sum(-1).mean()
+    if kind == "kl_steps":  # logits over the last axis, the KL averaged over all other positions
+        s = F.log_softmax(student / temperature, dim=-1)
+        t = F.log_softmax(teacher / temperature, dim=-1)
+        return (t.exp() * (t - s)).sum(-1).mean() * temperature ** 2
     if kind == "kl":
         s = F.log_softmax(student / temperature, dim=1)
         t = F.log_softmax(teacher / temperature, dim=1)
@@ -275,7 +297,7 @@ class Trainer:
             student = as_list(self.model(*x))
             target, target_features = target[:self.outputs], target[self.outputs:]
             if not self.loss_kinds:
-                self.loss_kinds = [_loss_kind(t, plan.loss) for t in target]
+                self.loss_kinds = [_loss_kind(t, plan.loss, n) for t, n in zip(target, self.teacher.outputs)]
             loss = sum(_distil_loss(s, t, k, plan.temperature) for s, t, k in zip(student, target, self.loss_kinds))
             if tap is not None:
                 term = feature_loss(tap.take(), target_features)

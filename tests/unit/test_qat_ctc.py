@@ -1,0 +1,126 @@
+"""``loss="ctc"`` of label-free QAT (``npuflow.torch.qat_ctc``, ``npuflow.torch.qat_train``): the
+teacher's greedy CTC decode as pseudo-labels, the CTC term on the student's rows beside the
+per-step KL, the refusal of outputs without three axes, and a tiny ``qat_onnx`` run."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from npuflow.errors import NpuflowError
+from npuflow.torch.onnx_qat import qat_onnx
+from npuflow.torch.qat_ctc import check_ctc_output, ctc_term, greedy_labels
+from npuflow.torch.qat_train import _distil_loss, _loss_kind
+from tests import fixture_models
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+C = 5
+
+
+def _rows(*lines: list[int], sharp: float = 8.0) -> torch.Tensor:
+    """Probability rows (N, T, C) whose argmax per step is each line's class, softmax of ``sharp``."""
+    logits = torch.zeros(len(lines), len(lines[0]), C)
+    for n, line in enumerate(lines):
+        logits[n, torch.arange(len(line)), torch.tensor(line)] = sharp
+    return logits.softmax(-1)
+
+
+def test_greedy_labels_merge_repeats_drop_blanks_and_allow_an_empty_line():
+    teacher = _rows([1, 1, 0, 1, 2, 2, 0, 0],  # a repeat split by a blank reads twice: (1, 1, 2)
+                    [0, 0, 0, 0, 0, 0, 0, 0],  # an empty line
+                    [3, 4, 4, 4, 0, 3, 0, 4])  # (3, 4, 3, 4)
+    labels, lengths = greedy_labels(teacher)
+    assert lengths.tolist() == [3, 0, 4]
+    assert labels.tolist() == [1, 1, 2, 3, 4, 3, 4]
+    assert labels.dtype == lengths.dtype == torch.long
+
+
+def test_the_student_reading_the_teachers_line_sharply_has_the_least_loss():
+    """CTC is near 0 for a sharp student that reads the teacher's lines (the teacher sharpened),
+    larger for the teacher's own softer rows, larger again for a student reading another line."""
+    lines = ([1, 1, 0, 2, 0, 0, 3, 0], [0, 0, 0, 0, 0, 0, 0, 0])
+    teacher = _rows(*lines, sharp=3.0)
+    sharpened = _rows(*lines, sharp=20.0)
+    wrong = _rows([1, 1, 0, 2, 0, 0, 4, 0], [0, 0, 0, 1, 0, 0, 0, 0], sharp=20.0)
+    same = float(ctc_term(sharpened, teacher, probs=True))
+    soft = float(ctc_term(teacher, teacher, probs=True))
+    other = float(ctc_term(wrong, teacher, probs=True))
+    assert same < 1e-3 < soft < other
+    # logits take the log-softmax: the same rows as logits give the same loss
+    assert float(ctc_term(sharpened.log(), teacher, probs=False)) == pytest.approx(same, abs=1e-6)
+
+
+def test_ctc_gradient_reaches_the_student_and_moves_it_towards_the_line():
+    teacher = _rows([1, 0, 2, 2, 0, 3], sharp=6.0)
+    logits = torch.zeros(1, 6, C, requires_grad=True)  # a student that reads nothing in particular
+    loss = _distil_loss(logits.softmax(-1), teacher, "ctc_probs", 2.0)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and float(logits.grad.abs().sum()) > 0
+    with torch.no_grad():  # one step down the gradient lowers the loss
+        stepped = (logits - 0.5 * logits.grad).softmax(-1)
+        assert float(_distil_loss(stepped, teacher, "ctc_probs", 2.0)) < float(loss)
+
+
+def test_loss_kind_ctc_follows_the_probability_test_and_adds_the_kl():
+    teacher = _rows([1, 0, 2, 0])
+    assert _loss_kind(teacher, "ctc", "y") == "ctc_probs"
+    assert _loss_kind(teacher.log(), "ctc", "y") == "ctc_logits"
+    student = _rows([1, 0, 2, 2], sharp=4.0)
+    kl = _distil_loss(student, teacher, "kl_probs", 2.0)
+    assert float(_distil_loss(student, teacher, "ctc_probs", 2.0)) == pytest.approx(
+        float(ctc_term(student, teacher, probs=True) + kl))
+
+
+def test_ctc_is_refused_on_an_output_without_three_axes():
+    with pytest.raises(NpuflowError) as e:
+        _loss_kind(torch.softmax(torch.randn(4, 10), -1), "ctc", "logits")
+    assert e.value.code == "NPF_QAT_BAD_OPTION" and "'logits'" in str(e.value) and "(4, 10)" in str(e.value)
+    with pytest.raises(NpuflowError, match="'y'.*'batch', 10"):
+        check_ctc_output("y", ["batch", 10])
+    check_ctc_output("y", ["batch", 40, 6625])
+
+
+def test_qat_onnx_refuses_ctc_on_a_classifier_before_the_ptq_start(mnist_npy_folder):
+    with pytest.raises(NpuflowError) as e:
+        qat_onnx(fixture_models.mnist_cnn(), DPU, str(mnist_npy_folder), epochs=1, ptq_config={}, loss="ctc")
+    assert e.value.code == "NPF_QAT_BAD_OPTION" and "CTC needs (N, T, C)" in str(e.value)
+    with pytest.raises(NpuflowError, match="NPF_QAT_BAD_OPTION"):
+        qat_onnx(fixture_models.mnist_cnn(), DPU, str(mnist_npy_folder), epochs=1, loss="hinge")
+
+
+def _tiny_recogniser() -> onnx.ModelProto:
+    """Conv -> Relu (DPU) -> Reshape to (1, T=8, C=64) -> Softmax over C: a recogniser's rows."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([1, 8, 64], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], name="rows"),
+             helper.make_node("Softmax", ["f"], ["y"], name="softmax", axis=2)]
+    graph = helper.make_graph(nodes, "rec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_qat_onnx_trains_a_recogniser_with_the_ctc_loss():
+    rng = np.random.default_rng(1)
+    samples = [(rng.standard_normal((1, 3, 8, 8)) * 2).astype(np.float32) for _ in range(16)]
+    torch.manual_seed(0)
+    r = qat_onnx(_tiny_recogniser(), DPU, samples, epochs=2, ptq_config={}, batch=4, loss="ctc")
+    assert r.report["loss"] == ["ctc_probs"]
+    assert r.steps > 0 and all(np.isfinite(r.losses))
+    assert r.report["start_sequence_agreement"] is not None  # the guard reads the rows as lines
+
+
+def test_cli_loss_ctc_on_a_classifier_is_a_coded_error(cli, mnist_npy_folder, tmp_path):
+    res = cli("qat", fixture_models.mnist_cnn(), "-t", DPU, "--data", mnist_npy_folder, "--epochs", "1",
+              "--loss", "ctc", "-o", tmp_path / "out")
+    assert res.returncode == 2
+    assert "ERROR [NPF_QAT_BAD_OPTION]" in res.stderr and "'logits'" in res.stderr and "CTC" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
