@@ -26,7 +26,7 @@ import onnx
 
 from ..errors import NpuflowError
 from .. import operators
-from ..graph import GraphView, is_dequantize, subgraphs
+from ..graph import GraphView, is_dequantize, quantize_mode, subgraphs
 from ..placement import Device
 from .algorithms.capture import run_outputs
 from .calibrate import run_sample, session_for
@@ -208,12 +208,15 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
 
 
 def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
-    """The quantization step of each model output whose values lie on one per-tensor grid: a
-    dequantize step's result, reached through ops that only move values
+    """The quantization step of each model output whose values lie on one per-tensor grid fixed by
+    the op's own output interval (``operators.FIXED_OUTPUT_RANGE``: a sigmoid's [0, 1], whatever
+    calibration saw): a dequantize step's result, reached through ops that only move values
     (``operators.VALUE_MOVING_OPS``; several grids: the finest) and through an ``If`` branch that
     passes an outer tensor on (hey_jarvis returns its quantized probability unless the verifier
     runs; the verifier branch computes in float and adds no grid).  Read from the exported model, so a QAT model's trained
-    scales count."""
+    scales count.  A calibrated grid is left out: every value below one step of it is a collapse,
+    not rounding (``cat([a * 2000, a])[:, 8:]`` on a power-of-two DPU shares the concat's grid, reads
+    0 everywhere, cosine 0; it passed as "within one step" before 2026-12-05)."""
     view = GraphView(quant_model)
 
     def step(tensor: str, depth: int = 0) -> float | None:
@@ -221,6 +224,10 @@ def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
         if node is None or depth > 64:
             return None
         if is_dequantize(node):
+            quant = view.producer_node(node.input[0])
+            source = view.producer_node(quant.input[0]) if quant is not None and quantize_mode(quant) else None
+            if source is None or source.op_type not in operators.FIXED_OUTPUT_RANGE:
+                return None  # a calibrated grid (or one shared with a wider tensor): all below a step is a collapse
             scale = view.const(node.input[1])
             return float(scale.reshape(())) if scale is not None and scale.size == 1 else None
         if node.op_type in operators.VALUE_MOVING_OPS and node.input:

@@ -79,3 +79,28 @@ def test_bench_runs_a_token_id_model_on_its_random_inputs(embedding_session):
     ids = random_inputs(embedding_session)["ids"]
     assert ids.min() >= 0 and ids.max() <= 1
     assert bench(embedding_session, frame_count=3).frame_count == 3
+
+
+def _collapsing_model() -> onnx.ModelProto:
+    """y = Concat(a * 2000, a)[:, 8:] with a = Conv(x): y shares the concat's grid, 2000x too coarse."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], (rng.standard_normal(216) * 0.3).astype(np.float32))
+    k = helper.make_tensor("k", TensorProto.FLOAT, [], [2000.0])
+    starts, ends, axes = (helper.make_tensor(n, TensorProto.INT64, [1], [v])
+                          for n, v in (("starts", 8), ("ends", 16), ("axes", 1)))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["a", "k"], ["big"], name="scale"),
+             helper.make_node("Concat", ["big", "a"], ["c"], name="cat", axis=1),
+             helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["y"], name="small")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+                              [w, k, starts, ends, axes])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_output_collapsed_on_a_shared_grid_is_warned_not_passed_as_within_one_step():
+    calib = [np.random.default_rng(i).standard_normal((1, 3, 8, 8)).astype(np.float32) for i in range(4)]
+    q = quantize(_collapsing_model(), calib, "DPUCZDX8G_ISA1_B4096", warn=False)
+    assert q.report.calibration_outputs["y"] < 0.5  # every value rounds to 0 on the concat's grid
+    assert q.report.within_one_step == []
+    assert q.problem is not None and q.problem.code == "NPF_QUANT_LOW_SIMILARITY"
