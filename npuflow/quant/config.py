@@ -338,10 +338,11 @@ def validate_settings(s: TensorSettings, kind: str, target: Target, where: str) 
                 "NPF_QUANT_BITS_UNSUPPORTED", bits=s.bit_width, kind=kind, where=where, target=target.name,
                 supported="/".join(str(b) for b in sorted(set(target.numerics.bits) | {8})),
             )
-    if not s.symmetric and s.method in ("entropy", "mse", "auto"):
-        # symmetric alone on unsigned codes is the range [0, t]: every negative value clipped to 0
-        fix = "symmetric: true" if s.signed else "symmetric: true and signed: true; symmetric unsigned codes cover [0, t] only"
-        raise conflict(f"method {s.method!r} needs symmetric quantization (set {fix})")
+    if not s.symmetric and s.method in ("entropy", "mse", "auto") and kind in ("weight", "bias"):
+        # asymmetric activations search their (lo, hi) (thresholds.asymmetric_range); an
+        # asymmetric constant is quantized over its own min/max, so the method would be ignored
+        raise conflict(f"method {s.method!r} applies to symmetric weights; asymmetric weights take their min/max "
+                       "(set symmetric: true or method: minmax)")
     if s.scale_type == "power_of_two" and not s.symmetric:
         raise conflict("power_of_two scales need symmetric quantization (zero point 0)")
     if s.per_channel and kind in ("input", "activation"):

@@ -15,7 +15,7 @@ import numpy as np
 from .. import numerics
 from .config import TensorSettings
 from .observers import HistogramObserver, MinMaxObserver
-from .thresholds import percentile_range, pow2_position, symmetric_threshold
+from .thresholds import asymmetric_range, pow2_position, symmetric_threshold
 
 
 @dataclass
@@ -118,10 +118,8 @@ def activation_params(name: str, kind: str, s: TensorSettings, mm: MinMaxObserve
         if not s.signed:
             return 0.0, min(t, max(mm.max, 0.0)), None
         return -t, t, None
-    if s.method == "percentile" and hist is not None:
-        lo, hi = percentile_range(hist, s.percentile)
-        return max(lo, mm.min), min(hi, mm.max), None
-    return mm.min, mm.max, None
+    lo, hi = asymmetric_range(s.method, mm.min, mm.max, hist, s.bit_width, s.signed, s.percentile, s.round_mode)
+    return lo, hi, None
 
 
 def weight_params(name: str, values: np.ndarray, s: TensorSettings, axis: int | None, kind: str = "weight") -> TensorQuant:

@@ -20,6 +20,12 @@ On power-of-two scales a threshold is turned into a fix position by
 :func:`npuflow.numerics.pow2_fix_pos`; ``mse``/``auto``/``entropy`` search fix positions directly.  The
 expected error of a candidate rounds with the tensor's own tie rule (``round_mode``): bin centres
 fall on exact ties of power-of-two scales.
+
+Asymmetric (zero-point) activations, cpu-int8's uint8, get a range ``(lo, hi)`` instead
+(:func:`asymmetric_range`): the two quantiles for ``percentile``, a KL search per sign at the
+level count each sign's reach gives it for ``entropy``, coordinate descent on the expected
+squared error of the real zero-point quantizer for ``mse``, and ``auto``'s
+:func:`least_clipping` over those candidates and min/max.
 """
 
 from __future__ import annotations
@@ -258,3 +264,140 @@ def pow2_position(method: str, amax: float, hist: HistogramObserver | None, bits
     options = [n0, n0 + 1, n0 + 2] if method == "mse" else [n0 - 1, n0, n0 + 1, n0 + 2, n0 + 3]
     errors = [expected_sq_error(centres, counts, float(numerics.pow2_scale(n)), qmax, round_mode) for n in options]
     return int(options[int(np.argmin(errors))])
+
+
+# --- asymmetric (zero-point) ranges -------------------------------------------------------------
+
+
+def signed_grid(hist: HistogramObserver) -> tuple[np.ndarray, np.ndarray]:
+    """Bin centres and counts of ``x`` over ``[-R, R]``, exact zeros left out: a zero point
+    represents them exactly, so they carry no error, while at their bin's centre they would be
+    charged half a bin's error each (a ReLU output is 70-90 % zeros)."""
+    counts = hist.counts.astype(np.float64)
+    counts[hist.bins // 2] -= hist.zeros
+    centres = -hist.range + (np.arange(hist.bins) + 0.5) * hist.bin_width
+    return centres, counts
+
+
+def asymmetric_sq_errors(centres: np.ndarray, counts: np.ndarray, ranges: list[tuple[float, float]], bits: int,
+                         signed: bool, round_mode: numerics.RoundMode | str) -> np.ndarray:
+    """Expected squared error of the zero-point quantizer of each ``(lo, hi)`` in ``ranges`` over
+    the histogram: scale and zero point as :func:`npuflow.numerics.asymmetric_params` sets them
+    (the parameters written to the model), codes rounded with the tensor's tie rule and clipped to
+    the code range, all candidates at once."""
+    qmin, qmax = numerics.qrange(bits, signed)
+    params = [numerics.asymmetric_params(lo, hi, bits, signed) for lo, hi in ranges]
+    scale = np.array([float(p[0]) for p in params])[:, None]
+    zp = np.array([float(p[1]) for p in params])[:, None]
+    q = np.clip(numerics.round_values(centres[None, :] / scale, round_mode) + zp, qmin, qmax)
+    return np.sum(counts[None, :] * (centres[None, :] - (q - zp) * scale) ** 2, axis=1)
+
+
+def asymmetric_mse_range(hist: HistogramObserver, lo: float, hi: float, bits: int, signed: bool,
+                         round_mode: numerics.RoundMode | str, steps: int = 80, rounds: int = 3) -> tuple[float, float]:
+    """The ``(lo, hi)`` of least expected squared error, each side a fraction 0.2-1 of the
+    observed one, by coordinate descent (the upper side with the lower fixed, then the lower,
+    ``rounds`` times; a side with no values stays at zero).  Histogram-based: the cost is
+    ``rounds * 2 * steps`` candidate rows of ``bins``, whatever the sample count."""
+    centres, counts = signed_grid(hist)
+    if counts.sum() == 0 or hi <= lo:
+        return lo, hi
+    fractions = np.linspace(0.2, 1.0, steps + 1)[1:]
+    best = (lo, hi)
+    for _ in range(rounds):
+        for side in (1, 0):
+            if (hi if side else -lo) <= 0:
+                continue
+            ranges = [(best[0], hi * f) if side else (lo * f, best[1]) for f in fractions]
+            errors = asymmetric_sq_errors(centres, counts, ranges, bits, signed, round_mode)
+            best = ranges[int(np.flatnonzero(errors == errors.min())[-1])]  # ties: the wider
+    return float(best[0]), float(best[1])
+
+
+def _side_entropy(side: Side, levels: int, bin_width: float) -> tuple[float, float]:
+    """KL-optimal threshold of one side of the histogram quantized to ``levels`` steps, and its
+    divergence (normalised by that side's own total): :func:`entropy_threshold` on one sign."""
+    used = np.flatnonzero(side[0] > 0)
+    if used.size == 0:
+        return 0.0, 0.0
+    end = int(used[-1]) + 1
+    if end <= levels:
+        return float(end * bin_width), 0.0
+    candidates = range(levels, end + 1)
+    divergences = np.array([_divergence((side,), i, levels) for i in candidates])
+    best = int(np.flatnonzero(divergences == divergences.min())[-1])
+    return float(candidates[best] * bin_width), float(divergences[best])
+
+
+def _reach_divergence(side: Side, reach_bins: float, levels: int) -> float:
+    """Divergence of one side clipped at ``reach_bins`` bins (rounded up) and quantized to
+    ``levels`` steps; a reach of no more bins than levels keeps every bin its own level."""
+    i = max(1, int(np.ceil(reach_bins)))
+    return _divergence((side,), i, min(levels, i))
+
+
+def asymmetric_entropy_range(hist: HistogramObserver, lo: float, hi: float, bits: int, signed: bool,
+                             iterations: int = 2) -> tuple[float, float]:
+    """KL-divergence range of a zero-point quantizer.
+
+    The ``qmax - qmin`` steps over ``[lo, hi]`` fall to the two signs in proportion to their
+    reach (a ReLU output gets all 255 of uint8, against 127 for a symmetric signed one).  Starting
+    from min/max, each side takes its KL-optimal threshold at the level count its current share
+    implies, and the shares are recomputed from the new range, ``iterations`` times.  Each range
+    met (min/max included) is scored by the divergence of the whole distribution (the sides'
+    divergences weighted by their mass: both are normalised by the same total) and the least wins,
+    ties to the earlier (wider) one, so a side's shrinking share cannot starve it into a collapse."""
+    qmin, qmax = numerics.qrange(bits, signed)
+    steps = qmax - qmin
+    sides = _entropy_sides(hist)
+    masses = np.array([sides[0][0].sum(), sides[1][0].sum()])
+    if masses.sum() == 0 or hi <= lo:
+        return lo, hi
+    weights = masses / masses.sum()
+    width = hist.bin_width
+    current = (min(lo, 0.0), max(hi, 0.0))
+    best, best_kl = current, np.inf
+    for _ in range(iterations + 1):
+        pos_levels = max(1, int(steps * current[1] / (current[1] - current[0])))
+        neg_levels = max(1, steps - pos_levels)
+        t_pos, kl_pos = _side_entropy(sides[0], pos_levels, width)
+        t_neg, kl_neg = _side_entropy(sides[1], neg_levels, width)
+        # the divergence of the range in hand, at its own split: each side at its current reach
+        reach_kl = sum(w * _reach_divergence(s, r / width, n) for s, w, r, n in
+                       ((sides[0], weights[0], current[1], pos_levels), (sides[1], weights[1], -current[0], neg_levels))
+                       if w > 0)
+        if reach_kl < best_kl:
+            best, best_kl = current, reach_kl
+        current = (max(-t_neg, lo) if masses[1] else min(lo, 0.0), min(t_pos, hi) if masses[0] else max(hi, 0.0))
+        if current[1] <= current[0]:
+            break
+    return float(best[0]), float(best[1])
+
+
+def asymmetric_range(method: str, lo: float, hi: float, hist: HistogramObserver | None, bits: int, signed: bool,
+                     percentile: float, round_mode: numerics.RoundMode | str) -> tuple[float, float]:
+    """Calibrated ``(lo, hi)`` of a zero-point (asymmetric) quantizer from the observed ``lo``/``hi``
+    (min/max) and histogram: ``minmax``, ``percentile`` (the two quantiles), ``entropy``
+    (:func:`asymmetric_entropy_range`), ``mse`` (:func:`asymmetric_mse_range`) or ``auto``: the
+    four candidates scored by the expected squared error of the real quantizer, the widest of
+    those within :data:`AUTO_TOLERANCE` of the least (:func:`least_clipping`, as symmetric ``auto``).
+    The result always lies within ``[lo, hi]``."""
+    if method == "minmax" or hist is None:
+        return lo, hi
+
+    def within(r: tuple[float, float]) -> tuple[float, float]:
+        return max(r[0], lo), min(r[1], hi)
+
+    pct = within(percentile_range(hist, percentile))
+    if method == "percentile":
+        return pct
+    if method == "entropy":
+        return within(asymmetric_entropy_range(hist, lo, hi, bits, signed))
+    mse = within(asymmetric_mse_range(hist, lo, hi, bits, signed, round_mode))
+    if method == "mse":
+        return mse
+    candidates = [(lo, hi), pct, within(asymmetric_entropy_range(hist, lo, hi, bits, signed)), mse]
+    centres, counts = signed_grid(hist)
+    errors = asymmetric_sq_errors(centres, counts, candidates, bits, signed, round_mode)
+    reach = [max(c[1], 0.0) - min(c[0], 0.0) for c in candidates]
+    return candidates[least_clipping([float(e) for e in errors], reach)]

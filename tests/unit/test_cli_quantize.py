@@ -101,8 +101,7 @@ def test_calibration_shape_or_dtype_mismatch(npuflow_cli, net, tmp_path, array):
     ('{"layers": [{"name": "no_such_conv", "activation": {"bit_width": 8}}]}', "NPF_QUANT_UNKNOWN_LAYER"),
     ('{"keep_float": ["nope"]}', "NPF_QUANT_UNKNOWN_LAYER"),
     ('{"activation": {"bit_width": 12}}', "NPF_QUANT_BAD_CONFIG"),
-    ('{"activation": {"method": "entropy", "symmetric": false}, "overall": {"scale_type": "float"}}',
-     "NPF_QUANT_CONFIG_CONFLICT"),
+    ('{"activation": {"scale_type": "power_of_two", "symmetric": false}}', "NPF_QUANT_CONFIG_CONFLICT"),
     ('{"weight": {"bit_width": 16}}', "NPF_QUANT_BITS_UNSUPPORTED"),
     ('{not json', "NPF_QUANT_CONFIG_FILE"),
 ])

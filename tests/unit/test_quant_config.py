@@ -55,8 +55,9 @@ def test_layers_override_in_order():
 
 
 @pytest.mark.parametrize("data", [
-    {"activation": {"method": "entropy", "symmetric": False, "scale_type": "float"}},
-    {"activation": {"method": "mse", "symmetric": False, "scale_type": "float"}},
+    # asymmetric activations take entropy/mse (thresholds.asymmetric_range); asymmetric weights would ignore them
+    {"weight": {"method": "entropy", "symmetric": False, "scale_type": "float"}},
+    {"weight": {"method": "mse", "symmetric": False, "scale_type": "float"}},
     {"activation": {"symmetric": False}},  # power_of_two needs symmetric
     {"activation": {"per_channel": True}},
     {"weight": {"signed": False}},
