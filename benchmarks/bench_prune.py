@@ -13,6 +13,7 @@ rounding matters.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 import time
@@ -117,6 +118,7 @@ def run_one_step(name, model, train_data, test_data, example, divisible):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
     train_data, test_data = mnist_split()
