@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
-from ..operators import FOLLOWERS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS
+from ..operators import FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
@@ -141,6 +141,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
     _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
     if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
+        _float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused)
         _follow_quant_plan(view, device, reasons, transparent, fused, tgt)
     _place_followers(view, device, transparent)
     sub = partition(view, device, transparent)
@@ -261,6 +262,32 @@ def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
         device[i] = CPU
         reasons[i].append(f"only moves data that comes from the CPU and goes back to it; on the "
                           f"{tgt.device_label} it would cost two transfers and a shared quantization scale")
+
+
+def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: list[list[str]],
+                                 transparent: list[bool], fused: dict[int, int]) -> None:
+    """In a float model, an op the quantizer never quantizes on its own
+    (:attr:`npuflow.operators.OpDef.quantized` false: ``Div`` by a constant, ``Tanh``, ``Abs``...)
+    runs in float on the CPU when its input comes from the CPU (or a graph input), as compile
+    leaves it: the compiler lowers such an op only as the epilogue chain of a quantized op before
+    it, or as a table between that op's dequantize step and the next quantize step.
+    BatchNormalization is rewritten into a convolution before quantization (``REWRITTEN_OPS``), so
+    it keeps its place.
+
+    ConvNeXt's GELU ``x * 0.5 * (1 + erf(x / 1.4142))`` after a bias ``Add`` cpu-int8 runs on the
+    CPU: the ``Div`` was placed on the accelerator, and quantize and compile left it in float on
+    the CPU.  Graph order is topological, so the producer's device is final when a node is seen."""
+    for i, node in enumerate(view.nodes):
+        if device[i] != NPU or transparent[i] or i in fused or i in fused.values():
+            continue
+        if op_def(node.op_type, node.domain).quantized or node.op_type in FOLLOWERS or node.op_type in REWRITTEN_OPS:
+            continue
+        ins = view.data_inputs(i)
+        if ins and _fed_from_npu(view, transparent, device, ins[0]):
+            continue
+        device[i] = CPU
+        reasons[i].append(f"the quantizer quantizes {node.op_type} only after a quantized op, and its input comes "
+                          "from the CPU in float (or a graph input), so it runs in float on the CPU")
 
 
 def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:

@@ -29,6 +29,10 @@ def hint_for(reason: str, device: str) -> str:
         return f"Group convolutions other than depthwise do not run on the {device}; split into separate convolutions."
     if low.startswith("mode"):
         return "Use a mode the target supports."
+    if low.startswith("the quantizer quantizes"):
+        return ("npuflow's quantizer leaves this op in float where nothing quantized carries it (a model quantized "
+                "elsewhere with quantize steps around it is lowered); place it right after a quantized layer, "
+                "or accept CPU execution.")
     if "needs its input's relative precision" in low:
         return ("Kept in float on purpose (an 8-bit grid loses the small values this op needs).  To force int8 "
                 "anyway, give the node a bit width in the quantizer config: "

@@ -1,0 +1,68 @@
+"""An op npuflow's quantizer never quantizes on its own (``OpDef.quantized`` false) is placed by
+``check`` where ``quantize`` + ``compile`` leave it: a ``Div`` by a constant or a ``Tanh`` between
+two CPU ops (ConvNeXt's erf GELU after a CPU bias ``Add``) on the CPU, after quantized work on the
+accelerator."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import npuflow
+from npuflow.check.report import CPU, NPU
+
+TARGETS = ["cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2"]
+
+
+def _model(mid: str, after_cpu: bool):
+    """conv0 -> (Erf, on the CPU everywhere | Relu) -> mid -> (Erf | nothing) -> conv."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(1.4142, np.float32), "c")]
+    first = helper.make_node("Erf" if after_cpu else "Relu", ["a0"], ["a"], name="first")
+    node = (helper.make_node("Div", ["a", "c"], ["d"], name="mid") if mid == "Div"
+            else helper.make_node(mid, ["a"], ["d"], name="mid"))
+    tail = [helper.make_node("Erf", ["d"], ["e"], name="erf")] if after_cpu else []
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a0"], name="conv0", pads=[1, 1, 1, 1]), first, node, *tail,
+             helper.make_node("Conv", ["e" if after_cpu else "d", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def _compiled_device(model, target: str) -> str:
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q = npuflow.quantize(model, calib, target, warn=False)
+    compiled = npuflow.compile(q.model, target)
+    on_cpu = {n for sg in compiled.subgraphs if not sg.on_accelerator for n in sg.nodes}
+    return CPU if "mid" in on_cpu else NPU
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_div_between_cpu_ops_is_on_the_cpu_in_check_as_in_compile(target):
+    model = _model("Div", after_cpu=True)
+    r = npuflow.check(model, target)
+    assert r.node("mid").device == CPU
+    assert "only after a quantized op" in r.node("mid").reasons[-1]
+    assert "leaves this op in float" in r.node("mid").hint
+    assert _compiled_device(model, target) == CPU
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_div_after_quantized_work_stays_on_the_accelerator(target):
+    model = _model("Div", after_cpu=False)
+    assert npuflow.check(model, target).node("mid").device == NPU
+    assert _compiled_device(model, target) == NPU
+
+
+def test_a_table_op_between_cpu_ops_is_on_the_cpu():
+    """bernoulli2 runs tanh as a table, but only between a quantized op's dequantize step and the
+    next quantize step; after a CPU op it stays in float."""
+    model = _model("Tanh", after_cpu=True)
+    r = npuflow.check(model, "bernoulli2")
+    assert r.node("mid").device == CPU
+    assert _compiled_device(model, "bernoulli2") == CPU
+    assert npuflow.check(_model("Tanh", after_cpu=False), "bernoulli2").node("mid").device == NPU
+    assert _compiled_device(_model("Tanh", after_cpu=False), "bernoulli2") == NPU
