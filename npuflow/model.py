@@ -309,12 +309,19 @@ def _check_known_domains(proto: onnx.ModelProto) -> None:
 
 
 def _check_outputs_made(graph: onnx.GraphProto) -> None:
-    """Every graph output is made by a node, or is an input or initializer passed through."""
+    """Every graph output is made by a node, or is an input or initializer passed through, and is
+    listed once: results are returned by name (``Session.run``'s dict, the ``.npuf``'s outputs),
+    so a second listing would silently vanish where ONNX Runtime returns it twice."""
     made = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     made |= {o for n in graph.node for o in n.output if o}
+    listed: set[str] = set()
     for out in graph.output:
         if out.name not in made:
             raise NpuflowError("NPF_MODEL_INVALID", reason=f"graph output {out.name!r} is not made by any node")
+        if out.name in listed:
+            raise NpuflowError("NPF_MODEL_INVALID", reason=f"graph output {out.name!r} is listed twice; list each "
+                                                           "output once (outputs are returned by name)")
+        listed.add(out.name)
 
 
 def _check_unique_names(graph: onnx.GraphProto) -> None:

@@ -60,6 +60,13 @@ def test_duplicate_node_output_and_initializer_name_the_tensor_and_writers():
     _refused(m, "NPF_MODEL_DUPLICATE_NAME", "'w'", "initializer")
 
 
+def test_an_output_listed_twice_is_refused_naming_it():
+    """ONNX Runtime returns it twice; npuflow returns outputs by name, so one would vanish."""
+    m = _conv()
+    m.graph.output.append(m.graph.output[0])
+    _refused(m, "NPF_MODEL_INVALID", "'y'", "listed twice")
+
+
 @pytest.mark.parametrize("ir", [0, -1, 2, 99])
 def test_ir_version_outside_the_supported_range(ir):
     m = _conv()
