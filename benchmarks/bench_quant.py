@@ -206,6 +206,12 @@ def quantize_ort(float_path: Path, calib, method: str, workdir: Path, stride: in
     pre = workdir / "ort_pre.onnx"
     out = workdir / f"ort_{method}.onnx"
     t0 = time.perf_counter()
+    model = onnx.load(str(float_path))
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13) < 13:
+        # per-channel DequantizeLinear (its axis) needs opset 13: ONNX Runtime's quantizer writes it
+        # into an older model anyway, and ONNX Runtime then refuses to load its own output
+        float_path = workdir / "opset13.onnx"
+        onnx.save(onnx.version_converter.convert_version(model, 13), str(float_path))
     try:
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         source = pre
