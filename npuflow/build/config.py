@@ -121,6 +121,8 @@ class CalibrationParameters(_Group):
     qat_device: str = "cpu"
     #: decay of a moving average of the QAT weights, judged beside the final ones (docs/qat.md, "Weight EMA")
     qat_ema: float | None = Field(None, gt=0, lt=1)
+    #: the QAT distillation loss (``npuflow qat --loss``; "ctc" for text recognisers, docs/qat.md)
+    qat_loss: Literal["auto", "kl", "mse", "ctc"] = "auto"
     #: accuracy target (npuflow.analyze.auto_quant): the lowest output cosine on the calibration
     #: samples that the cheapest accuracy steps run until, every layer kept on the accelerator
     min_similarity: float | None = Field(None, gt=0, le=1)

@@ -198,7 +198,7 @@ def _auto_quantize(original: onnx.ModelProto, calib: CalibrationSet, target: Any
     if cal.wants_qat:
         qat = onnx_qat_module().ladder_step(
             original, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes, nproc=cal.qat_nproc,
-            device=cal.qat_device, ema_decay=cal.qat_ema,
+            device=cal.qat_device, ema_decay=cal.qat_ema, loss=cal.qat_loss,
             progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
     auto = auto_quantize(original, calib, target, min_similarity=cal.min_similarity, time_budget_s=cal.time_budget,
                          allow_cpu_fallback=cal.allow_cpu_fallback, config=quant_config, qat=qat,
@@ -221,7 +221,7 @@ def _qat(original: onnx.ModelProto, calib: CalibrationSet, quantized: Any, cal: 
     (``qat_epochs``/``qat_minutes``): the QAT model replaces the PTQ one in what is compiled and
     saved; the per-node similarity report stays the PTQ one, the QAT summary goes beside it."""
     result = onnx_qat_module().qat_onnx(original, quantized.target, calib, epochs=cal.qat_epochs, minutes=cal.qat_minutes,
-                      nproc=cal.qat_nproc, device=cal.qat_device, ema_decay=cal.qat_ema, ptq=quantized,
+                      nproc=cal.qat_nproc, device=cal.qat_device, ema_decay=cal.qat_ema, loss=cal.qat_loss, ptq=quantized,
                       progress=lambda stage, done=0, total=None, *_: progress(f"qat {stage}", done, total))
     log.info("QAT: %s %.6f (PTQ start) -> %.6f after %d steps (output cosine %.6f -> %.6f); kept the %s",
              result.measure, result.start_score, result.trained_score, result.steps, result.start_cosine,
@@ -291,7 +291,7 @@ def _quant_config(cfg: BuildConfig, target: Any = None) -> dict[str, Any]:
 
     ``per_channel`` asks for per-channel *activation* ranges; the quantized format keeps
     activations per tensor, so it is recorded and logged but changes nothing.  So are
-    ``qat_nproc``/``qat_device``/``qat_ema`` without a QAT budget (the template shows each on its own).
+    ``qat_nproc``/``qat_device``/``qat_ema``/``qat_loss`` without a QAT budget (the template shows each on its own).
     ``target`` (when known): on one with asymmetric activations (cpu-int8's uint8 with a zero
     point) ``default`` is the target's own calibration, not the symmetric-only search.
     """
@@ -325,7 +325,7 @@ def _from_calibration_parameters(cfg: BuildConfig, target: Any = None) -> dict[s
     if cal.run_on_npu:
         log.warning("run_on_npu: npuflow already places every node the target supports on the NPU; "
                     "the list (%s) changes nothing", cal.run_on_npu)
-    for key, default in (("qat_nproc", 1), ("qat_device", "cpu"), ("qat_ema", None)):
+    for key, default in (("qat_nproc", 1), ("qat_device", "cpu"), ("qat_ema", None), ("qat_loss", "auto")):
         if getattr(cal, key) != default and not cal.wants_qat:
             log.warning("%s: %s applies to QAT, which runs only with qat_epochs or qat_minutes; ignored",
                         key, getattr(cal, key))

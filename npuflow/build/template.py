@@ -83,6 +83,8 @@ calibration_parameters:
   # qat_device: cuda
   # a moving average of the weights (decay 0 < d < 1), judged beside the final ones (docs/qat.md)
   # qat_ema: 0.98
+  # the distillation loss: ctc for a text recogniser's (N, T, C) rows (CTC on the float model's lines)
+  # qat_loss: ctc
   # optional: an accuracy target, the lowest output cosine on the calibration samples: the cheapest
   # steps (percentile search, equalisation, AdaRound, block reconstruction) run until it holds,
   # every layer on the accelerator (docs/quantization.md); beside it, time_budget (seconds after

@@ -124,3 +124,44 @@ def test_cli_loss_ctc_on_a_classifier_is_a_coded_error(cli, mnist_npy_folder, tm
     assert res.returncode == 2
     assert "ERROR [NPF_QAT_BAD_OPTION]" in res.stderr and "'logits'" in res.stderr and "CTC" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_build_key_qat_loss_reaches_the_qat_and_is_checked(tmp_path, monkeypatch, capsys, caplog):
+    """``calibration_parameters: qat_loss`` goes to the QAT as ``loss`` (the QAT itself is stubbed);
+    an unknown loss is refused when the YAML loads, and without a QAT budget the key is ignored aloud."""
+    import copy
+
+    import yaml
+
+    from npuflow.build import load_config
+    from npuflow.build.pipeline import _quant_config
+    from npuflow.cli.app import main
+    from npuflow.torch import onnx_qat
+    from tests.unit.test_build_config import BASE, _conv_model
+
+    conf = copy.deepcopy(BASE)
+    alone = copy.deepcopy(conf)
+    alone["calibration_parameters"]["qat_loss"] = "ctc"
+    _quant_config(load_config(alone))
+    assert any("qat_loss" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+    with pytest.raises(NpuflowError) as err:
+        load_config({**conf, "calibration_parameters": {**conf["calibration_parameters"], "qat_loss": "hinge"}})
+    assert "qat_loss" in err.value.message
+
+    _conv_model(tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for i in range(2):
+        np.full((1, 3, 8, 8), 16 * i, np.uint8).tofile(tmp_path / "calib" / f"{i}.bgr")
+    conf["input_parameters"]["input_type_rt"] = "bgr"
+    conf["calibration_parameters"].update(qat_minutes=1, qat_loss="ctc")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    seen = {}
+
+    def stub(*args, **kwargs):
+        seen.update(kwargs)
+        raise NpuflowError("NPF_QAT_BAD_OPTION", option="loss", value=kwargs["loss"], reason="stub")
+
+    monkeypatch.setattr(onnx_qat, "qat_onnx", stub)
+    assert main(["build", str(tmp_path / "c.yaml")]) == 2
+    assert "NPF_QAT_BAD_OPTION" in capsys.readouterr().err
+    assert seen["loss"] == "ctc" and seen["minutes"] == 1
