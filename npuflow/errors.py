@@ -339,7 +339,8 @@ _TORCH = _specs(
     ("NPF_QAT_BAD_OPTION", "invalid QAT option {option}={value!r}: {reason}",
      "feature_weight (--feature-weight): a finite number >= 0 (0: distil the outputs only), for a model with at "
      "least one quantized intermediate tensor; guard_samples (--guard-samples): a positive integer that leaves a "
-     "training sample; ema_decay (--ema): a number strictly between 0 and 1 (e.g. 0.98)."),
+     "training sample; ema_decay (--ema): a number strictly between 0 and 1 (e.g. 0.98); loss (--loss): auto, kl, "
+     "mse or ctc, and ctc only on (N, T, C) outputs (a text recogniser's class rows per step)."),
     ("NPF_QAT_CHECKPOINT_UNREADABLE", "cannot resume from {path}: {reason}",
      "Give the file that --checkpoint (save_checkpoint) wrote; it is replaced whole at each save, so the "
      "last one written is always complete."),
