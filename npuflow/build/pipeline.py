@@ -309,8 +309,9 @@ def _from_calibration_parameters(cfg: BuildConfig, target: Any = None) -> dict[s
     cal = cfg.calibration_parameters
     spec: dict[str, Any] = {"method": _METHODS.get(cal.calibration_type, cal.calibration_type)}
     if cal.calibration_type == "default" and target is not None and not target.numerics.symmetric:
-        # the search finds symmetric thresholds; these activations have a zero point: the
-        # target's own default (percentile ranges, the percentile searched per model)
+        # activations with a zero point: the target's own default (percentile ranges, the percentile
+        # searched per model), which read above `auto` on cpu-int8 (docs/quantization.md, "Asymmetric
+        # activations")
         spec = {}
     if cal.calibration_type == "max" and cal.max_percentile < 1.0:
         spec = {"method": "percentile", "percentile": cal.max_percentile * 100.0}
