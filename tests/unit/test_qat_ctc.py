@@ -5,16 +5,15 @@ per-step KL, the refusal of outputs without three axes, and a tiny ``qat_onnx`` 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from npuflow.errors import NpuflowError
 from npuflow.torch.onnx_qat import qat_onnx
 from npuflow.torch.qat_ctc import check_ctc_output, ctc_term, greedy_labels
 from npuflow.torch.qat_train import _distil_loss, _loss_kind
 from tests import fixture_models
+from tests.unit.test_onnx_qat import _tiny_model_with_cpu_tail
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 C = 5
@@ -91,28 +90,12 @@ def test_qat_onnx_refuses_ctc_on_a_classifier_before_the_ptq_start(mnist_npy_fol
         qat_onnx(fixture_models.mnist_cnn(), DPU, str(mnist_npy_folder), epochs=1, loss="hinge")
 
 
-def _tiny_recogniser() -> onnx.ModelProto:
-    """Conv -> Relu (DPU) -> Reshape to (1, T=8, C=64) -> Softmax over C: a recogniser's rows."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
-             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([1, 8, 64], np.int64), "shape")]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Reshape", ["r", "shape"], ["f"], name="rows"),
-             helper.make_node("Softmax", ["f"], ["y"], name="softmax", axis=2)]
-    graph = helper.make_graph(nodes, "rec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 64])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
-
-
 def test_qat_onnx_trains_a_recogniser_with_the_ctc_loss():
     rng = np.random.default_rng(1)
-    samples = [(rng.standard_normal((1, 3, 8, 8)) * 2).astype(np.float32) for _ in range(16)]
+    samples = [(rng.standard_normal((1, 3, 16, 16)) * 2).astype(np.float32) for _ in range(16)]
     torch.manual_seed(0)
-    r = qat_onnx(_tiny_recogniser(), DPU, samples, epochs=2, ptq_config={}, batch=4, loss="ctc")
+    # Conv -> Relu on the DPU, then (1, T=8, C=256) rows through a float Softmax: a recogniser's output
+    r = qat_onnx(_tiny_model_with_cpu_tail(), DPU, samples, epochs=2, ptq_config={}, batch=4, loss="ctc")
     assert r.report["loss"] == ["ctc_probs"]
     assert r.steps > 0 and all(np.isfinite(r.losses))
     assert r.report["start_sequence_agreement"] is not None  # the guard reads the rows as lines
