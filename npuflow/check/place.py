@@ -268,26 +268,38 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
                                  transparent: list[bool], fused: dict[int, int]) -> None:
     """In a float model, an op the quantizer never quantizes on its own
     (:attr:`npuflow.operators.OpDef.quantized` false: ``Div`` by a constant, ``Tanh``, ``Abs``...)
-    runs in float on the CPU when its input comes from the CPU (or a graph input), as compile
-    leaves it: the compiler lowers such an op only as the epilogue chain of a quantized op before
-    it, or as a table between that op's dequantize step and the next quantize step.
+    runs in float on the CPU, as compile leaves it, unless it sits between quantized work: the
+    compiler lowers such an op only as a table between the dequantize step of the op before it
+    and the quantize step of the op after it, so it needs accelerator work on both sides.
     BatchNormalization is rewritten into a convolution before quantization (``REWRITTEN_OPS``), so
-    it keeps its place.
+    it keeps its place.  Ops fused into a layer's chain follow their layer.
 
     ConvNeXt's GELU ``x * 0.5 * (1 + erf(x / 1.4142))`` after a bias ``Add`` cpu-int8 runs on the
     CPU: the ``Div`` was placed on the accelerator, and quantize and compile left it in float on
-    the CPU.  Graph order is topological, so the producer's device is final when a node is seen."""
-    for i, node in enumerate(view.nodes):
-        if device[i] != NPU or transparent[i] or i in fused or i in fused.values():
-            continue
-        if op_def(node.op_type, node.domain).quantized or node.op_type in FOLLOWERS or node.op_type in REWRITTEN_OPS:
-            continue
-        ins = view.data_inputs(i)
-        if ins and _fed_from_npu(view, transparent, device, ins[0]):
-            continue
-        device[i] = CPU
-        reasons[i].append(f"the quantizer quantizes {node.op_type} only after a quantized op, and its input comes "
-                          "from the CPU in float (or a graph input), so it runs in float on the CPU")
+    the CPU (likewise a ``Div`` between quantized work and a CPU ``Erf``).  A demotion can take
+    the accelerator side away from a neighbour, so the pass repeats until nothing moves."""
+    candidates = [i for i, node in enumerate(view.nodes)
+                  if not transparent[i] and i not in fused and i not in fused.values()
+                  and not op_def(node.op_type, node.domain).quantized
+                  and node.op_type not in FOLLOWERS and node.op_type not in REWRITTEN_OPS]
+    moved = True
+    while moved:
+        moved = False
+        for i in candidates:
+            if device[i] != NPU:
+                continue
+            ins = view.data_inputs(i)
+            fed = bool(ins) and _fed_from_npu(view, transparent, device, ins[0])
+            read = any(device[c] == NPU for c in real_consumers(view, transparent, i))
+            if fed and read:
+                continue
+            device[i], moved = CPU, True
+            op = view.nodes[i].op_type
+            reasons[i].append(
+                f"the quantizer quantizes {op} only between quantized ops, and its input comes from the CPU in float "
+                "(or a graph input), so it runs in float on the CPU" if not fed else
+                f"the quantizer quantizes {op} only between quantized ops, and no accelerator op reads its output, so "
+                "it runs in float on the CPU")
 
 
 def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:

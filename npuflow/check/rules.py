@@ -30,8 +30,8 @@ def hint_for(reason: str, device: str) -> str:
     if low.startswith("mode"):
         return "Use a mode the target supports."
     if low.startswith("the quantizer quantizes"):
-        return ("npuflow's quantizer leaves this op in float where nothing quantized carries it (a model quantized "
-                "elsewhere with quantize steps around it is lowered); place it right after a quantized layer, "
+        return ("npuflow's quantizer leaves this op in float unless quantized work is on both sides of it (a model "
+                "quantized elsewhere with quantize steps around it is lowered); place it between quantized layers, "
                 "or accept CPU execution.")
     if "needs its input's relative precision" in low:
         return ("Kept in float on purpose (an 8-bit grid loses the small values this op needs).  To force int8 "

@@ -1,7 +1,7 @@
 """An op npuflow's quantizer never quantizes on its own (``OpDef.quantized`` false) is placed by
-``check`` where ``quantize`` + ``compile`` leave it: a ``Div`` by a constant or a ``Tanh`` between
-two CPU ops (ConvNeXt's erf GELU after a CPU bias ``Add``) on the CPU, after quantized work on the
-accelerator."""
+``check`` where ``quantize`` + ``compile`` leave it: a ``Div`` by a constant or a ``Tanh`` on the
+CPU unless quantized work is on both sides of it (ConvNeXt's erf GELU: a ``Div`` after a CPU bias
+``Add``, or before a CPU ``Erf``)."""
 
 import numpy as np
 import pytest
@@ -13,17 +13,19 @@ from npuflow.check.report import CPU, NPU
 TARGETS = ["cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2"]
 
 
-def _model(mid: str, after_cpu: bool):
-    """conv0 -> (Erf, on the CPU everywhere | Relu) -> mid -> (Erf | nothing) -> conv."""
+def _model(mid: str, after_cpu: bool, before_cpu: bool | None = None):
+    """conv0 -> (an Erf, on the CPU on every target, if ``after_cpu``, else a Relu) -> mid -> (an Erf
+    if ``before_cpu``, which defaults to ``after_cpu``) -> conv."""
+    before_cpu = after_cpu if before_cpu is None else before_cpu
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array((rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32), "w"),
              numpy_helper.from_array(np.array(1.4142, np.float32), "c")]
     first = helper.make_node("Erf" if after_cpu else "Relu", ["a0"], ["a"], name="first")
     node = (helper.make_node("Div", ["a", "c"], ["d"], name="mid") if mid == "Div"
             else helper.make_node(mid, ["a"], ["d"], name="mid"))
-    tail = [helper.make_node("Erf", ["d"], ["e"], name="erf")] if after_cpu else []
+    tail = [helper.make_node("Erf", ["d"], ["e"], name="erf")] if before_cpu else []
     nodes = [helper.make_node("Conv", ["x", "w"], ["a0"], name="conv0", pads=[1, 1, 1, 1]), first, node, *tail,
-             helper.make_node("Conv", ["e" if after_cpu else "d", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+             helper.make_node("Conv", ["e" if before_cpu else "d", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -45,8 +47,8 @@ def test_a_div_between_cpu_ops_is_on_the_cpu_in_check_as_in_compile(target):
     model = _model("Div", after_cpu=True)
     r = npuflow.check(model, target)
     assert r.node("mid").device == CPU
-    assert "only after a quantized op" in r.node("mid").reasons[-1]
-    assert "leaves this op in float" in r.node("mid").hint
+    assert "its input comes from the CPU" in r.node("mid").reasons[-1]
+    assert "quantized work is on both sides" in r.node("mid").hint
     assert _compiled_device(model, target) == CPU
 
 
@@ -66,3 +68,12 @@ def test_a_table_op_between_cpu_ops_is_on_the_cpu():
     assert _compiled_device(model, "bernoulli2") == CPU
     assert npuflow.check(_model("Tanh", after_cpu=False), "bernoulli2").node("mid").device == NPU
     assert _compiled_device(_model("Tanh", after_cpu=False), "bernoulli2") == NPU
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_div_between_quantized_work_and_a_cpu_op_is_on_the_cpu(target):
+    """No quantize step follows it when a CPU op reads it, so compile runs it in float."""
+    model = _model("Div", after_cpu=False, before_cpu=True)
+    r = npuflow.check(model, target)
+    assert r.node("mid").device == CPU and "no accelerator op reads its output" in r.node("mid").reasons[-1]
+    assert _compiled_device(model, target) == CPU
