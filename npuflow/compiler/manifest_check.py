@@ -540,24 +540,28 @@ class OpCheck:
             if (t.dtype, t.shape) != (dtype, shape):
                 raise self.fail("outputs", f"{out!r} is {t.dtype} {t.shape}, the part is {dtype} {shape}")
 
-    def _lut(self) -> None:
+    def _table_io(self) -> None:
+        """A table op (``lut``, ``lut_channel``): one input of integer codes, one output, its table."""
         self.inputs(1)
         self.outputs()
         self.roles({"table"})
         if self.x.dtype not in CODE_DTYPES:
             raise self.fail("inputs", f"{self.op.inputs[0]!r} is {self.x.dtype}, not integer codes")
-        self.table("table", self.a.qmin, self.x.dtype, self.a.out_dtype)
+
+    def _table_output(self) -> None:
+        """A table's output: the input's shape, the table's code type."""
         if (self.y.dtype, self.y.shape) != (self.a.out_dtype, self.x.shape):
             raise self.fail("outputs", f"{self.op.outputs[0]!r} is {self.y.dtype} {self.y.shape}, a table maps "
                             f"{self.x.shape} to {self.a.out_dtype}")
 
+    def _lut(self) -> None:
+        self._table_io()
+        self.table("table", self.a.qmin, self.x.dtype, self.a.out_dtype)
+        self._table_output()
+
     def _lut_channel(self) -> None:
         """One table per element of ``attrs.shape``, which broadcasts to the input's shape."""
-        self.inputs(1)
-        self.outputs()
-        self.roles({"table"})
-        if self.x.dtype not in CODE_DTYPES:
-            raise self.fail("inputs", f"{self.op.inputs[0]!r} is {self.x.dtype}, not integer codes")
+        self._table_io()
         shape = self.a.shape
         if len(shape) != len(self.x.shape) or any(s not in (1, d) for s, d in zip(shape, self.x.shape)):
             raise self.fail("attrs.shape", f"{shape} does not broadcast to the input's shape {self.x.shape}")
@@ -565,9 +569,7 @@ class OpCheck:
         if self.a.qmin != lo:
             raise self.fail("attrs.qmin", f"{self.a.qmin} is not the minimum {lo} of {self.x.dtype}")
         self.blob("table", {self.a.out_dtype}, [int(np.prod(shape)), hi - lo + 1])
-        if (self.y.dtype, self.y.shape) != (self.a.out_dtype, self.x.shape):
-            raise self.fail("outputs", f"{self.op.outputs[0]!r} is {self.y.dtype} {self.y.shape}, a table maps "
-                            f"{self.x.shape} to {self.a.out_dtype}")
+        self._table_output()
 
     def _quantize(self) -> None:
         a = self.a
