@@ -102,6 +102,16 @@ def storage_dtype(bits: int, signed: bool = True) -> np.dtype:
     return np.dtype(np.int32 if signed else np.uint32)
 
 
+def _along_axis(ndim: int, axis: int | None, scale: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scale`` and ``zero_point`` shaped to broadcast along ``axis`` of an ``ndim``-D tensor when
+    they are per-channel (1-D) and an axis is given; unchanged otherwise (per-tensor)."""
+    if axis is None or scale.ndim != 1:
+        return scale, zero_point
+    shape = [1] * ndim
+    shape[axis] = -1
+    return scale.reshape(shape), zero_point.reshape(shape)
+
+
 def quantize(
     x: np.ndarray,
     scale: float | np.ndarray,
@@ -121,13 +131,7 @@ def quantize(
     so the result equals the quantize step written into ``quantized_model.onnx``.
     """
     xf = np.asarray(x, dtype=np.float32)
-    s = np.asarray(scale, dtype=np.float32)
-    zp = np.asarray(zero_point, dtype=np.float64)
-    if axis is not None and s.ndim == 1:
-        shape = [1] * xf.ndim
-        shape[axis] = -1
-        s = s.reshape(shape)
-        zp = zp.reshape(shape)
+    s, zp = _along_axis(xf.ndim, axis, np.asarray(scale, dtype=np.float32), np.asarray(zero_point, dtype=np.float64))
     v = round_values(xf / s, round_mode).astype(np.float64) + zp
     qmin, qmax = qrange(bits, signed, narrow)
     return np.clip(v, qmin, qmax).astype(storage_dtype(bits, signed))
@@ -141,14 +145,8 @@ def dequantize(
     axis: int | None = None,
 ) -> np.ndarray:
     """Real values of ``q`` as float32: ``(q - zero_point) * scale`` (ONNX ``DequantizeLinear``)."""
-    s = np.asarray(scale, dtype=np.float32)
-    zp = np.asarray(zero_point, dtype=np.float32)
     qf = np.asarray(q, dtype=np.float32)
-    if axis is not None and s.ndim == 1:
-        shape = [1] * qf.ndim
-        shape[axis] = -1
-        s = s.reshape(shape)
-        zp = zp.reshape(shape)
+    s, zp = _along_axis(qf.ndim, axis, np.asarray(scale, dtype=np.float32), np.asarray(zero_point, dtype=np.float32))
     return ((qf - zp) * s).astype(np.float32)
 
 
