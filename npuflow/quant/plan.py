@@ -13,7 +13,9 @@ The plan answers, from the graph and the target alone (no data yet):
 * which tensors are *internal*: inside an activation unit, or the output of an op whose only
   reader is an activation the target fuses into it (no quantize step between, docs section 1.4);
 * which constants are weights (with per-channel axis), biases (int32, ``s_in * s_w``) or other
-  constant operands;
+  constant operands; the ``Add`` after a ``MatMul`` by a constant matrix that
+  :func:`npuflow.passes.linear_bias.linear_bias` finds is that layer's bias (no quantize step
+  between them, the vector int32, the ``Add`` part of the ``MatMul``'s layer);
 * scale groups (concat inputs/outputs, add inputs on power-of-two targets, pass-through ops);
 * the *layers* a precision override addresses (:class:`Layer`): a quantized node with the
   activations the target fuses into it, or a weightless op with its own quantize step.
@@ -39,6 +41,7 @@ from ..model import tensor_elem_types
 from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
                          unit_kind)
 from ..passes.activations import op_kind
+from ..passes.linear_bias import linear_bias
 from ..graph import GraphView, attr
 from ..errors import NpuflowError, did_you_mean
 from ..targets import Target
@@ -138,13 +141,16 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     idx = GraphView(graph)
     types = tensor_elem_types(model)
     structural = _structural_units(graph, idx)
+    heads = _bias_heads(graph, idx)
     changed = checked_overrides(overrides or {}, [node_key(n) for n in graph.node])
     floats = {n for n, p in changed.items() if p == "float"}
     cone, forced = _relative_precision_cone(idx, config)
     if allowed is not None and forced:
         allowed = allowed | forced  # placed on the CPU for the cone only: the user's bit width brings it back
-    keep = _with_fused_activations(set(config.keep_float) | floats | cone, structural, idx, target)
-    wide = _with_fused_activations({n for n, p in changed.items() if p == "int16"}, structural, idx, target)
+    keep = _with_fused_activations(_with_biases(set(config.keep_float) | floats | cone, heads), structural, idx, target,
+                                   heads)
+    wide = _with_fused_activations(_with_biases({n for n, p in changed.items() if p == "int16"}, heads), structural,
+                                   idx, target, heads)
     plan = QuantPlan(overrides=changed)
     inputs = {i.name for i in graph.input} - set(idx.inits)
 
@@ -167,6 +173,8 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         plan.quantized.add(node_key(node))
     if float_tail_applies(target):
         _float_tail(graph, idx, plan)
+    biases = {key: mm for key, mm in heads.items() if key in plan.quantized and node_key(mm) in plan.quantized}
+    plan.internal.update(mm.output[0] for mm in biases.values())
 
     units = _activation_units(structural, plan)
     unit_members: set[str] = set()
@@ -177,7 +185,8 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         prod = idx.producer_node(x)
         if prod is None or node_key(prod) not in plan.quantized or idx.is_graph_output(x) or x in idx.inits:
             continue
-        if all(node_key(c) in members for c in idx.consumer_nodes(x)) and fuses(target, op_kind(prod, idx), kind):
+        layer = biases.get(node_key(prod), prod)  # a bias Add: its MatMul is the layer the activation fuses into
+        if all(node_key(c) in members for c in idx.consumer_nodes(x)) and fuses(target, op_kind(layer, idx), kind):
             plan.internal.add(x)
 
     def resolve(kind: str, node: onnx.NodeProto) -> TensorSettings:
@@ -191,8 +200,14 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
             continue
         d = op_def(node.op_type, node.domain)
         weighted = d.weight is not None
+        head = biases.get(node_key(node))
         for k in data_inputs(node):
             t = node.input[k]
+            if head is not None and t in idx.inits:
+                if head.input[1] in plan.consts:
+                    _add_const(plan, ConstUse(t, "bias", node_key(node), node.op_type, 0, resolve("bias", head),
+                                              input_tensor=head.input[0], weight=head.input[1]))
+                continue
             if t in idx.inits and node_key(node) not in unit_members:
                 if d.table and not d.lowered:  # a lookup table folds it exactly (a clamp's bound)
                     continue
@@ -221,11 +236,32 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
                                           input_tensor=node.input[0], weight=node.input[d.weight]))
         for o in node.output:
             if o and o not in plan.internal and o not in plan.points:
-                plan.points[o] = ActPoint(o, "activation", node_key(node), resolve("activation", node), True)
+                plan.points[o] = ActPoint(o, "activation", node_key(node), resolve("activation", head or node), True)
 
     _scale_groups(graph, plan, idx)
-    plan.layers = _layers(graph, idx, plan, units)
+    plan.layers = _layers(graph, idx, plan, units, biases)
     return plan
+
+
+def _bias_heads(graph: onnx.GraphProto, idx: GraphView) -> dict[str, onnx.NodeProto]:
+    """{bias ``Add``'s key: its ``MatMul``} for every linear layer written as the pair
+    (:func:`npuflow.passes.linear_bias.linear_bias`)."""
+    heads = {}
+    for node in graph.node:
+        found = linear_bias(node, idx)
+        if found is not None:
+            heads[node_key(found.add)] = node
+    return heads
+
+
+def _with_biases(keys: set[str], heads: Mapping[str, onnx.NodeProto]) -> set[str]:
+    """``keys`` with both nodes of a linear layer written as ``MatMul -> Add(bias)`` when one is
+    in it: a float or 16-bit override of the layer is one of the pair and its bias."""
+    out = set(keys)
+    for add, mm in heads.items():
+        if add in keys or node_key(mm) in keys:
+            out |= {add, node_key(mm)}
+    return out
 
 
 def _relative_precision_cone(idx: GraphView, config: QuantConfig) -> tuple[set[str], set[str]]:
@@ -257,8 +293,10 @@ def checked_overrides(overrides: Mapping[str, str], names: Iterable[str]) -> dic
 
 
 def _layers(graph: onnx.GraphProto, idx: GraphView, plan: QuantPlan,
-            units: list[tuple[list[onnx.NodeProto], str, str]]) -> dict[str, Layer]:
+            units: list[tuple[list[onnx.NodeProto], str, str]], biases: Mapping[str, onnx.NodeProto]) -> dict[str, Layer]:
     """The plan's layers (:class:`Layer`): every quantized node belongs to exactly one.
+
+    A linear layer's bias ``Add`` (``biases``: its key -> the ``MatMul``) joins the ``MatMul``'s layer.
 
     A unit fused into its producer (its input is internal) joins the producer's layer; any
     other unit is a layer of its own, named by its last node (the one writing its quantize
@@ -269,7 +307,9 @@ def _layers(graph: onnx.GraphProto, idx: GraphView, plan: QuantPlan,
         key = node_key(node)
         if key not in plan.quantized:
             continue
-        if key in unit_of:
+        if key in biases:
+            owner[key] = owner[node_key(biases[key])]
+        elif key in unit_of:
             unit, x = unit_of[key]
             prod = idx.producer_node(x)
             owner[key] = owner[node_key(prod)] if x in plan.internal and prod is not None else node_key(unit[-1])
@@ -317,7 +357,7 @@ def _weight_axis(node: onnx.NodeProto, idx: GraphView) -> int | None:
 
 
 def _with_fused_activations(keep: set[str], units: list[tuple[list[onnx.NodeProto], str, str]], idx: GraphView,
-                            target: Target) -> set[str]:
+                            target: Target, heads: Mapping[str, onnx.NodeProto]) -> set[str]:
     """``keep`` grown to whole fused layers: an activation unit with a kept member, with the node
     the target fuses it into (all readers of that node's output are in the unit), and the unit
     fused into a kept node.
@@ -333,10 +373,13 @@ def _with_fused_activations(keep: set[str], units: list[tuple[list[onnx.NodeProt
     for unit, x, kind in units:
         members = {node_key(n) for n in unit}
         prod = idx.producer_node(x)
+        layer = heads.get(node_key(prod), prod) if prod is not None else None  # a bias Add fuses as its MatMul
         fused = (prod is not None and not idx.is_graph_output(x) and all(node_key(c) in members for c in idx.consumer_nodes(x))
-                 and fuses(target, op_kind(prod, idx), kind))
+                 and fuses(target, op_kind(layer, idx), kind))
         if members & keep or (fused and node_key(prod) in keep):
             out |= members | ({node_key(prod)} if fused else set())
+            if fused:
+                out = _with_biases(out, heads)
     return out
 
 
