@@ -1,6 +1,8 @@
 """Which nodes run as part of the operation before them (one accelerator instruction).
 
-Order matters, as on the hardware: a convolution (or FC) absorbs a bias ``Add`` and a
+Order matters, as on the hardware: a ``MatMul`` by a constant matrix takes the bias ``Add`` after
+it (:func:`npuflow.passes.linear_bias.linear_bias`: one fully connected layer with its int32
+bias, in a float model and in a quantized one), a convolution (or FC) absorbs a bias ``Add`` and a
 ``BatchNormalization`` right after it (folded into its weights), then one activation the target
 lists in the op's ``activations`` (``Conv -> BN -> ReLU`` is one op).  An activation blocks what
 follows, so in ``Conv -> ReLU -> BN`` the BN stays a separate op.  The hard-swish written as
@@ -17,6 +19,7 @@ from ..targets.spec import Target
 from ..graph import GraphView
 from .ops import ACTIVATION, OpInfo
 from ..targets.judge import rule_reasons
+from ..passes.linear_bias import linear_bias
 
 #: How many constant scale/shift/BatchNorm nodes in a row a weighted op absorbs.
 MAX_ABSORBED = 4
@@ -95,6 +98,10 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
             continue
         out = node.output[0]
         chain: list[int] = []
+        bias = linear_bias(node, view) if info.kind == "fc" else None
+        if bias is not None and view.position(bias.add) not in fused:
+            chain.append(view.position(bias.add))
+            out = bias.output
         if info.kind in WEIGHTED_KINDS and _absorbs(node, quantized):
             for _ in range(MAX_ABSORBED):
                 c = _single_consumer(view, out)

@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import GraphView, is_dequantize, quantize_mode
+from ..passes.linear_bias import linear_bias
 from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine,
                          node_attr, op_def)
 
@@ -275,6 +276,10 @@ def output_chain(node: onnx.NodeProto, output: str, t: QuantFacts) -> tuple[list
     if table_lowered(node, t):
         data = next((i for i in node.input if i and t.value(i) is None), None)
         return None if data is None else chain_to_quantize(data, [node], t, TABLE_OPS)
+    bias = linear_bias(node, t.view)  # the int32 bias Add of a linear layer is part of the layer
+    if bias is not None:
+        found = chain_to_quantize(bias.output, t.consumer_nodes(bias.output), t)
+        return None if found is None else ([bias.add, *found[0]], found[1])
     return chain_to_quantize(output, t.consumer_nodes(output), t)
 
 

@@ -21,6 +21,7 @@ from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
 from ..operators import TABLE_OPS, is_depthwise, unit_kind
 from ..graph import attr
+from ..passes.linear_bias import linear_bias
 from . import fragments
 from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp
@@ -232,25 +233,29 @@ def lower_conv_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
 
 
 def _matmul_const(g: QGraph, n: onnx.NodeProto, a_in: str, w: np.ndarray, wp: QParams, reads: list[str],
-                  bias_in: str | None) -> IntOp:
-    """``x @ w (+ bias)`` with ``w`` an integer [K, N] constant (FC run as a 1x1 convolution)."""
+                  bias_in: str | None, bias_add: onnx.NodeProto | None = None) -> IntOp:
+    """``x @ w (+ bias)`` with ``w`` an integer [K, N] constant (FC run as a 1x1 convolution);
+    ``bias_add``: the ``Add`` that adds ``bias_in`` after a ``MatMul`` (:func:`linear_bias`), part
+    of this op, its epilogue starting after it."""
     x_name, xp, x_dq = _act(g, a_in)
     bias, bp = None, None
     if bias_in:
         bias, bp, b_dq = _weight(g, bias_in)
         reads.append(b_dq.name)
     k, cout = w.shape
-    chain, q, op_ = _chain(g, n.output[0])
+    t0 = bias_add.output[0] if bias_add is not None else n.output[0]
+    chain, q, op_ = _chain(g, t0)
     acc_scale, lshift, bias_acc, shift = _acc_plan(xp, wp, bias, bp, op_, cout)
     ys = _shape(g, q.output[0])
     attrs = {
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "wide": _span(xp) > 256, "lshift": _compact(lshift),
         "out_shape": ys,
-        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_)),
+        "epilogue": make_epilogue(g, t0, chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_)),
     }
     macs = int(np.prod(ys)) * k
+    members = [n.name, *([bias_add.name] if bias_add is not None else []), *[c.name for c in chain], q.name]
     return IntOp("matmul", n.name, "fc", [x_name], [q.output[0]], attrs, {"w": w, "b": bias_acc},
-                 [n.name, *[c.name for c in chain], q.name], [x_dq.name, *reads], macs)
+                 members, [x_dq.name, *reads], macs)
 
 
 def lower_gemm(g: QGraph, n: onnx.NodeProto) -> IntOp:
@@ -267,7 +272,9 @@ def lower_matmul(g: QGraph, n: onnx.NodeProto) -> IntOp:
         w, wp, w_dq = _weight(g, n.input[1])
         if w.ndim != 2:
             raise _Reject("MatMul constant must be 2-D")
-        return _matmul_const(g, n, n.input[0], w, wp, [w_dq.name], None)
+        bias = linear_bias(n, g)
+        return _matmul_const(g, n, n.input[0], w, wp, [w_dq.name], bias.bias if bias is not None else None,
+                             bias.add if bias is not None else None)
     a_name, ap, a_dq = _act(g, n.input[0])
     b_name, bp, b_dq = _act(g, n.input[1])
     chain, q, op_ = _chain(g, n.output[0])

@@ -99,9 +99,11 @@ def test_follower_of_an_if_runs_on_the_cpu(target):
     assert (placed["if"], placed["squeeze"], placed["unsqueeze"], placed["conv2"]) == ("CPU", "CPU", "CPU", "NPU")
 
 
-def test_bias_add_after_matmul_is_judged_alone():
-    """PP-OCR cls's classifier on DPUCAHX8L: the float passes fold no Add into a MatMul, the
-    quantizer quantizes the two apart, so the Add is judged as its own (1x1 depthwise) op."""
+def test_bias_add_after_matmul_is_the_fc_bias():
+    """PP-OCR cls's classifier on DPUCAHX8L: ``MatMul(W) -> Add(vector)`` is one fully connected
+    layer with an int32 bias (``passes/linear_bias.py``); the quantizer writes no quantize step
+    between them, so the Add runs where the MatMul runs (it was judged alone as a 1x1 depthwise
+    convolution the DPU does not have, and ran on the CPU)."""
     rng = np.random.default_rng(1)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
@@ -111,4 +113,4 @@ def test_bias_add_after_matmul_is_judged_alone():
     inits = [B.weight("w", (4, 4, 3, 3)), B.const("fc_w", rng.normal(0, 0.1, (4, 2)).astype(np.float32)),
              B.const("fc_b", np.array([0.1, -0.2], np.float32))]
     placed = _placed(B.model(nodes, [B.vi("x", X)], [B.vi("y", None)], inits), "DPUCAHX8L_ISA0")
-    assert placed["matmul"] == "NPU" and placed["bias"] == "CPU"
+    assert placed["matmul"] == "NPU" and placed["bias"] == "NPU"
