@@ -159,6 +159,16 @@ def _open(data: Any, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> 
                        reason="expected a folder path, an array, a dict or an iterable of them")
 
 
+#: Files a calibration folder may hold by mistake: images (only ``npuflow build`` with
+#: ``preprocess_on`` decodes and resizes them) and ``.npz`` archives.  Read as raw
+#: ``numpy.tofile`` bytes they were refused as "raw file without a shape", or, with
+#: ``calib_shapes`` set and a matching byte count, read as garbage samples.
+_NOT_RAW_SUFFIXES = {
+    ".png": "image", ".jpg": "image", ".jpeg": "image", ".bmp": "image", ".gif": "image",
+    ".tif": "image", ".tiff": "image", ".webp": "image", ".npz": "npz",
+}
+
+
 def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> _Reader:
     if not root.is_dir():
         raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root), reason="not a folder")
@@ -178,6 +188,15 @@ def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dt
         try:
             if path.suffix == ".npy":
                 return np.load(path, allow_pickle=False)
+            kind = _NOT_RAW_SUFFIXES.get(path.suffix.lower())
+            if kind == "image":
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
+                    "an image: quantize reads samples already in the model's input format (one .npy per sample, or "
+                    "raw numpy.tofile files with calib_shapes); npuflow build with preprocess_on: True reads images"))
+            if kind == "npz":
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
+                    "a .npz archive: save one sample per .npy file (numpy.save), one sub-folder per input "
+                    "for a model with several"))
             if name not in shapes:
                 raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
                                    reason=f"raw file without a shape: set calib_shapes: {{{name}: [dims]}} in the config")
