@@ -161,6 +161,9 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
             pairs[t] = f"{t}_dq"
         elif t in quant_outputs:
             pairs[t] = t
+    # A model output that is not its node's first output (a Split's second part) has no row of
+    # its own; it is measured all the same, or the console said "cosine similarity n/a" for it.
+    pairs.update({t: t for t in graph_outputs if t not in pairs and t in quant_outputs})
     fsess = session_for(float_model, list(pairs))
     qsess = session_for(quant_model, list(pairs.values()))
     acc = {t: [0.0, 0.0, 0.0, 0.0] for t in pairs}
