@@ -138,11 +138,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         device[m] = device[anchor]
     if facts.quantized:
         _follow_chain_heads(view, device, reasons)
-    _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
-    _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
-    if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
-        _float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused)
-        _follow_quant_plan(view, device, reasons, transparent, fused, tgt)
+    _demote_until_stable(view, infos, device, reasons, transparent, fused, tgt, facts.quantized)
     _place_followers(view, device, transparent)
     sub = partition(view, device, transparent)
     for i in range(n):  # fused and transparent nodes share their anchor's / neighbour's subgraph
@@ -202,6 +198,31 @@ def _neighbours(view: GraphView, i: int) -> list[int]:
     for o in view.nodes[i].output:
         out.extend(view.data_consumers(o))
     return out
+
+
+def _demote_until_stable(view: GraphView, infos: list[OpInfo], device: list[str], reasons: list[list[str]],
+                         transparent: list[bool], fused: dict[int, int], tgt: Target, quantized: bool) -> None:
+    """The neighbour rules (lonely layout, tail movers, and in a float model the float-chain ops
+    and the quantizer's data-movement rule) each read their neighbours' devices, and each only
+    moves nodes to the CPU, so they repeat until nothing moves; fused nodes follow their layer
+    after every round.
+
+    Run once in a fixed order, a later rule's demotion left an earlier rule's decision stale:
+    ``x -> Slice -> Div -> Concat`` (the Slice on the graph input goes to the CPU by the data-movement
+    rule, after the float-chain rule had kept the Div it feeds on the accelerator) and
+    ``Concat(x, Slice(x))`` before an output on B4096 (a tail mover only once its Slice has moved)
+    were placed on the accelerator, while quantize and compile left them in float on the CPU
+    (``tests/unit/test_placement_agreement.py``)."""
+    before = None
+    while before != device:
+        before = list(device)
+        _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
+        _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
+        if not quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
+            _float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused)
+            _follow_quant_plan(view, device, reasons, transparent, fused, tgt)
+        for m, anchor in fused.items():
+            device[m] = device[anchor]
 
 
 def _demote_lonely_layout(view, infos, device, reasons, transparent, tgt) -> None:

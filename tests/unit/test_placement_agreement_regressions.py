@@ -1,0 +1,72 @@
+"""The disagreements the placement-agreement generator (``test_placement_agreement.py``) found,
+each as a tiny model: ``check`` of the float model, ``check`` of the quantized model and
+``compile`` now put every node on the same side (``benchmarks/results/placement_agreement.md``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import npuflow
+from npuflow.check.report import CPU, NPU
+from tests.unit.test_placement_agreement import disagreements
+
+rng = np.random.default_rng(0)
+
+
+def _model(nodes: list[tuple], outputs: list[str]):
+    """``nodes``: ``(name, op, inputs, attrs)``; an input given as an array becomes an initializer.
+    The graph input is ``x [1, 4, 8, 8]``; each node writes ``<name>``."""
+    inits, made = [], []
+    for name, op, ins, attrs in nodes:
+        names = []
+        for x in ins:
+            if isinstance(x, np.ndarray):
+                names.append(f"c{len(inits)}")
+                inits.append(numpy_helper.from_array(x, names[-1]))
+            else:
+                names.append(x)
+        made.append(helper.make_node(op, names, [name], name=name, **attrs))
+    graph = helper.make_graph(made, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def _conv(name: str, x: str, cin: int = 4) -> tuple:
+    return (name, "Conv", [x, (rng.standard_normal((4, cin, 3, 3)) * 0.3).astype(np.float32)], {"pads": [1, 1, 1, 1]})
+
+
+def _agree(model, target: str, tmp_path) -> dict[str, str]:
+    assert disagreements(model, target, str(tmp_path)) == []
+    return {n.name: n.device for n in npuflow.check(model, target).nodes}
+
+
+SLICE = [np.array([0], np.int64), np.array([2], np.int64), np.array([1], np.int64)]
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2"])
+def test_a_div_after_a_slice_of_the_graph_input_is_on_the_cpu(target, tmp_path):
+    """``x -> Slice -> Div(2) -> Concat -> Conv``: the Slice of a graph input stays float (data
+    movement follows a quantized op only), which the data-movement rule decided *after* the
+    float-chain rule had kept the Div on the accelerator; before: Div ACC in check of the float
+    model, CPU in check of the quantized one and in compile."""
+    model = _model([("sl", "Slice", ["x", *SLICE], {}), ("div", "Div", ["sl", np.array(2.0, np.float32)], {}),
+                    ("cat", "Concat", ["div", "x"], {"axis": 1}), _conv("conv", "cat", 6)], ["conv"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["sl"] == CPU and devices["div"] == CPU
+
+
+def test_a_concat_of_the_input_and_its_cpu_slice_before_an_output_is_on_the_cpu(tmp_path):
+    """B4096: ``Concat(x, Slice(x))`` as a graph output only moves data once its Slice is on the
+    CPU; the tail-mover rule ran before the Slice moved (before: Concat ACC / CPU / CPU)."""
+    model = _model([("sl", "Slice", ["x", *SLICE], {}), ("cat", "Concat", ["x", "sl"], {"axis": 1}),
+                    _conv("conv", "sl", 2)], ["cat", "conv"])
+    assert _agree(model, "DPUCZDX8G_ISA1_B4096", tmp_path)["cat"] == CPU
+
+
+def _log_of_square(x: str) -> list[tuple]:
+    """``Log(x * x + 0.01)``: a power spectrum's log; its input cone stays float."""
+    return [("sq", "Mul", [x, x], {}), ("eps", "Add", ["sq", np.array(0.01, np.float32)], {}), ("log", "Log", ["eps"], {})]
