@@ -335,13 +335,16 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -
         if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS:
             continue
         ins = view.data_inputs(i)
-        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0])):
+        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0], True)):
             device[i] = CPU
-            reasons[i].append("its input comes from the CPU in float (or from a graph input or control flow), and data "
-                              "movement is quantized only after a quantized op, so it runs in float on the CPU")
+            reasons[i].append("its input comes from the CPU in float (or from a graph input, control flow or an op the "
+                              "quantizer quantizes only between quantized ops), and data movement is quantized only "
+                              "after a quantized op, so it runs in float on the CPU")
     if not float_tail_applies(tgt):
         return
-    npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]}
+    # the quantizer's set: a Tanh or a Div by a constant on the accelerator is no quantized reader
+    npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]
+           and op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized}
     tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
                            lambda i: real_consumers(view, transparent, i))
     for i in sorted(tail):
@@ -350,15 +353,20 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -
                           f"leaves such data movement in float (the float tail), so it runs on the CPU")
 
 
-def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], tensor: str) -> bool:
+def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], tensor: str,
+                  quantized_only: bool = False) -> bool:
     """Whether ``tensor`` comes from accelerator work (looking through followers); a control-flow
-    node's output never does, whatever its placement (its branches run in ONNX Runtime)."""
+    node's output never does, whatever its placement (its branches run in ONNX Runtime).  With
+    ``quantized_only``, from accelerator work the quantizer quantizes on its own: a ``Tanh`` or a
+    ``Div`` by a constant (``OpDef.quantized`` false) runs on the accelerator only as a table
+    between quantize steps others place, so a follower after it stays float (bernoulli2:
+    ``Conv -> Tanh -> Resize -> Sigmoid``)."""
     for _ in range(64):
         p = view.producer.get(tensor)
         if p is None or subgraphs(view.nodes[p]):
             return False
         if not transparent[p]:
-            return device[p] == NPU
+            return device[p] == NPU and (not quantized_only or op_def(view.nodes[p].op_type, view.nodes[p].domain).quantized)
         ins = view.data_inputs(p)
         if not ins:
             return False

@@ -67,6 +67,28 @@ def test_a_concat_of_the_input_and_its_cpu_slice_before_an_output_is_on_the_cpu(
     assert _agree(model, "DPUCZDX8G_ISA1_B4096", tmp_path)["cat"] == CPU
 
 
+def test_a_tanh_after_a_maxpool_after_quantized_work_is_on_the_cpu(tmp_path):
+    """bernoulli2 (newuser_flows3): ``Conv -> MaxPool -> Tanh -> output``.  The quantizer counts no
+    Tanh as a quantized reader, so on a float-scale target the pool is float data movement (the
+    float tail), and the Tanh after it runs in float; check counted the Tanh (before: MaxPool and
+    Tanh ACC in check of the float model, CPU in the quantized one and in compile)."""
+    model = _model([_conv("conv", "x"), ("pool", "MaxPool", ["conv"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                    ("tanh", "Tanh", ["pool"], {})], ["tanh"])
+    devices = _agree(model, "bernoulli2", tmp_path)
+    assert devices["conv"] == NPU and devices["pool"] == CPU and devices["tanh"] == CPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_a_resize_after_a_tanh_is_float(target, tmp_path):
+    """``Conv -> Tanh -> Resize -> Sigmoid``: a follower after an op the quantizer quantizes only
+    between quantized ops is not after a quantized op (before on bernoulli2: Tanh and Resize ACC
+    in check of the float model, CPU in the quantized one and in compile)."""
+    model = _model([_conv("conv", "x"), ("tanh", "Tanh", ["conv"], {}),
+                    ("up", "Resize", ["tanh", "", np.array([1, 1, 2, 2], np.float32)], {"mode": "nearest"}),
+                    ("sig", "Sigmoid", ["up"], {})], ["sig"])
+    assert _agree(model, target, tmp_path)["up"] == CPU
+
+
 def _log_of_square(x: str) -> list[tuple]:
     """``Log(x * x + 0.01)``: a power spectrum's log; its input cone stays float."""
     return [("sq", "Mul", [x, x], {}), ("eps", "Add", ["sq", np.array(0.01, np.float32)], {}), ("log", "Log", ["eps"], {})]
