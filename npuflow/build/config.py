@@ -232,9 +232,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
     """Check groups and keys first (so the message lists every missing or unknown key of a
     group at once, as hb_mapper does), then types and enums through pydantic."""
     missing = [g for g in GROUPS if g not in data]
+    top = (*GROUPS, "custom_op", "npuflow")
     if missing:
+        # A misspelt group ('calibration_parameter') is named with the nearest valid one, not
+        # reported as the group it was meant to be being missing.
+        if any(closest(str(k), missing, cutoff=0.75) is not None for k in data if k not in top):
+            _check_keys("config", data, top)
         raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="config", keys=_quoted(missing))
-    _check_keys("config", data, (*GROUPS, "custom_op", "npuflow"))
+    _check_keys("config", data, top)
     groups: dict[str, Any] = {}
     for group, cls in zip(GROUPS, (ModelParameters, InputParameters, CalibrationParameters, CompilerParameters)):
         body = data[group]
