@@ -311,7 +311,10 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
                 continue
             ins = view.data_inputs(i)
             fed = bool(ins) and _fed_from_npu(view, transparent, device, ins[0])
-            read = any(device[c] == NPU for c in real_consumers(view, transparent, i))
+            readers = real_consumers(view, transparent, i)
+            # its table ends at one quantize step: every reader quantized, no float reader, no graph output
+            read = bool(readers) and all(device[c] == NPU for c in readers) and \
+                not any(view.is_graph_output(o) for o in view.nodes[i].output if o)
             if fed and read:
                 continue
             device[i], moved = CPU, True
@@ -319,8 +322,8 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
             reasons[i].append(
                 f"the quantizer quantizes {op} only between quantized ops, and its input comes from the CPU in float "
                 "(or a graph input), so it runs in float on the CPU" if not fed else
-                f"the quantizer quantizes {op} only between quantized ops, and no accelerator op reads its output, so "
-                "it runs in float on the CPU")
+                f"the quantizer quantizes {op} only between quantized ops, and no accelerator op reads its output (or "
+                "a CPU op or the graph output reads it too), so it runs in float on the CPU")
 
 
 def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:

@@ -92,3 +92,15 @@ def test_a_resize_after_a_tanh_is_float(target, tmp_path):
 def _log_of_square(x: str) -> list[tuple]:
     """``Log(x * x + 0.01)``: a power spectrum's log; its input cone stays float."""
     return [("sq", "Mul", [x, x], {}), ("eps", "Add", ["sq", np.array(0.01, np.float32)], {}), ("log", "Log", ["eps"], {})]
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_a_tanh_also_read_by_a_cpu_op_is_on_the_cpu(target, tmp_path):
+    """``Conv -> Tanh -> {Add(conv), Erf}``: the Tanh's table ends at one quantize step, which a
+    float reader (the Erf) does not read; one accelerator reader was enough for check (before:
+    Tanh ACC / CPU / CPU)."""
+    model = _model([_conv("conv", "x"), ("tanh", "Tanh", ["conv"], {}), ("add", "Add", ["tanh", "conv"], {}),
+                    ("erf", "Erf", ["tanh"], {}), _conv("conv2", "add")], ["conv2", "erf"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["tanh"] == CPU
+    assert "a CPU op or the graph output reads it too" in npuflow.check(model, target).node("tanh").reasons[-1]
