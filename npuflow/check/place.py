@@ -124,11 +124,12 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             continue
         info = infos[i]
         rule = tgt.rule(info.kind)
-        if rule is None:
+        limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
+        if rule is None and (tgt.kind != "cpu" or limit is not None or subgraphs(node)):
             reasons[i].append(_unsupported_reason(info, node, tgt))
             continue
-        reasons[i] = rule_reasons(rule, info.params, hw)
-        limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
+        # a kind: cpu target runs every op the compiler lowers (compiler/partition.py); its rules only label them
+        reasons[i] = rule_reasons(rule, info.params, hw) if rule is not None else []
         if limit is not None:
             reasons[i].append(limit)
         device[i] = NPU if not reasons[i] else CPU

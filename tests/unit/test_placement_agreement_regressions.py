@@ -89,6 +89,29 @@ def test_a_resize_after_a_tanh_is_float(target, tmp_path):
     assert _agree(model, target, tmp_path)["up"] == CPU
 
 
+@pytest.mark.parametrize("op", ["Sub", "Mul", "Add"])
+def test_cpu_int8_places_what_its_compile_lowers(op, tmp_path):
+    """cpu-int8 (``kind: cpu``) compiles every op the compiler lowers into its integer program
+    (``compiler/partition.py``), its file's kinds or not; check placed a ``Sub``, a full-shape
+    ``Mul``/``Add`` constant (``mul_const``/``add_const``) on the CPU and a Transpose after it with
+    it, while the quantized model's check and compile ran the Transpose in integers (ConvNeXt's
+    layer-scale ``Mul`` before ``Transpose_1``; before: op CPU / CPU / ACC, Transpose CPU / ACC / ACC)."""
+    const = rng.uniform(0.5, 2, (1, 4, 8, 8)).astype(np.float32)
+    model = _model([_conv("conv", "x"), ("k", op, ["conv", const], {}), ("tr", "Transpose", ["k"], {"perm": [0, 1, 3, 2]}),
+                    _conv("conv2", "tr")], ["conv2"])
+    devices = _agree(model, "cpu-int8", tmp_path)
+    assert devices["k"] == NPU and devices["tr"] == NPU
+    assert npuflow.check(model, "cpu-int8").node("k").kernel_type == op  # no kind in the file: its op type
+
+
+def test_cpu_int8_still_runs_what_nothing_lowers_in_float(tmp_path):
+    """The fallback is the compiler's lowering, not every op: an ``Erf`` stays on the CPU."""
+    model = _model([_conv("conv", "x"), ("erf", "Erf", ["conv"], {}), _conv("conv2", "erf")], ["conv2"])
+    devices = _agree(model, "cpu-int8", tmp_path)
+    assert devices["erf"] == CPU
+    assert "has no CPU-INT8 implementation" in npuflow.check(model, "cpu-int8").node("erf").reasons[0]
+
+
 def _log_of_square(x: str) -> list[tuple]:
     """``Log(x * x + 0.01)``: a power spectrum's log; its input cone stays float."""
     return [("sq", "Mul", [x, x], {}), ("eps", "Add", ["sq", np.array(0.01, np.float32)], {}), ("log", "Log", ["eps"], {})]

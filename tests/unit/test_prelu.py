@@ -89,10 +89,10 @@ def test_prelu_stays_on_the_cpu_where_the_target_does_not_list_it():
 
 
 def test_prelu_on_cpu_int8_is_in_its_integer_program_as_ort_computes_it():
-    """A ``kind: cpu`` target runs every lowered op in its integer program (compile/partition.py);
-    cpu-int8's file does not list ``prelu``, so ``check`` reports the CPU, which is where it runs."""
+    """A ``kind: cpu`` target runs every lowered op in its integer program (compile/partition.py),
+    and ``check`` says so (CPU-INT8, not float on the CPU) though cpu-int8's file does not list ``prelu``."""
     model = _model("conv")
-    assert npuflow.check(model, "cpu-int8").node("prelu").device == "CPU"
+    assert npuflow.check(model, "cpu-int8").node("prelu").device == "NPU"
     q = npuflow.quantize(model, samples(SHAPE, n=8), target="cpu-int8")
     x = samples(SHAPE, n=1, seed=5)[0]
     [lowered] = [o for sg in npuflow.compile(q.model, "cpu-int8").manifest["subgraphs"] for o in sg["ops"]
