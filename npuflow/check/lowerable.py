@@ -406,12 +406,23 @@ def grid_step(node: onnx.NodeProto, t: QuantFacts, depth: int = 0) -> bool:
     return _feeds_layer(out, t)
 
 
+def _quantized_weight(layer: onnx.NodeProto, t: QuantFacts) -> bool:
+    """Whether ``layer`` reads its weight through a dequantize step: a layer the quantizer left in
+    float (the input cone of a ``Log``) takes float data, so a grid step before it would only put
+    the op before it on the accelerator for nothing (``Conv -> MaxPool -> Conv -> ... -> Log``
+    on bernoulli2 and cpu-int8: check of the float model placed the MaxPool on the CPU, compile
+    lowered it)."""
+    k = op_def(layer.op_type, layer.domain).weight
+    p = t.producer_node(layer.input[k]) if k is not None and len(layer.input) > k else None
+    return p is not None and t.is_dequantize(p)
+
+
 def _feeds_layer(tensor: str, t: QuantFacts, depth: int = 0) -> bool:
     """Whether ``tensor`` reaches a Conv/Gemm/MatMul, or a quantize step after a grid op, through
     grid ops only; elsewhere (a float Softmax reading a Reshape) a grid step would change nothing
     but the graph."""
     for c in t.consumer_nodes(tensor):
-        if c.op_type in WEIGHTED_OPS or (depth and t.is_quantize(c)):
+        if (c.op_type in WEIGHTED_OPS and _quantized_weight(c, t)) or (depth and t.is_quantize(c)):
             return True
         if c.op_type in GRID_OPS and depth < MAX_CHAIN and _feeds_layer(c.output[0], t, depth + 1):
             return True

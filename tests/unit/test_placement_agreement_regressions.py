@@ -127,3 +127,15 @@ def test_a_tanh_also_read_by_a_cpu_op_is_on_the_cpu(target, tmp_path):
     devices = _agree(model, target, tmp_path)
     assert devices["tanh"] == CPU
     assert "a CPU op or the graph output reads it too" in npuflow.check(model, target).node("tanh").reasons[-1]
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_no_grid_step_before_a_float_layer(target, tmp_path):
+    """``Conv -> MaxPool -> Conv -> Log(...)``: the second Conv is in the Log's cone, in float; the
+    quantizer leaves the MaxPool float (the float tail) and compile added a quantize step after it
+    (``lowerable.grid_step``, meant for NNCF's pools before a quantized layer) and lowered it
+    (before: MaxPool CPU / ACC / ACC)."""
+    model = _model([_conv("conv", "x"), ("pool", "MaxPool", ["conv"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                    _conv("conv2", "pool"), *_log_of_square("conv2")], ["log"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["conv"] == NPU and devices["pool"] == CPU and devices["conv2"] == CPU
