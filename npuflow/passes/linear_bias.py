@@ -99,7 +99,8 @@ def canonical_linear_biases(model: onnx.ModelProto) -> onnx.ModelProto:
         if values is None:  # a Constant node: fold_constants runs first, so only an odd graph gets here
             continue
         if values.ndim != 1:
-            name = b if len(view.consumers.get(b, ())) == 1 else unique_name(graph, b + "_vector")
+            own = len(view.consumers.get(b, ())) == 1 and b not in {i.name for i in graph.input}
+            name = b if own else unique_name(graph, b + "_vector")
             set_array(graph, name, values.reshape(-1), add=True)
             b = name
         if list(add.input) != [node.output[0], b]:

@@ -145,8 +145,12 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     changed = checked_overrides(overrides or {}, [node_key(n) for n in graph.node])
     floats = {n for n, p in changed.items() if p == "float"}
     cone, forced = _relative_precision_cone(idx, config)
-    if allowed is not None and forced:
-        allowed = allowed | forced  # placed on the CPU for the cone only: the user's bit width brings it back
+    if allowed is not None:
+        # The checker placed the cone of the float graph on the CPU already (a forced member comes back with
+        # the user's bit width).  The legalised graph's cone can be wider: B4096 writes HardSwish as
+        # Add -> Clip -> Mul -> Mul, range-carrying ops the walk went on through, so a HardSwish check placed
+        # on the DPU stayed float and compile ran it on the CPU (tests/unit/test_placement_agreement.py).
+        allowed, cone = allowed | forced, set()
     keep = _with_fused_activations(_with_biases(set(config.keep_float) | floats | cone, heads), structural, idx, target,
                                    heads)
     wide = _with_fused_activations(_with_biases({n for n, p in changed.items() if p == "int16"}, heads), structural,
@@ -245,11 +249,12 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
 
 def _bias_heads(graph: onnx.GraphProto, idx: GraphView) -> dict[str, onnx.NodeProto]:
     """{bias ``Add``'s key: its ``MatMul``} for every linear layer written as the pair
-    (:func:`npuflow.passes.linear_bias.linear_bias`)."""
+    (:func:`npuflow.passes.linear_bias.linear_bias`) with its bias as the float passes write it (a
+    1-D initializer, per-channel axis 0); a graph the passes did not see keeps the two ops apart."""
     heads = {}
     for node in graph.node:
         found = linear_bias(node, idx)
-        if found is not None:
+        if found is not None and found.bias in idx.inits and idx.const(found.bias).ndim == 1:
             heads[node_key(found.add)] = node
     return heads
 

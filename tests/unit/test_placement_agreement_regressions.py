@@ -117,6 +117,18 @@ def _log_of_square(x: str) -> list[tuple]:
     return [("sq", "Mul", [x, x], {}), ("eps", "Add", ["sq", np.array(0.01, np.float32)], {}), ("log", "Log", ["eps"], {})]
 
 
+def test_a_hard_swish_before_a_log_cone_is_quantized_as_check_places_it(tmp_path):
+    """B4096 legalises ``HardSwish`` into ``Add -> Clip -> Mul -> Mul``, range-carrying ops the
+    quantizer's cone of the ``Log`` (walked on the legalised graph) went on through; check's cone
+    of the float model stops at the HardSwish and places it on the DPU.  On accelerator targets
+    the plan now takes the cone from the checker's placement (before: HardSwish ACC in check of
+    the float model, CPU in the quantized one and in compile)."""
+    model = _model([_conv("conv", "x"), ("hs", "HardSwish", ["conv"], {}), ("tr", "Transpose", ["hs"], {"perm": [0, 1, 3, 2]}),
+                    *_log_of_square("tr")], ["log"])
+    devices = _agree(model, "DPUCZDX8G_ISA1_B4096", tmp_path)
+    assert devices["hs"] == NPU and devices["conv"] == NPU and devices["sq"] == CPU
+
+
 @pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
 def test_a_tanh_also_read_by_a_cpu_op_is_on_the_cpu(target, tmp_path):
     """``Conv -> Tanh -> {Add(conv), Erf}``: the Tanh's table ends at one quantize step, which a
