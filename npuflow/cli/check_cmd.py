@@ -6,13 +6,17 @@ from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
+import onnx
 import typer
 
 from ..check import check
+from ..errors import NpuflowError
+from ..graph import is_dequantize, quantize_mode
 from ..check.files import write_outputs
 from ..check.render import console_tables, summary_lines
+from ..targets.spec import Target
 from ..model import freeze_inputs, parse_input_values, with_probe_values
-from .app import app, console, examples, input_shape_option, input_shapes_arg, output_option, target_option, verbose_option
+from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option, verbose_option
 
 
 class ImageFormat(str, Enum):
@@ -52,3 +56,26 @@ def check_command(
     for line in summary_lines(report):
         console.print(line, markup=False, highlight=False)
     console.print("wrote " + ", ".join(str(p) for p in paths), markup=False, highlight=False)
+    _warn_unsupported_scales(source, report.target, shapes)
+
+
+def _warn_unsupported_scales(source: str | onnx.ModelProto, target: Target, shapes: dict | None) -> None:
+    """A model quantized by another tool whose scales the target cannot run: the placement above
+    is where its nodes would run, but ``compile`` refuses the whole model (ONNX Runtime's
+    ``quantize_static`` model on B4096: 42 of 63 nodes on the DPU, then
+    NPF_COMPILE_SCALES_UNSUPPORTED), so check says so with compile's own test and message."""
+    from ..compiler import foreign
+    from ..model import load, read_proto
+
+    raw = source if isinstance(source, onnx.ModelProto) else read_proto(source)
+    if not any(quantize_mode(n) is not None or is_dequantize(n) for n in raw.graph.node):
+        return
+    model = load(raw, shapes)
+    try:
+        foreign.legalize(model, target)
+        foreign.check_target_numerics(model, target)
+    except NpuflowError as exc:
+        if exc.code != "NPF_COMPILE_SCALES_UNSUPPORTED":
+            raise
+        err_console.print(f"WARNING [{exc.code}] npuflow compile will refuse this model: {exc.message}\n"
+                          f"  hint: {exc.hint}", markup=False, highlight=False)
