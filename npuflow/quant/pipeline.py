@@ -157,6 +157,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     source_proto = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
     _refuse_non_tensor_outputs(source_proto)
+    source_proto = _float32_compute(source_proto)
     open_dims = {n: at for n, at in model_io.dynamic_dims(source_proto).items() if n not in shapes}
     if open_dims:  # what --input-shape leaves open is quantized at the first sample's shape
         first, calib_data = peek(calib_data, _input_specs(source_proto, {}, True), shapes=cfg.calib_shapes,
@@ -291,6 +292,71 @@ def _refuse_non_tensor_outputs(proto: onnx.ModelProto) -> None:
             maker = view.producer_node(out.name)
             op = f"{maker.op_type} node {maker.name!r}" if maker is not None else "a graph input"
             raise NpuflowError("NPF_QUANT_NON_TENSOR_OUTPUT", output=out.name, kind=kind.removesuffix("_type"), op=op)
+
+
+def _float32_compute(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A float16 model (onnxconverter-common's ``convert_float_to_float16``) computing in float32.
+
+    Why: the quantization plan takes float32 tensors only, while ``check`` places float16 work on
+    the accelerator, so such a model was quantized to nothing ("no node of the model runs on the
+    accelerator") under a table showing those nodes on it, and ``compile`` refused it.  Float16
+    weights are exact in float32.  The interface stays: a float16 graph input is cast to float32
+    where the model reads it, a float16 output is cast back.  Models with no float16 weight (a
+    float32 model that casts one tensor to float16 on purpose) are returned as they are."""
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    if not any(i.data_type == f16 for i in proto.graph.initializer):
+        return proto
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+
+    def upcast(t: onnx.TensorProto) -> None:
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for init in graph.initializer:
+        if init.data_type == f16:
+            upcast(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == f16:
+                attr.i = f32
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == f16:
+                upcast(attr.t)
+    for info in graph.value_info:
+        if info.type.tensor_type.elem_type == f16:
+            info.type.tensor_type.elem_type = f32
+    inits = {i.name for i in graph.initializer}
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | inits
+    head, tail = [], []
+    for inp in graph.input:
+        if inp.name not in inits and inp.type.tensor_type.elem_type == f16:
+            inner = _fresh(f"{inp.name}_float32", taken)
+            for node in graph.node:
+                node.input[:] = [inner if i == inp.name else i for i in node.input]
+            head.append(onnx.helper.make_node("Cast", [inp.name], [inner], f"{inp.name}_to_float32", to=f32))
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == f16:
+            inner = _fresh(f"{out.name}_float32", taken)
+            for node in graph.node:
+                node.input[:] = [inner if i == out.name else i for i in node.input]
+                node.output[:] = [inner if o == out.name else o for o in node.output]
+            tail.append(onnx.helper.make_node("Cast", [inner], [out.name], f"{out.name}_to_float16", to=f16))
+    nodes = [*head, *graph.node, *tail]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    log.info("float16 model: computed in float32 (%d float16 input(s) and %d output(s) cast at the edges)",
+             len(head), len(tail))
+    return model
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``... if the graph uses it; recorded as taken."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate)
+    return candidate
 
 
 def _dynamic_graph(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
