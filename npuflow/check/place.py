@@ -315,7 +315,8 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
             readers = real_consumers(view, transparent, i)
             # its table ends at one quantize step: every reader quantized, no float reader, no graph output
             read = bool(readers) and all(device[c] == NPU for c in readers) and \
-                not any(view.is_graph_output(o) for o in view.nodes[i].output if o)
+                not any(view.is_graph_output(o) for o in view.nodes[i].output if o) and \
+                (len(readers) == 1 or all(_quantizes(view, c, fused) for c in readers))
             if fed and read:
                 continue
             device[i], moved = CPU, True
@@ -325,6 +326,14 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
                 "(or a graph input), so it runs in float on the CPU" if not fed else
                 f"the quantizer quantizes {op} only between quantized ops, and no accelerator op reads its output (or "
                 "a CPU op or the graph output reads it too), so it runs in float on the CPU")
+
+
+def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
+    """Whether the quantizer quantizes node ``i`` on its own (or it is fused into a layer): a
+    ``Tanh`` read by a ``Sigmoid`` and by another ``Tanh`` has one quantize step for the Sigmoid
+    and a float reader, so no table ends at one step (seed 571: both Tanhs ACC in check of the
+    float model, CPU in the quantized one and in compile)."""
+    return i in fused or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
 
 
 def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:
@@ -339,7 +348,7 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -
         if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS:
             continue
         ins = view.data_inputs(i)
-        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0], True)):
+        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0], fused)):
             device[i] = CPU
             reasons[i].append("its input comes from the CPU in float (or from a graph input, control flow or an op the "
                               "quantizer quantizes only between quantized ops), and data movement is quantized only "
@@ -348,7 +357,7 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -
         return
     # the quantizer's set: a Tanh or a Div by a constant on the accelerator is no quantized reader
     npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]
-           and op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized}
+           and _quantizes(view, i, fused)}
     tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
                            lambda i: real_consumers(view, transparent, i))
     for i in sorted(tail):
@@ -358,19 +367,20 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -
 
 
 def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], tensor: str,
-                  quantized_only: bool = False) -> bool:
+                  quantized_only: dict[int, int] | None = None) -> bool:
     """Whether ``tensor`` comes from accelerator work (looking through followers); a control-flow
     node's output never does, whatever its placement (its branches run in ONNX Runtime).  With
-    ``quantized_only``, from accelerator work the quantizer quantizes on its own: a ``Tanh`` or a
-    ``Div`` by a constant (``OpDef.quantized`` false) runs on the accelerator only as a table
-    between quantize steps others place, so a follower after it stays float (bernoulli2:
-    ``Conv -> Tanh -> Resize -> Sigmoid``)."""
+    ``quantized_only`` (the fused nodes, which are their layer's output), from accelerator work
+    the quantizer quantizes on its own: a ``Tanh`` or a ``Div`` by a constant (``OpDef.quantized``
+    false) runs on the accelerator only as a table between quantize steps others place, so a
+    follower after it stays float (bernoulli2: ``Conv -> Tanh -> Resize -> Sigmoid``); a ``Div``
+    the float passes fold into the ``Conv`` before it is that ``Conv``."""
     for _ in range(64):
         p = view.producer.get(tensor)
         if p is None or subgraphs(view.nodes[p]):
             return False
         if not transparent[p]:
-            return device[p] == NPU and (not quantized_only or op_def(view.nodes[p].op_type, view.nodes[p].domain).quantized)
+            return device[p] == NPU and (quantized_only is None or _quantizes(view, p, quantized_only))
         ins = view.data_inputs(p)
         if not ins:
             return False

@@ -151,3 +151,26 @@ def test_no_grid_step_before_a_float_layer(target, tmp_path):
                     _conv("conv2", "pool"), *_log_of_square("conv2")], ["log"])
     devices = _agree(model, target, tmp_path)
     assert devices["conv"] == NPU and devices["pool"] == CPU and devices["conv2"] == CPU
+
+
+def test_a_transpose_after_a_div_folded_into_its_conv_follows_the_conv(tmp_path):
+    """B4096 (seed 720): ``Conv -> Div(per-channel) -> {Sigmoid, Transpose -> Concat}``: the Div
+    folds into the Conv (fused), so the Transpose follows a quantized op; counting the Div as an op
+    quantized only between quantized ops put the Transpose and the Concat on the CPU in check of
+    the float model, while quantize and compile ran them on the DPU (CPU / ACC / ACC)."""
+    model = _model([_conv("conv", "x"), ("div", "Div", ["conv", rng.uniform(1, 2, (4, 1, 1)).astype(np.float32)], {}),
+                    ("sig", "Sigmoid", ["div"], {}), ("tr", "Transpose", ["div"], {"perm": [0, 1, 3, 2]}),
+                    ("exp", "Exp", ["tr"], {}), ("cat", "Concat", ["tr", "x"], {"axis": 1})], ["sig", "exp", "cat"])
+    devices = _agree(model, "DPUCZDX8G_ISA1_B4096", tmp_path)
+    assert devices["tr"] == NPU and devices["cat"] == NPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_a_tanh_read_by_a_sigmoid_and_another_tanh_is_on_the_cpu(target, tmp_path):
+    """Seed 571: ``Relu -> Tanh -> {Sigmoid, Tanh -> Conv}``: the Sigmoid's quantize step and the
+    second Tanh's float read leave the first Tanh no single quantize step (before: both Tanhs
+    ACC / CPU / CPU)."""
+    model = _model([_conv("conv", "x"), ("relu", "Relu", ["conv"], {}), ("t1", "Tanh", ["relu"], {}),
+                    ("sig", "Sigmoid", ["t1"], {}), ("t2", "Tanh", ["t1"], {}), _conv("conv2", "t2")], ["sig", "conv2"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["t1"] == CPU and devices["t2"] == CPU
