@@ -136,7 +136,7 @@ def search(
 ) -> MixedPrecisionResult:
     """Fewest layers (by sensitivity) of ``quantized`` to raise to ``precision`` so the target holds.
 
-    Targets: ``min_similarity`` (mean output cosine similarity, needs ``feeds``) or ``metric``
+    Targets: ``min_similarity`` (the lowest output's cosine similarity, needs ``feeds``) or ``metric``
     plus ``max_drop`` (the metric of the float model minus ``max_drop``).  ``workers``,
     ``ray_address``: see the module docstring.
     """

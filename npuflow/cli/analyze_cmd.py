@@ -117,7 +117,7 @@ def mixed_precision_command(
     target: str = target_option(),
     calib: Path = CALIB,
     min_similarity: float = typer.Option(..., "--min-similarity", metavar="S",
-                                         help="Required mean output cosine similarity."),
+                                         help="Required cosine similarity of the lowest model output to the float model's."),
     precision: str = typer.Option("float", "--precision", metavar="float|int16",
                                   help="What raised layers become."),
     config: Optional[Path] = CONFIG,
