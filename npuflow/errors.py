@@ -201,6 +201,8 @@ _RUNTIME = _specs(
      "index out of range); check the values given for each input."),
     ("NPF_RUNTIME_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
+    ("NPF_RUNTIME_BAD_FEED", "inputs must be a mapping from input name to array, not a {got}",
+     "Pass a dict, e.g. session.run({{name: array}}) with the model's inputs: {inputs}."),
     ("NPF_RUNTIME_MISSING_INPUT", "input {name!r} was not given",
      "Pass every model input: {inputs}."),
     ("NPF_RUNTIME_INPUT_DTYPE", "input {name!r} has dtype {got}, the model expects {expected}",

@@ -267,6 +267,8 @@ class Session:
         program) costs a dictionary walk: the expected dtypes are built at load, and ``select``
         runs only when a shape differs from the first program's."""
         dtypes = self._dtypes
+        if type(inputs) is not dict and not isinstance(inputs, Mapping):  # a list of arrays: no names to check
+            raise NpuflowError("NPF_RUNTIME_BAD_FEED", got=type(inputs).__name__, inputs=", ".join(dtypes))
         for name in inputs:
             if name not in dtypes:
                 raise NpuflowError("NPF_RUNTIME_UNKNOWN_INPUT", name=name, inputs=", ".join(dtypes))
@@ -324,7 +326,7 @@ class Session:
         result = self._run_subgraph(k, {name: np.ascontiguousarray(a) for name, a in zip(sg["inputs"], inputs)})
         return tuple(result[name] for name in sg["outputs"])
 
-    def run(self, inputs: Mapping[str, np.ndarray], output_names: list[str] | None = None,
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: str | Sequence[str] | None = None,
             *, dump_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
         """Run the model; returns ``{output name: array}`` (all outputs unless ``output_names``).
 
@@ -334,6 +336,8 @@ class Session:
         dimension (an OCR line's time steps), its last positions are computed from the padding.
         """
         program, env = self._validate(inputs)
+        if output_names is not None:
+            output_names = self._check_output_names(output_names)
         if dump_dir is None and not self._listeners:  # the common frame: executors called directly
             for step in program.steps:
                 env.update(step.executor.run({i: env[i] for i in step.inputs}))
@@ -360,6 +364,16 @@ class Session:
         if dump_dir is not None:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         return {n: env[n] for n in output_names or self._output_names}
+
+    def _check_output_names(self, output_names: str | Sequence[str]) -> list[str]:
+        """``output_names`` as a list of model outputs: a single name may be given as a string
+        (iterating it would ask for one output per character), and an unknown name is
+        ``NPF_RUNTIME_UNKNOWN_OUTPUT`` before anything runs (it was a ``KeyError`` after the run)."""
+        names = [output_names] if isinstance(output_names, str) else list(output_names)
+        for name in names:
+            if name not in self._output_names:
+                raise NpuflowError("NPF_RUNTIME_UNKNOWN_OUTPUT", name=name, outputs=", ".join(self._output_names))
+        return names
 
     def run_op(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one accelerator op (named by its core ONNX node) on given integer inputs.
