@@ -46,6 +46,20 @@ BIAS_BITS = 32
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def __init__(self, **data: Any) -> None:
+        """Build by hand (``QuantConfig(activation={"method": "mse"})``): a schema error is
+        ``NPF_QUANT_BAD_CONFIG``, as for a dict or a file, not pydantic's ``ValidationError``."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise NpuflowError("NPF_QUANT_BAD_CONFIG", reason=_describe(exc, type(self))) from None
+
+    # pydantic calls a custom __init__ for every nested model it validates, which would report a
+    # nested error without its path (``method`` for ``activation.method``); marked as the base
+    # __init__, nested values and model_validate go straight to the validator and only a call by
+    # hand comes here.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
 
 class TensorSpec(_Strict):
     """Partial settings for one tensor kind; ``None`` inherits from the layer below."""
