@@ -6,10 +6,11 @@ The graphs are random chains and DAGs of the ops the corpus uses (Conv, depthwis
 Gemm, Add/Mul of two tensors and with constants, Relu, Clip, Sigmoid, Tanh, HardSwish, LeakyRelu,
 MaxPool, AveragePool, GlobalAveragePool, Concat, Reshape, Transpose, Resize, Softmax, Div/Sub by
 constants, Erf, Log, Exp, Split, Slice) on three targets that differ in how they decide:
-``cpu-int8`` (float scales, everything quantizable), ``DPUCZDX8G_ISA1_B4096`` (power of two, few
-kinds) and ``bernoulli2`` (power of two, lookup tables).  CI runs ``NPUFLOW_AGREE_CASES`` (default
-12) seeds per target; ``benchmarks/bench_placement_agreement.py`` runs thousands and writes the
-patterns it finds (``benchmarks/results/placement_agreement.md``).
+``cpu-int8`` (``kind: cpu``, float scales, every lowered op taken), ``DPUCZDX8G_ISA1_B4096``
+(power of two, few kinds) and ``bernoulli2`` (float scales, lookup tables, the float tail).  CI
+runs ``NPUFLOW_AGREE_CASES`` (default 25) seeds per target; ``benchmarks/bench_placement_agreement.py``
+runs thousands and groups what it finds by pattern (``benchmarks/results/placement_agreement.md``;
+each class fixed has a tiny model in ``test_placement_agreement_regressions.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from npuflow.check.report import CPU
 from npuflow.errors import NpuflowError
 
 TARGETS = ("cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2")
-CASES = int(os.environ.get("NPUFLOW_AGREE_CASES", "12"))
+CASES = int(os.environ.get("NPUFLOW_AGREE_CASES", "25"))
 
 
 @dataclass
