@@ -47,7 +47,12 @@ def torch_to_onnx(module: torch.nn.Module, inputs: tuple, input_names, output_na
     with a suffix and given back afterwards."""
     safe = {n: f"{n}__npuflow" for n in [*input_names, *output_names] if n.isdigit()}
     buf = io.BytesIO()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
+        # Under no_grad an eval-mode nn.MultiheadAttention / TransformerEncoderLayer takes its fused
+        # fast path (aten::_native_multi_head_attention), which the exporter cannot write; with the
+        # fast path off it is traced as the MatMul/Softmax graph it computes.
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -60,6 +65,8 @@ def torch_to_onnx(module: torch.nn.Module, inputs: tuple, input_names, output_na
     except Exception as exc:  # the exporter raises many types for unsupported code
         text = str(exc).strip().splitlines()
         raise NpuflowError("NPF_TORCH_EXPORT_FAILED", reason=(text[0] if text else type(exc).__name__)[:300]) from None
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     model = onnx.load_from_string(buf.getvalue())
     _rename(model.graph, {v: k for k, v in safe.items()})
     return model

@@ -31,11 +31,21 @@ def export_float(module: nn.Module, example_inputs, input_names: list[str] | Non
     try:
         with torch.no_grad():
             out = module(*inputs)
-        count = len(out) if isinstance(out, (tuple, list)) else 1
-        outs = output_names or (["output"] if count == 1 else [f"output_{i}" for i in range(count)])
+        outs = output_names or _output_names(out)
         return torch_to_onnx(module, inputs, names, outs)
     finally:
         module.train(was_training)
+
+
+def _output_names(out: Any) -> list[str]:
+    """Default ONNX output names for a forward's result: a dict's keys (the exporter writes its
+    values in key order; named ``output`` and then torch's tensor numbers before), ``output_i`` for a
+    tuple or list, ``output`` for one tensor."""
+    if isinstance(out, Mapping):
+        return [str(k) for k in out]
+    if isinstance(out, (tuple, list)):
+        return ["output"] if len(out) == 1 else [f"output_{i}" for i in range(len(out))]
+    return ["output"]
 
 
 def _to_numpy(value: Any) -> Any:
@@ -73,7 +83,10 @@ def calibration_samples(calib_data: Any, example_inputs) -> Any:
 
 def quantize(module: nn.Module, example_inputs, calib_data: Any, target, config=None, *,
              input_names: list[str] | None = None, output_names: list[str] | None = None):
-    """Quantize ``module`` for ``target``; returns :class:`npuflow.quant.QuantizedModel`."""
+    """Quantize ``module`` for ``target``; returns :class:`npuflow.quant.QuantizedModel`.
+
+    The ONNX outputs are ``output_names``, else a returned dict's keys, ``output_i`` for a tuple or
+    list, ``output`` for one tensor; inputs ``input_names``, else ``input`` / ``input_i``."""
     from ..quant import quantize as quantize_onnx
 
     model = export_float(module, example_inputs, input_names, output_names)
