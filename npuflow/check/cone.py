@@ -21,9 +21,14 @@ from ..graph import GraphView
 from ..operators import RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
 
 
-def relative_precision_cones(view: GraphView) -> dict[int, int]:
+def relative_precision_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
     """Node index -> index of the :data:`~npuflow.operators.RELATIVE_PRECISION_OPS` op whose
-    input cone it belongs to (the op itself is not a member).
+    input cone it belongs to (the op itself is not a member).  ``folded``: nodes the float passes
+    fold into the layer before them (a per-channel ``Div`` after a ``Conv``, which the checker
+    fuses); they carry the range as that layer does, so the cone of the float model is the cone
+    the quantizer's checker finds on the optimised one (seed 1569 of
+    ``tests/unit/test_placement_agreement.py``: ``Conv -> Conv -> Div(c) -> Mul(x, x) -> Add ->
+    Log`` left both Convs on the accelerator in check and in float in quantize and compile).
 
     Graph order is topological, so one pass from the back sees every reader of a node before the
     node: a node joins when it is range-carrying, its outputs are no graph outputs, and each of
@@ -36,7 +41,7 @@ def relative_precision_cones(view: GraphView) -> dict[int, int]:
         if node.op_type in RELATIVE_PRECISION_OPS:
             root[i] = i
             continue
-        if node.op_type not in RANGE_CARRYING_OPS:
+        if node.op_type not in RANGE_CARRYING_OPS and i not in folded:
             continue
         owners = _reader_roots(view, i, root)
         if owners is not None and len(owners) == 1:

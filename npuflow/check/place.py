@@ -134,7 +134,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             reasons[i].append(limit)
         device[i] = NPU if not reasons[i] else CPU
     if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
-        _keep_cones_float(view, device, reasons, transparent)
+        _keep_cones_float(view, device, reasons, transparent, frozenset(m for m in fused if infos[m].affine))
     for m, anchor in fused.items():
         device[m] = device[anchor]
     if facts.quantized:
@@ -149,12 +149,13 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     return _build(view, tgt, infos, device, reasons, fused, _per_device(sub, device))
 
 
-def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool]) -> None:
+def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],
+                      folded: frozenset[int]) -> None:
     """The input cone of a ``Log`` (:mod:`.cone`) runs in float on the CPU: on 8 bits the bins of
     a power spectrum more than ~48 dB below its maximum read 0 (openWakeWord's mel front end:
     output cosine 0.84 with the cone on the accelerator, 1.0000 with it in float).  The quantizer
     follows this placement on accelerator targets and keeps the cone float on CPU targets."""
-    for i, r in relative_precision_cones(view).items():
+    for i, r in relative_precision_cones(view, folded).items():
         if device[i] == NPU and not transparent[i]:
             device[i] = CPU
             reasons[i].append(cone_reason(view.nodes[r].name, view.nodes[r].op_type))

@@ -174,3 +174,16 @@ def test_a_tanh_read_by_a_sigmoid_and_another_tanh_is_on_the_cpu(target, tmp_pat
                     ("sig", "Sigmoid", ["t1"], {}), ("t2", "Tanh", ["t1"], {}), _conv("conv2", "t2")], ["sig", "conv2"])
     devices = _agree(model, target, tmp_path)
     assert devices["t1"] == CPU and devices["t2"] == CPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2"])
+def test_the_log_cone_walks_through_a_div_folded_into_its_conv(target, tmp_path):
+    """Seed 1569: ``Conv -> Conv -> Div(per-channel) -> Mul(x, x) -> Add -> Log``: the float passes
+    fold the Div into the second Conv, so the quantizer's check of the optimised model finds both
+    Convs in the Log's cone; check of the float model stopped at the Div (before: both Convs
+    ACC / CPU / CPU)."""
+    model = _model([_conv("conv0", "x"), _conv("conv1", "conv0"),
+                    ("div", "Div", ["conv1", rng.uniform(1, 2, (4, 1, 1)).astype(np.float32)], {}),
+                    *_log_of_square("div")], ["log"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["conv0"] == CPU and devices["conv1"] == CPU
