@@ -100,6 +100,15 @@ class QuantizedModel:
     #: precision); None once the model no longer comes from it (a QAT model)
     requantizer: Requantizer | None = None
 
+    def __repr__(self) -> str:
+        """A one-line summary: the generated dataclass repr printed every field (the requantizer's
+        plan, quant_info, every tensor's parameters), 203 KB for the MNIST CNN, in a notebook cell."""
+        graph = self.model.graph
+        outputs = {k: float(f"{v:.6f}") if v is not None else None for k, v in self.report.outputs.items()}
+        problem = self.problem.code if self.problem is not None else None
+        return (f"QuantizedModel(target={self.target.name!r}, graph={graph.name!r}, nodes={len(graph.node)}, "
+                f"quantized_tensors={len(self.quant_params)}, output_cosine={outputs}, problem={problem!r})")
+
     def with_precisions(self, overrides: Mapping[str, str]) -> "QuantizedModel":
         """This quantization with layers set to ``float``/``int16`` (:mod:`.requantize`): the
         plan re-built with the overrides, parameters from the same statistics, no calibration."""
