@@ -20,6 +20,8 @@ import io
 import logging
 import re
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,6 +38,17 @@ from .markers import MARKER_DOMAIN, QuantRecord, recording
 log = logging.getLogger(__name__)
 
 OPSET = 17
+
+
+def default_output_names(out: Any) -> list[str]:
+    """Default ONNX output names for a forward's result: a dict's keys (the exporter writes its
+    values in key order; named ``output`` and then torch's tensor numbers before), ``output_i`` for a
+    tuple or list, ``output`` for one tensor."""
+    if isinstance(out, Mapping):
+        return [str(k) for k in out]
+    if isinstance(out, (tuple, list)):
+        return ["output"] if len(out) == 1 else [f"output_{i}" for i in range(len(out))]
+    return ["output"]
 
 
 def torch_to_onnx(module: torch.nn.Module, inputs: tuple, input_names, output_names,

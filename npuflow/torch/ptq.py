@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import NpuflowError
 from .capture import example_tuple
-from .export import torch_to_onnx
+from .export import default_output_names, torch_to_onnx
 
 
 def export_float(module: nn.Module, example_inputs, input_names: list[str] | None = None,
@@ -31,21 +31,10 @@ def export_float(module: nn.Module, example_inputs, input_names: list[str] | Non
     try:
         with torch.no_grad():
             out = module(*inputs)
-        outs = output_names or _output_names(out)
+        outs = output_names or default_output_names(out)
         return torch_to_onnx(module, inputs, names, outs)
     finally:
         module.train(was_training)
-
-
-def _output_names(out: Any) -> list[str]:
-    """Default ONNX output names for a forward's result: a dict's keys (the exporter writes its
-    values in key order; named ``output`` and then torch's tensor numbers before), ``output_i`` for a
-    tuple or list, ``output`` for one tensor."""
-    if isinstance(out, Mapping):
-        return [str(k) for k in out]
-    if isinstance(out, (tuple, list)):
-        return ["output"] if len(out) == 1 else [f"output_{i}" for i in range(len(out))]
-    return ["output"]
 
 
 def _to_numpy(value: Any) -> Any:

@@ -52,7 +52,7 @@ from ..model import save, write_atomic
 from ..targets import Target, load_target
 from .capture import capture, example_tuple
 from .config import Formats, QatConfig, formats_for, qat_config
-from .export import export_qdq
+from .export import default_output_names, export_qdq
 from .layers import QatWeighted
 from .prepare import rewrite
 from .quantizer import FakeQuantizer
@@ -175,8 +175,7 @@ def prepare_qat(module: nn.Module, example_inputs, target: str | Target,
     if output_names is None:
         with torch.no_grad():
             out = gm(*inputs)
-        count = len(out) if isinstance(out, (tuple, list)) else 1
-        output_names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+        output_names = default_output_names(out)
     qat = QatModel(gm, tgt, formats, inputs, list(names_in), list(output_names))
     return qat.train()
 

@@ -9,6 +9,7 @@ exported as its MatMul/Softmax graph and a dict's keys name the outputs."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
@@ -67,3 +68,17 @@ def test_dict_output_keys_name_the_onnx_outputs():
         ref = module(calib[0])
     np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["feat"], ref["feat"].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_dict_output_keys_name_the_qat_export(tmp_path):
+    torch.manual_seed(0)
+    module = _DictOut().eval()
+    example = torch.randn(1, 3, 8, 8)
+    qat = nt.prepare_qat(module, example, "DPUCZDX8G_ISA1_B4096")
+    assert qat.output_names == ["feat", "logits"]
+    qat(example)
+    nt.export_qat(qat, tmp_path / "qat.onnx")
+    exported = onnx.load(tmp_path / "qat.onnx")
+    assert [o.name for o in exported.graph.output] == ["feat", "logits"]
+    shapes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in exported.graph.output}
+    assert shapes == {"feat": [1, 8, 8, 8], "logits": [1, 3]}
