@@ -333,8 +333,10 @@ def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
     """Whether the quantizer quantizes node ``i`` on its own (or it is fused into a layer): a
     ``Tanh`` read by a ``Sigmoid`` and by another ``Tanh`` has one quantize step for the Sigmoid
     and a float reader, so no table ends at one step (seed 571: both Tanhs ACC in check of the
-    float model, CPU in the quantized one and in compile)."""
-    return i in fused or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
+    float model, CPU in the quantized one and in compile).  A node others fuse into is a layer of
+    its own: the ``Div`` that ends ``x * relu6(x + 3) / 6`` is a hard-swish (PP-OCR cls on
+    bernoulli2 put the ``MaxPool`` after it on the CPU and split the BPU part in two)."""
+    return i in fused or i in fused.values() or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
 
 
 def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:

@@ -187,3 +187,19 @@ def test_the_log_cone_walks_through_a_div_folded_into_its_conv(target, tmp_path)
                     *_log_of_square("div")], ["log"])
     devices = _agree(model, target, tmp_path)
     assert devices["conv0"] == CPU and devices["conv1"] == CPU
+
+
+@pytest.mark.parametrize("target", ["DPUCZDX8G_ISA1_B4096", "bernoulli2"])
+def test_a_maxpool_after_a_hard_swish_written_out_stays_on_the_accelerator(target, tmp_path):
+    """PP-OCR cls: ``Conv -> x * relu6(x + 3) / 6 -> MaxPool -> Conv``.  The hard-swish's ``Div``
+    is the layer the ``Add``/``Clip``/``Mul`` fuse into, not a lone Div by a constant, so the pool
+    after it follows a quantized op (before the fix of the Div rule: MaxPool on the CPU, the BPU
+    part split in two)."""
+    three, six = np.array(3.0, np.float32), np.array(6.0, np.float32)
+    model = _model([_conv("conv", "x"), ("add", "Add", ["conv", three], {}),
+                    ("clip", "Clip", ["add", np.array(0.0, np.float32), six], {}), ("mul", "Mul", ["conv", "clip"], {}),
+                    ("div", "Div", ["mul", six], {}),
+                    ("pool", "MaxPool", ["div"], {"kernel_shape": [2, 2], "strides": [2, 2]}), _conv("conv2", "pool")],
+                   ["conv2"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["div"] == NPU and devices["pool"] == NPU
