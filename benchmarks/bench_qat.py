@@ -346,9 +346,12 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
     result.qat.eval()
     with torch.no_grad():
         qat_out = [result.qat(torch.from_numpy(x)).numpy() for x in feeds[:args.compiled_check]]
-    compiled = npuflow.Session(npuflow.compile(result.model, TARGET))
-    diffs = [float(np.abs(compiled.run({inp: x})[result.qat.output_names[0]] - q).max())
-             for x, q in zip(feeds, qat_out)]
+    npuf = npuflow.compile(result.model, TARGET)
+    compiled = npuflow.Session(npuf)
+    npuf_out = [compiled.run({inp: x})[result.qat.output_names[0]] for x in feeds[:len(qat_out)]]
+    diffs = [float(np.abs(n - q).max()) for n, q in zip(npuf_out, qat_out)]
+    if args.onnx_keep:
+        _keep(Path(args.onnx_keep) / f"{name}_seed{seed}", result, npuf, feeds[:len(qat_out)], qat_out, npuf_out)
     exact = "True" if max(diffs) == 0 else f"False, max diff {max(diffs):.1e}"
     fp32_score = fp32 if fp32 is not None else score(outputs(result.ptq.float_model))
     load = os.getloadavg()[0]
@@ -370,6 +373,26 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
                  + (f" {r['ema_score']:.4f} ({r['ema_cosine']:.4f}) |" if ema_cell else "")
                  + f" kept: {r['kept']}; loss {'/'.join(r['loss'])} per quarter {quarters} |  |  |  |  |  |")
     return result.ptq
+
+
+def _keep(folder: Path, result, npuf, feeds: list, qat_out: list, npuf_out: list) -> None:
+    """Keep what a bit-exactness gap needs to be investigated after the run (``--onnx-keep``): the
+    returned QDQ model, its compiled ``.npuf``, the trained torch model's state dict with the PTQ
+    start's float and QDQ models it is rebuilt from (``onnx_qat._build_student`` on a namespace
+    holding the two, then ``load_state_dict``: the pickled fx module does not load back), and the
+    compared inputs with both forwards' outputs and the per-line max abs difference."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(result.model, str(folder / "qdq.onnx"))
+    onnx.save(result.ptq.float_model, str(folder / "ptq_float.onnx"))
+    onnx.save(result.ptq.model, str(folder / "ptq_model.onnx"))
+    npuf.save(folder / "model.npuf")
+    torch.save(result.qat.state_dict(), folder / "qat_state.pt")
+    diffs = np.array([float(np.abs(n - q).max()) for n, q in zip(npuf_out, qat_out)])
+    np.savez_compressed(folder / "compare.npz", inputs=np.stack(feeds), torch=np.stack(qat_out),
+                        npuf=np.stack(npuf_out), max_abs_diff=diffs)
+    log(f"  keep: {folder} (worst line {int(diffs.argmax())}, max diff {diffs.max():.1e})")
 
 
 def main() -> None:
@@ -409,6 +432,11 @@ def main() -> None:
                     help="qat_onnx loss (ctc: CTC on FP32's greedy decodes plus the per-step KL)")
     ap.add_argument("--onnx-seeds", default="0", help="comma-separated qat_onnx seeds, one run each, one PTQ start")
     ap.add_argument("--onnx-out", default=None, help="results file name (default qat_onnx_<models>.md)")
+    ap.add_argument("--onnx-keep", default=None, metavar="DIR",
+                    help="keep per model and seed, in DIR/<model>_seed<seed>/, the returned QDQ model (qdq.onnx), its "
+                         ".npuf (model.npuf), the trained torch model's state dict (qat_state.pt) with the PTQ start's "
+                         "float and QDQ models it is rebuilt from (ptq_float.onnx, ptq_model.onnx) and the compared "
+                         "lines with both outputs (compare.npz), to investigate a .npuf vs torch gap")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
