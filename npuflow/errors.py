@@ -125,6 +125,9 @@ _QUANT = _specs(
      "deployment (--freeze-input NAME=VALUE on check/quantize, e.g. --freeze-input sr=16000; npuflow build: "
      "model_parameters.freeze_input: 'sr=16000'; Python: npuflow.model.freeze_inputs) so the branch is "
      "inlined, or export the model without the If/Loop."),
+    ("NPF_QUANT_NO_PLAN", "{action} needs the quantizer's plan, and this model has none: it was replaced after "
+     "quantize (QAT trains the parameters the plan made)",
+     "Run it on the QuantizedModel that npuflow.quantize returned (before QAT), or quantize again."),
     ("NPF_QUANT_CONFIG_CONFLICT", "invalid quantization settings for {where}: {reason}",
      "Change one of the conflicting settings; docs/quantization.md lists the rules."),
     ("NPF_QUANT_BITS_UNSUPPORTED", "{bits}-bit {kind} quantization for {where} is not supported by target {target}",

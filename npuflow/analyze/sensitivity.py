@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 
 from .. import scaleout
+from ..errors import NpuflowError
 from ..quant.algorithms.capture import Feed, run_outputs
 from ..quant.pipeline import QuantizedModel
 from ..quant.requantize import Requantizer
@@ -121,7 +122,7 @@ def _score_layer(context: dict, item: tuple[str, list[Variant]]) -> tuple[str, l
 def requantizer_of(quantized: QuantizedModel) -> Requantizer:
     """The quantization's :class:`~npuflow.quant.requantize.Requantizer`."""
     if quantized.requantizer is None:
-        raise ValueError("the model was replaced after quantize (QAT): it has no plan to override")
+        raise NpuflowError("NPF_QUANT_NO_PLAN", action="sensitivity and mixed-precision analysis")
     return quantized.requantizer
 
 

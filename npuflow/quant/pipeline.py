@@ -113,7 +113,7 @@ class QuantizedModel:
         """This quantization with layers set to ``float``/``int16`` (:mod:`.requantize`): the
         plan re-built with the overrides, parameters from the same statistics, no calibration."""
         if self.requantizer is None:
-            raise ValueError("this model has no quantization plan to override (it was replaced after quantize)")
+            raise NpuflowError("NPF_QUANT_NO_PLAN", action="with_precisions")
         dynamic = self.requantizer.export(overrides)
         shapes = model_io.tensor_shapes(self.float_model)
         static = dynamic if not self.config.calib_dynamic_dims else _frozen(

@@ -30,3 +30,27 @@ def test_repr_is_one_short_line():
     assert text.startswith("QuantizedModel(target='cpu-int8', graph='tiny', nodes=")
     assert f"'y': {q.report.outputs['y']:.6f}" in text and "problem=None" in text
     assert str(q) == text
+
+
+def test_check_report_repr_is_one_short_line():
+    """``npuflow.check(...)`` in a notebook cell printed the model and every node (15 KB for the
+    MNIST CNN, 7.9 KB for a five-node model); now the summary on one line."""
+    report = npuflow.check(_conv_relu(), "cpu-int8")
+    text = repr(report)
+    assert len(text) < 300 and "\n" not in text, len(text)
+    assert text.startswith("CheckReport(target='cpu-int8', graph=") and "nodes=2" in text and "npu_subgraphs=1" in text
+
+
+def test_with_precisions_on_a_model_without_a_plan_is_a_coded_error():
+    """A QAT model (its requantizer dropped) raised a bare ValueError."""
+    import dataclasses
+
+    import pytest
+
+    from npuflow.errors import NpuflowError
+
+    calib = [rng.normal(0, 1, (1, 2, 6, 6)).astype(np.float32) for _ in range(4)]
+    q = dataclasses.replace(npuflow.quantize(_conv_relu(), calib, "cpu-int8"), requantizer=None)
+    with pytest.raises(NpuflowError) as err:
+        q.with_precisions({})
+    assert err.value.code == "NPF_QUANT_NO_PLAN" and "with_precisions" in str(err.value)
