@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
-from ..operators import FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
+from ..operators import ELEMENTWISE_OPS, FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
@@ -301,10 +301,7 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
     CPU: the ``Div`` was placed on the accelerator, and quantize and compile left it in float on
     the CPU (likewise a ``Div`` between quantized work and a CPU ``Erf``).  A demotion can take
     the accelerator side away from a neighbour, so the pass repeats until nothing moves."""
-    candidates = [i for i, node in enumerate(view.nodes)
-                  if not transparent[i] and i not in fused and i not in fused.values()
-                  and not op_def(node.op_type, node.domain).quantized
-                  and node.op_type not in FOLLOWERS and node.op_type not in REWRITTEN_OPS]
+    candidates = sorted(_float_chain_ops(view, transparent, fused) | _chain_followers(view, transparent, fused))
     moved = True
     while moved:
         moved = False
@@ -329,6 +326,32 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
                 "a CPU op or the graph output reads it too), so it runs in float on the CPU")
 
 
+def _float_chain_ops(view: GraphView, transparent: list[bool], fused: dict[int, int]) -> set[int]:
+    """The ops the quantizer never quantizes on its own (``OpDef.quantized`` false), outside any
+    layer: the compiler lowers each only inside a table between two quantize steps."""
+    return {i for i, node in enumerate(view.nodes)
+            if not transparent[i] and i not in fused and i not in fused.values()
+            and not op_def(node.op_type, node.domain).quantized
+            and node.op_type not in FOLLOWERS and node.op_type not in REWRITTEN_OPS}
+
+
+def _chain_followers(view: GraphView, transparent: list[bool], fused: dict[int, int]) -> set[int]:
+    """Elementwise followers (a ``Relu``) right after a float-chain op (:func:`_float_chain_ops`, or
+    another such follower): the compiler lowers them inside that op's table, so they go where the
+    chain goes, not by the data-movement rule (cpu-int8 seed 1453: ``Mul -> Tanh -> Relu -> Mul``
+    had Tanh and Relu on the CPU in check of the float model, in the integer program in compile)."""
+    chain = _float_chain_ops(view, transparent, fused)
+    out: set[int] = set()
+    for i, node in enumerate(view.nodes):  # topological: a follower of a follower sees it
+        if transparent[i] or i in fused or node.op_type not in FOLLOWERS or node.op_type not in ELEMENTWISE_OPS:
+            continue
+        ins = view.data_inputs(i)
+        p = real_producer(view, transparent, ins[0]) if ins else None
+        if p is not None and (p in chain or p in out):
+            out.add(i)
+    return out
+
+
 def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
     """Whether the quantizer quantizes node ``i`` on its own (or it is fused into a layer): a
     ``Tanh`` read by a ``Sigmoid`` and by another ``Tanh`` has one quantize step for the Sigmoid
@@ -347,8 +370,9 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -
     PP-OCRv4 rec's attention reshapes after a CPU Add fed DPU work and were placed on the DPU, yet
     quantized as float nodes the compiler leaves to the CPU; YOLOv8n's DFL reshapes before a CPU
     Softmax on bernoulli2 likewise.  Graph order is topological, so a chain of followers goes together."""
+    chained = _chain_followers(view, transparent, fused)  # placed with their float-chain op
     for i, node in enumerate(view.nodes):
-        if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS:
+        if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS or i in chained:
             continue
         ins = view.data_inputs(i)
         if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0], fused)):

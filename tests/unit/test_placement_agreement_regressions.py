@@ -203,3 +203,17 @@ def test_a_maxpool_after_a_hard_swish_written_out_stays_on_the_accelerator(targe
                    ["conv2"])
     devices = _agree(model, target, tmp_path)
     assert devices["div"] == NPU and devices["pool"] == NPU
+
+
+@pytest.mark.parametrize("relu_is_output", [False, True])
+def test_a_relu_after_a_tanh_goes_where_the_tanh_table_goes(relu_is_output, tmp_path):
+    """cpu-int8 (seed 1453): ``Mul(c) -> Tanh -> Relu -> Mul(c)``.  The compiler lowers ``Tanh ->
+    Relu`` as one table between the two quantize steps; check's data-movement rule put the Relu
+    (fed by a Tanh, which the quantizer quantizes only between quantized ops) on the CPU and the
+    Tanh after it (before: both CPU in check of the float model, in the integer program in
+    compile).  With the Relu a graph output the table ends at no quantize step: both float."""
+    nodes = [("mul", "Mul", ["x", np.array(0.5, np.float32)], {}), ("tanh", "Tanh", ["mul"], {}),
+             ("relu", "Relu", ["tanh"], {}), ("mul2", "Mul", ["relu", np.array(2.0, np.float32)], {})]
+    devices = _agree(_model(nodes, ["mul2", "relu"] if relu_is_output else ["mul2"]), "cpu-int8", tmp_path)
+    side = CPU if relu_is_output else NPU
+    assert devices["tanh"] == side and devices["relu"] == side
