@@ -337,7 +337,7 @@ class Session:
         """
         program, env = self._validate(inputs)
         if output_names is not None:
-            output_names = self._check_output_names(output_names)
+            output_names = self._check_output_names(output_names, program)
         if dump_dir is None and not self._listeners:  # the common frame: executors called directly
             for step in program.steps:
                 env.update(step.executor.run({i: env[i] for i in step.inputs}))
@@ -365,13 +365,15 @@ class Session:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         return {n: env[n] for n in output_names or self._output_names}
 
-    def _check_output_names(self, output_names: str | Sequence[str]) -> list[str]:
-        """``output_names`` as a list of model outputs: a single name may be given as a string
-        (iterating it would ask for one output per character), and an unknown name is
+    def _check_output_names(self, output_names: str | Sequence[str], program: "_Program") -> list[str]:
+        """``output_names`` as a list: a single name may be given as a string (iterating it would
+        ask for one output per character).  A model output or a tensor between two subgraphs (the
+        boundary tensors a debugger asks for) is known; any other name is
         ``NPF_RUNTIME_UNKNOWN_OUTPUT`` before anything runs (it was a ``KeyError`` after the run)."""
         names = [output_names] if isinstance(output_names, str) else list(output_names)
+        known = set(self._output_names).union(*({*sg["inputs"], *sg["outputs"]} for sg in program.subgraphs))
         for name in names:
-            if name not in self._output_names:
+            if name not in known:
                 raise NpuflowError("NPF_RUNTIME_UNKNOWN_OUTPUT", name=name, outputs=", ".join(self._output_names))
         return names
 
