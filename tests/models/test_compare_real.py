@@ -48,7 +48,10 @@ def test_npuf_and_qdq_agree_layer_for_layer(cls_model):
             singles += 1
             assert r.single_rel_error == pytest.approx(want.single_rel_error, abs=1e-9), r.tensor
     assert singles > 60
-    assert npuf.jump.tensor == qdq.jump.tensor
+    # the QDQ model also shows tensors inside a layer (a linear layer's MatMul result before its bias
+    # Add); the .npuf shows the layer's output, so its jump is there or at the same tensor
+    inside = {n.input[0]: n.output[0] for n in q.model.graph.node if n.op_type == "Add"}
+    assert npuf.jump.tensor in (qdq.jump.tensor, inside.get(qdq.jump.tensor)), (npuf.jump.tensor, qdq.jump.tensor)
     out = rows["save_infer_model/scale_0.tmp_1"]  # the softmax output
     assert out.single_rel_error < out.rel_error
     # fed float inputs, a layer's own error is below what it inherits, on most layers

@@ -30,13 +30,15 @@ SHAPE = [1, 1, 32, 16]
 
 def _tie_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """``r = Q(DQ(a) + DQ(c))`` at twice their scale (every odd code sum is a tie), then
-    ``DQ -> Squeeze -> float MatMul`` (no quantize step after the Squeeze: the grid pattern)."""
+    ``DQ -> Squeeze -> MatMul`` with an int8 weight and a float output (no quantize step after the
+    Squeeze: the grid pattern; the compiler adds the step only before a layer whose weight is
+    quantized)."""
     rng = np.random.default_rng(16)
     b = Builder("half_even")
     a = b.dq(b.input("a", SHAPE, 0.05))
     r = b.quantize(b.node("Add", [a, b.dq(b.input("c", SHAPE, 0.05))], "r"), 0.1)
     s = b.node("Squeeze", [b.dq(r), b.const("axes", np.array([1]))], "s")
-    b.float_output(b.node("MatMul", [s, b.const("w", rng.normal(0, 0.3, (16, 5)).astype(np.float32))], "y"))
+    b.float_output(b.node("MatMul", [s, b.weight("w", rng.normal(0, 0.3, (16, 5)).astype(np.float32), 0.01)], "y"))
     b.float_output(b.node("Mul", [a, b.const("two", np.float32(2))], "z"))  # a second reader of DQ(a)
     feeds = {k: rng.normal(0, 2, SHAPE).astype(np.float32) for k in "ac"}
     return b.model(), feeds
