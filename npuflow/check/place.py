@@ -215,14 +215,17 @@ def _demote_until_stable(view: GraphView, infos: list[OpInfo], device: list[str]
     ``Concat(x, Slice(x))`` before an output on B4096 (a tail mover only once its Slice has moved)
     were placed on the accelerator, while quantize and compile left them in float on the CPU
     (``tests/unit/test_placement_agreement.py``)."""
+    chain = set() if quantized else _float_chain_ops(view, transparent, fused)
+    chained = _chain_followers(view, transparent, fused, chain) if chain else set()
+    candidates = sorted(chain | chained)
     before = None
     while before != device:
         before = list(device)
         _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
         _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
         if not quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
-            _float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused)
-            _follow_quant_plan(view, device, reasons, transparent, fused, tgt)
+            _float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused, candidates)
+            _follow_quant_plan(view, device, reasons, transparent, fused, tgt, chained)
         for m, anchor in fused.items():
             device[m] = device[anchor]
 
@@ -288,7 +291,7 @@ def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
 
 
 def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: list[list[str]],
-                                 transparent: list[bool], fused: dict[int, int]) -> None:
+                                 transparent: list[bool], fused: dict[int, int], candidates: list[int]) -> None:
     """In a float model, an op the quantizer never quantizes on its own
     (:attr:`npuflow.operators.OpDef.quantized` false: ``Div`` by a constant, ``Tanh``, ``Abs``...)
     runs in float on the CPU, as compile leaves it, unless it sits between quantized work: the
@@ -300,8 +303,8 @@ def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: li
     ConvNeXt's GELU ``x * 0.5 * (1 + erf(x / 1.4142))`` after a bias ``Add`` cpu-int8 runs on the
     CPU: the ``Div`` was placed on the accelerator, and quantize and compile left it in float on
     the CPU (likewise a ``Div`` between quantized work and a CPU ``Erf``).  A demotion can take
-    the accelerator side away from a neighbour, so the pass repeats until nothing moves."""
-    candidates = sorted(_float_chain_ops(view, transparent, fused) | _chain_followers(view, transparent, fused))
+    the accelerator side away from a neighbour, so the pass repeats until nothing moves.
+    ``candidates``: :func:`_float_chain_ops` and their :func:`_chain_followers`."""
     moved = True
     while moved:
         moved = False
@@ -335,12 +338,12 @@ def _float_chain_ops(view: GraphView, transparent: list[bool], fused: dict[int, 
             and node.op_type not in FOLLOWERS and node.op_type not in REWRITTEN_OPS}
 
 
-def _chain_followers(view: GraphView, transparent: list[bool], fused: dict[int, int]) -> set[int]:
+def _chain_followers(view: GraphView, transparent: list[bool], fused: dict[int, int], chain: set[int]) -> set[int]:
     """Elementwise followers (a ``Relu``) right after a float-chain op (:func:`_float_chain_ops`, or
     another such follower): the compiler lowers them inside that op's table, so they go where the
     chain goes, not by the data-movement rule (cpu-int8 seed 1453: ``Mul -> Tanh -> Relu -> Mul``
-    had Tanh and Relu on the CPU in check of the float model, in the integer program in compile)."""
-    chain = _float_chain_ops(view, transparent, fused)
+    had Tanh and Relu on the CPU in check of the float model, in the integer program in compile);
+    ``chain``: :func:`_float_chain_ops`."""
     out: set[int] = set()
     for i, node in enumerate(view.nodes):  # topological: a follower of a follower sees it
         if transparent[i] or i in fused or node.op_type not in FOLLOWERS or node.op_type not in ELEMENTWISE_OPS:
@@ -362,15 +365,15 @@ def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
     return i in fused or i in fused.values() or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
 
 
-def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target) -> None:
+def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, chained: set[int]) -> None:
     """In a float model, data movement runs where the quantizer's plan puts it (:mod:`.followers`):
     fed from the CPU, a control-flow node or a graph input it stays in float, and on float-scale
     targets so does data movement no accelerator op reads (the float tail), so both run on the CPU.
 
     PP-OCRv4 rec's attention reshapes after a CPU Add fed DPU work and were placed on the DPU, yet
     quantized as float nodes the compiler leaves to the CPU; YOLOv8n's DFL reshapes before a CPU
-    Softmax on bernoulli2 likewise.  Graph order is topological, so a chain of followers goes together."""
-    chained = _chain_followers(view, transparent, fused)  # placed with their float-chain op
+    Softmax on bernoulli2 likewise.  Graph order is topological, so a chain of followers goes together.
+    ``chained`` (:func:`_chain_followers`) go with their float-chain op instead."""
     for i, node in enumerate(view.nodes):
         if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS or i in chained:
             continue
@@ -402,17 +405,9 @@ def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], t
     false) runs on the accelerator only as a table between quantize steps others place, so a
     follower after it stays float (bernoulli2: ``Conv -> Tanh -> Resize -> Sigmoid``); a ``Div``
     the float passes fold into the ``Conv`` before it is that ``Conv``."""
-    for _ in range(64):
-        p = view.producer.get(tensor)
-        if p is None or subgraphs(view.nodes[p]):
-            return False
-        if not transparent[p]:
-            return device[p] == NPU and (quantized_only is None or _quantizes(view, p, quantized_only))
-        ins = view.data_inputs(p)
-        if not ins:
-            return False
-        tensor = ins[0]
-    return False
+    p = real_producer(view, transparent, tensor)
+    return p is not None and not subgraphs(view.nodes[p]) and device[p] == NPU and \
+        (quantized_only is None or _quantizes(view, p, quantized_only))
 
 
 def _place_followers(view: GraphView, device: list[str], transparent: list[bool]) -> None:

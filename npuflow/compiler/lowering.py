@@ -273,8 +273,9 @@ def lower_matmul(g: QGraph, n: onnx.NodeProto) -> IntOp:
         if w.ndim != 2:
             raise _Reject("MatMul constant must be 2-D")
         bias = linear_bias(n, g)
-        return _matmul_const(g, n, n.input[0], w, wp, [w_dq.name], bias.bias if bias is not None else None,
-                             bias.add if bias is not None else None)
+        if bias is None:
+            return _matmul_const(g, n, n.input[0], w, wp, [w_dq.name], None)
+        return _matmul_const(g, n, n.input[0], w, wp, [w_dq.name], bias.bias, bias.add)
     a_name, ap, a_dq = _act(g, n.input[0])
     b_name, bp, b_dq = _act(g, n.input[1])
     chain, q, op_ = _chain(g, n.output[0])

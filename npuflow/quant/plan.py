@@ -151,10 +151,11 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         # Add -> Clip -> Mul -> Mul, range-carrying ops the walk went on through, so a HardSwish check placed
         # on the DPU stayed float and compile ran it on the CPU (tests/unit/test_placement_agreement.py).
         allowed, cone = allowed | forced, set()
-    keep = _with_fused_activations(_with_biases(set(config.keep_float) | floats | cone, heads), structural, idx, target,
-                                   heads)
-    wide = _with_fused_activations(_with_biases({n for n, p in changed.items() if p == "int16"}, heads), structural,
-                                   idx, target, heads)
+    def whole_layers(keys: set[str]) -> set[str]:  # a linear layer's pair and the activations fused into it
+        return _with_fused_activations(_with_biases(keys, heads), structural, idx, target, heads)
+
+    keep = whole_layers(set(config.keep_float) | floats | cone)
+    wide = whole_layers({n for n, p in changed.items() if p == "int16"})
     plan = QuantPlan(overrides=changed)
     inputs = {i.name for i in graph.input} - set(idx.inits)
 
