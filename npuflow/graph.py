@@ -447,12 +447,15 @@ def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
 
 
-def unique_name(graph: onnx.GraphProto, base: str) -> str:
-    """``base`` or ``base_<k>``: a tensor name not used anywhere in ``graph``."""
+def unique_name(graph: onnx.GraphProto, base: str, reserved: set[str] | None = None) -> str:
+    """``base`` or ``base_<k>``: a tensor name not used anywhere in ``graph``; ``reserved``: names
+    already handed out for nodes not yet in the graph (the new name is added to it)."""
     taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {
-        o for n in graph.node for o in n.output}
+        o for n in graph.node for o in n.output} | (reserved or set())
     name, k = base, 1
     while name in taken:
         name = f"{base}_{k}"
         k += 1
+    if reserved is not None:
+        reserved.add(name)
     return name

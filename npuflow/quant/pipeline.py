@@ -55,7 +55,7 @@ import onnx
 from .. import model as model_io
 from ..check import check
 from ..errors import NpuflowError
-from ..graph import GraphView
+from ..graph import GraphView, unique_name
 from ..outputs import StagedOutputs
 from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
@@ -335,17 +335,17 @@ def _float32_compute(proto: onnx.ModelProto) -> onnx.ModelProto:
         if info.type.tensor_type.elem_type == f16:
             info.type.tensor_type.elem_type = f32
     inits = {i.name for i in graph.initializer}
-    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | inits
+    reserved: set[str] = set()
     head, tail = [], []
     for inp in graph.input:
         if inp.name not in inits and inp.type.tensor_type.elem_type == f16:
-            inner = _fresh(f"{inp.name}_float32", taken)
+            inner = unique_name(graph, f"{inp.name}_float32", reserved)
             for node in graph.node:
                 node.input[:] = [inner if i == inp.name else i for i in node.input]
             head.append(onnx.helper.make_node("Cast", [inp.name], [inner], f"{inp.name}_to_float32", to=f32))
     for out in graph.output:
         if out.type.tensor_type.elem_type == f16:
-            inner = _fresh(f"{out.name}_float32", taken)
+            inner = unique_name(graph, f"{out.name}_float32", reserved)
             for node in graph.node:
                 node.input[:] = [inner if i == out.name else i for i in node.input]
                 node.output[:] = [inner if o == out.name else o for o in node.output]
@@ -356,16 +356,6 @@ def _float32_compute(proto: onnx.ModelProto) -> onnx.ModelProto:
     log.info("float16 model: computed in float32 (%d float16 input(s) and %d output(s) cast at the edges)",
              len(head), len(tail))
     return model
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_1``, ``name_2``... if the graph uses it; recorded as taken."""
-    candidate, k = name, 0
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}_{k}"
-    taken.add(candidate)
-    return candidate
 
 
 def _dynamic_graph(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
