@@ -20,7 +20,9 @@ starts never read half a file.  A ``.npuf`` is loaded as it is.
 ``.type`` such as ``"tensor(float)"``), ``run(output_names, input_feed)`` returns a list in the
 order asked, ``get_modelmeta()`` the model's metadata.  ``providers`` and ``sess_options`` are
 accepted so ORT code runs unchanged; ``sess_options.intra_op_num_threads`` sets the threads of
-the CPU subgraphs (which run on ONNX Runtime's CPU provider).
+the CPU subgraphs (which run on ONNX Runtime's CPU provider).  ``close()`` / ``with`` free the
+sessions now; ORT methods without a counterpart (``io_binding``, ``end_profiling`` ...) are
+``NPF_ORT_UNSUPPORTED_METHOD`` naming the method, not an AttributeError.
 """
 
 from __future__ import annotations
@@ -153,6 +155,11 @@ def _proto(model: str | os.PathLike | bytes, data: bytes) -> onnx.ModelProto | s
     return proto
 
 
+def _unsupported(method: str, instead: str) -> NpuflowError:
+    """The coded error for an ``onnxruntime.InferenceSession`` method npuflow has no counterpart of."""
+    return NpuflowError("NPF_ORT_UNSUPPORTED_METHOD", method=method, instead=instead)
+
+
 class InferenceSession:
     """``onnxruntime.InferenceSession``'s interface over a compiled model (see the module docstring)."""
 
@@ -171,6 +178,18 @@ class InferenceSession:
             compiled, self.from_cache = compile_cached(path_or_bytes, target, cache_dir, cache_key)
         #: the npuflow session doing the work (dumps, run_op, listeners, runners)
         self.session = Session(compiled, target, cpu_threads=threads)
+        self._options = sess_options
+
+    # --- lifetime: ORT frees a session when it is dropped; a server swapping models frees it now
+    def close(self) -> None:
+        """Free the compiled model's ONNX Runtime sessions and integer programs (:meth:`Session.close`)."""
+        self.session.close()
+
+    def __enter__(self) -> "InferenceSession":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def get_inputs(self) -> list[NodeArg]:
         return [NodeArg(t.name, list(t.shape), ort_type(t.dtype)) for t in self.session.get_inputs()]
@@ -179,7 +198,42 @@ class InferenceSession:
         return [NodeArg(t.name, list(t.shape), ort_type(t.dtype)) for t in self.session.get_outputs()]
 
     def get_providers(self) -> list[str]:
-        return list(PROVIDERS)
+        """The providers this model runs on: ``NpuflowExecutionProvider`` where it has an
+        accelerator subgraph, then ``CPUExecutionProvider`` (always listed, as ONNX Runtime lists
+        its fallback; a model compiled for cpu-int8 or with nothing on the accelerator runs there only)."""
+        accel = any(sg.on_accelerator for sg in self.session.compiled.subgraphs)
+        return list(PROVIDERS) if accel else PROVIDERS[1:]
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        """Per provider of :meth:`get_providers` its options: the target the model was compiled for."""
+        return {p: {"target": self.session.compiled.target_name} if p == PROVIDERS[0] else {}
+                for p in self.get_providers()}
+
+    def get_session_options(self) -> Any:
+        """The ``sess_options`` given (None when none was): their ``intra_op_num_threads`` is the
+        one option npuflow reads."""
+        return self._options
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        """None: a compiled model's weights are constants of its integer programs."""
+        return []
+
+    def io_binding(self) -> Any:
+        raise _unsupported("io_binding", "pass numpy arrays to run(); outputs come back as numpy arrays")
+
+    def run_with_iobinding(self, iobinding: Any, run_options: Any = None) -> None:
+        raise _unsupported("run_with_iobinding", "pass numpy arrays to run()")
+
+    def run_with_ort_values(self, output_names: Any, input_dict_ort_values: Any, run_options: Any = None) -> Any:
+        raise _unsupported("run_with_ort_values", "pass numpy arrays to run() (OrtValue.numpy())")
+
+    def end_profiling(self) -> str:
+        raise _unsupported("end_profiling", "time the model with `npuflow bench MODEL.npuf --trace trace.json` or "
+                           "session.session.add_listener(fn), which hears every subgraph's start and end")
+
+    def set_providers(self, providers: Any = None, provider_options: Any = None) -> None:
+        raise _unsupported("set_providers", "the model runs where it was compiled to run; compile it for "
+                           "another target for another split")
 
     def get_modelmeta(self) -> ModelMetadata:
         m = self.session.compiled.manifest.get("model", {})

@@ -207,7 +207,31 @@ class Session:
     def _executors(self) -> list:
         """The executors ``run`` uses for the first program, in order (a merged integer program
         stands for the subgraphs it covers)."""
-        return [step.executor for step in self._programs[0].steps]
+        return [step.executor for step in self._live()[0].steps]
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the ONNX Runtime sessions and integer programs now, not when the garbage collector
+        finds them (a server swapping models, a notebook loading many); the description
+        (``get_inputs``, ``compiled``) stays.  Closing twice is fine; running a closed session is
+        ``NPF_RUNTIME_CLOSED``."""
+        programs, self._programs = self._programs, []
+        for program in programs:  # the steps hold bound methods of their program: break the cycle
+            program.steps, program._executors = [], []
+        return_freed_heap()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _live(self) -> list["_Program"]:
+        """The programs, or ``NPF_RUNTIME_CLOSED`` after :meth:`close`."""
+        if not self._programs:
+            raise NpuflowError("NPF_RUNTIME_CLOSED", path=str(self.compiled.source or self.compiled.name))
+        return self._programs
 
     # --- description ------------------------------------------------------------------------
 
@@ -272,7 +296,7 @@ class Session:
         for name in inputs:
             if name not in dtypes:
                 raise NpuflowError("NPF_RUNTIME_UNKNOWN_INPUT", name=name, inputs=", ".join(dtypes))
-        shapes = self._programs[0].inputs
+        shapes = self._live()[0].inputs
         same = True
         for name, dtype in dtypes.items():
             if name not in inputs:
@@ -294,7 +318,7 @@ class Session:
 
     def _run_subgraph(self, k: int, feeds: dict[str, np.ndarray], dump=None,
                       program: "_Program | None" = None) -> dict[str, np.ndarray]:
-        program = program or self._programs[0]
+        program = program or self._live()[0]
         return self._run_step(merge.Step(program.executor(k), (k,), tuple(program.subgraphs[k]["inputs"])),
                               feeds, dump, program)
 
@@ -389,7 +413,7 @@ class Session:
         return executor.run_op(name, self._validate_op_inputs(op, inputs))
 
     def _find_op(self, name: str) -> tuple[IntegerExecutor, dict]:
-        program = self._programs[0]
+        program = self._live()[0]
         executors = [program.executor(k) for k in range(len(self._subgraphs))]
         for sg, ex in zip(self._subgraphs, executors):
             if isinstance(ex, IntegerExecutor) and name in ex.op_index:
