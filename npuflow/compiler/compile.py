@@ -23,7 +23,7 @@ from onnx import helper
 from .. import __version__
 from .. import plugins as plugin_registry
 from ..errors import NpuflowError
-from ..graph import node_reads, slice_nodes, subgraphs
+from ..graph import node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
 from ..placement import Device, is_plugin, plugin_name
 from ..quant import QuantizedModel
@@ -45,6 +45,27 @@ def _name_nodes(model: onnx.ModelProto) -> None:
         if not n.name or n.name in seen:
             n.name = f"{n.op_type}_{i}"
         seen.add(n.name)
+
+
+def _produce_constant_outputs(model: onnx.ModelProto) -> None:
+    """Give a model output that is an initializer (a constant the graph returns, or an
+    ``Identity`` of one the float passes folded) a producer: an ``Identity`` of the constant, renamed,
+    which the partition puts in a CPU subgraph.  No subgraph wrote such an output before, and the
+    ``.npuf`` compiled but its loader refused it (``tensor 'k' is not described in tensors``)."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    for out in graph.output:
+        if out.name not in inits:
+            continue
+        fresh = unique_name(graph, f"{out.name}_const")
+        inits[out.name].name = fresh
+        for node in graph.node:
+            for k, t in enumerate(node.input):
+                if t == out.name:
+                    node.input[k] = fresh
+            rename_outer_reads(node, {out.name: fresh})
+        graph.node.append(helper.make_node("Identity", [fresh], [out.name],
+                                                unique_name(graph, f"{out.name}_identity")))
 
 
 def compile_model(
@@ -89,6 +110,7 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
              plugs: Sequence[plugin_registry.Plugin] = ()) -> CompiledModel:
     """One program: the model frozen at ``input_shapes``."""
     model = load(quantized_model, input_shapes)
+    _produce_constant_outputs(model)
     _name_nodes(model)
     legalised = foreign.legalize(model, tgt)
     if legalised:
