@@ -59,6 +59,9 @@ def calibration_note(similarity: dict, output: str) -> str:
     """`` (0.998 on 16 calibration samples)`` after an output's cosine in the CLI's summaries
     (``similarity``: :meth:`QuantReport.to_json`), and why an output below the threshold passed."""
     checked = similarity.get("calibration_outputs", {}).get(output)
+    why = similarity.get("unmeasured", {}).get(output)
+    if why is not None:
+        return f" (left out of the accuracy check: {why})"
     if checked is None:
         return ""
     grid = "; within one quantization step of the float model on each" if output in similarity.get(

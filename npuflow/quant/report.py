@@ -66,11 +66,15 @@ class QuantReport:
     within_one_step: list[str] = field(default_factory=list)
     #: outputs that were infinite or NaN on some calibration sample where the float model's are finite
     non_finite: list[str] = field(default_factory=list)
+    #: outputs no cosine describes, and why: integer outputs (a NonMaxSuppression's selected
+    #: indices, a TopK's positions) and outputs whose shape the data decides, where the quantized
+    #: model selected a different number of entries than the float one on some sample
+    unmeasured: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "outputs": self.outputs, "similarity_samples": self.similarity_samples,
                 "calibration_outputs": self.calibration_outputs, "within_one_step": self.within_one_step,
-                "non_finite": self.non_finite,
+                "non_finite": self.non_finite, "unmeasured": self.unmeasured,
                 "nodes": [asdict(r) for r in self.rows]}
 
     def judged_similarity(self) -> dict[str, float]:
@@ -167,6 +171,7 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
     fsess = session_for(float_model, list(pairs))
     qsess = session_for(quant_model, list(pairs.values()))
     acc = {t: [0.0, 0.0, 0.0, 0.0] for t in pairs}
+    measured: set[str] = set()  # an integer tensor or one of another shape on every sample has no cosine
     for i, sample in enumerate(samples):
         fv = run_sample(fsess, sample, i)
         qv = run_sample(qsess, sample, i)
@@ -174,9 +179,10 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
             a, b = fv.get(t), qv.get(qt)
             if a is None or b is None or a.dtype.kind != "f" or a.shape != b.shape:
                 continue
+            measured.add(t)
             _accumulate(acc[t], a.astype(np.float32, copy=False).ravel(), b.astype(np.float32, copy=False).ravel())
     report = QuantReport(samples=len(samples))
-    cosines = {t: _cos(*acc[t]) for t in acc} if samples else {}
+    cosines = {t: _cos(*acc[t]) for t in acc if t in measured}
     inputs = {n.output[0]: [i for i in n.input if i in cosines] for n in float_model.graph.node if n.output}
     for name, op, t in nodes:
         cos = cosines.get(t)
@@ -196,14 +202,25 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     names = [o.name for o in float_model.graph.output]
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
+    differ = np.zeros(len(names), dtype=int)
     for ref, got in zip(run_outputs(float_model, samples), run_outputs(quant_model, samples), strict=True):
         for k, (a, b) in enumerate(zip(ref, got, strict=True)):
+            a, b = np.asarray(a), np.asarray(b)
+            if a.dtype.kind != "f":
+                report.unmeasured[names[k]] = f"{a.dtype} output: compared by value, not by a cosine"
+                continue
+            if a.shape != b.shape:  # NonMaxSuppression kept another number of boxes
+                differ[k] += 1
+                continue
             a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
             _accumulate(acc[k], a64, b64)
             with np.errstate(invalid="ignore"):  # inf - inf: a NaN difference, which fails the step test below
                 diff = np.abs(a64 - b64)
             worst[k] = max(worst[k], float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0)))
-    report.calibration_outputs = {name: _cos(*acc[k]) for k, name in enumerate(names)}
+    for k in np.flatnonzero(differ):
+        report.unmeasured[names[k]] = (f"its shape depends on the data and differs from the float model's on "
+                                       f"{differ[k]} of {len(samples)} samples")
+    report.calibration_outputs = {name: _cos(*acc[k]) for k, name in enumerate(names) if name not in report.unmeasured}
     report.similarity_samples = len(samples)
     report.non_finite = [name for k, name in enumerate(names) if acc[k, 3]]
     steps = _output_steps(quant_model)
