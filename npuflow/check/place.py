@@ -26,7 +26,7 @@ from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .lowerable import QuantFacts, lowering_limit, output_chain
-from .ops import FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
+from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from ..targets.judge import rule_reasons
@@ -109,8 +109,10 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     hw = tgt.hardware_names()
     infos = [classify(node, view, i) for i, node in enumerate(view.nodes)]
     shape_only = _shape_only(view)
-    fused = fuse(view, infos, tgt, find_activation_patterns(view, infos))
+    patterns = find_activation_patterns(view, infos)
+    fused = fuse(view, infos, tgt, dict(patterns))
     facts = QuantFacts(view)
+    _split_unlowered_activations(view, infos, facts, fused, patterns)
     # Shape arithmetic follows its neighbours in a float model (the float passes fold it away);
     # left in a quantized model, it runs at run time on the CPU, where compile keeps it.
     transparent = [infos[i].role == FOLLOWER or (shape_only[i] and not facts.quantized) for i in range(n)]
@@ -147,6 +149,34 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             sub[i] = sub[fused[i]]
     _follow_subgraphs(view, sub, device, transparent)
     return _build(view, tgt, infos, device, reasons, fused, _per_device(sub, device))
+
+
+def _split_unlowered_activations(view: GraphView, infos: list[OpInfo], facts: QuantFacts, fused: dict[int, int],
+                                 patterns: dict[int, int]) -> None:
+    """An activation fused into the op before it that the compiler does not lower together with
+    that op is an op of its own, judged by its own rule (its pattern's members go back to it).
+
+    In a quantized model: an activation that reads its input through a dequantize step is lowered
+    on its own, so where either it or the op before it cannot be lowered the two run apart
+    (B4096 ``HardSwish -> Q/DQ -> Relu -> Add`` in a Log cone, seed 1547: the Relu fused into the
+    HardSwish was on the DPU in check of the quantized model, on the CPU in compile; cpu-int8
+    ``Div(per-channel) -> Q/DQ -> Clip``, seeds 1137 and 1848: the Clip fused into the CPU Div was
+    on the CPU in check, lowered by compile).  In a float model: after an op the compiler cannot
+    lower and the quantizer does not quantize on its own (``OpDef.quantized`` false: a Div by a
+    per-channel constant), the quantizer writes a quantize step before the activation."""
+    for m, a in sorted(fused.items()):
+        if m < a or m in patterns or infos[m].role != ACTIVATION:
+            continue
+        anchor, node = view.nodes[a], view.nodes[m]
+        if facts.quantized:
+            src = view.producer_node(node.input[0]) if node.input else None
+            split = src is not None and facts.is_dequantize(src) and \
+                (lowering_limit(anchor, facts) is not None or lowering_limit(node, facts) is not None)
+        else:
+            split = lowering_limit(anchor, facts) is not None and not op_def(anchor.op_type, anchor.domain).quantized
+        if split:
+            del fused[m]
+            fused.update({k: m for k, b in patterns.items() if b == m})
 
 
 def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],

@@ -1,0 +1,36 @@
+"""The open classes of ``benchmarks/results/placement_agreement.md`` (seeds 1137, 1547, 1848 of
+the generator in ``test_placement_agreement.py``), each as a tiny model: ``check`` of the float model,
+``check`` of the quantized model and ``compile`` put every node on the same side, the side compile's
+lowering takes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npuflow.check.report import CPU, NPU
+from tests.unit.test_placement_agreement_regressions import _agree, _conv, _model
+
+EPS = np.array(0.05, np.float32)
+
+
+def test_a_relu_after_a_hard_swish_in_a_log_cone_is_on_the_cpu(tmp_path):
+    """B4096 ``Conv -> HardSwish -> Relu -> Mul(x, x) -> Add -> Log`` (seed 1547): the Relu is in the
+    Log's float cone, so the quantizer writes a quantize step after the HardSwish and leaves the Relu
+    in float; check of the quantized model fused the Relu into the HardSwish across that step (DPU),
+    compile ran it on the CPU.  Before: Relu CPU / ACC / CPU."""
+    model = _model([_conv("conv", "x"), ("hs", "HardSwish", ["conv"], {}), ("relu", "Relu", ["hs"], {}),
+                    ("sq", "Mul", ["relu", "relu"], {}), ("pos", "Add", ["sq", EPS], {}), ("log", "Log", ["pos"], {})],
+                   ["log"])
+    devices = _agree(model, "DPUCZDX8G_ISA1_B4096", tmp_path)
+    assert devices["hs"] == NPU and devices["relu"] == CPU
+
+
+def test_a_clip_after_a_per_channel_div_on_the_cpu_is_lowered_on_cpu_int8(tmp_path):
+    """cpu-int8 ``Exp -> Div(per-channel) -> Clip`` (seeds 1137, 1848): the Div has no integer
+    lowering and the quantizer does not quantize it, so the Clip gets its own quantize step and
+    compile lowers it; both checks had fused it into the CPU Div.  Before: Clip CPU / CPU / ACC."""
+    div = np.linspace(0.5, 2.0, 4, dtype=np.float32).reshape(4, 1, 1)
+    model = _model([("exp", "Exp", ["x"], {}), ("div", "Div", ["exp", div], {}),
+                    ("clip", "Clip", ["div", np.array(0.0, np.float32), np.array(6.0, np.float32)], {})], ["clip"])
+    devices = _agree(model, "cpu-int8", tmp_path)
+    assert devices["div"] == CPU and devices["clip"] == NPU
