@@ -18,14 +18,14 @@ from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
-from ..operators import ELEMENTWISE_OPS, FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
+from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
-from .lowerable import QuantFacts, lowering_limit, output_chain
+from .lowerable import MAX_CHAIN, QuantFacts, lowering_limit, output_chain
 from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -419,11 +419,38 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, c
     npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]
            and _quantizes(view, i, fused)}
     tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
-                           lambda i: real_consumers(view, transparent, i))
+                           lambda i: _tail_readers(view, device, transparent, fused, i))
     for i in sorted(tail):
         device[i] = CPU
         reasons[i].append(f"no {tgt.device_label} op reads its output, and on a float-scale target the quantizer "
                           f"leaves such data movement in float (the float tail), so it runs on the CPU")
+
+
+def _tail_readers(view: GraphView, device: list[str], transparent: list[bool], fused: dict[int, int], i: int,
+                  depth: int = 0) -> list[int]:
+    """The readers of node ``i`` for the float tail, looking through an accelerator op the quantizer
+    quantizes only between quantized ops when the compiler fuses it into the epilogue of ``i``
+    (:func:`_epilogue_op`): ``DQ -> Slice -> Div(c) -> Q`` is one integer op, so a quantized op after
+    the Div reads the Slice (cpu-int8 and bernoulli2 ``AveragePool -> Slice -> Div -> Sub``, seed
+    1687: Slice and Div on the CPU in check of the float model, in the integer program in compile).
+    A Div no quantized op reads (the graph output) and a ``Tanh`` (a table, lowered only on a
+    dequantize step: ``Sigmoid -> Slice -> Tanh -> Conv``, seed 162) still leave ``i`` in the tail."""
+    out: list[int] = []
+    for c in real_consumers(view, transparent, i):
+        if device[c] == NPU and not _quantizes(view, c, fused) and _epilogue_op(view, c) and depth < MAX_CHAIN:
+            out.extend(_tail_readers(view, device, transparent, fused, c, depth + 1))
+        else:
+            out.append(c)
+    return out
+
+
+def _epilogue_op(view: GraphView, i: int) -> bool:
+    """Whether node ``i`` is one the compiler fuses into the epilogue of the op before it
+    (:func:`.lowerable.chain_to_quantize`): a chain op of one tensor and float scalar constants."""
+    node = view.nodes[i]
+    consts = [t for t in node.input if t and view.is_const(t)]
+    return node.op_type in CHAIN_OPS and len(view.data_inputs(i)) == 1 and \
+        all((v := view.value(t)) is not None and v.size == 1 and v.dtype.kind == "f" for t in consts)
 
 
 def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], tensor: str,

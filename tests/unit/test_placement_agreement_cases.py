@@ -1,4 +1,4 @@
-"""The open classes of ``benchmarks/results/placement_agreement.md`` (seeds 1137, 1547, 1848 of
+"""The open classes of ``benchmarks/results/placement_agreement.md`` (seeds 1137, 1547, 1687, 1848 of
 the generator in ``test_placement_agreement.py``), each as a tiny model: ``check`` of the float model,
 ``check`` of the quantized model and ``compile`` put every node on the same side, the side compile's
 lowering takes."""
@@ -6,11 +6,14 @@ lowering takes."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from npuflow.check.report import CPU, NPU
 from tests.unit.test_placement_agreement_regressions import _agree, _conv, _model
 
 EPS = np.array(0.05, np.float32)
+POOL = {"kernel_shape": [2, 2], "strides": [2, 2]}
+SLICE = [np.array([0], np.int64), np.array([2], np.int64), np.array([1], np.int64)]
 
 
 def test_a_relu_after_a_hard_swish_in_a_log_cone_is_on_the_cpu(tmp_path):
@@ -34,3 +37,16 @@ def test_a_clip_after_a_per_channel_div_on_the_cpu_is_lowered_on_cpu_int8(tmp_pa
                     ("clip", "Clip", ["div", np.array(0.0, np.float32), np.array(6.0, np.float32)], {})], ["clip"])
     devices = _agree(model, "cpu-int8", tmp_path)
     assert devices["div"] == CPU and devices["clip"] == NPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_a_slice_before_a_div_before_quantized_work_is_not_float_tail(target, tmp_path):
+    """``AveragePool -> Slice -> Div(2) -> Sub(c)`` (seed 1687): compile lowers ``DQ -> Slice ->
+    Div -> Q`` as one op with its epilogue, before the quantized Sub; check of the float model left
+    the Slice in the float tail (the Div, quantized only between quantized ops, counted as no
+    quantized reader) and the Div after it on the CPU.  Before: Slice, Div CPU / ACC / ACC."""
+    model = _model([("pool", "AveragePool", ["x"], POOL), ("sl", "Slice", ["pool", *SLICE], {}),
+                    ("div", "Div", ["sl", np.array(2.0, np.float32)], {}),
+                    ("sub", "Sub", ["div", np.array(0.5, np.float32)], {})], ["sub"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["sl"] == NPU and devices["div"] == NPU
