@@ -22,11 +22,25 @@ gains nothing from it: its int8-weight kernel is exact but about four times slow
 uint8 one on such a CPU; a pointwise convolution reaches the fast kernel as ``MatMulInteger`` of
 its channels-last rows and int8 weights, whose lanes are adjacent input channels
 (:func:`matmul_pairing_confirmed`).
+
+The probes' verdicts are kept on disk (:func:`persistent`, ``$NPUFLOW_CACHE/ort_kernels``,
+``~/.cache/npuflow`` by default), keyed by what decides them: ONNX Runtime's version and library
+file, the CPU's flags, npuflow's version and the source of this module and ``numerics``.  A
+process that finds its key's verdicts opens no probe session: each probe's sessions stay in the
+process' peak memory (the runtime's load of a small model, where they are a tenth of it).
+``NPUFLOW_ENABLE_CACHE=0`` probes in every process, as it compiles at every start in ``npuflow.ort``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -39,6 +53,100 @@ from .graph import GraphView, attr
 from .operators import DQ_PROPAGATING_OPS, QDQ_WEIGHT_READERS, QOPERATOR_WEIGHT_INPUTS
 
 MS_DOMAIN = "com.microsoft"
+
+log = logging.getLogger(__name__)
+
+#: ``NPUFLOW_ENABLE_CACHE=0`` (or false/no/off): no verdict read from or written to disk.
+CACHE_ENV = "NPUFLOW_ENABLE_CACHE"
+
+#: A probe's verdict: a weight form name, a yes/no, or ``None`` (no exact form).
+Verdict = str | bool | None
+
+
+def disk_cache_enabled() -> bool:
+    """Whether verdicts may come from and go to disk (:data:`CACHE_ENV`, read at each call)."""
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux' ``/proc/cpuinfo``), or the processor's name elsewhere:
+    MLAS picks its kernels by them (VNNI or not)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.cache
+def cache_key() -> str:
+    """What the probes' verdicts depend on, hashed: ONNX Runtime's version and its native
+    library's size and modification time (another build of one version may pick other kernels),
+    the machine and CPU flags, npuflow's version, and the source of this module and of
+    ``numerics`` (what the probes compare with)."""
+    from . import __version__
+
+    library = Path(ort.capi._pybind_state.__file__)
+    natives = sorted(library.parent.glob("onnxruntime_pybind11_state*"))
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in natives]
+    h = hashlib.sha256(json.dumps([ort.__version__, stats, platform.machine(), _cpu_flags(), __version__]).encode())
+    for source in (Path(__file__), Path(nm.__file__)):
+        h.update(source.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def cache_file() -> Path:
+    """This process' verdict file: ``$NPUFLOW_CACHE/ort_kernels/<cache_key>.json``."""
+    root = Path(os.environ.get("NPUFLOW_CACHE", Path.home() / ".cache" / "npuflow"))
+    return root / "ort_kernels" / f"{cache_key()}.json"
+
+
+def _stored() -> dict:
+    """The verdicts in :func:`cache_file` (empty where there is none or it cannot be read)."""
+    try:
+        stored = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _store(name: str, verdict: Verdict) -> None:
+    """Add ``name``'s verdict to :func:`cache_file`, written whole to a temporary file and renamed,
+    so a concurrent reader never sees half a file; a directory npuflow cannot write keeps none."""
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        verdicts = {**_stored(), name: verdict}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdicts-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(verdicts, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("ONNX Runtime kernel verdicts not stored in %s: %s", path, exc)
+
+
+def persistent(probe: Callable[[], Verdict]) -> Callable[[], Verdict]:
+    """``probe`` run once per process, and once per :func:`cache_key` where the disk cache is on:
+    its verdict is read from :func:`cache_file` when there, else probed and stored.  The result
+    caches like ``functools.cache`` (``cache_clear``); ``__wrapped__`` is the probe itself."""
+    name = probe.__name__
+
+    def verdict() -> Verdict:
+        if not disk_cache_enabled():
+            return probe()
+        stored = _stored()
+        if name in stored:
+            return stored[name]
+        found = probe()
+        _store(name, found)
+        return found
+
+    cached = functools.cache(functools.wraps(probe)(verdict))
+    cached.__wrapped__ = probe
+    return cached
 
 
 def probe_session(nodes: list, inputs: list, inits: list, out_type: int = TensorProto.UINT8) -> ort.InferenceSession:
@@ -134,7 +242,7 @@ _ORT_REFUSALS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_
                  ort.capi.onnxruntime_pybind11_state.InvalidGraph)
 
 
-@functools.cache
+@persistent
 def weight_form() -> str | None:
     """How this process' ``QLinearConv`` computes ``numerics``' codes: ``"s8"`` (int8 weights,
     MLAS' uint8 x int8 kernels: exact where the CPU has VNNI), ``"u8"`` (the same weights as uint8
@@ -249,7 +357,7 @@ def _pairing_holds(rng: np.random.Generator, cin: int, group: int, k: int) -> bo
         _qlinear_conv(x, 0, over, "s8", mult, 0, bias, group), exact)
 
 
-@functools.cache
+@persistent
 def pairing_confirmed() -> bool:
     """Whether this process' ``QLinearConv`` on int8 weights adds products in the 16-bit lanes
     :func:`mlas_pairs` names: dense 1x1 with an odd channel count, dense 3x3 with 3 and 16
@@ -285,7 +393,7 @@ def _matmul_pairing_holds(rng: np.random.Generator, k: int, rows: int) -> bool:
     return True
 
 
-@functools.cache
+@persistent
 def matmul_pairing_confirmed() -> bool:
     """Whether this process' ``MatMulInteger`` with uint8 activations as ``A`` and int8 weights as
     ``B`` adds products ``2j``, ``2j + 1`` along ``K`` in one saturating 16-bit lane and no others
@@ -312,7 +420,7 @@ def matmul_int8_exact(b: np.ndarray) -> bool:
                             and matmul_pairing_confirmed())
 
 
-@functools.cache
+@persistent
 def convinteger_exact() -> bool:
     """Whether this process' ``ConvInteger`` on uint8 codes and uint8 weights gives the exact
     accumulator: a padded, strided 3x3 and a 1x1 convolution of codes 0/255 and weights 0/255 (the
@@ -336,7 +444,7 @@ def convinteger_exact() -> bool:
     return True
 
 
-@functools.cache
+@persistent
 def exact() -> bool:
     """Whether this process' ONNX Runtime integer kernels compute ``numerics``' codes (see the
     module docstring): ``QLinearConv`` in some :func:`weight_form`, and ``QLinearAdd``."""

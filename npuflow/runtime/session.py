@@ -89,9 +89,14 @@ class _Program:
     """The executors of one compiled shape set (a ``.npuf`` holds one, or several)."""
 
     def __init__(self, manifest: dict, blob: Callable[[str], np.ndarray | bytes], threads: int,
-                 cpu_threads: int | None, fuse: bool) -> None:
+                 cpu_threads: int | None, fuse: bool, release: Callable[[], object] = return_freed_heap) -> None:
+        """``release`` gives back what a build read and freed, after the CPU subgraphs' sessions
+        and after each integer program's build, so that the next build does not grow beside it:
+        ``Session``'s drops the mapped file's pages the blobs were read from (PP-OCRv4 rec's CTC
+        head: 3.2 MB) and the C heap's free pages."""
         self.subgraphs = manifest["subgraphs"]
         self._tensors, self._blob, self._threads, self._fuse = manifest["tensors"], blob, threads, fuse
+        self._release = release
         self._lock = threading.Lock()
         #: per subgraph; an integer subgraph's executor is built when it first runs alone
         self._executors: list[IntegerExecutor | OnnxExecutor | PluginExecutor | None] = []
@@ -103,11 +108,11 @@ class _Program:
             else:
                 self._executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
                                                     lookup=fuse))
-        return_freed_heap()  # the CPU subgraphs' parses, before the integer programs' builds
+        release()  # the CPU subgraphs' parses and blobs, before the integer programs' builds
         outputs = {o["name"] for o in manifest["outputs"]}
         #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
         #: spliced into them (:mod:`.merge`)
-        self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads) if fuse
+        self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads, release) if fuse
                       else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
                             for k, sg in enumerate(self.subgraphs)])
         self.inputs = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
@@ -123,7 +128,7 @@ class _Program:
                 if self._executors[k] is None:
                     self._executors[k] = IntegerExecutor(self.subgraphs[k], self._tensors, self._blob,
                                                          threads=self._threads, fuse=self._fuse)
-                    return_freed_heap()  # the build's graph and bounds, before the next one's
+                    self._release()  # the build's graph, bounds and blobs, before the next one's
         return self._executors[k]
 
 
@@ -186,7 +191,8 @@ class Session:
                 raise NpuflowError("NPF_RUNTIME_TARGET_MISMATCH", compiled=self.compiled.target_name,
                                    compiled_fp=self.compiled.fingerprint, target=tgt.name,
                                    target_fp=tgt.fingerprint)
-        self._programs = [_Program(p, self.compiled.blob, threads, cpu_threads, fuse) for p in self.compiled.programs]
+        self._programs = [_Program(p, self.compiled.blob, threads, cpu_threads, fuse, self._release_read)
+                          for p in self.compiled.programs]
         first = self._programs[0]
         # the first program is the one runners(), run_op() and the description refer to
         self._subgraphs = first.subgraphs
@@ -199,7 +205,10 @@ class Session:
         self._dtypes = {t.name: np.dtype(t.dtype) for t in self._inputs}
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
-        # what the load read and freed: the mapped file's pages, the C heap's free pages
+        self._release_read()
+
+    def _release_read(self) -> None:
+        """Give back what the load read and freed: the mapped file's pages, the C heap's free pages."""
         self.compiled.release_pages()
         return_freed_heap()
 
