@@ -208,6 +208,44 @@ def _check_external_data(tensor: onnx.TensorProto, folder: Path) -> None:
         raise refuse(f"offset {offset} and length {length} do not lie within the file's {size} bytes")
 
 
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors ``node`` reads from its graph: its inputs and what its bodies read from outside."""
+    names = {t for t in node.input if t}
+    for attr in node.attribute:
+        for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            inner = {i.name for i in body.input} | {t.name for t in body.initializer} | {
+                o for n in body.node for o in n.output}
+            names |= {t for n in body.node for t in _reads(n)} - inner
+    return names
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put ``graph``'s nodes in a topological order, keeping the file's order where it is one.
+
+    ONNX Runtime sorts a graph itself and runs one whose nodes are out of order; AMD Quark 0.13's
+    XINT8 configuration writes such graphs (the ``Mul`` that rescales a ``GlobalAveragePool`` as
+    the DPU averages, appended after the last node), and ``onnx.checker`` refused them
+    (``NPF_MODEL_INVALID``: not topologically sorted).  A graph no order fixes (a cycle, a tensor
+    nobody makes) is left as it is for the checker to name."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if _reads(node) <= known:
+                ordered.append(node)
+                known.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            return
+        pending = rest
+    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
 def _validated_at_working_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model validated and upgraded to the working opset.
 
@@ -395,6 +433,7 @@ def load(
     stored in the model (:data:`npuflow.shape_probe.PROBE_VALUES_KEY`) for the stages that follow.
     """
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
+    sort_nodes(proto.graph)
     proto = _validated_at_working_opset(proto)
     proto = _lift_constants(proto)
     _freeze_input_shapes(proto, dict(input_shapes or {}))
