@@ -23,6 +23,8 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import GraphView, is_dequantize, quantize_mode
+from ..passes.gelu import table_ops
+from .fusion import pattern_view
 from ..passes.linear_bias import linear_bias
 from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine,
                          node_attr, op_def)
@@ -83,6 +85,11 @@ class QuantFacts:
     def position(self, node: onnx.NodeProto) -> int:
         """The node's index in the graph (a topological order)."""
         return self.view.position(node)
+
+    def table_ops(self, node: onnx.NodeProto) -> frozenset[str]:
+        """What a table starting or ending at ``node`` walks through (a GELU's ``Erf`` too:
+        :func:`npuflow.passes.gelu.table_ops`, seen through Q/DQ steps as the checker sees it)."""
+        return table_ops(node, pattern_view(self.view))
 
 
 def lowering_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
@@ -241,7 +248,8 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     only as the scalar of an activation chain), results reach quantize steps, all of integer
     types the programs compute in."""
     for name in _data_inputs(node):
-        steps = _dequantize_steps(name, t, through_tables=node.op_type in TABLE_OPS)
+        table = node.op_type in TABLE_OPS
+        steps = _dequantize_steps(name, t, through_tables=table, tables=t.table_ops(node) if table else TABLE_OPS)
         if steps is None:
             v = t.value(name)
             if v is None:
@@ -275,7 +283,7 @@ def output_chain(node: onnx.NodeProto, output: str, t: QuantFacts) -> tuple[list
     epilogue chain after the node."""
     if table_lowered(node, t):
         data = next((i for i in node.input if i and t.value(i) is None), None)
-        return None if data is None else chain_to_quantize(data, [node], t, TABLE_OPS)
+        return None if data is None else chain_to_quantize(data, [node], t, t.table_ops(node))
     bias = linear_bias(node, t.view)  # the int32 bias Add of a linear layer is part of the layer
     if bias is not None:
         found = chain_to_quantize(bias.output, t.consumer_nodes(bias.output), t)
@@ -360,11 +368,13 @@ def _step_types(steps: list[onnx.NodeProto], integers: list[str], t: QuantFacts)
     return None
 
 
-def _dequantize_steps(tensor: str, t: QuantFacts, through_tables: bool = True) -> list[onnx.NodeProto] | None:
+def _dequantize_steps(tensor: str, t: QuantFacts, through_tables: bool = True,
+                      tables: frozenset[str] = TABLE_OPS) -> list[onnx.NodeProto] | None:
     """The dequantize steps ``tensor`` comes from, directly or through a few elementwise ops
     when the reader is elementwise too (``x * HardSigmoid(x)``: one table over ``x``); ``None``
     when it is not all dequantized.  Any other op (a ``MaxPool`` after a float clamp the target
-    runs on the CPU) reads integer codes only from a dequantize step, as the compiler lowers it."""
+    runs on the CPU) reads integer codes only from a dequantize step, as the compiler lowers it.
+    ``tables``: the ops walked through (a GELU's last node: its ``Erf`` too)."""
     work, steps, seen = [tensor], [], 0
     while work:
         p = t.producer_node(work.pop())
@@ -374,7 +384,7 @@ def _dequantize_steps(tensor: str, t: QuantFacts, through_tables: bool = True) -
         if p is not None and grid_step(p, t):
             work.append(p.input[0])
             continue
-        if p is None or not through_tables or p.op_type not in TABLE_OPS or seen > MAX_CHAIN:
+        if p is None or not through_tables or p.op_type not in tables or seen > MAX_CHAIN:
             return None
         seen += 1
         work.extend(i for i in p.input if i and t.value(i) is None)
