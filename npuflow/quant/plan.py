@@ -41,6 +41,7 @@ from ..model import tensor_elem_types
 from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
                          unit_kind)
 from ..passes.activations import op_kind
+from ..passes.gelu import float_gelus
 from ..passes.linear_bias import linear_bias
 from ..graph import GraphView, attr
 from ..errors import NpuflowError, did_you_mean
@@ -165,8 +166,10 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
     def data_inputs(node: onnx.NodeProto) -> list[int]:
         return op_def(node.op_type, node.domain).quantized_inputs(node)
 
+    gelu_members = {node_key(n): (n, node_key(u[-1])) for u, _, kind in structural if kind == "gelu" for n in u}
     for node in graph.node:
-        if not op_def(node.op_type, node.domain).quantized or node_key(node) in keep:
+        quantizable = op_def(node.op_type, node.domain).quantized or node_key(node) in gelu_members
+        if not quantizable or node_key(node) in keep:
             continue
         if allowed is not None and node_key(node) not in allowed:
             continue
@@ -176,6 +179,10 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
         if not follows_quantized(node.op_type, prod is not None and node_key(prod) in plan.quantized):
             continue
         plan.quantized.add(node_key(node))
+    # a GELU is quantized whole (one table) or left as it was: its Div/Erf/Tanh are no quantized ops alone
+    partial = {last for key, (_, last) in gelu_members.items() if key not in plan.quantized}
+    plan.quantized -= {key for key, (n, last) in gelu_members.items() if last in partial
+                       and not op_def(n.op_type, n.domain).quantized}
     if float_tail_applies(target):
         _float_tail(graph, idx, plan)
     biases = {key: mm for key, mm in heads.items() if key in plan.quantized and node_key(mm) in plan.quantized}
@@ -393,10 +400,11 @@ def _structural_units(graph: onnx.GraphProto, idx: GraphView) -> list[tuple[list
     """Activation units ``(nodes in order, input x, kind)`` from the graph's structure alone.
 
     A hard-sigmoid (one node, or the legalised DPU chain) followed by ``Mul(x, hsig)`` is one
-    ``hard_swish`` unit.
+    ``hard_swish`` unit; a decomposed GELU (:func:`npuflow.passes.gelu.gelu`) is one ``gelu`` unit
+    (no quantize step inside: the compiler lowers it as one table).
     """
-    units = []
-    claimed: set[str] = set()
+    units = [(list(g.nodes), g.x, "gelu") for g in float_gelus(graph, idx) if len(g.nodes) > 1]
+    claimed: set[str] = {node_key(n) for unit, _, _ in units for n in unit}
     for node in graph.node:
         if node_key(node) in claimed:
             continue
