@@ -155,7 +155,8 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Selu", "selu", table=True),
     OpDef("Softplus", "softplus", table=True),
     OpDef("Mish", "mish"),
-    OpDef("Gelu", "gelu"),
+    # opset 20's one node; the decomposed forms are one ``gelu`` activation too (``passes/gelu.py``)
+    OpDef("Gelu", "gelu", _A, quantized=True, table=True),
     OpDef("Neg", "neg", table=True),
     OpDef("Abs", "abs", table=True),
     # pooling

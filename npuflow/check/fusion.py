@@ -6,7 +6,8 @@ bias, in a float model and in a quantized one), a convolution (or FC) absorbs a 
 ``BatchNormalization`` right after it (folded into its weights), then one activation the target
 lists in the op's ``activations`` (``Conv -> BN -> ReLU`` is one op).  An activation blocks what
 follows, so in ``Conv -> ReLU -> BN`` the BN stays a separate op.  The hard-swish written as
-``x * HardSigmoid(x)`` is recognised as one activation first.  A tensor that is a graph output
+``x * HardSigmoid(x)`` and a GELU in any exported form (:func:`npuflow.passes.gelu.gelu`) are
+recognised as one activation first.  A tensor that is a graph output
 is never fused away (the intermediate value must exist).
 """
 
@@ -19,6 +20,7 @@ from ..targets.spec import Target
 from ..graph import GraphView
 from .ops import ACTIVATION, OpInfo
 from ..targets.judge import rule_reasons
+from ..passes.gelu import gelu, is_canonical
 from ..passes.linear_bias import linear_bias
 
 #: How many constant scale/shift/BatchNorm nodes in a row a weighted op absorbs.
@@ -57,17 +59,31 @@ class _Patterns:
 
 def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, int]:
     """Activations exporters write as several nodes (:func:`npuflow.operators.hard_activation`:
-    ``x * HardSigmoid(x)``, ``x * Clip(x + 3, 0, 6) / 6``, ``Clip(x + 3, 0, 6) / 6``); the last
-    node becomes the activation.  Returns {member: last node}."""
-    g = _Patterns(view)
+    ``x * HardSigmoid(x)``, ``x * Clip(x + 3, 0, 6) / 6``, ``Clip(x + 3, 0, 6) / 6``; a GELU,
+    :func:`npuflow.passes.gelu.gelu`); the last node becomes the activation.  Returns {member: last node}."""
+    g = pattern_view(view)
+    quantized = any(view.qdq)  # there only the chain the compiler walks as one table is one GELU
     fused: dict[int, int] = {}
     for i, node in enumerate(view.nodes):
-        if view.qdq[i] or (found := hard_activation(node, g)) is None:
+        if view.qdq[i]:
             continue
-        infos[i] = OpInfo(found.kind, ACTIVATION, {"alpha": found.alpha, "beta": found.beta})
-        for member in found.nodes[:-1]:
+        if (found := hard_activation(node, g)) is not None:
+            infos[i] = OpInfo(found.kind, ACTIVATION, {"alpha": found.alpha, "beta": found.beta})
+            members = found.nodes[:-1]
+        elif (gelu_found := gelu(node, g)) is not None and (not quantized or is_canonical(gelu_found)):
+            infos[i] = OpInfo("gelu", ACTIVATION, {})
+            members = gelu_found.nodes[:-1]
+        else:
+            continue
+        for member in members:
             fused[view.position(member)] = i
     return fused
+
+
+def pattern_view(view: GraphView) -> _Patterns:
+    """``view`` as the registry's :class:`~npuflow.operators.PatternView`, through Q/DQ steps (the
+    compiler asks it too, so it names a GELU's table as the checker places it)."""
+    return _Patterns(view)
 
 
 def _activation_ok(target: Target, info: OpInfo) -> bool:

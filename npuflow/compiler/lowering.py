@@ -17,10 +17,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..check.fusion import pattern_view
 from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
-from ..operators import TABLE_OPS, is_depthwise, unit_kind
+from ..operators import is_depthwise, unit_kind
 from ..graph import attr
+from ..passes.gelu import gelu, table_ops
 from ..passes.linear_bias import linear_bias
 from . import fragments
 from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
@@ -353,17 +355,22 @@ def _float_scale_eltwise(g: QGraph, n: onnx.NodeProto, chain: list[onnx.NodeProt
 
 
 def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
-    """A standalone elementwise activation chain ``DQ -> f... -> Q`` as a lookup table."""
+    """A standalone elementwise activation chain ``DQ -> f... -> Q`` as a lookup table (a GELU,
+    :func:`npuflow.passes.gelu.gelu`: ``Q(gelu(DQ(q)))`` for each of the 256 int8 codes, named
+    ``gelu`` as the checker names it)."""
     data = next((i for i in n.input if i and g.const(i) is None), None)
     if data is None:
         raise _Reject("no data input")
     x_name, xp, x_dq = _act(g, data)
-    found = collect_chain(g, data, [n], TABLE_OPS)
+    view = pattern_view(g.facts.view)
+    found = collect_chain(g, data, [n], table_ops(n, view))
     if found is None:
         raise _Reject("activation chain does not end in a single quantize step")
     chain, q, op_ = found
     table = fragments.lookup_table(g, x_dq, xp, data, chain, q)
-    kind = unit_kind(chain, g.scalar) or chain[0].op_type.lower()
+    found_gelu = gelu(chain[-1], view)
+    gelu_chain = found_gelu is not None and [m.output[0] for m in found_gelu.nodes] == [c.output[0] for c in chain]
+    kind = "gelu" if gelu_chain else unit_kind(chain, g.scalar) or chain[0].op_type.lower()
     return IntOp("lut", n.name, kind, [x_name], [q.output[0]],
                  {"qmin": qrange(xp.bits, xp.signed)[0], "out_dtype": op_.dtype}, {"table": table},
                  [*[c.name for c in chain], q.name], [x_dq.name], 0)

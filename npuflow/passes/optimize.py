@@ -5,7 +5,8 @@ initializers),
 no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
 that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
 becomes a 1-D second input of its ``Add`` (:mod:`.linear_bias`), then decomposed activations become single
-nodes.  Given a target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
+nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`).  Given a
+target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
 parameters folded into its producing layer, a GlobalAveragePool over a map larger than the target's
 pooling window split in two), only where the target's rules reject the node as it is.  Every step
 keeps results within float rounding (tested <= 1e-5 relative).
@@ -21,6 +22,7 @@ from .activations import fuse_activation_patterns
 from .fold_affine import fold_affine
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
+from .gelu import canonical_gelus
 from .linear_bias import canonical_linear_biases
 from .remove_identity import remove_identity
 from .target_rewrites import Rewrite, target_rewrites
@@ -37,6 +39,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = fold_affine(m)
     m = canonical_linear_biases(m)
     m = fuse_activation_patterns(m)
+    m = canonical_gelus(m)
     if target is not None:
         m, done = target_rewrites(m, target)
         if rewrites is not None:
