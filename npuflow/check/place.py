@@ -433,15 +433,18 @@ def _tail_readers(view: GraphView, device: list[str], transparent: list[bool], f
     (:func:`_epilogue_op`): ``DQ -> Slice -> Div(c) -> Q`` is one integer op, so a quantized op after
     the Div reads the Slice (cpu-int8 and bernoulli2 ``AveragePool -> Slice -> Div -> Sub``, seed
     1687: Slice and Div on the CPU in check of the float model, in the integer program in compile).
-    A Div no quantized op reads (the graph output) and a ``Tanh`` (a table, lowered only on a
-    dequantize step: ``Sigmoid -> Slice -> Tanh -> Conv``, seed 162) still leave ``i`` in the tail."""
-    out: list[int] = []
-    for c in real_consumers(view, transparent, i):
-        if device[c] == NPU and not _quantizes(view, c, fused) and _epilogue_op(view, c) and depth < MAX_CHAIN:
-            out.extend(_tail_readers(view, device, transparent, fused, c, depth + 1))
-        else:
-            out.append(c)
-    return out
+    A Div no quantized op reads (the graph output), a ``Tanh`` (a table, lowered only on a
+    dequantize step: ``Sigmoid -> Slice -> Tanh -> Conv``, seed 162) and a Div beside other readers
+    of ``i`` (a ``Split`` also read by an ``Erf`` and the graph output, seed 427: no epilogue) still
+    leave ``i`` in the tail."""
+    readers = real_consumers(view, transparent, i)
+    outputs = [o for o in view.nodes[i].output if o]
+    # the epilogue is a function of the one output alone: its only reader, no graph output
+    if len(readers) == 1 and len(outputs) == 1 and not view.is_graph_output(outputs[0]) and depth < MAX_CHAIN:
+        c = readers[0]
+        if device[c] == NPU and not _quantizes(view, c, fused) and _epilogue_op(view, c):
+            return _tail_readers(view, device, transparent, fused, c, depth + 1)
+    return readers
 
 
 def _epilogue_op(view: GraphView, i: int) -> bool:

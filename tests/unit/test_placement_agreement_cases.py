@@ -50,3 +50,18 @@ def test_a_slice_before_a_div_before_quantized_work_is_not_float_tail(target, tm
                     ("sub", "Sub", ["div", np.array(0.5, np.float32)], {})], ["sub"])
     devices = _agree(model, target, tmp_path)
     assert devices["sl"] == NPU and devices["div"] == NPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_a_split_read_by_a_div_and_a_cpu_op_stays_float_tail(target, tmp_path):
+    """``Add -> Split -> (output, Exp and Div(2))`` (seed 427): the Split's output is read by a CPU
+    Exp beside the Div and the other half is a graph output, so no epilogue takes the Div; the tail
+    rule must not look through it (after b4a6afb alone: Split and Div ACC / CPU / CPU)."""
+    model = _model([("add", "Add", ["x", np.full((4, 1, 1), 0.5, np.float32)], {}),
+                    ("split", "Split", ["add", np.array([2, 2], np.int64)], {"axis": 1}),
+                    ("exp", "Exp", ["split_b"], {}), _conv("conv", "exp", 2),
+                    ("div", "Div", ["split_b", np.array(2.0, np.float32)], {}), ("sum", "Add", ["div", "exp"], {})],
+                   ["split", "conv", "sum"])
+    next(n for n in model.graph.node if n.name == "split").output.append("split_b")
+    devices = _agree(model, target, tmp_path)
+    assert devices["split"] == CPU and devices["div"] == CPU
