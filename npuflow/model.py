@@ -45,8 +45,11 @@ from .value_info import graph_inputs, numpy_dtype, set_static_shape, static_shap
 
 log = logging.getLogger(__name__)
 
-#: Oldest default-domain opset accepted on input (the newest is :func:`newest_opset`).
-MIN_OPSET = 11
+#: Oldest default-domain opset accepted on input (the newest is :func:`newest_opset`): ONNX
+#: Runtime's oldest.  Older models are upgraded to :data:`WORKING_OPSET` by onnx's version
+#: converter, as opsets 11 and 12 are (refused below 11 until 2026-12-05, though the converter
+#: upgrades exporters' opset 7-10 models of convolutions, pooling, Gemm and activations exactly).
+MIN_OPSET = 7
 #: Models below this opset are upgraded to it (per-channel Q/DQ needs 13).
 WORKING_OPSET = 13
 #: Highest IR version the bundled ONNX Runtime reads; saved models are clamped to it.

@@ -87,8 +87,13 @@ def test_file_errors(tmp_path):
 
 def test_unsupported_opset():
     with pytest.raises(NpuflowError) as e:
-        model.load(_conv_model(opset=9))
-    assert e.value.code == "NPF_MODEL_OPSET_UNSUPPORTED" and "9" in e.value.message
+        model.load(_conv_model(opset=6))  # older than ONNX Runtime's oldest (7)
+    assert e.value.code == "NPF_MODEL_OPSET_UNSUPPORTED" and "6" in e.value.message
+
+
+def test_opset_9_model_is_upgraded():
+    """Opsets 7-10 were refused until 2026-12-05 (newuser round 6); onnx's converter upgrades them."""
+    assert model.default_opset(model.load(_conv_model(opset=9))) == model.WORKING_OPSET
 
 
 def test_invalid_model_is_reported():
