@@ -17,8 +17,8 @@ import npuflow
 from npuflow import numerics
 from npuflow.errors import NpuflowError
 from npuflow.quant.algorithms import fast_finetune as ff
-from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, block_error, fake_quantize32, plan_blocks,
-                                                  reconstruct)
+from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, block_arrays, block_error, fake_quantize32,
+                                                  plan_blocks, reconstruct)
 from npuflow.quant.algorithms.capture import capture
 from npuflow.fake_quant import QuantSpec
 from npuflow.quant.algorithms.qdq_weights import quantized_layers, read_codes, scale_rows
@@ -76,6 +76,10 @@ def _feeds(n: int = 16, seed: int = 1) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.normal(0, 1, (1, 3, S, S)).astype(np.float32)} for _ in range(n)]
 
 
+def _torch(d: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in d.items()}
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Small blocks lose time to thread hand-offs (fast_finetune runs them on one thread too)."""
@@ -103,7 +107,7 @@ def test_blocks_are_the_inverted_residual_blocks(quantized):
     layers = [[j.ql.name for j in b.jobs] for b in blocks]
     assert ["b0.expand", "b0.dw", "b0.project"] in layers and ["b1.expand", "b1.dw", "b1.project"] in layers
     b1 = blocks[layers.index(["b1.expand", "b1.dw", "b1.project"])]
-    assert (b1.start, b1.end) == ("b0.out", "b1.out")  # the residual add is inside the block
+    assert (b1.inputs, b1.outputs) == (["b0.out"], ["b1.out"])  # the residual add is inside the block
     every = [j.ql.name for u in units for j in (u.jobs if isinstance(u, Block) else [u])]
     assert sorted(every) == sorted(l.name for l in quantized_layers(quantized[1]))  # every layer once
 
@@ -128,24 +132,25 @@ def test_block_runner_computes_what_onnx_runtime_computes(quantized):
     feeds = _feeds(4)
     inputs = ff.QuantizedInputs(qmodel, feeds)
     for block in (u for u in _units(float_model, qmodel) if isinstance(u, Block)):
-        ref: list[np.ndarray] = []
-        capture(qmodel, feeds, [block.end], lambda _, v: ref.append(v[block.end]))
+        ref: dict[str, list[np.ndarray]] = {t: [] for t in block.outputs}
+        capture(qmodel, feeds, block.outputs, lambda _, v: [ref[t].append(v[t]) for t in block.outputs])
         runner = BlockRunner(qmodel, block)
         with torch.no_grad():
-            got = runner.run(torch.from_numpy(np.concatenate(inputs.get(block.start))), codes=runner.current)
-        np.testing.assert_array_equal(got.numpy(), np.concatenate(ref))
+            got = runner.run({t: torch.from_numpy(np.concatenate(inputs.get(t))) for t in block.inputs},
+                             codes=runner.current)
+        for t in block.outputs:
+            np.testing.assert_array_equal(got[t].numpy(), np.concatenate(ref[t]))
 
 
-def _block_data(float_model, qmodel, block):
-    feeds = _feeds()
+def _block_data(float_model, qmodel, block, feeds=None):
+    feeds = feeds or _feeds()
     inputs = ff.QuantizedInputs(qmodel, feeds)
-    fv = ff._collect_tensors(float_model, feeds, [block.start, block.end])
-    return (np.concatenate(inputs.get(block.start)), np.concatenate(fv[block.start]), np.concatenate(fv[block.end]))
+    return block_arrays(block, inputs.get, ff._collect_tensors(float_model, feeds, block.float_tensors()))
 
 
 def test_block_reconstruction_beats_nearest_and_layerwise_adaround(quantized):
     float_model, qmodel = quantized
-    block = next(u for u in _units(float_model, qmodel) if isinstance(u, Block) and u.start == "b0.out")
+    block = next(u for u in _units(float_model, qmodel) if isinstance(u, Block) and u.inputs == ["b0.out"])
     x, xf, y = _block_data(float_model, qmodel, block)
     iters = 200
     with torch.random.fork_rng():
@@ -154,7 +159,7 @@ def test_block_reconstruction_beats_nearest_and_layerwise_adaround(quantized):
     # layer-wise AdaRound with the same iterations per layer, measured on the same block
     layerwise, _ = ff.fast_finetune(float_model, qmodel, _feeds(), ff.FinetuneSettings(iters=iters, round_mode="std_round", bias_round_mode="std_round"), cache_dir=None)
     runner = BlockRunner(layerwise, block)
-    adaround_error = block_error(runner, torch.from_numpy(x), torch.from_numpy(y), runner.current)
+    adaround_error = block_error(runner, _torch(x), _torch(y), runner.current)
     assert after <= adaround_error
 
 
@@ -182,16 +187,22 @@ def test_weights_stay_on_the_targets_integer_power_of_two_grid(quantized, tmp_pa
 
 def test_qdrop_probability_zero_is_plain_block_reconstruction(quantized):
     float_model, qmodel = quantized
-    block = next(u for u in _units(float_model, qmodel) if isinstance(u, Block) and u.start == "b0.out")
-    x, xf, _ = (torch.from_numpy(a) for a in _block_data(float_model, qmodel, block))
+    block = next(u for u in _units(float_model, qmodel) if isinstance(u, Block) and u.inputs == ["b0.out"])
+    x, xf, _ = (_torch(a) for a in _block_data(float_model, qmodel, block))
+    assert list(xf) == ["b0.out"]
+    (out,) = block.outputs
     runner = BlockRunner(qmodel, block)
     gen = torch.Generator().manual_seed(0)
+
+    def part(d, a, b, plus=0.0):
+        return {k: v[a:b] + plus for k, v in d.items()}
+
     with torch.no_grad():
-        plain = runner.run(x[:4])
-        assert torch.equal(runner.run(x[:4], drop_prob=0.0, x_float=xf[:4] + 1.0, gen=gen), plain)
+        plain = runner.run(part(x, 0, 4))[out]
+        assert torch.equal(runner.run(part(x, 0, 4), drop_prob=0.0, x_float=part(xf, 0, 4, 1.0), gen=gen)[out], plain)
         # all dropped: no quantize step acts and the block reads the float model's input only
-        a = runner.run(x[:4], drop_prob=1.0, x_float=xf[:4], gen=gen)
-        b = runner.run(x[4:8], drop_prob=1.0, x_float=xf[:4], gen=gen)
+        a = runner.run(part(x, 0, 4), drop_prob=1.0, x_float=part(xf, 0, 4), gen=gen)[out]
+        b = runner.run(part(x, 4, 8), drop_prob=1.0, x_float=part(xf, 0, 4), gen=gen)[out]
         assert torch.equal(a, b) and not torch.equal(a, plain)
 
 

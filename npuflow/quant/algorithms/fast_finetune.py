@@ -36,7 +36,8 @@ from ...model import write_atomic
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
 from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround
-from .block_recon import Block, BlockResult, BlockRunner, plan_blocks, reconstruct, require_torch, write_block
+from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
+                          require_torch, write_block)
 from ...graph import slice_model
 from .capture import Feed, capture
 from .layers import WeightLayer, layer_bias, layer_weight, weight_layers
@@ -148,7 +149,7 @@ def fast_finetune(
     alone = [u for u in units if isinstance(u, LayerJob)]
     fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone})
     blocks = [u for u in units if isinstance(u, Block)]
-    fb = _collect_tensors(float_model, feeds, sorted({t for b in blocks for t in (b.start, b.end)}))
+    fb = FloatValues(lambda names: _collect_tensors(float_model, feeds, names), blocks, FLOAT_BLOCK_BYTES)
     inputs = QuantizedInputs(out, feeds)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     for k, unit in enumerate(units):
@@ -202,17 +203,15 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     return LayerResult(ql.name, before, after, cached, time.time() - t1)
 
 
-def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs,
-                 float_values: dict[str, list[np.ndarray]], st: FinetuneSettings) -> BlockResult:
+def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs, float_values: FloatValues,
+                 st: FinetuneSettings) -> BlockResult:
     """One block by :func:`.block_recon.reconstruct`, written into ``out``."""
     t1 = time.time()
     with torch_threads():
         runner = BlockRunner(out, block)
-        x = np.concatenate(inputs.get(block.start), axis=0)
-        codes, before, after = reconstruct(
-            runner, x, np.concatenate(float_values[block.start], axis=0),
-            np.concatenate(float_values[block.end], axis=0), st.iters, st.learning_rate,
-            st.block_batch, st.drop_prob, seed=st.seed)
+        x, xf, y = block_arrays(block, inputs.get, float_values.get(block))
+        codes, before, after = reconstruct(runner, x, xf, y, st.iters, st.learning_rate, st.block_batch,
+                                           st.drop_prob, seed=st.seed)
     write_block(out, runner, codes)
     res = BlockResult(block.name, [j.ql.name for j in block.jobs], before, after, time.time() - t1)
     log.debug("brecq %s (%d layers): error %.3g -> %.3g (%.1f s)", res.name, len(res.layers), before, after,
@@ -248,6 +247,9 @@ def layer_jobs(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, per_batch:
         jobs.append(LayerJob(ql, fl, w, sampler))
     return jobs
 
+
+#: Memory for the float model's block tensors ``brecq`` holds at once (:class:`.block_recon.FloatValues`).
+FLOAT_BLOCK_BYTES = 1024 * 2**20
 
 #: Memory for the full quantized-model layer inputs :class:`QuantizedInputs` keeps.
 INPUT_CACHE_BYTES = 512 * 2**20
