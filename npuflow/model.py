@@ -249,6 +249,23 @@ def sort_nodes(graph: onnx.GraphProto) -> None:
         graph.node.extend(copies)
 
 
+def _rename_duplicate_nodes(graph: onnx.GraphProto) -> None:
+    """Give the second and later nodes sharing a name ``<name>_<index>`` (check's names for them):
+    ``onnx.checker`` passes duplicate node names, ONNX Runtime refuses them ("two nodes with same
+    node name"), and the quantizer's plan keys layers by node name: ``npuflow check`` placed such a
+    model and ``npuflow quantize`` failed with ``KeyError: 'node'`` on it.  With the names made
+    unique every stage runs, and ``quantized_model.onnx`` is one ONNX Runtime loads.  Empty names
+    stay empty; every stage names those itself."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        if node.name and node.name in seen:
+            name = node.name
+            while name in seen:
+                name = f"{name}_{i}"
+            node.name = name
+        seen.add(node.name)
+
+
 def _validated_at_working_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model validated and upgraded to the working opset.
 
@@ -437,6 +454,7 @@ def load(
     """
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
     sort_nodes(proto.graph)
+    _rename_duplicate_nodes(proto.graph)
     proto = _validated_at_working_opset(proto)
     proto = _lift_constants(proto)
     _freeze_input_shapes(proto, dict(input_shapes or {}))
