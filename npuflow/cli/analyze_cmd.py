@@ -29,7 +29,7 @@ WORKERS = typer.Option(1, "--workers", metavar="N", help="Score candidates in N 
                        "process).")
 RAY_ADDRESS = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Score candidates as Ray tasks on this "
                            "cluster: 'auto' (the running one), 'local' or HOST:PORT.")
-CALIB = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy or raw numpy.tofile files.")
+CALIB = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy files (one sub-folder per input for several), of .npz files (one per sample, every input by name) or of raw numpy.tofile files.")
 CONFIG = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON or YAML).")
 SAMPLES = typer.Option(8, "--samples", min=1, metavar="N", help="Calibration samples used to score each variant.")
 #: ``-o/--output FILE`` (one JSON file; ``--json`` is its older name).

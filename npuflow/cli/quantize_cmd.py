@@ -29,8 +29,9 @@ from .similarity import calibration_note, similarity_tables
 def quantize_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
     target: str = target_option(),
-    calib: Path = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy or raw "
-                               "numpy.tofile files."),
+    calib: Path = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy files (one "
+                               "sub-folder per input for several), of .npz files (one per sample, every input by "
+                               "name) or of raw numpy.tofile files."),
     output: Path = output_option(..., "DIR", "Output folder for the models, quant_info.json and the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON "
                                           "or YAML)."),

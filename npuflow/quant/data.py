@@ -5,6 +5,7 @@ Sources (all streamed, one sample at a time, so memory does not depend on the se
 * an iterable of ``dict[input name -> array]``, or of arrays (single-input models), or of
   tuples/lists of arrays in model-input order;
 * a folder of ``.npy`` files (single input), or a folder with one sub-folder per input name;
+* a folder of ``.npz`` archives, one per sample, each holding every input by name;
 * a folder of raw ``numpy.tofile`` files (Horizon's calibration format) read with the shape and
   dtype given in the config (``calib_shapes``, ``calib_dtype``).
 
@@ -169,11 +170,30 @@ _NOT_RAW_SUFFIXES = {
 }
 
 
+def _npz_folder(files: list[Path]) -> _Reader:
+    """One sample per ``.npz`` archive, its arrays named by input (``numpy.savez(f, input_ids=...,
+    attention_mask=...)``, what ``npuflow run -i`` and ``compare --data`` read): the natural way to
+    keep a multi-input sample together.  Before 2026-12-05 such a folder was refused."""
+
+    def read(path: Path) -> Sample:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError) as exc:
+            raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
+                               reason=f"a .npz archive numpy cannot read: {exc}") from None
+
+    return _Reader(lambda: (read(p) for p in files), len(files), [str(p) for p in files])
+
+
 def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> _Reader:
     if not root.is_dir():
         raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root), reason="not a folder")
     names = [i.name for i in inputs]
     subdirs = {n: root / n for n in names if (root / n).is_dir()}
+    archives = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not subdirs and archives and all(p.suffix.lower() == ".npz" for p in archives):
+        return _npz_folder(archives)
     if len(inputs) > 1 and len(subdirs) != len(inputs):
         raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root),
                            reason=f"a multi-input model needs one sub-folder per input ({', '.join(names)})")
@@ -195,8 +215,9 @@ def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dt
                     "raw numpy.tofile files with calib_shapes); npuflow build with preprocess_on: True reads images"))
             if kind == "npz":
                 raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
-                    "a .npz archive: save one sample per .npy file (numpy.save), one sub-folder per input "
-                    "for a model with several"))
+                    "a .npz archive among other files: a folder holds either one .npz per sample (numpy.savez "
+                    "with every input by name) or one .npy per sample, one sub-folder per input for a model "
+                    "with several"))
             if name not in shapes:
                 raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
                                    reason=f"raw file without a shape: set calib_shapes: {{{name}: [dims]}} in the config")
