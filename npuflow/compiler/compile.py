@@ -299,6 +299,9 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
             })
             total_weights += weight_bytes
         subgraphs.append(entry)
+    # an input no node reads (ONNX Runtime still asks for it) is no subgraph's boundary
+    for name in g.graph_inputs:
+        tensors.setdefault(name, _tensor_info(g, name))
     inputs = [_io(g, name, (preprocessing or {}).get(name)) for name in g.graph_inputs]
     outputs = [_io(g, name) for name in g.graph_outputs]
     manifest = {

@@ -47,3 +47,20 @@ def test_constant_output_compiles_loads_and_runs(target, folded, tmp_path):
     assert list(got) == ["y2", out]
     assert np.array_equal(got[out], np.array([1.0, 2.0], np.float32))
     assert np.array_equal(got["y2"], ref[0])
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
+def test_unused_input_compiles_loads_and_runs(target, tmp_path):
+    """A graph input no node reads (ONNX Runtime still asks for it): the .npuf compiled and its
+    loader refused it (``inputs[1]: tensor 'unused' is not described in tensors``)."""
+    model, _ = _model(folded=False)
+    model.graph.input.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, [1, 3]))
+    x = rng.normal(0, 1, (1, 2, 6, 6)).astype(np.float32)
+    feeds = {"x": x, "unused": np.zeros((1, 3), np.float32)}
+    q = npuflow.quantize(model, [feeds], target, warn=False)
+    session = npuflow.Session(npuflow.compile(q.model, target).save(tmp_path / "m.npuf"))
+    assert [i.name for i in session.get_inputs()] == ["x", "unused"]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(q.model.SerializeToString(), opts).run(None, feeds)
+    assert np.array_equal(session.run(feeds)["y2"], ref[0])
