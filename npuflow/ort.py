@@ -28,6 +28,7 @@ sessions now; ORT methods without a counterpart (``io_binding``, ``end_profiling
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -85,10 +86,13 @@ def ort_type(dtype: str) -> str:
     return f"tensor({onnx.TensorProto.DataType.Name(elem).lower()})"
 
 
-def cache_digest(model_bytes: bytes, target: Target) -> str:
-    """What a cache entry must have been made from: model bytes, target, npuflow version."""
+def cache_digest(model_bytes: bytes, target: Target, input_shapes: Any = None) -> str:
+    """What a cache entry must have been made from: model bytes, target, npuflow version, and the
+    input shapes it was frozen at when any were given."""
     h = hashlib.sha256(model_bytes)
     h.update(f"\0{target.name}\0{target.fingerprint}\0{__version__}".encode())
+    if input_shapes is not None:
+        h.update(b"\0" + json.dumps(input_shapes, sort_keys=True, default=list).encode())
     return h.hexdigest()
 
 
@@ -114,19 +118,21 @@ def _cached(path: Path, digest: str) -> CompiledModel | None:
 
 
 def compile_cached(model: str | os.PathLike | bytes, target: str | Target, cache_dir: str | os.PathLike | None = None,
-                   cache_key: str | None = None) -> tuple[CompiledModel, bool]:
+                   cache_key: str | None = None, input_shapes: Any = None) -> tuple[CompiledModel, bool]:
     """The compiled form of quantized ONNX ``model`` (a path or the file's bytes) for ``target``,
-    from the cache or compiled and stored; returns ``(compiled, came from the cache)``."""
+    from the cache or compiled and stored; returns ``(compiled, came from the cache)``.
+    ``input_shapes``: as :func:`npuflow.compile`'s (a dict, or a list of them for several shape sets)."""
     tgt = target if isinstance(target, Target) else load_target(target)
     data = _model_bytes(model)
-    digest = cache_digest(data, tgt)
+    digest = cache_digest(data, tgt, input_shapes)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", cache_key) if cache_key else digest
     path = Path(cache_dir or default_cache_dir()) / f"{name}.npuf"
     if _cache_enabled():
         hit = _cached(path, digest)
         if hit is not None:
             return hit, True
-    compiled = compile_model(_proto(model, data), tgt, build_config={"ort_cache": {"sha256": digest, "cache_key": cache_key}})
+    compiled = compile_model(_proto(model, data), tgt, build_config={"ort_cache": {"sha256": digest, "cache_key": cache_key}},
+                             input_shapes=input_shapes)
     try:
         compiled.save(path)
     except NpuflowError as exc:  # the session still runs; the next start compiles again
@@ -166,7 +172,11 @@ class InferenceSession:
     def __init__(self, path_or_bytes: str | os.PathLike | bytes, sess_options: Any = None,
                  providers: Sequence[str | tuple] | None = None, provider_options: Sequence[dict] | None = None, *,
                  target: str | Target | None = None, cache_dir: str | os.PathLike | None = None,
-                 cache_key: str | None = None) -> None:
+                 cache_key: str | None = None, input_shapes: Any = None) -> None:
+        """``input_shapes`` freezes a quantized model's dynamic dimensions at compile time, as
+        ``npuflow compile --input-shape`` does: ``{"input_ids": [1, 32], ...}``, or a list of such
+        dicts for several shape sets (the session runs the smallest that fits each input, padded).
+        Without it a dynamic model other than in its batch is ``NPF_MODEL_DYNAMIC_SHAPE``."""
         threads = getattr(sess_options, "intra_op_num_threads", 0) or 1
         self.from_cache = False
         if not isinstance(path_or_bytes, bytes) and Path(path_or_bytes).suffix == ".npuf":
@@ -175,7 +185,7 @@ class InferenceSession:
             if target is None:
                 raise NpuflowError("NPF_RUNTIME_NO_TARGET",
                                    path="<model bytes>" if isinstance(path_or_bytes, bytes) else str(path_or_bytes))
-            compiled, self.from_cache = compile_cached(path_or_bytes, target, cache_dir, cache_key)
+            compiled, self.from_cache = compile_cached(path_or_bytes, target, cache_dir, cache_key, input_shapes)
         #: the npuflow session doing the work (dumps, run_op, listeners, runners)
         self.session = Session(compiled, target, cpu_threads=threads)
         self._options = sess_options

@@ -89,3 +89,29 @@ def test_get_providers_without_accelerator_subgraph(tmp_path):
     sess = npuflow.ort.InferenceSession(str(path))
     assert sess.get_providers() == ["CPUExecutionProvider"]
     assert sess.get_provider_options() == {"CPUExecutionProvider": {}}
+
+
+def test_ort_session_input_shapes_for_a_dynamic_model(tmp_path):
+    """A quantized token model with a dynamic sequence length: ``npuflow.ort.InferenceSession`` had
+    no way to freeze it (``NPF_MODEL_DYNAMIC_SHAPE``, its hint naming a CLI option); ``input_shapes``
+    compiles one or several shape sets, as ``npuflow compile --input-shape`` does."""
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], "mm"), helper.make_node("Relu", ["m"], ["y"], "relu")]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [rng.normal(0, 1, (1, 5, 4)).astype(np.float32) for _ in range(4)]
+    q = npuflow.quantize(model, calib, "cpu-int8", warn=False).dynamic_model
+    data = q.SerializeToString()
+    with pytest.raises(NpuflowError) as e:
+        npuflow.ort.InferenceSession(data, target="cpu-int8", cache_dir=tmp_path)
+    assert e.value.code == "NPF_MODEL_DYNAMIC_SHAPE"
+    shapes = [{"x": [1, 5, 4]}, {"x": [1, 8, 4]}]
+    sess = npuflow.ort.InferenceSession(data, target="cpu-int8", cache_dir=tmp_path, input_shapes=shapes)
+    ref = npuflow.Session(npuflow.compile(q, "cpu-int8", input_shapes=shapes))
+    for length in (5, 7):
+        x = rng.normal(0, 1, (1, length, 4)).astype(np.float32)
+        assert np.array_equal(sess.run(None, {"x": x})[0], ref.run({"x": x})["y"])
+    assert npuflow.ort.InferenceSession(data, target="cpu-int8", cache_dir=tmp_path, input_shapes=shapes).from_cache
+    assert not npuflow.ort.InferenceSession(data, target="cpu-int8", cache_dir=tmp_path,
+                                            input_shapes={"x": [1, 5, 4]}).from_cache  # another key
