@@ -419,8 +419,12 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, c
     npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]
            and _quantizes(view, i, fused)}
     tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
-                           lambda i: _tail_readers(view, device, transparent, fused, i))
+                           lambda i: real_consumers(view, transparent, i))
     for i in sorted(tail):
+        ins = view.data_inputs(i)
+        p = real_producer(view, transparent, ins[0]) if ins else None
+        if p is not None and p in npu and any(c in npu for c in _tail_readers(view, device, transparent, fused, i)):
+            continue  # float in the plan, but between a dequantize step and an epilogue's quantize step
         device[i] = CPU
         reasons[i].append(f"no {tgt.device_label} op reads its output, and on a float-scale target the quantizer "
                           f"leaves such data movement in float (the float tail), so it runs on the CPU")
@@ -428,11 +432,14 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, c
 
 def _tail_readers(view: GraphView, device: list[str], transparent: list[bool], fused: dict[int, int], i: int,
                   depth: int = 0) -> list[int]:
-    """The readers of node ``i`` for the float tail, looking through an accelerator op the quantizer
-    quantizes only between quantized ops when the compiler fuses it into the epilogue of ``i``
-    (:func:`_epilogue_op`): ``DQ -> Slice -> Div(c) -> Q`` is one integer op, so a quantized op after
-    the Div reads the Slice (cpu-int8 and bernoulli2 ``AveragePool -> Slice -> Div -> Sub``, seed
-    1687: Slice and Div on the CPU in check of the float model, in the integer program in compile).
+    """The readers of node ``i``, a node of the quantizer's float tail, looking through an accelerator
+    op the quantizer quantizes only between quantized ops when the compiler fuses it into the
+    epilogue of ``i`` (:func:`_epilogue_op`).  The plan leaves ``i`` float, but when the op before it
+    is quantized ``DQ -> Slice -> Div(c) -> Q`` is one integer op, so a quantized op after the Div
+    keeps the Slice on the accelerator (cpu-int8 and bernoulli2 ``AveragePool -> Slice -> Div ->
+    Sub``, seed 1687: Slice and Div on the CPU in check of the float model, in the integer program in
+    compile); fed from another tail node it has no dequantize step (``Concat(x, x) -> MaxPool ->
+    Div -> Conv``, seed 1723: all float).
     A Div no quantized op reads (the graph output), a ``Tanh`` (a table, lowered only on a
     dequantize step: ``Sigmoid -> Slice -> Tanh -> Conv``, seed 162) and a Div beside other readers
     of ``i`` (a ``Split`` also read by an ``Erf`` and the graph output, seed 427: no epilogue) still

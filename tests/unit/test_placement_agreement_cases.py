@@ -65,3 +65,15 @@ def test_a_split_read_by_a_div_and_a_cpu_op_stays_float_tail(target, tmp_path):
     next(n for n in model.graph.node if n.name == "split").output.append("split_b")
     devices = _agree(model, target, tmp_path)
     assert devices["split"] == CPU and devices["div"] == CPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_a_pool_of_float_tail_data_before_a_div_stays_float(target, tmp_path):
+    """``Concat(x, x) -> MaxPool -> Div(2) -> Conv`` (seed 1723): the plan leaves the Concat of the
+    graph input and the pool after it in float, so the pool has no dequantize step and compile runs
+    it on the CPU; the look-through of a Div applies only after a quantized op (after 0f9a558 alone:
+    Concat, MaxPool and Div ACC / CPU / CPU)."""
+    model = _model([("cat", "Concat", ["x", "x"], {"axis": 1}), ("pool", "MaxPool", ["cat"], POOL),
+                    ("div", "Div", ["pool", np.array(2.0, np.float32)], {}), _conv("conv", "div", 8)], ["conv"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["pool"] == CPU and devices["div"] == CPU and devices["conv"] == NPU
