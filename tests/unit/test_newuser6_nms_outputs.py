@@ -71,3 +71,18 @@ def test_integer_output_of_a_quantized_model_has_no_cosine():
                          warn=False)
     assert q.report.outputs["pos"] is None and q.report.outputs["top"] is not None
     assert "pos" not in q.report.calibration_outputs and "int64" in q.report.unmeasured["pos"]
+
+
+def test_relative_error_skips_integer_outputs_and_counts_another_box_count_as_a_miss():
+    """The percentile search and bias correction's measure: it subtracted the outputs element by
+    element, so a NonMaxSuppression keeping another number of boxes was a traceback from
+    ``npuflow quantize`` with the default config (``operands could not be broadcast together with
+    shapes (3,3) (4,3)``)."""
+    from npuflow.quant.algorithms.apply import relative_error
+
+    ref = [[np.ones((3, 4), np.float32), np.array([[0, 0, 1]], np.int64)]]
+    same = [[np.ones((3, 4), np.float32), np.array([[0, 0, 2], [0, 0, 1]], np.int64)]]
+    more_boxes = [[np.ones((4, 4), np.float32), np.array([[0, 0, 1]], np.int64)]]
+    assert relative_error(same, ref) == 0.0  # the int64 indices are not compared
+    assert relative_error(more_boxes, ref) == (16 + 12) / 12  # a complete miss, worse than any near answer
+

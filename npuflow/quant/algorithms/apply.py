@@ -118,12 +118,23 @@ def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndar
     Pooled, not a mean of per-sample ratios: a sample whose float output is almost zero (a
     PP-OCRv4 det probability map of a photo without text, ~1e-10) made its ratio ~1e10 and
     decided the percentile search and bias correction's check on rounding noise alone.
+
+    Integer outputs (NonMaxSuppression's selected indices, TopK's positions) are left out: they
+    are not values with an error.  An output whose shape depends on the data (the boxes a
+    NonMaxSuppression keeps) and differs from the float model's on a sample counts that sample as
+    a complete miss, ``sum(g^2) + sum(r^2)``: a candidate that changes which boxes survive is worse,
+    not unmeasured.
     """
     num: dict[int, float] = {}
     den: dict[int, float] = {}
     for got, ref in zip(outputs, reference, strict=True):
         for k, (g, r) in enumerate(zip(got, ref, strict=True)):
-            r64 = np.asarray(r, dtype=np.float64)
-            num[k] = num.get(k, 0.0) + float(np.sum((np.asarray(g, dtype=np.float64) - r64) ** 2))
+            r64 = np.asarray(r)
+            if r64.dtype.kind != "f":
+                continue
+            r64, g64 = r64.astype(np.float64), np.asarray(g, dtype=np.float64)
+            miss = g64 - r64 if g64.shape == r64.shape else None
+            num[k] = num.get(k, 0.0) + float(np.sum(miss ** 2) if miss is not None
+                                             else np.sum(g64 ** 2) + np.sum(r64 ** 2))
             den[k] = den.get(k, 0.0) + float(np.sum(r64 ** 2))
     return float(np.mean([num[k] / max(den[k], 1e-30) for k in num])) if num else 0.0
