@@ -454,16 +454,11 @@ def exact() -> bool:
         return False
 
 
-def exact_weights(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
-    """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
-    this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
-    which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
-    initializers whose ``DequantizeLinear`` only convolutions and matmuls read, as their weight,
-    directly or through a transpose or reshape (:func:`_weight_dequantize`), or the weight input
-    of a QOperator op on uint8 activations (ONNX Runtime has no int8 x uint8 kernel).  A
-    convolution's weights that :func:`conv_weight_form` keeps int8 (:func:`_int8_conv_weight`)
-    stay.  Elsewhere (VNNI, or no int8 weights) ``model`` itself.  ``external``: the arrays of
-    initialisers whose data ``model`` declares external (``ort_session.open_session``)."""
+def _saturating(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | None
+                ) -> tuple[list[tuple[int, int, int]], Callable[[str], np.ndarray]]:
+    """The (node index, weight input, zero point input) of every int8 weight of ``model`` that
+    this CPU's MLAS computes with saturating 16-bit lanes (see :func:`exact_weights`), and how to
+    read an initialiser's codes; none where the CPU's int8 kernels are exact (VNNI)."""
     inits = {t.name: t for t in model.graph.initializer}
     readers = _readers(model.graph)
     todo = []  # (node index, weight input, zero point input)
@@ -479,19 +474,44 @@ def exact_weights(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | N
                 and inits[node.input[w]].data_type == TensorProto.INT8 \
                 and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
             todo.append((k, w, z))
-    if not todo or weight_form() != "u8":
-        return model
 
     def codes(name: str) -> np.ndarray:
         return np.asarray(external[name]) if external is not None and name in external else \
             numpy_helper.to_array(inits[name])
 
+    if not todo or weight_form() != "u8":
+        return [], codes
     view = GraphView(model)
     dequantized_uint8 = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
                          and len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.UINT8}
-    todo = [(k, w, z) for k, w, z in todo if not _int8_conv_weight(model.graph.node[k], view, dequantized_uint8, codes)]
+    return [(k, w, z) for k, w, z in todo
+            if not _int8_conv_weight(model.graph.node[k], view, dequantized_uint8, codes)], codes
+
+
+def saturating_weights(model: onnx.ModelProto) -> list[str]:
+    """The int8 weights of ``model`` whose products plain ONNX Runtime adds in saturating 16-bit
+    lanes on this CPU (no VNNI), so that its run of ``model`` is not what the model defines:
+    what ``npuflow quantize`` warns about for a model meant for plain ONNX Runtime."""
+    todo, codes = _saturating(model, None)
+    names = {model.graph.node[k].input[w] for k, w, _z in todo}
+    # no two weights of one lane can pass PAIR_BOUND together (7-bit weights): exact in any pairing
+    return sorted(n for n in names if 2 * int(np.max(np.abs(codes(n).astype(np.int16)), initial=0)) > PAIR_BOUND)
+
+
+def exact_weights(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """``model`` with its int8 weight initializers as uint8 ``w + 128`` (zero points + 128) where
+    this CPU's exact form is uint8 weights (:func:`weight_form` ``"u8"``): the same real values,
+    which ONNX Runtime then runs on its exact uint8 x uint8 kernels.  Weights are the int8
+    initializers whose ``DequantizeLinear`` only convolutions and matmuls read, as their weight,
+    directly or through a transpose or reshape (:func:`_weight_dequantize`), or the weight input
+    of a QOperator op on uint8 activations (ONNX Runtime has no int8 x uint8 kernel).  A
+    convolution's weights that :func:`conv_weight_form` keeps int8 (:func:`_int8_conv_weight`)
+    stay.  Elsewhere (VNNI, or no int8 weights) ``model`` itself.  ``external``: the arrays of
+    initialisers whose data ``model`` declares external (``ort_session.open_session``)."""
+    todo, codes = _saturating(model, external)
     if not todo:
         return model
+    inits = {t.name: t for t in model.graph.initializer}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     made: dict[str, str] = {}

@@ -111,9 +111,30 @@ def quantize_command(
     paths = result.save(output, plain_qdq=plain_qdq)
     for key, path in paths.items():
         console.print(f"wrote {key}: {path}")
+    if plain_qdq or result.target.kind == "cpu":
+        _note_saturation(result.model)
     if result.problem is not None:
         err_console.print(f"WARNING [{result.problem.code}] {result.problem.message}\n  hint: {result.problem.hint}",
                           markup=False, highlight=False)
+
+
+def _note_saturation(model) -> None:
+    """Say so when plain ONNX Runtime on this CPU (x86-64 without VNNI) would add the model's int8
+    weight products in saturating 16-bit lanes: a user deploying quantized_model.onnx there gets
+    other numbers than the model defines (the MNIST CNN on cpu-int8: 87.2 % top-1 in npuflow and
+    in ORT at its basic level, 73.8 % at ORT's default level), while npuflow's own sessions stay
+    exact (``ort_kernels.exact_weights``)."""
+    from ..ort_kernels import saturating_weights
+
+    names = saturating_weights(model)
+    if names:
+        err_console.print(
+            f"NOTE: on this CPU (no VNNI) plain ONNX Runtime adds the products of {len(names)} int8 weight tensor(s) "
+            f"(e.g. {names[0]!r}) in saturating 16-bit lanes once it fuses quantized_model.onnx into QLinearConv/"
+            "QLinearMatMul, so its outputs there are not what the model defines; npuflow.Session, "
+            "npuflow.ort.InferenceSession and the compiled .npuf are exact.  To deploy this file in plain ONNX "
+            "Runtime on such CPUs, quantize with 7-bit weights (-c with 'weight: {bit_width: 7}', ONNX Runtime's "
+            "reduce_range; docs/quantization.md).", markup=False, highlight=False)
 
 
 def _qat_step(source, calib: Path, minutes: float, shapes, progress):
