@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.quant.algorithms import fast_finetune as ff
-from npuflow.quant.algorithms.block_recon import Block, BlockRunner, block_arrays, plan_blocks, reconstruct
+from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, FloatValues, block_arrays, plan_blocks,
+                                                  reconstruct)
 from npuflow.quant.algorithms.capture import capture
 from npuflow.quant.algorithms.qdq_weights import quantized_layers
 from tests.compile_check import compare_with_ort
@@ -140,8 +141,6 @@ def test_reconstruction_lowers_the_block_errors(quantized):
 def test_float_values_are_collected_a_group_of_blocks_at_a_time(quantized):
     """A budget below one block's tensors: one float pass per block, each holding only its own."""
     float_model, qmodel = quantized
-    from npuflow.quant.algorithms.block_recon import FloatValues
-
     feeds = _feeds(4)
     blocks = [u for u in _units(float_model, qmodel) if isinstance(u, Block)]
     passes: list[list[str]] = []
