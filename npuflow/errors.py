@@ -143,8 +143,9 @@ _QUANT = _specs(
     ("NPF_QUANT_CALIB_EMPTY", "the calibration set {source} has no samples",
      "Give at least one sample (100 or more representative samples are recommended)."),
     ("NPF_QUANT_CALIB_SOURCE", "cannot read calibration data {source}: {reason}",
-     "Pass a folder of .npy files, a folder of raw numpy.tofile files with calib_shapes in the config, "
-     "or an iterable of arrays/dicts."),
+     "Pass a folder of .npy files (or .npz, one per sample), a folder of raw numpy.tofile files with calib_shapes "
+     "in the config, one .npy/.npz of stacked samples, a dataset.txt listing .npy files, or an iterable of "
+     "arrays/dicts."),
     ("NPF_QUANT_CALIB_NONFINITE", "calibration sample {sample} input {input!r} contains NaN or Inf",
      "Fix or drop that sample; calibration ranges must come from finite values."),
     ("NPF_QUANT_CALIB_MISMATCH", "calibration sample {sample} does not fit the model: {reason}",

@@ -31,7 +31,8 @@ def quantize_command(
     target: str = target_option(),
     calib: Path = typer.Option(..., "--calib", metavar="DIR", help="Calibration data: folder of .npy files (one "
                                "sub-folder per input for several), of .npz files (one per sample, every input by "
-                               "name) or of raw numpy.tofile files."),
+                               "name) or of raw numpy.tofile files; or one .npy/.npz of stacked samples, or a "
+                               ".txt list of .npy files (rknn-toolkit2's dataset.txt)."),
     output: Path = output_option(..., "DIR", "Output folder for the models, quant_info.json and the report."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON "
                                           "or YAML)."),

@@ -7,7 +7,11 @@ Sources (all streamed, one sample at a time, so memory does not depend on the se
 * a folder of ``.npy`` files (single input), or a folder with one sub-folder per input name;
 * a folder of ``.npz`` archives, one per sample, each holding every input by name;
 * a folder of raw ``numpy.tofile`` files (Horizon's calibration format) read with the shape and
-  dtype given in the config (``calib_shapes``, ``calib_dtype``).
+  dtype given in the config (``calib_shapes``, ``calib_dtype``);
+* one ``.npy`` file of stacked samples (single input), or one ``.npz`` with every input stacked
+  by name (:func:`_stacked_file`);
+* a ``.txt`` list, one sample a line, of ``.npy`` files in model-input order separated by spaces
+  (rknn-toolkit2's ``dataset.txt``; :func:`_list_file`).
 
 Every sample is checked: input names, dtype, rank, every dimension the :class:`InputSpec` fixes
 (the quantizer fixes the shape the model is quantized at; see ``calib_dynamic_dims``) and
@@ -187,8 +191,15 @@ def _npz_folder(files: list[Path]) -> _Reader:
 
 
 def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> _Reader:
+    if root.is_file() and root.suffix.lower() in (".npy", ".npz"):
+        return _stacked_file(root, inputs)
+    if root.is_file() and root.suffix.lower() == ".txt":
+        return _list_file(root, inputs)
     if not root.is_dir():
-        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root), reason="not a folder")
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(root), reason=(
+            "not a folder" if not root.exists() else
+            "a file npuflow does not read as calibration data (a folder, a .npy/.npz of stacked samples or a .txt "
+            "list of .npy files)"))
     names = [i.name for i in inputs]
     subdirs = {n: root / n for n in names if (root / n).is_dir()}
     archives = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -238,3 +249,80 @@ def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dt
 
     names = [" + ".join(str(files[i]) for files in listing.values()) for i in range(n_files)]
     return _Reader(samples, n_files, names)
+
+
+def _stacked_file(path: Path, inputs: list[InputSpec]) -> _Reader:
+    """Samples stacked along a leading axis in one ``.npy`` (single-input model) or one ``.npz``
+    (each input by name, as ``numpy.savez(f, x=batch)``): what a user with the data already in
+    memory saves in one call.  An array of the input's rank is cut along its first axis into
+    pieces of the input's batch size (1 where the batch is dynamic); one of rank + 1 gives a
+    sample per leading index.  Memory-mapped (``.npy``), so the set is read a sample at a time."""
+    try:
+        if path.suffix.lower() == ".npy":
+            if len(inputs) != 1:
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
+                    f"one .npy for a model with {len(inputs)} inputs: save a .npz with every input by name"))
+            arrays = {inputs[0].name: np.load(path, mmap_mode="r", allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=f"numpy cannot read it: {exc}") from None
+    missing = [i.name for i in inputs if i.name not in arrays]
+    if missing:
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
+                           reason=f"no array for input(s) {', '.join(missing)} (it holds {', '.join(arrays) or 'none'})")
+    pieces: dict[str, tuple[np.ndarray, int, bool]] = {}
+    for spec in inputs:
+        a = arrays[spec.name]
+        if a.ndim == len(spec.dims) + 1:
+            pieces[spec.name] = (a, 1, True)
+        elif a.ndim == len(spec.dims) and a.ndim > 0:
+            step = spec.dims[0] or 1
+            if a.shape[0] % step:
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
+                    f"{spec.name}: {a.shape[0]} rows are not a whole number of batches of {step}"))
+            pieces[spec.name] = (a, step, False)
+        else:
+            raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
+                f"{spec.name}: an array of rank {a.ndim} for an input of rank {len(spec.dims)} (stack samples along "
+                "a new first axis, or along the batch axis)"))
+    counts = {n: a.shape[0] // step for n, (a, step, _) in pieces.items()}
+    if len(set(counts.values())) != 1:
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
+                           reason=f"the inputs hold different numbers of samples: {counts}")
+    n = next(iter(counts.values()))
+
+    def sample(i: int) -> Sample:
+        return {name: np.array(a[i] if new_axis else a[i * step:(i + 1) * step])
+                for name, (a, step, new_axis) in pieces.items()}
+
+    return _Reader(lambda: (sample(i) for i in range(n)), n, [f"{path}[{i}]" for i in range(n)])
+
+
+def _list_file(path: Path, inputs: list[InputSpec]) -> _Reader:
+    """rknn-toolkit2's ``dataset.txt``: one sample a line, its ``.npy`` files in model-input order
+    separated by spaces, relative to the list's folder; blank lines and ``#`` comments skipped.
+    Images (which rknn decodes itself) are refused as in a folder: quantize reads samples already in
+    the model's input format."""
+    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    for k, files in enumerate(lines, 1):
+        if len(files) != len(inputs):
+            raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=f"{path}:{k}", reason=(
+                f"{len(files)} file(s) on the line, the model has {len(inputs)} input(s) "
+                f"({', '.join(i.name for i in inputs)})"))
+        for f in files:
+            if not f.lower().endswith(".npy"):
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=f"{path}:{k}", reason=(
+                    f"{f}: the list names .npy files only (quantize reads samples already in the model's input "
+                    "format; npuflow build with preprocess_on: True reads images)"))
+
+    def read(f: str) -> np.ndarray:
+        p = Path(f) if Path(f).is_absolute() else path.parent / f
+        try:
+            return np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(p), reason=str(exc)) from None
+
+    return _Reader(lambda: ({i.name: read(f) for i, f in zip(inputs, files)} for files in lines), len(lines),
+                   [" + ".join(files) for files in lines])
