@@ -47,8 +47,9 @@ def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-class _FloatView:
-    """A float graph as the registry's :class:`~npuflow.operators.PatternView`."""
+class FloatView:
+    """A float graph as the registry's :class:`~npuflow.operators.PatternView` (the activation and
+    GELU patterns of :mod:`.gelu` read it)."""
 
     def __init__(self, idx: GraphView) -> None:
         self.idx = idx
@@ -69,7 +70,7 @@ class _FloatView:
 def _rewrite_one(graph: onnx.GraphProto, opset: int) -> bool:
     """Rewrite the first decomposed activation (:func:`npuflow.operators.hard_activation`) in
     graph order; ``x * HardSigmoid(x)`` becomes ``HardSwish`` only where the opset has it."""
-    g = _FloatView(GraphView(graph))
+    g = FloatView(GraphView(graph))
     for node in graph.node:
         found = hard_activation(node, g)
         if found is None or found.times_six:

@@ -30,6 +30,7 @@ from onnx import helper
 
 from ..graph import GraphView, remove_unused_initializers, set_array, unique_name
 from ..operators import STANDARD_DOMAINS, TABLE_OPS, PatternView, close, node_attr
+from .activations import FloatView
 
 #: The constants of the two forms (float32 storage is within :data:`npuflow.operators.PATTERN_TOL`).
 SQRT2 = math.sqrt(2.0)
@@ -220,28 +221,9 @@ def table_ops(node: onnx.NodeProto, g: PatternView) -> frozenset[str]:
     return TABLE_OPS
 
 
-class _FloatView:
-    """A float graph as a :class:`~npuflow.operators.PatternView`."""
-
-    def __init__(self, idx: GraphView) -> None:
-        self.idx = idx
-
-    def source(self, tensor: str) -> str:
-        return tensor
-
-    def producer(self, tensor: str) -> onnx.NodeProto | None:
-        return self.idx.producer_node(tensor)
-
-    def only_reader(self, tensor: str) -> onnx.NodeProto | None:
-        return None if self.idx.is_graph_output(tensor) else self.idx.only_consumer(tensor)
-
-    def scalar(self, tensor: str) -> float | None:
-        return self.idx.scalar(tensor)
-
-
 def float_gelus(graph: onnx.GraphProto, idx: GraphView | None = None) -> list[Gelu]:
     """Every GELU of a float graph (:func:`gelu`), in graph order of their last nodes."""
-    view = _FloatView(idx or GraphView(graph))
+    view = FloatView(idx or GraphView(graph))
     return [found for node in graph.node if (found := gelu(node, view)) is not None]
 
 
