@@ -8,7 +8,9 @@ ranks, static shapes and element types of its tensors, which operands are consta
 quantized model, whether the quantizer quantized the node at all (its data comes through
 dequantize steps and leaves through a quantize step; a node it left in float runs in float, on
 the CPU).  *How* a tensor is quantized (per channel, bit width, zero point) is the quantizer's
-contract with the target (``quant/legalize.py``), not a placement question.
+contract with the target (``quant/legalize.py``), not a placement question.  One question reads
+the target: :func:`grid_step` gives no quantize step to, and walks through no, op the target does
+not have (``QuantFacts.runs``; bernoulli2's ``Transpose``), which both sides pass in.
 
 Both sides see the graph through one :class:`QuantFacts`; the compiler may import this module, never
 the reverse (``docs/architecture.md``).
@@ -26,6 +28,8 @@ from ..graph import GraphView, is_dequantize, quantize_mode
 from ..passes.gelu import table_ops
 from .fusion import pattern_view
 from ..passes.linear_bias import linear_bias
+from ..targets import Target
+from .ops import classify
 from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine,
                          node_attr, op_def)
 
@@ -49,8 +53,11 @@ class QuantFacts:
     compiler does not lower it as a weight).
     """
 
-    def __init__(self, view: GraphView) -> None:
+    def __init__(self, view: GraphView, runs: Callable[[onnx.NodeProto], bool] | None = None) -> None:
         self.view = view
+        #: whether the target has the node's op at all (:func:`target_runs`); ``None``: every op.
+        #: :func:`grid_step` gives no quantize step to, and walks through no, op the target runs on the CPU
+        self.runs = runs
         #: a QDQ model: nodes the quantizer left in float are not lowered
         self.quantized = any(quantize_mode(n) is not None or is_dequantize(n) for n in view.nodes)
 
@@ -90,6 +97,24 @@ class QuantFacts:
         """What a table starting or ending at ``node`` walks through (a GELU's ``Erf`` too:
         :func:`npuflow.passes.gelu.table_ops`, seen through Q/DQ steps as the checker sees it)."""
         return table_ops(node, pattern_view(self.view))
+
+
+def target_runs(view: GraphView, target: Target) -> Callable[[onnx.NodeProto], bool] | None:
+    """Whether ``target`` has an op kind for a node (its rule, as the checker asks first), for
+    :class:`QuantFacts`; ``None`` on a CPU target, which runs every op the compiler lowers.  The
+    checker and ``compile``'s legalisation (``compiler/foreign.py``) both pass it, so neither gives a
+    quantize step to the reshapes around a Transpose bernoulli2 cannot run (MobileViT)."""
+    if target.kind == "cpu":
+        return None
+    kinds: dict[int, bool] = {}
+
+    def runs(node: onnx.NodeProto) -> bool:
+        k = view.position(node)
+        if k not in kinds:
+            kinds[k] = target.rule(classify(node, view, k).kind) is not None
+        return kinds[k]
+
+    return runs
 
 
 def lowering_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
@@ -254,6 +279,11 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
             v = t.value(name)
             if v is None:
                 return f"input {name!r} is not quantized (it runs in float)"
+            if name == _bias_input(node) and _float_constant(name, t):
+                reason = float_bias_limit(node, t)
+                if reason:
+                    return reason
+                continue
             if node.op_type not in TABLE_OPS or v.size != 1:
                 return f"constant {name!r} is not a quantized initializer"
             continue
@@ -274,6 +304,39 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
         reason = _step_types([q], [q.output[0]], t)
         if reason:
             return reason
+    return None
+
+
+def _bias_input(node: onnx.NodeProto) -> str:
+    """The bias operand of a Conv/Gemm (``""`` when none): the one constant a layer may hold in float."""
+    return node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 else ""
+
+
+def float_bias_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    """Why ``compile`` would not turn ``node``'s float bias into an int32 bias at ``sx * sw`` before
+    lowering (``compiler/foreign.py``, NNCF's float biases), or ``None`` when it does: a Conv/Gemm
+    (alpha = beta = 1) whose data comes through one per-tensor dequantize step (directly, or through
+    ops :func:`grid_step` gives a step of that grid, which ``compile`` adds first), whose weight comes
+    through a dequantize step of constant parameters, and whose output reaches one quantize step.
+    Check accepts exactly such a bias and ``compile`` quantizes exactly these (it asks this too), so
+    both place the layer alike; before, check put NNCF's layers on the CPU ("not a quantized
+    initializer") and compile lowered them."""
+    bias = _bias_input(node)
+    if not bias or node.domain not in ("", "ai.onnx") or not _float_constant(bias, t):
+        return f"{node.op_type} {node.name!r} has no float bias"
+    if node.op_type == "Gemm" and (node_attr(node, "alpha", 1.0) != 1.0 or node_attr(node, "beta", 1.0) != 1.0):
+        return "Gemm with alpha or beta has no int32 bias at sx*sw"
+    steps = _dequantize_steps(node.input[0], t, through_tables=False)
+    x_scale = t.value(steps[0].input[1]) if steps and len(steps) == 1 and len(steps[0].input) > 1 else None
+    if x_scale is None or x_scale.size != 1:
+        return (f"float bias {bias!r} stays float: input {node.input[0]!r} does not come through one per-tensor "
+                f"dequantize step")
+    w = t.producer_node(node.input[1])
+    if w is None or not t.is_dequantize(w) or len(w.input) < 2 or t.value(w.input[1]) is None:
+        return f"float bias {bias!r} stays float: weight {node.input[1]!r} does not come through a dequantize step"
+    if chain_to_quantize(node.output[0], t.consumer_nodes(node.output[0]), t) is None:
+        return (f"output {node.output[0]!r} is not quantized, so its float bias {bias!r} stays float with the "
+                f"layer (it runs in float)")
     return None
 
 
@@ -397,9 +460,11 @@ def grid_step(node: onnx.NodeProto, t: QuantFacts, depth: int = 0) -> bool:
     ``MaxPool`` or a reshape): a grid op reading a per-tensor dequantized activation (directly, or
     through grid ops that get such a step), read by no quantize step, whose output reaches a layer
     through grid ops.  Its outputs lie on its input's grid, so the step is exact, and the op and the
-    layer after it are lowered."""
+    layer after it are lowered.  Not for, nor through, an op the target does not have (``t.runs``):
+    check of the float model puts MobileViT's reshapes around bernoulli2's CPU ``Transpose`` on
+    the CPU, so compile must not lower them (generator seeds 902, 1278)."""
     if node.op_type not in GRID_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1 \
-            or depth > MAX_CHAIN:
+            or depth > MAX_CHAIN or (t.runs is not None and not t.runs(node)):
         return False
     p = t.producer_node(node.input[0])
     if p is None:
@@ -434,6 +499,7 @@ def _feeds_layer(tensor: str, t: QuantFacts, depth: int = 0) -> bool:
     for c in t.consumer_nodes(tensor):
         if (c.op_type in WEIGHTED_OPS and _quantized_weight(c, t)) or (depth and t.is_quantize(c)):
             return True
-        if c.op_type in GRID_OPS and depth < MAX_CHAIN and _feeds_layer(c.output[0], t, depth + 1):
+        if c.op_type in GRID_OPS and depth < MAX_CHAIN and (t.runs is None or t.runs(c)) and \
+                _feeds_layer(c.output[0], t, depth + 1):
             return True
     return False

@@ -25,7 +25,7 @@ from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
-from .lowerable import MAX_CHAIN, QuantFacts, lowering_limit, output_chain
+from .lowerable import MAX_CHAIN, QuantFacts, lowering_limit, output_chain, target_runs
 from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -111,7 +111,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     shape_only = _shape_only(view)
     patterns = find_activation_patterns(view, infos)
     fused = fuse(view, infos, tgt, dict(patterns))
-    facts = QuantFacts(view)
+    facts = QuantFacts(view, target_runs(view, tgt))
     _split_unlowered_activations(view, infos, facts, fused, patterns)
     # Shape arithmetic follows its neighbours in a float model (the float passes fold it away);
     # left in a quantized model, it runs at run time on the CPU, where compile keeps it.

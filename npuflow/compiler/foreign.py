@@ -13,11 +13,13 @@ model's arithmetic as ONNX Runtime runs it and returns a note saying what it cha
 * Brevitas' ``QuantizeLinear -> Clip -> DequantizeLinear``: on a weight the clip is applied to the
   stored integers; on an activation it becomes a float ``Clip`` before the quantize step (exact:
   rounding is monotone and the bounds are integers), or disappears when it clips nothing.
-* A grid-preserving op (``MaxPool``, ``Relu``, reshapes) between a DQ and a Conv/Gemm/MatMul
-  gets a quantize step with its input's parameters: its outputs already lie on that grid, so the
-  step is exact and the op and the layer after it can be lowered (NNCF).
-* NNCF's float bias of a layer whose input and weight are quantized becomes an int32 bias at
-  ``sx * sw`` (what ONNX Runtime's quantizer writes; within one LSB of the float bias).
+* A grid-preserving op (``MaxPool``, ``Relu``, reshapes) that the target has, between a DQ and a
+  Conv/Gemm/MatMul, gets a quantize step with its input's parameters: its outputs already lie on
+  that grid, so the step is exact and the op and the layer after it can be lowered (NNCF;
+  ``check.lowerable.grid_step``, which the checker asks too).
+* NNCF's float bias of a layer whose input and weight are quantized and whose output reaches a
+  quantize step becomes an int32 bias at ``sx * sw`` (what ONNX Runtime's quantizer writes; within
+  one LSB of the float bias); ``check.lowerable.float_bias_limit`` decides it for both sides.
 * On symmetric targets, uint8 tensors with zero point 128 (ORT's symmetric uint8) become int8 with
   zero point 0 (exact).
 
@@ -35,7 +37,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import numerics
-from ..check.lowerable import grid_step
+from ..check.lowerable import float_bias_limit, grid_step
 from ..errors import NpuflowError
 from ..graph import attr, attr_values
 from ..model import tensor_elem_types
@@ -100,8 +102,8 @@ def legalize(model: onnx.ModelProto, target: Target) -> list[str]:
     notes += _qoperator_to_qdq(model)
     notes += _fold_weight_quantize(model)
     notes += _fold_qcdq_clips(model)
-    notes += _propagate_through_grid_ops(model)
-    notes += _quantize_float_biases(model)
+    notes += _propagate_through_grid_ops(model, target)
+    notes += _quantize_float_biases(model, target)
     if target.numerics.symmetric:
         notes += _center_uint8(model)
     return notes
@@ -356,9 +358,9 @@ def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
 # --- NNCF: float biases, grid-preserving ops --------------------------------------------------
 
 
-def _quantize_float_biases(model: onnx.ModelProto) -> list[str]:
+def _quantize_float_biases(model: onnx.ModelProto, target: Target) -> list[str]:
     """A float bias of a Conv/Gemm whose input and weight are dequantized -> int32 at ``sx * sw``."""
-    g = QGraph(model)
+    g = QGraph(model, target)
     plans = [(n, plan) for n in model.graph.node if (plan := _bias_plan(g, n)) is not None]
     names = _NameSet(model)
     for n, (bias, scale) in plans:
@@ -385,16 +387,12 @@ def _quantize_float_biases(model: onnx.ModelProto) -> list[str]:
 
 def _bias_plan(g: QGraph, n: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
     """``(float bias, int32 scale per channel)`` when ``n``'s float bias can be quantized."""
-    if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or not n.input[2]:
+    if float_bias_limit(n, g.facts) is not None:  # the checker's predicate: both place the layer alike
         return None
-    bias = g.const(n.input[2])
     x, w = g.dq_source(n.input[0]), g.dq_source(n.input[1])
-    if bias is None or bias.dtype.kind != "f" or x is None or w is None or not x[1].per_tensor:
-        return None
-    if n.op_type == "Gemm" and (attr(n, "alpha", 1.0) != 1.0 or attr(n, "beta", 1.0) != 1.0):
-        return None
-    if collect_chain(g, n.output[0], list(g.consumer_nodes(n.output[0]))) is None:
-        return None  # its output is not quantized: the node stays float on the CPU, bias and all
+    if x is None or w is None or collect_chain(g, n.output[0], list(g.consumer_nodes(n.output[0]))) is None:
+        return None  # steps of types the programs do not compute in: check refuses the layer too (_step_types)
+    bias = g.const(n.input[2])
     scale = np.float32(x[1].scalar_scale()) * w[1].scale.astype(np.float32).reshape(-1)
     return bias, scale.astype(np.float32)
 
@@ -424,12 +422,12 @@ def _insert_before(model: onnx.ModelProto, anchor: str, new: list[onnx.NodeProto
     model.graph.node.extend(nodes)
 
 
-def _propagate_through_grid_ops(model: onnx.ModelProto) -> list[str]:
+def _propagate_through_grid_ops(model: onnx.ModelProto, target: Target) -> list[str]:
     """``DQ -> MaxPool/Relu/reshape -> (no quantize step)``: add ``Q -> DQ`` of the input's grid."""
     changed: list[onnx.NodeProto] = []
     names = _NameSet(model)
     for _ in range(len(model.graph.node)):  # chains of grid ops: one link per round
-        g = QGraph(model)
+        g = QGraph(model, target)
         facts = g.facts
         todo = [(n.name, src[2]) for n in model.graph.node
                 if (src := g.dq_source(n.input[0]) if n.input else None) is not None and grid_step(n, facts)]

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..check.lowerable import QuantFacts
+from ..check.lowerable import QuantFacts, target_runs
 from ..graph import GraphView, is_dequantize, quantize_mode
 from ..numerics import RoundMode, fix_pos_of
+from ..targets import Target
 
 @dataclass(frozen=True)
 class QParams:
@@ -66,8 +67,11 @@ class QGraph(GraphView):
     questions: which nodes are quantize steps and with which tie rule, the params of each
     integer tensor, the integer tensor behind a dequantize step."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, target: Target | None = None) -> None:
         super().__init__(model)
+        #: the target whose ops :attr:`facts` asks about (``None``: the graph alone); legalisation
+        #: passes it, so a grid op the target runs on the CPU gets no quantize step, as in check
+        self.target = target
 
     # --- kinds of nodes -------------------------------------------------------------------
 
@@ -79,7 +83,7 @@ class QGraph(GraphView):
     def facts(self) -> QuantFacts:
         """This index as the graph questions the checker asks too (:class:`~npuflow.check.lowerable.QuantFacts`),
         so both decide from the same :func:`~npuflow.check.lowerable.lowering_limit` and fuse the same chains."""
-        return QuantFacts(self)
+        return QuantFacts(self, target_runs(self, self.target) if self.target is not None else None)
 
     def scalar(self, name: str) -> float | None:
         """A one-element float constant's value (a chain's bound or factor), else ``None``."""

@@ -77,3 +77,40 @@ def test_a_pool_of_float_tail_data_before_a_div_stays_float(target, tmp_path):
                     ("div", "Div", ["pool", np.array(2.0, np.float32)], {}), _conv("conv", "div", 8)], ["conv"])
     devices = _agree(model, target, tmp_path)
     assert devices["pool"] == CPU and devices["div"] == CPU and devices["conv"] == NPU
+
+
+def test_a_flatten_after_a_transpose_bernoulli2_cannot_run_stays_float(tmp_path):
+    """bernoulli2 ``Conv -> Transpose -> Flatten -> Gemm`` (seed 1278): bernoulli2 has no
+    ``transpose``, so check of the float model puts the Transpose on the CPU and the Flatten with it;
+    ``grid_step`` walked through the Transpose from the Conv's dequantize step, so check of the
+    quantized model and compile's legalisation gave the Flatten a quantize step and lowered it.
+    ``QuantFacts`` now knows what the target runs.  Before: Flatten CPU / ACC / ACC."""
+    w = np.random.default_rng(3).normal(0, 0.1, (256, 10)).astype(np.float32)
+    model = _model([_conv("conv", "x"), ("tr", "Transpose", ["conv"], {"perm": [0, 2, 3, 1]}),
+                    ("fl", "Flatten", ["tr"], {}), ("fc", "Gemm", ["fl", w], {})], ["fc"])
+    devices = _agree(model, "bernoulli2", tmp_path)
+    assert devices["conv"] == NPU and devices["tr"] == CPU and devices["fl"] == CPU
+
+
+def test_reshapes_around_a_transpose_bernoulli2_cannot_run_stay_float(tmp_path):
+    """MobileViT's ``Conv -> Reshape -> Transpose -> Reshape -> Conv`` on bernoulli2 (seed 902): the
+    reshapes on either side of the CPU Transpose stay float in all three, as check of the float
+    model puts them; ``grid_step`` no longer walks through an op the target does not run.  Before:
+    the reshapes CPU / ACC / ACC."""
+    model = _model([_conv("conv", "x"), ("rs", "Reshape", ["conv", np.array([1, 4, 64], np.int64)], {}),
+                    ("tr", "Transpose", ["rs"], {"perm": [0, 2, 1]}),
+                    ("rs2", "Reshape", ["tr", np.array([1, 4, 8, 8], np.int64)], {}), _conv("conv2", "rs2")],
+                   ["conv2"])
+    devices = _agree(model, "bernoulli2", tmp_path)
+    assert devices["tr"] == CPU and devices["rs"] == CPU and devices["rs2"] == CPU
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
+def test_reshapes_around_a_transpose_the_target_runs_are_lowered(target, tmp_path):
+    """The same graph where the target has ``transpose``: nothing changes (all on the accelerator)."""
+    model = _model([_conv("conv", "x"), ("rs", "Reshape", ["conv", np.array([1, 4, 64], np.int64)], {}),
+                    ("tr", "Transpose", ["rs"], {"perm": [0, 2, 1]}),
+                    ("rs2", "Reshape", ["tr", np.array([1, 4, 8, 8], np.int64)], {}), _conv("conv2", "rs2")],
+                   ["conv2"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["tr"] == NPU and devices["rs"] == NPU and devices["rs2"] == NPU
