@@ -14,11 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.quant.algorithms import fast_finetune as ff
-from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, FloatValues, block_arrays, plan_blocks,
+from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, FloatValues, block_arrays,
                                                   reconstruct)
 from npuflow.quant.algorithms.capture import capture
 from npuflow.quant.algorithms.qdq_weights import quantized_layers
 from tests.compile_check import compare_with_ort
+
+from .test_block_recon import _units, one_torch_thread  # noqa: F401  (one_torch_thread: autouse fixture)
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 C, S, DEEP = 6, 8, 10   # channels, spatial size, layers of the second stage (more than MAX_LAYERS)
@@ -66,24 +68,10 @@ def _feeds(n: int = 16, seed: int = 1) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.normal(0, 1, (1, 3, S, S)).astype(np.float32)} for _ in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.fixture(scope="module")
 def quantized():
     q = npuflow.quantize(_parked_net(), _feeds(), target=DPU, config={"include_bias_corr": False})
     return q.float_model, q.dynamic_model
-
-
-def _units(float_model, qmodel):
-    jobs = ff.layer_jobs(float_model, qmodel, 64, [])
-    names = {i.name for i in float_model.graph.input} | {o for n in float_model.graph.node for o in n.output}
-    return plan_blocks(qmodel, names, jobs)
 
 
 def test_every_layer_is_in_a_block_and_the_parked_tensor_passes_through(quantized):
