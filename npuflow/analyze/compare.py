@@ -204,19 +204,13 @@ def open_samples(data: Any, float_model: onnx.ModelProto, samples: int | None = 
     """The samples to compare on, read and checked as ``npuflow quantize --calib`` reads them.
 
     ``data``: what :class:`CalibrationSource` takes (a folder of ``.npy`` files, per-input
-    sub-folders, arrays, dicts), or one ``.npz`` (input name -> array) or ``.npy`` file: one sample.
-    Raw ``numpy.tofile`` files (Horizon's calibration format) are read with the model inputs'
-    static shapes and dtype.
+    sub-folders, ``.npz`` archives, arrays, dicts, one ``.npy``/``.npz`` of stacked samples -- a
+    single sample being a stack of one -- or a ``dataset.txt`` list).  Raw ``numpy.tofile`` files
+    (Horizon's calibration format) are read with the model inputs' static shapes and dtype.
     """
     specs = input_specs(float_model)
     shapes = {s.name: list(s.dims) for s in specs if None not in s.dims}
     dtypes = {s.dtype for s in specs}
-    if isinstance(data, str | os.PathLike) and Path(data).suffix in (".npz", ".npy") and Path(data).is_file():
-        try:
-            loaded = np.load(data, allow_pickle=False)
-            data = dict(loaded) if isinstance(loaded, Mapping) else loaded
-        except (OSError, ValueError) as exc:
-            raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(data), reason=str(exc)) from None
     return CalibrationSource(data, specs, shapes=shapes, dtype=str(dtypes.pop()) if len(dtypes) == 1 else "float32",
                              limit=samples)
 

@@ -92,7 +92,7 @@ def compare_command(
     quantized: Optional[Path] = typer.Argument(None, metavar="QUANTIZED.onnx|MODEL.npuf",
                                                help="Quantized QDQ model (.onnx) or compiled model (.npuf)."),
     data: Optional[Path] = typer.Option(None, "--data", metavar="DIR|FILE.npz",
-                                        help="Samples: folder as for quantize --calib, or one .npz/.npy."),
+                                        help="Samples: what quantize --calib takes (a folder, or one .npz/.npy of one or more stacked samples)."),
     samples: int = typer.Option(8, "--samples", min=1, metavar="N", help="Use at most this many samples."),
     output: Optional[Path] = output_option(None, "DIR", "Output folder (compare.json/.csv/.html, or "
                                                         "compare_dumps.json; default: compare_result)."),

@@ -59,3 +59,27 @@ def test_bad_files_are_coded_errors_naming_the_problem(tmp_path, write, words):
         list(CalibrationSource(path, spec))
     assert err.value.code == "NPF_QUANT_CALIB_SOURCE"
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_compare_data_reads_files_as_quantize_does(tmp_path):
+    """``npuflow compare --data FILE.npy`` read one file as one sample of its own shape, so five
+    stacked samples for a batch-1 model were a batch-5 sample and refused; now the same reader as
+    ``--calib`` (one source of truth), and a one-sample file is a stack of one."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from npuflow.analyze.compare import open_samples
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], "relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = np.random.default_rng(0).normal(size=(5, 3, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "five.npy", a)
+    np.save(tmp_path / "one.npy", a[:1])
+    np.savez(tmp_path / "one.npz", x=a[:1])
+    assert len(list(open_samples(str(tmp_path / "five.npy"), model))) == 5
+    assert len(list(open_samples(str(tmp_path / "five.npy"), model, samples=2))) == 2
+    assert len(list(open_samples(str(tmp_path / "one.npy"), model))) == 1
+    assert len(list(open_samples(str(tmp_path / "one.npz"), model))) == 1
+    onnx.checker.check_model(model)
