@@ -44,18 +44,17 @@ from .compiler import CompiledModel, compile_model
 from .errors import NpuflowError
 from .runtime import Session
 from .targets import Target, load_target
+from .outputs import CACHE_ENV, cache_enabled, cache_root  # noqa: F401  (CACHE_ENV: the switch, named here too)
 
 log = logging.getLogger(__name__)
 
-#: ``NPUFLOW_ENABLE_CACHE=0`` compiles at every session start (the Vitis AI EP's switch).
-CACHE_ENV = "NPUFLOW_ENABLE_CACHE"
 #: What :meth:`InferenceSession.get_providers` reports: accelerator subgraphs, then CPU subgraphs.
 PROVIDERS = ["NpuflowExecutionProvider", "CPUExecutionProvider"]
 
 
 def default_cache_dir() -> Path:
     """``$NPUFLOW_CACHE/compiled`` (``~/.cache/npuflow/compiled`` by default, beside fast finetune's cache)."""
-    return Path(os.environ.get("NPUFLOW_CACHE", Path.home() / ".cache" / "npuflow")) / "compiled"
+    return cache_root("compiled")
 
 
 @dataclass(frozen=True)
@@ -96,10 +95,6 @@ def cache_digest(model_bytes: bytes, target: Target, input_shapes: Any = None) -
     return h.hexdigest()
 
 
-def _cache_enabled() -> bool:
-    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def _cached(path: Path, digest: str) -> CompiledModel | None:
     """The cache entry at ``path`` when it is sound and was made from ``digest``, else None."""
     if not path.is_file():
@@ -127,7 +122,7 @@ def compile_cached(model: str | os.PathLike | bytes, target: str | Target, cache
     digest = cache_digest(data, tgt, input_shapes)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", cache_key) if cache_key else digest
     path = Path(cache_dir or default_cache_dir()) / f"{name}.npuf"
-    if _cache_enabled():
+    if cache_enabled():
         hit = _cached(path, digest)
         if hit is not None:
             return hit, True

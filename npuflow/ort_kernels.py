@@ -51,21 +51,14 @@ from onnx import TensorProto, helper, numpy_helper
 from . import numerics as nm
 from .graph import GraphView, attr
 from .operators import DQ_PROPAGATING_OPS, QDQ_WEIGHT_READERS, QOPERATOR_WEIGHT_INPUTS
+from .outputs import CACHE_ENV, cache_enabled, cache_root  # noqa: F401  (CACHE_ENV: the switch, named here too)
 
 MS_DOMAIN = "com.microsoft"
 
 log = logging.getLogger(__name__)
 
-#: ``NPUFLOW_ENABLE_CACHE=0`` (or false/no/off): no verdict read from or written to disk.
-CACHE_ENV = "NPUFLOW_ENABLE_CACHE"
-
 #: A probe's verdict: a weight form name, a yes/no, or ``None`` (no exact form).
 Verdict = str | bool | None
-
-
-def disk_cache_enabled() -> bool:
-    """Whether verdicts may come from and go to disk (:data:`CACHE_ENV`, read at each call)."""
-    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _cpu_flags() -> str:
@@ -100,8 +93,7 @@ def cache_key() -> str:
 
 def cache_file() -> Path:
     """This process' verdict file: ``$NPUFLOW_CACHE/ort_kernels/<cache_key>.json``."""
-    root = Path(os.environ.get("NPUFLOW_CACHE", Path.home() / ".cache" / "npuflow"))
-    return root / "ort_kernels" / f"{cache_key()}.json"
+    return cache_root("ort_kernels") / f"{cache_key()}.json"
 
 
 def _stored() -> dict:
@@ -135,7 +127,7 @@ def persistent(probe: Callable[[], Verdict]) -> Callable[[], Verdict]:
     name = probe.__name__
 
     def verdict() -> Verdict:
-        if not disk_cache_enabled():
+        if not cache_enabled():
             return probe()
         stored = _stored()
         if name in stored:

@@ -22,6 +22,20 @@ from typing import Iterator, Sequence
 
 from .errors import NpuflowError
 
+#: ``NPUFLOW_ENABLE_CACHE=0`` (or false/no/off): nothing read from or written to npuflow's caches
+#: (compiled models, fast-finetune results, kernel-probe verdicts); the Vitis AI EP's switch.
+CACHE_ENV = "NPUFLOW_ENABLE_CACHE"
+
+
+def cache_enabled() -> bool:
+    """Whether npuflow's on-disk caches are on (:data:`CACHE_ENV`, read at each call)."""
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_root(kind: str) -> Path:
+    """``$NPUFLOW_CACHE/<kind>`` (``~/.cache/npuflow/<kind>`` by default): one root for every cache."""
+    return Path(os.environ.get("NPUFLOW_CACHE", Path.home() / ".cache" / "npuflow")) / kind
+
 #: Longest output name accepted: file systems allow 255 bytes, and suffixes are appended.
 MAX_NAME_BYTES = 200
 #: ``{pid}-{8 characters}``: what this module and ``model.write_atomic`` append to a hidden name;

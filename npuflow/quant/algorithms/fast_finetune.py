@@ -33,6 +33,7 @@ import onnx
 
 from ...errors import NpuflowError
 from ...model import write_atomic
+from ...outputs import cache_root
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
 from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround
@@ -101,7 +102,7 @@ class FinetuneReport:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("NPUFLOW_CACHE", Path.home() / ".cache" / "npuflow")) / "fast_finetune"
+    return cache_root("fast_finetune")
 
 
 def resolve_backend(backend: str) -> str:
