@@ -55,6 +55,10 @@ _MODEL = _specs(
      "on a numpy function, npuflow.register_op_library('libops.so', domain='your.domain') for an ONNX Runtime "
      "custom-op library (docs/custom-ops.md), or from a package through the 'npuflow.ops' entry point; or "
      "re-export the model with standard ops."),
+    ("NPF_MODEL_QUARK_FORMAT", "the model is quantized by AMD Quark in a format no npuflow target runs: {formats}",
+     "npuflow compiles integer models in standard QuantizeLinear/DequantizeLinear: quantize the float model "
+     "with `npuflow quantize -t TARGET`, or in Quark with XINT8_QCONFIG (power-of-two scales: every target), "
+     "A8W8_QCONFIG (float scales: cpu-int8, bernoulli2) or A16W8_QCONFIG (16-bit activations: cpu-int8)."),
     ("NPF_CUSTOM_OP_BAD_REGISTRATION", "cannot register custom op {op!r}: {reason}",
      "register_op(op_type, fn, domain='com.example', inputs=('float',), outputs=('float',), attrs={{'beta': float}}); "
      "register_op_library('path/libops.so', domain='com.example')."),

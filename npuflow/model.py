@@ -360,10 +360,35 @@ def _check_known_domains(proto: onnx.ModelProto) -> None:
     for node, op in custom_nodes(proto):
         if op is None:
             found.setdefault((node.domain, node.op_type), []).append(node.name or node.output[0])
-    if found:
-        ops = "; ".join(f"{d}:{t} (node {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-                        for (d, t), names in sorted(found.items()))
-        raise NpuflowError("NPF_MODEL_CUSTOM_OP", count=len(found), ops=ops)
+    if not found:
+        return
+    quark = _quark_formats(proto, found)
+    if quark:
+        raise NpuflowError("NPF_MODEL_QUARK_FORMAT", formats=quark)
+    ops = "; ".join(f"{d}:{t} (node {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                    for (d, t), names in sorted(found.items()))
+    raise NpuflowError("NPF_MODEL_CUSTOM_OP", count=len(found), ops=ops)
+
+
+def _quark_formats(proto: onnx.ModelProto, found: Mapping[tuple[str, str], list[str]]) -> str:
+    """The number formats of the AMD Quark quantization ops among ``found`` (unregistered custom
+    ops -> their nodes), each with its op, node count and first node; ``""`` when none.  A Quark
+    BFP16 / MX / BF16 model is a quantization format question, not a missing plugin: telling its
+    user to register ``BFPQuantizeDequantize`` would send them the wrong way.  The extended Q/DQ ops
+    are named by their zero point's type (``bfloat16``, ``int16``, ...)."""
+    from .operators import QUARK_DOMAIN, QUARK_QUANT_OPS
+
+    zp_types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.data_type).name for i in proto.graph.initializer}
+    first_zp = {n.name or n.output[0]: zp_types.get(n.input[2]) for n in proto.graph.node
+                if n.domain == QUARK_DOMAIN and len(n.input) > 2}
+    parts = []
+    for (domain, op_type), names in sorted(found.items()):
+        if domain != QUARK_DOMAIN or op_type not in QUARK_QUANT_OPS:
+            continue
+        dtype = first_zp.get(names[0])
+        parts.append(f"{QUARK_QUANT_OPS[op_type]}{f' ({dtype})' if dtype else ''} ({QUARK_DOMAIN}:{op_type}, "
+                     f"{len(names)} node(s), e.g. {names[0]!r})")
+    return "; ".join(parts)
 
 
 def _check_outputs_made(graph: onnx.GraphProto) -> None:

@@ -315,6 +315,15 @@ QDQ_WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 #: ``DequantizeLinear`` (``QDQPropagationTransformer``) onto the op that reads them.
 DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 
+#: AMD Quark's quantization ops (``quark.onnx``'s custom-op domain) -> the number format they write.
+#: ONNX Runtime cannot run them without Quark's library and no target's integer engine runs block
+#: floating point, microscaling or bfloat16/float16 "quantization", so a model that holds them is
+#: named as Quark's format rather than as an unregistered custom op (``model.py``).
+QUARK_DOMAIN = "com.amd.quark"
+QUARK_QUANT_OPS = {"BFPQuantizeDequantize": "block floating point (BFP)", "MXQuantizeDequantize": "microscaling (MX)",
+                   "ExtendedQuantizeLinear": "Quark's extended quantize",
+                   "ExtendedDequantizeLinear": "Quark's extended dequantize"}
+
 #: Elementwise ops a layer's fused activation chain may hold for reconstruction after the
 #: activation (``quant/algorithms/activation.py``; ONNX semantics, float inputs).
 RECONSTRUCTED_ACTIVATION_OPS = ("Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
