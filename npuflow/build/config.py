@@ -17,6 +17,7 @@ failure is an :class:`~npuflow.errors.NpuflowError` whose message names the key 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ GROUPS = ("model_parameters", "input_parameters", "calibration_parameters", "com
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
+
+log = logging.getLogger(__name__)
 
 Text = str | int | float  # YAML turns '1' or '0.017' into numbers; the parser reads them as text
 
@@ -419,6 +422,7 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
         norm = str(norms[i])
         mean = _norm_values("mean_value", name, means[i], channels, needed="mean" in norm)
         scale = _norm_values("scale_value", name, scales[i], channels, needed="scale" in norm)
+        _warn_unused_norm(name, norm, {"mean_value": (means[i], "mean" in norm), "scale_value": (scales[i], "scale" in norm)})
         specs.append(InputSpec(
             name=name, shape=spec_shape, type_train=train, layout_train=layout_train, type_rt=rt,
             layout_rt=layout_rt, space_and_range=space, norm_type=norm,
@@ -426,6 +430,18 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
             batch=_batch(batches[i]), cal_data_dir=config.path(str(dirs[i])),
         ))
     return specs
+
+
+def _warn_unused_norm(name: str, norm: str, given: Mapping[str, tuple[str | None, bool]]) -> None:
+    """Say so when a mean or scale is given for an input whose ``norm_type`` does not apply it
+    (``data_scale`` with a ``mean_value``: an rknn-style config's mean): the built model then feeds
+    the network unnormalised pixels, and the build's cosine, measured against the same
+    preprocessing, cannot show it.  hb_mapper ignores the value too, so this warns and goes on."""
+    for key, (text, applied) in given.items():
+        if text is not None and not applied:
+            log.warning("input_parameters.%s %r of input %r is not applied: norm_type %r uses %s (data_mean_and_scale "
+                        "computes (x - mean) * scale)", key, text, name, norm,
+                        {"data_mean": "mean_value only", "data_scale": "scale_value only"}.get(norm, "neither"))
 
 
 def _input_shape(name: str, text: str | None, model_shape: Sequence[int] | None) -> list[int]:
