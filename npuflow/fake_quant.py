@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .numerics import RoundMode, qrange, round_values
@@ -167,6 +168,21 @@ def fake_quantize(
 def round_ste(v: torch.Tensor, mode: RoundMode | str) -> torch.Tensor:
     """``round_values(v, mode)`` forward, identity backward: discretises a learnable log2 threshold."""
     return v + (round_values(v.detach(), mode, xp=torch) - v).detach()
+
+
+def tqt_scale(log2_threshold: torch.Tensor, bits: int) -> torch.Tensor:
+    """TQT's power-of-two scale of a learnable log2 threshold: ``2 ** (round(log2 t) - (bits - 1))``
+    forward (the fix position an export writes, :func:`tqt_scale_value`), straight-through
+    backward, so ``d scale / d log2 t = scale * ln 2``.  QAT's quantizers and PTQ reconstruction's
+    learned weight thresholds (``fast_finetune: {learn_threshold: true}``) share it."""
+    return torch.exp2(round_ste(log2_threshold, LOG2_THRESHOLD_ROUND_MODE) - (bits - 1))
+
+
+def tqt_scale_value(log2_threshold: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`tqt_scale`'s forward value in numpy (float32), outside autograd: the trained scale
+    that is exported."""
+    exps = round_values(np.asarray(log2_threshold), LOG2_THRESHOLD_ROUND_MODE) - (bits - 1)
+    return np.asarray(np.ldexp(np.float32(1.0), np.asarray(exps).astype(np.int32)), dtype=np.float32)
 
 
 def scale_grad(v: torch.Tensor, factor: float) -> torch.Tensor:

@@ -136,6 +136,9 @@ class FastFinetune(_Strict):
     input_drop: float = Field(default=0.0, ge=0, lt=1)  # adaquant: QDrop, chance a layer input value is the float one
     # adaround: reconstruct after the fused activation (algorithms/activation.py: rec +6.6 pts at 500 it, effnet -0.5)
     post_activation: bool = False
+    # adaquant/adaround: move each layer's power-of-two weight fix position against its output error (TQT;
+    # algorithms/fast_finetune.py, docs/accuracy.md "Learned weight thresholds")
+    learn_threshold: bool = False
 
 
 class QuantConfig(_Strict):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import numerics
-from ..fake_quant import LOG2_THRESHOLD_ROUND_MODE, QuantSpec, fake_quantize, round_ste, scale_grad
+from ..fake_quant import QuantSpec, fake_quantize, scale_grad, tqt_scale, tqt_scale_value
 from .markers import QuantRecord, active_recorder, mark
 
 _FIX_MIN, _FIX_MAX = -32, 63  # histogram bins of power-of-two fix positions
@@ -122,8 +122,7 @@ class FakeQuantizer(nn.Module):
             if torch.jit.is_tracing():  # exporting: the trained value enters the graph as a constant
                 return self._trained_scale(), self.zero_point
             if self.power_of_two:
-                exponent = round_ste(self.log2_threshold, LOG2_THRESHOLD_ROUND_MODE) - (self.spec.bits - 1)
-                return torch.exp2(exponent), self.zero_point
+                return tqt_scale(self.log2_threshold, self.spec.bits), self.zero_point
             grad_factor = 1.0 / math.sqrt(max(self._numel, 1) * max(self.spec.qmax, 1))
             step = scale_grad(self.step_size.abs(), grad_factor)
             return step.clamp_min(float(np.finfo(np.float32).tiny)), self.zero_point
@@ -133,9 +132,7 @@ class FakeQuantizer(nn.Module):
     def _trained_scale(self) -> torch.Tensor:
         """The learnable scale's current value, computed outside autograd and tracing."""
         if self.power_of_two:
-            log2_t = self.log2_threshold.detach().cpu().numpy()
-            exps = numerics.round_values(log2_t, LOG2_THRESHOLD_ROUND_MODE) - (self.spec.bits - 1)
-            return torch.from_numpy(np.asarray(np.ldexp(np.float32(1.0), exps.astype(np.int32)), dtype=np.float32))
+            return torch.from_numpy(tqt_scale_value(self.log2_threshold.detach().cpu().numpy(), self.spec.bits))
         step = np.abs(self.step_size.detach().cpu().numpy())
         return torch.from_numpy(np.asarray(np.maximum(step, np.finfo(np.float32).tiny), dtype=np.float32))
 

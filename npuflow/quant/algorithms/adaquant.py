@@ -19,6 +19,12 @@ solver returns the best rounded iterate it met (:class:`BestIterate`: the whole 
 checked :data:`CHECKS` times along the way and at the end), not merely the last one: on a layer
 whose inputs are exact (nothing to compensate) the last iterate of a large rate can be worse
 than the early ones.
+
+:func:`adaquant_threshold` (``fast_finetune: {learn_threshold: true}``) learns the layer's
+power-of-two weight threshold jointly with the weights and bias, as TQT does in QAT (Jain et al.,
+2020): the scale is ``2 ** (round(log2 t) - (bits - 1))`` forward and ``log2 t`` takes TQT's
+straight-through gradient (:func:`npuflow.fake_quant.tqt_scale`, the QAT quantizer's own), so the
+fix position is chosen against the layer's output error instead of the weights' own MSE.
 """
 
 from __future__ import annotations
@@ -40,18 +46,21 @@ class BestIterate:
 
     def __init__(self, p: LayerProblem, iters: int) -> None:
         self.p, self.every = p, max(1, iters // CHECKS)
-        self.codes, self.bias = p.nearest_codes(), p.b
+        self.codes, self.bias, self.scale = p.nearest_codes(), p.b, p.s
         self.error = p.error(self.codes, self.bias)
 
-    def offer(self, t: int, u: np.ndarray, bias: np.ndarray, last: bool = False) -> None:
-        """Score the iterate after step ``t`` (steps in weight units ``u``) when it is a checkpoint."""
+    def offer(self, t: int, u: np.ndarray, bias: np.ndarray, last: bool = False,
+              scale: np.ndarray | None = None) -> None:
+        """Score the iterate after step ``t`` (weights ``u`` in units of ``scale``, by default the
+        problem's) when it is a checkpoint."""
         if not last and (t + 1) % self.every:
             return
         codes = np.clip(round_values(u, self.p.round_mode), self.p.qmin, self.p.qmax)
         bias = np.asarray(bias, np.float32)
-        err = self.p.error(codes, bias)
+        scale = self.p.s if scale is None else np.broadcast_to(scale, self.p.s.shape).astype(np.float32)
+        err = self.p.error(codes, bias, scale)
         if err < self.error:
-            self.codes, self.bias, self.error = codes, bias, err
+            self.codes, self.bias, self.scale, self.error = codes, bias, scale, err
 
 
 def adaquant(
@@ -118,3 +127,61 @@ def _adaquant_torch(p, iters, lr, batch, seed):
         best.offer(t, u.detach().numpy(), p.b + c.detach().numpy() * ystd)
     best.offer(iters - 1, u.detach().numpy(), p.b + c.detach().numpy() * ystd, last=True)
     return best.codes, best.bias
+
+
+#: Adam rate of the log2 weight threshold under ``learn_threshold`` (cosine-decayed like the
+#: weights'): the fix position changes when ``log2 t`` crosses a half-integer, 0.5 from its start,
+#: and Adam moves it by at most ~lr per step, so 500 steps can travel ~2.5 positions.
+THRESHOLD_LR = 1e-2
+
+
+def adaquant_threshold(
+    p: LayerProblem, iters: int = 500, lr: float = DEFAULT_LR, batch: int = 256, seed: int = 0,
+    input_drop: float = 0.0, threshold_lr: float = THRESHOLD_LR,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes, bias, scale (g, o, 1))``: AdaQuant with the weight's log2 threshold learned (TQT).
+
+    Needs torch and a per-tensor power-of-two scale (``p.per_tensor_pow2()``).  The weights live
+    in steps of the starting scale ``s0``; the forward is ``fake_quantize(u * s0, scale)`` with the
+    target's tie rule and code range (:func:`npuflow.fake_quant.fake_quantize`, bit-exact with
+    :mod:`npuflow.numerics`), whose backward is TQT's: the weight gradient passes inside the range,
+    the scale gradient is ``round(w/s) - w/s`` inside and the clipped code outside.  Like
+    :func:`adaquant`, the best rounded iterate met (codes, bias *and* fix position) is returned,
+    so the result is never worse on the problem than nearest rounding at the starting position."""
+    from ...fake_quant import QuantSpec, fake_quantize, tqt_scale, tqt_scale_value
+    from ...numerics import RoundMode
+
+    signed = p.qmin < 0
+    bits = int(p.qmax).bit_length() + int(signed)
+    spec = QuantSpec(bits, signed, signed and p.qmin > -(2 ** (bits - 1)), RoundMode(p.round_mode))
+    s0 = np.float32(p.s.reshape(-1)[0])
+    ystd = float(p.y.std()) or 1.0
+    best = BestIterate(p, iters)
+    mix = input_drop > 0 and p.xf is not None
+    rng = np.random.default_rng(seed)
+    with torch_threads() as torch:
+        b0 = torch.from_numpy(p.b)
+        u = torch.nn.Parameter(torch.from_numpy((p.w / p.s).astype(np.float32)))
+        c = torch.nn.Parameter(torch.zeros_like(b0))
+        log2_t = torch.nn.Parameter(torch.tensor(float(np.log2(s0)) + bits - 1, dtype=torch.float32))
+        opt = torch.optim.Adam([{"params": [u, c], "lr": lr}, {"params": [log2_t], "lr": threshold_lr}])
+        s0t = torch.tensor(s0)
+
+        def offer(t: int, last: bool = False) -> None:
+            scale = tqt_scale_value(log2_t.detach().numpy(), bits)
+            w = (u.detach().numpy() * s0).astype(np.float32)
+            best.offer(t, (w / scale).astype(np.float32), p.b + c.detach().numpy() * ystd, last, scale)
+
+        for t, xy in enumerate(batches(p, batch, iters, seed, float_inputs=mix)):
+            xb = np.where(rng.random(xy[0].shape, dtype=np.float32) < input_drop, xy[2], xy[0]) if mix else xy[0]
+            decay = cosine_decay(t, iters)
+            opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = lr * decay, threshold_lr * decay
+            wq = fake_quantize(u * s0t, tqt_scale(log2_t, bits), 0, spec)
+            z = torch.matmul(wq, torch.from_numpy(xb)) + b0 + c * ystd
+            loss = ((z - torch.from_numpy(xy[1])) ** 2).sum(dim=(0, 1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            offer(t)
+        offer(iters - 1, last=True)
+    return best.codes, best.bias, best.scale

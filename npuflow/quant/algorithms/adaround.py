@@ -23,6 +23,12 @@ With ``LayerProblem.act`` (``fast_finetune: {post_activation: true}``, :mod:`.ac
 output compared is the activation fused behind the layer, ``f(W x + b)``, and the gradient passes
 through ``f'``; off by default (PP-OCRv4 rec +6.6 points at 500 iterations, EfficientNet-Lite0
 -0.5: see :mod:`.activation`).
+
+:func:`search_fix_position` (``fast_finetune: {learn_threshold: true}``) is AdaRound's form of a
+learned power-of-two weight threshold: AdaRound's rounding variables live on one fixed grid, so
+instead of TQT's straight-through gradient on ``log2 t`` (AdaQuant's form,
+:func:`.adaquant.adaquant_threshold`) it tries the fix positions ``p-1, p, p+1`` with a short
+AdaRound each and keeps the one with the least layer output error.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from .layer_problem import Adam, LayerProblem, batches, forward, grad_weight, to
 ZETA, GAMMA = 1.1, -0.1
 #: Learning rate of ``V`` (Adam), see the module docstring.
 DEFAULT_LR = 0.1
+#: Share of the iterations each candidate fix position's AdaRound gets in :func:`search_fix_position`.
+SEARCH_SHARE = 0.2
 
 
 def _h(v: np.ndarray) -> np.ndarray:
@@ -88,6 +96,23 @@ def adaround(
         grad_v = grad_h * ((hpre > 0) & (hpre < 1)) * sig * (1 - sig) * (ZETA - GAMMA)
         opt.step([grad_v.astype(np.float32)])
     return np.clip(floor + (_h(v) >= 0.5), p.qmin, p.qmax)
+
+
+def search_fix_position(
+    p: LayerProblem, iters: int = 500, lr: float = DEFAULT_LR, batch: int = 256, lam: float = 0.01,
+    warmup: float = 0.2, backend: str = "numpy", seed: int = 0,
+) -> int:
+    """The weight fix-position shift ``d`` in (-1, 0, 1) (scale ``p.s * 2**-d``: +1 is one step
+    finer) whose AdaRound of ``SEARCH_SHARE * iters`` steps gives the least layer output error;
+    0 on ties, so the calibrated position is kept unless another is strictly better."""
+    short = max(1, int(iters * SEARCH_SHARE))
+    best_d, best_err = 0, np.inf
+    for d in (0, -1, 1):
+        q = p.at_scale((p.s * np.float32(2.0 ** -d)).astype(np.float32))
+        err = q.error(adaround(q, short, lr, batch, lam, warmup, backend, seed))
+        if err < best_err:
+            best_d, best_err = d, err
+    return best_d
 
 
 def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):

@@ -72,12 +72,16 @@ def after_export(
             round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value,
             bias_round_mode=RoundMode(cfg.resolve(target, "bias").round_mode).value, drop_prob=ff.drop_prob,
             block_batch=ff.block_batch, block_layers=ff.block_layers, input_drop=ff.input_drop,
-            post_activation=ff.post_activation)
+            post_activation=ff.post_activation, learn_threshold=ff.learn_threshold)
         q, rep = fast_finetune(float_model, q, feeds, settings)
         # the learning rate that ran (the config's null resolves per method; defaults have changed)
         summary["fast_finetune"] = {"method": ff.method, "iters": ff.iters, "lr": settings.learning_rate,
                                     "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
+        if ff.learn_threshold:  # weight fix positions moved: +1 is one step finer
+            shifts = [r.fix_shift for r in rep.layers]
+            summary["fast_finetune"]["fix_moves"] = {"finer": sum(d > 0 for d in shifts),
+                                                     "coarser": sum(d < 0 for d in shifts)}
         if rep.blocks:
             summary["fast_finetune"]["blocks"] = [
                 {"layers": b.layers, "error_before": b.error_before, "error_after": b.error_after,

@@ -15,6 +15,13 @@ Results are cached on disk per layer under a content hash of the layer's float w
 scale, calibration inputs, settings and the solver version, so a re-run with other settings (another method for
 other models, bias correction on or off, a changed activation config) skips the layers whose
 problem did not change.
+
+``learn_threshold`` (off by default) also moves each layer's power-of-two weight fix position
+against the layer's output error (TQT, issue 18): AdaQuant learns ``log2 t`` with TQT's
+straight-through gradient jointly with the weights and bias (:func:`.adaquant.adaquant_threshold`),
+AdaRound keeps the best of ``p-1, p, p+1`` after a short AdaRound each
+(:func:`.adaround.search_fix_position`).  A moved position rewrites the weight's scale and the
+int32 bias's (``s_in * s_w``); the activation positions stay as calibration chose them.
 """
 
 from __future__ import annotations
@@ -34,12 +41,12 @@ import onnx
 from ...errors import NpuflowError
 from ...model import write_atomic
 from ...outputs import cache_root
-from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant
+from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant, adaquant_threshold
 from .activation import Activation, fused_activation
-from .adaround import DEFAULT_LR as ADAROUND_LR, adaround
+from .adaround import DEFAULT_LR as ADAROUND_LR, adaround, search_fix_position
 from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
                           require_torch, write_block)
-from ...graph import slice_model
+from ...graph import GraphView, set_array, slice_model
 from .capture import Feed, capture
 from .layers import WeightLayer, layer_bias, layer_weight, weight_layers
 from .layer_problem import LayerProblem, forward, torch_available, torch_threads
@@ -70,12 +77,15 @@ class FinetuneSettings:
     block_layers: int = 3        # brecq: weight layers a block holds at least
     input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
     post_activation: bool = False  # adaround: reconstruct after the activation fused behind each layer (.activation)
+    learn_threshold: bool = False  # adaquant/adaround: move each weight's power-of-two fix position (TQT; module doc)
 
     def key(self) -> dict:
         return {"method": self.method, "iters": self.iters, "lr": self.learning_rate, "batch": self.batch,
                 "seed": self.seed, "round_mode": self.round_mode, "input_drop": self.input_drop, "v": 1,
                 # only when on: the pre-activation problems keep their cached results
-                **({"post_activation": True} if self.post_activation and self.method == "adaround" else {})}
+                **({"post_activation": True} if self.post_activation and self.method == "adaround" else {}),
+                # AdaQuant's solver changes with it; AdaRound's final solve at a kept position does not
+                **({"learn_threshold": True} if self.learn_threshold and self.method == "adaquant" else {})}
 
     @property
     def learning_rate(self) -> float:
@@ -91,6 +101,7 @@ class LayerResult:
     error_after: float
     cached: bool
     seconds: float
+    fix_shift: int = 0  # learn_threshold: weight fix position moved by (+1: one step finer scale)
 
 
 @dataclass
@@ -131,6 +142,12 @@ def fast_finetune(
                            reason=f"fast_finetune.method must be one of {', '.join(METHODS)}, not {st.method!r}")
     if st.method == "brecq":
         require_torch()
+        if st.learn_threshold:
+            raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.learn_threshold",
+                               reason="learn_threshold moves weight fix positions in AdaRound's and AdaQuant's layer "
+                                      "problems, not in brecq's blocks (set learn_threshold: false or method: adaquant)")
+    if st.learn_threshold and st.method == "adaquant":
+        require_torch()  # TQT's straight-through gradient is the QAT quantizer's (npuflow.fake_quant)
     backend = resolve_backend(st.backend)
     if st.input_drop > 0 and (st.method != "adaquant" or backend != "numpy"):
         raise NpuflowError(
@@ -175,33 +192,90 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     lst = replace(st, method=method)
     t1 = time.time()
     act = fused_activation(out, ql.node) if method == "adaround" and st.post_activation else None
-    prob = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0,
+    base = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0,
                          act=act)
     nearest = grouped_weight(read_codes(out, ql), g)
-    before = prob.error(nearest)
+    before = base.error(nearest)
+    learn = st.learn_threshold and base.per_tensor_pow2() and _scale_names(out, ql) is not None
+    prob = base
+    if learn and method == "adaround":
+        shift = _searched_shift(base, lst, backend, cache)
+        prob = base.at_scale((base.s * np.float32(2.0 ** -shift)).astype(np.float32))
     key = _cache_key(prob, lst)
     path = cache / key[:2] / f"{key}.npz"
     hit = _load(path, nearest.shape, prob.b.shape)
     cached = hit is not None
     if hit is not None:
-        codes, bias = hit
+        codes, bias, scale = hit
+        scale = prob.s if scale is None else scale
     else:
+        scale = prob.s
         if method == "adaround":
             codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
+        elif learn:
+            codes, bias, scale = adaquant_threshold(prob, st.iters, st.learning_rate, st.batch, seed=st.seed,
+                                                    input_drop=st.input_drop)
         else:
             codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed,
                                    input_drop=st.input_drop)
-        after = prob.error(codes, bias)
+        after = base.error(codes, bias, scale)
         if after > before:  # never make a layer worse than nearest rounding
-            codes, bias = nearest, prob.b
-        _save(path, codes, bias)
-    after = prob.error(codes, bias)
+            codes, bias, scale = nearest, base.b, base.s
+        _save(path, codes, bias, scale if learn else None)
+    after = base.error(codes, bias, scale)
+    shift = int(np.log2(base.s.reshape(-1)[0] / scale.reshape(-1)[0])) if learn else 0
+    if shift:
+        ql = _move_weight_scale(out, ql, float(scale.reshape(-1)[0]))
     write_codes(out, ql, codes.reshape(w.shape))
-    if method == "adaquant":
+    if method == "adaquant" or shift:  # a moved weight scale moves the int32 bias's: re-quantize it
         write_bias(out, ql, np.asarray(bias).reshape(-1), st.bias_round_mode)
-    log.debug("%s %s: error %.3g -> %.3g (%s, %.1f s)", method, ql.name, before, after,
-              "cached" if cached else "solved", time.time() - t1)
-    return LayerResult(ql.name, before, after, cached, time.time() - t1)
+    log.debug("%s %s: error %.3g -> %.3g (%s, fix position %+d, %.1f s)", method, ql.name, before, after,
+              "cached" if cached else "solved", shift, time.time() - t1)
+    return LayerResult(ql.name, before, after, cached, time.time() - t1, shift)
+
+
+def _searched_shift(p: LayerProblem, st: FinetuneSettings, backend: str, cache: Path) -> int:
+    """:func:`.adaround.search_fix_position` for ``p``, cached beside the layer results."""
+    key = hashlib.sha256(f"fix search {_cache_key(p, st)}".encode()).hexdigest()
+    path = cache / key[:2] / f"{key}.npz"
+    hit = _load_fields(path, ("shift",))
+    if hit is not None and hit[0].shape == (1,) and hit[0][0] in (-1, 0, 1):
+        return int(hit[0][0])
+    shift = search_fix_position(p, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed)
+    _save_fields(path, shift=np.array([shift], np.int32))
+    return shift
+
+
+def _scale_names(model: onnx.ModelProto, ql: QuantizedLayer) -> list[str] | None:
+    """The scale initializers a moved weight fix position rewrites (the weight's, the Quantize
+    step's of a float weight, an int32 bias's), or ``None`` when another node also reads one of
+    them: moving it would move that node's quantization too, so the position is kept."""
+    view = GraphView(model)
+    dq = view.producer_node(ql.node.input[1])
+    steps = [dq]
+    if ql.float_name is not None:
+        steps.append(view.producer_node(dq.input[0]))
+    if ql.bias_scale is not None:
+        steps.append(view.producer_node(ql.node.input[2]))
+    names = sorted({n.input[1] for n in steps})
+    readers = {n.name or id(n) for name in names for n in view.consumer_nodes(name)}
+    return names if len(readers) <= len(steps) else None
+
+
+def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float) -> QuantizedLayer:
+    """Set ``ql``'s weight scale to the power of two ``scale`` and its int32 bias scale with it
+    (``s_in * s_w`` moves by the same power of two, exactly); ``ql`` as it now reads."""
+    view = GraphView(model)
+    dq = view.producer_node(ql.node.input[1])
+    new_w = np.full(ql.scale.shape, scale, np.float32)
+    set_array(model, dq.input[1], new_w)
+    if ql.float_name is not None:
+        set_array(model, view.producer_node(dq.input[0]).input[1], new_w)
+    bias_scale = ql.bias_scale
+    if bias_scale is not None:
+        bias_scale = (bias_scale * np.float32(scale / float(ql.scale.reshape(-1)[0]))).astype(np.float32)
+        set_array(model, view.producer_node(ql.node.input[2]).input[1], bias_scale)
+    return replace(ql, scale=new_w, bias_scale=bias_scale)
 
 
 def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs, float_values: FloatValues,
@@ -346,18 +420,34 @@ def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:
     return h.hexdigest()
 
 
-def _load(path: Path, codes_shape: tuple[int, ...], bias_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
-    """A cached layer result, or ``None`` when there is none.  A truncated or foreign file (a
-    killed writer, a full disk, someone else's file) is discarded with a warning: the layer is
-    solved again instead of failing every later quantization until the cache is cleared by hand."""
+def _load(path: Path, codes_shape: tuple[int, ...],
+          bias_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """A cached layer result ``(codes, bias, weight scale or None)``, or ``None`` when there is none
+    (the scale is stored only by ``learn_threshold``; ``None``: the problem's own)."""
+    hit = _load_fields(path, ("codes", "bias"), ("scale",))
+    if hit is None:
+        return None
+    codes, bias, scale = hit
+    if codes.shape != codes_shape or bias.size != int(np.prod(bias_shape)) or (
+            scale is not None and scale.size != int(np.prod(bias_shape))):
+        log.warning("fast-finetune cache entry %s holds codes %s / bias %s, expected %s / %s; discarded, the layer "
+                    "is solved again", path, codes.shape, bias.shape, codes_shape, bias_shape)
+        path.unlink(missing_ok=True)
+        return None
+    return codes, bias.reshape(bias_shape), None if scale is None else scale.reshape(bias_shape)
+
+
+def _load_fields(path: Path, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> list | None:
+    """The arrays ``fields`` (then ``optional`` ones, ``None`` where absent) of a cache file, or
+    ``None`` when there is none.  A truncated or foreign file (a killed writer, a full disk,
+    someone else's file) is discarded with a warning: the layer is solved again instead of
+    failing every later quantization until the cache is cleared by hand."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            codes, bias = np.asarray(data["codes"]), np.asarray(data["bias"])
-        if codes.shape != codes_shape or bias.size != int(np.prod(bias_shape)):
-            raise ValueError(f"codes {codes.shape} / bias {bias.shape}, expected {codes_shape} / {bias_shape}")
-        return codes, bias.reshape(bias_shape)
+            return [np.asarray(data[f]) for f in fields] + [
+                np.asarray(data[f]) if f in data.files else None for f in optional]
     except Exception as exc:  # noqa: BLE001  (np.load raises ValueError, OSError, EOFError, zipfile errors, KeyError)
         log.warning("fast-finetune cache entry %s is unreadable (%s: %s); discarded, the layer is solved again",
                     path, type(exc).__name__, exc)
@@ -365,11 +455,16 @@ def _load(path: Path, codes_shape: tuple[int, ...], bias_shape: tuple[int, ...])
         return None
 
 
-def _save(path: Path, codes: np.ndarray, bias: np.ndarray) -> None:
+def _save(path: Path, codes: np.ndarray, bias: np.ndarray, scale: np.ndarray | None = None) -> None:
+    extra = {} if scale is None else {"scale": np.asarray(scale, np.float32)}
+    _save_fields(path, codes=codes.astype(np.int32), bias=np.asarray(bias, np.float32), **extra)
+
+
+def _save_fields(path: Path, **arrays: np.ndarray) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, codes=codes.astype(np.int32), bias=np.asarray(bias, np.float32))
+    np.savez(buf, **arrays)
     try:
         write_atomic(path, buf.getvalue())
     except NpuflowError as exc:  # a read-only cache must not stop quantization

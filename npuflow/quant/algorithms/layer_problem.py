@@ -10,7 +10,7 @@ algorithms and both backends (numpy, torch) compute the same thing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -43,13 +43,27 @@ class LayerProblem:
     def nearest_codes(self) -> np.ndarray:
         return np.clip(round_values(self.w / self.s, self.round_mode), self.qmin, self.qmax)
 
-    def error(self, codes: np.ndarray, bias: np.ndarray | None = None) -> float:
-        """Mean squared reconstruction error of integer ``codes`` (and an optional new bias)."""
+    def error(self, codes: np.ndarray, bias: np.ndarray | None = None, scale: np.ndarray | None = None) -> float:
+        """Mean squared reconstruction error of integer ``codes`` (and an optional new bias, and
+        weight scale: a learned threshold's)."""
         b = self.b if bias is None else bias
-        out = forward((codes * self.s).astype(np.float32), self.x) + b
+        s = self.s if scale is None else scale
+        out = forward((codes * s).astype(np.float32), self.x) + b
         if self.act is not None:
             out = self.act(out)[0]
         return float(np.mean((out - self.y) ** 2))
+
+
+    def at_scale(self, scale: np.ndarray) -> LayerProblem:
+        """The same problem with weight scale ``scale`` (another fix position)."""
+        return replace(self, s=scale)
+
+    def per_tensor_pow2(self) -> bool:
+        """One power-of-two weight scale for the whole layer: the only kind whose threshold
+        ``learn_threshold`` learns (a DPU's weights)."""
+        s = self.s.reshape(-1)
+        m, e = np.frexp(s[:1])
+        return bool(np.all(s == s[0]) and s[0] > 0 and m[0] == 0.5)
 
 
 def forward(w: np.ndarray, x: np.ndarray) -> np.ndarray:

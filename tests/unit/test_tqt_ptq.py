@@ -1,0 +1,160 @@
+"""Learned power-of-two weight thresholds in PTQ reconstruction (``fast_finetune.learn_threshold``,
+issue 18).
+
+Without it a weight's fix position is the weights' own MinMSE choice and reconstruction learns
+only rounding/values at that scale.  With it AdaQuant learns ``log2 t`` with TQT's straight-through
+gradient (the QAT quantizer's, :func:`npuflow.fake_quant.tqt_scale`) and AdaRound keeps the best of
+``p-1, p, p+1``: on a layer whose one outlier weight meets a nearly silent input, the outlier
+that MinMSE keeps in range costs the output more than clipping it, and the position moves finer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npuflow import numerics
+from npuflow.quant.algorithms.adaquant import adaquant_threshold
+from npuflow.quant.algorithms.adaround import search_fix_position
+from npuflow.quant.algorithms.fast_finetune import FinetuneSettings
+from npuflow.quant.algorithms.layer_problem import LayerProblem
+
+from tests.unit.test_adaquant_lr import _net
+
+TARGET = "DPUCZDX8G_ISA1_B4096"
+
+
+def _minmse_fix(w: np.ndarray) -> int:
+    """The weights-only MinMSE fix position (what calibration picks for power-of-two weights)."""
+    def err(f: int) -> float:
+        s = np.float32(2.0 ** -f)
+        return float(np.sum((w - s * np.clip(numerics.round_values(w / s, "half_up"), -128, 127)) ** 2))
+
+    return min(range(16), key=err)
+
+
+def _outlier_problem(seed: int) -> tuple[LayerProblem, int]:
+    rng = np.random.default_rng(seed)
+    w = (rng.normal(size=(1, 16, 64)) * 0.05).astype(np.float32)
+    w[0, 3, 0] = 1.5                      # one outlier weight ...
+    x = rng.normal(size=(1, 64, 2048)).astype(np.float32)
+    x[0, 0] *= 0.01                       # ... on an input that is nearly silent
+    b = np.zeros((1, 16, 1), np.float32)
+    f = _minmse_fix(w)
+    s = np.full((1, 16, 1), 2.0 ** -f, np.float32)
+    return LayerProblem(w, s, b, x, np.matmul(w, x) + b, -128, 127, "half_up"), f
+
+
+def _brute_force(p: LayerProblem) -> dict[int, float]:
+    """Layer output error of nearest rounding at fix position shifts -1, 0, +1."""
+    out = {}
+    for d in (-1, 0, 1):
+        q = p.at_scale((p.s * np.float32(2.0 ** -d)).astype(np.float32))
+        out[d] = q.error(q.nearest_codes())
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learned_threshold_moves_to_the_lower_output_error(seed):
+    p, fix = _outlier_problem(seed)
+    brute = _brute_force(p)
+    best = min(brute, key=brute.get)
+    assert best == 1 and brute[1] < 0.5 * brute[0]  # the search space has a better position than MinMSE's
+    codes, bias, scale = adaquant_threshold(p, iters=200)
+    shift = int(np.log2(p.s.flat[0] / scale.flat[0]))
+    assert shift == best                                            # TQT's gradient found it
+    assert np.all(scale == np.float32(2.0 ** -(fix + shift)))       # a power of two, one per tensor
+    assert p.error(codes, bias, scale) < 0.5 * brute[0]             # measured 0.29-0.31 of it
+    assert search_fix_position(p, iters=200) == best                # AdaRound's discrete search agrees
+
+
+def test_learned_threshold_keeps_a_position_that_is_already_best():
+    """No outlier: MinMSE's position is also the output's; the threshold stays."""
+    rng = np.random.default_rng(2)
+    w = (rng.normal(size=(1, 16, 64)) * 0.05).astype(np.float32)
+    x = rng.normal(size=(1, 64, 2048)).astype(np.float32)
+    b = np.zeros((1, 16, 1), np.float32)
+    s = np.full((1, 16, 1), 2.0 ** -_minmse_fix(w), np.float32)
+    p = LayerProblem(w, s, b, x, np.matmul(w, x) + b, -128, 127, "half_up")
+    brute = _brute_force(p)
+    assert min(brute, key=brute.get) == 0
+    _, _, scale = adaquant_threshold(p, iters=200)
+    assert np.array_equal(scale, p.s)
+    assert search_fix_position(p, iters=200) == 0
+
+
+def _outlier_net():
+    """``_net`` with one outlier weight in the first conv on input channel 0, which the feeds
+    keep nearly silent."""
+    from onnx import numpy_helper
+
+    m = _net()
+    for t in m.graph.initializer:
+        if t.name == "a.w":
+            w = numpy_helper.to_array(t).copy()
+            w[2, 0, 1, 1] = 8.0 * np.abs(w).max()
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    return m
+
+
+def _feeds(n: int = 8):
+    rng = np.random.default_rng(3)
+    feeds = []
+    for _ in range(n):
+        x = rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32)
+        x[:, 0] *= 0.01
+        feeds.append({"x": x})
+    return feeds
+
+
+@pytest.mark.parametrize("method", ["adaquant", "adaround"])
+def test_moved_positions_compile_bit_exact_with_onnx_runtime(tmp_path, monkeypatch, method):
+    """A moved weight fix position rewrites the weight's and the int32 bias's scales together:
+    the QDQ model still compiles and the ``.npuf`` equals ONNX Runtime (0 LSB)."""
+    import npuflow
+    from npuflow.quant.algorithms.qdq_weights import quantized_layers
+    from tests.compile_check import compare_with_ort
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    feeds = _feeds()
+    cfg = {"include_bias_corr": False, "fast_finetune": {"method": method, "iters": 100}}
+    off = npuflow.quantize(_outlier_net(), feeds, target=TARGET, config=cfg)
+    on = npuflow.quantize(_outlier_net(), feeds, target=TARGET,
+                          config={**cfg, "fast_finetune": {**cfg["fast_finetune"], "learn_threshold": True}})
+    moves = on.info["algorithms"]["fast_finetune"]["fix_moves"]
+    assert moves["finer"] >= 1, moves
+    before = {l.name: (float(l.scale), float(l.bias_scale)) for l in quantized_layers(off.model)}
+    after = {l.name: (float(l.scale), float(l.bias_scale)) for l in quantized_layers(on.model)}
+    assert after["a"][0] == before["a"][0] / 2                       # the outlier's layer: one step finer
+    assert after["a"][1] / after["a"][0] == before["a"][1] / before["a"][0]  # bias scale s_in * s_w follows
+    diffs = compare_with_ort(on.model, feeds[0], TARGET)
+    assert max(diffs.values()) == 0, diffs
+
+
+@pytest.mark.parametrize("method", ["adaquant", "adaround"])
+def test_switch_off_is_bit_identical(tmp_path, monkeypatch, method):
+    """``learn_threshold: false`` is the former path: same cache key, same model bytes."""
+    import npuflow
+
+    st = FinetuneSettings(method=method, round_mode="half_up", bias_round_mode="half_up")
+    assert "learn_threshold" not in st.key()
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path / "a"))
+    feeds = _feeds(4)
+    cfg = {"include_bias_corr": False, "fast_finetune": {"method": method, "iters": 40}}
+    plain = npuflow.quantize(_outlier_net(), feeds, target=TARGET, config=cfg)
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path / "b"))
+    off = npuflow.quantize(_outlier_net(), feeds, target=TARGET,
+                           config={**cfg, "fast_finetune": {**cfg["fast_finetune"], "learn_threshold": False}})
+    assert off.model.SerializeToString() == plain.model.SerializeToString()
+    assert "fix_moves" not in off.info["algorithms"]["fast_finetune"]
+
+
+def test_brecq_refuses_the_switch(tmp_path, monkeypatch):
+    import npuflow
+    from npuflow.errors import NpuflowError
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    with pytest.raises(NpuflowError) as err:
+        npuflow.quantize(_net(), _feeds(2), target=TARGET,
+                         config={"fast_finetune": {"method": "brecq", "iters": 2, "learn_threshold": True}})
+    assert err.value.code == "NPF_QUANT_CONFIG_CONFLICT"
