@@ -105,6 +105,19 @@ class InputParameters(_Group):
     mean_value: Text | None = Field(None, validation_alias=AliasChoices("mean_value", "mean_values"))
     scale_value: Text | None = Field(None, validation_alias=AliasChoices("scale_value", "scale_values"))
 
+    @field_validator("mean_value", "scale_value", mode="before")
+    @classmethod
+    def _number_lists(cls, v: Any) -> Any:
+        """YAML lists as rknn-toolkit2 writes them (``mean_values: [[123.7, 116.3, 103.5]]``, one
+        list per input) or a flat per-channel list, read as the text form ``'123.7 116.3 103.5'``
+        (inputs joined by ``;``); anything else is left for the type check to refuse."""
+        if not isinstance(v, list) or not v:
+            return v
+        per_input = v if all(isinstance(x, list) for x in v) else [v]
+        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for x in per_input for n in x):
+            return v
+        return "; ".join(" ".join(str(n) for n in x) if x else "None" for x in per_input)
+
 
 class CalibrationParameters(_Group):
     cal_data_dir: str
