@@ -152,6 +152,11 @@ _QUANT = _specs(
      "arrays/dicts."),
     ("NPF_QUANT_CALIB_NONFINITE", "calibration sample {sample} input {input!r} contains NaN or Inf",
      "Fix or drop that sample; calibration ranges must come from finite values."),
+    ("NPF_QUANT_NONFINITE_TENSOR",
+     "tensor(s) {tensors} held infinities or NaN on the calibration data and the quantizer cannot keep them "
+     "float: no 8-bit grid represents them",
+     "Check the calibration samples for inf/NaN (np.isfinite), or replace the infinite constants in the model "
+     "(e.g. a mask's -inf) by a finite value, or name the nodes that read them in `keep_float` (docs/quantization.md)."),
     ("NPF_QUANT_CALIB_MISMATCH", "calibration sample {sample} does not fit the model: {reason}",
      "Samples must have the model's input names and dtypes and the shape it is quantized at (--input-shape, "
      "the model's static shape, or the first sample's); only the dimensions the source model leaves dynamic "

@@ -80,7 +80,7 @@ class Statistics:
             if t in self.hist:
                 extremes = self.hist[t].update(v)
                 if extremes is not None:
-                    self.minmax[t].update_range(*extremes, int(v.size))
+                    self.minmax[t].update_range(*extremes)
             else:
                 self.minmax[t].update(v)
 

@@ -31,31 +31,48 @@ import math
 import numpy as np
 
 
-class MinMaxObserver:
-    """Running min/max of every value seen."""
+def finite_values(v: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, float, float, int]:
+    """``(finite values, their min, their max, how many were not finite)`` of ``v`` whose extremes
+    are ``lo``/``hi``: infinities and NaN (an attention mask's ``-inf``, ``Where(mask, 0, -inf)``)
+    are counted apart, so no range becomes infinite; the quantizer keeps such tensors float
+    (``quant/pipeline.py``).  Extremes that are both finite mean every value is (NaN propagates)."""
+    if math.isfinite(lo) and math.isfinite(hi):
+        return v, lo, hi, 0
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return finite, math.inf, -math.inf, int(v.size)
+    return finite, float(finite.min()), float(finite.max()), int(v.size - finite.size)
 
-    __slots__ = ("min", "max", "count")
+
+class MinMaxObserver:
+    """Running min/max of every finite value seen, and how many values were not finite."""
+
+    __slots__ = ("min", "max", "count", "nonfinite")
 
     def __init__(self) -> None:
         self.min = math.inf
         self.max = -math.inf
         self.count = 0
+        self.nonfinite = 0
 
     def update(self, x: np.ndarray) -> None:
         if x.size == 0:
             return
-        self.update_range(float(np.min(x)), float(np.max(x)), int(x.size))
+        _, lo, hi, bad = finite_values(np.asarray(x), float(np.min(x)), float(np.max(x)))
+        self.update_range(lo, hi, int(x.size) - bad, bad)
 
-    def update_range(self, lo: float, hi: float, count: int) -> None:
+    def update_range(self, lo: float, hi: float, count: int, nonfinite: int = 0) -> None:
         """Fold in a batch whose extremes are already known (the histogram observer finds them)."""
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         self.count += count
+        self.nonfinite += nonfinite
 
     def merge(self, other: "MinMaxObserver") -> None:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         self.count += other.count
+        self.nonfinite += other.nonfinite
 
     @property
     def amax(self) -> float:
@@ -66,7 +83,7 @@ class MinMaxObserver:
 
     def state_size(self) -> int:
         """Numbers held (constant)."""
-        return 3
+        return 4
 
 
 class HistogramObserver:
@@ -89,12 +106,15 @@ class HistogramObserver:
         #: how many values seen were exactly zero (they are also counted in bin ``bins / 2``)
         self.zeros = 0
 
-    def update(self, x: np.ndarray) -> tuple[float, float] | None:
-        """Count ``x``; returns its ``(min, max)`` (``None`` when empty) for the min/max observer."""
+    def update(self, x: np.ndarray) -> tuple[float, float, int, int] | None:
+        """Count ``x``'s finite values; returns ``(min, max, finite count, non-finite count)``
+        (``None`` when empty) for the min/max observer."""
         if x.size == 0:
             return None
         v = np.asarray(x, dtype=np.float32).ravel()
-        lo, hi = float(v.min()), float(v.max())
+        v, lo, hi, bad = finite_values(v, float(v.min()), float(v.max()))
+        if v.size == 0:
+            return lo, hi, 0, bad
         amax = max(hi, -lo)
         if self.range == 0.0:
             self.range = max(2.0 ** math.ceil(math.log2(amax)) if amax > 0 else 0.0, self.MIN_RANGE)
@@ -106,7 +126,7 @@ class HistogramObserver:
         np.minimum(idx, self.bins - 1, out=idx)
         self.counts += np.bincount(idx, minlength=self.bins)
         self.zeros += int(np.count_nonzero(v == 0))
-        return lo, hi
+        return lo, hi, int(v.size), bad
 
     def _bin_index(self, v: np.ndarray) -> np.ndarray:
         """``floor(v * bins / 2R) + bins / 2`` without rounding: ``v`` is float32, and the factor

@@ -70,7 +70,7 @@ from .legalize import legalize
 from . import percentile_search
 from .params import TensorQuant
 from .placement import accelerator_nodes
-from .plan import build_plan
+from .plan import build_plan, node_key
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
 from .report import QuantReport, add_placement, build_report, low_similarity, measure_outputs
@@ -215,6 +215,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept
+    plan, cfg = _keep_nonfinite_float(leg, tgt, cfg, allowed, plan, stats)
 
     searched: dict = {}
     if search:
@@ -252,6 +253,32 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     if strict:
         result.require_similarity()
     return result
+
+
+def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, allowed: set[str] | None, plan,
+                          stats) -> tuple[Any, QuantConfig]:
+    """The plan and config with the nodes that write or read a tensor holding infinities or NaN on
+    the calibration data kept float.  Such a tensor has no 8-bit grid: an attention mask's
+    ``Where(mask, 0, -inf)`` and the ``Add`` of it to the scores (``F.scaled_dot_product_attention``
+    with a mask, the default exporter's causal mask) made an infinite range, a traceback on
+    float-scale targets and a scale of 0 on power-of-two ones (cosine 0.90, a file compile refused).
+    Kept float, the scores before the mask are still quantized and the ``Softmax`` reads the exact
+    ``-inf``.  The statistics of the other tensors stay valid (keeping nodes float removes
+    quantization points; non-finite calibration inputs were refused by the reader already)."""
+    view = GraphView(leg)
+    kept: list[str] = []
+    while bad := sorted(t for t in plan.points if t in stats.minmax and stats.minmax[t].nonfinite):
+        nodes = {node_key(n) for t in bad for n in [view.producer_node(t), *view.consumer_nodes(t)] if n is not None}
+        new = sorted(nodes - set(cfg.keep_float))
+        if not new:  # the plan still quantizes them: nothing more float keeping can do
+            raise NpuflowError("NPF_QUANT_NONFINITE_TENSOR", tensors=", ".join(bad))
+        kept += new
+        cfg = cfg.model_copy(update={"keep_float": [*cfg.keep_float, *new]})
+        plan = build_plan(leg, tgt, cfg, allowed)
+    if kept:
+        log.warning("kept in float (they write or read tensors that held infinities or NaN on the calibration "
+                    "data, which no 8-bit grid represents, e.g. an attention mask's -inf): %s", ", ".join(kept))
+    return plan, cfg
 
 
 def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: onnx.ModelProto, samples: Any,

@@ -1,0 +1,83 @@
+"""Tensors that hold -inf/NaN on the calibration data (newuser_flows7b): an attention mask's
+``Where(mask, 0, -inf)`` added to the scores, as torch exports ``F.scaled_dot_product_attention``
+with a mask or ``is_causal``.  Before: ``OverflowError`` from the histogram observer on cpu-int8 and
+bernoulli2, a scale of 0 on B4096 (compile refused the file); now the nodes that write or read such
+tensors stay float and the rest is quantized."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import npuflow
+from npuflow.errors import NpuflowError
+from npuflow.quant.observers import HistogramObserver, MinMaxObserver
+
+
+def _masked_attention() -> onnx.ModelProto:
+    """x (1, 8, 16) -> scores = x @ W -> + where(mask, 0, -inf) -> Softmax -> @ V -> y (mask: a bool input)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((1, 8, 16)) * 0.5).astype(np.float32), "v"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+             numpy_helper.from_array(np.array([-np.inf], np.float32), "ninf")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
+             helper.make_node("Where", ["mask", "zero", "ninf"], ["m"], name="mask_where"),
+             helper.make_node("Add", ["s", "m"], ["sm"], name="mask_add"),
+             helper.make_node("Softmax", ["sm"], ["p"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"], name="attend")]
+    graph = helper.make_graph(nodes, "masked_attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16]),
+                                                          helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def _samples(n: int = 4) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    causal = np.tril(np.ones((8, 8), bool))[None]
+    return [{"x": rng.standard_normal((1, 8, 16)).astype(np.float32), "mask": causal} for _ in range(n)]
+
+
+def test_observers_count_nonfinite_values_apart():
+    x = np.array([1.5, -np.inf, -2.0, np.nan, 0.0], np.float32)
+    hist, mm = HistogramObserver(16), MinMaxObserver()
+    lo, hi, finite, bad = hist.update(x)
+    mm.update_range(lo, hi, finite, bad)
+    assert (lo, hi, finite, bad) == (-2.0, 1.5, 3, 2)
+    assert hist.range == 2.0 and int(hist.counts.sum()) == 3
+    plain = MinMaxObserver()
+    plain.update(x)
+    assert (plain.min, plain.max, plain.count, plain.nonfinite) == (mm.min, mm.max, 3, 2)
+    assert math.isfinite(plain.amax)
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2", "DPUCZDX8G_ISA1_B4096"])
+def test_masked_attention_quantizes_with_the_mask_in_float(target, caplog):
+    model = _masked_attention()
+    samples = _samples()
+    q = npuflow.quantize(model, samples, target, warn=False)
+    assert {"mask_where", "mask_add"} <= set(q.config.keep_float)
+    assert "kept in float" in caplog.text
+    scales = [numpy_helper.to_array(i) for i in q.model.graph.initializer if i.name.endswith("_scale")]
+    assert scales and all(np.all(s > 0) and np.all(np.isfinite(s)) for s in scales)
+    compiled = npuflow.compile(q.model, target)
+    got = npuflow.Session(compiled).run(samples[0])["y"]
+    import onnxruntime as ort
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, samples[0])[0]
+    cos = float(got.ravel() @ ref.ravel() / (np.linalg.norm(got) * np.linalg.norm(ref)))
+    assert cos > 0.99, cos
+
+
+def test_nonfinite_graph_input_stays_a_coded_error():
+    model = _masked_attention()
+    samples = _samples()
+    samples[1]["x"][0, 0, 0] = np.inf
+    with pytest.raises(NpuflowError) as err:
+        npuflow.quantize(model, samples, "cpu-int8", warn=False)
+    assert err.value.code == "NPF_QUANT_CALIB_NONFINITE"
