@@ -177,7 +177,8 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
         qv = run_sample(qsess, sample, i)
         for t, qt in pairs.items():
             a, b = fv.get(t), qv.get(qt)
-            if a is None or b is None or a.dtype.kind != "f" or a.shape != b.shape:
+            # a sequence (SplitToSequence, SequenceConstruct) comes back as a list: no tensor to compare
+            if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.dtype.kind != "f" or a.shape != b.shape:
                 continue
             measured.add(t)
             _accumulate(acc[t], a.astype(np.float32, copy=False).ravel(), b.astype(np.float32, copy=False).ravel())
