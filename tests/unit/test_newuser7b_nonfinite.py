@@ -1,6 +1,7 @@
 """Tensors that hold -inf/NaN on the calibration data (newuser_flows7b): an attention mask's
 ``Where(mask, 0, -inf)`` added to the scores, as torch exports ``F.scaled_dot_product_attention``
-with a mask or ``is_causal``.  Before: ``OverflowError`` from the histogram observer on cpu-int8 and
+with a mask or ``is_causal`` (``dynamo=True`` writes ``finfo(float32).min`` instead of ``-inf``: output
+cosine 0.975 without a warning before).  Before: ``OverflowError`` from the histogram observer on cpu-int8 and
 bernoulli2, a scale of 0 on B4096 (compile refused the file); now the nodes that write or read such
 tensors stay float and the rest is quantized."""
 
@@ -18,13 +19,13 @@ from npuflow.errors import NpuflowError
 from npuflow.quant.observers import HistogramObserver, MinMaxObserver
 
 
-def _masked_attention() -> onnx.ModelProto:
+def _masked_attention(fill: float = -np.inf) -> onnx.ModelProto:
     """x (1, 8, 16) -> scores = x @ W -> + where(mask, 0, -inf) -> Softmax -> @ V -> y (mask: a bool input)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array((rng.standard_normal((16, 8)) * 0.3).astype(np.float32), "w"),
              numpy_helper.from_array((rng.standard_normal((1, 8, 16)) * 0.5).astype(np.float32), "v"),
              numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
-             numpy_helper.from_array(np.array([-np.inf], np.float32), "ninf")]
+             numpy_helper.from_array(np.array([fill], np.float32), "ninf")]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
              helper.make_node("Where", ["mask", "zero", "ninf"], ["m"], name="mask_where"),
              helper.make_node("Add", ["s", "m"], ["sm"], name="mask_add"),
@@ -55,11 +56,15 @@ def test_observers_count_nonfinite_values_apart():
     plain.update(x)
     assert (plain.min, plain.max, plain.count, plain.nonfinite) == (mm.min, mm.max, 3, 2)
     assert math.isfinite(plain.amax)
+    sentinel = MinMaxObserver()  # torch.finfo(float32).min, dynamo's mask value, is no data either
+    sentinel.update(np.array([np.finfo(np.float32).min, 0.5, -0.25], np.float32))
+    assert (sentinel.min, sentinel.max, sentinel.nonfinite) == (-0.25, 0.5, 1)
 
 
+@pytest.mark.parametrize("fill", [-np.inf, float(np.finfo(np.float32).min)])  # default exporter, dynamo=True
 @pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2", "DPUCZDX8G_ISA1_B4096"])
-def test_masked_attention_quantizes_with_the_mask_in_float(target, caplog):
-    model = _masked_attention()
+def test_masked_attention_quantizes_with_the_mask_in_float(target, fill, caplog):
+    model = _masked_attention(fill)
     samples = _samples()
     q = npuflow.quantize(model, samples, target, warn=False)
     assert {"mask_where", "mask_add"} <= set(q.config.keep_float)
