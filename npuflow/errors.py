@@ -162,6 +162,11 @@ _QUANT = _specs(
      "the model's static shape, or the first sample's); only the dimensions the source model leaves dynamic "
      "may vary (OCR line widths): by default where no --input-shape fixes them, `calib_dynamic_dims: true` "
      "in the config also where one does, `false` nowhere."),
+    ("NPF_QUANT_ALREADY_QUANTIZED", "the model is already quantized: {count} quantize/dequantize or integer "
+     "node(s) ({ops}; e.g. node {node!r})",
+     "Quantizing it again would stack a second set of steps on the first. Compile it as it is "
+     "(`npuflow compile MODEL -t TARGET` legalises ONNX Runtime, Quark, NNCF and Brevitas models or names "
+     "what the target cannot run), or quantize the float model it was made from."),
     ("NPF_QUANT_NON_TENSOR_OUTPUT",
      "model output {output!r} is a {kind}, not a tensor (made by {op}): the quantizer scores every output as a tensor",
      "Export the model with tensor outputs only: skl2onnx writes its class probabilities as a ZipMap sequence of "

@@ -306,6 +306,18 @@ PATTERN_TOL = 1e-6
 QOPERATOR_WEIGHT_INPUTS = {"QLinearConv": (3, 5), "QLinearMatMul": (3, 5), "ConvInteger": (1, 3),
                            "MatMulInteger": (1, 3)}
 
+#: Integer ops of ONNX Runtime's QOperator and dynamic quantization formats besides ``QLinear*``
+#: (:func:`is_integer_format_op`): a model holding one is already quantized.
+INTEGER_FORMAT_OPS = frozenset(QOPERATOR_WEIGHT_INPUTS) | {"QGemm", "QAttention", "DynamicQuantizeMatMul",
+                                                            "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+
+
+def is_integer_format_op(op_type: str) -> bool:
+    """An op of an already quantized model's integer form (``QLinearConv``, ``QGemm``,
+    ``ConvInteger``, ``MatMulInteger``, ...), Q/DQ steps aside (``graph.is_qdq``)."""
+    return op_type.startswith("QLinear") or op_type in INTEGER_FORMAT_OPS
+
+
 #: Float ops whose input 1, read from a ``DequantizeLinear``, ONNX Runtime fuses into an integer
 #: kernel as its weights (``QLinearConv``, ``QLinearMatMul``, ``MatMulIntegerToFloat``, ...):
 #: op type -> that input.

@@ -55,7 +55,8 @@ import onnx
 from .. import model as model_io
 from ..check import check
 from ..errors import NpuflowError
-from ..graph import GraphView, unique_name
+from ..graph import GraphView, is_qdq, unique_name
+from ..operators import is_integer_format_op
 from ..outputs import StagedOutputs
 from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
@@ -166,6 +167,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     source_proto = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
     _refuse_non_tensor_outputs(source_proto)
+    _refuse_quantized(source_proto)
     source_proto = _float32_compute(source_proto)
     open_dims = {n: at for n, at in model_io.dynamic_dims(source_proto).items() if n not in shapes}
     if open_dims:  # what --input-shape leaves open is quantized at the first sample's shape
@@ -328,6 +330,19 @@ def _refuse_non_tensor_outputs(proto: onnx.ModelProto) -> None:
             maker = view.producer_node(out.name)
             op = f"{maker.op_type} node {maker.name!r}" if maker is not None else "a graph input"
             raise NpuflowError("NPF_QUANT_NON_TENSOR_OUTPUT", output=out.name, kind=kind.removesuffix("_type"), op=op)
+
+
+def _refuse_quantized(proto: onnx.ModelProto) -> None:
+    """``NPF_QUANT_ALREADY_QUANTIZED`` for a model that already holds quantize/dequantize steps or
+    integer ops (from ONNX Runtime, Quark, NNCF, or ``npuflow quantize`` itself).  Quantizing one
+    again stacked npuflow's steps on the first set: a Quark A8W8 model gave a quantized_model.onnx
+    that ``compile`` refused (``NPF_MODEL_DUPLICATE_NAME``, blaming the exporter), an ONNX Runtime
+    ``quantize_dynamic`` model failed at export (``NPF_MODEL_INVALID``, duplicate ``..._scale``)."""
+    found = [n for n in proto.graph.node if is_qdq(n) or is_integer_format_op(n.op_type)]
+    if found:
+        ops = ", ".join(f"{op} x{k}" for op, k in Counter(n.op_type for n in found).most_common())
+        raise NpuflowError("NPF_QUANT_ALREADY_QUANTIZED", count=len(found), ops=ops,
+                           node=found[0].name or found[0].output[0])
 
 
 def _float32_compute(proto: onnx.ModelProto) -> onnx.ModelProto:
