@@ -54,7 +54,7 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
         proto = infer_static_shapes(fold_constants(proto))
-    _name_nodes(proto)
+    name_nodes(proto)
     return proto
 
 
@@ -62,8 +62,12 @@ def _is_quantized(proto: onnx.ModelProto) -> bool:
     return any(_is_qdq(n) for n in proto.graph.node)
 
 
-def _name_nodes(proto: onnx.ModelProto) -> None:
-    """Every node gets a unique name (reports and later stages refer to nodes by name)."""
+def name_nodes(proto: onnx.ModelProto) -> None:
+    """Every node gets a unique name (reports and later stages refer to nodes by name): an empty
+    name becomes ``<op type>_<index>``, and a name taken by an earlier node (a generated one the
+    model also uses, ``[Conv "", Relu "Conv_0"]``) gets ``_<index>`` appended until it is free.
+    ``compile`` names its nodes with this function too, so check's report and the compiled model
+    call every node alike (``model.load`` already renamed duplicates the file had)."""
     seen: set[str] = set()
     for i, n in enumerate(proto.graph.node):
         name = n.name or f"{n.op_type}_{i}"
@@ -116,13 +120,20 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     # Shape arithmetic follows its neighbours in a float model (the float passes fold it away);
     # left in a quantized model, it runs at run time on the CPU, where compile keeps it.
     transparent = [infos[i].role == FOLLOWER or (shape_only[i] and not facts.quantized) for i in range(n)]
+    float_identities: dict[int, str] = {}
     if facts.quantized:
         _fuse_output_chains(view, facts, fused)
+        float_identities = _float_identities(view, facts, transparent)
+        for i in float_identities:
+            transparent[i] = False
 
     device = [CPU] * n
     reasons: list[list[str]] = [[] for _ in range(n)]
     for i, node in enumerate(view.nodes):
         if transparent[i] or i in fused:
+            continue
+        if i in float_identities:
+            reasons[i].append(float_identities[i])
             continue
         info = infos[i]
         rule = tgt.rule(info.kind)
@@ -149,6 +160,23 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             sub[i] = sub[fused[i]]
     _follow_subgraphs(view, sub, device, transparent)
     return _build(view, tgt, infos, device, reasons, fused, _per_device(sub, device))
+
+
+def _float_identities(view: GraphView, facts: QuantFacts, transparent: list[bool]) -> dict[int, str]:
+    """``{index: reason}`` of the ``Identity`` nodes of a quantized model that read a dequantize step
+    and whose output reaches no quantize step (``DQ -> Identity -> graph output``, a tf2onnx
+    output): compile lowers an Identity only as a table between a dequantize and a quantize step,
+    so this one runs in ONNX on the CPU, and the dequantize step before it with it.  Followers
+    otherwise take their producer's side: check put both on the accelerator, compile on the CPU."""
+    found = {}
+    for i, node in enumerate(view.nodes):
+        p = view.producer_node(node.input[0]) if transparent[i] and node.op_type == "Identity" and node.input else None
+        if p is None or not facts.is_dequantize(p):
+            continue
+        limit = lowering_limit(node, facts)
+        if limit is not None:
+            found[i] = limit
+    return found
 
 
 def _split_unlowered_activations(view: GraphView, infos: list[OpInfo], facts: QuantFacts, fused: dict[int, int],

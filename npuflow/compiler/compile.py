@@ -22,6 +22,7 @@ from onnx import helper
 
 from .. import __version__
 from .. import plugins as plugin_registry
+from ..check.place import name_nodes
 from ..errors import NpuflowError
 from ..graph import node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
@@ -36,15 +37,6 @@ from .program import IntOp
 from .qgraph import QGraph
 
 log = logging.getLogger(__name__)
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every node a unique name (the integer program and dumps refer to nodes by name)."""
-    seen: set[str] = set()
-    for i, n in enumerate(model.graph.node):
-        if not n.name or n.name in seen:
-            n.name = f"{n.op_type}_{i}"
-        seen.add(n.name)
 
 
 def _produce_constant_outputs(model: onnx.ModelProto) -> None:
@@ -111,12 +103,12 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
     """One program: the model frozen at ``input_shapes``."""
     model = load(quantized_model, input_shapes)
     _produce_constant_outputs(model)
-    _name_nodes(model)
+    name_nodes(model)
     legalised = foreign.legalize(model, tgt)
     if legalised:
         model = infer_static_shapes(model)
     legalised += foreign.check_target_numerics(model, tgt)
-    g = QGraph(model)
+    g = QGraph(model, tgt)
     if not any(g.quantize_mode(n) is not None or g.is_dequantize(n) for n in model.graph.node):
         if holders := control_flow_nodes(model):
             raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))

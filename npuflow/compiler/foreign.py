@@ -37,7 +37,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import numerics
-from ..check.lowerable import float_bias_limit, grid_step
+from ..check.lowerable import float_bias_limit, folded_weight, grid_step
 from ..errors import NpuflowError
 from ..graph import attr, attr_values
 from ..model import tensor_elem_types
@@ -100,12 +100,12 @@ def legalize(model: onnx.ModelProto, target: Target) -> list[str]:
     per change."""
     notes: list[str] = []
     notes += _qoperator_to_qdq(model)
-    notes += _fold_weight_quantize(model)
-    notes += _fold_qcdq_clips(model)
+    notes += _fold_weight_quantize(model, target)
+    notes += _fold_qcdq_clips(model, target)
     notes += _propagate_through_grid_ops(model, target)
     notes += _quantize_float_biases(model, target)
     if target.numerics.symmetric:
-        notes += _center_uint8(model)
+        notes += _center_uint8(model, target)
     return notes
 
 
@@ -231,18 +231,12 @@ def _wrap_integer_op(rw: _Rewriter, n: onnx.NodeProto, grid: dict, types: dict[s
 # --- weights quantized at run time (NNCF, Brevitas) -------------------------------------------
 
 
-def _fold_weight_quantize(model: onnx.ModelProto) -> list[str]:
+def _fold_weight_quantize(model: onnx.ModelProto, target: Target) -> list[str]:
     """``QuantizeLinear(float constant)`` -> the integer constant it computes (same tie rule and
-    saturation as the step), so the layer reading its DQ finds a quantized initializer."""
-    g = QGraph(model)
-    folded: dict[str, np.ndarray] = {}
-    for n in model.graph.node:
-        p = g.quantize_params(n)
-        w = g.const(n.input[0]) if p is not None else None
-        if w is None or w.dtype.kind != "f" or p.dtype == "int32":
-            continue
-        folded[n.name] = numerics.quantize(w, p.scale, p.zero_point, bits=p.bits, signed=p.signed,
-                                           round_mode=p.round_mode, axis=p.axis)
+    saturation as the step), so the layer reading its DQ finds a quantized initializer; which steps
+    and what integers: ``check.lowerable.folded_weight``, which the checker reads them through too."""
+    g = QGraph(model, target)
+    folded = {n.name: w for n in model.graph.node if (w := folded_weight(n, g)) is not None}
     if not folded:
         return []
     outputs = {n.name: n.output[0] for n in model.graph.node if n.name in folded}
@@ -257,11 +251,11 @@ def _fold_weight_quantize(model: onnx.ModelProto) -> list[str]:
 # --- Brevitas QCDQ ---------------------------------------------------------------------------
 
 
-def _fold_qcdq_clips(model: onnx.ModelProto) -> list[str]:
+def _fold_qcdq_clips(model: onnx.ModelProto, target: Target) -> list[str]:
     """``Q -> Clip(lo, hi) -> DQ`` with integer bounds: on an integer constant (a weight, its
     quantize step already folded) clip the stored integers; on an activation clip it in float
     before its quantize step."""
-    g = QGraph(model)
+    g = QGraph(model, target)
     weights, acts, dropped = [], [], []
     new_inits: list[onnx.TensorProto] = []
     remove: set[str] = set()
@@ -451,11 +445,11 @@ def _propagate_through_grid_ops(model: onnx.ModelProto, target: Target) -> list[
             f"(Q -> DQ of their input's parameters added after them, e.g. {changed[0].name!r})"]
 
 
-def _center_uint8(model: onnx.ModelProto) -> list[str]:
+def _center_uint8(model: onnx.ModelProto, target: Target) -> list[str]:
     """uint8 activations with zero point 128 -> int8 with zero point 0, for symmetric targets: the
     codes shift by 128 and ``(q - zp) * s`` is unchanged, so the rewrite is exact (ONNX Runtime's
     symmetric uint8 activations)."""
-    g = QGraph(model)
+    g = QGraph(model, target)
     names = _NameSet(model)
     changed = []
     for n in model.graph.node:
@@ -503,7 +497,7 @@ def check_target_numerics(model: onnx.ModelProto, target: Target) -> list[str]:
     """Refuse quantization parameters the target's integer engine cannot run, naming the first
     tensor (in graph order) and counting the others; warn where only the tie rule differs."""
     num = target.numerics
-    g = QGraph(model)
+    g = QGraph(model, target)
     bad, total, ties = [], 0, 0
     for n in model.graph.node:
         is_q = g.quantize_mode(n) is not None

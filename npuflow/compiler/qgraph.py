@@ -9,57 +9,14 @@ and the tie rule of the step that produced it.  Lowering then works on these des
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from ..check.lowerable import QuantFacts, target_runs
+from ..check.lowerable import QParams, QuantFacts, integer_type, step_params, target_runs
 from ..graph import GraphView, is_dequantize, quantize_mode
-from ..numerics import RoundMode, fix_pos_of
+from ..numerics import RoundMode
 from ..targets import Target
-
-@dataclass(frozen=True)
-class QParams:
-    """How one integer tensor maps to reals: ``(q - zero_point) * scale``."""
-
-    dtype: str  # int8 | uint8 | int16 | uint16 | int32
-    scale: np.ndarray  # float32, 0-D or 1-D
-    zero_point: np.ndarray  # int64, same shape as scale
-    axis: int | None = None
-    round_mode: RoundMode = RoundMode.HALF_EVEN
-
-    @property
-    def bits(self) -> int:
-        return np.dtype(self.dtype).itemsize * 8
-
-    @property
-    def signed(self) -> bool:
-        return np.dtype(self.dtype).kind == "i"
-
-    @property
-    def per_tensor(self) -> bool:
-        return self.scale.ndim == 0 or self.scale.size == 1
-
-    @property
-    def fix_pos(self) -> np.ndarray | None:
-        """Power-of-two position(s), or ``None`` when a scale is not a power of two."""
-        return fix_pos_of(self.scale)
-
-    def scalar_scale(self) -> float:
-        return float(self.scale.reshape(-1)[0])
-
-    def scalar_zp(self) -> int:
-        return int(self.zero_point.reshape(-1)[0])
-
-    def to_json(self) -> dict:
-        return {
-            "dtype": self.dtype,
-            "scale": self.scale.astype(np.float64).tolist(),
-            "zero_point": self.zero_point.astype(np.int64).tolist(),
-            "axis": self.axis,
-            "round_mode": self.round_mode.value,
-        }
 
 
 class QGraph(GraphView):
@@ -67,10 +24,15 @@ class QGraph(GraphView):
     questions: which nodes are quantize steps and with which tie rule, the params of each
     integer tensor, the integer tensor behind a dequantize step."""
 
-    def __init__(self, model: onnx.ModelProto, target: Target | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto, target: Target | None) -> None:
         super().__init__(model)
-        #: the target whose ops :attr:`facts` asks about (``None``: the graph alone); legalisation
-        #: passes it, so a grid op the target runs on the CPU gets no quantize step, as in check
+        #: the target whose ops :attr:`facts` asks about (``None``: the graph alone, for tools that
+        #: only read Q/DQ parameters).  Required, so no index of the compile forgets it: every
+        #: ``QGraph`` of ``compile`` and its legalisation is built with the compile's target, and a
+        #: grid op the target runs on the CPU gets no quantize step and is not lowered, for check's
+        #: reason (``QuantFacts.runs``; before, ``compile``'s lowering index had none: ``lowering_limit``
+        #: walked a grid step through bernoulli2's Transpose and passed the Reshape and Gemm after it,
+        #: which the lowering then refused for another reason than check's)
         self.target = target
 
     # --- kinds of nodes -------------------------------------------------------------------
@@ -95,22 +57,7 @@ class QGraph(GraphView):
     # --- quant params ---------------------------------------------------------------------
 
     def _params(self, node: onnx.NodeProto, round_mode: RoundMode, dtype: str | None) -> QParams | None:
-        scale = self.const(node.input[1])
-        if scale is None:
-            return None
-        zp_name = node.input[2] if len(node.input) > 2 else ""
-        zp = self.const(zp_name)
-        if zp_name and zp is None:
-            return None
-        if dtype is None:
-            dtype = str(zp.dtype) if zp is not None else "uint8"
-        if not _integer_type(dtype):
-            return None
-        zp_arr = np.zeros(scale.shape, np.int64) if zp is None else zp.astype(np.int64)
-        axis = None
-        if scale.ndim == 1 and scale.size > 1:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        return QParams(dtype, scale.astype(np.float32), zp_arr, axis, round_mode)
+        return step_params(self, node, round_mode, dtype)
 
     def quantize_params(self, node: onnx.NodeProto) -> QParams | None:
         mode = self.quantize_mode(node)
@@ -128,7 +75,7 @@ class QGraph(GraphView):
         if p is None:
             return None
         dtype = self._int_dtype(node.input[0]) or p.dtype
-        if not _integer_type(dtype):
+        if not integer_type(dtype):
             return None
         return QParams(dtype, p.scale, p.zero_point, p.axis, p.round_mode)
 
@@ -159,11 +106,3 @@ class QGraph(GraphView):
         p = self.quantize_params(cons[0])
         return (cons[0], p) if p is not None else None
 
-
-def _integer_type(dtype: str) -> bool:
-    """Whether a Q/DQ step's type is one the integer programs compute in (int8..uint16, int32).
-
-    float8 and int4 steps are not: their nodes stay in ONNX (CPU subgraphs), where ONNX Runtime
-    runs them with their own semantics, instead of being lowered as if they were 8-bit integers
-    (numpy stores both in one byte)."""
-    return dtype in ("int8", "uint8", "int16", "uint16", "int32")

@@ -198,9 +198,10 @@ def test_slice_of_a_real_control_flow_model(models):
 def test_check_and_compile_ask_one_facts_object():
     """``lowering_limit`` and the chain walks get the same object type from the checker and the
     compiler, with the compiler's answers where the two adapters differed: a float weight behind
-    ``Q -> DQ`` is no constant (the compiler lowers stored integers only, where the view looks
-    through any chain), and an ``ai.npuflow`` function is a quantize step only when its name
-    parses (:func:`npuflow.graph.is_qdq`, what data flow looks through, counts any)."""
+    ``Q -> DQ`` is the integers ``compile``'s legalisation folds it into
+    (:func:`npuflow.check.lowerable.folded_weight`; the view looks through any chain to the float
+    weight), and an ``ai.npuflow`` function is a quantize step only when its name parses
+    (:func:`npuflow.graph.is_qdq`, what data flow looks through, counts any)."""
     from npuflow.check.lowerable import QuantFacts
     from npuflow.compiler.qgraph import QGraph
     from npuflow.graph import quantize_mode
@@ -220,10 +221,11 @@ def test_check_and_compile_ask_one_facts_object():
                           [helper.make_tensor_value_info(o, TensorProto.INT8, [2, 2]) for o in ("xq", "xb")]
                           + [helper.make_tensor_value_info(o, f, [2, 2]) for o in ("w_runtime", "w_stored")], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.npuflow", 1)])
-    view, compiled = GraphView(model), QGraph(model)
+    view, compiled = GraphView(model), QGraph(model, None)
     checker = QuantFacts(view)
     assert type(compiled.facts) is QuantFacts and checker.quantized and compiled.facts.quantized
-    assert view.value("w_runtime") is not None and checker.value("w_runtime") is None  # computed at run time
+    assert view.value("w_runtime").dtype == np.float32  # the float weight
+    np.testing.assert_array_equal(checker.value("w_runtime"), np.full((2, 2), 2, np.int8))  # 1 / 0.5, folded
     np.testing.assert_array_equal(checker.value("w_stored"), np.full((2, 2), 3, np.int8))
     by_name = {n.name: n for n in view.nodes}
     assert [checker.is_quantize(by_name[k]) for k in ("q_w", "q_x", "q_bad")] == [True, True, False]
