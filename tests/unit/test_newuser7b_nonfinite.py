@@ -86,3 +86,24 @@ def test_nonfinite_graph_input_stays_a_coded_error():
     with pytest.raises(NpuflowError) as err:
         npuflow.quantize(model, samples, "cpu-int8", warn=False)
     assert err.value.code == "NPF_QUANT_CALIB_NONFINITE"
+
+
+def test_nonfinite_tensor_the_plan_still_quantizes_is_a_coded_error():
+    """When keeping every writer and reader of such a tensor float does not take it out of the plan
+    (they are float already), quantize stops with NPF_QUANT_NONFINITE_TENSOR naming the tensor
+    rather than calibrating an infinite range."""
+    from types import SimpleNamespace
+
+    from npuflow.quant.config import QuantConfig
+    from npuflow.quant.pipeline import _keep_nonfinite_float
+    from npuflow.quant.plan import node_key
+    from npuflow.targets import load_target
+
+    model = _masked_attention()
+    keys = [node_key(n) for n in model.graph.node if n.name in ("mask_where", "mask_add")]
+    cfg = QuantConfig(keep_float=keys)
+    plan = SimpleNamespace(points={"m": None})
+    stats = SimpleNamespace(minmax={"m": SimpleNamespace(nonfinite=64)})
+    with pytest.raises(NpuflowError) as err:
+        _keep_nonfinite_float(model, load_target("cpu-int8"), cfg, None, plan, stats)
+    assert err.value.code == "NPF_QUANT_NONFINITE_TENSOR" and "m" in str(err.value)
