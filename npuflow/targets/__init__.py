@@ -9,6 +9,8 @@ it deep-merges over, so a family's limits are written once.
 
 from __future__ import annotations
 
+import os
+
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -109,9 +111,13 @@ def load_target(spec: str | Path | Target) -> Target:
     """Resolve a target by name (case-insensitive), fingerprint, arch.json or target YAML path."""
     if isinstance(spec, Target):
         return spec
+    if not isinstance(spec, (str, os.PathLike)):  # e.g. calibration samples passed in the target's place
+        raise NpuflowError("NPF_TARGET_UNKNOWN", value=f"<{type(spec).__name__}>",
+                           suggestion=f"A target is a name, a file path or a Target, not a {type(spec).__name__} "
+                                      "(npuflow.quantize takes model, calib_data, target in that order). ")
     text = str(spec).strip()
     path = Path(text)
-    if text.endswith((".json", ".yaml", ".yml")) or path.is_file():
+    if text.endswith((".json", ".yaml", ".yml")) or _is_file(path):
         if not path.is_file():
             raise NpuflowError("NPF_TARGET_BAD_ARCH_JSON", path=text, reason="file not found")
         if path.suffix in (".yaml", ".yml"):
@@ -123,15 +129,24 @@ def load_target(spec: str | Path | Target) -> Target:
     return found
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the OS cannot look up (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _unknown(key: str) -> NpuflowError:
     """``NPF_TARGET_UNKNOWN`` with the nearest bundled name (``DPUCZDX8G_ISA1_B409`` -> ``..._B4096``)."""
-    return NpuflowError("NPF_TARGET_UNKNOWN", value=key, suggestion=did_you_mean(key, [t.name for t in _bundled()]))
+    shown = key if len(key) <= 80 else key[:77] + "..."
+    return NpuflowError("NPF_TARGET_UNKNOWN", value=shown, suggestion=did_you_mean(key, [t.name for t in _bundled()]))
 
 
 def _lookup(key: str) -> Target | None:
     low = key.lower()
     direct = DATA_DIR / f"{key}.yaml"  # the usual case: a bundled name, as its file is named
-    if not key.startswith("_") and "/" not in key and "\\" not in key and direct.is_file():
+    if not key.startswith("_") and "/" not in key and "\\" not in key and _is_file(direct):
         t = _bundled_file(direct)
         if t.name.lower() == low:
             return t

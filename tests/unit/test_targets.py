@@ -75,3 +75,15 @@ def test_bad_target_file(tmp_path):
     with pytest.raises(NpuflowError) as e:
         load_target(f)
     assert e.value.code == "NPF_TARGET_BAD_FILE" and "clock_mhz" in e.value.message
+
+
+@pytest.mark.parametrize("spec", [[{"x": 1}], 3, "x" * 5000])
+def test_a_target_that_is_not_a_name_or_path_is_a_coded_error(spec):
+    """Calibration samples passed in the target's place (``quantize(model, target, calib)``) or a
+    name too long for the OS to look up raised ``OSError: File name too long`` from ``is_file``."""
+    with pytest.raises(NpuflowError) as err:
+        load_target(spec)
+    assert err.value.code == "NPF_TARGET_UNKNOWN"
+    assert len(err.value.render()) < 600
+    if not isinstance(spec, str):
+        assert type(spec).__name__ in str(err.value) and "calib_data, target" in err.value.render()
