@@ -201,6 +201,10 @@ _COMPILE = _specs(
      "Quantize the float model for this target with `npuflow quantize --target {target}`, or compile this "
      "model for a target whose arithmetic takes it (cpu-int8: float scales, any zero point, per-channel "
      "weights). ONNX Runtime writes zero points 0 with extra_options={{'ActivationSymmetric': True}}."),
+    ("NPF_COMPILE_DYNAMIC_QUANTIZATION", "cannot compile a dynamically quantized model: {reason}",
+     "Quantize the float model statically for this target: `npuflow quantize FLOAT.onnx --target {target} --calib "
+     "DIR` (or ONNX Runtime's quantize_static with quant_format=QuantFormat.QDQ), then compile its "
+     "quantized_model.onnx."),
     ("NPF_COMPILE_FOREIGN_UNSUPPORTED", "cannot legalise {op} node {node!r} into QDQ form: {reason}",
      "Re-export the model in QDQ format (ONNX Runtime: quant_format=QuantFormat.QDQ), or quantize the float "
      "model with `npuflow quantize`."),

@@ -18,8 +18,9 @@ the reverse (``docs/architecture.md``).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -42,6 +43,26 @@ _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BF
 #: Types of the quantize/dequantize steps an integer program reads and writes (not int4/float8).
 INTEGER_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
                            TensorProto.INT32})
+
+
+def dynamic_quantization(nodes: Iterable[onnx.NodeProto]) -> str | None:
+    """Why a dynamically quantized model runs nowhere on an accelerator (``None``: it is not one).
+
+    ``DynamicQuantizeLinear`` (and ONNX Runtime's fused ``DynamicQuantizeMatMul``/``LSTM``)
+    computes an activation's scale and zero point from each input at run time, and
+    ``MatMulInteger``/``ConvInteger`` multiply what it writes; an integer program needs those
+    parameters when it is compiled.  ``compile`` refuses such a model with this reason
+    (``NPF_COMPILE_DYNAMIC_QUANTIZATION``) and check keeps every node on the CPU with it; before
+    (2026-12-05), compile said the model had no quantize steps and check placed 8-18 of its nodes
+    on cpu-int8's accelerator."""
+    nodes = list(nodes)
+    if not any(n.op_type.startswith("DynamicQuantize") for n in nodes):
+        return None
+    found = Counter(n.op_type for n in nodes if n.op_type.startswith("DynamicQuantize") or n.op_type.endswith("Integer"))
+    ops = ", ".join(f"{k} x{v}" for k, v in sorted(found.items()))
+    return (f"the model is quantized dynamically ({ops}, as ONNX Runtime's quantize_dynamic writes it): its "
+            f"activation scales are computed at run time from each input, which no integer program runs; "
+            f"quantize the float model statically (npuflow quantize FLOAT.onnx --target TARGET)")
 
 
 @dataclass(frozen=True)
@@ -156,6 +177,8 @@ class QuantFacts:
         self.runs = runs
         #: a QDQ model: nodes the quantizer left in float are not lowered
         self.quantized = any(quantize_mode(n) is not None or is_dequantize(n) for n in view.nodes)
+        #: a dynamically quantized model (:func:`dynamic_quantization`'s reason): nothing is lowered
+        self.dynamic = dynamic_quantization(view.nodes)
         self._folded: dict[str, np.ndarray | None] = {}
 
     def shape(self, name: str) -> list[int] | None:
@@ -225,6 +248,8 @@ def target_runs(view: GraphView, target: Target) -> Callable[[onnx.NodeProto], b
 def lowering_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     """Why ``node`` cannot become an integer op whatever its quantization, or ``None``."""
     op = node.op_type
+    if t.dynamic is not None:
+        return t.dynamic
     if node.domain not in ("", "ai.onnx"):
         return f"{node.domain}:{op} has no integer lowering"
     if op in REWRITTEN_OPS:
@@ -395,6 +420,9 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
         reason = _step_types(steps, [s.input[0] for s in steps], t)
         if reason:
             return reason
+    reason = weight_zero_point_limit(node, t)
+    if reason:
+        return reason
     for o in node.output:
         if not o:
             continue
@@ -409,6 +437,27 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
         reason = _step_types([q], [q.output[0]], t)
         if reason:
             return reason
+    return None
+
+
+def weight_zero_point_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    """Why a layer's integer weight or bias cannot be lowered for its zero point, or ``None``: the
+    integer programs multiply stored weights as they are (``compiler/lowering._weight``), so a
+    constant behind a dequantize step of a non-zero zero point (ONNX Runtime's
+    ``WeightSymmetric: False`` and QUInt8 weights, NNCF's asymmetric weights) keeps the layer in
+    float on the CPU.  Asked by :func:`lowering_limit`, so check says what compile does; before
+    (2026-12-05), check placed such layers on cpu-int8's accelerator and compile ran them on the
+    CPU (7 of 7 nodes differed on a one-Conv model)."""
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return None
+    for name in node.input[1:3] if node.op_type != "MatMul" else node.input[1:2]:
+        dq = t.producer_node(name) if name else None
+        if dq is None or not t.is_dequantize(dq) or len(dq.input) < 3 or not dq.input[2] or t.value(name) is None:
+            continue
+        zp = t.value(dq.input[2])
+        if zp is not None and np.any(zp != 0):
+            return (f"constant {name!r} has a non-zero zero point ({int(zp.reshape(-1)[np.argmax(zp.reshape(-1) != 0)])}); "
+                    f"the integer programs take weights and biases of zero point 0 (quantize weights symmetrically)")
     return None
 
 

@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
+from ..errors import NpuflowError
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
 from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
 from ..targets import Target, load_target
@@ -25,6 +26,8 @@ from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
+from .nonfinite import sentinel_tensors
+from .qoperator import is_qlinear, qoperator_to_qdq
 from .lowerable import MAX_CHAIN, QuantFacts, lowering_limit, output_chain, target_runs
 from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
@@ -47,8 +50,18 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
 
 
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
-    """The model as it is checked: normalised, constants folded (float models), nodes named."""
+    """The model as it is checked: normalised, constants folded (float models), nodes named,
+    ONNX Runtime's QOperator ops rewritten into QDQ form as ``compile`` rewrites them
+    (:mod:`.qoperator`)."""
     proto = load(model, input_shapes)
+    if any(is_qlinear(n) for n in proto.graph.node):  # judged as compile's legalisation leaves it
+        name_nodes(proto)
+        try:
+            qoperator_to_qdq(proto)
+        except NpuflowError as exc:  # the model stays as it is, its QOperator ops on the CPU
+            log.warning("npuflow compile will refuse this model: [%s] %s", exc.code, exc.message)
+        else:
+            proto = infer_static_shapes(proto)
     if not _is_quantized(proto):
         from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
 
@@ -138,6 +151,9 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         info = infos[i]
         rule = tgt.rule(info.kind)
         limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
+        if facts.dynamic is not None:  # compile refuses the whole model: every node stays with the CPU
+            reasons[i].append(facts.dynamic)
+            continue
         if rule is None and (tgt.kind != "cpu" or limit is not None or subgraphs(node)):
             reasons[i].append(_unsupported_reason(info, node, tgt))
             continue
@@ -148,6 +164,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         device[i] = NPU if not reasons[i] else CPU
     if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
         _keep_cones_float(view, device, reasons, transparent, frozenset(m for m in fused if infos[m].affine))
+        _keep_sentinels_float(view, device, reasons, transparent)
     for m, anchor in fused.items():
         device[m] = device[anchor]
     if facts.quantized:
@@ -217,6 +234,30 @@ def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str
         if device[i] == NPU and not transparent[i]:
             device[i] = CPU
             reasons[i].append(cone_reason(view.nodes[r].name, view.nodes[r].op_type))
+
+
+def _keep_sentinels_float(view: GraphView, device: list[str], reasons: list[list[str]],
+                          transparent: list[bool]) -> None:
+    """The nodes that write or read a tensor carrying a constant with infinities, NaN or sentinel
+    magnitudes (:func:`.nonfinite.sentinel_tensors`: an attention mask's ``Where(mask, 0, -inf)``
+    and the ``Add`` of it to the scores) run in float on the CPU: the quantizer keeps every node
+    that writes or reads a tensor holding such values float (the same test,
+    :func:`.nonfinite.finite_values`, on its calibration data), and compile runs them on the CPU.
+    Before (2026-12-05), check of the float model put the mask's ``Add`` on the accelerator
+    (``F.scaled_dot_product_attention`` with a mask, newuser_flows7b)."""
+    carried = sentinel_tensors(view)
+    if not carried:
+        return
+    for i, node in enumerate(view.nodes):
+        if device[i] != NPU or transparent[i]:
+            continue
+        hit = next((t for t in [*node.input, *node.output] if t in carried), None)
+        if hit is not None:
+            device[i] = CPU
+            what = f"constant {hit!r}" if carried[hit] == hit else f"{hit!r}, which carries constant {carried[hit]!r},"
+            reasons[i].append(f"{'reads' if hit in node.input else 'writes'} {what} holding infinities, NaN or "
+                              f"magnitudes >= 2^127 (an attention mask): no 8-bit grid represents them, so the "
+                              f"quantizer keeps it float")
 
 
 def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int]) -> None:

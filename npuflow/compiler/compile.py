@@ -23,6 +23,7 @@ from onnx import helper
 from .. import __version__
 from .. import plugins as plugin_registry
 from ..check.place import name_nodes
+from ..check.lowerable import dynamic_quantization
 from ..errors import NpuflowError
 from ..graph import node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
@@ -104,6 +105,8 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
     model = load(quantized_model, input_shapes)
     _produce_constant_outputs(model)
     name_nodes(model)
+    if (dynamic := dynamic_quantization(model.graph.node)) is not None:  # check keeps every node on the CPU with it
+        raise NpuflowError("NPF_COMPILE_DYNAMIC_QUANTIZATION", reason=dynamic, target=tgt.name)
     legalised = foreign.legalize(model, tgt)
     if legalised:
         model = infer_static_shapes(model)

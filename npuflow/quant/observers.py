@@ -30,25 +30,7 @@ import math
 
 import numpy as np
 
-
-#: Magnitudes from here up (float32's top binade, 1.7e38 to 3.4e38) are sentinels, not data: the
-#: ``torch.finfo(torch.float32).min`` that ``torch.onnx.export(dynamo=True)`` and Hugging Face
-#: models write for a masked attention score, where the default exporter writes ``-inf``.
-SENTINEL = 2.0 ** 127
-
-
-def finite_values(v: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, float, float, int]:
-    """``(finite values, their min, their max, how many were not)`` of ``v`` whose extremes are
-    ``lo``/``hi``: infinities, NaN and :data:`SENTINEL` magnitudes (an attention mask's ``-inf`` or
-    ``finfo.min`` in ``Where(mask, 0, -inf)``) are counted apart, so no range becomes infinite or
-    spans 1e38; the quantizer keeps such tensors float (``quant/pipeline.py``).  Extremes both
-    below the sentinel mean every value is (NaN propagates into them)."""
-    if abs(lo) < SENTINEL and abs(hi) < SENTINEL:
-        return v, lo, hi, 0
-    finite = v[np.abs(v) < SENTINEL]
-    if finite.size == 0:
-        return finite, math.inf, -math.inf, int(v.size)
-    return finite, float(finite.min()), float(finite.max()), int(v.size - finite.size)
+from ..check.nonfinite import finite_values  # one test with check (check.nonfinite.sentinel_tensors)
 
 
 class MinMaxObserver:

@@ -198,7 +198,7 @@ def test_checker_and_float_passes_find_the_same_decomposed_activations(name):
 #: Modules whose op-name tables are not facts of the ops (a file format, a policy, a dispatch set of
 #: code), each with the reason; every op fact lives in the registry.
 NOT_OP_FACTS = {
-    "compiler/foreign.py": "the QOperator format: each QLinear op's float op and input positions (a format table)",
+    "check/qoperator.py": "the QOperator format: each QLinear op's float op and input positions (a format table)",
     "compiler/modify.py": "the node types an application may take over from a .npuf (a policy, not an op fact)",
     "quant/algorithms/block_recon.py": "the ops its torch runner implements (a dispatch set of code)",
 }
