@@ -18,6 +18,12 @@ range, written back as integers, so the exported QDQ model and the compiled ``.n
 rounding that was learned.  A block keeps its previous codes when the learned ones do not lower
 its output error on the calibration samples.
 
+The blocks refine layer-wise AdaRound: ``fast_finetune`` runs AdaRound over every layer first, and
+a block's soft rounding starts at those codes (:func:`start_rest`), so a block ends at or below
+AdaRound's output error on the calibration samples.  From the float weights, a few tens of steps
+per block left PP-OCRv4 det's blocks above what AdaRound reaches on them (its first block: 0.195
+after 20 steps against AdaRound's 0.119), and the model below AdaRound.
+
 Blocks are cut where one tensor alone carries everything the next few layers need (the input
 of an inverted-residual block, the output of its add).  Other tensors may be live across a cut
 when they are *parked*: read next only after more than ``max_layers`` further weight layers (a
@@ -317,10 +323,28 @@ class SoftLayer:
             return np.clip(self.floor.numpy() + (self.h().numpy() >= 0.5), self.lo, self.hi)
 
 
+#: How far past 1/2 a weight's start value is put where the start codes round it against its float value.
+START_MARGIN = 0.1
+
+
+def start_rest(rest: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Start values of ``h`` whose hard rounding (``h >= 1/2``) gives the codes ``floor + up``:
+    the float remainder ``rest``, moved to at least ``START_MARGIN`` past 1/2 on the codes' side.
+
+    Starting at the codes themselves (``h`` at 0 or 1) leaves the rectified sigmoid nearly flat,
+    and Adam needs tens of steps to move one across; starting at the float remainder forgets the
+    layer-wise result.  This keeps the float value's information for the weights the codes round
+    to nearest and lets the block's loss flip the others back within a few steps.
+    """
+    up = np.clip(up, 0, 1) >= 0.5
+    return np.where(up, np.maximum(rest, 0.5 + START_MARGIN), np.minimum(rest, 0.5 - START_MARGIN))
+
+
 class BlockRunner:
     """The QDQ subgraph of a :class:`Block` as a differentiable torch function."""
 
     def __init__(self, qmodel: onnx.ModelProto, block: Block) -> None:
+        """The soft rounding starts from the block's current codes in ``qmodel`` (:func:`start_rest`)."""
         import torch
 
         self.block = block
@@ -335,8 +359,9 @@ class BlockRunner:
             lo, hi = code_limits(ql, codes)
             ws = (job.w / s).astype(np.float32)
             fl = np.floor(ws)
+            rest = start_rest(ws - fl, codes.reshape(ws.shape) - fl)
             self.soft[ql.node.input[1]] = SoftLayer(
-                ql, torch.from_numpy(fl), torch.nn.Parameter(torch.from_numpy(_init_v(ws - fl).astype(np.float32))),
+                ql, torch.from_numpy(fl), torch.nn.Parameter(torch.from_numpy(_init_v(rest).astype(np.float32))),
                 torch.from_numpy(s.astype(np.float32)), lo, hi)
         self.current = {k: torch.from_numpy(read_codes(qmodel, sl.ql).astype(np.float32))
                         for k, sl in self.soft.items()}

@@ -155,15 +155,20 @@ def fast_finetune(
             reason=f"input_drop {st.input_drop} mixes float inputs into AdaQuant's layer problems (numpy backend), "
                    f"not method {st.method} with backend {backend} (brecq has drop_prob; set input_drop: 0)")
     t0 = time.time()
+    feeds = list(calibration)
+    start = FinetuneReport()
+    if st.method == "brecq":   # blocks start from layer-wise AdaRound's rounding (block_recon.start_rest)
+        qmodel, start = fast_finetune(float_model, qmodel, feeds, replace(st, method="adaround", lr=None), cache_dir,
+                                      progress)
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
-    report = FinetuneReport()
-    feeds = list(calibration)
+    report = FinetuneReport(layers=start.layers)
     jobs = layer_jobs(float_model, out, max(1, st.samples // max(len(feeds), 1)), report.skipped)
     units: list[LayerJob | Block] = list(jobs)
     if st.method == "brecq":
         float_names = {i.name for i in float_model.graph.input} | {o for n in float_model.graph.node for o in n.output}
         units = plan_blocks(out, float_names, jobs, st.block_layers)
+        units = [u for u in units if isinstance(u, Block)]   # the layers outside blocks keep the AdaRound start
     alone = [u for u in units if isinstance(u, LayerJob)]
     fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone})
     blocks = [u for u in units if isinstance(u, Block)]
@@ -185,7 +190,7 @@ def fast_finetune(
 
 def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
                  float_patches: np.ndarray, st: FinetuneSettings, backend: str, cache: Path) -> LayerResult:
-    """One layer, AdaRound or AdaQuant (``brecq`` solves the layers outside blocks with AdaRound),
+    """One layer, AdaRound or AdaQuant (``brecq`` runs AdaRound over every layer before its blocks),
     written into ``out``."""
     ql, w, g = job.ql, job.w, job.sampler.groups
     method = "adaquant" if st.method == "adaquant" else "adaround"
