@@ -235,21 +235,22 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     if rewrites:
         applied["target_rewrites"] = [r.to_json() for r in rewrites]
     _step(progress, "report")
-    report = build_report(opt, q_model, plan, asg.params, kept[:cfg.report_samples])
+    final = final_assignment(q_model, asg)  # the parameters as written (fast finetune may move weight scales)
+    report = build_report(opt, q_model, plan, final.params, kept[:cfg.report_samples])
     add_placement(report, placement)
     problem = _accuracy_check(report, opt, q_model, again, cfg, progress)
     if problem is not None and warn and not strict:
         log.warning("[%s] %s\n  hint: %s", problem.code, problem.message, problem.hint)
-    info = quant_info(asg.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
+    info = quant_info(final.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
                       bias_corrected=applied.get("bias_correction", {}).get("kept", False),
                       fast_finetuned=cfg.fast_finetune is not None, algorithms=applied)
     chosen = applied.get("percentile_search", {}).get("chosen")
     # the observers only: the float outputs kept for the checks above are no statistics to re-assign from
     observers = dataclasses.replace(stats, outputs=[])
-    requantizer = Requantizer(leg, tgt, cfg, allowed, observers, plan, asg, final_assignment(q_model, asg), q_model,
+    requantizer = Requantizer(leg, tgt, cfg, allowed, observers, plan, asg, final, q_model,
                               percentile=chosen)
     result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
-                            original_model=original, float_model=float_model, quant_params=asg.params, report=report,
+                            original_model=original, float_model=float_model, quant_params=final.params, report=report,
                             target=tgt, config=cfg, info=info, problem=problem, saves_dynamic=dynamic and not input_shapes,
                             requantizer=requantizer)
     if strict:

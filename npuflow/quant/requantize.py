@@ -10,8 +10,9 @@ builds with the same overrides in its config (``keep_float``, ``layers`` with 16
 quantize steps, scales and the CPU -> accelerator boundaries included.
 
 The weight algorithms (bias correction, AdaRound/AdaQuant: :func:`.algorithms.apply.after_export`)
-ran once, on the model as quantized; they change integer weights and biases, never scales.  Their
-values are carried into every override:
+ran once, on the model as quantized; they change integer weights and biases, and scales only where
+fast finetune's ``learn_threshold`` moves a weight's fix position.  Their values are carried into
+every override:
 
 * a weight or constant whose parameters an override leaves unchanged keeps its final codes;
 * a bias whose weight is unchanged keeps its final value; where its input's scale changed (the
@@ -23,6 +24,7 @@ values are carried into every override:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -87,28 +89,41 @@ class Requantizer:
 
 def final_assignment(qmodel: onnx.ModelProto, base: Assignment) -> Assignment:
     """``base`` with the integer constants ``qmodel`` holds (the weight algorithms' results; the
-    exporter stores constant ``T`` as ``T_quantized``, docs/quantized-model-format.md)."""
+    exporter stores constant ``T`` as ``T_quantized``, docs/quantized-model-format.md) and their
+    scales as ``qmodel`` reads them: fast finetune's ``learn_threshold`` moves a weight's fix
+    position, and with it the int32 bias's scale."""
     inits = {t.name: t for t in qmodel.graph.initializer}
-    values = dict(base.values)
+    scale_of = {n.input[0]: n.input[1] for n in qmodel.graph.node
+                if n.op_type == "DequantizeLinear" and len(n.input) > 1}
+    params, values = dict(base.params), dict(base.values)
     for name, old in base.values.items():
         t = inits.get(f"{name}_quantized")
-        if t is not None:
-            v = numpy_helper.to_array(t)
-            if v.shape == old.shape and v.dtype == old.dtype:
-                values[name] = v
-    return Assignment(dict(base.params), values)
+        if t is None:
+            continue
+        v = numpy_helper.to_array(t)
+        if v.shape == old.shape and v.dtype == old.dtype:
+            values[name] = v
+        s = inits.get(scale_of.get(f"{name}_quantized", ""))
+        if s is not None and name in params:
+            scale = numpy_helper.to_array(s).astype(np.float32)
+            if scale.shape == params[name].scale.shape and not np.array_equal(scale, params[name].scale):
+                params[name] = dataclasses.replace(params[name], scale=scale, fix_pos=None)
+    return Assignment(params, values)
 
 
 def carry(asg: Assignment, plan: QuantPlan, base: Assignment, final: Assignment) -> Assignment:
     """``asg`` (a re-assignment with overrides) with the integer constants the weight algorithms
-    changed (``final`` against ``base``) wherever they still apply (module docstring); a
-    constant no algorithm changed is ``asg``'s, rounded once from its float value."""
+    changed (``final`` against ``base``) wherever they still apply (module docstring), with the
+    scales they were written at (a weight whose fix position fast finetune moved keeps the moved
+    scale, and its bias the matching int32 scale); a constant no algorithm changed is ``asg``'s,
+    rounded once from its float value."""
     out = Assignment(dict(asg.params), dict(asg.values))
-    changed = {n for n, v in final.values.items() if not np.array_equal(v, base.values[n])}
+    changed = {n for n, v in final.values.items()
+               if not np.array_equal(v, base.values[n]) or not _same(final.params.get(n), base.params.get(n))}
     for name in changed & set(asg.values):
         use = plan.consts.get(name)
         if use is not None and use.role != "bias" and _same(asg.params[name], base.params.get(name)):
-            out.values[name] = final.values[name]
+            out.values[name], out.params[name] = final.values[name], final.params[name]
     for name in changed & set(asg.values):
         use = plan.consts.get(name)
         if use is None or use.role != "bias" or use.weight is None:
@@ -116,10 +131,13 @@ def carry(asg: Assignment, plan: QuantPlan, base: Assignment, final: Assignment)
         if not _same(asg.params.get(use.weight), base.params.get(use.weight)):
             continue  # a re-quantized (int16) weight: the bias from the float model, as assigned
         if _same(asg.params[name], base.params.get(name)):
-            out.values[name] = final.values[name]
-        else:
-            corrected = base.params[name].dequantize(final.values[name])
-            out.values[name] = requantize_bias(corrected, asg.params[name])
+            out.values[name], out.params[name] = final.values[name], final.params[name]
+        else:  # the input's scale changed: the same real bias on the new s_in * s_w (s_w as carried)
+            moved = final.params[use.weight].scale / base.params[use.weight].scale
+            grid = dataclasses.replace(asg.params[name], scale=(asg.params[name].scale * moved).astype(np.float32),
+                                       fix_pos=None)
+            out.values[name] = requantize_bias(final.params[name].dequantize(final.values[name]), grid)
+            out.params[name] = grid
     return out
 
 

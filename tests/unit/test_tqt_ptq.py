@@ -131,6 +131,28 @@ def test_moved_positions_compile_bit_exact_with_onnx_runtime(tmp_path, monkeypat
     assert max(diffs.values()) == 0, diffs
 
 
+def test_moved_positions_are_what_quant_info_and_precision_overrides_read(tmp_path, monkeypatch):
+    """``quant_info.json``'s fix positions and ``with_precisions`` read the moved scales: before,
+    both kept the calibrated position, ``a.w`` was listed at 5 instead of 6, and raising another
+    layer to int16 re-exported the moved layer's codes at the old scale (weights off by up to 1.98)."""
+    import npuflow
+    from npuflow.quant.algorithms.qdq_weights import dequantized_weight, quantized_layers
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    cfg = {"include_bias_corr": False, "fast_finetune": {"method": "adaround", "iters": 100, "learn_threshold": True}}
+    q = npuflow.quantize(_outlier_net(), _feeds(), target=TARGET, config=cfg)
+    layers = {l.name: l for l in quantized_layers(q.model)}
+    written = int(round(-np.log2(float(layers["a"].scale))))
+    assert q.info["param"]["a.w"][0][1] == written
+    assert float(q.quant_params["a.w"].scale) == float(layers["a"].scale)
+    raised = q.with_precisions({"dw": "int16"})
+    for name in ("a", "p"):  # layers the override leaves alone keep their codes and scales
+        np.testing.assert_array_equal(dequantized_weight(raised.model, layers[name]),
+                                      dequantized_weight(q.model, layers[name]))
+    after = {l.name: l for l in quantized_layers(raised.model)}
+    assert float(after["a"].bias_scale) == float(layers["a"].bias_scale)
+
+
 @pytest.mark.parametrize("method", ["adaquant", "adaround"])
 def test_switch_off_is_bit_identical(tmp_path, monkeypatch, method):
     """``learn_threshold: false`` is the former path: same cache key, same model bytes."""
