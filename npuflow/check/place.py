@@ -548,7 +548,11 @@ def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], t
 
 def _place_followers(view: GraphView, device: list[str], transparent: list[bool]) -> None:
     """Q/DQ/Identity follow the compute node they are fed by (else the one they feed); shape
-    arithmetic follows its consumer."""
+    arithmetic follows its consumer.  A dequantize step read by a CPU node runs on the CPU even
+    where accelerator nodes read it too: they read its integers, and ``compile`` runs the step in
+    ONNX for the CPU reader (an integer dequantize op only writes a graph output).  Before
+    (2026-12-05), ``x -> Q -> DQ -> (LayerNorm on the CPU, residual Add)`` put the DQ on the
+    accelerator in check (newuser_flows7a R5: ONNX Runtime's QDQ attention models)."""
     n = len(view.nodes)
     for i in range(n):
         if not transparent[i]:
@@ -562,7 +566,7 @@ def _place_followers(view: GraphView, device: list[str], transparent: list[bool]
             continue
         cons = [c for o in node.output for c in view.data_consumers(o) if not transparent[c]]
         if cons:
-            device[i] = NPU if any(device[c] == NPU for c in cons) else CPU
+            device[i] = NPU if (all if is_dq else any)(device[c] == NPU for c in cons) else CPU
         elif p is not None:
             device[i] = device[p]
 

@@ -150,3 +150,15 @@ def test_check_judges_a_qoperator_model_as_compile_legalises_it():
     assert {k: (v, compiled[k]) for k, v in checked.items() if k in compiled and compiled[k] != v} == {}
     assert checked["qconv"] == checked["pool"] == "ACC"
     assert {"qconv", "pool"} <= compiled.keys()
+
+
+def test_an_input_dequantize_step_read_by_a_cpu_node_runs_on_the_cpu():
+    """R5: ``x -> Q -> DQ -> (Exp on the CPU, Conv)``: the Conv reads the integers, compile runs the DQ
+    in ONNX for the Exp; check put the DQ on the accelerator with the Conv (ONNX Runtime's QDQ
+    attention models: the input DQ before the CPU LayerNorm and the residual Add)."""
+    model = _qdq_conv("int8", 0)
+    model.graph.node.append(helper.make_node("Exp", ["xd"], ["e"], name="exp"))
+    model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 3, 8, 8]))
+    checked, compiled = _sides(model, "cpu-int8")
+    assert {k: (v, compiled[k]) for k, v in checked.items() if k in compiled and compiled[k] != v} == {}
+    assert checked["x_dq"] == "CPU" and checked["exp"] == "CPU" and checked["conv"] == checked["x_q"] == "ACC"
