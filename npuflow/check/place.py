@@ -255,9 +255,9 @@ def _keep_sentinels_float(view: GraphView, device: list[str], reasons: list[list
         if hit is not None:
             device[i] = CPU
             what = f"constant {hit!r}" if carried[hit] == hit else f"{hit!r}, which carries constant {carried[hit]!r},"
-            reasons[i].append(f"{'reads' if hit in node.input else 'writes'} {what} holding infinities, NaN or "
-                              f"magnitudes >= 2^127 (an attention mask): no 8-bit grid represents them, so the "
-                              f"quantizer keeps it float")
+            reasons[i].append(f"{'reads' if hit in node.input else 'writes'} {what} holding infinities, NaN, "
+                              f"magnitudes >= 2^127 or an attention mask's <= -1e4: no 8-bit grid holds them with "
+                              f"the values they meet, so the quantizer keeps it float")
 
 
 def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int]) -> None:

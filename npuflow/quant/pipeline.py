@@ -54,6 +54,7 @@ import onnx
 
 from .. import model as model_io
 from ..check import check
+from ..check.nonfinite import sentinel_tensors
 from ..errors import NpuflowError
 from ..graph import GraphView, is_qdq, unique_name
 from ..operators import is_integer_format_op
@@ -266,11 +267,14 @@ def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, a
     with a mask, the default exporter's causal mask) made an infinite range, a traceback on
     float-scale targets and a scale of 0 on power-of-two ones (cosine 0.90, a file compile refused).
     Kept float, the scores before the mask are still quantized and the ``Softmax`` reads the exact
-    ``-inf``.  The statistics of the other tensors stay valid (keeping nodes float removes
+    ``-inf``.  A finite mask (``-1e4``, ``-1e9``: :data:`..check.nonfinite.MASK_FLOOR`) reaching a
+    ``Softmax`` is kept float the same way, found in the graph as check finds it (one grid over it and
+    the scores rounds every score to 0).  The statistics of the other tensors stay valid (keeping nodes float removes
     quantization points; non-finite calibration inputs were refused by the reader already)."""
     view = GraphView(leg)
+    masks = sentinel_tensors(view)  # finite masks (-1e4, -1e9) too, as check places them
     kept: list[str] = []
-    while bad := sorted(t for t in plan.points if t in stats.minmax and stats.minmax[t].nonfinite):
+    while bad := sorted(t for t in plan.points if t in masks or (t in stats.minmax and stats.minmax[t].nonfinite)):
         nodes = {node_key(n) for t in bad for n in [view.producer_node(t), *view.consumer_nodes(t)] if n is not None}
         new = sorted(nodes - set(cfg.keep_float))
         if not new:  # the plan still quantizes them: nothing more float keeping can do
@@ -280,7 +284,8 @@ def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, a
         plan = build_plan(leg, tgt, cfg, allowed)
     if kept:
         log.warning("kept in float (they write or read tensors that held infinities or NaN on the calibration "
-                    "data, which no 8-bit grid represents, e.g. an attention mask's -inf): %s", ", ".join(kept))
+                    "data, or carry an attention mask of -1e4 or below, which no 8-bit grid holds with the "
+                    "scores): %s", ", ".join(kept))
     return plan, cfg
 
 

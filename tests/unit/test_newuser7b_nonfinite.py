@@ -62,7 +62,8 @@ def test_observers_count_nonfinite_values_apart():
     assert (sentinel.min, sentinel.max, sentinel.nonfinite) == (-0.25, 0.5, 1)
 
 
-@pytest.mark.parametrize("fill", [-np.inf, float(np.finfo(np.float32).min)])  # default exporter, dynamo=True
+# default exporter, dynamo=True, Hugging Face's BERT, others: finite masks read 0.88 before the MASK_FLOOR rule
+@pytest.mark.parametrize("fill", [-np.inf, float(np.finfo(np.float32).min), -1e4, -1e9])
 @pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2", "DPUCZDX8G_ISA1_B4096"])
 def test_masked_attention_quantizes_with_the_mask_in_float(target, fill, caplog):
     model = _masked_attention(fill)
@@ -112,3 +113,25 @@ def test_nonfinite_tensor_the_plan_still_quantizes_is_a_coded_error():
     with pytest.raises(NpuflowError) as err:
         _keep_nonfinite_float(model, load_target("cpu-int8"), cfg, None, plan, stats)
     assert err.value.code == "NPF_QUANT_NONFINITE_TENSOR" and "m" in str(err.value)
+
+
+def test_a_finite_mask_counts_only_where_it_reaches_a_softmax():
+    """Hugging Face's ``(1 - mask) * -10000`` added to the scores is a mask (its Mul, the Add and
+    the Softmax input carry it); the same magnitude in a plain Add that no Softmax reads is data."""
+    from npuflow.check.nonfinite import sentinel_tensors
+    from npuflow.graph import GraphView
+
+    def model(softmax: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("Sub", ["one", "maskf"], ["inv"], name="inv"),
+                 helper.make_node("Mul", ["inv", "big"], ["ext"], name="ext"),
+                 helper.make_node("Add", ["x", "ext"], ["sm"], name="mask_add"),
+                 helper.make_node("Softmax" if softmax else "Relu", ["sm"], ["y"], name="last")]
+        inits = [numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+                 numpy_helper.from_array(np.array([-10000.0], np.float32), "big")]
+        graph = helper.make_graph(nodes, "hf_mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+                                                     helper.make_tensor_value_info("maskf", TensorProto.FLOAT, [1, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert set(sentinel_tensors(GraphView(model(True).graph))) == {"big", "ext", "sm"}
+    assert sentinel_tensors(GraphView(model(False).graph)) == {}
