@@ -25,7 +25,7 @@ from .. import plugins as plugin_registry
 from ..check.place import name_nodes
 from ..check.lowerable import dynamic_quantization
 from ..errors import NpuflowError
-from ..graph import node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
+from ..graph import attr, node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
 from ..placement import Device, is_plugin, plugin_name
 from ..quant import QuantizedModel
@@ -336,12 +336,31 @@ def _nbytes(info: dict) -> int:
     return int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
 
 
+def _layout(g: QGraph, name: str) -> str:
+    """``NHWC`` for a 4-D input the model itself transposes to channels first (an image fed as
+    height x width x channels, ``Cast``/quantize steps before the ``Transpose(perm=0,3,1,2)``
+    allowed), else ``NCHW``; `info` called such an input NCHW."""
+    seen = name
+    for _ in range(4):
+        readers = g.consumer_nodes(seen)
+        if len(readers) != 1 or len(readers[0].output) != 1:
+            return "NCHW"
+        node = readers[0]
+        if node.op_type == "Transpose":
+            return "NHWC" if list(attr(node, "perm") or []) == [0, 3, 1, 2] else "NCHW"
+        if node.op_type != "Cast" and g.quantize_mode(node) is None and not g.is_dequantize(node):
+            return "NCHW"
+        seen = node.output[0]
+    return "NCHW"
+
+
 def _io(g: QGraph, name: str, preprocessing: dict | None = None) -> dict:
     """A model input's or output's entry; a 4-D tensor is NCHW unless the build's preprocessing
-    says the device feeds it in another layout (``input_layout_rt: NHWC``: `info` said NCHW)."""
+    says the device feeds it in another layout (``input_layout_rt: NHWC``: `info` said NCHW) or
+    the model transposes the input to channels first itself (:func:`_layout`)."""
     info = _tensor_info(g, name)
     info["name"] = name
-    layout = (preprocessing or {}).get("layout_rt") or "NCHW"
+    layout = (preprocessing or {}).get("layout_rt") or (_layout(g, name) if name in g.graph_inputs else "NCHW")
     info["layout"] = layout if len(info["shape"]) == 4 else ""
     if "quant" not in info:
         q = next((c for c in g.consumer_nodes(name) if g.quantize_mode(c) is not None), None)
