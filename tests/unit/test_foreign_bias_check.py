@@ -81,13 +81,20 @@ def test_b4096_check_places_the_layers_and_says_compile_refuses_the_float_scales
     model = _nncf_like()
     devices = {n.name: n.device for n in npuflow.check(model, DPU).nodes}
     assert all(devices[k] == NPU for k in LAYERS), devices
+    said = check_announces_compile_refusal(model, cli, tmp_path)
+    assert "compile will refuse this model" in said
+
+
+def check_announces_compile_refusal(model: onnx.ModelProto, cli, tmp_path) -> str:
+    """Compile refuses ``model`` on B4096 with NPF_COMPILE_SCALES_UNSUPPORTED and ``npuflow check``
+    (exit status 0) prints that code with compile's own message; what check printed, one line."""
     with pytest.raises(npuflow.NpuflowError) as err:
         npuflow.compile(model, DPU)
     assert err.value.code == "NPF_COMPILE_SCALES_UNSUPPORTED"
-    src = tmp_path / "nncf.onnx"
+    src = tmp_path / "refused.onnx"
     onnx.save(model, src)
     r = cli("check", str(src), "-t", DPU, "-o", str(tmp_path / "inspect"))
     assert r.returncode == 0, r.stderr
     said = " ".join(r.stderr.split())
-    assert "NPF_COMPILE_SCALES_UNSUPPORTED" in said and "compile will refuse this model" in said
-    assert " ".join(err.value.message.split()) in said
+    assert "NPF_COMPILE_SCALES_UNSUPPORTED" in said and " ".join(err.value.message.split()) in said
+    return said

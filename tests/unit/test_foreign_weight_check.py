@@ -22,6 +22,7 @@ from npuflow.graph import GraphView, is_qdq
 from npuflow.targets import load_target
 from tests.qdq_builder import ort_values
 from tests.unit.test_placement_agreement import compiled_devices
+from tests.unit.test_foreign_bias_check import check_announces_compile_refusal
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 SHAPES = {"Conv": ([1, 4, 8, 8], (8, 4, 3, 3)), "Gemm": ([1, 16], (8, 16)), "MatMul": ([1, 4, 16], (16, 8))}
@@ -113,15 +114,7 @@ def test_float_scales_on_b4096_are_refused_by_compile_and_announced_by_check(cli
     model = _model("Conv")
     devices = {n.name: n.device for n in npuflow.check(model, DPU).nodes}
     assert devices["layer"] == NPU
-    with pytest.raises(npuflow.NpuflowError) as err:
-        npuflow.compile(model, DPU)
-    assert err.value.code == "NPF_COMPILE_SCALES_UNSUPPORTED"
-    src = tmp_path / "runtime_weight.onnx"
-    onnx.save(model, src)
-    r = cli("check", str(src), "-t", DPU, "-o", str(tmp_path / "inspect"))
-    assert r.returncode == 0, r.stderr
-    said = " ".join(r.stderr.split())
-    assert "NPF_COMPILE_SCALES_UNSUPPORTED" in said and " ".join(err.value.message.split()) in said
+    check_announces_compile_refusal(model, cli, tmp_path)
 
 
 def test_folded_weight_is_what_compile_stores_and_only_for_integer_steps():
