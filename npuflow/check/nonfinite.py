@@ -47,8 +47,7 @@ def finite_values(v: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, floa
 def _mask_constant(v: np.ndarray) -> bool:
     """A float constant holding a value :func:`finite_values` counts apart, or one at or below
     :data:`MASK_FLOOR` (a finite attention mask, which counts only where it reaches a Softmax)."""
-    lo, hi = float(np.min(v)), float(np.max(v))
-    return bool(finite_values(v, lo, hi)[3]) or lo <= MASK_FLOOR
+    return _beyond_grid(v) or float(np.min(v)) <= MASK_FLOOR
 
 
 def sentinel_tensors(view: GraphView) -> dict[str, str]:

@@ -150,10 +150,10 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
             continue
         info = infos[i]
         rule = tgt.rule(info.kind)
-        limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
         if facts.dynamic is not None:  # compile refuses the whole model: every node stays with the CPU
             reasons[i].append(facts.dynamic)
             continue
+        limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
         if rule is None and (tgt.kind != "cpu" or limit is not None or subgraphs(node)):
             reasons[i].append(_unsupported_reason(info, node, tgt))
             continue

@@ -201,7 +201,7 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
                          act=act)
     nearest = grouped_weight(read_codes(out, ql), g)
     before = base.error(nearest)
-    learn = st.learn_threshold and base.per_tensor_pow2() and _scale_names(out, ql) is not None
+    learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
     prob = base
     if learn and method == "adaround":
         shift = _searched_shift(base, lst, backend, cache)
@@ -251,10 +251,10 @@ def _searched_shift(p: LayerProblem, st: FinetuneSettings, backend: str, cache: 
     return shift
 
 
-def _scale_names(model: onnx.ModelProto, ql: QuantizedLayer) -> list[str] | None:
-    """The scale initializers a moved weight fix position rewrites (the weight's, the Quantize
-    step's of a float weight, an int32 bias's), or ``None`` when another node also reads one of
-    them: moving it would move that node's quantization too, so the position is kept."""
+def _owns_scales(model: onnx.ModelProto, ql: QuantizedLayer) -> bool:
+    """Whether the layer's steps alone read the scale initializers a moved weight fix position
+    rewrites (the weight's, the Quantize step's of a float weight, an int32 bias's): where another
+    node also reads one, moving it would move that node's quantization too, so the position is kept."""
     view = GraphView(model)
     dq = view.producer_node(ql.node.input[1])
     steps = [dq]
@@ -262,9 +262,8 @@ def _scale_names(model: onnx.ModelProto, ql: QuantizedLayer) -> list[str] | None
         steps.append(view.producer_node(dq.input[0]))
     if ql.bias_scale is not None:
         steps.append(view.producer_node(ql.node.input[2]))
-    names = sorted({n.input[1] for n in steps})
-    readers = {n.name or id(n) for name in names for n in view.consumer_nodes(name)}
-    return names if len(readers) <= len(steps) else None
+    readers = {n.name or id(n) for name in {n.input[1] for n in steps} for n in view.consumer_nodes(name)}
+    return len(readers) <= len(steps)
 
 
 def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float) -> QuantizedLayer:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...numerics import round_values
+from ...numerics import fix_pos_of, round_values
 
 #: ``(f(z), f'(z))`` of an elementwise activation (an :class:`.activation.Activation`).
 ActFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -53,7 +53,6 @@ class LayerProblem:
             out = self.act(out)[0]
         return float(np.mean((out - self.y) ** 2))
 
-
     def at_scale(self, scale: np.ndarray) -> LayerProblem:
         """The same problem with weight scale ``scale`` (another fix position)."""
         return replace(self, s=scale)
@@ -62,8 +61,7 @@ class LayerProblem:
         """One power-of-two weight scale for the whole layer: the only kind whose threshold
         ``learn_threshold`` learns (a DPU's weights)."""
         s = self.s.reshape(-1)
-        m, e = np.frexp(s[:1])
-        return bool(np.all(s == s[0]) and s[0] > 0 and m[0] == 0.5)
+        return bool(np.all(s == s[0]) and fix_pos_of(s[0]) is not None)
 
 
 def forward(w: np.ndarray, x: np.ndarray) -> np.ndarray:
