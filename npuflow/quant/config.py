@@ -139,6 +139,9 @@ class FastFinetune(_Strict):
     # adaquant/adaround: move each layer's power-of-two weight fix position against its output error (TQT;
     # algorithms/fast_finetune.py, docs/accuracy.md "Learned weight thresholds")
     learn_threshold: bool = False
+    # adaround/adaquant/brecq: order in which the sampled columns (blocks: samples) are visited; results move
+    # with it by several points (docs/accuracy.md), so a single run is one draw
+    seed: int = Field(default=0, ge=0)
 
 
 class QuantConfig(_Strict):
