@@ -15,7 +15,7 @@ import pytest
 
 from npuflow import numerics
 from npuflow.quant.algorithms.adaquant import adaquant_threshold
-from npuflow.quant.algorithms.adaround import search_fix_position
+from npuflow.quant.algorithms.adaround import adaround, search_fix_position
 from npuflow.quant.algorithms.fast_finetune import FinetuneSettings
 from npuflow.quant.algorithms.layer_problem import LayerProblem
 
@@ -54,6 +54,15 @@ def _brute_force(p: LayerProblem) -> dict[int, float]:
     return out
 
 
+def _full_error(p: LayerProblem, iters: int):
+    """``full_error`` for :func:`search_fix_position`: the full AdaRound's error at each shift."""
+    def err(d: int) -> float:
+        q = p.at_scale((p.s * np.float32(2.0 ** -d)).astype(np.float32))
+        return q.error(adaround(q, iters))
+
+    return err
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_learned_threshold_moves_to_the_lower_output_error(seed):
     p, fix = _outlier_problem(seed)
@@ -65,7 +74,7 @@ def test_learned_threshold_moves_to_the_lower_output_error(seed):
     assert shift == best                                            # TQT's gradient found it
     assert np.all(scale == np.float32(2.0 ** -(fix + shift)))       # a power of two, one per tensor
     assert p.error(codes, bias, scale) < 0.5 * brute[0]             # measured 0.29-0.31 of it
-    assert search_fix_position(p, iters=200) == best                # AdaRound's discrete search agrees
+    assert search_fix_position(p, _full_error(p, 200), iters=200) == best  # AdaRound's discrete search agrees
 
 
 def test_learned_threshold_keeps_a_position_that_is_already_best():
@@ -80,7 +89,7 @@ def test_learned_threshold_keeps_a_position_that_is_already_best():
     assert min(brute, key=brute.get) == 0
     _, _, scale = adaquant_threshold(p, iters=200)
     assert np.array_equal(scale, p.s)
-    assert search_fix_position(p, iters=200) == 0
+    assert search_fix_position(p, _full_error(p, 200), iters=200) == 0
 
 
 def _outlier_net():

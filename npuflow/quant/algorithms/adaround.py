@@ -27,20 +27,27 @@ through ``f'``; off by default (PP-OCRv4 rec +6.6 points at 500 iterations, Effi
 :func:`search_fix_position` (``fast_finetune: {learn_threshold: true}``) is AdaRound's form of a
 learned power-of-two weight threshold: AdaRound's rounding variables live on one fixed grid, so
 instead of TQT's straight-through gradient on ``log2 t`` (AdaQuant's form,
-:func:`.adaquant.adaquant_threshold`) it tries the fix positions ``p-1, p, p+1`` with a short
-AdaRound each and keeps the one with the least layer output error.
+:func:`.adaquant.adaquant_threshold`) it compares the fix positions ``p-1, p, p+1`` by the layer
+output error of their AdaRound.  Only full-length runs decide: a short run's ranking is not the
+full run's, and choosing by it made both benchmark networks worse than not moving at all
+(docs/accuracy.md).  Short runs only screen which neighbour is worth a full run.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Callable
 
 import numpy as np
 
 from .layer_problem import Adam, LayerProblem, batches, forward, grad_weight, torch_threads
 
+log = logging.getLogger(__name__)
+
 ZETA, GAMMA = 1.1, -0.1
 #: Learning rate of ``V`` (Adam), see the module docstring.
 DEFAULT_LR = 0.1
-#: Share of the iterations each candidate fix position's AdaRound gets in :func:`search_fix_position`.
+#: Share of the iterations of each screening AdaRound in :func:`search_fix_position`.
 SEARCH_SHARE = 0.2
 
 
@@ -99,20 +106,31 @@ def adaround(
 
 
 def search_fix_position(
-    p: LayerProblem, iters: int = 500, lr: float = DEFAULT_LR, batch: int = 256, lam: float = 0.01,
-    warmup: float = 0.2, backend: str = "numpy", seed: int = 0,
+    p: LayerProblem, full_error: Callable[[int], float], iters: int = 500, lr: float = DEFAULT_LR,
+    batch: int = 256, lam: float = 0.01, warmup: float = 0.2, backend: str = "numpy", seed: int = 0,
 ) -> int:
     """The weight fix-position shift ``d`` in (-1, 0, 1) (scale ``p.s * 2**-d``: +1 is one step
-    finer) whose AdaRound of ``SEARCH_SHARE * iters`` steps gives the least layer output error;
-    0 on ties, so the calibrated position is kept unless another is strictly better."""
+    finer) to keep, given ``full_error(d)``: the layer output error of the full ``iters``-step
+    AdaRound at shift ``d``, which the caller solves and keeps (so the winner's run is never repeated).
+
+    A screen of ``SEARCH_SHARE * iters`` steps at each of the three positions names the neighbour,
+    if any, whose short run beats the calibrated position's (the lower of two); it alone gets a full
+    run, and it is kept only if that beats the calibrated position's full run, which is what
+    ``learn_threshold: false`` writes.  So a layer never ends worse than at the calibrated position,
+    at the cost of three short runs and at most one more full run per layer."""
     short = max(1, int(iters * SEARCH_SHARE))
-    best_d, best_err = 0, np.inf
+    errors = {}
     for d in (0, -1, 1):
         q = p.at_scale((p.s * np.float32(2.0 ** -d)).astype(np.float32))
-        err = q.error(adaround(q, short, lr, batch, lam, warmup, backend, seed))
-        if err < best_err:
-            best_d, best_err = d, err
-    return best_d
+        errors[d] = q.error(adaround(q, short, lr, batch, lam, warmup, backend, seed))
+    d = min((-1, 1), key=errors.__getitem__)
+    bar = full_error(0)
+    if errors[d] >= errors[0]:
+        log.debug("fix search: short %s, kept the calibrated position (full %.4g)", errors, bar)
+        return 0
+    err = full_error(d)
+    log.debug("fix search: short %s, full %.4g at the calibrated position, %.4g at %+d", errors, bar, err, d)
+    return d if err < bar else 0
 
 
 def _adaround_torch(p, iters, lr, batch, lam, warmup, seed):

@@ -19,9 +19,10 @@ problem did not change.
 ``learn_threshold`` (off by default) also moves each layer's power-of-two weight fix position
 against the layer's output error (TQT, issue 18): AdaQuant learns ``log2 t`` with TQT's
 straight-through gradient jointly with the weights and bias (:func:`.adaquant.adaquant_threshold`),
-AdaRound keeps the best of ``p-1, p, p+1`` after a short AdaRound each
-(:func:`.adaround.search_fix_position`).  A moved position rewrites the weight's scale and the
-int32 bias's (``s_in * s_w``); the activation positions stay as calibration chose them.
+AdaRound moves to ``p-1`` or ``p+1`` only where that position's full AdaRound beats the calibrated
+one's, short runs choosing which neighbour gets a full run (:func:`.adaround.search_fix_position`).
+A moved position rewrites the weight's scale and the int32 bias's (``s_in * s_w``); the activation
+positions stay as calibration chose them.
 """
 
 from __future__ import annotations
@@ -202,18 +203,16 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     nearest = grouped_weight(read_codes(out, ql), g)
     before = base.error(nearest)
     learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
-    prob = base
-    if learn and method == "adaround":
-        shift = _searched_shift(base, lst, backend, cache)
-        prob = base.at_scale((base.s * np.float32(2.0 ** -shift)).astype(np.float32))
-    key = _cache_key(prob, lst)
-    path = cache / key[:2] / f"{key}.npz"
-    hit = _load(path, nearest.shape, prob.b.shape)
-    cached = hit is not None
-    if hit is not None:
-        codes, bias, scale = hit
-        scale = prob.s if scale is None else scale
-    else:
+
+    def solved(shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """``(codes, bias, scale, cached)`` of the full solve at fix position shift ``shift``."""
+        prob = base if not shift else base.at_scale((base.s * np.float32(2.0 ** -shift)).astype(np.float32))
+        key = _cache_key(prob, lst)
+        path = cache / key[:2] / f"{key}.npz"
+        hit = _load(path, nearest.shape, prob.b.shape)
+        if hit is not None:
+            codes, bias, scale = hit
+            return codes, bias, prob.s if scale is None else scale, True
         scale = prob.s
         if method == "adaround":
             codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
@@ -223,10 +222,15 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
         else:
             codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed,
                                    input_drop=st.input_drop)
-        after = base.error(codes, bias, scale)
-        if after > before:  # never make a layer worse than nearest rounding
+        if base.error(codes, bias, scale) > before:  # never make a layer worse than nearest rounding
             codes, bias, scale = nearest, base.b, base.s
         _save(path, codes, bias, scale if learn else None)
+        return codes, bias, scale, False
+
+    shift = 0
+    if learn and method == "adaround":  # the search's full solves are cached: the winner's is reused below
+        shift = _searched_shift(base, lst, backend, cache, lambda d: base.error(*solved(d)[:3]))
+    codes, bias, scale, cached = solved(shift)
     after = base.error(codes, bias, scale)
     shift = int(np.log2(base.s.reshape(-1)[0] / scale.reshape(-1)[0])) if learn else 0
     if shift:
@@ -239,14 +243,16 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     return LayerResult(ql.name, before, after, cached, time.time() - t1, shift)
 
 
-def _searched_shift(p: LayerProblem, st: FinetuneSettings, backend: str, cache: Path) -> int:
+def _searched_shift(p: LayerProblem, st: FinetuneSettings, backend: str, cache: Path,
+                    full_error: Callable[[int], float]) -> int:
     """:func:`.adaround.search_fix_position` for ``p``, cached beside the layer results."""
-    key = hashlib.sha256(f"fix search {_cache_key(p, st)}".encode()).hexdigest()
+    key = hashlib.sha256(f"fix search 2 {_cache_key(p, st)}".encode()).hexdigest()
     path = cache / key[:2] / f"{key}.npz"
     hit = _load_fields(path, ("shift",))
     if hit is not None and hit[0].shape == (1,) and hit[0][0] in (-1, 0, 1):
         return int(hit[0][0])
-    shift = search_fix_position(p, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed)
+    shift = search_fix_position(p, full_error, st.iters, st.learning_rate, st.batch, backend=backend,
+                                seed=st.seed)
     _save_fields(path, shift=np.array([shift], np.int32))
     return shift
 
