@@ -413,6 +413,17 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def insert_nodes(model: onnx.ModelProto, anchor: str, new: Sequence[onnx.NodeProto], after: bool = False) -> None:
+    """Insert ``new`` before (``after``: after) the node called ``anchor``, keeping the order
+    topological.  The node list is rebuilt: nodes held from before are detached copies, so look
+    a node up again by name to edit it."""
+    nodes = list(model.graph.node)
+    at = next(k for k, n in enumerate(nodes) if n.name == anchor) + int(after)
+    nodes[at:at] = new
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def initializers(model: onnx.ModelProto | onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in _graph_of(model).initializer}
 

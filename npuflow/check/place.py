@@ -27,6 +27,7 @@ from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .nonfinite import sentinel_tensors
+from .qcdq import has_qcdq_clip, legalize_qcdq
 from .qoperator import is_qlinear, qoperator_to_qdq
 from .lowerable import MAX_CHAIN, QuantFacts, lowering_limit, output_chain, target_runs
 from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
@@ -51,8 +52,8 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
 
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
     """The model as it is checked: normalised, constants folded (float models), nodes named,
-    ONNX Runtime's QOperator ops rewritten into QDQ form as ``compile`` rewrites them
-    (:mod:`.qoperator`)."""
+    ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
+    folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
     proto = load(model, input_shapes)
     if any(is_qlinear(n) for n in proto.graph.node):  # judged as compile's legalisation leaves it
         name_nodes(proto)
@@ -62,6 +63,10 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
             log.warning("npuflow compile will refuse this model: [%s] %s", exc.code, exc.message)
         else:
             proto = infer_static_shapes(proto)
+    if has_qcdq_clip(proto):  # the clips and the weight steps they read, as compile's legalisation folds them
+        name_nodes(proto)
+        legalize_qcdq(proto)
+        proto = infer_static_shapes(proto)
     if not _is_quantized(proto):
         from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
 

@@ -10,10 +10,9 @@ model's arithmetic as ONNX Runtime runs it and returns a note saying what it cha
   (QOperator's ``MaxPool``/``Reshape``) are wrapped in a DQ/Q pair of the same parameters
   (``check.qoperator``, which the checker runs first too).
 * A ``QuantizeLinear`` of a float constant (NNCF, Brevitas weights) is folded into the integer
-  weights it computes.
-* Brevitas' ``QuantizeLinear -> Clip -> DequantizeLinear``: on a weight the clip is applied to the
-  stored integers; on an activation it becomes a float ``Clip`` before the quantize step (exact:
-  rounding is monotone and the bounds are integers), or disappears when it clips nothing.
+  weights it computes, and Brevitas' ``QuantizeLinear -> Clip -> DequantizeLinear`` becomes clipped
+  integer weights or a float ``Clip`` before the quantize step (``check.qcdq``, which the checker
+  runs first too on a model holding such a clip).
 * A grid-preserving op (``MaxPool``, ``Relu``, reshapes) that the target has, between a DQ and a
   Conv/Gemm/MatMul, gets a quantize step with its input's parameters: its outputs already lie on
   that grid, so the step is exact and the op and the layer after it can be lowered (NNCF;
@@ -36,9 +35,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import numerics
-from ..check.lowerable import float_bias_limit, folded_weight, grid_step
+from ..check.lowerable import float_bias_limit, grid_step
+from ..check.qcdq import legalize_qcdq
 from ..check.qoperator import NameSet, qoperator_to_qdq
 from ..errors import NpuflowError
+from ..graph import insert_nodes
 from ..targets import Target
 from .epilogue import collect_chain
 from .qgraph import QGraph, QParams
@@ -48,8 +49,7 @@ def legalize(model: onnx.ModelProto, target: Target) -> list[str]:
     per change."""
     notes: list[str] = []
     notes += qoperator_to_qdq(model)
-    notes += _fold_weight_quantize(model, target)
-    notes += _fold_qcdq_clips(model, target)
+    notes += legalize_qcdq(model)
     notes += _propagate_through_grid_ops(model, target)
     notes += _quantize_float_biases(model, target)
     if target.numerics.symmetric:
@@ -57,128 +57,11 @@ def legalize(model: onnx.ModelProto, target: Target) -> list[str]:
     return notes
 
 
-# --- weights quantized at run time (NNCF, Brevitas) -------------------------------------------
-
-
-def _fold_weight_quantize(model: onnx.ModelProto, target: Target) -> list[str]:
-    """``QuantizeLinear(float constant)`` -> the integer constant it computes (same tie rule and
-    saturation as the step), so the layer reading its DQ finds a quantized initializer; which steps
-    and what integers: ``check.lowerable.folded_weight``, which the checker reads them through too."""
-    g = QGraph(model, target)
-    folded = {n.name: w for n in model.graph.node if (w := folded_weight(n, g)) is not None}
-    if not folded:
-        return []
-    outputs = {n.name: n.output[0] for n in model.graph.node if n.name in folded}
-    keep = [n for n in model.graph.node if n.name not in folded]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    model.graph.initializer.extend(numpy_helper.from_array(v, outputs[k]) for k, v in folded.items())
-    return [f"folded {len(folded)} quantize step(s) of constant weights into integer weights "
-            f"(e.g. {next(iter(outputs.values()))!r})"]
-
-
-# --- Brevitas QCDQ ---------------------------------------------------------------------------
-
-
-def _fold_qcdq_clips(model: onnx.ModelProto, target: Target) -> list[str]:
-    """``Q -> Clip(lo, hi) -> DQ`` with integer bounds: on an integer constant (a weight, its
-    quantize step already folded) clip the stored integers; on an activation clip it in float
-    before its quantize step."""
-    g = QGraph(model, target)
-    weights, acts, dropped = [], [], []
-    new_inits: list[onnx.TensorProto] = []
-    remove: set[str] = set()
-    for clip in list(model.graph.node):
-        found = _integer_clip(g, clip)
-        if found is None:
-            continue
-        lo, hi, src, p = found
-        qmin, qmax = numerics.qrange(p.bits, p.signed)
-        lo, hi = max(lo, qmin), min(hi, qmax)
-        values = g.const(clip.input[0]) if src is None else None
-        if values is not None:  # a weight: store the clipped integers
-            new_inits.append(numpy_helper.from_array(np.clip(values, lo, hi).astype(values.dtype), clip.output[0]))
-            remove.add(clip.name)
-            weights.append(clip.output[0])
-            continue
-        _reroute(model, clip.output[0], src.output[0])
-        remove.add(clip.name)
-        if (lo, hi) == (qmin, qmax):
-            dropped.append(src.output[0])
-            continue
-        _clip_before(model, src.name, p, lo, hi)
-        acts.append(src.output[0])
-    if not (weights or acts or dropped):
-        return []
-    keep = [n for n in model.graph.node if n.name not in remove]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    model.graph.initializer.extend(new_inits)
-    notes = []
-    if weights:
-        notes.append(f"legalised Clip -> DequantizeLinear on {len(weights)} integer weight(s) "
-                     f"into clipped integer weights (e.g. {weights[0]!r})")
-    if acts:
-        notes.append(f"legalised QuantizeLinear -> Clip -> DequantizeLinear on {len(acts)} activation(s) into a "
-                     f"narrowed integer range (float Clip before the quantize step, e.g. {acts[0]!r})")
-    if dropped:
-        notes.append(f"removed {len(dropped)} Clip(s) after a quantize step that clip nothing (full integer range)")
-    return notes
-
-
-def _integer_clip(g: QGraph, clip: onnx.NodeProto) -> tuple[int, int, onnx.NodeProto | None, QParams] | None:
-    """``(lo, hi, quantize step or None, params)`` of a Clip on integers feeding only DQ steps."""
-    if clip.op_type != "Clip" or clip.domain not in ("", "ai.onnx"):
-        return None
-    cons = g.consumer_nodes(clip.output[0])
-    if not cons or not all(g.is_dequantize(c) for c in cons) or g.is_graph_output(clip.output[0]):
-        return None
-    bounds = [g.const(i) if i else None for i in (list(clip.input[1:3]) + ["", ""])[:2]]
-    if any(i and b is None for i, b in zip(clip.input[1:3], bounds)):
-        return None
-    src = g.producer_node(clip.input[0])
-    if src is not None and g.quantize_mode(src) is not None:
-        p = g.quantize_params(src)
-    elif g.const(clip.input[0]) is not None and g.const(clip.input[0]).dtype.kind in "iu":
-        src, p = None, g.dequantize_params(cons[0])
-    else:
-        return None
-    if p is None:
-        return None
-    qmin, qmax = numerics.qrange(p.bits, p.signed)
-    lo = qmin if bounds[0] is None else int(np.asarray(bounds[0]).reshape(-1)[0])
-    hi = qmax if bounds[1] is None else int(np.asarray(bounds[1]).reshape(-1)[0])
-    return lo, hi, src, p
-
-
-def _reroute(model: onnx.ModelProto, old: str, new: str) -> None:
-    for n in model.graph.node:
-        for k, i in enumerate(n.input):
-            if i == old:
-                n.input[k] = new
-    for o in model.graph.output:
-        if o.name == old:
-            o.name = new
-
-
-def _clip_before(model: onnx.ModelProto, q_name: str, p: QParams, lo: int, hi: int) -> None:
-    """Insert ``Clip((lo - zp) * s, (hi - zp) * s)`` in float before the quantize step ``q_name``."""
-    s, z = np.float32(p.scalar_scale()), p.scalar_zp()
-    q = _node(model, q_name)
-    bounds = [numpy_helper.from_array(np.float32((v - z) * s), f"{q_name}_clip_{tag}")
-              for v, tag in ((lo, "min"), (hi, "max"))]
-    model.graph.initializer.extend(bounds)
-    clipped = f"{q.input[0]}_clipped_{q_name}"
-    clip = helper.make_node("Clip", [q.input[0], bounds[0].name, bounds[1].name], [clipped], name=f"{q_name}_Clip")
-    q.input[0] = clipped
-    _insert_before(model, q_name, [clip])
+# --- NNCF: float biases, grid-preserving ops --------------------------------------------------
 
 
 def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.name == name)
-
-
-# --- NNCF: float biases, grid-preserving ops --------------------------------------------------
 
 
 def _quantize_float_biases(model: onnx.ModelProto, target: Target) -> list[str]:
@@ -201,7 +84,7 @@ def _quantize_float_biases(model: onnx.ModelProto, target: Target) -> list[str]:
                               [f"{base}_dequantized"], name=names.fresh(f"{n.name}_bias_DequantizeLinear"),
                               **({"axis": 0} if per_channel else {}))
         _node(model, n.name).input[2] = dq.output[0]
-        _insert_before(model, n.name, [dq])
+        insert_nodes(model, n.name, [dq])
     if not plans:
         return []
     return [f"legalised the float bias of {len(plans)} Conv/Gemm node(s) to int32 at scale sx*sw, as ONNX "
@@ -218,14 +101,6 @@ def _bias_plan(g: QGraph, n: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | 
     bias = g.const(n.input[2])
     scale = np.float32(x[1].scalar_scale()) * w[1].scale.astype(np.float32).reshape(-1)
     return bias, scale.astype(np.float32)
-
-
-def _insert_before(model: onnx.ModelProto, anchor: str, new: list[onnx.NodeProto], after: bool = False) -> None:
-    nodes = list(model.graph.node)
-    at = next(k for k, n in enumerate(nodes) if n.name == anchor) + int(after)
-    nodes[at:at] = new
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
 
 
 def _propagate_through_grid_ops(model: onnx.ModelProto, target: Target) -> list[str]:
@@ -248,7 +123,7 @@ def _propagate_through_grid_ops(model: onnx.ModelProto, target: Target) -> list[
                                  name=names.fresh(f"{name}_QuantizeLinear"))
             d = helper.make_node("DequantizeLinear", [q.output[0], *params], [out],
                                  name=names.fresh(f"{name}_DequantizeLinear"))
-            _insert_before(model, name, [q, d], after=True)
+            insert_nodes(model, name, [q, d], after=True)
             changed.append(n)
     if not changed:
         return []
