@@ -1,0 +1,107 @@
+"""A CPU subgraph's ``Transpose`` read only by a softmax over a middle axis runs below it
+(``executors._softmax_before_transpose``): the same codes, ONNX Runtime's faster softmax form.
+
+YOLOv8n's DFL head on cpu-int8 is the real case: ``Reshape`` 1x4x16x2100, ``Transpose`` to
+1x16x4x2100, softmax over the 16 bins, quantize step, fused by ONNX Runtime into
+``QLinearSoftmax``; the synthetic models pin where the rewrite must not apply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import npuflow
+from npuflow.ort_session import options
+from npuflow.runtime import executors
+from tests import fixture_models
+
+
+def _optimized_ops(model: onnx.ModelProto, level: str, tmp_path) -> list[str]:
+    """The op types of ONNX Runtime's optimised graph of ``model`` at ``level``."""
+    opts = options(level=level, threads=1)
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_yolov8n_cpu_int8_dfl_softmax_moves_and_outputs_stay(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    samples = [{"images": rng.uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)} for _ in range(4)]
+    quantized = npuflow.quantize(str(fixture_models.yolov8n()), samples, target="cpu-int8",
+                                 input_shapes={"images": [1, 3, 320, 320]})
+    compiled = npuflow.compile(quantized.model, "cpu-int8")
+    subgraphs = [sg for sg in compiled.manifest["subgraphs"] if "onnx" in sg]
+    softmax_sg = [sg for sg in subgraphs
+                  if any(n.op_type == "Softmax" for n in onnx.load_from_string(compiled.blob(sg["onnx"])).graph.node)]
+    assert len(softmax_sg) == 1
+    sg = softmax_sg[0]
+    model = onnx.load_from_string(compiled.blob(sg["onnx"]))
+    before = [n.op_type for n in model.graph.node]
+    assert before.index("Transpose") < before.index("Softmax")  # as the compiler writes it
+    executors._softmax_before_transpose(model)
+    after = [n.op_type for n in model.graph.node]
+    assert after.index("Softmax") < after.index("Transpose") and len(after) == len(before), after
+    onnx.checker.check_model(model, full_check=True)
+    # still ONNX Runtime's integer softmax (the arithmetic the compiled model is checked against)
+    ops = _optimized_ops(model, executors.cpu_level(model), tmp_path)
+    assert "QLinearSoftmax" in ops and "Softmax" not in ops, ops
+
+    # the subgraph on random, saturated and zero codes: equal to the subgraph as compiled
+    moved = executors.OnnxExecutor(sg, compiled.blob(sg["onnx"]), lookup=False)
+    with monkeypatch.context() as m:
+        m.setattr(executors, "_softmax_before_transpose", lambda model: None)
+        kept = executors.OnnxExecutor(sg, compiled.blob(sg["onnx"]), lookup=False)
+        reference = npuflow.Session(compiled)
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load_from_string(
+        compiled.blob(sg["onnx"])).graph.input}
+    feeds = [{k: rng.integers(0, 256, s).astype(np.uint8) for k, s in shapes.items()} for _ in range(5)]
+    feeds += [{k: np.full(s, c, np.uint8) for k, s in shapes.items()} for c in (0, 255)]
+    for f in feeds:
+        a, b = moved.run(f), kept.run(f)
+        assert all(np.array_equal(a[k], b[k]) for k in b)
+
+    # the whole model: every output equal to the Session without the move
+    session = npuflow.Session(compiled)
+    for x in samples[:2]:
+        a, b = session.run(x), reference.run(x)
+        for k in b:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def _softmax_model(perm: list[int], axis: int, opset: int = 17, extra_reader: bool = False) -> onnx.ModelProto:
+    shape = [2, 3, 4, 5]
+    out_shape = [shape[p] for p in perm]
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=perm),
+             helper.make_node("Softmax", ["t"], ["y"], axis=axis)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)]
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", ["t"], ["n"]))
+        outputs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, out_shape))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("perm,axis", [([0, 2, 1, 3], 1), ([0, 3, 1, 2], -3), ([1, 0, 2, 3], 0)])
+def test_float_softmax_over_a_middle_axis_moves_with_equal_values(perm, axis):
+    model = _softmax_model(perm, axis)
+    x = {"x": np.random.default_rng(1).normal(0, 4, (2, 3, 4, 5)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    executors._softmax_before_transpose(model)
+    assert [n.op_type for n in model.graph.node] == ["Softmax", "Transpose"]
+    assert model.graph.node[0].attribute[0].i == perm[axis % 4]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("kwargs", [{"perm": [0, 2, 1, 3], "axis": 3},                 # already the last axis
+                                    {"perm": [0, 2, 1, 3], "axis": 1, "opset": 12},    # axis flattens what follows
+                                    {"perm": [0, 2, 1, 3], "axis": 1, "extra_reader": True}])
+def test_softmax_rewrite_leaves_other_graphs(kwargs):
+    model = _softmax_model(**kwargs)
+    nodes = [n.SerializeToString() for n in model.graph.node]
+    executors._softmax_before_transpose(model)
+    assert [n.SerializeToString() for n in model.graph.node] == nodes
