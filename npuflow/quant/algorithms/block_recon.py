@@ -16,7 +16,8 @@ the weight layers read ``(floor(W/s) + h(V)) * s`` with the target's scale, and 
 and pads are the exported ones.  The final codes are ``floor + (h >= 0.5)`` clipped to the code
 range, written back as integers, so the exported QDQ model and the compiled ``.npuf`` compute the
 rounding that was learned.  A block keeps its previous codes when the learned ones do not lower
-its output error on the calibration samples.
+its output error on the calibration samples, or when they raise the model's output error there
+(:mod:`.block_accept`).
 
 The blocks refine layer-wise AdaRound: ``fast_finetune`` runs AdaRound over every layer first, and
 a block's soft rounding starts at those codes (:func:`start_rest`), so a block ends at or below
@@ -571,6 +572,10 @@ class BlockResult:
     error_before: float
     error_after: float
     seconds: float
+    #: the model's calibration output error before the block and after it (:mod:`.block_accept`)
+    output_error_before: float | None = None
+    output_error_after: float | None = None
+    reverted: bool = False   # learned codes that lowered the block's error but raised the model's
 
 
 def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str, np.ndarray],

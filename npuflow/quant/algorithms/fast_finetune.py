@@ -45,6 +45,7 @@ from ...outputs import cache_root
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant, adaquant_threshold
 from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround, search_fix_position
+from .block_accept import OutputCheck
 from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
                           require_torch, write_block)
 from ...graph import GraphView, set_array, slice_model
@@ -175,12 +176,13 @@ def fast_finetune(
     blocks = [u for u in units if isinstance(u, Block)]
     fb = FloatValues(lambda names: _collect_tensors(float_model, feeds, names), blocks, FLOAT_BLOCK_BYTES)
     inputs = QuantizedInputs(out, feeds)
+    check = OutputCheck(float_model, feeds) if blocks else None
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     for k, unit in enumerate(units):
         if progress:
             progress(unit.name if isinstance(unit, Block) else unit.ql.name, k, len(units))
         if isinstance(unit, Block):
-            report.blocks.append(_solve_block(out, unit, inputs, fb, st))
+            report.blocks.append(_solve_block(out, unit, inputs, fb, st, check))
         else:
             report.layers.append(_solve_layer(float_model, out, unit, inputs, fx[unit.ql.name], st, backend, cache))
     report.seconds = time.time() - t0
@@ -289,18 +291,21 @@ def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float)
 
 
 def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs, float_values: FloatValues,
-                 st: FinetuneSettings) -> BlockResult:
-    """One block by :func:`.block_recon.reconstruct`, written into ``out``."""
+                 st: FinetuneSettings, check: OutputCheck) -> BlockResult:
+    """One block by :func:`.block_recon.reconstruct`, written into ``out`` when its codes do not
+    raise the model's calibration output error (``check``, :mod:`.block_accept`)."""
     t1 = time.time()
     with torch_threads():
         runner = BlockRunner(out, block)
         x, xf, y = block_arrays(block, inputs.get, float_values.get(block))
         codes, before, after = reconstruct(runner, x, xf, y, st.iters, st.learning_rate, st.block_batch,
                                            st.drop_prob, seed=st.seed)
-    write_block(out, runner, codes)
-    res = BlockResult(block.name, [j.ql.name for j in block.jobs], before, after, time.time() - t1)
-    log.debug("brecq %s (%d layers): error %.3g -> %.3g (%.1f s)", res.name, len(res.layers), before, after,
-              res.seconds)
+    d = check.decide(out, runner, codes, dict(inputs.values), lambda c: write_block(out, runner, c))
+    res = BlockResult(block.name, [j.ql.name for j in block.jobs], before, before if d.reverted else after,
+                      time.time() - t1, d.error_before, d.error_after, d.reverted)
+    log.debug("brecq %s (%d layers): error %.3g -> %.3g, model output error %.4g -> %.4g%s (%.1f s)", res.name,
+              len(res.layers), before, res.error_after, d.error_before, d.error_after,
+              ", reverted" if d.reverted else "", res.seconds)
     return res
 
 

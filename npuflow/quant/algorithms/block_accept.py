@@ -1,0 +1,86 @@
+"""Output-aware acceptance of a block's learned rounding (``brecq``, issue 18).
+
+:func:`.block_recon.reconstruct` keeps a block's learned codes when they lower the *block's*
+output error, but what the network needs is a lower error at *its* outputs.  A block's output
+error weighs every channel and position alike, while the layers after it amplify some errors
+and clip or pool others away, so a block can fit its own target better and still hand the rest
+of the network an error it propagates worse than AdaRound's.  On EfficientNet-Lite0 and PP-OCRv4
+det every block's own error fell or stayed while the model's calibration output error rose.
+
+:class:`OutputCheck` therefore decides each block a second time, on the model: with the block's
+learned codes written, the quantized model's output error on the calibration samples (the blocks
+decided before it at their chosen codes, the ones after it still at AdaRound's) must not rise
+above what the model had before the block, or the block goes back to the codes it started from.
+The model's error starts at the layer-wise AdaRound model's and never rises, so ``brecq`` ends
+at or below AdaRound's calibration output error.
+
+The measure is the one ``include_bias_corr: auto`` decides with
+(:func:`.apply.relative_error`, an optimised ONNX Runtime session), run on the tail of the
+network only: the layers upstream of a block are final when the block is solved, so their
+tensors, already computed for the block's inputs (:class:`.fast_finetune.QuantizedInputs`), are
+fed instead of running the network from its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import onnx
+
+from ...graph import slice_model
+from .capture import Feed, run_outputs
+
+if TYPE_CHECKING:
+    from .block_recon import BlockRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    """A block's codes as decided on the model: ``reverted`` to its start codes or not, with the
+    model's calibration output error before the block and with the codes it ends with."""
+
+    reverted: bool
+    error_before: float
+    error_after: float
+
+
+class OutputCheck:
+    """The quantized model's output error against the float model's on the calibration samples."""
+
+    def __init__(self, float_model: onnx.ModelProto, feeds: list[Feed]) -> None:
+        self.feeds = list(feeds)
+        self.reference = run_outputs(float_model, self.feeds)
+        self.error: float | None = None   # the model's as it stands, after the blocks decided so far
+
+    def measure(self, qmodel: onnx.ModelProto, known: dict[str, list[np.ndarray]]) -> float:
+        """The error of ``qmodel``, run from the ``known`` tensors (``{tensor: value per sample}``,
+        each computed by ``qmodel`` as it is now) to its outputs."""
+        from .apply import relative_error   # apply imports fast_finetune, which imports this module
+
+        part = slice_model(qmodel, [o.name for o in qmodel.graph.output], known)
+        runs = [{**f, **{t: v[k] for t, v in known.items()}} for k, f in enumerate(self.feeds)]
+        return relative_error(run_outputs(part, runs, spinning=False), self.reference)
+
+    def decide(self, qmodel: onnx.ModelProto, runner: "BlockRunner", learned: dict[str, np.ndarray],
+               known: dict[str, list[np.ndarray]], write: Callable[[dict[str, np.ndarray]], None]) -> Decision:
+        """Keep ``learned`` (the block's codes, written into ``qmodel`` by ``write``) if the model's
+        error does not rise, else write back ``runner.current`` (the codes the block started from)."""
+        current = {k: v.numpy() for k, v in runner.current.items()}
+        if self.error is None:
+            self.error = self.measure(qmodel, known)
+        before = self.error
+        if all(np.array_equal(learned[k], current[k]) for k in current):
+            return Decision(False, before, before)   # nothing learned that differs
+        write(learned)
+        after = self.measure(qmodel, known)
+        if after <= before:
+            self.error = after
+            return Decision(False, before, after)
+        write(current)
+        log.debug("brecq: block codes raise the calibration output error %.4g -> %.4g; reverted", before, after)
+        return Decision(True, before, before)
