@@ -329,6 +329,11 @@ def _gemm(node: onnx.NodeProto, t: QuantFacts) -> str | None:
 
 
 def _matmul(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    """Only ``x @ W`` (and activation x activation) is lowered: the integer programs take a MatMul's
+    constant as the second operand; as the first (``W @ x``) it would be read as a run-time input no
+    subgraph writes."""
+    if t.value(node.input[0]) is not None:
+        return "MatMul's first operand is a constant (W @ x); only x @ W is lowered"
     w = t.value(node.input[1])
     return "MatMul constant must be 2-D" if w is not None and w.ndim != 2 else None
 
