@@ -63,7 +63,7 @@ from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
-from .fused_tables import as_table, bytes_only, lut, lut_channel, table_node
+from .fused_tables import as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, table_node
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_reach, elem_type,
                           input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
@@ -321,8 +321,10 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     upsampling path; otherwise one ``Gather`` per axis whose indices are not the identity."""
     if set(op["blobs"]) - {"table"}:
         raise NotFusable("constants")
-    t = op["inputs"][0]
-    k = None if "table" in blobs else _raw_offset(g, t, op)  # 8-bit codes moved as they are
+    t, table = op["inputs"][0], blobs.get("table")
+    # 8-bit codes moved as they are, and index the table so where it has a byte per code
+    on_bytes = table is not None and byte_table(g, t, op["outputs"][0], np.asarray(table), op["attrs"]["qmin"])
+    k = g.byte_offsets.get(t, 0) if on_bytes else None if table is not None else _raw_offset(g, t, op)
     x, off = (g.bytes[t], k) if k is not None else g.base(t)
     shape = g.tensors[t]["shape"]
     indices = [np.asarray(ix, np.int64) for ix in op["attrs"]["indices"]]
@@ -336,8 +338,10 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
         for axis, ix in enumerate(indices):
             if list(ix) != list(range(len(ix))):
                 x = g.node("Gather", [x, g.const(ix, np.int64)], axis=axis)
-    if "table" in blobs:
-        table_node(g, x, off, g.tensors[t]["dtype"], op["outputs"][0], blobs["table"], op["attrs"]["qmin"])
+    if on_bytes:
+        byte_lookup(g, x, op["outputs"][0], np.asarray(table))
+    elif table is not None:
+        table_node(g, x, off, g.tensors[t]["dtype"], op["outputs"][0], table, op["attrs"]["qmin"])
     elif k is not None:
         g.put_bytes(op["outputs"][0], x, k)
     else:

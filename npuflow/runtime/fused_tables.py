@@ -26,20 +26,28 @@ def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
     them first, which also takes ``src``'s offset).  The entries are stored centred on ``out``'s
     zero point, as its readers want them (``Graph``).
     """
-    dt = np.dtype(g.tensors[out]["dtype"])
-    if bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256 and dt.itemsize == 1:
-        # 8-bit codes from an integer kernel (minus qmin) index the table as they are, and its
-        # entries go on as bytes (minus the output type's lowest code) to the next integer
-        # kernel or data movement
-        k = nm.qrange(8, dt.kind == "i")[0]
-        codes = g.bytes[src]
-        channels_last = _from_qlinear_conv(g, codes) and len(g.tensors[out]["shape"]) == 4
-        if channels_last:  # cancels the Transpose ONNX Runtime puts after its channels-last QLinearConv
-            codes = g.node("Transpose", [codes], perm=[0, 2, 3, 1])
-        row = gather(g, g.node("Cast", [codes], to=INDEX_TYPE), g.const(np.asarray(table, np.int64) - k, np.uint8))
-        g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if channels_last else row, k)
+    if byte_table(g, src, out, table, qmin):
+        byte_lookup(g, g.bytes[src], out, table)
         return
     table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
+
+
+def byte_table(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> bool:
+    """Whether ``table`` of ``src``'s codes can be indexed by ``src``'s bytes as they are: 8-bit
+    codes from an integer kernel, held minus ``qmin``, one entry per code, 8-bit entries."""
+    return (bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256
+            and np.dtype(g.tensors[out]["dtype"]).itemsize == 1)
+
+
+def byte_lookup(g: Graph, codes: str, out: str, table: np.ndarray) -> None:
+    """``out = table[codes]`` for the bytes ``codes`` (see :func:`byte_table`): the entries go on
+    as bytes (minus the output type's lowest code) to the next integer kernel or data movement."""
+    k = nm.qrange(8, np.dtype(g.tensors[out]["dtype"]).kind == "i")[0]
+    channels_last = _from_qlinear_conv(g, codes) and len(g.tensors[out]["shape"]) == 4
+    if channels_last:  # cancels the Transpose ONNX Runtime puts after its channels-last QLinearConv
+        codes = g.node("Transpose", [codes], perm=[0, 2, 3, 1])
+    row = gather(g, g.node("Cast", [codes], to=INDEX_TYPE), g.const(np.asarray(table, np.int64) - k, np.uint8))
+    g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if channels_last else row, k)
 
 
 def _from_qlinear_conv(g: Graph, codes: str) -> bool:

@@ -1,9 +1,13 @@
-"""A CPU subgraph's ``Transpose`` read only by a softmax over a middle axis runs below it
-(``executors._softmax_before_transpose``): the same codes, ONNX Runtime's faster softmax form.
+"""Fewer passes over tensors, the same codes (YOLOv8n on cpu-int8 is the real model):
 
-YOLOv8n's DFL head on cpu-int8 is the real case: ``Reshape`` 1x4x16x2100, ``Transpose`` to
-1x16x4x2100, softmax over the 16 bins, quantize step, fused by ONNX Runtime into
-``QLinearSoftmax``; the synthetic models pin where the rewrite must not apply.
+* a CPU subgraph's ``Transpose`` read only by a softmax over a middle axis runs below it
+  (``executors._softmax_before_transpose``), ONNX Runtime's faster softmax form: YOLOv8n's DFL
+  head (``Reshape`` 1x4x16x2100, ``Transpose`` to 1x16x4x2100, softmax over the 16 bins,
+  quantize step, fused by ONNX Runtime into ``QLinearSoftmax``); the synthetic models pin where
+  the rewrite must not apply;
+* a nearest resize with a scale-change table on 8-bit codes from an integer kernel resizes the
+  bytes and indexes a byte table (``fused._gather``), so the concatenation after it (YOLOv8n's
+  neck) stays bytes: no float32 copy of either operand and no cast back.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from onnx import TensorProto, helper
 
 import npuflow
 from npuflow.ort_session import options
-from npuflow.runtime import executors
+from npuflow.runtime import executors, fused
 from tests import fixture_models
 
 
@@ -28,12 +32,40 @@ def _optimized_ops(model: onnx.ModelProto, level: str, tmp_path) -> list[str]:
     return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
 
 
-def test_yolov8n_cpu_int8_dfl_softmax_moves_and_outputs_stay(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def yolo_cpu_int8():
     rng = np.random.default_rng(0)
     samples = [{"images": rng.uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)} for _ in range(4)]
     quantized = npuflow.quantize(str(fixture_models.yolov8n()), samples, target="cpu-int8",
                                  input_shapes={"images": [1, 3, 320, 320]})
-    compiled = npuflow.compile(quantized.model, "cpu-int8")
+    return npuflow.compile(quantized.model, "cpu-int8"), samples
+
+
+def test_yolov8n_cpu_int8_resize_and_concat_stay_bytes(yolo_cpu_int8):
+    compiled, samples = yolo_cpu_int8
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    graphs = [it.graph() for ex in fast._executors for it in getattr(getattr(ex, "plan", None), "items", [])
+              if isinstance(it, fused.FusedRun)]
+    resized = [(g, n) for g in graphs for n in g.nodes if n.op_type == "Resize"]
+    assert len(resized) == 2  # the neck's two upsamplings, each with a scale-change table
+    for g, node in resized:
+        assert node.input[0] in set(g.bytes.values()), node.input[0]  # resizes the uint8 codes
+    concats = [op["outputs"][0] for op in compiled.manifest["subgraphs"][0]["ops"] if op["op"] == "concat"]
+    writers = {t: next(n.op_type for n in reversed(g.nodes) if g.bytes[t] in n.output)
+               for g in graphs for t in concats if t in g.bytes}
+    # the neck's four concatenations (before: in float32, then cast) and every other one on bytes
+    neck = {f"/model.{k}/Concat_output_0_q" for k in (11, 14, 17, 20)}
+    assert neck <= set(writers) and set(writers.values()) == {"Concat"}, writers
+    adversarial = {"images": np.where(samples[0]["images"] > 0.5, 4.0, -4.0).astype(np.float32)}
+    for x in [*samples[:2], adversarial]:
+        a, b = fast.run(x), ref.run(x)
+        for k in b:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (k, int(np.sum(a[k] != b[k])))
+
+
+def test_yolov8n_cpu_int8_dfl_softmax_moves_and_outputs_stay(yolo_cpu_int8, tmp_path, monkeypatch):
+    compiled, samples = yolo_cpu_int8
+    rng = np.random.default_rng(0)
     subgraphs = [sg for sg in compiled.manifest["subgraphs"] if "onnx" in sg]
     softmax_sg = [sg for sg in subgraphs
                   if any(n.op_type == "Softmax" for n in onnx.load_from_string(compiled.blob(sg["onnx"])).graph.node)]
