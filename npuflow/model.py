@@ -60,7 +60,7 @@ MIN_IR_VERSION = 3
 MAX_ELEMENTS_ENV = "NPUFLOW_MAX_TENSOR_ELEMENTS"
 DEFAULT_MAX_ELEMENTS = 1 << 31
 
-ModelLike = str | os.PathLike | onnx.ModelProto
+ModelLike = str | os.PathLike | onnx.ModelProto | bytes
 InputShapes = Mapping[str, Sequence[int]]
 
 
@@ -147,17 +147,27 @@ def freeze_inputs(model: ModelLike, values: ProbeValues | None) -> ModelLike:
     return proto
 
 
-def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file with coded errors for the usual ways a file can be wrong.
+def read_proto(path: str | os.PathLike | bytes) -> onnx.ModelProto:
+    """Read an ONNX file (or a serialized model's bytes, as ``onnxruntime.InferenceSession``
+    takes them) with coded errors for the usual ways a file can be wrong; anything else (the
+    calibration samples passed where the model goes) is a coded error, not a ``TypeError``.
 
     External data is read only from regular files inside the model's own folder
     (:func:`_check_external_data`): a model is data from another hand, and a location such as
     ``/etc/passwd`` or ``../../secret`` must not make the loader read (or report on) other files.
+    Bytes have no folder: their external data resolves against the current directory.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise NpuflowError("NPF_MODEL_NOT_FOUND", path=str(p))
-    data = p.read_bytes()
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        p, data = Path("<model bytes>"), bytes(path)
+    elif isinstance(path, (str, os.PathLike)):
+        p = Path(path)
+        if not p.is_file():
+            raise NpuflowError("NPF_MODEL_NOT_FOUND", path=str(p))
+        data = p.read_bytes()
+    else:
+        raise NpuflowError("NPF_MODEL_NOT_ONNX", path=f"a {type(path).__name__}",
+                           reason="the model is a path, an onnx.ModelProto or the model's bytes "
+                                  "(npuflow.quantize takes the model first, then the calibration data, then the target)")
     if not data:
         raise NpuflowError("NPF_MODEL_NOT_ONNX", path=str(p), reason="the file is empty")
     proto = onnx.ModelProto()
