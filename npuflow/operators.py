@@ -180,6 +180,11 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Unsqueeze", "reshape", _L, params=(1,), scale=_IN, quantized=True, follower=True, moves_data=True,
           lowered=True, engine=Engine.NONE),
     OpDef("Transpose", "transpose", _L, scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True),
+    # pixel shuffles: a transpose of blocks, exact on integer codes
+    OpDef("DepthToSpace", "depth_to_space", _L, scale=_IN, quantized=True, follower=True, moves_data=True,
+          lowered=True),
+    OpDef("SpaceToDepth", "space_to_depth", _L, scale=_IN, quantized=True, follower=True, moves_data=True,
+          lowered=True),
     OpDef("Slice", "strided_slice", params=(1, 2, 3, 4), scale=_IN, quantized=True, follower=True,
           moves_data=True, lowered=True),
     OpDef("Split", "split", params=(1,), scale=_IN, quantized=True, follower=True, moves_data=True, lowered=True,

@@ -510,6 +510,21 @@ def lower_transpose(g: QGraph, n: onnx.NodeProto) -> IntOp:
     return _passthrough(g, n, "transpose", "transpose", {"perm": list(perm)})
 
 
+def lower_block_shuffle(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """``DepthToSpace`` (DCR or CRD) / ``SpaceToDepth`` as ONNX defines them: a reshape into
+    blocks, a transpose and a reshape, moving codes (exact on integers)."""
+    batch, c, h, w = _shape(g, n.input[0])
+    b = int(attr(n, "blocksize"))
+    if n.op_type == "SpaceToDepth":
+        view, perm = [batch, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4]
+    elif attr(n, "mode", "DCR") == "CRD":
+        view, perm = [batch, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
+    else:
+        view, perm = [batch, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
+    kind = "space_to_depth" if n.op_type == "SpaceToDepth" else "depth_to_space"
+    return _passthrough(g, n, "shuffle", kind, {"view": view, "perm": perm})
+
+
 def lower_slice(g: QGraph, n: onnx.NodeProto) -> IntOp:
     xs = _shape(g, n.input[0])
     consts = [g.const(i) if i else None for i in n.input[1:]]
@@ -601,6 +616,8 @@ LOWERINGS = {
     "Squeeze": lower_reshape,
     "Unsqueeze": lower_reshape,
     "Transpose": lower_transpose,
+    "DepthToSpace": lower_block_shuffle,
+    "SpaceToDepth": lower_block_shuffle,
     "Slice": lower_slice,
     "Pad": lower_pad,
     "Resize": lower_resize,

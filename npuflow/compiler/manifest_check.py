@@ -459,6 +459,15 @@ class OpCheck:
             raise self.fail("attrs.perm", f"{perm} is not a permutation of the input's {len(self.x.shape)} axes")
         self.passthrough([self.x.shape[p] for p in perm])
 
+    def _shuffle(self) -> None:
+        self.inputs(1)
+        view, perm = self.a.view, self.a.perm
+        if math.prod(view) != math.prod(self.x.shape) or sorted(perm) != list(range(len(view))):
+            raise self.fail("attrs.view", f"{view} permuted by {perm} is no view of the input's {self.x.shape}")
+        if math.prod(self.a.out_shape) != math.prod(view):
+            raise self.fail("attrs.out_shape", f"{self.a.out_shape} does not hold the {self.x.shape} input")
+        self.passthrough(self.a.out_shape)
+
     def _slice(self) -> None:
         self.inputs(1)
         slices = self.a.slices

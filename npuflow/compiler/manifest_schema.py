@@ -377,6 +377,12 @@ class TransposeAttrs(_Passthrough):
     perm: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(max_length=MAX_RANK)]
 
 
+class ShuffleAttrs(_Passthrough):
+    """DepthToSpace / SpaceToDepth: the input reshaped to ``view``, transposed by ``perm``."""
+    view: Shape
+    perm: Annotated[list[Annotated[int, Field(strict=True, ge=0)]], Field(max_length=MAX_RANK)]
+
+
 class SliceAttrs(_Passthrough):
     slices: Annotated[list[Annotated[list[Int], Field(min_length=3, max_length=3)]], Field(max_length=MAX_RANK)]
 
@@ -444,7 +450,7 @@ class DequantizeAttrs(Strict):
 ATTRS: dict[str, type[Strict]] = {
     "conv": ConvAttrs, "conv_transpose": ConvTransposeAttrs, "matmul": MatmulAttrs, "matmul2": Matmul2Attrs,
     "eltwise": EltwiseAttrs, "maxpool": MaxpoolAttrs, "avgpool": AvgpoolAttrs, "reshape": ReshapeAttrs,
-    "transpose": TransposeAttrs, "slice": SliceAttrs, "gather": GatherAttrs, "pad": PadAttrs,
+    "transpose": TransposeAttrs, "shuffle": ShuffleAttrs, "slice": SliceAttrs, "gather": GatherAttrs, "pad": PadAttrs,
     "concat": ConcatAttrs, "split": SplitAttrs, "lut": LutAttrs, "lut_channel": LutChannelAttrs,
     "quantize": QuantizeAttrs,
     "dequantize": DequantizeAttrs,

@@ -474,6 +474,12 @@ def prepare_transpose(attrs: dict, blobs: dict) -> Kernel:
     return _passthrough(attrs, blobs, lambda x: np.transpose(x, perm))
 
 
+def prepare_shuffle(attrs: dict, blobs: dict) -> Kernel:
+    """DepthToSpace / SpaceToDepth: reshape into blocks, transpose, reshape."""
+    view, perm, shape = attrs["view"], attrs["perm"], attrs["out_shape"]
+    return _passthrough(attrs, blobs, lambda x: x.reshape(view).transpose(perm).reshape(shape))
+
+
 def prepare_slice(attrs: dict, blobs: dict) -> Kernel:
     index = tuple(slice(a, b, c) for a, b, c in attrs["slices"])
     return _passthrough(attrs, blobs, lambda x: x[index])
@@ -587,6 +593,7 @@ KERNELS: dict[str, Callable[[dict, dict], Kernel]] = {
     "avgpool": prepare_avgpool,
     "reshape": prepare_reshape,
     "transpose": prepare_transpose,
+    "shuffle": prepare_shuffle,
     "slice": prepare_slice,
     "gather": prepare_gather,
     "pad": prepare_pad,
