@@ -27,11 +27,29 @@ class YamlTooLarge(ValueError):
     """A document that expands to too many values, nests too deeply or contains itself."""
 
 
+class _UniqueKeyLoader(_LOADER):  # type: ignore[misc,valid-type]
+    """The safe loader, refusing a key written twice in one mapping: YAML's loaders keep the last
+    silently, so a build config with two ``model_parameters`` groups built the second group's model
+    without a word.  Keys a ``<<`` merge brings in may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key_node.value!r} is written twice in one mapping (the second would "
+                    f"replace the first), line {key_node.start_mark.line + 1}", key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
 def load(text: str) -> Any:
     """Parse ``text`` with a safe loader; :class:`YamlTooLarge` for documents whose expansion
-    would be unbounded, ``yaml.YAMLError`` for malformed ones."""
+    would be unbounded, ``yaml.YAMLError`` for malformed ones (a key twice in one mapping included)."""
     try:
-        data = yaml.load(text, Loader=_LOADER)  # noqa: S506  (a safe loader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a safe loader)
     except RecursionError:
         raise YamlTooLarge("it nests too deeply") from None
     expanded_size(data)
