@@ -3,7 +3,8 @@
 hb_mapper's convention (seed 004 L1259-1335, spec A.6): one file per sample, in the *train*
 format (type, layout and shape of the float model's input) with everything except mean/scale
 already applied, saved with ``numpy.tofile`` (uint8 for images, float32 for featuremaps); npuflow
-also reads ``numpy.save`` files (``.npy``, as ``npuflow quantize`` does).  With
+also reads ``numpy.save`` files (``.npy``) and ``numpy.savez`` files (``.npz``: the array named as
+the input, or its only array), as ``npuflow quantize`` does.  With
 ``preprocess_on: True`` the folder holds images instead, which are only resized.
 
 The preprocessed model takes the *runtime* format, so each sample is converted with
@@ -14,6 +15,7 @@ file fails fast with its name; samples are then read one at a time, keeping memo
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Iterator
@@ -102,17 +104,26 @@ def _read_values(path: Path, pre: InputPreprocess) -> np.ndarray:
 
 
 def _is_npy(path: Path) -> bool:
-    """A ``numpy.save`` file (its magic string), whatever its name: users of ``npuflow quantize``,
-    which reads ``.npy`` folders, bring the same folders to ``build``."""
+    """A ``numpy.save`` or ``numpy.savez`` file (its magic string, or a zip's for ``.npz``), whatever
+    its name: users of ``npuflow quantize``, which reads ``.npy`` and ``.npz`` folders, bring the same
+    folders to ``build``; before, an ``.npz`` was read as raw bytes and refused for its size."""
     with open(path, "rb") as f:
-        return f.read(6) == b"\x93NUMPY"
+        magic = f.read(6)
+    return magic == b"\x93NUMPY" or (magic[:4] == b"PK\x03\x04" and path.suffix.lower() == ".npz")
 
 
 def _load_npy(path: Path, pre: InputPreprocess) -> np.ndarray:
-    """The array of a ``.npy`` sample (memory-mapped), checked against the input's train shape."""
+    """The array of a ``.npy`` sample (memory-mapped) or of an ``.npz`` one (the array named as the
+    input, or its only array), checked against the input's train shape."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            with arr:
+                names = arr.files
+                arr = arr[pre.name] if pre.name in names else arr[names[0]] if len(names) == 1 else None
+            if arr is None:
+                raise ValueError(f"arrays {', '.join(names)}, none named {pre.name!r}")
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise NpuflowError("NPF_BUILD_CALIB_NPY", path=str(path), dtype="unreadable", got=str(exc),
                            input=pre.name, shape="x".join(map(str, pre.shape))) from None
     if arr.size != int(np.prod(pre.shape)) or arr.dtype.kind not in "fiu":
