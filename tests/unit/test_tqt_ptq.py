@@ -231,8 +231,8 @@ def test_config_seed_reaches_the_layer_solver(tmp_path, monkeypatch):
 def test_adaround_moves_a_position_only_past_the_calibrated_full_run(tmp_path, monkeypatch):
     """On the MNIST CNN (real digits): every layer's written error is at most the full AdaRound's at
     its calibrated fix position, some layer moves, and no full run is repeated (the winner's is
-    reused).  Before, a layer moved on the best of three short runs and no full run at the
-    calibrated position was made to compare with."""
+    reused, and a fresh cache reports no layer cached).  Before, a layer moved on the best of three
+    short runs and no full run at the calibrated position was made to compare with."""
     import npuflow
     from npuflow.quant.algorithms import adaround as adaround_module, fast_finetune as ff
     from npuflow.quant.algorithms.qdq_weights import quantized_layers
@@ -260,6 +260,7 @@ def test_adaround_moves_a_position_only_past_the_calibrated_full_run(tmp_path, m
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
     q = npuflow.quantize(fixture_models.mnist_cnn(), digits, target=TARGET, config={
         "include_bias_corr": False, "fast_finetune": {"method": "adaround", "iters": iters, "learn_threshold": True}})
+    assert q.info["algorithms"]["fast_finetune"]["cached"] == 0   # the search's own runs are not a cache hit
     written = {l.name: float(l.scale.flat[0]) for l in quantized_layers(q.model)}
     full = [(layer, scale) for layer, scale, n, _ in runs if n == iters]
     assert len(full) == len(set(full))                     # no full run repeated

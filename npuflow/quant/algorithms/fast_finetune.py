@@ -206,15 +206,17 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     before = base.error(nearest)
     learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
 
-    def solved(shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        """``(codes, bias, scale, cached)`` of the full solve at fix position shift ``shift``."""
+    fresh: list[int] = []  # shifts solved in this call, the search's included (none: a cached result)
+
+    def solved(shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(codes, bias, scale)`` of the full solve at fix position shift ``shift``."""
         prob = base if not shift else base.at_scale((base.s * np.float32(2.0 ** -shift)).astype(np.float32))
         key = _cache_key(prob, lst)
         path = cache / key[:2] / f"{key}.npz"
         hit = _load(path, nearest.shape, prob.b.shape)
         if hit is not None:
             codes, bias, scale = hit
-            return codes, bias, prob.s if scale is None else scale, True
+            return codes, bias, prob.s if scale is None else scale
         scale = prob.s
         if method == "adaround":
             codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
@@ -227,12 +229,14 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
         if base.error(codes, bias, scale) > before:  # never make a layer worse than nearest rounding
             codes, bias, scale = nearest, base.b, base.s
         _save(path, codes, bias, scale if learn else None)
-        return codes, bias, scale, False
+        fresh.append(shift)
+        return codes, bias, scale
 
     shift = 0
     if learn and method == "adaround":  # the search's full solves are cached: the winner's is reused below
-        shift = _searched_shift(base, lst, backend, cache, lambda d: base.error(*solved(d)[:3]))
-    codes, bias, scale, cached = solved(shift)
+        shift = _searched_shift(base, lst, backend, cache, lambda d: base.error(*solved(d)))
+    codes, bias, scale = solved(shift)
+    cached = not fresh
     after = base.error(codes, bias, scale)
     shift = int(np.log2(base.s.reshape(-1)[0] / scale.reshape(-1)[0])) if learn else 0
     if shift:
