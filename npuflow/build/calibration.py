@@ -126,7 +126,7 @@ def _load_npy(path: Path, pre: InputPreprocess) -> np.ndarray:
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise NpuflowError("NPF_BUILD_CALIB_NPY", path=str(path), dtype="unreadable", got=str(exc),
                            input=pre.name, shape="x".join(map(str, pre.shape))) from None
-    if arr.size != int(np.prod(pre.shape)) or arr.dtype.kind not in "fiu":
+    if arr.size != int(np.prod(pre.shape)) or arr.dtype.kind not in "fiub":
         raise NpuflowError("NPF_BUILD_CALIB_NPY", path=str(path), dtype=str(arr.dtype),
                            got="x".join(map(str, arr.shape)), input=pre.name, shape="x".join(map(str, pre.shape)))
     return arr

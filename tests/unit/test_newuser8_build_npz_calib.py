@@ -43,3 +43,14 @@ def test_npz_without_the_input_is_a_coded_error(tmp_path):
         CalibrationSet([(PRE, tmp_path / "cal")], images=False)
     assert exc.value.code == "NPF_BUILD_CALIB_NPY"
     assert "none named 'x'" in str(exc.value)
+
+
+def test_bool_input_samples_are_read(tmp_path):
+    """A bool input (an attention mask) beside others, all in one ``.npz`` per sample: build refused
+    the bool array ("holds a bool array of shape 1x7; input 'mask' needs shape 1x7")."""
+    pre = InputPreprocess("mask", (1, 7), "featuremap", "NCHW", "featuremap", "NCHW")
+    (tmp_path / "cal").mkdir()
+    for i in range(3):
+        np.savez(tmp_path / "cal" / f"s{i}.npz", mask=rng.random((1, 7)) > 0.3, ids=np.arange(7))
+    got = list(CalibrationSet([(pre, tmp_path / "cal")], images=False, dtypes={"mask": np.dtype(bool)}))
+    assert len(got) == 3 and all(g["mask"].dtype == bool and g["mask"].shape == (1, 7) for g in got)
