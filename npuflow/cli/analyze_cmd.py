@@ -116,7 +116,7 @@ def mixed_precision_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
     target: str = target_option(),
     calib: Path = CALIB,
-    min_similarity: float = typer.Option(..., "--min-similarity", metavar="S",
+    min_similarity: float = typer.Option(..., "--min-similarity", metavar="S", min=0.0, max=1.0,
                                          help="Required cosine similarity of the lowest model output to the float model's."),
     precision: str = typer.Option("float", "--precision", metavar="float|int16",
                                   help="What raised layers become."),
