@@ -230,7 +230,8 @@ _RUNTIME = _specs(
     ("NPF_RUNTIME_INPUT_DTYPE", "input {name!r} has dtype {got}, the model expects {expected}",
      "Convert the array, e.g. x.astype(numpy.{expected})."),
     ("NPF_RUNTIME_INPUT_SHAPE", "input {name!r} has shape {got}, the model expects {expected}",
-     "Resize or reshape the data; the shape was frozen when the model was quantized and compiled."),
+     "Resize or reshape the data; the shape was frozen when the model was compiled (a dimension the quantized "
+     "model leaves dynamic, a batch say, compiles at another size with npuflow compile --input-shape NAME DIMS)."),
     ("NPF_RUNTIME_SHAPE_TOO_LARGE", "inputs of shape {got} fit none of the shapes the model was compiled for",
      "Compiled shapes: {shapes}. Compile one at least this large (repeat --input-shape NAME DIMS in npuflow "
      "compile, one per shape) or cut the input."),
