@@ -61,6 +61,9 @@ MAX_ELEMENTS_ENV = "NPUFLOW_MAX_TENSOR_ELEMENTS"
 DEFAULT_MAX_ELEMENTS = 1 << 31
 
 ModelLike = str | os.PathLike | onnx.ModelProto | bytes
+#: The first bytes of a compiled ``.npuf`` file (``compiler.artifact`` writes them): the loader
+#: names such a file instead of reporting a corrupt protobuf.
+NPUF_MAGIC = b"NPUFLOW\x00"
 InputShapes = Mapping[str, Sequence[int]]
 
 
@@ -170,6 +173,9 @@ def read_proto(path: str | os.PathLike | bytes) -> onnx.ModelProto:
                                   "(npuflow.quantize takes the model first, then the calibration data, then the target)")
     if not data:
         raise NpuflowError("NPF_MODEL_NOT_ONNX", path=str(p), reason="the file is empty")
+    if data.startswith(NPUF_MAGIC):
+        raise NpuflowError("NPF_MODEL_NOT_ONNX", path=str(p), reason="it is a compiled npuflow model (.npuf), which "
+                           "npuflow run, info and perf take; this step takes the (float or quantized) ONNX model")
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)

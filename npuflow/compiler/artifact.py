@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NpuflowError
-from ..model import write_atomic
+from ..model import NPUF_MAGIC as MAGIC, write_atomic
 from . import manifest_check, manifest_schema
 
-MAGIC = b"NPUFLOW\x00"
 FORMAT_MAJOR, FORMAT_MINOR = manifest_schema.SCHEMA_VERSION
 _HEADER = struct.Struct("<8sHHIQQQQQ32s8s")
 HEADER_SIZE = _HEADER.size  # 96

@@ -48,3 +48,16 @@ def test_a_model_that_is_not_a_model_is_a_coded_error(call):
         npuflow.quantize(*args)
     assert exc.value.code == "NPF_MODEL_NOT_ONNX"
     assert "the model first" in str(exc.value)
+
+
+def test_a_compiled_npuf_given_as_the_model_is_named(tmp_path):
+    """``npuflow build`` with a ``.npuf`` as ``onnx_model`` (and quantize/check/analyze of one) said
+    "is not an ONNX model: Error parsing message ...: Wire format was corrupt"."""
+    q = npuflow.quantize(_model(), CALIB, "cpu-int8", warn=False)
+    path = npuflow.compile(q, "cpu-int8").save(tmp_path / "m.npuf")
+    for call in (lambda: npuflow.quantize(path, CALIB, "cpu-int8"), lambda: npuflow.check(path, "cpu-int8"),
+                 lambda: npuflow.compile(path, "cpu-int8")):
+        with pytest.raises(NpuflowError) as exc:
+            call()
+        assert exc.value.code == "NPF_MODEL_NOT_ONNX" and "compiled npuflow model (.npuf)" in str(exc.value)
+    assert npuflow.Session(path).get_inputs()[0].name == "x"  # the file itself is fine
