@@ -224,8 +224,17 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
     row of the softmax holds the same values in the same order either way, so the values are
     unchanged.  Only from opset 13, where ``axis`` is one axis (earlier ones flatten the axes
     after it), and only where the axis is not already the last (a softmax there is ONNX Runtime's
-    fast form)."""
+    fast form).
+
+    Where ONNX Runtime fuses Q/DQ (float scales, :func:`cpu_level` ``"all"``) the move must not
+    change which kernel computes the softmax: with uint8 codes it fuses ``QLinearSoftmax`` either
+    way (YOLOv8n on cpu-int8), but with int8 codes it keeps the float ``Softmax`` between Q/DQ in
+    the transposed form and fuses ``QLinearSoftmax`` only in the moved one (YOLOv8n on
+    bernoulli2: other codes).  So at that level only subgraphs whose quantize and dequantize
+    steps are all uint8 are moved; at the basic level the softmax is float either way."""
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
+        return
+    if cpu_level(model) == "all" and not _uint8_steps(model):
         return
     view = GraphView(model)
     moved: dict[int, list[onnx.NodeProto]] = {}  # softmax position -> its replacement
@@ -248,6 +257,14 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
         nodes = [n for k, node in enumerate(view.nodes) if k not in dropped for n in moved.get(k, [node])]
         del model.graph.node[:]
         model.graph.node.extend(nodes)
+
+
+def _uint8_steps(model: onnx.ModelProto) -> bool:
+    """Whether every ``QuantizeLinear``/``DequantizeLinear`` of ``model`` has a uint8 zero point."""
+    inits = {t.name: t for t in model.graph.initializer}
+    steps = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    return all(len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.UINT8
+               for n in steps)
 
 
 def _move_out_large_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:

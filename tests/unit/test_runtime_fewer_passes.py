@@ -137,3 +137,36 @@ def test_softmax_rewrite_leaves_other_graphs(kwargs):
     nodes = [n.SerializeToString() for n in model.graph.node]
     executors._softmax_before_transpose(model)
     assert [n.SerializeToString() for n in model.graph.node] == nodes
+
+
+def _qdq_softmax_model(dtype: int, scale: float) -> onnx.ModelProto:
+    """``x`` codes -> DequantizeLinear -> Transpose -> Softmax over axis 1 -> QuantizeLinear."""
+    zp = np.uint8(0) if dtype == TensorProto.UINT8 else np.int8(0)
+    inits = [onnx.numpy_helper.from_array(np.float32(scale), "s"), onnx.numpy_helper.from_array(zp, "z"),
+             onnx.numpy_helper.from_array(np.float32(1 / 256), "so"), onnx.numpy_helper.from_array(zp, "zo")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["d"]),
+             helper.make_node("Transpose", ["d"], ["t"], perm=[0, 2, 1, 3]),
+             helper.make_node("Softmax", ["t"], ["p"], axis=1),
+             helper.make_node("QuantizeLinear", ["p", "so", "zo"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, [1, 4, 16, 30])],
+                              [helper.make_tensor_value_info("y", dtype, [1, 16, 4, 30])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dtype,scale,moves", [
+    (TensorProto.UINT8, 0.118, True),    # float scales, uint8: QLinearSoftmax either way (cpu-int8)
+    (TensorProto.INT8, 0.118, False),    # float scales, int8: ORT fuses only the moved form (bernoulli2)
+    (TensorProto.INT8, 0.125, True)])    # power of two: the CPU subgraph runs in float (basic level)
+def test_softmax_moves_only_where_onnx_runtime_keeps_its_kernel(dtype, scale, moves):
+    model = _qdq_softmax_model(dtype, scale)
+    x = {"x": np.random.default_rng(2).integers(0 if dtype == TensorProto.UINT8 else -128, 128, (1, 4, 16, 30))
+         .astype(np.uint8 if dtype == TensorProto.UINT8 else np.int8)}
+    level = executors.cpu_level(model)
+    want = ort.InferenceSession(model.SerializeToString(), options(level=level, threads=1),
+                                providers=["CPUExecutionProvider"]).run(None, x)[0]
+    executors._softmax_before_transpose(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert (ops.index("Softmax") < ops.index("Transpose")) == moves, ops
+    got = ort.InferenceSession(model.SerializeToString(), options(level=level, threads=1),
+                               providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert np.array_equal(got, want)
