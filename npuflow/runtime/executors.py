@@ -218,13 +218,13 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
     ONNX Runtime's softmax over an axis that is not the last transposes that axis to the end,
     computes and transposes back; how fast depends on where the axis sits, not on the values.
     YOLOv8n's DFL head (``Reshape`` to 1x4x16x2100, ``Transpose`` to 1x16x4x2100, softmax over the
-    16 bins) pays 2.8x for the transposed form against the softmax over axis 2 of the tensor
-    before the ``Transpose``; ONNX Runtime's own optimiser moves that ``Transpose`` down on the
-    whole model, but not inside the CPU subgraph that ends at the softmax's quantize step.  Every
-    row of the softmax holds the same values in the same order either way, so the values are
-    unchanged.  Only from opset 13, where ``axis`` is one axis (earlier ones flatten the axes
-    after it), and only where the axis is not already the last (a softmax there is ONNX Runtime's
-    fast form).
+    16 bins) is much slower in the transposed form than as the softmax over axis 2 of the tensor
+    before the ``Transpose`` (figures: ``docs/compiler-runtime.md``, fifteenth round); ONNX
+    Runtime's own optimiser moves that ``Transpose`` down on the whole model, but not inside the
+    CPU subgraph that ends at the softmax's quantize step.  Every row of the softmax holds the
+    same values in the same order either way, so the values are unchanged.  Only from opset 13,
+    where ``axis`` is one axis (earlier ones flatten the axes after it), and only where the axis
+    is not already the last (a softmax there is ONNX Runtime's fast form).
 
     Where ONNX Runtime fuses Q/DQ (float scales, :func:`cpu_level` ``"all"``) the move must not
     change which kernel computes the softmax: with uint8 codes it fuses ``QLinearSoftmax`` either
