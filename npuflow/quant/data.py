@@ -90,6 +90,18 @@ def peek(data: Any, inputs: Sequence[InputSpec], *, shapes: Mapping[str, Sequenc
     return next(iter(CalibrationSource(data, inputs, shapes=shapes, dtype=dtype, limit=1))), data
 
 
+def _stacked_note(shape: tuple[int, ...], dims: Sequence[int | None]) -> str:
+    """What to say when a sample looks like several samples stacked along a new or the batch axis
+    (``np.stack(samples)`` or ``{"x": [a, b, ...]}``): each array given is one sample."""
+    def fits(got: Sequence[int], want: Sequence[int | None]) -> bool:
+        return len(got) == len(want) and all(d is None or d == g for d, g in zip(want, got))
+    batch = len(shape) == len(dims) and tuple(dims[:1]) == (1,) and shape[0] > 1 and fits(shape[1:], dims[1:])
+    if not (batch or (len(shape) == len(dims) + 1 and fits(shape[1:], dims))):
+        return ""
+    split = "list(x[:, None])" if batch else "list(x)"
+    return f" ({shape[0]} samples stacked in one array? Each array is one sample: pass a list of them, e.g. {split})"
+
+
 def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exact_dtype: bool = False) -> Sample:
     """Turn one raw sample into ``{name: array}`` and check it against the model inputs.
 
@@ -126,7 +138,8 @@ def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exa
         if arr.ndim != len(spec.dims) or any(d is not None and d != a for d, a in zip(spec.dims, arr.shape)):
             want = "x".join("?" if d is None else str(d) for d in spec.dims)
             raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
-                               reason=f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape))}, the model wants {want}")
+                               reason=f"input {spec.name!r} has shape {'x'.join(map(str, arr.shape))}, the model wants "
+                                      f"{want}{_stacked_note(arr.shape, spec.dims)}")
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             raise NpuflowError("NPF_QUANT_CALIB_NONFINITE", sample=index, input=spec.name)
         out[spec.name] = arr

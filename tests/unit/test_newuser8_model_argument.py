@@ -61,3 +61,16 @@ def test_a_compiled_npuf_given_as_the_model_is_named(tmp_path):
             call()
         assert exc.value.code == "NPF_MODEL_NOT_ONNX" and "compiled npuflow model (.npuf)" in str(exc.value)
     assert npuflow.Session(path).get_inputs()[0].name == "x"  # the file itself is fine
+
+
+@pytest.mark.parametrize("calib", ["stacked", "dict_of_list"])
+def test_stacked_samples_get_a_hint(calib):
+    """``npuflow.quantize(model, np.stack(samples), T)`` and ``{"x": [a, b, ...]}``: one array is one
+    sample; the mismatch said only "has shape 4x2x6x6, the model wants 1x2x6x6"."""
+    data = {"stacked": np.concatenate(CALIB), "dict_of_list": {"x": CALIB}}[calib]
+    with pytest.raises(NpuflowError) as exc:
+        npuflow.quantize(_model(), data, "cpu-int8")
+    assert exc.value.code == "NPF_QUANT_CALIB_MISMATCH"
+    split = "list(x[:, None])" if calib == "stacked" else "list(x)"
+    assert "4 samples stacked in one array?" in str(exc.value) and f"e.g. {split})" in str(exc.value)
+    assert npuflow.quantize(_model(), list(np.concatenate(CALIB)[:, None]), "cpu-int8", warn=False).model
