@@ -272,6 +272,19 @@ def _transpose(g: Graph, op: dict, blobs: dict) -> None:
     _moves(g, op, lambda x: g.node("Transpose", [x], perm=op["attrs"]["perm"]))
 
 
+def _shuffle(g: Graph, op: dict, blobs: dict) -> None:
+    """DepthToSpace / SpaceToDepth as the kernel computes them: a reshape into blocks, a
+    transpose and a reshape, moving the codes as they are held."""
+    _no_table(op)
+    a = op["attrs"]
+
+    def move(x: str) -> str:
+        blocks = g.node("Transpose", [g.node("Reshape", [x, g.const(a["view"], np.int64)])], perm=a["perm"])
+        return g.node("Reshape", [blocks, g.const(a["out_shape"], np.int64)])
+
+    _moves(g, op, move)
+
+
 def _slice(g: Graph, op: dict, blobs: dict) -> None:
     _no_table(op)
     _moves(g, op, lambda x: slice_node(g, x, op["attrs"]["slices"]))
@@ -386,7 +399,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
     "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": lut, "lut_channel": lut_channel,
     "concat": _concat,
-    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "split": _split,
+    "reshape": _reshape, "transpose": _transpose, "shuffle": _shuffle, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
 }
 

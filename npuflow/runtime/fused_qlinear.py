@@ -164,7 +164,7 @@ def _qlinear_conv(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, t
 
 
 #: Ops that read 8-bit codes as bytes without a float32 view (integer kernels, data movement, tables).
-_BYTES_MOVES = {"concat", "reshape", "transpose", "slice", "split", "maxpool", "gather", "pad"}
+_BYTES_MOVES = {"concat", "reshape", "transpose", "shuffle", "slice", "split", "maxpool", "gather", "pad"}
 
 
 def _bytes_readers(g: Graph, tensor: str, depth: int = 4) -> bool:

@@ -62,3 +62,23 @@ def test_cpu_int8_runs_the_shuffle_in_one_integer_program_equal_to_onnx_runtime(
 def test_check_float_check_quantized_and_compile_agree(op, mode, target, tmp_path):
     """Targets whose files list no such kind keep it on the CPU in all three."""
     assert disagreements(_model(op, mode), target, str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("op, mode", CASES)
+def test_fused_runner_runs_the_shuffle_in_its_graph_equal_to_kernels_and_onnx_runtime(op, mode):
+    """The fused runner writes the shuffle as Reshape -> Transpose -> Reshape on the codes, so
+    ``conv1 .. conv2`` is one fused run; before, the shuffle ran as its kernel between two graphs."""
+    from npuflow.runtime import fused
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q = npuflow.quantize(_model(op, mode), calib, "cpu-int8", warn=False)
+    compiled = npuflow.compile(q.model, "cpu-int8")
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    plans = [ex.plan for ex in fast._executors if hasattr(ex, "plan")]
+    assert [[type(it).__name__ for it in p.items] for p in plans] == [["FusedRun"]], [p.reasons for p in plans]
+    kinds = {n.op_type for p in plans for it in p.items if isinstance(it, fused.FusedRun) for n in it.graph().nodes}
+    assert "Transpose" in kinds, kinds
+    for feeds in calib[:2]:
+        y = fast.run(feeds)["y"]
+        np.testing.assert_array_equal(y, ref.run(feeds)["y"])
+        np.testing.assert_array_equal(y, ort_values(q.model, feeds, ["y"])["y"])
