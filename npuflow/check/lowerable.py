@@ -141,8 +141,8 @@ def step_params(view: GraphView, node: onnx.NodeProto, round_mode: RoundMode, dt
 
 def folded_weight(node: onnx.NodeProto, view: GraphView) -> np.ndarray | None:
     """The integers a quantize step of a float constant computes (NNCF's and Brevitas' weights,
-    ``DequantizeLinear(QuantizeLinear(W))``), which ``compile``'s legalisation stores in its place
-    (``compiler/foreign.py`` asks this), else ``None``: an int32 step (a bias at ``sx * sw``) or
+    ``DequantizeLinear(QuantizeLinear(W))``), which the QCDQ legalisation that check and compile
+    share stores in its place (``check/qcdq.py`` asks this), else ``None``: an int32 step (a bias at ``sx * sw``) or
     one whose parameters are not constants stays a step computed at run time.  :class:`QuantFacts`
     reads a dequantize step of such a step as the stored integers, so check places the layer as
     compile lowers it; before, check put such Conv/Gemm layers on the CPU ("weights computed at run
