@@ -27,7 +27,9 @@ The probes' verdicts are kept on disk (:func:`persistent`, ``$NPUFLOW_CACHE/ort_
 ``~/.cache/npuflow`` by default), keyed by what decides them: ONNX Runtime's version and library
 file, the CPU's flags, npuflow's version and the source of this module and ``numerics``.  A
 process that finds its key's verdicts opens no probe session: each probe's sessions stay in the
-process' peak memory (the runtime's load of a small model, where they are a tenth of it).
+process' peak memory (the runtime's load of a small model, where they are a tenth of it).  The
+runtime's checks of one operation's kernel with that operation's scales (:func:`persistent_check`)
+keep theirs there too: a model of many float-scale groups has one per distinct operation.
 ``NPUFLOW_ENABLE_CACHE=0`` probes in every process, as it compiles at every start in ``npuflow.ort``.
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -105,13 +108,15 @@ def _stored() -> dict:
     return stored if isinstance(stored, dict) else {}
 
 
-def _store(name: str, verdict: Verdict) -> None:
+def _store(name: str, verdict: Verdict, stale: str | None = None) -> None:
     """Add ``name``'s verdict to :func:`cache_file`, written whole to a temporary file and renamed,
-    so a concurrent reader never sees half a file; a directory npuflow cannot write keeps none."""
+    so a concurrent reader never sees half a file; a directory npuflow cannot write keeps none.
+    Entries that start with ``stale`` (a changed check's) are dropped."""
     path = cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        verdicts = {**_stored(), name: verdict}
+        kept = {k: v for k, v in _stored().items() if not (stale and k.startswith(stale))}
+        verdicts = {**kept, name: verdict}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdicts-")
         with os.fdopen(fd, "w") as f:
             json.dump(verdicts, f)
@@ -139,6 +144,43 @@ def persistent(probe: Callable[[], Verdict]) -> Callable[[], Verdict]:
     cached = functools.cache(functools.wraps(probe)(verdict))
     cached.__wrapped__ = probe
     return cached
+
+
+def persistent_check(check: Callable[..., bool]) -> Callable[..., bool]:
+    """``check(*args)``, a check of one operation's ONNX Runtime kernel with that operation's
+    constants (scales, zero points; ``bytes`` for a table, keyed by its SHA-256), run once per
+    arguments in a process and, where the disk cache is on, once per :func:`cache_key`: its
+    verdict is kept in :func:`cache_file` beside the process probes', under the check's name,
+    the SHA-256 of its module's source and the arguments.  A load of a model whose checks were
+    made before opens none of their sessions (each stays in the load's peak memory)."""
+    module = Path(inspect.getfile(check))
+    name = f"{check.__module__}.{check.__qualname__}"
+
+    @functools.wraps(check)
+    def verdict(*args) -> bool:
+        if not cache_enabled():
+            return check(*args)
+        parts = [hashlib.sha256(a).hexdigest() if isinstance(a, bytes) else a for a in args]
+        version = f"{name}@{_source_digest(module)}:"
+        entry = version + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+        stored = _stored()
+        if isinstance(stored.get(entry), bool):
+            return stored[entry]
+        found = bool(check(*args))
+        stale = next((k.split(":")[0] + ":" for k in stored if k.startswith(f"{name}@") and not k.startswith(version)),
+                     None)
+        _store(entry, found, stale)
+        return found
+
+    cached = functools.lru_cache(maxsize=1024)(verdict)
+    cached.__wrapped__ = check
+    return cached
+
+
+@functools.cache
+def _source_digest(path: Path) -> str:
+    """The SHA-256 of a check's module source (a changed check gives other entries)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def probe_session(nodes: list, inputs: list, inits: list, out_type: int = TensorProto.UINT8) -> ort.InferenceSession:

@@ -41,7 +41,6 @@ no such lanes) still gets int8 weights (``ort_kernels.conv_weight_form``): exact
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import numpy as np
@@ -289,7 +288,7 @@ def add(g: Graph, op: dict) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1024)
+@ort_kernels.persistent_check
 def _qlinear_add_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
     """Whether ``com.microsoft.QLinearAdd`` with these float32 scales and uint8 zero points gives
     ``numerics.qlinear_add`` (saturated) on every pair of codes.  The process probe
@@ -352,16 +351,24 @@ def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
             or x not in g.bytes or not ort_kernels.exact():
         return False
     (sx, zx), (sy, zy) = ((np.float32(q["scale"]), np.uint8(q["zero_point"])) for q in params)
-    inits = [numpy_helper.from_array(v, n) for v, n in ((sx, "sx"), (zx, "zx"), (sy, "sy"), (zy, "zy"))]
-    node = helper.make_node("QLinearSigmoid", ["x", "sx", "zx", "sy", "zy"], ["y"], domain=MS_DOMAIN)
-    codes = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
-    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits).run(
-        None, {"x": codes})[0]
-    if not np.array_equal(got.reshape(-1), np.asarray(table).reshape(-1)):
+    if not _sigmoid_matches(float(sx), int(zx), float(sy), int(zy), np.asarray(table, np.int64).tobytes()):
         return False
     g.put_bytes(out, g.node("QLinearSigmoid", [g.as_bytes(x), g.scalar(sx), g.scalar(zx, np.uint8), g.scalar(sy),
                                                g.scalar(zy, np.uint8)], domain=MS_DOMAIN))
     return True
+
+
+@ort_kernels.persistent_check
+def _sigmoid_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
+    """Whether ``com.microsoft.QLinearSigmoid`` with these scales and zero points gives the int64
+    codes ``table`` on all 256 codes."""
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(sx), "sx"), (np.uint8(zx), "zx"), (np.float32(sy), "sy"), (np.uint8(zy), "zy"))]
+    node = helper.make_node("QLinearSigmoid", ["x", "sx", "zx", "sy", "zy"], ["y"], domain=MS_DOMAIN)
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits).run(
+        None, {"x": codes})[0]
+    return np.array_equal(got.reshape(-1), np.frombuffer(table, np.int64))
 
 
 def mul(g: Graph, op: dict) -> bool:
@@ -383,17 +390,25 @@ def mul(g: Graph, op: dict) -> bool:
         return False
     za, zb = (int(o["zp"]) for o in a["operands"])
     m, zc = np.float32(ep["multiplier"]), int(ep["zp"])
-    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
-    pa, pb = pairs
-    want = np.clip(nm.requantize_float((pa - za) * (pb - zb), m, nm.RoundMode.HALF_EVEN) + zc, 0, 255)
-    got = _on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {
-        "sa": m, "za": np.uint8(za), "one": np.float32(1), "zb": np.uint8(zb), "zc": np.uint8(zc)}, pairs)
-    if not np.array_equal(got, want):
+    if not _mul_matches(float(m), za, zb, zc, broadcast):
         return False
     g.put_bytes(out, g.node("QLinearMul", [
         g.as_bytes(names[0]), g.scalar(m), g.scalar(za, np.uint8), g.as_bytes(names[1]), g.scalar(1.0),
         g.scalar(zb, np.uint8), g.scalar(1.0), g.scalar(zc, np.uint8)], domain=MS_DOMAIN))
     return True
+
+
+@ort_kernels.persistent_check
+def _mul_matches(m: float, za: int, zb: int, zc: int, broadcast: int | None) -> bool:
+    """Whether ``com.microsoft.QLinearMul`` (product scale ``m``, these zero points) gives
+    ``numerics.requantize_float`` of the exact product on every pair of codes, broadcast as
+    ``broadcast`` says (``None``: operands of one shape; ``k``: operand ``k`` one value per channel)."""
+    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
+    pa, pb = pairs
+    want = np.clip(nm.requantize_float((pa - za) * (pb - zb), np.float32(m), nm.RoundMode.HALF_EVEN) + zc, 0, 255)
+    got = _on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {
+        "sa": np.float32(m), "za": np.uint8(za), "one": np.float32(1), "zb": np.uint8(zb), "zc": np.uint8(zc)}, pairs)
+    return np.array_equal(got, want)
 
 
 def quantize(g: Graph, op: dict) -> bool:
@@ -421,7 +436,7 @@ def quantize(g: Graph, op: dict) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=256)
+@ort_kernels.persistent_check
 def _quantize_matches(scale: float, zp: int) -> bool:
     """Whether ONNX Runtime's ``QuantizeLinear`` (float32 to uint8, this scale and zero point)
     equals ``numerics.quantize`` (ties to even) on every value of :func:`quantize_probe_values`,
@@ -480,7 +495,7 @@ def dequantize(g: Graph, op: dict) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=256)
+@ort_kernels.persistent_check
 def _dequantize_matches(scale: float, zp: int) -> bool:
     """Whether ONNX Runtime's ``DequantizeLinear`` (uint8, this scale and zero point) equals
     ``numerics.dequantize`` on every code, bit for bit (signed zeros and non-finite products

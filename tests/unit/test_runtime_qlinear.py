@@ -110,11 +110,12 @@ def _one_pair_off(real):
     return add
 
 
-def test_add_check_refuses_an_integer_kernel_that_differs_on_a_few_pairs(monkeypatch):
+def test_add_check_refuses_an_integer_kernel_that_differs_on_a_few_pairs(monkeypatch, tmp_path):
     # numerics defines the add; where ONNX Runtime's QLinearAdd differs from it on any pair of
     # codes with the op's scales the kernels of numerics serve, though the process probe (random
     # codes, one set of scales) passes (measured before the check: the fused run used QLinearAdd)
     monkeypatch.setattr(nm, "qlinear_add", _one_pair_off(nm.qlinear_add))
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))  # no verdict of the real numerics from the disk cache
     fused_qlinear._qlinear_add_matches.cache_clear()
     try:
         assert ort_kernels.exact.__wrapped__()  # the probe does not see it
@@ -285,8 +286,10 @@ def test_se_product_of_a_per_channel_scale_runs_on_qlinearmul_exactly(scale):
     assert ops.count("QLinearMul") == 1 and "Round" not in ops and "QuantizeLinear" in ops, ops
 
 
-def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkeypatch):
+def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkeypatch, tmp_path):
     real = fused_qlinear._on_all_pairs
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))  # no verdict of the real kernel from the disk cache
+    fused_qlinear._mul_matches.cache_clear()
 
     def one_off(op_type, inputs, inits, pairs=fused_qlinear._ALL_PAIRS):
         got = real(op_type, inputs, inits, pairs)
@@ -296,5 +299,8 @@ def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkey
         return got
 
     monkeypatch.setattr(fused_qlinear, "_on_all_pairs", one_off)
-    plan = _equal_fused_and_kernels(_se_product().model(), {"x": _x([1, 8, 7, 10], 13, 2.0)}, CPU)
-    assert "QLinearMul" not in _live_ops(plan)
+    try:
+        plan = _equal_fused_and_kernels(_se_product().model(), {"x": _x([1, 8, 7, 10], 13, 2.0)}, CPU)
+        assert "QLinearMul" not in _live_ops(plan)
+    finally:
+        fused_qlinear._mul_matches.cache_clear()
