@@ -69,6 +69,12 @@ _MODEL = _specs(
      "Freeze them with {examples} (N: the size you deploy; one option per input)."),
     ("NPF_MODEL_BAD_INPUT_SHAPE", "bad input shape {value!r}: {reason}",
      "Write shapes as dimensions joined by 'x', e.g. --input-shape images 1x3x224x224."),
+    ("NPF_MODEL_FIXED_INPUT_SHAPE", "input {name!r} is fixed at {fixed} in the model, and its shapes were computed "
+     "for that size: {asked} (dimension(s) {at} changed) does not fit them: {reason}",
+     "Ask only the dimensions the model leaves dynamic, or export it with that dimension dynamic "
+     "(torch.onnx.export dynamic_axes).  From npuflow.quantize: q.model is frozen at the shape it was quantized "
+     "at; npuflow.compile(q, target, input_shapes=...) (the QuantizedModel itself) and the saved "
+     "quantized_model.onnx keep the source's dynamic dimensions."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
     ("NPF_MODEL_UNKNOWN_TENSOR", "the model has no tensor named {name!r} to cut at",

@@ -9,7 +9,8 @@ What comes out of :func:`load` is an ``onnx.ModelProto`` that later stages can r
 * the default-domain opset is at least :data:`WORKING_OPSET` (per-channel QDQ needs 13) and at
   most :func:`newest_opset`, the newest one both the installed onnx and ONNX Runtime support;
 * graph inputs have the static shapes the user asked for (``--input-shape``), a dynamic batch
-  dimension defaults to 1, and any other unresolved dimension is a coded error;
+  dimension defaults to 1, and any other unresolved dimension is a coded error, as is a fixed
+  dimension resized to a size the model's shapes do not fit (:mod:`npuflow.input_shapes`);
 * every tensor has a static shape in ``value_info`` (ONNX shape inference with data propagation,
   completed by one ONNX Runtime run -- the *shape probe* -- only for what stays unknown).  The probe
   feeds values valid for each input: given ones (``probe_values``), else the constant the model
@@ -38,6 +39,7 @@ from onnx import external_data_helper, version_converter
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
+from .input_shapes import dynamic_dims, freeze_input_shapes, unresolved_error  # noqa: F401 (read through here)
 from .outputs import owner_token
 from .shape_probe import ProbeValues, fill_shapes_by_running, given_value, set_probe_values
 # graph_inputs, tensor_shapes and tensor_elem_types are read through this module by most stages
@@ -498,8 +500,9 @@ def load(
     _rename_duplicate_nodes(proto.graph)
     proto = _validated_at_working_opset(proto)
     proto = _lift_constants(proto)
-    _freeze_input_shapes(proto, dict(input_shapes or {}))
+    resized = freeze_input_shapes(proto, dict(input_shapes or {}))
     check_tensor_sizes(proto)
+    _check_resized(proto, resized)
     if probe_values:
         set_probe_values(proto, probe_values)
     if infer_shapes:
@@ -563,61 +566,17 @@ def _lift_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
-    inits = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    names = [i.name for i in inputs]
-    for name in shapes:
-        if name not in names:
-            raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
-    for inp in inputs:
-        if inp.name not in shapes:
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        wanted = shapes[inp.name]
-        if dims and len(dims) != len(wanted):
-            raise NpuflowError(
-                "NPF_MODEL_BAD_INPUT_SHAPE", value="x".join(map(str, wanted)),
-                reason=f"input {inp.name!r} has rank {len(dims)}, the shape given has rank {len(wanted)}",
-            )
-        del inp.type.tensor_type.shape.dim[:]
-        for d in wanted:
-            inp.type.tensor_type.shape.dim.add().dim_value = d
-    open_dims = dynamic_dims(proto)
-    for inp in inputs:
-        if open_dims.get(inp.name) == [0] and len(inp.type.tensor_type.shape.dim) > 1:
-            dims = inp.type.tensor_type.shape.dim
-            dims[0].Clear()
-            dims[0].dim_value = 1  # a dynamic batch is compiled for batch 1, as hb_mapper does
-            del open_dims[inp.name]
-    if open_dims:
-        raise unresolved_error(proto, open_dims)
-
-
-def dynamic_dims(proto: onnx.ModelProto) -> dict[str, list[int]]:
-    """``{input: [indices of its dimensions without a positive static size]}`` for every real
-    input that has any (a dynamic batch included): what ``--input-shape`` or calibration samples
-    must resolve."""
-    out = {}
-    for inp in graph_inputs(proto):
-        open_at = [k for k, d in enumerate(inp.type.tensor_type.shape.dim) if d.dim_value <= 0]
-        if open_at:
-            out[inp.name] = open_at
-    return out
-
-
-def unresolved_error(proto: onnx.ModelProto, open_dims: Mapping[str, Sequence[int]]) -> NpuflowError:
-    """One ``NPF_MODEL_DYNAMIC_SHAPE`` naming every input in ``open_dims`` with its unresolved
-    dimensions, and an ``--input-shape`` example per input, so one run shows all that is missing."""
-    inputs = {i.name: i for i in graph_inputs(proto)}
-    described, examples = [], []
-    for name, at in open_dims.items():
-        dims = inputs[name].type.tensor_type.shape.dim
-        described.append(f"{name!r} dimension(s) " + ", ".join(f"#{k} ({dims[k].dim_param or '?'})" for k in at))
-        example = ["1" if k == 0 and k in at else "N" if k in at else str(d.dim_value) for k, d in enumerate(dims)]
-        examples.append(f"--input-shape {name} {'x'.join(example)}")
-    return NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", count=len(open_dims), inputs="; ".join(described),
-                        examples=" ".join(examples))
+def _check_resized(proto: onnx.ModelProto, resized: list[dict[str, str]]) -> None:
+    """``NPF_MODEL_FIXED_INPUT_SHAPE`` when an input resized from a fixed size no longer fits the shapes
+    the model holds for it (value_info, outputs, ``Reshape`` targets ``npuflow.quantize`` folded): that was
+    ``NPF_MODEL_INVALID`` blaming the model, or stale shapes, since onnx's inference does not compare."""
+    try:
+        if resized:
+            validate(proto)
+    except NpuflowError as exc:
+        if exc.code != "NPF_MODEL_INVALID":
+            raise
+        raise NpuflowError("NPF_MODEL_FIXED_INPUT_SHAPE", **resized[0], reason=exc.fields["reason"]) from None
 
 
 def control_flow_nodes(proto: onnx.ModelProto) -> list[str]:
