@@ -17,17 +17,10 @@ from npuflow.quant.algorithms.block_recon import Block, BlockRunner, plan_blocks
 from npuflow.quant.algorithms.capture import run_outputs
 from npuflow.quant.algorithms.qdq_weights import read_codes
 from tests import fixture_models
+from tests.unit.test_block_recon import one_torch_thread  # noqa: F401  (autouse fixture)
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 ROUNDING = dict(round_mode="std_round", bias_round_mode="std_round")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 def _digits(n: int = 16) -> list[dict[str, np.ndarray]]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 import npuflow
 from npuflow.check.report import CPU, NPU
 from tests.unit.test_foreign_bias_check import check_announces_compile_refusal
 from tests.unit.test_foreign_legalize import _brevitas_like
-from tests.unit.test_foreign_weight_check import _agree
+from tests.unit.test_foreign_weight_check import _agree, checked_model
 from tests.unit.test_placement_agreement import compiled_devices
 
 DPU = "DPUCZDX8G_ISA1_B4096"
@@ -53,14 +53,7 @@ def _qcdq(layer: str, act_lo: int, pow2: bool, float_weight: bool = True) -> onn
               helper.make_node("QuantizeLinear", ["r", "o_s", "z"], ["r_q"], name="out_Q"),
               helper.make_node("Clip", ["r_q", "o_lo", "o_hi"], ["r_c"], name="out_clip"),
               helper.make_node("DequantizeLinear", ["r_c", "o_s", "z"], ["out"], name="out_DQ")]
-    graph = helper.make_graph(nodes, f"qcdq_{layer}",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
-                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return checked_model(nodes, f"qcdq_{layer}", x_shape, out_shape, inits)
 
 
 @pytest.mark.parametrize("act_lo", [-128, -100])

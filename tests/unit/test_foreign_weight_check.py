@@ -59,7 +59,12 @@ def _model(layer: str, pow2: bool = False, per_channel: bool = False, float_bias
               helper.make_node("QuantizeLinear", ["r", "o_s", "z"], ["r_q"], name="out_Q"),
               helper.make_node("DequantizeLinear", ["r_q", "o_s", "z"], ["out"], name="out_DQ")]
     out_shape = {"Conv": [1, 8, 8, 8], "Gemm": [1, 8], "MatMul": [1, 4, 8]}[layer]
-    graph = helper.make_graph(nodes, f"foreign_{layer}",
+    return checked_model(nodes, f"foreign_{layer}", x_shape, out_shape, inits)
+
+
+def checked_model(nodes: list, name: str, x_shape: list, out_shape: list, inits: dict) -> onnx.ModelProto:
+    """One input ``x``, one output ``out``, opset 17 / IR 9, passing ONNX's full check."""
+    graph = helper.make_graph(nodes, name,
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
                               [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
