@@ -9,7 +9,8 @@ and by :mod:`.place` on float models:
   Runtime's quantizer does): a Reshape after a float Softmax stays float instead of quantizing
   probabilities, one fed from the CPU or a graph input stays on the CPU;
 * on float-scale targets (:func:`float_tail_applies`) data movement whose outputs no quantized op
-  reads stays float (:func:`drop_float_tail`): quantizing the output head only loses precision.
+  reads stays float (:func:`drop_float_tail`): quantizing the output head only loses precision;
+  so does an op with a fixed output range (a Sigmoid) read only by that tail.
 
 ``quant`` imports this module, never the reverse.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Iterable, TypeVar
 
-from ..operators import DATA_MOVEMENT, FOLLOWERS
+from ..operators import DATA_MOVEMENT, FIXED_OUTPUT_RANGE, FOLLOWERS
 from ..targets import Target
 
 K = TypeVar("K", bound=Hashable)
@@ -36,8 +37,26 @@ def float_tail_applies(target: Target) -> bool:
     return target.numerics.scale_type == "float"
 
 
+def _in_tail(key: K, quantized: set[K], op_type: Callable[[K], str], readers: list[K]) -> bool:
+    """Whether node ``key`` belongs to the float tail: no quantized node reads it, and it is data
+    movement, or an op whose output grid is a fixed interval (:data:`npuflow.operators.FIXED_OUTPUT_RANGE`:
+    a Sigmoid) read only by data movement.  Quantized for no integer reader, that fixed grid is only
+    lost precision: YOLOv8n's class-score Sigmoid before the head's Concat rounded small scores to 0
+    on its 1/255 grid.  A Sigmoid read by a quantized op keeps [0, 1] (a wake-word detection
+    calibrated without positives is not clipped); one that is itself the model output, or read by a
+    float compute op, keeps its grid too, so the accuracy check can pass a silent probability within
+    one step of FP32 (float, computed from the quantized logit, it is neither on a grid nor close in
+    cosine).  Tanh and Softmax are no quantized ops; HardSigmoid's range is calibrated and it fuses
+    into its producer, as ReLU does."""
+    if any(r in quantized for r in readers):
+        return False
+    kind = op_type(key)
+    return kind in DATA_MOVEMENT or (kind in FIXED_OUTPUT_RANGE and bool(readers)
+                                     and all(op_type(r) in DATA_MOVEMENT for r in readers))
+
+
 def drop_float_tail(quantized: set[K], op_type: Callable[[K], str], readers: Callable[[K], Iterable[K]]) -> list[K]:
-    """Remove from ``quantized`` the data-movement nodes (:data:`npuflow.operators.DATA_MOVEMENT`;
+    """Remove from ``quantized`` the float tail (:func:`_in_tail`: data movement, :data:`npuflow.operators.DATA_MOVEMENT`;
     not ``Relu``, a follower: fused into its producer it is where that output gets quantized, and a
     float one would move the quantize step onto the raw, wider producer output) no quantized node reads, until
     nothing changes (a Reshape feeding a float Concat goes float too); returns them.
@@ -52,7 +71,7 @@ def drop_float_tail(quantized: set[K], op_type: Callable[[K], str], readers: Cal
     while changed:
         changed = False
         for key in list(quantized):
-            if op_type(key) in DATA_MOVEMENT and not any(r in quantized for r in readers(key)):
+            if _in_tail(key, quantized, op_type, list(readers(key))):
                 quantized.discard(key)
                 dropped.append(key)
                 changed = True

@@ -501,7 +501,7 @@ def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, c
             continue  # float in the plan, but between a dequantize step and an epilogue's quantize step
         device[i] = CPU
         reasons[i].append(f"no {tgt.device_label} op reads its output, and on a float-scale target the quantizer "
-                          f"leaves such data movement in float (the float tail), so it runs on the CPU")
+                          f"leaves such data movement (and a Sigmoid) in float (the float tail), so it runs on the CPU")
 
 
 def _tail_readers(view: GraphView, device: list[str], transparent: list[bool], fused: dict[int, int], i: int,
