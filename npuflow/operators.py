@@ -246,7 +246,7 @@ VALUE_MOVING_OPS = GRID_OPS | frozenset({"GlobalMaxPool", "Slice", "Split", "Con
 FIXED_OUTPUT_RANGE: dict[str, tuple[float, float]] = {"Sigmoid": (0.0, 1.0)}
 #: Ops with a fixed output interval whose output saturates on its grid past an input of +-L
 #: (``SATURATION_INPUT[op](bits)``: L where the output is within half a step of its limit).  Their
-#: input's quantized range reaches past zero on each side by at least ``min(L, other side)``
+#: input's quantized range, calibrated on one sign only, reaches past zero by ``min(L, other side)``
 #: (``quant/assign.py``): a logit calibrated only negative -- a detector calibrated on data
 #: without the event -- otherwise gets the range [min, 0] on an asymmetric (uint8) grid, and the
 #: probability stops at 0.5, the threshold it is compared with.

@@ -129,8 +129,9 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         readers = [saturating_readers(p.name) for p in points]
         reach = max((operators.SATURATION_INPUT[c.op_type](settings.bit_width) for sat, _ in readers for c in sat),
                     default=0.0)
-        if reach and (hi < min(-lo, reach) or lo > -min(hi, reach)):
-            # the input of a sigmoid: both signs, so the output reaches both of its halves
+        if reach and not lo < 0.0 < hi:
+            # the input of a sigmoid calibrated on one sign: both signs, so the output reaches both
+            # of its halves; a range that crosses zero already does (a swish input keeps its steps)
             lo, hi, fixes = min(lo, -min(hi, reach)), max(hi, min(-lo, reach)), []
         if reach and all(only for _, only in readers) and (lo < -reach or hi > reach):
             # and no further than the sigmoid can tell apart: a DB text map's logits span -218..135

@@ -2,7 +2,8 @@
 output, stays float (``check/followers.py``), in ``check`` as in ``compile``.
 
 Quantized onto its fixed [0, 1] grid (1/255), the Sigmoid rounded the small class scores to 0:
-class-row cosine to FP32 on these crops 0.758 (one crop 0, every score rounded away), 0.935 float.
+class-row cosine to FP32 on these crops 0.758 (one crop 0, every score rounded away); float 0.935, and 0.943
+with the swish inputs no longer widened past their calibrated range (``quant/assign.py``).
 """
 
 from __future__ import annotations
