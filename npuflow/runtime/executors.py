@@ -43,14 +43,17 @@ class IntegerExecutor:
     """
 
     def __init__(self, sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], *,
-                 threads: int = 1, fuse: bool = True) -> None:
+                 threads: int = 1, fuse: bool = True, release: Callable[[], object] | None = None) -> None:
+        """``release``: called before each fused run's ONNX Runtime session is created
+        (:class:`.fused.FusedRun`)."""
         self.outputs = list(sg["outputs"])
         self._ops = sg["ops"]
         self._blob = blob
         self._kernels: dict[int, Kernel] = {}
         self._kernel_lock = threading.Lock()
         self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
-        self.plan = fused.plan(sg, tensors, blob, threads) if fuse else fused.Plan(list(range(len(self._ops))), {})
+        self.plan = (fused.plan(sg, tensors, blob, threads, release) if fuse
+                     else fused.Plan(list(range(len(self._ops))), {}))
         plan = sg["memory"]
         # the arena holds the outputs of ops run as kernels; a program of fused runs only (ONNX
         # Runtime's own buffers) allocates none per frame

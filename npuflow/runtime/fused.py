@@ -416,16 +416,20 @@ class FusedRun:
 
     The graph is not kept once its session is open: its constants are the run's weights, which
     ONNX Runtime holds already.  ``rebuild`` writes it again from the run's ops (:func:`plan`), for
-    dump mode's session and :meth:`graph`.
+    dump mode's session and :meth:`graph`.  ``g`` is cleared once its protobuf is written, and
+    ``release`` (e.g. dropping the mapped ``.npuf``'s pages the weights were read from) is called
+    just before ONNX Runtime creates the session: that creation, with its copies and packed forms
+    of the weights, is a load's high-water mark, and what the build read and wrote would be in it.
     """
 
     def __init__(self, g: Graph, outputs: list[str], produced: list[str], threads: int,
-                 rebuild: Callable[[], Graph]) -> None:
+                 rebuild: Callable[[], Graph], release: Callable[[], object] | None = None) -> None:
         self.inputs = list(g.inputs)
         self.outputs = outputs
         self.produced = produced
         self._threads = threads
         self._rebuild = rebuild
+        self._release = release
         self._feeds = [input_name(k) for k in range(len(self.inputs))]
         self.session = self._session(g, outputs)
         #: the session's outputs by name, and (the session, its run without the Python wrapper's
@@ -459,6 +463,9 @@ class FusedRun:
         model, arrays = g.model([helper.make_tensor_value_info(f"out{k}", elem_type(g.tensors[t]["dtype"]),
                                                                g.tensors[t]["shape"]) for k, t in enumerate(outputs)],
                                 nodes, inits)
+        g.clear()
+        if self._release is not None:
+            self._release()
         # Many sessions per Session: pool threads that spin between runs starve each other
         # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.  No memory
         # pattern: its block of the planned activations would come on top of the arena chunks the
@@ -505,8 +512,10 @@ class Plan:
     reasons: dict  # op index -> why it runs as its kernel
 
 
-def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int = 1) -> Plan:
-    """Cut ``sg``'s ops into maximal runs that :data:`_EMITTERS` can write as exact float graphs."""
+def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int = 1,
+         release: Callable[[], object] | None = None) -> Plan:
+    """Cut ``sg``'s ops into maximal runs that :data:`_EMITTERS` can write as exact float graphs
+    (``release``: called before each run's session is created, :class:`FusedRun`)."""
     ops = sg["ops"]
     last_use: dict[str, int] = {}
     for k, op in enumerate(ops):
@@ -544,7 +553,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             produced = [t for k in run_ops for t in ops[k]["outputs"]]
             outs = [t for t in produced if t in keep or last_use.get(t, -1) >= end]
             try:
-                items.append(FusedRun(g, outs, produced, threads, rebuild(run_ops)))
+                items.append(FusedRun(g, outs, produced, threads, rebuild(run_ops), release))
             except _ORT_ERRORS as exc:  # the kernels compute the same codes, slower
                 items.extend(run_ops)
                 reasons.update({k: f"ONNX Runtime refused the fused graph: {exc}" for k in run_ops})

@@ -155,6 +155,15 @@ class Graph:
                 *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
                                     self.byte_offsets, self.arrays)))
 
+    def clear(self) -> None:
+        """Drop what only writing the graph needed: its nodes, initialisers, tables and arrays.
+
+        Called once :meth:`model` has put them into a protobuf and its external arrays: until the
+        graph is dropped by its builder, they would stay resident through ONNX Runtime's creation
+        of the session, the load's high-water mark (docs/compiler-runtime.md, "Peak memory")."""
+        self.nodes, self.inits, self.arrays = [], [], {}
+        self.tables, self.shifted, self.pads = {}, {}, {}
+
     def rollback(self, mark: tuple) -> None:
         (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
          self.byte_offsets, self.arrays) = mark

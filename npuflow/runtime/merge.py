@@ -115,7 +115,8 @@ def _merged(subgraphs: list[dict], executor: Callable[[int], object], run: range
     def merged_blob(name: str) -> np.ndarray:
         return tables[name] if name in tables else blob(name)
 
-    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads), tuple(run), tuple(inputs))
+    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads, release=release), tuple(run),
+                tuple(inputs))
     release()  # the build's graph and bounds, before the next one's (as ``Session``'s own builds)
     return step
 

@@ -90,8 +90,9 @@ class _Program:
 
     def __init__(self, manifest: dict, blob: Callable[[str], np.ndarray | bytes], threads: int,
                  cpu_threads: int | None, fuse: bool, release: Callable[[], object] = return_freed_heap) -> None:
-        """``release`` gives back what a build read and freed, after the CPU subgraphs' sessions
-        and after each integer program's build, so that the next build does not grow beside it:
+        """``release`` gives back what a build read and freed, after the CPU subgraphs' sessions,
+        before each fused run's ONNX Runtime session is created and after each integer program's
+        build, so that neither that creation nor the next build grows beside it:
         ``Session``'s drops the mapped file's pages the blobs were read from (PP-OCRv4 rec's CTC
         head: 3.2 MB) and the C heap's free pages."""
         self.subgraphs = manifest["subgraphs"]
@@ -127,7 +128,8 @@ class _Program:
             with self._lock:
                 if self._executors[k] is None:
                     self._executors[k] = IntegerExecutor(self.subgraphs[k], self._tensors, self._blob,
-                                                         threads=self._threads, fuse=self._fuse)
+                                                         threads=self._threads, fuse=self._fuse,
+                                                         release=self._release)
                     self._release()  # the build's graph, bounds and blobs, before the next one's
         return self._executors[k]
 

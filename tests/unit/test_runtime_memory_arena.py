@@ -70,7 +70,9 @@ def test_a_load_gives_the_freed_heap_back(monkeypatch):
     real = session_module.return_freed_heap
     monkeypatch.setattr(session_module, "return_freed_heap", lambda: calls.append(1) or real())
     s = npuflow.Session(npuflow.compile(_head().model(), DPU))
-    # once the CPU subgraphs are open, after each integer program's build, and at the end
-    integer = sum(1 for ex in s._executors if isinstance(ex, executors.IntegerExecutor))
-    assert integer >= 1 and len(calls) == 2 + integer
+    # once the CPU subgraphs are open, before each fused run's session is created, after each
+    # integer program's build, and at the end
+    integer = [ex for ex in s._executors if isinstance(ex, executors.IntegerExecutor)]
+    runs = sum(isinstance(item, fused.FusedRun) for ex in integer for item in ex.plan.items)
+    assert integer and runs >= 1 and len(calls) == 2 + len(integer) + runs
     assert real() == hasattr(ctypes.CDLL(None), "malloc_trim")  # glibc here: True
