@@ -125,6 +125,19 @@ def _store(name: str, verdict: Verdict, stale: str | None = None) -> None:
         log.debug("ONNX Runtime kernel verdicts not stored in %s: %s", path, exc)
 
 
+def _recall(entry: str, run: Callable[[], Verdict], family: str | None = None, version: str = "") -> Verdict:
+    """``entry``'s verdict from :func:`cache_file`, else ``run()`` stored under ``entry``; entries
+    of ``family`` written by another ``version`` of it (a changed check) are dropped then."""
+    stored = _stored()
+    if entry in stored and (family is None or isinstance(stored[entry], bool)):
+        return stored[entry]
+    found = run()
+    stale = None if family is None else next(
+        (k.split(":")[0] + ":" for k in stored if k.startswith(family) and not k.startswith(version)), None)
+    _store(entry, found, stale)
+    return found
+
+
 def persistent(probe: Callable[[], Verdict]) -> Callable[[], Verdict]:
     """``probe`` run once per process, and once per :func:`cache_key` where the disk cache is on:
     its verdict is read from :func:`cache_file` when there, else probed and stored.  The result
@@ -132,14 +145,7 @@ def persistent(probe: Callable[[], Verdict]) -> Callable[[], Verdict]:
     name = probe.__name__
 
     def verdict() -> Verdict:
-        if not cache_enabled():
-            return probe()
-        stored = _stored()
-        if name in stored:
-            return stored[name]
-        found = probe()
-        _store(name, found)
-        return found
+        return _recall(name, probe) if cache_enabled() else probe()
 
     cached = functools.cache(functools.wraps(probe)(verdict))
     cached.__wrapped__ = probe
@@ -163,14 +169,7 @@ def persistent_check(check: Callable[..., bool]) -> Callable[..., bool]:
         parts = [hashlib.sha256(a).hexdigest() if isinstance(a, bytes) else a for a in args]
         version = f"{name}@{_source_digest(module)}:"
         entry = version + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
-        stored = _stored()
-        if isinstance(stored.get(entry), bool):
-            return stored[entry]
-        found = bool(check(*args))
-        stale = next((k.split(":")[0] + ":" for k in stored if k.startswith(f"{name}@") and not k.startswith(version)),
-                     None)
-        _store(entry, found, stale)
-        return found
+        return _recall(entry, lambda: bool(check(*args)), f"{name}@", version)
 
     cached = functools.lru_cache(maxsize=1024)(verdict)
     cached.__wrapped__ = check
