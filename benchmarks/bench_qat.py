@@ -249,7 +249,7 @@ def bench_onnx(args) -> list[str]:
     accuracy) of the PTQ start and of the QAT model on held-out data, the .npuf checked bit-exact."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import datasets as D  # noqa: E402  (benchmarks/datasets.py)
-    method = {"adaround": "AdaRound", "brecq": "BRECQ+QDrop"}[args.onnx_ptq_method]
+    method = ptq_label(args)
     lines = [f"## `npuflow qat`: QAT of the ONNX model from the {method} PTQ start (issue 18 item 2)", "",
              f"Produced by `python benchmarks/bench_qat.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{TARGET}, the target's placement (every layer of EfficientNet-Lite0 on the DPU; PP-OCRv4 rec keeps what the "
@@ -294,6 +294,23 @@ def bench_onnx(args) -> list[str]:
     return lines + [""]
 
 
+def ptq_config(args) -> dict:
+    """The quantizer config of the PTQ start ``qat_onnx`` trains from: ``--onnx-ptq-method`` for
+    ``--onnx-ptq-iters``, with TQT's learned power-of-two weight thresholds when
+    ``--onnx-ptq-learn-threshold`` (AdaQuant's best PTQ on PP-OCRv4 rec, docs/accuracy.md), on the
+    first ``--onnx-ptq-calib`` training samples."""
+    fast_finetune = {"method": args.onnx_ptq_method, "iters": args.onnx_ptq_iters}
+    if args.onnx_ptq_learn_threshold:
+        fast_finetune["learn_threshold"] = True
+    return {"fast_finetune": fast_finetune, "max_calib_samples": args.onnx_ptq_calib}
+
+
+def ptq_label(args) -> str:
+    """How the results name the PTQ start (method, and the learned thresholds when on)."""
+    name = {"adaround": "AdaRound", "adaquant": "AdaQuant", "brecq": "BRECQ+QDrop"}[args.onnx_ptq_method]
+    return name + (" with learned weight thresholds (`learn_threshold`)" if args.onnx_ptq_learn_threshold else "")
+
+
 def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, fp32: str | None, ptq, seed: int,
               lines: list[str]):
     """One ``qat_onnx`` run (``seed``) from ``ptq`` (None: computed here), its rows appended to
@@ -305,8 +322,7 @@ def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, 
     from npuflow.torch.onnx_qat import qat_onnx
     from npuflow.torch.qat import export_qat
 
-    ptq_cfg = {"fast_finetune": {"method": args.onnx_ptq_method, "iters": args.onnx_ptq_iters},
-               "max_calib_samples": args.onnx_ptq_calib}
+    ptq_cfg = ptq_config(args)
     t0 = time.time()
 
     def progress(stage, done=0, total=None, detail=""):
@@ -395,7 +411,8 @@ def _keep(folder: Path, result, npuf, feeds: list, qat_out: list, npuf_out: list
     log(f"  keep: {folder} (worst line {int(diffs.argmax())}, max diff {diffs.max():.1e})")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (a function so that tests parse the options the runs use)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr-w", type=float, default=2e-4)
@@ -418,7 +435,9 @@ def main() -> None:
     ap.add_argument("--onnx-batch", type=int, default=8)
     ap.add_argument("--onnx-ptq-calib", type=int, default=32)
     ap.add_argument("--onnx-ptq-iters", type=int, default=500, help="per layer (adaround), per block (brecq)")
-    ap.add_argument("--onnx-ptq-method", choices=("adaround", "brecq"), default="adaround")
+    ap.add_argument("--onnx-ptq-method", choices=("adaround", "adaquant", "brecq"), default="adaround")
+    ap.add_argument("--onnx-ptq-learn-threshold", action="store_true",
+                    help="PTQ start with fast_finetune learn_threshold (TQT weight fix positions; adaround/adaquant)")
     ap.add_argument("--onnx-lr", type=float, default=0.05, help="qat_onnx lr (units of each layer's weight step)")
     ap.add_argument("--onnx-quantizer-lr", type=float, default=0.01)
     ap.add_argument("--onnx-no-augment", action="store_true")
@@ -438,7 +457,11 @@ def main() -> None:
                          "float and QDQ models it is rebuilt from (ptq_float.onnx, ptq_model.onnx) and the compared "
                          "lines with both outputs (compare.npz), to investigate a .npuf vs torch gap")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on shared machines)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     if args.onnx:

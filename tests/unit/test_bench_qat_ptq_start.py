@@ -1,0 +1,48 @@
+"""``bench_qat.py --onnx-ptq-method adaquant --onnx-ptq-learn-threshold``: QAT of an ONNX model
+starts from AdaQuant with learned power-of-two weight thresholds, the best PTQ of PP-OCRv4 rec
+(docs/accuracy.md), and the results name that start."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from pathlib import Path
+
+import numpy as np
+
+from npuflow.torch.onnx_qat import qat_onnx
+from tests.unit.test_onnx_qat import DPU, _tiny_model_with_cpu_tail
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench_qat() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_qat", REPO / "benchmarks" / "bench_qat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_adaquant_learn_threshold_start_is_what_qat_trains_from():
+    bench = _bench_qat()
+    args = bench.parser().parse_args(["--onnx", "--onnx-ptq-method", "adaquant", "--onnx-ptq-learn-threshold",
+                                      "--onnx-ptq-iters", "20", "--onnx-ptq-calib", "8"])
+    config = bench.ptq_config(args)
+    assert config == {"fast_finetune": {"method": "adaquant", "iters": 20, "learn_threshold": True},
+                      "max_calib_samples": 8}
+    assert bench.ptq_label(args).startswith("AdaQuant with learned weight thresholds")
+
+    rng = np.random.default_rng(3)
+    samples = [(rng.standard_normal((1, 3, 16, 16)) * 2).astype(np.float32) for _ in range(12)]
+    result = qat_onnx(_tiny_model_with_cpu_tail(), DPU, samples, epochs=1, ptq_config=config, batch=4)
+    ran = result.ptq.info["algorithms"]["fast_finetune"]
+    assert ran["method"] == "adaquant" and ran["iters"] == 20
+    assert "fix_moves" in ran  # the thresholds were learned (reported only under learn_threshold)
+    assert result.report["weights_from_ptq"] == 1  # the student's conv took the AdaQuant start's weights
+
+
+def test_default_start_stays_adaround_without_learned_thresholds():
+    bench = _bench_qat()
+    args = bench.parser().parse_args(["--onnx"])
+    assert bench.ptq_config(args) == {"fast_finetune": {"method": "adaround", "iters": 500}, "max_calib_samples": 32}
+    assert bench.ptq_label(args) == "AdaRound"
