@@ -297,18 +297,22 @@ def bench_onnx(args) -> list[str]:
 def ptq_config(args) -> dict:
     """The quantizer config of the PTQ start ``qat_onnx`` trains from: ``--onnx-ptq-method`` for
     ``--onnx-ptq-iters``, with TQT's learned power-of-two weight thresholds when
-    ``--onnx-ptq-learn-threshold`` (AdaQuant's best PTQ on PP-OCRv4 rec, docs/accuracy.md), on the
+    ``--onnx-ptq-learn-threshold`` (AdaQuant's best PTQ on PP-OCRv4 rec, docs/accuracy.md), seeded
+    with ``--onnx-ptq-seed`` when given (its start moves by several points between seeds), on the
     first ``--onnx-ptq-calib`` training samples."""
     fast_finetune = {"method": args.onnx_ptq_method, "iters": args.onnx_ptq_iters}
     if args.onnx_ptq_learn_threshold:
         fast_finetune["learn_threshold"] = True
+    if args.onnx_ptq_seed is not None:
+        fast_finetune["seed"] = args.onnx_ptq_seed
     return {"fast_finetune": fast_finetune, "max_calib_samples": args.onnx_ptq_calib}
 
 
 def ptq_label(args) -> str:
     """How the results name the PTQ start (method, and the learned thresholds when on)."""
     name = {"adaround": "AdaRound", "adaquant": "AdaQuant", "brecq": "BRECQ+QDrop"}[args.onnx_ptq_method]
-    return name + (" with learned weight thresholds (`learn_threshold`)" if args.onnx_ptq_learn_threshold else "")
+    name += " with learned weight thresholds (`learn_threshold`)" if args.onnx_ptq_learn_threshold else ""
+    return name + (f", seed {args.onnx_ptq_seed}" if args.onnx_ptq_seed is not None else "")
 
 
 def _onnx_run(args, name: str, path, metric: str, train: list, xs: list, score, fp32: str | None, ptq, seed: int,
@@ -438,6 +442,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--onnx-ptq-method", choices=("adaround", "adaquant", "brecq"), default="adaround")
     ap.add_argument("--onnx-ptq-learn-threshold", action="store_true",
                     help="PTQ start with fast_finetune learn_threshold (TQT weight fix positions; adaround/adaquant)")
+    ap.add_argument("--onnx-ptq-seed", type=int, default=None, help="fast_finetune seed of the PTQ start (default: 0)")
     ap.add_argument("--onnx-lr", type=float, default=0.05, help="qat_onnx lr (units of each layer's weight step)")
     ap.add_argument("--onnx-quantizer-lr", type=float, default=0.01)
     ap.add_argument("--onnx-no-augment", action="store_true")

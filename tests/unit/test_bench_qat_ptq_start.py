@@ -26,11 +26,11 @@ def _bench_qat() -> types.ModuleType:
 def test_adaquant_learn_threshold_start_is_what_qat_trains_from():
     bench = _bench_qat()
     args = bench.parser().parse_args(["--onnx", "--onnx-ptq-method", "adaquant", "--onnx-ptq-learn-threshold",
-                                      "--onnx-ptq-iters", "20", "--onnx-ptq-calib", "8"])
+                                      "--onnx-ptq-iters", "20", "--onnx-ptq-calib", "8", "--onnx-ptq-seed", "1"])
     config = bench.ptq_config(args)
-    assert config == {"fast_finetune": {"method": "adaquant", "iters": 20, "learn_threshold": True},
+    assert config == {"fast_finetune": {"method": "adaquant", "iters": 20, "learn_threshold": True, "seed": 1},
                       "max_calib_samples": 8}
-    assert bench.ptq_label(args).startswith("AdaQuant with learned weight thresholds")
+    assert bench.ptq_label(args) == "AdaQuant with learned weight thresholds (`learn_threshold`), seed 1"
 
     rng = np.random.default_rng(3)
     samples = [(rng.standard_normal((1, 3, 16, 16)) * 2).astype(np.float32) for _ in range(12)]
