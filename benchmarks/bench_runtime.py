@@ -73,7 +73,11 @@ RESULTS = HERE / "results"
 TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8", "bernoulli2": "bernoulli2"}
 CASES = ("effnet:B4096:1,yolo:B4096:1,det:B4096:1,rec:B4096:1,cls:B4096:1,mnist:B4096:1,"
          "effnet:cpu-int8:1,yolo:cpu-int8:1,det:cpu-int8:1,rec:cpu-int8:1,cls:cpu-int8:1,mnist:cpu-int8:1,"
-         "yolo:bernoulli2:1,det:bernoulli2:1,yolo:B4096:8")  # EfficientNet's batch is fixed to 1
+         "yolo:bernoulli2:1,det:bernoulli2:1,yolo:B4096:8")
+#: Every model at batch 8 (``--cases`` BATCH8): EfficientNet-Lite0's and MNIST's exports fix batch 1,
+#: so those rows run their ``batch_model`` copies.
+BATCH8 = ",".join(f"{m}:{t}:8" for t in ("B4096", "cpu-int8") for m in ("effnet", "yolo", "det", "rec", "cls", "mnist")) \
+    + ",yolo:bernoulli2:8,det:bernoulli2:8"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
 
@@ -93,6 +97,56 @@ MODELS = {
             lambda n: [{"x": np.ascontiguousarray(s["x"][..., :192])} for s in D.ocr_lines("calib", n)[0]]),
     "mnist": ("MNIST CNN", fixture_models.mnist_cnn, "input", [1, 28, 28], lambda n: D.mnist("calib", n)[0]),
 }
+
+
+def batch_model(path: Path, name: str, batch: int, out_dir: Path) -> Path:
+    """The float model at ``batch``, where its export fixed the batch at 1: the input's first
+    dimension set to ``batch`` and each ``Reshape`` to a constant ``[1, ...]`` (PyTorch's
+    ``x.view(x.size(0), -1)`` traced at batch 1, before the classifier of EfficientNet-Lite0 and
+    MNIST) reshaping to ``[batch, ...]``; ``path`` itself where the batch is not fixed.
+
+    Every column of a batch-8 row (npuflow, ORT QDQ, plain QDQ and FP32) runs this same float
+    model; ``bench_case`` checks that its frames equal the original model's one by one.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    dims = next(i for i in model.graph.input if i.name == name).type.tensor_type.shape.dim
+    if batch == 1 or dims[0].dim_value != 1:
+        return path
+    dims[0].dim_value = batch
+    consts = {n.output[0]: n.attribute[0] for n in model.graph.node if n.op_type == "Constant"}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        shape = node.input[1]
+        tensor = inits.get(shape) or (consts[shape].t if shape in consts else None)
+        if tensor is None:
+            continue
+        value = numpy_helper.to_array(tensor)
+        if value.ndim == 1 and len(value) >= 2 and value[0] == 1:
+            tensor.CopyFrom(numpy_helper.from_array(np.array([batch, *value[1:]], value.dtype), tensor.name))
+    for v in model.graph.output:
+        v.type.tensor_type.shape.dim[0].dim_value = batch
+    del model.graph.value_info[:]
+    out = out_dir / f"{Path(path).stem}_batch{batch}.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def _check_batch_model(original: Path, batched: Path, x: dict) -> None:
+    """Stop unless the batched float model's frames equal the original's, one frame at a time."""
+    if batched == original:
+        return
+    one, many = D.ort_session(original, 1), D.ort_session(batched, 1)
+    name = one.get_inputs()[0].name
+    stacked = many.run(None, x)
+    for k in range(len(x[name])):
+        frame = one.run(None, {name: x[name][k:k + 1]})
+        if not all(np.allclose(a, b[k:k + 1], rtol=1e-5, atol=1e-5) for a, b in zip(frame, stacked)):
+            raise SystemExit(f"{batched.name}: frame {k} differs from {Path(original).name}")
 
 
 def fused_planner(rev: str):
@@ -165,11 +219,13 @@ EXACT_PLAIN = "ORT exact-weight plain QDQ 1 thread"
 IDLE_S = 0.3
 
 
-def _time(fn, runs: int, clock=time.perf_counter) -> float:
-    start = clock()
+def _time(fn, runs: int, clock=time.perf_counter) -> tuple[float, float]:
+    """Seconds per run by ``clock``, and by the wall clock over the same runs (the 2-thread
+    columns' wall-clock scaling is reported beside ``clock``'s)."""
+    wall, start = time.perf_counter(), clock()
     for _ in range(runs):
         fn()
-    return (clock() - start) / runs
+    return (clock() - start) / runs, (time.perf_counter() - wall) / runs
 
 
 def _batched(samples: list[dict], name: str, batch: int) -> list[dict]:
@@ -290,8 +346,9 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
     title, fetch, name, chw, calib = MODELS[key]
     target = TARGETS[target_key]
     shape = [batch, *chw]
-    float_path = fetch()
     samples = _batched(calib(calib_n), name, batch)
+    float_path = batch_model(fetch(), name, batch, Path(tempfile.mkdtemp()))
+    _check_batch_model(fetch(), float_path, samples[0])
     t0 = time.perf_counter()
     quantized = npuflow.quantize(str(float_path), samples, target=target, input_shapes={name: shape})
     t_quant = time.perf_counter() - t0
@@ -341,6 +398,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         for fn in runners.values():
             fn()
         times: dict[str, list[float]] = {k: [] for k in runners}
+        walls: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(rounds):
             for label, fn in runners.items():
                 fn()  # untimed warm-up
@@ -349,7 +407,9 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
                 # PP-OCR cls 6.3-8.0 ms per frame right after ORT's 2-thread session, 3.4-3.9 ms
                 # after 0.5 s idle)
                 time.sleep(IDLE_S)
-                times[label].append(_time(fn, runs, clock))
+                t, wall = _time(fn, runs, clock)
+                times[label].append(t)
+                walls[label].append(wall)
         sessions.clear()
         memory = None
         if memory_frames is not None:
@@ -361,6 +421,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
                 models["ORT FP32 1 thread"] = ("ORT", Path(float_path))
             memory = memory_columns(models, input_path, memory_frames)
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
+    med_wall = {k: statistics.median(v) / batch for k, v in walls.items()}
 
     def best(prefix: str) -> float:
         return best_of(med, prefix)
@@ -372,6 +433,10 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         "outputs_equal_ort_qdq": exact, "max_output_diff_vs_ort_qdq": max_diff, "npuf_bytes": size,
         "quantize_s": t_quant, "compile_s": t_compile,
         "ms": {k: v * 1000 for k, v in med.items()},
+        "wall_ms": {k: v * 1000 for k, v in med_wall.items()},
+        "two_thread_scaling": {side: {"clock": med[f"{side} 1 thread"] / med[f"{side} 2 threads"],
+                                      "wall": med_wall[f"{side} 1 thread"] / med_wall[f"{side} 2 threads"]}
+                               for side in ("npuflow", "ORT plain QDQ")},
         "fps": {k: 1.0 / v for k, v in med.items()},
         "speedup_vs_op_by_op": med["npuflow op-by-op (before)"] / ours_best,
         "speedup_vs_rev_1_thread": (med[f"npuflow fused.py at {before[0]} 1 thread"] / med["npuflow 1 thread"]
@@ -400,6 +465,14 @@ def _fixed_batch(session) -> bool:
 
 def _ratio(v) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
+
+
+def _scaling(r: dict, side: str) -> str:
+    """``side``'s 2-thread throughput over its 1-thread throughput, by the table's clock / by the
+    wall clock (process CPU time: 1.0 is a second thread that costs nothing beyond its share of
+    the work; wall clock: up to 2.0 on two idle cores)."""
+    s = r.get("two_thread_scaling", {}).get(side)
+    return "n/a" if s is None else f"{s['clock']:.2f} / {s['wall']:.2f}"
 
 
 def _cpu_name() -> str:
@@ -436,9 +509,9 @@ def render(results: list[dict], meta: dict) -> str:
         "| model | target | batch | " + " | ".join(cols) + " | npuflow / best ORT plain QDQ"
         " | npuflow / ORT exact-weight plain QDQ | npuflow / best ORT QDQ"
         " | npuflow / best ORT FP32 | fused / op-by-op |" + (f" 1 thread / fused.py at {rev} |" if rev else "")
-        + " outputs equal ORT QDQ | subgraphs (on accelerator) |",
+        + " npuflow 2 / 1 threads | ORT plain QDQ 2 / 1 threads | outputs equal ORT QDQ | subgraphs (on accelerator) |",
         "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | ---: | ---: |"
-        + (" ---: |" if rev else "") + " --- | --- |",
+        + (" ---: |" if rev else "") + " ---: | ---: | --- | --- |",
     ]
     for r in results:
         fps = " | ".join(f"{r['fps'][c]:.1f}" if c in r["fps"] else "" for c in cols)
@@ -447,7 +520,8 @@ def render(results: list[dict], meta: dict) -> str:
                      f"{_ratio(r['ratio_vs_best_ort_plain_qdq'])} | "
                      f"{_ratio(r.get('ratio_vs_ort_exact_weight_plain_qdq'))} | {_ratio(r['ratio_vs_best_ort_qdq'])} | "
                      f"{_ratio(r['ratio_vs_best_ort_fp32'])} | {_ratio(r['speedup_vs_op_by_op'])} | "
-                     + (f"{_ratio(r['speedup_vs_rev_1_thread'])} | " if rev else "") + f"{equal} | "
+                     + (f"{_ratio(r['speedup_vs_rev_1_thread'])} | " if rev else "")
+                     + f"{_scaling(r, 'npuflow')} | {_scaling(r, 'ORT plain QDQ')} | {equal} | "
                      f"{r['subgraphs']} ({r['accelerator_subgraphs']}) |")
     lines += [
         "",
@@ -464,6 +538,9 @@ def render(results: list[dict], meta: dict) -> str:
         "`npuflow op-by-op (before)` is `Session(fuse=False)`: every accelerator op as its kernel, the "
         "runtime before the fused runs (one ORT Conv session per convolution, int64 epilogues in numpy); "
         "the ratios compare the better of npuflow's 1- and 2-thread columns with the better of ORT's.  "
+        "`2 / 1 threads`: the 2-thread column's frames per second over the 1-thread column's, by the table's "
+        "clock / by the wall clock over the same runs (CPU time: 1.0 when the second thread adds no work; "
+        "wall clock: at most 2.0, and only on idle cores).  "
         "The npuflow columns run the fused integer runs (`npuflow/runtime/fused.py`: each accelerator "
         "subgraph's integer program as ONNX Runtime graphs of exact float operations, requantisation "
         "by the rounding recipes of `numerics.py`) and ONNX Runtime for the CPU subgraphs (YOLOv8n on the "
@@ -516,7 +593,7 @@ def render_memory(results: list[dict], meta: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default=CASES, help="model:target:batch, comma-separated")
+    ap.add_argument("--cases", default=CASES, help="model:target:batch, comma-separated, or BATCH8 (every model at batch 8)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calib", type=int, default=8)
@@ -536,7 +613,7 @@ def main() -> None:
             "weight_form": ort_kernels.weight_form(), "cpu": _cpu_name(),
             "memory_frames": args.memory_frames if args.memory else None}
     results = []
-    for case in args.cases.split(","):
+    for case in (BATCH8 if args.cases == "BATCH8" else args.cases).split(","):
         key, target_key, batch = case.split(":")
         results.append(bench_case(key, target_key, int(batch), args.rounds, args.runs, args.calib, before,
                                   CLOCKS[args.clock], args.memory_frames if args.memory else None))
