@@ -166,8 +166,8 @@ _QUANT = _specs(
     ("NPF_QUANT_CALIB_MISMATCH", "calibration sample {sample} does not fit the model: {reason}",
      "Samples must have the model's input names and dtypes and the shape it is quantized at (--input-shape, "
      "the model's static shape, or the first sample's); only the dimensions the source model leaves dynamic "
-     "may vary (OCR line widths): by default where no --input-shape fixes them, `calib_dynamic_dims: true` "
-     "in the config also where one does, `false` nowhere."),
+     "may vary (OCR line widths): by default where no --input-shape fixes them (a batch also where one does), "
+     "`calib_dynamic_dims: true` in the config also where one does, `false` nowhere."),
     ("NPF_QUANT_ALREADY_QUANTIZED", "the model is already quantized: {count} quantize/dequantize or integer "
      "node(s) ({ops}; e.g. node {node!r})",
      "Quantizing it again would stack a second set of steps on the first. Compile it as it is "

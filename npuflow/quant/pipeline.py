@@ -175,10 +175,13 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         first, calib_data = peek(calib_data, _input_specs(source_proto, {}, True), shapes=cfg.calib_shapes,
                                  dtype=cfg.calib_dtype)
         shapes.update({n: list(first[n].shape) for n in open_dims})
+    other_batch = False
+    if not open_dims and cfg.calib_dynamic_dims is None:
+        other_batch, calib_data = _samples_at_other_batch(source_proto, shapes, calib_data, cfg)
     loaded = model_io.load(source_proto, shapes, infer_shapes=False)
     original = model_io.infer_static_shapes(loaded)
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
-    dynamic = bool(open_dims) if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
+    dynamic = bool(open_dims) or other_batch if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
     _step(progress, "optimize")
     rewrites: list = []  # the target rewrites (passes/target_rewrites.py), reported in quant_info
     opt = optimize_float(_dynamic_graph(source_proto, loaded) if dynamic else original, tgt, rewrites)
@@ -428,6 +431,35 @@ def _dynamic_graph(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.Mod
     for out in proto.graph.output:
         out.type.tensor_type.ClearField("shape")
     return proto
+
+
+def _samples_at_other_batch(source: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], calib_data: Any,
+                            cfg: QuantConfig) -> tuple[bool, Any]:
+    """Whether the first calibration sample differs from ``input_shapes`` only in a batch
+    dimension (the first) that the source leaves dynamic, and what to read samples from afterwards.
+
+    Why: batch-1 samples for a model deployed at batch 4 (``--input-shape x 4x3x224x224``) is what
+    rknn-toolkit2 and the Vitis AI quantizer accept; the batch does not change a tensor's value
+    range, so such samples calibrate the graph with its batch left dynamic.  Another size of a
+    spatial dimension (an OCR width) is another input distribution and is still refused.
+    """
+    batch_open = {n for n, at in model_io.dynamic_dims(source).items() if n in shapes and 0 in at}
+    if not batch_open:
+        return False, calib_data
+    first, calib_data = peek(calib_data, _input_specs(source, {}, True), shapes=cfg.calib_shapes, dtype=cfg.calib_dtype)
+    differs = False
+    for name, want in shapes.items():
+        got = first[name].shape
+        if len(got) != len(want) or tuple(got[1:]) != tuple(want[1:]):
+            return False, calib_data
+        if got[0] != want[0]:
+            if name not in batch_open:
+                return False, calib_data
+            differs = True
+    if differs:
+        log.info("calibration samples have another batch than --input-shape %s: calibrated with the batch dynamic",
+                 dict(shapes))
+    return differs, calib_data
 
 
 def _branches_on_shape(model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> bool:
