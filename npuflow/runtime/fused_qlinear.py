@@ -328,13 +328,13 @@ def _broadcast_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _per_channel_operand(shape: list[int], shapes: list[list[int]]) -> int | None | bool:
-    """Which operand of a product holds one value per channel (``[1, C, 1, ...]``, an SE block's
-    scale) while the other has the output's ``shape``; ``None`` when both have it, ``False`` for
-    any other broadcasting."""
+    """Which operand of a product holds one value per channel of each image (``[N, C, 1, ...]``,
+    an SE block's scale, at any batch ``N``) while the other has the output's ``shape``; ``None``
+    when both have it, ``False`` for any other broadcasting."""
     if all(s == shape for s in shapes):
         return None
-    per_channel = [1, *shape[1:2], *[1] * (len(shape) - 2)]
-    if len(shape) < 3 or shape[0] != 1 or sorted(map(str, shapes)) != sorted(map(str, [shape, per_channel])):
+    per_channel = [*shape[:2], *[1] * (len(shape) - 2)]
+    if len(shape) < 3 or sorted(map(str, shapes)) != sorted(map(str, [shape, per_channel])):
         return False
     return shapes.index(per_channel)
 

@@ -264,12 +264,12 @@ def test_global_average_of_uint8_codes_is_onnxruntimes_own_kernel(scale):
     assert ops.count("QLinearGlobalAveragePool") == 1 and "ReduceSum" not in ops, ops
 
 
-def _se_product() -> "Builder":
+def _se_product(batch: int = 1) -> "Builder":
     """conv (uint8 codes) times a per-channel scale from its global average (an SE block's
-    product, broadcast [1, C, 1, 1]), float scales."""
+    product, broadcast [N, C, 1, 1]), float scales."""
     rng = np.random.default_rng(59)
     b = Builder("half_even")
-    x = b.input("x", [1, 8, 7, 10], 0.043, 128, "uint8")
+    x = b.input("x", [batch, 8, 7, 10], 0.043, 128, "uint8")
     w = b.weight("w", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), np.full(8, 0.007, np.float32), axis=0)
     c = b.quantize(b.node("Conv", [b.dq(x), w], "conv", pads=[1, 1, 1, 1]), 0.031, 17, "uint8")
     s = b.quantize(b.node("GlobalAveragePool", [b.dq(c)], "gap"), 0.0123, 3, "uint8")
@@ -284,6 +284,16 @@ def test_se_product_of_a_per_channel_scale_runs_on_qlinearmul_exactly(scale):
     ops = _live_ops(plan)
     # no float pass: the input's quantize step is QuantizeLinear (test_runtime_quantize_steps.py)
     assert ops.count("QLinearMul") == 1 and "Round" not in ops and "QuantizeLinear" in ops, ops
+
+
+@pytest.mark.parametrize("scale", [0.3, 20.0])
+def test_se_product_at_batch_3_runs_on_qlinearmul_exactly(scale):
+    # each image's own per-channel scale ([3, C, 1, 1]): the same kernel as at batch 1 (PP-OCR
+    # cls cpu-int8 at batch 8 took the float form of its nine SE products before)
+    plan = _equal_fused_and_kernels(_se_product(3).model(), {"x": _x([3, 8, 7, 10], 17, scale)}, CPU)
+    assert not plan.reasons, plan.reasons
+    ops = _live_ops(plan)
+    assert ops.count("QLinearMul") == 1 and "Round" not in ops, ops
 
 
 def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkeypatch, tmp_path):
