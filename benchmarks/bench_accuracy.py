@@ -89,6 +89,8 @@ FINETUNE = {
     "adaround_post": ("AdaRound post-activation", {"post_activation": True}),
     "brecq": ("BRECQ+QDrop", {"drop_prob": 0.5}),
     "brecq0": ("BRECQ", {"drop_prob": 0.0}),
+    "brecq_fisher": ("BRECQ+QDrop Fisher loss", {"drop_prob": 0.5, "block_loss": "fisher"}),
+    "brecq_fishermse": ("BRECQ+QDrop Fisher+MSE loss", {"drop_prob": 0.5, "block_loss": "fisher_mse"}),
 }
 
 
@@ -118,7 +120,7 @@ def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: in
     rows = []
     for key in methods:
         label, extra = FINETUNE[key]
-        method = key.rstrip("0").removesuffix("_qdrop").removesuffix("_post")
+        method = key.rstrip("0").removesuffix("_qdrop").removesuffix("_post").removesuffix("_fishermse").removesuffix("_fisher")
         n = block_iters if method == "brecq" and block_iters else iters
         rows.append((f"+{label} ({n} it{note})", {**base, "fast_finetune": {"method": method, "iters": n, **extra}}))
     return rows

@@ -133,6 +133,9 @@ class FastFinetune(_Strict):
     drop_prob: float = Field(default=0.5, ge=0, le=1)  # brecq: QDrop's chance an activation skips quantization
     block_batch: int = Field(default=4, ge=1)  # brecq: calibration samples per optimisation step
     block_layers: int = Field(default=3, ge=1)  # brecq: weight layers per block, at least
+    # brecq: the block loss; fisher weighs each output element by the model output's sensitivity to it,
+    # fisher_mse half that and half plain MSE (algorithms/block_fisher.py)
+    block_loss: Literal["mse", "fisher", "fisher_mse"] = "mse"
     input_drop: float = Field(default=0.0, ge=0, lt=1)  # adaquant: QDrop, chance a layer input value is the float one
     # adaround: reconstruct after the fused activation (algorithms/activation.py: rec +6.6 pts at 500 it, effnet -0.5)
     post_activation: bool = False

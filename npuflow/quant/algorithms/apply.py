@@ -71,7 +71,8 @@ def after_export(
             method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, backend=ff.backend,
             round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value,
             bias_round_mode=RoundMode(cfg.resolve(target, "bias").round_mode).value, drop_prob=ff.drop_prob,
-            block_batch=ff.block_batch, block_layers=ff.block_layers, input_drop=ff.input_drop,
+            block_batch=ff.block_batch, block_layers=ff.block_layers, block_loss=ff.block_loss,
+            input_drop=ff.input_drop,
             post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, seed=ff.seed)
         q, rep = fast_finetune(float_model, q, feeds, settings)
         # the learning rate that ran (the config's null resolves per method; defaults have changed)

@@ -580,10 +580,13 @@ class BlockResult:
 
 def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str, np.ndarray],
                 y: dict[str, np.ndarray], iters: int, lr: float, batch: int, drop_prob: float, lam: float = 0.01,
-                warmup: float = 0.2, seed: int = 0) -> tuple[dict[str, np.ndarray], float, float]:
+                warmup: float = 0.2, seed: int = 0, weights: dict[str, np.ndarray] | None = None
+                ) -> tuple[dict[str, np.ndarray], float, float]:
     """``(codes per weight tensor, error before, error after)``: the block's rounding learned on
     its inputs ``x`` (quantized model), ``x_float`` and output targets ``y`` (float model), all
-    ``{tensor: (N, ...)}``; the loss is the sum over the outputs of their mean squared error.
+    ``{tensor: (N, ...)}``; the loss is the sum over the outputs of their mean squared error,
+    each element's squared error times its weight in ``weights`` (same shapes) when given
+    (:mod:`.block_fisher`).
 
     The codes are the learned ones when they lower the block's output error on all ``N``
     samples, else the current ones.
@@ -596,6 +599,7 @@ def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str
         return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in d.items()}
 
     xt, xf, yt = tensors(x), tensors(x_float), tensors(y)
+    wt = tensors(weights) if weights is not None else None
     opt = torch.optim.Adam(runner.parameters(), lr=lr)
     n = next(iter(xt.values())).shape[0]
     order = torch.randperm(n, generator=gen)
@@ -607,7 +611,7 @@ def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str
         pos += batch
         out = runner.run({k: v[idx] for k, v in xt.items()}, drop_prob=drop_prob,
                          x_float={k: v[idx] for k, v in xf.items()}, gen=gen)
-        loss = sum(((out[k] - yt[k][idx]) ** 2).mean() for k in out)
+        loss = sum((((out[k] - yt[k][idx]) ** 2) * (wt[k][idx] if wt is not None else 1.0)).mean() for k in out)
         beta = _beta(t, iters, warmup)
         if beta is not None:
             loss = loss + lam * runner.regulariser(beta)
@@ -615,16 +619,18 @@ def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str
         loss.backward()
         opt.step()
     learned = {k: sl.hard_codes() for k, sl in runner.soft.items()}
-    before = block_error(runner, xt, yt, runner.current)
-    after = block_error(runner, xt, yt, {k: torch.from_numpy(v.astype(np.float32)) for k, v in learned.items()})
+    before = block_error(runner, xt, yt, runner.current, weights=wt)
+    after = block_error(runner, xt, yt, {k: torch.from_numpy(v.astype(np.float32)) for k, v in learned.items()},
+                        weights=wt)
     if after > before:
         return {k: v.numpy().astype(np.float64) for k, v in runner.current.items()}, before, before
     return learned, before, after
 
 
-def block_error(runner: BlockRunner, x: dict, y: dict, codes: dict, chunk: int = 8) -> float:
-    """Sum over the block outputs of their mean squared error, with integer ``codes`` and every
-    quantize step on."""
+def block_error(runner: BlockRunner, x: dict, y: dict, codes: dict, chunk: int = 8,
+                weights: dict | None = None) -> float:
+    """Sum over the block outputs of their mean squared error (weighted by ``weights`` when
+    given), with integer ``codes`` and every quantize step on."""
     import torch
 
     total = {k: 0.0 for k in y}
@@ -633,7 +639,8 @@ def block_error(runner: BlockRunner, x: dict, y: dict, codes: dict, chunk: int =
         for i in range(0, n, chunk):
             out = runner.run({k: v[i:i + chunk] for k, v in x.items()}, codes=codes)
             for k, o in out.items():
-                total[k] += float(((o - y[k][i:i + chunk]) ** 2).sum())
+                w = weights[k][i:i + chunk] if weights is not None else 1.0
+                total[k] += float((((o - y[k][i:i + chunk]) ** 2) * w).sum())
     return sum(total[k] / max(y[k].numel(), 1) for k in y)
 
 

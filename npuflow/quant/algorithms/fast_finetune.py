@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -46,10 +47,11 @@ from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant, adaquant_threshold
 from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround, search_fix_position
 from .block_accept import OutputCheck
+from .block_fisher import OutputSensitivity, block_weights
 from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
                           require_torch, write_block)
 from ...graph import GraphView, set_array, slice_model
-from .capture import Feed, capture
+from .capture import Feed, capture, run_outputs
 from .layers import WeightLayer, layer_bias, layer_weight, weight_layers
 from .layer_problem import LayerProblem, forward, torch_available, torch_threads
 from .patches import PatchSampler, grouped_weight
@@ -59,6 +61,7 @@ from .qdq_weights import (QuantizedLayer, code_limits, quantized_layers, read_bi
 log = logging.getLogger(__name__)
 
 METHODS = ("adaround", "adaquant", "brecq")
+BLOCK_LOSSES = ("mse", "fisher", "fisher_mse")
 
 
 @dataclass
@@ -77,6 +80,7 @@ class FinetuneSettings:
     drop_prob: float = 0.5       # brecq: QDrop's probability of passing an activation unquantized
     block_batch: int = 4         # brecq: calibration samples per step
     block_layers: int = 3        # brecq: weight layers a block holds at least
+    block_loss: str = "mse"      # brecq: mse | fisher | fisher_mse (elements weighted by output sensitivity, .block_fisher)
     input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
     post_activation: bool = False  # adaround: reconstruct after the activation fused behind each layer (.activation)
     learn_threshold: bool = False  # adaquant/adaround: move each weight's power-of-two fix position (TQT; module doc)
@@ -148,6 +152,10 @@ def fast_finetune(
             raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.learn_threshold",
                                reason="learn_threshold moves weight fix positions in AdaRound's and AdaQuant's layer "
                                       "problems, not in brecq's blocks (set learn_threshold: false or method: adaquant)")
+    if st.block_loss not in BLOCK_LOSSES or (st.block_loss != "mse" and st.method != "brecq"):
+        raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.block_loss",
+                           reason=f"block_loss {st.block_loss!r}: one of {', '.join(BLOCK_LOSSES)}, and other than "
+                                  f"mse only with method brecq (not {st.method})")
     if st.learn_threshold and st.method == "adaquant":
         require_torch()  # TQT's straight-through gradient is the QAT quantizer's (npuflow.fake_quant)
     backend = resolve_backend(st.backend)
@@ -160,8 +168,8 @@ def fast_finetune(
     feeds = list(calibration)
     start = FinetuneReport()
     if st.method == "brecq":   # blocks start from layer-wise AdaRound's rounding (block_recon.start_rest)
-        qmodel, start = fast_finetune(float_model, qmodel, feeds, replace(st, method="adaround", lr=None), cache_dir,
-                                      progress)
+        layerwise = replace(st, method="adaround", lr=None, block_loss="mse")
+        qmodel, start = fast_finetune(float_model, qmodel, feeds, layerwise, cache_dir, progress)
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     report = FinetuneReport(layers=start.layers)
@@ -174,9 +182,13 @@ def fast_finetune(
     alone = [u for u in units if isinstance(u, LayerJob)]
     fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone})
     blocks = [u for u in units if isinstance(u, Block)]
-    fb = FloatValues(lambda names: _collect_tensors(float_model, feeds, names), blocks, FLOAT_BLOCK_BYTES)
-    inputs = QuantizedInputs(out, feeds)
     check = OutputCheck(float_model, feeds) if blocks else None
+    collect: Callable[[list[str]], dict[str, list[np.ndarray]]] = partial(_collect_tensors, float_model, feeds)
+    if check is not None and st.block_loss != "mse":   # sensitivities at the start (AdaRound's) model
+        collect = OutputSensitivity(float_model, feeds, run_outputs(out, feeds), check.reference,
+                                    st.block_loss).collect(collect)
+    fb = FloatValues(collect, blocks, FLOAT_BLOCK_BYTES)
+    inputs = QuantizedInputs(out, feeds)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     for k, unit in enumerate(units):
         if progress:
@@ -301,9 +313,10 @@ def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs, fl
     t1 = time.time()
     with torch_threads():
         runner = BlockRunner(out, block)
-        x, xf, y = block_arrays(block, inputs.get, float_values.get(block))
+        floats = float_values.get(block)
+        x, xf, y = block_arrays(block, inputs.get, floats)
         codes, before, after = reconstruct(runner, x, xf, y, st.iters, st.learning_rate, st.block_batch,
-                                           st.drop_prob, seed=st.seed)
+                                           st.drop_prob, seed=st.seed, weights=block_weights(block, floats))
     d = check.decide(out, runner, codes, dict(inputs.values), lambda c: write_block(out, runner, c))
     res = BlockResult(block.name, [j.ql.name for j in block.jobs], before, before if d.reverted else after,
                       time.time() - t1, d.error_before, d.error_after, d.reverted)
