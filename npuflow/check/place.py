@@ -19,17 +19,17 @@ from onnx import numpy_helper
 from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
-from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, op_def
+from ..operators import CHAIN_OPS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
-from .followers import drop_float_tail, float_tail_applies, follows_quantized
+from .float_plan import chain_followers, float_chain_ops, float_chain_ops_off_the_cpu, follow_quant_plan
 from .nonfinite import sentinel_tensors
 from .qcdq import has_qcdq_clip, legalize_qcdq
 from .qoperator import is_qlinear, qoperator_to_qdq
-from .lowerable import MAX_CHAIN, QuantFacts, lowering_limit, output_chain, target_runs
+from .lowerable import QuantFacts, lowering_limit, output_chain, target_runs
 from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -139,8 +139,9 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
     # left in a quantized model, it runs at run time on the CPU, where compile keeps it.
     transparent = [infos[i].role == FOLLOWER or (shape_only[i] and not facts.quantized) for i in range(n)]
     float_identities: dict[int, str] = {}
+    table_limits: dict[int, str] = {}
     if facts.quantized:
-        _fuse_output_chains(view, facts, fused)
+        table_limits = _fuse_output_chains(view, facts, fused, infos, tgt)
         float_identities = _float_identities(view, facts, transparent)
         for i in float_identities:
             transparent[i] = False
@@ -158,7 +159,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         if facts.dynamic is not None:  # compile refuses the whole model: every node stays with the CPU
             reasons[i].append(facts.dynamic)
             continue
-        limit = lowering_limit(node, facts)  # what the compiler cannot lower, decided as it decides
+        limit = lowering_limit(node, facts) or table_limits.get(i)  # what the compiler cannot lower, as it decides
         if rule is None and (tgt.kind != "cpu" or limit is not None or subgraphs(node)):
             reasons[i].append(_unsupported_reason(info, node, tgt))
             continue
@@ -211,9 +212,12 @@ def _split_unlowered_activations(view: GraphView, infos: list[OpInfo], facts: Qu
     (B4096 ``HardSwish -> Q/DQ -> Relu -> Add`` in a Log cone, seed 1547: the Relu fused into the
     HardSwish was on the DPU in check of the quantized model, on the CPU in compile; cpu-int8
     ``Div(per-channel) -> Q/DQ -> Clip``, seeds 1137 and 1848: the Clip fused into the CPU Div was
-    on the CPU in check, lowered by compile).  In a float model: after an op the compiler cannot
-    lower and the quantizer does not quantize on its own (``OpDef.quantized`` false: a Div by a
-    per-channel constant), the quantizer writes a quantize step before the activation."""
+    on the CPU in check, lowered by compile).  In a float model: after an op the quantizer does not
+    quantize on its own (``OpDef.quantized`` false: a ``Div`` by a constant; not the ``Div`` that ends
+    a hard-swish pattern), the quantizer quantizes the activation as an op of its own (a ``Clip``,
+    with a quantize step before it) or leaves it float (a ``Relu``, a follower), never fused into the
+    op (seeds 2800, 2834, 2864, 2891: ``Div(c) -> Relu`` or ``-> Clip`` fed from a graph input or read by
+    CPU ops was on the accelerator as one op in check of the float model, on the CPU in compile)."""
     for m, a in sorted(fused.items()):
         if m < a or m in patterns or infos[m].role != ACTIVATION:
             continue
@@ -223,7 +227,7 @@ def _split_unlowered_activations(view: GraphView, infos: list[OpInfo], facts: Qu
             split = src is not None and facts.is_dequantize(src) and \
                 (lowering_limit(anchor, facts) is not None or lowering_limit(node, facts) is not None)
         else:
-            split = lowering_limit(anchor, facts) is not None and not op_def(anchor.op_type, anchor.domain).quantized
+            split = a not in patterns.values() and not op_def(anchor.op_type, anchor.domain).quantized
         if split:
             del fused[m]
             fused.update({k: m for k, b in patterns.items() if b == m})
@@ -265,19 +269,35 @@ def _keep_sentinels_float(view: GraphView, device: list[str], reasons: list[list
                               f"the values they meet, so the quantizer keeps it float")
 
 
-def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int]) -> None:
+def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int], infos: list[OpInfo],
+                        tgt: Target) -> dict[int, str]:
     """In a quantized model the compiler lowers a layer together with the float nodes between it
     and its quantize step (its epilogue, or the lookup table of an activation chain:
     :func:`.lowerable.output_chain`), so those nodes are fused into the layer here, as activation
-    patterns are in a float model: they run where the layer runs."""
+    patterns are in a float model: they run where the layer runs.
+
+    Returns ``{layer: reason}`` for the tables that compute an op (not an epilogue op,
+    ``OpDef.chain``) the accelerator has no operation for, or refuses by its own rule: the layer's
+    rule judges only the layer, and a ``Div`` by a constant (a 1x1 depthwise convolution on a DPU)
+    cannot compute the ``Sigmoid`` of its table (B4096 seed 2482: ``DQ -> Div(c) -> Sigmoid -> Q``
+    was one integer op on the DPU, which has no sigmoid; check of the float model ran both on the
+    CPU).  A ``kind: cpu`` target runs every table the compiler lowers."""
+    limits: dict[int, str] = {}
     for i, node in enumerate(view.nodes):
         if i in fused or node.op_type not in LOWERED_OPS | TABLE_OPS or len(node.output) != 1 or not node.output[0]:
             continue
         found = output_chain(node, node.output[0], facts)
         for member in found[0] if found is not None else []:
             j = view.position(member)
-            if j != i:
-                fused[j] = i  # also a pattern found inside the chain (the Clip of a hard-sigmoid)
+            if j == i:
+                continue
+            fused[j] = i  # also a pattern found inside the chain (the Clip of a hard-sigmoid)
+            rule = tgt.rule(infos[j].kind)
+            if tgt.kind != "cpu" and member.op_type not in CHAIN_OPS and i not in limits and \
+                    (rule is None or rule_reasons(rule, infos[j].params, tgt.hardware_names())):
+                limits[i] = (f"its lookup table also computes {member.op_type} {member.name!r}, which the "
+                             f"{tgt.device_label} of {tgt.name} does not run (its own rule), so the table runs on the CPU")
+    return limits
 
 
 def _follow_chain_heads(view: GraphView, device: list[str], reasons: list[list[str]]) -> None:
@@ -319,8 +339,8 @@ def _demote_until_stable(view: GraphView, infos: list[OpInfo], device: list[str]
     ``Concat(x, Slice(x))`` before an output on B4096 (a tail mover only once its Slice has moved)
     were placed on the accelerator, while quantize and compile left them in float on the CPU
     (``tests/unit/test_placement_agreement.py``)."""
-    chain = set() if quantized else _float_chain_ops(view, transparent, fused)
-    chained = _chain_followers(view, transparent, fused, chain) if chain else set()
+    chain = set() if quantized else float_chain_ops(view, transparent, fused)
+    chained = chain_followers(view, transparent, fused, chain) if chain else set()
     candidates = sorted(chain | chained)
     before = None
     while before != device:
@@ -328,8 +348,8 @@ def _demote_until_stable(view: GraphView, infos: list[OpInfo], device: list[str]
         _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
         _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
         if not quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
-            _float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused, candidates)
-            _follow_quant_plan(view, device, reasons, transparent, fused, tgt, chained)
+            float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused, candidates)
+            follow_quant_plan(view, device, reasons, transparent, fused, tgt, chained)
         for m, anchor in fused.items():
             device[m] = device[anchor]
 
@@ -392,163 +412,6 @@ def _demote_tail_movers(view, infos, device, reasons, transparent, tgt) -> None:
         device[i] = CPU
         reasons[i].append(f"only moves data that comes from the CPU and goes back to it; on the "
                           f"{tgt.device_label} it would cost two transfers and a shared quantization scale")
-
-
-def _float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: list[list[str]],
-                                 transparent: list[bool], fused: dict[int, int], candidates: list[int]) -> None:
-    """In a float model, an op the quantizer never quantizes on its own
-    (:attr:`npuflow.operators.OpDef.quantized` false: ``Div`` by a constant, ``Tanh``, ``Abs``...)
-    runs in float on the CPU, as compile leaves it, unless it sits between quantized work: the
-    compiler lowers such an op only as a table between the dequantize step of the op before it
-    and the quantize step of the op after it, so it needs accelerator work on both sides.
-    BatchNormalization is rewritten into a convolution before quantization (``REWRITTEN_OPS``), so
-    it keeps its place.  Ops fused into a layer's chain follow their layer.
-
-    ConvNeXt's GELU ``x * 0.5 * (1 + erf(x / 1.4142))`` after a bias ``Add`` cpu-int8 runs on the
-    CPU: the ``Div`` was placed on the accelerator, and quantize and compile left it in float on
-    the CPU (likewise a ``Div`` between quantized work and a CPU ``Erf``).  A demotion can take
-    the accelerator side away from a neighbour, so the pass repeats until nothing moves.
-    ``candidates``: :func:`_float_chain_ops` and their :func:`_chain_followers`."""
-    moved = True
-    while moved:
-        moved = False
-        for i in candidates:
-            if device[i] != NPU:
-                continue
-            ins = view.data_inputs(i)
-            fed = bool(ins) and _fed_from_npu(view, transparent, device, ins[0])
-            readers = real_consumers(view, transparent, i)
-            # its table ends at one quantize step: every reader quantized, no float reader, no graph output
-            read = bool(readers) and all(device[c] == NPU for c in readers) and \
-                not any(view.is_graph_output(o) for o in view.nodes[i].output if o) and \
-                (len(readers) == 1 or all(_quantizes(view, c, fused) for c in readers))
-            if fed and read:
-                continue
-            device[i], moved = CPU, True
-            op = view.nodes[i].op_type
-            reasons[i].append(
-                f"the quantizer quantizes {op} only between quantized ops, and its input comes from the CPU in float "
-                "(or a graph input), so it runs in float on the CPU" if not fed else
-                f"the quantizer quantizes {op} only between quantized ops, and no accelerator op reads its output (or "
-                "a CPU op or the graph output reads it too), so it runs in float on the CPU")
-
-
-def _float_chain_ops(view: GraphView, transparent: list[bool], fused: dict[int, int]) -> set[int]:
-    """The ops the quantizer never quantizes on its own (``OpDef.quantized`` false), outside any
-    layer: the compiler lowers each only inside a table between two quantize steps."""
-    return {i for i, node in enumerate(view.nodes)
-            if not transparent[i] and i not in fused and i not in fused.values()
-            and not op_def(node.op_type, node.domain).quantized
-            and node.op_type not in FOLLOWERS and node.op_type not in REWRITTEN_OPS}
-
-
-def _chain_followers(view: GraphView, transparent: list[bool], fused: dict[int, int], chain: set[int]) -> set[int]:
-    """Elementwise followers (a ``Relu``) right after a float-chain op (:func:`_float_chain_ops`, or
-    another such follower): the compiler lowers them inside that op's table, so they go where the
-    chain goes, not by the data-movement rule (cpu-int8 seed 1453: ``Mul -> Tanh -> Relu -> Mul``
-    had Tanh and Relu on the CPU in check of the float model, in the integer program in compile);
-    ``chain``: :func:`_float_chain_ops`."""
-    out: set[int] = set()
-    for i, node in enumerate(view.nodes):  # topological: a follower of a follower sees it
-        if transparent[i] or i in fused or node.op_type not in FOLLOWERS or node.op_type not in ELEMENTWISE_OPS:
-            continue
-        ins = view.data_inputs(i)
-        p = real_producer(view, transparent, ins[0]) if ins else None
-        if p is not None and (p in chain or p in out):
-            out.add(i)
-    return out
-
-
-def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
-    """Whether the quantizer quantizes node ``i`` on its own (or it is fused into a layer): a
-    ``Tanh`` read by a ``Sigmoid`` and by another ``Tanh`` has one quantize step for the Sigmoid
-    and a float reader, so no table ends at one step (seed 571: both Tanhs ACC in check of the
-    float model, CPU in the quantized one and in compile).  A node others fuse into is a layer of
-    its own: the ``Div`` that ends ``x * relu6(x + 3) / 6`` is a hard-swish (PP-OCR cls on
-    bernoulli2 put the ``MaxPool`` after it on the CPU and split the BPU part in two)."""
-    return i in fused or i in fused.values() or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
-
-
-def _follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, chained: set[int]) -> None:
-    """In a float model, data movement runs where the quantizer's plan puts it (:mod:`.followers`):
-    fed from the CPU, a control-flow node or a graph input it stays in float, and on float-scale
-    targets so does data movement no accelerator op reads (the float tail), so both run on the CPU.
-
-    PP-OCRv4 rec's attention reshapes after a CPU Add fed DPU work and were placed on the DPU, yet
-    quantized as float nodes the compiler leaves to the CPU; YOLOv8n's DFL reshapes before a CPU
-    Softmax on bernoulli2 likewise.  Graph order is topological, so a chain of followers goes together.
-    ``chained`` (:func:`_chain_followers`) go with their float-chain op instead."""
-    for i, node in enumerate(view.nodes):
-        if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS or i in chained:
-            continue
-        ins = view.data_inputs(i)
-        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0], fused)):
-            device[i] = CPU
-            reasons[i].append("its input comes from the CPU in float (or from a graph input, control flow or an op the "
-                              "quantizer quantizes only between quantized ops), and data movement is quantized only "
-                              "after a quantized op, so it runs in float on the CPU")
-    if not float_tail_applies(tgt):
-        return
-    # the quantizer's set: a Tanh or a Div by a constant on the accelerator is no quantized reader
-    npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]
-           and _quantizes(view, i, fused)}
-    tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
-                           lambda i: real_consumers(view, transparent, i))
-    for i in sorted(tail):
-        ins = view.data_inputs(i)
-        p = real_producer(view, transparent, ins[0]) if ins else None
-        if p is not None and p in npu and any(c in npu for c in _tail_readers(view, device, transparent, fused, i)):
-            continue  # float in the plan, but between a dequantize step and an epilogue's quantize step
-        device[i] = CPU
-        reasons[i].append(f"no {tgt.device_label} op reads its output, and on a float-scale target the quantizer "
-                          f"leaves such data movement (and a Sigmoid) in float (the float tail), so it runs on the CPU")
-
-
-def _tail_readers(view: GraphView, device: list[str], transparent: list[bool], fused: dict[int, int], i: int,
-                  depth: int = 0) -> list[int]:
-    """The readers of node ``i``, a node of the quantizer's float tail, looking through an accelerator
-    op the quantizer quantizes only between quantized ops when the compiler fuses it into the
-    epilogue of ``i`` (:func:`_epilogue_op`).  The plan leaves ``i`` float, but when the op before it
-    is quantized ``DQ -> Slice -> Div(c) -> Q`` is one integer op, so a quantized op after the Div
-    keeps the Slice on the accelerator (cpu-int8 and bernoulli2 ``AveragePool -> Slice -> Div ->
-    Sub``, seed 1687: Slice and Div on the CPU in check of the float model, in the integer program in
-    compile); fed from another tail node it has no dequantize step (``Concat(x, x) -> MaxPool ->
-    Div -> Conv``, seed 1723: all float).
-    A Div no quantized op reads (the graph output), a ``Tanh`` (a table, lowered only on a
-    dequantize step: ``Sigmoid -> Slice -> Tanh -> Conv``, seed 162) and a Div beside other readers
-    of ``i`` (a ``Split`` also read by an ``Erf`` and the graph output, seed 427: no epilogue) still
-    leave ``i`` in the tail."""
-    readers = real_consumers(view, transparent, i)
-    outputs = [o for o in view.nodes[i].output if o]
-    # the epilogue is a function of the one output alone: its only reader, no graph output
-    if len(readers) == 1 and len(outputs) == 1 and not view.is_graph_output(outputs[0]) and depth < MAX_CHAIN:
-        c = readers[0]
-        if device[c] == NPU and not _quantizes(view, c, fused) and _epilogue_op(view, c):
-            return _tail_readers(view, device, transparent, fused, c, depth + 1)
-    return readers
-
-
-def _epilogue_op(view: GraphView, i: int) -> bool:
-    """Whether node ``i`` is one the compiler fuses into the epilogue of the op before it
-    (:func:`.lowerable.chain_to_quantize`): a chain op of one tensor and float scalar constants."""
-    node = view.nodes[i]
-    consts = [t for t in node.input if t and view.is_const(t)]
-    return node.op_type in CHAIN_OPS and len(view.data_inputs(i)) == 1 and \
-        all((v := view.value(t)) is not None and v.size == 1 and v.dtype.kind == "f" for t in consts)
-
-
-def _fed_from_npu(view: GraphView, transparent: list[bool], device: list[str], tensor: str,
-                  quantized_only: dict[int, int] | None = None) -> bool:
-    """Whether ``tensor`` comes from accelerator work (looking through followers); a control-flow
-    node's output never does, whatever its placement (its branches run in ONNX Runtime).  With
-    ``quantized_only`` (the fused nodes, which are their layer's output), from accelerator work
-    the quantizer quantizes on its own: a ``Tanh`` or a ``Div`` by a constant (``OpDef.quantized``
-    false) runs on the accelerator only as a table between quantize steps others place, so a
-    follower after it stays float (bernoulli2: ``Conv -> Tanh -> Resize -> Sigmoid``); a ``Div``
-    the float passes fold into the ``Conv`` before it is that ``Conv``."""
-    p = real_producer(view, transparent, tensor)
-    return p is not None and not subgraphs(view.nodes[p]) and device[p] == NPU and \
-        (quantized_only is None or _quantizes(view, p, quantized_only))
 
 
 def _place_followers(view: GraphView, device: list[str], transparent: list[bool]) -> None:
