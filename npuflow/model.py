@@ -499,6 +499,7 @@ def load(
     sort_nodes(proto.graph)
     _rename_duplicate_nodes(proto.graph)
     proto = _validated_at_working_opset(proto)
+    _drop_initializer_inputs(proto.graph)
     proto = _lift_constants(proto)
     resized = freeze_input_shapes(proto, dict(input_shapes or {}))
     check_tensor_sizes(proto)
@@ -554,6 +555,22 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     # the converter keeps the old IR version even where the new opset needs a newer one
     upgraded.ir_version = max(upgraded.ir_version, 7)
     return upgraded
+
+
+def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:
+    """Remove the graph inputs that name an initializer (IR version 3 models list every weight
+    as an input; torch's ``keep_initializers_as_inputs=True`` still does).
+
+    Why: every stage treats them as constants (:func:`~npuflow.value_info.graph_inputs` skips
+    them), but a pass that folds such a weight away (BatchNormalization into the Conv) removed the
+    initializer and left its input entry, which then looked like a real input the calibration
+    samples lacked.
+    """
+    inits = {t.name for t in graph.initializer}
+    kept = [i for i in graph.input if i.name not in inits]
+    if len(kept) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(kept)
 
 
 def _lift_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
