@@ -577,8 +577,10 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             reasons[k] = f"no fused form ({type(exc).__name__}: {exc})"
             warnings.warn(f"npuflow runtime: op {op['name']!r} ({op['op']}) runs as its kernel, slower: "
                           f"{reasons[k]}", RuntimeWarning, stacklevel=2)
+        mark = None  # its copies of the graph's maps would keep the run's tables through the session's creation
         close(k)
         items.append(k)
         start = k + 1
+    mark = None
     close(len(ops))
     return Plan(items, reasons)

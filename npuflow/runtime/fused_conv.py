@@ -364,8 +364,10 @@ def _acc_table_range(ep: dict, lowest: int, highest: int) -> tuple[int, np.ndarr
     """The table of :func:`_acc_table` for accumulators in ``lowest..highest``: ``(a0, codes of
     a0..a1)``, or ``None`` where the scales are per channel or it would exceed
     :data:`ACC_TABLE_LIMIT` entries."""
-    acc_scale = np.unique(np.asarray(ep["acc_scale"], np.float32))
-    if acc_scale.size != 1 or np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
+    # one scale for every channel (compared, not ``np.unique``: that imports ``numpy.ma``, 0.5 MiB
+    # of modules a Session's load otherwise never needs)
+    acc_scale = np.asarray(ep["acc_scale"], np.float32).reshape(-1)
+    if not acc_scale.size or np.any(acc_scale != acc_scale[0]) or np.ndim(ep["scale"]) or np.ndim(ep["zp"]):
         return None
     one = {**ep, "acc_scale": float(acc_scale[0])}
     quantize = make_float_finish({**one, "chain": []})

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -70,18 +72,27 @@ class Graph:
     #: initialiser name -> array, for the constants of ``EXTERNAL_BYTES`` and more: ``inits`` holds
     #: a protobuf naming it as external data, without the bytes (``external_stub``)
     arrays: dict = field(default_factory=dict)
+    #: (dtype, shape, digest) -> the name of an external constant already holding those bytes:
+    #: equal constants (PP-OCR cls's hard-swish tables of equal scales: 27 % of its fused run's
+    #: constant bytes) are one initialiser, so ONNX Runtime copies and keeps them once
+    shared: dict = field(default_factory=dict)
 
     def fresh(self) -> str:
         self.count += 1
         return f"v{self.count}"
 
     def const(self, value, dtype=np.float32) -> str:
-        name = self.fresh()
         array = np.ascontiguousarray(np.asarray(value, dtype))
         if array.nbytes >= EXTERNAL_BYTES:
+            key = (array.dtype.str, array.shape, hashlib.sha256(array.data).digest())
+            name = self.shared.get(key)
+            if name is not None and np.array_equal(self.arrays[name], array):
+                return name
+            name = self.shared[key] = self.fresh()
             self.arrays[name] = array
             self.inits.append(external_stub(name, array))
         else:
+            name = self.fresh()
             self.inits.append(numpy_helper.from_array(array, name))
         return name
 
@@ -153,7 +164,7 @@ class Graph:
     def mark(self) -> tuple:
         return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
                 *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-                                    self.byte_offsets, self.arrays)))
+                                    self.byte_offsets, self.arrays, self.shared)))
 
     def clear(self) -> None:
         """Drop what only writing the graph needed: its nodes, initialisers, tables and arrays.
@@ -161,12 +172,12 @@ class Graph:
         Called once :meth:`model` has put them into a protobuf and its external arrays: until the
         graph is dropped by its builder, they would stay resident through ONNX Runtime's creation
         of the session, the load's high-water mark (docs/compiler-runtime.md, "Peak memory")."""
-        self.nodes, self.inits, self.arrays = [], [], {}
+        self.nodes, self.inits, self.arrays, self.shared = [], [], {}, {}
         self.tables, self.shifted, self.pads = {}, {}, {}
 
     def rollback(self, mark: tuple) -> None:
         (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-         self.byte_offsets, self.arrays) = mark
+         self.byte_offsets, self.arrays, self.shared) = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
 
     def model(self, outputs: list[onnx.ValueInfoProto], extra_nodes: list = (), extra_inits: list = ()
