@@ -426,6 +426,10 @@ _COMPARE = _specs(
     ("NPF_COMPARE_NO_COMMON_TENSORS", "no tensor of {quantized} matches a tensor of the float model {float} by name",
      "Compare with the float model the quantized model was made from (quantize writes it as "
      "optimized_float_model.onnx next to quantized_model.onnx): tensors are matched by name."),
+    ("NPF_COMPARE_INPUTS_DIFFER", "{quantized} is not a quantized form of the float model {float}: its inputs are "
+     "{inputs}, the float model's {float_inputs}",
+     "Compare with the float model the quantized model was made from (the source .onnx, or "
+     "optimized_float_model.onnx next to quantized_model.onnx), on samples of that model's inputs."),
     ("NPF_COMPARE_DUMP_MISSING", "dump folder {path}: {reason}",
      "Write dump folders with `npuflow run MODEL.npuf --input NAME=FILE.npy --dump DIR` (or "
      "Session.run(..., dump_dir=DIR)): index.json maps tensor names to the .npy files beside it."),

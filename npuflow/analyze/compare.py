@@ -426,12 +426,15 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
     ``data``: the samples (see :func:`open_samples`); ``samples``: use at most this many.
     """
     fmodel = float_model if isinstance(float_model, onnx.ModelProto) else model_io.read_proto(float_model)
-    source = open_samples(data, fmodel, samples)
     qname = str(quantized) if isinstance(quantized, str | os.PathLike) else type(quantized).__name__
     fname = str(float_model) if isinstance(float_model, str | os.PathLike) else fmodel.graph.name
     if isinstance(quantized, CompiledModel) or (isinstance(quantized, str | os.PathLike)
                                                and Path(quantized).suffix == ".npuf"):
         compiled = quantized if isinstance(quantized, CompiledModel) else CompiledModel.load(quantized)
+        pre = compiled.manifest.get("preprocessing") or {}
+        _require_same_inputs(fmodel, {i["name"]: (pre.get(i["name"]) or {}).get("shape", i["shape"])
+                                      for i in compiled.manifest["inputs"]}, qname, fname)
+        source = open_samples(data, fmodel, samples)
         pairs, names = npuf_pairs(fmodel, compiled)
         tensors = compiled.manifest["tensors"]
         unmatched = sorted(n for n in tensors if names[n] is None and tensors[n].get("quant"))
@@ -440,6 +443,8 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
         kind = "npuf"
     else:
         qmodel = quantized if isinstance(quantized, onnx.ModelProto) else model_io.read_proto(quantized)
+        _require_same_inputs(fmodel, {s.name: list(s.dims) for s in input_specs(qmodel)}, qname, fname)
+        source = open_samples(data, fmodel, samples)
         pairs = qdq_pairs(fmodel, qmodel)
         unmatched = sorted(p.dq.output[0] for p in activation_points(qmodel) if p.dq.output[0] not in set(pairs.values()))
         _require(pairs, qname, fname)
@@ -448,6 +453,32 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
     result = CompareResult(fname, qname, kind, count, unmatched=unmatched)
     result.layers = _rows(fmodel, pairs, acc, single)
     return result
+
+
+def _require_same_inputs(fmodel: onnx.ModelProto, inputs: Mapping[str, list[int | None]], quantized: str,
+                         float_model: str) -> None:
+    """Refuse a quantized or compiled model whose inputs are not the float model's: other names,
+    or another number of elements where both are static (an input transpose a ``modify`` removed
+    keeps the count).
+
+    Why: layers are matched by tensor name, and exporters reuse names (``/conv/Conv_output_0``)
+    across models, so the wrong float model was reported as the samples not fitting it, or as
+    an ONNX Runtime shape error from the quantized model.
+    """
+    def count(dims: Iterable[int | None]) -> int | None:
+        dims = list(dims)
+        return None if any(d is None for d in dims) else int(np.prod(dims, dtype=np.int64))
+
+    def text(dims: Iterable[int | None]) -> str:
+        return "x".join("?" if d is None else str(d) for d in dims)
+
+    floats = {s.name: list(s.dims) for s in input_specs(fmodel)}
+    differ = set(floats) != set(inputs) or any(
+        None not in (count(floats[n]), count(inputs[n])) and count(floats[n]) != count(inputs[n]) for n in floats)
+    if differ:
+        raise NpuflowError("NPF_COMPARE_INPUTS_DIFFER", quantized=quantized, float=float_model,
+                           float_inputs=", ".join(f"{n} {text(d)}" for n, d in floats.items()),
+                           inputs=", ".join(f"{n} {text(d)}" for n, d in inputs.items()))
 
 
 def _require(pairs: Mapping[str, str], quantized: str, float_model: str) -> None:
