@@ -29,7 +29,7 @@ from .float_plan import chain_followers, float_chain_ops, float_chain_ops_off_th
 from .nonfinite import sentinel_tensors
 from .qcdq import has_qcdq_clip, legalize_qcdq
 from .qoperator import is_qlinear, qoperator_to_qdq
-from .lowerable import QuantFacts, lowering_limit, output_chain, target_runs
+from .lowerable import QuantFacts, lowering_limit, output_chain, table_lowered, target_runs
 from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
@@ -276,25 +276,28 @@ def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int
     :func:`.lowerable.output_chain`), so those nodes are fused into the layer here, as activation
     patterns are in a float model: they run where the layer runs.
 
-    Returns ``{layer: reason}`` for the tables that compute an op (not an epilogue op,
-    ``OpDef.chain``) the accelerator has no operation for, or refuses by its own rule: the layer's
-    rule judges only the layer, and a ``Div`` by a constant (a 1x1 depthwise convolution on a DPU)
+    Returns ``{layer: reason}`` for the lookup tables (:func:`.lowerable.table_lowered`; not a
+    layer's epilogue, its bias ``Add``) that compute an op the accelerator refuses by its own rule,
+    or has no operation for (not an epilogue op, ``OpDef.chain``): the layer's rule judges only the
+    layer, and a ``Div`` by a constant (a 1x1 depthwise convolution on a DPU)
     cannot compute the ``Sigmoid`` of its table (B4096 seed 2482: ``DQ -> Div(c) -> Sigmoid -> Q``
     was one integer op on the DPU, which has no sigmoid; check of the float model ran both on the
-    CPU).  A ``kind: cpu`` target runs every table the compiler lowers."""
+    CPU), nor a ``LeakyRelu`` of a slope other than the DPU's.  A ``kind: cpu`` target runs every
+    table the compiler lowers."""
     limits: dict[int, str] = {}
     for i, node in enumerate(view.nodes):
         if i in fused or node.op_type not in LOWERED_OPS | TABLE_OPS or len(node.output) != 1 or not node.output[0]:
             continue
         found = output_chain(node, node.output[0], facts)
+        judged = tgt.kind != "cpu" and table_lowered(node, facts)  # an epilogue is the layer's (a bias Add)
         for member in found[0] if found is not None else []:
             j = view.position(member)
             if j == i:
                 continue
             fused[j] = i  # also a pattern found inside the chain (the Clip of a hard-sigmoid)
             rule = tgt.rule(infos[j].kind)
-            if tgt.kind != "cpu" and member.op_type not in CHAIN_OPS and i not in limits and \
-                    (rule is None or rule_reasons(rule, infos[j].params, tgt.hardware_names())):
+            if judged and i not in limits and (member.op_type not in CHAIN_OPS if rule is None
+                                               else rule_reasons(rule, infos[j].params, tgt.hardware_names())):
                 limits[i] = (f"its lookup table also computes {member.op_type} {member.name!r}, which the "
                              f"{tgt.device_label} of {tgt.name} does not run (its own rule), so the table runs on the CPU")
     return limits

@@ -82,4 +82,14 @@ def test_a_div_table_computing_a_sigmoid_the_dpu_lacks_runs_on_the_cpu(tmp_path)
     calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
     quantized = npuflow.quantize(model, calib, B4096, warn=False).model
     reason = npuflow.check(quantized, B4096).node("div").reasons[-1]
-    assert "lookup table also computes Sigmoid" in reason
+    assert "also computes Sigmoid 'sig'" in reason
+
+
+def test_a_div_table_computing_a_leaky_relu_of_another_slope_runs_on_the_cpu(tmp_path):
+    """B4096 ``Add -> Div(c) -> LeakyRelu(0.2) -> Conv``: the DPU's leaky slope is 26/256, so check of
+    the float model runs the LeakyRelu (and the Div before it) on the CPU; compile lowered
+    ``DQ -> Div -> LeakyRelu -> Q`` as one op under the Div's rule (before: CPU / ACC / ACC)."""
+    model = _model([_conv("a", "x"), ("add", "Add", ["a", "x"], {}), ("div", "Div", ["add", TWO], {}),
+                    ("lr", "LeakyRelu", ["div"], {"alpha": 0.2}), _conv("c", "lr")], ["c"])
+    devices = _agree(model, B4096, tmp_path)
+    assert devices["div"] == CPU and devices["lr"] == CPU and devices["c"] == NPU
