@@ -18,7 +18,12 @@ def _load_file(spec: str, name: str | None, file: str) -> dict[str, np.ndarray]:
     """The arrays of one input file: a ``.npy`` is the array of ``name``; a ``.npz`` (several
     arrays by name, as ``npuflow compare --data`` reads them) is every array, or with ``name`` its
     array of that name or its only one.  A ``.npz`` read as one array was reported as an input of
-    dtype ``NpzFile``, which said nothing about the file."""
+    dtype ``NpzFile``, which said nothing about the file; a folder was ``[Errno 21] Is a directory``."""
+    if Path(file).is_dir():
+        raise NpuflowError("NPF_RUNTIME_BAD_INPUT_FILE", value=spec, reason=(
+            "it is a folder; run reads one sample (one file per input, or one .npz). For every file of a "
+            f"folder: for f in {file.rstrip('/')}/*.npy; do npuflow run MODEL.npuf -i \"$f\" -o \"out/$(basename \"$f\" .npy)\"; "
+            "done, or npuflow.Session(path).run in Python (one process, the model loaded once)"))
     try:
         loaded = np.load(file, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
