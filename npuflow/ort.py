@@ -243,6 +243,8 @@ class InferenceSession:
     def get_modelmeta(self) -> ModelMetadata:
         m = self.session.compiled.manifest.get("model", {})
         return ModelMetadata(producer_name=m.get("producer", ""), graph_name=m.get("name", ""),
+                             domain=m.get("domain", ""), description=m.get("description", ""),
+                             graph_description=m.get("graph_description", ""), version=m.get("version", 0),
                              custom_metadata_map=dict(m.get("metadata", {})))
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, np.ndarray],

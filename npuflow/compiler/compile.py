@@ -303,7 +303,10 @@ def _describe(g, model, tgt, groups, notes, build_config, preprocessing, plugs=N
         "format": "npuf",
         "npuflow_version": __version__,
         "model": {"name": model.graph.name, "producer": model.producer_name,
-                  "metadata": {p.key: p.value for p in model.metadata_props}},
+                  "metadata": {p.key: p.value for p in model.metadata_props},
+                  # what onnxruntime's get_modelmeta shows (npuflow.ort.InferenceSession serves it too)
+                  "version": model.model_version, "domain": model.domain, "description": model.doc_string,
+                  "graph_description": model.graph.doc_string},
         "target": {"name": tgt.name, "fingerprint": tgt.fingerprint, "family": tgt.family, "kind": tgt.kind,
                    "device_label": tgt.device_label, "scale_type": tgt.numerics.scale_type,
                    # a user's own target file: perf and bench cannot find it by name later

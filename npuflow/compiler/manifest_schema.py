@@ -530,6 +530,11 @@ class ModelInfo(Strict):
     name: str
     producer: str
     metadata: dict[str, str]
+    # the rest of onnxruntime's get_modelmeta (files written before they were stored lack them)
+    version: int = 0
+    domain: str = ""
+    description: str = ""
+    graph_description: str = ""
 
 
 class MemoryInfo(Strict):
