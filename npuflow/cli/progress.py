@@ -7,7 +7,9 @@ The library reports progress as ``progress(stage, done, total)`` calls (:mod:`np
 - on a terminal as a Rich bar, a fresh one per stage (a stage without a count spins), and
 - when the output is piped or logged (CI, ``| tee``, files) as one line per finished stage on
   stderr with its count and time, ``quantize: calibrate 12/12 samples 4.1 s``, plus a line every
-  :data:`HEARTBEAT_S` seconds in a long stage, so that a log never stays silent for minutes, and
+  :data:`HEARTBEAT_S` seconds in a long stage, counted or not (a ticker thread: float optimisation,
+  bias correction and the accuracy check report no counts, and SLANet's ran for minutes without a
+  line), so that a log never stays silent for minutes, and
   a line per named item (``analyze: sensitivity 3/40 layers 12.1 s /conv3``: layers take seconds
   each; samples have no name and are only counted).
 
@@ -58,17 +60,33 @@ class StageProgress:
         self._total: int | None = None
         self._start = self._shown = time.monotonic()
         self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> "StageProgress":
         if self._bar is not None:
             self._bar.__enter__()
+        else:
+            self._ticker = threading.Thread(target=self._tick, name="npuflow-progress", daemon=True)
+            self._ticker.start()
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if exc_type is None:
             self._finish()
         if self._bar is not None:
             self._bar.__exit__(exc_type, *exc)
+
+    def _tick(self) -> None:
+        """The piped heartbeat: the running stage's line again once :data:`HEARTBEAT_S` seconds
+        passed without one (a terminal's bar shows the elapsed time itself)."""
+        while not self._stop.wait(min(1.0, HEARTBEAT_S / 4)):
+            with self._lock:
+                if self._stage is not None and time.monotonic() - self._shown >= HEARTBEAT_S:
+                    self._line("...")
 
     def __call__(self, stage: str, done: int = 0, total: int | None = None, detail: str = "") -> None:
         """Stage ``stage`` has done ``done`` of ``total`` items (``detail``: the item, shown on the bar)."""
@@ -90,8 +108,6 @@ class StageProgress:
                              description=f"{stage}: {detail}" if detail else stage)
         elif detail and done:
             self._line(detail)
-        elif total and time.monotonic() - self._shown >= HEARTBEAT_S and done < total:
-            self._line("...")
 
     def advance(self, count: int = 1, detail: str = "") -> None:
         """``count`` more items of the current stage (``detail``: the last one, shown on the bar)."""
