@@ -24,6 +24,11 @@ from .kernels import KERNELS, Kernel
 
 Dump = Callable[[str, np.ndarray], None]
 
+#: The external weights from which a CPU subgraph's session is created only after ``release``
+#: (``OnnxExecutor``): a release costs a ``malloc_trim``, and YOLOv8n on the DPU opens 116 small
+#: subgraphs, whose creation is no high-water mark.
+RELEASE_BYTES = 1 << 20
+
 #: The arena of a program that places no kernel output (empty: shared by every run, as nothing
 #: can be written to it).
 _NO_ARENA = np.empty(0, np.uint8)
@@ -158,10 +163,20 @@ class OnnxExecutor:
     ``lookup=False`` keeps the session).
     """
 
-    def __init__(self, sg: dict, onnx_bytes: bytes, threads: int = 1, lookup: bool = True) -> None:
-        model, self.carried = _carry_unexchangeable(onnx.load_from_string(onnx_bytes))
+    def __init__(self, sg: dict, onnx_bytes: bytes | Callable[[], bytes], threads: int = 1, lookup: bool = True,
+                 release: Callable[[], object] | None = None) -> None:
+        """``onnx_bytes``: the serialized subgraph, or a function that reads it, which lets it go
+        once parsed; ``release`` (e.g. dropping the mapped ``.npuf``'s pages and the C heap's free
+        pages) is called just before ONNX Runtime creates the session.  Both keep the blob out of
+        that creation, a load's high-water mark where the subgraph holds large weights (PP-OCRv4
+        rec's CTC head on the DPU targets: its 3.2 MB blob, the pages it was read from and the
+        protobuf's freed copy were resident beside ONNX Runtime's copy and its packed form)."""
+        model, self.carried = _carry_unexchangeable(
+            onnx.load_from_string(onnx_bytes() if callable(onnx_bytes) else onnx_bytes))
         _softmax_before_transpose(model)
         external = _move_out_large_constants(model)
+        if release is not None and sum(a.nbytes for a in external.values()) >= RELEASE_BYTES:
+            release()
         self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1,
                                     external=external, shared_arena=True)
         del external  # ONNX Runtime holds its own copy (``open_session``)

@@ -107,8 +107,9 @@ class _Program:
             elif sg["engine"] == "plugin":
                 self._executors.append(PluginExecutor(sg, blob))
             else:
-                self._executors.append(OnnxExecutor(sg, blob(sg["onnx"]), threads if cpu_threads is None else cpu_threads,
-                                                    lookup=fuse))
+                self._executors.append(OnnxExecutor(sg, lambda sg=sg: blob(sg["onnx"]),
+                                                    threads if cpu_threads is None else cpu_threads, lookup=fuse,
+                                                    release=release))
         release()  # the CPU subgraphs' parses and blobs, before the integer programs' builds
         outputs = {o["name"] for o in manifest["outputs"]}
         #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
