@@ -62,7 +62,7 @@ MIN_IR_VERSION = 3
 MAX_ELEMENTS_ENV = "NPUFLOW_MAX_TENSOR_ELEMENTS"
 DEFAULT_MAX_ELEMENTS = 1 << 31
 
-ModelLike = str | os.PathLike | onnx.ModelProto | bytes
+ModelLike = str | os.PathLike | onnx.ModelProto | bytes  # or a torch ONNXProgram (read_proto)
 #: The first bytes of a compiled ``.npuf`` file (``compiler.artifact`` writes them): the loader
 #: names such a file instead of reporting a corrupt protobuf.
 NPUF_MAGIC = b"NPUFLOW\x00"
@@ -169,9 +169,16 @@ def read_proto(path: str | os.PathLike | bytes) -> onnx.ModelProto:
         if not p.is_file():
             raise NpuflowError("NPF_MODEL_NOT_FOUND", path=str(p))
         data = p.read_bytes()
+    elif isinstance(getattr(path, "model_proto", None), onnx.ModelProto):
+        # torch.onnx.export(..., dynamo=True) returns an ONNXProgram (no file): its ModelProto
+        return path.model_proto  # type: ignore[union-attr]
+    elif callable(getattr(path, "forward", None)) and callable(getattr(path, "parameters", None)):
+        raise NpuflowError("NPF_MODEL_NOT_ONNX", path=f"a {type(path).__name__}",
+                           reason="it is a torch module; export it first: torch.onnx.export(module, (example,), "
+                                  "'model.onnx') (or pass what torch.onnx.export(..., dynamo=True) returns)")
     else:
         raise NpuflowError("NPF_MODEL_NOT_ONNX", path=f"a {type(path).__name__}",
-                           reason="the model is a path, an onnx.ModelProto or the model's bytes "
+                           reason="the model is a path, an onnx.ModelProto, the model's bytes or a torch ONNXProgram "
                                   "(npuflow.quantize takes the model first, then the calibration data, then the target)")
     if not data:
         raise NpuflowError("NPF_MODEL_NOT_ONNX", path=str(p), reason="the file is empty")
