@@ -167,8 +167,8 @@ def fused_planner(rev: str):
     if "g" not in inspect.signature(session).parameters:
         session = _session_reading_graph(module, session)
 
-    def init(self, g, outputs, produced, threads, rebuild=None):  # a revision's plan may not pass rebuild
-        fused.FusedRun.__init__(self, g, outputs, produced, threads, rebuild)
+    def init(self, g, outputs, produced, threads, *rest):  # a revision's plan may not pass rebuild, release
+        fused.FusedRun.__init__(self, g, outputs, produced, threads, *rest)
 
     module.FusedRun = type("FusedRunBefore", (fused.FusedRun,), {"__init__": init, "_session": session})
     return module.plan
