@@ -99,13 +99,28 @@ def cache_file() -> Path:
     return cache_root("ort_kernels") / f"{cache_key()}.json"
 
 
+#: cache file -> (its inode, size and modification time when read, its verdicts): the file as this
+#: process last read it, read again only once it changed (a check stores its verdict by replacing
+#: the file, here or in another process).  YOLOv8n cpu-int8's load asks 123 checks.
+_READ: dict[Path, tuple[tuple[int, int, int], dict]] = {}
+
+
 def _stored() -> dict:
-    """The verdicts in :func:`cache_file` (empty where there is none or it cannot be read)."""
+    """The verdicts in :func:`cache_file` (empty where there is none or it cannot be read); not
+    to be changed by the caller (the same dict is returned until the file changes)."""
+    path = cache_file()
     try:
-        stored = json.loads(cache_file().read_text())
+        st = path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _READ.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return stored if isinstance(stored, dict) else {}
+    stored = stored if isinstance(stored, dict) else {}
+    _READ[path] = (stamp, stored)
+    return stored
 
 
 def _store(name: str, verdict: Verdict, stale: str | None = None) -> None:
