@@ -31,7 +31,7 @@ uint8 on x86-64 without VNNI, where MLAS' uint8 x int8 kernels saturate, except 
 whose weight pairs cannot saturate a lane).  The timed ORT columns
 run the model as a user's ONNX Runtime does, saturating kernels included.
 
-    python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...] [--before REV]
+    python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...|BATCH8] [--before REV]
                                        [--clock wall|process] [--[no-]memory] [--memory-frames 5]
                                        [--out runtime]
 
