@@ -242,7 +242,8 @@ _RUNTIME = _specs(
      "Compiled shapes: {shapes}. Compile one at least this large (repeat --input-shape NAME DIMS in npuflow "
      "compile, one per shape) or cut the input."),
     ("NPF_RUNTIME_BAD_INPUT_FILE", "cannot read input {value!r}: {reason}",
-     "Write inputs as NAME=FILE.npy, with FILE.npy saved by numpy.save."),
+     "Give inputs as NAME=FILE.npy (numpy.save), a FILE.npz holding every input by name (numpy.savez), or a "
+     "folder of such files (one per sample) with -o OUTDIR."),
     ("NPF_RUNTIME_UNKNOWN_JOB", "runner {runner!r} has no pending job {job_id}",
      "Call wait() once with an id returned by execute_async() on the same runner."),
     ("NPF_RUNTIME_UNKNOWN_OP", "the model has no accelerator op made from node {name!r}",
