@@ -431,6 +431,14 @@ _COMPARE = _specs(
      "{inputs}, the float model's {float_inputs}",
      "Compare with the float model the quantized model was made from (the source .onnx, or "
      "optimized_float_model.onnx next to quantized_model.onnx), on samples of that model's inputs."),
+    ("NPF_COMPARE_DATA_MISMATCH", "compare's --data sample {sample} does not fit the float model {float}: {reason}",
+     "--data takes samples of the float model's inputs (their names, dtype and shape; only the dimensions the "
+     "model leaves dynamic may vary), read as `npuflow quantize --calib` reads them: give samples preprocessed "
+     "as for the model, e.g. those it was quantized on."),
+    ("NPF_COMPARE_DATA_SOURCE", "cannot read compare's --data {source}: {reason}",
+     "Pass a folder of .npy files (one per sample; one sub-folder per input for several inputs), a folder of "
+     ".npz files (one per sample, every input by name), one .npy/.npz of stacked samples, or a dataset.txt "
+     "listing .npy files."),
     ("NPF_COMPARE_DUMP_MISSING", "dump folder {path}: {reason}",
      "Write dump folders with `npuflow run MODEL.npuf --input NAME=FILE.npy --dump DIR` (or "
      "Session.run(..., dump_dir=DIR)): index.json maps tensor names to the .npy files beside it."),

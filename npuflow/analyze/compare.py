@@ -46,7 +46,7 @@ from ..errors import NpuflowError
 from ..graph import GraphView, rename_outer_reads
 from ..quant.algorithms.capture import session
 from ..quant.calibrate import run_sample
-from ..quant.data import CalibrationSource, InputSpec, Sample
+from ..quant.data import CalibrationSource, InputSpec
 from .. import qdq
 
 #: How quantizers name a quantize step's output after the float tensor it reads: npuflow's export
@@ -313,7 +313,7 @@ def single_layer_model(qmodel: onnx.ModelProto, sources: Mapping[str, str]) -> o
 
 
 def _compare_qdq(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, pairs: Mapping[str, str],
-                 samples: Iterable[Sample]) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
+                 samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
     by_q = {q: t for t, q in pairs.items()}
     floats = set(_float_tensors(float_model))
     sources = {}
@@ -330,10 +330,10 @@ def _compare_qdq(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, pairs: M
     single = {t: Pooled() for t in pairs}
     count = 0
     for i, sample in enumerate(samples):
-        fv = run_sample(fsess, _feed(fsess, sample), i)
-        qv = run_sample(qsess, _feed(qsess, sample), i)
+        fv = run_sample(fsess, _feed(fsess, sample), samples.label(i))
+        qv = run_sample(qsess, _feed(qsess, sample), samples.label(i))
         refs = {x + _REF: fv[src] for x, src in sources.items()}
-        sv = run_sample(ssess, {**_feed(ssess, sample), **refs}, i)
+        sv = run_sample(ssess, {**_feed(ssess, sample), **refs}, samples.label(i))
         for t, q in pairs.items():
             _add(acc[t], fv[t], qv[q])
             _add(single[t], fv[t], sv[q])
@@ -381,7 +381,7 @@ def npuf_pairs(float_model: onnx.ModelProto, compiled: CompiledModel) -> tuple[d
 
 
 def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: Mapping[str, str],
-                  names: Mapping[str, str | None], samples: Iterable[Sample]) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
+                  names: Mapping[str, str | None], samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
     from ..runtime import Session
 
     tensors = compiled.manifest["tensors"]
@@ -398,7 +398,7 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
     single = {t: Pooled() for t in single_of}
     count = 0
     for i, sample in enumerate(samples):
-        fv = run_sample(fsess, _feed(fsess, sample), i)
+        fv = run_sample(fsess, _feed(fsess, sample), samples.label(i))
         with tempfile.TemporaryDirectory() as d:
             outs = sess.run(sample, dump_dir=d)
             index = json.loads((Path(d) / "index.json").read_text())

@@ -45,10 +45,27 @@ def _layers_table(result, top: int) -> Table:
     return table
 
 
+def _data_error(exc: NpuflowError, float_model: Path) -> NpuflowError:
+    """``--data``'s own error for one that quantize's sample reader (which compare reads samples
+    with) raised in calibration words: "calibration sample 0 does not fit the model" sent a
+    compare user to quantize's calibration set.  Other errors are returned as they are."""
+    fields = exc.fields
+    if exc.code in ("NPF_QUANT_CALIB_MISMATCH", "NPF_QUANT_CALIB_NONFINITE"):
+        reason = fields.get("reason") or f"input {fields['input']!r} contains NaN or Inf"
+        return NpuflowError("NPF_COMPARE_DATA_MISMATCH", sample=fields["sample"], float=str(float_model), reason=reason)
+    if exc.code in ("NPF_QUANT_CALIB_SOURCE", "NPF_QUANT_CALIB_EMPTY"):
+        return NpuflowError("NPF_COMPARE_DATA_SOURCE", source=fields["source"],
+                            reason=fields.get("reason") or "it holds no samples")
+    return exc
+
+
 def _compare_models(float_model: Path, quantized: Path, data: Path, samples: int, out_dir: Path, top: int) -> None:
     from ..analyze.compare import compare
 
-    result = compare(float_model, quantized, str(data), samples=samples)
+    try:
+        result = compare(float_model, quantized, str(data), samples=samples)
+    except NpuflowError as exc:
+        raise _data_error(exc, float_model) from None
     console.print(_layers_table(result, top))
     jump = result.jump
     if jump is not None:

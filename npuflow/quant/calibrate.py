@@ -93,7 +93,7 @@ def session_for(model: onnx.ModelProto, outputs: Iterable[str], *, spinning: boo
     return open_session(with_outputs(model, outputs), level="basic", spinning=spinning, what="run")
 
 
-def run_sample(sess: ort.InferenceSession, sample: Sample, index: int) -> dict[str, np.ndarray]:
+def run_sample(sess: ort.InferenceSession, sample: Sample, index: int | str) -> dict[str, np.ndarray]:
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, sample)

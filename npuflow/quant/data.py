@@ -67,6 +67,10 @@ class CalibrationSource:
         if count == 0:
             raise NpuflowError("NPF_QUANT_CALIB_EMPTY", source=self.description)
 
+    def label(self, index: int) -> str | int:
+        """How errors name sample ``index``: its number, and its file for a file source."""
+        return self._raw.label(index)
+
     def __len__(self) -> int:
         n = self._raw.length  # type: ignore[attr-defined]
         if n is None:

@@ -130,6 +130,21 @@ def test_unrelated_models_are_refused(mnist):
     assert e.value.code == "NPF_COMPARE_INPUTS_DIFFER"  # its inputs are checked before any tensor name
 
 
+def test_models_without_a_common_tensor_name_are_refused():
+    """Same inputs, every other tensor renamed and the input not quantized (a float model given as
+    the quantized one): nothing can be matched layer by layer."""
+    renamed = conv_net()
+    names = {o: f"z_{o}" for n in renamed.graph.node for o in n.output}
+    for node in renamed.graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names[o] for o in node.output]
+    for out in renamed.graph.output:
+        out.name = names[out.name]
+    with pytest.raises(NpuflowError) as e:
+        compare(conv_net(), renamed, [{"x": s} for s in samples([1, 3, 8, 8], 2)])
+    assert e.value.code == "NPF_COMPARE_NO_COMMON_TENSORS"
+
+
 def _dump(mnist, folder: Path) -> Path:
     paths, data, _ = mnist
     npuflow.Session(paths["npuf"]).run({"input": np.load(sorted(data.iterdir())[0])}, dump_dir=folder)
@@ -184,3 +199,29 @@ def test_dump_folder_errors(mnist, cli, tmp_path):
     with pytest.raises(NpuflowError) as e:
         compare_dumps(golden, broken)
     assert e.value.code == "NPF_COMPARE_DUMP_CORRUPT" and fname in e.value.message
+
+
+def test_cli_data_errors_say_compare_data_and_name_the_file(mnist, cli, tmp_path):
+    """Wrong samples given to ``compare --data`` were reported in quantize's words, "calibration
+    sample 0 does not fit the model" (new-user round 9): the error now says it is compare's --data
+    sample, names its file and the float model."""
+    paths, data, _ = mnist
+    good = np.load(sorted(data.iterdir())[0])
+    cases = {"shape": good[0], "nan": np.where(good > 0.5, np.nan, good).astype(np.float32)}
+    for case, sample in cases.items():
+        bad = tmp_path / case
+        bad.mkdir()
+        np.save(bad / "00.npy", sample)
+        res = cli("compare", paths["float"], paths["npuf"], "--data", bad, "-o", tmp_path / "out")
+        text = " ".join(res.stderr.split())
+        assert res.returncode == 2 and "NPF_COMPARE_DATA_MISMATCH" in text and "Traceback" not in text, text
+        assert f"compare's --data sample 0 ({bad / '00.npy'}) does not fit the float model {paths['float']}" in text
+        assert "calibration" not in text.split("hint:")[0]
+    res = cli("compare", paths["float"], paths["qdq"], "--data", tmp_path / "shape")  # the QDQ model: same words
+    assert "NPF_COMPARE_DATA_MISMATCH" in res.stderr and "has shape 1x28x28, the model wants 1x1x28x28" in " ".join(
+        res.stderr.split())
+    (tmp_path / "empty").mkdir()
+    res = cli("compare", paths["float"], paths["qdq"], "--data", tmp_path / "empty")
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 2 and f"NPF_COMPARE_DATA_SOURCE] cannot read compare's --data {tmp_path / 'empty'}" in text
+    assert not (tmp_path / "out").exists()
