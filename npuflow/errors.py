@@ -71,10 +71,12 @@ _MODEL = _specs(
      "Write shapes as dimensions joined by 'x', e.g. --input-shape images 1x3x224x224."),
     ("NPF_MODEL_FIXED_INPUT_SHAPE", "input {name!r} is fixed at {fixed} in the model, and its shapes were computed "
      "for that size: {asked} (dimension(s) {at} changed) does not fit them: {reason}",
-     "Ask only the dimensions the model leaves dynamic, or export it with that dimension dynamic "
-     "(torch.onnx.export dynamic_axes).  From npuflow.quantize: q.model is frozen at the shape it was quantized "
-     "at; npuflow.compile(q, target, input_shapes=...) (the QuantizedModel itself) and the saved "
-     "quantized_model.onnx keep the source's dynamic dimensions."),
+     "Ask only the dimensions the model leaves dynamic.  Where the message names a node, the model itself "
+     "holds the size there (an export traced at that size): export the model at the size wanted, or with that dimension "
+     "dynamic (torch.onnx.export dynamic_axes), and quantize that export; a quantized model keeps it too.  "
+     "From npuflow.quantize: q.model is frozen at the shape it was quantized at; "
+     "npuflow.compile(q, target, input_shapes=...) (the QuantizedModel itself) and the saved "
+     "quantized_model.onnx keep the dimensions the source left dynamic, not the ones it fixes."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
     ("NPF_MODEL_UNKNOWN_TENSOR", "the model has no tensor named {name!r} to cut at",

@@ -6,12 +6,14 @@ calls :func:`freeze_input_shapes` once per model.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import onnx
 
 from .errors import NpuflowError
 from .value_info import graph_inputs
+
+T = TypeVar("T")
 
 
 def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[dict[str, str]]:
@@ -32,7 +34,7 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
         if dims and len(dims) != len(wanted):
             raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value="x".join(map(str, wanted)),
                                reason=f"input {inp.name!r} has rank {len(dims)}, the shape given has rank {len(wanted)}")
-        changed += _fixed_change(inp, wanted)
+        changed += _fixed_change(proto, inp, wanted)
         del inp.type.tensor_type.shape.dim[:]
         for d in wanted:
             inp.type.tensor_type.shape.dim.add().dim_value = d
@@ -48,12 +50,75 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
     return changed
 
 
-def _fixed_change(inp: onnx.ValueInfoProto, wanted: Sequence[int]) -> list[dict[str, str]]:
-    """The fields of ``NPF_MODEL_FIXED_INPUT_SHAPE`` when ``wanted`` changes a dimension ``inp`` fixes."""
+def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequence[int]) -> list[dict[str, str]]:
+    """The fields of ``NPF_MODEL_FIXED_INPUT_SHAPE`` when ``wanted`` changes a dimension ``inp`` fixes,
+    and ``fixed_by``: the nodes that hold that dimension at its fixed size (:func:`size_fixing_nodes`)."""
     fixed = [d.dim_value if d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim]
-    at = [f"#{k}" for k, (have, want) in enumerate(zip(fixed, wanted)) if have not in (None, want)]
+    at = [k for k, (have, want) in enumerate(zip(fixed, wanted)) if have not in (None, want)]
+    if not at:
+        return []
     return [dict(name=inp.name, fixed="x".join("?" if d is None else str(d) for d in fixed),
-                 asked="x".join(map(str, wanted)), at=", ".join(at))] if at else []
+                 asked="x".join(map(str, wanted)), at=", ".join(f"#{k}" for k in at),
+                 fixed_by=size_fixing_nodes(proto, inp.name, {k: fixed[k] for k in at}))]
+
+
+def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int], limit: int = 3) -> str:
+    """The ``Reshape`` nodes fed (through any path) by input ``name`` whose constant target shape
+    writes a fixed size of ``sizes`` (``{dimension: size}``) literally at that dimension, described.
+
+    Why: an export traced at one size bakes it into such targets (``x.view(x.size(0), -1)``
+    traced at batch 1 is a ``Reshape`` to ``[1, -1]``), so the model computes that size whatever
+    the input: those nodes, not the node where shapes first clash, are what the user must change.
+    Empty when none does.
+    """
+    consts = {t.name: t for t in proto.graph.initializer}
+    reached = {name}
+    found: list[str] = []
+    for node in proto.graph.node:
+        if not reached.intersection(node.input):
+            continue
+        reached.update(node.output)
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        target = onnx.numpy_helper.to_array(consts[node.input[1]])
+        held = [k for k, size in sizes.items() if target.ndim == 1 and k < len(target) and target[k] == size]
+        if held:
+            found.append(f"node {node.name or node.output[0]!r} reshapes to the constant shape "
+                         f"{target.tolist()}, which keeps dimension #{held[0]} at {sizes[held[0]]}")
+    more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
+    return "; ".join(found[:limit]) + more
+
+
+def resize_checked(step: Callable[[onnx.ModelProto], T], proto: onnx.ModelProto,
+                   resized: list[dict[str, str]]) -> T:
+    """``step(proto)`` (the checker, shape inference), its failure ``NPF_MODEL_FIXED_INPUT_SHAPE``
+    where resizing a fixed input dimension (``resized``: :func:`freeze_input_shapes`'s) caused it."""
+    try:
+        return step(proto)
+    except NpuflowError as exc:
+        if (fixed := _fixed_shape_error(exc, resized)) is exc:
+            raise
+        raise fixed from None
+
+
+def _fixed_shape_error(exc: NpuflowError, resized: list[dict[str, str]]) -> NpuflowError:
+    """``NPF_MODEL_FIXED_INPUT_SHAPE`` for a failure caused by resizing a fixed input dimension, else ``exc``.
+
+    Why: an input resized from a fixed size can clash with the shapes the model holds for it
+    (value_info, outputs, ``Reshape`` targets baked in at export or folded by ``npuflow.quantize``),
+    which onnx's checker reports as ``NPF_MODEL_INVALID`` blaming the model; where shape inference
+    cannot follow the model to the clash, the shape probe's run fails on it instead, which reads as
+    a bad probe value.  A checker failure after a resize is the resize's; a probe failure is when a
+    node holding the old size was found (otherwise the probe's values may be at fault).
+    """
+    if not resized or exc.code not in ("NPF_MODEL_INVALID", "NPF_MODEL_SHAPE_PROBE_FAILED"):
+        return exc
+    fields = dict(next((r for r in resized if r["fixed_by"]), resized[0]))
+    fixed_by = fields.pop("fixed_by")
+    if exc.code == "NPF_MODEL_SHAPE_PROBE_FAILED" and not fixed_by:
+        return exc
+    reason = f"{fixed_by}; then {exc.fields['reason']}" if fixed_by else exc.fields["reason"]
+    return NpuflowError("NPF_MODEL_FIXED_INPUT_SHAPE", **fields, reason=reason)
 
 
 def dynamic_dims(proto: onnx.ModelProto) -> dict[str, list[int]]:

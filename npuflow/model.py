@@ -39,7 +39,7 @@ from onnx import external_data_helper, version_converter
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
-from .input_shapes import dynamic_dims, freeze_input_shapes, unresolved_error  # noqa: F401 (read through here)
+from .input_shapes import dynamic_dims, freeze_input_shapes, resize_checked, unresolved_error  # noqa: F401 (read through here)
 from .outputs import owner_token
 from .shape_probe import ProbeValues, fill_shapes_by_running, given_value, set_probe_values
 # graph_inputs, tensor_shapes and tensor_elem_types are read through this module by most stages
@@ -502,6 +502,20 @@ def load(
     ``probe_values``: ``{input: value}`` fed to the shape probe instead of its guesses; they are
     stored in the model (:data:`npuflow.shape_probe.PROBE_VALUES_KEY`) for the stages that follow.
     """
+    proto, resized = _loaded(model, input_shapes, probe_values)
+    return resize_checked(infer_static_shapes, proto, resized) if infer_shapes else proto
+
+
+def load_both(model: ModelLike, input_shapes: InputShapes | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """:func:`load` without and with static shapes, from one load: quantization re-opens dynamic
+    dimensions from the first and calibrates the second."""
+    proto, resized = _loaded(model, input_shapes, None)
+    return proto, resize_checked(infer_static_shapes, proto, resized)
+
+
+def _loaded(model: ModelLike, input_shapes: InputShapes | None,
+            probe_values: ProbeValues | None) -> tuple[onnx.ModelProto, list[dict[str, str]]]:
+    """The normalised model before shape inference, and the fixed input dimensions it resized."""
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
     sort_nodes(proto.graph)
     _rename_duplicate_nodes(proto.graph)
@@ -510,12 +524,11 @@ def load(
     proto = _lift_constants(proto)
     resized = freeze_input_shapes(proto, dict(input_shapes or {}))
     check_tensor_sizes(proto)
-    _check_resized(proto, resized)
+    if resized:
+        resize_checked(validate, proto, resized)
     if probe_values:
         set_probe_values(proto, probe_values)
-    if infer_shapes:
-        proto = infer_static_shapes(proto)
-    return proto
+    return proto, resized
 
 
 @functools.lru_cache(maxsize=1)
@@ -588,19 +601,6 @@ def _lift_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     out = ir.serde.serialize_model(model)
     return out
-
-
-def _check_resized(proto: onnx.ModelProto, resized: list[dict[str, str]]) -> None:
-    """``NPF_MODEL_FIXED_INPUT_SHAPE`` when an input resized from a fixed size no longer fits the shapes
-    the model holds for it (value_info, outputs, ``Reshape`` targets ``npuflow.quantize`` folded): that was
-    ``NPF_MODEL_INVALID`` blaming the model, or stale shapes, since onnx's inference does not compare."""
-    try:
-        if resized:
-            validate(proto)
-    except NpuflowError as exc:
-        if exc.code != "NPF_MODEL_INVALID":
-            raise
-        raise NpuflowError("NPF_MODEL_FIXED_INPUT_SHAPE", **resized[0], reason=exc.fields["reason"]) from None
 
 
 def control_flow_nodes(proto: onnx.ModelProto) -> list[str]:

@@ -178,8 +178,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     other_batch = False
     if not open_dims and cfg.calib_dynamic_dims is None:
         other_batch, calib_data = _samples_at_other_batch(source_proto, shapes, calib_data, cfg)
-    loaded = model_io.load(source_proto, shapes, infer_shapes=False)
-    original = model_io.infer_static_shapes(loaded)
+    loaded, original = model_io.load_both(source_proto, shapes)
     static_inputs = {i.name: model_io.tensor_shapes(original)[i.name] for i in model_io.graph_inputs(original)}
     dynamic = bool(open_dims) or other_batch if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
     _step(progress, "optimize")
