@@ -17,18 +17,18 @@ from tests.unit.test_compiler_kernels import DPU, _x
 K, N = 16, 4100  # 4100 output channels: over B4096's 256 * 16, so the MatMul stays on the CPU
 
 
-def _head() -> Builder:
-    """A DPU convolution, then a float ``MatMul`` (float weights, as the quantizer leaves a node
-    placed on the CPU) with a bias and a ``Softmax``: rec's CTC head in small."""
-    rng = np.random.default_rng(3)
+def _head(k: int = K, seed: int = 3, w_std: float = 0.2) -> Builder:
+    """A DPU convolution of ``k`` channels, then a float ``k x N`` ``MatMul`` (float weights, as the
+    quantizer leaves a node placed on the CPU) with a bias and a ``Softmax``: rec's CTC head in small."""
+    rng = np.random.default_rng(seed)
     b = Builder("half_up")
-    x = b.input("x", [1, K, 1, 6], 2.0 ** -4)
-    w = b.weight("w", rng.normal(0, 0.2, (K, K, 1, 1)).astype(np.float32), 2.0 ** -7)
+    x = b.input("x", [1, k, 1, 6], 2.0 ** -4)
+    w = b.weight("w", rng.normal(0, w_std, (k, k, 1, 1)).astype(np.float32), 2.0 ** -7)
     c = b.quantize(b.node("Conv", [b.dq(x), w], "conv"), 2.0 ** -3)
     rows = b.node("Transpose", [b.node("Squeeze", [b.dq(c), b.const("axes", np.array([2]))], "squeeze")],
                   "rows", perm=[0, 2, 1])
     q = b.quantize(rows, 2.0 ** -3)
-    mm = b.node("MatMul", [b.dq(q), b.const("head_w", rng.normal(0, 0.3, (K, N)).astype(np.float32))], "head")
+    mm = b.node("MatMul", [b.dq(q), b.const("head_w", rng.normal(0, 0.3, (k, N)).astype(np.float32))], "head")
     logits = b.node("Add", [mm, b.const("head_b", rng.normal(0, 0.1, N).astype(np.float32))], "logits")
     b.float_output(b.node("Softmax", [logits], "probs", axis=-1))
     return b

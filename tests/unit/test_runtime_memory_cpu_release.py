@@ -17,26 +17,15 @@ import numpy as np
 import npuflow
 from npuflow.compiler import artifact
 from npuflow.runtime import executors, session as session_module
-from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import DPU, _x
+from tests.unit.test_runtime_cpu_weights import _head
 
 K, N = 64, 4100  # 4100 output channels: over B4096's 256 * 16, so the MatMul stays on the CPU; 1.05 MB
 
 
 def _head_model():
-    """A DPU convolution, then a float 64 x 4100 ``MatMul`` with a bias and a ``Softmax``."""
-    rng = np.random.default_rng(5)
-    b = Builder("half_up")
-    x = b.input("x", [1, K, 1, 6], 2.0 ** -4)
-    w = b.weight("w", rng.normal(0, 0.1, (K, K, 1, 1)).astype(np.float32), 2.0 ** -7)
-    c = b.quantize(b.node("Conv", [b.dq(x), w], "conv"), 2.0 ** -3)
-    rows = b.node("Transpose", [b.node("Squeeze", [b.dq(c), b.const("axes", np.array([2]))], "squeeze")],
-                  "rows", perm=[0, 2, 1])
-    q = b.quantize(rows, 2.0 ** -3)
-    mm = b.node("MatMul", [b.dq(q), b.const("head_w", rng.normal(0, 0.3, (K, N)).astype(np.float32))], "head")
-    logits = b.node("Add", [mm, b.const("head_b", rng.normal(0, 0.1, N).astype(np.float32))], "logits")
-    b.float_output(b.node("Softmax", [logits], "probs", axis=-1))
-    return b.model()
+    """A DPU convolution, then a float 64 x 4100 ``MatMul`` (1.05 MB) with a bias and a ``Softmax``."""
+    return _head(K, seed=5, w_std=0.1).model()
 
 
 def test_the_heads_session_opens_after_its_blob_is_dropped_and_the_load_released(monkeypatch, tmp_path: Path):
