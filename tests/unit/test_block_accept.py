@@ -32,22 +32,34 @@ def _digits(n: int = 16) -> list[dict[str, np.ndarray]]:
     return [{"input": s} for s in x]
 
 
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
-    """``(float, AdaRound model, brecq model, brecq report, feeds)``; brecq reuses AdaRound's cached layers."""
+def adaround_start(cache) -> tuple:
+    """``(float model, dynamic model, AdaRound model, feeds)``: the digits CNN quantized for the DPU
+    and finetuned layer by layer (100 iterations, one torch thread), its layers cached in ``cache``."""
     feeds = _digits()
     q = npuflow.quantize(str(fixture_models.mnist_cnn()), feeds, target=DPU, config={"include_bias_corr": False})
-    cache = tmp_path_factory.mktemp("ff")
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         layerwise, _ = ff.fast_finetune(q.float_model, q.dynamic_model, feeds,
                                         ff.FinetuneSettings(iters=100, **ROUNDING), cache_dir=cache)
-        refined, rep = ff.fast_finetune(q.float_model, q.dynamic_model, feeds,
+    finally:
+        torch.set_num_threads(prev)
+    return q.float_model, q.dynamic_model, layerwise, feeds
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """``(float, AdaRound model, brecq model, brecq report, feeds)``; brecq reuses AdaRound's cached layers."""
+    cache = tmp_path_factory.mktemp("ff")
+    float_model, dynamic, layerwise, feeds = adaround_start(cache)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        refined, rep = ff.fast_finetune(float_model, dynamic, feeds,
                                         ff.FinetuneSettings(method="brecq", iters=100, **ROUNDING), cache_dir=cache)
     finally:
         torch.set_num_threads(prev)
-    return q.float_model, layerwise, refined, rep, feeds
+    return float_model, layerwise, refined, rep, feeds
 
 
 def test_brecq_ends_at_or_below_adaround_calibration_output_error(finetuned):

@@ -9,35 +9,23 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
-import npuflow
 from npuflow.errors import NpuflowError
 from npuflow.quant.algorithms import fast_finetune as ff
 from npuflow.quant.algorithms.apply import relative_error
 from npuflow.quant.algorithms.block_fisher import WEIGHT, OutputSensitivity, block_weights
 from npuflow.quant.algorithms.block_recon import Block, BlockRunner, block_arrays, plan_blocks, reconstruct
 from npuflow.quant.algorithms.capture import run_outputs
-from tests import fixture_models
-from tests.unit.test_block_accept import DPU, ROUNDING, _digits
+from tests.unit.test_block_accept import ROUNDING, adaround_start
 from tests.unit.test_block_recon import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """``(float model, AdaRound model, feeds, AdaRound cache)``."""
-    feeds = _digits()
-    q = npuflow.quantize(str(fixture_models.mnist_cnn()), feeds, target=DPU, config={"include_bias_corr": False})
     cache = tmp_path_factory.mktemp("ff")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        layerwise, _ = ff.fast_finetune(q.float_model, q.dynamic_model, feeds,
-                                        ff.FinetuneSettings(iters=100, **ROUNDING), cache_dir=cache)
-    finally:
-        torch.set_num_threads(prev)
-    return q.float_model, q.dynamic_model, layerwise, feeds, cache
+    return (*adaround_start(cache), cache)
 
 
 def _sensitivity(start, loss: str = "fisher") -> tuple[OutputSensitivity, list, list]:
