@@ -6,6 +6,7 @@ calls :func:`freeze_input_shapes` once per model.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Mapping, Sequence, TypeVar
 
 import onnx
@@ -14,6 +15,7 @@ from .errors import NpuflowError
 from .value_info import graph_inputs
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[dict[str, str]]:
@@ -99,6 +101,21 @@ def resize_checked(step: Callable[[onnx.ModelProto], T], proto: onnx.ModelProto,
         if (fixed := _fixed_shape_error(exc, resized)) is exc:
             raise
         raise fixed from None
+
+
+def warn_size_held(resized: list[dict[str, str]]) -> None:
+    """Warn where a fixed input dimension was resized, the model still passes the checks, and a
+    node holds the old size (:func:`size_fixing_nodes`).
+
+    Why: ``x.view(1, -1)`` traced at batch 1 and read by ops that take any size (a Softmax, an
+    elementwise tail) loads at batch 8 without a clash, yet computes one row of eight samples'
+    values run together: outputs of the wrong shape and meaning, and no error to say so.
+    """
+    for r in resized:
+        if r["fixed_by"]:
+            log.warning("input %r resized from %s to %s, but %s: the model may compute dimension %s at its old "
+                        "size and mix the samples; check the outputs' shapes, or export the model with that "
+                        "dimension dynamic", r["name"], r["fixed"], r["asked"], r["fixed_by"], r["at"])
 
 
 def _fixed_shape_error(exc: NpuflowError, resized: list[dict[str, str]]) -> NpuflowError:

@@ -39,7 +39,8 @@ from onnx import external_data_helper, version_converter
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
-from .input_shapes import dynamic_dims, freeze_input_shapes, resize_checked, unresolved_error  # noqa: F401 (read through here)
+from .input_shapes import (  # noqa: F401 (read through here)
+    dynamic_dims, freeze_input_shapes, resize_checked, unresolved_error, warn_size_held)
 from .outputs import owner_token
 from .shape_probe import ProbeValues, fill_shapes_by_running, given_value, set_probe_values
 # graph_inputs, tensor_shapes and tensor_elem_types are read through this module by most stages
@@ -526,6 +527,7 @@ def _loaded(model: ModelLike, input_shapes: InputShapes | None,
     check_tensor_sizes(proto)
     if resized:
         resize_checked(validate, proto, resized)
+        warn_size_held(resized)
     if probe_values:
         set_probe_values(proto, probe_values)
     return proto, resized
