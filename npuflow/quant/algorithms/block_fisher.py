@@ -27,7 +27,7 @@ count against the same memory budget.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -105,7 +105,7 @@ class OutputSensitivity:
         env = {**x, **self.consts}
         for n in self.nodes:
             xs = [env[i] if i else None for i in n.input]
-            env[n.output[0]] = _float_op(n, xs) if n.op_type in FLOAT_OPS else _op(n, xs)
+            env[n.output[0]] = FLOAT_OPS[n.op_type](n, xs) if n.op_type in FLOAT_OPS else _op(n, xs)
         return env
 
     def collect(self, floats: Callable[[list[str]], dict[str, list[np.ndarray]]]
@@ -118,17 +118,15 @@ class OutputSensitivity:
         return both
 
 
-#: Float-model ops that blocks never hold (no quantize step follows them in a DPU model's blocks)
-#: but the sensitivity pass runs through.
-FLOAT_OPS = frozenset({"MaxPool", "Softmax"})
-
-
-def _float_op(n: onnx.NodeProto, xs: list):
+def _softmax(n: onnx.NodeProto, xs: list):
     import torch
+
+    return torch.softmax(xs[0], dim=int(attr(n, "axis", -1)))
+
+
+def _max_pool(n: onnx.NodeProto, xs: list):
     import torch.nn.functional as F
 
-    if n.op_type == "Softmax":
-        return torch.softmax(xs[0], dim=int(attr(n, "axis", -1)))
     k = list(attr(n, "kernel_shape"))
     pads = list(attr(n, "pads", [0] * 2 * len(k)))
     if attr(n, "ceil_mode", 0) or pads[:len(k)] != pads[len(k):] or len(k) != 2 \
@@ -137,6 +135,11 @@ def _float_op(n: onnx.NodeProto, xs: list):
                            reason="the output-sensitivity pass runs 2-D MaxPool with symmetric pads only "
                                   "(set block_loss: mse)")
     return F.max_pool2d(xs[0], k, list(attr(n, "strides", [1, 1])), pads[:2], list(attr(n, "dilations", [1, 1])))
+
+
+#: Float-model ops that blocks never hold (no quantize step follows them in a DPU model's blocks)
+#: but the sensitivity pass runs through, by op type.
+FLOAT_OPS: dict[str, Callable[[onnx.NodeProto, list], Any]] = {"MaxPool": _max_pool, "Softmax": _softmax}
 
 
 def normalised(squared: list[np.ndarray], name: str, mix: float = 1.0) -> list[np.ndarray]:
