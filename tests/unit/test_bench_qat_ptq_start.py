@@ -4,33 +4,20 @@ starts from AdaQuant with learned power-of-two weight thresholds, the best PTQ o
 
 from __future__ import annotations
 
-import importlib.util
-import types
-from pathlib import Path
-
 import numpy as np
 
 from npuflow.torch.onnx_qat import qat_onnx
+from benchmarks import bench_qat
 from tests.unit.test_onnx_qat import DPU, _tiny_model_with_cpu_tail
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _bench_qat() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_qat", REPO / "benchmarks" / "bench_qat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_adaquant_learn_threshold_start_is_what_qat_trains_from():
-    bench = _bench_qat()
-    args = bench.parser().parse_args(["--onnx", "--onnx-ptq-method", "adaquant", "--onnx-ptq-learn-threshold",
+    args = bench_qat.parser().parse_args(["--onnx", "--onnx-ptq-method", "adaquant", "--onnx-ptq-learn-threshold",
                                       "--onnx-ptq-iters", "20", "--onnx-ptq-calib", "8", "--onnx-ptq-seed", "1"])
-    config = bench.ptq_config(args)
+    config = bench_qat.ptq_config(args)
     assert config == {"fast_finetune": {"method": "adaquant", "iters": 20, "learn_threshold": True, "seed": 1},
                       "max_calib_samples": 8}
-    assert bench.ptq_label(args) == "AdaQuant with learned weight thresholds (`learn_threshold`), seed 1"
+    assert bench_qat.ptq_label(args) == "AdaQuant with learned weight thresholds (`learn_threshold`), seed 1"
 
     rng = np.random.default_rng(3)
     samples = [(rng.standard_normal((1, 3, 16, 16)) * 2).astype(np.float32) for _ in range(12)]
@@ -42,7 +29,6 @@ def test_adaquant_learn_threshold_start_is_what_qat_trains_from():
 
 
 def test_default_start_stays_adaround_without_learned_thresholds():
-    bench = _bench_qat()
-    args = bench.parser().parse_args(["--onnx"])
-    assert bench.ptq_config(args) == {"fast_finetune": {"method": "adaround", "iters": 500}, "max_calib_samples": 32}
-    assert bench.ptq_label(args) == "AdaRound"
+    args = bench_qat.parser().parse_args(["--onnx"])
+    assert bench_qat.ptq_config(args) == {"fast_finetune": {"method": "adaround", "iters": 500}, "max_calib_samples": 32}
+    assert bench_qat.ptq_label(args) == "AdaRound"

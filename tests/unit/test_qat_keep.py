@@ -4,9 +4,7 @@ for bit, and the kept ``.npuf`` gives the kept ``.npuf`` outputs."""
 
 from __future__ import annotations
 
-import importlib.util
 import types
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,16 +15,8 @@ from npuflow.torch import onnx_qat
 from npuflow.torch.config import qat_config
 from npuflow.torch.onnx_convert import load_onnx2torch
 from npuflow.torch.onnx_qat import qat_onnx
+from benchmarks import bench_qat
 from tests.unit.test_onnx_qat import DPU, _tiny_model_with_cpu_tail
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _bench_qat() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_qat", REPO / "benchmarks" / "bench_qat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_kept_files_rebuild_the_trained_student_and_its_npuf(tmp_path):
@@ -41,7 +31,7 @@ def test_kept_files_rebuild_the_trained_student_and_its_npuf(tmp_path):
     npuf = npuflow.compile(result.model, DPU)
     npuf_out = [npuflow.Session(npuf).run({"x": x})["y"] for x in feeds]
     folder = tmp_path / "tiny_seed0"
-    _bench_qat()._keep(folder, result, npuf, feeds, qat_out, npuf_out)
+    bench_qat._keep(folder, result, npuf, feeds, qat_out, npuf_out)
 
     kept = np.load(folder / "compare.npz")
     np.testing.assert_array_equal(kept["max_abs_diff"], [np.abs(n - q).max() for n, q in zip(npuf_out, qat_out)])
