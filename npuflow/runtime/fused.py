@@ -249,6 +249,8 @@ def _qlinear_global_average(g: Graph, op: dict) -> bool:
 
 
 def _concat(g: Graph, op: dict, blobs: dict) -> None:
+    if fused_qlinear.concat(g, op, blobs):  # parts that requantise, on ONNX Runtime's QLinearConcat
+        return
     if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
         raise NotFusable("lookup table or constant part")
     names = [op["inputs"][p["input"]] for p in op["attrs"]["parts"]]

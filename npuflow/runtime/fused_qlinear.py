@@ -17,6 +17,9 @@ SiLU: 121 layout transposes).  ``QLinearMul`` adds the zero point before roundin
 after, so where a product lands exactly on a tie the check refuses it and the float form serves.
 ``QLinearAdd`` is checked per op the same way (all pairs, the op's scales and zero points): a
 float32 rounding that differs on one pair in a million escapes the process probe's random codes.
+A concatenation whose parts requantise (a model quantized elsewhere gives each part a scale of
+its own) runs as ``com.microsoft.QLinearConcat``, checked per part on all 256 codes against its
+table: the float forms have no such concatenation, which ran as its kernel between two fused runs.
 A model's float32 input quantized to uint8 (ties to even) and a dequantize step of uint8 codes are
 ONNX ``QuantizeLinear`` and ``DequantizeLinear``, checked per scale and zero point at load: one
 node each where the float form has three to five.
@@ -507,3 +510,51 @@ def _dequantize_matches(scale: float, zp: int) -> bool:
                         TensorProto.FLOAT).run(None, {"x": codes})[0]
     want = nm.dequantize(codes, np.float32(scale), zp)
     return got.dtype == want.dtype and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def concat(g: Graph, op: dict, blobs: dict) -> bool:
+    """Write concatenation ``op`` whose parts requantise (a table per part: a model quantized
+    elsewhere, its inputs on scales of their own) as ``com.microsoft.QLinearConcat`` on uint8
+    codes, when that kernel, run at load on all 256 codes of each part with the part's and the
+    output's scales and zero points, gives exactly the part's table (the codes themselves for a
+    part without one); say whether it did.  The float forms cannot write such a concatenation,
+    whose op then runs as its kernel between two fused runs."""
+    a, out = op["attrs"], op["outputs"][0]
+    parts = a["parts"]
+    if any("const" in p for p in parts) or not any("table" in p for p in parts):
+        return False
+    names = [op["inputs"][p["input"]] for p in parts]
+    params = [g.tensors[t].get("quant") or {} for t in (*names, out)]
+    if not _uint8(a["out_dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) or not ort_kernels.exact() \
+            or any("scale" not in q or np.ndim(q["scale"]) or np.ndim(q.get("zero_point", 0)) for q in params):
+        return False
+    *scales, (sy, zy) = [(float(np.float32(q["scale"])), int(q.get("zero_point", 0))) for q in params]
+    identity = np.arange(256, dtype=np.int64)
+    for p, (sx, zx) in zip(parts, scales):
+        table = np.asarray(blobs[p["table"]], np.int64).reshape(-1) if "table" in p else identity
+        if p["qmin"] != 0 or table.size != 256 or not all(0 <= z <= 255 for z in (zx, zy)) \
+                or not _concat_matches(sx, zx, sy, zy, table.tobytes()):
+            return False
+    ins = [g.scalar(sy), g.scalar(zy, np.uint8)]
+    for t, (sx, zx) in zip(names, scales):
+        ins += [g.as_bytes(t), g.scalar(sx), g.scalar(zx, np.uint8)]
+    g.put_bytes(out, g.node("QLinearConcat", ins, axis=a["axis"], domain=MS_DOMAIN))
+    return True
+
+
+@ort_kernels.persistent_check
+def _concat_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
+    """Whether ``com.microsoft.QLinearConcat`` gives the int64 codes ``table`` on all 256 codes of
+    a part with scale ``sx`` and zero point ``zx`` (output: ``sy``, ``zy``), concatenated with a
+    part on the output's scale (its codes copied).  ONNX Runtime copies a part whose scale and
+    zero point are the output's and looks the others up in a table of its own (a float32
+    dequantize and quantize step), part by part, so one part's codes say what it does with that
+    part in any concatenation."""
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(sx), "sx"), (np.uint8(zx), "zx"), (np.float32(sy), "sy"), (np.uint8(zy), "zy"))]
+    node = helper.make_node("QLinearConcat", ["sy", "zy", "x", "sx", "zx", "x", "sy", "zy"], ["y"],
+                            domain=MS_DOMAIN, axis=1)
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 256)
+    got = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)], inits).run(
+        None, {"x": codes})[0]
+    return np.array_equal(got[0, :256], np.frombuffer(table, np.int64)) and np.array_equal(got[0, 256:], codes[0])

@@ -5,9 +5,11 @@ kernels of ``numerics``, and fall back to the float forms where this CPU's kerne
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto
 
+import npuflow
 from npuflow import numerics as nm
 from npuflow import ort_kernels
 from npuflow.runtime import fused, fused_graph, fused_qlinear
@@ -314,3 +316,89 @@ def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkey
         assert "QLinearMul" not in _live_ops(plan)
     finally:
         fused_qlinear._mul_matches.cache_clear()
+
+
+def _requantising_concat() -> "Builder":
+    """Two uint8 convolutions on scales of their own and the input itself (a third scale),
+    concatenated onto a fourth scale and read by a 1x1 convolution: each part requantises
+    (a table per part), as in a model quantized elsewhere (ONNX Runtime's quantizer)."""
+    rng = np.random.default_rng(41)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 12, 12], 0.043, 128, "uint8")
+    parts = [x]
+    for k, (scale, zp) in enumerate([(0.024, 0), (0.05, 131)]):
+        w = b.weight(f"w{k}", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), np.full(8, 0.009, np.float32),
+                     axis=0)
+        parts.append(b.quantize(b.node("Conv", [b.dq(x), w], f"conv{k}", pads=[1, 1, 1, 1]), scale, zp, "uint8"))
+    c = b.quantize(b.node("Concat", [b.dq(p) for p in parts], "concat", axis=1), 0.061, 117, "uint8")
+    w = b.weight("w2", rng.normal(0, 0.3, (8, 24, 1, 1)).astype(np.float32), np.full(8, 0.011, np.float32), axis=0)
+    b.output(b.quantize(b.node("Conv", [b.dq(c), w], "pointwise"), 0.04, 120, "uint8"), "out")
+    return b
+
+
+def test_requantising_concat_runs_on_qlinearconcat_exactly():
+    plan = _equal_fused_and_kernels(_requantising_concat().model(), {"x": _x([1, 8, 12, 12], 7, 2.0)}, CPU)
+    assert not plan.reasons, plan.reasons  # before: the concat ran as its kernel between two fused runs
+    ops = _live_ops(plan)
+    assert ops.count("QLinearConcat") == 1 and ops.count("QLinearConv") == 3 and "GatherElements" not in ops, ops
+
+
+def test_requantising_concat_stays_a_kernel_where_qlinearconcat_differs_on_a_code(monkeypatch, tmp_path):
+    real = fused_qlinear.probe_session
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))  # no verdict of the real kernel from the disk cache
+    fused_qlinear._concat_matches.cache_clear()
+
+    class OneCodeOff:
+        """ONNX Runtime's session with code 200 of its output one step off."""
+
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            got = [y.copy() for y in self.session.run(names, feeds)]
+            got[0].flat[200] ^= 1
+            return got
+
+    monkeypatch.setattr(fused_qlinear, "probe_session", lambda nodes, *a, **k: (
+        OneCodeOff if nodes[0].op_type == "QLinearConcat" else lambda session: session)(real(nodes, *a, **k)))
+    try:
+        assert not fused_qlinear._concat_matches(0.024, 0, 0.061, 117, np.arange(256, dtype=np.int64).tobytes())
+        plan = _equal_fused_and_kernels(_requantising_concat().model(), {"x": _x([1, 8, 12, 12], 7, 2.0)}, CPU)
+        assert list(plan.reasons.values()) == ["lookup table or constant part"], plan.reasons
+        assert all("QLinearConcat" not in _live_ops(fused.Plan([it], {}))
+                   for it in plan.items if isinstance(it, fused.FusedRun))
+    finally:
+        fused_qlinear._concat_matches.cache_clear()
+
+
+def test_concat_check_accepts_onnxruntimes_kernel_and_refuses_another_table():
+    codes = np.arange(256)
+    table = np.clip(nm.quantize(nm.dequantize(codes, np.float32(0.024), 0), np.float32(0.061), 117, bits=8,
+                                signed=False, round_mode=nm.ONNX_ROUND_MODE), 0, 255).astype(np.int64)
+    assert fused_qlinear._concat_matches(0.024, 0, 0.061, 117, table.tobytes())
+    assert fused_qlinear._concat_matches(0.061, 117, 0.061, 117, codes.astype(np.int64).tobytes())  # a copy
+    table[37] += 1
+    assert not fused_qlinear._concat_matches(0.024, 0, 0.061, 117, table.tobytes())
+
+
+def test_onnxruntime_quantized_yolov8n_concatenations_run_on_qlinearconcat_exactly():
+    # ORT's quantize_static gives each Concat input a scale of its own: 20 of YOLOv8n's concats
+    # requantise their parts (npuflow's quantizer shares one scale per concat, so none of its own);
+    # before, each ran as its kernel between two fused runs (20 runs instead of 3)
+    from tests.models.test_foreign_exactness import SHAPES, _calibration, _ort_quantized
+
+    model = npuflow.load(onnx.load(str(_ort_quantized("yolo", True))), input_shapes={"images": SHAPES["yolo"]})
+    compiled = npuflow.compile(model, CPU)
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    x = {"images": _calibration("yolo")[0]["images"]}
+    a, b = fast.run(x), ref.run(x)
+    assert a.keys() == b.keys()
+    for k in b:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    plans = [ex.plan for ex in fast._executors if hasattr(ex, "plan")]
+    requantising = [op for ex in fast._executors if hasattr(ex, "plan") for op in ex._ops
+                    if op["op"] == "concat" and any("table" in p for p in op["attrs"]["parts"])]
+    runs = [it for p in plans for it in p.items if isinstance(it, fused.FusedRun)]
+    qconcats = sum(n.op_type == "QLinearConcat" for run in runs for n in run.graph().nodes)
+    assert len(requantising) >= 10 and qconcats == len(requantising), (len(requantising), qconcats)
+    assert not [why for p in plans for why in p.reasons.values()] and len(runs) <= 4, len(runs)
