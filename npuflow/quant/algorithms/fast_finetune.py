@@ -287,7 +287,25 @@ def _owns_scales(model: onnx.ModelProto, ql: QuantizedLayer) -> bool:
     if ql.bias_scale is not None:
         steps.append(view.producer_node(ql.node.input[2]))
     readers = {n.name or id(n) for name in {n.input[1] for n in steps} for n in view.consumer_nodes(name)}
+    if ql.bias_scale is None and any(_int32_addend(view, c) for c in view.consumer_nodes(ql.node.output[0])):
+        return False
     return len(readers) <= len(steps)
+
+
+def _int32_addend(view: GraphView, node: onnx.NodeProto) -> bool:
+    """Whether ``node`` adds a dequantized int32 constant: the bias of the ``MatMul`` before it, outside
+    the layer.  ONNX Runtime fuses ``MatMul -> Add`` into one QGemm that reads those codes at
+    ``s_in * s_w``, so a moved weight position would leave them at the old scale (PP-OCRv4 rec's
+    attention linears read their biases at 2x and 0.5x); the position is kept there."""
+    if node.op_type != "Add":
+        return False
+    for t in node.input:
+        dq = view.producer_node(t) if t else None
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            codes = view.value(dq.input[0])
+            if codes is not None and codes.dtype == np.int32:
+                return True
+    return False
 
 
 def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float) -> QuantizedLayer:
