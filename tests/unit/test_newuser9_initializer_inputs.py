@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
+import torch
 
 import npuflow
 from tests.fixture_models import efficientnet_lite0_torch
@@ -19,7 +19,6 @@ TARGET = "DPUCZDX8G_ISA1_B4096"
 
 
 def _export(path, listed: bool) -> str:
-    torch = pytest.importorskip("torch")
     torch.onnx.export(efficientnet_lite0_torch(), torch.zeros(1, 3, 224, 224), str(path), input_names=["input"],
                       output_names=["logits"], opset_version=13, do_constant_folding=False,
                       keep_initializers_as_inputs=listed, dynamo=False)

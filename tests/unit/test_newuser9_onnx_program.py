@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import npuflow
 from npuflow.errors import NpuflowError
@@ -15,7 +16,6 @@ from tests.fixture_models import mnist_torch
 
 
 def test_onnx_program_quantizes_like_its_model_proto(tmp_path):
-    torch = pytest.importorskip("torch")
     module = mnist_torch()
     program = torch.onnx.export(module, (torch.zeros(1, 1, 28, 28),), dynamo=True, input_names=["input"])
     rng = np.random.default_rng(0)
