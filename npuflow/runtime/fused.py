@@ -571,23 +571,31 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             items.extend(run_ops)
         g = Graph(tensors, readers=readers)
 
-    for k, op in enumerate(ops):
+    def written(op: dict) -> str | None:
+        """Write ``op`` into ``g``; where it cannot be, ``g`` as before and why.  The graph's mark
+        lives only in this call: its copies of the graph's maps would otherwise keep the run's
+        tables through the next session's creation."""
         mark = g.mark()
         try:
             emit(g, op)
-            continue
+            return None
         except NotFusable as why:
             g.rollback(mark)
-            reasons[k] = str(why)
+            return str(why)
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:  # a manifest form not met before
             g.rollback(mark)
-            reasons[k] = f"no fused form ({type(exc).__name__}: {exc})"
-            warnings.warn(f"npuflow runtime: op {op['name']!r} ({op['op']}) runs as its kernel, slower: "
-                          f"{reasons[k]}", RuntimeWarning, stacklevel=2)
-        mark = None  # its copies of the graph's maps would keep the run's tables through the session's creation
+            reason = f"no fused form ({type(exc).__name__}: {exc})"
+            warnings.warn(f"npuflow runtime: op {op['name']!r} ({op['op']}) runs as its kernel, slower: {reason}",
+                          RuntimeWarning, stacklevel=3)
+            return reason
+
+    for k, op in enumerate(ops):
+        why = written(op)
+        if why is None:
+            continue
+        reasons[k] = why
         close(k)
         items.append(k)
         start = k + 1
-    mark = None
     close(len(ops))
     return Plan(items, reasons)
