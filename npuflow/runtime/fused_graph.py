@@ -63,6 +63,11 @@ class Graph:
     #: tensor -> (8-bit source tensor of this graph, its codes for every source code in order):
     #: the tensors that are elementwise functions of one tensor (``_as_table``)
     tables: dict = field(default_factory=dict)
+    #: tensor -> (its uint8 source tensor, its codes for every source code): tables written as one
+    #: of ONNX Runtime's integer kernels (``QLinearSigmoid``), which ``tables`` leaves out so that no
+    #: lookup replaces the kernel and its channels-last layout; a product of such a table and its
+    #: source meets only these 256 pairs of codes (``fused_qlinear.mul``)
+    kernel_tables: dict = field(default_factory=dict)
     offsets: dict = field(default_factory=dict)  # tensor -> k: names[tensor] holds its codes minus k
     shifted: dict = field(default_factory=dict)  # (tensor, k) -> codes minus k, made once
     pads: dict = field(default_factory=dict)  # output of a constant Pad -> (its input, widths, pad code)

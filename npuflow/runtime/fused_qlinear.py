@@ -358,6 +358,7 @@ def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
         return False
     g.put_bytes(out, g.node("QLinearSigmoid", [g.as_bytes(x), g.scalar(sx), g.scalar(zx, np.uint8), g.scalar(sy),
                                                g.scalar(zy, np.uint8)], domain=MS_DOMAIN))
+    g.kernel_tables[out] = (x, np.asarray(table, np.int64))
     return True
 
 
@@ -393,7 +394,8 @@ def mul(g: Graph, op: dict) -> bool:
         return False
     za, zb = (int(o["zp"]) for o in a["operands"])
     m, zc = np.float32(ep["multiplier"]), int(ep["zp"])
-    if not _mul_matches(float(m), za, zb, zc, broadcast):
+    table, k = _table_of_other(g, names)
+    if not _mul_matches(float(m), za, zb, zc, broadcast, table, k):
         return False
     g.put_bytes(out, g.node("QLinearMul", [
         g.as_bytes(names[0]), g.scalar(m), g.scalar(za, np.uint8), g.as_bytes(names[1]), g.scalar(1.0),
@@ -401,12 +403,33 @@ def mul(g: Graph, op: dict) -> bool:
     return True
 
 
+def _table_of_other(g: Graph, names: list[str]) -> tuple[bytes, int]:
+    """The int64 codes of a product's operand ``k`` for every code of the other operand, where
+    operand ``k`` is a table of the other written as an integer kernel (SiLU's sigmoid:
+    ``Graph.kernel_tables``), and ``k``; ``(b"", 1)`` otherwise."""
+    for k in (1, 0):
+        source, table = g.kernel_tables.get(names[k], (None, None))
+        if source == names[1 - k] and table.size == 256:
+            return table.tobytes(), k
+    return b"", 1
+
+
 @ort_kernels.persistent_check
-def _mul_matches(m: float, za: int, zb: int, zc: int, broadcast: int | None) -> bool:
+def _mul_matches(m: float, za: int, zb: int, zc: int, broadcast: int | None, table: bytes = b"",
+                 k: int = 1) -> bool:
     """Whether ``com.microsoft.QLinearMul`` (product scale ``m``, these zero points) gives
-    ``numerics.requantize_float`` of the exact product on every pair of codes, broadcast as
-    ``broadcast`` says (``None``: operands of one shape; ``k``: operand ``k`` one value per channel)."""
-    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
+    ``numerics.requantize_float`` of the exact product on every pair of codes the product can
+    meet, broadcast as ``broadcast`` says (``None``: operands of one shape; ``k``: operand ``k``
+    one value per channel).  With ``table`` (int64 codes, operand ``k`` a table of the other:
+    SiLU's product of a tensor and its sigmoid) only the 256 pairs ``(x, table[x])`` occur, so
+    those are the pairs checked: a tie elsewhere among the 65,536 (where ``QLinearMul`` adds the
+    zero point before rounding) cannot reach the output."""
+    if table:
+        codes = np.arange(256).reshape(1, 1, 16, 16)
+        other = np.frombuffer(table, np.int64).reshape(codes.shape)
+        pairs = (codes, other) if k == 1 else (other, codes)
+    else:
+        pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
     pa, pb = pairs
     want = np.clip(nm.requantize_float((pa - za) * (pb - zb), np.float32(m), nm.RoundMode.HALF_EVEN) + zc, 0, 255)
     got = _on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {

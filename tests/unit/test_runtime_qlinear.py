@@ -134,14 +134,16 @@ def test_add_check_accepts_onnxruntimes_kernel_on_every_pair():
     assert fused_qlinear._qlinear_add_matches(0.31102362, 128, 0.029210764, 0, 0.16302805, 0)  # YOLOv8n's anchor add as uint8
 
 
-@pytest.mark.parametrize("silu_scale", [0.033, 0.0331])
+@pytest.mark.parametrize("silu_scale", [0.033, 0.0331, 0.0332])
 def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels(silu_scale):
     # YOLOv8's C2f on uint8: conv -> SiLU (QLinearSigmoid, then QLinearMul) -> split -> conv on
     # one half -> concat -> max pool -> 2x nearest resize -> conv: the codes stay uint8 from kernel
     # to kernel (no float32 view, no cast), and equal the kernels' bit for bit.  With the SiLU
     # output on 0.033, 190 of the 65,536 code pairs are exact ties, which ONNX Runtime's
-    # QLinearMul rounds after adding the zero point (numerics: before), so the probe keeps the
-    # float form of that product; on 0.0331 there is no tie and QLinearMul serves
+    # QLinearMul rounds after adding the zero point (numerics: before), and one of them is a pair
+    # (x, sigmoid(x)) that SiLU meets, so the probe keeps the float form of that product; on
+    # 0.0331 there is no tie, and on 0.0332 ties among the 65,536 pairs but none among SiLU's 256
+    # (the only pairs its product meets): QLinearMul serves both
     rng = np.random.default_rng(41)
     b = Builder("half_even")
     x = b.input("x", [1, 8, 12, 12], 0.043, 128, "uint8")
@@ -171,6 +173,23 @@ def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels(silu_
     assert ("QLinearMul" in core) == (silu_scale != 0.033), core
     if "QLinearMul" in core:  # nothing leaves uint8
         assert "Cast" not in core, core
+
+
+def test_product_of_a_sigmoid_of_another_tensor_is_checked_on_every_pair():
+    # the same SiLU scales as above at 0.0332 (ties among the 65,536 pairs, none among (x,
+    # sigmoid(x))), but the sigmoid is of a second convolution: the product meets every pair, so
+    # the check on all of them keeps the float form; its codes still equal the kernels'
+    rng = np.random.default_rng(41)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 12, 12], 0.043, 128, "uint8")
+    convs = [b.quantize(b.node("Conv", [b.dq(x), b.weight(f"w{k}", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32),
+                                                           np.full(8, 0.009, np.float32), axis=0)],
+                               f"conv{k}", pads=[1, 1, 1, 1]), 0.06, 120, "uint8") for k in range(2)]
+    s = b.quantize(b.node("Sigmoid", [b.dq(convs[1])], "sig"), 1 / 256, 0, "uint8")
+    b.output(b.quantize(b.node("Mul", [b.dq(convs[0]), b.dq(s)], "product"), 0.0332, 9, "uint8"), "out")
+    plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 12, 12], 8, 2.0)}, CPU)
+    ops = _live_ops(plan)
+    assert "QLinearSigmoid" in ops and "QLinearMul" not in ops, ops
 
 
 def _pow2_block(mode: str, relu_first: bool) -> "Builder":
