@@ -470,3 +470,61 @@ def unique_name(graph: onnx.GraphProto, base: str, reserved: set[str] | None = N
     if reserved is not None:
         reserved.add(name)
     return name
+
+
+#: Ops whose outputs are not a function of their inputs: never evaluated at build time.
+NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                                  "Multinomial", "Bernoulli"})
+
+
+def fold_node(node: onnx.NodeProto, consts: Mapping[str, np.ndarray], shapes: Mapping[str, Sequence[int]],
+              opset: int, max_elements: int) -> list[np.ndarray] | None:
+    """The outputs of one node whose inputs are all in ``consts`` (a ``Shape`` also of a tensor in
+    ``shapes``), run by ONNX's reference evaluator; None where it cannot run, is random or reads a
+    subgraph, or an output exceeds ``max_elements`` values (data, not shape arithmetic)."""
+    from onnx.reference import ReferenceEvaluator  # slow to import; only where a node is folded
+
+    if node.domain not in ("", "ai.onnx") or node.op_type in NONDETERMINISTIC_OPS or not node.output:
+        return None
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return None
+    if node.op_type == "Shape" and node.input[0] in shapes:
+        shape = np.asarray(shapes[node.input[0]], dtype=np.int64)
+        attrs = attr_values(node)
+        start, end = attrs.get("start", 0), attrs.get("end", None)
+        return [shape[start:end]]
+    inputs = [i for i in node.input if i]
+    if not inputs and node.op_type != "Constant":
+        return None
+    if any(i not in consts for i in inputs):
+        return None
+    feeds = {i: consts[i] for i in inputs}
+    g = helper.make_graph(
+        [node], "fold",
+        [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v))
+         for i, v in feeds.items()],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
+    )
+    try:
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        outs = ReferenceEvaluator(m).run(None, feeds)
+    except Exception:  # noqa: BLE001  (anything the reference evaluator cannot run simply stays a node)
+        return None
+    if any(np.asarray(o).size > max_elements for o in outs):
+        return None
+    return [np.asarray(o) for o in outs]
+
+
+def small_constants(model: onnx.ModelProto, opset: int, max_elements: int = 4096) -> dict[str, np.ndarray]:
+    """The values of the model's small constants, the model unchanged: initializers and the outputs
+    of nodes computing from them only (:func:`fold_node`), each of at most ``max_elements`` values.
+
+    Why: an export's shape inputs (an ``Expand``'s shape, a ``Tile``'s repeats) are often chains of
+    small nodes rather than stored values; the loader reads them before anything is folded.
+    """
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+              if int(np.prod(t.dims)) <= max_elements}
+    for node in model.graph.node:
+        if all(i in consts for i in node.input if i) and (value := fold_node(node, consts, {}, opset, max_elements)):
+            consts.update(zip(node.output, value))
+    return consts

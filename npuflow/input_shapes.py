@@ -64,31 +64,118 @@ def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequ
                  fixed_by=size_fixing_nodes(proto, inp.name, {k: fixed[k] for k in at}))]
 
 
-def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int], limit: int = 3) -> str:
-    """The ``Reshape`` nodes fed (through any path) by input ``name`` whose constant target shape
-    writes a fixed size of ``sizes`` (``{dimension: size}``) literally at that dimension, described.
+#: Ops whose operands must agree in size (broadcasting, or every axis but a Concat's): a constant
+#: operand of one of them with the old size of a resized dimension holds that size.
+_JOINING = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"})
+#: Ops that make a tensor of a constant shape from constant inputs (a traced size baked in).
+_SHAPE_MAKERS = frozenset({"Expand", "Tile", "ConstantOfShape", "Range"})
+#: A ``Slice`` end at or beyond this reads "to the end" (torch writes INT64_MAX).
+_OPEN_END = 1 << 31
 
-    Why: an export traced at one size bakes it into such targets (``x.view(x.size(0), -1)``
-    traced at batch 1 is a ``Reshape`` to ``[1, -1]``), so the model computes that size whatever
-    the input: those nodes, not the node where shapes first clash, are what the user must change.
-    Empty when none does.
+
+def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int], limit: int = 3) -> str:
+    """The nodes that hold a fixed size of input ``name`` (``sizes``: ``{dimension: size}``), described;
+    empty when none does.
+
+    Why: an export traced at one size bakes it into constants, so the model computes that size
+    whatever the input: those nodes, not the node where shapes first clash, are what the user must
+    change.  Three forms (constants' dimensions read right-aligned to the input's rank):
+
+    - a ``Reshape`` fed by the input whose constant target writes the size at that dimension
+      (``x.view(1, -1)``), or an ``Expand`` of it to a constant shape holding a size above 1;
+    - a ``Slice`` of data fed by the input that ends at a constant on that dimension
+      (``y[..., : x.size(3) // 2]``);
+    - a constant joined with the input's data (``Concat``, broadcasting arithmetic) whose shape
+      holds the size where the other operand has it: a class token ``expand(x.size(0), -1, -1)``,
+      ``p.repeat(x.size(0), 1)``, ``torch.zeros(x.size(0), 8)``, ``emb(torch.arange(x.size(1)))``.
+      The node that made the constant (``Expand``, ``Tile``, ``ConstantOfShape``, ``Range``) is
+      named where the export kept it; torch usually folds it into a stored tensor.
     """
-    consts = {t.name: t for t in proto.graph.initializer}
+    from .graph import small_constants  # graph imports model, which imports this module
+    from .model import default_opset
+
+    rank = len(next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim)
+    values = small_constants(proto, default_opset(proto))
+    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    shapes.update({k: list(v.shape) for k, v in values.items()})
+    made_by = {o: n for n in proto.graph.node for o in n.output}
     reached = {name}
     found: list[str] = []
     for node in proto.graph.node:
-        if not reached.intersection(node.input):
-            continue
-        reached.update(node.output)
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
-            continue
-        target = onnx.numpy_helper.to_array(consts[node.input[1]])
-        held = [k for k, size in sizes.items() if target.ndim == 1 and k < len(target) and target[k] == size]
-        if held:
-            found.append(f"node {node.name or node.output[0]!r} reshapes to the constant shape "
-                         f"{target.tolist()}, which keeps dimension #{held[0]} at {sizes[held[0]]}")
+        fed = [i for i in node.input if i in reached]
+        if fed:
+            reached.update(node.output)
+        label = repr(node.name or node.output[0])
+        if fed and node.input[0] in reached and node.op_type in ("Reshape", "Expand"):
+            target = values.get(node.input[1]) if len(node.input) > 1 else None
+            reshape = node.op_type == "Reshape"
+            at = _held_at(target.tolist(), rank, sizes, one_holds=reshape, literal=reshape) \
+                if target is not None and target.ndim == 1 else None
+            if at is not None:
+                verb = "reshapes" if node.op_type == "Reshape" else "expands"
+                found.append(f"node {label} {verb} to the constant shape {target.tolist()}, which keeps "
+                             f"dimension #{at} at {sizes[at]}")
+        elif fed and node.input[0] in reached and node.op_type == "Slice":
+            found += _slice_held(node, label, values, rank, sizes)
+        elif fed and node.op_type in _JOINING:
+            for t in node.input:
+                if not t or t in reached or t not in shapes:
+                    continue
+                axis = _concat_axis(node, len(shapes[t]), rank)
+                at = _held_at(shapes[t], rank, sizes, one_holds=node.op_type == "Concat", skip=axis)
+                if at is not None:
+                    maker = _shape_maker(t, made_by)
+                    by = f"node {maker.name or maker.output[0]!r} ({maker.op_type}) makes" if maker else "the"
+                    found.append(f"{by} constant {t!r} of shape {shapes[t]}, which node {label} ({node.op_type}) "
+                                 f"joins with the input's data, keeps dimension #{at} at {sizes[at]}")
+                    break
     more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
     return "; ".join(found[:limit]) + more
+
+
+def _held_at(dims: Sequence[int], rank: int, sizes: Mapping[int, int], *, one_holds: bool,
+             skip: int | None = None, literal: bool = False) -> int | None:
+    """The first resized dimension whose old size ``dims`` holds, else None: ``dims`` read at the
+    same index where ``literal`` (a ``Reshape`` target), else right-aligned to the input's ``rank``
+    (broadcasting); a size of 1 counts only where ``one_holds`` (elsewhere it broadcasts)."""
+    offset = 0 if literal else rank - len(dims)
+    for k, size in sizes.items():
+        if 0 <= k - offset < len(dims) and k != skip and dims[k - offset] == size and (size > 1 or one_holds):
+            return k
+    return None
+
+
+def _concat_axis(node: onnx.NodeProto, const_rank: int, rank: int) -> int | None:
+    """A ``Concat``'s axis as a dimension of the input (right-aligned), None for other ops."""
+    if node.op_type != "Concat":
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return (axis % const_rank if const_rank else 0) + rank - const_rank
+
+
+def _slice_held(node: onnx.NodeProto, label: str, values: Mapping, rank: int, sizes: Mapping[int, int]) -> list[str]:
+    """A ``Slice`` of the input's data ending at a constant inside a resized dimension, described."""
+    ends = values.get(node.input[2]) if len(node.input) > 2 else None
+    if ends is None:
+        return []
+    axes = values.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    axes = list(range(len(ends))) if axes is None else [int(a) % rank for a in axes.tolist()]
+    for axis, end in zip(axes, ends.tolist()):
+        if axis in sizes and 0 < end < _OPEN_END:
+            return [f"node {label} slices dimension #{axis} to the constant end {end} (the input's size there "
+                    f"was {sizes[axis]})"]
+    return []
+
+
+def _shape_maker(tensor: str, made_by: Mapping[str, onnx.NodeProto], depth: int = 4) -> onnx.NodeProto | None:
+    """The ``Expand``/``Tile``/``ConstantOfShape``/``Range`` a constant tensor was made by, through
+    up to ``depth`` nodes on its first computed input (an embedding's ``Gather`` of a ``Range``)."""
+    node = made_by.get(tensor)
+    for _ in range(depth):
+        if node is None or node.op_type in _SHAPE_MAKERS:
+            return node
+        node = next((made_by[i] for i in node.input if i in made_by), None)
+    return None
 
 
 def resize_checked(step: Callable[[onnx.ModelProto], T], proto: onnx.ModelProto,

@@ -15,15 +15,13 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
+from onnx import numpy_helper
 from onnxscript import optimizer
 
-from ..graph import attr_values, is_qdq
+from ..graph import NONDETERMINISTIC_OPS, fold_node, is_qdq
 from ..graph import node_reads
 from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, tensor_shapes
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 #: Folded results above this many elements stay as nodes (they are data, not shape arithmetic).
 MAX_FOLDED_ELEMENTS = 1 << 16
 #: Most folding rounds (each after control flow was inlined).
@@ -101,7 +99,7 @@ def _has_foldable(model: onnx.ModelProto) -> bool:
     for node in model.graph.node:
         if node.op_type in ("Shape", "Size", "Constant", "ConstantOfShape"):
             return True
-        if node.domain in ("", "ai.onnx") and node.op_type not in _NONDETERMINISTIC \
+        if node.domain in ("", "ai.onnx") and node.op_type not in NONDETERMINISTIC_OPS \
                 and all(i in known for i in node.input if i):
             return True
     return False
@@ -116,7 +114,7 @@ def _fold_remaining(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto], boo
     kept: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     for node in graph.node:
-        value = None if keep is not None and keep(node) else _try_fold(node, consts, shapes, opset)
+        value = None if keep is not None and keep(node) else fold_node(node, consts, shapes, opset, MAX_FOLDED_ELEMENTS)
         if value is None:
             kept.append(node)
             continue
@@ -136,34 +134,3 @@ def _fold_remaining(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto], boo
     unused = [t for t in graph.initializer if t.name not in used]
     for t in unused:
         graph.initializer.remove(t)
-
-
-def _try_fold(node, consts, shapes, opset):
-    if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or not node.output:
-        return None
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-        return None
-    if node.op_type == "Shape" and node.input[0] in shapes:
-        shape = np.asarray(shapes[node.input[0]], dtype=np.int64)
-        attrs = attr_values(node)
-        start, end = attrs.get("start", 0), attrs.get("end", None)
-        return [shape[start:end]]
-    inputs = [i for i in node.input if i]
-    if not inputs and node.op_type != "Constant":
-        return None
-    if any(i not in consts for i in inputs):
-        return None
-    feeds = {i: consts[i] for i in inputs}
-    g = helper.make_graph(
-        [node], "fold",
-        [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), np.shape(v)) for i, v in feeds.items()],
-        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
-    )
-    try:
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-        outs = ReferenceEvaluator(m).run(None, feeds)
-    except Exception:  # anything the reference evaluator cannot run simply stays a node
-        return None
-    if any(np.asarray(o).size > MAX_FOLDED_ELEMENTS for o in outs):
-        return None
-    return [np.asarray(o) for o in outs]
