@@ -1,8 +1,10 @@
-"""``learn_threshold`` keeps the weight fix position of a ``MatMul`` whose bias is the int32 ``Add``
-after it: ONNX Runtime fuses ``DQ -> MatMul -> Add(DQ(int32))`` into one QGemm that reads the bias
-codes at ``s_in * s_w``, and the position move rescaled only a layer's own bias input, so PP-OCRv4
-rec's attention linears read their biases at 2x and 0.5x (the PTQ model read 88.67 % lines with ONNX
-Runtime's optimiser, 89.00 % without it).  A MatMul with no such Add may still move."""
+"""A ``MatMul`` whose bias is the int32 ``Add`` after it owns that bias's scale under
+``learn_threshold``: ONNX Runtime fuses ``DQ -> MatMul -> Add(DQ(int32))`` into one QGemm that reads
+the bias codes at ``s_in * s_w``, so a moved weight position has to move the Add's scale with it.
+Before 418651d the move rescaled only a layer's own bias input (PP-OCRv4 rec's attention linears read
+their biases at 2x and 0.5x); 418651d kept those layers' positions; now the Add's bias is the layer's
+(``_linear_addend``) and moves with it (``tests/models/test_learn_threshold_rec_linear.py``), unless
+another node reads its scale.  Without the Add's bias as the layer's, the position is kept."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from npuflow.quant.algorithms.fast_finetune import _owns_scales
+from npuflow.quant.algorithms.fast_finetune import _linear_addend, _owns_scales
 from npuflow.quant.algorithms.qdq_weights import quantized_layers
 
 
@@ -41,11 +43,23 @@ def _layer(model: onnx.ModelProto):
     return ql
 
 
-def test_matmul_with_an_int32_bias_add_keeps_its_fix_position():
+def test_matmul_owns_the_int32_bias_of_the_add_after_it():
     model = _linear(with_bias=True)
-    assert not _owns_scales(model, _layer(model))
+    ql = _layer(model)
+    addend = _linear_addend(model, ql)
+    assert addend is not None and addend.bias_name == "b_q" and addend.bias_scale == np.float32(2.0 ** -11)
+    assert _owns_scales(model, addend)
+    assert not _owns_scales(model, ql)  # seen without its Add's bias: that scale would stay behind
+
+
+def test_matmul_whose_add_bias_scale_is_shared_keeps_its_fix_position():
+    model = _linear(with_bias=True)
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(4, dtype=np.int32), "other_q"))
+    model.graph.node.append(helper.make_node("DequantizeLinear", ["other_q", "s_b", "z_b"], ["other"], name="other"))
+    assert not _owns_scales(model, _linear_addend(model, _layer(model)))
 
 
 def test_matmul_without_a_bias_add_may_move_it():
     model = _linear(with_bias=False)
+    assert _linear_addend(model, _layer(model)) is None
     assert _owns_scales(model, _layer(model))

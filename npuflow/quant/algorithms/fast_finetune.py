@@ -21,8 +21,9 @@ against the layer's output error (TQT, issue 18): AdaQuant learns ``log2 t`` wit
 straight-through gradient jointly with the weights and bias (:func:`.adaquant.adaquant_threshold`),
 AdaRound moves to ``p-1`` or ``p+1`` only where that position's full AdaRound beats the calibrated
 one's, short runs choosing which neighbour gets a full run (:func:`.adaround.search_fix_position`).
-A moved position rewrites the weight's scale and the int32 bias's (``s_in * s_w``); the activation
-positions stay as calibration chose them.
+A moved position rewrites the weight's scale and the int32 bias's (``s_in * s_w``; a ``MatMul``'s
+bias in the ``Add`` after it too, rounded again from the float bias); the activation positions stay
+as calibration chose them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .block_fisher import OutputSensitivity, block_weights
 from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
                           require_torch, write_block)
 from ...graph import GraphView, set_array, slice_model
+from ...passes.linear_bias import linear_bias
 from .capture import Feed, capture, run_outputs
 from .layers import WeightLayer, layer_bias, layer_weight, weight_layers
 from .layer_problem import LayerProblem, forward, torch_available, torch_threads
@@ -216,7 +218,10 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
                          act=act)
     nearest = grouped_weight(read_codes(out, ql), g)
     before = base.error(nearest)
-    learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
+    addend = _linear_addend(out, ql)  # a MatMul's int32 bias in the Add after it, as the layer's bias
+    float_bias = _float_linear_bias(float_model, job.fl) if addend is not None and st.learn_threshold else None
+    addend = addend if float_bias is not None else None  # no float bias to re-round: the position is kept
+    learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, addend or ql)
 
     fresh: list[int] = []  # shifts solved in this call, the search's included (none: a cached result)
 
@@ -252,9 +257,11 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     after = base.error(codes, bias, scale)
     shift = int(np.log2(base.s.reshape(-1)[0] / scale.reshape(-1)[0])) if learn else 0
     if shift:
-        ql = _move_weight_scale(out, ql, float(scale.reshape(-1)[0]))
+        ql = _move_weight_scale(out, addend or ql, float(scale.reshape(-1)[0]))
     write_codes(out, ql, codes.reshape(w.shape))
-    if method == "adaquant" or shift:  # a moved weight scale moves the int32 bias's: re-quantize it
+    if addend is not None and shift:  # the problem has no bias: the Add's is the float model's, on the new grid
+        write_bias(out, ql, float_bias, st.bias_round_mode)
+    elif addend is None and (method == "adaquant" or shift):  # a moved weight scale moves the int32 bias's
         write_bias(out, ql, np.asarray(bias).reshape(-1), st.bias_round_mode)
     log.debug("%s %s: error %.3g -> %.3g (%s, fix position %+d, %.1f s)", method, ql.name, before, after,
               "cached" if cached else "solved", shift, time.time() - t1)
@@ -277,26 +284,61 @@ def _searched_shift(p: LayerProblem, st: FinetuneSettings, backend: str, cache: 
 
 def _owns_scales(model: onnx.ModelProto, ql: QuantizedLayer) -> bool:
     """Whether the layer's steps alone read the scale initializers a moved weight fix position
-    rewrites (the weight's, the Quantize step's of a float weight, an int32 bias's): where another
-    node also reads one, moving it would move that node's quantization too, so the position is kept."""
+    rewrites (the weight's, the Quantize step's of a float weight, an int32 bias's, a ``MatMul``'s
+    in the ``Add`` after it: :func:`_linear_addend`): where another node also reads one, moving it
+    would move that node's quantization too, so the position is kept."""
     view = GraphView(model)
     dq = view.producer_node(ql.node.input[1])
     steps = [dq]
     if ql.float_name is not None:
         steps.append(view.producer_node(dq.input[0]))
     if ql.bias_scale is not None:
-        steps.append(view.producer_node(ql.node.input[2]))
+        steps.append(_bias_step(view, ql))
+    elif any(_int32_addend(view, c) for c in view.consumer_nodes(ql.node.output[0])):
+        return False  # an int32 Add that is not the layer's bias (linear_bias): its scale would stay behind
     readers = {n.name or id(n) for name in {n.input[1] for n in steps} for n in view.consumer_nodes(name)}
-    if ql.bias_scale is None and any(_int32_addend(view, c) for c in view.consumer_nodes(ql.node.output[0])):
-        return False
     return len(readers) <= len(steps)
 
 
+def _bias_step(view: GraphView, ql: QuantizedLayer) -> onnx.NodeProto:
+    """The dequantize step of ``ql``'s int32 bias: its own bias input, or a ``MatMul``'s ``Add``'s
+    (the codes' only reader, :func:`_linear_addend`)."""
+    if ql.node.op_type != "MatMul":
+        return view.producer_node(ql.node.input[2])
+    return view.consumer_nodes(ql.bias_name)[0]
+
+
+def _linear_addend(model: onnx.ModelProto, ql: QuantizedLayer) -> QuantizedLayer | None:
+    """``ql`` with the int32 bias of the ``Add`` after it as its bias, when ``ql`` is a ``MatMul``
+    whose bias that ``Add`` is (:func:`npuflow.passes.linear_bias.linear_bias`) and the codes and
+    their dequantize step have no other reader; ``None`` otherwise.
+
+    ONNX Runtime fuses ``MatMul -> Add`` into one QGemm that reads those codes at ``s_in * s_w``,
+    so a moved weight fix position has to move that scale with it (:func:`_move_weight_scale`)."""
+    if ql.node.op_type != "MatMul" or ql.bias_name is not None:
+        return None
+    view = GraphView(model)
+    found = linear_bias(ql.node, view)
+    dq = view.producer_node(found.bias) if found is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in view.inits:
+        return None
+    if len(view.consumer_nodes(dq.input[0])) != 1 or len(view.consumer_nodes(found.bias)) != 1:
+        return None
+    return replace(ql, bias_name=dq.input[0], bias_scale=np.asarray(view.const(dq.input[1]), np.float32))
+
+
+def _float_linear_bias(float_model: onnx.ModelProto, fl: WeightLayer) -> np.ndarray | None:
+    """The float bias of the ``Add`` after the float ``MatMul`` ``fl`` (what the export rounded to
+    int32), or ``None`` when the float model has none there."""
+    view = GraphView(float_model)
+    found = linear_bias(fl.node, view)
+    return None if found is None else np.asarray(view.value(found.bias), np.float32).reshape(-1)
+
+
 def _int32_addend(view: GraphView, node: onnx.NodeProto) -> bool:
-    """Whether ``node`` adds a dequantized int32 constant: the bias of the ``MatMul`` before it, outside
-    the layer.  ONNX Runtime fuses ``MatMul -> Add`` into one QGemm that reads those codes at
-    ``s_in * s_w``, so a moved weight position would leave them at the old scale (PP-OCRv4 rec's
-    attention linears read their biases at 2x and 0.5x); the position is kept there."""
+    """Whether ``node`` adds a dequantized int32 constant after a ``MatMul`` that is not that layer's
+    bias by :func:`_linear_addend`'s test: ONNX Runtime may still fuse the pair into one QGemm
+    reading the codes at ``s_in * s_w``, so the position is kept there."""
     if node.op_type != "Add":
         return False
     for t in node.input:
@@ -320,7 +362,7 @@ def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float)
     bias_scale = ql.bias_scale
     if bias_scale is not None:
         bias_scale = (bias_scale * np.float32(scale / float(ql.scale.reshape(-1)[0]))).astype(np.float32)
-        set_array(model, view.producer_node(ql.node.input[2]).input[1], bias_scale)
+        set_array(model, _bias_step(view, ql).input[1], bias_scale)
     return replace(ql, scale=new_w, bias_scale=bias_scale)
 
 
