@@ -84,7 +84,8 @@ def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int
     - a ``Reshape`` fed by the input whose constant target writes the size at that dimension
       (``x.view(1, -1)``), or an ``Expand`` of it to a constant shape holding a size above 1;
     - a ``Slice`` of data fed by the input that ends at a constant on that dimension
-      (``y[..., : x.size(3) // 2]``);
+      (``y[..., : x.size(3) // 2]``), or a ``Resize`` of it to constant sizes there
+      (``F.interpolate(y, size=(16, 16))``);
     - a constant joined with the input's data (``Concat``, broadcasting arithmetic) whose shape
       holds the size where the other operand has it: a class token ``expand(x.size(0), -1, -1)``,
       ``p.repeat(x.size(0), 1)``, ``torch.zeros(x.size(0), 8)``, ``emb(torch.arange(x.size(1)))``.
@@ -114,6 +115,12 @@ def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int
             if at is not None:
                 verb = "reshapes" if node.op_type == "Reshape" else "expands"
                 found.append(f"node {label} {verb} to the constant shape {target.tolist()}, which keeps "
+                             f"dimension #{at} at {sizes[at]}")
+        elif fed and node.input[0] in reached and node.op_type == "Resize" and len(node.input) > 3:
+            tail = _constant_tail(node.input[3], values, made_by)
+            at = _held_at(tail, rank, sizes, one_holds=True) if tail else None
+            if at is not None:
+                found.append(f"node {label} resizes to sizes ending in the constant {tail}, which keeps "
                              f"dimension #{at} at {sizes[at]}")
         elif fed and node.input[0] in reached and node.op_type == "Slice":
             found += _slice_held(node, label, values, rank, sizes)
@@ -165,6 +172,22 @@ def _slice_held(node: onnx.NodeProto, label: str, values: Mapping, rank: int, si
             return [f"node {label} slices dimension #{axis} to the constant end {end} (the input's size there "
                     f"was {sizes[axis]})"]
     return []
+
+
+def _constant_tail(tensor: str, values: Mapping, made_by: Mapping[str, onnx.NodeProto]) -> list[int]:
+    """The known trailing values of a 1-D shape tensor: all of it where it is constant, else the
+    constant inputs ending the ``Concat`` that built it (``F.interpolate(x, size=(16, 16))`` exports
+    ``Concat(Shape(x)[:2], [16, 16])``)."""
+    if tensor in values:
+        return values[tensor].tolist() if values[tensor].ndim == 1 else []
+    node = made_by.get(tensor)
+    tail: list[int] = []
+    if node is not None and node.op_type == "Concat":
+        for part in reversed(node.input):
+            if part not in values or values[part].ndim != 1:
+                break
+            tail = values[part].tolist() + tail
+    return tail
 
 
 def _shape_maker(tensor: str, made_by: Mapping[str, onnx.NodeProto], depth: int = 4) -> onnx.NodeProto | None:

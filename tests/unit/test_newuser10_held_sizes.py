@@ -85,6 +85,21 @@ class LeftHalf(nn.Module):
         return self.conv(x)[:, :, :, : x.size(3) // 2].relu()
 
 
+class FixedUpsample(nn.Module):
+    """A skip connection upsampled to a traced size (``size=``) beside one upsampled by a factor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = self.b(y)
+        up = nn.functional.interpolate(z, size=(x.size(2), x.size(3)), mode="nearest")
+        return up + y + nn.functional.interpolate(z, scale_factor=2.0, mode="nearest")
+
+
 class Broadcast(nn.Module):
     """A pooled vector spread back over the sequence: ``m.expand(-1, x.size(1), -1)``."""
 
@@ -144,6 +159,13 @@ def test_a_range_kept_in_the_graph_is_named():
         model_module.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": [1, 20, 16]})
     assert "node 'positions' (Range) makes constant 'emb' of shape [10, 16], which node 'add' (Add)" \
         in exc.value.message, exc.value.message
+
+
+def test_resize_to_traced_sizes_is_named_and_the_one_by_scales_is_not(tmp_path):
+    message = _refusal(_export(FixedUpsample(), [1, 3, 16, 16], tmp_path / "up.onnx"), [1, 3, 32, 32])
+    assert "node '/Resize' resizes to sizes ending in the constant [16, 16], which keeps dimension #2 at 16" \
+        in message, message
+    assert "/Resize_1" not in message
 
 
 def _warnings(caplog, path: Path, shape: list[int]) -> list[str]:
