@@ -91,6 +91,7 @@ FINETUNE = {
     "brecq0": ("BRECQ", {"drop_prob": 0.0}),
     "brecq_fisher": ("BRECQ+QDrop Fisher loss", {"drop_prob": 0.5, "block_loss": "fisher"}),
     "brecq_fishermse": ("BRECQ+QDrop Fisher+MSE loss", {"drop_prob": 0.5, "block_loss": "fisher_mse"}),
+    "brecq_final": ("BRECQ+QDrop final acceptance", {"drop_prob": 0.5, "block_accept": "final"}),
 }
 
 
@@ -120,7 +121,9 @@ def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: in
     rows = []
     for key in methods:
         label, extra = FINETUNE[key]
-        method = key.rstrip("0").removesuffix("_qdrop").removesuffix("_post").removesuffix("_fishermse").removesuffix("_fisher")
+        method = key.rstrip("0")
+        for suffix in ("_qdrop", "_post", "_fishermse", "_fisher", "_final"):
+            method = method.removesuffix(suffix)
         n = block_iters if method == "brecq" and block_iters else iters
         rows.append((f"+{label} ({n} it{note})", {**base, "fast_finetune": {"method": method, "iters": n, **extra}}))
     return rows

@@ -136,6 +136,9 @@ class FastFinetune(_Strict):
     # brecq: the block loss; fisher weighs each output element by the model output's sensitivity to it,
     # fisher_mse half that and half plain MSE (algorithms/block_fisher.py)
     block_loss: Literal["mse", "fisher", "fisher_mse"] = "mse"
+    # brecq: per_block decides each block's learned codes on the model's calibration output error; final
+    # keeps every block's learned codes (the later blocks learn on them) and decides the set once at the end
+    block_accept: Literal["per_block", "final"] = "per_block"
     input_drop: float = Field(default=0.0, ge=0, lt=1)  # adaquant: QDrop, chance a layer input value is the float one
     # adaround: reconstruct after the fused activation (algorithms/activation.py: rec +6.6 pts at 500 it, effnet -0.5)
     post_activation: bool = False

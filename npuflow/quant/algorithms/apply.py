@@ -72,6 +72,7 @@ def after_export(
             round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value,
             bias_round_mode=RoundMode(cfg.resolve(target, "bias").round_mode).value, drop_prob=ff.drop_prob,
             block_batch=ff.block_batch, block_layers=ff.block_layers, block_loss=ff.block_loss,
+            block_accept=ff.block_accept,
             input_drop=ff.input_drop,
             post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, seed=ff.seed)
         q, rep = fast_finetune(float_model, q, feeds, settings)

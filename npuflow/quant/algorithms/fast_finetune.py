@@ -47,7 +47,7 @@ from ...outputs import cache_root
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant, adaquant_threshold
 from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround, search_fix_position
-from .block_accept import OutputCheck
+from .block_accept import MODES as BLOCK_ACCEPTS, OutputCheck
 from .block_fisher import OutputSensitivity, block_weights
 from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
                           require_torch, write_block)
@@ -83,6 +83,7 @@ class FinetuneSettings:
     block_batch: int = 4         # brecq: calibration samples per step
     block_layers: int = 3        # brecq: weight layers a block holds at least
     block_loss: str = "mse"      # brecq: mse | fisher | fisher_mse (elements weighted by output sensitivity, .block_fisher)
+    block_accept: str = "per_block"  # brecq: per_block | final (learned codes decided on the model, .block_accept)
     input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
     post_activation: bool = False  # adaround: reconstruct after the activation fused behind each layer (.activation)
     learn_threshold: bool = False  # adaquant/adaround: move each weight's power-of-two fix position (TQT; module doc)
@@ -158,6 +159,10 @@ def fast_finetune(
         raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.block_loss",
                            reason=f"block_loss {st.block_loss!r}: one of {', '.join(BLOCK_LOSSES)}, and other than "
                                   f"mse only with method brecq (not {st.method})")
+    if st.block_accept not in BLOCK_ACCEPTS or (st.block_accept != "per_block" and st.method != "brecq"):
+        raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.block_accept",
+                           reason=f"block_accept {st.block_accept!r}: one of {', '.join(BLOCK_ACCEPTS)}, and other "
+                                  f"than per_block only with method brecq (not {st.method})")
     if st.learn_threshold and st.method == "adaquant":
         require_torch()  # TQT's straight-through gradient is the QAT quantizer's (npuflow.fake_quant)
     backend = resolve_backend(st.backend)
@@ -170,7 +175,7 @@ def fast_finetune(
     feeds = list(calibration)
     start = FinetuneReport()
     if st.method == "brecq":   # blocks start from layer-wise AdaRound's rounding (block_recon.start_rest)
-        layerwise = replace(st, method="adaround", lr=None, block_loss="mse")
+        layerwise = replace(st, method="adaround", lr=None, block_loss="mse", block_accept="per_block")
         qmodel, start = fast_finetune(float_model, qmodel, feeds, layerwise, cache_dir, progress)
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
@@ -184,7 +189,7 @@ def fast_finetune(
     alone = [u for u in units if isinstance(u, LayerJob)]
     fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone})
     blocks = [u for u in units if isinstance(u, Block)]
-    check = OutputCheck(float_model, feeds) if blocks else None
+    check = OutputCheck(float_model, feeds, st.block_accept) if blocks else None
     collect: Callable[[list[str]], dict[str, list[np.ndarray]]] = partial(_collect_tensors, float_model, feeds)
     if check is not None and st.block_loss != "mse":   # sensitivities at the start (AdaRound's) model
         collect = OutputSensitivity(float_model, feeds, run_outputs(out, feeds), check.reference,
@@ -199,6 +204,8 @@ def fast_finetune(
             report.blocks.append(_solve_block(out, unit, inputs, fb, st, check))
         else:
             report.layers.append(_solve_layer(float_model, out, unit, inputs, fx[unit.ql.name], st, backend, cache))
+    if check is not None:
+        out = check.finish(qmodel, out, report.blocks)
     report.seconds = time.time() - t0
     log.info("fast finetune (%s): %d blocks, %d layers alone, %d cached, %.1f s", st.method, len(report.blocks),
              len(report.layers), sum(r.cached for r in report.layers), report.seconds)
