@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 
 from ..errors import NpuflowError
-from ..targets import Target, load_target
+from ..targets import Target, load_target, same_fingerprint
 from . import cpu_time
 from .estimate import PerfReport, estimate
 
@@ -62,6 +62,11 @@ def perf_compiled(compiled: Any, target: str | Target | None = None, *, name: st
     report = estimate(model, t, placement, model_name=name, measure_cpu=measure_cpu, cpu_timer=timer)
     if timer is not None and measure_cpu:
         report.notes.append("timed as compiled, in the npuflow runtime (one thread, random inputs)")
+    if target is not None and not same_fingerprint(t.fingerprint, compiled.fingerprint):
+        # run and bench refuse such a file; an estimate of it is a what-if the user should see as one
+        report.notes.append(f"compiled for {compiled.target_name}: that target's partition is costed with "
+                            f"{t.name}'s figures, which is not what {t.name} would run; compile the quantized "
+                            f"model with -t {t.name} to estimate that")
     count = len(compiled.programs)
     if count > 1:  # each shape set is its own program with its own latency
         report.notes.append(f"the model holds {count} compiled shape sets; this is the first "
