@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ..errors import NpuflowError
 from ..model import max_tensor_elements
 from ..numerics import qrange
-from ..targets import load_target, same_fingerprint
+from ..targets import bundled_fingerprint, load_target, same_fingerprint
 from . import memory
 from .manifest_schema import (ARENA_BYTES_PER_ELEMENT, ATTRS, CODE_DTYPES, Blob, IntegerSubgraph, Manifest, OnnxSubgraph,
                               Op, PackedManifest, PluginSubgraph, SchemaError, Strict, Tensor)
@@ -141,13 +141,16 @@ def _check_target(m: Manifest) -> None:
     Only a plain name is looked up: a name like ``/etc/passwd`` must not make the reader open it."""
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", m.target.name):
         return
-    try:
-        t = load_target(m.target.name)
-    except NpuflowError:  # not a bundled target
-        return
-    if not same_fingerprint(t.fingerprint, m.target.fingerprint):
+    name, fingerprint = m.target.name, bundled_fingerprint(m.target.name)  # no YAML parsed: a load's usual case
+    if fingerprint is None:
+        try:
+            t = load_target(m.target.name)
+        except NpuflowError:  # not a bundled target
+            return
+        name, fingerprint = t.name, t.fingerprint
+    if not same_fingerprint(fingerprint, m.target.fingerprint):
         raise SchemaError("target.fingerprint", f"{m.target.fingerprint} is not the fingerprint of "
-                          f"{t.name} ({t.fingerprint})")
+                          f"{name} ({fingerprint})")
 
 
 def _tensor(m: Manifest, name: str, where: str) -> Tensor:
