@@ -21,7 +21,11 @@ hand them inputs they were not fitted to, and most blocks' learned codes are rev
 every block keeps the codes it learned (when they lower its own error), so each block learns on
 the outputs of the learned blocks before it and the downstream blocks adapt to every change;
 one decision at the end (:meth:`OutputCheck.finish`) keeps the whole learned set or the AdaRound
-model, whichever has the lower calibration output error.
+model, whichever has the lower calibration output error.  Each block starts from its layers
+solved again by AdaRound on the inputs the learned blocks before it give
+(``fast_finetune._restart_block``), not from the first pass's codes, which were fitted to the
+AdaRound blocks before it: from those, the learned set ended above AdaRound's error on the MNIST
+CNN (1.281e-4 against 1.267e-4; 1.042e-4 with the restart).
 
 The measure is the one ``include_bias_corr: auto`` decides with
 (:func:`.apply.relative_error`, an optimised ONNX Runtime session), run on the tail of the

@@ -187,8 +187,9 @@ def fast_finetune(
         units = plan_blocks(out, float_names, jobs, st.block_layers)
         units = [u for u in units if isinstance(u, Block)]   # the layers outside blocks keep the AdaRound start
     alone = [u for u in units if isinstance(u, LayerJob)]
-    fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone})
     blocks = [u for u in units if isinstance(u, Block)]
+    resolve = [j for b in blocks for j in b.jobs] if st.block_accept == "final" else []   # see _restart_block
+    fx = _collect(float_model, feeds, {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone + resolve})
     check = OutputCheck(float_model, feeds, st.block_accept) if blocks else None
     collect: Callable[[list[str]], dict[str, list[np.ndarray]]] = partial(_collect_tensors, float_model, feeds)
     if check is not None and st.block_loss != "mse":   # sensitivities at the start (AdaRound's) model
@@ -201,6 +202,8 @@ def fast_finetune(
         if progress:
             progress(unit.name if isinstance(unit, Block) else unit.ql.name, k, len(units))
         if isinstance(unit, Block):
+            if resolve:
+                _restart_block(float_model, out, unit, inputs, fx, st, backend, cache)
             report.blocks.append(_solve_block(out, unit, inputs, fb, st, check))
         else:
             report.layers.append(_solve_layer(float_model, out, unit, inputs, fx[unit.ql.name], st, backend, cache))
@@ -371,6 +374,19 @@ def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float)
         bias_scale = (bias_scale * np.float32(scale / float(ql.scale.reshape(-1)[0]))).astype(np.float32)
         set_array(model, _bias_step(view, ql).input[1], bias_scale)
     return replace(ql, scale=new_w, bias_scale=bias_scale)
+
+
+def _restart_block(float_model: onnx.ModelProto, out: onnx.ModelProto, block: Block, inputs: QuantizedInputs,
+                   fx: dict[str, np.ndarray], st: FinetuneSettings, backend: str, cache: Path) -> None:
+    """``block_accept: final``: the block's layers solved again by AdaRound on the inputs that the
+    blocks learned before it now give (cached where those did not change): the codes AdaRound's
+    first pass gave it were fitted to the AdaRound blocks before it, and the block learns from
+    what is written here (:mod:`.block_accept`)."""
+    for job in block.jobs:
+        _solve_layer(float_model, out, job, inputs, fx[job.ql.name], replace(st, method="adaround", lr=None),
+                     backend, cache)
+    for t in {t for n in block.nodes for t in n.output} & set(inputs.values):
+        del inputs.values[t]   # computed with codes the block is about to change
 
 
 def _solve_block(out: onnx.ModelProto, block: Block, inputs: QuantizedInputs, float_values: FloatValues,
