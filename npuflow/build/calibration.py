@@ -32,9 +32,11 @@ class CalibrationSet(Sequence):
     ``k/?``)."""
 
     def __init__(self, inputs: Sequence[tuple[InputPreprocess, Path]], *, images: bool,
-                 dtypes: Mapping[str, np.dtype] | None = None) -> None:
+                 dtypes: Mapping[str, np.dtype] | None = None, raw_dtype: str | None = None) -> None:
         self.inputs = list(inputs)
         self.images = images
+        # hb_mapper's cal_data_type: the dtype every raw file must have (None: told by its size)
+        self.raw_dtype = np.dtype(raw_dtype) if raw_dtype else None
         # the model's own dtype of each input: a featuremap the model takes as integers (silero-vad's
         # int64 sample rate) is fed as such, not as the float32 of hb_mapper's featuremaps
         self.dtypes = dict(dtypes or {})
@@ -47,7 +49,7 @@ class CalibrationSet(Sequence):
                 elif _is_npy(f):
                     _load_npy(f, pre)
                 else:
-                    _raw_dtype(f, pre)
+                    _raw_dtype(f, pre, self.raw_dtype)
         counts = {name: len(fs) for name, fs in self.files.items()}
         if len(set(counts.values())) > 1:
             raise NpuflowError("NPF_BUILD_CALIB_COUNT_MISMATCH",
@@ -66,7 +68,7 @@ class CalibrationSet(Sequence):
     def sample(self, pre: InputPreprocess, path: Path) -> np.ndarray:
         if self.images:
             return to_runtime_format(read_image(path, pre), pre)
-        values = _read_values(path, pre)
+        values = _read_values(path, pre, self.raw_dtype)
         dtype = self.dtypes.get(pre.name)
         if pre.type_rt == "featuremap" and dtype is not None and dtype.kind in "iub":
             # as stored: integers above 2^24 would not survive float32
@@ -83,10 +85,17 @@ def _list_folder(name: str, folder: Path) -> list[Path]:
     return files
 
 
-def _raw_dtype(path: Path, pre: InputPreprocess) -> np.dtype:
-    """uint8 when the file has one byte per element, float32 with four (featuremaps: only four)."""
+def _raw_dtype(path: Path, pre: InputPreprocess, declared: np.dtype | None = None) -> np.dtype:
+    """uint8 when the file has one byte per element, float32 with four (featuremaps: only four);
+    ``declared`` (``cal_data_type``): that dtype, and a file of another size is refused."""
     count = int(np.prod(pre.shape))
     size = path.stat().st_size
+    if declared is not None:
+        if size != declared.itemsize * count:
+            raise NpuflowError("NPF_BUILD_CALIB_FILE_SIZE", path=str(path), size=size, input=pre.name,
+                               shape="x".join(map(str, pre.shape)),
+                               expected=f"{declared.itemsize * count} ({declared}, cal_data_type)")
+        return declared
     if size == 4 * count:
         return np.dtype(np.float32)
     if size == count and pre.type_train != "featuremap":
@@ -96,11 +105,11 @@ def _raw_dtype(path: Path, pre: InputPreprocess) -> np.dtype:
                        shape="x".join(map(str, pre.shape)), expected=expected)
 
 
-def _read_values(path: Path, pre: InputPreprocess) -> np.ndarray:
+def _read_values(path: Path, pre: InputPreprocess, declared: np.dtype | None = None) -> np.ndarray:
     """One sample in the train shape, in the dtype it was stored in (``.npy`` or raw)."""
     if _is_npy(path):
         return np.asarray(_load_npy(path, pre)).reshape(pre.shape)
-    return np.fromfile(path, dtype=_raw_dtype(path, pre)).reshape(pre.shape)
+    return np.fromfile(path, dtype=_raw_dtype(path, pre, declared)).reshape(pre.shape)
 
 
 def _is_npy(path: Path) -> bool:

@@ -127,6 +127,8 @@ class CalibrationParameters(_Group):
     per_channel: bool = Field(False, validation_alias=AliasChoices("per_channel", "perchannel"))
     run_on_cpu: str | None = None
     run_on_npu: str | None = Field(None, validation_alias=AliasChoices("run_on_npu", "run_on_bpu"))
+    #: hb_mapper's dtype of the raw (numpy.tofile) calibration files; unset: read from each file's size
+    cal_data_type: Literal["float32", "uint8"] | None = None
     #: QAT by distillation from the float model after PTQ (npuflow.torch.onnx_qat; needs torch):
     #: passes over the calibration samples, or minutes of training; at most one of the two.
     qat_epochs: float | None = Field(None, gt=0)

@@ -135,7 +135,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
             log.info("input %s: %s %s (runtime) -> %s %s (train), via %s, norm %s", s.name, s.type_rt,
                      s.layout_rt, s.type_train, s.layout_train, s.intermediate_type, s.norm_type)
         calib = CalibrationSet([(s.preprocess(), s.cal_data_dir) for s in inputs], images=cal.preprocess_on,
-                               dtypes=_input_dtypes(original))
+                               dtypes=_input_dtypes(original), raw_dtype=cal.cal_data_type)
         log.debug("config: %s", json.dumps(cfg.enabled_values()))
         model_io.save(original, artifacts.staged("original"))
 

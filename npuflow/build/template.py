@@ -62,6 +62,8 @@ calibration_parameters:
   cal_data_dir: './calibration_data'
   # True: the folder holds images; they are resized to the input size
   preprocess_on: False
+  # optional: the dtype of the raw files, float32 or uint8 (unset: told by each file's size)
+  # cal_data_type: 'float32'
   # hb_mapper's default (automatic search), kl, max, or the quantizer's own methods:
   # auto (= default), minmax, percentile (uses max_percentile), entropy (= kl), mse
   calibration_type: 'default'
