@@ -192,8 +192,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         acc = g.node("Add", [acc, g.const(move.reshape(1, -1, 1, 1), np.int32)])
     if fixed is not None:
         lo, hi = clamp_bounds(ep)
-        y, zp = _requantize_fixed(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, fixed, ep, lo, hi,
-                                  const_in_acc=True)
+        y, zp = _requantize_fixed(g, acc, False, fixed, ep, lo, hi, const_in_acc=True, int32=True)
     elif table is None:
         y, zp = _float_epilogue(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, ep, w.shape[0])
     else:
@@ -201,8 +200,11 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         index = g.node("Clip", [acc, g.scalar(0, np.int32), g.scalar(len(table[1]) - 1, np.int32)])
         if out is not None:  # a codewise op reading ``out`` becomes one table of the index
             g.tables[out] = (("accumulator", index), table[1])
-        zp = integer_offset(g, op["outputs"][0])
-        zp = int(ep["zp"]) if zp is None else zp
+        held = integer_offset(g, op["outputs"][0])
+        if held is not None:  # the bytes the next ConvInteger reads, not float32 codes cast to them
+            g.put_bytes(op["outputs"][0], from_conv(lookup(g, index, table[1], held, np.uint8)), held)
+            return True
+        zp = int(ep["zp"])
         y = lookup(g, index, table[1], zp)
     g.put(op["outputs"][0], from_conv(y), zp)
     return True
@@ -562,7 +564,7 @@ class _FixedPoint:
 
 
 def _requantize_fixed(g: Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int, *,
-                      const_in_acc: bool = False) -> tuple[str, int]:
+                      const_in_acc: bool = False, int32: bool = False) -> tuple[str, int]:
     """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly; the codes
     centred, ``(tensor, offset)``.
 
@@ -580,7 +582,9 @@ def _requantize_fixed(g: Graph, acc: str, double: bool, fx: _FixedPoint, ep: dic
     Constant channels give their value: added
     after rounding, or, with ``const_in_acc`` (the convolution gave them no taps and their value
     as bias), multiplied by 1.  Otherwise the product is formed in int64 and shifted as
-    ``shift_round`` does (more passes over 8-byte data).
+    ``shift_round`` does (more passes over 8-byte data).  ``int32``: ``acc`` is ``ConvInteger``'s
+    int32 accumulator (below 2^24), cast once to the type each form computes in (float64 or int64
+    directly: exact, one pass fewer than through float32).
     """
     cout = len(fx.mult)
     far = max(abs(lo - ep["zp"]), abs(hi - ep["zp"])) + 1
@@ -592,7 +596,8 @@ def _requantize_fixed(g: Graph, acc: str, double: bool, fx: _FixedPoint, ep: dic
     value = np.zeros(cout) if const_in_acc else fx.value
     m32 = None if double or np.ndim(ep["zp"]) else _float32_multipliers(fx, ep, lo, hi, const_in_acc)
     if m32 is not None:  # float32 all through: half the bytes, two casts fewer
-        v = g.node("Mul", [acc, g.const(m32.reshape(1, cout, 1, 1))])
+        v = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.FLOAT) if int32 else acc,
+                           g.const(m32.reshape(1, cout, 1, 1))])
         offset, op = recipe
         if offset:
             v = g.node("Add", [v, g.const(offset)])

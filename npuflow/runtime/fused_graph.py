@@ -329,8 +329,8 @@ INDEX_TYPE = TensorProto.INT32
 
 
 def gather(g: Graph, index: str, entries: str) -> str:
-    """``entries[index]`` in ``index``'s shape (``entries``: a 1-D constant; ``index``: a
-    non-negative :data:`INDEX_TYPE` tensor).
+    """``entries[index]`` in ``index``'s shape (``entries``: a 1-D constant of ``n`` values;
+    ``index``: an :data:`INDEX_TYPE` tensor in ``-n..n-1``, a negative index counting from the end).
 
     Written as ``GatherElements`` on the flattened index: ONNX Runtime runs it as a copy loop on
     int32 indices (a 240x12x80 index into 22,334 entries: 0.47 ms, against 0.79 ms for the int64
@@ -340,9 +340,10 @@ def gather(g: Graph, index: str, entries: str) -> str:
     return g.node("Reshape", [row, g.node("Shape", [index])])
 
 
-def lookup(g: Graph, index: str, table: np.ndarray, zp: int) -> str:
-    """``table[index]`` centred on ``zp`` as float32 (:func:`gather`)."""
-    return gather(g, index, g.const((np.asarray(table, np.int64).reshape(-1) - zp).astype(np.float32)))
+def lookup(g: Graph, index: str, table: np.ndarray, zp: int, dtype=np.float32) -> str:
+    """``table[index]`` centred on ``zp`` (:func:`gather`): float32 codes, or with ``dtype``
+    uint8 the bytes an integer kernel reads (``zp`` then the lowest code)."""
+    return gather(g, index, g.const(np.asarray(table, np.int64).reshape(-1) - zp, dtype))
 
 
 def rows_as_conv(g: Graph, shape: list[int], n: int, out_shape: list[int]

@@ -70,8 +70,19 @@ def _writer(g: Graph, name: str):
 
 
 def table_node(g: Graph, x: str, off: int, dtype: str, out: str, table: np.ndarray, qmin: int) -> None:
-    """:func:`_lookup` of the codes held in ``x`` minus ``off`` (codes of type ``dtype``)."""
-    _put_lookup(g, _table_index(g, x, off, dtype, table.size, qmin), out, table)
+    """:func:`_lookup` of the codes held in ``x`` minus ``off`` (codes of type ``dtype``).
+
+    Where the held values ``lo - off .. hi - off`` lie within ``-n..n-1`` (``n`` entries, one per
+    code), they index the table as they are: ``GatherElements`` counts a negative index from the
+    end, so the entries are rotated by ``qmin - off`` instead of a ``Sub`` pass over the tensor
+    before its cast to indices (a requantised tensor is held on its zero point, the table starts
+    at the lowest code)."""
+    lo, hi = code_range(dtype)
+    n = np.asarray(table).size
+    if n == hi - lo + 1 and lo == qmin and -n <= lo - off and hi - off <= n - 1:
+        _put_lookup(g, g.node("Cast", [x], to=INDEX_TYPE), out, np.roll(np.asarray(table).reshape(-1), qmin - off))
+        return
+    _put_lookup(g, _table_index(g, x, off, dtype, n, qmin), out, table)
 
 
 def _table_index(g: Graph, x: str, off: int, dtype: str, entries: int, qmin: int) -> str:
@@ -85,12 +96,15 @@ def _table_index(g: Graph, x: str, off: int, dtype: str, entries: int, qmin: int
 
 def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
     """``out = table[index]``, its entries centred on ``out``'s zero point where that is one value
-    (what its readers subtract anyway), else on 0; on the type's lowest code where every reader
-    casts them to uint8 for ``ConvInteger`` (``fused_conv.integer_offset``)."""
+    (what its readers subtract anyway), else on 0; where every reader takes the codes to
+    ``ConvInteger`` (``fused_conv.integer_offset``), the entries are the uint8 bytes it reads
+    (codes minus the type's lowest code), instead of float32 codes and a cast to uint8."""
+    held = integer_offset(g, out)
+    if held is not None:
+        g.put_bytes(out, lookup(g, index, table, held, np.uint8), held)
+        return
     zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
     zp = int(zp) if np.ndim(zp) == 0 else 0
-    held = integer_offset(g, out)
-    zp = zp if held is None else held
     g.put(out, lookup(g, index, table, zp), zp)
 
 
