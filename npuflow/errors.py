@@ -174,7 +174,9 @@ _QUANT = _specs(
      "node(s) ({ops}; e.g. node {node!r})",
      "Quantizing it again would stack a second set of steps on the first. Compile it as it is "
      "(`npuflow compile MODEL -t TARGET` legalises ONNX Runtime, Quark, NNCF and Brevitas models or names "
-     "what the target cannot run), or quantize the float model it was made from."),
+     "what the target cannot run), or quantize the float model it was made from: the only way for a model "
+     "quantized dynamically (DynamicQuantizeLinear, DynamicQuantizeLSTM: scales computed at run time), which "
+     "compile refuses."),
     ("NPF_QUANT_NON_TENSOR_OUTPUT",
      "model output {output!r} is a {kind}, not a tensor (made by {op}): the quantizer scores every output as a tensor",
      "Export the model with tensor outputs only: skl2onnx writes its class probabilities as a ZipMap sequence of "
