@@ -316,6 +316,20 @@ def _accepted_keys(cls: type[_Group]) -> tuple[str, ...]:
     return tuple(keys)
 
 
+#: hb_mapper keys with no meaning in npuflow: what to do instead, said where a config holds one
+#: (a user's hb_mapper YAML read "Wrong keys" with nothing to go on).
+_HB_MAPPER_ONLY = {
+    "remove_node_type": "Remove the input/output quantize or transpose steps after the build with "
+                        "`npuflow modify MODEL.npuf --remove NODE` (hb_model_modifier's role).",
+    "remove_node_name": "Remove the input/output quantize or transpose steps after the build with "
+                        "`npuflow modify MODEL.npuf --remove NODE` (hb_model_modifier's role).",
+    "input_source": "The input's runtime format is input_parameters.input_type_rt; delete the key.",
+    "max_time_per_fc": "npuflow's compiler has no per-function time limit; delete the key.",
+    "jobs": "npuflow's compiler has no parallel-jobs setting; delete the key.",
+    "advice": "Per-layer costs are in `npuflow perf MODEL.npuf`; delete the key.",
+}
+
+
 def _check_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> None:
     unknown = [str(k) for k in body if k not in allowed]
     if not unknown:
@@ -324,6 +338,10 @@ def _check_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> 
     suggestion = f"Did you mean {_quoted(near)}? " if near else ""
     if group == "model_parameters" and {"caffe_model", "prototxt"} & set(unknown):
         suggestion = "npuflow reads ONNX models only: convert Caffe models to ONNX and set onnx_model. "
+    hb_only = [k for k in unknown if k in _HB_MAPPER_ONLY]
+    if hb_only:
+        advice = " ".join(dict.fromkeys(_HB_MAPPER_ONLY[k] for k in hb_only))
+        suggestion += f"{_quoted(hb_only)}: hb_mapper key(s) npuflow does not read. {advice} "
     raise NpuflowError("NPF_BUILD_UNKNOWN_KEYS", group=group, keys=_quoted(unknown),
                        suggestion=suggestion, allowed=", ".join(allowed))
 
