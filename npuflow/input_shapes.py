@@ -224,7 +224,7 @@ def warn_size_held(resized: list[dict[str, str]]) -> None:
     for r in resized:
         if r["fixed_by"]:
             log.warning("input %r resized from %s to %s, but %s: the model may compute dimension %s at its old "
-                        "size and mix the samples; check the outputs' shapes, or export the model with that "
+                        "size (the batch: samples run together); check the outputs' shapes, or export the model with that "
                         "dimension dynamic", r["name"], r["fixed"], r["asked"], r["fixed_by"], r["at"])
 
 
