@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnxruntime import quantization
 
 import npuflow
 from npuflow.errors import NpuflowError
-
-quantization = pytest.importorskip("onnxruntime.quantization")
 
 
 def test_dynamic_model_hint_points_to_the_float_model(tmp_path, models):

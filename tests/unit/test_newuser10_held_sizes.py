@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from npuflow import model as model_module
 from npuflow.errors import NpuflowError
 
-torch = pytest.importorskip("torch")
 nn = torch.nn
 
 
