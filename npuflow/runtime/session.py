@@ -117,6 +117,11 @@ class _Program:
         self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads, release) if fuse
                       else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
                             for k, sg in enumerate(self.subgraphs)])
+        #: per step, the tensors no later step reads and no caller gets as a model output: ``run``
+        #: drops them once that step has run, as ONNX Runtime frees a model's dead tensors, so
+        #: that a frame's boundary tensors are not all resident at its last step
+        self.frees = _last_reads(self.steps, outputs)
+        self.outputs = outputs
         self.inputs = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
         self.elements = sum(int(np.prod(s)) for s in self.inputs.values())
         self.input_infos = [TensorInfo(i["name"], tuple(i["shape"]), i["dtype"], i.get("quant")) for i in manifest["inputs"]]
@@ -133,6 +138,16 @@ class _Program:
                                                          release=self._release)
                     self._release()  # the build's graph, bounds and blobs, before the next one's
         return self._executors[k]
+
+
+def _last_reads(steps: Sequence[merge.Step], outputs: set[str]) -> list[tuple[str, ...]]:
+    """Per step, the inputs it is the last step to read, model outputs left out."""
+    last = {name: k for k, step in enumerate(steps) for name in step.inputs}
+    frees: list[list[str]] = [[] for _ in steps]
+    for name, k in last.items():
+        if name not in outputs:
+            frees[k].append(name)
+    return [tuple(names) for names in frees]
 
 
 #: The target the runtime serves when ``Session`` is given none (a board's DPU, a CI runner's target).
@@ -375,8 +390,14 @@ class Session:
         if output_names is not None:
             output_names = self._check_output_names(output_names, program)
         if dump_dir is None and not self._listeners:  # the common frame: executors called directly
-            for step in program.steps:
-                env.update(step.executor.run({i: env[i] for i in step.inputs}))
+            if output_names is None or program.outputs.issuperset(output_names):
+                for step, dead in zip(program.steps, program.frees):
+                    env.update(step.executor.run({i: env[i] for i in step.inputs}))
+                    for name in dead:
+                        del env[name]
+            else:  # a boundary tensor asked for: every tensor kept to the end
+                for step in program.steps:
+                    env.update(step.executor.run({i: env[i] for i in step.inputs}))
             return {n: env[n] for n in output_names or self._output_names}
         dumped: dict[str, str] = {}
         dump = None
