@@ -22,8 +22,12 @@ straight-through gradient jointly with the weights and bias (:func:`.adaquant.ad
 AdaRound moves to ``p-1`` or ``p+1`` only where that position's full AdaRound beats the calibrated
 one's, short runs choosing which neighbour gets a full run (:func:`.adaround.search_fix_position`).
 A moved position rewrites the weight's scale and the int32 bias's (``s_in * s_w``; a ``MatMul``'s
-bias in the ``Add`` after it too, rounded again from the float bias); the activation positions stay
-as calibration chose them.
+bias in the ``Add`` after it too, AdaRound's rounded again from the float bias); the activation
+positions stay as calibration chose them.
+
+A ``MatMul`` whose bias is the int32 ``Add`` after it (PP-OCRv4 rec's linears) has that bias in its
+problem (:func:`_with_linear_bias`): the target adds the float bias, and AdaQuant's learned bias is
+written into the ``Add``'s codes, so the error that chose it is the written layer's.
 """
 
 from __future__ import annotations
@@ -228,10 +232,9 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
                          act=act)
     nearest = grouped_weight(read_codes(out, ql), g)
     before = base.error(nearest)
-    addend = _linear_addend(out, ql)  # a MatMul's int32 bias in the Add after it, as the layer's bias
-    float_bias = _float_linear_bias(float_model, job.fl) if addend is not None and st.learn_threshold else None
-    addend = addend if float_bias is not None else None  # no float bias to re-round: the position is kept
-    learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, addend or ql)
+    ql, float_bias = _with_linear_bias(float_model, out, job)  # a MatMul's bias Add is the layer's bias
+    addend = float_bias is not None
+    learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
 
     fresh: list[int] = []  # shifts solved in this call, the search's included (none: a cached result)
 
@@ -267,12 +270,12 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     after = base.error(codes, bias, scale)
     shift = int(np.log2(base.s.reshape(-1)[0] / scale.reshape(-1)[0])) if learn else 0
     if shift:
-        ql = _move_weight_scale(out, addend or ql, float(scale.reshape(-1)[0]))
+        ql = _move_weight_scale(out, ql, float(scale.reshape(-1)[0]))
     write_codes(out, ql, codes.reshape(w.shape))
-    if addend is not None and shift:  # the problem has no bias: the Add's is the float model's, on the new grid
-        write_bias(out, ql, float_bias, st.bias_round_mode)
-    elif addend is None and (method == "adaquant" or shift):  # a moved weight scale moves the int32 bias's
+    if method == "adaquant":  # the bias AdaQuant scored, on the (possibly moved) int32 grid
         write_bias(out, ql, np.asarray(bias).reshape(-1), st.bias_round_mode)
+    elif shift:  # a moved weight scale moves the int32 bias's; a MatMul's is rounded again from the float bias
+        write_bias(out, ql, float_bias if addend else np.asarray(bias).reshape(-1), st.bias_round_mode)
     log.debug("%s %s: error %.3g -> %.3g (%s, fix position %+d, %.1f s)", method, ql.name, before, after,
               "cached" if cached else "solved", shift, time.time() - t1)
     return LayerResult(ql.name, before, after, cached, time.time() - t1, shift)
@@ -343,6 +346,18 @@ def _float_linear_bias(float_model: onnx.ModelProto, fl: WeightLayer) -> np.ndar
     view = GraphView(float_model)
     found = linear_bias(fl.node, view)
     return None if found is None else np.asarray(view.value(found.bias), np.float32).reshape(-1)
+
+
+def _with_linear_bias(float_model: onnx.ModelProto, qmodel: onnx.ModelProto,
+                      job: LayerJob) -> tuple[QuantizedLayer, np.ndarray | None]:
+    """``(layer, float bias)``: for a ``MatMul`` whose bias is the int32 ``Add`` after it
+    (:func:`_linear_addend`) and the float model's ``Add`` after the float ``MatMul`` (what the export
+    rounded to those codes), the layer with that ``Add``'s codes as its bias and that float bias, so
+    that the layer's problem scores the bias the written model adds and AdaQuant's learned bias has
+    somewhere to go; ``(job.ql, None)`` otherwise."""
+    addend = _linear_addend(qmodel, job.ql)
+    float_bias = _float_linear_bias(float_model, job.fl) if addend is not None else None
+    return (job.ql, None) if addend is None or float_bias is None else (addend, float_bias)
 
 
 def _int32_addend(view: GraphView, node: onnx.NodeProto) -> bool:
@@ -478,15 +493,16 @@ def layer_problem(float_model: onnx.ModelProto, job: LayerJob, inputs: Quantized
     """``job``'s problem: inputs from the quantized model as it is now, targets from the float layer
     on ``float_patches`` (through ``act``, the activation fused behind the layer, when given), bias
     and limits from the quantized model."""
-    ql, w, g = job.ql, job.w, job.sampler.groups
+    w, g, qmodel = job.w, job.sampler.groups, inputs.model
+    ql, linear = _with_linear_bias(float_model, qmodel, job)
     full = inputs.get(ql.node.input[0])
     qx = np.concatenate([job.sampler.sample(v, k) for k, v in enumerate(full)], axis=2)
     wg = grouped_weight(w, g)
-    y = forward(wg.astype(np.float32), float_patches) + layer_bias(float_model, job.fl, w.shape[0]).reshape(g, -1, 1)
+    fb = layer_bias(float_model, job.fl, w.shape[0]) if linear is None else linear
+    y = forward(wg.astype(np.float32), float_patches) + fb.reshape(g, -1, 1)
     if act is not None:
         y = act.value(y)
     s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
-    qmodel = inputs.model
     lo, hi = code_limits(ql, read_codes(qmodel, ql))
     return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode,
                         xf=float_patches if keep_float else None, act=act)
