@@ -9,6 +9,8 @@ them: each rule reads its neighbours' devices and only moves nodes to the CPU, a
 
 from __future__ import annotations
 
+import onnx
+
 from ..graph import GraphView, subgraphs
 from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, REWRITTEN_OPS, op_def
 from ..targets import Target
@@ -101,12 +103,20 @@ def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, ch
     PP-OCRv4 rec's attention reshapes after a CPU Add fed DPU work and were placed on the DPU, yet
     quantized as float nodes the compiler leaves to the CPU; YOLOv8n's DFL reshapes before a CPU
     Softmax on bernoulli2 likewise.  Graph order is topological, so a chain of followers goes together.
-    ``chained`` (:func:`chain_followers`) go with their float-chain op instead."""
+    ``chained`` (:func:`chain_followers`) go with their float-chain op instead.
+
+    A CPU target (``kind: cpu``) quantizes every quantizable node, wherever it runs (:mod:`npuflow.quant.placement`),
+    so there data movement after a quantized CPU op is quantized too: a Conv1d net's ``GlobalAveragePool`` on a 3-D
+    tensor stays on the CPU (only 2-D pooling is lowered), yet cpu-int8's quantizer quantizes its output, and the
+    ``Flatten`` after it was placed on the CPU here but lowered by compile."""
+    quantized_cpu = _quantized_cpu_nodes(view, transparent, device, fused) if tgt.kind != "npu" else set()
     for i, node in enumerate(view.nodes):
         if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS or i in chained:
             continue
         ins = view.data_inputs(i)
-        if not follows_quantized(node.op_type, bool(ins) and _fed_from_npu(view, transparent, device, ins[0], fused)):
+        fed = bool(ins) and (_fed_from_npu(view, transparent, device, ins[0], fused)
+                             or real_producer(view, transparent, ins[0]) in quantized_cpu)
+        if not follows_quantized(node.op_type, fed):
             device[i] = CPU
             reasons[i].append("its input comes from the CPU in float (or from a graph input, control flow or an op the "
                               "quantizer quantizes only between quantized ops), and data movement is quantized only "
@@ -126,6 +136,24 @@ def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, ch
         device[i] = CPU
         reasons[i].append(f"no {tgt.device_label} op reads its output, and on a float-scale target the quantizer "
                           f"leaves such data movement (and a Sigmoid) in float (the float tail), so it runs on the CPU")
+
+
+def _quantized_cpu_nodes(view: GraphView, transparent: list[bool], device: list[str], fused: dict[int, int]) -> set[int]:
+    """The CPU nodes a CPU target's quantizer quantizes (:func:`npuflow.quant.plan` without an
+    ``allowed`` set): a quantizable op with float data, data movement only after a quantized op
+    (accelerator work or another such node); never a control-flow node."""
+    out: set[int] = set()
+    elem = view.elem_types
+    for i, node in enumerate(view.nodes):  # topological: a follower sees its producer
+        if device[i] != CPU or transparent[i] or subgraphs(node) or not op_def(node.op_type, node.domain).quantized:
+            continue
+        if any(elem.get(t, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT for t in [*view.data_inputs(i), *node.output] if t):
+            continue
+        ins = view.data_inputs(i)
+        p = real_producer(view, transparent, ins[0]) if ins else None
+        if follows_quantized(node.op_type, p is not None and (p in out or _fed_from_npu(view, transparent, device, ins[0], fused))):
+            out.add(i)
+    return out
 
 
 def _tail_readers(view: GraphView, device: list[str], transparent: list[bool], fused: dict[int, int], i: int,
