@@ -77,6 +77,11 @@ _MODEL = _specs(
      "From npuflow.quantize: q.model is frozen at the shape it was quantized at; "
      "npuflow.compile(q, target, input_shapes=...) (the QuantizedModel itself) and the saved "
      "quantized_model.onnx keep the dimensions the source left dynamic, not the ones it fixes."),
+    ("NPF_MODEL_INPUT_SIZE_UNSUPPORTED", "the model does not compute at the input size asked ({asked}, on "
+     "dimensions the model leaves dynamic): {reason}",
+     "Ask a size the model computes at: a network that downsamples and then joins two scales (U-Net skips, "
+     "YOLO/FPN necks) needs sizes divisible by its total stride (32 for most detectors); the size it was exported or "
+     "trained at works.  If it fails at every size, run onnx.checker.check_model on the file."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
     ("NPF_MODEL_UNKNOWN_TENSOR", "the model has no tensor named {name!r} to cut at",

@@ -202,15 +202,24 @@ def _shape_maker(tensor: str, made_by: Mapping[str, onnx.NodeProto], depth: int 
 
 
 def resize_checked(step: Callable[[onnx.ModelProto], T], proto: onnx.ModelProto,
-                   resized: list[dict[str, str]]) -> T:
+                   resized: list[dict[str, str]], asked: Mapping[str, Sequence[int]] | None = None) -> T:
     """``step(proto)`` (the checker, shape inference), its failure ``NPF_MODEL_FIXED_INPUT_SHAPE``
-    where resizing a fixed input dimension (``resized``: :func:`freeze_input_shapes`'s) caused it."""
+    where resizing a fixed input dimension (``resized``: :func:`freeze_input_shapes`'s) caused it,
+    and ``NPF_MODEL_INPUT_SIZE_UNSUPPORTED`` where only dynamic dimensions were set (``asked``).
+
+    Why the second: the model passed ONNX's checker with its dynamic dimensions before the sizes
+    were set, so a failure after is the size's: NudeNet's YOLOv8 (dynamic height and width) asked
+    321x321 joins a 21-row and a 22-row feature map in a Concat, which read as "the model fails
+    ONNX validation ... fix the exporter"."""
     try:
         return step(proto)
     except NpuflowError as exc:
-        if (fixed := _fixed_shape_error(exc, resized)) is exc:
-            raise
-        raise fixed from None
+        if (fixed := _fixed_shape_error(exc, resized)) is not exc:
+            raise fixed from None
+        if asked and exc.code == "NPF_MODEL_INVALID":
+            raise NpuflowError("NPF_MODEL_INPUT_SIZE_UNSUPPORTED", reason=exc.fields["reason"], asked=", ".join(
+                f"{name} {'x'.join(map(str, dims))}" for name, dims in asked.items())) from None
+        raise
 
 
 def warn_size_held(resized: list[dict[str, str]]) -> None:

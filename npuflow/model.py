@@ -504,14 +504,14 @@ def load(
     stored in the model (:data:`npuflow.shape_probe.PROBE_VALUES_KEY`) for the stages that follow.
     """
     proto, resized = _loaded(model, input_shapes, probe_values)
-    return resize_checked(infer_static_shapes, proto, resized) if infer_shapes else proto
+    return resize_checked(infer_static_shapes, proto, resized, input_shapes) if infer_shapes else proto
 
 
 def load_both(model: ModelLike, input_shapes: InputShapes | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """:func:`load` without and with static shapes, from one load: quantization re-opens dynamic
     dimensions from the first and calibrates the second."""
     proto, resized = _loaded(model, input_shapes, None)
-    return proto, resize_checked(infer_static_shapes, proto, resized)
+    return proto, resize_checked(infer_static_shapes, proto, resized, input_shapes)
 
 
 def _loaded(model: ModelLike, input_shapes: InputShapes | None,
