@@ -182,12 +182,14 @@ def _open(data: Any, inputs: list[InputSpec], shapes: dict, dtype: np.dtype) -> 
 
 
 #: Files a calibration folder may hold by mistake: images (only ``npuflow build`` with
-#: ``preprocess_on`` decodes and resizes them) and ``.npz`` archives.  Read as raw
+#: ``preprocess_on`` decodes and resizes them), audio files (a keyword or VAD model's clips: their
+#: header is no sample, and the model wants their samples as float arrays) and ``.npz`` archives.  Read as raw
 #: ``numpy.tofile`` bytes they were refused as "raw file without a shape", or, with
 #: ``calib_shapes`` set and a matching byte count, read as garbage samples.
 _NOT_RAW_SUFFIXES = {
     ".png": "image", ".jpg": "image", ".jpeg": "image", ".bmp": "image", ".gif": "image",
     ".tif": "image", ".tiff": "image", ".webp": "image", ".npz": "npz",
+    ".wav": "audio", ".flac": "audio", ".mp3": "audio", ".ogg": "audio", ".opus": "audio", ".m4a": "audio",
 }
 
 
@@ -241,6 +243,11 @@ def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dt
                 raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
                     "an image: quantize reads samples already in the model's input format (one .npy per sample, or "
                     "raw numpy.tofile files with calib_shapes); npuflow build with preprocess_on: True reads images"))
+            if kind == "audio":
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
+                    "an audio file: quantize reads samples already in the model's input format; decode each clip "
+                    "(the wave module, soundfile.read) into the array the model takes, scaled as in training, and save "
+                    "one .npy per sample"))
             if kind == "npz":
                 raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
                     "a .npz archive among other files: a folder holds either one .npz per sample (numpy.savez "
