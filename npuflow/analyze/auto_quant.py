@@ -91,6 +91,17 @@ class AutoResult:
     steps: list[Step] = field(default_factory=list)
     cpu_fallback: dict | None = None  # layers moved to the CPU and the estimated latency cost
 
+    def text(self, score: float | None = None) -> str:
+        """``score`` (the best one by default) as printed beside the target: six decimals, more where
+        six would round a score below the target up to it (0.9999897 for 0.99999, which read as
+        "NOT met: 0.999990", every step's score equal to the target)."""
+        score = self.score if score is None else score
+        for digits in range(6, 16):
+            text = f"{score:.{digits}f}"
+            if (float(text) >= self.target) == (score >= self.target):
+                break
+        return text
+
     def summary(self) -> dict:
         return {"score": self.score, "target": self.target, "met": self.met,
                 "steps": [vars(s) for s in self.steps], "cpu_fallback": self.cpu_fallback,

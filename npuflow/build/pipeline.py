@@ -204,11 +204,11 @@ def _auto_quantize(original: onnx.ModelProto, calib: CalibrationSet, target: Any
                          allow_cpu_fallback=cal.allow_cpu_fallback, config=quant_config, qat=qat,
                          progress=lambda stage, done=0, total=None: progress(f"quantize {stage}", done, total))
     for step in auto.steps:
-        score = "not run" if step.score is None else f"{step.score:.6f}"
+        score = "not run" if step.score is None else auto.text(step.score)
         log.info("accuracy step %s: %s, %.1f s, %s", step.name, score, step.seconds,
                  "kept" if step.kept else step.note or "not kept")
     if not auto.met:
-        log.warning("the accuracy target %g was not reached (best %.6f)%s", auto.target, auto.score,
+        log.warning("the accuracy target %g was not reached (best %s)%s", auto.target, auto.text(),
                     "" if cal.allow_cpu_fallback else "; allow_cpu_fallback: True moves the most sensitive layers to the CPU")
     summary = auto.summary()
     auto.quantized.info["auto"] = summary

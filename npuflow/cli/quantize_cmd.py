@@ -152,17 +152,17 @@ def _print_steps(auto, allow_cpu_fallback: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"Accuracy target: output cosine >= {auto.target:g} "
-                        f"({'met' if auto.met else 'NOT met'}: {auto.score:.6f})")
+                        f"({'met' if auto.met else 'NOT met'}: {auto.text()})")
     for col in ("step", "what it does", "cosine", "seconds", "kept"):
         table.add_column(col)
     for step in auto.steps:
-        table.add_row(step.name, step.description, "" if step.score is None else f"{step.score:.6f}",
+        table.add_row(step.name, step.description, "" if step.score is None else auto.text(step.score),
                       f"{step.seconds:.1f}", ("yes" + (f" ({step.note})" if step.note else "")) if step.kept
                       else (step.note or "no"))
     console.print(table)
     if not auto.met:
         hint = "" if allow_cpu_fallback else "; --allow-cpu-fallback moves the most sensitive layers to the CPU"
-        err_console.print(f"WARNING the accuracy target {auto.target:g} was not reached (best {auto.score:.6f}){hint}",
+        err_console.print(f"WARNING the accuracy target {auto.target:g} was not reached (best {auto.text()}){hint}",
                           markup=False, highlight=False)
 
 
