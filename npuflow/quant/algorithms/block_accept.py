@@ -16,20 +16,20 @@ at or below AdaRound's calibration output error.
 
 That decision has a blind spot: the layers after a block were solved (by layer-wise AdaRound) on
 the block's AdaRound outputs and have absorbed part of its error, so any new codes for the block
-hand them inputs they were not fitted to, and most blocks' learned codes are reverted for it
-(EfficientNet-Lite0: 13 of 17).  ``block_accept: final`` is sequential BRECQ as the paper runs it:
+hand them inputs they were not fitted to, and most blocks' learned codes are reverted for it.
+``block_accept: final`` is sequential BRECQ as the paper runs it:
 every block keeps the codes it learned (when they lower its own error), so each block learns on
 the outputs of the learned blocks before it and the downstream blocks adapt to every change;
 one decision at the end (:meth:`OutputCheck.finish`) keeps the whole learned set or the AdaRound
 model, whichever has the lower calibration output error.  Each block starts from its layers
 solved again by AdaRound on the inputs the learned blocks before it give
 (``fast_finetune._restart_block``), not from the first pass's codes, which were fitted to the
-AdaRound blocks before it: from those, the learned set ended above AdaRound's error on the MNIST
-CNN (1.281e-4 against 1.267e-4; 1.042e-4 with the restart).
+AdaRound blocks before it: a block's short learning from those did not reach AdaRound's error on
+its new inputs, and the errors added up (docs/accuracy.md).
 
 The measure is the one ``include_bias_corr: auto`` decides with
-(:func:`.apply.relative_error`, an optimised ONNX Runtime session), run on the tail of the
-network only: the layers upstream of a block are final when the block is solved, so their
+(:func:`.apply.relative_error`, an optimised ONNX Runtime session); ``per_block`` runs it on the
+tail of the network only: the layers upstream of a block are final when the block is solved, so their
 tensors, already computed for the block's inputs (:class:`.fast_finetune.QuantizedInputs`), are
 fed instead of running the network from its inputs.
 """
