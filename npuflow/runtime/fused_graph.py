@@ -178,7 +178,7 @@ class Graph:
         graph is dropped by its builder, they would stay resident through ONNX Runtime's creation
         of the session, the load's high-water mark (docs/compiler-runtime.md, "Peak memory")."""
         self.nodes, self.inits, self.arrays, self.shared = [], [], {}, {}
-        self.tables, self.shifted, self.pads = {}, {}, {}
+        self.tables, self.kernel_tables, self.shifted, self.pads = {}, {}, {}, {}
 
     def rollback(self, mark: tuple) -> None:
         (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
