@@ -122,7 +122,7 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
     ops, notes = _lower_all(g, model, tgt, place, set(taken))
     notes = legalised + [f"{node} runs on the {name} plugin" for node, name in owner.items()] + notes
     units = build_units(g, ops, taken)
-    groups = partition(units)
+    groups = _live(partition(units), g)
     manifest, blobs = _describe(g, model, tgt, groups, notes, build_config, preprocessing,
                                 {p.name: p for p in plugs})
     return CompiledModel(manifest, blobs)
@@ -221,6 +221,20 @@ def _boundaries(groups: list[list[Unit]], g: QGraph) -> list[tuple[list[str], li
                 if g.is_graph_output(o) or read_by.get(o, set()) - {k}]
         out.append((ins, outs))
     return out
+
+
+def _live(groups: list[list[Unit]], g: QGraph) -> list[list[Unit]]:
+    """``groups`` without those whose outputs nothing reads (repeated: dropping one can leave its
+    producer's boundary tensor unread).
+
+    Why: a dynamic-batch net's ``Shape -> Gather -> Concat`` that feeds a ``Reshape`` lowered with
+    its static shape is left with no reader; as a CPU subgraph of no outputs ONNX Runtime refused
+    every run ("At least one output should be requested"), so a model that compiled did not run."""
+    while True:
+        kept = [units for (_, outs), units in zip(_boundaries(groups, g), groups) if outs]
+        if len(kept) == len(groups):
+            return groups
+        groups = kept
 
 
 def _cpu_model(g: QGraph, units: list[Unit], ins: list[str], outs: list[str]) -> bytes:
