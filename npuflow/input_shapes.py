@@ -6,6 +6,7 @@ calls :func:`freeze_input_shapes` once per model.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Callable, Mapping, Sequence, TypeVar
 
@@ -52,16 +53,47 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
     return changed
 
 
+#: Metadata key of a quantized model whose source left input dimensions dynamic that
+#: ``quantize --input-shape`` fixed: ``{"input": [dimension, ...]}`` as JSON.
+FROZEN_INPUTS_KEY = "npuflow.frozen_inputs"
+
+
+def mark_frozen_inputs(proto: onnx.ModelProto, frozen: Mapping[str, Sequence[int]]) -> None:
+    """Record in ``proto`` the source's dynamic input dimensions that quantize fixed (``frozen``).
+
+    Why: quantize folds the shape arithmetic of a frozen dimension into constants (NudeNet's
+    YOLOv8 head reshapes to ``[1, 82, -1]``), so compiling that quantized model at another batch was
+    blamed on "an export traced at that size", though the source computes the shape and a quantize
+    without ``--input-shape`` keeps it dynamic."""
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = FROZEN_INPUTS_KEY, json.dumps({name: list(at) for name, at in frozen.items()})
+
+
+def _frozen_by_quantize(proto: onnx.ModelProto, name: str) -> set[int]:
+    for entry in proto.metadata_props:
+        if entry.key == FROZEN_INPUTS_KEY:
+            return set(json.loads(entry.value).get(name, []))
+    return set()
+
+
 def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequence[int]) -> list[dict[str, str]]:
     """The fields of ``NPF_MODEL_FIXED_INPUT_SHAPE`` when ``wanted`` changes a dimension ``inp`` fixes,
-    and ``fixed_by``: the nodes that hold that dimension at its fixed size (:func:`size_fixing_nodes`)."""
+    and ``fixed_by``: quantize's freezing of a dimension the source left dynamic
+    (:func:`mark_frozen_inputs`), else the nodes that hold that dimension at its fixed size
+    (:func:`size_fixing_nodes`)."""
     fixed = [d.dim_value if d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim]
     at = [k for k, (have, want) in enumerate(zip(fixed, wanted)) if have not in (None, want)]
     if not at:
         return []
+    where = ", ".join(f"#{k}" for k in at)
+    if set(at) <= _frozen_by_quantize(proto, inp.name):
+        fixed_by = (f"the source model leaves dimension(s) {where} dynamic, and npuflow quantize --input-shape froze "
+                    f"them (with the shapes computed from them): quantize again without --input-shape (the calibration "
+                    f"samples give the shape; quantized_model.onnx keeps the dynamic dimensions) or at the size wanted")
+    else:
+        fixed_by = size_fixing_nodes(proto, inp.name, {k: fixed[k] for k in at})
     return [dict(name=inp.name, fixed="x".join("?" if d is None else str(d) for d in fixed),
-                 asked="x".join(map(str, wanted)), at=", ".join(f"#{k}" for k in at),
-                 fixed_by=size_fixing_nodes(proto, inp.name, {k: fixed[k] for k in at}))]
+                 asked="x".join(map(str, wanted)), at=where, fixed_by=fixed_by)]
 
 
 #: Ops whose operands must agree in size (broadcasting, or every axis but a Concat's): a constant

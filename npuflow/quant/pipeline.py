@@ -57,6 +57,7 @@ from ..check import check
 from ..check.nonfinite import sentinel_tensors
 from ..errors import NpuflowError
 from ..graph import GraphView, is_qdq, unique_name
+from ..input_shapes import mark_frozen_inputs
 from ..operators import is_integer_format_op
 from ..outputs import StagedOutputs
 from ..passes.fold_constants import fold_static_shapes
@@ -252,6 +253,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     observers = dataclasses.replace(stats, outputs=[])
     requantizer = Requantizer(leg, tgt, cfg, allowed, observers, plan, asg, final, q_model,
                               percentile=chosen)
+    frozen = {n: at for n, at in model_io.dynamic_dims(source_proto).items() if n in (input_shapes or {})}
+    if frozen:
+        mark_frozen_inputs(q_model, frozen)
     result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
                             original_model=original, float_model=float_model, quant_params=final.params, report=report,
                             target=tgt, config=cfg, info=info, problem=problem, saves_dynamic=dynamic and not input_shapes,
