@@ -114,3 +114,14 @@ def output_cosines(model, feeds: dict, target: str, levels=("all", "disable")) -
         for name, got in outs.items():
             result[f"{level}:{name}"] = similarity(ref[name], got)[0]
     return result
+
+
+def random_sample_npuf(model: str | Path, target: str, input_name: str, shape: list[int], count: int, path: Path,
+                       low: float = -1.0) -> tuple[Path, list[dict]]:
+    """``model`` quantized for ``target`` on ``count`` uniform samples in ``[low, 1)`` of ``shape`` (seed 0),
+    compiled and saved at ``path``: the path and the samples (runtime memory tests load it fresh)."""
+    rng = np.random.default_rng(0)
+    samples = [{input_name: rng.uniform(low, 1, shape).astype(np.float32)} for _ in range(count)]
+    quantized = npuflow.quantize(str(model), samples, target=target, input_shapes={input_name: list(shape)})
+    npuflow.compile(quantized.model, target).save(path)
+    return path, samples

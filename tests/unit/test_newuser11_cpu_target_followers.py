@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.check.report import CPU
+from tests.unit.test_placement_agreement import compiled_devices
 
 
 def _audio_net() -> onnx.ModelProto:
@@ -34,16 +35,6 @@ def _audio_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _compiled_sides(compiled) -> dict[str, str]:
-    sides = {}
-    for sg in compiled.subgraphs:
-        if sg.on_accelerator:
-            sides.update({n: "ACC" for op in sg.ops for n in [op["name"], *op.get("nodes", [])]})
-        else:
-            sides.update({n: "CPU" for n in sg.nodes})
-    return sides
-
-
 @pytest.mark.parametrize("target, flatten_side", [("cpu-int8", "ACC"), ("DPUCZDX8G_ISA1_B4096", "CPU")])
 def test_check_places_flatten_after_a_quantized_cpu_pool_as_compile_does(target, flatten_side):
     model = _audio_net()
@@ -51,7 +42,7 @@ def test_check_places_flatten_after_a_quantized_cpu_pool_as_compile_does(target,
     calib = [{"x": rng.standard_normal((1, 1, 256)).astype(np.float32)} for _ in range(4)]
     report = npuflow.check(model, target)
     checked = {n.name: ("CPU" if n.device == CPU else "ACC") for n in report.nodes}
-    compiled = _compiled_sides(npuflow.compile(npuflow.quantize(model, calib, target, warn=False).model, target))
+    compiled = compiled_devices(npuflow.compile(npuflow.quantize(model, calib, target, warn=False).model, target))
     assert checked["gap"] == compiled["gap"] == "CPU"
     assert compiled["flatten"] == flatten_side
     assert checked["flatten"] == flatten_side, [n.reasons for n in report.nodes if n.name == "flatten"]

@@ -15,6 +15,7 @@ import npuflow
 from npuflow.runtime import merge
 from npuflow.runtime import session as session_module
 from tests import fixture_models
+from tests.compile_check import random_sample_npuf
 
 
 def test_each_input_is_dropped_after_its_last_reader_and_model_outputs_never():
@@ -25,13 +26,8 @@ def test_each_input_is_dropped_after_its_last_reader_and_model_outputs_never():
 
 @pytest.fixture(scope="module")
 def cls_b4096(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(3)]
-    quantized = npuflow.quantize(str(fixture_models.ppocr_cls()), samples, target="DPUCZDX8G_ISA1_B4096",
-                                 input_shapes={"x": [1, 3, 48, 192]})
-    path = tmp_path_factory.mktemp("cls") / "cls.npuf"
-    npuflow.compile(quantized.model, "DPUCZDX8G_ISA1_B4096").save(path)
-    return path, samples
+    return random_sample_npuf(fixture_models.ppocr_cls(), "DPUCZDX8G_ISA1_B4096", "x", [1, 3, 48, 192], 3,
+                              tmp_path_factory.mktemp("cls") / "cls.npuf")
 
 
 class _Keep:

@@ -14,16 +14,12 @@ import npuflow
 from npuflow.compiler import compiled as compiled_module
 from npuflow.runtime import fused, fused_graph
 from tests import fixture_models
+from tests.compile_check import random_sample_npuf
 
 
 def _mnist_npuf(tmp_path):
-    rng = np.random.default_rng(0)
-    samples = [{"input": rng.uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)} for _ in range(4)]
-    quantized = npuflow.quantize(str(fixture_models.mnist_cnn()), samples, target="cpu-int8",
-                                 input_shapes={"input": [1, 1, 28, 28]})
-    path = tmp_path / "mnist.npuf"
-    npuflow.compile(quantized.model, "cpu-int8").save(path)
-    return path, samples
+    return random_sample_npuf(fixture_models.mnist_cnn(), "cpu-int8", "input", [1, 1, 28, 28], 4, tmp_path / "mnist.npuf",
+                              low=0.0)
 
 
 def test_a_fused_runs_session_opens_after_its_graph_is_cleared_and_the_pages_released(monkeypatch, tmp_path):

@@ -22,6 +22,7 @@ import pytest
 import npuflow
 from npuflow.runtime import fused, fused_graph
 from tests import fixture_models
+from tests.compile_check import random_sample_npuf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,13 +57,8 @@ def test_a_rolled_back_constant_is_not_reused():
 
 @pytest.fixture(scope="module")
 def cls_b4096(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    samples = [{"x": rng.uniform(-1, 1, (1, 3, 48, 192)).astype(np.float32)} for _ in range(4)]
-    quantized = npuflow.quantize(str(fixture_models.ppocr_cls()), samples, target="DPUCZDX8G_ISA1_B4096",
-                                 input_shapes={"x": [1, 3, 48, 192]})
-    path = tmp_path_factory.mktemp("cls") / "cls.npuf"
-    npuflow.compile(quantized.model, "DPUCZDX8G_ISA1_B4096").save(path)
-    return path, samples
+    return random_sample_npuf(fixture_models.ppocr_cls(), "DPUCZDX8G_ISA1_B4096", "x", [1, 3, 48, 192], 4,
+                              tmp_path_factory.mktemp("cls") / "cls.npuf")
 
 
 def test_pp_ocr_cls_fused_run_holds_each_table_once(monkeypatch, cls_b4096):

@@ -12,6 +12,7 @@ import npuflow
 from npuflow import targets
 from npuflow.compiler.compiled import CompiledModel
 from tests import fixture_models
+from tests.compile_check import random_sample_npuf
 
 
 @pytest.mark.parametrize("target", targets.list_targets(), ids=lambda t: t.name)
@@ -36,12 +37,8 @@ def test_a_file_that_does_not_state_name_and_fingerprint_once_each_is_left_to_th
 
 
 def test_loading_and_running_a_npuf_parses_no_target_file(monkeypatch, tmp_path):
-    rng = np.random.default_rng(0)
-    samples = [{"input": rng.uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)} for _ in range(4)]
-    quantized = npuflow.quantize(str(fixture_models.mnist_cnn()), samples, target="cpu-int8",
-                                 input_shapes={"input": [1, 1, 28, 28]})
-    path = tmp_path / "mnist.npuf"
-    npuflow.compile(quantized.model, "cpu-int8").save(path)
+    path, samples = random_sample_npuf(fixture_models.mnist_cnn(), "cpu-int8", "input", [1, 1, 28, 28], 4,
+                                       tmp_path / "mnist.npuf", low=0.0)
     reads: list = []
     real = targets._read_yaml
     monkeypatch.setattr(targets, "_read_yaml", lambda *a: reads.append(a) or real(*a))
