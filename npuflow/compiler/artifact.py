@@ -50,11 +50,6 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _parse(body: bytes) -> dict:
-    """The manifest's JSON as Python objects (no ``NaN``/``Infinity``: :func:`_no_constant`)."""
-    return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-
-
 def _pad(n: int) -> int:
     return (-n) % ALIGN
 
@@ -98,12 +93,7 @@ def write(path: str | os.PathLike, manifest: dict, blobs: dict[str, np.ndarray |
 
 
 class NpufFile:
-    """A verified ``.npuf``: ``manifest`` (dict) and ``blob(name)`` (read-only array views).
-
-    A runtime that has built what it runs calls :meth:`release_manifest`: the parsed JSON (on a
-    cpu-int8 model mostly per-channel epilogue lists, several times the size of their JSON as
-    Python objects) is then parsed again from the mapped bytes on each read of ``manifest``
-    instead of being held."""
+    """A verified ``.npuf``: ``manifest`` (dict) and ``blob(name)`` (read-only array views)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -115,28 +105,11 @@ class NpufFile:
                 raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=str(self.path), reason="the file is empty")
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            self._manifest: dict | None = self._verify(size)
+            self.manifest = self._verify(size)
         except NpuflowError:
             self._map.close()
             raise
-        #: the blob table, held for ``blob`` whether or not the manifest is
-        self._blobs: dict = self._manifest["blobs"]
         self.release_pages()
-
-    @property
-    def manifest(self) -> dict:
-        """The parsed manifest: the one read at open, or after :meth:`release_manifest` a new parse
-        of the same mapped bytes (their checksum checked again: the map follows the file)."""
-        if self._manifest is not None:
-            return self._manifest
-        body = self._map[self._moff:self._moff + self._mlen]
-        if hashlib.sha256(body).digest() != self._msha:
-            raise self._corrupt("manifest checksum mismatch")
-        return _parse(body)
-
-    def release_manifest(self) -> None:
-        """Stop holding the parsed manifest (the blob table stays); ``manifest`` parses it again."""
-        self._manifest = None
 
     def release_pages(self) -> None:
         """Drop the file's pages from this process' resident set (``MADV_DONTNEED``; where the
@@ -175,11 +148,10 @@ class NpufFile:
         if reserved != b"\x00" * len(reserved) and not newer:
             raise self._corrupt("the reserved header bytes are not zero")
         try:
-            manifest = _parse(body)
+            manifest = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise self._corrupt(f"manifest is not JSON: {exc}") from None
         self._data_off, self._data_len = doff, dlen
-        self._moff, self._mlen, self._msha = moff, mlen, msha
         self._validate(manifest, newer)
         for name, b in manifest["blobs"].items():
             self._check_blob(name, b)
@@ -212,14 +184,14 @@ class NpufFile:
             raise self._corrupt(f"blob {name!r} does not match its checksum or size")
 
     def blob(self, name: str) -> np.ndarray:
-        b = self._blobs[name]
+        b = self.manifest["blobs"][name]
         dtype = np.dtype(b["dtype"]).newbyteorder("<")
         count = int(np.prod(b["shape"], dtype=np.int64))
         arr = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._data_off + b["offset"])
         return arr.reshape(b["shape"])
 
     def blob_bytes(self, name: str) -> bytes:
-        return self._bytes(self._blobs[name])
+        return self._bytes(self.manifest["blobs"][name])
 
     def _bytes(self, b: dict) -> bytes:
         start = self._data_off + b["offset"]

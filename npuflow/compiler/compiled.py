@@ -128,7 +128,7 @@ class CompiledModel:
 
     def __init__(self, manifest: dict, blobs: dict[str, np.ndarray | bytes] | None = None,
                  reader: Callable[[str], np.ndarray | bytes] | None = None, source: Path | None = None) -> None:
-        self._manifest: dict | None = manifest
+        self.manifest = manifest
         self._blobs = blobs or {}
         self._reader = reader
         self.source = source
@@ -138,29 +138,6 @@ class CompiledModel:
         self.packed = False
         #: the mapped ``.npuf`` its blobs are read from (``load``), else ``None``
         self._file: artifact.NpufFile | None = None
-
-    @property
-    def manifest(self) -> dict:
-        """The manifest; after :meth:`release_manifest`, parsed again from the mapped file on each
-        read (a caller reading several fields keeps the dict it got)."""
-        if self._manifest is not None:
-            return self._manifest
-        assert self._file is not None  # release_manifest keeps the manifest of a model not read from a file
-        whole = self._file.manifest
-        entry = next(e["manifest"] for e in whole[PACKED] if e["name"] == self.name) if self.packed else whole
-        return {**entry, "blobs": whole["blobs"]}
-
-    @manifest.setter
-    def manifest(self, value: dict) -> None:
-        self._manifest = value
-
-    def release_manifest(self) -> None:
-        """Stop holding the parsed manifest where it can be read again (a model loaded from a
-        ``.npuf``): a runtime whose executors are built reads it only for dump mode, ``run_op`` and
-        the description, and its per-channel epilogue lists are most of a small model's heap."""
-        if self._file is not None:
-            self._manifest = None
-            self._file.release_manifest()
 
     def release_pages(self) -> None:
         """Drop the mapped file's pages from the resident set (``NpufFile.release_pages``): a
@@ -217,8 +194,7 @@ class CompiledModel:
     def blob_names(self) -> list[str]:
         """The blobs this model references (a packed file's table also holds the other models')."""
         if self._reader is not None:
-            manifest = self.manifest
-            return sorted(referenced_blobs(manifest) & set(manifest["blobs"]))
+            return sorted(referenced_blobs(self.manifest) & set(self.manifest["blobs"]))
         return sorted(self._blobs)
 
     def blob(self, name: str) -> np.ndarray | bytes:
@@ -283,9 +259,8 @@ class CompiledModel:
         """One manifest per compiled shape set, the first being :attr:`manifest` itself; the others
         are it with a variant's ``inputs``, ``outputs``, ``subgraphs``, ``tensors``, ``memory`` and
         ``notes`` (all blobs live in one table)."""
-        manifest = self.manifest
-        base = {k: v for k, v in manifest.items() if k != VARIANTS}
-        return [manifest, *({**base, **v} for v in manifest.get(VARIANTS, []))]
+        base = {k: v for k, v in self.manifest.items() if k != VARIANTS}
+        return [self.manifest, *({**base, **v} for v in self.manifest.get(VARIANTS, []))]
 
     def program(self, k: int) -> "CompiledModel":
         """Program ``k`` (:attr:`programs` order) as a model of its own, over the same blobs: what

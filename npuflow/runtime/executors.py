@@ -48,24 +48,17 @@ class IntegerExecutor:
     """
 
     def __init__(self, sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], *,
-                 threads: int = 1, fuse: bool = True, release: Callable[[], object] | None = None,
-                 source: fused.Source | None = None) -> None:
+                 threads: int = 1, fuse: bool = True, release: Callable[[], object] | None = None) -> None:
         """``release``: called before each fused run's ONNX Runtime session is created
-        (:class:`.fused.FusedRun`).  ``source``: where ``sg`` and ``tensors`` can be read again
-        (a ``Session`` parses the mapped ``.npuf`` again): the executor then holds only the ops it
-        runs as kernels, and ``run_op`` and dump mode read the others from it."""
-        ops = sg["ops"]
+        (:class:`.fused.FusedRun`)."""
         self.outputs = list(sg["outputs"])
+        self._ops = sg["ops"]
         self._blob = blob
-        self._source = source
         self._kernels: dict[int, Kernel] = {}
         self._kernel_lock = threading.Lock()
-        self.op_index = {op["name"]: k for k, op in enumerate(ops)}
-        self.plan = (fused.plan(sg, tensors, blob, threads, release, source) if fuse
-                     else fused.Plan(list(range(len(ops))), {}))
-        #: the ops ``run`` reads every frame (those run as kernels), or all of them without ``source``
-        self._ops = ({k: ops[k] for k in self.plan.items if isinstance(k, int)} if source is not None
-                     else dict(enumerate(ops)))
+        self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
+        self.plan = (fused.plan(sg, tensors, blob, threads, release) if fuse
+                     else fused.Plan(list(range(len(self._ops))), {}))
         plan = sg["memory"]
         # the arena holds the outputs of ops run as kernels; a program of fused runs only (ONNX
         # Runtime's own buffers) allocates none per frame
@@ -84,23 +77,17 @@ class IntegerExecutor:
             count = int(np.prod(info["shape"]))
             self.buffers[name] = (b["offset"], count, dtype, tuple(info["shape"]))
 
-    def _kernel(self, k: int, op: dict | None = None) -> Kernel:
-        """The prepared kernel of op ``k`` (built once, on first use, by whichever thread needs it;
-        ``op``: op ``k`` where the caller has it)."""
+    def _kernel(self, k: int) -> Kernel:
+        """The prepared kernel of op ``k`` (built once, on first use, by whichever thread needs it)."""
         kernel = self._kernels.get(k)
         if kernel is None:
             with self._kernel_lock:
                 kernel = self._kernels.get(k)
                 if kernel is None:
-                    op = op if op is not None else self.op(k)
+                    op = self._ops[k]
                     blobs = {role: self._blob(name) for role, name in op["blobs"].items()}
                     kernel = self._kernels[k] = KERNELS[op["op"]](op["attrs"], blobs)
         return kernel
-
-    def op(self, k: int) -> dict:
-        """Op ``k`` of the program: held where it runs as a kernel, else read again from ``source``."""
-        op = self._ops.get(k)
-        return op if op is not None else self._source()[0]["ops"][k]
 
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
         if self._single is not None and dump is None:  # one fused run makes every output: no arena, no env
@@ -123,17 +110,16 @@ class IntegerExecutor:
                     dump(name, value)
         return {o: env[o] for o in self.outputs}
 
-    def run_op(self, name: str, feeds: dict[str, np.ndarray], op: dict | None = None) -> dict[str, np.ndarray]:
+    def run_op(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the one op made from ONNX node ``name`` on ``feeds`` (its input tensors by name).
 
         The same prepared kernel as the op-by-op run, fed from the caller instead of the arena:
         a layer-wise check (each op on a reference's integer inputs) then sees one op's own
-        arithmetic, without differences carried in from the ops before it (``op``: the op, where
-        the caller has read it already).
+        arithmetic, without differences carried in from the ops before it.
         """
         k = self.op_index[name]
-        op = op if op is not None else self.op(k)
-        return {o: np.array(v) for o, v in zip(op["outputs"], self._kernel(k, op)([feeds[i] for i in op["inputs"]]))}
+        op = self._ops[k]
+        return {o: np.array(v) for o, v in zip(op["outputs"], self._kernel(k)([feeds[i] for i in op["inputs"]]))}
 
     def _place(self, arena: np.ndarray, name: str, value: np.ndarray) -> np.ndarray:
         """Where ``name`` lives from now on: its planned bytes in the arena, or its own memory.

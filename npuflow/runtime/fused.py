@@ -48,7 +48,6 @@ between two graphs;
 
 from __future__ import annotations
 
-import functools
 import threading
 import warnings
 from dataclasses import dataclass
@@ -512,38 +511,6 @@ def direct_run(session: object) -> Callable:
     return run if callable(run) else session.run
 
 
-def _readers(ops: list[dict]) -> dict[str, list[dict]]:
-    """Per tensor, the ops that read it, in program order."""
-    readers: dict[str, list[dict]] = {}
-    for op in ops:
-        for t in op["inputs"]:
-            readers.setdefault(t, []).append(op)
-    return readers
-
-
-def _emit(g: Graph, op: dict, blob: Callable[[str], np.ndarray]) -> None:
-    """Write ``op`` into ``g`` (``NotFusable`` where no emitter writes it)."""
-    emitter = _EMITTERS.get(op["op"])
-    if emitter is None:
-        raise NotFusable(f"{op['op']} runs as its kernel")
-    emitter(g, op, {role: blob(name) for role, name in op["blobs"].items()})
-
-
-def _same(sg: dict, tensors: dict) -> tuple[dict, dict]:
-    return sg, tensors
-
-
-def _written_again(source: Source, blob: Callable[[str], np.ndarray], run_ops: range) -> Graph:
-    """The graph of ``run_ops`` written again from ``source``'s ops: each op was written without a
-    rollback, on a graph that held the run's earlier ops only, so the same steps give the same graph."""
-    sg, tensors = source()
-    ops = sg["ops"]
-    g = Graph(tensors, readers=_readers(ops))
-    for k in run_ops:
-        _emit(g, ops[k], blob)
-    return g
-
-
 @dataclass(frozen=True)
 class Plan:
     """An integer program as fused runs and single ops (``int`` = index of an op run as its kernel)."""
@@ -552,29 +519,39 @@ class Plan:
     reasons: dict  # op index -> why it runs as its kernel
 
 
-#: Where a program's ops and tensor table can be read again: ``() -> (subgraph, tensors)``.
-Source = Callable[[], tuple[dict, dict]]
-
-
 def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int = 1,
-         release: Callable[[], object] | None = None, source: Source | None = None) -> Plan:
+         release: Callable[[], object] | None = None) -> Plan:
     """Cut ``sg``'s ops into maximal runs that :data:`_EMITTERS` can write as exact float graphs
-    (``release``: called before each run's session is created, :class:`FusedRun`).  A run's
-    rebuild (dump mode, :meth:`FusedRun.graph`) reads the ops from ``source`` (a ``Session``'s
-    parses the mapped ``.npuf`` again), so the plan holds none of them; without one it keeps
-    ``sg`` and ``tensors``."""
+    (``release``: called before each run's session is created, :class:`FusedRun`)."""
     ops = sg["ops"]
     last_use: dict[str, int] = {}
     for k, op in enumerate(ops):
         for t in op["inputs"]:
             last_use[t] = k
     keep = set(sg["outputs"])
-    readers = _readers(ops)
+    readers: dict[str, list[dict]] = {}
+    for op in ops:
+        for t in op["inputs"]:
+            readers.setdefault(t, []).append(op)
     items: list = []
     reasons: dict[int, str] = {}
     g, start = Graph(tensors, readers=readers), 0
-    if source is None:
-        source = functools.partial(_same, sg, tensors)
+
+    def emit(g: Graph, op: dict) -> None:
+        emitter = _EMITTERS.get(op["op"])
+        if emitter is None:
+            raise NotFusable(f"{op['op']} runs as its kernel")
+        emitter(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+
+    def rebuild(run_ops: range) -> Callable[[], Graph]:
+        """The graph of ``run_ops`` written again: each op was written without a rollback, on a
+        graph that held the run's earlier ops only, so the same steps give the same graph."""
+        def build() -> Graph:
+            again = Graph(tensors, readers=readers)
+            for k in run_ops:
+                emit(again, ops[k])
+            return again
+        return build
 
     def close(end: int) -> None:
         nonlocal g
@@ -583,8 +560,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             produced = [t for k in run_ops for t in ops[k]["outputs"]]
             outs = [t for t in produced if t in keep or last_use.get(t, -1) >= end]
             try:
-                rebuild = functools.partial(_written_again, source, blob, run_ops)
-                items.append(FusedRun(g, outs, produced, threads, rebuild, release))
+                items.append(FusedRun(g, outs, produced, threads, rebuild(run_ops), release))
             except _ORT_ERRORS as exc:  # the kernels compute the same codes, slower
                 items.extend(run_ops)
                 reasons.update({k: f"ONNX Runtime refused the fused graph: {exc}" for k in run_ops})
@@ -601,7 +577,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         tables through the next session's creation."""
         mark = g.mark()
         try:
-            _emit(g, op, blob)
+            emit(g, op)
             return None
         except NotFusable as why:
             g.rollback(mark)

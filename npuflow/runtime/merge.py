@@ -15,7 +15,6 @@ subgraphs still see them one by one.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,15 +39,13 @@ def _spliceable(executor: object) -> Lookup | None:
 
 
 def steps(subgraphs: list[dict], executor: Callable[[int], object], tensors: dict, blob: Callable[[str], np.ndarray],
-          outputs: set[str], threads: int, release: Callable[[], object] = return_freed_heap,
-          again: Callable[[], tuple[list[dict], dict]] | None = None) -> list[Step]:
+          outputs: set[str], threads: int, release: Callable[[], object] = return_freed_heap) -> list[Step]:
     """The run order: each maximal stretch of consecutive integer subgraphs and spliceable CPU
     tables that holds at least two integer subgraphs becomes one :class:`IntegerExecutor`; every
     other subgraph runs alone, on ``executor(k)`` (subgraph ``k``'s own, which an integer
     subgraph spliced into a stretch never builds); ``outputs``: the model's outputs;
     ``release``: called after each merged program's build, to give back what it read and freed
-    (``Session``'s: the mapped file's pages and the C heap's free pages); ``again``: where
-    ``subgraphs`` and ``tensors`` can be read again (merged programs then hold no ops they fuse)."""
+    (``Session``'s: the mapped file's pages and the C heap's free pages)."""
     kinds = ["integer" if sg["engine"] == "integer" else
              "table" if _spliceable(executor(k)) is not None else "other" for k, sg in enumerate(subgraphs)]
     result: list[Step] = []
@@ -63,8 +60,7 @@ def steps(subgraphs: list[dict], executor: Callable[[int], object], tensors: dic
             result.append(_alone(subgraphs, executor, k))
             k += 1
         if sum(kinds[j] == "integer" for j in range(k, end)) >= 2:
-            result.append(_merged(subgraphs, executor, range(k, end), tensors, blob, outputs, threads, release,
-                                  again))
+            result.append(_merged(subgraphs, executor, range(k, end), tensors, blob, outputs, threads, release))
             k = end
         else:
             result.append(_alone(subgraphs, executor, k))
@@ -77,35 +73,9 @@ def _alone(subgraphs: list[dict], executor: Callable[[int], object], k: int) -> 
 
 
 def _merged(subgraphs: list[dict], executor: Callable[[int], object], run: range, tensors: dict, blob: Callable,
-            outputs: set[str], threads: int, release: Callable[[], object],
-            again: Callable[[], tuple[list[dict], dict]] | None) -> Step:
-    """One integer program of the subgraphs in ``run`` (:func:`_program`); ``again``: where the
-    subgraphs and tensors can be read again, for the executor's :data:`.fused.Source`."""
-    lookups = {k: _spliceable(executor(k)) for k in run if subgraphs[k]["engine"] != "integer"}
-    merged, tensors, tables = _program(subgraphs, lookups, run, tensors, outputs)
-
-    def merged_blob(name: str) -> np.ndarray:
-        return tables[name] if name in tables else blob(name)
-
-    source = None if again is None else functools.partial(_program_again, again, lookups, run, outputs)
-    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads, release=release, source=source),
-                tuple(run), tuple(merged["inputs"]))
-    release()  # the build's graph and bounds, before the next one's (as ``Session``'s own builds)
-    return step
-
-
-def _program_again(again: Callable[[], tuple[list[dict], dict]], lookups: dict[int, Lookup], run: range,
-                   outputs: set[str]) -> tuple[dict, dict]:
-    subgraphs, tensors = again()
-    merged, tensors, _ = _program(subgraphs, lookups, run, tensors, outputs)
-    return merged, tensors
-
-
-def _program(subgraphs: list[dict], lookups: dict[int, Lookup], run: range, tensors: dict,
-             outputs: set[str]) -> tuple[dict, dict, dict[str, np.ndarray]]:
-    """The subgraphs in ``run`` as one program: their ops in order, each CPU table (``lookups``)
-    a ``lut`` op per output; the memory plans side by side in one arena.  Returns the program,
-    the tensor table with the slices' tensors added, and the tables by blob name."""
+            outputs: set[str], threads: int, release: Callable[[], object]) -> Step:
+    """One integer program of the subgraphs in ``run``: their ops in order, each CPU table a
+    ``lut`` op per output; the memory plans side by side in one arena."""
     ops: list[dict] = []
     tables: dict[str, np.ndarray] = {}
     buffers: dict[str, dict] = {}
@@ -118,7 +88,7 @@ def _program(subgraphs: list[dict], lookups: dict[int, Lookup], run: range, tens
                 buffers[name] = {**b, "offset": b["offset"] + arena}
             arena += sg["memory"]["arena_bytes"]
             continue
-        for out, (src, slices, table, qmin) in lookups[k].tables.items():
+        for out, (src, slices, table, qmin) in _spliceable(executor(k)).tables.items():
             name = f"{sg['name']}:{out}"
             identity = tensors[out]["dtype"] == tensors[src]["dtype"] and np.array_equal(table, qmin + np.arange(256))
             if slices:  # the slice as a data-movement op, into a tensor of its own unless the table is the identity
@@ -141,7 +111,14 @@ def _program(subgraphs: list[dict], lookups: dict[int, Lookup], run: range, tens
               "inputs": inputs, "outputs": [t for t in dict.fromkeys(o for op in ops for o in op["outputs"])
                                             if t in later],
               "memory": {"arena_bytes": arena, "buffers": buffers}}
-    return merged, tensors, tables
+
+    def merged_blob(name: str) -> np.ndarray:
+        return tables[name] if name in tables else blob(name)
+
+    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads, release=release), tuple(run),
+                tuple(inputs))
+    release()  # the build's graph and bounds, before the next one's (as ``Session``'s own builds)
+    return step
 
 
 def _cut(shape: list[int], slices: Slices) -> tuple[list[int], list[list[int]]]:

@@ -51,10 +51,10 @@ class Runner:
     def __init__(self, session, index: int) -> None:
         self._session = session
         self.index = index
-        sg = session._subgraphs[index]
+        sg = session.compiled.manifest["subgraphs"][index]
         self.name = sg["name"]
         self.device = sg["device"]
-        tensors = session._tensors
+        tensors = session.compiled.manifest["tensors"]
         self._inputs = [TensorInfo(t, tuple(tensors[t]["shape"]), tensors[t]["dtype"], tensors[t].get("quant"))
                         for t in sg["inputs"]]
         self._outputs = [TensorInfo(t, tuple(tensors[t]["shape"]), tensors[t]["dtype"], tensors[t].get("quant"))

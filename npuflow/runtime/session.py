@@ -19,7 +19,6 @@ names as in ``quantized_model.onnx`` (``/`` and other unsafe characters become `
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -90,30 +89,19 @@ class _Program:
     """The executors of one compiled shape set (a ``.npuf`` holds one, or several)."""
 
     def __init__(self, manifest: dict, blob: Callable[[str], np.ndarray | bytes], threads: int,
-                 cpu_threads: int | None, fuse: bool, release: Callable[[], object] = return_freed_heap,
-                 again: Callable[[], dict] | None = None) -> None:
-        """``again`` reads this program's manifest again (``Session``'s: a new parse of the mapped
-        ``.npuf``): the program then keeps its subgraphs' descriptions and the tensor table, not
-        their ops (most of a parsed manifest: cpu-int8's per-channel epilogue lists); dump mode,
-        ``run_op`` and an executor built on demand read them from ``again``.
-
-        ``release`` gives back what a build read and freed, after the CPU subgraphs' sessions,
+                 cpu_threads: int | None, fuse: bool, release: Callable[[], object] = return_freed_heap) -> None:
+        """``release`` gives back what a build read and freed, after the CPU subgraphs' sessions,
         before each fused run's ONNX Runtime session is created and after each integer program's
         build, so that neither that creation nor the next build grows beside it:
         ``Session``'s drops the mapped file's pages the blobs were read from (PP-OCRv4 rec's CTC
         head: 3.2 MB) and the C heap's free pages."""
-        subgraphs = manifest["subgraphs"]
-        #: each subgraph as the manifest describes it, without its ops
-        self.subgraphs = [{key: value for key, value in sg.items() if key != "ops"} for sg in subgraphs]
-        self.tensors, self._blob, self._threads, self._fuse = manifest["tensors"], blob, threads, fuse
-        self._again = again if again is not None else functools.partial(_same, manifest)
-        #: the whole subgraphs while the program is built (its executors read them), then ``None``
-        self._whole: list[dict] | None = subgraphs
+        self.subgraphs = manifest["subgraphs"]
+        self._tensors, self._blob, self._threads, self._fuse = manifest["tensors"], blob, threads, fuse
         self._release = release
         self._lock = threading.Lock()
         #: per subgraph; an integer subgraph's executor is built when it first runs alone
         self._executors: list[IntegerExecutor | OnnxExecutor | PluginExecutor | None] = []
-        for sg in subgraphs:
+        for sg in self.subgraphs:
             if sg["engine"] == "integer":
                 self._executors.append(None)
             elif sg["engine"] == "plugin":
@@ -126,11 +114,9 @@ class _Program:
         outputs = {o["name"] for o in manifest["outputs"]}
         #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
         #: spliced into them (:mod:`.merge`)
-        self.steps = (merge.steps(subgraphs, self.executor, self.tensors, blob, outputs, threads, release,
-                                  functools.partial(_subgraphs_again, self._again)) if fuse
+        self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads, release) if fuse
                       else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
-                            for k, sg in enumerate(subgraphs)])
-        self._whole = None
+                            for k, sg in enumerate(self.subgraphs)])
         #: per step, the tensors no later step reads and no caller gets as a model output: ``run``
         #: drops them once that step has run, as ONNX Runtime frees a model's dead tensors, so
         #: that a frame's boundary tensors are not all resident at its last step
@@ -147,34 +133,11 @@ class _Program:
         if self._executors[k] is None:
             with self._lock:
                 if self._executors[k] is None:
-                    source = functools.partial(_subgraph_again, self._again, k)
-                    sg, tensors = (self._whole[k], self.tensors) if self._whole is not None else source()
-                    self._executors[k] = IntegerExecutor(sg, tensors, self._blob, threads=self._threads,
-                                                         fuse=self._fuse, release=self._release, source=source)
-                    del sg, tensors
+                    self._executors[k] = IntegerExecutor(self.subgraphs[k], self._tensors, self._blob,
+                                                         threads=self._threads, fuse=self._fuse,
+                                                         release=self._release)
                     self._release()  # the build's graph, bounds and blobs, before the next one's
         return self._executors[k]
-
-
-def _same(manifest: dict) -> dict:
-    return manifest
-
-
-def _subgraphs_again(again: Callable[[], dict]) -> tuple[list[dict], dict]:
-    """A program's subgraphs and tensor table, read again (:class:`_Program`'s ``again``)."""
-    manifest = again()
-    return manifest["subgraphs"], manifest["tensors"]
-
-
-def _subgraph_again(again: Callable[[], dict], k: int) -> tuple[dict, dict]:
-    """Subgraph ``k`` of a program and its tensor table, read again."""
-    manifest = again()
-    return manifest["subgraphs"][k], manifest["tensors"]
-
-
-def _program_manifest(compiled: CompiledModel, k: int) -> dict:
-    """Program ``k``'s manifest (:attr:`CompiledModel.programs`): parsed again once released."""
-    return compiled.programs[k]
 
 
 def _last_reads(steps: Sequence[merge.Step], outputs: set[str]) -> list[tuple[str, ...]]:
@@ -238,8 +201,7 @@ class Session:
             set_blas_threads(blas_threads)
         if expected_sha256 is not None:
             check_sha256(path, expected_sha256)
-        owned = not isinstance(path, CompiledModel)
-        self.compiled = CompiledModel.load(path, model) if owned else path
+        self.compiled = path if isinstance(path, CompiledModel) else CompiledModel.load(path, model)
         target = target if target is not None else os.environ.get(TARGET_ENV) or None
         if target is not None:
             tgt = target if isinstance(target, Target) else load_target(target)
@@ -247,13 +209,11 @@ class Session:
                 raise NpuflowError("NPF_RUNTIME_TARGET_MISMATCH", compiled=self.compiled.target_name,
                                    compiled_fp=self.compiled.fingerprint, target=tgt.name,
                                    target_fp=tgt.fingerprint)
-        self._programs = [_Program(p, self.compiled.blob, threads, cpu_threads, fuse, self._release_read,
-                                   functools.partial(_program_manifest, self.compiled, k))
-                          for k, p in enumerate(self.compiled.programs)]
+        self._programs = [_Program(p, self.compiled.blob, threads, cpu_threads, fuse, self._release_read)
+                          for p in self.compiled.programs]
         first = self._programs[0]
         # the first program is the one runners(), run_op() and the description refer to
-        self._subgraphs, self._tensors = first.subgraphs, first.tensors
-        self._input_shapes = self.compiled.input_shapes
+        self._subgraphs = first.subgraphs
         self._inputs, self._outputs = first.input_infos, first.output_infos
         self._output_names = [t.name for t in self._outputs]
         #: per input, the dimensions every program shares (the others select a program)
@@ -263,8 +223,6 @@ class Session:
         self._dtypes = {t.name: np.dtype(t.dtype) for t in self._inputs}
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
-        if owned:  # a caller's own CompiledModel keeps its manifest
-            self.compiled.release_manifest()
         self._release_read()
 
     def _release_read(self) -> None:
@@ -330,7 +288,7 @@ class Session:
     def input_shapes(self) -> list[dict[str, list[int]]]:
         """The compiled shape sets (one per program; several for a ``.npuf`` compiled with
         repeated ``--input-shape``)."""
-        return [{name: list(shape) for name, shape in s.items()} for s in self._input_shapes]
+        return self.compiled.input_shapes
 
     def select(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
         """The program :meth:`run` uses for inputs of these shapes: the one with the fewest input
@@ -412,7 +370,7 @@ class Session:
         in order.  For hosts that schedule the subgraphs themselves (:mod:`npuflow.ort_export`)."""
         sg = self._subgraphs[k]
         if len(inputs) != len(sg["inputs"]):
-            tensors = self._tensors
+            tensors = self.compiled.manifest["tensors"]
             raise NpuflowError("NPF_RUNTIME_BAD_BUFFERS", runner=sg["name"], expected=len(sg["inputs"]), kind="input",
                                shapes=[(tensors[t]["shape"], tensors[t]["dtype"]) for t in sg["inputs"]],
                                got=len(inputs))
@@ -485,20 +443,20 @@ class Session:
         arithmetic error, not the error it inherits from the ops before it.
         """
         executor, op = self._find_op(name)
-        return executor.run_op(name, self._validate_op_inputs(op, inputs), op)
+        return executor.run_op(name, self._validate_op_inputs(op, inputs))
 
     def _find_op(self, name: str) -> tuple[IntegerExecutor, dict]:
         program = self._live()[0]
         executors = [program.executor(k) for k in range(len(self._subgraphs))]
-        for ex in executors:
+        for sg, ex in zip(self._subgraphs, executors):
             if isinstance(ex, IntegerExecutor) and name in ex.op_index:
-                return ex, ex.op(ex.op_index[name])
+                return ex, sg["ops"][ex.op_index[name]]
         ops = [n for ex in executors if isinstance(ex, IntegerExecutor) for n in ex.op_index]
         raise NpuflowError("NPF_RUNTIME_UNKNOWN_OP", name=name, count=len(ops), some=", ".join(ops[:5]))
 
     def _validate_op_inputs(self, op: dict, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The op's inputs, checked against the compiled tensors (the same codes as :meth:`run`)."""
-        tensors = self._tensors
+        tensors = self.compiled.manifest["tensors"]
         feeds = {}
         for t in op["inputs"]:
             if t not in inputs:

@@ -34,11 +34,11 @@ def test_the_heads_session_opens_after_its_blob_is_dropped_and_the_load_released
     events: list = []
     real_open, real_program = executors.open_session, session_module._Program.__init__
 
-    def program(self, manifest, blob, threads, cpu_threads, fuse, release=executors.return_freed_heap, *rest):
+    def program(self, manifest, blob, threads, cpu_threads, fuse, release=executors.return_freed_heap):
         def releasing():
             events.append("release")
             return release()
-        real_program(self, manifest, blob, threads, cpu_threads, fuse, releasing, *rest)
+        real_program(self, manifest, blob, threads, cpu_threads, fuse, releasing)
 
     def opening(model, **kwargs):
         if any(n.name == "head" for n in model.graph.node):
