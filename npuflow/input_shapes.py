@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import onnx
 
 from .errors import NpuflowError
+from .operators import SHAPE_MAKING_OPS, SIZE_JOINING_OPS
 from .value_info import graph_inputs
 
 T = TypeVar("T")
@@ -96,11 +97,6 @@ def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequ
                  asked="x".join(map(str, wanted)), at=where, fixed_by=fixed_by)]
 
 
-#: Ops whose operands must agree in size (broadcasting, or every axis but a Concat's): a constant
-#: operand of one of them with the old size of a resized dimension holds that size.
-_JOINING = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"})
-#: Ops that make a tensor of a constant shape from constant inputs (a traced size baked in).
-_SHAPE_MAKERS = frozenset({"Expand", "Tile", "ConstantOfShape", "Range"})
 #: A ``Slice`` end at or beyond this reads "to the end" (torch writes INT64_MAX).
 _OPEN_END = 1 << 31
 
@@ -124,14 +120,14 @@ def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int
       The node that made the constant (``Expand``, ``Tile``, ``ConstantOfShape``, ``Range``) is
       named where the export kept it; torch usually folds it into a stored tensor.
     """
-    from .graph import small_constants  # graph imports model, which imports this module
+    from .graph import GraphView, small_constants  # graph imports model, which imports this module
     from .model import default_opset
 
     rank = len(next(i for i in proto.graph.input if i.name == name).type.tensor_type.shape.dim)
     values = small_constants(proto, default_opset(proto))
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
     shapes.update({k: list(v.shape) for k, v in values.items()})
-    made_by = {o: n for n in proto.graph.node for o in n.output}
+    made_by = GraphView(proto).producer_node
     reached = {name}
     found: list[str] = []
     for node in proto.graph.node:
@@ -156,7 +152,7 @@ def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int
                              f"dimension #{at} at {sizes[at]}")
         elif fed and node.input[0] in reached and node.op_type == "Slice":
             found += _slice_held(node, label, values, rank, sizes)
-        elif fed and node.op_type in _JOINING:
+        elif fed and node.op_type in SIZE_JOINING_OPS:
             for t in node.input:
                 if not t or t in reached or t not in shapes:
                     continue
@@ -206,13 +202,13 @@ def _slice_held(node: onnx.NodeProto, label: str, values: Mapping, rank: int, si
     return []
 
 
-def _constant_tail(tensor: str, values: Mapping, made_by: Mapping[str, onnx.NodeProto]) -> list[int]:
+def _constant_tail(tensor: str, values: Mapping, made_by: Callable[[str], onnx.NodeProto | None]) -> list[int]:
     """The known trailing values of a 1-D shape tensor: all of it where it is constant, else the
     constant inputs ending the ``Concat`` that built it (``F.interpolate(x, size=(16, 16))`` exports
     ``Concat(Shape(x)[:2], [16, 16])``)."""
     if tensor in values:
         return values[tensor].tolist() if values[tensor].ndim == 1 else []
-    node = made_by.get(tensor)
+    node = made_by(tensor)
     tail: list[int] = []
     if node is not None and node.op_type == "Concat":
         for part in reversed(node.input):
@@ -222,14 +218,14 @@ def _constant_tail(tensor: str, values: Mapping, made_by: Mapping[str, onnx.Node
     return tail
 
 
-def _shape_maker(tensor: str, made_by: Mapping[str, onnx.NodeProto], depth: int = 4) -> onnx.NodeProto | None:
+def _shape_maker(tensor: str, made_by: Callable[[str], onnx.NodeProto | None], depth: int = 4) -> onnx.NodeProto | None:
     """The ``Expand``/``Tile``/``ConstantOfShape``/``Range`` a constant tensor was made by, through
     up to ``depth`` nodes on its first computed input (an embedding's ``Gather`` of a ``Range``)."""
-    node = made_by.get(tensor)
+    node = made_by(tensor)
     for _ in range(depth):
-        if node is None or node.op_type in _SHAPE_MAKERS:
+        if node is None or node.op_type in SHAPE_MAKING_OPS:
             return node
-        node = next((made_by[i] for i in node.input if i in made_by), None)
+        node = next((made_by(i) for i in node.input if made_by(i) is not None), None)
     return None
 
 

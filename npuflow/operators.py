@@ -232,6 +232,11 @@ FOLLOWERS = frozenset(d.op_type for d in REGISTRY.values() if d.follower)
 DATA_MOVEMENT = frozenset(d.op_type for d in REGISTRY.values() if d.moves_data)
 #: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
 SHAPE_OPS = frozenset({"Shape", "Size"})
+#: Ops whose operands must agree in size (broadcasting, or every axis but a Concat's): a constant
+#: operand of one of them with the old size of a resized input dimension holds that size.
+SIZE_JOINING_OPS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"})
+#: Ops that make a tensor of a constant shape from constant inputs (a traced size baked in).
+SHAPE_MAKING_OPS = frozenset({"Expand", "Tile", "ConstantOfShape", "Range"})
 #: Single-input ops whose outputs lie on their (per-tensor) input's quantization grid, so a
 #: quantize step with the input's parameters after them is exact (``check/lowerable.grid_step``).
 GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
