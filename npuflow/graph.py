@@ -43,7 +43,7 @@ from . import qdq
 from .errors import NpuflowError
 from .model import MAX_IR_VERSION, tensor_elem_types, tensor_shapes
 from .numerics import RoundMode
-from .operators import DEQUANTIZE_OPS, QDQ_OPS, QUANTIZE_OPS, op_def
+from .operators import DEQUANTIZE_OPS, NONDETERMINISTIC_OPS, QDQ_OPS, QUANTIZE_OPS, op_def
 from .operators import node_attr as attr
 
 __all__ = ["GraphView", "attr", "attr_values", "get_array", "initializers", "is_dequantize", "is_qdq", "node_reads",
@@ -470,11 +470,6 @@ def unique_name(graph: onnx.GraphProto, base: str, reserved: set[str] | None = N
     if reserved is not None:
         reserved.add(name)
     return name
-
-
-#: Ops whose outputs are not a function of their inputs: never evaluated at build time.
-NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                                  "Multinomial", "Bernoulli"})
 
 
 def fold_node(node: onnx.NodeProto, consts: Mapping[str, np.ndarray], shapes: Mapping[str, Sequence[int]],

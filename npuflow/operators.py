@@ -232,6 +232,9 @@ FOLLOWERS = frozenset(d.op_type for d in REGISTRY.values() if d.follower)
 DATA_MOVEMENT = frozenset(d.op_type for d in REGISTRY.values() if d.moves_data)
 #: Ops whose only job is shape arithmetic; with all-static shapes they are usually folded away.
 SHAPE_OPS = frozenset({"Shape", "Size"})
+#: Ops whose outputs are not a function of their inputs: never evaluated at build time.
+NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                                  "Multinomial", "Bernoulli"})
 #: Ops whose operands must agree in size (broadcasting, or every axis but a Concat's): a constant
 #: operand of one of them with the old size of a resized input dimension holds that size.
 SIZE_JOINING_OPS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"})

@@ -18,8 +18,9 @@ import onnx_ir as ir
 from onnx import numpy_helper
 from onnxscript import optimizer
 
-from ..graph import NONDETERMINISTIC_OPS, fold_node, is_qdq
+from ..graph import fold_node, is_qdq
 from ..graph import node_reads
+from ..operators import NONDETERMINISTIC_OPS
 from ..model import control_flow_nodes, default_opset, graph_inputs, infer_static_shapes, tensor_shapes
 
 #: Folded results above this many elements stay as nodes (they are data, not shape arithmetic).

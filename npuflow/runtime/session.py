@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -390,14 +391,12 @@ class Session:
         if output_names is not None:
             output_names = self._check_output_names(output_names, program)
         if dump_dir is None and not self._listeners:  # the common frame: executors called directly
-            if output_names is None or program.outputs.issuperset(output_names):
-                for step, dead in zip(program.steps, program.frees):
-                    env.update(step.executor.run({i: env[i] for i in step.inputs}))
-                    for name in dead:
-                        del env[name]
-            else:  # a boundary tensor asked for: every tensor kept to the end
-                for step in program.steps:
-                    env.update(step.executor.run({i: env[i] for i in step.inputs}))
+            # a boundary tensor asked for by name: every tensor kept to the end
+            keep_all = output_names is not None and not program.outputs.issuperset(output_names)
+            for step, dead in zip(program.steps, repeat(()) if keep_all else program.frees):
+                env.update(step.executor.run({i: env[i] for i in step.inputs}))
+                for name in dead:
+                    del env[name]
             return {n: env[n] for n in output_names or self._output_names}
         dumped: dict[str, str] = {}
         dump = None
