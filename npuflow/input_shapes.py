@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import onnx
 
 from .errors import NpuflowError
-from .operators import SHAPE_MAKING_OPS, SIZE_JOINING_OPS
+from .operators import SHAPE_MAKING_OPS, SIZE_JOINING_OPS, node_attr
 from .value_info import graph_inputs
 
 T = TypeVar("T")
@@ -184,7 +184,7 @@ def _concat_axis(node: onnx.NodeProto, const_rank: int, rank: int) -> int | None
     """A ``Concat``'s axis as a dimension of the input (right-aligned), None for other ops."""
     if node.op_type != "Concat":
         return None
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    axis = node_attr(node, "axis", 0)
     return (axis % const_rank if const_rank else 0) + rank - const_rank
 
 
