@@ -15,16 +15,28 @@ Public API (each stage is a small module; data flows one way, see ARCHITECTURE i
 
 __version__ = "0.1.0"
 
-from .errors import NpuflowError  # noqa: E402
-from .custom_ops import register_op, register_op_library  # noqa: E402
-from .model import load  # noqa: E402
-from .targets import Target, list_targets, load_target  # noqa: E402
-from .check import CheckReport, check  # noqa: E402
-from .quant import QuantConfig, QuantizedModel, quantize  # noqa: E402
-from .compiler import CompiledModel  # noqa: E402
-from .compiler import compile_model as compile  # noqa: E402,A001
-from .runtime import Session  # noqa: E402
-from .build import build  # noqa: E402  (last: it imports the stages above)
+import sys as _sys
+
+try:
+    from .errors import NpuflowError  # noqa: E402
+    from .custom_ops import register_op, register_op_library  # noqa: E402
+    from .model import load  # noqa: E402
+    from .targets import Target, list_targets, load_target  # noqa: E402
+    from .check import CheckReport, check  # noqa: E402
+    from .quant import QuantConfig, QuantizedModel, quantize  # noqa: E402
+    from .compiler import CompiledModel  # noqa: E402
+    from .compiler import compile_model as compile  # noqa: E402,A001
+    from .runtime import Session  # noqa: E402
+    from .build import build  # noqa: E402  (last: it imports the stages above)
+except KeyboardInterrupt:
+    # ``python -m npuflow`` imports this package before ``__main__`` can catch anything, so a
+    # Ctrl-C in these seconds would be a traceback; Python sets argv[0] to "-m" while it
+    # locates the module.  Everywhere else the importer owns the interrupt.
+    if _sys.argv[:1] != ["-m"]:
+        raise
+    from npuflow_launcher import interrupted
+
+    interrupted()
 
 __all__ = ["CheckReport", "CompiledModel", "NpuflowError", "QuantConfig", "QuantizedModel", "Session", "Target",
            "__version__", "build", "check", "compile", "list_targets", "load", "load_target", "quantize", "register_op", "register_op_library"]

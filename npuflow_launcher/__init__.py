@@ -15,11 +15,17 @@ import sys
 INTERRUPTED = 130
 
 
+def interrupted() -> None:
+    """Report a Ctrl-C that landed during the import: one line, exit status 130."""
+    print("npuflow: interrupted", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED)
+
+
 def run() -> None:
-    """Import the CLI, then run it; Ctrl-C at any point is one line and exit status 130."""
+    """Import the CLI, then run it; Ctrl-C at any point is one line and exit status 130.
+    ``python -m npuflow`` runs this too (``npuflow/__main__.py``)."""
     try:
         from npuflow.cli.app import main
     except KeyboardInterrupt:
-        print("npuflow: interrupted", file=sys.stderr, flush=True)
-        sys.exit(INTERRUPTED)
+        interrupted()
     sys.exit(main())
