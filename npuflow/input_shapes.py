@@ -146,10 +146,12 @@ def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int
                              f"dimension #{at} at {sizes[at]}")
         elif fed and node.input[0] in reached and node.op_type == "Resize" and len(node.input) > 3:
             tail = _constant_tail(node.input[3], values, made_by)
-            at = _held_at(tail, rank, sizes, one_holds=True) if tail else None
+            at = _held_at(tail, rank, sizes, one_holds=True, derived=True) if tail else None
             if at is not None:
+                held = tail[at - rank + len(tail)]
+                of = "" if held == sizes[at] else f" (a size derived from its old size {sizes[at]})"
                 found.append(f"node {label} resizes to sizes ending in the constant {tail}, which keeps "
-                             f"dimension #{at} at {sizes[at]}")
+                             f"dimension #{at} at {held}{of}")
         elif fed and node.input[0] in reached and node.op_type == "Slice":
             found += _slice_held(node, label, values, rank, sizes)
         elif fed and node.op_type in SIZE_JOINING_OPS:
@@ -169,15 +171,24 @@ def size_fixing_nodes(proto: onnx.ModelProto, name: str, sizes: Mapping[int, int
 
 
 def _held_at(dims: Sequence[int], rank: int, sizes: Mapping[int, int], *, one_holds: bool,
-             skip: int | None = None, literal: bool = False) -> int | None:
+             skip: int | None = None, literal: bool = False, derived: bool = False) -> int | None:
     """The first resized dimension whose old size ``dims`` holds, else None: ``dims`` read at the
     same index where ``literal`` (a ``Reshape`` target), else right-aligned to the input's ``rank``
-    (broadcasting); a size of 1 counts only where ``one_holds`` (elsewhere it broadcasts)."""
+    (broadcasting); a size of 1 counts only where ``one_holds`` (elsewhere it broadcasts); with
+    ``derived``, also a size derived from the old one (:func:`_derived_from`)."""
     offset = 0 if literal else rank - len(dims)
     for k, size in sizes.items():
-        if 0 <= k - offset < len(dims) and k != skip and dims[k - offset] == size and (size > 1 or one_holds):
+        if not (0 <= k - offset < len(dims) and k != skip and (size > 1 or one_holds)):
+            continue
+        if dims[k - offset] == size or (derived and _derived_from(dims[k - offset], size)):
             return k
     return None
+
+
+def _derived_from(value: int, size: int) -> bool:
+    """Whether ``value`` is ``size`` scaled by a power of two (``x.size(2) // 2``, ``x.size(3) * 4``):
+    the sizes a network computes from its input's through strided layers and upsampling."""
+    return size > 1 and value > 0 and any(value in (size << n, size >> n) for n in range(1, 6))
 
 
 def _concat_axis(node: onnx.NodeProto, const_rank: int, rank: int) -> int | None:
@@ -199,6 +210,12 @@ def _slice_held(node: onnx.NodeProto, label: str, values: Mapping, rank: int, si
         if axis in sizes and 0 < end < _OPEN_END:
             return [f"node {label} slices dimension #{axis} to the constant end {end} (the input's size there "
                     f"was {sizes[axis]})"]
+        # a spatial end computed from another resized spatial size (``y[..., : x.size(2) // 2]``)
+        source = next((k for k, size in sizes.items() if axis >= 2 and k >= 2 and k != axis
+                       and (end == size or _derived_from(end, size))), None)
+        if source is not None:
+            return [f"node {label} slices dimension #{axis} to the constant end {end}, a size derived from "
+                    f"dimension #{source}'s old size {sizes[source]}"]
     return []
 
 
