@@ -6,7 +6,9 @@ float layer's outputs on calibration data.  The forward pass uses ``s * clip(rou
 target's round mode); gradients pass straight through the rounding (and are stopped where the
 value is clipped).  Weights are optimised in units of their quantization step and the bias in
 units of the output's standard deviation, so one learning rate suits every layer; the learning
-rate decays to zero (cosine), so the rounding decisions settle instead of random-walking.
+rate decays to zero (cosine), so the rounding decisions settle instead of random-walking.  A layer
+whose written form has no bias (``LayerProblem.has_bias`` False) learns its weights only: an offset
+learned there would be scored but never written.
 
 The default rate, :data:`DEFAULT_LR` = 3e-3 steps per iteration, lets a weight travel about one
 step over 500 iterations (Adam moves each parameter by ~lr per step, half of it after the cosine
@@ -76,8 +78,8 @@ def adaquant(
             return _adaquant_torch(p, iters, lr, batch, seed)
     u = (p.w / p.s).astype(np.float32)                 # weights in steps
     ystd = float(p.y.std()) or 1.0
-    c = np.zeros_like(p.b, dtype=np.float32)          # bias offset in units of ystd
-    opt = Adam([u, c], lr)
+    c = np.zeros_like(p.b, dtype=np.float32)          # bias offset in units of ystd (stays 0 without a bias)
+    opt = Adam([u, c] if p.has_bias else [u], lr)
     best = BestIterate(p, iters)
     mix = input_drop > 0 and p.xf is not None
     rng = np.random.default_rng(seed)
@@ -91,9 +93,10 @@ def adaquant(
         wq = np.clip(r, p.qmin, p.qmax) * p.s
         err = forward(wq, x) + p.b + c * ystd - y
         grad_wq = grad_weight(err, x)
-        grad_u = grad_wq * p.s * inside
-        grad_c = 2.0 * err.sum(axis=2, keepdims=True) / x.shape[2] * ystd
-        opt.step([grad_u.astype(np.float32), grad_c.astype(np.float32)])
+        grads = [(grad_wq * p.s * inside).astype(np.float32)]
+        if p.has_bias:
+            grads.append((2.0 * err.sum(axis=2, keepdims=True) / x.shape[2] * ystd).astype(np.float32))
+        opt.step(grads)
         best.offer(t, u, p.b + c * ystd)
     best.offer(iters - 1, u, p.b + c * ystd, last=True)
     return best.codes, best.bias
@@ -105,8 +108,8 @@ def _adaquant_torch(p, iters, lr, batch, seed):
     s, b0 = torch.from_numpy(p.s.astype(np.float32)), torch.from_numpy(p.b.astype(np.float32))
     ystd = float(p.y.std()) or 1.0
     u = torch.nn.Parameter(torch.from_numpy((p.w / p.s).astype(np.float32)))
-    c = torch.nn.Parameter(torch.zeros_like(b0))
-    opt = torch.optim.Adam([u, c], lr=lr)
+    c = torch.nn.Parameter(torch.zeros_like(b0), requires_grad=p.has_bias)
+    opt = torch.optim.Adam([u, c] if p.has_bias else [u], lr=lr)
 
     def rounded(t):  # the target's rounding in the forward pass, identity gradient
         r = torch.from_numpy(round_values(t.detach().numpy(), p.round_mode).astype(np.float32))
@@ -162,9 +165,10 @@ def adaquant_threshold(
     with torch_threads() as torch:
         b0 = torch.from_numpy(p.b)
         u = torch.nn.Parameter(torch.from_numpy((p.w / p.s).astype(np.float32)))
-        c = torch.nn.Parameter(torch.zeros_like(b0))
+        c = torch.nn.Parameter(torch.zeros_like(b0), requires_grad=p.has_bias)
         log2_t = torch.nn.Parameter(torch.tensor(float(np.log2(s0)) + bits - 1, dtype=torch.float32))
-        opt = torch.optim.Adam([{"params": [u, c], "lr": lr}, {"params": [log2_t], "lr": threshold_lr}])
+        opt = torch.optim.Adam([{"params": [u, c] if p.has_bias else [u], "lr": lr},
+                                {"params": [log2_t], "lr": threshold_lr}])
         s0t = torch.tensor(s0)
 
         def offer(t: int, last: bool = False) -> None:

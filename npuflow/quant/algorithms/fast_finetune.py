@@ -27,7 +27,10 @@ positions stay as calibration chose them.
 
 A ``MatMul`` whose bias is the int32 ``Add`` after it (PP-OCRv4 rec's linears) has that bias in its
 problem (:func:`_with_linear_bias`): the target adds the float bias, and AdaQuant's learned bias is
-written into the ``Add``'s codes, so the error that chose it is the written layer's.
+written into the ``Add``'s codes, so the error that chose it is the written layer's.  A layer with no
+bias at all (a ``Conv`` without a bias input: PP-OCRv4 det's eight FPN convs, YOLOv8n's DFL conv)
+learns none (``LayerProblem.has_bias``): adding a bias input would be a graph change after export
+whose placement and compilation every target would have to agree on, for a handful of layers.
 """
 
 from __future__ import annotations
@@ -228,12 +231,12 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     lst = replace(st, method=method)
     t1 = time.time()
     act = fused_activation(out, ql.node) if method == "adaround" and st.post_activation else None
-    base = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0,
-                         act=act)
-    nearest = grouped_weight(read_codes(out, ql), g)
-    before = base.error(nearest)
     ql, float_bias = _with_linear_bias(float_model, out, job)  # a MatMul's bias Add is the layer's bias
     addend = float_bias is not None
+    base = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0,
+                         act=act, linear=(ql, float_bias))
+    nearest = grouped_weight(read_codes(out, ql), g)
+    before = base.error(nearest)
     learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
 
     fresh: list[int] = []  # shifts solved in this call, the search's included (none: a cached result)
@@ -489,23 +492,27 @@ class QuantizedInputs:
 
 def layer_problem(float_model: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
                   float_patches: np.ndarray, round_mode: str, keep_float: bool = False,
-                  act: Activation | None = None) -> LayerProblem:
+                  act: Activation | None = None,
+                  linear: tuple[QuantizedLayer, np.ndarray | None] | None = None) -> LayerProblem:
     """``job``'s problem: inputs from the quantized model as it is now, targets from the float layer
     on ``float_patches`` (through ``act``, the activation fused behind the layer, when given), bias
-    and limits from the quantized model."""
+    and limits from the quantized model; ``has_bias`` False where the written layer holds none.
+
+    ``linear``: :func:`_with_linear_bias`'s answer for ``job`` when the caller has it (computed here
+    otherwise)."""
     w, g, qmodel = job.w, job.sampler.groups, inputs.model
-    ql, linear = _with_linear_bias(float_model, qmodel, job)
+    ql, linear_bias_value = linear if linear is not None else _with_linear_bias(float_model, qmodel, job)
     full = inputs.get(ql.node.input[0])
     qx = np.concatenate([job.sampler.sample(v, k) for k, v in enumerate(full)], axis=2)
     wg = grouped_weight(w, g)
-    fb = layer_bias(float_model, job.fl, w.shape[0]) if linear is None else linear
+    fb = layer_bias(float_model, job.fl, w.shape[0]) if linear_bias_value is None else linear_bias_value
     y = forward(wg.astype(np.float32), float_patches) + fb.reshape(g, -1, 1)
     if act is not None:
         y = act.value(y)
     s = grouped_weight(scale_rows(ql, w.shape) * np.ones_like(w), g)[:, :, :1]
     lo, hi = code_limits(ql, read_codes(qmodel, ql))
     return LayerProblem(wg, s, read_bias(qmodel, ql, w.shape[0]).reshape(g, -1, 1), qx, y, lo, hi, round_mode,
-                        xf=float_patches if keep_float else None, act=act)
+                        xf=float_patches if keep_float else None, act=act, has_bias=ql.bias_name is not None)
 
 
 def _collect_tensors(model: onnx.ModelProto, feeds: list[Feed], names: list[str]) -> dict[str, list[np.ndarray]]:
@@ -547,6 +554,8 @@ def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:
         h.update(np.ascontiguousarray(a).tobytes())
         h.update(str(a.shape).encode())
     h.update(f"{p.qmin},{p.qmax}".encode())
+    if not p.has_bias:  # only then: the layers with a bias keep their cached results
+        h.update(b"no bias")
     h.update(json.dumps(st.key(), sort_keys=True).encode())
     return h.hexdigest()
 

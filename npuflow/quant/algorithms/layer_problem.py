@@ -4,6 +4,9 @@
 layer's outputs ``Y`` (``(g, Cout/g, m)``) from the inputs ``X`` (``(g, K, m)``) that the
 quantized model feeds it.  With ``act`` (the activation fused behind the layer, :mod:`.activation`)
 the outputs compared are ``act(W X + b)`` and ``Y`` holds the float layer's activated outputs.
+``has_bias`` False (a ``Conv`` without a bias input, a ``MatMul`` with no bias ``Add`` after it):
+the written layer has nowhere to hold a bias, so AdaQuant learns none and every error it scores is
+the written layer's.
 Rounding, clipping and the optimiser (Adam) live here so that both
 algorithms and both backends (numpy, torch) compute the same thing.
 """
@@ -35,6 +38,7 @@ class LayerProblem:
     round_mode: str        # the tie rule of the weights' quantize step (the target's); no default
     xf: np.ndarray | None = None  # (g, K, m) the float model's inputs at the same columns (QDrop mixing)
     act: ActFn | None = None      # activation fused behind the layer: y is post-activation (AdaRound only)
+    has_bias: bool = True         # the written layer holds a bias (False: b is zero and AdaQuant learns none)
 
     def __post_init__(self) -> None:
         for name in ("w", "s", "b", "x", "y") + (("xf",) if self.xf is not None else ()):
