@@ -438,12 +438,22 @@ def get_array(model: onnx.ModelProto | onnx.GraphProto, name: str) -> np.ndarray
 
 def set_array(model: onnx.ModelProto | onnx.GraphProto, name: str, value: np.ndarray, *, add: bool = False) -> None:
     """Replace initializer ``name``'s data in place, keeping its name and dtype; with ``add``, a
-    missing one is appended (as ``value``'s dtype), else a missing name is a ``KeyError``."""
+    missing one is appended (as ``value``'s dtype), else a missing name is a ``KeyError``.
+
+    A new shape drops the ``value_info`` entry some exporters write for an initializer (tf2onnx:
+    Magika's ``[1, 214]`` bias made ``[214]`` by a pass), which shape inference would otherwise
+    reject as a rank clash."""
     graph = _graph_of(model)
     for t in graph.initializer:
         if t.name == name:
             dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            old_dims = list(t.dims)
             t.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
+            if list(t.dims) != old_dims:
+                kept = [vi for vi in graph.value_info if vi.name != name]
+                if len(kept) != len(graph.value_info):
+                    del graph.value_info[:]
+                    graph.value_info.extend(kept)
             return
     if not add:
         raise KeyError(name)
