@@ -144,7 +144,8 @@ def _times_x(mul: onnx.NodeProto, x: str, g: PatternView) -> str | None:
 
 
 def _cubic(u: str, x: str, g: PatternView) -> list[onnx.NodeProto] | None:
-    """``u = x + 0.044715 * x^3`` (``Pow(x, 3)`` or ``x * x * x``): its nodes in order."""
+    """``u = x + 0.044715 * x^3`` (``Pow(x, 3)``, ``x * x * x``, or tf2onnx's ``x * (x * (0.044715 x))``):
+    its nodes in order."""
     add = g.producer(u)
     if add is None or add.op_type != "Add" or not _single_reader(u, g):
         return None
@@ -154,6 +155,14 @@ def _cubic(u: str, x: str, g: PatternView) -> list[onnx.NodeProto] | None:
     v = ins[1] if ins[0] == x else ins[0]
     mul = g.producer(v)
     c = _other(mul, TANH_CUBIC, g) if mul is not None and mul.op_type == "Mul" and _single_reader(v, g) else None
+    if c is None and mul is not None and _single_reader(v, g):  # x * (x * (0.044715 x)): tf2onnx's order
+        inner = _times_x(mul, x, g)
+        inner_node = g.producer(inner) if inner is not None and _single_reader(inner, g) else None
+        first_t = _times_x(inner_node, x, g) if inner_node is not None else None
+        first = g.producer(first_t) if first_t is not None and _single_reader(first_t, g) else None
+        if first is not None and first.op_type == "Mul" and _other(first, TANH_CUBIC, g) == x:
+            return [first, inner_node, mul, add]
+        return None
     cube = g.producer(c) if c is not None else None
     if cube is None or not _single_reader(c, g):
         return None
