@@ -172,7 +172,13 @@ def _print_op(doc: dict) -> None:
     for role, w in doc["weights"].items():
         table.add_row("weight", role, w["dtype"], "x".join(map(str, w["shape"])), "", "", "", "")
     console.print(table)
-    console.print(f"attributes: {json.dumps(doc['attrs'], default=str)}", highlight=False)
+    console.print(f"attributes: {json.dumps(doc['attrs'], default=_plain)}", highlight=False)
+
+
+def _plain(value: object) -> object:
+    """JSON of what a loaded manifest holds besides JSON: a per-channel epilogue array (a blob of
+    a format 2.0 file) as its list of values, anything else as its text."""
+    return value.tolist() if isinstance(value, np.ndarray) else str(value)
 
 
 @app.command("info", epilog=examples(
@@ -195,7 +201,7 @@ def info_command(
         compiled = CompiledModel.load(model, model_name)
         doc = describe_op(compiled, op, str(model))
         if as_json:
-            console.print_json(json.dumps(doc, default=str))
+            console.print_json(json.dumps(doc, default=_plain))
         else:
             _print_op(doc)
         return

@@ -8,8 +8,9 @@ Layout (little endian)::
           u64 file length | sha256 of the manifest (32 bytes) | 8 reserved zero bytes
     96  manifest: UTF-8 JSON (sorted keys): inputs/outputs, target, subgraphs, integer programs,
         memory plans, build configuration, and a table of blobs {offset, nbytes, dtype, shape, sha256}
-    ..  data: raw little-endian arrays (packed integer weights, tables, embedded ONNX of CPU
-        subgraphs), each starting on a 64-byte boundary
+    ..  data: raw little-endian arrays (packed integer weights, tables, the epilogues' long
+        per-channel arrays from format 2.0 on, embedded ONNX of CPU subgraphs), each starting on
+        a 64-byte boundary
     end sha256 of everything before it (32 bytes)
 
 Reading checks, in order: magic, format version, recorded length against the real length
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..model import NPUF_MAGIC as MAGIC, write_atomic
-from . import manifest_check, manifest_schema
+from . import manifest_arrays, manifest_check, manifest_schema
 
 FORMAT_MAJOR, FORMAT_MINOR = manifest_schema.SCHEMA_VERSION
 _HEADER = struct.Struct("<8sHHIQQQQQ32s8s")
@@ -60,7 +61,10 @@ def _dumps(manifest: dict) -> bytes:
 
 
 def serialize(manifest: dict, blobs: dict[str, np.ndarray | bytes]) -> bytes:
-    """The complete file as bytes (deterministic: same manifest and blobs, same bytes)."""
+    """The complete file as bytes (deterministic: same manifest and blobs, same bytes); the
+    epilogues' long per-channel arrays go to blobs of their own (:mod:`.manifest_arrays`)."""
+    manifest, arrays = manifest_arrays.to_blobs(manifest)
+    blobs = {**blobs, **arrays}
     table = {}
     chunks = []
     offset = 0
@@ -80,8 +84,8 @@ def serialize(manifest: dict, blobs: dict[str, np.ndarray | bytes]) -> bytes:
     manifest_off = HEADER_SIZE
     data_off = manifest_off + len(body) + _pad(manifest_off + len(body))
     file_len = data_off + len(data) + TRAILER_SIZE
-    minor = manifest_schema.minor_version(manifest)
-    header = _HEADER.pack(MAGIC, FORMAT_MAJOR, minor, HEADER_SIZE, manifest_off, len(body),
+    major, minor = manifest_schema.format_version(manifest)
+    header = _HEADER.pack(MAGIC, major, minor, HEADER_SIZE, manifest_off, len(body),
                           data_off, len(data), file_len, hashlib.sha256(body).digest(), b"\x00" * 8)
     content = header + body + b"\x00" * (data_off - manifest_off - len(body)) + data
     return content + hashlib.sha256(content).digest()
@@ -131,9 +135,9 @@ class NpufFile:
         if size < HEADER_SIZE + TRAILER_SIZE:
             raise self._corrupt(f"only {size} bytes, shorter than the header")
         (_, major, minor, hsize, moff, mlen, doff, dlen, flen, msha, reserved) = _HEADER.unpack_from(m, 0)
-        if major != FORMAT_MAJOR:
+        if major not in manifest_schema.READABLE:
             raise NpuflowError("NPF_COMPILE_VERSION", path=str(self.path), found=f"{major}.{minor}",
-                               supported=f"{FORMAT_MAJOR}.x")
+                               supported=" or ".join(f"{v}.x" for v in manifest_schema.READABLE))
         if flen != size:
             raise self._corrupt(f"the header records {flen} bytes but the file has {size}")
         digest = hashlib.sha256(memoryview(m)[:size - TRAILER_SIZE]).digest()
@@ -144,7 +148,7 @@ class NpufFile:
         body = m[moff:moff + mlen]
         if hashlib.sha256(body).digest() != msha:
             raise self._corrupt("manifest checksum mismatch")
-        newer = minor > FORMAT_MINOR  # a newer minor version may use the reserved bytes and add fields
+        newer = minor > manifest_schema.READABLE[major]  # a newer minor version may use the reserved bytes and add fields
         if reserved != b"\x00" * len(reserved) and not newer:
             raise self._corrupt("the reserved header bytes are not zero")
         try:

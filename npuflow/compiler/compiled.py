@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import NpuflowError, did_you_mean
 from ..targets import Target, load_target
-from . import artifact
+from . import artifact, manifest_arrays
 
 
 #: Manifest key of the programs compiled for further shape sets (format 1.1).
@@ -177,6 +177,7 @@ class CompiledModel:
         """Every model of a ``.npuf`` by name, in file order, read and verified once: the packed
         models of a packed file, else the one model named by the file name (``a.npuf``: ``a``)."""
         f = artifact.NpufFile(path)
+        manifest_arrays.resolve(f.manifest, f.blob)
 
         def read(name: str):
             return f.blob_bytes(name) if name.endswith(".onnx") else f.blob(name)

@@ -21,8 +21,9 @@ from ..model import max_tensor_elements
 from ..numerics import qrange
 from ..targets import bundled_fingerprint, load_target, same_fingerprint
 from . import memory
-from .manifest_schema import (ARENA_BYTES_PER_ELEMENT, ATTRS, CODE_DTYPES, Blob, IntegerSubgraph, Manifest, OnnxSubgraph,
-                              Op, PackedManifest, PluginSubgraph, SchemaError, Strict, Tensor)
+from .manifest_schema import (ARENA_BYTES_PER_ELEMENT, ATTRS, CODE_DTYPES, MAX_LEFT_SHIFT, MAX_SHIFT, ArrayRef, Blob,
+                              IntegerSubgraph, Manifest, OnnxSubgraph, Op, PackedManifest, PluginSubgraph, SchemaError,
+                              Strict, Tensor)
 
 
 def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_minor: bool = False) -> Manifest:
@@ -101,7 +102,7 @@ def _check_program(m: Manifest, context: dict, blob_bytes: Callable[[str], bytes
         if missing:
             raise SchemaError(f"{where}.inputs", f"{missing[0]!r} is made by no model input or earlier subgraph")
         if isinstance(sg, IntegerSubgraph):
-            _check_integer(m, sg, where, context)
+            _check_integer(m, sg, where, context, blob_bytes)
         else:
             _check_onnx(m, sg, where, blob_bytes)
         if isinstance(sg, PluginSubgraph) and sg.payload is not None:
@@ -183,7 +184,8 @@ def _check_onnx(m: Manifest, sg: OnnxSubgraph | PluginSubgraph, where: str, blob
                                   f"but {helper.tensor_dtype_to_np_dtype(elem).name} in the embedded model")
 
 
-def _check_integer(m: Manifest, sg: IntegerSubgraph, where: str, context: dict) -> None:
+def _check_integer(m: Manifest, sg: IntegerSubgraph, where: str, context: dict,
+                   blob_bytes: Callable[[str], bytes]) -> None:
     known = set(sg.inputs)
     for j, op in enumerate(sg.ops):
         at = f"{where}.ops[{j}]"
@@ -202,7 +204,7 @@ def _check_integer(m: Manifest, sg: IntegerSubgraph, where: str, context: dict) 
             attrs = ATTRS[op.op].model_validate(op.attrs, context=context)
         except ValidationError as exc:
             raise _schema_error(exc, f"{at}.attrs") from None
-        OpCheck(m, op, attrs, at).run()
+        OpCheck(m, op, attrs, at, blob_bytes).run()
     for name in sg.outputs:
         if name not in known - set(sg.inputs):
             raise SchemaError(f"{where}.outputs", f"{name!r} is made by no op of the subgraph")
@@ -223,8 +225,8 @@ def _check_integer(m: Manifest, sg: IntegerSubgraph, where: str, context: dict) 
 class OpCheck:
     """What one op's attributes imply about its tensors and blobs, compared with the manifest."""
 
-    def __init__(self, m: Manifest, op: Op, attrs: Strict, where: str) -> None:
-        self.m, self.op, self.a, self.where = m, op, attrs, where
+    def __init__(self, m: Manifest, op: Op, attrs: Strict, where: str, blob_bytes: Callable[[str], bytes]) -> None:
+        self.m, self.op, self.a, self.where, self.blob_bytes = m, op, attrs, where, blob_bytes
         self.x = m.tensors[op.inputs[0]] if op.inputs else None
         self.y = m.tensors[op.outputs[0]]
 
@@ -290,9 +292,22 @@ class OpCheck:
             value = getattr(ep, field, None)
             if isinstance(value, list) and len(value) != channels:
                 raise self.fail(f"attrs.epilogue.{field}", f"{len(value)} values for {channels} channels")
+            if isinstance(value, ArrayRef):
+                self.epilogue_array(f"attrs.epilogue.{field}", value.blob, _ARRAYS[ep.mode, field], channels)
         for k, (lo, hi) in enumerate(getattr(ep, "clamps", [])):
             self.code(lo, ep.dtype, f"attrs.epilogue.clamps[{k}]")
             self.code(hi, ep.dtype, f"attrs.epilogue.clamps[{k}]")
+
+    def epilogue_array(self, field: str, name: str, kind: tuple[str, float, float], channels: int) -> None:
+        """A per-channel epilogue array stored as a blob (format 2.0): the field's stored dtype
+        (``manifest_arrays.stored_array``), one value per channel, each within the field's range."""
+        dtype, lo, hi = kind
+        b = self.m.blobs.get(name)
+        if b is None or name.endswith(".onnx") or b.dtype != dtype or b.shape != [channels]:
+            raise self.fail(field, f"{name!r} is not a {dtype} blob of {channels} values in the blob table")
+        values = np.frombuffer(self.blob_bytes(name), np.dtype(dtype).newbyteorder("<"))
+        if not (np.all(np.isfinite(values)) and np.all(values >= lo) and np.all(values <= hi)):
+            raise self.fail(field, f"{name!r} holds values outside [{lo}, {hi}]")
 
     def per_channel(self, field: str, value, channels: int) -> None:
         if isinstance(value, list) and len(value) != channels:
@@ -613,6 +628,15 @@ class OpCheck:
                 raise self.fail(f"attrs.{field}", f"{count} value(s) for axis {a.axis} of {self.x.shape}")
         for k, zp in enumerate(a.zp if isinstance(a.zp, list) else [a.zp]):
             self.code(zp, self.x.dtype, f"attrs.zp[{k}]")
+
+
+#: Per (epilogue mode, field): the dtype a stored array has and its values' bounds (the JSON
+#: fields' ``Shift``, ``Multiplier``, ``Scale`` and ``Real`` of ``manifest_schema``).
+_ARRAYS = {("shift", "shift"): ("int64", -MAX_LEFT_SHIFT, MAX_SHIFT),
+           ("fixed", "shift"): ("int64", -MAX_LEFT_SHIFT, MAX_SHIFT),
+           ("fixed", "multiplier"): ("int64", 1, (1 << 31) - 1),
+           ("scale", "multiplier"): ("float64", float(np.nextafter(0.0, 1.0)), np.inf),  # > 0
+           ("float", "acc_scale"): ("float64", -np.inf, np.inf)}
 
 
 def _range(dtype: str) -> tuple[int, int]:

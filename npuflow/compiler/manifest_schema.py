@@ -27,7 +27,11 @@ table), each validated as a whole manifest; input/output names, dtypes and ranks
 Format 1.2 adds a packed file (``packed: [{name, manifest}]`` over one blob table, each model
 validated as a whole manifest, all for one target), the ``removed`` list of nodes ``npuflow
 modify`` took out (with their parameters) and the ``NHWC`` layout of an input such a removal
-exposes; :func:`minor_version` gives the version a manifest needs, so older files stay 1.0/1.1.
+exposes; :func:`format_version` gives the version a manifest needs, so older files stay 1.0/1.1.
+
+Format 2.0 stores an epilogue's per-channel arrays of :data:`.manifest_arrays.MIN_VALUES` values
+or more as blobs (``{"blob": name}`` in the field, :class:`ArrayRef`), checked for dtype, length and
+range like the JSON lists; 1.x files are read as before.
 
 Files of a newer *minor* format version may carry fields this reader does not know: they are
 ignored (a minor version only adds); at this reader's version an unknown field is corruption.
@@ -44,26 +48,40 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 from ..numerics import RoundMode
 from ..operators import CHAIN_OPS
 from ..targets.spec import Target
+from . import manifest_arrays
 
 #: The ``.npuf`` format version this schema describes (``artifact.FORMAT_MAJOR/MINOR`` are taken
 #: from it): a change of the manifest is a change of this schema and of the version together.
 #: 1.1 added ``variants`` (several shape sets), 1.2 ``packed`` (several models, ``npuflow pack``),
-#: ``removed`` (nodes ``npuflow modify`` took out) and the ``NHWC`` input layout.
-SCHEMA_VERSION = (1, 2)
+#: ``removed`` (nodes ``npuflow modify`` took out) and the ``NHWC`` input layout; 2.0 stores the
+#: epilogues' long per-channel arrays as blobs (:mod:`.manifest_arrays`), a field an older reader
+#: cannot read, hence a new major version, which such a reader refuses as one (``NPF_COMPILE_VERSION``).
+SCHEMA_VERSION = (2, 0)
+#: The last minor version of format 1: this reader reads 1.0-1.2 files as before.
+V1_MINOR = 2
+#: The newest minor version this reader knows of each major version it reads.
+READABLE = {1: V1_MINOR, SCHEMA_VERSION[0]: SCHEMA_VERSION[1]}
 #: Files without ``variants`` (one shape set) are written as 1.0, byte for byte as before 1.1.
 SINGLE_SHAPE_MINOR = 0
 #: Files with ``variants`` and nothing newer are written as 1.1, byte for byte as before 1.2.
 VARIANTS_MINOR = 1
 
 
-def minor_version(manifest: dict) -> int:
-    """The oldest minor version whose readers understand ``manifest``: a file only claims the
+def format_version(manifest: dict) -> tuple[int, int]:
+    """The oldest format version whose readers understand ``manifest``: a file only claims the
     version whose fields it uses, so files an older npuflow could read stay readable there."""
+    if manifest_arrays.uses_blobs(manifest):
+        return SCHEMA_VERSION
+    return 1, minor_version(manifest)
+
+
+def minor_version(manifest: dict) -> int:
+    """The oldest minor version of format 1 whose readers understand ``manifest``."""
     models = [e["manifest"] for e in manifest["packed"]] if "packed" in manifest else [manifest]
     programs = [p for m in models for p in [m, *m.get("variants", [])]]
     if "packed" in manifest or any("removed" in m for m in models) or any(
             io.get("layout") == "NHWC" for p in programs for io in [*p["inputs"], *p["outputs"]]):
-        return SCHEMA_VERSION[1]
+        return V1_MINOR
     return VARIANTS_MINOR if manifest.get("variants") else SINGLE_SHAPE_MINOR
 
 #: numpy names of every ONNX tensor type except strings (what a tensor of a compiled model may be).
@@ -213,28 +231,35 @@ class _EpilogueBase(Strict):
 Clamps = list[Annotated[list[Int], Field(min_length=2, max_length=2)]]
 
 
+class ArrayRef(Strict):
+    """Format 2.0: a per-channel epilogue array stored as a blob (:mod:`.manifest_arrays`); its
+    dtype, length and values are checked against the field by ``manifest_check``."""
+
+    blob: Name
+
+
 class ShiftEpilogue(_EpilogueBase):
     mode: Literal["shift"]
     clamps: Clamps
-    shift: Union[Shift, Annotated[list[Shift], Field(min_length=1)]]
+    shift: Union[Shift, Annotated[list[Shift], Field(min_length=1)], ArrayRef]
 
 
 class FixedEpilogue(_EpilogueBase):
     mode: Literal["fixed"]
     clamps: Clamps
-    multiplier: Union[Multiplier, Annotated[list[Multiplier], Field(min_length=1)]]
-    shift: Union[Shift, Annotated[list[Shift], Field(min_length=1)]]
+    multiplier: Union[Multiplier, Annotated[list[Multiplier], Field(min_length=1)], ArrayRef]
+    shift: Union[Shift, Annotated[list[Shift], Field(min_length=1)], ArrayRef]
 
 
 class ScaleEpilogue(_EpilogueBase):
     mode: Literal["scale"]
     clamps: Clamps
-    multiplier: Union[Scale, Annotated[list[Scale], Field(min_length=1)]]
+    multiplier: Union[Scale, Annotated[list[Scale], Field(min_length=1)], ArrayRef]
 
 
 class FloatEpilogue(_EpilogueBase):
     mode: Literal["float"]
-    acc_scale: Union[Real, Annotated[list[Real], Field(min_length=1)]]
+    acc_scale: Union[Real, Annotated[list[Real], Field(min_length=1)], ArrayRef]
     chain: Annotated[list[ChainStep], Field(max_length=16)]
     result: Name
 

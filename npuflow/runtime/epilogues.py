@@ -16,7 +16,9 @@ from .. import numerics as nm
 
 
 def per_channel(value, axis: int, ndim: int) -> np.ndarray | int | float:
-    if isinstance(value, list):
+    """A scalar as it is; one value per channel (a JSON list, or a loaded file's array) shaped to
+    broadcast along ``axis``."""
+    if np.ndim(value):
         shape = [1] * ndim
         shape[axis] = -1
         return np.asarray(value).reshape(shape)

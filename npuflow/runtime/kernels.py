@@ -356,12 +356,18 @@ def prepare_maxpool(attrs: dict, blobs: dict) -> Kernel:
     return run
 
 
+def _first(value) -> float:
+    """A pooling epilogue's one accumulator scale: the value, or the first of a list or of a
+    loaded file's array, as a Python float (a numpy scalar would widen float32 arithmetic)."""
+    return float(np.asarray(value).reshape(-1)[0])
+
+
 def _qlinear_global_avgpool(attrs: dict) -> Kernel:
     """ORT's ``QLinearGlobalAveragePool``: the exact integer sum of ``q - zp`` requantised by
     MLAS with the float32 multiplier ``x_scale / (y_scale * H*W)``."""
     ep = attrs["epilogue"]
     bits, signed = out_type(ep)
-    x_scale = ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0]
+    x_scale = _first(ep["acc_scale"])
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
@@ -378,7 +384,7 @@ def _qlinear_avgpool(attrs: dict, count_map: Callable) -> Kernel:
     row, divided by the window count in float32, then :func:`numerics.quantize_pooled`."""
     ep = attrs["epilogue"]
     bits, signed = out_type(ep)
-    x_scale = ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0]
+    x_scale = _first(ep["acc_scale"])
     ys, pads = attrs["out_shape"], attrs["pads"]
     kernel, strides, dil = attrs["kernel"], attrs["strides"], attrs["dilations"]
 
@@ -430,7 +436,7 @@ def prepare_avgpool(attrs: dict, blobs: dict) -> Kernel:
     kernel, strides, dil, pads = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["pads"]
     zp = attrs["x_zp"]
     ep = attrs["epilogue"]
-    scale = np.float32(ep["acc_scale"] if not isinstance(ep["acc_scale"], list) else ep["acc_scale"][0])
+    scale = np.float32(_first(ep["acc_scale"]))
     finish = make_float_finish(ep)
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
