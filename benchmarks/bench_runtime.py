@@ -398,8 +398,11 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
             fn()
         times: dict[str, list[float]] = {k: [] for k in runners}
         walls: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(rounds):
-            for label, fn in runners.items():
+        order = list(runners.items())
+        for r in range(rounds):
+            # every other round backwards, so no column always follows the same neighbour (a
+            # column's place in the round is not in its ratio)
+            for label, fn in (order if r % 2 == 0 else order[::-1]):
                 fn()  # untimed warm-up
                 # idle until the pool threads of the column before (ORT's 2-thread sessions) stop
                 # spinning: their spin would otherwise count as this column's CPU time (measured:
