@@ -299,6 +299,10 @@ def _fixed_shape_error(exc: NpuflowError, resized: list[dict[str, str]]) -> Npuf
     if exc.code == "NPF_MODEL_SHAPE_PROBE_FAILED" and not fixed_by:
         return exc
     reason = f"{fixed_by}; then {exc.fields['reason']}" if fixed_by else exc.fields["reason"]
+    if not fixed_by and "existing shape" in reason:
+        reason += (" (no node was found computing the old size: where only the model's declared shapes hold it, as in an "
+                   "export traced at one size, onnx.tools.update_model_dims.update_inputs_outputs_dims with symbolic "
+                   "dimensions for that input and the outputs makes a model that takes the size asked)")
     return NpuflowError("NPF_MODEL_FIXED_INPUT_SHAPE", **fields, reason=reason)
 
 
