@@ -7,13 +7,14 @@ entry for every initializer; the float pass that writes a linear layer's ``[1, 1
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.graph import set_array
 
 
-def _tf2onnx_style_linear() -> "onnx.ModelProto":  # noqa: F821
+def _tf2onnx_style_linear() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "W")
     b = numpy_helper.from_array(rng.standard_normal((1, 1, 6)).astype(np.float32), "Dense/Reshape:0")

@@ -8,6 +8,7 @@ NPF_QUANT_LOW_SIMILARITY); 0.9995 once the chain is one GELU."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -15,7 +16,7 @@ import npuflow
 from npuflow.passes.gelu import canonical_gelus, float_gelus
 
 
-def _tf2onnx_gelu_net() -> "onnx.ModelProto":  # noqa: F821
+def _tf2onnx_gelu_net() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     consts = {"W1": rng.standard_normal((16, 32)).astype(np.float32) * 6, "W2": rng.standard_normal((32, 8)).astype(np.float32) / 8,
               "c": np.float32(0.044715), "k": np.float32(np.sqrt(2 / np.pi)), "one": np.float32(1.0), "half": np.float32(0.5)}
