@@ -18,7 +18,7 @@ from onnx import NodeProto
 from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, hard_activation
 from ..targets.spec import Target
 from ..graph import GraphView
-from .ops import ACTIVATION, OpInfo
+from .ops import ACTIVATION, DYNAMIC_WEIGHT, OpInfo
 from ..targets.judge import rule_reasons
 from ..passes.gelu import gelu, is_canonical
 from ..passes.linear_bias import linear_bias
@@ -109,8 +109,13 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
         info = infos[i]
         if i in fused or not node.output:
             continue
-        rule = target.rule(info.kind)
-        if rule is None:
+        # A layer whose weights are computed at run time has no rule and runs on the CPU, yet the
+        # quantizer fuses its activation as the layer's (``passes/activations.op_kind`` does not ask
+        # where the weights come from): no quantize step between, so the activation runs with it
+        # (onnx's light SqueezeNet: the ReLU after a ``ConstantOfShape``-weight conv was alone on
+        # cpu-int8's accelerator in check of the float model, on the CPU with its conv in compile).
+        kind = info.kind.removesuffix(DYNAMIC_WEIGHT)
+        if target.rule(kind) is None:
             continue
         out = node.output[0]
         chain: list[int] = []
@@ -132,7 +137,7 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
             c = heads.pop()
             act = infos[c]
             # the quantizer's rule, so no quantize step is written where the checker fuses
-            if act.role == ACTIVATION and fuses(target, info.kind, act.kind) and _activation_ok(target, act) \
+            if act.role == ACTIVATION and fuses(target, kind, act.kind) and _activation_ok(target, act) \
                     and c not in fused:
                 members = [m for m, anchor in fused.items() if anchor == c]
                 chain.append(c)

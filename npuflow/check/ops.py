@@ -21,6 +21,8 @@ from ..graph import attr_values as attrs
 
 #: Roles decide how a node takes part in placement (:class:`npuflow.operators.Role`).
 COMPUTE, ACTIVATION, LAYOUT, FOLLOWER = Role.COMPUTE.value, Role.ACTIVATION.value, Role.LAYOUT.value, Role.FOLLOWER.value
+#: Suffix of the kind of a layer whose weights are computed at run time (no target has a rule for it).
+DYNAMIC_WEIGHT = "_dynamic_weight"
 __all__ = ["ACTIVATION", "ACTIVATION_KINDS", "COMPUTE", "FOLLOWER", "LAYOUT", "LAYOUT_KINDS", "OpInfo", "classify"]
 
 
@@ -101,7 +103,7 @@ def _conv(node, view, transposed: bool) -> OpInfo:
         p["output_channel"] = w[1] * group if transposed else w[0]
     kind = conv_kind(transposed, is_depthwise(group, ic))
     if not view.is_const(node.input[1]):
-        return OpInfo(kind + "_dynamic_weight", COMPUTE, p)
+        return OpInfo(kind + DYNAMIC_WEIGHT, COMPUTE, p)
     return OpInfo(kind, COMPUTE, p)
 
 

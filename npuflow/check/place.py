@@ -30,7 +30,7 @@ from .nonfinite import sentinel_tensors
 from .qcdq import has_qcdq_clip, legalize_qcdq
 from .qoperator import is_qlinear, qoperator_to_qdq
 from .lowerable import QuantFacts, lowering_limit, output_chain, table_lowered, target_runs
-from .ops import ACTIVATION, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
+from .ops import ACTIVATION, DYNAMIC_WEIGHT, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from ..targets.judge import rule_reasons
@@ -103,7 +103,7 @@ def _unsupported_reason(info: OpInfo, node: onnx.NodeProto, tgt: Target) -> str:
     if rule is not None and not rule.supported:
         note = f": {rule.note}" if rule.note else ""
         return f"{node.op_type} ({info.kind}) is not supported on {tgt.name}{note}"
-    if info.kind.endswith("_dynamic_weight"):
+    if info.kind.endswith(DYNAMIC_WEIGHT):
         return f"{node.op_type} with weights computed at run time is not supported on {tgt.device_label}"
     custom = lookup_custom_op(node.domain, node.op_type) if node.domain not in KNOWN_DOMAINS else None
     if custom is not None:

@@ -1,0 +1,36 @@
+"""A layer whose weights are computed at run time (onnx's light SqueezeNet: conv weights that stay
+``ConstantOfShape`` outputs after constant folding, new-user round 12): ``check`` of the float model,
+``check`` of the quantized model and ``compile`` place the activation after it alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import npuflow
+from npuflow.check.report import CPU, NPU
+from tests.unit.test_placement_agreement import TARGETS
+from tests.unit.test_placement_agreement_regressions import _agree, _conv, _model
+
+#: ``x[:, :, 0:3, 0:3]``: the 3x3 patch the weights are computed from.
+PATCH = [np.array([0, 0], np.int64), np.array([3, 3], np.int64), np.array([2, 3], np.int64)]
+
+
+def _dynamic_conv_relu():
+    """``x -> Slice -> Mul(c) = W``; ``Conv(x, W) -> Relu -> Conv``: the first Conv's weights are an
+    activation, so it runs on the CPU; the quantizer fuses its ReLU as any conv's (no quantize step
+    between)."""
+    return _model([("s", "Slice", ["x", *PATCH], {}), ("w", "Mul", ["s", np.full((4, 1, 1, 1), 0.5, np.float32)], {}),
+                   ("conv", "Conv", ["x", "w"], {"pads": [1, 1, 1, 1]}), ("relu", "Relu", ["conv"], {}),
+                   _conv("conv2", "relu")], ["conv2"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_relu_after_a_conv_with_run_time_weights_runs_with_it(target, tmp_path):
+    """Before, check of the float model judged the ReLU alone (no rule for the conv's kind, so no
+    fusion), and on cpu-int8 put it on the accelerator: ACC / CPU / CPU."""
+    devices = _agree(_dynamic_conv_relu(), target, tmp_path)
+    assert devices["conv"] == CPU and devices["relu"] == CPU and devices["conv2"] == NPU
+    report = npuflow.check(_dynamic_conv_relu(), target)
+    assert report.node("relu").fused_into == "conv"
+    assert "weights computed at run time" in report.node("conv").reasons[0]
