@@ -63,7 +63,7 @@ from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
-from .fused_tables import as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, pair_table, table_node
+from .fused_tables import as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, table_node
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_reach, elem_type,
                           input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
@@ -85,7 +85,7 @@ _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "lut_chann
 
 
 def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
-    if as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op) or pair_table(g, op, blobs):
+    if as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op):
         return
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):

@@ -135,13 +135,7 @@ def _codewise(op: dict, tensors: dict, blobs: dict) -> bool:
         return False
     if op["op"] == "lut":
         return True
-    return op["op"] == "eltwise" and _scalar_parameters(op, blobs)
-
-
-def _scalar_parameters(op: dict, blobs: dict) -> bool:
-    """Whether eltwise ``op``'s constants, scales, zero points, shifts and chain constants are one
-    value each, so that one table serves every element."""
-    if any(np.size(v) != 1 for v in blobs.values()):
+    if op["op"] != "eltwise" or any(np.size(v) != 1 for v in blobs.values()):
         return False
     a = op["attrs"]
     ep, spec = a.get("epilogue") or {}, a.get("qlinear", {})
@@ -187,51 +181,4 @@ def as_table(g: Graph, op: dict, blobs: dict) -> bool:
     table = table.reshape(-1)  # a one-value constant broadcasts as (1, 1, 1, 1)
     _lookup(g, src, out, table, lo)
     g.tables[out] = (src, table)
-    return True
-
-
-#: Entries of a table of two 8-bit codes (:func:`pair_table`).
-PAIR_ENTRIES = 256 * 256
-
-
-def pair_table(g: Graph, op: dict, blobs: dict) -> bool:
-    """Write float-scale eltwise ``op`` of two different 8-bit tensors as ONE table of both codes
-    (65,536 entries, index ``a * 256 + b``), and say whether it did.
-
-    A sum or product of two tensors at different scales otherwise runs as dequantize, combine,
-    divide, round and clip passes over float tensors (PP-OCRv4 det's SE products and residual
-    adds, YOLOv8n's C2f adds on bernoulli2); as a table it is the index's multiply-add, its cast
-    and one copy of entries.  The entries are the op's own kernel (``kernels.KERNELS``) run on
-    every pair of codes, so they hold exactly the codes the op-by-op run and the float form compute.
-    The operand with fewer elements (an SE block's per-channel scale) takes the factor 256, so a
-    broadcast product costs no full-size multiply.  Only ops with scalar parameters (one table)
-    in the dequantize form (``kernels._float_eltwise``): the power-of-two forms are integer
-    shifts already, and a float-scale product with ``QLinearMul``'s arithmetic runs as that kernel
-    (``fused_qlinear.mul``)."""
-    a = op["attrs"]
-    if op["op"] != "eltwise" or "dequant" not in a or any("const" in o for o in a["operands"]) \
-            or len(set(op["inputs"])) != 2:
-        return False
-    names = [op["inputs"][o["input"]] for o in a["operands"]]
-    out = op["outputs"][0]
-    dts = [np.dtype(g.tensors[t]["dtype"]) for t in (*names, out)]
-    shapes = [list(g.tensors[t]["shape"]) for t in (*names, out)]
-    if any(d.kind not in "iu" or d.itemsize != 1 for d in dts) or not _scalar_parameters(op, blobs) \
-            or list(np.broadcast_shapes(*map(tuple, shapes[:2]))) != shapes[2]:
-        return False
-    ranges = [nm.qrange(8, d.kind == "i") for d in dts[:2]]
-    pa, pb = (v.reshape(-1) for v in np.meshgrid(*(np.arange(lo, hi + 1) for lo, hi in ranges), indexing="ij"))
-    table = np.asarray(KERNELS["eltwise"](a, blobs)([pa.astype(dts[0]), pb.astype(dts[1])])[0]).reshape(-1)
-    if table.size != PAIR_ENTRIES or table.dtype != dts[2]:
-        return False
-    major = 1 if np.prod(shapes[1]) < np.prod(shapes[0]) else 0  # the operand whose code is index // 256
-    if major == 1:
-        table = table.reshape(256, 256).T.reshape(-1)
-    (xm, om), (xn, on) = g.base(names[major]), g.base(names[1 - major])
-    # the held values give index + d, d from the held offsets and the codes' lowest values
-    d = (ranges[major][0] - om) * 256 + (ranges[1 - major][0] - on)
-    if not -PAIR_ENTRIES <= d <= 0:
-        return False
-    index = g.node("Cast", [g.node("Add", [g.node("Mul", [xm, g.const(256.0)]), xn])], to=INDEX_TYPE)
-    _put_lookup(g, index, out, np.roll(table, d))
     return True
