@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, name_nodes
-from ..operators import CHAIN_OPS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS, op_def
+from ..operators import CHAIN_OPS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
@@ -212,10 +212,20 @@ def _split_unlowered_activations(view: GraphView, infos: list[OpInfo], facts: Qu
             split = src is not None and facts.is_dequantize(src) and \
                 (lowering_limit(anchor, facts) is not None or lowering_limit(node, facts) is not None)
         else:
-            split = a not in patterns.values() and not op_def(anchor.op_type, anchor.domain).quantized
+            split = a not in patterns.values() and not _quantized_alone(anchor, infos[a])
         if split:
             del fused[m]
             fused.update({k: m for k, b in patterns.items() if b == m})
+
+
+def _quantized_alone(node: onnx.NodeProto, info: OpInfo) -> bool:
+    """Whether the quantizer quantizes ``node`` as an op of its own: the registry says so, or the float
+    passes make a convolution of it (a ``BatchNormalization`` no layer absorbs becomes a 1x1 depthwise
+    Conv, ``passes/fold_batchnorm.batchnorm_to_depthwise``, which :func:`.ops.classify` names by that
+    convolution's kind).  ShuffleNet's ``Conv(run-time weights) -> BN -> Relu``: the ReLU split off the
+    BN went to the CPU in check of the float model, while the quantizer fused it into the BN's Conv."""
+    return op_def(node.op_type, node.domain).quantized or \
+        (node.op_type == "BatchNormalization" and info.kind in WEIGHTED_KINDS)
 
 
 def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],

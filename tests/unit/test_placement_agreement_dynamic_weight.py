@@ -34,3 +34,20 @@ def test_the_relu_after_a_conv_with_run_time_weights_runs_with_it(target, tmp_pa
     report = npuflow.check(_dynamic_conv_relu(), target)
     assert report.node("relu").fused_into == "conv"
     assert "weights computed at run time" in report.node("conv").reasons[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_relu_after_a_batchnorm_after_a_conv_with_run_time_weights_runs_with_the_batchnorm(target, tmp_path):
+    """ShuffleNet's ``Conv(run-time weights) -> BatchNormalization -> Relu -> Conv``: the BN cannot fold
+    into the CPU conv, so the float passes make a 1x1 depthwise Conv of it, into which the quantizer
+    fuses the ReLU.  Before, check of the float model split the ReLU off the BN (the registry's
+    ``BatchNormalization`` is not quantized on its own) and put it on the CPU as a follower of float
+    data: CPU / ACC / ACC on cpu-int8 and bernoulli2 (light ShuffleNet: 13 and 3 nodes)."""
+    c = 4
+    bn = [np.full(c, v, np.float32) for v in (1.5, 0.1, 0.2, 0.9)]
+    model = _model([("s", "Slice", ["x", *PATCH], {}), ("w", "Mul", ["s", np.full((4, 1, 1, 1), 0.5, np.float32)], {}),
+                    ("conv", "Conv", ["x", "w"], {"pads": [1, 1, 1, 1]}), ("bn", "BatchNormalization", ["conv", *bn], {}),
+                    ("relu", "Relu", ["bn"], {}), _conv("conv2", "relu")], ["conv2"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["conv"] == CPU and devices["bn"] == devices["relu"] == devices["conv2"]
+    assert npuflow.check(model, target).node("relu").fused_into == "bn"
