@@ -19,11 +19,11 @@ import npuflow
 from npuflow import numerics
 from npuflow.graph import GraphView
 from npuflow.numerics import RoundMode
-from npuflow.ort_session import open_session
 from npuflow.passes.linear_bias import linear_bias
 from npuflow.quant.algorithms import fast_finetune as ff
 from npuflow.quant.pipeline import config_of
 from npuflow.targets import load_target
+from tests.models.layer_error import record_layer_results, written_error
 from tests.models.test_learn_threshold_rec_linear import DPU, LAYER, _scales, rec_linear  # noqa: F401
 
 CONFIG = {"fast_finetune": {"method": "adaquant", "iters": 100}, "include_bias_corr": False}
@@ -45,20 +45,15 @@ def test_adaquant_bias_of_matmul_lands_in_its_add(rec_linear, monkeypatch, tmp_p
     sub, feeds, float_bias = rec_linear
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
     learned: list[np.ndarray] = []
-    results: list[ff.LayerResult] = []
-    real_adaquant, real_solve = ff.adaquant, ff._solve_layer
+    real_adaquant = ff.adaquant
 
     def adaquant(*args, **kwargs):
         codes, bias = real_adaquant(*args, **kwargs)
         learned.append(np.asarray(bias, np.float32).reshape(-1))
         return codes, bias
 
-    def solve_layer(*args, **kwargs):
-        results.append(real_solve(*args, **kwargs))
-        return results[-1]
-
     monkeypatch.setattr(ff, "adaquant", adaquant)
-    monkeypatch.setattr(ff, "_solve_layer", solve_layer)
+    results = record_layer_results(monkeypatch)
     q = npuflow.quantize(sub, feeds, DPU, CONFIG, warn=False)
     s_in, s_w, s_b, codes, _ = _scales(q.model)
     (bias,), (result,) = learned, results
@@ -72,8 +67,5 @@ def test_adaquant_bias_of_matmul_lands_in_its_add(rec_linear, monkeypatch, tmp_p
     assert np.abs(codes.astype(np.int64) - exported).max() > 0  # AdaQuant did move the bias
 
     quantized, name = _with_add_output(q.model)
-    session = open_session(quantized, level="disable")
-    reference = open_session(sub, level="disable")
-    err = [(session.run([name], f)[0] - reference.run(None, f)[0]).astype(np.float64) ** 2 for f in feeds]
-    written = float(np.mean(np.concatenate([e.reshape(-1) for e in err])))
+    written = written_error(quantized, name, sub, feeds)
     assert np.isclose(written, result.error_after, rtol=1e-3), (written, result.error_after, result.error_before)
