@@ -24,6 +24,9 @@ their ``.onnx`` files, one intra-op thread each) loads the model and runs ``--me
 frames; its peak resident set (``VmHWM``) is reported as the increase over a baseline process
 that imports the same libraries and loads the same input but no model (see ``child_memory``).
 
+With ``--processes N`` (default 1), each case runs in N fresh processes and a row reports each ratio's
+median over them and its range (``case_in_processes``): the same row's ratio moves between processes.
+
 The compiled model's outputs are compared with ONNX Runtime's on ``quantized_model.onnx`` first
 (power-of-two targets: equal; float scales: the largest difference is reported), with its int8
 weights in the form this CPU's integer kernels compute exactly (``ort_kernels.exact_weights``:
@@ -33,7 +36,7 @@ run the model as a user's ONNX Runtime does, saturating kernels included.
 
     python benchmarks/bench_runtime.py [--rounds 5] [--runs 5] [--cases effnet:B4096:1,...|BATCH8] [--before REV]
                                        [--clock wall|process] [--[no-]memory] [--memory-frames 5]
-                                       [--out runtime]
+                                       [--processes 1] [--out runtime]
 
 Writes ``benchmarks/results/runtime.md`` (and ``runtime.json``; ``--out`` names them) and prints
 the table.
@@ -212,7 +215,7 @@ CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 #: The column of ORT on the plain QDQ model with ``ort_kernels.exact_weights`` (uint8 weights where
 #: this CPU's uint8 x int8 kernels saturate): the int8 kernels npuflow may use, at ORT's speed.  Its
-#: name starts with neither "ORT plain QDQ " nor "ORT QDQ ", the prefixes ``bench_case``'s ``best`` takes.
+#: name starts with neither "ORT plain QDQ " nor "ORT QDQ ", the prefixes ``best_of`` takes.
 EXACT_PLAIN = "ORT exact-weight plain QDQ 1 thread"
 
 #: Seconds of idle before each timed column (see ``bench_case``).
@@ -300,6 +303,16 @@ _ONE_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
 MIB = 1024.0
 
 
+def run_child(code: str, spec: dict, env: dict[str, str] | None = None) -> dict:
+    """What a fresh ``python -c code json(spec)`` prints last, as JSON (``env`` over this one's): the
+    one way this benchmark starts a child.  A failing child raises ``RuntimeError`` with its stderr."""
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def child_memory(load: str, model: str | None = None, input_path: Path | None = None, frames: int = 5) -> dict:
     """Peak and stepwise resident memory, in MiB, of a fresh ``MEMORY_CHILD`` running ``load``.
 
@@ -308,11 +321,7 @@ def child_memory(load: str, model: str | None = None, input_path: Path | None = 
     free lists) hide or inflate another's.
     """
     spec = {"load": load, "model": model, "input": str(input_path) if input_path else None, "frames": frames}
-    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **_ONE_THREAD_ENV})
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_child(MEMORY_CHILD, spec, _ONE_THREAD_ENV)
     return {"peak": out["peak_kib"] / MIB, "rss": {k: v / MIB for k, v in out["rss_kib"].items()}}
 
 
@@ -423,11 +432,7 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
             memory = memory_columns(models, input_path, memory_frames)
     med = {k: statistics.median(v) / batch for k, v in times.items()}  # per frame
     med_wall = {k: statistics.median(v) / batch for k, v in walls.items()}
-
-    def best(prefix: str) -> float:
-        return best_of(med, prefix)
-
-    ours_best = best("npuflow")
+    ours_best = best_of(med, "npuflow")
     return {
         "model": title, "target": target, "batch": batch, "input": shape, "subgraphs": len(compiled.subgraphs),
         "accelerator_subgraphs": sum(s.on_accelerator for s in compiled.subgraphs),
@@ -442,10 +447,10 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
         "speedup_vs_op_by_op": med["npuflow op-by-op (before)"] / ours_best,
         "speedup_vs_rev_1_thread": (med[f"npuflow fused.py at {before[0]} 1 thread"] / med["npuflow 1 thread"]
                                     if before else None),
-        "ratio_vs_best_ort_plain_qdq": best("ORT plain QDQ") / ours_best,
+        "ratio_vs_best_ort_plain_qdq": best_of(med, "ORT plain QDQ") / ours_best,
         "ratio_vs_ort_exact_weight_plain_qdq": med[EXACT_PLAIN] / ours_best if EXACT_PLAIN in med else None,
-        "ratio_vs_best_ort_qdq": best("ORT QDQ") / ours_best,
-        "ratio_vs_best_ort_fp32": best("ORT FP32") / ours_best,
+        "ratio_vs_best_ort_qdq": best_of(med, "ORT QDQ") / ours_best,
+        "ratio_vs_best_ort_fp32": best_of(med, "ORT FP32") / ours_best,
         "memory_mib": memory,
     }
 
@@ -458,14 +463,59 @@ def best_of(med: dict[str, float], prefix: str) -> float:
                if k.startswith(prefix + " ") and k[len(prefix) + 1:].split(" ")[0].isdigit() and " at " not in k)
 
 
+#: The program of a ``--processes`` child: one ``bench_case`` (``case_from_spec``), its row as JSON.
+CASE_CHILD = r'''
+import json, sys
+from benchmarks import bench_runtime as B
+print(json.dumps(B.case_from_spec(json.loads(sys.argv[1]))))
+'''
+
+#: The ratios of a row that ``--processes`` reports as a median over the processes and its spread.
+RATIOS = ("ratio_vs_best_ort_plain_qdq", "ratio_vs_ort_exact_weight_plain_qdq", "ratio_vs_best_ort_qdq",
+          "ratio_vs_best_ort_fp32", "speedup_vs_op_by_op", "speedup_vs_rev_1_thread")
+
+
+def case_from_spec(spec: dict) -> dict:
+    """``bench_case`` from JSON options (``main`` builds them; a ``CASE_CHILD`` reads them)."""
+    before = (spec["before"], fused_planner(spec["before"])) if spec["before"] else None
+    return bench_case(*spec["case"], spec["rounds"], spec["runs"], spec["calib"], before, CLOCKS[spec["clock"]],
+                      spec["memory_frames"])
+
+
+def case_in_processes(spec: dict, processes: int) -> dict:
+    """One row from ``processes`` fresh children, each running the whole case as one process does.
+    A ratio moves between processes by more than the gaps it is read for (docs/compiler-runtime.md),
+    so each ratio is the median of the processes' ratios, ``spread`` its [min, max], each time the
+    median of their medians; ``processes`` keeps every row; memory is the first child's alone."""
+    runs = [run_child(CASE_CHILD, {**spec, "memory_frames": None if k else spec["memory_frames"]}) for k in range(processes)]
+    med = statistics.median
+    row = {**runs[0], "processes": runs, "spread": {},
+           "outputs_equal_ort_qdq": all(r["outputs_equal_ort_qdq"] for r in runs),
+           "max_output_diff_vs_ort_qdq": max(r["max_output_diff_vs_ort_qdq"] for r in runs),
+           **{k: med(r[k] for r in runs) for k in ("quantize_s", "compile_s")},
+           **{k: {c: med(r[k][c] for r in runs) for c in runs[0][k]} for k in ("ms", "wall_ms")}}
+    row["fps"] = {c: 1000.0 / v for c, v in row["ms"].items()}
+    row["two_thread_scaling"] = {side: {c: med(r["two_thread_scaling"][side][c] for r in runs) for c in clocks}
+                                 for side, clocks in runs[0]["two_thread_scaling"].items()}
+    for key in (k for k in RATIOS if runs[0][k] is not None):  # the same columns in every process
+        values = [r[key] for r in runs]
+        row[key], row["spread"][key] = med(values), [min(values), max(values)]
+    return row
+
+
 def _ratio(v) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def _ratio_cell(r: dict, key: str) -> str:
+    """A row's ratio, with its spread over the processes (``--processes``) in brackets."""
+    lo_hi = r.get("spread", {}).get(key)
+    return _ratio(r.get(key)) + (f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi else "")
+
+
 def _scaling(r: dict, side: str) -> str:
-    """``side``'s 2-thread throughput over its 1-thread throughput, by the table's clock / by the
-    wall clock (process CPU time: 1.0 is a second thread that costs nothing beyond its share of
-    the work; wall clock: up to 2.0 on two idle cores)."""
+    """``side``'s 2-thread over 1-thread throughput, by the table's clock / the wall clock (CPU time: 1.0
+    is a second thread costing nothing beyond its share of the work; wall clock: up to 2.0 on two idle cores)."""
     s = r.get("two_thread_scaling", {}).get(side)
     return "n/a" if s is None else f"{s['clock']:.2f} / {s['wall']:.2f}"
 
@@ -487,7 +537,10 @@ def render(results: list[dict], meta: dict) -> str:
         "# Runtime benchmark",
         "",
         f"Run {meta['date']} on {meta['machine']} ({meta.get('cpu', '')}, {meta['cpus']} CPUs, load average at start "
-        f"{meta['load']}); median of {meta['rounds']} interleaved rounds of {meta['runs']} runs.",
+        f"{meta['load']}); median of {meta['rounds']} interleaved rounds of {meta['runs']} runs"
+        + (f"; each case in {meta['processes']} fresh processes (`--processes`), every ratio the median of the "
+           "processes' ratios with their range (min-max) in brackets, every time the median of the processes' "
+           "medians." if meta.get("processes", 1) > 1 else "."),
         {"s8": "ONNX Runtime's uint8 x int8 kernels are exact on this CPU (VNNI): npuflow's integer kernels use int8 weights.",
          "u8": "ONNX Runtime's uint8 x int8 kernels saturate on this CPU (no VNNI): npuflow's integer kernels use uint8 "
                "weights (exact, about half the speed) except on convolutions whose weight pairs cannot saturate a "
@@ -512,10 +565,7 @@ def render(results: list[dict], meta: dict) -> str:
         fps = " | ".join(f"{r['fps'][c]:.1f}" if c in r["fps"] else "" for c in cols)
         equal = "True" if r["outputs_equal_ort_qdq"] else f"False (max diff {r['max_output_diff_vs_ort_qdq']:.3g})"
         lines.append(f"| {r['model']} | {r['target']} | {r['batch']} | {fps} | "
-                     f"{_ratio(r['ratio_vs_best_ort_plain_qdq'])} | "
-                     f"{_ratio(r.get('ratio_vs_ort_exact_weight_plain_qdq'))} | {_ratio(r['ratio_vs_best_ort_qdq'])} | "
-                     f"{_ratio(r['ratio_vs_best_ort_fp32'])} | {_ratio(r['speedup_vs_op_by_op'])} | "
-                     + (f"{_ratio(r['speedup_vs_rev_1_thread'])} | " if rev else "")
+                     + "".join(f"{_ratio_cell(r, k)} | " for k in RATIOS[:6 if rev else 5])
                      + f"{_scaling(r, 'npuflow')} | {_scaling(r, 'ORT plain QDQ')} | {equal} | "
                      f"{r['subgraphs']} ({r['accelerator_subgraphs']}) |")
     lines += [
@@ -558,7 +608,21 @@ def render(results: list[dict], meta: dict) -> str:
         "much less.",
         "",
     ]
-    return "\n".join(lines + render_memory(results, meta))
+    return "\n".join(lines + render_processes(results) + render_memory(results, meta))
+
+
+def render_processes(results: list[dict]) -> list[str]:
+    """Each process's ratios (``--processes``; empty without it)."""
+    rows = [r for r in results if r.get("processes")]
+    if not rows:
+        return []
+    return ["Each process's ratios (`--processes`: in the order they ran):", "",
+            "| model | target | batch | npuflow / best ORT plain QDQ | npuflow / best ORT FP32 |",
+            "| --- | --- | ---: | --- | --- |"] + [
+        f"| {r['model']} | {r['target']} | {r['batch']} | " + " | ".join(
+            ", ".join(_ratio(p[k]) for p in r["processes"]) for k in ("ratio_vs_best_ort_plain_qdq",
+                                                                      "ratio_vs_best_ort_fp32")) + " |"
+        for r in rows] + [""]
 
 
 def render_memory(results: list[dict], meta: dict) -> list[str]:
@@ -588,6 +652,13 @@ def render_memory(results: list[dict], meta: dict) -> list[str]:
     return lines + [""]
 
 
+def _processes(value: str) -> int:
+    """``--processes``: a whole number, at least 1 (argparse names a bad value, no traceback)."""
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes (a whole number, at least 1)")
+    return int(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default=CASES, help="model:target:batch, comma-separated, or BATCH8 (every model at batch 8)")
@@ -600,20 +671,22 @@ def main() -> None:
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                     help="measure each column's peak memory in fresh processes (a few seconds per case)")
     ap.add_argument("--memory-frames", type=int, default=5, help="frames each memory process runs")
+    ap.add_argument("--processes", type=_processes, default=1, metavar="N",
+                    help="each case in N fresh processes, each ratio's median and range over them (default 1)")
     ap.add_argument("--out", default="runtime", help="results/<OUT>.md and .json")
     args = ap.parse_args()
-    before = (args.before, fused_planner(args.before)) if args.before else None
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.machine(),
             "cpus": os.cpu_count(), "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
             "rounds": args.rounds, "runs": args.runs, "before": args.before, "clock": args.clock,
             "command": " ".join(["python benchmarks/bench_runtime.py", *sys.argv[1:]]),
             "weight_form": ort_kernels.weight_form(), "cpu": _cpu_name(),
-            "memory_frames": args.memory_frames if args.memory else None}
+            "memory_frames": args.memory_frames if args.memory else None, "processes": args.processes}
     results = []
     for case in (BATCH8 if args.cases == "BATCH8" else args.cases).split(","):
         key, target_key, batch = case.split(":")
-        results.append(bench_case(key, target_key, int(batch), args.rounds, args.runs, args.calib, before,
-                                  CLOCKS[args.clock], args.memory_frames if args.memory else None))
+        spec = {"case": [key, target_key, int(batch)], "rounds": args.rounds, "runs": args.runs, "calib": args.calib,
+                "before": args.before, "clock": args.clock, "memory_frames": meta["memory_frames"]}
+        results.append(case_from_spec(spec) if args.processes == 1 else case_in_processes(spec, args.processes))
         sys.stderr.write(f"{case}: {results[-1]['ratio_vs_best_ort_plain_qdq']:.2f}x best ORT plain QDQ\n")
     text = render(results, meta)
     RESULTS.mkdir(exist_ok=True)
