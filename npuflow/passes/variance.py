@@ -42,13 +42,22 @@ class OnePassVariance:
     deviation: str
 
 
-def _dims(idx: GraphView, tensor: str) -> list[int | str] | None:
-    """``tensor``'s declared dimensions (a size, or a symbolic name), else its constant's shape."""
-    for vi in [*idx.graph.input, *idx.graph.value_info, *idx.graph.output]:
-        if vi.name == tensor and vi.type.tensor_type.HasField("shape"):
+def _dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Each tensor's dimensions (a size, or a symbolic name shared by equal sizes) as ONNX shape
+    inference with data propagation finds them: a graph with a dynamic batch computes its
+    broadcast shapes from ``Shape`` at run time, and only propagation names their sizes."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (ValueError, onnx.shape_inference.InferenceError):  # > 2 GB, or a graph ONNX cannot infer
+        inferred = model
+    graph = inferred.graph
+    found: dict[str, list[int | str]] = {t.name: list(t.dims) for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
-            return dims if all(d != "" and d != 0 for d in dims) else None
-    return idx.shape(tensor)
+            if all(d != "" for d in dims):
+                found[vi.name] = dims
+    return found
 
 
 def _squared(node: onnx.NodeProto | None, g: FloatView) -> str | None:
@@ -62,7 +71,7 @@ def _squared(node: onnx.NodeProto | None, g: FloatView) -> str | None:
     return None
 
 
-def _mean(tensor: str, g: FloatView) -> tuple[str, tuple[int, ...], int] | None:
+def _mean(tensor: str, g: FloatView, dims: dict[str, list[int | str]]) -> tuple[str, tuple[int, ...], int] | None:
     """``tensor = mean(t)`` over some axes (``ReduceMean``, or ``ReduceSum`` times ``1/N`` or
     divided by ``N``, ``N`` the reduced size): ``(t, axes, keepdims)``, else ``None``."""
     node = g.producer(tensor)
@@ -82,7 +91,7 @@ def _mean(tensor: str, g: FloatView) -> tuple[str, tuple[int, ...], int] | None:
             return None
     elif node.op_type != "ReduceMean":
         return None
-    rank_dims = _dims(g.idx, node.input[0])
+    rank_dims = dims.get(node.input[0])
     if rank_dims is None:
         return None
     axes = attr(node, "axes", None)
@@ -99,10 +108,11 @@ def _mean(tensor: str, g: FloatView) -> tuple[str, tuple[int, ...], int] | None:
     return node.input[0], axes, int(attr(node, "keepdims", 1))
 
 
-def _deviation(x: str, mean: str, axes: tuple[int, ...], idx: GraphView) -> str | None:
+def _deviation(x: str, mean: str, axes: tuple[int, ...], idx: GraphView,
+               dims: dict[str, list[int | str]]) -> str | None:
     """A tensor ``x - mean`` the graph computes, ``mean`` broadcast back over the reduced axes
     through shape-only ops, else ``None``."""
-    x_dims = _dims(idx, x)
+    x_dims = dims.get(x)
     if x_dims is None:
         return None
     kept = [1 if a in axes else d for a, d in enumerate(x_dims)]
@@ -112,13 +122,14 @@ def _deviation(x: str, mean: str, axes: tuple[int, ...], idx: GraphView) -> str 
         for reader in idx.consumer_nodes(t):
             if reader.op_type in _BROADCAST_OPS and reader.input[0] == t:
                 frontier.append(reader.output[0])
-            elif reader.op_type == "Sub" and list(reader.input) == [x, t] and _broadcast_back(t, mean, kept, idx) \
-                    and _dims(idx, reader.output[0]) == x_dims:
+            elif reader.op_type == "Sub" and list(reader.input) == [x, t] and _broadcast_back(t, mean, kept, idx, dims) \
+                    and dims.get(reader.output[0]) == x_dims:
                 return reader.output[0]
     return None
 
 
-def _broadcast_back(t: str, mean: str, kept: list[int | str], idx: GraphView) -> bool:
+def _broadcast_back(t: str, mean: str, kept: list[int | str], idx: GraphView,
+                    dims: dict[str, list[int | str]]) -> bool:
     """``t`` is ``mean`` with the reduced axes back as size 1, then possibly expanded: the last
     tensor before any ``Expand`` on the way from ``mean`` has the shape ``kept``."""
     while t != mean:
@@ -126,9 +137,9 @@ def _broadcast_back(t: str, mean: str, kept: list[int | str], idx: GraphView) ->
         if node is None or node.op_type not in _BROADCAST_OPS:
             return False
         if node.op_type != "Expand":
-            return _dims(idx, t) == kept
+            return dims.get(t) == kept
         t = node.input[0]
-    return _dims(idx, mean) == kept
+    return dims.get(mean) == kept
 
 
 def _private(squares: str, sub: onnx.NodeProto, idx: GraphView) -> bool:
@@ -151,21 +162,22 @@ def one_pass_variances(model: onnx.ModelProto) -> list[OnePassVariance]:
     ``Sub``."""
     idx = GraphView(model.graph)
     g = FloatView(idx)
+    subs = [n for n in model.graph.node if n.op_type == "Sub" and n.domain in STANDARD_DOMAINS and len(n.input) == 2
+            and _squared(g.producer(n.input[1]), g) is not None and g.only_reader(n.input[1]) is not None]
+    dims = _dims(model) if subs else {}
     found = []
-    for sub in model.graph.node:
-        if sub.op_type != "Sub" or sub.domain not in STANDARD_DOMAINS or len(sub.input) != 2:
-            continue
-        outer = _mean(sub.input[0], g)
+    for sub in subs:
         square_mean = g.producer(sub.input[1])
         mean = _squared(square_mean, g)
-        if outer is None or mean is None or g.only_reader(sub.input[1]) is None:
+        outer = _mean(sub.input[0], g, dims)
+        if outer is None:
             continue
         square_x = g.producer(outer[0])
-        inner = _mean(mean, g)
+        inner = _mean(mean, g, dims)
         x = _squared(square_x, g)
         if inner is None or x is None or inner[0] != x or inner[1:] != outer[1:] or not _private(outer[0], sub, idx):
             continue
-        deviation = _deviation(x, mean, inner[1], idx)
+        deviation = _deviation(x, mean, inner[1], idx, dims)
         if deviation is not None and not any(idx.is_graph_output(t) for t in (sub.output[0], sub.input[1])):
             found.append(OnePassVariance(sub, square_x, square_mean, sub.input[0], deviation))
     return found
