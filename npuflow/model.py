@@ -293,7 +293,8 @@ def name_nodes(proto: onnx.ModelProto | onnx.GraphProto) -> None:
         name = n.name or f"{n.op_type}_{i}"
         while name in seen:
             name = f"{name}_{i}"
-        n.name = name
+        if name != n.name:  # an untouched name may be invalid UTF-8 (bytes), which validation names
+            n.name = name
         seen.add(name)
 
 

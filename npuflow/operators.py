@@ -240,6 +240,9 @@ NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUni
 SIZE_JOINING_OPS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"})
 #: Ops that make a tensor of a constant shape from constant inputs (a traced size baked in).
 SHAPE_MAKING_OPS = frozenset({"Expand", "Tile", "ConstantOfShape", "Range"})
+#: Ops that only give a reduced tensor its reduced (size-1) axes back or broadcast it: how a
+#: reduced mean returns to its input's shape (the LayerNorm variance pass follows them).
+BROADCAST_BACK_OPS = frozenset({"Reshape", "Unsqueeze", "Expand"})
 #: Single-input ops whose outputs lie on their (per-tensor) input's quantization grid, so a
 #: quantize step with the input's parameters after them is exact (``check/lowerable.grid_step``).
 GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})

@@ -24,11 +24,8 @@ import onnx
 
 from ..graph import GraphView, attr, remove_unused_initializers
 from ..model import sort_nodes
-from ..operators import STANDARD_DOMAINS, close
+from ..operators import BROADCAST_BACK_OPS, STANDARD_DOMAINS, close
 from .activations import FloatView
-
-#: Ops that only give a reduced mean its reduced axes back (size-1 dimensions, then broadcast).
-_BROADCAST_OPS = frozenset({"Reshape", "Unsqueeze", "Expand"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ def _deviation(x: str, mean: str, axes: tuple[int, ...], idx: GraphView,
     while frontier:
         t = frontier.pop()
         for reader in idx.consumer_nodes(t):
-            if reader.op_type in _BROADCAST_OPS and reader.input[0] == t:
+            if reader.op_type in BROADCAST_BACK_OPS and reader.input[0] == t:
                 frontier.append(reader.output[0])
             elif reader.op_type == "Sub" and list(reader.input) == [x, t] and _broadcast_back(t, mean, kept, idx, dims) \
                     and dims.get(reader.output[0]) == x_dims:
@@ -134,7 +131,7 @@ def _broadcast_back(t: str, mean: str, kept: list[int | str], idx: GraphView,
     tensor before any ``Expand`` on the way from ``mean`` has the shape ``kept``."""
     while t != mean:
         node = idx.producer_node(t)
-        if node is None or node.op_type not in _BROADCAST_OPS:
+        if node is None or node.op_type not in BROADCAST_BACK_OPS:
             return False
         if node.op_type != "Expand":
             return dims.get(t) == kept
