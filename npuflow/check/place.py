@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, name_nodes
-from ..operators import CHAIN_OPS, LOWERED_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
+from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, relative_precision_cones
 from .fusion import find_activation_patterns, fuse
@@ -229,7 +229,7 @@ def _quantized_alone(node: onnx.NodeProto, info: OpInfo) -> bool:
     convolution's kind).  ShuffleNet's ``Conv(run-time weights) -> BN -> Relu``: the ReLU split off the
     BN went to the CPU in check of the float model, while the quantizer fused it into the BN's Conv."""
     return op_def(node.op_type, node.domain).quantized or \
-        (node.op_type == "BatchNormalization" and info.kind in WEIGHTED_KINDS)
+        (node.op_type in REWRITTEN_OPS and info.kind in WEIGHTED_KINDS)
 
 
 def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],
