@@ -67,7 +67,7 @@ class IntegerExecutor:
         #: cls, YOLOv8n on cpu-int8): ``run`` returns its result as it comes, the rest of a frame's
         #: bookkeeping (arena, environment, output dictionary) being for programs of several items
         only = self.plan.items[0] if len(self.plan.items) == 1 else None
-        self._single = (only if isinstance(only, fused.FusedRun) and list(only.outputs) == self.outputs
+        self.single = (only if isinstance(only, fused.FusedRun) and list(only.outputs) == self.outputs
                         else None)
         self.arena_bytes = plan["arena_bytes"] if kernels else 0
         self.buffers = {}
@@ -90,8 +90,8 @@ class IntegerExecutor:
         return kernel
 
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
-        if self._single is not None and dump is None:  # one fused run makes every output: no arena, no env
-            return self._single.run(feeds)
+        if self.single is not None and dump is None:  # one fused run makes every output: no arena, no env
+            return self.single.run(feeds)
         arena = np.empty(self.arena_bytes, np.uint8) if self.arena_bytes else _NO_ARENA
         env = dict(feeds)
         for item in self.plan.items:

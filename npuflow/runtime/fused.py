@@ -437,7 +437,8 @@ class FusedRun:
         self._threads = threads
         self._rebuild = rebuild
         self._release = release
-        self._feeds = [input_name(k) for k in range(len(self.inputs))]
+        #: the session's input names, in order of ``inputs`` (a caller of :meth:`run_fed` keys its feeds by them)
+        self.feed_names = [input_name(k) for k in range(len(self.inputs))]
         self.session = self._session(g, outputs)
         #: the session's outputs by name, and (the session, its run without the Python wrapper's
         #: checks), one tuple so that a thread reads both at once; built again if ``session`` is replaced
@@ -483,16 +484,23 @@ class FusedRun:
                             shared_arena=True)
 
     def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:
-        feeds = {n: env[t] for n, t in zip(self._feeds, self.inputs)}
+        feeds = {n: env[t] for n, t in zip(self.feed_names, self.inputs)}
         if not dump:
-            session, run = self._direct
-            if session is not self.session:
-                self._direct = session, run = self.session, direct_run(self.session)
-            return dict(zip(self.outputs, run(self._names, feeds, None)))
+            return dict(zip(self.outputs, self.run_fed(feeds)))
         with self._lock:
             if self._dump_session is None:
                 self._dump_session = self._session(self.graph(), self.produced)
         return dict(zip(self.produced, self._dump_session.run(None, feeds)))
+
+    def run_fed(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The run on ``feeds`` keyed by :attr:`feed_names`: its outputs in order of ``outputs``.
+
+        For a caller that builds the feeds itself (``Session.run`` where a frame is this one run);
+        the session's direct run is looked up again when ``session`` was replaced."""
+        session, run = self._direct
+        if session is not self.session:
+            self._direct = session, run = self.session, direct_run(self.session)
+        return run(self._names, feeds, None)
 
 
 def direct_run(session: object) -> Callable:

@@ -38,6 +38,7 @@ from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel, shape_sets_text
 from . import merge
 from .executors import IntegerExecutor, OnnxExecutor, return_freed_heap
+from .fused import FusedRun
 from .plugin_executor import PluginExecutor
 from .runner import Runner, TensorInfo
 
@@ -141,6 +142,49 @@ class _Program:
         return self._executors[k]
 
 
+class _OneRun:
+    """A model whose frame is one ONNX Runtime run: one program, one step, one fused run that takes
+    the model's inputs and makes its outputs in order (MNIST, on both targets).
+
+    ``Session.run`` calls it first when no listener, dump or output selection asks for the general
+    path: it checks each input as ``_validate`` does (a dict of exactly the model's inputs, each a
+    C-contiguous ``numpy.ndarray`` of the compiled dtype and shape) and feeds the arrays to the
+    fused run's session as they come, without the step loop, the executor's and the fused run's
+    dictionaries or the output selection of a general frame.  Anything it does not accept (a
+    missing or unknown name, another dtype or shape, a list, a strided view, a ``Mapping`` that is
+    not a dict) goes to the general path, which pads, copies or refuses it with its coded error.
+    """
+
+    def __init__(self, run: FusedRun, inputs: list["TensorInfo"], output_names: list[str]) -> None:
+        self.run = run
+        self.output_names = output_names
+        feed = dict(zip(run.inputs, run.feed_names))
+        #: per model input: its name, the fused run's feed name for it, the dtype and shape it must have
+        self.checks = [(t.name, feed[t.name], np.dtype(t.dtype), tuple(t.shape)) for t in inputs]
+
+    @classmethod
+    def of(cls, program: "_Program", output_names: list[str]) -> "_OneRun | None":
+        """The program's one run, or None where a frame is more than one fused run of the model's inputs."""
+        executor = program.steps[0].executor if len(program.steps) == 1 else None
+        run = executor.single if isinstance(executor, IntegerExecutor) else None
+        names = {t.name for t in program.input_infos}
+        if run is None or list(run.outputs) != output_names or not set(run.inputs) == names == set(program.inputs):
+            return None
+        return cls(run, program.input_infos, output_names)
+
+    def __call__(self, inputs: object) -> dict[str, np.ndarray] | None:
+        """The frame's outputs, or None: ``inputs`` needs the general path."""
+        if type(inputs) is not dict or len(inputs) != len(self.checks):
+            return None
+        feeds = {}
+        for name, feed, dtype, shape in self.checks:
+            a = inputs.get(name)
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+                return None
+            feeds[feed] = a
+        return dict(zip(self.output_names, self.run.run_fed(feeds)))
+
+
 def _last_reads(steps: Sequence[merge.Step], outputs: set[str]) -> list[tuple[str, ...]]:
     """Per step, the inputs it is the last step to read, model outputs left out."""
     last = {name: k for k, step in enumerate(steps) for name in step.inputs}
@@ -222,6 +266,8 @@ class Session:
                                      if len({p.inputs[t.name][k] for p in self._programs}) == 1] for t in self._inputs}
         #: per input, its numpy dtype, built once: ``run`` checks every frame against it
         self._dtypes = {t.name: np.dtype(t.dtype) for t in self._inputs}
+        #: a frame that is one ONNX Runtime run, called without the general path (:class:`_OneRun`)
+        self._one_run = _OneRun.of(first, self._output_names) if fuse and len(self._programs) == 1 else None
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
         self._release_read()
@@ -244,7 +290,7 @@ class Session:
         finds them (a server swapping models, a notebook loading many); the description
         (``get_inputs``, ``compiled``) stays.  Closing twice is fine; running a closed session is
         ``NPF_RUNTIME_CLOSED``."""
-        programs, self._programs = self._programs, []
+        programs, self._programs, self._one_run = self._programs, [], None
         for program in programs:  # the steps hold bound methods of their program: break the cycle
             program.steps, program._executors = [], []
         return_freed_heap()
@@ -387,6 +433,11 @@ class Session:
         returns that program's outputs whole: where an output dimension follows a padded input
         dimension (an OCR line's time steps), its last positions are computed from the padding.
         """
+        one_run = self._one_run
+        if one_run is not None and output_names is None and dump_dir is None and not self._listeners:
+            outputs = one_run(inputs)
+            if outputs is not None:
+                return outputs
         program, env = self._validate(inputs)
         if output_names is not None:
             output_names = self._check_output_names(output_names, program)

@@ -53,15 +53,15 @@ def test_a_program_of_one_fused_run_returns_its_outputs_as_the_general_path_does
     sess = Session(compiled)
     (step,) = sess._programs[0].steps
     executor = step.executor
-    assert isinstance(executor._single, fused.FusedRun)
+    assert isinstance(executor.single, fused.FusedRun)
     for k in range(3):
         x = {"x": _x([1, 8, 13, 11], k)}
         fast = executor.run(dict(x))
-        single, executor._single = executor._single, None  # the general path: arena, environment, items
+        single, executor.single = executor.single, None  # the general path: arena, environment, items
         try:
             general = executor.run(dict(x))
         finally:
-            executor._single = single
+            executor.single = single
         assert list(fast) == list(general) == executor.outputs
         assert all(np.array_equal(fast[o], general[o]) for o in fast)
         assert np.array_equal(sess.run(x)["y"], ort_values(model, x, ["y"])["y"])
@@ -72,7 +72,7 @@ def test_a_program_with_kernels_keeps_the_general_path(mixed):
     ref = Session(compiled, fuse=False)
     for step in ref._programs[0].steps:
         if isinstance(step.executor, IntegerExecutor):
-            assert step.executor._single is None
+            assert step.executor.single is None
 
 
 def test_fast_frames_equal_listened_and_kernel_frames(mixed):
@@ -132,3 +132,65 @@ def test_a_replaced_session_is_the_one_that_runs(whole):
     assert np.array_equal(sess.run(x)["y"], want)
     assert calls == [None]
     assert isinstance(run.session.inner, ort.InferenceSession)
+
+
+def _general_only(monkeypatch, sess: Session) -> list:
+    """Count the frames that reach the general path (``Session._validate``)."""
+    seen = []
+    validate = sess._validate
+    monkeypatch.setattr(sess, "_validate", lambda inputs: seen.append(1) or validate(inputs))
+    return seen
+
+
+def test_a_one_run_model_runs_its_frame_as_one_compiled_run(whole, monkeypatch):
+    # a frame of a model that is one fused run skips the step loop, the executor and the fused
+    # run's dictionaries: the compiled session is called on the caller's arrays, and the outputs
+    # are the general path's (a listener forces it), the kernels' and ORT's on the quantized model
+    model, compiled = whole
+    sess, ref = Session(compiled), Session(compiled, fuse=False)
+    listened = Session(compiled)
+    listened.add_listener(lambda event: None)
+    assert sess._one_run is not None and ref._one_run is None and listened._one_run is not None
+    frames = [{"x": _x([1, 8, 13, 11], k)} for k in range(3)]
+    wants = [(listened.run(x)["y"], ref.run(x)["y"], ort_values(model, x, ["y"])["y"]) for x in frames]
+    general = _general_only(monkeypatch, sess)
+    monkeypatch.setattr(IntegerExecutor, "run", lambda *a, **k: pytest.fail("the executor ran on the short path"))
+    fed = []
+    run_fed = fused.FusedRun.run_fed
+    monkeypatch.setattr(fused.FusedRun, "run_fed", lambda self, feeds: fed.append(feeds) or run_fed(self, feeds))
+    for x, want in zip(frames, wants):
+        got = sess.run(x)
+        assert list(got) == ["y"] and fed[-1]["in0"] is x["x"]  # the caller's array, not a copy
+        assert all(np.array_equal(got["y"], w) for w in want)
+    assert general == [] and len(fed) == 3
+
+
+def test_inputs_the_one_run_does_not_accept_take_the_general_path(whole, monkeypatch):
+    # a strided view, a read-only mapping and output_names go the general path, with the same
+    # outputs; a wrong shape, dtype, name or a list still get their coded errors; a closed session
+    # is refused, not run on its released sessions
+    from types import MappingProxyType
+
+    _, compiled = whole
+    sess = Session(compiled)
+    x = _x([1, 8, 13, 11], 7)
+    want = sess.run({"x": x})["y"]
+    general = _general_only(monkeypatch, sess)
+    wide = np.zeros([1, 8, 13, 22], np.float32)
+    wide[..., ::2] = x
+    assert np.array_equal(sess.run({"x": wide[..., ::2]})["y"], want)
+    assert np.array_equal(sess.run(MappingProxyType({"x": x}))["y"], want)
+    assert np.array_equal(sess.run({"x": x}, output_names="y")["y"], want)
+    assert len(general) == 3
+    assert_refused(sess, [({"x": x[..., :10]}, "NPF_RUNTIME_INPUT_SHAPE"), ({"x": x[None]}, "NPF_RUNTIME_INPUT_SHAPE"),
+                          ({"x": x.astype(np.float64)}, "NPF_RUNTIME_INPUT_DTYPE"),
+                          ({"x": x.tolist()}, "NPF_RUNTIME_INPUT_DTYPE"), ({"x": x, "z": x}, "NPF_RUNTIME_UNKNOWN_INPUT"),
+                          ({"z": x}, "NPF_RUNTIME_UNKNOWN_INPUT"), ([x], "NPF_RUNTIME_BAD_FEED")])
+    sess.close()
+    assert_refused(sess, [({"x": x}, "NPF_RUNTIME_CLOSED")])
+
+
+def test_a_model_of_several_steps_has_no_one_run(mixed):
+    _, compiled = mixed
+    sess = Session(compiled)
+    assert len(sess._programs[0].steps) > 1 and sess._one_run is None
