@@ -78,9 +78,9 @@ def format_version(manifest: dict) -> tuple[int, int]:
 def minor_version(manifest: dict) -> int:
     """The oldest minor version of format 1 whose readers understand ``manifest``."""
     models = [e["manifest"] for e in manifest["packed"]] if "packed" in manifest else [manifest]
-    programs = [p for m in models for p in [m, *m.get("variants", [])]]
     if "packed" in manifest or any("removed" in m for m in models) or any(
-            io.get("layout") == "NHWC" for p in programs for io in [*p["inputs"], *p["outputs"]]):
+            io.get("layout") == "NHWC" for p in manifest_arrays.programs(manifest)
+            for io in [*p["inputs"], *p["outputs"]]):
         return V1_MINOR
     return VARIANTS_MINOR if manifest.get("variants") else SINGLE_SHAPE_MINOR
 
