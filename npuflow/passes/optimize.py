@@ -6,8 +6,9 @@ no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into thei
 that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
 becomes a 1-D second input of its ``Add`` (:mod:`.linear_bias`), then decomposed activations become single
 nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`), and a LayerNorm's
-one-pass variance ``E[x^2] - E[x]^2`` the mean of squared deviations (:mod:`.variance`).  Given a
-target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
+one-pass variance ``E[x^2] - E[x]^2`` the mean of squared deviations (:mod:`.variance`).  For an
+accelerator target, a constant scale/shift after an activation folds forward into the layer reading it
+(:mod:`.fold_affine_forward`: PP-LCNetV3's affine blocks).  Given a target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
 parameters folded into its producing layer, a GlobalAveragePool over a map larger than the target's
 pooling window split in two), only where the target's rules reject the node as it is.  Every step
 keeps results within float rounding (tested <= 1e-5 relative).
@@ -21,6 +22,7 @@ from ..graph import GraphView
 from ..targets import Target
 from .activations import fuse_activation_patterns
 from .fold_affine import fold_affine
+from .fold_affine_forward import fold_affine_forward
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .gelu import canonical_gelus
@@ -43,6 +45,8 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = fuse_activation_patterns(m)
     m = canonical_gelus(m)
     m = stable_variances(m)
+    if target is not None and target.kind == "npu":
+        m = fold_affine_forward(m)  # one requantisation instead of three per affine block on the accelerator
     if target is not None:
         m, done = target_rewrites(m, target)
         if rewrites is not None:

@@ -1,0 +1,67 @@
+"""PP-OCRv4 rec's affine blocks fold forward on an accelerator target (``passes/fold_affine_forward.py``).
+
+PP-LCNetV3 puts a learnable ``Mul(s) -> Add(b)`` after each hard-swish; 25 of them feed a
+convolution: 12 unpadded pointwise ones take scale and shift, 13 padded depthwise ones take the
+scale and keep the shift as one ``Add``.  The SVTR neck's 4 LayerNorm ``gamma``/``beta`` pairs go
+into the next ``MatMul`` and its bias.  The 3 blocks read by a pooling op stay.  45 nodes fewer,
+outputs within float rounding.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from npuflow.model import load
+from npuflow.passes.optimize import optimize_float
+from npuflow.targets import load_target
+from tests import fixture_models as fm
+
+pytestmark = pytest.mark.models
+
+
+def _session(model):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_rec_affine_blocks_fold_forward_exactly():
+    source = load(str(fm.ppocr_rec()), {"x": [1, 3, 48, 320]})
+    plain = optimize_float(source)
+    folded = optimize_float(source, load_target("DPUCZDX8G_ISA1_B4096"))
+    removed = Counter(n.op_type for n in plain.graph.node) - Counter(n.op_type for n in folded.graph.node)
+    assert dict(removed) == {"Mul": 29, "Add": 16}
+    assert len(plain.graph.node) - len(folded.graph.node) == 45
+    assert not Counter(n.op_type for n in folded.graph.node) - Counter(n.op_type for n in plain.graph.node)
+    assert len(_padded_after_shift_of_activation(plain)) == 0
+    assert len(_padded_after_shift_of_activation(folded)) == 13
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 48, 320)).astype(np.float32)
+    a = _session(plain).run(None, {"x": x})[0]
+    b = _session(folded).run(None, {"x": x})[0]
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def _padded_after_shift_of_activation(model) -> list:
+    """Padded convolutions reading ``Add(constant)`` of a hard-swish product (``Mul`` of two tensors)."""
+    consts = {t.name for t in model.graph.initializer}
+    writer = {o: n for n in model.graph.node for o in n.output}
+
+    def op(tensor):
+        return writer[tensor] if tensor in writer else None
+
+    found = []
+    for n in model.graph.node:
+        if n.op_type != "Conv" or not any(a.name == "pads" and any(a.ints) for a in n.attribute):
+            continue
+        add = op(n.input[0])
+        if add is None or add.op_type != "Add" or not consts & set(add.input):
+            continue
+        act = next((op(t) for t in add.input if t not in consts), None)
+        if act is not None and act.op_type == "Mul" and not consts & set(act.input):
+            found.append(n.name)
+    return found
