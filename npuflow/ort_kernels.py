@@ -206,6 +206,23 @@ def probe_session(nodes: list, inputs: list, inits: list, out_type: int = Tensor
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def kernels(model: onnx.ModelProto, level: str) -> dict[tuple[str, str], int]:
+    """How many nodes of each ``(domain, op_type)`` ONNX Runtime's CPU provider runs for ``model`` once its
+    graph optimisations at ``level`` are done (npuflow's session options): which kernels compute it, e.g.
+    whether a quantize group became a ``QLinear*`` kernel.  Read from the optimised model ONNX Runtime writes."""
+    from .ort_session import options
+
+    opts = options(level=level, threads=1)
+    with tempfile.TemporaryDirectory() as d:
+        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(opts.optimized_model_filepath).graph.node
+    counts: dict[tuple[str, str], int] = {}
+    for n in nodes:
+        counts[(n.domain, n.op_type)] = counts.get((n.domain, n.op_type), 0) + 1
+    return counts
+
+
 def _accumulators(x: np.ndarray, x_zp: int, w: np.ndarray, group: int) -> np.ndarray:
     """The exact int64 accumulators of a same-padded convolution of uint8 ``x`` (minus ``x_zp``)."""
     cout, per, k = w.shape[0], w.shape[1], w.shape[2]

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import numerics as nm
+from .. import numerics as nm, ort_kernels
 from ..errors import NpuflowError
 from ..graph import GraphView
 from ..operators import ELEMENTWISE_OPS
@@ -246,14 +246,16 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
 
     Where ONNX Runtime fuses Q/DQ (float scales, :func:`cpu_level` ``"all"``) the move must not
     change which kernel computes the softmax: with uint8 codes it fuses ``QLinearSoftmax`` either
-    way (YOLOv8n on cpu-int8), but with int8 codes it keeps the float ``Softmax`` between Q/DQ in
-    the transposed form and fuses ``QLinearSoftmax`` only in the moved one (YOLOv8n on
-    bernoulli2: other codes).  So at that level only subgraphs whose quantize and dequantize
-    steps are all uint8 are moved; at the basic level the softmax is float either way."""
+    way (YOLOv8n on cpu-int8).  With int8 codes a fusion of the moved form only would give other
+    codes, so there the move is kept only where ONNX Runtime's optimised graph runs the same
+    kernels as before it, Transposes and quantize steps aside (``ort_kernels.kernels``; onnxruntime
+    1.32 keeps the float ``Softmax`` in both forms of YOLOv8n bernoulli2's DFL head).  At the basic
+    level the softmax is float either way."""
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
         return
-    if cpu_level(model) == "all" and not _uint8_steps(model):
-        return
+    level = cpu_level(model)
+    before = onnx.ModelProto.FromString(model.SerializeToString()) if level == "all" and not _uint8_steps(model) \
+        else None
     view = GraphView(model)
     moved: dict[int, list[onnx.NodeProto]] = {}  # softmax position -> its replacement
     dropped: set[int] = set()
@@ -275,6 +277,15 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
         nodes = [n for k, node in enumerate(view.nodes) if k not in dropped for n in moved.get(k, [node])]
         del model.graph.node[:]
         model.graph.node.extend(nodes)
+        if before is not None and _moved_kernels(model, level) != _moved_kernels(before, level):
+            model.CopyFrom(before)
+
+
+def _moved_kernels(model: onnx.ModelProto, level: Level) -> dict:
+    """ONNX Runtime's kernels for ``model`` at ``level``, less the Transposes and quantize steps that
+    :func:`_softmax_before_transpose` moves (its optimiser adds Q/DQ pairs of one scale around them)."""
+    return {k: n for k, n in ort_kernels.kernels(model, level).items()
+            if k[1] not in ("Transpose", "QuantizeLinear", "DequantizeLinear")}
 
 
 def _uint8_steps(model: onnx.ModelProto) -> bool:

@@ -188,7 +188,7 @@ def _qdq_softmax_model(dtype: int, scale: float) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("dtype,scale,moves", [
     (TensorProto.UINT8, 0.118, True),    # float scales, uint8: QLinearSoftmax either way (cpu-int8)
-    (TensorProto.INT8, 0.118, False),    # float scales, int8: ORT fuses only the moved form (bernoulli2)
+    (TensorProto.INT8, 0.118, True),     # float scales, int8: float Softmax in both forms (onnxruntime 1.32)
     (TensorProto.INT8, 0.125, True)])    # power of two: the CPU subgraph runs in float (basic level)
 def test_softmax_moves_only_where_onnx_runtime_keeps_its_kernel(dtype, scale, moves):
     model = _qdq_softmax_model(dtype, scale)
@@ -203,3 +203,54 @@ def test_softmax_moves_only_where_onnx_runtime_keeps_its_kernel(dtype, scale, mo
     got = ort.InferenceSession(model.SerializeToString(), options(level=level, threads=1),
                                providers=["CPUExecutionProvider"]).run(None, x)[0]
     assert np.array_equal(got, want)
+
+
+def test_int8_softmax_stays_where_onnx_runtime_would_fuse_only_the_moved_form(monkeypatch):
+    """int8 codes at the "all" level: a move after which ONNX Runtime's optimised graph runs other kernels (a
+    ``QLinearSoftmax`` fused in the moved form only: other codes) is undone, the graph left as it was."""
+    model = _qdq_softmax_model(TensorProto.INT8, 0.118)
+    nodes = [n.SerializeToString() for n in model.graph.node]
+    real = executors.ort_kernels.kernels
+
+    def fused_when_moved(m, level):
+        counts = real(m, level)
+        ops = [n.op_type for n in m.graph.node]
+        if ops.index("Softmax") < ops.index("Transpose"):
+            counts.pop(("", "Softmax"))
+            counts[("com.microsoft", "QLinearSoftmax")] = 1
+        return counts
+
+    monkeypatch.setattr(executors.ort_kernels, "kernels", fused_when_moved)
+    executors._softmax_before_transpose(model)
+    assert [n.SerializeToString() for n in model.graph.node] == nodes
+
+
+def test_yolov8n_bernoulli2_dfl_softmax_moves_and_outputs_stay(monkeypatch):
+    """YOLOv8n on bernoulli2 (int8 codes, float scales): the DFL head's softmax over the 16 bins of
+    8x16x4x2100 runs before its ``Transpose`` (ONNX Runtime's float ``Softmax`` either way), and every
+    output equals the Session without the move, at batch 2 on two inputs."""
+    rng = np.random.default_rng(0)
+    samples = [{"images": rng.uniform(0, 1, (2, 3, 320, 320)).astype(np.float32)} for _ in range(2)]
+    quantized = npuflow.quantize(str(fixture_models.yolov8n()), samples, target="bernoulli2",
+                                 input_shapes={"images": [2, 3, 320, 320]})
+    compiled = npuflow.compile(quantized.model, "bernoulli2")
+    opened: list[onnx.ModelProto] = []
+    real = executors.open_session
+
+    def spy(model, **kwargs):
+        opened.append(onnx.ModelProto.FromString(model.SerializeToString()))
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(executors, "open_session", spy)
+    session = npuflow.Session(compiled)
+    softmax = [m for m in opened if any(n.op_type == "Softmax" for n in m.graph.node)]
+    assert len(softmax) == 1
+    ops = [n.op_type for n in softmax[0].graph.node]
+    assert ops.index("Softmax") < ops.index("Transpose"), ops
+    assert not executors._uint8_steps(softmax[0]) and executors.cpu_level(softmax[0]) == "all"
+    monkeypatch.setattr(executors, "_softmax_before_transpose", lambda model: None)
+    reference = npuflow.Session(compiled)
+    for x in samples:
+        a, b = session.run(x), reference.run(x)
+        for k in b:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
