@@ -68,6 +68,16 @@ def test_accuracy_bench_post_activation_row() -> None:
     assert "post-activation" in label
 
 
+def test_accuracy_bench_learned_threshold_row_with_a_seed() -> None:
+    """``adaquant_tqt`` is AdaQuant with ``learn_threshold`` (the best all-DPU rec PTQ); ``--seed``
+    reaches fast finetune's config and the row's label."""
+    from benchmarks.bench_accuracy import finetune_configs
+
+    (label, cfg), = finetune_configs({}, 500, ["adaquant_tqt"], seed=2)
+    assert cfg["fast_finetune"] == {"method": "adaquant", "iters": 500, "learn_threshold": True, "seed": 2}
+    assert label.endswith("seed 2)")
+
+
 def test_weights_only_reference_rounds_each_output_channel_to_its_own_int8_grid() -> None:
     """The reference row rounds Conv weights per output channel (axis 0) and MatMul weights per
     column (axis 1) to 255 symmetric levels, leaves biases and activations alone."""
