@@ -205,7 +205,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
             g.put_bytes(op["outputs"][0], from_conv(lookup(g, index, table[1], held, np.uint8)), held)
             return True
         zp = int(ep["zp"])
-        y = lookup(g, index, table[1], zp)
+        y = lookup(g, index, table[1], zp, out=op["outputs"][0])
     g.put(op["outputs"][0], from_conv(y), zp)
     return True
 
@@ -321,7 +321,7 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
             if out is not None:  # a codewise op reading ``out`` becomes one table of the index
                 g.tables[out] = (("accumulator", index), table)
             to = int(ep["zp"]) if held is None else held
-            return lookup(g, index, table, to), to
+            return lookup(g, index, table, to, out=op["outputs"][0]), to
     acc, double = _accumulate(g, x, w, bias, reach, emit, a["group"])
     if ep["mode"] == "float":
         return _float_epilogue(g, acc, double, ep, cout)

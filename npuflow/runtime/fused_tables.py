@@ -105,7 +105,7 @@ def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
         return
     zp = (g.tensors[out].get("quant") or {}).get("zero_point", 0)
     zp = int(zp) if np.ndim(zp) == 0 else 0
-    g.put(out, lookup(g, index, table, zp), zp)
+    g.put(out, lookup(g, index, table, zp, out=out), zp)
 
 
 def lut(g: Graph, op: dict, blobs: dict) -> None:
