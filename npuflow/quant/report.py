@@ -181,7 +181,9 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
             if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or a.dtype.kind != "f" or a.shape != b.shape:
                 continue
             measured.add(t)
-            _accumulate(acc[t], a.astype(np.float32, copy=False).ravel(), b.astype(np.float32, copy=False).ravel())
+            # float64, as _accumulate says: a finite float32 tensor past ~1e19 (an Exp of an Exp) overflowed
+            # its float32 dot products to inf, with a numpy RuntimeWarning and no cosine
+            _accumulate(acc[t], np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel())
     report = QuantReport(samples=len(samples))
     cosines = {t: _cos(*acc[t]) for t in acc if t in measured}
     inputs = {n.output[0]: [i for i in n.input if i in cosines] for n in float_model.graph.node if n.output}

@@ -129,7 +129,9 @@ def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndar
     are not values with an error.  An output whose shape depends on the data (the boxes a
     NonMaxSuppression keeps) and differs from the float model's on a sample counts that sample as
     a complete miss, ``sum(g^2) + sum(r^2)``: a candidate that changes which boxes survive is worse,
-    not unmeasured.
+    not unmeasured.  Entries where the float output is infinite or NaN (``Exp -> Exp`` of calibration
+    data) are left out: before, ``inf - inf`` made the error NaN, with a numpy RuntimeWarning; a
+    candidate infinite or NaN where the float output is finite has an infinite error.
     """
     num: dict[int, float] = {}
     den: dict[int, float] = {}
@@ -139,8 +141,13 @@ def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndar
             if r64.dtype.kind != "f":
                 continue
             r64, g64 = r64.astype(np.float64), np.asarray(g, dtype=np.float64)
-            miss = g64 - r64 if g64.shape == r64.shape else None
-            num[k] = num.get(k, 0.0) + float(np.sum(miss ** 2) if miss is not None
-                                             else np.sum(g64 ** 2) + np.sum(r64 ** 2))
+            if g64.shape == r64.shape:
+                finite = np.isfinite(r64)  # the float model's own infinities are not the candidate's error
+                g64, r64 = g64[finite], r64[finite]
+                err = float(np.sum((g64 - r64) ** 2)) if np.isfinite(g64).all() else np.inf
+            else:
+                r64, g64 = r64[np.isfinite(r64)], g64[np.isfinite(g64)]
+                err = float(np.sum(g64 ** 2) + np.sum(r64 ** 2))
+            num[k] = num.get(k, 0.0) + err
             den[k] = den.get(k, 0.0) + float(np.sum(r64 ** 2))
     return float(np.mean([num[k] / max(den[k], 1e-30) for k in num])) if num else 0.0
