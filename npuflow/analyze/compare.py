@@ -200,15 +200,21 @@ def input_specs(float_model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def open_samples(data: Any, float_model: onnx.ModelProto, samples: int | None = None) -> CalibrationSource:
+def open_samples(data: Any, float_model: onnx.ModelProto, samples: int | None = None,
+                 frozen: Mapping[str, list[int]] | None = None) -> CalibrationSource:
     """The samples to compare on, read and checked as ``npuflow quantize --calib`` reads them.
 
     ``data``: what :class:`CalibrationSource` takes (a folder of ``.npy`` files, per-input
     sub-folders, ``.npz`` archives, arrays, dicts, one ``.npy``/``.npz`` of stacked samples -- a
     single sample being a stack of one -- or a ``dataset.txt`` list).  Raw ``numpy.tofile`` files
     (Horizon's calibration format) are read with the model inputs' static shapes and dtype.
+    ``frozen``: the shapes a ``.npuf`` was compiled at, which a sample must have; without them a
+    ``.npz`` holding one batch of 2 for a model compiled at batch 2 was split into two samples of
+    batch 1 (the float model's batch is dynamic), which the ``.npuf`` refused.
     """
-    specs = input_specs(float_model)
+    frozen = frozen or {}
+    specs = [InputSpec(s.name, s.dtype, tuple(d if isinstance(d, int) and d > 0 else None for d in frozen[s.name])
+                       if s.name in frozen else s.dims) for s in input_specs(float_model)]
     shapes = {s.name: list(s.dims) for s in specs if None not in s.dims}
     dtypes = {s.dtype for s in specs}
     return CalibrationSource(data, specs, shapes=shapes, dtype=str(dtypes.pop()) if len(dtypes) == 1 else "float32",
@@ -432,9 +438,9 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
                                                and Path(quantized).suffix == ".npuf"):
         compiled = quantized if isinstance(quantized, CompiledModel) else CompiledModel.load(quantized)
         pre = compiled.manifest.get("preprocessing") or {}
-        _require_same_inputs(fmodel, {i["name"]: (pre.get(i["name"]) or {}).get("shape", i["shape"])
-                                      for i in compiled.manifest["inputs"]}, qname, fname)
-        source = open_samples(data, fmodel, samples)
+        frozen = {i["name"]: (pre.get(i["name"]) or {}).get("shape", i["shape"]) for i in compiled.manifest["inputs"]}
+        _require_same_inputs(fmodel, frozen, qname, fname)
+        source = open_samples(data, fmodel, samples, frozen)
         pairs, names = npuf_pairs(fmodel, compiled)
         tensors = compiled.manifest["tensors"]
         unmatched = sorted(n for n in tensors if names[n] is None and tensors[n].get("quant"))
