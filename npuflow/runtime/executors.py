@@ -68,7 +68,7 @@ class IntegerExecutor:
         #: bookkeeping (arena, environment, output dictionary) being for programs of several items
         only = self.plan.items[0] if len(self.plan.items) == 1 else None
         self.single = (only if isinstance(only, fused.FusedRun) and list(only.outputs) == self.outputs
-                        else None)
+                       else None)
         self.arena_bytes = plan["arena_bytes"] if kernels else 0
         self.buffers = {}
         for name, b in plan["buffers"].items():
