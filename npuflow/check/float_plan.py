@@ -95,7 +95,8 @@ def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
     return i in fused or i in fused.values() or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
 
 
-def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, chained: set[int]) -> None:
+def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, chained: set[int],
+                      kept_float: set[int]) -> None:
     """In a float model, data movement runs where the quantizer's plan puts it (:mod:`.followers`):
     fed from the CPU, a control-flow node or a graph input it stays in float, and on float-scale
     targets so does data movement no accelerator op reads (the float tail), so both run on the CPU.
@@ -108,8 +109,9 @@ def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, ch
     A CPU target (``kind: cpu``) quantizes every quantizable node, wherever it runs (:mod:`npuflow.quant.placement`),
     so there data movement after a quantized CPU op is quantized too: a Conv1d net's ``GlobalAveragePool`` on a 3-D
     tensor stays on the CPU (only 2-D pooling is lowered), yet cpu-int8's quantizer quantizes its output, and the
-    ``Flatten`` after it was placed on the CPU here but lowered by compile."""
-    quantized_cpu = _quantized_cpu_nodes(view, transparent, device, fused) if tgt.kind != "npu" else set()
+    ``Flatten`` after it was placed on the CPU here but lowered by compile.  ``kept_float``: the nodes the
+    quantizer keeps float wherever they run (a ``Log``'s cone, a mask's nodes), none of them quantized."""
+    quantized_cpu = _quantized_cpu_nodes(view, transparent, device, fused) - kept_float if tgt.kind != "npu" else set()
     for i, node in enumerate(view.nodes):
         if device[i] != NPU or transparent[i] or i in fused or node.op_type not in FOLLOWERS or i in chained:
             continue
@@ -123,12 +125,16 @@ def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, ch
                               "after a quantized op, so it runs in float on the CPU")
     if not float_tail_applies(tgt):
         return
-    # the quantizer's set: a Tanh or a Div by a constant on the accelerator is no quantized reader
+    # the quantizer's set: a Tanh or a Div by a constant on the accelerator is no quantized reader; on a
+    # CPU target also the CPU nodes it quantizes (a conv with run-time weights reading a Reshape)
     npu = {i for i in range(len(view.nodes)) if device[i] == NPU and not transparent[i]
            and _quantizes(view, i, fused)}
+    npu |= quantized_cpu
     tail = drop_float_tail(npu, lambda i: "" if i in fused else view.nodes[i].op_type,
                            lambda i: real_consumers(view, transparent, i))
     for i in sorted(tail):
+        if device[i] != NPU:
+            continue
         ins = view.data_inputs(i)
         p = real_producer(view, transparent, ins[0]) if ins else None
         if p is not None and p in npu and any(c in npu for c in _tail_readers(view, device, transparent, fused, i)):

@@ -157,14 +157,16 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         if limit is not None:
             reasons[i].append(limit)
         device[i] = NPU if not reasons[i] else CPU
+    kept_float: set[int] = set()  # what the quantizer keeps float wherever it runs
     if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
-        _keep_cones_float(view, device, reasons, transparent, frozenset(m for m in fused if infos[m].affine))
-        _keep_sentinels_float(view, device, reasons, transparent)
+        kept_float = _keep_cones_float(view, device, reasons, transparent,
+                                       frozenset(m for m in fused if infos[m].affine))
+        kept_float |= _keep_sentinels_float(view, device, reasons, transparent)
     for m, anchor in fused.items():
         device[m] = device[anchor]
     if facts.quantized:
         _follow_chain_heads(view, device, reasons)
-    _demote_until_stable(view, infos, device, reasons, transparent, fused, tgt, facts.quantized)
+    _demote_until_stable(view, infos, device, reasons, transparent, fused, tgt, facts.quantized, kept_float)
     _place_followers(view, device, transparent)
     sub = partition(view, device, transparent)
     for i in range(n):  # fused and transparent nodes share their anchor's / neighbour's subgraph
@@ -233,39 +235,43 @@ def _quantized_alone(node: onnx.NodeProto, info: OpInfo) -> bool:
 
 
 def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],
-                      folded: frozenset[int]) -> None:
+                      folded: frozenset[int]) -> set[int]:
     """The input cone of a ``Log`` (:mod:`.cone`) runs in float on the CPU: on 8 bits the bins of
     a power spectrum more than ~48 dB below its maximum read 0 (openWakeWord's mel front end:
     output cosine 0.84 with the cone on the accelerator, 1.0000 with it in float).  The quantizer
-    follows this placement on accelerator targets and keeps the cone float on CPU targets."""
-    for i, r in relative_precision_cones(view, folded).items():
+    follows this placement on accelerator targets and keeps the cone float on CPU targets.
+    Returns the cone's nodes."""
+    cones = relative_precision_cones(view, folded)
+    for i, r in cones.items():
         if device[i] == NPU and not transparent[i]:
             device[i] = CPU
             reasons[i].append(cone_reason(view.nodes[r].name, view.nodes[r].op_type))
+    return set(cones)
 
 
 def _keep_sentinels_float(view: GraphView, device: list[str], reasons: list[list[str]],
-                          transparent: list[bool]) -> None:
+                          transparent: list[bool]) -> set[int]:
     """The nodes that write or read a tensor carrying a constant with infinities, NaN or sentinel
     magnitudes (:func:`.nonfinite.sentinel_tensors`: an attention mask's ``Where(mask, 0, -inf)``
     and the ``Add`` of it to the scores) run in float on the CPU: the quantizer keeps every node
     that writes or reads a tensor holding such values float (the same test,
     :func:`.nonfinite.finite_values`, on its calibration data), and compile runs them on the CPU.
     Before (2026-12-05), check of the float model put the mask's ``Add`` on the accelerator
-    (``F.scaled_dot_product_attention`` with a mask, newuser_flows7b)."""
+    (``F.scaled_dot_product_attention`` with a mask, newuser_flows7b).  Returns those nodes."""
     carried = sentinel_tensors(view)
-    if not carried:
-        return
+    kept: set[int] = set()
     for i, node in enumerate(view.nodes):
-        if device[i] != NPU or transparent[i]:
+        hit = next((t for t in [*node.input, *node.output] if t in carried), None) if carried else None
+        if hit is None or transparent[i]:
             continue
-        hit = next((t for t in [*node.input, *node.output] if t in carried), None)
-        if hit is not None:
+        kept.add(i)
+        if device[i] == NPU:
             device[i] = CPU
             what = f"constant {hit!r}" if carried[hit] == hit else f"{hit!r}, which carries constant {carried[hit]!r},"
             reasons[i].append(f"{'reads' if hit in node.input else 'writes'} {what} holding infinities, NaN, "
                               f"magnitudes >= 2^127 or an attention mask's <= -1e4: no 8-bit grid holds them with "
                               f"the values they meet, so the quantizer keeps it float")
+    return kept
 
 
 def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int], infos: list[OpInfo],
@@ -329,7 +335,8 @@ def _neighbours(view: GraphView, i: int) -> list[int]:
 
 
 def _demote_until_stable(view: GraphView, infos: list[OpInfo], device: list[str], reasons: list[list[str]],
-                         transparent: list[bool], fused: dict[int, int], tgt: Target, quantized: bool) -> None:
+                         transparent: list[bool], fused: dict[int, int], tgt: Target, quantized: bool,
+                         kept_float: set[int]) -> None:
     """The neighbour rules (lonely layout, tail movers, and in a float model the float-chain ops
     and the quantizer's data-movement rule) each read their neighbours' devices, and each only
     moves nodes to the CPU, so they repeat until nothing moves; fused nodes follow their layer
@@ -340,18 +347,24 @@ def _demote_until_stable(view: GraphView, infos: list[OpInfo], device: list[str]
     rule, after the float-chain rule had kept the Div it feeds on the accelerator) and
     ``Concat(x, Slice(x))`` before an output on B4096 (a tail mover only once its Slice has moved)
     were placed on the accelerator, while quantize and compile left them in float on the CPU
-    (``tests/unit/test_placement_agreement.py``)."""
+    (``tests/unit/test_placement_agreement.py``).
+
+    The lonely-layout and tail-mover rules weigh transfers, which a ``kind: cpu`` target does not
+    have: there compile lowers every op it can (:mod:`npuflow.compiler.partition`), so compile is the
+    limit and check follows it (light SqueezeNet's Concat ``n60`` of a CPU and an accelerator ReLU
+    before a CPU conv was on the CPU in check, lowered by compile on cpu-int8)."""
     chain = set() if quantized else float_chain_ops(view, transparent, fused)
     chained = chain_followers(view, transparent, fused, chain) if chain else set()
     candidates = sorted(chain | chained)
     before = None
     while before != device:
         before = list(device)
-        _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
-        _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
+        if tgt.kind != "cpu":  # both save transfers; a kind: cpu target has none and compile lowers every op it can
+            _demote_lonely_layout(view, infos, device, reasons, transparent, tgt)
+            _demote_tail_movers(view, infos, device, reasons, transparent, tgt)
         if not quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
             float_chain_ops_off_the_cpu(view, device, reasons, transparent, fused, candidates)
-            follow_quant_plan(view, device, reasons, transparent, fused, tgt, chained)
+            follow_quant_plan(view, device, reasons, transparent, fused, tgt, chained, kept_float)
         for m, anchor in fused.items():
             device[m] = device[anchor]
 
