@@ -199,10 +199,7 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None 
             raise NpuflowError("NPF_TORCH_DYNAMIC_SHAPES", name=node.name, value=repr(value))
         if _is_module_state(node, value):
             state[pos] = value
-        elif not value.is_floating_point():
-            raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"graph input {node.name} is a {value.dtype} tensor; "
-                               "the npuflow backend quantizes graphs of float inputs")
-        else:
+        else:  # float data, or integer token ids / indices (the quantizer leaves those as they are)
             inputs.append(pos)
     if not inputs:
         raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason="the captured graph has no tensor input")
