@@ -24,10 +24,9 @@ def _lookup_model(shape: list[int], table: np.ndarray, zp: int) -> tuple[onnx.Mo
     g = Graph({"t": {"shape": shape, "dtype": "int8"}, "i": {"shape": shape, "dtype": "int32"}})
     y = lookup(g, g._input("i"), table, zp, out="t")
     model, arrays = g.model([helper.make_tensor_value_info(y, TensorProto.FLOAT, shape)])
-    table_dtype = next(arrays[n.input[0]].dtype if n.input[0] in arrays else
-                       numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == n.input[0])).dtype
-                       for n in model.graph.node if n.op_type == "GatherElements")
-    return model, arrays, table_dtype
+    node = next(n for n in model.graph.node if n.op_type == "GatherElements")
+    inline = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name not in arrays}
+    return model, arrays, {**inline, **arrays}[node.input[0]].dtype
 
 
 @pytest.mark.parametrize(("shape", "low", "high", "dtype"), [
