@@ -467,6 +467,9 @@ class FusedRun:
                 inits.append(numpy_helper.from_array(np.float32(off), f"off{k}"))
                 nodes.append(helper.make_node("Add", [x, f"off{k}"], [f"coded{k}"]))
                 x = f"coded{k}"
+            if np.dtype(g.tensors[name]["dtype"]) == np.float32:  # the base is float32: no Cast to its own type
+                nodes.append(helper.make_node("Identity", [x], [f"out{k}"]))
+                continue
             nodes.append(helper.make_node("Cast", [x], [f"out{k}"], to=elem_type(g.tensors[name]["dtype"])))
         model, arrays = g.model([helper.make_tensor_value_info(f"out{k}", elem_type(g.tensors[t]["dtype"]),
                                                                g.tensors[t]["shape"]) for k, t in enumerate(outputs)],

@@ -194,3 +194,25 @@ def test_a_model_of_several_steps_has_no_one_run(mixed):
     _, compiled = mixed
     sess = Session(compiled)
     assert len(sess._programs[0].steps) > 1 and sess._one_run is None
+
+
+def test_a_float32_output_leaves_its_fused_run_without_a_cast(monkeypatch):
+    # the fused graph holds every tensor as float32: a float32 output (a dequantized one) needs no
+    # Cast to its own type, which ONNX Runtime would run as one more node per frame
+    from tests.unit.test_compiler_kernels import CPU
+    from tests.unit.test_runtime_quantize_steps import _classifier, _inputs
+
+    opened = []
+    real = fused.open_session
+    monkeypatch.setattr(fused, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
+    compiled = npuflow.compile(_classifier("half_even", 1).model(), CPU)
+    sess, ref = Session(compiled), Session(compiled, fuse=False)
+    assert sess._one_run is not None and len(opened) == 1
+    graph = opened[0].graph
+    (out,) = graph.output
+    assert out.type.tensor_type.elem_type == 1  # float32
+    (last,) = [n for n in graph.node if out.name in n.output]
+    assert last.op_type == "Identity", last.op_type
+    for x in _inputs(1)["x"]:
+        got, want = sess.run({"x": x}), ref.run({"x": x})
+        assert all(got[k].dtype == want[k].dtype == np.float32 and np.array_equal(got[k], want[k]) for k in want)
