@@ -371,13 +371,30 @@ def _layout(g: QGraph, name: str) -> str:
     return "NCHW"
 
 
+def _output_layout(g: QGraph, name: str) -> str:
+    """``NHWC`` for a 4-D output the model itself transposes to channels last (``Transpose(perm=0,2,3,1)``,
+    dequantize/``Cast`` steps after it allowed: TF-style heads, a segmentation map handed to image code),
+    else ``NCHW``; `info` called such an output NCHW, its channels the width."""
+    seen = name
+    for _ in range(4):
+        node = g.producer_node(seen)
+        if node is None or not node.input:
+            return "NCHW"
+        if node.op_type == "Transpose":
+            return "NHWC" if list(attr(node, "perm") or []) == [0, 2, 3, 1] else "NCHW"
+        if node.op_type != "Cast" and g.quantize_mode(node) is None and not g.is_dequantize(node):
+            return "NCHW"
+        seen = node.input[0]
+    return "NCHW"
+
+
 def _io(g: QGraph, name: str, preprocessing: dict | None = None) -> dict:
     """A model input's or output's entry; a 4-D tensor is NCHW unless the build's preprocessing
     says the device feeds it in another layout (``input_layout_rt: NHWC``: `info` said NCHW) or
     the model transposes the input to channels first itself (:func:`_layout`)."""
     info = _tensor_info(g, name)
     info["name"] = name
-    layout = (preprocessing or {}).get("layout_rt") or (_layout(g, name) if name in g.graph_inputs else "NCHW")
+    layout = (preprocessing or {}).get("layout_rt") or (_layout(g, name) if name in g.graph_inputs else _output_layout(g, name))
     info["layout"] = layout if len(info["shape"]) == 4 else ""
     if "quant" not in info:
         q = next((c for c in g.consumer_nodes(name) if g.quantize_mode(c) is not None), None)
