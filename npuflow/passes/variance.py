@@ -12,7 +12,10 @@ nearly zero into a huge factor (the ``Max(eps, .)`` that guards it keeps it fini
 ``mean((x - mean(x)) ** 2)``, reading the deviation ``x - mean(x)`` the LayerNorm computes anyway
 for its output: the squares then span the variance's own range, and no difference is taken.  In
 float the two forms agree up to rounding.  Nodes keep their names: the square node reads the
-deviation instead of ``x``, the variance's ``Sub`` and the mean's square go.
+deviation instead of ``x``, the variance's ``Sub`` and the mean's square go.  Where the graph computes
+no ``x - mean(x)`` from that mean, one ``Sub`` is added (a torch module that writes ``x.mean(-1,
+keepdim=True)`` again for the normalisation, which the exporter does not merge, or TensorFlow's
+``x * inv + (beta - mean * inv)``), when the mean keeps its reduced axes and so broadcasts over ``x``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class OnePassVariance:
     square_mean: onnx.NodeProto  # mean * mean (or Pow(mean, 2)): goes
     mean_of_squares: str  # the tensor the variance's readers read instead
     deviation: str
+    new_deviation: tuple[str, str] | None = None  # (x, mean) of a Sub the graph lacks: deviation is its output
 
 
 def _dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
@@ -155,8 +159,8 @@ def _private(squares: str, sub: onnx.NodeProto, idx: GraphView) -> bool:
 
 def one_pass_variances(model: onnx.ModelProto) -> list[OnePassVariance]:
     """Every ``mean(x * x) - mean(x) ** 2`` of a float model whose deviation ``x - mean(x)`` the
-    graph computes, where the squares of ``x`` feed only that mean and the mean's square only the
-    ``Sub``."""
+    graph computes, or can compute from a mean that keeps its reduced axes, where the squares of
+    ``x`` feed only that mean and the mean's square only the ``Sub``."""
     idx = GraphView(model.graph)
     g = FloatView(idx)
     subs = [n for n in model.graph.node if n.op_type == "Sub" and n.domain in STANDARD_DOMAINS and len(n.input) == 2
@@ -174,9 +178,15 @@ def one_pass_variances(model: onnx.ModelProto) -> list[OnePassVariance]:
         x = _squared(square_x, g)
         if inner is None or x is None or inner[0] != x or inner[1:] != outer[1:] or not _private(outer[0], sub, idx):
             continue
+        if any(idx.is_graph_output(t) for t in (sub.output[0], sub.input[1])):
+            continue
         deviation = _deviation(x, mean, inner[1], idx, dims)
-        if deviation is not None and not any(idx.is_graph_output(t) for t in (sub.output[0], sub.input[1])):
+        if deviation is not None:
             found.append(OnePassVariance(sub, square_x, square_mean, sub.input[0], deviation))
+        elif inner[2] and dims.get(x) is not None and \
+                dims.get(mean) == [1 if a in inner[1] else d for a, d in enumerate(dims[x])]:
+            found.append(OnePassVariance(sub, square_x, square_mean, sub.input[0], f"{sub.output[0]}_deviation",
+                                         (x, mean)))
     return found
 
 
@@ -190,6 +200,12 @@ def stable_variances(model: onnx.ModelProto) -> onnx.ModelProto:
         return out
     gone = set()
     for v in found:
+        if v.new_deviation is not None:
+            graph.node.append(onnx.helper.make_node("Sub", list(v.new_deviation), [v.deviation],
+                                                    name=f"{v.sub.name or v.sub.output[0]}_deviation"))
+            typed = next((t for t in [*graph.input, *graph.value_info] if t.name == v.new_deviation[0]), None)
+            if typed is not None:  # x's type, as the mean broadcasts over x: check reads static shapes
+                graph.value_info.append(onnx.ValueInfoProto(name=v.deviation, type=typed.type))
         square = next(n for n in graph.node if list(n.output) == list(v.square_x.output))
         square.input[0] = v.deviation
         if square.op_type == "Mul":
