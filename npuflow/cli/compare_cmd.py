@@ -79,7 +79,7 @@ def _compare_models(float_model: Path, quantized: Path, data: Path, samples: int
 
 
 def _compare_dumps(golden: Path, dump: Path, atol: float, rtol: float, out_dir: Optional[Path]) -> None:
-    from ..analyze.compare import compare_dumps
+    from ..analyze.dumps import compare_dumps
 
     result = compare_dumps(golden, dump, atol=atol, rtol=rtol)
     bad = result.mismatched()

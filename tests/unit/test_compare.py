@@ -11,7 +11,8 @@ import pytest
 from onnx import numpy_helper
 
 import npuflow
-from npuflow.analyze.compare import Pooled, compare, compare_dumps, similarity
+from npuflow.analyze.compare import Pooled, compare, similarity
+from npuflow.analyze.dumps import compare_dumps
 from npuflow.errors import NpuflowError
 from tests.unit.quant_nets import conv_net, samples
 
