@@ -17,7 +17,8 @@ nothing; two all-zero tensors are equal).  A quantized model's tensor ``t`` is c
 is quantized: the dequantize step after the quantize step reading ``t``.  A ``.npuf``'s integer
 tensors (its dump, named as in ``quantized_model.onnx``) are dequantized with the manifest's
 scales and matched to the float tensor their quantize step read (named ``t`` + a quantizer's
-suffix).  The layer whose accumulated error rises most above its inputs' is where the error
+suffix); a ``.npuf`` of several shape sets runs each sample on the program ``npuflow run`` picks for
+it.  The layer whose accumulated error rises most above its inputs' is where the error
 *jumps*: the first place to look.
 
 :func:`npuflow.analyze.dumps.compare_dumps` compares two ``Session.run(..., dump_dir=)`` folders tensor
@@ -387,27 +388,45 @@ def npuf_pairs(float_model: onnx.ModelProto, compiled: CompiledModel) -> tuple[d
     return pairs, names
 
 
-def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: Mapping[str, str],
-                  names: Mapping[str, str | None], samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
-    from ..runtime import Session
-
-    tensors = compiled.manifest["tensors"]
-    sess = Session(compiled)
-    ops = _integer_ops(compiled)
-    wanted = sorted(set(pairs) | {names[t] for op in ops for t in op["inputs"] if names[t]})
-    fsess = session(float_model, wanted)
-    acc = {t: Pooled() for t in pairs}
-    # a layer alone: the op that computes the tensor (not a later dequantize op of the same value)
+def _single_of(ops: list[dict], pairs: Mapping[str, str], names: Mapping[str, str | None]) -> dict[str, str]:
+    """Float tensor -> the compiled tensor measured alone: the op that computes it (not a later
+    dequantize op of the same value)."""
     single_of: dict[str, str] = {}
     for n in (o for op in ops for o in op["outputs"]):
-        if names[n] in pairs:
+        if names.get(n) in pairs:
             single_of.setdefault(names[n], n)
-    single = {t: Pooled() for t in single_of}
+    return single_of
+
+
+def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: Mapping[str, str],
+                  names: Mapping[str, str | None], samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
+    """Each sample runs on the program ``npuflow run`` picks for it (:meth:`Session.select`, its
+    refusals included), padded as ``run`` pads it; the float model is fed the same padded values,
+    so that both compute tensors of one shape from one input."""
+    from ..runtime import Session
+    from ..runtime.session import padded
+
+    sess = Session(compiled)
+    #: per program run so far: its session (``run_op`` reaches the first program's ops only), its
+    #: tensors, integer ops and the ops measured alone
+    programs: dict[int, tuple[Session, dict, list[dict], dict[str, str]]] = {}
+    wanted = sorted(set(pairs) | {names[t] for op in _integer_ops(compiled) for t in op["inputs"] if names[t]})
+    fsess = session(float_model, wanted)
+    acc = {t: Pooled() for t in pairs}
+    single: dict[str, Pooled] = {}
     count = 0
     for i, sample in enumerate(samples):
+        k = sess.select({t.name: np.shape(sample[t.name]) for t in sess.get_inputs()})
+        if k not in programs:
+            view = compiled.program(k)
+            ops = _integer_ops(view)
+            programs[k] = (sess if k == 0 else Session(view), view.manifest["tensors"], ops, _single_of(ops, pairs, names))
+        run, tensors, ops, single_of = programs[k]
+        shapes = compiled.input_shapes[k]
+        sample = {n: padded(a, shapes[n]) if n in shapes else a for n, a in sample.items()}
         fv = run_sample(fsess, _feed(fsess, sample), samples.label(i))
         with tempfile.TemporaryDirectory() as d:
-            outs = sess.run(sample, dump_dir=d)
+            outs = run.run(sample, dump_dir=d)
             index = json.loads((Path(d) / "index.json").read_text())
             got = {n: np.load(Path(d) / f) for n, f in index.items()}
         got.update(outs)
@@ -415,13 +434,13 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
             if n in got:
                 _add(acc[t], fv[t], _dequantized(got[n], tensors[n]))
         for op in ops:
-            if not all(names[t] in fv for t in op["inputs"]):
+            if not all(names.get(t) in fv for t in op["inputs"]):
                 continue
-            res = sess.run_op(op["name"], {t: _quantized(fv[names[t]], tensors[t]) for t in op["inputs"]})
+            res = run.run_op(op["name"], {t: _quantized(fv[names[t]], tensors[t]) for t in op["inputs"]})
             for n, value in res.items():
-                t = names[n]
+                t = names.get(n)
                 if single_of.get(t) == n:
-                    _add(single[t], fv[t], _dequantized(value, tensors[n]))
+                    _add(single.setdefault(t, Pooled()), fv[t], _dequantized(value, tensors[n]))
         count += 1
     return acc, single, count
 
@@ -438,8 +457,7 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
     if isinstance(quantized, CompiledModel) or (isinstance(quantized, str | os.PathLike)
                                                and Path(quantized).suffix == ".npuf"):
         compiled = quantized if isinstance(quantized, CompiledModel) else CompiledModel.load(quantized)
-        pre = compiled.manifest.get("preprocessing") or {}
-        frozen = {i["name"]: (pre.get(i["name"]) or {}).get("shape", i["shape"]) for i in compiled.manifest["inputs"]}
+        frozen = _frozen_dims(compiled)
         _require_same_inputs(fmodel, frozen, qname, fname)
         source = open_samples(data, fmodel, samples, frozen)
         pairs, names = npuf_pairs(fmodel, compiled)
@@ -460,6 +478,16 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
     result = CompareResult(fname, qname, kind, count, unmatched=unmatched)
     result.layers = _rows(fmodel, pairs, acc, single)
     return result
+
+
+def _frozen_dims(compiled: CompiledModel) -> dict[str, list[int | None]]:
+    """Per input, the dimensions every compiled shape set shares (None: one that differs between
+    them, which selects the program a sample runs on, as in ``npuflow run``)."""
+    pre = compiled.manifest.get("preprocessing") or {}
+    sets = [{n: list((pre.get(n) or {}).get("shape", shape)) for n, shape in shapes.items()}
+            for shapes in compiled.input_shapes]
+    return {n: [d if all(len(s[n]) == len(dims) and s[n][k] == d for s in sets) else None for k, d in enumerate(dims)]
+            for n, dims in sets[0].items()}
 
 
 def _require_same_inputs(fmodel: onnx.ModelProto, inputs: Mapping[str, list[int | None]], quantized: str,

@@ -83,6 +83,13 @@ def set_blas_threads(n: int) -> None:
         _blas_limit[:] = [threadpool_limits(limits=n, user_api="blas")]
 
 
+def padded(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``a`` with zeros appended at the end of every dimension smaller than ``shape``: how a model
+    compiled for several shape sets runs an input smaller than the program :meth:`Session.select`
+    picks (``compare`` feeds the float model the same values)."""
+    return a if a.shape == tuple(shape) else np.pad(a, [(0, w - g) for g, w in zip(a.shape, shape)])
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
 
@@ -384,10 +391,7 @@ class Session:
         program = self._programs[0 if same else self.select({name: inputs[name].shape for name in dtypes})]
         feeds = {}
         for name, want in program.inputs.items():
-            a = inputs[name]
-            if a.shape != want:
-                a = np.pad(a, [(0, w - g) for g, w in zip(a.shape, want)])
-            feeds[name] = np.ascontiguousarray(a)
+            feeds[name] = np.ascontiguousarray(padded(inputs[name], want))
         return program, feeds
 
     def _run_subgraph(self, k: int, feeds: dict[str, np.ndarray], dump=None,
