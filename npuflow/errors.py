@@ -66,7 +66,8 @@ _MODEL = _specs(
      "Fix the registered function: it is called with numpy arrays in the node's input order and the "
      "node's attributes as keywords, and must return one array per declared output."),
     ("NPF_MODEL_DYNAMIC_SHAPE", "{count} input(s) with unresolved dynamic dimensions: {inputs}",
-     "Freeze them with {examples} (N: the size you deploy; one option per input)."),
+     "Freeze them with e.g. {examples}: each {size} stands for an open dimension named above (a dynamic batch "
+     "is 1); write the size you deploy there, one option per input."),
     ("NPF_MODEL_BAD_INPUT_SHAPE", "bad input shape {value!r}: {reason}",
      "Write shapes as dimensions joined by 'x', e.g. --input-shape images 1x3x224x224."),
     ("NPF_MODEL_FIXED_INPUT_SHAPE", "input {name!r} is fixed at {fixed} in the model, and its shapes were computed "

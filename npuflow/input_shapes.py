@@ -318,15 +318,25 @@ def dynamic_dims(proto: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
+#: Sizes the ``NPF_MODEL_DYNAMIC_SHAPE`` example writes for an open dimension, the first that no
+#: fixed dimension of the inputs named has (so the reader sees which numbers to replace).
+_EXAMPLE_SIZES = (64, 32, 128, 48, 96, 256, 24, 17)
+
+
 def unresolved_error(proto: onnx.ModelProto, open_dims: Mapping[str, Sequence[int]]) -> NpuflowError:
     """One ``NPF_MODEL_DYNAMIC_SHAPE`` naming every input in ``open_dims`` with its unresolved
-    dimensions, and an ``--input-shape`` example per input, so one run shows all that is missing."""
+    dimensions, and an ``--input-shape`` example per input, so one run shows all that is missing.
+
+    The example writes a number for each open dimension (1 for a batch), not a letter: a letter
+    such as ``N`` read as the model's own dimension name where the batch itself is named ``N``."""
     inputs = {i.name: i for i in graph_inputs(proto)}
+    fixed = {d.dim_value for name in open_dims for d in inputs[name].type.tensor_type.shape.dim}
+    size = next((n for n in _EXAMPLE_SIZES if n not in fixed), _EXAMPLE_SIZES[0])
     described, examples = [], []
     for name, at in open_dims.items():
         dims = inputs[name].type.tensor_type.shape.dim
         described.append(f"{name!r} dimension(s) " + ", ".join(f"#{k} ({dims[k].dim_param or '?'})" for k in at))
-        example = ["1" if k == 0 and k in at else "N" if k in at else str(d.dim_value) for k, d in enumerate(dims)]
+        example = ["1" if k == 0 and k in at else str(size) if k in at else str(d.dim_value) for k, d in enumerate(dims)]
         examples.append(f"--input-shape {name} {'x'.join(example)}")
     return NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", count=len(open_dims), inputs="; ".join(described),
-                        examples=" ".join(examples))
+                        examples=" ".join(examples), size=size)
