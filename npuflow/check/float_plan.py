@@ -92,7 +92,10 @@ def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
     float model, CPU in the quantized one and in compile).  A node others fuse into is a layer of
     its own: the ``Div`` that ends ``x * relu6(x + 3) / 6`` is a hard-swish (PP-OCR cls on
     bernoulli2 put the ``MaxPool`` after it on the CPU and split the BPU part in two)."""
-    return i in fused or i in fused.values() or op_def(view.nodes[i].op_type, view.nodes[i].domain).quantized
+    node = view.nodes[i]
+    # a BatchNormalization no layer absorbs becomes a 1x1 depthwise Conv (placed on the accelerator only as one)
+    return i in fused or i in fused.values() or op_def(node.op_type, node.domain).quantized or \
+        (node.op_type in REWRITTEN_OPS and node.domain in ("", "ai.onnx"))
 
 
 def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, chained: set[int],

@@ -64,3 +64,20 @@ def test_accelerator_targets_keep_their_transfer_rules(target, tmp_path):
     assert _agree(_concat_between_cpu_convs(), target, tmp_path)["cat"] == CPU
     flat = _agree(_reshape_before_a_cpu_gemm(), target, tmp_path)["flat"]
     assert flat == (CPU if target == "bernoulli2" else NPU)
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2", "DPUCZDX8G_ISA1_B4096"])
+def test_data_movement_read_by_a_standalone_batchnorm_is_no_float_tail(target, tmp_path):
+    """Light DenseNet-121's ``Concat -> BatchNormalization -> Mul(per-channel) -> Relu -> Conv`` (Caffe's BN and
+    Scale layers; the ReLU fuses into the Mul, not the BN): the BN no layer absorbs
+    becomes a 1x1 depthwise Conv, which the quantizer quantizes, so the Concat before it is read by a
+    quantized op.  Before, check of the float model counted the BN as not quantized on its own
+    (``OpDef.quantized`` false) and left the Concat and the MaxPool before it in the float tail on
+    float-scale targets: CPU / ACC / ACC (light DenseNet-121: 59 nodes on cpu-int8)."""
+    bn = [np.full(8, v, np.float32) for v in (1.5, 0.1, 0.2, 0.9)]
+    model = _model([_conv("conv", "x"), ("pool", "MaxPool", ["conv"], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                    ("cat", "Concat", ["pool", "pool"], {"axis": 1}), ("bn", "BatchNormalization", ["cat", *bn], {}),
+                    ("scale", "Mul", ["bn", np.full((1, 8, 1, 1), 1.2, np.float32)], {}),
+                    ("relu", "Relu", ["scale"], {}), _conv("conv2", "relu", 8)], ["conv2"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["pool"] == devices["cat"] == devices["bn"] == NPU
