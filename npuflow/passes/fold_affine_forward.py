@@ -12,13 +12,15 @@ then the shift's).  The next layer can take them instead, exactly in float:
   A padded convolution sees ``b`` inside the image and ``0`` in its border, so its shift stays,
   moved in front of the scale (``s * x + b = s * (x + b / s)``): one ``Add`` instead of two ops.
 
-Only a chain whose output has no other reader is folded (never a GELU's own nodes), and only constants that broadcast per
-input channel of the layer (axis 1 of a convolution's input, the last axis of a ``MatMul``/``Gemm``
-input).  The layer keeps its name; new weights are written under new names (a shared weight stays).
+Only a chain whose output has no other reader is folded (never a GELU's own nodes), and only
+constants that broadcast per input channel of the layer (axis 1 of a convolution's input, the last
+axis of a ``MatMul``/``Gemm`` input).  The layer keeps its name; new weights are written under new
+names (a shared weight stays).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,7 +196,7 @@ def _fold_conv(graph: onnx.GraphProto, idx: GraphView, chain: _Chain, w: np.ndar
 
 
 def _keep_shift(graph: onnx.GraphProto, chain: _Chain, s: np.ndarray, b: np.ndarray, channel_shape: tuple[int, ...],
-                fold_scale) -> bool:
+                fold_scale: Callable[[], None]) -> bool:
     """The shift cannot fold: ``s * x + b`` becomes ``Add(x, b / s)`` in front of the scaled layer
     (exact while no scale is zero), its constant a scalar when both were, else shaped
     ``channel_shape``; nothing to gain when the chain has no scale."""

@@ -8,10 +8,10 @@ becomes a 1-D second input of its ``Add`` (:mod:`.linear_bias`), then decomposed
 nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`), and a LayerNorm's
 one-pass variance ``E[x^2] - E[x]^2`` the mean of squared deviations (:mod:`.variance`).  For an
 accelerator target, a constant scale/shift after an activation folds forward into the layer reading it
-(:mod:`.fold_affine_forward`: PP-LCNetV3's affine blocks).  Given a target, the target rewrites come last (:mod:`.target_rewrites`: a HardSigmoid's
-parameters folded into its producing layer, a GlobalAveragePool over a map larger than the target's
-pooling window split in two), only where the target's rules reject the node as it is.  Every step
-keeps results within float rounding (tested <= 1e-5 relative).
+(:mod:`.fold_affine_forward`: PP-LCNetV3's affine blocks).  Given a target, the target rewrites come
+last (:mod:`.target_rewrites`: a HardSigmoid's parameters folded into its producing layer, a
+GlobalAveragePool over a map larger than the target's pooling window split in two), only where the
+target's rules reject the node as it is.  Every step keeps results within float rounding (tested <= 1e-5 relative).
 """
 
 from __future__ import annotations
