@@ -197,6 +197,11 @@ def _gemm(node, view) -> OpInfo:
     p = {"input_channel": int(k), "output_channel": int(n), "kernel_h": 1, "kernel_w": 1}
     if const_w and len(ws) == 2:
         return OpInfo("fc", COMPUTE, p)
+    if node.op_type == "Gemm":
+        # The quantizer takes a Gemm for an fc wherever its weights come from (passes/activations.op_kind)
+        # and fuses its activation, so the checker fuses it too (fusion.fuse drops the suffix); as
+        # "matmul", onnx's light AlexNet's ReLU after a ``ConstantOfShape``-weight Gemm ran alone.
+        return OpInfo("fc" + DYNAMIC_WEIGHT, COMPUTE, p)
     return OpInfo("matmul", COMPUTE, p)
 
 

@@ -51,3 +51,26 @@ def test_the_relu_after_a_batchnorm_after_a_conv_with_run_time_weights_runs_with
     devices = _agree(model, target, tmp_path)
     assert devices["conv"] == CPU and devices["bn"] == devices["relu"] == devices["conv2"]
     assert npuflow.check(model, target).node("relu").fused_into == "bn"
+
+
+def _dynamic_gemm_relu():
+    """``x -> Reshape [16, 16] = a``; ``W = Slice(a)[0:8] * 0.5``; ``Gemm(a, W^T) -> Relu -> Gemm(c)``:
+    the first Gemm's weights are an activation, so it runs on the CPU; the quantizer takes it for an
+    fc (``passes/activations.op_kind``) and fuses its ReLU (no quantize step between)."""
+    rows = [np.array([0], np.int64), np.array([8], np.int64), np.array([0], np.int64)]
+    return _model([("a", "Reshape", ["x", np.array([16, 16], np.int64)], {}), ("s", "Slice", ["a", *rows], {}),
+                   ("w", "Mul", ["s", np.array(0.5, np.float32)], {}),
+                   ("gemm", "Gemm", ["a", "w"], {"transB": 1}), ("relu", "Relu", ["gemm"], {}),
+                   ("gemm2", "Gemm", ["relu", (np.arange(64, dtype=np.float32).reshape(8, 8) % 7 - 3) / 8], {})],
+                  ["gemm2"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_relu_after_a_gemm_with_run_time_weights_runs_with_it(target, tmp_path):
+    """Before, check took the Gemm for a ``matmul`` (into which no activation fuses) and judged the
+    ReLU alone: on cpu-int8 ACC / CPU / CPU (onnx's light VGG-19, AlexNet, ZFNet-512: 2 ReLUs each)."""
+    devices = _agree(_dynamic_gemm_relu(), target, tmp_path)
+    assert devices["gemm"] == CPU and devices["relu"] == CPU and devices["gemm2"] == NPU
+    report = npuflow.check(_dynamic_gemm_relu(), target)
+    assert report.node("relu").fused_into == "gemm"
+    assert "weights computed at run time" in report.node("gemm").reasons[0]
