@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CheckReport:
     """Place every node of ``model`` on ``target`` (NPU or CPU) and partition into subgraphs."""
     tgt = load_target(target)
-    proto = prepare(model, input_shapes)
+    proto = prepare(model, input_shapes, tgt)
     report = _judge(GraphView(proto), tgt)
     s = report.summary
     log.info("checked %d nodes on %s: %d NPU, %d CPU, %d subgraph(s)", s["nodes"], tgt.name, s["npu_nodes"],
@@ -50,9 +50,11 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
     return report
 
 
-def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
-    """The model as it is checked: normalised, constants folded and one-pass variances rewritten
-    (float models, as the quantizer's float passes leave them: :mod:`..passes.variance`), nodes named,
+def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            target: Target | None = None) -> onnx.ModelProto:
+    """The model as it is checked: normalised, constants folded, one-pass variances rewritten and, for
+    an accelerator ``target``, affine blocks folded forward (float models, as the quantizer's float
+    passes leave them: :mod:`..passes.variance`, :mod:`..passes.fold_affine_forward`), nodes named,
     ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
     folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
     proto = load(model, input_shapes)
@@ -70,12 +72,13 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
         proto = infer_static_shapes(proto)
     if not _is_quantized(proto):
         from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
+        from ..passes.optimize import accelerator_forward_folds
         from ..passes.variance import stable_variances
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
         # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
         # read the deviation, not x: where x's producer runs may depend on it).
-        proto = stable_variances(infer_static_shapes(fold_constants(proto)))
+        proto = accelerator_forward_folds(stable_variances(infer_static_shapes(fold_constants(proto))), target)
     name_nodes(proto)
     return proto
 
