@@ -33,7 +33,7 @@ the same reason, and needs a value_info per cut tensor.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -466,6 +466,17 @@ def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def rewrite_until_done(model: onnx.ModelProto, step: Callable[[onnx.GraphProto], bool]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``step`` (one rewrite of its graph; False when nothing is left to
+    rewrite) applied until it is done, then the initializers nothing reads any more dropped."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    while step(out.graph):
+        pass
+    remove_unused_initializers(out.graph)
+    return out
 
 
 def unique_name(graph: onnx.GraphProto, base: str, reserved: set[str] | None = None) -> str:

@@ -15,19 +15,13 @@ import numpy as np
 import onnx
 
 from ..operators import FOLDS_INTO  # the ops a scale/shift folds into; ``check`` absorbs it into no other
-from ..graph import GraphView, attr, remove_unused_initializers
+from ..graph import GraphView, attr, rewrite_until_done
 from .absorb import absorb_follower
 
 
 def fold_affine(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with foldable constant Mul/Div/Add/Sub merged into their producers."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    while _fold_one(graph):
-        pass
-    remove_unused_initializers(graph)
-    return out
+    return rewrite_until_done(model, _fold_one)
 
 
 def _channel_values(c: np.ndarray, channels: int, rank: int) -> np.ndarray | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..graph import GraphView, attr, remove_unused_initializers, set_array, unique_name
+from ..graph import GraphView, attr, rewrite_until_done, set_array, unique_name
 from .gelu import float_gelus
 
 
@@ -43,13 +43,7 @@ class _Chain:
 
 def fold_affine_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with constant scale/shift chains folded into the layer after them where exact."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    while _fold_one(graph):
-        pass
-    remove_unused_initializers(graph)
-    return out
+    return rewrite_until_done(model, _fold_one)
 
 
 def _const_operand(idx: GraphView, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
