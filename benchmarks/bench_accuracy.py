@@ -455,6 +455,15 @@ def _quark_version() -> str:
 PEERS_RERUN = "Peer rows (weights-only reference, ONNX Runtime, NNCF) re-run by"
 
 
+def without_forward_fold() -> None:
+    """Quantize without ``passes/fold_affine_forward.py`` (the float passes' forward affine fold on
+    accelerator targets): the A/B of issue 18, in one tree and one run, since the fold is on by default
+    and has no config switch.  ``optimize_float`` and check's ``prepare`` both read the module attribute."""
+    import npuflow.passes.optimize as optimize
+
+    optimize.accelerator_forward_folds = lambda model, target: model
+
+
 def kept_header(md: Path) -> list[str]:
     """The lines of a results table before its first model section (its generating command and notes)."""
     lines = md.read_text().splitlines()
@@ -553,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quark-only", action="store_true", help="only FP32 and the AMD Quark rows (into OUTPUT)")
     ap.add_argument("--note", default="", help="a sentence for the table header (e.g. why iterations were cut)")
     ap.add_argument("--det-eval", type=int, default=40, help="PP-OCRv4 det evaluation inputs (640x640 each)")
+    ap.add_argument("--no-forward-fold", action="store_true",
+                    help="quantize without the forward affine fold (the A/B of the fold, which is on by default)")
     ap.add_argument("--quark-iters", default="1000,3000",
                     help="AMD Quark AdaRound,AdaQuant iterations (Quark's own defaults; 0 skips the row)")
     ap.add_argument("--no-quark", action="store_true", help="skip the AMD Quark peer rows")
@@ -570,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     # a fresh fast-finetune cache: rows must not reuse layers an earlier run solved (their times
     # would be cache reads, not solving times)
     os.environ["NPUFLOW_CACHE"] = tempfile.mkdtemp(prefix="npuflow-bench-cache-")
+    if args.no_forward_fold:
+        without_forward_fold()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "nncf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

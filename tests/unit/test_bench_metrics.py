@@ -112,3 +112,37 @@ def test_weights_only_reference_rounds_each_output_channel_to_its_own_int8_grid(
             assert np.abs(codes).max() == pytest.approx(127, abs=1e-3)      # the largest weight is +-127
     # the input model is left as it was
     np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), conv_w)
+
+
+def test_accuracy_bench_without_forward_fold_keeps_the_affine_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--no-forward-fold`` (the fold's A/B): the float passes for an accelerator target keep a
+    scale/shift after an activation that they fold into the next convolution by default."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import npuflow.passes.optimize as optimize
+    from benchmarks.bench_accuracy import without_forward_fold
+    from npuflow.targets import load_target
+
+    monkeypatch.setattr(optimize, "accelerator_forward_folds", optimize.accelerator_forward_folds)  # restored after
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
+             (("w1", (4, 3, 3, 3)), ("b1", (4,)), ("s", (1, 4, 1, 1)), ("t", (1, 4, 1, 1)), ("w2", (5, 4, 1, 1)),
+              ("b2", (5,)))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Mul", ["r", "s"], ["m"]),
+         helper.make_node("Add", ["m", "t"], ["a"]),
+         helper.make_node("Conv", ["a", "w2", "b2"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = load_target("DPUCZDX8G_ISA1_B4096")
+
+    def ops() -> list[str]:
+        return [n.op_type for n in optimize.optimize_float(model, target).graph.node]
+
+    assert "Mul" not in ops() and "Add" not in ops()  # folded by default
+    without_forward_fold()
+    assert ops().count("Mul") == 1 and ops().count("Add") == 1
