@@ -28,6 +28,7 @@ The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort
 so the tensors they read and write are uint8 codes, held as such between two integer kernels
 (``Graph.as_bytes``) and given a float32 view only where a float op reads them.
 
+A fully connected layer with one multiplier runs as ``com.microsoft.QGemm`` (:func:`matmul`).
 A power-of-two convolution (a DPU's ``shift`` epilogue, int8 codes) runs on ``QLinearConv`` too:
 its int8 codes travel as uint8 bytes moved by their lowest code, and nudged multipliers make
 MLAS' ties-to-even rounding the target's tie rule (:func:`_shift_form`).
@@ -85,21 +86,102 @@ LARGE_WEIGHTS = 1 << 16
 
 
 def matmul(g: Graph, op: dict, blobs: dict) -> bool:
-    """Write fully connected layer ``op`` (``x (..., K) @ w (K, N) + bias``) as ``QLinearConv``
-    on the rows viewed as (1, K, rows, 1), as :func:`conv` writes a convolution; say whether it
-    did.  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes this form even
-    where its input and output are float32 (EfficientNet-Lite0's 1280x1000 classifier: 1.2 MiB
-    of weights instead of 4.9, and no float copies of them at load)."""
+    """Write fully connected layer ``op`` (``x (..., K) @ w (K, N) + bias``) on an integer kernel
+    when its arithmetic is that kernel's, as :func:`conv` writes a convolution; say whether it did.
+
+    A layer with one multiplier for all its outputs (a power-of-two one's single shift) runs as
+    ``com.microsoft.QGemm`` of the rows as a (rows, K) matrix where :func:`qgemm_exact` finds that
+    kernel computing ``numerics``' codes in this process: no layout nodes around it.  Else, and
+    for a multiplier per output (``QGemm`` then wants a zero point per column, whose MLAS path
+    costs more than the two ``Transpose`` nodes it saves), ``QLinearConv`` of the rows viewed as
+    (1, K, rows, 1).  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes such a
+    form even where its input and output are float32 (EfficientNet-Lite0's 1280x1000 classifier:
+    1.2 MiB of weights instead of 4.9, and no float copies of them at load)."""
     a = op["attrs"]
     t = op["inputs"][0]
     w = int8_weights(blobs["w"])
     if w is None or a.get("group", 1) != 1:
         return False
     k, n = w.shape
-    to_rows, back = rows_as_conv(g, list(g.tensors[t]["shape"]), n, a["out_shape"])
-    return _qlinear_conv(g, {**op, "attrs": {**a, "in_dtype": a.get("in_dtype", g.tensors[t]["dtype"])}}, t,
-                         np.ascontiguousarray(w.T).reshape(n, k, 1, 1), blobs["b"], to_rows, back,
-                         shift_bytes=w.size >= LARGE_WEIGHTS, kernel_shape=[1, 1])
+    op = {**op, "attrs": {**a, "in_dtype": a.get("in_dtype", g.tensors[t]["dtype"])}}
+    shift_bytes = w.size >= LARGE_WEIGHTS
+    shape, out_shape = list(g.tensors[t]["shape"]), list(a["out_shape"])
+    rows = int(np.prod(shape[:-1]))
+    if qgemm_exact():
+        form = _kernel_form(g, op, t, np.ascontiguousarray(w.T), blobs["b"], shift_bytes=shift_bytes,
+                            weight_form=_gemm_weight_form)
+        if form is not None and np.unique(form["mult"]).size == 1:
+
+            def to_rows(v: str) -> str:
+                return v if shape == [rows, k] else g.node("Reshape", [v, g.const([rows, k], np.int64)])
+
+            def back(y: str) -> str:
+                return y if out_shape == [rows, n] else g.node("Reshape", [y, g.const(out_shape, np.int64)])
+
+            _emit(g, op, t, form, "QGemm", to_rows, back, domain=MS_DOMAIN, transB=1)
+            return True
+    to_rows, back = rows_as_conv(g, shape, n, out_shape)
+    return _qlinear_conv(g, op, t, np.ascontiguousarray(w.T).reshape(n, k, 1, 1), blobs["b"], to_rows, back,
+                         shift_bytes=shift_bytes, kernel_shape=[1, 1])
+
+
+def _gemm_weight_form(w: np.ndarray, group: int) -> str | None:
+    """The weight form of one ``QGemm`` with int8 weight codes ``w`` (N, K; ``group`` is 1): the
+    process' ``ort_kernels.weight_form``, int8 after all where no pair along K can saturate
+    (``ort_kernels.matmul_int8_exact``: ``QGemm`` and ``MatMulInteger`` run one MLAS GEMM)."""
+    form = ort_kernels.weight_form()
+    return "s8" if form == "u8" and ort_kernels.matmul_int8_exact(w.T) else form
+
+
+@ort_kernels.persistent
+def qgemm_exact() -> bool:
+    """Whether this process' ``com.microsoft.QGemm`` (uint8 rows, int8 weights in
+    ``ort_kernels.weight_form``, one multiplier and weight zero point, int32 bias per column,
+    input and output scales 1) gives ``numerics``' codes: one row and several, odd and even K, on
+    codes 0/255 and weights -128/127 with a float-scale multiplier, and on spread codes with the
+    nudged power-of-two multiplier of :func:`_shift_form` (shifts 1 to 14).  Where it does not,
+    fully connected layers keep ``QLinearConv``."""
+    form = ort_kernels.weight_form()
+    if form is None:
+        return False
+    rng = np.random.default_rng(0)
+    cout = 14
+    try:
+        for rows, k, shift in ((1, 33, 1), (1, 256, 5), (5, 64, 11), (1, 1152, 14)):
+            x = rng.choice(np.array([0, 255], np.uint8), (rows, k))
+            w = rng.choice(np.array([-128, 127], np.int16), (cout, k))
+            bias = rng.integers(-(1 << 20), 1 << 20, cout)
+            acc = (x.astype(np.int64) - 3) @ w.T.astype(np.int64) + bias
+            mult = np.float32(120) / np.float32(np.abs(acc).max())
+            want = np.clip(nm.requantize_float(acc, mult, nm.RoundMode.HALF_EVEN) + 128, 0, 255)
+            if not np.array_equal(_qgemm(x, 3, w, form, mult, 128, bias), want):
+                return False
+            x = rng.integers(0, 256, (rows, k)).astype(np.uint8)
+            size = int(np.clip(2.0 ** shift * 120 / (75 * np.sqrt(k)), 1, 127))
+            w = (rng.integers(-1000, 1001, (cout, k)) * size // 1000).astype(np.int16)
+            bias = (128 << shift) + rng.integers(-8, 9, cout)
+            acc = (x.astype(np.int64) - 128) @ w.T.astype(np.int64) + bias
+            want = np.clip(nm.shift_round(acc, shift, "half_up"), 0, 255)
+            mult = nm.shift_as_float32_multiplier(np.array([shift]), "half_up")[0]
+            if not np.array_equal(_qgemm(x, 128, w, form, mult, 0, bias), want):
+                return False
+    except ort_kernels._ORT_REFUSALS:  # a kernel this ONNX Runtime lacks
+        return False
+    return True
+
+
+def _qgemm(x: np.ndarray, x_zp: int, w: np.ndarray, form: str, mult: np.ndarray, y_zp: int,
+           bias: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's ``QGemm`` (``transB``, input and output scales 1, one multiplier ``mult``)
+    on rows ``x``."""
+    (wq, _), (zq, _) = weight_arrays(w, form)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(1), "one"), (np.uint8(x_zp), "xz"), (wq, "w"), (zq[0], "wz"),
+        (np.float32(mult), "ws"), (np.asarray(bias, np.int32), "b"), (np.uint8(y_zp), "yz"))]
+    node = helper.make_node("QGemm", ["x", "one", "xz", "w", "ws", "wz", "b", "one", "yz"], ["y"],
+                            domain=MS_DOMAIN, transB=1)
+    return probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)], inits).run(
+        None, {"x": x})[0]
 
 
 def int8_weights(blob: np.ndarray) -> np.ndarray | None:
@@ -115,29 +197,43 @@ def _qlinear_conv(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, t
                   from_conv: Callable[[str], str], *, shift_bytes: bool, **node_attrs) -> bool:
     """``QLinearConv`` of manifest tensor ``x``'s bytes (``to_conv`` puts them in convolution
     layout, ``from_conv`` puts its output back) with int8 codes ``w`` (convolution layout) and
-    ``node_attrs``: :func:`conv`'s rules.  A ``shift`` epilogue takes this form only where ``x``
-    is held as bytes or a reader wants bytes, or ``shift_bytes``: between float32 tensors the
-    float convolution saves two conversions."""
+    ``node_attrs``, where :func:`_kernel_form` finds one."""
+    form = _kernel_form(g, op, x, w, bias, shift_bytes=shift_bytes, group=node_attrs.get("group", 1))
+    if form is None:
+        return False
+    _emit(g, op, x, form, "QLinearConv", to_conv, from_conv, **node_attrs)
+    return True
+
+
+def _kernel_form(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, *, shift_bytes: bool, group: int = 1,
+                 weight_form: Callable[[np.ndarray, int], str | None] = ort_kernels.conv_weight_form) -> dict | None:
+    """The constants with which an MLAS integer kernel (``QLinearConv``, ``QGemm``: an int32
+    accumulator times a float32 multiplier per output channel, ties to even) computes ``op``'s
+    codes from manifest tensor ``x`` and int8 codes ``w`` (output channels first), or ``None``.
+
+    A ``shift`` epilogue takes this form only where ``x`` is held as bytes or a reader wants
+    bytes, or ``shift_bytes``: between float32 tensors the float convolution saves two
+    conversions."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep.get("chain") or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]):
-        return False
+        return None
     in_dtype = np.dtype(a.get("in_dtype", g.tensors[x]["dtype"]))
     if in_dtype != np.dtype(g.tensors[x]["dtype"]) or in_dtype.itemsize != 1 or np.dtype(ep["dtype"]).itemsize != 1:
-        return False
+        return None
     bias = np.asarray(bias, np.int64).reshape(-1)
     reach = code_reach(in_dtype, a["x_zp"])
     if not 0 <= a["x_zp"] - code_range(in_dtype)[0] <= 255 or not 0 <= ep["zp"] - code_range(ep["dtype"])[0] <= 255:
-        return False  # zero points outside their type (a damaged manifest): the float forms judge it
+        return None  # zero points outside their type (a damaged manifest): the float forms judge it
     if ep["mode"] == "scale":
         if not _uint8(in_dtype, ep["dtype"]) or np.any(np.asarray(a["lshift"]) != 0) \
                 or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
-            return False
+            return None
         mult = np.broadcast_to(np.asarray(ep["multiplier"], np.float32).reshape(-1), (w.shape[0],))
         parts = _int32_accumulators(w, bias, mult, ep, reach)
         k_in, (k_out, span) = 0, (0, 255)
     elif ep["mode"] == "shift":
         if x not in g.bytes and not _bytes_readers(g, op["outputs"][0]) and not shift_bytes:
-            return False  # float32 in and out: the float convolution saves two conversions
+            return None  # float32 in and out: the float convolution saves two conversions
         held = g.byte_offsets.get(x, 0) if x in g.bytes else None
         k_in = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(in_dtype)[0]
         parts = _shift_form(w, bias, a, ep, reach)
@@ -145,24 +241,31 @@ def _qlinear_conv(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, t
         k_out, span = lo, hi - lo
         mult = parts[2] if parts is not None else None
     else:
-        return False
+        return None
     if parts is None:
-        return False
-    w, bias = parts[:2]
-    form = ort_kernels.conv_weight_form(w, node_attrs.get("group", 1))
+        return None
+    form = weight_form(parts[0], group)
     if form is None:
-        return False
-    y = g.node("QLinearConv", [
-        to_conv(g.as_bytes(x, k_in)), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
-        *_weights(g, w, mult, form),
-        g.scalar(1.0), g.scalar(ep["zp"] - k_out if ep["mode"] == "scale" else 0, np.uint8), g.const(bias, np.int32)],
-        **node_attrs)
+        return None
+    return {"w": parts[0], "bias": parts[1], "mult": mult, "form": form, "k_in": k_in, "k_out": k_out, "span": span}
+
+
+def _emit(g: Graph, op: dict, x: str, form: dict, op_type: str, to_kernel: Callable[[str], str],
+          from_kernel: Callable[[str], str], **node_attrs) -> None:
+    """Kernel ``op_type`` (``QLinearConv`` or ``QGemm``) with :func:`_kernel_form`'s ``form`` on
+    ``x``'s bytes, its fused clamp after it, its codes put back as ``op``'s output bytes."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    k_in, k_out, span = form["k_in"], form["k_out"], form["span"]
+    ins = [to_kernel(g.as_bytes(x, k_in)), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
+           *_weights(g, form["w"], form["mult"], form["form"], per_channel=op_type != "QGemm")]
+    out = [g.scalar(1.0), g.scalar(ep["zp"] - k_out if ep["mode"] == "scale" else 0, np.uint8)]
+    bias = g.const(form["bias"], np.int32)
+    y = g.node(op_type, ins + ([bias] + out if op_type == "QGemm" else out + [bias]), **node_attrs)
     if ep["mode"] == "scale":
         y = _clamped(g, y, ep)
     elif span < 255:
         y = g.node("Clip", [y, g.scalar(0, np.uint8), g.scalar(span, np.uint8)])
-    g.put_bytes(op["outputs"][0], from_conv(y), k_out)
-    return True
+    g.put_bytes(op["outputs"][0], from_kernel(y), k_out)
 
 
 #: Ops that read 8-bit codes as bytes without a float32 view (integer kernels, data movement, tables).
@@ -209,10 +312,13 @@ def _shift_form(w: np.ndarray, bias: np.ndarray, a: dict, ep: dict,
     return w, bias, mult
 
 
-def _weights(g: Graph, w: np.ndarray, mult: np.ndarray, form: str) -> list[str]:
+def _weights(g: Graph, w: np.ndarray, mult: np.ndarray, form: str, per_channel: bool = True) -> list[str]:
     """``QLinearConv``'s weight, weight scale and weight zero point inputs for int8 codes ``w``
-    and multipliers ``mult`` in ``form`` (``ort_kernels.weight_form``)."""
+    and multipliers ``mult`` in ``form`` (``ort_kernels.weight_form``); scalars for all outputs
+    where not ``per_channel`` (``mult`` then one value)."""
     (wq, _), (zq, _) = weight_arrays(w, form)
+    if not per_channel:
+        return [g.const(wq, wq.dtype), g.scalar(np.asarray(mult).reshape(-1)[0]), g.scalar(zq[0], zq.dtype)]
     return [g.const(wq, wq.dtype), g.const(mult), g.const(zq, zq.dtype)]
 
 

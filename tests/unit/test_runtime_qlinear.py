@@ -253,9 +253,9 @@ def test_lone_power_of_two_convolution_between_float_tensors_stays_float():
 
 
 @pytest.mark.parametrize("mode", ["half_up", "half_even"])
-def test_large_power_of_two_fully_connected_layer_runs_on_qlinearconv_exactly(mode):
+def test_large_power_of_two_fully_connected_layer_runs_on_an_integer_kernel_exactly(mode, monkeypatch):
     # 512 x 160 weights (LARGE_WEIGHTS and more) between float32 tensors: one byte a weight on
-    # QLinearConv, as exact as the float form the small layers keep
+    # QGemm (one shift: one multiplier), as exact as the float form the small layers keep
     rng = np.random.default_rng(47)
     b = Builder(mode)
     x = b.input("x", [3, 512], 2.0 ** -5)
@@ -265,7 +265,10 @@ def test_large_power_of_two_fully_connected_layer_runs_on_qlinearconv_exactly(mo
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([3, 512], 45, scale=8.0)}, DPU)
     assert not plan.reasons, plan.reasons
     ops = _live_ops(plan)
-    assert 160 * 512 >= fused_qlinear.LARGE_WEIGHTS and "QLinearConv" in ops and "Conv" not in ops, ops
+    assert 160 * 512 >= fused_qlinear.LARGE_WEIGHTS and "QGemm" in ops and "Conv" not in ops, ops
+    monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: False)  # the convolution form otherwise
+    ops = _live_ops(_equal_fused_and_kernels(b.model(), {"x": _x([3, 512], 45, scale=8.0)}, DPU))
+    assert "QLinearConv" in ops and "Conv" not in ops, ops
 
 
 @pytest.mark.parametrize("scale", [0.3, 2.0, 20.0])
