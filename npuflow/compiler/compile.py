@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -357,34 +357,36 @@ def _layout(g: QGraph, name: str) -> str:
     """``NHWC`` for a 4-D input the model itself transposes to channels first (an image fed as
     height x width x channels, ``Cast``/quantize steps before the ``Transpose(perm=0,3,1,2)``
     allowed), else ``NCHW``; `info` called such an input NCHW."""
-    seen = name
-    for _ in range(4):
-        readers = g.consumer_nodes(seen)
-        if len(readers) != 1 or len(readers[0].output) != 1:
-            return "NCHW"
-        node = readers[0]
-        if node.op_type == "Transpose":
-            return "NHWC" if list(attr(node, "perm") or []) == [0, 3, 1, 2] else "NCHW"
-        if node.op_type != "Cast" and g.quantize_mode(node) is None and not g.is_dequantize(node):
-            return "NCHW"
-        seen = node.output[0]
-    return "NCHW"
+    def reader(t: str) -> tuple[onnx.NodeProto, str] | None:
+        readers = g.consumer_nodes(t)
+        return (readers[0], readers[0].output[0]) if len(readers) == 1 and len(readers[0].output) == 1 else None
+    return _transposed_to(g, name, reader, [0, 3, 1, 2])
 
 
 def _output_layout(g: QGraph, name: str) -> str:
     """``NHWC`` for a 4-D output the model itself transposes to channels last (``Transpose(perm=0,2,3,1)``,
     dequantize/``Cast`` steps after it allowed: TF-style heads, a segmentation map handed to image code),
     else ``NCHW``; `info` called such an output NCHW, its channels the width."""
+    def writer(t: str) -> tuple[onnx.NodeProto, str] | None:
+        node = g.producer_node(t)
+        return (node, node.input[0]) if node is not None and node.input else None
+    return _transposed_to(g, name, writer, [0, 2, 3, 1])
+
+
+def _transposed_to(g: QGraph, name: str, step: Callable[[str], tuple[onnx.NodeProto, str] | None],
+                   nhwc_perm: list[int]) -> str:
+    """``NHWC`` where walking from ``name`` by ``step`` (the next node and the tensor after it) through at
+    most three ``Cast``/quantize/dequantize steps reaches a ``Transpose`` of ``nhwc_perm``, else ``NCHW``."""
     seen = name
     for _ in range(4):
-        node = g.producer_node(seen)
-        if node is None or not node.input:
+        found = step(seen)
+        if found is None:
             return "NCHW"
+        node, seen = found
         if node.op_type == "Transpose":
-            return "NHWC" if list(attr(node, "perm") or []) == [0, 2, 3, 1] else "NCHW"
+            return "NHWC" if list(attr(node, "perm") or []) == nhwc_perm else "NCHW"
         if node.op_type != "Cast" and g.quantize_mode(node) is None and not g.is_dequantize(node):
             return "NCHW"
-        seen = node.input[0]
     return "NCHW"
 
 
