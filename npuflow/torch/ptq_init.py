@@ -285,7 +285,7 @@ def _dequantized(inits: Mapping[str, onnx.TensorProto], name: str, shape: torch.
         values = values.T  # Gemm with transB=0 became a Linear with the transposed weight
     if tuple(values.shape) != tuple(shape):
         return None
-    return values.astype(np.float32), scale, zp
+    return np.asarray(values, dtype=np.float32), scale, zp  # a 0-d constant stays an array (ufuncs return scalars)
 
 
 def _set_weighted(layer: QatWeighted, onnx_inputs: Sequence[str], inits: Mapping[str, onnx.TensorProto]) -> bool:

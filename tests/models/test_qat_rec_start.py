@@ -8,7 +8,9 @@ Squeeze/Reshape, and let the CPU sigmoid of two swish blocks read the quantized 
 PTQ model reads the float one.  Since 2026-12-05 the attention's linear layers take their bias
 ``Add`` into the layer (no quantize step between ``MatMul`` and ``Add``: 144 -> 138 activation
 points, 4 -> 2 added tensors) and the placement rules no longer leave the two swish sigmoids
-reading a float value (2 -> 0 float reads); the student still equals the PTQ model.
+reading a float value (2 -> 0 float reads); the student still equals the PTQ model.  Since the
+affine blocks fold forward into the next layer on accelerator targets (29670b8), 37 of their
+quantized outputs are gone (138 -> 101 activation points).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def test_rec_student_before_training_is_the_ptq_model():
     student = _build_student(load_onnx2torch(), ptq, target, qat_config({"learnable": True}), _lines("calib", 8),
                              batch=8, seed=0)
     found = student.initialised
-    assert found["unmapped"] == 0 and found["weights"] == 38 and found["activations"] == 138
+    assert found["unmapped"] == 0 and found["weights"] == 38 and found["activations"] == 101
     assert found["constants"] > 0 and found["added"] == 2 and found["float_reads"] == 0
     session = open_session(ptq.model, threads=1)
     student.qat.eval()

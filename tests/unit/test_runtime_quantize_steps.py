@@ -74,17 +74,22 @@ def _equal_to_kernels(model, inputs: dict[str, list[np.ndarray]], target: str, t
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_quantize_steps_and_fully_connected_layers_on_onnxruntime_nodes_exactly(rows, tmp_path):
+def test_quantize_steps_and_fully_connected_layers_on_onnxruntime_nodes_exactly(rows, tmp_path, monkeypatch):
     b = _classifier("half_even", rows)
     x = _inputs(rows)
     codes = nm.quantize(x["x"][3], IN_SCALE, IN_ZP, bits=8, signed=False, round_mode="half_even")
     assert {0, 255} <= set(np.unique(codes).tolist())  # the extremes saturate both ends
-    ops = _live(_equal_to_kernels(b.model(), x, CPU, tmp_path))
+    ops = _live(_equal_to_kernels(b.model(), x, CPU, tmp_path / "qgemm"))
     # (the float32 input's Cast to float32 is ONNX Runtime's to drop)
     assert ops[ops.index("QuantizeLinear") + 1] == "QLinearConv" and ops[-1] == "DequantizeLinear", ops
     assert not {"Div", "Round", "Mul"} & set(ops), ops
-    # a single row is the same bytes either way round: no transpose around the fully connected layers
-    assert ("Transpose" in ops) == (rows > 1), ops
+    if fused_qlinear.qgemm_exact():  # one multiplier per layer: QGemm of the rows, no layout nodes
+        assert ops.count("QGemm") == 2 and "Transpose" not in ops, ops
+    # the convolution form (where QGemm is not exact): a single row is the same bytes either way
+    # round, so no transpose around the fully connected layers
+    monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: False)
+    ops = _live(_equal_to_kernels(b.model(), x, CPU, tmp_path / "conv"))
+    assert "QGemm" not in ops and ("Transpose" in ops) == (rows > 1), ops
 
 
 def test_half_up_quantize_step_keeps_the_float_form(tmp_path):
