@@ -254,8 +254,6 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
         return
     level = cpu_level(model)
-    before = onnx.ModelProto.FromString(model.SerializeToString()) if level == "all" and not _uint8_steps(model) \
-        else None
     view = GraphView(model)
     moved: dict[int, list[onnx.NodeProto]] = {}  # softmax position -> its replacement
     dropped: set[int] = set()
@@ -274,6 +272,10 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
                     helper.make_node("Transpose", [inner], [node.output[0]], name=t.name, perm=perm)]
         dropped.add(view.position(t))
     if moved:
+        # the model as it was, to go back to where the move changes ONNX Runtime's kernels (copied only here:
+        # a CPU subgraph may hold megabytes of weights)
+        before = onnx.ModelProto.FromString(model.SerializeToString()) if level == "all" and not _uint8_steps(model) \
+            else None
         nodes = [n for k, node in enumerate(view.nodes) if k not in dropped for n in moved.get(k, [node])]
         del model.graph.node[:]
         model.graph.node.extend(nodes)
