@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 
 from ..graph import GraphView, subgraphs
-from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, REWRITTEN_OPS, op_def
+from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, REWRITTEN_OPS, STANDARD_DOMAINS, op_def
 from ..targets import Target
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .lowerable import MAX_CHAIN
@@ -95,7 +95,7 @@ def _quantizes(view: GraphView, i: int, fused: dict[int, int]) -> bool:
     node = view.nodes[i]
     # a BatchNormalization no layer absorbs becomes a 1x1 depthwise Conv (placed on the accelerator only as one)
     return i in fused or i in fused.values() or op_def(node.op_type, node.domain).quantized or \
-        (node.op_type in REWRITTEN_OPS and node.domain in ("", "ai.onnx"))
+        (node.op_type in REWRITTEN_OPS and node.domain in STANDARD_DOMAINS)
 
 
 def follow_quant_plan(view, device, reasons, transparent, fused, tgt: Target, chained: set[int],
