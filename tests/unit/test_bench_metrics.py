@@ -146,3 +146,29 @@ def test_accuracy_bench_without_forward_fold_keeps_the_affine_block(monkeypatch:
     assert "Mul" not in ops() and "Add" not in ops()  # folded by default
     without_forward_fold()
     assert ops().count("Mul") == 1 and ops().count("Add") == 1
+
+
+def test_det_bench_cos_text_leaves_out_the_near_empty_inputs() -> None:
+    """PP-OCRv4 det's ``cos_text``: a map that is wrong only on an input where FP32 finds fewer than
+    ``TEXT_BOXES`` boxes lowers ``cos`` but not ``cos_text`` (the first 8 evaluation inputs: the 8th,
+    a photo crop, has 2 boxes)."""
+    from benchmarks import datasets as D
+    from benchmarks.bench_accuracy import TEXT_BOXES, det_bench
+
+    bench = det_bench(1, 8)
+    xs = D.ocr_pages("eval", 8)
+    reference = D.ort_session(bench.path)
+    counts = [len(D.db_boxes(reference.run(None, x)[0])) for x in xs]
+    near_empty = [i for i, c in enumerate(counts) if c < TEXT_BOXES]
+    assert near_empty == [7]
+
+    class WrongOnNearEmpty:
+        def run(self, names, feed):
+            out = reference.run(names, feed)
+            if any(np.array_equal(feed["x"], xs[i]["x"]) for i in near_empty):
+                out = [np.flip(out[0], axis=-1).copy()]
+            return out
+
+    scores = bench.evaluate(WrongOnNearEmpty())
+    assert scores["cos_text"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["cos"] < 0.999
