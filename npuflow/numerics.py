@@ -306,7 +306,8 @@ def requantize_fixed_point_float32(acc: np.ndarray, multiplier32: np.ndarray, mo
 
 
 def fixed_point_as_float32(multiplier: np.ndarray, shift: np.ndarray, mode: RoundMode | str, acc_lo: np.ndarray,
-                           acc_hi: np.ndarray, lo: int, hi: int, tries: int = 2) -> np.ndarray | None:
+                           acc_hi: np.ndarray, lo: int, hi: int, tries: int = 2,
+                           partial: bool = False) -> np.ndarray | None:
     """Per-channel float32 multipliers ``m32`` with which :func:`requantize_fixed_point_float32`,
     saturated to ``lo..hi``, equals :func:`requantize_fixed_point` saturated alike for EVERY
     integer accumulator ``acc_lo[c] <= acc <= acc_hi[c]``; ``None`` when some channel has none.
@@ -321,7 +322,9 @@ def fixed_point_as_float32(multiplier: np.ndarray, shift: np.ndarray, mode: Roun
     in float64, corrected by the exact function; the candidates are ``float32(m * 2^-shift)``
     and its nearest float32 neighbours (``tries`` on each side), the first that agrees at every
     check point is taken.  A channel with a step whose exact product lies closer to the tie
-    than float32's spacing (long reach: small ``m * 2^-shift``) usually has none.
+    than float32's spacing (long reach: small ``m * 2^-shift``) usually has none; with
+    ``partial`` such channels get NaN instead of the whole answer being ``None`` (a caller that
+    runs the other channels otherwise).
     """
     mode = RoundMode(mode)
     mult = np.asarray(multiplier, np.int64).reshape(-1)
@@ -362,7 +365,7 @@ def fixed_point_as_float32(multiplier: np.ndarray, shift: np.ndarray, mode: Roun
         chosen = np.where(np.isnan(chosen) & np.all(got == want, axis=1), cand, chosen)
         if not np.any(np.isnan(chosen)):
             break
-    return None if np.any(np.isnan(chosen)) else chosen
+    return None if np.any(np.isnan(chosen)) and not partial else chosen
 
 
 def requant_scale(acc_scale: float | np.ndarray, out_scale: float) -> np.ndarray:

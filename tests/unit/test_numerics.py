@@ -207,3 +207,16 @@ def test_float32_fixed_point_is_refused_where_float32_cannot_tell_a_near_tie():
     assert nm.fixed_point_as_float32(mult, shift, "std_round", *full, -128, 127) is None  # no ONNX form
     assert nm.fixed_point_as_float32(mult, np.array([40]), "half_up", np.array([0]), np.array([1 << 24]),
                                      -128, 127) is None  # float32(acc) not exact
+
+
+def test_float32_fixed_point_partial_keeps_the_channels_that_have_a_multiplier():
+    # channel 0: the refused near-tie channel above (shift 44); channel 1: a short reach that has one
+    rng = np.random.default_rng(5)
+    mult, shift = np.array([rng.integers(1 << 30, 1 << 31, 8)[0], 1518500251]), np.array([44, 31])
+    lo_acc, hi_acc = np.array([-(1 << 23), -(1 << 12)]), np.array([1 << 23, 1 << 12])
+    assert nm.fixed_point_as_float32(mult, shift, "half_even", lo_acc, hi_acc, -128, 127) is None
+    m32 = nm.fixed_point_as_float32(mult, shift, "half_even", lo_acc, hi_acc, -128, 127, partial=True)
+    assert np.isnan(m32[0]) and not np.isnan(m32[1])
+    acc = np.arange(-(1 << 12), (1 << 12) + 1)
+    assert np.array_equal(np.clip(nm.requantize_fixed_point_float32(acc, m32[1], "half_even"), -128, 127),
+                          np.clip(nm.requantize_fixed_point(acc, mult[1], 31, "half_even"), -128, 127))
