@@ -23,10 +23,11 @@ compiled model whose custom op is not registered in the running process is the c
 
 Execution: every stage runs models on ONNX Runtime (:mod:`npuflow.ort_session`); custom ops run
 there as Python ops of onnxruntime-extensions (an optional dependency, ``pip install npuflow[ort]``).
-Those live in one domain, so the session's copy of the model has each custom node renamed
-(:func:`for_onnxruntime`).  onnxruntime-extensions ends the process when a Python op raises, so the
-registered function is called inside a guard: an exception is recorded, the op returns an empty
-array, and :func:`raise_recorded` (called after every run by the session wrapper) turns it into
+Each is declared once per process, in a domain of its own (:func:`declare_pyop` says why), so the
+session's copy of the model has each custom node renamed into that domain (:func:`for_onnxruntime`).
+onnxruntime-extensions ends the process when a Python op raises, so the registered function is
+called inside a guard: an exception is recorded, the op returns an empty array, and
+:func:`raise_recorded` (called after every run by the session wrapper) turns it into
 ``NPF_CUSTOM_OP_FAILED`` naming the op and the exception.
 """
 
@@ -47,8 +48,8 @@ from .errors import NpuflowError
 
 log = logging.getLogger(__name__)
 
-#: The domain onnxruntime-extensions runs Python ops from.
-PYOP_DOMAIN = "ai.onnx.contrib"
+#: Prefix of the domains npuflow declares Python ops in: one domain per op (see :func:`declare_pyop`).
+PYOP_DOMAIN_PREFIX = "npuflow.pyop."
 #: Entry-point group of packages that register custom ops.
 ENTRY_POINT_GROUP = "npuflow.ops"
 
@@ -78,7 +79,7 @@ class CustomOp:
 
     @property
     def pyop_type(self) -> str:
-        """The op's name in onnxruntime-extensions' single domain (unique per domain and type)."""
+        """The op's name as a Python op of onnxruntime-extensions (unique per domain and type)."""
         return f"{self.domain.replace('.', '_')}__{self.op_type}"
 
     @property
@@ -91,7 +92,8 @@ class CustomOp:
 _REGISTRY: dict[tuple[str, str], CustomOp] = {}
 #: domain -> [(library path, the op types it provides; None: every op of the domain)]
 _LIBRARIES: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
-_DECLARED: set[str] = set()
+#: op type -> the domain its Python op was declared in (once per process, see :func:`declare_pyop`)
+_DECLARED: dict[str, str] = {}
 _LOCK = threading.Lock()
 _ERRORS: list[tuple[CustomOp, BaseException]] = []
 _entry_points_loaded = False
@@ -211,8 +213,7 @@ def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp 
 
     def walk(graph: onnx.GraphProto) -> None:
         for node in graph.node:
-            # onnxruntime-extensions' domain also holds the Python ops npuflow declares (renamed nodes)
-            ours = node.domain == PYOP_DOMAIN and node.op_type in _DECLARED
+            ours = _DECLARED.get(node.op_type) == node.domain  # a Python op npuflow declared (renamed node)
             if node.domain not in KNOWN_DOMAINS and not ours and (node.domain, node.op_type) not in local:
                 found.append((node, lookup(node.domain, node.op_type)))
             for g in subgraphs(node):
@@ -233,21 +234,20 @@ def for_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
         return model, False
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    renamed = {op.key: op for _, op in nodes}
-    for _declare in renamed.values():
-        _declare_pyop(_declare)
+    renamed = {op.key: (op, _declare_custom_op(op)) for _, op in nodes}
 
     def walk(graph: onnx.GraphProto) -> None:
         for node in graph.node:
-            op = renamed.get((node.domain, node.op_type))
+            op, domain = renamed.get((node.domain, node.op_type), (None, ""))
             if op is not None:
-                node.domain, node.op_type = PYOP_DOMAIN, op.pyop_type
+                node.domain, node.op_type = domain, op.pyop_type
             for g in subgraphs(node):
                 walk(g)
 
     walk(out.graph)
-    if not any(o.domain == PYOP_DOMAIN for o in out.opset_import):
-        out.opset_import.add(domain=PYOP_DOMAIN, version=1)
+    imported = {o.domain for o in out.opset_import}
+    for domain in sorted({domain for _, domain in renamed.values()} - imported):
+        out.opset_import.add(domain=domain, version=1)
     return out, True
 
 
@@ -260,12 +260,33 @@ def extensions():
     return onnxruntime_extensions
 
 
-def _declare_pyop(op: CustomOp) -> None:
+def declare_pyop(op_type: str, fn: Callable[..., Any], inputs: list[int], outputs: list[int],
+                 attrs: Mapping[str, int]) -> str:
+    """Declare ``fn`` as the onnxruntime-extensions Python op ``op_type`` (types and attributes as
+    ``PyCustomOpDef`` constants) once per process, in a domain of its own; the domain is returned
+    (a node runs the op under that domain; a later call for the same op type returns it again).
+
+    Why a domain of its own: onnxruntime-extensions keeps the Python ops of one domain in one
+    ``std::vector``, and every ONNX Runtime session (and ``SessionOptions``) that registered its
+    library points into that vector.  Declaring another op in the same domain can reallocate it,
+    and every session still alive then calls through freed memory on its next run or when it is
+    destroyed (a segfault, often in a later garbage collection).  A domain that holds one op is a
+    vector that never grows; the extensions library registers each domain with every session."""
     ext = extensions()
     with _LOCK:
-        if op.pyop_type in _DECLARED:
-            return
-        _DECLARED.add(op.pyop_type)
+        domain = _DECLARED.get(op_type)
+        if domain is not None:
+            return domain
+        domain = _DECLARED[op_type] = PYOP_DOMAIN_PREFIX + op_type
+        # onnxruntime-extensions keeps the callable alive (its registry of Opdefs) for the process
+        ext.onnx_op(op_type=f"{domain}::{op_type}", inputs=inputs, outputs=outputs, attrs=dict(attrs))(fn)
+    return domain
+
+
+def _declare_custom_op(op: CustomOp) -> str:
+    """Declare the Python op running ``op``'s registered function (the latest registration of its
+    domain and type at each call), once per process; its domain."""
+    dt = extensions().PyCustomOpDef
     key = op.key
 
     def call(*arrays: np.ndarray, **attrs: Any):
@@ -282,10 +303,9 @@ def _declare_pyop(op: CustomOp) -> None:
             cast = tuple(np.zeros(0, dtype=_TYPES[t]) for t in current.outputs)
         return cast if len(cast) > 1 else cast[0]
 
-    dt = ext.PyCustomOpDef
-    ext.onnx_op(op_type=op.pyop_type, inputs=[getattr(dt, _PYOP_TYPES[_TYPES[t]]) for t in op.inputs],
-                outputs=[getattr(dt, _PYOP_TYPES[_TYPES[t]]) for t in op.outputs],
-                attrs={name: getattr(dt, _ATTR_TYPES[kind]) for name, kind in op.attrs})(call)
+    return declare_pyop(op.pyop_type, call, [getattr(dt, _PYOP_TYPES[_TYPES[t]]) for t in op.inputs],
+                        [getattr(dt, _PYOP_TYPES[_TYPES[t]]) for t in op.outputs],
+                        {name: getattr(dt, _ATTR_TYPES[kind]) for name, kind in op.attrs})
 
 
 def raise_recorded() -> None:

@@ -12,8 +12,9 @@ only its ``SessionOptions``::
 
 The exported graph holds each CPU subgraph of the ``.npuf`` inline, as the ONNX nodes it is, and
 each accelerator subgraph (and a compiler plugin's, or a CPU subgraph with custom operators,
-which plain ONNX Runtime would not know) as one node of the ``ai.onnx.contrib`` domain, which onnxruntime-
-extensions runs as a Python op: the op runs that subgraph from the ``.npuf``
+which plain ONNX Runtime would not know) as one node that onnxruntime-extensions runs as a Python
+op, in a domain of its own (``npuflow.pyop.<op type>``: :func:`npuflow.custom_ops.declare_pyop`
+says why): the op runs that subgraph from the ``.npuf``
 (:meth:`npuflow.Session.run_subgraph`), so outputs equal :class:`npuflow.Session` bit for bit.
 The inline CPU subgraphs equal the session at the graph optimisation level it runs them at (basic
 on power-of-two targets), which :func:`session_options` sets from the model's metadata; where the
@@ -47,7 +48,7 @@ import onnx
 from onnx import helper
 
 from .compiler.compiled import CompiledModel
-from .custom_ops import custom_nodes, extensions
+from .custom_ops import PYOP_DOMAIN_PREFIX, custom_nodes, declare_pyop, extensions
 from .graph import attr_values
 from .ort_session import LEVELS
 from .runtime.executors import cpu_level
@@ -57,8 +58,8 @@ from .model import write_atomic
 
 log = logging.getLogger(__name__)
 
-#: The domain onnxruntime-extensions runs Python ops from.
-DOMAIN = "ai.onnx.contrib"
+#: The one domain older exports put every npuflow op in (refused by :func:`session_options`: export again).
+OLD_DOMAIN = "ai.onnx.contrib"
 #: Metadata key: the ONNX Runtime graph optimisation level the inline CPU subgraphs need.
 LEVEL_KEY = "npuflow.ort_graph_optimization_level"
 #: Prefix of the op type of an accelerator-subgraph node: ``Npuflow_<sha256[:16]>_<subgraph index>``.
@@ -77,7 +78,7 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
     nodes: list[onnx.NodeProto] = []
     initializers: list[onnx.TensorProto] = []
     seen: set[str] = set()
-    opsets: dict[str, int] = {"": 13, DOMAIN: 1}
+    opsets: dict[str, int] = {"": 13}
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
     subs = [onnx.load_from_string(compiled.blob(sg["onnx"])) if sg["engine"] == "onnx" else None
             for sg in m["subgraphs"]]
@@ -88,9 +89,11 @@ def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProt
         # custom operators (npuflow's session runs them; plain ONNX Runtime would not know them) and
         # CPU subgraphs the session runs at another optimisation level than the exported graph's
         if sub is None or custom_nodes(sub) or cpu_level(sub) != level:
-            nodes.append(helper.make_node(
-                f"{OP_PREFIX}{digest[:16]}_{k}", list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
-                domain=DOMAIN, npuf=str(path), sha256=digest, subgraph=k))
+            op_type = f"{OP_PREFIX}{digest[:16]}_{k}"
+            opsets[PYOP_DOMAIN_PREFIX + op_type] = 1
+            nodes.append(helper.make_node(op_type, list(sg["inputs"]), list(sg["outputs"]), name=sg["name"],
+                                          domain=PYOP_DOMAIN_PREFIX + op_type, npuf=str(path), sha256=digest,
+                                          subgraph=k))
             continue
         nodes.extend(sub.graph.node)
         for init in sub.graph.initializer:  # a constant several CPU subgraphs read is in each of them
@@ -139,7 +142,6 @@ def _inline_level(subs: list[onnx.ModelProto | None]) -> str:
 
 _SESSIONS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
-_DECLARED: set[str] = set()
 
 
 def _session(npuf: str, sha256: str):
@@ -174,9 +176,11 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model), load_external_data=False)
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output,
                                                              *proto.graph.value_info]}
-    for node in proto.graph.node:
-        if node.domain != DOMAIN or not node.op_type.startswith(OP_PREFIX) or node.op_type in _DECLARED:
-            continue
+    ops = [node for node in proto.graph.node if is_npuflow_op(node)]
+    for node in ops:
+        if node.domain == OLD_DOMAIN:
+            raise NpuflowError("NPF_ORT_EXPORT_STALE", path=str(attr_values(node)["npuf"]),
+                               reason="the ONNX model was exported by an older npuflow")
         ins = [_ext_type(ext, types[n]) for n in node.input]
         outs = [_ext_type(ext, types[n]) for n in node.output]
 
@@ -189,22 +193,26 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
                 raise
             return result if len(result) > 1 else result[0]
 
-        ext.onnx_op(op_type=node.op_type, domain=DOMAIN, inputs=ins, outputs=outs,
-                    attrs={"npuf": ext.PyCustomOpDef.dt_string, "sha256": ext.PyCustomOpDef.dt_string,
-                           "subgraph": ext.PyCustomOpDef.dt_int64})(op)
-        _DECLARED.add(node.op_type)
+        declare_pyop(node.op_type, op, ins, outs, {"npuf": ext.PyCustomOpDef.dt_string,
+                                                   "sha256": ext.PyCustomOpDef.dt_string,
+                                                   "subgraph": ext.PyCustomOpDef.dt_int64})
     # verified and loaded now, not in the op; after the declarations above, so that a .npuf whose
     # CPU subgraph holds a user's Python custom op registers it when the npuflow ops are known
-    for node in proto.graph.node:
-        if node.domain == DOMAIN and node.op_type.startswith(OP_PREFIX):
-            attrs = attr_values(node)
-            _session(attrs["npuf"], attrs["sha256"])
+    for node in ops:
+        attrs = attr_values(node)
+        _session(attrs["npuf"], attrs["sha256"])
     so = sess_options if sess_options is not None else ort.SessionOptions()
     so.register_custom_ops_library(ext.get_library_path())
     level = {p.key: p.value for p in proto.metadata_props}.get(LEVEL_KEY)
     if level is not None:
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     return so
+
+
+def is_npuflow_op(node: onnx.NodeProto) -> bool:
+    """Whether an exported model's node is one npuflow runs (a subgraph of the ``.npuf``), in this
+    npuflow's form or an older export's."""
+    return node.op_type.startswith(OP_PREFIX) and node.domain in (PYOP_DOMAIN_PREFIX + node.op_type, OLD_DOMAIN)
 
 
 def _ext_type(ext, elem_type: int) -> int:

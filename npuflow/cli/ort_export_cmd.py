@@ -23,11 +23,11 @@ def ort_export_command(
 ) -> None:
     """Write an ONNX model that onnxruntime.InferenceSession runs bit-exactly (accelerator subgraphs as
     onnxruntime-extensions Python ops; needs `pip install onnxruntime-extensions` to run)."""
-    from ..ort_export import export
+    from ..ort_export import export, is_npuflow_op
 
     with console.status("exporting"):
         proto = export(model, output)
-    ops = sum(1 for n in proto.graph.node if n.domain == "ai.onnx.contrib")
+    ops = sum(1 for n in proto.graph.node if is_npuflow_op(n))
     console.print(f"wrote {output}: {len(proto.graph.node)} nodes, {ops} of them accelerator subgraphs run by npuflow",
                   markup=False, highlight=False)
     console.print("run it with:\n"

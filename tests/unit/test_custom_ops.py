@@ -6,6 +6,11 @@ the end of the process (onnxruntime-extensions aborts on an exception in a Pytho
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -276,3 +281,37 @@ def test_build_yaml_custom_op_group_registers_before_the_model_loads(tmp_path):
     with pytest.raises(NpuflowError) as err:
         npuflow.build(tmp_path / "b.yaml")
     assert err.value.code == "NPF_CUSTOM_OP_BAD_REGISTRATION" and "missing.py" in err.value.message
+
+
+_LIVE_SESSION = """
+import numpy as np
+from onnx import TensorProto, helper
+import npuflow
+from npuflow.ort_session import open_session
+
+def session(op_type):
+    npuflow.register_op(op_type, lambda x: x + 1, domain="com.example")
+    graph = helper.make_graph([helper.make_node(op_type, ["x"], ["y"], domain="com.example")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    return open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                                helper.make_opsetid("com.example", 1)]))
+
+first = session("First")
+later = [session(f"Later{i}") for i in range(8)]  # Python ops declared while `first` lives
+assert first.run(None, {"x": np.zeros(2, np.float32)})[0].tolist() == [1.0, 1.0]
+del first, later
+print("ok")
+"""
+
+
+def test_python_ops_declared_later_leave_live_sessions_intact():
+    """The test suite's segfault: onnxruntime-extensions kept every Python op of one domain in one
+    vector that live sessions point into, so declaring another op could free what a session calls
+    on its next run or when it is destroyed.  glibc here fills freed memory at once (no per-thread
+    cache, ``MALLOC_PERTURB_``), so a call through freed memory fails in this process, not later."""
+    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "MALLOC_PERTURB_": "65",
+           "PYTHONPATH": os.pathsep.join([str(Path(npuflow.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", _LIVE_SESSION], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-3000:])
