@@ -166,6 +166,12 @@ _QUANT = _specs(
      "arrays/dicts."),
     ("NPF_QUANT_CALIB_NONFINITE", "calibration sample {sample} input {input!r} contains NaN or Inf",
      "Fix or drop that sample; calibration ranges must come from finite values."),
+    ("NPF_QUANT_CALIB_LOOKS_RANDOM",
+     "calibration input {input!r} looks like random noise, not images: neighbouring pixels correlate {correlation} "
+     "(mean of {samples} sample(s); photos, scans and rendered text: 0.6 or more); ranges calibrated on noise can "
+     "fit real inputs badly, and the similarity quantize reports is measured on these same samples",
+     "Calibrate on real inputs preprocessed as in deployment (100 or more recommended). If the noise is "
+     "deliberate (a model with random weights), ignore this warning."),
     ("NPF_QUANT_NONFINITE_TENSOR",
      "tensor(s) {tensors} held infinities or NaN on the calibration data and the quantizer cannot keep them "
      "float: no 8-bit grid represents them",

@@ -153,6 +153,8 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
                                          progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
         else:
             quantized, auto_summary = _auto_quantize(original, calib, target, quant_config, cal, progress)
+        for warning in quantized.calibration_warnings:
+            log.warning("[%s] %s\n  hint: %s", warning.code, warning.message, warning.hint)
         _require_similarity(quantized, check_report)
 
     qat_summary = None

@@ -114,8 +114,8 @@ def quantize_command(
         console.print(f"wrote {key}: {path}")
     if plain_qdq or result.target.kind == "cpu":
         _note_saturation(result.model)
-    if result.problem is not None:
-        err_console.print(f"WARNING [{result.problem.code}] {result.problem.message}\n  hint: {result.problem.hint}",
+    for warning in [*result.calibration_warnings, *([result.problem] if result.problem is not None else [])]:
+        err_console.print(f"WARNING [{warning.code}] {warning.message}\n  hint: {warning.hint}",
                           markup=False, highlight=False)
 
 

@@ -65,6 +65,7 @@ from ..passes.optimize import optimize_float
 from ..targets import Target, load_target
 from .algorithms import apply as algorithms
 from .assign import assign
+from .calib_stats import noise_like_inputs
 from .calibrate import Progress, collect
 from .config import HISTOGRAM_METHODS, QuantConfig
 from .data import CalibrationSource, InputSpec, peek
@@ -96,6 +97,9 @@ class QuantizedModel:
     info: dict = field(default_factory=dict)
     #: the accuracy check's finding (NPF_QUANT_LOW_SIMILARITY), None when the outputs held up
     problem: NpuflowError | None = None
+    #: what the calibration samples themselves look wrong by (NPF_QUANT_CALIB_LOOKS_RANDOM), logged by
+    #: ``quantize`` unless ``warn=False`` (the CLI and ``build`` print them)
+    calibration_warnings: list[NpuflowError] = field(default_factory=list)
     #: ``save`` writes ``dynamic_model`` as quantized_model.onnx: the source's dynamic dims were
     #: left open (no ``input_shapes``), so the saved model runs every size the source runs
     saves_dynamic: bool = False
@@ -221,6 +225,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept
+    calib_warnings = noise_calibration(kept or list(itertools.islice(again, 1)))
+    if warn:
+        for warning in calib_warnings:
+            log.warning("[%s] %s\n  hint: %s", warning.code, warning.message, warning.hint)
     plan, cfg = _keep_nonfinite_float(leg, tgt, cfg, allowed, plan, stats)
 
     searched: dict = {}
@@ -258,11 +266,20 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         mark_frozen_inputs(q_model, frozen)
     result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
                             original_model=original, float_model=float_model, quant_params=final.params, report=report,
-                            target=tgt, config=cfg, info=info, problem=problem, saves_dynamic=dynamic and not input_shapes,
+                            target=tgt, config=cfg, info=info, problem=problem, calibration_warnings=calib_warnings,
+                            saves_dynamic=dynamic and not input_shapes,
                             requantizer=requantizer)
     if strict:
         result.require_similarity()
     return result
+
+
+def noise_calibration(samples: Sequence[dict[str, np.ndarray]]) -> list[NpuflowError]:
+    """``NPF_QUANT_CALIB_LOOKS_RANDOM`` for each image input whose calibration samples look like
+    random noise (:mod:`.calib_stats`): the accuracy check is measured on the same samples, so it
+    cannot see that ranges from noise fit real inputs badly."""
+    return [NpuflowError("NPF_QUANT_CALIB_LOOKS_RANDOM", input=found.name, correlation=f"{found.correlation:.2f}",
+                         samples=found.samples) for found in noise_like_inputs(samples)]
 
 
 def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, allowed: set[str] | None, plan,
