@@ -258,8 +258,13 @@ def lowering_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
             f"convolution before quantizing)")
     if op not in LOWERED_OPS | TABLE_OPS:
         return f"{op} has no integer lowering"
-    return _types(node, t) or _static(node, t) or _OP_LIMITS.get(op, _no_limit)(node, t) or \
-        (_quantized_io(node, t) if t.quantized else None)
+    return _form_limit(node, t) or (_quantized_io(node, t) if t.quantized else None)
+
+
+def _form_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    """What in ``node``'s own types, shapes and attributes keeps it from being lowered (a 3-D
+    ``MaxPool`` on a 5-D tensor: only 2-D pooling is lowered), whatever the quantization around it."""
+    return _types(node, t) or _static(node, t) or _OP_LIMITS.get(node.op_type, _no_limit)(node, t)
 
 
 def _data_inputs(node: onnx.NodeProto) -> list[str]:
@@ -621,9 +626,12 @@ def grid_step(node: onnx.NodeProto, t: QuantFacts, depth: int = 0) -> bool:
     through grid ops.  Its outputs lie on its input's grid, so the step is exact, and the op and the
     layer after it are lowered.  Not for, nor through, an op the target does not have (``t.runs``):
     check of the float model puts MobileViT's reshapes around bernoulli2's CPU ``Transpose`` on
-    the CPU, so compile must not lower them (generator seeds 902, 1278)."""
+    the CPU, so compile must not lower them (generator seeds 902, 1278); nor for one whose own form
+    is not lowered (:func:`_form_limit`): LPRNet's ``MaxPool3d`` over channels, a 3-D ``MaxPool`` on
+    a 5-D tensor, stays on the CPU, so a quantize step after it moved the ``Squeeze`` after it onto
+    the accelerator, where check of the float model keeps it in float on the CPU."""
     if node.op_type not in GRID_OPS or node.domain not in ("", "ai.onnx") or len(node.output) != 1 \
-            or depth > MAX_CHAIN or (t.runs is not None and not t.runs(node)):
+            or depth > MAX_CHAIN or (t.runs is not None and not t.runs(node)) or _form_limit(node, t) is not None:
         return False
     p = t.producer_node(node.input[0])
     if p is None:
@@ -659,6 +667,6 @@ def _feeds_layer(tensor: str, t: QuantFacts, depth: int = 0) -> bool:
         if (c.op_type in WEIGHTED_OPS and _quantized_weight(c, t)) or (depth and t.is_quantize(c)):
             return True
         if c.op_type in GRID_OPS and depth < MAX_CHAIN and (t.runs is None or t.runs(c)) and \
-                _feeds_layer(c.output[0], t, depth + 1):
+                _form_limit(c, t) is None and _feeds_layer(c.output[0], t, depth + 1):
             return True
     return False
