@@ -17,10 +17,11 @@ Every operation of such a graph is exact, so its codes equal the op-by-op kernel
   ``bias * 2^-shift + offset``: exact), the offset from ``numerics.rounding_as_nearest_even``;
 * float-scale epilogues repeat the float operations of the kernels with the same IEEE types
   (``numerics.requantize_float``'s float32 product, ``numerics.quantize``'s float32 division
-  and float64 tie rule); a fixed-point multiplier is a float32 product where
+  and float64 tie rule); a fixed-point multiplier (``fused_fixed``) is a float32 product where
   ``numerics.fixed_point_as_float32`` proves at load that one gives the exact codes for every
-  accumulator the channels can hold, else an exact float64 product where the accumulator's
-  non-saturating range and the multiplier fit 52 bits, else int64 arithmetic
+  accumulator the channels can hold (a dense convolution's channels that have one then run on
+  ONNX Runtime's ``QLinearConv``, the others apart), else an exact float64 product where the
+  accumulator's non-saturating range and the multiplier fit 52 bits, else int64 arithmetic
   (``numerics.shift_rounding_as_onnx``).
 
 Passes over the tensors, not arithmetic, are what such a graph spends its time on, so it makes as
@@ -55,7 +56,7 @@ from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
 from ..errors import NpuflowError
@@ -203,8 +204,16 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
                 ((h, t, b, k[0], s[0], d[0]), (w, l, r, k[1], s[1], d[1]))]
     if floor_hw != list(a["out_shape"][2:]):
         raise NotFusable("ceil-mode windows")
-    # the maximum of codes minus a constant, or of uint8 codes
-    _moves(g, op, lambda x: g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"]))
+
+    def pool(x: str) -> str:
+        return g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"])
+
+    if _raw_offset(g, op["inputs"][0], op) is None:  # the maximum of codes minus a constant
+        _moves(g, op, pool)
+    else:  # of bytes, through float32 and back (exact): ONNX Runtime's uint8 MaxPool is a reference
+        # loop, about 36 times its float32 kernel on a 128x10x10 tensor with 5x5 windows
+        _moves(g, op, lambda x: g.node("Cast", [pool(g.node("Cast", [x], to=TensorProto.FLOAT))],
+                                       to=TensorProto.UINT8))
 
 
 def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:

@@ -3,14 +3,15 @@
 The exact accumulator (one float32 convolution while every partial sum stays below 2^24, else
 input-channel chunks summed in float64) and each requantisation the compiler writes, as ONNX
 operations that compute the kernels' codes bit for bit (``runtime/fused.py``'s module docstring
-says why each form is exact): a power-of-two shift folded into the weights, ONNX Runtime's
-float32 multiplier, a fixed-point multiplier in float32 where ``numerics`` proves it exact, else
-float64 or int64, and a float epilogue (with its fused chain: LeakyReLU, hard-sigmoid,
-hard-swish) a table of the accumulator where its scales are per tensor, else one float32
-operation per node.  uint8 groups whose arithmetic is ONNX Runtime's go to its own integer
-kernels first (``fused_qlinear``); dense convolutions and fully connected layers with a float
-epilogue take their exact int32 accumulator from ONNX ``ConvInteger`` on uint8 codes and
-weights where this CPU's kernel is exact (:func:`_integer_conv`).
+says why each form is exact): a power-of-two shift folded into the weights, ONNX Runtime's float32
+multiplier, a fixed-point multiplier (``fused_fixed``) in float32 where ``numerics`` proves it
+exact, else float64 or int64, and a float epilogue (with its fused chain: LeakyReLU, hard-sigmoid,
+hard-swish) a table of the accumulator where its scales are per tensor, else one float32 operation
+per node. uint8 groups whose arithmetic is ONNX Runtime's, and fixed-point convolutions whose
+float32 multipliers are exact, go to its own integer kernels first (``fused_qlinear``;
+:func:`_split_fixed` where only some channels have one); dense convolutions and fully connected
+layers with a float epilogue take their exact int32 accumulator from ONNX ``ConvInteger`` on uint8
+codes and weights where this CPU's kernel is exact (:func:`_integer_conv`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
-from . import fused_qlinear
+from . import fused_fixed, fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
-from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, centred_clip, channel, clamp_bounds,
+from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, channel, clamp_bounds,
                           code_range, code_reach, lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
                           slice_node)
 
@@ -41,7 +42,7 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
         # padding of the centred input (the Pad node then has no reader left and is dropped)
         t, width = padded[0], np.asarray(padded[1])
         pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
-    if fused_qlinear.conv(g, op, t, pads, blobs):
+    if fused_qlinear.conv(g, op, t, pads, blobs) or _split_fixed(g, op, blobs):
         return
     if list(g.tensors[t]["shape"]) == list(a["in_shape"]) or t != op["inputs"][0]:
         to_conv = _same
@@ -73,6 +74,44 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
 
 def _same(v: str) -> str:
     return v
+
+
+def _split_fixed(g: Graph, op: dict, blobs: dict) -> bool:
+    """Write a fixed-point convolution only some of whose channels have an exact float32
+    multiplier (``fused_fixed.kernel_form``) as two convolutions, and say whether it did: those
+    channels on ``QLinearConv`` (``fused_qlinear``), the others in the exact forms (``ConvInteger``
+    and the float64 requantisation), their bytes concatenated and put back in channel order by
+    one ``Gather``.
+
+    Why: a channel with a step whose exact product lies within float32's spacing of a tie has no
+    such multiplier, and one in a layer kept the whole layer off the integer kernel (YOLOv8n on
+    bernoulli2: 46 of 64 layers, 331 of 5,447 channels); ``QLinearConv`` on int8 codes moved to
+    uint8 is several times faster than ``ConvInteger`` with the epilogue on a CPU with VNNI.
+    Dense convolutions only (a grouped one's channels would slice its input too)."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    dtype = np.dtype(g.tensors[op["inputs"][0]]["dtype"])
+    w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
+    if ep["mode"] != "fixed" or ep.get("chain") or a.get("group", 1) != 1 or len(a["out_shape"]) != 4 \
+            or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or np.any(np.asarray(a["lshift"]) != 0) or w is None \
+            or bias.dtype.kind not in "iu" or dtype.itemsize != 1 or np.dtype(a.get("in_dtype", dtype)) != dtype:
+        return False
+    form = fused_fixed.kernel_form(w, bias, ep, code_reach(dtype, a["x_zp"]), partial=True)
+    if form is None:
+        return False
+    good = ~np.isnan(form[2])
+    out, lo = op["outputs"][0], clamp_bounds(ep)[0]
+    parts = []
+    for keep, part in ((good, "float32"), (~good, "exact")):
+        name = f"{out}#{part}"
+        shape = [*a["out_shape"][:1], int(keep.sum()), *a["out_shape"][2:]]
+        g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}  # this graph's alone
+        sub_ep = {**ep, **{k: channel(ep[k], len(keep))[keep] for k in ("multiplier", "shift")}}
+        sub = {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}}
+        conv(g, sub, {**blobs, "w": np.asarray(blobs["w"])[keep], "b": bias[keep]})
+        parts.append(g.as_bytes(name, lo))
+    order = np.argsort(np.concatenate([np.flatnonzero(good), np.flatnonzero(~good)]))
+    g.put_bytes(out, g.node("Gather", [g.node("Concat", parts, axis=1), g.const(order, np.int64)], axis=1), lo)
+    return True
 
 
 def matmul(g: Graph, op: dict, blobs: dict) -> None:
@@ -171,7 +210,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         # the same requantisation as ``_convolve``'s, of the same float32 accumulator (exact, as
         # there, only while every partial sum stays below 2^24): a constant channel gets no taps
         # and its value as the int32 added
-        fixed = _FixedPoint(ep, w.shape[0], bias - sums, bias + sums)
+        fixed = fused_fixed.FixedPoint(ep, w.shape[0], bias - sums, bias + sums)
         w = np.where(fixed.const.reshape(-1, *([1] * (w.ndim - 1))), 0, w).astype(w.dtype)
         bias = np.where(fixed.const, fixed.value, bias).astype(np.int64)
         sums = reach * _abs_sums(w)
@@ -192,7 +231,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         acc = g.node("Add", [acc, g.const(move.reshape(1, -1, 1, 1), np.int32)])
     if fixed is not None:
         lo, hi = clamp_bounds(ep)
-        y, zp = _requantize_fixed(g, acc, False, fixed, ep, lo, hi, const_in_acc=True, int32=True)
+        y, zp = fused_fixed.requantize_fixed(g, acc, False, fixed, ep, lo, hi, const_in_acc=True, int32=True)
     elif table is None:
         y, zp = _float_epilogue(g, g.node("Cast", [acc], to=TensorProto.FLOAT), False, ep, w.shape[0])
     else:
@@ -310,10 +349,10 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
             return y
     if ep["mode"] == "fixed":
         sums = reach * _abs_sums(w)
-        fixed = _FixedPoint(ep, cout, bias - sums, bias + sums)
+        fixed = fused_fixed.FixedPoint(ep, cout, bias - sums, bias + sums)
         keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel: no taps, its value as bias
         acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
-        return _requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
+        return fused_fixed.requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
     if ep["mode"] == "float":
         found = _acc_table(g, x, w, bias, reach, ep, emit)
         if found is not None:
@@ -535,128 +574,3 @@ def _requantize_float(g: Graph, acc: str, double: bool, ep: dict, cout: int, lo:
         acc = g.node("Cast", [acc], to=TensorProto.FLOAT)
     mult = channel(ep["multiplier"], cout).astype(np.float32).reshape(1, cout, 1, 1)
     return round_scaled(g, acc, "Mul", mult, ep, lo, hi)
-
-
-class _FixedPoint:
-    """A fixed-point requantisation (``numerics.requantize_fixed_point``) prepared per channel.
-
-    ``shift_round`` gives 0 for shifts of 64 and more, so such a channel gets multiplier 0.  A
-    channel whose whole accumulator range (``acc_lo..acc_hi``: bias +- the largest sum) rounds to
-    one value (a near-dead channel: tiny weight scale, saturated bias) is ``const``, its value in
-    ``value``.
-    """
-
-    def __init__(self, ep: dict, cout: int, acc_lo: np.ndarray, acc_hi: np.ndarray) -> None:
-        shift = channel(ep["shift"], cout).astype(np.int64)
-        self.mult = np.where(shift >= 64, 0, channel(ep["multiplier"], cout).astype(np.int64))
-        self.shift = np.where(shift >= 64, 0, shift)
-        self.acc_lo, self.acc_hi = np.asarray(acc_lo, np.float64), np.asarray(acc_hi, np.float64)
-        self.bound = np.maximum(np.abs(acc_lo), np.abs(acc_hi))
-        if np.any(self.shift < 0) or np.any(self.mult < 0):
-            raise NotFusable("negative fixed-point shift or multiplier")
-        in_int64 = self.bound * self.mult < 2.0 ** 62
-        ends = [nm.requantize_fixed_point(np.where(in_int64, e, 0).astype(np.int64), self.mult, self.shift,
-                                          ep["round"]) for e in (acc_lo, acc_hi)]
-        self.const = in_int64 & (ends[0] == ends[1])
-        if np.any(~in_int64 & ~self.const):
-            raise NotFusable("fixed-point product beyond int64")
-        self.value = np.where(self.const, ends[0], 0)
-
-
-def _requantize_fixed(g: Graph, acc: str, double: bool, fx: _FixedPoint, ep: dict, lo: int, hi: int, *,
-                      const_in_acc: bool = False, int32: bool = False) -> tuple[str, int]:
-    """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly; the codes
-    centred, ``(tensor, offset)``.
-
-    Only accumulators up to ``reach = (T + 1) * 2^shift / m`` can give a code that does not
-    saturate (``T``: the farthest code from the zero point).  When ``reach`` and ``m`` together
-    fit 52 bits, the float64 product of such an accumulator (and its offset) is exact and rounds
-    with ``numerics.rounding_as_onnx``; a larger accumulator's product may round, but float64
-    multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
-    still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
-    accumulator is needed.  The clamps follow in float32, moved by the zero point, which is left
-    out (the output is held centred, ``Graph``).  Before both, a float32 accumulator tries
-    ``numerics.fixed_point_as_float32``: where float32 multipliers reproduce every channel's
-    codes, the requantisation is one float32 ``Mul`` and the rounding, without the two casts and
-    the float64 passes (measured: most of a float-scale frame's time besides the convolutions).
-    Constant channels give their value: added
-    after rounding, or, with ``const_in_acc`` (the convolution gave them no taps and their value
-    as bias), multiplied by 1.  Otherwise the product is formed in int64 and shifted as
-    ``shift_round`` does (more passes over 8-byte data).  ``int32``: ``acc`` is ``ConvInteger``'s
-    int32 accumulator (below 2^24), cast once to the type each form computes in (float64 or int64
-    directly: exact, one pass fewer than through float32).
-    """
-    cout = len(fx.mult)
-    far = max(abs(lo - ep["zp"]), abs(hi - ep["zp"])) + 1
-    reach = np.where(fx.const, 0, np.floor(np.minimum(far * np.exp2(fx.shift) / np.maximum(fx.mult, 1) + 1, fx.bound)))
-    bits = np.ceil(np.log2(reach + 1)) + np.ceil(np.log2(fx.mult + 1))  # of |acc * m|; one more for the offset
-    recipe = nm.rounding_as_onnx(ep["round"])
-    if recipe is None:
-        raise NotFusable(f"tie rule {ep['round']}")
-    value = np.zeros(cout) if const_in_acc else fx.value
-    m32 = None if double or np.ndim(ep["zp"]) else _float32_multipliers(fx, ep, lo, hi, const_in_acc)
-    if m32 is not None:  # float32 all through: half the bytes, two casts fewer
-        v = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.FLOAT) if int32 else acc,
-                           g.const(m32.reshape(1, cout, 1, 1))])
-        offset, op = recipe
-        if offset:
-            v = g.node("Add", [v, g.const(offset)])
-        return centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
-    if np.all(fx.const | (bits <= 52)):
-        v = acc
-        if not double:
-            v = g.node("Cast", [v], to=TensorProto.DOUBLE)
-        m = np.where(fx.const, float(const_in_acc), np.ldexp(fx.mult.astype(np.float64), -fx.shift))  # exact: 31 bits
-        v = g.node("Mul", [v, g.const(m.reshape(1, cout, 1, 1), np.float64)])
-        offset, op = recipe
-        if offset or np.any(value):
-            v = g.node("Add", [v, g.const((value + offset).reshape(1, cout, 1, 1), np.float64)])
-        return centred_clip(g, g.node("Cast", [g.node(op, [v])], to=TensorProto.FLOAT), ep["zp"], lo, hi, np.float32)
-    one = fx.const & const_in_acc
-    prod = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.INT64),
-                          g.const(np.where(one, 1, fx.mult).reshape(1, cout, 1, 1), np.int64)])
-    y = _shift_round_int64(g, prod, ep["round"], np.where(one, 0, fx.shift).reshape(1, cout, 1, 1))
-    if np.any(value):
-        y = g.node("Add", [y, g.const(value.reshape(1, cout, 1, 1), np.int64)])
-    y, zp = centred_clip(g, y, ep["zp"], lo, hi, np.int64)
-    return g.node("Cast", [y], to=TensorProto.FLOAT), zp
-
-
-def _float32_multipliers(fx: _FixedPoint, ep: dict, lo: int, hi: int, const_in_acc: bool) -> np.ndarray | None:
-    """``numerics.fixed_point_as_float32`` of a float32 accumulator: per-channel float32
-    multipliers that give the exact saturated codes (centred on the zero point) for every
-    accumulator the channel can hold, or ``None``.  A constant channel given its value as bias
-    (``const_in_acc``) holds just that value, multiplied by 1."""
-    one = fx.const & const_in_acc
-    value = fx.value.astype(np.float64)
-    zp = int(ep["zp"])
-    return nm.fixed_point_as_float32(np.where(one, 1, fx.mult), np.where(one, 0, fx.shift), ep["round"],
-                                     np.floor(np.where(one, value, fx.acc_lo)).astype(np.int64),
-                                     np.ceil(np.where(one, value, fx.acc_hi)).astype(np.int64), lo - zp, hi - zp)
-
-
-def _shift_round_int64(g: Graph, v: str, mode: str, shift: np.ndarray) -> str:
-    """``numerics.shift_round`` of int64 ``v`` (``|v| + half < 2^63``) by 0..63 as ONNX ops, the
-    tie rule from ``numerics.shift_rounding_as_onnx``.  ONNX shifts only unsigned integers, so
-    the floor division is ``((v + half + 2^63) >> shift) - 2^(63 - shift)`` in uint64, whose
-    wrap-around arithmetic makes the casts between int64 and uint64 exact."""
-    recipe = nm.shift_rounding_as_onnx(mode)
-    if recipe is None:
-        raise NotFusable(f"tie rule {mode}")
-    negate, tie_to_even = recipe
-    shift = shift.astype(np.uint64)
-    half = np.where(shift > 0, np.left_shift(np.uint64(1), np.maximum(shift, 1) - np.uint64(1)), np.uint64(0))
-    if negate:
-        v = g.node("Neg", [v])
-    u = g.node("Add", [g.node("Cast", [v], to=TensorProto.UINT64), g.const(half + np.uint64(1 << 63), np.uint64)])
-    s = g.const(shift, np.uint64)
-    uq = g.node("BitShift", [u, s], direction="RIGHT")
-    q = g.node("Cast", [g.node("Sub", [uq, g.const(np.left_shift(np.uint64(1), np.uint64(63) - shift), np.uint64)])],
-               to=TensorProto.INT64)
-    if tie_to_even:  # an exact half rounded up to an odd quotient goes back down
-        exact = g.node("Equal", [g.node("Cast", [g.node("BitShift", [uq, s], direction="LEFT")], to=TensorProto.INT64),
-                                 g.node("Cast", [u], to=TensorProto.INT64)])
-        tie = g.node("And", [exact, g.const(half > 0, np.bool_)])
-        odd = g.node("Cast", [g.node("BitwiseAnd", [q, g.const(1, np.int64)])], to=TensorProto.BOOL)
-        q = g.node("Sub", [q, g.node("Cast", [g.node("And", [tie, odd])], to=TensorProto.INT64)])
-    return g.node("Neg", [q]) if negate else q

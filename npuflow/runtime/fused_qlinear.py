@@ -26,7 +26,9 @@ node each where the float form has three to five.
 
 The compiler gives these epilogues to uint8 groups only (``compiler/lowering.ort_integer_kernel``),
 so the tensors they read and write are uint8 codes, held as such between two integer kernels
-(``Graph.as_bytes``) and given a float32 view only where a float op reads them.
+(``Graph.as_bytes``) and given a float32 view only where a float op reads them.  A fixed-point
+convolution (bernoulli2, int8 codes moved to bytes) runs on ``QLinearConv`` where
+``fused_fixed.kernel_form`` proves float32 multipliers exact over every reachable accumulator.
 
 A fully connected layer with one multiplier runs as ``com.microsoft.QGemm`` (:func:`matmul`).
 A power-of-two convolution (a DPU's ``shift`` epilogue, int8 codes) runs on ``QLinearConv`` too:
@@ -53,8 +55,9 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics as nm
 from .. import ort_kernels
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
+from . import fused_fixed
 from .epilogues import out_type
-from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach, rows_as_conv
+from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach, rows_channels_last
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -93,8 +96,9 @@ def matmul(g: Graph, op: dict, blobs: dict) -> bool:
     ``com.microsoft.QGemm`` of the rows as a (rows, K) matrix where :func:`qgemm_exact` finds that
     kernel computing ``numerics``' codes in this process: no layout nodes around it.  Else, and
     for a multiplier per output (``QGemm`` then wants a zero point per column, whose MLAS path
-    costs more than the two ``Transpose`` nodes it saves), ``QLinearConv`` of the rows viewed as
-    (1, K, rows, 1).  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes such a
+    costs more than the two ``Transpose`` nodes it saves), ``com.microsoft.QLinearConv``
+    channels-last of the rows viewed as (1, rows, 1, K) (``fused_graph.rows_channels_last``: no
+    layout nodes either).  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes such a
     form even where its input and output are float32 (EfficientNet-Lite0's 1280x1000 classifier:
     1.2 MiB of weights instead of 4.9, and no float copies of them at load)."""
     a = op["attrs"]
@@ -120,9 +124,9 @@ def matmul(g: Graph, op: dict, blobs: dict) -> bool:
 
             _emit(g, op, t, form, "QGemm", to_rows, back, domain=MS_DOMAIN, transB=1)
             return True
-    to_rows, back = rows_as_conv(g, shape, n, out_shape)
+    to_rows, back = rows_channels_last(g, shape, n, out_shape)
     return _qlinear_conv(g, op, t, np.ascontiguousarray(w.T).reshape(n, k, 1, 1), blobs["b"], to_rows, back,
-                         shift_bytes=shift_bytes, kernel_shape=[1, 1])
+                         shift_bytes=shift_bytes, kernel_shape=[1, 1], domain=MS_DOMAIN, channels_last=1)
 
 
 def _gemm_weight_form(w: np.ndarray, group: int) -> str | None:
@@ -231,13 +235,17 @@ def _kernel_form(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, *,
         mult = np.broadcast_to(np.asarray(ep["multiplier"], np.float32).reshape(-1), (w.shape[0],))
         parts = _int32_accumulators(w, bias, mult, ep, reach)
         k_in, (k_out, span) = 0, (0, 255)
-    elif ep["mode"] == "shift":
-        if x not in g.bytes and not _bytes_readers(g, op["outputs"][0]) and not shift_bytes:
+    elif ep["mode"] in ("shift", "fixed"):
+        if ep["mode"] == "shift" and x not in g.bytes and not _bytes_readers(g, op["outputs"][0]) and not shift_bytes:
             return None  # float32 in and out: the float convolution saves two conversions
         held = g.byte_offsets.get(x, 0) if x in g.bytes else None
         k_in = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(in_dtype)[0]
-        parts = _shift_form(w, bias, a, ep, reach)
         lo, hi = clamp_bounds(ep)
+        if ep["mode"] == "shift":
+            parts = _shift_form(w, bias, a, ep, reach)
+        else:  # the zero point as the kernel's, moved by ``lo``
+            fits = not np.any(np.asarray(a["lshift"]) != 0) and 0 <= ep["zp"] - lo <= 255 and hi - lo <= 255
+            parts = fused_fixed.kernel_form(w, bias, ep, reach) if fits else None
         k_out, span = lo, hi - lo
         mult = parts[2] if parts is not None else None
     else:
@@ -258,7 +266,7 @@ def _emit(g: Graph, op: dict, x: str, form: dict, op_type: str, to_kernel: Calla
     k_in, k_out, span = form["k_in"], form["k_out"], form["span"]
     ins = [to_kernel(g.as_bytes(x, k_in)), g.scalar(1.0), g.scalar(a["x_zp"] - k_in, np.uint8),
            *_weights(g, form["w"], form["mult"], form["form"], per_channel=op_type != "QGemm")]
-    out = [g.scalar(1.0), g.scalar(ep["zp"] - k_out if ep["mode"] == "scale" else 0, np.uint8)]
+    out = [g.scalar(1.0), g.scalar(0 if ep["mode"] == "shift" else ep["zp"] - k_out, np.uint8)]
     bias = g.const(form["bias"], np.int32)
     y = g.node(op_type, ins + ([bias] + out if op_type == "QGemm" else out + [bias]), **node_attrs)
     if ep["mode"] == "scale":
@@ -277,7 +285,7 @@ def _bytes_readers(g: Graph, tensor: str, depth: int = 4) -> bool:
     integer kernel computes, a lookup table, or data movement that passes it on to such a reader."""
     for op in g.readers.get(tensor, []):
         ep = op["attrs"].get("epilogue") or {}
-        if op["op"] == "conv" and ep.get("mode") in ("shift", "scale") and not ep.get("chain"):
+        if op["op"] == "conv" and ep.get("mode") in ("shift", "scale", "fixed") and not ep.get("chain"):
             return True
         if op["op"] == "lut":
             return True

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 import npuflow
 from npuflow import numerics as nm
-from npuflow.runtime import fused, fused_conv, fused_graph, fused_tables
+from npuflow.runtime import fused, fused_conv, fused_fixed, fused_graph, fused_tables
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _conv_model, _x
 
@@ -103,7 +103,7 @@ def test_int64_shift_round_equals_numerics_to_2_62(mode):
     small = rng.integers(-5000, 5000, size=(40, 64), dtype=np.int64)
     v = np.concatenate([ties, -ties, big, small, np.zeros((1, 64), np.int64)])
     g = fused_graph.Graph({})
-    y = fused_conv._shift_round_int64(g, "x", mode, shifts.reshape(1, 64))
+    y = fused_fixed._shift_round_int64(g, "x", mode, shifts.reshape(1, 64))
     want = nm.shift_round(v, shifts.reshape(1, 64), mode)
     assert np.array_equal(_run(g, y, {"x": v}, TensorProto.INT64), want)
 
@@ -125,8 +125,8 @@ def test_fixed_point_requantisation_equals_numerics(mode, zp, shifts, as_float):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, cout, 1, 1), shift.reshape(1, cout, 1, 1), mode)
                    + zp, -128, 127)
     g = fused_graph.Graph({})
-    fx = fused_conv._FixedPoint(ep, cout, np.full(cout, -float(1 << 23)), np.full(cout, float(1 << 23)))
-    y, off = fused_conv._requantize_fixed(g, "x", False, fx, ep, -128, 127)
+    fx = fused_fixed.FixedPoint(ep, cout, np.full(cout, -float(1 << 23)), np.full(cout, float(1 << 23)))
+    y, off = fused_fixed.requantize_fixed(g, "x", False, fx, ep, -128, 127)
     assert ("BitShift" not in {n.op_type for n in g.nodes}) is as_float and off == zp  # held centred
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
 
@@ -145,14 +145,14 @@ def test_fixed_point_in_float32_where_numerics_proves_it_exact(mode):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode)
                    - 128, -128, 90)
     g = fused_graph.Graph({})
-    y, off = fused_conv._requantize_fixed(g, "x", False, fused_conv._FixedPoint(ep, 4, np.full(4, -bound), np.full(4, bound)),
+    y, off = fused_fixed.requantize_fixed(g, "x", False, fused_fixed.FixedPoint(ep, 4, np.full(4, -bound), np.full(4, bound)),
                                      ep, -128, 90)
     assert [n.op_type for n in g.nodes if n.op_type != "Add"] == ["Mul", nm.rounding_as_onnx(mode)[1], "Clip"]
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
     ep = {**ep, "shift": [31, 35, 38, 44]}
     g = fused_graph.Graph({})
     wide = float(1 << 23)
-    fused_conv._requantize_fixed(g, "x", False, fused_conv._FixedPoint(ep, 4, np.full(4, -wide), np.full(4, wide)), ep, -128, 90)
+    fused_fixed.requantize_fixed(g, "x", False, fused_fixed.FixedPoint(ep, 4, np.full(4, -wide), np.full(4, wide)), ep, -128, 90)
     assert "Cast" in {n.op_type for n in g.nodes}
 
 
@@ -169,8 +169,8 @@ def test_fixed_point_saturates_unclamped_accumulators_far_beyond_reach(mode):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
                    -128, 127)
     g = fused_graph.Graph({})
-    fx = fused_conv._FixedPoint(ep, 4, np.full(4, -float(1 << 30)), np.full(4, float(1 << 30)))
-    y, off = fused_conv._requantize_fixed(g, "x", True, fx, ep, -128, 127)
+    fx = fused_fixed.FixedPoint(ep, 4, np.full(4, -float(1 << 30)), np.full(4, float(1 << 30)))
+    y, off = fused_fixed.requantize_fixed(g, "x", True, fx, ep, -128, 127)
     assert not {"Min", "Max", "BitShift"} & {n.op_type for n in g.nodes}
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float64)}, TensorProto.FLOAT) + off, want)
 
@@ -188,9 +188,9 @@ def test_near_dead_channels_are_constants_and_live_ones_exact(mode, const_in_acc
     ep = {"mode": "fixed", "multiplier": mult.tolist(), "shift": shift.tolist(), "zp": 3, "round": mode,
           "dtype": "int8", "clamps": []}
     g = fused_graph.Graph({})
-    fx = fused_conv._FixedPoint(ep, 4, (bias - sums).astype(np.float64), (bias + sums).astype(np.float64))
+    fx = fused_fixed.FixedPoint(ep, 4, (bias - sums).astype(np.float64), (bias + sums).astype(np.float64))
     assert list(fx.const) == [False, True, True, False]
-    y, off = fused_conv._requantize_fixed(g, "x", True, fx, ep, -128, 127, const_in_acc=const_in_acc)
+    y, off = fused_fixed.requantize_fixed(g, "x", True, fx, ep, -128, 127, const_in_acc=const_in_acc)
     assert "BitShift" not in {n.op_type for n in g.nodes}
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 4, 1, 1), shift.reshape(1, 4, 1, 1), mode) + 3,
                    -128, 127)
@@ -478,8 +478,8 @@ def test_fixed_point_output_is_centred_on_its_zero_point(mode, zp):
     want = np.clip(nm.requantize_fixed_point(acc, mult.reshape(1, 3, 1, 1), shift.reshape(1, 3, 1, 1), mode) + zp,
                    -100, 120)
     g = fused_graph.Graph({})
-    fx = fused_conv._FixedPoint(ep, 3, np.full(3, -float(1 << 23)), np.full(3, float(1 << 23)))
-    y, off = fused_conv._requantize_fixed(g, "x", False, fx, ep, -100, 120)
+    fx = fused_fixed.FixedPoint(ep, 3, np.full(3, -float(1 << 23)), np.full(3, float(1 << 23)))
+    y, off = fused_fixed.requantize_fixed(g, "x", False, fx, ep, -100, 120)
     assert off == zp and [n.op_type for n in g.nodes].count("Add") == (mode != "half_even")  # the tie offset only
     assert np.array_equal(_run(g, y, {"x": acc.astype(np.float32)}, TensorProto.FLOAT) + off, want)
 
@@ -501,11 +501,15 @@ def test_pad_of_the_zero_point_becomes_the_convolutions_padding(dtype, zp, value
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([1, 8, 12, 12], 24, scale=2.0)}, CPU)
     assert _fused_ops(plan) == 1 and not plan.reasons, plan.reasons
     ops = _live_ops(next(it for it in plan.items if isinstance(it, fused.FusedRun)))
-    # the 1x1 convolution (fixed point, dense) on ConvInteger where it is exact, the depthwise one a float Conv
-    assert ("Pad" in ops) == bool(value) and ops.count("Conv") + ops.count("ConvInteger") == 2, ops
+    # each convolution (fixed point) one kernel: QLinearConv where float32 multipliers are exact,
+    # else ConvInteger (dense) or a float Conv (depthwise)
+    kernels = ("Conv", "ConvInteger", "QLinearConv")
+    assert ("Pad" in ops) == bool(value) and sum(map(ops.count, kernels)) == 2, ops
     if not value:  # and no pass for the zero point: conv, requantisation, conv
-        first = min(ops.index(c) for c in ("Conv", "ConvInteger") if c in ops)
-        assert ops[first:].count("Add") + ops.count("Sub") == 0, ops
+        first = min(ops.index(c) for c in kernels if c in ops)
+        last = max(len(ops) - 1 - ops[::-1].index(c) for c in kernels if c in ops)
+        between = ops[first:last] if "QLinearConv" in ops else ops[first:]  # bytes get their offset at the output
+        assert between.count("Add") + ops.count("Sub") == 0, ops
 
 
 @pytest.mark.parametrize("target,k", [(DPU, 24), (DPU, 4096), (CPU, 24), (CPU, 4096)])  # 4096: float64 chunks

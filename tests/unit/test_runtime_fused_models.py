@@ -55,6 +55,13 @@ def test_fused_equals_kernels_on_real_models(key, target):
         fast.run(samples[0])
         assert [e.subgraphs for e in events] == [s.indices for s in steps]
         assert events[0].name == "+".join(sg.name for sg in compiled.subgraphs[:len(steps[0].indices)])
+    if target == "bernoulli2":  # every dense fixed-point convolution on QLinearConv, whole or split by channels
+        ops = [op for ex in fast._executors if hasattr(ex, "plan") for op in ex._ops]
+        dense = [op for op in ops if op["op"] == "conv" and op["attrs"].get("group", 1) == 1
+                 and op["attrs"]["epilogue"]["mode"] == "fixed"]
+        nodes = [n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
+                 if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
+        assert dense and nodes.count("QLinearConv") >= len(dense), (len(dense), nodes.count("QLinearConv"))
     if target == "cpu-int8" and key != "mnist":  # uint8: the convolutions on ONNX Runtime's integer kernels
         kinds = {n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
                  if isinstance(it, fused.FusedRun) for n in it.graph().nodes}

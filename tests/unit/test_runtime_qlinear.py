@@ -171,8 +171,8 @@ def test_tables_and_data_movement_keep_uint8_codes_between_integer_kernels(silu_
     assert core.count("QLinearConv") == 3 and {"Slice", "Concat", "MaxPool", "Resize"} <= set(core), ops
     assert core.count("QLinearSigmoid") == 1 and "GatherElements" not in core, core
     assert ("QLinearMul" in core) == (silu_scale != 0.033), core
-    if "QLinearMul" in core:  # nothing leaves uint8
-        assert "Cast" not in core, core
+    if "QLinearMul" in core:  # nothing leaves uint8 but the max pool's float32 round trip (fused._maxpool)
+        assert core.count("Cast") == 2 and ["Cast", "MaxPool", "Cast"] in [core[i:i + 3] for i in range(len(core))], core
 
 
 def test_product_of_a_sigmoid_of_another_tensor_is_checked_on_every_pair():
