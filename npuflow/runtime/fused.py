@@ -65,8 +65,8 @@ from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
 from .fused_tables import as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, table_node
-from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_reach, elem_type,
-                          input_name, quantize_value, round_and_clip,
+from .fused_graph import (F32_BOUND, SMALL_RUN_BYTES, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
+                          elem_type, input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
 
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
@@ -483,6 +483,7 @@ class FusedRun:
         model, arrays = g.model([helper.make_tensor_value_info(f"out{k}", elem_type(g.tensors[t]["dtype"]),
                                                                g.tensors[t]["shape"]) for k, t in enumerate(outputs)],
                                 nodes, inits)
+        small = g.float_bytes([*self.inputs, *self.produced]) <= SMALL_RUN_BYTES
         g.clear()
         if self._release is not None:
             self._release()
@@ -490,9 +491,9 @@ class FusedRun:
         # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.  No memory
         # pattern: its block of the planned activations would come on top of the arena chunks the
         # first run took; one arena for all the runtime's sessions, not one each (ort_session's
-        # module docstring).
+        # module docstring).  A small run keeps the pattern (``SMALL_RUN_BYTES``).
         return open_session(model, level="all", threads=self._threads, spinning=self._threads <= 1,
-                            disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays, mem_pattern=False,
+                            disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays, mem_pattern=small,
                             shared_arena=True)
 
     def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:

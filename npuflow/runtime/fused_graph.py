@@ -30,6 +30,13 @@ F32_BOUND = nm.FLOAT_EXACT_BOUND[np.dtype(np.float32)]
 #: shape inference reads them (a ``Reshape``'s shape, a ``Clip``'s bounds).
 EXTERNAL_BYTES = 4096
 
+#: A fused run whose integer tensors take at most this many bytes as float32 (:meth:`Graph.float_bytes`)
+#: opens with ONNX Runtime's memory pattern, as its default sessions do: from the second run on its
+#: nodes allocate nothing, where without the pattern (``FusedRun._session``, for peak memory) each
+#: node takes its output from the arena on every run, a few per cent of a small model's frame.  The
+#: pattern's block, the run's activations once more, stays this small.
+SMALL_RUN_BYTES = 1 << 20
+
 #: The location an external initialiser's protobuf names; ONNX Runtime replaces it with the array
 #: given in the session options before it reads any data (``ort_session.open_session``).
 EXTERNAL_LOCATION = "npuflow-fused-constant"
@@ -77,6 +84,9 @@ class Graph:
     #: initialiser name -> array, for the constants of ``EXTERNAL_BYTES`` and more: ``inits`` holds
     #: a protobuf naming it as external data, without the bytes (``external_stub``)
     arrays: dict = field(default_factory=dict)
+    #: output of a ``Reshape`` that puts a channels-last kernel's result back -> (the kernel's
+    #: output, its shape): the next such kernel reads that directly (:func:`rows_channels_last`)
+    views: dict = field(default_factory=dict)
     #: (dtype, shape, digest) -> the name of an external constant already holding those bytes:
     #: equal constants (PP-OCR cls's hard-swish tables of equal scales: 27 % of its fused run's
     #: constant bytes) are one initialiser, so ONNX Runtime copies and keeps them once
@@ -166,10 +176,15 @@ class Graph:
         self.names[tensor] = name
         self.offsets[tensor] = int(offset)
 
+    def float_bytes(self, tensors: list[str]) -> int:
+        """The bytes of ``tensors`` as float32 values: a bound on what this graph holds for them
+        (codes held as bytes take a quarter)."""
+        return 4 * sum(int(np.prod(self.tensors[t]["shape"], dtype=np.int64)) for t in tensors)
+
     def mark(self) -> tuple:
         return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
                 *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-                                    self.byte_offsets, self.arrays, self.shared)))
+                                    self.byte_offsets, self.arrays, self.shared, self.views)))
 
     def clear(self) -> None:
         """Drop what only writing the graph needed: its nodes, initialisers, tables and arrays.
@@ -178,11 +193,11 @@ class Graph:
         graph is dropped by its builder, they would stay resident through ONNX Runtime's creation
         of the session, the load's high-water mark (docs/compiler-runtime.md, "Peak memory")."""
         self.nodes, self.inits, self.arrays, self.shared = [], [], {}, {}
-        self.tables, self.kernel_tables, self.shifted, self.pads = {}, {}, {}, {}
+        self.tables, self.kernel_tables, self.shifted, self.pads, self.views = {}, {}, {}, {}, {}
 
     def rollback(self, mark: tuple) -> None:
         (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-         self.byte_offsets, self.arrays, self.shared) = mark
+         self.byte_offsets, self.arrays, self.shared, self.views) = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
 
     def model(self, outputs: list[onnx.ValueInfoProto], extra_nodes: list = (), extra_inits: list = ()
@@ -386,6 +401,34 @@ def rows_as_conv(g: Graph, shape: list[int], n: int, out_shape: list[int]
         if rows > 1:
             y = g.node("Transpose", [g.node("Reshape", [y, g.const([n, rows], np.int64)])], perm=[1, 0])
         return g.node("Reshape", [y, g.const(out_shape, np.int64)])
+
+    return to_rows, back
+
+
+def rows_channels_last(g: Graph, shape: list[int], n: int, out_shape: list[int]
+                       ) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """A fully connected layer ``x (..., K) @ w (K, N)`` as a channels-last 1x1 convolution
+    (``com.microsoft.QLinearConv``, ``channels_last=1``): ``(to_rows, back)``, which view ``x`` of
+    ``shape`` as ``(1, rows, 1, K)`` and the ``(1, rows, 1, N)`` result as ``out_shape``.
+
+    Row-major rows of ``K`` values are already that layout, so each way is one ``Reshape`` for any
+    number of rows, and none between two such layers (``Graph.views``).  The channels-first form
+    (:func:`rows_as_conv`) gets ONNX Runtime's layout pass, which runs its ``QLinearConv``
+    channels-last anyway and puts a ``Transpose`` on either side of each such layer: the same
+    kernel, and per frame the fixed cost of those nodes."""
+    rows = int(np.prod(shape[:-1]))
+    view = [1, rows, 1, shape[-1]]
+
+    def to_rows(v: str) -> str:
+        held = g.views.get(v)
+        if held is not None and held[1] == view:
+            return held[0]
+        return g.node("Reshape", [v, g.const(view, np.int64)])
+
+    def back(y: str) -> str:
+        out = g.node("Reshape", [y, g.const(out_shape, np.int64)])
+        g.views[out] = (y, [1, rows, 1, n])
+        return out
 
     return to_rows, back
 

@@ -1,7 +1,7 @@
 """A model's quantize and dequantize steps and single-row fully connected layers in the fused runs
-(``runtime/fused_qlinear.py``, ``fused_graph.rows_as_conv``): ``QuantizeLinear`` and
+(``runtime/fused_qlinear.py``, ``fused_graph.rows_channels_last``): ``QuantizeLinear`` and
 ``DequantizeLinear`` where ONNX Runtime's kernels are ``numerics``' arithmetic, one ``Reshape``
-instead of transposes around a layer of one row; codes equal to the kernels' on ties and at the
+instead of transposes around fully connected layers; codes equal to the kernels' on ties and at the
 extremes, and the float forms where the check refuses the kernel."""
 
 from __future__ import annotations
@@ -57,6 +57,28 @@ def _live(session: npuflow.Session) -> list[str]:
     return [n.op_type for n in fused_graph.live(g.nodes, g.inits, heads)[0]]
 
 
+def _optimized(session: npuflow.Session, path: Path) -> list:
+    """The nodes of the graph ONNX Runtime runs for ``session``'s fused run, with the session's
+    own graph optimisations (``optimized_model_filepath``)."""
+    import onnx
+    import onnxruntime as ort
+
+    run = next(it for ex in session._executors if hasattr(ex, "plan") for it in ex.plan.items
+               if isinstance(it, fused.FusedRun))
+    g = run.graph()
+    model, arrays = g.model([onnx.helper.make_tensor_value_info(
+        f"out{k}", fused_graph.elem_type(g.tensors[t]["dtype"]), None) for k, t in enumerate(run.outputs)],
+        [onnx.helper.make_node("Identity", [g.bytes.get(t) or g.names[t]], [f"out{k}"])
+         for k, t in enumerate(run.outputs)])
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath, opts.log_severity_level = str(path), 3
+    if arrays:
+        opts.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=fused.DISABLED_OPTIMIZERS)
+    return list(onnx.load(str(path)).graph.node)
+
+
 def _equal_to_kernels(model, inputs: dict[str, list[np.ndarray]], target: str, tmp: Path) -> npuflow.Session:
     """Outputs and every dumped integer tensor of the fused runs equal the kernels' on each input."""
     compiled = npuflow.compile(model, target)
@@ -85,11 +107,20 @@ def test_quantize_steps_and_fully_connected_layers_on_onnxruntime_nodes_exactly(
     assert not {"Div", "Round", "Mul"} & set(ops), ops
     if fused_qlinear.qgemm_exact():  # one multiplier per layer: QGemm of the rows, no layout nodes
         assert ops.count("QGemm") == 2 and "Transpose" not in ops, ops
-    # the convolution form (where QGemm is not exact): a single row is the same bytes either way
-    # round, so no transpose around the fully connected layers
+    # the convolution form (where QGemm is not exact): channels-last, so rows of K values are its
+    # layout already and no transpose is written around the layers, for one row or several
     monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: False)
-    ops = _live(_equal_to_kernels(b.model(), x, CPU, tmp_path / "conv"))
-    assert "QGemm" not in ops and ("Transpose" in ops) == (rows > 1), ops
+    session = _equal_to_kernels(b.model(), x, CPU, tmp_path / "conv")
+    ops = _live(session)
+    assert "QGemm" not in ops and "Transpose" not in ops, ops
+    fc = ops.index("QLinearConv", ops.index("QLinearConv") + 1)
+    assert ops[fc - 1] == "Reshape" and ops[fc + 1] == "QLinearConv", ops  # no Reshape between the layers
+    # and none from ONNX Runtime's layout pass: the graph it runs has no Transpose after the
+    # first convolution's (which the classifier's flatten needs back in channels-first order)
+    optimized = _optimized(session, tmp_path / "optimized.onnx")
+    assert [n.op_type for n in optimized].count("Transpose") == 2, [n.op_type for n in optimized]
+    fcs = [n for n in optimized if n.op_type == "QLinearConv"][1:]
+    assert len(fcs) == 2 and all(n.domain == "com.microsoft" for n in fcs)
 
 
 def test_half_up_quantize_step_keeps_the_float_form(tmp_path):
