@@ -57,7 +57,7 @@ from .. import ort_kernels
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from . import fused_fixed
 from .epilogues import out_type
-from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach, rows_as_conv
+from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach, rows_channels_last
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -96,8 +96,9 @@ def matmul(g: Graph, op: dict, blobs: dict) -> bool:
     ``com.microsoft.QGemm`` of the rows as a (rows, K) matrix where :func:`qgemm_exact` finds that
     kernel computing ``numerics``' codes in this process: no layout nodes around it.  Else, and
     for a multiplier per output (``QGemm`` then wants a zero point per column, whose MLAS path
-    costs more than the two ``Transpose`` nodes it saves), ``QLinearConv`` of the rows viewed as
-    (1, K, rows, 1).  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes such a
+    costs more than the two ``Transpose`` nodes it saves), ``com.microsoft.QLinearConv``
+    channels-last of the rows viewed as (1, rows, 1, K) (``fused_graph.rows_channels_last``: no
+    layout nodes either).  A power-of-two one with :data:`LARGE_WEIGHTS` weights or more takes such a
     form even where its input and output are float32 (EfficientNet-Lite0's 1280x1000 classifier:
     1.2 MiB of weights instead of 4.9, and no float copies of them at load)."""
     a = op["attrs"]
@@ -110,10 +111,11 @@ def matmul(g: Graph, op: dict, blobs: dict) -> bool:
     shift_bytes = w.size >= LARGE_WEIGHTS
     shape, out_shape = list(g.tensors[t]["shape"]), list(a["out_shape"])
     rows = int(np.prod(shape[:-1]))
-    if qgemm_exact():
+    ep = a["epilogue"]  # a multiplier per output gets no QGemm form: not built (rec's head: 1.5 MiB a copy)
+    if qgemm_exact() and (ep["mode"] != "scale" or np.ptp(ep["multiplier"]) == 0):
         form = _kernel_form(g, op, t, np.ascontiguousarray(w.T), blobs["b"], shift_bytes=shift_bytes,
                             weight_form=_gemm_weight_form)
-        if form is not None and np.unique(form["mult"]).size == 1:
+        if form is not None and np.ptp(form["mult"]) == 0:  # not np.unique: it imports numpy.ma
 
             def to_rows(v: str) -> str:
                 return v if shape == [rows, k] else g.node("Reshape", [v, g.const([rows, k], np.int64)])
@@ -123,9 +125,9 @@ def matmul(g: Graph, op: dict, blobs: dict) -> bool:
 
             _emit(g, op, t, form, "QGemm", to_rows, back, domain=MS_DOMAIN, transB=1)
             return True
-    to_rows, back = rows_as_conv(g, shape, n, out_shape)
+    to_rows, back = rows_channels_last(g, shape, n, out_shape)
     return _qlinear_conv(g, op, t, np.ascontiguousarray(w.T).reshape(n, k, 1, 1), blobs["b"], to_rows, back,
-                         shift_bytes=shift_bytes, kernel_shape=[1, 1])
+                         shift_bytes=shift_bytes, kernel_shape=[1, 1], domain=MS_DOMAIN, channels_last=1)
 
 
 def _gemm_weight_form(w: np.ndarray, group: int) -> str | None:
