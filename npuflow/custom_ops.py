@@ -113,6 +113,9 @@ def register_op(op_type: str, fn: Callable[..., Any] | None = None, *, domain: s
     if not domain or domain in ("ai.onnx", "ai.onnx.ml", "com.microsoft"):
         raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=op_type, reason=f"domain {domain!r} is a standard one; "
                            "give the custom domain the model uses (e.g. 'com.example')")
+    if "::" in domain or "::" in op_type:
+        raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=op_type, reason=f"'::' in {domain}:{op_type}; "
+                           "onnxruntime-extensions splits a Python op's name there (rename the op or domain)")
     for t in (*inputs, *outputs):
         if t not in _TYPES:
             raise NpuflowError("NPF_CUSTOM_OP_BAD_REGISTRATION", op=op_type,

@@ -156,6 +156,7 @@ def test_a_failing_implementation_is_a_coded_error_not_an_abort(tmp_path):
     ({"domain": "ai.onnx"}, "standard"),
     ({"domain": "com.x", "inputs": ("complex",)}, "tensor type"),
     ({"domain": "com.x", "attrs": {"k": list}}, "attribute"),
+    ({"domain": "com::x"}, "'::'"),
 ])
 def test_bad_registrations_are_coded_errors(kwargs, reason):
     with pytest.raises(NpuflowError) as err:
