@@ -12,8 +12,8 @@ spectrogram has strongly correlated neighbours along rows or columns (the bundle
 example's digits and the corpus' photo, text and page calibration sets all read 0.6 or more);
 independent random values (``np.random.rand``/``randn``) read about 0.  It is invariant to any
 per-input scale and offset, so it holds whatever normalisation the samples already carry, and
-it needs no knowledge of the model.  Only inputs that are plainly images are judged: 4-D float
-tensors with at most 4 channels (NCHW or NHWC) and both spatial sides of 16 or more; audio, token,
+it needs no knowledge of the model.  Only inputs that are plainly images are judged: 4-D float,
+uint8 or int8 tensors with at most 4 channels (NCHW or NHWC) and both spatial sides of 16 or more; audio, token,
 tabular, state and feature inputs are left alone.
 """
 
@@ -30,6 +30,8 @@ NOISE_CORRELATION = 0.25
 MIN_SIDE = 16
 #: the most channels an image input has (gray, RGB, RGBA)
 MAX_CHANNELS = 4
+#: integer pixels judged too: ``npuflow build``'s models with preprocessing take uint8 NHWC images
+IMAGE_INTEGER_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def noise_like_inputs(samples: Sequence[dict[str, np.ndarray]]) -> list[NoiseInp
         values: list[float] = []
         for sample in samples:
             x = sample.get(name)
-            if x is None or not np.issubdtype(x.dtype, np.floating):
+            if x is None or not (np.issubdtype(x.dtype, np.floating) or x.dtype in IMAGE_INTEGER_TYPES):
                 continue
             axes = _spatial_axes(x.shape)
             if axes is None:

@@ -74,6 +74,9 @@ def test_noise_is_found_in_either_layout_and_only_in_image_inputs():
                                 "tiny": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
                                 "tokens": rng.integers(0, 9, (1, 1, 32, 32))} for _ in range(2)])
     assert [f.name for f in found] == ["nhwc"] and abs(found[0].correlation) < 0.1 and found[0].samples == 2
+    # uint8 pixels, as npuflow build's models with preprocessing take them (NHWC rgb), are judged too
+    pixels = [{"img": rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)} for _ in range(2)]
+    assert [f.name for f in noise_like_inputs(pixels)] == ["img"]
     # a smooth image in NHWC (rows correlated, columns too) is not flagged
     smooth = np.cumsum(rng.standard_normal((1, 32, 48, 3)), axis=2).astype(np.float32)
     assert noise_like_inputs([{"nhwc": smooth}]) == []
