@@ -64,7 +64,8 @@ from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
-from .fused_tables import as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, table_node
+from .fused_tables import (_from_qlinear_conv, as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel,
+                           table_node)
 from .fused_graph import (F32_BOUND, SMALL_RUN_BYTES, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
                           elem_type, input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
@@ -208,7 +209,11 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
     def pool(x: str) -> str:
         return g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"])
 
-    if _raw_offset(g, op["inputs"][0], op) is None:  # the maximum of codes minus a constant
+    t = op["inputs"][0]
+    if _raw_offset(g, t, op) is None or _from_qlinear_conv(g, g.bytes[t]):
+        # the maximum of codes minus a constant, or of a channels-last QLinearConv's bytes, which
+        # ONNX Runtime's layout pass pools as they are (its NhwcMaxPool kernel, between the two
+        # convolutions' layouts: no Cast, no Transpose)
         _moves(g, op, pool)
     else:  # of bytes, through float32 and back (exact): ONNX Runtime's uint8 MaxPool is a reference
         # loop, about 36 times its float32 kernel on a 128x10x10 tensor with 5x5 windows

@@ -1,0 +1,91 @@
+"""The small-frame models on cpu-int8 run the graph ONNX Runtime runs for their plain QDQ export
+(issue 19): the MNIST CNN's fully connected layers as channels-last ``QLinearConv`` with no layout
+``Transpose`` around them (``fused_graph.rows_channels_last``), and a small fused run with ONNX
+Runtime's memory pattern (``fused_graph.SMALL_RUN_BYTES``); outputs bit-equal to the kernels of
+``numerics`` (``fuse=False``) on MNIST and PP-OCR cls, a large run keeping no pattern, for peak
+memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import npuflow
+from npuflow.quant.export import to_plain_qdq
+from npuflow.runtime import fused, fused_graph
+from tests import fixture_models
+from tests.unit.test_runtime_quantize_steps import _optimized
+
+MNIST = (fixture_models.mnist_cnn, "input", [1, 1, 28, 28])
+CLS = (fixture_models.ppocr_cls, "x", [1, 3, 48, 192])
+
+
+def _build(model, seed: int = 0) -> dict:
+    fetch, name, shape = model
+    rng = np.random.default_rng(seed)
+    samples = [{name: rng.uniform(-1, 1, shape).astype(np.float32)} for _ in range(4)]
+    quantized = npuflow.quantize(str(fetch()), samples, target="cpu-int8", input_shapes={name: shape})
+    frames = samples + [{name: np.full(shape, v, np.float32)} for v in (-50.0, 0.0, 50.0)]  # both ends saturate
+    return {"compiled": npuflow.compile(quantized.model, "cpu-int8"), "model": quantized.model, "frames": frames}
+
+
+@pytest.fixture(scope="module")
+def mnist() -> dict:
+    return _build(MNIST)
+
+
+def _sessions_opened(compiled, monkeypatch) -> tuple[npuflow.Session, list[dict]]:
+    """A Session of ``compiled`` and the settings each of its fused runs' ONNX Runtime sessions
+    was opened with."""
+    opened: list[dict] = []
+    real = fused.open_session
+
+    def spy(model, **kwargs):
+        opened.append({k: v for k, v in kwargs.items() if k != "external"})
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(fused, "open_session", spy)
+    return npuflow.Session(compiled), opened
+
+
+def _equal_to_kernels(session: npuflow.Session, compiled, frames: list[dict]) -> None:
+    ref = npuflow.Session(compiled, fuse=False)
+    for x in frames:
+        a, b = session.run(x), ref.run(x)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (k, int(np.sum(a[k] != b[k])))
+
+
+def test_mnist_runs_the_graph_of_onnxruntime_plain_qdq(mnist, tmp_path, monkeypatch):
+    session, opened = _sessions_opened(mnist["compiled"], monkeypatch)
+    _equal_to_kernels(session, mnist["compiled"], mnist["frames"])
+    ours = _optimized(session, tmp_path / "fused.onnx")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath, opts.log_severity_level = str(tmp_path / "plain.onnx"), 3
+    ort.InferenceSession(to_plain_qdq(mnist["model"]).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    plain = [n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node]
+    kinds = [n.op_type for n in ours]
+    # ORT plain: the input's layout Transpose and the flatten's back to channels-first, then QGemm,
+    # QGemm; the fused graph: the same two, then two channels-last QLinearConv and one Reshape
+    assert kinds.count("Transpose") == plain.count("Transpose") == 2, (kinds, plain)
+    assert len(kinds) == len(plain) + 1, (kinds, plain)
+    fcs = [n for n in ours if n.op_type == "QLinearConv"][-2:]
+    assert [n.domain for n in fcs] == ["com.microsoft"] * 2 and kinds.index("QLinearConv", kinds.index("Reshape")) \
+        == kinds.index("Reshape") + 1, kinds
+    # one small run: ONNX Runtime's memory pattern, as its plain session; the runtime's shared arena
+    assert len(opened) == 1 and opened[0]["mem_pattern"] and opened[0]["shared_arena"], opened
+
+
+def test_cls_keeps_the_runtime_memory_settings_and_equals_the_kernels(monkeypatch):
+    cls = _build(CLS)
+    session, opened = _sessions_opened(cls["compiled"], monkeypatch)
+    _equal_to_kernels(session, cls["compiled"], cls["frames"][:2] + cls["frames"][4:5])
+    run = next(it for ex in session._executors if hasattr(ex, "plan") for it in ex.plan.items
+               if isinstance(it, fused.FusedRun))
+    g = run.graph()
+    assert g.float_bytes([*run.inputs, *run.produced]) > fused_graph.SMALL_RUN_BYTES
+    assert opened and all(not o["mem_pattern"] and o["shared_arena"] for o in opened), opened
+    # its fully connected layer (after the global average) is a channels-last QLinearConv too
+    assert any(n.op_type == "QLinearConv" and n.domain == "com.microsoft" for n in g.nodes)
