@@ -3,7 +3,9 @@
 Sources (all streamed, one sample at a time, so memory does not depend on the set size):
 
 * an iterable of ``dict[input name -> array]``, or of arrays (single-input models), or of
-  tuples/lists of arrays in model-input order;
+  tuples/lists of arrays in model-input order (a torch ``DataLoader``; tensors are detached);
+* an object with ONNX Runtime's ``CalibrationDataReader`` protocol (``get_next``, optionally
+  ``rewind``; :func:`_read_through`);
 * a folder of ``.npy`` files (single input), or a folder with one sub-folder per input name;
 * a folder of ``.npz`` archives, one per sample, each holding every input by name;
 * a folder of raw ``numpy.tofile`` files (Horizon's calibration format) read with the shape and
@@ -53,6 +55,7 @@ class CalibrationSource:
         self.inputs = list(inputs)
         self.limit = limit
         self.description = str(data) if isinstance(data, str | os.PathLike) else type(data).__name__
+        data = _read_through(data)
         self._raw = _open(data, self.inputs, dict(shapes or {}), np.dtype(dtype))
         #: False for a one-shot iterator (a generator): it yields its samples only once.
         self.reusable = not isinstance(data, Iterator)
@@ -86,6 +89,7 @@ def peek(data: Any, inputs: Sequence[InputSpec], *, shapes: Mapping[str, Sequenc
     Why: a model with dynamic dimensions no ``--input-shape`` resolves is quantized at the first
     calibration sample's shape, which must be known before the model is loaded.
     """
+    data = _read_through(data)
     if isinstance(data, Iterator):
         head = list(itertools.islice(data, 1))
         if not head:
@@ -115,10 +119,14 @@ def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exa
     names = [i.name for i in inputs]
     if isinstance(raw, Mapping):
         sample = dict(raw)
-    elif isinstance(raw, tuple | list) and len(inputs) > 1:
+    elif isinstance(raw, tuple | list) and (len(inputs) > 1 or all(hasattr(a, "shape") for a in raw)):
+        # arrays in model-input order; for one input too: a torch DataLoader yields [x] or [x, label]
         if len(raw) != len(inputs):
+            labels = " (a DataLoader's (input, label) pairs? Pass the inputs only, e.g. (x for x, _ in loader))" \
+                if len(inputs) == 1 else ""
             raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
-                               reason=f"{len(raw)} arrays given, the model has {len(inputs)} inputs ({', '.join(names)})")
+                               reason=f"{len(raw)} arrays given, the model has {len(inputs)} input(s) "
+                                      f"({', '.join(names)}){labels}")
         sample = dict(zip(names, raw))
     elif len(inputs) == 1:
         sample = {names[0]: raw}
@@ -132,7 +140,7 @@ def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exa
                            reason=f"missing inputs {missing}, unknown inputs {unknown}; the model's inputs are {names}")
     out: Sample = {}
     for spec in inputs:
-        arr = np.asarray(sample[spec.name])
+        arr = _as_array(sample[spec.name], spec.name, index)
         if arr.dtype != spec.dtype:
             floats = np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)
             if exact_dtype or not floats:
@@ -148,6 +156,45 @@ def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exa
             raise NpuflowError("NPF_QUANT_CALIB_NONFINITE", sample=index, input=spec.name)
         out[spec.name] = arr
     return out
+
+
+def _as_array(value: Any, name: str, index: int | str) -> np.ndarray:
+    """One input of a sample as a numpy array; a torch tensor is detached and moved to the CPU
+    first (``np.asarray`` refuses one that requires grad), found by its methods, so torch is
+    never imported.  Nested lists of unequal lengths are a coded error, not numpy's ValueError."""
+    if callable(getattr(value, "detach", None)) and callable(getattr(value, "cpu", None)):
+        value = value.detach().cpu()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise NpuflowError("NPF_QUANT_CALIB_MISMATCH", sample=index,
+                           reason=f"input {name!r} is a {type(value).__name__} that is not one array ({exc})") from None
+
+
+class _Rewound:
+    """A ``get_next``/``rewind`` reader as a re-iterable: each pass rewinds it first."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def __iter__(self) -> Iterator[Any]:
+        self._reader.rewind()
+        return iter(self._reader.get_next, None)
+
+
+def _read_through(data: Any) -> Any:
+    """``data``, or for an object with ONNX Runtime's ``CalibrationDataReader`` protocol
+    (``get_next()`` returns a sample dict, then ``None``; ``vai_q_onnx`` takes the same) its
+    samples: re-iterable where it has ``rewind()``, else once, as a generator.
+
+    Why: a reader written from ONNX Runtime's documentation, with ``get_next`` only and no
+    ``__iter__`` (ONNX Runtime's own base class adds one), was refused as "cannot read
+    calibration data Reader"."""
+    if isinstance(data, Iterable | str | os.PathLike) or not callable(getattr(data, "get_next", None)):
+        return data
+    if callable(getattr(data, "rewind", None)):
+        return _Rewound(data)
+    return iter(data.get_next, None)
 
 
 class _Reader:
