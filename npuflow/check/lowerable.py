@@ -430,7 +430,7 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
         reason = _step_types(steps, [s.input[0] for s in steps], t)
         if reason:
             return reason
-    reason = weight_zero_point_limit(node, t)
+    reason = weight_zero_point_limit(node, t) or _alignment_limit(node, t)
     if reason:
         return reason
     for o in node.output:
@@ -447,6 +447,32 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
         reason = _step_types([q], [q.output[0]], t)
         if reason:
             return reason
+    return None
+
+
+#: the largest shift an integer Add/Sub aligns an operand by (the programs' int32 accumulator)
+MAX_ALIGN_SHIFT = 31
+
+
+def _alignment_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    """An ``Add``/``Sub`` of power-of-two operands whose scales are more than ``2**31`` apart: the
+    integer program shifts the coarser operand onto the finer one's grid in int32, which no such
+    shift fits (a file with one failed its own manifest check when loaded, "align <= 31")."""
+    if node.op_type not in ("Add", "Sub"):
+        return None
+    fixes = []
+    for name in node.input[:2]:
+        dq = t.producer_node(name) if name else None
+        scale = t.value(dq.input[1]) if dq is not None and t.is_dequantize(dq) and len(dq.input) > 1 else None
+        if scale is None or scale.size != 1 or not float(scale.reshape(-1)[0]) > 0:
+            return None
+        mantissa, exponent = np.frexp(float(scale.reshape(-1)[0]))
+        if mantissa != 0.5:  # a float scale: no alignment shift
+            return None
+        fixes.append(int(exponent))
+    if abs(fixes[0] - fixes[1]) > MAX_ALIGN_SHIFT:
+        return (f"{node.op_type} of operands whose scales are 2^{abs(fixes[0] - fixes[1])} apart: the integer "
+                f"alignment shift exceeds {MAX_ALIGN_SHIFT} bits")
     return None
 
 

@@ -107,7 +107,9 @@ def from_range(name: str, kind: str, s: TensorSettings, lo: float, hi: float, *,
 def activation_params(name: str, kind: str, s: TensorSettings, mm: MinMaxObserver,
                       hist: HistogramObserver | None) -> tuple[float, float, int | None]:
     """Calibrated range ``(lo, hi)`` (and fix position on power-of-two) of one activation."""
-    if mm.count == 0:
+    if mm.count == 0 or mm.amax == 0.0:
+        # never seen, or only zeros (scikit-learn SVC's vote of a class pair no sample chose): from_range's
+        # unit scale; a fix position from the zero range was 106, an Add's 100-bit alignment shift
         return 0.0, 0.0, None
     if s.scale_type == "power_of_two":
         n = pow2_position(s.method, mm.amax, hist, s.bit_width, s.percentile, s.round_mode)
