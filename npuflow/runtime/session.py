@@ -249,6 +249,9 @@ class Session:
         hash): any other bytes are refused before the file is parsed.  ``model`` picks one
         model of a packed file (required when it holds several, as VART's graph runner takes a
         subgraph and ``hrt_model_exec --model_name`` a packed model)."""
+        if not isinstance(path, str | os.PathLike | CompiledModel):  # a QuantizedModel, an onnx.ModelProto
+            raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=f"a {type(path).__name__}", reason="a Session runs a .npuf "
+                               "path or what npuflow.compile returns: npuflow.Session(npuflow.compile(quantized, target))")
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         if expected_sha256 is not None:
@@ -384,9 +387,9 @@ class Session:
                 raise NpuflowError("NPF_RUNTIME_MISSING_INPUT", name=name, inputs=", ".join(dtypes))
             a = inputs[name]
             if not isinstance(a, np.ndarray) or a.dtype != dtype:
-                got = getattr(a, "dtype", None)
-                raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=name,
-                                   got=str(got) if got is not None else type(a).__name__, expected=str(dtype))
+                got = str(a.dtype) if isinstance(a, np.ndarray) else \
+                    f"{type(a).__module__.split('.')[0]}.{type(a).__name__}, not a numpy array (x.numpy(), np.asarray(x))"
+                raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=name, got=got, expected=str(dtype))
             same = same and a.shape == shapes[name]
         program = self._programs[0 if same else self.select({name: inputs[name].shape for name in dtypes})]
         feeds = {}
