@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
+import re
 from typing import Callable, Mapping, Sequence, TypeVar
 
 import onnx
@@ -18,6 +20,44 @@ from .value_info import graph_inputs
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+def parse_shape(text: str) -> list[int]:
+    """``"1x3x224x224"`` -> ``[1, 3, 224, 224]``; commas are accepted too."""
+    parts = [p for p in re.split(r"[x,×]", text.strip().lower()) if p != ""]
+    if not parts or not all(p.isdigit() for p in parts) or any(int(p) <= 0 for p in parts):
+        raise NpuflowError(
+            "NPF_MODEL_BAD_INPUT_SHAPE", value=text,
+            reason="expected positive integers joined by 'x'",
+        )
+    return [int(p) for p in parts]
+
+
+def checked_shapes(shapes: Mapping[str, Sequence[int] | str] | None) -> dict[str, list[int]]:
+    """The ``input_shapes`` argument of the Python API as ``{name: [dim, ...]}``, each dim a
+    positive integer (``"1x3x224x224"`` as the CLI writes it is read by :func:`parse_shape`).
+
+    Why: ``[1, 1, 28, 28]`` without the name, a float or ``None`` dim was a TypeError from
+    inside the loader, ``"1x1x28x28"`` was read character by character ("rank 9"), and a 0 or
+    -1 dim was taken as a size."""
+    if shapes is None:
+        return {}
+    if not isinstance(shapes, Mapping):
+        raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=str(shapes),
+                           reason="input_shapes is a dict from input name to dims, e.g. {'images': [1, 3, 224, 224]}")
+    out: dict[str, list[int]] = {}
+    for name, dims in shapes.items():
+        if isinstance(dims, str):
+            out[name] = parse_shape(dims)
+            continue
+        try:
+            out[name] = [operator.index(d) for d in dims]
+        except TypeError:
+            out[name] = []
+        if not out[name] or min(out[name]) <= 0:
+            raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=f"{name}: {dims!r}",
+                               reason="every dimension must be a positive integer, e.g. {'images': [1, 3, 224, 224]}")
+    return out
 
 
 def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[dict[str, str]]:

@@ -40,7 +40,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from .errors import NpuflowError
 from .input_shapes import (  # noqa: F401 (read through here)
-    dynamic_dims, freeze_input_shapes, resize_checked, unresolved_error, warn_size_held)
+    checked_shapes, dynamic_dims, freeze_input_shapes, parse_shape, resize_checked, unresolved_error, warn_size_held)
 from .outputs import owner_token
 from .shape_probe import ProbeValues, fill_shapes_by_running, given_value, set_probe_values
 # graph_inputs, tensor_shapes and tensor_elem_types are read through this module by most stages
@@ -68,17 +68,6 @@ ModelLike = str | os.PathLike | onnx.ModelProto | bytes  # or a torch ONNXProgra
 #: names such a file instead of reporting a corrupt protobuf.
 NPUF_MAGIC = b"NPUFLOW\x00"
 InputShapes = Mapping[str, Sequence[int]]
-
-
-def parse_shape(text: str) -> list[int]:
-    """``"1x3x224x224"`` -> ``[1, 3, 224, 224]``; commas are accepted too."""
-    parts = [p for p in re.split(r"[x,×]", text.strip().lower()) if p != ""]
-    if not parts or not all(p.isdigit() for p in parts) or any(int(p) <= 0 for p in parts):
-        raise NpuflowError(
-            "NPF_MODEL_BAD_INPUT_SHAPE", value=text,
-            reason="expected positive integers joined by 'x'",
-        )
-    return [int(p) for p in parts]
 
 
 def parse_input_shapes(pairs: Sequence[tuple[str, str]] | None) -> dict[str, list[int]]:
@@ -529,7 +518,7 @@ def _loaded(model: ModelLike, input_shapes: InputShapes | None,
     proto = _validated_at_working_opset(proto)
     _drop_initializer_inputs(proto.graph)
     proto = _lift_constants(proto)
-    resized = freeze_input_shapes(proto, dict(input_shapes or {}))
+    resized = freeze_input_shapes(proto, checked_shapes(input_shapes))
     check_tensor_sizes(proto)
     if resized:
         resize_checked(validate, proto, resized)

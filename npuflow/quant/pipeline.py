@@ -169,7 +169,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     tgt = target if isinstance(target, Target) else load_target(target)
     cfg = config_of(config)
     cfg.validate_against(tgt)
-    shapes = dict(input_shapes or {})
+    shapes = model_io.checked_shapes(input_shapes)
 
     source_proto = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
     _refuse_non_tensor_outputs(source_proto)
