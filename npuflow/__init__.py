@@ -38,5 +38,18 @@ except KeyboardInterrupt:
 
     interrupted()
 
+
+
+def __getattr__(name: str):
+    """``npuflow.ort`` and ``npuflow.ort_export`` after a plain ``import npuflow``, as the README
+    writes them (``npuflow.ort.InferenceSession(...)`` was an AttributeError without ``import
+    npuflow.ort``); imported on first use, since they load onnxruntime-extensions."""
+    if name in ("ort", "ort_export"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'npuflow' has no attribute {name!r}")
+
+
 __all__ = ["CheckReport", "CompiledModel", "NpuflowError", "QuantConfig", "QuantizedModel", "Session", "Target",
            "__version__", "build", "check", "compile", "list_targets", "load", "load_target", "quantize", "register_op", "register_op_library"]
