@@ -64,8 +64,8 @@ from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
-from .fused_tables import (_from_qlinear_conv, as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel,
-                           table_node)
+from .fused_tables import (_from_qlinear_conv, _writer, as_table, byte_lookup, byte_table, bytes_only, lut,
+                           lut_channel, table_node)
 from .fused_graph import (F32_BOUND, SMALL_RUN_BYTES, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
                           elem_type, input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
@@ -210,15 +210,24 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
         return g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"])
 
     t = op["inputs"][0]
-    if _raw_offset(g, t, op) is None or _from_qlinear_conv(g, g.bytes[t]):
-        # the maximum of codes minus a constant, or of a channels-last QLinearConv's bytes, which
-        # ONNX Runtime's layout pass pools as they are (its NhwcMaxPool kernel, between the two
-        # convolutions' layouts: no Cast, no Transpose)
+    if _raw_offset(g, t, op) is None or _channels_last(g, g.bytes[t]):
+        # the maximum of codes minus a constant, or of bytes ONNX Runtime's layout pass holds
+        # channels-last, which it pools as they are (its NhwcMaxPool kernel: no Cast, no Transpose)
         _moves(g, op, pool)
     else:  # of bytes, through float32 and back (exact): ONNX Runtime's uint8 MaxPool is a reference
         # loop, about 36 times its float32 kernel on a 128x10x10 tensor with 5x5 windows
         _moves(g, op, lambda x: g.node("Cast", [pool(g.node("Cast", [x], to=TensorProto.FLOAT))],
                                        to=TensorProto.UINT8))
+
+
+def _channels_last(g: Graph, codes: str) -> bool:
+    """Whether ONNX Runtime's layout pass holds bytes ``codes`` channels-last: the output of a
+    ``QLinearConv`` (which it runs channels-last) or of a ``Transpose`` back to channels-first
+    (a table written channels-last, ``fused_tables.byte_lookup``), whose transposes cancel."""
+    if _from_qlinear_conv(g, codes):
+        return True
+    node = _writer(g, codes)
+    return node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 3, 1, 2]
 
 
 def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:

@@ -78,7 +78,7 @@ def test_mnist_runs_the_graph_of_onnxruntime_plain_qdq(mnist, tmp_path, monkeypa
     assert len(opened) == 1 and opened[0]["mem_pattern"] and opened[0]["shared_arena"], opened
 
 
-def test_cls_keeps_the_runtime_memory_settings_and_equals_the_kernels(monkeypatch):
+def test_cls_keeps_the_runtime_memory_settings_and_equals_the_kernels(tmp_path, monkeypatch):
     cls = _build(CLS)
     session, opened = _sessions_opened(cls["compiled"], monkeypatch)
     _equal_to_kernels(session, cls["compiled"], cls["frames"][:2] + cls["frames"][4:5])
@@ -89,3 +89,7 @@ def test_cls_keeps_the_runtime_memory_settings_and_equals_the_kernels(monkeypatc
     assert opened and all(not o["mem_pattern"] and o["shared_arena"] for o in opened), opened
     # its fully connected layer (after the global average) is a channels-last QLinearConv too
     assert any(n.op_type == "QLinearConv" and n.domain == "com.microsoft" for n in g.nodes)
+    # its max pooling reads a hard-swish table written channels-last: ONNX Runtime pools the bytes
+    # with its NhwcMaxPool kernel, not through float32 (two Casts and a float MaxPool)
+    kinds = [n.op_type for n in _optimized(session, tmp_path / "cls.onnx")]
+    assert kinds.count("NhwcMaxPool") == 1 and "MaxPool" not in kinds, kinds
