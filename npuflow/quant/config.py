@@ -381,6 +381,23 @@ def validate_settings(s: TensorSettings, kind: str, target: Target, where: str) 
         raise conflict("per-channel weights are symmetric")
 
 
+#: Top-level keys of other quantizers' Python APIs (ONNX Runtime's and vai_q_onnx's
+#: ``quantize_static``, rknn-toolkit2's ``RKNN.config``) and where npuflow's config says the same:
+#: a script ported from them passed these and read only "Extra inputs are not permitted".
+_FOREIGN_KEYS = {
+    "per_channel": "weight: {per_channel: true}",
+    "calibrate_method": "activation: {method: minmax | percentile | entropy | mse | auto}",
+    "calibration_method": "activation: {method: minmax | percentile | entropy | mse | auto}",
+    "quantized_algorithm": "activation: {method: minmax | percentile | entropy | mse | auto}",
+    "quantized_method": "weight: {per_channel: true} (rknn's 'channel') or false ('layer')",
+    "quantized_dtype": "overall: {bit_width: 8, signed: true}",
+    "activation_type": "activation: {bit_width: 8, signed: true | false}",
+    "weight_type": "weight: {bit_width: 8}",
+    "nodes_to_exclude": "keep_float: [node names]",
+    "op_types_to_quantize": "keep_float (the nodes left in float) or op_types: {OpType: {...}}",
+}
+
+
 def _describe(exc: ValidationError, model: type[BaseModel] = QuantConfig) -> str:
     """The first errors of a pydantic validation, each with its key path, the value given and,
     for a misspelt key or choice, the nearest valid one (``activation.methd`` -> ``method``)."""
@@ -389,6 +406,9 @@ def _describe(exc: ValidationError, model: type[BaseModel] = QuantConfig) -> str
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+        if err["type"] == "extra_forbidden" and loc in _FOREIGN_KEYS and model is QuantConfig:
+            parts.append(f"{loc}: not a key of npuflow's config{shown}; npuflow writes it as {_FOREIGN_KEYS[loc]}")
+            continue
         near = _nearest(err, model)
         parts.append(f"{loc}: {err['msg']}{shown}" + (f" (did you mean {near!r}?)" if near else ""))
     return "; ".join(parts)
