@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow import ort_kernels
-from npuflow.runtime import fused, fused_graph
+from npuflow.runtime import fused, fused_fixed, fused_graph
 
 TARGET = "bernoulli2"
 
@@ -49,8 +49,11 @@ def _sessions() -> tuple[npuflow.Session, npuflow.Session]:
     return npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
 
 
-def test_fixed_point_convolutions_and_tables_between_convinteger_are_exact_with_fewer_passes():
+def test_fixed_point_convolutions_and_tables_between_convinteger_are_exact_with_fewer_passes(monkeypatch):
+    # the ConvInteger forms, which serve the channels without an exact float32 multiplier
+    # (fused_fixed.kernel_form, switched off here: test_qlinearconv_form_... below has it on)
     assert ort_kernels.convinteger_exact()
+    monkeypatch.setattr(fused_fixed, "kernel_form", lambda *args, **kwargs: None)
     fast, ref = _sessions()
     rng = np.random.default_rng(73)
     for scale in (0.5, 3.0, 40.0):  # everyday codes, wide ones, saturated ones
@@ -76,3 +79,17 @@ def test_fixed_point_convolutions_and_tables_between_convinteger_are_exact_with_
         while n.op_type == "Reshape":
             n = writer[n.input[0]]
         assert n.op_type == "GatherElements", n.op_type
+
+
+def test_qlinearconv_form_of_the_same_convolutions_is_exact():
+    # by default the channels with an exact float32 multiplier run on QLinearConv (every
+    # convolution here: whole or split by channels), the codes still the kernels'
+    fast, ref = _sessions()
+    rng = np.random.default_rng(73)
+    for scale in (0.5, 3.0, 40.0):
+        x = {"x": rng.normal(0, scale, (2, 8, 12, 10)).astype(np.float32)}
+        a, b = fast.run(x), ref.run(x)
+        assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+    ops = [n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
+           if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
+    assert ops.count("QLinearConv") == 3, ops
