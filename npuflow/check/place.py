@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CheckReport:
-    """Place every node of ``model`` on ``target`` (NPU or CPU) and partition into subgraphs."""
+    """Place every node of ``model`` on ``target`` (NPU or CPU) and partition into subgraphs.
+
+    ``model``: an ``.onnx`` path, an ``onnx.ModelProto`` or its bytes, float or quantized (QDQ).
+    ``target``: a name from :func:`npuflow.list_targets` (``"DPUCZDX8G_ISA1_B4096"``), a
+    fingerprint, an arch.json or target YAML path, or a :class:`~npuflow.Target`.
+    ``input_shapes``: ``{input name: dims}`` for the dimensions the model leaves dynamic
+    (``{"images": [1, 3, 640, 640]}``); a dynamic batch left open is checked at 1.
+    Returns a :class:`CheckReport` (``.nodes``, ``.subgraphs``, ``.summary``, ``.placement()``)."""
     tgt = load_target(target)
     proto = prepare(model, input_shapes, tgt)
     report = _judge(GraphView(proto), tgt)

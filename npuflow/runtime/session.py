@@ -435,6 +435,10 @@ class Session:
             *, dump_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
         """Run the model; returns ``{output name: array}`` (all outputs unless ``output_names``).
 
+        ``inputs``: ``{input name: numpy array}`` of each input's dtype and compiled shape
+        (:meth:`get_inputs`); ``output_names``: one name or a list; ``dump_dir``: write every
+        integer tensor there (dump mode, in the module docstring), for layer-by-layer comparison.
+
         A model compiled for several shape sets runs the smallest that fits the inputs
         (:meth:`select`) on the inputs padded with zeros at the end of each smaller dimension, and
         returns that program's outputs whole: where an output dimension follows a padded input
