@@ -24,6 +24,16 @@ from npuflow.runtime import fused
 TARGET = "bernoulli2"
 
 
+@pytest.fixture(autouse=True)
+def _no_qlinearconv(monkeypatch):
+    """These pin the ``ConvInteger`` and float ``Conv`` forms, which since a8a74eb serve the channels
+    without an exact float32 multiplier (the others run on ``QLinearConv``: ``fused_fixed.kernel_form``,
+    tested in ``test_runtime_fixed_qlinear.py``), so every channel takes them here."""
+    from npuflow.runtime import fused_fixed
+
+    monkeypatch.setattr(fused_fixed, "kernel_form", lambda *args, **kwargs: None)
+
+
 def _float_model(cin: int = 8, k: int = 3) -> onnx.ModelProto:
     """Conv k x k (cin -> 16, padded) + Relu, Conv 1x1 (16 -> 8) + Relu: dense convolutions with
     per-channel weights, which bernoulli2 requantises in fixed point."""
