@@ -156,6 +156,11 @@ def read_proto(path: str | os.PathLike | bytes) -> onnx.ModelProto:
         p, data = Path("<model bytes>"), bytes(path)
     elif isinstance(path, (str, os.PathLike)):
         p = Path(path)
+        if p.is_dir():  # quantize's output folder, a working folder: "does not exist" misled
+            found = sorted(f.name for f in p.glob("*.onnx"))
+            raise NpuflowError("NPF_MODEL_NOT_ONNX", path=str(p), reason="it is a folder" + (
+                f" holding {', '.join(found[:4])}{' ...' if len(found) > 4 else ''}: pass one of them" if found
+                else ", with no .onnx file in it"))
         if not p.is_file():
             raise NpuflowError("NPF_MODEL_NOT_FOUND", path=str(p))
         data = p.read_bytes()
