@@ -166,6 +166,11 @@ _QUANT = _specs(
      "arrays/dicts."),
     ("NPF_QUANT_CALIB_NONFINITE", "calibration sample {sample} input {input!r} contains NaN or Inf",
      "Fix or drop that sample; calibration ranges must come from finite values."),
+    ("NPF_QUANT_CALIB_ALL_ZERO",
+     "{count} quantized tensor(s) held only zeros on all {samples} calibration sample(s) ({tensors}): their "
+     "scale is a guess (the unit scale), and the ranges after them come from samples that never reached them",
+     "Calibrate on samples that exercise the whole model (every class of a classifier, every branch); "
+     "`keep_float` in the config keeps such nodes in float."),
     ("NPF_QUANT_CALIB_LOOKS_RANDOM",
      "calibration input {input!r} looks like random noise, not images: neighbouring pixels correlate {correlation} "
      "(mean of {samples} sample(s); photos, scans and rendered text: 0.6 or more); ranges calibrated on noise can "
