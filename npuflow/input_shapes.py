@@ -127,6 +127,11 @@ def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequ
     if not at:
         return []
     where = ", ".join(f"#{k}" for k in at)
+    held = _conv_channels(proto, inp.name) if 1 in at else None
+    if held is not None and held[2] == fixed[1] != wanted[1]:
+        raise NpuflowError("NPF_MODEL_FIXED_INPUT_SHAPE", name=inp.name, at=where, asked="x".join(map(str, wanted)),
+                           fixed="x".join("?" if d is None else str(d) for d in fixed),
+                           reason=f"node {held[0]!r} ({held[1]}) has weights for {held[2]} input channel(s)")
     if set(at) <= _frozen_by_quantize(proto, inp.name):
         fixed_by = (f"the source model leaves dimension(s) {where} dynamic, and npuflow quantize --input-shape froze "
                     f"them (with the shapes computed from them): quantize again without --input-shape (the calibration "
@@ -135,6 +140,35 @@ def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequ
         fixed_by = size_fixing_nodes(proto, inp.name, {k: fixed[k] for k in at})
     return [dict(name=inp.name, fixed="x".join("?" if d is None else str(d) for d in fixed),
                  asked="x".join(map(str, wanted)), at=where, fixed_by=fixed_by)]
+
+
+#: Ops between a model input and its first convolution that keep the channel count (a scaling,
+#: a mean subtracted, a cast): :func:`_conv_channels` looks through them.
+_CHANNEL_KEEPING = {"Cast", "Identity", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Neg", "Abs"}
+
+
+def _conv_channels(proto: onnx.ModelProto, name: str) -> tuple[str, str, int] | None:
+    """The first convolution reading input ``name`` (through :data:`_CHANNEL_KEEPING` ops) as
+    ``(node, op type, input channels its weights take)``, where the weights are stored.
+
+    Why: ONNX shape inference does not compare a Conv's input channels with its weights, so
+    ``check`` with ``input_shapes`` asking 3 channels of a 1-channel model placed every node
+    and said nothing; ONNX Runtime refuses the first run ("Input channels C is not equal to
+    kernel channels * group")."""
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    reached = {name}
+    for node in proto.graph.node:
+        if not node.input or node.input[0] not in reached:
+            continue
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = weights.get(node.input[1]) if len(node.input) > 1 else None
+            if w is None or len(w) < 2:
+                return None
+            group = node_attr(node, "group", 1)
+            return node.name or node.output[0], node.op_type, w[1] * group if node.op_type == "Conv" else w[0]
+        if node.op_type in _CHANNEL_KEEPING:
+            reached.update(node.output)
+    return None
 
 
 #: A ``Slice`` end at or beyond this reads "to the end" (torch writes INT64_MAX).
