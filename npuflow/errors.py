@@ -242,6 +242,9 @@ _COMPILE = _specs(
 
 # --- runtime -------------------------------------------------------------------------------
 _RUNTIME = _specs(
+    ("NPF_RUNTIME_BAD_THREADS", "{option}={value!r} is not a number of threads (a whole number, at least 1)",
+     "threads=1 runs each frame on one core (latency); for throughput run frames of one Session from several "
+     "Python threads (it is thread-safe)."),
     ("NPF_RUNTIME_TARGET_MISMATCH",
      "the model was compiled for {compiled} (fingerprint {compiled_fp}), not for {target} (fingerprint {target_fp})",
      "Compile the quantized model for this target: `npuflow compile QUANTIZED.onnx --target {target}`."),

@@ -252,6 +252,10 @@ class Session:
         if not isinstance(path, str | os.PathLike | CompiledModel):  # a QuantizedModel, an onnx.ModelProto
             raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=f"a {type(path).__name__}", reason="a Session runs a .npuf "
                                "path or what npuflow.compile returns: npuflow.Session(npuflow.compile(quantized, target))")
+        for option, value in (("threads", threads), ("cpu_threads", cpu_threads), ("blas_threads", blas_threads)):
+            unset = value is None and option != "threads"  # "2", 0, -1: a TypeError in fused.py, or passed on
+            if not unset and (type(value) is bool or not isinstance(value, int | np.integer) or value < 1):
+                raise NpuflowError("NPF_RUNTIME_BAD_THREADS", option=option, value=value)
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         if expected_sha256 is not None:
