@@ -73,6 +73,13 @@ def compile_model(
 ) -> CompiledModel:
     """Compile a quantized model (``docs/quantized-model-format.md``) for ``target``.
 
+    ``quantized_model``: what :func:`npuflow.quantize` returns, or a QDQ model as a path, an
+    ``onnx.ModelProto`` or its bytes.  ``target``: a name or a :class:`~npuflow.Target` (the one
+    it was quantized for).  ``placement``: a rule ``(op, model, target) -> reason or None`` that
+    keeps an integer op off the accelerator (default: ``npuflow.check``'s placement).
+    ``build_config`` and ``preprocessing`` (``{input: {...}}``, e.g. ``layout_rt``): recorded in
+    the ``.npuf``, as ``npuflow build`` writes them.
+
     ``input_shapes`` freezes dynamic input dimensions (``{name: dims}``, as ``--input-shape``); a
     list of such dicts compiles one program per shape set into one model (rknn-toolkit2's
     ``dynamic_input``: the runtime runs the smallest that fits an input, padded; see

@@ -1,7 +1,8 @@
 """``help()`` of the functions a script calls first says what each argument is (new-user round
 14b): ``help(npuflow.check)`` said only "Place every node of model on target", ``help(npuflow.quantize)``
 named neither ``model`` nor ``target`` nor ``input_shapes`` (nor a DataLoader or an ONNX Runtime
-reader as calibration data), ``help(Session.run)`` not what ``inputs`` is."""
+reader as calibration data), ``help(npuflow.compile)`` not ``placement``, ``build_config`` or
+``preprocessing``, ``help(Session.run)`` not what ``inputs`` is."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import npuflow
 
 
-@pytest.mark.parametrize("fn", [npuflow.check, npuflow.quantize, npuflow.Session.run], ids=lambda f: f.__qualname__)
+@pytest.mark.parametrize("fn", [npuflow.check, npuflow.quantize, npuflow.compile, npuflow.Session.run], ids=lambda f: f.__qualname__)
 def test_every_argument_is_described(fn):
     doc = inspect.getdoc(fn)
     missing = [p for p in inspect.signature(fn).parameters
