@@ -238,8 +238,10 @@ class Session:
     def __init__(self, path: str | os.PathLike | CompiledModel, /, target: str | Target | None = None,
                  *, threads: int = 1, cpu_threads: int | None = None, blas_threads: int | None = 1,
                  fuse: bool = True, expected_sha256: str | None = None, model: str | None = None) -> None:
-        """``threads``: ONNX Runtime intra-op threads of the fused integer runs and of the CPU
-        subgraphs (``cpu_threads`` overrides the latter); ``fuse=False`` runs every accelerator op
+        """``path``: a ``.npuf`` file or what :func:`npuflow.compile` returns.
+        ``threads``: ONNX Runtime intra-op threads of the fused integer runs and of the CPU
+        subgraphs (``cpu_threads`` overrides the latter); ``blas_threads``: numpy's BLAS threads
+        for the whole process (:func:`set_blas_threads`; None leaves them); ``fuse=False`` runs every accelerator op
         as its kernel and every CPU subgraph in ONNX Runtime (the reference the fused runs and the
         CPU subgraphs' tables equal bit for bit).
 

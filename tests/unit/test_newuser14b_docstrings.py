@@ -2,7 +2,8 @@
 14b): ``help(npuflow.check)`` said only "Place every node of model on target", ``help(npuflow.quantize)``
 named neither ``model`` nor ``target`` nor ``input_shapes`` (nor a DataLoader or an ONNX Runtime
 reader as calibration data), ``help(npuflow.compile)`` not ``placement``, ``build_config`` or
-``preprocessing``, ``help(Session.run)`` not what ``inputs`` is."""
+``preprocessing``, ``help(Session)`` not ``path`` or ``blas_threads``, ``help(Session.run)`` not what
+``inputs`` is."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import npuflow
 
 
-@pytest.mark.parametrize("fn", [npuflow.check, npuflow.quantize, npuflow.compile, npuflow.Session.run], ids=lambda f: f.__qualname__)
+@pytest.mark.parametrize("fn", [npuflow.check, npuflow.quantize, npuflow.compile, npuflow.Session.__init__, npuflow.Session.run], ids=lambda f: f.__qualname__)
 def test_every_argument_is_described(fn):
     doc = inspect.getdoc(fn)
     missing = [p for p in inspect.signature(fn).parameters
