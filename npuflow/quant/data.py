@@ -107,7 +107,8 @@ def _stacked_note(shape: tuple[int, ...], dims: Sequence[int | None]) -> str:
     if not (batch or (len(shape) == len(dims) + 1 and fits(shape[1:], dims))):
         return ""
     split = "list(x[:, None])" if batch else "list(x)"
-    return f" ({shape[0]} samples stacked in one array? Each array is one sample: pass a list of them, e.g. {split})"
+    loader = " (a torch DataLoader: batch_size=1)" if batch else ""
+    return f" ({shape[0]} samples stacked in one array? Each array is one sample: pass a list of them{loader}, e.g. {split})"
 
 
 def check_sample(raw: Any, inputs: Sequence[InputSpec], index: int | str, *, exact_dtype: bool = False) -> Sample:

@@ -2,7 +2,8 @@
 (new-user round 14b, Python API).  Before: a ``CalibrationDataReader`` written from ONNX Runtime's
 documentation (``get_next`` only) was ``NPF_QUANT_CALIB_SOURCE``; a torch ``DataLoader`` over a
 ``TensorDataset`` (batches ``[x]``) was refused as "1 samples stacked"; one over an
-``(image, label)`` dataset was numpy's uncoded ``ValueError: inhomogeneous shape``; a tensor
+``(image, label)`` dataset was numpy's uncoded ``ValueError: inhomogeneous shape``, one with
+``batch_size=4`` was told to pass ``list(x[:, None])`` without a word of the batch size; a tensor
 that requires grad was torch's uncoded ``RuntimeError``."""
 
 from __future__ import annotations
@@ -82,3 +83,12 @@ def test_ragged_nested_lists_are_a_coded_error():
         check_sample({"input": [[0.0, 1.0], [2.0]]}, SPEC, 4)
     assert err.value.code == "NPF_QUANT_CALIB_MISMATCH"
     assert "sample 4" in str(err.value) and "not one array" in err.value.message
+
+
+def test_a_loader_batch_of_several_samples_names_the_batch_size(model):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(np.concatenate(X))),
+                                         batch_size=4)
+    with pytest.raises(npuflow.NpuflowError) as err:
+        npuflow.quantize(model, loader, "cpu-int8")
+    assert err.value.code == "NPF_QUANT_CALIB_MISMATCH"
+    assert "4 samples stacked in one array?" in err.value.message and "DataLoader: batch_size=1" in err.value.message
