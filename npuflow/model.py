@@ -500,6 +500,9 @@ def load(
 ) -> onnx.ModelProto:
     """Load and normalise a model (see the module docstring for what is guaranteed).
 
+    ``model``: an ``.onnx`` path, an ``onnx.ModelProto`` (copied, never changed) or its bytes.
+    ``input_shapes``: ``{input name: dims}`` fixing dynamic dimensions (a dynamic batch left open
+    is 1).  ``infer_shapes=False``: the model before static shape inference.
     ``probe_values``: ``{input: value}`` fed to the shape probe instead of its guesses; they are
     stored in the model (:data:`npuflow.shape_probe.PROBE_VALUES_KEY`) for the stages that follow.
     """

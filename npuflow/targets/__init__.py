@@ -137,7 +137,10 @@ def list_targets() -> list[Target]:
 
 
 def load_target(spec: str | Path | Target) -> Target:
-    """Resolve a target by name (case-insensitive), fingerprint, arch.json or target YAML path."""
+    """Resolve a target by name (case-insensitive), fingerprint, arch.json or target YAML path.
+
+    ``spec``: ``"DPUCZDX8G_ISA1_B4096"`` (see :func:`list_targets`), ``"0x101000016010407"``, a
+    path, or a :class:`Target` (returned as it is)."""
     if isinstance(spec, Target):
         return spec
     if not isinstance(spec, (str, os.PathLike)):  # e.g. calibration samples passed in the target's place
