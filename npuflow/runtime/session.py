@@ -232,6 +232,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _reopened(compiled: Path | CompiledModel, options: dict) -> "Session":
+    """A pickled :class:`Session` opened again (module level: pickle finds it by name)."""
+    return Session(compiled, **options)
+
+
 class Session:
     """Runs a compiled model: integer executor for accelerator subgraphs, ONNX Runtime for CPU."""
 
@@ -286,6 +291,9 @@ class Session:
         self._one_run = _OneRun.of(first, self._output_names) if fuse and len(self._programs) == 1 else None
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
+        #: what a pickled Session reopens with (:meth:`__reduce__`)
+        self._options = dict(target=target, threads=threads, cpu_threads=cpu_threads, blas_threads=blas_threads,
+                             fuse=fuse, model=model)
         self._release_read()
 
     def _release_read(self) -> None:
@@ -310,6 +318,12 @@ class Session:
         for program in programs:  # the steps hold bound methods of their program: break the cycle
             program.steps, program._executors = [], []
         return_freed_heap()
+
+    def __reduce__(self) -> tuple:
+        """Pickle as the ``.npuf`` path (or the in-memory compiled model) and the options, opened
+        again on the other side (a ``multiprocessing`` worker; ONNX Runtime's sessions do not
+        pickle, nor a memory-mapped file's reader); listeners stay here."""
+        return _reopened, (self.compiled.source or self.compiled, self._options)
 
     def __enter__(self) -> "Session":
         return self
