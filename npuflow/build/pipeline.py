@@ -69,7 +69,10 @@ def build(config: str | os.PathLike | Mapping[str, Any] | BuildConfig, *,
           progress: Progress | None = None) -> BuildResult:
     """Run the whole conversion; raises :class:`NpuflowError` on any user-facing failure.
 
-    ``progress`` hears each stage (``parse``, ``check``, the quantizer's own stages as
+    ``config``: the build YAML (a path), its content as a mapping (the same keys:
+    ``model_parameters``, ``input_parameters``, ``calibration_parameters``, ``compiler_parameters``;
+    ``docs/build.md``), or a :class:`BuildConfig`; relative paths in a mapping are read from the
+    current folder, in a file from the file's folder.  ``progress`` hears each stage (``parse``, ``check``, the quantizer's own stages as
     ``quantize calibrate`` etc. with their counts, ``compile``, ``save``)."""
     cfg = load_config(config)
     mp = cfg.model_parameters

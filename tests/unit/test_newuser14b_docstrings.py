@@ -15,7 +15,7 @@ import npuflow
 
 
 @pytest.mark.parametrize("fn", [npuflow.load, npuflow.load_target, npuflow.check, npuflow.quantize,
-                                npuflow.compile, npuflow.Session.__init__, npuflow.Session.run], ids=lambda f: f.__qualname__)
+                                npuflow.compile, npuflow.build, npuflow.Session.__init__, npuflow.Session.run], ids=lambda f: f.__qualname__)
 def test_every_argument_is_described(fn):
     doc = inspect.getdoc(fn)
     missing = [p for p in inspect.signature(fn).parameters
