@@ -282,6 +282,18 @@ RELATIVE_PRECISION_OPS = frozenset({"Log"})
 RANGE_CARRYING_OPS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Pow", "Abs", "Clip", "Max", "Relu", "ReduceSum",
     "ReduceMean", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+#: A peak test: ``Compare(MaxPool(t), t)`` keeps the elements of ``t`` that equal the largest of
+#: their window (CenterNet's heatmap NMS, ``maxpool(h) == h``).  On an 8-bit grid neighbouring
+#: scores round to the same code and tie, so extra peaks survive (round 14's CenterNet head:
+#: heatmap cosine 0.52-0.85 on cpu-int8, B4096, bernoulli2), and a monotone op after the grid
+#: (``Sigmoid`` of an 8-bit logit) keeps the ties.  ``compare``: the comparisons; ``window``: the
+#: ops taking the largest of a neighbourhood; ``monotone``: one-input ops that keep the order of
+#: their input, which the float cone of the test extends back through to the layer computing
+#: ``t`` (:func:`npuflow.check.cone.peak_test_cones`).
+PEAK_TEST_OPS: dict[str, frozenset[str]] = {
+    "compare": frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}),
+    "window": frozenset({"MaxPool"}),
+    "monotone": frozenset({"Sigmoid", "Tanh", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "Identity"})}
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).

@@ -1,4 +1,5 @@
-"""The float input cone of an op that needs its input's relative precision (``Log``).
+"""The float input cones of an op that needs its input's relative precision (``Log``) and of a
+peak test (``Equal(MaxPool(t), t)``).
 
 An 8-bit linear grid keeps no value below half a step of its calibrated maximum, so a power
 spectrum that spans 80 dB reads 0 in every bin more than ~48 dB down, and ``Log`` turns those
@@ -13,12 +14,68 @@ quantizer keeps it float on CPU targets (:func:`npuflow.quant.plan.build_plan`),
 ``quantize`` and ``compile`` agree.  openWakeWord's mel front end: the cone of ``Log_17`` is the
 STFT convolutions, their layout ops, the squares, ``Add_14``, the mel ``MatMul_15`` and the
 ``Clip_16`` floor.
+
+A peak test compares a tensor with the largest value of each window of it: on a grid, equal codes
+tie and a monotone op after the grid keeps the ties, so the test keeps several peaks where float
+keeps one.  Its cone is the window op and the chain computing the tensor back to the layer that
+computes it (CenterNet's ``MaxPool``, ``Sigmoid`` and heatmap ``Conv``), tensors other work reads
+included: float serves them at least as well as the grid.  Vitis AI and RKNN deployments leave
+the same peak test to float post-processing on the CPU.
 """
 
 from __future__ import annotations
 
 from ..graph import GraphView
-from ..operators import RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
+from ..operators import PEAK_TEST_OPS, RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
+
+
+def float_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
+    """Node index -> the op whose float input cone it belongs to: :func:`relative_precision_cones`
+    and :func:`peak_test_cones`, the one rule the checker places and the quantizer keeps float by."""
+    return {**peak_test_cones(view, folded), **relative_precision_cones(view, folded)}
+
+
+def peak_test_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
+    """Node index -> index of the peak test (``PEAK_TEST_OPS["compare"]`` reading ``t`` and a
+    ``PEAK_TEST_OPS["window"]`` op of ``t``) whose cone it belongs to: the window op, then from
+    ``t``'s producer back through :data:`~npuflow.operators.PEAK_TEST_OPS` ``["monotone"]`` ops
+    and ``folded`` nodes (a per-channel scale the checker fuses into the layer before it) to the
+    first other op, which computes the values compared and is the cone's last member.  The test
+    itself is not a member (no target lowers a comparison)."""
+    root: dict[int, int] = {}
+    for i, node in enumerate(view.nodes):
+        if node.domain not in STANDARD_DOMAINS or node.op_type not in PEAK_TEST_OPS["compare"]:
+            continue
+        found = _window_of_other_input(view, i)
+        if found is None:
+            continue
+        window, t = found
+        root.setdefault(window, i)
+        p = view.data_producer(t)
+        while p is not None and p not in root:
+            root[p] = i
+            step = view.nodes[p]
+            if step.op_type not in PEAK_TEST_OPS["monotone"] and p not in folded:
+                break
+            reads = view.data_inputs(p)
+            p = view.data_producer(reads[0]) if len(reads) == 1 else None
+    return root
+
+
+def _window_of_other_input(view: GraphView, i: int) -> tuple[int, str] | None:
+    """``(window op, t)`` when node ``i`` reads exactly ``t`` and a window op whose data input is ``t``."""
+    reads = [view.data_source(t) for t in view.nodes[i].input[:2]]
+    if len(reads) != 2:
+        return None
+    for k, t in enumerate(reads):
+        w = view.producer.get(t)
+        if w is None or view.nodes[w].domain not in STANDARD_DOMAINS or \
+                view.nodes[w].op_type not in PEAK_TEST_OPS["window"]:
+            continue
+        other = reads[1 - k]
+        if [view.data_source(s) for s in view.data_inputs(w)] == [other]:
+            return w, other
+    return None
 
 
 def relative_precision_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
@@ -68,5 +125,9 @@ def _reader_roots(view: GraphView, i: int, root: dict[int, int]) -> set[int] | N
 
 def cone_reason(op_name: str, op_type: str) -> str:
     """Why a cone member runs in float on the CPU (the checker's reason, the docs' wording)."""
+    if op_type in PEAK_TEST_OPS["compare"]:
+        return (f"feeds the peak test {op_type} {op_name!r} (a value against the largest of its window): on an "
+                f"8-bit grid neighbouring values tie and extra peaks survive, so the values compared stay in float "
+                f"on the CPU")
     return (f"feeds {op_type} {op_name!r}, which needs its input's relative precision: an 8-bit input reads values "
             f"below 1/255 of its maximum as 0, so the ops feeding it stay in float on the CPU")

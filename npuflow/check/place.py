@@ -21,7 +21,7 @@ from ..errors import NpuflowError
 from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, name_nodes
 from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
 from ..targets import Target, load_target
-from .cone import cone_reason, relative_precision_cones
+from .cone import cone_reason, float_cones
 from .fusion import find_activation_patterns, fuse
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
@@ -246,12 +246,12 @@ def _quantized_alone(node: onnx.NodeProto, info: OpInfo) -> bool:
 
 def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],
                       folded: frozenset[int]) -> set[int]:
-    """The input cone of a ``Log`` (:mod:`.cone`) runs in float on the CPU: on 8 bits the bins of
+    """The input cone of a ``Log`` or of a peak test (:mod:`.cone`) runs in float on the CPU: on 8 bits the bins of
     a power spectrum more than ~48 dB below its maximum read 0 (openWakeWord's mel front end:
     output cosine 0.84 with the cone on the accelerator, 1.0000 with it in float).  The quantizer
     follows this placement on accelerator targets and keeps the cone float on CPU targets.
     Returns the cone's nodes."""
-    cones = relative_precision_cones(view, folded)
+    cones = float_cones(view, folded)
     for i, r in cones.items():
         if device[i] == NPU and not transparent[i]:
             device[i] = CPU

@@ -5,7 +5,8 @@ The plan answers, from the graph and the target alone (no data yet):
 * which nodes are quantized (op types the registry marks ``quantized``,
   :data:`npuflow.operators.QUANTIZED_OPS`; float data in and out, not in
   ``keep_float``, not in the input cone of a ``Log`` (:mod:`npuflow.check.cone`: an 8-bit input
-  has no relative precision; a ``layers`` entry naming a member with a ``bit_width`` quantizes it
+  has no relative precision) or of a peak test ``Equal(MaxPool(t), t)`` (equal codes tie; a
+  ``layers`` entry naming a member with a ``bit_width`` quantizes it
   anyway), and on accelerator targets placed on the accelerator by the checker:
   :mod:`.placement`; CPU-placed nodes run in float as in the float model);
 * which activation tensors get a quantize/dequantize pair, and with which settings (the
@@ -35,7 +36,7 @@ from typing import Iterable, Mapping
 
 import onnx
 
-from ..check.cone import relative_precision_cones
+from ..check.cone import float_cones
 from ..check.followers import drop_float_tail, float_tail_applies, follows_quantized
 from ..model import tensor_elem_types
 from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
@@ -278,7 +279,7 @@ def _with_biases(keys: set[str], heads: Mapping[str, onnx.NodeProto]) -> set[str
 
 
 def _relative_precision_cone(idx: GraphView, config: QuantConfig) -> tuple[set[str], set[str]]:
-    """The node keys of the input cones of ``Log`` (:func:`npuflow.check.cone.relative_precision_cones`)
+    """The node keys of the float cones of ``Log`` and of a peak test (:func:`npuflow.check.cone.float_cones`)
     that stay float, and those a ``layers`` entry naming the node exactly gives a ``bit_width``
     (the user's way to force one back to integers; a ``name_regex`` does not, so a broad pattern
     never undoes the rule by accident).
@@ -287,7 +288,7 @@ def _relative_precision_cone(idx: GraphView, config: QuantConfig) -> tuple[set[s
     already placed it on the CPU (not in ``allowed``), and a forced node is allowed again."""
     named = {layer.name for layer in config.layers
              if layer.name is not None and any(layer.spec(k).get("bit_width") is not None for k in _WIDENED)}
-    members = {node_key(idx.nodes[i]) for i in relative_precision_cones(idx)}
+    members = {node_key(idx.nodes[i]) for i in float_cones(idx)}
     return members - named, members & named
 
 
