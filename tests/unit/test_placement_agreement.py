@@ -5,7 +5,8 @@ must be on the same side (CPU or accelerator) in all three, and the ``.npuf`` mu
 The graphs are random chains and DAGs of the ops the corpus uses (Conv, depthwise Conv, MatMul,
 Gemm, Add/Mul of two tensors and with constants, Relu, Clip, Sigmoid, Tanh, HardSwish, LeakyRelu,
 MaxPool, AveragePool, GlobalAveragePool, Concat, Reshape, Transpose, Resize, Softmax, Div/Sub by
-constants, Erf, Log, Exp, Split, Slice) on three targets that differ in how they decide:
+constants, Erf, Log, Exp, Split, Slice), in some seeds with CenterNet's peak test
+(``Equal(MaxPool(t), t)`` and its kin, :func:`_peak_test`), on three targets that differ in how they decide:
 ``cpu-int8`` (``kind: cpu``, float scales, every lowered op taken), ``DPUCZDX8G_ISA1_B4096``
 (power of two, few kinds) and ``bernoulli2`` (float scales, lookup tables, the float tail).  CI
 runs ``NPUFLOW_AGREE_CASES`` (default 25) seeds per target; ``benchmarks/bench_placement_agreement.py``
@@ -24,8 +25,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
+from npuflow.check.cone import peak_test_cones
 from npuflow.check.report import CPU
 from npuflow.errors import NpuflowError
+from npuflow.graph import GraphView
 
 TARGETS = ("cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2")
 CASES = int(os.environ.get("NPUFLOW_AGREE_CASES", "25"))
@@ -226,6 +229,34 @@ def _slice(b: _Builder, x: _T) -> list[_T] | None:
     return b.node("Slice", ins, [1, n, *x.shape[2:]], "NCHW")
 
 
+def _peak_test(b: _Builder, x: _T) -> list[_T] | None:
+    """CenterNet's heatmap NMS on ``x`` (an op's output, not the graph input): ``t`` = ``x``, or a
+    1x1 Conv of it (the heatmap layer), through 0..2 of Sigmoid / Relu / Clip; a comparison of
+    ``MaxPool3x3(t)`` and ``t`` (either order, one of the five ops); the mask kept by
+    ``Mul(t, Cast(mask))`` or ``Where(mask, t, 0)`` or left as a float ``Cast``; sometimes a Conv
+    also reads ``t``.  The MaxPool and ``t``'s chain back to its layer run float on the CPU
+    (:func:`npuflow.check.cone.peak_test_cones`), which check and compile must agree on."""
+    if x.layout != "NCHW" or x.shape[2] < 3 or x.name == "x":
+        return None
+    t = _conv(False, 1)(b, x)[0] if b.rng.integers(2) else x
+    for _ in range(int(b.rng.integers(3))):
+        t = {0: _unary("Sigmoid"), 1: _unary("Relu"), 2: _clip}[int(b.rng.integers(3))](b, t)[0]
+    pooled = b.node("MaxPool", [t.name], t.shape, "NCHW", kernel_shape=[3, 3], strides=[1, 1], pads=[1] * 4)[0]
+    compare = str(b.rng.choice(["Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"]))
+    mask = b.node(compare, [pooled.name, t.name] if b.rng.integers(2) else [t.name, pooled.name], t.shape, "NCHW")[0]
+    b.tensors.remove(mask)  # a bool tensor: no other op of the generator reads it
+    keep = int(b.rng.integers(3))
+    if keep == 2:
+        out = b.node("Where", [mask.name, t.name, b.const(np.float32(0))], t.shape, "NCHW")
+    else:
+        out = b.node("Cast", [mask.name], t.shape, "NCHW", to=TensorProto.FLOAT)
+        if keep == 0:
+            out = b.node("Mul", [t.name, out[0].name], t.shape, "NCHW")
+    if b.rng.random() < 0.3:
+        _conv(False, 1)(b, t)
+    return out
+
+
 #: op name -> builder; a builder returns ``None`` where the op does not apply to the tensor.
 OPS = {
     "Conv": _conv(False, 3), "Conv1x1": _conv(False, 1), "DepthwiseConv": _conv(True, 3), "MatMul": _matmul,
@@ -239,14 +270,23 @@ OPS = {
 }
 
 
+#: Share of seeds whose model also has a :func:`_peak_test`.
+PEAK_TEST_SHARE = 0.4
+
+
 def random_model(seed: int, max_ops: int = 7) -> onnx.ModelProto:
     """A random float model: ``x [1, 4, 8, 8]`` through 2..``max_ops`` ops, each reading a recent
-    tensor (a chain, with branches where it reads an older one); every unread tensor is an output."""
+    tensor (a chain, with branches where it reads an older one); every unread tensor is an output.
+    In :data:`PEAK_TEST_SHARE` of the seeds a :func:`_peak_test` is tried once, from a random step
+    on, until a tensor takes it; it draws from its own generator, so a seed without one builds
+    the model it always built."""
     rng = np.random.default_rng(seed)
+    peak_rng = np.random.default_rng([seed, 14])
     b = _Builder(rng)
     b.tensors.append(_T("x", [1, 4, 8, 8], "NCHW"))
     names = sorted(OPS)
     target_ops = int(rng.integers(2, max_ops + 1))
+    peak_at = int(peak_rng.integers(1, target_ops)) if peak_rng.random() < PEAK_TEST_SHARE else None
     tries = 0
     while len(b.nodes) < target_ops and tries < 200:
         tries += 1
@@ -254,6 +294,11 @@ def random_model(seed: int, max_ops: int = 7) -> onnx.ModelProto:
         x = recent[-1] if rng.random() < 0.7 else recent[int(rng.integers(len(recent)))]
         if x.shape[-1] > 16 or int(np.prod(x.shape)) > 2048:
             continue
+        if peak_at is not None and len(b.nodes) >= peak_at:
+            b.rng = peak_rng
+            if _peak_test(b, x) is not None:
+                peak_at = None
+            b.rng = rng
         OPS[names[int(rng.integers(len(names)))]](b, x)
     outputs = [t for t in b.tensors if t.name not in b.read and t.name != "x"]
     graph = helper.make_graph(
@@ -319,3 +364,11 @@ def test_check_float_check_quantized_and_compile_agree(target, tmp_path):
         if found:
             failures[seed] = found
     assert not failures, failures
+
+
+def test_the_generator_builds_peak_tests_whose_cone_check_finds():
+    """The comparison pattern is there for the agreement test to meet: a peak test with a
+    non-empty float cone in about a third of the seeds, a few of them among the CI seeds."""
+    found = [seed for seed in range(100) if peak_test_cones(GraphView(random_model(seed).graph))]
+    assert 20 <= len(found) <= 50, found
+    assert len([s for s in found if s < 25]) >= 3, found
