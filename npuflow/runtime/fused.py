@@ -222,11 +222,17 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
 
 def _channels_last(g: Graph, codes: str) -> bool:
     """Whether ONNX Runtime's layout pass holds bytes ``codes`` channels-last: the output of a
-    ``QLinearConv`` (which it runs channels-last) or of a ``Transpose`` back to channels-first
-    (a table written channels-last, ``fused_tables.byte_lookup``), whose transposes cancel."""
+    ``QLinearConv`` (which it runs channels-last), of an elementwise integer kernel (a SiLU's
+    ``QLinearMul``, which it moves the layout through), or of a ``Transpose`` back to
+    channels-first (a table written channels-last, ``fused_tables.byte_lookup``), whose transposes
+    cancel; through max pools and clamps."""
     if _from_qlinear_conv(g, codes):
         return True
     node = _writer(g, codes)
+    while node is not None and node.op_type in ("Clip", "MaxPool"):
+        node = _writer(g, node.input[0])
+    if node is not None and node.op_type in ("QLinearMul", "QLinearAdd", "QLinearSigmoid"):
+        return True
     return node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 3, 1, 2]
 
 

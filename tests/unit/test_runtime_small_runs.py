@@ -93,3 +93,34 @@ def test_cls_keeps_the_runtime_memory_settings_and_equals_the_kernels(tmp_path, 
     # with its NhwcMaxPool kernel, not through float32 (two Casts and a float MaxPool)
     kinds = [n.op_type for n in _optimized(session, tmp_path / "cls.onnx")]
     assert kinds.count("NhwcMaxPool") == 1 and "MaxPool" not in kinds, kinds
+
+
+def test_pools_of_a_silu_product_stay_bytes_that_onnxruntime_pools_channels_last(tmp_path):
+    # YOLOv8's SPPF on cpu-int8: conv -> SiLU (QLinearSigmoid, QLinearMul) -> 5x5 max pool -> max pool
+    # -> conv.  ONNX Runtime holds the product channels-last, so the uint8 pools stay as they are
+    # (its NhwcMaxPool), not through float32 with a Cast and a Transpose each side
+    from tests.qdq_builder import Builder
+    from tests.unit.test_compiler_kernels import CPU, _x
+
+    rng = np.random.default_rng(7)
+    b = Builder("half_even")
+    x = b.input("x", [1, 8, 12, 12], 0.043, 128, "uint8")
+
+    def conv(t, cin, cout, name, scale=0.06, zp=120):
+        w = b.weight(f"w_{name}", rng.normal(0, 0.3, (cout, cin, 3, 3)).astype(np.float32),
+                     np.full(cout, 0.009, np.float32), axis=0)
+        return b.quantize(b.node("Conv", [b.dq(t), w], name, pads=[1] * 4), scale, zp, "uint8")
+
+    c = conv(x, 8, 8, "conv")
+    s = b.quantize(b.node("Sigmoid", [b.dq(c)], "sig"), 1 / 256, 0, "uint8")
+    m = b.quantize(b.node("Mul", [b.dq(c), b.dq(s)], "silu"), 0.0331, 9, "uint8")  # no tie: QLinearMul
+    p = m
+    for k in range(2):
+        p = b.quantize(b.node("MaxPool", [b.dq(p)], f"pool{k}", kernel_shape=[5, 5], pads=[2] * 4), 0.0331, 9, "uint8")
+    b.output(conv(p, 8, 4, "last"), "out")
+    compiled = npuflow.compile(b.model(), CPU)
+    session = npuflow.Session(compiled)
+    _equal_to_kernels(session, compiled, [{"x": _x([1, 8, 12, 12], seed, 2.0)} for seed in range(3)])
+    kinds = [n.op_type for n in _optimized(session, tmp_path / "sppf.onnx")]
+    assert "QLinearMul" in kinds and kinds.count("NhwcMaxPool") == 2, kinds
+    assert "MaxPool" not in kinds and "Cast" not in kinds, kinds
