@@ -38,10 +38,12 @@ def float_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[i
 def peak_test_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
     """Node index -> index of the peak test (``PEAK_TEST_OPS["compare"]`` reading ``t`` and a
     ``PEAK_TEST_OPS["window"]`` op of ``t``) whose cone it belongs to: the window op, then from
-    ``t``'s producer back through :data:`~npuflow.operators.PEAK_TEST_OPS` ``["monotone"]`` ops
-    and ``folded`` nodes (a per-channel scale the checker fuses into the layer before it) to the
-    first other op, which computes the values compared and is the cone's last member.  The test
-    itself is not a member (no target lowers a comparison)."""
+    ``t``'s producer back through :data:`~npuflow.operators.PEAK_TEST_OPS` ``["monotone"]`` and
+    ``["window"]`` ops (a max of grid values is on the grid: compile lowers a MaxPool of an 8-bit
+    input on the accelerator, generator seed 692's ``Conv -> MaxPool -> Relu``) and ``folded``
+    nodes (a per-channel scale the checker fuses into the layer before it) to the first other op,
+    which computes the values compared and is the cone's last member.  The test itself is not a
+    member (no target lowers a comparison)."""
     root: dict[int, int] = {}
     for i, node in enumerate(view.nodes):
         if node.domain not in STANDARD_DOMAINS or node.op_type not in PEAK_TEST_OPS["compare"]:
@@ -55,7 +57,7 @@ def peak_test_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> di
         while p is not None and p not in root:
             root[p] = i
             step = view.nodes[p]
-            if step.op_type not in PEAK_TEST_OPS["monotone"] and p not in folded:
+            if step.op_type not in PEAK_TEST_OPS["monotone"] | PEAK_TEST_OPS["window"] and p not in folded:
                 break
             reads = view.data_inputs(p)
             p = view.data_producer(reads[0]) if len(reads) == 1 else None
