@@ -26,7 +26,7 @@ the same peak test to float post-processing on the CPU.
 from __future__ import annotations
 
 from ..graph import GraphView
-from ..operators import PEAK_TEST_OPS, RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
+from ..operators import GRID_OPS, PEAK_TEST_OPS, RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
 
 
 def float_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
@@ -38,9 +38,10 @@ def float_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[i
 def peak_test_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
     """Node index -> index of the peak test (``PEAK_TEST_OPS["compare"]`` reading ``t`` and a
     ``PEAK_TEST_OPS["window"]`` op of ``t``) whose cone it belongs to: the window op, then from
-    ``t``'s producer back through :data:`~npuflow.operators.PEAK_TEST_OPS` ``["monotone"]`` and
-    ``["window"]`` ops (a max of grid values is on the grid: compile lowers a MaxPool of an 8-bit
-    input on the accelerator, generator seed 692's ``Conv -> MaxPool -> Relu``) and ``folded``
+    ``t``'s producer back through :data:`~npuflow.operators.PEAK_TEST_OPS` ``["monotone"]`` ops,
+    :data:`~npuflow.operators.GRID_OPS` (their outputs lie on their input's grid, and compile
+    lowers them on the accelerator when their input is 8-bit: placement-agreement generator seeds
+    692 ``Conv -> MaxPool 2x2 -> Relu`` and 1238 ``Conv -> Transpose -> Relu``) and ``folded``
     nodes (a per-channel scale the checker fuses into the layer before it) to the first other op,
     which computes the values compared and is the cone's last member.  The test itself is not a
     member (no target lowers a comparison)."""
@@ -57,7 +58,7 @@ def peak_test_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> di
         while p is not None and p not in root:
             root[p] = i
             step = view.nodes[p]
-            if step.op_type not in PEAK_TEST_OPS["monotone"] | PEAK_TEST_OPS["window"] and p not in folded:
+            if step.op_type not in PEAK_TEST_OPS["monotone"] | GRID_OPS and p not in folded:
                 break
             reads = view.data_inputs(p)
             p = view.data_producer(reads[0]) if len(reads) == 1 else None
