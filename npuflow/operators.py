@@ -288,8 +288,8 @@ RANGE_CARRYING_OPS = frozenset({
 #: heatmap cosine 0.52-0.85 on cpu-int8, B4096, bernoulli2), and a monotone op after the grid
 #: (``Sigmoid`` of an 8-bit logit) keeps the ties.  ``compare``: the comparisons; ``window``: the
 #: ops taking the largest of a neighbourhood; ``monotone``: one-input ops that keep the order of
-#: their input, which the float cone of the test extends back through (with ``window`` ops) to
-#: the layer computing ``t`` (:func:`npuflow.check.cone.peak_test_cones`).
+#: their input, which the float cone of the test extends back through (with :data:`GRID_OPS`)
+#: to the layer computing ``t`` (:func:`npuflow.check.cone.peak_test_cones`).
 PEAK_TEST_OPS: dict[str, frozenset[str]] = {
     "compare": frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}),
     "window": frozenset({"MaxPool"}),
