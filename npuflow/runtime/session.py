@@ -323,7 +323,10 @@ class Session:
         """Pickle as the ``.npuf`` path (or the in-memory compiled model) and the options, opened
         again on the other side (a ``multiprocessing`` worker; ONNX Runtime's sessions do not
         pickle, nor a memory-mapped file's reader); listeners stay here."""
-        return _reopened, (self.compiled.source or self.compiled, self._options)
+        options = self._options
+        if self.compiled.source is not None and getattr(self.compiled, "packed", False):
+            options = {**options, "model": self.compiled.name}  # the packed file's entry this Session runs
+        return _reopened, (self.compiled.source or self.compiled, options)
 
     def __enter__(self) -> "Session":
         return self

@@ -39,3 +39,15 @@ def test_a_spawned_worker_runs_a_session_it_was_sent(compiled, tmp_path):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         got = pool.apply(_logits, (session,))
     np.testing.assert_array_equal(got, _logits(session))
+
+
+def test_a_session_of_a_packed_entry_pickles_as_that_entry(compiled, tmp_path):
+    """A Session over ``CompiledModel.load(pack, "b")`` reopens the same entry of the packed file,
+    not NPF_PACK_MODEL_REQUIRED (the pack holds two models)."""
+    from npuflow.compiler.pack import pack
+
+    pack([compiled.save(tmp_path / "a.npuf"), compiled.save(tmp_path / "b.npuf")], tmp_path / "both.npuf")
+    session = npuflow.Session(npuflow.CompiledModel.load(tmp_path / "both.npuf", "b"))
+    again = pickle.loads(pickle.dumps(session))
+    assert again.compiled.name == "b"
+    np.testing.assert_array_equal(_logits(again), _logits(session))
