@@ -11,11 +11,6 @@ The outputs do not change (docs/compiler-runtime.md, "Peak memory").
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -23,8 +18,8 @@ import npuflow
 from npuflow.runtime import fused, fused_qlinear
 from tests import fixture_models
 from tests.compile_check import random_sample_npuf
+from tests.unit.test_runtime_memory_shared import numpy_ma_before_and_after_load
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPE = [1, 1, 28, 28]
 
 
@@ -58,12 +53,4 @@ def test_a_multiplier_per_output_builds_no_qgemm_form(monkeypatch, mnist_cpu_int
 
 
 def test_a_cpu_int8_load_imports_no_numpy_ma(mnist_cpu_int8):
-    path, _ = mnist_cpu_int8
-    code = (
-        "import json, sys\n"
-        "import numpy, onnx, onnxruntime, npuflow, npuflow.runtime\n"
-        "before = 'numpy.ma' in sys.modules\n"
-        f"s = npuflow.Session({str(path)!r})\n"
-        "print(json.dumps([before, 'numpy.ma' in sys.modules]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]
+    assert numpy_ma_before_and_after_load(mnist_cpu_int8[0]) == [False, False]

@@ -87,8 +87,9 @@ def test_pp_ocr_cls_fused_run_holds_each_table_once(monkeypatch, cls_b4096):
         assert all(np.array_equal(a[k], b[k]) for k in b)
 
 
-def test_a_load_imports_no_numpy_ma(cls_b4096):
-    path, samples = cls_b4096
+def numpy_ma_before_and_after_load(path) -> list[bool]:
+    """Whether ``numpy.ma`` (0.5 MiB) is imported before and after opening a Session of ``path``,
+    in a fresh process that imports the same libraries first."""
     code = (
         "import json, sys\n"
         "import numpy, onnx, onnxruntime, npuflow, npuflow.runtime\n"
@@ -96,4 +97,8 @@ def test_a_load_imports_no_numpy_ma(cls_b4096):
         f"s = npuflow.Session({str(path)!r})\n"
         "print(json.dumps([before, 'numpy.ma' in sys.modules]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_load_imports_no_numpy_ma(cls_b4096):
+    assert numpy_ma_before_and_after_load(cls_b4096[0]) == [False, False]
