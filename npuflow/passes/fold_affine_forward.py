@@ -12,16 +12,22 @@ then the shift's).  The next layer can take them instead, exactly in float:
   A padded convolution sees ``b`` inside the image and ``0`` in its border, so its shift stays,
   moved in front of the scale (``s * x + b = s * (x + b / s)``): one ``Add`` instead of two ops.
 
-Only a chain whose output has no other reader is folded (never a GELU's own nodes), and only
+Only a chain whose output has no other reader than the layer is folded (never a GELU's own nodes),
+``Shape``/``Size`` nodes excepted: they read the source instead, whose shape the chain keeps.  A
+model exported with dynamic axes reads its attention's reshape target from the LayerNorm's output
+(``Shape``), where a fixed-size load has folded that into a constant; both must fold alike.  Only
 constants that broadcast per input channel of the layer (axis 1 of a convolution's input, the last
-axis of a ``MatMul``/``Gemm`` input).  The layer keeps its name; new weights are written under new
-names (a shared weight stays).
+axis of a ``MatMul``/``Gemm`` input) fold, decided from what is known without static sizes: the
+constants' shapes, the input's rank (symbolic dimensions count; unknown, only constants of rank 0
+or 1, which cannot add an axis) and its size on that axis where known (it must be the layer's
+channel count: a size-1 axis the constant broadcasts up is refused).  The layer keeps its name; new
+weights are written under new names (a shared weight stays).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -39,11 +45,33 @@ class _Chain:
     scale: np.ndarray | float
     shift: np.ndarray | float
     layer: onnx.NodeProto
+    shape_readers: list[onnx.NodeProto] = field(default_factory=list)
+
+
+#: Per tensor, its dimensions as far as known (``None``: unknown or symbolic); absent: rank unknown.
+Dims = Mapping[str, tuple[int | None, ...]]
+
+#: Readers that take only the shape of a tensor, not its values.
+_SHAPE_OPS = ("Shape", "Size")
 
 
 def fold_affine_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with constant scale/shift chains folded into the layer after them where exact."""
-    return rewrite_until_done(model, _fold_one)
+    dims = _known_dims(model)
+    return rewrite_until_done(model, lambda graph: _fold_one(graph, dims))
+
+
+def _known_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Ranks and known sizes of the model's tensors from ONNX shape inference (symbolic dimensions
+    count for the rank).  Computed once: a fold only removes the chain's tensors, so the sources'
+    shapes it asks for stay valid while the graph is rewritten."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except (onnx.shape_inference.InferenceError, ValueError):
+        inferred = model.graph
+    return {vi.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
+            for vi in [*inferred.input, *inferred.value_info, *inferred.output]
+            if vi.type.tensor_type.HasField("shape")}
 
 
 def _const_operand(idx: GraphView, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:
@@ -58,6 +86,18 @@ def _const_operand(idx: GraphView, node: onnx.NodeProto) -> tuple[str, np.ndarra
 
 def _single_reader(idx: GraphView, tensor: str) -> onnx.NodeProto | None:
     return None if idx.is_graph_output(tensor) else idx.only_consumer(tensor)
+
+
+def _layer_and_shape_readers(idx: GraphView, tensor: str) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
+    """The one reader of ``tensor`` that takes its values and the ``Shape``/``Size`` nodes beside
+    it, or ``(None, [])`` when it is a graph output or more than one node reads its values."""
+    if idx.is_graph_output(tensor):
+        return None, []
+    readers = [idx.nodes[k] for k in idx.consumers.get(tensor, ())]
+    values = [n for n in readers if n.op_type not in _SHAPE_OPS]
+    if len(values) != 1:
+        return None, []
+    return values[0], [n for n in readers if n.op_type in _SHAPE_OPS]
 
 
 def _chain(idx: GraphView, node: onnx.NodeProto) -> _Chain | None:
@@ -77,27 +117,48 @@ def _chain(idx: GraphView, node: onnx.NodeProto) -> _Chain | None:
         if nxt is not None and nxt.op_type == "Add" and (add := _const_operand(idx, nxt)) is not None:
             nodes.append(nxt)
             shift = add[1]
-    layer = _single_reader(idx, nodes[-1].output[0])
+    layer, shape_readers = _layer_and_shape_readers(idx, nodes[-1].output[0])
     if layer is None or layer.op_type not in ("Conv", "Gemm", "MatMul") or layer.input[0] != nodes[-1].output[0]:
         return None
-    return _Chain(nodes, source, scale, shift, layer)
+    return _Chain(nodes, source, scale, shift, layer, shape_readers)
 
 
-def _per_channel(c: np.ndarray | float, channels: int, rank: int, axis: int) -> np.ndarray | None:
-    """``c`` as one value per channel on ``axis`` of a rank-``rank`` input, or ``None`` when it
-    broadcasts any other way."""
+def _per_channel(c: np.ndarray | float, channels: int, rank: int | None, axis: int) -> np.ndarray | None:
+    """``c`` as one value per channel on ``axis`` (counted from the end when negative) of an input
+    of rank ``rank`` (``None``: unknown, then only a constant of rank 0 or 1, which cannot add an
+    axis to an input a layer reads), or ``None`` when it broadcasts any other way."""
     c = np.asarray(c, np.float64)
-    if c.size == 1 and c.ndim <= rank:
-        return np.full(channels, float(c.reshape(())))
-    if c.ndim > rank:
+    if c.ndim > (1 if rank is None else rank):
         return None
-    shape = (1,) * (rank - c.ndim) + c.shape
+    if c.size == 1:
+        return np.full(channels, float(c.reshape(())))
+    if axis >= 0 and rank is None:
+        return None
+    shape = (1,) * ((c.ndim if rank is None else rank) - c.ndim) + c.shape
     if shape[axis] != channels or c.size != channels:
         return None
     return c.reshape(channels)
 
 
-def _fold_one(graph: onnx.GraphProto) -> bool:
+def _source_dims(idx: GraphView, dims: Dims, chain: _Chain) -> tuple[int | None, ...] | None:
+    """The chain's source's dimensions as far as known (its static shape, else inferred), or
+    ``None`` when even its rank is unknown."""
+    static = idx.shape(chain.source)
+    return tuple(static) if static is not None else dims.get(chain.source)
+
+
+def _keeps_shape(known: tuple[int | None, ...] | None, chain: _Chain, channels: int, axis: int) -> bool:
+    """Whether the chain's output has its source's shape (``known``): a per-channel constant on a
+    source whose size on ``axis`` is known to differ from ``channels`` (a size-1 axis broadcast
+    up) has not."""
+    if all(np.asarray(c).size == 1 for c in (chain.scale, chain.shift)):
+        return True
+    if known is None or not -len(known) <= axis < len(known):
+        return True
+    return known[axis] is None or known[axis] == channels
+
+
+def _fold_one(graph: onnx.GraphProto, dims: Dims) -> bool:
     idx = GraphView(graph)
     # a GELU's ``Mul(0.5)`` is part of the one table the compiler lowers, not a scale to move
     in_gelu = {n.output[0] for found in float_gelus(graph, idx) for n in found.nodes}
@@ -105,19 +166,19 @@ def _fold_one(graph: onnx.GraphProto) -> bool:
         if node.output and node.output[0] in in_gelu:
             continue
         chain = _chain(idx, node)
-        if chain is not None and _fold(graph, idx, chain):
+        if chain is not None and _fold(graph, idx, dims, chain):
             return True
     return False
 
 
-def _fold(graph: onnx.GraphProto, idx: GraphView, chain: _Chain) -> bool:
+def _fold(graph: onnx.GraphProto, idx: GraphView, dims: Dims, chain: _Chain) -> bool:
     layer = chain.layer
     w = idx.const(layer.input[1])
     if w is None:
         return False
     w = w.astype(np.float64)
     if layer.op_type == "Conv":
-        return _fold_conv(graph, idx, chain, w)
+        return _fold_conv(graph, idx, dims, chain, w)
     if layer.op_type == "Gemm" and (attr(layer, "transA", 0) or attr(layer, "alpha", 1.0) != 1.0
                                     or attr(layer, "beta", 1.0) != 1.0):
         return False
@@ -125,10 +186,11 @@ def _fold(graph: onnx.GraphProto, idx: GraphView, chain: _Chain) -> bool:
         return False
     trans = layer.op_type == "Gemm" and bool(attr(layer, "transB", 0))
     wk = w.T if trans else w  # (K, N)
-    rank = len(idx.shape(chain.source) or []) or 2
-    s = _per_channel(chain.scale, wk.shape[0], rank, rank - 1)
-    b = _per_channel(chain.shift, wk.shape[0], rank, rank - 1)
-    if s is None or b is None:
+    known = _source_dims(idx, dims, chain)
+    rank = len(known) if known is not None else 2 if layer.op_type == "Gemm" else None  # a Gemm reads a matrix
+    s = _per_channel(chain.scale, wk.shape[0], rank, -1)
+    b = _per_channel(chain.shift, wk.shape[0], rank, -1)
+    if s is None or b is None or not _keeps_shape(known, chain, wk.shape[0], -1):
         return False
     bias_node, bias_name = _bias_of(idx, layer, wk.shape[1])
     folded = s[:, None] * wk
@@ -158,13 +220,13 @@ def _bias_of(idx: GraphView, layer: onnx.NodeProto, n: int) -> tuple[onnx.NodePr
     return (add, name) if operand[1].size == n and operand[1].ndim == 1 else (None, None)
 
 
-def _fold_conv(graph: onnx.GraphProto, idx: GraphView, chain: _Chain, w: np.ndarray) -> bool:
+def _fold_conv(graph: onnx.GraphProto, idx: GraphView, dims: Dims, chain: _Chain, w: np.ndarray) -> bool:
     layer = chain.layer
     group = attr(layer, "group", 1)
     per_group_in, out_ch = w.shape[1], w.shape[0]
     s = _per_channel(chain.scale, per_group_in * group, w.ndim, 1)
     b = _per_channel(chain.shift, per_group_in * group, w.ndim, 1)
-    if s is None or b is None:
+    if s is None or b is None or not _keeps_shape(_source_dims(idx, dims, chain), chain, per_group_in * group, 1):
         return False
     # input channel read by weight (o, i): group of o times channels per group, plus i
     in_ch = (np.arange(out_ch)[:, None] // (out_ch // group)) * per_group_in + np.arange(per_group_in)[None, :]
@@ -219,7 +281,9 @@ def _set(graph: onnx.GraphProto, node: onnx.NodeProto, k: int, value: np.ndarray
 
 
 def _bypass(graph: onnx.GraphProto, chain: _Chain) -> None:
-    """The layer reads the chain's input; the chain's nodes go."""
+    """The layer and the shape readers read the chain's input; the chain's nodes go."""
     chain.layer.input[0] = chain.source
+    for reader in chain.shape_readers:
+        reader.input[0] = chain.source
     for n in chain.nodes:
         graph.node.remove(n)
