@@ -15,8 +15,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from npuflow import model as model_io
 from npuflow.model import load
+from npuflow.passes.fold_affine_forward import fold_affine_forward
 from npuflow.passes.optimize import optimize_float
+from npuflow.quant.pipeline import _dynamic_graph
 from npuflow.targets import load_target
 from tests import fixture_models as fm
 
@@ -80,3 +83,28 @@ def test_check_of_the_float_model_judges_the_folded_graph():
     assert len(removed) == 45
     checked = {n.name for n in check(source, target).nodes}
     assert not checked & removed
+
+
+def _removed_by_fold(model):
+    """Names of the nodes the forward fold removes from ``model`` optimised as quantize does."""
+    before = optimize_float(model)
+    return {n.name for n in before.graph.node} - {n.name for n in fold_affine_forward(before).graph.node}
+
+
+def test_ppocr_rec_folds_alike_loaded_with_dynamic_and_fixed_shapes():
+    """Loaded with its dynamic batch/width (as quantize and qat without input shapes get it), 2 of
+    the 4 LayerNorm pairs stayed: each output is also read by a ``Shape`` (the attention's reshape
+    target), which the fixed load folds away.  Both loads now fold the same 45 nodes."""
+    source = model_io.read_proto(fm.ppocr_rec())
+    loaded, fixed = model_io.load_both(source, {"x": [1, 3, 48, 320]})
+    dynamic = _dynamic_graph(source, loaded)
+    removed_dynamic, removed_fixed = _removed_by_fold(dynamic), _removed_by_fold(fixed)
+    assert {"p2o.Mul.178", "p2o.Add.234", "p2o.Mul.187", "p2o.Add.254"} <= removed_fixed
+    assert len(removed_dynamic) == len(removed_fixed) == 45
+    assert removed_dynamic == removed_fixed
+    folded = fold_affine_forward(optimize_float(dynamic))
+    for width in (320, 160):
+        x = np.random.default_rng(width).uniform(-1, 1, (1, 3, 48, width)).astype(np.float32)
+        want, got = _session(source).run(None, {"x": x})[0], _session(folded).run(None, {"x": x})[0]
+        assert want.shape == got.shape
+        assert np.abs(want - got).max() <= 1e-4 * np.abs(want).max()

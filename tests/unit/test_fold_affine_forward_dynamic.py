@@ -3,7 +3,7 @@
 A model exported with dynamic batch/width reads its attention's reshape target from the LayerNorm's
 output (``Shape``), which a fixed-size load folds into a constant: the fold must treat both alike,
 decided from the constants' shapes, ranks and the known sizes only, and refuse where the broadcast
-could change the shape.
+could change the shape.  PP-OCRv4 rec's case: ``tests/models/test_fold_affine_forward_rec.py``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from npuflow import model as model_io
 from npuflow.passes.fold_affine_forward import fold_affine_forward
-from npuflow.passes.optimize import optimize_float
-from npuflow.quant.pipeline import _dynamic_graph
-from tests import fixture_models
 
 from .quant_nets import model_from, run
 
@@ -73,26 +69,3 @@ def test_a_constant_that_could_add_an_axis_to_an_input_of_unknown_rank_stays():
     m = _affine_matmul(None, gamma_shape=(1, 6))
     assert _ops(fold_affine_forward(m)) == _ops(m)
     assert run(m, {"x": rng.normal(0, 1, 6).astype(np.float32)})[0].shape == (1, 4)
-
-
-def _removed_by_fold(model):
-    """Names of the nodes the forward fold removes from ``model`` optimised as quantize does."""
-    before = optimize_float(model)
-    return {n.name for n in before.graph.node} - {n.name for n in fold_affine_forward(before).graph.node}
-
-
-def test_ppocr_rec_folds_alike_loaded_with_dynamic_and_fixed_shapes():
-    """All 4 LayerNorm gamma/beta pairs (and the affine blocks) fold on the dynamic graph too."""
-    source = model_io.read_proto(fixture_models.ppocr_rec())
-    loaded, fixed = model_io.load_both(source, {"x": [1, 3, 48, 320]})
-    dynamic = _dynamic_graph(source, loaded)
-    removed_dynamic, removed_fixed = _removed_by_fold(dynamic), _removed_by_fold(fixed)
-    assert {"p2o.Mul.178", "p2o.Add.234", "p2o.Mul.187", "p2o.Add.254"} <= removed_fixed
-    assert len(removed_dynamic) == len(removed_fixed)
-    assert removed_dynamic == removed_fixed
-    folded = fold_affine_forward(optimize_float(dynamic))
-    for width in (320, 160):
-        x = rng.uniform(-1, 1, (1, 3, 48, width)).astype(np.float32)
-        want, got = run(source, {"x": x})[0], run(folded, {"x": x})[0]
-        assert want.shape == got.shape
-        assert np.abs(want - got).max() <= 1e-4 * np.abs(want).max()
