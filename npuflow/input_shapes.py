@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import onnx
 
 from .errors import NpuflowError
-from .operators import SHAPE_MAKING_OPS, SIZE_JOINING_OPS, node_attr
+from .operators import CHANNEL_KEEPING_OPS, SHAPE_MAKING_OPS, SIZE_JOINING_OPS, node_attr
 from .value_info import graph_inputs
 
 T = TypeVar("T")
@@ -51,12 +51,13 @@ def checked_shapes(shapes: Mapping[str, Sequence[int] | str] | None) -> dict[str
             out[name] = parse_shape(dims)
             continue
         try:
-            out[name] = [operator.index(d) for d in dims]
+            given = [operator.index(d) for d in dims]  # [] is a scalar input's shape
         except TypeError:
-            out[name] = []
-        if not out[name] or min(out[name]) <= 0:
+            given = None
+        if given is None or min(given, default=1) <= 0:
             raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value=f"{name}: {dims!r}",
                                reason="every dimension must be a positive integer, e.g. {'images': [1, 3, 224, 224]}")
+        out[name] = given
     return out
 
 
@@ -142,13 +143,8 @@ def _fixed_change(proto: onnx.ModelProto, inp: onnx.ValueInfoProto, wanted: Sequ
                  asked="x".join(map(str, wanted)), at=where, fixed_by=fixed_by)]
 
 
-#: Ops between a model input and its first convolution that keep the channel count (a scaling,
-#: a mean subtracted, a cast): :func:`_conv_channels` looks through them.
-_CHANNEL_KEEPING = {"Cast", "Identity", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Neg", "Abs"}
-
-
 def _conv_channels(proto: onnx.ModelProto, name: str) -> tuple[str, str, int] | None:
-    """The first convolution reading input ``name`` (through :data:`_CHANNEL_KEEPING` ops) as
+    """The first convolution reading input ``name`` (through ``operators.CHANNEL_KEEPING_OPS``) as
     ``(node, op type, input channels its weights take)``, where the weights are stored.
 
     Why: ONNX shape inference does not compare a Conv's input channels with its weights, so
@@ -166,7 +162,7 @@ def _conv_channels(proto: onnx.ModelProto, name: str) -> tuple[str, str, int] | 
                 return None
             group = node_attr(node, "group", 1)
             return node.name or node.output[0], node.op_type, w[1] * group if node.op_type == "Conv" else w[0]
-        if node.op_type in _CHANNEL_KEEPING:
+        if node.op_type in CHANNEL_KEEPING_OPS:
             reached.update(node.output)
     return None
 

@@ -246,6 +246,10 @@ BROADCAST_BACK_OPS = frozenset({"Reshape", "Unsqueeze", "Expand"})
 #: Single-input ops whose outputs lie on their (per-tensor) input's quantization grid, so a
 #: quantize step with the input's parameters after them is exact (``check/lowerable.grid_step``).
 GRID_OPS = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+#: Ops between a model input and its first convolution that keep the channel count (a scaling, a
+#: mean subtracted, a cast): ``input_shapes`` looks through them for the channels a Conv takes.
+CHANNEL_KEEPING_OPS = frozenset({"Cast", "Identity", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Neg",
+                                 "Abs"})
 #: Ops that only move or select values: each output value is one of their inputs' values, so they
 #: run unchanged on integer codes (a QOperator model applies them to quantized tensors directly).
 VALUE_MOVING_OPS = GRID_OPS | frozenset({"GlobalMaxPool", "Slice", "Split", "Concat", "Gather", "Identity", "Tile",

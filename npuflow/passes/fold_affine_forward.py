@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphView, attr, rewrite_until_done, set_array, unique_name
+from ..operators import SHAPE_OPS
 from .gelu import float_gelus
 
 
@@ -50,10 +51,6 @@ class _Chain:
 
 #: Per tensor, its dimensions as far as known (``None``: unknown or symbolic); absent: rank unknown.
 Dims = Mapping[str, tuple[int | None, ...]]
-
-#: Readers that take only the shape of a tensor, not its values.
-_SHAPE_OPS = ("Shape", "Size")
-
 
 def fold_affine_forward(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with constant scale/shift chains folded into the layer after them where exact."""
@@ -94,10 +91,10 @@ def _layer_and_shape_readers(idx: GraphView, tensor: str) -> tuple[onnx.NodeProt
     if idx.is_graph_output(tensor):
         return None, []
     readers = [idx.nodes[k] for k in idx.consumers.get(tensor, ())]
-    values = [n for n in readers if n.op_type not in _SHAPE_OPS]
+    values = [n for n in readers if n.op_type not in SHAPE_OPS]
     if len(values) != 1:
         return None, []
-    return values[0], [n for n in readers if n.op_type in _SHAPE_OPS]
+    return values[0], [n for n in readers if n.op_type in SHAPE_OPS]
 
 
 def _chain(idx: GraphView, node: onnx.NodeProto) -> _Chain | None:
