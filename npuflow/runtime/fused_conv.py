@@ -25,7 +25,7 @@ from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
 from . import fused_fixed, fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
-from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, channel, clamp_bounds,
+from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, abs_sums, channel, clamp_bounds,
                           code_range, code_reach, lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
                           slice_node)
 
@@ -203,7 +203,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     held = g.byte_offsets.get(t, 0) if t in g.bytes else None
     k = held if held is not None and 0 <= a["x_zp"] - held <= 255 else code_range(dtype)[0]
     reach = code_reach(dtype, a["x_zp"])
-    sums = reach * _abs_sums(w)
+    sums = reach * abs_sums(w)
     acc_hi = nm.qrange(32, True)[1]
     fixed = None
     if ep["mode"] == "fixed":
@@ -211,9 +211,9 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
         # there, only while every partial sum stays below 2^24): a constant channel gets no taps
         # and its value as the int32 added
         fixed = fused_fixed.FixedPoint(ep, w.shape[0], bias - sums, bias + sums)
-        w = np.where(fixed.const.reshape(-1, *([1] * (w.ndim - 1))), 0, w).astype(w.dtype)
-        bias = np.where(fixed.const, fixed.value, bias).astype(np.int64)
-        sums = reach * _abs_sums(w)
+        w, bias = fixed.constants_as_bias(w, bias)
+        bias = bias.astype(np.int64)
+        sums = reach * abs_sums(w)
         if np.any(sums + np.abs(bias) >= F32_BOUND):
             return False
     table = None if fixed is not None else _acc_table_range(ep, int(np.min(bias - sums)), int(np.max(bias + sums)))
@@ -304,12 +304,6 @@ def integer_offset(g: Graph, tensor: str) -> int | None:
     return code_range(dtype)[0]
 
 
-def _abs_sums(w: np.ndarray) -> np.ndarray:
-    """``sum |w|`` per output channel (the first axis), summed in float64: exact for the float32
-    weights here (integers times a power of two), where a float32 sum of a long row would round."""
-    return np.abs(w).reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
-
-
 def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndarray,
               emit: Emit, out: str | None = None, held: int | None = None) -> tuple[str, int]:
     """The exact accumulator of a (transposed) convolution and its requantisation: the output
@@ -326,7 +320,7 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
 
     ``w`` is float32: codes of at most 16 bits times powers of two, every one exact (and 4 bytes
     per weight where float64 copies of a 1280x1000 classifier made 39 MiB of load peak); sums
-    over them are taken in float64 (:func:`_abs_sums`).
+    over them are taken in float64 (:func:`abs_sums`).
     """
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if ep["mode"] not in ("shift", "scale", "fixed", "float") or (ep.get("chain") and ep["mode"] != "float"):
@@ -348,10 +342,8 @@ def _convolve(g: Graph, op: dict, x: str, off: int, w: np.ndarray, bias: np.ndar
         if y is not None:
             return y
     if ep["mode"] == "fixed":
-        sums = reach * _abs_sums(w)
-        fixed = fused_fixed.FixedPoint(ep, cout, bias - sums, bias + sums)
-        keep = ~fixed.const.reshape(cout, 1, 1, 1)  # a constant channel: no taps, its value as bias
-        acc, double = _accumulate(g, x, w * keep, np.where(fixed.const, fixed.value, bias), reach, emit, a["group"])
+        fixed = fused_fixed.FixedPoint.of_layer(ep, w, bias, reach)
+        acc, double = _accumulate(g, x, *fixed.constants_as_bias(w, bias), reach, emit, a["group"])
         return fused_fixed.requantize_fixed(g, acc, double, fixed, ep, lo, hi, const_in_acc=True)
     if ep["mode"] == "float":
         found = _acc_table(g, x, w, bias, reach, ep, emit)
@@ -390,7 +382,7 @@ def _acc_table(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int, ep
     are per channel, the table would exceed :data:`ACC_TABLE_LIMIT` entries, or the accumulator
     (moved by ``a0``) could leave float32's exact integers.
     """
-    sums = reach * _abs_sums(w)
+    sums = reach * abs_sums(w)
     found = _acc_table_range(ep, int(np.floor(np.min(bias - sums))), int(np.ceil(np.max(bias + sums))))
     if found is None:
         return None
@@ -518,7 +510,7 @@ def _shift_folded(g: Graph, x: str, w: np.ndarray, bias: np.ndarray, reach: int,
     zp = ep["zp"]
     to = zp if held is None or np.ndim(zp) or np.any(shift < 0) else held
     moved = bias + (np.asarray(zp) - to) * np.exp2(np.maximum(shift, 0))  # in accumulator units
-    bound = (reach * _abs_sums(w) + np.abs(moved)) * 2 + 1
+    bound = (reach * abs_sums(w) + np.abs(moved)) * 2 + 1
     if np.any(bound >= F32_BOUND) or np.any(np.abs(shift) > 100):
         return None
     if np.ndim(zp):

@@ -14,7 +14,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import numerics as nm
-from .fused_graph import Graph, NotFusable, centred_clip, channel, clamp_bounds
+from .fused_graph import Graph, NotFusable, abs_sums, centred_clip, channel, clamp_bounds
 
 
 class FixedPoint:
@@ -41,6 +41,18 @@ class FixedPoint:
         if np.any(~in_int64 & ~self.const):
             raise NotFusable("fixed-point product beyond int64")
         self.value = np.where(self.const, ends[0], 0)
+
+    @classmethod
+    def of_layer(cls, ep: dict, w: np.ndarray, bias: np.ndarray, reach: int | float) -> "FixedPoint":
+        """The requantisation of a layer with weights ``w`` (output channels first) and ``bias``
+        whose input codes lie within ``reach`` of its zero point: accumulators bias +- reach * sum|w|."""
+        sums = reach * abs_sums(w)
+        return cls(ep, w.shape[0], bias - sums, bias + sums)
+
+    def constants_as_bias(self, w: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``w`` and ``bias`` with each constant channel given no taps and its value as bias."""
+        w = np.where(self.const.reshape(-1, *([1] * (w.ndim - 1))), 0, w).astype(w.dtype)
+        return w, np.where(self.const, self.value, bias)
 
 
 def requantize_fixed(g: Graph, acc: str, double: bool, fx: FixedPoint, ep: dict, lo: int, hi: int, *,
@@ -158,16 +170,13 @@ def kernel_form(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int,
     channel's multiplier is NaN (``None`` only where no channel has one)."""
     if nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
         return None
-    cout = w.shape[0]
-    sums = reach * np.abs(w).reshape(cout, -1).sum(axis=1, dtype=np.int64)
     bias = np.asarray(bias, np.int64).reshape(-1)
     try:
-        fx = FixedPoint(ep, cout, bias - sums, bias + sums)
+        fx = FixedPoint.of_layer(ep, w, bias, reach)
     except NotFusable:
         return None
     lo, hi = clamp_bounds(ep)
     mult = float32_multipliers(fx, ep, lo, hi, const_in_acc=True, partial=partial)
     if mult is None or np.all(np.isnan(mult)):
         return None
-    w = np.where(fx.const.reshape(-1, *([1] * (w.ndim - 1))), 0, w).astype(w.dtype)
-    return w, np.where(fx.const, fx.value, bias).astype(np.int64), mult
+    return (*fx.constants_as_bias(w, bias), mult)

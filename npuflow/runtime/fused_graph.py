@@ -266,6 +266,12 @@ def channel(value, n: int) -> np.ndarray:
     return np.full(n, a) if a.ndim == 0 else a.reshape(-1)
 
 
+def abs_sums(w: np.ndarray) -> np.ndarray:
+    """``sum |w|`` per output channel (the first axis), summed in float64: exact for the float32
+    weights here (integers times a power of two), where a float32 sum of a long row would round."""
+    return np.abs(w).reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
 def clamp_bounds(ep: dict) -> tuple[int, int]:
     """The saturation range of an int epilogue, with its fused Relu/Clip clamps (as ``make_epilogue``)."""
     lo, hi = nm.qrange(*out_type(ep))
