@@ -64,8 +64,8 @@ from ..ort_session import open_session
 from .epilogues import out_type
 from . import fused_qlinear
 from .fused_conv import conv, conv_transpose, matmul
-from .fused_tables import (_from_qlinear_conv, _writer, as_table, byte_lookup, byte_table, bytes_only, lut,
-                           lut_channel, table_node)
+from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, source_writer,
+                           table_node)
 from .fused_graph import (F32_BOUND, SMALL_RUN_BYTES, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
                           elem_type, input_name, quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
@@ -226,12 +226,8 @@ def _channels_last(g: Graph, codes: str) -> bool:
     ``QLinearMul``, which it moves the layout through), or of a ``Transpose`` back to
     channels-first (a table written channels-last, ``fused_tables.byte_lookup``), whose transposes
     cancel; through max pools and clamps."""
-    if _from_qlinear_conv(g, codes):
-        return True
-    node = _writer(g, codes)
-    while node is not None and node.op_type in ("Clip", "MaxPool"):
-        node = _writer(g, node.input[0])
-    if node is not None and node.op_type in ("QLinearMul", "QLinearAdd", "QLinearSigmoid"):
+    node = source_writer(g, codes)
+    if node is not None and node.op_type in ("QLinearConv", "QLinearMul", "QLinearAdd", "QLinearSigmoid"):
         return True
     return node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 3, 1, 2]
 

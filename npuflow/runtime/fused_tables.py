@@ -58,10 +58,17 @@ def _from_qlinear_conv(g: Graph, codes: str) -> bool:
     ``Reshape``: a table written channels-last between two transposes of its own (a table is
     elementwise, so the layout does not change its codes) lets them cancel against ONNX Runtime's,
     instead of two layout passes per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way)."""
+    node = source_writer(g, codes)
+    return node is not None and node.op_type == "QLinearConv"
+
+
+def source_writer(g: Graph, codes: str):
+    """The node of ``g`` that computes ``codes``, looking through the ``Clip``s and ``MaxPool``s
+    after it (they keep its layout); ``None`` for a graph input or constant."""
     node = _writer(g, codes)
     while node is not None and node.op_type in ("Clip", "MaxPool"):
         node = _writer(g, node.input[0])
-    return node is not None and node.op_type == "QLinearConv"
+    return node
 
 
 def _writer(g: Graph, name: str):
