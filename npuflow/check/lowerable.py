@@ -464,12 +464,10 @@ def _alignment_limit(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     for name in node.input[:2]:
         dq = t.producer_node(name) if name else None
         scale = t.value(dq.input[1]) if dq is not None and t.is_dequantize(dq) and len(dq.input) > 1 else None
-        if scale is None or scale.size != 1 or not float(scale.reshape(-1)[0]) > 0:
+        fix = fix_pos_of(scale) if scale is not None and scale.size == 1 and float(scale.reshape(-1)[0]) > 0 else None
+        if fix is None:  # no scale, or a float one: no alignment shift
             return None
-        mantissa, exponent = np.frexp(float(scale.reshape(-1)[0]))
-        if mantissa != 0.5:  # a float scale: no alignment shift
-            return None
-        fixes.append(int(exponent))
+        fixes.append(int(fix.reshape(-1)[0]))
     if abs(fixes[0] - fixes[1]) > MAX_ALIGN_SHIFT:
         return (f"{node.op_type} of operands whose scales are 2^{abs(fixes[0] - fixes[1])} apart: the integer "
                 f"alignment shift exceeds {MAX_ALIGN_SHIFT} bits")

@@ -324,7 +324,7 @@ class Session:
         again on the other side (a ``multiprocessing`` worker; ONNX Runtime's sessions do not
         pickle, nor a memory-mapped file's reader); listeners stay here."""
         options = self._options
-        if self.compiled.source is not None and getattr(self.compiled, "packed", False):
+        if self.compiled.source is not None and self.compiled.packed:
             options = {**options, "model": self.compiled.name}  # the packed file's entry this Session runs
         return _reopened, (self.compiled.source or self.compiled, options)
 
