@@ -49,6 +49,24 @@ def tensor_elem_types(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, int
     return types
 
 
+def inferred_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...]]:
+    """Each tensor's dimensions as ONNX shape inference with data propagation finds them: a size,
+    a symbolic name (equal names, equal sizes), or ``None`` (unknown); tensors whose rank is
+    unknown are absent; initializers included.  A graph with a dynamic batch computes its
+    broadcast shapes from ``Shape`` at run time, and only propagation names their sizes.  A model
+    ONNX cannot infer (or over 2 GB) gives what it declares."""
+    try:
+        graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except (ValueError, onnx.shape_inference.InferenceError):
+        graph = model.graph
+    found: dict[str, tuple[int | str | None, ...]] = {t.name: tuple(t.dims) for t in graph.initializer}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            found[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                                   for d in vi.type.tensor_type.shape.dim)
+    return found
+
+
 def value_info_shapes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, list[int]]:
     """Declared static shapes of inputs, ``value_info`` and outputs (initializers not included)."""
     graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto

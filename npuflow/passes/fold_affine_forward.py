@@ -35,6 +35,7 @@ import onnx
 from ..graph import GraphView, attr, rewrite_until_done, set_array, unique_name
 from ..operators import SHAPE_OPS
 from .gelu import float_gelus
+from ..value_info import inferred_dims
 
 
 @dataclass
@@ -59,16 +60,10 @@ def fold_affine_forward(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _known_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Ranks and known sizes of the model's tensors from ONNX shape inference (symbolic dimensions
-    count for the rank).  Computed once: a fold only removes the chain's tensors, so the sources'
-    shapes it asks for stay valid while the graph is rewritten."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-    except (onnx.shape_inference.InferenceError, ValueError):
-        inferred = model.graph
-    return {vi.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
-            for vi in [*inferred.input, *inferred.value_info, *inferred.output]
-            if vi.type.tensor_type.HasField("shape")}
+    """Ranks and known sizes of the model's tensors (``value_info.inferred_dims``; a symbolic
+    dimension counts for the rank).  Computed once: a fold only removes the chain's tensors, so
+    the sources' shapes it asks for stay valid while the graph is rewritten."""
+    return {name: tuple(d if isinstance(d, int) else None for d in dims) for name, dims in inferred_dims(model).items()}
 
 
 def _const_operand(idx: GraphView, node: onnx.NodeProto) -> tuple[str, np.ndarray] | None:

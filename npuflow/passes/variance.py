@@ -29,6 +29,7 @@ from ..graph import GraphView, attr, remove_unused_initializers
 from ..model import sort_nodes
 from ..operators import BROADCAST_BACK_OPS, STANDARD_DOMAINS, close
 from .activations import FloatView
+from ..value_info import inferred_dims
 
 
 @dataclass(frozen=True)
@@ -44,21 +45,9 @@ class OnePassVariance:
 
 
 def _dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
-    """Each tensor's dimensions (a size, or a symbolic name shared by equal sizes) as ONNX shape
-    inference with data propagation finds them: a graph with a dynamic batch computes its
-    broadcast shapes from ``Shape`` at run time, and only propagation names their sizes."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except (ValueError, onnx.shape_inference.InferenceError):  # > 2 GB, or a graph ONNX cannot infer
-        inferred = model
-    graph = inferred.graph
-    found: dict[str, list[int | str]] = {t.name: list(t.dims) for t in graph.initializer}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        if vi.type.tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
-            if all(d != "" for d in dims):
-                found[vi.name] = dims
-    return found
+    """Each tensor's dimensions (a size, or a symbolic name shared by equal sizes) where every one
+    is known or named (``value_info.inferred_dims``)."""
+    return {name: list(dims) for name, dims in inferred_dims(model).items() if all(d is not None for d in dims)}
 
 
 def _squared(node: onnx.NodeProto | None, g: FloatView) -> str | None:
