@@ -42,6 +42,7 @@ import onnx
 from . import __version__
 from .compiler import CompiledModel, compile_model
 from .errors import NpuflowError
+from .model import NPUF_MAGIC
 from .runtime import Session
 from .targets import Target, load_target
 from .outputs import CACHE_ENV, cache_enabled, cache_root  # noqa: F401  (CACHE_ENV: the switch, named here too)
@@ -156,6 +157,31 @@ def _proto(model: str | os.PathLike | bytes, data: bytes) -> onnx.ModelProto | s
     return proto
 
 
+def _is_npuf(model: str | os.PathLike | bytes) -> bool:
+    """Whether ``model`` is a compiled ``.npuf`` file: its name, or its signature as the loaders
+    read it (a ``.npuf`` saved as ``model.bin`` was compiled as ONNX).  A ``.npuf``'s bytes are a
+    coded error, not "a quantized ONNX model needing a target": a ``.npuf`` is opened from its
+    file, whose weights stay memory-mapped."""
+    if isinstance(model, bytes):
+        if model.startswith(NPUF_MAGIC):
+            raise NpuflowError("NPF_MODEL_NOT_ONNX", path="<model bytes>",
+                               reason="they are a compiled npuflow model (.npuf), which is opened from its file: "
+                                      "npuflow.ort.InferenceSession('model.npuf')")
+        return False
+    if not isinstance(model, (str, os.PathLike)):
+        raise NpuflowError("NPF_MODEL_NOT_ONNX", path=f"a {type(model).__name__}",
+                           reason="the model is a path (a quantized .onnx or a compiled .npuf), the .onnx file's "
+                                  "bytes or an onnx.ModelProto")
+    path = Path(model)
+    if path.suffix == ".npuf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(NPUF_MAGIC)) == NPUF_MAGIC
+    except OSError:  # missing or unreadable: the ONNX path's loader says so, coded
+        return False
+
+
 def _unsupported(method: str, instead: str) -> NpuflowError:
     """The coded error for an ``onnxruntime.InferenceSession`` method npuflow has no counterpart of."""
     return NpuflowError("NPF_ORT_UNSUPPORTED_METHOD", method=method, instead=instead)
@@ -164,7 +190,7 @@ def _unsupported(method: str, instead: str) -> NpuflowError:
 class InferenceSession:
     """``onnxruntime.InferenceSession``'s interface over a compiled model (see the module docstring)."""
 
-    def __init__(self, path_or_bytes: str | os.PathLike | bytes, sess_options: Any = None,
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes | onnx.ModelProto, sess_options: Any = None,
                  providers: Sequence[str | tuple] | None = None, provider_options: Sequence[dict] | None = None, *,
                  target: str | Target | None = None, cache_dir: str | os.PathLike | None = None,
                  cache_key: str | None = None, input_shapes: Any = None) -> None:
@@ -174,7 +200,9 @@ class InferenceSession:
         Without it a dynamic model other than in its batch is ``NPF_MODEL_DYNAMIC_SHAPE``."""
         threads = getattr(sess_options, "intra_op_num_threads", 0) or 1
         self.from_cache = False
-        if not isinstance(path_or_bytes, bytes) and Path(path_or_bytes).suffix == ".npuf":
+        if isinstance(path_or_bytes, onnx.ModelProto):  # what onnx.load gave: compiled from its bytes
+            path_or_bytes = path_or_bytes.SerializeToString()
+        if _is_npuf(path_or_bytes):
             compiled = CompiledModel.load(path_or_bytes)
         else:
             if target is None:
@@ -251,6 +279,8 @@ class InferenceSession:
             run_options: Any = None) -> list[np.ndarray]:
         """Outputs in the order of ``output_names`` (all outputs for None or an empty list)."""
         names = [o.name for o in self.session.get_outputs()]
+        if isinstance(output_names, str):  # one name, not its letters ("no output named 'l'" before)
+            output_names = [output_names]
         wanted = list(output_names) if output_names else names
         for name in wanted:
             if name not in names:
