@@ -279,9 +279,15 @@ ELEMENTWISE_OPS = frozenset({
 #: (benchmarks/results/newuser_flows2.md).  Sqrt and Reciprocal are left out: in a LayerNorm they
 #: read a variance whose 8-bit range is adequate, and no model here measured a loss there.
 RELATIVE_PRECISION_OPS = frozenset({"Log"})
+#: Periodic ops: their output needs its input's *absolute* precision over a range many periods
+#: wide.  A positional encoding ``sin(p * 2**k * pi)`` reads a phase up to ~100 rad, and an 8-bit
+#: grid of that range steps 0.8 rad, so the sine is noise (new-user round 15's NeRF MLP: density
+#: cosine 0.955 on cpu-int8 with the phase quantized; B4096 and bernoulli2 kept it float).  Their
+#: input cone stays float as a :data:`RELATIVE_PRECISION_OPS` op's does.
+PERIODIC_OPS = frozenset({"Sin", "Cos"})
 #: Ops that pass a wide-range (power-like) quantity on without squashing its range: linear maps,
-#: sums, products, powers, clamps and layout.  The float input cone of a
-#: :data:`RELATIVE_PRECISION_OPS` op extends back through them (:mod:`npuflow.check.cone`); an op
+#: sums, products, powers, clamps and layout.  The float input cone of a :data:`RELATIVE_PRECISION_OPS`
+#: or :data:`PERIODIC_OPS` op extends back through them (:mod:`npuflow.check.cone`); an op
 #: that squashes a range (Sigmoid, Tanh, Softmax, a normalisation) ends it.
 RANGE_CARRYING_OPS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Pow", "Abs", "Clip", "Max", "Relu", "ReduceSum",

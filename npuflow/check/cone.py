@@ -1,13 +1,15 @@
-"""The float input cones of an op that needs its input's relative precision (``Log``) and of a
-peak test (``Equal(MaxPool(t), t)``).
+"""The float input cones of an op that needs its input's relative precision (``Log``) or its
+absolute precision over many periods (``Sin``, ``Cos``) and of a peak test (``Equal(MaxPool(t), t)``).
 
 An 8-bit linear grid keeps no value below half a step of its calibrated maximum, so a power
-spectrum that spans 80 dB reads 0 in every bin more than ~48 dB down, and ``Log`` turns those
-zeros into -inf or a floor.  Keeping ``Log`` alone in float does not help: the damage is done by
-the quantize steps of the tensors that feed it.  The cone is what must stay float with it: the
-ops that carry the wide-range quantity to it (:data:`npuflow.operators.RANGE_CARRYING_OPS`),
-walked back from its input while *every* reader of a producer is already in the cone, so a tensor
-that other work also reads (a shared feature map) is never pulled into float.
+spectrum that spans 80 dB reads 0 in every bin more than ~48 dB down, and ``Log`` turns those zeros
+into -inf or a floor.  A sine of a phase many periods wide is noise on that grid (a NeRF positional
+encoding ``sin(p * 2**k * pi)``: steps of 0.8 rad).  Keeping ``Log`` (or ``Sin``) alone in float
+does not help: the damage is done by the quantize steps of the tensors that feed it.  The cone is
+what must stay float with it: the ops that carry the wide-range quantity to it
+(:data:`npuflow.operators.RANGE_CARRYING_OPS`), walked back from its input while *every* reader of
+a producer is already in the cone, so a tensor that other work also reads (a shared feature map) is
+never pulled into float.
 
 One function for every stage: the checker places the cone on the CPU (:mod:`.place`) and the
 quantizer keeps it float on CPU targets (:func:`npuflow.quant.plan.build_plan`), so ``check``,
@@ -26,7 +28,8 @@ the same peak test to float post-processing on the CPU.
 from __future__ import annotations
 
 from ..graph import GraphView
-from ..operators import GRID_OPS, PEAK_TEST_OPS, RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS, STANDARD_DOMAINS
+from ..operators import (GRID_OPS, PEAK_TEST_OPS, PERIODIC_OPS, RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS,
+                         STANDARD_DOMAINS)
 
 
 def float_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
@@ -82,8 +85,9 @@ def _window_of_other_input(view: GraphView, i: int) -> tuple[int, str] | None:
 
 
 def relative_precision_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
-    """Node index -> index of the :data:`~npuflow.operators.RELATIVE_PRECISION_OPS` op whose
-    input cone it belongs to (the op itself is not a member).  ``folded``: nodes the float passes
+    """Node index -> index of the :data:`~npuflow.operators.RELATIVE_PRECISION_OPS` or
+    :data:`~npuflow.operators.PERIODIC_OPS` op whose input cone it belongs to (the op itself is
+    not a member).  ``folded``: nodes the float passes
     fold into the layer before them (a per-channel ``Div`` after a ``Conv``, which the checker
     fuses); they carry the range as that layer does, so the cone of the float model is the cone
     the quantizer's checker finds on the optimised one (seed 1569 of
@@ -92,20 +96,21 @@ def relative_precision_cones(view: GraphView, folded: frozenset[int] = frozenset
 
     Graph order is topological, so one pass from the back sees every reader of a node before the
     node: a node joins when it is range-carrying, its outputs are no graph outputs, and each of
-    its outputs is read, as data, only by members (or the op itself) of one cone."""
+    its outputs is read, as data, only by members (or the ops themselves) of cones; read by
+    several (``Sin`` and ``Cos`` of one phase), it joins the first in graph order."""
     root: dict[int, int] = {}
     for i in range(len(view.nodes) - 1, -1, -1):
         node = view.nodes[i]
         if node.domain not in STANDARD_DOMAINS:
             continue
-        if node.op_type in RELATIVE_PRECISION_OPS:
+        if node.op_type in RELATIVE_PRECISION_OPS | PERIODIC_OPS:
             root[i] = i
             continue
         if node.op_type not in RANGE_CARRYING_OPS and i not in folded:
             continue
         owners = _reader_roots(view, i, root)
-        if owners is not None and len(owners) == 1:
-            root[i] = owners.pop()
+        if owners:
+            root[i] = min(owners)
     return {i: r for i, r in root.items() if i != r}
 
 
@@ -128,6 +133,10 @@ def _reader_roots(view: GraphView, i: int, root: dict[int, int]) -> set[int] | N
 
 def cone_reason(op_name: str, op_type: str) -> str:
     """Why a cone member runs in float on the CPU (the checker's reason, the docs' wording)."""
+    if op_type in PERIODIC_OPS:
+        return (f"feeds {op_type} {op_name!r}, which needs its input's absolute precision over many periods: an "
+                f"8-bit phase steps 1/255 of its range (0.8 rad at 100 rad), so the ops feeding it stay in float "
+                f"on the CPU")
     if op_type in PEAK_TEST_OPS["compare"]:
         return (f"feeds the peak test {op_type} {op_name!r} (a value against the largest of its window): on an "
                 f"8-bit grid neighbouring values tie and extra peaks survive, so the values compared stay in float "

@@ -246,11 +246,11 @@ def _quantized_alone(node: onnx.NodeProto, info: OpInfo) -> bool:
 
 def _keep_cones_float(view: GraphView, device: list[str], reasons: list[list[str]], transparent: list[bool],
                       folded: frozenset[int]) -> set[int]:
-    """The input cone of a ``Log`` or of a peak test (:mod:`.cone`) runs in float on the CPU: on 8 bits the bins of
-    a power spectrum more than ~48 dB below its maximum read 0 (openWakeWord's mel front end:
-    output cosine 0.84 with the cone on the accelerator, 1.0000 with it in float).  The quantizer
-    follows this placement on accelerator targets and keeps the cone float on CPU targets.
-    Returns the cone's nodes."""
+    """The input cone of a ``Log``, a ``Sin``/``Cos`` or a peak test (:mod:`.cone`) runs in float on
+    the CPU: on 8 bits the bins of a power spectrum more than ~48 dB below its maximum read 0
+    (openWakeWord's mel front end: output cosine 0.84 with the cone on the accelerator, 1.0000 with
+    it in float).  The quantizer follows this placement on accelerator targets and keeps the cone
+    float on CPU targets.  Returns the cone's nodes."""
     cones = float_cones(view, folded)
     for i, r in cones.items():
         if device[i] == NPU and not transparent[i]:
