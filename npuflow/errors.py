@@ -287,7 +287,13 @@ _RUNTIME = _specs(
     ("NPF_ORT_UNSUPPORTED_METHOD", "npuflow.ort.InferenceSession has no {method}()",
      "{instead}."),
     ("NPF_ORT_EXPORT_STALE", "the .npuf {path} an exported ONNX model runs cannot be used: {reason}",
-     "Export again from the .npuf you deploy: npuflow.ort_export.export('model.npuf', 'model_ort.onnx')."),
+     "Keep the .npuf beside the exported ONNX model under the name it was exported from (the two are "
+     "copied together), or export again from the .npuf you deploy: "
+     "npuflow.ort_export.export('model.npuf', 'model_ort.onnx')."),
+    ("NPF_ORT_EXPORT_NOT_SAVED", "{what} is not read from a .npuf file of its own, and the exported ONNX "
+     "model's nodes name the file they run",
+     "Save it first and export the file: compiled.save('model.npuf'); "
+     "npuflow.ort_export.export('model.npuf', 'model_ort.onnx')."),
     ("NPF_ORT_EXPORT_SHAPES", "{path} holds {count} compiled shapes; an exported ONNX model has one",
      "Compile the shape you deploy alone (one --input-shape per input) and export that .npuf, or run the "
      "multi-shape .npuf with npuflow.Session."),

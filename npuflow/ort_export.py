@@ -66,8 +66,18 @@ LEVEL_KEY = "npuflow.ort_graph_optimization_level"
 OP_PREFIX = "Npuflow_"
 
 
-def export(npuf: str | os.PathLike, output: str | os.PathLike) -> onnx.ModelProto:
-    """Write ``output``: the ``.npuf``'s subgraphs as one ONNX graph (see the module docstring)."""
+def export(npuf: str | os.PathLike | CompiledModel, output: str | os.PathLike) -> onnx.ModelProto:
+    """Write ``output``: the ``.npuf``'s subgraphs as one ONNX graph (see the module docstring).
+
+    ``npuf`` is the file's path, or a :class:`CompiledModel` read from one (``CompiledModel.load``):
+    the exported nodes name the file they run.  One made by :func:`npuflow.compile` is saved first."""
+    if isinstance(npuf, CompiledModel):
+        if npuf.source is None or npuf.packed:
+            raise NpuflowError("NPF_ORT_EXPORT_NOT_SAVED", what=f"CompiledModel {npuf.name!r}")
+        npuf = npuf.source
+    elif not isinstance(npuf, (str, os.PathLike)):
+        raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=f"a {type(npuf).__name__}",
+                           reason="export takes the path of a compiled .npuf (npuflow compile's output)")
     path = Path(npuf).resolve()
     compiled = CompiledModel.load(path)
     if len(compiled.programs) > 1:
@@ -144,21 +154,32 @@ _SESSIONS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
-def _session(npuf: str, sha256: str):
-    """The session of the ``.npuf`` at ``npuf`` (one per file and hash)."""
+def _session(npuf: str, sha256: str, beside: Path | None = None):
+    """The session of the ``.npuf`` at ``npuf`` (one per file and hash).
+
+    ``beside``: the folder of the exported ONNX model.  Where ``npuf`` is missing or changed, a
+    file of the same name there with the exported sha256 is used: a deployment copies the two
+    files together to another folder or machine, and the absolute path the export recorded no
+    longer exists there (it was ``NPF_ORT_EXPORT_STALE``, exporting again on the device)."""
     from .runtime import Session
 
     with _LOCK:
         session = _SESSIONS.get((npuf, sha256))
         if session is None:
             path = Path(npuf)
-            if not path.is_file():
-                raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason="the file is missing")
-            if file_sha256(path) != sha256:
-                raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason="its sha256 differs from the exported one")
+            reason = None if path.is_file() else "the file is missing"
+            if reason is None and file_sha256(path) != sha256:
+                reason = "its sha256 differs from the exported one"
+            if reason is not None and beside is not None:
+                near = beside / path.name
+                if near.is_file() and near.resolve() != path.resolve() and file_sha256(near) == sha256:
+                    path, reason = near, None
+                else:
+                    reason += f", and {near} beside the ONNX model is {'not the exported file' if near.is_file() else 'missing too'}"
+            if reason is not None:
+                raise NpuflowError("NPF_ORT_EXPORT_STALE", path=npuf, reason=reason)
             session = _SESSIONS[(npuf, sha256)] = Session(path)
     return session
-
 
 
 def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: Any = None):
@@ -167,13 +188,15 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
     when given).
 
     Every ``.npuf`` the model names is verified and loaded here (``NPF_ORT_EXPORT_STALE`` when it
-    is missing or changed): onnxruntime-extensions ends the process on an exception raised in a
-    Python op, so nothing that can fail is left for the op itself.
+    is missing or changed, and no file of its name and hash lies beside ``model``, a path):
+    onnxruntime-extensions ends the process on an exception raised in a Python op, so nothing
+    that can fail is left for the op itself.
     """
     import onnxruntime as ort
 
     ext = extensions()
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model), load_external_data=False)
+    beside = None if isinstance(model, onnx.ModelProto) else Path(model).resolve().parent
     types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output,
                                                              *proto.graph.value_info]}
     ops = [node for node in proto.graph.node if is_npuflow_op(node)]
@@ -200,7 +223,7 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
     # CPU subgraph holds a user's Python custom op registers it when the npuflow ops are known
     for node in ops:
         attrs = attr_values(node)
-        _session(attrs["npuf"], attrs["sha256"])
+        _session(attrs["npuf"], attrs["sha256"], beside)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     so.register_custom_ops_library(ext.get_library_path())
     level = {p.key: p.value for p in proto.metadata_props}.get(LEVEL_KEY)
