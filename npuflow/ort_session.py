@@ -134,12 +134,27 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
             libraries.add(custom_ops.extensions().get_library_path())
         for library in sorted(libraries):  # each once: ONNX Runtime refuses a second registration
             opts.register_custom_ops_library(library)
+    data, disabled = _serialized(proto), list(disabled_optimizers)
     try:
-        session = ort.InferenceSession(_serialized(proto), opts, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=list(disabled_optimizers) or None)
+        try:
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=disabled or None)
+        except Exception as exc:
+            if _S8_TO_U8 in disabled or "output_dtype" not in str(exc):
+                raise
+            # ONNX Runtime's int8 -> uint8 rewrite of quantize steps keeps an opset-21 QuantizeLinear's
+            # output_dtype INT8 beside its new UINT8 zero point and then refuses its own graph (a
+            # dynamo opset-21 export quantized for B4096, new-user round 15); without it the
+            # arithmetic is the same
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=[*disabled, _S8_TO_U8])
     except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/InvalidProtobuf types
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot {what} the model: {exc}") from None
     return _Guarded(session) if custom else session
+
+
+#: ONNX Runtime's graph transformer that rewrites int8 quantize/dequantize pairs to uint8 on x86
+_S8_TO_U8 = "QDQS8ToU8Transformer"
 
 
 class _Guarded:
