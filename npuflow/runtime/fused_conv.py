@@ -23,7 +23,7 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
-from . import fused_fixed, fused_qlinear
+from . import fused_fixed, fused_qgemm, fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
 from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, abs_sums, channel, clamp_bounds,
                           code_range, code_reach, lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
@@ -121,7 +121,7 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     a = op["attrs"]
     if a.get("wide"):
         raise NotFusable("16-bit inputs")
-    if fused_qlinear.matmul(g, op, blobs):
+    if fused_qgemm.matmul(g, op, blobs):
         return
     w = np.asarray(blobs["w"])
     t = op["inputs"][0]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import npuflow
-from npuflow.runtime import fused, fused_qlinear
+from npuflow.runtime import fused, fused_qgemm, fused_qlinear
 from tests import fixture_models
 from tests.compile_check import random_sample_npuf
 from tests.unit.test_runtime_memory_shared import numpy_ma_before_and_after_load
@@ -39,13 +39,13 @@ def test_a_multiplier_per_output_builds_no_qgemm_form(monkeypatch, mnist_cpu_int
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fused_qlinear, "_kernel_form", counted)
-    monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: True)
+    monkeypatch.setattr(fused_qgemm, "qgemm_exact", lambda: True)
     s = npuflow.Session(path)
     kinds = [n.op_type for ex in s._executors if hasattr(ex, "plan") for it in ex.plan.items
              if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
     assert "QGemm" not in kinds and kinds.count("QLinearConv") == 5, kinds
     # the five layers' QLinearConv forms (the first load), none with QGemm's weight form
-    assert forms and fused_qlinear._gemm_weight_form not in forms, forms
+    assert forms and fused_qgemm._gemm_weight_form not in forms, forms
     ref = npuflow.Session(path, fuse=False)
     for x in samples:
         a, b = s.run(x), ref.run(x)

@@ -1,5 +1,5 @@
 """Fully connected layers with one multiplier on ONNX Runtime's ``com.microsoft.QGemm``
-(``runtime/fused_qlinear.matmul``): bit-exact with the kernels of ``numerics`` on the MNIST CNN,
+(``runtime/fused_qgemm.matmul``): bit-exact with the kernels of ``numerics`` on the MNIST CNN,
 taken only where this process' ``QGemm`` passes its check, and not taken for a multiplier per
 output (MNIST on cpu-int8), whose ``QGemm`` form was measured slower than ``QLinearConv``."""
 
@@ -10,7 +10,7 @@ import pytest
 
 import npuflow
 from npuflow import ort_kernels
-from npuflow.runtime import fused, fused_qlinear
+from npuflow.runtime import fused, fused_qgemm
 from tests import fixture_models
 
 B4096 = "DPUCZDX8G_ISA1_B4096"
@@ -55,7 +55,7 @@ def test_a_multiplier_per_output_keeps_qlinearconv(mnist):
 
 
 def test_layers_keep_qlinearconv_where_qgemm_fails_its_check(mnist, monkeypatch):
-    monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: False)
+    monkeypatch.setattr(fused_qgemm, "qgemm_exact", lambda: False)
     kinds = _fused_kinds(_equal_to_unfused(mnist[B4096], mnist["samples"]))
     assert "QGemm" not in kinds and kinds.count("QLinearConv") == 5, kinds
 
@@ -63,17 +63,17 @@ def test_layers_keep_qlinearconv_where_qgemm_fails_its_check(mnist, monkeypatch)
 @pytest.mark.parametrize("form", ["s8", "u8"])
 def test_check_accepts_onnxruntimes_qgemm_in_either_weight_form(form, monkeypatch):
     monkeypatch.setattr(ort_kernels, "weight_form", lambda: form)
-    assert fused_qlinear.qgemm_exact.__wrapped__()
+    assert fused_qgemm.qgemm_exact.__wrapped__()
 
 
 @pytest.mark.parametrize("code", [0, 200])  # a float-scale code, a power-of-two code
 def test_check_refuses_a_qgemm_that_differs_on_one_code(code, monkeypatch):
-    real = fused_qlinear._qgemm
+    real = fused_qgemm._qgemm
 
     def one_off(*args):
         y = real(*args).copy()
         y[y == code] += 1
         return y
 
-    monkeypatch.setattr(fused_qlinear, "_qgemm", one_off)
-    assert not fused_qlinear.qgemm_exact.__wrapped__()
+    monkeypatch.setattr(fused_qgemm, "_qgemm", one_off)
+    assert not fused_qgemm.qgemm_exact.__wrapped__()

@@ -12,7 +12,7 @@ from onnx import TensorProto
 import npuflow
 from npuflow import numerics as nm
 from npuflow import ort_kernels
-from npuflow.runtime import fused, fused_graph, fused_qlinear
+from npuflow.runtime import fused, fused_graph, fused_qgemm, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _x
 from tests.unit.test_runtime_fused import _equal_fused_and_kernels
@@ -265,8 +265,8 @@ def test_large_power_of_two_fully_connected_layer_runs_on_an_integer_kernel_exac
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([3, 512], 45, scale=8.0)}, DPU)
     assert not plan.reasons, plan.reasons
     ops = _live_ops(plan)
-    assert 160 * 512 >= fused_qlinear.LARGE_WEIGHTS and "QGemm" in ops and "Conv" not in ops, ops
-    monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: False)  # the convolution form otherwise
+    assert 160 * 512 >= fused_qgemm.LARGE_WEIGHTS and "QGemm" in ops and "Conv" not in ops, ops
+    monkeypatch.setattr(fused_qgemm, "qgemm_exact", lambda: False)  # the convolution form otherwise
     ops = _live_ops(_equal_fused_and_kernels(b.model(), {"x": _x([3, 512], 45, scale=8.0)}, DPU))
     assert "QLinearConv" in ops and "Conv" not in ops, ops
 

@@ -14,7 +14,7 @@ import pytest
 
 import npuflow
 from npuflow import numerics as nm
-from npuflow.runtime import fused, fused_graph, fused_qlinear
+from npuflow.runtime import fused, fused_graph, fused_qgemm, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU
 
@@ -105,11 +105,11 @@ def test_quantize_steps_and_fully_connected_layers_on_onnxruntime_nodes_exactly(
     # (the float32 input's Cast to float32 is ONNX Runtime's to drop)
     assert ops[ops.index("QuantizeLinear") + 1] == "QLinearConv" and ops[-1] == "DequantizeLinear", ops
     assert not {"Div", "Round", "Mul"} & set(ops), ops
-    if fused_qlinear.qgemm_exact():  # one multiplier per layer: QGemm of the rows, no layout nodes
+    if fused_qgemm.qgemm_exact():  # one multiplier per layer: QGemm of the rows, no layout nodes
         assert ops.count("QGemm") == 2 and "Transpose" not in ops, ops
     # the convolution form (where QGemm is not exact): channels-last, so rows of K values are its
     # layout already and no transpose is written around the layers, for one row or several
-    monkeypatch.setattr(fused_qlinear, "qgemm_exact", lambda: False)
+    monkeypatch.setattr(fused_qgemm, "qgemm_exact", lambda: False)
     session = _equal_to_kernels(b.model(), x, CPU, tmp_path / "conv")
     ops = _live(session)
     assert "QGemm" not in ops and "Transpose" not in ops, ops
