@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import safe_yaml
 from ..errors import NpuflowError, closest, did_you_mean
@@ -148,6 +148,17 @@ class FastFinetune(_Strict):
     # adaround/adaquant/brecq: order in which the sampled columns (blocks: samples) are visited; results move
     # with it by several points (docs/accuracy.md), so a single run is one draw
     seed: int = Field(default=0, ge=0)
+    # run the reconstruction this many times (seeds seed .. seed+restarts-1) and keep the run that agrees best
+    # with the float model on select_on calibration samples held out of it (algorithms/restarts.py)
+    restarts: int = Field(default=1, ge=1, le=32)
+    select_on: int | None = Field(default=None, ge=1)  # the last this many of the samples fast finetune reads
+
+    @model_validator(mode="after")
+    def _restarts_need_held_out(self) -> "FastFinetune":
+        if self.restarts > 1 and self.select_on is None:
+            raise ValueError(f"restarts: {self.restarts} needs select_on, the number of calibration samples held "
+                             "out of the reconstruction that choose between the runs (e.g. select_on: 64)")
+        return self
 
 
 class QuantConfig(_Strict):

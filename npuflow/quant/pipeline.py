@@ -228,7 +228,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     search = percentile_search.applies(cfg, plan)
     guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
-    keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
+    keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.samples_read(cfg))
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept

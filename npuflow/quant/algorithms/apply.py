@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import numpy as np
 import onnx
 
+from ...errors import NpuflowError
 from ...numerics import RoundMode
 from ...targets import Target
 from .bias_correction import correct_empirical
 from .cle import equalize
 from .fast_finetune import FinetuneSettings, fast_finetune
 from .capture import Feed, run_outputs
+from .restarts import best_of
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,13 @@ log = logging.getLogger(__name__)
 #: rec cpu-int8 and YOLOv8n, whose two errors differ by 10-20 %).
 CLE_SAMPLES = 16
 FINETUNE_SAMPLES = 64
+
+
+def samples_read(cfg) -> int:
+    """How many calibration samples :func:`after_export` reads: :data:`FINETUNE_SAMPLES`, and after
+    them the ones ``fast_finetune.select_on`` holds out to choose between restarts."""
+    ff = cfg.fast_finetune
+    return FINETUNE_SAMPLES + (ff.select_on or 0 if ff is not None else 0)
 
 
 def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[], Iterable[Feed]]) -> onnx.ModelProto:
@@ -63,7 +73,9 @@ def after_export(
     summary: dict = {}
     if cfg.fast_finetune is None and not cfg.include_bias_corr:
         return quantized, summary
-    feeds = list(itertools.islice(calibration(), FINETUNE_SAMPLES))
+    feeds = list(itertools.islice(calibration(), samples_read(cfg)))
+    held_out = held_out_samples(feeds, cfg.fast_finetune)
+    feeds = feeds[:min(len(feeds) - len(held_out), FINETUNE_SAMPLES)]
     q = quantized
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
@@ -75,11 +87,20 @@ def after_export(
             block_accept=ff.block_accept,
             input_drop=ff.input_drop,
             post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, seed=ff.seed)
-        q, rep = fast_finetune(float_model, q, feeds, settings)
+        start = q
+        if held_out:
+            q, rep, runs, chosen = best_of(float_model, held_out, list(range(ff.seed, ff.seed + ff.restarts)),
+                                           lambda seed: fast_finetune(float_model, start, feeds,
+                                                                      replace(settings, seed=seed)))
+        else:
+            q, rep = fast_finetune(float_model, start, feeds, settings)
         # the learning rate that ran (the config's null resolves per method; defaults have changed)
         summary["fast_finetune"] = {"method": ff.method, "iters": ff.iters, "lr": settings.learning_rate,
                                     "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
+        if held_out:  # every run's held-out agreement and time, and which one is kept
+            summary["fast_finetune"].update(restarts=[r.to_json() for r in runs], chosen_seed=runs[chosen].seed,
+                                            selected_on=len(held_out), samples=len(feeds))
         if ff.learn_threshold:  # weight fix positions moved: +1 is one step finer
             shifts = [r.fix_shift for r in rep.layers]
             summary["fast_finetune"]["fix_moves"] = {"finer": sum(d > 0 for d in shifts),
@@ -115,6 +136,19 @@ def after_export(
             q = corrected
         summary["bias_correction"] = record
     return q, summary
+
+
+def held_out_samples(feeds: list[Feed], ff) -> list[Feed]:
+    """The last ``ff.select_on`` of ``feeds``, which the reconstruction does not read; none without
+    ``select_on``.  ``NPF_QUANT_BAD_CONFIG`` when they would leave the reconstruction no sample."""
+    if ff is None or ff.select_on is None:
+        return []
+    if ff.select_on >= len(feeds):
+        raise NpuflowError("NPF_QUANT_BAD_CONFIG",
+                           reason=f"fast_finetune.select_on: {ff.select_on} holds out at least as many samples as the "
+                                  f"calibration data gives fast finetune ({len(feeds)}); give more calibration "
+                                  "samples or a smaller select_on")
+    return feeds[len(feeds) - ff.select_on:]
 
 
 def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:

@@ -1,0 +1,99 @@
+"""Restarts of fast finetune chosen on held-out calibration samples (``fast_finetune: {restarts: N,
+select_on: K}``, :mod:`npuflow.quant.algorithms.restarts`), on the trained MNIST CNN for the DPU with
+real digits: every run is reported, the kept one is the best on the held-out samples and is the
+model that seed alone builds, and without ``restarts`` nothing changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import npuflow
+from npuflow.errors import NpuflowError
+from npuflow.quant.algorithms.capture import run_outputs
+from npuflow.quant.algorithms.restarts import agreement
+from tests import fixture_models
+from tests.unit.test_block_accept import _digits
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+FT = {"method": "adaround", "iters": 30}
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _same(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def _quantize(feeds, **ff):
+    return npuflow.quantize(str(fixture_models.mnist_cnn()), feeds, target=DPU,
+                            config={"include_bias_corr": False, "fast_finetune": {**FT, **ff}})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+
+
+def test_the_kept_restart_is_the_best_on_the_held_out_samples(cache):
+    feeds = _digits(40)
+    q = _quantize(feeds, restarts=3, select_on=16)
+    info = q.info["algorithms"]["fast_finetune"]
+    runs = info["restarts"]
+    assert [r["seed"] for r in runs] == [0, 1, 2]
+    assert info["selected_on"] == 16 and info["samples"] == 24   # the reconstruction never read the last 16
+    best = max(runs, key=lambda r: (r["score"], r["cosine"]))
+    assert info["chosen_seed"] == best["seed"]
+    assert all(r["seconds"] > 0 for r in runs)
+    # the seeds build different models: a choice is made, not a copy kept
+    alone = {s: _quantize(feeds, seed=s, select_on=16) for s in (0, 1, 2)}
+    assert not _same(alone[0].model, alone[1].model)
+    assert _same(q.model, alone[best["seed"]].model)
+    # the recorded score is the kept model's on the held-out samples
+    held = feeds[24:]
+    score, cosine = agreement(run_outputs(q.dynamic_model, held), run_outputs(q.float_model, held))
+    assert score == pytest.approx(best["score"], abs=1e-6) and cosine == pytest.approx(best["cosine"], abs=1e-6)
+
+
+def test_one_run_without_select_on_is_unchanged(cache):
+    feeds = _digits(16)
+    plain = _quantize(feeds)
+    one = _quantize(feeds, restarts=1)
+    assert _same(plain.model, one.model)
+    assert "restarts" not in one.info["algorithms"]["fast_finetune"]
+
+
+def test_restarts_need_held_out_samples(cache):
+    with pytest.raises(NpuflowError) as err:
+        _quantize(_digits(8), restarts=2)
+    assert err.value.code == "NPF_QUANT_BAD_CONFIG" and "select_on" in str(err.value)
+    with pytest.raises(NpuflowError) as err:
+        _quantize(_digits(8), restarts=2, select_on=8)
+    assert err.value.code == "NPF_QUANT_BAD_CONFIG" and "select_on: 8" in str(err.value)
+
+
+def test_agreement_reads_each_output_as_its_task():
+    rng = np.random.default_rng(0)
+    # a recogniser's (1, T, C) probabilities: whole greedy readings compared
+    def line(classes):
+        p = np.full((1, len(classes), 4), 0.1)
+        p[0, np.arange(len(classes)), classes] = 0.7
+        return [p]
+    fp32 = [line([1, 1, 0, 2]), line([3, 0, 3, 0])]
+    # a repeat merged differently reads the same line; a changed class does not
+    quant = [line([1, 0, 0, 2]), line([3, 0, 2, 0])]
+    assert agreement(fp32, fp32)[0] == 1.0
+    assert agreement(quant, fp32)[0] == 0.5
+    # (1, C) logits: argmax per sample
+    logits = [[rng.normal(size=(1, 10))] for _ in range(4)]
+    flipped = [[-v[0]] for v in logits]
+    assert agreement(flipped, logits)[0] == 0.0
+    # anything else: the output cosine
+    maps = [[rng.normal(size=(1, 2, 3, 3))] for _ in range(3)]
+    assert agreement(maps, maps) == pytest.approx((1.0, 1.0))
+
