@@ -77,12 +77,21 @@ class CalibrationSet(Sequence):
 
 
 def _list_folder(name: str, folder: Path) -> list[Path]:
+    """The sample files of input ``name``: those in ``folder``, or, where it holds none, in its
+    sub-folder named as the input (the one-sub-folder-per-input layout ``npuflow quantize --calib``
+    reads, which users bring here; it was "holds no sample files")."""
     if not folder.is_dir():
         raise NpuflowError("NPF_BUILD_CALIB_DIR_NOT_FOUND", path=str(folder), input=name)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = _files(folder)
+    if not files and (folder / name).is_dir():
+        files = _files(folder / name)
     if not files:
         raise NpuflowError("NPF_BUILD_CALIB_EMPTY", path=str(folder), input=name)
     return files
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def _raw_dtype(path: Path, pre: InputPreprocess, declared: np.dtype | None = None) -> np.dtype:
