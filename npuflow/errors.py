@@ -160,6 +160,10 @@ _QUANT = _specs(
      "Mixed precision raises layers to float (any target, runs on the CPU) or int16 (targets with a 16-bit datapath)."),
     ("NPF_QUANT_CALIB_EMPTY", "the calibration set {source} has no samples",
      "Give at least one sample (100 or more representative samples are recommended)."),
+    ("NPF_QUANT_SAVE_NEEDS_FOLDER", "{path} names an .onnx file, but QuantizedModel.save writes a folder of five "
+     "files (quantized_model.onnx, the two float models, quant_info.json, quant_report.json)",
+     "Pass a folder: quantized.save('out'); out/quantized_model.onnx is the one file ONNX Runtime's "
+     "quantize_static writes as its model_output."),
     ("NPF_QUANT_CALIB_SOURCE", "cannot read calibration data {source}: {reason}",
      "Pass a folder of .npy files (or .npz, one per sample), a folder of raw numpy.tofile files with calib_shapes "
      "in the config, one .npy/.npz of stacked samples, a dataset.txt listing .npy files, or an iterable of "

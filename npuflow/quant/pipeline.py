@@ -133,12 +133,16 @@ class QuantizedModel:
             raise self.problem
 
     def save(self, out_dir: str | os.PathLike, *, plain_qdq: bool = False) -> dict[str, Path]:
-        """Write every artifact into ``out_dir`` as one set; returns name -> path.
+        """Write every artifact into the folder ``out_dir`` as one set; returns name -> path.  A path
+        ending in ``.onnx`` is ``NPF_QUANT_SAVE_NEEDS_FOLDER``: it made a folder named ``x.onnx``.
 
         The files are staged and swapped in together (:class:`~npuflow.outputs.StagedOutputs`):
         a failure or Ctrl-C leaves an earlier run's files in ``out_dir`` as they were, never a
         mix of two runs.
         """
+        folder = Path(out_dir)
+        if folder.suffix.lower() == ".onnx" and not folder.is_dir():  # quantize_static(model_output=...)'s habit
+            raise NpuflowError("NPF_QUANT_SAVE_NEEDS_FOLDER", path=str(folder))
         qmodel = self.dynamic_model if self.saves_dynamic else self.model
         qmodel = to_plain_qdq(qmodel) if plain_qdq else qmodel
         writers = {
@@ -148,7 +152,7 @@ class QuantizedModel:
             "quant_info.json": lambda p: model_io.write_atomic(p, json.dumps(self.info, indent=1) + "\n"),
             "quant_report.json": lambda p: model_io.write_atomic(p, json.dumps(self.report.to_json(), indent=1) + "\n"),
         }
-        with StagedOutputs(Path(out_dir), "quantize", list(writers)) as stage:
+        with StagedOutputs(folder, "quantize", list(writers)) as stage:
             for name, write in writers.items():
                 write(stage.path(name))
             published = stage.publish()
