@@ -177,6 +177,12 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     ``warn=False``: no warning is logged, the caller reports ``result.problem`` itself (the CLI
     prints it after the per-node table).
     """
+    if isinstance(calib_data, (str, os.PathLike)) and Path(calib_data).suffix.lower() == ".onnx":
+        # ONNX Runtime's quantize_static(model_input, model_output, reader) order: it was "unknown target '<Reader>'"
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(calib_data),
+                           reason="it is an .onnx path, and quantize takes no output path (ONNX Runtime's "
+                                  "quantize_static(model_input, model_output, reader) order): "
+                                  "quantized = npuflow.quantize(model, reader, target); quantized.save(folder)")
     tgt = target if isinstance(target, Target) else load_target(target)
     cfg = config_of(config)
     cfg.validate_against(tgt)

@@ -34,3 +34,15 @@ def test_an_onnx_file_name_is_a_coded_error_and_writes_nothing(quantized, tmp_pa
 def test_a_folder_is_saved_as_before(quantized, tmp_path):
     files = quantized.save(tmp_path / "out")
     assert files["quantized_model"] == tmp_path / "out" / "quantized_model.onnx" and files["quantized_model"].is_file()
+
+
+def test_onnx_runtime_argument_order_names_npuflow_s_order(tmp_path):
+    """``quantize(model_input, model_output, reader)``: was ``NPF_TARGET_UNKNOWN "unknown target '<Reader>'"``."""
+
+    class Reader:  # ONNX Runtime's CalibrationDataReader protocol
+        def get_next(self):
+            return None
+
+    with pytest.raises(NpuflowError) as err:
+        npuflow.quantize(str(REPO / "examples/mnist_cnn.onnx"), str(tmp_path / "mnist_quant.onnx"), Reader())
+    assert err.value.code == "NPF_QUANT_CALIB_SOURCE" and "quantize_static" in err.value.message
