@@ -232,13 +232,14 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     inputs = _input_specs(leg, static_inputs, cfg.calib_dynamic_dims)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)
+    data, held_out = algorithms.hold_out(data, cfg)  # fast_finetune.select_on's samples
     tensors = list(plan.points)
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
     search = percentile_search.applies(cfg, plan)
     guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
-    keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.samples_read(cfg))
+    keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept
@@ -259,7 +260,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     _step(progress, "export")
     exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
-    q_model, applied = algorithms.after_export(leg, exported, lambda: again, cfg, tgt, reference=stats.outputs)
+    q_model, applied = algorithms.after_export(leg, exported, lambda: again, cfg, tgt, reference=stats.outputs,
+                                               held_out=held_out)
     applied = {**searched, **applied}
     if rewrites:
         applied["target_rewrites"] = [r.to_json() for r in rewrites]

@@ -16,6 +16,7 @@ model.  ``true`` applies the correction unconditionally.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from dataclasses import replace
@@ -42,11 +43,33 @@ CLE_SAMPLES = 16
 FINETUNE_SAMPLES = 64
 
 
-def samples_read(cfg) -> int:
-    """How many calibration samples :func:`after_export` reads: :data:`FINETUNE_SAMPLES`, and after
-    them the ones ``fast_finetune.select_on`` holds out to choose between restarts."""
-    ff = cfg.fast_finetune
-    return FINETUNE_SAMPLES + (ff.select_on or 0 if ff is not None else 0)
+def hold_out(data, cfg) -> tuple[object, list[Feed]]:
+    """``(data, held_out)``: with ``fast_finetune.select_on: K`` the last K samples of the calibration
+    data (a :class:`~npuflow.quant.data.CalibrationSource`) are held out of calibration and fast
+    finetune, and choose between its restarts (:mod:`.restarts`); without it, ``(data, [])``.
+
+    Held out of calibration too, not only of the reconstruction: the activation ranges then do not
+    depend on ``select_on``, so the restarts start from the model the same calibration gives without it.
+    """
+    k = cfg.fast_finetune.select_on if cfg.fast_finetune is not None else None
+    if k is None:
+        return data, []
+    if not data.reusable:
+        raise NpuflowError("NPF_QUANT_BAD_CONFIG",
+                           reason="fast_finetune.select_on holds out the last calibration samples, which needs "
+                                  "data that can be read twice (a folder, a list or an array), not a one-shot iterator")
+    try:
+        n = len(data)
+    except TypeError:
+        n = sum(1 for _ in data)
+    if k >= n:
+        raise NpuflowError("NPF_QUANT_BAD_CONFIG",
+                           reason=f"fast_finetune.select_on: {k} holds out at least as many samples as the "
+                                  f"calibration data has ({n}); give more samples or a smaller select_on")
+    held = list(itertools.islice(iter(data), n - k, n))
+    rest = copy.copy(data)
+    rest.limit = n - k
+    return rest, held
 
 
 def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[], Iterable[Feed]]) -> onnx.ModelProto:
@@ -61,6 +84,7 @@ def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[],
 def after_export(
     float_model: onnx.ModelProto, quantized: onnx.ModelProto,
     calibration: Callable[[], Iterable[Feed]], cfg, target: Target, reference: list[list[np.ndarray]] | None = None,
+    held_out: list[Feed] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """``(quantized, summary)`` after fast finetune and bias correction.
 
@@ -69,13 +93,12 @@ def after_export(
 
     ``reference``: the float model's outputs on the first calibration samples, when calibration
     kept them (saves a float run for the ``auto`` check); computed here otherwise.
+    ``held_out``: the samples :func:`hold_out` set aside, which choose between fast finetune's restarts.
     """
     summary: dict = {}
     if cfg.fast_finetune is None and not cfg.include_bias_corr:
         return quantized, summary
-    feeds = list(itertools.islice(calibration(), samples_read(cfg)))
-    held_out = held_out_samples(feeds, cfg.fast_finetune)
-    feeds = feeds[:min(len(feeds) - len(held_out), FINETUNE_SAMPLES)]
+    feeds = list(itertools.islice(calibration(), FINETUNE_SAMPLES))
     q = quantized
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
@@ -136,19 +159,6 @@ def after_export(
             q = corrected
         summary["bias_correction"] = record
     return q, summary
-
-
-def held_out_samples(feeds: list[Feed], ff) -> list[Feed]:
-    """The last ``ff.select_on`` of ``feeds``, which the reconstruction does not read; none without
-    ``select_on``.  ``NPF_QUANT_BAD_CONFIG`` when they would leave the reconstruction no sample."""
-    if ff is None or ff.select_on is None:
-        return []
-    if ff.select_on >= len(feeds):
-        raise NpuflowError("NPF_QUANT_BAD_CONFIG",
-                           reason=f"fast_finetune.select_on: {ff.select_on} holds out at least as many samples as the "
-                                  f"calibration data gives fast finetune ({len(feeds)}); give more calibration "
-                                  "samples or a smaller select_on")
-    return feeds[len(feeds) - ff.select_on:]
 
 
 def relative_error(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> float:
