@@ -13,9 +13,12 @@ dropout modules stay modules and keep following ``train()``/``eval()``.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import torch.fx as fx
 from torch import nn
@@ -60,10 +63,22 @@ def example_tuple(example_inputs) -> tuple:
     raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"got {type(example_inputs).__name__}")
 
 
+def require_module(module: object, onnx_instead: str) -> None:
+    """``NPF_TORCH_BAD_INPUTS`` unless ``module`` is an ``nn.Module``; an ONNX model (a path, a
+    ``ModelProto``, bytes) is told what takes it, ``onnx_instead``: users with an exported model
+    reach for the torch API first (it read "module is a str, not an nn.Module")."""
+    if isinstance(module, nn.Module):
+        return
+    onnx_like = isinstance(module, (onnx.ModelProto, bytes)) or (
+        isinstance(module, (str, os.PathLike)) and Path(module).suffix.lower() == ".onnx")
+    reason = f"module is a {type(module).__name__}, not an nn.Module"
+    raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"{reason}; for an ONNX model use {onnx_instead}" if onnx_like
+                       else reason)
+
+
 def capture(module: nn.Module, example_inputs) -> fx.GraphModule:
     """Trace a copy of ``module`` (eval mode) and annotate every node with its output metadata."""
-    if not isinstance(module, nn.Module):
-        raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"module is a {type(module).__name__}, not an nn.Module")
+    require_module(module, "npuflow.torch.onnx_qat.qat_onnx(model, target, data, epochs=N) or `npuflow qat MODEL`")
     inputs = example_tuple(example_inputs)
     root = copy.deepcopy(module).eval()
     tracer = _Tracer()

@@ -14,16 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NpuflowError
-from .capture import example_tuple
+from .capture import example_tuple, require_module
 from .export import default_output_names, torch_to_onnx
 
 
 def export_float(module: nn.Module, example_inputs, input_names: list[str] | None = None,
                  output_names: list[str] | None = None):
     """The float module as an ONNX model (eval mode; the module is restored afterwards)."""
-    if not isinstance(module, nn.Module):
-        raise NpuflowError("NPF_TORCH_BAD_INPUTS", reason=f"module is a {type(module).__name__}, not an nn.Module")
+    require_module(module, "npuflow.quantize(model, calib_data, target)")
     inputs = example_tuple(example_inputs)
     names = input_names or (["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))])
     was_training = module.training
