@@ -206,11 +206,14 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
     differ = np.zeros(len(names), dtype=int)
+    by_value: dict[int, list] = {}  # an integer or bool output: [dtype, equal values, values, samples compared]
     for ref, got in zip(run_outputs(float_model, samples), run_outputs(quant_model, samples), strict=True):
         for k, (a, b) in enumerate(zip(ref, got, strict=True)):
             a, b = np.asarray(a), np.asarray(b)
             if a.dtype.kind != "f":
-                report.unmeasured[names[k]] = f"{a.dtype} output: compared by value, not by a cosine"
+                count = by_value.setdefault(k, [a.dtype, 0, 0, 0])
+                if a.shape == b.shape:
+                    count[1:] = [count[1] + int(np.count_nonzero(a == b)), count[2] + a.size, count[3] + 1]
                 continue
             if a.shape != b.shape:  # NonMaxSuppression kept another number of boxes
                 differ[k] += 1
@@ -220,6 +223,11 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
             with np.errstate(invalid="ignore"):  # inf - inf: a NaN difference, which fails the step test below
                 diff = np.abs(a64 - b64)
             worst[k] = max(worst[k], float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0)))
+    for k, (dtype, equal, values, compared) in by_value.items():
+        # labels and masks: a share of equal values says what a cosine cannot (Sobel edges, round 15)
+        found = (f"{100.0 * equal / values:.2f} % of its values equal the float model's on {compared} of "
+                 f"{len(samples)} samples" if values else "its shape differs from the float model's on every sample")
+        report.unmeasured[names[k]] = f"{dtype} output, compared by value, not by a cosine: {found}"
     for k in np.flatnonzero(differ):
         report.unmeasured[names[k]] = (f"its shape depends on the data and differs from the float model's on "
                                        f"{differ[k]} of {len(samples)} samples")
