@@ -139,10 +139,11 @@ _QUANT = _specs(
     ("NPF_QUANT_CONTROL_FLOW_ONLY",
      "nothing in the model's main graph can be quantized: its computation sits inside the branches/bodies "
      "of control-flow node(s) {nodes}, which run in float on the CPU",
-     "npuflow quantizes and compiles the main graph only. Fix the input the condition reads for this "
-     "deployment (--freeze-input NAME=VALUE on check/quantize, e.g. --freeze-input sr=16000; npuflow build: "
-     "model_parameters.freeze_input: 'sr=16000'; Python: npuflow.model.freeze_inputs) so the branch is "
-     "inlined, or export the model without the If/Loop."),
+     "npuflow quantizes and compiles the main graph only. For an If, fix the input the condition reads for "
+     "this deployment (--freeze-input NAME=VALUE on check/quantize, e.g. --freeze-input sr=16000; npuflow "
+     "build: model_parameters.freeze_input: 'sr=16000'; Python: npuflow.model.freeze_inputs) so the branch is "
+     "inlined. A Scan or Loop over the data (scikit-learn's nearest-neighbour distances) has nothing to "
+     "freeze: export the model without it, or run the float model as it is."),
     ("NPF_QUANT_NO_PLAN", "{action} needs the quantizer's plan, and this model has none: it was replaced after "
      "quantize (QAT trains the parameters the plan made)",
      "Run it on the QuantizedModel that npuflow.quantize returned (before QAT), or quantize again."),
