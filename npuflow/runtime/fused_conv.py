@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
@@ -42,7 +42,7 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
         # padding of the centred input (the Pad node then has no reader left and is dropped)
         t, width = padded[0], np.asarray(padded[1])
         pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
-    if fused_qlinear.conv(g, op, t, pads, blobs) or _split_fixed(g, op, blobs):
+    if fused_qlinear.conv(g, op, t, pads, blobs) or _split_fixed(g, op, blobs, t, pads):
         return
     if list(g.tensors[t]["shape"]) == list(a["in_shape"]) or t != op["inputs"][0]:
         to_conv = _same
@@ -76,42 +76,118 @@ def _same(v: str) -> str:
     return v
 
 
-def _split_fixed(g: Graph, op: dict, blobs: dict) -> bool:
+def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bool:
     """Write a fixed-point convolution only some of whose channels have an exact float32
-    multiplier (``fused_fixed.kernel_form``) as two convolutions, and say whether it did: those
-    channels on ``QLinearConv`` (``fused_qlinear``), the others in the exact forms (``ConvInteger``
-    and the float64 requantisation), their bytes concatenated and put back in channel order by
-    one ``Gather``.
+    multiplier (``fused_fixed.kernel_form``) on ``QLinearConv`` all the same, and say whether it
+    did: the other channels on the same kernel with the multipliers of ``fused_fixed.step_fixes``,
+    whose few late or early steps fix channels of that kernel correct with ``Max``/``Min`` (those
+    channels' bytes only), and any channel without such a form on ``ConvInteger`` with the exact
+    float64 requantisation; the parts' bytes concatenated and put back in channel order by one
+    ``Gather``.  ``t``, ``pads``: the input and padding :func:`conv` chose.
 
     Why: a channel with a step whose exact product lies within float32's spacing of a tie has no
-    such multiplier, and one in a layer kept the whole layer off the integer kernel (YOLOv8n on
-    bernoulli2: 46 of 64 layers, 331 of 5,447 channels); ``QLinearConv`` on int8 codes moved to
-    uint8 is several times faster than ``ConvInteger`` with the epilogue on a CPU with VNNI.
-    Dense convolutions only (a grouped one's channels would slice its input too)."""
+    exact multiplier, and one in a layer kept the whole layer off the integer kernel (YOLOv8n on
+    bernoulli2: 46 of 64 layers, 331 of 5,447 channels); computing such channels apart costs a
+    ``ConvInteger``'s im2col of the layer's input whatever their number, while a fix channel is
+    one more output of the kernel the layer runs anyway.  Dense convolutions only (a grouped
+    one's channels would slice its input too)."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     dtype = np.dtype(g.tensors[op["inputs"][0]]["dtype"])
     w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
-    if ep["mode"] != "fixed" or ep.get("chain") or a.get("group", 1) != 1 or len(a["out_shape"]) != 4 \
+    if ep["mode"] != "fixed" or ep.get("chain") or "m32" in ep or a.get("group", 1) != 1 or len(a["out_shape"]) != 4 \
             or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or np.any(np.asarray(a["lshift"]) != 0) or w is None \
             or bias.dtype.kind not in "iu" or dtype.itemsize != 1 or np.dtype(a.get("in_dtype", dtype)) != dtype:
         return False
-    form = fused_fixed.kernel_form(w, bias, ep, code_reach(dtype, a["x_zp"]), partial=True)
+    reach = code_reach(dtype, a["x_zp"])
+    form = fused_fixed.kernel_form(w, bias, ep, reach, partial=True)
     if form is None:
         return False
-    good = ~np.isnan(form[2])
+    w2, b2, mult = form
+    bad = np.flatnonzero(np.isnan(mult))
+    fixes = fused_fixed.step_fixes(w, bias, ep, reach, bad)
     out, lo = op["outputs"][0], clamp_bounds(ep)[0]
-    parts = []
-    for keep, part in ((good, "float32"), (~good, "exact")):
-        name = f"{out}#{part}"
-        shape = [*a["out_shape"][:1], int(keep.sum()), *a["out_shape"][2:]]
-        g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}  # this graph's alone
-        sub_ep = {**ep, **{k: channel(ep[k], len(keep))[keep] for k in ("multiplier", "shift")}}
-        sub = {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}}
-        conv(g, sub, {**blobs, "w": np.asarray(blobs["w"])[keep], "b": bias[keep]})
+    good, fixed = np.flatnonzero(~np.isnan(mult)), bad[~np.isnan(fixes.mult)]
+    groups = _fix_groups(fixes, bad)
+    moved = int(ep["zp"]) - lo  # the kernel's output zero point: a fix channel's bytes are clip(acc - a + k)
+    kernel_w = [w2[good], w2[fixed]] + [w2[rows] for _, rows, _, _ in groups]
+    kernel_b = [b2[good], b2[fixed]] + [b2[rows] + move - moved for _, rows, move, _ in groups]
+    m32 = np.concatenate([mult[good], fixes.mult[~np.isnan(fixes.mult)]]
+                         + [np.ones(len(rows), np.float32) for _, rows, _, _ in groups]).astype(np.float32)
+    sizes = [len(good), len(fixed)] + [len(r) for _, r, _, _ in groups]
+    name = f"{out}#kernel"
+    shape = [*a["out_shape"][:1], sum(sizes), *a["out_shape"][2:]]
+    g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}  # this graph's alone
+    rows = np.concatenate([good, fixed] + [r for _, r, _, _ in groups])
+    sub_ep = {**ep, "m32": m32, **{k: channel(ep[k], len(mult))[rows] for k in ("multiplier", "shift")}}
+    sub = {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}}
+    if not fused_qlinear.conv(g, sub, t, pads, {**blobs, "w": np.concatenate(kernel_w), "b": np.concatenate(kernel_b)}):
+        return False
+    y = g.as_bytes(name, lo)
+    kept = [k for k, n in enumerate(sizes) if n]
+    split = dict(zip(kept, _split_channels(g, y, [sizes[k] for k in kept])))
+    parts, order = [], []
+    if len(good):
+        parts.append(split[0])
+        order.append(good)
+    if len(fixed):
+        fixes_of = {True: [], False: []}  # per kind: each group's bytes, bounded
+        for k, (late, _, _, (index, bound)) in enumerate(groups):
+            ind = split[2 + k] if np.array_equal(index, np.arange(len(fixed))) else \
+                g.node("Gather", [split[2 + k], g.const(index, np.int64)], axis=1)
+            bound = g.const(bound.reshape(1, -1, 1, 1), np.uint8)
+            fixes_of[late].append(g.node("Min" if late else "Max", [ind, bound]))
+        b = split[1]
+        for late in (True, False):  # late fixes first, as fused_fixed.fixed_bytes applies them
+            if fixes_of[late]:
+                b = g.node("Max" if late else "Min", [b, *fixes_of[late]])
+        parts.append(b)
+        order.append(fixed)
+    exact = np.setdiff1d(bad, fixed)
+    if len(exact):
+        name = f"{out}#exact"
+        shape = [*a["out_shape"][:1], len(exact), *a["out_shape"][2:]]
+        g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}
+        sub_ep = {**ep, **{k: channel(ep[k], len(mult))[exact] for k in ("multiplier", "shift")}}
+        conv(g, {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}},
+             {**blobs, "w": np.asarray(blobs["w"])[exact], "b": bias[exact]})
         parts.append(g.as_bytes(name, lo))
-    order = np.argsort(np.concatenate([np.flatnonzero(good), np.flatnonzero(~good)]))
-    g.put_bytes(out, g.node("Gather", [g.node("Concat", parts, axis=1), g.const(order, np.int64)], axis=1), lo)
+        order.append(exact)
+    y = parts[0] if len(parts) == 1 else g.node("Concat", parts, axis=1)
+    order = np.argsort(np.concatenate(order))
+    g.put_bytes(out, y if np.array_equal(order, np.arange(len(order))) else
+                g.node("Gather", [y, g.const(order, np.int64)], axis=1), lo)
     return True
+
+
+def _fix_groups(fixes: fused_fixed.StepFixes, bad: np.ndarray) -> list:
+    """The fix channels of :func:`_split_fixed`, one group per round and kind (late fixes first, as
+    ``fused_fixed.fixed_bytes`` applies them): ``(late, rows, move, (index, bound))`` with the
+    layer's channels ``rows`` the group's channels copy, the bias ``move`` (``k - a``) of each, and
+    for each fixed channel (in order) the group channel its fix reads and the bound of its ``Min``
+    or ``Max`` (0 or 255 where it has no fix in this group: then the fix changes nothing)."""
+    ok = np.flatnonzero(~np.isnan(fixes.mult))
+    groups = []
+    for late, table in ((True, fixes.late), (False, fixes.early)):
+        for r in range(fused_fixed.FIX_ROUNDS):
+            have = [(j, table[i][r]) for j, i in enumerate(ok) if table[i][r] is not None]
+            if not have:
+                continue
+            index = np.zeros(len(ok), np.int64)
+            bound = np.full(len(ok), 0 if late else 255, np.int64)
+            for n, (j, (acc, k)) in enumerate(have):
+                index[j], bound[j] = n, k if late else k - 1
+            rows = bad[ok[[j for j, _ in have]]]
+            groups.append((late, rows, np.array([k - acc for _, (acc, k) in have], np.int64), (index, bound)))
+    return groups
+
+
+def _split_channels(g: Graph, y: str, sizes: list[int]) -> list[str]:
+    """``y``'s channels in consecutive parts of ``sizes`` (one ``Split``; ``y`` itself for one part)."""
+    if len(sizes) == 1:
+        return [y]
+    outs = [g.fresh() for _ in sizes]
+    g.nodes.append(helper.make_node("Split", [y, g.const(np.asarray(sizes, np.int64), np.int64)], outs, axis=1))
+    return outs
 
 
 def matmul(g: Graph, op: dict, blobs: dict) -> None:

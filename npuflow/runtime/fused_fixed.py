@@ -3,18 +3,21 @@
 A float-scale target with fixed-point multipliers (bernoulli2) rounds ``acc * m * 2^-shift``
 exactly.  Prepared per channel (:class:`FixedPoint`), it runs on ONNX Runtime's own integer
 kernels where a float32 multiplier provably gives every code (:func:`kernel_form`, read by
-``fused_qlinear``), else as ONNX operations on the accumulator (:func:`requantize_fixed`): one
-float32 product where ``numerics.fixed_point_as_float32`` proves that exact, float64 where the
-product fits 52 bits, else int64 with a shift.
+``fused_qlinear``), a channel without one where two float32 multipliers and the tie rule pick
+its code (:func:`tie_pairs`, read by ``fused_conv``), else as ONNX operations on the accumulator
+(:func:`requantize_fixed`): one float32 product where ``numerics.fixed_point_as_float32`` proves
+that exact, float64 where the product fits 52 bits, else int64 with a shift.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 from onnx import TensorProto
 
 from .. import numerics as nm
-from .fused_graph import Graph, NotFusable, abs_sums, centred_clip, channel, clamp_bounds
+from .fused_graph import F32_BOUND, Graph, NotFusable, abs_sums, centred_clip, channel, clamp_bounds
 
 
 class FixedPoint:
@@ -180,3 +183,120 @@ def kernel_form(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int,
     if mult is None or np.all(np.isnan(mult)):
         return None
     return (*fx.constants_as_bias(w, bias), mult)
+
+
+
+#: Float32 neighbours of ``m * 2^-shift`` (each side) among which :func:`step_fixes` picks the base.
+FIX_TRIES = 3
+#: Fixes of each kind (a step ONNX Runtime's kernel takes late, or early) a channel may need.
+FIX_ROUNDS = 2
+
+
+class StepFixes:
+    """:func:`step_fixes`' answer for a layer's channels ``rows``: per row, a float32 multiplier
+    ``mult`` (NaN: no form) and its corrections, ``late[r]``/``early[r]`` for round ``r`` (the
+    exact step's accumulator ``a`` and byte ``k``, or None)."""
+
+    def __init__(self, n: int) -> None:
+        self.mult = np.full(n, np.nan, np.float32)
+        self.late: list[list[tuple[int, int] | None]] = [[None] * FIX_ROUNDS for _ in range(n)]
+        self.early: list[list[tuple[int, int] | None]] = [[None] * FIX_ROUNDS for _ in range(n)]
+
+
+def step_fixes(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int, rows: np.ndarray) -> StepFixes:
+    """For channels ``rows`` of a fixed-point convolution (weights ``w``, ``bias``, inputs within
+    ``reach`` of their zero point) without one exact float32 multiplier (:func:`kernel_form`): a
+    float32 multiplier and the few steps where ``QLinearConv`` with it steps one or more
+    accumulators late or early, each fixed by one more output channel of the same kernel.
+
+    Why: such a channel's exact product lies, at one or two accumulators, within float32's
+    spacing of a tie (``k - 1/2`` plus 1e-7): the kernel's product rounds onto the tie and then to
+    even, and no float32 multiplier gets both such near-ties of a channel right (one needs it
+    larger, the other smaller).  Those accumulators are known, so an output channel with the same
+    weights, multiplier 1 and bias moved by ``k - a`` (bytes ``I = clip(acc - a + k, 0, 255)``)
+    fixes a late step at ``a`` to byte ``k`` as ``max(c, min(I, k))`` and an early one as
+    ``min(c, max(I, k - 1))``: ``Min``/``Max`` on a few uint8 channels, where computing the
+    channel apart (``ConvInteger`` and the exact requantisation) costs an im2col of the layer's
+    input whatever its few output channels.
+
+    The check: the kernel's bytes ``min(clip(rint(float32(acc) * m) + Z, 0, 255), hi - lo)``
+    (``numerics.requantize_float``; ``Z = zp - lo``) and each fix channel's are monotone in
+    ``acc``, so between two consecutive steps of any of them and of the exact bytes all are
+    constant; the fixed bytes are compared with the exact ones at the range's ends and at every
+    such step.  Ties to even only (MLAS' rounding).  A row keeps NaN where no candidate within
+    :data:`FIX_TRIES` float32 steps needs at most :data:`FIX_ROUNDS` fixes of each kind and passes."""
+    lo, hi = clamp_bounds(ep)
+    out = StepFixes(len(rows))
+    if nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN or not len(rows):
+        return out
+    try:
+        fx = FixedPoint.of_layer(ep, w, np.asarray(bias, np.int64).reshape(-1), reach)
+    except NotFusable:
+        return out
+    zp, span = int(ep["zp"]), hi - lo
+    mult, shift = fx.mult[rows][:, None], fx.shift[rows][:, None]
+    a_lo, a_hi = np.floor(fx.acc_lo[rows]).astype(np.int64)[:, None], np.ceil(fx.acc_hi[rows]).astype(np.int64)[:, None]
+    if np.any(np.maximum(-a_lo, a_hi) + 256 >= F32_BOUND):
+        return out
+
+    def exact(acc: np.ndarray, rows=slice(None)) -> np.ndarray:
+        return np.clip(nm.requantize_fixed_point(acc, mult[rows], shift[rows], ep["round"]) + zp, lo, hi) - lo
+
+    scale = np.ldexp(mult.astype(np.float64), -shift)
+    with np.errstate(divide="ignore"):
+        guess = np.nan_to_num(np.ceil((np.arange(1, 256)[None, :] + lo - zp - 0.5) / scale))
+    want = _steps(exact, a_lo, a_hi, guess)
+    ks = np.broadcast_to(np.arange(1, 256)[None, :], want.shape)
+    cands = [scale.astype(np.float32)]
+    for direction in (np.inf, 0):
+        m = cands[0]
+        for _ in range(FIX_TRIES):
+            m = np.nextafter(m, np.float32(direction))
+            cands.append(m)
+    for m32 in cands:
+        def kernel(acc: np.ndarray, rows=slice(None), m32=m32) -> np.ndarray:
+            return np.minimum(np.clip(nm.requantize_float(acc, m32[rows], nm.RoundMode.HALF_EVEN) + zp - lo, 0, 255),
+                              span)
+
+        got = _steps(kernel, a_lo, a_hi, want)
+        for r in np.flatnonzero(np.isnan(out.mult)):
+            late = [(int(a), int(k)) for a, b, k in zip(want[r], got[r], ks[r]) if b > a]
+            early = [(int(a), int(k)) for a, b, k in zip(want[r], got[r], ks[r]) if b < a]
+            if len(late) > FIX_ROUNDS or len(early) > FIX_ROUNDS:
+                continue
+            points = [a_lo[r], a_hi[r], want[r], got[r]] + [a - k + np.arange(1, 256) for a, k in late + early]
+            acc = np.clip(np.concatenate(points), a_lo[r, 0], a_hi[r, 0])[None, :]
+            one = slice(r, r + 1)
+            if np.array_equal(fixed_bytes(kernel(acc, one), acc, late, early, span), exact(acc, one)):
+                out.mult[r] = m32[r, 0]
+                out.late[r] = (late + [None] * FIX_ROUNDS)[:FIX_ROUNDS]
+                out.early[r] = (early + [None] * FIX_ROUNDS)[:FIX_ROUNDS]
+        if not np.any(np.isnan(out.mult)):
+            break
+    return out
+
+
+def fixed_bytes(c: np.ndarray, acc: np.ndarray, late: list, early: list, span: int) -> np.ndarray:
+    """Kernel bytes ``c`` at accumulators ``acc`` with :func:`step_fixes`' corrections applied as
+    the fused graph applies them: late fixes first, then early ones, each fix channel's bytes
+    ``min(clip(acc - a + k, 0, 255), span)``."""
+    for fixes, late_kind in ((late, True), (early, False)):
+        for a, k in fixes:
+            ind = np.minimum(np.clip(acc - a + k, 0, 255), span)
+            c = np.maximum(c, np.minimum(ind, k)) if late_kind else np.minimum(c, np.maximum(ind, k - 1))
+    return c
+
+
+def _steps(f: Callable[[np.ndarray], np.ndarray], a_lo: np.ndarray, a_hi: np.ndarray,
+           guess: np.ndarray) -> np.ndarray:
+    """The first accumulator in ``a_lo + 1 .. a_hi`` at which the monotone bytes ``f`` reach each of
+    1..255 (rows: channels), searched from ``guess``; ``a_lo`` where ``f`` does not step there."""
+    ks = np.arange(1, 256)[None, :]
+    live = (f(a_lo) < ks) & (f(a_hi) >= ks)
+    steps = np.where(live, np.clip(guess, a_lo + 1, a_hi), a_lo).astype(np.int64)
+    while True:
+        down = live & (f(steps - 1) >= ks)
+        up = live & (f(steps) < ks)
+        if not (np.any(down) or np.any(up)):
+            return steps
+        steps = steps - down + up

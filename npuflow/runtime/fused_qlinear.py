@@ -139,7 +139,12 @@ def _kernel_form(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, *,
             parts = _shift_form(w, bias, a, ep, reach)
         else:  # the zero point as the kernel's, moved by ``lo``
             fits = not np.any(np.asarray(a["lshift"]) != 0) and 0 <= ep["zp"] - lo <= 255 and hi - lo <= 255
-            parts = fused_fixed.kernel_form(w, bias, ep, reach) if fits else None
+            if not fits:
+                parts = None
+            elif "m32" in ep:  # multipliers its caller proved (``fused_conv._split_fixed``: fix channels too)
+                parts = w, bias, ep["m32"]
+            else:
+                parts = fused_fixed.kernel_form(w, bias, ep, reach)
         k_out, span = lo, hi - lo
         mult = parts[2] if parts is not None else None
     else:

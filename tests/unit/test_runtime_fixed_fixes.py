@@ -1,0 +1,105 @@
+"""Fixed-point channels without an exact float32 multiplier (bernoulli2) on ``QLinearConv`` all the
+same: ``fused_fixed.step_fixes`` proves a multiplier and a few fix channels, ``fused_conv._split_fixed``
+applies them with ``Min``/``Max``; codes equal ``numerics`` on every accumulator."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from npuflow import numerics as nm
+from npuflow.runtime import fused_conv, fused_fixed, fused_graph
+from tests.unit.test_runtime_fused import _run
+
+CIN, TAP = 64, 27
+#: channel 0: a YOLOv8n bernoulli2 channel (320, calibration of bench_runtime) whose exact product
+#: lies 1.1e-7 above the tie 42.5 at accumulator 63006 (float32 rounds onto the tie, then to even)
+#: and as far below -42.5 at -63006; channel 1: every step far from a tie
+MULT = np.array([1483326804, 1518500251])
+SHIFT = np.array([41, 31])
+EP = {"mode": "fixed", "multiplier": MULT.tolist(), "shift": SHIFT.tolist(), "zp": 0, "round": "half_even",
+      "dtype": "int8", "clamps": [], "scale": 0.05}
+REACH = 128  # int8 codes, zero point 0
+
+
+def _weights() -> np.ndarray:
+    """1x1 weights (2, CIN): 1 then TAPs, so that an input reaches every accumulator up to 127 + 127*TAP*(CIN-1)."""
+    w = np.full((2, CIN, 1, 1), TAP, np.int64)
+    w[:, 0] = 1
+    return w
+
+
+def _inputs_for(acc: np.ndarray) -> np.ndarray:
+    """Int8 codes (1, CIN, 1, len(acc)) whose accumulator with :func:`_weights` is ``acc``."""
+    q, r = np.divmod(acc, TAP)
+    x = np.zeros((CIN, len(acc)), np.int64)
+    x[0] = r
+    for c in range(1, CIN):
+        x[c] = np.clip(q, -128, 127)
+        q = q - x[c]
+    assert not np.any(q)
+    return x.astype(np.int8).reshape(1, CIN, 1, -1)
+
+
+def _every() -> np.ndarray:
+    """Every accumulator channel 0 can hold (bias 0: +- REACH * sum |w|)."""
+    bound = REACH * int(np.abs(_weights()[0]).sum())
+    return np.arange(-bound, bound + 1)
+
+
+def _exact(acc: np.ndarray, c: int) -> np.ndarray:
+    return np.clip(nm.requantize_fixed_point(acc, MULT[c], SHIFT[c], "half_even"), -128, 127)
+
+
+def _kernel(acc: np.ndarray, m32: np.float32) -> np.ndarray:
+    """``QLinearConv``'s codes (``numerics.requantize_float``) with multiplier ``m32``."""
+    return np.clip(nm.requantize_float(acc, m32, "half_even"), -128, 127)
+
+
+def test_step_fixes_make_a_channel_without_exact_multiplier_exact_on_every_accumulator():
+    w, bias = _weights(), np.zeros(2, np.int64)
+    _, _, mult = fused_fixed.kernel_form(w, bias, EP, REACH, partial=True)
+    assert np.isnan(mult[0]) and np.isfinite(mult[1])
+    fixes = fused_fixed.step_fixes(w, bias, EP, REACH, np.array([0]))
+    late, early = [f for f in fixes.late[0] if f], [f for f in fixes.early[0] if f]
+    assert np.isfinite(fixes.mult[0]) and late and early, (fixes.mult, late, early)
+    acc = _every()
+    base = _kernel(acc, fixes.mult[0]) + 128  # bytes: codes minus the clamp's lowest, -128
+    want = _exact(acc, 0) + 128
+    assert not np.array_equal(base, want)  # the kernel alone is wrong somewhere ...
+    assert np.array_equal(fused_fixed.fixed_bytes(base, acc, late, early, 255), want)  # ... fixed everywhere
+
+
+def test_step_fixes_check_refuses_what_does_not_give_the_exact_codes(monkeypatch):
+    w, bias, rows = _weights(), np.zeros(2, np.int64), np.array([0])
+    assert np.isnan(fused_fixed.step_fixes(w, bias, {**EP, "round": "half_up"}, REACH, rows).mult[0])  # MLAS: even
+    real = fused_fixed.fixed_bytes
+    # a fix that the graph would apply wrongly (early fixes left out) fails the check at the steps
+    monkeypatch.setattr(fused_fixed, "fixed_bytes", lambda c, acc, late, early, span: real(c, acc, late, [], span))
+    assert np.isnan(fused_fixed.step_fixes(w, bias, EP, REACH, rows).mult[0])
+    monkeypatch.setattr(fused_fixed, "fixed_bytes", real)
+    monkeypatch.setattr(fused_fixed, "FIX_ROUNDS", 0)  # no fixes allowed: no candidate is exact alone
+    assert np.isnan(fused_fixed.step_fixes(w, bias, EP, REACH, rows).mult[0])
+
+
+def test_fixed_channels_run_on_one_qlinearconv_equal_to_numerics():
+    every = _every()
+    ties = np.arange(-127, 128) - 0.5
+    near = np.unique(np.concatenate([np.ceil(ties * 2.0 ** s / m) for m, s in zip(MULT, SHIFT)]))
+    acc = np.unique(np.clip((near[:, None] + np.arange(-3, 4)).reshape(-1), every[0], every[-1]).astype(np.int64))
+    acc = np.concatenate([acc, every[::97]])  # beside every step of both channels, and a spread of the rest
+    acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]  # what inputs reach
+    x = _inputs_for(acc)
+    shape = [1, 2, 1, len(acc)]
+    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"}})
+    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
+          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, 1],
+                    "dilations": [1, 1], "group": 1, "x_zp": 0, "lshift": 0, "epilogue": EP}}
+    fused_conv.conv(g, op, {"w": _weights(), "b": np.zeros(2, np.int64)})
+    kinds = [n.op_type for n in g.nodes]
+    assert kinds.count("QLinearConv") == 1 and "ConvInteger" not in kinds and "Conv" not in kinds, kinds
+    assert "Max" in kinds and "Min" in kinds, kinds
+    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
+    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
+    assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
+    assert not np.array_equal(_kernel(acc, np.float32(np.ldexp(float(MULT[0]), -int(SHIFT[0])))), got[0])
