@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import NpuflowError
+from ..graph import is_qdq
 from ..quant.config import QuantConfig
 from ..quant.pipeline import QuantizedModel, config_of, quantize
 from ..targets import Target, load_target
@@ -191,7 +192,12 @@ def auto_quantize(model: Any, calib_data: Any, target: Any, *, min_similarity: f
                 best, best_score = q, score
     fallback = None
     if best_score < goal and allow_cpu_fallback:  # layers to float: on the PTQ model (a QAT model cannot re-export)
-        best, best_score, fallback, step = _cpu_fallback(ptq_best, goal, target, calib_data, metric)
+        moved, moved_score, moved_layers, step = _cpu_fallback(ptq_best, goal, target, calib_data, metric)
+        if any(is_qdq(n) for n in moved.model.graph.node):
+            best, best_score, fallback = moved, moved_score, moved_layers
+        else:  # an unreachable target moved every layer: a float model, which `compile` refuses (a build failed)
+            step.kept = False
+            step.note = "every quantized layer would run in float on the CPU, nothing on the accelerator: not kept"
         steps.append(step)
     return AutoResult(best, best_cfg, best_score, goal, best_score >= goal, steps, fallback)
 

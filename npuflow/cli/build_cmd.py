@@ -83,8 +83,15 @@ def summary_lines(result: BuildResult) -> list[str]:
     check = result.check.summary
     label = result.check.target.device_label
     cpu_types = ", ".join(f"{op} x{n}" for op, n in check["cpu_op_types"].items())
-    lines.append(f"placement: {check['npu_nodes']} of {check['nodes']} nodes on {label} in {check['npu_subgraphs']} "
-                 f"subgraph(s), {check['cpu_nodes']} on CPU" + (f" ({cpu_types})" if cpu_types else ""))
+    # the checker's placement is of the float model; run_on_cpu (and the accuracy ladder's CPU
+    # fallback) keep further layers in float on the CPU, which it did not show (a Gemm named in
+    # run_on_cpu read as one of "14 of 15 nodes on DPU")
+    kept = list(result.quantized.config.keep_float or [])
+    kept_note = f"; kept in float on the CPU after it: {len(kept)} ({', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})" \
+        if kept else ""
+    lines.append(f"placement: {check['npu_nodes']} of {check['nodes']} nodes on {label} in "
+                 f"{check['npu_subgraphs']} subgraph(s), {check['cpu_nodes']} on CPU"
+                 + (f" ({cpu_types})" if cpu_types else "") + kept_note)
     subgraphs = result.compiled.subgraphs
     acc = sum(1 for s in subgraphs if s.on_accelerator)
     lines.append(f"compiled: {len(subgraphs)} subgraph(s), {acc} on {label}, {len(subgraphs) - acc} on CPU; weights "
