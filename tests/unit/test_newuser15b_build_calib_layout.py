@@ -47,3 +47,15 @@ def test_a_sub_folder_of_another_name_is_still_empty(tmp_path):
     with pytest.raises(NpuflowError) as err:
         npuflow.build(_config(tmp_path, tmp_path / "calib"))
     assert err.value.code == "NPF_BUILD_CALIB_EMPTY"
+
+
+def test_summary_placement_names_the_run_on_cpu_layers(tmp_path):
+    """The console's placement line was the checker's, of the float model: a Gemm named in
+    ``run_on_cpu`` read as one of "14 of 15 nodes on DPU"."""
+    from npuflow.cli.build_cmd import summary_lines
+
+    _samples(tmp_path / "flat")
+    cfg = _config(tmp_path, tmp_path / "flat")
+    cfg["calibration_parameters"]["run_on_cpu"] = "/fc_layers/fc_layers.2/Gemm"
+    line = next(s for s in summary_lines(npuflow.build(cfg)) if s.startswith("placement: "))
+    assert line.endswith("kept in float on the CPU after it: 1 (/fc_layers/fc_layers.2/Gemm)"), line
