@@ -406,6 +406,9 @@ _FOREIGN_KEYS = {
     "weight_type": "weight: {bit_width: 8}",
     "nodes_to_exclude": "keep_float: [node names]",
     "op_types_to_quantize": "keep_float (the nodes left in float) or op_types: {OpType: {...}}",
+    "extra_options": "one key each: ActivationSymmetric as activation: {symmetric: true}, WeightSymmetric as "
+                     "weight: {symmetric: true} (docs/quantization.md, 'Config reference')",
+    "quant_format": "no key: every npuflow model is QDQ (QuantizeLinear/DequantizeLinear pairs); leave it out",
 }
 
 
