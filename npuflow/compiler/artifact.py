@@ -131,7 +131,11 @@ class NpufFile:
         m = self._map
         head = m[:min(size, len(MAGIC))]
         if head != MAGIC[:len(head)]:
-            raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=str(self.path), reason="no NPUFLOW signature")
+            reason = "no NPUFLOW signature"
+            if self.path.suffix.lower() == ".onnx":  # Session("quantized_model.onnx"), as onnxruntime takes it
+                reason += ("; it is an ONNX model, compiled first: npuflow.Session(npuflow.compile(path, target)), "
+                           "or npuflow.ort.InferenceSession(path, target=...) compiles a quantized one at start")
+            raise NpuflowError("NPF_COMPILE_NOT_NPUF", path=str(self.path), reason=reason)
         if size < HEADER_SIZE + TRAILER_SIZE:
             raise self._corrupt(f"only {size} bytes, shorter than the header")
         (_, major, minor, hsize, moff, mlen, doff, dlen, flen, msha, reserved) = _HEADER.unpack_from(m, 0)
