@@ -167,6 +167,11 @@ def read_proto(path: str | os.PathLike | bytes) -> onnx.ModelProto:
     elif isinstance(getattr(path, "model_proto", None), onnx.ModelProto):
         # torch.onnx.export(..., dynamo=True) returns an ONNXProgram (no file): its ModelProto
         return path.model_proto  # type: ignore[union-attr]
+    elif type(path).__name__ == "ExportedProgram" and callable(getattr(path, "module", None)):
+        # torch.export.export's result (torch is not imported here): it has no forward of its own
+        raise NpuflowError("NPF_MODEL_NOT_ONNX", path="a torch ExportedProgram",
+                           reason="convert it first: torch.onnx.export(program, dynamo=True) returns an "
+                                  "ONNXProgram, which this step takes")
     elif callable(getattr(path, "forward", None)) and callable(getattr(path, "parameters", None)):
         raise NpuflowError("NPF_MODEL_NOT_ONNX", path=f"a {type(path).__name__}",
                            reason="it is a torch module; export it first: torch.onnx.export(module, (example,), "
