@@ -61,9 +61,29 @@ def _group_items(graph: tp.DependencyGraph, model: nn.Module, excludes: set[str]
         consumers = [it for it in group if it.dep.handler.__name__.endswith("in_channels")]
         if not consumers:
             continue
+        _check_indices(group, names)
         members = sorted({names[it.dep.target.module] for it in group if it.dep.target.module in names})
         channels = root.out_channels if hasattr(root, "out_channels") else root.out_features
         yield ChannelGroup(names[root], int(channels), tuple(members)), root
+
+
+def _check_indices(group, names: dict[nn.Module, str]) -> None:
+    """Refuse a group that maps a channel past a member's size: torch-pruning follows channels
+    through a ``chunk`` + ``cat`` + channel shuffle (reshape, transpose) by position and can land
+    on channels a narrower layer does not have (a GhostNet/ShuffleNet block, new-user round 15:
+    depthwise ``dw.0``'s 40 channels mapped onto ``g1.p.0``'s 20, and pruning ended in an
+    ``IndexError`` traceback); masks built from such a group would zero the wrong channels."""
+    root = names.get(group[0].dep.target.module, "a layer")
+    for item in group:
+        layer = item.dep.target.module
+        if not item.dep.handler.__name__.endswith("out_channels") or not isinstance(getattr(layer, "weight", None),
+                                                                                     torch.Tensor):
+            continue
+        size, last = layer.weight.shape[0], max((int(i) for i in item.idxs), default=-1)
+        if last >= size:
+            raise NpuflowError("NPF_PRUNE_UNSUPPORTED_MODEL", layer=root,
+                               reason=f"it maps channel {last} onto {names.get(layer, type(layer).__name__)}, which "
+                                      f"has {size} (channels reordered by a reshape/transpose or split by a chunk)")
 
 
 def _failing_root(graph: tp.DependencyGraph, model: nn.Module, ignored: list[nn.Module]) -> str:
