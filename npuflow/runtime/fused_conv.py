@@ -9,9 +9,10 @@ exact, else float64 or int64, and a float epilogue (with its fused chain: LeakyR
 hard-swish) a table of the accumulator where its scales are per tensor, else one float32 operation
 per node. uint8 groups whose arithmetic is ONNX Runtime's, and fixed-point convolutions whose
 float32 multipliers are exact, go to its own integer kernels first (``fused_qlinear``;
-:func:`_split_fixed` where only some channels have one); dense convolutions and fully connected
-layers with a float epilogue take their exact int32 accumulator from ONNX ``ConvInteger`` on uint8
-codes and weights where this CPU's kernel is exact (:func:`_integer_conv`).
+:func:`_split_fixed` where only some channels have one: the others with fix channels); dense
+convolutions and fully connected layers with a float epilogue take their exact int32 accumulator
+from ONNX ``ConvInteger`` on uint8 codes and weights where this CPU's kernel is exact
+(:func:`_integer_conv`).
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bo
     """Write a fixed-point convolution only some of whose channels have an exact float32
     multiplier (``fused_fixed.kernel_form``) on ``QLinearConv`` all the same, and say whether it
     did: the other channels on the same kernel with the multipliers of ``fused_fixed.step_fixes``,
-    whose few late or early steps fix channels of that kernel correct with ``Max``/``Min`` (those
-    channels' bytes only), and any channel without such a form on ``ConvInteger`` with the exact
-    float64 requantisation; the parts' bytes concatenated and put back in channel order by one
-    ``Gather``.  ``t``, ``pads``: the input and padding :func:`conv` chose.
+    whose few late or early steps more output channels of that kernel (fix channels) correct with
+    ``Max``/``Min`` on those channels' bytes only, and any channel without such a form on
+    ``ConvInteger`` with the exact float64 requantisation; the parts' bytes concatenated and put
+    back in channel order by one ``Gather``.  ``t``, ``pads``: the input and padding :func:`conv` chose.
 
     Why: a channel with a step whose exact product lies within float32's spacing of a tie has no
     exact multiplier, and one in a layer kept the whole layer off the integer kernel (YOLOv8n on
