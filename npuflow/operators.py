@@ -283,8 +283,15 @@ RELATIVE_PRECISION_OPS = frozenset({"Log"})
 #: wide.  A positional encoding ``sin(p * 2**k * pi)`` reads a phase up to ~100 rad, and an 8-bit
 #: grid of that range steps 0.8 rad, so the sine is noise (new-user round 15's NeRF MLP: density
 #: cosine 0.955 on cpu-int8 with the phase quantized; B4096 and bernoulli2 kept it float).  Their
-#: input cone stays float as a :data:`RELATIVE_PRECISION_OPS` op's does.
+#: input cone stays float as a :data:`RELATIVE_PRECISION_OPS` op's does, through
+#: :data:`PHASE_CARRYING_OPS` only.
 PERIODIC_OPS = frozenset({"Sin", "Cos"})
+#: Ops that build a phase from positions and frequencies (scale, shift, outer product, layout,
+#: the ``cat(freqs, freqs)`` of a rotary embedding).  A :data:`PERIODIC_OPS` cone stops at any
+#: other op: a Conv -> Relu -> Sin keeps its 8-bit grid, whose range is what the Relu gives.
+PHASE_CARRYING_OPS = frozenset({
+    "Mul", "Div", "Add", "Sub", "Neg", "MatMul", "Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+    "Transpose", "Identity"})
 #: Ops that pass a wide-range (power-like) quantity on without squashing its range: linear maps,
 #: sums, products, powers, clamps and layout.  The float input cone of a :data:`RELATIVE_PRECISION_OPS`
 #: or :data:`PERIODIC_OPS` op extends back through them (:mod:`npuflow.check.cone`); an op

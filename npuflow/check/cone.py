@@ -28,8 +28,8 @@ the same peak test to float post-processing on the CPU.
 from __future__ import annotations
 
 from ..graph import GraphView
-from ..operators import (GRID_OPS, PEAK_TEST_OPS, PERIODIC_OPS, RANGE_CARRYING_OPS, RELATIVE_PRECISION_OPS,
-                         STANDARD_DOMAINS)
+from ..operators import (GRID_OPS, PEAK_TEST_OPS, PERIODIC_OPS, PHASE_CARRYING_OPS, RANGE_CARRYING_OPS,
+                         RELATIVE_PRECISION_OPS, STANDARD_DOMAINS)
 
 
 def float_cones(view: GraphView, folded: frozenset[int] = frozenset()) -> dict[int, int]:
@@ -95,9 +95,11 @@ def relative_precision_cones(view: GraphView, folded: frozenset[int] = frozenset
     Log`` left both Convs on the accelerator in check and in float in quantize and compile).
 
     Graph order is topological, so one pass from the back sees every reader of a node before the
-    node: a node joins when it is range-carrying, its outputs are no graph outputs, and each of
-    its outputs is read, as data, only by members (or the ops themselves) of cones; read by
-    several (``Sin`` and ``Cos`` of one phase), it joins the first in graph order."""
+    node: a node joins when it is range-carrying (phase-carrying,
+    :data:`~npuflow.operators.PHASE_CARRYING_OPS`, for a Sin's cone; a ``folded`` scale belongs to
+    its layer there), its outputs are no graph outputs, and each of its outputs is read, as data,
+    only by members (or the ops themselves) of cones; read by several (``Sin`` and ``Cos`` of one
+    phase), it joins the first in graph order."""
     root: dict[int, int] = {}
     for i in range(len(view.nodes) - 1, -1, -1):
         node = view.nodes[i]
@@ -106,11 +108,18 @@ def relative_precision_cones(view: GraphView, folded: frozenset[int] = frozenset
         if node.op_type in RELATIVE_PRECISION_OPS | PERIODIC_OPS:
             root[i] = i
             continue
-        if node.op_type not in RANGE_CARRYING_OPS and i not in folded:
+        if node.op_type not in RANGE_CARRYING_OPS | PHASE_CARRYING_OPS and i not in folded:
             continue
         owners = _reader_roots(view, i, root)
-        if owners:
-            root[i] = min(owners)
+        if not owners:
+            continue
+        first = min(owners)
+        if view.nodes[first].op_type in PERIODIC_OPS:  # a phase: built by elementwise and layout ops
+            joins = node.op_type in PHASE_CARRYING_OPS and i not in folded
+        else:
+            joins = node.op_type in RANGE_CARRYING_OPS or i in folded
+        if joins:
+            root[i] = first
     return {i: r for i, r in root.items() if i != r}
 
 
