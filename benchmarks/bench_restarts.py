@@ -1,0 +1,97 @@
+"""Does a label-free score on held-out training-side samples pick the better fast-finetune seeds?
+(issue 18; ``fast_finetune: {restarts, select_on}``, npuflow/quant/algorithms/restarts.py)
+
+``--seeds 0,1,2``: one ``npuflow.quantize`` per seed (DPUCZDX8G_ISA1_B4096; PP-OCRv4 rec: AdaQuant 500
+with learned weight thresholds, EfficientNet-Lite0: AdaRound 500, both on 32 calibration samples as
+``bench_accuracy.py``), each scored on the benchmark's evaluation set and, without labels, against
+FP32 on 512 held-out samples: output MSE, output cosine and task agreement (rec: greedy-decoded line
+equal to FP32's, as class sequences and as text with border spaces stripped; EffNet: argmax equal),
+the same on the 32 calibration samples for contrast.
+``--restarts N``: one ``npuflow.quantize`` with ``restarts: N, select_on: 512`` (the held-out samples
+appended to the calibration data), its evaluation score and every restart's held-out score.
+
+Held-out samples: rec, the last 512 of ``bench_qat.py``'s 768 training lines (its guard set);
+EffNet, 512 crops of another seed (calibration crops use 101, evaluation 102, these 103).  Neither
+set meets the evaluation samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import bench_accuracy as BA  # noqa: E402
+import datasets as D  # noqa: E402
+import numpy as np  # noqa: E402
+
+import npuflow  # noqa: E402
+from npuflow.analyze.output_kinds import ctc_greedy_sequences  # noqa: E402
+
+HELD = 512
+
+
+def setup(kind: str):
+    """``(bench, held-out samples, fast_finetune config)`` of one model."""
+    if kind == "rec":
+        bench = BA.benches(["ppocr"], 32, 300, 24)[0]
+        train, _ = D.ocr_lines("calib", 768)
+        return bench, train[768 - HELD:], {"method": "adaquant", "iters": 500, "learn_threshold": True}
+    bench = BA.benches(["effnet"], 32, 300, 24)[0]
+    held = [{"input": D._effnet_input(c)} for c in D.random_crops(HELD, 224, 103)]
+    return bench, held, {"method": "adaround", "iters": 500}
+
+
+def scores(float_session, q_session, samples: list, kind: str) -> dict:
+    """Label-free scores of the quantized model against FP32 on ``samples``."""
+    name = float_session.get_inputs()[0].name
+    f = [float_session.run(None, {name: s[name]})[0] for s in samples]
+    q = [q_session.run(None, {name: s[name]})[0] for s in samples]
+    cos = [float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)) for a, b in zip(f, q)]
+    out = {"mse": float(np.mean([np.mean((a - b) ** 2) for a, b in zip(f, q)])), "cos": float(np.mean(cos)),
+           "n": len(samples)}
+    if kind == "rec":  # the option's class sequence, and the text the evaluation reads (border spaces stripped)
+        out["agree"] = float(np.mean([ctc_greedy_sequences(a) == ctc_greedy_sequences(b) for a, b in zip(f, q)]))
+        out["agree_text"] = float(np.mean([D.ctc_greedy_decode(a) == D.ctc_greedy_decode(b) for a, b in zip(f, q)]))
+    else:
+        out["agree"] = float(np.mean([a.argmax() == b.argmax() for a, b in zip(f, q)]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", choices=["rec", "effnet"])
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds, one quantize each")
+    ap.add_argument("--restarts", type=int, default=None, help="one quantize with this many restarts")
+    ap.add_argument("--out", default=None, help="JSON lines appended here")
+    args = ap.parse_args()
+    bench, held, ff = setup(args.model)
+    model = BA.npuflow_load(bench.path, bench.input_shapes)
+    fp32 = D.ort_session(model)
+    runs = [({**ff, "seed": int(s)}, list(bench.calib)) for s in (args.seeds or "").split(",") if s]
+    if args.restarts:
+        runs.append(({**ff, "seed": 0, "restarts": args.restarts, "select_on": HELD}, list(bench.calib) + held))
+    for cfg, calib in runs:
+        t0 = time.time()
+        q = npuflow.quantize(model, calib, target=BA.TARGET, config={"fast_finetune": cfg})
+        row = {"model": args.model, "fast_finetune": cfg, "quantize_s": round(time.time() - t0, 1),
+               "eval": bench.evaluate(D.ort_session(q.model)), "algorithms": q.info["algorithms"].get("fast_finetune")}
+        if "restarts" not in cfg:
+            qs = D.ort_session(q.model)
+            row.update(held=scores(fp32, qs, held, args.model), calib=scores(fp32, qs, list(bench.calib), args.model))
+        row.update(load=os.getloadavg()[0], end=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
