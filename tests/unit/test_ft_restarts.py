@@ -76,6 +76,9 @@ def test_restarts_need_held_out_samples(cache):
     with pytest.raises(NpuflowError) as err:
         _quantize(_digits(8), restarts=2, select_on=8)
     assert err.value.code == "NPF_QUANT_BAD_CONFIG" and "select_on: 8" in str(err.value)
+    with pytest.raises(NpuflowError) as err:  # held-out samples are read twice: a generator cannot give them
+        _quantize(iter(_digits(12)), restarts=2, select_on=4)
+    assert err.value.code == "NPF_QUANT_BAD_CONFIG" and "one-shot iterator" in str(err.value)
 
 
 def test_agreement_reads_each_output_as_its_task():
