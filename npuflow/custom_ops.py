@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import onnx
 
-from .errors import NpuflowError
+from .errors import NpuflowError, error_text
 
 log = logging.getLogger(__name__)
 
@@ -319,4 +319,4 @@ def raise_recorded() -> None:
         op, exc = _ERRORS[0]
         _ERRORS.clear()
     raise NpuflowError("NPF_CUSTOM_OP_FAILED", op=f"{op.domain}:{op.op_type}", source=op.source,
-                       reason=f"{type(exc).__name__}: {exc}")
+                       reason=f"{type(exc).__name__}: {error_text(exc)}")

@@ -3,7 +3,9 @@
 Codes follow ``NPF_<AREA>_<NAME>`` and never change meaning once released, so scripts and
 support threads can rely on them (the role of Vitis AI's Appendix A error IDs).  Library code
 raises :class:`NpuflowError` with a code and the values the message needs; the CLI prints
-``ERROR [CODE] message`` plus the hint and exits non-zero, without a traceback.
+``ERROR [CODE] message`` plus the hint and exits non-zero, without a traceback.  In Python,
+``str(exc)`` is ``[CODE] message`` and the hint on the next line, so a script that does not catch
+the error still shows what to do; a message that quotes another error takes :func:`error_text`.
 
 ``docs/errors.md`` is generated from :data:`CATALOG` (``python -m npuflow.errors > docs/errors.md``)
 and a test keeps it in sync.
@@ -266,10 +268,9 @@ _RUNTIME = _specs(
      "Convert the array, e.g. x.astype(numpy.{expected})."),
     ("NPF_RUNTIME_INPUT_SHAPE", "input {name!r} has shape {got}, the model expects {expected}",
      "Resize or reshape the data; the shape was frozen when the model was compiled (a dimension the quantized "
-     "model leaves dynamic, a batch say, compiles at another size with npuflow compile --input-shape NAME DIMS)."),
+     "model leaves dynamic, a batch say, compiles at another size with {resize})."),
     ("NPF_RUNTIME_SHAPE_TOO_LARGE", "inputs of shape {got} fit none of the shapes the model was compiled for",
-     "Compiled shapes: {shapes}. Compile one at least this large (repeat --input-shape NAME DIMS in npuflow "
-     "compile, one per shape) or cut the input."),
+     "Compiled shapes: {shapes}. Compile one at least this large ({resize}) or cut the input."),
     ("NPF_RUNTIME_BAD_INPUT_FILE", "cannot read input {value!r}: {reason}",
      "Give inputs as NAME=FILE.npy (numpy.save), a FILE.npz holding every input by name (numpy.savez), or a "
      "folder of such files (one per sample) with -o OUTDIR."),
@@ -537,7 +538,9 @@ class NpuflowError(Exception):
         self.fields = fields
         self.message = spec.message.format(**fields)
         self.hint = spec.hint.format(**fields)
-        super().__init__(f"[{code}] {self.message}")
+        # the hint is in the exception's text: an uncaught error's traceback, print(exc) and
+        # wrappers that show str(exc) (Dynamo's BackendCompilerFailed) printed the message alone
+        super().__init__(f"[{code}] {self.message}\n  hint: {self.hint}")
 
     def render(self) -> str:
         """The two lines the CLI prints."""
@@ -552,6 +555,13 @@ class NpuflowError(Exception):
 
 def _rebuild(code: str, fields: dict[str, object]) -> NpuflowError:
     return NpuflowError(code, **fields)
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception quoted inside another message or a log line: a coded error's
+    ``[CODE] message`` without its hint (the quoting message gives its own advice, and the
+    hint's line would break it in two), any other exception's ``str``."""
+    return f"[{exc.code}] {exc.message}" if isinstance(exc, NpuflowError) else str(exc)
 
 
 def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
@@ -575,6 +585,8 @@ def catalog_markdown() -> str:
         "",
         "Generated from `npuflow/errors.py` by `python -m npuflow.errors > docs/errors.md`; do not edit.",
         "Every code is printed as `ERROR [CODE] message` followed by a hint, and the command exits non-zero.",
+        "In Python, `str(exc)` of an `npuflow.NpuflowError` is `[CODE] message` with `  hint: ...` on the next line;",
+        "`exc.code`, `exc.message` and `exc.hint` hold the parts.",
         "",
         "| code | message | hint |",
         "| --- | --- | --- |",

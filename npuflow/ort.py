@@ -182,6 +182,14 @@ def _is_npuf(model: str | os.PathLike | bytes) -> bool:
         return False
 
 
+#: How a session compiling a quantized model is given another input size, per shape error.
+_RESIZE = {
+    "NPF_RUNTIME_INPUT_SHAPE": "npuflow.ort.InferenceSession(..., input_shapes={{{name!r}: {got}}})",
+    "NPF_RUNTIME_SHAPE_TOO_LARGE": "npuflow.ort.InferenceSession(..., input_shapes=[{{'NAME': DIMS}}, ...]), "
+                                   "a dict per shape set",
+}
+
+
 def _unsupported(method: str, instead: str) -> NpuflowError:
     """The coded error for an ``onnxruntime.InferenceSession`` method npuflow has no counterpart of."""
     return NpuflowError("NPF_ORT_UNSUPPORTED_METHOD", method=method, instead=instead)
@@ -202,7 +210,8 @@ class InferenceSession:
         self.from_cache = False
         if isinstance(path_or_bytes, onnx.ModelProto):  # what onnx.load gave: compiled from its bytes
             path_or_bytes = path_or_bytes.SerializeToString()
-        if _is_npuf(path_or_bytes):
+        npuf = _is_npuf(path_or_bytes)
+        if npuf:
             compiled = CompiledModel.load(path_or_bytes)
         else:
             if target is None:
@@ -212,6 +221,7 @@ class InferenceSession:
         #: the npuflow session doing the work (dumps, run_op, listeners, runners)
         self.session = Session(compiled, target, cpu_threads=threads)
         self._options = sess_options
+        self._compiled_here = not npuf  # its shapes are this call's input_shapes=
 
     # --- lifetime: ORT frees a session when it is dropped; a server swapping models frees it now
     def close(self) -> None:
@@ -285,5 +295,15 @@ class InferenceSession:
         for name in wanted:
             if name not in names:
                 raise NpuflowError("NPF_RUNTIME_UNKNOWN_OUTPUT", name=name, outputs=", ".join(names))
-        result = self.session.run(input_feed, wanted)
+        try:
+            result = self.session.run(input_feed, wanted)
+        except NpuflowError as exc:
+            raise self._resize_named(exc) from None
         return [result[n] for n in wanted]
+
+    def _resize_named(self, exc: NpuflowError) -> NpuflowError:
+        """A shape error of a model this session compiled, its hint naming this session's
+        ``input_shapes=`` (the runtime's names ``npuflow compile``, which this user never ran)."""
+        if not self._compiled_here or exc.code not in _RESIZE:
+            return exc
+        return NpuflowError(exc.code, **{**exc.fields, "resize": _RESIZE[exc.code].format(**exc.fields)})

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..errors import error_text
 from ..graph import slice_nodes
 from ..shape_probe import probe_feeds
 from ..ort_session import open_session
@@ -56,7 +57,7 @@ def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: in
         feed.update({k: v for k, v in probe_feeds(sub).items() if k in feed and feed[k].dtype.kind in "iub"})
         return _median_ms(lambda: sess.run(None, feed), runs)
     except Exception as exc:  # ORT raises many types; a part that cannot run alone is reported, not fatal
-        log.warning("cannot time CPU part %s alone: %s", nodes[0].name, exc)
+        log.warning("cannot time CPU part %s alone: %s", nodes[0].name, error_text(exc))
         return None
 
 
@@ -71,7 +72,7 @@ def time_compiled(compiled: Any, runs: int = RUNS) -> float | None:
         feed = _random_feed([(i.name, i.shape, i.dtype) for i in sess.get_inputs()])
         return _median_ms(lambda: sess.run(feed), runs)
     except Exception as exc:  # a model that cannot run on random inputs is reported, not fatal
-        log.warning("cannot time the compiled model on random inputs: %s", exc)
+        log.warning("cannot time the compiled model on random inputs: %s", error_text(exc))
         return None
 
 

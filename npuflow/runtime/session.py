@@ -42,6 +42,12 @@ from .fused import FusedRun
 from .plugin_executor import PluginExecutor
 from .runner import Runner, TensorInfo
 
+#: How another input size is compiled, for ``NPF_RUNTIME_INPUT_SHAPE``'s / ``NPF_RUNTIME_SHAPE_TOO_LARGE``'s
+#: hint (``npuflow.ort.InferenceSession``, which compiles the model itself, names its own argument).
+RESIZE_ONE = "npuflow compile --input-shape NAME DIMS, in Python npuflow.compile(..., input_shapes={'NAME': DIMS})"
+RESIZE_SETS = ("repeat --input-shape NAME DIMS in npuflow compile, one per shape set; in Python "
+               "npuflow.compile(..., input_shapes=[{'NAME': DIMS}, ...]), a dict per shape set")
+
 
 @dataclass(frozen=True)
 class SubgraphEvent:
@@ -379,7 +385,7 @@ class Session:
             fixed = self._fixed_dims[t.name]
             if len(got) != len(t.shape) or any(got[k] != t.shape[k] for k in fixed):
                 expected = "x".join("?" if k not in fixed else str(d) for k, d in enumerate(t.shape))
-                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t.name, got=list(got),
+                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t.name, got=list(got), resize=RESIZE_ONE,
                                    expected=expected if len(self._programs) > 1 else list(t.shape))
         if len(self._programs) == 1:  # every dimension is fixed, and matched above
             return 0
@@ -387,7 +393,7 @@ class Session:
                 if all(g <= d for name, shape in shapes.items() for g, d in zip(shape, p.inputs[name]))]
         if not fits:
             raise NpuflowError("NPF_RUNTIME_SHAPE_TOO_LARGE", got=shape_sets_text([dict(shapes)]),
-                               shapes=shape_sets_text(self.input_shapes))
+                               shapes=shape_sets_text(self.input_shapes), resize=RESIZE_SETS)
         return min(fits, key=lambda k: (self._programs[k].elements, k))
 
     def _validate(self, inputs: Mapping[str, np.ndarray]) -> tuple["_Program", dict[str, np.ndarray]]:
@@ -551,6 +557,7 @@ class Session:
                 raise NpuflowError("NPF_RUNTIME_INPUT_DTYPE", name=t, expected=info["dtype"],
                                    got=str(dtype) if dtype is not None else type(a).__name__)
             if tuple(a.shape) != tuple(info["shape"]):
-                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t, got=list(a.shape), expected=list(info["shape"]))
+                raise NpuflowError("NPF_RUNTIME_INPUT_SHAPE", name=t, got=list(a.shape), expected=list(info["shape"]),
+                                   resize=RESIZE_ONE)
             feeds[t] = np.ascontiguousarray(a)
         return feeds

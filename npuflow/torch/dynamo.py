@@ -184,20 +184,11 @@ class CompiledGraph:
 def backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None = None) -> Callable:
     """The ``"npuflow"`` TorchDynamo backend (registered through the ``torch_dynamo_backends``
     entry point, so ``torch.compile(m, backend="npuflow", options={"target": ...})`` works
-    without importing npuflow).
+    without importing npuflow): check, quantize and compile one captured graph.
 
     Dynamo wraps a backend's exception in its ``BackendCompilerFailed``, whose message is the
-    exception's ``str``: a coded error's hint is added to it, since the user sees nothing else
+    exception's ``str``: a coded error's ``str`` carries its hint, the one thing the user sees
     (``NPF_TORCH_DYNAMIC_SHAPES`` read "symbolic size s77 = s77" without "dynamic=False")."""
-    try:
-        return _backend(gm, example_inputs, options)
-    except NpuflowError as exc:
-        exc.args = (f"{exc}\n  hint: {exc.hint}",)
-        raise
-
-
-def _backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None) -> Callable:
-    """:func:`backend`'s work: check, quantize and compile one captured graph."""
     from ..check import check
     from .ptq import export_float
 

@@ -608,4 +608,4 @@ def _save_fields(path: Path, **arrays: np.ndarray) -> None:
     try:
         write_atomic(path, buf.getvalue())
     except NpuflowError as exc:  # a read-only cache must not stop quantization
-        log.warning("cannot write fast-finetune cache %s: %s", path, exc)
+        log.warning("cannot write fast-finetune cache %s: [%s] %s", path, exc.code, exc.message)
