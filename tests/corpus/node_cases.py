@@ -129,7 +129,7 @@ def check_case(case: NodeCase, target: str) -> Stage:
     try:
         report = npuflow.check(case.model, target)
     except npuflow.NpuflowError as exc:
-        return Stage("refused", code=exc.code, detail=str(exc)[:300], seconds=time.monotonic() - start)
+        return Stage("refused", code=exc.code, detail=npuflow.errors.error_text(exc)[:300], seconds=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001  (the finding: an uncoded crash)
         return _crash(exc, start)
     s = report.summary
@@ -144,7 +144,7 @@ def run_case(case: NodeCase, target: str) -> Stage:
     try:
         outs = npuflow.Session(npuflow.compile(case.model, target)).run(_feeds(case.model, case.inputs))
     except npuflow.NpuflowError as exc:
-        return Stage("refused", code=exc.code, detail=str(exc)[:300], seconds=time.monotonic() - start)
+        return Stage("refused", code=exc.code, detail=npuflow.errors.error_text(exc)[:300], seconds=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001
         return _crash(exc, start)
     got = list(outs.values()) if isinstance(outs, dict) else list(outs)
