@@ -230,7 +230,7 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
             q = npuflow.quantize(model, bench.calib, target=TARGET, config=cfg)
         except Exception as exc:  # noqa: BLE001  (one failing row must not lose the others)
             traceback.print_exc()
-            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            rows[name] = {"error": f"{type(exc).__name__}: {npuflow.errors.error_text(exc)}"}  # one line: a table cell
             return
         seconds = time.perf_counter() - t0
         scores = bench.evaluate(D.ort_session(q.model))

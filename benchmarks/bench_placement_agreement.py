@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.unit.test_placement_agreement import TARGETS, disagreements, random_model  # noqa: E402
+from npuflow.errors import error_text  # noqa: E402
 
 
 def _context(model, name: str) -> str:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 found = disagreements(model, target)
             except Exception as e:  # noqa: BLE001 - a failure to quantize/compile/run is a finding too
-                key = (target, f"{type(e).__name__}: {str(e)[:160]}")
+                key = (target, f"{type(e).__name__}: {error_text(e)[:160]}")  # a coded error without its hint line
                 errors[key].append(seed)
                 if out:
                     out.write(json.dumps({"seed": seed, "target": target, "error": key[1]}) + "\n")
