@@ -21,6 +21,7 @@ from ..model import max_tensor_elements
 from ..numerics import qrange
 from ..targets import bundled_fingerprint, load_target, same_fingerprint
 from . import memory
+from .manifest_pieces import pieces
 from .manifest_schema import (ARENA_BYTES_PER_ELEMENT, ATTRS, CODE_DTYPES, MAX_LEFT_SHIFT, MAX_SHIFT, ArrayRef, Blob,
                               IntegerSubgraph, Manifest, OnnxSubgraph, Op, PackedManifest, PluginSubgraph, SchemaError,
                               Strict, Tensor)
@@ -35,10 +36,12 @@ def validate(manifest: object, blob_bytes: Callable[[str], bytes], *, newer_mino
     context = {"ignore_unknown": newer_minor}
     if isinstance(manifest, dict) and "packed" in manifest:
         return _validate_packed(manifest, blob_bytes, newer_minor)
-    try:
-        m = Manifest.model_validate(manifest, context=context)
-    except ValidationError as exc:
-        raise _schema_error(exc, "") from None
+    m = pieces(manifest, context)  # no tree of the whole manifest (:mod:`.manifest_pieces`)
+    if m is None:  # a piece refused: the whole manifest's validation names the first error, as it always did
+        try:
+            m = Manifest.model_validate(manifest, context=context)
+        except ValidationError as exc:
+            raise _schema_error(exc, "") from None
     for k in range(len(m.variants or [])):
         _check_variant(m, manifest, k, blob_bytes, newer_minor)
     _check_program(m, context, blob_bytes)
@@ -209,7 +212,8 @@ def _check_integer(m: Manifest, sg: IntegerSubgraph, where: str, context: dict,
         if name not in known - set(sg.inputs):
             raise SchemaError(f"{where}.outputs", f"{name!r} is made by no op of the subgraph")
     ops = [o.model_dump(by_alias=True) for o in sg.ops]
-    tensors = {k: {"dtype": t.dtype, "shape": t.shape} for k, t in m.tensors.items()}
+    tensors = {k: {"dtype": t.dtype, "shape": t.shape}  # the plan sizes the tensors the ops make, no others
+               for k in dict.fromkeys(o for op in sg.ops for o in op.outputs) for t in (m.tensors[k],)}
     expected = memory.plan(ops, tensors, set(sg.inputs) | set(sg.outputs))
     if sg.memory.model_dump() != expected:
         raise SchemaError(f"{where}.memory", f"differs from the plan of its ops (arena {sg.memory.arena_bytes} B, "

@@ -541,6 +541,10 @@ class PluginSubgraph(_SubgraphBase):
     nodes: list[Name]
 
 
+#: One subgraph of a program, told apart by its engine.
+Subgraph = Annotated[Union[IntegerSubgraph, OnnxSubgraph, PluginSubgraph], Field(discriminator="engine")]
+
+
 class TargetInfo(Strict):
     name: Name
     fingerprint: Name
@@ -585,9 +589,7 @@ class Manifest(Strict):
     target: TargetInfo
     inputs: list[Io]
     outputs: Annotated[list[Io], Field(min_length=1)]
-    subgraphs: Annotated[list[Annotated[Union[IntegerSubgraph, OnnxSubgraph, PluginSubgraph],
-                                        Field(discriminator="engine")]],
-                         Field(min_length=1)]
+    subgraphs: Annotated[list[Subgraph], Field(min_length=1)]
     tensors: dict[str, Tensor]
     memory: MemoryInfo
     build_config: Optional[dict] = None
