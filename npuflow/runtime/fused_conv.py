@@ -9,7 +9,8 @@ exact, else float64 or int64, and a float epilogue (with its fused chain: LeakyR
 hard-swish) a table of the accumulator where its scales are per tensor, else one float32 operation
 per node. uint8 groups whose arithmetic is ONNX Runtime's, and fixed-point convolutions whose
 float32 multipliers are exact, go to its own integer kernels first (``fused_qlinear``;
-:func:`_split_fixed` where only some channels have one: the others with fix channels); dense
+:func:`_split_fixed` where only some channels have one: the others with fix channels;
+``fused_fixconv.depthwise_fixed`` for a depthwise layer); dense
 convolutions and fully connected layers with a float epilogue take their exact int32 accumulator
 from ONNX ``ConvInteger`` on uint8 codes and weights where this CPU's kernel is exact
 (:func:`_integer_conv`).
@@ -24,7 +25,7 @@ from onnx import TensorProto, helper
 
 from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
-from . import fused_fixed, fused_qgemm, fused_qlinear
+from . import fused_fixconv, fused_fixed, fused_qgemm, fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
 from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, abs_sums, channel, clamp_bounds,
                           code_range, code_reach, lookup, quantize_value, round_and_clip, round_scaled, rows_as_conv,
@@ -43,7 +44,8 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
         # padding of the centred input (the Pad node then has no reader left and is dropped)
         t, width = padded[0], np.asarray(padded[1])
         pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
-    if fused_qlinear.conv(g, op, t, pads, blobs) or _split_fixed(g, op, blobs, t, pads):
+    if fused_qlinear.conv(g, op, t, pads, blobs) or _split_fixed(g, op, blobs, t, pads) \
+            or fused_fixconv.depthwise_fixed(g, op, blobs, t, pads):
         return
     if list(g.tensors[t]["shape"]) == list(a["in_shape"]) or t != op["inputs"][0]:
         to_conv = _same
@@ -108,7 +110,7 @@ def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bo
     fixes = fused_fixed.step_fixes(w, bias, ep, reach, bad)
     out, lo = op["outputs"][0], clamp_bounds(ep)[0]
     good, fixed = np.flatnonzero(~np.isnan(mult)), bad[~np.isnan(fixes.mult)]
-    groups = _fix_groups(fixes, bad)
+    groups = fused_fixconv.fix_groups(fixes, bad)
     moved = int(ep["zp"]) - lo  # the kernel's output zero point: a fix channel's bytes are clip(acc - a + k)
     kernel_w = [w2[good], w2[fixed]] + [w2[rows] for _, rows, _, _ in groups]
     kernel_b = [b2[good], b2[fixed]] + [b2[rows] + move - moved for _, rows, move, _ in groups]
@@ -158,28 +160,6 @@ def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bo
     g.put_bytes(out, y if np.array_equal(order, np.arange(len(order))) else
                 g.node("Gather", [y, g.const(order, np.int64)], axis=1), lo)
     return True
-
-
-def _fix_groups(fixes: fused_fixed.StepFixes, bad: np.ndarray) -> list:
-    """The fix channels of :func:`_split_fixed`, one group per round and kind (late fixes first, as
-    ``fused_fixed.fixed_bytes`` applies them): ``(late, rows, move, (index, bound))`` with the
-    layer's channels ``rows`` the group's channels copy, the bias ``move`` (``k - a``) of each, and
-    for each fixed channel (in order) the group channel its fix reads and the bound of its ``Min``
-    or ``Max`` (0 or 255 where it has no fix in this group: then the fix changes nothing)."""
-    ok = np.flatnonzero(~np.isnan(fixes.mult))
-    groups = []
-    for late, table in ((True, fixes.late), (False, fixes.early)):
-        for r in range(fused_fixed.FIX_ROUNDS):
-            have = [(j, table[i][r]) for j, i in enumerate(ok) if table[i][r] is not None]
-            if not have:
-                continue
-            index = np.zeros(len(ok), np.int64)
-            bound = np.full(len(ok), 0 if late else 255, np.int64)
-            for n, (j, (acc, k)) in enumerate(have):
-                index[j], bound[j] = n, k if late else k - 1
-            rows = bad[ok[[j for j, _ in have]]]
-            groups.append((late, rows, np.array([k - acc for _, (acc, k) in have], np.int64), (index, bound)))
-    return groups
 
 
 def _split_channels(g: Graph, y: str, sizes: list[int]) -> list[str]:

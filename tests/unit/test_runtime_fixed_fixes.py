@@ -103,3 +103,50 @@ def test_fixed_channels_run_on_one_qlinearconv_equal_to_numerics():
     got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
     assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
     assert not np.array_equal(_kernel(acc, np.float32(np.ldexp(float(MULT[0]), -int(SHIFT[0])))), got[0])
+
+
+def _depthwise(acc: np.ndarray, ep: dict) -> tuple[fused_graph.Graph, np.ndarray]:
+    """The two channels of :func:`_weights` as a depthwise convolution (kernel 1 x CIN, stride CIN
+    along the width: one output per CIN inputs of its own channel) of inputs giving ``acc``."""
+    taps = _inputs_for(acc)[0, :, 0, :].T.reshape(-1)  # position j's CIN taps side by side
+    x = np.stack([taps, taps]).reshape(1, 2, 1, -1)
+    shape = [1, 2, 1, len(acc)]
+    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"}})
+    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
+          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, CIN],
+                    "dilations": [1, 1], "group": 2, "x_zp": 0, "lshift": 0, "epilogue": ep}}
+    fused_conv.conv(g, op, {"w": _weights().reshape(2, 1, 1, CIN), "b": np.zeros(2, np.int64)})
+    return g, x
+
+
+def test_depthwise_fixed_channels_run_on_qlinearconv_equal_to_numerics():
+    """A depthwise layer with a channel without an exact multiplier: one depthwise QLinearConv of
+    every channel and whole-width fix convolutions (``fused_fixconv.depthwise_fixed``), equal to
+    ``numerics`` beside every step, where the nearest multiplier alone is not."""
+    every = _every()
+    ties = np.arange(-127, 128) - 0.5
+    near = np.unique(np.concatenate([np.ceil(ties * 2.0 ** s / m) for m, s in zip(MULT, SHIFT)]))
+    acc = np.unique(np.clip((near[:, None] + np.arange(-3, 4)).reshape(-1), every[0], every[-1]).astype(np.int64))
+    acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]  # what inputs reach
+    g, x = _depthwise(acc, EP)
+    kinds = [n.op_type for n in g.nodes]
+    assert kinds.count("QLinearConv") >= 2 and "Conv" not in kinds and "ConvInteger" not in kinds, kinds
+    assert "Gather" not in kinds and "Concat" not in kinds and "Max" in kinds and "Min" in kinds, kinds
+    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
+    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
+    assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
+    assert not np.array_equal(_kernel(acc, np.float32(np.ldexp(float(MULT[0]), -int(SHIFT[0])))), got[0])
+
+
+def test_depthwise_without_fixes_keeps_the_exact_forms():
+    """Ties away from zero (not MLAS' rounding): no fixes are proved, the depthwise layer keeps the
+    float forms, exact all the same."""
+    ep = {**EP, "round": "half_up"}
+    acc = _every()[::211]
+    acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]
+    g, x = _depthwise(acc, ep)
+    assert "QLinearConv" not in [n.op_type for n in g.nodes]
+    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
+    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
+    for c in (0, 1):
+        assert np.array_equal(got[c], np.clip(nm.requantize_fixed_point(acc, MULT[c], SHIFT[c], "half_up"), -128, 127))
