@@ -71,7 +71,7 @@ from .config import HISTOGRAM_METHODS, QuantConfig
 from .data import CalibrationSource, InputSpec, peek
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
-from . import percentile_search
+from . import method_search, percentile_search
 from .params import TensorQuant
 from .placement import accelerator_nodes
 from .plan import build_plan, node_key
@@ -237,7 +237,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
     search = percentile_search.applies(cfg, plan)
-    guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search else 0
+    positions = plan.quantized and method_search.applies(cfg, tgt.numerics.scale_type)
+    if positions:  # the MSE candidate's histograms, collected in the same pass
+        hist |= method_search.histogram_points(build_plan(leg, tgt, method_search.with_method(cfg, method_search.CANDIDATE), allowed))
+    guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search or positions else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
     keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
@@ -256,6 +259,15 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                                                  target_name=tgt.name, scale_type=tgt.numerics.scale_type,
                                                  progress=progress, workers=cfg.calib_workers,
                                                  ray_address=cfg.calib_ray_address)
+    if positions:
+        _step(progress, method_search.STAGE)
+        mse_cfg = method_search.with_method(cfg, method_search.CANDIDATE)
+        mse_plan = build_plan(leg, tgt, mse_cfg, allowed)
+        won, record = method_search.choose(leg, plan, mse_plan, stats, again, target_name=tgt.name,
+                                           scale_type=tgt.numerics.scale_type)
+        searched = {**searched, **record}
+        if won:
+            cfg, plan = mse_cfg, mse_plan
     asg = assign(leg, plan, stats)
 
     _step(progress, "export")
