@@ -12,8 +12,12 @@ and a *slim* mode (channels physically removed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,37 @@ from ..errors import NpuflowError
 
 #: Layer types whose output channels start a prunable group.
 ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+#: Seconds torch-pruning may spend per root layer building the groups (all of them: this times
+#: the root layers; one layer's own while :func:`_failing_root` looks for the culprit).  Its index
+#: mapping can loop forever: a temporal shift module (slices of a 5-D view along channels,
+#: concatenated) made ``npuflow prune run`` spin for 15 minutes (new-user round 15); real groups
+#: build in well under a second each, so the limit only ends such loops.
+GROUP_BUILD_LIMIT_S = 30.0
+_FAILURES = (IndexError, KeyError, ValueError, RuntimeError, AssertionError)
+
+
+class _Stuck(Exception):
+    """torch-pruning ran past :data:`GROUP_BUILD_LIMIT_S` building channel groups."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_Stuck` in the block after ``seconds`` (a SIGALRM timer: only in the main
+    thread, where the CLI runs; elsewhere the block runs unbounded, as before)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def stop(_signum, _frame):
+        raise _Stuck()
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -52,8 +87,14 @@ def _group_items(graph: tp.DependencyGraph, model: nn.Module, excludes: set[str]
     names = _module_names(model)
     ignored = [m for m, n in names.items() if n in excludes]
     try:
-        groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
-    except (IndexError, KeyError, ValueError, RuntimeError, AssertionError) as exc:
+        roots = sum(isinstance(m, ROOT_TYPES) for m in model.modules())
+        with _time_limit(GROUP_BUILD_LIMIT_S * max(1, roots)):
+            groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES))
+    except _Stuck:
+        raise NpuflowError("NPF_PRUNE_UNSUPPORTED_MODEL", layer=_failing_root(graph, model, ignored),
+                           reason=f"its channel mapping did not finish in {GROUP_BUILD_LIMIT_S:g} s (torch-pruning "
+                                  f"loops on it: channels sliced and concatenated inside a reshape?)") from None
+    except _FAILURES as exc:
         raise NpuflowError("NPF_PRUNE_UNSUPPORTED_MODEL", layer=_failing_root(graph, model, ignored),
                            reason=f"{type(exc).__name__}: {exc}") from None
     for group in groups:
@@ -87,16 +128,18 @@ def _check_indices(group, names: dict[nn.Module, str]) -> None:
 
 
 def _failing_root(graph: tp.DependencyGraph, model: nn.Module, ignored: list[nn.Module]) -> str:
-    """The first root layer whose group torch-pruning cannot build (its own walk over all groups
-    does not say which one failed, and visits them in an order that varies between runs)."""
+    """The first root layer whose group torch-pruning cannot build, or not within
+    :data:`GROUP_BUILD_LIMIT_S` (its own walk over all groups does not say which one failed, and
+    visits them in an order that varies between runs)."""
     for name, module in model.named_modules():
         if not isinstance(module, ROOT_TYPES) or module in ignored:
             continue
         channels = module.out_channels if hasattr(module, "out_channels") else module.out_features
         try:
-            graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
-                                    idxs=list(range(channels)))
-        except (IndexError, KeyError, ValueError, RuntimeError, AssertionError):
+            with _time_limit(GROUP_BUILD_LIMIT_S):
+                graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
+                                        idxs=list(range(channels)))
+        except (*_FAILURES, _Stuck):
             return name
     return "a layer"
 
