@@ -137,8 +137,7 @@ def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bo
         for k, (late, _, _, (index, bound)) in enumerate(groups):
             ind = split[2 + k] if np.array_equal(index, np.arange(len(fixed))) else \
                 g.node("Gather", [split[2 + k], g.const(index, np.int64)], axis=1)
-            bound = g.const(bound.reshape(1, -1, 1, 1), np.uint8)
-            fixes_of[late].append(g.node("Min" if late else "Max", [ind, bound]))
+            fixes_of[late].append(g.node("Min" if late else "Max", [ind, fused_fixconv.bound(g, bound, shape)]))
         b = split[1]
         for late in (True, False):  # late fixes first, as fused_fixed.fixed_bytes applies them
             if fixes_of[late]:

@@ -150,3 +150,23 @@ def test_depthwise_without_fixes_keeps_the_exact_forms():
     got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
     for c in (0, 1):
         assert np.array_equal(got[c], np.clip(nm.requantize_fixed_point(acc, MULT[c], SHIFT[c], "half_up"), -128, 127))
+
+
+def test_fix_bounds_have_the_output_shape():
+    """The constant operand of each fix's ``Min``/``Max`` spans the output's positions, not
+    ``(1, C, 1, 1)``: ONNX Runtime runs these ops channels-last, where a per-channel operand
+    broadcasts along the innermost axis, slowly (``fused_fixconv.bound``)."""
+    acc = _every()[::4001]
+    acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]
+    x = _inputs_for(acc)
+    shape = [1, 2, 1, len(acc)]
+    for g in (_depthwise(acc, EP)[0], fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"},
+                                                         "y": {"shape": shape, "dtype": "int8"}})):
+        if not g.nodes:  # the dense layer of the other tests
+            op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
+                  "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, 1],
+                            "dilations": [1, 1], "group": 1, "x_zp": 0, "lshift": 0, "epilogue": EP}}
+            fused_conv.conv(g, op, {"w": _weights(), "b": np.zeros(2, np.int64)})
+        consts = {i.name: list(i.dims) for i in g.inits}
+        bounds = [consts[t] for n in g.nodes if n.op_type in ("Min", "Max") for t in n.input if t in consts]
+        assert bounds and all(b[2:] == [1, len(acc)] for b in bounds), bounds
