@@ -430,6 +430,11 @@ _PRUNE = _specs(
      "Its outputs reach an op whose channel mapping torch-pruning does not handle (e.g. a conv whose "
      "channels reach an RNN through a transpose); leave that layer unpruned with "
      "IterativePruningRunner(..., excludes=[{layer!r}]) / OneStepPruningRunner(..., excludes=[...])."),
+    ("NPF_PRUNE_RATIO_MISSED", "asked to remove {asked} of the MACs, removed {achieved}: channel counts are "
+     "multiples of {divisible} and each pruned group's next step back misses the goal: {groups}",
+     "The goal is a minimum, met by whole rounded steps. Ask for the ratio removed, or for the one a step "
+     "back removes, prune with channel_divisible=1 in the API (finer MAC steps the target may not run "
+     "faster), exclude a group (--exclude), or give --target-latency-ms."),
     ("NPF_PRUNE_BAD_SCRIPT", "pruning script {path}: {reason}",
      "The script defines get_model() and get_example_inputs(); eval_fn(model), calib_batches() "
      "and finetune(model) are optional."),

@@ -40,6 +40,10 @@ from .sensitivity import DEFAULT_RATIOS, EvalFn, Sensitivity, analyse, cache_key
 
 log = logging.getLogger(__name__)
 
+#: how far past a requested removal ratio a round may land before NPF_PRUNE_RATIO_MISSED warns
+#: (one 16-channel step of a 64-channel group is 25 % of its channels, so finer is rarely possible)
+RATIO_TOLERANCE = 0.05
+
 
 @dataclass
 class RoundRecord:
@@ -143,6 +147,9 @@ class IterativePruningRunner(_Runner):
         rankings = channel_rankings(base, self.example_inputs, self.excludes)
         before = self.baseline_cost  # goals are relative to the original model, as in Vitis AI
         spec, threshold = self._search_threshold(base, rankings, goal, before)
+        steps: dict[str, float] = {}
+        if goal.kind != "latency":  # a latency estimate per step exports the model: too slow to step
+            spec, steps = self._step_back(base, rankings, spec, goal, before)
         removed = removed_channels(rankings, spec)
         slim_model = slim(base, self.example_inputs, removed)
         after = self.cost.measure(slim_model)
@@ -152,6 +159,8 @@ class IterativePruningRunner(_Runner):
             log.warning("pruning goal %s not reached: every group at its largest analysed ratio, channel counts "
                         "rounded up to multiples of %d, gives %s", goal.text, self.channel_divisible,
                         goal.reached(before, after))
+        elif goal.kind == "ratio" and goal.achieved(before, after) - goal.value > RATIO_TOLERANCE:
+            self._warn_overshoot(rankings, spec, steps, goal.value, goal.achieved(before, after))
         self.rounds.append(record)
         write_atomic(self.workdir / f"round_{record.round}.spec", json.dumps(asdict(record), indent=1))
         if mode == "slim":
@@ -166,6 +175,58 @@ class IterativePruningRunner(_Runner):
             raise NpuflowError("NPF_PRUNE_NO_ANALYSIS")
         record = self.rounds[(round or len(self.rounds)) - 1]
         return slim(sparse_model, self.example_inputs, record.removed)
+
+    def _allowed_counts(self, name: str, channels: int) -> list[int]:
+        """The channel counts the analysis priced for a group (its ratios, rounded), ascending."""
+        ratios = [0.0, *self.sensitivity.ratios] if name in self.sensitivity.groups else [0.0]
+        return sorted({kept_channels(channels, r, self.channel_divisible) for r in ratios})
+
+    def _step_back(self, base, rankings, spec, goal, before) -> tuple[dict[str, int], dict[str, float]]:
+        """Give channels back, one allowed count at a time, while the goal still holds.
+
+        The threshold moves every group together, in the order of their sensitivity, so one
+        group's jump to its next rounded count can overshoot the goal by a lot (round 15's RepVGG:
+        0.3 asked, a 32-channel group halved on a 16-wide engine, 59.5 % removed).  Stepping
+        back a group that the goal does not need removes less and so costs no accuracy.  The most
+        sensitive groups (largest loss at their ratio) are tried first.  Also returns, per pruned
+        group, the removal ratio one more step back would give (what the goal's rounding costs).
+        """
+        sens = self.sensitivity
+        spec = dict(spec)
+
+        def loss(name: str) -> float:
+            if name not in sens.groups:
+                return 0.0
+            kept = {kept_channels(sens.groups[name]["channels"], r, self.channel_divisible): m
+                    for r, m in zip(sens.ratios, sens.groups[name]["metric"])}
+            return sens.baseline - kept.get(spec[name], sens.baseline)
+
+        def one_back(name: str) -> tuple[dict[str, int], dict[str, float]]:
+            larger = [c for c in self._allowed_counts(name, rankings[name][0].channels) if c > spec[name]]
+            trial = {**spec, name: larger[0]}
+            return trial, self.cost.measure(self._slim_from_spec(base, rankings, trial), latency=False)
+
+        for name in sorted(spec, key=loss, reverse=True):
+            while spec[name] < rankings[name][0].channels:
+                trial, cost = one_back(name)
+                if not goal.met(before, cost):
+                    break
+                spec = trial
+        # a step that missed the goal misses it still (later steps only removed less): price each now
+        steps = {name: goal.achieved(before, one_back(name)[1])
+                 for name in spec if spec[name] < rankings[name][0].channels}
+        return spec, steps
+
+    def _warn_overshoot(self, rankings, spec, steps, asked: float, achieved: float) -> None:
+        """``NPF_PRUNE_RATIO_MISSED``: the groups whose rounded steps put the ratio far past the goal."""
+        groups = "; ".join(
+            f"{name} {rankings[name][0].channels} -> {spec[name]} channels (steps "
+            f"{', '.join(map(str, self._allowed_counts(name, rankings[name][0].channels)))}; one step back "
+            f"removes {steps[name]:.3f})"
+            for name in steps)
+        warning = NpuflowError("NPF_PRUNE_RATIO_MISSED", asked=f"{asked:g}", achieved=f"{achieved:.3f}",
+                               divisible=self.channel_divisible, groups=groups or "none")
+        log.warning("[%s] %s\n  hint: %s", warning.code, warning.message, warning.hint)
 
     def _search_threshold(self, base, rankings, goal, before) -> tuple[dict[str, int], float]:
         """Smallest loss threshold whose per-group ratios meet the goal (bisection)."""
@@ -305,17 +366,21 @@ class _Goal:
         """The goal as the API names it."""
         return f"{_GOAL_NAMES[self.kind]} {self.value:g}"
 
+    def achieved(self, before: dict[str, float], after: dict[str, float]) -> float:
+        """The fraction of MACs removed."""
+        return 1 - after["macs"] / before["macs"]
+
     def reached(self, before: dict[str, float], after: dict[str, float]) -> str:
         """What a round reached, in the goal's terms."""
         if self.kind == "ratio":
-            return f"removal ratio {1 - after['macs'] / before['macs']:.3f}"
+            return f"removal ratio {self.achieved(before, after):.3f}"
         if self.kind == "macs":
             return f"{after['macs']:.3g} MACs"
         return f"{after['latency_ms']:.4g} ms"
 
     def met(self, before: dict[str, float], after: dict[str, float]) -> bool:
         if self.kind == "ratio":
-            return 1 - after["macs"] / before["macs"] >= self.value
+            return self.achieved(before, after) >= self.value
         if self.kind == "macs":
             return after["macs"] <= self.value
         return after["latency_ms"] <= self.value
