@@ -97,7 +97,8 @@ def depthwise_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) ->
         full[bad] = at
         fix = f"{out}#fix{n}"
         g.tensors = {**g.tensors, fix: dict(g.tensors[out])}
-        fix_op = {**op, "outputs": [fix], "attrs": {**sub["attrs"], "epilogue": {**ep, "m32": np.ones(cout, np.float32)}}}
+        fix_ep = {**ep, "m32": np.ones(cout, np.float32)}
+        fix_op = {**op, "outputs": [fix], "attrs": {**sub["attrs"], "epilogue": fix_ep}}
         if not fused_qlinear.conv(g, fix_op, t, pads, {**blobs, "w": w2, "b": b}):
             g.rollback(mark)
             return False

@@ -141,8 +141,8 @@ def _kernel_form(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, *,
             fits = not np.any(np.asarray(a["lshift"]) != 0) and 0 <= ep["zp"] - lo <= 255 and hi - lo <= 255
             if not fits:
                 parts = None
-            elif "m32" in ep:  # multipliers its caller proved (``fused_conv._split_fixed``: fix channels too)
-                parts = w, bias, ep["m32"]
+            elif "m32" in ep:  # multipliers its caller proved, fix channels too
+                parts = w, bias, ep["m32"]  # (``fused_conv._split_fixed``, ``fused_fixconv.depthwise_fixed``)
             else:
                 parts = fused_fixed.kernel_form(w, bias, ep, reach)
         k_out, span = lo, hi - lo
