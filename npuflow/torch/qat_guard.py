@@ -5,7 +5,8 @@ What decides is what the user deploys and what the user measures:
 * **the deployed model**: each candidate is exported to its QDQ model (:func:`export_qat`) and run
   in ONNX Runtime, not judged by the torch forward;
 * **on samples held out of training**, against the FP32 model's outputs on them;
-* **on the task's own measure**: an output whose last axis is a class or probability axis (the
+* **on the task's own measure** (:mod:`npuflow.analyze.agreement`, shared with the fast-finetune
+  restarts): an output whose last axis is a class or probability axis (the
   rule of the distillation loss: probability rows, or ``(N, C)`` logits) is judged by argmax
   agreement with FP32 per row -- per CTC step for a text recogniser's ``(N, T, C)``
   probabilities (per greedy-decoded line on a guard of :data:`SEQUENCE_GUARD_SAMPLES` or more,
@@ -39,7 +40,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..analyze.output_kinds import ctc_greedy_sequences, is_class_axis, is_sequence_output
+from ..analyze.agreement import SEQUENCE, Reference, joint_cosine
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from ..quant.data import Sample
@@ -48,6 +49,9 @@ from .qat_train import as_list
 #: held-out samples from which a recogniser's sequence agreement, not its per-step agreement,
 #: decides: one line is then at most half a point of the measure
 SEQUENCE_GUARD_SAMPLES = 200
+
+#: the least denominator of the guard's cosines (:func:`npuflow.analyze.agreement.cosine`)
+_COSINE_FLOOR = 1e-12
 
 #: ``metric(outputs) -> float``, higher is better: ``outputs`` holds, for every held-out sample in
 #: order, the list of the model's outputs (numpy arrays, in the graph's output order).
@@ -75,18 +79,16 @@ class Guard:
         session = open_session(float_model, level="all", threads=1)
         self.feeds = [{n: s[n] for n in input_names} for s in samples]
         self.outputs = list(output_names)
-        self.fp32 = [session.run(self.outputs, f) for f in self.feeds]
-        self.classes = [is_class_axis(np.concatenate([r[k] for r in self.fp32])) for k in range(len(self.outputs))]
-        self.sequence_outputs = [k for k in range(len(self.outputs))
-                                 if is_sequence_output(np.concatenate([r[k] for r in self.fp32]))]
-        self.fp32_sequences = {k: [ctc_greedy_sequences(r[k]) for r in self.fp32] for k in self.sequence_outputs}
-        self.metric = metric
+        self.reference = Reference([session.run(self.outputs, f) for f in self.feeds],
+                                   by_line=len(self.feeds) >= SEQUENCE_GUARD_SAMPLES, cosine_floor=_COSINE_FLOOR)
+        kinds = self.reference.kinds
+        self.sequence_outputs = [k for k, kind in enumerate(kinds) if kind.sequence]
         #: the outputs judged by whole greedy-decoded lines (a guard large enough for it)
-        self.by_line = self.sequence_outputs if len(self.feeds) >= SEQUENCE_GUARD_SAMPLES else []
-        kinds = {"sequence agreement" if k in self.by_line else "argmax agreement" if c else "output cosine"
-                 for k, c in enumerate(self.classes)}
+        self.by_line = [k for k, kind in enumerate(kinds) if kind.measure == SEQUENCE]
+        self.metric = metric
+        measures = {kind.measure for kind in kinds}
         self.measure = "metric" if metric is not None else (
-            kinds.pop() if len(kinds) == 1 else f"mean of {' and '.join(sorted(kinds))} over the outputs")
+            measures.pop() if len(measures) == 1 else f"mean of {' and '.join(sorted(measures))} over the outputs")
 
     def judge(self, qdq: onnx.ModelProto) -> Judgement:
         """Run ``qdq`` (a candidate's exported QDQ model) in ONNX Runtime on the held-out samples."""
@@ -110,28 +112,15 @@ class Guard:
         return self._judge(got).score
 
     def _judge(self, got: list[list[np.ndarray]]) -> Judgement:
-        cosine = float(np.mean([_cosine(g, t) for g, t in zip(got, self.fp32)]))
-        per_output, rows_equal, steps = [], [], []  # steps: what one row changes each discrete measure by
-        lines = {k: [ctc_greedy_sequences(g[k]) == want for g, want in zip(got, fp32)]
-                 for k, fp32 in self.fp32_sequences.items()}
-        for k, is_class in enumerate(self.classes):
-            if is_class:
-                equal = np.concatenate([(g[k].argmax(-1) == t[k].argmax(-1)).ravel() for g, t in zip(got, self.fp32)])
-                rows_equal.append(equal)
-            if k in self.by_line:
-                per_output.append(float(np.mean(lines[k])))
-                steps.append(1.0 / len(lines[k]))
-            elif is_class:
-                per_output.append(float(rows_equal[-1].mean()))
-                steps.append(1.0 / max(len(rows_equal[-1]), 1))
-            else:
-                per_output.append(float(np.mean([_cosine([g[k]], [t[k]]) for g, t in zip(got, self.fp32)])))
-        agreement = float(np.concatenate(rows_equal).mean()) if rows_equal else None
-        same = [s for k in self.fp32_sequences for s in lines[k]]
-        score = self._metric(got) if self.metric is not None else float(np.mean(per_output))
+        per_output = self.reference.compare(got, cosines=False)  # the guard's cosine is joint_cosine's
+        rows = [a.rows for a in per_output if a.rows is not None]
+        lines = [same for a in per_output if a.lines is not None for same in a.lines]
+        steps = [1.0 / a.counted for a in per_output if a.counted]  # what one row changes each discrete measure by
+        score = self._metric(got) if self.metric is not None else float(np.mean([a.score for a in per_output]))
         resolution = 0.0 if self.metric is not None or not steps else max(steps) / len(per_output)
-        return Judgement(score=score, cosine=cosine, agreement=agreement,
-                         sequences=float(np.mean(same)) if same else None, resolution=resolution)
+        return Judgement(score=score, cosine=joint_cosine(got, self.reference.fp32, _COSINE_FLOOR),
+                         agreement=float(np.concatenate(rows).mean()) if rows else None,
+                         sequences=float(np.mean(lines)) if lines else None, resolution=resolution)
 
     def _metric(self, outputs: list[list[np.ndarray]]) -> float:
         value = self.metric(outputs)
@@ -139,13 +128,6 @@ class Guard:
                 or not math.isfinite(float(value)):
             raise NpuflowError("NPF_QAT_BAD_METRIC", value=repr(value)[:80])
         return float(value)
-
-
-def _cosine(student: Sequence[np.ndarray], teacher: Sequence[np.ndarray]) -> float:
-    """Cosine of all outputs of one sample flattened together."""
-    s = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in student])
-    t = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in teacher])
-    return float(s @ t / max(np.linalg.norm(s) * np.linalg.norm(t), 1e-12))
 
 
 def choose(candidates: Sequence[tuple[str, Judgement | None]], start: str = "ptq start") -> str:

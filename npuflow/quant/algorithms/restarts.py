@@ -12,10 +12,11 @@ resolve).  The held-out samples are held out of calibration too (:func:`.apply.h
 so every restart starts from the model the other samples alone give.
 
 The score is task agreement with the float model on the held-out samples, computed without labels
-(:func:`agreement`): for a recogniser's ``(N, T, C)`` probability rows the share of samples whose
-greedy CTC reading equals FP32's (what a user reading whole lines sees), for class or probability
-rows the argmax agreement per row, for any other output the mean output cosine; the mean over the
-outputs.  Ties go to the higher mean output cosine, then to the earlier seed.
+(:func:`agreement`, the QAT guard's measure: :mod:`npuflow.analyze.agreement`): for a recogniser's
+``(N, T, C)`` probability rows the share of samples whose greedy CTC reading equals FP32's (what a
+user reading whole lines sees), for the rows of any output of two or more axes the argmax agreement
+per row, for any other output the mean output cosine; the mean over the outputs.  Ties go to the
+higher mean output cosine (per output, averaged over the outputs), then to the earlier seed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ...analyze.output_kinds import ctc_greedy_sequences, is_class_axis, is_sequence_output
+from ...analyze.agreement import Outputs, Reference
 from .capture import Feed, run_outputs
 
 log = logging.getLogger(__name__)
@@ -48,38 +49,18 @@ class Restart:
                 "seconds": round(self.seconds, 2)}
 
 
-def agreement(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> tuple[float, float]:
-    """``(task agreement, mean output cosine)`` of ``outputs`` against the float model's ``reference``
-    (both: per sample, the graph outputs in order); see the module docstring for the measure."""
-    scores, cosines = [], []
-    for k in range(len(reference[0])):
-        ref = [np.asarray(r[k], dtype=np.float64) for r in reference]
-        got = [np.asarray(o[k], dtype=np.float64) for o in outputs]
-        cos = float(np.mean([_cosine(g, r) for g, r in zip(got, ref)]))
-        cosines.append(cos)
-        if ref[0].ndim < 2:
-            scores.append(cos)
-        elif ref[0].ndim == 3 and is_sequence_output(np.concatenate(ref)):
-            scores.append(float(np.mean([ctc_greedy_sequences(g) == ctc_greedy_sequences(r)
-                                         for g, r in zip(got, ref)])))
-        elif is_class_axis(np.concatenate([r.reshape(-1, r.shape[-1]) for r in ref])):
-            scores.append(float(np.mean(np.concatenate([_argmax_rows(g) == _argmax_rows(r)
-                                                        for g, r in zip(got, ref)]))))
-        else:
-            scores.append(cos)
-    return float(np.mean(scores)), float(np.mean(cosines))
+def reference(fp32: Outputs) -> Reference:
+    """The float model's outputs on the held-out samples, read as restarts read them: lines always
+    decide a recogniser, and every output of two or more axes is read by its argmax rows."""
+    return Reference(fp32, by_line=True, flat_rows=True)
 
 
-def _argmax_rows(values: np.ndarray) -> np.ndarray:
-    return values.reshape(-1, values.shape[-1]).argmax(-1)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel(), b.ravel()
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if den == 0.0:  # both zero: equal; one zero: nothing in common
-        return 1.0 if not a.any() and not b.any() else 0.0
-    return float(np.dot(a, b) / den)
+def agreement(outputs: Outputs, fp32: Outputs | Reference) -> tuple[float, float]:
+    """``(task agreement, mean output cosine)`` of ``outputs`` against the float model's outputs
+    ``fp32`` (both: per sample, the graph outputs in order; or :func:`reference` of them, made
+    once); see the module docstring for the measure."""
+    per_output = (fp32 if isinstance(fp32, Reference) else reference(fp32)).compare(outputs)
+    return float(np.mean([a.score for a in per_output])), float(np.mean([a.cosine for a in per_output]))
 
 
 def best_of(float_model: onnx.ModelProto, held_out: list[Feed], seeds: list[int],
@@ -87,7 +68,7 @@ def best_of(float_model: onnx.ModelProto, held_out: list[Feed], seeds: list[int]
     """Run ``run(seed)`` (one reconstruction: ``(model, report)``) for every seed, judge each model
     on ``held_out`` against ``float_model``, and return ``(model, report, restarts, chosen index)``
     of the best (module docstring).  Only the best model is kept in memory."""
-    reference = run_outputs(float_model, held_out)
+    fp32 = reference(run_outputs(float_model, held_out))
     restarts: list[Restart] = []
     kept: tuple[onnx.ModelProto, object] | None = None
     chosen = 0
@@ -95,7 +76,7 @@ def best_of(float_model: onnx.ModelProto, held_out: list[Feed], seeds: list[int]
         t0 = time.time()
         model, report = run(seed)
         seconds = time.time() - t0
-        score, cosine = agreement(run_outputs(model, held_out), reference)
+        score, cosine = agreement(run_outputs(model, held_out), fp32)
         restarts.append(Restart(seed, score, cosine, seconds))
         log.info("fast finetune restart seed %d: agreement %.4f, output cosine %.6f on %d held-out samples (%.1f s)",
                  seed, score, cosine, len(held_out), seconds)
