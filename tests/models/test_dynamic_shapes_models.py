@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 import npuflow
+from npuflow.analyze.agreement import cosine as _cos
 from npuflow.cli.app import main
 
 pytestmark = pytest.mark.models
@@ -23,10 +24,6 @@ pytestmark = pytest.mark.models
 DPU = "DPUCZDX8G_ISA1_B4096"
 WIDTHS = [160, 320, 640]
 
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data as skdata
 
 import npuflow
+from npuflow.analyze.agreement import cosine as _cos
 
 from ..unit.quant_nets import run, session
 
@@ -32,10 +33,6 @@ def _photos(size: int) -> list[np.ndarray]:
             out.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
     return out
 
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
+from npuflow.analyze.agreement import cosine as _cos
 from npuflow.ort_session import open_session
 
 
@@ -34,10 +35,6 @@ def _model() -> onnx.ModelProto:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_bernoulli2_qdq_in_npuflow_session_matches_the_graph():

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import npuflow
-from tests.unit.test_placement_agreement import _sides, compiled_devices
+from npuflow.analyze.agreement import cosine as _cos
+from tests.unit.test_placement_agreement import _sides, compiled_devices, sides_differing
 
 #: Mean output cosine over six test images each target must reach (before: 0.52 / 0.85 / 0.43 on
 #: the first image).  B4096 and bernoulli2 stop at the heatmap's own limit (see the docstring).
@@ -59,10 +60,6 @@ def centernet(tmp_path_factory):
     return str(path)
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
 
 @pytest.mark.parametrize("target", list(FLOOR))
 def test_peak_test_cone_stays_float_and_the_heatmap_keeps_fp32_peaks(centernet, target, tmp_path):
@@ -74,10 +71,7 @@ def test_peak_test_cone_stays_float_and_the_heatmap_keeps_fp32_peaks(centernet, 
     q = npuflow.quantize(centernet, calib, target, warn=False).model
     compiled = npuflow.compile(q, target)
     compiled_sides = compiled_devices(compiled)
-    quant_sides = _sides(npuflow.check(q, target))
-    differ = {n: (float_sides[n], quant_sides.get(n), compiled_sides.get(n)) for n in float_sides
-              if n in compiled_sides and not float_sides[n] == quant_sides.get(n) == compiled_sides[n]}
-    assert differ == {}
+    assert sides_differing(float_sides, q, compiled_sides, target) == {}
     cone = ["/hm/Conv", "/Sigmoid", "/MaxPool"]
     assert [float_sides[n] for n in cone] == ["CPU"] * 3
     reasons = {n.name: " ".join(n.reasons) for n in report.nodes}

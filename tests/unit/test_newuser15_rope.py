@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import npuflow
-from tests.unit.test_placement_agreement import _sides, compiled_devices
+from npuflow.analyze.agreement import cosine as _cos
+from tests.unit.test_placement_agreement import _sides, compiled_devices, sides_differing
 
 T, D = 64, 32
 PHASE = ("/MatMul", "/Transpose", "/Concat")  # inv_freq @ positions, transpose, cat([f, f])
@@ -53,10 +54,6 @@ def _sample(rng: np.random.Generator) -> dict[str, np.ndarray]:
             "pos": (np.arange(T) + start)[None].astype(np.int64)}
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
 
 def test_the_rope_phase_stays_float_and_the_output_keeps_fp32_on_cpu_int8(rope, tmp_path):
     target = "cpu-int8"
@@ -72,10 +69,7 @@ def test_the_rope_phase_stays_float_and_the_output_keeps_fp32_on_cpu_int8(rope, 
     assert "/q/Add_output_0" in quantized
     compiled = npuflow.compile(q, target)
     compiled_sides = compiled_devices(compiled)
-    quant_sides = _sides(npuflow.check(q, target))
-    differ = {n: (float_sides[n], quant_sides.get(n), compiled_sides.get(n)) for n in float_sides
-              if n in compiled_sides and not float_sides[n] == quant_sides.get(n) == compiled_sides[n]}
-    assert differ == {}
+    assert sides_differing(float_sides, q, compiled_sides, target) == {}
 
     session = npuflow.Session(compiled.save(str(tmp_path / "rope.npuf")))
     fp32 = ort.InferenceSession(rope)

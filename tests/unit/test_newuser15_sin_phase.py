@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import npuflow
-from tests.unit.test_placement_agreement import _sides, compiled_devices
+from npuflow.analyze.agreement import cosine as _cos
+from tests.unit.test_placement_agreement import _sides, compiled_devices, sides_differing
 
 
 class _NeRF(nn.Module):
@@ -49,10 +50,6 @@ def _points(rng: np.random.Generator) -> np.ndarray:
     return (rng.random((1, 512, 3), dtype=np.float32) * 2 - 1).astype(np.float32)
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
 
 @pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096", "bernoulli2"])
 def test_the_phase_of_a_sine_stays_float_and_the_density_keeps_fp32(nerf, target, tmp_path):
@@ -63,10 +60,7 @@ def test_the_phase_of_a_sine_stays_float_and_the_density_keeps_fp32(nerf, target
     q = npuflow.quantize(nerf, calib, target, warn=False).model
     compiled = npuflow.compile(q, target)
     compiled_sides = compiled_devices(compiled)
-    quant_sides = _sides(npuflow.check(q, target))
-    differ = {n: (float_sides[n], quant_sides.get(n), compiled_sides.get(n)) for n in float_sides
-              if n in compiled_sides and not float_sides[n] == quant_sides.get(n) == compiled_sides[n]}
-    assert differ == {}
+    assert sides_differing(float_sides, q, compiled_sides, target) == {}
     assert [float_sides[n] for n in ("/Mul", "/Reshape")] == ["CPU", "CPU"]
     if target == "cpu-int8":  # the DPUs already have no Mul by a broadcast constant vector
         assert "feeds Sin '/Sin'" in " ".join(next(n.reasons for n in report.nodes if n.name == "/Mul"))

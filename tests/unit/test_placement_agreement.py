@@ -326,6 +326,15 @@ def compiled_devices(compiled) -> dict[str, str]:
     return sides
 
 
+def sides_differing(float_sides: dict[str, str], q_model: onnx.ModelProto, compiled_sides: dict[str, str],
+                    target: str) -> dict[str, tuple]:
+    """Node -> ``(check float, check quantized, compile)`` for the nodes of ``float_sides`` that compile
+    places and whose three sides are not all equal; empty when check and compile agree."""
+    quant_sides = _sides(npuflow.check(q_model, target))
+    return {n: (side, quant_sides.get(n), compiled_sides[n]) for n, side in float_sides.items()
+            if n in compiled_sides and not side == quant_sides.get(n) == compiled_sides[n]}
+
+
 def disagreements(model: onnx.ModelProto, target: str, tmp_dir: str | None = None) -> list[tuple[str, str, str, str, str]]:
     """``(node, op type, check float, check quantized, compile)`` for every node of ``model`` whose
     side differs between the three (a node the float passes removed or renamed is not compared);
