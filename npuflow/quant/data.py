@@ -25,6 +25,7 @@ coded errors naming the sample (its file for a folder source).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from dataclasses import dataclass
@@ -79,6 +80,21 @@ class CalibrationSource:
         if n is None:
             raise TypeError("length unknown")
         return min(n, self.limit) if self.limit is not None else n
+
+    def count(self) -> int:
+        """How many samples it yields: its length, or counted by reading it (a reusable source only)."""
+        try:
+            return len(self)
+        except TypeError:
+            return sum(1 for _ in self)
+
+    def split_last(self, k: int) -> tuple["CalibrationSource", list[Sample]]:
+        """This source without its last ``k`` samples, and those samples: what ``fast_finetune.select_on``
+        and the accuracy check hold out of calibration (a reusable source; ``k`` below :meth:`count`)."""
+        n = self.count()
+        rest = copy.copy(self)
+        rest.limit = n - k
+        return rest, list(itertools.islice(iter(self), n - k, n))
 
 
 def peek(data: Any, inputs: Sequence[InputSpec], *, shapes: Mapping[str, Sequence[int]] | None = None,

@@ -16,7 +16,6 @@ model.  ``true`` applies the correction unconditionally.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 from dataclasses import replace
@@ -58,18 +57,12 @@ def hold_out(data, cfg) -> tuple[object, list[Feed]]:
         raise NpuflowError("NPF_QUANT_BAD_CONFIG",
                            reason="fast_finetune.select_on holds out the last calibration samples, which needs "
                                   "data that can be read twice (a folder, a list or an array), not a one-shot iterator")
-    try:
-        n = len(data)
-    except TypeError:
-        n = sum(1 for _ in data)
+    n = data.count()
     if k >= n:
         raise NpuflowError("NPF_QUANT_BAD_CONFIG",
                            reason=f"fast_finetune.select_on: {k} holds out at least as many samples as the "
                                   f"calibration data has ({n}); give more samples or a smaller select_on")
-    held = list(itertools.islice(iter(data), n - k, n))
-    rest = copy.copy(data)
-    rest.limit = n - k
-    return rest, held
+    return data.split_last(k)
 
 
 def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[], Iterable[Feed]]) -> onnx.ModelProto:
