@@ -9,19 +9,20 @@ What an output is, is found once from the FP32 reference (:class:`Reference`): a
 argmax per row, anything else by its mean output cosine.  :meth:`Reference.compare` then scores a
 candidate per output, with the output's mean cosine beside the score.
 
-The two callers differ in four details; each is a parameter or a function of its own, so that neither caller's result
+The two callers differ in three details; each is a parameter or a function of its own, so that neither caller's result
 changes:
 
 * ``by_line``: whether a recogniser's lines decide.  The guard lets them decide only on a large
   guard (one line is a coarse step on a few dozen), restarts always do.
-* ``flat_rows``: which outputs count as class rows.  The guard asks :func:`.is_class_axis` of the
-  output as it is; restarts ask it of the output's rows flattened to ``(rows, last axis)``, which
-  counts every output of two or more axes with more than one entry on its last axis.
 * ``cosine_floor``: the guard divides by at least ``1e-12`` (an all-zero output has cosine 0),
-  restarts count two all-zero outputs as equal (:func:`cosine`).
+  restarts (and :mod:`.sensitivity`) count two all-zero outputs as equal (:func:`cosine`).
 * the cosine reported beside the score: the guard's is the per-sample cosine of all outputs
   flattened together (:func:`joint_cosine`), restarts' the mean of the per-output cosines (their
   tie-break).
+
+Which outputs count as class rows is the same for both: :func:`.is_class_axis` of the output as it
+is.  (Restarts once read every output of two or more axes by its argmax over the last axis, a
+detector's ``(1, 84, 8400)`` by the anchor each channel row peaks at, which no task reads.)
 """
 
 from __future__ import annotations
@@ -69,14 +70,13 @@ class OutputAgreement:
         return 0
 
 
-def output_kind(fp32: Sequence[np.ndarray], by_line: bool = True, flat_rows: bool = False) -> OutputKind:
+def output_kind(fp32: Sequence[np.ndarray], by_line: bool = True) -> OutputKind:
     """What one output is, from its FP32 values on every sample (parameters: module docstring)."""
     values = [np.asarray(v) for v in fp32]
     sequence = classes = False
     if values[0].ndim >= 2:
         sequence = values[0].ndim == 3 and is_sequence_output(np.concatenate(values))
-        classes = is_class_axis(np.concatenate([v.reshape(-1, v.shape[-1]) for v in values]) if flat_rows
-                                else np.concatenate(values))
+        classes = is_class_axis(np.concatenate(values))
     return OutputKind(sequence, classes, SEQUENCE if sequence and by_line else CLASS if classes else PLAIN)
 
 
@@ -84,10 +84,9 @@ class Reference:
     """The FP32 outputs on the samples, what each output is, and the recogniser lines FP32 reads,
     found once; :meth:`compare` scores candidates against them."""
 
-    def __init__(self, fp32: Outputs, by_line: bool = True, flat_rows: bool = False,
-                 cosine_floor: float | None = None) -> None:
+    def __init__(self, fp32: Outputs, by_line: bool = True, cosine_floor: float | None = None) -> None:
         self.fp32 = [list(sample) for sample in fp32]
-        self.kinds = [output_kind([s[k] for s in self.fp32], by_line, flat_rows) for k in range(len(self.fp32[0]))]
+        self.kinds = [output_kind([s[k] for s in self.fp32], by_line) for k in range(len(self.fp32[0]))]
         self.cosine_floor = cosine_floor
         self._lines = {k: [ctc_greedy_sequences(s[k]) for s in self.fp32]
                        for k, kind in enumerate(self.kinds) if kind.sequence}
@@ -116,16 +115,18 @@ class Reference:
 
 
 def cosine(a: np.ndarray, b: np.ndarray, floor: float | None = None) -> float:
-    """Cosine of two arrays flattened, in float64.  ``floor`` None: two all-zero arrays are equal
-    (1), one all-zero array has nothing in common with the other (0); a number: the denominator is
-    at least ``floor`` (0 for any all-zero side)."""
+    """Cosine of two arrays flattened, in float64.  ``floor`` None: where the norms' product is not
+    positive (an all-zero side, norms that underflow, or a NaN or infinite value that makes it NaN),
+    equal arrays count 1 (two all-zero outputs agree) and anything else 0, so that a broken
+    candidate scores lowest instead of a NaN that compares false with every score; a number: the
+    denominator is at least ``floor`` (0 for any all-zero side)."""
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
     den = float(np.linalg.norm(x) * np.linalg.norm(y))
     if floor is not None:
         return float(np.dot(x, y) / max(den, floor))
-    if den == 0.0:
-        return 1.0 if not x.any() and not y.any() else 0.0
+    if not den > 0.0:
+        return float(np.array_equal(x, y))
     return float(np.dot(x, y) / den)
 
 

@@ -49,6 +49,7 @@ from ..errors import NpuflowError
 from ..quant.algorithms.capture import Feed, run_outputs
 from ..quant.pipeline import QuantizedModel
 from ..quant.requantize import Requantizer
+from . import agreement
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,10 @@ Metric = Callable[[onnx.ModelProto], float]
 
 
 def cosine(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    """Cosine similarity of two lists of output tensors, flattened and concatenated."""
-    x = np.concatenate([np.asarray(t, np.float64).ravel() for t in a])
-    y = np.concatenate([np.asarray(t, np.float64).ravel() for t in b])
-    den = np.linalg.norm(x) * np.linalg.norm(y)
-    return float(np.dot(x, y) / den) if den > 0 else float(np.array_equal(x, y))
+    """Cosine similarity of two lists of output tensors, flattened and concatenated (the one cosine,
+    :func:`.agreement.cosine`, without a floor: two all-zero outputs are equal, a NaN output scores 0)."""
+    return agreement.cosine(np.concatenate([np.asarray(t, np.float64).ravel() for t in a]),
+                            np.concatenate([np.asarray(t, np.float64).ravel() for t in b]))
 
 
 def lowest_output_cosine(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]) -> float:

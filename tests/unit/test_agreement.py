@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from npuflow.analyze import sensitivity
 from npuflow.analyze.agreement import CLASS, PLAIN, SEQUENCE, Reference, cosine, joint_cosine
 
 
@@ -50,20 +51,30 @@ def test_a_small_guard_reads_a_recogniser_by_steps():
     assert seq.score == 5 / 8 and seq.counted == 8 and seq.lines == [True, False]  # lines still reported
 
 
-def test_flat_rows_reads_any_last_axis_by_argmax():
-    """(1, 2, 3) logits, not probabilities: an output cosine as the output is, argmax rows flattened."""
+def test_only_class_rows_are_read_by_argmax():
+    """(1, 2, 3) logits, not probabilities: read by the output cosine, however their rows' argmax move;
+    the same rows as probabilities (summing to 1, in four axes: three would be a recogniser's) are class rows."""
     fp32 = [[np.array([[[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]])]]
     got = [[np.array([[[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]])]]  # the second row's argmax moves
     assert Reference(fp32).kinds[0].measure == PLAIN
     assert Reference(fp32).compare(got)[0].score == pytest.approx(1 / 5)  # cosine: 1 / (sqrt(5) * sqrt(5))
-    flat = Reference(fp32, flat_rows=True).compare(got)[0]
-    assert flat.kind.measure == CLASS and flat.score == 0.5
+    probs = Reference([[(fp32[0][0] / fp32[0][0].sum(-1, keepdims=True))[None]]])
+    assert probs.kinds[0].measure == CLASS
+    assert probs.compare([[got[0][0][None] / 2]])[0].score == 0.5
 
 
 def test_the_cosines():
     zero, one = np.zeros(3), np.ones(3)
     assert cosine(zero, zero) == 1.0 and cosine(zero, one) == 0.0  # restarts: two zero outputs agree
     assert cosine(zero, zero, floor=1e-12) == 0.0  # the guard's floor
+    # a NaN has nothing in common with anything (not a NaN cosine); equal arrays whose norms underflow agree
+    assert cosine(np.array([np.nan, 1.0]), np.array([1.0, 1.0])) == 0.0
+    assert cosine(np.array([np.inf]), zero[:1]) == 0.0
+    assert cosine(np.array([1e-200]), np.array([1e-200])) == 1.0 and cosine(np.array([1e-200]), np.array([2e-200])) == 0.0
+    # sensitivity's per-output cosine is this one, its outputs concatenated
+    assert sensitivity.cosine([zero, zero], [zero, zero]) == 1.0
+    assert sensitivity.cosine([np.array([np.nan])], [np.array([1.0])]) == 0.0
+    assert sensitivity.cosine([np.array([3.0]), np.array([0.0])], [np.array([3.0]), np.array([4.0])]) == pytest.approx(0.6)
     assert cosine(np.array([3.0, 0.0]), np.array([3.0, 4.0])) == pytest.approx(0.6)
     # all outputs flattened together ([3, 0, 0] against [3, 0, 4]) against the mean per output (1 and 0)
     got, want = [[np.array([3.0, 0.0]), np.array([0.0])]], [[np.array([3.0, 0.0]), np.array([4.0])]]

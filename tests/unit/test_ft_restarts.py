@@ -101,3 +101,28 @@ def test_agreement_reads_each_output_as_its_task():
     maps = [[rng.normal(size=(1, 2, 3, 3))] for _ in range(3)]
     assert agreement(maps, maps) == pytest.approx((1.0, 1.0))
 
+
+
+def test_a_detector_output_is_read_by_its_cosine_not_by_argmax_rows():
+    """A detector's (1, 84, anchors) boxes and class scores: no task reads the anchor each channel row
+    peaks at, so restarts score it by its output cosine, as the QAT guard does.  A candidate with every
+    value close to FP32's but the peak anchor of each row moved scored 0 by argmax rows."""
+    rng = np.random.default_rng(0)
+    fp32 = [[rng.uniform(0.0, 1.0, size=(1, 84, 400)).astype(np.float32)] for _ in range(2)]
+    moved = []
+    for (out,) in fp32:
+        got = out.copy()
+        peak = out.argmax(-1)[0]
+        got[0, np.arange(84), peak] = out.max() * 0.5  # each row's peak lowered below its runner-up
+        moved.append([got])
+    assert all((m[0].argmax(-1) != f[0].argmax(-1)).all() for m, f in zip(moved, fp32))
+    score, cosine = agreement(moved, fp32)
+    assert score == cosine and score > 0.99
+
+
+def test_a_nan_candidate_scores_lowest():
+    """An output cosine with a NaN is 0, not NaN (which compares false with every score, so a NaN
+    first restart was never replaced)."""
+    maps = [[np.ones((1, 2, 3, 3))]]
+    broken = [[np.full((1, 2, 3, 3), np.nan)]]
+    assert agreement(broken, maps) == (0.0, 0.0)

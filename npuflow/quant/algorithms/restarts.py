@@ -14,9 +14,10 @@ so every restart starts from the model the other samples alone give.
 The score is task agreement with the float model on the held-out samples, computed without labels
 (:func:`agreement`, the QAT guard's measure: :mod:`npuflow.analyze.agreement`): for a recogniser's
 ``(N, T, C)`` probability rows the share of samples whose greedy CTC reading equals FP32's (what a
-user reading whole lines sees), for the rows of any output of two or more axes the argmax agreement
-per row, for any other output the mean output cosine; the mean over the outputs.  Ties go to the
-higher mean output cosine (per output, averaged over the outputs), then to the earlier seed.
+user reading whole lines sees), for class or probability rows (``(N, C)`` logits, or rows that sum
+to 1) the argmax agreement per row, for any other output (a detector's boxes and scores, a
+segmenter's maps) the mean output cosine (a NaN output's is 0); the mean over the outputs.  Ties go
+to the higher mean output cosine (per output, averaged over the outputs), then to the earlier seed.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class Restart:
 
 def reference(fp32: Outputs) -> Reference:
     """The float model's outputs on the held-out samples, read as restarts read them: lines always
-    decide a recogniser, and every output of two or more axes is read by its argmax rows."""
-    return Reference(fp32, by_line=True, flat_rows=True)
+    decide a recogniser (the QAT guard reads the rest alike)."""
+    return Reference(fp32, by_line=True)
 
 
 def agreement(outputs: Outputs, fp32: Outputs | Reference) -> tuple[float, float]:
