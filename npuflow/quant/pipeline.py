@@ -233,8 +233,10 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     inputs = _input_specs(leg, static_inputs, cfg.calib_dynamic_dims)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)
-    data, check_feeds = hold_out_for_check(data, cfg.min_output_cosine)  # the accuracy check's samples
     data, held_out = algorithms.hold_out(data, cfg)  # fast_finetune.select_on's samples
+    # the accuracy check's samples: select_on's where it holds some out (the ranges never saw them;
+    # one of the restarts was chosen on them), else its own (report.hold_out_for_check)
+    data, check_feeds = (data, held_out) if held_out else hold_out_for_check(data, cfg.min_output_cosine)
     tensors = list(plan.points)
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)

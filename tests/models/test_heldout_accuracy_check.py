@@ -48,3 +48,15 @@ def test_few_samples_are_all_calibrated_and_the_report_says_so(models):
     assert q.report.to_json()["similarity_on"] == "12 calibration samples (ranges set on them)"
     (output,) = q.report.calibration_outputs
     assert "on 12 calibration samples (ranges set on them))" in calibration_note(q.report.to_json(), output)
+
+
+def test_select_on_samples_are_the_check_samples(models, tmp_path, monkeypatch):
+    """fast_finetune.select_on already holds its samples out of range setting: the check reads those,
+    and calibration keeps the rest (24 of 40 digits), as without the check's own hold-out."""
+    from tests.unit.test_block_accept import _digits
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    config = {"include_bias_corr": False, "fast_finetune": {"method": "adaround", "iters": 30, "select_on": 16}}
+    q = npuflow.quantize(str(models.mnist_cnn()), _digits(40), DPU, config=config, warn=False)
+    assert q.info["algorithms"]["fast_finetune"]["samples"] == 24
+    assert q.report.similarity_held_out and q.report.similarity_samples == 16

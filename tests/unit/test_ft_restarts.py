@@ -30,9 +30,10 @@ def _same(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-def _quantize(feeds, **ff):
+def _quantize(feeds, min_output_cosine=0.95, **ff):
     return npuflow.quantize(str(fixture_models.mnist_cnn()), feeds, target=DPU,
-                            config={"include_bias_corr": False, "fast_finetune": {**FT, **ff}})
+                            config={"include_bias_corr": False, "fast_finetune": {**FT, **ff},
+                                    "min_output_cosine": min_output_cosine})
 
 
 @pytest.fixture
@@ -51,8 +52,8 @@ def test_the_kept_restart_is_the_best_on_the_held_out_samples(cache):
     assert info["chosen_seed"] == best["seed"]
     assert all(r["seconds"] > 0 for r in runs)
     # the kept model is the one its seed builds from the first 24 digits alone: the last 16 took part
-    # neither in calibration nor in the reconstruction
-    alone = {s: _quantize(feeds[:24], seed=s) for s in {0, 1, best["seed"]}}
+    # neither in calibration nor in the reconstruction (no accuracy check: it would hold out 6 of the 24)
+    alone = {s: _quantize(feeds[:24], min_output_cosine=0.0, seed=s) for s in {0, 1, best["seed"]}}
     assert _same(q.model, alone[best["seed"]].model)
     assert not _same(alone[0].model, alone[1].model)  # the seeds differ: a choice is made
     # the recorded score is the kept model's on the held-out samples
