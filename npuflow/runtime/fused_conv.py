@@ -95,19 +95,10 @@ def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bo
     one more output of the kernel the layer runs anyway.  Dense convolutions only (a grouped
     one's channels would slice its input too)."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
-    dtype = np.dtype(g.tensors[op["inputs"][0]]["dtype"])
-    w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
-    if ep["mode"] != "fixed" or ep.get("chain") or "m32" in ep or a.get("group", 1) != 1 or len(a["out_shape"]) != 4 \
-            or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or np.any(np.asarray(a["lshift"]) != 0) or w is None \
-            or bias.dtype.kind not in "iu" or dtype.itemsize != 1 or np.dtype(a.get("in_dtype", dtype)) != dtype:
-        return False
-    reach = code_reach(dtype, a["x_zp"])
-    form = fused_fixed.kernel_form(w, bias, ep, reach, partial=True)
+    form = fused_fixconv.fixed_form(g, op, blobs, depthwise=False)
     if form is None:
         return False
-    w2, b2, mult = form
-    bad = np.flatnonzero(np.isnan(mult))
-    fixes = fused_fixed.step_fixes(w, bias, ep, reach, bad)
+    w2, b2, mult, bad, fixes = form
     out, lo = op["outputs"][0], clamp_bounds(ep)[0]
     good, fixed = np.flatnonzero(~np.isnan(mult)), bad[~np.isnan(fixes.mult)]
     groups = fused_fixconv.fix_groups(fixes, bad)
@@ -151,7 +142,7 @@ def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bo
         g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}
         sub_ep = {**ep, **{k: channel(ep[k], len(mult))[exact] for k in ("multiplier", "shift")}}
         conv(g, {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}},
-             {**blobs, "w": np.asarray(blobs["w"])[exact], "b": bias[exact]})
+             {**blobs, "w": np.asarray(blobs["w"])[exact], "b": np.asarray(blobs["b"]).reshape(-1)[exact]})
         parts.append(g.as_bytes(name, lo))
         order.append(exact)
     y = parts[0] if len(parts) == 1 else g.node("Concat", parts, axis=1)

@@ -1,6 +1,7 @@
 """Fix channels (``fused_fixed.step_fixes``) of a fixed-point convolution: how they are grouped
-(:func:`fix_groups`, read by ``fused_conv._split_fixed`` for dense layers) and a depthwise layer
-with such channels on ``QLinearConv`` (:func:`depthwise_fixed`).
+(:func:`fix_groups`, read by ``fused_conv._split_fixed`` for dense layers), which layers can have
+them (:func:`fixed_form`) and a depthwise layer with such channels on ``QLinearConv``
+(:func:`depthwise_fixed`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,34 @@ import numpy as np
 
 from . import fused_fixed, fused_qlinear
 from .fused_graph import Graph, clamp_bounds, code_reach
+
+
+def fixed_form(g: Graph, op: dict, blobs: dict, *, depthwise: bool) \
+        -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, fused_fixed.StepFixes] | None:
+    """``(w2, b2, mult, bad, fixes)`` of a fixed-point convolution that ``QLinearConv`` can run with
+    fix channels: ``fused_fixed.kernel_form``'s weights, bias and per-channel multipliers (NaN where
+    a channel has no exact one), those channels ``bad`` and their ``fused_fixed.step_fixes``; None
+    where the layer is not such a convolution (a chain, a left shift, int8 weights missing, wider
+    codes, per-channel zero points) -- dense (``group`` 1) or, with ``depthwise``, one weight per
+    channel."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    dtype = np.dtype(g.tensors[op["inputs"][0]]["dtype"])
+    w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
+    if depthwise:
+        shaped = w is not None and a.get("group", 1) == len(bias) == list(a["in_shape"])[1] and w.shape[1] == 1
+    else:
+        shaped = a.get("group", 1) == 1
+    if ep["mode"] != "fixed" or ep.get("chain") or "m32" in ep or len(a["out_shape"]) != 4 or w is None \
+            or not shaped or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or np.any(np.asarray(a["lshift"]) != 0) \
+            or bias.dtype.kind not in "iu" or dtype.itemsize != 1 or np.dtype(a.get("in_dtype", dtype)) != dtype:
+        return None
+    reach = code_reach(dtype, a["x_zp"])
+    form = fused_fixed.kernel_form(w, bias, ep, reach, partial=True)
+    if form is None:
+        return None
+    w2, b2, mult = form
+    bad = np.flatnonzero(np.isnan(mult))
+    return w2, b2, mult, bad, fused_fixed.step_fixes(w, bias, ep, reach, bad)
 
 
 def fix_groups(fixes: fused_fixed.StepFixes, bad: np.ndarray) -> list:
@@ -61,21 +90,11 @@ def depthwise_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) ->
     the float64 requantisation).  Only where every such channel has fixes; ``t``, ``pads``: the
     input and padding ``fused_conv.conv`` chose."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
-    dtype = np.dtype(g.tensors[op["inputs"][0]]["dtype"])
-    w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
-    cout = len(bias)
-    if ep["mode"] != "fixed" or ep.get("chain") or "m32" in ep or len(a["out_shape"]) != 4 or w is None \
-            or a.get("group", 1) != cout or w.shape[1] != 1 or list(a["in_shape"])[1] != cout \
-            or np.ndim(ep["zp"]) or np.ndim(a["x_zp"]) or np.any(np.asarray(a["lshift"]) != 0) \
-            or bias.dtype.kind not in "iu" or dtype.itemsize != 1 or np.dtype(a.get("in_dtype", dtype)) != dtype:
-        return False
-    reach = code_reach(dtype, a["x_zp"])
-    form = fused_fixed.kernel_form(w, bias, ep, reach, partial=True)
+    form = fixed_form(g, op, blobs, depthwise=True)
     if form is None:
         return False
-    w2, b2, mult = form
-    bad = np.flatnonzero(np.isnan(mult))
-    fixes = fused_fixed.step_fixes(w, bias, ep, reach, bad)
+    w2, b2, mult, bad, fixes = form
+    cout = len(b2)
     if not len(bad) or np.any(np.isnan(fixes.mult)):
         return False
     mark = g.mark()
