@@ -184,12 +184,17 @@ class QuantConfig(_Strict):
     #: None (default): on exactly when the source has dynamic dims that ``input_shapes`` leaves open.
     calib_dynamic_dims: bool | None = None
     report_samples: int = Field(default=2, ge=0)
-    #: The quantized model's output cosine similarity to the float model on the calibration samples
-    #: held out of range setting (``report.hold_out_for_check``) must reach this, or quantize warns
+    #: The quantized model's output cosine similarity to the float model on ``similarity_samples``
+    #: calibration samples (or the ``similarity_hold_out`` ones) must reach this, or quantize warns
     #: (``strict``: fails with NPF_QUANT_LOW_SIMILARITY); 0 accepts any model and holds nothing out.
     min_output_cosine: float = Field(default=0.95, ge=0.0, le=1.0)
-    #: how many calibration samples the check reads where it holds none out (fewer than 16 samples)
+    #: how many calibration samples the check reads where it holds none out
     similarity_samples: int = Field(default=16, ge=1)
+    #: Hold this many of the last calibration samples out of range setting and judge the accuracy
+    #: check on them (``report.hold_out_for_check``; at most a quarter of the samples, from 16 on).
+    #: 0 (default): every sample sets ranges and the check reads samples the ranges were set on,
+    #: which can flatter; holding 8 of 32 out costs the ranges those samples (``docs/quantization.md``).
+    similarity_hold_out: int = Field(default=0, ge=0)
     histogram_bins: int = Field(default=2048, ge=128, le=65536)
     #: Percentiles tried, one for the whole model, for the tensors calibrated with the default
     #: ``percentile`` method; the one whose quantized model has the lowest output error on the

