@@ -5,11 +5,10 @@ applies them with ``Min``/``Max``; codes equal ``numerics`` on every accumulator
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from npuflow import numerics as nm
-from npuflow.runtime import fused_conv, fused_fixed, fused_graph
-from tests.unit.test_runtime_fused import _run
+from npuflow.runtime import fused_fixed, fused_graph
+from tests.unit.test_runtime_fixed_qlinear import conv_graph, run_int8
 
 CIN, TAP = 64, 27
 #: channel 0: a YOLOv8n bernoulli2 channel (320, calibration of bench_runtime) whose exact product
@@ -90,17 +89,11 @@ def test_fixed_channels_run_on_one_qlinearconv_equal_to_numerics():
     acc = np.concatenate([acc, every[::97]])  # beside every step of both channels, and a spread of the rest
     acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]  # what inputs reach
     x = _inputs_for(acc)
-    shape = [1, 2, 1, len(acc)]
-    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"}})
-    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
-          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, 1],
-                    "dilations": [1, 1], "group": 1, "x_zp": 0, "lshift": 0, "epilogue": EP}}
-    fused_conv.conv(g, op, {"w": _weights(), "b": np.zeros(2, np.int64)})
+    g = conv_graph(x, len(acc), EP, _weights())
     kinds = [n.op_type for n in g.nodes]
     assert kinds.count("QLinearConv") == 1 and "ConvInteger" not in kinds and "Conv" not in kinds, kinds
     assert "Max" in kinds and "Min" in kinds, kinds
-    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
-    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
+    got = run_int8(g, x).reshape(2, -1)
     assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
     assert not np.array_equal(_kernel(acc, np.float32(np.ldexp(float(MULT[0]), -int(SHIFT[0])))), got[0])
 
@@ -110,13 +103,7 @@ def _depthwise(acc: np.ndarray, ep: dict) -> tuple[fused_graph.Graph, np.ndarray
     along the width: one output per CIN inputs of its own channel) of inputs giving ``acc``."""
     taps = _inputs_for(acc)[0, :, 0, :].T.reshape(-1)  # position j's CIN taps side by side
     x = np.stack([taps, taps]).reshape(1, 2, 1, -1)
-    shape = [1, 2, 1, len(acc)]
-    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"}})
-    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
-          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, CIN],
-                    "dilations": [1, 1], "group": 2, "x_zp": 0, "lshift": 0, "epilogue": ep}}
-    fused_conv.conv(g, op, {"w": _weights().reshape(2, 1, 1, CIN), "b": np.zeros(2, np.int64)})
-    return g, x
+    return conv_graph(x, len(acc), ep, _weights().reshape(2, 1, 1, CIN), group=2, stride=CIN), x
 
 
 def test_depthwise_fixed_channels_run_on_qlinearconv_equal_to_numerics():
@@ -132,8 +119,7 @@ def test_depthwise_fixed_channels_run_on_qlinearconv_equal_to_numerics():
     kinds = [n.op_type for n in g.nodes]
     assert kinds.count("QLinearConv") >= 2 and "Conv" not in kinds and "ConvInteger" not in kinds, kinds
     assert "Gather" not in kinds and "Concat" not in kinds and "Max" in kinds and "Min" in kinds, kinds
-    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
-    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
+    got = run_int8(g, x).reshape(2, -1)
     assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
     assert not np.array_equal(_kernel(acc, np.float32(np.ldexp(float(MULT[0]), -int(SHIFT[0])))), got[0])
 
@@ -146,8 +132,7 @@ def test_depthwise_without_fixes_keeps_the_exact_forms():
     acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]
     g, x = _depthwise(acc, ep)
     assert "QLinearConv" not in [n.op_type for n in g.nodes]
-    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
-    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8).reshape(2, -1)
+    got = run_int8(g, x).reshape(2, -1)
     for c in (0, 1):
         assert np.array_equal(got[c], np.clip(nm.requantize_fixed_point(acc, MULT[c], SHIFT[c], "half_up"), -128, 127))
 
@@ -158,15 +143,7 @@ def test_fix_bounds_have_the_output_shape():
     broadcasts along the innermost axis, slowly (``fused_fixconv.bound``)."""
     acc = _every()[::4001]
     acc = acc[(acc >= -128 * TAP * (CIN - 1)) & (acc <= 127 * TAP * (CIN - 1))]
-    x = _inputs_for(acc)
-    shape = [1, 2, 1, len(acc)]
-    for g in (_depthwise(acc, EP)[0], fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"},
-                                                         "y": {"shape": shape, "dtype": "int8"}})):
-        if not g.nodes:  # the dense layer of the other tests
-            op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
-                  "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, 1],
-                            "dilations": [1, 1], "group": 1, "x_zp": 0, "lshift": 0, "epilogue": EP}}
-            fused_conv.conv(g, op, {"w": _weights(), "b": np.zeros(2, np.int64)})
+    for g in (_depthwise(acc, EP)[0], conv_graph(_inputs_for(acc), len(acc), EP, _weights())):  # and the dense layer
         consts = {i.name: list(i.dims) for i in g.inits}
         bounds = [consts[t] for n in g.nodes if n.op_type in ("Min", "Max") for t in n.input if t in consts]
         assert bounds and all(b[2:] == [1, len(acc)] for b in bounds), bounds

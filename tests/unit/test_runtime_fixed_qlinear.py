@@ -68,19 +68,32 @@ def test_kernel_form_refuses_a_channel_where_float32_requantisation_differs():
     assert fused_fixed.kernel_form(w, bias, {**EP, "round": "half_up"}, reach) is None  # MLAS ties to even
 
 
+def conv_graph(x: np.ndarray, positions: int, ep: dict, w: np.ndarray, *, group: int = 1,
+               stride: int = 1) -> fused_graph.Graph:
+    """A fused graph of one two-channel int8 convolution of ``x`` (``fused_conv.conv``), output
+    ``(1, 2, 1, positions)``, epilogue ``ep``, weights ``w``, zero bias."""
+    shape = [1, 2, 1, positions]
+    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"}})
+    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
+          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, stride],
+                    "dilations": [1, 1], "group": group, "x_zp": 0, "lshift": 0, "epilogue": ep}}
+    fused_conv.conv(g, op, {"w": w, "b": np.zeros(2, np.int64)})
+    return g
+
+
+def run_int8(g: fused_graph.Graph, x: np.ndarray) -> np.ndarray:
+    """Run :func:`conv_graph`'s graph on ``x``: its int8 output codes."""
+    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
+    return _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8)
+
+
 def test_split_convolution_equals_numerics_at_every_step():
     acc = _steps()
     acc = acc[np.abs(acc) <= 127 * 255 + 127]
     x = _inputs_for(acc)
-    shape = [1, 2, 1, len(acc)]
-    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"}})
-    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
-          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, 1],
-                    "dilations": [1, 1], "group": 1, "x_zp": 0, "lshift": 0, "epilogue": EP}}
-    fused_conv.conv(g, op, {"w": _weights(), "b": np.zeros(2, np.int64)})
+    g = conv_graph(x, len(acc), EP, _weights())
     kinds = [n.op_type for n in g.nodes]
     assert kinds.count("QLinearConv") == 1 and "Gather" in kinds, kinds
     assert ("ConvInteger" in kinds) is convinteger_exact(), kinds  # else the float forms serve channel 0
-    y = g.node("Cast", [g.read("y")], to=TensorProto.INT8)
-    got = _run(g, y, {fused_graph.input_name(0): x}, TensorProto.INT8)
+    got = run_int8(g, x)
     assert np.array_equal(got.reshape(2, -1), _exact(acc))
