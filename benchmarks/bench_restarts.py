@@ -33,7 +33,7 @@ import datasets as D  # noqa: E402
 import numpy as np  # noqa: E402
 
 import npuflow  # noqa: E402
-from npuflow.analyze.output_kinds import ctc_greedy_sequences  # noqa: E402
+from npuflow.quant.output_kinds import ctc_greedy_sequences  # noqa: E402
 
 HELD = 512
 

@@ -121,7 +121,7 @@ def ctc_greedy_decode(probs: np.ndarray) -> list[str]:
     Leading and trailing spaces are stripped (the labels have none; the model often adds one at
     the crop border, which is not a reading error).
     """
-    from npuflow.analyze.output_kinds import ctc_greedy_sequences  # the one decoder (the QAT guard's too)
+    from npuflow.quant.output_kinds import ctc_greedy_sequences  # the one decoder (the QAT guard's too)
 
     classes = rec_dictionary()
     return ["".join(classes[i] for i in seq).strip(" ") for seq in ctc_greedy_sequences(probs)]

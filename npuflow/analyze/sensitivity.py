@@ -49,7 +49,7 @@ from ..errors import NpuflowError
 from ..quant.algorithms.capture import Feed, run_outputs
 from ..quant.pipeline import QuantizedModel
 from ..quant.requantize import Requantizer
-from . import agreement
+from ..quant import agreement
 
 log = logging.getLogger(__name__)
 

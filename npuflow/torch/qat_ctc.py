@@ -6,7 +6,7 @@ Why: a recogniser's ``(N, T, C)`` output is mostly confident blank steps; the pe
 over all ``T`` steps (``kl_probs``) carries little about the few steps that decide a character,
 and on PP-OCRv4 rec it stayed flat while line accuracy random-walked (docs/qat.md).  CTC on the
 line FP32 reads -- argmax per step, repeats merged, the blank dropped, the decode the guard and
-the benchmarks score (:func:`npuflow.analyze.output_kinds.ctc_greedy_sequences`) -- weighs every
+the benchmarks score (:func:`npuflow.quant.output_kinds.ctc_greedy_sequences`) -- weighs every
 line by whether the student can still read it, whatever the alignment.  The KL stays beside it
 (weight :data:`KL_WEIGHT`) so the distribution over the steps does not drift where CTC is
 indifferent (which of two steps carries a character, the blanks' confidence).

@@ -5,7 +5,7 @@ What decides is what the user deploys and what the user measures:
 * **the deployed model**: each candidate is exported to its QDQ model (:func:`export_qat`) and run
   in ONNX Runtime, not judged by the torch forward;
 * **on samples held out of training**, against the FP32 model's outputs on them;
-* **on the task's own measure** (:mod:`npuflow.analyze.agreement`, shared with the fast-finetune
+* **on the task's own measure** (:mod:`npuflow.quant.agreement`, shared with the fast-finetune
   restarts): an output whose last axis is a class or probability axis (the
   rule of the distillation loss: probability rows, or ``(N, C)`` logits) is judged by argmax
   agreement with FP32 per row -- per CTC step for a text recogniser's ``(N, T, C)``
@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..analyze.agreement import SEQUENCE, Reference, joint_cosine
+from ..quant.agreement import SEQUENCE, Reference, joint_cosine
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from ..quant.data import Sample
@@ -50,7 +50,7 @@ from .qat_train import as_list
 #: decides: one line is then at most half a point of the measure
 SEQUENCE_GUARD_SAMPLES = 200
 
-#: the least denominator of the guard's cosines (:func:`npuflow.analyze.agreement.cosine`)
+#: the least denominator of the guard's cosines (:func:`npuflow.quant.agreement.cosine`)
 _COSINE_FLOOR = 1e-12
 
 #: ``metric(outputs) -> float``, higher is better: ``outputs`` holds, for every held-out sample in

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 import npuflow
-from npuflow.analyze.agreement import cosine as _cos
+from npuflow.quant.agreement import cosine as _cos
 from npuflow.cli.app import main
 
 pytestmark = pytest.mark.models

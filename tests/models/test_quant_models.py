@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data as skdata
 
 import npuflow
-from npuflow.analyze.agreement import cosine as _cos
+from npuflow.quant.agreement import cosine as _cos
 
 from ..unit.quant_nets import run, session
 

@@ -1,5 +1,5 @@
 """The label-free agreement measure the QAT guard and the fast-finetune restarts share
-(``npuflow.analyze.agreement``), on small arrays whose results are counted by hand."""
+(``npuflow.quant.agreement``), on small arrays whose results are counted by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from npuflow.analyze import sensitivity
-from npuflow.analyze.agreement import CLASS, PLAIN, SEQUENCE, Reference, cosine, joint_cosine
+from npuflow.quant.agreement import CLASS, PLAIN, SEQUENCE, Reference, cosine, joint_cosine
 
 
 def _steps(classes: list[int]) -> np.ndarray:

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
-from npuflow.analyze.agreement import cosine as _cos
+from npuflow.quant.agreement import cosine as _cos
 from npuflow.ort_session import open_session
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import npuflow
-from npuflow.analyze.agreement import cosine as _cos
+from npuflow.quant.agreement import cosine as _cos
 from tests.unit.test_placement_agreement import _sides, compiled_devices, sides_differing
 
 T, D = 64, 32

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import npuflow
-from npuflow.analyze.agreement import cosine as _cos
+from npuflow.quant.agreement import cosine as _cos
 from tests.unit.test_placement_agreement import _sides, compiled_devices, sides_differing
 
 

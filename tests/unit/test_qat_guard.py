@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from npuflow.analyze.output_kinds import ctc_greedy_sequences, is_sequence_output
+from npuflow.quant.output_kinds import ctc_greedy_sequences, is_sequence_output
 from npuflow.torch.qat_guard import SEQUENCE_GUARD_SAMPLES, Guard, choose
 
 T, C = 4, 3

@@ -12,7 +12,7 @@ resolve).  The held-out samples are held out of calibration too (:func:`.apply.h
 so every restart starts from the model the other samples alone give.
 
 The score is task agreement with the float model on the held-out samples, computed without labels
-(:func:`agreement`, the QAT guard's measure: :mod:`npuflow.analyze.agreement`): for a recogniser's
+(:func:`agreement`, the QAT guard's measure: :mod:`npuflow.quant.agreement`): for a recogniser's
 ``(N, T, C)`` probability rows the share of samples whose greedy CTC reading equals FP32's (what a
 user reading whole lines sees), for class or probability rows (``(N, C)`` logits, or rows that sum
 to 1) the argmax agreement per row, for any other output (a detector's boxes and scores, a
@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ...analyze.agreement import Outputs, Reference
+from ..agreement import Outputs, Reference
 from .capture import Feed, run_outputs
 
 log = logging.getLogger(__name__)
