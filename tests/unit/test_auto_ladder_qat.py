@@ -38,10 +38,13 @@ def test_qat_is_not_started_when_the_target_holds(mnist_npy_folder):
 
 def test_cpu_fallback_after_qat_moves_layers_of_the_ptq_model(mnist_npy_folder):
     mnist, data = fixture_models.mnist_cnn(), str(mnist_npy_folder)
-    result = auto_quantize(mnist, data, DPU, min_similarity=0.999999, config=FAST,
+    # 0.99999: PTQ and QAT fall short, some layers in float reach it (at 0.999999 every layer went
+    # to float, a float model the ladder no longer keeps: ca6000b)
+    result = auto_quantize(mnist, data, DPU, min_similarity=0.99999, config=FAST,
                            qat=ladder_step(mnist, data, epochs=1, batch=4), allow_cpu_fallback=True)
     assert [s.name for s in result.steps][-2:] == [QAT_STEP[0], "CPU fallback"]
-    assert result.cpu_fallback is not None and result.cpu_fallback["layers"]
+    assert result.cpu_fallback is not None
+    assert 0 < len(result.cpu_fallback["layers"]) < len(result.quantized.requantizer.layers)
     assert result.quantized.requantizer is not None  # precision overrides of the PTQ plan
 
 
