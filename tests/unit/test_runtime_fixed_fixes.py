@@ -8,7 +8,7 @@ import numpy as np
 
 from npuflow import numerics as nm
 from npuflow.runtime import fused_fixed, fused_graph
-from tests.unit.test_runtime_fixed_qlinear import conv_graph, run_int8
+from tests.unit.test_runtime_fixed_qlinear import conv_graph, inputs_for, run_int8
 
 CIN, TAP = 64, 27
 #: channel 0: a YOLOv8n bernoulli2 channel (320, calibration of bench_runtime) whose exact product
@@ -30,14 +30,7 @@ def _weights() -> np.ndarray:
 
 def _inputs_for(acc: np.ndarray) -> np.ndarray:
     """Int8 codes (1, CIN, 1, len(acc)) whose accumulator with :func:`_weights` is ``acc``."""
-    q, r = np.divmod(acc, TAP)
-    x = np.zeros((CIN, len(acc)), np.int64)
-    x[0] = r
-    for c in range(1, CIN):
-        x[c] = np.clip(q, -128, 127)
-        q = q - x[c]
-    assert not np.any(q)
-    return x.astype(np.int8).reshape(1, CIN, 1, -1)
+    return inputs_for(acc, TAP, CIN)
 
 
 def _every() -> np.ndarray:

@@ -28,16 +28,22 @@ def _weights() -> np.ndarray:
     return w
 
 
-def _inputs_for(acc: np.ndarray) -> np.ndarray:
-    """Int8 codes (1, CIN, 1, len(acc)) whose accumulator with :func:`_weights` is ``acc``."""
-    q, r = np.divmod(acc, 127)
-    x = np.zeros((CIN, len(acc)), np.int64)
+def inputs_for(acc: np.ndarray, tap: int, cin: int) -> np.ndarray:
+    """Int8 codes (1, cin, 1, len(acc)) whose accumulator with 1x1 weights ``[1, tap, tap, ...]``
+    (``cin`` of them) is ``acc``."""
+    q, r = np.divmod(acc, tap)
+    x = np.zeros((cin, len(acc)), np.int64)
     x[0] = r
-    for c in range(1, CIN):
+    for c in range(1, cin):
         x[c] = np.clip(q, -128, 127)
         q = q - x[c]
     assert not np.any(q)
-    return x.astype(np.int8).reshape(1, CIN, 1, -1)
+    return x.astype(np.int8).reshape(1, cin, 1, -1)
+
+
+def _inputs_for(acc: np.ndarray) -> np.ndarray:
+    """Int8 codes whose accumulator with :func:`_weights` is ``acc``."""
+    return inputs_for(acc, 127, CIN)
 
 
 def _exact(acc: np.ndarray) -> np.ndarray:
