@@ -22,12 +22,10 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from .algorithms.apply import relative_error
-from .algorithms.capture import Feed, run_outputs
-from .assign import assign
+from .algorithms.capture import Feed
 from .calibrate import Statistics
 from .config import QuantConfig
-from .export import export_qdq
+from .percentile_search import plan_error
 from .plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -69,8 +67,7 @@ def choose(model: onnx.ModelProto, default: QuantPlan, candidate: QuantPlan, sta
     reference = stats.outputs[:len(feeds)]
     errors = {}
     for name, plan in (("minmax", default), (CANDIDATE, candidate)):
-        q = export_qdq(model, plan, assign(model, plan, stats), target_name=target_name, scale_type=scale_type)
-        errors[name] = relative_error(run_outputs(q, feeds), reference)
+        errors[name] = plan_error(model, plan, stats, feeds, reference, target_name=target_name, scale_type=scale_type)
     won = bool(np.isfinite(errors[CANDIDATE]) and errors[CANDIDATE] < errors["minmax"])
     chosen = CANDIDATE if won else "minmax"
     log.info("activation position search: %s -> %s", ", ".join(f"{k}: {v:.4g}" for k, v in errors.items()), chosen)

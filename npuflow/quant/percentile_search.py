@@ -80,13 +80,21 @@ def choose_percentile(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics
     return best, errors
 
 
+def plan_error(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, feeds: list[Feed],
+               reference: list[list[np.ndarray]], *, target_name: str, scale_type: str,
+               spinning: bool = True) -> float:
+    """The calibration output error of ``plan``: its QDQ model run on ``feeds`` against the float
+    model's ``reference`` outputs (:func:`~.algorithms.apply.relative_error`).  Every whole-model
+    search scores its candidates with it (this module, :mod:`.method_search`)."""
+    q = export_qdq(model, plan, assign(model, plan, stats), target_name=target_name, scale_type=scale_type)
+    return relative_error(run_outputs(q, feeds, spinning=spinning), reference)
+
+
 def _candidate_error(context: dict, percentile: float) -> float:
     """One candidate's calibration output error (a task: runs here or in a worker)."""
-    model, stats = context["model"], context["stats"]
-    trial = with_percentile(context["plan"], percentile)
-    q = export_qdq(model, trial, assign(model, trial, stats), target_name=context["target_name"],
-                   scale_type=context["scale_type"])
-    return relative_error(run_outputs(q, context["feeds"], spinning=context["spinning"]), context["reference"])
+    return plan_error(context["model"], with_percentile(context["plan"], percentile), context["stats"],
+                      context["feeds"], context["reference"], target_name=context["target_name"],
+                      scale_type=context["scale_type"], spinning=context["spinning"])
 
 
 def apply(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, samples: Iterable[Feed],
