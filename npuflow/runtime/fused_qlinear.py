@@ -77,9 +77,22 @@ def conv(g: Graph, op: dict, x: str, pads: list[int], blobs: dict) -> bool:
     w = int8_weights(blobs["w"])
     if w is None:
         return False
-    return _qlinear_conv(g, op, x, w, blobs["b"], lambda v: v, lambda y: y, shift_bytes=False,
+    return _qlinear_conv(g, op, x, w, blobs["b"], lambda v: v, lambda y: y, shift_bytes=heavy(w, a.get("group", 1)),
                          pads=pads, strides=a["strides"], dilations=a["dilations"], group=a["group"],
                          kernel_shape=list(w.shape[2:]))
+
+
+#: Taps per output (input channels of a group times the kernel's size) from which a power-of-two
+#: dense convolution runs on ``QLinearConv`` even between float32 tensors: its int8 GEMM then saves
+#: more than the two conversions cost (PP-OCRv4 det's neck on the DPU: 3x3 convolutions of 96
+#: channels, 864 taps, whose float ``Conv`` was a third of the frame; docs/compiler-runtime.md).
+HEAVY_TAPS = 256
+
+
+def heavy(w: np.ndarray, group: int) -> bool:
+    """Whether a convolution with int8 codes ``w`` (output channels first) and ``group`` is dense
+    and has :data:`HEAVY_TAPS` taps per output or more."""
+    return group == 1 and int(np.prod(w.shape[1:])) >= HEAVY_TAPS
 
 
 def int8_weights(blob: np.ndarray) -> np.ndarray | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import npuflow
-from npuflow.runtime import fused
+from npuflow.runtime import fused, fused_qlinear
 from tests import fixture_models
 
 MODELS = {
@@ -26,6 +26,7 @@ MODELS = {
 @pytest.mark.parametrize("key,target", [("mnist", "DPUCZDX8G_ISA1_B4096"), ("mnist", "cpu-int8"),
                                         ("yolov8n", "DPUCZDX8G_ISA1_B4096"), ("yolov8n", "bernoulli2"),
                                         ("yolov8n", "cpu-int8"), ("ppocr_det", "bernoulli2"),
+                                        ("ppocr_det", "DPUCZDX8G_ISA1_B4096"),
                                         ("ppocr_det", "cpu-int8")])
 def test_fused_equals_kernels_on_real_models(key, target):
     fetch, name, shape = MODELS[key]
@@ -62,6 +63,15 @@ def test_fused_equals_kernels_on_real_models(key, target):
         nodes = [n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
                  if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
         assert dense and nodes.count("QLinearConv") >= len(dense), (len(dense), nodes.count("QLinearConv"))
+    if key == "ppocr_det" and target.startswith("DPU"):  # the neck's 3x3 layers of 96 channels: int8 GEMMs
+        heavy = [op for ex in fast._executors if hasattr(ex, "plan") for op in ex._ops
+                 if op["op"] == "conv" and op["attrs"]["epilogue"]["mode"] == "shift"
+                 and fused_qlinear.heavy(np.asarray(ex._blob(op["blobs"]["w"])), op["attrs"].get("group", 1))]
+        kernels = [[a.ints for a in n.attribute if a.name == "kernel_shape"][0]
+                   for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
+                   if isinstance(it, fused.FusedRun) for n in it.graph().nodes if n.op_type == "QLinearConv"]
+        wide = [op for op in heavy if list(op["attrs"]["kernel"]) == [3, 3]]
+        assert len(wide) >= 4 and kernels.count([3, 3]) >= len(wide), (len(wide), kernels)
     if target == "cpu-int8" and key != "mnist":  # uint8: the convolutions on ONNX Runtime's integer kernels
         kinds = {n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
                  if isinstance(it, fused.FusedRun) for n in it.graph().nodes}

@@ -252,6 +252,25 @@ def test_lone_power_of_two_convolution_between_float_tensors_stays_float():
     assert "Conv" in ops and "QLinearConv" not in ops, ops
 
 
+@pytest.mark.parametrize("mode", ["half_up", "half_down", "half_even"])
+@pytest.mark.parametrize("scale", [0.5, 4.0, 40.0])  # small codes, everyday ones, saturation
+def test_heavy_power_of_two_convolution_between_float_tensors_runs_on_qlinearconv_exactly(mode, scale):
+    # 32 input channels x 3x3 = 288 taps an output (HEAVY_TAPS and more): the int8 GEMM saves more
+    # than the conversions on each side cost (PP-OCRv4 det's neck on the DPU); the 72-tap layer of
+    # the test above stays float
+    from tests.unit.test_compiler_kernels import _conv_model
+
+    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32), {"x": _x([1, 32, 13, 11], 5, scale)}, DPU)
+    assert not plan.reasons, plan.reasons
+    ops = _live_ops(plan)
+    assert 32 * 9 >= fused_qlinear.HEAVY_TAPS > 8 * 9 and "QLinearConv" in ops and "Conv" not in ops, ops
+    # a depthwise layer of as many taps is not dense: it keeps the float convolution
+    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", group=32, cin=32, cout=32, k=17, pads=(8, 8, 8, 8)),
+                                    {"x": _x([1, 32, 13, 11], 5, scale)}, DPU)
+    ops = _live_ops(plan)
+    assert 17 * 17 >= fused_qlinear.HEAVY_TAPS and "Conv" in ops and "QLinearConv" not in ops, ops
+
+
 @pytest.mark.parametrize("mode", ["half_up", "half_even"])
 def test_large_power_of_two_fully_connected_layer_runs_on_an_integer_kernel_exactly(mode, monkeypatch):
     # 512 x 160 weights (LARGE_WEIGHTS and more) between float32 tensors: one byte a weight on
