@@ -65,6 +65,7 @@ from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
 from ..targets import Target, load_target
 from .algorithms import apply as algorithms
+from .algorithms.capture import HeldOutRuns
 from .assign import assign
 from .calib_stats import noise_like_inputs
 from .calibrate import Progress, collect
@@ -234,6 +235,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     inputs = _input_specs(leg, static_inputs, cfg.calib_dynamic_dims)
     data = CalibrationSource(calib_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype, limit=cfg.max_calib_samples)
     data, held_out = algorithms.hold_out(data, cfg)  # fast_finetune.select_on's samples
+    # the float model runs on them once, for the restarts and the accuracy check
+    held_runs = HeldOutRuns(held_out, opt) if held_out else None
     # the accuracy check's samples: select_on's where it holds some out (the ranges never saw them;
     # one of the restarts was chosen on them), else its own (report.hold_out_for_check)
     data, check_feeds = (data, held_out) if held_out else hold_out_for_check(data, cfg)
@@ -277,7 +280,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     _step(progress, "export")
     exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
     q_model, applied = algorithms.after_export(leg, exported, lambda: again, cfg, tgt, reference=stats.outputs,
-                                               held_out=held_out)
+                                               held_out=held_runs)
     applied = {**searched, **applied}
     if rewrites:
         applied["target_rewrites"] = [r.to_json() for r in rewrites]
@@ -285,7 +288,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     final = final_assignment(q_model, asg)  # the parameters as written (fast finetune may move weight scales)
     report = build_report(opt, q_model, plan, final.params, kept[:cfg.report_samples])
     add_placement(report, placement)
-    problem = _accuracy_check(report, opt, q_model, check_feeds or again, cfg, progress, held_out=bool(check_feeds))
+    problem = _accuracy_check(report, opt, q_model, check_feeds or again, cfg, progress, held_out=bool(check_feeds),
+                              runs=held_runs)
     if problem is not None and warn and not strict:
         log.warning("[%s] %s\n  hint: %s", problem.code, problem.message, problem.hint)
     info = quant_info(final.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
@@ -361,14 +365,17 @@ def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, a
 
 
 def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: onnx.ModelProto, samples: Any,
-                    cfg: QuantConfig, progress: Progress | None, *, held_out: bool) -> NpuflowError | None:
+                    cfg: QuantConfig, progress: Progress | None, *, held_out: bool,
+                    runs: HeldOutRuns | None = None) -> NpuflowError | None:
     """Fill the report's output similarity on ``samples`` (``held_out``: held out of range setting,
-    all of them; else the first ``similarity_samples``); the problem when it is below ``min_output_cosine``."""
+    all of them; else the first ``similarity_samples``); the problem when it is below ``min_output_cosine``.
+    ``runs``: select_on's samples (``samples`` then) with the outputs the restarts already ran on them."""
     if cfg.min_output_cosine <= 0.0:
         return None
     _step(progress, "accuracy check")
     feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
-    measure_outputs(report, float_model, q_model, feeds, held_out=held_out)
+    measure_outputs(report, float_model, q_model, feeds, held_out=held_out,
+                    outputs_of=runs.outputs if runs is not None else None)
     return low_similarity(report, cfg.min_output_cosine)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -33,7 +33,7 @@ from ..errors import NpuflowError
 from .. import operators
 from ..graph import GraphView, is_dequantize, quantize_mode, subgraphs
 from ..placement import Device
-from .algorithms.capture import run_outputs
+from .algorithms.capture import Outputs, run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
 from .params import TensorQuant
@@ -229,18 +229,21 @@ def hold_out_for_check(data, cfg) -> tuple[object, list[Sample]]:
 
 
 def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
-                    samples: Sequence[Sample], *, held_out: bool = False) -> None:
+                    samples: Sequence[Sample], *, held_out: bool = False,
+                    outputs_of: Callable[[onnx.ModelProto], Outputs] | None = None) -> None:
     """Fill ``report``'s calibration similarity: each model output's cosine, pooled over
     ``samples`` (dot products and norms summed over the samples, so a sample whose output is all
     near zero weighs nothing), and which outputs stay within one step of their quantization grid
     (:func:`_output_steps`) of the float model's on every sample.  ``held_out``: the samples were
-    held out of range setting (:func:`hold_out_for_check`)."""
+    held out of range setting (:func:`hold_out_for_check`).  ``outputs_of(model)``: a model's
+    outputs on ``samples`` where the caller has them (:class:`.algorithms.capture.HeldOutRuns`)."""
+    run = outputs_of if outputs_of is not None else (lambda model: run_outputs(model, samples))
     names = [o.name for o in float_model.graph.output]
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
     differ = np.zeros(len(names), dtype=int)
     by_value: dict[int, list] = {}  # an integer or bool output: [dtype, equal values, values, samples compared]
-    for ref, got in zip(run_outputs(float_model, samples), run_outputs(quant_model, samples), strict=True):
+    for ref, got in zip(run(float_model), run(quant_model), strict=True):
         for k, (a, b) in enumerate(zip(ref, got, strict=True)):
             a, b = np.asarray(a), np.asarray(b)
             if a.dtype.kind != "f":

@@ -127,3 +127,31 @@ def test_a_nan_candidate_scores_lowest():
     maps = [[np.ones((1, 2, 3, 3))]]
     broken = [[np.full((1, 2, 3, 3), np.nan)]]
     assert agreement(broken, maps) == (0.0, 0.0)
+
+
+def test_each_model_runs_once_on_the_held_out_samples(cache, monkeypatch):
+    """The float model's outputs on select_on's samples are the restarts' reference and the accuracy
+    check's, and the kept restart is the model that check reads: each runs on them once (on PP-OCRv4
+    rec a run of 512 lines took 1.5-3 minutes; the float and the kept run were made twice), and the
+    check reads what it read when it ran them itself."""
+    from npuflow.quant import report as report_module
+    from npuflow.quant.algorithms import capture, restarts
+
+    feeds = _digits(40)
+    runs: list[int] = []
+
+    def counted(model, samples, **kw):
+        samples = list(samples)
+        if len(samples) == 16:
+            runs.append(id(model))
+        return run_outputs(model, samples, **kw)
+
+    for module in (capture, restarts, report_module):
+        monkeypatch.setattr(module, "run_outputs", counted)
+    q = _quantize(feeds, restarts=3, select_on=16)
+    assert len(runs) == 4  # the float model, then each restart; the check ran none
+    fresh = report_module.QuantReport()
+    monkeypatch.setattr(report_module, "run_outputs", run_outputs)
+    report_module.measure_outputs(fresh, q.float_model, q.dynamic_model, feeds[24:], held_out=True)
+    assert q.report.similarity_samples == 16 and q.report.similarity_held_out
+    assert q.report.calibration_outputs == pytest.approx(fresh.calibration_outputs, abs=1e-6)

@@ -30,7 +30,7 @@ from ...targets import Target
 from .bias_correction import correct_empirical
 from .cle import equalize
 from .fast_finetune import FinetuneSettings, fast_finetune
-from .capture import Feed, run_outputs
+from .capture import Feed, HeldOutRuns, run_outputs
 from .restarts import best_of
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def pre_calibration(float_model: onnx.ModelProto, cfg, calibration: Callable[[],
 def after_export(
     float_model: onnx.ModelProto, quantized: onnx.ModelProto,
     calibration: Callable[[], Iterable[Feed]], cfg, target: Target, reference: list[list[np.ndarray]] | None = None,
-    held_out: list[Feed] | None = None,
+    held_out: HeldOutRuns | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
     """``(quantized, summary)`` after fast finetune and bias correction.
 
@@ -86,7 +86,8 @@ def after_export(
 
     ``reference``: the float model's outputs on the first calibration samples, when calibration
     kept them (saves a float run for the ``auto`` check); computed here otherwise.
-    ``held_out``: the samples :func:`hold_out` set aside, which choose between fast finetune's restarts.
+    ``held_out``: the samples :func:`hold_out` set aside (with the float model that judges on them),
+    which choose between fast finetune's restarts.
     """
     summary: dict = {}
     if cfg.fast_finetune is None and not cfg.include_bias_corr:
@@ -104,8 +105,8 @@ def after_export(
             input_drop=ff.input_drop,
             post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, seed=ff.seed)
         start = q
-        if held_out:
-            q, rep, runs, chosen = best_of(float_model, held_out, list(range(ff.seed, ff.seed + ff.restarts)),
+        if held_out is not None:
+            q, rep, runs, chosen = best_of(held_out, list(range(ff.seed, ff.seed + ff.restarts)),
                                            lambda seed: fast_finetune(float_model, start, feeds,
                                                                       replace(settings, seed=seed)))
         else:
@@ -114,9 +115,9 @@ def after_export(
         summary["fast_finetune"] = {"method": ff.method, "iters": ff.iters, "lr": settings.learning_rate,
                                     "layers": len(rep.layers),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
-        if held_out:  # every run's held-out agreement and time, and which one is kept
+        if held_out is not None:  # every run's held-out agreement and time, and which one is kept
             summary["fast_finetune"].update(restarts=[r.to_json() for r in runs], chosen_seed=runs[chosen].seed,
-                                            selected_on=len(held_out), samples=len(feeds))
+                                            selected_on=len(held_out.feeds), samples=len(feeds))
         if ff.learn_threshold:  # weight fix positions moved: +1 is one step finer
             shifts = [r.fix_shift for r in rep.layers]
             summary["fast_finetune"]["fix_moves"] = {"finer": sum(d > 0 for d in shifts),

@@ -7,6 +7,7 @@ caller keeps from each batch.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from ...ort_session import open_session
 from ..calibrate import run_ahead
 
 Feed = Mapping[str, np.ndarray]
+#: Per feed, a model's graph outputs in order (what :func:`run_outputs` returns).
+Outputs = list[list[np.ndarray]]
 
 
 def session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSession:
@@ -57,3 +60,47 @@ def run_outputs(model: onnx.ModelProto, feeds: Iterable[Feed], *, spinning: bool
     sess = open_session(model, level="all", threads=2, spinning=spinning, what="run")
     input_names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {n: v for n, v in f.items() if n in input_names}) for f in feeds]
+
+
+class HeldOutRuns:
+    """The samples ``fast_finetune.select_on`` holds out, and model outputs on them, each model run
+    on them once.
+
+    Why: the float model's outputs on them are the reference of every restart
+    (:func:`.restarts.best_of`) and of quantize's accuracy check, and the kept restart is the model
+    that check reads (unless bias correction changes it); on PP-OCRv4 rec each run of 512 lines took
+    1.5-3 minutes at load 13-18, the float run and the kept model's run were each made twice, and
+    the restarts judged against the legalised graph instead of the float model the check reads.
+    Only the float outputs and the latest :meth:`remember`-ed model's are kept (a rec model's 512
+    outputs hold 540 MB)."""
+
+    def __init__(self, feeds: list[Feed], float_model: onnx.ModelProto) -> None:
+        self.feeds = feeds
+        self.float_model, self._float_key = float_model, _digest(float_model)
+        self._float: Outputs | None = None
+        self._kept: tuple[bytes, Outputs] | None = None
+
+    def float_outputs(self) -> Outputs:
+        """The float model's outputs, run on the first call."""
+        if self._float is None:
+            self._float = run_outputs(self.float_model, self.feeds)
+        return self._float
+
+    def remember(self, model: onnx.ModelProto, outputs: Outputs) -> None:
+        """Keep ``outputs`` as ``model``'s (replacing the model remembered before)."""
+        self._kept = (_digest(model), outputs)
+
+    def outputs(self, model: onnx.ModelProto) -> Outputs:
+        """``model``'s outputs: remembered when it is the float model or the remembered one (same
+        content), run otherwise."""
+        key = _digest(model)
+        if key == self._float_key:
+            return self.float_outputs()
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        return run_outputs(model, self.feeds)
+
+
+def _digest(model: onnx.ModelProto) -> bytes:
+    """A content key of ``model`` (its serialized bytes' SHA-256)."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).digest()

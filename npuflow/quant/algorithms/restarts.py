@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from ..agreement import Outputs, Reference
-from .capture import Feed, run_outputs
+from .capture import HeldOutRuns, run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,13 @@ def agreement(outputs: Outputs, fp32: Outputs | Reference) -> tuple[float, float
     return float(np.mean([a.score for a in per_output])), float(np.mean([a.cosine for a in per_output]))
 
 
-def best_of(float_model: onnx.ModelProto, held_out: list[Feed], seeds: list[int],
+def best_of(held_out: HeldOutRuns, seeds: list[int],
             run: Callable[[int], tuple[onnx.ModelProto, object]]) -> tuple[onnx.ModelProto, object, list[Restart], int]:
     """Run ``run(seed)`` (one reconstruction: ``(model, report)``) for every seed, judge each model
-    on ``held_out`` against ``float_model``, and return ``(model, report, restarts, chosen index)``
-    of the best (module docstring).  Only the best model is kept in memory."""
-    fp32 = reference(run_outputs(float_model, held_out))
+    on ``held_out``'s samples against its float model, and return ``(model, report, restarts, chosen
+    index)`` of the best (module docstring).  Only the best model is kept in memory; its outputs are
+    remembered in ``held_out`` (for quantize's accuracy check)."""
+    fp32 = reference(held_out.float_outputs())
     restarts: list[Restart] = []
     kept: tuple[onnx.ModelProto, object] | None = None
     chosen = 0
@@ -77,12 +78,15 @@ def best_of(float_model: onnx.ModelProto, held_out: list[Feed], seeds: list[int]
         t0 = time.time()
         model, report = run(seed)
         seconds = time.time() - t0
-        score, cosine = agreement(run_outputs(model, held_out), fp32)
+        outputs = run_outputs(model, held_out.feeds)
+        score, cosine = agreement(outputs, fp32)
         restarts.append(Restart(seed, score, cosine, seconds))
         log.info("fast finetune restart seed %d: agreement %.4f, output cosine %.6f on %d held-out samples (%.1f s)",
-                 seed, score, cosine, len(held_out), seconds)
+                 seed, score, cosine, len(held_out.feeds), seconds)
         if kept is None or (score, cosine) > (restarts[chosen].score, restarts[chosen].cosine):
             kept, chosen = (model, report), len(restarts) - 1
+            held_out.remember(model, outputs)
+        del outputs
     if kept is None:
         raise ValueError("best_of needs at least one seed")
     log.info("fast finetune: restart seed %d kept (%d restarts)", restarts[chosen].seed, len(restarts))
