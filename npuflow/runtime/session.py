@@ -96,8 +96,18 @@ def padded(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return a if a.shape == tuple(shape) else np.pad(a, [(0, w - g) for g, w in zip(a.shape, shape)])
 
 
+#: Longest dump file stem: file systems refuse names over 255 bytes, and TensorFlow exports name
+#: tensors by their whole op path (basic-pitch's ``nmp.onnx``: 378 characters, an ``OSError``).
+MAX_DUMP_STEM = 160
+
+
 def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+    """The dump file stem of a tensor: its name in portable characters, a long one cut and told
+    apart by a hash of the whole name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+    if len(stem) <= MAX_DUMP_STEM:
+        return stem
+    return f"{stem[:MAX_DUMP_STEM - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 class _Program:
