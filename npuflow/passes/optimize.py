@@ -2,7 +2,8 @@
 
 Order matters: constants are folded first (BN parameters and pattern constants become
 initializers),
-no-op nodes go, BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
+no-op nodes go, and additions of products by an all-zero constant (a recurrence's zero initial state,
+:mod:`.zero_terms`), BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
 that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
 becomes a 1-D second input of its ``Add`` (:mod:`.linear_bias`), then decomposed activations become single
 nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`), and a LayerNorm's
@@ -30,6 +31,7 @@ from .linear_bias import canonical_linear_biases
 from .remove_identity import remove_identity
 from .target_rewrites import Rewrite, target_rewrites
 from .variance import stable_variances
+from .zero_terms import drop_zero_terms
 
 
 def optimize_float(model: onnx.ModelProto, target: Target | None = None,
@@ -37,7 +39,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
     the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
     m = fold_constants(model)
-    m = remove_identity(m)
+    m = drop_zero_terms(remove_identity(m))
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = batchnorm_to_depthwise(fold_batchnorm(m))
     m = fold_affine(m)
