@@ -62,6 +62,25 @@ def test_step_fixes_make_a_channel_without_exact_multiplier_exact_on_every_accum
     assert np.array_equal(fused_fixed.fixed_bytes(base, acc, late, early, 255), want)  # ... fixed everywhere
 
 
+def test_step_fixes_take_the_multiplier_that_needs_the_fewest_fixes():
+    # a channel whose nearest float32 multiplier steps wrongly at four accumulators, a neighbour of
+    # it at two: each fix is one more output channel of the layer's kernel, so the neighbour serves
+    m, s = 1426117242, 41
+    ep = {**EP, "multiplier": [m], "shift": [s]}
+    w, bias = _weights()[:1], np.zeros(1, np.int64)
+    fixes = fused_fixed.step_fixes(w, bias, ep, REACH, np.array([0]))
+    late, early = [f for f in fixes.late[0] if f], [f for f in fixes.early[0] if f]
+    acc = _every()
+    want = np.clip(nm.requantize_fixed_point(acc, m, s, "half_even"), -128, 127) + 128
+
+    def wrong_steps(m32: np.float32) -> int:  # accumulators where the kernel's bytes step wrongly
+        return int(np.count_nonzero(np.diff((_kernel(acc, m32) + 128 != want).astype(np.int8)) == 1))
+
+    nearest = np.float32(np.ldexp(float(m), -s))
+    assert wrong_steps(nearest) == 4 and len(late) + len(early) == wrong_steps(fixes.mult[0]) == 2, (late, early)
+    assert np.array_equal(fused_fixed.fixed_bytes(_kernel(acc, fixes.mult[0]) + 128, acc, late, early, 255), want)
+
+
 def test_step_fixes_check_refuses_what_does_not_give_the_exact_codes(monkeypatch):
     w, bias, rows = _weights(), np.zeros(2, np.int64), np.array([0])
     assert np.isnan(fused_fixed.step_fixes(w, bias, {**EP, "round": "half_up"}, REACH, rows).mult[0])  # MLAS: even

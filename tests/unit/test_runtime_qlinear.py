@@ -271,6 +271,35 @@ def test_heavy_power_of_two_convolution_between_float_tensors_runs_on_qlinearcon
     assert 17 * 17 >= fused_qlinear.HEAVY_TAPS and "Conv" in ops and "QLinearConv" not in ops, ops
 
 
+def _qlinear_conv_channels(plan: fused.Plan) -> list[int]:
+    """The output channels of each ``QLinearConv`` of ``plan``'s fused run (its weights' first dimension)."""
+    g = next(it for it in plan.items if isinstance(it, fused.FusedRun)).graph()
+    dims = {t.name: list(t.dims) for t in g.inits}
+    return [dims[n.input[3]][0] for n in g.nodes if n.op_type == "QLinearConv"]
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_even"])
+def test_convolution_channels_padded_to_the_kernels_block_exactly(mode, monkeypatch):
+    # 12 output channels run as 16 (CHANNEL_BLOCK; MLAS takes twice as long for 12) and are sliced
+    # back; 143 output pixels are below PAD_PIXELS, so the threshold is lowered here
+    from tests.unit.test_compiler_kernels import _conv_model
+
+    x = {"x": _x([1, 32, 13, 11], 5, 4.0)}
+    assert 13 * 11 < fused_qlinear.PAD_PIXELS and 12 % fused_qlinear.CHANNEL_BLOCK
+    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=12), x, DPU)
+    assert _qlinear_conv_channels(plan) == [12] and "Slice" not in _live_ops(plan)  # too few pixels
+    monkeypatch.setattr(fused_qlinear, "PAD_PIXELS", 64)
+    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=12), x, DPU)
+    assert not plan.reasons and _qlinear_conv_channels(plan) == [16] and "Slice" in _live_ops(plan), plan.reasons
+    # a whole block, and a depthwise layer (its channels are its input's), stay as they are
+    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=16), x, DPU)
+    assert _qlinear_conv_channels(plan) == [16] and "Slice" not in _live_ops(plan)
+    monkeypatch.setattr(fused_qlinear, "PAD_PIXELS", 1)
+    block = _pow2_block(mode, relu_first=True).model()  # 8 channels each: 3x3, depthwise, 1x1
+    plan = _equal_fused_and_kernels(block, {"x": _x([1, 8, 12, 12], 9, 4.0)}, DPU)
+    assert _qlinear_conv_channels(plan) == [16, 8, 16], _qlinear_conv_channels(plan)
+
+
 @pytest.mark.parametrize("mode", ["half_up", "half_even"])
 def test_large_power_of_two_fully_connected_layer_runs_on_an_integer_kernel_exactly(mode, monkeypatch):
     # 512 x 160 weights (LARGE_WEIGHTS and more) between float32 tensors: one byte a weight on
