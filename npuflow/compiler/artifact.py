@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..model import NPUF_MAGIC as MAGIC, write_atomic
-from . import manifest_arrays, manifest_check, manifest_schema
+from . import manifest_arrays, manifest_check, manifest_schema, manifest_verdicts
 
 FORMAT_MAJOR, FORMAT_MINOR = manifest_schema.SCHEMA_VERSION
 _HEADER = struct.Struct("<8sHHIQQQQQ32s8s")
@@ -160,13 +160,19 @@ class NpufFile:
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise self._corrupt(f"manifest is not JSON: {exc}") from None
         self._data_off, self._data_len = doff, dlen
-        self._validate(manifest, newer)
+        self._validate(manifest, newer, msha)
         for name, b in manifest["blobs"].items():
             self._check_blob(name, b)
         return manifest
 
-    def _validate(self, manifest: object, newer_minor: bool) -> None:
-        """The manifest schema; the embedded ONNX blobs it parses are verified before reading."""
+    def _validate(self, manifest: object, newer_minor: bool, manifest_sha256: bytes) -> None:
+        """The manifest schema; the embedded ONNX blobs it parses are verified before reading.  A
+        manifest of those (verified) bytes that this code passed before is not validated again
+        (:mod:`.manifest_verdicts`)."""
+        remembered = manifest_verdicts.rememberable(manifest)
+        if remembered and manifest_verdicts.validated_before(manifest_sha256, newer_minor):
+            return
+
         def verified_bytes(name: str) -> bytes:
             self._check_blob(name, manifest["blobs"][name])
             return self._bytes(manifest["blobs"][name])
@@ -177,6 +183,8 @@ class NpufFile:
             raise self._corrupt(f"manifest field {exc.field}: {exc.reason}") from None
         except RecursionError:
             raise self._corrupt("the manifest nests too deeply") from None
+        if remembered:
+            manifest_verdicts.remember(manifest_sha256, newer_minor)
 
     def _check_blob(self, name: str, b: dict) -> None:
         try:
