@@ -178,9 +178,9 @@ def _emit(g: Graph, op: dict, x: str, form: dict, op_type: str, to_kernel: Calla
     k_in, k_out, span = form["k_in"], form["k_out"], form["span"]
     w, mult, bias = form["w"], form["mult"], form["bias"]
     cout = w.shape[0]
-    pad = (-cout % CHANNEL_BLOCK if op_type == "QLinearConv" and node_attrs.get("group", 1) == 1
+    pad = (padded_channels(cout) - cout if op_type == "QLinearConv" and node_attrs.get("group", 1) == 1
            and "channels_last" not in node_attrs and int(np.prod(a["out_shape"][2:])) >= PAD_PIXELS else 0)
-    if pad:  # zero channels up to the block, sliced off after the kernel
+    if pad:  # zero channels up to the kernel's step, sliced off after it
         w = np.concatenate([w, np.zeros((pad, *w.shape[1:]), w.dtype)])
         mult = np.concatenate([np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (cout,)),
                                np.ones(pad, np.float32)])
@@ -199,15 +199,24 @@ def _emit(g: Graph, op: dict, x: str, form: dict, op_type: str, to_kernel: Calla
     g.put_bytes(op["outputs"][0], from_kernel(y), k_out)
 
 
-#: Output channels of ``QLinearConv``'s blocks: MLAS' int8 kernel (AVX-512 VNNI) takes as long for
-#: 52 or 64 channels as for any count between, and about 1.6x that for a count not a multiple of 4
-#: (96 -> N 3x3 at 80x80: 24, 32 channels 1.0 ms; 25-27 2.0; 54 2.9; 64 1.9; 12 1.1, 16 0.6), so a
-#: layer's channels are padded with zero ones up to a multiple of this and sliced off after (54 -> 64
-#: and a ``Slice``: 1.9 ms).  PP-OCRv4 det on bernoulli2: its neck's layers with fix channels, 54 of them.
+#: ``QLinearConv``'s output channels come in steps of this many: MLAS' int8 kernel (AVX-512 VNNI)
+#: takes about 1.6x as long for a count that is not a multiple of 4 as for the next multiple (96 -> N
+#: 3x3 at 80x80: 24 and 28 channels 1.05 ms, 25-27 2.0; 52-64 1.9, 54 2.9), so a layer's channels are
+#: padded with zero ones to such a count and sliced off after (54 -> 56 or 64 and a ``Slice``: 1.9 ms).
+#: PP-OCRv4 det on bernoulli2: its neck's layers with fix channels, 54 of them.
+CHANNEL_STEP = 4
+#: The fewest output channels ``QLinearConv`` runs (padded as for :data:`CHANNEL_STEP`): 12 and 14
+#: channels took 1.1 and 1.4 ms where 16 took 0.6.
 CHANNEL_BLOCK = 16
-#: Output pixels from which a convolution's channels are padded (:data:`CHANNEL_BLOCK`): below, the
-#: ``Slice`` costs about what the kernel saves.
+#: Output pixels from which a convolution's channels are padded (:func:`padded_channels`): below,
+#: the ``Slice`` costs about what the kernel saves.
 PAD_PIXELS = 256
+
+
+def padded_channels(cout: int) -> int:
+    """The output channels ``QLinearConv`` runs for a dense layer of ``cout``: a multiple of
+    :data:`CHANNEL_STEP`, at least :data:`CHANNEL_BLOCK`."""
+    return max(CHANNEL_BLOCK, cout + (-cout % CHANNEL_STEP))
 
 
 #: Ops that read 8-bit codes as bytes without a float32 view (integer kernels, data movement, tables).

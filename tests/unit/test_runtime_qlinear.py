@@ -281,7 +281,8 @@ def _qlinear_conv_channels(plan: fused.Plan) -> list[int]:
 @pytest.mark.parametrize("mode", ["half_up", "half_even"])
 def test_convolution_channels_padded_to_the_kernels_block_exactly(mode, monkeypatch):
     # 12 output channels run as 16 (CHANNEL_BLOCK; MLAS takes twice as long for 12) and are sliced
-    # back; 143 output pixels are below PAD_PIXELS, so the threshold is lowered here
+    # back; 143 output pixels are below PAD_PIXELS, so the threshold is lowered here (exactness: the
+    # padded channels are zero weights sliced off, the others the kernels' codes)
     from tests.unit.test_compiler_kernels import _conv_model
 
     x = {"x": _x([1, 32, 13, 11], 5, 4.0)}
@@ -291,9 +292,13 @@ def test_convolution_channels_padded_to_the_kernels_block_exactly(mode, monkeypa
     monkeypatch.setattr(fused_qlinear, "PAD_PIXELS", 64)
     plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=12), x, DPU)
     assert not plan.reasons and _qlinear_conv_channels(plan) == [16] and "Slice" in _live_ops(plan), plan.reasons
-    # a whole block, and a depthwise layer (its channels are its input's), stay as they are
-    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=16), x, DPU)
-    assert _qlinear_conv_channels(plan) == [16] and "Slice" not in _live_ops(plan)
+    # 26 run as 28 (a multiple of CHANNEL_STEP); 16 and 24, and a depthwise layer (its channels are
+    # its input's), stay as they are
+    plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=26), x, DPU)
+    assert _qlinear_conv_channels(plan) == [28] and "Slice" in _live_ops(plan)
+    for cout in (16, 24):
+        plan = _equal_fused_and_kernels(_conv_model(mode, "relu", cin=32, cout=cout), x, DPU)
+        assert _qlinear_conv_channels(plan) == [cout] and "Slice" not in _live_ops(plan)
     monkeypatch.setattr(fused_qlinear, "PAD_PIXELS", 1)
     block = _pow2_block(mode, relu_first=True).model()  # 8 channels each: 3x3, depthwise, 1x1
     plan = _equal_fused_and_kernels(block, {"x": _x([1, 8, 12, 12], 9, 4.0)}, DPU)
