@@ -197,7 +197,10 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     fifth of them, at most 64, from 10 samples on.  With thousands of samples a guard of a few
     hundred judges on more of them (one sample weighs 1/N), at the cost of one forward of each per
     judgement (measured on PP-OCRv4 rec in docs/qat.md);
-    ``NPF_QAT_BAD_OPTION`` unless it is a positive integer that leaves a training sample.
+    ``NPF_QAT_BAD_OPTION`` unless it is a positive integer that leaves a training sample.  After a PTQ
+    start chosen among fast-finetune restarts (``fast_finetune.select_on: K`` in ``ptq_config``) the
+    guard holds out those K samples and reads a recogniser's whole lines, as the restarts did
+    (:func:`_restarts_guard`; another ``guard_samples`` is ``NPF_QAT_BAD_OPTION``).
     ``ema_decay``: also keep an exponential moving average of the weights (:mod:`.qat_ema`, with a
     warm-up); the guard judges it beside the final weights and the start and returns the best
     (``kept`` says which; a trained model must lead the start by more than one held-out row,
@@ -242,6 +245,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     source = model if isinstance(model, onnx.ModelProto) else model_io.read_proto(model)
     _check_loss(loss, source)
     samples = _read_samples(source, data, pcfg)
+    guard_samples, by_line = _restarts_guard(ptq.config if ptq is not None else pcfg, guard_samples)
     _check_guard_samples(guard_samples, len(samples))
     if ptq is None:
         _step(progress, "ptq")
@@ -259,7 +263,7 @@ def qat_onnx(model: model_io.ModelLike, target: str | Target, data: Any, *, epoc
     teacher = student.teacher(ptq.float_model, threads=1 if dev.type == "cpu" else max(1, (os.cpu_count() or 2) - 1))
     start_state = copy.deepcopy(qat.state_dict())
     if rank == 0:  # the deployed start: its QDQ model in ONNX Runtime
-        guard = Guard(ptq.float_model, eval_samples, student.input_names, student.output_names, metric)
+        guard = Guard(ptq.float_model, eval_samples, student.input_names, student.output_names, metric, by_line)
         start_qdq = export_qat(qat, None)
         start = guard.judge(start_qdq)
     identity = _identity(source, tgt, pcfg, train_samples, step_batch)
@@ -485,6 +489,25 @@ def _check_guard_samples(guard_samples: object, samples: int | None) -> None:
     if samples is not None and guard_samples >= samples:
         raise NpuflowError("NPF_QAT_BAD_OPTION", option="guard_samples", value=guard_samples,
                            reason=f"the data has {samples} samples; at least one must be left to train on")
+
+
+def _restarts_guard(pcfg: QuantConfig, guard_samples: int | None) -> tuple[int | None, bool | None]:
+    """``(guard_samples, by_line)`` of the guard after a PTQ start chosen among fast-finetune restarts
+    (``fast_finetune.select_on: K``): the guard judges on the same last K samples, by the restarts'
+    measure (a recogniser's whole lines, at any K), so the trained model is one more candidate judged
+    as the restarts were, and no sample is both held out for that judgement and trained or calibrated
+    on; ``(guard_samples, None)`` without select_on.  ``NPF_QAT_BAD_OPTION`` for a ``guard_samples``
+    other than K: a smaller guard trains on samples that chose the start, a larger one judges on
+    calibration samples the start was fitted to."""
+    ff = pcfg.fast_finetune
+    k = ff.select_on if ff is not None else None
+    if k is None:
+        return guard_samples, None
+    if guard_samples is not None and guard_samples != k:
+        raise NpuflowError("NPF_QAT_BAD_OPTION", option="guard_samples", value=guard_samples,
+                           reason=f"the PTQ start was chosen on the last {k} samples (fast_finetune.select_on); "
+                                  f"the guard judges on those same samples: leave guard_samples out or give {k}")
+    return k, True
 
 
 def _split(samples: list[Sample], guard_samples: int | None = None) -> tuple[list[Sample], list[Sample], int]:

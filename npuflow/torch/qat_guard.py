@@ -75,12 +75,15 @@ class Guard:
     """The FP32 outputs of the held-out samples, computed once, and the judge of candidates."""
 
     def __init__(self, float_model: onnx.ModelProto, samples: Sequence[Sample], input_names: Sequence[str],
-                 output_names: Sequence[str], metric: Metric | None = None) -> None:
+                 output_names: Sequence[str], metric: Metric | None = None, by_line: bool | None = None) -> None:
+        """``by_line``: whether a recogniser's greedy-decoded lines decide (None: from
+        :data:`SEQUENCE_GUARD_SAMPLES` samples on)."""
         session = open_session(float_model, level="all", threads=1)
         self.feeds = [{n: s[n] for n in input_names} for s in samples]
         self.outputs = list(output_names)
         self.reference = Reference([session.run(self.outputs, f) for f in self.feeds],
-                                   by_line=len(self.feeds) >= SEQUENCE_GUARD_SAMPLES, cosine_floor=_COSINE_FLOOR)
+                                   by_line=len(self.feeds) >= SEQUENCE_GUARD_SAMPLES if by_line is None else by_line,
+                                   cosine_floor=_COSINE_FLOOR)
         kinds = self.reference.kinds
         self.sequence_outputs = [k for k, kind in enumerate(kinds) if kind.sequence]
         #: the outputs judged by whole greedy-decoded lines (a guard large enough for it)

@@ -75,3 +75,21 @@ def test_cli_bad_guard_samples_is_a_coded_error(cli, mnist_npy_folder, tmp_path,
     assert res.returncode == 2
     assert "ERROR [NPF_QAT_BAD_OPTION]" in res.stderr and "guard_samples" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_after_restarts_the_guard_judges_on_the_samples_that_chose_the_start(mnist_npy_folder):
+    """A PTQ start chosen among fast-finetune restarts on the last 8 digits (select_on): the guard
+    holds out those 8, trains on the other 16 and scores the start as the restarts scored it (one
+    held-out set, one measure); another guard_samples is a coded error, before any PTQ runs."""
+    restarts = {"include_bias_corr": False,
+                "fast_finetune": {"method": "adaround", "iters": 30, "restarts": 2, "select_on": 8}}
+    result = qat_onnx(fixture_models.mnist_cnn(), DPU, str(mnist_npy_folder), epochs=1, batch=4, augment=False,
+                      ptq_config=restarts)
+    info = result.ptq.info["algorithms"]["fast_finetune"]
+    kept = next(r for r in info["restarts"] if r["seed"] == info["chosen_seed"])
+    assert info["selected_on"] == 8 and result.report["eval_samples"] == 8 and result.steps == 4
+    assert result.start_score == pytest.approx(kept["score"], abs=1e-9)
+    with pytest.raises(NpuflowError) as e:
+        qat_onnx(fixture_models.mnist_cnn(), DPU, str(mnist_npy_folder), epochs=1, ptq_config=restarts,
+                 guard_samples=4)
+    assert e.value.code == "NPF_QAT_BAD_OPTION" and "select_on" in str(e.value)
