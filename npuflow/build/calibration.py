@@ -49,7 +49,7 @@ class CalibrationSet(Sequence):
                 elif _is_npy(f):
                     _load_npy(f, pre)
                 else:
-                    _raw_dtype(f, pre, self.raw_dtype)
+                    _raw_dtype(f, pre, self.raw_dtype, self.dtypes.get(pre.name))
         counts = {name: len(fs) for name, fs in self.files.items()}
         if len(set(counts.values())) > 1:
             raise NpuflowError("NPF_BUILD_CALIB_COUNT_MISMATCH",
@@ -68,8 +68,8 @@ class CalibrationSet(Sequence):
     def sample(self, pre: InputPreprocess, path: Path) -> np.ndarray:
         if self.images:
             return to_runtime_format(read_image(path, pre), pre)
-        values = _read_values(path, pre, self.raw_dtype)
         dtype = self.dtypes.get(pre.name)
+        values = _read_values(path, pre, self.raw_dtype, dtype)
         if pre.type_rt == "featuremap" and dtype is not None and dtype.kind in "iub":
             # as stored: integers above 2^24 would not survive float32
             return values.astype(dtype)
@@ -94,8 +94,11 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _raw_dtype(path: Path, pre: InputPreprocess, declared: np.dtype | None = None) -> np.dtype:
-    """uint8 when the file has one byte per element, float32 with four (featuremaps: only four);
+def _raw_dtype(path: Path, pre: InputPreprocess, declared: np.dtype | None = None,
+               model: np.dtype | None = None) -> np.dtype:
+    """uint8 when the file has one byte per element, float32 with four (featuremaps: only four, or
+    the size of the model's own dtype of the input: a diffusion model's int64 timestep saved with
+    ``numpy.tofile`` was refused as "needs 4 (float32)");
     ``declared`` (``cal_data_type``): that dtype, and a file of another size is refused."""
     count = int(np.prod(pre.shape))
     size = path.stat().st_size
@@ -107,18 +110,24 @@ def _raw_dtype(path: Path, pre: InputPreprocess, declared: np.dtype | None = Non
         return declared
     if size == 4 * count:
         return np.dtype(np.float32)
+    own = model is not None and pre.type_train == "featuremap" and model != np.float32
+    if own and size == model.itemsize * count:
+        return model
     if size == count and pre.type_train != "featuremap":
         return np.dtype(np.uint8)
     expected = f"{4 * count} (float32)" if pre.type_train == "featuremap" else f"{count} (uint8) or {4 * count} (float32)"
+    if own:
+        expected += f" or {model.itemsize * count} ({model}, the model's own dtype)"
     raise NpuflowError("NPF_BUILD_CALIB_FILE_SIZE", path=str(path), size=size, input=pre.name,
                        shape="x".join(map(str, pre.shape)), expected=expected)
 
 
-def _read_values(path: Path, pre: InputPreprocess, declared: np.dtype | None = None) -> np.ndarray:
+def _read_values(path: Path, pre: InputPreprocess, declared: np.dtype | None = None,
+                 model: np.dtype | None = None) -> np.ndarray:
     """One sample in the train shape, in the dtype it was stored in (``.npy`` or raw)."""
     if _is_npy(path):
         return np.asarray(_load_npy(path, pre)).reshape(pre.shape)
-    return np.fromfile(path, dtype=_raw_dtype(path, pre, declared)).reshape(pre.shape)
+    return np.fromfile(path, dtype=_raw_dtype(path, pre, declared, model)).reshape(pre.shape)
 
 
 def _is_npy(path: Path) -> bool:
