@@ -9,6 +9,9 @@ equal to FP32's, as class sequences and as text with border spaces stripped; Eff
 the same on the 32 calibration samples for contrast.
 ``--restarts N``: one ``npuflow.quantize`` with ``restarts: N, select_on: 512`` (the held-out samples
 appended to the calibration data), its evaluation score and every restart's held-out score.
+``--summary FILE``: from the ``--seeds`` rows of a JSON-lines file, the seed that ``restarts: N`` (seeds
+0..N-1) keeps for every N (the option's rule: the highest held-out task agreement, then output cosine, then
+the earlier seed) against the mean of those seeds' evaluation scores, as a markdown table.
 
 Held-out samples: rec, the last 512 of ``bench_qat.py``'s 768 training lines (its guard set);
 EffNet, 512 crops of another seed (calibration crops use 101, evaluation 102, these 103).  Neither
@@ -65,13 +68,40 @@ def scores(float_session, q_session, samples: list, kind: str) -> dict:
     return out
 
 
+def summary(path: str) -> str:
+    """The ``--summary`` table of the seed rows in ``path`` (module docstring)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    by_seed = {r["fast_finetune"]["seed"]: r for r in rows if "restarts" not in r["fast_finetune"]}
+    key = "line" if "line" in next(iter(by_seed.values()))["eval"] else "top1_agree"
+    out = ["| seed | eval % | held-out agreement (the option's) | held-out text agreement | held-out cosine |",
+           "| ---: | ---: | ---: | ---: | ---: |"]
+    for seed in sorted(by_seed):
+        r = by_seed[seed]
+        out.append(f"| {seed} | {r['eval'][key]:.2f} | {r['held']['agree']:.4f} | "
+                   f"{r['held'].get('agree_text', float('nan')):.4f} | {r['held']['cos']:.5f} |")
+    out += ["", "| restarts N (seeds 0..N-1) | kept seed | its eval % | mean eval % of those seeds |",
+            "| ---: | ---: | ---: | ---: |"]
+    seeds = sorted(by_seed)
+    for n in range(1, len(seeds) + 1):
+        if seeds[:n] != list(range(n)):
+            break
+        kept = max(seeds[:n], key=lambda s: (by_seed[s]["held"]["agree"], by_seed[s]["held"]["cos"], -s))
+        mean = float(np.mean([by_seed[s]["eval"][key] for s in seeds[:n]]))
+        out.append(f"| {n} | {kept} | {by_seed[kept]['eval'][key]:.2f} | {mean:.2f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", choices=["rec", "effnet"])
     ap.add_argument("--seeds", default=None, help="comma-separated seeds, one quantize each")
     ap.add_argument("--restarts", type=int, default=None, help="one quantize with this many restarts")
     ap.add_argument("--out", default=None, help="JSON lines appended here")
+    ap.add_argument("--summary", default=None, help="print the restarts table of this JSON-lines file and exit")
     args = ap.parse_args()
+    if args.summary:
+        print(summary(args.summary))
+        return
     bench, held, ff = setup(args.model)
     model = BA.npuflow_load(bench.path, bench.input_shapes)
     fp32 = D.ort_session(model)
