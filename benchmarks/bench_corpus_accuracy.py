@@ -154,6 +154,7 @@ def run_cell(entry_name: str, target: str, n_eval: int, timeout: float) -> dict:
         cell["nodes"] = len(nodes)
         cell["on_accelerator"] = sum(1 for n in nodes if n.get("on") not in (None, "CPU"))
         cell["calib_cosine"] = report.get("calibration_outputs") or report.get("outputs")
+        cell["label_checks"] = report.get("label_checks", [])
         import onnx
 
         names = [o.name for o in onnx.load(str(run.model), load_external_data=False).graph.output]
@@ -221,9 +222,26 @@ def write(cells: list[dict], args: argparse.Namespace, meta: dict) -> None:
         lines.append(f"| {c['model']} | {c['target']} | {c['on_accelerator']}/{c['nodes']} | {w['output'][:40]} | "
                      f"{_fmt(w['cosine'])} | {_fmt(w['rel_l2'], 3)} | {metrics} | "
                      f"{', '.join(c['warnings']) or 'no'} | {c['quantize_s']} |")
+    lines += ["", *label_table(cells)]
     if args.before:
         lines += ["", *comparison(json.loads(args.before.read_text())["cells"], cells)]
     args.out.write_text("\n".join(lines) + "\n")
+
+
+def label_table(cells: list[dict]) -> list[str]:
+    """The accuracy check's label margins (quant_report.json's ``label_checks``: the share of labels
+    it expects quantization to change, from its own samples) beside the held-out task metric."""
+    lines = ["Labels the accuracy check reads (expected change from its samples; NPF_QUANT_LABEL_MARGIN above "
+             "5 %), beside the held-out task metric:", "",
+             "| model | target | label read from | by | rows | changed there | expected | held-out metric | warned |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for c in cells:
+        metrics = "; ".join(f"{o['metric']} {o['value']:.3f}" for o in c.get("outputs", []) if "metric" in o) or "-"
+        for check in c.get("label_checks", []):
+            lines.append(f"| {c['model']} | {c['target']} | {check['tensor'][:40]} | {check['read_by']} | {check['rows']} | "
+                         f"{100 * check['changed']:.1f} % | {100 * check['estimated']:.1f} % | {metrics} | "
+                         f"{'yes' if 'NPF_QUANT_LABEL_MARGIN' in c.get('warnings', []) else 'no'} |")
+    return lines
 
 
 def comparison(before: list[dict], after: list[dict]) -> list[str]:

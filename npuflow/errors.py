@@ -213,6 +213,15 @@ _QUANT = _specs(
      "`npuflow analyze sensitivity` / `analyze mixed-precision` to keep the worst layers in float "
      "(`keep_float`). Check that the calibration samples are preprocessed as in deployment. To accept "
      "the loss, lower `min_output_cosine` in the quantization config (npuflow build: its `npuflow:` section)."),
+    ("NPF_QUANT_LABEL_MARGIN",
+     "the label read from {tensor} by its {read_by} would change on about {estimated} of inputs like the {samples} "
+     "(changed on {changed} of its {rows} rows there): quantization moves the gap between its two leading values "
+     "by {error} (root mean square), more than the whole gap on {near} of those rows, so inputs near the decision "
+     "boundary read another label; above max_label_change {limit}",
+     "Calibrate on more samples, and on ones like deployment's, including inputs the model is unsure about; keep "
+     "the layers that compute {tensor} in float (config `keep_float`; `npuflow analyze sensitivity` names them) "
+     "or in int16 (`npuflow analyze mixed-precision`), or use a target with a finer grid. To accept it, raise "
+     "`max_label_change` in the quantization config (1 turns this check off)."),
 )
 
 # --- compiler / .npuf file -----------------------------------------------------------------

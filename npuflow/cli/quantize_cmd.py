@@ -5,7 +5,8 @@ per-node accuracy table (Horizon's layout) and the model-output similarity, then
 written to ``OUT``.  When the output similarity on the calibration samples is below
 ``min_output_cosine`` the warning comes last, on stderr, where a long table cannot hide it (and
 in piped output); ``--strict`` makes it the coded error ``NPF_QUANT_LOW_SIMILARITY`` and writes
-nothing.
+nothing.  Labels the check finds near their decision boundary (``NPF_QUANT_LABEL_MARGIN``) are
+warned there too, never fatal.
 """
 
 from __future__ import annotations

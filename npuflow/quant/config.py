@@ -195,6 +195,11 @@ class QuantConfig(_Strict):
     #: 0 (default): every sample sets ranges and the check reads samples the ranges were set on,
     #: which can flatter; holding 8 of 32 out costs the ranges those samples (``docs/quantization.md``).
     similarity_hold_out: int = Field(default=0, ge=0)
+    #: The share of inputs whose label (an ArgMax, ArgMin or TopK in the model, or probability or
+    #: logit rows among its outputs) quantization may change, as the accuracy check estimates it from
+    #: how near its samples lie to the decision boundary (``report.label_warnings``); above it, quantize
+    #: warns NPF_QUANT_LABEL_MARGIN.  1: no such check.
+    max_label_change: float = Field(default=0.05, ge=0.0, le=1.0)
     histogram_bins: int = Field(default=2048, ge=128, le=65536)
     #: Percentiles tried, one for the whole model, for the tensors calibrated with the default
     #: ``percentile`` method; the one whose quantized model has the lowest output error on the

@@ -79,7 +79,8 @@ from .placement import accelerator_nodes
 from .plan import build_plan, node_key
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
-from .report import QuantReport, add_placement, build_report, hold_out_for_check, low_similarity, measure_outputs
+from .report import (QuantReport, add_placement, build_report, hold_out_for_check, label_warnings, low_similarity,
+                     measure_outputs)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class QuantizedModel:
     info: dict = field(default_factory=dict)
     #: the accuracy check's finding (NPF_QUANT_LOW_SIMILARITY), None when the outputs held up
     problem: NpuflowError | None = None
-    #: what the calibration samples themselves look wrong by (NPF_QUANT_CALIB_LOOKS_RANDOM), logged by
+    #: what the calibration samples themselves look wrong by (NPF_QUANT_CALIB_LOOKS_RANDOM), and labels
+    #: the accuracy check found near changing (NPF_QUANT_LABEL_MARGIN, ``report.warnings``), logged by
     #: ``quantize`` unless ``warn=False`` (the CLI and ``build`` print them)
     calibration_warnings: list[NpuflowError] = field(default_factory=list)
     #: ``save`` writes ``dynamic_model`` as quantized_model.onnx: the source's dynamic dims were
@@ -290,8 +292,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     add_placement(report, placement)
     problem = _accuracy_check(report, opt, q_model, check_feeds or again, cfg, progress, held_out=bool(check_feeds),
                               runs=held_runs)
-    if problem is not None and warn and not strict:
-        log.warning("[%s] %s\n  hint: %s", problem.code, problem.message, problem.hint)
+    for found in [*([problem] if problem is not None and not strict else []), *report.warnings]:
+        if warn:
+            log.warning("[%s] %s\n  hint: %s", found.code, found.message, found.hint)
     info = quant_info(final.params, target=tgt.name, scale_type=tgt.numerics.scale_type, cle=cfg.include_cle,
                       bias_corrected=applied.get("bias_correction", {}).get("kept", False),
                       fast_finetuned=cfg.fast_finetune is not None, algorithms=applied)
@@ -305,7 +308,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         mark_frozen_inputs(q_model, frozen)
     result = QuantizedModel(model=_frozen(q_model, static_inputs) if dynamic else q_model, dynamic_model=q_model,
                             original_model=original, float_model=float_model, quant_params=final.params, report=report,
-                            target=tgt, config=cfg, info=info, problem=problem, calibration_warnings=calib_warnings,
+                            target=tgt, config=cfg, info=info, problem=problem,
+                            calibration_warnings=calib_warnings + report.warnings,
                             saves_dynamic=dynamic and not input_shapes,
                             requantizer=requantizer)
     if strict:
@@ -368,7 +372,8 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
                     cfg: QuantConfig, progress: Progress | None, *, held_out: bool,
                     runs: HeldOutRuns | None = None) -> NpuflowError | None:
     """Fill the report's output similarity on ``samples`` (``held_out``: held out of range setting,
-    all of them; else the first ``similarity_samples``); the problem when it is below ``min_output_cosine``.
+    all of them; else the first ``similarity_samples``) and its label warnings (``max_label_change``:
+    ``report.warnings``); the problem when the similarity is below ``min_output_cosine``.
     ``runs``: select_on's samples (``samples`` then) with the outputs the restarts already ran on them."""
     if cfg.min_output_cosine <= 0.0:
         return None
@@ -376,6 +381,7 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
     feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
     measure_outputs(report, float_model, q_model, feeds, held_out=held_out,
                     outputs_of=runs.outputs if runs is not None else None)
+    report.warnings = label_warnings(report, cfg.max_label_change)
     return low_similarity(report, cfg.min_output_cosine)
 
 

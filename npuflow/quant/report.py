@@ -31,11 +31,13 @@ import onnx
 
 from ..errors import NpuflowError
 from .. import operators
-from ..graph import GraphView, is_dequantize, quantize_mode, subgraphs
+from ..graph import GraphView, attr_values, is_dequantize, quantize_mode, subgraphs
 from ..placement import Device
+from ..value_info import with_outputs
 from .algorithms.capture import Outputs, run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
+from .output_kinds import LabelMargin, is_probability_rows, label_margin
 from .params import TensorQuant
 from .plan import QuantPlan
 
@@ -61,6 +63,31 @@ class NodeRow:
 
 
 @dataclass
+class LabelCheck:
+    """The label margin (:class:`~.output_kinds.LabelMargin`) of one tensor a label is read from."""
+
+    tensor: str  # the float model's tensor the label is read from
+    read_by: str  # what reads it: "ArgMax node 'n'", "TopK node 'n' (k=5)", "output (probability rows)"
+    margin: LabelMargin
+
+    def to_json(self) -> dict:
+        return {"tensor": self.tensor, "read_by": self.read_by, **self.margin.to_json()}
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """A tensor a label is read from: the float and quantized models' names of it, the axis the
+    label is read along, the place (``k``) whose gap decides it, and whether larger values win."""
+
+    tensor: str
+    quantized: str
+    read_by: str
+    axis: int = -1
+    k: int = 1
+    largest: bool = True
+
+
+@dataclass
 class QuantReport:
     rows: list[NodeRow] = field(default_factory=list)
     outputs: dict[str, float | None] = field(default_factory=dict)
@@ -80,12 +107,19 @@ class QuantReport:
     #: indices, a TopK's positions) and outputs whose shape the data decides, where the quantized
     #: model selected a different number of entries than the float one on some sample
     unmeasured: dict[str, str] = field(default_factory=dict)
+    #: the labels read from the model (ArgMax, ArgMin and TopK inputs, probability or logit rows
+    #: among the outputs) and how near the check's samples lie to changing them (:func:`label_warnings`)
+    label_checks: list[LabelCheck] = field(default_factory=list)
+    #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN
+    warnings: list[NpuflowError] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "outputs": self.outputs, "similarity_samples": self.similarity_samples,
                 "similarity_held_out": self.similarity_held_out, "similarity_on": self.similarity_on(),
                 "calibration_outputs": self.calibration_outputs, "within_one_step": self.within_one_step,
                 "non_finite": self.non_finite, "unmeasured": self.unmeasured,
+                "label_checks": [c.to_json() for c in self.label_checks],
+                "warnings": [{"code": w.code, "message": w.message, "hint": w.hint} for w in self.warnings],
                 "nodes": [asdict(r) for r in self.rows]}
 
     def similarity_on(self) -> str:
@@ -236,15 +270,28 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     near zero weighs nothing), and which outputs stay within one step of their quantization grid
     (:func:`_output_steps`) of the float model's on every sample.  ``held_out``: the samples were
     held out of range setting (:func:`hold_out_for_check`).  ``outputs_of(model)``: a model's
-    outputs on ``samples`` where the caller has them (:class:`.algorithms.capture.HeldOutRuns`)."""
+    outputs on ``samples`` where the caller has them (:class:`.algorithms.capture.HeldOutRuns`; a
+    graph that reads a label itself runs again, with that label's input as an output too).  Also the
+    label margins (:func:`_label_checks`)."""
     run = outputs_of if outputs_of is not None else (lambda model: run_outputs(model, samples))
     names = [o.name for o in float_model.graph.output]
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
     differ = np.zeros(len(names), dtype=int)
     by_value: dict[int, list] = {}  # an integer or bool output: [dtype, equal values, values, samples compared]
-    for ref, got in zip(run(float_model), run(quant_model), strict=True):
-        for k, (a, b) in enumerate(zip(ref, got, strict=True)):
+    decisions = _decisions(float_model, quant_model)
+    fmodel = with_outputs(float_model, [d.tensor for d in decisions])
+    qmodel = with_outputs(quant_model, [d.quantized for d in decisions])
+    fpos = {o.name: k for k, o in enumerate(fmodel.graph.output)}
+    qpos = {o.name: k for k, o in enumerate(qmodel.graph.output)}
+    # float tensor -> its quantized model's name: the labels' tensors and the outputs (class rows?)
+    pairs = {**{name: name for name in names}, **{d.tensor: d.quantized for d in decisions}}
+    read: dict[str, tuple[list, list]] = {t: ([], []) for t in pairs}
+    for ref, got in zip(run(fmodel), run(qmodel), strict=True):
+        for t, qt in pairs.items():
+            read[t][0].append(ref[fpos[t]])
+            read[t][1].append(got[qpos[qt]])
+        for k, (a, b) in enumerate(zip(ref[:len(names)], got[:len(names)], strict=True)):
             a, b = np.asarray(a), np.asarray(b)
             if a.dtype.kind != "f":
                 count = by_value.setdefault(k, [a.dtype, 0, 0, 0])
@@ -273,6 +320,72 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     report.non_finite = [name for k, name in enumerate(names) if acc[k, 3]]
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
+    report.label_checks = _label_checks(decisions, names, read)
+
+
+def _decisions(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> list[_Decision]:
+    """The tensors the graph reads a label from: each ArgMax, ArgMin and TopK (a constant ``k``) of the
+    float graph's top level whose node the quantized graph has (found by its output name), with the
+    tensor it reads there (the dequantized one where its input is quantized)."""
+    view, qview = GraphView(float_model), GraphView(quant_model)
+    found: dict[str, _Decision] = {}
+    for node in float_model.graph.node:
+        if node.op_type not in ("ArgMax", "ArgMin", "TopK") or not node.output or node.input[0] in found:
+            continue
+        twin = qview.producer_node(node.output[0])
+        if twin is None or twin.op_type != node.op_type:
+            continue
+        attrs = attr_values(node)
+        k, largest = 1, node.op_type == "ArgMax"
+        if node.op_type == "TopK":
+            given = view.const(node.input[1]) if len(node.input) > 1 else None
+            if given is None or given.size != 1:
+                continue
+            k, largest = int(given.reshape(())), bool(attrs.get("largest", 1))
+        axis = int(attrs.get("axis", -1 if node.op_type == "TopK" else 0))
+        found[node.input[0]] = _Decision(node.input[0], twin.input[0], f"{node.op_type} node '{node.name or node.output[0]}'"
+                                         + (f" (k={k})" if node.op_type == "TopK" else ""), axis, k, largest)
+    return list(found.values())
+
+
+def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str, tuple[list, list]]) -> list[LabelCheck]:
+    """The label margin of each tensor a label is read from (:func:`_decisions`), and of each float
+    model output whose rows a task reads by their argmax (probability rows, or logits by name:
+    ``(N, C)`` values of no known kind may be box offsets or an embedding) where the graph reads no
+    label itself (GaussianNB's ArgMax reads the log-likelihoods its probabilities come from: one label,
+    one warning).  ``read``: per tensor, its float and quantized values on each sample."""
+    found = list(decisions)
+    for name in [] if decisions else outputs:
+        values = [np.asarray(v) for v in read[name][0]]
+        if not values or values[0].dtype.kind != "f" or values[0].ndim < 2 or values[0].shape[-1] < 2:
+            continue
+        if is_probability_rows(np.concatenate([v.reshape(-1, v.shape[-1]) for v in values])):
+            found.append(_Decision(name, name, "output (probability rows)"))
+        elif "logit" in name.lower():
+            found.append(_Decision(name, name, "output (logits, by its name)"))
+    checks = []
+    for d in found:
+        pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(*read[d.tensor])]
+        pairs = [(a, b) for a, b in pairs if a.shape == b.shape and a.dtype.kind == b.dtype.kind == "f" and a.ndim]
+        if not pairs:
+            continue
+        sign = 1.0 if d.largest else -1.0
+        rows = [np.concatenate([sign * np.moveaxis(p[i], d.axis, -1).reshape(-1, p[i].shape[d.axis]) for p in pairs])
+                for i in (0, 1)]
+        margin = label_margin(rows[0], rows[1], d.k)
+        if margin is not None:
+            checks.append(LabelCheck(d.tensor, d.read_by, margin))
+    return checks
+
+
+def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]:
+    """``NPF_QUANT_LABEL_MARGIN`` for each label whose expected share of changed rows
+    (:class:`~.output_kinds.LabelMargin`) on the accuracy check's samples exceeds ``max_change``."""
+    return [NpuflowError("NPF_QUANT_LABEL_MARGIN", tensor=c.tensor, read_by=c.read_by,
+                         estimated=f"{100.0 * c.margin.estimated:.1f} %", samples=report.similarity_on(),
+                         error=f"{c.margin.error:.4g}", near=c.margin.near, rows=c.margin.rows,
+                         changed=f"{100.0 * c.margin.changed:.1f} %", limit=f"{100.0 * max_change:g} %")
+            for c in report.label_checks if c.margin.estimated > max_change]
 
 
 def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:

@@ -1,0 +1,121 @@
+"""The accuracy check's label margin (``NPF_QUANT_LABEL_MARGIN``): a label read by an argmax must
+not pass unwarned because the check's samples lie far from the decision boundary.
+
+scikit-learn's GaussianNB on the breast-cancer data (skl2onnx; new-user round 15): quantized for
+cpu-int8 on 8 rows, its probabilities read cosine 0.9995 and its label equal on all 8 rows, while
+on all 569 rows the label changed on about a tenth.  Two of the 8 rows lie nearer the boundary
+than quantization moves the log-likelihood gap; the margin check reads that."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from skl2onnx import to_onnx
+from sklearn.datasets import load_breast_cancer
+from sklearn.naive_bayes import GaussianNB
+
+import npuflow
+from npuflow.quant.calibrate import run_sample, session_for
+from npuflow.quant.output_kinds import label_margin
+from tests import fixture_models
+
+#: 8 rows drawn as a user draws them; the cosine check passed them (0.9995, labels 100 % equal)
+ROWS = np.random.default_rng(8).choice(569, 8, replace=False)
+
+
+@pytest.fixture(scope="module")
+def breast_cancer():
+    x, y = load_breast_cancer(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def gaussian_nb(breast_cancer, tmp_path_factory):
+    x, y = breast_cancer
+    clf = GaussianNB().fit(x, y)
+    path = tmp_path_factory.mktemp("gnb") / "gnb.onnx"
+    path.write_bytes(to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset=15).SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def quantized(gaussian_nb, breast_cancer):
+    x, _ = breast_cancer
+    return npuflow.quantize(str(gaussian_nb), [{"X": x[i:i + 1]} for i in ROWS], "cpu-int8")
+
+
+def _labels(model, x):
+    sess = session_for(model, ["label"])
+    return np.array([run_sample(sess, {"X": x[i:i + 1]}, i)["label"].ravel()[0] for i in range(len(x))])
+
+
+def test_gaussian_nb_labels_near_the_boundary_are_warned(quantized, breast_cancer):
+    x, _ = breast_cancer
+    # what the cosine check saw: nothing wrong
+    assert quantized.problem is None
+    assert quantized.report.calibration_outputs["probabilities"] > 0.99
+    assert _labels(quantized.float_model, x[ROWS]).tolist() == _labels(quantized.model, x[ROWS]).tolist()
+    # what is true on all rows: the label changes on more than 5 % of them
+    changed = float(np.mean(_labels(quantized.float_model, x) != _labels(quantized.model, x)))
+    assert changed > 0.05
+    # and the margin check says so, on the ArgMax's input, in the report and among the warnings
+    codes = [w.code for w in quantized.report.warnings]
+    assert codes == ["NPF_QUANT_LABEL_MARGIN"]
+    assert [w.code for w in quantized.calibration_warnings if w.code == "NPF_QUANT_LABEL_MARGIN"] == codes
+    (check,) = quantized.report.label_checks
+    assert check.tensor == "sum_result" and check.read_by.startswith("ArgMax")
+    assert check.margin.changed == 0.0 and check.margin.estimated > 0.05 and check.margin.near >= 1
+    assert "sum_result" in quantized.report.warnings[0].message and "keep_float" in quantized.report.warnings[0].hint
+    saved = quantized.report.to_json()
+    assert saved["warnings"][0]["code"] == "NPF_QUANT_LABEL_MARGIN"
+    assert saved["label_checks"][0]["tensor"] == "sum_result"
+
+
+def test_max_label_change_accepts_it(gaussian_nb, breast_cancer, quantized):
+    x, _ = breast_cancer
+    estimated = quantized.report.label_checks[0].margin.estimated
+    accepted = npuflow.quantize(str(gaussian_nb), [{"X": x[i:i + 1]} for i in ROWS], "cpu-int8",
+                                {"max_label_change": min(1.0, estimated + 0.01)})
+    assert accepted.report.warnings == [] and accepted.report.label_checks
+
+
+def test_cli_prints_the_warning(gaussian_nb, breast_cancer, tmp_path):
+    x, _ = breast_cancer
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k, i in enumerate(ROWS):
+        np.save(calib / f"{k}.npy", x[i:i + 1])
+    run = subprocess.run([sys.executable, "-m", "npuflow", "quantize", str(gaussian_nb), "-t", "cpu-int8",
+                          "--calib", str(calib), "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "WARNING [NPF_QUANT_LABEL_MARGIN]" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_mnist_cnn_on_real_digits_is_not_warned(mnist_npy_folder):
+    """A trained classifier on its own kind of input: logits read by name, clear winners, no warning."""
+    q = npuflow.quantize(fixture_models.mnist_cnn(), str(mnist_npy_folder), "cpu-int8")
+    (check,) = q.report.label_checks
+    assert check.tensor == "logits" and "logits" in check.read_by
+    assert check.margin.rows == q.report.similarity_samples
+    assert check.margin.estimated < 0.05
+    assert q.report.warnings == []
+
+
+def test_margin_reads_gaps_against_the_error():
+    rng = np.random.default_rng(0)
+    far = np.array([[10.0, 0.0, -5.0]] * 50)
+    near = np.array([[0.1, 0.0, -5.0]] * 50)
+    noise = rng.normal(0.0, 0.5, far.shape)
+    assert label_margin(far, far + noise).estimated < 1e-6
+    close = label_margin(near, near + noise)
+    assert close.near == 50 and 0.3 < close.estimated < 0.6 and close.changed > 0.2
+    # rows the float model itself does not decide are left out; a TopK's k-th place is read
+    assert label_margin(np.zeros((4, 3)), np.zeros((4, 3))) is None
+    assert label_margin(far, far, k=3) is None
+    second = label_margin(far, far + noise, k=2)
+    assert second.rows == 50 and second.estimated < 1e-6
