@@ -51,11 +51,15 @@ class BestIterate:
         self.codes, self.bias, self.scale = p.nearest_codes(), p.b, p.s
         self.error = p.error(self.codes, self.bias)
 
+    def due(self, t: int, last: bool = False) -> bool:
+        """Whether the iterate after step ``t`` is scored (a checkpoint, or the last)."""
+        return last or not (t + 1) % self.every
+
     def offer(self, t: int, u: np.ndarray, bias: np.ndarray, last: bool = False,
               scale: np.ndarray | None = None) -> None:
         """Score the iterate after step ``t`` (weights ``u`` in units of ``scale``, by default the
         problem's) when it is a checkpoint."""
-        if not last and (t + 1) % self.every:
+        if not self.due(t, last):
             return
         codes = np.clip(round_values(u, self.p.round_mode), self.p.qmin, self.p.qmax)
         bias = np.asarray(bias, np.float32)
@@ -172,6 +176,8 @@ def adaquant_threshold(
         s0t = torch.tensor(s0)
 
         def offer(t: int, last: bool = False) -> None:
+            if not best.due(t, last):  # the iterate in the problem's steps is built for checkpoints only
+                return
             scale = tqt_scale_value(log2_t.detach().numpy(), bits)
             w = (u.detach().numpy() * s0).astype(np.float32)
             best.offer(t, (w / scale).astype(np.float32), p.b + c.detach().numpy() * ystd, last, scale)
