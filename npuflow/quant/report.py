@@ -329,8 +329,9 @@ def _decisions(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> li
     tensor it reads there (the dequantized one where its input is quantized)."""
     view, qview = GraphView(float_model), GraphView(quant_model)
     found: dict[str, _Decision] = {}
+    inputs = {i.name for i in float_model.graph.input}  # a label read from an input: nothing quantized moves it
     for node in float_model.graph.node:
-        if node.op_type not in ("ArgMax", "ArgMin", "TopK") or not node.output or node.input[0] in found:
+        if node.op_type not in ("ArgMax", "ArgMin", "TopK") or not node.output or node.input[0] in {*found, *inputs}:
             continue
         twin = qview.producer_node(node.output[0])
         if twin is None or twin.op_type != node.op_type:
@@ -357,7 +358,9 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
     found = list(decisions)
     for name in [] if decisions else outputs:
         values = [np.asarray(v) for v in read[name][0]]
-        if not values or values[0].dtype.kind != "f" or values[0].ndim < 2 or values[0].shape[-1] < 2:
+        # a last axis whose length the data decides (a dynamic width) holds no classes
+        if not values or values[0].dtype.kind != "f" or values[0].ndim < 2 or values[0].shape[-1] < 2 or \
+                len({v.shape[-1] for v in values}) > 1:
             continue
         if is_probability_rows(np.concatenate([v.reshape(-1, v.shape[-1]) for v in values])):
             found.append(_Decision(name, name, "output (probability rows)"))
@@ -367,7 +370,7 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
     for d in found:
         pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(*read[d.tensor])]
         pairs = [(a, b) for a, b in pairs if a.shape == b.shape and a.dtype.kind == b.dtype.kind == "f" and a.ndim]
-        if not pairs:
+        if not pairs or len({a.shape[d.axis] for a, _ in pairs}) > 1:
             continue
         sign = 1.0 if d.largest else -1.0
         rows = [np.concatenate([sign * np.moveaxis(p[i], d.axis, -1).reshape(-1, p[i].shape[d.axis]) for p in pairs])

@@ -145,3 +145,23 @@ def test_one_changed_row_alone_is_not_enough():
     assert one.changed == 1 / 16 and one.estimated < 0.05
     q[-2] = [0.0, 1.0]
     assert label_margin(f, q).estimated >= 2 / 16
+
+
+def test_a_label_read_from_an_input_or_rows_of_varying_width_is_not_checked():
+    """An ArgMax of a graph input (nothing quantized moves it) and an output whose last axis the data
+    decides (a dynamic width: no class axis) have no label margin; both quantize without one."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], np.full(9, 0.1, np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Softmax", ["c"], ["probs"], axis=-1),
+             helper.make_node("ArgMax", ["x"], ["first"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, "W"])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("first", TensorProto.INT64, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 1, 4, width)).astype(np.float32)} for width in (6, 6, 10, 8)]
+    q = npuflow.quantize(model, calib, "cpu-int8", {"calib_dynamic_dims": True})
+    assert q.report.label_checks == [] and q.report.warnings == []
