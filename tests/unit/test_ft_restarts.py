@@ -133,9 +133,10 @@ def test_each_model_runs_once_on_the_held_out_samples(cache, monkeypatch):
     """The float model's outputs on select_on's samples are the restarts' reference and the accuracy
     check's, and the kept restart is the model that check reads: each runs on them once (on PP-OCRv4
     rec a run of 512 lines took 1.5-3 minutes; the float and the kept run were made twice), and the
-    check reads what it read when it ran them itself."""
+    check reads what it read when it ran them itself.  The float layer inputs the reconstructions
+    fit are collected once for all restarts."""
     from npuflow.quant import report as report_module
-    from npuflow.quant.algorithms import capture, restarts
+    from npuflow.quant.algorithms import capture, fast_finetune, restarts
 
     feeds = _digits(40)
     runs: list[int] = []
@@ -148,8 +149,12 @@ def test_each_model_runs_once_on_the_held_out_samples(cache, monkeypatch):
 
     for module in (capture, restarts, report_module):
         monkeypatch.setattr(module, "run_outputs", counted)
+    collected: list[int] = []
+    collect = fast_finetune._collect
+    monkeypatch.setattr(fast_finetune, "_collect", lambda *a: collected.append(1) or collect(*a))
     q = _quantize(feeds, restarts=3, select_on=16)
     assert len(runs) == 4  # the float model, then each restart; the check ran none
+    assert len(collected) == 1  # the float layer inputs, shared by the three reconstructions
     fresh = report_module.QuantReport()
     monkeypatch.setattr(report_module, "run_outputs", run_outputs)
     report_module.measure_outputs(fresh, q.float_model, q.dynamic_model, feeds[24:], held_out=True)

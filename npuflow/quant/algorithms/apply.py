@@ -29,7 +29,7 @@ from ...numerics import RoundMode
 from ...targets import Target
 from .bias_correction import correct_empirical
 from .cle import equalize
-from .fast_finetune import FinetuneSettings, fast_finetune
+from .fast_finetune import FinetuneSettings, FloatPatches, fast_finetune
 from .capture import Feed, HeldOutRuns, run_outputs
 from .restarts import best_of
 
@@ -106,9 +106,11 @@ def after_export(
             post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, seed=ff.seed)
         start = q
         if held_out is not None:
+            shared = FloatPatches()  # the float side is the same for every seed
             q, rep, runs, chosen = best_of(held_out, list(range(ff.seed, ff.seed + ff.restarts)),
                                            lambda seed: fast_finetune(float_model, start, feeds,
-                                                                      replace(settings, seed=seed)))
+                                                                      replace(settings, seed=seed),
+                                                                      float_patches=shared))
         else:
             q, rep = fast_finetune(float_model, start, feeds, settings)
         # the learning rate that ran (the config's null resolves per method; defaults have changed)
