@@ -25,11 +25,20 @@ search evaluates the next probes of its decision tree and the elimination the ne
 the same path as the serial one on the same values, so the result — layers, scores and the
 evaluation count, which counts only the assignments the serial search asks for — is the
 serial result; prefetched values the path never reaches are the price of the speed-up.
+
+A ``time_budget`` bounds the whole search (basic-pitch's 175 layers on cpu-int8 ran 375 s of
+sensitivity and then the search, silently, past a user's 500 s): the sensitivity analysis may
+start layers during :data:`SENSITIVITY_SHARE` of it (the rest are left out of the ranking), and
+once it is spent the search stops at the best plan it holds: the prefix the binary search last
+found to meet the target, or the elimination's current set, both measured to meet it.  The
+result then says so (``budget_spent``) and a warning names what was left undone.  Each step of
+the search is reported to ``progress`` (the evaluations so far and at most how many remain).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -45,6 +54,9 @@ from .sensitivity import (Metric, SensitivityReport, analyze, requantizer_of, sc
 
 log = logging.getLogger(__name__)
 
+#: Share of ``time_budget`` in which the sensitivity analysis may start layers; the search gets the rest.
+SENSITIVITY_SHARE = 0.6
+
 
 @dataclass
 class MixedPrecisionResult:
@@ -57,11 +69,15 @@ class MixedPrecisionResult:
     evaluations: int
     sensitivity: SensitivityReport
     config_overrides: dict = field(default_factory=dict)
+    #: the time budget ran out: ``changes`` meets the target when ``met`` but may not be the fewest
+    #: layers, and layers left out of the sensitivity analysis (``sensitivity.skipped``) were never raised
+    budget_spent: bool = False
 
     def summary(self) -> dict:
         return {"changes": self.changes, "base_score": self.base_score, "score": self.score,
                 "target": self.target, "met": self.met, "evaluations": self.evaluations,
-                "config_overrides": self.config_overrides}
+                "config_overrides": self.config_overrides, "budget_spent": self.budget_spent,
+                "not_scored": list(self.sensitivity.skipped)}
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -133,15 +149,19 @@ def search(
     progress: Callable[[str, int, int], None] | None = None,
     workers: int = 1,
     ray_address: str | None = None,
+    time_budget: float | None = None,
 ) -> MixedPrecisionResult:
     """Fewest layers (by sensitivity) of ``quantized`` to raise to ``precision`` so the target holds.
 
     Targets: ``min_similarity`` (the lowest output's cosine similarity, needs ``feeds``) or ``metric``
     plus ``max_drop`` (the metric of the float model minus ``max_drop``).  ``workers``,
-    ``ray_address``: see the module docstring.
+    ``ray_address``, ``time_budget`` (seconds, None: no limit): see the module docstring.
     """
     if precision not in ("int16", "float"):
         raise ValueError(f"precision must be 'int16' or 'float', not {precision!r}")
+    if time_budget is not None and time_budget <= 0:
+        raise ValueError(f"time_budget must be positive seconds, not {time_budget!r}")
+    start = time.monotonic()
     if metric is None:
         if feeds is None or min_similarity is None:
             raise ValueError("give min_similarity with feeds, or metric with max_drop")
@@ -153,14 +173,29 @@ def search(
             raise ValueError("a metric target needs max_drop")
         target = metric(quantized.float_model) - float(max_drop)
     context = sweep_context(quantized, metric, workers, ray_address)
+    clock = _Clock(start, time_budget)
     with scaleout.Workers(workers, ray_address, context) as pool:
-        return _search(quantized, metric, target, precision, sensitivity, progress, _Scores(pool, precision))
+        return _search(quantized, metric, target, precision, sensitivity, progress, _Scores(pool, precision), clock)
+
+
+class _Clock:
+    """The search's time budget (None: unlimited), counted from ``start``."""
+
+    def __init__(self, start: float, budget: float | None) -> None:
+        self.start, self.budget = start, budget
+
+    def left(self) -> float | None:
+        return None if self.budget is None else self.budget - (time.monotonic() - self.start)
+
+    def spent(self) -> bool:
+        left = self.left()
+        return left is not None and left <= 0
 
 
 def _search(quantized: QuantizedModel, metric: Metric, target: float, precision: str,
             sensitivity: SensitivityReport | None, progress: Callable[[str, int, int], None] | None,
-            scores: _Scores) -> MixedPrecisionResult:
-    """The search of :func:`search` on ``scores``."""
+            scores: _Scores, clock: _Clock) -> MixedPrecisionResult:
+    """The search of :func:`search` on ``scores``, within ``clock``'s budget."""
     report: SensitivityReport | None = None
     width = scores.pool.width
 
@@ -173,18 +208,30 @@ def _search(quantized: QuantizedModel, metric: Metric, target: float, precision:
     def score(chosen: Sequence[str]) -> float:
         return scores(expand(chosen))
 
+    def step(detail: str, remaining: int) -> None:
+        """One search step done: layers scored plus evaluations so far, of at most ``remaining`` more."""
+        if progress is not None and report is not None:
+            done = len(report.layers) + len(scores.asked)
+            progress(f"search: {detail}", done, done + remaining)
+
     base = score(())
     if base >= target:  # nothing to raise: skip the sensitivity analysis (one evaluation per point)
         report = sensitivity or SensitivityReport("metric", metric(quantized.float_model), base)
         return _result(quantized, (), precision, base, base, target, True, len(scores.asked), report)
+    left = clock.left()
     report = sensitivity or analyze(quantized, metric=metric, progress=progress, quant_only=False,
-                                    pool=scores.pool)
+                                    pool=scores.pool, time_budget=None if left is None else left * SENSITIVITY_SHARE)
     ranking = report.ranking()
-    if score(ranking) < target:
-        return _result(quantized, expand(ranking), precision, base, score(ranking), target, False,
-                       len(scores.asked), report)
+    full = score(ranking)
+    step(f"all {len(ranking)} scored layers raised: {full:.5f}", (len(ranking) - 1).bit_length() + len(ranking))
+    if full < target:
+        if report.skipped:
+            _warn_budget(target, f"{len(report.skipped)} of {len(report.skipped) + len(ranking)} layers were not "
+                                 "scored, so not raised; with every scored layer raised the target is not met")
+        return _result(quantized, expand(ranking), precision, base, full, target, False,
+                       len(scores.asked), report, budget_spent=bool(report.skipped))
     lo, hi = 0, len(ranking)  # prefix of length hi meets the target, lo does not
-    while hi - lo > 1:
+    while hi - lo > 1 and not clock.spent():
         scores.prefetch(expand(ranking[:m]) for m in
                         _probes(lo, hi, width, lambda m: expand(ranking[:m]) in scores.known))
         mid = (lo + hi) // 2
@@ -192,20 +239,38 @@ def _search(quantized: QuantizedModel, metric: Metric, target: float, precision:
             hi = mid
         else:
             lo = mid
+        step(f"the first {hi} ranked layers meet the target, {lo} do not", (hi - lo - 1).bit_length() + hi)
+    cut = "the binary search stopped" if hi - lo > 1 else ""
     chosen = list(ranking[:hi])
-    removals = list(reversed(ranking[:hi]))
+    removals = [] if cut else list(reversed(ranking[:hi]))
     for k, name in enumerate(removals):
         if len(chosen) <= 1:
+            break
+        if clock.spent():
+            cut = "the elimination stopped"
             break
         # the next removals, each assuming the ones before it fail (the usual case)
         scores.prefetch(expand([n for n in chosen if n != ahead]) for ahead in removals[k:k + width])
         trial = [n for n in chosen if n != name]
         if score(trial) >= target:
             chosen = trial
+        step(f"{len(chosen)} layers meet the target", len(removals) - k - 1)
     final = expand(chosen)
+    spent = bool(cut or report.skipped)
+    if spent:
+        skipped = f"{len(report.skipped)} layers were not scored (never raised)" if report.skipped else ""
+        _warn_budget(target, "; ".join(p for p in (cut, skipped) if p) + f": {len(final)} layers raised meet the "
+                     "target but may not be the fewest")
     log.info("mixed precision: %d layers to %s, score %.5f -> %.5f (target %.5f); %d evaluations, %d prefetched",
              len(final), precision, base, score(chosen), target, len(scores.asked), len(scores.known))
-    return _result(quantized, final, precision, base, score(chosen), target, True, len(scores.asked), report)
+    return _result(quantized, final, precision, base, score(chosen), target, True, len(scores.asked), report,
+                   budget_spent=spent)
+
+
+def _warn_budget(target: float, what: str) -> None:
+    """The loud line of a search its time budget cut short."""
+    log.warning("mixed precision: the time budget ran out before the search for target %.5f finished: %s. Raise "
+                "the time budget (CLI: --time-budget), lower --samples, or use --workers to finish it", target, what)
 
 
 def perf_cost(float_model: onnx.ModelProto, target, changes: dict[str, str]) -> dict:
@@ -237,9 +302,9 @@ def report_target(target):
     return target if isinstance(target, Target) else load_target(target)
 
 
-def _result(quantized, chosen, precision, base, score, target, met, evals, report):
+def _result(quantized, chosen, precision, base, score, target, met, evals, report, budget_spent=False):
     changes = {n: precision for n in chosen}
     return MixedPrecisionResult(
         quantized.with_precisions(changes), changes, base, score, target, met, evals, report,
-        config_overrides(changes, requantizer_of(quantized).layers),
+        config_overrides(changes, requantizer_of(quantized).layers), budget_spent,
     )

@@ -8,7 +8,9 @@ layers to keep in float / raise to int16 (:mod:`npuflow.analyze.mixed_precision`
 Progress shows as a bar on a terminal and as one line per stage with its count and time
 otherwise (:mod:`npuflow.cli.progress`; a piped run of YOLOv8n used to print nothing for minutes).  Sensitivity scores the layers whose
 similarity drops most in the quantizer's per-node report first and stops starting layers after
-``--time-budget`` seconds, naming how many were left out.  ``--workers N`` scores layers (and
+``--time-budget`` seconds, naming how many were left out.  Mixed precision's ``--time-budget`` bounds its
+sensitivity analysis and search together; when it is spent the result is the best plan measured
+to meet the target, marked as not minimised, with a warning.  ``--workers N`` scores layers (and
 the search's candidates) in N local processes, ``--ray-address`` as Ray tasks on a cluster
 (docs/scale-out.md); the results are the serial ones, and the bar counts finished layers.
 """
@@ -124,6 +126,10 @@ def mixed_precision_command(
     input_shape: Optional[List[str]] = input_shape_option(),
     samples: int = SAMPLES,
     json_out: Optional[Path] = JSON_OUT,
+    time_budget: float = typer.Option(
+        600.0, "--time-budget", min=1.0, metavar="S", help="Seconds for the sensitivity analysis and the search "
+        "(after quantizing): the analysis may start layers in the first 60 %, and when it is spent the search ends "
+        "with the best plan it found that meets the target, and a warning."),
     workers: int = WORKERS,
     ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:
@@ -136,11 +142,13 @@ def mixed_precision_command(
 
     def score(result, feeds, progress):
         return search(result, feeds, min_similarity=min_similarity,
-                      precision=precision, progress=progress, workers=workers, ray_address=ray_address)
+                      precision=precision, progress=progress, workers=workers, ray_address=ray_address,
+                      time_budget=time_budget)
 
     result, mp = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "mixed precision",
                                       score)
-    state = "met" if mp.met else "NOT met (every layer raised)"
+    state = ("NOT met (every scored layer raised)" if not mp.met else
+             "met, not minimised (time budget spent)" if mp.budget_spent else "met")
     console.print(f"target similarity {mp.target:.5f} {state}: {mp.base_score:.5f} -> {mp.score:.5f} "
                   f"with {len(mp.changes)} layer(s) raised to {precision} ({mp.evaluations} evaluations)")
     for name in mp.changes:

@@ -132,3 +132,57 @@ def test_mixed_precision_changes_nothing_when_the_target_already_holds(quantized
     base = sensitivity.similarity_metric(quantized.float_model, digits[12:])(quantized.model)
     mp = mixed_precision.search(quantized, digits[12:], min_similarity=base - 0.01)
     assert mp.met and mp.changes == {} and mp.evaluations == 1 and mp.sensitivity.layers == []
+
+
+class _Budget:
+    """A search clock whose budget is spent after ``calls`` questions (the search's own steps,
+    no wall time: the same cut on every machine); ``left`` None lets the sensitivity run whole."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+
+    def __call__(self, monkeypatch) -> None:
+        asked = []
+
+        def spent(_clock) -> bool:
+            asked.append(1)
+            return len(asked) > self.calls
+
+        monkeypatch.setattr(mixed_precision._Clock, "spent", spent)
+        monkeypatch.setattr(mixed_precision._Clock, "left", lambda _clock: None)
+
+
+@pytest.mark.parametrize("calls", [0, 1, 2, 3, 100])
+def test_spent_budget_ends_the_search_with_a_plan_that_meets_the_target(quantized, digits, monkeypatch, caplog,
+                                                                        calls):
+    """basic-pitch (175 layers) ran past a user's 500 s with no result: a spent budget returns the
+    last plan measured to meet the target, says so, and warns."""
+    metric = sensitivity.similarity_metric(quantized.float_model, digits[12:])
+    base = metric(quantized.model)
+    best = metric(quantized.requantizer.export({n: "float" for n in quantized.requantizer.layers}))
+    target = base + (best - base) * 0.5
+    whole = mixed_precision.search(quantized, digits[12:], min_similarity=target)
+    assert whole.met and not whole.budget_spent
+    _Budget(calls)(monkeypatch)
+    seen = []
+    cut = mixed_precision.search(quantized, digits[12:], min_similarity=target,
+                                 progress=lambda name, done, total: seen.append((name, done, total)))
+    assert cut.met and cut.score >= target and metric(cut.model) == pytest.approx(cut.score)
+    assert len(cut.changes) >= len(whole.changes)
+    if calls == 0:  # not one step of the binary search: every ranked layer stays raised
+        assert cut.budget_spent and len(cut.changes) >= len(quantized.requantizer.layers)
+    if calls == 100:
+        assert not cut.budget_spent and cut.changes == whole.changes and cut.evaluations == whole.evaluations
+    warned = [r for r in caplog.records if "time budget ran out" in r.getMessage()]
+    assert bool(warned) == cut.budget_spent and cut.summary()["budget_spent"] == cut.budget_spent
+    steps = [(done, total) for name, done, total in seen if name.startswith("search: ")]
+    assert steps and all(d <= t for d, t in steps) and [d for d, _ in steps] == sorted(d for d, _ in steps)
+
+
+def test_budget_spent_before_any_layer_is_scored_is_not_met_and_warned(quantized, digits, caplog):
+    base = sensitivity.similarity_metric(quantized.float_model, digits[12:])(quantized.model)
+    mp = mixed_precision.search(quantized, digits[12:], min_similarity=min(base + 1e-4, 1.0), time_budget=1e-9)
+    assert not mp.met and mp.budget_spent and mp.changes == {}
+    assert mp.sensitivity.layers == [] and len(mp.sensitivity.skipped) == len(quantized.requantizer.layers)
+    assert mp.summary()["not_scored"] == mp.sensitivity.skipped
+    assert any("were not scored" in r.getMessage() for r in caplog.records)
