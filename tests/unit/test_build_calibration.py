@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 from skimage import data as skdata
 
@@ -83,11 +84,14 @@ def _scalar_input_model(path) -> None:
     onnx.save(model, path)
 
 
-def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["npy", "bin"])
+def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys, fmt):
     """silero-vad's third input ``sr`` is an int64 scalar.  ``npuflow build`` took the scalar for a
     dynamic shape (NPF_BUILD_MISSING_KEYS 'input_shape'; with 'None' given: an IndexError traceback)
     and fed every featuremap as float32 (NPF_QUANT_CALIB_MISMATCH 'sr has dtype float32, the model
-    wants int64').  Now a scalar needs no shape and an integer featuremap is fed as the model's dtype."""
+    wants int64').  Now a scalar needs no shape and an integer featuremap is fed as the model's dtype,
+    from ``.npy`` files and from raw ``numpy.tofile`` ones alike (new-user round 16: a diffusion U-Net's 8-byte
+    int64 timestep file was refused as needing 4 bytes of float32)."""
     import yaml
 
     from npuflow import Session
@@ -98,8 +102,11 @@ def test_a_scalar_integer_input_builds_with_per_input_folders(tmp_path, capsys):
     for folder in ("xs", "ks"):
         (tmp_path / folder).mkdir()
     for i in range(4):
-        np.save(tmp_path / "xs" / f"{i}.npy", rng.normal(size=(1, 3, 4, 4)).astype(np.float32))
-        np.save(tmp_path / "ks" / f"{i}.npy", np.array(2, np.int64))
+        for folder, value in (("xs", rng.normal(size=(1, 3, 4, 4)).astype(np.float32)), ("ks", np.array(2, np.int64))):
+            if fmt == "npy":
+                np.save(tmp_path / folder / f"{i}.npy", value)
+            else:
+                value.tofile(tmp_path / folder / f"{i}.bin")
     conf = {
         "model_parameters": {"onnx_model": "m.onnx", "march": "DPUCZDX8G_ISA1_B4096",
                              "output_model_file_prefix": "two", "working_dir": "out"},
