@@ -174,6 +174,13 @@ class SensitivityReport:
         return [name, *extra]
 
 
+def report_order(quantized: QuantizedModel) -> list[str]:
+    """The nodes whose similarity drops most in the quantizer's per-node report, first: the
+    likeliest sensitive layers, scored first where a time budget may leave some out."""
+    drops = sorted((r for r in quantized.report.rows if r.drop is not None), key=lambda r: (-r.drop, r.node))
+    return [r.node for r in drops]
+
+
 def analyze(
     quantized: QuantizedModel,
     feeds: Iterable[Feed] | None = None,

@@ -89,11 +89,10 @@ def sensitivity_command(
     ray_address: Optional[str] = RAY_ADDRESS,
 ) -> None:
     """Rank layers by how much quantizing them costs (float-only and quantize-only variants)."""
-    from ..analyze.sensitivity import analyze, rich_table
+    from ..analyze.sensitivity import analyze, report_order, rich_table
 
     def score(result, feeds, progress):
-        drops = sorted((r for r in result.report.rows if r.drop is not None), key=lambda r: (-r.drop, r.node))
-        return analyze(result, feeds, progress=progress, order=[r.node for r in drops],
+        return analyze(result, feeds, progress=progress, order=report_order(result),
                        time_budget=time_budget, workers=workers, ray_address=ray_address)
 
     _, report = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "sensitivity", score)
@@ -147,7 +146,7 @@ def mixed_precision_command(
 
     result, mp = _quantize_then_score(model, calib, target, config, input_shape, samples, workers, "mixed precision",
                                       score)
-    state = ("NOT met (every scored layer raised)" if not mp.met else
+    state = ("NOT met (the best plan measured)" if not mp.met else
              "met, not minimised (time budget spent)" if mp.budget_spent else "met")
     console.print(f"target similarity {mp.target:.5f} {state}: {mp.base_score:.5f} -> {mp.score:.5f} "
                   f"with {len(mp.changes)} layer(s) raised to {precision} ({mp.evaluations} evaluations)")

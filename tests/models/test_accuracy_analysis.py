@@ -164,7 +164,7 @@ def test_spent_budget_ends_the_search_with_a_plan_that_meets_the_target(quantize
 def test_budget_spent_before_any_layer_is_scored_is_not_met_and_warned(quantized, digits, caplog):
     base = sensitivity.similarity_metric(quantized.float_model, digits[12:])(quantized.model)
     mp = mixed_precision.search(quantized, digits[12:], min_similarity=min(base + 1e-4, 1.0), time_budget=1e-9)
-    assert not mp.met and mp.budget_spent and mp.changes == {}
+    assert not mp.met and mp.budget_spent and mp.changes == {} and mp.score == pytest.approx(base)
     assert mp.sensitivity.layers == [] and len(mp.sensitivity.skipped) == len(quantized.requantizer.layers)
     assert mp.summary()["not_scored"] == mp.sensitivity.skipped
     assert any("were not scored" in r.getMessage() for r in caplog.records)
