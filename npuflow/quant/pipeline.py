@@ -281,6 +281,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
 
     _step(progress, "export")
     exported = export_qdq(leg, plan, asg, target_name=tgt.name, scale_type=tgt.numerics.scale_type)
+    if cfg.fast_finetune is not None or cfg.include_bias_corr:  # minutes on a large model: say which ran
+        _step(progress, "fast finetune" if cfg.fast_finetune is not None else "bias correction")
     q_model, applied = algorithms.after_export(leg, exported, lambda: again, cfg, tgt, reference=stats.outputs,
                                                held_out=held_runs)
     applied = {**searched, **applied}
