@@ -22,6 +22,7 @@ such a split by blocks that hold both partners.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -114,9 +115,72 @@ class SplitReport:
     all_weights_float: float
     all_activations_float: float
     rows: list[SplitRow] = field(default_factory=list)  # largest gain first
+    #: the fast finetune method that learned the weights (None: rounded to nearest); it changes
+    #: how the two halves read (:func:`reading`)
+    fast_finetune: str | None = None
+    #: cross-layer equalisation ran: the restored float weights are the unequalised ones
+    include_cle: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _decimals(report: SplitReport) -> int:
+    """Decimals that show gains at the quantized score's distance from 1 (an int8 MNIST at
+    0.99993 moves in the 6th decimal; 5 fixed decimals printed every gain as +0.00000)."""
+    gap = 1.0 - report.quantized_score
+    return 5 if gap <= 0 else min(8, max(5, math.ceil(-math.log10(gap)) + 2))
+
+
+def reading(report: SplitReport) -> str:
+    """What the two all-float scores say, in one sentence.  After fast finetune the weights were
+    fitted to the quantized activations, so the halves depend on each other and a removal can
+    lower the score (docs/accuracy.md, EfficientNet-Lite0 after AdaRound): then the split says
+    how much the reconstruction leans on each half, not where the error comes from."""
+    w = report.all_weights_float - report.quantized_score
+    a = report.all_activations_float - report.quantized_score
+    d = _decimals(report)
+    if report.include_cle:
+        return ("cross-layer equalisation rescaled neighbouring layers and the activation ranges between them, "
+                "and the float weights restored are the unequalised ones: the weight scores include that "
+                "mismatch (quantize with include_cle: false to split the error).")
+    if report.fast_finetune:
+        return (f"fast finetune ({report.fast_finetune}) fitted the weights to the quantized activations, so the "
+                f"halves depend on each other: a gain measures that fit, not where the error comes from (a negative "
+                f"one: the learned weights lean on that half's quantization); quantize without fast_finetune to "
+                f"locate the error.")
+    if max(w, a) <= 0:
+        return ("neither half alone recovers the quantized score: the error comes from the two together "
+                "(or the score is at its noise floor: score more samples).")
+    if w >= a:
+        return (f"the weights are the larger half of the error ({w:+.{d}f} against {a:+.{d}f}): work on their "
+                f"rounding first (fast_finetune, the weight rows on top), before the activation ranges.")
+    return (f"the activations are the larger half of the error ({a:+.{d}f} against {w:+.{d}f}): work on their "
+            f"ranges first (calibration method, the activation rows on top), before the weight rounding.")
+
+
+def summary_lines(report: SplitReport) -> list[str]:
+    """The two all-float scores with their gains, then :func:`reading`."""
+    d = _decimals(report)
+    lines = [f"{label + ':':<23}{value:.{d}f} ({value - report.quantized_score:+.{d}f})"
+             for label, value in (("all weights float", report.all_weights_float),
+                                  ("all activations float", report.all_activations_float))]
+    return lines + [reading(report)]
+
+
+def rich_table(report: SplitReport, top: int | None = None):
+    """The rows as a Rich table, largest gain first (``top``: only the first ``top``)."""
+    from rich.table import Table
+
+    d = _decimals(report)
+    t = Table(title=f"Weights or activations, one in float at a time ({report.metric}; "
+                    f"quantized {report.quantized_score:.{d}f})")
+    for col in ("rank", "kind", "layer or tensor", "score", "gain"):
+        t.add_column(col, justify="left" if col in ("kind", "layer or tensor") else "right")
+    for i, r in enumerate(report.rows[:top] if top else report.rows, 1):
+        name = r.group if r.members == [r.group] else f"{r.group} ({len(r.members)})"
+        t.add_row(str(i), r.kind, name, f"{r.score:.{d}f}", f"{r.gain:+.{d}f}")
+    return t
 
 
 def _groups(names: Sequence[str], group: Callable[[str], str]) -> dict[str, list[str]]:
@@ -158,5 +222,8 @@ def split(
             progress(f"{kind} {name}", i, len(todo))
     rows.sort(key=lambda r: (-round(r.gain, 12), r.kind, r.group))
     log.info("error split: quantized %.5f, all weights float %.5f, all activations float %.5f", base, all_w, all_a)
-    return SplitReport(metric_name or "metric", base, all_w, all_a, rows)
+    finetune = quantized.config.fast_finetune
+    return SplitReport(metric_name or "metric", base, all_w, all_a, rows,
+                       fast_finetune=finetune.method if finetune is not None else None,
+                       include_cle=quantized.config.include_cle)
 

@@ -1,7 +1,9 @@
-"""``npuflow analyze sensitivity|mixed-precision MODEL --calib DIR --target T``.
+"""``npuflow analyze sensitivity|error-split|mixed-precision MODEL --calib DIR --target T``.
 
 Thin wrappers: quantize the model with the given calibration data and config, then rank the
-layers by quantization sensitivity (:mod:`npuflow.analyze.sensitivity`) or search the fewest
+layers by quantization sensitivity (:mod:`npuflow.analyze.sensitivity`), split the error into
+each layer's weights and each activation quantize step (:mod:`npuflow.analyze.error_split`:
+AIMET QuantAnalyzer's "weights vs activations" question), or search the fewest
 layers to keep in float / raise to int16 (:mod:`npuflow.analyze.mixed_precision`).  The first
 ``--samples`` calibration samples are the evaluation set for the output similarity.
 
@@ -37,7 +39,8 @@ SAMPLES = typer.Option(8, "--samples", min=1, metavar="N", help="Calibration sam
 #: ``-o/--output FILE`` (one JSON file; ``--json`` is its older name).
 JSON_OUT = typer.Option(None, "--output", "-o", "--json", metavar="FILE", help="Write the result as JSON here.")
 
-analyze_app = Typer(help="Accuracy analysis: per-layer sensitivity and mixed precision.", no_args_is_help=True)
+analyze_app = Typer(help="Accuracy analysis: per-layer sensitivity, weights-or-activations error split and mixed "
+                         "precision.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
 
@@ -105,6 +108,37 @@ def sensitivity_command(
                           f"--samples, to score them.", markup=False, highlight=False)
     if json_out is not None:
         write_atomic(json_out, report.to_json() + "\n")
+        console.print(f"wrote {json_out}")
+
+
+@analyze_app.command("error-split", epilog=examples(
+    "npuflow analyze error-split model.onnx -t DPUCZDX8G_ISA1_B4096 --calib calib/ --samples 4 --top 20",
+    "npuflow analyze error-split model.onnx -t cpu-int8 --calib calib/ -c quant.yaml -o split.json",
+))
+def error_split_command(
+    model: Path = typer.Argument(..., metavar="MODEL", help="Float ONNX model."),
+    target: str = target_option(),
+    calib: Path = CALIB,
+    config: Optional[Path] = CONFIG,
+    input_shape: Optional[List[str]] = input_shape_option(),
+    samples: int = SAMPLES,
+    json_out: Optional[Path] = JSON_OUT,
+    top: Optional[int] = typer.Option(None, "--top", min=1, metavar="N", help="Show only the N rows with the largest "
+                                      "gain (the JSON has every row)."),
+) -> None:
+    """Split the quantization error into weights and activations: each weighted layer's weights back in float, and
+    each activation quantize step removed, in turn (one run of the model each)."""
+    from ..analyze.error_split import rich_table, split, summary_lines
+
+    def score(result, feeds, progress):
+        return split(result, feeds, progress=progress)
+
+    _, report = _quantize_then_score(model, calib, target, config, input_shape, samples, 1, "error split", score)
+    console.print(rich_table(report, top))
+    for line in summary_lines(report):
+        console.print(line, markup=False, highlight=False)
+    if json_out is not None:
+        write_atomic(json_out, json.dumps(report.to_dict(), indent=1) + "\n")
         console.print(f"wrote {json_out}")
 
 

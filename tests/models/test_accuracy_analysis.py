@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from npuflow.analyze import mixed_precision, sensitivity
+from npuflow.analyze import error_split, mixed_precision, sensitivity
 
 pytestmark = pytest.mark.models
 
@@ -60,11 +60,17 @@ def test_auto_mixed_precision_reaches_requested_similarity(quantized, digits, pr
     assert result.config_overrides[key]
 
 
-def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_path):
+def _calib_folder(digits, tmp_path):
+    """The first 8 digits as a folder of .npy files, what ``--calib`` reads."""
     calib = tmp_path / "calib"
     calib.mkdir()
     for i, d in enumerate(digits[:8]):
         np.save(calib / f"{i:03d}.npy", d["input"])
+    return calib
+
+
+def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_path):
+    calib = _calib_folder(digits, tmp_path)
     out = tmp_path / "sens.json"
     proc = cli("analyze", "sensitivity", models.mnist_cnn(), "--calib", calib, "--target", DPU,
                "--samples", "4", "--json", out)
@@ -85,6 +91,42 @@ def test_analyze_cli_prints_ranking_and_writes_json(cli, models, digits, tmp_pat
     proc = cli("analyze", "mixed-precision", models.mnist_cnn(), "--calib", calib, "--target", DPU,
                "--min-similarity", "0.5", "--precision", "int4")
     assert proc.returncode == 2 and "NPF_QUANT_BAD_PRECISION" in proc.stderr
+
+
+def test_error_split_cli_prints_the_top_rows_and_writes_every_row(cli, models, digits, tmp_path):
+    """The CLI's report is the Python API's on the same quantization: 4-bit weights (the fixture
+    ``quantized``'s config), so the weights are the larger half and lead the table."""
+    from npuflow.quant import quantize
+
+    calib = _calib_folder(digits, tmp_path)
+    config = {"include_bias_corr": False, "weight": {"bit_width": 4}}
+    (tmp_path / "q.json").write_text(json.dumps(config))
+    out = tmp_path / "split.json"
+    proc = cli("analyze", "error-split", models.mnist_cnn(), "--calib", calib, "--target", DPU, "-c",
+               tmp_path / "q.json", "--samples", "4", "--top", "3", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(out.read_text())
+    q = quantize(str(models.mnist_cnn()), digits[:8], DPU, config=config)
+    want = error_split.split(q, digits[:4])
+    assert got == json.loads(json.dumps(want.to_dict()))
+    kinds = [r["kind"] for r in got["rows"]]
+    assert kinds.count("weights") == 5 and kinds.count("activation") == len(error_split.activation_names(q.model))
+    assert [r["gain"] for r in got["rows"]] == sorted((r["gain"] for r in got["rows"]), reverse=True)
+    assert all(r["gain"] == pytest.approx(r["score"] - got["quantized_score"]) for r in got["rows"])
+    assert got["rows"][0]["kind"] == "weights" and got["all_weights_float"] > got["all_activations_float"]
+    assert got["fast_finetune"] is None and not got["include_cle"]
+    assert "Weights or activations" in proc.stdout and "error split" in proc.stderr
+    flat = " ".join(proc.stdout.split())
+    assert all(" ".join(line.split()) in flat for line in error_split.summary_lines(want))
+    assert "the weights are the larger half" in flat
+    table = [line.split("│")[1:-1] for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert [(kind.strip(), name.strip()) for _, kind, name, _, _ in table] == [
+        (r["kind"], r["group"]) for r in got["rows"][:3]]
+    proc = cli("analyze", "error-split", models.mnist_cnn(), "--calib", tmp_path / "nowhere", "--target", DPU)
+    assert proc.returncode == 2 and "NPF_QUANT_CALIB_SOURCE" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("analyze", "error-split", models.mnist_cnn(), "--calib", calib, "--target", DPU,
+               "--input-shape", "images=1x1x28x28")
+    assert proc.returncode == 2 and "NPF_MODEL_UNKNOWN_INPUT" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_weightless_points_can_be_kept_in_float_or_raised_to_int16(quantized, digits):

@@ -12,6 +12,8 @@ from npuflow.quant.algorithms.capture import run_outputs
 
 pytestmark = pytest.mark.models
 
+DPU = "DPUCZDX8G_ISA1_B4096"
+
 
 def test_both_halves_float_is_the_float_model(quantized, digits):
     q = quantized.model
@@ -45,6 +47,26 @@ def test_split_report_ranks_the_weights_of_a_4_bit_model(quantized, digits):
     # 4-bit weights against 8-bit activations: all weights in float recover more than all activations
     assert report.all_weights_float > report.all_activations_float > report.quantized_score - 1e-9
     assert report.rows[0].kind == error_split.WEIGHTS and report.rows[0].gain > 0
+    assert report.fast_finetune is None and not report.include_cle
+    assert "the weights are the larger half" in error_split.reading(report)
+
+
+@pytest.mark.parametrize("config, field, says", [
+    ({"fast_finetune": {"method": "adaround", "iters": 20}}, "fast_finetune", "halves depend on each other"),
+    ({"include_cle": True}, "include_cle", "unequalised"),
+])
+def test_reading_warns_when_the_halves_are_not_independent(models, digits, config, field, says):
+    """After AdaRound (EfficientNet-Lite0: every removal lowered agreement) or CLE the report says
+    the split no longer locates the error, whatever the two all-float scores are."""
+    from npuflow.quant import quantize
+
+    q = quantize(str(models.mnist_cnn()), digits[:12], DPU,
+                 config={"include_bias_corr": False, "weight": {"bit_width": 4}, **config})
+    report = error_split.split(q, digits[12:])
+    assert report.to_dict()[field] in ("adaround", True)
+    assert report.all_weights_float > report.quantized_score  # the scores alone would read "weights"
+    text = error_split.reading(report)
+    assert says in text and "larger half" not in text and error_split.summary_lines(report)[-1] == text
 
 
 def test_groups_and_unknown_names(quantized):
