@@ -210,14 +210,14 @@ def _score(q: QuantizedModel, metric: Metric | None) -> float:
 
 
 def _qat(step: QatStep, start: QuantizedModel, calib_data: Any) -> tuple[QuantizedModel, str]:
-    """The QAT step from ``start``; its model's accuracy-check similarity measured again, on the
-    same samples as every other step's."""
-    from ..quant.report import measure_outputs
+    """The QAT step from ``start``; its model's accuracy check (similarity and label warnings) measured
+    again, on the same samples as every other step's."""
+    from ..quant.report import judge_outputs
     from .compare import open_samples
 
     q, note = step(start)
     feeds = list(open_samples(calib_data, start.float_model, samples=start.config.similarity_samples))
-    measure_outputs(q.report, start.float_model, q.model, feeds)
+    judge_outputs(q.report, start.float_model, q.model, feeds, start.config.max_label_change)
     return q, note
 
 

@@ -79,8 +79,7 @@ from .placement import accelerator_nodes
 from .plan import build_plan, node_key
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
-from .report import (QuantReport, add_placement, build_report, hold_out_for_check, label_warnings, low_similarity,
-                     measure_outputs)
+from .report import QuantReport, add_placement, build_report, hold_out_for_check, judge_outputs, low_similarity
 
 log = logging.getLogger(__name__)
 
@@ -381,9 +380,8 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
         return None
     _step(progress, "accuracy check")
     feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
-    measure_outputs(report, float_model, q_model, feeds, held_out=held_out,
-                    outputs_of=runs.outputs if runs is not None else None)
-    report.warnings = label_warnings(report, cfg.max_label_change)
+    judge_outputs(report, float_model, q_model, feeds, cfg.max_label_change, held_out=held_out,
+                  outputs_of=runs.outputs if runs is not None else None)
     return low_similarity(report, cfg.min_output_cosine)
 
 

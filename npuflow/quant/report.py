@@ -381,6 +381,16 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
     return checks
 
 
+def judge_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
+                  samples: Sequence[Sample], max_label_change: float, *, held_out: bool = False,
+                  outputs_of: Callable[[onnx.ModelProto], Outputs] | None = None) -> None:
+    """:func:`measure_outputs`, then the label warnings of what it measured (``report.warnings``):
+    whoever measures a model's outputs again (a later step that replaces the model, as auto-quant's
+    QAT does) warns by the same rule on the new model, never with the previous model's warnings."""
+    measure_outputs(report, float_model, quant_model, samples, held_out=held_out, outputs_of=outputs_of)
+    report.warnings = label_warnings(report, max_label_change)
+
+
 def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]:
     """``NPF_QUANT_LABEL_MARGIN`` for each label whose expected share of changed rows
     (:class:`~.output_kinds.LabelMargin`) on the accuracy check's samples exceeds ``max_change``."""

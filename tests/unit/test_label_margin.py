@@ -165,3 +165,18 @@ def test_a_label_read_from_an_input_or_rows_of_varying_width_is_not_checked():
     calib = [{"x": rng.standard_normal((1, 1, 4, width)).astype(np.float32)} for width in (6, 6, 10, 8)]
     q = npuflow.quantize(model, calib, "cpu-int8", {"calib_dynamic_dims": True})
     assert q.report.label_checks == [] and q.report.warnings == []
+
+
+def test_auto_quant_qat_step_warns_on_the_model_it_returns(quantized, breast_cancer):
+    """auto-quant's QAT step measures its model's outputs again; its label warnings are that model's,
+    not the start's (a QAT model's report used to keep whatever warnings its own report held)."""
+    import copy
+
+    from npuflow.analyze.auto_quant import _qat
+
+    x, _ = breast_cancer
+    assert [w.code for w in quantized.report.warnings] == ["NPF_QUANT_LABEL_MARGIN"]
+    stale = copy.deepcopy(quantized)
+    stale.report.warnings = []
+    q, note = _qat(lambda start: (stale, "trained"), quantized, [{"X": x[i:i + 1]} for i in ROWS])
+    assert note == "trained" and [w.code for w in q.report.warnings] == ["NPF_QUANT_LABEL_MARGIN"]
