@@ -41,10 +41,18 @@ class _Stuck(Exception):
     """torch-pruning ran past :data:`GROUP_BUILD_LIMIT_S` building channel groups."""
 
 
+#: Seconds between repeats of the timer once it has run out: a handler that raises while Python
+#: runs a finalizer (the garbage collector, busy in torch-pruning's allocating loop) has its
+#: exception printed and dropped, so one alarm alone may not end the block (a CI worker spun on
+#: the temporal shift module for 20 minutes and 9 GB).
+_REPEAT_S = 0.25
+
+
 @contextlib.contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`_Stuck` in the block after ``seconds`` (a SIGALRM timer: only in the main
-    thread, where the CLI runs; elsewhere the block runs unbounded, as before)."""
+    """Raise :class:`_Stuck` in the block after ``seconds``, and again every :data:`_REPEAT_S`
+    until it ends (a SIGALRM timer: only in the main thread, where the CLI runs; elsewhere the
+    block runs unbounded, as before)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
@@ -53,11 +61,16 @@ def _time_limit(seconds: float) -> Iterator[None]:
         raise _Stuck()
 
     previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, _REPEAT_S)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        while True:  # a repeat may land before the timer is off: take it and switch off again
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                break
+            except _Stuck:
+                continue
         signal.signal(signal.SIGALRM, previous)
 
 
