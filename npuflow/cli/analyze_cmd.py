@@ -60,6 +60,13 @@ def _quantize_and_feeds(model: Path, calib: Path, target: str, config: Optional[
     return result, feeds
 
 
+def _write_json(path: Optional[Path], text: str) -> None:
+    """The command's JSON report to ``path`` (written whole or not at all), when one was asked for."""
+    if path is not None:
+        write_atomic(path, text + "\n")
+        console.print(f"wrote {path}")
+
+
 def _quantize_then_score(model: Path, calib: Path, target: str, config: Optional[Path], input_shape, samples: int,
                          workers: int, stage: str, score):
     """Quantize, then ``score(result, feeds, progress)`` (the per-layer evaluations, shown as
@@ -106,9 +113,7 @@ def sensitivity_command(
                           f"{len(report.skipped) + len(report.layers)} layers not scored (the ones whose similarity "
                           f"dropped least in the quantizer's report): {shown}. Raise --time-budget, or lower "
                           f"--samples, to score them.", markup=False, highlight=False)
-    if json_out is not None:
-        write_atomic(json_out, report.to_json() + "\n")
-        console.print(f"wrote {json_out}")
+    _write_json(json_out, report.to_json())
 
 
 @analyze_app.command("error-split", epilog=examples(
@@ -137,9 +142,7 @@ def error_split_command(
     console.print(rich_table(report, top))
     for line in summary_lines(report):
         console.print(line, markup=False, highlight=False)
-    if json_out is not None:
-        write_atomic(json_out, json.dumps(report.to_dict(), indent=1) + "\n")
-        console.print(f"wrote {json_out}")
+    _write_json(json_out, json.dumps(report.to_dict(), indent=1))
 
 
 @analyze_app.command("mixed-precision", epilog=examples(
@@ -195,6 +198,4 @@ def mixed_precision_command(
         summary["perf"] = cost
         console.print(f"estimated latency (npuflow perf): {cost['latency_ms']:.3f} ms -> "
                       f"{cost['mixed_latency_ms']:.3f} ms")
-    if json_out is not None:
-        write_atomic(json_out, json.dumps(summary, indent=1) + "\n")
-        console.print(f"wrote {json_out}")
+    _write_json(json_out, json.dumps(summary, indent=1))
