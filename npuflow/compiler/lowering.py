@@ -534,8 +534,10 @@ def lower_slice(g: QGraph, n: onnx.NodeProto) -> IntOp:
     spec = [[0, s, 1] for s in xs]
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         ax = int(ax) + len(xs) if ax < 0 else int(ax)
-        sl = slice(int(st), int(en), int(sp)).indices(xs[ax])
-        spec[ax] = list(sl)
+        start, stop, step = slice(int(st), int(en), int(sp)).indices(xs[ax])
+        # indices() writes "before element 0" of a reversing slice as stop -1, which as a slice
+        # (numpy, ONNX Slice) means the last element: -(dim + 1) means "before 0" to both
+        spec[ax] = [start, -(xs[ax] + 1) if step < 0 and stop < 0 else stop, step]
     return _passthrough(g, n, "slice", "strided_slice", {"slices": spec})
 
 
