@@ -166,12 +166,15 @@ def fused_planner(rev: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
+    if module.FusedRun is fused.FusedRun:  # a revision whose runs are runtime/fused_run.py's: today's
+        return module.plan
     session = module.FusedRun._session
     if "g" not in inspect.signature(session).parameters:
         session = _session_reading_graph(module, session)
 
-    def init(self, g, outputs, produced, threads, *rest):  # a revision's plan may not pass rebuild, release
-        fused.FusedRun.__init__(self, g, outputs, produced, threads, *rest)
+    def init(self, g, outputs, produced, threads, rebuild=None, release=None):  # a revision's plan may not pass them
+        self._setup(list(g.inputs), outputs, produced, threads, rebuild, release, None)
+        self._open(session(self, g, outputs))
 
     module.FusedRun = type("FusedRunBefore", (fused.FusedRun,), {"__init__": init, "_session": session})
     return module.plan

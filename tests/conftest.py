@@ -8,9 +8,30 @@ from pathlib import Path
 
 import pytest
 
+from npuflow.runtime import fused_cache
 from tests import fixture_models
 
+#: ``fused_cache.key`` itself, for the tests of the fused-run cache (``fused_cache_on``).
+FUSED_CACHE_KEY = fused_cache.key
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fused_cache_off(monkeypatch):
+    """Every test builds its fused graphs: many replace a probe or an emitter's constant and look
+    at what the build makes, which a plan stored by an earlier test or run would hide.  The
+    stored plans' own tests ask for ``fused_cache_on``."""
+    monkeypatch.setattr(fused_cache, "key", lambda *args: None)
+
+
+@pytest.fixture
+def fused_cache_on(monkeypatch, tmp_path):
+    """The fused-run cache on, in a fresh ``$NPUFLOW_CACHE`` (``tmp_path/cache``)."""
+    monkeypatch.setattr(fused_cache, "key", FUSED_CACHE_KEY)
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NPUFLOW_ENABLE_CACHE", raising=False)
+    return tmp_path / "cache"
 
 
 @pytest.fixture(scope="session")

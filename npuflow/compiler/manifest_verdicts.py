@@ -33,19 +33,25 @@ SOURCES = ("compiler", "targets", "numerics.py", "operators.py", "model.py", "sa
 
 
 @functools.cache
-def code_digest() -> str:
-    """The SHA-256 of npuflow's version and :data:`SOURCES` (their paths and bytes), once per process."""
+def source_digest(sources: tuple[str, ...]) -> str:
+    """The SHA-256 of npuflow's version and ``sources`` (paths relative to the package, each a file
+    or a directory of them: their paths and bytes), once per process and tuple."""
     from .. import __version__
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(__version__.encode())
-    for name in SOURCES:
+    for name in sources:
         path = root / name
         files = sorted(f for f in path.rglob("*") if f.suffix in (".py", ".yaml", ".json")) if path.is_dir() else [path]
         for f in files:
             h.update(f.relative_to(root).as_posix().encode() + b"\0")
             h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
+
+
+def code_digest() -> str:
+    """:func:`source_digest` of :data:`SOURCES`: what the validation's verdicts depend on."""
+    return source_digest(SOURCES)
 
 
 def _verdict_file(manifest_sha256: bytes, newer_minor: bool) -> Path:

@@ -49,35 +49,24 @@ between two graphs;
 
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from .. import numerics as nm
-from ..errors import NpuflowError
-from ..ort_session import open_session
 from .epilogues import out_type
-from . import fused_qlinear
+from . import fused_cache, fused_qlinear
+from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
+                        direct_run)
 from .fused_conv import conv, conv_transpose, matmul
 from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, source_writer,
                            table_node)
-from .fused_graph import (F32_BOUND, SMALL_RUN_BYTES, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
-                          elem_type, input_name, quantize_value, round_and_clip,
+from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
+                          quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
-
-#: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
-#: ORT's own types from a run.
-_ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
-               ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.NotImplemented)
-
-#: ONNX Runtime fusions that would change the float arithmetic of a graph (a non-power-of-two
-#: multiplier folded into weights or a GEMM's alpha); every other fusion keeps exact values exact.
-DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
 _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "lut_channel", "maxpool"}
@@ -439,115 +428,6 @@ _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
 # --- segments -------------------------------------------------------------------------------
 
 
-class FusedRun:
-    """A run of a program's ops as one ONNX Runtime session; ``run(env)`` -> the tensors it makes.
-
-    ``outputs`` are the tensors later ops or the subgraph's caller read; ``produced`` every
-    integer tensor of the run, which dump mode (``run(env, dump=True)``) returns from a second
-    session of the same graph, built on first use.
-
-    The graph is not kept once its session is open: its constants are the run's weights, which
-    ONNX Runtime holds already.  ``rebuild`` writes it again from the run's ops (:func:`plan`), for
-    dump mode's session and :meth:`graph`.  ``g`` is cleared once its protobuf is written, and
-    ``release`` (e.g. dropping the mapped ``.npuf``'s pages the weights were read from) is called
-    just before ONNX Runtime creates the session: that creation, with its copies and packed forms
-    of the weights, is a load's high-water mark, and what the build read and wrote would be in it.
-    """
-
-    def __init__(self, g: Graph, outputs: list[str], produced: list[str], threads: int,
-                 rebuild: Callable[[], Graph], release: Callable[[], object] | None = None) -> None:
-        self.inputs = list(g.inputs)
-        self.outputs = outputs
-        self.produced = produced
-        self._threads = threads
-        self._rebuild = rebuild
-        self._release = release
-        #: the session's input names, in order of ``inputs`` (a caller of :meth:`run_fed` keys its feeds by them)
-        self.feed_names = [input_name(k) for k in range(len(self.inputs))]
-        self.session = self._session(g, outputs)
-        #: the session's outputs by name, and (the session, its run without the Python wrapper's
-        #: checks), one tuple so that a thread reads both at once; built again if ``session`` is replaced
-        self._names = [o.name for o in self.session.get_outputs()]
-        self._direct = (self.session, direct_run(self.session))
-        self._dump_session: ort.InferenceSession | None = None
-        self._lock = threading.Lock()
-
-    def graph(self) -> Graph:
-        """This run's graph, written again from its ops."""
-        return self._rebuild()
-
-    def _session(self, g: Graph, outputs: list[str]) -> ort.InferenceSession:
-        heads = []
-        for name in outputs:
-            if name in g.bytes and np.dtype(g.tensors[name]["dtype"]) == np.uint8 and not g.byte_offsets.get(name):
-                heads.append((g.bytes[name], None))  # uint8 codes as an integer kernel wrote them
-            else:
-                heads.append(g.base(name))  # (may add the float32 view of bytes to the graph)
-        nodes, inits = [], []
-        for k, (name, (x, off)) in enumerate(zip(outputs, heads)):
-            if off is None:
-                nodes.append(helper.make_node("Identity", [x], [f"out{k}"]))
-                continue
-            if off:  # a centred tensor: its codes
-                inits.append(numpy_helper.from_array(np.float32(off), f"off{k}"))
-                nodes.append(helper.make_node("Add", [x, f"off{k}"], [f"coded{k}"]))
-                x = f"coded{k}"
-            if np.dtype(g.tensors[name]["dtype"]) == np.float32:  # the base is float32: no Cast to its own type
-                nodes.append(helper.make_node("Identity", [x], [f"out{k}"]))
-                continue
-            nodes.append(helper.make_node("Cast", [x], [f"out{k}"], to=elem_type(g.tensors[name]["dtype"])))
-        model, arrays = g.model([helper.make_tensor_value_info(f"out{k}", elem_type(g.tensors[t]["dtype"]),
-                                                               g.tensors[t]["shape"]) for k, t in enumerate(outputs)],
-                                nodes, inits)
-        small = g.float_bytes([*self.inputs, *self.produced]) <= SMALL_RUN_BYTES
-        g.clear()
-        if self._release is not None:
-            self._release()
-        # Many sessions per Session: pool threads that spin between runs starve each other
-        # (measured: 2 threads 50x slower than 1 on a 2-core machine), so they sleep.  No memory
-        # pattern: its block of the planned activations would come on top of the arena chunks the
-        # first run took; one arena for all the runtime's sessions, not one each (ort_session's
-        # module docstring).  A small run keeps the pattern (``SMALL_RUN_BYTES``).
-        return open_session(model, level="all", threads=self._threads, spinning=self._threads <= 1,
-                            disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays, mem_pattern=small,
-                            shared_arena=True)
-
-    def run(self, env: dict[str, np.ndarray], dump: bool = False) -> dict[str, np.ndarray]:
-        feeds = {n: env[t] for n, t in zip(self.feed_names, self.inputs)}
-        if not dump:
-            return dict(zip(self.outputs, self.run_fed(feeds)))
-        with self._lock:
-            if self._dump_session is None:
-                self._dump_session = self._session(self.graph(), self.produced)
-        return dict(zip(self.produced, self._dump_session.run(None, feeds)))
-
-    def run_fed(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The run on ``feeds`` keyed by :attr:`feed_names`: its outputs in order of ``outputs``.
-
-        For a caller that builds the feeds itself (``Session.run`` where a frame is this one run);
-        the session's direct run is looked up again when ``session`` was replaced."""
-        session, run = self._direct
-        if session is not self.session:
-            self._direct = session, run = self.session, direct_run(self.session)
-        return run(self._names, feeds, None)
-
-
-def direct_run(session: object) -> Callable:
-    """``session``'s run, ``(output_names, feeds, run_options) -> arrays``, called once per frame.
-
-    ``InferenceSession.run`` checks in Python, on every call, what the runtime's feeds satisfy by
-    construction (every input fed by name, numpy arrays only, no graph capture, the CPU provider
-    with no fallback to retry on), then calls its compiled session (``_sess.run``).  That session
-    is called directly here, with the same arguments: the same ONNX Runtime run, the same output
-    arrays, a few microseconds less per call (``docs/compiler-runtime.md``, "Where the time
-    goes").  Anything else (a session wrapped by ``ort_session._Guarded`` for custom ops, an ONNX
-    Runtime without ``_sess``) keeps its own ``run``.
-    """
-    inner = session.__dict__.get("_sess") if isinstance(session, ort.InferenceSession) else None
-    run = getattr(inner, "run", None)
-    return run if callable(run) else session.run
-
-
 @dataclass(frozen=True)
 class Plan:
     """An integer program as fused runs and single ops (``int`` = index of an op run as its kernel)."""
@@ -559,20 +439,13 @@ class Plan:
 def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int = 1,
          release: Callable[[], object] | None = None) -> Plan:
     """Cut ``sg``'s ops into maximal runs that :data:`_EMITTERS` can write as exact float graphs
-    (``release``: called before each run's session is created, :class:`FusedRun`)."""
+    (``release``: called before each run's session is created, :class:`FusedRun`); a plan this code
+    built before is opened from ``$NPUFLOW_CACHE/fused`` instead (:mod:`.fused_cache`)."""
     ops = sg["ops"]
-    last_use: dict[str, int] = {}
-    for k, op in enumerate(ops):
-        for t in op["inputs"]:
-            last_use[t] = k
-    keep = set(sg["outputs"])
     readers: dict[str, list[dict]] = {}
     for op in ops:
         for t in op["inputs"]:
             readers.setdefault(t, []).append(op)
-    items: list = []
-    reasons: dict[int, str] = {}
-    g, start = Graph(tensors, readers=readers), 0
 
     def emit(g: Graph, op: dict) -> None:
         emitter = _EMITTERS.get(op["op"])
@@ -590,20 +463,88 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             return again
         return build
 
+    name = fused_cache.key(sg, tensors, blob, threads)
+    stored = _stored(fused_cache.open_reader(name), ops, threads, rebuild, release)
+    if stored is not None:
+        return stored
+    store = fused_cache.open_writer(name)
+    try:
+        result, warned = _build(sg, tensors, readers, emit, rebuild, threads, release, store)
+    except BaseException:
+        if store is not None:
+            store.abandon()
+        raise
+    if store is not None:
+        if warned:
+            store.abandon()
+        else:
+            _finish(store, result)
+    return result
+
+
+def _stored(reader: fused_cache.Reader | None, ops: list[dict], threads: int,
+            rebuild: Callable[[range], Callable[[], Graph]], release: Callable[[], object] | None) -> Plan | None:
+    """The plan ``reader`` holds, its runs' sessions opened from the stored graphs; ``None`` where
+    there is none or it cannot be read (the caller builds)."""
+    if reader is None:
+        return None
+    items: list = []
+    try:
+        for item in reader.items:
+            if isinstance(item, int):
+                items.append(item)
+                continue
+            start, stop, inputs, outputs = item
+            run_ops = range(start, stop)
+            produced = [t for k in run_ops for t in ops[k]["outputs"]]
+            items.append(FusedRun.stored(inputs, outputs, produced, threads, rebuild(run_ops), release, run_ops,
+                                         *reader.run(sum(not isinstance(i, int) for i in items))))
+        return Plan(items, reader.reasons)
+    except (*_ORT_ERRORS, OSError, ValueError, KeyError, TypeError, IndexError):  # a damaged file: the build
+        return None
+    finally:
+        reader.close()
+
+
+def _finish(store: fused_cache.Writer, result: Plan) -> None:
+    """Store ``result``'s index (its runs' graphs were stored as their sessions opened)."""
+    items = [item if isinstance(item, int) else [item.span.start, item.span.stop, item.inputs, item.outputs]
+             for item in result.items]
+    try:
+        store.finish(items, result.reasons)
+    except OSError:
+        store.abandon()
+
+
+def _build(sg: dict, tensors: dict, readers: dict, emit: Callable[[Graph, dict], None],
+           rebuild: Callable[[range], Callable[[], Graph]], threads: int, release: Callable[[], object] | None,
+           store: fused_cache.Writer | None) -> tuple[Plan, bool]:
+    """:func:`plan`'s build, and whether it warned (a refused graph, a manifest form not met before)."""
+    ops = sg["ops"]
+    last_use: dict[str, int] = {}
+    for k, op in enumerate(ops):
+        for t in op["inputs"]:
+            last_use[t] = k
+    keep = set(sg["outputs"])
+    items: list = []
+    reasons: dict[int, str] = {}
+    g, start, warned = Graph(tensors, readers=readers), 0, False
+
     def close(end: int) -> None:
-        nonlocal g
+        nonlocal g, warned
         run_ops = range(start, end)
         if any(ops[k]["op"] in _COMPUTE_OPS for k in run_ops):
             produced = [t for k in run_ops for t in ops[k]["outputs"]]
             outs = [t for t in produced if t in keep or last_use.get(t, -1) >= end]
             try:
-                items.append(FusedRun(g, outs, produced, threads, rebuild(run_ops), release))
+                items.append(FusedRun(g, outs, produced, threads, rebuild(run_ops), release, store, run_ops))
             except _ORT_ERRORS as exc:  # the kernels compute the same codes, slower
+                warned = True
                 items.extend(run_ops)
                 reasons.update({k: f"ONNX Runtime refused the fused graph: {exc}" for k in run_ops})
                 warnings.warn(f"npuflow runtime: ops {ops[start]['name']!r}..{ops[end - 1]['name']!r} run as "
                               f"kernels, slower: ONNX Runtime refused their fused graph: {exc}", RuntimeWarning,
-                              stacklevel=3)
+                              stacklevel=4)
         else:
             items.extend(run_ops)
         g = Graph(tensors, readers=readers)
@@ -612,6 +553,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         """Write ``op`` into ``g``; where it cannot be, ``g`` as before and why.  The graph's mark
         lives only in this call: its copies of the graph's maps would otherwise keep the run's
         tables through the next session's creation."""
+        nonlocal warned
         mark = g.mark()
         try:
             emit(g, op)
@@ -621,9 +563,10 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
             return str(why)
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:  # a manifest form not met before
             g.rollback(mark)
+            warned = True
             reason = f"no fused form ({type(exc).__name__}: {exc})"
             warnings.warn(f"npuflow runtime: op {op['name']!r} ({op['op']}) runs as its kernel, slower: {reason}",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             return reason
 
     for k, op in enumerate(ops):
@@ -635,4 +578,4 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         items.append(k)
         start = k + 1
     close(len(ops))
-    return Plan(items, reasons)
+    return Plan(items, reasons), warned

@@ -9,7 +9,7 @@ from onnx import TensorProto
 
 import npuflow
 from benchmarks import bench_runtime as B
-from npuflow.runtime import fused, fused_graph
+from npuflow.runtime import fused, fused_graph, fused_run
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import DPU, _x
 
@@ -40,13 +40,13 @@ def _conv_net() -> Builder:
 
 def test_fused_runs_give_onnx_runtime_their_weights_outside_the_protobuf(monkeypatch, tmp_path):
     opened = []
-    real = fused.open_session
+    real = fused_run.open_session
 
     def spy(model, **kwargs):
         opened.append((model, dict(kwargs.get("external") or {})))
         return real(model, **kwargs)
 
-    monkeypatch.setattr(fused, "open_session", spy)
+    monkeypatch.setattr(fused_run, "open_session", spy)
     feeds = {"x": _x([1, 64, 12, 12], 3, 4.0)}
     session = npuflow.Session(npuflow.compile(_conv_net().model(), DPU))
     runs = [it for ex in session._executors if hasattr(ex, "plan") for it in ex.plan.items

@@ -12,7 +12,7 @@ import numpy as np
 
 import npuflow
 from npuflow.compiler import compiled as compiled_module
-from npuflow.runtime import fused, fused_graph
+from npuflow.runtime import fused_graph, fused_run
 from tests import fixture_models
 from tests.compile_check import random_sample_npuf
 
@@ -27,7 +27,7 @@ def test_a_fused_runs_session_opens_after_its_graph_is_cleared_and_the_pages_rel
     events: list = []
     graphs: list[fused_graph.Graph] = []
     real_release, real_model, real_open = (compiled_module.CompiledModel.release_pages, fused_graph.Graph.model,
-                                           fused.open_session)
+                                           fused_run.open_session)
 
     def release(self):
         events.append("release")
@@ -45,7 +45,7 @@ def test_a_fused_runs_session_opens_after_its_graph_is_cleared_and_the_pages_rel
 
     monkeypatch.setattr(compiled_module.CompiledModel, "release_pages", release)
     monkeypatch.setattr(fused_graph.Graph, "model", model)
-    monkeypatch.setattr(fused, "open_session", opening)
+    monkeypatch.setattr(fused_run, "open_session", opening)
     s = npuflow.Session(path)
     opened = [k for k, e in enumerate(events) if e != "release"]
     assert opened, events

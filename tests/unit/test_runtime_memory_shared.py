@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import npuflow
-from npuflow.runtime import fused, fused_graph
+from npuflow.runtime import fused_graph, fused_run
 from tests import fixture_models
 from tests.compile_check import random_sample_npuf
 
@@ -64,13 +64,13 @@ def cls_b4096(tmp_path_factory):
 def test_pp_ocr_cls_fused_run_holds_each_table_once(monkeypatch, cls_b4096):
     path, samples = cls_b4096
     opened: list[tuple] = []
-    real_open = fused.open_session
+    real_open = fused_run.open_session
 
     def opening(model, **kwargs):
         opened.append((model, kwargs["external"]))
         return real_open(model, **kwargs)
 
-    monkeypatch.setattr(fused, "open_session", opening)
+    monkeypatch.setattr(fused_run, "open_session", opening)
     s = npuflow.Session(path)
     monkeypatch.undo()
     assert opened

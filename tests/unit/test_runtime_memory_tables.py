@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.ort_session import open_session
-from npuflow.runtime import fused
+from npuflow.runtime import fused_run
 from npuflow.runtime.fused_graph import Graph, input_name, lookup
 from tests import fixture_models
 from tests.compile_check import random_sample_npuf
@@ -53,7 +53,7 @@ def test_lookup_entries_narrow_only_where_the_table_outnumbers_the_tensor(shape,
 def _fused_tables(path, monkeypatch) -> tuple[npuflow.Session, list[tuple[np.dtype, int]]]:
     """A Session on ``path`` and the (dtype, entries) of every table its fused runs hand to ONNX Runtime."""
     tables: list[tuple[np.dtype, int]] = []
-    real = fused.open_session
+    real = fused_run.open_session
 
     def capture(model, **kw):
         external = kw.get("external") or {}
@@ -65,7 +65,7 @@ def _fused_tables(path, monkeypatch) -> tuple[npuflow.Session, list[tuple[np.dty
                 tables.append((data.dtype, data.size))
         return real(model, **kw)
 
-    monkeypatch.setattr(fused, "open_session", capture)
+    monkeypatch.setattr(fused_run, "open_session", capture)
     session = npuflow.Session(path)
     monkeypatch.undo()
     return session, tables

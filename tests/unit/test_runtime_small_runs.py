@@ -14,7 +14,7 @@ import pytest
 
 import npuflow
 from npuflow.quant.export import to_plain_qdq
-from npuflow.runtime import fused, fused_graph
+from npuflow.runtime import fused, fused_graph, fused_run
 from tests import fixture_models
 from tests.unit.test_runtime_quantize_steps import _optimized
 
@@ -40,13 +40,13 @@ def _sessions_opened(compiled, monkeypatch) -> tuple[npuflow.Session, list[dict]
     """A Session of ``compiled`` and the settings each of its fused runs' ONNX Runtime sessions
     was opened with."""
     opened: list[dict] = []
-    real = fused.open_session
+    real = fused_run.open_session
 
     def spy(model, **kwargs):
         opened.append({k: v for k, v in kwargs.items() if k != "external"})
         return real(model, **kwargs)
 
-    monkeypatch.setattr(fused, "open_session", spy)
+    monkeypatch.setattr(fused_run, "open_session", spy)
     return npuflow.Session(compiled), opened
 
 

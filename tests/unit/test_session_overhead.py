@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 import npuflow
-from npuflow.runtime import Session, fused
+from npuflow.runtime import Session, fused, fused_run
 from npuflow.runtime.executors import IntegerExecutor, OnnxExecutor
 from tests.qdq_builder import ort_values
 from tests.unit.test_compiler_kernels import _conv_model, _x
@@ -203,8 +203,8 @@ def test_a_float32_output_leaves_its_fused_run_without_a_cast(monkeypatch):
     from tests.unit.test_runtime_quantize_steps import _classifier, _inputs
 
     opened = []
-    real = fused.open_session
-    monkeypatch.setattr(fused, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
+    real = fused_run.open_session
+    monkeypatch.setattr(fused_run, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
     compiled = npuflow.compile(_classifier("half_even", 1).model(), CPU)
     sess, ref = Session(compiled), Session(compiled, fuse=False)
     assert sess._one_run is not None and len(opened) == 1
