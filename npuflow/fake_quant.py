@@ -2,7 +2,7 @@
 
 A shared foundation next to ``numerics.py`` (its torch twin), imported only where torch is in use:
 the torch front (``npuflow.torch``) and the quantizer's torch-based reconstruction
-(``quant/algorithms/block_recon.py``), so neither stage imports the other for it.
+(``quant/algorithms/block_ops.py``), so neither stage imports the other for it.
 
 The QAT forward must produce the integers the chip produces, so the functions here follow
 :func:`npuflow.numerics.quantize` step by step rather than calling ``torch.fake_quantize_*``

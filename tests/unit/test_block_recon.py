@@ -17,7 +17,8 @@ import npuflow
 from npuflow import numerics
 from npuflow.errors import NpuflowError
 from npuflow.quant.algorithms import fast_finetune as ff
-from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, block_arrays, block_error, fake_quantize32,
+from npuflow.quant.algorithms.block_ops import fake_quantize32
+from npuflow.quant.algorithms.block_recon import (Block, BlockRunner, block_arrays, block_error,
                                                   plan_blocks, reconstruct)
 from npuflow.quant.algorithms.capture import capture
 from npuflow.fake_quant import QuantSpec

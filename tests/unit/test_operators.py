@@ -200,7 +200,7 @@ def test_checker_and_float_passes_find_the_same_decomposed_activations(name):
 NOT_OP_FACTS = {
     "check/qoperator.py": "the QOperator format: each QLinear op's float op and input positions (a format table)",
     "compiler/modify.py": "the node types an application may take over from a .npuf (a policy, not an op fact)",
-    "quant/algorithms/block_recon.py": "the ops its torch runner implements (a dispatch set of code)",
+    "quant/algorithms/block_ops.py": "the ops its torch runner implements (a dispatch set of code)",
 }
 
 

@@ -34,7 +34,8 @@ import onnx
 
 from ...errors import NpuflowError
 from ...graph import attr
-from .block_recon import Block, BlockRunner, _op, constant_tensors, supported
+from .block_ops import run_op, supported
+from .block_recon import Block, BlockRunner, constant_tensors
 from .capture import Feed
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class OutputSensitivity:
         env = {**x, **self.consts}
         for n in self.nodes:
             xs = [env[i] if i else None for i in n.input]
-            env[n.output[0]] = FLOAT_OPS[n.op_type](n, xs) if n.op_type in FLOAT_OPS else _op(n, xs)
+            env[n.output[0]] = FLOAT_OPS[n.op_type](n, xs) if n.op_type in FLOAT_OPS else run_op(n, xs)
         return env
 
     def collect(self, floats: Callable[[list[str]], dict[str, list[np.ndarray]]]
