@@ -209,7 +209,7 @@ def custom_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, CustomOp 
     """Every node of a non-standard domain that no model-local function defines, with its
     registration (None when unregistered); subgraphs of control flow included."""
     from .graph import subgraphs
-    from .model import KNOWN_DOMAINS
+    from .model_checks import KNOWN_DOMAINS
 
     local = {(f.domain, f.name) for f in model.functions}
     found: list[tuple[onnx.NodeProto, CustomOp | None]] = []

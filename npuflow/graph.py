@@ -71,7 +71,7 @@ def quantize_mode(node: onnx.NodeProto) -> tuple[RoundMode, str | None] | None:
     write (``QuantizeLinear``, or an ``ai.npuflow:Quantize_<mode>_<dtype>`` function of
     :mod:`npuflow.qdq` whose name parses), else ``None``.  Narrower than :func:`is_qdq`, which
     data flow looks through: this is what the compiler lowers, and what the checker asks
-    through :class:`npuflow.check.lowerable.QuantFacts`."""
+    through :class:`npuflow.check.quant_facts.QuantFacts`."""
     if node.op_type in QUANTIZE_OPS and node.domain in STD_QDQ_DOMAINS:
         return RoundMode.HALF_EVEN, None
     if node.domain == qdq.DOMAIN:

@@ -18,7 +18,8 @@ from onnx import numpy_helper
 
 from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
-from ..model import KNOWN_DOMAINS, ModelLike, infer_static_shapes, load, name_nodes
+from ..model import ModelLike, infer_static_shapes, load, name_nodes
+from ..model_checks import KNOWN_DOMAINS
 from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
 from ..targets import Target, load_target
 from .cone import cone_reason, float_cones
@@ -29,7 +30,8 @@ from .float_plan import chain_followers, float_chain_ops, float_chain_ops_off_th
 from .nonfinite import sentinel_tensors
 from .qcdq import has_qcdq_clip, legalize_qcdq
 from .qoperator import is_qlinear, qoperator_to_qdq
-from .lowerable import QuantFacts, lowering_limit, output_chain, table_lowered, target_runs
+from .lowerable import lowering_limit, output_chain, table_lowered
+from .quant_facts import QuantFacts, target_runs
 from .ops import ACTIVATION, DYNAMIC_WEIGHT, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph

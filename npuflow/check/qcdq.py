@@ -4,7 +4,7 @@ steps they compute: one legalisation step that ``compile`` (``compiler/foreign.p
 so both judge the same graph.
 
 * ``QuantizeLinear(float constant)`` (NNCF's and Brevitas' weights) becomes the integer constant it
-  computes (:func:`npuflow.check.lowerable.folded_weight`: same tie rule and saturation as the step).
+  computes (:func:`npuflow.check.quant_facts.folded_weight`: same tie rule and saturation as the step).
 * Brevitas' ``QuantizeLinear -> Clip(lo, hi) -> DequantizeLinear`` with integer bounds: on a weight
   the clip is applied to the stored integers; on an activation it becomes a float ``Clip`` before
   the quantize step (exact: rounding is monotone and the bounds are integers), or disappears when
@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from .. import numerics
 from ..graph import GraphView, insert_nodes, is_dequantize, quantize_mode
 from ..numerics import RoundMode
-from .lowerable import QParams, folded_weight, step_params
+from .quant_facts import QParams, folded_weight, step_params
 
 
 def legalize_qcdq(model: onnx.ModelProto) -> list[str]:
@@ -42,7 +42,7 @@ def has_qcdq_clip(model: onnx.ModelProto) -> bool:
 def fold_weight_quantize(model: onnx.ModelProto) -> list[str]:
     """``QuantizeLinear(float constant)`` -> the integer constant it computes, so the layer reading
     its DQ finds a quantized initializer; which steps and what integers: :func:`folded_weight`,
-    which :class:`~npuflow.check.lowerable.QuantFacts` reads an unfolded model through too."""
+    which :class:`~npuflow.check.quant_facts.QuantFacts` reads an unfolded model through too."""
     view = GraphView(model)
     folded = {n.name: w for n in model.graph.node if (w := folded_weight(n, view)) is not None}
     if not folded:

@@ -23,7 +23,7 @@ from onnx import helper
 from .. import __version__
 from .. import plugins as plugin_registry
 from ..check.place import name_nodes
-from ..check.lowerable import dynamic_quantization
+from ..check.quant_facts import dynamic_quantization
 from ..errors import NpuflowError
 from ..graph import attr, node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto

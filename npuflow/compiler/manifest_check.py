@@ -17,7 +17,7 @@ from onnx import helper
 from pydantic import ValidationError
 
 from ..errors import NpuflowError
-from ..model import max_tensor_elements
+from ..model_checks import max_tensor_elements
 from ..numerics import qrange
 from ..targets import bundled_fingerprint, load_target, same_fingerprint
 from . import memory

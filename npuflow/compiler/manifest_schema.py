@@ -10,7 +10,7 @@ compiler (``compile.py``, ``lowering.py``, ``epilogue.py``, ``memory.py``) write
 1. **types and ranges** (pydantic models, strict: no ``"3"`` for 3, no ``true`` for 1, no NaN):
    every field the runtime reads, with the values it can execute -- shifts, multipliers, zero
    points within their integer type, kernel/stride/dilation >= 1, shapes bounded by
-   :func:`npuflow.model.max_tensor_elements`;
+   :func:`npuflow.model_checks.max_tensor_elements`;
 2. **references**: subgraph inputs made by the model inputs or an earlier subgraph, op inputs by
    the subgraph inputs or an earlier op, every tensor described, every blob role an op needs in
    the blob table with the dtype and shape the op implies, an embedded ONNX model whose inputs and

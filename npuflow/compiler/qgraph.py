@@ -13,7 +13,7 @@ import functools
 import numpy as np
 import onnx
 
-from ..check.lowerable import QParams, QuantFacts, integer_type, step_params, target_runs
+from ..check.quant_facts import QParams, QuantFacts, integer_type, step_params, target_runs
 from ..graph import GraphView, is_dequantize, quantize_mode
 from ..numerics import RoundMode
 from ..targets import Target
@@ -43,7 +43,7 @@ class QGraph(GraphView):
 
     @functools.cached_property
     def facts(self) -> QuantFacts:
-        """This index as the graph questions the checker asks too (:class:`~npuflow.check.lowerable.QuantFacts`),
+        """This index as the graph questions the checker asks too (:class:`~npuflow.check.quant_facts.QuantFacts`),
         so both decide from the same :func:`~npuflow.check.lowerable.lowering_limit` and fuse the same chains."""
         return QuantFacts(self, target_runs(self, self.target) if self.target is not None else None)
 

@@ -104,7 +104,7 @@ def test_model_local_functions_are_not_custom_ops(tmp_path):
     graph = helper.make_graph([helper.make_node("Twice", ["x"], ["y"], domain="my.local")], "g", [x], [y])
     model = helper.make_model(graph, functions=[fn],
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.local", 1)])
-    npuflow.model.validate(model)
+    npuflow.model_checks.validate(model)
 
 
 @pytest.mark.parametrize("target", [DPU, "cpu-int8"])

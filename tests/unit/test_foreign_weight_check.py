@@ -1,6 +1,6 @@
 """``check`` reads a weight quantized at run time (``DequantizeLinear(QuantizeLinear(W))`` of a float
 constant, as NNCF's and Brevitas' exports may write it) as the integers ``compile``'s legalisation
-folds it into (``compiler/foreign.py``): both ask :func:`npuflow.check.lowerable.folded_weight`.
+folds it into (``compiler/foreign.py``): both ask :func:`npuflow.check.quant_facts.folded_weight`.
 Before, check said "Conv with weights computed at run time is not lowered" and put the Conv/Gemm,
 its Relu and Q/DQ steps on the CPU while compile folded the step and lowered the layer (4 nodes
 differed per model on cpu-int8, bernoulli2 and power-of-two B4096)."""
@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
-from npuflow.check.lowerable import folded_weight
+from npuflow.check.quant_facts import folded_weight
 from npuflow.check.report import CPU, NPU
 from npuflow.compiler import foreign
 from npuflow.graph import GraphView, is_qdq

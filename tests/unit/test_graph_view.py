@@ -199,10 +199,10 @@ def test_check_and_compile_ask_one_facts_object():
     """``lowering_limit`` and the chain walks get the same object type from the checker and the
     compiler, with the compiler's answers where the two adapters differed: a float weight behind
     ``Q -> DQ`` is the integers ``compile``'s legalisation folds it into
-    (:func:`npuflow.check.lowerable.folded_weight`; the view looks through any chain to the float
+    (:func:`npuflow.check.quant_facts.folded_weight`; the view looks through any chain to the float
     weight), and an ``ai.npuflow`` function is a quantize step only when its name parses
     (:func:`npuflow.graph.is_qdq`, what data flow looks through, counts any)."""
-    from npuflow.check.lowerable import QuantFacts
+    from npuflow.check.quant_facts import QuantFacts
     from npuflow.compiler.qgraph import QGraph
     from npuflow.graph import quantize_mode
 
