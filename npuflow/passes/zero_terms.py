@@ -9,6 +9,11 @@ model", which no sample can.  Here such a product (and a product of it) is known
 ``Add`` of it (or a ``Sub`` of it as the subtrahend) is replaced by its other input where that input
 already has the sum's shape and type (no broadcast is lost); the nodes left without a reader go.
 ``x * 0`` is 0 for every finite ``x``: results stay equal wherever the float model's are finite.
+
+With a dynamic batch the zero state is ``ConstantOfShape(Shape(x)...)`` that constant folding
+cannot fold (captcha-whisperer's LSTM unrolled by hand, round 17), and the first step's
+``h @ W_hh`` a ``Gemm``/``MatMul`` of it: both count as zero, and shapes are compared as ONNX's
+data propagation names them (a symbolic batch equals itself).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph import GraphView, initializers, node_reads, remove_unused_initializers
-from ..value_info import tensor_elem_types, tensor_shapes
+from ..value_info import inferred_dims, tensor_elem_types
 
 
 def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -29,7 +34,7 @@ def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
     zero = _zero_tensors(graph)
     if not zero:
         return out
-    shapes, types = tensor_shapes(graph), tensor_elem_types(graph)
+    shapes, types = _known_dims(out), tensor_elem_types(graph)
     view = GraphView(graph)
     dropped = []
     for node in graph.node:
@@ -54,17 +59,34 @@ def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _zero_tensors(graph: onnx.GraphProto) -> set[str]:
-    """Names of float tensors that are zero by construction: all-zero float initializers and the
-    products of a ``Mul`` with one of them (in graph order, so a product of a product counts)."""
-    zero = {name for name, t in initializers(graph).items()
-            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-            and not np.any(numpy_helper.to_array(t))}
+    """Names of float tensors that are zero by construction: all-zero float initializers, the
+    outputs of a ``ConstantOfShape`` of a zero float value, and (in graph order, so a product of a
+    product counts) the products of a ``Mul``, ``MatMul`` or bias-free ``Gemm`` with one of them."""
+    zero = {name for name, t in initializers(graph).items() if _is_zero_float(t)}
+    zero |= {n.output[0] for n in graph.node if n.op_type == "ConstantOfShape" and not n.domain
+             and all(_is_zero_float(a.t) for a in n.attribute if a.name == "value")}
     if not zero:
         return zero
     for node in graph.node:
-        if node.op_type == "Mul" and not node.domain and any(i in zero for i in node.input):
+        if node.domain or not node.output:
+            continue
+        factors = node.input[:2] if node.op_type in ("Mul", "MatMul", "Gemm") else ()
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+        if any(i in zero for i in factors) and (not bias or bias in zero):
             zero.add(node.output[0])
     return zero
+
+
+def _is_zero_float(t: onnx.TensorProto) -> bool:
+    return t.data_type in _FLOATS and not np.any(numpy_helper.to_array(t))
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def _known_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
+    """Each tensor whose every dimension is a size or a symbolic name -> its dimensions."""
+    return {name: dims for name, dims in inferred_dims(model).items() if all(d is not None for d in dims)}
 
 
 def _kept_operand(node: onnx.NodeProto, zero: set[str]) -> str | None:
