@@ -31,7 +31,7 @@ def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    zero = _zero_tensors(graph)
+    zero = zero_by_construction(graph)
     if not zero:
         return out
     shapes, types = _known_dims(out), tensor_elem_types(graph)
@@ -58,7 +58,7 @@ def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _zero_tensors(graph: onnx.GraphProto) -> set[str]:
+def zero_by_construction(graph: onnx.GraphProto) -> set[str]:
     """Names of float tensors that are zero by construction: all-zero float initializers, the
     outputs of a ``ConstantOfShape`` of a zero float value, and (in graph order, so a product of a
     product counts) the products of a ``Mul``, ``MatMul`` or bias-free ``Gemm`` with one of them."""

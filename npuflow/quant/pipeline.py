@@ -63,6 +63,7 @@ from ..operators import is_integer_format_op
 from ..outputs import StagedOutputs
 from ..passes.fold_constants import fold_static_shapes
 from ..passes.optimize import optimize_float
+from ..passes.zero_terms import zero_by_construction
 from ..targets import Target, load_target
 from .algorithms import apply as algorithms
 from .algorithms.capture import HeldOutRuns
@@ -254,7 +255,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept
-    calib_warnings = noise_calibration(kept or list(itertools.islice(again, 1))) + _all_zero(stats, total)
+    calib_warnings = (noise_calibration(kept or list(itertools.islice(again, 1)))
+                      + _all_zero(stats, total, zero_by_construction(leg.graph)))
     if warn:
         for warning in calib_warnings:
             log.warning("[%s] %s\n  hint: %s", warning.code, warning.message, warning.hint)
@@ -326,12 +328,15 @@ def noise_calibration(samples: Sequence[dict[str, np.ndarray]]) -> list[NpuflowE
                          samples=found.samples) for found in noise_like_inputs(samples)]
 
 
-def _all_zero(stats, samples: int | None) -> list[NpuflowError]:
+def _all_zero(stats, samples: int | None, structural: set[str]) -> list[NpuflowError]:
     """``NPF_QUANT_CALIB_ALL_ZERO`` naming the quantized tensors that held only zeros on every
     calibration sample: scikit-learn's SVC calibrated on rows of one class never voted for the
     other class pairs, reported 1.0 on those rows and reached 0.886 mean cosine on rows of all
-    three classes (1.0 calibrated on rows of every class)."""
-    zero = sorted(t for t, mm in stats.minmax.items() if mm.count and not mm.nonfinite and mm.max == mm.min == 0.0)
+    three classes (1.0 calibrated on rows of every class).  Tensors zero by construction
+    (``structural``: a broadcast ``x + zeros(shape)`` the float passes keep) are zero on every
+    input, so no calibration set can change them and they are not named."""
+    zero = sorted(t for t, mm in stats.minmax.items()
+                  if mm.count and not mm.nonfinite and mm.max == mm.min == 0.0 and t not in structural)
     if not zero:
         return []
     shown = ", ".join(zero[:5]) + (f" and {len(zero) - 5} more" if len(zero) > 5 else "")

@@ -73,3 +73,33 @@ def test_quantize_no_longer_warns_about_the_zero_state():
     q = npuflow.quantize(_lstm_step(), calib, "cpu-int8", warn=False)
     assert "NPF_QUANT_CALIB_ALL_ZERO" not in [w.code for w in q.calibration_warnings]
     assert min(q.report.calibration_outputs.values()) > 0.99
+
+
+def _broadcast_by_zeros() -> onnx.ModelProto:
+    """x [batch, 8] -> Relu, Unsqueeze to [batch, 1, 8], + zeros [batch, 4, 8] (a broadcast, so the
+    Add stays: atspm-detector's function head repeats a tensor this way), * 2 -> y [batch, 4, 8]."""
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero_i"),
+             numpy_helper.from_array(np.array([1], np.int64), "one_i"),
+             numpy_helper.from_array(np.array([4, 8], np.int64), "tail"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    nodes = [helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Gather", ["xs", "zero_i"], ["batch"], axis=0),
+             helper.make_node("Concat", ["batch", "tail"], ["zs"], axis=0),
+             helper.make_node("ConstantOfShape", ["zs"], ["zeros"],
+                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "one_i"], ["u"]),
+             helper.make_node("Add", ["u", "zeros"], ["rep"]),
+             helper.make_node("Mul", ["rep", "two"], ["y"])]
+    graph = helper.make_graph(nodes, "rep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_broadcast_by_zeros_is_not_reported_as_uncalibrated():
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.uniform(-1, 1, (1, 8)).astype(np.float32)} for _ in range(4)]
+    q = npuflow.quantize(_broadcast_by_zeros(), calib, "cpu-int8", warn=False)
+    assert "Add" in [n.op_type for n in q.model.graph.node]
+    assert "NPF_QUANT_CALIB_ALL_ZERO" not in [w.code for w in q.calibration_warnings]
+    assert min(q.report.calibration_outputs.values()) > 0.99
