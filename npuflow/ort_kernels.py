@@ -44,7 +44,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -174,21 +174,26 @@ def persistent_check(check: Callable[..., bool]) -> Callable[..., bool]:
     verdict is kept in :func:`cache_file` beside the process probes', under the check's name,
     the SHA-256 of its module's source and the arguments.  A load of a model whose checks were
     made before opens none of their sessions (each stays in the load's peak memory)."""
-    module = Path(inspect.getfile(check))
-    name = f"{check.__module__}.{check.__qualname__}"
-
     @functools.wraps(check)
     def verdict(*args) -> bool:
         if not cache_enabled():
             return check(*args)
         parts = [hashlib.sha256(a).hexdigest() if isinstance(a, bytes) else a for a in args]
-        version = f"{name}@{_source_digest(module)}:"
-        entry = version + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
-        return _recall(entry, lambda: bool(check(*args)), f"{name}@", version)
+        return keyed_verdict(check, hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32], *args)
 
     cached = functools.lru_cache(maxsize=1024)(verdict)
     cached.__wrapped__ = check
     return cached
+
+
+def keyed_verdict(check: Callable[..., bool], key: str, *args) -> bool:
+    """``check(*args)``, its verdict kept as :func:`persistent_check`'s under ``key``: a digest of
+    what decides it, for arguments that cannot be the key themselves (models and their weights)."""
+    if not cache_enabled():
+        return bool(check(*args))
+    name = f"{check.__module__}.{check.__qualname__}"
+    version = f"{name}@{_source_digest(Path(inspect.getfile(check)))}:"
+    return _recall(version + key, lambda: bool(check(*args)), f"{name}@", version)
 
 
 @functools.cache
@@ -206,16 +211,23 @@ def probe_session(nodes: list, inputs: list, inits: list, out_type: int = Tensor
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def kernels(model: onnx.ModelProto, level: str) -> dict[tuple[str, str], int]:
+def kernels(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[str] = (),
+            external: Mapping[str, np.ndarray] | None = None) -> dict[tuple[str, str], int]:
     """How many nodes of each ``(domain, op_type)`` ONNX Runtime's CPU provider runs for ``model`` once its
-    graph optimisations at ``level`` are done (npuflow's session options): which kernels compute it, e.g.
-    whether a quantize group became a ``QLinear*`` kernel.  Read from the optimised model ONNX Runtime writes."""
+    graph optimisations at ``level`` are done (npuflow's session options, less ``disabled_optimizers``;
+    ``external``: the arrays of initialisers ``model`` declares external, as ``ort_session.open_session``
+    takes them): which kernels compute it, e.g. whether a quantize group became a ``QLinear*`` kernel.
+    Read from the optimised model ONNX Runtime writes."""
     from .ort_session import options
 
     opts = options(level=level, threads=1)
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (external or {}).values()]  # alive until loaded
+    if values:
+        opts.add_external_initializers(list(external), values)
     with tempfile.TemporaryDirectory() as d:
         opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled_optimizers))
         nodes = onnx.load(opts.optimized_model_filepath).graph.node
     counts: dict[tuple[str, str], int] = {}
     for n in nodes:

@@ -142,7 +142,7 @@ class IntegerExecutor:
 
 
 #: What ONNX Runtime raises when a run fails on the values it was given (pybind classes, not RuntimeError).
-_ORT_RUN_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+ORT_RUN_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
                    ort.capi.onnxruntime_pybind11_state.RuntimeException)
 
 
@@ -171,14 +171,12 @@ class OnnxExecutor:
         that creation, a load's high-water mark where the subgraph holds large weights (PP-OCRv4
         rec's CTC head on the DPU targets: its 3.2 MB blob, the pages it was read from and the
         protobuf's freed copy were resident beside ONNX Runtime's copy and its packed form)."""
-        model, self.carried = _carry_unexchangeable(
-            onnx.load_from_string(onnx_bytes() if callable(onnx_bytes) else onnx_bytes))
-        _softmax_before_transpose(model)
-        external = _move_out_large_constants(model)
-        if release is not None and sum(a.nbytes for a in external.values()) >= RELEASE_BYTES:
-            release()
-        self.session = open_session(model, level=cpu_level(model), threads=threads, spinning=threads <= 1,
-                                    external=external, shared_arena=True)
+        #: the serialized subgraph again (:meth:`model`): read from the file, not kept
+        self._read = onnx_bytes if callable(onnx_bytes) else lambda: onnx_bytes
+        #: ONNX Runtime intra-op threads of its session
+        self.threads, self._release = threads, release
+        model, self.carried, external = self._prepared()
+        self.session = self._open(model, external)
         del external  # ONNX Runtime holds its own copy (``open_session``)
         self.name = sg["name"]
         self.inputs = list(sg["inputs"])
@@ -189,7 +187,36 @@ class OnnxExecutor:
         #: the session's run without the Python wrapper's per-call checks (``fused.direct_run``)
         self._run = fused.direct_run(self.session) if self.session is not None else None
 
+    def _prepared(self) -> tuple[onnx.ModelProto, Carried, dict[str, np.ndarray]]:
+        """The subgraph as its session runs it: the model, its carried tensors, its external arrays."""
+        model, carried = _carry_unexchangeable(onnx.load_from_string(self._read()))
+        _softmax_before_transpose(model)
+        return model, carried, _move_out_large_constants(model)
+
+    def _open(self, model: onnx.ModelProto, external: dict[str, np.ndarray]) -> ort.InferenceSession:
+        if self._release is not None and sum(a.nbytes for a in external.values()) >= RELEASE_BYTES:
+            self._release()
+        return open_session(model, level=cpu_level(model), threads=self.threads, spinning=self.threads <= 1,
+                            external=external, shared_arena=True)
+
+    def model(self) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+        """The model its session runs and its external arrays, or None where no session runs it
+        (tables, carried types): for a caller that runs it inside another graph (``runtime/joined.py``)."""
+        if self.lookup is not None or self.carried:
+            return None
+        model, _, external = self._prepared()
+        return model, external
+
+    def close(self) -> None:
+        """Drop the session (run inside another graph); a later run opens it again."""
+        if self.lookup is None:
+            self.session = self._run = None
+
     def run(self, feeds: dict[str, np.ndarray], dump: Dump | None = None) -> dict[str, np.ndarray]:
+        if self.session is None and self.lookup is None:  # closed (:meth:`close`): open again
+            session = self._open(*self.model())
+            self._run = fused.direct_run(session)  # before ``session``: another thread may run once that is set
+            self.session = session
         carried = self.carried
         try:
             if self.lookup is not None:
@@ -200,7 +227,7 @@ class OnnxExecutor:
                 ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
                 values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)
                 result = {o: _from_carrier(v, carried.get(o)) for o, v in zip(self.outputs, values)}
-        except _ORT_RUN_ERRORS as exc:  # the values, not the model: a token id past an embedding table's end
+        except ORT_RUN_ERRORS as exc:  # the values, not the model: a token id past an embedding table's end
             raise NpuflowError("NPF_RUNTIME_SUBGRAPH_FAILED", subgraph=self.name, reason=str(exc)) from None
         if dump is not None:
             for name, value in result.items():

@@ -464,7 +464,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         return build
 
     name = fused_cache.key(sg, tensors, blob, threads)
-    stored = _stored(fused_cache.open_reader(name), ops, threads, rebuild, release)
+    stored = _stored(name, fused_cache.open_reader(name), ops, threads, rebuild, release)
     if stored is not None:
         return stored
     store = fused_cache.open_writer(name)
@@ -482,10 +482,10 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
     return result
 
 
-def _stored(reader: fused_cache.Reader | None, ops: list[dict], threads: int,
+def _stored(name: str | None, reader: fused_cache.Reader | None, ops: list[dict], threads: int,
             rebuild: Callable[[range], Callable[[], Graph]], release: Callable[[], object] | None) -> Plan | None:
-    """The plan ``reader`` holds, its runs' sessions opened from the stored graphs; ``None`` where
-    there is none or it cannot be read (the caller builds)."""
+    """The plan ``reader`` holds (stored as ``name``), its runs' sessions opened from the stored
+    graphs; ``None`` where there is none or it cannot be read (the caller builds)."""
     if reader is None:
         return None
     items: list = []
@@ -497,8 +497,9 @@ def _stored(reader: fused_cache.Reader | None, ops: list[dict], threads: int,
             start, stop, inputs, outputs = item
             run_ops = range(start, stop)
             produced = [t for k in run_ops for t in ops[k]["outputs"]]
+            k = sum(not isinstance(i, int) for i in items)
             items.append(FusedRun.stored(inputs, outputs, produced, threads, rebuild(run_ops), release, run_ops,
-                                         *reader.run(sum(not isinstance(i, int) for i in items))))
+                                         *reader.run(k), reread=lambda k=k: fused_cache.read_run(name, k)))
         return Plan(items, reader.reasons)
     except (*_ORT_ERRORS, OSError, ValueError, KeyError, TypeError, IndexError):  # a damaged file: the build
         return None

@@ -188,6 +188,18 @@ def _trim(folder: Path, keep: Path) -> None:
             total -= size
 
 
+def read_run(name: str, k: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
+    """Run ``k`` of the stored plan ``name`` (:meth:`Reader.run`), read again after its load: a
+    caller that needs a loaded run's graph (``runtime/joined.py``) without building it."""
+    reader = open_reader(name)
+    if reader is None:
+        raise OSError(f"no stored fused plan {name}")
+    try:
+        return reader.run(k)
+    finally:
+        reader.close()
+
+
 def open_reader(name: str | None) -> Reader | None:
     """The stored plan of that name, or ``None`` (none stored, or a file that cannot be read)."""
     if name is None:

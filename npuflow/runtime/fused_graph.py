@@ -212,9 +212,13 @@ class Graph:
             nodes, "fused_run",
             [helper.make_tensor_value_info(input_name(k), elem_type(self.tensors[t]["dtype"]), self.tensors[t]["shape"])
              for k, t in enumerate(self.inputs)], outputs, inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS])
         model.ir_version = 8
         return model, {t.name: self.arrays[t.name] for t in inits if t.name in self.arrays}
+
+
+#: The opsets of a fused run's model (:meth:`Graph.model`).
+OPSETS = (("", 18), (MS_DOMAIN, 1))
 
 
 def external_stub(name: str, array: np.ndarray) -> onnx.TensorProto:

@@ -59,11 +59,14 @@ class FusedRun:
     @classmethod
     def stored(cls, inputs: list[str], outputs: list[str], produced: list[str], threads: int,
                rebuild: Callable[[], Graph], release: Callable[[], object] | None, span: range,
-               model: onnx.ModelProto, arrays: dict[str, np.ndarray], small: bool) -> FusedRun:
+               model: onnx.ModelProto, arrays: dict[str, np.ndarray], small: bool,
+               reread: Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], bool]] | None = None) -> FusedRun:
         """The run whose graph, weights and memory-pattern flag an earlier load built and stored
-        (:mod:`.fused_cache`); ``release`` is called before its session opens, as in a build."""
+        (:mod:`.fused_cache`); ``release`` is called before its session opens, as in a build;
+        ``reread`` reads them again (:meth:`model`)."""
         run = cls.__new__(cls)
         run._setup(inputs, outputs, produced, threads, rebuild, release, span)
+        run._reread = reread
         if release is not None:
             release()
         run._open(run._session(model, arrays, small))
@@ -82,6 +85,7 @@ class FusedRun:
         self.feed_names = [input_name(k) for k in range(len(self.inputs))]
         self._dump_session: ort.InferenceSession | None = None
         self._lock = threading.Lock()
+        self._reread: Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], bool]] | None = None
 
     def _open(self, session: ort.InferenceSession) -> None:
         self.session = session
@@ -93,6 +97,24 @@ class FusedRun:
     def graph(self) -> Graph:
         """This run's graph, written again from its ops."""
         return self._rebuild()
+
+    def model(self) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
+        """This run's model as its session runs it: the model, its external weights and whether it
+        keeps the memory pattern; read again from the stored plan it was loaded from, else written
+        again from its ops (:meth:`graph`), which takes the build's memory (:mod:`.fused_cache`)."""
+        if self._reread is not None:
+            try:
+                return self._reread()
+            except (OSError, ValueError, KeyError, IndexError):  # the file went (trimmed, replaced): the build
+                self._reread = None
+        return self._model(self.graph(), self.outputs)
+
+    def close(self) -> None:
+        """Drop the session (a caller that runs this graph inside another one: ``runtime/joined.py``);
+        a later run opens it again."""
+        with self._lock:
+            self.session = None
+            self._direct = (None, None)
 
     def _model(self, g: Graph, outputs: list[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
         """``g`` as the graph that makes ``outputs``, its external weights and whether its session
@@ -150,7 +172,11 @@ class FusedRun:
         For a caller that builds the feeds itself (``Session.run`` where a frame is this one run);
         the session's direct run is looked up again when ``session`` was replaced."""
         session, run = self._direct
-        if session is not self.session:
+        if session is None or session is not self.session:
+            if self.session is None:  # closed (:meth:`close`): open again
+                with self._lock:
+                    if self.session is None:
+                        self._open(self._session(*self.model()))
             self._direct = session, run = self.session, direct_run(self.session)
         return run(self._names, feeds, None)
 

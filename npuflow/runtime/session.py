@@ -26,7 +26,6 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -36,7 +35,7 @@ from ..errors import NpuflowError
 from ..model import write_atomic
 from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel, shape_sets_text
-from . import merge
+from . import joined, merge
 from .executors import IntegerExecutor, OnnxExecutor, return_freed_heap
 from .fused import FusedRun
 from .plugin_executor import PluginExecutor
@@ -142,6 +141,8 @@ class _Program:
         self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads, release) if fuse
                       else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
                             for k, sg in enumerate(self.subgraphs)])
+        if fuse:  # consecutive steps of one ONNX Runtime graph each as one session (:mod:`.joined`)
+            self.steps = joined.steps(self.steps, self.subgraphs, outputs, threads, release)
         #: per step, the tensors no later step reads and no caller gets as a model output: ``run``
         #: drops them once that step has run, as ONNX Runtime frees a model's dead tensors, so
         #: that a frame's boundary tensors are not all resident at its last step
@@ -189,7 +190,7 @@ class _OneRun:
     def of(cls, program: "_Program", output_names: list[str]) -> "_OneRun | None":
         """The program's one run, or None where a frame is more than one fused run of the model's inputs."""
         executor = program.steps[0].executor if len(program.steps) == 1 else None
-        run = executor.single if isinstance(executor, IntegerExecutor) else None
+        run = executor.single if isinstance(executor, IntegerExecutor | joined.Joined) else None
         names = {t.name for t in program.input_infos}
         if run is None or list(run.outputs) != output_names or not set(run.inputs) == names == set(program.inputs):
             return None
@@ -320,8 +321,10 @@ class Session:
     @property
     def _executors(self) -> list:
         """The executors ``run`` uses for the first program, in order (a merged integer program
-        stands for the subgraphs it covers)."""
-        return [step.executor for step in self._live()[0].steps]
+        stands for the subgraphs it covers; a joined step, :mod:`.joined`, for its parts' executors)."""
+        steps = self._live()[0].steps
+        return [part.executor for step in steps
+                for part in (step.executor.parts if isinstance(step.executor, joined.Joined) else [step])]
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -442,10 +445,17 @@ class Session:
         return self._run_step(merge.Step(program.executor(k), (k,), tuple(program.subgraphs[k]["inputs"])),
                               feeds, dump, program)
 
-    def _run_step(self, step: merge.Step, feeds: dict[str, np.ndarray], dump, program: "_Program") -> dict[str, np.ndarray]:
+    def _run_step(self, step: merge.Step, feeds: dict[str, np.ndarray], dump, program: "_Program",
+                  every: bool = False) -> dict[str, np.ndarray]:
         """Run one step; listeners get one event for it (subgraphs run as one program: the first
-        one's id, their names joined by ``+``, ``subgraphs`` listing them)."""
+        one's id, their names joined by ``+``, ``subgraphs`` listing them).  A joined step
+        (:mod:`.joined`) runs its parts with listeners, dump or ``every`` (each tensor a part makes)."""
         listeners = self._listeners
+        if isinstance(step.executor, joined.Joined) and (listeners or dump is not None or every):
+            env = dict(feeds)  # the parts, each its own event and tensors
+            for part in step.executor.parts:
+                env.update(self._run_step(part, {i: env[i] for i in part.inputs}, dump, program))
+            return env
         if not listeners:
             return step.executor.run(feeds, dump)
         start = time.perf_counter_ns()
@@ -491,10 +501,10 @@ class Session:
         program, env = self._validate(inputs)
         if output_names is not None:
             output_names = self._check_output_names(output_names, program)
-        if dump_dir is None and not self._listeners:  # the common frame: executors called directly
-            # a boundary tensor asked for by name: every tensor kept to the end
-            keep_all = output_names is not None and not program.outputs.issuperset(output_names)
-            for step, dead in zip(program.steps, repeat(()) if keep_all else program.frees):
+        # a boundary tensor asked for by name: every tensor kept to the end, joined steps run as their parts
+        keep_all = output_names is not None and not program.outputs.issuperset(output_names)
+        if dump_dir is None and not self._listeners and not keep_all:  # the common frame: executors called directly
+            for step, dead in zip(program.steps, program.frees):
                 env.update(step.executor.run({i: env[i] for i in step.inputs}))
                 for name in dead:
                     del env[name]
@@ -517,7 +527,7 @@ class Session:
                 dumped[name] = f"{fname}.npy"
 
         for step in program.steps:
-            env.update(self._run_step(step, {i: env[i] for i in step.inputs}, dump, program))
+            env.update(self._run_step(step, {i: env[i] for i in step.inputs}, dump, program, keep_all))
         if dump_dir is not None:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         return {n: env[n] for n in output_names or self._output_names}

@@ -1,0 +1,283 @@
+"""Consecutive steps of a frame as one ONNX Runtime session.
+
+A compiled model alternates accelerator programs and CPU subgraphs; with ``fuse`` each program
+whose frame is one fused run (:class:`.fused.FusedRun`) and each CPU subgraph on its own session
+(:class:`.executors.OnnxExecutor`) is one ONNX Runtime call per frame (PP-OCR cls on cpu-int8:
+the network, then its ``DequantizeLinear``, ``Flatten`` and ``Softmax`` of two values; YOLOv8n:
+the network, the DFL softmax, the DFL convolution, the concatenation).  Each call pays ONNX
+Runtime's run set-up, its output arrays and the executor's Python, and a call after an idle
+pays its cold session again.  :func:`steps` writes each stretch of such steps as one graph: every
+part's nodes, their internal names prefixed per part, the tensors between parts under their
+manifest names, so one call runs the stretch (PP-OCR cls: the whole frame).
+
+Exact: the parts' nodes and constants are the graphs their sessions run, and ONNX Runtime must
+run the same kernels for the joined graph as for the parts apart (data movement it may cancel
+across a seam aside: ``MOVES``).  That is checked at load from ONNX Runtime's optimised graphs
+(``ort_kernels.kernels``, its verdict kept on disk by ``ort_kernels.keyed_verdict``); where it
+fails (a quantize step of one part and a dequantize step of the next that ONNX Runtime would
+drop as a pair; a fusion one part's options turn off), the steps stay apart.  Only parts at
+ONNX Runtime's full optimisation level join (a CPU subgraph of power-of-two scales runs at the
+basic level, which the joined session would not keep), each node meaning the same under the
+joined opset, and CPU subgraphs on as many threads as the fused runs.  Dump mode, listeners and
+a boundary tensor asked for by name run the parts, as before.  The parts' sessions are dropped
+before the joined graph is written, so that its build and ONNX Runtime's creation of it do not
+stand beside them in a load's peak memory; a part opens its session again when it runs alone (and
+a stretch that fails the check on its first frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import defs
+
+from .. import ort_kernels
+from ..errors import NpuflowError
+from ..ort_session import open_session
+from . import fused, merge
+from .fused_graph import OPSETS
+from .executors import ORT_RUN_ERRORS, IntegerExecutor, OnnxExecutor, cpu_level
+
+#: Data movement ONNX Runtime may cancel or move across the seam of two parts (the layout
+#: ``Transpose`` after a channels-last ``QLinearConv``): the same values, so not a kernel that counts.
+MOVES = frozenset({"Transpose", "Reshape", "Identity"})
+
+
+@dataclass
+class _Part:
+    """One step as a graph: its model, external arrays and options, and the manifest tensors of
+    its graph inputs and outputs (by the graph's names)."""
+
+    step: merge.Step
+    model: onnx.ModelProto
+    external: dict[str, np.ndarray]
+    names: dict[str, str]
+    disabled: tuple[str, ...]
+    small: bool
+
+
+def _part(step: merge.Step) -> _Part | None:
+    """``step`` (:func:`_joinable`) as a graph to join, or None where ONNX Runtime runs it below the full level."""
+    executor = step.executor
+    if isinstance(executor, IntegerExecutor):
+        run = executor.single
+        model, external, small = run.model()
+        names = {**dict(zip(run.feed_names, run.inputs)),
+                 **{o.name: t for o, t in zip(model.graph.output, run.outputs)}}
+        return _Part(step, model, external, names, tuple(fused.DISABLED_OPTIMIZERS), small)
+    found = executor.model()
+    if found is None or cpu_level(found[0]) != "all":
+        return None
+    model, external = found
+    names = {v.name: v.name for v in [*model.graph.input, *model.graph.output]}
+    return _Part(step, model, external, names, (), True)
+
+
+def _plain(model: onnx.ModelProto) -> bool:
+    """No local functions and no graph attributes (``If``, ``Loop``): every name is the graph's own."""
+    return not model.functions and all(a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                       for n in model.graph.node for a in n.attribute)
+
+
+def _opsets(models: list[onnx.ModelProto]) -> dict[str, int] | None:
+    """The joined model's opsets (each domain's latest among the parts), or None where a node of an
+    older part has another definition there (e.g. ``Split``'s sizes, an input from opset 13)."""
+    def own(model: onnx.ModelProto) -> dict[str, int]:
+        return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+
+    joined: dict[str, int] = {}
+    for m in models:
+        for domain, version in own(m).items():
+            joined[domain] = max(version, joined.get(domain, version))
+    for m in models:
+        versions = own(m)
+        for n in m.graph.node:
+            domain = "" if n.domain == "ai.onnx" else n.domain
+            if versions.get(domain) == joined[domain]:
+                continue
+            try:
+                if (defs.get_schema(n.op_type, versions[domain], domain).since_version
+                        != defs.get_schema(n.op_type, joined[domain], domain).since_version):
+                    return None
+            except (defs.SchemaError, KeyError):
+                return None
+    return joined
+
+
+def _join(parts: list[_Part], outputs: list[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[str]] | None:
+    """The parts as one model making ``outputs`` (manifest names), its external arrays and its
+    inputs (manifest names, in order); None where they cannot be one graph."""
+    opsets = _opsets([p.model for p in parts])
+    if opsets is None or not all(_plain(p.model) for p in parts):
+        return None
+    graph = onnx.GraphProto(name="joined")
+    external: dict[str, np.ndarray] = {}
+    made: set[str] = set()
+    inputs: list[str] = []
+    for k, p in enumerate(parts):
+        def name(x: str, k=k, p=p) -> str:
+            return p.names.get(x, f"j{k}/{x}") if x else x
+
+        for v in p.model.graph.input:
+            tensor = p.names[v.name]
+            if tensor not in made and tensor not in inputs:
+                inputs.append(tensor)
+                graph.input.append(onnx.ValueInfoProto(name=tensor, type=v.type))
+        for i, n in enumerate(p.model.graph.node):
+            node = graph.node.add()
+            node.CopyFrom(n)
+            node.name = f"j{k}/{i}/{n.name}"  # unique (a fused run's nodes have no names)
+            node.input[:] = [name(x) for x in n.input]
+            node.output[:] = [name(x) for x in n.output]
+        for t in p.model.graph.initializer:
+            init = graph.initializer.add()
+            init.CopyFrom(t)
+            init.name = name(t.name)
+            if t.name in p.external:
+                external[init.name] = p.external[t.name]
+        for v in p.model.graph.value_info:
+            graph.value_info.append(onnx.ValueInfoProto(name=name(v.name), type=v.type))
+        for v in p.model.graph.output:
+            made.add(p.names[v.name])
+    types = {p.names[v.name]: v.type for p in parts for v in p.model.graph.output}
+    if not set(outputs) <= made or made & set(inputs):
+        return None
+    graph.output.extend(onnx.ValueInfoProto(name=t, type=types[t]) for t in outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = max(p.model.ir_version for p in parts)
+    return model, external, inputs
+
+
+def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> str:
+    """What decides :func:`same_kernels`: the joined model, the parts' options, every constant."""
+    h = hashlib.sha256(model.SerializeToString())
+    for p in parts:
+        h.update(repr(p.disabled).encode())
+    for name in sorted(external):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(external[name]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> bool:
+    """Whether ONNX Runtime runs the same kernels for the joined ``model`` as for the parts apart
+    (:data:`MOVES` aside)."""
+    def counted(found: dict[tuple[str, str], int]) -> Counter:
+        return Counter({k: n for k, n in found.items() if k[1] not in MOVES})
+
+    apart: Counter = Counter()
+    for p in parts:
+        apart += counted(ort_kernels.kernels(p.model, "all", p.disabled, p.external))
+    return counted(ort_kernels.kernels(model, "all", fused.DISABLED_OPTIMIZERS, external)) == apart
+
+
+class Joined:
+    """Consecutive steps run as one ONNX Runtime session (module docstring).
+
+    ``run`` takes the step's inputs and returns ``outputs``, the tensors later steps read and the
+    model's outputs; with ``dump`` (and :meth:`run_parts`) the parts run one by one, each making
+    what it made before.  ``single`` is itself: a frame of this one run is called through
+    ``run_fed`` (``session._OneRun``) as a program's one fused run is."""
+
+    def __init__(self, parts: list[merge.Step], session, inputs: list[str], outputs: list[str], name: str) -> None:
+        self.parts = parts
+        self.session = session
+        self.inputs = inputs
+        self.feed_names = inputs
+        self.outputs = outputs
+        self.name = name
+        self.single = self
+        self._run = fused.direct_run(session)
+
+    def run_fed(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._run(self.outputs, feeds, None)
+        except ORT_RUN_ERRORS as exc:  # the values, not the model: a CPU part's index past a table's end
+            raise NpuflowError("NPF_RUNTIME_SUBGRAPH_FAILED", subgraph=self.name, reason=str(exc)) from None
+
+    def run(self, feeds: dict[str, np.ndarray], dump: Callable | None = None) -> dict[str, np.ndarray]:
+        if dump is not None:
+            env = self.run_parts(feeds, dump)
+            return {o: env[o] for o in self.outputs}
+        return dict(zip(self.outputs, self.run_fed(feeds)))
+
+    def run_parts(self, feeds: dict[str, np.ndarray], dump: Callable | None = None) -> dict[str, np.ndarray]:
+        """Every tensor the parts make, each part run on its own executor."""
+        env = dict(feeds)
+        for step in self.parts:
+            env.update(step.executor.run({i: env[i] for i in step.inputs}, dump))
+        return env
+
+
+def steps(program_steps: list[merge.Step], subgraphs: list[dict], outputs: set[str], threads: int,
+          release: Callable[[], object]) -> list[merge.Step]:
+    """``program_steps`` with each maximal stretch of two or more joinable steps as one :class:`Joined`
+    step where ONNX Runtime runs the same kernels for it (module docstring); ``outputs``: the model's."""
+    result: list[merge.Step] = []
+    k = 0
+    while k < len(program_steps):
+        end = k
+        while end < len(program_steps) and _joinable(program_steps[end].executor, threads):
+            end += 1
+        if end - k < 2:
+            result.append(program_steps[k])
+            k += 1
+            continue
+        parts = _parts(program_steps[k:end])
+        later = outputs | {t for step in program_steps[end:] for t in step.inputs}
+        made = dict.fromkeys(t for step in program_steps[k:end] for t in step.executor.outputs)
+        joined = _join(parts, [t for t in made if t in later]) if parts is not None else None
+        step = _joined(parts, joined, subgraphs, threads, release) if joined is not None else None
+        result.extend(program_steps[k:end] if step is None else [step])
+        k = end
+    return result
+
+
+def _parts(stretch: list[merge.Step]) -> list[_Part] | None:
+    """The steps as parts (:func:`_part`), or None where one cannot join; the CPU subgraphs and
+    their opsets first, so that a stretch that cannot join writes no fused run's model again."""
+    cpu = {k: _part(step) for k, step in enumerate(stretch) if isinstance(step.executor, OnnxExecutor)}
+    stub = onnx.helper.make_model(onnx.GraphProto(), opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in OPSETS])
+    if None in cpu.values() or _opsets([stub, *(p.model for p in cpu.values())]) is None:
+        return None
+    for step in stretch:  # their sessions, before the fused runs' graphs are written again beside them
+        _close(step.executor)
+    return [cpu[k] if k in cpu else _part(step) for k, step in enumerate(stretch)]
+
+
+def _close(executor: IntegerExecutor | OnnxExecutor) -> None:
+    """Drop the session of a step being joined; a run of the step alone opens it again."""
+    (executor.single if isinstance(executor, IntegerExecutor) else executor).close()
+
+
+def _joinable(executor: object, threads: int) -> bool:
+    """Whether ``executor`` is one ONNX Runtime graph per frame (before :func:`_part` writes it), a
+    CPU subgraph's on the fused runs' ``threads``."""
+    if isinstance(executor, IntegerExecutor):
+        return executor.single is not None
+    return (isinstance(executor, OnnxExecutor) and executor.session is not None and not executor.carried
+            and executor.threads == threads)
+
+
+def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: int,
+            release: Callable[[], object]) -> merge.Step | None:
+    """The step that runs ``parts`` as ``joined`` (:func:`_join`), or None where ONNX Runtime's
+    kernels for it differ from theirs."""
+    model, external, inputs = joined
+    if not ort_kernels.keyed_verdict(same_kernels, _digest(model, external, parts), model, external, parts):
+        return None
+    for p in parts:  # the joined model holds what ONNX Runtime's creation reads
+        p.model = p.external = None
+    release()
+    indices = tuple(i for p in parts for i in p.step.indices)
+    session = open_session(model, level="all", threads=threads, spinning=threads <= 1,
+                           disabled_optimizers=fused.DISABLED_OPTIMIZERS, external=external,
+                           mem_pattern=all(p.small for p in parts), shared_arena=True)
+    outputs = [o.name for o in model.graph.output]
+    name = "+".join(subgraphs[i]["name"] for i in indices)
+    return merge.Step(Joined([p.step for p in parts], session, inputs, outputs, name), indices, tuple(inputs))

@@ -1,0 +1,137 @@
+"""Consecutive steps of one ONNX Runtime graph each run as one session (``runtime/joined.py``, issue 19):
+PP-OCR cls on cpu-int8 (its network as one fused run, then the CPU subgraph's ``DequantizeLinear``,
+``Flatten`` and ``Softmax``) is one ONNX Runtime call per frame, with the outputs of the steps apart
+and of the kernels (``fuse=False``); dump mode, listeners, a boundary tensor by name and a subgraph
+run alone still see the parts.  Parts whose joined graph ONNX Runtime would run with other kernels
+(a fusion across the seam), or whose nodes mean something else under the joined opset, stay apart."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import npuflow
+from npuflow.runtime import executors, fused, joined, merge
+from tests.unit.test_runtime_small_runs import CLS, _build
+
+
+@pytest.fixture(scope="module")
+def cls() -> dict:
+    return _build(CLS)
+
+
+def _apart(compiled, monkeypatch) -> npuflow.Session:
+    """The Session as before this change: every step on its own session."""
+    with monkeypatch.context() as m:
+        m.setattr(joined, "steps", lambda steps, *args: steps)
+        return npuflow.Session(compiled)
+
+
+def test_cls_is_one_onnxruntime_call_equal_to_the_steps_apart_and_the_kernels(cls, monkeypatch):
+    session = npuflow.Session(cls["compiled"])
+    apart = _apart(cls["compiled"], monkeypatch)
+    ref = npuflow.Session(cls["compiled"], fuse=False)
+    (step,) = session._live()[0].steps
+    assert isinstance(step.executor, joined.Joined) and step.indices == (0, 1)
+    assert len(apart._live()[0].steps) == 2
+    assert session._one_run is not None and session._one_run.run is step.executor
+    # the parts' own sessions are dropped once the joined one is open
+    assert all(part.executor.single.session is None if isinstance(part.executor, executors.IntegerExecutor)
+               else part.executor.session is None for part in step.executor.parts)
+    calls = []
+    real = fused.direct_run
+
+    def counted(s):
+        run = real(s)
+        return lambda *a: calls.append(1) or run(*a)
+
+    step.executor._run = counted(step.executor.session)
+    for x in cls["frames"]:
+        a, b, c = session.run(x), apart.run(x), ref.run(x)
+        for k in a:
+            assert a[k].dtype == b[k].dtype == c[k].dtype and np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k])
+    assert len(calls) == len(cls["frames"])
+    # a CPU subgraph on other threads than the fused run stays apart
+    assert len(npuflow.Session(cls["compiled"], cpu_threads=2)._live()[0].steps) == 2
+
+
+def test_cls_dump_listeners_boundary_tensors_and_subgraphs_run_the_parts(cls, tmp_path, monkeypatch):
+    session = npuflow.Session(cls["compiled"])
+    apart = _apart(cls["compiled"], monkeypatch)
+    x = cls["frames"][0]
+    boundary = session.compiled.manifest["subgraphs"][0]["outputs"][0]
+    out = [t.name for t in session.get_outputs()]
+    a, b = session.run(x, [boundary, *out]), apart.run(x, [boundary, *out])
+    assert all(np.array_equal(a[k], b[k]) for k in b) and set(a) == set(b)
+    session.run(x, dump_dir=tmp_path / "joined")
+    apart.run(x, dump_dir=tmp_path / "apart")
+    index = json.loads((tmp_path / "joined" / "index.json").read_text())
+    assert index == json.loads((tmp_path / "apart" / "index.json").read_text()) and boundary in index
+    for name, f in index.items():
+        assert np.array_equal(np.load(tmp_path / "joined" / f), np.load(tmp_path / "apart" / f)), name
+    events = []
+    session.add_listener(events.append)
+    session.run(x)
+    assert [e.subgraphs for e in events] == [(0,), (1,)]
+    session.remove_listener(events.append)
+    sg = session.compiled.manifest["subgraphs"][1]
+    (alone,) = session.run_subgraph(1, [a[boundary]])
+    assert np.array_equal(alone, b[sg["outputs"][0]])
+    assert np.array_equal(session.run(x)[out[0]], b[out[0]])  # the joined run after the parts reopened
+
+
+def _part(nodes, inputs, outputs, inits=(), opset=18) -> joined._Part:
+    graph = helper.make_graph(nodes, "p", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    names = {v.name: v.name for v in [*inputs, *outputs]}
+    step = merge.Step(None, (0,), tuple(v.name for v in inputs))
+    return joined._Part(step, model, {}, names, (), True)
+
+
+def _float(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def test_a_fusion_across_the_seam_keeps_the_parts_apart():
+    # MatMul in one part, the bias Add in the next: ONNX Runtime fuses them into one Gemm when joined
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    bias = numpy_helper.from_array(np.ones(3, np.float32), "b")
+    first = _part([helper.make_node("MatMul", ["x", "w"], ["y"])], [_float("x", [2, 4])], [_float("y", [2, 3])], [w])
+    second = _part([helper.make_node("Add", ["y", "b"], ["z"])], [_float("y", [2, 3])], [_float("z", [2, 3])], [bias])
+    model, external, inputs = joined._join([first, second], ["z"])
+    assert inputs == ["x"] and [o.name for o in model.graph.output] == ["z"]
+    assert not joined.same_kernels(model, external, [first, second])
+    # and a seam no fusion crosses joins
+    relu = _part([helper.make_node("Relu", ["y"], ["z"])], [_float("y", [2, 3])], [_float("z", [2, 3])])
+    model, external, _ = joined._join([first, relu], ["z"])
+    assert joined.same_kernels(model, external, [first, relu])
+
+
+def test_a_node_redefined_by_the_joined_opset_keeps_the_parts_apart():
+    # Split's sizes: an input from opset 13, and opset 18 redefines it (num_outputs): not joined
+    split = numpy_helper.from_array(np.array([1, 2], np.int64), "s")
+    old = _part([helper.make_node("Split", ["y", "s"], ["u", "v"], axis=1)], [_float("y", [2, 3])],
+                [_float("u", [2, 1]), _float("v", [2, 2])], [split], opset=17)
+    new = _part([helper.make_node("Relu", ["x"], ["y"])], [_float("x", [2, 3])], [_float("y", [2, 3])])
+    assert joined._opsets([new.model, old.model]) is None and joined._join([new, old], ["u", "v"]) is None
+    same = _part([helper.make_node("Relu", ["y"], ["z"])], [_float("y", [2, 3])], [_float("z", [2, 3])], opset=17)
+    assert joined._opsets([new.model, same.model]) == {"": 18}
+
+
+def test_a_stored_plan_is_joined_from_its_stored_graph_not_built_again(cls, fused_cache_on, monkeypatch):
+    first = npuflow.Session(cls["compiled"])  # builds and stores the fused plan
+    with monkeypatch.context() as m:
+        def built(self):
+            raise AssertionError("graph written again")
+
+        m.setattr(fused.FusedRun, "graph", built)
+        again = npuflow.Session(cls["compiled"])
+    (step,) = again._live()[0].steps
+    assert isinstance(step.executor, joined.Joined)
+    for x in cls["frames"][:3]:
+        a, b = first.run(x), again.run(x)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
