@@ -20,10 +20,10 @@ from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
 from ..model import ModelLike, infer_static_shapes, load, name_nodes
 from ..model_checks import KNOWN_DOMAINS
-from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
+from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def, unit_kind
 from ..targets import Target, load_target
 from .cone import cone_reason, float_cones
-from .fusion import find_activation_patterns, fuse
+from .fusion import find_activation_patterns, fuse, pattern_view
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
 from .float_plan import chain_followers, float_chain_ops, float_chain_ops_off_the_cpu, follow_quant_plan
@@ -299,14 +299,22 @@ def _fuse_output_chains(view: GraphView, facts: QuantFacts, fused: dict[int, int
     layer, and a ``Div`` by a constant (a 1x1 depthwise convolution on a DPU)
     cannot compute the ``Sigmoid`` of its table (B4096 seed 2482: ``DQ -> Div(c) -> Sigmoid -> Q``
     was one integer op on the DPU, which has no sigmoid; check of the float model ran both on the
-    CPU), nor a ``LeakyRelu`` of a slope other than the DPU's.  A ``kind: cpu`` target runs every
-    table the compiler lowers."""
+    CPU), nor a ``LeakyRelu`` of a slope other than the DPU's.  The table as a whole is judged too:
+    the legalised DPU hard-swish ``Add(x, 3) -> Clip -> Mul(2731/16384) -> Mul(x, .)`` passes member
+    by member on DPUCAHX8H_ISA2_DWC (a depthwise ``Add``, a ``relu6``, chain ``Mul``s), which has no
+    hard-swish (targets_sweep_s27: PP-OCR cls's 9 hard-swishes were on the CPU in check of the float
+    model, on the DPU in compile).  A ``kind: cpu`` target runs every table the compiler lowers."""
     limits: dict[int, str] = {}
+    scalar = pattern_view(view).scalar
     for i, node in enumerate(view.nodes):
         if i in fused or node.op_type not in LOWERED_OPS | TABLE_OPS or len(node.output) != 1 or not node.output[0]:
             continue
         found = output_chain(node, node.output[0], facts)
         judged = tgt.kind != "cpu" and table_lowered(node, facts)  # an epilogue is the layer's (a bias Add)
+        unit = unit_kind(found[0], scalar) if judged and found is not None and len(found[0]) > 1 else None
+        if unit is not None and tgt.rule(unit) is None:
+            limits[i] = (f"its lookup table computes a {unit} ({' -> '.join(n.op_type for n in found[0])}), which "
+                         f"the {tgt.device_label} of {tgt.name} does not run, so the table runs on the CPU")
         for member in found[0] if found is not None else []:
             j = view.position(member)
             if j == i:

@@ -217,3 +217,16 @@ def test_a_relu_after_a_tanh_goes_where_the_tanh_table_goes(relu_is_output, tmp_
     devices = _agree(_model(nodes, ["mul2", "relu"] if relu_is_output else ["mul2"]), "cpu-int8", tmp_path)
     side = CPU if relu_is_output else NPU
     assert devices["tanh"] == side and devices["relu"] == side
+
+
+@pytest.mark.parametrize("target", ["DPUCAHX8H_ISA2_DWC", "DPUCZDX8G_ISA1_B4096"])
+def test_a_legalised_hard_swish_runs_where_the_target_has_a_hard_swish(target, tmp_path):
+    """``Conv -> HardSwish -> Conv``: on a DPU the quantizer writes the hard-swish as ``Add(x, 3) ->
+    Clip -> Mul(2731/16384) -> Mul(x, .)``, whose members each pass DPUCAHX8H_ISA2_DWC's rules (a
+    depthwise ``Add``, a ``relu6``, chain ``Mul``s) though that family has no hard-swish
+    (targets_sweep_s27, PP-OCR cls: before, HardSwish CPU in check of the float model, ACC in check
+    of the quantized one and in compile); B4096 has one and keeps it on the DPU."""
+    model = _model([_conv("conv", "x"), ("hs", "HardSwish", ["conv"], {}), _conv("conv2", "hs")], ["conv2"])
+    devices = _agree(model, target, tmp_path)
+    assert devices["hs"] == (CPU if target == "DPUCAHX8H_ISA2_DWC" else NPU)
+    assert devices["conv"] == NPU and devices["conv2"] == NPU
