@@ -236,6 +236,11 @@ _COMPILE = _specs(
      "Pass a .npuf file written by `npuflow compile`."),
     ("NPF_COMPILE_CORRUPT", "{path} is truncated or corrupt: {reason}",
      "The file was cut short or altered after it was written; compile the model again. Nothing was executed."),
+    ("NPF_COMPILE_SELF_CHECK",
+     "the program compiled for {target} fails the checks every load of a .npuf makes: {reason}",
+     "This is a bug in npuflow's compiler, not in your model or file; nothing was written. Please report it with the "
+     "quantized model. Meanwhile, quantizing the node the reason points at in float (quantize config `layers`, "
+     "docs/quantization.md) or compiling for another target may avoid it."),
     ("NPF_COMPILE_VERSION", "{path} has .npuf format version {found}; this npuflow reads version {supported}",
      "Recompile the model with this npuflow version (`npuflow compile`), or use the npuflow that wrote it."),
     ("NPF_COMPILE_SCALES_UNSUPPORTED",

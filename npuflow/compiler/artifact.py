@@ -115,6 +115,16 @@ class NpufFile:
             raise
         self.release_pages()
 
+    @classmethod
+    def in_memory(cls, content: bytes, label: str) -> "NpufFile":
+        """``content`` (what :func:`serialize` made) verified exactly as a reader verifies a file:
+        ``compile`` checks every program it makes this way before anything is written or run."""
+        self = cls.__new__(cls)
+        self.path = Path(label)
+        self._map = content
+        self.manifest = self._verify(len(content))
+        return self
+
     def release_pages(self) -> None:
         """Drop the file's pages from this process' resident set (``MADV_DONTNEED``; where the
         system has no ``madvise``, nothing).  The checksums read every byte, and a loaded runtime

@@ -30,7 +30,7 @@ from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_sha
 from ..placement import Device, is_plugin, plugin_name
 from ..quant import QuantizedModel
 from ..targets import Target, list_targets, load_target
-from . import foreign, memory
+from . import artifact, foreign, memory
 from .compiled import CompiledModel, with_shapes
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
 from .partition import PlacementRule, Unit, build_units, checker_placement_factory, partition, plugin_units
@@ -99,8 +99,8 @@ def compile_model(
         sets = list(input_shapes)
         if len(sets) > 1:
             source = quantized_model if isinstance(quantized_model, onnx.ModelProto) else read_proto(quantized_model)
-            return with_shapes([_compile(source, tgt, placement, build_config, preprocessing, shapes, plugs)
-                                for shapes in sets])
+            programs = [_compile(source, tgt, placement, build_config, preprocessing, shapes, plugs) for shapes in sets]
+            return _self_checked(with_shapes(programs), tgt)
         input_shapes = sets[0] if sets else None
     return _compile(quantized_model, tgt, placement, build_config, preprocessing, input_shapes, plugs)
 
@@ -132,7 +132,27 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
     groups = _live(partition(units), g)
     manifest, blobs = _describe(g, model, tgt, groups, notes, build_config, preprocessing,
                                 {p.name: p for p in plugs})
-    return CompiledModel(manifest, blobs)
+    return _self_checked(CompiledModel(manifest, blobs), tgt)
+
+
+def _self_checked(compiled: CompiledModel, tgt: Target) -> CompiledModel:
+    """``compiled``, once its file's bytes pass what every load of a ``.npuf`` checks (the manifest
+    schema, each subgraph's tensors and embedded ONNX interface, each integer op's shapes and
+    ranges, :mod:`.manifest_check`).
+
+    A ``.npuf`` that compiles must load and run: a lowering that writes an op the reader refuses is
+    npuflow's bug, and is named as one here, before anything is written or run.  Before
+    (2026-12-06), a reversing ``Slice`` lowered with a wrong stop compiled without a word and every
+    load then called the file "truncated or corrupt; compile the model again", which sent the user
+    the wrong way.  The check's verdict is remembered like a load's (:mod:`.manifest_verdicts`),
+    so the first load of the saved file does not repeat it."""
+    try:
+        artifact.NpufFile.in_memory(compiled.to_bytes(), "the compiled program")
+    except NpuflowError as exc:
+        if exc.code != "NPF_COMPILE_CORRUPT":
+            raise
+        raise NpuflowError("NPF_COMPILE_SELF_CHECK", target=tgt.name, reason=exc.fields["reason"]) from None
+    return compiled
 
 
 def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: PlacementRule,

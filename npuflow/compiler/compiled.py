@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import NpuflowError, did_you_mean
+from ..model import write_atomic
 from ..targets import Target, load_target
 from . import artifact, manifest_arrays
 
@@ -149,10 +150,12 @@ class CompiledModel:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ``.npuf`` file atomically."""
-        names = self.blob_names()
-        blobs = {n: self.blob(n) for n in names}
-        body = {k: v for k, v in self.manifest.items() if k != "blobs"}
-        return artifact.write(path, body, blobs)
+        return write_atomic(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The ``.npuf`` file's bytes."""
+        blobs = {n: self.blob(n) for n in self.blob_names()}
+        return artifact.serialize({k: v for k, v in self.manifest.items() if k != "blobs"}, blobs)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None) -> "CompiledModel":
