@@ -4,7 +4,10 @@ The static model cannot know the board's CPU, so CPU parts are timed here and la
 "measured on host CPU": a faster or slower board CPU changes them, and the report says so.  Each
 CPU subgraph is cut out of the model as its own ONNX graph (:func:`npuflow.graph.slice_nodes`: its
 outside inputs become graph inputs, fed with random data of the right shape and type) and run
-single-threaded.
+single-threaded.  An integer input that a ``Reshape``/``Expand``/``ConstantOfShape`` reads as its
+shape gets the static shape of that node's output (zeros ask for another shape: PP-OCR rec's
+attention ``Reshape`` to ``[1, 40, 120]`` fed from another CPU part made 3 parts of every rec cell
+"could not be timed alone; counted as 0 ms", targets_sweep_s27).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Runs timed per CPU subgraph (after one warm-up); the median is reported.
 RUNS = 5
+
+#: Ops whose shape operand (input index) equals the shape of their output.
+_SHAPE_OPERAND = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
 
 
 def _random_feed(inputs: Sequence[tuple[str, Sequence, str]]) -> dict[str, np.ndarray]:
@@ -55,10 +61,28 @@ def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: in
         feed = _random_feed([(i.name, i.shape, i.type) for i in sess.get_inputs()])
         # integer inputs that select a branch get the constant the model tests them against (sr=16000)
         feed.update({k: v for k, v in probe_feeds(sub).items() if k in feed and feed[k].dtype.kind in "iub"})
+        feed.update({k: v for k, v in _shape_feeds(sub).items() if k in feed and feed[k].dtype == v.dtype})
         return _median_ms(lambda: sess.run(None, feed), runs)
     except Exception as exc:  # ORT raises many types; a part that cannot run alone is reported, not fatal
         log.warning("cannot time CPU part %s alone: %s", nodes[0].name, error_text(exc))
         return None
+
+
+def _shape_feeds(sub: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Graph inputs of ``sub`` read as a shape operand (:data:`_SHAPE_OPERAND`) whose node's output
+    has a fully static declared shape: that shape, as int64."""
+    g = sub.graph
+    declared = {v.name: v.type.tensor_type.shape.dim for v in [*g.value_info, *g.output]}
+    inputs = {i.name for i in g.input}
+    found = {}
+    for node in g.node:
+        k = _SHAPE_OPERAND.get(node.op_type)
+        if k is None or len(node.input) <= k or node.input[k] not in inputs or not node.output:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in declared.get(node.output[0], [])]
+        if dims and all(d > 0 for d in dims):
+            found[node.input[k]] = np.array(dims, np.int64)
+    return found
 
 
 def time_compiled(compiled: Any, runs: int = RUNS) -> float | None:
