@@ -11,6 +11,9 @@ as the layer's bias, and the DPU's and BPU's fully connected layer adds it in it
 input of the ``Add``, so the quantized model's int32 bias has the one layout a ``Conv``'s has
 (per-channel axis 0).  The pair is kept for every input rank (no rank-2 ``Gemm`` rewrite): one
 form for all ranks is one path through the quantizer and the compiler.
+
+:func:`untie_shared_biases` (a float pass) gives every layer that reads a bias another layer reads
+too its own copy: an int32 bias has the scale ``s_in * s_w`` of the one layer it was quantized for.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphView, is_dequantize, set_array, unique_name
+from ..operators import op_def
 
 _ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -106,4 +110,41 @@ def canonical_linear_biases(model: onnx.ModelProto) -> onnx.ModelProto:
         if list(add.input) != [node.output[0], b]:
             del add.input[:]
             add.input.extend([node.output[0], b])
+    return out
+
+
+def untie_shared_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model in which no bias initializer (a ``Conv``/``Gemm``-style op's bias input, a linear
+    layer's bias ``Add`` operand: :func:`linear_bias`) is read by more than one layer: each layer
+    after the first gets a copy under a new name.
+
+    Why: a head shared across levels (RetinaNet's and FCOS's class subnet, one ``nn.Conv2d`` called
+    on three FPN levels) exports three ``Conv`` nodes reading one bias; the int32 bias was quantized
+    once with the first level's input scale, so the other levels added it at the wrong scale for
+    ONNX Runtime's fused ``QLinearConv`` (optimisation level "extended": scores cosine 0.677, and
+    quantize warned ``NPF_QUANT_LOW_SIMILARITY`` about a model that is 0.99995 as written).
+    Weights stay shared: their scale does not depend on the layer's input."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    view = GraphView(out)
+    seen: set[str] = set()
+    for node in view.nodes:
+        d = op_def(node.op_type, node.domain)
+        found = linear_bias(node, view)
+        if found is not None:
+            reader, k = found.add, list(found.add.input).index(found.bias)
+        elif d.bias is not None and d.weight is not None and len(node.input) > d.bias and node.input[d.bias]:
+            reader, k = node, d.bias
+        else:
+            continue
+        name = reader.input[k]
+        values = view.const(name)
+        if values is None or name not in view.inits:
+            continue
+        if name in seen:
+            copy = unique_name(graph, name)
+            set_array(graph, copy, values, add=True)
+            reader.input[k] = copy
+        seen.add(name)
     return out

@@ -5,7 +5,8 @@ initializers),
 no-op nodes go, and additions of products by an all-zero constant (a recurrence's zero initial state,
 :mod:`.zero_terms`), BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
 that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
-becomes a 1-D second input of its ``Add`` (:mod:`.linear_bias`), then decomposed activations become single
+becomes a 1-D second input of its ``Add`` and a bias several layers read is copied per layer
+(:mod:`.linear_bias`), then decomposed activations become single
 nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`), and a LayerNorm's
 one-pass variance ``E[x^2] - E[x]^2`` the mean of squared deviations (:mod:`.variance`).  For an
 accelerator target, a constant scale/shift after an activation folds forward into the layer reading it
@@ -27,7 +28,7 @@ from .fold_affine_forward import fold_affine_forward
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .gelu import canonical_gelus
-from .linear_bias import canonical_linear_biases
+from .linear_bias import canonical_linear_biases, untie_shared_biases
 from .remove_identity import remove_identity
 from .target_rewrites import Rewrite, target_rewrites
 from .variance import stable_variances
@@ -43,7 +44,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = batchnorm_to_depthwise(fold_batchnorm(m))
     m = fold_affine(m)
-    m = canonical_linear_biases(m)
+    m = untie_shared_biases(canonical_linear_biases(m))
     m = fuse_activation_patterns(m)
     m = canonical_gelus(m)
     m = stable_variances(m)
