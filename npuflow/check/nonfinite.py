@@ -38,7 +38,8 @@ def finite_values(v: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, floa
     below the sentinel mean every value is (NaN propagates into them)."""
     if abs(lo) < SENTINEL and abs(hi) < SENTINEL:
         return v, lo, hi, 0
-    finite = v[np.abs(v) < SENTINEL]
+    with np.errstate(over="ignore"):  # float16: the sentinel casts to inf, which still leaves infinities out
+        finite = v[np.abs(v) < SENTINEL]
     if finite.size == 0:
         return finite, math.inf, -math.inf, int(v.size)
     return finite, float(finite.min()), float(finite.max()), int(v.size - finite.size)

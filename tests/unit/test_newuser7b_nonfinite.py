@@ -62,6 +62,21 @@ def test_observers_count_nonfinite_values_apart():
     assert (sentinel.min, sentinel.max, sentinel.nonfinite) == (-0.25, 0.5, 1)
 
 
+
+def test_float16_values_are_counted_apart_without_a_numpy_warning():
+    """A float16 tensor's infinities: the float32 sentinel casts to float16's inf (the corpus' ONNX
+    float16 node cases printed 'overflow encountered in cast' on the user's terminal)."""
+    import warnings
+
+    from npuflow.check.nonfinite import finite_values
+
+    v = np.array([1.5, np.inf, -2.0, -np.inf], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        finite, lo, hi, bad = finite_values(v, -np.inf, np.inf)
+    assert finite.tolist() == [1.5, -2.0] and (lo, hi, bad) == (-2.0, 1.5, 2)
+
+
 # default exporter, dynamo=True, Hugging Face's BERT, others: finite masks read 0.88 before the MASK_FLOOR rule
 @pytest.mark.parametrize("fill", [-np.inf, float(np.finfo(np.float32).min), -1e4, -1e9])
 @pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2", "DPUCZDX8G_ISA1_B4096"])
