@@ -166,9 +166,15 @@ class CompiledGraph:
         arrays = list(first.values()) if isinstance(first, dict) else list(first) if isinstance(first, tuple) \
             else [first]
         shapes = [tuple(e.shape) for e in examples]
-        if first is None or [tuple(np.shape(a)) for a in arrays] != shapes:
+        if first is None:
             return None
-        return samples
+        given = [tuple(np.shape(a)) for a in arrays]
+        if given == shapes:
+            return samples
+        order = _reordering(given, shapes) if isinstance(first, tuple) else None
+        if order is None:
+            return None
+        return [tuple(sample[k] for k in order) for sample in samples]
 
     def _calibration(self) -> list[np.ndarray] | list[dict[str, np.ndarray]]:
         """The recorded inputs as calibration samples (one array, or a dict per sample)."""
@@ -179,6 +185,20 @@ class CompiledGraph:
         for pos, version in self._versions.items():
             if args[pos] is not self.state[pos] or args[pos]._version != version:
                 raise NpuflowError("NPF_TORCH_WEIGHTS_CHANGED", position=pos)
+
+
+def _reordering(given: list[tuple[int, ...]], wanted: list[tuple[int, ...]]) -> list[int] | None:
+    """Positions in ``given`` (a calibration tuple's shapes, in the forward's argument order) of
+    each of ``wanted`` (the captured graph's input shapes), when every wanted shape is another
+    and each is given exactly once; else None.
+
+    Why: TorchDynamo numbers a graph's inputs in the order the forward first reads them, not in
+    its argument order: a GCN's ``forward(x, adj)`` that reads ``adj`` first is captured as
+    ``(adj, x)``, and ``calib_data`` of ``(x, adj)`` tuples was refused as not fitting (the graph
+    then calibrated on its first 8 calls instead)."""
+    if len(given) != len(wanted) or len(set(wanted)) != len(wanted) or sorted(given) != sorted(wanted):
+        return None
+    return [given.index(shape) for shape in wanted]
 
 
 def backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None = None) -> Callable:
