@@ -10,6 +10,7 @@ constant too.  Large results are not folded (they would bloat the file), nor ran
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,9 @@ from ..model import control_flow_nodes, default_opset, graph_inputs, infer_stati
 MAX_FOLDED_ELEMENTS = 1 << 16
 #: Most folding rounds (each after control flow was inlined).
 MAX_ROUNDS = 4
+#: onnxscript's folder warns of each multi-output node it leaves (``Split`` of a constant), which
+#: :func:`_fold_remaining` then folds: not the user's concern, so only its errors are shown.
+_ONNXSCRIPT_FOLDER_LOG = logging.getLogger("onnxscript.optimizer._constant_folding")
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -55,7 +59,12 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _fold_round(model: onnx.ModelProto) -> onnx.ModelProto:
     irm = ir.serde.deserialize_model(model)
-    optimizer.fold_constants(irm, onnx_shape_inference=True)
+    level = _ONNXSCRIPT_FOLDER_LOG.level
+    _ONNXSCRIPT_FOLDER_LOG.setLevel(logging.ERROR)
+    try:
+        optimizer.fold_constants(irm, onnx_shape_inference=True)
+    finally:
+        _ONNXSCRIPT_FOLDER_LOG.setLevel(level)
     optimizer.remove_unused_nodes(irm)
     folded = ir.serde.serialize_model(irm)
     _fold_remaining(folded)
