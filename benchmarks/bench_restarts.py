@@ -9,6 +9,8 @@ equal to FP32's, as class sequences and as text with border spaces stripped; Eff
 the same on the 32 calibration samples for contrast.
 ``--restarts N``: one ``npuflow.quantize`` with ``restarts: N, select_on: 512`` (the held-out samples
 appended to the calibration data), its evaluation score and every restart's held-out score.
+``--set FIELD=JSON`` (repeatable) overrides one ``fast_finetune`` field of those configs (e.g.
+``--set iters=2000``, ``--set lr=0.0015``); ``--eval-only`` skips the held-out and calibration scores.
 ``--summary FILE``: from the ``--seeds`` rows of a JSON-lines file, the seed that ``restarts: N`` (seeds
 0..N-1) keeps for every N (the option's rule: the highest held-out task agreement, then output cosine, then
 the earlier seed) against the mean of those seeds' evaluation scores, as a markdown table.
@@ -98,11 +100,21 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=None, help="one quantize with this many restarts")
     ap.add_argument("--out", default=None, help="JSON lines appended here")
     ap.add_argument("--summary", default=None, help="print the restarts table of this JSON-lines file and exit")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                    help="override a fast_finetune field of the model's config, e.g. --set iters=2000 (repeatable)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="--seeds: score the evaluation set only (no held-out or calibration agreement runs)")
     args = ap.parse_args()
     if args.summary:
         print(summary(args.summary))
         return
     bench, held, ff = setup(args.model)
+    for item in args.set:
+        field, _, value = item.partition("=")
+        try:
+            ff[field] = json.loads(value)
+        except json.JSONDecodeError:
+            ap.error(f"--set {item!r}: expected FIELD=JSON, e.g. iters=2000")
     model = BA.npuflow_load(bench.path, bench.input_shapes)
     fp32 = D.ort_session(model)
     runs = [({**ff, "seed": int(s)}, list(bench.calib)) for s in (args.seeds or "").split(",") if s]
@@ -113,7 +125,7 @@ def main() -> None:
         q = npuflow.quantize(model, calib, target=BA.TARGET, config={"fast_finetune": cfg})
         row = {"model": args.model, "fast_finetune": cfg, "quantize_s": round(time.time() - t0, 1),
                "eval": bench.evaluate(D.ort_session(q.model)), "algorithms": q.info["algorithms"].get("fast_finetune")}
-        if "restarts" not in cfg:
+        if "restarts" not in cfg and not args.eval_only:
             qs = D.ort_session(q.model)
             row.update(held=scores(fp32, qs, held, args.model), calib=scores(fp32, qs, list(bench.calib), args.model))
         row.update(load=os.getloadavg()[0], end=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
