@@ -15,10 +15,14 @@ run the same kernels for the joined graph as for the parts apart (data movement 
 across a seam aside: ``MOVES``).  That is checked at load from ONNX Runtime's optimised graphs
 (``ort_kernels.kernels``, its verdict kept on disk by ``ort_kernels.keyed_verdict``); where it
 fails (a quantize step of one part and a dequantize step of the next that ONNX Runtime would
-drop as a pair; a fusion one part's options turn off), the steps stay apart.  Only parts at
-ONNX Runtime's full optimisation level join (a CPU subgraph of power-of-two scales runs at the
-basic level, which the joined session would not keep), each node meaning the same under the
-joined opset, and CPU subgraphs on as many threads as the fused runs.  Dump mode, listeners and
+drop as a pair; a fusion one part's options turn off; YOLOv8n exported with a free batch: the
+first run's layout ``Transpose`` moved across its seam with the DFL subgraph), that stretch is
+not joined, and the longest shorter one from the same step is tried (YOLOv8n: the next three
+steps).  Only parts at ONNX Runtime's full optimisation level join (a CPU subgraph of
+power-of-two scales runs at the basic level, which the joined session would not keep), each node
+meaning the same under the joined opset (an older part's node written in the joined opset's form
+where that is exact: :func:`_restated`, YOLOv8n's opset-17 ``Split``), and CPU subgraphs on as
+many threads as the fused runs.  Dump mode, listeners and
 a boundary tensor asked for by name run the parts, as before.  The parts' sessions are dropped
 before the joined graph is written, so that its build and ONNX Runtime's creation of it do not
 stand beside them in a load's peak memory; a part opens its session again when it runs alone (and
@@ -84,29 +88,54 @@ def _plain(model: onnx.ModelProto) -> bool:
                                        for n in model.graph.node for a in n.attribute)
 
 
+def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> onnx.NodeProto | None:
+    """``node`` of ``domain`` at its opset ``old`` written to mean the same at opset ``new``
+    (a copy; the node itself where its definition is the same), or None where no exact form is
+    known.  ``Split`` 13 -> 18: sizes given as the input mean the same; without them opset 13
+    splits into equal parts by the number of outputs (a remainder is an error) and opset 18 asks
+    for ``num_outputs``, which with an axis the outputs divide makes the same parts."""
+    if old == new:  # a domain onnx has no schemas of (com.microsoft's) joins at its own opset
+        return node
+    try:
+        before, after = (defs.get_schema(node.op_type, v, domain).since_version for v in (old, new))
+    except defs.SchemaError:
+        return None
+    if before == after:
+        return node
+    if (domain, node.op_type, before, after) == ("", "Split", 13, 18):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        if len(node.input) < 2 or not node.input[1]:
+            copy.input[:] = node.input[:1]
+            copy.attribute.append(onnx.helper.make_attribute("num_outputs", len(node.output)))
+        return copy
+    return None
+
+
 def _opsets(models: list[onnx.ModelProto]) -> dict[str, int] | None:
     """The joined model's opsets (each domain's latest among the parts), or None where a node of an
-    older part has another definition there (e.g. ``Split``'s sizes, an input from opset 13)."""
-    def own(model: onnx.ModelProto) -> dict[str, int]:
-        return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
-
+    older part has another definition there that :func:`_restated` cannot write exactly."""
     joined: dict[str, int] = {}
     for m in models:
-        for domain, version in own(m).items():
+        for domain, version in _own(m).items():
             joined[domain] = max(version, joined.get(domain, version))
     for m in models:
-        versions = own(m)
+        versions = _own(m)
         for n in m.graph.node:
-            domain = "" if n.domain == "ai.onnx" else n.domain
-            if versions.get(domain) == joined[domain]:
-                continue
-            try:
-                if (defs.get_schema(n.op_type, versions[domain], domain).since_version
-                        != defs.get_schema(n.op_type, joined[domain], domain).since_version):
-                    return None
-            except (defs.SchemaError, KeyError):
+            domain = _domain(n)
+            if domain not in versions or _restated(n, domain, versions[domain], joined[domain]) is None:
                 return None
     return joined
+
+
+def _domain(node: onnx.NodeProto) -> str:
+    """``node``'s domain, the default one as ""."""
+    return "" if node.domain == "ai.onnx" else node.domain
+
+
+def _own(model: onnx.ModelProto) -> dict[str, int]:
+    """``model``'s opset of each domain (the default domain as "")."""
+    return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
 
 
 def _join(parts: list[_Part], outputs: list[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[str]] | None:
@@ -128,9 +157,11 @@ def _join(parts: list[_Part], outputs: list[str]) -> tuple[onnx.ModelProto, dict
             if tensor not in made and tensor not in inputs:
                 inputs.append(tensor)
                 graph.input.append(onnx.ValueInfoProto(name=tensor, type=v.type))
+        versions = _own(p.model)
         for i, n in enumerate(p.model.graph.node):
             node = graph.node.add()
-            node.CopyFrom(n)
+            domain = _domain(n)
+            node.CopyFrom(_restated(n, domain, versions[domain], opsets[domain]))
             node.name = f"j{k}/{i}/{n.name}"  # unique (a fused run's nodes have no names)
             node.input[:] = [name(x) for x in n.input]
             node.output[:] = [name(x) for x in n.output]
@@ -216,26 +247,34 @@ class Joined:
 
 def steps(program_steps: list[merge.Step], subgraphs: list[dict], outputs: set[str], threads: int,
           release: Callable[[], object]) -> list[merge.Step]:
-    """``program_steps`` with each maximal stretch of two or more joinable steps as one :class:`Joined`
-    step where ONNX Runtime runs the same kernels for it (module docstring); ``outputs``: the model's."""
+    """``program_steps`` with stretches of two or more joinable steps each as one :class:`Joined`
+    step where ONNX Runtime runs the same kernels for it (module docstring): from each step the
+    longest such stretch that passes, so that a seam ONNX Runtime would optimise across leaves the
+    steps on either side joined; ``outputs``: the model's."""
+    able = [_joinable(step.executor, threads) for step in program_steps]  # before a try closes sessions
     result: list[merge.Step] = []
     k = 0
     while k < len(program_steps):
         end = k
-        while end < len(program_steps) and _joinable(program_steps[end].executor, threads):
+        while end < len(program_steps) and able[end]:
             end += 1
-        if end - k < 2:
-            result.append(program_steps[k])
-            k += 1
-            continue
-        parts = _parts(program_steps[k:end])
-        later = outputs | {t for step in program_steps[end:] for t in step.inputs}
-        made = dict.fromkeys(t for step in program_steps[k:end] for t in step.executor.outputs)
-        joined = _join(parts, [t for t in made if t in later]) if parts is not None else None
-        step = _joined(parts, joined, subgraphs, threads, release) if joined is not None else None
-        result.extend(program_steps[k:end] if step is None else [step])
-        k = end
+        step = None
+        while step is None and end - k >= 2:
+            step = _stretch(program_steps, k, end, subgraphs, outputs, threads, release)
+            end -= step is None
+        result.append(program_steps[k] if step is None else step)
+        k = end if step is not None else k + 1
     return result
+
+
+def _stretch(program_steps: list[merge.Step], k: int, end: int, subgraphs: list[dict], outputs: set[str],
+             threads: int, release: Callable[[], object]) -> merge.Step | None:
+    """``program_steps[k:end]`` as one :class:`Joined` step, or None where they cannot be one."""
+    parts = _parts(program_steps[k:end])
+    later = outputs | {t for step in program_steps[end:] for t in step.inputs}
+    made = dict.fromkeys(t for step in program_steps[k:end] for t in step.executor.outputs)
+    joined = _join(parts, [t for t in made if t in later]) if parts is not None else None
+    return _joined(parts, joined, subgraphs, threads, release) if joined is not None else None
 
 
 def _parts(stretch: list[merge.Step]) -> list[_Part] | None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.runtime import executors, fused, joined, merge
+from benchmarks import datasets as D
+from tests import fixture_models
 from tests.unit.test_runtime_small_runs import CLS, _build
 
 
@@ -111,15 +114,54 @@ def test_a_fusion_across_the_seam_keeps_the_parts_apart():
     assert joined.same_kernels(model, external, [first, relu])
 
 
-def test_a_node_redefined_by_the_joined_opset_keeps_the_parts_apart():
-    # Split's sizes: an input from opset 13, and opset 18 redefines it (num_outputs): not joined
+def test_an_opset_17_split_is_restated_and_a_node_without_an_exact_form_keeps_the_parts_apart():
+    # Split: opset 18 adds num_outputs; sizes as an input mean the same, equal parts get num_outputs
     split = numpy_helper.from_array(np.array([1, 2], np.int64), "s")
-    old = _part([helper.make_node("Split", ["y", "s"], ["u", "v"], axis=1)], [_float("y", [2, 3])],
-                [_float("u", [2, 1]), _float("v", [2, 2])], [split], opset=17)
-    new = _part([helper.make_node("Relu", ["x"], ["y"])], [_float("x", [2, 3])], [_float("y", [2, 3])])
-    assert joined._opsets([new.model, old.model]) is None and joined._join([new, old], ["u", "v"]) is None
+    relu = _part([helper.make_node("Relu", ["x"], ["y"])], [_float("x", [2, 4])], [_float("y", [2, 4])])
+    sized = _part([helper.make_node("Split", ["y", "s"], ["u", "v"], axis=1)], [_float("y", [2, 3])],
+                  [_float("u", [2, 1]), _float("v", [2, 2])], [split], opset=17)
+    halves = _part([helper.make_node("Split", ["y"], ["u", "v"], axis=1)], [_float("y", [2, 4])],
+                   [_float("u", [2, 2]), _float("v", [2, 2])], opset=17)
+    assert joined._opsets([relu.model, sized.model]) == {"": 18}
+    model, _, _ = joined._join([relu, halves], ["u", "v"])
+    (node,) = [n for n in model.graph.node if n.op_type == "Split"]
+    assert list(node.input) == ["y"] and helper.get_attribute_value(node.attribute[-1]) == 2
+    x = np.arange(-4, 4, dtype=np.float32).reshape(2, 4)
+    u, v = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.array_equal(u, np.maximum(x, 0)[:, :2]) and np.array_equal(v, np.maximum(x, 0)[:, 2:])
+    # ReduceMean's axes: an attribute to opset 17, an input from 18; no exact form written: apart
+    mean = _part([helper.make_node("ReduceMean", ["y"], ["m"], axes=[1])], [_float("y", [2, 4])],
+                 [_float("m", [2, 1])], opset=17)
+    assert joined._opsets([relu.model, mean.model]) is None and joined._join([relu, mean], ["m"]) is None
     same = _part([helper.make_node("Relu", ["y"], ["z"])], [_float("y", [2, 3])], [_float("z", [2, 3])], opset=17)
-    assert joined._opsets([new.model, same.model]) == {"": 18}
+    assert joined._opsets([relu.model, same.model]) == {"": 18}
+
+
+@pytest.mark.parametrize("shapes, joined_steps", [({"images": [1, 3, 320, 320]}, [(0, 1, 2, 3)]),
+                                                  (None, [(0,), (1, 2, 3)])])
+def test_yolov8n_joins_its_opset_17_subgraphs_equal_to_the_steps_apart_and_the_kernels(shapes, joined_steps,
+                                                                                       monkeypatch):
+    # two fused runs, two opset-17 CPU subgraphs (the DFL softmax with a Split; the concatenation).
+    # With its batch left free, ONNX Runtime would move the first run's layout Transposes across its
+    # seam with the DFL subgraph (Q/DQ pairs added): that stretch is refused, the next three steps join
+    photos = D.yolo("eval", 3)  # real photos, letterboxed
+    quantized = npuflow.quantize(str(fixture_models.yolov8n()), D.yolo("calib", 4), target="cpu-int8",
+                                 input_shapes=shapes)
+    compiled = npuflow.compile(quantized.model, "cpu-int8")
+    frames = [*photos, *({"images": np.full_like(photos[0]["images"], v)} for v in (-50.0, 0.0, 50.0))]
+    session, apart, ref = npuflow.Session(compiled), _apart(compiled, monkeypatch), npuflow.Session(compiled, fuse=False)
+    steps = session._live()[0].steps
+    assert [s.indices for s in steps] == joined_steps and isinstance(steps[-1].executor, joined.Joined)
+    kinds = [type(s.executor) for s in apart._live()[0].steps]
+    assert kinds == [executors.IntegerExecutor, executors.OnnxExecutor] * 2
+    calls = []
+    real = steps[-1].executor._run
+    steps[-1].executor._run = lambda *a: calls.append(1) or real(*a)
+    for x in frames:
+        a, b, c = session.run(x), apart.run(x), ref.run(x)
+        for k in a:
+            assert a[k].dtype == b[k].dtype == c[k].dtype and np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k])
+    assert len(calls) == len(frames)
 
 
 def test_a_stored_plan_is_joined_from_its_stored_graph_not_built_again(cls, fused_cache_on, monkeypatch):
