@@ -84,7 +84,9 @@ _MODEL = _specs(
      "dimensions the model leaves dynamic): {reason}",
      "Ask a size the model computes at: a network that downsamples and then joins two scales (U-Net skips, "
      "YOLO/FPN necks) needs sizes divisible by its total stride (32 for most detectors); the size it was exported or "
-     "trained at works.  If it fails at every size, run onnx.checker.check_model on the file."),
+     "trained at works; a dynamic batch no --input-shape sets is 1, and a model that needs another (one reshaped "
+     "to [4, -1]) takes it as --input-shape NAME DIMS.  If it fails at every size, run onnx.checker.check_model on "
+     "the file."),
     ("NPF_MODEL_UNKNOWN_INPUT", "the model has no input named {name!r}",
      "The model's inputs are: {inputs}."),
     ("NPF_MODEL_UNKNOWN_TENSOR", "the model has no tensor named {name!r} to cut at",

@@ -62,8 +62,12 @@ def checked_shapes(shapes: Mapping[str, Sequence[int] | str] | None) -> dict[str
 
 
 def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> list[dict[str, str]]:
-    """Set the asked input shapes (a dynamic batch left open: 1); returns the fixed dimensions they
-    change, which :func:`npuflow.model.load` checks still fit the model's shapes."""
+    """Set the asked input shapes (a dynamic batch left open: 1, added to ``shapes``); returns the
+    fixed dimensions they change, which :func:`npuflow.model.load` checks still fit the model's shapes.
+
+    Why the batch goes into ``shapes``: it is a size the user did not ask but npuflow chose, and a
+    model that does not compute at it (ICLabel's ``Reshape(.., [4, -1])`` needs a batch of 4) must be
+    told as that size's failure (:func:`resize_checked`), not as "the model fails ONNX validation"."""
     inits = {t.name for t in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     names = [i.name for i in inputs]
@@ -89,6 +93,7 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
             dims = inp.type.tensor_type.shape.dim
             dims[0].Clear()
             dims[0].dim_value = 1  # a dynamic batch is compiled for batch 1, as hb_mapper does
+            shapes[inp.name] = [d.dim_value for d in dims]
             del open_dims[inp.name]
     if open_dims:
         raise unresolved_error(proto, open_dims)

@@ -340,34 +340,36 @@ def load(
     ``probe_values``: ``{input: value}`` fed to the shape probe instead of its guesses; they are
     stored in the model (:data:`npuflow.shape_probe.PROBE_VALUES_KEY`) for the stages that follow.
     """
-    proto, resized = _loaded(model, input_shapes, probe_values)
-    return resize_checked(infer_static_shapes, proto, resized, input_shapes) if infer_shapes else proto
+    proto, resized, asked = _loaded(model, input_shapes, probe_values)
+    return resize_checked(infer_static_shapes, proto, resized, asked) if infer_shapes else proto
 
 
 def load_both(model: ModelLike, input_shapes: InputShapes | None = None) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """:func:`load` without and with static shapes, from one load: quantization re-opens dynamic
     dimensions from the first and calibrates the second."""
-    proto, resized = _loaded(model, input_shapes, None)
-    return proto, resize_checked(infer_static_shapes, proto, resized, input_shapes)
+    proto, resized, asked = _loaded(model, input_shapes, None)
+    return proto, resize_checked(infer_static_shapes, proto, resized, asked)
 
 
 def _loaded(model: ModelLike, input_shapes: InputShapes | None,
-            probe_values: ProbeValues | None) -> tuple[onnx.ModelProto, list[dict[str, str]]]:
-    """The normalised model before shape inference, and the fixed input dimensions it resized."""
+            probe_values: ProbeValues | None) -> tuple[onnx.ModelProto, list[dict[str, str]], dict[str, list[int]]]:
+    """The normalised model before shape inference, the fixed input dimensions it resized, and the
+    input sizes set (those asked, and each dynamic batch left open at 1)."""
     proto = read_proto(model) if not isinstance(model, onnx.ModelProto) else _copy(model)
     sort_nodes(proto.graph)
     name_nodes(proto)
     proto = _validated_at_working_opset(proto)
     _drop_initializer_inputs(proto.graph)
     proto = _lift_constants(proto)
-    resized = freeze_input_shapes(proto, checked_shapes(input_shapes))
+    asked = checked_shapes(input_shapes)
+    resized = freeze_input_shapes(proto, asked)
     check_tensor_sizes(proto)
     if resized:
-        resize_checked(validate, proto, resized)
+        resize_checked(validate, proto, resized, asked)
         warn_size_held(resized)
     if probe_values:
         set_probe_values(proto, probe_values)
-    return proto, resized
+    return proto, resized, asked
 
 
 @functools.lru_cache(maxsize=1)
