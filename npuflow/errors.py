@@ -215,6 +215,15 @@ _QUANT = _specs(
      "`npuflow analyze sensitivity` / `analyze mixed-precision` to keep the worst layers in float "
      "(`keep_float`). Check that the calibration samples are preprocessed as in deployment. To accept "
      "the loss, lower `min_output_cosine` in the quantization config (npuflow build: its `npuflow:` section)."),
+    ("NPF_QUANT_OUTPUT_CHANNEL",
+     "the quantized model's output {output} has cosine similarity {whole} to the float model on {samples}, but "
+     "channel(s) {channels} of its axis {axis} ({axis_size} channels) fall below min_output_cosine {threshold}: "
+     "channels of a larger scale carry the whole output's cosine and hide them",
+     "If the model concatenates values of different scales into {output} (an angle beside a score), keep the "
+     "node that produces {output} and its inputs' producers in float (config `keep_float`; `npuflow analyze "
+     "sensitivity` names them), or split the output so that each part has a grid of its own; calibrate on "
+     "samples like deployment's, where that channel takes its real values. To accept it, lower "
+     "`min_output_cosine` in the quantization config."),
     ("NPF_QUANT_LABEL_MARGIN",
      "the label read from {tensor} by its {read_by} would change on about {estimated} of inputs like the {samples} "
      "(changed on {changed} of its {rows} rows there): quantization moves the gap between its two leading values "

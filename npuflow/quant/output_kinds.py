@@ -5,6 +5,7 @@ any stage read outputs the same way without importing torch (the QAT guard decid
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,3 +119,86 @@ def _normal_tail(x: np.ndarray) -> np.ndarray:
     t = 1.0 / (1.0 + 0.3275911 * z)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     return 0.5 * poly * np.exp(-z * z)
+
+
+#: An output whose last (or NCHW channel) axis holds from 2 to this many channels is judged per
+#: channel as well as whole (:func:`channel_axis`): afis' LEADER concatenates angle (+-pi), x, y and a quality score read with ``>= 0.5``;
+#: the angle dominates the whole output's cosine (0.965 on cpu-int8) while quality's is 0.02-0.30.
+#: Wider last axes are features, anchors or classes, which no task reads one by one.
+MAX_JUDGED_CHANNELS = 8
+
+#: A channel is judged only where its float values spread (standard deviation) at least this share
+#: of their root mean square: a near-constant channel (a bias, a padding flag) says nothing by its
+#: cosine.
+MIN_CHANNEL_SPREAD = 0.05
+
+#: ... and where its root mean square is at least this share of the output's largest channel's: below
+#: it a channel holds float32 rounding of the others only.  Small beside the others is no reason:
+#: LEADER's quality channel is 1e-3 of its angle's (0.0017 against 1.77 on synthetic ridges), about
+#: one step of the grid they share on cpu-int8, and that collapse is the loss to report.
+MIN_CHANNEL_SHARE = 1e-5
+
+
+def channel_axis(shape: Sequence[int]) -> int | None:
+    """The axis of an output of ``shape`` whose channels are judged one by one: the last (NHWC,
+    ``(N, C)``) or else the second of three or more (NCHW) where it holds 2 to
+    :data:`MAX_JUDGED_CHANNELS`; None: neither."""
+    def few(size: int) -> bool:
+        return 2 <= size <= MAX_JUDGED_CHANNELS
+    if len(shape) >= 2 and few(shape[-1]):
+        return len(shape) - 1
+    return 1 if len(shape) >= 3 and few(shape[1]) else None
+
+
+@dataclass(frozen=True)
+class ChannelSimilarity:
+    """One channel (an index of the last axis) of an output: its cosine to the float model's
+    values pooled over the check's samples, and whether its float values vary enough for the
+    cosine to mean anything (:data:`MIN_CHANNEL_SPREAD`, :data:`MIN_CHANNEL_SHARE`)."""
+
+    axis: int
+    channel: int
+    cosine: float
+    rms: float  # the float values' root mean square
+    spread: float  # the float values' standard deviation
+    varies: bool
+
+    def to_json(self) -> dict:
+        return {"axis": self.axis, "channel": self.channel, "cosine": round(self.cosine, 6), "rms": float(f"{self.rms:.6g}"),
+                "spread": float(f"{self.spread:.6g}"), "varies": self.varies}
+
+
+class ChannelSums:
+    """Per channel of one output (along ``axis``), the sums its :class:`ChannelSimilarity` is
+    computed from, added sample by sample (entries finite in both models only, as the whole
+    output's cosine)."""
+
+    def __init__(self, axis: int, channels: int) -> None:
+        self.axis = axis
+        self.sums = np.zeros((channels, 5))  # dot, float square, quantized square, float sum, count
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """Whether an output of ``shape`` has this axis and channel count (a dynamic output may not)."""
+        return channel_axis(shape) == self.axis and shape[self.axis] == self.sums.shape[0]
+
+    def add(self, fp32: np.ndarray, quantized: np.ndarray) -> None:
+        channels = self.sums.shape[0]
+        f = np.moveaxis(np.asarray(fp32, dtype=np.float64), self.axis, -1).reshape(-1, channels)
+        q = np.moveaxis(np.asarray(quantized, dtype=np.float64), self.axis, -1).reshape(f.shape)
+        both = np.isfinite(f) & np.isfinite(q)
+        f, q = np.where(both, f, 0.0), np.where(both, q, 0.0)
+        self.sums += np.stack([(f * q).sum(0), (f * f).sum(0), (q * q).sum(0), f.sum(0), both.sum(0)], axis=1)
+
+    def similarities(self) -> list[ChannelSimilarity]:
+        dot, ff, qq, total, count = self.sums.T
+        count = np.maximum(count, 1.0)
+        rms = np.sqrt(ff / count)
+        spread = np.sqrt(np.maximum(ff / count - (total / count) ** 2, 0.0))
+        largest = float(rms.max(initial=0.0))
+        result = []
+        for c in range(len(rms)):
+            den = math.sqrt(ff[c] * qq[c])
+            cos = float(dot[c] / den) if den > 0 else float(ff[c] == qq[c])
+            varies = bool(rms[c] > 0 and spread[c] >= MIN_CHANNEL_SPREAD * rms[c] and rms[c] >= MIN_CHANNEL_SHARE * largest)
+            result.append(ChannelSimilarity(self.axis, c, cos, float(rms[c]), float(spread[c]), varies))
+        return result

