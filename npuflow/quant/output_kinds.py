@@ -122,7 +122,8 @@ def _normal_tail(x: np.ndarray) -> np.ndarray:
 
 
 #: An output whose last (or NCHW channel) axis holds from 2 to this many channels is judged per
-#: channel as well as whole (:func:`channel_axis`): afis' LEADER concatenates angle (+-pi), x, y and a quality score read with ``>= 0.5``;
+#: channel as well as whole (:func:`channel_axis`): afis' LEADER concatenates angle (+-pi), x, y
+#: and a quality score read with ``>= 0.5``;
 #: the angle dominates the whole output's cosine (0.965 on cpu-int8) while quality's is 0.02-0.30.
 #: Wider last axes are features, anchors or classes, which no task reads one by one.
 MAX_JUDGED_CHANNELS = 8
@@ -164,7 +165,8 @@ class ChannelSimilarity:
     varies: bool
 
     def to_json(self) -> dict:
-        return {"axis": self.axis, "channel": self.channel, "cosine": round(self.cosine, 6), "rms": float(f"{self.rms:.6g}"),
+        return {"axis": self.axis, "channel": self.channel, "cosine": round(self.cosine, 6),
+                "rms": float(f"{self.rms:.6g}"),
                 "spread": float(f"{self.spread:.6g}"), "varies": self.varies}
 
 
@@ -199,6 +201,7 @@ class ChannelSums:
         for c in range(len(rms)):
             den = math.sqrt(ff[c] * qq[c])
             cos = float(dot[c] / den) if den > 0 else float(ff[c] == qq[c])
-            varies = bool(rms[c] > 0 and spread[c] >= MIN_CHANNEL_SPREAD * rms[c] and rms[c] >= MIN_CHANNEL_SHARE * largest)
+            varies = bool(rms[c] > 0 and spread[c] >= MIN_CHANNEL_SPREAD * rms[c]
+                          and rms[c] >= MIN_CHANNEL_SHARE * largest)
             result.append(ChannelSimilarity(self.axis, c, cos, float(rms[c]), float(spread[c]), varies))
         return result

@@ -437,7 +437,8 @@ def channel_warnings(report: QuantReport, threshold: float) -> list[NpuflowError
             continue
         found.append(NpuflowError("NPF_QUANT_OUTPUT_CHANNEL", output=output, whole=f"{whole:.4f}",
                                   channels=", ".join(f"{c.channel} ({c.cosine:.4f})" for c in low),
-                                  axis=low[0].axis, axis_size=len(rows), samples=report.similarity_on(), threshold=threshold))
+                                  axis=low[0].axis, axis_size=len(rows), samples=report.similarity_on(),
+                                  threshold=threshold))
     return found
 
 
