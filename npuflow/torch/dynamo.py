@@ -249,7 +249,18 @@ def backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None 
 
 def compile(module: nn.Module, target: str, calib_data: Any = None, *, config: Any = None,
             calibration_calls: int = CALIBRATION_CALLS, threads: int = 1) -> Callable:
-    """``torch.compile(module, backend="npuflow", dynamic=False, options=...)`` with the options as arguments."""
+    """``torch.compile(module, backend="npuflow", dynamic=False, options=...)`` with the options as arguments.
+
+    Warns for a module holding an ``nn.RNN``/``LSTM``/``GRU``: TorchDynamo does not capture one (its
+    graph break skips the whole forward that calls it), so the backend is never called and the
+    module runs in float, nothing quantized, without a word (Resemblyzer's LSTM speaker encoder:
+    cosine 1.0 to float on cpu-int8).  With ``torch._dynamo.config.allow_rnn = True`` (experimental)
+    it is captured and quantized (0.99984); ``npuflow.torch.quantize`` exports it without Dynamo."""
+    rnns = sorted({type(m).__name__ for m in module.modules() if isinstance(m, nn.RNNBase)})
+    if rnns and not torch._dynamo.config.allow_rnn:
+        log.warning("npuflow.torch.compile: TorchDynamo does not capture %s: the forward that calls it runs in float, "
+                    "nothing quantized; set torch._dynamo.config.allow_rnn = True (experimental) before the first call, "
+                    "or use npuflow.torch.quantize (ONNX export)", "/".join(rnns))
     options = {"target": target, "calib_data": calib_data, "config": config,
                "calibration_calls": calibration_calls, "threads": threads}
     return torch.compile(module, backend="npuflow", dynamic=False, options=options)
