@@ -404,9 +404,9 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
 def judge_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
                   samples: Sequence[Sample], max_label_change: float, *, held_out: bool = False,
                   outputs_of: Callable[[onnx.ModelProto], Outputs] | None = None,
-                  min_output_cosine: float = 0.0) -> None:
+                  min_output_cosine: float) -> None:
     """:func:`measure_outputs`, then the label and channel warnings of what it measured
-    (``report.warnings``; ``min_output_cosine`` 0: no channel warnings): whoever measures a model's
+    (``report.warnings``; ``min_output_cosine``: the threshold a channel is judged by): whoever measures a model's
     outputs again (a later step that replaces the model, as auto-quant's QAT does) warns by the same
     rule on the new model, never with the previous model's warnings."""
     measure_outputs(report, float_model, quant_model, samples, held_out=held_out, outputs_of=outputs_of)
