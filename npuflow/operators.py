@@ -371,6 +371,13 @@ QDQ_WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 #: Ops that move a tensor's values without computing on them, across which ONNX Runtime moves a
 #: ``DequantizeLinear`` (``QDQPropagationTransformer``) onto the op that reads them.
 DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+#: Data movement ONNX Runtime may cancel or move across the seam of two graphs joined into one session
+#: (the layout ``Transpose`` after a channels-last ``QLinearConv``): the same values, not a kernel
+#: that counts when the joined graph's kernels are compared with the parts' (``runtime/joined.py``).
+SEAM_MOVES = frozenset({"Transpose", "Reshape", "Identity"})
+#: Ops with a shape operand (its input index) equal to the shape of their output (``perf/cpu_time.py``
+#: feeds such an operand, when it comes from outside a timed CPU part, the node's declared output shape).
+SHAPE_OPERAND_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
 
 #: AMD Quark's quantization ops (``quark.onnx``'s custom-op domain) -> the number format they write.
 #: ONNX Runtime cannot run them without Quark's library and no target's integer engine runs block

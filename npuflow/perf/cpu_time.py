@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from ..errors import error_text
 from ..graph import slice_nodes
+from ..operators import SHAPE_OPERAND_INPUT
 from ..shape_probe import probe_feeds
 from ..ort_session import open_session
 
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 #: Runs timed per CPU subgraph (after one warm-up); the median is reported.
 RUNS = 5
 
-#: Ops whose shape operand (input index) equals the shape of their output.
-_SHAPE_OPERAND = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
 
 
 def _random_feed(inputs: Sequence[tuple[str, Sequence, str]]) -> dict[str, np.ndarray]:
@@ -69,14 +67,14 @@ def measure_ms(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], runs: in
 
 
 def _shape_feeds(sub: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Graph inputs of ``sub`` read as a shape operand (:data:`_SHAPE_OPERAND`) whose node's output
+    """Graph inputs of ``sub`` read as a shape operand (:data:`npuflow.operators.SHAPE_OPERAND_INPUT`) whose node's output
     has a fully static declared shape: that shape, as int64."""
     g = sub.graph
     declared = {v.name: v.type.tensor_type.shape.dim for v in [*g.value_info, *g.output]}
     inputs = {i.name for i in g.input}
     found = {}
     for node in g.node:
-        k = _SHAPE_OPERAND.get(node.op_type)
+        k = SHAPE_OPERAND_INPUT.get(node.op_type)
         if k is None or len(node.input) <= k or node.input[k] not in inputs or not node.output:
             continue
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in declared.get(node.output[0], [])]

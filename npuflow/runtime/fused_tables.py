@@ -93,7 +93,7 @@ def _near(sx: float, zx: int, sy: float, zy: int, entries: np.ndarray) -> bool:
     is far off somewhere)."""
     x = (np.arange(256, dtype=np.float32) - np.float32(zx)) * np.float32(sx)
     y = x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), np.float32(0), np.float32(1))
-    codes = np.clip(np.rint(y / np.float32(sy)) + zy, 0, 255)
+    codes = np.clip(nm.round_values(y / np.float32(sy), nm.RoundMode.HALF_EVEN) + zy, 0, 255)
     return entries.size == 256 and int(np.abs(codes - entries).max()) <= 1
 
 

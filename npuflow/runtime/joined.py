@@ -12,7 +12,7 @@ manifest names, so one call runs the stretch (PP-OCR cls: the whole frame).
 
 Exact: the parts' nodes and constants are the graphs their sessions run, and ONNX Runtime must
 run the same kernels for the joined graph as for the parts apart (data movement it may cancel
-across a seam aside: ``MOVES``).  That is checked at load from ONNX Runtime's optimised graphs
+across a seam aside: ``operators.SEAM_MOVES``).  That is checked at load from ONNX Runtime's optimised graphs
 (``ort_kernels.kernels``, its verdict kept on disk by ``ort_kernels.keyed_verdict``); where it
 fails (a quantize step of one part and a dequantize step of the next that ONNX Runtime would
 drop as a pair; a fusion one part's options turn off; YOLOv8n exported with a free batch: the
@@ -42,14 +42,13 @@ from onnx import defs
 
 from .. import ort_kernels
 from ..errors import NpuflowError
+from ..model_checks import KNOWN_DOMAINS
+from ..operators import SEAM_MOVES
 from ..ort_session import open_session
 from . import fused, merge
 from .fused_graph import OPSETS
 from .executors import ORT_RUN_ERRORS, IntegerExecutor, OnnxExecutor, cpu_level
 
-#: Data movement ONNX Runtime may cancel or move across the seam of two parts (the layout
-#: ``Transpose`` after a channels-last ``QLinearConv``): the same values, so not a kernel that counts.
-MOVES = frozenset({"Transpose", "Reshape", "Identity"})
 
 
 @dataclass
@@ -83,9 +82,12 @@ def _part(step: merge.Step) -> _Part | None:
 
 
 def _plain(model: onnx.ModelProto) -> bool:
-    """No local functions and no graph attributes (``If``, ``Loop``): every name is the graph's own."""
+    """No local functions, no graph attributes (``If``, ``Loop``): every name is the graph's own; and
+    no custom operator (a domain ONNX Runtime does not implement): such a part's session registers
+    its library or Python op (``ort_session.open_session``), which the kernel comparison's does not."""
     return not model.functions and all(a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                       for n in model.graph.node for a in n.attribute)
+                                       for n in model.graph.node for a in n.attribute) \
+        and all(n.domain in KNOWN_DOMAINS for n in model.graph.node)
 
 
 def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> onnx.NodeProto | None:
@@ -197,9 +199,9 @@ def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list
 
 def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> bool:
     """Whether ONNX Runtime runs the same kernels for the joined ``model`` as for the parts apart
-    (:data:`MOVES` aside)."""
+    (:data:`npuflow.operators.SEAM_MOVES` aside)."""
     def counted(found: dict[tuple[str, str], int]) -> Counter:
-        return Counter({k: n for k, n in found.items() if k[1] not in MOVES})
+        return Counter({k: n for k, n in found.items() if k[1] not in SEAM_MOVES})
 
     apart: Counter = Counter()
     for p in parts:
