@@ -22,7 +22,7 @@ With ``--memory`` (the default; ``--no-memory`` skips it), each case's peak memo
 process per column (``npuflow 1 thread`` on the saved ``.npuf``, ORT plain QDQ and ORT FP32 on
 their ``.onnx`` files, one intra-op thread each) loads the model and runs ``--memory-frames``
 frames; its peak resident set (``VmHWM``) is reported as the increase over a baseline process
-that imports the same libraries and loads the same input but no model (see ``child_memory``).
+that imports the same libraries and loads the same input but no model (see ``runtime_memory.child_memory``).
 
 With ``--processes N`` (default 1), each case runs in N fresh processes and a row reports each ratio's
 median over them and its range (``case_in_processes``): the same row's ratio moves between processes.
@@ -67,6 +67,7 @@ for p in (str(ROOT), str(HERE)):
         sys.path.insert(0, p)
 
 import datasets as D  # noqa: E402
+from runtime_memory import memory_columns, run_child  # noqa: E402
 from tests import fixture_models  # noqa: E402
 
 import npuflow  # noqa: E402
@@ -242,109 +243,6 @@ def _batched(samples: list[dict], name: str, batch: int) -> list[dict]:
     reps = -(-batch * 2 // len(xs))
     xs = np.concatenate([xs] * reps)
     return [{name: xs[k * batch:(k + 1) * batch]} for k in range(2)]
-
-
-# --------------------------------------------------------------------------------------------
-# Peak memory: one fresh process per column
-
-#: The program of a memory child.  Every child imports the same libraries (numpy, ONNX Runtime,
-#: npuflow and its runtime, onnx), loads the input and then runs ``LOAD``, which binds ``run`` (a
-#: frame) or leaves it ``None`` (the baseline child), so that the difference between a column's
-#: peak and the baseline's is the model's load and runs, not the interpreter's imports.  The peak
-#: is ``VmHWM``, the high-water mark of this process's own address space: ``ru_maxrss`` would not
-#: do, since exec keeps the high-water mark of the address space the child was forked from (the
-#: benchmark process, several hundred MB after quantizing), so every child would report at least
-#: the parent's size.  RSS is read after the input, after the load, after the first frame and at
-#: the end, to tell the model's resident weights from the runs' working memory.
-MEMORY_CHILD = r'''
-import json, sys
-import numpy as np
-import onnx, onnxruntime as ort
-import npuflow, npuflow.runtime
-
-def status_kib(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-spec = json.loads(sys.argv[1])
-MODEL, FRAMES = spec["model"], spec["frames"]
-x = dict(np.load(spec["input"])) if spec["input"] else {}
-rss = {"input": status_kib("VmRSS")}
-
-def ort_session(path):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-run = None
-exec(spec["load"])
-rss["loaded"] = status_kib("VmRSS")
-if run is not None:
-    run()
-    rss["first_frame"] = status_kib("VmRSS")
-    for _ in range(FRAMES - 1):
-        run()
-rss["end"] = status_kib("VmRSS")
-print(json.dumps({"peak_kib": status_kib("VmHWM"), "rss_kib": rss}))
-'''
-
-#: ``LOAD`` of each memory column (``MODEL``: the file ``memory_columns`` names for it).
-MEMORY_LOADS = {
-    "baseline": "run = None",
-    "npuflow": "session = npuflow.Session(MODEL, threads=1)\nrun = lambda: session.run(x)",
-    "ORT": "session = ort_session(MODEL)\nrun = lambda: session.run(None, x)",
-}
-
-#: One thread everywhere, BLAS and OpenMP pools included, so no column pays for idle pool stacks.
-_ONE_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-
-MIB = 1024.0
-
-
-def run_child(code: str, spec: dict, env: dict[str, str] | None = None) -> dict:
-    """What a fresh ``python -c code json(spec)`` prints last, as JSON (``env`` over this one's): the
-    one way this benchmark starts a child.  A failing child raises ``RuntimeError`` with its stderr."""
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def child_memory(load: str, model: str | None = None, input_path: Path | None = None, frames: int = 5) -> dict:
-    """Peak and stepwise resident memory, in MiB, of a fresh ``MEMORY_CHILD`` running ``load``.
-
-    Returns ``{"peak": MiB, "rss": {"input", "loaded", ["first_frame"], "end"}}``.  A fresh
-    process per call, so that no column's freed-but-kept allocations (arenas, the allocator's
-    free lists) hide or inflate another's.
-    """
-    spec = {"load": load, "model": model, "input": str(input_path) if input_path else None, "frames": frames}
-    out = run_child(MEMORY_CHILD, spec, _ONE_THREAD_ENV)
-    return {"peak": out["peak_kib"] / MIB, "rss": {k: v / MIB for k, v in out["rss_kib"].items()}}
-
-
-def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames: int) -> dict:
-    """Each column's peak memory over the baseline child's, in MiB.
-
-    ``models`` maps a column label to its ``MEMORY_LOADS`` key and model file.  Per column:
-    ``peak`` (the increase of the child's peak RSS over the baseline child's), ``load`` (RSS after
-    the load over RSS before it: the resident model), ``first_frame`` (RSS added by the first
-    frame: buffers and arena), ``peak_abs`` (the child's own peak); ``baseline`` is the baseline
-    child's peak.
-    """
-    base = child_memory(MEMORY_LOADS["baseline"], None, input_path, frames)
-    out: dict = {"baseline": base["peak"]}
-    for label, (kind, model) in models.items():
-        m = child_memory(MEMORY_LOADS[kind], str(model), input_path, frames)
-        rss = m["rss"]
-        out[label] = {"peak": m["peak"] - base["peak"], "peak_abs": m["peak"],
-                      "load": rss["loaded"] - rss["input"], "first_frame": rss["first_frame"] - rss["loaded"]}
-    return out
 
 
 def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, calib_n: int,

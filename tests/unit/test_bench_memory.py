@@ -1,4 +1,4 @@
-"""The runtime benchmark's peak-memory probe (``benchmarks.bench_runtime.memory_columns``): a column's
+"""The runtime benchmark's peak-memory probe (``benchmarks.runtime_memory.memory_columns``): a column's
 figure is its child process's peak resident set over a baseline child's, transient allocations
 included, and the benchmark process's own size never leaks into a child's figure."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import bench_runtime as B
+from benchmarks import runtime_memory as B
 
 # The probe reads VmHWM from /proc (Linux, as CI): elsewhere these tests fail rather than skip.
 

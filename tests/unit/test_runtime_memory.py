@@ -8,7 +8,7 @@ import numpy as np
 from onnx import TensorProto
 
 import npuflow
-from benchmarks import bench_runtime as B
+from benchmarks import runtime_memory as B
 from npuflow.runtime import fused, fused_graph, fused_run
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import DPU, _x
@@ -75,7 +75,7 @@ def test_fused_runs_give_onnx_runtime_their_weights_outside_the_protobuf(monkeyp
 
 def test_loading_a_large_classifier_peaks_far_below_copies_of_its_weights(tmp_path):
     # 1280 x 1000 int8 weights (1.2 MiB; 4.9 MiB as float32, 9.8 as float64).  Measured in a fresh
-    # process over a baseline one (benchmarks/bench_runtime.memory_columns, VmHWM): 60 MiB when the
+    # process over a baseline one (benchmarks/runtime_memory.memory_columns, VmHWM): 60 MiB when the
     # weights were bounded in float64 and handed to ONNX Runtime as a float convolution inside the
     # protobuf, 23 MiB on QLinearConv with external initialisers, of which about 12 are ONNX
     # Runtime's one-time start-up and the kernel probe of ort_kernels.weight_form
