@@ -339,6 +339,11 @@ ACTIVATION_KINDS = frozenset({d.kind for d in REGISTRY.values() if d.role is Rol
 UNIT_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Add", "Mul"})
 MAX_UNIT_NODES = 4
 
+#: A PReLU is lowered as one code table per slope element (``compiler/lowering.py``: 256 entries at
+#: 8 bits); beyond this many slopes (1 MiB of tables) it runs in float on the CPU instead.  Keras'
+#: default PReLU has a slope per element (MEGnet's 120x120x25: 92 MB of tables, the ``.npuf`` 15x the model).
+PRELU_MAX_SLOPES = 4096
+
 #: The standard hard-sigmoid ``max(0, min(1, x/6 + 1/2))`` = ``relu6(x + 3) / 6``.
 HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_OFFSET, HSIGMOID_DIVISOR = 1.0 / 6.0, 0.5, 3.0, 6.0
 #: The DPU's hard-sigmoid multiplier: 2731 / 2**14, the 14-bit fixed-point value nearest 1/6.

@@ -25,8 +25,8 @@ import onnx
 from onnx import TensorProto
 
 from ..numerics import fix_pos_of
-from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine,
-                         node_attr, op_def)
+from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, PRELU_MAX_SLOPES, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS,
+                         Engine, node_attr, op_def)
 from ..passes.linear_bias import linear_bias
 from .quant_facts import QuantFacts
 
@@ -151,6 +151,15 @@ def _constant_params(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     return None
 
 
+def _prelu(node: onnx.NodeProto, t: QuantFacts) -> str | None:
+    reason = _constant_params(node, t)
+    slope = t.value(node.input[1]) if reason is None else None
+    if slope is not None and slope.size > PRELU_MAX_SLOPES:
+        reason = (f"PRelu with {slope.size} slopes (one per element) is not lowered: one code table per slope, "
+                  f"at most {PRELU_MAX_SLOPES}")
+    return reason
+
+
 def _pad(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     reason = _constant_params(node, t)
     pads = t.value(node.input[1]) if len(node.input) > 1 and node.input[1] else node_attr(node, "pads")
@@ -186,7 +195,7 @@ def _clamp(node: onnx.NodeProto, t: QuantFacts) -> str | None:
 _OP_LIMITS: dict[str, Callable[[onnx.NodeProto, QuantFacts], str | None]] = {
     "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
     "MaxPool": _pool, "AveragePool": _pool, "GlobalMaxPool": _pool, "GlobalAveragePool": _pool,
-    "Slice": _constant_params, "PRelu": _constant_params, "Pad": _pad, "Resize": _resize, "Div": _div,
+    "Slice": _constant_params, "PRelu": _prelu, "Pad": _pad, "Resize": _resize, "Div": _div,
     "Max": _clamp, "Min": _clamp,
 }
 

@@ -20,7 +20,7 @@ import onnx
 from ..check.fusion import pattern_view
 from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
-from ..operators import is_depthwise, unit_kind
+from ..operators import PRELU_MAX_SLOPES, is_depthwise, unit_kind
 from ..graph import attr
 from ..passes.gelu import gelu, table_ops
 from ..passes.linear_bias import linear_bias
@@ -390,6 +390,8 @@ def lower_prelu(g: QGraph, n: onnx.NodeProto) -> IntOp:
         slope, before = g.const(dq[0]), [dq[2]]
     if slope is None:
         raise _Reject(f"slope {n.input[1]!r} is computed at run time")
+    if slope.size > PRELU_MAX_SLOPES:
+        raise _Reject(f"{slope.size} slopes (one per element): one code table each, at most {PRELU_MAX_SLOPES}")
     rank = len(_shape(g, n.input[0]))
     if slope.ndim > rank:
         raise _Reject(f"slope of rank {slope.ndim} for an input of rank {rank}")

@@ -3,7 +3,7 @@
 Order matters: constants are folded first (BN parameters and pattern constants become
 initializers),
 no-op nodes go, and additions of products by an all-zero constant (a recurrence's zero initial state,
-:mod:`.zero_terms`), BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
+:mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu`` (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
 that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
 becomes a 1-D second input of its ``Add`` and a bias several layers read is copied per layer
 (:mod:`.linear_bias`), then decomposed activations become single
@@ -29,6 +29,7 @@ from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .gelu import canonical_gelus
 from .linear_bias import canonical_linear_biases, untie_shared_biases
+from .prelu import fold_prelu
 from .remove_identity import remove_identity
 from .target_rewrites import Rewrite, target_rewrites
 from .variance import stable_variances
@@ -40,7 +41,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
     the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
     m = fold_constants(model)
-    m = drop_zero_terms(remove_identity(m))
+    m = fold_prelu(drop_zero_terms(remove_identity(m)))
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = batchnorm_to_depthwise(fold_batchnorm(m))
     m = fold_affine(m)
