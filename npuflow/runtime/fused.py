@@ -64,7 +64,7 @@ from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F40
 from .fused_conv import conv, conv_transpose, matmul
 from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, source_writer,
                            table_node)
-from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_reach,
+from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
                           quantize_value, round_and_clip,
                           round_float, round_scaled, slice_node)
 
@@ -161,10 +161,21 @@ def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
         if "const" in spec:
             vals.append(g.const(nm.dequantize(blobs[spec["const"]], s, spec["zp"])))
             continue
-        v = g.centered(op["inputs"][spec["input"]], spec["zp"])
-        vals.append(g.node("Mul", [v, g.const(s)]))
+        vals.append(_dequantized_operand(g, op["inputs"][spec["input"]], s, spec["zp"]))
     v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[a["mode"]], vals)
     return quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep)))
+
+
+def _dequantized_operand(g: Graph, t: str, scale: float, zp: int | np.ndarray) -> str:
+    """``float32(q - zp) * float32(scale)`` of 8-bit tensor ``t`` (``numerics.dequantize``): ONNX
+    ``DequantizeLinear`` of its bytes where it is held as such and that kernel gives every code's
+    value bit for bit (``fused_qlinear._dequantize_matches``, the zero point moved as the bytes
+    are), one pass where the float form casts, centres and multiplies (PP-OCRv4 det on bernoulli2:
+    the operands of the FPN's adds, written by integer kernels); else that float form."""
+    moved = int(zp) - g.byte_offsets.get(t, 0) if np.ndim(zp) == 0 else -1
+    if t in g.bytes and 0 <= moved <= 255 and fused_qlinear._dequantize_matches(float(np.float32(scale)), moved):
+        return g.node("DequantizeLinear", [g.bytes[t], g.scalar(np.float32(scale)), g.scalar(moved, np.uint8)])
+    return g.node("Mul", [g.centered(t, zp), g.const(scale)])
 
 
 def _no_table(op: dict) -> None:
@@ -237,8 +248,7 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
         raise NotFusable("sum reaches 2^24")
     if a.get("qlinear") and _qlinear_global_average(g, op):
         return
-    x = g.centered(op["inputs"][0], a["x_zp"])
-    v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
+    v = _code_sums(g, op["inputs"][0], a["x_zp"])
     if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
         mult = np.float32(ep["acc_scale"]) / (np.float32(ep["scale"]) * np.float32(shape[2] * shape[3]))
         v = g.node("Mul", [v, g.const(mult)])
@@ -246,6 +256,25 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
         return
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
     g.put(op["outputs"][0], *quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep))))
+
+
+def _code_sums(g: Graph, src: str, zp: int) -> str:
+    """Per image and channel, the exact float32 sum of ``src``'s codes minus ``zp``: the sum of the
+    tensor as it is held (``q - off``), then ``(off - zp) * H * W`` on that small result.
+
+    Why: a tensor an integer kernel wrote is held as bytes, and its float32 view centred on ``zp``
+    is one more pass over the whole tensor (an ``Add``) where its readers are kernels on bytes
+    (PP-OCRv4 det on bernoulli2: the SE blocks' pools of the neck's 80x80 maps, whose products and
+    adds run on ``QLinearMul``/``QLinearAdd``).  Exact: every partial sum of either form is an
+    integer below 2^24 (the caller bounds ``|q - zp|`` times the count; ``q - off`` is checked here)."""
+    shape = g.tensors[src]["shape"]
+    x, off = g.base(src)
+    lo, hi = code_range(g.tensors[src]["dtype"])
+    count = int(shape[2] * shape[3])
+    if off == zp or max(abs(lo - off), abs(hi - off)) * count >= F32_BOUND:
+        return g.node("ReduceSum", [g.centered(src, zp), g.const([2, 3], np.int64)], keepdims=1)
+    v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
+    return g.node("Add", [v, g.const(np.float32((off - zp) * count))])
 
 
 def _qlinear_global_average(g: Graph, op: dict) -> bool:

@@ -58,6 +58,7 @@ from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from . import fused_fixed
 from .epilogues import out_type
 from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach
+from .kernels import KERNELS
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -323,6 +324,8 @@ def add(g: Graph, op: dict) -> bool:
     65,536 pairs of codes with the op's scales and zero points, gives ``numerics.qlinear_add``
     (:func:`_qlinear_add_matches`); say whether it did.  Elsewhere the kernel of ``numerics`` serves."""
     a = op["attrs"]
+    if "dequant" in a:
+        return _dequantized(g, op, "QLinearAdd")
     spec = a.get("qlinear")
     if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
         return False
@@ -361,6 +364,60 @@ def _qlinear_add_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: 
         "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
         "sc": np.float32(sc), "zc": np.uint8(zc)})
     return np.array_equal(got, want)
+
+
+def _dequantized(g: Graph, op: dict, op_type: str) -> bool:
+    """Write a float-scale eltwise add or product that dequantizes its 8-bit operands
+    (``kernels._float_eltwise``: float32 values combined, the fused chain, the quantize step with
+    the target's tie rule; bernoulli2) as ``com.microsoft`` kernel ``op_type`` on bytes (int8 codes
+    moved by 128, as ``Graph.as_bytes`` holds them) where that kernel, run at load with the op's
+    scales and zero points, gives the op's own kernel's codes on every pair of codes (broadcast as
+    the operands are: :func:`_kernel_pairs_match`); say whether it did.
+
+    Why: the float form is a ``Mul`` per operand, the combination, ``Div``, ``Round``, ``Clip`` and
+    casts, six to eight passes over the tensor where the kernel makes one (PP-OCRv4 det on
+    bernoulli2: 9 of its 10 SE products, 2 of its 11 adds).  Its float32 arithmetic is another order
+    of operations (scale ratios, fused multiply-adds), so it differs near some ties: the check
+    runs on every pair the op can meet; scales it refuses keep the float form."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    mode = {"QLinearAdd": "add", "QLinearMul": "mul"}[op_type]
+    if a["mode"] != mode or any("const" in o for o in a["operands"]) or not ort_kernels.exact():
+        return False
+    names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
+    dtypes = [np.dtype(g.tensors[t]["dtype"]) for t in (*names, out)]
+    if any(d.itemsize != 1 or d.kind not in "iu" for d in dtypes) \
+            or any(np.ndim(v) for v in (*a["dequant"], *(o["zp"] for o in a["operands"]), ep["scale"], ep["zp"])):
+        return False
+    shape = list(g.tensors[out]["shape"])
+    broadcast = _per_channel_operand(shape, [list(g.tensors[t]["shape"]) for t in names])
+    if broadcast is False or (mode == "add" and broadcast is not None):
+        return False
+    lows = [nm.qrange(8, d.kind == "i")[0] for d in dtypes]  # bytes are codes minus these
+    scales = [float(np.float32(s)) for s in (*a["dequant"], ep["scale"])]
+    zps = [int(z) - k for z, k in zip((*(o["zp"] for o in a["operands"]), ep["zp"]), lows)]
+    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
+    want = KERNELS["eltwise"](a, {})([(p + k).astype(d) for p, k, d in zip(pairs, lows, dtypes)])[0]
+    if not all(0 <= z <= 255 for z in zps) or not _kernel_pairs_match(
+            op_type, *scales, *zps, broadcast, (np.asarray(want, np.int64) - lows[2]).tobytes()):
+        return False
+    y = g.node(op_type, [g.as_bytes(names[0], lows[0]), g.scalar(scales[0]), g.scalar(zps[0], np.uint8),
+                         g.as_bytes(names[1], lows[1]), g.scalar(scales[1]), g.scalar(zps[1], np.uint8),
+                         g.scalar(scales[2]), g.scalar(zps[2], np.uint8)], domain=MS_DOMAIN)
+    g.put_bytes(out, y, lows[2])
+    return True
+
+
+@ort_kernels.persistent_check
+def _kernel_pairs_match(op_type: str, sa: float, sb: float, sc: float, za: int, zb: int, zc: int,
+                        broadcast: int | None, want: bytes) -> bool:
+    """Whether ``com.microsoft`` kernel ``op_type`` with these float32 scales and uint8 zero points
+    gives the int64 bytes ``want`` on every pair of codes (:data:`_ALL_PAIRS`, or
+    :func:`_broadcast_pairs` of ``broadcast``), as :func:`_qlinear_add_matches` checks its ops."""
+    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
+    got = _on_all_pairs(op_type, ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
+        "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
+        "sc": np.float32(sc), "zc": np.uint8(zc)}, pairs)
+    return np.array_equal(got, np.frombuffer(want, np.int64).reshape(got.shape))
 
 
 #: Every pair of uint8 codes, as two [1, 1, 256, 256] operands.
@@ -439,6 +496,8 @@ def mul(g: Graph, op: dict) -> bool:
     the exact product for every pair of codes (run at load on all 65,536, broadcast as the
     operands are); say whether it did."""
     a, ep = op["attrs"], op["attrs"].get("epilogue") or {}
+    if "dequant" in a:
+        return _dequantized(g, op, "QLinearMul")
     if a.get("mode") != "mul" or ep.get("mode") != "scale" or ep.get("chain") or any(a.get("align", [1])) \
             or np.ndim(ep["multiplier"]) or np.ndim(ep["zp"]) or any("const" in o for o in a["operands"]) \
             or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:

@@ -68,16 +68,18 @@ def float_form(g: Graph, src: str, out: str, table: np.ndarray) -> bool:
     form by its NCHW uint8 ``MaxPool`` between layout transposes (PP-OCR cls: more than the
     table saves)."""
     params = [g.tensors[t].get("quant") or {} for t in (src, out)]
-    if any(op["op"] == "maxpool" for op in g.readers.get(out, [])) \
-            or any(np.dtype(g.tensors[t]["dtype"]) != np.uint8 for t in (src, out)) \
+    dtypes = [np.dtype(g.tensors[t]["dtype"]) for t in (src, out)]
+    if any(op["op"] == "maxpool" for op in g.readers.get(out, [])) or dtypes[0] != dtypes[1] \
             or any("scale" not in q or np.ndim(q["scale"]) or np.ndim(q.get("zero_point", 0)) for q in params):
         return False
-    (sx, zx), (sy, zy) = ((float(np.float32(q["scale"])), int(q.get("zero_point", 0))) for q in params)
-    entries = np.asarray(table, np.int64).reshape(-1)
-    if not (_near(sx, zx, sy, zy, entries) and _float_form_matches(sx, zx, sy, zy, entries.tobytes())):
+    k = nm.qrange(8, dtypes[0].kind == "i")[0]  # int8 codes as bytes moved by 128 (bernoulli2), as byte_table holds them
+    (sx, zx), (sy, zy) = ((float(np.float32(q["scale"])), int(q.get("zero_point", 0)) - k) for q in params)
+    entries = np.asarray(table, np.int64).reshape(-1) - k
+    if not (0 <= zx <= 255 and 0 <= zy <= 255 and _near(sx, zx, sy, zy, entries)
+            and _float_form_matches(sx, zx, sy, zy, entries.tobytes())):
         return False
     dq = g.node("DequantizeLinear", [g.bytes[src], g.scalar(sx), g.scalar(zx, np.uint8)])
-    g.put_bytes(out, g.node("QuantizeLinear", [g.node("HardSwish", [dq]), g.scalar(sy), g.scalar(zy, np.uint8)]))
+    g.put_bytes(out, g.node("QuantizeLinear", [g.node("HardSwish", [dq]), g.scalar(sy), g.scalar(zy, np.uint8)]), k)
     return True
 
 
