@@ -20,6 +20,7 @@ from ..qdq import DOMAIN
 
 from . import fused
 from .fused_graph import EXTERNAL_BYTES, external_stub
+from .fused_run import RUN_OPTIONS
 from .kernels import KERNELS, Kernel
 
 Dump = Callable[[str, np.ndarray], None]
@@ -222,7 +223,8 @@ class OnnxExecutor:
             if self.lookup is not None:
                 result = self.lookup(feeds)
             elif not carried:  # the common case, once per frame: no carrier types to convert
-                result = dict(zip(self.outputs, self._run(self.outputs, {k: feeds[k] for k in self.inputs}, None)))
+                result = dict(zip(self.outputs, self._run(self.outputs, {k: feeds[k] for k in self.inputs},
+                                                             RUN_OPTIONS)))
             else:
                 ins = {carried[k][0] if k in carried else k: _to_carrier(feeds[k], carried.get(k)) for k in self.inputs}
                 values = self.session.run([carried[o][0] if o in carried else o for o in self.outputs], ins)

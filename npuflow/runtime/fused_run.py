@@ -25,6 +25,13 @@ from .fused_graph import SMALL_RUN_BYTES, Graph, elem_type, input_name
 _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
                ort.capi.onnxruntime_pybind11_state.InvalidGraph, ort.capi.onnxruntime_pybind11_state.NotImplemented)
 
+#: The run options every frame's compiled run is called with (:func:`direct_run`).  ONNX Runtime's
+#: compiled ``run`` given ``None`` builds default options of its own on each call, a path measured
+#: at 1.8 µs per MNIST frame in a hot loop and 8 µs on a frame after an idle (``docs/compiler-runtime.md``,
+#: "Per-frame overhead ... session 28"); these are the same defaults, built once.  ONNX Runtime only
+#: reads them during a run, so every session and thread shares them; nothing sets them.
+RUN_OPTIONS = ort.RunOptions()
+
 #: ONNX Runtime fusions that would change the float arithmetic of a graph (a non-power-of-two
 #: multiplier folded into weights or a GEMM's alpha); every other fusion keeps exact values exact.
 DISABLED_OPTIMIZERS = ["ConvMulFusion", "MatMulScaleFusion"]
@@ -178,11 +185,12 @@ class FusedRun:
                     if self.session is None:
                         self._open(self._session(*self.model()))
             self._direct = session, run = self.session, direct_run(self.session)
-        return run(self._names, feeds, None)
+        return run(self._names, feeds, RUN_OPTIONS)
 
 
 def direct_run(session: object) -> Callable:
-    """``session``'s run, ``(output_names, feeds, run_options) -> arrays``, called once per frame.
+    """``session``'s run, ``(output_names, feeds, run_options) -> arrays``, called once per frame
+    (with :data:`RUN_OPTIONS`).
 
     ``InferenceSession.run`` checks in Python, on every call, what the runtime's feeds satisfy by
     construction (every input fed by name, numpy arrays only, no graph capture, the CPU provider

@@ -47,6 +47,7 @@ from ..operators import SEAM_MOVES
 from ..ort_session import open_session
 from . import fused, merge
 from .fused_graph import OPSETS
+from .fused_run import RUN_OPTIONS
 from .executors import ORT_RUN_ERRORS, IntegerExecutor, OnnxExecutor, cpu_level
 
 
@@ -229,7 +230,7 @@ class Joined:
 
     def run_fed(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self._run(self.outputs, feeds, None)
+            return self._run(self.outputs, feeds, RUN_OPTIONS)
         except ORT_RUN_ERRORS as exc:  # the values, not the model: a CPU part's index past a table's end
             raise NpuflowError("NPF_RUNTIME_SUBGRAPH_FAILED", subgraph=self.name, reason=str(exc)) from None
 

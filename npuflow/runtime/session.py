@@ -172,11 +172,19 @@ class _OneRun:
 
     ``Session.run`` calls it first when no listener, dump or output selection asks for the general
     path: it checks each input as ``_validate`` does (a dict of exactly the model's inputs, each a
-    C-contiguous ``numpy.ndarray`` of the compiled dtype and shape) and feeds the arrays to the
-    fused run's session as they come, without the step loop, the executor's and the fused run's
-    dictionaries or the output selection of a general frame.  Anything it does not accept (a
-    missing or unknown name, another dtype or shape, a list, a strided view, a ``Mapping`` that is
-    not a dict) goes to the general path, which pads, copies or refuses it with its coded error.
+    ``numpy.ndarray`` of the compiled dtype and shape) and feeds the arrays to the fused run's
+    session as they come, without the step loop, the executor's and the fused run's dictionaries
+    or the output selection of a general frame.  A strided view goes as it is: ONNX Runtime reads
+    a non-contiguous array through a contiguous copy of its own, what the general path's
+    ``np.ascontiguousarray`` makes.  Anything else it does not accept (a missing or unknown name,
+    another dtype or shape, a list, a ``Mapping`` that is not a dict) goes to the general path,
+    which pads or refuses it with its coded error.
+
+    The checks touch as little of numpy as they can: on a frame after an idle (a request to a
+    server, the benchmark's protocol) each C function a frame calls for the first time in a while
+    costs cache misses, and numpy's dtype comparison and ``flags`` object were measured at 3-4 µs
+    each there (``docs/compiler-runtime.md``, session 28).  A dtype is compared by identity first
+    (numpy's built-in dtypes are single objects), by value only where that fails.
     """
 
     def __init__(self, run: FusedRun, inputs: list["TensorInfo"], output_names: list[str]) -> None:
@@ -184,7 +192,9 @@ class _OneRun:
         self.output_names = output_names
         feed = dict(zip(run.inputs, run.feed_names))
         #: per model input: its name, the fused run's feed name for it, the dtype and shape it must have
-        self.checks = [(t.name, feed[t.name], np.dtype(t.dtype), tuple(t.shape)) for t in inputs]
+        self.checks = tuple((t.name, feed[t.name], np.dtype(t.dtype), tuple(t.shape)) for t in inputs)
+        #: ``frame(inputs)``: the frame's outputs, or None where ``inputs`` need the general path
+        self.frame = _frame(run, self.checks, tuple(output_names))
 
     @classmethod
     def of(cls, program: "_Program", output_names: list[str]) -> "_OneRun | None":
@@ -196,17 +206,25 @@ class _OneRun:
             return None
         return cls(run, program.input_infos, output_names)
 
-    def __call__(self, inputs: object) -> dict[str, np.ndarray] | None:
-        """The frame's outputs, or None: ``inputs`` needs the general path."""
-        if type(inputs) is not dict or len(inputs) != len(self.checks):
+
+def _frame(run: FusedRun | joined.Joined, checks: tuple, outputs: tuple[str, ...]) -> Callable[[object], dict | None]:
+    """:class:`_OneRun`'s frame as a function whose checks and names are its own variables: a
+    method reading them from its instance measured 8 µs slower on a frame after an idle (class
+    docstring); ``run.run_fed`` is looked up on each call, so the run's own method runs."""
+    count, ndarray = len(checks), np.ndarray
+
+    def frame(inputs: object) -> dict[str, np.ndarray] | None:
+        if type(inputs) is not dict or len(inputs) != count:
             return None
         feeds = {}
-        for name, feed, dtype, shape in self.checks:
+        for name, feed, dtype, shape in checks:
             a = inputs.get(name)
-            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+            if type(a) is not ndarray or (a.dtype is not dtype and a.dtype != dtype) or a.shape != shape:
                 return None
             feeds[feed] = a
-        return dict(zip(self.output_names, self.run.run_fed(feeds)))
+        return dict(zip(outputs, run.run_fed(feeds)))
+
+    return frame
 
 
 def _last_reads(steps: Sequence[merge.Step], outputs: set[str]) -> list[tuple[str, ...]]:
@@ -306,6 +324,7 @@ class Session:
         self._dtypes = {t.name: np.dtype(t.dtype) for t in self._inputs}
         #: a frame that is one ONNX Runtime run, called without the general path (:class:`_OneRun`)
         self._one_run = _OneRun.of(first, self._output_names) if fuse and len(self._programs) == 1 else None
+        self._frame = self._one_run.frame if self._one_run is not None else None
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
         #: what a pickled Session reopens with (:meth:`__reduce__`)
@@ -333,7 +352,7 @@ class Session:
         finds them (a server swapping models, a notebook loading many); the description
         (``get_inputs``, ``compiled``) stays.  Closing twice is fine; running a closed session is
         ``NPF_RUNTIME_CLOSED``."""
-        programs, self._programs, self._one_run = self._programs, [], None
+        programs, self._programs, self._one_run, self._frame = self._programs, [], None, None
         for program in programs:  # the steps hold bound methods of their program: break the cycle
             program.steps, program._executors = [], []
         return_freed_heap()
@@ -493,9 +512,9 @@ class Session:
         returns that program's outputs whole: where an output dimension follows a padded input
         dimension (an OCR line's time steps), its last positions are computed from the padding.
         """
-        one_run = self._one_run
-        if one_run is not None and output_names is None and dump_dir is None and not self._listeners:
-            outputs = one_run(inputs)
+        frame = self._frame
+        if frame is not None and output_names is None and dump_dir is None and not self._listeners:
+            outputs = frame(inputs)
             if outputs is not None:
                 return outputs
         program, env = self._validate(inputs)

@@ -130,7 +130,7 @@ def test_a_replaced_session_is_the_one_that_runs(whole):
 
     run.session = Counting(run.session)
     assert np.array_equal(sess.run(x)["y"], want)
-    assert calls == [None]
+    assert calls == [fused_run.RUN_OPTIONS]  # the run options built once, not ONNX Runtime's per-call defaults
     assert isinstance(run.session.inner, ort.InferenceSession)
 
 
@@ -166,9 +166,9 @@ def test_a_one_run_model_runs_its_frame_as_one_compiled_run(whole, monkeypatch):
 
 
 def test_inputs_the_one_run_does_not_accept_take_the_general_path(whole, monkeypatch):
-    # a strided view, a read-only mapping and output_names go the general path, with the same
-    # outputs; a wrong shape, dtype, name or a list still get their coded errors; a closed session
-    # is refused, not run on its released sessions
+    # a read-only mapping and output_names go the general path, with the same outputs; a wrong
+    # shape, dtype (a byte-swapped float32 too), name or a list still get their coded errors; a
+    # closed session is refused, not run on its released sessions
     from types import MappingProxyType
 
     _, compiled = whole
@@ -176,18 +176,41 @@ def test_inputs_the_one_run_does_not_accept_take_the_general_path(whole, monkeyp
     x = _x([1, 8, 13, 11], 7)
     want = sess.run({"x": x})["y"]
     general = _general_only(monkeypatch, sess)
-    wide = np.zeros([1, 8, 13, 22], np.float32)
-    wide[..., ::2] = x
-    assert np.array_equal(sess.run({"x": wide[..., ::2]})["y"], want)
     assert np.array_equal(sess.run(MappingProxyType({"x": x}))["y"], want)
     assert np.array_equal(sess.run({"x": x}, output_names="y")["y"], want)
-    assert len(general) == 3
+    assert len(general) == 2
+    swapped = x.astype(x.dtype.newbyteorder())  # the same values, another dtype: refused, not read as native
+    assert np.array_equal(swapped, x) and swapped.dtype != x.dtype
     assert_refused(sess, [({"x": x[..., :10]}, "NPF_RUNTIME_INPUT_SHAPE"), ({"x": x[None]}, "NPF_RUNTIME_INPUT_SHAPE"),
                           ({"x": x.astype(np.float64)}, "NPF_RUNTIME_INPUT_DTYPE"),
-                          ({"x": x.tolist()}, "NPF_RUNTIME_INPUT_DTYPE"), ({"x": x, "z": x}, "NPF_RUNTIME_UNKNOWN_INPUT"),
+                          ({"x": x.tolist()}, "NPF_RUNTIME_INPUT_DTYPE"), ({"x": swapped}, "NPF_RUNTIME_INPUT_DTYPE"),
+                          ({"x": x, "z": x}, "NPF_RUNTIME_UNKNOWN_INPUT"),
                           ({"z": x}, "NPF_RUNTIME_UNKNOWN_INPUT"), ([x], "NPF_RUNTIME_BAD_FEED")])
     sess.close()
     assert_refused(sess, [({"x": x}, "NPF_RUNTIME_CLOSED")])
+
+
+def test_strided_views_and_equal_dtypes_stay_on_the_one_run(whole, monkeypatch):
+    # a non-contiguous view (every other column, reversed, Fortran order) is fed as it is: ONNX
+    # Runtime reads it through a contiguous copy, the bytes of the general path and of ORT on the
+    # quantized model; a dtype object equal to the compiled one but not numpy's own is accepted too
+    model, compiled = whole
+    sess, listened = Session(compiled), Session(compiled)
+    listened.add_listener(lambda event: None)  # the general path: np.ascontiguousarray, the step loop
+    x = _x([1, 8, 13, 11], 3)
+    wide = np.zeros([1, 8, 13, 22], np.float32)
+    wide[..., ::2] = x
+    views = [wide[..., ::2], np.ascontiguousarray(x[..., ::-1])[..., ::-1], np.asfortranarray(x),
+             x.view(np.dtype("float32", metadata={"from": "a loader"}))]
+    general = _general_only(monkeypatch, sess)
+    want = ort_values(model, {"x": x}, ["y"])["y"]
+    for v in views[:3]:
+        assert not v.flags.c_contiguous and np.array_equal(v, x)
+    assert views[3].dtype == x.dtype and views[3].dtype is not x.dtype
+    for v in views:
+        got = sess.run({"x": v})["y"]
+        assert np.array_equal(got, listened.run({"x": v})["y"]) and np.array_equal(got, want)
+    assert general == []
 
 
 def test_a_model_of_several_steps_has_no_one_run(mixed):
