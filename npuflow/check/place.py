@@ -61,10 +61,10 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
 
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None,
             target: Target | None = None) -> onnx.ModelProto:
-    """The model as it is checked: normalised, constants folded, decomposed PReLUs as one node, one-pass
-    variances rewritten and, for an accelerator ``target``, affine blocks folded forward (float models,
-    as the quantizer's float passes leave them: :mod:`..passes.prelu`, :mod:`..passes.variance`,
-    :mod:`..passes.fold_affine_forward`), nodes named,
+    """The model as it is checked: normalised, constants folded, decomposed PReLUs as one node, 1-D
+    pools as 2-D ones, one-pass variances rewritten and, for an accelerator ``target``, affine blocks
+    folded forward (float models, as the quantizer's float passes leave them: :mod:`..passes.prelu`,
+    :mod:`..passes.ops_1d`, :mod:`..passes.variance`, :mod:`..passes.fold_affine_forward`), nodes named,
     ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
     folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
     proto = load(model, input_shapes)
@@ -83,13 +83,14 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
     if not _is_quantized(proto):
         from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
         from ..passes.optimize import accelerator_forward_folds
+        from ..passes.ops_1d import ops_1d_as_2d
         from ..passes.prelu import fold_prelu
         from ..passes.variance import stable_variances
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
         # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
         # read the deviation, not x: where x's producer runs may depend on it).
-        proto = fold_prelu(fold_constants(proto))
+        proto = ops_1d_as_2d(fold_prelu(fold_constants(proto)))
         proto = accelerator_forward_folds(stable_variances(infer_static_shapes(proto)), target)
     name_nodes(proto)
     return proto

@@ -1,19 +1,21 @@
 """The float optimisation pipeline run before calibration (``optimized_float_model.onnx``).
 
 Order matters: constants are folded first (BN parameters and pattern constants become
-initializers),
-no-op nodes go, and additions of products by an all-zero constant (a recurrence's zero initial state,
-:mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu`` (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into their producers (a BN
-that cannot fold becomes a 1x1 depthwise convolution), a linear layer's bias after a ``MatMul``
-becomes a 1-D second input of its ``Add`` and a bias several layers read is copied per layer
-(:mod:`.linear_bias`), then decomposed activations become single
-nodes and every decomposed GELU the one chain the compiler lowers as a table (:mod:`.gelu`), and a LayerNorm's
-one-pass variance ``E[x^2] - E[x]^2`` the mean of squared deviations (:mod:`.variance`).  For an
-accelerator target, a constant scale/shift after an activation folds forward into the layer reading it
-(:mod:`.fold_affine_forward`: PP-LCNetV3's affine blocks).  Given a target, the target rewrites come
-last (:mod:`.target_rewrites`: a HardSigmoid's parameters folded into its producing layer, a
-GlobalAveragePool over a map larger than the target's pooling window split in two), only where the
-target's rules reject the node as it is.  Every step keeps results within float rounding (tested <= 1e-5 relative).
+initializers), no-op nodes go, and additions of products by an all-zero constant (a recurrence's
+zero initial state, :mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu``
+(:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into
+their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), then 1-D pooling and
+transposed convolutions become 2-D ones with H = 1 (:mod:`.ops_1d`, as the compiler runs 1-D
+convolutions), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
+and a bias several layers read is copied per layer (:mod:`.linear_bias`), then decomposed
+activations become single nodes and every decomposed GELU the one chain the compiler lowers as a
+table (:mod:`.gelu`), and a LayerNorm's one-pass variance ``E[x^2] - E[x]^2`` the mean of squared
+deviations (:mod:`.variance`).  For an accelerator target, a constant scale/shift after an
+activation folds forward into the layer reading it (:mod:`.fold_affine_forward`: PP-LCNetV3's
+affine blocks).  Given a target, the target rewrites come last (:mod:`.target_rewrites`: a
+HardSigmoid's parameters folded into its producing layer, a GlobalAveragePool over a map larger
+than the target's pooling window split in two), only where the target's rules reject the node as
+it is.  Every step keeps results within float rounding (tested <= 1e-5 relative).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .gelu import canonical_gelus
 from .linear_bias import canonical_linear_biases, untie_shared_biases
+from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
 from .remove_identity import remove_identity
 from .target_rewrites import Rewrite, target_rewrites
@@ -44,7 +47,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = fold_prelu(drop_zero_terms(remove_identity(m)))
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = batchnorm_to_depthwise(fold_batchnorm(m))
-    m = fold_affine(m)
+    m = ops_1d_as_2d(fold_affine(m))
     m = untie_shared_biases(canonical_linear_biases(m))
     m = fuse_activation_patterns(m)
     m = canonical_gelus(m)
