@@ -94,9 +94,16 @@ def cache_key() -> str:
     return h.hexdigest()[:32]
 
 
-def cache_file() -> Path:
-    """This process' verdict file: ``$NPUFLOW_CACHE/ort_kernels/<cache_key>.json``."""
-    return cache_root("ort_kernels") / f"{cache_key()}.json"
+def cache_file(family: str | None = None) -> Path:
+    """This process' verdict file: ``$NPUFLOW_CACHE/ort_kernels/<cache_key>.json`` for the process
+    probes, ``<cache_key>.<family>.json`` for a check's (its module and name): a load reads and keeps
+    the verdicts of the checks its model asks, not every model's (issue 19: 2,300 entries, 0.55 MiB)."""
+    return cache_root("ort_kernels") / (f"{cache_key()}.json" if family is None else f"{cache_key()}.{family}.json")
+
+
+def _file_of(entry: str) -> Path:
+    """The file of a stored entry: a check's (``module.name@source:key``) is its family's."""
+    return cache_file(entry.split("@", 1)[0] if "@" in entry else None)
 
 
 #: cache file -> (its inode, size and modification time when read, its verdicts): the file as this
@@ -105,10 +112,10 @@ def cache_file() -> Path:
 _READ: dict[Path, tuple[tuple[int, int, int], dict]] = {}
 
 
-def _stored() -> dict:
-    """The verdicts in :func:`cache_file` (empty where there is none or it cannot be read); not
-    to be changed by the caller (the same dict is returned until the file changes)."""
-    path = cache_file()
+def _stored(path: Path | None = None) -> dict:
+    """The verdicts in ``path`` (:func:`cache_file` by default; empty where there is none or it
+    cannot be read); not to be changed by the caller (the same dict is returned until the file changes)."""
+    path = cache_file() if path is None else path
     try:
         st = path.stat()
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -127,10 +134,10 @@ def _store(name: str, verdict: Verdict, stale: str | None = None) -> None:
     """Add ``name``'s verdict to :func:`cache_file`, written whole to a temporary file and renamed,
     so a concurrent reader never sees half a file; a directory npuflow cannot write keeps none.
     Entries that start with ``stale`` (a changed check's) are dropped."""
-    path = cache_file()
+    path = _file_of(name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = {k: v for k, v in _stored().items() if not (stale and k.startswith(stale))}
+        kept = {k: v for k, v in _stored(path).items() if not (stale and k.startswith(stale))}
         verdicts = {**kept, name: verdict}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdicts-")
         with os.fdopen(fd, "w") as f:
@@ -143,7 +150,7 @@ def _store(name: str, verdict: Verdict, stale: str | None = None) -> None:
 def _recall(entry: str, run: Callable[[], Verdict], family: str | None = None, version: str = "") -> Verdict:
     """``entry``'s verdict from :func:`cache_file`, else ``run()`` stored under ``entry``; entries
     of ``family`` written by another ``version`` of it (a changed check) are dropped then."""
-    stored = _stored()
+    stored = _stored(_file_of(entry))
     if entry in stored and (family is None or isinstance(stored[entry], bool)):
         return stored[entry]
     found = run()
@@ -171,7 +178,7 @@ def persistent_check(check: Callable[..., bool]) -> Callable[..., bool]:
     """``check(*args)``, a check of one operation's ONNX Runtime kernel with that operation's
     constants (scales, zero points; ``bytes`` for a table, keyed by its SHA-256), run once per
     arguments in a process and, where the disk cache is on, once per :func:`cache_key`: its
-    verdict is kept in :func:`cache_file` beside the process probes', under the check's name,
+    verdict is kept in its own :func:`cache_file` (``family``: the check's name), under the check's name,
     the SHA-256 of its module's source and the arguments.  A load of a model whose checks were
     made before opens none of their sessions (each stays in the load's peak memory)."""
     @functools.wraps(check)
