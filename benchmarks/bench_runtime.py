@@ -537,7 +537,8 @@ def render_memory(results: list[dict], meta: dict) -> list[str]:
         "each column in a fresh process that imports numpy, ONNX Runtime and npuflow, loads the input, loads "
         "the model (the saved `.npuf`; the plain QDQ and FP32 `.onnx` files) with one intra-op thread and runs "
         "the frames; the figure is its peak resident set (`VmHWM`) minus that of a process that does the same "
-        "without a model (its peak: the last column).  In brackets: resident after the load / added by the "
+        "without a model (its peak: the last column); the median of 3 rounds of such processes "
+        "(`runtime_memory.memory_columns`).  In brackets: resident after the load / added by the "
         "first frame.  Lower is better; the target is npuflow <= ORT plain QDQ.",
         "",
         "| model | target | batch | " + " | ".join(cols) + " | npuflow / ORT plain QDQ | baseline |",

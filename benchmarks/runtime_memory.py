@@ -97,20 +97,33 @@ def child_memory(load: str, model: str | None = None, input_path: Path | None = 
     return {"peak": out["peak_kib"] / MIB, "rss": {k: v / MIB for k, v in out["rss_kib"].items()}}
 
 
-def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames: int) -> dict:
-    """Each column's peak memory over the baseline child's, in MiB.
+def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames: int, rounds: int = 3) -> dict:
+    """Each column's peak memory over the baseline child's, in MiB: the median of ``rounds`` rounds,
+    each a fresh baseline child and one fresh child per column, in turn.
 
-    ``models`` maps a column label to its ``MEMORY_LOADS`` key and model file.  Per column:
-    ``peak`` (the increase of the child's peak RSS over the baseline child's), ``load`` (RSS after
+    Why rounds: one child's figure depends on the machine's page cache, not only on the model: a
+    child whose libraries' and npuflow's files were just evicted (another job's reads, or
+    ``posix_fadvise`` on npuflow's ``.pyc`` files) read 1.5-3.5 MiB above the next one on PP-OCR
+    cls (issue 19, session 28: the README's "bimodal" 13.7 / 15.0 MiB of cls cpu-int8), and the
+    first model child of a case was the one it hit.  ``models`` maps a column label to its
+    ``MEMORY_LOADS`` key and model file.  Per column, from the round of its median peak: ``peak``
+    (the increase of the child's peak RSS over that round's baseline child's), ``load`` (RSS after
     the load over RSS before it: the resident model), ``first_frame`` (RSS added by the first
-    frame: buffers and arena), ``peak_abs`` (the child's own peak); ``baseline`` is the baseline
-    child's peak.
+    frame: buffers and arena), ``peak_abs`` (the child's own peak), ``base`` (that round's
+    baseline), ``rounds`` (every round's ``peak``); ``baseline`` is the baseline children's median.
     """
-    base = child_memory(MEMORY_LOADS["baseline"], None, input_path, frames)
-    out: dict = {"baseline": base["peak"]}
-    for label, (kind, model) in models.items():
-        m = child_memory(MEMORY_LOADS[kind], str(model), input_path, frames)
-        rss = m["rss"]
-        out[label] = {"peak": m["peak"] - base["peak"], "peak_abs": m["peak"],
-                      "load": rss["loaded"] - rss["input"], "first_frame": rss["first_frame"] - rss["loaded"]}
+    bases: list[float] = []
+    runs: dict[str, list[dict]] = {label: [] for label in models}
+    for _ in range(rounds):
+        base = child_memory(MEMORY_LOADS["baseline"], None, input_path, frames)["peak"]
+        bases.append(base)
+        for label, (kind, model) in models.items():
+            m = child_memory(MEMORY_LOADS[kind], str(model), input_path, frames)
+            rss = m["rss"]
+            runs[label].append({"peak": m["peak"] - base, "peak_abs": m["peak"], "base": base,
+                                "load": rss["loaded"] - rss["input"], "first_frame": rss["first_frame"] - rss["loaded"]})
+    out: dict = {"baseline": sorted(bases)[(len(bases) - 1) // 2]}
+    for label, found in runs.items():
+        middle = sorted(found, key=lambda r: r["peak"])[(len(found) - 1) // 2]
+        out[label] = {**middle, "rounds": [r["peak"] for r in found]}
     return out

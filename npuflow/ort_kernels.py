@@ -27,10 +27,8 @@ The probes' verdicts are kept on disk (:func:`persistent`, ``$NPUFLOW_CACHE/ort_
 ``~/.cache/npuflow`` by default), keyed by what decides them: ONNX Runtime's version and library
 file, the CPU's flags, npuflow's version and the source of this module and ``numerics``.  A
 process that finds its key's verdicts opens no probe session: each probe's sessions stay in the
-process' peak memory (the runtime's load of a small model, where they are a tenth of it).  The
-runtime's checks of one operation's kernel with that operation's scales (:func:`persistent_check`)
-keep theirs there too: a model of many float-scale groups has one per distinct operation.
-``NPUFLOW_ENABLE_CACHE=0`` probes in every process, as it compiles at every start in ``npuflow.ort``.
+process' peak memory.  The checks of one operation's kernel with its scales (:func:`persistent_check`)
+keep theirs there too, a file per check.  ``NPUFLOW_ENABLE_CACHE=0`` probes in every process.
 """
 
 from __future__ import annotations
@@ -96,25 +94,28 @@ def cache_key() -> str:
 
 def cache_file(family: str | None = None) -> Path:
     """This process' verdict file: ``$NPUFLOW_CACHE/ort_kernels/<cache_key>.json`` for the process
-    probes, ``<cache_key>.<family>.json`` for a check's (its module and name): a load reads and keeps
-    the verdicts of the checks its model asks, not every model's (issue 19: 2,300 entries, 0.55 MiB)."""
+    probes, ``<cache_key>.<family>.json`` for a check's (``module.name@source``): a load keeps only
+    the verdicts its model asks (issue 19: one file of all held 2,300, 0.55 MiB parsed), and
+    checkouts of other sources sharing a cache keep their own."""
     return cache_root("ort_kernels") / (f"{cache_key()}.json" if family is None else f"{cache_key()}.{family}.json")
 
 
+KEEP_VERSIONS = 8  # versions (sources) of a check whose verdict files are kept (:func:`_store`)
+
+
 def _file_of(entry: str) -> Path:
-    """The file of a stored entry: a check's (``module.name@source:key``) is its family's."""
-    return cache_file(entry.split("@", 1)[0] if "@" in entry else None)
+    """The file of a stored entry: a check's (``module.name@source:key``) is its version's."""
+    return cache_file(entry.split(":", 1)[0] if "@" in entry else None)
 
 
-#: cache file -> (its inode, size and modification time when read, its verdicts): the file as this
-#: process last read it, read again only once it changed (a check stores its verdict by replacing
-#: the file, here or in another process).  YOLOv8n cpu-int8's load asks 123 checks.
+#: cache file -> (inode, size, mtime when read; its verdicts): read again only once it changed (a
+#: store replaces the file, here or in another process).  YOLOv8n cpu-int8's load asks 123 checks.
 _READ: dict[Path, tuple[tuple[int, int, int], dict]] = {}
 
 
 def _stored(path: Path | None = None) -> dict:
-    """The verdicts in ``path`` (:func:`cache_file` by default; empty where there is none or it
-    cannot be read); not to be changed by the caller (the same dict is returned until the file changes)."""
+    """The verdicts in ``path`` (:func:`cache_file` by default; empty where none can be read); not to
+    be changed by the caller (the same dict is returned until the file changes)."""
     path = cache_file() if path is None else path
     try:
         st = path.stat()
@@ -130,33 +131,35 @@ def _stored(path: Path | None = None) -> dict:
     return stored
 
 
-def _store(name: str, verdict: Verdict, stale: str | None = None) -> None:
-    """Add ``name``'s verdict to :func:`cache_file`, written whole to a temporary file and renamed,
-    so a concurrent reader never sees half a file; a directory npuflow cannot write keeps none.
-    Entries that start with ``stale`` (a changed check's) are dropped."""
+def _store(name: str, verdict: Verdict) -> None:
+    """Add ``name``'s verdict to its file (:func:`_file_of`), written whole and renamed (no reader
+    sees half a file; an unwritable directory keeps none).  A check's first verdict at a new source
+    removes its least recently written versions' files beyond :data:`KEEP_VERSIONS`."""
     path = _file_of(name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = {k: v for k, v in _stored(path).items() if not (stale and k.startswith(stale))}
-        verdicts = {**kept, name: verdict}
+        new = not path.exists()
+        verdicts = {**_stored(path), name: verdict}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdicts-")
         with os.fdopen(fd, "w") as f:
             json.dump(verdicts, f)
         os.replace(tmp, path)
+        if new and "@" in name:
+            versions = sorted(path.parent.glob(f"{cache_key()}.{name.split('@', 1)[0]}@*.json"),
+                              key=lambda f: f.stat().st_mtime_ns)
+            for old in versions[:-KEEP_VERSIONS]:
+                old.unlink(missing_ok=True)
     except OSError as exc:
         log.debug("ONNX Runtime kernel verdicts not stored in %s: %s", path, exc)
 
 
-def _recall(entry: str, run: Callable[[], Verdict], family: str | None = None, version: str = "") -> Verdict:
-    """``entry``'s verdict from :func:`cache_file`, else ``run()`` stored under ``entry``; entries
-    of ``family`` written by another ``version`` of it (a changed check) are dropped then."""
+def _recall(entry: str, run: Callable[[], Verdict]) -> Verdict:
+    """``entry``'s verdict from its file, else ``run()`` stored (a check's must be a bool)."""
     stored = _stored(_file_of(entry))
-    if entry in stored and (family is None or isinstance(stored[entry], bool)):
+    if entry in stored and ("@" not in entry or isinstance(stored[entry], bool)):
         return stored[entry]
     found = run()
-    stale = None if family is None else next(
-        (k.split(":")[0] + ":" for k in stored if k.startswith(family) and not k.startswith(version)), None)
-    _store(entry, found, stale)
+    _store(entry, found)
     return found
 
 
@@ -198,9 +201,8 @@ def keyed_verdict(check: Callable[..., bool], key: str, *args) -> bool:
     what decides it, for arguments that cannot be the key themselves (models and their weights)."""
     if not cache_enabled():
         return bool(check(*args))
-    name = f"{check.__module__}.{check.__qualname__}"
-    version = f"{name}@{_source_digest(Path(inspect.getfile(check)))}:"
-    return _recall(version + key, lambda: bool(check(*args)), f"{name}@", version)
+    source = _source_digest(Path(inspect.getfile(check)))
+    return _recall(f"{check.__module__}.{check.__qualname__}@{source}:{key}", lambda: bool(check(*args)))
 
 
 @functools.cache

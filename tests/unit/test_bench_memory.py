@@ -28,13 +28,31 @@ def test_column_reports_its_load_and_transient_peak_over_the_baseline(tmp_path, 
                                                  "run = lambda: int(np.ones(30 << 20, np.uint8).sum())")
     input_path = tmp_path / "input.npz"
     np.savez(input_path, x=np.zeros((1, 3, 8, 8), np.float32))
-    m = B.memory_columns({"alloc": ("alloc", tmp_path / "unused")}, input_path, frames=2)
+    m = B.memory_columns({"alloc": ("alloc", tmp_path / "unused")}, input_path, frames=2, rounds=1)
     assert m["baseline"] > 20  # the interpreter and its imports
     # tolerance: two processes' import footprints differ by a MiB or two
     assert 75 <= m["alloc"]["peak"] < 100  # without the frame's 30 MiB it would be ~50
     assert 48 <= m["alloc"]["load"] < 60
     assert abs(m["alloc"]["first_frame"]) < 10
     assert m["alloc"]["peak_abs"] == pytest.approx(m["baseline"] + m["alloc"]["peak"])
+
+
+def test_a_column_is_its_median_round_over_that_rounds_baseline(tmp_path, monkeypatch) -> None:
+    # one child's figure depends on the page cache (a child after its files were evicted read
+    # 1.5-3.5 MiB more on PP-OCR cls): each column is the median of rounds of fresh children
+    peaks = iter([100.0, 130.0, 50.0,  # round 1: baseline, "a", "b"
+                  101.0, 120.0, 52.0,
+                  99.0, 190.0, 48.0])
+
+    def child(load, model=None, input_path=None, frames=5):
+        return {"peak": next(peaks), "rss": {"input": 1.0, "loaded": 2.0, "first_frame": 3.0, "end": 3.0}}
+
+    monkeypatch.setattr(B, "child_memory", child)
+    m = B.memory_columns({"a": ("ORT", tmp_path), "b": ("ORT", tmp_path)}, tmp_path / "x.npz", frames=1)
+    assert m["baseline"] == 100.0
+    assert m["a"]["rounds"] == [30.0, 19.0, 91.0] and m["a"]["peak"] == 30.0 and m["a"]["peak_abs"] == 130.0
+    assert m["b"]["rounds"] == [-50.0, -49.0, -51.0] and m["b"]["peak"] == -50.0 and m["b"]["base"] == 100.0
+    assert m["a"]["load"] == 1.0 and m["a"]["first_frame"] == 1.0
 
 
 def test_child_peak_leaves_out_the_parent_it_was_forked_from() -> None:

@@ -62,7 +62,7 @@ def test_each_check_keeps_its_verdicts_in_a_file_of_its_own(cache):
     ort_kernels._store("probe_a", True)
     ort_kernels._store("pkg.mod._check@0123456789abcdef:k1", False)
     assert ort_kernels._stored() == {"probe_a": True}
-    family = ort_kernels.cache_file("pkg.mod._check")
+    family = ort_kernels.cache_file("pkg.mod._check@0123456789abcdef")
     assert family != ort_kernels.cache_file() and family.parent == ort_kernels.cache_file().parent
     assert json.loads(family.read_text()) == {"pkg.mod._check@0123456789abcdef:k1": False}
     cache.clear()

@@ -93,11 +93,21 @@ def test_a_stored_refusal_is_kept_too(opened):
     assert opened == []
 
 
-def test_a_changed_checks_verdicts_are_dropped(opened):
-    """Entries of the check's module at another source (an older npuflow's) leave the file when it
-    stores a verdict, so the file holds one version of each check."""
-    ort_kernels._store("npuflow.runtime.fused_qlinear._mul_matches@0123456789abcdef:00", True)
+def test_a_changed_checks_verdicts_are_another_file(opened):
+    """A check's verdicts at another source (another checkout's or an older npuflow's) are a file of
+    their own, so checkouts sharing one cache no longer drop each other's at every store (each
+    dropped verdict is a check session opened again at the next load: YOLOv8n cpu-int8 opens 123);
+    beyond ``KEEP_VERSIONS`` the least recently written versions' files go."""
+    family = "npuflow.runtime.fused_qlinear._mul_matches"
+    ort_kernels._store(f"{family}@0123456789abcdef:00", True)
     fused_qlinear._mul_matches(0.02, 9, 0, 9, None)  # probes and stores its verdict
-    stored = json.loads(ort_kernels.cache_file("npuflow.runtime.fused_qlinear._mul_matches").read_text())
-    assert not any("@0123456789abcdef:" in k for k in stored), stored
-    assert sum(k.startswith("npuflow.runtime.fused_qlinear._mul_matches@") for k in stored) == 1, stored
+    files = sorted(ort_kernels.cache_file().parent.glob(f"*.{family}@*.json"))
+    assert len(files) == 2, files
+    old = ort_kernels.cache_file(f"{family}@0123456789abcdef")
+    assert json.loads(old.read_text()) == {f"{family}@0123456789abcdef:00": True}
+    ours = next(f for f in files if f != old)
+    assert len(json.loads(ours.read_text())) == 1
+    for k in range(ort_kernels.KEEP_VERSIONS):
+        ort_kernels._store(f"{family}@{k:016x}:00", False)
+    left = sorted(ort_kernels.cache_file().parent.glob(f"*.{family}@*.json"))
+    assert len(left) == ort_kernels.KEEP_VERSIONS and ours not in left and old not in left
