@@ -179,6 +179,11 @@ class QuantConfig(_Strict):
     calib_shapes: dict[str, list[int]] = Field(default_factory=dict)
     calib_dtype: str = "float32"
     max_calib_samples: int | None = Field(default=None, ge=1)
+    #: The first this many calibration samples the steps after calibration read again: fast finetune, bias
+    #: correction and the output checks of the activation-position and percentile searches (the ranges read
+    #: every sample); more costs time and memory in proportion (docs/accuracy.md, "More calibration samples for
+    #: fast finetune": EfficientNet-Lite0 on B4096 with 256).
+    finetune_samples: int = Field(default=64, ge=1)
     #: Let calibration samples differ from the shape the model is quantized at in the dimensions
     #: the source model leaves dynamic (OCR line widths); off, every sample must have that shape.
     #: None (default): on exactly when the source has dynamic dims that ``input_shapes`` leaves open.

@@ -250,9 +250,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     positions = plan.quantized and method_search.applies(cfg, tgt.numerics.scale_type)
     if positions:  # the MSE candidate's histograms, collected in the same pass
         hist |= method_search.histogram_points(build_plan(leg, tgt, method_search.with_method(cfg, method_search.CANDIDATE), allowed))
-    guard = algorithms.FINETUNE_SAMPLES if cfg.include_bias_corr == "auto" or search or positions else 0
+    guard = cfg.finetune_samples if cfg.include_bias_corr == "auto" or search or positions else 0
     # steps after calibration read samples again; a one-shot iterator's first ones are kept for them
-    keep = cfg.report_samples if data.reusable else max(cfg.report_samples, algorithms.FINETUNE_SAMPLES)
+    keep = cfg.report_samples if data.reusable else max(cfg.report_samples, cfg.finetune_samples)
     stats, kept = collect(leg, tensors, hist, data, bins=cfg.histogram_bins, keep=keep, keep_outputs=guard,
                           progress=progress, total=total, workers=cfg.calib_workers, ray_address=cfg.calib_ray_address)
     again = data if data.reusable else kept

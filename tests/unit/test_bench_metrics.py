@@ -172,3 +172,22 @@ def test_det_bench_cos_text_leaves_out_the_near_empty_inputs() -> None:
     scores = bench.evaluate(WrongOnNearEmpty())
     assert scores["cos_text"] == pytest.approx(1.0, abs=1e-6)
     assert scores["cos"] < 0.999
+
+
+def test_accuracy_bench_finetune_samples_reach_every_row(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--finetune-samples`` is the quantize config's ``finetune_samples`` in each row (fast finetune read the
+    first 64 samples whatever ``--calib`` gave), and ``--cheap none`` starts fast finetune from the defaults,
+    labelled so (the row said "from plain" while running the defaults).  MNIST CNN on the DPU, real digits."""
+    from benchmarks.bench_accuracy import run_model
+    from benchmarks.bench_quant import Bench
+    from tests import fixture_models
+    from tests.unit.test_block_accept import _digits
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    bench = Bench("digits", fixture_models.mnist_cnn(), {"input": [1, 1, 28, 28]}, _digits(80),
+                  lambda session: {"cos": 1.0}, "cos", "stub")
+    rows = run_model(bench, 20, 0.99, peers=False, methods=("adaround",), mixed=False, cheap=("none",),
+                     finetune_samples=72)
+    (name, row), = [(k, r) for k, r in rows.items() if k != "FP32"]
+    assert name.endswith("(from npuflow defaults)")
+    assert row["config"]["finetune_samples"] == 72 and row["algorithms"]["fast_finetune"]["samples"] == 72

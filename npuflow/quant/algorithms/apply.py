@@ -35,11 +35,10 @@ from .restarts import best_of
 
 log = logging.getLogger(__name__)
 
-#: Calibration samples used by CLE's clip statistics, fast finetune and bias correction (whose
-#: ``auto`` check runs on all of them: on 8 instead of 32 it picked the wrong side on PP-OCRv4
-#: rec cpu-int8 and YOLOv8n, whose two errors differ by 10-20 %).
+#: Calibration samples used by CLE's clip statistics; fast finetune and bias correction read the config's
+#: ``finetune_samples`` (bias correction's ``auto`` check runs on all of them: on 8 instead of 32 it picked
+#: the wrong side on PP-OCRv4 rec cpu-int8 and YOLOv8n, whose two errors differ by 10-20 %).
 CLE_SAMPLES = 16
-FINETUNE_SAMPLES = 64
 
 
 def hold_out(data, cfg) -> tuple[object, list[Feed]]:
@@ -92,7 +91,7 @@ def after_export(
     summary: dict = {}
     if cfg.fast_finetune is None and not cfg.include_bias_corr:
         return quantized, summary
-    feeds = list(itertools.islice(calibration(), FINETUNE_SAMPLES))
+    feeds = list(itertools.islice(calibration(), cfg.finetune_samples))
     q = quantized
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
@@ -115,11 +114,11 @@ def after_export(
             q, rep = fast_finetune(float_model, start, feeds, settings)
         # the learning rate that ran (the config's null resolves per method; defaults have changed)
         summary["fast_finetune"] = {"method": ff.method, "iters": ff.iters, "lr": settings.learning_rate,
-                                    "layers": len(rep.layers),
+                                    "layers": len(rep.layers), "samples": len(feeds),
                                     "cached": sum(r.cached for r in rep.layers), "seconds": round(rep.seconds, 2)}
         if held_out is not None:  # every run's held-out agreement and time, and which one is kept
             summary["fast_finetune"].update(restarts=[r.to_json() for r in runs], chosen_seed=runs[chosen].seed,
-                                            selected_on=len(held_out.feeds), samples=len(feeds))
+                                            selected_on=len(held_out.feeds))
         if ff.learn_threshold:  # weight fix positions moved: +1 is one step finer
             shifts = [r.fix_shift for r in rep.layers]
             summary["fast_finetune"]["fix_moves"] = {"finer": sum(d > 0 for d in shifts),
