@@ -18,9 +18,13 @@ revision:
   frame's few-percent share of it on a loaded machine.
 
     python benchmarks/bench_session_overhead.py [--cases mnist:cpu-int8:1,cls:cpu-int8:1] [--before REV]
-                                                [--rounds 15] [--frames 0.3]
+                                                [--rounds 15] [--frames 0.3] [--idle 0.3]
 
-``--frames`` is the CPU seconds each timed block aims at.  Prints a markdown table.
+``--frames`` is the CPU seconds each timed block aims at.  ``--idle S`` times each block as
+``bench_runtime.py`` times its columns instead: an untimed frame, S seconds idle, 3 timed frames
+(a frame after an idle, as a server's request meets it: caches taken by other processes, where
+every C function and object a frame touches costs misses; the Python around ONNX Runtime's run
+costs several times its hot-loop figure there).  Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def worker(root: str, folder: str, reference: bool) -> None:
         if request["do"] == "time":
             fn, n = columns[request["column"]], request["frames"]
             fn()
+            if request.get("idle"):
+                time.sleep(request["idle"])
             t0 = time.process_time()
             for _ in range(n):
                 fn()
@@ -192,6 +198,8 @@ def main() -> None:
     ap.add_argument("--before", metavar="REV", help="also run the npuflow package as of git revision REV")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--frames", type=float, default=0.3, help="CPU seconds each timed block aims at")
+    ap.add_argument("--idle", type=float, default=0.0, metavar="S",
+                    help="time each block as bench_runtime.py does: a frame, S seconds idle, 3 timed frames")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -224,10 +232,11 @@ def _case(case: str, tmp: Path, roots: dict, args) -> dict:
         first = workers["this tree"]
         per_frame = first.ask(do="time", column="npuflow", frames=3)["ms"]
         frames = max(3, int(args.frames * 1e3 / max(per_frame, 1e-3)))
+        block = dict(frames=3, idle=args.idle) if args.idle else dict(frames=frames)
         times: dict = {c: [] for c in columns}
-        for _ in range(args.rounds):
-            for label, column in columns:
-                times[(label, column)].append(workers[label].ask(do="time", column=column, frames=frames)["ms"])
+        for r in range(args.rounds):  # every other round backwards, as bench_runtime's rounds
+            for label, column in (columns if r % 2 == 0 else columns[::-1]):
+                times[(label, column)].append(workers[label].ask(do="time", column=column, **block)["ms"])
         profiles = {label: w.ask(do="profile", frames=frames) for label, w in workers.items()}
     finally:
         for w in workers.values():
@@ -239,7 +248,9 @@ def _case(case: str, tmp: Path, roots: dict, args) -> dict:
 
 def _render(rows: list[dict], roots: dict, args) -> list[str]:
     labels = list(roots)
-    lines = [f"Median of {args.rounds} interleaved blocks (CPU ms per frame, one thread); "
+    blocks = (f"blocks of an untimed frame, {args.idle} s idle and 3 timed frames" if args.idle
+              else "blocks")
+    lines = [f"Median of {args.rounds} interleaved {blocks} (CPU ms per frame, one thread); "
              "`python`: microseconds per frame outside ONNX Runtime's compiled runs.", "",
              "| model | target | batch | " + " | ".join(f"npuflow {lb}" for lb in labels)
              + " | ORT plain QDQ | ORT plain QDQ exact weights | "

@@ -28,7 +28,7 @@ _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
 #: The run options every frame's compiled run is called with (:func:`direct_run`).  ONNX Runtime's
 #: compiled ``run`` given ``None`` builds default options of its own on each call, a path measured
 #: at 1.8 µs per MNIST frame in a hot loop and 8 µs on a frame after an idle (``docs/compiler-runtime.md``,
-#: "Per-frame overhead ... session 28"); these are the same defaults, built once.  ONNX Runtime only
+#: "Per-frame overhead after an idle"); these are the same defaults, built once.  ONNX Runtime only
 #: reads them during a run, so every session and thread shares them; nothing sets them.
 RUN_OPTIONS = ort.RunOptions()
 
