@@ -397,8 +397,8 @@ def _dequantized(g: Graph, op: dict, op_type: str) -> bool:
     zps = [int(z) - k for z, k in zip((*(o["zp"] for o in a["operands"]), ep["zp"]), lows)]
     pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
     want = KERNELS["eltwise"](a, {})([(p + k).astype(d) for p, k, d in zip(pairs, lows, dtypes)])[0]
-    if not all(0 <= z <= 255 for z in zps) or not _kernel_pairs_match(
-            op_type, *scales, *zps, broadcast, (np.asarray(want, np.int64) - lows[2]).tobytes()):
+    want = (np.asarray(want, np.int64) - lows[2]).astype(np.uint8).tobytes()  # 8-bit codes: 0..255
+    if not all(0 <= z <= 255 for z in zps) or not _kernel_pairs_match(op_type, *scales, *zps, broadcast, want):
         return False
     y = g.node(op_type, [g.as_bytes(names[0], lows[0]), g.scalar(scales[0]), g.scalar(zps[0], np.uint8),
                          g.as_bytes(names[1], lows[1]), g.scalar(scales[1]), g.scalar(zps[1], np.uint8),
@@ -411,13 +411,13 @@ def _dequantized(g: Graph, op: dict, op_type: str) -> bool:
 def _kernel_pairs_match(op_type: str, sa: float, sb: float, sc: float, za: int, zb: int, zc: int,
                         broadcast: int | None, want: bytes) -> bool:
     """Whether ``com.microsoft`` kernel ``op_type`` with these float32 scales and uint8 zero points
-    gives the int64 bytes ``want`` on every pair of codes (:data:`_ALL_PAIRS`, or
-    :func:`_broadcast_pairs` of ``broadcast``), as :func:`_qlinear_add_matches` checks its ops."""
+    gives the uint8 ``want`` (a byte a pair, which the checks' cache holds) on every pair of codes
+    (:data:`_ALL_PAIRS`, or :func:`_broadcast_pairs` of ``broadcast``), as :func:`_qlinear_add_matches` checks."""
     pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
     got = _on_all_pairs(op_type, ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
         "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
         "sc": np.float32(sc), "zc": np.uint8(zc)}, pairs)
-    return np.array_equal(got, np.frombuffer(want, np.int64).reshape(got.shape))
+    return np.array_equal(got, np.frombuffer(want, np.uint8).reshape(got.shape))
 
 
 #: Every pair of uint8 codes, as two [1, 1, 256, 256] operands.

@@ -72,7 +72,7 @@ def float_form(g: Graph, src: str, out: str, table: np.ndarray) -> bool:
     if any(op["op"] == "maxpool" for op in g.readers.get(out, [])) or dtypes[0] != dtypes[1] \
             or any("scale" not in q or np.ndim(q["scale"]) or np.ndim(q.get("zero_point", 0)) for q in params):
         return False
-    k = nm.qrange(8, dtypes[0].kind == "i")[0]  # int8 codes as bytes moved by 128 (bernoulli2), as byte_table holds them
+    k = nm.qrange(8, dtypes[0].kind == "i")[0]  # int8 codes as bytes moved by 128 (bernoulli2): byte_table
     (sx, zx), (sy, zy) = ((float(np.float32(q["scale"])), int(q.get("zero_point", 0)) - k) for q in params)
     entries = np.asarray(table, np.int64).reshape(-1) - k
     if not (0 <= zx <= 255 and 0 <= zy <= 255 and _near(sx, zx, sy, zy, entries)

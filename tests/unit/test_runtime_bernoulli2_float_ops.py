@@ -69,7 +69,7 @@ def _float_add(sa: float, sb: float, sc: float) -> bytes:
     even) on every pair of codes, as bytes (codes + 128) in ``_ALL_PAIRS``' layout."""
     a, b = (np.float32(p - 128) * np.float32(s) for p, s in zip(fused_qlinear._ALL_PAIRS, (sa, sb)))
     codes = nm.quantize(a + b, sc, 0, bits=8, signed=True, round_mode=nm.RoundMode.HALF_EVEN)
-    return (codes.astype(np.int64) + 128).tobytes()
+    return (codes.astype(np.int64) + 128).astype(np.uint8).tobytes()
 
 
 def test_pair_check_refuses_an_add_whose_float_order_differs_on_ties():
@@ -77,7 +77,8 @@ def test_pair_check_refuses_an_add_whose_float_order_differs_on_ties():
     # PP-OCRv4 det's FPN: two operands of one scale, the output twice it: the kernel's float32
     # (a * s + b * s) / 2s lands off the ties that QLinearAdd's exact 0.5 ratios hit (6,842 pairs)
     sa = sb = 4.181102275848389
-    assert not check("QLinearAdd", sa, sb, 8.362204551696777, 128, 128, 128, None, _float_add(sa, sb, 8.362204551696777))
+    sc = 8.362204551696777
+    assert not check("QLinearAdd", sa, sb, sc, 128, 128, 128, None, _float_add(sa, sb, sc))
     # another of its adds, equal on all 65,536 pairs
     sa, sb, sc = 0.18208661675453186, 0.16584645211696625, 0.33809053897857666
     assert check("QLinearAdd", sa, sb, sc, 128, 128, 128, None, _float_add(sa, sb, sc))
