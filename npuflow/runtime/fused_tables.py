@@ -173,6 +173,8 @@ def _put_lookup(g: Graph, index: str, out: str, table: np.ndarray) -> None:
     ``ConvInteger`` (``fused_conv.integer_offset``), the entries are the uint8 bytes it reads
     (codes minus the type's lowest code), instead of float32 codes and a cast to uint8."""
     held = integer_offset(g, out)
+    if held is None and not g.readers.get(out) and np.dtype(g.tensors[out]["dtype"]) == np.uint8:
+        held = 0  # read by no op of this run: its codes leave it as looked up (``fused_run``)
     if held is not None:
         g.put_bytes(out, lookup(g, index, table, held, np.uint8), held)
         return

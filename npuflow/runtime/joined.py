@@ -91,28 +91,51 @@ def _plain(model: onnx.ModelProto) -> bool:
         and all(n.domain in KNOWN_DOMAINS for n in model.graph.node)
 
 
-def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> onnx.NodeProto | None:
-    """``node`` of ``domain`` at its opset ``old`` written to mean the same at opset ``new``
-    (a copy; the node itself where its definition is the same), or None where no exact form is
+def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> list[onnx.NodeProto] | None:
+    """``node`` of ``domain`` at its opset ``old`` written as nodes that mean the same at opset
+    ``new`` (the node itself where its definition is the same), or None where no exact form is
     known.  ``Split`` 13 -> 18: sizes given as the input mean the same; without them opset 13
     splits into equal parts by the number of outputs (a remainder is an error) and opset 18 asks
-    for ``num_outputs``, which with an axis the outputs divide makes the same parts."""
+    for ``num_outputs``, which with an axis the outputs divide makes the same parts.  An ``axes``
+    attribute that became the second input (:func:`_axes_moved`: ``ReduceMean`` 13 -> 18, the
+    global LayerNorm statistics of Conv-TasNet's opset-17 CPU subgraphs) goes in as a ``Constant``."""
     if old == new:  # a domain onnx has no schemas of (com.microsoft's) joins at its own opset
-        return node
+        return [node]
     try:
-        before, after = (defs.get_schema(node.op_type, v, domain).since_version for v in (old, new))
+        before, after = (defs.get_schema(node.op_type, v, domain) for v in (old, new))
     except defs.SchemaError:
         return None
-    if before == after:
-        return node
-    if (domain, node.op_type, before, after) == ("", "Split", 13, 18):
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
+    if before.since_version == after.since_version:
+        return [node]
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    if (domain, node.op_type, before.since_version, after.since_version) == ("", "Split", 13, 18):
         if len(node.input) < 2 or not node.input[1]:
             copy.input[:] = node.input[:1]
             copy.attribute.append(onnx.helper.make_attribute("num_outputs", len(node.output)))
-        return copy
+        return [copy]
+    if _axes_moved(before, after) and len(node.input) == 1:
+        axes = [a for a in node.attribute if a.name == "axes"]
+        if not axes:  # no axes: every axis, as the new form without its optional input
+            return [copy]
+        name = f"{node.output[0]}/axes"
+        constant = onnx.helper.make_node("Constant", [], [name],
+                                         value=onnx.numpy_helper.from_array(np.array(axes[0].ints, np.int64)))
+        copy.attribute.remove(next(a for a in copy.attribute if a.name == "axes"))
+        copy.input.append(name)
+        return [constant, copy]
     return None
+
+
+def _axes_moved(before: defs.OpSchema, after: defs.OpSchema) -> bool:
+    """Whether the only change from schema ``before`` to ``after`` is the ``axes`` attribute become
+    the second input (with ``noop_with_empty_axes``, whose default 0 keeps an empty ``axes``
+    meaning every axis, as before)."""
+    noop = after.attributes.get("noop_with_empty_axes")
+    return (noop is not None and noop.default_value.i == 0
+            and "axes" in before.attributes and "axes" not in after.attributes
+            and [i.name for i in after.inputs] == [before.inputs[0].name, "axes", *(i.name for i in before.inputs[1:])]
+            and set(after.attributes) | {"axes"} == set(before.attributes) | {"noop_with_empty_axes"})
 
 
 def _opsets(models: list[onnx.ModelProto]) -> dict[str, int] | None:
@@ -162,12 +185,13 @@ def _join(parts: list[_Part], outputs: list[str]) -> tuple[onnx.ModelProto, dict
                 graph.input.append(onnx.ValueInfoProto(name=tensor, type=v.type))
         versions = _own(p.model)
         for i, n in enumerate(p.model.graph.node):
-            node = graph.node.add()
             domain = _domain(n)
-            node.CopyFrom(_restated(n, domain, versions[domain], opsets[domain]))
-            node.name = f"j{k}/{i}/{n.name}"  # unique (a fused run's nodes have no names)
-            node.input[:] = [name(x) for x in n.input]
-            node.output[:] = [name(x) for x in n.output]
+            for m, restated in enumerate(_restated(n, domain, versions[domain], opsets[domain])):
+                node = graph.node.add()
+                node.CopyFrom(restated)
+                node.name = f"j{k}/{i}.{m}/{n.name}"  # unique (a fused run's nodes have no names)
+                node.input[:] = [name(x) for x in restated.input]
+                node.output[:] = [name(x) for x in restated.output]
         for t in p.model.graph.initializer:
             init = graph.initializer.add()
             init.CopyFrom(t)

@@ -129,10 +129,17 @@ def test_an_opset_17_split_is_restated_and_a_node_without_an_exact_form_keeps_th
     x = np.arange(-4, 4, dtype=np.float32).reshape(2, 4)
     u, v = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.array_equal(u, np.maximum(x, 0)[:, :2]) and np.array_equal(v, np.maximum(x, 0)[:, 2:])
-    # ReduceMean's axes: an attribute to opset 17, an input from 18; no exact form written: apart
+    # ReduceMean's axes: an attribute to opset 17, an input from 18: written as a Constant input
     mean = _part([helper.make_node("ReduceMean", ["y"], ["m"], axes=[1])], [_float("y", [2, 4])],
                  [_float("m", [2, 1])], opset=17)
-    assert joined._opsets([relu.model, mean.model]) is None and joined._join([relu, mean], ["m"]) is None
+    model, _, _ = joined._join([relu, mean], ["m"])
+    (m,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.array_equal(m, np.maximum(x, 0).mean(axis=1, keepdims=True, dtype=np.float32))
+    # Pad 13 -> 18 (optional axes input, no attribute moved): no exact form written, apart
+    pads = numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "p")
+    pad = _part([helper.make_node("Pad", ["y", "p"], ["m"])], [_float("y", [2, 4])], [_float("m", [2, 6])], [pads],
+                opset=17)
+    assert joined._opsets([relu.model, pad.model]) is None and joined._join([relu, pad], ["m"]) is None
     same = _part([helper.make_node("Relu", ["y"], ["z"])], [_float("y", [2, 3])], [_float("z", [2, 3])], opset=17)
     assert joined._opsets([relu.model, same.model]) == {"": 18}
 
@@ -177,3 +184,35 @@ def test_a_stored_plan_is_joined_from_its_stored_graph_not_built_again(cls, fuse
     for x in cls["frames"][:3]:
         a, b = first.run(x), again.run(x)
         assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_global_layernorm_on_cpu_int8_is_one_onnxruntime_call_equal_to_the_kernels():
+    # Conv-TasNet's gLN (torch, opset 17): mean and variance over (C, T) by ReduceMean with an axes
+    # attribute, Pow, Sqrt, Div in float on the CPU between integer programs; the eps Add a table
+    # whose uint8 codes leave its run as looked up.  Before: the opset-17 ReduceMean kept every CPU
+    # subgraph apart and the table's uint8 -> float -> uint8 casts, which ONNX Runtime drops across
+    # a seam, kept its run apart: 7 steps; now the frame is one call, equal to fuse=False
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("w", rng.normal(0, 0.5, (8, 4, 1)).astype(np.float32)),
+        ("w2", rng.normal(0, 0.5, (8, 8, 1)).astype(np.float32)),
+        ("two", np.array(2.0, np.float32)), ("eps", np.array(1e-8, np.float32)),
+        ("g", rng.uniform(0.5, 1.5, (1, 8, 1)).astype(np.float32)),
+        ("b", rng.normal(0, 0.1, (1, 8, 1)).astype(np.float32))]]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("ReduceMean", ["c"], ["m"], axes=[1, 2]), helper.make_node("Sub", ["c", "m"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["v"], axes=[1, 2]),
+             helper.make_node("Mul", ["g", "d"], ["gd"]), helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["s"]), helper.make_node("Div", ["gd", "s"], ["n"]),
+             helper.make_node("Add", ["n", "b"], ["y"]), helper.make_node("Conv", ["y", "w2"], ["z"])]
+    graph = helper.make_graph(nodes, "gln", [_float("x", [1, 4, 32])], [_float("z", [1, 8, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    frames = [rng.normal(0, 1, (1, 4, 32)).astype(np.float32) for _ in range(6)]
+    quantized = npuflow.quantize(model, frames[:4], target="cpu-int8")
+    compiled = npuflow.compile(quantized.model, "cpu-int8")
+    session, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    (step,) = session._live()[0].steps
+    assert isinstance(step.executor, joined.Joined) and len(step.indices) == len(ref._live()[0].steps) >= 5
+    for x in frames:
+        a, c = session.run({"x": x}), ref.run({"x": x})
+        assert np.array_equal(a["z"], c["z"])
