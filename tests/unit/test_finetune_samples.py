@@ -32,10 +32,15 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
 
 
-def test_fast_finetune_reads_the_configured_samples(cache):
+def test_fast_finetune_reads_the_configured_samples(cache, caplog):
     feeds = _digits(96)
-    default = _quantize(feeds)
-    more = _quantize(feeds, finetune_samples=96)
+    with caplog.at_level("WARNING", logger="npuflow"):
+        default = _quantize(feeds)
+    assert "fast finetune reads the first 64 calibration samples" in caplog.text  # not silently fewer
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="npuflow"):
+        more = _quantize(feeds, finetune_samples=96)
+    assert "fast finetune reads" not in caplog.text  # all of them read
     assert default.info["algorithms"]["fast_finetune"]["samples"] == 64
     assert more.info["algorithms"]["fast_finetune"]["samples"] == 96
     assert more.info["algorithms"]["bias_correction"]["checked_on"] == 96  # bias correction's auto check too

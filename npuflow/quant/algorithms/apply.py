@@ -91,7 +91,14 @@ def after_export(
     summary: dict = {}
     if cfg.fast_finetune is None and not cfg.include_bias_corr:
         return quantized, summary
-    feeds = list(itertools.islice(calibration(), cfg.finetune_samples))
+    feeds = list(itertools.islice(calibration(), cfg.finetune_samples + 1))
+    if len(feeds) > cfg.finetune_samples:  # said, not silent: a user who gave 256 crops expects 256 read
+        feeds.pop()
+        if cfg.fast_finetune is not None:
+            log.warning("fast finetune reads the first %d calibration samples, not all of them (config "
+                        "`finetune_samples: %d`); more cost time and memory in proportion and can help "
+                        "(docs/accuracy.md, \"More calibration samples for fast finetune\")",
+                        cfg.finetune_samples, cfg.finetune_samples)
     q = quantized
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
