@@ -42,7 +42,7 @@ float-scale groups ONNX Runtime's own integer kernels do the work where they are
 arithmetic (``fused_qlinear``).
 
 An op whose bound or form does not allow this (16-bit inputs split into bytes, eltwise chains,
-``std_round`` ties, windowed averages, products of two activations, ...) runs as its kernel
+``std_round`` ties, windowed averages, ...) runs as its kernel
 between two graphs;
 ``Plan.reasons`` says why, per op.
 """
@@ -61,7 +61,7 @@ from .epilogues import out_type
 from . import fused_cache, fused_qlinear
 from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
                         direct_run)
-from .fused_conv import conv, conv_transpose, matmul
+from .fused_conv import conv, conv_transpose, matmul, matmul2
 from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, source_writer,
                            table_node)
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
@@ -69,7 +69,7 @@ from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_boun
                           round_float, round_scaled, slice_node)
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
-_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "eltwise", "lut", "lut_channel", "maxpool"}
+_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut", "lut_channel", "maxpool"}
 
 
 # --- ops ------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
-    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": lut, "lut_channel": lut_channel,
+    "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "matmul2": matmul2, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": lut, "lut_channel": lut_channel,
     "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "shuffle": _shuffle, "slice": _slice, "split": _split,
     "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,

@@ -187,6 +187,45 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     g.put(op["outputs"][0], back(y), zp)
 
 
+def matmul2(g: Graph, op: dict, blobs: dict) -> None:
+    """``(a - za) @ (b - zb)`` of two 8-bit activations (attention's ``Q K^T`` and ``A V``) as a
+    float ``MatMul`` of the centred codes, then the kernel's requantisation.  Every partial sum is
+    an integer of at most ``K * max|a - za| * max|b - zb|``: below 2^24 float32 holds each one in
+    any summation order, else the codes go to float64 (exact to 2^53), so the accumulator equals
+    the kernel's int64 one without relying on an integer kernel's lanes.  The epilogue has one
+    scale (``manifest_check``); it runs on the accumulator viewed as 4-D, its constants' shape."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    if ep["mode"] not in ("shift", "scale", "fixed", "float") or (ep.get("chain") and ep["mode"] != "float"):
+        raise NotFusable(f"{ep['mode']} epilogue with a chain")
+    ta, tb = op["inputs"]
+    shape_a, shape_b = g.tensors[ta]["shape"], g.tensors[tb]["shape"]
+    if len(shape_a) < 2 or len(shape_b) < 2:
+        raise NotFusable("matrix product of a vector")
+    reach_a, reach_b = code_reach(g.tensors[ta]["dtype"], a["a_zp"]), code_reach(g.tensors[tb]["dtype"], a["b_zp"])
+    bound = float(shape_a[-1]) * reach_a * reach_b
+    if bound >= 1 << 53:
+        raise NotFusable("accumulator beyond 2^53")
+    x, y = g.centered(ta, a["a_zp"]), g.centered(tb, a["b_zp"])
+    double = bound >= F32_BOUND
+    if double:
+        x, y = (g.node("Cast", [v], to=TensorProto.DOUBLE) for v in (x, y))
+    acc = g.node("MatMul", [x, y])
+    out_shape = list(a["out_shape"])
+    if len(out_shape) != 4:
+        acc = g.node("Reshape", [acc, g.const([1, 1, -1, out_shape[-1]], np.int64)])
+    lo, hi = clamp_bounds(ep)
+    if ep["mode"] == "float":
+        v, zp = _float_epilogue(g, acc, double, ep, 1)
+    elif ep["mode"] == "fixed":
+        fixed = fused_fixed.FixedPoint(ep, 1, np.array([-bound]), np.array([bound]))
+        v, zp = fused_fixed.requantize_fixed(g, acc, double, fixed, ep, lo, hi)
+    else:
+        v, zp = (_requantize_shift if ep["mode"] == "shift" else _requantize_float)(g, acc, double, ep, 1, lo, hi)
+    if len(out_shape) != 4:
+        v = g.node("Reshape", [v, g.const(out_shape, np.int64)])
+    g.put(op["outputs"][0], v, zp)
+
+
 def conv_transpose(g: Graph, op: dict, blobs: dict) -> None:
     """A transposed convolution as ONNX ``ConvTranspose`` on the full output, cut as the kernel
     cuts it (``pads`` at the start, ``out_shape`` long).  Bounds and requantisation as
