@@ -3,7 +3,8 @@ the fused ONNX Runtime graphs (``fused_conv.matmul2``), not as integer kernels b
 minimal attention block on cpu-int8 (the DPU targets run such products on the CPU, in float) has
 its two integer programs as fused runs only, whose outputs equal the kernels' (``fuse=False``), also
 where the reduction is long enough for float64 accumulation; PP-OCRv4 rec (SVTR attention) has no
-matmul2 left as a kernel and equals ``fuse=False``."""
+matmul2 left as a kernel and equals ``fuse=False``; the fixed-point, power-of-two and float epilogues
+(which other targets and chains give) are fused and exact too."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
+from npuflow import numerics as nm
 from benchmarks import datasets as D
 from tests import fixture_models
 
@@ -61,3 +63,34 @@ def test_ppocr_rec_attention_runs_fused_equal_to_the_kernels():
     a, b = fast.run(samples[4]), ref.run(samples[4])
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("tokens,dim", [(24, 16), (600, 8)])
+@pytest.mark.parametrize("mode", ["fixed", "shift", "float", "float_chain"])
+def test_every_epilogue_of_the_attention_products_runs_fused_equal_to_the_kernels(mode, tokens, dim):
+    # the compiler gives cpu-int8's products ORT's float multiplier ("scale"); a fixed-point
+    # multiplier, a power-of-two shift and a float epilogue (with a LeakyReLU chain) written into
+    # the same manifest are what other targets and chains give: each fused, each equal to the kernels
+    rng = np.random.default_rng(2)
+    frames = [rng.normal(0, 1, (1, tokens, dim)).astype(np.float32) for _ in range(4)]
+    compiled = npuflow.compile(npuflow.quantize(_attention(tokens, dim), frames, target="cpu-int8").model, "cpu-int8")
+    for op in (op for sg in compiled.manifest["subgraphs"] for op in sg.get("ops", []) if op["op"] == "matmul2"):
+        old = op["attrs"]["epilogue"]
+        assert old["mode"] == "scale"
+        ratio = float(np.asarray(old["multiplier"]).reshape(-1)[0])
+        ep = {k: v for k, v in old.items() if k not in ("multiplier", "mode")}
+        if mode == "fixed":
+            m, s = nm.quantize_multiplier(ratio)
+            ep.update(mode="fixed", multiplier=m, shift=s)
+        elif mode == "shift":
+            ep.update(mode="shift", shift=int(round(-np.log2(ratio))), round="half_up")
+        else:
+            chain = [{"op": "LeakyRelu", "in": [{"t": "$x"}], "out": "l", "attrs": {"alpha": 0.1}}]
+            ep.update(mode="float", acc_scale=ratio * old["scale"], chain=chain if mode == "float_chain" else [],
+                      result="l" if mode == "float_chain" else "$x")
+        op["attrs"]["epilogue"] = ep
+    fast, ref = npuflow.Session(compiled), npuflow.Session(compiled, fuse=False)
+    plans = [ex.plan for ex in fast._executors if hasattr(ex, "plan")]
+    assert plans and all(not any(isinstance(it, int) for it in p.items) for p in plans), [p.reasons for p in plans]
+    outs = [(fast.run({"x": x})["y"], ref.run({"x": x})["y"]) for x in frames]
+    assert all(np.array_equal(a, b) for a, b in outs) and np.ptp(outs[0][1]) > 0
