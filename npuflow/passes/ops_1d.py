@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, remove_unused_initializers, unique_name
+from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
 from ..model import default_opset
 from ..operators import Engine, op_def
 from ..value_info import inferred_dims
@@ -62,13 +62,12 @@ def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: Gra
     op.CopyFrom(node)
     op.input[0], op.output[0] = x2d, y2d
     del op.attribute[:]
-    for a in node.attribute:
-        value = helper.get_attribute_value(a)
-        if a.name in _H_VALUE:
-            value = [_H_VALUE[a.name], *value]
-        elif a.name == "pads":
+    for key, value in attr_values(node).items():
+        if key in _H_VALUE:
+            value = [_H_VALUE[key], *value]
+        elif key == "pads":
             value = [0, value[0], 0, value[1]]
-        op.attribute.append(helper.make_attribute(a.name, value))
+        op.attribute.append(helper.make_attribute(key, value))
     if node.op_type == "ConvTranspose":  # one H = 1 copy of a weight several layers share
         if node.input[1] not in weights:
             weights[node.input[1]] = unique_name(graph, f"{node.input[1]}/h1")
