@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, remove_unused_initializers, unique_name
+from ..graph import GraphView, attr, remove_unused_initializers, unique_name
 from ..operators import PRELU_MAX_SLOPES
 from ..value_info import inferred_dims
 from .activations import _splice
@@ -118,7 +118,7 @@ def _through_transposes(tensor: str, idx: GraphView):
             return None
         if node.op_type != "Transpose" or node.domain:
             break
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        perm = attr(node, "perm")
         if perm is None:
             return None
         perms.insert(0, perm)
