@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm, ort_kernels
 from ..errors import NpuflowError
-from ..graph import GraphView
+from ..graph import GraphView, attr
 from ..operators import ELEMENTWISE_OPS
 from ..ort_session import Level, open_session
 from ..qdq import DOMAIN
@@ -292,8 +292,8 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
         t = view.producer_node(node.input[0])
         if t is None or t.op_type != "Transpose" or view.only_consumer(t.output[0]) is not node:
             continue
-        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), None)
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        perm = attr(t, "perm")
+        axis = attr(node, "axis", -1)
         if not perm or axis % len(perm) == len(perm) - 1:
             continue
         inner = f"{node.output[0]}__before_transpose"
@@ -399,7 +399,7 @@ def _sources(model: onnx.ModelProto) -> dict[str, tuple[str, Slices]] | None:
             sizes = _split_sizes(node, inits, model)
             if not isinstance(src, tuple) or sizes is None:
                 return None
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            axis = attr(node, "axis", 0)
             k = list(node.output).index(name)
             result = (src[0], src[1] + ((axis, sum(sizes[:k]), sum(sizes[:k + 1])),))
         elif _elementwise([node], functions):
@@ -427,10 +427,10 @@ def _split_sizes(node: onnx.NodeProto, inits: dict, model: onnx.ModelProto) -> l
     if len(node.input) > 1 and node.input[1]:
         t = inits.get(node.input[1])
         return None if t is None else [int(v) for v in numpy_helper.to_array(t)]
-    attr = next((a for a in node.attribute if a.name == "split"), None)
-    if attr is not None:
-        return list(attr.ints)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    split = attr(node, "split")
+    if split is not None:
+        return list(split)
+    axis = attr(node, "axis", 0)
     dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
     shape = dims.get(node.input[0])
     if shape is None or not shape[axis] or shape[axis] % len(node.output):
