@@ -24,6 +24,7 @@ Preprocessing follows each model's own package:
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import string
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests import fixture_models  # noqa: E402  (the repo root must be importable first)
+from npuflow.model import write_atomic  # noqa: E402  (the repo root must be importable first)
+from tests import fixture_models  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 CACHE_VERSION = "v1"
@@ -52,16 +54,17 @@ Sample = dict[str, np.ndarray]
 
 
 def _cached(name: str, build) -> dict[str, np.ndarray]:
-    """Load ``name`` from the cache or build it (a dict of arrays) and store it atomically."""
+    """Load ``name`` from the cache or build it (a dict of arrays) and store it atomically, through a
+    temporary file of this writer's own (``write_atomic``): benchmark processes started together build the
+    same set side by side, and a shared temporary name let one rename the file from under another."""
     path = DATA_DIR / f"{name}_{CACHE_VERSION}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     arrays = build()
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
     return arrays
 
 
