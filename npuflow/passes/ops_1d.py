@@ -8,7 +8,9 @@ on the accelerator as a 2-D convolution with H = 1 (``compiler/lowering.py``).  
 ``MaxPool``/``AveragePool``/``GlobalMaxPool``/``GlobalAveragePool`` of a rank-3 tensor, and a
 ``ConvTranspose`` with constant rank-3 weights, become ``Unsqueeze(axis 2) -> the 2-D op (1 x k,
 weights C_in x C_out/g x 1 x k) -> Squeeze(axis 2)``: the same windows over the same values, exact;
-the reshapes move no data.
+the reshapes move no data.  A ``ReduceMean`` over the last axis of an N x C x L tensor (M5's closing
+``x.mean(-1)``, round 19: it ran on the CPU in float on every target, after the last accelerator
+subgraph) becomes ``Unsqueeze(axis 2) -> GlobalAveragePool -> Squeeze``: the same mean.
 """
 
 from __future__ import annotations
@@ -35,15 +37,20 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     view = GraphView(graph)
     candidates = [n for n in graph.node if not n.domain and (
         (_lowered_pool(n) and not (len(n.output) > 1 and n.output[1]))
-        or (n.op_type == "ConvTranspose" and (w := view.const(n.input[1])) is not None and w.ndim == 3))]
+        or (n.op_type == "ConvTranspose" and (w := view.const(n.input[1])) is not None and w.ndim == 3)
+        or n.op_type == "ReduceMean")]
     if not candidates:
         return out
     dims = inferred_dims(out)
     opset = default_opset(out)
     weights: dict[str, str] = {}
     for node in candidates:
-        if len(dims.get(node.input[0], ())) == 3:
+        if len(dims.get(node.input[0], ())) != 3:
+            continue
+        if node.op_type != "ReduceMean":
             _rewrite(graph, node, opset, view, weights)
+        elif _reduces_last_axis_only(node, view):
+            _mean_as_pool(graph, node, opset)
     remove_unused_initializers(graph)
     return out
 
@@ -52,6 +59,44 @@ def _lowered_pool(node: onnx.NodeProto) -> bool:
     """A pooling op the compiler lowers on 2-D maps (the registry's: max/average, windowed or global)."""
     d = op_def(node.op_type, node.domain)
     return d.lowered and d.engine in (Engine.POOL, Engine.GLOBAL_POOL)
+
+
+def _reduces_last_axis_only(node: onnx.NodeProto, view: GraphView) -> bool:
+    """Whether a ``ReduceMean`` of a rank-3 tensor averages over axis 2 alone (axes as an attribute
+    before opset 18, as a constant input from 18 on)."""
+    axes = attr_values(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = view.const(node.input[1])
+        axes = None if value is None else value.ravel().tolist()
+    return axes is not None and [int(a) % 3 for a in axes] == [2]
+
+
+def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int) -> None:
+    """``ReduceMean(axis 2)`` of N x C x L as ``GlobalAveragePool`` of the N x C x 1 x L view; the
+    pooled N x C x 1 x 1 loses axes 2 and 3 (``keepdims`` 0) or axis 3 (N x C x 1)."""
+    name = node.name or node.output[0]
+    x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
+    pool = helper.make_node("GlobalAveragePool", [x2d], [y2d], name=name)
+    keep = attr_values(node).get("keepdims", 1)
+    unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [3] if keep else [2, 3])
+    _splice(graph, [node], [unsq, pool, sq])
+
+
+def _h1_view(graph: onnx.GraphProto, name: str, opset: int, x: str, x2d: str, y2d: str, y: str,
+             squeeze: list[int]) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The ``Unsqueeze(axis 2)`` of ``x`` into ``x2d`` and the ``Squeeze(squeeze)`` of ``y2d`` into
+    ``y`` around a 2-D op (axes as inputs from opset 13 on)."""
+    if opset < 13:
+        return (helper.make_node("Unsqueeze", [x], [x2d], name=f"{name}/unsqueeze", axes=[2]),
+                helper.make_node("Squeeze", [y2d], [y], name=f"{name}/squeeze", axes=squeeze))
+    axes = unique_name(graph, f"{name}/h_axis")
+    graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+    sq_axes = axes
+    if squeeze != [2]:
+        sq_axes = unique_name(graph, f"{name}/h_axes")
+        graph.initializer.append(numpy_helper.from_array(np.array(squeeze, np.int64), sq_axes))
+    return (helper.make_node("Unsqueeze", [x, axes], [x2d], name=f"{name}/unsqueeze"),
+            helper.make_node("Squeeze", [y2d, sq_axes], [y], name=f"{name}/squeeze"))
 
 
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
@@ -74,12 +119,5 @@ def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: Gra
             graph.initializer.append(numpy_helper.from_array(view.const(node.input[1])[:, :, None, :],
                                                              weights[node.input[1]]))
         op.input[1] = weights[node.input[1]]
-    if opset >= 13:
-        axes = unique_name(graph, f"{name}/h_axis")
-        graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
-        unsq = helper.make_node("Unsqueeze", [node.input[0], axes], [x2d], name=f"{name}/unsqueeze")
-        sq = helper.make_node("Squeeze", [y2d, axes], [node.output[0]], name=f"{name}/squeeze")
-    else:
-        unsq = helper.make_node("Unsqueeze", [node.input[0]], [x2d], name=f"{name}/unsqueeze", axes=[2])
-        sq = helper.make_node("Squeeze", [y2d], [node.output[0]], name=f"{name}/squeeze", axes=[2])
+    unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [2])
     _splice(graph, [node], [unsq, op, sq])
