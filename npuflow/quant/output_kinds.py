@@ -214,10 +214,12 @@ SIGNAL_MAX_CHANNELS = 2
 SIGNAL_MIN_LENGTH = 256
 
 
-def is_signal(shape: Sequence[int]) -> bool:
-    """Whether an output of ``shape`` is a 1-D signal, judged by its signal-to-noise ratio to the
-    float model's as well as its cosine (:func:`snr_db`).  ``(N, L)`` is left out: an embedding."""
-    return len(shape) == 3 and shape[1] <= SIGNAL_MAX_CHANNELS and shape[2] >= SIGNAL_MIN_LENGTH
+def is_signal(shape: Sequence[int | str | None]) -> bool:
+    """Whether an output of ``shape`` (the batch may be symbolic) is a 1-D signal, judged by its
+    signal-to-noise ratio to the float model's as well as its cosine (:func:`snr_db`).  ``(N, L)`` is
+    left out: an embedding."""
+    return (len(shape) == 3 and isinstance(shape[1], int) and isinstance(shape[2], int)
+            and shape[1] <= SIGNAL_MAX_CHANNELS and shape[2] >= SIGNAL_MIN_LENGTH)
 
 
 def snr_db(signal_energy: float, noise_energy: float) -> float | None:
@@ -226,6 +228,6 @@ def snr_db(signal_energy: float, noise_energy: float) -> float | None:
     energy weighs: DTLN stage 2's quiet frames read cosine 0.73 at an error of 0.009); None: no error."""
     if noise_energy <= 0.0:
         return None
-    if signal_energy <= 0.0:
+    if signal_energy <= 0.0 or math.isinf(noise_energy):
         return -math.inf
     return 10.0 * math.log10(signal_energy / noise_energy)

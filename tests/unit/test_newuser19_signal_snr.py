@@ -96,3 +96,14 @@ def test_a_low_similarity_message_gives_a_waveforms_snr():
 def test_an_embedding_shaped_output_has_no_snr():
     q = npuflow.quantize(_enhancer(flat=True), _speech(), target=DPU)
     assert q.report.snr_db == {} and "signal-to-noise" not in calibration_note(q.report.to_json(), "y")
+
+
+def test_compare_gives_the_same_ratio_as_quantize_on_the_same_samples():
+    from npuflow.analyze.compare import compare
+
+    model, frames = _enhancer(), _speech()
+    q = npuflow.quantize(model, frames, target=DPU)
+    result = compare(model, npuflow.compile(q.model, DPU), [{"x": x} for x in frames])
+    assert math.isclose(result.signal_snr_db["y"], q.report.snr_db["y"], abs_tol=0.05)
+    flat = npuflow.quantize(_enhancer(flat=True), frames, target=DPU)
+    assert compare(_enhancer(flat=True), flat.model, [{"x": x} for x in frames]).signal_snr_db == {}
