@@ -62,7 +62,7 @@ from . import fused_cache, fused_qlinear
 from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
                         direct_run)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
-from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, lut, lut_channel, source_writer,
+from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
                            table_node)
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
                           quantize_value, round_and_clip,
@@ -210,7 +210,7 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
         return g.node("MaxPool", [x], kernel_shape=k, strides=s, dilations=d, pads=a["pads"])
 
     t = op["inputs"][0]
-    if _raw_offset(g, t, op) is None or _channels_last(g, g.bytes[t]):
+    if _raw_offset(g, t, op) is None or channels_last(g, g.bytes[t]):
         # the maximum of codes minus a constant, or of bytes ONNX Runtime's layout pass holds
         # channels-last, which it pools as they are (its NhwcMaxPool kernel: no Cast, no Transpose)
         _moves(g, op, pool)
@@ -218,18 +218,6 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
         # loop, about 36 times its float32 kernel on a 128x10x10 tensor with 5x5 windows
         _moves(g, op, lambda x: g.node("Cast", [pool(g.node("Cast", [x], to=TensorProto.FLOAT))],
                                        to=TensorProto.UINT8))
-
-
-def _channels_last(g: Graph, codes: str) -> bool:
-    """Whether ONNX Runtime's layout pass holds bytes ``codes`` channels-last: the output of a
-    ``QLinearConv`` (which it runs channels-last), of an elementwise integer kernel (a SiLU's
-    ``QLinearMul``, which it moves the layout through), or of a ``Transpose`` back to
-    channels-first (a table written channels-last, ``fused_tables.byte_lookup``), whose transposes
-    cancel; through max pools and clamps."""
-    node = source_writer(g, codes)
-    if node is not None and node.op_type in ("QLinearConv", "QLinearMul", "QLinearAdd", "QLinearSigmoid"):
-        return True
-    return node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 3, 1, 2]
 
 
 def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
@@ -371,12 +359,43 @@ def _split(g: Graph, op: dict, blobs: dict) -> None:
             g.put(out, part, off)
 
 
+def _upsample_channels_last(g: Graph, x: str, shape: list[int], factors: list[int]) -> str:
+    """Nearest upsampling of the bytes ``x`` (``[N, C, H, W]``, held channels-last by ONNX
+    Runtime: :func:`fused_tables.channels_last`) by whole ``factors`` of H and W, written
+    channels-last: a ``Transpose`` that cancels ONNX Runtime's, each position's C bytes repeated
+    by ``Expand`` on a ``[N, H, 1, W, 1, C]`` view, and a ``Transpose`` back that ONNX Runtime moves
+    on to the next channels-last kernel.  Why: ONNX Runtime's uint8 ``Resize`` is fast on NCHW
+    (its layout pass then puts a transpose before and after, and around a concatenation the
+    resized tensor joins) but a per-element loop channels-last (YOLOv8n's two neck upsamplings on
+    cpu-int8: 25 and 20 us NCHW, 102 and 176 us NHWC); the expanded copy moves C bytes at a time."""
+    n, c, h, w = shape
+    fh, fw = factors
+    rows = g.node("Reshape", [g.node("Transpose", [x], perm=[0, 2, 3, 1]), g.const([n, h, 1, w, 1, c], np.int64)])
+    wide = g.node("Expand", [rows, g.const([n, h, fh, w, fw, c], np.int64)])
+    return g.node("Transpose", [g.node("Reshape", [wide, g.const([n, h * fh, w * fw, c], np.int64)])],
+                  perm=[0, 3, 1, 2])
+
+
+def _joins_channels_last(g: Graph, tensor: str) -> bool:
+    """Whether every reader of ``tensor`` is a concatenation whose other inputs are bytes ONNX
+    Runtime holds channels-last (YOLOv8n's neck: an upsampled map beside a SiLU product): its
+    layout pass then runs the concatenation channels-last, with no transpose before it.  Elsewhere
+    (det's FPN adds, its head's concatenation of upsampled maps in float) a channels-last upsampling
+    would move the transpose after it, onto the larger tensor."""
+    readers = g.readers.get(tensor, [])
+    return bool(readers) and all(
+        r["op"] == "concat" and all(t == tensor or (t in g.bytes and channels_last(g, g.bytes[t])) for t in r["inputs"])
+        for r in readers)
+
+
 def _gather(g: Graph, op: dict, blobs: dict) -> None:
     """Nearest-neighbour resizing, then the op's scale-change table if it has one (as the
     kernels' ``_passthrough``).  Where every axis repeats each position a whole number of times
     ``f``, ONNX ``Resize`` (nearest, ``asymmetric``, ``floor``: source ``floor(i / f)``, which
     float32 computes exactly for these small integers) copies them, on ONNX Runtime's fast
-    upsampling path; otherwise one ``Gather`` per axis whose indices are not the identity."""
+    upsampling path (channels-last bytes joining a channels-last concatenation: an ``Expand``,
+    :func:`_upsample_channels_last`); otherwise one ``Gather`` per axis whose indices are not the
+    identity."""
     if set(op["blobs"]) - {"table"}:
         raise NotFusable("constants")
     t, table = op["inputs"][0], blobs.get("table")
@@ -394,7 +413,10 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
     if all(f and len(ix) < 1 << 20 and np.array_equal(ix, np.repeat(np.arange(n), f))
            for ix, n, f in zip(indices, shape, factors)):
-        if any(f != 1 for f in factors):
+        if factors[:2] == [1, 1] != factors[2:] and len(shape) == 4 and k is not None and channels_last(g, x) \
+                and _joins_channels_last(g, op["outputs"][0]):
+            x = _upsample_channels_last(g, x, list(shape), factors[2:])
+        elif any(f != 1 for f in factors):
             x = g.node("Resize", [x, "", g.const(factors)], mode="nearest",
                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     else:

@@ -55,10 +55,9 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics as nm
 from .. import ort_kernels
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
-from . import fused_fixed
+from . import fused_fixed, fused_pairs
 from .epilogues import out_type
 from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach
-from .kernels import KERNELS
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -325,7 +324,7 @@ def add(g: Graph, op: dict) -> bool:
     (:func:`_qlinear_add_matches`); say whether it did.  Elsewhere the kernel of ``numerics`` serves."""
     a = op["attrs"]
     if "dequant" in a:
-        return _dequantized(g, op, "QLinearAdd")
+        return fused_pairs.dequantized(g, op, "QLinearAdd")
     spec = a.get("qlinear")
     if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
         return False
@@ -358,102 +357,12 @@ def _qlinear_add_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: 
     (``ort_kernels.exact``) tries one set of scales on random codes; a rounding that differs on
     one pair in a million (a fold or an operand order other than ``numerics``') only shows on all
     pairs with the op's own scales."""
-    pa, pb = _ALL_PAIRS
+    pa, pb = fused_pairs.ALL_PAIRS
     want = np.clip(nm.qlinear_add(pa, sa, za, pb, sb, zb, sc, zc), 0, 255)
-    got = _on_all_pairs("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
+    got = fused_pairs.on_all_pairs("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
         "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
         "sc": np.float32(sc), "zc": np.uint8(zc)})
     return np.array_equal(got, want)
-
-
-def _dequantized(g: Graph, op: dict, op_type: str) -> bool:
-    """Write a float-scale eltwise add or product that dequantizes its 8-bit operands
-    (``kernels._float_eltwise``: float32 values combined, the fused chain, the quantize step with
-    the target's tie rule; bernoulli2) as ``com.microsoft`` kernel ``op_type`` on bytes (int8 codes
-    moved by 128, as ``Graph.as_bytes`` holds them) where that kernel, run at load with the op's
-    scales and zero points, gives the op's own kernel's codes on every pair of codes (broadcast as
-    the operands are: :func:`_kernel_pairs_match`); say whether it did.
-
-    Why: the float form is a ``Mul`` per operand, the combination, ``Div``, ``Round``, ``Clip`` and
-    casts, six to eight passes over the tensor where the kernel makes one (PP-OCRv4 det on
-    bernoulli2: 9 of its 10 SE products, 2 of its 11 adds).  Its float32 arithmetic is another order
-    of operations (scale ratios, fused multiply-adds), so it differs near some ties: the check
-    runs on every pair the op can meet; scales it refuses keep the float form."""
-    a, ep = op["attrs"], op["attrs"]["epilogue"]
-    mode = {"QLinearAdd": "add", "QLinearMul": "mul"}[op_type]
-    if a["mode"] != mode or any("const" in o for o in a["operands"]) or not ort_kernels.exact():
-        return False
-    names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
-    dtypes = [np.dtype(g.tensors[t]["dtype"]) for t in (*names, out)]
-    if any(d.itemsize != 1 or d.kind not in "iu" for d in dtypes) \
-            or any(np.ndim(v) for v in (*a["dequant"], *(o["zp"] for o in a["operands"]), ep["scale"], ep["zp"])):
-        return False
-    shape = list(g.tensors[out]["shape"])
-    broadcast = _per_channel_operand(shape, [list(g.tensors[t]["shape"]) for t in names])
-    if broadcast is False or (mode == "add" and broadcast is not None):
-        return False
-    lows = [nm.qrange(8, d.kind == "i")[0] for d in dtypes]  # bytes are codes minus these
-    scales = [float(np.float32(s)) for s in (*a["dequant"], ep["scale"])]
-    zps = [int(z) - k for z, k in zip((*(o["zp"] for o in a["operands"]), ep["zp"]), lows)]
-    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
-    want = KERNELS["eltwise"](a, {})([(p + k).astype(d) for p, k, d in zip(pairs, lows, dtypes)])[0]
-    want = (np.asarray(want, np.int64) - lows[2]).astype(np.uint8).tobytes()  # 8-bit codes: 0..255
-    if not all(0 <= z <= 255 for z in zps) or not _kernel_pairs_match(op_type, *scales, *zps, broadcast, want):
-        return False
-    y = g.node(op_type, [g.as_bytes(names[0], lows[0]), g.scalar(scales[0]), g.scalar(zps[0], np.uint8),
-                         g.as_bytes(names[1], lows[1]), g.scalar(scales[1]), g.scalar(zps[1], np.uint8),
-                         g.scalar(scales[2]), g.scalar(zps[2], np.uint8)], domain=MS_DOMAIN)
-    g.put_bytes(out, y, lows[2])
-    return True
-
-
-@ort_kernels.persistent_check
-def _kernel_pairs_match(op_type: str, sa: float, sb: float, sc: float, za: int, zb: int, zc: int,
-                        broadcast: int | None, want: bytes) -> bool:
-    """Whether ``com.microsoft`` kernel ``op_type`` with these float32 scales and uint8 zero points
-    gives the uint8 ``want`` (a byte a pair, which the checks' cache holds) on every pair of codes
-    (:data:`_ALL_PAIRS`, or :func:`_broadcast_pairs` of ``broadcast``), as :func:`_qlinear_add_matches` checks."""
-    pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
-    got = _on_all_pairs(op_type, ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
-        "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
-        "sc": np.float32(sc), "zc": np.uint8(zc)}, pairs)
-    return np.array_equal(got, np.frombuffer(want, np.uint8).reshape(got.shape))
-
-
-#: Every pair of uint8 codes, as two [1, 1, 256, 256] operands.
-_ALL_PAIRS = tuple(v.reshape(1, 1, 256, 256) for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
-
-
-def _on_all_pairs(op_type: str, inputs: list[str], inits: dict[str, np.ndarray],
-                  pairs: tuple[np.ndarray, np.ndarray] = _ALL_PAIRS) -> np.ndarray:
-    """ONNX Runtime's ``com.microsoft`` kernel ``op_type`` on ``pairs`` (graph inputs ``a`` and
-    ``b``, :data:`_ALL_PAIRS` or :func:`_broadcast_pairs`; its other ``inputs`` are the constants
-    ``inits``)."""
-    node = helper.make_node(op_type, inputs, ["y"], domain=MS_DOMAIN)
-    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, v.shape) for n, v in zip(("a", "b"), pairs)]
-    sess = probe_session([node], ins, [numpy_helper.from_array(v, n) for n, v in inits.items()])
-    return sess.run(None, {"a": pairs[0].astype(np.uint8), "b": pairs[1].astype(np.uint8)})[0]
-
-
-def _broadcast_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair of codes with operand ``k`` one value per row (``[256, 1]``) and the other a
-    row of all codes (``[256, 256]``): the span-by-span path ONNX Runtime's broadcasting takes
-    for a ``[1, C, H, W]`` tensor and a ``[1, C, 1, 1]`` one, which its kernels may compute
-    otherwise than two tensors of one shape."""
-    rows, full = np.arange(256).reshape(256, 1), np.tile(np.arange(256), (256, 1))
-    return (rows, full) if k == 0 else (full, rows)
-
-
-def _per_channel_operand(shape: list[int], shapes: list[list[int]]) -> int | None | bool:
-    """Which operand of a product holds one value per channel of each image (``[N, C, 1, ...]``,
-    an SE block's scale, at any batch ``N``) while the other has the output's ``shape``; ``None``
-    when both have it, ``False`` for any other broadcasting."""
-    if all(s == shape for s in shapes):
-        return None
-    per_channel = [*shape[:2], *[1] * (len(shape) - 2)]
-    if len(shape) < 3 or sorted(map(str, shapes)) != sorted(map(str, [shape, per_channel])):
-        return False
-    return shapes.index(per_channel)
 
 
 def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
@@ -497,14 +406,14 @@ def mul(g: Graph, op: dict) -> bool:
     operands are); say whether it did."""
     a, ep = op["attrs"], op["attrs"].get("epilogue") or {}
     if "dequant" in a:
-        return _dequantized(g, op, "QLinearMul")
+        return fused_pairs.dequantized(g, op, "QLinearMul")
     if a.get("mode") != "mul" or ep.get("mode") != "scale" or ep.get("chain") or any(a.get("align", [1])) \
             or np.ndim(ep["multiplier"]) or np.ndim(ep["zp"]) or any("const" in o for o in a["operands"]) \
             or nm.RoundMode(ep["round"]) != nm.RoundMode.HALF_EVEN:
         return False
     names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
     shape = list(g.tensors[out]["shape"])
-    broadcast = _per_channel_operand(shape, [list(g.tensors[t]["shape"]) for t in names])
+    broadcast = fused_pairs.per_channel_operand(shape, [list(g.tensors[t]["shape"]) for t in names])
     if not _uint8(ep["dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
             or broadcast is False or clamp_bounds(ep) != (0, 255) or not ort_kernels.exact():
         return False
@@ -545,10 +454,10 @@ def _mul_matches(m: float, za: int, zb: int, zc: int, broadcast: int | None, tab
         other = np.frombuffer(table, np.int64).reshape(codes.shape)
         pairs = (codes, other) if k == 1 else (other, codes)
     else:
-        pairs = _ALL_PAIRS if broadcast is None else _broadcast_pairs(broadcast)
+        pairs = fused_pairs.ALL_PAIRS if broadcast is None else fused_pairs.broadcast_pairs(broadcast)
     pa, pb = pairs
     want = np.clip(nm.requantize_float((pa - za) * (pb - zb), np.float32(m), nm.RoundMode.HALF_EVEN) + zc, 0, 255)
-    got = _on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {
+    got = fused_pairs.on_all_pairs("QLinearMul", ["a", "sa", "za", "b", "one", "zb", "one", "zc"], {
         "sa": np.float32(m), "za": np.uint8(za), "one": np.float32(1), "zb": np.uint8(zb), "zc": np.uint8(zc)}, pairs)
     return np.array_equal(got, want)
 

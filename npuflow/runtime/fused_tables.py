@@ -46,11 +46,11 @@ def byte_lookup(g: Graph, codes: str, out: str, table: np.ndarray) -> None:
     """``out = table[codes]`` for the bytes ``codes`` (see :func:`byte_table`): the entries go on
     as bytes (minus the output type's lowest code) to the next integer kernel or data movement."""
     k = nm.qrange(8, np.dtype(g.tensors[out]["dtype"]).kind == "i")[0]
-    channels_last = _from_qlinear_conv(g, codes) and len(g.tensors[out]["shape"]) == 4
-    if channels_last:  # cancels the Transpose ONNX Runtime puts after its channels-last QLinearConv
+    last = channels_last(g, codes) and len(g.tensors[out]["shape"]) == 4
+    if last:  # cancels the Transpose ONNX Runtime puts after its channels-last kernel
         codes = g.node("Transpose", [codes], perm=[0, 2, 3, 1])
     row = gather(g, g.node("Cast", [codes], to=INDEX_TYPE), g.const(np.asarray(table, np.int64) - k, np.uint8))
-    g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if channels_last else row, k)
+    g.put_bytes(out, g.node("Transpose", [row], perm=[0, 3, 1, 2]) if last else row, k)
 
 
 def float_form(g: Graph, src: str, out: str, table: np.ndarray) -> bool:
@@ -116,16 +116,23 @@ def _float_form_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) ->
     return all(np.array_equal(session.run(None, {"x": r.astype(np.uint8)})[0], entries[r]) for r in runs)
 
 
-def _from_qlinear_conv(g: Graph, codes: str) -> bool:
-    """Whether ``codes`` is a ``QLinearConv``'s output (through ``Clip``/``MaxPool``).
+def channels_last(g: Graph, codes: str) -> bool:
+    """Whether ONNX Runtime's layout pass holds bytes ``codes`` channels-last: the output of a
+    ``QLinearConv`` (which it runs channels-last), of an elementwise integer kernel (a SiLU's
+    ``QLinearMul``, which it moves the layout through), or of a ``Transpose`` back to
+    channels-first (a table written channels-last, :func:`byte_lookup`), whose transposes
+    cancel; through max pools and clamps.
 
-    ONNX Runtime runs such a convolution channels-last and moves the layout ``Transpose`` after it
-    through elementwise ops and pools, but not through a table's ``GatherElements`` and
-    ``Reshape``: a table written channels-last between two transposes of its own (a table is
-    elementwise, so the layout does not change its codes) lets them cancel against ONNX Runtime's,
-    instead of two layout passes per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way)."""
+    ONNX Runtime moves the layout ``Transpose`` after such a tensor through elementwise ops and
+    pools, but not through a table's ``GatherElements`` and ``Reshape``: a table written
+    channels-last between two transposes of its own (a table is elementwise, so the layout does
+    not change its codes) lets them cancel against ONNX Runtime's, instead of two layout passes
+    per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way; YOLOv8n on cpu-int8: the
+    neck's two upsampling tables after SiLU products, 6 transposes)."""
     node = source_writer(g, codes)
-    return node is not None and node.op_type == "QLinearConv"
+    if node is not None and node.op_type in ("QLinearConv", "QLinearMul", "QLinearAdd", "QLinearSigmoid"):
+        return True
+    return node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 3, 1, 2]
 
 
 def source_writer(g: Graph, codes: str):

@@ -1,7 +1,7 @@
 """Float-scale ops of a bernoulli2 (int8 codes, fixed-point convolutions) fused run on ONNX
 Runtime's 8-bit kernels where a load-time check proves them exact (issue 19): an SE block's
 product and an add of two dequantized operands as ``QLinearMul``/``QLinearAdd`` on the bytes
-(``fused_qlinear._dequantized``), a hard-swish byte table as ``DequantizeLinear -> HardSwish ->
+(``fused_pairs.dequantized``), a hard-swish byte table as ``DequantizeLinear -> HardSwish ->
 QuantizeLinear`` with the zero points moved by 128 (``fused_tables.float_form``), the operands of
 the float adds and products left as ``DequantizeLinear`` of their bytes (``fused._dequantized_operand``),
 a global average summing the held bytes (``fused._code_sums``).  Real PP-OCR cls frames: outputs equal the kernels
@@ -15,7 +15,7 @@ import numpy as np
 
 import npuflow
 from npuflow import numerics as nm
-from npuflow.runtime import fused, fused_qlinear, fused_tables
+from npuflow.runtime import fused, fused_pairs, fused_qlinear, fused_tables
 from tests.unit.test_runtime_hswish_float import SHAPE, _build, _frames
 
 
@@ -55,7 +55,7 @@ def test_cls_bernoulli2_float_ops_on_integer_kernels_equal_the_kernels():
 
 def test_refused_checks_keep_the_float_forms(monkeypatch):
     cls = _build("bernoulli2")
-    monkeypatch.setattr(fused_qlinear, "_kernel_pairs_match", lambda *args: False)
+    monkeypatch.setattr(fused_pairs, "dequantized_pairs_match", lambda *args: False)
     monkeypatch.setattr(fused_tables, "_float_form_matches", lambda *args: False)
     monkeypatch.setattr(fused_qlinear, "_dequantize_matches", lambda *args: False)
     session = npuflow.Session(cls["compiled"])
@@ -64,16 +64,44 @@ def test_refused_checks_keep_the_float_forms(monkeypatch):
     assert not ops["HardSwish"] and not ops["QLinearMul"] and not ops["QLinearAdd"] and not ops["DequantizeLinear"], ops
 
 
+def test_known_pair_verdicts_compute_no_reference_codes(monkeypatch, tmp_path):
+    # the pair checks' verdicts kept on disk (a fresh cache), none yet in this process
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    monkeypatch.delenv("NPUFLOW_ENABLE_CACHE", raising=False)
+    monkeypatch.setattr(fused_pairs, "_VERDICTS", {})
+    cls = _build("bernoulli2")
+    eltwise, calls = fused_pairs.KERNELS["eltwise"], []
+
+    def counted(attrs, blobs):
+        calls.append(attrs["mode"])
+        return eltwise(attrs, blobs)
+
+    monkeypatch.setattr(fused_pairs, "KERNELS", {"eltwise": counted})
+    first = _ops(npuflow.Session(cls["compiled"]))[0]
+    # every float add and product checked once: 65,536 (or 256 x 256 broadcast) reference codes each
+    assert len(calls) >= first["QLinearMul"] + first["QLinearAdd"] == 11, (calls, first)
+
+    def refused(attrs, blobs):
+        raise AssertionError("a known verdict computed its reference codes")
+
+    # a second load (a new process's: no verdict in memory) reads the verdicts, computes no codes
+    monkeypatch.setattr(fused_pairs, "_VERDICTS", {})
+    monkeypatch.setattr(fused_pairs, "KERNELS", {"eltwise": refused})
+    session = npuflow.Session(cls["compiled"])
+    assert _ops(session)[0] == first
+    _equal_kernels(session, cls["compiled"])
+
+
 def _float_add(sa: float, sb: float, sc: float) -> bytes:
     """``kernels._float_eltwise``'s add of two int8 operands (zero points 0, bernoulli2's ties to
-    even) on every pair of codes, as bytes (codes + 128) in ``_ALL_PAIRS``' layout."""
-    a, b = (np.float32(p - 128) * np.float32(s) for p, s in zip(fused_qlinear._ALL_PAIRS, (sa, sb)))
+    even) on every pair of codes, as bytes (codes + 128) in ``fused_pairs.ALL_PAIRS``' layout."""
+    a, b = (np.float32(p - 128) * np.float32(s) for p, s in zip(fused_pairs.ALL_PAIRS, (sa, sb)))
     codes = nm.quantize(a + b, sc, 0, bits=8, signed=True, round_mode=nm.RoundMode.HALF_EVEN)
     return (codes.astype(np.int64) + 128).astype(np.uint8).tobytes()
 
 
 def test_pair_check_refuses_an_add_whose_float_order_differs_on_ties():
-    check = fused_qlinear._kernel_pairs_match.__wrapped__  # the check itself, not a cached verdict
+    check = fused_pairs.kernel_pairs_match  # the check itself (its verdicts are cached by the caller)
     # PP-OCRv4 det's FPN: two operands of one scale, the output twice it: the kernel's float32
     # (a * s + b * s) / 2s lands off the ties that QLinearAdd's exact 0.5 ratios hit (6,842 pairs)
     sa = sb = 4.181102275848389

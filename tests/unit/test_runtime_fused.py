@@ -572,12 +572,12 @@ def _table_between_convs(channels_last: bool, tmp_path) -> tuple[np.ndarray, lis
 
     x = helper.make_tensor_value_info("x", TensorProto.UINT8, shape)
     g.put_bytes("a", qconv("x"))
-    original = fused_tables._from_qlinear_conv
-    fused_tables._from_qlinear_conv = original if channels_last else (lambda g, codes: False)
+    original = fused_tables.channels_last
+    fused_tables.channels_last = original if channels_last else (lambda g, codes: False)
     try:
         fused_tables._lookup(g, "a", "b", rng.integers(0, 256, 256), 0)
     finally:
-        fused_tables._from_qlinear_conv = original
+        fused_tables.channels_last = original
     y = helper.make_tensor_value_info(qconv(g.bytes["b"]), TensorProto.UINT8, shape)
     model = helper.make_model(helper.make_graph(g.nodes, "t", [x], [y], g.inits),
                               opset_imports=[helper.make_opsetid("", 18)])

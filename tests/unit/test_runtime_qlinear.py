@@ -12,7 +12,7 @@ from onnx import TensorProto
 import npuflow
 from npuflow import numerics as nm
 from npuflow import ort_kernels
-from npuflow.runtime import fused, fused_graph, fused_qgemm, fused_qlinear
+from npuflow.runtime import fused, fused_graph, fused_pairs, fused_qgemm, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, DPU, _x
 from tests.unit.test_runtime_fused import _equal_fused_and_kernels
@@ -374,18 +374,18 @@ def test_se_product_at_batch_3_runs_on_qlinearmul_exactly(scale):
 
 
 def test_broadcast_product_stays_float_where_the_kernel_differs_on_a_pair(monkeypatch, tmp_path):
-    real = fused_qlinear._on_all_pairs
+    real = fused_pairs.on_all_pairs
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))  # no verdict of the real kernel from the disk cache
     fused_qlinear._mul_matches.cache_clear()
 
-    def one_off(op_type, inputs, inits, pairs=fused_qlinear._ALL_PAIRS):
+    def one_off(op_type, inputs, inits, pairs=fused_pairs.ALL_PAIRS):
         got = real(op_type, inputs, inits, pairs)
-        if pairs is not fused_qlinear._ALL_PAIRS:  # the broadcast path only
+        if pairs is not fused_pairs.ALL_PAIRS:  # the broadcast path only
             got = got.copy()
             got.flat[12345] ^= 1
         return got
 
-    monkeypatch.setattr(fused_qlinear, "_on_all_pairs", one_off)
+    monkeypatch.setattr(fused_pairs, "on_all_pairs", one_off)
     try:
         plan = _equal_fused_and_kernels(_se_product().model(), {"x": _x([1, 8, 7, 10], 13, 2.0)}, CPU)
         assert "QLinearMul" not in _live_ops(plan)

@@ -1,0 +1,149 @@
+"""Every-pair checks of ONNX Runtime's ``com.microsoft`` eltwise kernels on 8-bit codes, and the
+float-scale eltwise ops (bernoulli2) written as those kernels where the checks pass.
+
+A ``QLinearAdd`` / ``QLinearMul`` stands in for an op's own kernel only where it gives the op's
+codes on every pair of codes the op can meet (:data:`ALL_PAIRS`, or :func:`broadcast_pairs` for
+a per-channel operand), with the op's scales and zero points: a float32 rounding that differs on
+one pair in a million escapes any sample.  The checks run once per op's constants and are kept
+on disk (``ort_kernels.persistent_check`` / ``keyed_verdict``): a load whose checks were made
+before opens none of their sessions, and computes none of their reference codes
+(:func:`dequantized_pairs_match`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from .. import ort_kernels
+from ..compiler.manifest_verdicts import source_digest
+from ..ort_kernels import MS_DOMAIN, probe_session
+from .fused_graph import Graph
+from .kernels import KERNELS
+
+#: Every pair of uint8 codes, as two [1, 1, 256, 256] operands.
+ALL_PAIRS = tuple(v.reshape(1, 1, 256, 256) for v in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+
+#: The sources the float-scale eltwise kernel's codes come from (``kernels._float_eltwise``): a
+#: change of one gives :func:`dequantized_pairs_match` other verdict keys.
+REFERENCE_SOURCES = ("runtime/kernels.py", "runtime/epilogues.py", "numerics.py")
+
+
+def on_all_pairs(op_type: str, inputs: list[str], inits: dict[str, np.ndarray],
+                 pairs: tuple[np.ndarray, np.ndarray] = ALL_PAIRS) -> np.ndarray:
+    """ONNX Runtime's ``com.microsoft`` kernel ``op_type`` on ``pairs`` (graph inputs ``a`` and
+    ``b``, :data:`ALL_PAIRS` or :func:`broadcast_pairs`; its other ``inputs`` are the constants
+    ``inits``)."""
+    node = helper.make_node(op_type, inputs, ["y"], domain=MS_DOMAIN)
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, v.shape) for n, v in zip(("a", "b"), pairs)]
+    sess = probe_session([node], ins, [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    return sess.run(None, {"a": pairs[0].astype(np.uint8), "b": pairs[1].astype(np.uint8)})[0]
+
+
+def broadcast_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of codes with operand ``k`` one value per row (``[256, 1]``) and the other a
+    row of all codes (``[256, 256]``): the span-by-span path ONNX Runtime's broadcasting takes
+    for a ``[1, C, H, W]`` tensor and a ``[1, C, 1, 1]`` one, which its kernels may compute
+    otherwise than two tensors of one shape."""
+    rows, full = np.arange(256).reshape(256, 1), np.tile(np.arange(256), (256, 1))
+    return (rows, full) if k == 0 else (full, rows)
+
+
+def per_channel_operand(shape: list[int], shapes: list[list[int]]) -> int | None | bool:
+    """Which operand of a product holds one value per channel of each image (``[N, C, 1, ...]``,
+    an SE block's scale, at any batch ``N``) while the other has the output's ``shape``; ``None``
+    when both have it, ``False`` for any other broadcasting."""
+    if all(s == shape for s in shapes):
+        return None
+    per_channel = [*shape[:2], *[1] * (len(shape) - 2)]
+    if len(shape) < 3 or sorted(map(str, shapes)) != sorted(map(str, [shape, per_channel])):
+        return False
+    return shapes.index(per_channel)
+
+
+def dequantized(g: Graph, op: dict, op_type: str) -> bool:
+    """Write a float-scale eltwise add or product that dequantizes its 8-bit operands
+    (``kernels._float_eltwise``: float32 values, combined, the fused chain, the quantize step with
+    the target's tie rule; bernoulli2) as ``com.microsoft`` kernel ``op_type`` on bytes (int8 codes
+    moved by 128, as ``Graph.as_bytes`` holds them) where that kernel, run at load with the op's
+    scales and zero points, gives the op's own kernel's codes on every pair of codes (broadcast as
+    the operands are: :func:`dequantized_pairs_match`); say whether it did.
+
+    Why: the float form is a ``Mul`` per operand, the combination, ``Div``, ``Round``, ``Clip`` and
+    casts, six to eight passes over the tensor where the kernel makes one (PP-OCRv4 det on
+    bernoulli2: 9 of its 10 SE products, 2 of its 11 adds).  Its float32 arithmetic is another order
+    of operations (scale ratios, fused multiply-adds), so it differs near some ties: the check
+    runs on every pair the op can meet; scales it refuses keep the float form."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    mode = {"QLinearAdd": "add", "QLinearMul": "mul"}[op_type]
+    if a["mode"] != mode or any("const" in o for o in a["operands"]) or not ort_kernels.exact():
+        return False
+    names, out = [op["inputs"][o["input"]] for o in a["operands"]], op["outputs"][0]
+    dtypes = [np.dtype(g.tensors[t]["dtype"]) for t in (*names, out)]
+    if any(d.itemsize != 1 or d.kind not in "iu" for d in dtypes) \
+            or any(np.ndim(v) for v in (*a["dequant"], *(o["zp"] for o in a["operands"]), ep["scale"], ep["zp"])):
+        return False
+    shape = list(g.tensors[out]["shape"])
+    broadcast = per_channel_operand(shape, [list(g.tensors[t]["shape"]) for t in names])
+    if broadcast is False or (mode == "add" and broadcast is not None):
+        return False
+    lows = [nm.qrange(8, d.kind == "i")[0] for d in dtypes]  # bytes are codes minus these
+    scales = [float(np.float32(s)) for s in (*a["dequant"], ep["scale"])]
+    zps = [int(z) - k for z, k in zip((*(o["zp"] for o in a["operands"]), ep["zp"]), lows)]
+    if not all(0 <= z <= 255 for z in zps) or not dequantized_pairs_match(op_type, a, dtypes, scales, zps, broadcast):
+        return False
+    y = g.node(op_type, [g.as_bytes(names[0], lows[0]), g.scalar(scales[0]), g.scalar(zps[0], np.uint8),
+                         g.as_bytes(names[1], lows[1]), g.scalar(scales[1]), g.scalar(zps[1], np.uint8),
+                         g.scalar(scales[2]), g.scalar(zps[2], np.uint8)], domain=MS_DOMAIN)
+    g.put_bytes(out, y, lows[2])
+    return True
+
+
+#: :func:`dequantized_pairs_match`'s verdicts in this process, by key (the disk cache may be off)
+_VERDICTS: dict[str, bool] = {}
+
+
+def dequantized_pairs_match(op_type: str, attrs: dict, dtypes: list[np.dtype], scales: list[float],
+                            zps: list[int], broadcast: int | None) -> bool:
+    """:func:`kernel_pairs_match` of :func:`dequantized`'s op (eltwise ``attrs``, operand and
+    output ``dtypes``) against its own kernel's codes on every pair, the verdict kept under a key
+    of what decides it: the attributes, dtypes, scales and zero points, and the reference kernel's
+    sources (:data:`REFERENCE_SOURCES`).  Why a key of its own: the kernel's 65,536 reference codes
+    (a float eltwise kernel in numpy, 2-4 ms an op) were the check's argument, computed at each
+    load only to be hashed where the verdict was cached; keyed by what decides them, a load
+    whose verdicts are known computes none (PP-OCRv4 det on bernoulli2: 11 ops)."""
+    key = hashlib.sha256(json.dumps(
+        [op_type, attrs, [d.str for d in dtypes], scales, zps, broadcast, source_digest(REFERENCE_SOURCES)],
+        sort_keys=True, default=lambda v: np.asarray(v).tolist()).encode()).hexdigest()[:32]
+    found = _VERDICTS.get(key)
+    if found is None:
+        found = _VERDICTS[key] = ort_kernels.keyed_verdict(
+            _pairs_match_reference, key, op_type, attrs, dtypes, scales, zps, broadcast)
+    return found
+
+
+def _pairs_match_reference(op_type: str, attrs: dict, dtypes: list[np.dtype], scales: list[float],
+                           zps: list[int], broadcast: int | None) -> bool:
+    """:func:`kernel_pairs_match` against the op's own kernel (``kernels.KERNELS["eltwise"]``)
+    run on every pair of codes."""
+    lows = [nm.qrange(8, d.kind == "i")[0] for d in dtypes]
+    pairs = ALL_PAIRS if broadcast is None else broadcast_pairs(broadcast)
+    want = KERNELS["eltwise"](attrs, {})([(p + k).astype(d) for p, k, d in zip(pairs, lows, dtypes)])[0]
+    want = (np.asarray(want, np.int64) - lows[2]).astype(np.uint8).tobytes()  # 8-bit codes: 0..255
+    return kernel_pairs_match(op_type, *scales, *zps, broadcast, want)
+
+
+def kernel_pairs_match(op_type: str, sa: float, sb: float, sc: float, za: int, zb: int, zc: int,
+                       broadcast: int | None, want: bytes) -> bool:
+    """Whether ``com.microsoft`` kernel ``op_type`` with these float32 scales and uint8 zero points
+    gives the uint8 ``want`` (a byte a pair) on every pair of codes (:data:`ALL_PAIRS`, or
+    :func:`broadcast_pairs` of ``broadcast``)."""
+    pairs = ALL_PAIRS if broadcast is None else broadcast_pairs(broadcast)
+    got = on_all_pairs(op_type, ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], {
+        "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
+        "sc": np.float32(sc), "zc": np.uint8(zc)}, pairs)
+    return np.array_equal(got, np.frombuffer(want, np.uint8).reshape(got.shape))
