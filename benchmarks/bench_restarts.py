@@ -11,6 +11,10 @@ the same on the 32 calibration samples for contrast.
 appended to the calibration data), its evaluation score and every restart's held-out score.
 ``--set FIELD=JSON`` (repeatable) overrides one ``fast_finetune`` field of those configs (e.g.
 ``--set iters=2000``, ``--set lr=0.0015``); ``--eval-only`` skips the held-out and calibration scores.
+``--calib N`` (default 32): calibration samples, all of them read by fast finetune (the config's
+``finetune_samples`` set to N); rec's first 32 lines are the default run's, so 32 and 256 share a prefix.
+Every row records the process' peak resident memory so far (``peak_rss_mb``: one run per process for a
+clean figure).
 ``--summary FILE``: from the ``--seeds`` rows of a JSON-lines file, the seed that ``restarts: N`` (seeds
 0..N-1) keeps for every N (the option's rule: the highest held-out task agreement, then output cosine, then
 the earlier seed) against the mean of those seeds' evaluation scores, as a markdown table.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -41,15 +46,23 @@ import npuflow  # noqa: E402
 from npuflow.quant.output_kinds import ctc_greedy_sequences  # noqa: E402
 
 HELD = 512
+#: rec's held-out lines are the calibration stream's lines TRAIN - HELD .. TRAIN - 1
+TRAIN = 768
 
 
-def setup(kind: str):
-    """``(bench, held-out samples, fast_finetune config)`` of one model."""
+def setup(kind: str, n_calib: int = 32):
+    """``(bench, held-out samples, fast_finetune config)`` of one model on ``n_calib`` calibration samples.
+
+    rec's calibration lines are the first ``n_calib`` of the stream whose last ``HELD`` of ``TRAIN`` are
+    the held-out lines, so more than ``TRAIN - HELD`` would score on lines they were fitted to: refused."""
     if kind == "rec":
-        bench = BA.benches(["ppocr"], 32, 300, 24)[0]
-        train, _ = D.ocr_lines("calib", 768)
-        return bench, train[768 - HELD:], {"method": "adaquant", "iters": 500, "learn_threshold": True}
-    bench = BA.benches(["effnet"], 32, 300, 24)[0]
+        if n_calib > TRAIN - HELD:
+            raise ValueError(f"--calib {n_calib}: rec's held-out lines start at calibration line {TRAIN - HELD}; "
+                             f"use at most {TRAIN - HELD}")
+        bench = BA.benches(["ppocr"], n_calib, 300, 24)[0]
+        train, _ = D.ocr_lines("calib", TRAIN)
+        return bench, train[TRAIN - HELD:], {"method": "adaquant", "iters": 500, "learn_threshold": True}
+    bench = BA.benches(["effnet"], n_calib, 300, 24)[0]
     held = [{"input": D._effnet_input(c)} for c in D.random_crops(HELD, 224, 103)]
     return bench, held, {"method": "adaround", "iters": 500}
 
@@ -68,6 +81,18 @@ def scores(float_session, q_session, samples: list, kind: str) -> dict:
     else:
         out["agree"] = float(np.mean([a.argmax() == b.argmax() for a, b in zip(f, q)]))
     return out
+
+
+def quantize_row(model, bench, cfg: dict, calib: list, kind: str) -> tuple[dict, object]:
+    """One ``npuflow.quantize`` with fast finetune ``cfg`` on ``calib``, scored on the evaluation set:
+    ``(row, quantized)``.  Fast finetune reads every one of the bench's calibration samples
+    (``finetune_samples``: before it was a config field, it read at most 64 whatever ``--calib`` gave)."""
+    t0 = time.time()
+    q = npuflow.quantize(model, calib, target=BA.TARGET,
+                         config={"fast_finetune": cfg, "finetune_samples": len(bench.calib)})
+    row = {"model": kind, "calib": len(bench.calib), "fast_finetune": cfg, "quantize_s": round(time.time() - t0, 1),
+           "eval": bench.evaluate(D.ort_session(q.model)), "algorithms": q.info["algorithms"].get("fast_finetune")}
+    return row, q
 
 
 def summary(path: str) -> str:
@@ -102,13 +127,15 @@ def main() -> None:
     ap.add_argument("--summary", default=None, help="print the restarts table of this JSON-lines file and exit")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                     help="override a fast_finetune field of the model's config, e.g. --set iters=2000 (repeatable)")
+    ap.add_argument("--calib", type=int, default=32,
+                    help="calibration samples, every one read by fast finetune (finetune_samples = this)")
     ap.add_argument("--eval-only", action="store_true",
                     help="--seeds: score the evaluation set only (no held-out or calibration agreement runs)")
     args = ap.parse_args()
     if args.summary:
         print(summary(args.summary))
         return
-    bench, held, ff = setup(args.model)
+    bench, held, ff = setup(args.model, args.calib)
     for item in args.set:
         field, _, value = item.partition("=")
         try:
@@ -121,14 +148,12 @@ def main() -> None:
     if args.restarts:
         runs.append(({**ff, "seed": 0, "restarts": args.restarts, "select_on": HELD}, list(bench.calib) + held))
     for cfg, calib in runs:
-        t0 = time.time()
-        q = npuflow.quantize(model, calib, target=BA.TARGET, config={"fast_finetune": cfg})
-        row = {"model": args.model, "fast_finetune": cfg, "quantize_s": round(time.time() - t0, 1),
-               "eval": bench.evaluate(D.ort_session(q.model)), "algorithms": q.info["algorithms"].get("fast_finetune")}
+        row, q = quantize_row(model, bench, cfg, calib, args.model)
         if "restarts" not in cfg and not args.eval_only:
             qs = D.ort_session(q.model)
             row.update(held=scores(fp32, qs, held, args.model), calib=scores(fp32, qs, list(bench.calib), args.model))
-        row.update(load=os.getloadavg()[0], end=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
+        row.update(peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                   load=os.getloadavg()[0], end=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as fh:

@@ -224,6 +224,15 @@ _QUANT = _specs(
      "sensitivity` names them), or split the output so that each part has a grid of its own; calibrate on "
      "samples like deployment's, where that channel takes its real values. To accept it, lower "
      "`min_output_cosine` in the quantization config."),
+    ("NPF_QUANT_LOW_SNR",
+     "the quantized model's signal output {output} has cosine similarity {cosine} to the float model on {samples}, "
+     "but a signal-to-noise ratio of {snr} dB to it, below min_output_snr_db {threshold}: the quantization error is "
+     "audible in a waveform that a cosine near 1 calls close",
+     "The ratio pools the samples' energies, so quiet frames weigh little and loud ones decide it. Try what "
+     "NPF_QUANT_LOW_SIMILARITY's hint lists (another activation calibration method, `include_cle: true`, "
+     "`fast_finetune`), keep the layers nearest the output in float (`keep_float`; `npuflow analyze sensitivity` "
+     "names them) or in int16 (`npuflow analyze mixed-precision`), or use a target with a finer grid. To accept it, "
+     "lower `min_output_snr_db` in the quantization config (0 turns this check off)."),
     ("NPF_QUANT_LABEL_MARGIN",
      "the label read from {tensor} by its {read_by} would change on about {estimated} of inputs like the {samples} "
      "(changed on {changed} of its {rows} rows there): quantization moves the gap between its two leading values "

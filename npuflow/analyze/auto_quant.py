@@ -218,7 +218,8 @@ def _qat(step: QatStep, start: QuantizedModel, calib_data: Any) -> tuple[Quantiz
     q, note = step(start)
     feeds = list(open_samples(calib_data, start.float_model, samples=start.config.similarity_samples))
     judge_outputs(q.report, start.float_model, q.model, feeds, start.config.max_label_change,
-                  min_output_cosine=start.config.min_output_cosine)
+                  min_output_cosine=start.config.min_output_cosine,
+                  min_output_snr_db=start.config.min_output_snr_db)
     return q, note
 
 

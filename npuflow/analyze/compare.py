@@ -49,7 +49,9 @@ from ..graph import GraphView, rename_outer_reads
 from ..quant.algorithms.capture import session
 from ..quant.calibrate import run_sample
 from ..quant.data import CalibrationSource, InputSpec
+from ..quant.output_kinds import is_signal, snr_db
 from .. import qdq
+from ..value_info import inferred_dims
 
 #: How quantizers name a quantize step's output after the float tensor it reads: npuflow's export
 #: (``t_q``), ONNX Runtime's ``quantize_static`` (``t_QuantizeLinear_Output``).
@@ -154,6 +156,9 @@ class CompareResult:
     layers: list[LayerError] = field(default_factory=list)  # in the float model's node order
     #: tensors of the quantized model with no float counterpart (not compared)
     unmatched: list[str] = field(default_factory=list)
+    #: per signal output of the float model (``quant.output_kinds.is_signal``: a waveform), its
+    #: signal-to-noise ratio in dB (None: no error), from the pooled relative error as quantize reports it
+    signal_snr_db: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def jump(self) -> LayerError | None:
@@ -169,6 +174,7 @@ class CompareResult:
         jump = self.jump
         return {"float_model": self.float_model, "quantized_model": self.quantized_model, "kind": self.kind,
                 "samples": self.samples, "jump": jump.tensor if jump else None, "unmatched": self.unmatched,
+                "signal_snr_db": self.signal_snr_db,
                 "layers": [asdict(r) for r in self.layers]}
 
     def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -477,6 +483,9 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
         kind = "qdq"
     result = CompareResult(fname, qname, kind, count, unmatched=unmatched)
     result.layers = _rows(fmodel, pairs, acc, single)
+    dims, rows = inferred_dims(fmodel), {r.tensor: r for r in result.layers}
+    result.signal_snr_db = {o.name: snr_db(1.0, rows[o.name].rel_error ** 2) for o in fmodel.graph.output
+                            if o.name in rows and is_signal(dims.get(o.name, ()))}
     return result
 
 

@@ -23,6 +23,11 @@ def hint_for(reason: str, device: str) -> str:
         return "Use a stride within the range (e.g. stride 2 twice, or a pooling layer)."
     if low.startswith("pad"):
         return "Reduce the padding, or pad with an explicit Pad op."
+    if low.startswith("resize mode"):  # before "size": "Resize" holds it (a linear Resize was told to reduce channels)
+        return (f"Only nearest-neighbour Resize runs on the {device}: upsample with mode 'nearest' (a convolution "
+                "after it smooths as a linear one does) or a ConvTranspose, or accept this Resize on the CPU in float.")
+    if low.startswith("resize"):
+        return "Give the Resize constant scales or sizes (export at a fixed input shape)."
     if "channel" in low or "size" in low:
         return "Reduce the channel count or split the layer into smaller ones the target accepts."
     if low.startswith("group"):

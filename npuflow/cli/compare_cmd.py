@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ..errors import NpuflowError
 from ..model import write_atomic
+from ..quant.config import QuantConfig
 from .app import app, console, examples, output_option
 
 
@@ -71,6 +72,11 @@ def _compare_models(float_model: Path, quantized: Path, data: Path, samples: int
     if jump is not None:
         console.print(f"the accumulated error jumps at [bold]{jump.tensor}[/] ({jump.op_type}, node {jump.node}): "
                       f"relative error +{jump.increase:.4f} over its inputs", highlight=False)
+    floor = QuantConfig.model_fields["min_output_snr_db"].default
+    for name, snr in result.signal_snr_db.items():
+        ratio = "no error" if snr is None else f"signal-to-noise ratio {snr:.1f} dB"
+        console.print(f"output [bold]{name}[/] (a signal): {ratio} to the float model over {result.samples} "
+                      f"sample(s), energies pooled (quantize warns below min_output_snr_db, {floor:g} dB)", highlight=False)
     if result.unmatched:
         console.print(f"[yellow]not compared[/] (no float tensor of that name): {len(result.unmatched)} tensor(s), "
                       f"e.g. {', '.join(result.unmatched[:5])}", highlight=False)

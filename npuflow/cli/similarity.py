@@ -67,4 +67,6 @@ def calibration_note(similarity: dict, output: str) -> str:
     grid = "; within one quantization step of the float model on each" if output in similarity.get(
         "within_one_step", []) else ""
     on = similarity.get("similarity_on") or f"{similarity['similarity_samples']} calibration samples"
-    return f" ({checked:.6f} on {on}{grid})"
+    snr = similarity.get("snr_db", {}).get(output, "absent")
+    ratio = "" if snr == "absent" else "; no error" if snr is None else f"; signal-to-noise ratio {snr:.1f} dB"
+    return f" ({checked:.6f} on {on}{grid}{ratio})"

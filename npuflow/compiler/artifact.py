@@ -96,6 +96,29 @@ def write(path: str | os.PathLike, manifest: dict, blobs: dict[str, np.ndarray |
     return write_atomic(path, serialize(manifest, blobs))
 
 
+def share_strings(value: object) -> None:
+    """Make the equal strings of a parsed manifest one object each, in place.
+
+    Why: JSON's parser shares a dict's keys but makes a new ``str`` for every string value, and a
+    manifest names each tensor many times (an op's output, the next ops' inputs, memory plans,
+    blob names), all of it kept for a runtime ``Session``'s life: PP-OCR cls on B4096 held
+    139 KB of strings where 46 KB are distinct, PP-OCRv4 rec on cpu-int8 357 KB for 144 KB
+    (issue 19, peak memory).  Only ``str`` values are shared: they are immutable, so no reader
+    can tell."""
+    seen: dict[str, str] = {}
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        items = node.items() if type(node) is dict else enumerate(node)
+        for key, item in items:
+            if type(key) is str:
+                seen.setdefault(key, key)
+            if type(item) is str:
+                node[key] = seen.setdefault(item, item)
+            elif type(item) is dict or type(item) is list:
+                stack.append(item)
+
+
 class NpufFile:
     """A verified ``.npuf``: ``manifest`` (dict) and ``blob(name)`` (read-only array views)."""
 
@@ -169,6 +192,7 @@ class NpufFile:
             manifest = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise self._corrupt(f"manifest is not JSON: {exc}") from None
+        share_strings(manifest)
         self._data_off, self._data_len = doff, dlen
         self._validate(manifest, newer, msha)
         for name, b in manifest["blobs"].items():

@@ -193,6 +193,10 @@ class QuantConfig(_Strict):
     #: calibration samples (or the ``similarity_hold_out`` ones) must reach this, or quantize warns
     #: (``strict``: fails with NPF_QUANT_LOW_SIMILARITY); 0 accepts any model and holds nothing out.
     min_output_cosine: float = Field(default=0.95, ge=0.0, le=1.0)
+    #: A signal output (``(N, C <= 2, L >= 256)``: a waveform) that passes ``min_output_cosine`` must
+    #: also reach this signal-to-noise ratio to the float model's (dB, energies pooled over the same
+    #: samples), or quantize warns NPF_QUANT_LOW_SNR; 0 turns that warning off.
+    min_output_snr_db: float = Field(default=20.0, ge=0.0)
     #: how many calibration samples the check reads where it holds none out
     similarity_samples: int = Field(default=16, ge=1)
     #: Hold this many of the last calibration samples out of range setting and judge the accuracy

@@ -389,7 +389,7 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
     feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
     judge_outputs(report, float_model, q_model, feeds, cfg.max_label_change, held_out=held_out,
                   outputs_of=runs.outputs if runs is not None else None,
-                  min_output_cosine=cfg.min_output_cosine)
+                  min_output_cosine=cfg.min_output_cosine, min_output_snr_db=cfg.min_output_snr_db)
     return low_similarity(report, cfg.min_output_cosine)
 
 

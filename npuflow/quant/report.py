@@ -37,7 +37,8 @@ from ..value_info import with_outputs
 from .algorithms.capture import Outputs, run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
-from .output_kinds import ChannelSimilarity, ChannelSums, LabelMargin, channel_axis, is_probability_rows, label_margin
+from .output_kinds import (ChannelSimilarity, ChannelSums, LabelMargin, channel_axis, is_probability_rows, is_signal,
+                           label_margin, snr_db)
 from .params import TensorQuant
 from .plan import QuantPlan
 
@@ -113,7 +114,11 @@ class QuantReport:
     #: per output of a few channels (``output_kinds.channel_axis``) whose labels no label check
     #: reads, each channel's similarity on the accuracy check's samples (:func:`channel_warnings`)
     channels: dict[str, list[ChannelSimilarity]] = field(default_factory=dict)
-    #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN, NPF_QUANT_OUTPUT_CHANNEL
+    #: per signal output (``output_kinds.is_signal``: a waveform), its signal-to-noise ratio to the float
+    #: model's in dB on the accuracy check's samples, energies pooled over them (None: no error at all)
+    snr_db: dict[str, float | None] = field(default_factory=dict)
+    #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN, NPF_QUANT_OUTPUT_CHANNEL,
+    #: NPF_QUANT_LOW_SNR
     warnings: list[NpuflowError] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -123,6 +128,7 @@ class QuantReport:
                 "non_finite": self.non_finite, "unmeasured": self.unmeasured,
                 "label_checks": [c.to_json() for c in self.label_checks],
                 "channels": {name: [c.to_json() for c in rows] for name, rows in self.channels.items()},
+                "snr_db": {name: v if v is None or math.isinf(v) else round(v, 2) for name, v in self.snr_db.items()},
                 "warnings": [{"code": w.code, "message": w.message, "hint": w.hint} for w in self.warnings],
                 "nodes": [asdict(r) for r in self.rows]}
 
@@ -281,6 +287,7 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     names = [o.name for o in float_model.graph.output]
     acc = np.zeros((len(names), 4))
     worst = np.zeros(len(names))
+    noise: dict[int, float] = {}  # a signal output's summed squared error
     differ = np.zeros(len(names), dtype=int)
     # an integer or bool output: [dtype, equal values, values, samples compared, sum |q - f|, sum |f|]
     by_value: dict[int, list] = {}
@@ -311,6 +318,9 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
                 continue
             a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
             _accumulate(acc[k], a64, b64)
+            if is_signal(a.shape):
+                finite = np.isfinite(a64) & np.isfinite(b64)
+                noise[k] = noise.get(k, 0.0) + float(np.sum((a64[finite] - b64[finite]) ** 2))
             if (axis := channel_axis(a.shape)) is not None and \
                     channels.setdefault(k, ChannelSums(axis, a.shape[axis])).fits(a.shape):
                 channels[k].add(a, b)
@@ -333,6 +343,7 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     report.similarity_samples = len(samples)
     report.similarity_held_out = held_out
     report.non_finite = [name for k, name in enumerate(names) if acc[k, 3]]
+    report.snr_db = {names[k]: snr_db(acc[k, 1], e) for k, e in noise.items() if names[k] in report.calibration_outputs}
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
     report.label_checks = _label_checks(decisions, names, read)
@@ -404,13 +415,15 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
 def judge_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
                   samples: Sequence[Sample], max_label_change: float, *, held_out: bool = False,
                   outputs_of: Callable[[onnx.ModelProto], Outputs] | None = None,
-                  min_output_cosine: float) -> None:
-    """:func:`measure_outputs`, then the label and channel warnings of what it measured
-    (``report.warnings``; ``min_output_cosine``: the threshold a channel is judged by): whoever measures a model's
+                  min_output_cosine: float, min_output_snr_db: float) -> None:
+    """:func:`measure_outputs`, then the label, channel and signal warnings of what it measured
+    (``report.warnings``; ``min_output_cosine``: the threshold a channel is judged by;
+    ``min_output_snr_db``: a signal's): whoever measures a model's
     outputs again (a later step that replaces the model, as auto-quant's QAT does) warns by the same
     rule on the new model, never with the previous model's warnings."""
     measure_outputs(report, float_model, quant_model, samples, held_out=held_out, outputs_of=outputs_of)
-    report.warnings = [*label_warnings(report, max_label_change), *channel_warnings(report, min_output_cosine)]
+    report.warnings = [*label_warnings(report, max_label_change), *channel_warnings(report, min_output_cosine),
+                       *snr_warnings(report, min_output_cosine, min_output_snr_db)]
 
 
 def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]:
@@ -440,6 +453,20 @@ def channel_warnings(report: QuantReport, threshold: float) -> list[NpuflowError
                                   axis=low[0].axis, axis_size=len(rows), samples=report.similarity_on(),
                                   threshold=threshold))
     return found
+
+
+def snr_warnings(report: QuantReport, min_cosine: float, min_snr_db: float) -> list[NpuflowError]:
+    """``NPF_QUANT_LOW_SNR`` for each signal output (a waveform) that passes ``min_cosine`` with a
+    signal-to-noise ratio to the float model's below ``min_snr_db``: cosine 0.95 is about 10 dB, an
+    error audible on any sound (DTLN stage 2 on DPUCZDX8G_ISA1_B4096: cosine 0.989, 13.4 dB, round 18);
+    ``min_snr_db`` 0: none.
+    An output below ``min_cosine`` is ``NPF_QUANT_LOW_SIMILARITY``'s, whose message gives the ratio."""
+    judged = report.judged_similarity()
+    return [NpuflowError("NPF_QUANT_LOW_SNR", output=output, snr=f"{snr:.1f}", cosine=f"{judged[output]:.4f}",
+                         samples=report.similarity_on(), threshold=f"{min_snr_db:g}")
+            for output, snr in report.snr_db.items()
+            if min_snr_db > 0 and snr is not None and snr < min_snr_db and judged.get(output, 0.0) >= min_cosine
+            and output not in report.within_one_step]
 
 
 def _output_steps(quant_model: onnx.ModelProto) -> dict[str, float]:
@@ -498,7 +525,9 @@ def low_similarity(report: QuantReport, threshold: float) -> NpuflowError | None
         return None
     nodes = ", ".join(f"{r.node} ({r.type}, {r.cosine:.3f})" for r in report.largest_drops()) or "(no node measured)"
     broken = " (infinite or NaN where the float model's is finite)" if output in report.non_finite else ""
-    return NpuflowError("NPF_QUANT_LOW_SIMILARITY", output=output, cosine=f"{cosine:.4f}{broken}",
+    snr = report.snr_db.get(output)
+    ratio = f" (signal-to-noise ratio {snr:.1f} dB)" if snr is not None else ""
+    return NpuflowError("NPF_QUANT_LOW_SIMILARITY", output=output, cosine=f"{cosine:.4f}{ratio}{broken}",
                         samples=report.similarity_on(), threshold=threshold, nodes=nodes)
 
 

@@ -81,11 +81,34 @@ def set_blas_threads(n: int) -> None:
     wake-ups on each one and collapses when the machine is busy (measured: 6x slower on a loaded
     2-core machine).  Throughput comes from running frames on several threads instead, like
     VART's one runner per thread.  ``Session(..., blas_threads=None)`` leaves BLAS alone.
+
+    Where the environment already gives every BLAS library numpy may load ``n`` threads
+    (:func:`blas_env_threads`) and no limit was set here before, nothing is done: importing and
+    running ``threadpoolctl`` held 0.12 MiB for the process's life (issue 19, peak memory).
     """
+    if not _blas_limit and blas_env_threads() == n:
+        return
     from threadpoolctl import threadpool_limits
 
     with _BLAS_LOCK:
         _blas_limit[:] = [threadpool_limits(limits=n, user_api="blas")]
+
+
+#: The variables a BLAS library numpy may load reads its thread count from, each before
+#: ``OMP_NUM_THREADS`` (OpenBLAS: its own, then GotoBLAS's; MKL; BLIS).
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def blas_env_threads() -> int | None:
+    """The BLAS thread count the environment gives every library of :data:`BLAS_THREAD_VARS` (each
+    its own variable, else ``OMP_NUM_THREADS``), or None where they differ or one is unset.  The
+    libraries read it when they load, so this is their count in a process started with it; one
+    set inside the process after numpy's import is taken as theirs though no library read it
+    (such a process limits BLAS itself: ``threadpoolctl.threadpool_limits``)."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    said = {os.environ.get(var, omp) for var in BLAS_THREAD_VARS}
+    value = said.pop() if len(said) == 1 else None
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 def padded(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:

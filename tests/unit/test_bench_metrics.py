@@ -191,3 +191,23 @@ def test_accuracy_bench_finetune_samples_reach_every_row(tmp_path, monkeypatch: 
     (name, row), = [(k, r) for k, r in rows.items() if k != "FP32"]
     assert name.endswith("(from npuflow defaults)")
     assert row["config"]["finetune_samples"] == 72 and row["algorithms"]["fast_finetune"]["samples"] == 72
+
+
+def test_restarts_bench_reads_every_calibration_sample(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench_restarts.py --calib N`` fast-finetunes on all N samples (it read at most 64 whatever the
+    calibration count), and refuses rec calibration lines that would reach its held-out lines.  MNIST CNN on
+    the DPU, real digits."""
+    from benchmarks.bench_quant import Bench
+    from benchmarks.bench_restarts import HELD, TRAIN, quantize_row, setup
+    from npuflow.model import load as npuflow_load
+    from tests import fixture_models
+    from tests.unit.test_block_accept import _digits
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="held-out"):
+        setup("rec", TRAIN - HELD + 1)
+    bench = Bench("digits", fixture_models.mnist_cnn(), {"input": [1, 1, 28, 28]}, _digits(80),
+                  lambda session: {"cos": 1.0}, "cos", "stub")
+    row, q = quantize_row(npuflow_load(bench.path, bench.input_shapes), bench, {"method": "adaround", "iters": 20, "seed": 0}, list(bench.calib), "digits")
+    assert row["calib"] == 80 and row["algorithms"]["samples"] == 80
+    assert row["eval"] == {"cos": 1.0} and q.model is not None
