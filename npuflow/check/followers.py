@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Iterable, TypeVar
 
-from ..operators import DATA_MOVEMENT, FIXED_OUTPUT_RANGE, FOLLOWERS
+from ..operators import DATA_MOVEMENT, FIXED_OUTPUT_RANGE, FOLLOWERS, QUANTIZED_OPS, TABLE_OPS
 from ..targets import Target
 
 K = TypeVar("K", bound=Hashable)
@@ -37,7 +37,18 @@ def float_tail_applies(target: Target) -> bool:
     return target.numerics.scale_type == "float"
 
 
-def _in_tail(key: K, quantized: set[K], op_type: Callable[[K], str], readers: list[K]) -> bool:
+def _table_between(key: K, quantized: set[K], op_type: Callable[[K], str],
+                   readers_of: Callable[[K], Iterable[K]]) -> bool:
+    """Whether ``key`` is a table op (:data:`npuflow.operators.TABLE_OPS`) the quantizer does not
+    quantize on its own, every reader of which is quantized (it then sits between two quantize steps)."""
+    kind = op_type(key)
+    if kind not in TABLE_OPS or kind in QUANTIZED_OPS:
+        return False
+    readers = list(readers_of(key))
+    return bool(readers) and all(r in quantized for r in readers)
+
+
+def _in_tail(key: K, quantized: set[K], op_type: Callable[[K], str], readers_of: Callable[[K], Iterable[K]]) -> bool:
     """Whether node ``key`` belongs to the float tail: no quantized node reads it, and it is data
     movement, or an op whose output grid is a fixed interval (:data:`npuflow.operators.FIXED_OUTPUT_RANGE`:
     a Sigmoid) read only by data movement.  Quantized for no integer reader, that fixed grid is only
@@ -47,8 +58,14 @@ def _in_tail(key: K, quantized: set[K], op_type: Callable[[K], str], readers: li
     float compute op, keeps its grid too, so the accuracy check can pass a silent probability within
     one step of FP32 (float, computed from the quantized logit, it is neither on a grid nor close in
     cosine).  Tanh and Softmax are no quantized ops; HardSigmoid's range is calibrated and it fuses
-    into its producer, as ReLU does."""
-    if any(r in quantized for r in readers):
+    into its producer, as ReLU does.  A table op the quantizer never quantizes alone (a Tanh) that is
+    the node's one reader, and whose readers are all quantized, reads integers too: the compiler
+    lowers it as a table between this node's quantize step and theirs (a ConvLSTM's ``chunk`` of the gate conv into ``Tanh(g)``: the
+    Slice went float for want of a quantized reader, the Tanh for want of a quantized input, and
+    both ran in float on the CPU at every step)."""
+    readers = list(readers_of(key))
+    if any(r in quantized for r in readers) or (
+            len(readers) == 1 and _table_between(readers[0], quantized, op_type, readers_of)):
         return False
     kind = op_type(key)
     return kind in DATA_MOVEMENT or (kind in FIXED_OUTPUT_RANGE and bool(readers)
@@ -71,7 +88,7 @@ def drop_float_tail(quantized: set[K], op_type: Callable[[K], str], readers: Cal
     while changed:
         changed = False
         for key in list(quantized):
-            if _in_tail(key, quantized, op_type, list(readers(key))):
+            if _in_tail(key, quantized, op_type, readers):
                 quantized.discard(key)
                 dropped.append(key)
                 changed = True
