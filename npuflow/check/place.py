@@ -82,6 +82,7 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
         proto = infer_static_shapes(proto)
     if not _is_quantized(proto):
         from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
+        from ..passes.einsum import einsums_as_matmul
         from ..passes.optimize import accelerator_forward_folds
         from ..passes.ops_1d import ops_1d_as_2d
         from ..passes.prelu import fold_prelu
@@ -90,7 +91,7 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
         # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
         # read the deviation, not x: where x's producer runs may depend on it).
-        proto = ops_1d_as_2d(fold_prelu(fold_constants(proto)))
+        proto = ops_1d_as_2d(fold_prelu(einsums_as_matmul(fold_constants(proto))))
         proto = accelerator_forward_folds(stable_variances(infer_static_shapes(proto)), target)
     name_nodes(proto)
     return proto

@@ -1,7 +1,8 @@
 """The float optimisation pipeline run before calibration (``optimized_float_model.onnx``).
 
 Order matters: constants are folded first (BN parameters and pattern constants become
-initializers), no-op nodes go, and additions of products by an all-zero constant (a recurrence's
+initializers), no-op nodes go, a batched-matrix-product ``Einsum`` becomes
+``Transpose``/``MatMul`` (:mod:`.einsum`), and additions of products by an all-zero constant (a recurrence's
 zero initial state, :mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu``
 (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into
 their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), then 1-D pooling and
@@ -25,6 +26,7 @@ import onnx
 from ..graph import GraphView
 from ..targets import Target
 from .activations import fuse_activation_patterns
+from .einsum import einsums_as_matmul
 from .fold_affine import fold_affine
 from .fold_affine_forward import fold_affine_forward
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
@@ -43,7 +45,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
                    rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
     """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
     the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
-    m = fold_constants(model)
+    m = einsums_as_matmul(fold_constants(model))
     m = fold_prelu(drop_zero_terms(remove_identity(m)))
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = batchnorm_to_depthwise(fold_batchnorm(m))
