@@ -10,7 +10,11 @@ on the accelerator as a 2-D convolution with H = 1 (``compiler/lowering.py``).  
 weights C_in x C_out/g x 1 x k) -> Squeeze(axis 2)``: the same windows over the same values, exact;
 the reshapes move no data.  A ``ReduceMean`` over the last axis of an N x C x L tensor (M5's closing
 ``x.mean(-1)``, round 19: it ran on the CPU in float on every target, after the last accelerator
-subgraph) becomes ``Unsqueeze(axis 2) -> GlobalAveragePool -> Squeeze``: the same mean.
+subgraph) becomes ``Unsqueeze(axis 2) -> GlobalAveragePool -> Squeeze``: the same mean; a mean that
+element-wise arithmetic reads (a LayerNorm's statistic over a B x T x D tensor's features) stays.  A
+``ReduceMean`` over axes 2 and 3 of an N x C x H x W map (a torch classifier's ``x.mean((2, 3))``,
+round 19b: "no integer lowering" on every target, its own CPU subgraph before the head) becomes
+``GlobalAveragePool`` (``-> Squeeze`` for ``keepdims`` 0), with the same exception.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from onnx import helper, numpy_helper
 
 from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
 from ..model import default_opset
-from ..operators import Engine, op_def
+from ..operators import ELEMENTWISE_OPS, SIZE_JOINING_OPS, Engine, op_def
 from ..value_info import inferred_dims
 from .activations import _splice
 
+#: readers that make a mean a normalisation statistic (see ``_is_statistic``): element-wise ops that broadcast
+_ELEMENTWISE = ELEMENTWISE_OPS & SIZE_JOINING_OPS
 #: per-axis attributes: one value per spatial axis gains a leading H value
 _H_VALUE = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0, "output_shape": 1}
 
@@ -45,12 +51,12 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(out)
     weights: dict[str, str] = {}
     for node in candidates:
-        if len(dims.get(node.input[0], ())) != 3:
-            continue
-        if node.op_type != "ReduceMean":
+        rank = len(dims.get(node.input[0], ()))
+        if node.op_type == "ReduceMean" and rank in (3, 4) and _reduced_axes(node, view, rank) == list(range(2, rank)) \
+                and not _is_statistic(node, view):
+            _mean_as_pool(graph, node, opset, rank)
+        elif node.op_type != "ReduceMean" and rank == 3:
             _rewrite(graph, node, opset, view, weights)
-        elif _reduces_last_axis_only(node, view):
-            _mean_as_pool(graph, node, opset)
     remove_unused_initializers(graph)
     return out
 
@@ -61,25 +67,50 @@ def _lowered_pool(node: onnx.NodeProto) -> bool:
     return d.lowered and d.engine in (Engine.POOL, Engine.GLOBAL_POOL)
 
 
-def _reduces_last_axis_only(node: onnx.NodeProto, view: GraphView) -> bool:
-    """Whether a ``ReduceMean`` of a rank-3 tensor averages over axis 2 alone (axes as an attribute
-    before opset 18, as a constant input from 18 on)."""
+def _reduced_axes(node: onnx.NodeProto, view: GraphView, rank: int) -> list[int] | None:
+    """The sorted axes a ``ReduceMean`` of a rank-``rank`` tensor averages over (an attribute before
+    opset 18, a constant input from 18 on), or None where they are not known or are all axes."""
     axes = attr_values(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = view.const(node.input[1])
         axes = None if value is None else value.ravel().tolist()
-    return axes is not None and [int(a) % 3 for a in axes] == [2]
+    return None if axes is None else sorted(int(a) % rank for a in axes)
 
 
-def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int) -> None:
-    """``ReduceMean(axis 2)`` of N x C x L as ``GlobalAveragePool`` of the N x C x 1 x L view; the
-    pooled N x C x 1 x 1 loses axes 2 and 3 (``keepdims`` 0) or axis 3 (N x C x 1)."""
+def _is_statistic(node: onnx.NodeProto, view: GraphView) -> bool:
+    """Whether a mean is a normalisation's statistic: read by element-wise arithmetic (a LayerNorm's
+    ``x - mean``, ``mean(x*x) - mean**2`` on a B x T x D tensor), not by a layer.  It stays a
+    ``ReduceMean``: ``passes/variance.py`` finds the LayerNorm by it, and a pool over tokens' features
+    is no pooling the accelerator runs for it."""
+    return any(c.op_type in _ELEMENTWISE for c in view.consumer_nodes(node.output[0]))
+
+
+def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, rank: int) -> None:
+    """``ReduceMean`` over the spatial axes as ``GlobalAveragePool``: of N x C x L on the N x C x 1 x L
+    view, the pooled N x C x 1 x 1 losing axes 2 and 3 (``keepdims`` 0) or axis 3 (N x C x 1); of
+    N x C x H x W directly, losing axes 2 and 3 for ``keepdims`` 0."""
     name = node.name or node.output[0]
+    keep = attr_values(node).get("keepdims", 1)
+    if rank == 4:
+        pooled = node.output[0] if keep else unique_name(graph, f"{name}/pooled")
+        nodes = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=name)]
+        if not keep:
+            nodes.append(_squeeze(graph, name, opset, pooled, node.output[0], [2, 3]))
+        _splice(graph, [node], nodes)
+        return
     x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
     pool = helper.make_node("GlobalAveragePool", [x2d], [y2d], name=name)
-    keep = attr_values(node).get("keepdims", 1)
     unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [3] if keep else [2, 3])
     _splice(graph, [node], [unsq, pool, sq])
+
+
+def _squeeze(graph: onnx.GraphProto, name: str, opset: int, x: str, y: str, axes: list[int]) -> onnx.NodeProto:
+    """``Squeeze(axes)`` of ``x`` into ``y`` (axes as an input from opset 13 on)."""
+    if opset < 13:
+        return helper.make_node("Squeeze", [x], [y], name=f"{name}/squeeze", axes=axes)
+    const = unique_name(graph, f"{name}/h_axes")
+    graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), const))
+    return helper.make_node("Squeeze", [x, const], [y], name=f"{name}/squeeze")
 
 
 def _h1_view(graph: onnx.GraphProto, name: str, opset: int, x: str, x2d: str, y2d: str, y: str,
@@ -88,15 +119,11 @@ def _h1_view(graph: onnx.GraphProto, name: str, opset: int, x: str, x2d: str, y2
     ``y`` around a 2-D op (axes as inputs from opset 13 on)."""
     if opset < 13:
         return (helper.make_node("Unsqueeze", [x], [x2d], name=f"{name}/unsqueeze", axes=[2]),
-                helper.make_node("Squeeze", [y2d], [y], name=f"{name}/squeeze", axes=squeeze))
+                _squeeze(graph, name, opset, y2d, y, squeeze))
     axes = unique_name(graph, f"{name}/h_axis")
     graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
-    sq_axes = axes
-    if squeeze != [2]:
-        sq_axes = unique_name(graph, f"{name}/h_axes")
-        graph.initializer.append(numpy_helper.from_array(np.array(squeeze, np.int64), sq_axes))
     return (helper.make_node("Unsqueeze", [x, axes], [x2d], name=f"{name}/unsqueeze"),
-            helper.make_node("Squeeze", [y2d, sq_axes], [y], name=f"{name}/squeeze"))
+            _squeeze(graph, name, opset, y2d, y, squeeze))
 
 
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
