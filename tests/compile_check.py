@@ -13,6 +13,7 @@ from npuflow.compiler import foreign
 from npuflow.model import load
 from npuflow.targets import load_target
 from tests.qdq_builder import ort_values
+from tests.unit.quant_nets import run, samples
 
 
 def integer_tensors(compiled) -> list[str]:
@@ -125,3 +126,14 @@ def random_sample_npuf(model: str | Path, target: str, input_name: str, shape: l
     quantized = npuflow.quantize(str(model), samples, target=target, input_shapes={input_name: list(shape)})
     npuflow.compile(quantized.model, target).save(path)
     return path, samples
+
+
+def assert_one_subgraph_equal_to_ort(model, shape: list[int], target: str, device: str = "DPU") -> None:
+    """Quantize ``model`` (input ``x``, output ``y``) on 8 random samples, compile it for ``target``
+    and check that it is one ``device`` subgraph whose every layer and output equal ONNX Runtime's."""
+    q = npuflow.quantize(model, samples(shape, n=8), target=target)
+    compiled = npuflow.compile(q.model, target)
+    assert [sg["device"] for sg in compiled.manifest["subgraphs"]] == [device]
+    x = samples(shape, n=1, seed=3)[0]
+    assert max(compare_layerwise_with_ort(q.model, {"x": x}, target).values()) == 0
+    np.testing.assert_array_equal(npuflow.Session(compiled).run({"x": x})["y"], run(q.model, {"x": x})[0])
