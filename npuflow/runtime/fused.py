@@ -360,14 +360,17 @@ def _split(g: Graph, op: dict, blobs: dict) -> None:
 
 
 def _upsample_channels_last(g: Graph, x: str, shape: list[int], factors: list[int]) -> str:
-    """Nearest upsampling of the bytes ``x`` (``[N, C, H, W]``, held channels-last by ONNX
-    Runtime: :func:`fused_tables.channels_last`) by whole ``factors`` of H and W, written
-    channels-last: a ``Transpose`` that cancels ONNX Runtime's, each position's C bytes repeated
+    """Nearest upsampling of ``x`` (``[N, C, H, W]``: bytes held channels-last by ONNX Runtime,
+    :func:`fused_tables.channels_last`, or float codes) by whole ``factors`` of H and W, written
+    channels-last: a ``Transpose`` that cancels ONNX Runtime's, each position's C values repeated
     by ``Expand`` on a ``[N, H, 1, W, 1, C]`` view, and a ``Transpose`` back that ONNX Runtime moves
     on to the next channels-last kernel.  Why: ONNX Runtime's uint8 ``Resize`` is fast on NCHW
     (its layout pass then puts a transpose before and after, and around a concatenation the
     resized tensor joins) but a per-element loop channels-last (YOLOv8n's two neck upsamplings on
-    cpu-int8: 25 and 20 us NCHW, 102 and 176 us NHWC); the expanded copy moves C bytes at a time."""
+    cpu-int8: 25 and 20 us NCHW, 102 and 176 us NHWC); the expanded copy moves C values at a time.
+    On float codes (PP-OCRv4 det's FPN and head on bernoulli2, read by float adds beside
+    channels-last kernels' outputs) the adds, casts and next convolutions' inputs run
+    channels-last: 1.02x a frame though the five ``Expand``s cost more than the ``Resize``s."""
     n, c, h, w = shape
     fh, fw = factors
     rows = g.node("Reshape", [g.node("Transpose", [x], perm=[0, 2, 3, 1]), g.const([n, h, 1, w, 1, c], np.int64)])
@@ -380,8 +383,8 @@ def _joins_channels_last(g: Graph, tensor: str) -> bool:
     """Whether every reader of ``tensor`` is a concatenation whose other inputs are bytes ONNX
     Runtime holds channels-last (YOLOv8n's neck: an upsampled map beside a SiLU product): its
     layout pass then runs the concatenation channels-last, with no transpose before it.  Elsewhere
-    (det's FPN adds, its head's concatenation of upsampled maps in float) a channels-last upsampling
-    would move the transpose after it, onto the larger tensor."""
+    a channels-last upsampling of bytes would move the transpose after it, onto the larger tensor
+    (float codes go channels-last all the same: :func:`_upsample_channels_last`)."""
     readers = g.readers.get(tensor, [])
     return bool(readers) and all(
         r["op"] == "concat" and all(t == tensor or (t in g.bytes and channels_last(g, g.bytes[t])) for t in r["inputs"])
@@ -393,9 +396,9 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     kernels' ``_passthrough``).  Where every axis repeats each position a whole number of times
     ``f``, ONNX ``Resize`` (nearest, ``asymmetric``, ``floor``: source ``floor(i / f)``, which
     float32 computes exactly for these small integers) copies them, on ONNX Runtime's fast
-    upsampling path (channels-last bytes joining a channels-last concatenation: an ``Expand``,
-    :func:`_upsample_channels_last`); otherwise one ``Gather`` per axis whose indices are not the
-    identity."""
+    upsampling path (float codes, and channels-last bytes joining a channels-last concatenation:
+    an ``Expand``, :func:`_upsample_channels_last`); otherwise one ``Gather`` per axis whose
+    indices are not the identity."""
     if set(op["blobs"]) - {"table"}:
         raise NotFusable("constants")
     t, table = op["inputs"][0], blobs.get("table")
@@ -413,8 +416,8 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
     if all(f and len(ix) < 1 << 20 and np.array_equal(ix, np.repeat(np.arange(n), f))
            for ix, n, f in zip(indices, shape, factors)):
-        if factors[:2] == [1, 1] != factors[2:] and len(shape) == 4 and k is not None and channels_last(g, x) \
-                and _joins_channels_last(g, op["outputs"][0]):
+        if factors[:2] == [1, 1] != factors[2:] and len(shape) == 4 and (
+                k is None or channels_last(g, x) and _joins_channels_last(g, op["outputs"][0])):
             x = _upsample_channels_last(g, x, list(shape), factors[2:])
         elif any(f != 1 for f in factors):
             x = g.node("Resize", [x, "", g.const(factors)], mode="nearest",

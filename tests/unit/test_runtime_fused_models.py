@@ -63,6 +63,9 @@ def test_fused_equals_kernels_on_real_models(key, target):
         nodes = [n.op_type for ex in fast._executors if hasattr(ex, "plan") for it in ex.plan.items
                  if isinstance(it, fused.FusedRun) for n in it.graph().nodes]
         assert dense and nodes.count("QLinearConv") >= len(dense), (len(dense), nodes.count("QLinearConv"))
+        if key == "ppocr_det":  # of the FPN's and head's six upsamplings, those of float codes channels-last
+            up = (nodes.count("Expand"), nodes.count("Resize"))  # (Expand); before: (0, 6)
+            assert sum(up) == 6 and up[0] >= 3, up
     if key == "ppocr_det" and target.startswith("DPU"):  # the neck's 3x3 layers of 96 channels: int8 GEMMs
         heavy = [op for ex in fast._executors if hasattr(ex, "plan") for op in ex._ops
                  if op["op"] == "conv" and op["attrs"]["epilogue"]["mode"] == "shift"
