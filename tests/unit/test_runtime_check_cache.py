@@ -13,7 +13,7 @@ import pytest
 
 import npuflow
 from npuflow import ort_kernels
-from npuflow.runtime import fused_qlinear
+from npuflow.runtime import fused_pairs, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, _x
 
@@ -55,6 +55,7 @@ def opened(monkeypatch, tmp_path):
         return real(nodes, *args, **kwargs)
 
     monkeypatch.setattr(fused_qlinear, "probe_session", counting)
+    monkeypatch.setattr(fused_pairs, "probe_session", counting)  # the all-pairs checks' sessions
     _new_process()
     yield sessions
     _new_process()
