@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
 from .. import ort_kernels
+from ..graph import attr
 from . import fused_qlinear
 from .fused_conv import integer_offset
 from .fused_graph import INDEX_TYPE, Graph, NotFusable, code_range, gather, lookup
@@ -132,7 +133,7 @@ def channels_last(g: Graph, codes: str) -> bool:
     node = source_writer(g, codes)
     if node is not None and node.op_type in ("QLinearConv", "QLinearMul", "QLinearAdd", "QLinearSigmoid"):
         return True
-    return node is not None and node.op_type == "Transpose" and list(node.attribute[0].ints) == [0, 3, 1, 2]
+    return node is not None and node.op_type == "Transpose" and attr(node, "perm") == [0, 3, 1, 2]
 
 
 def source_writer(g: Graph, codes: str):
