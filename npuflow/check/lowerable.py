@@ -28,6 +28,7 @@ from ..numerics import fix_pos_of
 from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, PRELU_MAX_SLOPES, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS,
                          Engine, node_attr, op_def)
 from ..passes.linear_bias import linear_bias
+from ..passes.resize_linear import linear_resize_reason
 from .quant_facts import QuantFacts
 
 #: Longest fused chain (nodes between a layer and its quantize step).
@@ -170,8 +171,10 @@ def _pad(node: onnx.NodeProto, t: QuantFacts) -> str | None:
 
 def _resize(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     mode = node_attr(node, "mode", "nearest")
+    if mode == "linear":
+        return f"Resize mode 'linear' is not lowered as a Resize ({linear_resize_reason(node, t.value, t.shape)})"
     if mode != "nearest":
-        return f"Resize mode {mode!r} is not lowered (nearest only)"
+        return f"Resize mode {mode!r} is not lowered (nearest, and linear as a depthwise ConvTranspose)"
     return _constant_params(node, t)
 
 

@@ -24,8 +24,10 @@ def hint_for(reason: str, device: str) -> str:
     if low.startswith("pad"):
         return "Reduce the padding, or pad with an explicit Pad op."
     if low.startswith("resize mode"):  # before "size": "Resize" holds it (a linear Resize was told to reduce channels)
-        return (f"Only nearest-neighbour Resize runs on the {device}: upsample with mode 'nearest' (a convolution "
-                "after it smooths as a linear one does) or a ConvTranspose, or accept this Resize on the CPU in float.")
+        return (f"A linear Resize runs on the {device} as a depthwise ConvTranspose when it upsamples each axis by "
+                "2 or 4 with half_pixel coordinates (torch: align_corners=False) or by 2, 4 or 8 with asymmetric "
+                "ones: export it so, or upsample with mode 'nearest' (a convolution after it smooths as a linear "
+                "one does), or accept this Resize on the CPU in float.")
     if low.startswith("resize"):
         return "Give the Resize constant scales or sizes (export at a fixed input shape)."
     if "channel" in low or "size" in low:

@@ -5,7 +5,9 @@ initializers), no-op nodes go, a batched-matrix-product ``Einsum`` becomes
 ``Transpose``/``MatMul`` (:mod:`.einsum`), and additions of products by an all-zero constant (a recurrence's
 zero initial state, :mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu``
 (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into
-their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), then 1-D pooling and
+their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), a bilinear ``Resize`` by 2, 4
+(or 8) becomes edge extension and a depthwise ``ConvTranspose`` (:mod:`.resize_linear`, where the target
+runs that transposed convolution), then 1-D pooling and
 transposed convolutions become 2-D ones with H = 1 (:mod:`.ops_1d`, as the compiler runs 1-D
 convolutions), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
 and a bias several layers read is copied per layer (:mod:`.linear_bias`), then decomposed
@@ -36,6 +38,7 @@ from .linear_bias import canonical_linear_biases, untie_shared_biases
 from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
 from .remove_identity import remove_identity
+from .resize_linear import linear_resizes_as_conv_transpose
 from .target_rewrites import Rewrite, target_rewrites
 from .variance import stable_variances
 from .zero_terms import drop_zero_terms
@@ -48,7 +51,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = einsums_as_matmul(fold_constants(model))
     m = fold_prelu(drop_zero_terms(remove_identity(m)))
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
-    m = batchnorm_to_depthwise(fold_batchnorm(m))
+    m = linear_resizes_as_conv_transpose(batchnorm_to_depthwise(fold_batchnorm(m)), target)
     m = ops_1d_as_2d(fold_affine(m))
     m = untie_shared_biases(canonical_linear_biases(m))
     m = fuse_activation_patterns(m)

@@ -1,0 +1,100 @@
+"""Bilinear upsampling on the accelerator: a linear ``Resize`` by 2 or 4 (asymmetric: 8) as edge
+extension and a depthwise ConvTranspose (``passes/resize_linear.py``, the Vitis AI way).
+
+U-Nets, segmentation decoders and Wave-U-Net (round 19: four ``F.interpolate(mode="linear")``)
+upsample with a linear ``Resize``, which no target lowered: each one was a CPU round trip.  The
+rewrite must equal ONNX Runtime's ``Resize`` in float, compile to one accelerator subgraph equal to
+ONNX Runtime on the quantized model, and leave any other linear ``Resize`` with a reason naming the
+attribute that blocks it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import npuflow
+from npuflow.passes.resize_linear import linear_resizes_as_conv_transpose
+from tests.compile_check import assert_one_subgraph_equal_to_ort
+from tests.unit.quant_nets import run
+
+DPU = "DPUCZDX8G_ISA1_B4096"
+
+
+def _resize(shape: list[int], ratios: list[float], coords: str, by_size: bool = False, **attrs) -> onnx.ModelProto:
+    """One ``Resize(mode=linear)`` of ``x`` by ``ratios`` (as ``scales``, or as ``sizes`` when ``by_size``)."""
+    if by_size:
+        init = numpy_helper.from_array(np.array([round(d * r) for d, r in zip(shape, ratios)], np.int64), "sizes")
+        inputs = ["x", "", "", "sizes"]
+    else:
+        init = numpy_helper.from_array(np.array(ratios, np.float32), "scales")
+        inputs = ["x", "", "scales"]
+    node = helper.make_node("Resize", inputs, ["y"], name="up", mode="linear", coordinate_transformation_mode=coords,
+                            **attrs)
+    graph = helper.make_graph([node], "up", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [init])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+_CASES = [(coords, ratios) for coords in ("half_pixel", "pytorch_half_pixel") for s in (2, 4)
+          for ratios in ([1, 1, s, s], [1, 1, 1, s], [1, 1, s, 2], [1, 1, s])] + \
+         [("asymmetric", ratios) for s in (2, 4, 8) for ratios in ([1, 1, s, s], [1, 1, s, 1], [1, 1, s])]
+
+
+@pytest.mark.parametrize("by_size", [False, True])
+@pytest.mark.parametrize("coords, ratios", _CASES)
+def test_the_conv_transpose_form_equals_ort_resize(coords, ratios, by_size):
+    shape = [2, 3, 5, 7][:len(ratios)]
+    model = _resize(shape, ratios, coords, by_size)
+    rewritten = linear_resizes_as_conv_transpose(model)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "Resize" not in ops and ops[-1] == "ConvTranspose" and set(ops) <= {"Slice", "Concat", "ConvTranspose"}
+    x = np.random.default_rng(len(ops)).normal(0, 1, shape).astype(np.float32)
+    expected, got = run(model, {"x": x})[0], run(rewritten, {"x": x})[0]
+    assert got.shape == expected.shape == tuple(round(d * r) for d, r in zip(shape, ratios))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("coords, ratios, attrs, blocker", [
+    ("align_corners", [1, 1, 2, 2], {}, "coordinate_transformation_mode 'align_corners'"),
+    ("half_pixel", [1, 1, 8, 8], {}, "scales [1, 1, 8, 8] with coordinate_transformation_mode 'half_pixel'"),
+    ("asymmetric", [1, 1, 3, 3], {}, "scales [1, 1, 3, 3]"),
+    ("half_pixel", [1, 1, 0.5, 0.5], {}, "scales [1, 1, 0.5, 0.5]"),
+    ("half_pixel", [1, 2, 2, 2], {}, "resize the batch or channel axis"),
+    ("half_pixel", [1, 1, 2, 2], {"antialias": 1}, "antialias 1"),
+])
+def test_another_linear_resize_stays_with_the_attribute_that_blocks_it(coords, ratios, attrs, blocker):
+    model = _resize([1, 4, 8, 8], ratios, coords, **attrs)
+    assert [n.op_type for n in linear_resizes_as_conv_transpose(model).graph.node] == ["Resize"]
+    for target in (DPU, "cpu-int8"):
+        up = npuflow.check(model, target).node("up")
+        assert up.device == "CPU" and any(blocker in r for r in up.reasons), up.reasons
+
+
+def _unet(coords: str = "pytorch_half_pixel") -> onnx.ModelProto:
+    """A small U-Net step: Conv (stride 2) -> ReLU -> Conv -> ReLU -> bilinear x2 -> Concat(skip) -> Conv."""
+    rng = np.random.default_rng(30)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (4, 12, 3, 3)).astype(np.float32), "w3"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="down", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="mid", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Resize", ["r2", "", "scales"], ["u"], name="up", mode="linear",
+                              coordinate_transformation_mode=coords),
+             helper.make_node("Concat", ["u", "x"], ["cat"], name="skip", axis=1),
+             helper.make_node("Conv", ["cat", "w3"], ["y"], name="out", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "unet", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("target, device", [(DPU, "DPU"), ("bernoulli2", "BPU"), ("cpu-int8", "CPU-INT8")])
+def test_a_unet_with_bilinear_upsampling_is_one_accelerator_subgraph_equal_to_ort(target, device):
+    model = _unet()
+    assert npuflow.check(model, target).node("up").device == "NPU"
+    assert_one_subgraph_equal_to_ort(model, [1, 4, 16, 16], target, device)
