@@ -14,7 +14,12 @@ subgraph) becomes ``Unsqueeze(axis 2) -> GlobalAveragePool -> Squeeze``: the sam
 element-wise arithmetic reads (a LayerNorm's statistic over a B x T x D tensor's features) stays.  A
 ``ReduceMean`` over axes 2 and 3 of an N x C x H x W map (a torch classifier's ``x.mean((2, 3))``,
 round 19b: "no integer lowering" on every target, its own CPU subgraph before the head) becomes
-``GlobalAveragePool`` (``-> Squeeze`` for ``keepdims`` 0), with the same exception.
+``GlobalAveragePool`` (``-> Squeeze`` for ``keepdims`` 0), with the same exception.  A ``ReduceMean``
+over axis 2 alone (or 3 alone) of an N x C x H x W map of known size (BC-ResNet's frequency average
+``x.mean(2, keepdim=True)`` before its temporal convolution, round 20: "no integer lowering", six CPU
+round trips on every target) becomes ``AveragePool`` with the whole axis as its window (kernel
+H x 1, or 1 x W) ``[-> Squeeze]``: the same mean, which the target's ``avg_pool`` rule then judges
+(DPUCZDX8G and cpu-int8 run it; bernoulli2's window is at most 7).
 """
 
 from __future__ import annotations
@@ -51,10 +56,13 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(out)
     weights: dict[str, str] = {}
     for node in candidates:
-        rank = len(dims.get(node.input[0], ()))
-        if node.op_type == "ReduceMean" and rank in (3, 4) and _reduced_axes(node, view, rank) == list(range(2, rank)) \
-                and not _is_statistic(node, view):
+        shape = dims.get(node.input[0], ())
+        rank = len(shape)
+        axes = _reduced_axes(node, view, rank) if node.op_type == "ReduceMean" else None
+        if axes == list(range(2, rank)) and rank in (3, 4) and not _is_statistic(node, view):
             _mean_as_pool(graph, node, opset, rank)
+        elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not _is_statistic(node, view):
+            _axis_mean_as_pool(graph, node, opset, axes[0], shape[axes[0]])
         elif node.op_type != "ReduceMean" and rank == 3:
             _rewrite(graph, node, opset, view, weights)
     remove_unused_initializers(graph)
@@ -102,6 +110,19 @@ def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, rank
     pool = helper.make_node("GlobalAveragePool", [x2d], [y2d], name=name)
     unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [3] if keep else [2, 3])
     _splice(graph, [node], [unsq, pool, sq])
+
+
+def _axis_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, axis: int, size: int) -> None:
+    """``ReduceMean`` over axis 2 (or 3) of N x C x H x W as ``AveragePool`` whose window is that
+    whole axis (``size`` values, stride 1, no padding), losing the axis for ``keepdims`` 0."""
+    name = node.name or node.output[0]
+    keep = attr_values(node).get("keepdims", 1)
+    pooled = node.output[0] if keep else unique_name(graph, f"{name}/pooled")
+    kernel = [size, 1] if axis == 2 else [1, size]
+    nodes = [helper.make_node("AveragePool", [node.input[0]], [pooled], name=name, kernel_shape=kernel)]
+    if not keep:
+        nodes.append(_squeeze(graph, name, opset, pooled, node.output[0], [axis]))
+    _splice(graph, [node], nodes)
 
 
 def _squeeze(graph: onnx.GraphProto, name: str, opset: int, x: str, y: str, axes: list[int]) -> onnx.NodeProto:
