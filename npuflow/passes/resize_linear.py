@@ -43,6 +43,7 @@ from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_dims
 from .activations import _splice
+from .target_rewrites import Rewrite
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
 #: the integer factors each form runs with an exact 8-bit power-of-two kernel (module docstring)
 FACTORS = {"half_pixel": (2, 4), "asymmetric": (2, 4, 8)}
 _INT64_MAX = np.iinfo(np.int64).max
+_KIND = "linear_resize_as_conv_transpose"
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,9 @@ def linear_resize_plan(node: onnx.NodeProto, value: Callable[[str], np.ndarray |
     if a.get("antialias", 0):
         return "antialias 1"
     xs = shape(node.input[0])
-    if xs is None or len(xs) not in (3, 4) or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in xs[1:]):
-        return "its input is not a 3-D or 4-D tensor of known channels and size"
-    ratios = _ratios(node, value, [int(d) for d in xs], a)
+    if xs is None or len(xs) not in (3, 4) or not _known(xs[1]):
+        return "its input is not a 3-D or 4-D tensor with a known channel count"
+    ratios = _ratios(node, value, list(xs), a)
     if isinstance(ratios, str):
         return ratios
     if ratios[:2] != [1.0, 1.0]:
@@ -125,7 +127,7 @@ def linear_resize_reason(node: onnx.NodeProto, value: Callable[[str], np.ndarray
             "depthwise transposed convolution accepts that form")
 
 
-def _ratios(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None], xs: list[int],
+def _ratios(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None], xs: list,
             a: dict) -> list[float] | str:
     """Output over input size per axis, from the constant ``scales`` or ``sizes``; a reason if unknown."""
     scales = value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
@@ -138,6 +140,8 @@ def _ratios(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None], xs:
     axes = [int(x) % len(xs) for x in a.get("axes", range(len(xs)))]
     if len(given) != len(axes):
         return f"{len(given)} scales/sizes for {len(axes)} axes"
+    if by_size and not all(_known(xs[ax]) for ax in axes):
+        return "it is given sizes, and its input's size is not known"
     ratios = [1.0] * len(xs)
     for ax, v in zip(axes, given):
         ratios[ax] = v / xs[ax] if by_size else v
@@ -147,14 +151,20 @@ def _ratios(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None], xs:
     return ratios
 
 
+def _known(dim) -> bool:
+    return isinstance(dim, (int, np.integer)) and dim > 0
+
+
 def _fmt(ratios: list[float]) -> str:
     return "[" + ", ".join(f"{r:g}" for r in ratios) + "]"
 
 
-def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | None = None) -> onnx.ModelProto:
+def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | None = None,
+                                     rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
     """A new model with each linear ``Resize`` that has a plan written as edge extension and a
     depthwise ConvTranspose (module docstring); with ``target``, only where its depthwise transposed
-    convolution rule accepts that ConvTranspose."""
+    convolution rule accepts that ConvTranspose.  What it wrote or left is appended to ``rewrites``
+    (the optimise stage's report, ``quant_info.json``'s ``algorithms.target_rewrites``)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     resizes = [n for n in out.graph.node if n.op_type == "Resize" and not n.domain
@@ -163,18 +173,26 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
         return out
     dims = inferred_dims(out)
     view = GraphView(out.graph)
+    done = []
     for node in resizes:
         plan = linear_resize_plan(node, view.const, dims.get)
         name = node.name or node.output[0]
+        objections = [] if isinstance(plan, str) else _objections(plan, target)
         if isinstance(plan, str):
-            log.info("linear Resize %s stays: %s", name, plan)
-            continue
-        objections = _objections(plan, target)
-        if objections:
-            log.info("linear Resize %s stays: %s rejects its depthwise ConvTranspose form (%s)", name,
-                     target.name if target else "", "; ".join(objections))
-            continue
-        _rewrite(out.graph, node, plan, len(dims[node.input[0]]))
+            done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {plan}"))
+        elif objections:
+            done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {target.name if target else ''} rejects "
+                                                    f"its depthwise ConvTranspose form ({'; '.join(objections)})"))
+        else:
+            kernel = "x".join(map(str, plan.kernel().shape[2:]))
+            _rewrite(out.graph, node, plan, len(dims[node.input[0]]))
+            done.append(Rewrite(name, _KIND, True, f"linear Resize x{'x'.join(map(str, plan.factors))} "
+                                                   f"({plan.coords}) -> edge Slice/Concat + depthwise ConvTranspose "
+                                                   f"{kernel}, stride {list(plan.factors)}"))
+    for r in done:
+        log.info("%s %s: %s", "rewrote" if r.applied else "left", r.node, r.detail)
+    if rewrites is not None:
+        rewrites.extend(done)
     remove_unused_initializers(out.graph)
     return out
 

@@ -49,7 +49,7 @@ class Rewrite:
     """One node a target rewrite changed (``applied``) or had to leave (``why``)."""
 
     node: str
-    rewrite: str  # hard_sigmoid_into_layer | global_avg_pool_split
+    rewrite: str  # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose
     applied: bool
     detail: str
 

@@ -98,3 +98,21 @@ def test_a_unet_with_bilinear_upsampling_is_one_accelerator_subgraph_equal_to_or
     model = _unet()
     assert npuflow.check(model, target).node("up").device == "NPU"
     assert_one_subgraph_equal_to_ort(model, [1, 4, 16, 16], target, device)
+
+
+def test_a_map_of_dynamic_size_is_rewritten_when_scales_are_given():
+    model = _resize([1, 3, 5, 7], [1, 1, 2, 2], "half_pixel")
+    for k, dim in ((2, "h"), (3, "w")):
+        model.graph.input[0].type.tensor_type.shape.dim[k].dim_param = dim
+    rewritten = linear_resizes_as_conv_transpose(model)
+    assert "Resize" not in [n.op_type for n in rewritten.graph.node]
+    x = np.random.default_rng(9).normal(0, 1, (1, 3, 6, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(rewritten, {"x": x})[0], run(model, {"x": x})[0], rtol=0, atol=2e-6)
+
+
+def test_quantize_reports_what_it_rewrote_and_what_it_left():
+    calib = [{"x": np.random.default_rng(k).normal(0, 1, (1, 4, 16, 16)).astype(np.float32)} for k in range(2)]
+    done = npuflow.quantize(_unet(), calib, target=DPU).info["algorithms"]["target_rewrites"]
+    assert [(r["node"], r["rewrite"], r["applied"]) for r in done] == [("up", "linear_resize_as_conv_transpose", True)]
+    left = npuflow.quantize(_unet("align_corners"), calib, target=DPU).info["algorithms"]["target_rewrites"]
+    assert not left[0]["applied"] and "coordinate_transformation_mode 'align_corners'" in left[0]["detail"]
