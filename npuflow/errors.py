@@ -222,7 +222,10 @@ _QUANT = _specs(
      "If the model concatenates values of different scales into {output} (an angle beside a score), keep the "
      "node that produces {output} and its inputs' producers in float (config `keep_float`; `npuflow analyze "
      "sensitivity` names them), or split the output so that each part has a grid of its own; calibrate on "
-     "samples like deployment's, where that channel takes its real values. To accept it, lower "
+     "samples like deployment's, where that channel takes its real values. If {output} holds class scores "
+     "along its last axis, read by their argmax (a classifier's logits under the exporter's default name), "
+     "export it with a name containing `logits` (torch.onnx.export(..., output_names=['logits'])): quantize then "
+     "judges how many labels change (NPF_QUANT_LABEL_MARGIN) instead of its channels. To accept it, lower "
      "`min_output_cosine` in the quantization config."),
     ("NPF_QUANT_LOW_SNR",
      "the quantized model's signal output {output} has cosine similarity {cosine} to the float model on {samples}, "
