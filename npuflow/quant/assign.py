@@ -168,7 +168,7 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         w = out.params.get(use.weight) if use.weight else None
         if s_in is None or w is None or s_in.scale.ndim != 0:
             continue
-        if w.fix_pos is None:  # float scales: keep the accumulator within int32
+        if use.settings.scale_type != "power_of_two":  # float scales: keep the accumulator within int32
             w = _widened_for_bias(w, const_value(use.weight), const_value(name), s_in)
             if w is not out.params[use.weight]:
                 out.params[use.weight], out.values[use.weight] = w, w.quantize(const_value(use.weight))

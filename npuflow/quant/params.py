@@ -145,9 +145,14 @@ def weight_params(name: str, values: np.ndarray, s: TensorSettings, axis: int | 
             fix = _search_pow2(w, fix, axis, s)
         scale = numerics.pow2_scale(fix)
         return TensorQuant(scale=scale, zero_point=np.zeros_like(fix), axis=axis, threshold=_plain(scale * qmax), **common)
-    if s.method in ("mse", "auto", "percentile", "entropy"):
+    # weights exactly on a power-of-two grid that fits the codes (a bilinear upsampling's taps k/16,
+    # an averaging conv's 1/4, weights trained at power-of-two scales) keep that grid: max/127 would
+    # round them (x2 bilinear 1/16, 9/16 -> 14/127, 127/127 x 9/16: DC gain 0.9965); zero channels do not
+    grid = numerics.pow2_scale(numerics.pow2_fix_pos(amax, s.bit_width))
+    exact = (np.asarray(amax) > 0) & (_channel_errors(w, grid, axis, s) == 0)
+    if s.method in ("mse", "auto", "percentile", "entropy") and not np.all(exact):
         amax = _search_float(w, amax, axis, s)
-    scale = numerics.float_scale(amax, s.bit_width, s.narrow_range)
+    scale = np.where(exact, grid, numerics.float_scale(amax, s.bit_width, s.narrow_range)).astype(np.float32)
     return TensorQuant(scale=scale, zero_point=np.zeros(scale.shape, np.int64), axis=axis,
                        threshold=_plain(amax), **common)
 

@@ -16,8 +16,12 @@ import pytest
 from onnx import helper, numpy_helper
 
 import npuflow
+from npuflow import numerics
 from npuflow.passes.resize_linear import linear_resizes_as_conv_transpose
-from tests.compile_check import assert_one_subgraph_equal_to_ort
+from npuflow.quant.config import QuantConfig
+from npuflow.quant.params import weight_params
+from npuflow.targets import load_target
+from tests.compile_check import assert_one_subgraph_equal_to_ort, compare_layerwise_with_ort
 from tests.unit.quant_nets import run
 
 DPU = "DPUCZDX8G_ISA1_B4096"
@@ -116,3 +120,44 @@ def test_quantize_reports_what_it_rewrote_and_what_it_left():
     assert [(r["node"], r["rewrite"], r["applied"]) for r in done] == [("up", "linear_resize_as_conv_transpose", True)]
     left = npuflow.quantize(_unet("align_corners"), calib, target=DPU).info["algorithms"]["target_rewrites"]
     assert not left[0]["applied"] and "coordinate_transformation_mode 'align_corners'" in left[0]["detail"]
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_the_taps_are_exact_codes_on_float_scale_targets(target):
+    """Float-scale targets put the fixed taps on a power-of-two grid (x2: {1, 3, 9}/16 = {8, 24, 72} x 2^-7),
+    not max/127 (14/127, 42/127, 127/127 x 9/16: DC gain 0.9965), and the compiled net still equals ORT."""
+    model = _unet()
+    q = npuflow.quantize(model, [{"x": x} for x in _calib()], target=target)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.model.graph.initializer}
+    producers = {o: n for n in q.model.graph.node for o in n.output}
+    conv_t = next(n for n in q.model.graph.node if n.op_type == "ConvTranspose")
+    dq = producers[conv_t.input[1]]
+    codes, scale = inits[dq.input[0]], inits[dq.input[1]]
+    np.testing.assert_array_equal(scale, np.full(scale.shape, 2.0 ** -7, np.float32))
+    assert sorted(set(codes.reshape(-1).tolist())) == [8, 24, 72]
+    taps = codes.astype(np.float64) * 2.0 ** -7
+    np.testing.assert_array_equal(taps.reshape(taps.shape[0], -1).sum(axis=1), 4.0)  # x2: DC gain 1 (4 taps a pixel)
+    x = _calib(seed=7)[0]
+    assert max(compare_layerwise_with_ort(q.model, {"x": x}, target).values()) == 0
+    np.testing.assert_array_equal(npuflow.Session(npuflow.compile(q.model, target)).run({"x": x})["y"],
+                                  run(q.model, {"x": x})[0])
+
+
+def _calib(seed: int = 0, n: int = 4) -> list[np.ndarray]:
+    return [np.random.default_rng(seed + k).normal(0, 1, (1, 4, 16, 16)).astype(np.float32) for k in range(n)]
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "bernoulli2"])
+def test_weights_on_a_power_of_two_grid_keep_it_on_float_scale_targets(target):
+    """Per channel: an averaging channel (1/4 each) and a rounded-tap channel get 2^-k; a trained-looking
+    channel keeps max/127, and a channel of zeros its float rule (no 2^-106 grid)."""
+    settings = QuantConfig().resolve(load_target(target), "weight", "Conv", "conv")
+    w = np.zeros((4, 1, 2, 2), np.float32)
+    w[0], w[1] = 0.25, np.array([[0.0625, -1.5], [0.5, 0.125]])
+    w[2] = np.random.default_rng(3).normal(0, 0.3, (1, 2, 2))
+    q = weight_params("w", w, settings, 0)
+    assert q.scale[0] == 2.0 ** -8 and q.scale[1] == 2.0 ** -6
+    assert q.scale[2] == pytest.approx(np.abs(w[2]).max() / 127, rel=0.5) and numerics.fix_pos_of(q.scale[2]) is None
+    assert numerics.fix_pos_of(q.scale[3]) is None
+    np.testing.assert_array_equal(q.dequantize(q.quantize(w))[:2], w[:2])
+    np.testing.assert_array_equal(q.quantize(w)[0], 64)
