@@ -58,7 +58,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in candidates:
         shape = dims.get(node.input[0], ())
         rank = len(shape)
-        axes = _reduced_axes(node, view, rank) if node.op_type == "ReduceMean" else None
+        axes = _reduced_axes(node, view, rank) if node.op_type == "ReduceMean" and rank in (3, 4) else None
         if axes == list(range(2, rank)) and rank in (3, 4) and not _is_statistic(node, view):
             _mean_as_pool(graph, node, opset, rank)
         elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not _is_statistic(node, view):

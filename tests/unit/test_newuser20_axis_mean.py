@@ -79,6 +79,16 @@ def test_a_one_axis_mean_of_unknown_size_is_left_alone():
     assert "ReduceMean" in [n.op_type for n in ops_1d_as_2d(model).graph.node]
 
 
+def test_a_mean_of_a_tensor_of_unknown_rank_is_left_alone():
+    """PP-OCRv4 rec's graph has ReduceMeans whose input rank shape inference does not give: the pass
+    read their axes modulo rank 0 (a ZeroDivisionError in every quantize of rec, bbe2332)."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)
+    node = helper.make_node("ReduceMean", ["x"], ["y"], name="mean", axes=[-1])
+    graph = helper.make_graph([node], "unknown_rank", [x], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert [n.op_type for n in ops_1d_as_2d(model).graph.node] == ["ReduceMean"]
+
+
 @pytest.mark.parametrize("target, device", [("DPUCZDX8G_ISA1_B4096", "DPU"), ("cpu-int8", "CPU-INT8")])
 @pytest.mark.parametrize("axis", [2, 3])
 def test_the_frequency_average_is_on_the_accelerator_and_equal_to_ort(target, device, axis):
