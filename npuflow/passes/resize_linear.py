@@ -22,6 +22,11 @@ edge extension is ``Concat(Slice(first), x, Slice(last))`` per resized axis, dat
 target lowers (no DPU pad mode repeats the edge).  The rewrite is exact in float (tested against
 ONNX Runtime's ``Resize``, max difference ~1e-6), rank 3 (N x C x L, before :mod:`.ops_1d`) and 4.
 
+A linear ``Resize`` whose every resized axis has length 1 (DeepLab's image-pool branch,
+``F.interpolate(pool(x), size=x.shape[-2:])`` from 1 x 1) reads that one value at every output
+position in every coordinate mode: it becomes a nearest ``Resize`` (a copy, exact after quantization too)
+that every target lowers as an upsampling, where the 16 x 16 linear one stayed on the CPU mid-network.
+
 Any other linear ``Resize`` stays, with the reason :func:`linear_resize_plan` gives naming the
 attribute that blocks it (``check`` and ``compile`` report it through ``check/lowerable.py``).  With a
 target, a resize is rewritten only where the target's ``depthwise_transposed_conv2d`` rule accepts the
@@ -53,6 +58,12 @@ HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
 FACTORS = {"half_pixel": (2, 4), "asymmetric": (2, 4, 8)}
 _INT64_MAX = np.iinfo(np.int64).max
 _KIND = "linear_resize_as_conv_transpose"
+_BROADCAST = "linear_resize_of_one_value_as_nearest"
+
+
+@dataclass(frozen=True)
+class OneValue:
+    """A linear ``Resize`` of length-1 axes only: the nearest ``Resize`` with the same scales or sizes."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +98,13 @@ def _taps(coords: str, s: int) -> np.ndarray:
 
 
 def linear_resize_plan(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None],
-                       shape: Callable[[str], Sequence | None]) -> LinearResize | str:
+                       shape: Callable[[str], Sequence | None]) -> LinearResize | OneValue | str:
     """The ConvTranspose form of a linear ``Resize``, or why it has none (the attribute named).
 
     ``value`` gives a constant input's array, ``shape`` a tensor's dimensions (``None``: unknown)."""
     a = attr_values(node)
     coords = a.get("coordinate_transformation_mode", "half_pixel")
     form = "half_pixel" if coords in HALF_PIXEL_MODES else coords
-    if form not in FACTORS:
-        return (f"coordinate_transformation_mode {coords!r}; only half_pixel, pytorch_half_pixel and asymmetric "
-                f"have a fixed kernel")
     if a.get("antialias", 0):
         return "antialias 1"
     xs = shape(node.input[0])
@@ -108,6 +116,11 @@ def linear_resize_plan(node: onnx.NodeProto, value: Callable[[str], np.ndarray |
     if ratios[:2] != [1.0, 1.0]:
         return f"scales {_fmt(ratios)} resize the batch or channel axis"
     spatial = ratios[2:]
+    if all(r == 1.0 or xs[2 + i] == 1 for i, r in enumerate(spatial)) and all(r >= 1.0 for r in spatial):
+        return OneValue()  # every coordinate mode reads index 0 of a length-1 axis (clamped)
+    if form not in FACTORS:
+        return (f"coordinate_transformation_mode {coords!r}; only half_pixel, pytorch_half_pixel and asymmetric "
+                f"have a fixed kernel")
     allowed = FACTORS[form]
     if any(r not in (1.0, *allowed) for r in spatial) or all(r == 1.0 for r in spatial):
         return (f"scales {_fmt(ratios)} with coordinate_transformation_mode {coords!r}; integer upsampling "
@@ -123,6 +136,8 @@ def linear_resize_reason(node: onnx.NodeProto, value: Callable[[str], np.ndarray
     plan = linear_resize_plan(node, value, shape)
     if isinstance(plan, str):
         return f"no depthwise ConvTranspose form: {plan}"
+    if isinstance(plan, OneValue):
+        return "it resizes length-1 axes only: the float passes write it as a nearest Resize before quantizing"
     return ("the float passes write it as a depthwise ConvTranspose before quantizing, where the target's "
             "depthwise transposed convolution accepts that form")
 
@@ -177,9 +192,13 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
     for node in resizes:
         plan = linear_resize_plan(node, view.const, dims.get)
         name = node.name or node.output[0]
-        objections = [] if isinstance(plan, str) else _objections(plan, target)
+        objections = _objections(plan, target) if isinstance(plan, LinearResize) else []
         if isinstance(plan, str):
             done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {plan}"))
+        elif isinstance(plan, OneValue):
+            _as_nearest(node)
+            done.append(Rewrite(name, _BROADCAST, True, "linear Resize of length-1 axes -> nearest Resize (the same "
+                                                        "copy of the one value)"))
         elif objections:
             done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {target.name if target else ''} rejects "
                                                     f"its depthwise ConvTranspose form ({'; '.join(objections)})"))
@@ -214,6 +233,16 @@ def _objections(plan: LinearResize, target: Target | None) -> list[str]:
               "pad_top": top, "pad_left": pads[half - 1], "pad_bottom": bottom, "pad_right": pads[-1],
               "group": plan.channels, "input_channel": plan.channels, "output_channel": plan.channels}
     return rule_reasons(rule, params, target.hardware_names())
+
+
+def _as_nearest(node: onnx.NodeProto) -> None:
+    """``node`` in place as ``mode=nearest``, ``asymmetric`` / ``floor``: ``floor(o / s)`` is 0 on a length-1 axis."""
+    keep = [a for a in node.attribute if a.name not in ("mode", "coordinate_transformation_mode", "nearest_mode",
+                                                        "cubic_coeff_a", "exclude_outside", "extrapolation_value")]
+    del node.attribute[:]
+    node.attribute.extend([*keep, helper.make_attribute("mode", "nearest"),
+                           helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                           helper.make_attribute("nearest_mode", "floor")])
 
 
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, plan: LinearResize, rank: int) -> None:

@@ -49,7 +49,9 @@ class Rewrite:
     """One node a target rewrite changed (``applied``) or had to leave (``why``)."""
 
     node: str
-    rewrite: str  # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose
+    # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
+    # linear_resize_of_one_value_as_nearest
+    rewrite: str
     applied: bool
     detail: str
 

@@ -161,3 +161,43 @@ def test_weights_on_a_power_of_two_grid_keep_it_on_float_scale_targets(target):
     assert numerics.fix_pos_of(q.scale[3]) is None
     np.testing.assert_array_equal(q.dequantize(q.quantize(w))[:2], w[:2])
     np.testing.assert_array_equal(q.quantize(w)[0], 64)
+
+
+def _image_pool(coords: str) -> onnx.ModelProto:
+    """DeepLab's image-pool branch: Conv -> ReLU -> GlobalAveragePool -> Conv 1x1 -> linear Resize to 8x8 (sizes)
+    -> Concat with the features -> Conv."""
+    rng = np.random.default_rng(31)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (4, 16, 1, 1)).astype(np.float32), "w3"),
+             numpy_helper.from_array(np.array([1, 8, 8, 8], np.int64), "sizes")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="feat", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["f"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["f"], ["p"], name="pool"),
+             helper.make_node("Conv", ["p", "w2"], ["pc"], name="pool_conv"),
+             helper.make_node("Resize", ["pc", "", "", "sizes"], ["u"], name="up", mode="linear",
+                              coordinate_transformation_mode=coords),
+             helper.make_node("Concat", ["f", "u"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w3"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("coords", ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"])
+def test_a_resize_of_one_value_is_a_nearest_resize_equal_to_ort(coords):
+    model = _resize([2, 3, 1, 1], [1, 1, 16, 16], coords)
+    rewritten = linear_resizes_as_conv_transpose(model)
+    [node] = rewritten.graph.node
+    assert node.op_type == "Resize" and {a.name: a.s for a in node.attribute}["mode"] == b"nearest"
+    x = np.random.default_rng(5).normal(0, 1, (2, 3, 1, 1)).astype(np.float32)
+    np.testing.assert_array_equal(run(rewritten, {"x": x})[0], run(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("coords", ["pytorch_half_pixel", "align_corners"])
+@pytest.mark.parametrize("target, device", [(DPU, "DPU"), ("bernoulli2", "BPU"), ("cpu-int8", "CPU-INT8")])
+def test_deeplab_image_pool_branch_is_one_accelerator_subgraph_equal_to_ort(coords, target, device):
+    """The 1x1 -> 8x8 linear Resize (any coordinate mode) was a CPU island between two accelerator subgraphs."""
+    model = _image_pool(coords)
+    assert npuflow.check(model, target).node("up").device == "NPU"
+    assert_one_subgraph_equal_to_ort(model, [1, 4, 16, 16], target, device)
