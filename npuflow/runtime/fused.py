@@ -82,7 +82,7 @@ def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):
         raise NotFusable("fused float chain or ONNX Runtime QLinearAdd")
     if "dequant" in a:
-        g.put(op["outputs"][0], *_eltwise_float(g, op, blobs))
+        _eltwise_float(g, op, blobs)
     elif a["epilogue"]["mode"] == "scale":
         g.put(op["outputs"][0], *_eltwise_scale(g, op, blobs))
     else:
@@ -151,7 +151,7 @@ def _eltwise_scale(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
     return round_scaled(g, g.node("Mul", [x, y]), "Mul", np.float32(ep["multiplier"]), ep, *clamp_bounds(ep))
 
 
-def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
+def _eltwise_float(g: Graph, op: dict, blobs: dict) -> None:
     """The kernels' ``_float_eltwise``: dequantize (float32), combine, ``numerics.quantize``."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     if np.ndim(ep["scale"]) != 0 or np.ndim(ep["zp"]) != 0 or any(np.ndim(s) for s in a["dequant"]):
@@ -162,8 +162,30 @@ def _eltwise_float(g: Graph, op: dict, blobs: dict) -> tuple[str, int]:
             vals.append(g.const(nm.dequantize(blobs[spec["const"]], s, spec["zp"])))
             continue
         vals.append(_dequantized_operand(g, op["inputs"][spec["input"]], s, spec["zp"]))
-    v = g.node({"add": "Add", "sub": "Sub", "mul": "Mul"}[a["mode"]], vals)
-    return quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep)))
+    if a["mode"] == "mul":  # see _put_quantized
+        g.put(op["outputs"][0], *quantize_value(g, g.node("Mul", vals), ep["scale"], ep, *nm.qrange(*out_type(ep))))
+        return
+    # ``Sum``, not ``Add``: the same float32 sum, which ONNX Runtime does not fuse (_put_quantized)
+    _put_quantized(g, op["outputs"][0], g.node({"add": "Sum", "sub": "Sub"}[a["mode"]], vals), ep)
+
+
+def _put_quantized(g: Graph, out: str, v: str, ep: dict) -> None:
+    """``numerics.quantize`` of float32 ``v`` by ``ep``'s one scale and zero point into ``out``
+    (its type's full range): ONNX ``QuantizeLinear``'s bytes where that kernel computes it
+    (``fused_qlinear.quantize_form``), else the float form (``fused_graph.quantize_value``).
+
+    Why: the float form is four passes over float32 values (division, rounding, clamp, and the
+    cast to the bytes an integer kernel reads, with the zero point), ``QuantizeLinear`` one
+    (PP-OCRv4 det on bernoulli2: the FPN's float adds on [1, 96, 80, 80] and its SE pools).
+    ``v`` must not be an ``Add`` or ``Mul`` of two ``DequantizeLinear``s: ONNX Runtime's QDQ
+    fusion would run that group as ``QLinearAdd``/``QLinearMul``, whose float32 order rounds
+    some pairs of codes elsewhere (``fused_pairs``: 4-6,842 of the 65,536 pairs of det's adds)."""
+    bits, signed = out_type(ep)
+    form = fused_qlinear.quantize_form(ep["scale"], ep["zp"], ep["round"], bits, signed)
+    if form is None:
+        g.put(out, *quantize_value(g, v, ep["scale"], ep, *nm.qrange(bits, signed)))
+    else:
+        fused_qlinear.put_quantized(g, out, v, form)
 
 
 def _dequantized_operand(g: Graph, t: str, scale: float, zp: int | np.ndarray) -> str:
@@ -243,7 +265,7 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
         g.put(op["outputs"][0], *round_float(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
         return
     v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
-    g.put(op["outputs"][0], *quantize_value(g, v, ep["scale"], ep, *nm.qrange(*out_type(ep))))
+    _put_quantized(g, op["outputs"][0], v, ep)
 
 
 def _code_sums(g: Graph, src: str, zp: int) -> str:
@@ -368,9 +390,11 @@ def _upsample_channels_last(g: Graph, x: str, shape: list[int], factors: list[in
     (its layout pass then puts a transpose before and after, and around a concatenation the
     resized tensor joins) but a per-element loop channels-last (YOLOv8n's two neck upsamplings on
     cpu-int8: 25 and 20 us NCHW, 102 and 176 us NHWC); the expanded copy moves C values at a time.
-    On float codes (PP-OCRv4 det's FPN and head on bernoulli2, read by float adds beside
-    channels-last kernels' outputs) the adds, casts and next convolutions' inputs run
-    channels-last: 1.02x a frame though the five ``Expand``s cost more than the ``Resize``s."""
+    On float codes (float adds beside channels-last kernels' outputs) the adds, casts and next
+    convolutions' inputs run channels-last (PP-OCRv4 det's FPN on bernoulli2 in session 29: 1.02x
+    a frame, though the ``Expand``s cost more than the ``Resize``s; its sums are now the bytes of
+    a ``QuantizeLinear``, :func:`_put_quantized`, which the uint8 ``Resize`` upsamples a little
+    faster than these ``Expand``s do)."""
     n, c, h, w = shape
     fh, fw = factors
     rows = g.node("Reshape", [g.node("Transpose", [x], perm=[0, 2, 3, 1]), g.const([n, h, 1, w, 1, c], np.int64)])

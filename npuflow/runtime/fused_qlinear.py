@@ -464,27 +464,52 @@ def _mul_matches(m: float, za: int, zb: int, zc: int, broadcast: int | None, tab
 
 def quantize(g: Graph, op: dict) -> bool:
     """Write quantize step ``op`` (a float32 model input to uint8 codes, one scale and zero point,
-    ties to even) as ONNX ``QuantizeLinear`` when that kernel gives ``numerics.quantize`` on the
-    values :func:`_quantize_matches` tries with the op's scale and zero point; say whether it did.
+    ties to even) as ONNX ``QuantizeLinear`` (:func:`quantize_form`); say whether it did.
 
-    One node instead of the division, rounding, clamp, zero point and cast of the float form,
-    and its codes come out as the bytes the first integer kernel reads.  MLAS divides by the
-    scale in float32, clamps to the codes' range minus the zero point, converts with the
-    processor's ties-to-even rounding and adds the zero point: ``numerics.quantize``'s operations,
-    the clamp and the rounding swapped, which commute since the bounds are integers.  The check
-    confirms that this ONNX Runtime computes it so (a reciprocal multiplied instead of the
-    division would show next to the ties)."""
+    Not to int8 codes: those keep the float form, whose float32 codes the first convolution reads
+    as they are; bytes would put that layer (3 input channels) on ``QLinearConv``, slower (PP-OCRv4
+    det 320 on bernoulli2, one process against session 29's code: 1.06x a frame with the int8
+    input on ``QuantizeLinear``, 1.13x with its float form kept)."""
     a = op["attrs"]
     x, out = op["inputs"][0], op["outputs"][0]
-    if np.ndim(a["scale"]) or np.ndim(a["zp"]) or a.get("narrow") or (a["bits"], a["signed"]) != (8, False) \
-            or nm.RoundMode(a["round"]) != nm.ONNX_ROUND_MODE or np.dtype(g.tensors[x]["dtype"]) != np.float32 \
+    if a.get("narrow") or (a["bits"], a["signed"]) != (8, False) or np.dtype(g.tensors[x]["dtype"]) != np.float32 \
             or np.dtype(g.tensors[out]["dtype"]) != np.uint8:
         return False
-    scale, zp = np.float32(a["scale"]), int(a["zp"])
-    if not (np.isfinite(scale) and scale > 0 and 0 <= zp <= 255) or not _quantize_matches(float(scale), zp):
+    form = quantize_form(a["scale"], a["zp"], a["round"], a["bits"], a["signed"])
+    if form is None:
         return False
-    g.put_bytes(out, g.node("QuantizeLinear", [g.read(x), g.scalar(scale), g.scalar(zp, np.uint8)]))
+    put_quantized(g, out, g.read(x), form)
     return True
+
+
+def quantize_form(scale, zp, round_mode, bits: int, signed: bool) -> tuple[np.float32, int, int] | None:
+    """``(scale, byte zero point, k)`` where ONNX ``QuantizeLinear`` to uint8 with these gives
+    ``numerics.quantize``'s 8-bit codes (one scale and zero point, ties to even, the type's full
+    range) minus ``k`` on the values :func:`_quantize_matches` tries; else ``None``.  An int8
+    code is its byte minus 128 (``k`` = -128, the zero point moved by 128), as the integer
+    kernels hold them (``Graph.bytes``).
+
+    One node instead of the division, rounding, clamp, zero point and cast of the float form
+    (``fused_graph.quantize_value``), and its codes come out as the bytes an integer kernel or
+    table reads.  MLAS divides by the scale in float32, clamps to the codes' range minus the zero
+    point, converts with the processor's ties-to-even rounding and adds the zero point:
+    ``numerics.quantize``'s operations, the clamp and the rounding swapped, which commute since
+    the bounds are integers, and shifting the codes by 128 commutes with both.  The check
+    confirms that this ONNX Runtime computes it so (a reciprocal multiplied instead of the
+    division would show next to the ties)."""
+    if bits != 8 or np.ndim(scale) or np.ndim(zp) or nm.RoundMode(round_mode) != nm.ONNX_ROUND_MODE:
+        return None
+    k = nm.qrange(8, signed)[0]
+    scale, moved = np.float32(scale), int(zp) - k
+    if not (np.isfinite(scale) and scale > 0 and 0 <= moved <= 255) or not _quantize_matches(float(scale), moved):
+        return None
+    return scale, moved, k
+
+
+def put_quantized(g: Graph, out: str, v: str, form: tuple[np.float32, int, int]) -> None:
+    """Hold ``out`` as the bytes of ``QuantizeLinear`` of float32 ``v`` with :func:`quantize_form`'s ``form``."""
+    scale, moved, k = form
+    g.put_bytes(out, g.node("QuantizeLinear", [v, g.scalar(scale), g.scalar(moved, np.uint8)]), k)
 
 
 @ort_kernels.persistent_check
