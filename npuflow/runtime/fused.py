@@ -62,7 +62,7 @@ from . import fused_cache, fused_qlinear
 from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
                         direct_run)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
-from .fused_tables import (as_table, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
+from .fused_tables import (as_table, byte_form, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
                            table_node)
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
                           quantize_value, round_and_clip,
@@ -435,7 +435,7 @@ def _gather(g: Graph, op: dict, blobs: dict) -> None:
     if on_bytes and np.prod([len(ix) for ix in indices]) > np.prod(shape):
         # a table is elementwise, so it commutes with copying elements: looked up before an
         # upsampling (YOLOv8n's neck resizes: 4x fewer lookups), the copy then moves its bytes
-        byte_lookup(g, x, op["outputs"][0], np.asarray(table))
+        byte_form(g, t, op["outputs"][0], np.asarray(table))
         x, k, on_bytes, table = g.bytes[op["outputs"][0]], g.byte_offsets[op["outputs"][0]], False, None
     factors = [len(ix) // n if n and len(ix) % n == 0 else 0 for ix, n in zip(indices, shape)]
     if all(f and len(ix) < 1 << 20 and np.array_equal(ix, np.repeat(np.arange(n), f))

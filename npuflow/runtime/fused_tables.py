@@ -30,8 +30,7 @@ def _lookup(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> None:
     zero point, as its readers want them (``Graph``).
     """
     if byte_table(g, src, out, table, qmin):
-        if not float_form(g, src, out, table):
-            byte_lookup(g, g.bytes[src], out, table)
+        byte_form(g, src, out, table)
         return
     table_node(g, *g.base(src), g.tensors[src]["dtype"], out, table, qmin)
 
@@ -41,6 +40,14 @@ def byte_table(g: Graph, src: str, out: str, table: np.ndarray, qmin: int) -> bo
     codes from an integer kernel, held minus ``qmin``, one entry per code, 8-bit entries."""
     return (bytes_only(g, src) and g.byte_offsets.get(src, 0) == qmin and table.size == 256
             and np.dtype(g.tensors[out]["dtype"]).itemsize == 1)
+
+
+def byte_form(g: Graph, src: str, out: str, table: np.ndarray) -> None:
+    """``out = table[src]`` on ``src``'s bytes (:func:`byte_table`): ONNX Runtime's own kernel
+    where it computes the table (a change of scale, ``fused_qlinear.rescale``; hard-swish,
+    :func:`float_form`), else a copy of the entries (:func:`byte_lookup`)."""
+    if not (fused_qlinear.rescale(g, src, out, table) or float_form(g, src, out, table)):
+        byte_lookup(g, g.bytes[src], out, table)
 
 
 def byte_lookup(g: Graph, codes: str, out: str, table: np.ndarray) -> None:
@@ -131,7 +138,8 @@ def channels_last(g: Graph, codes: str) -> bool:
     per table (PP-OCR cls on cpu-int8: 56 transposes, 4 this way; YOLOv8n on cpu-int8: the
     neck's two upsampling tables after SiLU products, 6 transposes)."""
     node = source_writer(g, codes)
-    if node is not None and node.op_type in ("QLinearConv", "QLinearMul", "QLinearAdd", "QLinearSigmoid"):
+    if node is not None and node.op_type in ("QLinearConv", "QLinearMul", "QLinearAdd", "QLinearSigmoid",
+                                             "QLinearLeakyRelu"):
         return True
     return node is not None and node.op_type == "Transpose" and attr(node, "perm") == [0, 3, 1, 2]
 

@@ -8,6 +8,9 @@
 * a nearest resize with a scale-change table on 8-bit codes from an integer kernel resizes the
   bytes and indexes a byte table (``fused._gather``), so the concatenation after it (YOLOv8n's
   neck) stays bytes: no float32 copy of either operand and no cast back;
+* a table that is a change of scale runs as ONNX Runtime's own lookup kernel
+  (``com.microsoft.QLinearLeakyRelu`` with ``alpha`` 1, checked on all 256 codes at load:
+  ``fused_qlinear.rescale``), a byte table where the kernel's differs;
 * that table and upsampling stay in ONNX Runtime's channels-last layout (the table between
   transposes that cancel ONNX Runtime's, ``fused_tables.byte_lookup``; the upsampling an
   ``Expand`` of each position's channels, ``fused._upsample_channels_last``): six fewer layout
@@ -25,7 +28,7 @@ from onnx import TensorProto, helper
 import npuflow
 from npuflow.ort_session import options
 from npuflow import ort_kernels
-from npuflow.runtime import executors, fused, fused_tables
+from npuflow.runtime import executors, fused, fused_qlinear, fused_tables
 from tests import fixture_models
 
 
@@ -63,8 +66,8 @@ def test_yolov8n_cpu_int8_resize_and_concat_stay_bytes(yolo_cpu_int8):
         # scale) its table's byte lookup, done before the upsampling (4x fewer lookups than after
         # it; an elementwise table commutes with copying elements)
         before = _writer_past_moves(g, node.input[0])
-        looked_up += before == "GatherElements"
-        assert before in ("GatherElements", "QLinearMul"), before
+        looked_up += before == "QLinearLeakyRelu"  # a change of scale: fused_qlinear.rescale
+        assert before in ("QLinearLeakyRelu", "QLinearMul"), before
         assert not any(n.op_type == "GatherElements" and _reads(g, n, node.output[0]) for n in g.nodes)
     assert looked_up == 1  # model.13's resize changes the scale on this calibration, model.10's does not
     concats = [op["outputs"][0] for op in compiled.manifest["subgraphs"][0]["ops"] if op["op"] == "concat"]
@@ -80,6 +83,32 @@ def test_yolov8n_cpu_int8_resize_and_concat_stay_bytes(yolo_cpu_int8):
             assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (k, int(np.sum(a[k] != b[k])))
 
 
+def test_yolov8n_cpu_int8_scale_change_runs_on_onnx_runtimes_lookup_kernel(yolo_cpu_int8, monkeypatch):
+    compiled, samples = yolo_cpu_int8
+    now = npuflow.Session(compiled)
+    ops = [n.op_type for it in _fused_runs(now) for n in it.graph().nodes]
+    assert ops.count("QLinearLeakyRelu") == 1, ops  # model.13's resize (the other keeps its scale)
+    # where the kernel's table is not the scale change's (here: refused), the byte table serves
+    monkeypatch.setattr(fused_qlinear, "_rescale_matches", lambda *args: False)
+    refused = npuflow.Session(compiled)
+    before = [n.op_type for it in _fused_runs(refused) for n in it.graph().nodes]
+    assert before.count("QLinearLeakyRelu") == 0 and before.count("GatherElements") == ops.count("GatherElements") + 1
+    for x in samples[:2]:
+        a, b = now.run(x), refused.run(x)
+        assert all(np.array_equal(a[k], b[k]) for k in b)
+
+
+def test_rescale_probe_refuses_a_table_one_entry_off_and_accepts_the_true_one():
+    sx, zx, sy, zy = 0.016962116584181786, 16, 0.01720721460878849, 16  # YOLOv8n's model.13 resize
+    x = (np.arange(256, dtype=np.float32) - np.float32(zx)) * np.float32(sx)
+    table = np.clip(np.round(x / np.float32(sy)) + zy, 0, 255).astype(np.int64)
+    check = fused_qlinear._rescale_matches.__wrapped__  # the probe itself, not a cached verdict
+    assert check(sx, zx, sy, zy, table.tobytes())
+    off = table.copy()
+    off[100] += 1
+    assert not check(sx, zx, sy, zy, off.tobytes())
+
+
 def _transposes(session: npuflow.Session) -> int:
     """Layout transposes ONNX Runtime keeps in ``session``'s fused runs, once its optimisations are done."""
     return sum(ort_kernels.kernels(model, "all", external=arrays).get(("", "Transpose"), 0)
@@ -90,6 +119,9 @@ def test_yolov8n_cpu_int8_neck_upsampling_stays_channels_last(yolo_cpu_int8, mon
     compiled, samples = yolo_cpu_int8
     now = npuflow.Session(compiled)
     kept = _transposes(now)  # before the patches below: a run's model is written again from its ops
+    # the neck's scale change as a byte table (ONNX Runtime's QLinearLeakyRelu refused)
+    monkeypatch.setattr(fused_qlinear, "_rescale_matches", lambda *args: False)
+    tables = _transposes(npuflow.Session(compiled))
     # the forms before: the table channels-last only after a convolution, the upsampling a Resize
     monkeypatch.setattr(fused_tables, "channels_last", lambda g, codes: getattr(
         fused_tables.source_writer(g, codes), "op_type", None) == "QLinearConv")
@@ -98,8 +130,10 @@ def test_yolov8n_cpu_int8_neck_upsampling_stays_channels_last(yolo_cpu_int8, mon
         nearest_mode="floor"))
     before = npuflow.Session(compiled)
     # 12 -> 9 in the fused runs' own models; in the frame's joined session, where the transposes
-    # around the concatenations cancel across the runs too, 15 -> 9 (ONNX Runtime's profile)
-    assert kept == _transposes(before) - 3
+    # around the concatenations cancel across the runs too, 15 -> 9 (ONNX Runtime's profile).  The
+    # scale change as QLinearLeakyRelu (fused_qlinear.rescale) keeps two of ONNX Runtime's layout
+    # transposes (13 in the joined session): its lookup is 4x cheaper than the byte table's passes
+    assert tables == _transposes(before) - 3 and kept == tables + 2
     for x in samples[:2]:
         a, b = now.run(x), before.run(x)
         assert all(np.array_equal(a[k], b[k]) for k in b)
