@@ -9,7 +9,7 @@ was a CPU round trip between accelerator subgraphs.  Vitis AI runs bilinear x2/x
 edge values (``Resize`` clamps coordinates to the map, which reads the edge value again):
 
 * ``half_pixel`` / ``pytorch_half_pixel`` / ``half_pixel_symmetric`` (torch's ``align_corners=False``),
-  ``s`` in 2, 4: ``x_in = (o + 0.5)/s - 0.5``; one edge value before and after the axis, kernel ``2s``
+  ``s`` in 2, 4, 8: ``x_in = (o + 0.5)/s - 0.5``; one edge value before and after the axis, kernel ``2s``
   with ``c = s - 0.5``, pads ``1.5 s`` both sides (x2: taps 1/4, 3/4, 3/4, 1/4);
 * ``asymmetric`` (TF's ``half_pixel_centers=False``), ``s`` in 2, 4, 8: ``x_in = o/s``; one edge value
   after the axis, kernel ``2s - 1`` with ``c = s - 1``, pads ``s - 1`` before and ``s`` after.
@@ -17,7 +17,10 @@ edge values (``Resize`` clamps coordinates to the map, which reads the edge valu
 A 2-D resize uses the outer product of the axes' kernels (an axis with factor 1 has kernel 1).  Every
 tap is ``k / (2s)`` (``k / s`` for asymmetric), and every 2-D product ``k / 64`` or finer by a power of
 two that an 8-bit power-of-two weight scale holds exactly: x2 ``{1, 3, 9}/16``, x4 ``{1..49}/64``,
-asymmetric x8 ``{1..64}/64`` (half-pixel x8 would need ``225/256``: not exact, as Vitis says).  The
+asymmetric x8 ``{1..64}/64``.  Half-pixel x8's 2-D taps would need ``225/256`` (not exact, as Vitis says);
+each axis alone is exact (``(2k+1)/16`` at ``2^-7``), so a 2-D half-pixel resize with a factor 8 is two
+stages, one ConvTranspose per axis (:meth:`LinearResize.stages`; one more 8-bit rounding, of the map
+between them, where the one 2-D kernel would round its taps).  The
 edge extension is ``Concat(Slice(first), x, Slice(last))`` per resized axis, data movement every
 target lowers (no DPU pad mode repeats the edge).  The rewrite is exact in float (tested against
 ONNX Runtime's ``Resize``, max difference ~1e-6), rank 3 (N x C x L, before :mod:`.ops_1d`) and 4.
@@ -55,7 +58,7 @@ log = logging.getLogger(__name__)
 #: coordinate transformations that are ``x_in = (o + 0.5)/s - 0.5`` for an output of exactly ``s x`` the input
 HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
 #: the integer factors each form runs with an exact 8-bit power-of-two kernel (module docstring)
-FACTORS = {"half_pixel": (2, 4), "asymmetric": (2, 4, 8)}
+FACTORS = {"half_pixel": (2, 4, 8), "asymmetric": (2, 4, 8)}
 _INT64_MAX = np.iinfo(np.int64).max
 _KIND = "linear_resize_as_conv_transpose"
 _BROADCAST = "linear_resize_of_one_value_as_nearest"
@@ -81,6 +84,14 @@ class LinearResize:
         for t in taps[1:]:
             k = np.multiply.outer(k, t)
         return np.broadcast_to(k, (self.channels, 1, *k.shape)).astype(np.float32)
+
+    def stages(self) -> list[LinearResize]:
+        """The resizes written one after the other: one per resized axis where the 2-D kernel is not exact
+        at 8 bits (half-pixel with a factor 8), else this one."""
+        if self.coords != "half_pixel" or 8 not in self.factors or sum(s > 1 for s in self.factors) < 2:
+            return [self]
+        return [LinearResize(self.coords, tuple(s if i == j else 1 for j, s in enumerate(self.factors)), self.channels)
+                for i, f in enumerate(self.factors) if f > 1]
 
     def pads(self) -> list[int]:
         """ConvTranspose ``pads`` (all begins, then all ends) on the edge-extended input."""
@@ -192,7 +203,8 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
     for node in resizes:
         plan = linear_resize_plan(node, view.const, dims.get)
         name = node.name or node.output[0]
-        objections = _objections(plan, target) if isinstance(plan, LinearResize) else []
+        objections = [o for st in plan.stages() for o in _objections(st, target)] \
+            if isinstance(plan, LinearResize) else []
         if isinstance(plan, str):
             done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {plan}"))
         elif isinstance(plan, OneValue):
@@ -203,8 +215,8 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
             done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {target.name if target else ''} rejects "
                                                     f"its depthwise ConvTranspose form ({'; '.join(objections)})"))
         else:
-            kernel = "x".join(map(str, plan.kernel().shape[2:]))
-            _rewrite(out.graph, node, plan, len(dims[node.input[0]]))
+            kernel = " then ".join("x".join(map(str, st.kernel().shape[2:])) for st in plan.stages())
+            _rewrite(out.graph, node, plan.stages(), len(dims[node.input[0]]))
             done.append(Rewrite(name, _KIND, True, f"linear Resize x{'x'.join(map(str, plan.factors))} "
                                                    f"({plan.coords}) -> edge Slice/Concat + depthwise ConvTranspose "
                                                    f"{kernel}, stride {list(plan.factors)}"))
@@ -245,11 +257,22 @@ def _as_nearest(node: onnx.NodeProto) -> None:
                            helper.make_attribute("nearest_mode", "floor")])
 
 
-def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, plan: LinearResize, rank: int) -> None:
-    """``Resize`` -> ``Concat(Slice(first), x, Slice(last))`` per resized axis -> ``ConvTranspose``."""
+def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, stages: list[LinearResize], rank: int) -> None:
+    """``Resize`` -> per stage: ``Concat(Slice(first), x, Slice(last))`` per resized axis -> ``ConvTranspose``."""
     name = node.name or node.output[0]
     new: list[onnx.NodeProto] = []
     x = node.input[0]
+    for k, plan in enumerate(stages):
+        last = k == len(stages) - 1
+        y = node.output[0] if last else unique_name(graph, f"{name}/stage{k}")
+        new.extend(_stage(graph, name if last else y, x, y, plan, rank))
+        x = y
+    _splice(graph, [node], new)
+
+
+def _stage(graph: onnx.GraphProto, name: str, x: str, y: str, plan: LinearResize, rank: int) -> list[onnx.NodeProto]:
+    """The edge extension and ConvTranspose of one stage, ``x`` -> ``y``."""
+    new: list[onnx.NodeProto] = []
 
     def const(suffix: str, values: list[int]) -> str:
         t = unique_name(graph, f"{name}/{suffix}")
@@ -276,6 +299,6 @@ def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, plan: LinearResize, r
     weight = unique_name(graph, f"{name}/bilinear")
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(plan.kernel()), weight))
     kernel = list(plan.kernel().shape[2:])
-    new.append(helper.make_node("ConvTranspose", [x, weight], [node.output[0]], name=name, group=plan.channels,
+    new.append(helper.make_node("ConvTranspose", [x, weight], [y], name=name, group=plan.channels,
                                 kernel_shape=kernel, strides=list(plan.factors), pads=plan.pads()))
-    _splice(graph, [node], new)
+    return new

@@ -42,7 +42,7 @@ def _resize(shape: list[int], ratios: list[float], coords: str, by_size: bool = 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-_CASES = [(coords, ratios) for coords in ("half_pixel", "pytorch_half_pixel") for s in (2, 4)
+_CASES = [(coords, ratios) for coords in ("half_pixel", "pytorch_half_pixel") for s in (2, 4, 8)
           for ratios in ([1, 1, s, s], [1, 1, 1, s], [1, 1, s, 2], [1, 1, s])] + \
          [("asymmetric", ratios) for s in (2, 4, 8) for ratios in ([1, 1, s, s], [1, 1, s, 1], [1, 1, s])]
 
@@ -63,7 +63,7 @@ def test_the_conv_transpose_form_equals_ort_resize(coords, ratios, by_size):
 
 @pytest.mark.parametrize("coords, ratios, attrs, blocker", [
     ("align_corners", [1, 1, 2, 2], {}, "coordinate_transformation_mode 'align_corners'"),
-    ("half_pixel", [1, 1, 8, 8], {}, "scales [1, 1, 8, 8] with coordinate_transformation_mode 'half_pixel'"),
+    ("half_pixel", [1, 1, 16, 16], {}, "scales [1, 1, 16, 16] with coordinate_transformation_mode 'half_pixel'"),
     ("asymmetric", [1, 1, 3, 3], {}, "scales [1, 1, 3, 3]"),
     ("half_pixel", [1, 1, 0.5, 0.5], {}, "scales [1, 1, 0.5, 0.5]"),
     ("half_pixel", [1, 2, 2, 2], {}, "resize the batch or channel axis"),
@@ -201,3 +201,43 @@ def test_deeplab_image_pool_branch_is_one_accelerator_subgraph_equal_to_ort(coor
     model = _image_pool(coords)
     assert npuflow.check(model, target).node("up").device == "NPU"
     assert_one_subgraph_equal_to_ort(model, [1, 4, 16, 16], target, device)
+
+
+def _x8_head() -> onnx.ModelProto:
+    """A segmentation head's end: Conv (stride 2) -> ReLU -> Conv 1x1 (logits) -> bilinear x8 to 64 x 64 (sizes)."""
+    rng = np.random.default_rng(32)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (6, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1, 6, 64, 64], np.int64), "sizes")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="feat", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["f"], name="relu"),
+             helper.make_node("Conv", ["f", "w2"], ["logits"], name="cls"),
+             helper.make_node("Resize", ["logits", "", "", "sizes"], ["y"], name="up", mode="linear",
+                              coordinate_transformation_mode="pytorch_half_pixel")]
+    graph = helper.make_graph(nodes, "x8", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_half_pixel_x8_is_two_one_axis_conv_transposes_with_exact_taps():
+    rewritten = linear_resizes_as_conv_transpose(_resize([1, 3, 5, 7], [1, 1, 8, 8], "half_pixel"))
+    kernels = [numpy_helper.to_array(next(t for t in rewritten.graph.initializer if t.name == n.input[1]))
+               for n in rewritten.graph.node if n.op_type == "ConvTranspose"]
+    assert [k.shape[2:] for k in kernels] == [(16, 1), (1, 16)]
+    for k in kernels:  # (2j+1)/16: codes 8, 24, ..., 120 at 2^-7, where the 2-D kernel needs 225/256
+        assert sorted(set((k * 128).ravel().tolist())) == [8.0 * (2 * j + 1) for j in range(8)]
+
+
+@pytest.mark.parametrize("target, device", [(DPU, "DPU"), ("cpu-int8", "CPU-INT8")])
+def test_a_segmentation_heads_x8_upsampling_runs_on_the_accelerator_equal_to_ort(target, device):
+    model = _x8_head()
+    assert npuflow.check(model, target).node("up").device == "NPU"
+    assert_one_subgraph_equal_to_ort(model, [1, 4, 16, 16], target, device)
+
+
+def test_bernoulli2_keeps_x8_on_the_cpu_with_its_kernel_limit():
+    up = npuflow.check(_x8_head(), "bernoulli2").node("up")
+    assert up.device == "CPU"
+    calib = [{"x": x} for x in _calib()]
+    [left] = npuflow.quantize(_x8_head(), calib, target="bernoulli2").info["algorithms"]["target_rewrites"]
+    assert not left["applied"] and "kernel 16x1 outside [2,14]x[2,14]" in left["detail"], left
