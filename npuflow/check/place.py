@@ -62,9 +62,11 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None,
             target: Target | None = None) -> onnx.ModelProto:
     """The model as it is checked: normalised, constants folded, decomposed PReLUs as one node, bilinear
-    upsamplings as depthwise transposed convolutions where ``target`` runs them, 1-D pools as 2-D ones,
+    upsamplings as depthwise transposed convolutions where ``target`` runs them, a ``Split`` it rejects as
+    slices where it runs them, 1-D pools as 2-D ones,
     one-pass variances rewritten and, for an accelerator ``target``, affine blocks folded forward (float
     models, as the quantizer's float passes leave them: :mod:`..passes.prelu`, :mod:`..passes.resize_linear`,
+    :mod:`..passes.split_slices`,
     :mod:`..passes.ops_1d`, :mod:`..passes.variance`, :mod:`..passes.fold_affine_forward`), nodes named,
     ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
     folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
@@ -88,13 +90,14 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
         from ..passes.ops_1d import ops_1d_as_2d
         from ..passes.prelu import fold_prelu
         from ..passes.resize_linear import linear_resizes_as_conv_transpose
+        from ..passes.split_slices import splits_as_slices
         from ..passes.variance import stable_variances
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
         # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
         # read the deviation, not x: where x's producer runs may depend on it).
         proto = fold_prelu(einsums_as_matmul(fold_constants(proto)))
-        proto = ops_1d_as_2d(linear_resizes_as_conv_transpose(proto, target))
+        proto = ops_1d_as_2d(splits_as_slices(linear_resizes_as_conv_transpose(proto, target), target))
         proto = accelerator_forward_folds(stable_variances(infer_static_shapes(proto)), target)
     name_nodes(proto)
     return proto

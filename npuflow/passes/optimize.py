@@ -7,7 +7,8 @@ zero initial state, :mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu`
 (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into
 their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), a bilinear ``Resize`` by 2, 4
 (or 8) becomes edge extension and a depthwise ``ConvTranspose`` (:mod:`.resize_linear`, where the target
-runs that transposed convolution), then 1-D pooling and
+runs that transposed convolution), a ``Split`` the target rejects as one ``Slice`` per part where it runs
+slices (:mod:`.split_slices`: DPUCZDX8G has no split), then 1-D pooling and
 transposed convolutions become 2-D ones with H = 1 (:mod:`.ops_1d`, as the compiler runs 1-D
 convolutions), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
 and a bias several layers read is copied per layer (:mod:`.linear_bias`), then decomposed
@@ -39,6 +40,7 @@ from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
 from .remove_identity import remove_identity
 from .resize_linear import linear_resizes_as_conv_transpose
+from .split_slices import splits_as_slices
 from .target_rewrites import Rewrite, target_rewrites
 from .variance import stable_variances
 from .zero_terms import drop_zero_terms
@@ -52,6 +54,7 @@ def optimize_float(model: onnx.ModelProto, target: Target | None = None,
     m = fold_prelu(drop_zero_terms(remove_identity(m)))
     m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
     m = linear_resizes_as_conv_transpose(batchnorm_to_depthwise(fold_batchnorm(m)), target, rewrites)
+    m = splits_as_slices(m, target, rewrites)
     m = ops_1d_as_2d(fold_affine(m))
     m = untie_shared_biases(canonical_linear_biases(m))
     m = fuse_activation_patterns(m)

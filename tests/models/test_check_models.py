@@ -45,7 +45,9 @@ def test_yolov8n_sigmoid_is_cpu_on_a_dpu_and_a_lut_on_the_bpu():
     assert len(sig) >= 50 and all(n.device == "CPU" for n in sig)
     assert sig[0].reasons == [f"Sigmoid (sigmoid) has no DPU implementation on {ZDX}"]
     assert all(n.device == "NPU" for n in _of(r, "Conv"))
-    assert r.summary["npu_subgraphs"] > 50  # each SiLU splits the graph
+    # each SiLU splits the graph (58 subgraphs while the C2f blocks' Splits ran on the CPU too: the DPU has no
+    # split; 50 since new-user round 20 writes them as Slices on the DPU, passes/split_slices.py)
+    assert r.summary["npu_subgraphs"] >= 50 and not _of(r, "Split")
     b = checked("yolov8n", BPU)
     swish = [n for n in _of(b, "Sigmoid") if n.name != "/model.22/Sigmoid"]
     assert swish and all(n.device == "NPU" and n.kernel_type == "HzLut" for n in swish)
