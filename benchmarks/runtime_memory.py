@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: do, since exec keeps the high-water mark of the address space the child was forked from (the
 #: benchmark process, several hundred MB after quantizing), so every child would report at least
 #: the parent's size.  RSS is read after the input, after the load, after the first frame and at
-#: the end, to tell the model's resident weights from the runs' working memory.
+#: the end, to tell the model's resident weights from the runs' working memory; its anonymous part
+#: (``RssAnon``: heap, arenas, weights) too, beside the file pages of the libraries' code that a
+#: load and its runs touch (ONNX Runtime's first session: about 8.5 MiB, nearly all of it code).
 MEMORY_CHILD = r'''
 import json, sys
 import numpy as np
@@ -42,6 +44,7 @@ spec = json.loads(sys.argv[1])
 MODEL, FRAMES = spec["model"], spec["frames"]
 x = dict(np.load(spec["input"])) if spec["input"] else {}
 rss = {"input": status_kib("VmRSS")}
+anon = {"input": status_kib("RssAnon")}
 
 def ort_session(path):
     opts = ort.SessionOptions()
@@ -52,14 +55,14 @@ def ort_session(path):
 
 run = None
 exec(spec["load"])
-rss["loaded"] = status_kib("VmRSS")
+rss["loaded"], anon["loaded"] = status_kib("VmRSS"), status_kib("RssAnon")
 if run is not None:
     run()
-    rss["first_frame"] = status_kib("VmRSS")
+    rss["first_frame"], anon["first_frame"] = status_kib("VmRSS"), status_kib("RssAnon")
     for _ in range(FRAMES - 1):
         run()
-rss["end"] = status_kib("VmRSS")
-print(json.dumps({"peak_kib": status_kib("VmHWM"), "rss_kib": rss}))
+rss["end"], anon["end"] = status_kib("VmRSS"), status_kib("RssAnon")
+print(json.dumps({"peak_kib": status_kib("VmHWM"), "rss_kib": rss, "anon_kib": anon}))
 '''
 
 #: ``LOAD`` of each memory column (``MODEL``: the file ``memory_columns`` names for it).
@@ -88,13 +91,15 @@ def run_child(code: str, spec: dict, env: dict[str, str] | None = None) -> dict:
 def child_memory(load: str, model: str | None = None, input_path: Path | None = None, frames: int = 5) -> dict:
     """Peak and stepwise resident memory, in MiB, of a fresh ``MEMORY_CHILD`` running ``load``.
 
-    Returns ``{"peak": MiB, "rss": {"input", "loaded", ["first_frame"], "end"}}``.  A fresh
+    Returns ``{"peak": MiB, "rss": {"input", "loaded", ["first_frame"], "end"}, "anon": (the same
+    steps' ``RssAnon``)}``.  A fresh
     process per call, so that no column's freed-but-kept allocations (arenas, the allocator's
     free lists) hide or inflate another's.
     """
     spec = {"load": load, "model": model, "input": str(input_path) if input_path else None, "frames": frames}
     out = run_child(MEMORY_CHILD, spec, _ONE_THREAD_ENV)
-    return {"peak": out["peak_kib"] / MIB, "rss": {k: v / MIB for k, v in out["rss_kib"].items()}}
+    return {"peak": out["peak_kib"] / MIB, "rss": {k: v / MIB for k, v in out["rss_kib"].items()},
+            "anon": {k: v / MIB for k, v in out["anon_kib"].items()}}
 
 
 def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames: int, rounds: int = 3) -> dict:
@@ -109,8 +114,10 @@ def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames
     ``MEMORY_LOADS`` key and model file.  Per column, from the round of its median peak: ``peak``
     (the increase of the child's peak RSS over that round's baseline child's), ``load`` (RSS after
     the load over RSS before it: the resident model), ``first_frame`` (RSS added by the first
-    frame: buffers and arena), ``peak_abs`` (the child's own peak), ``base`` (that round's
-    baseline), ``rounds`` (every round's ``peak``); ``baseline`` is the baseline children's median.
+    frame: buffers and arena), ``anon`` (anonymous RSS at the end over before the load: what of
+    ``load`` and ``first_frame`` is not file pages of code; PP-OCR cls on B4096: npuflow and ONNX
+    Runtime touch about the same 9.6-9.8 MiB of code, and npuflow's 1.3 MiB more is anonymous),
+    ``peak_abs`` (the child's own peak), ``base`` (that round's baseline), ``rounds`` (every round's ``peak``); ``baseline`` is the baseline children's median.
     """
     bases: list[float] = []
     runs: dict[str, list[dict]] = {label: [] for label in models}
@@ -119,9 +126,10 @@ def memory_columns(models: dict[str, tuple[str, Path]], input_path: Path, frames
         bases.append(base)
         for label, (kind, model) in models.items():
             m = child_memory(MEMORY_LOADS[kind], str(model), input_path, frames)
-            rss = m["rss"]
+            rss, anon = m["rss"], m["anon"]
             runs[label].append({"peak": m["peak"] - base, "peak_abs": m["peak"], "base": base,
-                                "load": rss["loaded"] - rss["input"], "first_frame": rss["first_frame"] - rss["loaded"]})
+                                "load": rss["loaded"] - rss["input"], "first_frame": rss["first_frame"] - rss["loaded"],
+                                "anon": anon["end"] - anon["input"]})
     out: dict = {"baseline": sorted(bases)[(len(bases) - 1) // 2]}
     for label, found in runs.items():
         middle = sorted(found, key=lambda r: r["peak"])[(len(found) - 1) // 2]
