@@ -11,6 +11,9 @@ edge values (``Resize`` clamps coordinates to the map, which reads the edge valu
 * ``half_pixel`` / ``pytorch_half_pixel`` / ``half_pixel_symmetric`` (torch's ``align_corners=False``),
   ``s`` in 2, 4, 8: ``x_in = (o + 0.5)/s - 0.5``; one edge value before and after the axis, kernel ``2s``
   with ``c = s - 0.5``, pads ``1.5 s`` both sides (x2: taps 1/4, 3/4, 3/4, 1/4);
+* ``align_corners`` from ``n`` to ``(n - 1) s + 1`` (TF's odd sizes, DeepLab's 65 -> 513), ``s`` in 2, 4, 8:
+  ``x_in = o/s`` and the last output is the last input: the asymmetric kernel with pads ``s - 1`` both sides,
+  no edge value (torch's ``scale_factor=2``, ``n -> 2n``, has no fixed kernel: it stays);
 * ``asymmetric`` (TF's ``half_pixel_centers=False``), ``s`` in 2, 4, 8: ``x_in = o/s``; one edge value
   after the axis, kernel ``2s - 1`` with ``c = s - 1``, pads ``s - 1`` before and ``s`` after.
 
@@ -58,7 +61,7 @@ log = logging.getLogger(__name__)
 #: coordinate transformations that are ``x_in = (o + 0.5)/s - 0.5`` for an output of exactly ``s x`` the input
 HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
 #: the integer factors each form runs with an exact 8-bit power-of-two kernel (module docstring)
-FACTORS = {"half_pixel": (2, 4, 8), "asymmetric": (2, 4, 8)}
+FACTORS = {"half_pixel": (2, 4, 8), "asymmetric": (2, 4, 8), "align_corners": (2, 4, 8)}
 _INT64_MAX = np.iinfo(np.int64).max
 _KIND = "linear_resize_as_conv_transpose"
 _BROADCAST = "linear_resize_of_one_value_as_nearest"
@@ -96,7 +99,8 @@ class LinearResize:
     def pads(self) -> list[int]:
         """ConvTranspose ``pads`` (all begins, then all ends) on the edge-extended input."""
         begin = [0 if s == 1 else (3 * s // 2 if self.coords == "half_pixel" else s - 1) for s in self.factors]
-        end = [0 if s == 1 else (3 * s // 2 if self.coords == "half_pixel" else s) for s in self.factors]
+        end = [0 if s == 1 else (3 * s // 2 if self.coords == "half_pixel" else s - (self.coords == "align_corners"))
+               for s in self.factors]
         return begin + end
 
 
@@ -130,13 +134,29 @@ def linear_resize_plan(node: onnx.NodeProto, value: Callable[[str], np.ndarray |
     if all(r == 1.0 or xs[2 + i] == 1 for i, r in enumerate(spatial)) and all(r >= 1.0 for r in spatial):
         return OneValue()  # every coordinate mode reads index 0 of a length-1 axis (clamped)
     if form not in FACTORS:
-        return (f"coordinate_transformation_mode {coords!r}; only half_pixel, pytorch_half_pixel and asymmetric "
-                f"have a fixed kernel")
+        return (f"coordinate_transformation_mode {coords!r}; only half_pixel, pytorch_half_pixel, asymmetric "
+                f"and align_corners have a fixed kernel")
+    if form == "align_corners":
+        spatial = _corner_factors(list(xs[2:]), spatial)
+        if isinstance(spatial, str):
+            return f"scales {_fmt(ratios)} with coordinate_transformation_mode {coords!r}; {spatial}"
     allowed = FACTORS[form]
     if any(r not in (1.0, *allowed) for r in spatial) or all(r == 1.0 for r in spatial):
         return (f"scales {_fmt(ratios)} with coordinate_transformation_mode {coords!r}; integer upsampling "
                 f"factors {', '.join(map(str, allowed))} per axis have a kernel an 8-bit grid holds exactly")
     return LinearResize(form, tuple(int(r) for r in spatial), int(xs[1]))
+
+
+def _corner_factors(dims: list, ratios: list[float]) -> list[float] | str:
+    """align_corners' ``x_in = o (n - 1)/(m - 1)`` is ``o / s`` (the asymmetric kernel, no edge value) only
+    where ``m - 1 = s (n - 1)``: TF's odd sizes (65 -> 513); torch's ``scale_factor=2`` (``m = 2n``) is not."""
+    out = []
+    for n, r in zip(dims, ratios):
+        fits = [s for s in FACTORS["align_corners"] if _known(n) and n > 1 and abs(r * n - (s * (n - 1) + 1)) < 1e-6]
+        if r != 1.0 and not fits:
+            return "only n -> (n - 1) s + 1 (s = 2, 4, 8) samples a fixed kernel"
+        out.append(float(fits[0]) if r != 1.0 else 1.0)
+    return out
 
 
 def linear_resize_reason(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None],
@@ -280,7 +300,7 @@ def _stage(graph: onnx.GraphProto, name: str, x: str, y: str, plan: LinearResize
         return t
 
     for i, s in enumerate(plan.factors):
-        if s == 1:
+        if s == 1 or plan.coords == "align_corners":  # the corners are samples: no edge value is read
             continue
         axis = rank - len(plan.factors) + i
         axes = const(f"axis{axis}", [axis])

@@ -73,8 +73,8 @@ def test_compiler_reason_is_the_checker_reason():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])])
     q = npuflow.quantize(m, [{"x": rng.normal(0, 1, (1, 4, 6, 6)).astype(np.float32)}], target="cpu-int8").model
     reason = ("Resize mode 'linear' is not lowered as a Resize (no depthwise ConvTranspose form: "
-              "coordinate_transformation_mode 'align_corners'; only half_pixel, pytorch_half_pixel and asymmetric "
-              "have a fixed kernel)")
+              "scales [1, 1, 2, 2] with coordinate_transformation_mode 'align_corners'; only n -> (n - 1) s + 1 "
+              "(s = 2, 4, 8) samples a fixed kernel)")
     up = npuflow.check(q, "cpu-int8").node("up")
     assert up.device == "CPU" and reason in up.reasons
     assert any(note.startswith("up ") and reason in note for note in npuflow.compile(q, "cpu-int8").manifest["notes"])

@@ -241,3 +241,49 @@ def test_bernoulli2_keeps_x8_on_the_cpu_with_its_kernel_limit():
     calib = [{"x": x} for x in _calib()]
     [left] = npuflow.quantize(_x8_head(), calib, target="bernoulli2").info["algorithms"]["target_rewrites"]
     assert not left["applied"] and "kernel 16x1 outside [2,14]x[2,14]" in left["detail"], left
+
+
+@pytest.mark.parametrize("shape, sizes", [([2, 3, 5, 7], [2, 3, 9, 13]), ([2, 3, 5, 7], [2, 3, 17, 7]),
+                                          ([1, 2, 5, 4], [1, 2, 33, 25]), ([2, 3, 6], [2, 3, 11])])
+def test_align_corners_to_odd_sizes_is_the_asymmetric_kernel_without_edges(shape, sizes):
+    """TF's align_corners n -> (n - 1) s + 1 (DeepLab's 65 -> 513) samples o / s: one ConvTranspose, no Slice."""
+    model = _resize(shape, [b / a for a, b in zip(shape, sizes)], "align_corners", by_size=True)
+    rewritten = linear_resizes_as_conv_transpose(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["ConvTranspose"]
+    x = np.random.default_rng(6).normal(0, 1, shape).astype(np.float32)
+    np.testing.assert_allclose(run(rewritten, {"x": x})[0], run(model, {"x": x})[0], rtol=0, atol=1e-6)
+
+
+def test_torch_align_corners_scale_factor_2_stays_with_why():
+    model = _resize([1, 4, 8, 8], [1, 1, 2, 2], "align_corners")
+    [left] = [n.op_type for n in linear_resizes_as_conv_transpose(model).graph.node]
+    up = npuflow.check(model, DPU).node("up")
+    assert left == "Resize" and up.device == "CPU"
+    assert any("only n -> (n - 1) s + 1 (s = 2, 4, 8)" in r for r in up.reasons), up.reasons
+
+
+def _odd_unet() -> onnx.ModelProto:
+    """17 x 17 -> Conv stride 2 (9 x 9) -> ReLU -> bilinear align_corners to 17 x 17 -> Concat(skip) -> Conv."""
+    rng = np.random.default_rng(33)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (4, 12, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1, 8, 17, 17], np.int64), "sizes")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="down", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Resize", ["r1", "", "", "sizes"], ["u"], name="up", mode="linear",
+                              coordinate_transformation_mode="align_corners"),
+             helper.make_node("Concat", ["u", "x"], ["cat"], name="skip", axis=1),
+             helper.make_node("Conv", ["cat", "w2"], ["y"], name="out", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 17, 17])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("target, device", [(DPU, "DPU"), ("cpu-int8", "CPU-INT8")])
+def test_an_align_corners_odd_size_unet_is_one_accelerator_subgraph_equal_to_ort(target, device):
+    """(bernoulli2 places it too, but its int8 activations meet exact ties here -- the corners copy the input, so
+    input and output share a scale -- where ONNX Runtime's float32 path reads 12.5 as 12.500001: 1 LSB.)"""
+    model = _odd_unet()
+    assert npuflow.check(model, target).node("up").device == npuflow.check(model, "bernoulli2").node("up").device \
+        == "NPU"
+    assert_one_subgraph_equal_to_ort(model, [1, 4, 17, 17], target, device)
