@@ -18,8 +18,9 @@ deviations (:mod:`.variance`).  For an accelerator target, a constant scale/shif
 activation folds forward into the layer reading it (:mod:`.fold_affine_forward`: PP-LCNetV3's
 affine blocks).  Given a target, the target rewrites come last (:mod:`.target_rewrites`: a
 HardSigmoid's parameters folded into its producing layer, a GlobalAveragePool over a map larger
-than the target's pooling window split in two), only where the target's rules reject the node as
-it is.  Every step keeps results within float rounding (tested <= 1e-5 relative).
+than the target's pooling window split in two, a whole-axis AveragePool too wide for it
+cascaded), only where the target's rules reject the node as it is.  Every step keeps results
+within float rounding (tested <= 1e-5 relative).
 """
 
 from __future__ import annotations

@@ -20,6 +20,12 @@ original op sees no change.  Both keep the float function up to float rounding:
   is the largest (most values averaged in the first stage, then the squarest) for which the
   target's ``avg_pool`` rule accepts the first stage and its ``global_avg_pool`` rule the second.
   No such divisor pair (or an unknown map size): the node is left (reported).
+* **AveragePool over a whole axis wider than the target's window** (BC-ResNet's frequency means,
+  ``x.mean(2)`` as ``AveragePool`` 40 x 1 by :mod:`.ops_1d`, on bernoulli2: kernel at most 7, stride 1
+  or 2, round 20).  Means of equal blocks averaged again are the mean: stages of
+  ``AveragePool(kernel = stride = d)`` along that axis (the largest divisor ``d`` the target's
+  ``avg_pool`` rule accepts) until the rest fits one window (stride 1): 40 = 2 x 2 x 2 x 5.  No such
+  cascade: the node is left (reported).
 
 :func:`target_rewrites` returns what it changed and what it left, for the optimise stage's
 report (``quant_info.json``'s ``algorithms.target_rewrites``) and log.
@@ -66,6 +72,7 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     done: list[Rewrite] = []
     done += _hard_sigmoids(out.graph, target)
     done += _global_avg_pools(out, target)
+    done += _axis_avg_pools(out, target)
     if any(r.applied for r in done):
         remove_unused_initializers(out.graph)
     for r in done:
@@ -154,6 +161,75 @@ def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
                             f"GlobalAveragePool over {h}x{w} -> AveragePool {kh}x{kw} stride {kh}x{kw} "
                             f"({name}/block) then GlobalAveragePool over {h // kh}x{w // kw}"))
     return done
+
+
+def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
+    """The whole-axis average pools the target's window is too small for, as cascades (module docstring)."""
+    graph = model.graph
+    idx = GraphView(graph)
+    pools = [n for n in graph.node if n.op_type == "AveragePool"]
+    if any(idx.shape(n.input[0]) is None for n in pools):  # a graph without value infos: infer them
+        inferred = GraphView(onnx.shape_inference.infer_shapes(model))
+        idx.shapes.update({k: v for k, v in inferred.shapes.items() if k not in idx.shapes})
+    done = []
+    for node in pools:
+        xs = idx.shape(node.input[0])
+        a = {k: attr(node, k) for k in ("kernel_shape", "pads", "ceil_mode", "dilations")}
+        if xs is None or len(xs) != 4 or not all(isinstance(d, int) and d > 0 for d in xs[1:]) or \
+                any(a["pads"] or []) or a["ceil_mode"] or any(d != 1 for d in a["dilations"] or []):
+            continue
+        kh, kw = a["kernel_shape"]
+        axis = 2 if (kh, kw) == (xs[2], 1) and kh > 1 else 3 if (kh, kw) == (1, xs[3]) and kw > 1 else None
+        c, h, w = xs[1], xs[2], xs[3]
+        if axis is None or not _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, 1, 1)):
+            continue
+        stages = _cascade(target, c, h, w, axis)
+        name = node.name or node.output[0]
+        if stages is None:
+            done.append(Rewrite(name, "axis_avg_pool_cascade", False,
+                                f"AveragePool {kh}x{kw} stays: no cascade of pools along axis {axis} that "
+                                f"{target.name}'s avg_pool rule accepts"))
+            continue
+        x, size = node.input[0], xs[axis]
+        elem = idx.elem_type(node.input[0]) or TensorProto.FLOAT
+        at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
+        for k, d in enumerate(stages):
+            mid = f"{node.output[0]}/stage{k}"
+            pool = [d, 1] if axis == 2 else [1, d]
+            graph.node.insert(at + k, helper.make_node("AveragePool", [x], [mid], name=f"{name}/stage{k}",
+                                                       kernel_shape=pool, strides=pool))
+            size //= d
+            graph.value_info.append(helper.make_tensor_value_info(
+                mid, elem, [xs[0], c, size if axis == 2 else h, w if axis == 2 else size]))
+            x = mid
+        node.input[0] = x
+        set_attr(node, "kernel_shape", [size, 1] if axis == 2 else [1, size])
+        done.append(Rewrite(name, "axis_avg_pool_cascade", True,
+                            f"AveragePool {kh}x{kw} -> {len(stages)} AveragePool(s) with kernel = stride "
+                            f"{'x'.join(map(str, stages))} then one over {size}"))
+    return done
+
+
+def _cascade(target: Target, c: int, h: int, w: int, axis: int) -> list[int] | None:
+    """The block sizes of the stages before a last pool over the rest of ``axis`` fits, or None."""
+    stages: list[int] = []
+    size = h if axis == 2 else w
+    while True:
+        hh, ww = (size, w) if axis == 2 else (h, size)
+        if not _reasons(target, "avg_pool", _window_params(c, hh, ww, *((size, 1) if axis == 2 else (1, size)), 1, 1)):
+            return stages
+        fits = [d for d in _divisors(size)[1:-1]
+                if not _reasons(target, "avg_pool", _window_params(c, hh, ww, *((d, 1) if axis == 2 else (1, d)),
+                                                                   *((d, 1) if axis == 2 else (1, d))))]
+        if not fits:
+            return None
+        stages.append(fits[-1])
+        size //= fits[-1]
+
+
+def _window_params(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int) -> dict:
+    """The checker's parameters of an unpadded ``AveragePool`` (``check/ops._pool``)."""
+    return {**_pool_params(c, h, w, kh, kw), "stride_h": sh, "stride_w": sw}
 
 
 def _global_params(c: int, h: int, w: int) -> dict:

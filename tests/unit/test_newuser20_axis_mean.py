@@ -18,6 +18,8 @@ from onnx import helper, numpy_helper
 
 import npuflow
 from npuflow.passes.ops_1d import ops_1d_as_2d
+from npuflow.passes.optimize import optimize_float
+from npuflow.targets import load_target
 from tests.compile_check import assert_one_subgraph_equal_to_ort
 from tests.unit.quant_nets import run, samples
 
@@ -98,7 +100,35 @@ def test_the_frequency_average_is_on_the_accelerator_and_equal_to_ort(target, de
 
 
 def test_bernoulli2_names_the_window_it_cannot_run():
-    """bernoulli2 pools over at most 7 x 7: a 10-row average stays on the CPU, with the kernel in the reason."""
+    """bernoulli2 pools over at most 7 x 7: ``check`` (which judges the model as given) reports a 10-row
+    average on the CPU with the kernel in the reason; the quantizer's target rewrites cascade it (below)."""
     report = npuflow.check(_conv_axis_mean_conv(2, 1), "bernoulli2")
     assert report.node("mean").device == "CPU"
     assert "kernel 10x1 outside [1,7]x[1,7]" in " ".join(report.node("mean").reasons)
+
+
+@pytest.mark.parametrize("axis", [2, 3])
+def test_bernoulli2_runs_a_wide_axis_mean_as_a_cascade_of_pools_equal_to_ort(axis):
+    """Round 20's BC-ResNet on bernoulli2 (kernel <= 7, stride 1 or 2): a mean over 10 rows is an
+    ``AveragePool`` 2 x 1 stride 2, then one over the 5 left (12 columns: 1 x 2, then 6); one BPU
+    subgraph, 0 LSB from ONNX Runtime (BC-ResNet: 14 -> 2 compiled subgraphs)."""
+    model = _conv_axis_mean_conv(axis, 1)
+    done: list = []
+    optimized = optimize_float(model, load_target("bernoulli2"), done)
+    pools = [n for n in optimized.graph.node if n.op_type == "AveragePool"]
+    assert [list(p.attribute[0].ints) for p in pools] == ([[2, 1], [5, 1]] if axis == 2 else [[1, 2], [1, 6]])
+    assert [r.applied for r in done if r.rewrite == "axis_avg_pool_cascade"] == [True]
+    x = samples(SHAPE, n=1, seed=2)[0]
+    np.testing.assert_allclose(run(optimized, {"x": x})[0], run(model, {"x": x})[0], rtol=0, atol=1e-5)
+    assert_one_subgraph_equal_to_ort(model, SHAPE, "bernoulli2", "BPU")
+
+
+def test_a_wide_axis_mean_without_a_cascade_is_left_and_reported():
+    """11 rows: no divisor to pool by first; the mean stays whole (on the CPU) and the rewrite says why."""
+    model = _conv_axis_mean_conv(2, 1)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 11
+    done: list = []
+    optimized = optimize_float(model, load_target("bernoulli2"), done)
+    assert [list(n.attribute[0].ints) for n in optimized.graph.node if n.op_type == "AveragePool"] == [[11, 1]]
+    assert [(r.applied, r.rewrite) for r in done if r.rewrite == "axis_avg_pool_cascade"] == \
+        [(False, "axis_avg_pool_cascade")]

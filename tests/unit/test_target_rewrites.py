@@ -1,7 +1,8 @@
 """Target rewrites (npuflow/passes/target_rewrites.py): a HardSigmoid's parameters folded into the
 layer before it, a GlobalAveragePool over a map too large for the target's pooling window split in
-two.  Each: the float function kept (ONNX Runtime, float tolerance), the rewritten nodes placed on
-DPUCZDX8G_ISA1_B4096 where they were on the CPU, nothing changed where the target runs the op as it is."""
+two (a whole-axis AveragePool's cascade: test_newuser20_axis_mean.py).  Each: the float function
+kept (ONNX Runtime, float tolerance), the rewritten nodes placed on DPUCZDX8G_ISA1_B4096 where they
+were on the CPU, nothing changed where the target runs the op as it is."""
 
 from __future__ import annotations
 
