@@ -5,7 +5,7 @@ Why: the validation (:func:`.manifest_check.validate`: pydantic models of every 
 subgraph, then the checks across them) leaves memory behind that a loaded runtime never uses --
 the pools of CPython's allocator its objects took and the pages of pydantic's and numpy's native
 code it ran -- and that was a large part of what npuflow's load held over ONNX Runtime's on the
-small models (issue 19; ``docs/compiler-runtime.md``, "Peak memory").  The validation is a pure
+small models (issue 19; ``docs/runtime-measurements.md``, "Peak memory").  The validation is a pure
 function of the manifest's bytes, the ``newer_minor`` flag and npuflow's code, so its verdict is
 kept as one empty file per passed manifest under ``$NPUFLOW_CACHE/manifests/``, named by the hash
 of the three (the compiled-model cache's and ``ort_kernels``' root; ``NPUFLOW_ENABLE_CACHE=0``

@@ -266,7 +266,7 @@ def _softmax_before_transpose(model: onnx.ModelProto) -> None:
     computes and transposes back; how fast depends on where the axis sits, not on the values.
     YOLOv8n's DFL head (``Reshape`` to 1x4x16x2100, ``Transpose`` to 1x16x4x2100, softmax over the
     16 bins) is much slower in the transposed form than as the softmax over axis 2 of the tensor
-    before the ``Transpose`` (figures: ``docs/compiler-runtime.md``, fifteenth round); ONNX
+    before the ``Transpose`` (figures: ``docs/runtime-measurements.md``, fifteenth round); ONNX
     Runtime's own optimiser moves that ``Transpose`` down on the whole model, but not inside the
     CPU subgraph that ends at the softmax's quantize step.  Every row of the softmax holds the
     same values in the same order either way, so the values are unchanged.  Only from opset 13,

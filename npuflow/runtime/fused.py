@@ -1,7 +1,7 @@
 """Runs of an integer program's ops as ONE ONNX Runtime graph of exact float operations.
 
 Run op by op, a convolution costs a call into a tiny ONNX Runtime session, two layout
-reorders, casts and an int64 epilogue in numpy; the profile (``docs/compiler-runtime.md``,
+reorders, casts and an int64 epilogue in numpy; the profile (``docs/runtime-measurements.md``,
 "Where the time goes") shows that these, not the arithmetic, are most of the time.  Here a run
 of consecutive ops becomes one graph, built at Session load from the manifest, in which every
 integer tensor is a float32 tensor holding its codes: ONNX Runtime then plans the whole run

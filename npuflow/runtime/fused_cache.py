@@ -4,7 +4,7 @@ Why: the build of a program's fused graphs (:func:`.fused.plan`: each op's table
 weights computed in numpy, written as ONNX nodes) leaves memory behind that the loaded runtime
 never uses -- the pages of numpy's native code its ufunc and cast loops ran (each dtype's loop is
 code of its own), the pools of CPython's allocator its objects took -- and that was most of what
-npuflow's load held over ONNX Runtime's on the small models (issue 19; ``docs/compiler-runtime.md``,
+npuflow's load held over ONNX Runtime's on the small models (issue 19; ``docs/runtime-measurements.md``,
 "Peak memory").  The graphs are a pure function of the program (its ops, tensors and blobs), the
 intra-op threads, npuflow's code (:data:`SOURCES`) and what ONNX Runtime computes exactly on this
 machine (``ort_kernels.cache_key``: its build and the CPU's flags, which the probes' verdicts and so

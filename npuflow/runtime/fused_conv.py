@@ -339,7 +339,7 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
 #: (:func:`_matmul_form`) saves more than its two transposes cost: the GEMM's saving grows with
 #: the product of the channel counts, the transposes with their sum (measured on this project's
 #: AVX2 machine, in a graph between a depthwise convolution and a table: 192 and more gain,
-#: 32-128 channels lose or break even; docs/compiler-runtime.md, "Twelfth round").
+#: 32-128 channels lose or break even; docs/runtime-measurements.md, "Twelfth round").
 MATMUL_CHANNELS = 192
 
 

@@ -191,7 +191,7 @@ class Graph:
 
         Called once :meth:`model` has put them into a protobuf and its external arrays: until the
         graph is dropped by its builder, they would stay resident through ONNX Runtime's creation
-        of the session, the load's high-water mark (docs/compiler-runtime.md, "Peak memory")."""
+        of the session, the load's high-water mark (docs/runtime-measurements.md, "Peak memory")."""
         self.nodes, self.inits, self.arrays, self.shared = [], [], {}, {}
         self.tables, self.kernel_tables, self.shifted, self.pads, self.views = {}, {}, {}, {}, {}
 

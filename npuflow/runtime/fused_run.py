@@ -27,7 +27,7 @@ _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
 
 #: The run options every frame's compiled run is called with (:func:`direct_run`).  ONNX Runtime's
 #: compiled ``run`` given ``None`` builds default options of its own on each call, a path measured
-#: at 1.8 µs per MNIST frame in a hot loop and 8 µs on a frame after an idle (``docs/compiler-runtime.md``,
+#: at 1.8 µs per MNIST frame in a hot loop and 8 µs on a frame after an idle (``docs/runtime-measurements.md``,
 #: "Per-frame overhead after an idle"); these are the same defaults, built once.  ONNX Runtime only
 #: reads them during a run, so every session and thread shares them; nothing sets them.
 RUN_OPTIONS = ort.RunOptions()
@@ -196,7 +196,7 @@ def direct_run(session: object) -> Callable:
     construction (every input fed by name, numpy arrays only, no graph capture, the CPU provider
     with no fallback to retry on), then calls its compiled session (``_sess.run``).  That session
     is called directly here, with the same arguments: the same ONNX Runtime run, the same output
-    arrays, a few microseconds less per call (``docs/compiler-runtime.md``, "Where the time
+    arrays, a few microseconds less per call (``docs/runtime-measurements.md``, "Where the time
     goes").  Anything else (a session wrapped by ``ort_session._Guarded`` for custom ops, an ONNX
     Runtime without ``_sess``) keeps its own ``run``.
     """

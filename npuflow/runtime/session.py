@@ -206,7 +206,7 @@ class _OneRun:
     The checks touch as little of numpy as they can: on a frame after an idle (a request to a
     server, the benchmark's protocol) each C function a frame calls for the first time in a while
     costs cache misses, and numpy's dtype comparison and ``flags`` object were measured at 3-4 µs
-    each there (``docs/compiler-runtime.md``, "Per-frame overhead after an idle").  A dtype is
+    each there (``docs/runtime-measurements.md``, "Per-frame overhead after an idle").  A dtype is
     compared by identity first (numpy's built-in dtypes are single objects), by value only where
     that fails.
     """

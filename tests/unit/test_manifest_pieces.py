@@ -4,7 +4,7 @@
 as the parsed manifest and beside it; Python's allocator kept the pools they used after the load
 (PP-OCRv4 rec cpu-int8: 103 unused pools and one more arena against 40 without the validation).  The
 pieces are validated one at a time now; a valid file passes and a damaged one is refused with the
-very error the whole validation gives (docs/compiler-runtime.md, "Peak memory").
+very error the whole validation gives (docs/runtime-measurements.md, "Peak memory").
 """
 
 from __future__ import annotations

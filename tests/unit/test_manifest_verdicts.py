@@ -3,7 +3,7 @@ without their serialized model (ort_session.open_session).
 
 A ``.npuf`` whose manifest this code validated before is not validated again: the validation's
 pools and the native code pages it ran were most of what a load of MNIST or PP-OCR cls on cpu-int8
-held over ONNX Runtime's (docs/compiler-runtime.md, "Peak memory").  The file's checksums are still
+held over ONNX Runtime's (docs/runtime-measurements.md, "Peak memory").  The file's checksums are still
 verified at every load, so a damaged file is refused as before.
 """
 

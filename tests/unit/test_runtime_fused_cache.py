@@ -1,6 +1,6 @@
 """Issue 19, peak memory: a program's fused graphs stored on disk (``runtime/fused_cache.py``), so
 that a later load opens their sessions without building them again (the build's numpy code pages
-and allocator pools stayed in the loaded process: docs/compiler-runtime.md, "Peak memory").
+and allocator pools stayed in the loaded process: docs/runtime-measurements.md, "Peak memory").
 
 A stored plan must give the sessions the build would: the same graphs, weights and session
 settings, the same runs and kernels between them, the same outputs bit for bit."""

@@ -4,7 +4,7 @@ DPU targets) gets its ONNX Runtime session after its serialized blob is let go a
 
 That creation (ONNX Runtime's copy of the weights and its packed form) was rec's high-water mark,
 with the blob's bytes (held by the caller), the pages they were read from and the protobuf's freed
-copy beside it (docs/compiler-runtime.md, "Peak memory").  The outputs do not change.
+copy beside it (docs/runtime-measurements.md, "Peak memory").  The outputs do not change.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Issue 19, peak memory of a frame: ``Session.run`` drops each boundary tensor once the last step
 that reads it has run (``_Program.frees``), as ONNX Runtime frees a model's dead tensors, instead of
 holding every step's outputs to the end of the frame (YOLOv8n on bernoulli2, 6 steps: 36.5 -> 34.1
-MiB peak over the baseline child; docs/compiler-runtime.md, "Peak memory").  Outputs do not change,
+MiB peak over the baseline child; docs/runtime-measurements.md, "Peak memory").  Outputs do not change,
 and a boundary tensor asked for by name is still returned."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ of its weights, their absolute values, the kernel's weight arrays) and only then
 whether the form has one multiplier; a per-channel layer never does, so the form was thrown away
 and the ``QLinearConv`` one built: PP-OCRv4 rec's 120x6625 head made 1.5 MiB more of the load's
 peak that way, and the question itself, ``np.unique``, imported ``numpy.ma`` (0.5 MiB of modules).
-The outputs do not change (docs/compiler-runtime.md, "Peak memory").
+The outputs do not change (docs/runtime-measurements.md, "Peak memory").
 """
 
 from __future__ import annotations

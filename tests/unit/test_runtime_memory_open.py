@@ -3,7 +3,7 @@ graph cleared and the mapped ``.npuf``'s pages given back (``fused.FusedRun``).
 
 That creation (ONNX Runtime's copy of the weights and its packed form beside it) is a load's
 high-water mark; the graph's nodes, tables and weight arrays and the file's pages the build read
-were resident through it (docs/compiler-runtime.md, "Peak memory").  The outputs do not change.
+were resident through it (docs/runtime-measurements.md, "Peak memory").  The outputs do not change.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Issue 19, peak memory at load: a ``.npuf``'s target check reads the bundled target's fingerprint
 from its file's own lines (``targets.bundled_fingerprint``), without the YAML parse and validation
 of the target and its family base that a runtime never uses again (about half a MiB of resident
-memory per process; docs/compiler-runtime.md, "Peak memory")."""
+memory per process; docs/runtime-measurements.md, "Peak memory")."""
 
 from __future__ import annotations
 
