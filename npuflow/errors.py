@@ -223,8 +223,8 @@ _QUANT = _specs(
      "node that produces {output} and its inputs' producers in float (config `keep_float`; `npuflow analyze "
      "sensitivity` names them), or split the output so that each part has a grid of its own; calibrate on "
      "samples like deployment's, where that channel takes its real values. If {output} holds class scores "
-     "along its last axis, read by their argmax (a classifier's logits under the exporter's default name), "
-     "export it with a name containing `logits` (torch.onnx.export(..., output_names=['logits'])): quantize then "
+     "along its last axis, read by their argmax, from a head npuflow does not recognise (a Gemm, MatMul or 1x1 "
+     "Conv followed only by bias adds, means and flattens is read as one), export it with a name containing `logits` (torch.onnx.export(..., output_names=['logits'])): quantize then "
      "judges how many labels change (NPF_QUANT_LABEL_MARGIN) instead of its channels. To accept it, lower "
      "`min_output_cosine` in the quantization config."),
     ("NPF_QUANT_LOW_SNR",

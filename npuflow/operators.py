@@ -311,6 +311,15 @@ PEAK_TEST_OPS: dict[str, frozenset[str]] = {
     "compare": frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}),
     "window": frozenset({"MaxPool"}),
     "monotone": frozenset({"Sigmoid", "Tanh", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "Identity"})}
+#: A classifier's head, recognised by its structure where no name or softmax says what an output is
+#: (torch's default output names: BC-ResNet's ``345``, the dynamo exporter's ``mean_6``):
+#: ``layer``, the linear layers class scores come from (a Conv only with a 1x1 kernel); ``after``,
+#: ops between it and the output that keep the scores linear in it and bring them to ``(N, K)``
+#: (an ``Add`` only of a constant bias).  An activation, a normalisation (a ``Div`` by the L2 norm of
+#: an embedding) or a softmax ends the walk: no head.
+CLASS_HEAD_OPS: dict[str, frozenset[str]] = {
+    "layer": frozenset({"Gemm", "MatMul", "Conv"}),
+    "after": frozenset({"Add", "Flatten", "Reshape", "Squeeze", "Identity", "ReduceMean", "GlobalAveragePool"})}
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).

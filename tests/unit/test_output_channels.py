@@ -113,7 +113,7 @@ def test_an_integer_count_output_reports_how_far_it_is_off(tmp_path):
 
 class _Head(nn.Module):
     """A classifier head of 3 logits, one ``scale`` times wider than the others (torch names its
-    output by a number unless told: the label check reads ``(N, C)`` rows by their name only)."""
+    output by a number unless told)."""
 
     def __init__(self, scale: float) -> None:
         super().__init__()
@@ -139,9 +139,11 @@ def _quantize_head(tmp_path, name: str | None):
                             warn=False)
 
 
-def test_a_classifier_output_under_a_default_name_is_told_how_to_get_its_labels_judged(tmp_path):
+def test_a_classifier_output_under_a_default_name_gets_its_labels_judged(tmp_path):
+    """Its Gemm head says what the name does not (test_class_head): the label check, not the channels'."""
     q = _quantize_head(tmp_path, None)
-    [warning] = _channel_warnings(q)
-    assert "output_names=['logits']" in warning.hint and "NPF_QUANT_LABEL_MARGIN" in warning.hint
+    (output,) = q.report.calibration_outputs
+    assert _channel_warnings(q) == []
+    assert [(c.tensor, c.read_by) for c in q.report.label_checks] == [(output, "output (class scores of a Gemm head)")]
     named = _quantize_head(tmp_path, "logits")
     assert _channel_warnings(named) == [] and [c.tensor for c in named.report.label_checks] == ["logits"]
