@@ -21,6 +21,7 @@ from ..errors import NpuflowError
 from ..model import ModelLike, infer_static_shapes, load, name_nodes
 from ..model_checks import KNOWN_DOMAINS
 from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def, unit_kind
+from ..passes.target_rewrites import Rewrite
 from ..targets import Target, load_target
 from .cone import cone_reason, float_cones
 from .fusion import find_activation_patterns, fuse, pattern_view
@@ -51,8 +52,9 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
     (``{"images": [1, 3, 640, 640]}``); a dynamic batch left open is checked at 1.
     Returns a :class:`CheckReport` (``.nodes``, ``.subgraphs``, ``.summary``, ``.placement()``)."""
     tgt = load_target(target)
-    proto = prepare(model, input_shapes, tgt)
+    proto, rewrites = _prepare(model, input_shapes, tgt)
     report = _judge(GraphView(proto), tgt)
+    _note_rewrites(report, rewrites)
     s = report.summary
     log.info("checked %d nodes on %s: %d NPU, %d CPU, %d subgraph(s)", s["nodes"], tgt.name, s["npu_nodes"],
              s["cpu_nodes"], s["npu_subgraphs"])
@@ -64,12 +66,19 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
     """The model as it is checked: normalised, constants folded, decomposed PReLUs as one node, bilinear
     upsamplings as depthwise transposed convolutions where ``target`` runs them, a ``Split`` it rejects as
     slices where it runs them, 1-D pools as 2-D ones,
-    one-pass variances rewritten and, for an accelerator ``target``, affine blocks folded forward (float
-    models, as the quantizer's float passes leave them: :mod:`..passes.prelu`, :mod:`..passes.resize_linear`,
-    :mod:`..passes.split_slices`,
-    :mod:`..passes.ops_1d`, :mod:`..passes.variance`, :mod:`..passes.fold_affine_forward`), nodes named,
-    ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
+    one-pass variances rewritten and, for an accelerator ``target``, affine blocks folded forward, then the
+    target rewrites (float models, as the quantizer's float passes leave them: :mod:`..passes.prelu`,
+    :mod:`..passes.resize_linear`, :mod:`..passes.split_slices`, :mod:`..passes.ops_1d`,
+    :mod:`..passes.variance`, :mod:`..passes.fold_affine_forward`, :mod:`..passes.target_rewrites`), nodes
+    named, ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
     folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
+    return _prepare(model, input_shapes, target)[0]
+
+
+def _prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None,
+             target: Target | None) -> tuple[onnx.ModelProto, list[Rewrite]]:
+    """:func:`prepare`, and the target rewrites it applied or left (``check`` notes them on their nodes)."""
+    rewrites: list[Rewrite] = []
     proto = load(model, input_shapes)
     if any(is_qlinear(n) for n in proto.graph.node):  # judged as compile's legalisation leaves it
         name_nodes(proto)
@@ -91,16 +100,34 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
         from ..passes.prelu import fold_prelu
         from ..passes.resize_linear import linear_resizes_as_conv_transpose
         from ..passes.split_slices import splits_as_slices
+        from ..passes.target_rewrites import target_rewrites
         from ..passes.variance import stable_variances
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
         # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
         # read the deviation, not x: where x's producer runs may depend on it).
         proto = fold_prelu(einsums_as_matmul(fold_constants(proto)))
-        proto = ops_1d_as_2d(splits_as_slices(linear_resizes_as_conv_transpose(proto, target), target))
+        proto = linear_resizes_as_conv_transpose(proto, target, rewrites)
+        proto = ops_1d_as_2d(splits_as_slices(proto, target, rewrites))
         proto = accelerator_forward_folds(stable_variances(infer_static_shapes(proto)), target)
+        if target is not None:  # last, as in optimize_float: compile places the rewritten nodes
+            proto, done = target_rewrites(proto, target)
+            rewrites += done
     name_nodes(proto)
-    return proto
+    return proto, rewrites
+
+
+def _note_rewrites(report: CheckReport, rewrites: list[Rewrite]) -> None:
+    """Users look for their nodes: a rewritten node that kept its name (the parts a split adds before it are
+    ``NAME/block``, ``NAME/stageK``) says what the rewrite did; a node replaced by parts (a ``Split`` as
+    ``NAME/partK`` slices) has the note on each part, which reports its own device."""
+    for r in rewrites:
+        if not r.applied:
+            continue
+        note = f"target rewrite ({r.rewrite}): {r.detail}"
+        own = [n for n in report.nodes if n.name == r.node]
+        for n in own or [n for n in report.nodes if n.name.startswith(f"{r.node}/")]:
+            n.messages.append(note)
 
 
 def _is_quantized(proto: onnx.ModelProto) -> bool:

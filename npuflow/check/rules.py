@@ -15,8 +15,9 @@ def hint_for(reason: str, device: str) -> str:
     if "has no integer lowering" in low:
         return "npuflow's compiler has no integer program for this op; it runs on the CPU in float."
     if low.startswith("hard-sigmoid"):
-        return ("npuflow quantize rewrites it into the target's hard-sigmoid when the Conv/Gemm before it feeds "
-                "only this node: its parameters fold into that layer (passes/target_rewrites.py).")
+        return ("npuflow rewrites it into the target's hard-sigmoid (check judges, quantize applies the rewrite) "
+                "only when a Conv/ConvTranspose/Gemm before it feeds this node alone: its parameters fold into that "
+                "layer (passes/target_rewrites.py); give it such a producer or accept CPU execution.")
     if low.startswith("kernel"):
         return "Use a kernel within the range (e.g. stack 3x3 convolutions instead of one large kernel)."
     if low.startswith("stride"):

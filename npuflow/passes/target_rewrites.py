@@ -1,8 +1,9 @@
 """Target rewrites: exact float rewrites that turn an op the target rejects into ops it runs.
 
-``check`` judges a model as it is given; the quantizer places the *optimised* float model, so
-an op whose parameters the accelerator does not implement, but which an exact rewrite turns
-into ones it does, need not leave the accelerator.  Each rewrite runs only where the target's
+The quantizer places the *optimised* float model, so an op whose parameters the accelerator does
+not implement, but which an exact rewrite turns into ones it does, need not leave the accelerator;
+``check`` of a float model applies these rewrites too (last, as :func:`.optimize.optimize_float`), so it
+reports the placement compile gives, each rewrite noted on its node.  Each rewrite runs only where the target's
 own rule (its data file, judged by :func:`npuflow.targets.judge.rule_reasons` with the checker's
 parameter names) rejects the node and accepts the rewritten form, so a target that runs the
 original op sees no change.  Both keep the float function up to float rounding:

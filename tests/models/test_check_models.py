@@ -63,12 +63,12 @@ def test_yolov8n_sigmoid_is_cpu_on_a_dpu_and_a_lut_on_the_bpu():
 def test_ppocr_det_hard_sigmoid_per_target():
     r = checked("ppocr_det", ZDX)
     hs = _of(r, "HardSigmoid")
-    slope_02 = [n for n in hs if abs(n.attributes["alpha"] - 0.2) < 1e-6]
-    slope_16 = [n for n in hs if abs(n.attributes["alpha"] - 1 / 6) < 1e-4]
-    assert slope_02 and slope_16
-    # the DPU hard-sigmoid is relu6(x + 3) / 6: alpha 0.2 cannot run there, alpha 1/6 can
-    assert all(n.device == "CPU" and n.reasons[0].startswith("Hard-Sigmoid:") for n in slope_02)
-    assert all(n.device == "NPU" for n in slope_16)
+    # the DPU hard-sigmoid is relu6(x + 3) / 6: alpha 1/6 runs there; alpha 0.2 after a Conv read by it alone
+    # runs there as the quantizer's target rewrite leaves it (HardSigmoid(1/6, 1/2), the Conv scaled by 1.2):
+    # check judges and reports the rewritten node, its messages say what the rewrite did
+    slope_02 = [n for n in hs if "HardSigmoid(alpha=0.2, beta=0.5) -> HardSigmoid(1/6, 1/2)" in " ".join(n.messages)]
+    assert len(slope_02) == 8 and len(hs) == 10
+    assert all(n.device == "NPU" and not n.reasons and abs(n.attributes["alpha"] - 1 / 6) < 1e-4 for n in hs)
     # x * relu6(x + 3) / 6 is recognised as hard-swish and fused into the convolution
     swish = [n for n in r.nodes if n.op_kind == "hard_swish"]
     assert swish and all(n.fused_into and r.node(n.fused_into).op_type == "Conv" for n in swish)
@@ -78,6 +78,21 @@ def test_ppocr_det_hard_sigmoid_per_target():
     assert all(n.device == "CPU" for n in _of(a, "HardSigmoid"))
     b = checked("ppocr_det", BPU)
     assert all(n.device == "NPU" and n.kernel_type == "HzLut" for n in _of(b, "HardSigmoid"))
+
+
+def test_ppocr_det_large_global_pools_are_judged_split_on_the_dpu():
+    """At 640 x 640 the neck's GAPs average 160 x 160 maps: ceil(160/8)*160 = 3200 > bank_depth 2048.  The
+    quantizer's target rewrite splits each into an AveragePool over blocks and a small GAP; check judges the
+    split (both parts on the DPU, the GAP under its own name with the rewrite in its messages): the whole
+    model but the output Sigmoid is one DPU subgraph (5 while check judged the GAPs and HardSigmoids whole)."""
+    r = npuflow.check(str(fm.ppocr_det()), ZDX, {"x": [1, 3, 640, 640]})
+    split = [n for n in _of(r, "GlobalAveragePool") if n.messages]
+    assert len(split) == 2 and all("global_avg_pool_split" in n.messages[0] for n in split)
+    for gap in split:
+        block = r.node(f"{gap.name}/block")
+        assert (gap.device, block.device, block.op_type) == ("NPU", "NPU", "AveragePool")
+        assert block.subgraph == gap.subgraph and block.output_nodes == [gap.name]
+    assert r.summary["npu_subgraphs"] == 1 and r.summary["cpu_op_types"] == {"Sigmoid": 1}
 
 
 def test_ppocr_rec_and_cls():
@@ -90,7 +105,8 @@ def test_ppocr_rec_and_cls():
     c = checked("ppocr_cls", ZDX)
     bns = _of(c, "BatchNormalization")
     assert bns and all(n.fused_into and n.device == "NPU" for n in bns)  # Conv -> BN folds
-    assert all(n.device == "CPU" for n in _of(c, "HardSigmoid"))  # alpha 0.2
+    # alpha 0.2 in hard-swishes (x * HardSigmoid(x)) and one after an Add: no layer to fold it into
+    assert all(n.device == "CPU" for n in _of(c, "HardSigmoid"))
     b = checked("ppocr_cls", BPU)
     assert all(n.device == "NPU" for n in _of(b, "HardSigmoid")) and b.summary["npu_subgraphs"] == 1
     a = checked("ppocr_cls", AHL)

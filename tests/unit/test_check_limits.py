@@ -23,6 +23,12 @@ def _checked(file: str):
     return cases, report
 
 
+def _rewritten(report) -> set[str]:
+    """The case nodes a target rewrite changed: ``check`` notes it on the node, or on the parts replacing it."""
+    return {n.name.split("/")[0] + "/node" for n in report.nodes
+            if any(m.startswith("target rewrite") for m in n.messages)}
+
+
 def _matching(reasons: list[str], case: L.Case) -> list[str]:
     kind, _, what = case.rule.partition(":")
     if kind == "expr":
@@ -52,12 +58,20 @@ def test_every_limit_in_every_target_file_has_cases():
 def test_limits_on_both_sides_of_each_boundary(file):
     cases, report = _checked(file)
     problems = []
+    rewritten = _rewritten(report)
+    names = {n.name for n in report.nodes}
     for i, case in enumerate(cases):
-        node = report.node(f"case{i}/node")
+        name = f"case{i}/node"
+        # check judges what a target rewrite made of a node (a Split's parts, a GAP's split, ...), as compile
+        # lowers it: a failing case it turned into ops the target runs is placed by their rules, tested with it
+        avoided = not case.ok and name in rewritten
+        if avoided and name not in names:
+            continue
+        node = report.node(name)
         hits = _matching(node.reasons, case)
         if case.ok and hits:
             problems.append(f"{case.name} {case.rule}: should pass, got {hits}")
-        if not case.ok and (not hits or node.device != "CPU"):
+        if not case.ok and not avoided and (not hits or node.device != "CPU"):
             problems.append(f"{case.name} {case.rule}: should fail, got {node.device} {node.reasons} "
                             f"(params {node.params})")
     assert not problems, "\n".join(problems[:40])

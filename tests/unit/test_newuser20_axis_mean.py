@@ -100,11 +100,13 @@ def test_the_frequency_average_is_on_the_accelerator_and_equal_to_ort(target, de
 
 
 def test_bernoulli2_names_the_window_it_cannot_run():
-    """bernoulli2 pools over at most 7 x 7: ``check`` (which judges the model as given) reports a 10-row
-    average on the CPU with the kernel in the reason; the quantizer's target rewrites cascade it (below)."""
-    report = npuflow.check(_conv_axis_mean_conv(2, 1), "bernoulli2")
+    """bernoulli2 pools over at most 7 x 7: ``check`` reports an 11-row average (no cascade: 11 is prime)
+    on the CPU with the kernel in the reason; a 10-row one it judges as the cascade compile lowers (below)."""
+    model = _conv_axis_mean_conv(2, 1)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 11
+    report = npuflow.check(model, "bernoulli2")
     assert report.node("mean").device == "CPU"
-    assert "kernel 10x1 outside [1,7]x[1,7]" in " ".join(report.node("mean").reasons)
+    assert "kernel 11x1 outside [1,7]x[1,7]" in " ".join(report.node("mean").reasons)
 
 
 @pytest.mark.parametrize("axis", [2, 3])
@@ -113,6 +115,9 @@ def test_bernoulli2_runs_a_wide_axis_mean_as_a_cascade_of_pools_equal_to_ort(axi
     ``AveragePool`` 2 x 1 stride 2, then one over the 5 left (12 columns: 1 x 2, then 6); one BPU
     subgraph, 0 LSB from ONNX Runtime (BC-ResNet: 14 -> 2 compiled subgraphs)."""
     model = _conv_axis_mean_conv(axis, 1)
+    report = npuflow.check(model, "bernoulli2")  # check judges the cascade: the mean and its stages on the BPU
+    assert report.node("mean").device == "NPU" and report.node("mean/stage0").device == "NPU"
+    assert report.summary["npu_subgraphs"] == 1
     done: list = []
     optimized = optimize_float(model, load_target("bernoulli2"), done)
     pools = [n for n in optimized.graph.node if n.op_type == "AveragePool"]

@@ -15,6 +15,8 @@ from npuflow.passes.optimize import optimize_float
 from npuflow.passes.target_rewrites import target_rewrites
 from npuflow.targets import load_target
 
+from tests.compile_check import assert_one_subgraph_equal_to_ort
+
 from .quant_nets import model_from, run
 
 DPU = "DPUCZDX8G_ISA1_B4096"
@@ -64,8 +66,9 @@ def _placed(model, target):
 @pytest.mark.parametrize("alpha,beta", [(0.2, 0.5), (0.3, 0.4), (-0.25, 0.6)])
 def test_hard_sigmoid_parameters_fold_into_the_layer(layer, alpha, beta):
     m, shape = _se_block(layer, alpha, beta)
-    before = npuflow.check(m, DPU).node("hsig")  # the DPU's hard-sigmoid is relu6(x + 3) / 6 only
-    assert before.device == "CPU" and "target_rewrites" in before.hint
+    # the DPU's hard-sigmoid is relu6(x + 3) / 6 only; check judges the rewritten graph, as compile lowers it
+    checked = npuflow.check(m, DPU).node("hsig")
+    assert checked.device == "NPU" and "hard_sigmoid_into_layer" in " ".join(checked.messages)
     out, done = target_rewrites(m, load_target(DPU))
     assert [(r.node, r.rewrite, r.applied) for r in done] == [("hsig", "hard_sigmoid_into_layer", True)]
     hs = next(n for n in out.graph.node if n.name == "hsig")
@@ -78,6 +81,8 @@ def test_hard_sigmoid_parameters_fold_into_the_layer(layer, alpha, beta):
 
 def test_hard_sigmoid_left_where_the_layer_output_has_another_reader():
     m, shape = _se_block("Conv", 0.2, 0.5, shared=True)
+    left = npuflow.check(m, DPU).node("hsig")  # check reports it where the rewrite cannot help
+    assert left.device == "CPU" and "target_rewrites" in left.hint and left.messages == []
     out, done = target_rewrites(m, load_target(DPU))
     assert [(r.node, r.applied) for r in done] == [("hsig", False)] and "read by it alone" in done[0].detail
     assert out.graph.node[1].attribute[0].f == pytest.approx(0.2)
@@ -103,8 +108,9 @@ def _gap(h: int, w: int, c: int = 2):
 
 def test_global_average_pool_over_a_large_map_splits_in_two():
     m, shape = _gap(160, 160)  # PP-OCRv4 det's neck at 640: ceil(160/8)*160 = 3200 > bank_depth 2048
-    before = npuflow.check(m, DPU).node("gap")
-    assert before.device == "CPU" and before.reasons[0].startswith("Kernel size")
+    checked = npuflow.check(m, DPU)  # judges the split, as compile lowers it: both parts on the DPU
+    assert checked.node("gap").device == "NPU" and checked.node("gap/block").device == "NPU"
+    assert "global_avg_pool_split" in " ".join(checked.node("gap").messages)
     out, done = target_rewrites(m, load_target(DPU))
     assert [(r.node, r.rewrite, r.applied) for r in done] == [("gap", "global_avg_pool_split", True)]
     ops = [(n.op_type, n.name) for n in out.graph.node]
@@ -124,6 +130,8 @@ def test_global_average_pool_left_without_a_block_the_target_accepts():
     m, shape = _gap(257, 257, c=1)  # 257 is prime: a 1x257 or 257x1 window breaks the 256 range
     out, done = target_rewrites(m, load_target(DPU))
     assert [(r.node, r.applied) for r in done] == [("gap", False)] and "no block" in done[0].detail
+    left = npuflow.check(m, DPU).node("gap")
+    assert left.device == "CPU" and "257x257" in " ".join(left.reasons)
     assert [n.op_type for n in out.graph.node] == ["Relu", "GlobalAveragePool"]
 
 
@@ -155,3 +163,20 @@ def test_quantize_reports_the_rewrites_and_places_them_on_the_dpu():
     assert q.report.to_json() and {n.device for n in npuflow.check(q.float_model, DPU).nodes} == {"NPU"}
     q_cpu = npuflow.quantize(m, calib, target=CPU_TARGET)
     assert "target_rewrites" not in q_cpu.info.get("algorithms", {})
+
+
+@pytest.mark.parametrize("case", ["hard_sigmoid", "global_avg_pool"])
+def test_what_check_places_on_the_dpu_compile_lowers(case):
+    """check judges the rewritten graph: one DPU subgraph, and compile's is one DPU subgraph equal to ONNX
+    Runtime layer by layer (the SE gate's HardSigmoid(0.2, 0.5); a 160 x 160 map's GAP, as PP-OCRv4 det's)."""
+    if case == "hard_sigmoid":
+        m, shape = _se_block("Conv", 0.2, 0.5)
+    else:  # Conv 1x1 -> ReLU -> GAP over 160 x 160 (a lone ReLU on the input stays on the CPU)
+        shape = [1, 2, 160, 160]
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                 helper.make_node("Relu", ["c"], ["r"], name="relu"),
+                 helper.make_node("GlobalAveragePool", ["r"], ["y"], name="gap")]
+        m = model_from(nodes, [_f("w", rng.normal(0, 1, (2, 2, 1, 1)))], [_vi("x", shape)], [_vi("y", [1, 2, 1, 1])])
+    report = npuflow.check(m, DPU)
+    assert not report.cpu_nodes and report.summary["npu_subgraphs"] == 1
+    assert_one_subgraph_equal_to_ort(m, shape, DPU, "DPU")
