@@ -227,6 +227,14 @@ _QUANT = _specs(
      "Conv followed only by bias adds, means and flattens is read as one), export it with a name containing `logits` (torch.onnx.export(..., output_names=['logits'])): quantize then "
      "judges how many labels change (NPF_QUANT_LABEL_MARGIN) instead of its channels. To accept it, lower "
      "`min_output_cosine` in the quantization config."),
+    ("NPF_QUANT_WORST_SAMPLE",
+     "the quantized model's output {output} has cosine similarity {pooled} to the float model pooled over {samples}, "
+     "but {worst} on one of them alone (number {sample}, counting from 0), below min_output_cosine {threshold}: the pooled figure hides one "
+     "input's loss, and unseen inputs like it fare as badly",
+     "Look at that sample: if deployment sees inputs like it, calibrate on more of them; try what "
+     "NPF_QUANT_LOW_SIMILARITY's hint lists, keep the layers with the largest drops in float (`keep_float`; "
+     "`npuflow analyze sensitivity` names them) or in int16 (`npuflow analyze mixed-precision`), or use a target "
+     "with a finer grid. To accept it, lower `min_output_cosine` in the quantization config."),
     ("NPF_QUANT_LOW_SNR",
      "the quantized model's signal output {output} has cosine similarity {cosine} to the float model on {samples}, "
      "but a signal-to-noise ratio of {snr} dB to it, below min_output_snr_db {threshold}: the quantization error is "

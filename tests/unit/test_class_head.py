@@ -97,3 +97,36 @@ def test_mtcnn_onet_reads_only_its_face_probabilities():
                          [{"input": RNG.uniform(-1, 1, (1, 3, 48, 48)).astype(np.float32)} for _ in range(8)],
                          "DPUCZDX8G_ISA1_B4096", warn=False)
     assert [(c.tensor, c.read_by) for c in q.report.label_checks] == [("53", "output (probability rows)")]
+
+
+def _judged(float_rows: list[np.ndarray], quant_rows: list[np.ndarray]):
+    """The accuracy check of a one-output model whose float and quantized outputs are given per sample."""
+    from npuflow.quant.report import QuantReport, judge_outputs
+
+    model = _model([helper.make_node("Identity", ["x"], ["y"])], {}, [1, 16], {"y": [1, 16]})
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    quantized.graph.name = "quantized"
+    report = QuantReport()
+    judge_outputs(report, model, quantized, [{"x": r} for r in float_rows], 1.0, min_output_cosine=0.95,
+                  min_output_snr_db=0.0,
+                  outputs_of=lambda m: [[r] for r in (quant_rows if m.graph.name == "quantized" else float_rows)])
+    return report
+
+
+def test_one_poor_sample_under_a_good_pooled_cosine_is_warned():
+    """StarNet on B4096 (round 20): pooled 0.990, one calibration sample 0.945, held-out minimum 0.934."""
+    rng = np.random.default_rng(5)
+    rows = [rng.normal(size=(1, 16)) for _ in range(8)]
+    noisy = [r + rng.normal(size=r.shape) * (0.4 if k == 5 else 0.02) for k, r in enumerate(rows)]
+    report = _judged(rows, noisy)
+    cosine, sample = report.worst_samples["y"]
+    assert sample == 5 and cosine < 0.95 < report.calibration_outputs["y"]
+    (warning,) = report.warnings
+    assert warning.code == "NPF_QUANT_WORST_SAMPLE" and "number 5" in warning.message
+    assert report.to_json()["worst_samples"]["y"]["sample"] == 5
+    # a sample whose float output is near empty weighs nothing pooled and is not judged alone
+    rows[5] = rows[5] * 1e-3
+    noisy[5] = rows[5] + rng.normal(size=rows[5].shape) * 1e-3
+    quiet = _judged(rows, noisy)
+    assert quiet.worst_samples["y"][1] != 5 and quiet.warnings == []
