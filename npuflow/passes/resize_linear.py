@@ -41,7 +41,6 @@ ConvTranspose (DPUCAHX8L's needs kernel = 3 x stride: the ``Resize`` stays there
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -49,14 +48,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
+from ..graph import GraphView, attr_values, unique_name
 from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_dims
 from .activations import _splice
-from .target_rewrites import Rewrite
+from .target_rewrites import Rewrite, finish
 
-log = logging.getLogger(__name__)
 
 #: coordinate transformations that are ``x_in = (o + 0.5)/s - 0.5`` for an output of exactly ``s x`` the input
 HALF_PIXEL_MODES = ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
@@ -240,11 +238,7 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
             done.append(Rewrite(name, _KIND, True, f"linear Resize x{'x'.join(map(str, plan.factors))} "
                                                    f"({plan.coords}) -> edge Slice/Concat + depthwise ConvTranspose "
                                                    f"{kernel}, stride {list(plan.factors)}"))
-    for r in done:
-        log.info("%s %s: %s", "rewrote" if r.applied else "left", r.node, r.detail)
-    if rewrites is not None:
-        rewrites.extend(done)
-    remove_unused_initializers(out.graph)
+    finish(out.graph, done, rewrites)
     return out
 
 

@@ -14,21 +14,19 @@ exact.  A split along an axis of unknown size, or with parts that cannot be work
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
+from ..graph import GraphView, attr_values, unique_name
 from ..model import default_opset
 from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_dims
 from .activations import _splice
-from .target_rewrites import Rewrite
+from .target_rewrites import Rewrite, finish
 
-log = logging.getLogger(__name__)
 
 _KIND = "split_as_slices"
 
@@ -71,11 +69,7 @@ def splits_as_slices(model: onnx.ModelProto, target: Target | None = None,
             continue
         _splice(out.graph, [node], _slices(out.graph, node, name, axis, sizes, opset))
         done.append(Rewrite(name, _KIND, True, f"Split into {sizes} along axis {axis} -> {len(sizes)} Slice"))
-    for r in done:
-        log.info("%s %s: %s", "rewrote" if r.applied else "left", r.node, r.detail)
-    if rewrites is not None:
-        rewrites.extend(done)
-    remove_unused_initializers(out.graph)
+    finish(out.graph, done, rewrites)
     return out
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -74,11 +73,29 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     done += _hard_sigmoids(out.graph, target)
     done += _global_avg_pools(out, target)
     done += _axis_avg_pools(out, target)
+    finish(out.graph, done)
+    return out, done
+
+
+def finish(graph: onnx.GraphProto, done: list[Rewrite], rewrites: list[Rewrite] | None = None) -> None:
+    """What every rewrite pass does last: drop the initializers a rewrite left unread, log each
+    rewrite done or left, and add them to the caller's ``rewrites`` list where it keeps one."""
     if any(r.applied for r in done):
-        remove_unused_initializers(out.graph)
+        remove_unused_initializers(graph)
     for r in done:
         log.info("%s %s: %s", "rewrote" if r.applied else "left", r.node, r.detail)
-    return out, done
+    if rewrites is not None:
+        rewrites.extend(done)
+
+
+def _shaped_view(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> GraphView:
+    """A view of ``model``'s graph that knows the input shape of each of ``nodes`` where ONNX's shape
+    inference can tell it (a graph without value infos)."""
+    idx = GraphView(model.graph)
+    if any(idx.shape(n.input[0]) is None for n in nodes):
+        inferred = GraphView(onnx.shape_inference.infer_shapes(model))
+        idx.shapes.update({k: v for k, v in inferred.shapes.items() if k not in idx.shapes})
+    return idx
 
 
 def _reasons(target: Target, kind: str, params: dict) -> list[str] | None:
@@ -124,11 +141,8 @@ def _hard_sigmoids(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
 
 def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     graph = model.graph
-    idx = GraphView(graph)
     pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]
-    if any(idx.shape(n.input[0]) is None for n in pools):  # a graph without value infos: infer them
-        inferred = GraphView(onnx.shape_inference.infer_shapes(model))
-        idx.shapes.update({k: v for k, v in inferred.shapes.items() if k not in idx.shapes})
+    idx = _shaped_view(model, pools)
     done = []
     for node in pools:
         xs = idx.shape(node.input[0])
@@ -167,11 +181,8 @@ def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
 def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     """The whole-axis average pools the target's window is too small for, as cascades (module docstring)."""
     graph = model.graph
-    idx = GraphView(graph)
     pools = [n for n in graph.node if n.op_type == "AveragePool"]
-    if any(idx.shape(n.input[0]) is None for n in pools):  # a graph without value infos: infer them
-        inferred = GraphView(onnx.shape_inference.infer_shapes(model))
-        idx.shapes.update({k: v for k, v in inferred.shapes.items() if k not in idx.shapes})
+    idx = _shaped_view(model, pools)
     done = []
     for node in pools:
         xs = idx.shape(node.input[0])
