@@ -45,12 +45,12 @@ def test_fused_equals_kernels_on_real_models(key, target):
     if key == "ppocr_det":  # every op of the detector is one fused run now
         assert runs == 1 and not reasons, reasons
     if key == "yolov8n" and target.startswith("DPU"):
-        # SiLU's sigmoid and the C2f splits are CPU subgraphs on the DPU (over 100 subgraphs): their
-        # tables are spliced into the integer programs, which then run as one fused run up to the
-        # box decoding's softmax
+        # SiLU's sigmoids are CPU subgraphs on the DPU (100 subgraphs, 50 on the DPU, since 4607682 runs
+        # the C2f splits as slices on the DPU): their tables are spliced into the integer programs,
+        # which then run as one fused run up to the box decoding's softmax
         steps = fast._programs[0].steps
-        assert len(compiled.subgraphs) > 100 and len(steps) <= 6 and len(steps[0].indices) > 100, \
-            [s.indices for s in steps]
+        assert len(compiled.subgraphs) >= 100 and len(steps) <= 6 \
+            and len(steps[0].indices) >= len(compiled.subgraphs) - 5, [s.indices for s in steps]
         events = []
         fast.add_listener(events.append)
         fast.run(samples[0])
