@@ -63,15 +63,14 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
 
 def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None,
             target: Target | None = None) -> onnx.ModelProto:
-    """The model as it is checked: normalised, constants folded, decomposed PReLUs as one node, bilinear
-    upsamplings as depthwise transposed convolutions where ``target`` runs them, a ``Split`` it rejects as
-    slices where it runs them, 1-D pools as 2-D ones,
-    one-pass variances rewritten and, for an accelerator ``target``, affine blocks folded forward, then the
-    target rewrites (float models, as the quantizer's float passes leave them: :mod:`..passes.prelu`,
-    :mod:`..passes.resize_linear`, :mod:`..passes.split_slices`, :mod:`..passes.ops_1d`,
-    :mod:`..passes.variance`, :mod:`..passes.fold_affine_forward`, :mod:`..passes.target_rewrites`), nodes
-    named, ONNX Runtime's QOperator ops rewritten into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips
-    folded as ``compile`` rewrites them (:mod:`.qoperator`, :mod:`.qcdq`)."""
+    """The model as it is checked: normalised; a float model through the float passes that can change
+    where a node runs, in ``optimize_float``'s order (the steps marked ``check`` in
+    :data:`..passes.optimize.FLOAT_PASSES`: constants folded, decomposed PReLUs as one node, bilinear
+    upsamplings as depthwise transposed convolutions and a ``Split`` ``target`` rejects as slices where it
+    runs them, 1-D pools as 2-D ones, one-pass variances rewritten, affine blocks folded forward for an
+    accelerator ``target``, then the target rewrites); nodes named, ONNX Runtime's QOperator ops rewritten
+    into QDQ form and Brevitas' ``Q -> Clip -> DQ`` clips folded as ``compile`` rewrites them
+    (:mod:`.qoperator`, :mod:`.qcdq`)."""
     return _prepare(model, input_shapes, target)[0]
 
 
@@ -93,26 +92,10 @@ def _prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None,
         legalize_qcdq(proto)
         proto = infer_static_shapes(proto)
     if not _is_quantized(proto):
-        from ..passes.fold_constants import fold_constants  # onnxscript is slow to import; only here
-        from ..passes.einsum import einsums_as_matmul
-        from ..passes.optimize import accelerator_forward_folds
-        from ..passes.ops_1d import ops_1d_as_2d
-        from ..passes.prelu import fold_prelu
-        from ..passes.resize_linear import linear_resizes_as_conv_transpose
-        from ..passes.split_slices import splits_as_slices
-        from ..passes.target_rewrites import target_rewrites
-        from ..passes.variance import stable_variances
+        from ..passes.optimize import float_passes  # onnxscript is slow to import; only here
 
         # A QDQ model is left as it is: folding would turn quantized weights back into floats.
-        # A one-pass variance is judged as the quantizer's float pass rewrites it (its squares
-        # read the deviation, not x: where x's producer runs may depend on it).
-        proto = fold_prelu(einsums_as_matmul(fold_constants(proto)))
-        proto = linear_resizes_as_conv_transpose(proto, target, rewrites)
-        proto = ops_1d_as_2d(splits_as_slices(proto, target, rewrites))
-        proto = accelerator_forward_folds(stable_variances(infer_static_shapes(proto)), target)
-        if target is not None:  # last, as in optimize_float: compile places the rewritten nodes
-            proto, done = target_rewrites(proto, target)
-            rewrites += done
+        proto = float_passes(proto, target, rewrites, for_check=True)
     name_nodes(proto)
     return proto, rewrites
 

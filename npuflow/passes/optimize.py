@@ -21,13 +21,22 @@ HardSigmoid's parameters folded into its producing layer, a GlobalAveragePool ov
 than the target's pooling window split in two, a whole-axis AveragePool too wide for it
 cascaded), only where the target's rules reject the node as it is.  Every step keeps results
 within float rounding (tested <= 1e-5 relative).
+
+The order is written once, in :data:`FLOAT_PASSES`: ``check`` of a float model runs the steps marked
+``check`` (those that can change where a node runs), in the same order, so what check places on the
+accelerator is what ``compile`` lowers; the value-preserving folds it sees through (BatchNorm and
+constant affine folds, bias forms, activation patterns, GELU chains) are ``optimize_float``'s only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import onnx
 
 from ..graph import GraphView
+from ..model import infer_static_shapes
 from ..targets import Target
 from .activations import fuse_activation_patterns
 from .einsum import einsums_as_matmul
@@ -47,34 +56,85 @@ from .variance import stable_variances
 from .zero_terms import drop_zero_terms
 
 
-def optimize_float(model: onnx.ModelProto, target: Target | None = None,
-                   rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
-    """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
-    the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
-    m = einsums_as_matmul(fold_constants(model))
-    m = fold_prelu(drop_zero_terms(remove_identity(m)))
-    m = fold_affine(m)  # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
-    m = linear_resizes_as_conv_transpose(batchnorm_to_depthwise(fold_batchnorm(m)), target, rewrites)
-    m = splits_as_slices(m, target, rewrites)
-    m = ops_1d_as_2d(fold_affine(m))
-    m = untie_shared_biases(canonical_linear_biases(m))
-    m = fuse_activation_patterns(m)
-    m = canonical_gelus(m)
-    m = stable_variances(m)
-    m = accelerator_forward_folds(m, target)
-    if target is not None:
-        m, done = target_rewrites(m, target)
-        if rewrites is not None:
-            rewrites.extend(done)
-    restore_node_names(model, m)
-    return m
+#: a float pass as the sequence calls it: the model, the target (``None``: none given) and the list the
+#: target-dependent rewrites report to (``None``: nobody keeps one)
+Step = Callable[[onnx.ModelProto, Target | None, list[Rewrite] | None], onnx.ModelProto]
+
+
+@dataclass(frozen=True)
+class FloatPass:
+    """One step of the float passes.  ``check``: the step can change where a node runs (op types, node
+    splits or merges the target's rules judge), so check of a float model applies it too; ``optimize``:
+    ``optimize_float`` applies it (all but the static shapes check's judge reads)."""
+
+    name: str
+    run: Step
+    check: bool
+    optimize: bool = True
 
 
 def accelerator_forward_folds(model: onnx.ModelProto, target: Target | None) -> onnx.ModelProto:
     """On an accelerator target, a constant scale/shift after an activation folded forward into the
     layer reading it (one requantisation instead of three per affine block); ``check`` of a float
-    model judges the same graph, so both call this."""
+    model judges the same graph (its step reads this module attribute, which benchmarks replace)."""
     return fold_affine_forward(model) if target is not None and target.kind == "npu" else model
+
+
+def _target_rewrites(model: onnx.ModelProto, target: Target | None, rewrites: list[Rewrite] | None) -> onnx.ModelProto:
+    """Last: compile places the rewritten nodes; what they changed or left goes to ``rewrites``."""
+    if target is None:
+        return model
+    model, done = target_rewrites(model, target)
+    if rewrites is not None:
+        rewrites.extend(done)
+    return model
+
+
+#: The float passes in order, written once for ``optimize_float`` and check's ``prepare``.
+FLOAT_PASSES: tuple[FloatPass, ...] = (
+    FloatPass("fold_constants", lambda m, t, r: fold_constants(m), check=True),
+    FloatPass("einsums_as_matmul", lambda m, t, r: einsums_as_matmul(m), check=True),
+    FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=False),
+    FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
+    FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
+    # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
+    FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=False),
+    FloatPass("fold_batchnorm", lambda m, t, r: fold_batchnorm(m), check=False),
+    FloatPass("batchnorm_to_depthwise", lambda m, t, r: batchnorm_to_depthwise(m), check=False),
+    FloatPass("linear_resizes_as_conv_transpose", linear_resizes_as_conv_transpose, check=True),
+    FloatPass("splits_as_slices", splits_as_slices, check=True),
+    FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=False),
+    FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
+    # check's judge reads static shapes of the tensors the passes above made
+    FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),
+    FloatPass("canonical_linear_biases", lambda m, t, r: canonical_linear_biases(m), check=False),
+    FloatPass("untie_shared_biases", lambda m, t, r: untie_shared_biases(m), check=False),
+    FloatPass("fuse_activation_patterns", lambda m, t, r: fuse_activation_patterns(m), check=False),
+    FloatPass("canonical_gelus", lambda m, t, r: canonical_gelus(m), check=False),
+    # check too: a one-pass variance's squares read the deviation, not x (where x's producer runs may depend on it)
+    FloatPass("stable_variances", lambda m, t, r: stable_variances(m), check=True),
+    FloatPass("accelerator_forward_folds", lambda m, t, r: accelerator_forward_folds(m, t), check=True),
+    FloatPass("target_rewrites", _target_rewrites, check=True),
+)
+
+
+def float_passes(model: onnx.ModelProto, target: Target | None, rewrites: list[Rewrite] | None,
+                 *, for_check: bool) -> onnx.ModelProto:
+    """Run :data:`FLOAT_PASSES` in order: those marked ``check`` for check of a float model, the
+    ``optimize`` ones for ``optimize_float``."""
+    for step in FLOAT_PASSES:
+        if step.check if for_check else step.optimize:
+            model = step.run(model, target, rewrites)
+    return model
+
+
+def optimize_float(model: onnx.ModelProto, target: Target | None = None,
+                   rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
+    """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
+    the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
+    m = float_passes(model, target, rewrites, for_check=False)
+    restore_node_names(model, m)
+    return m
 
 
 def restore_node_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
