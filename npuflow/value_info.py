@@ -67,6 +67,17 @@ def inferred_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, .
     return found
 
 
+def named_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
+    """:func:`inferred_dims` of the tensors whose every dimension is a size or a symbolic name (none
+    unknown): what passes that compare shapes ask (equal names, equal sizes)."""
+    return {name: dims for name, dims in inferred_dims(model).items() if all(d is not None for d in dims)}
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """:func:`inferred_dims` of the tensors whose every dimension is a size: their static shapes."""
+    return {name: list(dims) for name, dims in inferred_dims(model).items() if all(isinstance(d, int) for d in dims)}
+
+
 def value_info_shapes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, list[int]]:
     """Declared static shapes of inputs, ``value_info`` and outputs (initializers not included)."""
     graph = proto.graph if isinstance(proto, onnx.ModelProto) else proto

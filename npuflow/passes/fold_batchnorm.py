@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from ..operators import FOLDS_INTO
 from ..graph import GraphView, attr, remove_unused_initializers, unique_name
+from ..value_info import inferred_dims
 from .absorb import absorb_follower
 
 
@@ -103,7 +104,7 @@ def batchnorm_to_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     graph = out.graph
     idx = GraphView(graph)
-    ranks = _ranks(out)
+    ranks = {name: len(dims) for name, dims in inferred_dims(out).items()}  # known where sizes are symbolic
     for pos, bn in enumerate(list(graph.node)):
         rank = ranks.get(bn.input[0]) if bn.input else None
         if bn.op_type != "BatchNormalization" or rank not in (3, 4) or len([o for o in bn.output if o]) != 1 \
@@ -122,11 +123,3 @@ def batchnorm_to_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.node.insert(pos, conv)
     remove_unused_initializers(graph)
     return out
-
-
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor ranks (known even where dimensions are symbolic), from ONNX shape inference."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in [*g.input, *g.value_info, *g.output]
-            if vi.type.tensor_type.HasField("shape")}

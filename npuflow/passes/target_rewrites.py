@@ -44,6 +44,7 @@ from ..graph import GraphView, attr, remove_unused_initializers, set_attr
 from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_DIVISOR, HSIGMOID_OFFSET
 from ..targets import Target
 from ..targets.judge import rule_reasons
+from ..value_info import inferred_shapes
 from .absorb import set_layer_params
 from .fold_affine import layer_params, scale_shift
 
@@ -93,8 +94,7 @@ def _shaped_view(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> GraphVi
     inference can tell it (a graph without value infos)."""
     idx = GraphView(model.graph)
     if any(idx.shape(n.input[0]) is None for n in nodes):
-        inferred = GraphView(onnx.shape_inference.infer_shapes(model))
-        idx.shapes.update({k: v for k, v in inferred.shapes.items() if k not in idx.shapes})
+        idx.shapes.update({k: v for k, v in inferred_shapes(model).items() if k not in idx.shapes})
     return idx
 
 

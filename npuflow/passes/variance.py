@@ -29,7 +29,7 @@ from ..graph import GraphView, attr, remove_unused_initializers
 from ..model import sort_nodes
 from ..operators import BROADCAST_BACK_OPS, STANDARD_DOMAINS, close
 from .activations import FloatView
-from ..value_info import inferred_dims
+from ..value_info import named_dims
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,6 @@ class OnePassVariance:
     new_deviation: tuple[str, str] | None = None  # (x, mean) of a Sub the graph lacks: deviation is its output
 
 
-def _dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
-    """Each tensor's dimensions (a size, or a symbolic name shared by equal sizes) where every one
-    is known or named (``value_info.inferred_dims``)."""
-    return {name: list(dims) for name, dims in inferred_dims(model).items() if all(d is not None for d in dims)}
-
-
 def _squared(node: onnx.NodeProto | None, g: FloatView) -> str | None:
     """What ``node`` squares (``Mul(t, t)`` or ``Pow(t, 2)``), else ``None``."""
     if node is None or node.domain not in STANDARD_DOMAINS:
@@ -61,7 +55,7 @@ def _squared(node: onnx.NodeProto | None, g: FloatView) -> str | None:
     return None
 
 
-def _mean(tensor: str, g: FloatView, dims: dict[str, list[int | str]]) -> tuple[str, tuple[int, ...], int] | None:
+def _mean(tensor: str, g: FloatView, dims: dict[str, tuple[int | str, ...]]) -> tuple[str, tuple[int, ...], int] | None:
     """``tensor = mean(t)`` over some axes (``ReduceMean``, or ``ReduceSum`` times ``1/N`` or
     divided by ``N``, ``N`` the reduced size): ``(t, axes, keepdims)``, else ``None``."""
     node = g.producer(tensor)
@@ -99,13 +93,13 @@ def _mean(tensor: str, g: FloatView, dims: dict[str, list[int | str]]) -> tuple[
 
 
 def _deviation(x: str, mean: str, axes: tuple[int, ...], idx: GraphView,
-               dims: dict[str, list[int | str]]) -> str | None:
+               dims: dict[str, tuple[int | str, ...]]) -> str | None:
     """A tensor ``x - mean`` the graph computes, ``mean`` broadcast back over the reduced axes
     through shape-only ops, else ``None``."""
     x_dims = dims.get(x)
     if x_dims is None:
         return None
-    kept = [1 if a in axes else d for a, d in enumerate(x_dims)]
+    kept = tuple(1 if a in axes else d for a, d in enumerate(x_dims))
     frontier = [mean]
     while frontier:
         t = frontier.pop()
@@ -118,8 +112,8 @@ def _deviation(x: str, mean: str, axes: tuple[int, ...], idx: GraphView,
     return None
 
 
-def _broadcast_back(t: str, mean: str, kept: list[int | str], idx: GraphView,
-                    dims: dict[str, list[int | str]]) -> bool:
+def _broadcast_back(t: str, mean: str, kept: tuple[int | str, ...], idx: GraphView,
+                    dims: dict[str, tuple[int | str, ...]]) -> bool:
     """``t`` is ``mean`` with the reduced axes back as size 1, then possibly expanded: the last
     tensor before any ``Expand`` on the way from ``mean`` has the shape ``kept``."""
     while t != mean:
@@ -154,7 +148,7 @@ def one_pass_variances(model: onnx.ModelProto) -> list[OnePassVariance]:
     g = FloatView(idx)
     subs = [n for n in model.graph.node if n.op_type == "Sub" and n.domain in STANDARD_DOMAINS and len(n.input) == 2
             and _squared(g.producer(n.input[1]), g) is not None and g.only_reader(n.input[1]) is not None]
-    dims = _dims(model) if subs else {}
+    dims = named_dims(model) if subs else {}
     found = []
     for sub in subs:
         square_mean = g.producer(sub.input[1])
@@ -173,7 +167,7 @@ def one_pass_variances(model: onnx.ModelProto) -> list[OnePassVariance]:
         if deviation is not None:
             found.append(OnePassVariance(sub, square_x, square_mean, sub.input[0], deviation))
         elif inner[2] and dims.get(x) is not None and \
-                dims.get(mean) == [1 if a in inner[1] else d for a, d in enumerate(dims[x])]:
+                dims.get(mean) == tuple(1 if a in inner[1] else d for a, d in enumerate(dims[x])):
             found.append(OnePassVariance(sub, square_x, square_mean, sub.input[0], f"{sub.output[0]}_deviation",
                                          (x, mean)))
     return found

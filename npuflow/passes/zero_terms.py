@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph import GraphView, initializers, node_reads, remove_unused_initializers
-from ..value_info import inferred_dims, tensor_elem_types
+from ..value_info import named_dims, tensor_elem_types
 
 
 def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -34,7 +34,7 @@ def drop_zero_terms(model: onnx.ModelProto) -> onnx.ModelProto:
     zero = zero_by_construction(graph)
     if not zero:
         return out
-    shapes, types = _known_dims(out), tensor_elem_types(graph)
+    shapes, types = named_dims(out), tensor_elem_types(graph)
     view = GraphView(graph)
     dropped = []
     for node in graph.node:
@@ -82,11 +82,6 @@ def _is_zero_float(t: onnx.TensorProto) -> bool:
 
 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-
-
-def _known_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
-    """Each tensor whose every dimension is a size or a symbolic name -> its dimensions."""
-    return {name: dims for name, dims in inferred_dims(model).items() if all(d is not None for d in dims)}
 
 
 def _kept_operand(node: onnx.NodeProto, zero: set[str]) -> str | None:
