@@ -19,7 +19,11 @@ over axis 2 alone (or 3 alone) of an N x C x H x W map of known size (BC-ResNet'
 ``x.mean(2, keepdim=True)`` before its temporal convolution, round 20: "no integer lowering", six CPU
 round trips on every target) becomes ``AveragePool`` with the whole axis as its window (kernel
 H x 1, or 1 x W) ``[-> Squeeze]``: the same mean, which the target's ``avg_pool`` rule then judges
-(DPUCZDX8G and cpu-int8 run it; bernoulli2's window is at most 7).
+(DPUCZDX8G and cpu-int8 run it; bernoulli2's window is at most 7).  A ``ReduceMean`` over axis 1
+of an N x T x C tensor of known T (the token average before a ViT / MLP-Mixer / ResMLP / EfficientFormer
+head, ``x.mean(1)``, round 21: "no integer lowering", a CPU subgraph of its own on every target) becomes
+``Unsqueeze(axis 1) -> AveragePool (T x 1) -> Squeeze`` on the N x 1 x T x C view: the same mean; a
+mean over a 1-D convolution's channels (N x C x L) stays.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
 from ..model import default_opset
-from ..operators import ELEMENTWISE_OPS, SIZE_JOINING_OPS, Engine, op_def
+from ..operators import ELEMENTWISE_OPS, SIZE_JOINING_OPS, Engine, Role, op_def
 from ..value_info import inferred_dims
 from .activations import _splice
 
@@ -63,6 +67,9 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
             _mean_as_pool(graph, node, opset, rank)
         elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not _is_statistic(node, view):
             _axis_mean_as_pool(graph, node, opset, axes[0], shape[axes[0]])
+        elif (axes == [1] and rank == 3 and isinstance(shape[1], int) and not _is_statistic(node, view)
+              and not _channels_first(node.input[0], view)):
+            _token_mean_as_pool(graph, node, opset, shape[1])
         elif node.op_type != "ReduceMean" and rank == 3:
             _rewrite(graph, node, opset, view, weights)
     remove_unused_initializers(graph)
@@ -91,6 +98,29 @@ def _is_statistic(node: onnx.NodeProto, view: GraphView) -> bool:
     ``ReduceMean``: ``passes/variance.py`` finds the LayerNorm by it, and a pool over tokens' features
     is no pooling the accelerator runs for it."""
     return any(c.op_type in _ELEMENTWISE for c in view.consumer_nodes(node.output[0]))
+
+
+#: producers whose N x C x L output holds channels on axis 1 (a ``Conv1d``'s features, not tokens)
+_CHANNEL_ENGINES = (Engine.CONV, Engine.POOL, Engine.GLOBAL_POOL)
+
+
+def _channels_first(tensor: str, view: GraphView) -> bool:
+    """Whether a rank-3 ``tensor`` is a 1-D convolution's N x C x L features: its first producer
+    past activations and element-wise ops is a convolution, pooling or ``BatchNormalization``.
+
+    Why: axis 1 is then the channels, and a mean over it is no token average; it stays (round 19).
+    Tokens come from a ``MatMul``/``Gemm``, a ``LayerNormalization`` or a ``Transpose``/``Reshape``."""
+    seen: set[str] = set()
+    node = view.producer_node(tensor)
+    while node is not None and node.output[0] not in seen:
+        seen.add(node.output[0])
+        d = op_def(node.op_type, node.domain)
+        if d.engine in _CHANNEL_ENGINES or node.op_type == "BatchNormalization":
+            return True
+        if d.role is not Role.ACTIVATION and node.op_type not in ELEMENTWISE_OPS:
+            return False
+        node = view.producer_node(node.input[0])
+    return False
 
 
 def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, rank: int) -> None:
@@ -125,6 +155,17 @@ def _axis_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int,
     _splice(graph, [node], nodes)
 
 
+def _token_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, size: int) -> None:
+    """``ReduceMean`` over axis 1 of N x T x C as ``AveragePool`` (kernel T x 1) on the N x 1 x T x C
+    view, losing the pooled axes 1 and 2 (``keepdims`` 0) or axis 1 (N x 1 x C)."""
+    name = node.name or node.output[0]
+    keep = attr_values(node).get("keepdims", 1)
+    x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
+    pool = helper.make_node("AveragePool", [x2d], [y2d], name=name, kernel_shape=[size, 1])
+    unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [1] if keep else [1, 2], axis=1)
+    _splice(graph, [node], [unsq, pool, sq])
+
+
 def _squeeze(graph: onnx.GraphProto, name: str, opset: int, x: str, y: str, axes: list[int]) -> onnx.NodeProto:
     """``Squeeze(axes)`` of ``x`` into ``y`` (axes as an input from opset 13 on)."""
     if opset < 13:
@@ -135,14 +176,14 @@ def _squeeze(graph: onnx.GraphProto, name: str, opset: int, x: str, y: str, axes
 
 
 def _h1_view(graph: onnx.GraphProto, name: str, opset: int, x: str, x2d: str, y2d: str, y: str,
-             squeeze: list[int]) -> tuple[onnx.NodeProto, onnx.NodeProto]:
-    """The ``Unsqueeze(axis 2)`` of ``x`` into ``x2d`` and the ``Squeeze(squeeze)`` of ``y2d`` into
+             squeeze: list[int], axis: int = 2) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The ``Unsqueeze(axis)`` of ``x`` into ``x2d`` and the ``Squeeze(squeeze)`` of ``y2d`` into
     ``y`` around a 2-D op (axes as inputs from opset 13 on)."""
     if opset < 13:
-        return (helper.make_node("Unsqueeze", [x], [x2d], name=f"{name}/unsqueeze", axes=[2]),
+        return (helper.make_node("Unsqueeze", [x], [x2d], name=f"{name}/unsqueeze", axes=[axis]),
                 _squeeze(graph, name, opset, y2d, y, squeeze))
     axes = unique_name(graph, f"{name}/h_axis")
-    graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+    graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), axes))
     return (helper.make_node("Unsqueeze", [x, axes], [x2d], name=f"{name}/unsqueeze"),
             _squeeze(graph, name, opset, y2d, y, squeeze))
 
