@@ -57,7 +57,7 @@ def test_only_the_open_time_is_reported_and_the_example_writes_1_for_the_batch(t
     assert "--input-shape x 1x64x8" in e.hint
     path = tmp_path / "rnn.onnx"
     onnx.save(_lstm(["batch", "time", 8]), path)
-    assert main(["check", str(path), "-t", "cpu-int8", "--input-shape", "x", "1x64x8"]) == 0
+    assert main(["check", str(path), "-t", "cpu-int8", "--input-shape", "x", "1x64x8", "-o", str(tmp_path / "check")]) == 0
     assert "Traceback" not in capsys.readouterr().err
 
 
