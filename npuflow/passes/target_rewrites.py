@@ -27,6 +27,12 @@ original op sees no change.  Both keep the float function up to float rounding:
   ``AveragePool(kernel = stride = d)`` along that axis (the largest divisor ``d`` the target's
   ``avg_pool`` rule accepts) until the rest fits one window (stride 1): 40 = 2 x 2 x 2 x 5.  No such
   cascade: the node is left (reported).
+* **Sub of two tensors on a target with an element-wise add and no subtract** (DnCNN's residual
+  ``x - f(x)``, round 21: DPUCZDX8G and bernoulli2 ran the model's last op in float on the CPU).
+  ``a - y = a + (-y)``: when ``y`` is the output of a Conv/ConvTranspose/Gemm read only by the Sub,
+  the layer takes ``W' = -W``, ``B' = -B`` and the Sub becomes an ``Add`` (node name and tensors
+  kept; symmetric weight quantization negates exactly).  Without such a producer the node is left
+  (check's reason says the target has no Sub; not listed, since every written-out LayerNorm has one).
 
 :func:`target_rewrites` returns what it changed and what it left, for the optimise stage's
 report (``quant_info.json``'s ``algorithms.target_rewrites``) and log.
@@ -57,7 +63,7 @@ class Rewrite:
 
     node: str
     # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
-    # linear_resize_of_one_value_as_nearest
+    # linear_resize_of_one_value_as_nearest | sub_as_add
     rewrite: str
     applied: bool
     detail: str
@@ -74,6 +80,7 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     done += _hard_sigmoids(out.graph, target)
     done += _global_avg_pools(out, target)
     done += _axis_avg_pools(out, target)
+    done += _subs_as_adds(out.graph, target)
     finish(out.graph, done)
     return out, done
 
@@ -135,6 +142,30 @@ def _hard_sigmoids(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
         done.append(Rewrite(name, "hard_sigmoid_into_layer", True,
                             f"HardSigmoid(alpha={a:g}, beta={b:g}) -> HardSigmoid(1/6, 1/2) with {prod.name or prod.output[0]}"
                             f" scaled by {s:g} and shifted by {t:g}"))
+        idx = GraphView(graph)  # consumers of the renamed weights changed
+    return done
+
+
+def _subs_as_adds(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
+    """``a - layer(x)`` as ``a + layer'(x)`` with the layer negated, where the target adds but does
+    not subtract (see the module docstring)."""
+    if target.kind != "npu" or target.rule("eltwise_sub") is not None or target.rule("eltwise_add") is None:
+        return []  # cpu-int8 subtracts (ONNX Runtime's kernels) without an eltwise_sub rule
+    idx = GraphView(graph)
+    done = []
+    for node in list(graph.node):
+        if node.op_type != "Sub" or node.domain or len(node.input) != 2 or any(idx.is_const(t) for t in node.input):
+            continue
+        name = node.name or node.output[0]
+        prod = idx.producer_node(node.input[1])
+        params = layer_params(idx, prod) if prod is not None else None
+        if params is None or idx.only_consumer(node.input[1]) is None:
+            continue  # not listed: check already tells that the target has no Sub (a LayerNorm's x - mean each)
+        w, bias, axis = params
+        w, bias = scale_shift(w, bias, axis, -1.0, 0.0)
+        set_layer_params(graph, idx, prod, w, bias, "_neg")
+        node.op_type = "Add"
+        done.append(Rewrite(name, "sub_as_add", True, f"Sub -> Add of {prod.name or prod.output[0]} negated"))
         idx = GraphView(graph)  # consumers of the renamed weights changed
     return done
 
