@@ -161,13 +161,16 @@ def linear_resize_reason(node: onnx.NodeProto, value: Callable[[str], np.ndarray
                          shape: Callable[[str], Sequence | None]) -> str:
     """Why a linear ``Resize`` is still one (``check`` and ``compile`` both say it): the attribute that
     blocks the ConvTranspose form, else that the form was not written (a model quantized as it is, or
-    a target whose depthwise transposed convolution rejects it)."""
+    a target whose depthwise transposed convolution rejects it), with the form's kernel and stride to
+    read against the target's limits (BiSeNet's x8 head on bernoulli2, round 21: stride 8 of 2 or 4)."""
     plan = linear_resize_plan(node, value, shape)
     if isinstance(plan, str):
         return f"no depthwise ConvTranspose form: {plan}"
     if isinstance(plan, OneValue):
         return "it resizes length-1 axes only: the float passes write it as a nearest Resize before quantizing"
-    return ("the float passes write it as a depthwise ConvTranspose before quantizing, where the target's "
+    forms = ", then ".join(f"kernel {'x'.join(str(k) for k in st.kernel().shape[2:])} stride "
+                           f"{'x'.join(str(f) for f in st.factors)}" for st in plan.stages())
+    return (f"the float passes write it as a depthwise ConvTranspose ({forms}) before quantizing, where the target's "
             "depthwise transposed convolution accepts that form")
 
 
