@@ -387,8 +387,9 @@ QDQ_WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 #: Data movement ONNX Runtime may cancel or move across the seam of two graphs joined into one session
 #: (the layout ``Transpose`` after a channels-last ``QLinearConv``): the same values, not a kernel
-#: that counts when the joined graph's kernels are compared with the parts' (``runtime/joined.py``).
-SEAM_MOVES = frozenset({"Transpose", "Reshape", "Identity"})
+#: that counts when the joined graph's kernels are compared with the parts' (``runtime/joined.py``; PP-OCR
+#: cls on B4096: the two ``Squeeze`` of its fused run's output, which the joined graph's optimiser removes).
+SEAM_MOVES = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
 #: Ops with a shape operand (its input index) equal to the shape of their output (``perf/cpu_time.py``
 #: feeds such an operand, when it comes from outside a timed CPU part, the node's declared output shape).
 SHAPE_OPERAND_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}

@@ -49,16 +49,18 @@ class IntegerExecutor:
     """
 
     def __init__(self, sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], *,
-                 threads: int = 1, fuse: bool = True, release: Callable[[], object] | None = None) -> None:
+                 threads: int = 1, fuse: bool = True, release: Callable[[], object] | None = None,
+                 defer: bool = False) -> None:
         """``release``: called before each fused run's ONNX Runtime session is created
-        (:class:`.fused.FusedRun`)."""
+        (:class:`.fused.FusedRun`); ``defer``: a stored plan's runs are opened by :meth:`open`
+        (a load that may join them into another graph first: ``runtime/joined.py``)."""
         self.outputs = list(sg["outputs"])
         self._ops = sg["ops"]
         self._blob = blob
         self._kernels: dict[int, Kernel] = {}
         self._kernel_lock = threading.Lock()
         self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
-        self.plan = (fused.plan(sg, tensors, blob, threads, release) if fuse
+        self.plan = (fused.plan(sg, tensors, blob, threads, release, defer) if fuse
                      else fused.Plan(list(range(len(self._ops))), {}))
         plan = sg["memory"]
         # the arena holds the outputs of ops run as kernels; a program of fused runs only (ONNX
@@ -77,6 +79,12 @@ class IntegerExecutor:
             dtype = np.dtype(info["dtype"])
             count = int(np.prod(info["shape"]))
             self.buffers[name] = (b["offset"], count, dtype, tuple(info["shape"]))
+
+    def open(self) -> None:
+        """Open the sessions of fused runs a deferred load left closed (``defer``)."""
+        for item in self.plan.items:
+            if isinstance(item, fused.FusedRun):
+                item.open()
 
     def _kernel(self, k: int) -> Kernel:
         """The prepared kernel of op ``k`` (built once, on first use, by whichever thread needs it)."""

@@ -515,10 +515,11 @@ class Plan:
 
 
 def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int = 1,
-         release: Callable[[], object] | None = None) -> Plan:
+         release: Callable[[], object] | None = None, defer: bool = False) -> Plan:
     """Cut ``sg``'s ops into maximal runs that :data:`_EMITTERS` can write as exact float graphs
     (``release``: called before each run's session is created, :class:`FusedRun`); a plan this code
-    built before is opened from ``$NPUFLOW_CACHE/fused`` instead (:mod:`.fused_cache`)."""
+    built before is opened from ``$NPUFLOW_CACHE/fused`` instead (:mod:`.fused_cache`), or with
+    ``defer`` its runs left for the caller to open (:meth:`FusedRun.deferred`)."""
     ops = sg["ops"]
     readers: dict[str, list[dict]] = {}
     for op in ops:
@@ -542,7 +543,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         return build
 
     name = fused_cache.key(sg, tensors, blob, threads)
-    stored = _stored(name, fused_cache.open_reader(name), ops, threads, rebuild, release)
+    stored = _stored(name, fused_cache.open_reader(name), ops, threads, rebuild, release, defer)
     if stored is not None:
         return stored
     store = fused_cache.open_writer(name)
@@ -561,9 +562,11 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
 
 
 def _stored(name: str | None, reader: fused_cache.Reader | None, ops: list[dict], threads: int,
-            rebuild: Callable[[range], Callable[[], Graph]], release: Callable[[], object] | None) -> Plan | None:
+            rebuild: Callable[[range], Callable[[], Graph]], release: Callable[[], object] | None,
+            defer: bool = False) -> Plan | None:
     """The plan ``reader`` holds (stored as ``name``), its runs' sessions opened from the stored
-    graphs; ``None`` where there is none or it cannot be read (the caller builds)."""
+    graphs (with ``defer``, not yet: :meth:`FusedRun.deferred`); ``None`` where there is none or it
+    cannot be read (the caller builds)."""
     if reader is None:
         return None
     items: list = []
@@ -576,8 +579,11 @@ def _stored(name: str | None, reader: fused_cache.Reader | None, ops: list[dict]
             run_ops = range(start, stop)
             produced = [t for k in run_ops for t in ops[k]["outputs"]]
             k = sum(not isinstance(i, int) for i in items)
-            items.append(FusedRun.stored(inputs, outputs, produced, threads, rebuild(run_ops), release, run_ops,
-                                         *reader.run(k), reread=lambda k=k: fused_cache.read_run(name, k)))
+            reread = lambda k=k: fused_cache.read_run(name, k)  # noqa: E731
+            items.append(FusedRun.deferred(inputs, outputs, produced, threads, rebuild(run_ops), release, run_ops,
+                                           reread) if defer else
+                         FusedRun.stored(inputs, outputs, produced, threads, rebuild(run_ops), release, run_ops,
+                                         *reader.run(k), reread=reread))
         return Plan(items, reader.reasons)
     except (*_ORT_ERRORS, OSError, ValueError, KeyError, TypeError, IndexError):  # a damaged file: the build
         return None

@@ -189,13 +189,17 @@ def _trim(folder: Path, keep: Path) -> None:
 
 
 def read_run(name: str, k: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
-    """Run ``k`` of the stored plan ``name`` (:meth:`Reader.run`), read again after its load: a
-    caller that needs a loaded run's graph (``runtime/joined.py``) without building it."""
+    """Run ``k`` of the stored plan ``name`` (:meth:`Reader.run`), read after its load: a caller
+    that needs a loaded run's graph (``runtime/joined.py``, a deferred run's session) without
+    building it.  A damaged file is removed (the caller builds the run; the next load, the plan)."""
     reader = open_reader(name)
     if reader is None:
         raise OSError(f"no stored fused plan {name}")
     try:
         return reader.run(k)
+    except (ValueError, KeyError, IndexError):
+        path(name).unlink(missing_ok=True)
+        raise
     finally:
         reader.close()
 

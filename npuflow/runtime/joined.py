@@ -18,15 +18,19 @@ fails (a quantize step of one part and a dequantize step of the next that ONNX R
 drop as a pair; a fusion one part's options turn off; YOLOv8n exported with a free batch: the
 first run's layout ``Transpose`` moved across its seam with the DFL subgraph), that stretch is
 not joined, and the longest shorter one from the same step is tried (YOLOv8n: the next three
-steps).  Only parts at ONNX Runtime's full optimisation level join (a CPU subgraph of
-power-of-two scales runs at the basic level, which the joined session would not keep), each node
+steps).  Only parts that ONNX Runtime runs with the same kernels at its full optimisation level join (a CPU
+subgraph of power-of-two scales runs at the basic level, which the joined session would not keep: it joins
+where the full level fuses nothing in it, :func:`level_free`, PP-OCR cls on B4096's softmax), each node
 meaning the same under the joined opset (an older part's node written in the joined opset's form
 where that is exact: :func:`_restated`, YOLOv8n's opset-17 ``Split``), and CPU subgraphs on as
 many threads as the fused runs.  Dump mode, listeners and
 a boundary tensor asked for by name run the parts, as before.  The parts' sessions are dropped
 before the joined graph is written, so that its build and ONNX Runtime's creation of it do not
 stand beside them in a load's peak memory; a part opens its session again when it runs alone (and
-a stretch that fails the check on its first frame).
+a stretch that fails the check on its first frame).  A fused run read from a stored plan has no
+session yet here (``Session``'s load defers it: ``FusedRun.deferred``) and opens one only where it
+is left alone: a session opened and dropped left its creation's heap in the process (PP-OCR cls
+on B4096, session 30: the join +0.15 MiB peak over the steps apart; deferred, the same peak).
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ class _Part:
 
 
 def _part(step: merge.Step) -> _Part | None:
-    """``step`` (:func:`_joinable`) as a graph to join, or None where ONNX Runtime runs it below the full level."""
+    """``step`` (:func:`_joinable`) as a graph to join, or None where ONNX Runtime runs it below the full
+    level and the full level would run other kernels (:func:`level_free`)."""
     executor = step.executor
     if isinstance(executor, IntegerExecutor):
         run = executor.single
@@ -75,18 +80,33 @@ def _part(step: merge.Step) -> _Part | None:
                  **{o.name: t for o, t in zip(model.graph.output, run.outputs)}}
         return _Part(step, model, external, names, tuple(fused.DISABLED_OPTIMIZERS), small)
     found = executor.model()
-    if found is None or cpu_level(found[0]) != "all":
+    if found is None:
         return None
     model, external = found
+    if cpu_level(model) != "all" and not (_plain(model) and ort_kernels.keyed_verdict(
+            level_free, _digest(model, external, []), model, external)):  # a custom op's ONNX Runtime knows not
+        return None
     names = {v.name: v.name for v in [*model.graph.input, *model.graph.output]}
     return _Part(step, model, external, names, (), True)
 
 
+def level_free(model: onnx.ModelProto, external: dict[str, np.ndarray]) -> bool:
+    """Whether ONNX Runtime runs the same kernels for ``model`` at its full optimisation level as at
+    the basic one.  A CPU subgraph of power-of-two scales runs at the basic level
+    (``executors.cpu_level``: no fusion of its Q/DQ steps into integer kernels), which a joined
+    session would not keep; where the full level fuses nothing in it (PP-OCR cls on B4096: its
+    ``DequantizeLinear`` and ``Softmax``) it runs the same kernels there and may join."""
+    return ort_kernels.kernels(model, "all", (), external) == ort_kernels.kernels(model, "basic", (), external)
+
+
 def _plain(model: onnx.ModelProto) -> bool:
-    """No local functions, no graph attributes (``If``, ``Loop``): every name is the graph's own; and
-    no custom operator (a domain ONNX Runtime does not implement): such a part's session registers
-    its library or Python op (``ort_session.open_session``), which the kernel comparison's does not."""
-    return not model.functions and all(a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    """No call of a local function, no graph attributes (``If``, ``Loop``): every name is the graph's
+    own (a function no node calls, as the quantizer's ``ai.npuflow`` quantize step that PP-OCR cls's
+    B4096 softmax subgraph carries, is not written into the joined graph); and no custom operator
+    (a domain ONNX Runtime does not implement): such a part's session registers its library or
+    Python op (``ort_session.open_session``), which the kernel comparison's does not."""
+    called = {(n.domain, n.op_type) for n in model.graph.node}
+    return not any((f.domain, f.name) in called for f in model.functions) and all(a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                        for n in model.graph.node for a in n.attribute) \
         and all(n.domain in KNOWN_DOMAINS for n in model.graph.node)
 
@@ -212,8 +232,11 @@ def _join(parts: list[_Part], outputs: list[str]) -> tuple[onnx.ModelProto, dict
 
 
 def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> str:
-    """What decides :func:`same_kernels`: the joined model, the parts' options, every constant."""
+    """What decides :func:`same_kernels`: the joined model, the parts' options, every constant, and the
+    data movement it leaves out (:data:`~npuflow.operators.SEAM_MOVES`, which the verdict's key, of
+    this module's source, would not see change)."""
     h = hashlib.sha256(model.SerializeToString())
+    h.update(repr(sorted(SEAM_MOVES)).encode())
     for p in parts:
         h.update(repr(p.disabled).encode())
     for name in sorted(external):

@@ -39,13 +39,15 @@ def _spliceable(executor: object) -> Lookup | None:
 
 
 def steps(subgraphs: list[dict], executor: Callable[[int], object], tensors: dict, blob: Callable[[str], np.ndarray],
-          outputs: set[str], threads: int, release: Callable[[], object] = return_freed_heap) -> list[Step]:
+          outputs: set[str], threads: int, release: Callable[[], object] = return_freed_heap,
+          defer: bool = False) -> list[Step]:
     """The run order: each maximal stretch of consecutive integer subgraphs and spliceable CPU
     tables that holds at least two integer subgraphs becomes one :class:`IntegerExecutor`; every
     other subgraph runs alone, on ``executor(k)`` (subgraph ``k``'s own, which an integer
     subgraph spliced into a stretch never builds); ``outputs``: the model's outputs;
     ``release``: called after each merged program's build, to give back what it read and freed
-    (``Session``'s: the mapped file's pages and the C heap's free pages)."""
+    (``Session``'s: the mapped file's pages and the C heap's free pages); ``defer``: merged
+    programs' stored runs are left for the caller to open (``IntegerExecutor.open``)."""
     kinds = ["integer" if sg["engine"] == "integer" else
              "table" if _spliceable(executor(k)) is not None else "other" for k, sg in enumerate(subgraphs)]
     result: list[Step] = []
@@ -60,7 +62,8 @@ def steps(subgraphs: list[dict], executor: Callable[[int], object], tensors: dic
             result.append(_alone(subgraphs, executor, k))
             k += 1
         if sum(kinds[j] == "integer" for j in range(k, end)) >= 2:
-            result.append(_merged(subgraphs, executor, range(k, end), tensors, blob, outputs, threads, release))
+            result.append(_merged(subgraphs, executor, range(k, end), tensors, blob, outputs, threads, release,
+                                  defer))
             k = end
         else:
             result.append(_alone(subgraphs, executor, k))
@@ -73,7 +76,7 @@ def _alone(subgraphs: list[dict], executor: Callable[[int], object], k: int) -> 
 
 
 def _merged(subgraphs: list[dict], executor: Callable[[int], object], run: range, tensors: dict, blob: Callable,
-            outputs: set[str], threads: int, release: Callable[[], object]) -> Step:
+            outputs: set[str], threads: int, release: Callable[[], object], defer: bool) -> Step:
     """One integer program of the subgraphs in ``run``: their ops in order, each CPU table a
     ``lut`` op per output; the memory plans side by side in one arena."""
     ops: list[dict] = []
@@ -115,7 +118,7 @@ def _merged(subgraphs: list[dict], executor: Callable[[int], object], run: range
     def merged_blob(name: str) -> np.ndarray:
         return tables[name] if name in tables else blob(name)
 
-    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads, release=release), tuple(run),
+    step = Step(IntegerExecutor(merged, tensors, merged_blob, threads=threads, release=release, defer=defer), tuple(run),
                 tuple(inputs))
     release()  # the build's graph and bounds, before the next one's (as ``Session``'s own builds)
     return step

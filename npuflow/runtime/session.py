@@ -146,6 +146,9 @@ class _Program:
         self._tensors, self._blob, self._threads, self._fuse = manifest["tensors"], blob, threads, fuse
         self._release = release
         self._lock = threading.Lock()
+        #: while the load joins steps (:mod:`.joined`): stored fused runs are opened once it is known
+        #: which run alone (a run that joins another graph never opens its own session)
+        self._defer = fuse
         #: per subgraph; an integer subgraph's executor is built when it first runs alone
         self._executors: list[IntegerExecutor | OnnxExecutor | PluginExecutor | None] = []
         for sg in self.subgraphs:
@@ -161,11 +164,16 @@ class _Program:
         outputs = {o["name"] for o in manifest["outputs"]}
         #: what ``run`` executes in turn: with ``fuse``, CPU tables between integer programs are
         #: spliced into them (:mod:`.merge`)
-        self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads, release) if fuse
+        self.steps = (merge.steps(self.subgraphs, self.executor, self._tensors, blob, outputs, threads, release,
+                                  defer=True) if fuse
                       else [merge.Step(self.executor(k), (k,), tuple(sg["inputs"]))
                             for k, sg in enumerate(self.subgraphs)])
         if fuse:  # consecutive steps of one ONNX Runtime graph each as one session (:mod:`.joined`)
             self.steps = joined.steps(self.steps, self.subgraphs, outputs, threads, release)
+            for step in self.steps:
+                if isinstance(step.executor, IntegerExecutor):
+                    step.executor.open()
+            self._defer = False
         #: per step, the tensors no later step reads and no caller gets as a model output: ``run``
         #: drops them once that step has run, as ONNX Runtime frees a model's dead tensors, so
         #: that a frame's boundary tensors are not all resident at its last step
@@ -184,7 +192,7 @@ class _Program:
                 if self._executors[k] is None:
                     self._executors[k] = IntegerExecutor(self.subgraphs[k], self._tensors, self._blob,
                                                          threads=self._threads, fuse=self._fuse,
-                                                         release=self._release)
+                                                         release=self._release, defer=self._defer)
                     self._release()  # the build's graph, bounds and blobs, before the next one's
         return self._executors[k]
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import npuflow
-from npuflow.runtime import fused, fused_cache, fused_run
+from npuflow.runtime import fused, fused_cache, fused_run, joined
+from npuflow.runtime import session as session_module
 from tests import fixture_models
 from tests.compile_check import random_sample_npuf
 
@@ -25,7 +26,8 @@ def cls_b4096(tmp_path_factory):
 
 
 def _opened(monkeypatch) -> list[tuple[bytes, dict, dict]]:
-    """Every fused run's session as it is opened: serialized graph, external weights, settings."""
+    """Every fused run's and joined step's session as it is opened: serialized graph, external
+    weights, settings."""
     opened: list[tuple[bytes, dict, dict]] = []
     real = fused_run.open_session
 
@@ -35,6 +37,7 @@ def _opened(monkeypatch) -> list[tuple[bytes, dict, dict]]:
         return real(model, **kwargs)
 
     monkeypatch.setattr(fused_run, "open_session", spy)
+    monkeypatch.setattr(joined, "open_session", spy)
     return opened
 
 
@@ -75,7 +78,15 @@ def test_a_second_load_opens_the_stored_graphs_and_computes_the_same_codes(monke
     path, samples = cls_b4096
     built, built_opened, read, read_opened = _load_twice(monkeypatch, path)
     assert len(list((fused_cache_on / "fused").glob("*.bin"))) == 1
-    _same_sessions(built_opened, read_opened)
+    # the frame is one joined session (runtime/joined.py): the build opened its fused run's session
+    # first, the stored plan's run is joined without opening one of its own (FusedRun.deferred)
+    assert [type(step.executor) for p in read._programs for step in p.steps] == [joined.Joined]
+    assert len(built_opened) == 2 and len(read_opened) == 1
+    _same_sessions(built_opened[1:], read_opened)
+    (run,) = read._programs[0].steps[0].executor.parts[0].executor.plan.items
+    assert run.session is None
+    model, external, _ = run.model()
+    _same_sessions(built_opened[:1], [(model.SerializeToString(), external, built_opened[0][2])])
     assert _plans(read) == _plans(built)
     kernels = npuflow.Session(path, fuse=False)
     for x in samples:
@@ -130,7 +141,11 @@ def test_a_damaged_file_is_built_again_and_replaced(monkeypatch, fused_cache_on,
     monkeypatch.setattr(fused, "_build", lambda *a, **k: built.append(1) or real_build(*a, **k))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # the run's graph is read where the load joins it (FusedRun.deferred): found damaged, the
+        # file goes and the run is written from its ops; the next load builds and stores the plan
         again = npuflow.Session(path)
+        assert built == [] and not stored.exists()
+        npuflow.Session(path)
     assert built == [1]
     assert stored.read_bytes() != bytes(data)  # written anew
     ref = npuflow.Session(path, fuse=False).run(samples[0])
@@ -188,3 +203,21 @@ def test_the_directory_keeps_the_most_recently_used_plans(monkeypatch, fused_cac
     npuflow.Session(path, threads=2)  # a second plan: the older one goes
     files = list((fused_cache_on / "fused").glob("*.bin"))
     assert len(files) == 1 and files[0] != first
+
+
+def test_a_stored_run_left_alone_is_opened_at_load(monkeypatch, fused_cache_on, cls_b4096):
+    # a load reads a stored plan's runs without opening them (FusedRun.deferred), joins what it can,
+    # then opens the runs left alone: here every step is left alone (joins off), and each run's
+    # session is open when the load returns, not at the first frame
+    path, samples = cls_b4096
+    npuflow.Session(path)
+    monkeypatch.setattr(session_module.joined, "steps", lambda steps, *args: steps)
+    monkeypatch.setattr(fused, "_build", _no_build)
+    opened = _opened(monkeypatch)
+    read = npuflow.Session(path)
+    runs = [it for p in read._programs for step in p.steps for it in getattr(step.executor, "plan", fused.Plan([], {})).items
+            if isinstance(it, fused.FusedRun)]
+    assert runs and all(run.session is not None for run in runs) and len(opened) == len(runs)
+    ref = npuflow.Session(path, fuse=False).run(samples[0])
+    out = read.run(samples[0])
+    assert all(np.array_equal(out[k], ref[k]) for k in ref) and len(opened) == len(runs)

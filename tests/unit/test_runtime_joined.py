@@ -216,3 +216,48 @@ def test_a_global_layernorm_on_cpu_int8_is_one_onnxruntime_call_equal_to_the_ker
     for x in frames:
         a, c = session.run({"x": x}), ref.run({"x": x})
         assert np.array_equal(a["z"], c["z"])
+
+
+def test_cls_on_b4096_joins_its_basic_level_softmax_equal_to_the_steps_apart_and_the_kernels(monkeypatch):
+    # the DPU's power-of-two scales run the CPU subgraph (DequantizeLinear, Softmax, and an unused
+    # ai.npuflow quantize function the quantizer leaves in it) at ONNX Runtime's basic level; the
+    # full level runs the same kernels there, and the joined graph's optimiser drops only the fused
+    # run's two output Squeezes: one call per frame.  Before: two steps
+    fetch, name, shape = CLS
+    rng = np.random.default_rng(0)
+    samples = [{name: rng.uniform(-1, 1, shape).astype(np.float32)} for _ in range(4)]
+    target = "DPUCZDX8G_ISA1_B4096"
+    compiled = npuflow.compile(npuflow.quantize(str(fetch()), samples, target=target,
+                                                input_shapes={name: shape}).model, target)
+    session, apart = npuflow.Session(compiled), _apart(compiled, monkeypatch)
+    ref = npuflow.Session(compiled, fuse=False)
+    (step,) = session._live()[0].steps
+    assert isinstance(step.executor, joined.Joined) and step.indices == (0, 1)
+    cpu = apart._live()[0].steps[1].executor
+    assert isinstance(cpu, executors.OnnxExecutor) and executors.cpu_level(cpu.model()[0]) == "basic"
+    assert cpu.model()[0].functions and joined.level_free(*cpu.model())
+    for x in [*samples, {name: np.full(shape, 50.0, np.float32)}, {name: np.full(shape, -50.0, np.float32)}]:
+        a, b, c = session.run(x), apart.run(x), ref.run(x)
+        assert all(np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k]) for k in c)
+
+
+def test_a_basic_level_part_that_the_full_level_would_fuse_is_not_level_free():
+    # DequantizeLinear -> MatMul -> QuantizeLinear of power-of-two scales (uint8 activations, int8
+    # weights): ORT's full level makes it one integer kernel (QLinearMatMul), which the basic level
+    # keeps as float steps; a DequantizeLinear -> Softmax it leaves alone
+    scale = numpy_helper.from_array(np.array(0.125, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(128, np.uint8), "zu")
+    w_zero = numpy_helper.from_array(np.array(0, np.int8), "z")
+    w = numpy_helper.from_array(np.ones((4, 3), np.int8), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [2, 4])
+    dq = helper.make_node("DequantizeLinear", ["x", "s", "zu"], ["xf"])
+    nodes = [dq, helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]),
+             helper.make_node("MatMul", ["xf", "wf"], ["y"]), helper.make_node("QuantizeLinear", ["y", "s", "zu"], ["q"])]
+    graph = helper.make_graph(nodes, "p", [x], [helper.make_tensor_value_info("q", TensorProto.UINT8, [2, 3])],
+                              [scale, zero, w_zero, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert executors.cpu_level(model) == "basic"
+    assert not joined.level_free(model, {})
+    softmax = helper.make_graph([dq, helper.make_node("Softmax", ["xf"], ["y"])], "p", [x], [_float("y", [2, 4])],
+                                [scale, zero])
+    assert joined.level_free(helper.make_model(softmax, opset_imports=[helper.make_opsetid("", 18)]), {})

@@ -16,7 +16,7 @@ import numpy as np
 
 import npuflow
 from npuflow import ort_session
-from npuflow.runtime import executors, fused, session as session_module
+from npuflow.runtime import executors, fused, joined, session as session_module
 from tests.unit.test_compiler_kernels import _x
 from tests.unit.test_runtime_cpu_weights import K, _head
 
@@ -25,15 +25,22 @@ ENV = "session.use_env_allocators"
 
 
 def _sessions(s: npuflow.Session) -> list:
-    """The ONNX Runtime sessions of ``s``'s fused runs and CPU subgraphs."""
+    """The ONNX Runtime sessions of ``s``'s fused runs, CPU subgraphs and joined steps that a frame
+    runs (a joined step's parts have none: ``runtime/joined.py``)."""
     found = []
-    for ex in s._executors:
-        if isinstance(ex, executors.OnnxExecutor) and ex.session is not None:
+    for ex in (step.executor for p in s._programs for step in p.steps):
+        if isinstance(ex, (executors.OnnxExecutor, joined.Joined)) and ex.session is not None:
             found.append(ex.session)
         for item in getattr(getattr(ex, "plan", None), "items", []):
             if isinstance(item, fused.FusedRun):
                 found.append(item.session)
     return found
+
+
+def _apart(monkeypatch) -> None:
+    """Loads that leave every step apart (no :mod:`.joined` step): the head's convolution and its
+    CPU subgraph are one joined session otherwise."""
+    monkeypatch.setattr(session_module.joined, "steps", lambda steps, *args: steps)
 
 
 def _uses_env_arena(o) -> bool:
@@ -43,10 +50,14 @@ def _uses_env_arena(o) -> bool:
         return False
 
 
-def test_the_runtimes_sessions_share_the_environments_arena():
+def test_the_runtimes_sessions_share_the_environments_arena(monkeypatch):
     assert ort_session.shared_arena()  # registered once; asking again changes nothing
     assert ort_session.shared_arena()
-    s = npuflow.Session(npuflow.compile(_head().model(), DPU))
+    compiled = npuflow.compile(_head().model(), DPU)
+    (one,) = _sessions(npuflow.Session(compiled))  # the joined session
+    assert _uses_env_arena(one)
+    _apart(monkeypatch)
+    s = npuflow.Session(compiled)
     found = _sessions(s)
     # the head's float MatMul stays a CPU subgraph (4100 outputs), the convolution a fused run
     assert any(isinstance(ex, executors.OnnxExecutor) for ex in s._executors) and len(found) >= 2
@@ -69,6 +80,7 @@ def test_a_load_gives_the_freed_heap_back(monkeypatch):
     calls = []
     real = session_module.return_freed_heap
     monkeypatch.setattr(session_module, "return_freed_heap", lambda: calls.append(1) or real())
+    _apart(monkeypatch)
     s = npuflow.Session(npuflow.compile(_head().model(), DPU))
     # once the CPU subgraphs are open, before each fused run's session is created, after each
     # integer program's build, and at the end
