@@ -65,7 +65,8 @@ def prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None =
             target: Target | None = None) -> onnx.ModelProto:
     """The model as it is checked: normalised; a float model through the float passes that can change
     where a node runs, in ``optimize_float``'s order (the steps marked ``check`` in
-    :data:`..passes.optimize.FLOAT_PASSES`: constants folded, decomposed PReLUs as one node, bilinear
+    :data:`..passes.optimize.FLOAT_PASSES`: constants folded, decomposed PReLUs as one node, constant
+    scales/shifts folded into the layer before, bilinear
     upsamplings as depthwise transposed convolutions and a ``Split`` ``target`` rejects as slices where it
     runs them, 1-D pools as 2-D ones, one-pass variances rewritten, affine blocks folded forward for an
     accelerator ``target``, then the target rewrites); nodes named, ONNX Runtime's QOperator ops rewritten

@@ -24,8 +24,10 @@ within float rounding (tested <= 1e-5 relative).
 
 The order is written once, in :data:`FLOAT_PASSES`: ``check`` of a float model runs the steps marked
 ``check`` (those that can change where a node runs), in the same order, so what check places on the
-accelerator is what ``compile`` lowers; the value-preserving folds it sees through (BatchNorm and
-constant affine folds, bias forms, activation patterns, GELU chains) are ``optimize_float``'s only.
+accelerator is what ``compile`` lowers; the value-preserving folds it sees through (BatchNorm folds,
+bias forms, activation patterns, GELU chains) are ``optimize_float``'s only.  A constant scale/shift
+folded into the layer before is judged folded: a HardSigmoid after a bias ``Add`` reads the layer once
+it folds, and the target rewrite folds the HardSigmoid's parameters there (PP-OCR mobile v2.0 cls).
 """
 
 from __future__ import annotations
@@ -97,13 +99,14 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=False),
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
-    # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose)
-    FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=False),
+    # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose); check too: a
+    # HardSigmoid after a folded bias Add reads the layer itself, and the target rewrite folds it there
+    FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
     FloatPass("fold_batchnorm", lambda m, t, r: fold_batchnorm(m), check=False),
     FloatPass("batchnorm_to_depthwise", lambda m, t, r: batchnorm_to_depthwise(m), check=False),
     FloatPass("linear_resizes_as_conv_transpose", linear_resizes_as_conv_transpose, check=True),
     FloatPass("splits_as_slices", splits_as_slices, check=True),
-    FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=False),
+    FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
     # check's judge reads static shapes of the tensors the passes above made
     FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),

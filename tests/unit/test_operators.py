@@ -185,12 +185,14 @@ def test_checker_and_float_passes_find_the_same_decomposed_activations(name):
     as one activation is what the float passes write as one node, and neither takes ``6 / relu6(x + 3)``
     (the checker's own copy did: it never looked at which operand a Div divides by) or ``x + 3.1``."""
     spec, kind, left = _PATTERNS[name]
-    conv, w = B.conv_node("conv", "x", "c", 4, 4)
-    nodes = [conv, *(helper.make_node(op, ins, [out], name=out) for op, ins, out in spec)]
+    # a Relu between: an Add of a constant right after the layer folds into its bias first (check too)
+    conv, w = B.conv_node("conv", "x", "c0", 4, 4)
+    nodes = [conv, helper.make_node("Relu", ["c0"], ["c"], name="relu"),
+             *(helper.make_node(op, ins, [out], name=out) for op, ins, out in spec)]
     consts = [B.const(k, np.float32(v)) for k, v in _PATTERN_CONSTS.items()]
     model = B.model(nodes, [B.vi("x", X)], [B.vi("y", None)], [w, *consts])
     assert npuflow.check(model, DPU).node("y").op_kind == kind
-    assert [n.op_type for n in fuse_activation_patterns(model).graph.node] == left
+    assert [n.op_type for n in fuse_activation_patterns(model).graph.node] == [left[0], "Relu", *left[1:]]
 
 
 # --- no other op tables -------------------------------------------------------------------------
