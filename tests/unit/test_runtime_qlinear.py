@@ -480,3 +480,47 @@ def test_onnxruntime_quantized_yolov8n_concatenations_run_on_qlinearconcat_exact
     qconcats = sum(n.op_type == "QLinearConcat" for run in runs for n in run.graph().nodes)
     assert len(requantising) >= 10 and qconcats == len(requantising), (len(requantising), qconcats)
     assert not [why for p in plans for why in p.reasons.values()] and len(runs) <= 4, len(runs)
+
+
+def _image_conv(cin: int) -> "Builder":
+    """A uint8 image of ``cin`` channels -> conv 3x3 stride 2 (per-channel weights) + Relu -> a
+    1x1 conv: a network's first layer and the next."""
+    rng = np.random.default_rng(53 + cin)
+    b = Builder("half_even")
+    x = b.input("x", [1, cin, 20, 18], 1 / 255, 3, "uint8")
+    ws = np.linspace(0.002, 0.02, 16).astype(np.float32)
+    w1 = b.weight("w1", rng.normal(0, 0.5, (16, cin, 3, 3)).astype(np.float32), ws, axis=0)
+    b1 = b.bias("b1", rng.normal(0, 0.5, 16), np.float32(1 / 255) * ws)
+    c = b.quantize(b.node("Relu", [b.node("Conv", [b.dq(x), w1, b1], "conv", pads=[1, 1, 1, 1], strides=[2, 2])],
+                          "relu"), 0.02, 0, "uint8")
+    w2 = b.weight("w2", rng.normal(0, 0.3, (8, 16, 1, 1)).astype(np.float32), np.full(8, 0.01, np.float32), axis=0)
+    b.output(b.quantize(b.node("Conv", [b.dq(c), w2], "pointwise"), 0.05, 128, "uint8"), "out")
+    return b
+
+
+def _qlinear_conv_inputs(plan: fused.Plan) -> list[tuple[int, str]]:
+    """Each ``QLinearConv`` of ``plan``'s fused run: its weights' input channels and the op writing its input."""
+    g = next(it for it in plan.items if isinstance(it, fused.FusedRun)).graph()
+    dims = {t.name: list(t.dims) for t in g.inits}
+    writer = {o: n.op_type for n in g.nodes for o in n.output}
+    return [(dims[n.input[3]][1], writer.get(n.input[0], "input")) for n in g.nodes if n.op_type == "QLinearConv"]
+
+
+@pytest.mark.parametrize("cin", [1, 3])
+def test_first_layer_of_few_channels_gets_zero_weight_channels_exactly(cin, monkeypatch):
+    # 1 or 3 input channels run as CHANNEL_STEP (4): a Pad of the input's zero point and zero
+    # weights, so every accumulator is the same (MLAS runs 4 channels 1.3-2x faster than 3); on
+    # an image quantized over its whole range and past it, equal to the kernels and to the form
+    # without the padding
+    x = {"x": np.random.default_rng(cin).uniform(-0.1, 1.1, (1, cin, 20, 18)).astype(np.float32)}
+    model = _image_conv(cin).model()
+    plan = _equal_fused_and_kernels(model, x, CPU)
+    assert not plan.reasons and _qlinear_conv_inputs(plan)[0] == (fused_qlinear.CHANNEL_STEP, "Pad"), \
+        _qlinear_conv_inputs(plan)
+    assert _qlinear_conv_inputs(plan)[1][0] == 16  # 16 channels are a multiple of the step: as they are
+    padded = npuflow.Session(npuflow.compile(model, CPU)).run(x)
+    monkeypatch.setattr(fused_qlinear, "input_padding", lambda w, attrs: 0)
+    plan = _equal_fused_and_kernels(model, x, CPU)
+    assert _qlinear_conv_inputs(plan)[0][0] == cin and "Pad" not in _live_ops(plan)
+    plain = npuflow.Session(npuflow.compile(model, CPU)).run(x)
+    assert all(np.array_equal(padded[k], plain[k]) for k in plain)
