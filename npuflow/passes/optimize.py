@@ -42,7 +42,7 @@ from ..model import infer_static_shapes
 from ..targets import Target
 from .activations import fuse_activation_patterns
 from .einsum import einsums_as_matmul
-from .fold_affine import fold_affine
+from .fold_affine import fold_affine, fold_linear_affine
 from .fold_affine_forward import fold_affine_forward
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
@@ -107,6 +107,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("linear_resizes_as_conv_transpose", linear_resizes_as_conv_transpose, check=True),
     FloatPass("splits_as_slices", splits_as_slices, check=True),
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
+    # check too: a layer scale on tokens after a MatMul + bias is no node check could place on the accelerator
+    FloatPass("fold_linear_affine", lambda m, t, r: fold_linear_affine(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
     # check's judge reads static shapes of the tensors the passes above made
     FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),
