@@ -33,7 +33,8 @@ from ..targets import Target, list_targets, load_target
 from . import artifact, foreign, memory
 from .compiled import CompiledModel, with_shapes
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
-from .partition import PlacementRule, Unit, build_units, checker_placement_factory, partition, plugin_units
+from .partition import (PlacementRule, Unit, build_units, checker_placement_factory, checker_verdicts, partition,
+                        plugin_units)
 from .program import IntOp
 from .qgraph import QGraph
 
@@ -123,10 +124,11 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
         if holders := control_flow_nodes(model):
             raise NpuflowError("NPF_QUANT_CONTROL_FLOW_ONLY", nodes=", ".join(holders))
         raise NpuflowError("NPF_COMPILE_NOT_QUANTIZED")
-    place = placement or checker_placement_factory(model, tgt)
+    verdict = checker_verdicts(model, tgt) if placement is None else {}
+    place = placement or checker_placement_factory(model, tgt, verdict)
     owner = plugin_registry.claimed_nodes(plugs, model, tgt) if plugs else {}
     taken = plugin_units(g, owner)
-    ops, notes = _lower_all(g, model, tgt, place, set(taken))
+    ops, notes = _lower_all(g, model, tgt, place, set(taken), verdict)
     notes = legalised + [f"{node} runs on the {name} plugin" for node, name in owner.items()] + notes
     units = build_units(g, ops, taken)
     groups = _live(partition(units), g)
@@ -156,8 +158,15 @@ def _self_checked(compiled: CompiledModel, tgt: Target) -> CompiledModel:
 
 
 def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: PlacementRule,
-               taken: set[str] = frozenset()) -> tuple[list[IntOp], list[str]]:
-    """Integer ops for the accelerator; ``taken``: nodes of plugins, never lowered here."""
+               taken: set[str] = frozenset(), verdict: dict[str, str | None] | None = None,
+               ) -> tuple[list[IntOp], list[str]]:
+    """Integer ops for the accelerator; ``taken``: nodes of plugins, never lowered here.
+
+    A node left unlowered is noted with the checker's reasons where the checker (``verdict``) puts
+    it on the CPU: the quantizer leaves in float a layer the target cannot run, and the lowering's
+    own reason ("constant ... is not a quantized initializer") would hide that limit (DS-CNN's
+    10x4 first conv on bernoulli2, 2026-12-07)."""
+    verdict = verdict or {}
     ops: list[IntOp] = []
     notes: list[str] = []
     claimed: set[str] = set(taken)
@@ -175,7 +184,7 @@ def _lower_all(g: QGraph, model: onnx.ModelProto, tgt: Target, place: PlacementR
             continue
         result = lower_node(g, n)
         if isinstance(result, str):
-            notes.append(f"{n.name} ({n.op_type}) runs on CPU: {result}")
+            notes.append(f"{n.name} ({n.op_type}) runs on CPU: {verdict.get(n.name) or result}")
             continue
         if any(x in claimed for x in result.nodes):
             notes.append(f"{n.name} ({n.op_type}) runs on CPU: its nodes overlap another integer op")

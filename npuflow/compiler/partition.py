@@ -40,10 +40,10 @@ def target_placement(op: IntOp, model: onnx.ModelProto, target: Target) -> str |
     return f"target {target.name} has no {op.kind} operation"
 
 
-def checker_placement_factory(model: onnx.ModelProto, target: Target) -> PlacementRule:
-    """The rule from ``npuflow.check``'s placement map (with its reasons); integer ops whose
-    node the checker does not report fall back to the target's operation rules.  A ``kind: cpu``
-    target runs its integer ops on the CPU itself: there every lowered op is taken."""
+def checker_verdicts(model: onnx.ModelProto, target: Target) -> dict[str, str | None]:
+    """``{node: reason}`` from ``npuflow.check``'s placement map: the checker's reasons for a node it
+    puts on the CPU (its target limits first), None for one it places on the accelerator.  A
+    ``kind: cpu`` target runs its integer ops on the CPU itself: there every node is None."""
     from ..check import check
 
     report = check(model, target)
@@ -52,6 +52,14 @@ def checker_placement_factory(model: onnx.ModelProto, target: Target) -> Placeme
     for node in report.nodes:
         on_cpu = placement[node.name].device == Device.CPU and target.kind != "cpu"
         verdict[node.name] = ("; ".join(node.reasons) or "placed on CPU by the checker") if on_cpu else None
+    return verdict
+
+
+def checker_placement_factory(model: onnx.ModelProto, target: Target,
+                              verdict: dict[str, str | None] | None = None) -> PlacementRule:
+    """The rule from the checker's verdicts (:func:`checker_verdicts`, given or computed); integer
+    ops whose node the checker does not report fall back to the target's operation rules."""
+    verdict = checker_verdicts(model, target) if verdict is None else verdict
 
     def place(op: IntOp, model: onnx.ModelProto, target: Target) -> str | None:
         if op.kind in _ALWAYS:
