@@ -41,6 +41,7 @@ from ..graph import GraphView
 from ..model import infer_static_shapes
 from ..targets import Target
 from .activations import fuse_activation_patterns
+from .branch_softmax import two_way_softmax_as_sigmoid
 from .einsum import einsums_as_matmul
 from .fold_affine import fold_affine, fold_linear_affine
 from .fold_affine_forward import fold_affine_forward
@@ -99,6 +100,7 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=False),
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
+    FloatPass("two_way_softmax_as_sigmoid", lambda m, t, r: two_way_softmax_as_sigmoid(m), check=True),
     # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose); check too: a
     # HardSigmoid after a folded bias Add reads the layer itself, and the target rewrite folds it there
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
