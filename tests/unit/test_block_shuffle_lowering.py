@@ -82,3 +82,41 @@ def test_fused_runner_runs_the_shuffle_in_its_graph_equal_to_kernels_and_onnx_ru
         y = fast.run(feeds)["y"]
         np.testing.assert_array_equal(y, ref.run(feeds)["y"])
         np.testing.assert_array_equal(y, ort_values(q.model, feeds, ["y"])["y"])
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_dpuczdx8g_runs_pixel_shuffle_after_a_conv_in_one_dpu_program_equal_to_onnx_runtime(mode, tmp_path):
+    """UG1414 maps PixelShuffle after a convolution to the DPU (``tile``); before the rule the B4096
+    target put the shuffle on the CPU: three subgraphs with a float round trip between the convs."""
+    target = "DPUCZDX8G_ISA1_B4096"
+    model = _model("DepthToSpace", mode)
+    node = npuflow.check(model, target).nodes[2]
+    assert (node.device, node.kernel_type) == (NPU, "DPU_Tile")
+    rng = np.random.default_rng(2)
+    calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    q = npuflow.quantize(model, calib, target, warn=False)
+    compiled = npuflow.compile(q.model, target)
+    assert compiled_devices(compiled)["shuffle"] == "ACC"
+    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
+    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(tmp_path / "m.npuf")))
+    for feeds in calib[:2]:
+        np.testing.assert_array_equal(session.run(feeds)["y"], ort_values(q.model, feeds, ["y"])["y"])
+
+
+def test_dpuczdx8g_keeps_a_pixel_shuffle_over_the_reorg_channel_limit_on_the_cpu():
+    """Reorg's reverse limit on B4096: input_channel <= 256 * 16 = 4096."""
+    rng = np.random.default_rng(0)
+
+    def model(channels: int) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["a"], name="conv"),
+             helper.make_node("DepthToSpace", ["a"], ["y"], name="shuffle", blocksize=2)],
+            "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels // 4, 2, 2])],
+            [numpy_helper.from_array((rng.standard_normal((channels, 4, 1, 1)) * 0.2).astype(np.float32), "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+    fits = npuflow.check(model(4096), "DPUCZDX8G_ISA1_B4096").nodes[1]
+    wide = npuflow.check(model(4100), "DPUCZDX8G_ISA1_B4096").nodes[1]
+    assert fits.device == NPU
+    assert wide.device != NPU and any("4100 > 256*16=4096" in r for r in wide.reasons), wide.reasons
