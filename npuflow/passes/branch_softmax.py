@@ -17,22 +17,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, attr, remove_unused_initializers, unique_name
-from ..value_info import inferred_dims
+from ..graph import GraphView, attr, unique_name
+from .one_at_a_time import rewrite_all
 
 
 def two_way_softmax_as_sigmoid(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with each two-branch softmax block as two Conv + Sigmoid pairs (unchanged when
     none is found)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    if not any(n.op_type == "Softmax" and not n.domain for n in out.graph.node):
-        return out
-    dims = inferred_dims(out)
-    while _rewrite_one(out.graph, dims):
-        pass
-    remove_unused_initializers(out.graph)
-    return out
+    return rewrite_all(model, "Softmax", _rewrite_one)
 
 
 def _rewrite_one(graph: onnx.GraphProto, dims: dict) -> bool:

@@ -22,23 +22,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, attr, remove_unused_initializers, unique_name
+from ..graph import GraphView, attr, unique_name
 from ..operators import PRELU_MAX_SLOPES
-from ..value_info import inferred_dims
+from .one_at_a_time import rewrite_all
 from .activations import _splice
 
 
 def fold_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with each decomposed PReLU as one node (unchanged when none is found)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    if not any(n.op_type == "Neg" and not n.domain for n in out.graph.node):
-        return out
-    dims = inferred_dims(out)
-    while _rewrite_one(out.graph, dims):
-        pass
-    remove_unused_initializers(out.graph)
-    return out
+    return rewrite_all(model, "Neg", _rewrite_one)
 
 
 def _rewrite_one(graph: onnx.GraphProto, dims: dict) -> bool:
