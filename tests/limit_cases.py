@@ -296,6 +296,15 @@ def _act(p, pre, op):
     return nodes, [B.vi(x, [1, 4, 2, 2])], []
 
 
+def _depth_to_space(p, pre):
+    """PixelShuffle; block 2 where the channels divide by 4, else 1 (the limit's failing case, 256 * cp + 1
+    channels, stays a valid model: only the channel count is judged)."""
+    c = p["input_channel"]
+    node = helper.make_node("DepthToSpace", [f"{pre}x"], [f"{pre}y"], name=f"{pre}node",
+                            blocksize=2 if c % 4 == 0 else 1, mode="CRD")
+    return [node], [B.vi(f"{pre}x", [1, c, 2, 2])], []
+
+
 BUILDERS = {
     "conv2d": lambda p, pre: _conv(p, pre),
     "depthwise_conv2d": lambda p, pre: _conv(p, pre, depthwise=True),
@@ -315,6 +324,7 @@ BUILDERS = {
     "leaky_relu": lambda p, pre: _act(p, pre, "LeakyRelu"),
     "hard_sigmoid": lambda p, pre: _act(p, pre, "HardSigmoid"),
     "hard_swish": lambda p, pre: _act(p, pre, "HardSwish"),
+    "depth_to_space": _depth_to_space,
 }
 
 

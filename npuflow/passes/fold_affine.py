@@ -56,8 +56,13 @@ def _const_index(idx: GraphView, node: onnx.NodeProto) -> int | None:
 
 
 def _scale_and_shift(op_type: str, c: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
-    """``(s, t)`` such that the op applied to ``y`` is ``s * y + t``."""
-    return {"Mul": (c, 0.0), "Div": (1.0 / c, 0.0), "Add": (1.0, c), "Sub": (1.0, -c)}[op_type]
+    """``(s, t)`` such that the op applied to ``y`` is ``s * y + t`` (a divisor without zeros: callers
+    leave a division by zero where it is, its infinities are not a scale)."""
+    if op_type == "Mul":
+        return c, 0.0
+    if op_type == "Div":
+        return 1.0 / c, 0.0
+    return 1.0, (c if op_type == "Add" else -c)
 
 
 def _fold_one(graph: onnx.GraphProto) -> bool:
@@ -76,7 +81,7 @@ def _fold_one(graph: onnx.GraphProto) -> bool:
         w, b, axis = params
         rank = 2 if prod.op_type == "Gemm" else w.ndim
         c = _channel_values(idx.const(node.input[k]), w.shape[axis], rank)
-        if c is None:
+        if c is None or (node.op_type == "Div" and not np.all(c)):
             continue
         w, b = scale_shift(w, b, axis, *_scale_and_shift(node.op_type, c))
         absorb_follower(graph, idx, prod, node, w, b, "_affine")
