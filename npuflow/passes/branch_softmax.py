@@ -24,33 +24,27 @@ from .one_at_a_time import rewrite_all
 def two_way_softmax_as_sigmoid(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with each two-branch softmax block as two Conv + Sigmoid pairs (unchanged when
     none is found)."""
-    return rewrite_all(model, "Softmax", _rewrite_one)
+    return rewrite_all(model, "Softmax", _match, _apply)
 
 
-def _rewrite_one(graph: onnx.GraphProto, dims: dict) -> bool:
-    idx = GraphView(graph)
-    for node in graph.node:
-        found = _match(node, idx, dims)
-        if found is None:
-            continue
-        conv, gathers, old = found
-        w = idx.const(conv.input[1])
-        b = idx.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0], w.dtype)
-        c = w.shape[0] // 2
-        new = []
-        for k, gather in gathers:
-            name = gather.name or gather.output[0]
-            wk = unique_name(graph, f"{name}/w_diff")
-            bk = unique_name(graph, f"{name}/b_diff")
-            graph.initializer.append(numpy_helper.from_array((w[k * c:(k + 1) * c] - w[(1 - k) * c:(2 - k) * c]), wk))
-            graph.initializer.append(numpy_helper.from_array((b[k * c:(k + 1) * c] - b[(1 - k) * c:(2 - k) * c]), bk))
-            logit = unique_name(graph, f"{name}/logit")
-            conv_k = helper.make_node("Conv", [conv.input[0], wk, bk], [logit], name=f"{name}/conv")
-            conv_k.attribute.extend(a for a in conv.attribute)
-            new += [conv_k, helper.make_node("Sigmoid", [logit], [gather.output[0]], name=f"{name}/sigmoid")]
-        _replace(graph, old, new)
-        return True
-    return False
+def _apply(graph: onnx.GraphProto, idx: GraphView, node: onnx.NodeProto, found) -> None:
+    """Each ``Gather`` of the block as ``Sigmoid(Conv(x; W_k - W_{1-k}))``."""
+    conv, gathers, old = found
+    w = idx.const(conv.input[1])
+    b = idx.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0], w.dtype)
+    c = w.shape[0] // 2
+    new = []
+    for k, gather in gathers:
+        name = gather.name or gather.output[0]
+        wk = unique_name(graph, f"{name}/w_diff")
+        bk = unique_name(graph, f"{name}/b_diff")
+        graph.initializer.append(numpy_helper.from_array((w[k * c:(k + 1) * c] - w[(1 - k) * c:(2 - k) * c]), wk))
+        graph.initializer.append(numpy_helper.from_array((b[k * c:(k + 1) * c] - b[(1 - k) * c:(2 - k) * c]), bk))
+        logit = unique_name(graph, f"{name}/logit")
+        conv_k = helper.make_node("Conv", [conv.input[0], wk, bk], [logit], name=f"{name}/conv")
+        conv_k.attribute.extend(a for a in conv.attribute)
+        new += [conv_k, helper.make_node("Sigmoid", [logit], [gather.output[0]], name=f"{name}/sigmoid")]
+    _replace(graph, old, new)
 
 
 def _replace(graph: onnx.GraphProto, old: list[onnx.NodeProto], new: list[onnx.NodeProto]) -> None:

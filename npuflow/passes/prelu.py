@@ -30,31 +30,25 @@ from .activations import _splice
 
 def fold_prelu(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with each decomposed PReLU as one node (unchanged when none is found)."""
-    return rewrite_all(model, "Neg", _rewrite_one)
+    return rewrite_all(model, "Neg", _match, _apply)
 
 
-def _rewrite_one(graph: onnx.GraphProto, dims: dict) -> bool:
-    idx = GraphView(graph)
-    for node in graph.node:
-        found = _match(node, idx, dims)
-        if found is None:
-            continue
-        x, slope, perm, old = found
-        end = node.output[0]
-        name = node.name or end
-        flat = slope.reshape(-1)
-        prelu_out = end if perm is None else unique_name(graph, f"{name}/prelu")
-        if np.all(flat == flat[0]):
-            new = [helper.make_node("LeakyRelu", [x], [prelu_out], name=name, alpha=float(flat[0]))]
-        else:
-            slope_name = unique_name(graph, f"{name}/slope")
-            graph.initializer.append(numpy_helper.from_array(slope.astype(np.float32), slope_name))
-            new = [helper.make_node("PRelu", [x, slope_name], [prelu_out], name=name)]
-        if perm is not None:
-            new.append(helper.make_node("Transpose", [prelu_out], [end], name=f"{name}/transpose", perm=perm))
-        _splice(graph, old, new)
-        return True
-    return False
+def _apply(graph: onnx.GraphProto, idx: GraphView, node: onnx.NodeProto, found) -> None:
+    """The block ``node`` closes as one ``PRelu``/``LeakyRelu`` (and the transpose its positive branch applied)."""
+    x, slope, perm, old = found
+    end = node.output[0]
+    name = node.name or end
+    flat = slope.reshape(-1)
+    prelu_out = end if perm is None else unique_name(graph, f"{name}/prelu")
+    if np.all(flat == flat[0]):
+        new = [helper.make_node("LeakyRelu", [x], [prelu_out], name=name, alpha=float(flat[0]))]
+    else:
+        slope_name = unique_name(graph, f"{name}/slope")
+        graph.initializer.append(numpy_helper.from_array(slope.astype(np.float32), slope_name))
+        new = [helper.make_node("PRelu", [x, slope_name], [prelu_out], name=name)]
+    if perm is not None:
+        new.append(helper.make_node("Transpose", [prelu_out], [end], name=f"{name}/transpose", perm=perm))
+    _splice(graph, old, new)
 
 
 def _match(end: onnx.NodeProto, idx: GraphView, dims: dict):
