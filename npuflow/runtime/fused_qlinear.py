@@ -128,8 +128,8 @@ def _qlinear_conv(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, t
 def input_padding(w: np.ndarray, node_attrs: dict) -> int:
     """Zero-weight input channels to add to a dense channels-first ``QLinearConv`` with weights
     ``w`` (out, in, rows, columns): up to :data:`CHANNEL_STEP` where it has fewer (an image's 3
-    channels, MNIST's 1).  MLAS on 1-3 input channels took 1.3-2x as long as a ``Pad`` to 4 and the
-    kernel (one thread, AVX-512 VNNI; YOLOv8n's 3 -> 16 3x3 stride 2 at 320x320: 1385 against 843 us)."""
+    channels, MNIST's 1): ONNX Runtime's MLAS runs 1-3 input channels slower than a ``Pad`` to 4 and the
+    kernel (measurements: ``benchmarks/results/runtime_yolo_cpu_s31.md``)."""
     if node_attrs.get("group", 1) != 1 or "channels_last" in node_attrs or w.ndim != 4:
         return 0
     return max(CHANNEL_STEP - w.shape[1], 0)
