@@ -42,13 +42,15 @@ DEFAULTS = {
     "kernel_h": 3, "kernel_w": 3, "stride_h": 1, "stride_w": 1, "dilation_h": 1, "dilation_w": 1,
     "pad_top": 1, "pad_left": 1, "pad_bottom": 1, "pad_right": 1, "input_channel": 4, "output_channel": 4,
     "input_h": 12, "input_w": 12, "mode": None, "scale": 2, "axis": 1, "num_outputs": 2, "num_inputs": 2,
-    "stride_batch": 1, "stride_channel": 1, "alpha": 0.1, "beta": 0.5,
+    "stride_batch": 1, "stride_channel": 1, "alpha": 0.1, "beta": 0.5, "block_size": 2,
 }
 _OP_DEFAULTS = {
     "transposed_conv2d": {"kernel_h": 4, "kernel_w": 4, "stride_h": 2, "stride_w": 2},
     "depthwise_transposed_conv2d": {"kernel_h": 3, "kernel_w": 3, "stride_h": 1, "stride_w": 1},
     "hard_sigmoid": {"alpha": 1 / 6}, "hard_swish": {"alpha": 1 / 6},
     "global_avg_pool": {"input_h": 7, "input_w": 7}, "global_max_pool": {"input_h": 7, "input_w": 7},
+    # channels that blocks 2 and 3 divide (a pixel shuffle's block-size cases judge the block alone)
+    "depth_to_space": {"input_channel": 36}, "space_to_depth": {"input_channel": 36},
 }
 #: Modes per op, to pick one a target does not allow.
 _MODES = {"resize": ["nearest", "linear", "cubic"], "pad": ["constant", "reflect", "edge"]}
@@ -169,6 +171,11 @@ CONSTRAINT_CASES = {
     "axis != 1 or input_channel % num_outputs == 0":
         lambda t: ([{"input_channel": 6, "num_outputs": 3}, {"input_channel": 7, "num_outputs": 3, "axis": 2}],
                    [{"input_channel": 7, "num_outputs": 3}]),
+    "block_size ** 2 * input_channel <= 256 * channel_parallel":
+        lambda t: ([{"block_size": 2, "input_channel": 64 * t.channel_parallel},
+                    {"block_size": 4, "input_channel": 16 * t.channel_parallel}],
+                   [{"block_size": 2, "input_channel": 64 * t.channel_parallel + 1},
+                    {"block_size": 4, "input_channel": 16 * t.channel_parallel + 1}]),
     "1 / 256 < scale <= 256":
         lambda t: ([{"scale": 256, "input_h": 1, "input_w": 1, "input_channel": 1},
                     {"scale": 1 / 128, "input_h": 256, "input_w": 256, "input_channel": 1}],
@@ -296,13 +303,17 @@ def _act(p, pre, op):
     return nodes, [B.vi(x, [1, 4, 2, 2])], []
 
 
-def _depth_to_space(p, pre):
-    """PixelShuffle; block 2 where the channels divide by 4, else 1 (the limit's failing case, 256 * cp + 1
-    channels, stays a valid model: only the channel count is judged)."""
-    c = p["input_channel"]
-    node = helper.make_node("DepthToSpace", [f"{pre}x"], [f"{pre}y"], name=f"{pre}node",
-                            blocksize=2 if c % 4 == 0 else 1, mode="CRD")
-    return [node], [B.vi(f"{pre}x", [1, c, 2, 2])], []
+def _block_shuffle(p, pre, op):
+    """PixelShuffle / PixelUnshuffle with ``block_size``; a DepthToSpace takes block 1 where the channels do not
+    divide by its square (the reverse limit's failing case, 256 * cp + 1 channels, stays a valid model: only
+    the channel count is judged).  The map is one block, so SpaceToDepth always divides it."""
+    c, b = p["input_channel"], p["block_size"]
+    if op == "DepthToSpace" and c % (b * b):
+        b = 1
+    attrs = {"mode": "CRD"} if op == "DepthToSpace" else {}
+    node = helper.make_node(op, [f"{pre}x"], [f"{pre}y"], name=f"{pre}node", blocksize=b, **attrs)
+    hw = b if op == "SpaceToDepth" else 2
+    return [node], [B.vi(f"{pre}x", [1, c, hw, hw])], []
 
 
 BUILDERS = {
@@ -324,7 +335,8 @@ BUILDERS = {
     "leaky_relu": lambda p, pre: _act(p, pre, "LeakyRelu"),
     "hard_sigmoid": lambda p, pre: _act(p, pre, "HardSigmoid"),
     "hard_swish": lambda p, pre: _act(p, pre, "HardSwish"),
-    "depth_to_space": _depth_to_space,
+    "depth_to_space": lambda p, pre: _block_shuffle(p, pre, "DepthToSpace"),
+    "space_to_depth": lambda p, pre: _block_shuffle(p, pre, "SpaceToDepth"),
 }
 
 

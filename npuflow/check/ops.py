@@ -294,7 +294,10 @@ def _activation(node, view, kind) -> OpInfo:
 def _layout(node, view, kind) -> OpInfo:
     if kind == "transpose":
         return OpInfo(kind, LAYOUT, {"perm": str(list(attrs(node).get("perm", [])))})
-    return OpInfo(kind, LAYOUT, _channels(view, node.input[0]))
+    p = _channels(view, node.input[0])
+    if kind in ("depth_to_space", "space_to_depth"):
+        p["block_size"] = int(attrs(node).get("blocksize", 1))  # reorg's "stride" in UG1414's Table 28
+    return OpInfo(kind, LAYOUT, p)
 
 
 #: How the parameters of each target kind are read (the kinds are the registry's, :mod:`npuflow.operators`).
