@@ -23,7 +23,11 @@ H x 1, or 1 x W) ``[-> Squeeze]``: the same mean, which the target's ``avg_pool`
 of an N x T x C tensor of known T (the token average before a ViT / MLP-Mixer / ResMLP / EfficientFormer
 head, ``x.mean(1)``, round 21: "no integer lowering", a CPU subgraph of its own on every target) becomes
 ``Unsqueeze(axis 1) -> AveragePool (T x 1) -> Squeeze`` on the N x 1 x T x C view: the same mean; a
-mean over a 1-D convolution's channels (N x C x L) stays.
+mean over a 1-D convolution's channels (N x C x L) stays.  A ``ReduceMax`` over the same axes becomes
+the same pooling with ``MaxPool``/``GlobalMaxPool``, exact (round 23b: a PointNet's max over points
+``torch.amax(x, 2)`` of N x C x P, a TextCNN's max over time, a sound-event detector's clip-level
+``frame.max(1)`` of N x T x C read "ReduceMax has no integer lowering" and ran in float on the CPU
+between two accelerator subgraphs on every target).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from .activations import _splice
 
 #: readers that make a mean a normalisation statistic (see ``_is_statistic``): element-wise ops that broadcast
 _ELEMENTWISE = ELEMENTWISE_OPS & SIZE_JOINING_OPS
+#: the reductions written as pooling, and the (global, windowed) pool each becomes
+_POOL_OF = {"ReduceMean": ("GlobalAveragePool", "AveragePool"), "ReduceMax": ("GlobalMaxPool", "MaxPool")}
 #: per-axis attributes: one value per spatial axis gains a leading H value
 _H_VALUE = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0, "output_shape": 1}
 
@@ -53,7 +59,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     candidates = [n for n in graph.node if not n.domain and (
         (_lowered_pool(n) and not (len(n.output) > 1 and n.output[1]))
         or (n.op_type == "ConvTranspose" and (w := view.const(n.input[1])) is not None and w.ndim == 3)
-        or n.op_type == "ReduceMean")]
+        or n.op_type in _POOL_OF)]
     if not candidates:
         return out
     dims = inferred_dims(out)
@@ -62,7 +68,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in candidates:
         shape = dims.get(node.input[0], ())
         rank = len(shape)
-        axes = _reduced_axes(node, view, rank) if node.op_type == "ReduceMean" and rank in (3, 4) else None
+        axes = _reduced_axes(node, view, rank) if node.op_type in _POOL_OF and rank in (3, 4) else None
         if axes == list(range(2, rank)) and rank in (3, 4) and not _is_statistic(node, view):
             _mean_as_pool(graph, node, opset, rank)
         elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not _is_statistic(node, view):
@@ -70,7 +76,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
         elif (axes == [1] and rank == 3 and isinstance(shape[1], int) and not _is_statistic(node, view)
               and not _channels_first(node.input[0], view)):
             _token_mean_as_pool(graph, node, opset, shape[1])
-        elif node.op_type != "ReduceMean" and rank == 3:
+        elif node.op_type not in _POOL_OF and rank == 3:
             _rewrite(graph, node, opset, view, weights)
     remove_unused_initializers(graph)
     return out
@@ -83,7 +89,7 @@ def _lowered_pool(node: onnx.NodeProto) -> bool:
 
 
 def _reduced_axes(node: onnx.NodeProto, view: GraphView, rank: int) -> list[int] | None:
-    """The sorted axes a ``ReduceMean`` of a rank-``rank`` tensor averages over (an attribute before
+    """The sorted axes a ``ReduceMean``/``ReduceMax`` of a rank-``rank`` tensor reduces (an attribute before
     opset 18, a constant input from 18 on), or None where they are not known or are all axes."""
     axes = attr_values(node).get("axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
@@ -93,8 +99,8 @@ def _reduced_axes(node: onnx.NodeProto, view: GraphView, rank: int) -> list[int]
 
 
 def _is_statistic(node: onnx.NodeProto, view: GraphView) -> bool:
-    """Whether a mean is a normalisation's statistic: read by element-wise arithmetic (a LayerNorm's
-    ``x - mean``, ``mean(x*x) - mean**2`` on a B x T x D tensor), not by a layer.  It stays a
+    """Whether a mean (or max) is a normalisation's statistic: read by element-wise arithmetic (a LayerNorm's
+    ``x - mean``, ``mean(x*x) - mean**2`` on a B x T x D tensor, a decomposed softmax's ``x - max``), not by a layer.  It stays a
     ``ReduceMean``: ``passes/variance.py`` finds the LayerNorm by it, and a pool over tokens' features
     is no pooling the accelerator runs for it."""
     return any(c.op_type in _ELEMENTWISE for c in view.consumer_nodes(node.output[0]))
@@ -124,44 +130,44 @@ def _channels_first(tensor: str, view: GraphView) -> bool:
 
 
 def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, rank: int) -> None:
-    """``ReduceMean`` over the spatial axes as ``GlobalAveragePool``: of N x C x L on the N x C x 1 x L
+    """``ReduceMean`` (``ReduceMax``) over the spatial axes as ``GlobalAveragePool`` (``GlobalMaxPool``): of N x C x L on the N x C x 1 x L
     view, the pooled N x C x 1 x 1 losing axes 2 and 3 (``keepdims`` 0) or axis 3 (N x C x 1); of
     N x C x H x W directly, losing axes 2 and 3 for ``keepdims`` 0."""
     name = node.name or node.output[0]
     keep = attr_values(node).get("keepdims", 1)
     if rank == 4:
         pooled = node.output[0] if keep else unique_name(graph, f"{name}/pooled")
-        nodes = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=name)]
+        nodes = [helper.make_node(_POOL_OF[node.op_type][0], [node.input[0]], [pooled], name=name)]
         if not keep:
             nodes.append(_squeeze(graph, name, opset, pooled, node.output[0], [2, 3]))
         _splice(graph, [node], nodes)
         return
     x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
-    pool = helper.make_node("GlobalAveragePool", [x2d], [y2d], name=name)
+    pool = helper.make_node(_POOL_OF[node.op_type][0], [x2d], [y2d], name=name)
     unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [3] if keep else [2, 3])
     _splice(graph, [node], [unsq, pool, sq])
 
 
 def _axis_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, axis: int, size: int) -> None:
-    """``ReduceMean`` over axis 2 (or 3) of N x C x H x W as ``AveragePool`` whose window is that
+    """``ReduceMean`` (``ReduceMax``) over axis 2 (or 3) of N x C x H x W as ``AveragePool`` (``MaxPool``) whose window is that
     whole axis (``size`` values, stride 1, no padding), losing the axis for ``keepdims`` 0."""
     name = node.name or node.output[0]
     keep = attr_values(node).get("keepdims", 1)
     pooled = node.output[0] if keep else unique_name(graph, f"{name}/pooled")
     kernel = [size, 1] if axis == 2 else [1, size]
-    nodes = [helper.make_node("AveragePool", [node.input[0]], [pooled], name=name, kernel_shape=kernel)]
+    nodes = [helper.make_node(_POOL_OF[node.op_type][1], [node.input[0]], [pooled], name=name, kernel_shape=kernel)]
     if not keep:
         nodes.append(_squeeze(graph, name, opset, pooled, node.output[0], [axis]))
     _splice(graph, [node], nodes)
 
 
 def _token_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, size: int) -> None:
-    """``ReduceMean`` over axis 1 of N x T x C as ``AveragePool`` (kernel T x 1) on the N x 1 x T x C
+    """``ReduceMean`` (``ReduceMax``) over axis 1 of N x T x C as ``AveragePool`` (``MaxPool``, kernel T x 1) on the N x 1 x T x C
     view, losing the pooled axes 1 and 2 (``keepdims`` 0) or axis 1 (N x 1 x C)."""
     name = node.name or node.output[0]
     keep = attr_values(node).get("keepdims", 1)
     x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
-    pool = helper.make_node("AveragePool", [x2d], [y2d], name=name, kernel_shape=[size, 1])
+    pool = helper.make_node(_POOL_OF[node.op_type][1], [x2d], [y2d], name=name, kernel_shape=[size, 1])
     unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [1] if keep else [1, 2], axis=1)
     _splice(graph, [node], [unsq, pool, sq])
 
