@@ -33,6 +33,10 @@ original op sees no change.  Both keep the float function up to float rounding:
   the layer takes ``W' = -W``, ``B' = -B`` and the Sub becomes an ``Add`` (node name and tensors
   kept; symmetric weight quantization negates exactly).  Without such a producer the node is left
   (check's reason says the target has no Sub; not listed, since every written-out LayerNorm has one).
+* **A strided convolution with a kernel beyond the target's range** (DS-CNN's 10x4 stride-2 first conv
+  on bernoulli2, kernels up to 7x7): ``SpaceToDepth(s)`` then a stride-1 convolution with kernel
+  ``ceil(k/s)``, exact on integer codes too (:mod:`.wide_conv`).  A rewritten form the target rejects:
+  the node is left (reported).
 
 :func:`target_rewrites` returns what it changed and what it left, for the optimise stage's
 report (``quant_info.json``'s ``algorithms.target_rewrites``) and log.
@@ -53,6 +57,7 @@ from ..targets.judge import rule_reasons
 from ..value_info import inferred_shapes
 from .absorb import set_layer_params
 from .fold_affine import layer_params, scale_shift
+from .wide_conv import wide_convs_as_space_to_depth
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,7 @@ class Rewrite:
 
     node: str
     # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
-    # linear_resize_of_one_value_as_nearest | sub_as_add
+    # linear_resize_of_one_value_as_nearest | sub_as_add | wide_conv_as_space_to_depth
     rewrite: str
     applied: bool
     detail: str
@@ -81,6 +86,7 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     done += _global_avg_pools(out, target)
     done += _axis_avg_pools(out, target)
     done += _subs_as_adds(out.graph, target)
+    done += [Rewrite(n, "wide_conv_as_space_to_depth", ok, why) for n, ok, why in wide_convs_as_space_to_depth(out, target)]
     finish(out.graph, done)
     return out, done
 
