@@ -371,6 +371,10 @@ _BUILD = _specs(
      "Fix the value; `npuflow build --template` documents every key."),
     ("NPF_BUILD_INPUT_NAME_REQUIRED", "the model has {count} inputs ({inputs}) but input_parameters.input_name is not set",
      "With several inputs, list them in input_name separated by ';': every per-input value follows that order."),
+    ("NPF_BUILD_INPUT_NOT_NAMED", "input_parameters.input_name names {named} but the model also takes {missing}",
+     "List every model input in input_name, separated by ';', each with its values and a cal_data_dir folder in "
+     "the same order; an input the deployment fixes can be a constant instead: model_parameters.freeze_input: "
+     "'name=value'."),
     ("NPF_BUILD_COUNT_MISMATCH", "input_parameters.{key} has {got} value(s) but input_name names {expected} input(s) ({inputs})",
      "Give one value per input, in input_name order, separated by ';' (use 'None' for an input without a value)."),
     ("NPF_BUILD_NORM_VALUE_COUNT", "{key} for input {input!r} has {got} number(s); it needs 1 or {channels} (one per channel)",

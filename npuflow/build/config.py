@@ -386,7 +386,9 @@ def split_values(value: Text | None) -> list[str | None]:
 
 def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int] | None]) -> list[InputSpec]:
     """Match the per-input values against the model's inputs (name -> shape, ``None`` where
-    dynamic) and check what needs both: counts, channels, nv12 sizes and type pairs."""
+    dynamic) and check what needs both: counts, channels, nv12 sizes and type pairs.  Every model
+    input must be named: one left out has no calibration folder, and the build failed later with a
+    calibration mismatch or a dynamic-shape hint about a CLI flag (round 23b)."""
     inp = config.input_parameters
     names = split_values(inp.input_name)
     if not names:
@@ -397,6 +399,9 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
     for n in names:
         if n not in model_inputs:
             raise NpuflowError("NPF_MODEL_UNKNOWN_INPUT", name=n, inputs=", ".join(model_inputs))
+    if missing := [n for n in model_inputs if n not in names]:  # it would have no calibration folder
+        raise NpuflowError("NPF_BUILD_INPUT_NOT_NAMED", named=", ".join(map(repr, names)),
+                           missing=", ".join(map(repr, missing)))
     count = len(names)
 
     def per_input(key: str, *, required: bool, broadcast: bool = False) -> list[str | None]:
