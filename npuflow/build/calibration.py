@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import NpuflowError
 from ..passes.preprocess import InputPreprocess, to_runtime_format
+from ..quant.data import not_raw_reason
 
 
 class CalibrationSet(Sequence):
@@ -99,7 +100,10 @@ def _raw_dtype(path: Path, pre: InputPreprocess, declared: np.dtype | None = Non
     """uint8 when the file has one byte per element, float32 with four (featuremaps: only four, or
     the size of the model's own dtype of the input: a diffusion model's int64 timestep saved with
     ``numpy.tofile`` was refused as "needs 4 (float32)");
-    ``declared`` (``cal_data_type``): that dtype, and a file of another size is refused."""
+    ``declared`` (``cal_data_type``): that dtype, and a file of another size is refused.  An image
+    or audio clip is refused as such, whatever its size (``quant.data.not_raw_reason``)."""
+    if (reason := not_raw_reason(path)) is not None:
+        raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=reason)
     count = int(np.prod(pre.shape))
     size = path.stat().st_size
     if declared is not None:

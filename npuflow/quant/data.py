@@ -257,6 +257,26 @@ _NOT_RAW_SUFFIXES = {
 }
 
 
+#: why a file of each kind is no raw sample, and what to do instead
+_NOT_RAW_REASONS = {
+    "image": "an image: calibration reads samples already in the model's input format (one .npy per sample, or raw "
+             "numpy.tofile files with calib_shapes); npuflow build with preprocess_on: True reads images",
+    "audio": "an audio file: calibration reads samples already in the model's input format; decode each clip (the "
+             "wave module, soundfile.read) into the array the model takes, scaled as in training, and save one .npy "
+             "per sample",
+    "npz": "a .npz archive among other files: a folder holds either one .npz per sample (numpy.savez with every "
+           "input by name) or one .npy per sample, one sub-folder per input for a model with several",
+}
+
+
+def not_raw_reason(path: Path) -> str | None:
+    """Why ``path``, a calibration file that is no ``.npy``, is no raw ``numpy.tofile`` sample either
+    (an image, an audio clip, a stray ``.npz``), or None.  ``quantize --calib`` and ``build``'s
+    ``cal_data_dir`` both ask it: ``build`` read a folder of .wav clips as raw float32 and said
+    "has 8044 bytes; needs 16000 (float32)" with a numpy.tofile hint (round 23b)."""
+    return _NOT_RAW_REASONS.get(_NOT_RAW_SUFFIXES.get(path.suffix.lower(), ""))
+
+
 def _npz_folder(files: list[Path]) -> _Reader:
     """One sample per ``.npz`` archive, its arrays named by input (``numpy.savez(f, input_ids=...,
     attention_mask=...)``, what ``npuflow run -i`` and ``compare --data`` read): the natural way to
@@ -302,21 +322,8 @@ def _open_folder(root: Path, inputs: list[InputSpec], shapes: dict, dtype: np.dt
         try:
             if path.suffix == ".npy":
                 return np.load(path, allow_pickle=False)
-            kind = _NOT_RAW_SUFFIXES.get(path.suffix.lower())
-            if kind == "image":
-                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
-                    "an image: quantize reads samples already in the model's input format (one .npy per sample, or "
-                    "raw numpy.tofile files with calib_shapes); npuflow build with preprocess_on: True reads images"))
-            if kind == "audio":
-                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
-                    "an audio file: quantize reads samples already in the model's input format; decode each clip "
-                    "(the wave module, soundfile.read) into the array the model takes, scaled as in training, and save "
-                    "one .npy per sample"))
-            if kind == "npz":
-                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=(
-                    "a .npz archive among other files: a folder holds either one .npz per sample (numpy.savez "
-                    "with every input by name) or one .npy per sample, one sub-folder per input for a model "
-                    "with several"))
+            if (reason := not_raw_reason(path)) is not None:
+                raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path), reason=reason)
             if name not in shapes:
                 raise NpuflowError("NPF_QUANT_CALIB_SOURCE", source=str(path),
                                    reason=f"raw file without a shape: set calib_shapes: {{{name}: [dims]}} in the config")
