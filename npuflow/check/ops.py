@@ -133,22 +133,23 @@ def _channels(view, tensor) -> dict:
 
 
 def _per_channel(const_shape, data_shape) -> bool:
-    """A constant that broadcasts over N, H, W (scalar, [C], [C,1,1] or [1,C,1,1]; [C] on [N,C])."""
-    if data_shape is None or len(data_shape) not in (2, 4) or const_shape is None:
+    """A constant that broadcasts over N, H, W (scalar, [C], [C,1,1] or [1,C,1,1]; [C] on [N,C]; on
+    [N, T, C] tokens [C] or [1,1,C], the channels XIR keeps last)."""
+    if data_shape is None or len(data_shape) not in (2, 3, 4) or const_shape is None:
         return False
     if int(np.prod(const_shape)) == 1:
         return True
-    if len(data_shape) == 2:
-        return list(const_shape)[-1:] == [data_shape[1]] and int(np.prod(const_shape)) == data_shape[1]
+    if len(data_shape) in (2, 3):
+        return list(const_shape)[-1:] == [data_shape[-1]] and int(np.prod(const_shape)) == data_shape[-1]
     dims = [1] * (4 - len(const_shape)) + list(const_shape)
     return len(const_shape) <= 4 and dims[0] == 1 and dims[2] == 1 and dims[3] == 1 and dims[1] == data_shape[1]
 
 
-def _affine_conv(p: dict, xs: list[int]) -> OpInfo:
-    """A per-channel scale/shift on ``xs`` ([N, C], [N, C, W] or [N, C, H, W]) as the 1x1
-    depthwise convolution Vitis AI's compiler runs it as."""
-    c = xs[1]
-    hw = _hw(xs) or (1, 1)
+def _affine_conv(p: dict, xs: list[int], tokens: bool = False) -> OpInfo:
+    """A per-channel scale/shift on ``xs`` ([N, C], [N, C, W] or [N, C, H, W]; with ``tokens``, [N, T, C]
+    as a 1 x T map of C channels) as the 1x1 depthwise convolution Vitis AI's compiler runs it as."""
+    c = xs[-1] if tokens else xs[1]
+    hw = (1, xs[1]) if tokens else _hw(xs) or (1, 1)
     p.update(kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, dilation_h=1, dilation_w=1, pad_top=0,
              pad_left=0, pad_bottom=0, pad_right=0, group=c, input_channel=c, output_channel=c,
              input_h=hw[0], input_w=hw[1])
@@ -176,7 +177,7 @@ def _eltwise(node, view, kind) -> OpInfo:
         xs = view.shape(data)
         divides_const = kind == "eltwise_div" and ins[1] == data
         if _per_channel(view.shape(consts[0]), xs) and xs == out and not divides_const:
-            return _affine_conv(p, xs)
+            return _affine_conv(p, xs, tokens=len(xs) == 3)
         return OpInfo(kind.replace("eltwise_", "") + "_const", COMPUTE, p)
     if consts:
         return OpInfo(kind.replace("eltwise_", "") + "_const", COMPUTE, p)
