@@ -546,7 +546,6 @@ def _saturating(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | Non
     this CPU's MLAS computes with saturating 16-bit lanes (see :func:`exact_weights`), and how to
     read an initialiser's codes; none where the CPU's int8 kernels are exact (VNNI)."""
     inits = {t.name: t for t in model.graph.initializer}
-    readers = _readers(model.graph)
     todo = []  # (node index, weight input, zero point input)
     for k, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx"):
@@ -554,8 +553,6 @@ def _saturating(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | Non
         w, z = (0, 2) if node.op_type == "DequantizeLinear" else QOPERATOR_WEIGHT_INPUTS.get(node.op_type, (None, None))
         if node.op_type in QOPERATOR_WEIGHT_INPUTS and not _uint8_activations(node, inits):
             continue  # int8 x int8 has its own kernels; int8 x uint8 has none
-        if node.op_type == "DequantizeLinear" and not _weight_dequantize(node, readers):
-            continue  # an int8 constant of another op: its type decides how ONNX Runtime fuses that op
         if w is not None and len(node.input) > w and node.input[w] in inits \
                 and inits[node.input[w]].data_type == TensorProto.INT8 \
                 and (len(node.input) <= z or not node.input[z] or node.input[z] in inits):
@@ -566,6 +563,15 @@ def _saturating(model: onnx.ModelProto, external: Mapping[str, np.ndarray] | Non
             numpy_helper.to_array(inits[name])
 
     if not todo or weight_form() != "u8":
+        return [], codes
+    # the graph's readers only where the CPU saturates: a tuple per node input, whose pages
+    # CPython's allocator keeps after they are freed
+    readers = _readers(model.graph)
+    nodes = model.graph.node
+    # an int8 constant of another op keeps its type, which decides how ONNX Runtime fuses that op
+    todo = [(k, w, z) for k, w, z in todo
+            if nodes[k].op_type != "DequantizeLinear" or _weight_dequantize(nodes[k], readers)]
+    if not todo:
         return [], codes
     view = GraphView(model)
     dequantized_uint8 = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"

@@ -57,6 +57,18 @@ def test_int8_form_leaves_the_model_alone(monkeypatch):
     assert ort_kernels.exact_weights(model) is model
 
 
+def test_int8_form_reads_no_graph_readers(monkeypatch):
+    """Where the CPU's int8 kernels are exact, no reader map of the graph is built (issue 19: every
+    session's creation of a joined graph paid its small objects in the load's peak memory)."""
+    def readers(graph):
+        raise AssertionError("the graph's readers were built")
+
+    monkeypatch.setattr(ort_kernels, "weight_form", lambda: "s8")
+    monkeypatch.setattr(ort_kernels, "_readers", readers)
+    model = _uint8_block().model()
+    assert ort_kernels.exact_weights(model) is model
+
+
 # --- int8 constants that are not weights -----------------------------------------------------------
 
 #: YOLOv8n cpu-int8, ``/model.22/Add_10``: int8 anchors (scale, zero point 0) plus uint8 box offsets
