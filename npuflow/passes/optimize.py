@@ -2,7 +2,8 @@
 
 Order matters: constants are folded first (BN parameters and pattern constants become
 initializers), no-op nodes go, a batched-matrix-product ``Einsum`` becomes
-``Transpose``/``MatMul`` (:mod:`.einsum`), and additions of products by an all-zero constant (a recurrence's
+``Transpose``/``MatMul`` (:mod:`.einsum`), a LayerNorm written out node by node one
+``LayerNormalization`` (:mod:`.layer_norm`: ConvNeXt's channels-first one between two ``Transpose``), and additions of products by an all-zero constant (a recurrence's
 zero initial state, :mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu``
 (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into
 their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), a bilinear ``Resize`` by 2, 4
@@ -48,6 +49,7 @@ from .fold_affine_forward import fold_affine_forward
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .gelu import canonical_gelus
+from .layer_norm import layer_norms
 from .linear_bias import canonical_linear_biases, untie_shared_biases
 from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
@@ -101,6 +103,9 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
     FloatPass("two_way_softmax_as_sigmoid", lambda m, t, r: two_way_softmax_as_sigmoid(m), check=True),
+    # before the affine folds, which would take the LayerNorm's scale and shift apart from it; check too:
+    # the written-out chain alternates integer and CPU nodes where the unit is one CPU op
+    FloatPass("layer_norms", lambda m, t, r: layer_norms(m), check=True),
     # first too: a bias Add between a layer and its BN (PP-OCRv4 det's ConvTranspose); check too: a
     # HardSigmoid after a folded bias Add reads the layer itself, and the target rewrite folds it there
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
