@@ -429,11 +429,22 @@ def qlinear_add(
     del b_scalar  # the same arithmetic as two varying operands
     if a_scalar:
         a, a_scale, a_zp, b, b_scale, b_zp = b, b_scale, b_zp, a, a_scale, a_zp
+    ra, rb, fixed = qlinear_add_constants(a_scale, a_zp, b_scale, b_zp, out_scale, out_zp)
+    v = _fma32(np.asarray(a).astype(np.float32), ra, _fma32(np.asarray(b).astype(np.float32), rb, fixed))
+    return round_values(v, ONNX_ROUND_MODE).astype(np.int64)
+
+
+def qlinear_add_constants(a_scale: float, a_zp: int, b_scale: float, b_zp: int, out_scale: float,
+                          out_zp: int) -> tuple[np.float32, np.float32, np.float32]:
+    """:func:`qlinear_add`'s float32 constants ``(rA, rB, fixed)``: each operand's scale ratio and
+    the zero points folded into one value, as MLAS computes them.  The code of a pair is then
+    ``round_half_even(fma(a, rA, fma(b, rB, fixed)))``, each fused multiply-add one float64 product
+    and sum rounded once to float32 (:func:`_fma32`), which is how the runtime's fused graphs write
+    it where ONNX Runtime's ``QLinearAdd`` rounds otherwise (``fused_pairs.qlinear_add_float``)."""
     ra = np.float32(np.float32(a_scale) / np.float32(out_scale))
     rb = np.float32(np.float32(b_scale) / np.float32(out_scale))
     fixed = np.float32(np.float32(out_zp) - _fma32(ra, np.float32(a_zp), np.float32(rb * np.float32(b_zp))))
-    v = _fma32(np.asarray(a).astype(np.float32), ra, _fma32(np.asarray(b).astype(np.float32), rb, fixed))
-    return round_values(v, ONNX_ROUND_MODE).astype(np.int64)
+    return ra, rb, fixed
 
 
 def quantize_pooled(

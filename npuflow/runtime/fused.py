@@ -58,7 +58,7 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from .epilogues import out_type
-from . import fused_cache, fused_qlinear
+from . import fused_cache, fused_pairs, fused_qlinear
 from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
                         direct_run)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
@@ -76,7 +76,8 @@ _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut",
 
 
 def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
-    if as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op):
+    if as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op) \
+            or fused_pairs.qlinear_add_float(g, op):
         return
     a = op["attrs"]
     if "qlinear" in a or "scale_mult" in a or a["epilogue"].get("chain"):

@@ -7,7 +7,9 @@ a per-channel operand), with the op's scales and zero points: a float32 rounding
 one pair in a million escapes any sample.  The checks run once per op's constants and are kept
 on disk (``ort_kernels.persistent_check`` / ``keyed_verdict``): a load whose checks were made
 before opens none of their sessions, and computes none of their reference codes
-(:func:`dequantized_pairs_match`).
+(:func:`dequantized_pairs_match`).  An add whose ``QLinearAdd`` check fails is written as the
+arithmetic of ``numerics.qlinear_add`` in float operations, checked the same way
+(:func:`qlinear_add_float`), so that it does not cut its fused run.
 """
 
 from __future__ import annotations
@@ -147,3 +149,89 @@ def kernel_pairs_match(op_type: str, sa: float, sb: float, sc: float, za: int, z
         "sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
         "sc": np.float32(sc), "zc": np.uint8(zc)}, pairs)
     return np.array_equal(got, np.frombuffer(want, np.uint8).reshape(got.shape))
+
+
+def qlinear_add_operands(g: Graph, op: dict) -> tuple[list[str], str, tuple[float, int, float, int, float, int]] | None:
+    """An eltwise add with ``QLinearAdd`` arithmetic (``numerics.qlinear_add``) on two uint8
+    tensors of its uint8 output's shape, one scale and zero point each: its operands, its output
+    and ``(sa, za, sb, zb, sc, zc)`` (float32 scales as floats); None for any other add."""
+    a = op["attrs"]
+    spec = a.get("qlinear")
+    if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
+        return None
+    names = [op["inputs"][o["input"]] for o in a["operands"]]
+    out = op["outputs"][0]
+    shape = list(g.tensors[out]["shape"])
+    if any(np.dtype(d) != np.uint8 for d in (spec["out_dtype"], *(g.tensors[t]["dtype"] for t in (*names, out)))) \
+            or any(list(g.tensors[t]["shape"]) != shape for t in (*names, out)):
+        return None
+    params = [*spec["scales"], *spec["zps"], spec["out_scale"], spec["out_zp"]]
+    if any(np.size(v) != 1 for v in params):
+        return None
+    sa, sb, za, zb, sc, zc = params
+    if not all(0 <= int(z) <= 255 for z in (za, zb, zc)):
+        return None
+    return names, out, (float(np.float32(sa)), int(za), float(np.float32(sb)), int(zb), float(np.float32(sc)), int(zc))
+
+
+def qlinear_add_float(g: Graph, op: dict) -> bool:
+    """Write an add of :func:`qlinear_add_operands` as ``numerics.qlinear_add``'s own arithmetic in
+    float operations, where a check on every pair of codes proves ONNX Runtime computes it so
+    (:func:`_add_float_matches`); say whether it did.
+
+    Why: where ONNX Runtime's ``QLinearAdd`` rounds some pair otherwise (``fused_qlinear.add``
+    refuses it: another CPU's MLAS, or a kernel check that failed), the add would run as its
+    numpy kernel and cut the fused run in two (PP-OCR cls on cpu-int8: two fused runs, the kernel
+    and the softmax subgraph, three ONNX Runtime calls, where the frame is one call).  MLAS' sum is
+    ``round(fma(a, rA, fma(b, rB, fixed)))``; each fused multiply-add is a float64 product and sum
+    of float32 values cast to float32, which ONNX Runtime's ``Mul``, ``Add`` and ``Cast`` compute
+    in the same IEEE operations as ``numerics``."""
+    found = qlinear_add_operands(g, op)
+    if found is None:
+        return False
+    names, out, params = found
+    if not _add_float_matches(*params):
+        return False
+    g.put_bytes(out, _add_float_nodes(g.node, g.scalar, g.as_bytes(names[0]), g.as_bytes(names[1]), params))
+    return True
+
+
+def _add_float_nodes(node, scalar, a: str, b: str, params: tuple) -> str:
+    """:func:`qlinear_add_float`'s nodes from uint8 ``a`` and ``b`` to the uint8 codes, written by
+    ``node(op_type, inputs, **attrs)`` and ``scalar(value, dtype)`` (a graph's, or a probe's)."""
+    ra, rb, fixed = nm.qlinear_add_constants(*params[:2], *params[2:4], *params[4:])
+
+    def fma(x: str, r: np.float32, z: str) -> str:  # float32(x * r + z), the product and sum in float64
+        wide = node("Cast", [x], to=TensorProto.DOUBLE)
+        return node("Cast", [node("Add", [node("Mul", [wide, scalar(r, np.float64)]), z])], to=TensorProto.FLOAT)
+
+    inner = fma(b, rb, scalar(fixed, np.float64))
+    v = fma(a, ra, node("Cast", [inner], to=TensorProto.DOUBLE))
+    codes = node("Clip", [node("Round", [v]), scalar(0), scalar(255)])  # ties to even: nm.ONNX_ROUND_MODE
+    return node("Cast", [codes], to=TensorProto.UINT8)
+
+
+@ort_kernels.persistent_check
+def _add_float_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
+    """Whether :func:`_add_float_nodes` with these scales and zero points give
+    ``numerics.qlinear_add`` (saturated) on every pair of uint8 codes."""
+    nodes: list = []
+    inits: list = []
+
+    def node(op_type: str, ins: list[str], **attrs) -> str:
+        out = f"n{len(nodes)}"
+        nodes.append(helper.make_node(op_type, ins, [out], **attrs))
+        return out
+
+    def scalar(value, dtype=np.float32) -> str:
+        name = f"c{len(inits)}"
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype).reshape(()), name))
+        return name
+
+    y = _add_float_nodes(node, scalar, "a", "b", (sa, za, sb, zb, sc, zc))
+    nodes.append(helper.make_node("Identity", [y], ["y"]))
+    pa, pb = ALL_PAIRS
+    ins = [helper.make_tensor_value_info(n, TensorProto.UINT8, v.shape) for n, v in (("a", pa), ("b", pb))]
+    got = probe_session(nodes, ins, inits).run(None, {"a": pa.astype(np.uint8), "b": pb.astype(np.uint8)})[0]
+    want = np.clip(nm.qlinear_add(pa, sa, za, pb, sb, zb, sc, zc), 0, 255)
+    return np.array_equal(got, want)

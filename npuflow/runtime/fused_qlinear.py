@@ -342,26 +342,15 @@ def add(g: Graph, op: dict) -> bool:
     """Write ``op`` (an eltwise add with ONNX Runtime's ``QLinearAdd`` arithmetic) as that kernel
     when both operands are uint8 tensors of the output's shape and the kernel, run at load on all
     65,536 pairs of codes with the op's scales and zero points, gives ``numerics.qlinear_add``
-    (:func:`_qlinear_add_matches`); say whether it did.  Elsewhere the kernel of ``numerics`` serves."""
-    a = op["attrs"]
-    if "dequant" in a:
+    (:func:`_qlinear_add_matches`); say whether it did.  Elsewhere (a CPU whose kernel rounds
+    otherwise) ``fused_pairs.qlinear_add_float`` writes that arithmetic as float operations."""
+    if "dequant" in op["attrs"]:
         return fused_pairs.dequantized(g, op, "QLinearAdd")
-    spec = a.get("qlinear")
-    if spec is None or a["mode"] != "add" or any(spec["scalar"]) or any("const" in o for o in a["operands"]):
+    found = fused_pairs.qlinear_add_operands(g, op)
+    if found is None or not ort_kernels.exact():
         return False
-    names = [op["inputs"][o["input"]] for o in a["operands"]]
-    out = op["outputs"][0]
-    shape = list(g.tensors[out]["shape"])
-    if not _uint8(spec["out_dtype"], *(g.tensors[t]["dtype"] for t in (*names, out))) \
-            or any(list(g.tensors[t]["shape"]) != shape for t in (*names, out)) or not ort_kernels.exact():
-        return False
-    params = [*spec["scales"], *spec["zps"], spec["out_scale"], spec["out_zp"]]
-    if any(np.size(v) != 1 for v in params):
-        return False
-    sa, sb, za, zb, sc, zc = params
-    sa, sb, sc = (float(np.float32(s)) for s in (sa, sb, sc))
-    if not all(0 <= int(z) <= 255 for z in (za, zb, zc)) \
-            or not _qlinear_add_matches(sa, int(za), sb, int(zb), sc, int(zc)):
+    names, out, (sa, za, sb, zb, sc, zc) = found
+    if not _qlinear_add_matches(sa, za, sb, zb, sc, zc):
         return False
     y = g.node("QLinearAdd", [
         g.as_bytes(names[0]), g.scalar(sa), g.scalar(za, np.uint8),

@@ -119,6 +119,7 @@ def test_add_check_refuses_an_integer_kernel_that_differs_on_a_few_pairs(monkeyp
     monkeypatch.setattr(nm, "qlinear_add", _one_pair_off(nm.qlinear_add))
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))  # no verdict of the real numerics from the disk cache
     fused_qlinear._qlinear_add_matches.cache_clear()
+    fused_pairs._add_float_matches.cache_clear()  # its float form differs from that numerics too
     try:
         assert ort_kernels.exact.__wrapped__()  # the probe does not see it
         assert not fused_qlinear._qlinear_add_matches(0.05, 131, 0.04, 120, 0.07, 125)  # _uint8_block's add
@@ -127,6 +128,7 @@ def test_add_check_refuses_an_integer_kernel_that_differs_on_a_few_pairs(monkeyp
         assert "QLinearAdd" not in ops and ops.count("QLinearConv") == 3, ops
     finally:
         fused_qlinear._qlinear_add_matches.cache_clear()
+        fused_pairs._add_float_matches.cache_clear()
 
 
 def test_add_check_accepts_onnxruntimes_kernel_on_every_pair():
