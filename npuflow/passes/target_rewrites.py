@@ -37,6 +37,9 @@ original op sees no change.  Both keep the float function up to float rounding:
   on bernoulli2, kernels up to 7x7): ``SpaceToDepth(s)`` then a stride-1 convolution with kernel
   ``ceil(k/s)``, exact on integer codes too (:mod:`.wide_conv`).  A rewritten form the target rejects:
   the node is left (reported).
+* **PyTorch's PixelUnshuffle** (``Reshape -> Transpose -> Reshape``) on a target without a transpose
+  (bernoulli2) as ``SpaceToDepth``, the reading Convs' input channels permuted to its channel order
+  (:mod:`.pixel_unshuffle`).
 
 :func:`target_rewrites` returns what it changed and what it left, for the optimise stage's
 report (``quant_info.json``'s ``algorithms.target_rewrites``) and log.
@@ -57,6 +60,7 @@ from ..targets.judge import rule_reasons
 from ..value_info import inferred_shapes
 from .absorb import set_layer_params
 from .fold_affine import layer_params, scale_shift
+from .pixel_unshuffle import unshuffles_as_space_to_depth
 from .wide_conv import wide_convs_as_space_to_depth
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,8 @@ class Rewrite:
 
     node: str
     # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
-    # linear_resize_of_one_value_as_nearest | sub_as_add | wide_conv_as_space_to_depth
+    # linear_resize_of_one_value_as_nearest | sub_as_add | wide_conv_as_space_to_depth |
+    # pixel_unshuffle_as_space_to_depth
     rewrite: str
     applied: bool
     detail: str
@@ -87,6 +92,8 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     done += _axis_avg_pools(out, target)
     done += _subs_as_adds(out.graph, target)
     done += [Rewrite(n, "wide_conv_as_space_to_depth", ok, why) for n, ok, why in wide_convs_as_space_to_depth(out, target)]
+    done += [Rewrite(n, "pixel_unshuffle_as_space_to_depth", ok, why)
+             for n, ok, why in unshuffles_as_space_to_depth(out, target)]
     finish(out.graph, done)
     return out, done
 

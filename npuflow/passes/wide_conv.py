@@ -43,12 +43,12 @@ def wide_convs_as_space_to_depth(model: onnx.ModelProto, target: Target) -> list
     """Rewrite in place each Conv of ``model`` that the module docstring covers; ``(node, applied, detail)``
     for each one rewritten or left (the caller's :class:`~.target_rewrites.Rewrite` records)."""
     done = []
-    view = _view(model)
+    view = shaped_view(model)
     for out in [n.output[0] for n in model.graph.node if n.op_type == "Conv" and not n.domain]:
         node = view.producer_node(out)
         name = node.name or out
         plan = _plan(node, view)
-        if plan is None or not any(r.startswith("kernel ") for r in _node_reasons(node, view, target)):
+        if plan is None or not any(r.startswith("kernel ") for r in node_reasons(node, view, target)):
             continue  # not a strided conv the rewrite covers, or its kernel is not what the target rejects
         s, kh, kw = plan["s"], plan["kh"], plan["kw"]
         new = _rewritten(node, view, plan)
@@ -60,11 +60,11 @@ def wide_convs_as_space_to_depth(model: onnx.ModelProto, target: Target) -> list
         done.append((name, True, f"Conv {kh}x{kw} stride {s} -> SpaceToDepth({s}) then Conv "
                                  f"{math.ceil(kh / s)}x{math.ceil(kw / s)} stride 1 on {s * s}x the channels "
                                  f"(the same products in one accumulator)"))
-        view = _view(model)
+        view = shaped_view(model)
     return done
 
 
-def _view(model: onnx.ModelProto) -> GraphView:
+def shaped_view(model: onnx.ModelProto) -> GraphView:
     """A view that knows the tensor shapes ONNX's shape inference can tell (a graph without value infos)."""
     view = GraphView(model.graph)
     view.shapes.update({k: v for k, v in inferred_shapes(model).items() if k not in view.shapes})
@@ -95,7 +95,7 @@ def _plan(node: onnx.NodeProto, view: GraphView) -> dict | None:
             "out": (ho, wo)}
 
 
-def _node_reasons(node: onnx.NodeProto, view: GraphView, target: Target) -> list[str]:
+def node_reasons(node: onnx.NodeProto, view: GraphView, target: Target) -> list[str]:
     """The target's objections to ``node`` as check states them (no rule: no implementation)."""
     from ..check.ops import classify  # check's own reading of a node (check imports the passes)
     info = classify(node, view, view.position(node))
@@ -158,7 +158,7 @@ def _objections(node: onnx.NodeProto, view: GraphView, target: Target, plan: dic
                               inits + extra, value_info=infos)
     part = GraphView(graph)
     for new_node in part.nodes:
-        why = _node_reasons(new_node, part, target)
+        why = node_reasons(new_node, part, target)
         if why:
             return f"{new_node.op_type} {new_node.name}: {'; '.join(why)}"
     return ""
