@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: the opset that defines ``LayerNormalization``
 LAYER_NORM_OPSET = 17
+#: the IR version opset 17 belongs to
+LAYER_NORM_IR = 8
 #: channels-first map to channels-last and back
 TO_LAST, TO_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
 
@@ -184,13 +186,17 @@ def _at_layer_norm_opset(model: onnx.ModelProto) -> onnx.ModelProto | None:
         for o in model.opset_import:
             if o.domain in STANDARD_DOMAINS:
                 o.version = LAYER_NORM_OPSET
-        return model
-    try:
-        return version_converter.convert_version(model, LAYER_NORM_OPSET)
-    except Exception as exc:  # the converter raises bare RuntimeErrors on ops it cannot convert
-        log.info("LayerNorm chains left written out: opset %d -> %d failed: %s", default_opset(model),
-                 LAYER_NORM_OPSET, exc)
-        return None
+        upgraded = model
+    else:
+        try:
+            upgraded = version_converter.convert_version(model, LAYER_NORM_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors on ops it cannot convert
+            log.info("LayerNorm chains left written out: opset %d -> %d failed: %s", default_opset(model),
+                     LAYER_NORM_OPSET, exc)
+            return None
+    # neither step raises the IR version, and opset 17 is IR 8 (a TorchScript opset-14 export is IR 7)
+    upgraded.ir_version = max(upgraded.ir_version, LAYER_NORM_IR)
+    return upgraded
 
 
 def _typed(graph: onnx.GraphProto, name: str, dims: list[int | str]) -> None:
