@@ -61,8 +61,12 @@ def key(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int
         return None
     h = hashlib.sha256(json.dumps([source_digest(SOURCES), ort_kernels.cache_key(), threads]).encode())
     used = sorted({t for op in sg["ops"] for t in (*op["inputs"], *op["outputs"])} | set(sg["outputs"]))
-    h.update(json.dumps([sg["ops"], sg["outputs"], [[t, tensors[t]] for t in used]], sort_keys=True,
-                        default=_plain).encode())
+    # a JSON text per op and tensor (each a whole value: the texts in turn are unambiguous), not one
+    # of them all: that is written as a small string per key and value first, whose pages CPython's
+    # allocator keeps after they are freed (issue 19, a load's peak memory)
+    h.update(json.dumps(sg["outputs"]).encode())
+    for item in (*sg["ops"], *([t, tensors[t]] for t in used)):
+        h.update(json.dumps(item, sort_keys=True, default=_plain).encode())
     for name in sorted({b for op in sg["ops"] for b in op["blobs"].values()}):
         value = blob(name)
         if isinstance(value, (bytes, bytearray)):

@@ -7,6 +7,7 @@ settings, the same runs and kernels between them, the same outputs bit for bit."
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -221,3 +222,18 @@ def test_a_stored_run_left_alone_is_opened_at_load(monkeypatch, fused_cache_on, 
     ref = npuflow.Session(path, fuse=False).run(samples[0])
     out = read.run(samples[0])
     assert all(np.array_equal(out[k], ref[k]) for k in ref) and len(opened) == len(runs)
+
+
+def test_the_key_writes_one_op_at_a_time(monkeypatch, fused_cache_on):
+    """The plan's name hashes a JSON text per op and tensor, never one text of the whole program (its
+    small strings stayed in the loaded process's memory), and still tells programs apart by any op."""
+    ops = [{"name": f"op{k}", "op": "relu", "inputs": [f"t{k}"], "outputs": [f"t{k + 1}"], "blobs": {},
+            "attrs": {"x_zp": k, "out_shape": [1, 4]}} for k in range(3)]
+    tensors = {f"t{k}": {"dtype": "int8", "shape": [1, 4]} for k in range(4)}
+    written: list = []
+    real = json.dumps
+    monkeypatch.setattr(json, "dumps", lambda value, **kw: written.append(value) or real(value, **kw))
+    first = fused_cache.key({"ops": ops, "outputs": ["t3"]}, tensors, lambda name: None, 1)
+    assert max(real(value, default=str).count('"op":') for value in written) == 1
+    changed = [*ops[:2], {**ops[2], "attrs": {**ops[2]["attrs"], "x_zp": 9}}]
+    assert fused_cache.key({"ops": changed, "outputs": ["t3"]}, tensors, lambda name: None, 1) != first
