@@ -27,6 +27,14 @@ original op sees no change.  Both keep the float function up to float rounding:
   ``AveragePool(kernel = stride = d)`` along that axis (the largest divisor ``d`` the target's
   ``avg_pool`` rule accepts) until the rest fits one window (stride 1): 40 = 2 x 2 x 2 x 5.  No such
   cascade: the node is left (reported).
+* **AveragePool with a stride the target's pool rejects** (Fast-SCNN's and PSPNet's pyramid pooling,
+  ``adaptive_avg_pool2d(x, 3)`` of a 6 x 6 map exported as ``AveragePool`` 2 x 2 stride 2, and bins of 2:
+  3 x 3 stride 3, on bernoulli2: stride 1 or 2, round 23a).  A window's average does not depend on the
+  stride: ``AveragePool(kernel, stride 1)`` computes every window, and ``MaxPool`` 1 x 1 with the original
+  stride keeps the ones the strided pool would (a max over one value is that value, in integers too).
+  Only unpadded pools, without ceil_mode or dilation; along an axis the window covers whole the stride
+  does not matter and becomes 1 (no ``MaxPool`` when that is enough).  Where the target accepts neither
+  the stride-1 window nor the 1 x 1 subsampling, the node is left (reported).
 * **Sub of two tensors on a target with an element-wise add and no subtract** (DnCNN's residual
   ``x - f(x)``, round 21: DPUCZDX8G and bernoulli2 ran the model's last op in float on the CPU).
   ``a - y = a + (-y)``: when ``y`` is the output of a Conv/ConvTranspose/Gemm read only by the Sub,
@@ -73,7 +81,7 @@ class Rewrite:
     node: str
     # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
     # linear_resize_of_one_value_as_nearest | sub_as_add | wide_conv_as_space_to_depth |
-    # pixel_unshuffle_as_space_to_depth
+    # pixel_unshuffle_as_space_to_depth | axis_avg_pool_cascade | avg_pool_stride_as_subsample
     rewrite: str
     applied: bool
     detail: str
@@ -90,6 +98,7 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     done += _hard_sigmoids(out.graph, target)
     done += _global_avg_pools(out, target)
     done += _axis_avg_pools(out, target)
+    done += _strided_avg_pools(out, target)
     done += _subs_as_adds(out.graph, target)
     done += [Rewrite(n, "wide_conv_as_space_to_depth", ok, why) for n, ok, why in wide_convs_as_space_to_depth(out, target)]
     done += [Rewrite(n, "pixel_unshuffle_as_space_to_depth", ok, why)
@@ -263,6 +272,58 @@ def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
         done.append(Rewrite(name, "axis_avg_pool_cascade", True,
                             f"AveragePool {kh}x{kw} -> {len(stages)} AveragePool(s) with kernel = stride "
                             f"{'x'.join(map(str, stages))} then one over {size}"))
+    return done
+
+
+def _strided_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
+    """The strided average pools the target's pool rejects, as a stride-1 pool and a 1 x 1
+    ``MaxPool`` that keeps every stride-th value (module docstring)."""
+    graph = model.graph
+    pools = [n for n in graph.node if n.op_type == "AveragePool"]
+    idx = _shaped_view(model, pools)
+    done = []
+    for node in pools:
+        xs = idx.shape(node.input[0])
+        a = {k: attr(node, k) for k in ("kernel_shape", "strides", "pads", "ceil_mode", "dilations")}
+        if xs is None or len(xs) != 4 or not all(isinstance(d, int) and d > 0 for d in xs[1:]) or \
+                len(a["kernel_shape"] or []) != 2 or any(a["pads"] or []) or a["ceil_mode"] or \
+                any(d != 1 for d in a["dilations"] or []):
+            continue
+        c, h, w = xs[1], xs[2], xs[3]
+        (kh, kw), (sh, sw) = a["kernel_shape"], a["strides"] or [1, 1]
+        if kh > h or kw > w or not _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, sh, sw)):
+            continue
+        sh, sw = (1 if kh == h else sh), (1 if kw == w else sw)  # a window over a whole axis: any stride
+        name = node.name or node.output[0]
+        if _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, 1, 1)):
+            done.append(Rewrite(name, "avg_pool_stride_as_subsample", False,
+                                f"AveragePool {kh}x{kw} stride {sh}x{sw} stays: {target.name}'s avg_pool rule "
+                                f"rejects its {kh}x{kw} window at stride 1 too"))
+            continue
+        if (sh, sw) == (1, 1) or not _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, sh, sw)):
+            set_attr(node, "strides", [sh, sw])
+            done.append(Rewrite(name, "avg_pool_stride_as_subsample", True,
+                                f"AveragePool {kh}x{kw} over {h}x{w}: stride 1 along the axis its window covers whole"))
+            continue
+        ph, pw = h - kh + 1, w - kw + 1
+        if _reasons(target, "max_pool", _window_params(c, ph, pw, 1, 1, sh, sw)):
+            done.append(Rewrite(name, "avg_pool_stride_as_subsample", False,
+                                f"AveragePool {kh}x{kw} stride {sh}x{sw} stays: {target.name}'s max_pool rule "
+                                f"rejects the 1x1 stride-{sh}x{sw} subsampling"))
+            continue
+        mid = f"{node.output[0]}/stride1"
+        elem = idx.elem_type(node.input[0]) or TensorProto.FLOAT
+        at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
+        graph.node.insert(at, helper.make_node("AveragePool", [node.input[0]], [mid], name=f"{name}/stride1",
+                                               kernel_shape=[kh, kw], strides=[1, 1]))
+        graph.value_info.append(helper.make_tensor_value_info(mid, elem, [xs[0], c, ph, pw]))
+        node.op_type = "MaxPool"
+        node.input[0] = mid
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("kernel_shape", [1, 1]), helper.make_attribute("strides", [sh, sw])])
+        done.append(Rewrite(name, "avg_pool_stride_as_subsample", True,
+                            f"AveragePool {kh}x{kw} stride {sh}x{sw} -> AveragePool {kh}x{kw} stride 1 "
+                            f"({name}/stride1) then MaxPool 1x1 stride {sh}x{sw}"))
     return done
 
 
