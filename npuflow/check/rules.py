@@ -18,6 +18,15 @@ def hint_for(reason: str, device: str) -> str:
         return ("npuflow rewrites it into the target's hard-sigmoid (check judges, quantize applies the rewrite) "
                 "only when a Conv/ConvTranspose/Gemm before it feeds this node alone: its parameters fold into that "
                 "layer (passes/target_rewrites.py); give it such a producer or accept CPU execution.")
+    if "(sigmoid) has no " in low:
+        return (f"The {device} has no sigmoid.  Where the target runs hard_sigmoid and hard_swish (npuflow targets "
+                "NAME lists its ops), a model fine-tuned with nn.Hardsigmoid in place of the sigmoid, and nn.Hardswish "
+                "in place of SiLU (x * sigmoid(x): YOLOv5/v8, EfficientNet), runs them on the accelerator "
+                "(npuflow qat fine-tunes); or accept the sigmoid on the CPU.")
+    if "(gelu) has no " in low:
+        return (f"The {device} has no GELU.  A model fine-tuned with nn.Hardswish or nn.ReLU in its place runs on the "
+                "accelerator where the target runs them (npuflow targets NAME lists its ops; npuflow qat "
+                "fine-tunes); or accept the GELU on the CPU.")
     if low.startswith("kernel"):
         return "Use a kernel within the range (e.g. stack 3x3 convolutions instead of one large kernel)."
     if low.startswith("stride"):
