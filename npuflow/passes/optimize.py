@@ -57,6 +57,7 @@ from .remove_identity import remove_identity
 from .resize_linear import linear_resizes_as_conv_transpose
 from .split_slices import splits_as_slices
 from .target_rewrites import Rewrite, target_rewrites
+from .unit_transpose import unit_axis_transposes_as_reshape
 from .variance import stable_variances
 from .zero_terms import drop_zero_terms
 
@@ -116,6 +117,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
     # check too: a layer scale on tokens after a MatMul + bias is no node check could place on the accelerator
     FloatPass("fold_linear_affine", lambda m, t, r: fold_linear_affine(m), check=True),
+    # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
+    FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
     # check's judge reads static shapes of the tensors the passes above made
     FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),
