@@ -50,7 +50,7 @@ from onnx import helper
 from .compiler.compiled import CompiledModel
 from .custom_ops import PYOP_DOMAIN_PREFIX, custom_nodes, declare_pyop, extensions
 from .graph import attr_values
-from .ort_session import LEVELS
+from .ort_session import DISABLE_KEY, LEVELS, disabled
 from .runtime.executors import cpu_level
 from .runtime.session import file_sha256
 from .errors import NpuflowError
@@ -229,6 +229,15 @@ def session_options(model: str | os.PathLike | onnx.ModelProto, sess_options: An
     level = {p.key: p.value for p in proto.metadata_props}.get(LEVEL_KEY)
     if level is not None:
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    # the inline CPU subgraphs as npuflow's sessions run them (``ort_session.disabled``: a float
+    # convolution between quantized layers stays float); transformers the application left out stay out
+    try:
+        named = [n for n in so.get_session_config_entry(DISABLE_KEY).split(";") if n]
+    except RuntimeError:  # ONNX Runtime's answer for an option not set
+        named = []
+    left_out = disabled(proto, named)
+    if left_out:
+        so.add_session_config_entry(DISABLE_KEY, ";".join(left_out))
     return so
 
 

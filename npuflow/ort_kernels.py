@@ -227,7 +227,7 @@ def kernels(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[st
     ``external``: the arrays of initialisers ``model`` declares external, as ``ort_session.open_session``
     takes them): which kernels compute it, e.g. whether a quantize group became a ``QLinear*`` kernel.
     Read from the optimised model ONNX Runtime writes."""
-    from .ort_session import options
+    from .ort_session import disabled, options
 
     opts = options(level=level, threads=1)
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (external or {}).values()]  # alive until loaded
@@ -236,7 +236,7 @@ def kernels(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[st
     with tempfile.TemporaryDirectory() as d:
         opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=list(disabled_optimizers))
+                             disabled_optimizers=disabled(model, disabled_optimizers))
         nodes = onnx.load(opts.optimized_model_filepath).graph.node
     counts: dict[tuple[str, str], int] = {}
     for n in nodes:

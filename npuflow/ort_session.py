@@ -9,6 +9,14 @@ arguments here:
   ONNX Runtime fuses Q/DQ pairs into integer ``QLinear*`` kernels, at ``"basic"`` it runs Q/DQ in
   float.  The runtime's exactness contract names the level it compares with, so every caller
   states it (``"disable"`` for probes that must see the graph as written).
+  At every level above ``"disable"`` ONNX Runtime's ``WeightBiasQuantization`` would also quantize
+  the float weights (to per-tensor int8) and bias of a ``Conv``/``ConvTranspose``/``Gemm`` that
+  reads a dequantize step and feeds a ``QuantizeLinear`` (through a ``Relu``/``Clip``): the float
+  convolution of a CPU island between two accelerator subgraphs, or a ``keep_float`` one, which the
+  quantized model keeps float as the vendors' CPU parts run it.  A session of a model holding such
+  a layer leaves that transformer out (:func:`disabled`), so the layer computes what the model says
+  at any level; other models keep it (NNCF's float bias of a dequantized weight is quantized by it,
+  which the compiler's legalisation follows).
 * ``threads``: intra-op threads (0: ONNX Runtime's default, one per core; inter-op always 1,
   npuflow's graphs being small or sequential).
 * ``spinning``: whether idle pool threads spin.  Off where sessions run beside other work (the
@@ -44,6 +52,15 @@ Level = Literal["disable", "basic", "all"]
 
 #: ``Level`` -> the name of ONNX Runtime's ``GraphOptimizationLevel`` member.
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
+
+#: ONNX Runtime's transformer that quantizes a float weight read by a quantized layer (module
+#: docstring, ``level``)
+WEIGHT_QUANTIZER = "WeightBiasQuantization"
+#: The session option naming transformers to leave out, separated by ``;`` (a list given to the
+#: session's constructor replaces it)
+DISABLE_KEY = "optimization.disable_specified_optimizers"
+#: The layers whose float weight ``WEIGHT_QUANTIZER`` quantizes
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
 
 
 _ARENA_LOCK = threading.Lock()
@@ -86,6 +103,18 @@ def options(*, level: Level = "all", threads: int = 0, spinning: bool = True, me
     if arena and shared_arena():
         opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
+
+
+def disabled(model: onnx.ModelProto, extra: Sequence[str] = ()) -> list[str]:
+    """The ONNX Runtime transformers a session of ``model`` leaves out: ``extra``, and
+    :data:`WEIGHT_QUANTIZER` where a Conv/ConvTranspose/Gemm reads a dequantize step and a float
+    weight of the graph's (a float layer between quantized ones, which must stay float)."""
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    floats.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    island = any(n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[0] in dequantized and n.input[1] in floats
+                 for n in model.graph.node)
+    return list(dict.fromkeys([*extra, *([WEIGHT_QUANTIZER] if island else [])]))
 
 
 def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", threads: int = 0,
@@ -134,20 +163,26 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
             libraries.add(custom_ops.extensions().get_library_path())
         for library in sorted(libraries):  # each once: ONNX Runtime refuses a second registration
             opts.register_custom_ops_library(library)
-    data, disabled = _serialized(proto), list(disabled_optimizers)
+    if isinstance(proto, onnx.ModelProto):
+        left_out = disabled(proto, disabled_optimizers)
+    elif b"DequantizeLinear" in proto and any(op in proto for op in (b"Conv", b"Gemm")):
+        left_out = disabled(onnx.load_from_string(proto), disabled_optimizers)  # parsed only where it may matter
+    else:
+        left_out = list(disabled_optimizers)
+    data = _serialized(proto)
     try:
         try:
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=disabled or None)
+                                           disabled_optimizers=left_out or None)
         except Exception as exc:
-            if _S8_TO_U8 in disabled or "output_dtype" not in str(exc):
+            if _S8_TO_U8 in left_out or "output_dtype" not in str(exc):
                 raise
             # ONNX Runtime's int8 -> uint8 rewrite of quantize steps keeps an opset-21 QuantizeLinear's
             # output_dtype INT8 beside its new UINT8 zero point and then refuses its own graph (a
             # dynamo opset-21 export quantized for B4096, new-user round 15); without it the
             # arithmetic is the same
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=[*disabled, _S8_TO_U8])
+                                           disabled_optimizers=[*left_out, _S8_TO_U8])
     except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/InvalidProtobuf types
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"ONNX Runtime cannot {what} the model: {exc}") from None
     # ONNX Runtime's Python session keeps the serialized model it was given (``_model_bytes``) for its

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from npuflow import numerics as nm
 from npuflow import ort_kernels, qdq
+from npuflow.ort_session import disabled
 
 
 class Builder:
@@ -116,7 +117,8 @@ class Builder:
 
 
 def ort_values(model: onnx.ModelProto, feeds: dict, names: list[str], level: str = "disable") -> dict:
-    """Values of any tensors of ``model`` as ORT computes them (exposed as extra outputs)."""
+    """Values of any tensors of ``model`` as ORT computes them (exposed as extra outputs), in npuflow's
+    sessions' form (``ort_session.disabled``: a float layer between quantized ones stays float)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
@@ -129,5 +131,6 @@ def ort_values(model: onnx.ModelProto, feeds: dict, names: list[str], level: str
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if level == "disable"
                                      else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled(m) or None)
     return dict(zip(names, sess.run(names, feeds)))
