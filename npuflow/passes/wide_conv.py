@@ -16,6 +16,13 @@ piece's accumulator would be requantised to int8 before the add (one rounding pe
 add's), and no target here adds int32 accumulators of two layers.  So a stride-1 convolution with a
 kernel beyond the target's range stays where check puts it (on the CPU, with the limit named).
 
+Where the target's ``SpaceToDepth`` does not take the stride ``s`` as its block (bernoulli2's is block
+2 only), a block ``b`` dividing ``s`` leaves a convolution of stride ``s / b`` and kernel ``ceil(k/b)``
+on ``b*b*C`` channels (the same construction, row ``i*s + a`` being row ``i*(s/b) + u`` of phase
+``d`` for ``a = u*b + d``), which the next step rewrites again: a 16x16 stride-4 convolution is two
+block-2 steps to a 4x4 stride-1 one.  The chain is applied only where the target runs every node of
+its last form, and is as exact as one step (the same products, one accumulator).
+
 The padding goes first as a ``Pad`` of zeros (the zero point in the quantized model), extended
 at the bottom/right to the rows and columns the blocks need (zeros the new kernel's tail multiplies
 by zero weights), or those the outputs never read dropped by a ``Slice``; padding already a whole
@@ -51,17 +58,50 @@ def wide_convs_as_space_to_depth(model: onnx.ModelProto, target: Target) -> list
         if plan is None or not any(r.startswith("kernel ") for r in node_reasons(node, view, target)):
             continue  # not a strided conv the rewrite covers, or its kernel is not what the target rejects
         s, kh, kw = plan["s"], plan["kh"], plan["kw"]
-        new = _rewritten(node, view, plan)
-        why = _objections(node, view, target, plan, new)
-        if why:
-            done.append((name, False, f"Conv {kh}x{kw} stride {s} stays: the rewritten form's {why}"))
+        steps = _steps(model, out, target)
+        if isinstance(steps, str):
+            done.append((name, False, f"Conv {kh}x{kw} stride {s} stays: the rewritten form's {steps}"))
             continue
-        _replace(model.graph, node, new)
-        done.append((name, True, f"Conv {kh}x{kw} stride {s} -> SpaceToDepth({s}) then Conv "
-                                 f"{math.ceil(kh / s)}x{math.ceil(kw / s)} stride 1 on {s * s}x the channels "
+        model.CopyFrom(steps[0])
+        blocks = " then ".join(f"SpaceToDepth({b})" for b in steps[1])
+        k2 = [math.ceil(k / math.prod(steps[1])) for k in (kh, kw)]
+        done.append((name, True, f"Conv {kh}x{kw} stride {s} -> {blocks} then Conv {k2[0]}x{k2[1]} stride "
+                                 f"{s // math.prod(steps[1])} on {math.prod(steps[1]) ** 2}x the channels "
                                  f"(the same products in one accumulator)"))
         view = shaped_view(model)
     return done
+
+
+def _steps(model: onnx.ModelProto, out: str, target: Target, step: int = 1) -> tuple[onnx.ModelProto, list[int]] | str:
+    """``model`` with the Conv making ``out`` rewritten until the target runs every new node, and the
+    block of each step; or why it cannot be.  A step takes block ``s`` (the stride) where the target
+    runs that, else a smaller divisor ``b`` of ``s``, leaving a Conv of stride ``s / b`` and kernel
+    ``ceil(k / b)`` on ``b*b`` times the channels that the next step takes (bernoulli2's
+    SpaceToDepth is block 2 only: a 16x16 stride-4 conv is two block-2 steps).  Each step is the same
+    products in one accumulator, so the chain is as exact as one step."""
+    view = shaped_view(model)
+    node = view.producer_node(out)
+    plan = _plan(node, view)
+    if plan is None:
+        return "Conv: not a strided convolution the rewrite covers"
+    s = plan["s"]
+    why = ""
+    for b in [s, *[d for d in range(s - 1, 1, -1) if s % d == 0]]:
+        new = _rewritten(node, view, plan, b, step)
+        why = _objections(node, view, target, plan, new, last=b == s)
+        if why:
+            continue
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        _replace(trial.graph, node, new)
+        if b == s:
+            return trial, [b]
+        rest = _steps(trial, out, target, step + 1)
+        if isinstance(rest, str):
+            why = rest
+            continue
+        return rest[0], [b, *rest[1]]
+    return why
 
 
 def shaped_view(model: onnx.ModelProto) -> GraphView:
@@ -89,10 +129,13 @@ def _plan(node: onnx.NodeProto, view: GraphView) -> dict | None:
     ho, wo = (xs[2] + pt + pb - kh) // s + 1, (xs[3] + pl + pr - kw) // s + 1
     if ho < 1 or wo < 1:
         return None
-    # rows/columns the blocks need: (outputs - 1 + new kernel) blocks, from the top/left padding on
-    need_h, need_w = s * (ho - 1 + math.ceil(kh / s)), s * (wo - 1 + math.ceil(kw / s))
-    return {"s": s, "kh": kh, "kw": kw, "w": w, "xs": xs, "pads": (pt, pl, need_h - xs[2] - pt, need_w - xs[3] - pl),
-            "out": (ho, wo)}
+    pads = {}
+    for b in (d for d in range(2, s + 1) if s % d == 0):
+        # rows/columns blocks of b need: the last output's first row plus the new kernel's b*ceil(k/b)
+        # rows, from the top/left padding on
+        need_h, need_w = (ho - 1) * s + b * math.ceil(kh / b), (wo - 1) * s + b * math.ceil(kw / b)
+        pads[b] = (pt, pl, need_h - xs[2] - pt, need_w - xs[3] - pl)
+    return {"s": s, "kh": kh, "kw": kw, "w": w, "xs": xs, "pads": pads, "out": (ho, wo)}
 
 
 def node_reasons(node: onnx.NodeProto, view: GraphView, target: Target) -> list[str]:
@@ -105,11 +148,15 @@ def node_reasons(node: onnx.NodeProto, view: GraphView, target: Target) -> list[
     return rule_reasons(rule, info.params, target.hardware_names())
 
 
-def _rewritten(node: onnx.NodeProto, view: GraphView, plan: dict) -> tuple[list[onnx.NodeProto], list, list]:
-    """The nodes replacing ``node`` (the new Conv keeps its name, bias and output), their initializers and
-    the value infos of the tensors between them."""
-    name = node.name or node.output[0]
-    s, w, (pt, pl, pb, pr) = plan["s"], plan["w"], plan["pads"]
+def _rewritten(node: onnx.NodeProto, view: GraphView, plan: dict, block: int,
+               step: int = 1) -> tuple[list[onnx.NodeProto], list, list]:
+    """The nodes replacing ``node`` with a ``SpaceToDepth(block)`` (``block`` divides the stride; the new
+    Conv keeps its name, bias and output, with stride ``stride / block``), their initializers and the
+    value infos of the tensors between them (named after ``node``, with ``step`` from the second step on)."""
+    name = (node.name or node.output[0]) + ("" if step == 1 else f"/step{step}")
+    stride, w = plan["s"], plan["w"]
+    s = block
+    pt, pl, pb, pr = plan["pads"][block]
     n, c, h, wd = plan["xs"]
     o, kh2, kw2 = w.shape[0], math.ceil(plan["kh"] / s), math.ceil(plan["kw"] / s)
     padded = np.zeros((o, c, s * kh2, s * kw2), w.dtype)
@@ -139,14 +186,14 @@ def _rewritten(node: onnx.NodeProto, view: GraphView, plan: dict) -> tuple[list[
     conv_pads = [pt // s, pl // s, pb // s, pr // s] if whole else [0, 0, 0, 0]
     bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
     nodes.append(helper.make_node("Conv", [f"{name}/s2d", weight.name, *bias], list(node.output), name=node.name,
-                                  kernel_shape=[kh2, kw2], pads=conv_pads, strides=[1, 1]))
+                                  kernel_shape=[kh2, kw2], pads=conv_pads, strides=[stride // s] * 2))
     return nodes, inits, infos
 
 
 def _objections(node: onnx.NodeProto, view: GraphView, target: Target, plan: dict,
-                new: tuple[list[onnx.NodeProto], list, list]) -> str:
+                new: tuple[list[onnx.NodeProto], list, list], last: bool = True) -> str:
     """Why the target would not run the rewritten form (empty: it runs every node), judged on a model
-    of the new nodes alone."""
+    of the new nodes alone; not ``last``: the new Conv is left to the next step (:func:`_steps`)."""
     nodes, inits, infos = new
     n, c, h, wd = plan["xs"]
     elem = view.elem_type(node.input[0]) or TensorProto.FLOAT
@@ -157,7 +204,7 @@ def _objections(node: onnx.NodeProto, view: GraphView, target: Target, plan: dic
                                                              [n, plan["w"].shape[0], *plan["out"]])],
                               inits + extra, value_info=infos)
     part = GraphView(graph)
-    for new_node in part.nodes:
+    for new_node in part.nodes if last else part.nodes[:-1]:
         why = node_reasons(new_node, part, target)
         if why:
             return f"{new_node.op_type} {new_node.name}: {'; '.join(why)}"

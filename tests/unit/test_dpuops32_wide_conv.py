@@ -102,14 +102,15 @@ def test_the_rewritten_weights_quantize_to_the_original_codes():
 
 def test_a_stride_1_wide_conv_and_a_block_the_bpu_lacks_stay_on_the_cpu_with_the_reason():
     """No exact form without a strided conv (int8 pieces added would round twice); bernoulli2's
-    SpaceToDepth is block 2 only, so a stride-4 12x12 conv is left, and check says why."""
+    SpaceToDepth is block 2 only, so a stride-3 9x9 conv is left (no block divides 3 but 3), and
+    check says why.  (A stride-4 one is two block-2 steps: ``test_cpuconv32_wide_conv_steps``.)"""
     narrow = npuflow.check(_wide(9, 9, 1, [4, 4, 4, 4], (12, 12)), "bernoulli2").node("wide")
     assert narrow.device != NPU and any("kernel 9x9 outside [1,7]x[1,7]" in r for r in narrow.reasons)
     rewrites: list = []
-    optimize_float(_wide(12, 12, 4, [0, 0, 0, 0], (16, 16)), load_target("bernoulli2"), rewrites)
-    assert [(r.applied, "block_size 4" in r.detail) for r in rewrites] == [(False, True)], rewrites
-    wide4 = npuflow.check(_wide(12, 12, 4, [0, 0, 0, 0], (16, 16)), "bernoulli2").node("wide")
-    assert wide4.device != NPU
+    optimize_float(_wide(9, 9, 3, [0, 0, 0, 0], (20, 20)), load_target("bernoulli2"), rewrites)
+    assert [(r.applied, "block_size 3" in r.detail) for r in rewrites] == [(False, True)], rewrites
+    wide3 = npuflow.check(_wide(9, 9, 3, [0, 0, 0, 0], (20, 20)), "bernoulli2").node("wide")
+    assert wide3.device != NPU
 
 
 def test_a_first_layer_conv_runs_on_the_bpu_after_a_cpu_space_to_depth(tmp_path):
