@@ -48,6 +48,7 @@ from .fold_affine import fold_affine, fold_linear_affine
 from .fold_affine_forward import fold_affine_forward
 from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
+from .gather_slice import gathers_as_slices
 from .gelu import canonical_gelus
 from .layer_norm import layer_norms
 from .linear_bias import canonical_linear_biases, untie_shared_biases
@@ -104,6 +105,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
     FloatPass("two_way_softmax_as_sigmoid", lambda m, t, r: two_way_softmax_as_sigmoid(m), check=True),
+    # after it (it reads a softmax's Gathers); check too: a token pick x[:, 0] had no integer lowering anywhere
+    FloatPass("gathers_as_slices", lambda m, t, r: gathers_as_slices(m), check=True),
     # before the affine folds, which would take the LayerNorm's scale and shift apart from it; check too:
     # the written-out chain alternates integer and CPU nodes where the unit is one CPU op
     FloatPass("layer_norms", lambda m, t, r: layer_norms(m), check=True),
