@@ -107,14 +107,18 @@ def options(*, level: Level = "all", threads: int = 0, spinning: bool = True, me
 
 def disabled(model: onnx.ModelProto, extra: Sequence[str] = ()) -> list[str]:
     """The ONNX Runtime transformers a session of ``model`` leaves out: ``extra``, and
-    :data:`WEIGHT_QUANTIZER` where a Conv/ConvTranspose/Gemm reads a dequantize step and a float
-    weight of the graph's (a float layer between quantized ones, which must stay float)."""
+    :data:`WEIGHT_QUANTIZER` where the model has :func:`float_weight_layers`."""
+    return list(dict.fromkeys([*extra, *([WEIGHT_QUANTIZER] if float_weight_layers(model) else [])]))
+
+
+def float_weight_layers(model: onnx.ModelProto) -> list[str]:
+    """The Conv/ConvTranspose/Gemm nodes (names, else outputs) that read a dequantize step and a float
+    weight of the graph's: float layers between quantized ones, which must stay float."""
     floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     floats.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    island = any(n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[0] in dequantized and n.input[1] in floats
-                 for n in model.graph.node)
-    return list(dict.fromkeys([*extra, *([WEIGHT_QUANTIZER] if island else [])]))
+    return [n.name or n.output[0] for n in model.graph.node
+            if n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[0] in dequantized and n.input[1] in floats]
 
 
 def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", threads: int = 0,

@@ -115,6 +115,8 @@ def quantize_command(
         console.print(f"wrote {key}: {path}")
     if plain_qdq or result.target.kind == "cpu":
         _note_saturation(result.model)
+    if plain_qdq or result.target.numerics.scale_type != "power_of_two":  # standard QuantizeLinear steps
+        _note_float_layers(result.model)
     for warning in [*result.calibration_warnings, *([result.problem] if result.problem is not None else [])]:
         err_console.print(f"WARNING [{warning.code}] {warning.message}\n  hint: {warning.hint}",
                           markup=False, highlight=False)
@@ -137,6 +139,23 @@ def _note_saturation(model) -> None:
             "npuflow.ort.InferenceSession and the compiled .npuf are exact.  To deploy this file in plain ONNX "
             "Runtime on such CPUs, quantize with 7-bit weights (-c with 'weight: {bit_width: 7}', ONNX Runtime's "
             "reduce_range; docs/quantization.md).", markup=False, highlight=False)
+
+
+def _note_float_layers(model) -> None:
+    """Say so when quantized_model.onnx keeps float Conv/Gemm layers between quantized ones (CPU
+    layers, ``keep_float``): plain ONNX Runtime quantizes their weights to per-tensor int8 from its
+    basic level on, which npuflow's sessions leave out (``ort_session.disabled``)."""
+    from ..ort_session import WEIGHT_QUANTIZER, float_weight_layers
+
+    names = float_weight_layers(model)
+    if names:
+        err_console.print(
+            f"NOTE: quantized_model.onnx keeps {len(names)} float Conv/Gemm layer(s) between quantized ones (e.g. "
+            f"{names[0]!r}: a CPU layer or keep_float); plain ONNX Runtime (basic level and above) quantizes their "
+            f"weights to per-tensor int8 ({WEIGHT_QUANTIZER}), so its outputs there are not what the model defines; "
+            "npuflow.Session, npuflow.ort.InferenceSession and the compiled .npuf run them in float.  In plain ONNX "
+            f"Runtime pass disabled_optimizers=[{WEIGHT_QUANTIZER!r}] to InferenceSession (docs/quantized-model-format.md).",
+            markup=False, highlight=False)
 
 
 def _qat_step(source, calib: Path, minutes: float, shapes, progress):

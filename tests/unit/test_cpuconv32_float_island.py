@@ -74,3 +74,19 @@ def test_an_exported_model_runs_its_float_island_in_plain_onnx_runtime_as_the_se
     session = npuflow.Session(npuflow.CompiledModel.load(path))
     for feeds in calib[:2]:
         np.testing.assert_array_equal(sess.run(["y"], feeds)[0], session.run(feeds)["y"])
+
+
+@pytest.mark.parametrize("kernel, noted", [(9, True), (7, False)])
+def test_quantize_names_the_float_layers_plain_onnx_runtime_would_quantize(tmp_path, capsys, kernel, noted):
+    from npuflow.cli.app import main
+
+    onnx.save(_wide(kernel, kernel, 1, [kernel // 2] * 4, (12, 12)), tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        np.save(tmp_path / "calib" / f"{i}.npy", rng.standard_normal((1, 2, 12, 12)).astype(np.float32))
+    rc = main(["quantize", str(tmp_path / "m.onnx"), "-t", "bernoulli2", "--calib", str(tmp_path / "calib"),
+               "-o", str(tmp_path / "out"), "--no-nodes"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert ("keeps 1 float Conv/Gemm layer(s)" in err and "'wide'" in err and WEIGHT_QUANTIZER in err) is noted, err
