@@ -207,8 +207,14 @@ def keyed_verdict(check: Callable[..., bool], key: str, *args) -> bool:
 
 @functools.cache
 def _source_digest(path: Path) -> str:
-    """The SHA-256 of a check's module source (a changed check gives other entries)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    """The SHA-256 of the sources of a check's package folder (its module and every ``*.py``
+    beside it): a changed check gives other entries, and so does a changed helper it calls there
+    (the runtime's checks run their pairs through ``fused_pairs``; keyed by the check's module
+    alone, a verdict stored by another checkout with an edited helper was read as this one's)."""
+    h = hashlib.sha256()
+    for source in sorted(path.parent.glob("*.py")):
+        h.update(source.name.encode() + b"\0" + source.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def probe_session(nodes: list, inputs: list, inits: list, out_type: int = TensorProto.UINT8) -> ort.InferenceSession:
