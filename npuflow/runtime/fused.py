@@ -76,7 +76,8 @@ _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut",
 
 
 def _eltwise(g: Graph, op: dict, blobs: dict) -> None:
-    if as_table(g, op, blobs) or fused_qlinear.add(g, op) or fused_qlinear.mul(g, op) \
+    if fused_pairs.constant_operand(g, op, blobs) or as_table(g, op, blobs) or fused_qlinear.add(g, op) \
+            or fused_qlinear.mul(g, op) \
             or fused_pairs.qlinear_add_float(g, op):
         return
     a = op["attrs"]
@@ -244,48 +245,65 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
 
 
 def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
-    """The kernels' float-mode global average: the exact sum of ``q - zp`` (float32 while below
-    2^24), times the float32 ``acc_scale``, divided by the float32 count, ``numerics.quantize``."""
+    """The kernels' float-mode average over windows that tile the map (the global average, or
+    PP-OCRv4 rec's 3x2 stride-(1, 2) pool of its 3-row map): the exact sum of ``q - zp`` per
+    window (float32 while below 2^24), times the float32 ``acc_scale``, divided by the float32
+    count, ``numerics.quantize``, as ``kernels.prepare_avgpool``.
+
+    Why the tiled windows: a pool the run cannot hold is a numpy kernel between two fused runs,
+    its frame three calls where one does (PP-OCRv4 rec on bernoulli2); overlapping or padded
+    windows stay so (their sums are not one reduction)."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     _no_table(op)
     shape = g.tensors[op["inputs"][0]]["shape"]
     if a.get("qlinear") not in (None, "global") or ep["mode"] != "float" or ep.get("chain"):
         raise NotFusable("ONNX Runtime windowed QLinear pooling or fused float chain")
-    if list(a["out_shape"][2:]) != [1, 1] or any(a["pads"]) or list(shape[2:]) != list(a["kernel"]):
+    window = [int(k) for k in a["kernel"]]
+    axes = list(zip(a["out_shape"][2:], window, a["strides"], shape[2:]))
+    if len(shape) != 4 or any(a["pads"]) or any(d != 1 for d in a.get("dilations", [1, 1])) \
+            or any(o * k != size or (o > 1 and stride != k) for o, k, stride, size in axes):
         raise NotFusable("pooling windows")
     if any(np.ndim(ep[k]) for k in ("acc_scale", "scale", "zp")):
         raise NotFusable("per-channel scale")
-    if code_reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * shape[2] * shape[3] >= F32_BOUND:
+    if code_reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * window[0] * window[1] >= F32_BOUND:
         raise NotFusable("sum reaches 2^24")
     if a.get("qlinear") and _qlinear_global_average(g, op):
         return
-    v = _code_sums(g, op["inputs"][0], a["x_zp"])
+    v = _code_sums(g, op["inputs"][0], a["x_zp"], window)
     if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
         mult = np.float32(ep["acc_scale"]) / (np.float32(ep["scale"]) * np.float32(shape[2] * shape[3]))
         v = g.node("Mul", [v, g.const(mult)])
         g.put(op["outputs"][0], *round_float(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
         return
-    v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(shape[2] * shape[3])])
+    v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(window[0] * window[1])])
     _put_quantized(g, op["outputs"][0], v, ep)
 
 
-def _code_sums(g: Graph, src: str, zp: int) -> str:
-    """Per image and channel, the exact float32 sum of ``src``'s codes minus ``zp``: the sum of the
-    tensor as it is held (``q - off``), then ``(off - zp) * H * W`` on that small result.
+def _code_sums(g: Graph, src: str, zp: int, window: list[int]) -> str:
+    """Per image, channel and ``window`` (tiling the map), the exact float32 sum of ``src``'s codes
+    minus ``zp``: the sum of the tensor as it is held (``q - off``), then ``(off - zp)`` times the
+    window's size on that small result.  A window smaller than the map sums over a
+    ``[N, C, rows, window rows, columns, window columns]`` view.
 
     Why: a tensor an integer kernel wrote is held as bytes, and its float32 view centred on ``zp``
     is one more pass over the whole tensor (an ``Add``) where its readers are kernels on bytes
     (PP-OCRv4 det on bernoulli2: the SE blocks' pools of the neck's 80x80 maps, whose products and
     adds run on ``QLinearMul``/``QLinearAdd``).  Exact: every partial sum of either form is an
     integer below 2^24 (the caller bounds ``|q - zp|`` times the count; ``q - off`` is checked here)."""
-    shape = g.tensors[src]["shape"]
+    n, c, h, w = g.tensors[src]["shape"]
     x, off = g.base(src)
     lo, hi = code_range(g.tensors[src]["dtype"])
-    count = int(shape[2] * shape[3])
+    count = window[0] * window[1]
+
+    def sums(t: str) -> str:
+        if window == [h, w]:
+            return g.node("ReduceSum", [t, g.const([2, 3], np.int64)], keepdims=1)
+        view = g.node("Reshape", [t, g.const([n, c, h // window[0], window[0], w // window[1], window[1]], np.int64)])
+        return g.node("ReduceSum", [view, g.const([3, 5], np.int64)], keepdims=0)
+
     if off == zp or max(abs(lo - off), abs(hi - off)) * count >= F32_BOUND:
-        return g.node("ReduceSum", [g.centered(src, zp), g.const([2, 3], np.int64)], keepdims=1)
-    v = g.node("ReduceSum", [x, g.const([2, 3], np.int64)], keepdims=1)
-    return g.node("Add", [v, g.const(np.float32((off - zp) * count))])
+        return sums(g.centered(src, zp))
+    return g.node("Add", [sums(x), g.const(np.float32((off - zp) * count))])
 
 
 def _qlinear_global_average(g: Graph, op: dict) -> bool:

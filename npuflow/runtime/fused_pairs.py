@@ -235,3 +235,67 @@ def _add_float_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: in
     got = probe_session(nodes, ins, inits).run(None, {"a": pa.astype(np.uint8), "b": pb.astype(np.uint8)})[0]
     want = np.clip(nm.qlinear_add(pa, sa, za, pb, sb, zb, sc, zc), 0, 255)
     return np.array_equal(got, want)
+
+
+def constant_operand(g: Graph, op: dict, blobs: dict) -> bool:
+    """Write a float-scale eltwise add of an 8-bit tensor and a one-value constant (bernoulli2:
+    PP-OCRv4 rec's learnable bias after each hard-swish) as ``com.microsoft.QLinearAdd`` of the
+    tensor's bytes and the constant's one byte, where that kernel, run at load on every code in
+    ONNX Runtime's vector loop and in its scalar tails (:func:`_constant_matches`), gives the op's
+    own kernel's codes; say whether it did.  Only where the tensor is held as bytes written by
+    a kernel that is not a table copy (a table of a table is one table: ``fused_tables.as_table``).
+
+    Why: the add is a table of the tensor, and a table of a hard-swish that ONNX Runtime computes
+    in float (``fused_tables.float_form``) is composed into one ``GatherElements`` copy loop with
+    the layout transposes around it; ONNX Runtime's own plain QDQ run of the model keeps the
+    float hard-swish and adds on ``QLinearAdd``, one vector pass that its layout pass moves
+    through."""
+    a = op["attrs"]
+    ep, specs = a.get("epilogue") or {}, a.get("operands", [])
+    if a.get("mode") != "add" or "dequant" not in a or ep.get("mode") != "float" or ep.get("chain") \
+            or len(specs) != 2 or ["const" in s for s in specs] != [False, True] or not ort_kernels.exact():
+        return False
+    x, out = op["inputs"][specs[0]["input"]], op["outputs"][0]
+    const = np.asarray(blobs[specs[1]["const"]])
+    dtypes = [np.dtype(g.tensors[x]["dtype"]), const.dtype, np.dtype(g.tensors[out]["dtype"])]
+    if const.size != 1 or any(d.itemsize != 1 or d.kind not in "iu" for d in dtypes) or x not in g.bytes \
+            or x in g.names or list(g.tensors[x]["shape"]) != list(g.tensors[out]["shape"]) \
+            or any(np.ndim(v) for v in (*a["dequant"], specs[0]["zp"], specs[1]["zp"], ep["scale"], ep["zp"])):
+        return False
+    writer = next((n for n in reversed(g.nodes) if g.bytes[x] in n.output), None)
+    if writer is None or writer.op_type in ("Reshape", "Transpose", "GatherElements"):
+        return False  # a table's copy (compose instead) or a graph input
+    lows = [nm.qrange(8, d.kind == "i")[0] for d in dtypes]
+    scales = [float(np.float32(s)) for s in (*a["dequant"], ep["scale"])]
+    zps = [int(z) - k for z, k in zip((specs[0]["zp"], specs[1]["zp"], ep["zp"]), lows)]
+    byte = int(const.reshape(-1)[0]) - lows[1]
+    if not all(0 <= z <= 255 for z in (*zps, byte)):
+        return False
+    codes = np.arange(lows[0], lows[0] + 256).astype(dtypes[0])
+    table = np.asarray(KERNELS["eltwise"](a, blobs)([codes])[0]).astype(np.int64).reshape(-1) - lows[2]
+    if table.size != 256 or not _constant_matches(*scales, *zps, byte, table.tobytes()):
+        return False
+    y = g.node("QLinearAdd", [g.as_bytes(x, lows[0]), g.scalar(scales[0]), g.scalar(zps[0], np.uint8),
+                              g.const(np.array([byte], np.uint8), np.uint8), g.scalar(scales[1]),
+                              g.scalar(zps[1], np.uint8), g.scalar(scales[2]), g.scalar(zps[2], np.uint8)],
+               domain=MS_DOMAIN)
+    g.put_bytes(out, y, lows[2])
+    return True
+
+
+@ort_kernels.persistent_check
+def _constant_matches(sa: float, sb: float, sc: float, za: int, zb: int, zc: int, byte: int, table: bytes) -> bool:
+    """Whether ``QLinearAdd`` of uint8 ``a`` and the one-byte constant ``byte`` with these scales and
+    zero points gives the int64 bytes ``table`` for every code of ``a``: one run of 16,384 codes
+    holding every code at every position modulo 64, and runs of every length 1..65 that together
+    hold every code (a tensor, or a thread's block of it, ends in a tail of any length)."""
+    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"], domain=MS_DOMAIN)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.float32(sa), "sa"), (np.uint8(za), "za"), (np.array([byte], np.uint8), "b"), (np.float32(sb), "sb"),
+        (np.uint8(zb), "zb"), (np.float32(sc), "sc"), (np.uint8(zc), "zc"))]
+    session = probe_session([node], [helper.make_tensor_value_info("a", TensorProto.UINT8, ["n"])], inits)
+    entries = np.frombuffer(table, np.int64)
+    i = np.arange(256 * 64)
+    runs = [(i % 256 + i // 256) % 256]
+    runs += [(np.arange(n) + start) % 256 for n in range(1, 66) for start in range(0, 256, n)]
+    return all(np.array_equal(session.run(None, {"a": r.astype(np.uint8)})[0], entries[r]) for r in runs)
