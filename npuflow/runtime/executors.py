@@ -164,7 +164,9 @@ class OnnxExecutor:
     With float scales the float execution and ORT's default one (QDQ fused into integer
     ``QLinear*`` kernels, what users run) differ by many steps after steep activations (YOLOv8n:
     239 of 268 integer tensors beyond one step); the integer programs follow the default one
-    (``numerics.requantize_float``), so CPU subgraphs run at ORT's default level too.  CPU
+    (``numerics.requantize_float``), so CPU subgraphs run at ORT's default level too, less the
+    transformer that would quantize a float Conv/Gemm's weights (``ort_session.disabled``): a
+    layer the model keeps float runs in float.  CPU
     subgraphs are small (a few nodes between accelerator parts), so each session runs on one
     thread by default: a thread pool per subgraph costs more in wake-ups than it gains.  A
     subgraph whose outputs are each an elementwise function of (a ``Split`` slice of) one 8-bit
