@@ -18,7 +18,7 @@ from onnx import NodeProto
 from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, hard_activation
 from ..targets.spec import Target
 from ..graph import GraphView
-from .ops import ACTIVATION, DYNAMIC_WEIGHT, OpInfo
+from ..node_kinds import ACTIVATION, DYNAMIC_WEIGHT, OpInfo
 from ..targets.judge import rule_reasons
 from ..passes.gelu import gelu, is_canonical
 from ..passes.linear_bias import linear_bias

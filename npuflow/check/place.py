@@ -33,7 +33,7 @@ from .qcdq import has_qcdq_clip, legalize_qcdq
 from .qoperator import is_qlinear, qoperator_to_qdq
 from .lowerable import lowering_limit, output_chain, table_lowered
 from .quant_facts import QuantFacts, target_runs
-from .ops import ACTIVATION, DYNAMIC_WEIGHT, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
+from ..node_kinds import ACTIVATION, DYNAMIC_WEIGHT, FOLLOWER, LAYOUT, LAYOUT_KINDS, OpInfo, classify
 from .partition import UnionFind, partition, real_consumers, real_producer
 from .report import CPU, NPU, CheckReport, NodeReport, Subgraph
 from ..targets.judge import rule_reasons

@@ -22,7 +22,7 @@ from ..numerics import RoundMode, fix_pos_of
 from ..passes.gelu import table_ops
 from ..targets import Target
 from .fusion import pattern_view
-from .ops import classify
+from ..node_kinds import classify
 
 
 def dynamic_quantization(nodes: Iterable[onnx.NodeProto]) -> str | None:

@@ -246,7 +246,7 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
 
 
 def _objections(plan: LinearResize, target: Target | None) -> list[str]:
-    """The target's reasons against the ConvTranspose, in the checker's parameter names (``check/ops._conv``)."""
+    """The target's reasons against the ConvTranspose, in the checker's parameter names (``node_kinds._conv``)."""
     if target is None:
         return []
     rule = target.rule("depthwise_transposed_conv2d")

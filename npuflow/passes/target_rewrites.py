@@ -345,18 +345,18 @@ def _cascade(target: Target, c: int, h: int, w: int, axis: int) -> list[int] | N
 
 
 def _window_params(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int) -> dict:
-    """The checker's parameters of an unpadded ``AveragePool`` (``check/ops._pool``)."""
+    """The checker's parameters of an unpadded ``AveragePool`` (``node_kinds._pool``)."""
     return {**_pool_params(c, h, w, kh, kw), "stride_h": sh, "stride_w": sw}
 
 
 def _global_params(c: int, h: int, w: int) -> dict:
-    """The checker's parameters of a global pool (``check/ops._global_pool``)."""
+    """The checker's parameters of a global pool (``node_kinds._global_pool``)."""
     return {"input_channel": c, "output_channel": c, "kernel_h": h, "kernel_w": w, "input_h": h, "input_w": w,
             "stride_h": 1, "stride_w": 1}
 
 
 def _pool_params(c: int, h: int, w: int, kh: int, kw: int) -> dict:
-    """The checker's parameters of ``AveragePool(kernel = stride = (kh, kw))`` without padding (``check/ops._pool``)."""
+    """The checker's parameters of ``AveragePool(kernel = stride = (kh, kw))`` without padding (``node_kinds._pool``)."""
     return {"kernel_h": kh, "kernel_w": kw, "stride_h": kh, "stride_w": kw, "dilation_h": 1, "dilation_w": 1,
             "pad_top": 0, "pad_left": 0, "pad_bottom": 0, "pad_right": 0, "input_channel": c, "output_channel": c,
             "input_h": h, "input_w": w, "ceil_mode": 0}

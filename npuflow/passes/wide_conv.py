@@ -41,6 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..graph import GraphView, attr
+from ..node_kinds import classify
 from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_shapes
@@ -140,7 +141,6 @@ def _plan(node: onnx.NodeProto, view: GraphView) -> dict | None:
 
 def node_reasons(node: onnx.NodeProto, view: GraphView, target: Target) -> list[str]:
     """The target's objections to ``node`` as check states them (no rule: no implementation)."""
-    from ..check.ops import classify  # check's own reading of a node (check imports the passes)
     info = classify(node, view, view.position(node))
     rule = target.rule(info.kind)
     if rule is None:

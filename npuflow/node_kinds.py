@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..operators import (ACTIVATION_KINDS, LAYOUT_KINDS, Role, clip_bounds, clip_kind, conv_in_channels, conv_kind,
+from .operators import (ACTIVATION_KINDS, LAYOUT_KINDS, Role, clip_bounds, clip_kind, conv_in_channels, conv_kind,
                          is_depthwise, op_def)
-from ..graph import GraphView
-from ..graph import attr_values as attrs
+from .graph import GraphView
+from .graph import attr_values as attrs
 
 #: Roles decide how a node takes part in placement (:class:`npuflow.operators.Role`).
 COMPUTE, ACTIVATION, LAYOUT, FOLLOWER = Role.COMPUTE.value, Role.ACTIVATION.value, Role.LAYOUT.value, Role.FOLLOWER.value
