@@ -246,9 +246,10 @@ _QUANT = _specs(
      "lower `min_output_snr_db` in the quantization config (0 turns this check off)."),
     ("NPF_QUANT_LABEL_MARGIN",
      "the label read from {tensor} by its {read_by} would change on about {estimated} of inputs like the {samples} "
-     "(changed on {changed} of its {rows} rows there): quantization moves the gap between its two leading values "
-     "by {error} (root mean square), more than the whole gap on {near} of those rows, so inputs near the decision "
-     "boundary read another label; above max_label_change {limit}",
+     "(changed on {changed} of its {rows} rows there), and {rows} rows cannot rule out up to {bound} (inputs nearer "
+     "a tie than any they hold): quantization moves the gap between its two leading values by {error} (root mean "
+     "square), more than the whole gap on {near} of those rows (smallest gap {smallest}), so inputs near the "
+     "decision boundary read another label; above max_label_change {limit}",
      "Calibrate on more samples, and on ones like deployment's, including inputs the model is unsure about; keep "
      "the layers that compute {tensor} in float (config `keep_float`; `npuflow analyze sensitivity` names them) "
      "or in int16 (`npuflow analyze mixed-precision`), or use a target with a finer grid. To accept it, raise "

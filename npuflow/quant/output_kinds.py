@@ -81,6 +81,14 @@ def class_head(view: GraphView, output: str) -> str | None:
 #: B4096, changed one label of 16 on the check's samples; one of them none of 16 unseen ones).
 MIN_CHANGED_ROWS = 2
 
+#: How sure the bound on unseen near-ties (:attr:`LabelMargin.bound`) is: the share of rows below a
+#: gap is taken at this upper quantile of what the check's rows allow.  High, because a check's few
+#: calibration rows tend to be clean, confident inputs, and deployment's inputs are nearer ties.
+NEAR_TIE_CONFIDENCE = 0.99
+
+#: The bound reads the smallest this many gaps (the lower tail, where flips come from).
+NEAR_TIE_ROWS = 8
+
 
 @dataclass(frozen=True)
 class LabelMargin:
@@ -96,17 +104,28 @@ class LabelMargin:
     another label, where ``changed`` counts only the rows that did flip.  The samples the ranges
     were set on may all lie far from the decision boundary (scikit-learn's GaussianNB on
     cpu-int8: no label changed on 8 calibration rows, 9.7 % on all 569); two rows nearer it than
-    the error is large said so."""
+    the error is large said so.
+
+    A few rows may also show no row near the boundary where inputs like them often lie there (a
+    barely trained classifier: the check's smallest gap a few times the error, while many unseen
+    inputs sat within a fraction of it).  ``bound`` is what the rows cannot rule out: for each
+    of the :data:`NEAR_TIE_ROWS` smallest gaps ``g_(j)``, the share of inputs with a gap below it is at
+    most the :data:`NEAR_TIE_CONFIDENCE` quantile of ``Beta(j, n + 1 - j)`` (the order statistic's law);
+    spread evenly over ``[0, g_(j)]`` that share flips with the mean of ``Phi(-g / error)`` there; the
+    largest over ``j``.  It shrinks as rows are added or as the smallest gaps grow against the error."""
 
     rows: int  # rows with a float winner (ties in float decide nothing and are left out)
     changed: float  # share of them whose label the quantized model changed
     estimated: float  # the expected share of changed labels (class docstring)
     error: float  # root mean square change of the top-k gap
     near: int  # rows whose float gap is below ``error``
+    bound: float = 0.0  # the share of changed labels the rows cannot rule out (class docstring)
+    smallest: float = 0.0  # the smallest float gap of the rows
 
     def to_json(self) -> dict:
         return {"rows": self.rows, "changed": round(self.changed, 4), "estimated": round(self.estimated, 4),
-                "error": float(f"{self.error:.6g}"), "near": self.near}
+                "bound": round(self.bound, 4),
+                "smallest": float(f"{self.smallest:.6g}"), "error": float(f"{self.error:.6g}"), "near": self.near}
 
 
 def label_margin(fp32: np.ndarray, quantized: np.ndarray, k: int = 1) -> LabelMargin | None:
@@ -134,7 +153,40 @@ def label_margin(fp32: np.ndarray, quantized: np.ndarray, k: int = 1) -> LabelMa
     changed = flipped / len(gap)
     estimated = float(np.mean(_normal_tail(gap / error))) if error else 0.0
     return LabelMargin(rows=len(gap), changed=changed, error=error, near=int(np.count_nonzero(gap < error)),
-                       estimated=max(estimated, changed if flipped >= MIN_CHANGED_ROWS else 0.0))
+                       estimated=max(estimated, changed if flipped >= MIN_CHANGED_ROWS else 0.0),
+                       bound=near_tie_bound(gap, error), smallest=float(gap.min()))
+
+
+def near_tie_bound(gap: np.ndarray, error: float) -> float:
+    """:attr:`LabelMargin.bound` of rows with float top-k gaps ``gap`` (all > 0) moved by ``error``
+    (root mean square): the largest, over the smallest gaps ``g_(j)``, of the share of inputs below
+    ``g_(j)`` the rows allow (at :data:`NEAR_TIE_CONFIDENCE`) times the mean flip chance of a gap
+    spread evenly over ``[0, g_(j)]``."""
+    if not error:
+        return 0.0
+    smallest = np.sort(np.asarray(gap, dtype=np.float64))[:NEAR_TIE_ROWS]
+    return max(_order_statistic_quantile(j + 1, len(gap), NEAR_TIE_CONFIDENCE) * _mean_flip(g / error)
+               for j, g in enumerate(smallest))
+
+
+def _mean_flip(x: float) -> float:
+    """The mean of ``P(Z > t)`` over ``t`` in ``[0, x]``: ``(x Q(x) - phi(x) + phi(0)) / x``."""
+    density = math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return float((x * _normal_tail(np.array(x)) - density + 1.0 / math.sqrt(2.0 * math.pi)) / x)
+
+
+def _order_statistic_quantile(j: int, n: int, confidence: float) -> float:
+    """The ``confidence`` quantile of the ``j``-th smallest of ``n`` uniform draws (``Beta(j, n + 1 - j)``):
+    the ``p`` at which ``j`` or more of ``n`` rows fall below with chance ``confidence``, by bisection
+    on the binomial distribution (npuflow has no scipy)."""
+    def fewer(p: float) -> float:  # P(Binomial(n, p) < j)
+        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                            + i * math.log(p) + (n - i) * math.log1p(-p)) for i in range(j))
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if fewer(mid) > 1.0 - confidence else (low, mid)
+    return high
 
 
 def _normal_tail(x: np.ndarray) -> np.ndarray:

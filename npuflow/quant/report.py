@@ -482,12 +482,14 @@ def worst_sample_warnings(report: QuantReport, threshold: float) -> list[Npuflow
 
 def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]:
     """``NPF_QUANT_LABEL_MARGIN`` for each label whose expected share of changed rows
-    (:class:`~.output_kinds.LabelMargin`) on the accuracy check's samples exceeds ``max_change``."""
+    (:class:`~.output_kinds.LabelMargin`) on the accuracy check's samples, or the share its few rows
+    cannot rule out (near-ties they did not happen to hold), exceeds ``max_change``."""
     return [NpuflowError("NPF_QUANT_LABEL_MARGIN", tensor=c.tensor, read_by=c.read_by,
                          estimated=f"{100.0 * c.margin.estimated:.1f} %", samples=report.similarity_on(),
+                         bound=f"{100.0 * c.margin.bound:.1f} %", smallest=f"{c.margin.smallest:.4g}",
                          error=f"{c.margin.error:.4g}", near=c.margin.near, rows=c.margin.rows,
                          changed=f"{100.0 * c.margin.changed:.1f} %", limit=f"{100.0 * max_change:g} %")
-            for c in report.label_checks if c.margin.estimated > max_change]
+            for c in report.label_checks if max(c.margin.estimated, c.margin.bound) > max_change]
 
 
 def channel_warnings(report: QuantReport, threshold: float) -> list[NpuflowError]:
