@@ -272,6 +272,14 @@ ELEMENTWISE_OPS = frozenset({
     "Neg", "Sqrt", "Reciprocal", "Erf", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Clip", "Add",
     "Sub", "Mul", "Div", "Pow", "Min", "Max", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity", "Where", "Less",
     "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Constant"})
+#: Layout ops whose effect is a permutation of axes or the removal/insertion of size-1 axes (no data moves
+#: but for the permutation): a channels-last export's transposes and batch squeezes (:mod:`npuflow.passes.layout_sandwich`).
+AXIS_LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze"})
+#: :data:`ELEMENTWISE_OPS` that map float to float element by element and so commute with any layout op
+#: (quantize/dequantize, casts, comparisons and selections left out).
+LAYOUT_COMMUTING_OPS = ELEMENTWISE_OPS - {
+    "DequantizeLinear", "QuantizeLinear", "Constant", "Identity", "Cast", "Where", "Less", "Greater", "LessOrEqual",
+    "GreaterOrEqual", "Equal", "Not", "And", "Or"}
 #: Ops whose output needs its input's *relative* precision: ``Log`` gives every decade of its input
 #: the same output span, and an 8-bit linear grid has none below one step (every value more than
 #: ~48 dB under the calibrated maximum reads 0, and ``Log(0)`` is -inf).  openWakeWord's mel front

@@ -68,3 +68,32 @@ def conv_bn_relu_blocks(blocks: int, channels: int = 16, size: int = 16) -> onnx
         nodes.append(helper.make_node("Relu", [f"b{b}.s"], [f"b{b}.out"], name=f"b{b}.relu2"))
         x = f"b{b}.out"
     return model(nodes, [vi("input", [1, c, size, size])], [vi(x, None)], inits, name="blocks")
+
+
+def nhwc_sandwich_net(channels: int = 8, size: int = 8, act: str = "Elu") -> onnx.ModelProto:
+    """A channels-last export's layers: input ``x`` (N, C, H, W), output ``y``.  Each Conv sits between
+    ``Transpose`` nodes to and from NHWC, with the activations and a per-channel scale and bias applied
+    channels-last in between (tf2onnx, TFLite, madmom's TCN): ``Conv -> Transpose(0,2,3,1) -> Squeeze(0)
+    -> act -> Mul(c) -> Add(c) -> Unsqueeze(0) -> Transpose(0,3,1,2) -> Conv -> Transpose -> Relu ->
+    Transpose -> MaxPool -> Conv``."""
+    rng = np.random.default_rng(32)
+    c1, w1 = conv_node("conv1", "x", "c1", 3, channels)
+    c2, w2 = conv_node("conv2", "u1", "c2", channels, channels)
+    c3, w3 = conv_node("conv3", "p2", "y", channels, channels, k=1)
+    inits = [w1, w2, w3, const("ax0", np.array([0], np.int64)),
+             const("scale", rng.uniform(0.5, 1.5, channels).astype(np.float32)),
+             const("shift", rng.normal(0, 0.2, (1, channels)).astype(np.float32))]
+    nodes = [c1,
+             helper.make_node("Transpose", ["c1"], ["t1"], name="to_nhwc1", perm=[0, 2, 3, 1]),
+             helper.make_node("Squeeze", ["t1", "ax0"], ["s1"], name="remove_batch1"),
+             helper.make_node(act, ["s1"], ["e1"], name="act1"),
+             helper.make_node("Mul", ["e1", "scale"], ["m1"], name="scale1"),
+             helper.make_node("Add", ["shift", "m1"], ["a1"], name="shift1"),
+             helper.make_node("Unsqueeze", ["a1", "ax0"], ["b1"], name="add_batch1"),
+             helper.make_node("Transpose", ["b1"], ["u1"], name="to_nchw1", perm=[0, 3, 1, 2]),
+             c2,
+             helper.make_node("Transpose", ["c2"], ["t2"], name="to_nhwc2", perm=[0, 2, 3, 1]),
+             helper.make_node("Relu", ["t2"], ["r2"], name="relu2"),
+             helper.make_node("Transpose", ["r2"], ["u2"], name="to_nchw2", perm=[0, 3, 1, 2]),
+             helper.make_node("MaxPool", ["u2"], ["p2"], name="pool", kernel_shape=[2, 2], strides=[2, 2]), c3]
+    return model(nodes, [vi("x", [1, 3, size, size])], [vi("y", None)], inits, name="nhwc_sandwich")

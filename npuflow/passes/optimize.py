@@ -51,6 +51,7 @@ from .fold_constants import fold_constants
 from .gather_slice import gathers_as_slices
 from .gelu import canonical_gelus
 from .layer_norm import layer_norms
+from .layout_sandwich import cancel_layout_sandwiches
 from .linear_bias import canonical_linear_biases, untie_shared_biases
 from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
@@ -104,6 +105,9 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=False),
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
+    # after it (a PReLU's branches sit between transposes); check too: a channels-last activation between a
+    # transpose pair and its inverse ran in float on the CPU, cut off from its layer (madmom's TCN)
+    FloatPass("cancel_layout_sandwiches", lambda m, t, r: cancel_layout_sandwiches(m), check=True),
     FloatPass("two_way_softmax_as_sigmoid", lambda m, t, r: two_way_softmax_as_sigmoid(m), check=True),
     # after it (it reads a softmax's Gathers); check too: a token pick x[:, 0] had no integer lowering anywhere
     FloatPass("gathers_as_slices", lambda m, t, r: gathers_as_slices(m), check=True),
