@@ -336,6 +336,8 @@ DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
 QDQ_OPS = QUANTIZE_OPS | DEQUANTIZE_OPS | {"DynamicQuantizeLinear"}
 #: Ops a constant scale/shift (or a BatchNormalization) after them folds into: their weights and bias.
 FOLDS_INTO = frozenset({"Conv", "ConvTranspose", "Gemm"})
+#: A reduction over spatial axes and the (global, windowed) pool that computes it.
+REDUCTION_POOLS = {"ReduceMean": ("GlobalAveragePool", "AveragePool"), "ReduceMax": ("GlobalMaxPool", "MaxPool")}
 
 #: Target kinds that are layers with weights: they absorb a following BN / bias ``Add`` and
 #: take the default fused activations.

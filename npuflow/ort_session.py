@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 
 from .errors import NpuflowError
+from .operators import FOLDS_INTO
 
 Level = Literal["disable", "basic", "all"]
 
@@ -59,8 +60,6 @@ WEIGHT_QUANTIZER = "WeightBiasQuantization"
 #: The session option naming transformers to leave out, separated by ``;`` (a list given to the
 #: session's constructor replaces it)
 DISABLE_KEY = "optimization.disable_specified_optimizers"
-#: The layers whose float weight ``WEIGHT_QUANTIZER`` quantizes
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
 
 
 _ARENA_LOCK = threading.Lock()
@@ -112,13 +111,14 @@ def disabled(model: onnx.ModelProto, extra: Sequence[str] = ()) -> list[str]:
 
 
 def float_weight_layers(model: onnx.ModelProto) -> list[str]:
-    """The Conv/ConvTranspose/Gemm nodes (names, else outputs) that read a dequantize step and a float
-    weight of the graph's: float layers between quantized ones, which must stay float."""
+    """The Conv/ConvTranspose/Gemm nodes (``FOLDS_INTO``: the layers with a weight and a bias input; names,
+    else outputs) that read a dequantize step and a float weight of the graph's: float layers between
+    quantized ones, which must stay float."""
     floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     floats.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     return [n.name or n.output[0] for n in model.graph.node
-            if n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[0] in dequantized and n.input[1] in floats]
+            if n.op_type in FOLDS_INTO and len(n.input) > 1 and n.input[0] in dequantized and n.input[1] in floats]
 
 
 def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", threads: int = 0,

@@ -38,14 +38,12 @@ from onnx import helper, numpy_helper
 
 from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
 from ..model import default_opset
-from ..operators import ELEMENTWISE_OPS, SIZE_JOINING_OPS, Engine, Role, op_def
+from ..operators import ELEMENTWISE_OPS, REDUCTION_POOLS, SIZE_JOINING_OPS, Engine, Role, op_def
 from ..value_info import inferred_dims
 from .activations import _splice
 
 #: readers that make a mean a normalisation statistic (see ``_is_statistic``): element-wise ops that broadcast
 _ELEMENTWISE = ELEMENTWISE_OPS & SIZE_JOINING_OPS
-#: the reductions written as pooling, and the (global, windowed) pool each becomes
-_POOL_OF = {"ReduceMean": ("GlobalAveragePool", "AveragePool"), "ReduceMax": ("GlobalMaxPool", "MaxPool")}
 #: per-axis attributes: one value per spatial axis gains a leading H value
 _H_VALUE = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0, "output_shape": 1}
 
@@ -59,7 +57,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     candidates = [n for n in graph.node if not n.domain and (
         (_lowered_pool(n) and not (len(n.output) > 1 and n.output[1]))
         or (n.op_type == "ConvTranspose" and (w := view.const(n.input[1])) is not None and w.ndim == 3)
-        or n.op_type in _POOL_OF)]
+        or n.op_type in REDUCTION_POOLS)]
     if not candidates:
         return out
     dims = inferred_dims(out)
@@ -68,7 +66,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in candidates:
         shape = dims.get(node.input[0], ())
         rank = len(shape)
-        axes = _reduced_axes(node, view, rank) if node.op_type in _POOL_OF and rank in (3, 4) else None
+        axes = _reduced_axes(node, view, rank) if node.op_type in REDUCTION_POOLS and rank in (3, 4) else None
         if axes == list(range(2, rank)) and rank in (3, 4) and not _is_statistic(node, view):
             _mean_as_pool(graph, node, opset, rank)
         elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not _is_statistic(node, view):
@@ -76,7 +74,7 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
         elif (axes == [1] and rank == 3 and isinstance(shape[1], int) and not _is_statistic(node, view)
               and not _channels_first(node.input[0], view)):
             _token_mean_as_pool(graph, node, opset, shape[1])
-        elif node.op_type not in _POOL_OF and rank == 3:
+        elif node.op_type not in REDUCTION_POOLS and rank == 3:
             _rewrite(graph, node, opset, view, weights)
     remove_unused_initializers(graph)
     return out
@@ -137,13 +135,13 @@ def _mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, rank
     keep = attr_values(node).get("keepdims", 1)
     if rank == 4:
         pooled = node.output[0] if keep else unique_name(graph, f"{name}/pooled")
-        nodes = [helper.make_node(_POOL_OF[node.op_type][0], [node.input[0]], [pooled], name=name)]
+        nodes = [helper.make_node(REDUCTION_POOLS[node.op_type][0], [node.input[0]], [pooled], name=name)]
         if not keep:
             nodes.append(_squeeze(graph, name, opset, pooled, node.output[0], [2, 3]))
         _splice(graph, [node], nodes)
         return
     x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
-    pool = helper.make_node(_POOL_OF[node.op_type][0], [x2d], [y2d], name=name)
+    pool = helper.make_node(REDUCTION_POOLS[node.op_type][0], [x2d], [y2d], name=name)
     unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [3] if keep else [2, 3])
     _splice(graph, [node], [unsq, pool, sq])
 
@@ -155,7 +153,7 @@ def _axis_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int,
     keep = attr_values(node).get("keepdims", 1)
     pooled = node.output[0] if keep else unique_name(graph, f"{name}/pooled")
     kernel = [size, 1] if axis == 2 else [1, size]
-    nodes = [helper.make_node(_POOL_OF[node.op_type][1], [node.input[0]], [pooled], name=name, kernel_shape=kernel)]
+    nodes = [helper.make_node(REDUCTION_POOLS[node.op_type][1], [node.input[0]], [pooled], name=name, kernel_shape=kernel)]
     if not keep:
         nodes.append(_squeeze(graph, name, opset, pooled, node.output[0], [axis]))
     _splice(graph, [node], nodes)
@@ -167,7 +165,7 @@ def _token_mean_as_pool(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int
     name = node.name or node.output[0]
     keep = attr_values(node).get("keepdims", 1)
     x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
-    pool = helper.make_node(_POOL_OF[node.op_type][1], [x2d], [y2d], name=name, kernel_shape=[size, 1])
+    pool = helper.make_node(REDUCTION_POOLS[node.op_type][1], [x2d], [y2d], name=name, kernel_shape=[size, 1])
     unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [1] if keep else [1, 2], axis=1)
     _splice(graph, [node], [unsq, pool, sq])
 
