@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from npuflow import ort_kernels
+from npuflow import ort_kernels, ort_session
 from tests.corpus.registry import calibration_for
 from tests.corpus.spec import CorpusModel
 
@@ -151,7 +151,8 @@ def ort_outputs(model_path: Path, samples: list[dict[str, np.ndarray]], level: s
     opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                      "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
     model = ort_kernels.exact_weights(onnx.load(str(model_path)))  # integer kernels: this CPU's exact form
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=ort_session.disabled(model) or None)  # float layers stay float
     names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {k: v for k, v in s.items() if k in names}) for s in samples]
 
