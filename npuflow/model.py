@@ -410,12 +410,18 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
     log.info("upgrading opset %d -> %d", opset, WORKING_OPSET)
     try:
-        upgraded = version_converter.convert_version(proto, WORKING_OPSET)
+        return converted(proto, WORKING_OPSET)
     except Exception as exc:  # the converter raises bare RuntimeErrors on unconvertible ops
         raise NpuflowError("NPF_MODEL_INVALID", reason=f"opset upgrade failed: {exc}") from None
-    # the converter keeps the old IR version even where the new opset needs a newer one
-    upgraded.ir_version = max(upgraded.ir_version, 7)
-    return upgraded
+
+
+def converted(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``proto`` at ``opset`` by onnx's version converter (which raises on an op it cannot convert),
+    at the IR version that opset needs: the converter keeps the old one (a TorchScript opset-14
+    export is IR 7; opset 17 is IR 8)."""
+    out = version_converter.convert_version(proto, opset)
+    out.ir_version = max(out.ir_version, onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
+    return out
 
 
 def _drop_initializer_inputs(graph: onnx.GraphProto) -> None:

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import defs, helper, version_converter
+from onnx import defs, helper
 
 from ..graph import GraphView, remove_unused_initializers, unique_name
-from ..model import default_opset, sort_nodes
+from ..model import converted, default_opset, sort_nodes
 from ..operators import STANDARD_DOMAINS
 from ..value_info import named_dims
 from .activations import FloatView
@@ -182,21 +182,19 @@ def _at_layer_norm_opset(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """``model`` at an opset with ``LayerNormalization`` (itself where it has one), else ``None``."""
     if default_opset(model) >= LAYER_NORM_OPSET:
         return model
-    if _same_meaning(model, LAYER_NORM_OPSET):
-        for o in model.opset_import:
-            if o.domain in STANDARD_DOMAINS:
-                o.version = LAYER_NORM_OPSET
-        upgraded = model
-    else:
+    if not _same_meaning(model, LAYER_NORM_OPSET):
         try:
-            upgraded = version_converter.convert_version(model, LAYER_NORM_OPSET)
+            return converted(model, LAYER_NORM_OPSET)
         except Exception as exc:  # the converter raises bare RuntimeErrors on ops it cannot convert
             log.info("LayerNorm chains left written out: opset %d -> %d failed: %s", default_opset(model),
                      LAYER_NORM_OPSET, exc)
             return None
-    # neither step raises the IR version, and opset 17 is IR 8 (a TorchScript opset-14 export is IR 7)
-    upgraded.ir_version = max(upgraded.ir_version, LAYER_NORM_IR)
-    return upgraded
+    for o in model.opset_import:
+        if o.domain in STANDARD_DOMAINS:
+            o.version = LAYER_NORM_OPSET
+    # declared, not converted: the IR version too (opset 17 is IR 8; a TorchScript opset-14 export is IR 7)
+    model.ir_version = max(model.ir_version, LAYER_NORM_IR)
+    return model
 
 
 def _typed(graph: onnx.GraphProto, name: str, dims: list[int | str]) -> None:
