@@ -7,7 +7,7 @@ code of its own), the pools of CPython's allocator its objects took -- and that 
 npuflow's load held over ONNX Runtime's on the small models (issue 19; ``docs/runtime-measurements.md``,
 "Peak memory").  The graphs are a pure function of the program (its ops, tensors and blobs), the
 intra-op threads, npuflow's code (:data:`SOURCES`) and what ONNX Runtime computes exactly on this
-machine (``ort_kernels.cache_key``: its build and the CPU's flags, which the probes' verdicts and so
+machine (``ort_verdicts.cache_key``: its build and the CPU's flags, which the probes' verdicts and so
 the graphs' forms depend on).  So each program's plan is kept under ``$NPUFLOW_CACHE/fused/``,
 named by the hash of those, as one file: the serialized graph and the external weights of each
 run, then a JSON index (which ops are runs, which run as kernels and why), then the index's length.
@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from .. import ort_kernels
+from .. import ort_verdicts
 from ..compiler.manifest_verdicts import source_digest
 from ..outputs import cache_enabled, cache_root
 
@@ -59,7 +59,7 @@ def key(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int
     """The file name of ``sg``'s plan, or ``None`` where the cache is off."""
     if not cache_enabled():
         return None
-    h = hashlib.sha256(json.dumps([source_digest(SOURCES), ort_kernels.cache_key(), threads]).encode())
+    h = hashlib.sha256(json.dumps([source_digest(SOURCES), ort_verdicts.cache_key(), threads]).encode())
     used = sorted({t for op in sg["ops"] for t in (*op["inputs"], *op["outputs"])} | set(sg["outputs"]))
     # a JSON text per op and tensor (each a whole value: the texts in turn are unambiguous), not one
     # of them all: that is written as a small string per key and value first, whose pages CPython's

@@ -5,7 +5,7 @@ A ``QLinearAdd`` / ``QLinearMul`` stands in for an op's own kernel only where it
 codes on every pair of codes the op can meet (:data:`ALL_PAIRS`, or :func:`broadcast_pairs` for
 a per-channel operand), with the op's scales and zero points: a float32 rounding that differs on
 one pair in a million escapes any sample.  The checks run once per op's constants and are kept
-on disk (``ort_kernels.persistent_check`` / ``keyed_verdict``): a load whose checks were made
+on disk (``ort_verdicts.persistent_check`` / ``keyed_verdict``): a load whose checks were made
 before opens none of their sessions, and computes none of their reference codes
 (:func:`dequantized_pairs_match`).  An add whose ``QLinearAdd`` check fails is written as the
 arithmetic of ``numerics.qlinear_add`` in float operations, checked the same way
@@ -21,7 +21,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from .. import ort_kernels
+from .. import ort_kernels, ort_verdicts
 from ..compiler.manifest_verdicts import source_digest
 from ..ort_kernels import MS_DOMAIN, probe_session
 from .fused_graph import Graph
@@ -123,7 +123,7 @@ def dequantized_pairs_match(op_type: str, attrs: dict, dtypes: list[np.dtype], s
         sort_keys=True, default=lambda v: np.asarray(v).tolist()).encode()).hexdigest()[:32]
     found = _VERDICTS.get(key)
     if found is None:
-        found = _VERDICTS[key] = ort_kernels.keyed_verdict(
+        found = _VERDICTS[key] = ort_verdicts.keyed_verdict(
             _pairs_match_reference, key, op_type, attrs, dtypes, scales, zps, broadcast)
     return found
 
@@ -211,7 +211,7 @@ def _add_float_nodes(node, scalar, a: str, b: str, params: tuple) -> str:
     return node("Cast", [codes], to=TensorProto.UINT8)
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _add_float_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
     """Whether :func:`_add_float_nodes` with these scales and zero points give
     ``numerics.qlinear_add`` (saturated) on every pair of uint8 codes."""
@@ -283,7 +283,7 @@ def constant_operand(g: Graph, op: dict, blobs: dict) -> bool:
     return True
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _constant_matches(sa: float, sb: float, sc: float, za: int, zb: int, zc: int, byte: int, table: bytes) -> bool:
     """Whether ``QLinearAdd`` of uint8 ``a`` and the one-byte constant ``byte`` with these scales and
     zero points gives the int64 bytes ``table`` for every code of ``a``: one run of 16,384 codes

@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from .. import ort_kernels
+from .. import ort_kernels, ort_verdicts
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from . import fused_qlinear
 from .fused_graph import Graph, rows_channels_last
@@ -72,7 +72,7 @@ def _gemm_weight_form(w: np.ndarray, group: int) -> str | None:
     return "s8" if form == "u8" and ort_kernels.matmul_int8_exact(w.T) else form
 
 
-@ort_kernels.persistent
+@ort_verdicts.persistent
 def qgemm_exact() -> bool:
     """Whether this process' ``com.microsoft.QGemm`` (uint8 rows, int8 weights in
     ``ort_kernels.weight_form``, one multiplier and weight zero point, int32 bias per column,

@@ -54,7 +54,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from .. import ort_kernels
+from .. import ort_kernels, ort_verdicts
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from . import fused_fixed, fused_pairs
 from .epilogues import out_type
@@ -360,7 +360,7 @@ def add(g: Graph, op: dict) -> bool:
     return True
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _qlinear_add_matches(sa: float, za: int, sb: float, zb: int, sc: float, zc: int) -> bool:
     """Whether ``com.microsoft.QLinearAdd`` with these float32 scales and uint8 zero points gives
     ``numerics.qlinear_add`` (saturated) on every pair of codes.  The process probe
@@ -395,7 +395,7 @@ def sigmoid(g: Graph, op: dict, table: np.ndarray) -> bool:
     return True
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _sigmoid_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
     """Whether ``com.microsoft.QLinearSigmoid`` with these scales and zero points gives the int64
     codes ``table`` on all 256 codes."""
@@ -433,7 +433,7 @@ def rescale(g: Graph, src: str, out: str, table: np.ndarray) -> bool:
     return True
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _rescale_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
     """Whether ``com.microsoft.QLinearLeakyRelu`` with ``alpha`` 1 and these scales and zero points
     gives the int64 codes ``table`` on all 256 codes."""
@@ -494,7 +494,7 @@ def _table_of_other(g: Graph, names: list[str]) -> tuple[bytes, int]:
     return b"", 1
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _mul_matches(m: float, za: int, zb: int, zc: int, broadcast: int | None, table: bytes = b"",
                  k: int = 1) -> bool:
     """Whether ``com.microsoft.QLinearMul`` (product scale ``m``, these zero points) gives
@@ -567,7 +567,7 @@ def put_quantized(g: Graph, out: str, v: str, form: tuple[np.float32, int, int])
     g.put_bytes(out, g.node("QuantizeLinear", [v, g.scalar(scale), g.scalar(moved, np.uint8)]), k)
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _quantize_matches(scale: float, zp: int) -> bool:
     """Whether ONNX Runtime's ``QuantizeLinear`` (float32 to uint8, this scale and zero point)
     equals ``numerics.quantize`` (ties to even) on every value of :func:`quantize_probe_values`,
@@ -626,7 +626,7 @@ def dequantize(g: Graph, op: dict) -> bool:
     return True
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _dequantize_matches(scale: float, zp: int) -> bool:
     """Whether ONNX Runtime's ``DequantizeLinear`` (uint8, this scale and zero point) equals
     ``numerics.dequantize`` on every code, bit for bit (signed zeros and non-finite products
@@ -670,7 +670,7 @@ def concat(g: Graph, op: dict, blobs: dict) -> bool:
     return True
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _concat_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
     """Whether ``com.microsoft.QLinearConcat`` gives the int64 codes ``table`` on all 256 codes of
     a part with scale ``sx`` and zero point ``zx`` (output: ``sy``, ``zy``), concatenated with a

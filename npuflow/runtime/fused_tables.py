@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from .. import ort_kernels
+from .. import ort_kernels, ort_verdicts
 from ..graph import attr
 from . import fused_qlinear
 from .fused_conv import integer_offset
@@ -107,7 +107,7 @@ def _near(sx: float, zx: int, sy: float, zy: int, entries: np.ndarray) -> bool:
     return entries.size == 256 and int(np.abs(codes - entries).max()) <= 1
 
 
-@ort_kernels.persistent_check
+@ort_verdicts.persistent_check
 def _float_form_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
     """Whether :func:`float_form`'s nodes with these scales and zero points give every uint8 code
     its entry of the int64 codes ``table``, in ONNX Runtime's vector loops and their scalar tails: one run of 16,384 codes holding every code at every position modulo 64, and runs of

@@ -13,7 +13,7 @@ manifest names, so one call runs the stretch (PP-OCR cls: the whole frame).
 Exact: the parts' nodes and constants are the graphs their sessions run, and ONNX Runtime must
 run the same kernels for the joined graph as for the parts apart (data movement it may cancel
 across a seam aside: ``operators.SEAM_MOVES``).  That is checked at load from ONNX Runtime's optimised graphs
-(``ort_kernels.kernels``, its verdict kept on disk by ``ort_kernels.keyed_verdict``); where it
+(``ort_kernels.kernels``, its verdict kept on disk by ``ort_verdicts.keyed_verdict``); where it
 fails (a quantize step of one part and a dequantize step of the next that ONNX Runtime would
 drop as a pair; a fusion one part's options turn off; YOLOv8n exported with a free batch: the
 first run's layout ``Transpose`` moved across its seam with the DFL subgraph), that stretch is
@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import defs
 
-from .. import ort_kernels
+from .. import ort_kernels, ort_verdicts
 from ..errors import NpuflowError
 from ..model_checks import KNOWN_DOMAINS
 from ..operators import SEAM_MOVES
@@ -83,7 +83,7 @@ def _part(step: merge.Step) -> _Part | None:
     if found is None:
         return None
     model, external = found
-    if cpu_level(model) != "all" and not (_plain(model) and ort_kernels.keyed_verdict(
+    if cpu_level(model) != "all" and not (_plain(model) and ort_verdicts.keyed_verdict(
             level_free, _digest(model, external, []), model, external)):  # a custom op's ONNX Runtime knows not
         return None
     names = {v.name: v.name for v in [*model.graph.input, *model.graph.output]}
@@ -358,7 +358,7 @@ def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: i
     """The step that runs ``parts`` as ``joined`` (:func:`_join`), or None where ONNX Runtime's
     kernels for it differ from theirs."""
     model, external, inputs = joined
-    if not ort_kernels.keyed_verdict(same_kernels, _digest(model, external, parts), model, external, parts):
+    if not ort_verdicts.keyed_verdict(same_kernels, _digest(model, external, parts), model, external, parts):
         return None
     for p in parts:  # the joined model holds what ONNX Runtime's creation reads
         p.model = p.external = None

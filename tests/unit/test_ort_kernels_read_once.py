@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from npuflow import ort_kernels
+from npuflow import ort_verdicts
 
 
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
-    monkeypatch.delenv(ort_kernels.CACHE_ENV, raising=False)
+    monkeypatch.delenv(ort_verdicts.CACHE_ENV, raising=False)
     reads: list[Path] = []
     real = Path.read_text
 
@@ -30,41 +30,41 @@ def cache(monkeypatch, tmp_path):
 
 def test_the_verdicts_are_read_once_until_the_file_changes(cache):
     reads = cache
-    ort_kernels._store("probe_a", True)
-    path = ort_kernels.cache_file()
+    ort_verdicts._store("probe_a", True)
+    path = ort_verdicts.cache_file()
     reads.clear()
     for _ in range(5):
-        assert ort_kernels._recall("probe_a", lambda: pytest.fail("a stored verdict is not run again")) is True
+        assert ort_verdicts._recall("probe_a", lambda: pytest.fail("a stored verdict is not run again")) is True
     assert reads.count(path) == 1
     # another process replaces the file: read again, its verdicts seen
     tmp = path.with_name(".other")
     tmp.write_text(json.dumps({"probe_a": False, "probe_b": "u8"}))
     os.replace(tmp, path)
-    assert ort_kernels._recall("probe_b", lambda: pytest.fail("stored by the other process")) == "u8"
-    assert ort_kernels._recall("probe_a", lambda: True) is False
+    assert ort_verdicts._recall("probe_b", lambda: pytest.fail("stored by the other process")) == "u8"
+    assert ort_verdicts._recall("probe_a", lambda: True) is False
     assert reads.count(path) == 2
     # a verdict stored here replaces the file too; the next check reads the new one
-    assert ort_kernels._recall("probe_c", lambda: True) is True
-    assert ort_kernels._stored() == {"probe_a": False, "probe_b": "u8", "probe_c": True}
+    assert ort_verdicts._recall("probe_c", lambda: True) is True
+    assert ort_verdicts._stored() == {"probe_a": False, "probe_b": "u8", "probe_c": True}
 
 
 def test_a_damaged_file_is_still_no_verdicts(cache):
-    ort_kernels._store("probe_a", True)
-    ort_kernels.cache_file().write_text("{not json")
-    assert ort_kernels._stored() == {}
-    assert ort_kernels._recall("probe_a", lambda: "s8") == "s8"  # probed again and stored whole
-    assert ort_kernels._stored() == {"probe_a": "s8"}
+    ort_verdicts._store("probe_a", True)
+    ort_verdicts.cache_file().write_text("{not json")
+    assert ort_verdicts._stored() == {}
+    assert ort_verdicts._recall("probe_a", lambda: "s8") == "s8"  # probed again and stored whole
+    assert ort_verdicts._stored() == {"probe_a": "s8"}
 
 
 def test_each_check_keeps_its_verdicts_in_a_file_of_its_own(cache):
     """A load reads only the verdict files of the checks its model asks (issue 19: one shared file
     of every check's verdicts was parsed and kept whole by every load, 0.55 MiB at 2,300 entries)."""
-    ort_kernels._store("probe_a", True)
-    ort_kernels._store("pkg.mod._check@0123456789abcdef:k1", False)
-    assert ort_kernels._stored() == {"probe_a": True}
-    family = ort_kernels.cache_file("pkg.mod._check@0123456789abcdef")
-    assert family != ort_kernels.cache_file() and family.parent == ort_kernels.cache_file().parent
+    ort_verdicts._store("probe_a", True)
+    ort_verdicts._store("pkg.mod._check@0123456789abcdef:k1", False)
+    assert ort_verdicts._stored() == {"probe_a": True}
+    family = ort_verdicts.cache_file("pkg.mod._check@0123456789abcdef")
+    assert family != ort_verdicts.cache_file() and family.parent == ort_verdicts.cache_file().parent
     assert json.loads(family.read_text()) == {"pkg.mod._check@0123456789abcdef:k1": False}
     cache.clear()
-    assert ort_kernels._recall("pkg.mod._check@0123456789abcdef:k1", lambda: pytest.fail("stored")) is False
+    assert ort_verdicts._recall("pkg.mod._check@0123456789abcdef:k1", lambda: pytest.fail("stored")) is False
     assert cache == [family]  # the probes' file is not read for a check's verdict

@@ -1,7 +1,7 @@
 """Issue 19, load memory and time: the per-operation checks of ONNX Runtime's own kernels
 (``fused_qlinear``: ``QLinearSigmoid``, ``QLinearMul``, ``QLinearAdd``, ``QuantizeLinear``, each
 run at load with the operation's scales) keep their verdicts in the kernel probes' disk cache
-(``ort_kernels.persistent_check``), so a later load of the model opens none of their one-node
+(``ort_verdicts.persistent_check``), so a later load of the model opens none of their one-node
 sessions (YOLOv8n cpu-int8: 123 of a load's 128) and runs the same fused graph."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import npuflow
-from npuflow import ort_kernels
+from npuflow import ort_verdicts
 from npuflow.runtime import fused_pairs, fused_qlinear
 from tests.qdq_builder import Builder
 from tests.unit.test_compiler_kernels import CPU, _x
@@ -46,7 +46,7 @@ def _new_process() -> None:
 def opened(monkeypatch, tmp_path):
     """The op type of every check session opened, with the disk cache in ``tmp_path`` and empty."""
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
-    monkeypatch.delenv(ort_kernels.CACHE_ENV, raising=False)
+    monkeypatch.delenv(ort_verdicts.CACHE_ENV, raising=False)
     sessions: list[str] = []
     real = fused_qlinear.probe_session
 
@@ -77,7 +77,7 @@ def test_a_second_load_opens_no_check_session_and_computes_the_same(opened, monk
              if hasattr(it, "graph") for n in it.graph().nodes}
     assert {"QLinearSigmoid", "QLinearMul", "QLinearAdd"} <= kinds, kinds
     # NPUFLOW_ENABLE_CACHE=0: every load checks again
-    monkeypatch.setenv(ort_kernels.CACHE_ENV, "0")
+    monkeypatch.setenv(ort_verdicts.CACHE_ENV, "0")
     _new_process()
     opened.clear()
     npuflow.Session(compiled)
@@ -100,18 +100,18 @@ def test_a_changed_checks_verdicts_are_another_file(opened):
     dropped verdict is a check session opened again at the next load: YOLOv8n cpu-int8 opens 123);
     beyond ``KEEP_VERSIONS`` the least recently written versions' files go."""
     family = "npuflow.runtime.fused_qlinear._mul_matches"
-    ort_kernels._store(f"{family}@0123456789abcdef:00", True)
+    ort_verdicts._store(f"{family}@0123456789abcdef:00", True)
     fused_qlinear._mul_matches(0.02, 9, 0, 9, None)  # probes and stores its verdict
-    files = sorted(ort_kernels.cache_file().parent.glob(f"*.{family}@*.json"))
+    files = sorted(ort_verdicts.cache_file().parent.glob(f"*.{family}@*.json"))
     assert len(files) == 2, files
-    old = ort_kernels.cache_file(f"{family}@0123456789abcdef")
+    old = ort_verdicts.cache_file(f"{family}@0123456789abcdef")
     assert json.loads(old.read_text()) == {f"{family}@0123456789abcdef:00": True}
     ours = next(f for f in files if f != old)
     assert len(json.loads(ours.read_text())) == 1
-    for k in range(ort_kernels.KEEP_VERSIONS):
-        ort_kernels._store(f"{family}@{k:016x}:00", False)
-    left = sorted(ort_kernels.cache_file().parent.glob(f"*.{family}@*.json"))
-    assert len(left) == ort_kernels.KEEP_VERSIONS and ours not in left and old not in left
+    for k in range(ort_verdicts.KEEP_VERSIONS):
+        ort_verdicts._store(f"{family}@{k:016x}:00", False)
+    left = sorted(ort_verdicts.cache_file().parent.glob(f"*.{family}@*.json"))
+    assert len(left) == ort_verdicts.KEEP_VERSIONS and ours not in left and old not in left
 
 
 def test_a_helper_beside_the_check_is_part_of_its_key(tmp_path):
@@ -124,11 +124,11 @@ def test_a_helper_beside_the_check_is_part_of_its_key(tmp_path):
     check, helper = package / "check.py", package / "helper.py"
     check.write_text("def matches(): return True\n")
     helper.write_text("def pairs(): return 1\n")
-    before = ort_kernels._source_digest(check)
+    before = ort_verdicts._source_digest(check)
     helper.write_text("def pairs(): return 2\n")
-    ort_kernels._source_digest.cache_clear()
-    assert ort_kernels._source_digest(check) != before
+    ort_verdicts._source_digest.cache_clear()
+    assert ort_verdicts._source_digest(check) != before
     (package / "notes.txt").write_text("not a source")
-    ort_kernels._source_digest.cache_clear()
-    after = ort_kernels._source_digest(check)
-    assert after == ort_kernels._source_digest(check)
+    ort_verdicts._source_digest.cache_clear()
+    after = ort_verdicts._source_digest(check)
+    assert after == ort_verdicts._source_digest(check)

@@ -1,4 +1,4 @@
-"""Issue 19, peak memory: the kernel probes' verdicts kept on disk (``ort_kernels.persistent``), so
+"""Issue 19, peak memory: the kernel probes' verdicts kept on disk (``ort_verdicts.persistent``), so
 a process that finds them opens no probe session; and accumulator tables that only integer
 convolutions read held as bytes (``fused_conv``), a quarter of the float32 table's memory, with
 the same outputs."""
@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from npuflow import ort_kernels
+from npuflow import ort_kernels, ort_verdicts
 
 PROBES = ("weight_form", "pairing_confirmed", "matmul_pairing_confirmed", "convinteger_exact", "exact")
 
@@ -20,7 +20,7 @@ def fresh_probes(monkeypatch, tmp_path):
     """The probes' per-process caches emptied and the disk cache in ``tmp_path``; both emptied
     again afterwards, so later tests probe this process' kernels themselves."""
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
-    monkeypatch.delenv(ort_kernels.CACHE_ENV, raising=False)
+    monkeypatch.delenv(ort_verdicts.CACHE_ENV, raising=False)
     for name in PROBES:
         getattr(ort_kernels, name).cache_clear()
     yield tmp_path
@@ -45,9 +45,9 @@ def test_verdicts_are_stored_and_a_later_process_opens_no_probe_session(monkeypa
     opened = _count_sessions(monkeypatch)
     first = {name: getattr(ort_kernels, name)() for name in PROBES}
     assert opened, "the first process probes"
-    stored = json.loads(ort_kernels.cache_file().read_text())
+    stored = json.loads(ort_verdicts.cache_file().read_text())
     assert stored == first
-    assert ort_kernels.cache_file().parent == fresh_probes / "ort_kernels"
+    assert ort_verdicts.cache_file().parent == fresh_probes / "ort_kernels"
     for name in PROBES:  # a new process: empty per-process caches, the file on disk
         getattr(ort_kernels, name).cache_clear()
     opened.clear()
@@ -57,7 +57,7 @@ def test_verdicts_are_stored_and_a_later_process_opens_no_probe_session(monkeypa
 
 def test_stored_verdicts_are_the_ones_used(monkeypatch, fresh_probes):
     # what the file says is what the process believes (so the file must be keyed by all that decides it)
-    path = ort_kernels.cache_file()
+    path = ort_verdicts.cache_file()
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"weight_form": "s8", "pairing_confirmed": False}))
     opened = _count_sessions(monkeypatch)
@@ -66,8 +66,8 @@ def test_stored_verdicts_are_the_ones_used(monkeypatch, fresh_probes):
 
 
 def test_cache_disabled_by_the_environment_probes_and_writes_nothing(monkeypatch, fresh_probes):
-    monkeypatch.setenv(ort_kernels.CACHE_ENV, "0")
-    path = ort_kernels.cache_file()
+    monkeypatch.setenv(ort_verdicts.CACHE_ENV, "0")
+    path = ort_verdicts.cache_file()
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"weight_form": "bogus"}))
     opened = _count_sessions(monkeypatch)
@@ -77,7 +77,7 @@ def test_cache_disabled_by_the_environment_probes_and_writes_nothing(monkeypatch
 
 
 def test_a_damaged_or_unwritable_cache_falls_back_to_probing(monkeypatch, fresh_probes):
-    path = ort_kernels.cache_file()
+    path = ort_verdicts.cache_file()
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     assert ort_kernels.exact() in (True, False)
@@ -90,15 +90,15 @@ def test_a_damaged_or_unwritable_cache_falls_back_to_probing(monkeypatch, fresh_
 
 
 def test_the_key_follows_what_decides_the_verdicts(monkeypatch):
-    key = ort_kernels.cache_key()
-    ort_kernels.cache_key.cache_clear()
-    monkeypatch.setattr(ort_kernels, "_cpu_flags", lambda: "another cpu avx512_vnni")
+    key = ort_verdicts.cache_key()
+    ort_verdicts.cache_key.cache_clear()
+    monkeypatch.setattr(ort_verdicts, "_cpu_flags", lambda: "another cpu avx512_vnni")
     try:
-        assert ort_kernels.cache_key() != key
+        assert ort_verdicts.cache_key() != key
     finally:
         monkeypatch.undo()
-        ort_kernels.cache_key.cache_clear()
-    assert ort_kernels.cache_key() == key
+        ort_verdicts.cache_key.cache_clear()
+    assert ort_verdicts.cache_key() == key
 
 
 def test_wrapped_is_the_probe_itself():
