@@ -30,14 +30,16 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import NpuflowError
 from ..model import NPUF_MAGIC as MAGIC, write_atomic
-from . import manifest_arrays, manifest_check, manifest_schema, manifest_verdicts
+from . import lazy_ops, manifest_arrays, manifest_check, manifest_schema, manifest_verdicts
 
 FORMAT_MAJOR, FORMAT_MINOR = manifest_schema.SCHEMA_VERSION
 _HEADER = struct.Struct("<8sHHIQQQQQ32s8s")
@@ -46,9 +48,17 @@ TRAILER_SIZE = 32
 ALIGN = 64
 
 
+#: A program's ops key in the manifest's text: in valid JSON a ``"`` after ``{`` or ``,`` outside a
+#: string opens a key, and inside one it would be escaped.
+_OPS_KEY = re.compile(r'(?<=[{,])"ops":\[')
+
+
 def _no_constant(name: str) -> None:
     """JSON's NaN/Infinity extensions: never written (``allow_nan=False``), so never read."""
     raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _pad(n: int) -> int:
@@ -57,7 +67,14 @@ def _pad(n: int) -> int:
 
 def _dumps(manifest: dict) -> bytes:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode()
+                      allow_nan=False, default=_as_list).encode()
+
+
+def _as_list(value: object) -> list:
+    """JSON of a loaded program's ops that nothing read yet (:class:`.lazy_ops.LazyOps`)."""
+    if isinstance(value, lazy_ops.LazyOps):
+        return value.ops
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def serialize(manifest: dict, blobs: dict[str, np.ndarray | bytes]) -> bytes:
@@ -120,10 +137,19 @@ def share_strings(value: object) -> None:
 
 
 class NpufFile:
-    """A verified ``.npuf``: ``manifest`` (dict) and ``blob(name)`` (read-only array views)."""
+    """A verified ``.npuf``: ``manifest`` (dict) and ``blob(name)`` (read-only array views).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``lazy_ops``: where this code validated the manifest before (:mod:`.manifest_verdicts`), its
+    integer programs' ops are parsed only when read (:mod:`.lazy_ops`; a runtime ``Session``)."""
+
+    def __init__(self, path: str | os.PathLike, lazy_ops: bool = False) -> None:
         self.path = Path(path)
+        self._lazy = lazy_ops
+        self._whole: dict | None = None
+        self._whole_lock = threading.Lock()
+        #: where each ``"ops":[`` key's list starts in the manifest's text, and how many lists were hidden
+        self._ops_at: list[int] | None = None
+        self._hidden_lists = 0
         if not self.path.is_file():
             raise NpuflowError("NPF_COMPILE_FILE_NOT_FOUND", path=str(self.path))
         with open(self.path, "rb") as fh:
@@ -144,6 +170,7 @@ class NpufFile:
         ``compile`` checks every program it makes this way before anything is written or run."""
         self = cls.__new__(cls)
         self.path = Path(label)
+        self._lazy = False
         self._map = content
         self.manifest = self._verify(len(content))
         return self
@@ -188,16 +215,81 @@ class NpufFile:
         newer = minor > manifest_schema.READABLE[major]  # a newer minor version may use the reserved bytes and add fields
         if reserved != b"\x00" * len(reserved) and not newer:
             raise self._corrupt("the reserved header bytes are not zero")
-        try:
-            manifest = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise self._corrupt(f"manifest is not JSON: {exc}") from None
-        share_strings(manifest)
         self._data_off, self._data_len = doff, dlen
-        self._validate(manifest, newer, msha)
+        self._manifest_span = (moff, mlen)
+        manifest = self._without_ops(body, newer, msha) if self._lazy else None
+        if manifest is None:
+            try:
+                manifest = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                raise self._corrupt(f"manifest is not JSON: {exc}") from None
+            share_strings(manifest)
+            self._validate(manifest, newer, msha)
+            if self._lazy and isinstance(manifest, dict) and "packed" not in manifest:
+                lazy_ops.install(self._programs(manifest), self._read_ops, msha.hex())
         for name, b in manifest["blobs"].items():
             self._check_blob(name, b)
         return manifest
+
+    def _without_ops(self, body: bytes, newer_minor: bool, manifest_sha256: bytes) -> dict | None:
+        """The manifest with each integer program's ops to be parsed when read (:mod:`.lazy_ops`),
+        where this code validated it before; else ``None`` (the caller parses and validates it)."""
+        try:
+            manifest = json.loads(body.decode("utf-8"), parse_constant=_no_constant, object_hook=lazy_ops.hide_op)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        if not (manifest_verdicts.rememberable(manifest)
+                and manifest_verdicts.validated_before(manifest_sha256, newer_minor)):
+            return None
+        if not lazy_ops.install(self._programs(manifest), self._read_ops, manifest_sha256.hex()):
+            return None
+        self._hidden_lists = sum(isinstance(sg.get("ops"), lazy_ops.LazyOps) and not sg["ops"].parsed
+                                 for _, program in self._programs(manifest) for sg in program.get("subgraphs", []))
+        share_strings(manifest)
+        return manifest
+
+    @staticmethod
+    def _programs(manifest: dict) -> list[tuple[tuple, dict]]:
+        """Each program of a single model's manifest (its own, its variants') and its path in it."""
+        variants = manifest.get("variants")
+        variants = variants if type(variants) is list else []
+        return [((), manifest), *((("variants", k), v) for k, v in enumerate(variants))]
+
+    def _read_ops(self, k: int, count: int, path: tuple) -> list[dict]:
+        """The ``k``-th hidden ops list (``count`` ops, at ``path``) parsed from the manifest's text
+        alone: the writer sorts keys, so the ``k``-th ``"ops":[`` key of the text is that list where
+        every such key is a program's (checked: as many keys as hidden lists, ``count`` ops);
+        else the manifest parsed whole (:mod:`.lazy_ops`)."""
+        moff, mlen = self._manifest_span
+        text = self._map[moff:moff + mlen].decode("utf-8")
+        with self._whole_lock:
+            if self._ops_at is None:
+                self._ops_at = [m.end() - 1 for m in _OPS_KEY.finditer(text)]
+            at = self._ops_at
+        ops = None
+        if len(at) == self._hidden_lists:
+            ops, _ = _DECODER.raw_decode(text, at[k])
+            if type(ops) is not list or len(ops) != count or not all(type(op) is dict and "op" in op for op in ops):
+                ops = None
+        if ops is None:
+            node = self._whole_manifest()
+            for key in path:
+                node = node[key]
+            return node
+        share_strings(ops)
+        manifest_arrays.resolve({"subgraphs": [{"engine": "integer", "ops": ops}]}, self.blob)
+        return ops
+
+    def _whole_manifest(self) -> dict:
+        """The manifest parsed whole, its epilogue arrays resolved (once; :mod:`.lazy_ops`)."""
+        with self._whole_lock:
+            if self._whole is None:
+                moff, mlen = self._manifest_span
+                whole = json.loads(self._map[moff:moff + mlen].decode("utf-8"), parse_constant=_no_constant)
+                share_strings(whole)
+                manifest_arrays.resolve(whole, self.blob)
+                self._whole = whole
+            return self._whole
 
     def _validate(self, manifest: object, newer_minor: bool, manifest_sha256: bytes) -> None:
         """The manifest schema; the embedded ONNX blobs it parses are verified before reading.  A

@@ -158,13 +158,14 @@ class CompiledModel:
         return artifact.serialize({k: v for k, v in self.manifest.items() if k != "blobs"}, blobs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: str | None = None) -> "CompiledModel":
-        """Open and verify a ``.npuf`` (coded errors for any damage); weights stay memory-mapped.
+    def load(cls, path: str | os.PathLike, model: str | None = None, lazy_ops: bool = False) -> "CompiledModel":
+        """Open and verify a ``.npuf`` (coded errors for any damage); weights stay memory-mapped;
+        ``lazy_ops``: integer programs' ops parsed when first read (``artifact.NpufFile``).
 
         A packed file (``npuflow pack``) holds several models: ``model`` names the one to load
         (``NPF_PACK_MODEL_REQUIRED`` without it when there are several, ``NPF_PACK_UNKNOWN_MODEL``
         for a name not in the file).  A plain file is one model named by its file name."""
-        models = cls.load_all(path)
+        models = cls.load_all(path, lazy_ops)
         if model is None:
             if len(models) > 1:
                 raise NpuflowError("NPF_PACK_MODEL_REQUIRED", path=str(path), count=len(models),
@@ -176,10 +177,10 @@ class CompiledModel:
         return models[model]
 
     @classmethod
-    def load_all(cls, path: str | os.PathLike) -> dict[str, "CompiledModel"]:
+    def load_all(cls, path: str | os.PathLike, lazy_ops: bool = False) -> dict[str, "CompiledModel"]:
         """Every model of a ``.npuf`` by name, in file order, read and verified once: the packed
         models of a packed file, else the one model named by the file name (``a.npuf``: ``a``)."""
-        f = artifact.NpufFile(path)
+        f = artifact.NpufFile(path, lazy_ops)
         manifest_arrays.resolve(f.manifest, f.blob)
 
         def read(name: str):

@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .lazy_ops import LazyOps
+
 #: The epilogue fields that hold one value per output channel (or one for all).
 FIELDS = ("shift", "multiplier", "acc_scale")
 #: Lists of fewer values stay JSON.
@@ -36,11 +38,13 @@ def programs(manifest: dict) -> list[dict]:
     return [p for m in models for p in [m, *m.get("variants", [])]]
 
 
-def epilogues(manifest: dict) -> Iterator[dict]:
-    """Every integer op's epilogue dict in ``manifest`` (all programs)."""
+def epilogues(manifest: dict, parsed_only: bool = False) -> Iterator[dict]:
+    """Every integer op's epilogue dict in ``manifest`` (all programs); ``parsed_only``: not those of
+    ops a loaded manifest has not parsed yet (:mod:`.lazy_ops`, which resolves them as it parses)."""
     for program in programs(manifest):
         for sg in program.get("subgraphs", []):
-            if sg.get("engine") == "integer":
+            ops = sg.get("ops")
+            if sg.get("engine") == "integer" and not (parsed_only and isinstance(ops, LazyOps) and not ops.parsed):
                 for op in sg.get("ops", []):
                     ep = op.get("attrs", {}).get("epilogue")
                     if isinstance(ep, dict):
@@ -103,8 +107,8 @@ def to_blobs(manifest: dict) -> tuple[dict, dict[str, np.ndarray]]:
 
 def resolve(manifest: dict, read: Callable[[str], np.ndarray]) -> None:
     """Replace, in place, each epilogue's blob reference by the array ``read`` gives for it (a
-    verified file's read-only view)."""
-    for ep in epilogues(manifest):
+    verified file's read-only view); ops not parsed yet are resolved when they are (:mod:`.lazy_ops`)."""
+    for ep in epilogues(manifest, parsed_only=True):
         for field in FIELDS:
             value = ep.get(field)
             if isinstance(value, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from typing import Callable
 
@@ -59,7 +60,6 @@ class IntegerExecutor:
         self._blob = blob
         self._kernels: dict[int, Kernel] = {}
         self._kernel_lock = threading.Lock()
-        self.op_index = {op["name"]: k for k, op in enumerate(sg["ops"])}
         self.plan = (fused.plan(sg, tensors, blob, threads, release, defer) if fuse
                      else fused.Plan(list(range(len(self._ops))), {}))
         plan = sg["memory"]
@@ -79,6 +79,12 @@ class IntegerExecutor:
             dtype = np.dtype(info["dtype"])
             count = int(np.prod(info["shape"]))
             self.buffers[name] = (b["offset"], count, dtype, tuple(info["shape"]))
+
+    @functools.cached_property
+    def op_index(self) -> dict[str, int]:
+        """Each op's index by name (``run_op``): built when first asked, as a load reads no op
+        where its fused plan is stored (``compiler/lazy_ops.py``)."""
+        return {op["name"]: k for k, op in enumerate(self._ops)}
 
     def open(self) -> None:
         """Open the sessions of fused runs a deferred load left closed (``defer``)."""

@@ -49,9 +49,10 @@ between two graphs;
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from onnx import TensorProto
@@ -540,10 +541,14 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
     built before is opened from ``$NPUFLOW_CACHE/fused`` instead (:mod:`.fused_cache`), or with
     ``defer`` its runs left for the caller to open (:meth:`FusedRun.deferred`)."""
     ops = sg["ops"]
-    readers: dict[str, list[dict]] = {}
-    for op in ops:
-        for t in op["inputs"]:
-            readers.setdefault(t, []).append(op)
+    readers: dict[str, list[dict]] = {}  # filled on the first graph written: a stored plan reads no op
+
+    def reading() -> dict[str, list[dict]]:
+        if not readers:
+            for op in ops:
+                for t in op["inputs"]:
+                    readers.setdefault(t, []).append(op)
+        return readers
 
     def emit(g: Graph, op: dict) -> None:
         emitter = _EMITTERS.get(op["op"])
@@ -555,7 +560,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         """The graph of ``run_ops`` written again: each op was written without a rollback, on a
         graph that held the run's earlier ops only, so the same steps give the same graph."""
         def build() -> Graph:
-            again = Graph(tensors, readers=readers)
+            again = Graph(tensors, readers=reading())
             for k in run_ops:
                 emit(again, ops[k])
             return again
@@ -567,7 +572,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         return stored
     store = fused_cache.open_writer(name)
     try:
-        result, warned = _build(sg, tensors, readers, emit, rebuild, threads, release, store)
+        result, warned = _build(sg, tensors, reading(), emit, rebuild, threads, release, store)
     except BaseException:
         if store is not None:
             store.abandon()
@@ -596,7 +601,7 @@ def _stored(name: str | None, reader: fused_cache.Reader | None, ops: list[dict]
                 continue
             start, stop, inputs, outputs = item
             run_ops = range(start, stop)
-            produced = [t for k in run_ops for t in ops[k]["outputs"]]
+            produced = functools.partial(_produced, ops, run_ops)  # read when asked: dump mode, a rebuild
             k = sum(not isinstance(i, int) for i in items)
             reread = lambda k=k: fused_cache.read_run(name, k)  # noqa: E731
             items.append(FusedRun.deferred(inputs, outputs, produced, threads, rebuild(run_ops), release, run_ops,
@@ -608,6 +613,11 @@ def _stored(name: str | None, reader: fused_cache.Reader | None, ops: list[dict]
         return None
     finally:
         reader.close()
+
+
+def _produced(ops: Sequence[dict], run_ops: range) -> list[str]:
+    """The tensors the ops ``run_ops`` make, in order."""
+    return [t for k in run_ops for t in ops[k]["outputs"]]
 
 
 def _finish(store: fused_cache.Writer, result: Plan) -> None:

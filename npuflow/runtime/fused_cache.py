@@ -9,8 +9,11 @@ npuflow's load held over ONNX Runtime's on the small models (issue 19; ``docs/ru
 intra-op threads, npuflow's code (:data:`SOURCES`) and what ONNX Runtime computes exactly on this
 machine (``ort_verdicts.cache_key``: its build and the CPU's flags, which the probes' verdicts and so
 the graphs' forms depend on).  So each program's plan is kept under ``$NPUFLOW_CACHE/fused/``,
-named by the hash of those, as one file: the serialized graph and the external weights of each
-run, then a JSON index (which ops are runs, which run as kernels and why), then the index's length.
+named by the hash of those (a program of a ``.npuf`` read by a ``Session``: by the manifest's verified
+SHA-256 and the program's place in it, which cover its ops, tensors and blob checksums, so that a
+load whose plan is stored parses no op: ``compiler/lazy_ops.py``), as one file: the serialized
+graph and the external weights of each run, then a JSON index (which ops are runs, which run as
+kernels and why), then the index's length.
 A later load opens each run's ONNX Runtime session from the stored graph and weights, one run at a
 time, as the build would have; the ops' own emitters are still what ``FusedRun.graph`` and dump
 mode rebuild from.
@@ -36,6 +39,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .. import ort_verdicts
+from ..compiler.lazy_ops import LazyOps
 from ..compiler.manifest_verdicts import source_digest
 from ..outputs import cache_enabled, cache_root
 
@@ -60,6 +64,12 @@ def key(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: int
     if not cache_enabled():
         return None
     h = hashlib.sha256(json.dumps([source_digest(SOURCES), ort_verdicts.cache_key(), threads]).encode())
+    if isinstance(sg["ops"], LazyOps):
+        # a program of a verified .npuf whose ops were not parsed: named by the manifest's SHA-256
+        # (which covers every op, tensor and blob checksum) and the program's place in it, so that a
+        # load whose plan is stored parses no op (``compiler/lazy_ops.py``)
+        h.update(b"manifest\0" + sg["ops"].identity.encode())
+        return h.hexdigest()[:40]
     used = sorted({t for op in sg["ops"] for t in (*op["inputs"], *op["outputs"])} | set(sg["outputs"]))
     # a JSON text per op and tensor (each a whole value: the texts in turn are unambiguous), not one
     # of them all: that is written as a small string per key and value first, whose pages CPython's

@@ -20,6 +20,10 @@ from ..ort_session import open_session
 from . import fused_cache
 from .fused_graph import SMALL_RUN_BYTES, Graph, elem_type, input_name
 
+#: A run's ``produced`` tensors, or what reads them from its ops when first asked (a stored run:
+#: a load whose plan is stored reads no op, ``compiler/lazy_ops.py``).
+Produced = list[str] | Callable[[], list[str]]
+
 #: What a fused graph ONNX Runtime refuses raises: NPF_MODEL_INVALID from open_session at creation,
 #: ORT's own types from a run.
 _ORT_ERRORS = (NpuflowError, ort.capi.onnxruntime_pybind11_state.Fail,
@@ -64,7 +68,7 @@ class FusedRun:
         self._open(self._session(model, arrays, small))
 
     @classmethod
-    def stored(cls, inputs: list[str], outputs: list[str], produced: list[str], threads: int,
+    def stored(cls, inputs: list[str], outputs: list[str], produced: Produced, threads: int,
                rebuild: Callable[[], Graph], release: Callable[[], object] | None, span: range,
                model: onnx.ModelProto, arrays: dict[str, np.ndarray], small: bool,
                reread: Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], bool]] | None = None) -> FusedRun:
@@ -80,7 +84,7 @@ class FusedRun:
         return run
 
     @classmethod
-    def deferred(cls, inputs: list[str], outputs: list[str], produced: list[str], threads: int,
+    def deferred(cls, inputs: list[str], outputs: list[str], produced: Produced, threads: int,
                  rebuild: Callable[[], Graph], release: Callable[[], object] | None, span: range,
                  reread: Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], bool]]) -> FusedRun:
         """A stored run (:meth:`stored`) whose graph is neither read nor opened yet: :meth:`open`
@@ -93,12 +97,12 @@ class FusedRun:
         run.session, run._direct = None, (None, None)
         return run
 
-    def _setup(self, inputs: list[str], outputs: list[str], produced: list[str], threads: int,
+    def _setup(self, inputs: list[str], outputs: list[str], produced: Produced, threads: int,
                rebuild: Callable[[], Graph], release: Callable[[], object] | None, span: range | None) -> None:
         self.inputs = inputs
         self.span = span
         self.outputs = outputs
-        self.produced = produced
+        self._produced = produced
         self._threads = threads
         self._rebuild = rebuild
         self._release = release
@@ -107,6 +111,13 @@ class FusedRun:
         self._dump_session: ort.InferenceSession | None = None
         self._lock = threading.Lock()
         self._reread: Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray], bool]] | None = None
+
+    @property
+    def produced(self) -> list[str]:
+        """Every tensor the run makes, in order (a stored run's: read from its ops when first asked)."""
+        if callable(self._produced):
+            self._produced = self._produced()
+        return self._produced
 
     def _open(self, session: ort.InferenceSession) -> None:
         self.session = session

@@ -334,7 +334,8 @@ class Session:
             set_blas_threads(blas_threads)
         if expected_sha256 is not None:
             check_sha256(path, expected_sha256)
-        self.compiled = path if isinstance(path, CompiledModel) else CompiledModel.load(path, model)
+        # ops parsed when read: a load whose fused plans are stored reads none (``compiler/lazy_ops.py``)
+        self.compiled = path if isinstance(path, CompiledModel) else CompiledModel.load(path, model, lazy_ops=True)
         target = target if target is not None else os.environ.get(TARGET_ENV) or None
         if target is not None:
             tgt = target if isinstance(target, Target) else load_target(target)
