@@ -228,6 +228,19 @@ def _permuted(layout: str, perm: list[int] | None, rank: int) -> str:
     return out if out in ("NCHW", "NHWC") else ""
 
 
+def _axis_order(op: str, attrs: dict, src: list, dst: list) -> list[int] | None:
+    """The order of ``src``'s axes that a removed layout step writes ``dst`` in: a transpose's
+    ``perm``; for a reshape that only moves unit axes (the float passes write a Transpose of unit
+    axes as one: a one-channel NHWC frame to NCHW) the larger axes in their order and the unit
+    axes in theirs; ``None`` for any other step (the layout stays, where the rank does)."""
+    if op.lower() == "transpose":
+        return attrs.get("perm")
+    if op.lower() != "reshape" or len(src) != len(dst) or [d for d in src if d != 1] != [d for d in dst if d != 1]:
+        return None
+    larger, unit = iter([k for k, d in enumerate(src) if d != 1]), iter([k for k, d in enumerate(src) if d == 1])
+    return [next(unit) if d == 1 else next(larger) for d in dst]
+
+
 def _remove_op(m: dict, sg: dict, c: Candidate, blobs: dict) -> dict:
     j = next(k for k, op in enumerate(sg["ops"]) if op["name"] == c.name)
     op = sg["ops"].pop(j)
@@ -238,7 +251,7 @@ def _remove_op(m: dict, sg: dict, c: Candidate, blobs: dict) -> dict:
                  "round_mode": attrs.get("round", "half_even"), "scale": attrs["scale"],
                  "zero_point": attrs.get("zp", 0)}
     rank = len(m["tensors"][op["outputs"][0]]["shape"])
-    perm = attrs.get("perm") if op["op"] == "transpose" else None
+    perm = _axis_order(op["op"], attrs, m["tensors"][op["inputs"][0]]["shape"], m["tensors"][op["outputs"][0]]["shape"])
     if c.side == "input":
         src_layout = _layout(m, c.source)
         record_in = _described(m, c.source, src_layout)
@@ -290,7 +303,7 @@ def _remove_node(m: dict, sg: dict, c: Candidate, blobs: dict, program: int) -> 
     if quant and "quant" not in m["tensors"][c.target]:
         m["tensors"][c.target]["quant"] = quant
     src_layout = _layout(m, c.source)
-    perm = attrs.get("perm") if node.op_type == "Transpose" else None
+    perm = _axis_order(node.op_type, attrs, m["tensors"][c.source]["shape"], m["tensors"][c.target]["shape"])
     record = {"name": c.name, "op": node.op_type if not node.domain else f"{node.domain}:{node.op_type}",
               "side": "input", "engine": "onnx", "subgraph": sg["name"],
               "input": _described(m, c.source, src_layout),
