@@ -127,6 +127,22 @@ def _shaped_view(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> GraphVi
     return idx
 
 
+def _with_input_shapes(model: onnx.ModelProto, op_type: str) -> list[tuple[onnx.NodeProto, list | None, int]]:
+    """Each ``op_type`` node of ``model`` with its input's shape (``None`` where unknown) and element
+    type, read before the rewrite that asks changes the graph."""
+    nodes = [n for n in model.graph.node if n.op_type == op_type]
+    idx = _shaped_view(model, nodes)
+    return [(n, idx.shape(n.input[0]), idx.elem_type(n.input[0]) or TensorProto.FLOAT) for n in nodes]
+
+
+def _insert_before(graph: onnx.GraphProto, node: onnx.NodeProto, nodes: list[onnx.NodeProto], infos: list) -> None:
+    """``nodes`` (in order) where ``node`` stands, before it, and ``infos`` as the graph's value infos."""
+    at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
+    for k, new in enumerate(nodes):
+        graph.node.insert(at + k, new)
+    graph.value_info.extend(infos)
+
+
 def _reasons(target: Target, kind: str, params: dict) -> list[str] | None:
     """The target's objections to an op of ``kind`` with ``params``; ``None`` when it has no such op."""
     rule = target.rule(kind)
@@ -194,11 +210,8 @@ def _subs_as_adds(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
 
 def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     graph = model.graph
-    pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]
-    idx = _shaped_view(model, pools)
     done = []
-    for node in pools:
-        xs = idx.shape(node.input[0])
+    for node, xs, elem in _with_input_shapes(model, "GlobalAveragePool"):
         name = node.name or node.output[0]
         if xs is None or len(xs) != 4 or min(xs) <= 0:
             rule = target.rule("global_avg_pool")
@@ -220,11 +233,8 @@ def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
         mid = f"{node.output[0]}/block"
         pool = helper.make_node("AveragePool", [node.input[0]], [mid], name=f"{name}/block", kernel_shape=[kh, kw],
                                 strides=[kh, kw])
-        elem = idx.elem_type(node.input[0]) or TensorProto.FLOAT
-        at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
-        graph.node.insert(at, pool)
+        _insert_before(graph, node, [pool], [helper.make_tensor_value_info(mid, elem, [xs[0], c, h // kh, w // kw])])
         node.input[0] = mid
-        graph.value_info.append(helper.make_tensor_value_info(mid, elem, [xs[0], c, h // kh, w // kw]))
         done.append(Rewrite(name, "global_avg_pool_split", True,
                             f"GlobalAveragePool over {h}x{w} -> AveragePool {kh}x{kw} stride {kh}x{kw} "
                             f"({name}/block) then GlobalAveragePool over {h // kh}x{w // kw}"))
@@ -234,11 +244,8 @@ def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
 def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     """The whole-axis average pools the target's window is too small for, as cascades (module docstring)."""
     graph = model.graph
-    pools = [n for n in graph.node if n.op_type == "AveragePool"]
-    idx = _shaped_view(model, pools)
     done = []
-    for node in pools:
-        xs = idx.shape(node.input[0])
+    for node, xs, elem in _with_input_shapes(model, "AveragePool"):
         a = {k: attr(node, k) for k in ("kernel_shape", "pads", "ceil_mode", "dilations")}
         if xs is None or len(xs) != 4 or not all(isinstance(d, int) and d > 0 for d in xs[1:]) or \
                 any(a["pads"] or []) or a["ceil_mode"] or any(d != 1 for d in a["dilations"] or []):
@@ -255,18 +262,17 @@ def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
                                 f"AveragePool {kh}x{kw} stays: no cascade of pools along axis {axis} that "
                                 f"{target.name}'s avg_pool rule accepts"))
             continue
-        x, size = node.input[0], xs[axis]
-        elem = idx.elem_type(node.input[0]) or TensorProto.FLOAT
-        at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
+        x, size, new, infos = node.input[0], xs[axis], [], []
         for k, d in enumerate(stages):
             mid = f"{node.output[0]}/stage{k}"
             pool = [d, 1] if axis == 2 else [1, d]
-            graph.node.insert(at + k, helper.make_node("AveragePool", [x], [mid], name=f"{name}/stage{k}",
-                                                       kernel_shape=pool, strides=pool))
+            new.append(helper.make_node("AveragePool", [x], [mid], name=f"{name}/stage{k}", kernel_shape=pool,
+                                        strides=pool))
             size //= d
-            graph.value_info.append(helper.make_tensor_value_info(
-                mid, elem, [xs[0], c, size if axis == 2 else h, w if axis == 2 else size]))
+            infos.append(helper.make_tensor_value_info(mid, elem, [xs[0], c, size if axis == 2 else h,
+                                                                   w if axis == 2 else size]))
             x = mid
+        _insert_before(graph, node, new, infos)
         node.input[0] = x
         set_attr(node, "kernel_shape", [size, 1] if axis == 2 else [1, size])
         done.append(Rewrite(name, "axis_avg_pool_cascade", True,
@@ -279,11 +285,8 @@ def _strided_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     """The strided average pools the target's pool rejects, as a stride-1 pool and a 1 x 1
     ``MaxPool`` that keeps every stride-th value (module docstring)."""
     graph = model.graph
-    pools = [n for n in graph.node if n.op_type == "AveragePool"]
-    idx = _shaped_view(model, pools)
     done = []
-    for node in pools:
-        xs = idx.shape(node.input[0])
+    for node, xs, elem in _with_input_shapes(model, "AveragePool"):
         a = {k: attr(node, k) for k in ("kernel_shape", "strides", "pads", "ceil_mode", "dilations")}
         if xs is None or len(xs) != 4 or not all(isinstance(d, int) and d > 0 for d in xs[1:]) or \
                 len(a["kernel_shape"] or []) != 2 or any(a["pads"] or []) or a["ceil_mode"] or \
@@ -312,11 +315,9 @@ def _strided_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
                                 f"rejects the 1x1 stride-{sh}x{sw} subsampling"))
             continue
         mid = f"{node.output[0]}/stride1"
-        elem = idx.elem_type(node.input[0]) or TensorProto.FLOAT
-        at = next(i for i, n in enumerate(graph.node) if list(n.output) == list(node.output))
-        graph.node.insert(at, helper.make_node("AveragePool", [node.input[0]], [mid], name=f"{name}/stride1",
-                                               kernel_shape=[kh, kw], strides=[1, 1]))
-        graph.value_info.append(helper.make_tensor_value_info(mid, elem, [xs[0], c, ph, pw]))
+        _insert_before(graph, node, [helper.make_node("AveragePool", [node.input[0]], [mid], name=f"{name}/stride1",
+                                                      kernel_shape=[kh, kw], strides=[1, 1])],
+                       [helper.make_tensor_value_info(mid, elem, [xs[0], c, ph, pw])])
         node.op_type = "MaxPool"
         node.input[0] = mid
         del node.attribute[:]
