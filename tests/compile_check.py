@@ -137,3 +137,17 @@ def assert_one_subgraph_equal_to_ort(model, shape: list[int], target: str, devic
     x = samples(shape, n=1, seed=3)[0]
     assert max(compare_layerwise_with_ort(q.model, {"x": x}, target).values()) == 0
     np.testing.assert_array_equal(npuflow.Session(compiled).run({"x": x})["y"], run(q.model, {"x": x})[0])
+
+
+def one_accelerator_program_equal_to_ort(model, calib: list[dict], target: str, path: Path, output: str = "y"):
+    """``model`` quantized for ``target`` on ``calib``, compiled, saved at ``path`` and loaded: assert it is
+    one accelerator subgraph whose outputs equal ONNX Runtime's on the QDQ model for the first two samples;
+    return the quantize result and the compiled model (a rewrite's end-to-end test)."""
+    q = npuflow.quantize(model, calib, target, warn=False)
+    compiled = npuflow.compile(q.model, target)
+    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
+    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(path)))
+    for feeds in calib[:2]:
+        np.testing.assert_array_equal(session.run(feeds)[output], ort_values(q.model, feeds, [output])[output])
+    return q, compiled
+

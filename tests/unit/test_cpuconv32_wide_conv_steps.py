@@ -13,6 +13,7 @@ import npuflow
 from npuflow.check.report import NPU
 from npuflow.passes.optimize import optimize_float
 from npuflow.targets import load_target
+from tests.compile_check import one_accelerator_program_equal_to_ort
 from tests.qdq_builder import ort_values
 from tests.unit.test_dpuops32_wide_conv import _disagreements, _wide
 
@@ -42,10 +43,5 @@ def test_the_two_steps_run_in_one_bpu_program_equal_to_onnx_runtime(tmp_path):
     model = _wide(16, 16, 4, [6, 6, 6, 6], (32, 32))
     rng = np.random.default_rng(2)
     calib = [{"x": rng.standard_normal((1, 2, 32, 32)).astype(np.float32)} for _ in range(4)]
-    q = npuflow.quantize(model, calib, "bernoulli2", warn=False)
-    compiled = npuflow.compile(q.model, "bernoulli2")
-    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
-    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(tmp_path / "m.npuf")))
-    for feeds in calib[:2]:
-        np.testing.assert_array_equal(session.run(feeds)["y"], ort_values(q.model, feeds, ["y"])["y"])
+    q, compiled = one_accelerator_program_equal_to_ort(model, calib, "bernoulli2", tmp_path / "m.npuf")
     assert _disagreements(model, q, compiled) == {}

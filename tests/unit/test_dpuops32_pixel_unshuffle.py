@@ -14,6 +14,7 @@ from npuflow.check.report import NPU
 from npuflow.passes.optimize import optimize_float
 from npuflow.targets import load_target
 from tests import onnx_builders as B
+from tests.compile_check import one_accelerator_program_equal_to_ort
 from tests.qdq_builder import ort_values
 
 C, H, W = 4, 8, 8
@@ -57,12 +58,7 @@ def test_bernoulli2_runs_it_in_one_bpu_program_equal_to_onnx_runtime(tmp_path):
     assert all(n.device == NPU for n in report.nodes), [(n.name, n.reasons) for n in report.nodes]
     rng = np.random.default_rng(2)
     calib = [{"x": rng.standard_normal((1, 3, H, W)).astype(np.float32)} for _ in range(4)]
-    q = npuflow.quantize(model, calib, "bernoulli2", warn=False)
-    compiled = npuflow.compile(q.model, "bernoulli2")
-    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
-    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(tmp_path / "m.npuf")))
-    for feeds in calib[:2]:
-        np.testing.assert_array_equal(session.run(feeds)["y"], ort_values(q.model, feeds, ["y"])["y"])
+    one_accelerator_program_equal_to_ort(model, calib, "bernoulli2", tmp_path / "m.npuf")
 
 
 @pytest.mark.parametrize("block, reader, why", [(2, "Relu", "read by mix"), (4, "Conv", "block_size 4")])

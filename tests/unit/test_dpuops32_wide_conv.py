@@ -14,6 +14,7 @@ from npuflow.check.report import NPU
 from npuflow.passes.optimize import optimize_float
 from npuflow.targets import load_target
 from tests import onnx_builders as B
+from tests.compile_check import one_accelerator_program_equal_to_ort
 from tests.qdq_builder import ort_values
 from tests.unit.test_placement_agreement import compiled_devices, sides_differing
 
@@ -76,12 +77,7 @@ def test_ds_cnn_first_conv_runs_in_one_bpu_program_equal_to_onnx_runtime(kh, kw,
     model = _wide(kh, kw, stride, pads, hw)
     rng = np.random.default_rng(2)
     calib = [{"x": rng.standard_normal((1, 2, *hw)).astype(np.float32)} for _ in range(4)]
-    q = npuflow.quantize(model, calib, "bernoulli2", warn=False)
-    compiled = npuflow.compile(q.model, "bernoulli2")
-    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
-    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(tmp_path / "m.npuf")))
-    for feeds in calib[:2]:
-        np.testing.assert_array_equal(session.run(feeds)["y"], ort_values(q.model, feeds, ["y"])["y"])
+    q, compiled = one_accelerator_program_equal_to_ort(model, calib, "bernoulli2", tmp_path / "m.npuf")
     assert _disagreements(model, q, compiled) == {}
 
 
