@@ -103,9 +103,9 @@ def test_ppocr_rec_folds_alike_loaded_with_dynamic_and_fixed_shapes():
     removed_dynamic, removed_fixed = _removed_by_fold(dynamic), _removed_by_fold(fixed)
     # the LayerNorm pairs (p2o.Mul.178 / p2o.Add.234, p2o.Mul.187 / p2o.Add.254) are now the scale and
     # bias of one LayerNormalization each (passes/layer_norm.py), in either load
-    # loaded with its dynamic shapes, the four LayerNorms whose outputs a Shape also reads stay written out
-    # (passes/layer_norm.py needs every intermediate read inside the pattern), so their scale/shift pairs
-    # fold forward there instead: open, the loads should agree (issue: LayerNorm fold on dynamic loads)
+    # loaded with its dynamic shapes, the LayerNorms stay written out (ONNX shape inference finds no rank for
+    # their inputs in the dynamic graph, so passes/layer_norm.py matches none), and these four scale/shift
+    # pairs fold forward there instead: open, the two loads should agree
     ln_pairs = {"p2o.Mul.178", "p2o.Add.234", "p2o.Mul.182", "p2o.Add.244", "p2o.Mul.187", "p2o.Add.254",
                 "p2o.Mul.191", "p2o.Add.264"}
     assert len(removed_fixed) == 37 and not removed_fixed & ln_pairs
