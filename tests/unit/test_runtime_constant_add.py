@@ -58,14 +58,17 @@ def _fused_ops(bias: float) -> list[str]:
 
 @pytest.mark.parametrize("bias", [0.3, -0.7])
 def test_a_constant_add_after_a_float_hard_swish_is_qlinear_add(bias):
-    if not ort_kernels.exact():
-        pytest.skip("this CPU's integer kernels are not exact")
     ops = _fused_ops(bias)
-    assert "QLinearAdd" in ops and "GatherElements" not in ops, ops
+    if ort_kernels.exact():
+        assert "QLinearAdd" in ops and "GatherElements" not in ops, ops
+    else:  # a CPU whose integer kernels are not exact keeps the table (fused_pairs.constant_operand)
+        assert "QLinearAdd" not in ops, ops
 
 
 def test_a_kernel_that_rounds_one_code_otherwise_is_refused():
-    """The load's check compares every code: one entry off and the add stays a table."""
+    """The load's check compares every code: one entry off and the add stays a table.  Not a missing
+    fixture: on a CPU whose integer kernels are not exact ORT's kernel itself differs, and the check is
+    never asked there (``constant_operand``)."""
     if not ort_kernels.exact():
         pytest.skip("this CPU's integer kernels are not exact")
     args = (0.05, 0.01, 0.06, 128, 0, 128, 30)
