@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.check.report import NPU
+from tests.compile_check import one_accelerator_program_equal_to_ort
 from tests.qdq_builder import ort_values
 from tests.unit.test_placement_agreement import compiled_devices, disagreements
 
@@ -94,13 +95,8 @@ def test_dpuczdx8g_runs_pixel_shuffle_after_a_conv_in_one_dpu_program_equal_to_o
     assert (node.device, node.kernel_type) == (NPU, "DPU_Tile")
     rng = np.random.default_rng(2)
     calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
-    q = npuflow.quantize(model, calib, target, warn=False)
-    compiled = npuflow.compile(q.model, target)
+    _, compiled = one_accelerator_program_equal_to_ort(model, calib, target, tmp_path / "m.npuf")
     assert compiled_devices(compiled)["shuffle"] == "ACC"
-    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
-    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(tmp_path / "m.npuf")))
-    for feeds in calib[:2]:
-        np.testing.assert_array_equal(session.run(feeds)["y"], ort_values(q.model, feeds, ["y"])["y"])
 
 
 def test_dpuczdx8g_keeps_a_pixel_shuffle_over_the_reorg_channel_limit_on_the_cpu():

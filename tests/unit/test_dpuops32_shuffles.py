@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
 from npuflow.check.report import NPU
-from tests.qdq_builder import ort_values
+from tests.compile_check import one_accelerator_program_equal_to_ort
 from tests.unit.test_block_shuffle_lowering import _model
 from tests.unit.test_placement_agreement import compiled_devices
 
@@ -33,13 +33,8 @@ def test_shuffle_between_convs_runs_in_one_accelerator_program_equal_to_onnx_run
     assert (node.device, node.kernel_type) == (NPU, kernel), node.reasons
     rng = np.random.default_rng(2)
     calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
-    q = npuflow.quantize(model, calib, target, warn=False)
-    compiled = npuflow.compile(q.model, target)
+    _, compiled = one_accelerator_program_equal_to_ort(model, calib, target, tmp_path / "m.npuf")
     assert compiled_devices(compiled)["shuffle"] == "ACC"
-    assert [sg.on_accelerator for sg in compiled.subgraphs] == [True]
-    session = npuflow.Session(npuflow.CompiledModel.load(compiled.save(tmp_path / "m.npuf")))
-    for feeds in calib[:2]:
-        np.testing.assert_array_equal(session.run(feeds)["y"], ort_values(q.model, feeds, ["y"])["y"])
 
 
 def test_bernoulli2_keeps_a_block_4_unshuffle_on_the_cpu_with_the_block_named():
