@@ -151,7 +151,8 @@ REGISTRY: dict[str, OpDef] = _defs(
     # lowered as one code table per slope element (``compiler/lowering.py``)
     OpDef("PRelu", "prelu", _A, params=(1,), quantized=True, lowered=True),
     OpDef("Tanh", "tanh", _A, table=True),
-    OpDef("Elu", "elu", table=True),
+    # a function of its int8 input code alone (one table), as Sigmoid and GELU; targets say where it runs
+    OpDef("Elu", "elu", _A, quantized=True, table=True),
     OpDef("Selu", "selu", table=True),
     OpDef("Softplus", "softplus", table=True),
     OpDef("Mish", "mish"),
