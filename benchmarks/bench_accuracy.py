@@ -91,6 +91,8 @@ FINETUNE = {
     "adaquant_qdrop": ("AdaQuant+QDrop", {"input_drop": 0.5}),
     "adaquant_tqt": ("AdaQuant+learned weight thresholds", {"learn_threshold": True}),
     "adaround_post": ("AdaRound post-activation", {"post_activation": True}),
+    "gptq": ("GPTQ", {}),
+    "adaquant_gptq": ("AdaQuant from GPTQ", {"start": "gptq"}),
     "brecq": ("BRECQ+QDrop", {"drop_prob": 0.5}),
     "brecq0": ("BRECQ", {"drop_prob": 0.0}),
     "brecq_fisher": ("BRECQ+QDrop Fisher loss", {"drop_prob": 0.5, "block_loss": "fisher"}),
@@ -128,7 +130,7 @@ def finetune_configs(base: dict, iters: int, methods: list[str], block_iters: in
     for key in methods:
         label, extra = FINETUNE[key]
         method = key.rstrip("0")
-        for suffix in ("_qdrop", "_post", "_fishermse", "_fisher", "_final", "_tqt"):
+        for suffix in ("_qdrop", "_post", "_fishermse", "_fisher", "_final", "_tqt", "_gptq"):
             method = method.removesuffix(suffix)
         n = block_iters if method == "brecq" and block_iters else iters
         seeded = {} if seed is None else {"seed": seed}
@@ -565,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="adaround,adaquant",
                     help=f"fast finetune rows, comma-separated from {','.join(FINETUNE)} (brecq0: BRECQ without QDrop; "
                          "adaquant_qdrop: AdaQuant with input_drop 0.5; adaround_post: AdaRound with post_activation; "
-                         "adaquant_tqt: AdaQuant with learn_threshold)")
+                         "adaquant_tqt: AdaQuant with learn_threshold; gptq: GPTQ alone; adaquant_gptq: AdaQuant from GPTQ)")
     ap.add_argument("--seed", type=int, default=None, help="fast finetune's seed (default: its own)")
     ap.add_argument("--block-iters", type=int, default=None, help="steps per block for brecq (default: --iters)")
     ap.add_argument("--no-mixed", action="store_true", help="skip automatic mixed precision")

@@ -125,7 +125,7 @@ class FastFinetune(_Strict):
     """Weight tuning after calibration: layer-wise (AdaRound / AdaQuant, issue 7) or block-wise
     (``brecq``: BRECQ block reconstruction with QDrop, issue 18; needs torch)."""
 
-    method: Literal["adaround", "adaquant", "brecq"] = "adaround"
+    method: Literal["adaround", "adaquant", "brecq", "gptq"] = "adaround"  # gptq: closed-form rounding (gptq.py)
     iters: int = Field(default=500, ge=1, le=100_000)  # per layer (per block for brecq); beyond, a typo runs for days
     lr: float | None = Field(default=None, gt=0)  # None: 0.1 (AdaRound) / 3e-3 (AdaQuant; in weight steps) / 3e-2 (brecq)
     batch: int = Field(default=256, ge=1)  # patch columns per optimisation step (layer-wise)
@@ -145,6 +145,8 @@ class FastFinetune(_Strict):
     # adaquant/adaround: move each layer's power-of-two weight fix position against its output error (TQT;
     # algorithms/fast_finetune.py, docs/accuracy.md "Learned weight thresholds")
     learn_threshold: bool = False
+    # adaquant: learn from nearest rounding (the float weights) or from GPTQ's codes and bias (algorithms/gptq.py)
+    start: Literal["nearest", "gptq"] = "nearest"
     # adaround/adaquant/brecq: order in which the sampled columns (blocks: samples) are visited; results move
     # with it by several points (docs/accuracy.md), so a single run is one draw
     seed: int = Field(default=0, ge=0)

@@ -71,20 +71,29 @@ class BestIterate:
 
 def adaquant(
     p: LayerProblem, iters: int = 500, lr: float = DEFAULT_LR, batch: int = 256, backend: str = "numpy",
-    seed: int = 0, input_drop: float = 0.0,
+    seed: int = 0, input_drop: float = 0.0, start: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(codes (g, o, K), bias (g, o, 1))`` tuned by AdaQuant for problem ``p``.
 
     ``input_drop`` > 0 (needs ``p.xf``): QDrop on the layer's input, each input value of a step
-    replaced by the float model's with that probability (numpy backend)."""
+    replaced by the float model's with that probability (numpy backend).  ``start``: ``(codes,
+    bias)`` to learn from instead of the float weights and bias (GPTQ's, ``start: gptq``; numpy
+    backend), also offered to the best-iterate check, so the result is never worse on the problem
+    than the start."""
     if backend == "torch":
         with torch_threads():
             return _adaquant_torch(p, iters, lr, batch, seed)
-    u = (p.w / p.s).astype(np.float32)                 # weights in steps
     ystd = float(p.y.std()) or 1.0
-    c = np.zeros_like(p.b, dtype=np.float32)          # bias offset in units of ystd (stays 0 without a bias)
+    if start is None:
+        u = (p.w / p.s).astype(np.float32)             # weights in steps
+        c = np.zeros_like(p.b, dtype=np.float32)      # bias offset in units of ystd (stays 0 without a bias)
+    else:
+        u = np.asarray(start[0], np.float32).copy()
+        c = ((np.asarray(start[1], np.float32) - p.b) / ystd).astype(np.float32)
     opt = Adam([u, c] if p.has_bias else [u], lr)
     best = BestIterate(p, iters)
+    if start is not None:
+        best.offer(0, u, p.b + c * ystd, last=True)
     mix = input_drop > 0 and p.xf is not None
     rng = np.random.default_rng(seed)
     for t, xy in enumerate(batches(p, batch, iters, seed, float_inputs=mix)):

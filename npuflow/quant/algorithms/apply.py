@@ -109,7 +109,7 @@ def after_export(
             block_batch=ff.block_batch, block_layers=ff.block_layers, block_loss=ff.block_loss,
             block_accept=ff.block_accept,
             input_drop=ff.input_drop,
-            post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, seed=ff.seed)
+            post_activation=ff.post_activation, learn_threshold=ff.learn_threshold, start=ff.start, seed=ff.seed)
         start = q
         if held_out is not None:
             shared = FloatPatches()  # the float side is the same for every seed

@@ -54,6 +54,7 @@ from ...outputs import cache_root
 from .adaquant import DEFAULT_LR as ADAQUANT_LR, adaquant, adaquant_threshold
 from .activation import Activation, fused_activation
 from .adaround import DEFAULT_LR as ADAROUND_LR, adaround, search_fix_position
+from .gptq import gptq
 from .block_accept import MODES as BLOCK_ACCEPTS, OutputCheck
 from .block_fisher import OutputSensitivity, block_weights
 from .block_recon import (Block, BlockResult, BlockRunner, FloatValues, block_arrays, plan_blocks, reconstruct,
@@ -69,7 +70,8 @@ from .qdq_weights import (QuantizedLayer, code_limits, quantized_layers, read_bi
 
 log = logging.getLogger(__name__)
 
-METHODS = ("adaround", "adaquant", "brecq")
+METHODS = ("adaround", "adaquant", "brecq", "gptq")
+STARTS = ("nearest", "gptq")
 BLOCK_LOSSES = ("mse", "fisher", "fisher_mse")
 
 
@@ -94,6 +96,7 @@ class FinetuneSettings:
     input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
     post_activation: bool = False  # adaround: reconstruct after the activation fused behind each layer (.activation)
     learn_threshold: bool = False  # adaquant/adaround: move each weight's power-of-two fix position (TQT; module doc)
+    start: str = "nearest"       # adaquant: nearest | gptq (learn from GPTQ's codes and bias, .gptq)
 
     def key(self) -> dict:
         return {"method": self.method, "iters": self.iters, "lr": self.learning_rate, "batch": self.batch,
@@ -101,7 +104,8 @@ class FinetuneSettings:
                 # only when on: the pre-activation problems keep their cached results
                 **({"post_activation": True} if self.post_activation and self.method == "adaround" else {}),
                 # AdaQuant's solver changes with it; AdaRound's final solve at a kept position does not
-                **({"learn_threshold": True} if self.learn_threshold and self.method == "adaquant" else {})}
+                **({"learn_threshold": True} if self.learn_threshold and self.method == "adaquant" else {}),
+                **({"start": self.start} if self.start != "nearest" and self.method == "adaquant" else {})}
 
     @property
     def learning_rate(self) -> float:
@@ -174,9 +178,22 @@ def fast_finetune(
         raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.block_accept",
                            reason=f"block_accept {st.block_accept!r}: one of {', '.join(BLOCK_ACCEPTS)}, and other "
                                   f"than per_block only with method brecq (not {st.method})")
+    if st.start not in STARTS or (st.start != "nearest" and st.method != "adaquant"):
+        raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.start",
+                           reason=f"start {st.start!r}: one of {', '.join(STARTS)}, and other than nearest only with "
+                                  f"method adaquant (not {st.method}; method gptq alone is GPTQ without AdaQuant)")
+    if st.learn_threshold and st.method == "gptq":
+        raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.learn_threshold",
+                           reason="learn_threshold moves weight fix positions in AdaRound's and AdaQuant's layer "
+                                  "problems; gptq rounds on the calibrated grid (set learn_threshold: false or "
+                                  "method: adaquant)")
     if st.learn_threshold and st.method == "adaquant":
         require_torch()  # TQT's straight-through gradient is the QAT quantizer's (npuflow.fake_quant)
     backend = resolve_backend(st.backend)
+    if st.start == "gptq" and (backend != "numpy" or st.learn_threshold):
+        raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.start",
+                           reason=f"start gptq starts AdaQuant's numpy solver, not backend {backend}"
+                                  f"{' with learn_threshold' if st.learn_threshold else ''} (set start: nearest)")
     if st.input_drop > 0 and (st.method != "adaquant" or backend != "numpy"):
         raise NpuflowError(
             "NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.input_drop",
@@ -229,10 +246,10 @@ def fast_finetune(
 
 def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
                  float_patches: np.ndarray, st: FinetuneSettings, backend: str, cache: Path) -> LayerResult:
-    """One layer, AdaRound or AdaQuant (``brecq`` runs AdaRound over every layer before its blocks),
-    written into ``out``."""
+    """One layer, AdaRound, AdaQuant or GPTQ (``brecq`` runs AdaRound over every layer before its
+    blocks), written into ``out``."""
     ql, w, g = job.ql, job.w, job.sampler.groups
-    method = "adaquant" if st.method == "adaquant" else "adaround"
+    method = st.method if st.method in ("adaquant", "gptq") else "adaround"
     lst = replace(st, method=method)
     t1 = time.time()
     act = fused_activation(out, ql.node) if method == "adaround" and st.post_activation else None
@@ -258,12 +275,14 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
         scale = prob.s
         if method == "adaround":
             codes, bias = adaround(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed), prob.b
+        elif method == "gptq":
+            codes, bias = gptq(prob)
         elif learn:
             codes, bias, scale = adaquant_threshold(prob, st.iters, st.learning_rate, st.batch, seed=st.seed,
                                                     input_drop=st.input_drop)
         else:
             codes, bias = adaquant(prob, st.iters, st.learning_rate, st.batch, backend=backend, seed=st.seed,
-                                   input_drop=st.input_drop)
+                                   input_drop=st.input_drop, start=gptq(prob) if st.start == "gptq" else None)
         if base.error(codes, bias, scale) > before:  # never make a layer worse than nearest rounding
             codes, bias, scale = nearest, base.b, base.s
         _save(path, codes, bias, scale if learn else None)
@@ -280,7 +299,7 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     if shift:
         ql = _move_weight_scale(out, ql, float(scale.reshape(-1)[0]))
     write_codes(out, ql, codes.reshape(w.shape))
-    if method == "adaquant":  # the bias AdaQuant scored, on the (possibly moved) int32 grid
+    if method != "adaround":  # the bias AdaQuant or GPTQ scored, on the (possibly moved) int32 grid
         write_bias(out, ql, np.asarray(bias).reshape(-1), st.bias_round_mode)
     elif shift:  # a moved weight scale moves the int32 bias's; a MatMul's is rounded again from the float bias
         write_bias(out, ql, float_bias if addend else np.asarray(bias).reshape(-1), st.bias_round_mode)
