@@ -7,10 +7,13 @@ The small vocabulary every stage uses to ask "what shape/type does this tensor h
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
+
+log = logging.getLogger(__name__)
 
 
 def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -71,6 +74,46 @@ def named_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
     """:func:`inferred_dims` of the tensors whose every dimension is a size or a symbolic name (none
     unknown): what passes that compare shapes ask (equal names, equal sizes)."""
     return {name: dims for name, dims in inferred_dims(model).items() if all(d is not None for d in dims)}
+
+
+def ranked_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
+    """:func:`named_dims`, and where ONNX finds no rank, the dimensions ONNX Runtime's symbolic shape
+    inference (``onnxruntime.tools.symbolic_shape_infer``) computes: a size, or a symbolic
+    expression of the input dimensions (a name as :func:`named_dims` gives; equal text, equal size).
+
+    Why: ONNX's ``Reshape`` before opset 14 infers no output shape when its target is computed at
+    run time, though the target's length (the output rank) is static.  paddle2onnx writes
+    ``flatten`` so (``Shape -> Slice -> Concat([.., -1]) -> Reshape``): PP-OCRv4 rec loaded with its
+    dynamic batch and width (opset 13) has no rank for any tensor of its SVTR neck, and a pass that
+    needs one (a LayerNorm's normalised axes) would treat the dynamic load apart from the fixed one.
+    ORT's inference evaluates such shape computations symbolically.  It runs without ``auto_merge``,
+    which would take two symbols a broadcast meets as equal (wrong where one is 1 at run time): it
+    then stops at the first node it cannot prove a shape for, and the dimensions it found before that
+    are kept (ONNX's own always win).  It costs about a second on rec, so only passes that miss a rank
+    ask for it; a model it cannot read (an unknown domain, an ONNX Runtime without its private
+    ``_infer_impl``) gives :func:`named_dims` alone."""
+    found = named_dims(model)
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        # infer_shapes() raises on a partial result and then saves the model into the working directory:
+        # the loop it runs, without either
+        inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
+        inference._preprocess(model)
+        while inference.run_ and not inference._infer_impl():
+            pass
+        graph = inference.out_mp_.graph
+    except Exception as exc:  # its asserts and KeyErrors on graphs it does not know: ONNX's dims alone
+        log.info("symbolic shape inference gave no dimensions: %s: %s", type(exc).__name__, exc)
+        return found
+    for vi in [*graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        if vi.name in found or not t.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in t.shape.dim)
+        if all(d is not None for d in dims):
+            found[vi.name] = dims
+    return found
 
 
 def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

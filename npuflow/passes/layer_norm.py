@@ -36,7 +36,7 @@ from onnx import defs, helper
 from ..graph import GraphView, remove_unused_initializers, unique_name
 from ..model import converted, default_opset, sort_nodes
 from ..operators import STANDARD_DOMAINS
-from ..value_info import named_dims
+from ..value_info import named_dims, ranked_dims
 from .activations import FloatView
 from .variance import _mean, _squared
 
@@ -52,12 +52,13 @@ TO_LAST, TO_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
 
 @dataclass(frozen=True)
 class WrittenLayerNorm:
-    """One written-out LayerNorm: its input, normalised axes (sorted, non-negative), epsilon, the
-    scale and bias over the normalised shape, the tensor it ends in and the nodes it replaces."""
+    """One written-out LayerNorm: its input and the input's dimensions, normalised axes (sorted,
+    non-negative), epsilon, the scale and bias over the normalised shape, the tensor it ends in and
+    the nodes it replaces."""
 
     x: str
+    x_dims: tuple[int | str, ...]
     axes: tuple[int, ...]
-    rank: int
     epsilon: float
     scale: np.ndarray
     bias: np.ndarray | None
@@ -138,6 +139,27 @@ def _normalised(div: onnx.NodeProto, g: FloatView, dims: dict[str, tuple[int | s
     return x, outer[1], float(eps), nodes
 
 
+def _dims(model: onnx.ModelProto, divs: list[onnx.NodeProto], g: FloatView) -> dict[str, tuple[int | str, ...]]:
+    """The tensors' dimensions the chains ending in ``divs`` are judged on: ONNX's
+    (:func:`~npuflow.value_info.named_dims`), or where one's input ``x`` has no rank there,
+    :func:`~npuflow.value_info.ranked_dims` (ONNX Runtime's symbolic inference fills it in).
+
+    The fold needs the rank and the normalised axes' sizes, not only the ``ReduceMean`` axes: the
+    rank tells trailing axes from axis 1 of a map and says where the scale's constant broadcasts,
+    and the sizes say that it varies along the normalised axes only and does not grow the tensor
+    (a ``[C]`` scale on an axis of size 1 broadcasts in the written-out chain, where
+    ``LayerNormalization`` requires the scale's shape to be the normalised one).  Reading
+    ``axes=[-1]`` alone would have to take both on trust.  PP-OCRv4 rec loaded with its dynamic
+    width has none of its 5 LayerNorms' ranks from ONNX (its neck's ``Reshape`` at opset 13)."""
+    if not divs:
+        return {}
+    dims = named_dims(model)
+    subs = [g.producer(div.input[0]) for div in divs]
+    if all(sub is None or sub.op_type != "Sub" or sub.input[0] in dims for sub in subs):
+        return dims
+    return ranked_dims(model)
+
+
 def written_layer_norms(model: onnx.ModelProto) -> list[WrittenLayerNorm]:
     """Every written-out LayerNorm of a float model over its trailing axes, or over axis 1 of a
     rank-4 map, whose intermediate tensors only the pattern reads."""
@@ -145,7 +167,7 @@ def written_layer_norms(model: onnx.ModelProto) -> list[WrittenLayerNorm]:
     g = FloatView(idx)
     divs = [n for n in model.graph.node if n.op_type == "Div" and g.producer(n.input[1]) is not None
             and g.producer(n.input[1]).op_type == "Sqrt"]
-    dims = named_dims(model) if divs else {}
+    dims = _dims(model, divs, g)
     found = []
     for div in divs:
         core = _normalised(div, g, dims)
@@ -160,7 +182,7 @@ def written_layer_norms(model: onnx.ModelProto) -> list[WrittenLayerNorm]:
         scale, bias, out, affine = _affine(div.output[0], x_dims, axes, g)
         if scale is None:
             scale = np.ones([x_dims[a] for a in axes], np.float32)
-        found.append(WrittenLayerNorm(x, axes, rank, eps, scale, bias, out, (*nodes, *affine)))
+        found.append(WrittenLayerNorm(x, x_dims, axes, eps, scale, bias, out, (*nodes, *affine)))
     return found
 
 
@@ -201,7 +223,7 @@ def _typed(graph: onnx.GraphProto, name: str, dims: list[int | str]) -> None:
     graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, dims))
 
 
-def _replace(graph: onnx.GraphProto, ln: WrittenLayerNorm, dims: tuple[int | str, ...], reserved: set[str]) -> None:
+def _replace(graph: onnx.GraphProto, ln: WrittenLayerNorm, reserved: set[str]) -> None:
     """Write ``ln`` as one unit whose last node writes ``ln.output``, in place of its nodes."""
     base = ln.nodes[-1].name or ln.output
     scale = unique_name(graph, f"{base}_ln_scale", reserved)
@@ -210,11 +232,11 @@ def _replace(graph: onnx.GraphProto, ln: WrittenLayerNorm, dims: tuple[int | str
     if ln.bias is not None:
         inputs.append(unique_name(graph, f"{base}_ln_bias", reserved))
         graph.initializer.append(onnx.numpy_helper.from_array(ln.bias, inputs[-1]))
-    if ln.axes == tuple(range(ln.axes[0], ln.rank)):  # trailing axes
+    if ln.axes == tuple(range(ln.axes[0], len(ln.x_dims))):  # trailing axes
         graph.node.append(helper.make_node("LayerNormalization", inputs, [ln.output], name=f"{base}_ln",
                                            axis=ln.axes[0], epsilon=ln.epsilon))
         return
-    last = [dims[k] for k in TO_LAST]
+    last = [ln.x_dims[k] for k in TO_LAST]
     to_last, normed = unique_name(graph, f"{base}_ln_nhwc", reserved), unique_name(graph, f"{base}_ln_out", reserved)
     graph.node.extend([
         helper.make_node("Transpose", [ln.x], [to_last], name=f"{base}_ln_to_last", perm=list(TO_LAST)),
@@ -234,13 +256,11 @@ def layer_norms(model: onnx.ModelProto) -> onnx.ModelProto:
     found = written_layer_norms(out)
     if not found:
         return out
-    dims = named_dims(out)
     upgraded = _at_layer_norm_opset(out)
     if upgraded is None:
         return out
     if upgraded is not out:  # the converter rewrote the graph: find the chains in its copy
         out, found = upgraded, written_layer_norms(upgraded)
-        dims = named_dims(out)
     graph = out.graph
     dead = {o for ln in found for n in ln.nodes for o in n.output}
     kept = [n for n in graph.node if not dead.intersection(n.output)]
@@ -249,7 +269,7 @@ def layer_norms(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(kept)
     for ln in found:
         dead.discard(ln.output)
-        _replace(graph, ln, dims[ln.x], reserved)
+        _replace(graph, ln, reserved)
     vi = [t for t in graph.value_info if t.name not in dead]
     del graph.value_info[:]
     graph.value_info.extend(vi)

@@ -147,3 +147,46 @@ def test_the_written_out_layer_norm_is_one_cpu_island(target):
     want = run(model, {"x": x})[0]
     cos = float(np.dot(got.ravel(), want.ravel()) / (np.linalg.norm(got) * np.linalg.norm(want)))
     assert cos > 0.99
+
+
+def _flattened_tokens_ln(opset: int = 13) -> onnx.ModelProto:
+    """Conv 4 -> 8 on a dynamic N x 4 x H x W map, flattened as paddle2onnx writes it
+    (``Reshape(x, Concat(Shape(x)[0:2], [-1]))``), transposed to tokens, LayerNorm over C written
+    out, MatMul 8 -> 3: PP-OCRv4 rec's SVTR neck in small."""
+    rng = np.random.default_rng(5)
+    ints = {"start": [0], "stop": [2], "rest": [-1]}
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (C, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (C, 3)).astype(np.float32), "w2"),
+             *[numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]]
+    ln, ln_inits = _written_ln("t", "l", -1, opset, [C])
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["c"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "start", "stop"], ["nc"], name="slice"),
+             helper.make_node("Concat", ["nc", "rest"], ["target"], name="target", axis=0),
+             helper.make_node("Reshape", ["c", "target"], ["flat"], name="flatten"),
+             helper.make_node("Transpose", ["flat"], ["t"], name="tokens", perm=[0, 2, 1]), *ln,
+             helper.make_node("MatMul", ["l", "w2"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "ln_flat", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                               ["N", 4, "H", "W"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "T", 3])],
+                              inits + ln_inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_a_layer_norm_after_a_computed_reshape_of_a_dynamic_map_is_one_node(tmp_path, monkeypatch):
+    """ONNX's ``Reshape``-13 inference gives the flattened tokens no rank (the target is computed);
+    ONNX Runtime's symbolic shape inference does (``value_info.ranked_dims``), so the LayerNorm over
+    them folds in the dynamic graph as in a fixed one.  Its partial result is used as it is: nothing
+    is written into the working directory (``infer_shapes`` saves the model there when it stops)."""
+    model = _flattened_tokens_ln()
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph.value_info
+    assert "t" not in {vi.name for vi in inferred if vi.type.tensor_type.HasField("shape")}
+    monkeypatch.chdir(tmp_path)
+    rewritten = layer_norms(model)
+    assert not list(tmp_path.iterdir())
+    assert [n.op_type for n in rewritten.graph.node if n.op_type in ("LayerNormalization", "Sqrt")] == \
+        ["LayerNormalization"]
+    onnx.checker.check_model(rewritten)
+    for hw in ([6, 6], [5, 11]):
+        x = samples([2, 4, *hw], n=1, seed=2)[0]
+        np.testing.assert_allclose(run(rewritten, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
