@@ -104,12 +104,17 @@ def _prepare(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None,
 def _note_rewrites(report: CheckReport, rewrites: list[Rewrite]) -> None:
     """Users look for their nodes: a rewritten node that kept its name (the parts a split adds before it are
     ``NAME/block``, ``NAME/stageK``) says what the rewrite did; a node replaced by parts (a ``Split`` as
-    ``NAME/partK`` slices) has the note on each part, which reports its own device."""
+    ``NAME/partK`` slices) has the note on each part, which reports its own device.  A rewrite left
+    is noted on its node where that node runs on the CPU: the detail names the limit the rewritten
+    form breaks (a channel max over more channels than the pool window takes)."""
     for r in rewrites:
+        own = [n for n in report.nodes if n.name == r.node]
         if not r.applied:
+            for n in own:
+                if n.device != NPU:
+                    n.messages.append(f"not rewritten ({r.rewrite}): {r.detail}")
             continue
         note = f"target rewrite ({r.rewrite}): {r.detail}"
-        own = [n for n in report.nodes if n.name == r.node]
         for n in own or [n for n in report.nodes if n.name.startswith(f"{r.node}/")]:
             n.messages.append(note)
 

@@ -42,7 +42,7 @@ from ..operators import ELEMENTWISE_OPS, REDUCTION_POOLS, SIZE_JOINING_OPS, Engi
 from ..value_info import inferred_dims
 from .activations import _splice
 
-#: readers that make a mean a normalisation statistic (see ``_is_statistic``): element-wise ops that broadcast
+#: readers that make a mean a normalisation statistic (see ``is_statistic``): element-wise ops that broadcast
 _ELEMENTWISE = ELEMENTWISE_OPS & SIZE_JOINING_OPS
 #: per-axis attributes: one value per spatial axis gains a leading H value
 _H_VALUE = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0, "output_shape": 1}
@@ -67,11 +67,11 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
         shape = dims.get(node.input[0], ())
         rank = len(shape)
         axes = _reduced_axes(node, view, rank) if node.op_type in REDUCTION_POOLS and rank in (3, 4) else None
-        if axes == list(range(2, rank)) and rank in (3, 4) and not _is_statistic(node, view):
+        if axes == list(range(2, rank)) and rank in (3, 4) and not is_statistic(node, view):
             _mean_as_pool(graph, node, opset, rank)
-        elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not _is_statistic(node, view):
+        elif axes in ([2], [3]) and rank == 4 and isinstance(shape[axes[0]], int) and not is_statistic(node, view):
             _axis_mean_as_pool(graph, node, opset, axes[0], shape[axes[0]])
-        elif (axes == [1] and rank == 3 and isinstance(shape[1], int) and not _is_statistic(node, view)
+        elif (axes == [1] and rank == 3 and isinstance(shape[1], int) and not is_statistic(node, view)
               and not _channels_first(node.input[0], view)):
             _token_mean_as_pool(graph, node, opset, shape[1])
         elif node.op_type not in REDUCTION_POOLS and rank == 3:
@@ -96,7 +96,7 @@ def _reduced_axes(node: onnx.NodeProto, view: GraphView, rank: int) -> list[int]
     return None if axes is None else sorted(int(a) % rank for a in axes)
 
 
-def _is_statistic(node: onnx.NodeProto, view: GraphView) -> bool:
+def is_statistic(node: onnx.NodeProto, view: GraphView) -> bool:
     """Whether a mean (or max) is a normalisation's statistic: read by element-wise arithmetic (a LayerNorm's
     ``x - mean``, ``mean(x*x) - mean**2`` on a B x T x D tensor, a decomposed softmax's ``x - max``), not by a layer.  It stays a
     ``ReduceMean``: ``passes/variance.py`` finds the LayerNorm by it, and a pool over tokens' features

@@ -45,6 +45,10 @@ original op sees no change.  Both keep the float function up to float rounding:
   on bernoulli2, kernels up to 7x7): ``SpaceToDepth(s)`` then a stride-1 convolution with kernel
   ``ceil(k/s)``, exact on integer codes too (:mod:`.wide_conv`).  A rewritten form the target rejects:
   the node is left (reported).
+* **A max or mean over a map's channels** (CBAM's / Triplet attention's Z-pool ``x.max(1)``, ``x.mean(1)``,
+  round 23a): ``Reshape`` to N x 1 x C x (H*W), ``MaxPool`` / ``AveragePool`` C x 1, ``Reshape`` back
+  (:mod:`.channel_pool`), where the target runs that form and its own reduction rule, if any, accepts
+  the reduction.  Otherwise the node is left (reported).
 * **PyTorch's PixelUnshuffle** (``Reshape -> Transpose -> Reshape``) on a target without a transpose
   (bernoulli2) as ``SpaceToDepth``, the reading Convs' input channels permuted to its channel order
   (:mod:`.pixel_unshuffle`).
@@ -67,6 +71,7 @@ from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_shapes
 from .absorb import set_layer_params
+from .channel_pool import channel_reductions_as_pools
 from .fold_affine import layer_params, scale_shift
 from .pixel_unshuffle import unshuffles_as_space_to_depth
 from .wide_conv import wide_convs_as_space_to_depth
@@ -81,7 +86,8 @@ class Rewrite:
     node: str
     # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
     # linear_resize_of_one_value_as_nearest | sub_as_add | wide_conv_as_space_to_depth |
-    # pixel_unshuffle_as_space_to_depth | axis_avg_pool_cascade | avg_pool_stride_as_subsample
+    # pixel_unshuffle_as_space_to_depth | axis_avg_pool_cascade | avg_pool_stride_as_subsample |
+    # channel_reduction_as_pool
     rewrite: str
     applied: bool
     detail: str
@@ -96,6 +102,9 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
     out.CopyFrom(model)
     done: list[Rewrite] = []
     done += _hard_sigmoids(out.graph, target)
+    # first: a channel mean's C x 1 average pool may need the axis cascade below
+    done += [Rewrite(n, "channel_reduction_as_pool", ok, why) for n, ok, why in channel_reductions_as_pools(
+        out, target, lambda c, h, w: _cascade(target, c, h, w, 2) is not None)]
     done += _global_avg_pools(out, target)
     done += _axis_avg_pools(out, target)
     done += _strided_avg_pools(out, target)
