@@ -59,7 +59,7 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from .epilogues import out_type
-from . import fused_cache, fused_pairs, fused_qlinear
+from . import fused_cache, fused_pairs, fused_pool, fused_qlinear
 from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
                         direct_run)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
@@ -257,6 +257,8 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     _no_table(op)
     shape = g.tensors[op["inputs"][0]]["shape"]
+    if fused_pool.qlinear_window(g, op):  # ONNX Runtime's windowed QLinearAveragePool, where it is the kernel
+        return
     if a.get("qlinear") not in (None, "global") or ep["mode"] != "float" or ep.get("chain"):
         raise NotFusable("ONNX Runtime windowed QLinear pooling or fused float chain")
     window = [int(k) for k in a["kernel"]]

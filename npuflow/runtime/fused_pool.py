@@ -1,0 +1,116 @@
+"""Windowed average pools of ONNX Runtime's arithmetic as ``com.microsoft.QLinearAveragePool`` in a fused run.
+
+On float-scale targets the lowering gives an ``AveragePool`` that ONNX Runtime fuses into its integer
+kernel the same arithmetic (``attrs.qlinear == "window"``, ``kernels._qlinear_avgpool``): each code
+dequantized to float32, the window summed in float32 row by row, divided by the float32 count, then
+``numerics.quantize_pooled``.  A sequential float32 sum is not a graph of exact operations (ONNX
+Runtime's ``ReduceSum`` or ``AveragePool`` may add in another order), so ``fused._global_avgpool``
+refused it and the pool ran as its numpy kernel between two fused runs: EfficientFormer's 3x3
+stride-1 token mixer on cpu-int8 (99 us in numpy between runs of 22 and 43 us) and its mean over the
+tokens before the head (a [16, 1] window), each a frame's seam.  ONNX Runtime's own kernel is that
+arithmetic, so the pool is written as the kernel itself where a check at load shows that it gives
+the op's kernel's codes (:func:`_kernel_matches`); elsewhere the kernel path stays.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from .. import ort_kernels, ort_verdicts
+from ..ort_kernels import MS_DOMAIN, probe_session
+from .epilogues import out_type
+from .fused_graph import Graph
+from .kernels import KERNELS
+
+#: Elements of the check's test tensor beyond its 256 one-code channels (random codes)
+CHECK_ELEMENTS = 1 << 20
+
+
+def qlinear_window(g: Graph, op: dict) -> bool:
+    """Write avgpool ``op`` of ONNX Runtime's windowed ``QLinearAveragePool`` arithmetic as that kernel
+    on its input's bytes (int8 codes moved by 128, with the zero point) into uint8 output codes,
+    where :func:`_kernel_matches` passes for its constants and input size; say whether it did.
+
+    Why only these forms: the pads must be the real ones (no ceil-mode extension, whose counts
+    the kernel and ONNX Runtime would take otherwise), no dilation (the contrib op has none), and
+    a uint8 output (an int8 one would need the zero point moved by 128 before a float32 rounding,
+    which is not the same sum)."""
+    a, ep = op["attrs"], op["attrs"]["epilogue"]
+    src, out = op["inputs"][0], op["outputs"][0]
+    shape = list(g.tensors[src]["shape"])
+    dtype = np.dtype(g.tensors[src]["dtype"])
+    if a.get("qlinear") != "window" or ep.get("chain") or op["blobs"] or len(shape) != 4 \
+            or out_type(ep) != (8, False) or dtype.itemsize != 1 or dtype.kind not in "iu" \
+            or any(np.ndim(v) for v in (ep["acc_scale"], ep["scale"], ep["zp"], a["x_zp"])) \
+            or list(a["pads"]) != list(a.get("real_pads", a["pads"])) or any(d != 1 for d in a["dilations"]) \
+            or not ort_kernels.exact():
+        return False
+    low = nm.qrange(8, dtype.kind == "i")[0]  # the bytes hold codes minus this
+    zx = int(a["x_zp"]) - low
+    if not 0 <= zx <= 255 or not 0 <= int(ep["zp"]) <= 255:
+        return False
+    keys = ("kernel", "strides", "pads", "real_pads", "dilations", "count_include_pad", "out_shape", "x_zp", "qlinear")
+    attrs = json.dumps({**{k: a[k] for k in keys if k in a}, "epilogue": ep}, sort_keys=True,
+                       default=lambda v: np.asarray(v).tolist())
+    if not _kernel_matches(attrs, shape[2], shape[3], dtype.str):
+        return False
+    y = g.node("QLinearAveragePool", [g.as_bytes(src, low), *_constants(g, a, zx)], domain=MS_DOMAIN,
+               **_node_attrs(a, 0))
+    g.put_bytes(out, y)
+    return True
+
+
+def _constants(g: Graph, a: dict, zx: int) -> list[str]:
+    """The kernel's scale and zero point inputs (float32 scales, uint8 zero points)."""
+    ep = a["epilogue"]
+    return [g.scalar(np.float32(ep["acc_scale"])), g.scalar(zx, np.uint8), g.scalar(np.float32(ep["scale"])),
+            g.scalar(int(ep["zp"]), np.uint8)]
+
+
+def _node_attrs(a: dict, channels_last: int) -> dict:
+    return {"kernel_shape": [int(k) for k in a["kernel"]], "strides": [int(s) for s in a["strides"]],
+            "pads": [int(p) for p in a["pads"]], "count_include_pad": int(a["count_include_pad"]),
+            "channels_last": channels_last}
+
+
+@ort_verdicts.persistent_check
+def _kernel_matches(attrs: str, h: int, w: int, dtype: str) -> bool:
+    """Whether ``QLinearAveragePool``, channels-first and channels-last (ONNX Runtime's layout pass
+    may turn a fused run's node into either), gives the op's own kernel's codes
+    (``kernels.KERNELS["avgpool"]``, ``attrs`` its JSON) on an ``[1, C, h, w]`` map of ``dtype``
+    codes: 256 channels of one code each, then random codes (:data:`CHECK_ELEMENTS`).
+
+    A sample, not every input (a window of nine codes has 2^72): the kernel emulates ONNX Runtime's
+    loop operation for operation, so the check guards against an ONNX Runtime or CPU whose kernel
+    adds in another order or rounds otherwise, which shows on a large share of random windows
+    (the verdict is kept per ONNX Runtime build and CPU, ``ort_verdicts``)."""
+    a = json.loads(attrs)
+    dt = np.dtype(dtype)
+    low = nm.qrange(8, dt.kind == "i")[0]
+    rng = np.random.default_rng(19)
+    const = np.broadcast_to(np.arange(256).reshape(1, 256, 1, 1), (1, 256, h, w))
+    noise = rng.integers(0, 256, (1, max(64, CHECK_ELEMENTS // (h * w)), h, w))
+    x = (np.concatenate([const, noise], axis=1) + low).astype(dt)
+    want = np.asarray(KERNELS["avgpool"](a, {})([x])[0])
+    if want.dtype != np.uint8:
+        return False
+    node_inputs = ["x", "sx", "zx", "sy", "zy"]
+    inits = [numpy_helper.from_array(np.asarray(v, t).reshape(()), n) for n, v, t in (
+        ("sx", a["epilogue"]["acc_scale"], np.float32), ("zx", int(a["x_zp"]) - low, np.uint8),
+        ("sy", a["epilogue"]["scale"], np.float32), ("zy", a["epilogue"]["zp"], np.uint8))]
+    codes = (x.astype(np.int64) - low).astype(np.uint8)
+    for channels_last, perm in ((0, (0, 1, 2, 3)), (1, (0, 2, 3, 1))):
+        node = helper.make_node("QLinearAveragePool", node_inputs, ["y"], domain=MS_DOMAIN, **_node_attrs(a, channels_last))
+        fed = np.ascontiguousarray(codes.transpose(perm))
+        try:
+            sess = probe_session([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, fed.shape)], inits)
+            got = sess.run(None, {"x": fed})[0]
+        except ort_kernels._ORT_REFUSALS:  # no such kernel in this ONNX Runtime: the numpy kernel serves
+            return False
+        if not np.array_equal(got.transpose(np.argsort(perm)), want):
+            return False
+    return True
