@@ -60,10 +60,20 @@ def probe_session(nodes: list, inputs: list, inits: list, out_type: int = Tensor
 def kernels(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[str] = (),
             external: Mapping[str, np.ndarray] | None = None) -> dict[tuple[str, str], int]:
     """How many nodes of each ``(domain, op_type)`` ONNX Runtime's CPU provider runs for ``model`` once its
-    graph optimisations at ``level`` are done (npuflow's session options, less ``disabled_optimizers``;
-    ``external``: the arrays of initialisers ``model`` declares external, as ``ort_session.open_session``
-    takes them): which kernels compute it, e.g. whether a quantize group became a ``QLinear*`` kernel.
-    Read from the optimised model ONNX Runtime writes."""
+    graph optimisations at ``level`` are done (:func:`optimized_graph`): which kernels compute it, e.g.
+    whether a quantize group became a ``QLinear*`` kernel."""
+    counts: dict[tuple[str, str], int] = {}
+    for n in optimized_graph(model, level, disabled_optimizers, external).node:
+        counts[(n.domain, n.op_type)] = counts.get((n.domain, n.op_type), 0) + 1
+    return counts
+
+
+def optimized_graph(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[str] = (),
+                    external: Mapping[str, np.ndarray] | None = None) -> onnx.GraphProto:
+    """The graph ONNX Runtime's CPU provider runs for ``model`` once its graph optimisations at ``level``
+    are done (npuflow's session options, less ``disabled_optimizers``; ``external``: the arrays of
+    initialisers ``model`` declares external, as ``ort_session.open_session`` takes them), read from
+    the optimised model ONNX Runtime writes."""
     from .ort_session import disabled, options
 
     opts = options(level=level, threads=1)
@@ -74,11 +84,7 @@ def kernels(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[st
         opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
                              disabled_optimizers=disabled(model, disabled_optimizers))
-        nodes = onnx.load(opts.optimized_model_filepath).graph.node
-    counts: dict[tuple[str, str], int] = {}
-    for n in nodes:
-        counts[(n.domain, n.op_type)] = counts.get((n.domain, n.op_type), 0) + 1
-    return counts
+        return onnx.load(opts.optimized_model_filepath).graph
 
 
 def _accumulators(x: np.ndarray, x_zp: int, w: np.ndarray, group: int) -> np.ndarray:

@@ -12,8 +12,9 @@ manifest names, so one call runs the stretch (PP-OCR cls: the whole frame).
 
 Exact: the parts' nodes and constants are the graphs their sessions run, and ONNX Runtime must
 run the same kernels for the joined graph as for the parts apart (data movement it may cancel
-across a seam aside: ``operators.SEAM_MOVES``).  That is checked at load from ONNX Runtime's optimised graphs
-(``ort_kernels.kernels``, its verdict kept on disk by ``ort_verdicts.keyed_verdict``); where it
+across a seam aside: ``operators.SEAM_MOVES``, and quantize round trips that give back their codes:
+:func:`code_round_trips`).  That is checked at load from ONNX Runtime's optimised graphs
+(``ort_kernels.optimized_graph``, its verdict kept on disk by ``ort_verdicts.keyed_verdict``); where it
 fails (a quantize step of one part and a dequantize step of the next that ONNX Runtime would
 drop as a pair; a fusion one part's options turn off; YOLOv8n exported with a free batch: the
 first run's layout ``Transpose`` moved across its seam with the DFL subgraph), that stretch is
@@ -247,14 +248,75 @@ def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list
 
 def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> bool:
     """Whether ONNX Runtime runs the same kernels for the joined ``model`` as for the parts apart
-    (:data:`npuflow.operators.SEAM_MOVES` aside)."""
-    def counted(found: dict[tuple[str, str], int]) -> Counter:
-        return Counter({k: n for k, n in found.items() if k[1] not in SEAM_MOVES})
+    (:data:`npuflow.operators.SEAM_MOVES` and :func:`code_round_trips` aside)."""
+    def counted(graph: onnx.GraphProto) -> Counter:
+        found = Counter((n.domain, n.op_type) for n in graph.node if n.op_type not in SEAM_MOVES)
+        return found - code_round_trips(graph)
 
     apart: Counter = Counter()
     for p in parts:
-        apart += counted(ort_kernels.kernels(p.model, "all", p.disabled, p.external))
-    return counted(ort_kernels.kernels(model, "all", fused.DISABLED_OPTIMIZERS, external)) == apart
+        apart += counted(ort_kernels.optimized_graph(p.model, "all", p.disabled, p.external))
+    return counted(ort_kernels.optimized_graph(model, "all", fused.DISABLED_OPTIMIZERS, external)) == apart
+
+
+def code_round_trips(graph: onnx.GraphProto) -> Counter:
+    """The ``DequantizeLinear`` nodes of ``graph`` whose every reader is a ``QuantizeLinear`` of the same
+    constant scale and zero point (8-bit, one of each), with those readers, by ``(domain, op_type)``:
+    each such pair gives back the codes it read (checked on all 256 codes, :func:`_round_trip_exact`),
+    the same values, not a kernel that counts.
+
+    Why: where a seam tensor is also read later (EdgeNeXt on cpu-int8: the stem LayerNorm's output, read
+    by the first block and by its residual), ONNX Runtime's transpose optimiser moves the layout
+    ``Transpose`` of one part and the cancelling one of the next across the seam's quantize step and
+    writes a ``DequantizeLinear -> QuantizeLinear`` pair for the other reader: the frame stayed two
+    calls where the parts join into one."""
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    found: Counter = Counter()
+    for n in graph.node:
+        step = _quantize_step(n, inits, "DequantizeLinear")
+        qs = readers.get(n.output[0], []) if step is not None and n.output[0] not in outputs else []
+        if qs and all(_quantize_step(q, inits, "QuantizeLinear") == step for q in qs) and _round_trip_exact(*step):
+            found[(n.domain, n.op_type)] += 1
+            for q in qs:
+                found[(q.domain, q.op_type)] += 1
+    return found
+
+
+def _quantize_step(node: onnx.NodeProto, inits: dict, op_type: str) -> tuple[float, int, int] | None:
+    """A standard ``op_type`` node's constant scale, zero point and 8-bit type (ONNX ``TensorProto``
+    code) where it has one of each and no attribute but ``axis`` (which one value per tensor leaves
+    unused; block or saturation forms are other steps); else None."""
+    if node.op_type != op_type or node.domain not in ("", "ai.onnx") or len(node.input) != 3 \
+            or any(a.name != "axis" for a in node.attribute) \
+            or any(t not in inits for t in node.input[1:]):
+        return None
+    scale, zp = (onnx.numpy_helper.to_array(inits[t]) for t in node.input[1:])
+    if scale.size != 1 or zp.size != 1 or scale.dtype != np.float32 or zp.dtype not in (np.uint8, np.int8):
+        return None
+    return float(scale.reshape(())), int(zp.reshape(())), inits[node.input[2]].data_type
+
+
+@ort_verdicts.persistent_check
+def _round_trip_exact(scale: float, zp: int, elem_type: int) -> bool:
+    """Whether ONNX Runtime's ``DequantizeLinear`` then ``QuantizeLinear`` with float32 ``scale`` and
+    zero point ``zp`` of 8-bit ``elem_type`` gives back every one of the 256 codes."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    codes = np.arange(256, dtype=np.int64) + (-128 if dtype == np.int8 else 0)
+    inits = [onnx.numpy_helper.from_array(np.float32(scale).reshape(()), "s"),
+             onnx.numpy_helper.from_array(np.asarray(zp, dtype).reshape(()), "z")]
+    nodes = [onnx.helper.make_node("DequantizeLinear", ["x", "s", "z"], ["v"]),
+             onnx.helper.make_node("QuantizeLinear", ["v", "s", "z"], ["y"])]
+    try:
+        sess = ort_kernels.probe_session(nodes, [onnx.helper.make_tensor_value_info("x", elem_type, [256])], inits,
+                                         elem_type)
+        return bool(np.array_equal(sess.run(None, {"x": codes.astype(dtype)})[0], codes.astype(dtype)))
+    except (*ort_kernels._ORT_REFUSALS, *ORT_RUN_ERRORS):  # a form this ONNX Runtime refuses: not the same
+        return False
 
 
 class Joined:
