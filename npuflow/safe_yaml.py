@@ -82,3 +82,28 @@ def expanded_size(data: Any, limit: int = MAX_VALUES) -> int:
         stack.append((node, True, depth))
         stack.extend((c, False, depth + 1) for c in children)
     return sizes.get(id(data), 1)
+
+
+
+def describe(exc: Exception, text: str | None = None) -> str:
+    """One line saying what is wrong with a YAML document and where, for an error message
+    (``text``: the document, to name the character the problem is at).
+
+    ``str()`` of a PyYAML error puts its context first ("while scanning for the next token"),
+    so a message cut to its first line said nothing of the problem (round 24: a tab-indented
+    quantizer config read "cannot read quantization config q.yaml: while scanning for the next
+    token").  The problem and its line and column come first here, and a tab is named."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or not exc.problem:
+        return " ".join(str(exc).split())
+    said = exc.problem
+    mark = exc.problem_mark
+    if mark is not None and text is not None:
+        lines = text.splitlines()
+        line = lines[mark.line] if mark.line < len(lines) else ""
+        if line[mark.column:mark.column + 1] == "\t":
+            said += " (a tab: YAML indents with spaces only)"
+    if mark is not None and "line" not in said:
+        said += f", line {mark.line + 1}, column {mark.column + 1}"
+    if exc.context:
+        said += f" ({exc.context})"
+    return " ".join(said.split())

@@ -234,10 +234,12 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | BuildConfig) -> 
     path = Path(source)
     if not path.is_file():
         raise NpuflowError("NPF_BUILD_CONFIG_NOT_FOUND", path=str(path))
+    text = None
     try:
-        data = safe_yaml.load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = safe_yaml.load(text)
     except (yaml.YAMLError, UnicodeDecodeError, safe_yaml.YamlTooLarge) as exc:
-        raise NpuflowError("NPF_BUILD_CONFIG_INVALID_YAML", path=str(path), reason=_one_line(exc)) from None
+        raise NpuflowError("NPF_BUILD_CONFIG_INVALID_YAML", path=str(path), reason=safe_yaml.describe(exc, text)) from None
     if not isinstance(data, Mapping):
         raise NpuflowError(
             "NPF_BUILD_CONFIG_INVALID_YAML", path=str(path),
@@ -366,10 +368,6 @@ def _validate(group: str, cls: type[_Group], body: Mapping[str, Any]) -> _Group:
 
 def _quoted(names: Sequence[str]) -> str:
     return ", ".join(repr(n) for n in names)
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 def split_values(value: Text | None) -> list[str | None]:

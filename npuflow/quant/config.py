@@ -281,11 +281,12 @@ class QuantConfig(_Strict):
         p = Path(path)
         if not p.is_file():
             raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason="file not found")
+        text = None
         try:
             text = p.read_text()
             data = json.loads(text) if p.suffix.lower() == ".json" else safe_yaml.load(text)
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason=str(exc).splitlines()[0]) from None
+            raise NpuflowError("NPF_QUANT_CONFIG_FILE", path=str(p), reason=safe_yaml.describe(exc, text)) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):

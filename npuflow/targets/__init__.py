@@ -44,10 +44,12 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A target file's data merged over its ``base:`` chain (``chain``: the files that named
     this one as their base, to refuse a loop instead of recursing until Python gives up)."""
+    text = None
     try:
-        data = safe_yaml.load(path.read_text())
+        text = path.read_text()
+        data = safe_yaml.load(text)
     except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason=str(exc)) from None
+        raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason=safe_yaml.describe(exc, text)) from None
     if not isinstance(data, dict):
         raise NpuflowError("NPF_TARGET_BAD_FILE", path=str(path), reason="not a mapping")
     base = data.pop("base", None)
