@@ -53,6 +53,7 @@ from .gelu import canonical_gelus
 from .layer_norm import layer_norms
 from .layout_sandwich import cancel_layout_sandwiches
 from .linear_bias import canonical_linear_biases, untie_shared_biases
+from .maxpool_indices import maxpool_indices_apart
 from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
 from .remove_identity import remove_identity
@@ -102,6 +103,8 @@ def _target_rewrites(model: onnx.ModelProto, target: Target | None, rewrites: li
 FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("fold_constants", lambda m, t, r: fold_constants(m), check=True),
     FloatPass("einsums_as_matmul", lambda m, t, r: einsums_as_matmul(m), check=True),
+    # check too: ENet's pools with indices ran whole on the CPU, their pooled values with them
+    FloatPass("maxpool_indices_apart", lambda m, t, r: maxpool_indices_apart(m), check=True),
     FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=False),
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
