@@ -43,6 +43,7 @@ from ..model import infer_static_shapes
 from ..targets import Target
 from .activations import fuse_activation_patterns
 from .branch_softmax import two_way_softmax_as_sigmoid
+from .const_left_matmul import const_left_matmuls_as_right
 from .einsum import einsums_as_matmul
 from .fold_affine import fold_affine, fold_linear_affine
 from .fold_affine_forward import fold_affine_forward
@@ -127,6 +128,9 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
     # check too: a layer scale on tokens after a MatMul + bias is no node check could place on the accelerator
     FloatPass("fold_linear_affine", lambda m, t, r: fold_linear_affine(m), check=True),
+    # check too: Linformer's E @ k (a constant first operand) had no integer lowering; before the unit-axis
+    # transposes, which turn the swaps it writes around a width-1 axis into reshapes
+    FloatPass("const_left_matmuls_as_right", lambda m, t, r: const_left_matmuls_as_right(m, t), check=True),
     # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
     FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
