@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -71,11 +72,16 @@ _FLOAT: dict[str, Callable[[], Path]] = {
 
 
 def _write_once(path: Path, build: Callable[[Path], None]) -> Path:
-    """Build ``path`` through a temporary file (an interrupted build leaves nothing behind)."""
+    """Build ``path`` through a temporary file (an interrupted build leaves nothing behind).
+
+    The temporary name carries the thread as well as the process: the corpus benchmark runs cells on
+    threads of one process, and two cells building the same file must not share (and delete) one
+    temporary copy.
+    """
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.onnx")
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}-{threading.get_ident()}.onnx")
     build(tmp)
     os.replace(tmp, path)
     return path

@@ -11,9 +11,13 @@ The whole corpus on all four targets is ``python benchmarks/bench_corpus.py``.
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import pytest
 
 from tests.corpus import node_cases
+from tests.corpus.foreign import _write_once
 from tests.corpus.harness import FAILURES, STAGES, Options, run_cell
 from tests.corpus.registry import ALL, calibration_for
 from tests.fixture_models import CACHE
@@ -22,6 +26,27 @@ TARGETS = ("DPUCZDX8G_ISA1_B4096", "cpu-int8")
 FAST = [m for m in ALL if m.fast]
 #: small enough for CI: a few frames, two samples per sensitivity variant.
 CI_OPTIONS = Options(bench_frames=2, analyze_samples=2, stage_timeout=300, analyze_timeout=180)
+
+
+def test_write_once_threads_build_through_their_own_temporary_files(tmp_path):
+    """The corpus benchmark runs cells on threads of one process: two threads building the same foreign
+    model at once must not share a temporary file (one would delete the other's copy mid-build)."""
+    seen: list[Path] = []
+    both_started = threading.Barrier(2, timeout=10)
+
+    def build(out: Path) -> None:
+        seen.append(out)
+        both_started.wait()
+        out.write_bytes(b"model")
+
+    target = tmp_path / "foreign" / "model.onnx"
+    threads = [threading.Thread(target=_write_once, args=(target, build)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert target.read_bytes() == b"model" and not list(target.parent.glob("*.tmp*"))
 
 
 def test_registry_is_consistent():
