@@ -2,9 +2,9 @@
 
 PP-LCNetV3 puts a learnable ``Mul(s) -> Add(b)`` after each hard-swish; 25 of them feed a
 convolution: 12 unpadded pointwise ones take scale and shift, 13 padded depthwise ones take the
-scale and keep the shift as one ``Add``.  The SVTR neck's 4 LayerNorm ``gamma``/``beta`` pairs go
-into the next ``MatMul`` and its bias.  The 3 blocks read by a pooling op stay.  45 nodes fewer,
-outputs within float rounding.
+scale and keep the shift as one ``Add``.  The SVTR neck's LayerNorm ``gamma``/``beta`` pairs are the
+scale and bias of one ``LayerNormalization`` each (``passes/layer_norm.py``, in either load), not folded
+forward.  The 3 blocks read by a pooling op stay.  37 nodes fewer, outputs within float rounding.
 """
 
 from __future__ import annotations
