@@ -51,6 +51,7 @@ from .fold_batchnorm import batchnorm_to_depthwise, fold_batchnorm
 from .fold_constants import fold_constants
 from .gather_slice import gathers_as_slices
 from .gelu import canonical_gelus
+from .head_matmul import head_matmuls_as_2d
 from .layer_norm import layer_norms
 from .layout_sandwich import cancel_layout_sandwiches
 from .linear_bias import canonical_linear_biases, untie_shared_biases
@@ -131,6 +132,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     # check too: Linformer's E @ k (a constant first operand) had no integer lowering; before the unit-axis
     # transposes, which turn the swaps it writes around a width-1 axis into reshapes
     FloatPass("const_left_matmuls_as_right", lambda m, t, r: const_left_matmuls_as_right(m, t), check=True),
+    # check too: BoTNet's relative-position logits q^T @ P (P: one constant matrix per head) had no integer lowering
+    FloatPass("head_matmuls_as_2d", lambda m, t, r: head_matmuls_as_2d(m, t), check=True),
     # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
     FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
