@@ -190,3 +190,19 @@ def test_a_layer_norm_after_a_computed_reshape_of_a_dynamic_map_is_one_node(tmp_
     for hw in ([6, 6], [5, 11]):
         x = samples([2, 4, *hw], n=1, seed=2)[0]
         np.testing.assert_allclose(run(rewritten, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_norm_whose_input_no_inference_ranks_stays_written_out():
+    """Behind an operator of an unknown domain neither ONNX nor ONNX Runtime's symbolic inference
+    (run without guessing ranks) gives the tokens a rank: the chain stays as it is, no error."""
+    model = _flattened_tokens_ln()
+    tokens = next(n for n in model.graph.node if n.name == "tokens")
+    tokens.output[0] = "t_raw"
+    opaque = helper.make_node("Opaque", ["t_raw"], ["t"], name="opaque", domain="com.example")
+    nodes = list(model.graph.node)
+    nodes.insert(nodes.index(tokens) + 1, opaque)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    rewritten = layer_norms(model)
+    assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in model.graph.node]
