@@ -259,7 +259,9 @@ def _resize(p, pre):
     s = float(p["scale"])
     scales = B.const(f"{pre}s", np.array([1, 1, s, s], np.float32))
     node = helper.make_node("Resize", [f"{pre}x", "", scales.name], [f"{pre}y"], name=f"{pre}node", mode=mode)
-    return [node], [B.vi(f"{pre}x", [1, p["input_channel"], p["input_h"], p["input_w"]])], [scales]
+    # a linear resize of a 1 x 1 map is the nearest one (the float passes write it so): at least 2 x 2 keeps its mode
+    h, w = (p["input_h"], p["input_w"]) if mode == "nearest" else (max(p["input_h"], 2), max(p["input_w"], 2))
+    return [node], [B.vi(f"{pre}x", [1, p["input_channel"], h, w])], [scales]
 
 
 def _pad(p, pre):

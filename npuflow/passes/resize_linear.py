@@ -33,6 +33,8 @@ A linear ``Resize`` whose every resized axis has length 1 (DeepLab's image-pool 
 position in every coordinate mode: it becomes a nearest ``Resize`` (a copy, exact after quantization too)
 that every target lowers as an upsampling, where the 16 x 16 linear one stayed on the CPU mid-network.
 
+An ``align_corners`` resize with no fixed kernel (from ``n`` to ``m`` values, ``m - 1`` not ``s (n - 1)``) is
+written, where a target runs that form, as products with its interpolation matrices (:mod:`.resize_matmul`).
 Any other linear ``Resize`` stays, with the reason :func:`linear_resize_plan` gives naming the
 attribute that blocks it (``check`` and ``compile`` report it through ``check/lowerable.py``).  With a
 target, a resize is rewritten only where the target's ``depthwise_transposed_conv2d`` rule accepts the
@@ -53,6 +55,7 @@ from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_dims
 from .activations import _splice
+from .resize_matmul import corner_resize_as_matmuls
 from .target_rewrites import Rewrite, finish
 
 
@@ -63,6 +66,7 @@ FACTORS = {"half_pixel": (2, 4, 8), "asymmetric": (2, 4, 8), "align_corners": (2
 _INT64_MAX = np.iinfo(np.int64).max
 _KIND = "linear_resize_as_conv_transpose"
 _BROADCAST = "linear_resize_of_one_value_as_nearest"
+_MATMUL = "linear_resize_as_matmul"
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,20 @@ def _ratios(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None], xs:
     return ratios
 
 
+def _corner_sizes(node: onnx.NodeProto, value: Callable[[str], np.ndarray | None], xs: Sequence | None) -> list[int] | None:
+    """The output's spatial sizes of an ``align_corners`` linear ``Resize`` of a 3-D or 4-D tensor of known
+    size that resizes spatial axes only (:mod:`.resize_matmul`'s case), else ``None``."""
+    a = attr_values(node)
+    if a.get("coordinate_transformation_mode") != "align_corners" or a.get("antialias", 0) or xs is None or \
+            len(xs) not in (3, 4) or not all(_known(d) for d in xs[1:]):
+        return None
+    ratios = _ratios(node, value, list(xs), a)
+    if isinstance(ratios, str) or ratios[:2] != [1.0, 1.0]:
+        return None
+    sizes = [int(np.floor(n * r + 1e-6)) for n, r in zip(xs[2:], ratios[2:])]
+    return sizes if all(m >= 1 for m in sizes) and sizes != list(xs[2:]) else None
+
+
 def _known(dim) -> bool:
     return isinstance(dim, (int, np.integer)) and dim > 0
 
@@ -221,12 +239,23 @@ def linear_resizes_as_conv_transpose(model: onnx.ModelProto, target: Target | No
     dims = inferred_dims(out)
     view = GraphView(out.graph)
     done = []
-    for node in resizes:
+    for made in [n.output[0] for n in resizes]:
+        node = next(n for n in out.graph.node if n.output and n.output[0] == made)  # a MatMul form copies the model
         plan = linear_resize_plan(node, view.const, dims.get)
         name = node.name or node.output[0]
         objections = [o for st in plan.stages() for o in _objections(st, target)] \
             if isinstance(plan, LinearResize) else []
-        if isinstance(plan, str):
+        corner = _corner_sizes(node, view.const, dims.get(node.input[0])) if isinstance(plan, str) and target else None
+        why = corner_resize_as_matmuls(out, node.output[0], list(dims[node.input[0]]), corner, target) \
+            if corner else None
+        if corner and why is None:
+            done.append(Rewrite(name, _MATMUL, True, f"linear Resize (align_corners) to {'x'.join(map(str, corner))} "
+                                                     f"-> MatMul by its interpolation matrix per resized axis "
+                                                     f"(H between Transposes)"))
+            view = GraphView(out.graph)
+        elif corner:
+            done.append(Rewrite(name, _MATMUL, False, f"linear Resize stays: {plan}; its MatMul form: {why}"))
+        elif isinstance(plan, str):
             done.append(Rewrite(name, _KIND, False, f"linear Resize stays: {plan}"))
         elif isinstance(plan, OneValue):
             _as_nearest(node)

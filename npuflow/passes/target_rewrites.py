@@ -87,7 +87,7 @@ class Rewrite:
     # hard_sigmoid_into_layer | global_avg_pool_split | linear_resize_as_conv_transpose |
     # linear_resize_of_one_value_as_nearest | sub_as_add | wide_conv_as_space_to_depth |
     # pixel_unshuffle_as_space_to_depth | axis_avg_pool_cascade | avg_pool_stride_as_subsample |
-    # channel_reduction_as_pool
+    # channel_reduction_as_pool | linear_resize_as_matmul
     rewrite: str
     applied: bool
     detail: str
