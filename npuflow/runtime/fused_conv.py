@@ -9,7 +9,7 @@ exact, else float64 or int64, and a float epilogue (with its fused chain: LeakyR
 hard-swish) a table of the accumulator where its scales are per tensor, else one float32 operation
 per node. uint8 groups whose arithmetic is ONNX Runtime's, and fixed-point convolutions whose
 float32 multipliers are exact, go to its own integer kernels first (``fused_qlinear``;
-:func:`_split_fixed` where only some channels have one: the others with fix channels;
+``fused_fixconv.dense_fixed`` where only some channels have one: the others with fix channels;
 ``fused_fixconv.depthwise_fixed`` for a depthwise layer); dense
 convolutions and fully connected layers with a float epilogue take their exact int32 accumulator
 from ONNX ``ConvInteger`` on uint8 codes and weights where this CPU's kernel is exact
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from .. import numerics as nm
 from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
@@ -44,7 +44,7 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
         # padding of the centred input (the Pad node then has no reader left and is dropped)
         t, width = padded[0], np.asarray(padded[1])
         pads = [int(width[2, 0]), int(width[3, 0]), int(width[2, 1]), int(width[3, 1])]
-    if fused_qlinear.conv(g, op, t, pads, blobs) or _split_fixed(g, op, blobs, t, pads) \
+    if fused_qlinear.conv(g, op, t, pads, blobs) or fused_fixconv.dense_fixed(g, op, blobs, t, pads, conv) \
             or fused_fixconv.depthwise_fixed(g, op, blobs, t, pads):
         return
     if list(g.tensors[t]["shape"]) == list(a["in_shape"]) or t != op["inputs"][0]:
@@ -77,88 +77,6 @@ def conv(g: Graph, op: dict, blobs: dict) -> None:
 
 def _same(v: str) -> str:
     return v
-
-
-def _split_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int]) -> bool:
-    """Write a fixed-point convolution only some of whose channels have an exact float32
-    multiplier (``fused_fixed.kernel_form``) on ``QLinearConv`` all the same, and say whether it
-    did: the other channels on the same kernel with the multipliers of ``fused_fixed.step_fixes``,
-    whose few late or early steps more output channels of that kernel (fix channels) correct with
-    ``Max``/``Min`` on those channels' bytes only, and any channel without such a form on
-    ``ConvInteger`` with the exact float64 requantisation; the parts' bytes concatenated and put
-    back in channel order by one ``Gather``.  ``t``, ``pads``: the input and padding :func:`conv` chose.
-
-    Why: a channel with a step whose exact product lies within float32's spacing of a tie has no
-    exact multiplier, and one in a layer kept the whole layer off the integer kernel (YOLOv8n on
-    bernoulli2: 46 of 64 layers, 331 of 5,447 channels); computing such channels apart costs a
-    ``ConvInteger``'s im2col of the layer's input whatever their number, while a fix channel is
-    one more output of the kernel the layer runs anyway.  Dense convolutions only (a grouped
-    one's channels would slice its input too)."""
-    a, ep = op["attrs"], op["attrs"]["epilogue"]
-    form = fused_fixconv.fixed_form(g, op, blobs, depthwise=False)
-    if form is None:
-        return False
-    w2, b2, mult, bad, fixes = form
-    out, lo = op["outputs"][0], clamp_bounds(ep)[0]
-    good, fixed = np.flatnonzero(~np.isnan(mult)), bad[~np.isnan(fixes.mult)]
-    groups = fused_fixconv.fix_groups(fixes, bad)
-    moved = int(ep["zp"]) - lo  # the kernel's output zero point: a fix channel's bytes are clip(acc - a + k)
-    kernel_w = [w2[good], w2[fixed]] + [w2[rows] for _, rows, _, _ in groups]
-    kernel_b = [b2[good], b2[fixed]] + [b2[rows] + move - moved for _, rows, move, _ in groups]
-    m32 = np.concatenate([mult[good], fixes.mult[~np.isnan(fixes.mult)]]
-                         + [np.ones(len(rows), np.float32) for _, rows, _, _ in groups]).astype(np.float32)
-    sizes = [len(good), len(fixed)] + [len(r) for _, r, _, _ in groups]
-    name = f"{out}#kernel"
-    shape = [*a["out_shape"][:1], sum(sizes), *a["out_shape"][2:]]
-    g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}  # this graph's alone
-    rows = np.concatenate([good, fixed] + [r for _, r, _, _ in groups])
-    sub_ep = {**ep, "m32": m32, **{k: channel(ep[k], len(mult))[rows] for k in ("multiplier", "shift")}}
-    sub = {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}}
-    if not fused_qlinear.conv(g, sub, t, pads, {**blobs, "w": np.concatenate(kernel_w), "b": np.concatenate(kernel_b)}):
-        return False
-    y = g.as_bytes(name, lo)
-    kept = [k for k, n in enumerate(sizes) if n]
-    split = dict(zip(kept, _split_channels(g, y, [sizes[k] for k in kept])))
-    parts, order = [], []
-    if len(good):
-        parts.append(split[0])
-        order.append(good)
-    if len(fixed):
-        fixes_of = {True: [], False: []}  # per kind: each group's bytes, bounded
-        for k, (late, _, _, (index, bound)) in enumerate(groups):
-            ind = split[2 + k] if np.array_equal(index, np.arange(len(fixed))) else \
-                g.node("Gather", [split[2 + k], g.const(index, np.int64)], axis=1)
-            fixes_of[late].append(g.node("Min" if late else "Max", [ind, fused_fixconv.bound(g, bound, shape)]))
-        b = split[1]
-        for late in (True, False):  # late fixes first, as fused_fixed.fixed_bytes applies them
-            if fixes_of[late]:
-                b = g.node("Max" if late else "Min", [b, *fixes_of[late]])
-        parts.append(b)
-        order.append(fixed)
-    exact = np.setdiff1d(bad, fixed)
-    if len(exact):
-        name = f"{out}#exact"
-        shape = [*a["out_shape"][:1], len(exact), *a["out_shape"][2:]]
-        g.tensors = {**g.tensors, name: {**g.tensors[out], "shape": shape}}
-        sub_ep = {**ep, **{k: channel(ep[k], len(mult))[exact] for k in ("multiplier", "shift")}}
-        conv(g, {**op, "outputs": [name], "attrs": {**a, "out_shape": shape, "epilogue": sub_ep, "lshift": 0}},
-             {**blobs, "w": np.asarray(blobs["w"])[exact], "b": np.asarray(blobs["b"]).reshape(-1)[exact]})
-        parts.append(g.as_bytes(name, lo))
-        order.append(exact)
-    y = parts[0] if len(parts) == 1 else g.node("Concat", parts, axis=1)
-    order = np.argsort(np.concatenate(order))
-    g.put_bytes(out, y if np.array_equal(order, np.arange(len(order))) else
-                g.node("Gather", [y, g.const(order, np.int64)], axis=1), lo)
-    return True
-
-
-def _split_channels(g: Graph, y: str, sizes: list[int]) -> list[str]:
-    """``y``'s channels in consecutive parts of ``sizes`` (one ``Split``; ``y`` itself for one part)."""
-    if len(sizes) == 1:
-        return [y]
-    outs = [g.fresh() for _ in sizes]
-    g.nodes.append(helper.make_node("Split", [y, g.const(np.asarray(sizes, np.int64), np.int64)], outs, axis=1))
-    return outs
 
 
 def matmul(g: Graph, op: dict, blobs: dict) -> None:

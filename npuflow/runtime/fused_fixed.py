@@ -17,7 +17,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import numerics as nm
-from .fused_graph import F32_BOUND, Graph, NotFusable, abs_sums, centred_clip, channel, clamp_bounds
+from .fused_graph import F32_BOUND, Graph, NotFusable, abs_sums, centred_clip, channel, clamp_bounds, signed_sums
 
 
 class FixedPoint:
@@ -46,11 +46,17 @@ class FixedPoint:
         self.value = np.where(self.const, ends[0], 0)
 
     @classmethod
-    def of_layer(cls, ep: dict, w: np.ndarray, bias: np.ndarray, reach: int | float) -> "FixedPoint":
+    def of_layer(cls, ep: dict, w: np.ndarray, bias: np.ndarray,
+                 reach: int | float | tuple[int, int]) -> "FixedPoint":
         """The requantisation of a layer with weights ``w`` (output channels first) and ``bias``
-        whose input codes lie within ``reach`` of its zero point: accumulators bias +- reach * sum|w|."""
-        sums = reach * abs_sums(w)
-        return cls(ep, w.shape[0], bias - sums, bias + sums)
+        whose input codes lie within ``reach`` of its zero point: accumulators bias +- reach *
+        sum|w|; or, ``reach`` a pair ``(below, above)`` (``fused_graph.code_span``), bias - below *
+        sum(w+) - above * sum|w-| .. bias + above * sum(w+) + below * sum|w-|."""
+        if np.ndim(reach) == 0:
+            sums = reach * abs_sums(w)
+            return cls(ep, w.shape[0], bias - sums, bias + sums)
+        (below, above), (pos, neg) = reach, signed_sums(w)
+        return cls(ep, w.shape[0], bias - below * pos - above * neg, bias + above * pos + below * neg)
 
     def constants_as_bias(self, w: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``w`` and ``bias`` with each constant channel given no taps and its value as bias."""
@@ -159,14 +165,15 @@ def _shift_round_int64(g: Graph, v: str, mode: str, shift: np.ndarray) -> str:
     return g.node("Neg", [q]) if negate else q
 
 
-def kernel_form(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int,
+def kernel_form(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int | tuple[int, int],
                 partial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Int8 weights, int32 bias and per-channel float32 multipliers with which an MLAS integer
     kernel (``QLinearConv``: the int32 accumulator times a float32 multiplier, ties to even, as
     ``numerics.requantize_float`` models it) gives fixed-point convolution ``ep``'s codes, or ``None``.
 
     The check is :func:`float32_multipliers` over each channel's whole reachable accumulator
-    range (bias +- ``reach`` times its weights' absolute sum): it holds only where the target
+    range (``FixedPoint.of_layer``: ``reach`` one bound or a pair ``(below, above)`` of the input
+    codes around their zero point, the pair the tighter): it holds only where the target
     rounds ties to even, as MLAS does; a channel whose range rounds to one code gets no taps, its
     code as bias and multiplier 1.  ``None`` where some channel has no such multiplier (the
     caller keeps the exact ONNX forms of :func:`requantize_fixed`); with ``partial``, that
@@ -204,7 +211,8 @@ class StepFixes:
         self.early: list[list[tuple[int, int] | None]] = [[None] * FIX_ROUNDS for _ in range(n)]
 
 
-def step_fixes(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int, rows: np.ndarray) -> StepFixes:
+def step_fixes(w: np.ndarray, bias: np.ndarray, ep: dict, reach: int | tuple[int, int],
+               rows: np.ndarray) -> StepFixes:
     """For channels ``rows`` of a fixed-point convolution (weights ``w``, ``bias``, inputs within
     ``reach`` of their zero point) without one exact float32 multiplier (:func:`kernel_form`): a
     float32 multiplier and the few steps where ``QLinearConv`` with it steps one or more

@@ -264,6 +264,31 @@ def code_reach(dtype: str, zp) -> int:
     return int(np.max(np.maximum(np.abs(lo - z), np.abs(hi - z))))
 
 
+def code_span(g: Graph, tensor: str, dtype: str, zp: int) -> tuple[int, int]:
+    """``(zp - lowest, highest - zp)``: how far ``tensor``'s codes reach below and above its (scalar)
+    zero point ``zp``: the range of ``dtype``, or of the codes of its table where this graph
+    computes it as a function of another 8-bit tensor (``Graph.tables``, ``Graph.kernel_tables``:
+    the table holds its codes for every source code, so no code lies outside it).
+
+    Why: a convolution's accumulators lie within ``bias - below * sum(w+) - above * sum|w-| ..
+    bias + above * sum(w+) + below * sum|w-|`` (``fused_fixed.FixedPoint.of_layer``); after a
+    hard-swish (codes -10..127 on PP-OCRv4 rec's bernoulli2 layers, zero point 0) that is about half
+    the range ``code_reach`` gives on both sides, and a fixed-point multiplier is then proved over
+    half as many steps (fewer channels need fix channels, ``fused_fixconv``)."""
+    lo, hi = code_range(dtype)
+    for known in (g.tables.get(tensor), g.kernel_tables.get(tensor)):
+        if known is not None and np.size(known[1]):
+            lo, hi = max(lo, int(np.min(known[1]))), min(hi, int(np.max(known[1])))
+    return max(int(zp) - lo, 0), max(hi - int(zp), 0)
+
+
+def signed_sums(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum of the positive weights, sum of |negative weights|)`` per output channel (the first
+    axis), in float64 as :func:`abs_sums`."""
+    flat = np.asarray(w).reshape(w.shape[0], -1).astype(np.float64)
+    return np.maximum(flat, 0).sum(axis=1), np.maximum(-flat, 0).sum(axis=1)
+
+
 def channel(value, n: int) -> np.ndarray:
     """A scalar or per-channel attribute as one value per output channel."""
     a = np.asarray(value)

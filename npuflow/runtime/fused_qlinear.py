@@ -58,7 +58,7 @@ from .. import ort_kernels, ort_verdicts
 from ..ort_kernels import MS_DOMAIN, probe_session, weight_arrays
 from . import fused_fixed, fused_pairs
 from .epilogues import out_type
-from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach
+from .fused_graph import Graph, channel, clamp_bounds, code_range, code_reach, code_span
 
 def _uint8(*dtypes) -> bool:
     return all(np.dtype(d) == np.uint8 for d in dtypes)
@@ -174,9 +174,9 @@ def _kernel_form(g: Graph, op: dict, x: str, w: np.ndarray, bias: np.ndarray, *,
             if not fits:
                 parts = None
             elif "m32" in ep:  # multipliers its caller proved, fix channels too
-                parts = w, bias, ep["m32"]  # (``fused_conv._split_fixed``, ``fused_fixconv.depthwise_fixed``)
+                parts = w, bias, ep["m32"]  # (``fused_fixconv.dense_fixed``, ``depthwise_fixed``)
             else:
-                parts = fused_fixed.kernel_form(w, bias, ep, reach)
+                parts = fused_fixed.kernel_form(w, bias, ep, code_span(g, x, in_dtype, a["x_zp"]))
         k_out, span = lo, hi - lo
         mult = parts[2] if parts is not None else None
     else:

@@ -1,5 +1,5 @@
 """Fixed-point channels without an exact float32 multiplier (bernoulli2) on ``QLinearConv`` all the
-same: ``fused_fixed.step_fixes`` proves a multiplier and a few fix channels, ``fused_conv._split_fixed``
+same: ``fused_fixed.step_fixes`` proves a multiplier and a few fix channels, ``fused_fixconv.dense_fixed``
 applies them with ``Min``/``Max``; codes equal ``numerics`` on every accumulator."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from npuflow import numerics as nm
-from npuflow.runtime import fused_fixed, fused_graph
+from npuflow.runtime import fused_conv, fused_fixed, fused_graph
 from tests.unit.test_runtime_fixed_qlinear import conv_graph, inputs_for, run_int8
 
 CIN, TAP = 64, 27
@@ -105,6 +105,9 @@ def test_fixed_channels_run_on_one_qlinearconv_equal_to_numerics():
     kinds = [n.op_type for n in g.nodes]
     assert kinds.count("QLinearConv") == 1 and "ConvInteger" not in kinds and "Conv" not in kinds, kinds
     assert "Max" in kinds and "Min" in kinds, kinds
+    # the fixed channel 0 after the kernel's channel 1: back in order by a Concat, not a Gather of
+    # channels, which ONNX Runtime runs channels-first between layout transposes (dense_fixed)
+    assert "Gather" not in kinds and kinds.count("Concat") == 1, kinds
     got = run_int8(g, x).reshape(2, -1)
     assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
     assert not np.array_equal(_kernel(acc, np.float32(np.ldexp(float(MULT[0]), -int(SHIFT[0])))), got[0])
@@ -159,3 +162,32 @@ def test_fix_bounds_have_the_output_shape():
         consts = {i.name: list(i.dims) for i in g.inits}
         bounds = [consts[t] for n in g.nodes if n.op_type in ("Min", "Max") for t in n.input if t in consts]
         assert bounds and all(b[2:] == [1, len(acc)] for b in bounds), bounds
+
+
+def test_a_table_input_proves_the_multiplier_over_its_own_codes_only():
+    """The input is a table whose codes lie in -3..127 (a hard-swish's, ``Graph.tables``): the
+    accumulators reach -3 * sum|w| .. 127 * sum|w| (``fused_graph.code_span``), not +-128 * sum|w|,
+    so channel 0's near-tie at -63005 is out of reach: its late step at 63006 needs one fix channel,
+    not also an early one (before: two fix channels, two ``Min`` and two ``Max``), codes equal
+    ``numerics``."""
+    every = _every()
+    ties = np.arange(-127, 128) - 0.5
+    near = np.unique(np.concatenate([np.ceil(ties * 2.0 ** s / m) for m, s in zip(MULT, SHIFT)]))
+    acc = np.unique(np.clip((near[:, None] + np.arange(-3, 4)).reshape(-1), 0, every[-1]).astype(np.int64))
+    acc = acc[acc <= 127 * TAP * (CIN - 1)]  # what non-negative inputs reach, 63006 among them
+    assert 63006 in acc
+    x = _inputs_for(acc)
+    assert x.min() >= 0
+    shape = [1, 2, 1, len(acc)]
+    g = fused_graph.Graph({"x": {"shape": list(x.shape), "dtype": "int8"}, "y": {"shape": shape, "dtype": "int8"},
+                           "s": {"shape": list(x.shape), "dtype": "int8"}})
+    g.tables["x"] = ("s", np.clip(np.arange(-128, 128), -3, 127))  # x's codes for every code of s
+    assert fused_graph.code_span(g, "x", "int8", 0) == (3, 127) and fused_graph.code_span(g, "s", "int8", 0) == (128, 127)
+    op = {"op": "conv", "name": "c", "inputs": ["x"], "outputs": ["y"],
+          "attrs": {"in_shape": list(x.shape), "out_shape": shape, "pads": [0, 0, 0, 0], "strides": [1, 1],
+                    "dilations": [1, 1], "group": 1, "x_zp": 0, "lshift": 0, "epilogue": EP}}
+    fused_conv.conv(g, op, {"w": _weights(), "b": np.zeros(2, np.int64)})
+    kinds = [n.op_type for n in g.nodes]
+    assert kinds.count("QLinearConv") == 1 and kinds.count("Min") == kinds.count("Max") == 1, kinds
+    got = run_int8(g, x).reshape(2, -1)
+    assert np.array_equal(got[0], _exact(acc, 0)) and np.array_equal(got[1], _exact(acc, 1))
