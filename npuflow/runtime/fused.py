@@ -42,7 +42,7 @@ float-scale groups ONNX Runtime's own integer kernels do the work where they are
 arithmetic (``fused_qlinear``).
 
 An op whose bound or form does not allow this (16-bit inputs split into bytes, eltwise chains,
-``std_round`` ties, windowed averages, ...) runs as its kernel
+``std_round`` ties, ...) runs as its kernel
 between two graphs;
 ``Plan.reasons`` says why, per op.
 """
@@ -246,14 +246,14 @@ def _maxpool(g: Graph, op: dict, blobs: dict) -> None:
 
 
 def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
-    """The kernels' float-mode average over windows that tile the map (the global average, or
-    PP-OCRv4 rec's 3x2 stride-(1, 2) pool of its 3-row map): the exact sum of ``q - zp`` per
-    window (float32 while below 2^24), times the float32 ``acc_scale``, divided by the float32
-    count, ``numerics.quantize``, as ``kernels.prepare_avgpool``.
+    """The kernels' float-mode average over windows: the exact sum of ``q - zp`` per window (float32
+    while below 2^24), times the float32 ``acc_scale``, divided by the float32 count,
+    ``numerics.quantize``, as ``kernels.prepare_avgpool``; the sums of windows that tile the map (the
+    global average, PP-OCRv4 rec's 3x2 stride-(1, 2) pool of its 3-row map) one reduction, of
+    overlapping or padded ones a depthwise sum (``fused_pool.window_sums``).
 
-    Why the tiled windows: a pool the run cannot hold is a numpy kernel between two fused runs,
-    its frame three calls where one does (PP-OCRv4 rec on bernoulli2); overlapping or padded
-    windows stay so (their sums are not one reduction)."""
+    Why: a pool the run cannot hold is a numpy kernel between two fused runs, its frame three calls
+    where one does (PP-OCRv4 rec and EfficientFormer's token mixer on bernoulli2)."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     _no_table(op)
     shape = g.tensors[op["inputs"][0]]["shape"]
@@ -262,24 +262,21 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
     if a.get("qlinear") not in (None, "global") or ep["mode"] != "float" or ep.get("chain"):
         raise NotFusable("ONNX Runtime windowed QLinear pooling or fused float chain")
     window = [int(k) for k in a["kernel"]]
-    axes = list(zip(a["out_shape"][2:], window, a["strides"], shape[2:]))
-    if len(shape) != 4 or any(a["pads"]) or any(d != 1 for d in a.get("dilations", [1, 1])) \
-            or any(o * k != size or (o > 1 and stride != k) for o, k, stride, size in axes):
-        raise NotFusable("pooling windows")
-    if any(np.ndim(ep[k]) for k in ("acc_scale", "scale", "zp")):
-        raise NotFusable("per-channel scale")
+    if len(shape) != 4 or any(np.ndim(ep[k]) for k in ("acc_scale", "scale", "zp")):
+        raise NotFusable("per-channel scale or pooling rank")
     if code_reach(g.tensors[op["inputs"][0]]["dtype"], a["x_zp"]) * window[0] * window[1] >= F32_BOUND:
         raise NotFusable("sum reaches 2^24")
-    if a.get("qlinear") and _qlinear_global_average(g, op):
-        return
-    v = _code_sums(g, op["inputs"][0], a["x_zp"], window)
-    if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
-        mult = np.float32(ep["acc_scale"]) / (np.float32(ep["scale"]) * np.float32(shape[2] * shape[3]))
-        v = g.node("Mul", [v, g.const(mult)])
-        g.put(op["outputs"][0], *round_float(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
-        return
-    v = g.node("Div", [g.node("Mul", [v, g.const(ep["acc_scale"])]), g.const(window[0] * window[1])])
-    _put_quantized(g, op["outputs"][0], v, ep)
+    sums = fused_pool.window_sums(g, op)  # None where the windows tile the map
+    if sums is None:
+        if a.get("qlinear") and _qlinear_global_average(g, op):
+            return
+        sums = _code_sums(g, op["inputs"][0], a["x_zp"], window), g.const(window[0] * window[1])
+        if a.get("qlinear"):  # ORT's QLinearGlobalAveragePool: the exact sum times one float32 multiplier
+            mult = np.float32(ep["acc_scale"]) / (np.float32(ep["scale"]) * np.float32(shape[2] * shape[3]))
+            v = g.node("Mul", [sums[0], g.const(mult)])
+            g.put(op["outputs"][0], *round_float(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
+            return
+    _put_quantized(g, op["outputs"][0], g.node("Div", [g.node("Mul", [sums[0], g.const(ep["acc_scale"])]), sums[1]]), ep)
 
 
 def _code_sums(g: Graph, src: str, zp: int, window: list[int]) -> str:

@@ -23,8 +23,8 @@ from .. import numerics as nm
 from .. import ort_kernels, ort_verdicts
 from ..ort_kernels import MS_DOMAIN, probe_session
 from .epilogues import out_type
-from .fused_graph import Graph
-from .kernels import KERNELS
+from .fused_graph import Graph, NotFusable
+from .kernels import KERNELS, _count_maps
 
 #: Elements of the check's test tensor beyond its 256 one-code channels (random codes)
 CHECK_ELEMENTS = 1 << 20
@@ -62,6 +62,33 @@ def qlinear_window(g: Graph, op: dict) -> bool:
                **_node_attrs(a, 0))
     g.put_bytes(out, y)
     return True
+
+
+def window_sums(g: Graph, op: dict) -> tuple[str, str] | None:
+    """Float-mode avgpool ``op``'s exact sums of ``q - zp`` per window and its float32 counts (graph
+    tensors), where its windows overlap or are padded; None where they tile the map (one reduction,
+    ``fused._code_sums``).  The sums are a depthwise ``Conv`` of ones over the centred codes with the
+    op's padding (zeros, as the kernel pads ``q - zp``), exact as every partial sum is an integer
+    below 2^24 (bounded by the caller); the counts are the kernel's own map (``kernels._count_maps``,
+    ``count_include_pad`` and ceil-mode pads).
+
+    Why: EfficientFormer's token mixer (3x3, stride 1, pad 1, ``count_include_pad=0``) on bernoulli2
+    and the DPU targets ran as its numpy kernel between two fused runs; on bernoulli2 the rest of the
+    frame is one joined call."""
+    a = op["attrs"]
+    src = op["inputs"][0]
+    n, c, h, w = g.tensors[src]["shape"]
+    window, strides = [int(k) for k in a["kernel"]], [int(s) for s in a["strides"]]
+    dil, pads = [int(d) for d in a.get("dilations", [1, 1])], [int(p) for p in a["pads"]]
+    axes = list(zip(a["out_shape"][2:], window, strides, (h, w)))
+    if not any(pads) and dil == [1, 1] and all(o * k == size and (o == 1 or s == k) for o, k, s, size in axes):
+        return None
+    out = [(size + pads[i] + pads[i + 2] - dil[i] * (k - 1) - 1) // s + 1 for i, (_, k, s, size) in enumerate(axes)]
+    if a.get("qlinear") or out != list(a["out_shape"][2:]):
+        raise NotFusable("pooling windows")
+    sums = g.node("Conv", [g.centered(src, int(a["x_zp"])), g.const(np.ones((c, 1, *window), np.float32))],
+                  group=c, kernel_shape=window, strides=strides, pads=pads, dilations=dil)
+    return sums, g.const(_count_maps(a)(h, w))
 
 
 def _constants(g: Graph, a: dict, zx: int) -> list[str]:
