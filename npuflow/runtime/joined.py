@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import defs
 
 from .. import ort_kernels, ort_verdicts
@@ -84,6 +85,8 @@ def _part(step: merge.Step) -> _Part | None:
     if found is None:
         return None
     model, external = found
+    if model.functions:  # the quantizer's rounding steps (DPU targets' half-up quantize), inlined as
+        model = onnx.inliner.inline_local_functions(model)  # ONNX Runtime loads them (EfficientFormer B4096: 21 calls -> 5)
     if cpu_level(model) != "all" and not (_plain(model) and ort_verdicts.keyed_verdict(
             level_free, _digest(model, external, []), model, external)):  # a custom op's ONNX Runtime knows not
         return None
