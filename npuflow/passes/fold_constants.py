@@ -103,6 +103,24 @@ def fold_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def frozen_view(model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> onnx.ModelProto:
+    """A view of ``model`` at one input shape (``static_inputs``: input name -> dims): inputs frozen,
+    static shapes inferred, the shape arithmetic that became constant folded (quantize and dequantize
+    steps never).
+
+    The quantizer works on one graph with the source's dynamic dimensions; the stages that need
+    static shapes read this view: ``check``, the report and ``compile`` (``QuantizedModel.model``),
+    and the target rewrites, which judge a node of the dynamic graph at the size compile will see."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    for inp in graph_inputs(proto):
+        dims = inp.type.tensor_type.shape.dim
+        for k, value in enumerate(static_inputs[inp.name]):
+            dims[k].Clear()
+            dims[k].dim_value = int(value)
+    return infer_static_shapes(fold_static_shapes(infer_static_shapes(proto)))
+
+
 def _has_foldable(model: onnx.ModelProto) -> bool:
     """Whether any node computes from constants only (or is a ``Shape``/``Size`` of a tensor)."""
     known = {t.name for t in model.graph.initializer}

@@ -82,6 +82,8 @@ class FloatPass:
     run: Step
     check: bool
     optimize: bool = True
+    #: ``run`` also takes ``static_inputs=``: the input shape a dynamic graph is judged at (see :func:`optimize_float`)
+    sized: bool = False
 
 
 def accelerator_forward_folds(model: onnx.ModelProto, target: Target | None) -> onnx.ModelProto:
@@ -91,11 +93,12 @@ def accelerator_forward_folds(model: onnx.ModelProto, target: Target | None) -> 
     return fold_affine_forward(model) if target is not None and target.kind == "npu" else model
 
 
-def _target_rewrites(model: onnx.ModelProto, target: Target | None, rewrites: list[Rewrite] | None) -> onnx.ModelProto:
+def _target_rewrites(model: onnx.ModelProto, target: Target | None, rewrites: list[Rewrite] | None,
+                     static_inputs: dict[str, list[int]] | None = None) -> onnx.ModelProto:
     """Last: compile places the rewritten nodes; what they changed or left goes to ``rewrites``."""
     if target is None:
         return model
-    model, done = target_rewrites(model, target)
+    model, done = target_rewrites(model, target, static_inputs)
     if rewrites is not None:
         rewrites.extend(done)
     return model
@@ -146,25 +149,33 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     # check too: a one-pass variance's squares read the deviation, not x (where x's producer runs may depend on it)
     FloatPass("stable_variances", lambda m, t, r: stable_variances(m), check=True),
     FloatPass("accelerator_forward_folds", lambda m, t, r: accelerator_forward_folds(m, t), check=True),
-    FloatPass("target_rewrites", _target_rewrites, check=True),
+    FloatPass("target_rewrites", _target_rewrites, check=True, sized=True),
 )
 
 
 def float_passes(model: onnx.ModelProto, target: Target | None, rewrites: list[Rewrite] | None,
-                 *, for_check: bool) -> onnx.ModelProto:
+                 *, for_check: bool, static_inputs: dict[str, list[int]] | None = None) -> onnx.ModelProto:
     """Run :data:`FLOAT_PASSES` in order: those marked ``check`` for check of a float model, the
     ``optimize`` ones for ``optimize_float``."""
     for step in FLOAT_PASSES:
         if step.check if for_check else step.optimize:
-            model = step.run(model, target, rewrites)
+            model = (step.run(model, target, rewrites, static_inputs=static_inputs) if step.sized
+                     else step.run(model, target, rewrites))
     return model
 
 
 def optimize_float(model: onnx.ModelProto, target: Target | None = None,
-                   rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
+                   rewrites: list[Rewrite] | None = None,
+                   static_inputs: dict[str, list[int]] | None = None) -> onnx.ModelProto:
     """Apply the float passes in order; node names of compute nodes are kept.  With ``target``,
-    the target rewrites too; what they changed or left is appended to ``rewrites`` when given."""
-    m = float_passes(model, target, rewrites, for_check=False)
+    the target rewrites too; what they changed or left is appended to ``rewrites`` when given.
+
+    ``static_inputs`` (input name -> dims): the shape quantize freezes a dynamic graph at for check
+    and compile.  A target rewrite that needs a node's size judges a node of unknown size at that
+    shape, and then writes only a form exact at every size (the graph stays dynamic): without it,
+    check of the frozen model ran the rewrite that the dynamic graph never got, and placed on the
+    accelerator a node compile left on the CPU (PP-OCRv4 rec's last AveragePool on bernoulli2)."""
+    m = float_passes(model, target, rewrites, for_check=False, static_inputs=static_inputs)
     restore_node_names(model, m)
     return m
 

@@ -69,10 +69,11 @@ from ..graph import GraphView, attr, remove_unused_initializers, set_attr
 from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_DIVISOR, HSIGMOID_OFFSET
 from ..targets import Target
 from ..targets.judge import rule_reasons
-from ..value_info import inferred_shapes
+from ..value_info import inferred_shapes, tensor_shapes
 from .absorb import set_layer_params
 from .channel_pool import channel_reductions_as_pools
 from .fold_affine import layer_params, scale_shift
+from .fold_constants import frozen_view
 from .pixel_unshuffle import unshuffles_as_space_to_depth
 from .wide_conv import wide_convs_as_space_to_depth
 
@@ -96,8 +97,11 @@ class Rewrite:
         return asdict(self)
 
 
-def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelProto, list[Rewrite]]:
-    """A new model with the rewrites ``target`` needs (a copy when none), and the list of them."""
+def target_rewrites(model: onnx.ModelProto, target: Target, static_inputs: dict[str, list[int]] | None = None
+                    ) -> tuple[onnx.ModelProto, list[Rewrite]]:
+    """A new model with the rewrites ``target`` needs (a copy when none), and the list of them.
+    ``static_inputs``: the input shape a graph with dynamic dimensions is frozen at for check and
+    compile; a strided pool of unknown size is judged there (:func:`_strided_avg_pools`)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     done: list[Rewrite] = []
@@ -107,7 +111,7 @@ def target_rewrites(model: onnx.ModelProto, target: Target) -> tuple[onnx.ModelP
         out, target, lambda c, h, w: _cascade(target, c, h, w, 2) is not None)]
     done += _global_avg_pools(out, target)
     done += _axis_avg_pools(out, target)
-    done += _strided_avg_pools(out, target)
+    done += _strided_avg_pools(out, target, static_inputs)
     done += _subs_as_adds(out.graph, target)
     done += [Rewrite(n, "wide_conv_as_space_to_depth", ok, why) for n, ok, why in wide_convs_as_space_to_depth(out, target)]
     done += [Rewrite(n, "pixel_unshuffle_as_space_to_depth", ok, why)
@@ -290,14 +294,31 @@ def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     return done
 
 
-def _strided_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
+def _static_map(xs: list | None) -> bool:
+    return xs is not None and len(xs) == 4 and all(isinstance(d, int) and d > 0 for d in xs[1:])
+
+
+def _strided_avg_pools(model: onnx.ModelProto, target: Target,
+                       static_inputs: dict[str, list[int]] | None = None) -> list[Rewrite]:
     """The strided average pools the target's pool rejects, as a stride-1 pool and a 1 x 1
-    ``MaxPool`` that keeps every stride-th value (module docstring)."""
+    ``MaxPool`` that keeps every stride-th value (module docstring).
+
+    A pool whose map size the graph leaves dynamic is judged at its size in the graph frozen at
+    ``static_inputs`` (what check and compile see), and gets only the two-node form, exact at every
+    size: a window that covers a whole axis at that size need not at another (PP-OCRv4 rec's last
+    pool, 3 x 2 stride 3 x 2 over 3 rows at height 48, 6 rows at 96)."""
     graph = model.graph
     done = []
-    for node, xs, elem in _with_input_shapes(model, "AveragePool"):
+    pools = _with_input_shapes(model, "AveragePool")
+    sized: dict[str, list] = {}
+    if static_inputs and any(not _static_map(xs) for _, xs, _ in pools):
+        sized = tensor_shapes(frozen_view(model, static_inputs))
+    for node, xs, elem in pools:
+        general = not _static_map(xs)
+        if general:
+            xs = sized.get(node.input[0])
         a = {k: attr(node, k) for k in ("kernel_shape", "strides", "pads", "ceil_mode", "dilations")}
-        if xs is None or len(xs) != 4 or not all(isinstance(d, int) and d > 0 for d in xs[1:]) or \
+        if not _static_map(xs) or \
                 len(a["kernel_shape"] or []) != 2 or any(a["pads"] or []) or a["ceil_mode"] or \
                 any(d != 1 for d in a["dilations"] or []):
             continue
@@ -305,14 +326,15 @@ def _strided_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
         (kh, kw), (sh, sw) = a["kernel_shape"], a["strides"] or [1, 1]
         if kh > h or kw > w or not _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, sh, sw)):
             continue
-        sh, sw = (1 if kh == h else sh), (1 if kw == w else sw)  # a window over a whole axis: any stride
+        if not general:  # a window over a whole axis: any stride
+            sh, sw = (1 if kh == h else sh), (1 if kw == w else sw)
         name = node.name or node.output[0]
         if _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, 1, 1)):
             done.append(Rewrite(name, "avg_pool_stride_as_subsample", False,
                                 f"AveragePool {kh}x{kw} stride {sh}x{sw} stays: {target.name}'s avg_pool rule "
                                 f"rejects its {kh}x{kw} window at stride 1 too"))
             continue
-        if (sh, sw) == (1, 1) or not _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, sh, sw)):
+        if not general and ((sh, sw) == (1, 1) or not _reasons(target, "avg_pool", _window_params(c, h, w, kh, kw, sh, sw))):
             set_attr(node, "strides", [sh, sw])
             done.append(Rewrite(name, "avg_pool_stride_as_subsample", True,
                                 f"AveragePool {kh}x{kw} over {h}x{w}: stride 1 along the axis its window covers whole"))
@@ -326,7 +348,7 @@ def _strided_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
         mid = f"{node.output[0]}/stride1"
         _insert_before(graph, node, [helper.make_node("AveragePool", [node.input[0]], [mid], name=f"{name}/stride1",
                                                       kernel_shape=[kh, kw], strides=[1, 1])],
-                       [helper.make_tensor_value_info(mid, elem, [xs[0], c, ph, pw])])
+                       [helper.make_tensor_value_info(mid, elem, None if general else [xs[0], c, ph, pw])])
         node.op_type = "MaxPool"
         node.input[0] = mid
         del node.attribute[:]

@@ -61,7 +61,7 @@ from ..graph import GraphView, is_qdq, unique_name
 from ..input_shapes import mark_frozen_inputs
 from ..operators import is_integer_format_op
 from ..outputs import StagedOutputs
-from ..passes.fold_constants import fold_static_shapes
+from ..passes.fold_constants import frozen_view
 from ..passes.optimize import optimize_float
 from ..passes.zero_terms import zero_by_construction
 from ..targets import Target, load_target
@@ -210,7 +210,8 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     dynamic = bool(open_dims) or other_batch if cfg.calib_dynamic_dims is None else cfg.calib_dynamic_dims
     _step(progress, "optimize")
     rewrites: list = []  # the target rewrites (passes/target_rewrites.py), reported in quant_info
-    opt = optimize_float(_dynamic_graph(source_proto, loaded) if dynamic else original, tgt, rewrites)
+    opt = optimize_float(_dynamic_graph(source_proto, loaded) if dynamic else original, tgt, rewrites,
+                         static_inputs if dynamic else None)
     if dynamic and cfg.calib_dynamic_dims is None and _branches_on_shape(opt, static_inputs):
         log.info("the model branches on its dynamic input dimensions: quantized and saved at %s", static_inputs)
         dynamic = False
@@ -559,22 +560,8 @@ def _branches_on_shape(model: onnx.ModelProto, static_inputs: dict[str, list[int
 
 
 def _frozen(model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> onnx.ModelProto:
-    """A view of ``model`` at the shape it is quantized at: inputs frozen, static shapes inferred,
-    the shape arithmetic that became constant folded (as ``check`` folds it; quantize and
-    dequantize steps are never folded).
-
-    The quantizer works on one graph with the source's dynamic dimensions; the stages that need
-    static shapes read this view: ``check`` and the report (the float graph) and ``compile``
-    (``QuantizedModel.model``)."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model)
-    for inp in model_io.graph_inputs(proto):
-        dims = inp.type.tensor_type.shape.dim
-        for k, value in enumerate(static_inputs[inp.name]):
-            dims[k].Clear()
-            dims[k].dim_value = int(value)
-    proto = model_io.infer_static_shapes(proto)
-    return model_io.infer_static_shapes(fold_static_shapes(proto))
+    """A view of ``model`` at the shape it is quantized at (:func:`~npuflow.passes.fold_constants.frozen_view`)."""
+    return frozen_view(model, static_inputs)
 
 
 def _input_specs(model: onnx.ModelProto, static_inputs: dict[str, list[int]], dynamic_dims: bool) -> list[InputSpec]:
