@@ -112,6 +112,16 @@ def _defs(*defs: OpDef) -> dict[str, OpDef]:
 
 
 _A, _L, _F = Role.ACTIVATION, Role.LAYOUT, Role.FOLLOWER
+
+
+def _code_table(op_type: str, kind: str) -> OpDef:
+    """A one-input activation that on an int8 input with one output scale is a function of the input
+    code alone: one 256-entry table (``compiler/lowering.lower_unary``).  Quantized wherever the
+    target places it, like any quantized op: quantized only between two quantized ops (the rule ELU,
+    Tanh, Selu and Softplus had), one before a ``MaxPool`` or after a CPU node stayed float, and so
+    did the pool (madmom's ELU TCNs, Tanh -> MaxPool, Mish's Softplus after a pool).  Which targets
+    run the table is theirs to say (``HzLut`` on bernoulli2; no DPU lists one)."""
+    return OpDef(op_type, kind, _A, quantized=True, table=True)
 _ORT = "com.microsoft"  # ONNX Runtime's contrib ops
 _IN, _ALL, _POW2 = SharedScale.OUTPUT_IS_INPUT, SharedScale.ALL, SharedScale.INPUTS_ON_POW2
 
@@ -146,18 +156,17 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("LeakyRelu", "leaky_relu", _A, quantized=True, chain=True, table=True),
     OpDef("HardSigmoid", "hard_sigmoid", _A, quantized=True, chain=True, table=True),
     OpDef("HardSwish", "hard_swish", _A, quantized=True, chain=True, table=True),
-    OpDef("Sigmoid", "sigmoid", _A, quantized=True, table=True),
+    _code_table("Sigmoid", "sigmoid"),
     # slope (input 1): a float constant of the quantized model, as ONNX Runtime's QDQ form keeps it;
     # lowered as one code table per slope element (``compiler/lowering.py``)
     OpDef("PRelu", "prelu", _A, params=(1,), quantized=True, lowered=True),
-    OpDef("Tanh", "tanh", _A, table=True),
-    # a function of its int8 input code alone (one table), as Sigmoid and GELU; targets say where it runs
-    OpDef("Elu", "elu", _A, quantized=True, table=True),
-    OpDef("Selu", "selu", table=True),
-    OpDef("Softplus", "softplus", table=True),
-    OpDef("Mish", "mish"),
+    _code_table("Tanh", "tanh"),
+    _code_table("Elu", "elu"),
+    _code_table("Selu", "selu"),
+    _code_table("Softplus", "softplus"),
+    _code_table("Mish", "mish"),  # opset 18's one node; torch's decomposed Mish is Softplus -> Tanh -> Mul
     # opset 20's one node; the decomposed forms are one ``gelu`` activation too (``passes/gelu.py``)
-    OpDef("Gelu", "gelu", _A, quantized=True, table=True),
+    _code_table("Gelu", "gelu"),
     OpDef("Neg", "neg", table=True),
     OpDef("Abs", "abs", table=True),
     # pooling

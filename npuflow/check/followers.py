@@ -57,8 +57,9 @@ def _in_tail(key: K, quantized: set[K], op_type: Callable[[K], str], readers_of:
     calibrated without positives is not clipped); one that is itself the model output, or read by a
     float compute op, keeps its grid too, so the accuracy check can pass a silent probability within
     one step of FP32 (float, computed from the quantized logit, it is neither on a grid nor close in
-    cosine).  Tanh and Softmax are no quantized ops; HardSigmoid's range is calibrated and it fuses
-    into its producer, as ReLU does.  A table op the quantizer never quantizes alone (a Tanh) that is
+    cosine).  Tanh's range is calibrated (it has no fixed-interval entry) and Softmax is no quantized
+    op; HardSigmoid's range is calibrated and it fuses into its producer, as ReLU does.  A table op
+    the quantizer never quantizes alone (a ``Neg``, an ``Abs``; before session 33 a Tanh) that is
     the node's one reader, and whose readers are all quantized, reads integers too: the compiler
     lowers it as a table between this node's quantize step and theirs (a ConvLSTM's ``chunk`` of the gate conv into ``Tanh(g)``: the
     Slice went float for want of a quantized reader, the Tanh for want of a quantized input, and
