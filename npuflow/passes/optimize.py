@@ -58,6 +58,7 @@ from .linear_bias import canonical_linear_biases, untie_shared_biases
 from .maxpool_indices import maxpool_indices_apart
 from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
+from .reduce_sum import short_sums_as_adds
 from .remove_identity import remove_identity
 from .resize_linear import linear_resizes_as_conv_transpose
 from .split_slices import splits_as_slices
@@ -137,6 +138,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("const_left_matmuls_as_right", lambda m, t, r: const_left_matmuls_as_right(m, t), check=True),
     # check too: BoTNet's relative-position logits q^T @ P (P: one constant matrix per head) had no integer lowering
     FloatPass("head_matmuls_as_2d", lambda m, t, r: head_matmuls_as_2d(m, t), check=True),
+    # check too: ResNeSt's radix sums x.view(b, r, c, h, w).sum(1) had no integer lowering anywhere
+    FloatPass("short_sums_as_adds", lambda m, t, r: short_sums_as_adds(m, t), check=True),
     # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
     FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),

@@ -1,0 +1,95 @@
+"""A sum over a short axis (``ReduceSum`` of one axis of size 2..:data:`MAX_TERMS`) as slices and adds.
+
+ResNeSt's split attention sums its radix branches, ``x.view(b, r, c, h, w).sum(1)``, twice per block
+(the branches before the attention and the weighted ones after it); no target lowers ``ReduceSum``
+("has no integer lowering" on cpu-int8, "no DPU / BPU implementation" on the others), so each ran
+in float on the CPU between two accelerator subgraphs (round 24: 7 accelerator subgraphs on every
+target for two blocks).  A sum of r terms along an axis is r width-1 ``Slice``s of that axis added
+left to right (``-> Squeeze`` of the axis for ``keepdims`` 0): the same terms, each ``Add`` one
+element-wise add every target runs.  Only a constant single axis of known size on real-valued data,
+and only where the target runs both slices and element-wise adds (every bundled target); longer
+axes stay (a softmax's or a pooling's sum is no chain of adds worth its requantisations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..graph import GraphView, attr, remove_unused_initializers
+from ..targets import Target
+from ..value_info import inferred_dims, tensor_elem_types
+from .activations import _splice
+from .gather_slice import _REAL
+
+#: longer axes stay one ReduceSum (each further term is another requantised add)
+MAX_TERMS = 8
+
+
+def short_sums_as_adds(model: onnx.ModelProto, target: Target | None) -> onnx.ModelProto:
+    """A new model with each sum over one short axis written as slices and adds where ``target``
+    runs them (the model itself when nothing changes)."""
+    if target is None or any(target.rule(op) is None for op in ("strided_slice", "eltwise_add")):
+        return model
+    if not any(n.op_type == "ReduceSum" and not n.domain for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    view = GraphView(out.graph)
+    dims = inferred_dims(out)
+    try:
+        types = tensor_elem_types(onnx.shape_inference.infer_shapes(out))
+    except (ValueError, onnx.shape_inference.InferenceError):
+        types = tensor_elem_types(out)
+    changed = False
+    for node in list(out.graph.node):
+        if node.op_type != "ReduceSum" or node.domain:
+            continue
+        shape = dims.get(node.input[0]) or ()
+        axis = _one_axis(node, view, len(shape))
+        if axis is None or types.get(node.input[0]) not in _REAL:
+            continue
+        terms = shape[axis]
+        if not isinstance(terms, int) or not 2 <= terms <= MAX_TERMS:
+            continue
+        _splice(out.graph, [node], _slices_and_adds(out.graph, node, axis, terms, bool(attr(node, "keepdims", 1))))
+        changed = True
+    if not changed:
+        return model
+    remove_unused_initializers(out.graph)
+    return out
+
+
+def _one_axis(node: onnx.NodeProto, view: GraphView, rank: int) -> int | None:
+    """The one axis ``node`` sums over (opset 13's ``axes`` input or the older attribute), or ``None``."""
+    if rank == 0:
+        return None
+    axes = view.value(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "axes", None)
+    if axes is None or np.size(axes) != 1:
+        return None
+    return int(np.ravel(axes)[0]) % rank
+
+
+def _slices_and_adds(graph: onnx.GraphProto, node: onnx.NodeProto, axis: int, terms: int, keep: bool) -> list:
+    """The nodes of the sum: a width-1 ``Slice`` per term, adds left to right, a ``Squeeze`` for
+    ``keepdims`` 0; the last node writes ``node``'s output under its name; constants go to ``graph``."""
+    name = node.name or node.output[0]
+    graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), f"{name}/axes"))
+    nodes, total = [], ""
+    for i in range(terms):
+        for key, value in (("starts", i), ("ends", i + 1)):
+            graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{name}/term{i}/{key}"))
+        term = f"{node.output[0]}/term{i}"
+        nodes.append(helper.make_node("Slice", [node.input[0], f"{name}/term{i}/starts", f"{name}/term{i}/ends",
+                                                f"{name}/axes"], [term], name=f"{name}/term{i}"))
+        if i == 0:
+            total = term
+            continue
+        last = i == terms - 1
+        summed = node.output[0] if last and keep else f"{node.output[0]}/sum{i}"
+        nodes.append(helper.make_node("Add", [total, term], [summed], name=name if last and keep else f"{name}/add{i}"))
+        total = summed
+    if not keep:
+        nodes.append(helper.make_node("Squeeze", [total, f"{name}/axes"], [node.output[0]], name=name))
+    return nodes
