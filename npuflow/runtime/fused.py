@@ -59,7 +59,7 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from .epilogues import out_type
-from . import fused_cache, fused_pairs, fused_pool, fused_qlinear
+from . import fused_cache, fused_pairs, fused_permute, fused_pool, fused_qlinear
 from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
                         direct_run)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
@@ -553,7 +553,9 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         emitter = _EMITTERS.get(op["op"])
         if emitter is None:
             raise NotFusable(f"{op['op']} runs as its kernel")
-        emitter(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+        written, blobs = fused_permute.before(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+        emitter(g, written, blobs)
+        fused_permute.after(g, op)
 
     def rebuild(run_ops: range) -> Callable[[], Graph]:
         """The graph of ``run_ops`` written again: each op was written without a rollback, on a

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from onnx import helper
 
-from . import fused_fixed, fused_qlinear
+from . import fused_fixed, fused_permute, fused_qlinear
 from .fused_graph import Graph, channel, clamp_bounds, code_span
 
 
@@ -127,7 +127,8 @@ def dense_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int], exact_
     bias = np.concatenate([b2[good], b2[fixed]] + [b2[fixed] + s for s in shifts])
     if not fused_qlinear.conv(g, sub, t, pads, {**blobs, "w": w2[rows], "b": bias}):
         return False
-    runs = len(_runs(good)) + len(_runs(fixed)) + len(_runs(np.setdiff1d(bad, fixed))) <= MAX_RUNS
+    permuted = fused_permute.absorbed(g, out)  # readers take the kernel's order: no reordering at all
+    runs = not permuted and len(_runs(good)) + len(_runs(fixed)) + len(_runs(np.setdiff1d(bad, fixed))) <= MAX_RUNS
     cut = _runs if runs else _whole
     runs_good, runs_fixed = cut(good), cut(fixed)
     pieces = split_channels(g, g.as_bytes(name, lo), [len(r) for r in runs_good] + [len(fixed)] * (1 + len(groups)))
@@ -151,9 +152,15 @@ def dense_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int], exact_
                    {**blobs, "w": np.asarray(blobs["w"])[exact], "b": np.asarray(blobs["b"]).reshape(-1)[exact]})
         runs_exact = cut(exact)
         parts += zip(runs_exact, split_channels(g, g.as_bytes(name, lo), [len(r) for r in runs_exact]))
-    parts.sort(key=lambda part: part[0][0])  # in layer order where cut into runs
+    if not permuted:
+        parts.sort(key=lambda part: part[0][0])  # in layer order where cut into runs
     y = parts[0][1] if len(parts) == 1 else g.node("Concat", [t for _, t in parts], axis=1)
-    order = np.argsort(np.concatenate([c for c, _ in parts]))
+    held = np.concatenate([c for c, _ in parts])  # the layer channel at each channel of y
+    order = np.argsort(held)
+    if permuted and not np.array_equal(order, np.arange(len(order))):
+        g.put_bytes(out, y, lo)
+        g.perm[out] = held
+        return True
     g.put_bytes(out, y if np.array_equal(order, np.arange(len(order))) else
                 g.node("Gather", [y, g.const(order, np.int64)], axis=1), lo)
     return True

@@ -91,6 +91,9 @@ class Graph:
     #: equal constants (PP-OCR cls's hard-swish tables of equal scales: 27 % of its fused run's
     #: constant bytes) are one initialiser, so ONNX Runtime copies and keeps them once
     shared: dict = field(default_factory=dict)
+    #: 8-bit NCHW tensor -> the layer channel its bytes hold at each stored channel, where a fix
+    #: layer left them in its kernel's order for readers that absorb it (``fused_permute``)
+    perm: dict = field(default_factory=dict)
 
     def fresh(self) -> str:
         self.count += 1
@@ -184,7 +187,7 @@ class Graph:
     def mark(self) -> tuple:
         return (len(self.nodes), len(self.inits), len(self.inputs), self.count,
                 *(dict(d) for d in (self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-                                    self.byte_offsets, self.arrays, self.shared, self.views)))
+                                    self.byte_offsets, self.arrays, self.shared, self.views, self.perm)))
 
     def clear(self) -> None:
         """Drop what only writing the graph needed: its nodes, initialisers, tables and arrays.
@@ -197,7 +200,7 @@ class Graph:
 
     def rollback(self, mark: tuple) -> None:
         (n, i, k, self.count, self.names, self.tables, self.offsets, self.shifted, self.pads, self.bytes,
-         self.byte_offsets, self.arrays, self.shared, self.views) = mark
+         self.byte_offsets, self.arrays, self.shared, self.views, self.perm) = mark
         del self.nodes[n:], self.inits[i:], self.inputs[k:]
 
     def model(self, outputs: list[onnx.ValueInfoProto], extra_nodes: list = (), extra_inits: list = ()

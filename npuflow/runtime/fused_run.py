@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import NpuflowError
 from ..ort_session import open_session
-from . import fused_cache
+from . import fused_cache, fused_permute
 from .fused_graph import SMALL_RUN_BYTES, Graph, elem_type, input_name
 
 #: A run's ``produced`` tensors, or what reads them from its ops when first asked (a stored run:
@@ -162,6 +162,8 @@ class FusedRun:
         """``g`` as the graph that makes ``outputs``, its external weights and whether its session
         keeps the memory pattern; ``g`` is cleared and ``release`` called (the class docstring)."""
         heads = []
+        for name in [t for t in outputs if t in g.perm]:  # a run's outputs in layer order
+            fused_permute.restore(g, name)
         for name in outputs:
             if name in g.bytes and np.dtype(g.tensors[name]["dtype"]) == np.uint8 and not g.byte_offsets.get(name):
                 heads.append((g.bytes[name], None))  # uint8 codes as an integer kernel wrote them
