@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, hard_activation
+from ..activation_patterns import hard_activation
+from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses
 from ..targets.spec import Target
 from ..graph import GraphView
 from ..node_kinds import ACTIVATION, DYNAMIC_WEIGHT, OpInfo
@@ -33,7 +34,7 @@ def _single_consumer(view: GraphView, tensor: str) -> int | None:
 
 
 class _Patterns:
-    """The checker's graph view as the registry's :class:`~npuflow.operators.PatternView`: through
+    """The checker's graph view as the registry's :class:`~npuflow.activation_patterns.PatternView`: through
     Q/DQ steps, so a quantized model's decomposed activations are found as a float model's."""
 
     def __init__(self, view: GraphView) -> None:
@@ -58,7 +59,7 @@ class _Patterns:
 
 
 def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, int]:
-    """Activations exporters write as several nodes (:func:`npuflow.operators.hard_activation`:
+    """Activations exporters write as several nodes (:func:`npuflow.activation_patterns.hard_activation`:
     ``x * HardSigmoid(x)``, ``x * Clip(x + 3, 0, 6) / 6``, ``Clip(x + 3, 0, 6) / 6``; a GELU,
     :func:`npuflow.passes.gelu.gelu`); the last node becomes the activation.  Returns {member: last node}."""
     g = pattern_view(view)
@@ -81,7 +82,7 @@ def find_activation_patterns(view: GraphView, infos: list[OpInfo]) -> dict[int, 
 
 
 def pattern_view(view: GraphView) -> _Patterns:
-    """``view`` as the registry's :class:`~npuflow.operators.PatternView`, through Q/DQ steps (the
+    """``view`` as the registry's :class:`~npuflow.activation_patterns.PatternView`, through Q/DQ steps (the
     compiler asks it too, so it names a GELU's table as the checker places it)."""
     return _Patterns(view)
 

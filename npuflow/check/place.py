@@ -20,7 +20,8 @@ from ..custom_ops import lookup as lookup_custom_op
 from ..errors import NpuflowError
 from ..model import ModelLike, infer_static_shapes, load, name_nodes
 from ..model_checks import KNOWN_DOMAINS
-from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def, unit_kind
+from ..activation_patterns import unit_kind
+from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
 from ..passes.target_rewrites import Rewrite
 from ..targets import Target, load_target
 from .cone import cone_reason, float_cones

@@ -20,7 +20,8 @@ import onnx
 from ..check.fusion import pattern_view
 from ..check.lowerable import lowering_limit, table_lowered
 from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
-from ..operators import PRELU_MAX_SLOPES, is_depthwise, unit_kind
+from ..activation_patterns import unit_kind
+from ..operators import PRELU_MAX_SLOPES, is_depthwise
 from ..graph import attr
 from ..passes.gelu import gelu, table_ops
 from ..passes.linear_bias import linear_bias

@@ -2,7 +2,7 @@
 
 Exporters often write hard-sigmoid as ``Clip(x + 3, 0, 6) / 6`` and hard-swish as
 ``x * that``; :func:`fuse_activation_patterns` rewrites those (as the registry's
-:func:`~npuflow.operators.hard_activation` finds them, the checker's answer too) into one ``HardSigmoid`` /
+:func:`~npuflow.activation_patterns.hard_activation` finds them, the checker's answer too) into one ``HardSigmoid`` /
 ``HardSwish`` node (the last node of the pattern keeps its name and output) so the quantizer and
 the checker see one form.  :func:`op_kind` names the op an activation may fuse into in the
 vocabulary of target files (``conv2d``, ``fc`` ...); what the ops are, which activations exist and
@@ -15,8 +15,8 @@ import onnx
 from onnx import helper
 
 from ..model import default_opset
-from ..operators import (HSIGMOID_ALPHA, HSIGMOID_BETA, conv_in_channels, conv_kind, hard_activation, is_depthwise,
-                         is_standard_hard_sigmoid, op_def)
+from ..activation_patterns import hard_activation, is_standard_hard_sigmoid
+from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, conv_in_channels, conv_kind, is_depthwise, op_def
 from ..graph import GraphView, attr, remove_unused_initializers
 
 
@@ -48,7 +48,7 @@ def fuse_activation_patterns(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class FloatView:
-    """A float graph as the registry's :class:`~npuflow.operators.PatternView` (the activation and
+    """A float graph as the registry's :class:`~npuflow.activation_patterns.PatternView` (the activation and
     GELU patterns of :mod:`.gelu` read it)."""
 
     def __init__(self, idx: GraphView) -> None:
@@ -68,7 +68,7 @@ class FloatView:
 
 
 def _rewrite_one(graph: onnx.GraphProto, opset: int) -> bool:
-    """Rewrite the first decomposed activation (:func:`npuflow.operators.hard_activation`) in
+    """Rewrite the first decomposed activation (:func:`npuflow.activation_patterns.hard_activation`) in
     graph order; ``x * HardSigmoid(x)`` becomes ``HardSwish`` only where the opset has it."""
     g = FloatView(GraphView(graph))
     for node in graph.node:

@@ -29,7 +29,8 @@ import onnx
 from onnx import helper
 
 from ..graph import GraphView, remove_unused_initializers, set_array, unique_name
-from ..operators import STANDARD_DOMAINS, TABLE_OPS, PatternView, close, node_attr
+from ..activation_patterns import PatternView
+from ..operators import STANDARD_DOMAINS, TABLE_OPS, close, node_attr
 from .activations import FloatView
 
 #: The constants of the two forms (float32 storage is within :data:`npuflow.operators.PATTERN_TOL`).

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..operators import DPU_HSIGMOID_SCALE, HSIGMOID_DIVISOR, HSIGMOID_OFFSET, is_standard_hard_sigmoid
+from ..activation_patterns import is_standard_hard_sigmoid
+from ..operators import DPU_HSIGMOID_SCALE, HSIGMOID_DIVISOR, HSIGMOID_OFFSET
 from ..graph import attr, set_attr
 from ..targets import Target
 from ..targets.judge import rule_reasons

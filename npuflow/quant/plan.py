@@ -39,8 +39,8 @@ import onnx
 from ..check.cone import float_cones
 from ..check.followers import drop_float_tail, float_tail_applies, follows_quantized
 from ..model import tensor_elem_types
-from ..operators import (FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, is_dpu_hard_sigmoid_scale, op_def,
-                         unit_kind)
+from ..activation_patterns import is_dpu_hard_sigmoid_scale, unit_kind
+from ..operators import FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, op_def
 from ..passes.activations import op_kind
 from ..passes.gelu import float_gelus
 from ..passes.linear_bias import linear_bias
@@ -439,7 +439,7 @@ def _activation_units(structural: list[tuple[list[onnx.NodeProto], str, str]], p
 
 def _dpu_hsigmoid_chain(add: onnx.NodeProto, idx: GraphView) -> list[onnx.NodeProto] | None:
     """``Add(x, 3) -> Clip(0, 6) -> Mul(2731/16384)`` starting at ``add`` (the legalised DPU form,
-    recognised by :func:`npuflow.operators.unit_kind`)."""
+    recognised by :func:`npuflow.activation_patterns.unit_kind`)."""
     if add.op_type != "Add":
         return None
     clip = idx.only_consumer(add.output[0])

@@ -20,6 +20,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import npuflow
+from npuflow import activation_patterns as patterns
 from npuflow import operators as ops
 from npuflow.compiler.lowering import LOWERINGS
 from npuflow.passes.activations import fuse_activation_patterns, op_kind
@@ -88,8 +89,8 @@ def test_predicates():
     assert ops.clip_kind(0.0, float("inf")) == "relu"
     assert ops.clip_kind(0.0, float(np.float32(6.000001))) == "clip"  # exact, not within a tolerance
     assert ops.clip_kind(None, 6.0) == "clip"
-    assert ops.divides_by_six("Div", 6.0) and ops.divides_by_six("Mul", float(np.float32(1 / 6)))
-    assert not ops.divides_by_six("Mul", 0.1667) and not ops.divides_by_six("Add", 6.0)
+    assert patterns.divides_by_six("Div", 6.0) and patterns.divides_by_six("Mul", float(np.float32(1 / 6)))
+    assert not patterns.divides_by_six("Mul", 0.1667) and not patterns.divides_by_six("Add", 6.0)
 
 
 def _scalars(inits: dict[str, float]):
@@ -104,13 +105,13 @@ def test_unit_kind_recognises_the_units_the_quantizer_writes():
     div = helper.make_node("Div", ["r", "six"], ["h"])
     swish = helper.make_node("Mul", ["x", "h"], ["y"])
     s = _scalars(c)
-    assert ops.unit_kind([add, clip, dpu], s) == "hard_sigmoid"
-    assert ops.unit_kind([add, clip, div], s) == "hard_sigmoid"
-    assert ops.unit_kind([add, clip, dpu, swish], s) == "hard_swish"
-    assert ops.unit_kind([helper.make_node("HardSigmoid", ["x"], ["h"]), swish], s) == "hard_swish"
-    assert ops.unit_kind([helper.make_node("Clip", ["x", "zero", "one"], ["y"])], s) == "clip"  # not relu6
-    assert ops.unit_kind([helper.make_node("Clip", ["x", "zero", "six"], ["y"])], s) == "relu6"
-    assert ops.unit_kind([helper.make_node("Add", ["x", "one"], ["a"]), clip, dpu], s) is None
+    assert patterns.unit_kind([add, clip, dpu], s) == "hard_sigmoid"
+    assert patterns.unit_kind([add, clip, div], s) == "hard_sigmoid"
+    assert patterns.unit_kind([add, clip, dpu, swish], s) == "hard_swish"
+    assert patterns.unit_kind([helper.make_node("HardSigmoid", ["x"], ["h"]), swish], s) == "hard_swish"
+    assert patterns.unit_kind([helper.make_node("Clip", ["x", "zero", "one"], ["y"])], s) == "clip"  # not relu6
+    assert patterns.unit_kind([helper.make_node("Clip", ["x", "zero", "six"], ["y"])], s) == "relu6"
+    assert patterns.unit_kind([helper.make_node("Add", ["x", "one"], ["a"]), clip, dpu], s) is None
 
 
 def _conv_model(transposed: bool, ic: int, group: int, oc_per_group: int) -> onnx.ModelProto:
@@ -181,7 +182,7 @@ _PATTERNS = {
 
 @pytest.mark.parametrize("name", list(_PATTERNS))
 def test_checker_and_float_passes_find_the_same_decomposed_activations(name):
-    """One matcher (:func:`npuflow.operators.hard_activation`) for both: what the checker places
+    """One matcher (:func:`npuflow.activation_patterns.hard_activation`) for both: what the checker places
     as one activation is what the float passes write as one node, and neither takes ``6 / relu6(x + 3)``
     (the checker's own copy did: it never looked at which operand a Div divides by) or ``x + 3.1``."""
     spec, kind, left = _PATTERNS[name]
