@@ -411,6 +411,10 @@ DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", 
 #: that counts when the joined graph's kernels are compared with the parts' (``runtime/joined.py``; PP-OCR
 #: cls on B4096: the two ``Squeeze`` of its fused run's output, which the joined graph's optimiser removes).
 SEAM_MOVES = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
+#: Attributes an op gained at a later opset whose default keeps its earlier meaning, with that default: a node
+#: of the earlier opset (which cannot set it) means the same there (``runtime/joined``: PP-OCR cls's opset-13
+#: ``Reshape`` in an opset-18 joined graph; ``allowzero`` 0 copies a 0 dimension, as opset 13 always did).
+ADDED_KEEPING_MEANING = {("", "Reshape", "allowzero"): 0}
 #: Ops with a shape operand (its input index) equal to the shape of their output (``perf/cpu_time.py``
 #: feeds such an operand, when it comes from outside a timed CPU part, the node's declared output shape).
 SHAPE_OPERAND_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}

@@ -49,7 +49,7 @@ from onnx import defs
 from .. import ort_kernels, ort_verdicts
 from ..errors import NpuflowError
 from ..model_checks import KNOWN_DOMAINS
-from ..operators import SEAM_MOVES
+from ..operators import ADDED_KEEPING_MEANING, SEAM_MOVES
 from ..ort_session import open_session
 from . import fused, merge
 from .fused_graph import OPSETS
@@ -129,7 +129,7 @@ def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> list[onn
         before, after = (defs.get_schema(node.op_type, v, domain) for v in (old, new))
     except defs.SchemaError:
         return None
-    if before.since_version == after.since_version:
+    if before.since_version == after.since_version or _only_added(before, after, domain):
         return [node]
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
@@ -149,6 +149,21 @@ def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> list[onn
         copy.input.append(name)
         return [constant, copy]
     return None
+
+
+def _only_added(before: defs.OpSchema, after: defs.OpSchema, domain: str) -> bool:
+    """Whether ``after`` is ``before`` with the same inputs, outputs and at least its types, and only
+    attributes whose default keeps the earlier meaning added (``operators.ADDED_KEEPING_MEANING``:
+    ``Reshape`` 13 -> 14's ``allowzero``), so that a node of ``before`` means the same under ``after``."""
+    added = set(after.attributes) - set(before.attributes)
+    types = {t.type_param_str: set(t.allowed_type_strs) for t in after.type_constraints}
+    return (set(before.attributes) <= set(after.attributes)
+            and [(i.name, i.type_str) for i in before.inputs] == [(i.name, i.type_str) for i in after.inputs]
+            and [(o.name, o.type_str) for o in before.outputs] == [(o.name, o.type_str) for o in after.outputs]
+            and all(set(t.allowed_type_strs) <= types.get(t.type_param_str, set()) for t in before.type_constraints)
+            and all((key := (domain, before.name, a)) in ADDED_KEEPING_MEANING
+                    and after.attributes[a].default_value == onnx.helper.make_attribute(a, ADDED_KEEPING_MEANING[key])
+                    for a in added))
 
 
 def _axes_moved(before: defs.OpSchema, after: defs.OpSchema) -> bool:
