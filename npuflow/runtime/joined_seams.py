@@ -1,0 +1,141 @@
+"""Seams of a joined graph where a CPU part's quantize step hands bytes to a fused run: one quantize step.
+
+A CPU subgraph writes its output as int8 codes (``QuantizeLinear`` of its scale and zero point); a fused
+run that reads them as ONNX Runtime's uint8 operands turns them into its own form with
+``Cast(float) -> Add(128) -> Cast(uint8)``.  Joined (``runtime/joined.py``), those three nodes stand in
+one graph next to the quantize step that made the bytes, and ONNX Runtime runs them as three kernels
+(EfficientFormer-style net on bernoulli2: 7 such seams, 62 ``Cast`` nodes in its optimised joined graph
+where ORT's plain QDQ model has none).  ``QuantizeLinear`` of the same input and scale with the zero point
+raised by 128 to a uint8 one makes those uint8 bytes directly, exactly: ONNX Runtime divides by the same
+scale and rounds the same quotient to even, and clamping ``q + zp`` to [-128, 127] then adding 128 is
+clamping ``q + zp + 128`` to [0, 255].
+
+:func:`one_quantize_step` writes that form; ``joined._joined`` keeps it only where ONNX Runtime's optimised
+graph of it runs the joined graph's kernels less the nodes it removed (``joined.same_but_seams``: no
+fusion changes with it), but for the one-step round trips :func:`moved_round_trips` counts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ..operators import SEAM_MOVES
+
+_ZERO_POINT = "/u8_zero_point"  # the name of a quantize step's zero point written here, after its int8 step's output
+
+
+def one_quantize_step(model: onnx.ModelProto, external: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """``model`` with each ``QuantizeLinear`` (int8, constant one-value scale and zero point) whose
+    reader ``Cast(float) -> Add(128) -> Cast(uint8)`` chain is read nowhere else written as a uint8
+    ``QuantizeLinear`` of zero point + 128 (module docstring; the int8 one dropped where nothing else reads
+    it); ``model`` itself where it has no such seam."""
+    nodes = list(model.graph.node)
+    consts = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in n.input:
+            readers.setdefault(i, []).append(k)
+    kept = {o.name for o in model.graph.output}
+    replaced: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    zero_points: list[onnx.TensorProto] = []
+    for k, q in enumerate(nodes):
+        zp = _int8_step(q, consts, external)
+        if zp is None:
+            continue
+        chains = [c for c in (_chain(nodes, r, readers, kept, consts, external) for r in readers.get(q.output[0], []))
+                  if c is not None]
+        name = f"{q.output[0]}{_ZERO_POINT}"
+        for chain in chains:
+            last = nodes[chain[-1]]
+            replaced[chain[-1]] = onnx.helper.make_node("QuantizeLinear", [q.input[0], q.input[1], name], list(last.output),
+                                                        name=f"{last.name}/u8")
+            dropped.update(chain[:-1])
+        if chains:
+            shape = _array(q.input[2], consts, external).shape
+            zero_points.append(onnx.numpy_helper.from_array(np.full(shape, zp + 128, np.uint8), name))
+            if len(chains) == len(readers[q.output[0]]) and q.output[0] not in kept:
+                dropped.add(k)
+    if not replaced:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(replaced.get(k, n) for k, n in enumerate(nodes) if k not in dropped)
+    out.graph.initializer.extend(zero_points)
+    return out
+
+
+def moved_round_trips(model: onnx.ModelProto, external: dict[str, np.ndarray],
+                      exact: Callable[[float, int, int], bool]) -> int:
+    """How many of the uint8 quantize steps :func:`one_quantize_step` wrote in ``model`` read a data movement
+    (``operators.SEAM_MOVES``: EfficientFormer's attention output, MatMul, Transpose, Reshape, then the step)
+    with a round trip that gives back every code (``exact``: ``joined._round_trip_exact``).  ONNX Runtime
+    moves such a step before the movement and drops the ``DequantizeLinear -> QuantizeLinear`` pair of that
+    one step it leaves behind: quantizing is elementwise, so the bytes are the same.  (Of the int8 step it
+    replaced, ONNX Runtime's int8 -> uint8 conversion kept one pair of each per step.)"""
+    consts = {t.name: t for t in model.graph.initializer}
+    made = {o: n for n in model.graph.node for o in n.output}
+    found = 0
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or not n.input[2].endswith(_ZERO_POINT) or n.input[0] not in made \
+                or made[n.input[0]].op_type not in SEAM_MOVES:
+            continue
+        scale, zp = (_array(t, consts, external) for t in n.input[1:])
+        found += exact(float(scale.reshape(())), int(zp.reshape(())), onnx.TensorProto.UINT8)
+    return found
+
+
+def _chain(nodes: list[onnx.NodeProto], first: int, readers: dict[str, list[int]], kept: set[str],
+           consts: dict, external: dict) -> list[int] | None:
+    """The indices of ``Cast(float) -> Add(128) -> Cast(uint8)`` from node ``first``, each output but the
+    last read only by the next node and not a graph output; else None."""
+    cast = first
+    if not _cast(nodes[cast], onnx.TensorProto.FLOAT) or not _only_reader(nodes[cast].output[0], readers, kept):
+        return None
+    add = readers[nodes[cast].output[0]][0]
+    n = nodes[add]
+    if n.op_type != "Add" or n.domain not in ("", "ai.onnx") or len(n.input) != 2:
+        return None
+    other = n.input[1] if n.input[0] == nodes[cast].output[0] else n.input[0]
+    value = _array(other, consts, external)
+    if value is None or value.dtype != np.float32 or value.size != 1 or float(value.reshape(())) != 128.0 \
+            or value.ndim > 1 or not _only_reader(n.output[0], readers, kept):
+        return None
+    back = readers[n.output[0]][0]
+    return [cast, add, back] if _cast(nodes[back], onnx.TensorProto.UINT8) else None
+
+
+def _only_reader(name: str, readers: dict[str, list[int]], kept: set[str]) -> bool:
+    return len(readers.get(name, [])) == 1 and name not in kept
+
+
+def _cast(node: onnx.NodeProto, to: int) -> bool:
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx") and \
+        [onnx.helper.get_attribute_value(a) for a in node.attribute] == [to]
+
+
+def _int8_step(node: onnx.NodeProto, consts: dict, external: dict) -> int | None:
+    """The int8 zero point of a standard ``QuantizeLinear`` with a constant one-value float32 scale and int8
+    zero point and no attribute but ``axis``; else None."""
+    if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or len(node.input) != 3 \
+            or any(a.name != "axis" for a in node.attribute):
+        return None
+    scale, zp = (_array(t, consts, external) for t in node.input[1:])
+    if scale is None or zp is None or scale.size != 1 or scale.dtype != np.float32 or zp.dtype != np.int8 \
+            or zp.size != 1:
+        return None
+    return int(zp.reshape(()))
+
+
+def _array(name: str, consts: dict, external: dict) -> np.ndarray | None:
+    """Constant ``name``'s value (from ``external`` where the graph declares it external)."""
+    if name in external:
+        return np.asarray(external[name])
+    t = consts.get(name)
+    if t is None or t.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    return onnx.numpy_helper.to_array(t)
