@@ -28,6 +28,8 @@ metadata pins an older onnx; it uses the pinned torch==2.13.0).  Without Quark i
         --no-mixed --quark-iters 1000,3000           # issue 18's table, Quark at the issue's iterations
     python benchmarks/bench_accuracy.py --models effnet --calib 256 --finetune-samples 256 --eval 300 --iters 500 \
         --methods adaround --cheap none --no-mixed --no-peers --seed 0   # AdaRound on 256 crops, not the first 64
+    python benchmarks/bench_accuracy.py --models effnet --calib 256 --finetune-samples 256 --eval 300 \
+        --methods gptq --cheap none --no-mixed --no-peers --calib-seed 103   # GPTQ on another calibration crop set
 
 Writes ``benchmarks/results/accuracy.md`` (and ``accuracy.json``) and prints the table.
 """
@@ -202,8 +204,9 @@ def mnv2_bench(n_calib: int, n_eval: int) -> BQ.Bench:
                      "(benchmarks/mobilenet_v2.py)"])
 
 
-def benches(names: list[str], n_calib: int, n_eval: int, n_det_eval: int) -> list[BQ.Bench]:
-    make = {"effnet": lambda: BQ.effnet_bench(n_calib, max(n_eval, 300)),
+def benches(names: list[str], n_calib: int, n_eval: int, n_det_eval: int,
+            calib_seed: int | None = None) -> list[BQ.Bench]:
+    make = {"effnet": lambda: BQ.effnet_bench(n_calib, max(n_eval, 300), calib_seed),
             "ppocr": lambda: BQ.ppocr_bench(n_calib, n_eval),
             "det": lambda: det_bench(n_calib, n_det_eval),
             "yolo": lambda: BQ.yolo_bench(n_calib, n_eval),
@@ -569,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
                          "adaquant_qdrop: AdaQuant with input_drop 0.5; adaround_post: AdaRound with post_activation; "
                          "adaquant_tqt: AdaQuant with learn_threshold; gptq: GPTQ alone; adaquant_gptq: AdaQuant from GPTQ)")
     ap.add_argument("--seed", type=int, default=None, help="fast finetune's seed (default: its own)")
+    ap.add_argument("--calib-seed", type=int, default=None,
+                    help="EfficientNet-Lite0's calibration crop seed (default: 101; the evaluation crops stay seed "
+                         "102): another calibration set, for a method's spread across sets (GPTQ has no seed)")
     ap.add_argument("--block-iters", type=int, default=None, help="steps per block for brecq (default: --iters)")
     ap.add_argument("--no-mixed", action="store_true", help="skip automatic mixed precision")
     ap.add_argument("--cheap", default=None,
@@ -603,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         method_list(args.methods)
     except ValueError as exc:
         ap.error(str(exc))
+    if args.calib_seed is not None and "effnet" not in args.models.split(","):
+        ap.error("--calib-seed draws EfficientNet-Lite0's calibration crops: --models must include effnet")
     # a fresh fast-finetune cache: rows must not reuse layers an earlier run solved (their times
     # would be cache reads, not solving times)
     os.environ["NPUFLOW_CACHE"] = tempfile.mkdtemp(prefix="npuflow-bench-cache-")
@@ -611,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "nncf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    bs = benches(args.models.split(","), args.calib, args.eval, args.det_eval)
+    bs = benches(args.models.split(","), args.calib, args.eval, args.det_eval, args.calib_seed)
     quark_iters = None if args.no_quark else tuple(int(n) for n in args.quark_iters.split(","))
 
     def quark_samples(bench: BQ.Bench) -> int | None:

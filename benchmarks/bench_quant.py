@@ -113,9 +113,9 @@ def mnist_bench(n_calib: int, n_eval: int | None) -> Bench:
 CONFIDENT = 0.5
 
 
-def effnet_bench(n_calib: int, n_eval: int) -> Bench:
+def effnet_bench(n_calib: int, n_eval: int, calib_seed: int | None = None) -> Bench:
     xs, labels = D.efficientnet("eval", n_eval)
-    calib, _ = D.efficientnet("calib", n_calib)
+    calib, _ = D.efficientnet("calib", n_calib, calib_seed)
     # Random crops of scene photos are mostly not ImageNet objects: FP32's top-1 is often a near
     # tie (a third of the crops have a top-1/top-2 logit gap under 0.5), which any rounding flips.
     # Beside agreement on every crop: on the crops FP32 is sure of, and FP32's class in the top 5.
@@ -133,7 +133,8 @@ def effnet_bench(n_calib: int, n_eval: int) -> Bench:
     return Bench("EfficientNet-Lite0", fixture_models.efficientnet_lite0(), {"input": [1, 3, 224, 224]},
                  calib, evaluate, "agree", "top-1 agreement with FP32 %",
                  [f"{n_eval} seeded 224x224 crops of the scikit-image/scikit-learn photos, "
-                  f"{n_calib} other crops calibrate; agree_confident: the {int(confident.sum())} crops whose "
+                  f"{n_calib} other crops calibrate"
+                  f"{'' if calib_seed is None else f' (crop seed {calib_seed})'}; agree_confident: the {int(confident.sum())} crops whose "
                   f"FP32 top-1 probability is at least {CONFIDENT}; top5: FP32's class among the top 5"])
 
 

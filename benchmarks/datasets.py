@@ -413,15 +413,20 @@ def _seed(split: str) -> int:
     return _SPLIT_SEED[split]
 
 
-def efficientnet(split: str, n: int) -> tuple[list[Sample], np.ndarray]:
-    """224x224 crops for EfficientNet-Lite0 and the FP32 model's top-1 class as reference label."""
+def efficientnet(split: str, n: int, crop_seed: int | None = None) -> tuple[list[Sample], np.ndarray]:
+    """224x224 crops for EfficientNet-Lite0 and the FP32 model's top-1 class as reference label.
+
+    ``crop_seed`` draws another crop set (default: the split's own, 101 calib / 102 eval), so a
+    method's spread across calibration sets can be measured, not only across its own seeds."""
+    seed = 100 + _seed(split) if crop_seed is None else crop_seed
+
     def build() -> dict[str, np.ndarray]:
-        xs = np.concatenate([_effnet_input(c) for c in random_crops(n, 224, 100 + _seed(split))])
+        xs = np.concatenate([_effnet_input(c) for c in random_crops(n, 224, seed)])
         session = ort_session(fixture_models.efficientnet_lite0())
         labels = np.array([int(session.run(None, {"input": x[None]})[0].argmax()) for x in xs])
         return {"x": xs, "labels": labels}
 
-    arrays = _cached(f"effnet_{split}_{n}", build)
+    arrays = _cached(f"effnet_{split}_{n}" + ("" if crop_seed is None else f"_seed{crop_seed}"), build)
     return [{"input": x[None]} for x in arrays["x"]], arrays["labels"]
 
 
