@@ -116,6 +116,23 @@ def ranked_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
     return found
 
 
+def dims_of(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, tuple[int | str | None, ...]]:
+    """:func:`inferred_dims`, completed by :func:`ranked_dims` where one of ``tensors`` (those a pass
+    decides on) has no rank or an unknown size there.
+
+    Why: a TorchScript export with a dynamic batch computes a view's target from ``Shape`` at run
+    time through ``Div`` and ``Cast``, which ONNX's data propagation does not follow (ResNeSt's
+    ``x.view(b, r, c // r, h, w)``): ONNX gives the view no shape, and a float pass that needs its
+    rank or an axis's size skipped it in the dynamic graph quantize optimises, yet rewrote it in the
+    graph frozen at one shape that check reads (check 3 subgraphs, compile 13).  ORT's symbolic
+    inference proves those sizes with the batch left a symbol: sizes that hold at every batch.  It
+    costs about a second on a large model, so only a pass with such a tensor asks for it."""
+    dims = inferred_dims(model)
+    if all(t in dims and None not in dims[t] for t in tensors):
+        return dims
+    return {**dims, **ranked_dims(model)}
+
+
 def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     """:func:`inferred_dims` of the tensors whose every dimension is a size: their static shapes."""
     return {name: list(dims) for name, dims in inferred_dims(model).items() if all(isinstance(d, int) for d in dims)}

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import GraphView, remove_unused_initializers
 from ..targets import Target
-from ..value_info import inferred_dims
+from ..value_info import dims_of
 from .activations import _splice
 
 
@@ -33,7 +33,8 @@ def const_left_matmuls_as_right(model: onnx.ModelProto, target: Target | None) -
     out = onnx.ModelProto()
     out.CopyFrom(model)
     view = GraphView(out.graph)
-    dims = inferred_dims(out)
+    dims = dims_of(out, [n.input[1] for n in out.graph.node if n.op_type == "MatMul" and not n.domain
+                         and (w := view.value(n.input[0])) is not None and w.ndim == 2])
     changed = False
     for node in list(out.graph.node):
         if node.op_type != "MatMul" or node.domain:

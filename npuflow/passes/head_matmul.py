@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import GraphView, remove_unused_initializers
 from ..targets import Target
-from ..value_info import inferred_dims
+from ..value_info import dims_of
 from .activations import _splice
 
 #: more heads than this stay one node (each head is a node of its own after the rewrite)
@@ -38,7 +38,8 @@ def head_matmuls_as_2d(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
     out = onnx.ModelProto()
     out.CopyFrom(model)
     view = GraphView(out.graph)
-    dims = inferred_dims(out)
+    dims = dims_of(out, [n.input[0] for n in out.graph.node if n.op_type == "MatMul" and not n.domain
+                         and (w := view.value(n.input[1])) is not None and w.ndim >= 3])
     changed = False
     for node in list(out.graph.node):
         if node.op_type != "MatMul" or node.domain:

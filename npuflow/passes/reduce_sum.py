@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import GraphView, attr, remove_unused_initializers
 from ..targets import Target
-from ..value_info import inferred_dims, tensor_elem_types
+from ..value_info import dims_of, tensor_elem_types
 from .activations import _splice
 from .gather_slice import _REAL
 
@@ -37,7 +37,7 @@ def short_sums_as_adds(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
     out = onnx.ModelProto()
     out.CopyFrom(model)
     view = GraphView(out.graph)
-    dims = inferred_dims(out)
+    dims = dims_of(out, [n.input[0] for n in out.graph.node if n.op_type == "ReduceSum" and not n.domain])
     try:
         types = tensor_elem_types(onnx.shape_inference.infer_shapes(out))
     except (ValueError, onnx.shape_inference.InferenceError):
