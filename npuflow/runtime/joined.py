@@ -48,6 +48,7 @@ from onnx import defs
 
 from .. import ort_kernels, ort_verdicts
 from ..errors import NpuflowError
+from ..graph import GraphView
 from ..model_checks import KNOWN_DOMAINS
 from ..operators import ADDED_KEEPING_MEANING, SEAM_MOVES
 from ..ort_session import open_session
@@ -310,16 +311,12 @@ def code_round_trips(graph: onnx.GraphProto) -> Counter:
     ``Transpose`` of one part and the cancelling one of the next across the seam's quantize step and
     writes a ``DequantizeLinear -> QuantizeLinear`` pair for the other reader: the frame stayed two
     calls where the parts join into one."""
-    inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    outputs = {o.name for o in graph.output}
+    view = GraphView(graph)
+    inits = view.inits
     found: Counter = Counter()
-    for n in graph.node:
+    for n in view.nodes:
         step = _quantize_step(n, inits, "DequantizeLinear")
-        qs = readers.get(n.output[0], []) if step is not None and n.output[0] not in outputs else []
+        qs = view.consumer_nodes(n.output[0]) if step is not None and not view.is_graph_output(n.output[0]) else []
         if qs and all(_quantize_step(q, inits, "QuantizeLinear") == step for q in qs) and _round_trip_exact(*step):
             found[(n.domain, n.op_type)] += 1
             for q in qs:

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from ..graph import GraphView, attr_values
 from ..operators import SEAM_MOVES
 
 _ZERO_POINT = "/u8_zero_point"  # the name of a quantize step's zero point written here, after its int8 step's output
@@ -32,13 +33,9 @@ def one_quantize_step(model: onnx.ModelProto, external: dict[str, np.ndarray]) -
     reader ``Cast(float) -> Add(128) -> Cast(uint8)`` chain is read nowhere else written as a uint8
     ``QuantizeLinear`` of zero point + 128 (module docstring; the int8 one dropped where nothing else reads
     it); ``model`` itself where it has no such seam."""
-    nodes = list(model.graph.node)
-    consts = {t.name: t for t in model.graph.initializer}
-    readers: dict[str, list[int]] = {}
-    for k, n in enumerate(nodes):
-        for i in n.input:
-            readers.setdefault(i, []).append(k)
-    kept = {o.name for o in model.graph.output}
+    view = GraphView(model)
+    nodes, consts, readers = view.nodes, view.inits, view.consumers
+    kept = set(view.graph_outputs)
     replaced: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()
     zero_points: list[onnx.TensorProto] = []
@@ -77,12 +74,12 @@ def moved_round_trips(model: onnx.ModelProto, external: dict[str, np.ndarray],
     moves such a step before the movement and drops the ``DequantizeLinear -> QuantizeLinear`` pair of that
     one step it leaves behind: quantizing is elementwise, so the bytes are the same.  (Of the int8 step it
     replaced, ONNX Runtime's int8 -> uint8 conversion kept one pair of each per step.)"""
-    consts = {t.name: t for t in model.graph.initializer}
-    made = {o: n for n in model.graph.node for o in n.output}
+    view = GraphView(model)
+    consts = view.inits
     found = 0
-    for n in model.graph.node:
-        if n.op_type != "QuantizeLinear" or not n.input[2].endswith(_ZERO_POINT) or n.input[0] not in made \
-                or made[n.input[0]].op_type not in SEAM_MOVES:
+    for n in view.nodes:
+        made = view.producer_node(n.input[0]) if n.op_type == "QuantizeLinear" else None
+        if made is None or not n.input[2].endswith(_ZERO_POINT) or made.op_type not in SEAM_MOVES:
             continue
         scale, zp = (_array(t, consts, external) for t in n.input[1:])
         found += exact(float(scale.reshape(())), int(zp.reshape(())), onnx.TensorProto.UINT8)
@@ -114,8 +111,7 @@ def _only_reader(name: str, readers: dict[str, list[int]], kept: set[str]) -> bo
 
 
 def _cast(node: onnx.NodeProto, to: int) -> bool:
-    return node.op_type == "Cast" and node.domain in ("", "ai.onnx") and \
-        [onnx.helper.get_attribute_value(a) for a in node.attribute] == [to]
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx") and attr_values(node) == {"to": to}
 
 
 def _int8_step(node: onnx.NodeProto, consts: dict, external: dict) -> int | None:
