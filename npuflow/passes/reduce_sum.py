@@ -6,7 +6,8 @@ ResNeSt's split attention sums its radix branches, ``x.view(b, r, c, h, w).sum(1
 in float on the CPU between two accelerator subgraphs (round 24: 7 accelerator subgraphs on every
 target for two blocks).  A sum of r terms along an axis is r width-1 ``Slice``s of that axis added
 left to right (``-> Squeeze`` of the axis for ``keepdims`` 0): the same terms, each ``Add`` one
-element-wise add every target runs.  Only a constant single axis of known size on real-valued data,
+element-wise add every target runs.  Only a constant single axis of known size on real-valued data (not
+counts cast from booleans or integers),
 and only where the target runs both slices and element-wise adds (every bundled target); longer
 axes stay (a softmax's or a pooling's sum is no chain of adds worth its requantisations).
 """
@@ -48,7 +49,7 @@ def short_sums_as_adds(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
             continue
         shape = dims.get(node.input[0]) or ()
         axis = _one_axis(node, view, len(shape))
-        if axis is None or types.get(node.input[0]) not in _REAL:
+        if axis is None or types.get(node.input[0]) not in _REAL or _counts(view, node.input[0], types):
             continue
         terms = shape[axis]
         if not isinstance(terms, int) or not 2 <= terms <= MAX_TERMS:
@@ -59,6 +60,24 @@ def short_sums_as_adds(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
         return model
     remove_unused_initializers(out.graph)
     return out
+
+
+#: ops whose output is counts when every non-constant input is (sums and rearrangements of counts)
+_COUNT_KEEPING = frozenset({"Concat", "ReduceSum", "Add", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                            "Slice", "Identity"})
+
+
+def _counts(view: GraphView, tensor: str, types: dict[str, int], depth: int = 8) -> bool:
+    """``tensor`` holds counts: a ``Cast`` of booleans or integers to float, or sums and rearrangements
+    of such (a classifier's votes, as skl2onnx's nearest-neighbour models write them).  Counting is no
+    feature map to put on the accelerator, and quantized adds of votes could change which class wins."""
+    node = view.producer_node(tensor)
+    if node is None or depth == 0:
+        return False
+    if node.op_type == "Cast":
+        return types.get(node.input[0]) not in _REAL
+    data = [t for t in node.input if t and view.value(t) is None]
+    return node.op_type in _COUNT_KEEPING and bool(data) and all(_counts(view, t, types, depth - 1) for t in data)
 
 
 def _one_axis(node: onnx.NodeProto, view: GraphView, rank: int) -> int | None:

@@ -71,3 +71,22 @@ def test_cpu_int8_runs_the_radix_sum_in_one_integer_subgraph_equal_to_ort():
     model = _radix_sum()
     assert npuflow.check(model, "cpu-int8").node("radix_sum").device == "NPU"
     assert_one_subgraph_equal_to_ort(model, SHAPE, "cpu-int8", "CPU-INT8")
+
+
+def test_vote_counts_stay_one_sum():
+    """A sum of votes (``Cast`` of an ``Equal`` to float, as skl2onnx's nearest-neighbour classifiers count
+    the neighbours' labels, then concatenated and summed again) is counting, not a feature map: it stays
+    one ``ReduceSum`` (quantized adds of votes could change which class wins)."""
+    labels = numpy_helper.from_array(np.array([[0.0, 1.0, 1.0]], np.float32), "labels")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Equal", ["x", "labels"], ["eq"], name="eq"),
+             helper.make_node("Cast", ["eq"], ["votes"], name="cast", to=onnx.TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["votes", "axes"], ["count"], name="count", keepdims=1),
+             helper.make_node("Concat", ["count", "count"], ["both"], name="both", axis=1),
+             helper.make_node("ReduceSum", ["both", "axes"], ["total"], name="total", keepdims=1)]
+    graph = helper.make_graph(nodes, "votes", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("total", onnx.TensorProto.FLOAT, [1, 1])],
+                              [labels, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = short_sums_as_adds(model, load_target("cpu-int8"))
+    assert [n.op_type for n in out.graph.node].count("ReduceSum") == 2
