@@ -340,6 +340,10 @@ CLASS_HEAD_OPS: dict[str, frozenset[str]] = {
     "layer": frozenset({"Gemm", "MatMul", "Conv"}),
     "after": frozenset({"Add", "Flatten", "Reshape", "Squeeze", "Identity", "ReduceMean", "GlobalAveragePool"})}
 #: Ops float passes rewrite into lowered ones before quantization (BN: folded, or a 1x1 depthwise Conv).
+#: Ops whose output holds counts when every non-constant input does (sums and rearrangements of a
+#: ``Cast`` of booleans or integers: a classifier's votes), which ``passes/reduce_sum.py`` leaves unquantized.
+COUNT_KEEPING_OPS = frozenset({"Concat", "ReduceSum", "Add", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                               "Slice", "Identity"})
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).
 QUANTIZE_OPS = frozenset({"QuantizeLinear"})

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import GraphView, attr, remove_unused_initializers
+from ..operators import COUNT_KEEPING_OPS
 from ..targets import Target
 from ..value_info import dims_of, tensor_elem_types
 from .activations import _splice
@@ -62,11 +63,6 @@ def short_sums_as_adds(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
     return out
 
 
-#: ops whose output is counts when every non-constant input is (sums and rearrangements of counts)
-_COUNT_KEEPING = frozenset({"Concat", "ReduceSum", "Add", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
-                            "Slice", "Identity"})
-
-
 def _counts(view: GraphView, tensor: str, types: dict[str, int], depth: int = 8) -> bool:
     """``tensor`` holds counts: a ``Cast`` of booleans or integers to float, or sums and rearrangements
     of such (a classifier's votes, as skl2onnx's nearest-neighbour models write them).  Counting is no
@@ -77,7 +73,7 @@ def _counts(view: GraphView, tensor: str, types: dict[str, int], depth: int = 8)
     if node.op_type == "Cast":
         return types.get(node.input[0]) not in _REAL
     data = [t for t in node.input if t and view.value(t) is None]
-    return node.op_type in _COUNT_KEEPING and bool(data) and all(_counts(view, t, types, depth - 1) for t in data)
+    return node.op_type in COUNT_KEEPING_OPS and bool(data) and all(_counts(view, t, types, depth - 1) for t in data)
 
 
 def _one_axis(node: onnx.NodeProto, view: GraphView, rank: int) -> int | None:
