@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import npuflow
 from npuflow.runtime import joined
-from tests.unit.test_runtime_joined_round_trip import _EdgeNeXtLike
+from tests.unit.test_runtime_joined_round_trip import compile_edgenext_like
 
 TARGET = "DPUCZDX8G_ISA1_B4096"
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("edgenext") / "edgenext.onnx"
-    torch.onnx.export(_EdgeNeXtLike().eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"])
-    rng = np.random.default_rng(0)
-    calibration = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
-    return npuflow.compile(npuflow.quantize(str(path), calibration, target=TARGET).model, TARGET)
+    return compile_edgenext_like(tmp_path_factory, TARGET)
 
 
 def test_half_up_cpu_islands_join_and_equal_the_kernels(compiled, monkeypatch):

@@ -57,15 +57,20 @@ class _EdgeNeXtLike(nn.Module):
         return self.head(self.down(self.block(self.stem(x))).mean((2, 3)))
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
+def compile_edgenext_like(tmp_path_factory, target: str):
+    """The EdgeNeXt-like net exported at opset 17, quantized on 8 seeded inputs and compiled for ``target``."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("edgenext") / "edgenext.onnx"
     torch.onnx.export(_EdgeNeXtLike().eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"])
     rng = np.random.default_rng(0)
     calibration = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
-    return npuflow.compile(npuflow.quantize(str(path), calibration, target="cpu-int8").model, "cpu-int8")
+    return npuflow.compile(npuflow.quantize(str(path), calibration, target=target).model, target)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compile_edgenext_like(tmp_path_factory, "cpu-int8")
 
 
 def test_the_frame_is_one_call_equal_to_the_kernels(compiled, monkeypatch):
