@@ -27,6 +27,8 @@ from ..check.quant_facts import dynamic_quantization
 from ..errors import NpuflowError
 from ..graph import attr, node_reads, rename_outer_reads, slice_nodes, subgraphs, unique_name
 from ..model import InputShapes, ModelLike, control_flow_nodes, infer_static_shapes, load, read_proto
+from ..operators import SHAPE_OPS
+from ..passes.fold_constants import fold_static_shapes
 from ..placement import Device, is_plugin, plugin_name
 from ..quant import QuantizedModel
 from ..targets import Target, list_targets, load_target
@@ -110,7 +112,7 @@ def _compile(quantized_model: ModelLike, tgt: Target, placement: PlacementRule |
              preprocessing: dict | None, input_shapes: InputShapes | None,
              plugs: Sequence[plugin_registry.Plugin] = ()) -> CompiledModel:
     """One program: the model frozen at ``input_shapes``."""
-    model = load(quantized_model, input_shapes)
+    model = _shape_arithmetic_folded(load(quantized_model, input_shapes))
     _produce_constant_outputs(model)
     name_nodes(model)
     if (dynamic := dynamic_quantization(model.graph.node)) is not None:  # check keeps every node on the CPU with it
@@ -257,6 +259,20 @@ def _boundaries(groups: list[list[Unit]], g: QGraph) -> list[tuple[list[str], li
                 if g.is_graph_output(o) or read_by.get(o, set()) - {k}]
         out.append((ins, outs))
     return out
+
+
+def _shape_arithmetic_folded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (frozen, static shapes) with the shape arithmetic that freezing made constant folded
+    (quantize and dequantize steps never), as the quantizer's frozen view of its graph folds it.
+
+    Why: ``quantized_model.onnx`` keeps the source's dynamic batch, and a TorchScript export reads
+    every ``x.shape[2]`` through ``Shape -> Gather`` even where that dimension is static.  Frozen at
+    batch 1 without folding, each ``Slice`` bound stayed computed and its ``Slice`` ran on the CPU
+    ("Slice parameter ... must be a constant") where check and quantize's report placed it on the
+    accelerator (an involution's shifted 3x3 copies: 3 accelerator subgraphs checked, 5 compiled)."""
+    if not any(n.op_type in SHAPE_OPS for n in model.graph.node):
+        return model
+    return infer_static_shapes(fold_static_shapes(model))
 
 
 def _live(groups: list[list[Unit]], g: QGraph) -> list[list[Unit]]:
