@@ -411,13 +411,13 @@ def _decisions(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> li
 def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str, tuple[list, list]],
                   heads: dict[str, str]) -> list[LabelCheck]:
     """The label margin of each tensor a label is read from (:func:`_decisions`), and of each float
-    model output whose rows a task reads by their argmax (probability rows, logits by name, or else
-    the one ``(N, C)`` output a classifier head computes, ``heads``: output -> its layer's op,
-    :func:`~.output_kinds.class_head`) where the graph reads no label itself (GaussianNB's ArgMax reads
-    the log-likelihoods its probabilities come from: one label, one warning).  A head's output beside
-    a softmax or a second head is left out: MTCNN's box and landmark Gemms beside its face
-    probabilities, whose argmax nothing reads.  ``read``: per tensor, its float and quantized values
-    on each sample."""
+    model output whose rows a task reads by their argmax (probability rows, logits by name: along ``C``
+    for a Conv head's ``N x C x ...`` map, or else the one ``(N, C)`` output a classifier head computes,
+    ``heads``: output -> its layer's op, :func:`~.output_kinds.class_head`) where the graph reads no label
+    itself (GaussianNB's ArgMax reads the log-likelihoods its probabilities come from: one label, one
+    warning).  A head's output beside a softmax or a second head is left out: MTCNN's box and landmark
+    Gemms beside its face probabilities, whose argmax nothing reads.  ``read``: per tensor, its float and
+    quantized values on each sample."""
     found = list(decisions)
     scores = []
     for name in [] if decisions else outputs:
@@ -429,7 +429,10 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
         if is_probability_rows(np.concatenate([v.reshape(-1, v.shape[-1]) for v in values])):
             found.append(_Decision(name, name, "output (probability rows)"))
         elif "logit" in name.lower():
-            found.append(_Decision(name, name, "output (logits, by its name)"))
+            # a Conv head's N x C x ... logits hold a class row per position along C (PixelCNN's 8 levels
+            # per pixel), not along the width
+            axis = 1 if values[0].ndim >= 3 and heads.get(name) == "Conv" else -1
+            found.append(_Decision(name, name, "output (logits, by its name)", axis))
         elif values[0].ndim == 2 and name in heads:
             scores.append(name)
     if not found and len(scores) == 1:
