@@ -60,14 +60,12 @@ from onnx import TensorProto
 from .. import numerics as nm
 from .epilogues import out_type
 from . import fused_cache, fused_pairs, fused_permute, fused_pool, fused_qlinear
-from .fused_run import (_ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun,  # noqa: F401  (the runtime's names for them)
-                        direct_run)
+from .fused_run import _ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun, direct_run  # noqa: F401  (the runtime's names)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
 from .fused_tables import (as_table, byte_form, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
                            table_node)
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
-                          quantize_value, round_and_clip,
-                          round_float, round_scaled, slice_node)
+                          const_codes, quantize_value, round_and_clip, round_float, round_scaled, slice_node)
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
 _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut", "lut_channel", "maxpool"}
@@ -321,19 +319,24 @@ def _qlinear_global_average(g: Graph, op: dict) -> bool:
 
 
 def _concat(g: Graph, op: dict, blobs: dict) -> None:
+    """Tensors and constant parts (a ViT's class token; as a kernel it cut the run in two), each as its codes."""
     if fused_qlinear.concat(g, op, blobs):  # parts that requantise, on ONNX Runtime's QLinearConcat
         return
-    if any("table" in p or "const" in p for p in op["attrs"]["parts"]):
-        raise NotFusable("lookup table or constant part")
-    names = [op["inputs"][p["input"]] for p in op["attrs"]["parts"]]
-    raw = {_raw_offset(g, t, op) for t in names}
-    if len(raw) == 1 and None not in raw:  # 8-bit codes held alike: concatenated as they are
-        g.put_bytes(op["outputs"][0], g.node("Concat", [g.bytes[t] for t in names], axis=op["attrs"]["axis"]),
-                    raw.pop())
+    a, out = op["attrs"], op["outputs"][0]
+    if any("table" in p for p in a["parts"]):
+        raise NotFusable("lookup table part")
+    parts = [const_codes(blobs[p["const"]], a["out_shape"][0]) if "const" in p else op["inputs"][p["input"]]
+             for p in a["parts"]]
+    raw = {_raw_offset(g, t, op) for t in parts if isinstance(t, str)}
+    k = raw.pop() if len(raw) == 1 else None
+    if k is not None and all(0 <= c.min() - k and c.max() - k <= 255 for c in parts if not isinstance(c, str)):
+        g.put_bytes(out, g.node("Concat", [g.bytes[t] if isinstance(t, str) else g.const(t - k, np.uint8) for t in parts],
+                                axis=a["axis"]), k)  # bytes held alike: concatenated as they are
         return
-    offsets = {g.base(t)[1] for t in names}
+    offsets = {g.base(t)[1] for t in parts if isinstance(t, str)}
     off = offsets.pop() if len(offsets) == 1 else 0  # parts held alike stay so
-    g.put(op["outputs"][0], g.node("Concat", [g.centered(t, off) for t in names], axis=op["attrs"]["axis"]), off)
+    g.put(out, g.node("Concat", [g.centered(t, off) if isinstance(t, str) else g.const(t - off) for t in parts],
+                      axis=a["axis"]), off)
 
 
 def _reshape(g: Graph, op: dict, blobs: dict) -> None:

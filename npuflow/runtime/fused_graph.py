@@ -260,6 +260,13 @@ def code_range(dtype: str) -> tuple[int, int]:
     return nm.qrange(dt.itemsize * 8, dt.kind == "i")
 
 
+def const_codes(codes: np.ndarray, batch: int) -> np.ndarray:
+    """A constant part's codes (a concatenation's, ``kernels.prepare_concat``) as int64, its first
+    axis broadcast to ``batch`` as that kernel broadcasts it over the frame's batch."""
+    codes = np.asarray(codes, np.int64)
+    return np.broadcast_to(codes, (batch, *codes.shape[1:]))
+
+
 def code_reach(dtype: str, zp) -> int:
     """Largest ``|q - zp|`` of a tensor's codes."""
     lo, hi = code_range(dtype)
