@@ -68,10 +68,12 @@ for p in (str(ROOT), str(HERE)):
 
 import datasets as D  # noqa: E402
 from runtime_memory import memory_columns, run_child  # noqa: E402
-from tests import fixture_models  # noqa: E402
+import runtime_models  # noqa: E402
+from runtime_models import BATCH8_MODELS, CORPUS, MODELS, model  # noqa: E402,F401  (MODELS: the table)
 
 import npuflow  # noqa: E402
 from npuflow import ort_kernels  # noqa: E402
+from npuflow.errors import NpuflowError  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGETS = {"B4096": "DPUCZDX8G_ISA1_B4096", "cpu-int8": "cpu-int8", "bernoulli2": "bernoulli2"}
@@ -80,29 +82,8 @@ CASES = ("effnet:B4096:1,yolo:B4096:1,det:B4096:1,rec:B4096:1,cls:B4096:1,mnist:
          "yolo:bernoulli2:1,det:bernoulli2:1,yolo:B4096:8")
 #: Every model at batch 8 (``--cases`` BATCH8): EfficientNet-Lite0's and MNIST's exports fix batch 1,
 #: so those rows run their ``batch_model`` copies.
-BATCH8 = ",".join(f"{m}:{t}:8" for t in ("B4096", "cpu-int8") for m in ("effnet", "yolo", "det", "rec", "cls", "mnist")) \
+BATCH8 = ",".join(f"{m}:{t}:8" for t in ("B4096", "cpu-int8") for m in BATCH8_MODELS) \
     + ",yolo:bernoulli2:8,det:bernoulli2:8"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
-
-
-def _det_inputs(n: int) -> list[dict]:
-    """PP-OCR det inputs: the letterboxed photos with PaddleOCR's ImageNet normalisation."""
-    return [{"x": ((s["images"] - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)} for s in D.yolo("calib", n)]
-
-
-MODELS = {
-    "effnet": ("EfficientNet-Lite0", fixture_models.efficientnet_lite0, "input", [3, 224, 224],
-               lambda n: D.efficientnet("calib", n)[0]),
-    "yolo": ("YOLOv8n (320)", fixture_models.yolov8n, "images", [3, 320, 320], lambda n: D.yolo("calib", n)),
-    "det": ("PP-OCRv4 det (320)", fixture_models.ppocr_det, "x", [3, 320, 320], _det_inputs),
-    "rec": ("PP-OCRv4 rec", fixture_models.ppocr_rec, "x", [3, 48, 320], lambda n: D.ocr_lines("calib", n)[0]),
-    "cls": ("PP-OCR cls", fixture_models.ppocr_cls, "x", [3, 48, 192],
-            lambda n: [{"x": np.ascontiguousarray(s["x"][..., :192])} for s in D.ocr_lines("calib", n)[0]]),
-    "mnist": ("MNIST CNN", fixture_models.mnist_cnn, "input", [1, 28, 28], lambda n: D.mnist("calib", n)[0]),
-}
-
-
 def batch_model(path: Path, name: str, batch: int, out_dir: Path) -> Path:
     """The float model at ``batch``, where its export fixed the batch at 1: the input's first
     dimension set to ``batch`` and each ``Reshape`` to a constant ``[1, ...]`` (PyTorch's
@@ -253,14 +234,17 @@ def bench_case(key: str, target_key: str, batch: int, rounds: int, runs: int, ca
     import onnx
     from npuflow.quant.export import to_plain_qdq
 
-    title, fetch, name, chw, calib = MODELS[key]
+    title, fetch, name, chw, calib, extra_shapes = model(key)
     target = TARGETS[target_key]
     shape = [batch, *chw]
+    if batch > 1 and extra_shapes:
+        raise SystemExit(f"{key}: batch {batch} of a model with several inputs ({name}, {', '.join(extra_shapes)})")
     samples = _batched(calib(calib_n), name, batch)
     float_path = batch_model(fetch(), name, batch, Path(tempfile.mkdtemp()))
     _check_batch_model(fetch(), float_path, samples[0])
     t0 = time.perf_counter()
-    quantized = npuflow.quantize(str(float_path), samples, target=target, input_shapes={name: shape})
+    quantized = npuflow.quantize(str(float_path), samples, target=target,
+                                 input_shapes={name: shape, **extra_shapes})
     t_quant = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = npuflow.compile(quantized.model, target)
@@ -432,6 +416,9 @@ def _cpu_name() -> str:
 
 
 def render(results: list[dict], meta: dict) -> str:
+    """The tables of ``results``: timed rows, then the rows a target refused with a coded error."""
+    refused = [r for r in results if "refused" in r]
+    results = [r for r in results if "refused" not in r]
     cols = list(dict.fromkeys(c for r in results for c in r["ms"]))
     rev = meta.get("before")
     lines = [
@@ -509,7 +496,17 @@ def render(results: list[dict], meta: dict) -> str:
         "much less.",
         "",
     ]
-    return "\n".join(lines + render_processes(results) + render_memory(results, meta))
+    return "\n".join(lines + render_refused(refused) + render_processes(results) + render_memory(results, meta))
+
+
+def render_refused(rows: list[dict]) -> list[str]:
+    """The rows a target refused with a coded error (``NpuflowError``): not timed, not failures."""
+    if not rows:
+        return []
+    return ["Refused by the target (a coded error at quantize or compile; not timed):", "",
+            "| model | target | batch | code | message |", "| --- | --- | ---: | --- | --- |"] + [
+        f"| {r['model']} | {r['target']} | {r['batch']} | `{r['refused']}` | {r['refusal'].replace('|', '/')} |"
+        for r in rows] + [""]
 
 
 def render_processes(results: list[dict]) -> list[str]:
@@ -563,7 +560,8 @@ def _processes(value: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default=CASES, help="model:target:batch, comma-separated, or BATCH8 (every model at batch 8)")
+    ap.add_argument("--cases", default=CASES, help="model:target:batch, comma-separated, or BATCH8 (the first six "
+                    "models at batch 8) or CORPUS (every other corpus model on B4096 and cpu-int8, batch 1)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calib", type=int, default=8)
@@ -584,17 +582,29 @@ def main() -> None:
             "weight_form": ort_kernels.weight_form(), "cpu": _cpu_name(),
             "memory_frames": args.memory_frames if args.memory else None, "processes": args.processes}
     results = []
-    for case in (BATCH8 if args.cases == "BATCH8" else args.cases).split(","):
+    for case in {"BATCH8": BATCH8, "CORPUS": CORPUS}.get(args.cases, args.cases).split(","):
         key, target_key, batch = case.split(":")
         spec = {"case": [key, target_key, int(batch)], "rounds": args.rounds, "runs": args.runs, "calib": args.calib,
                 "before": args.before, "clock": args.clock, "memory_frames": meta["memory_frames"]}
-        results.append(case_from_spec(spec) if args.processes == 1 else case_in_processes(spec, args.processes))
+        try:
+            results.append(case_from_spec(spec) if args.processes == 1 else case_in_processes(spec, args.processes))
+        except NpuflowError as e:  # the target's coded refusal: a row of its own, not a failure
+            results.append({"model": model(key).title, "target": TARGETS[target_key], "batch": int(batch),
+                            "refused": e.code, "refusal": e.message})
+            sys.stderr.write(f"{case}: refused [{e.code}]\n")
+            continue
         sys.stderr.write(f"{case}: {results[-1]['ratio_vs_best_ort_plain_qdq']:.2f}x best ORT plain QDQ\n")
+        _save(results, meta, args.out)  # a long run keeps its rows if it stops
+    sys.stdout.write(_save(results, meta, args.out))
+
+
+def _save(results: list[dict], meta: dict, out: str) -> str:
+    """Write ``results/<out>.md`` and ``.json``; the table's text."""
     text = render(results, meta)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text(text)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    sys.stdout.write(text)
+    (RESULTS / f"{out}.md").write_text(text)
+    (RESULTS / f"{out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return text
 
 
 if __name__ == "__main__":

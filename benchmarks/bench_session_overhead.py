@@ -164,10 +164,11 @@ def _build(case: str, folder: Path) -> str:
     from npuflow.quant.export import to_plain_qdq
 
     key, target_key, batch = case.split(":")
-    title, fetch, name, chw, calib = B.MODELS[key]
+    title, fetch, name, chw, calib, extra_shapes = B.model(key)
     target = B.TARGETS[target_key]
     samples = B._batched(calib(8), name, int(batch))
-    quantized = npuflow.quantize(str(fetch()), samples, target=target, input_shapes={name: [int(batch), *chw]})
+    quantized = npuflow.quantize(str(fetch()), samples, target=target,
+                                 input_shapes={name: [int(batch), *chw], **extra_shapes})
     npuflow.compile(quantized.model, target).save(folder / "model.npuf")
     onnx.save(to_plain_qdq(quantized.model), folder / "plain.onnx")
     np.savez(folder / "input.npz", **samples[0])

@@ -38,8 +38,15 @@ def test_open_batch_model_is_used_as_it_is(tmp_path) -> None:
 
 def test_batch8_cases_cover_every_model_on_both_targets() -> None:
     cases = B.BATCH8.split(",")
-    assert {c for c in cases if c.endswith(":B4096:8")} == {f"{m}:B4096:8" for m in B.MODELS}
-    assert {c for c in cases if c.endswith(":cpu-int8:8")} == {f"{m}:cpu-int8:8" for m in B.MODELS}
+    assert {c for c in cases if c.endswith(":B4096:8")} == {f"{m}:B4096:8" for m in B.BATCH8_MODELS}
+    assert {c for c in cases if c.endswith(":cpu-int8:8")} == {f"{m}:cpu-int8:8" for m in B.BATCH8_MODELS}
+
+
+def test_corpus_cases_cover_every_other_model_on_both_targets() -> None:
+    """``--cases CORPUS``: each model outside the batch-8 six, on B4096 and cpu-int8 at batch 1."""
+    keys = {c.split(":")[0] for c in B.CORPUS.split(",")}
+    assert keys == (set(B.MODELS) | set(B.runtime_models.CORPUS_ENTRIES)) - set(B.BATCH8_MODELS)
+    assert {c.split(":", 1)[1] for c in B.CORPUS.split(",")} == {"B4096:1", "cpu-int8:1"}
 
 
 def test_table_shows_two_thread_scaling_of_npuflow_and_ort() -> None:
