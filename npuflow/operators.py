@@ -283,6 +283,10 @@ ELEMENTWISE_OPS = frozenset({
     "Neg", "Sqrt", "Reciprocal", "Erf", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Mish", "Clip", "Add",
     "Sub", "Mul", "Div", "Pow", "Min", "Max", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity", "Where", "Less",
     "Greater", "LessOrEqual", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Constant"})
+#: Standard elementwise ops whose inputs broadcast against each other (multidirectional broadcasting):
+#: ONNX Runtime runs them through one broadcast helper (``runtime/broadcast.py``).
+BROADCAST_ELEMENTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "Where", "Less", "Greater",
+                                       "LessOrEqual", "GreaterOrEqual", "Equal", "And", "Or", "Xor", "Mod", "PRelu"})
 #: Layout ops whose effect is a permutation of axes or the removal/insertion of size-1 axes (no data moves
 #: but for the permutation): a channels-last export's transposes and batch squeezes (:mod:`npuflow.passes.layout_sandwich`).
 AXIS_LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze"})
@@ -351,6 +355,10 @@ DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
 QDQ_OPS = QUANTIZE_OPS | DEQUANTIZE_OPS | {"DynamicQuantizeLinear"}
 #: Ops a constant scale/shift (or a BatchNormalization) after them folds into: their weights and bias.
 FOLDS_INTO = frozenset({"Conv", "ConvTranspose", "Gemm"})
+#: Producers whose elementwise readers ONNX Runtime's optimiser may fold into them (a ``Mul`` by a
+#: constant into a convolution's weights): a rewrite that changes such a reader's constant could
+#: change whether it folds, so ``runtime/broadcast.py`` leaves those readers alone.
+FOLDING_PRODUCERS = FOLDS_INTO | {"MatMul", "BatchNormalization"}
 #: A reduction over spatial axes and the (global, windowed) pool that computes it.
 REDUCTION_POOLS = {"ReduceMean": ("GlobalAveragePool", "AveragePool"), "ReduceMax": ("GlobalMaxPool", "MaxPool")}
 

@@ -20,6 +20,7 @@ from ..ort_session import Level, open_session
 from ..qdq import DOMAIN
 
 from . import fused
+from .broadcast import full_rank_constants
 from .fused_graph import EXTERNAL_BYTES, external_stub
 from .fused_run import RUN_OPTIONS
 from .kernels import KERNELS, Kernel
@@ -213,8 +214,8 @@ class OnnxExecutor:
     def _open(self, model: onnx.ModelProto, external: dict[str, np.ndarray]) -> ort.InferenceSession:
         if self._release is not None and sum(a.nbytes for a in external.values()) >= RELEASE_BYTES:
             self._release()
-        return open_session(model, level=cpu_level(model), threads=self.threads, spinning=self.threads <= 1,
-                            external=external, shared_arena=True)
+        return open_session(full_rank_constants(model), level=cpu_level(model), threads=self.threads,
+                            spinning=self.threads <= 1, external=external, shared_arena=True)
 
     def model(self) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
         """The model its session runs and its external arrays, or None where no session runs it

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from ..errors import NpuflowError
 from ..ort_session import open_session
 from . import fused_cache, fused_permute
+from .broadcast import full_rank_constants
 from .fused_graph import SMALL_RUN_BYTES, Graph, elem_type, input_name
 
 #: A run's ``produced`` tensors, or what reads them from its ops when first asked (a stored run:
@@ -197,7 +198,7 @@ class FusedRun:
         # pattern: its block of the planned activations would come on top of the arena chunks the
         # first run took; one arena for all the runtime's sessions, not one each (ort_session's
         # module docstring).  A small run keeps the pattern (``SMALL_RUN_BYTES``).
-        return open_session(model, level="all", threads=self._threads, spinning=self._threads <= 1,
+        return open_session(full_rank_constants(model), level="all", threads=self._threads, spinning=self._threads <= 1,
                             disabled_optimizers=DISABLED_OPTIMIZERS, external=arrays, mem_pattern=small,
                             shared_arena=True)
 
