@@ -53,6 +53,7 @@ from ..model_checks import KNOWN_DOMAINS
 from ..operators import ADDED_KEEPING_MEANING, SEAM_MOVES
 from ..ort_session import open_session
 from . import fused, joined_seams, merge
+from .broadcast import full_rank_constants
 from .fused_graph import OPSETS
 from .fused_run import RUN_OPTIONS
 from .executors import ORT_RUN_ERRORS, IntegerExecutor, OnnxExecutor, cpu_level
@@ -467,7 +468,7 @@ def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: i
         p.model = p.external = None
     release()
     indices = tuple(i for p in parts for i in p.step.indices)
-    session = open_session(model, level="all", threads=threads, spinning=threads <= 1,
+    session = open_session(full_rank_constants(model), level="all", threads=threads, spinning=threads <= 1,
                            disabled_optimizers=fused.DISABLED_OPTIMIZERS, external=external,
                            mem_pattern=all(p.small for p in parts), shared_arena=True)
     outputs = [o.name for o in model.graph.output]

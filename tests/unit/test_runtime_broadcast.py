@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 import npuflow
 from npuflow import qdq
 from npuflow.operators import BROADCAST_ELEMENTWISE_OPS
-from npuflow.runtime import executors, fused_run
+from npuflow.runtime import executors, fused_run, joined
 from npuflow.runtime.broadcast import full_rank_constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -107,7 +107,7 @@ def magika_npuf(tmp_path_factory) -> Path:
 
 
 def test_magika_sessions_read_full_rank_constants_and_stay_exact(magika_npuf, monkeypatch) -> None:
-    """Every ONNX Runtime graph the runtime opens for Magika on the DPU (CPU subgraphs, fused runs)
+    """Every ONNX Runtime graph the runtime opens for Magika on the DPU (CPU subgraphs, fused and joined runs)
     reads its one-element operands at full rank; the outputs equal the op-by-op Session's."""
     opened: list[onnx.ModelProto] = []
 
@@ -119,6 +119,7 @@ def test_magika_sessions_read_full_rank_constants_and_stay_exact(magika_npuf, mo
 
     monkeypatch.setattr(executors, "open_session", capture(executors.open_session))
     monkeypatch.setattr(fused_run, "open_session", capture(fused_run.open_session))
+    monkeypatch.setattr(joined, "open_session", capture(joined.open_session))
     session = npuflow.Session(magika_npuf, threads=1)
     x = {"bytes": _bytes(300)}
     got = session.run(x)
