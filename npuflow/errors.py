@@ -364,6 +364,9 @@ _BUILD = _specs(
      "calibration_parameters and compiler_parameters (see `npuflow build --template`)."),
     ("NPF_BUILD_MISSING_KEYS", "Key {group!r} error: Missing keys: {keys}",
      "Add the missing key(s); `npuflow build --template` shows each one with its allowed values."),
+    ("NPF_BUILD_CONFIG_PROBLEMS", "{path} has {count} problems:{problems}",
+     "Fix each of them (the code in brackets is the one it has alone, in docs/errors.md); "
+     "`npuflow build --template` shows every key with its allowed values."),
     ("NPF_BUILD_UNKNOWN_KEYS", "Key {group!r} error: Wrong keys: {keys}",
      "{suggestion}Allowed keys in {group!r}: {allowed}."),
     ("NPF_BUILD_BAD_ENUM", "{group}.{key}: {value!r} is not one of {allowed}",

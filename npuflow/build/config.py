@@ -121,6 +121,9 @@ class InputParameters(_Group):
 
 class CalibrationParameters(_Group):
     cal_data_dir: str
+    #: folder(s) of evaluation samples, one per input as cal_data_dir, in the same format: the accuracy
+    #: check judges them instead of calibration samples (``npuflow.quantize(eval_data=...)``)
+    eval_data_dir: str | None = None
     preprocess_on: bool = False
     calibration_type: str
     max_percentile: float = Field(1.0, ge=0.0, le=1.0)
@@ -210,6 +213,7 @@ class InputSpec:
     scale: tuple[float, ...] | None
     batch: int
     cal_data_dir: Path
+    eval_data_dir: Path | None = None
 
     @property
     def intermediate_type(self) -> str:
@@ -249,29 +253,40 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | BuildConfig) -> 
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = "<config>") -> BuildConfig:
-    """Check groups and keys first (so the message lists every missing or unknown key of a
-    group at once, as hb_mapper does), then types and enums through pydantic."""
-    missing = [g for g in GROUPS if g not in data]
+    """Check groups and keys first, every group's (missing and unknown keys, values pydantic refuses),
+    and raise them together: one problem as its own code, several as ``NPF_BUILD_CONFIG_PROBLEMS``
+    listing each (a config missing two groups and the model path was reported one group at a time,
+    round 24); then the checks across keys."""
     top = (*GROUPS, "custom_op", "npuflow")
+    problems: list[NpuflowError] = []
+    unknown_top = _unknown_keys("config", data, top)
+    # a misspelt group ('calibration_parameter') is named with the nearest valid one by the unknown-key
+    # problem, not reported again as the group it was meant to be being missing
+    meant = {m for k in data if k not in top and (m := closest(str(k), GROUPS, cutoff=0.75)) is not None}
+    missing = [g for g in GROUPS if g not in data and g not in meant]
     if missing:
-        # A misspelt group ('calibration_parameter') is named with the nearest valid one, not
-        # reported as the group it was meant to be being missing.
-        if any(closest(str(k), missing, cutoff=0.75) is not None for k in data if k not in top):
-            _check_keys("config", data, top)
-        raise NpuflowError("NPF_BUILD_MISSING_KEYS", group="config", keys=_quoted(missing))
-    _check_keys("config", data, top)
+        problems.append(NpuflowError("NPF_BUILD_MISSING_KEYS", group="config", keys=_quoted(missing)))
+    if unknown_top is not None:
+        problems.append(unknown_top)
     groups: dict[str, Any] = {}
     for group, cls in zip(GROUPS, (ModelParameters, InputParameters, CalibrationParameters, CompilerParameters)):
+        if group not in data:
+            continue
         body = data[group]
         if body is None:
             body = {}
         if not isinstance(body, Mapping):
-            raise NpuflowError(
-                "NPF_BUILD_BAD_VALUE", group="config", key=group, value=body,
-                reason="a group must be a mapping of keys to values",
-            )
-        _check_keys(group, body, _accepted_keys(cls))
-        groups[group] = _validate(group, cls, body)
+            problems.append(NpuflowError("NPF_BUILD_BAD_VALUE", group="config", key=group, value=body,
+                                         reason="a group must be a mapping of keys to values"))
+            continue
+        if (unknown := _unknown_keys(group, body, _accepted_keys(cls))) is not None:
+            problems.append(unknown)
+        validated, refused = _validate_all(group, cls, body)
+        problems += refused
+        if validated is not None:
+            groups[group] = validated
+    if problems:
+        raise _together(problems, source)
     extra = data.get("npuflow")
     if extra is not None and not isinstance(extra, Mapping):
         raise NpuflowError(
@@ -293,6 +308,10 @@ def parse_config(data: Mapping[str, Any], *, base_dir: str = ".", source: str = 
     cal: CalibrationParameters = groups["calibration_parameters"]
     if cal.qat_epochs is not None and cal.qat_minutes is not None:
         raise NpuflowError("NPF_QAT_BAD_BUDGET", reason="calibration_parameters sets both qat_epochs and qat_minutes")
+    if cal.min_similarity is not None and cal.eval_data_dir is not None:
+        raise NpuflowError("NPF_BUILD_BAD_VALUE", group="calibration_parameters", key="eval_data_dir",
+                           value=cal.eval_data_dir, reason="the accuracy target's steps (min_similarity) are judged "
+                           "on the calibration samples; drop one of the two")
     if cal.min_similarity is None and (cal.time_budget is not None or cal.allow_cpu_fallback):
         key = "time_budget" if cal.time_budget is not None else "allow_cpu_fallback"
         raise NpuflowError("NPF_BUILD_BAD_VALUE", group="calibration_parameters", key=key,
@@ -332,10 +351,27 @@ _HB_MAPPER_ONLY = {
 }
 
 
+def _together(problems: list[NpuflowError], source: str) -> NpuflowError:
+    """One problem as itself; several as ``NPF_BUILD_CONFIG_PROBLEMS``, each on its own line with its code."""
+    if len(problems) == 1:
+        return problems[0]
+    # an unknown key's nearest valid spelling is what fixes it: kept from that problem's hint
+    listed = "".join(f"\n  - [{p.code}] {p.message}" + (f" ({str(p.fields['suggestion']).strip()})" if
+                     p.code == "NPF_BUILD_UNKNOWN_KEYS" and p.fields.get("suggestion") else "") for p in problems)
+    return NpuflowError("NPF_BUILD_CONFIG_PROBLEMS", path=source, count=len(problems), problems=listed)
+
+
 def _check_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    if (unknown := _unknown_keys(group, body, allowed)) is not None:
+        raise unknown
+
+
+def _unknown_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> NpuflowError | None:
+    """``NPF_BUILD_UNKNOWN_KEYS`` for the keys of ``body`` not in ``allowed`` (with the nearest valid
+    ones and hb_mapper-only advice), or None."""
     unknown = [str(k) for k in body if k not in allowed]
     if not unknown:
-        return
+        return None
     near = [m for k in unknown if (m := closest(k, allowed, cutoff=0.75)) is not None]
     suggestion = f"Did you mean {_quoted(near)}? " if near else ""
     if group == "model_parameters" and {"caffe_model", "prototxt"} & set(unknown):
@@ -344,26 +380,40 @@ def _check_keys(group: str, body: Mapping[str, Any], allowed: Sequence[str]) -> 
     if hb_only:
         advice = " ".join(dict.fromkeys(_HB_MAPPER_ONLY[k] for k in hb_only))
         suggestion += f"{_quoted(hb_only)}: hb_mapper key(s) npuflow does not read. {advice} "
-    raise NpuflowError("NPF_BUILD_UNKNOWN_KEYS", group=group, keys=_quoted(unknown),
-                       suggestion=suggestion, allowed=", ".join(allowed))
+    return NpuflowError("NPF_BUILD_UNKNOWN_KEYS", group=group, keys=_quoted(unknown),
+                        suggestion=suggestion, allowed=", ".join(allowed))
 
 
 def _validate(group: str, cls: type[_Group], body: Mapping[str, Any]) -> _Group:
+    validated, problems = _validate_all(group, cls, body)
+    if problems:
+        raise _together(problems, f"the {group} group")
+    return validated
+
+
+def _validate_all(group: str, cls: type[_Group], body: Mapping[str, Any]) -> tuple[_Group | None, list[NpuflowError]]:
+    """The validated group, or None and every problem pydantic found in it: its missing keys as one
+    ``NPF_BUILD_MISSING_KEYS``, then each refused value (``NPF_BUILD_BAD_ENUM`` / ``NPF_BUILD_BAD_VALUE``)."""
     try:
-        return cls.model_validate(dict(body))
+        return cls.model_validate(dict(body)), []
     except ValidationError as exc:
         errors = exc.errors()
-        missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
-        if missing:
-            raise NpuflowError("NPF_BUILD_MISSING_KEYS", group=group, keys=_quoted(missing)) from None
-        err = errors[0]
+    problems = []
+    missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
+    if missing:
+        problems.append(NpuflowError("NPF_BUILD_MISSING_KEYS", group=group, keys=_quoted(missing)))
+    for err in errors:
+        if err["type"] in ("missing", "extra_forbidden"):  # an unknown key is _unknown_keys' problem
+            continue
         key = str(err["loc"][0]) if err["loc"] else "?"
         value = body.get(key, err.get("input"))
         if err["type"] == "literal_error":
             allowed = err.get("ctx", {}).get("expected", "")
-            raise NpuflowError("NPF_BUILD_BAD_ENUM", group=group, key=key, value=value,
-                               allowed=allowed.replace("'", "")) from None
-        raise NpuflowError("NPF_BUILD_BAD_VALUE", group=group, key=key, value=value, reason=err["msg"]) from None
+            problems.append(NpuflowError("NPF_BUILD_BAD_ENUM", group=group, key=key, value=value,
+                                         allowed=allowed.replace("'", "")))
+        else:
+            problems.append(NpuflowError("NPF_BUILD_BAD_VALUE", group=group, key=key, value=value, reason=err["msg"]))
+    return None, problems
 
 
 def _quoted(names: Sequence[str]) -> str:
@@ -429,6 +479,10 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
     if len(dirs) != count:
         raise NpuflowError("NPF_BUILD_COUNT_MISMATCH", key="cal_data_dir", got=len(dirs), expected=count,
                            inputs=", ".join(names))
+    eval_dirs = split_values(config.calibration_parameters.eval_data_dir)
+    if eval_dirs and (len(eval_dirs) != count or None in eval_dirs):
+        raise NpuflowError("NPF_BUILD_COUNT_MISMATCH", key="eval_data_dir", got=len(eval_dirs), expected=count,
+                           inputs=", ".join(names))
 
     specs = []
     for i, name in enumerate(names):
@@ -464,6 +518,7 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
             layout_rt=layout_rt, space_and_range=space, norm_type=norm,
             mean=mean if "mean" in norm else None, scale=scale if "scale" in norm else None,
             batch=_batch(batches[i]), cal_data_dir=config.path(str(dirs[i])),
+            eval_data_dir=config.path(str(eval_dirs[i])) if eval_dirs else None,
         ))
     return specs
 

@@ -139,6 +139,10 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
                      s.layout_rt, s.type_train, s.layout_train, s.intermediate_type, s.norm_type)
         calib = CalibrationSet([(s.preprocess(), s.cal_data_dir) for s in inputs], images=cal.preprocess_on,
                                dtypes=_input_dtypes(original), raw_dtype=cal.cal_data_type)
+        # the accuracy check's own samples, read and preprocessed as the calibration samples are
+        evaluation = None if cal.eval_data_dir is None else CalibrationSet(
+            [(s.preprocess(), s.eval_data_dir) for s in inputs], images=cal.preprocess_on,
+            dtypes=_input_dtypes(original), raw_dtype=cal.cal_data_type)
         log.debug("config: %s", json.dumps(cfg.enabled_values()))
         model_io.save(original, artifacts.staged("original"))
 
@@ -153,6 +157,7 @@ def _run(cfg: BuildConfig, artifacts: Artifacts, timings: dict[str, float], prog
         auto_summary = None
         if cal.min_similarity is None:
             quantized = npuflow.quantize(original, calib, target=target, config=quant_config, warn=False,
+                                         eval_data=evaluation,
                                          progress=lambda stage, done, total: progress(f"quantize {stage}", done, total))
         else:
             quantized, auto_summary = _auto_quantize(original, calib, target, quant_config, cal, progress)

@@ -60,6 +60,9 @@ calibration_parameters:
   # folder(s) of about 100 samples: numpy.tofile() raw files in the train type, layout and
   # shape (uint8 images, float32 featuremaps) or, with preprocess_on, images
   cal_data_dir: './calibration_data'
+  # optional: folder(s) of evaluation samples in the same format, never calibrated on: the accuracy
+  # check judges them (its warnings then speak for unseen inputs; the report gives both figures)
+  # eval_data_dir: './eval_data'
   # True: the folder holds images; they are resized to the input size
   preprocess_on: False
   # optional: the dtype of the raw files, float32 or uint8 (unset: told by each file's size)

@@ -35,6 +35,10 @@ def quantize_command(
                                "name) or of raw numpy.tofile files; or one .npy/.npz of stacked samples, or a "
                                ".txt list of .npy files (rknn-toolkit2's dataset.txt)."),
     output: Path = output_option(..., "DIR", "Output folder for the models, quant_info.json and the report."),
+    eval_data: Optional[Path] = typer.Option(
+        None, "--eval-data", metavar="DIR", help="Evaluation samples (any form --calib takes) that the accuracy check "
+        "judges instead of calibration samples: none sets a range, so its warnings speak for unseen inputs; the "
+        "summary gives both figures (docs/accuracy.md, \"Judging on unseen inputs\")."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="Quantization config (JSON "
                                           "or YAML)."),
     input_shape: Optional[List[str]] = input_shape_option(
@@ -80,6 +84,10 @@ def quantize_command(
     from ..model import freeze_inputs, parse_input_values, with_probe_values
 
     shapes = input_shapes_arg(input_shape)
+    if min_similarity is not None and eval_data is not None:
+        raise typer.BadParameter("the accuracy target's steps are judged on the calibration samples; quantize "
+                                 "with --min-similarity first, then judge the result on held-out data with "
+                                 "`npuflow compare`", param_hint="--eval-data")
     if min_similarity is None and (time_budget is not None or allow_cpu_fallback or qat_minutes is not None):
         raise typer.BadParameter("needs --min-similarity (the accuracy target the steps aim for)",
                                  param_hint="--time-budget/--qat-minutes/--allow-cpu-fallback")
@@ -89,7 +97,7 @@ def quantize_command(
         cfg = _with_scaleout(config, workers, ray_address)
         if min_similarity is None:
             result = quantize(source, str(calib), target, config=cfg, input_shapes=shapes, progress=progress,
-                              warn=False)  # printed below, last
+                              warn=False, eval_data=None if eval_data is None else str(eval_data))  # printed below, last
         else:
             from ..analyze.auto_quant import auto_quantize
 

@@ -69,4 +69,16 @@ def calibration_note(similarity: dict, output: str) -> str:
     on = similarity.get("similarity_on") or f"{similarity['similarity_samples']} calibration samples"
     snr = similarity.get("snr_db", {}).get(output, "absent")
     ratio = "" if snr == "absent" else "; no error" if snr is None else f"; signal-to-noise ratio {snr:.1f} dB"
-    return f" ({checked:.6f} on {on}{grid}{ratio})"
+    fitted = similarity.get("fitted") or {}
+    if output not in fitted.get("outputs", {}):
+        return f" ({checked:.6f} on {on}{grid}{ratio})"
+    # unseen samples judged: both figures, each with its worst sample (the pooled one hides single inputs)
+    worst = similarity.get("worst_samples", {}).get(output)
+    fitted_worst = fitted.get("worst_samples", {}).get(output)
+    return (f" ({checked:.6f} on {on}{_worst(worst)}{grid}{ratio}; {fitted['outputs'][output]:.6f} on "
+            f"{fitted['samples']} calibration samples (ranges set on them){_worst(fitted_worst)})")
+
+
+def _worst(found: dict | None) -> str:
+    """``, worst sample 0.8900`` from a report's ``worst_samples`` entry, or nothing."""
+    return "" if found is None else f", worst sample {found['cosine']:.4f}"

@@ -19,7 +19,9 @@
 8. the accuracy check: the model outputs' cosine similarity to the float model must reach
    ``min_output_cosine``, or quantize warns (``strict``: raises ``NPF_QUANT_LOW_SIMILARITY``);
    measured on the first ``similarity_samples`` calibration samples, or with ``similarity_hold_out``
-   on the last ones, held out of range setting (:func:`.report.hold_out_for_check`).  A collapsed model (PP-OCRv4 det
+   on the last ones, held out of range setting (:func:`.report.hold_out_for_check`), or with ``eval_data`` on
+   the user's evaluation samples, which calibration never reads; on unseen samples the figures on the
+   calibration samples are recorded beside them (``report.fitted_*``).  A collapsed model (PP-OCRv4 det
    on a DPU: text maps at 1e-5 where FP32 finds text) is never returned silently.
 
 Shapes are frozen only where a stage needs them, as views of the one graph (:func:`_frozen`):
@@ -80,7 +82,8 @@ from .placement import accelerator_nodes
 from .plan import build_plan, node_key
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
-from .report import QuantReport, add_placement, build_report, hold_out_for_check, judge_outputs, low_similarity
+from .report import (QuantReport, add_placement, build_report, fitted_figures, hold_out_for_check, judge_outputs,
+                     low_similarity)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +169,7 @@ class QuantizedModel:
 
 def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, config: QuantConfig | Mapping | str | os.PathLike | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None, *, progress: Progress | None = None,
-             strict: bool = False, warn: bool = True) -> QuantizedModel:
+             strict: bool = False, warn: bool = True, eval_data: Any = None) -> QuantizedModel:
     """Quantize ``model`` for ``target`` with calibration data ``calib_data``.
 
     ``model``: an ``.onnx`` path, an ``onnx.ModelProto`` or its bytes (float).  ``target``: a
@@ -178,6 +181,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     ``input_shapes``: ``{input name: dims}`` fixing dynamic dimensions.
     ``config``: a :class:`QuantConfig`, a dict, or a JSON/YAML path.  ``progress``: called
     as ``progress(stage, done, total or None)`` as each stage advances.
+    ``eval_data``: samples in any form ``calib_data`` takes that the accuracy check reads instead of
+    calibration samples (none of them sets a range): its warnings then speak for inputs the ranges
+    were not fitted to, and the report gives the calibration samples' figures beside them.
     ``strict``: an output similarity below ``min_output_cosine`` raises instead of warning;
     ``warn=False``: no warning is logged, the caller reports ``result.problem`` itself (the CLI
     prints it after the per-node table).
@@ -241,9 +247,15 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     data, held_out = algorithms.hold_out(data, cfg)  # fast_finetune.select_on's samples
     # the float model runs on them once, for the restarts and the accuracy check
     held_runs = HeldOutRuns(held_out, opt) if held_out else None
-    # the accuracy check's samples: select_on's where it holds some out (the ranges never saw them;
-    # one of the restarts was chosen on them), else its own (report.hold_out_for_check)
-    data, check_feeds = (data, held_out) if held_out else hold_out_for_check(data, cfg)
+    # the accuracy check's samples: the user's evaluation samples; else select_on's where it holds some
+    # out (the ranges never saw them; one of the restarts was chosen on them), else its own
+    # (report.hold_out_for_check)
+    evaluation = _evaluation_samples(eval_data, inputs, cfg)
+    if evaluation:
+        check_feeds, check_runs = evaluation, None
+    else:
+        data, check_feeds = (data, held_out) if held_out else hold_out_for_check(data, cfg)
+        check_runs = held_runs
     tensors = list(plan.points)
     hist = {t for t, p in plan.points.items() if p.settings.method in HISTOGRAM_METHODS}
     total = _length(data)
@@ -296,7 +308,9 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     report = build_report(opt, q_model, plan, final.params, kept[:cfg.report_samples])
     add_placement(report, placement)
     problem = _accuracy_check(report, opt, q_model, check_feeds or again, cfg, progress, held_out=bool(check_feeds),
-                              runs=held_runs)
+                              evaluation=bool(evaluation), runs=check_runs)
+    if check_feeds and cfg.min_output_cosine > 0.0:  # the calibration samples' figures beside the unseen ones
+        fitted_figures(report, opt, q_model, list(itertools.islice(iter(again), cfg.similarity_samples)))
     for found in [*([problem] if problem is not None and not strict else []), *report.warnings]:
         if warn:
             log.warning("[%s] %s\n  hint: %s", found.code, found.message, found.hint)
@@ -377,7 +391,7 @@ def _keep_nonfinite_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, a
 
 
 def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: onnx.ModelProto, samples: Any,
-                    cfg: QuantConfig, progress: Progress | None, *, held_out: bool,
+                    cfg: QuantConfig, progress: Progress | None, *, held_out: bool, evaluation: bool = False,
                     runs: HeldOutRuns | None = None) -> NpuflowError | None:
     """Fill the report's output similarity on ``samples`` (``held_out``: held out of range setting,
     all of them; else the first ``similarity_samples``) and its label and channel warnings
@@ -388,10 +402,19 @@ def _accuracy_check(report: QuantReport, float_model: onnx.ModelProto, q_model: 
         return None
     _step(progress, "accuracy check")
     feeds = list(samples) if held_out else list(itertools.islice(iter(samples), cfg.similarity_samples))
-    judge_outputs(report, float_model, q_model, feeds, cfg.max_label_change, held_out=held_out,
+    judge_outputs(report, float_model, q_model, feeds, cfg.max_label_change, held_out=held_out, evaluation=evaluation,
                   outputs_of=runs.outputs if runs is not None else None,
                   min_output_cosine=cfg.min_output_cosine, min_output_snr_db=cfg.min_output_snr_db)
     return low_similarity(report, cfg.min_output_cosine)
+
+
+def _evaluation_samples(eval_data: Any, inputs: list[InputSpec], cfg: QuantConfig) -> list:
+    """The user's evaluation samples (``quantize(eval_data=...)``), read as calibration data is, all of them;
+    [] without any or without a check (``min_output_cosine`` 0).  An empty set is refused as calibration
+    data is: a check that read nothing would pass silently."""
+    if eval_data is None or cfg.min_output_cosine <= 0.0:
+        return []
+    return list(CalibrationSource(eval_data, inputs, shapes=cfg.calib_shapes, dtype=cfg.calib_dtype))
 
 
 def config_of(config: QuantConfig | Mapping | str | os.PathLike | None) -> QuantConfig:

@@ -43,7 +43,9 @@ def test_mnist_defaults_pass_on_held_out_samples(models):
     assert min(q.report.calibration_outputs.values()) > 0.999
     assert q.problem is None
     (output,) = q.report.calibration_outputs
-    assert "on 8 held-out calibration samples)" in calibration_note(q.report.to_json(), output)  # the printed line
+    note = calibration_note(q.report.to_json(), output)  # the printed line: both figures (session 34)
+    assert "on 8 held-out calibration samples, worst sample 0.99" in note, note
+    assert "on 16 calibration samples (ranges set on them), worst sample 0.99" in note, note
 
 
 def test_few_samples_are_all_calibrated_and_the_report_says_so(models):

@@ -354,3 +354,21 @@ def test_qat_device_key_reaches_the_qat_and_warns_without_a_qat_budget(tmp_path,
     with pytest.raises(NpuflowError) as err:  # the decay's bounds, as --ema's
         load_config({**conf, "calibration_parameters": {**conf["calibration_parameters"], "qat_ema": 1.0}})
     assert "qat_ema" in err.value.message
+
+
+def test_every_problem_of_the_config_comes_in_one_error(project, capsys):
+    """New-user round 24: a YAML missing ``model_parameters.onnx_model`` and two groups was reported
+    one group at a time ("Missing keys: 'input_parameters', 'compiler_parameters'", the model path only
+    after those were added).  Now every missing and unknown key and refused value, of every group, at once."""
+    conf = _edit(model_parameters={"onnx_model": None, "log_level": "loud", "marhc": "x"}, input_parameters=None,
+                 compiler_parameters=None, calibration_parameters={"calibration_type": None})
+    code, out = _build(capsys, _write(project, conf))
+    text = " ".join(out.split())
+    assert code == 2 and "ERROR [NPF_BUILD_CONFIG_PROBLEMS]" in text and "has 5 problems" in text, text
+    for found in ("[NPF_BUILD_MISSING_KEYS] Key 'config' error: Missing keys: 'input_parameters', 'compiler_parameters'",
+                  "[NPF_BUILD_UNKNOWN_KEYS] Key 'model_parameters' error: Wrong keys: 'marhc' (Did you mean 'march'?",
+                  "[NPF_BUILD_MISSING_KEYS] Key 'model_parameters' error: Missing keys: 'onnx_model'",
+                  "[NPF_BUILD_BAD_ENUM] model_parameters.log_level: 'loud' is not one of",
+                  "[NPF_BUILD_MISSING_KEYS] Key 'calibration_parameters' error: Missing keys: 'calibration_type'"):
+        assert found in text, (found, text)
+    assert "Traceback" not in out

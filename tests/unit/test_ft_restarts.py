@@ -143,7 +143,8 @@ def test_each_model_runs_once_on_the_held_out_samples(cache, monkeypatch):
 
     def counted(model, samples, **kw):
         samples = list(samples)
-        if len(samples) == 16:
+        # runs on select_on's samples (the last 16); the calibration figures beside the check read the first 16
+        if len(samples) == 16 and np.array_equal(samples[0]["input"], feeds[24]["input"]):
             runs.append(id(model))
         return run_outputs(model, samples, **kw)
 
