@@ -23,9 +23,14 @@ def interrupted() -> None:
 
 def run() -> None:
     """Import the CLI, then run it; Ctrl-C at any point is one line and exit status 130.
-    ``python -m npuflow`` runs this too (``npuflow/__main__.py``)."""
+    ``python -m npuflow`` runs this too (``npuflow/__main__.py``).  ``main`` handles a Ctrl-C
+    during the command itself; one that lands just outside its handler (while it is installed or
+    restored, or delivered again by its timer as the command ends) would otherwise escape, and the
+    interpreter would end by SIGINT (exit status -2 to a parent; round 24 saw it once)."""
     try:
         from npuflow.cli.app import main
+
+        status = main()
     except KeyboardInterrupt:
         interrupted()
-    sys.exit(main())
+    sys.exit(status)
