@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from onnx import helper
 
 from . import fused_fixed, fused_permute, fused_qlinear
-from .fused_fixed import channel_runs, split_channels
 from .fused_graph import Graph, channel, clamp_bounds, code_span
 
 
@@ -128,9 +128,8 @@ def dense_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int], exact_
     if not fused_qlinear.conv(g, sub, t, pads, {**blobs, "w": w2[rows], "b": bias}):
         return False
     permuted = fused_permute.absorbed(g, out)  # readers take the kernel's order: no reordering at all
-    runs = not permuted and len(channel_runs(good)) + len(channel_runs(fixed)) \
-        + len(channel_runs(np.setdiff1d(bad, fixed))) <= MAX_RUNS
-    cut = channel_runs if runs else _whole
+    runs = not permuted and len(_runs(good)) + len(_runs(fixed)) + len(_runs(np.setdiff1d(bad, fixed))) <= MAX_RUNS
+    cut = _runs if runs else _whole
     runs_good, runs_fixed = cut(good), cut(fixed)
     pieces = split_channels(g, g.as_bytes(name, lo), [len(r) for r in runs_good] + [len(fixed)] * (1 + len(groups)))
     parts = list(zip(runs_good, pieces))  # (layer channels, their bytes)
@@ -170,6 +169,20 @@ def dense_fixed(g: Graph, op: dict, blobs: dict, t: str, pads: list[int], exact_
 def _whole(channels: np.ndarray) -> list[np.ndarray]:
     """``channels`` as one part (none where empty)."""
     return [channels] if len(channels) else []
+
+
+def _runs(channels: np.ndarray) -> list[np.ndarray]:
+    """Ascending ``channels`` cut into runs of consecutive numbers."""
+    return [r for r in np.split(channels, np.flatnonzero(np.diff(channels) != 1) + 1) if len(r)]
+
+
+def split_channels(g: Graph, y: str, sizes: list[int]) -> list[str]:
+    """``y``'s channels in consecutive parts of ``sizes`` (one ``Split``; ``y`` itself for one part)."""
+    if len(sizes) == 1:
+        return [y]
+    outs = [g.fresh() for _ in sizes]
+    g.nodes.append(helper.make_node("Split", [y, g.const(np.asarray(sizes, np.int64), np.int64)], outs, axis=1))
+    return outs
 
 
 def bound(g: Graph, values: np.ndarray, shape: list[int]) -> str:

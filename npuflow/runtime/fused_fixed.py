@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from .. import numerics as nm
 from .fused_graph import F32_BOUND, Graph, NotFusable, abs_sums, centred_clip, channel, clamp_bounds, signed_sums
@@ -58,103 +58,16 @@ class FixedPoint:
         (below, above), (pos, neg) = reach, signed_sums(w)
         return cls(ep, w.shape[0], bias - below * pos - above * neg, bias + above * pos + below * neg)
 
-    def channels(self, rows: np.ndarray) -> "FixedPoint":
-        """This requantisation for the layer's channels ``rows`` alone (a slice of its accumulator)."""
-        part = object.__new__(FixedPoint)
-        for k in ("mult", "shift", "acc_lo", "acc_hi", "bound", "const", "value"):
-            setattr(part, k, getattr(self, k)[rows])
-        return part
-
     def constants_as_bias(self, w: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``w`` and ``bias`` with each constant channel given no taps and its value as bias."""
         w = np.where(self.const.reshape(-1, *([1] * (w.ndim - 1))), 0, w).astype(w.dtype)
         return w, np.where(self.const, self.value, bias)
 
 
-def channel_runs(channels: np.ndarray) -> list[np.ndarray]:
-    """Ascending ``channels`` cut into runs of consecutive numbers."""
-    return [r for r in np.split(channels, np.flatnonzero(np.diff(channels) != 1) + 1) if len(r)]
-
-
-def split_channels(g: Graph, y: str, sizes: list[int]) -> list[str]:
-    """``y``'s channels in consecutive parts of ``sizes`` (one ``Split``; ``y`` itself for one part)."""
-    if len(sizes) == 1:
-        return [y]
-    outs = [g.fresh() for _ in sizes]
-    g.nodes.append(helper.make_node("Split", [y, g.const(np.asarray(sizes, np.int64), np.int64)], outs, axis=1))
-    return outs
-
-
 def requantize_fixed(g: Graph, acc: str, double: bool, fx: FixedPoint, ep: dict, lo: int, hi: int, *,
                       const_in_acc: bool = False, int32: bool = False) -> tuple[str, int]:
     """``numerics.requantize_fixed_point``: round ``acc * m * 2^-shift``, exactly; the codes
     centred, ``(tensor, offset)``.
-
-    A float32 accumulator first tries ``numerics.fixed_point_as_float32``: where float32
-    multipliers reproduce every channel's codes, the requantisation is one float32 ``Mul`` and the
-    rounding, without the two casts and the float64 passes (measured: most of a float-scale
-    frame's time besides the convolutions).  Where only a few channels (at most one in
-    :data:`EXACT_SHARE`) lack one, the float32 form runs on the whole tensor all the same and
-    those channels' runs are replaced by their exact codes (:func:`_float32_but`).  Otherwise
-    :func:`_requantize_wide`.  ``int32``: ``acc`` is ``ConvInteger``'s int32 accumulator (below
-    2^24), cast once to the type each form computes in (float64 or int64 directly: exact, one pass
-    fewer than through float32).  ``const_in_acc``: the convolution gave constant channels no taps
-    and their value as bias.
-    """
-    m32 = None if double or np.ndim(ep["zp"]) else float32_multipliers(fx, ep, lo, hi, const_in_acc, partial=True)
-    if m32 is not None and np.any(np.isnan(m32)):
-        if np.count_nonzero(np.isnan(m32)) * EXACT_SHARE <= len(m32):
-            return _float32_but(g, acc, fx, ep, lo, hi, m32, const_in_acc=const_in_acc, int32=int32)
-        m32 = None
-    if m32 is not None:  # float32 all through: half the bytes, two casts fewer
-        return _requantize_float32(g, acc, m32, ep, lo, hi, int32)
-    return _requantize_wide(g, acc, double, fx, ep, lo, hi, const_in_acc=const_in_acc, int32=int32)
-
-
-#: :func:`requantize_fixed` keeps the float32 form for a layer whose channels without an exact
-#: float32 multiplier are at most one in ``EXACT_SHARE``.  Why: the float64 form makes five passes
-#: over the whole tensor, three of them over 8-byte values (two casts, the product, the rounding,
-#: the clamp); the split form makes the three float32 passes, a ``Split`` and a ``Concat`` (two
-#: copies) and the float64 passes over those channels alone (PP-OCRv3 det en on cpu-int8: 1 of the
-#: 24 channels of its 160x160 transposed convolution, ``docs/runtime-measurements.md``).
-EXACT_SHARE = 4
-
-
-def _requantize_float32(g: Graph, acc: str, m32: np.ndarray, ep: dict, lo: int, hi: int,
-                        int32: bool) -> tuple[str, int]:
-    """The float32 form of :func:`requantize_fixed`: ``float32(acc) * m32`` rounded by the tie
-    rule and clamped, centred ``(tensor, offset)``."""
-    v = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.FLOAT) if int32 else acc,
-                       g.const(m32.reshape(1, len(m32), 1, 1))])
-    offset, op = nm.rounding_as_onnx(ep["round"])
-    if offset:
-        v = g.node("Add", [v, g.const(offset)])
-    return centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
-
-
-def _float32_but(g: Graph, acc: str, fx: FixedPoint, ep: dict, lo: int, hi: int, m32: np.ndarray, *,
-                 const_in_acc: bool, int32: bool) -> tuple[str, int]:
-    """:func:`requantize_fixed` where the channels with NaN in ``m32`` have no exact float32
-    multiplier: the float32 form on every channel (those given multiplier 0), cut by one ``Split``
-    into runs of consecutive channels with and without one, each run without one replaced by
-    :func:`_requantize_wide` of its slice of ``acc``, and the runs put back by one ``Concat``."""
-    bad = np.isnan(m32)
-    y, zp = _requantize_float32(g, acc, np.where(bad, np.float32(0), m32), ep, lo, hi, int32)
-    runs = sorted(channel_runs(np.flatnonzero(bad)) + channel_runs(np.flatnonzero(~bad)), key=lambda r: r[0])
-    parts = []
-    for run, piece in zip(runs, split_channels(g, y, [len(r) for r in runs])):
-        if bad[run[0]]:
-            sub = g.node("Slice", [acc, g.const([run[0]], np.int64), g.const([run[-1] + 1], np.int64),
-                                   g.const([1], np.int64)])
-            piece, _ = _requantize_wide(g, sub, False, fx.channels(run), ep, lo, hi, const_in_acc=const_in_acc,
-                                        int32=int32)
-        parts.append(piece)
-    return g.node("Concat", parts, axis=1), zp
-
-
-def _requantize_wide(g: Graph, acc: str, double: bool, fx: FixedPoint, ep: dict, lo: int, hi: int, *,
-                     const_in_acc: bool, int32: bool) -> tuple[str, int]:
-    """:func:`requantize_fixed` in float64, else int64.
 
     Only accumulators up to ``reach = (T + 1) * 2^shift / m`` can give a code that does not
     saturate (``T``: the farthest code from the zero point).  When ``reach`` and ``m`` together
@@ -163,10 +76,16 @@ def _requantize_wide(g: Graph, acc: str, double: bool, fx: FixedPoint, ep: dict,
     multiplication, addition and rounding are monotone and ``T + 1`` is a float64 integer, so it
     still lands at ``T + 1`` or beyond and saturates as the exact one does: no clamp of the
     accumulator is needed.  The clamps follow in float32, moved by the zero point, which is left
-    out (the output is held centred, ``Graph``).  Constant channels give their value: added
+    out (the output is held centred, ``Graph``).  Before both, a float32 accumulator tries
+    ``numerics.fixed_point_as_float32``: where float32 multipliers reproduce every channel's
+    codes, the requantisation is one float32 ``Mul`` and the rounding, without the two casts and
+    the float64 passes (measured: most of a float-scale frame's time besides the convolutions).
+    Constant channels give their value: added
     after rounding, or, with ``const_in_acc`` (the convolution gave them no taps and their value
     as bias), multiplied by 1.  Otherwise the product is formed in int64 and shifted as
-    ``shift_round`` does (more passes over 8-byte data).
+    ``shift_round`` does (more passes over 8-byte data).  ``int32``: ``acc`` is ``ConvInteger``'s
+    int32 accumulator (below 2^24), cast once to the type each form computes in (float64 or int64
+    directly: exact, one pass fewer than through float32).
     """
     cout = len(fx.mult)
     far = max(abs(lo - ep["zp"]), abs(hi - ep["zp"])) + 1
@@ -176,6 +95,14 @@ def _requantize_wide(g: Graph, acc: str, double: bool, fx: FixedPoint, ep: dict,
     if recipe is None:
         raise NotFusable(f"tie rule {ep['round']}")
     value = np.zeros(cout) if const_in_acc else fx.value
+    m32 = None if double or np.ndim(ep["zp"]) else float32_multipliers(fx, ep, lo, hi, const_in_acc)
+    if m32 is not None:  # float32 all through: half the bytes, two casts fewer
+        v = g.node("Mul", [g.node("Cast", [acc], to=TensorProto.FLOAT) if int32 else acc,
+                           g.const(m32.reshape(1, cout, 1, 1))])
+        offset, op = recipe
+        if offset:
+            v = g.node("Add", [v, g.const(offset)])
+        return centred_clip(g, g.node(op, [v]), ep["zp"], lo, hi, np.float32)
     if np.all(fx.const | (bits <= 52)):
         v = acc
         if not double:
