@@ -64,8 +64,8 @@ def quantize_command(
                                               "cluster ('auto', 'local' or HOST:PORT; config calib_ray_address)."),
     min_similarity: Optional[float] = typer.Option(
         None, "--min-similarity", metavar="COS", min=0.0, max=1.0,
-        help="Accuracy target: run the cheapest steps (percentile search, equalisation, AdaRound, block "
-             "reconstruction) until the lowest output cosine on the calibration samples reaches COS, every "
+        help="Accuracy target: run the cheapest steps (percentile search, equalisation, GPTQ, AdaRound, "
+             "block reconstruction) until the lowest output cosine on the calibration samples reaches COS, every "
              "layer kept on the accelerator."),
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", metavar="SECONDS", min=1.0,

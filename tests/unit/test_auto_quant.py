@@ -34,7 +34,7 @@ def test_an_unreachable_target_runs_the_ladder_and_keeps_the_best():
                            config={"fast_finetune": None})
     assert not result.met and result.cpu_fallback is None  # no CPU fallback unless allowed
     assert [s.name for s in result.steps] == ["target defaults", *[n for n, _, _ in LADDER]]
-    assert [s.kept for s in result.steps] == [True, False, True, False, False]
+    assert [s.kept for s in result.steps] == [True, False, True, False, False, False]
     assert result.score == 1.0 and result.config.include_cle is True
     assert result.quantized is calls[2]
 
@@ -64,8 +64,8 @@ def test_cpu_fallback_keeps_the_fewest_layers_of_the_plan_in_float():
 
 
 def test_finetune_rungs_after_a_kept_search_also_try_the_finetune_default_ranges():
-    """A kept calibration search sets percentile ranges; AdaRound then runs on the finetune default
-    (MSE positions on the DPU) and on them, and keeps the better, naming it."""
+    """A kept calibration search sets percentile ranges; the first finetune rung (GPTQ) then runs on
+    the finetune default (MSE positions on the DPU) and on them, and keeps the better, naming it."""
     seen = []
 
     def metric(q):
@@ -79,7 +79,7 @@ def test_finetune_rungs_after_a_kept_search_also_try_the_finetune_default_ranges
     result = auto_quantize(two_conv_net(), _calib(), DPU, metric=metric, min_metric=2.5,
                            config={"fast_finetune": None})
     names = [s.name for s in result.steps]
-    adaround = result.steps[names.index("AdaRound")]
+    adaround = result.steps[names.index("GPTQ")]
     assert result.steps[names.index("calibration search")].kept
     assert adaround.kept and adaround.score == 3.0
     assert adaround.note == "finetune default ranges: 3; ranges of the best model so far (percentile): 2"
@@ -91,7 +91,7 @@ def test_finetune_rungs_after_a_kept_search_also_try_the_finetune_default_ranges
 
 def test_without_a_search_finetune_rungs_try_min_max_beside_the_mse_default():
     """On a power-of-two target the plain model's min/max ranges differ from finetuning's MSE
-    default: AdaRound runs on both, and the step names the min/max start when it wins."""
+    default: the first finetune rung (GPTQ) runs on both, and the step names the min/max start when it wins."""
     seen = []
 
     def metric(q):
@@ -102,14 +102,14 @@ def test_without_a_search_finetune_rungs_try_min_max_beside_the_mse_default():
 
     result = auto_quantize(two_conv_net(), _calib(), DPU, metric=metric, min_metric=1.5,
                            config={"fast_finetune": None})
-    adaround = next(s for s in result.steps if s.name == "AdaRound")
+    adaround = next(s for s in result.steps if s.name == "GPTQ")
     assert adaround.kept and adaround.score == 2.0
     assert adaround.note == "finetune default ranges: 1; ranges of the best model so far (minmax): 2"
     assert result.config.model_dump(exclude_unset=True)["activation"]["method"] == "minmax"
 
 
 def test_a_float_scale_target_finetunes_once_on_its_default_ranges():
-    """cpu-int8's finetune default equals its plain default (percentile): one AdaRound run."""
+    """cpu-int8's finetune default equals its plain default (percentile): one run of each finetune rung."""
     seen = []
 
     def metric(q):
@@ -118,7 +118,7 @@ def test_a_float_scale_target_finetunes_once_on_its_default_ranges():
 
     auto_quantize(two_conv_net(), _calib(), "cpu-int8", metric=metric, min_metric=1.0,
                   config={"fast_finetune": None})
-    assert seen.count(True) == 2  # AdaRound once, block reconstruction once
+    assert seen.count(True) == 3  # GPTQ, AdaRound and block reconstruction once each
 
 
 def test_a_step_note_separates_the_scores_from_the_verdict():
@@ -127,3 +127,24 @@ def test_a_step_note_separates_the_scores_from_the_verdict():
                            config={"fast_finetune": None})
     adaround = next(s for s in result.steps if s.name == "AdaRound")
     assert adaround.note == "finetune default ranges: 0; no gain: not kept"
+
+
+def test_gptq_is_the_first_finetune_rung_and_runs_gptq():
+    """The closed-form GPTQ rung comes after equalisation and before the learned rounding, and
+    quantizes with ``fast_finetune: {method: gptq}``; it is kept only when it raises the score."""
+    methods = []
+
+    def metric(q):
+        ff = q.config.fast_finetune
+        methods.append(None if ff is None else ff.method)
+        return {None: 0.0, "gptq": 2.0}.get(methods[-1], 1.0)
+
+    result = auto_quantize(two_conv_net(), _calib(), "cpu-int8", metric=metric, min_metric=3.0,
+                           config={"fast_finetune": None})
+    names = [s.name for s in result.steps]
+    assert names.index("equalisation") < names.index("GPTQ") < names.index("AdaRound")
+    assert [m for m in methods if m] == ["gptq", "adaround", "brecq"]
+    gptq = result.steps[names.index("GPTQ")]
+    assert gptq.kept and gptq.score == 2.0
+    assert not result.steps[names.index("AdaRound")].kept
+    assert result.config.fast_finetune.method == "gptq"
