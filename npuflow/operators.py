@@ -423,6 +423,14 @@ DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", 
 #: that counts when the joined graph's kernels are compared with the parts' (``runtime/joined.py``; PP-OCR
 #: cls on B4096: the two ``Squeeze`` of its fused run's output, which the joined graph's optimiser removes).
 SEAM_MOVES = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
+#: Ops whose output has the element type of one of their inputs (the values they move, select or add in
+#: one type; a QOperator's output zero point), by ``(domain, op_type)`` -> that input: ``runtime/joined_seams``
+#: follows a seam tensor back to the node that made its bytes to know they are uint8 (``com.microsoft``'s
+#: ``QLinearAdd``/``QLinearMul`` bind A, B and C to one type; a table's ``Gather`` has its table's).
+OUTPUT_TYPE_OF_INPUT = {**{("", op): 0 for op in ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten",
+                                                  "Gather", "GatherElements", "Slice", "Concat", "Split")},
+                        ("com.microsoft", "QLinearAdd"): 0, ("com.microsoft", "QLinearMul"): 0,
+                        ("", "QLinearConv"): 7, ("com.microsoft", "QLinearConv"): 7, ("", "QuantizeLinear"): 2}
 #: Attributes an op gained at a later opset whose default keeps its earlier meaning, with that default: a node
 #: of the earlier opset (which cannot set it) means the same there (``runtime/joined``: PP-OCR cls's opset-13
 #: ``Reshape`` in an opset-18 joined graph; ``allowzero`` 0 copies a 0 dimension, as opset 13 always did).

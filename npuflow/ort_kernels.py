@@ -374,6 +374,29 @@ def convinteger_exact() -> bool:
 
 
 @persistent
+def matmulinteger_u8_exact() -> bool:
+    """Whether this process' ``MatMulInteger`` of uint8 rows and uint8 weights (zero point 128, the
+    ``ConvInteger`` weight form of :func:`convinteger_exact`) gives the exact accumulator: codes
+    0/255 (zero point 3) and weights 0/255, the products a saturating 16-bit lane would clip, one
+    row and several, odd and even ``K``, against the int64 sums.  Fully connected layers of several
+    rows then take their accumulator from it without a layout move (``fused_conv._rows_accumulator``)."""
+    rng = np.random.default_rng(0)
+    for rows, k in ((1, 33), (16, 64), (7, 200)):
+        a = rng.choice(np.array([0, 255], np.uint8), size=(1, rows, k))
+        b = rng.choice(np.array([0, 255], np.uint8), size=(k, 24))
+        inits = [numpy_helper.from_array(v, n) for v, n in ((b, "b"), (np.uint8(3), "az"), (np.uint8(128), "bz"))]
+        node = helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
+        try:
+            got = probe_session([node], [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)], inits,
+                                TensorProto.INT32).run(None, {"a": a})[0]
+        except _ORT_REFUSALS:  # a kernel this ONNX Runtime lacks: the convolution form serves
+            return False
+        if not np.array_equal(got, (a.astype(np.int64) - 3) @ (b.astype(np.int64) - 128)):
+            return False
+    return True
+
+
+@persistent
 def exact() -> bool:
     """Whether this process' ONNX Runtime integer kernels compute ``numerics``' codes (see the
     module docstring): ``QLinearConv`` in some :func:`weight_form`, and ``QLinearAdd``."""

@@ -24,7 +24,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import numerics as nm
-from ..ort_kernels import convinteger_exact, matmul_int8_exact, weight_arrays
+from ..ort_kernels import convinteger_exact, matmul_int8_exact, matmulinteger_u8_exact, weight_arrays
 from . import fused_fixconv, fused_fixed, fused_qgemm, fused_qlinear
 from .epilogues import chain_bounds, make_epilogue, make_float_finish, out_type
 from .fused_graph import (F32_BOUND, INDEX_TYPE, Graph, NotFusable, abs_sums, channel, clamp_bounds,
@@ -82,7 +82,9 @@ def _same(v: str) -> str:
 def matmul(g: Graph, op: dict, blobs: dict) -> None:
     """``x (..., K) @ w (K, N) + bias`` as a 1x1 convolution of the rows: ``x`` viewed as
     (1, K, rows, 1), the weights as (N, K, 1, 1); bounds, chunks and requantisation as
-    :func:`conv`, the result moved back to (..., N)."""
+    :func:`conv`, the result moved back to (..., N).  Several rows with a float or fixed-point
+    epilogue take the exact accumulator from ``MatMulInteger`` of the rows as they lie
+    (:func:`_rows_accumulator`), without that move."""
     a = op["attrs"]
     if a.get("wide"):
         raise NotFusable("16-bit inputs")
@@ -91,9 +93,14 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     w = np.asarray(blobs["w"])
     t = op["inputs"][0]
     k, n = w.shape
-    to_rows, back = rows_as_conv(g, list(g.tensors[t]["shape"]), n, a["out_shape"])
+    shape = list(g.tensors[t]["shape"])
     as_conv = {**op, "attrs": {**a, "group": 1}, "inputs": [t]}
     wc = np.ascontiguousarray(w.T).reshape(n, k, 1, 1)
+    rows = int(np.prod(shape[:-1]))
+    if rows > 1 and matmulinteger_u8_exact() and _integer_conv(
+            g, as_conv, t, {"w": wc, "b": blobs["b"]}, _same, _rows_back(g, a["out_shape"]), rows=rows):
+        return
+    to_rows, back = rows_as_conv(g, shape, n, a["out_shape"])
     if _integer_conv(g, as_conv, t, {"w": wc, "b": blobs["b"]}, to_rows, back, kernel_shape=[1, 1]):
         return
     x, off = g.base(t)
@@ -182,7 +189,8 @@ Emit = Callable[[str, np.ndarray, "np.ndarray | None"], str]
 
 
 def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[str], str],
-                  from_conv: Callable[[str], str], out: str | None = None, **node_attrs) -> bool:
+                  from_conv: Callable[[str], str], out: str | None = None, rows: int | None = None,
+                  **node_attrs) -> bool:
     """Write dense convolution ``op`` (manifest input ``t``, ``blobs`` in convolution layout) with
     a float epilogue as ONNX ``ConvInteger`` on 8-bit codes, and say whether it did.
 
@@ -197,7 +205,9 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     int8 weights that are not codes, an ``lshift``, per-channel output scales and accumulators
     that could leave int32.  Wide pointwise convolutions whose int8 weights cannot saturate MLAS'
     uint8 x int8 lanes run as ``MatMulInteger`` instead (:func:`_matmul_form`).  ``to_conv``/``from_conv`` move
-    ``t``'s codes into the convolution's layout and the result back; ``out`` as in :func:`_convolve`."""
+    ``t``'s codes into the convolution's layout and the result back; ``out`` as in :func:`_convolve`.
+    ``rows``: ``op`` is a fully connected layer of that many rows of ``t`` as they are (..., K), its
+    accumulator ``MatMulInteger``'s (:func:`_rows_accumulator`), not a convolution's."""
     a, ep = op["attrs"], op["attrs"]["epilogue"]
     w, bias = fused_qlinear.int8_weights(blobs["w"]), np.asarray(blobs["b"]).reshape(-1)
     dtype = np.dtype(g.tensors[t]["dtype"])
@@ -225,7 +235,9 @@ def _integer_conv(g: Graph, op: dict, t: str, blobs: dict, to_conv: Callable[[st
     if not 0 <= a["x_zp"] - k <= 255 or np.any(sums + np.abs(move) > acc_hi) or not convinteger_exact():
         return False
     x, x_zp = to_conv(g.as_bytes(t, k)), g.scalar(a["x_zp"] - k, np.uint8)
-    if _matmul_form(op, w, node_attrs):
+    if rows is not None:
+        acc = _rows_accumulator(g, x, x_zp, w, rows)
+    elif _matmul_form(op, w, node_attrs):
         acc = _matmul_accumulator(g, x, x_zp, w, a["in_shape"])
     else:
         (wq, _), _ = weight_arrays(w, "u8")
@@ -284,6 +296,32 @@ def _matmul_accumulator(g: Graph, x: str, x_zp: str, w: np.ndarray, in_shape: li
     weights = g.const(np.ascontiguousarray(w.reshape(w.shape[0], c).T), np.int8)
     acc = g.node("MatMulInteger", [rows, weights, x_zp, g.scalar(0, np.int8)])
     return g.node("Reshape", [g.node("Transpose", [acc], perm=[0, 2, 1]), g.const([n, w.shape[0], h, wd], np.int64)])
+
+
+def _rows_accumulator(g: Graph, x: str, x_zp: str, w: np.ndarray, rows: int) -> str:
+    """The int32 accumulator of a fully connected layer of uint8 rows ``x`` (..., K; zero point
+    ``x_zp``) and int8 weights ``w`` (N, K, 1, 1) as ``MatMulInteger`` of the rows as they lie, viewed
+    as (rows, N, 1, 1): its channels on axis 1, where the epilogue's per-channel constants
+    broadcast, with no data moved.  Int8 weights where ``ort_kernels.matmul_int8_exact`` finds
+    MLAS' uint8 x int8 lanes exact for them, else uint8 ``w + 128`` (``ort_kernels.matmulinteger_u8_exact``).
+    The convolution form (``fused_graph.rows_as_conv``) moved the rows to (1, K, rows, 1) and the
+    result back: two ``Transpose`` and three ``Reshape`` nodes a layer (EfficientFormer-style
+    attention blocks on bernoulli2: six such layers a frame)."""
+    b = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+    if matmul_int8_exact(b):
+        acc = g.node("MatMulInteger", [x, g.const(b, np.int8), x_zp, g.scalar(0, np.int8)])
+    else:
+        (wq, _), _ = weight_arrays(b, "u8")
+        acc = g.node("MatMulInteger", [x, g.const(wq, np.uint8), x_zp, g.scalar(-nm.qrange(8, True)[0], np.uint8)])
+    return g.node("Reshape", [acc, g.const([rows, w.shape[0], 1, 1], np.int64)])
+
+
+def _rows_back(g: Graph, out_shape: list[int]) -> Callable[[str], str]:
+    """The (rows, N, 1, 1) result of :func:`_rows_accumulator`'s layer put back in ``out_shape``."""
+    def back(y: str) -> str:
+        return g.node("Reshape", [y, g.const(list(out_shape), np.int64)])
+
+    return back
 
 
 def _integer_reader(op: dict) -> bool:

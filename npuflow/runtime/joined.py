@@ -89,20 +89,26 @@ def _part(step: merge.Step) -> _Part | None:
     model, external = found
     if model.functions:  # the quantizer's rounding steps (DPU targets' half-up quantize), inlined as
         model = onnx.inliner.inline_local_functions(model)  # ONNX Runtime loads them (EfficientFormer B4096: 21 calls -> 5)
-    if cpu_level(model) != "all" and not (_plain(model) and ort_verdicts.keyed_verdict(
+    basic = cpu_level(model) != "all"
+    if basic and not (_plain(model) and ort_verdicts.keyed_verdict(
             level_free, _digest(model, external, []), model, external)):  # a custom op's ONNX Runtime knows not
         return None
     names = {v.name: v.name for v in [*model.graph.input, *model.graph.output]}
-    return _Part(step, model, external, names, (), True)
+    # a basic-level part is compared at the full level as the joined session runs it (level_free)
+    return _Part(step, model, external, names, tuple(fused.DISABLED_OPTIMIZERS) if basic else (), True)
 
 
 def level_free(model: onnx.ModelProto, external: dict[str, np.ndarray]) -> bool:
-    """Whether ONNX Runtime runs the same kernels for ``model`` at its full optimisation level as at
-    the basic one.  A CPU subgraph of power-of-two scales runs at the basic level
-    (``executors.cpu_level``: no fusion of its Q/DQ steps into integer kernels), which a joined
-    session would not keep; where the full level fuses nothing in it (PP-OCR cls on B4096: its
-    ``DequantizeLinear`` and ``Softmax``) it runs the same kernels there and may join."""
-    return ort_kernels.kernels(model, "all", (), external) == ort_kernels.kernels(model, "basic", (), external)
+    """Whether ONNX Runtime runs the same kernels for ``model`` at its full optimisation level, less
+    the fusions a joined session turns off (``fused.DISABLED_OPTIMIZERS``), as at the basic one.  A
+    CPU subgraph of power-of-two scales runs at the basic level (``executors.cpu_level``: no fusion
+    of its Q/DQ steps into integer kernels), which a joined session would not keep; where the full
+    level fuses nothing in it (PP-OCR cls on B4096: its ``DequantizeLinear`` and ``Softmax``) it runs
+    the same kernels there and may join.  The joined session never folds a ``Div`` or ``Mul`` by a
+    constant into a ``MatMul``'s alpha (``MatMulScaleFusion``, other float rounding), so an attention
+    island's ``MatMul -> Div`` (EfficientFormer-style nets on B4096) joins as the two kernels it runs apart."""
+    return ort_kernels.kernels(model, "all", fused.DISABLED_OPTIMIZERS, external) \
+        == ort_kernels.kernels(model, "basic", (), external)
 
 
 def _plain(model: onnx.ModelProto) -> bool:
@@ -280,7 +286,8 @@ def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts:
 
 
 def same_but_seams(model: onnx.ModelProto, seamed: onnx.ModelProto, external: dict[str, np.ndarray]) -> bool:
-    """Whether ONNX Runtime runs for ``seamed`` (:func:`.joined_seams.one_quantize_step` of ``model``) the
+    """Whether ONNX Runtime runs for ``seamed`` (:func:`.joined_seams.one_quantize_step` or
+    :func:`.joined_seams.one_dequantize_step` of ``model``) the
     kernels it runs for ``model``, less the nodes the rewrite removed and with those it wrote, and less
     at most one ``DequantizeLinear -> QuantizeLinear`` pair of one step per new quantize step after a data
     movement, which gives back its codes (:func:`.joined_seams.moved_round_trips`)."""
@@ -460,10 +467,12 @@ def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: i
     model, external, inputs = joined
     if not ort_verdicts.keyed_verdict(same_kernels, _digest(model, external, parts), model, external, parts):
         return None
-    seamed = joined_seams.one_quantize_step(model, external)
-    if seamed is not model and ort_verdicts.keyed_verdict(same_but_seams, _digest(seamed, external, parts),
-                                                          model, seamed, external):
-        model = seamed  # EfficientFormer-style B: 7 seams' Cast -> Add -> Cast, 21 nodes less
+    # EfficientFormer-style B: 7 seams' Cast -> Add -> Cast, 21 nodes less, then 6 the other way, 27 less
+    for rewrite in (joined_seams.one_quantize_step, joined_seams.one_dequantize_step):
+        seamed = rewrite(model, external)  # each kept on its own check, so one refused leaves the other
+        if seamed is not model and ort_verdicts.keyed_verdict(same_but_seams, _digest(seamed, external, parts),
+                                                              model, seamed, external):
+            model = seamed
     for p in parts:  # the joined model holds what ONNX Runtime's creation reads
         p.model = p.external = None
     release()

@@ -113,7 +113,9 @@ def test_fully_connected_with_a_float_chain_runs_on_convinteger(target):
     assert op["op"] == "matmul" and ep["mode"] == "float"
     plan = _equal_fused_and_kernels(b.model(), {"x": _x([5, 24], 48, scale=8.0)}, target)
     ops = _ops(plan)
-    assert ops.count("ConvInteger") == 1 and "Conv" not in ops, ops
+    # its 5 rows as they lie: MatMulInteger (fused_conv._rows_accumulator), no layout Transpose
+    assert ops.count("MatMulInteger") == 1 and "Conv" not in ops and "ConvInteger" not in ops, ops
+    assert "Transpose" not in ops, ops
 
 
 def test_weight_code_minus_128_bounds_the_accumulator_table():

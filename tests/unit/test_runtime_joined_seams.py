@@ -15,8 +15,9 @@ from benchmarks import bench_layernorm
 from npuflow.runtime import joined
 
 
-@pytest.fixture(scope="module")
-def effformer(tmp_path_factory):
+def compile_effformer(tmp_path_factory, target: str):
+    """``bench_layernorm.py``'s EfficientFormer-style net quantized on 16 smooth random images and
+    compiled for ``target``, with 6 more such images."""
     path = tmp_path_factory.mktemp("effformer") / "effformer.onnx"
     bench_layernorm.export(bench_layernorm.build("effformer", "x"), str(path), 17)
     rng = np.random.default_rng(0)
@@ -26,8 +27,13 @@ def effformer(tmp_path_factory):
         return {"x": (coarse + 0.2 * rng.standard_normal((1, 3, 32, 32))).astype(np.float32)}
 
     calibration = [image() for _ in range(16)]
-    compiled = npuflow.compile(npuflow.quantize(str(path), calibration, target="bernoulli2").model, "bernoulli2")
+    compiled = npuflow.compile(npuflow.quantize(str(path), calibration, target=target).model, target)
     return compiled, [image() for _ in range(6)]
+
+
+@pytest.fixture(scope="module")
+def effformer(tmp_path_factory):
+    return compile_effformer(tmp_path_factory, "bernoulli2")
 
 
 def _byte_chains(model: onnx.ModelProto) -> int:
@@ -60,3 +66,82 @@ def test_effformer_seams_are_one_quantize_step_equal_to_the_kernels(effformer, m
     for x in frames:
         a, b = session.run(x), ref.run(x)
         assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in b)
+
+
+def test_effformer_fully_connected_rows_are_matmulinteger_equal_to_the_kernels(effformer, monkeypatch):
+    # the attention blocks' qkv, projection and first MLP layers (fixed-point requantisation, no
+    # QGemm form) took ConvInteger of the rows moved to (1, K, rows, 1) and back: two Transpose
+    # and three Reshape nodes a layer; now MatMulInteger of the rows as they lie
+    monkeypatch.setenv("NPUFLOW_ENABLE_CACHE", "0")
+    compiled, frames = effformer
+    opened = []
+    real = joined.open_session
+    monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
+    session, ref = npuflow.Session(compiled, threads=1), npuflow.Session(compiled, fuse=False)
+    (model,) = opened
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("ConvInteger") == 0 and ops.count("MatMulInteger") >= 6  # 8 ConvInteger before
+    for x in frames:
+        a, b = session.run(x), ref.run(x)
+        assert all(np.array_equal(a[k], b[k]) for k in b)
+
+
+def _int8_chains(model: onnx.ModelProto) -> int:
+    """``Cast(float) -> Add(-128) -> Cast(int8)`` chains in ``model`` (a fused run's bytes as int8 codes)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def after(n: onnx.NodeProto, op: str, to: int | None = None) -> list[onnx.NodeProto]:
+        return [r for r in readers.get(n.output[0], []) if r.op_type == op
+                and (to is None or onnx.helper.get_attribute_value(r.attribute[0]) == to)]
+
+    return sum(1 for c in model.graph.node if c.op_type == "Cast" and c.attribute[0].i == onnx.TensorProto.FLOAT
+               for a in after(c, "Add") for _ in after(a, "Cast", onnx.TensorProto.INT8))
+
+
+def test_effformer_int8_seams_read_the_bytes_equal_to_the_kernels(effformer, monkeypatch):
+    # a fused run's uint8 bytes handed to a LayerNorm part as int8 codes: Cast -> Add(-128) -> Cast(int8),
+    # then DequantizeLinear (and, for a residual, the next run's Cast -> Add(128) -> Cast(uint8));
+    # now the dequantize step reads the bytes with zero point + 128 and the next run the bytes themselves
+    monkeypatch.setenv("NPUFLOW_ENABLE_CACHE", "0")
+    compiled, frames = effformer
+    opened = []
+    real = joined.open_session
+    monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
+    session, ref = npuflow.Session(compiled, threads=1), npuflow.Session(compiled, fuse=False)
+    (model,) = opened
+    assert _int8_chains(model) <= 1  # 6 before; one is left to a reader that computes on the codes
+    for x in frames:
+        a, b = session.run(x), ref.run(x)
+        assert all(np.array_equal(a[k], b[k]) for k in b)
+
+
+def _seam(source: str) -> onnx.ModelProto:
+    """``source`` codes (a uint8 input, or float codes) -> Cast -> Add(-128) -> Cast(int8) -> DequantizeLinear."""
+    from onnx import TensorProto, helper, numpy_helper
+    elem = TensorProto.UINT8 if source == "uint8" else TensorProto.FLOAT
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["f", "off"], ["c"]), helper.make_node("Cast", ["c"], ["t"], to=TensorProto.INT8),
+             helper.make_node("DequantizeLinear", ["t", "s", "z"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(-128, np.float32), "off"),
+             numpy_helper.from_array(np.array(0.0371, np.float32), "s"), numpy_helper.from_array(np.array(-5, np.int8), "z")]
+    graph = helper.make_graph(nodes, "seam", [helper.make_tensor_value_info("x", elem, [256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_one_dequantize_step_gives_the_same_values_on_every_byte():
+    import onnxruntime as ort
+
+    from npuflow.runtime import joined_seams
+    model = _seam("uint8")
+    seamed = joined_seams.one_dequantize_step(model, {})
+    assert [n.op_type for n in seamed.graph.node] == ["DequantizeLinear"]
+    x = {"x": np.arange(256, dtype=np.uint8)}
+    want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+                 for m in (model, seamed))
+    assert np.array_equal(want, got)
+    float_codes = _seam("float")  # not known to be bytes: left as it is
+    assert joined_seams.one_dequantize_step(float_codes, {}) is float_codes
