@@ -24,6 +24,7 @@ from ..activation_patterns import unit_kind
 from ..operators import CHAIN_OPS, LOWERED_OPS, REWRITTEN_OPS, SHAPE_OPS, TABLE_OPS, WEIGHTED_KINDS, op_def
 from ..passes.target_rewrites import Rewrite
 from ..targets import Target, load_target
+from ..targets.spec import OpRule
 from .cone import cone_reason, float_cones
 from .fusion import find_activation_patterns, fuse, pattern_view
 from ..graph import GraphView, attr_values, subgraphs
@@ -136,6 +137,16 @@ def _shape_only(view: GraphView) -> list[bool]:
     return flags
 
 
+def _listed_but_not_lowered(limit: str, rule: OpRule | None, kind: str, tgt: Target) -> str:
+    """``limit``, saying so where the target's data lists the op and only npuflow's compiler lacks it:
+    cpu-int8 lists softmax (QLinearSoftmax) and the DPUCV(2)DX8G targets argmax, and "Softmax has no
+    integer lowering" alone read as the target's verdict (round 24)."""
+    if rule is None or not limit.endswith("has no integer lowering"):
+        return limit
+    return (f"{limit} ({tgt.name} lists {kind} as {rule.kernel_type}; npuflow's compiler has no integer program "
+            f"for it, so it runs in float on the CPU)")
+
+
 def _unsupported_reason(info: OpInfo, node: onnx.NodeProto, tgt: Target) -> str:
     if subgraphs(node):
         return (f"{node.op_type} is control flow: it and every node of its branches/body run on the CPU "
@@ -195,7 +206,7 @@ def _judge(view: GraphView, tgt: Target) -> CheckReport:
         # a kind: cpu target runs every op the compiler lowers (compiler/partition.py); its rules only label them
         reasons[i] = rule_reasons(rule, info.params, hw) if rule is not None else []
         if limit is not None:
-            reasons[i].append(limit)
+            reasons[i].append(_listed_but_not_lowered(limit, rule, info.kind, tgt))
         device[i] = NPU if not reasons[i] else CPU
     kept_float: set[int] = set()  # what the quantizer keeps float wherever it runs
     if not facts.quantized:  # in a quantized model the quantizer has decided: lowering_limit reads it
