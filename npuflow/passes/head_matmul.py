@@ -31,7 +31,7 @@ MAX_HEADS = 16
 def head_matmuls_as_2d(model: onnx.ModelProto, target: Target | None) -> onnx.ModelProto:
     """A new model with each ``x @ W`` of a per-head constant ``W`` written as per-head 2-D products
     (the model itself when nothing changes)."""
-    if target is None or any(target.rule(op) is None for op in ("strided_slice", "concat", "fc", "transpose")):
+    if not runs_per_head(target):
         return model
     if not any(n.op_type == "MatMul" and not n.domain for n in model.graph.node):
         return model
@@ -46,18 +46,36 @@ def head_matmuls_as_2d(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
             continue
         w = view.value(node.input[1])
         x_dims = dims.get(node.input[0]) or ()
-        if w is None or w.ndim < 3 or len(x_dims) != w.ndim or view.value(node.input[0]) is not None:
+        if w is None or view.value(node.input[0]) is not None:
             continue
-        heads = [a for a, size in enumerate(w.shape[:-2]) if size != 1]
-        if len(heads) != 1 or x_dims[heads[0]] != w.shape[heads[0]] or w.shape[heads[0]] > MAX_HEADS:
+        axis = head_axis(w.shape, x_dims)
+        if axis is None:
             continue
-        axis, name = heads[0], node.name or node.output[0]
+        name = node.name or node.output[0]
         _splice(out.graph, [node], _per_head(out.graph, node, w, axis, name))
         changed = True
     if not changed:
         return model
     remove_unused_initializers(out.graph)
     return out
+
+
+def runs_per_head(target: Target | None) -> bool:
+    """Whether ``target`` runs what the per-head rewrite writes: slices, a concat, matrix products with a
+    constant and transposes (``q^T`` beside it)."""
+    return target is not None and all(target.rule(op) is not None for op in ("strided_slice", "concat", "fc", "transpose"))
+
+
+def head_axis(w_shape: tuple[int, ...], x_dims: tuple | list) -> int | None:
+    """The head axis of a per-head constant of shape ``w_shape`` multiplying an operand of dims ``x_dims``:
+    the one leading axis not 1, of the operand's size there and at most :data:`MAX_HEADS`, the ranks equal;
+    None when the constant is not one matrix per head."""
+    if len(w_shape) < 3 or len(x_dims) != len(w_shape):
+        return None
+    heads = [a for a, size in enumerate(w_shape[:-2]) if size != 1]
+    if len(heads) != 1 or x_dims[heads[0]] != w_shape[heads[0]] or w_shape[heads[0]] > MAX_HEADS:
+        return None
+    return heads[0]
 
 
 def _per_head(graph: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, axis: int, name: str) -> list:
