@@ -287,6 +287,9 @@ ELEMENTWISE_OPS = frozenset({
 #: ONNX Runtime runs them through one broadcast helper (``runtime/broadcast.py``).
 BROADCAST_ELEMENTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "Where", "Less", "Greater",
                                        "LessOrEqual", "GreaterOrEqual", "Equal", "And", "Or", "Xor", "Mod", "PRelu"})
+#: Standard ops whose output is boolean (comparisons, logic, tests): a ``Cast`` of one to float holds 0 and 1 only.
+BOOLEAN_OUTPUT_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
+                                "IsNaN", "IsInf"})
 #: Layout ops whose effect is a permutation of axes or the removal/insertion of size-1 axes (no data moves
 #: but for the permutation): a channels-last export's transposes and batch squeezes (:mod:`npuflow.passes.layout_sandwich`).
 AXIS_LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze"})

@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics as nm, ort_kernels
 from ..errors import NpuflowError
 from ..graph import GraphView, attr
-from ..operators import ELEMENTWISE_OPS
+from ..operators import BOOLEAN_OUTPUT_OPS, ELEMENTWISE_OPS
 from ..ort_session import Level, open_session
-from ..qdq import DOMAIN
+from ..qdq import DOMAIN, parse_function_name
 
 from . import fused
 from .broadcast import full_rank_constants
@@ -209,6 +209,7 @@ class OnnxExecutor:
         """The subgraph as its session runs it: the model, its carried tensors, its external arrays."""
         model, carried = _carry_unexchangeable(onnx.load_from_string(self._read()))
         _softmax_before_transpose(model)
+        _quantized_booleans_as_select(model)
         return model, carried, _move_out_large_constants(model)
 
     def _open(self, model: onnx.ModelProto, external: dict[str, np.ndarray]) -> ort.InferenceSession:
@@ -274,6 +275,37 @@ def return_freed_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+def _quantized_booleans_as_select(model: onnx.ModelProto) -> None:
+    """Write each quantize step whose input is a ``Cast`` of booleans to float (a one-hot: Magika's
+    ``Equal`` of 2048 bytes with 257 values) as a ``Where`` between its two codes, in place.
+
+    The step sees 0.0 and 1.0 only, so its codes are ``numerics.quantize`` of those two under its own
+    scale, zero point and rounding: the same codes, one select over the tensor instead of the float
+    cast and the quantize function's eight passes (Magika on DPUCZDX8G_ISA1_B4096, ``[1, 2048, 257]``:
+    benchmarks/results/runtime_corpus_s34.md).  The ``Cast`` stays where something else reads it."""
+    view = GraphView(model.graph)
+    for node in list(model.graph.node):
+        standard = (nm.RoundMode.HALF_EVEN, None) if node.op_type == "QuantizeLinear" else None
+        parsed = parse_function_name(node.op_type) if node.domain == DOMAIN else standard
+        cast = view.producer_node(node.input[0])
+        if parsed is None or len(node.input) < 3 or cast is None or cast.op_type != "Cast" \
+                or attr(cast, "to") != TensorProto.FLOAT:
+            continue
+        source = view.producer_node(cast.input[0])
+        scale, zero = view.const(node.input[1]), view.const(node.input[2])
+        if source is None or source.op_type not in BOOLEAN_OUTPUT_OPS or scale is None or zero is None \
+                or scale.size != 1 or zero.size != 1:
+            continue
+        bits = 8 * zero.dtype.itemsize
+        codes = nm.quantize(np.array([0.0, 1.0], np.float32), float(scale.reshape(())), int(zero.reshape(())),
+                            bits=bits, signed=zero.dtype.kind == "i", round_mode=parsed[0]).astype(zero.dtype)
+        names = [f"{node.output[0]}__code{k}" for k in (0, 1)]
+        model.graph.initializer.extend(numpy_helper.from_array(np.array(c, zero.dtype), n)
+                                       for c, n in zip(codes, names))
+        select = helper.make_node("Where", [cast.input[0], names[1], names[0]], list(node.output), name=node.name)
+        node.CopyFrom(select)
 
 
 def _softmax_before_transpose(model: onnx.ModelProto) -> None:

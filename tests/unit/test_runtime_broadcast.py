@@ -129,3 +129,39 @@ def test_magika_sessions_read_full_rank_constants_and_stay_exact(magika_npuf, mo
     reference = npuflow.Session(magika_npuf, fuse=False).run(x)
     for name, value in reference.items():
         np.testing.assert_array_equal(got[name], value)
+
+
+def _one_hot_quantized(mode: str) -> onnx.ModelProto:
+    """Magika's first CPU subgraph: bytes -> ``Equal`` with the 257 values -> ``Cast`` to float -> quantize."""
+    fn = qdq.make_quantize_function(mode, "int8", 17)
+    quantize = helper.make_node(fn.name, ["f", "s", "zp"], ["y"], domain=qdq.DOMAIN) if mode != "half_even" \
+        else helper.make_node("QuantizeLinear", ["f", "s", "zp"], ["y"])
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["x3"]),
+             helper.make_node("Equal", ["x3", "values"], ["b"]),
+             helper.make_node("Cast", ["b"], ["f"], to=TensorProto.FLOAT), quantize]
+    inits = [numpy_helper.from_array(np.array(1 / 128, np.float32), "s"),
+             numpy_helper.from_array(np.array(5, np.int8), "zp"),
+             numpy_helper.from_array(np.arange(257, dtype=np.int32), "values"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT32, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 64, 257])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(qdq.DOMAIN, 1)],
+                              functions=[fn] if mode != "half_even" else [])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("mode", ["half_up", "half_even"])
+def test_quantized_one_hot_is_a_select_between_its_two_codes(mode) -> None:
+    """The quantize step of a ``Cast`` of booleans sees 0 and 1 only: a ``Where`` between their codes
+    gives the same codes (1.0 at scale 1/128 saturates: 127, not 128 + 5)."""
+    model = _one_hot_quantized(mode)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rewritten = onnx.ModelProto.FromString(model.SerializeToString())
+    executors._quantized_booleans_as_select(rewritten)
+    assert [n.op_type for n in rewritten.graph.node] == ["Unsqueeze", "Equal", "Cast", "Where"]
+    got = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = {"x": np.random.default_rng(1).integers(0, 257, (1, 64)).astype(np.int32)}
+    want = expected.run(None, x)[0]
+    assert set(np.unique(want)) == {5, 127}
+    np.testing.assert_array_equal(got.run(None, x)[0], want)
