@@ -368,6 +368,63 @@ def fixed_point_as_float32(multiplier: np.ndarray, shift: np.ndarray, mode: Roun
     return None if np.any(np.isnan(chosen)) and not partial else chosen
 
 
+#: How far (relative) :func:`multipliers_with_float32_form` may move a fixed-point multiplier from
+#: the real ratio: float32's machine epsilon 2^-23.  The ratio ``s_in * s_w / s_out`` comes from
+#: float32 scales (each rounded by up to 2^-24 of itself), and ONNX Runtime's own integer kernels
+#: apply it as one float32 number (``requant_scale``): a multiplier this close is as exact an
+#: encoding of the model's ratio as its scales define and its reference run applies.  PP-OCRv4 rec
+#: on bernoulli2: 140 of 149 channels without a float32 form get one within 2^-23, 107 within
+#: 2^-24 (benchmarks/results/runtime_rec_b2_s34.md).
+FLOAT32_FORM_TOLERANCE = 2.0 ** -23
+
+
+def multipliers_with_float32_form(real: np.ndarray, acc_lo: np.ndarray, acc_hi: np.ndarray, lo: int, hi: int,
+                                  mode: RoundMode | str,
+                                  tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel fixed-point ``(multiplier, shift)`` of the positive ratios ``real``: each
+    channel's :func:`quantize_multiplier`, except where no float32 multiplier reproduces it over
+    the channel's accumulators ``acc_lo..acc_hi`` (:func:`fixed_point_as_float32`, codes saturated
+    to ``lo..hi`` around the zero point): then the multiplier nearest ``real * 2^shift`` within
+    ``tolerance`` of it (relative; :data:`FLOAT32_FORM_TOLERANCE` where None) that has such a
+    float32 form, if any.
+
+    Why: such a channel has a step whose exact product lies within float32's spacing of a tie,
+    and a target run on float32 kernels (the runtime's ``QLinearConv``) must compute it apart or
+    correct it with extra kernel channels (``runtime/fused_fixconv.py``).  Moving the multiplier by
+    less than float32's own precision moves only products that close to a tie (one code at such
+    accumulators, as the model's float32 reference run may differ there too) and leaves the
+    fixed-point arithmetic what it is: the target and the op-by-op runtime compute the new
+    multiplier exactly.  The candidates are checked with the same function, over a superset of
+    the accumulators the runtime proves, so its check finds the float32 form again."""
+    real = np.asarray(real, np.float64).reshape(-1)
+    tolerance = FLOAT32_FORM_TOLERANCE if tolerance is None else tolerance
+    pairs = [quantize_multiplier(float(r)) for r in real]
+    mult = np.array([m for m, _ in pairs], np.int64)
+    shift = np.array([s for _, s in pairs], np.int64)
+    a_lo = np.broadcast_to(np.asarray(acc_lo, np.int64), mult.shape)
+    a_hi = np.broadcast_to(np.asarray(acc_hi, np.int64), mult.shape)
+    # a channel beyond float32's exact integers (a saturated bias: the runtime gives it its constant) keeps its own
+    near = np.flatnonzero(np.maximum(np.abs(a_lo), np.abs(a_hi)) < FLOAT_EXACT_BOUND[np.dtype(np.float32)])
+    found = fixed_point_as_float32(mult[near], shift[near], mode, a_lo[near], a_hi[near], lo, hi, partial=True)
+    if found is None:
+        return mult, shift
+    for c in near[np.isnan(found)]:
+        target = math.ldexp(float(real[c]), int(shift[c]))  # real * 2^shift: exact (a power of two)
+        width = math.floor(target * tolerance)
+        cand = np.arange(math.ceil(target - width), math.floor(target + width) + 1, dtype=np.int64)
+        cand = cand[(cand >= 1) & (cand < (1 << 31)) & (cand != mult[c])]
+        cand = cand[np.argsort(np.abs(cand - target), kind="stable")]  # nearest first
+        for start in range(0, len(cand), 64):
+            part = cand[start:start + 64]
+            got = fixed_point_as_float32(part, np.full(len(part), shift[c]), mode, np.full(len(part), a_lo[c]),
+                                         np.full(len(part), a_hi[c]), lo, hi, partial=True)
+            ok = np.flatnonzero(~np.isnan(got)) if got is not None else []
+            if len(ok):
+                mult[c] = part[ok[0]]
+                break
+    return mult, shift
+
+
 def requant_scale(acc_scale: float | np.ndarray, out_scale: float) -> np.ndarray:
     """The float32 multiplier ONNX Runtime's integer kernels apply to an accumulator.
 

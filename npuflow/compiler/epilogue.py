@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..check.lowerable import chain_to_quantize
-from ..numerics import qrange, quantize_multiplier, requant_scale
+from ..numerics import multipliers_with_float32_form, qrange, quantize_multiplier, requant_scale
 from ..numerics import quantize as nq
 from ..operators import CHAIN_OPS, clip_bounds as node_clip_bounds
 from ..graph import attr
@@ -130,6 +130,7 @@ def clamps_are_noop(g: QGraph, chain: list[onnx.NodeProto], out: QParams) -> boo
 def make_epilogue(
     g: QGraph, t0: str, chain: list[onnx.NodeProto], acc_scale: np.ndarray, out: QParams,
     pow2_shift: np.ndarray | None, force_float: bool = False, ort_kernel: bool = False,
+    acc_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Epilogue for an accumulator whose real value is ``acc * acc_scale`` (per channel).
 
@@ -140,6 +141,9 @@ def make_epilogue(
     requantisation is then that kernel's float32 multiplier (``numerics.requantize_float``).
     Otherwise ORT computes the op in float32 and rounds the (almost exact) real value, which a
     31-bit fixed-point multiplier reproduces most closely (``numerics.requantize_fixed_point``).
+    ``acc_range``: the accumulator's reachable range per channel (:func:`accumulator_range`), where
+    known; a fixed-point channel then takes ``numerics.multipliers_with_float32_form``'s multiplier
+    (a float32 multiplier computes it exactly: the runtime needs no fix channels for it).
     """
     spec = out_spec(out)
     bounds = None if force_float else clip_bounds(g, chain)
@@ -155,16 +159,35 @@ def make_epilogue(
             spec["multiplier"] = _compact(requant_scale(np.asarray(acc_scale).reshape(-1), out.scalar_scale()))
         else:
             ratios = np.asarray(acc_scale, np.float64).reshape(-1) / out.scalar_scale()
-            pairs = [quantize_multiplier(float(r)) for r in ratios]
+            if acc_range is None:
+                pairs = [quantize_multiplier(float(r)) for r in ratios]
+                mult, shift = np.array([m for m, _ in pairs], np.int64), np.array([s for _, s in pairs], np.int64)
+            else:
+                lo, hi = qrange(out.bits, out.signed)
+                for a, b in spec["clamps"]:
+                    lo, hi = min(max(lo, a), hi), max(min(hi, b), lo)
+                zp = spec["zp"]
+                mult, shift = multipliers_with_float32_form(ratios, *acc_range, lo - zp, hi - zp, out.round_mode)
             spec["mode"] = "fixed"
-            spec["multiplier"] = _compact(np.array([m for m, _ in pairs], np.int64))
-            spec["shift"] = _compact(np.array([s for _, s in pairs], np.int64))
+            spec["multiplier"] = _compact(mult)
+            spec["shift"] = _compact(shift)
         return spec
     spec["mode"] = "float"
     spec["acc_scale"] = _compact(np.asarray(acc_scale, np.float32).reshape(-1))
     spec["chain"] = chain_program(g, t0, chain)
     spec["result"] = chain[-1].output[0] if chain else "$x"
     return spec
+
+
+def accumulator_range(bias_acc: np.ndarray, w: np.ndarray, axis: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each output channel's reachable accumulators of a convolution or fully connected layer:
+    ``bias +- reach * sum|w|`` (``w`` integer weights, output channels along ``axis``; ``reach``
+    the largest ``|q - zp|`` of the input's codes), a superset of what the runtime proves
+    (``runtime/fused_fixed.FixedPoint.of_layer``, from the same weights and often tighter input
+    codes), so a multiplier chosen exact over it is exact there too."""
+    sums = np.abs(np.asarray(w, np.int64)).sum(axis=tuple(i for i in range(np.ndim(w)) if i != axis % np.ndim(w)))
+    bias = np.asarray(bias_acc, np.int64).reshape(-1)
+    return bias - reach * sums, bias + reach * sums
 
 
 def _compact(values: np.ndarray) -> int | float | list:

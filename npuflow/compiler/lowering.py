@@ -26,7 +26,7 @@ from ..graph import attr
 from ..passes.gelu import gelu, table_ops
 from ..passes.linear_bias import linear_bias
 from . import fragments
-from .epilogue import clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
+from .epilogue import accumulator_range, clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
 from .program import IntOp
 from .qgraph import QGraph, QParams
 
@@ -197,7 +197,8 @@ def lower_conv(g: QGraph, n: onnx.NodeProto) -> IntOp:
         "strides": strides, "pads": pads, "dilations": dil, "group": group, "kernel": [kh, kw],
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "lshift": _compact(lshift),
         "in_shape": xs, "in_dtype": xp.dtype, "split_bytes": _span(xp) > 256, "out_shape": ys,
-        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_)),
+        "epilogue": make_epilogue(g, n.output[0], chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_),
+                                  acc_range=accumulator_range(bias_acc, w, 0, _span(xp))),
     }
     macs = int(np.prod(ys)) * cin_g * kh * kw
     return IntOp("conv", n.name, kind, [x_name], [q.output[0]], attrs,
@@ -253,7 +254,8 @@ def _matmul_const(g: QGraph, n: onnx.NodeProto, a_in: str, w: np.ndarray, wp: QP
     attrs = {
         "x_zp": xp.scalar_zp(), "k_chunk": _k_chunk(xp, w), "wide": _span(xp) > 256, "lshift": _compact(lshift),
         "out_shape": ys,
-        "epilogue": make_epilogue(g, t0, chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_)),
+        "epilogue": make_epilogue(g, t0, chain, acc_scale, op_, shift, ort_kernel=ort_integer_kernel(xp, op_),
+                                  acc_range=accumulator_range(bias_acc, w, 1, _span(xp))),
     }
     macs = int(np.prod(ys)) * k
     members = [n.name, *([bias_add.name] if bias_add is not None else []), *[c.name for c in chain], q.name]
