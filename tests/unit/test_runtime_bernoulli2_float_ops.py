@@ -51,9 +51,10 @@ def test_cls_bernoulli2_float_ops_on_integer_kernels_equal_the_kernels():
     # the 5 float adds (a Sum of two DequantizeLinear, which ONNX Runtime does not fuse into a
     # QLinearAdd: the frames above differ where it does) and the 10 SE pools end in one
     # QuantizeLinear each (fused._put_quantized), not a division, rounding and clamp (before: 15
-    # more Round; 2 left, the int8 input's and a product's)
+    # more Round; 1 left, the int8 input's: the other, a ConvInteger layer's float32 requantisation,
+    # went when the compiler gave its channels multipliers with a float32 form, session 34)
     q = collections.Counter(writer[n.input[0]].op_type for n in writer.values() if n.op_type == "QuantizeLinear")
-    assert q == {"HardSwish": 17, "Div": 10, "Sum": 5} and ops["Round"] == 2, (q, ops)
+    assert q == {"HardSwish": 17, "Div": 10, "Sum": 5} and ops["Round"] == 1 and not ops["ConvInteger"], (q, ops)
     # every SE pool sums the bytes' float view itself (no centring Add over the whole map first)
     sums = [n for n in writer.values() if n.op_type == "ReduceSum"]
     assert len(sums) == 10 and all(writer[n.input[0]].op_type == "Cast" for n in sums), \
