@@ -235,6 +235,13 @@ _QUANT = _specs(
      "NPF_QUANT_LOW_SIMILARITY's hint lists, keep the layers with the largest drops in float (`keep_float`; "
      "`npuflow analyze sensitivity` names them) or in int16 (`npuflow analyze mixed-precision`), or use a target "
      "with a finer grid. To accept it, lower `min_output_cosine` in the quantization config."),
+    ("NPF_QUANT_OUTPUT_ERROR",
+     "the quantized model's output {output} holds one or a few values per sample, which no cosine judges (one "
+     "value's is +-1); its largest error on {samples} is {error}, {share} of its range {range}, above {limit}",
+     "Calibrate on samples that cover the values deployment sees (a click model's positives as well as its "
+     "negatives); try what NPF_QUANT_LOW_SIMILARITY's hint lists, or keep the layers before {output} in float "
+     "(`keep_float`; `npuflow analyze sensitivity` names them). A probability is also read as a label at 0.5 "
+     "(NPF_QUANT_LABEL_MARGIN)."),
     ("NPF_QUANT_LOW_SNR",
      "the quantized model's signal output {output} has cosine similarity {cosine} to the float model on {samples}, "
      "but a signal-to-noise ratio of {snr} dB to it, below min_output_snr_db {threshold}: the quantization error is "

