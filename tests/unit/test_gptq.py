@@ -104,3 +104,24 @@ def test_gptq_settings_that_cannot_act_are_refused(ff, tmp_path, monkeypatch):
     with pytest.raises(NpuflowError) as err:
         npuflow.quantize(_net(), feeds, target=TARGET, config={"include_bias_corr": False, "fast_finetune": ff})
     assert err.value.code == "NPF_QUANT_CONFIG_CONFLICT"
+
+
+def test_auto_bias_correction_is_skipped_after_gptq_and_runs_after_adaround(tmp_path, monkeypatch):
+    """GPTQ solves every bias against the quantized model's own inputs, so ``include_bias_corr:
+    auto`` (the default) does not spend its correction and check runs after it; after AdaRound it
+    still runs."""
+    import npuflow
+    from npuflow.quant.algorithms import apply
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    calls = []
+    real = apply.correct_empirical
+    monkeypatch.setattr(apply, "correct_empirical", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
+    q = npuflow.quantize(_net(), feeds, target=TARGET, config={"finetune_samples": 8, "fast_finetune": {"method": "gptq"}})
+    assert calls == []
+    assert q.info["algorithms"]["bias_correction"] == {"layers": 0, "kept": False, "skipped": "GPTQ refits every bias"}
+    q = npuflow.quantize(_net(), feeds, target=TARGET,
+                         config={"finetune_samples": 8, "fast_finetune": {"method": "adaround", "iters": 5}})
+    assert calls == [1] and "skipped" not in q.info["algorithms"]["bias_correction"]

@@ -7,7 +7,8 @@
   into the static twin by initializer name (the twins share names).
 
 ``include_bias_corr: auto`` (the default) keeps the corrected biases only when they lower the
-model-output error against the float model on the calibration samples.  Matching each layer's
+model-output error against the float model on the calibration samples (after GPTQ, which solves
+every bias against the quantized inputs, ``auto`` skips it).  Matching each layer's
 mean output is right for most networks (EfficientNet-Lite0 82.7 -> 91 % FP32 agreement on
 cpu-int8) but not for re-parameterised ones whose large weights cancel across layers (PP-OCRv4
 rec 90.7 -> 82 % lines); the calibration-output check told the two apart on every benchmark
@@ -140,7 +141,13 @@ def after_export(
         log.warning("include_bias_corr: true after AdaQuant shifts the biases AdaQuant fitted (PP-OCRv4 rec on "
                     "B4096: 77.0 -> 45.3 %% lines); 'auto' keeps the correction only where it lowers the "
                     "calibration output error")
-    if cfg.include_bias_corr:
+    if cfg.include_bias_corr == "auto" and cfg.fast_finetune is not None and cfg.fast_finetune.method == "gptq":
+        # GPTQ solves each bias as one more column against the quantized model's own inputs
+        # (gptq.py): the mean shift the correction would add is already in it, so the check would
+        # only spend two runs of the finetune samples to drop it (as it did on every GPTQ model)
+        summary["bias_correction"] = {"layers": 0, "kept": False, "skipped": "GPTQ refits every bias"}
+        log.info("bias correction skipped: GPTQ refitted every bias")
+    elif cfg.include_bias_corr:
         # empirical only: the data-free variant (correct_data_free) estimates the same shift
         # from BN statistics and is for callers without data; applying both would correct twice
         uncorrected: list[list[np.ndarray]] = []
