@@ -325,6 +325,13 @@ PHASE_CARRYING_OPS = frozenset({
 RANGE_CARRYING_OPS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Pow", "Abs", "Clip", "Max", "Relu", "ReduceSum",
     "ReduceMean", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+#: The input whose value an op writes into its output beside its data (``Pad``'s ``constant_value``:
+#: ``F.pad(x, ..., value=-inf)`` before a shifted maximum, CornerNet's corner pooling), by op type.
+FILL_INPUT: dict[str, int] = {"Pad": 2}
+#: Ops whose result drops a ``-inf`` operand, by whether they do so alone (``Relu``: 0; ``MaxPool``: a
+#: window holds real values beside a TF-style ``-inf`` pad) or only beside another, finite operand
+#: (``Max``): a ``-inf`` fill does not pass through them.
+NEG_INF_DROPPING_OPS: dict[str, bool] = {"Relu": True, "MaxPool": True, "Max": False}
 #: A peak test: ``Compare(MaxPool(t), t)`` keeps the elements of ``t`` that equal the largest of
 #: their window (CenterNet's heatmap NMS, ``maxpool(h) == h``).  On an 8-bit grid neighbouring
 #: scores round to the same code and tie, so extra peaks survive (round 14's CenterNet head:

@@ -17,7 +17,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..graph import GraphView, attr
-from ..operators import RANGE_CARRYING_OPS, VALUE_MOVING_OPS, op_def
+from ..operators import FILL_INPUT, NEG_INF_DROPPING_OPS, RANGE_CARRYING_OPS, VALUE_MOVING_OPS, op_def
 
 #: Magnitudes from here up (float32's top binade, 1.7e38 to 3.4e38) are sentinels, not data: the
 #: ``torch.finfo(torch.float32).min`` that ``torch.onnx.export(dynamo=True)`` and Hugging Face
@@ -67,17 +67,34 @@ def sentinel_tensors(view: GraphView) -> dict[str, str]:
             fill = attr(node, "value")
             if fill is not None:
                 values[node.output[0]] = numpy_helper.to_array(fill)
+        fill = FILL_INPUT.get(node.op_type, len(node.input))
+        if fill < len(node.input) and node.input[fill] and node.output[0]:
+            # a Pad's -inf fill: the quantizer keeps the Pad and what reads its infinities float (CornerNet's
+            # corner pooling on cpu-int8: check placed 8 Pads and 8 Slices on the accelerator, compile did not)
+            v = view.const(node.input[fill])
+            if v is not None and v.dtype.kind == "f" and v.size and _mask_constant(v):
+                carried[node.output[0]] = node.input[fill]
+                values[node.input[fill]] = v
         for name in [node.input[k] for k in op_def(node.op_type, node.domain).data_inputs(node)]:  # not Clip bounds
             v = (values.get(name) if name in values else view.const(name)) if name and name not in carried else None
             if v is not None and v.dtype.kind == "f" and v.size and _mask_constant(v):
                 carried[name] = name
                 values[name] = v
         src = next((carried[i] for i in node.input if i in carried), None)
+        if src is not None and node.op_type in NEG_INF_DROPPING_OPS and _only_neg_inf(values[src]) and \
+                (NEG_INF_DROPPING_OPS[node.op_type] or any(i and i not in carried for i in node.input)):
+            src = None  # max(x, -inf) = x: the fill ends here
         if src is not None and node.domain in ("", "ai.onnx") and \
                 (node.op_type == "Where" or node.op_type in RANGE_CARRYING_OPS | VALUE_MOVING_OPS):
             carried.update(dict.fromkeys([o for o in node.output if o], src))
     softmaxed = {carried[t] for t in carried for n in view.consumer_nodes(t) if n.op_type == "Softmax"}
     return {t: c for t, c in carried.items() if c in softmaxed or _beyond_grid(values[c])}
+
+
+def _only_neg_inf(v: np.ndarray) -> bool:
+    """Whether the values :func:`finite_values` counts apart in constant ``v`` are all ``-inf``."""
+    apart = v[~(np.abs(v) < SENTINEL)]
+    return bool(apart.size) and bool(np.all(apart == -np.inf))
 
 
 def _beyond_grid(v: np.ndarray) -> bool:
