@@ -323,8 +323,9 @@ MAX_FEW_VALUE_ERROR = 0.1
 
 def is_few_values(shape: Sequence[int]) -> bool:
     """Whether an output of ``shape`` (one sample's, batch first) holds at most :data:`FEW_VALUES`
-    values per batch row: judged by :func:`few_value_error` over the samples, not by each row's cosine."""
-    return len(shape) == 0 or int(np.prod(shape[1:], dtype=np.int64)) <= FEW_VALUES
+    values per batch row: judged by :func:`few_value_error` over the samples, not by each row's cosine.  A
+    1-D output counts whole (a ``(512,)`` embedding exported without its batch axis is one vector)."""
+    return int(np.prod(shape[1:] if len(shape) >= 2 else shape, dtype=np.int64)) <= FEW_VALUES
 
 
 def fixed_range(view: GraphView, output: str) -> tuple[float, float] | None:

@@ -78,3 +78,9 @@ def test_near_zero_outputs_quantized_to_zero_are_a_small_error_not_cosine_zero()
     assert found.max_error == 2e-5 and found.share < 1e-4
     figure = output_figure({"outputs": {"p": 0.0}, "few_values": {"p": found.to_json()}, "similarity_samples": 2}, "p")
     assert "0.000000" not in figure and "cosine similarity" not in figure
+
+
+def test_few_values_are_counted_per_batch_row_and_a_1d_output_whole():
+    from npuflow.quant.output_kinds import is_few_values
+    assert is_few_values((1, 1)) and is_few_values((16, 1)) and is_few_values(())
+    assert not is_few_values((1, 10)) and not is_few_values((512,))  # a class row; an embedding without its batch axis
