@@ -559,6 +559,28 @@ def rounding_by_doubling(mode: RoundMode | str) -> tuple[str, str] | None:
     return {RoundMode.HALF_UP: ("Floor", "Ceil"), RoundMode.HALF_DOWN: ("Ceil", "Floor")}.get(RoundMode(mode))
 
 
+def rounding_as_quantize_linear(mode: RoundMode | str) -> tuple[str, float] | None:
+    """The tie rule of a float32 value ``v`` as ``QuantizeLinear(INNER(2 * v) + offset, scale 2)``:
+    ``(INNER, offset)`` with ``INNER`` an ONNX ``Floor`` or ``Ceil``.  Four ONNX nodes for a quantize
+    step (``Div`` by half the scale, ``INNER``, ``Add``, ``QuantizeLinear``) where the quantizer's
+    function (``qdq.make_quantize_function``) inlines to eight, with the same codes.
+
+    ``half_up``: with ``n = floor(2v)``, ``floor(v + 1/2) = ceil(n/2)`` (:func:`rounding_by_doubling`),
+    and ``(n + 1/2) / 2 = n/2 + 1/4`` lies a quarter away from ``ceil(n/2)`` and three quarters from
+    the other neighbour: never a tie, so ``QuantizeLinear``'s rounding (ties to even, or any rule to
+    nearest) gives ``ceil(n/2)``, its zero point and saturation the function's ``Add`` and ``Clip``.
+    ``half_down`` mirrors it: ``ceil(v - 1/2) = floor(m/2)`` with ``m = ceil(2v)``, ``(m - 1/2)/2``.
+    Every step is exact in float32 where it matters: ``x / (scale/2)`` is ``2 * (x / scale)`` (both
+    rounded once; scaling by two commutes with rounding away from the subnormals, where either
+    value rounds to code 0 or the zero point and an overflow to infinity saturates as the finite value
+    would), ``Floor``/``Ceil`` are exact, ``n + 1/2`` is exact below ``2^23`` and beyond it rounding is
+    monotone and the quotient saturates any 8-bit code.  NaN: ONNX leaves a NaN's integer code
+    undefined, and ONNX Runtime gives the two forms different ones (the test pins which).
+    ``half_even`` is ``QuantizeLinear`` itself and ``std_round`` has no such form: ``None``.
+    """
+    return {RoundMode.HALF_UP: ("Floor", 0.5), RoundMode.HALF_DOWN: ("Ceil", -0.5)}.get(RoundMode(mode))
+
+
 def shift_rounding_as_onnx(mode: RoundMode | str) -> tuple[bool, bool] | None:
     """:func:`shift_round`'s tie rule as integer floor divisions: ``(negate, tie_to_even)``.
 

@@ -24,6 +24,7 @@ from .broadcast import full_rank_constants
 from .fused_graph import EXTERNAL_BYTES, external_stub
 from .fused_run import RUN_OPTIONS
 from .kernels import KERNELS, Kernel
+from .halfup_steps import shorter_quantize_steps
 
 Dump = Callable[[str, np.ndarray], None]
 
@@ -206,8 +207,9 @@ class OnnxExecutor:
         self._run = fused.direct_run(self.session) if self.session is not None else None
 
     def _prepared(self) -> tuple[onnx.ModelProto, Carried, dict[str, np.ndarray]]:
-        """The subgraph as its session runs it: the model, its carried tensors, its external arrays."""
-        model, carried = _carry_unexchangeable(onnx.load_from_string(self._read()))
+        """The subgraph as its session runs it: the model (its quantize steps in the shorter form of
+        ``halfup_steps``), its carried tensors, its external arrays."""
+        model, carried = _carry_unexchangeable(shorter_quantize_steps(onnx.load_from_string(self._read())))
         _softmax_before_transpose(model)
         _quantized_booleans_as_select(model)
         return model, carried, _move_out_large_constants(model)
