@@ -433,6 +433,15 @@ DQ_PROPAGATING_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", 
 #: that counts when the joined graph's kernels are compared with the parts' (``runtime/joined.py``; PP-OCR
 #: cls on B4096: the two ``Squeeze`` of its fused run's output, which the joined graph's optimiser removes).
 SEAM_MOVES = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
+#: ONNX Runtime's blocked-channel (NCHWc) kernels that its full optimisation level writes for a plain op
+#: (``NchwcTransformer``) and that give each value the plain kernel gives, by ``(domain, op_type)`` -> the
+#: plain op: a max selects one value of its window in any layout (no arithmetic, so no other rounding).
+#: ``runtime/joined.py`` counts them as the plain op when it compares the kernels of a CPU part that runs at
+#: the basic level with the full level's (MTCNN's ``PRelu -> MaxPool`` between convolutions on B4096).
+NCHWC_SAME_VALUES = {("com.microsoft.nchwc", "MaxPool"): ("", "MaxPool"),
+                     ("com.microsoft.nchwc", "GlobalMaxPool"): ("", "GlobalMaxPool")}
+#: The NCHWc transformer's layout conversions: they move values between NCHW and the blocked layout.
+NCHWC_MOVES = frozenset({("com.microsoft.nchwc", "ReorderInput"), ("com.microsoft.nchwc", "ReorderOutput")})
 #: Ops whose output has the element type of one of their inputs (the values they move, select or add in
 #: one type; a QOperator's output zero point), by ``(domain, op_type)`` -> that input: ``runtime/joined_seams``
 #: follows a seam tensor back to the node that made its bytes to know they are uint8 (``com.microsoft``'s

@@ -37,6 +37,7 @@ on B4096, session 30: the join +0.15 MiB peak over the steps apart; deferred, th
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -50,7 +51,7 @@ from .. import ort_kernels, ort_verdicts
 from ..errors import NpuflowError
 from ..graph import GraphView
 from ..model_checks import KNOWN_DOMAINS
-from ..operators import ADDED_KEEPING_MEANING, SEAM_MOVES
+from ..operators import ADDED_KEEPING_MEANING, NCHWC_MOVES, NCHWC_SAME_VALUES, SEAM_MOVES
 from ..ort_session import open_session
 from . import fused, joined_seams, merge
 from .broadcast import full_rank_constants
@@ -58,6 +59,8 @@ from .fused_graph import OPSETS
 from .fused_run import RUN_OPTIONS
 from .executors import ORT_RUN_ERRORS, IntegerExecutor, OnnxExecutor, cpu_level
 
+#: why a stretch of steps is not joined, at debug level: each refused stretch leaves a frame one more call
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +88,7 @@ def _part(step: merge.Step) -> _Part | None:
         return _Part(step, model, external, names, tuple(fused.DISABLED_OPTIMIZERS), small)
     found = executor.model()
     if found is None:
+        log.debug("CPU step %s has no graph to join", executor.name)
         return None
     model, external = found
     if model.functions:  # the quantizer's rounding steps (DPU targets' half-up quantize), inlined as
@@ -92,6 +96,7 @@ def _part(step: merge.Step) -> _Part | None:
     basic = cpu_level(model) != "all"
     if basic and not (_plain(model) and ort_verdicts.keyed_verdict(
             level_free, _digest(model, external, []), model, external)):  # a custom op's ONNX Runtime knows not
+        log.debug("CPU step %s runs at the basic level and other kernels at the full one", executor.name)
         return None
     names = {v.name: v.name for v in [*model.graph.input, *model.graph.output]}
     # a basic-level part is compared at the full level as the joined session runs it (level_free)
@@ -106,9 +111,22 @@ def level_free(model: onnx.ModelProto, external: dict[str, np.ndarray]) -> bool:
     level fuses nothing in it (PP-OCR cls on B4096: its ``DequantizeLinear`` and ``Softmax``) it runs
     the same kernels there and may join.  The joined session never folds a ``Div`` or ``Mul`` by a
     constant into a ``MatMul``'s alpha (``MatMulScaleFusion``, other float rounding), so an attention
-    island's ``MatMul -> Div`` (EfficientFormer-style nets on B4096) joins as the two kernels it runs apart."""
-    return ort_kernels.kernels(model, "all", fused.DISABLED_OPTIMIZERS, external) \
-        == ort_kernels.kernels(model, "basic", (), external)
+    island's ``MatMul -> Div`` (EfficientFormer-style nets on B4096) joins as the two kernels it runs apart.
+    The full level's NCHWc ``MaxPool`` counts as the plain one (:func:`plain_layout`: MTCNN's ``PRelu ->
+    MaxPool`` islands between the DPU's convolutions, RNet on B4096: 3 calls a frame -> 1)."""
+    return plain_layout(Counter(ort_kernels.kernels(model, "all", fused.DISABLED_OPTIMIZERS, external))) \
+        == plain_layout(Counter(ort_kernels.kernels(model, "basic", (), external)))
+
+
+def plain_layout(kernels: Counter) -> Counter:
+    """``kernels`` (by ``(domain, op_type)``) with ONNX Runtime's NCHWc kernels that give the plain op's
+    values counted as that op and its layout conversions left out (``operators.NCHWC_SAME_VALUES``,
+    ``NCHWC_MOVES``): the same values in another layout, not another kernel's rounding."""
+    out: Counter = Counter()
+    for key, count in kernels.items():
+        if key not in NCHWC_MOVES:
+            out[NCHWC_SAME_VALUES.get(key, key)] += count
+    return out
 
 
 def _plain(model: onnx.ModelProto) -> bool:
@@ -263,7 +281,7 @@ def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list
     data movement it leaves out (:data:`~npuflow.operators.SEAM_MOVES`, which the verdict's key, of
     this module's source, would not see change)."""
     h = hashlib.sha256(model.SerializeToString())
-    h.update(repr(sorted(SEAM_MOVES)).encode())
+    h.update(repr((sorted(SEAM_MOVES), sorted(NCHWC_MOVES), sorted(NCHWC_SAME_VALUES.items()))).encode())
     for p in parts:
         h.update(repr(p.disabled).encode())
     for name in sorted(external):
@@ -275,14 +293,23 @@ def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list
 def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> bool:
     """Whether ONNX Runtime runs the same kernels for the joined ``model`` as for the parts apart
     (:data:`npuflow.operators.SEAM_MOVES` and :func:`code_round_trips` aside)."""
+    return not any(kernel_difference(model, external, parts))
+
+
+def kernel_difference(model: onnx.ModelProto, external: dict[str, np.ndarray],
+                      parts: list[_Part]) -> tuple[Counter, Counter]:
+    """The kernels ONNX Runtime runs for the joined ``model`` and not for the parts apart, and those it
+    runs apart and not joined (by ``(domain, op_type)``, as :func:`same_kernels` counts them): what a
+    refused stretch's debug log names."""
     def counted(graph: onnx.GraphProto) -> Counter:
         found = Counter((n.domain, n.op_type) for n in graph.node if n.op_type not in SEAM_MOVES)
-        return found - code_round_trips(graph)
+        return plain_layout(found - code_round_trips(graph))
 
     apart: Counter = Counter()
     for p in parts:
         apart += counted(ort_kernels.optimized_graph(p.model, "all", p.disabled, p.external))
-    return counted(ort_kernels.optimized_graph(model, "all", fused.DISABLED_OPTIMIZERS, external)) == apart
+    together = counted(ort_kernels.optimized_graph(model, "all", fused.DISABLED_OPTIMIZERS, external))
+    return together - apart, apart - together
 
 
 def same_but_seams(model: onnx.ModelProto, seamed: onnx.ModelProto, external: dict[str, np.ndarray]) -> bool:
@@ -428,10 +455,20 @@ def _stretch(program_steps: list[merge.Step], k: int, end: int, subgraphs: list[
              threads: int, release: Callable[[], object]) -> merge.Step | None:
     """``program_steps[k:end]`` as one :class:`Joined` step, or None where they cannot be one."""
     parts = _parts(program_steps[k:end])
+    name = "+".join(subgraphs[i]["name"] for step in program_steps[k:end] for i in step.indices)
+    if parts is None:
+        log.debug("not joined %s: a CPU part runs other kernels at the full level, or its opset", name)
+        return None
     later = outputs | {t for step in program_steps[end:] for t in step.inputs}
     made = dict.fromkeys(t for step in program_steps[k:end] for t in step.executor.outputs)
-    joined = _join(parts, [t for t in made if t in later]) if parts is not None else None
-    return _joined(parts, joined, subgraphs, threads, release) if joined is not None else None
+    joined = _join(parts, [t for t in made if t in later])
+    if joined is None:
+        log.debug("not joined %s: not one graph (opsets, a function call or graph attribute, a cycle)", name)
+        return None
+    step = _joined(parts, joined, subgraphs, threads, release)
+    if step is None:
+        log.debug("not joined %s: ONNX Runtime's kernels for it differ from the parts'", name)
+    return step
 
 
 def _parts(stretch: list[merge.Step]) -> list[_Part] | None:
@@ -466,6 +503,8 @@ def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: i
     kernels for it differ from theirs."""
     model, external, inputs = joined
     if not ort_verdicts.keyed_verdict(same_kernels, _digest(model, external, parts), model, external, parts):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("kernels joined only %s, apart only %s", *map(dict, kernel_difference(model, external, parts)))
         return None
     # EfficientFormer-style B: 7 seams' Cast -> Add -> Cast, 21 nodes less, then 6 the other way, 27 less
     for rewrite in (joined_seams.one_quantize_step, joined_seams.one_dequantize_step):
