@@ -61,6 +61,13 @@ from .executors import ORT_RUN_ERRORS, IntegerExecutor, OnnxExecutor, cpu_level
 
 #: why a stretch of steps is not joined, at debug level: each refused stretch leaves a frame one more call
 log = logging.getLogger(__name__)
+#: The joined session's second choice of options: ONNX Runtime's ``NoopElimination`` also off.  It drops an
+#: ``Add`` of a constant zero only where it knows the other operand's rank, which a CPU part apart often does
+#: not (the shapes inside its inlined half-up quantize step) and the joined graph, fed by a fused run's
+#: shaped output, does: the quantize step's ``Add`` of zero point 0 ran apart and not joined
+#: (openWakeWord's embedding on B4096: 12 calls a frame).  With it off the joined graph keeps that ``Add``,
+#: the parts' kernels again.
+KEEP_NOOPS = (*fused.DISABLED_OPTIMIZERS, "NoopElimination")
 
 
 @dataclass
@@ -276,12 +283,13 @@ def _join(parts: list[_Part], outputs: list[str]) -> tuple[onnx.ModelProto, dict
     return model, external, inputs
 
 
-def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> str:
+def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part],
+            disabled: tuple[str, ...] = ()) -> str:
     """What decides :func:`same_kernels`: the joined model, the parts' options, every constant, and the
     data movement it leaves out (:data:`~npuflow.operators.SEAM_MOVES`, which the verdict's key, of
     this module's source, would not see change)."""
     h = hashlib.sha256(model.SerializeToString())
-    h.update(repr((sorted(SEAM_MOVES), sorted(NCHWC_MOVES), sorted(NCHWC_SAME_VALUES.items()))).encode())
+    h.update(repr((sorted(SEAM_MOVES), sorted(NCHWC_MOVES), sorted(NCHWC_SAME_VALUES.items()), disabled)).encode())
     for p in parts:
         h.update(repr(p.disabled).encode())
     for name in sorted(external):
@@ -290,14 +298,15 @@ def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list
     return h.hexdigest()[:32]
 
 
-def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part]) -> bool:
-    """Whether ONNX Runtime runs the same kernels for the joined ``model`` as for the parts apart
-    (:data:`npuflow.operators.SEAM_MOVES` and :func:`code_round_trips` aside)."""
-    return not any(kernel_difference(model, external, parts))
+def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part],
+                 disabled: tuple[str, ...] = tuple(fused.DISABLED_OPTIMIZERS)) -> bool:
+    """Whether ONNX Runtime runs the same kernels for the joined ``model`` (its optimisers less
+    ``disabled``) as for the parts apart (:data:`npuflow.operators.SEAM_MOVES` and :func:`code_round_trips` aside)."""
+    return not any(kernel_difference(model, external, parts, disabled))
 
 
-def kernel_difference(model: onnx.ModelProto, external: dict[str, np.ndarray],
-                      parts: list[_Part]) -> tuple[Counter, Counter]:
+def kernel_difference(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part],
+                      disabled: tuple[str, ...] = tuple(fused.DISABLED_OPTIMIZERS)) -> tuple[Counter, Counter]:
     """The kernels ONNX Runtime runs for the joined ``model`` and not for the parts apart, and those it
     runs apart and not joined (by ``(domain, op_type)``, as :func:`same_kernels` counts them): what a
     refused stretch's debug log names."""
@@ -308,18 +317,19 @@ def kernel_difference(model: onnx.ModelProto, external: dict[str, np.ndarray],
     apart: Counter = Counter()
     for p in parts:
         apart += counted(ort_kernels.optimized_graph(p.model, "all", p.disabled, p.external))
-    together = counted(ort_kernels.optimized_graph(model, "all", fused.DISABLED_OPTIMIZERS, external))
+    together = counted(ort_kernels.optimized_graph(model, "all", disabled, external))
     return together - apart, apart - together
 
 
-def same_but_seams(model: onnx.ModelProto, seamed: onnx.ModelProto, external: dict[str, np.ndarray]) -> bool:
+def same_but_seams(model: onnx.ModelProto, seamed: onnx.ModelProto, external: dict[str, np.ndarray],
+                   disabled: tuple[str, ...] = tuple(fused.DISABLED_OPTIMIZERS)) -> bool:
     """Whether ONNX Runtime runs for ``seamed`` (:func:`.joined_seams.one_quantize_step` or
     :func:`.joined_seams.one_dequantize_step` of ``model``) the
     kernels it runs for ``model``, less the nodes the rewrite removed and with those it wrote, and less
     at most one ``DequantizeLinear -> QuantizeLinear`` pair of one step per new quantize step after a data
     movement, which gives back its codes (:func:`.joined_seams.moved_round_trips`)."""
     def counted(m: onnx.ModelProto) -> Counter:
-        graph = ort_kernels.optimized_graph(m, "all", fused.DISABLED_OPTIMIZERS, external)
+        graph = ort_kernels.optimized_graph(m, "all", disabled, external)
         return Counter((n.domain, n.op_type) for n in graph.node if n.op_type not in SEAM_MOVES)
 
     before, after = (Counter((_domain(n), n.op_type) for n in m.graph.node) for m in (model, seamed))
@@ -502,22 +512,25 @@ def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: i
     """The step that runs ``parts`` as ``joined`` (:func:`_join`), or None where ONNX Runtime's
     kernels for it differ from theirs."""
     model, external, inputs = joined
-    if not ort_verdicts.keyed_verdict(same_kernels, _digest(model, external, parts), model, external, parts):
+    disabled = next((d for d in (tuple(fused.DISABLED_OPTIMIZERS), KEEP_NOOPS)
+                     if ort_verdicts.keyed_verdict(same_kernels, _digest(model, external, parts, d),
+                                                   model, external, parts, d)), None)
+    if disabled is None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("kernels joined only %s, apart only %s", *map(dict, kernel_difference(model, external, parts)))
         return None
     # EfficientFormer-style B: 7 seams' Cast -> Add -> Cast, 21 nodes less, then 6 the other way, 27 less
     for rewrite in (joined_seams.one_quantize_step, joined_seams.one_dequantize_step):
         seamed = rewrite(model, external)  # each kept on its own check, so one refused leaves the other
-        if seamed is not model and ort_verdicts.keyed_verdict(same_but_seams, _digest(seamed, external, parts),
-                                                              model, seamed, external):
+        if seamed is not model and ort_verdicts.keyed_verdict(same_but_seams, _digest(seamed, external, parts, disabled),
+                                                              model, seamed, external, disabled):
             model = seamed
     for p in parts:  # the joined model holds what ONNX Runtime's creation reads
         p.model = p.external = None
     release()
     indices = tuple(i for p in parts for i in p.step.indices)
     session = open_session(full_rank_constants(model), level="all", threads=threads, spinning=threads <= 1,
-                           disabled_optimizers=fused.DISABLED_OPTIMIZERS, external=external,
+                           disabled_optimizers=list(disabled), external=external,
                            mem_pattern=all(p.small for p in parts), shared_arena=True)
     outputs = [o.name for o in model.graph.output]
     name = "+".join(subgraphs[i]["name"] for i in indices)
