@@ -454,6 +454,10 @@ OUTPUT_TYPE_OF_INPUT = {**{("", op): 0 for op in ("Transpose", "Reshape", "Ident
 #: of the earlier opset (which cannot set it) means the same there (``runtime/joined``: PP-OCR cls's opset-13
 #: ``Reshape`` in an opset-18 joined graph; ``allowzero`` 0 copies a 0 dimension, as opset 13 always did).
 ADDED_KEEPING_MEANING = {("", "Reshape", "allowzero"): 0}
+#: Optional inputs an op gained at a later opset, after its others, whose absence keeps its earlier meaning:
+#: a node of the earlier opset (which has no such input) means the same there (``runtime/joined``:
+#: openWakeWord's opset-13 ``Pad`` in an opset-18 joined graph; without ``axes`` every axis is padded).
+ADDED_INPUTS_KEEPING_MEANING = frozenset({("", "Pad", "axes")})
 #: Ops with a shape operand (its input index) equal to the shape of their output (``perf/cpu_time.py``
 #: feeds such an operand, when it comes from outside a timed CPU part, the node's declared output shape).
 SHAPE_OPERAND_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}

@@ -51,7 +51,7 @@ from .. import ort_kernels, ort_verdicts
 from ..errors import NpuflowError
 from ..graph import GraphView
 from ..model_checks import KNOWN_DOMAINS
-from ..operators import ADDED_KEEPING_MEANING, NCHWC_MOVES, NCHWC_SAME_VALUES, SEAM_MOVES
+from ..operators import ADDED_INPUTS_KEEPING_MEANING, ADDED_KEEPING_MEANING, NCHWC_MOVES, NCHWC_SAME_VALUES, SEAM_MOVES
 from ..ort_session import open_session
 from . import fused, joined_seams, merge
 from .broadcast import full_rank_constants
@@ -187,11 +187,16 @@ def _restated(node: onnx.NodeProto, domain: str, old: int, new: int) -> list[onn
 def _only_added(before: defs.OpSchema, after: defs.OpSchema, domain: str) -> bool:
     """Whether ``after`` is ``before`` with the same inputs, outputs and at least its types, and only
     attributes whose default keeps the earlier meaning added (``operators.ADDED_KEEPING_MEANING``:
-    ``Reshape`` 13 -> 14's ``allowzero``), so that a node of ``before`` means the same under ``after``."""
+    ``Reshape`` 13 -> 14's ``allowzero``) and only such optional inputs after the others
+    (``operators.ADDED_INPUTS_KEEPING_MEANING``: ``Pad`` 13 -> 18's ``axes``), so that a node of ``before``
+    means the same under ``after``."""
     added = set(after.attributes) - set(before.attributes)
     types = {t.type_param_str: set(t.allowed_type_strs) for t in after.type_constraints}
+    inputs = [(i.name, i.type_str) for i in after.inputs]
     return (set(before.attributes) <= set(after.attributes)
-            and [(i.name, i.type_str) for i in before.inputs] == [(i.name, i.type_str) for i in after.inputs]
+            and [(i.name, i.type_str) for i in before.inputs] == inputs[:len(before.inputs)]
+            and all((domain, before.name, i.name) in ADDED_INPUTS_KEEPING_MEANING
+                    for i in after.inputs[len(before.inputs):])
             and [(o.name, o.type_str) for o in before.outputs] == [(o.name, o.type_str) for o in after.outputs]
             and all(set(t.allowed_type_strs) <= types.get(t.type_param_str, set()) for t in before.type_constraints)
             and all((key := (domain, before.name, a)) in ADDED_KEEPING_MEANING

@@ -135,10 +135,11 @@ def test_an_opset_17_split_is_restated_and_a_node_without_an_exact_form_keeps_th
     model, _, _ = joined._join([relu, mean], ["m"])
     (m,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert np.array_equal(m, np.maximum(x, 0).mean(axis=1, keepdims=True, dtype=np.float32))
-    # Pad 13 -> 18 (optional axes input, no attribute moved): no exact form written, apart
-    pads = numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "p")
-    pad = _part([helper.make_node("Pad", ["y", "p"], ["m"])], [_float("y", [2, 4])], [_float("m", [2, 6])], [pads],
-                opset=17)
+    # Resize 13 -> 18 (attributes added whose defaults no table says keep the meaning): no exact form
+    # written, apart (Pad 13 -> 18, only its optional axes input added, joins: test_runtime_joined_noop.py)
+    pads = numpy_helper.from_array(np.array([1, 2], np.float32), "p")
+    pad = _part([helper.make_node("Resize", ["y", "", "p"], ["m"], mode="nearest")], [_float("y", [2, 4])],
+                [_float("m", [2, 8])], [pads], opset=17)
     assert joined._opsets([relu.model, pad.model]) is None and joined._join([relu, pad], ["m"]) is None
     same = _part([helper.make_node("Relu", ["y"], ["z"])], [_float("y", [2, 3])], [_float("z", [2, 3])], opset=17)
     assert joined._opsets([relu.model, same.model]) == {"": 18}

@@ -59,3 +59,13 @@ def test_zero_point_add_islands_join_and_equal_the_kernels(compiled, monkeypatch
     for _ in range(5):
         x = {"x": (rng.standard_normal((1, 3, 24, 24)) * rng.uniform(0.5, 2)).astype(np.float32)}
         assert np.array_equal(session.run(x)["y"], ref.run(x)["y"])
+
+
+def test_an_opset_13_pad_means_the_same_in_an_opset_18_joined_graph():
+    """openWakeWord's first CPU subgraph (opset 13) pads its input: ``Pad`` 18 only added the optional
+    ``axes`` input, so the node joins the opset-18 fused runs as it is (it stayed a call of its own: 2 -> 1)."""
+    from onnx import helper
+    pad = helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode="constant")
+    assert joined._restated(pad, "", 13, 18) == [pad]
+    clip = helper.make_node("Clip", ["x"], ["y"], min=0.0, max=6.0)  # Clip 6 -> 13: attributes became inputs
+    assert joined._restated(clip, "", 6, 13) is None
