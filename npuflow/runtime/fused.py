@@ -59,7 +59,7 @@ from onnx import TensorProto
 
 from .. import numerics as nm
 from .epilogues import out_type
-from . import fused_cache, fused_pairs, fused_permute, fused_pool, fused_qlinear
+from . import fused_cache, fused_pairs, fused_permute, fused_pool, fused_qlinear, kernels
 from .fused_run import _ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun, direct_run  # noqa: F401  (the runtime's names)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
 from .fused_tables import (as_table, byte_form, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
@@ -553,10 +553,15 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         return readers
 
     def emit(g: Graph, op: dict) -> None:
+        blobs = {role: blob(name) for role, name in op["blobs"].items()}
+        if not op["inputs"] and op["op"] in kernels.KERNELS:  # of constants only (a frozen batch's anchor grid):
+            for t, codes in zip(op["outputs"], kernels.KERNELS[op["op"]](op["attrs"], blobs)([])):  # its codes
+                g.put(t, g.const(codes))
+            return
         emitter = _EMITTERS.get(op["op"])
         if emitter is None:
             raise NotFusable(f"{op['op']} runs as its kernel")
-        written, blobs = fused_permute.before(g, op, {role: blob(name) for role, name in op["blobs"].items()})
+        written, blobs = fused_permute.before(g, op, blobs)
         emitter(g, written, blobs)
         fused_permute.after(g, op)
 
@@ -585,7 +590,7 @@ def plan(sg: dict, tensors: dict, blob: Callable[[str], np.ndarray], threads: in
         if warned:
             store.abandon()
         else:
-            _finish(store, result)
+            store.finish_plan(result.items, result.reasons)
     return result
 
 
@@ -622,16 +627,6 @@ def _stored(name: str | None, reader: fused_cache.Reader | None, ops: list[dict]
 def _produced(ops: Sequence[dict], run_ops: range) -> list[str]:
     """The tensors the ops ``run_ops`` make, in order."""
     return [t for k in run_ops for t in ops[k]["outputs"]]
-
-
-def _finish(store: fused_cache.Writer, result: Plan) -> None:
-    """Store ``result``'s index (its runs' graphs were stored as their sessions opened)."""
-    items = [item if isinstance(item, int) else [item.span.start, item.span.stop, item.inputs, item.outputs]
-             for item in result.items]
-    try:
-        store.finish(items, result.reasons)
-    except OSError:
-        store.abandon()
 
 
 def _build(sg: dict, tensors: dict, readers: dict, emit: Callable[[Graph, dict], None],

@@ -136,6 +136,15 @@ class Writer:
         os.replace(self._tmp, self._final)
         _trim(self._final.parent, keep=self._final)
 
+    def finish_plan(self, items: list, reasons: dict[int, str]) -> None:
+        """:meth:`finish` with a plan's items (an op index or a fused run, whose graph was stored as
+        its session opened), or :meth:`abandon` where the disk refuses."""
+        try:
+            self.finish([i if isinstance(i, int) else [i.span.start, i.span.stop, i.inputs, i.outputs] for i in items],
+                        reasons)
+        except OSError:
+            self.abandon()
+
     def abandon(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
