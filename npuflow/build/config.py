@@ -402,6 +402,9 @@ def _validate_all(group: str, cls: type[_Group], body: Mapping[str, Any]) -> tup
     missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
     if missing:
         problems.append(NpuflowError("NPF_BUILD_MISSING_KEYS", group=group, keys=_quoted(missing)))
+    # a value a union of types refuses gives one error per member ('a valid string', '... integer',
+    # '... number'): one problem per key, its reasons joined
+    reasons: dict[str, list[str]] = {}
     for err in errors:
         if err["type"] in ("missing", "extra_forbidden"):  # an unknown key is _unknown_keys' problem
             continue
@@ -411,9 +414,13 @@ def _validate_all(group: str, cls: type[_Group], body: Mapping[str, Any]) -> tup
             allowed = err.get("ctx", {}).get("expected", "")
             problems.append(NpuflowError("NPF_BUILD_BAD_ENUM", group=group, key=key, value=value,
                                          allowed=allowed.replace("'", "")))
-        else:
-            problems.append(NpuflowError("NPF_BUILD_BAD_VALUE", group=group, key=key, value=value, reason=err["msg"]))
-    return None, problems
+        elif key not in reasons:
+            reasons[key] = [err["msg"]]
+            problems.append((key, value))  # its error made below, once every reason is in
+        elif err["msg"] not in reasons[key]:
+            reasons[key].append(err["msg"])
+    return None, [p if isinstance(p, NpuflowError) else NpuflowError(
+        "NPF_BUILD_BAD_VALUE", group=group, key=p[0], value=p[1], reason="; ".join(reasons[p[0]])) for p in problems]
 
 
 def _quoted(names: Sequence[str]) -> str:
