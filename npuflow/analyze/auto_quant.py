@@ -11,7 +11,8 @@ runs a ladder of steps, cheapest first, each on top of the best configuration so
    (:mod:`npuflow.quant.percentile_search`) over a wider candidate list;
 3. equalisation: cross-layer equalisation with bias correction;
 4. GPTQ (closed-form rounding on each layer's grid, the bias refitted): no seed, no iterations,
-   and on EfficientNet-Lite0 and YOLOv8n as accurate as AdaRound or more, so it comes first;
+   a fraction of AdaRound's time, so it comes first; which of the two is more accurate differs
+   by model and metric, so AdaRound still runs when GPTQ falls short;
 5. AdaRound (layer-wise learned rounding);
 6. block reconstruction (BRECQ with QDrop);
 7. only when the caller allows it (``qat``): QAT from the best model (label-free distillation,
