@@ -46,15 +46,20 @@ def _corner_pool_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
-def test_check_places_the_minus_inf_pads_and_slices_as_compile_does(target):
-    model = _corner_pool_net()
+def _checked_as_compiled(model: onnx.ModelProto, target: str) -> dict[str, str]:
+    """Check's device of every node ("CPU"/"ACC"), asserted equal to where compile put it."""
     rng = np.random.default_rng(1)
     calib = [{"x": rng.standard_normal((1, 3, H, H)).astype(np.float32)} for _ in range(4)]
     report = npuflow.check(model, target)
     checked = {n.name: ("CPU" if n.device == CPU else "ACC") for n in report.nodes}
     compiled = compiled_devices(npuflow.compile(npuflow.quantize(model, calib, target, warn=False).model, target))
     assert {n: compiled.get(n) for n in checked} == checked
+    return checked
+
+
+@pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
+def test_check_places_the_minus_inf_pads_and_slices_as_compile_does(target):
+    checked = _checked_as_compiled(_corner_pool_net(), target)
     assert checked["pad0"] == checked["slice0"] == "CPU"
     assert checked["head"] == checked["conv"] == "ACC"  # the fill ends at the Max that drops it
 
@@ -77,11 +82,4 @@ def _same_max_pool_net() -> onnx.ModelProto:
 
 @pytest.mark.parametrize("target", ["cpu-int8", "DPUCZDX8G_ISA1_B4096"])
 def test_a_minus_inf_pad_before_max_pool_ends_at_the_pool(target):
-    model = _same_max_pool_net()
-    rng = np.random.default_rng(1)
-    calib = [{"x": rng.standard_normal((1, 3, H, H)).astype(np.float32)} for _ in range(4)]
-    report = npuflow.check(model, target)
-    checked = {n.name: ("CPU" if n.device == CPU else "ACC") for n in report.nodes}
-    compiled = compiled_devices(npuflow.compile(npuflow.quantize(model, calib, target, warn=False).model, target))
-    assert {n: compiled.get(n) for n in checked} == checked
-    assert checked["head"] == "ACC"
+    assert _checked_as_compiled(_same_max_pool_net(), target)["head"] == "ACC"

@@ -52,20 +52,30 @@ def _byte_chains(model: onnx.ModelProto) -> int:
                for _ in after(a, "Cast", onnx.TensorProto.UINT8))
 
 
-def test_effformer_seams_are_one_quantize_step_equal_to_the_kernels(effformer, monkeypatch):
-    monkeypatch.setenv("NPUFLOW_ENABLE_CACHE", "0")  # the verdicts found here, not stored before
-    compiled, frames = effformer
+def _joined_and_kernels(compiled, monkeypatch) -> tuple[npuflow.Session, npuflow.Session, onnx.ModelProto]:
+    """The fused Session (its frame one joined graph), the op-by-op one, and that graph as opened."""
     opened = []
     real = joined.open_session
     monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
     session, ref = npuflow.Session(compiled, threads=1), npuflow.Session(compiled, fuse=False)
-    (step,) = session._live()[0].steps
-    assert isinstance(step.executor, joined.Joined) and len(step.indices) == len(compiled.subgraphs) > 10
     (model,) = opened
-    assert _byte_chains(model) == 0  # 8 before
+    return session, ref, model
+
+
+def _equal_runs(session: npuflow.Session, ref: npuflow.Session, frames) -> None:
     for x in frames:
         a, b = session.run(x), ref.run(x)
         assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in b)
+
+
+def test_effformer_seams_are_one_quantize_step_equal_to_the_kernels(effformer, monkeypatch):
+    monkeypatch.setenv("NPUFLOW_ENABLE_CACHE", "0")  # the verdicts found here, not stored before
+    compiled, frames = effformer
+    session, ref, model = _joined_and_kernels(compiled, monkeypatch)
+    (step,) = session._live()[0].steps
+    assert isinstance(step.executor, joined.Joined) and len(step.indices) == len(compiled.subgraphs) > 10
+    assert _byte_chains(model) == 0  # 8 before
+    _equal_runs(session, ref, frames)
 
 
 def test_effformer_fully_connected_rows_are_matmulinteger_equal_to_the_kernels(effformer, monkeypatch):
@@ -76,17 +86,11 @@ def test_effformer_fully_connected_rows_are_matmulinteger_equal_to_the_kernels(e
     # ONNX Runtime's QLinearConv
     monkeypatch.setenv("NPUFLOW_ENABLE_CACHE", "0")
     compiled, frames = effformer
-    opened = []
-    real = joined.open_session
-    monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
-    session, ref = npuflow.Session(compiled, threads=1), npuflow.Session(compiled, fuse=False)
-    (model,) = opened
+    session, ref, model = _joined_and_kernels(compiled, monkeypatch)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("ConvInteger") == 0  # 8 before
     assert ops.count("MatMulInteger") + ops.count("QLinearConv") + ops.count("QLinearMatMul") >= 6
-    for x in frames:
-        a, b = session.run(x), ref.run(x)
-        assert all(np.array_equal(a[k], b[k]) for k in b)
+    _equal_runs(session, ref, frames)
 
 
 def _int8_chains(model: onnx.ModelProto) -> int:
@@ -110,15 +114,9 @@ def test_effformer_int8_seams_read_the_bytes_equal_to_the_kernels(effformer, mon
     # now the dequantize step reads the bytes with zero point + 128 and the next run the bytes themselves
     monkeypatch.setenv("NPUFLOW_ENABLE_CACHE", "0")
     compiled, frames = effformer
-    opened = []
-    real = joined.open_session
-    monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real(model, **kw))
-    session, ref = npuflow.Session(compiled, threads=1), npuflow.Session(compiled, fuse=False)
-    (model,) = opened
+    session, ref, model = _joined_and_kernels(compiled, monkeypatch)
     assert _int8_chains(model) <= 1  # 6 before; one is left to a reader that computes on the codes
-    for x in frames:
-        a, b = session.run(x), ref.run(x)
-        assert all(np.array_equal(a[k], b[k]) for k in b)
+    _equal_runs(session, ref, frames)
 
 
 def _seam(source: str) -> onnx.ModelProto:
