@@ -36,8 +36,8 @@ def effformer(tmp_path_factory):
     return compile_effformer(tmp_path_factory, "bernoulli2")
 
 
-def _byte_chains(model: onnx.ModelProto) -> int:
-    """``QuantizeLinear -> Cast(float) -> Add -> Cast(uint8)`` chains in ``model``."""
+def _readers_of(model: onnx.ModelProto):
+    """``after(node, op, to=None)``: the ``op`` nodes (a Cast: to type ``to``) reading ``node``'s first output."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -47,6 +47,12 @@ def _byte_chains(model: onnx.ModelProto) -> int:
         return [r for r in readers.get(n.output[0], []) if r.op_type == op
                 and (to is None or onnx.helper.get_attribute_value(r.attribute[0]) == to)]
 
+    return after
+
+
+def _byte_chains(model: onnx.ModelProto) -> int:
+    """``QuantizeLinear -> Cast(float) -> Add -> Cast(uint8)`` chains in ``model``."""
+    after = _readers_of(model)
     return sum(1 for q in model.graph.node if q.op_type == "QuantizeLinear"
                for c in after(q, "Cast", onnx.TensorProto.FLOAT) for a in after(c, "Add")
                for _ in after(a, "Cast", onnx.TensorProto.UINT8))
@@ -95,15 +101,7 @@ def test_effformer_fully_connected_rows_are_matmulinteger_equal_to_the_kernels(e
 
 def _int8_chains(model: onnx.ModelProto) -> int:
     """``Cast(float) -> Add(-128) -> Cast(int8)`` chains in ``model`` (a fused run's bytes as int8 codes)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-
-    def after(n: onnx.NodeProto, op: str, to: int | None = None) -> list[onnx.NodeProto]:
-        return [r for r in readers.get(n.output[0], []) if r.op_type == op
-                and (to is None or onnx.helper.get_attribute_value(r.attribute[0]) == to)]
-
+    after = _readers_of(model)
     return sum(1 for c in model.graph.node if c.op_type == "Cast" and c.attribute[0].i == onnx.TensorProto.FLOAT
                for a in after(c, "Add") for _ in after(a, "Cast", onnx.TensorProto.INT8))
 
