@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
+from ..graph import unique_name
 from ..qdq import DOMAIN, parse_function_name
 
 #: The output types of the function a ``QuantizeLinear`` (opset 10 and later) can write.
@@ -31,8 +32,7 @@ def shorter_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
     ``model`` itself where no call qualifies (any other call, a computed scale, keeps its function)."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} \
-        | {v.name for v in graph.input}
+    reserved: set[str] = set()  # names handed out for nodes not yet in the graph
     nodes: list[onnx.NodeProto] = []
     added: list[onnx.TensorProto] = []
     for k, node in enumerate(graph.node):
@@ -41,8 +41,8 @@ def shorter_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         (inner, offset), half_scale, zero_point = found
-        stem = _fresh(f"{node.output[0]}_q", taken)
-        names = {s: _fresh(f"{stem}_{s}", taken) for s in ("hs", "v2", "n", "off", "n2", "two", "zp")}
+        stem = unique_name(graph, f"{node.output[0]}_q", reserved)
+        names = {s: unique_name(graph, f"{stem}_{s}", reserved) for s in ("hs", "v2", "n", "off", "n2", "two", "zp")}
         added += [numpy_helper.from_array(half_scale, names["hs"]),
                   numpy_helper.from_array(np.array(offset, np.float32), names["off"]),
                   numpy_helper.from_array(np.array(2.0, np.float32), names["two"]),
@@ -88,13 +88,3 @@ def _rule(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]
         return None
     out_type = helper.tensor_dtype_to_np_dtype(_QUANTIZE_LINEAR_TYPES[dtype])
     return rule, (scale * np.float32(0.5)).astype(np.float32), np.array(int(z), out_type)
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    """``name``, or ``name`` with a number, not yet a tensor name of the graph; recorded as taken."""
-    candidate, k = name, 0
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}{k}"
-    taken.add(candidate)
-    return candidate
