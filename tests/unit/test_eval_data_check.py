@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import npuflow
 from npuflow.cli.app import main
 
-torch = pytest.importorskip("torch")
 nn = torch.nn
 
 DPU = "DPUCZDX8G_ISA1_B4096"
