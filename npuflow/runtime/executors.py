@@ -209,9 +209,7 @@ class OnnxExecutor:
     def _prepared(self) -> tuple[onnx.ModelProto, Carried, dict[str, np.ndarray]]:
         """The subgraph as its session runs it: the model (its quantize steps in the shorter form of
         ``halfup_steps``), its carried tensors, its external arrays."""
-        model, carried = _carry_unexchangeable(shorter_quantize_steps(onnx.load_from_string(self._read())))
-        _softmax_before_transpose(model)
-        _quantized_booleans_as_select(model)
+        model, carried = _session_model(onnx.load_from_string(self._read()))
         return model, carried, _move_out_large_constants(model)
 
     def _open(self, model: onnx.ModelProto, external: dict[str, np.ndarray]) -> ort.InferenceSession:
@@ -277,6 +275,15 @@ def return_freed_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+def _session_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Carried]:
+    """A CPU subgraph's model as its session runs it, and its carried tensors.  A quantize step of
+    booleans becomes a select first: the shorter form of the other steps would hide its ``Cast``."""
+    _quantized_booleans_as_select(model)
+    model, carried = _carry_unexchangeable(shorter_quantize_steps(model))
+    _softmax_before_transpose(model)
+    return model, carried
 
 
 def _quantized_booleans_as_select(model: onnx.ModelProto) -> None:

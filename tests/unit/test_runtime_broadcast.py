@@ -165,3 +165,10 @@ def test_quantized_one_hot_is_a_select_between_its_two_codes(mode) -> None:
     want = expected.run(None, x)[0]
     assert set(np.unique(want)) == {5, 127}
     np.testing.assert_array_equal(got.run(None, x)[0], want)
+
+
+def test_a_cpu_subgraph_session_selects_the_one_hot_codes_before_shortening_quantize_steps() -> None:
+    """The session's model of a CPU subgraph keeps the select: the shorter half-up steps
+    (``halfup_steps``) rewritten first left the quantize step no ``Cast`` to recognise."""
+    model, _ = executors._session_model(_one_hot_quantized("half_up"))
+    assert [n.op_type for n in model.graph.node] == ["Unsqueeze", "Equal", "Cast", "Where"]
