@@ -104,12 +104,37 @@ def matmul(g: Graph, op: dict, blobs: dict) -> None:
     if _integer_conv(g, as_conv, t, {"w": wc, "b": blobs["b"]}, to_rows, back, kernel_shape=[1, 1]):
         return
     x, off = g.base(t)
-
-    def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
-        return g.node("Conv", [xs, g.const(wc)] + ([] if bias is None else [g.const(bias)]), kernel_shape=[1, 1])
+    if rows > 1:  # the rows as they lie: see _rows_gemm
+        to_rows, back, emit = _rows_gemm(g, k, rows, a["out_shape"])
+    else:
+        def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
+            return g.node("Conv", [xs, g.const(wc)] + ([] if bias is None else [g.const(bias)]), kernel_shape=[1, 1])
 
     y, zp = _convolve(g, as_conv, to_rows(x), off, wc.astype(np.float32), blobs["b"], emit)
     g.put(op["outputs"][0], back(y), zp)
+
+
+def _rows_gemm(g: Graph, k: int, rows: int, out_shape: list[int]
+               ) -> tuple[Callable[[str], str], Callable[[str], str], Emit]:
+    """A fully connected layer of ``rows`` float code rows of ``K`` values as ``Gemm`` of the rows as
+    they lie: ``(to_rows, back, emit)`` for :func:`_convolve`.  ``to_rows`` views ``x`` (..., K) as
+    (rows, K), where an input-channel chunk is a ``Slice`` of axis 1 as in the convolution layout;
+    ``emit`` writes ``Gemm(x, w^T, bias)`` viewed as (rows, N, 1, 1), its channels on axis 1 where the
+    epilogue's per-channel constants broadcast (as :func:`_rows_accumulator`); ``back`` puts that in
+    ``out_shape``.  Exact as the 1x1 ``Conv`` it replaces: the same float32 products and partial sums,
+    each an exact float32 under the bounds :func:`_convolve` checks, in any order.  The convolution
+    form (``fused_graph.rows_as_conv``) moved the rows to (1, K, rows, 1) and back: two ``Transpose``
+    and three more ``Reshape`` nodes a layer, and ONNX Runtime's NCHWc reorders around the ``Conv``
+    (the EfficientFormer-style net on B4096: four such layers a frame)."""
+    def to_rows(v: str) -> str:
+        return g.node("Reshape", [v, g.const([rows, k], np.int64)])
+
+    def emit(xs: str, wc: np.ndarray, bias: np.ndarray | None) -> str:
+        y = g.node("Gemm", [xs, g.const(wc.reshape(wc.shape[0], -1))] + ([] if bias is None else [g.const(bias)]),
+                   transB=1)
+        return g.node("Reshape", [y, g.const([rows, wc.shape[0], 1, 1], np.int64)])
+
+    return to_rows, _rows_back(g, out_shape), emit
 
 
 def matmul2(g: Graph, op: dict, blobs: dict) -> None:
