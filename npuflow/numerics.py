@@ -516,6 +516,18 @@ def quantize_pooled(
     return saturate(round_values(v, ONNX_ROUND_MODE), bits, signed)
 
 
+def select_codes(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
+    """``Max``/``Min`` of two quantized tensors on integers, given each operand's codes already on the
+    output grid (``a = Q_out(DQ_a(qa))``, by a table): ``max(a, b)`` (``min``), broadcast.
+
+    Exact for any scales and zero points: quantizing (float32 division by a positive scale, rounding,
+    saturation) is monotone non-decreasing, so ``Q(max(x, y)) = max(Q(x), Q(y))`` for the float32
+    values ONNX Runtime compares; no common scale beyond the output's is needed."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"select mode {mode!r} is not 'max' or 'min'")
+    return np.maximum(a, b) if mode == "max" else np.minimum(a, b)
+
+
 def saturate(values: np.ndarray, bits: int = 8, signed: bool = True, narrow: bool = False) -> np.ndarray:
     """Clamp integers into the code range and store them in the matching integer type."""
     qmin, qmax = qrange(bits, signed, narrow)

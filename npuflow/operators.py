@@ -145,9 +145,11 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Mul", "eltwise_mul", quantized=True, lowered=True, chain=True, table=True, engine=Engine.ELTWISE),
     OpDef("Div", "eltwise_div", chain=True, table=True, engine=Engine.ELTWISE),
     OpDef("Sum", "eltwise_add", engine=Engine.ELTWISE),
-    # with a scalar constant operand (a clamp, as TensorFlow exports write one): a lookup table
-    OpDef("Max", "max", quantized=True, table=True, engine=Engine.ELTWISE),
-    OpDef("Min", "min", quantized=True, table=True, engine=Engine.ELTWISE),
+    # with a scalar constant operand (a clamp, as TensorFlow exports write one): a lookup table; of two
+    # tensors (torch.maximum: corner pooling, maxout) each operand's table to the output codes, then the
+    # larger / smaller code (``numerics.select_codes``)
+    OpDef("Max", "max", quantized=True, lowered=True, table=True, engine=Engine.ELTWISE),
+    OpDef("Min", "min", quantized=True, lowered=True, table=True, engine=Engine.ELTWISE),
     OpDef("Mean", "mean", engine=Engine.ELTWISE),
     OpDef("QLinearAdd", "qlinearadd", engine=Engine.ELTWISE, domains=(_ORT,)),
     OpDef("QLinearMul", "qlinearmul", engine=Engine.ELTWISE, domains=(_ORT,)),
@@ -332,6 +334,12 @@ FILL_INPUT: dict[str, int] = {"Pad": 2}
 #: window holds real values beside a TF-style ``-inf`` pad) or only beside another, finite operand
 #: (``Max``): a ``-inf`` fill does not pass through them.
 NEG_INF_DROPPING_OPS: dict[str, bool] = {"Relu": True, "MaxPool": True, "Max": False}
+#: Ops whose constant operand only makes them a clamp, one lookup table with the bound in float (their
+#: own lowering, of two tensors, reads no constant): the quantizer leaves the bound float.
+CLAMP_OPS = frozenset({"Max", "Min"})
+#: One-input ops that keep the order of their input (monotone non-decreasing): a quantize step after
+#: them keeps it too, so ``Q(f(max(a, b))) = max(Q(f(a)), Q(f(b)))`` (a two-tensor ``Max``'s tables).
+ORDER_KEEPING_OPS = frozenset({"Sigmoid", "Tanh", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "Identity"})
 #: A peak test: ``Compare(MaxPool(t), t)`` keeps the elements of ``t`` that equal the largest of
 #: their window (CenterNet's heatmap NMS, ``maxpool(h) == h``).  On an 8-bit grid neighbouring
 #: scores round to the same code and tie, so extra peaks survive (round 14's CenterNet head:
@@ -343,7 +351,7 @@ NEG_INF_DROPPING_OPS: dict[str, bool] = {"Relu": True, "MaxPool": True, "Max": F
 PEAK_TEST_OPS: dict[str, frozenset[str]] = {
     "compare": frozenset({"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}),
     "window": frozenset({"MaxPool"}),
-    "monotone": frozenset({"Sigmoid", "Tanh", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "Identity"})}
+    "monotone": ORDER_KEEPING_OPS}
 #: A classifier's head, recognised by its structure where no name or softmax says what an output is
 #: (torch's default output names: BC-ResNet's ``345``, the dynamo exporter's ``mean_6``):
 #: ``layer``, the linear layers class scores come from (a Conv only with a 1x1 kernel); ``after``,

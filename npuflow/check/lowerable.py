@@ -25,8 +25,8 @@ import onnx
 from onnx import TensorProto
 
 from ..numerics import fix_pos_of
-from ..operators import (CHAIN_OPS, GRID_OPS, LOWERED_OPS, PRELU_MAX_SLOPES, REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS,
-                         Engine, node_attr, op_def)
+from ..operators import (CHAIN_OPS, CLAMP_OPS, GRID_OPS, LOWERED_OPS, ORDER_KEEPING_OPS, PRELU_MAX_SLOPES,
+                         REWRITTEN_OPS, TABLE_OPS, WEIGHTED_OPS, Engine, node_attr, op_def)
 from ..passes.linear_bias import linear_bias
 from ..passes.resize_linear import linear_resize_reason
 from .quant_facts import QuantFacts
@@ -186,12 +186,31 @@ def _div(node: onnx.NodeProto, t: QuantFacts) -> str | None:
 
 
 def _clamp(node: onnx.NodeProto, t: QuantFacts) -> str | None:
-    """``Max``/``Min`` of one tensor and a scalar constant is a clamp, lowered as a lookup table;
-    of two tensors it would need an elementwise kernel the programs do not have."""
+    """``Max``/``Min`` of one tensor and a scalar constant is a clamp, lowered as a lookup table; of
+    two tensors (``torch.maximum``), a table per operand to the output's codes and the larger or
+    smaller code (``numerics.select_codes``).  A constant tensor operand, or more than two, are not."""
     consts = [t.value(i) for i in node.input]
+    if len(node.input) == 2 and all(c is None for c in consts):
+        return None
     if len(node.input) != 2 or sum(c is not None for c in consts) != 1 or \
             any(c is not None and (c.size != 1 or (t.quantized and c.dtype.kind != "f")) for c in consts):
-        return f"{node.op_type} is lowered only as a clamp: one tensor and a float scalar constant"
+        return (f"{node.op_type} is lowered only as a clamp (one tensor and a float scalar constant) or between "
+                f"two tensors")
+    return None
+
+
+def selects_two_tensors(node: onnx.NodeProto, t: QuantFacts) -> bool:
+    """A ``Max``/``Min`` of two computed tensors (the form :func:`_clamp` takes besides a clamp)."""
+    return node.op_type in CLAMP_OPS and len(node.input) == 2 and all(t.value(i) is None for i in node.input)
+
+
+def _select_chain_limit(node: onnx.NodeProto, chain: list[onnx.NodeProto]) -> str | None:
+    """A two-tensor ``Max``/``Min`` takes each operand's table through the chain after it, which is
+    exact only where the chain keeps order (``Q(f(max(a, b))) = max(Q(f(a)), Q(f(b)))``)."""
+    bad = [c.op_type for c in chain if c.op_type not in ORDER_KEEPING_OPS]
+    if bad:
+        return (f"{node.op_type} of two tensors is followed by {bad[0]} before its quantize step, which does not "
+                f"keep order; only order-keeping activations ({', '.join(sorted(ORDER_KEEPING_OPS))}) fuse after it")
     return None
 
 
@@ -218,7 +237,7 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
     only as the scalar of an activation chain), results reach quantize steps, all of integer
     types the programs compute in."""
     for name in _data_inputs(node):
-        table = node.op_type in TABLE_OPS
+        table = node.op_type in TABLE_OPS and not selects_two_tensors(node, t)
         steps = _dequantize_steps(name, t, through_tables=table, tables=t.table_ops(node) if table else TABLE_OPS)
         if steps is None:
             v = t.value(name)
@@ -248,6 +267,9 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
             continue
         if found is None:
             return f"output {o!r} does not reach a single quantize step"
+        reason = _select_chain_limit(node, found[0]) if selects_two_tensors(node, t) else None
+        if reason:
+            return reason
         q = found[1]
         reason = _step_types([q], [q.output[0]], t)
         if reason:
@@ -351,8 +373,8 @@ def table_lowered(node: onnx.NodeProto, t: QuantFacts) -> bool:
     """Whether the compiler lowers ``node`` as a lookup table: an elementwise op without a
     lowering of its own, or arithmetic with a float scalar (a hard-sigmoid's ``Add``/``Mul``)."""
     d = op_def(node.op_type, node.domain)
-    if d.chain and d.engine is Engine.ELTWISE and any(_float_constant(i, t) for i in node.input if i):
-        return True
+    if (d.chain or d.table) and d.engine is Engine.ELTWISE and any(_float_constant(i, t) for i in node.input if i):
+        return True  # a clamp's Max/Min too
     return node.op_type not in LOWERED_OPS and node.op_type in TABLE_OPS
 
 

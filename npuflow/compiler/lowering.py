@@ -27,65 +27,12 @@ from ..passes.gelu import gelu, table_ops
 from ..passes.linear_bias import linear_bias
 from . import fragments
 from .epilogue import accumulator_range, clamps_are_noop, collect_chain, make_epilogue, out_spec, quantize_scalar
+from .operands import Reject as _Reject, act as _act, chain as _chain, operand as _operand, shape as _shape
+from .operands import weight as _weight
 from .program import IntOp
 from .qgraph import QGraph, QParams
 
 Lowered = IntOp | str
-
-
-class _Reject(Exception):
-    """Internal: a node cannot be lowered (the message says why)."""
-
-
-def _per_tensor_source(g: QGraph, name: str) -> tuple[str, QParams, onnx.NodeProto]:
-    """``(integer tensor, params, DequantizeLinear)`` behind ``name``, quantized per tensor."""
-    src = g.dq_source(name)
-    if src is None:
-        raise _Reject(f"input {name!r} is not a dequantized integer tensor")
-    if not src[1].per_tensor:
-        raise _Reject(f"input {name!r} is quantized per channel")
-    return src
-
-
-def _act(g: QGraph, name: str) -> tuple[str, QParams, onnx.NodeProto]:
-    int_name, p, dq = _per_tensor_source(g, name)
-    if p.bits not in (8, 16):
-        raise _Reject(f"input {name!r} is {p.dtype}")
-    return int_name, p, dq
-
-
-def _weight(g: QGraph, name: str) -> tuple[np.ndarray, QParams, onnx.NodeProto]:
-    src = g.dq_source(name)
-    if src is None or g.const(src[0]) is None:
-        raise _Reject(f"constant {name!r} is not a quantized initializer")
-    int_name, p, dq = src
-    if np.any(p.zero_point != 0):
-        raise _Reject(f"constant {name!r} has a non-zero zero point")
-    return g.const(int_name), p, dq
-
-
-def _operand(g: QGraph, name: str) -> tuple[str | None, np.ndarray | None, QParams, onnx.NodeProto]:
-    """An activation or a quantized constant (``(None, values, params, dq)`` for a constant)."""
-    int_name, p, dq = _per_tensor_source(g, name)
-    c = g.const(int_name)
-    return (None, c, p, dq) if c is not None else (int_name, None, p, dq)
-
-
-def _chain(g: QGraph, t0: str) -> tuple[list[onnx.NodeProto], onnx.NodeProto, QParams]:
-    found = collect_chain(g, t0, list(g.consumer_nodes(t0)))
-    if found is None:
-        raise _Reject(f"output {t0!r} does not reach a single quantize step")
-    chain, q, p = found
-    if p.bits not in (8, 16):
-        raise _Reject(f"output {t0!r} is quantized to {p.dtype}")
-    return found
-
-
-def _shape(g: QGraph, name: str) -> list[int]:
-    s = g.shapes.get(name)
-    if s is None:
-        raise _Reject(f"tensor {name!r} has no static shape")
-    return list(s)
 
 
 def _span(p: QParams) -> int:
@@ -355,6 +302,24 @@ def _float_scale_eltwise(g: QGraph, n: onnx.NodeProto, chain: list[onnx.NodeProt
                             "out_zp": op_.scalar_zp(), "scalar": scalar, "out_dtype": op_.dtype}}
     return {"dequant": scales,
             "epilogue": make_epilogue(g, n.output[0], chain, np.array([1.0]), op_, None, force_float=True)}
+
+
+def lower_select(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """``Max``/``Min`` of two integer tensors (``torch.maximum``): each operand's codes through its
+    table ``Q(chain(DQ(q)))`` onto the output grid, computed by ORT on the model's own nodes, then the
+    larger or smaller code (``numerics.select_codes``: exact, as quantizing keeps order; the checker
+    admits only order-keeping chains, ``check/lowerable._select_chain_limit``)."""
+    chain, q, op_ = _chain(g, n.output[0])
+    names, reads, blobs, qmins = [], [], {}, []
+    for k, data in enumerate(n.input):
+        x_name, xp, x_dq = _act(g, data)
+        names.append(x_name)
+        reads.append(x_dq.name)
+        qmins.append(qrange(xp.bits, xp.signed)[0])
+        blobs[f"t{k}"] = fragments.lookup_table(g, x_dq, xp, n.output[0], chain, q)
+    attrs = {"mode": n.op_type.lower(), "qmins": qmins, "out_dtype": op_.dtype, "out_shape": _shape(g, q.output[0])}
+    return IntOp("select", n.name, n.op_type.lower(), names, [q.output[0]], attrs, blobs,
+                 [n.name, *[c.name for c in chain], q.name], reads, 0)
 
 
 def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
@@ -630,6 +595,8 @@ LOWERINGS = {
     "Resize": lower_resize,
     "Split": lower_split,
     "PRelu": lower_prelu,
+    "Max": lower_select,
+    "Min": lower_select,
 }
 
 

@@ -602,6 +602,28 @@ class OpCheck:
         self.blob("table", {self.a.out_dtype}, [int(np.prod(shape)), hi - lo + 1])
         self._table_output()
 
+    def _select(self) -> None:
+        """Two integer inputs, a table each from its type's minimum to the output type, the
+        broadcast of their shapes out."""
+        a = self.a
+        self.inputs(2)
+        self.outputs()
+        self.roles({"t0", "t1"})
+        shapes = []
+        for k, name in enumerate(self.op.inputs):
+            t = self.m.tensors[name]
+            if t.dtype not in CODE_DTYPES:
+                raise self.fail("inputs", f"{name!r} is {t.dtype}, not integer codes")
+            self.table(f"t{k}", a.qmins[k], t.dtype, a.out_dtype, f"attrs.qmins[{k}]")
+            shapes.append(t.shape)
+        try:
+            shape = list(np.broadcast_shapes(*map(tuple, shapes)))
+        except ValueError:
+            raise self.fail("inputs", f"input shapes {shapes} do not broadcast") from None
+        self.out_shape(shape)
+        if self.y.dtype != a.out_dtype:
+            raise self.fail("attrs.out_dtype", f"{a.out_dtype} but {self.op.outputs[0]!r} is {self.y.dtype}")
+
     def _quantize(self) -> None:
         a = self.a
         self.inputs(1)

@@ -449,6 +449,15 @@ class LutAttrs(Strict):
     out_dtype: CodeDtype
 
 
+class SelectAttrs(Strict):
+    """``Max``/``Min`` of two integer tensors: each input's codes through its table (blobs ``t0``,
+    ``t1``, indexed from ``qmins[k]``) onto the output grid, then the larger or smaller, broadcast."""
+    mode: Literal["max", "min"]
+    qmins: Annotated[list[Int], Field(min_length=2, max_length=2)]
+    out_dtype: CodeDtype
+    out_shape: Shape
+
+
 class LutChannelAttrs(Strict):
     """A table per element of ``shape`` (the input's rank; each axis 1 or the input's size): a
     PReLU's per-channel slope makes one code-to-code table per channel."""
@@ -477,6 +486,7 @@ ATTRS: dict[str, type[Strict]] = {
     "eltwise": EltwiseAttrs, "maxpool": MaxpoolAttrs, "avgpool": AvgpoolAttrs, "reshape": ReshapeAttrs,
     "transpose": TransposeAttrs, "shuffle": ShuffleAttrs, "slice": SliceAttrs, "gather": GatherAttrs, "pad": PadAttrs,
     "concat": ConcatAttrs, "split": SplitAttrs, "lut": LutAttrs, "lut_channel": LutChannelAttrs,
+    "select": SelectAttrs,
     "quantize": QuantizeAttrs,
     "dequantize": DequantizeAttrs,
 }

@@ -39,6 +39,8 @@ def _node_for(op: dict, weight_names: list[str]) -> onnx.NodeProto:
         op_type = _GLOBAL[kind]
     elif op["op"] == "eltwise":
         op_type = _ELTWISE.get(kind, "Add")
+    elif op["op"] == "select":  # an elementwise Max / Min of two tensors
+        op_type = kind.title()
     else:
         op_type = _ONNX_OP.get(op["op"], "".join(p.title() for p in op["op"].split("_")))
     a: dict[str, Any] = {}

@@ -40,7 +40,7 @@ from ..check.cone import float_cones
 from ..check.followers import drop_float_tail, float_tail_applies, follows_quantized
 from ..model import tensor_elem_types
 from ..activation_patterns import is_dpu_hard_sigmoid_scale, unit_kind
-from ..operators import FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, op_def
+from ..operators import CLAMP_OPS, FUSABLE_ACTIVATIONS, SharedScale, activation_kind, fuses, op_def
 from ..passes.activations import op_kind
 from ..passes.gelu import float_gelus
 from ..passes.linear_bias import linear_bias
@@ -222,7 +222,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
                                               input_tensor=head.input[0], weight=head.input[1]))
                 continue
             if t in idx.inits and node_key(node) not in unit_members:
-                if d.table and not d.lowered:  # a lookup table folds it exactly (a clamp's bound)
+                if d.table and (not d.lowered or node.op_type in CLAMP_OPS):  # a table folds it exactly (a clamp)
                     continue
                 if weighted and k == d.weight:
                     _add_const(plan, ConstUse(t, "weight", node_key(node), node.op_type, _weight_axis(node, idx),

@@ -571,6 +571,14 @@ def prepare_lut_channel(attrs: dict, blobs: dict) -> Kernel:
     return lambda inputs: [flat[inputs[0].astype(np.int64) - qmin + offsets]]
 
 
+def prepare_select(attrs: dict, blobs: dict) -> Kernel:
+    """``Max``/``Min`` of two tensors: each through its table onto the output grid, then
+    ``numerics.select_codes`` (broadcast)."""
+    luts = [_lut(blobs[f"t{k}"], qmin) for k, qmin in enumerate(attrs["qmins"])]
+    mode = attrs["mode"]
+    return lambda inputs: [nm.select_codes(luts[0](inputs[0]), luts[1](inputs[1]), mode)]
+
+
 def prepare_quantize(attrs: dict, blobs: dict) -> Kernel:
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         return [nm.quantize(inputs[0], attrs["scale"], attrs["zp"], bits=attrs["bits"], signed=attrs["signed"],
@@ -607,6 +615,7 @@ KERNELS: dict[str, Callable[[dict, dict], Kernel]] = {
     "split": prepare_split,
     "lut": prepare_lut,
     "lut_channel": prepare_lut_channel,
+    "select": prepare_select,
     "quantize": prepare_quantize,
     "dequantize": prepare_dequantize,
 }

@@ -3,8 +3,9 @@
 
 On targets that list elementwise max/min (bernoulli2, cpu-int8) it is placed on the accelerator,
 quantized with its bound kept in float (the table folds it exactly), and lowered as a lookup table
-of codes, so the network stays one accelerator subgraph; of two tensors, or on a target without the
-op (the DPU), it runs in float on the CPU with the reason said."""
+of codes, so the network stays one accelerator subgraph; with a constant of more than one value, or
+on a target without the op (the DPU), it runs in float on the CPU with the reason said (of two
+tensors: ``test_newops3_binary_max.py``)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from tests.compile_check import compare_layerwise_with_ort
 from tests.unit.quant_nets import run, samples
 
 
-def _clamped(op: str = "Max", bound_is_tensor: bool = False) -> onnx.ModelProto:
+def _clamped(op: str = "Max", bound_channels: int = 1) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.4, (4, 6, 3, 3)).astype(np.float32), "w2")
-    bound = numpy_helper.from_array(np.full((1, 1, 1, 1), -0.4 if op == "Max" else 0.7, np.float32), "bound")
-    other = "c1" if bound_is_tensor else "bound"
+    bound = numpy_helper.from_array(np.full((1, bound_channels, 1, 1), -0.4 if op == "Max" else 0.7, np.float32),
+                                    "bound")
+    other = "bound"
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("LeakyRelu", ["c1"], ["l1"], name="lrelu", alpha=0.2),
              helper.make_node(op, ["l1", other], ["m1"], name="clamp"),
@@ -54,8 +56,8 @@ def test_clamp_runs_on_the_accelerator_in_one_table(target, op):
     assert np.abs(got - ref).max() <= 2 * np.abs(ref).max() / 127
 
 
-def test_clamp_of_two_tensors_or_on_the_dpu_runs_on_the_cpu():
-    both = npuflow.check(_clamped("Max", bound_is_tensor=True), "cpu-int8").node("clamp")
-    assert both.device == "CPU" and "one tensor and a float scalar constant" in both.reasons[0]
+def test_clamp_by_a_constant_tensor_or_on_the_dpu_runs_on_the_cpu():
+    per_channel = npuflow.check(_clamped("Max", bound_channels=6), "cpu-int8").node("clamp")
+    assert per_channel.device == "CPU" and "one tensor and a float scalar constant" in per_channel.reasons[0]
     dpu = npuflow.check(_clamped("Max"), "DPUCZDX8G_ISA1_B4096").node("clamp")
     assert dpu.device == "CPU" and "no DPU implementation" in dpu.reasons[0]
