@@ -366,6 +366,9 @@ CLASS_HEAD_OPS: dict[str, frozenset[str]] = {
 #: ``Cast`` of booleans or integers: a classifier's votes), which ``passes/reduce_sum.py`` leaves unquantized.
 COUNT_KEEPING_OPS = frozenset({"Concat", "ReduceSum", "Add", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
                                "Slice", "Identity"})
+#: The input an op divides by: a quantize step on it can round a small non-zero divisor (``x / (s + eps)``)
+#: to exactly 0, an infinity or NaN in the quantized model (:mod:`npuflow.quant.divisors`).
+DIVISOR_INPUT = {"Div": 1, "Reciprocal": 0}
 REWRITTEN_OPS = frozenset({"BatchNormalization"})
 #: Standard quantize / dequantize steps (npuflow's rounding-mode functions are ``npuflow.qdq``'s).
 QUANTIZE_OPS = frozenset({"QuantizeLinear"})

@@ -74,6 +74,7 @@ from .calib_stats import noise_like_inputs
 from .calibrate import Progress, collect
 from .config import HISTOGRAM_METHODS, QuantConfig
 from .data import CalibrationSource, InputSpec, peek
+from .divisors import keep_divisors_float
 from .export import export_qdq, to_plain_qdq
 from .legalize import legalize
 from . import method_search, percentile_search
@@ -275,6 +276,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         for warning in calib_warnings:
             log.warning("[%s] %s\n  hint: %s", warning.code, warning.message, warning.hint)
     plan, cfg = _keep_nonfinite_float(leg, tgt, cfg, allowed, plan, stats)
+    plan, cfg = keep_divisors_float(leg, tgt, cfg, allowed, plan, stats)
 
     searched: dict = {}
     if search:
