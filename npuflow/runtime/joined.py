@@ -12,14 +12,14 @@ manifest names, so one call runs the stretch (PP-OCR cls: the whole frame).
 
 Exact: the parts' nodes and constants are the graphs their sessions run, and ONNX Runtime must
 run the same kernels for the joined graph as for the parts apart (data movement it may cancel
-across a seam aside: ``operators.SEAM_MOVES``, and quantize round trips that give back their codes:
-:func:`code_round_trips`).  That is checked at load from ONNX Runtime's optimised graphs
-(``ort_kernels.optimized_graph``, its verdict kept on disk by ``ort_verdicts.keyed_verdict``); where it
-fails (a quantize step of one part and a dequantize step of the next that ONNX Runtime would
-drop as a pair; a fusion one part's options turn off; YOLOv8n exported with a free batch: the
-first run's layout ``Transpose`` moved across its seam with the DFL subgraph), that stretch is
-not joined, and the longest shorter one from the same step is tried (YOLOv8n: the next three
-steps).  Only parts that ONNX Runtime runs with the same kernels at its full optimisation level join (a CPU
+across a seam aside: ``operators.SEAM_MOVES``, quantize round trips that give back their codes:
+:func:`code_round_trips`, and casts to the type their input has: :func:`same_type_casts`).  That is
+checked at load from ONNX Runtime's optimised graphs (``ort_kernels.optimized_graph``, its verdict
+kept on disk by ``ort_verdicts.keyed_verdict``); where it fails (a quantize step of one part and a
+dequantize step of the next that ONNX Runtime would drop as a pair; a fusion one part's options turn
+off; YOLOv8n exported with a free batch: the first run's layout ``Transpose`` moved across its seam
+with the DFL subgraph), that stretch is not joined, and the longest shorter one from the same step
+is tried (YOLOv8n: the next three steps).  Only parts that ONNX Runtime runs with the same kernels at its full optimisation level join (a CPU
 subgraph of power-of-two scales runs at the basic level, which the joined session would not keep: it joins
 where the full level fuses nothing in it, :func:`level_free`, PP-OCR cls on B4096's softmax), each node
 meaning the same under the joined opset (an older part's node written in the joined opset's form
@@ -306,7 +306,8 @@ def _digest(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list
 def same_kernels(model: onnx.ModelProto, external: dict[str, np.ndarray], parts: list[_Part],
                  disabled: tuple[str, ...] = tuple(fused.DISABLED_OPTIMIZERS)) -> bool:
     """Whether ONNX Runtime runs the same kernels for the joined ``model`` (its optimisers less
-    ``disabled``) as for the parts apart (:data:`npuflow.operators.SEAM_MOVES` and :func:`code_round_trips` aside)."""
+    ``disabled``) as for the parts apart (:data:`npuflow.operators.SEAM_MOVES`, :func:`code_round_trips` and
+    :func:`same_type_casts` aside)."""
     return not any(kernel_difference(model, external, parts, disabled))
 
 
@@ -317,7 +318,7 @@ def kernel_difference(model: onnx.ModelProto, external: dict[str, np.ndarray], p
     refused stretch's debug log names."""
     def counted(graph: onnx.GraphProto) -> Counter:
         found = Counter((n.domain, n.op_type) for n in graph.node if n.op_type not in SEAM_MOVES)
-        return plain_layout(found - code_round_trips(graph))
+        return plain_layout(found - code_round_trips(graph) - same_type_casts(graph))
 
     apart: Counter = Counter()
     for p in parts:
@@ -348,6 +349,22 @@ def same_but_seams(model: onnx.ModelProto, seamed: onnx.ModelProto, external: di
     pairs = joined_seams.moved_round_trips(seamed, external, _round_trip_exact)
     return set(dropped) <= {("", "DequantizeLinear"), ("", "QuantizeLinear")} \
         and dropped[("", "DequantizeLinear")] == dropped[("", "QuantizeLinear")] <= pairs
+
+
+def same_type_casts(graph: onnx.GraphProto) -> Counter:
+    """The ``Cast`` nodes of ``graph`` to the element type their input has already
+    (``joined_seams.made_type``), by ``(domain, op_type)``: each gives back the values it read, not a
+    kernel that counts.
+
+    Why: a fused run's output is its codes cast to the manifest's type, which its table's ``Gather``
+    made in that type already; apart, that ``Cast`` makes the run's graph output and stays, joined
+    ONNX Runtime's ``CastElimination`` drops it (Magika on B4096: its LayerNorms' one-value runs, a
+    ``Cast`` to int8 of int8 codes before the next CPU part's dequantize step: 4 calls a frame)."""
+    view = GraphView(graph)
+    return Counter(("" if n.domain == "ai.onnx" else n.domain, n.op_type) for n in view.nodes
+                   if n.op_type == "Cast" and n.domain in ("", "ai.onnx")
+                   and joined_seams.made_type(view, n.input[0]) == next(
+                       (a.i for a in n.attribute if a.name == "to"), None))
 
 
 def code_round_trips(graph: onnx.GraphProto) -> Counter:

@@ -91,7 +91,7 @@ def one_dequantize_step(model: onnx.ModelProto, external: dict[str, np.ndarray])
     zero_points: list[onnx.TensorProto] = []
     for k, first in enumerate(nodes):
         chain = _chain(nodes, k, readers, kept, consts, external, -128.0, onnx.TensorProto.INT8)
-        if chain is None or not _uint8(view, first.input[0], external):
+        if chain is None or made_type(view, first.input[0], external) != onnx.TensorProto.UINT8:
             continue
         x, t = first.input[0], nodes[chain[-1]].output[0]
         done = 0
@@ -125,24 +125,26 @@ def one_dequantize_step(model: onnx.ModelProto, external: dict[str, np.ndarray])
     return out
 
 
-def _uint8(view: GraphView, name: str, external: dict) -> bool:
-    """Whether tensor ``name`` is uint8 by what made it: a constant or graph input of that type, a
-    ``Cast`` to it, or an op whose output has the type of one of its inputs
-    (``operators.OUTPUT_TYPE_OF_INPUT``: a quantize step's zero point, a table's ``Gather``) that is."""
+def made_type(view: GraphView, name: str, external: dict | None = None) -> int | None:
+    """Tensor ``name``'s element type (ONNX ``TensorProto`` code) by what made it: a constant or graph
+    input's, a ``Cast``'s ``to``, or, for an op whose output has the type of one of its inputs
+    (``operators.OUTPUT_TYPE_OF_INPUT``: a quantize step's zero point, a table's ``Gather``), that
+    input's; None where that does not say."""
     while True:
-        value = _array(name, view.inits, external)
-        if value is not None:
-            return value.dtype == np.uint8
+        if name in view.inits:  # a constant's declared type (its data may be external)
+            return view.inits[name].data_type
+        if name in (external or {}):
+            return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(external[name]).dtype)
         made = view.producer_node(name)
         if made is None:
-            return view.elem_type(name) == onnx.TensorProto.UINT8
+            return view.elem_type(name)
         key = ("" if made.domain == "ai.onnx" else made.domain, made.op_type)
         if key == ("", "Cast"):
-            return attr_values(made).get("to") == onnx.TensorProto.UINT8
+            return attr_values(made).get("to")
         at = OUTPUT_TYPE_OF_INPUT.get(key)
         if at is None or len(made.input) <= at or not made.input[at] \
                 or any(a.name == "output_dtype" for a in made.attribute):
-            return False
+            return None
         name = made.input[at]
 
 
