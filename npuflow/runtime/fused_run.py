@@ -20,6 +20,7 @@ from ..ort_session import open_session
 from . import fused_cache, fused_permute
 from .broadcast import full_rank_constants
 from .fused_graph import SMALL_RUN_BYTES, Graph, elem_type, input_name
+from .halfup_steps import integer_quantize_steps
 
 #: A run's ``produced`` tensors, or what reads them from its ops when first asked (a stored run:
 #: a load whose plan is stored reads no op, ``compiler/lazy_ops.py``).
@@ -186,6 +187,7 @@ class FusedRun:
         model, arrays = g.model([helper.make_tensor_value_info(f"out{k}", elem_type(g.tensors[t]["dtype"]),
                                                                g.tensors[t]["shape"]) for k, t in enumerate(outputs)],
                                 nodes, inits)
+        model = integer_quantize_steps(model)  # codes that leave as integers: the rounding's shorter tail
         small = g.float_bytes([*self.inputs, *self.produced]) <= SMALL_RUN_BYTES
         g.clear()
         if self._release is not None:

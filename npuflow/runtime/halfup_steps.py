@@ -8,6 +8,11 @@ CPU time tracks its node count (issue 19: ~0.3 us a small node; ten such steps i
 net on B4096), so the session a CPU subgraph runs in computes each step whose scale and zero point are
 constants as the four nodes of ``numerics.rounding_as_quantize_linear``, with the same codes.  The QDQ
 model the quantizer writes keeps its function (its contract); only the runtime's session changes.
+
+A fused run rounds half up in float32 by doubling (``fused_graph.round_float``: ``Floor(2v) * 0.5 -> Ceil ->
+Clip``), as its float codes need; where those codes only leave as 8-bit integers (``Cast``, after an
+``Add`` of the zero point or of a byte offset), :func:`integer_quantize_steps` writes the same four-node
+form's tail instead (EfficientFormer-style net on B4096: its input and its pooling's output, 5 nodes less).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from ..graph import unique_name
+from ..graph import GraphView, unique_name
 from ..qdq import DOMAIN, parse_function_name
 
 #: The output types of the function a ``QuantizeLinear`` (opset 10 and later) can write.
@@ -88,3 +93,94 @@ def _rule(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]
         return None
     out_type = helper.tensor_dtype_to_np_dtype(_QUANTIZE_LINEAR_TYPES[dtype])
     return rule, (scale * np.float32(0.5)).astype(np.float32), np.array(int(z), out_type)
+
+
+def integer_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (a fused run's graph) with each ``INNER(d) -> Mul(0.5) -> OUTER -> Clip(lo, hi) [-> Add(c)] ->
+    Cast(int8|uint8)`` whose ``(INNER, OUTER)`` is ``numerics.rounding_by_doubling``'s and whose clip is the
+    cast type's range less ``c`` written as ``INNER(d) -> Add(+-0.5) -> QuantizeLinear(2, c)``, the form of
+    ``numerics.rounding_as_quantize_linear`` on the same ``INNER(d)``: it rounds ``INNER(d) / 2`` as
+    ``OUTER(INNER(d) * 0.5)`` does, its zero point ``c`` adds what the ``Add`` added, and its saturation to
+    the type's range is the clip moved by ``c`` (an integer, so the ``Cast`` rounded nothing).  The nodes
+    between ``INNER`` and the ``Cast`` must have no other reader.  ``model`` itself where none is found."""
+    view = GraphView(model)
+    dropped: set[int] = set()
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    added: list[onnx.TensorProto] = []
+    reserved: set[str] = set()
+    for k, cast in enumerate(view.nodes):
+        found = _integer_step(view, cast)
+        if found is None:
+            continue
+        chain, inner_out, (offset, zp) = found
+        stem = unique_name(model.graph, f"{cast.output[0]}_q", reserved)
+        names = {s: unique_name(model.graph, f"{stem}_{s}", reserved) for s in ("off", "n2", "two", "zp")}
+        added += [numpy_helper.from_array(np.array(offset, np.float32), names["off"]),
+                  numpy_helper.from_array(np.array(2.0, np.float32), names["two"]),
+                  numpy_helper.from_array(zp, names["zp"])]
+        dropped.update(chain)
+        replaced[k] = [helper.make_node("Add", [inner_out, names["off"]], [names["n2"]], name=f"{stem}_add"),
+                       helper.make_node("QuantizeLinear", [names["n2"], names["two"], names["zp"]], list(cast.output),
+                                        name=f"{stem}_quantize")]
+    if not replaced:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    for k, node in enumerate(view.nodes):
+        if k in replaced:
+            out.graph.node.extend(replaced[k])
+        elif k not in dropped:
+            out.graph.node.append(node)
+    out.graph.initializer.extend(added)
+    return out
+
+
+def _integer_step(view: GraphView, cast: onnx.NodeProto
+                  ) -> tuple[list[int], str, tuple[float, np.ndarray]] | None:
+    """For a ``Cast`` that :func:`integer_quantize_steps` rewrites: the nodes it replaces besides the cast, the
+    ``INNER`` node's output and ``(offset, zero point in the cast's type)``; else None."""
+    to = next((a.i for a in cast.attribute if a.name == "to"), None)
+    if cast.op_type != "Cast" or to not in _QUANTIZE_LINEAR_TYPES.values():
+        return None
+    chain: list[int] = []
+
+    def single(tensor: str, op: str) -> onnx.NodeProto | None:
+        """The ``op`` node making ``tensor``, which nothing else reads."""
+        node = view.producer_node(tensor)
+        if node is None or node.op_type != op or node.domain not in ("", "ai.onnx") \
+                or view.only_consumer(tensor) is None:
+            return None
+        chain.append(view.position(node))
+        return node
+
+    def scalar(tensor: str) -> float | None:
+        t = view.inits.get(tensor)
+        return None if t is None or t.data_location == TensorProto.EXTERNAL or t.data_type != TensorProto.FLOAT \
+            else view.scalar(tensor)
+
+    node, c = view.producer_node(cast.input[0]), 0.0
+    if node is not None and node.op_type == "Add":
+        c = scalar(node.input[1])
+        node = single(cast.input[0], "Add") if c is not None and c.is_integer() else None
+        if node is None:
+            return None
+    clip = single(node.input[0] if node.op_type == "Add" else cast.input[0], "Clip") if node is not None else None
+    if clip is None or len(clip.input) != 3:
+        return None
+    lo, hi = scalar(clip.input[1]), scalar(clip.input[2])
+    qmin, qmax = nm.qrange(8, to == TensorProto.INT8)
+    if lo is None or hi is None or (lo + c, hi + c) != (qmin, qmax):
+        return None
+    outer_node = view.producer_node(clip.input[0])
+    mode = next((m for m in (nm.RoundMode.HALF_UP, nm.RoundMode.HALF_DOWN)
+                 if outer_node is not None and outer_node.op_type == nm.rounding_by_doubling(m)[1]), None)
+    if mode is None or single(clip.input[0], outer_node.op_type) is None:
+        return None
+    inner_op, offset = nm.rounding_as_quantize_linear(mode)
+    half = single(outer_node.input[0], "Mul")
+    inner = view.producer_node(half.input[0]) if half is not None and scalar(half.input[1]) == 0.5 else None
+    if inner is None or inner.op_type != inner_op or inner.domain not in ("", "ai.onnx"):
+        return None
+    zp = np.array(int(c), helper.tensor_dtype_to_np_dtype(to))
+    return chain, inner.output[0], (offset, zp)
