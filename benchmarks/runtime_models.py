@@ -11,6 +11,7 @@ normalisation), that preprocessing on real data.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -120,6 +121,31 @@ MODELS: dict[str, RuntimeModel] = {
                            _orientation_inputs),
     "magika": RuntimeModel("Magika", fixture_models.magika, "bytes", [2048], _magika_inputs),
 }
+
+
+def _former_fetch() -> Path:
+    """``bench_layernorm.py``'s EfficientFormer-style net (random weights, seed 0, opset 17), exported once a
+    process into a temporary folder (not the shared model cache): the net of session 34's EfficientFormer rows
+    (``runtime_former_s34.md``)."""
+    import tempfile
+
+    import bench_layernorm
+
+    path = Path(tempfile.gettempdir()) / f"npuflow-bench-{os.getpid()}" / "effformer_o17.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bench_layernorm.export(bench_layernorm.build("effformer", "x"), str(path), 17)
+    return path
+
+
+def _former_inputs(n: int) -> list[dict]:
+    """Smooth random 3x32x32 images (an 8x8 pattern upsampled, plus noise), as the EfficientFormer tests make them."""
+    rng = np.random.default_rng(0)
+    return [{"x": (np.kron(rng.standard_normal((1, 3, 8, 8)), np.ones((1, 1, 4, 4)))
+                   + 0.2 * rng.standard_normal((1, 3, 32, 32))).astype(np.float32)} for _ in range(n)]
+
+
+MODELS["former"] = RuntimeModel("EfficientFormer-style (32)", _former_fetch, "x", [3, 32, 32], _former_inputs)
 
 
 def model(key: str) -> RuntimeModel:
