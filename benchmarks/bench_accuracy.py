@@ -100,6 +100,7 @@ FINETUNE = {
     "brecq_fisher": ("BRECQ+QDrop Fisher loss", {"drop_prob": 0.5, "block_loss": "fisher"}),
     "brecq_fishermse": ("BRECQ+QDrop Fisher+MSE loss", {"drop_prob": 0.5, "block_loss": "fisher_mse"}),
     "brecq_final": ("BRECQ+QDrop final acceptance", {"drop_prob": 0.5, "block_accept": "final"}),
+    "brecq_gptq": ("BRECQ+QDrop from GPTQ", {"drop_prob": 0.5, "start": "gptq"}),
 }
 
 
@@ -151,7 +152,9 @@ def det_bench(n_calib: int, n_eval: int) -> BQ.Bench:
     FP32's, and the % of FP32's boxes (RapidOCR's DB post-processing) that the quantized map's
     boxes match at polygon IoU >= 0.5 (``box``); ``extra``: % of quantized boxes matching none;
     ``cos_text``: the mean cosine over the inputs where FP32 finds at least ``TEXT_BOXES`` boxes, because a
-    few near-empty inputs (almost no text: a map of near-zero values) otherwise decide the mean."""
+    few near-empty inputs (almost no text: a map of near-zero values) otherwise decide the mean;
+    ``cos_empty``: the mean over those near-empty inputs; ``cos_global``: one cosine over every
+    input's map concatenated (each pixel weighs the same, so a near-empty map weighs by its text)."""
     xs = D.ocr_pages("eval", n_eval)
     calib = D.ocr_pages("calib", n_calib)
     path = fixture_models.ppocr_det()
@@ -162,12 +165,16 @@ def det_bench(n_calib: int, n_eval: int) -> BQ.Bench:
     def evaluate(session) -> dict[str, float]:
         outs = BQ._run_all(session, xs)
         cos = [BQ._cosine(o, r) for o, r in zip(outs, reference, strict=True)]
+        logging.info("det map cosine on the near-empty inputs %s", {i: round(c, 3) for i, (c, t) in enumerate(zip(cos, text)) if not t})
         matched = total = extra = found = 0
         for o, boxes in zip(outs, ref_boxes, strict=True):
             q_boxes = D.db_boxes(o)
             m, n = D.box_match(boxes, q_boxes)
             matched, total, found, extra = matched + m, total + n, found + len(q_boxes), extra + len(q_boxes) - m
         return {"cos": float(np.mean(cos)), "cos_text": float(np.mean([c for c, t in zip(cos, text) if t])),
+                "cos_empty": float(np.mean([c for c, t in zip(cos, text) if not t] or [np.nan])),
+                "cos_global": BQ._cosine(np.concatenate([o.ravel() for o in outs]),
+                                         np.concatenate([r.ravel() for r in reference])),
                 "box": 100.0 * matched / max(1, total),
                 "extra": 100.0 * extra / max(1, found), "fp32_boxes": float(total)}
 

@@ -145,7 +145,8 @@ class FastFinetune(_Strict):
     # adaquant/adaround: move each layer's power-of-two weight fix position against its output error (TQT;
     # algorithms/fast_finetune.py, docs/accuracy.md "Learned weight thresholds")
     learn_threshold: bool = False
-    # adaquant: learn from nearest rounding (the float weights) or from GPTQ's codes and bias (algorithms/gptq.py)
+    # adaquant: learn from nearest rounding (the float weights) or from GPTQ's codes and bias (algorithms/gptq.py);
+    # brecq: the blocks start from layer-wise AdaRound's codes (nearest) or GPTQ's codes and bias (gptq)
     start: Literal["nearest", "gptq"] = "nearest"
     # adaround/adaquant/brecq: order in which the sampled columns (blocks: samples) are visited; results move
     # with it by several points (docs/accuracy.md), so a single run is one draw

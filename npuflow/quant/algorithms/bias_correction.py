@@ -176,14 +176,16 @@ def correct_data_free(
     """Bias correction from BN statistics.
 
     ``bn_model`` is the float model *before* BN folding (the statistics live there); it defaults
-    to ``float_model``.  Layers without a BN in front are not changed.
+    to ``float_model``.  Layers without a BN in front are not changed, nor are ``ConvTranspose``
+    layers: with strides, a kernel tap reads a real input at only some output positions (the
+    others read the interleaved zeros), so "every tap sees the channel mean" does not hold there.
     """
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     means = bn_input_means(bn_model if bn_model is not None else float_model)
     errors = _weight_error(float_model, out)
     patches = {n: _patch_from_channel_means(means[n], d, ql.groups) for n, (ql, d) in errors.items()
-               if n in means and means[n].size == d.shape[1] * ql.groups}
+               if n in means and means[n].size == d.shape[1] * ql.groups and ql.node.op_type != "ConvTranspose"}
     corrected = _apply(out, errors, patches, round_mode)
     log.info("bias correction (data-free): %d layers", len(corrected))
     return out, corrected

@@ -96,7 +96,7 @@ class FinetuneSettings:
     input_drop: float = 0.0      # adaquant: QDrop, chance a layer input value is the float model's while learning
     post_activation: bool = False  # adaround: reconstruct after the activation fused behind each layer (.activation)
     learn_threshold: bool = False  # adaquant/adaround: move each weight's power-of-two fix position (TQT; module doc)
-    start: str = "nearest"       # adaquant: nearest | gptq (learn from GPTQ's codes and bias, .gptq)
+    start: str = "nearest"       # adaquant, brecq: nearest | gptq (learn from GPTQ's codes and bias, .gptq)
 
     def key(self) -> dict:
         return {"method": self.method, "iters": self.iters, "lr": self.learning_rate, "batch": self.batch,
@@ -105,7 +105,7 @@ class FinetuneSettings:
                 **({"post_activation": True} if self.post_activation and self.method == "adaround" else {}),
                 # AdaQuant's solver changes with it; AdaRound's final solve at a kept position does not
                 **({"learn_threshold": True} if self.learn_threshold and self.method == "adaquant" else {}),
-                **({"start": self.start} if self.start != "nearest" and self.method == "adaquant" else {})}
+                **({"start": self.start} if self.start != "nearest" and self.method in ("adaquant", "brecq") else {})}
 
     @property
     def learning_rate(self) -> float:
@@ -178,10 +178,11 @@ def fast_finetune(
         raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.block_accept",
                            reason=f"block_accept {st.block_accept!r}: one of {', '.join(BLOCK_ACCEPTS)}, and other "
                                   f"than per_block only with method brecq (not {st.method})")
-    if st.start not in STARTS or (st.start != "nearest" and st.method != "adaquant"):
+    if st.start not in STARTS or (st.start != "nearest" and st.method not in ("adaquant", "brecq")):
         raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.start",
                            reason=f"start {st.start!r}: one of {', '.join(STARTS)}, and other than nearest only with "
-                                  f"method adaquant (not {st.method}; method gptq alone is GPTQ without AdaQuant)")
+                                  f"method adaquant or brecq (not {st.method}; method gptq alone is GPTQ without "
+                                  "AdaQuant)")
     if st.learn_threshold and st.method == "gptq":
         raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.learn_threshold",
                            reason="learn_threshold moves weight fix positions in AdaRound's and AdaQuant's layer "
@@ -190,7 +191,7 @@ def fast_finetune(
     if st.learn_threshold and st.method == "adaquant":
         require_torch()  # TQT's straight-through gradient is the QAT quantizer's (npuflow.fake_quant)
     backend = resolve_backend(st.backend)
-    if st.start == "gptq" and (backend != "numpy" or st.learn_threshold):
+    if st.start == "gptq" and st.method == "adaquant" and (backend != "numpy" or st.learn_threshold):
         raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.start",
                            reason=f"start gptq starts AdaQuant's numpy solver, not backend {backend}"
                                   f"{' with learn_threshold' if st.learn_threshold else ''} (set start: nearest)")
@@ -202,8 +203,9 @@ def fast_finetune(
     t0 = time.time()
     feeds = list(calibration)
     start = FinetuneReport()
-    if st.method == "brecq":   # blocks start from layer-wise AdaRound's rounding (block_recon.start_rest)
-        layerwise = replace(st, method="adaround", lr=None, block_loss="mse", block_accept="per_block")
+    if st.method == "brecq":   # blocks start from layer-wise AdaRound's (start: gptq: GPTQ's) rounding
+        layerwise = replace(st, method="gptq" if st.start == "gptq" else "adaround", lr=None, block_loss="mse",
+                            block_accept="per_block", start="nearest")
         qmodel, start = fast_finetune(float_model, qmodel, feeds, layerwise, cache_dir, progress)
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
@@ -420,12 +422,13 @@ def _move_weight_scale(model: onnx.ModelProto, ql: QuantizedLayer, scale: float)
 
 def _restart_block(float_model: onnx.ModelProto, out: onnx.ModelProto, block: Block, inputs: QuantizedInputs,
                    fx: dict[str, np.ndarray], st: FinetuneSettings, backend: str, cache: Path) -> None:
-    """``block_accept: final``: the block's layers solved again by AdaRound on the inputs that the
-    blocks learned before it now give (cached where those did not change): the codes AdaRound's
-    first pass gave it were fitted to the AdaRound blocks before it, and the block learns from
-    what is written here (:mod:`.block_accept`)."""
+    """``block_accept: final``: the block's layers solved again by AdaRound (``start: gptq``: GPTQ) on
+    the inputs that the blocks learned before it now give (cached where those did not change): the
+    codes the first layer-wise pass gave it were fitted to the layer-wise blocks before it, and the
+    block learns from what is written here (:mod:`.block_accept`)."""
+    method = "gptq" if st.start == "gptq" else "adaround"
     for job in block.jobs:
-        _solve_layer(float_model, out, job, inputs, fx[job.ql.name], replace(st, method="adaround", lr=None),
+        _solve_layer(float_model, out, job, inputs, fx[job.ql.name], replace(st, method=method, lr=None),
                      backend, cache)
     for t in {t for n in block.nodes for t in n.output} & set(inputs.values):
         del inputs.values[t]   # computed with codes the block is about to change

@@ -1,7 +1,10 @@
-"""Layer-wise least-squares data: the input patches a Conv/Gemm/MatMul multiplies by its weights.
+"""Layer-wise least-squares data: the input patches a Conv/ConvTranspose/Gemm/MatMul multiplies by its weights.
 
 AdaRound and AdaQuant solve one small problem per layer: ``W @ X + b ~ Y`` where the columns of
-``X`` are input patches (im2col) at sampled output positions.  Sampling a fixed number of
+``X`` are input patches (im2col) at sampled output positions.  A ``ConvTranspose``'s patches are
+those of the stride-1 convolution it equals (:func:`.layers.transposed_conv_rows`): its input with
+``stride - 1`` zeros between neighbours, padded by ``dilation * (kernel - 1) - pad`` (plus the
+output padding at the end).  Sampling a fixed number of
 positions per calibration batch keeps memory bounded; the positions depend only on the layer
 name, the batch index and the tensor shape, so the float and the quantized model are sampled at
 the same places.
@@ -25,20 +28,41 @@ class PatchSampler:
         self.op = node.op_type
         self.weight_shape = weight_shape
         self.per_batch = per_batch
-        self.groups = int(attr(node, "group", 1)) if self.op == "Conv" else 1
-        if self.op == "Conv":
+        self.conv = self.op in ("Conv", "ConvTranspose")
+        self.groups = int(attr(node, "group", 1)) if self.conv else 1
+        self.interleave: list[int] = []   # ConvTranspose: its strides, the input's zero interleaving
+        if self.conv:
             k = len(weight_shape) - 2
             self.kernel = list(attr(node, "kernel_shape", weight_shape[2:]))
             self.strides = list(attr(node, "strides", [1] * k))
             self.dilations = list(attr(node, "dilations", [1] * k))
             self.pads = list(attr(node, "pads", [0] * 2 * k))
             self.auto_pad = attr(node, "auto_pad", "NOTSET")
+        if self.op == "ConvTranspose":
+            out_pad = list(attr(node, "output_padding", [0] * k))
+            self.fixed_shape = bool(attr(node, "output_shape", []))
+            self.interleave, self.strides = self.strides, [1] * k
+            reach = [d * (kk - 1) for d, kk in zip(self.dilations, self.kernel)]
+            self.pads = ([r - p for r, p in zip(reach, self.pads[:k])]
+                         + [r - p + o for r, p, o in zip(reach, self.pads[k:], out_pad)])
 
     @property
     def supported(self) -> bool:
-        if self.op != "Conv":
+        if not self.conv:
             return True
+        if self.op == "ConvTranspose":   # explicit pads no larger than the kernel's reach, no output_shape
+            return (self.auto_pad == "NOTSET" and not self.fixed_shape and len(self.kernel) == 2
+                    and min(self.pads) >= 0)
         return self.auto_pad in ("NOTSET", "VALID") and len(self.kernel) in (1, 2)
+
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """The input the equivalent convolution reads: a ConvTranspose's with its zeros interleaved."""
+        if not self.interleave or all(s == 1 for s in self.interleave):
+            return x
+        sh, sw = self.interleave
+        up = np.zeros(x.shape[:2] + ((x.shape[2] - 1) * sh + 1, (x.shape[3] - 1) * sw + 1), x.dtype)
+        up[:, :, ::sh, ::sw] = x
+        return up
 
     def _rng(self, batch: int) -> np.random.Generator:
         digest = hashlib.sha256(f"{self.node.name}|{self.node.output[0]}|{batch}".encode()).digest()
@@ -64,8 +88,9 @@ class PatchSampler:
         exactly, zero padding included (a per-channel input mean misses the border taps, which
         dominate on the few-row feature maps of text recognisers).
         """
-        if self.op != "Conv":
+        if not self.conv:
             return x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)[None]
+        x = self._input(x)
         if all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides) and not any(self.pads):
             return x.mean(axis=tuple(i for i in range(x.ndim) if i != 1), dtype=np.float64).reshape(self.groups, -1)
         xp, kernel, strides, dil, oh, ow = self._geometry(x)
@@ -79,11 +104,11 @@ class PatchSampler:
     def sample(self, x: np.ndarray, batch: int) -> np.ndarray:
         """``(groups, K, m)`` float32 patches from input ``x`` (same positions for same batch/shape)."""
         rng = self._rng(batch)
-        if self.op != "Conv":
+        if not self.conv:
             rows = x.reshape(-1, x.shape[-1])
             idx = rng.choice(rows.shape[0], size=min(self.per_batch, rows.shape[0]), replace=False)
             return rows[np.sort(idx)].T[None].astype(np.float32)
-        xp, kernel, strides, dil, oh, ow = self._geometry(x)
+        xp, kernel, strides, dil, oh, ow = self._geometry(self._input(x))
         n, c = xp.shape[:2]
         total = n * oh * ow
         idx = np.sort(rng.choice(total, size=min(self.per_batch, total), replace=False))

@@ -26,11 +26,13 @@ import onnx
 from ...numerics import ONNX_ROUND_MODE, RoundMode, qrange, quantize
 from ...qdq import parse_function_name
 from ...graph import GraphView, attr, get_array, initializers, set_array
+from ...operators import WEIGHTED_OPS
+from .layers import to_rows, to_stored
 
 
 @dataclass
 class QuantizedLayer:
-    """A Conv/Gemm/MatMul of a QDQ model whose weight comes from a DequantizeLinear."""
+    """A Conv/ConvTranspose/Gemm/MatMul of a QDQ model whose weight comes from a DequantizeLinear."""
 
     node: onnx.NodeProto
     groups: int
@@ -48,6 +50,13 @@ class QuantizedLayer:
     @property
     def name(self) -> str:
         return self.node.name or self.node.output[0]
+
+    def rows(self, stored: np.ndarray) -> np.ndarray:
+        """A stored weight array in the ``(Cout, Cin/groups, *kernel)`` layout (:func:`.layers.to_rows`)."""
+        return to_rows(stored, self.trans_b, self.node.op_type == "ConvTranspose", self.groups)
+
+    def stored(self, rows: np.ndarray) -> np.ndarray:
+        return to_stored(rows, self.trans_b, self.node.op_type == "ConvTranspose", self.groups)
 
     def qlimits(self) -> tuple[int, int]:
         lo, hi = qrange(self.bits, self.signed)
@@ -84,9 +93,10 @@ def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
     inits = initializers(model)
     out = []
     for n in model.graph.node:
-        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
             continue
-        if n.op_type != "Conv" and attr(n, "transA", 0):
+        conv = n.op_type in ("Conv", "ConvTranspose")
+        if not conv and attr(n, "transA", 0):
             continue
         src = _dq_source(model, n.input[1], prods, inits)
         if src is None:
@@ -94,12 +104,16 @@ def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
         dq, q_name, float_name, round_mode = src
         scale = get_array(model, dq.input[1]).astype(np.float32)
         zp = get_array(model, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int8)
-        trans_b = n.op_type == "Conv" or (n.op_type == "Gemm" and bool(attr(n, "transB", 0)))
+        trans_b = conv or (n.op_type == "Gemm" and bool(attr(n, "transB", 0)))
+        groups = int(attr(n, "group", 1)) if conv else 1
         if scale.ndim == 1 and scale.size > 1:
             axis = attr(dq, "axis", 1)
             stored_ndim = len(inits[q_name or float_name].dims)
             axis = axis % stored_ndim
-            if axis != (0 if trans_b else 1):
+            # per output channel only: a ConvTranspose's output channels are its axis 1, and only
+            # without groups (with them, axis 1 holds one group's Cout/g)
+            out_axis = 1 if n.op_type == "ConvTranspose" or not trans_b else 0
+            if axis != out_axis or (n.op_type == "ConvTranspose" and groups != 1):
                 continue
         if q_name is not None:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(inits[q_name].data_type)
@@ -116,14 +130,10 @@ def quantized_layers(model: onnx.ModelProto) -> list[QuantizedLayer]:
                     bias_name = bsrc[1]
                     bias_scale = get_array(model, bsrc[0].input[1]).astype(np.float32)
         out.append(QuantizedLayer(
-            n, int(attr(n, "group", 1)) if n.op_type == "Conv" else 1, trans_b, q_name, float_name,
+            n, groups, trans_b, q_name, float_name,
             scale, zp, info.bits, info.min < 0, bias_name, bias_scale, round_mode,
         ))
     return out
-
-
-def _to_rows(a: np.ndarray, trans_b: bool) -> np.ndarray:
-    return a if trans_b else a.T
 
 
 def scale_rows(layer: QuantizedLayer, w_shape: tuple[int, ...]) -> np.ndarray:
@@ -140,9 +150,9 @@ def read_codes(model: onnx.ModelProto, layer: QuantizedLayer) -> np.ndarray:
     Float weights are quantized with the tie rule of their own quantize step (the model's, so
     no caller can name another): the codes ONNX Runtime computes for the model."""
     if layer.q_name is not None:
-        q = get_array(model, layer.q_name).astype(np.float64)
-        return _to_rows(q, layer.trans_b) - _zp_rows(layer, q.shape)
-    w = _to_rows(get_array(model, layer.float_name).astype(np.float32), layer.trans_b)
+        q = layer.rows(get_array(model, layer.q_name).astype(np.float64))
+        return q - _zp_rows(layer, q.shape)
+    w = layer.rows(get_array(model, layer.float_name).astype(np.float32))
     s = scale_rows(layer, w.shape)
     lo, hi = layer.qlimits()
     q = quantize(w, s, 0, bits=32, round_mode=layer.round_mode).astype(np.float64)
@@ -158,11 +168,12 @@ def code_limits(layer: QuantizedLayer, codes: np.ndarray) -> tuple[int, int]:
     return lo, hi
 
 
-def _zp_rows(layer: QuantizedLayer, stored_shape) -> np.ndarray:
+def _zp_rows(layer: QuantizedLayer, rows_shape) -> np.ndarray:
+    """The zero point broadcast to the ``(Cout, ...)`` layout."""
     zp = layer.zero_point.astype(np.float64).reshape(-1)
     if zp.size == 1:
         return zp[0]
-    return zp.reshape((-1,) + (1,) * (len(stored_shape) - 1))
+    return zp.reshape((-1,) + (1,) * (len(rows_shape) - 1))
 
 
 def dequantized_weight(model: onnx.ModelProto, layer: QuantizedLayer) -> np.ndarray:
@@ -181,11 +192,10 @@ def write_codes(model: onnx.ModelProto, layer: QuantizedLayer, q: np.ndarray) ->
     lo, hi = layer.qlimits()
     q = np.clip(q, lo, hi)
     if layer.q_name is not None:
-        stored = _to_rows(q, layer.trans_b)
-        set_array(model, layer.q_name, stored + _zp_rows(layer, stored.shape))
+        set_array(model, layer.q_name, layer.stored(q + _zp_rows(layer, q.shape)))
     else:
         w = (q * scale_rows(layer, q.shape)).astype(np.float32)
-        set_array(model, layer.float_name, _to_rows(w, layer.trans_b))
+        set_array(model, layer.float_name, layer.stored(w))
 
 
 def read_bias(model: onnx.ModelProto, layer: QuantizedLayer, cout: int) -> np.ndarray:
