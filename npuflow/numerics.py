@@ -528,6 +528,38 @@ def select_codes(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
     return np.maximum(a, b) if mode == "max" else np.minimum(a, b)
 
 
+
+def one_hot_rows(weights: np.ndarray, bias: np.ndarray | None, hot: float, cold: float) -> np.ndarray | None:
+    """Every row a float32 matrix product of one-hot codes can make: ``onehot @ weights + bias``, where a
+    row's codes are ``hot`` at one position of the ``n`` (``weights`` is ``[n, N]``) and ``cold`` elsewhere,
+    as an ``[n + 1, N]`` float32 table (row ``n``: no position hot); None where that is not provably exact.
+
+    Exact (the table equals ONNX Runtime's ``Gemm`` of the codes bit for bit, whatever order it sums in):
+    every product and the bias are multiples of one power of two ``2^-k`` (``k`` <= 100: no subnormal)
+    with at most 2^24 of it in each output's sum of magnitudes, so every partial sum is a float32; and
+    an output is ``-0.0`` only where all its terms are zeros, which is refused (IEEE leaves that sign
+    to the order: ``0 * -w``)."""
+    n, width = weights.shape
+    b = np.zeros(width) if bias is None else np.broadcast_to(np.asarray(bias, np.float64), (width,))
+    terms = [np.float64(cold) * weights, np.float64(hot) * weights, b]  # float32 products: exact in float64
+    if not all(np.isfinite(t).all() for t in terms):
+        return None
+    k = next((k for k in range(101) if all((np.ldexp(t, k) == np.rint(np.ldexp(t, k))).all() for t in terms)), None)
+    bound = FLOAT_EXACT_BOUND[np.dtype(np.float32)]
+    if k is None or any(np.abs(np.ldexp(t, k)).max(initial=0) > bound for t in terms):
+        return None
+    c0, c1, bb = (np.ldexp(t, k).astype(np.int64) for t in terms)
+    if (np.maximum(np.abs(c0), np.abs(c1)).sum(axis=0) + np.abs(bb) > bound).any():
+        return None
+    cold_sum = c0.sum(axis=0) + bb
+    table = np.concatenate([cold_sum - c0 + c1, cold_sum[None]])
+    cold_terms = (c0 != 0).sum(axis=0) + (bb != 0)  # each output's nonzero terms: the cold ones and the bias,
+    nonzero = np.concatenate([cold_terms - (c0 != 0) + (c1 != 0), cold_terms[None]])  # the hot one for its own
+    if (nonzero == 0).any():
+        return None
+    return np.ldexp(table.astype(np.float64), -k).astype(np.float32)
+
+
 def saturate(values: np.ndarray, bits: int = 8, signed: bool = True, narrow: bool = False) -> np.ndarray:
     """Clamp integers into the code range and store them in the matching integer type."""
     qmin, qmax = qrange(bits, signed, narrow)

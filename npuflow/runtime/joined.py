@@ -19,7 +19,9 @@ kept on disk by ``ort_verdicts.keyed_verdict``); where it fails (a quantize step
 dequantize step of the next that ONNX Runtime would drop as a pair; a fusion one part's options turn
 off; YOLOv8n exported with a free batch: the first run's layout ``Transpose`` moved across its seam
 with the DFL subgraph), that stretch is not joined, and the longest shorter one from the same step
-is tried (YOLOv8n: the next three steps).  Only parts that ONNX Runtime runs with the same kernels at its full optimisation level join (a CPU
+is tried (YOLOv8n: the next three steps).  After the check, a one-hot's matrix product (Magika's
+first Dense) is written as a lookup of its rows (``onehot_gather``: exact by its own proof, so
+its different kernels are not compared).  Only parts that ONNX Runtime runs with the same kernels at its full optimisation level join (a CPU
 subgraph of power-of-two scales runs at the basic level, which the joined session would not keep: it joins
 where the full level fuses nothing in it, :func:`level_free`, PP-OCR cls on B4096's softmax), each node
 meaning the same under the joined opset (an older part's node written in the joined opset's form
@@ -53,7 +55,7 @@ from ..graph import GraphView
 from ..model_checks import KNOWN_DOMAINS
 from ..operators import ADDED_INPUTS_KEEPING_MEANING, ADDED_KEEPING_MEANING, NCHWC_MOVES, NCHWC_SAME_VALUES, SEAM_MOVES
 from ..ort_session import open_session
-from . import fused, joined_seams, merge
+from . import fused, joined_seams, merge, onehot_gather
 from .broadcast import full_rank_constants
 from .fused_graph import OPSETS
 from .fused_run import RUN_OPTIONS
@@ -547,6 +549,7 @@ def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: i
         if seamed is not model and ort_verdicts.keyed_verdict(same_but_seams, _digest(seamed, external, parts, disabled),
                                                               model, seamed, external, disabled):
             model = seamed
+    model = onehot_gather.as_row_lookup(model, external)  # exact by numerics.one_hot_rows' proof: no kernel check
     for p in parts:  # the joined model holds what ONNX Runtime's creation reads
         p.model = p.external = None
     release()

@@ -74,3 +74,48 @@ def test_a_cast_to_its_inputs_type_gives_back_its_values_and_does_not_count() ->
     assert joined.same_type_casts(_table_then_cast(TensorProto.INT8)) == Counter({("", "Cast"): 1})
     # a cast that changes the type (uint8 -> int32 index, int8 -> float) is a kernel that counts
     assert joined.same_type_casts(_table_then_cast(TensorProto.FLOAT)) == Counter()
+
+
+def _file_bytes(path: Path) -> np.ndarray:
+    """A real file's first 2048 bytes as Magika's input, padded with its token 256."""
+    data = np.frombuffer(path.read_bytes()[:2048], np.uint8).astype(np.int32)
+    return np.pad(data, (0, 2048 - data.size), constant_values=256)[None]
+
+
+def _one_hot_products(model: onnx.ModelProto) -> list[str]:
+    """The ``Gemm``/``MatMul`` nodes whose rows come from an ``Equal`` (a one-hot) within four steps."""
+    made = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        tensor = node.input[0] if node.op_type in ("Gemm", "MatMul") else None
+        for _ in range(4):
+            producer = made.get(tensor)
+            if producer is None:
+                break
+            if producer.op_type == "Equal":
+                found.append(node.name)
+            tensor = producer.input[0]
+    return found
+
+
+def test_the_one_hot_dense_is_a_row_lookup_with_the_op_by_op_outputs_on_real_files(magika_npuf, monkeypatch) -> None:
+    """The joined graph reads Magika's first Dense as ``Gather`` of 258 rows (``onehot_gather``): no float
+    ``Gemm`` of the 2048 x 257 one-hot codes (nor their ``Cast``), and the outputs of the op-by-op Session
+    bit for bit on real files (the magika wheel's own sources and model config) and on bytes outside 0-256."""
+    opened = []
+    real_open = joined.open_session
+    monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real_open(model, **kw))
+    session = _fresh_session(magika_npuf, monkeypatch)
+    (model,) = opened
+    assert _one_hot_products(model) == []
+    assert sum(n.op_type == "Gather" and n.name.endswith("row_lookup2") for n in model.graph.node) == 1
+    reference = npuflow.Session(magika_npuf, fuse=False)
+    root = fixture_models.magika().parents[2]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".json", ".onnx"))[:6]
+    inputs = [_file_bytes(p) for p in files] + [np.array([[-1, 257, 1 << 30, -(1 << 31), 256, 0] * 341 + [5, 9]],
+                                                         np.int32)]
+    assert len(inputs) == 7
+    for x in inputs:
+        got, want = session.run({"bytes": x}), reference.run({"bytes": x})
+        for name, value in want.items():
+            assert got[name].dtype == value.dtype and np.array_equal(got[name], value), name

@@ -1,0 +1,143 @@
+"""A one-hot's matrix product in a joined graph as a row lookup: ``Gather`` of a table made at load.
+
+Magika (issue 19) reads a file's 2048 bytes as a one-hot over 257 values (``Equal`` of the bytes
+against an ``arange``), its quantize step is a ``Where`` of two codes
+(``executors._quantized_booleans_as_select``) and its first Dense a fused run's float ``Gemm`` of
+those codes: ``Cast`` of 526k codes to float, then 2048 x 257 x 64 products (on B4096 the ``Cast``
+alone was 8.9 % of the joined graph's op time).  A row of codes holds the hot code at one of 257
+places and the cold code elsewhere, so the product's row is one of 258 (each value, and none of
+them) that ``numerics.one_hot_rows`` computes once, bit for bit what the ``Gemm`` makes (its proof;
+where it cannot prove that, the graph stays).  ``Gather`` of the row by the value gives it, and the
+fused run's requantisation after the ``Gemm`` reads the same float32 values.
+
+Only in a joined graph (``runtime/joined.py``, after its kernel check): apart, the one-hot is one
+part's output and the product another's input.  A value outside the ``arange`` (none hot) reads the
+table's last row: ``Clip`` to one below and one past the range, which ``Gather`` reads as that row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import numerics as nm
+from ..graph import GraphView, attr
+
+
+def as_row_lookup(model: onnx.ModelProto, external: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """``model`` with each one-hot ``Gemm``/``MatMul`` (module docstring) as a ``Gather`` of its rows,
+    a new model (``model`` itself where there is none); the weights it no longer reads leave ``external``."""
+    found = [m for m in (_match(GraphView(model), node, external) for node in model.graph.node
+                         if node.op_type in ("Gemm", "MatMul") and node.domain in ("", "ai.onnx")) if m]
+    if not found:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    chains: set[str] = set()
+    read: set[str] = set()  # what the replaced nodes read: constants that may go with them
+    for product, chain, a, start, table in found:
+        out = product.output[0]
+        at = next(i for i, n in enumerate(graph.node) if list(n.output) == [out])
+        consts = {f"{out}/rows": table, f"{out}/flat": np.array([-1], np.int64), f"{out}/start": start,
+                  f"{out}/below": np.array(-1, start.dtype), f"{out}/past": np.array(len(table) - 1, start.dtype)}
+        nodes = [helper.make_node("Reshape", [a, f"{out}/flat"], [f"{out}/values"])]
+        if start:  # the arange's first value reads row 0
+            nodes.append(helper.make_node("Sub", [f"{out}/values", f"{out}/start"], [f"{out}/offset"]))
+        else:
+            del consts[f"{out}/start"]
+        nodes += [helper.make_node("Clip", [nodes[-1].output[0], f"{out}/below", f"{out}/past"], [f"{out}/index"]),
+                  helper.make_node("Gather", [f"{out}/rows", f"{out}/index"], [out], axis=0)]
+        graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+        for k, node in enumerate(nodes):
+            node.name = f"{out}/row_lookup{k}"
+        graph.node.pop(at)
+        for k, node in enumerate(nodes):
+            graph.node.insert(at + k, node)
+        chains.update(n.name for n in chain)
+        read.update(t for n in (product, *chain) for t in n.input)
+    _drop_unread(model, chains, read, external)
+    return model
+
+
+def _match(view: GraphView, product: onnx.NodeProto, external: dict[str, np.ndarray]) -> tuple | None:
+    """``(product, the nodes before it, the one-hot's values, the arange's start, the table)``
+    where ``product`` reads ``Reshape([-1 or rows, n]) <- Cast(float) <- Where(Equal(values, arange), hot,
+    cold)`` of values whose last axis is 1 and computes exactly as a table (``numerics.one_hot_rows``)."""
+    chain = []
+    tensor = product.input[0]
+    for op in ("Reshape", "Cast", "Where", "Equal"):
+        node = view.producer_node(tensor)
+        if node is None or node.op_type != op or node.domain not in ("", "ai.onnx"):
+            return None
+        chain.append(node)
+        tensor = node.input[0]
+    reshape, cast, where, equal = chain
+    shape = view.const(reshape.input[1])
+    hot, cold = view.scalar(where.input[1]), view.scalar(where.input[2])
+    if attr(cast, "to") != TensorProto.FLOAT or shape is None or shape.size != 2 or hot is None or cold is None:
+        return None
+    values, arange = next(((a, view.const(c)) for a, c in (equal.input, equal.input[::-1])
+                           if view.const(c) is not None and view.const(a) is None), (None, None))
+    if arange is None or arange.dtype.kind not in "iu" or arange.size < 2 or arange.shape[-1] != arange.size \
+            or not np.array_equal(arange.ravel(), arange.ravel()[0] + np.arange(arange.size)) \
+            or int(shape[-1]) != arange.size or not _last_axis_one(view, values, arange.ndim):
+        return None
+    weights, bias = _operands(view, product, external)
+    if weights is None or weights.shape[0] != arange.size:
+        return None
+    table = nm.one_hot_rows(weights, bias, hot, cold)
+    if table is None:
+        return None
+    return product, chain, values, np.array(arange.ravel()[0]), table
+
+
+def _last_axis_one(view: GraphView, values: str, rank: int) -> bool:
+    """Whether ``values`` (the one-hot's input) is a ``Reshape`` to a constant shape of at least
+    ``rank`` axes, the last 1: each of its values then makes one row of the one-hot, in order."""
+    node = view.producer_node(values)
+    shape = view.const(node.input[1]) if node is not None and node.op_type == "Reshape" else None
+    return shape is not None and shape.ndim == 1 and shape.size >= rank and int(shape[-1]) == 1
+
+
+def _operands(view: GraphView, product: onnx.NodeProto,
+              external: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The product's constant weights as ``[n, N]`` float32 and its bias as ``[N]`` (None: none), or
+    ``(None, None)`` where it is not ``rows @ weights + bias`` of constants."""
+    def const(name: str) -> np.ndarray | None:
+        if name in external:
+            return np.asarray(external[name])
+        init = view.inits.get(name)
+        return None if init is None or init.data_location == TensorProto.EXTERNAL else view.const(name)
+
+    weights = const(product.input[1])
+    if weights is None or weights.dtype != np.float32 or weights.ndim != 2:
+        return None, None
+    if product.op_type == "MatMul":
+        return weights, None
+    bias = const(product.input[2]) if len(product.input) > 2 and product.input[2] else None
+    if attr(product, "transA", 0) or attr(product, "alpha", 1.0) != 1.0 or attr(product, "beta", 1.0) != 1.0 \
+            or (len(product.input) > 2 and product.input[2] and bias is None):
+        return None, None
+    weights = weights.T if attr(product, "transB", 0) else weights
+    if bias is not None and bias.size not in (1, weights.shape[1]):
+        return None, None
+    return weights, None if bias is None else np.broadcast_to(bias.reshape(-1), (weights.shape[1],))
+
+
+def _drop_unread(model: onnx.ModelProto, names: set[str], read: set[str], external: dict[str, np.ndarray]) -> None:
+    """Remove the nodes called ``names`` that nothing reads any more (a one-hot also read elsewhere
+    stays), then the constants of ``read`` nothing reads now, in place."""
+    while True:
+        view = GraphView(model.graph)
+        dead = [n for n in view.nodes if n.name in names and not any(
+            view.consumer_nodes(o) or view.is_graph_output(o) for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            model.graph.node.remove(node)
+    view = GraphView(model.graph)
+    for init in [t for t in model.graph.initializer
+                 if t.name in read and not view.consumer_nodes(t.name) and not view.is_graph_output(t.name)]:
+        model.graph.initializer.remove(init)
+        external.pop(init.name, None)
