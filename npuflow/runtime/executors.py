@@ -195,6 +195,8 @@ class OnnxExecutor:
         #: ONNX Runtime intra-op threads of its session
         self.threads, self._release = threads, release
         model, self.carried, external = self._prepared()
+        #: bytes of its constants handed to ONNX Runtime as external arrays (``joined.APART_BYTES``)
+        self.constant_bytes = sum(a.nbytes for a in external.values())
         self.session = self._open(model, external)
         del external  # ONNX Runtime holds its own copy (``open_session``)
         self.name = sg["name"]

@@ -34,6 +34,7 @@ a stretch that fails the check on its first frame).  A fused run read from a sto
 session yet here (``Session``'s load defers it: ``FusedRun.deferred``) and opens one only where it
 is left alone: a session opened and dropped left its creation's heap in the process (PP-OCR cls
 on B4096, session 30: the join +0.15 MiB peak over the steps apart; deferred, the same peak).
+A CPU subgraph of large constants (:data:`APART_BYTES`) stays its own session: see there.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ log = logging.getLogger(__name__)
 #: (openWakeWord's embedding on B4096: 12 calls a frame).  With it off the joined graph keeps that ``Add``,
 #: the parts' kernels again.
 KEEP_NOOPS = (*fused.DISABLED_OPTIMIZERS, "NoopElimination")
+#: A CPU subgraph whose constants (its session's external arrays, ``OnnxExecutor.constant_bytes``) reach
+#: this many bytes is not joined: ONNX Runtime's creation of a session holds its constants about three
+#: times at once (npuflow's arrays, its own copy, their packed and reordered forms), so a joined session's
+#: creation holds every part's together and is the load's peak.  PP-OCRv4 rec on B4096 joined whole (30
+#: steps, 6.6 MB of constants, 3.2 MB of them its CTC head's float MatMul): 34.8 MiB peak over a baseline
+#: process against ONNX Runtime's 31.7 on the plain QDQ model; with the head apart 29.2, at the same speed
+#: (one call more a frame beside a layer of 0.8M weights: benchmarks/results/runtime_mem_s35.md).
+APART_BYTES = 1 << 20
 
 
 @dataclass
@@ -524,11 +533,11 @@ def _close(executor: IntegerExecutor | OnnxExecutor) -> None:
 
 def _joinable(executor: object, threads: int) -> bool:
     """Whether ``executor`` is one ONNX Runtime graph per frame (before :func:`_part` writes it), a
-    CPU subgraph's on the fused runs' ``threads``."""
+    CPU subgraph's on the fused runs' ``threads`` whose constants are below :data:`APART_BYTES`."""
     if isinstance(executor, IntegerExecutor):
         return executor.single is not None
     return (isinstance(executor, OnnxExecutor) and executor.session is not None and not executor.carried
-            and executor.threads == threads)
+            and executor.threads == threads and executor.constant_bytes < APART_BYTES)
 
 
 def _joined(parts: list[_Part], joined: tuple, subgraphs: list[dict], threads: int,
