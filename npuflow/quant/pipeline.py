@@ -290,7 +290,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
         mse_cfg = method_search.with_method(cfg, method_search.CANDIDATE)
         mse_plan = build_plan(leg, tgt, mse_cfg, allowed)
         won, record = method_search.choose(leg, plan, mse_plan, stats, again, target_name=tgt.name,
-                                           scale_type=tgt.numerics.scale_type)
+                                           scale_type=tgt.numerics.scale_type, progress=progress)
         searched = {**searched, **record}
         if won:
             cfg, plan = mse_cfg, mse_plan

