@@ -87,7 +87,7 @@ def _one_hot_products(model: onnx.ModelProto) -> list[str]:
     made = {o: n for n in model.graph.node for o in n.output}
     found = []
     for node in model.graph.node:
-        tensor = node.input[0] if node.op_type in ("Gemm", "MatMul") else None
+        tensor = node.input[0] if node.op_type in ("Gemm", "MatMul", "QLinearConv") else None
         for _ in range(4):
             producer = made.get(tensor)
             if producer is None:
@@ -98,10 +98,21 @@ def _one_hot_products(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def test_the_one_hot_dense_is_a_row_lookup_with_the_op_by_op_outputs_on_real_files(magika_npuf, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def magika_cpu_int8_npuf(tmp_path_factory) -> Path:
+    q = npuflow.quantize(str(fixture_models.magika()), [_bytes(k) for k in range(4)], "cpu-int8", input_shapes=SHAPES)
+    path = tmp_path_factory.mktemp("magika_cpu") / "m.npuf"
+    npuflow.compile(q.model, "cpu-int8", input_shapes=SHAPES).save(path)
+    return path
+
+
+@pytest.mark.parametrize("npuf", ["magika_npuf", "magika_cpu_int8_npuf"])
+def test_the_one_hot_dense_is_a_row_lookup_with_the_op_by_op_outputs_on_real_files(npuf, request, monkeypatch) -> None:
     """The joined graph reads Magika's first Dense as ``Gather`` of 258 rows (``onehot_gather``): no float
-    ``Gemm`` of the 2048 x 257 one-hot codes (nor their ``Cast``), and the outputs of the op-by-op Session
-    bit for bit on real files (the magika wheel's own sources and model config) and on bytes outside 0-256."""
+    ``Gemm`` of the 2048 x 257 one-hot codes (nor their ``Cast``) on B4096, no ``QLinearConv`` of them on
+    cpu-int8, and the outputs of the op-by-op Session bit for bit on real files (the magika wheel's own
+    sources and model config) and on bytes outside 0-256."""
+    magika_npuf = request.getfixturevalue(npuf)
     opened = []
     real_open = joined.open_session
     monkeypatch.setattr(joined, "open_session", lambda model, **kw: opened.append(model) or real_open(model, **kw))

@@ -1,8 +1,9 @@
 """A one-hot's matrix product as a row lookup (``runtime/onehot_gather``, ``numerics.one_hot_rows``): on
-graphs of the joined form Magika's first Dense takes (``Equal`` against an ``arange``, ``Where`` of two
-codes, ``Cast`` to float, ``Reshape`` to rows, ``Gemm``/``MatMul``), random dyadic weights, ONNX Runtime's
-outputs bit for bit before and after, every value and values outside the range; and the refusals where
-the table cannot be proven equal (weights whose sums round in float32, an all-zero output's sign)."""
+graphs of the joined forms Magika's first Dense takes (``Equal`` against an ``arange``, ``Where`` of two
+codes, then on B4096 ``Cast`` to float, ``Reshape`` to rows, ``Gemm``/``MatMul``; on cpu-int8 ``Reshape`` to
+channels-last pixels and ONNX Runtime's ``QLinearConv`` 1x1), random weights, ONNX Runtime's outputs bit for
+bit before and after, every value and values outside the range; and the refusals where the table cannot be
+proven equal (weights whose sums round in float32, an all-zero output's sign)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,42 @@ def test_random_weights_give_the_products_values_bit_for_bit(op, start, hot, col
               rng.integers(start - 5, start + n + 5, size=(1, ROWS)).astype(np.int32)]:
         want, got = _run(model, x), _run(lookup, x)
         assert np.array_equal(want.view(np.int32), got.view(np.int32))  # bit for bit, the sign of a zero too
+
+
+def _qlinear_conv_model(rng: np.random.Generator, n: int, width: int, hot: int, cold: int) -> onnx.ModelProto:
+    f32, u8 = (lambda v, k: numpy_helper.from_array(np.array(v, np.float32), k)), \
+        (lambda v, k: numpy_helper.from_array(np.array(v, np.uint8), k))
+    inits = [numpy_helper.from_array(np.array([1, ROWS, 1], np.int64), "shape3"),
+             numpy_helper.from_array(np.arange(n, dtype=np.int32).reshape(1, 1, n), "arange"),
+             u8(hot, "hot"), u8(cold, "cold"), numpy_helper.from_array(np.array([1, ROWS, 1, n], np.int64), "pixels"),
+             f32(0.02, "xs"), u8(3, "xz"),
+             numpy_helper.from_array(rng.integers(-128, 128, size=(width, n, 1, 1)).astype(np.int8), "w"),
+             f32(rng.uniform(0.001, 0.01, size=width), "ws"), numpy_helper.from_array(np.zeros(width, np.int8), "wz"),
+             f32(0.37, "ys"), u8(117, "yz"), numpy_helper.from_array(rng.integers(-9000, 9000, size=width).astype(np.int32), "b")]
+    nodes = [helper.make_node("Reshape", ["x", "shape3"], ["x3"]), helper.make_node("Equal", ["x3", "arange"], ["eq"]),
+             helper.make_node("Where", ["eq", "hot", "cold"], ["codes"]),
+             helper.make_node("Reshape", ["codes", "pixels"], ["rows"]),
+             helper.make_node("QLinearConv", ["rows", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"],
+                              domain="com.microsoft", channels_last=1, kernel_shape=[1, 1])]
+    for k, node in enumerate(nodes):
+        node.name = f"n{k}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT32, [1, ROWS])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, ROWS, 1, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_a_channels_last_qlinear_conv_of_the_rows_is_its_own_table() -> None:
+    rng = np.random.default_rng(11)
+    n = 19
+    model = _qlinear_conv_model(rng, n, 16, hot=200, cold=3)
+    lookup = onehot_gather.as_row_lookup(model, {})
+    ops = [node.op_type for node in lookup.graph.node]
+    assert "QLinearConv" not in ops and "Equal" not in ops and ops[-2:] == ["Gather", "Reshape"], ops
+    every = np.arange(-2, n + 2, dtype=np.int32)
+    for x in [np.resize(every, (1, ROWS)), np.resize(every[::-1], (1, ROWS)),
+              rng.integers(-5, n + 5, size=(1, ROWS)).astype(np.int32)]:
+        want, got = _run(model, x), _run(lookup, x)
+        assert want.dtype == got.dtype and want.shape == got.shape and np.array_equal(want, got)
 
 
 def test_a_graph_it_cannot_prove_stays() -> None:
