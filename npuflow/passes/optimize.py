@@ -111,7 +111,9 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("einsums_as_matmul", lambda m, t, r: einsums_as_matmul(m), check=True),
     # check too: ENet's pools with indices ran whole on the CPU, their pooled values with them
     FloatPass("maxpool_indices_apart", lambda m, t, r: maxpool_indices_apart(m), check=True),
-    FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=False),
+    # check too: a HardSigmoid(0.2, 0.5) behind paddle2onnx's Identity read no layer, so its target rewrite was
+    # left and check put it on the CPU where compile ran it on the DPU (PP-OCRv6 det, round 26b)
+    FloatPass("remove_identity", lambda m, t, r: remove_identity(m), check=True),
     FloatPass("drop_zero_terms", lambda m, t, r: drop_zero_terms(m), check=False),
     FloatPass("fold_prelu", lambda m, t, r: fold_prelu(m), check=True),
     # after it (a PReLU's branches sit between transposes); check too: a channels-last activation between a
