@@ -256,7 +256,7 @@ _QUANT = _specs(
      "(changed on {changed} of its {rows} rows there), and {rows} rows cannot rule out up to {bound} (inputs nearer "
      "a tie than any they hold): quantization moves the gap between its two leading values by {error} (root mean "
      "square), more than the whole gap on {near} of those rows (smallest gap {smallest}), so inputs near the "
-     "decision boundary read another label; above max_label_change {limit}",
+     "decision boundary read another label; above max_label_change {limit}{sequences}",
      "Calibrate on more samples, and on ones like deployment's, including inputs the model is unsure about; keep "
      "the layers that compute {tensor} in float (config `keep_float`; `npuflow analyze sensitivity` names them) "
      "or in int16 (`npuflow analyze mixed-precision`), or use a target with a finer grid. To accept it, raise "
