@@ -59,11 +59,7 @@ def shorter_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
                                    name=f"{stem}_quantize")]
     if not added:
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    out.graph.initializer.extend(added)
+    out = _rebuilt(model, nodes, added)
     called = {(n.domain, n.op_type) for n in nodes}
     kept = [f for f in out.functions if (f.domain, f.name) in called]
     del out.functions[:]
@@ -124,14 +120,17 @@ def integer_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
                                         name=f"{stem}_quantize")]
     if not replaced:
         return model
+    nodes = [new for k, node in enumerate(view.nodes)
+             for new in replaced.get(k, [] if k in dropped else [node])]
+    return _rebuilt(model, nodes, added)
+
+
+def _rebuilt(model: onnx.ModelProto, nodes: list[onnx.NodeProto], added: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph runs ``nodes`` (in that order) with ``added`` constants beside its own."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
-    for k, node in enumerate(view.nodes):
-        if k in replaced:
-            out.graph.node.extend(replaced[k])
-        elif k not in dropped:
-            out.graph.node.append(node)
+    out.graph.node.extend(nodes)
     out.graph.initializer.extend(added)
     return out
 
