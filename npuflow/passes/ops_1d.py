@@ -183,13 +183,16 @@ def _h1_view(graph: onnx.GraphProto, name: str, opset: int, x: str, x2d: str, y2
              squeeze: list[int], axis: int = 2) -> tuple[onnx.NodeProto, onnx.NodeProto]:
     """The ``Unsqueeze(axis)`` of ``x`` into ``x2d`` and the ``Squeeze(squeeze)`` of ``y2d`` into
     ``y`` around a 2-D op (axes as inputs from opset 13 on)."""
+    return _unsqueeze(graph, name, opset, x, x2d, axis), _squeeze(graph, name, opset, y2d, y, squeeze)
+
+
+def _unsqueeze(graph: onnx.GraphProto, name: str, opset: int, x: str, y: str, axis: int) -> onnx.NodeProto:
+    """``Unsqueeze(axis)`` of ``x`` into ``y`` (axes as an input from opset 13 on)."""
     if opset < 13:
-        return (helper.make_node("Unsqueeze", [x], [x2d], name=f"{name}/unsqueeze", axes=[axis]),
-                _squeeze(graph, name, opset, y2d, y, squeeze))
+        return helper.make_node("Unsqueeze", [x], [y], name=f"{name}/unsqueeze", axes=[axis])
     axes = unique_name(graph, f"{name}/h_axis")
     graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), axes))
-    return (helper.make_node("Unsqueeze", [x, axes], [x2d], name=f"{name}/unsqueeze"),
-            _squeeze(graph, name, opset, y2d, y, squeeze))
+    return helper.make_node("Unsqueeze", [x, axes], [y], name=f"{name}/unsqueeze")
 
 
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,

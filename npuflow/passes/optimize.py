@@ -11,7 +11,7 @@ their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), a b
 runs that transposed convolution), a ``Split`` the target rejects as one ``Slice`` per part where it runs
 slices (:mod:`.split_slices`: DPUCZDX8G has no split), then 1-D pooling and
 transposed convolutions become 2-D ones with H = 1 (:mod:`.ops_1d`, as the compiler runs 1-D
-convolutions), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
+convolutions) and a depth-1 3-D convolution on a depth-1 map a 2-D one (:mod:`.conv3d`), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
 and a bias several layers read is copied per layer (:mod:`.linear_bias`), then decomposed
 activations become single nodes and every decomposed GELU the one chain the compiler lowers as a
 table (:mod:`.gelu`), and a LayerNorm's one-pass variance ``E[x^2] - E[x]^2`` the mean of squared
@@ -56,6 +56,7 @@ from .layer_norm import layer_norms
 from .layout_sandwich import cancel_layout_sandwiches
 from .linear_bias import canonical_linear_biases, untie_shared_biases
 from .maxpool_indices import maxpool_indices_apart
+from .conv3d import depth1_conv3d_as_2d
 from .ops_1d import ops_1d_as_2d
 from .prelu import fold_prelu
 from .reduce_sum import short_sums_as_adds
@@ -145,6 +146,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
     FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
+    # check too: RivaGAN's Conv3d (1 x 11 x 11 on N x C x 1 x H x W frames) read "conv3d has no DPU implementation"
+    FloatPass("depth1_conv3d_as_2d", lambda m, t, r: depth1_conv3d_as_2d(m), check=True),
     # check's judge reads static shapes of the tensors the passes above made
     FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),
     FloatPass("canonical_linear_biases", lambda m, t, r: canonical_linear_biases(m), check=False),

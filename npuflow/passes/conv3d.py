@@ -1,0 +1,72 @@
+"""A 3-D convolution with a depth-1 kernel on a depth-1 map as the 2-D convolution it is.
+
+RivaGAN (invisible-watermark 0.2.0, round 26b) runs its frames as N x C x 1 x H x W through ``Conv3d``
+layers with kernel 1 x 11 x 11: each is a 2-D convolution, but the compiler lowers convolutions on
+N x C x H x W (and N x C x L) only, so check read "conv3d has no DPU implementation" and every one ran
+in float on the CPU on every target (bernoulli2: 14 subgraphs for 8 accelerator nodes).  Here a
+``Conv`` with constant rank-5 weights of depth 1 whose input has depth 1 and no depth padding becomes
+``Squeeze(axis 2) -> Conv (weights C_out x C_in/g x kH x kW) -> Unsqueeze(axis 2)``: the same sums over
+the same values, exact; the reshapes move no data.  With one input plane and a 1-deep kernel the output
+has depth 1 whatever the depth stride or dilation, so those are dropped.  A deeper input (depth folded
+into the batch) would need a transpose either side; it stays a 3-D convolution, on the CPU.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
+from ..model import default_opset
+from ..value_info import inferred_dims
+from .activations import _splice
+from .ops_1d import _squeeze, _unsqueeze
+
+#: per-axis attributes of a 3-D convolution: the 2-D one keeps the H and W values (the depth value is moot)
+_PER_AXIS = ("kernel_shape", "strides", "dilations")
+
+
+def depth1_conv3d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with each depth-1 ``Conv`` on a depth-1 N x C x 1 x H x W map written as a 2-D one."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    view = GraphView(graph)
+    candidates = [n for n in graph.node if n.op_type == "Conv" and not n.domain
+                  and (w := view.const(n.input[1])) is not None and w.ndim == 5 and w.shape[2] == 1
+                  and list(attr_values(n).get("pads", [0] * 6))[0::3] == [0, 0]]
+    if not candidates:
+        return out
+    dims = inferred_dims(out)
+    opset = default_opset(out)
+    weights: dict[str, str] = {}
+    for node in candidates:
+        shape = dims.get(node.input[0], ())
+        if len(shape) == 5 and shape[2] == 1:
+            _rewrite(graph, node, opset, view, weights)
+    remove_unused_initializers(graph)
+    return out
+
+
+def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
+             weights: dict[str, str]) -> None:
+    """``Squeeze(2) -> Conv 2-D -> Unsqueeze(2)`` in place of ``node``; one 2-D copy of a weight several layers share."""
+    name = node.name or node.output[0]
+    x2d, y2d = unique_name(graph, f"{name}/d1_in"), unique_name(graph, f"{name}/d1_out")
+    conv = onnx.NodeProto()
+    conv.CopyFrom(node)
+    conv.input[0], conv.output[0] = x2d, y2d
+    del conv.attribute[:]
+    for key, value in attr_values(node).items():
+        if key in _PER_AXIS:
+            value = list(value[1:])
+        elif key == "pads":
+            value = [value[1], value[2], value[4], value[5]]
+        conv.attribute.append(helper.make_attribute(key, value))
+    if node.input[1] not in weights:
+        weights[node.input[1]] = unique_name(graph, f"{node.input[1]}/d1")
+        graph.initializer.append(numpy_helper.from_array(view.const(node.input[1])[:, :, 0],
+                                                         weights[node.input[1]]))
+    conv.input[1] = weights[node.input[1]]
+    _splice(graph, [node], [_squeeze(graph, name, opset, node.input[0], x2d, [2]), conv,
+                            _unsqueeze(graph, name, opset, y2d, node.output[0], 2)])
