@@ -6,7 +6,9 @@ N x C x H x W (and N x C x L) only, so check read "conv3d has no DPU implementat
 in float on the CPU on every target (bernoulli2: 14 subgraphs for 8 accelerator nodes).  Here a
 ``Conv`` with constant rank-5 weights of depth 1 whose input has depth 1 and no depth padding becomes
 ``Squeeze(axis 2) -> Conv (weights C_out x C_in/g x kH x kW) -> Unsqueeze(axis 2)``: the same sums over
-the same values, exact; the reshapes move no data.  With one input plane and a 1-deep kernel the output
+the same values, exact; the reshapes move no data.  A ``BatchNormalization`` of such a map (RivaGAN's,
+after each ``Tanh``) becomes ``Squeeze -> BatchNormalization -> Unsqueeze`` likewise, else it alone kept
+the frames on the CPU between the convolutions.  With one input plane and a 1-deep kernel the output
 has depth 1 whatever the depth stride or dilation, so those are dropped.  A deeper input (depth folded
 into the batch) would need a transpose either side; it stays a 3-D convolution, on the CPU.
 """
@@ -27,14 +29,15 @@ _PER_AXIS = ("kernel_shape", "strides", "dilations")
 
 
 def depth1_conv3d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A new model with each depth-1 ``Conv`` on a depth-1 N x C x 1 x H x W map written as a 2-D one."""
+    """A new model with each depth-1 ``Conv`` (and each ``BatchNormalization``) on a depth-1 N x C x 1 x H x W
+    map written as a 2-D one."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     view = GraphView(graph)
-    candidates = [n for n in graph.node if n.op_type == "Conv" and not n.domain
-                  and (w := view.const(n.input[1])) is not None and w.ndim == 5 and w.shape[2] == 1
-                  and list(attr_values(n).get("pads", [0] * 6))[0::3] == [0, 0]]
+    candidates = [n for n in graph.node if not n.domain and ((n.op_type == "BatchNormalization" and len(n.output) == 1) or (
+        n.op_type == "Conv" and (w := view.const(n.input[1])) is not None and w.ndim == 5 and w.shape[2] == 1
+        and list(attr_values(n).get("pads", [0] * 6))[0::3] == [0, 0]))]
     if not candidates:
         return out
     dims = inferred_dims(out)
@@ -50,12 +53,16 @@ def depth1_conv3d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
              weights: dict[str, str]) -> None:
-    """``Squeeze(2) -> Conv 2-D -> Unsqueeze(2)`` in place of ``node``; one 2-D copy of a weight several layers share."""
+    """``Squeeze(2) -> 2-D op -> Unsqueeze(2)`` in place of ``node``; one 2-D copy of a weight several layers share."""
     name = node.name or node.output[0]
     x2d, y2d = unique_name(graph, f"{name}/d1_in"), unique_name(graph, f"{name}/d1_out")
     conv = onnx.NodeProto()
     conv.CopyFrom(node)
     conv.input[0], conv.output[0] = x2d, y2d
+    if node.op_type == "BatchNormalization":  # per-channel: no attribute names an axis
+        _splice(graph, [node], [_squeeze(graph, name, opset, node.input[0], x2d, [2]), conv,
+                                _unsqueeze(graph, name, opset, y2d, node.output[0], 2)])
+        return
     del conv.attribute[:]
     for key, value in attr_values(node).items():
         if key in _PER_AXIS:

@@ -6,12 +6,13 @@ initializers), no-op nodes go, a batched-matrix-product ``Einsum`` becomes
 ``LayerNormalization`` (:mod:`.layer_norm`: ConvNeXt's channels-first one between two ``Transpose``), and additions of products by an all-zero constant (a recurrence's
 zero initial state, :mod:`.zero_terms`), a decomposed PReLU becomes one ``PRelu``/``LeakyRelu``
 (:mod:`.prelu`: tf2onnx's Keras PReLU), BatchNorms and per-channel constant scales/shifts fold into
-their producers (a BN that cannot fold becomes a 1x1 depthwise convolution), a bilinear ``Resize`` by 2, 4
+their producers (then a depth-1 3-D convolution or BN on a depth-1 map becomes a 2-D one, :mod:`.conv3d`;
+a BN that cannot fold becomes a 1x1 depthwise convolution), a bilinear ``Resize`` by 2, 4
 (or 8) becomes edge extension and a depthwise ``ConvTranspose`` (:mod:`.resize_linear`, where the target
 runs that transposed convolution), a ``Split`` the target rejects as one ``Slice`` per part where it runs
 slices (:mod:`.split_slices`: DPUCZDX8G has no split), then 1-D pooling and
 transposed convolutions become 2-D ones with H = 1 (:mod:`.ops_1d`, as the compiler runs 1-D
-convolutions) and a depth-1 3-D convolution on a depth-1 map a 2-D one (:mod:`.conv3d`), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
+convolutions), a linear layer's bias after a ``MatMul`` becomes a 1-D second input of its ``Add``
 and a bias several layers read is copied per layer (:mod:`.linear_bias`), then decomposed
 activations become single nodes and every decomposed GELU the one chain the compiler lowers as a
 table (:mod:`.gelu`), and a LayerNorm's one-pass variance ``E[x^2] - E[x]^2`` the mean of squared
@@ -130,6 +131,9 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     # HardSigmoid after a folded bias Add reads the layer itself, and the target rewrite folds it there
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
     FloatPass("fold_batchnorm", lambda m, t, r: fold_batchnorm(m), check=False),
+    # check too: RivaGAN's Conv3d (1 x 11 x 11 on N x C x 1 x H x W frames) read "conv3d has no DPU implementation";
+    # after the BN folds into a Conv3d, before a BN that stays becomes a depthwise convolution (a 2-D one, then)
+    FloatPass("depth1_conv3d_as_2d", lambda m, t, r: depth1_conv3d_as_2d(m), check=True),
     FloatPass("batchnorm_to_depthwise", lambda m, t, r: batchnorm_to_depthwise(m), check=False),
     FloatPass("linear_resizes_as_conv_transpose", linear_resizes_as_conv_transpose, check=True),
     FloatPass("splits_as_slices", splits_as_slices, check=True),
@@ -146,8 +150,6 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
     FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
     FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
-    # check too: RivaGAN's Conv3d (1 x 11 x 11 on N x C x 1 x H x W frames) read "conv3d has no DPU implementation"
-    FloatPass("depth1_conv3d_as_2d", lambda m, t, r: depth1_conv3d_as_2d(m), check=True),
     # check's judge reads static shapes of the tensors the passes above made
     FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),
     FloatPass("canonical_linear_biases", lambda m, t, r: canonical_linear_biases(m), check=False),

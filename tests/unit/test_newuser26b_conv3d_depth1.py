@@ -54,6 +54,26 @@ def test_a_depth1_conv3d_is_the_same_2d_conv_on_a_squeezed_view(opset, shared):
     np.testing.assert_allclose(run(optimize_float(model), {"x": x})[0], expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_depth1_batchnorm_is_a_2d_one_on_the_squeezed_view():
+    model = _frame_conv()
+    rng = np.random.default_rng(5)
+    for name in ("gamma", "beta", "mean"):
+        model.graph.initializer.append(numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), name))
+    model.graph.initializer.append(numpy_helper.from_array(rng.uniform(0.5, 2, 8).astype(np.float32), "var"))
+    model.graph.node[1].output[0] = "r"
+    model.graph.node.append(helper.make_node("BatchNormalization", ["r", "gamma", "beta", "mean", "var"], ["y"], name="bn"))
+    rewritten = depth1_conv3d_as_2d(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["Squeeze", "Conv", "Unsqueeze", "Relu",
+                                                         "Squeeze", "BatchNormalization", "Unsqueeze"]
+    x = samples(SHAPE, n=1)[0]
+    np.testing.assert_allclose(run(rewritten, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    report = npuflow.check(model, "cpu-int8")
+    assert report.node("bn").device != "CPU"
+    q = npuflow.quantize(model, [{"x": x} for x in samples(SHAPE, n=8)], target="cpu-int8", warn=False)
+    compiled = npuflow.compile(q.model, "cpu-int8")
+    assert [sg.on_accelerator for sg in compiled.subgraphs].count(True) == report.summary["npu_subgraphs"] == 1
+
+
 @pytest.mark.parametrize("model", [_frame_conv(kernel_depth=3, depth=3, pads=[1, 1, 1, 1, 1, 1]),
                                    _frame_conv(depth=2), _frame_conv(pads=[1, 1, 1, 1, 1, 1])],
                          ids=["deep_kernel", "deep_input", "depth_padding"])
