@@ -158,4 +158,4 @@ def model(key: str) -> RuntimeModel:
 
 
 #: ``--cases CORPUS``: every model besides the first six, on the DPU target and on cpu-int8.
-CORPUS = ",".join(f"{m}:{t}:1" for m in ("orient", "magika", *CORPUS_ENTRIES) for t in ("B4096", "cpu-int8"))
+CORPUS = ",".join(f"{m}:{t}:1" for m in ("orient", "magika", "former", *CORPUS_ENTRIES) for t in ("B4096", "cpu-int8"))
