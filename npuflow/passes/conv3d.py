@@ -30,16 +30,14 @@ _PER_AXIS = ("kernel_shape", "strides", "dilations")
 
 def depth1_conv3d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     """A new model with each depth-1 ``Conv`` (and each ``BatchNormalization``) on a depth-1 N x C x 1 x H x W
-    map written as a 2-D one."""
+    map written as a 2-D one (the model itself when it has no candidate)."""
+    if not _candidates(model.graph, GraphView(model.graph)):
+        return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     view = GraphView(graph)
-    candidates = [n for n in graph.node if not n.domain and ((n.op_type == "BatchNormalization" and len(n.output) == 1) or (
-        n.op_type == "Conv" and (w := view.const(n.input[1])) is not None and w.ndim == 5 and w.shape[2] == 1
-        and list(attr_values(n).get("pads", [0] * 6))[0::3] == [0, 0]))]
-    if not candidates:
-        return out
+    candidates = _candidates(graph, view)
     dims = inferred_dims(out)
     opset = default_opset(out)
     weights: dict[str, str] = {}
@@ -49,6 +47,14 @@ def depth1_conv3d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
             _rewrite(graph, node, opset, view, weights)
     remove_unused_initializers(graph)
     return out
+
+
+def _candidates(graph: onnx.GraphProto, view: GraphView) -> list[onnx.NodeProto]:
+    """The ``BatchNormalization`` nodes and the ``Conv`` nodes of constant rank-5 depth-1 weights without depth
+    padding: rewritten where their input turns out to be N x C x 1 x H x W."""
+    return [n for n in graph.node if not n.domain and ((n.op_type == "BatchNormalization" and len(n.output) == 1) or (
+        n.op_type == "Conv" and (w := view.const(n.input[1])) is not None and w.ndim == 5 and w.shape[2] == 1
+        and list(attr_values(n).get("pads", [0] * 6))[0::3] == [0, 0]))]
 
 
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
