@@ -528,7 +528,6 @@ def select_codes(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
     return np.maximum(a, b) if mode == "max" else np.minimum(a, b)
 
 
-
 def one_hot_rows(weights: np.ndarray, bias: np.ndarray | None, hot: float, cold: float) -> np.ndarray | None:
     """Every row a float32 matrix product of one-hot codes can make: ``onehot @ weights + bias``, where a
     row's codes are ``hot`` at one position of the ``n`` (``weights`` is ``[n, N]``) and ``cold`` elsewhere,
