@@ -65,7 +65,7 @@ from .fused_conv import conv, conv_transpose, matmul, matmul2
 from .fused_tables import (as_table, byte_form, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
                            table_node)
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
-                          const_codes, dequantized, quantize_value, round_and_clip, round_float, round_scaled, slice_node)
+                          const_codes, quantize_value, round_and_clip, round_float, round_scaled, slice_node)
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
 _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut", "lut_channel", "maxpool"}
@@ -514,7 +514,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     if np.any(zp):
         x = g.node("Sub", [x, g.const(zp)])
-    g.put(op["outputs"][0], dequantized(g, x, scale, leaves=not g.readers.get(op["outputs"][0])))
+    g.put(op["outputs"][0], g.node("Mul", [x, g.const(scale)]))
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {

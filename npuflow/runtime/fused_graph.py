@@ -377,20 +377,6 @@ def round_scaled(g: Graph, x: str, op: str, c, ep: dict, lo: int, hi: int) -> tu
     return round_float(g, g.node(op, [x, g.const(c)]), ep, lo, hi)
 
 
-def dequantized(g: Graph, x: str, scale: np.ndarray, *, leaves: bool) -> str:
-    """``x * scale`` of the float32 codes ``x`` (minus their zero point): ``numerics.dequantize``.  Where the
-    values ``leave`` the run (no op of the program reads them: the model's output, a CPU part's input), the
-    codes go through int32 first: a rounding step leaves ``-0.0`` for a code that rounded up to 0
-    (``Round(-0.3)``), and ``-0.0 * scale`` is ``-0.0`` where the kernels' ``float32(q - zp) * scale`` is
-    ``+0.0`` (EfficientFormer-style net B4096: the classifier's outputs differed from ``Session(fuse=False)`` in
-    the sign of their zeros); an integer's 0 is ``+0.0`` again.  Plain casts, not ``DequantizeLinear``, whose
-    exactness is a per-process check (``fused_qlinear._dequantize_matches``).  Inside the run one ``Mul``."""
-    scale = np.asarray(scale, np.float32)
-    if leaves:
-        x = g.node("Cast", [g.node("Cast", [x], to=TensorProto.INT32)], to=TensorProto.FLOAT)
-    return g.node("Mul", [x, g.const(scale)])
-
-
 def quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple[str, int]:
     """``numerics.quantize`` of float32 ``v``: the float32 division by ``scale``, then
     :func:`round_float`."""
