@@ -15,14 +15,14 @@ into the batch) would need a transpose either side; it stays a 3-D convolution, 
 
 from __future__ import annotations
 
-import onnx
-from onnx import helper, numpy_helper
+from typing import Any
 
-from ..graph import GraphView, attr_values, remove_unused_initializers, unique_name
+import onnx
+
+from ..graph import GraphView, attr_values, remove_unused_initializers
 from ..model import default_opset
 from ..value_info import inferred_dims
-from .activations import _splice
-from .ops_1d import _squeeze, _unsqueeze
+from .ops_1d import in_view
 
 #: per-axis attributes of a 3-D convolution: the 2-D one keeps the H and W values (the depth value is moot)
 _PER_AXIS = ("kernel_shape", "strides", "dilations")
@@ -57,29 +57,19 @@ def _candidates(graph: onnx.GraphProto, view: GraphView) -> list[onnx.NodeProto]
         and list(attr_values(n).get("pads", [0] * 6))[0::3] == [0, 0]))]
 
 
+def _2d_value(key: str, value: Any) -> Any:
+    """A 3-D convolution's attribute value for the 2-D one: the H and W values (the depth value is moot)."""
+    if key in _PER_AXIS:
+        return list(value[1:])
+    return [value[1], value[2], value[4], value[5]] if key == "pads" else value
+
+
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
              weights: dict[str, str]) -> None:
-    """``Squeeze(2) -> 2-D op -> Unsqueeze(2)`` in place of ``node``; one 2-D copy of a weight several layers share."""
-    name = node.name or node.output[0]
-    x2d, y2d = unique_name(graph, f"{name}/d1_in"), unique_name(graph, f"{name}/d1_out")
-    conv = onnx.NodeProto()
-    conv.CopyFrom(node)
-    conv.input[0], conv.output[0] = x2d, y2d
-    if node.op_type == "BatchNormalization":  # per-channel: no attribute names an axis
-        _splice(graph, [node], [_squeeze(graph, name, opset, node.input[0], x2d, [2]), conv,
-                                _unsqueeze(graph, name, opset, y2d, node.output[0], 2)])
-        return
-    del conv.attribute[:]
-    for key, value in attr_values(node).items():
-        if key in _PER_AXIS:
-            value = list(value[1:])
-        elif key == "pads":
-            value = [value[1], value[2], value[4], value[5]]
-        conv.attribute.append(helper.make_attribute(key, value))
-    if node.input[1] not in weights:
-        weights[node.input[1]] = unique_name(graph, f"{node.input[1]}/d1")
-        graph.initializer.append(numpy_helper.from_array(view.const(node.input[1])[:, :, 0],
-                                                         weights[node.input[1]]))
-    conv.input[1] = weights[node.input[1]]
-    _splice(graph, [node], [_squeeze(graph, name, opset, node.input[0], x2d, [2]), conv,
-                            _unsqueeze(graph, name, opset, y2d, node.output[0], 2)])
+    """``Squeeze(2) -> 2-D op -> Unsqueeze(2)`` in place of ``node``; one 2-D copy of a weight several layers share.
+    A ``BatchNormalization`` is per-channel: no attribute names an axis."""
+    if node.op_type == "BatchNormalization":
+        in_view(graph, node, opset, view, weights, tag="d1", axis=2, added=False, attribute=None, weight=None)
+    else:
+        in_view(graph, node, opset, view, weights, tag="d1", axis=2, added=False, attribute=_2d_value,
+                weight=lambda w: w[:, :, 0])

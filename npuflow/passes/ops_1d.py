@@ -32,6 +32,8 @@ between two accelerator subgraphs on every target).
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -195,25 +197,45 @@ def _unsqueeze(graph: onnx.GraphProto, name: str, opset: int, x: str, y: str, ax
     return helper.make_node("Unsqueeze", [x, axes], [y], name=f"{name}/unsqueeze")
 
 
+def _h1_value(key: str, value: Any) -> Any:
+    """A 1-D op's attribute value for the same op on the H = 1 view: a leading H value per spatial axis."""
+    if key in _H_VALUE:
+        return [_H_VALUE[key], *value]
+    return [0, value[0], 0, value[1]] if key == "pads" else value
+
+
 def _rewrite(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView,
              weights: dict[str, str]) -> None:
+    weight = (lambda w: w[:, :, None, :]) if node.op_type == "ConvTranspose" else None
+    in_view(graph, node, opset, view, weights, tag="h1", axis=2, added=True, attribute=_h1_value, weight=weight)
+
+
+def in_view(graph: onnx.GraphProto, node: onnx.NodeProto, opset: int, view: GraphView, weights: dict[str, str], *,
+            tag: str, axis: int, added: bool, attribute: Callable[[str, Any], Any] | None,
+            weight: Callable[[np.ndarray], np.ndarray] | None) -> None:
+    """``node`` as the same op on a view of its input with ``axis`` added (``added``: ``Unsqueeze`` before,
+    ``Squeeze`` after) or dropped (the reverse), spliced in its place: the reshapes move no data.  ``attribute``
+    maps each attribute value to the view's rank (None keeps them); ``weight`` maps the constant weight input,
+    one copy per weight several layers share (``weights`` remembers them)."""
     name = node.name or node.output[0]
-    x2d, y2d = unique_name(graph, f"{name}/h1_in"), unique_name(graph, f"{name}/h1_out")
+    x_view, y_view = unique_name(graph, f"{name}/{tag}_in"), unique_name(graph, f"{name}/{tag}_out")
     op = onnx.NodeProto()
     op.CopyFrom(node)
-    op.input[0], op.output[0] = x2d, y2d
-    del op.attribute[:]
-    for key, value in attr_values(node).items():
-        if key in _H_VALUE:
-            value = [_H_VALUE[key], *value]
-        elif key == "pads":
-            value = [0, value[0], 0, value[1]]
-        op.attribute.append(helper.make_attribute(key, value))
-    if node.op_type == "ConvTranspose":  # one H = 1 copy of a weight several layers share
+    op.input[0], op.output[0] = x_view, y_view
+    if attribute is not None:
+        del op.attribute[:]
+        for key, value in attr_values(node).items():
+            op.attribute.append(helper.make_attribute(key, attribute(key, value)))
+    if weight is not None:
         if node.input[1] not in weights:
-            weights[node.input[1]] = unique_name(graph, f"{node.input[1]}/h1")
-            graph.initializer.append(numpy_helper.from_array(view.const(node.input[1])[:, :, None, :],
+            weights[node.input[1]] = unique_name(graph, f"{node.input[1]}/{tag}")
+            graph.initializer.append(numpy_helper.from_array(weight(view.const(node.input[1])),
                                                              weights[node.input[1]]))
         op.input[1] = weights[node.input[1]]
-    unsq, sq = _h1_view(graph, name, opset, node.input[0], x2d, y2d, node.output[0], [2])
-    _splice(graph, [node], [unsq, op, sq])
+    if added:
+        before = _unsqueeze(graph, name, opset, node.input[0], x_view, axis)
+        after = _squeeze(graph, name, opset, y_view, node.output[0], [axis])
+    else:
+        before = _squeeze(graph, name, opset, node.input[0], x_view, [axis])
+        after = _unsqueeze(graph, name, opset, y_view, node.output[0], axis)
+    _splice(graph, [node], [before, op, after])
