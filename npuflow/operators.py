@@ -211,7 +211,7 @@ REGISTRY: dict[str, OpDef] = _defs(
     OpDef("Tile", "tile", params=(1,)),
     OpDef("TopK", "topk", params=(1,)),
     OpDef("Gather", "gather", engine=Engine.NONE),
-    OpDef("Softmax", "softmax", axis=-1),
+    OpDef("Softmax", "softmax", axis=-1, lowered=True),  # between two quantize steps (lowering.lower_softmax)
     OpDef("ArgMax", "argmax", axis=0),
     # followers, shape arithmetic and quantize steps
     OpDef("Identity", "identity", _F, table=True, engine=Engine.NONE),
@@ -337,6 +337,10 @@ NEG_INF_DROPPING_OPS: dict[str, bool] = {"Relu": True, "MaxPool": True, "Max": F
 #: Ops whose constant operand only makes them a clamp, one lookup table with the bound in float (their
 #: own lowering, of two tensors, reads no constant): the quantizer leaves the bound float.
 CLAMP_OPS = frozenset({"Max", "Min"})
+#: Ops the quantizer never quantizes on their own that the compiler lowers only straight from a
+#: dequantize step to a quantize step, not as a table a chain of elementwise ops runs through:
+#: a ``Softmax`` (its row's sum), as ``compiler/lowering.lower_softmax`` reads it.
+STEP_BOUND_OPS = frozenset({"Softmax"})
 #: One-input ops that keep the order of their input (monotone non-decreasing): a quantize step after
 #: them keeps it too, so ``Q(f(max(a, b))) = max(Q(f(a)), Q(f(b)))`` (a two-tensor ``Max``'s tables).
 ORDER_KEEPING_OPS = frozenset({"Sigmoid", "Tanh", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "Identity"})
@@ -593,3 +597,11 @@ def fuses(target: Target, op_kind: str | None, activation: str | None) -> bool:
 def op_types(defs: Iterable[OpDef]) -> frozenset[str]:
     """The op types of some registry entries (for tests and reports)."""
     return frozenset(d.op_type for d in defs)
+
+
+def softmax_axes(node: onnx.NodeProto, rank: int, opset: int) -> tuple[int, ...]:
+    """The axes a ``Softmax`` normalises over: its one ``axis`` from opset 13 on (default -1);
+    before, every axis from ``axis`` (default 1) on, as the input flattened to 2-D there."""
+    if opset >= 13:
+        return (int(node_attr(node, "axis", -1)) % rank,)
+    return tuple(range(int(node_attr(node, "axis", 1)) % rank, rank))

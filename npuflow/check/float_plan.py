@@ -12,7 +12,8 @@ from __future__ import annotations
 import onnx
 
 from ..graph import GraphView, subgraphs
-from ..operators import CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, REWRITTEN_OPS, STANDARD_DOMAINS, op_def
+from ..operators import (CHAIN_OPS, ELEMENTWISE_OPS, FOLLOWERS, REWRITTEN_OPS, STANDARD_DOMAINS, STEP_BOUND_OPS,
+                         op_def)
 from ..targets import Target
 from .followers import drop_float_tail, float_tail_applies, follows_quantized
 from .lowerable import MAX_CHAIN
@@ -42,12 +43,15 @@ def float_chain_ops_off_the_cpu(view: GraphView, device: list[str], reasons: lis
             if device[i] != NPU:
                 continue
             ins = view.data_inputs(i)
-            fed = bool(ins) and _fed_from_npu(view, transparent, device, ins[0])
+            bound = view.nodes[i].op_type in STEP_BOUND_OPS  # a Softmax: a quantize step on either side
+            fed = bool(ins) and _fed_from_npu(view, transparent, device, ins[0], fused if bound else None)
             readers = real_consumers(view, transparent, i)
-            # its table ends at one quantize step: every reader quantized, no float reader, no graph output
+            # its table ends at one quantize step: every reader quantized, no float reader, no graph output;
+            # a table runs on through one reader, not into a Softmax (which reads float from it)
             read = bool(readers) and all(device[c] == NPU for c in readers) and \
                 not any(view.is_graph_output(o) for o in view.nodes[i].output if o) and \
-                (len(readers) == 1 or all(_quantizes(view, c, fused) for c in readers))
+                ((len(readers) == 1 and not bound and view.nodes[readers[0]].op_type not in STEP_BOUND_OPS)
+                 or all(_quantizes(view, c, fused) for c in readers))
             if fed and read:
                 continue
             device[i], moved = CPU, True

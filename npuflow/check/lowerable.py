@@ -204,9 +204,15 @@ def selects_two_tensors(node: onnx.NodeProto, t: QuantFacts) -> bool:
     return node.op_type in CLAMP_OPS and len(node.input) == 2 and all(t.value(i) is None for i in node.input)
 
 
-def _select_chain_limit(node: onnx.NodeProto, chain: list[onnx.NodeProto]) -> str | None:
-    """A two-tensor ``Max``/``Min`` takes each operand's table through the chain after it, which is
-    exact only where the chain keeps order (``Q(f(max(a, b))) = max(Q(f(a)), Q(f(b)))``)."""
+def _chain_limit(node: onnx.NodeProto, chain: list[onnx.NodeProto], t: QuantFacts) -> str | None:
+    """A ``Softmax`` is lowered with its quantize step right after it (no chain: its program ends in
+    the quantize step).  A two-tensor ``Max``/``Min`` takes each operand's table through the chain
+    after it, which is exact only where the chain keeps order (``Q(f(max(a, b))) = max(Q(f(a)), Q(f(b)))``)."""
+    if node.op_type == "Softmax" and chain:
+        return (f"Softmax is lowered only with its quantize step right after it ({chain[0].op_type} "
+                f"{chain[0].name!r} comes between)")
+    if not selects_two_tensors(node, t):
+        return None
     bad = [c.op_type for c in chain if c.op_type not in ORDER_KEEPING_OPS]
     if bad:
         return (f"{node.op_type} of two tensors is followed by {bad[0]} before its quantize step, which does not "
@@ -267,7 +273,7 @@ def _quantized_io(node: onnx.NodeProto, t: QuantFacts) -> str | None:
             continue
         if found is None:
             return f"output {o!r} does not reach a single quantize step"
-        reason = _select_chain_limit(node, found[0]) if selects_two_tensors(node, t) else None
+        reason = _chain_limit(node, found[0], t)
         if reason:
             return reason
         q = found[1]

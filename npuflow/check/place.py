@@ -139,7 +139,7 @@ def _shape_only(view: GraphView) -> list[bool]:
 
 def _listed_but_not_lowered(limit: str, rule: OpRule | None, kind: str, tgt: Target) -> str:
     """``limit``, saying so where the target's data lists the op and only npuflow's compiler lacks it:
-    cpu-int8 lists softmax (QLinearSoftmax) and the DPUCV(2)DX8G targets argmax, and "Softmax has no
+    the DPUCV(2)DX8G targets list argmax (cpu-int8 softmax until session 35), and "Softmax has no
     integer lowering" alone read as the target's verdict (round 24)."""
     if rule is None or not limit.endswith("has no integer lowering"):
         return limit

@@ -19,10 +19,13 @@ import onnx
 
 from ..check.fusion import pattern_view
 from ..check.lowerable import lowering_limit, table_lowered
+from .. import numerics
 from ..numerics import ONNX_ROUND_MODE, dequantize, qrange, round_values
+from ..numerics_softmax import softmax_table
 from ..activation_patterns import unit_kind
-from ..operators import PRELU_MAX_SLOPES, is_depthwise
+from ..operators import PRELU_MAX_SLOPES, is_depthwise, softmax_axes
 from ..graph import attr
+from ..model import default_opset
 from ..passes.gelu import gelu, table_ops
 from ..passes.linear_bias import linear_bias
 from . import fragments
@@ -322,6 +325,24 @@ def lower_select(g: QGraph, n: onnx.NodeProto) -> IntOp:
                  [n.name, *[c.name for c in chain], q.name], reads, 0)
 
 
+def lower_softmax(g: QGraph, n: onnx.NodeProto) -> IntOp:
+    """``DQ -> Softmax -> Q`` (cpu-int8's QLinearSoftmax) over the axes the opset means
+    (:func:`~npuflow.operators.softmax_axes`): the exponentials of every code difference in one
+    table, the row's sum and division in float64, then the quantize step (``numerics_softmax.softmax_codes``)."""
+    x_name, xp, x_dq = _act(g, n.input[0])
+    chain, q, op_ = _chain(g, n.output[0])
+    if chain:
+        raise _Reject(f"Softmax output {n.output[0]!r} passes through {chain[0].op_type} before its quantize step")
+    xs = _shape(g, n.input[0])
+    axes = softmax_axes(n, len(xs), default_opset(g.model))
+    attrs = {"axes": list(axes), "out_scale": op_.scalar_scale(), "out_zp": op_.scalar_zp(), "bits": op_.bits,
+             "signed": op_.signed, "out_dtype": op_.dtype}
+    qlinear = xp.bits == 8 and xp.dtype == op_.dtype  # what ORT's QLinearSoftmax takes
+    table = softmax_table(xp.scalar_scale(), xp.bits, int(np.prod([xs[a] for a in axes])), qlinear)
+    return IntOp("softmax", n.name, "softmax", [x_name], [q.output[0]], attrs, {"table": table},
+                 [n.name, q.name], [x_dq.name], 0)
+
+
 def lower_unary(g: QGraph, n: onnx.NodeProto) -> IntOp:
     """A standalone elementwise activation chain ``DQ -> f... -> Q`` as a lookup table (a GELU,
     :func:`npuflow.passes.gelu.gelu`: ``Q(gelu(DQ(q)))`` for each of the 256 int8 codes, named
@@ -596,6 +617,7 @@ LOWERINGS = {
     "Split": lower_split,
     "PRelu": lower_prelu,
     "Max": lower_select,
+    "Softmax": lower_softmax,
     "Min": lower_select,
 }
 

@@ -603,13 +603,11 @@ class OpCheck:
         self._table_output()
 
     def _select(self) -> None:
-        """Two integer inputs, a table each from its type's minimum to the output type, the
-        broadcast of their shapes out."""
-        a = self.a
+        """Two integer inputs, a table each from its type's minimum to the output type, their broadcast out."""
+        a, shapes = self.a, []
         self.inputs(2)
         self.outputs()
         self.roles({"t0", "t1"})
-        shapes = []
         for k, name in enumerate(self.op.inputs):
             t = self.m.tensors[name]
             if t.dtype not in CODE_DTYPES:
@@ -623,6 +621,19 @@ class OpCheck:
         self.out_shape(shape)
         if self.y.dtype != a.out_dtype:
             raise self.fail("attrs.out_dtype", f"{a.out_dtype} but {self.op.outputs[0]!r} is {self.y.dtype}")
+
+    def _softmax(self) -> None:
+        """Codes in, the same shape out; axes within the rank; one float64 exponential per code difference."""
+        self._table_io()
+        a, (lo, hi) = self.a, _range(self.x.dtype)
+        self.blob("table", {"float32" if self.x.dtype == a.out_dtype and hi - lo == 255 else "float64"}, [hi - lo + 1])
+        if any(ax >= len(self.x.shape) for ax in a.axes):
+            raise self.fail("attrs.axes", f"{a.axes} reach past the input's rank {len(self.x.shape)}")
+        dt = np.dtype(a.out_dtype)
+        if (a.bits, a.signed) != (dt.itemsize * 8, dt.kind == "i"):
+            raise self.fail("attrs.bits", f"{a.bits}-bit {'signed' if a.signed else 'unsigned'} is not {a.out_dtype}")
+        self.code(a.out_zp, a.out_dtype, "attrs.out_zp")
+        self._table_output()
 
     def _quantize(self) -> None:
         a = self.a

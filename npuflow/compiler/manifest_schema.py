@@ -466,6 +466,19 @@ class LutChannelAttrs(Strict):
     shape: Annotated[list[Annotated[int, Field(strict=True, ge=1)]], Field(min_length=1, max_length=MAX_RANK)]
 
 
+class SoftmaxAttrs(Strict):
+    """``Q(softmax(DQ(q)))`` over ``axes``: blob ``table`` holds an exponential for every code difference
+    from ``-(2^bits_in - 1)`` to 0, float32 for ONNX Runtime's QLinearSoftmax (8-bit codes in and out
+    of one type), else float64 (``numerics_softmax.softmax_codes``)."""
+    axes: Annotated[list[Annotated[int, Field(strict=True, ge=0, lt=MAX_RANK)]],
+                    Field(min_length=1, max_length=MAX_RANK)]
+    out_scale: Scale
+    out_zp: Int
+    bits: Literal[8, 16]
+    signed: bool
+    out_dtype: CodeDtype
+
+
 class QuantizeAttrs(Strict):
     scale: Scale
     zp: Int
@@ -486,7 +499,7 @@ ATTRS: dict[str, type[Strict]] = {
     "eltwise": EltwiseAttrs, "maxpool": MaxpoolAttrs, "avgpool": AvgpoolAttrs, "reshape": ReshapeAttrs,
     "transpose": TransposeAttrs, "shuffle": ShuffleAttrs, "slice": SliceAttrs, "gather": GatherAttrs, "pad": PadAttrs,
     "concat": ConcatAttrs, "split": SplitAttrs, "lut": LutAttrs, "lut_channel": LutChannelAttrs,
-    "select": SelectAttrs,
+    "select": SelectAttrs, "softmax": SoftmaxAttrs,
     "quantize": QuantizeAttrs,
     "dequantize": DequantizeAttrs,
 }

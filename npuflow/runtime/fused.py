@@ -60,6 +60,7 @@ from onnx import TensorProto
 from .. import numerics as nm
 from .epilogues import out_type
 from . import fused_cache, fused_pairs, fused_permute, fused_pool, fused_qlinear, kernels
+from .fused_softmax import softmax
 from .fused_run import _ORT_ERRORS, DISABLED_OPTIMIZERS, FusedRun, direct_run  # noqa: F401  (the runtime's names)
 from .fused_conv import conv, conv_transpose, matmul, matmul2
 from .fused_tables import (as_table, byte_form, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
@@ -68,7 +69,7 @@ from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_boun
                           const_codes, quantize_value, round_and_clip, round_float, round_scaled, slice_node)
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
-_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut", "lut_channel", "maxpool"}
+_COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut", "lut_channel", "maxpool", "softmax"}
 
 
 # --- ops ------------------------------------------------------------------------------------
@@ -521,7 +522,7 @@ _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {
     "conv": conv, "conv_transpose": conv_transpose, "matmul": matmul, "matmul2": matmul2, "avgpool": _global_avgpool, "eltwise": _eltwise, "pad": _pad, "maxpool": _maxpool, "lut": lut, "lut_channel": lut_channel,
     "concat": _concat,
     "reshape": _reshape, "transpose": _transpose, "shuffle": _shuffle, "slice": _slice, "split": _split,
-    "quantize": _quantize, "dequantize": _dequantize, "gather": _gather,
+    "quantize": _quantize, "dequantize": _dequantize, "gather": _gather, "softmax": softmax,
 }
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .. import numerics as nm
+from ..numerics_softmax import softmax_codes
 from ..ort_session import open_session
 from .epilogues import out_type, per_channel, make_epilogue, make_float_finish
 
@@ -579,6 +580,13 @@ def prepare_select(attrs: dict, blobs: dict) -> Kernel:
     return lambda inputs: [nm.select_codes(luts[0](inputs[0]), luts[1](inputs[1]), mode)]
 
 
+def prepare_softmax(attrs: dict, blobs: dict) -> Kernel:
+    """``DQ -> Softmax -> Q`` on codes (``numerics_softmax.softmax_codes``)."""
+    table, axes = np.asarray(blobs["table"]), tuple(attrs["axes"])  # float32: QLinearSoftmax
+    return lambda inputs: [softmax_codes(inputs[0], axes, table, attrs["out_scale"], attrs["out_zp"],
+                                            bits=attrs["bits"], signed=attrs["signed"])]
+
+
 def prepare_quantize(attrs: dict, blobs: dict) -> Kernel:
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         return [nm.quantize(inputs[0], attrs["scale"], attrs["zp"], bits=attrs["bits"], signed=attrs["signed"],
@@ -616,6 +624,7 @@ KERNELS: dict[str, Callable[[dict, dict], Kernel]] = {
     "lut": prepare_lut,
     "lut_channel": prepare_lut_channel,
     "select": prepare_select,
+    "softmax": prepare_softmax,
     "quantize": prepare_quantize,
     "dequantize": prepare_dequantize,
 }

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "npuflow"
 #: Modules every stage may import; they import only each other.
 FOUNDATIONS = frozenset({
     "errors", "numerics", "qdq", "model", "model_checks", "input_shapes", "value_info", "shape_probe", "outputs",
-    "safe_yaml", "targets", "operators", "activation_patterns", "graph",
+    "numerics_softmax", "safe_yaml", "targets", "operators", "activation_patterns", "graph",
     "node_kinds", "placement", "custom_ops", "ort_session", "ort_kernels", "ort_verdicts", "plugins", "scaleout", "fake_quant",
 })
 #: The stages, in the order data flows through them; each may import the ones before it.

@@ -1,5 +1,6 @@
-"""Where a target's data lists an op that npuflow's compiler cannot lower (cpu-int8's softmax as
-QLinearSoftmax, the DPUCV(2)DX8G targets' argmax), check places it on the CPU, as compile does, and its
+"""Where a target's data lists an op that npuflow's compiler cannot lower (the DPUCV(2)DX8G targets'
+argmax; cpu-int8's softmax until session 35 lowered it, ``test_newops3_softmax.py``), check places it on
+the CPU, as compile does, and its
 reason says the gap is npuflow's, not the target's: "Softmax has no integer lowering" alone read as the
 target's verdict while ``npuflow targets cpu-int8`` lists softmax (round 24).  Ops a target does not list
 (LayerNorm and InstanceNorm everywhere, Softmax on the DPU and the BPU) keep the target's reason."""
@@ -37,7 +38,6 @@ def _placed(op: str, target: str, **attrs):
 
 
 @pytest.mark.parametrize("op, target, kind, kernel, attrs", [
-    ("Softmax", "cpu-int8", "softmax", "QLinearSoftmax", {"axis": 1}),
     ("ArgMax", "DPUCVDX8G_ISA3_C32B1", "argmax", None, {"axis": 1}),
 ])
 def test_a_listed_op_without_a_lowering_says_the_gap_is_npuflows(op, target, kind, kernel, attrs):
