@@ -225,9 +225,11 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
               on_row: Callable[[dict], None] = lambda rows: None, methods: tuple[str, ...] = ("adaround", "adaquant"),
               block_iters: int | None = None, mixed: bool = True, cheap: tuple[str, ...] | None = None,
               quark_iters: tuple[int, int] | None = None, quark_samples: int | None = None,
-              seed: int | None = None, finetune_samples: int | None = None) -> dict:
+              seed: int | None = None, finetune_samples: int | None = None, save_dir: Path | None = None) -> dict:
     """All rows for one model; ``on_row(rows)`` after each, so a long run keeps what it finished.
     ``finetune_samples``: the config's ``finetune_samples`` in every npuflow row (None: npuflow's default).
+    ``save_dir``: each npuflow row's QDQ model is saved there (:func:`saved_model_path`), for analysis
+    after a run that took an hour to quantize.
 
     Order: the cheap rows (defaults, plain, bias correction, CLE, both), AdaRound/AdaQuant from
     the best cheap row, automatic mixed precision from the best row so far, then the peers (ONNX
@@ -251,6 +253,8 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
             rows[name] = {"error": f"{type(exc).__name__}: {npuflow.errors.error_text(exc)}"}  # one line: a table cell
             return
         seconds = time.perf_counter() - t0
+        if save_dir is not None:
+            onnx.save(q.model, saved_model_path(save_dir, bench, name))
         scores = bench.evaluate(D.ort_session(q.model))
         # what the algorithms did (bias correction kept or dropped by its check, fast-finetune time)
         rows[name] = {"scores": scores, "seconds": seconds, "config": cfg, "algorithms": q.info.get("algorithms")}
@@ -275,6 +279,13 @@ def run_model(bench: BQ.Bench, iters: int, min_similarity: float, peers: bool,
         if quark_iters is not None:
             quark_rows(bench, rows, quark_iters, on_row, quark_samples)
     return rows
+
+
+def saved_model_path(save_dir: Path, bench: BQ.Bench, row: str) -> Path:
+    """``save_dir/<model>__<row>.onnx`` with every character but letters, digits, ``.-_`` as ``_``."""
+    slug = "".join(c if c.isalnum() or c in ".-_" else "_" for c in f"{bench.name}__{row}")
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return save_dir / f"{slug}.onnx"
 
 
 def mixed_row(bench: BQ.Bench, rows: dict, name: str, q, seconds: float, min_similarity: float) -> None:
@@ -611,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quark-det-samples", type=int, default=8,
                     help="calibration samples Quark's fast finetune uses on PP-OCRv4 det (it runs both whole "
                          "640x640 models over them once per layer); the other models use all")
+    ap.add_argument("--save-models", type=Path, default=None,
+                    help="save each npuflow row's quantized QDQ model into this folder (for analysis afterwards)")
     args = ap.parse_args(argv)
     try:
         method_list(args.methods)
@@ -687,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
                                     mixed=not args.no_mixed,
                                     cheap=tuple(args.cheap.split(",")) if args.cheap else None,
                                     quark_iters=quark_iters, quark_samples=quark_samples(b), seed=args.seed,
-                                    finetune_samples=args.finetune_samples)
+                                    finetune_samples=args.finetune_samples, save_dir=args.save_models)
     print(write())
     return 0
 

@@ -9,7 +9,7 @@ import torch
 from npuflow.quant.algorithms import fast_finetune as ff
 from npuflow.quant.algorithms.adaround import GAMMA, ZETA, _init_v
 from npuflow.quant.algorithms.block_recon import Block, BlockRunner, block_error, start_floor, start_rest
-from tests.unit.test_block_recon import _block_data, _feeds, _torch, _units, one_torch_thread, quantized  # noqa: F401
+from tests.unit.test_block_recon import _block_data, _feeds, _units, one_torch_thread, quantized  # noqa: F401
 
 
 def test_start_values_round_to_the_start_codes():
@@ -38,9 +38,9 @@ def test_brecq_starts_from_adaround_and_never_ends_above_it(quantized, tmp_path)
     block = next(u for u in _units(float_model, qmodel) if isinstance(u, Block))
     x, _, y = _block_data(float_model, layerwise, block)
     start, end = BlockRunner(layerwise, block), BlockRunner(refined, block)
-    adaround_error = block_error(start, _torch(x), _torch(y), start.current)
+    adaround_error = block_error(start, x, y, start.current)
     assert np.isclose(rep.blocks[0].error_before, adaround_error, rtol=1e-6)
-    assert block_error(end, _torch(x), _torch(y), end.current) <= adaround_error
+    assert block_error(end, x, y, end.current) <= adaround_error
 
 
 def test_brecq_from_gptq_starts_at_gptqs_codes_and_never_ends_above_them(quantized, tmp_path):
@@ -61,7 +61,7 @@ def test_brecq_from_gptq_starts_at_gptqs_codes_and_never_ends_above_them(quantiz
         np.testing.assert_array_equal(np.clip(sl.floor.numpy() + (sl.h().detach().numpy() >= 0.5), sl.lo, sl.hi),
                                       start.current[sl.ql.node.input[1]].numpy().reshape(sl.floor.shape))
     x, _, y = _block_data(float_model, layerwise, block)
-    gptq_error = block_error(start, _torch(x), _torch(y), start.current)
+    gptq_error = block_error(start, x, y, start.current)
     assert np.isclose(rep.blocks[0].error_before, gptq_error, rtol=1e-6)
 
 

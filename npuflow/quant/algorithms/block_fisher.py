@@ -153,10 +153,10 @@ def normalised(squared: list[np.ndarray], name: str, mix: float = 1.0) -> list[n
     return [(1.0 - mix + mix * a / mean).astype(np.float32) for a in squared]
 
 
-def block_weights(block: Block, floats: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray] | None:
-    """The weights of the block's outputs (``(N, ...)`` each) from the float block tensors, or
-    ``None`` when they were not computed (plain loss)."""
+def block_weights(block: Block, floats: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]] | None:
+    """The weights of the block's outputs (one array per sample each, as :func:`.block_recon.reconstruct`
+    reads them) from the float block tensors, or ``None`` when they were not computed (plain loss)."""
     keys = {t: WEIGHT + block.targets[t] for t in block.outputs}
     if not all(k in floats for k in keys.values()):
         return None
-    return {t: np.concatenate(floats[k], axis=0) for t, k in keys.items()}
+    return {t: floats[k] for t, k in keys.items()}

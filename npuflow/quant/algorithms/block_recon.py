@@ -411,14 +411,34 @@ class BlockResult:
     reverted: bool = False   # learned codes that lowered the block's error but raised the model's
 
 
-def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str, np.ndarray],
-                y: dict[str, np.ndarray], iters: int, lr: float, batch: int, drop_prob: float, lam: float = 0.01,
-                warmup: float = 0.2, seed: int = 0, weights: dict[str, np.ndarray] | None = None
-                ) -> tuple[dict[str, np.ndarray], float, float]:
+#: A block tensor's calibration values: ``{tensor: one array per calibration feed (batch on dim 0)}``.
+Samples = dict[str, list[np.ndarray]]
+
+
+def batch_of(values: Samples, idx: Any) -> dict:
+    """``{tensor: torch tensor (len(idx), ...)}``: the samples ``idx`` of ``values`` stacked in float32.
+
+    Only a step's batch is ever stacked: the whole calibration set of a block's tensors stays in
+    the per-sample arrays it was computed in (:class:`.fast_finetune.QuantizedInputs`,
+    :class:`FloatValues`), where a full ``(N, ...)`` copy of the inputs, QDrop's float inputs and
+    the targets of PP-OCRv4 det's first blocks (32 samples at 320x320) took 0.8 GiB more."""
+    import torch
+
+    return {k: torch.from_numpy(np.concatenate([v[int(i)] for i in idx], axis=0).astype(np.float32, copy=False))
+            for k, v in values.items()}
+
+
+def sample_count(values: Samples) -> int:
+    return len(next(iter(values.values())))
+
+
+def reconstruct(runner: BlockRunner, x: Samples, x_float: Samples, y: Samples, iters: int, lr: float, batch: int,
+                drop_prob: float, lam: float = 0.01, warmup: float = 0.2, seed: int = 0,
+                weights: Samples | None = None) -> tuple[dict[str, np.ndarray], float, float]:
     """``(codes per weight tensor, error before, error after)``: the block's rounding learned on
-    its inputs ``x`` (quantized model), ``x_float`` and output targets ``y`` (float model), all
-    ``{tensor: (N, ...)}``; the loss is the sum over the outputs of their mean squared error,
-    each element's squared error times its weight in ``weights`` (same shapes) when given
+    its inputs ``x`` (quantized model), ``x_float`` and output targets ``y`` (float model), each
+    :data:`Samples` (:func:`block_arrays`); the loss is the sum over the outputs of their mean squared
+    error, each element's squared error times its weight in ``weights`` (same shapes) when given
     (:mod:`.block_fisher`).
 
     The codes are the learned ones when they lower the block's output error on all ``N``
@@ -427,14 +447,8 @@ def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-
-    def tensors(d: dict[str, np.ndarray]) -> dict:
-        return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in d.items()}
-
-    xt, xf, yt = tensors(x), tensors(x_float), tensors(y)
-    wt = tensors(weights) if weights is not None else None
     opt = torch.optim.Adam(runner.parameters(), lr=lr)
-    n = next(iter(xt.values())).shape[0]
+    n = sample_count(x)
     order = torch.randperm(n, generator=gen)
     pos = 0
     for t in range(iters):
@@ -442,9 +456,10 @@ def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + batch]
         pos += batch
-        out = runner.run({k: v[idx] for k, v in xt.items()}, drop_prob=drop_prob,
-                         x_float={k: v[idx] for k, v in xf.items()}, gen=gen)
-        loss = sum((((out[k] - yt[k][idx]) ** 2) * (wt[k][idx] if wt is not None else 1.0)).mean() for k in out)
+        yt = batch_of(y, idx)
+        wt = batch_of(weights, idx) if weights is not None else None
+        out = runner.run(batch_of(x, idx), drop_prob=drop_prob, x_float=batch_of(x_float, idx), gen=gen)
+        loss = sum((((out[k] - yt[k]) ** 2) * (wt[k] if wt is not None else 1.0)).mean() for k in out)
         beta = _beta(t, iters, warmup)
         if beta is not None:
             loss = loss + lam * runner.regulariser(beta)
@@ -452,39 +467,45 @@ def reconstruct(runner: BlockRunner, x: dict[str, np.ndarray], x_float: dict[str
         loss.backward()
         opt.step()
     learned = {k: sl.hard_codes() for k, sl in runner.soft.items()}
-    before = block_error(runner, xt, yt, runner.current, weights=wt)
-    after = block_error(runner, xt, yt, {k: torch.from_numpy(v.astype(np.float32)) for k, v in learned.items()},
-                        weights=wt)
+    before = block_error(runner, x, y, runner.current, weights=weights)
+    after = block_error(runner, x, y, {k: torch.from_numpy(v.astype(np.float32)) for k, v in learned.items()},
+                        weights=weights)
     if after > before:
         return {k: v.numpy().astype(np.float64) for k, v in runner.current.items()}, before, before
     return learned, before, after
 
 
-def block_error(runner: BlockRunner, x: dict, y: dict, codes: dict, chunk: int = 8,
-                weights: dict | None = None) -> float:
+def block_error(runner: BlockRunner, x: Samples, y: Samples, codes: dict, chunk: int = 8,
+                weights: Samples | None = None) -> float:
     """Sum over the block outputs of their mean squared error (weighted by ``weights`` when
     given), with integer ``codes`` and every quantize step on."""
     import torch
 
     total = {k: 0.0 for k in y}
-    n = next(iter(x.values())).shape[0]
+    size = {k: 0 for k in y}
+    n = sample_count(x)
     with torch.no_grad():
         for i in range(0, n, chunk):
-            out = runner.run({k: v[i:i + chunk] for k, v in x.items()}, codes=codes)
+            idx = range(i, min(i + chunk, n))
+            out = runner.run(batch_of(x, idx), codes=codes)
+            yt = batch_of(y, idx)
+            wt = batch_of(weights, idx) if weights is not None else None
             for k, o in out.items():
-                w = weights[k][i:i + chunk] if weights is not None else 1.0
-                total[k] += float((((o - y[k][i:i + chunk]) ** 2) * w).sum())
-    return sum(total[k] / max(y[k].numel(), 1) for k in y)
+                w = wt[k] if wt is not None else 1.0
+                total[k] += float((((o - yt[k]) ** 2) * w).sum())
+                size[k] += yt[k].numel()
+    return sum(total[k] / max(size[k], 1) for k in y)
 
 
 def block_arrays(block: Block, quantized: Callable[[str], list[np.ndarray]],
-                 floats: dict[str, list[np.ndarray]]) -> tuple[dict, dict, dict]:
+                 floats: Samples) -> tuple[Samples, Samples, Samples]:
     """``(x, x_float, y)`` for :func:`reconstruct`: the block's inputs from the quantized model
     (``quantized(tensor)``: one value per calibration sample), their float values, and its
-    outputs' float targets (``floats``: the float model's tensors by name)."""
-    x = {t: np.concatenate(quantized(t), axis=0) for t in block.inputs}
-    xf = {t: np.concatenate(floats[block.targets[t]], axis=0) for t in block.dropped_inputs()}
-    y = {t: np.concatenate(floats[block.targets[t]], axis=0) for t in block.outputs}
+    outputs' float targets (``floats``: the float model's tensors by name), each the lists it was
+    given (no copy)."""
+    x = {t: quantized(t) for t in block.inputs}
+    xf = {t: floats[block.targets[t]] for t in block.dropped_inputs()}
+    y = {t: floats[block.targets[t]] for t in block.outputs}
     return x, xf, y
 
 
