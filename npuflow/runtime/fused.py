@@ -66,7 +66,7 @@ from .fused_conv import conv, conv_transpose, matmul, matmul2
 from .fused_tables import (as_table, byte_form, byte_lookup, byte_table, bytes_only, channels_last, lut, lut_channel,
                            table_node)
 from .fused_graph import (F32_BOUND, Graph, NotFusable, centred_clip, clamp_bounds, code_range, code_reach,
-                          const_codes, quantize_value, round_and_clip, round_float, round_scaled, slice_node)
+                          const_codes, dequantized, quantize_value, round_and_clip, round_float, round_scaled, slice_node)
 
 #: Ops whose cost dominates a run; a run without one is cheaper as kernels than as a graph call.
 _COMPUTE_OPS = {"conv", "conv_transpose", "matmul", "matmul2", "eltwise", "lut", "lut_channel", "maxpool", "softmax"}
@@ -502,6 +502,8 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
     if fused_qlinear.dequantize(g, op):
         return
     a = op["attrs"]
+    # codes not yet held as float32 come in as a cast of integers (graph input, bytes): no -0.0
+    signed_zero = op["inputs"][0] in g.names and not g.readers.get(op["outputs"][0])
     scale, zp = np.asarray(a["scale"], np.float32), np.asarray(a["zp"], np.float32)
     if not zp.ndim:  # read centred on the zero point: q - zp
         x, zp = g.centered(op["inputs"][0], int(zp)), np.float32(0)
@@ -515,7 +517,7 @@ def _dequantize(g: Graph, op: dict, blobs: dict) -> None:
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     if np.any(zp):
         x = g.node("Sub", [x, g.const(zp)])
-    g.put(op["outputs"][0], g.node("Mul", [x, g.const(scale)]))
+    g.put(op["outputs"][0], dequantized(g, x, scale, signed_zero=signed_zero))
 
 
 _EMITTERS: dict[str, Callable[[Graph, dict, dict], None]] = {

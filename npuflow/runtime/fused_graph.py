@@ -377,6 +377,24 @@ def round_scaled(g: Graph, x: str, op: str, c, ep: dict, lo: int, hi: int) -> tu
     return round_float(g, g.node(op, [x, g.const(c)]), ep, lo, hi)
 
 
+def dequantized(g: Graph, x: str, scale: np.ndarray, *, signed_zero: bool) -> str:
+    """``x * scale`` of the float32 codes ``x`` (minus their zero point): ``numerics.dequantize``.
+
+    ``signed_zero``: ``x`` may hold ``-0.0`` (a rounding step's ``Ceil(-0.5)`` or ``Round(-0.3)``) and
+    the product leaves the run, where ``-0.0 * scale`` is ``-0.0`` but the kernels'
+    ``float32(q - zp) * scale`` is ``+0.0`` (an EfficientFormer-style net and MTCNN RNet on B4096:
+    outputs equal to ``Session(fuse=False)`` by ``==`` differed in the sign of their zeros).  The
+    product is then ``+0.0 - x * (-scale)``: the same value for every other code (negating the scale
+    and the difference are exact) and ``+0.0`` for either zero; one pass more, over the output only.
+    Not ``y + 0``, which ONNX Runtime's ``NoopElimination`` removes (``0 + y`` too, where ``y`` is not a
+    graph output), and not through int32 (``Cast``, ``Cast``, ``Mul``: two passes more, and a cast of a
+    cast)."""
+    scale = np.asarray(scale, np.float32)
+    if not signed_zero:
+        return g.node("Mul", [x, g.const(scale)])
+    return g.node("Sub", [g.scalar(0.0), g.node("Mul", [x, g.const(-scale)])])
+
+
 def quantize_value(g: Graph, v: str, scale, ep: dict, lo: int, hi: int) -> tuple[str, int]:
     """``numerics.quantize`` of float32 ``v``: the float32 division by ``scale``, then
     :func:`round_float`."""

@@ -71,8 +71,9 @@ def test_fixed_point_convolutions_and_tables_between_convinteger_are_exact_with_
     writer = {o: n for n in nodes for o in n.output}
     ops = [n.op_type for n in nodes]
     assert ops.count("ConvInteger") == 3 and ops.count("GatherElements") == 2, ops
-    # the table's index is the requantised codes cast to int32, without a Sub first
-    assert "Sub" not in ops, ops
+    # the table's index is the requantised codes cast to int32, without a Sub first: the one Sub
+    # writes the dequantized output (``+0.0 - x * (-scale)``, fused_graph.dequantized)
+    assert [n.output[0] for n in nodes if n.op_type == "Sub"] == [g.names[t] for t in run.outputs], ops
     # no cast of a cast: the accumulator goes to float64 at once, the table writes uint8 entries
     chains = [(writer[n.input[0]].op_type, n.op_type) for n in nodes
               if n.op_type == "Cast" and n.input[0] in writer and writer[n.input[0]].op_type == "Cast"]
