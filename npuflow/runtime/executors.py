@@ -25,6 +25,7 @@ from .fused_graph import EXTERNAL_BYTES, external_stub
 from .fused_run import RUN_OPTIONS
 from .kernels import KERNELS, Kernel
 from .halfup_steps import shorter_quantize_steps
+from .prelu_forms import prelu_forms
 
 Dump = Callable[[str, np.ndarray], None]
 
@@ -281,9 +282,10 @@ def return_freed_heap() -> bool:
 
 def _session_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Carried]:
     """A CPU subgraph's model as its session runs it, and its carried tensors.  A quantize step of
-    booleans becomes a select first: the shorter form of the other steps would hide its ``Cast``."""
+    booleans becomes a select first: the shorter form of the other steps would hide its ``Cast``.  A
+    ``PRelu`` between quantize steps runs as faster kernels (``prelu_forms``)."""
     _quantized_booleans_as_select(model)
-    model, carried = _carry_unexchangeable(shorter_quantize_steps(model))
+    model, carried = _carry_unexchangeable(shorter_quantize_steps(prelu_forms(model)))
     _softmax_before_transpose(model)
     return model, carried
 
