@@ -45,8 +45,8 @@ from ..outputs import cache_enabled, cache_root
 
 #: npuflow's sources a fused graph depends on (relative to the package): the runtime's emitters and
 #: the modules they import.  Any change of one gives other file names.
-SOURCES = ("runtime", "numerics.py", "operators.py", "ort_kernels.py", "ort_session.py", "custom_ops.py",
-           "errors.py", "outputs.py")
+SOURCES = ("runtime", "numerics.py", "numerics_softmax.py", "operators.py", "ort_kernels.py", "ort_session.py",
+           "custom_ops.py", "errors.py", "outputs.py")
 
 #: The directory is kept under this many bytes: storing a plan removes the least recently used
 #: others beyond it (a read touches its file).  A plan's file is about its model's weights as the
