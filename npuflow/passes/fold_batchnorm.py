@@ -123,3 +123,19 @@ def batchnorm_to_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.node.insert(pos, conv)
     remove_unused_initializers(graph)
     return out
+
+
+def negate_batchnorm(graph: onnx.GraphProto, idx: GraphView, bn: onnx.NodeProto) -> bool:
+    """``bn`` computes ``-BN(x)``: its scale and shift negated (``-(g * u + b) = (-g) * u + (-b)``), under
+    new names when another node reads them.  ``False`` (nothing changed) when they are not constants.
+
+    The target rewrite ``a - BN(x)`` -> ``a + (-BN)(x)`` uses it on the float model check judges, where a
+    lone BN is still a BN; ``optimize_float`` has made it a depthwise Conv by then (the same function)."""
+    if bn.op_type != "BatchNormalization" or len(bn.input) < 3 or any(idx.const(t) is None for t in bn.input[1:3]):
+        return False
+    for pos in (1, 2):
+        value = -idx.const(bn.input[pos]).astype(np.float32)
+        name = unique_name(graph, f"{bn.input[pos]}_neg")  # the old constant is left to the unused-initializer sweep
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        bn.input[pos] = name
+    return True

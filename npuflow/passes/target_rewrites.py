@@ -39,7 +39,9 @@ original op sees no change.  Both keep the float function up to float rounding:
   ``x - f(x)``, round 21: DPUCZDX8G and bernoulli2 ran the model's last op in float on the CPU).
   ``a - y = a + (-y)``: when ``y`` is the output of a Conv/ConvTranspose/Gemm read only by the Sub,
   the layer takes ``W' = -W``, ``B' = -B`` and the Sub becomes an ``Add`` (node name and tensors
-  kept; symmetric weight quantization negates exactly).  Without such a producer the node is left
+  kept; symmetric weight quantization negates exactly); a lone BatchNormalization (FastViT's
+  RepMixer ``BN(dw(x)) - BN(x)``, round 27) takes a negated scale and shift, as check judges it
+  before the float passes make it a depthwise Conv.  Without such a producer the node is left
   (check's reason says the target has no Sub; not listed, since every written-out LayerNorm has one).
 * **A strided convolution with a kernel beyond the target's range** (DS-CNN's 10x4 stride-2 first conv
   on bernoulli2, kernels up to 7x7): ``SpaceToDepth(s)`` then a stride-1 convolution with kernel
@@ -73,6 +75,7 @@ from ..value_info import inferred_shapes, tensor_shapes
 from .absorb import set_layer_params
 from .channel_pool import channel_reductions_as_pools
 from .fold_affine import layer_params, scale_shift
+from .fold_batchnorm import negate_batchnorm
 from .fold_constants import frozen_view
 from .pixel_unshuffle import unshuffles_as_space_to_depth
 from .wide_conv import wide_convs_as_space_to_depth
@@ -210,11 +213,14 @@ def _subs_as_adds(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
         name = node.name or node.output[0]
         prod = idx.producer_node(node.input[1])
         params = layer_params(idx, prod) if prod is not None else None
-        if params is None or idx.only_consumer(node.input[1]) is None:
+        if prod is None or idx.only_consumer(node.input[1]) is None:
             continue  # not listed: check already tells that the target has no Sub (a LayerNorm's x - mean each)
-        w, bias, axis = params
-        w, bias = scale_shift(w, bias, axis, -1.0, 0.0)
-        set_layer_params(graph, idx, prod, w, bias, "_neg")
+        if params is not None:
+            w, bias, axis = params
+            w, bias = scale_shift(w, bias, axis, -1.0, 0.0)
+            set_layer_params(graph, idx, prod, w, bias, "_neg")
+        elif not negate_batchnorm(graph, idx, prod):  # a lone BN (FastViT's RepMixer): a depthwise Conv once compiled
+            continue
         node.op_type = "Add"
         done.append(Rewrite(name, "sub_as_add", True, f"Sub -> Add of {prod.name or prod.output[0]} negated"))
         idx = GraphView(graph)  # consumers of the renamed weights changed
