@@ -136,7 +136,8 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("depth1_conv3d_as_2d", lambda m, t, r: depth1_conv3d_as_2d(m), check=True),
     FloatPass("batchnorm_to_depthwise", lambda m, t, r: batchnorm_to_depthwise(m), check=False),
     FloatPass("linear_resizes_as_conv_transpose", linear_resizes_as_conv_transpose, check=True),
-    FloatPass("splits_as_slices", splits_as_slices, check=True),
+    # sized: a split of a dynamic-batch tensor read the batch's name as its channel count (CoAtNet, round 27)
+    FloatPass("splits_as_slices", splits_as_slices, check=True, sized=True),
     FloatPass("fold_affine", lambda m, t, r: fold_affine(m), check=True),
     # check too: a layer scale on tokens after a MatMul + bias is no node check could place on the accelerator
     FloatPass("fold_linear_affine", lambda m, t, r: fold_linear_affine(m), check=True),

@@ -23,8 +23,9 @@ from ..graph import GraphView, attr_values, unique_name
 from ..model import default_opset
 from ..targets import Target
 from ..targets.judge import rule_reasons
-from ..value_info import inferred_dims
+from ..value_info import inferred_dims, tensor_shapes
 from .activations import _splice
+from .fold_constants import frozen_view
 from .target_rewrites import Rewrite, finish
 
 
@@ -32,16 +33,23 @@ _KIND = "split_as_slices"
 
 
 def splits_as_slices(model: onnx.ModelProto, target: Target | None = None,
-                     rewrites: list[Rewrite] | None = None) -> onnx.ModelProto:
+                     rewrites: list[Rewrite] | None = None,
+                     static_inputs: dict[str, list[int]] | None = None) -> onnx.ModelProto:
     """A new model with each ``Split`` ``target`` rejects and slices would run written as slices
     (module docstring); no target or a CPU target: unchanged.  What it wrote or left is appended
-    to ``rewrites`` (``quant_info.json``'s ``algorithms.target_rewrites``)."""
+    to ``rewrites`` (``quant_info.json``'s ``algorithms.target_rewrites``).
+
+    ``static_inputs``: the shape a dynamic graph is frozen at for check and compile; a split whose input
+    has a symbolic dimension is judged at its size there (CoAtNet's ``q, k, v`` unbound along axis 0 of
+    ``3 x B x ...`` with a dynamic batch ``B``: the target's channel formula read the name ``batch``)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     splits = [n for n in out.graph.node if n.op_type == "Split" and not n.domain]
     if target is None or target.kind != "npu" or target.rule("strided_slice") is None or not splits:
         return out
     dims = inferred_dims(out)
+    if static_inputs and any(not all(isinstance(d, int) for d in dims.get(n.input[0], ())) for n in splits):
+        dims = {**dims, **tensor_shapes(frozen_view(out, static_inputs))}
     view = GraphView(out.graph)
     opset = default_opset(out)
     done = []
@@ -55,6 +63,9 @@ def splits_as_slices(model: onnx.ModelProto, target: Target | None = None,
             done.append(Rewrite(name, _KIND, False, "Split stays: the size of its axis or of its parts is not known"))
             continue
         channels = shape[1] if len(shape) >= 2 else shape[-1]
+        if not isinstance(channels, int):
+            done.append(Rewrite(name, _KIND, False, "Split stays: the size of its channel axis is not known"))
+            continue
         split_params = {"axis": axis, "num_inputs": 1, "num_outputs": len(sizes),
                         "input_channel": channels, "output_channel": channels}
         rule = target.rule("split")
