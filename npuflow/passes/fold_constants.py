@@ -162,3 +162,20 @@ def _fold_remaining(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto], boo
     unused = [t for t in graph.initializer if t.name not in used]
     for t in unused:
         graph.initializer.remove(t)
+
+
+def shape_independent_dims(model: onnx.ModelProto, static_inputs: dict[str, list[int]]) -> dict[str, tuple]:
+    """The static shapes of :func:`frozen_view` at ``static_inputs`` with each size that differs in the view
+    at another input shape (every dimension the graph leaves open one larger) replaced by ``None``.
+
+    Why: a TorchScript export with a dynamic batch computes ``x.flatten(2)``'s target from ``Shape`` at run
+    time, so ONNX (and ONNX Runtime's symbolic inference) leave the token count unknown, while check reads it
+    in the frozen graph (CoAtNet's ``t.mean(1)``, round 27).  A float pass may rewrite a node by a size that
+    holds at both shapes: the graph derives it from no open dimension."""
+    inputs = {i.name: i for i in graph_inputs(model)}
+    other = {name: [d + 1 if not inputs[name].type.tensor_type.shape.dim[k].HasField("dim_value") else d
+                    for k, d in enumerate(dims)] for name, dims in static_inputs.items() if name in inputs}
+    first, second = tensor_shapes(frozen_view(model, static_inputs)), tensor_shapes(frozen_view(model, other))
+    same = lambda dims, again: tuple(a if again is not None and len(again) == len(dims) and a == b else None
+                                     for a, b in zip(dims, again or dims))
+    return {name: same(dims, second.get(name)) for name, dims in first.items()}

@@ -43,6 +43,7 @@ from ..model import default_opset
 from ..operators import ELEMENTWISE_OPS, REDUCTION_POOLS, SIZE_JOINING_OPS, Engine, Role, op_def
 from ..value_info import inferred_dims
 from .activations import _splice
+from .fold_constants import shape_independent_dims
 
 #: readers that make a mean a normalisation statistic (see ``is_statistic``): element-wise ops that broadcast
 _ELEMENTWISE = ELEMENTWISE_OPS & SIZE_JOINING_OPS
@@ -50,8 +51,12 @@ _ELEMENTWISE = ELEMENTWISE_OPS & SIZE_JOINING_OPS
 _H_VALUE = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0, "output_shape": 1}
 
 
-def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A new model with each 1-D pooling / transposed convolution written as a 2-D one on an H = 1 view."""
+def ops_1d_as_2d(model: onnx.ModelProto, static_inputs: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+    """A new model with each 1-D pooling / transposed convolution written as a 2-D one on an H = 1 view.
+
+    ``static_inputs``: the shape a dynamic graph is frozen at for check and compile; a reduction's input whose
+    rank or token count ONNX leaves unknown there takes the sizes that hold at every input shape
+    (:func:`.fold_constants.shape_independent_dims`: CoAtNet's ``t.mean(1)`` after ``x.flatten(2)``, round 27)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -63,6 +68,10 @@ def ops_1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     if not candidates:
         return out
     dims = inferred_dims(out)
+    reduced = [n.input[0] for n in candidates if n.op_type in REDUCTION_POOLS]
+    if static_inputs and any(not all(isinstance(d, int) for d in dims.get(t, (None,))) for t in reduced):
+        fixed = shape_independent_dims(out, static_inputs)
+        dims = {**dims, **{t: fixed[t] for t in reduced if t in fixed}}
     opset = default_opset(out)
     weights: dict[str, str] = {}
     for node in candidates:

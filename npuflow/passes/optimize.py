@@ -150,7 +150,9 @@ FLOAT_PASSES: tuple[FloatPass, ...] = (
     FloatPass("short_sums_as_adds", lambda m, t, r: short_sums_as_adds(m, t), check=True),
     # check too: ECA's swaps of (N, C, 1) and (N, 1, C) moved no data but had bernoulli2 run them on the CPU
     FloatPass("unit_axis_transposes_as_reshape", lambda m, t, r: unit_axis_transposes_as_reshape(m), check=True),
-    FloatPass("ops_1d_as_2d", lambda m, t, r: ops_1d_as_2d(m), check=True),
+    # sized: a token mean after a TorchScript flatten of a dynamic batch had no known token count (CoAtNet, round 27)
+    FloatPass("ops_1d_as_2d", lambda m, t, r, static_inputs=None: ops_1d_as_2d(m, static_inputs), check=True,
+              sized=True),
     # check's judge reads static shapes of the tensors the passes above made
     FloatPass("infer_static_shapes", lambda m, t, r: infer_static_shapes(m), check=True, optimize=False),
     FloatPass("canonical_linear_biases", lambda m, t, r: canonical_linear_biases(m), check=False),
