@@ -76,7 +76,7 @@ from .absorb import set_layer_params
 from .channel_pool import channel_reductions_as_pools
 from .fold_affine import layer_params, scale_shift
 from .fold_batchnorm import negate_batchnorm
-from .fold_constants import frozen_view
+from .fold_constants import frozen_view, shape_independent_dims
 from .pixel_unshuffle import unshuffles_as_space_to_depth
 from .wide_conv import wide_convs_as_space_to_depth
 
@@ -113,7 +113,7 @@ def target_rewrites(model: onnx.ModelProto, target: Target, static_inputs: dict[
     done += [Rewrite(n, "channel_reduction_as_pool", ok, why) for n, ok, why in channel_reductions_as_pools(
         out, target, lambda c, h, w: _cascade(target, c, h, w, 2) is not None)]
     done += _global_avg_pools(out, target)
-    done += _axis_avg_pools(out, target)
+    done += _axis_avg_pools(out, target, static_inputs)
     done += _strided_avg_pools(out, target, static_inputs)
     done += _subs_as_adds(out.graph, target)
     done += [Rewrite(n, "wide_conv_as_space_to_depth", ok, why) for n, ok, why in wide_convs_as_space_to_depth(out, target)]
@@ -260,11 +260,21 @@ def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
     return done
 
 
-def _axis_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
-    """The whole-axis average pools the target's window is too small for, as cascades (module docstring)."""
+def _axis_avg_pools(model: onnx.ModelProto, target: Target,
+                    static_inputs: dict[str, list[int]] | None = None) -> list[Rewrite]:
+    """The whole-axis average pools the target's window is too small for, as cascades (module docstring).
+
+    A pool whose map size the dynamic graph does not know takes the sizes that hold at every input shape
+    (:func:`.fold_constants.shape_independent_dims`): CoAtNet's token mean over a flatten of a dynamic
+    batch, a 16 x 1 pool on bernoulli2 (window at most 7), was cascaded in check only (round 27)."""
     graph = model.graph
     done = []
-    for node, xs, elem in _with_input_shapes(model, "AveragePool"):
+    pools = _with_input_shapes(model, "AveragePool")
+    known = lambda xs: xs is not None and all(isinstance(d, int) for d in xs[1:])
+    if static_inputs and not all(known(xs) for _, xs, _ in pools):
+        fixed = shape_independent_dims(model, static_inputs)
+        pools = [(n, xs if known(xs) else fixed.get(n.input[0], xs), elem) for n, xs, elem in pools]
+    for node, xs, elem in pools:
         a = {k: attr(node, k) for k in ("kernel_shape", "pads", "ceil_mode", "dilations")}
         if xs is None or len(xs) != 4 or not all(isinstance(d, int) and d > 0 for d in xs[1:]) or \
                 any(a["pads"] or []) or a["ceil_mode"] or any(d != 1 for d in a["dilations"] or []):

@@ -56,3 +56,21 @@ def test_check_and_compile_agree_on_the_token_mean(tmp_path):
     checked = npuflow.check(model, DPU, input_shapes={"x": SHAPE})
     compiled = npuflow.compile(q.model, DPU)
     assert sum(sg.on_accelerator for sg in compiled.subgraphs) == checked.summary["npu_subgraphs"] == 1
+
+
+def test_token_mean_wider_than_bernoulli2s_window_is_cascaded_in_the_dynamic_graph_too(tmp_path):
+    """bernoulli2's average pool window is at most 7: the 16-token mean becomes a cascade in check (frozen graph);
+    the dynamic graph quantize optimises did not know the pool's size and left one 16 x 1 pool (CPU): check 1
+    BPU subgraph, compile 2 (CoAtNet-lite: check 4, compile 5, after the fix above)."""
+    model = _export(tmp_path / "token_head.onnx")
+    opt = optimize_float(model, load_target("bernoulli2"), static_inputs={"x": SHAPE})
+    pools = [n for n in opt.graph.node if n.op_type == "AveragePool"]
+    assert len(pools) > 1, [n.name for n in pools]
+    x = np.random.default_rng(1).standard_normal([3, *SHAPE[1:]]).astype(np.float32)
+    np.testing.assert_allclose(run(opt, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(4)]
+    q = npuflow.quantize(model, samples, target="bernoulli2", warn=False)
+    checked = npuflow.check(model, "bernoulli2", input_shapes={"x": SHAPE})
+    compiled = npuflow.compile(q.model, "bernoulli2")
+    assert sum(sg.on_accelerator for sg in compiled.subgraphs) == checked.summary["npu_subgraphs"]
