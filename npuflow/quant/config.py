@@ -129,6 +129,9 @@ class FastFinetune(_Strict):
     iters: int = Field(default=500, ge=1, le=100_000)  # per layer (per block for brecq); beyond, a typo runs for days
     lr: float | None = Field(default=None, gt=0)  # None: 0.1 (AdaRound) / 3e-3 (AdaQuant; in weight steps) / 3e-2 (brecq)
     batch: int = Field(default=256, ge=1)  # patch columns per optimisation step (layer-wise)
+    # layer-wise methods: input patches sampled per layer over the samples fast finetune reads (the
+    # problem's columns); GPTQ estimates each layer's input covariance from them (docs/accuracy.md)
+    columns: int = Field(default=2048, ge=16)
     backend: Literal["auto", "numpy", "torch"] = "auto"
     drop_prob: float = Field(default=0.5, ge=0, le=1)  # brecq: QDrop's chance an activation skips quantization
     block_batch: int = Field(default=4, ge=1)  # brecq: calibration samples per optimisation step

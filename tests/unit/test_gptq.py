@@ -125,3 +125,23 @@ def test_auto_bias_correction_is_skipped_after_gptq_and_runs_after_adaround(tmp_
     q = npuflow.quantize(_net(), feeds, target=TARGET,
                          config={"finetune_samples": 8, "fast_finetune": {"method": "adaround", "iters": 5}})
     assert calls == [1] and "skipped" not in q.info["algorithms"]["bias_correction"]
+
+
+def test_columns_sets_how_many_patches_each_layer_problem_holds(tmp_path, monkeypatch):
+    """``fast_finetune: {columns: N}`` is the number of input patches each layer's problem samples over
+    the samples fast finetune reads (GPTQ's input covariance is estimated from them); the default
+    stays 2,048.  Before the key existed the config refused it."""
+    import npuflow
+    from npuflow.quant.algorithms import fast_finetune
+
+    monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
+    seen: list[int] = []
+    monkeypatch.setattr(fast_finetune, "gptq", lambda p: seen.append(p.x.shape[2]) or gptq(p))
+    rng = np.random.default_rng(9)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
+    config = {"include_bias_corr": False, "finetune_samples": 8}
+    npuflow.quantize(_net(), feeds, target=TARGET, config={**config, "fast_finetune": {"method": "gptq", "columns": 64}})
+    assert seen and max(seen) == 64          # 8 patches from each of the 8 samples
+    seen.clear()
+    npuflow.quantize(_net(), feeds, target=TARGET, config={**config, "fast_finetune": {"method": "gptq"}})
+    assert seen and max(seen) > 64           # 2,048 asked for: every position of the small maps

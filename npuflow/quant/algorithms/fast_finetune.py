@@ -83,7 +83,7 @@ class FinetuneSettings:
     iters: int = 500
     lr: float | None = None      # None: 0.1 for AdaRound (adaround.DEFAULT_LR), 3e-3 for AdaQuant (adaquant.DEFAULT_LR), 3e-2 for brecq
     batch: int = 256             # patch columns per iteration
-    samples: int = 2048          # patch columns kept per layer (over the whole calibration set)
+    samples: int = 2048          # patch columns kept per layer over the feeds (config fast_finetune.columns)
     backend: str = "auto"        # auto | numpy | torch
     round_mode: str = field(kw_only=True)       # the target's weight tie rule (the export's); no default
     bias_round_mode: str = field(kw_only=True)  # the target's bias tie rule, for AdaQuant's int32 biases
