@@ -150,6 +150,14 @@ def dequantize(
     return ((qf - zp) * s).astype(np.float32)
 
 
+def centered_codes(q: np.ndarray, zero_point: int | np.ndarray = 0, *, axis: int | None = None) -> np.ndarray:
+    """``q - zero_point`` as int32: codes whose ``DequantizeLinear`` without a zero point has the
+    same real values (every 8/16-bit difference is exact in int32)."""
+    qi = np.asarray(q).astype(np.int32)
+    _, zp = _along_axis(qi.ndim, axis, np.asarray(zero_point), np.asarray(zero_point).astype(np.int32))
+    return (qi - zp).astype(np.int32)
+
+
 def fake_quantize(
     x: np.ndarray,
     scale: float | np.ndarray,
