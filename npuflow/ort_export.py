@@ -50,7 +50,7 @@ from onnx import helper
 from .compiler.compiled import CompiledModel
 from .custom_ops import PYOP_DOMAIN_PREFIX, custom_nodes, declare_pyop, extensions
 from .graph import attr_values
-from .ort_session import DISABLE_KEY, LEVELS, disabled
+from .ort_session import DISABLE_KEY, LEVELS, disabled, float_matmul_weights
 from .runtime.executors import cpu_level
 from .runtime.session import file_sha256
 from .errors import NpuflowError
@@ -105,6 +105,7 @@ def export(npuf: str | os.PathLike | CompiledModel, output: str | os.PathLike) -
                                           domain=PYOP_DOMAIN_PREFIX + op_type, npuf=str(path), sha256=digest,
                                           subgraph=k))
             continue
+        sub = float_matmul_weights(sub, level)  # a float MatMul stays float in the user's session too
         nodes.extend(sub.graph.node)
         for init in sub.graph.initializer:  # a constant several CPU subgraphs read is in each of them
             if init.name not in seen:

@@ -69,14 +69,17 @@ def kernels(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[st
 
 
 def optimized_graph(model: onnx.ModelProto, level: str, disabled_optimizers: Sequence[str] = (),
-                    external: Mapping[str, np.ndarray] | None = None) -> onnx.GraphProto:
+                    external: Mapping[str, np.ndarray] | None = None, libraries: Sequence[str] = ()) -> onnx.GraphProto:
     """The graph ONNX Runtime's CPU provider runs for ``model`` once its graph optimisations at ``level``
     are done (npuflow's session options, less ``disabled_optimizers``; ``external``: the arrays of
     initialisers ``model`` declares external, as ``ort_session.open_session`` takes them), read from
-    the optimised model ONNX Runtime writes."""
+    the optimised model ONNX Runtime writes; ``libraries``: custom operator libraries to register, as
+    the session of ``model`` does."""
     from .ort_session import disabled, options
 
     opts = options(level=level, threads=1)
+    for library in libraries:
+        opts.register_custom_ops_library(library)
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (external or {}).values()]  # alive until loaded
     if values:
         opts.add_external_initializers(list(external), values)

@@ -137,8 +137,8 @@ def float_weight_layers(model: onnx.ModelProto) -> list[str]:
 NBITS_MATMUL = "MatMulNBits"
 
 
-def float_matmul_weights(model: onnx.ModelProto, level: Level,
-                         external: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+def float_matmul_weights(model: onnx.ModelProto, level: Level, external: Mapping[str, np.ndarray] | None = None,
+                         libraries: Sequence[str] = ()) -> onnx.ModelProto:
     """``model`` with the weight of each float ``MatMul``/``Gemm`` that ONNX Runtime at ``level`` would
     run as :data:`NBITS_MATMUL` written as int32 codes (``numerics.centered_codes``) dequantized
     without a zero point after the ops that move them: the same real values, which ONNX Runtime
@@ -153,7 +153,8 @@ def float_matmul_weights(model: onnx.ModelProto, level: Level,
     shared the layer's CPU subgraph (up to 0.8 on a 256x1000 uint8 weight).  The other forms differ
     too: at accuracy level 0 the fused kernel sums in another order (up to 4e-4 for one row), and
     a float constant weight is pre-packed (1e-7).  A per-channel step behind moves is left as is.
-    ``external``: the arrays of initialisers ``model`` declares external (:func:`open_session`)."""
+    ``external``: the arrays of initialisers ``model`` declares external; ``libraries``: the custom
+    operator libraries its session registers (:func:`open_session`)."""
     if level != "all":
         return model
     from .graph import GraphView
@@ -166,7 +167,8 @@ def float_matmul_weights(model: onnx.ModelProto, level: Level,
         return model
     from .ort_kernels import optimized_graph
 
-    fused = {n.output[0] for n in optimized_graph(model, level, external=external).node if n.op_type == NBITS_MATMUL}
+    fused = {n.output[0] for n in optimized_graph(model, level, external=external, libraries=libraries).node
+             if n.op_type == NBITS_MATMUL}
     chosen = [found for out, found in candidates.items() if out in fused]
     if not chosen:
         return model
@@ -193,6 +195,11 @@ def float_matmul_weights(model: onnx.ModelProto, level: Level,
     ordered = _topological(out.graph)
     del out.graph.node[:]
     out.graph.node.extend(ordered)
+    read = {t for n in out.graph.node for t in n.input}
+    unread = {dq.input[0] for dq, _ in chosen} - read  # the 8-bit codes the int32 ones replace
+    kept_inits = [t for t in out.graph.initializer if t.name not in unread]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept_inits)
     return out
 
 
@@ -291,7 +298,7 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
             and (b"MatMul" in proto or b"Gemm" in proto):
         proto = onnx.load_from_string(proto)  # parsed only where a float layer may be fused (float_matmul_weights)
     if not isinstance(proto, bytes):
-        proto = ort_kernels.exact_weights(float_matmul_weights(proto, level, external), external)
+        proto = ort_kernels.exact_weights(proto, external)
     elif any(op in proto for op in (b"DequantizeLinear", b"QLinear", b"Integer")) and ort_kernels.weight_form() == "u8":
         proto = ort_kernels.exact_weights(onnx.load_from_string(proto))
     custom = False
@@ -306,6 +313,7 @@ def open_session(model: onnx.ModelProto | bytes, *, level: Level = "all", thread
             libraries.add(custom_ops.extensions().get_library_path())
         for library in sorted(libraries):  # each once: ONNX Runtime refuses a second registration
             opts.register_custom_ops_library(library)
+        proto = float_matmul_weights(proto, level, external, sorted(libraries))
     if isinstance(proto, onnx.ModelProto):
         left_out = disabled(proto, disabled_optimizers)
     elif b"DequantizeLinear" in proto and any(op in proto for op in (b"Conv", b"Gemm")):

@@ -86,6 +86,32 @@ def test_brevitas_qcdq_export_check_agrees_with_compile_node_for_node(target, tm
     np.testing.assert_array_equal(got, ort_values(legal, {"input": x}, [out])[out])
 
 
+def test_brevitas_qcdq_classifier_stays_float_in_an_exported_model(tmp_path):
+    """The classifier's float ``Linear`` (weight ``DequantizeLinear -> Transpose -> MatMul``, in the CPU
+    subgraph since the partition joins a weight's steps to their reader) runs in float in the user's own
+    ONNX Runtime session of ``npuflow.ort_export``'s model as in ``npuflow.Session``: ORT's default level
+    would run it as ``MatMulNBits``, which quantizes its input (0.0024 off, session 36)."""
+    import onnxruntime as ort
+
+    from npuflow import ort_export
+
+    model = _export(tmp_path / "net.onnx", fixed_point=False)
+    path = npuflow.compile(model, "cpu-int8").save(tmp_path / "net.npuf")
+    ort_export.export(path, tmp_path / "net_ort.onnx")
+    assert {p.key: p.value for p in onnx.load(str(tmp_path / "net_ort.onnx")).metadata_props}[ort_export.LEVEL_KEY] == "all"
+    sess = ort.InferenceSession(str(tmp_path / "net_ort.onnx"), ort_export.session_options(tmp_path / "net_ort.onnx"),
+                                providers=["CPUExecutionProvider"])
+    session = npuflow.Session(npuflow.CompiledModel.load(path))
+    legal = copy.deepcopy(model)
+    foreign.legalize(legal, load_target("cpu-int8"))
+    out = model.graph.output[0].name
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1, 3, 8, 8)).astype(np.float32) * 2
+        want = ort_values(legal, {"input": x}, [out])[out]
+        np.testing.assert_array_equal(session.run({"input": x})[out], want)
+        np.testing.assert_array_equal(sess.run([out], {"input": x})[0], want)
+
+
 @pytest.mark.parametrize("name, target", [("brevitas/mnist_cnn-qcdq", "cpu-int8"), ("brevitas/mnist_cnn-qcdq", "bernoulli2"),
                                           ("brevitas/mnist_cnn-flexml-qcdq", DPU)])
 def test_brevitas_mnist_corpus_check_agrees_with_compile(name, target):
