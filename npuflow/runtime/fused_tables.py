@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics as nm
 from .. import ort_kernels, ort_verdicts
 from ..graph import attr
+from ..ort_kernels import MS_DOMAIN
 from . import fused_qlinear
 from .fused_conv import integer_offset
 from .fused_graph import INDEX_TYPE, Graph, NotFusable, code_range, gather, lookup
@@ -63,15 +64,22 @@ def byte_lookup(g: Graph, codes: str, out: str, table: np.ndarray) -> None:
 
 def float_form(g: Graph, src: str, out: str, table: np.ndarray) -> bool:
     """Write the byte table ``out = table[src]`` (:func:`byte_table`, uint8 to uint8) as ONNX
-    Runtime's float hard-swish on the dequantized codes, as its plain QDQ run of the model
-    (``DequantizeLinear``, ``HardSwish``, ``QuantizeLinear``), where that form, run at load,
-    gives every code its entry; say whether it did.
+    Runtime's float activation on the dequantized codes, as its plain QDQ run of the model
+    (``DequantizeLinear``, the activation, ``QuantizeLinear``), where that form, run at load,
+    gives every code its entry; say whether it did.  The activations (:func:`_forms`): hard-swish,
+    and a leaky ReLU with a floor (``LeakyRelu -> Max``, openWakeWord's, whose slope and floor are
+    read off the table: the table is all the ``.npuf`` keeps), as ONNX Runtime's own table kernel
+    ``com.microsoft.QLinearLeakyRelu`` (a 256-entry table it builds from its float function, one
+    byte loop) and a uint8 ``Clip`` at the floor's code (``Q(max(v, m)) = max(Q(v), Q(m))``).
 
     Why: a table is a ``Cast`` to int32 and a ``GatherElements`` copy (PP-OCR cls's hard-swish on
-    a [1, 16, 24, 96] tensor: 40 us), the float form 29 us.  Exact only where ONNX Runtime's
+    a [1, 16, 24, 96] tensor: 40 us), the float form 29 us; openWakeWord's 14 leaky tables were a
+    third of its frame, and their float form (``DequantizeLinear -> LeakyRelu -> Max ->
+    QuantizeLinear``) saved only 2-3 % of it.  Exact only where ONNX Runtime's
     vectorised loops and their scalar tails both give every code the table's entry, which
     :func:`_float_form_matches` proves; a table it refuses (another function, a tie a kernel
-    rounds otherwise) stays a table, and so does one a max pooling reads: written channels-last
+    rounds otherwise: the table's half-up against ``QuantizeLinear``'s half-to-even) stays a table,
+    and so does one a max pooling reads: written channels-last
     (:func:`byte_lookup`) its bytes are pooled by ONNX Runtime's ``NhwcMaxPool``, after the float
     form by its NCHW uint8 ``MaxPool`` between layout transposes (PP-OCR cls: more than the
     table saves)."""
@@ -83,18 +91,38 @@ def float_form(g: Graph, src: str, out: str, table: np.ndarray) -> bool:
     k = nm.qrange(8, dtypes[0].kind == "i")[0]  # int8 codes as bytes moved by 128 (bernoulli2): byte_table
     (sx, zx), (sy, zy) = ((float(np.float32(q["scale"])), int(q.get("zero_point", 0)) - k) for q in params)
     entries = np.asarray(table, np.int64).reshape(-1) - k
-    if not (0 <= zx <= 255 and 0 <= zy <= 255 and _near(sx, zx, sy, zy, entries)
-            and _float_form_matches(sx, zx, sy, zy, entries.tobytes())):
+    if not (0 <= zx <= 255 and 0 <= zy <= 255 and entries.size == 256):
         return False
+    form = next((f for f in _forms(sx, zx, sy, zy, entries)
+                 if _float_form_matches(sx, zx, sy, zy, entries.tobytes(), f)), None)
+    if form is None:
+        return False
+    if form[0] != "HardSwish":
+        y = g.node("QLinearLeakyRelu", [g.bytes[src], g.scalar(sx), g.scalar(zx, np.uint8), g.scalar(sy),
+                                        g.scalar(zy, np.uint8)], domain=MS_DOMAIN, alpha=form[1])
+        g.put_bytes(out, y if form[2] is None else g.node("Clip", [y, g.scalar(form[2], np.uint8)]), k)
+        return True
     dq = g.node("DequantizeLinear", [g.bytes[src], g.scalar(sx), g.scalar(zx, np.uint8)])
     g.put_bytes(out, g.node("QuantizeLinear", [g.node("HardSwish", [dq]), g.scalar(sy), g.scalar(zy, np.uint8)]), k)
     return True
 
 
-def _form_nodes() -> list:
-    """:func:`float_form`'s nodes in a probe from uint8 ``x`` to uint8 ``y``."""
-    return [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["dq"]),
-            helper.make_node("HardSwish", ["dq"], ["h"]), helper.make_node("QuantizeLinear", ["h", "sy", "zy"], ["y"])]
+def _forms(sx: float, zx: int, sy: float, zy: int, entries: np.ndarray) -> list[tuple]:
+    """The float forms worth a probe for the uint8 table ``entries``: ``("HardSwish",)`` where
+    :func:`_near` passes, ``("QLinearLeakyRelu", alpha, floor)`` where :func:`_leaky_fit` finds one."""
+    leaky = _leaky_fit(sx, zx, sy, zy, entries)
+    return [f for f in (("HardSwish",) if _near(sx, zx, sy, zy, entries) else None, leaky) if f is not None]
+
+
+def _form_nodes(form: tuple) -> list:
+    """:func:`float_form`'s nodes of ``form`` (:func:`_forms`) in a probe from uint8 ``x`` to
+    uint8 ``y`` (a leaky form's floor code is the initializer ``m``)."""
+    if form[0] == "HardSwish":
+        return [helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["dq"]),
+                helper.make_node("HardSwish", ["dq"], ["h"]), helper.make_node("QuantizeLinear", ["h", "sy", "zy"], ["y"])]
+    leaky = helper.make_node("QLinearLeakyRelu", ["x", "sx", "zx", "sy", "zy"], ["l" if form[2] is not None else "y"],
+                             domain=MS_DOMAIN, alpha=form[1])
+    return [leaky] if form[2] is None else [leaky, helper.make_node("Clip", ["l", "m"], ["y"])]
 
 
 def _near(sx: float, zx: int, sy: float, zy: int, entries: np.ndarray) -> bool:
@@ -107,16 +135,51 @@ def _near(sx: float, zx: int, sy: float, zy: int, entries: np.ndarray) -> bool:
     return entries.size == 256 and int(np.abs(codes - entries).max()) <= 1
 
 
+def _leaky_fit(sx: float, zx: int, sy: float, zy: int, entries: np.ndarray) -> tuple | None:
+    """``("QLinearLeakyRelu", alpha, floor)`` whose ``max(Q(LeakyRelu(x, alpha)), floor)`` gives
+    ``entries`` in numpy's float32 with half-to-even rounding (ONNX Runtime's, building the
+    kernel's table), or ``None``; ``floor`` ``None`` where the leaky ReLU alone gives them.
+
+    The floor is the lowest entry (``Q(max(v, m)) = max(Q(v), Q(m))``, whatever floor ``m`` the
+    model's ``Max`` had).  Each negative input whose
+    entry is above the floor bounds the slope to an interval (its entry, plus or minus half a
+    code), each at the floor bounds it from below; the slope is the middle of their intersection,
+    so no entry sits on a rounding tie (where the table's half-up and ``QuantizeLinear``'s
+    half-to-even differ).  A positive input's entry must be its own value: the screen checks
+    that, and :func:`_float_form_matches` proves the form in ONNX Runtime."""
+    x = (np.arange(256) - zx) * sx
+    t = entries - zy
+    floor = int(t.min())
+    neg = x < 0
+    lo = [((v + 0.5) if v > floor else (floor + 0.5)) * sy / xv for xv, v in zip(x[neg], t[neg])]
+    hi = [(v - 0.5) * sy / xv for xv, v in zip(x[neg], t[neg]) if v > floor]
+    low, high = max(lo, default=-1.0), min(hi, default=None)
+    if high is None:  # every negative input on the floor: a ReLU, or a floor above -alpha's reach
+        high = max(low, 0.0) + 1.0
+    if not low < high or low <= 1.0 <= high:  # a slope of 1 is a change of scale: fused_qlinear.rescale's
+        return None
+    alpha = float(np.float32((low + high) / 2))
+    xf = (np.arange(256, dtype=np.float32) - np.float32(zx)) * np.float32(sx)
+    y = np.where(xf < 0, xf * np.float32(alpha), xf)
+    codes = np.clip(nm.round_values(y / np.float32(sy), nm.RoundMode.HALF_EVEN) + zy, 0, 255)
+    if np.array_equal(codes, entries):
+        return "QLinearLeakyRelu", alpha, None
+    return ("QLinearLeakyRelu", alpha, floor + zy) if np.array_equal(np.maximum(codes, floor + zy), entries) else None
+
+
 @ort_verdicts.persistent_check
-def _float_form_matches(sx: float, zx: int, sy: float, zy: int, table: bytes) -> bool:
-    """Whether :func:`float_form`'s nodes with these scales and zero points give every uint8 code
-    its entry of the int64 codes ``table``, in ONNX Runtime's vector loops and their scalar tails: one run of 16,384 codes holding every code at every position modulo 64, and runs of
+def _float_form_matches(sx: float, zx: int, sy: float, zy: int, table: bytes, form: tuple = ("HardSwish",)) -> bool:
+    """Whether :func:`float_form`'s nodes of ``form`` with these scales and zero points give every
+    uint8 code its entry of the int64 codes ``table``, in ONNX Runtime's vector loops and their
+    scalar tails: one run of 16,384 codes holding every code at every position modulo 64, and runs of
     every length 1..65 that together hold every code (a tensor, or a thread's block of it, ends in
     a tail of any length up to the vector width)."""
     inits = [numpy_helper.from_array(v, n) for v, n in (
         (np.float32(sx), "sx"), (np.uint8(zx), "zx"), (np.float32(sy), "sy"), (np.uint8(zy), "zy"))]
+    if form[0] != "HardSwish" and form[2] is not None:
+        inits.append(numpy_helper.from_array(np.uint8(form[2]), "m"))
     session = ort_kernels.probe_session(
-        _form_nodes(), [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n"])], inits)
+        _form_nodes(form), [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n"])], inits)
     entries = np.frombuffer(table, np.int64)
     i = np.arange(256 * 64)
     runs = [(i % 256 + i // 256) % 256]
