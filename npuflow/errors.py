@@ -180,6 +180,12 @@ _QUANT = _specs(
      "scale is a guess (the unit scale), and the ranges after them come from samples that never reached them",
      "Calibrate on samples that exercise the whole model (every class of a classifier, every branch); "
      "`keep_float` in the config keeps such nodes in float."),
+    ("NPF_QUANT_SHARED_SCALE_RANGE",
+     "{op} node {node!r} quantizes its inputs on one scale, and their calibrated ranges differ {ratio}x ({ranges}): "
+     "{narrow!r} keeps about {codes} of the {levels} codes, so most of its detail is rounded away",
+     "Normalise the inputs to similar ranges before the {op} (scale the wide one down, e.g. a log or a division "
+     "by its typical size, in the model), or keep the node in float (`keep_float: [{node}]` in the quantize config), "
+     "and judge the result on held-out samples: the similarity on calibration samples can stay high."),
     ("NPF_QUANT_CALIB_LOOKS_RANDOM",
      "calibration input {input!r} looks like random noise, not images: neighbouring pixels correlate {correlation} "
      "(mean of {samples} sample(s); photos, scans and rendered text: 0.6 or more); ranges calibrated on noise can "
@@ -317,6 +323,12 @@ _RUNTIME = _specs(
      "Pass a dict, e.g. session.run({{name: array}}) with the model's inputs: {inputs}."),
     ("NPF_RUNTIME_MISSING_INPUT", "input {name!r} was not given",
      "Pass every model input: {inputs}."),
+    ("NPF_RUNTIME_INPUT_SATURATED", "input {name!r}: {fraction} of its values ({outside} of {total}, over {runs} "
+     "run(s)) lie outside the range its first quantize step represents, {calibrated}, and are clipped to its end "
+     "codes; the values seen span {seen}",
+     "Quantize again with calibration samples that cover the inputs you deploy on (their extremes included), or "
+     "widen the input's range (calibration method 'minmax', or a larger percentile, in the quantize config); the "
+     "similarity quantize reported was measured on the calibration samples and does not hold for these inputs."),
     ("NPF_RUNTIME_INPUT_DTYPE", "input {name!r} has dtype {got}, the model expects {expected}",
      "Convert the array, e.g. x.astype(numpy.{expected})."),
     ("NPF_RUNTIME_INPUT_SHAPE", "input {name!r} has shape {got}, the model expects {expected}",

@@ -93,6 +93,13 @@ def qrange(bits: int, signed: bool = True, narrow: bool = False) -> tuple[int, i
     return 0, (1 << bits) - 1
 
 
+def saturation_bounds(scale: float, zero_point: int, dtype: str) -> tuple[float, float]:
+    """Real values past which ``quantize`` clips to the end codes of ``dtype`` (half a step beyond
+    the end codes' values: nearer values round to the end code anyway, a rounding error, not a clip)."""
+    info = np.iinfo(np.dtype(dtype))
+    return (info.min - zero_point - 0.5) * scale, (info.max - zero_point + 0.5) * scale
+
+
 def storage_dtype(bits: int, signed: bool = True) -> np.dtype:
     """Smallest numpy integer type that stores ``bits``-wide values (int4 is stored in int8)."""
     if bits <= 8:

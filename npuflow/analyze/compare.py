@@ -34,6 +34,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -173,6 +174,9 @@ class CompareResult:
     #: per signal output of the float model (``quant.output_kinds.is_signal``: a waveform), its
     #: signal-to-noise ratio in dB (None: no error), from the pooled relative error as quantize reports it
     signal_snr_db: dict[str, float | None] = field(default_factory=dict)
+    #: ``.npuf`` only: per quantized float input whose values the samples pushed past its quantize step's
+    #: range (:meth:`npuflow.runtime.Session.input_coverage`): samples wider than the calibration set
+    saturated_inputs: list = field(default_factory=list)
 
     @property
     def jump(self) -> LayerError | None:
@@ -188,7 +192,7 @@ class CompareResult:
         jump = self.jump
         return {"float_model": self.float_model, "quantized_model": self.quantized_model, "kind": self.kind,
                 "samples": self.samples, "jump": jump.tensor if jump else None, "unmatched": self.unmatched,
-                "signal_snr_db": self.signal_snr_db,
+                "signal_snr_db": self.signal_snr_db, "saturated_inputs": [vars(c) for c in self.saturated_inputs],
                 "layers": [asdict(r) for r in self.layers]}
 
     def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -419,11 +423,13 @@ def _single_of(ops: list[dict], pairs: Mapping[str, str], names: Mapping[str, st
 
 
 def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: Mapping[str, str],
-                  names: Mapping[str, str | None], samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
+                  names: Mapping[str, str | None], samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int, list]:
     """Each sample runs on the program ``npuflow run`` picks for it (:meth:`Session.select`, its
     refusals included), padded as ``run`` pads it; the float model is fed the same padded values,
-    so that both compute tensors of one shape from one input."""
+    so that both compute tensors of one shape from one input.  Last: the inputs the samples
+    saturated (:meth:`Session.input_coverage`), which the result reports instead of the session's warning."""
     from ..runtime import Session
+    from ..runtime.coverage import InputSaturationWarning
     from ..runtime.session import padded
 
     sess = Session(compiled)
@@ -445,7 +451,8 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
         shapes = compiled.input_shapes[k]
         sample = {n: padded(a, shapes[n]) if n in shapes else a for n, a in sample.items()}
         fv = run_sample(fsess, _feed(fsess, sample), samples.label(i))
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputSaturationWarning)
             outs = run.run(sample, dump_dir=d)
             index = json.loads((Path(d) / "index.json").read_text())
             got = {n: np.load(Path(d) / f) for n, f in index.items()}
@@ -462,7 +469,8 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
                 if single_of.get(t) == n:
                     _add(single.setdefault(t, Pooled()), fv[t], _dequantized(value, tensors[n]))
         count += 1
-    return acc, single, count
+    saturated = [c for s in {id(p[0]): p[0] for p in programs.values()}.values() for c in s.input_coverage() if c.outside]
+    return acc, single, count, saturated
 
 
 def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | os.PathLike | onnx.ModelProto | CompiledModel,
@@ -484,7 +492,7 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
         tensors = compiled.manifest["tensors"]
         unmatched = sorted(n for n in tensors if names[n] is None and tensors[n].get("quant"))
         _require(pairs, qname, fname)
-        acc, single, count = _compare_npuf(fmodel, compiled, pairs, names, source)
+        acc, single, count, saturated = _compare_npuf(fmodel, compiled, pairs, names, source)
         kind = "npuf"
     else:
         qmodel = quantized if isinstance(quantized, onnx.ModelProto) else model_io.read_proto(quantized)
@@ -494,8 +502,8 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
         unmatched = sorted(p.dq.output[0] for p in activation_points(qmodel) if p.dq.output[0] not in set(pairs.values()))
         _require(pairs, qname, fname)
         acc, single, count = _compare_qdq(fmodel, qmodel, pairs, source)
-        kind = "qdq"
-    result = CompareResult(fname, qname, kind, count, unmatched=unmatched)
+        kind, saturated = "qdq", []
+    result = CompareResult(fname, qname, kind, count, unmatched=unmatched, saturated_inputs=saturated)
     result.layers = _rows(fmodel, pairs, acc, single)
     dims, rows = inferred_dims(fmodel), {r.tensor: r for r in result.layers}
     result.signal_snr_db = {o.name: snr_db(1.0, rows[o.name].rel_error ** 2) for o in fmodel.graph.output

@@ -22,7 +22,7 @@ from rich.table import Table
 from ..errors import NpuflowError
 from ..model import write_atomic
 from ..quant.config import QuantConfig
-from .app import app, console, examples, output_option
+from .app import app, console, err_console, examples, output_option
 
 
 def _fmt(value: float | None, digits: int = 6) -> str:
@@ -77,6 +77,10 @@ def _compare_models(float_model: Path, quantized: Path, data: Path, samples: int
         ratio = "no error" if snr is None else f"signal-to-noise ratio {snr:.1f} dB"
         console.print(f"output [bold]{name}[/] (a signal): {ratio} to the float model over {result.samples} "
                       f"sample(s), energies pooled (quantize warns below min_output_snr_db, {floor:g} dB)", highlight=False)
+    for cov in result.saturated_inputs:
+        warning = cov.warning()
+        err_console.print(f"[bold yellow]WARNING[/] [{warning.code}] {warning.message}\n  hint: {warning.hint}",
+                          highlight=False)
     if result.unmatched:
         console.print(f"[yellow]not compared[/] (no float tensor of that name): {len(result.unmatched)} tensor(s), "
                       f"e.g. {', '.join(result.unmatched[:5])}", highlight=False)

@@ -11,6 +11,7 @@ per sample.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import List, Mapping, Optional
 
@@ -20,6 +21,7 @@ import typer
 from ..errors import NpuflowError
 from ..outputs import StagedOutputs
 from ..runtime import Session
+from ..runtime.coverage import InputSaturationWarning
 from .app import app, console, err_console, examples, output_option, target_option
 from .progress import StageProgress
 
@@ -144,6 +146,16 @@ def _write_outputs(folder: Path, outputs: Mapping[str, np.ndarray]) -> list[str]
     return list(files)
 
 
+def print_input_coverage(session: Session) -> None:
+    """``NPF_RUNTIME_INPUT_SATURATED`` for each input whose values the runs clipped, over every run
+    (the session's own warning, at the first such run, is silenced: this one counts them all)."""
+    for cov in session.input_coverage():
+        warning = cov.warning()
+        if warning is not None:
+            err_console.print(f"[bold yellow]WARNING[/] [{warning.code}] {warning.message}\n  hint: {warning.hint}",
+                              highlight=False)
+
+
 def _run_folder(session: Session, spec: str, name: str | None, folder: Path, output_dir: Path,
                 dump: Optional[Path]) -> None:
     """Every sample of ``folder`` through ``session``, outputs to ``output_dir/<stem>/``."""
@@ -209,11 +221,14 @@ def run_command(
             "a folder of samples needs -o OUTDIR: each sample's outputs are written to "
             "OUTDIR/<sample file name>/NAME.npy"))
     session = Session(model, target, model=model_name)
+    warnings.simplefilter("ignore", InputSaturationWarning)
     if folder is not None and output_dir is not None:
         _run_folder(session, *folder, output_dir, dump)
+        print_input_coverage(session)
         return
     feeds = _read_inputs(inputs, [i.name for i in session.get_inputs()])
     outputs = session.run(feeds, dump_dir=dump)
+    print_input_coverage(session)
     for name, value in outputs.items():
         console.print(f"{name}: shape {list(value.shape)} dtype {value.dtype} "
                       f"min {value.min():.6g} max {value.max():.6g}", highlight=False)

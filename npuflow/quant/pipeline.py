@@ -83,6 +83,7 @@ from .placement import accelerator_nodes
 from .plan import build_plan, node_key
 from .quant_info import quant_info
 from .requantize import Requantizer, final_assignment
+from .shared_scale import shared_scale_warnings
 from .report import (QuantReport, add_placement, build_report, fitted_figures, hold_out_for_check, judge_outputs,
                      low_similarity)
 
@@ -313,6 +314,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
                               evaluation=bool(evaluation), runs=check_runs)
     if check_feeds and cfg.min_output_cosine > 0.0:  # the calibration samples' figures beside the unseen ones
         fitted_figures(report, opt, q_model, list(itertools.islice(iter(again), cfg.similarity_samples)))
+    report.warnings.extend(shared_scale_warnings(leg.graph, plan, stats.minmax))
     for found in [*([problem] if problem is not None and not strict else []), *report.warnings]:
         if warn:
             log.warning("[%s] %s\n  hint: %s", found.code, found.message, found.hint)

@@ -36,6 +36,7 @@ from ..model import write_atomic
 from ..targets import Target, load_target, same_fingerprint
 from ..compiler.compiled import CompiledModel, shape_sets_text
 from . import joined, merge
+from .coverage import CoverageCounter, InputCoverage
 from .executors import IntegerExecutor, OnnxExecutor, return_freed_heap
 from .fused import FusedRun
 from .plugin_executor import PluginExecutor
@@ -358,6 +359,8 @@ class Session:
         #: a frame that is one ONNX Runtime run, called without the general path (:class:`_OneRun`)
         self._one_run = _OneRun.of(first, self._output_names) if fuse and len(self._programs) == 1 else None
         self._frame = self._one_run.frame if self._one_run is not None else None
+        #: the values each run's quantized float inputs lose to clipping (:mod:`.coverage`); None: no such input
+        self._coverage = CoverageCounter(self.compiled.manifest["inputs"]) or None
         self._listeners: list[Listener] = []
         self._listener_lock = threading.Lock()
         #: what a pickled Session reopens with (:meth:`__reduce__`)
@@ -545,6 +548,8 @@ class Session:
         returns that program's outputs whole: where an output dimension follows a padded input
         dimension (an OCR line's time steps), its last positions are computed from the padding.
         """
+        if self._coverage is not None:
+            self._coverage.observe(inputs)
         frame = self._frame
         if frame is not None and output_names is None and dump_dir is None and not self._listeners:
             outputs = frame(inputs)
@@ -583,6 +588,12 @@ class Session:
         if dump_dir is not None:
             write_atomic(Path(dump_dir) / "index.json", json.dumps(dumped, indent=1, sort_keys=True))
         return {n: env[n] for n in output_names or self._output_names}
+
+    def input_coverage(self) -> list[InputCoverage]:
+        """Per quantized float input, the values :meth:`run` was fed and how many of them lay outside
+        the range the input's quantize step represents (clipped: inputs wider than the calibration
+        samples); ``.warning()`` is the ``NPF_RUNTIME_INPUT_SATURATED`` to show, or None."""
+        return [] if self._coverage is None else self._coverage.report()
 
     def _check_output_names(self, output_names: str | Sequence[str], program: "_Program") -> list[str]:
         """``output_names`` as a list: a single name may be given as a string (iterating it would
