@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import ONNX_ROUND_MODE, qrange, quantize, storage_dtype
+from .numerics import ONNX_ROUND_MODE, qrange, quantize, round_values, storage_dtype
 
 
 def softmax_table(scale: float, bits: int, reduce_len: int, qlinear: bool) -> np.ndarray:
@@ -55,6 +55,6 @@ def softmax_codes(q: np.ndarray, axes: tuple[int, ...], table: np.ndarray, out_s
     total = np.cumsum(flat, axis=-1, dtype=np.float32)[..., -1:]  # in order, as the kernel adds
     inv = np.float32(np.floor(np.float32(1.0) / np.float32(out_scale)))
     with np.errstate(over="ignore"):  # a row of one term: its product may overflow to inf, saturated
-        r = np.rint((flat * inv).astype(np.float32) / total)
+        r = round_values((flat * inv).astype(np.float32) / total, ONNX_ROUND_MODE)
     v = (np.clip(r, qmin - int(out_zp), qmax - int(out_zp)).astype(np.int64) + int(out_zp)).reshape(rows.shape)
     return np.moveaxis(v, tuple(range(e.ndim - len(axes), e.ndim)), axes).astype(storage_dtype(bits, signed))
