@@ -6,8 +6,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 import npuflow
+from npuflow import ort_kernels
 from npuflow.analyze.compare import similarity
 from npuflow.compiler import foreign
 from npuflow.model import load
@@ -151,3 +153,20 @@ def one_accelerator_program_equal_to_ort(model, calib: list[dict], target: str, 
         np.testing.assert_array_equal(session.run(feeds)[output], ort_values(q.model, feeds, [output])[output])
     return q, compiled
 
+
+def assert_session_equals_qdq_and_op_by_op(session, quantized, compiled, calibration: list[dict], count: int,
+                                           seed: int) -> None:
+    """``session``'s outputs byte-equal, on ``count`` calibration samples and a rescaled, noisy copy of each,
+    to ONNX Runtime on the quantizer's QDQ model with exact weights and to the op-by-op Session."""
+    reference = ort.InferenceSession(ort_kernels.exact_weights(quantized.model).SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+    names = [o.name for o in reference.get_outputs()]
+    op_by_op = npuflow.Session(compiled, fuse=False)
+    rng = np.random.default_rng(seed)
+    for sample in calibration[:count]:
+        (name, x), = sample.items()
+        for feed in (x, (x * rng.uniform(0.5, 1.5) + rng.standard_normal(x.shape) * x.std()).astype(np.float32)):
+            got = session.run({name: feed})
+            want = dict(zip(names, reference.run(None, {name: feed})))
+            assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+            assert all(got[k].tobytes() == v.tobytes() for k, v in op_by_op.run({name: feed}).items())

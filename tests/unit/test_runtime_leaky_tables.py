@@ -9,13 +9,12 @@ half-to-even) stays a table."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import npuflow
-from npuflow import ort_kernels
 from npuflow.runtime import fused_run, fused_tables
 from tests import fixture_models
+from tests.compile_check import assert_session_equals_qdq_and_op_by_op
 from tests.corpus import registry
 
 TARGET = "DPUCZDX8G_ISA1_B4096"
@@ -73,15 +72,4 @@ def test_oww_leaky_tables_run_on_the_lookup_kernel_and_give_the_qdq_models_outpu
     ops = _fused_ops(session)
     # the 14 tables after its convolutions: none a GatherElements copy any more
     assert "GatherElements" not in ops and ops.count("QLinearLeakyRelu") == 14 and ops.count("Clip") >= 14, ops
-    reference = ort.InferenceSession(ort_kernels.exact_weights(quantized.model).SerializeToString(),
-                                     providers=["CPUExecutionProvider"])
-    names = [o.name for o in reference.get_outputs()]
-    ref = npuflow.Session(compiled, fuse=False)
-    rng = np.random.default_rng(3)
-    for sample in calibration[:3]:
-        (name, x), = sample.items()
-        for feed in (x, (x * rng.uniform(0.5, 1.5) + rng.standard_normal(x.shape) * x.std()).astype(np.float32)):
-            got = session.run({name: feed})
-            want = dict(zip(names, reference.run(None, {name: feed})))
-            assert all(got[k].tobytes() == want[k].tobytes() for k in want)
-            assert all(got[k].tobytes() == v.tobytes() for k, v in ref.run({name: feed}).items())
+    assert_session_equals_qdq_and_op_by_op(session, quantized, compiled, calibration, 3, seed=3)

@@ -10,10 +10,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import npuflow
-from npuflow import ort_kernels
 from npuflow.runtime import executors, joined
 from npuflow.runtime.prelu_forms import prelu_forms
 from tests import fixture_models
+from tests.compile_check import assert_session_equals_qdq_and_op_by_op
 from tests.corpus import registry
 
 TARGET = "DPUCZDX8G_ISA1_B4096"
@@ -88,15 +88,4 @@ def test_rnet_cpu_parts_run_no_prelu_and_give_the_qdq_models_outputs(rnet, monke
     ops = [n.op_type for m in cpu for n in m.graph.node]
     assert len(cpu) >= 4 and "PRelu" not in ops and ops.count("Max") >= 3, ops
     # the quantizer's QDQ model (its PRelu) on ONNX Runtime's exact kernels, and the op-by-op Session
-    reference = ort.InferenceSession(ort_kernels.exact_weights(quantized.model).SerializeToString(),
-                                     providers=["CPUExecutionProvider"])
-    names = [o.name for o in reference.get_outputs()]
-    ref = npuflow.Session(compiled, fuse=False)
-    rng = np.random.default_rng(2)
-    for sample in calibration[:4]:
-        (name, x), = sample.items()
-        for feed in (x, (x * rng.uniform(0.5, 1.5) + rng.standard_normal(x.shape) * x.std()).astype(np.float32)):
-            got = session.run({name: feed})
-            want = dict(zip(names, reference.run(None, {name: feed})))
-            assert all(got[k].tobytes() == want[k].tobytes() for k in want)
-            assert all(got[k].tobytes() == v.tobytes() for k, v in ref.run({name: feed}).items())
+    assert_session_equals_qdq_and_op_by_op(session, quantized, compiled, calibration, 4, seed=2)
