@@ -460,6 +460,18 @@ def set_array(model: onnx.ModelProto | onnx.GraphProto, name: str, value: np.nda
     graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
 
 
+def with_nodes(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto],
+               added: Iterable[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph runs ``nodes`` (in that order) with ``added`` constants beside its own:
+    the last step of a rewrite that lists each node's replacement."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(added)
+    return out
+
+
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     """Drop initializers no node (nor any body) reads and no output names."""
     used = {i for n in graph.node for i in node_reads(n)} | {o.name for o in graph.output}

@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics as nm
-from ..graph import GraphView, unique_name
+from ..graph import GraphView, unique_name, with_nodes
 from ..qdq import DOMAIN, parse_function_name
 
 #: The output types of the function a ``QuantizeLinear`` (opset 10 and later) can write.
@@ -59,7 +59,7 @@ def shorter_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
                                    name=f"{stem}_quantize")]
     if not added:
         return model
-    out = _rebuilt(model, nodes, added)
+    out = with_nodes(model, nodes, added)
     called = {(n.domain, n.op_type) for n in nodes}
     kept = [f for f in out.functions if (f.domain, f.name) in called]
     del out.functions[:]
@@ -122,17 +122,7 @@ def integer_quantize_steps(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     nodes = [new for k, node in enumerate(view.nodes)
              for new in replaced.get(k, [] if k in dropped else [node])]
-    return _rebuilt(model, nodes, added)
-
-
-def _rebuilt(model: onnx.ModelProto, nodes: list[onnx.NodeProto], added: list[onnx.TensorProto]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph runs ``nodes`` (in that order) with ``added`` constants beside its own."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    out.graph.initializer.extend(added)
-    return out
+    return with_nodes(model, nodes, added)
 
 
 def _integer_step(view: GraphView, cast: onnx.NodeProto

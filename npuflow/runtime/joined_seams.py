@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..graph import GraphView, attr_values
+from ..graph import GraphView, attr_values, with_nodes
 from ..operators import OUTPUT_TYPE_OF_INPUT, SEAM_MOVES
 
 _ZERO_POINT = "/u8_zero_point"  # the name of a quantize step's zero point written here, after its int8 step's output
@@ -65,12 +65,7 @@ def one_quantize_step(model: onnx.ModelProto, external: dict[str, np.ndarray]) -
                 dropped.add(k)
     if not replaced:
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(replaced.get(k, n) for k, n in enumerate(nodes) if k not in dropped)
-    out.graph.initializer.extend(zero_points)
-    return out
+    return with_nodes(model, (replaced.get(k, n) for k, n in enumerate(nodes) if k not in dropped), zero_points)
 
 
 def one_dequantize_step(model: onnx.ModelProto, external: dict[str, np.ndarray]) -> onnx.ModelProto:

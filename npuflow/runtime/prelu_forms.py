@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import GraphView, unique_name
+from ..graph import GraphView, unique_name, with_nodes
 from ..operators import DEQUANTIZE_OPS, QUANTIZE_OPS, STANDARD_DOMAINS, VALUE_MOVING_OPS
 from ..qdq import DOMAIN, parse_function_name
 
@@ -51,12 +51,7 @@ def prelu_forms(model: onnx.ModelProto) -> onnx.ModelProto:
                        helper.make_node("Add", [names["pos"], names["ax"]], [y], name=f"{y}_prelu_add")]
     if not replaced:
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(n for k, node in enumerate(view.nodes) for n in replaced.get(k, [node]))
-    out.graph.initializer.extend(added)
-    return out
+    return with_nodes(model, (n for k, node in enumerate(view.nodes) for n in replaced.get(k, [node])), added)
 
 
 def _slope(view: GraphView, node: onnx.NodeProto) -> np.ndarray | None:
