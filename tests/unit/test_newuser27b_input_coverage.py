@@ -74,3 +74,19 @@ def test_npuflow_run_prints_the_saturation_over_a_folder(compiled, tmp_path, cap
     err = " ".join(capsys.readouterr().err.split())
     assert "WARNING [NPF_RUNTIME_INPUT_SATURATED] input 'x': 50.00 % of its values (16 of 32, over 2 run(s))" in err
     assert "the values seen span 0.5..4" in err
+
+
+def test_after_its_first_runs_the_check_samples_one_run_in_sixteen():
+    """The check's cost stays off a long-running session's hot path: every one of the first
+    ``EVERY_RUN`` runs is checked, then one in ``SAMPLE_EVERY``, and a clipped value is still counted."""
+    from npuflow.runtime.coverage import EVERY_RUN, SAMPLE_EVERY, CoverageCounter
+
+    counter = CoverageCounter([{"name": "x", "dtype": "float32",
+                                "quant": {"scale": 1 / 128, "zero_point": 0, "dtype": "int8"}}])
+    inside, outside = {"x": np.zeros(4, np.float32)}, {"x": np.full(4, 5.0, np.float32)}
+    for _ in range(EVERY_RUN):
+        counter.observe(inside)
+    for _ in range(4 * SAMPLE_EVERY):
+        counter.observe(outside)
+    (cov,) = counter.report()
+    assert cov.runs == EVERY_RUN + 4 and cov.outside == 4 * 4 and cov.total == 4 * (EVERY_RUN + 4)
