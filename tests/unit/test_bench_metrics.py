@@ -84,7 +84,7 @@ def test_weights_only_reference_rounds_each_output_channel_to_its_own_int8_grid(
     import onnx
     from onnx import helper, numpy_helper
 
-    from benchmarks.bench_accuracy import weights_only
+    from benchmarks.accuracy_peers import weights_only
 
     rng = np.random.default_rng(0)
     conv_w = (rng.normal(size=(4, 3, 3, 3)) * np.array([1e-3, 1.0, 10.0, 0.1])[:, None, None, None]).astype(np.float32)
