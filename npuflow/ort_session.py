@@ -214,14 +214,17 @@ def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     reads the last move's output)."""
     made = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
     pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(t in made for t in n.input)]
-        if not ready:  # outer-scope reads etc.: keep the rest in their order
-            return ordered + pending
-        for n in ready:
-            ordered.append(n)
-            made.update(n.output)
-        pending = [n for n in pending if n not in ready]
+    while pending:  # the graph was in order but for the moved steps: one pass places nearly every node
+        rest = []
+        for n in pending:
+            if all(t in made for t in n.input):
+                ordered.append(n)
+                made.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # outer-scope reads etc.: keep the rest in their order
+            return ordered + rest
+        pending = rest
     return ordered
 
 
