@@ -123,7 +123,8 @@ class StagedOutputs:
     """One result set of files ``names``: written into ``folder/.{tag}.{pid}-{random}/``, swapped
     in by :meth:`publish`; stale staging folders of ``tag`` and temporaries of ``names`` go first.
 
-    Use it as a context manager: leaving the block removes the staging folder, published or not.
+    Use it as a context manager (entering it makes the staging folder): leaving the block removes the
+    staging folder, published or not.
     """
 
     def __init__(self, folder: str | os.PathLike, tag: str, names: Sequence[str]) -> None:
@@ -137,12 +138,17 @@ class StagedOutputs:
         self._remove_stale()
         remove_stale_temporaries(self.folder, self.names)
         self.staging = self.folder / f".{tag}.{owner_token()}"
+
+    def __enter__(self) -> "StagedOutputs":
+        """Create the staging folder here, not in ``__init__``: a Ctrl-C between the constructor and
+        the ``with`` block would leave a folder no ``__exit__`` removes."""
         try:
             self.staging.mkdir()
         except OSError as exc:
             raise NpuflowError("NPF_IO_WRITE_FAILED", path=str(self.folder), reason=exc.strerror or str(exc)) from None
-
-    def __enter__(self) -> "StagedOutputs":
+        except BaseException:  # Ctrl-C right after the folder was made: __exit__ will not run
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -179,6 +179,26 @@ def test_write_atomic_removes_its_temporary_file_when_interrupted(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_as_the_staging_folder_is_made_leaves_no_folder(tmp_path, monkeypatch):
+    """CI once found ``.quantize.*`` left behind by a Ctrl-C sent the moment the folder appeared: the
+    folder was made in the constructor, before the ``with`` block whose exit removes it."""
+    from npuflow.outputs import StagedOutputs
+
+    staged = StagedOutputs(tmp_path, "quantize", ["a.onnx"])
+    assert not list(tmp_path.glob(".quantize.*"))  # nothing on disk until the block is entered
+    made = Path.mkdir
+
+    def mkdir_then_interrupt(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with staged:
+            pass
+    assert not list(tmp_path.glob(".quantize.*"))
+
+
 def test_corrupt_finetune_cache_entries_are_discarded(tmp_path, caplog):
     model, feeds = _bn_net(2)
     q = toy_qdq(model, feeds)
