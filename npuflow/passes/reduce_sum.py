@@ -10,6 +10,12 @@ element-wise add every target runs.  Only a constant single axis of known size o
 counts cast from booleans or integers),
 and only where the target runs both slices and element-wise adds (every bundled target); longer
 axes stay (a softmax's or a pooling's sum is no chain of adds worth its requantisations).
+
+A term that is zero by construction is left out: a stereo network's soft-argmin sums
+``softmax(-cost, 1) * arange(D)`` over the disparities, and the product's first slice is the
+probabilities times the constant 0 (round 28a's StereoNet: that slice held only zeros on every
+calibration sample, so quantize warned ``NPF_QUANT_CALIB_ALL_ZERO`` on ``/ReduceSum_output_0/term0``,
+a tensor the user never wrote, and the add of it cost a requantisation for nothing).
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ def short_sums_as_adds(model: onnx.ModelProto, target: Target | None) -> onnx.Mo
         terms = shape[axis]
         if not isinstance(terms, int) or not 2 <= terms <= MAX_TERMS:
             continue
-        _splice(out.graph, [node], _slices_and_adds(out.graph, node, axis, terms, bool(attr(node, "keepdims", 1))))
+        kept = _nonzero_terms(view, node.input[0], axis, len(shape), terms)
+        _splice(out.graph, [node], _slices_and_adds(out.graph, node, axis, kept, bool(attr(node, "keepdims", 1))))
         changed = True
     if not changed:
         return model
@@ -86,22 +93,49 @@ def _one_axis(node: onnx.NodeProto, view: GraphView, rank: int) -> int | None:
     return int(np.ravel(axes)[0]) % rank
 
 
-def _slices_and_adds(graph: onnx.GraphProto, node: onnx.NodeProto, axis: int, terms: int, keep: bool) -> list:
-    """The nodes of the sum: a width-1 ``Slice`` per term, adds left to right, a ``Squeeze`` for
-    ``keepdims`` 0; the last node writes ``node``'s output under its name; constants go to ``graph``."""
+def _nonzero_terms(view: GraphView, tensor: str, axis: int, rank: int, terms: int) -> list[int]:
+    """The indices along ``axis`` of the terms of ``tensor`` that are not zero by construction.
+
+    ``tensor`` made by a ``Mul`` with a constant operand whose slice at index i of ``axis`` (after
+    broadcasting to ``rank``) is all zero has term i zero for every finite other operand (the soft-argmin's
+    ``p * arange(D)``).  Every term is kept when none or all of them are zero (an all-zero sum is no
+    short sum to rewrite)."""
+    every = list(range(terms))
+    node = view.producer_node(tensor)
+    if node is None or node.op_type != "Mul" or node.domain:
+        return every
+    for operand in node.input[:2]:
+        value = view.value(operand)
+        if value is None or np.ndim(value) > rank or not np.issubdtype(np.asarray(value).dtype, np.floating):
+            continue
+        value = np.reshape(value, (1,) * (rank - np.ndim(value)) + np.shape(value))
+        if value.shape[axis] != terms:
+            continue
+        kept = [i for i in every if np.any(np.take(value, i, axis=axis) != 0)]
+        if kept:
+            return kept
+    return every
+
+
+def _slices_and_adds(graph: onnx.GraphProto, node: onnx.NodeProto, axis: int, terms: list[int],
+                     keep: bool) -> list:
+    """The nodes of the sum of ``terms`` (indices along ``axis``): a width-1 ``Slice`` per term, adds left
+    to right, a ``Squeeze`` for ``keepdims`` 0; the last node writes ``node``'s output under its name;
+    constants go to ``graph``."""
     name = node.name or node.output[0]
     graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), f"{name}/axes"))
     nodes, total = [], ""
-    for i in range(terms):
+    for k, i in enumerate(terms):
         for key, value in (("starts", i), ("ends", i + 1)):
             graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{name}/term{i}/{key}"))
-        term = f"{node.output[0]}/term{i}"
+        only = len(terms) == 1
+        term = node.output[0] if only and keep else f"{node.output[0]}/term{i}"
         nodes.append(helper.make_node("Slice", [node.input[0], f"{name}/term{i}/starts", f"{name}/term{i}/ends",
-                                                f"{name}/axes"], [term], name=f"{name}/term{i}"))
-        if i == 0:
+                                                f"{name}/axes"], [term], name=name if only and keep else f"{name}/term{i}"))
+        if k == 0:
             total = term
             continue
-        last = i == terms - 1
+        last = k == len(terms) - 1
         summed = node.output[0] if last and keep else f"{node.output[0]}/sum{i}"
         nodes.append(helper.make_node("Add", [total, term], [summed], name=name if last and keep else f"{name}/add{i}"))
         total = summed
