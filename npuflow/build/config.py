@@ -477,7 +477,9 @@ def resolve_inputs(config: BuildConfig, model_inputs: Mapping[str, Sequence[int]
     layouts_train = per_input("input_layout_train", required=False)
     layouts_rt = per_input("input_layout_rt", required=False)
     shapes = per_input("input_shape", required=False)
-    batches = per_input("input_batch", required=False)
+    # one value for every input, as the template writes it: hb_mapper's input_batch is one number for the
+    # model, and a two-input stereo/optical-flow config copied from the template failed on it (round 28a)
+    batches = per_input("input_batch", required=False, broadcast=True)
     norms = per_input("norm_type", required=True)
     means = per_input("mean_value", required=False)
     scales = per_input("scale_value", required=False)
