@@ -275,7 +275,8 @@ def _global_avgpool(g: Graph, op: dict, blobs: dict) -> None:
             v = g.node("Mul", [sums[0], g.const(mult)])
             g.put(op["outputs"][0], *round_float(g, v, {**ep, "round": nm.ONNX_ROUND_MODE}, *nm.qrange(*out_type(ep))))
             return
-    _put_quantized(g, op["outputs"][0], g.node("Div", [g.node("Mul", [sums[0], g.const(ep["acc_scale"])]), sums[1]]), ep)
+    if not (window == shape[2:] and fused_pool.rounded_mean(g, op, sums[0], window[0] * window[1])):
+        _put_quantized(g, op["outputs"][0], g.node("Div", [g.node("Mul", [sums[0], g.const(ep["acc_scale"])]), sums[1]]), ep)
 
 
 def _code_sums(g: Graph, src: str, zp: int, window: list[int]) -> str:

@@ -22,12 +22,84 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics as nm
 from .. import ort_kernels, ort_verdicts
 from ..ort_kernels import MS_DOMAIN, probe_session
-from .epilogues import out_type
-from .fused_graph import Graph, NotFusable
+from . import fused_qlinear
+from .epilogues import make_float_finish, out_type
+from .fused_graph import Graph, NotFusable, centred_clip, code_range
 from .kernels import KERNELS, _count_maps
 
 #: Elements of the check's test tensor beyond its 256 one-code channels (random codes)
 CHECK_ELEMENTS = 1 << 20
+#: The most sums :func:`rounded_mean` checks (every sum a global average's codes can make; PP-OCR
+#: cls's largest, 256 codes x 24 x 48 pixels: 294,913), a few milliseconds per candidate form; and
+#: the sums it checks at a time, so that its arrays stay a few hundred KiB (a load's peak memory).
+MEAN_SUMS = 1 << 21
+MEAN_CHUNK = 1 << 15
+
+
+def rounded_mean(g: Graph, op: dict, sums: str, count: int) -> bool:
+    """Write global average ``op``'s codes from ``sums`` (the exact float32 sum of its ``count``
+    codes minus the zero point, per channel) as one rounding of ``(sums + h) * m`` (or ``/ d``),
+    saturated only where some sum needs it, where that gives the kernel's codes for every sum the
+    input's codes can make (``kernels.prepare_avgpool``: ``float32(sum) * acc_scale / count``, then
+    ``numerics.quantize``); say whether it did.
+
+    Why: the kernel's arithmetic written out is a ``Mul``, a ``Div`` and, for a DPU's half-up
+    rounding, ``Div``, ``Floor``, ``Mul``, ``Ceil`` and ``Clip`` (``fused_graph.round_float``): seven
+    nodes on a ``[1, C, 1, 1]`` tensor, each costing ONNX Runtime's fixed per-node time and no
+    arithmetic to speak of (PP-OCR cls on B4096: ten SE pools, 70 of its 476 nodes); this is two to
+    four.  Exact: the sums are the integers of a range known from the codes, and every one of them
+    is tried here in numpy, whose float32 sum, product, quotient and ``round`` (half to even),
+    ``floor`` and ``ceil`` are the IEEE operations of ONNX Runtime's ``Add``, ``Mul``, ``Div``,
+    ``Round``, ``Floor`` and ``Ceil``; forms are tried in :data:`MEAN_FORMS`' order and the first
+    that gives every sum's code is written (none: the long form stays).  Not where ONNX Runtime's
+    ``QuantizeLinear`` computes the quantize step (``fused_qlinear.quantize_form``; bernoulli2's SE
+    pools): that is one node too, and its output is the bytes the next integer kernel reads."""
+    ep, a, src = op["attrs"]["epilogue"], op["attrs"], op["inputs"][0]
+    if fused_qlinear.quantize_form(ep["scale"], ep["zp"], ep["round"], *out_type(ep)) is not None:
+        return False  # ``QuantizeLinear`` computes the step: one node, and it writes the bytes readers want
+    lo_q, hi_q = code_range(g.tensors[src]["dtype"])
+    first, last = (lo_q - int(a["x_zp"])) * count, (hi_q - int(a["x_zp"])) * count
+    if last - first + 1 > MEAN_SUMS:
+        return False
+    acc_scale, zp, finish = np.float32(ep["acc_scale"]), int(ep["zp"]), make_float_finish(ep)
+    lo, hi = nm.qrange(*out_type(ep))
+    d = count * float(np.float32(ep["scale"])) / float(acc_scale)  # sum / d is the code before rounding
+    m = np.float32(1 / d)
+    scalings = [("Mul", c) for c in (m, np.nextafter(m, np.float32(np.inf)), np.nextafter(m, np.float32(-np.inf)))]
+    scalings.append(("Div", np.float32(d)))
+
+    def codes(h: np.float32, scaling: str, c: np.float32, rounding: str, start: int) -> tuple[bool, float, float]:
+        """Whether the form gives the kernel's code for the sums ``start..`` (one chunk), and its
+        least and greatest value there before saturation."""
+        s = np.arange(start, min(start + MEAN_CHUNK, last + 1), dtype=np.float32)  # integers below 2^24: exact
+        want = finish((s * acc_scale) / np.float32(count)).astype(np.int32) - zp
+        t = s + h if h else s
+        y = _ROUNDINGS[rounding](t * c if scaling == "Mul" else t / c)
+        return np.array_equal(np.clip(y, lo - zp, hi - zp), want), float(y.min()), float(y.max())
+
+    for rounding, half in MEAN_FORMS:
+        h = np.float32(half * d)
+        for scaling, c in scalings:
+            checked = []
+            for start in range(first, last + 1, MEAN_CHUNK):
+                checked.append(codes(h, scaling, c, rounding, start))
+                if not checked[-1][0]:
+                    break
+            if not checked[-1][0]:
+                continue
+            v = g.node(rounding, [g.node(scaling, [g.node("Add", [sums, g.const(h)]) if h else sums, g.const(c)])])
+            if min(k[1] for k in checked) >= lo - zp and max(k[2] for k in checked) <= hi - zp:
+                g.put(op["outputs"][0], v, zp)  # no sum reaches a bound: no saturation
+            else:
+                g.put(op["outputs"][0], *centred_clip(g, v, zp, lo, hi, np.float32))
+            return True
+    return False
+
+
+#: :func:`rounded_mean`'s forms, in order: the rounding op and the half step ``h`` (in units of the
+#: divisor ``d``) added to the sum before it: half to even, half up, half down.
+MEAN_FORMS = (("Round", 0.0), ("Floor", 0.5), ("Ceil", -0.5))
+_ROUNDINGS = {"Round": lambda v: nm.round_values(v, nm.ONNX_ROUND_MODE), "Floor": np.floor, "Ceil": np.ceil}
 
 
 def qlinear_window(g: Graph, op: dict) -> bool:
