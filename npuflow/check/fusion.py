@@ -16,11 +16,12 @@ from __future__ import annotations
 from onnx import NodeProto
 
 from ..activation_patterns import hard_activation
-from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses
+from ..operators import FOLDS_INTO, WEIGHTED_KINDS, fuses, op_def
 from ..targets.spec import Target
 from ..graph import GraphView
 from ..node_kinds import ACTIVATION, DYNAMIC_WEIGHT, OpInfo
 from ..targets.judge import rule_reasons
+from ..passes.activations import op_kind
 from ..passes.gelu import gelu, is_canonical
 from ..passes.linear_bias import linear_bias
 
@@ -116,7 +117,14 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
         # (onnx's light SqueezeNet: the ReLU after a ``ConstantOfShape``-weight conv was alone on
         # cpu-int8's accelerator in check of the float model, on the CPU with its conv in compile).
         kind = info.kind.removesuffix(DYNAMIC_WEIGHT)
-        if target.rule(kind) is None:
+        # the kind the quantizer fuses activations by; an op the target has no rule for runs on the CPU, and a
+        # CPU target's quantizer quantizes it there (:mod:`npuflow.quant.placement`) and fuses its activation
+        # by its registry kind (``passes/activations.op_kind``: a 3-D Conv counts as a conv2d), so the
+        # activation runs with it (round 28a's StereoNet: ``Conv3d -> Relu -> Conv3d`` on cpu-int8 had each
+        # ReLU alone on the accelerator in check, 4 subgraphs, on the CPU with its Conv3d in compile, 2)
+        fusing = kind if target.rule(kind) is not None else \
+            op_kind(node, view) if target.kind == "cpu" and op_def(node.op_type, node.domain).quantized else None
+        if fusing is None:
             continue
         out = node.output[0]
         chain: list[int] = []
@@ -138,7 +146,7 @@ def fuse(view: GraphView, infos: list[OpInfo], target: Target, fused: dict[int, 
             c = heads.pop()
             act = infos[c]
             # the quantizer's rule, so no quantize step is written where the checker fuses
-            if act.role == ACTIVATION and fuses(target, kind, act.kind) and _activation_ok(target, act) \
+            if act.role == ACTIVATION and fuses(target, fusing, act.kind) and _activation_ok(target, act) \
                     and c not in fused:
                 members = [m for m, anchor in fused.items() if anchor == c]
                 chain.append(c)
