@@ -267,6 +267,14 @@ CHANNEL_KEEPING_OPS = frozenset({"Cast", "Identity", "Add", "Sub", "Mul", "Div",
 #: run unchanged on integer codes (a QOperator model applies them to quantized tensors directly).
 VALUE_MOVING_OPS = GRID_OPS | frozenset({"GlobalMaxPool", "Slice", "Split", "Concat", "Gather", "Identity", "Tile",
                                          "Expand", "DepthToSpace", "SpaceToDepth"})
+#: Ops each of whose outputs holds its data inputs' values unchanged (some repeated, some left
+#: out: ``Slice``, ``Gather``; a ``Pad``'s fill or a ``Concat``'s other inputs added beside them):
+#: a graph input that reaches a quantize step through them is clipped there as if it fed the step
+#: itself (``compile`` records the step for the run-time coverage count, ``runtime/coverage.py``).
+VALUE_KEEPING_OPS = VALUE_MOVING_OPS - {"MaxPool", "GlobalMaxPool", "Relu"} | {"Pad"}
+#: Ops whose every input is data (the others' data input is their first; the rest are indices,
+#: shapes, pads).
+ALL_DATA_INPUT_OPS = frozenset({"Concat"})
 #: Ops whose output lies in a fixed interval whatever the input: their quantized output takes
 #: that interval, not the calibrated one.  A sigmoid calibrated on inputs it never fires on
 #: (openWakeWord's classifiers on speech without the wake word: outputs below 5e-4) otherwise

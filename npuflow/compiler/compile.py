@@ -34,6 +34,7 @@ from ..quant import QuantizedModel
 from ..targets import Target, list_targets, load_target
 from . import artifact, foreign, memory
 from .compiled import CompiledModel, with_shapes
+from .input_steps import clipping_steps
 from .lowering import lower_dequantize, lower_node, lower_quantize, lower_requantize
 from .partition import (PlacementRule, Unit, build_units, checker_placement_factory, checker_verdicts, partition,
                         plugin_units)
@@ -445,7 +446,9 @@ def _transposed_to(g: QGraph, name: str, step: Callable[[str], tuple[onnx.NodePr
 def _io(g: QGraph, name: str, preprocessing: dict | None = None) -> dict:
     """A model input's or output's entry; a 4-D tensor is NCHW unless the build's preprocessing
     says the device feeds it in another layout (``input_layout_rt: NHWC``: `info` said NCHW) or
-    the model transposes the input to channels first itself (:func:`_layout`)."""
+    the model transposes the input to channels first itself (:func:`_layout`).  A graph input's
+    ``clipped_by``: the quantize steps it reaches through ops that keep its values
+    (:func:`.input_steps.clipping_steps`), which the run-time coverage count reads."""
     info = _tensor_info(g, name)
     info["name"] = name
     layout = (preprocessing or {}).get("layout_rt") or (_layout(g, name) if name in g.graph_inputs else _output_layout(g, name))
@@ -458,4 +461,6 @@ def _io(g: QGraph, name: str, preprocessing: dict | None = None) -> dict:
             p = g.dequantize_params(src)
         if p is not None:
             info["quant"] = p.to_json()
+    if name in g.graph_inputs and (steps := [s for s in clipping_steps(g, name) if s["quant"] != info.get("quant")]):
+        info["clipped_by"] = steps  # only the steps that clip elsewhere than its own: most files keep format 1.0
     return info

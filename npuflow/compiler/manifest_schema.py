@@ -56,9 +56,15 @@ from . import manifest_arrays
 #: ``removed`` (nodes ``npuflow modify`` took out) and the ``NHWC`` input layout; 2.0 stores the
 #: epilogues' long per-channel arrays as blobs (:mod:`.manifest_arrays`), a field an older reader
 #: cannot read, hence a new major version, which such a reader refuses as one (``NPF_COMPILE_VERSION``).
-SCHEMA_VERSION = (2, 0)
-#: The last minor version of format 1: this reader reads 1.0-1.2 files as before.
-V1_MINOR = 2
+#: 1.3 / 2.1 add a graph input's ``clipped_by`` (the quantize steps it reaches through ops that
+#: keep its values, :mod:`.input_steps`), which an older reader ignores as a newer minor's field.
+SCHEMA_VERSION = (2, 1)
+#: The last minor version of format 1: this reader reads 1.0-1.3 files as before.
+V1_MINOR = 3
+#: Files with ``packed``, ``removed`` or an ``NHWC`` input and nothing newer are written as 1.2.
+PACKED_MINOR = 2
+#: The minor version, by major version, of a file whose inputs carry ``clipped_by``.
+CLIPPED_BY_MINOR = {1: V1_MINOR, SCHEMA_VERSION[0]: SCHEMA_VERSION[1]}
 #: The newest minor version this reader knows of each major version it reads.
 READABLE = {1: V1_MINOR, SCHEMA_VERSION[0]: SCHEMA_VERSION[1]}
 #: Files without ``variants`` (one shape set) are written as 1.0, byte for byte as before 1.1.
@@ -70,9 +76,15 @@ VARIANTS_MINOR = 1
 def format_version(manifest: dict) -> tuple[int, int]:
     """The oldest format version whose readers understand ``manifest``: a file only claims the
     version whose fields it uses, so files an older npuflow could read stay readable there."""
-    if manifest_arrays.uses_blobs(manifest):
-        return SCHEMA_VERSION
-    return 1, minor_version(manifest)
+    major = SCHEMA_VERSION[0] if manifest_arrays.uses_blobs(manifest) else 1
+    if _clipped_by(manifest):
+        return major, CLIPPED_BY_MINOR[major]
+    return (major, 0) if major != 1 else (1, minor_version(manifest))
+
+
+def _clipped_by(manifest: dict) -> bool:
+    """Whether any program's input records ``clipped_by`` (format 1.3 / 2.1)."""
+    return any("clipped_by" in io for p in manifest_arrays.programs(manifest) for io in p["inputs"])
 
 
 def minor_version(manifest: dict) -> int:
@@ -81,7 +93,7 @@ def minor_version(manifest: dict) -> int:
     if "packed" in manifest or any("removed" in m for m in models) or any(
             io.get("layout") == "NHWC" for p in manifest_arrays.programs(manifest)
             for io in [*p["inputs"], *p["outputs"]]):
-        return V1_MINOR
+        return PACKED_MINOR
     return VARIANTS_MINOR if manifest.get("variants") else SINGLE_SHAPE_MINOR
 
 #: numpy names of every ONNX tensor type except strings (what a tensor of a compiled model may be).
@@ -162,9 +174,17 @@ class Tensor(Strict):
     quant: Optional[Quant] = None
 
 
+class ClipStep(Strict):
+    """A quantize step a graph input reaches through ops that keep its values (format 1.3 / 2.1)."""
+
+    node: Name
+    quant: Quant
+
+
 class Io(Tensor):
     name: Name
     layout: Literal["NCHW", "NHWC", ""]
+    clipped_by: Optional[Annotated[list[ClipStep], Field(min_length=1)]] = None
 
 
 class RemovedTensor(Tensor):

@@ -58,15 +58,22 @@ class InputCoverage:
 
 
 class CoverageCounter:
-    """Per quantized float graph input of a manifest (``inputs[i]["quant"]``), the values its runs clip."""
+    """Per quantized float graph input of a manifest (``inputs[i]["quant"]`` and ``["clipped_by"]``), the
+    values its runs clip."""
 
     def __init__(self, inputs: Sequence[Mapping]) -> None:
         self._inputs: dict[str, InputCoverage] = {}
         for t in inputs:
-            q = t.get("quant")
-            if q is None or q.get("axis") is not None or not np.issubdtype(np.dtype(t["dtype"]), np.floating):
+            # the input's own quantize step and those it reaches through ops that keep its values
+            # (``clipped_by``, format 1.3 / 2.1: DLinear's Slice / Expand / Tile / Concat on the CPU first)
+            steps = [q for q in [t.get("quant"), *(c["quant"] for c in t.get("clipped_by") or ())]
+                     if q is not None and q.get("axis") is None]
+            if not steps or not np.issubdtype(np.dtype(t["dtype"]), np.floating):
                 continue
-            low, high = saturation_bounds(float(q["scale"]), int(q["zero_point"]), q["dtype"])
+            bounds = [saturation_bounds(float(np.reshape(q["scale"], -1)[0]), int(np.reshape(q["zero_point"], -1)[0]), q["dtype"])
+                      for q in steps]
+            # a value is lost where any of its steps clips it: the narrowest range of them all
+            low, high = max(b[0] for b in bounds), min(b[1] for b in bounds)
             self._inputs[t["name"]] = InputCoverage(t["name"], low, high)
         self._lock = threading.Lock()
         #: runs seen, checked or not (a racy count is harmless: it only picks which runs are checked)
