@@ -555,6 +555,13 @@ _COMPARE = _specs(
     ("NPF_COMPARE_DUMP_MISSING", "dump folder {path}: {reason}",
      "Write dump folders with `npuflow run MODEL.npuf --input NAME=FILE.npy --dump DIR` (or "
      "Session.run(..., dump_dir=DIR)): index.json maps tensor names to the .npy files beside it."),
+    ("NPF_COMPARE_SATURATED", "{count} quantize step(s) clip over {limit} of the values these {samples} sample(s) "
+     "bring them, and over {error} of their magnitude (clip error |x - clip(x)| / |x|); worst: {nodes}",
+     "The samples go past the range quantize calibrated for these tensors, so their values are clipped to the end "
+     "codes there and accuracy drops where quantize's own similarity (measured on the calibration samples) did "
+     "not show it: calibrate on samples that cover the data you deploy on (their extremes included), or widen "
+     "these ranges (calibration method 'minmax' or a larger percentile in the quantize config; on a power-of-two "
+     "target a position one step coarser).  compare.json's 'saturation' lists every step."),
     ("NPF_COMPARE_DUMP_CORRUPT", "{path} cannot be read as a dump file: {reason}",
      "Write the dump again; index.json must be a JSON object of tensor name -> file name, each file a numpy.save array."),
 )

@@ -52,6 +52,7 @@ from ..quant.calibrate import run_sample
 from ..quant.data import CalibrationSource, InputSpec
 from ..quant.output_kinds import is_signal, snr_db
 from .. import qdq
+from .saturation import StepSaturation, add_sample, counters, saturation_warning, worst
 from ..value_info import inferred_dims
 
 #: How quantizers name a quantize step's output after the float tensor it reads: npuflow's export
@@ -177,6 +178,12 @@ class CompareResult:
     #: ``.npuf`` only: per quantized float input whose values the samples pushed past its quantize step's
     #: range (:meth:`npuflow.runtime.Session.input_coverage`): samples wider than the calibration set
     saturated_inputs: list = field(default_factory=list)
+    #: per quantize step, the samples' float values past its range (:mod:`.saturation`: interior clipping)
+    saturation: list[StepSaturation] = field(default_factory=list)
+
+    def saturation_warning(self) -> NpuflowError | None:
+        """``NPF_COMPARE_SATURATED`` when a quantize step clips more than a small fraction of the samples' values."""
+        return saturation_warning(self.saturation, self.samples)
 
     @property
     def jump(self) -> LayerError | None:
@@ -193,6 +200,7 @@ class CompareResult:
         return {"float_model": self.float_model, "quantized_model": self.quantized_model, "kind": self.kind,
                 "samples": self.samples, "jump": jump.tensor if jump else None, "unmatched": self.unmatched,
                 "signal_snr_db": self.signal_snr_db, "saturated_inputs": [vars(c) for c in self.saturated_inputs],
+                "saturation": [s.to_json() for s in worst(self.saturation, len(self.saturation))],
                 "layers": [asdict(r) for r in self.layers]}
 
     def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -345,7 +353,7 @@ def single_layer_model(qmodel: onnx.ModelProto, sources: Mapping[str, str]) -> o
 
 
 def _compare_qdq(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, pairs: Mapping[str, str],
-                 samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int]:
+                 samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int, list[StepSaturation]]:
     by_q = {q: t for t, q in pairs.items()}
     floats = set(_float_tensors(float_model))
     sources = {}
@@ -354,6 +362,15 @@ def _compare_qdq(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, pairs: M
         src = x if x in floats else by_q.get(p.dq.output[0])
         if src is not None:
             sources[x] = src
+    view = GraphView(qmodel)
+    steps = {}
+    for p in activation_points(qmodel):
+        src = sources.get(p.q.input[0])
+        scale = view.const(p.q.input[1]) if p.q.op_type == "QuantizeLinear" else None
+        zp = view.const(p.q.input[2]) if scale is not None and len(p.q.input) > 2 and p.q.input[2] else None
+        if src is not None and scale is not None and zp is not None:
+            steps[src] = (p.dq.output[0], {"scale": scale, "zero_point": zp, "dtype": str(zp.dtype), "axis": None})
+    sat = counters(steps)
     wanted = sorted(set(pairs) | set(sources.values()))
     fsess = session(float_model, wanted)
     qsess = session(qmodel, sorted(set(pairs.values())))
@@ -366,11 +383,12 @@ def _compare_qdq(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, pairs: M
         qv = run_sample(qsess, _feed(qsess, sample), samples.label(i))
         refs = {x + _REF: fv[src] for x, src in sources.items()}
         sv = run_sample(ssess, {**_feed(ssess, sample), **refs}, samples.label(i))
+        add_sample(sat, fv)
         for t, q in pairs.items():
             _add(acc[t], fv[t], qv[q])
             _add(single[t], fv[t], sv[q])
         count += 1
-    return acc, single, count
+    return acc, single, count, list(sat.values())
 
 
 def _add(stat: Pooled, ref: np.ndarray, got: np.ndarray) -> None:
@@ -423,7 +441,8 @@ def _single_of(ops: list[dict], pairs: Mapping[str, str], names: Mapping[str, st
 
 
 def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: Mapping[str, str],
-                  names: Mapping[str, str | None], samples: CalibrationSource) -> tuple[dict[str, Pooled], dict[str, Pooled], int, list]:
+                  names: Mapping[str, str | None], samples: CalibrationSource
+                  ) -> tuple[dict[str, Pooled], dict[str, Pooled], int, list, list[StepSaturation]]:
     """Each sample runs on the program ``npuflow run`` picks for it (:meth:`Session.select`, its
     refusals included), padded as ``run`` pads it; the float model is fed the same padded values,
     so that both compute tensors of one shape from one input.  Last: the inputs the samples
@@ -440,6 +459,8 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
     fsess = session(float_model, wanted)
     acc = {t: Pooled() for t in pairs}
     single: dict[str, Pooled] = {}
+    tensors0 = compiled.manifest["tensors"]
+    sat = counters({t: (n, tensors0[n]["quant"]) for t, n in pairs.items() if tensors0[n].get("quant")})
     count = 0
     for i, sample in enumerate(samples):
         k = sess.select({t.name: np.shape(sample[t.name]) for t in sess.get_inputs()})
@@ -451,6 +472,7 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
         shapes = compiled.input_shapes[k]
         sample = {n: padded(a, shapes[n]) if n in shapes else a for n, a in sample.items()}
         fv = run_sample(fsess, _feed(fsess, sample), samples.label(i))
+        add_sample(sat, fv)
         with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
             warnings.simplefilter("ignore", InputSaturationWarning)
             outs = run.run(sample, dump_dir=d)
@@ -470,7 +492,7 @@ def _compare_npuf(float_model: onnx.ModelProto, compiled: CompiledModel, pairs: 
                     _add(single.setdefault(t, Pooled()), fv[t], _dequantized(value, tensors[n]))
         count += 1
     saturated = [c for s in {id(p[0]): p[0] for p in programs.values()}.values() for c in s.input_coverage() if c.outside]
-    return acc, single, count, saturated
+    return acc, single, count, saturated, list(sat.values())
 
 
 def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | os.PathLike | onnx.ModelProto | CompiledModel,
@@ -492,7 +514,7 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
         tensors = compiled.manifest["tensors"]
         unmatched = sorted(n for n in tensors if names[n] is None and tensors[n].get("quant"))
         _require(pairs, qname, fname)
-        acc, single, count, saturated = _compare_npuf(fmodel, compiled, pairs, names, source)
+        acc, single, count, saturated, clipped = _compare_npuf(fmodel, compiled, pairs, names, source)
         kind = "npuf"
     else:
         qmodel = quantized if isinstance(quantized, onnx.ModelProto) else model_io.read_proto(quantized)
@@ -501,9 +523,10 @@ def compare(float_model: str | os.PathLike | onnx.ModelProto, quantized: str | o
         pairs = qdq_pairs(fmodel, qmodel)
         unmatched = sorted(p.dq.output[0] for p in activation_points(qmodel) if p.dq.output[0] not in set(pairs.values()))
         _require(pairs, qname, fname)
-        acc, single, count = _compare_qdq(fmodel, qmodel, pairs, source)
+        acc, single, count, clipped = _compare_qdq(fmodel, qmodel, pairs, source)
         kind, saturated = "qdq", []
-    result = CompareResult(fname, qname, kind, count, unmatched=unmatched, saturated_inputs=saturated)
+    result = CompareResult(fname, qname, kind, count, unmatched=unmatched, saturated_inputs=saturated,
+                           saturation=clipped)
     result.layers = _rows(fmodel, pairs, acc, single)
     dims, rows = inferred_dims(fmodel), {r.tensor: r for r in result.layers}
     result.signal_snr_db = {o.name: snr_db(1.0, rows[o.name].rel_error ** 2) for o in fmodel.graph.output

@@ -77,8 +77,9 @@ def _compare_models(float_model: Path, quantized: Path, data: Path, samples: int
         ratio = "no error" if snr is None else f"signal-to-noise ratio {snr:.1f} dB"
         console.print(f"output [bold]{name}[/] (a signal): {ratio} to the float model over {result.samples} "
                       f"sample(s), energies pooled (quantize warns below min_output_snr_db, {floor:g} dB)", highlight=False)
-    for cov in result.saturated_inputs:
-        warning = cov.warning()
+    for warning in [cov.warning() for cov in result.saturated_inputs] + [result.saturation_warning()]:
+        if warning is None:
+            continue
         err_console.print(f"[bold yellow]WARNING[/] [{warning.code}] {warning.message}\n  hint: {warning.hint}",
                           highlight=False)
     if result.unmatched:
