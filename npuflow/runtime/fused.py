@@ -678,7 +678,7 @@ def _build(sg: dict, tensors: dict, readers: dict, emit: Callable[[Graph, dict],
         except NotFusable as why:
             g.rollback(mark)
             return str(why)
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:  # a manifest form not met before
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, *_ORT_ERRORS) as exc:  # a new form; no contrib ops
             g.rollback(mark)
             warned = True
             reason = f"no fused form ({type(exc).__name__}: {exc})"
