@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import NpuflowError
+from ..perf.cpu_time import within_input_ranges
 from .events import Recorder, RunEvent
 
 MAX_THREADS = 8
@@ -55,7 +56,8 @@ def _spec(x: Any, *names: str) -> Any:
 
 
 def random_inputs(session: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the declared names, shapes and dtypes of ``session``'s model."""
+    """Random inputs of the declared names, shapes and dtypes of ``session``'s model, float ones
+    inside the range the model's input quantize step represents (:func:`~npuflow.perf.cpu_time.within_input_ranges`)."""
     rng = np.random.default_rng(seed)
     specs = session.get_inputs() if hasattr(session, "get_inputs") else session.inputs
     feed = {}
@@ -66,7 +68,7 @@ def random_inputs(session: Any, seed: int = 0) -> dict[str, np.ndarray]:
             feed[_spec(s, "name")] = rng.integers(0, 2, shape).astype(dtype)
         else:
             feed[_spec(s, "name")] = rng.standard_normal(shape).astype(dtype)
-    return feed
+    return within_input_ranges(session, feed, seed)
 
 
 def bench(
