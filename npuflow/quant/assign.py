@@ -25,7 +25,8 @@ from ..graph import GraphView
 from .calibrate import Statistics
 from .config import TensorSettings
 from .params import TensorQuant, activation_params, bias_params, from_range, weight_params
-from .plan import QuantPlan
+from ..check.lowerable import MAX_ALIGN_SHIFT
+from .plan import ConstUse, QuantPlan, node_key
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,10 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         out.params[name], out.values[name] = searched(("weight", name, kind, use.axis, use.settings.model_dump_json()),
                                                       quantized)
 
+    nodes = {node_key(n): n for n in model.graph.node}
+    for name, use in plan.consts.items():
+        if use.role == "constant" and use.op_type in ("Add", "Sub") and use.node in nodes:
+            _within_alignment(out, name, use, nodes[use.node], const_value(name))
     for name, use in plan.consts.items():
         if use.role != "bias":
             continue
@@ -176,6 +181,26 @@ def assign(model: onnx.ModelProto, plan: QuantPlan, stats: Statistics, cache: di
         out.params[name] = q
         out.values[name] = requantize_bias(const_value(name), q)
     return out
+
+
+def _within_alignment(out: Assignment, name: str, use: ConstUse, node: onnx.NodeProto, values: np.ndarray) -> None:
+    """A power-of-two constant operand of an ``Add``/``Sub`` whose own grid is more than
+    :data:`~npuflow.check.lowerable.MAX_ALIGN_SHIFT` steps finer than the other operand's moves to the
+    finest grid the integer program aligns (that many steps finer).  An epsilon such as DCCRN's
+    ``sqrt(re*re + im*im + 1e-8)`` got a scale of ``2**-33`` beside a sum at ``2**3``: no int32 shift
+    aligns them, so compile ran the Add on the CPU where check had placed it on the DPU (round 28b).
+    Only values below ``2**-31`` of the other operand's step round differently, far under the output's
+    own step; a constant that needs its fine grid for a value that matters keeps it."""
+    q, other = out.params.get(name), next((out.params.get(t) for t in node.input[:2] if t and t != name), None)
+    if q is None or other is None or q.scale.size != 1 or other.scale.size != 1 or np.any(q.zero_point):
+        return
+    fc, fo = numerics.fix_pos_of(q.scale), numerics.fix_pos_of(other.scale)
+    if fc is None or fo is None or int(fc) - int(fo) <= MAX_ALIGN_SHIFT:
+        return
+    fix = int(fo) + MAX_ALIGN_SHIFT
+    q = from_range(name, "constant", use.settings, float(values.min(initial=0.0)), float(values.max(initial=0.0)),
+                   fix_pos=fix)
+    out.params[name], out.values[name] = q, q.quantize(values)
 
 
 def _widened_for_bias(w: TensorQuant, weights: np.ndarray, bias: np.ndarray, x: TensorQuant) -> TensorQuant:
