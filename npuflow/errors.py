@@ -324,7 +324,7 @@ _RUNTIME = _specs(
     ("NPF_RUNTIME_MISSING_INPUT", "input {name!r} was not given",
      "Pass every model input: {inputs}."),
     ("NPF_RUNTIME_INPUT_SATURATED", "input {name!r}: {fraction} of its values ({outside} of {total}, over {runs} "
-     "run(s)) lie outside the range its first quantize step represents, {calibrated}, and are clipped to its end "
+     "run(s)) lie outside the range its first quantize step(s) represent, {calibrated}, and are clipped to the end "
      "codes; the values seen span {seen}",
      "Quantize again with calibration samples that cover the inputs you deploy on (their extremes included), or "
      "widen the input's range (calibration method 'minmax', or a larger percentile, in the quantize config); the "
