@@ -22,7 +22,7 @@ import json
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -130,8 +130,9 @@ class FastFinetune(_Strict):
     lr: float | None = Field(default=None, gt=0)  # None: 0.1 (AdaRound) / 3e-3 (AdaQuant; in weight steps) / 3e-2 (brecq)
     batch: int = Field(default=256, ge=1)  # patch columns per optimisation step (layer-wise)
     # layer-wise methods: input patches sampled per layer over the samples fast finetune reads (the
-    # problem's columns); GPTQ estimates each layer's input covariance from them (docs/accuracy.md)
-    columns: int = Field(default=2048, ge=16)
+    # problem's columns); GPTQ estimates each layer's input covariance from them (docs/accuracy.md).
+    # all: every output position of every sample (gptq only: it keeps the columns' sums, not the columns)
+    columns: Annotated[int, Field(ge=16)] | Literal["all"] = 2048
     backend: Literal["auto", "numpy", "torch"] = "auto"
     drop_prob: float = Field(default=0.5, ge=0, le=1)  # brecq: QDrop's chance an activation skips quantization
     block_batch: int = Field(default=4, ge=1)  # brecq: calibration samples per optimisation step

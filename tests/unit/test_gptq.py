@@ -136,7 +136,7 @@ def test_columns_sets_how_many_patches_each_layer_problem_holds(tmp_path, monkey
 
     monkeypatch.setenv("NPUFLOW_CACHE", str(tmp_path))
     seen: list[int] = []
-    monkeypatch.setattr(fast_finetune, "gptq", lambda p: seen.append(p.x.shape[2]) or gptq(p))
+    monkeypatch.setattr(fast_finetune, "gptq", lambda p: seen.append(p.m) or gptq(p))
     rng = np.random.default_rng(9)
     feeds = [{"x": rng.normal(0, 1, (1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
     config = {"include_bias_corr": False, "finetune_samples": 8}

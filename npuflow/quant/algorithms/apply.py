@@ -104,7 +104,8 @@ def after_export(
     if cfg.fast_finetune is not None:
         ff = cfg.fast_finetune
         settings = FinetuneSettings(
-            method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, samples=ff.columns, backend=ff.backend,
+            method=ff.method, iters=ff.iters, lr=ff.lr, batch=ff.batch, backend=ff.backend,
+            samples=None if ff.columns == "all" else ff.columns,
             round_mode=RoundMode(cfg.resolve(target, "weight").round_mode).value,
             bias_round_mode=RoundMode(cfg.resolve(target, "bias").round_mode).value, drop_prob=ff.drop_prob,
             block_batch=ff.block_batch, block_layers=ff.block_layers, block_loss=ff.block_loss,

@@ -64,6 +64,7 @@ from ...passes.linear_bias import linear_bias
 from .capture import Feed, capture, run_outputs
 from .layers import WeightLayer, layer_bias, layer_weight, weight_layers
 from .layer_problem import LayerProblem, forward, torch_available, torch_threads
+from .layer_stats import LayerStats, layer_stats
 from .patches import PatchSampler, grouped_weight
 from .qdq_weights import (QuantizedLayer, code_limits, quantized_layers, read_bias, read_codes, scale_rows, write_bias,
                           write_codes)
@@ -83,7 +84,7 @@ class FinetuneSettings:
     iters: int = 500
     lr: float | None = None      # None: 0.1 for AdaRound (adaround.DEFAULT_LR), 3e-3 for AdaQuant (adaquant.DEFAULT_LR), 3e-2 for brecq
     batch: int = 256             # patch columns per iteration
-    samples: int = 2048          # patch columns kept per layer over the feeds (config fast_finetune.columns)
+    samples: int | None = 2048   # patch columns per layer over the feeds (config fast_finetune.columns; None: all)
     backend: str = "auto"        # auto | numpy | torch
     round_mode: str = field(kw_only=True)       # the target's weight tie rule (the export's); no default
     bias_round_mode: str = field(kw_only=True)  # the target's bias tie rule, for AdaQuant's int32 biases
@@ -188,6 +189,11 @@ def fast_finetune(
                            reason="learn_threshold moves weight fix positions in AdaRound's and AdaQuant's layer "
                                   "problems; gptq rounds on the calibrated grid (set learn_threshold: false or "
                                   "method: adaquant)")
+    if st.samples is None and st.method != "gptq":
+        raise NpuflowError("NPF_QUANT_CONFIG_CONFLICT", where="fast_finetune.columns",
+                           reason=f"columns: all holds every position's input patch of every layer for {st.method}; "
+                                  "only gptq keeps their sums instead (set a number of columns, e.g. 8192, or "
+                                  "method: gptq)")
     if st.learn_threshold and st.method == "adaquant":
         require_torch()  # TQT's straight-through gradient is the QAT quantizer's (npuflow.fake_quant)
     backend = resolve_backend(st.backend)
@@ -210,7 +216,8 @@ def fast_finetune(
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     report = FinetuneReport(layers=start.layers)
-    jobs = layer_jobs(float_model, out, max(1, st.samples // max(len(feeds), 1)), report.skipped)
+    per_sample = EVERY_POSITION if st.samples is None else max(1, st.samples // max(len(feeds), 1))
+    jobs = layer_jobs(float_model, out, per_sample, report.skipped)
     units: list[LayerJob | Block] = list(jobs)
     if st.method == "brecq":
         float_names = {i.name for i in float_model.graph.input} | {o for n in float_model.graph.node for o in n.output}
@@ -219,8 +226,12 @@ def fast_finetune(
     alone = [u for u in units if isinstance(u, LayerJob)]
     blocks = [u for u in units if isinstance(u, Block)]
     resolve = [j for b in blocks for j in b.jobs] if st.block_accept == "final" else []   # see _restart_block
-    wanted = {j.ql.name: (j.fl.node.input[0], j.sampler) for j in alone + resolve}
+    # GPTQ alone reads each layer's columns through their sums, streamed from the float model's layer
+    # inputs (memory independent of the column count, layer_stats.py); the others hold float patches
+    streams = st.method == "gptq"
+    wanted = {j.ql.name: (j.fl.node.input[0], j.sampler) for j in ([] if streams else alone) + resolve}
     fx = (float_patches or FloatPatches()).get(float_model, feeds, wanted)
+    float_inputs = QuantizedInputs(float_model, feeds) if streams else None
     check = OutputCheck(float_model, feeds, st.block_accept) if blocks else None
     collect: Callable[[list[str]], dict[str, list[np.ndarray]]] = partial(_collect_tensors, float_model, feeds)
     if check is not None and st.block_loss != "mse":   # sensitivities at the start (AdaRound's) model
@@ -237,7 +248,8 @@ def fast_finetune(
                 _restart_block(float_model, out, unit, inputs, fx, st, backend, cache)
             report.blocks.append(_solve_block(out, unit, inputs, fb, st, check))
         else:
-            report.layers.append(_solve_layer(float_model, out, unit, inputs, fx[unit.ql.name], st, backend, cache))
+            report.layers.append(_solve_layer(float_model, out, unit, inputs, float_inputs or fx[unit.ql.name], st,
+                                              backend, cache))
     if check is not None:
         out = check.finish(qmodel, out, report.blocks)
     report.seconds = time.time() - t0
@@ -247,9 +259,11 @@ def fast_finetune(
 
 
 def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJob, inputs: QuantizedInputs,
-                 float_patches: np.ndarray, st: FinetuneSettings, backend: str, cache: Path) -> LayerResult:
+                 float_side: np.ndarray | QuantizedInputs, st: FinetuneSettings, backend: str,
+                 cache: Path) -> LayerResult:
     """One layer, AdaRound, AdaQuant or GPTQ (``brecq`` runs AdaRound over every layer before its
-    blocks), written into ``out``."""
+    blocks), written into ``out``.  ``float_side``: the layer's float patches, or the float model's
+    layer inputs (GPTQ: the problem is the columns' sums, :func:`layer_stats`)."""
     ql, w, g = job.ql, job.w, job.sampler.groups
     method = st.method if st.method in ("adaquant", "gptq") else "adaround"
     lst = replace(st, method=method)
@@ -257,8 +271,12 @@ def _solve_layer(float_model: onnx.ModelProto, out: onnx.ModelProto, job: LayerJ
     act = fused_activation(out, ql.node) if method == "adaround" and st.post_activation else None
     ql, float_bias = _with_linear_bias(float_model, out, job)  # a MatMul's bias Add is the layer's bias
     addend = float_bias is not None
-    base = layer_problem(float_model, job, inputs, float_patches, st.round_mode, keep_float=st.input_drop > 0,
-                         act=act, linear=(ql, float_bias))
+    if isinstance(float_side, QuantizedInputs):
+        base: LayerProblem | LayerStats = layer_stats(float_model, job, inputs, float_side, st.round_mode,
+                                                      (ql, float_bias))
+    else:
+        base = layer_problem(float_model, job, inputs, float_side, st.round_mode, keep_float=st.input_drop > 0,
+                             act=act, linear=(ql, float_bias))
     nearest = grouped_weight(read_codes(out, ql), g)
     before = base.error(nearest)
     learn = st.learn_threshold and base.per_tensor_pow2() and _owns_scales(out, ql)
@@ -486,12 +504,16 @@ def layer_jobs(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, per_batch:
 #: Memory for the float model's block tensors ``brecq`` holds at once (:class:`.block_recon.FloatValues`).
 FLOAT_BLOCK_BYTES = 1024 * 2**20
 
+#: Columns per sample and layer that stand for "every output position" (``columns: all``).
+EVERY_POSITION = 2**62
+
 #: Memory for the full quantized-model layer inputs :class:`QuantizedInputs` keeps.
 INPUT_CACHE_BYTES = 512 * 2**20
 
 
 class QuantizedInputs:
-    """Layer inputs of a QDQ model that fast finetune changes layer by layer, in graph order.
+    """Layer inputs of a QDQ model that fast finetune changes layer by layer, in graph order (also
+    the float model's, which never changes, for GPTQ's streamed statistics).
 
     A layer's input depends only on the layers upstream of it, which are finished by the time it
     is asked for, so once computed it never changes.  The newest inputs are kept (within
@@ -592,10 +614,12 @@ SOLVER_VERSION = 4  # 2: AdaRound loss a mean over outputs (was a sum); 3: batch
 #: 4: AdaQuant returns its best rounded iterate
 
 
-def _cache_key(p: LayerProblem, st: FinetuneSettings) -> str:
+def _cache_key(p: LayerProblem | LayerStats, st: FinetuneSettings) -> str:
     h = hashlib.sha256()
     h.update(f"solver {SOLVER_VERSION}".encode())
-    for a in (p.w, p.s, p.b, p.x, p.y):
+    if isinstance(p, LayerStats):  # the sums, not the columns: a key of its own for every column count
+        h.update(b"column sums")
+    for a in (p.w, p.s, p.b, p.x, p.y) if isinstance(p, LayerProblem) else p.key_arrays():
         h.update(np.ascontiguousarray(a).tobytes())
         h.update(str(a.shape).encode())
     h.update(f"{p.qmin},{p.qmax}".encode())

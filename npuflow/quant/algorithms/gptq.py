@@ -22,17 +22,18 @@ column, which is bias correction done by the same algebra.  Columns are visited 
 columns remain to compensate), in blocks of :data:`BLOCK` with the updates of the columns after
 the block applied once per block (GPTQ's lazy batch update).  Depthwise convolutions are one
 ``K`` x ``K`` problem per channel, solved together as a batch.  Everything is closed form: no
-seed, no learning rate, a few seconds for EfficientNet-Lite0's 65 layers.
+seed, no learning rate, a few seconds for EfficientNet-Lite0's 65 layers.  The columns enter only
+through their sums ``X X^T``, ``Y X^T``, ``sum Y^2`` (:mod:`.layer_stats`), which fast finetune
+streams over the calibration samples: memory does not grow with the column count.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 
 from ...numerics import round_values
 from .layer_problem import LayerProblem
+from .layer_stats import LayerStats
 
 #: The dampenings tried (GPTQ's ``percdamp``: ``lam`` = damp x the mean of ``diag(H)`` over the
 #: weight columns); :func:`gptq` keeps the one with the least error on held-out columns.
@@ -41,10 +42,12 @@ DAMPS = (0.01, 0.1, 1.0)
 BLOCK = 128
 
 
-def gptq(p: LayerProblem, damp: float | None = None, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def gptq(p: LayerProblem | LayerStats, damp: float | None = None,
+         block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """``(codes (g, o, K), bias (g, o, 1))`` of ``p`` by GPTQ on the problem's grid (``p.s``,
     ``p.qmin..p.qmax``, the target's tie rule).  A layer without a bias (``p.has_bias`` False)
-    keeps ``p.b`` (zero) and compensates with its weights only.
+    keeps ``p.b`` (zero) and compensates with its weights only.  ``p``'s columns are read only
+    through their sums (:class:`.layer_stats.LayerStats`; a problem with columns is summed here).
 
     ``damp`` None: the one of :data:`DAMPS` whose solve on the first half of the columns (the
     first half of the calibration samples) has the least error on the second half.  The refit
@@ -52,22 +55,22 @@ def gptq(p: LayerProblem, damp: float | None = None, block: int = BLOCK) -> tupl
     1280 inputs, one column per sample) GPTQ at GPTQ's 0.01 roughly halves the error on its own
     columns and raises it on others (a random 1000 x 1280 problem on 256 columns: 0.131 -> 0.009
     on them, 0.130 -> 0.195 on 256 others), so the dampening is chosen on columns it did not see."""
+    if isinstance(p, LayerProblem):
+        p = LayerStats.of(p)
     if damp is None:
         damp = _held_out_damp(p, block)
     g, o, k = p.w.shape
-    m = p.x.shape[2]
-    x = p.x.astype(np.float64)
+    c = p.total
+    n = k + 1 if p.has_bias else k             # the bias as the last column, its input the row of ones
     w0 = p.w.astype(np.float64)
-    if p.has_bias:   # the bias as the last column, its input a row of ones
-        x = np.concatenate([x, np.ones((g, 1, m))], axis=1)
+    if p.has_bias:
         w0 = np.concatenate([w0, p.b.astype(np.float64)], axis=2)
-    n = x.shape[1]
-    h = np.matmul(x, x.transpose(0, 2, 1)) / m                          # (g, n, n)
+    h = c.xx[:, :n, :n] / c.m                                            # (g, n, n)
     diag = np.diagonal(h, axis1=1, axis2=2)
     lam = damp * diag[:, :k].mean(axis=1)
     lam = np.where(lam > 0, lam, 1.0)[:, None, None]                     # a dead input: the float weights stay
     hd = h + lam * np.eye(n)
-    rhs = np.matmul(p.y.astype(np.float64), x.transpose(0, 2, 1)) / m + lam * w0    # (g, o, n)
+    rhs = c.yx[:, :, :n] / c.m + lam * w0                                # (g, o, n)
     wstar = np.linalg.solve(hd, rhs.transpose(0, 2, 1)).transpose(0, 2, 1)
 
     # column order: weights by decreasing mean diagonal (one order for all groups keeps the batch), bias last
@@ -95,13 +98,11 @@ def gptq(p: LayerProblem, damp: float | None = None, block: int = BLOCK) -> tupl
     return out.astype(np.float32), bias.astype(np.float32)
 
 
-def _held_out_damp(p: LayerProblem, block: int) -> float:
+def _held_out_damp(p: LayerStats, block: int) -> float:
     """The dampening of :data:`DAMPS` with the least error on the second half of ``p``'s columns
     when solved on the first half (ties: the smaller)."""
-    half = p.x.shape[2] // 2
-    if half < 2:
+    if len(p.parts) != 2 or p.parts[0].m < 2:
         return DAMPS[0]
-    fit = replace(p, x=p.x[:, :, :half], y=p.y[:, :, :half], xf=None)
-    check = replace(p, x=p.x[:, :, half:], y=p.y[:, :, half:], xf=None)
+    fit, check = p.part(0), p.part(1)
     errors = [check.error(*gptq(fit, d, block)) for d in DAMPS]
     return DAMPS[int(np.argmin(errors))]

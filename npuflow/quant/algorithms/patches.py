@@ -68,18 +68,35 @@ class PatchSampler:
         digest = hashlib.sha256(f"{self.node.name}|{self.node.output[0]}|{batch}".encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
-    def _geometry(self, x: np.ndarray):
-        """``x`` as 4-D, zero-padded, with the 2-D kernel, strides, dilations and output size."""
+    def _frame(self, shape: tuple[int, ...]):
+        """The 2-D kernel, strides, dilations, pads and output size of an equivalent-convolution input
+        of ``shape`` (a 1-D convolution as a 2-D one of width 1)."""
         if len(self.kernel) == 1:
-            x = x[..., None]
+            shape = tuple(shape) + (1,)
             kernel, strides, dil = self.kernel + [1], self.strides + [1], self.dilations + [1]
             pads = [self.pads[0], 0, self.pads[1], 0]
         else:
             kernel, strides, dil, pads = self.kernel, self.strides, self.dilations, self.pads
+        oh = (shape[2] + pads[0] + pads[2] - dil[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+        ow = (shape[3] + pads[1] + pads[3] - dil[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+        return kernel, strides, dil, pads, oh, ow
+
+    def _geometry(self, x: np.ndarray):
+        """``x`` as 4-D, zero-padded, with the 2-D kernel, strides, dilations and output size."""
+        kernel, strides, dil, pads, oh, ow = self._frame(x.shape)
+        x = x[..., None] if len(self.kernel) == 1 else x
         xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-        oh = (xp.shape[2] - dil[0] * (kernel[0] - 1) - 1) // strides[0] + 1
-        ow = (xp.shape[3] - dil[1] * (kernel[1] - 1) - 1) // strides[1] + 1
         return xp, kernel, strides, dil, oh, ow
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        """How many columns :meth:`sample` takes from an input of ``shape``, without sampling: a
+        caller streaming statistics over the samples splits the columns where it has to."""
+        if not self.conv:
+            return min(self.per_batch, int(np.prod(shape[:-1])))
+        if self.interleave:
+            shape = tuple(shape[:2]) + tuple((d - 1) * s + 1 for d, s in zip(shape[2:], self.interleave))
+        *_, oh, ow = self._frame(shape)
+        return min(self.per_batch, shape[0] * oh * ow)
 
     def mean_patch(self, x: np.ndarray) -> np.ndarray:
         """``(groups, K)``: the mean input patch over every output position of ``x``.
