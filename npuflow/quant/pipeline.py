@@ -537,13 +537,16 @@ def _float32_compute(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _dynamic_graph(source: onnx.ModelProto, loaded: onnx.ModelProto) -> onnx.ModelProto:
     """The loaded model with the source's dynamic input dimensions left symbolic and no value_info.
 
-    A dimension keeps the source's name (a saved model shows what the exporter wrote) when that
-    name is used once; a repeated one (paddle2onnx writes ``?`` for height and width) would tell
-    shape inference the dimensions are equal, so those get their own names."""
+    A dimension keeps the source's name (a saved model shows what the exporter wrote, and compile's
+    ``NPF_MODEL_DYNAMIC_SHAPE`` names it so).  A name repeated within one input (paddle2onnx writes
+    ``?`` for height and width) would tell shape inference the dimensions are equal, so those get
+    their own names; one name at several inputs is the exporter saying they are equal and stays
+    (a bi-GRU's ``src`` and ``src_mask``, both ``[batch, src_len]``, came out as ``src_dim0``..
+    ``src_mask_dim1``, names the user's model never had; round 28b)."""
     src_dims = {i.name: [None if d.HasField("dim_value") and d.dim_value > 0 else d.dim_param
                          for d in i.type.tensor_type.shape.dim] for i in model_io.graph_inputs(source)}
-    uses = Counter(name for dims in src_dims.values() for name in dims if name)
-    src_dims = {i: [d if d is None or uses[d] == 1 else "" for d in dims] for i, dims in src_dims.items()}
+    repeated = {name for dims in src_dims.values() for name, n in Counter(d for d in dims if d).items() if n > 1}
+    src_dims = {i: [d if d is None or d not in repeated else "" for d in dims] for i, dims in src_dims.items()}
     proto = onnx.ModelProto()
     proto.CopyFrom(loaded)
     for inp in model_io.graph_inputs(proto):
