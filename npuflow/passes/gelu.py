@@ -300,11 +300,31 @@ def _rewrite(graph: onnx.GraphProto, found: Gelu) -> None:
         steps = [("Mul", [x, const("cubic", TANH_SCALE * TANH_CUBIC)]), ("Mul", [x]),
                  ("Add", [const("scale", TANH_SCALE)]), ("Mul", [x]), ("Tanh", []), ("Add", [const("one", 1.0)]),
                  ("Mul", [x])]
+    names = _source_names(found, [op for op, _ in steps], base)
     new: list[onnx.NodeProto] = []
     prev: str | None = None
     for k, (op, extra) in enumerate(steps):
         ins = extra if prev is None else [prev, *extra]
         prev = tensor(f"{k}_{op.lower()}")
-        new.append(helper.make_node(op, ins, [prev], name=f"{base}/gelu_{k}_{op.lower()}"))
+        new.append(helper.make_node(op, ins, [prev], name=names[k]))
     new.append(helper.make_node("Mul", [prev, const("half", 0.5)], [end.output[0]], name=end.name))
     _splice(graph, list(found.nodes), new)
+
+
+def _source_names(found: Gelu, ops: list[str], base: str) -> list[str]:
+    """Names for the canonical chain's steps (``ops``, all but the last node): the name of the
+    replaced node at the same distance from the GELU's last node where that node has the same op
+    type and a name, else ``{base}/gelu_{k}_{op}``.
+
+    Why: ``check`` judges the user's model and names its nodes; ``compile`` the rewritten one.  With
+    made-up names (``/Mul_6/gelu_0_mul``) the two could not be matched (new-user round 28b, T5 on
+    B4096: 8 source nodes per GELU in check, 7 unmatched names in compile).  Aligned from the end,
+    torch's 9-node ``x * x * x`` form keeps 8 of its names; only its first ``x * x`` has none."""
+    inner = list(found.nodes[:-1])
+    offset = len(inner) - len(ops)
+    names = []
+    for k, op in enumerate(ops):
+        src = inner[k + offset] if k + offset >= 0 else None
+        same = src is not None and src.op_type == op and src.name
+        names.append(src.name if same else f"{base}/gelu_{k}_{op.lower()}")
+    return names
