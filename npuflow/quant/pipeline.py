@@ -313,7 +313,7 @@ def quantize(model: model_io.ModelLike, calib_data: Any, target: str | Target, c
     _step(progress, "report")
     final = final_assignment(q_model, asg)  # the parameters as written (fast finetune may move weight scales)
     report = build_report(opt, q_model, plan, final.params, kept[:cfg.report_samples])
-    add_placement(report, placement)
+    add_placement(report, placement, plan.kept_float)
     problem = _accuracy_check(report, opt, q_model, check_feeds or again, cfg, progress, held_out=bool(check_feeds),
                               evaluation=bool(evaluation), runs=check_runs)
     if check_feeds and cfg.min_output_cosine > 0.0:  # the calibration samples' figures beside the unseen ones

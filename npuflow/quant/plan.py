@@ -107,6 +107,9 @@ class QuantPlan:
     layers: dict[str, Layer] = field(default_factory=dict)
     #: the precision overrides this plan was built with (layer name -> float | int16)
     overrides: dict[str, str] = field(default_factory=dict)
+    #: node keys left in float whatever the checker placed (keep_float, the divisor and non-finite keeps,
+    #: whole layers): they run on the CPU, which quantize's node table must say (new-user round 28b)
+    kept_float: set[str] = field(default_factory=set)
 
     def find(self, t: str) -> str:
         root = t
@@ -158,7 +161,7 @@ def build_plan(model: onnx.ModelProto, target: Target, config: QuantConfig,
 
     keep = whole_layers(set(config.keep_float) | floats | cone)
     wide = whole_layers({n for n, p in changed.items() if p == "int16"})
-    plan = QuantPlan(overrides=changed)
+    plan = QuantPlan(overrides=changed, kept_float=keep)
     inputs = {i.name for i in graph.input} - set(idx.inits)
 
     def is_float(t: str) -> bool:

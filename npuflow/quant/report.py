@@ -660,8 +660,10 @@ def low_similarity(report: QuantReport, threshold: float) -> NpuflowError | None
                         samples=report.similarity_on(), threshold=threshold, nodes=nodes)
 
 
-def add_placement(report: QuantReport, placement) -> None:
-    """Fill ``ON``/``Subgraph`` from a :class:`npuflow.check.CheckReport` (nodes matched by output tensor).
+def add_placement(report: QuantReport, placement, kept_float: set[str] = frozenset()) -> None:
+    """Fill ``ON``/``Subgraph`` from a :class:`npuflow.check.CheckReport` (nodes matched by output tensor);
+    a node in ``kept_float`` (the plan's float nodes: the checker judged the float graph, without the
+    calibration data that kept a divisor chain float) runs on the CPU.
 
     A control-flow node (``If``, ``Loop`` ...) runs on the CPU: the checker may have inlined its
     branch (a constant condition), whose last node writes the same tensor on the accelerator, so
@@ -669,7 +671,7 @@ def add_placement(report: QuantReport, placement) -> None:
     by_output = {n.outputs[0]: n for n in placement.nodes if n.outputs}
     for row in report.rows:
         node = by_output.get(row.tensor)
-        if row.type in _control_flow_ops():
+        if row.type in _control_flow_ops() or row.node in kept_float:
             row.on, row.subgraph = Device.CPU, None
         elif node is not None:
             row.on = placement.device_name(node)
