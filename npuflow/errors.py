@@ -248,6 +248,14 @@ _QUANT = _specs(
      "negatives); try what NPF_QUANT_LOW_SIMILARITY's hint lists, or keep the layers before {output} in float "
      "(`keep_float`; `npuflow analyze sensitivity` names them). A probability is also read as a label at 0.5 "
      "(NPF_QUANT_LABEL_MARGIN)."),
+    ("NPF_QUANT_PROBABILITY_ERROR",
+     "the quantized model's output {output} holds probabilities (float values in [0, 1]) that pass "
+     "min_output_cosine {threshold} on {samples} by a cosine around zero, which credits them their offset, but not "
+     "around their mean or by their largest error (above {limit}): {figures}",
+     "A score compared with a threshold (0.5) moves by that much. Keep the Sigmoid/Softmax and the layers that "
+     "feed {output} in float (config `keep_float`; `npuflow analyze sensitivity` names them), try a 16-bit grid "
+     "there, or calibrate on more samples like deployment's; check the task metric (detections kept) on "
+     "held-out data before shipping."),
     ("NPF_QUANT_LOW_SNR",
      "the quantized model's signal output {output} has cosine similarity {cosine} to the float model on {samples}, "
      "but a signal-to-noise ratio of {snr} dB to it, below min_output_snr_db {threshold}: the quantization error is "

@@ -40,6 +40,7 @@ from .data import Sample
 from .output_kinds import (MAX_FEW_VALUE_ERROR, ChannelSimilarity, ChannelSums, FewValueError, LabelMargin, channel_axis,
                            class_head, few_value_error, fixed_range, is_few_values, is_probability_rows,
                            is_signal, label_margin, snr_db)
+from .probability_check import ProbabilityError, probability_errors, probability_warnings
 from .params import TensorQuant
 from .plan import QuantPlan
 
@@ -132,6 +133,8 @@ class QuantReport:
     #: per output of a few values per sample (``output_kinds.is_few_values``: a click probability), its
     #: largest error over the check's samples against its range: a cosine of one value says nothing
     few_values: dict[str, FewValueError] = field(default_factory=dict)
+    #: per probability output (float values in [0, 1]), its figures around its mean (``probability_check``)
+    probabilities: dict[str, list[ProbabilityError]] = field(default_factory=dict)
     #: the accuracy check's warnings besides a low similarity: NPF_QUANT_LABEL_MARGIN, NPF_QUANT_OUTPUT_CHANNEL,
     #: NPF_QUANT_LOW_SNR, NPF_QUANT_WORST_SAMPLE
     warnings: list[NpuflowError] = field(default_factory=list)
@@ -150,6 +153,7 @@ class QuantReport:
                 "snr_db": {name: v if v is None or math.isinf(v) else round(v, 2) for name, v in self.snr_db.items()},
                 "worst_samples": {name: {"cosine": round(c, 6), "sample": i} for name, (c, i) in self.worst_samples.items()},
                 "few_values": {name: e.to_json() for name, e in self.few_values.items()},
+                "probabilities": {name: [p.to_json() for p in rows] for name, rows in self.probabilities.items()},
                 "warnings": [{"code": w.code, "message": w.message, "hint": w.hint} for w in self.warnings],
                 "nodes": [asdict(r) for r in self.rows]}
 
@@ -389,6 +393,8 @@ def measure_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_mod
     labelled = {c.tensor for c in report.label_checks}
     report.channels = {names[k]: sums.similarities() for k, sums in channels.items()
                        if names[k] not in report.unmeasured and names[k] not in labelled}
+    report.probabilities = {n: rows for n in report.calibration_outputs if n not in {*few, *labelled}
+                            and n not in report.within_one_step and (rows := probability_errors(*read[n]))}
 
 
 #: A sample enters the worst-sample figure only where its float output's energy is at least this share
@@ -500,7 +506,8 @@ def judge_outputs(report: QuantReport, float_model: onnx.ModelProto, quant_model
                     outputs_of=outputs_of)
     report.warnings = [*label_warnings(report, max_label_change), *channel_warnings(report, min_output_cosine),
                        *snr_warnings(report, min_output_cosine, min_output_snr_db),
-                       *worst_sample_warnings(report, min_output_cosine), *few_value_warnings(report)]
+                       *worst_sample_warnings(report, min_output_cosine), *few_value_warnings(report),
+                       *probability_warnings(report.probabilities, min_output_cosine, report.similarity_on())]
 
 
 def fitted_figures(report: QuantReport, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
