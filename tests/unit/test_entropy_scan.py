@@ -2,7 +2,7 @@
 one-threshold-at-a-time search chose before (session 37: 0.22 s a tensor, FlowNetC's 383 tensors
 spent 86 of build's 112 s there on bernoulli2, round 28a).
 
-The previous search is kept below as the reference, verbatim in what it computes, and both run on
+The previous one-candidate-at-a-time search is kept below as the reference, and both run on
 random and adversarial histograms: ties, empty bins, a single spike, heavy tails, point masses,
 one-sided and all-zero halves, and real calibrated data shapes (ReLU zeros, backgrounds).
 """
@@ -17,38 +17,11 @@ from npuflow.quant.observers import HistogramObserver
 from npuflow.quant.thresholds import _entropy_sides, asymmetric_entropy_range, entropy_threshold
 
 
-# ---- reference: the search as it was before the scan (npuflow/quant/thresholds.py at dde311c) ----
+# ---- reference: the search as it was before the scan (npuflow/quant/thresholds.py at dde311c): every
+# candidate scored by the exact per-threshold divergence, ``thresholds._divergence``, which the scan leaves as it was
+# (it recomputes the near-least candidates with it) ----
 
-def _ref_quantized(head: np.ndarray, levels: int) -> np.ndarray:
-    size = head.size
-    sizes = np.full(levels, size // levels, dtype=np.intp)
-    sizes[:size % levels] += 1
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    nonempty = head > 0
-    mass = np.add.reduceat(head, starts)
-    filled = np.add.reduceat(nonempty.astype(np.float64), starts)
-    per_bin = np.divide(mass, filled, out=np.zeros_like(mass), where=filled > 0)
-    return np.repeat(per_bin, sizes) * nonempty
-
-
-def _ref_divergence(sides, i: int, levels: int) -> float:
-    refs, cands = [], []
-    for counts, atoms in sides:
-        pad = max(0, i - counts.size)
-        head = np.concatenate((counts, np.zeros(pad)))[:i]
-        point = np.concatenate((atoms, np.zeros(pad)))[:i]
-        ref = head.copy()
-        ref[-1] += counts[i:].sum()
-        refs.append(ref)
-        cands.append(_ref_quantized(head - point, levels) + point)
-    p, q = np.concatenate(refs), np.concatenate(cands)
-    total = p.sum()
-    if total == 0:
-        return 0.0
-    p /= total
-    q /= total
-    mask = p > 0
-    return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+_ref_divergence = thresholds._divergence
 
 
 def ref_entropy_threshold(hist: HistogramObserver, qmax: int) -> float:
