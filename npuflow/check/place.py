@@ -26,6 +26,7 @@ from ..passes.target_rewrites import Rewrite
 from ..targets import Target, load_target
 from ..targets.spec import OpRule
 from .cone import cone_reason, float_cones
+from .data_dependent import note_data_dependent_divisors
 from .fusion import find_activation_patterns, fuse, pattern_view
 from ..graph import GraphView, attr_values, subgraphs
 from ..graph import is_qdq as _is_qdq
@@ -55,8 +56,11 @@ def check(model: ModelLike, target: str | Target, input_shapes: Mapping[str, Seq
     Returns a :class:`CheckReport` (``.nodes``, ``.subgraphs``, ``.summary``, ``.placement()``)."""
     tgt = load_target(target)
     proto, rewrites = _prepare(model, input_shapes, tgt)
-    report = _judge(GraphView(proto), tgt)
+    view = GraphView(proto)
+    report = _judge(view, tgt)
     _note_rewrites(report, rewrites)
+    if not _is_quantized(proto):  # a quantized model's float nodes are decided already
+        note_data_dependent_divisors(report, view)
     s = report.summary
     log.info("checked %d nodes on %s: %d NPU, %d CPU, %d subgraph(s)", s["nodes"], tgt.name, s["npu_nodes"],
              s["cpu_nodes"], s["npu_subgraphs"])

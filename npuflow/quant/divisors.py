@@ -9,7 +9,7 @@ range one-signed.  A divisor whose calibrated values are all of one sign and who
 magnitude is below half of the finest 8-bit step its range allows (``max / 255 / 2``) is computed in
 float: its producer (and any producer of one such tensor before it, through ops that read one
 non-constant tensor: ``sqrt(var + eps)``) joins ``keep_float``, and so do the nodes between that chain and the
-dividend (:func:`_dividend_cone`): RWKV's WKV divides ``sum(w exp(k) v)`` by ``sum(w exp(k))``, and with the
+dividend (:func:`npuflow.check.data_dependent.dividend_cone`): RWKV's WKV divides ``sum(w exp(k) v)`` by ``sum(w exp(k))``, and with the
 divisor float but the dividend on one 8-bit grid over the exponential's range the ratio lost its small terms
 (held-out cosine 0.53 on cpu-int8, ``newuser_flows25.md``; a manual ``keep_float`` of the chain gave 0.9986).
 """
@@ -21,6 +21,7 @@ from typing import Any
 
 import onnx
 
+from ..check.data_dependent import dividend_cone
 from ..graph import GraphView
 from ..operators import DIVISOR_INPUT
 from ..targets import Target
@@ -56,28 +57,6 @@ def zero_divisors(view: GraphView, points: Any, minmax: dict) -> list[tuple[str,
     return found
 
 
-def _dividend_cone(view: GraphView, chain: list[onnx.NodeProto], div: onnx.NodeProto) -> list[onnx.NodeProto]:
-    """The nodes between the float divisor ``chain`` and ``div``'s dividend: a ratio of two sums of one
-    exponential (RWKV's WKV ``sum(w exp(k) v) / sum(w exp(k))``, a written-out softmax) divides a dividend
-    that spans the divisor's range too, and quantized on one grid it loses the small terms the float
-    divisor keeps (cosine 0.34 on ``tests/unit/test_divisor_dividend.py``'s net with only the divisor float)."""
-    reached: list[onnx.NodeProto] = []
-    tensors = [o for n in chain for o in n.output]
-    while tensors:
-        for node in view.consumer_nodes(tensors.pop()):
-            if node is not div and node not in chain and node not in reached:
-                reached.append(node)
-                tensors.extend(node.output)
-    feeding: set[str] = set()
-    tensors = [i for k, i in enumerate(div.input) if i and k != DIVISOR_INPUT[div.op_type]]
-    while tensors:
-        node = view.producer_node(tensors.pop())
-        if node is not None and node_key(node) not in feeding:
-            feeding.add(node_key(node))
-            tensors.extend(i for i in node.input if i and not view.is_const(i))
-    return [n for n in reached if node_key(n) in feeding]
-
-
 def _float_chain(view: GraphView, tensor: str, points: Any, minmax: dict) -> list[onnx.NodeProto]:
     """The producer of ``tensor`` and, while the tensor it reads (its only non-constant input) is a
     point that rounds to zero too, that tensor's producer: a divisor ``sqrt(var + eps)`` is float
@@ -104,7 +83,7 @@ def keep_divisors_float(leg: onnx.ModelProto, tgt: Target, cfg: QuantConfig, all
     new: list[str] = []
     for t, div in found:
         chain = _float_chain(view, t, plan.points, stats.minmax)
-        for node in chain + _dividend_cone(view, chain, div):
+        for node in chain + dividend_cone(view, chain, div):
             key = node_key(node)
             if key not in cfg.keep_float and key not in new:
                 new.append(key)

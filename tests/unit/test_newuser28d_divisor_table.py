@@ -64,3 +64,13 @@ def test_the_node_table_puts_the_float_divisor_chain_on_the_cpu(target):
     compiled = compiled_devices(npuflow.compile(q.model, target))
     table = {n: ("CPU" if side == "CPU" else "ACC") for n, side in on.items() if n in compiled and side}
     assert table == {n: compiled[n] for n in table}
+
+
+def test_check_says_the_divisor_placement_depends_on_the_data():
+    report = npuflow.check(_ratio_model(), "bernoulli2")
+    notes = {n.name: n.messages for n in report.nodes}
+    may_move = {n for n, ms in notes.items() if any("depends on the data" in m and "ratio" in m for m in ms)}
+    # quantize stopped at mag_eps on these samples (re^2 + im^2 reaches 0, no 8-bit step lost); without the
+    # data, mag_sq may be a float producer too (a one-signed sum of squares that stays above 0)
+    assert may_move == {"mag_sq", "mag_eps", "gain", "gained"}, may_move
+    assert FLOAT_KEPT - {"mag"} <= may_move
