@@ -9,19 +9,7 @@ before export, and only where some tensor uses the entropy method.
 
 from __future__ import annotations
 
-import numpy as np
-
-import npuflow
-from tests.unit.quant_nets import conv_net
-
-
-def _stages(config: dict) -> list[str]:
-    rng = np.random.default_rng(0)
-    data = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(4)]
-    seen: list[str] = []
-    npuflow.quantize(conv_net(), data, target="cpu-int8", config=config,
-                     progress=lambda stage, done, total: seen.append(stage))
-    return list(dict.fromkeys(seen))
+from tests.unit.test_quantize_stages import _stages
 
 
 def test_the_entropy_threshold_search_is_its_own_stage():
