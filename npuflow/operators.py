@@ -303,6 +303,13 @@ BOOLEAN_OUTPUT_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "Grea
 #: Layout ops whose effect is a permutation of axes or the removal/insertion of size-1 axes (no data moves
 #: but for the permutation): a channels-last export's transposes and batch squeezes (:mod:`npuflow.passes.layout_sandwich`).
 AXIS_LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze"})
+#: Ops whose output is a fixed linear function of their data input (a selection, a reshuffle or an
+#: interpolation with weights that do not depend on the values), so ``op(-x) = -op(x)``: a Sub's subtrahend
+#: read through them from a layer is negated in the layer (:mod:`npuflow.passes.target_rewrites`, N-HiTS'
+#: backcast ``Resize(Slice(Gemm))``, round 28e).  A ``Resize`` in ``tf_crop_and_resize`` mode is not (its
+#: extrapolation value is a constant).
+NEGATION_COMMUTING_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
+                                    "Resize", "Upsample"})
 #: :data:`ELEMENTWISE_OPS` that map float to float element by element and so commute with any layout op
 #: (quantize/dequantize, casts, comparisons and selections left out).
 LAYOUT_COMMUTING_OPS = ELEMENTWISE_OPS - {

@@ -41,7 +41,11 @@ original op sees no change.  Both keep the float function up to float rounding:
   the layer takes ``W' = -W``, ``B' = -B`` and the Sub becomes an ``Add`` (node name and tensors
   kept; symmetric weight quantization negates exactly); a lone BatchNormalization (FastViT's
   RepMixer ``BN(dw(x)) - BN(x)``, round 27) takes a negated scale and shift, as check judges it
-  before the float passes make it a depthwise Conv.  Without such a producer the node is left
+  before the float passes make it a depthwise Conv.  The layer may reach the Sub through ops that
+  commute with negation (:data:`~npuflow.operators.NEGATION_COMMUTING_OPS`, each read once): N-HiTS'
+  backcast ``Squeeze(Resize(Unsqueeze(Slice(Gemm))))``, round 28e; where the layer's output is also read
+  by other ``Slice``\ s of channels disjoint from the chain's, only the chain's channels are negated
+  (the forecast's keep their sign).  Without such a producer the node is left
   (check's reason says the target has no Sub; not listed, since every written-out LayerNorm has one).
 * **A strided convolution with a kernel beyond the target's range** (DS-CNN's 10x4 stride-2 first conv
   on bernoulli2, kernels up to 7x7): ``SpaceToDepth(s)`` then a stride-1 convolution with kernel
@@ -64,11 +68,12 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from ..graph import GraphView, attr, remove_unused_initializers, set_attr
-from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_DIVISOR, HSIGMOID_OFFSET
+from ..operators import HSIGMOID_ALPHA, HSIGMOID_BETA, HSIGMOID_DIVISOR, HSIGMOID_OFFSET, NEGATION_COMMUTING_OPS
 from ..targets import Target
 from ..targets.judge import rule_reasons
 from ..value_info import inferred_shapes, tensor_shapes
@@ -211,20 +216,87 @@ def _subs_as_adds(graph: onnx.GraphProto, target: Target) -> list[Rewrite]:
         if node.op_type != "Sub" or node.domain or len(node.input) != 2 or any(idx.is_const(t) for t in node.input):
             continue
         name = node.name or node.output[0]
-        prod = idx.producer_node(node.input[1])
-        params = layer_params(idx, prod) if prod is not None else None
-        if prod is None or idx.only_consumer(node.input[1]) is None:
+        found = _negatable_layer(idx, node.input[1])
+        if found is None:
             continue  # not listed: check already tells that the target has no Sub (a LayerNorm's x - mean each)
+        prod, channels, path = found
+        params = layer_params(idx, prod)
         if params is not None:
             w, bias, axis = params
-            w, bias = scale_shift(w, bias, axis, -1.0, 0.0)
+            s = -1.0 if channels is None else np.where(channels, -1.0, 1.0)
+            w, bias = scale_shift(w, bias, axis, s, 0.0)
             set_layer_params(graph, idx, prod, w, bias, "_neg")
-        elif not negate_batchnorm(graph, idx, prod):  # a lone BN (FastViT's RepMixer): a depthwise Conv once compiled
+        elif channels is not None or not negate_batchnorm(graph, idx, prod):  # a lone BN (FastViT's RepMixer)
             continue
         node.op_type = "Add"
-        done.append(Rewrite(name, "sub_as_add", True, f"Sub -> Add of {prod.name or prod.output[0]} negated"))
+        which = "" if channels is None else f" output channels {_ranges(np.flatnonzero(channels))}"
+        through = f" (through {' -> '.join(path)})" if path else ""
+        done.append(Rewrite(name, "sub_as_add", True,
+                            f"Sub -> Add of {prod.name or prod.output[0]}{which} negated{through}"))
         idx = GraphView(graph)  # consumers of the renamed weights changed
     return done
+
+
+def _negatable_layer(idx: GraphView, tensor: str) -> tuple[onnx.NodeProto, np.ndarray | None, list[str]] | None:
+    """The layer (Conv/ConvTranspose/Gemm, or a BatchNormalization) whose output reaches ``tensor``
+    through ops that commute with negation (:data:`~npuflow.operators.NEGATION_COMMUTING_OPS`), each
+    read only by the next; with the mask of the layer's output channels to negate (``None``: all) and
+    the op types passed.  The layer's output may have other readers when the chain starts with a
+    ``Slice`` of its channels and every other reader slices channels disjoint from them (N-HiTS' one
+    Gemm for backcast and forecast): negating only those channels leaves the others' values."""
+    path: list[str] = []
+    reader = None
+    t = tensor
+    while True:
+        prod = idx.producer_node(t)
+        if prod is None or prod.domain:
+            return None
+        is_layer = layer_params(idx, prod) is not None or prod.op_type == "BatchNormalization"
+        if idx.only_consumer(t) is None:
+            if not is_layer or reader is None or idx.is_graph_output(t):
+                return None
+            mask = _channel_slice(idx, reader, t)
+            others = [_channel_slice(idx, n, t) for n in idx.consumer_nodes(t) if n is not reader]
+            if mask is None or any(m is None or (m & mask).any() for m in others):
+                return None
+            return prod, mask, path[::-1]
+        if is_layer:
+            return prod, None, path[::-1]
+        if prod.op_type not in NEGATION_COMMUTING_OPS or \
+                attr(prod, "coordinate_transformation_mode", b"") in (b"tf_crop_and_resize", "tf_crop_and_resize"):
+            return None
+        path.append(prod.op_type)
+        reader, t = prod, prod.input[0]
+
+
+def _channel_slice(idx: GraphView, node: onnx.NodeProto, tensor: str) -> np.ndarray | None:
+    """Which channels (axis 1) of the layer output ``tensor`` the ``Slice`` ``node`` keeps, as a mask,
+    or ``None`` when it is no constant slice of that axis alone."""
+    shape = idx.shape(tensor)
+    layer = idx.producer_node(tensor)
+    params = layer_params(idx, layer) if layer is not None else None
+    if node.op_type != "Slice" or node.input[0] != tensor or len(node.input) < 3 or params is None:
+        return None
+    consts = [idx.const(n) if n else None for n in node.input[1:5]]
+    starts, ends = consts[0], consts[1]
+    axes = consts[2] if len(consts) > 2 and consts[2] is not None else np.array([0])
+    steps = consts[3] if len(consts) > 3 and consts[3] is not None else np.array([1])
+    if starts is None or ends is None or any(n and idx.const(n) is None for n in node.input[3:5]):
+        return None
+    rank = len(shape) if shape is not None else None
+    if len(starts) != 1 or len(axes) != 1 or (int(axes[0]) if axes[0] >= 0 or rank is None else int(axes[0]) + rank) != 1:
+        return None
+    n = len(params[1])
+    mask = np.zeros(n, bool)
+    mask[slice(int(starts[0]), int(ends[0]), int(steps[0]))] = True
+    return mask
+
+
+def _ranges(indices: np.ndarray) -> str:
+    """``0-23`` for a run of indices, ``0, 2, 4`` otherwise (a rewrite's note)."""
+    if len(indices) and indices[-1] - indices[0] + 1 == len(indices):
+        return f"{indices[0]}-{indices[-1]}"
+    return ", ".join(map(str, indices))
 
 
 def _global_avg_pools(model: onnx.ModelProto, target: Target) -> list[Rewrite]:
