@@ -38,11 +38,18 @@ def finite_values(v: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, floa
     below the sentinel mean every value is (NaN propagates into them)."""
     if abs(lo) < SENTINEL and abs(hi) < SENTINEL:
         return v, lo, hi, 0
-    with np.errstate(over="ignore"):  # float16: the sentinel casts to inf, which still leaves infinities out
-        finite = v[np.abs(v) < SENTINEL]
+    finite = v[_below_sentinel(v)]
     if finite.size == 0:
         return finite, math.inf, -math.inf, int(v.size)
     return finite, float(finite.min()), float(finite.max()), int(v.size - finite.size)
+
+
+def _below_sentinel(v: np.ndarray) -> np.ndarray:
+    """Mask of the values of ``v`` below :data:`SENTINEL` in magnitude (NaN not).  In float16 the
+    sentinel casts to inf, which still leaves infinities out; numpy's overflow warning for that cast
+    is silenced (a user checking a float16 model saw it)."""
+    with np.errstate(over="ignore"):
+        return np.abs(v) < SENTINEL
 
 
 def _mask_constant(v: np.ndarray) -> bool:
@@ -93,7 +100,7 @@ def sentinel_tensors(view: GraphView) -> dict[str, str]:
 
 def _only_neg_inf(v: np.ndarray) -> bool:
     """Whether the values :func:`finite_values` counts apart in constant ``v`` are all ``-inf``."""
-    apart = v[~(np.abs(v) < SENTINEL)]
+    apart = v[~_below_sentinel(v)]
     return bool(apart.size) and bool(np.all(apart == -np.inf))
 
 

@@ -150,3 +150,18 @@ def test_a_finite_mask_counts_only_where_it_reaches_a_softmax():
 
     assert set(sentinel_tensors(GraphView(model(True).graph))) == {"big", "ext", "sm"}
     assert sentinel_tensors(GraphView(model(False).graph)) == {}
+
+
+def test_a_float16_constant_beyond_the_sentinel_raises_no_numpy_warning():
+    """The sentinel (2**127) casts to inf in float16: the corpus benchmark's float16 operator cases
+    printed numpy's "overflow encountered in cast" from check's -inf test; both masks now agree."""
+    import warnings
+
+    from npuflow.check.nonfinite import _only_neg_inf, finite_values
+
+    v = np.array([1.0, -np.inf, 65504.0], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _only_neg_inf(v)
+        finite, lo, hi, apart = finite_values(v, -math.inf, 65504.0)
+    assert (lo, hi, apart) == (1.0, 65504.0, 1)
