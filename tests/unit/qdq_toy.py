@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from npuflow import numerics
 from npuflow.graph import GraphView
+from npuflow.ort_session import _topological
 from npuflow.quant.algorithms.capture import capture
 from npuflow.quant.algorithms.layers import layer_weight, weight_layers
 
@@ -72,18 +73,6 @@ def toy_qdq(model: onnx.ModelProto, feeds: list[dict], weights_only: bool = Fals
 
 
 def _toposort(m: onnx.ModelProto) -> None:
-    avail = {i.name for i in m.graph.input} | {t.name for t in m.graph.initializer} | {""}
-    nodes, done = list(m.graph.node), []
-    while nodes:
-        rest = []
-        for n in nodes:
-            if all(i in avail for i in n.input):
-                done.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(nodes):
-            raise ValueError("cycle")
-        nodes = rest
+    done = _topological(m.graph)
     del m.graph.node[:]
     m.graph.node.extend(done)
